@@ -1,0 +1,28 @@
+"""twistedgw: an API gateway on Twisted with per-API mutual TLS.
+
+Embed it with ``make_service(config_path_or_config)``; see the README.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["ConfigError", "make_service"]
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from twistedgw.config import ConfigError
+    from twistedgw.service import make_service
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so ``import twistedgw`` (e.g. by the twistd plugin scan) does not import the reactor.
+    if name == "make_service":
+        from twistedgw.service import make_service
+
+        return make_service
+    if name == "ConfigError":
+        from twistedgw.config import ConfigError
+
+        return ConfigError
+    raise AttributeError(name)

@@ -1,0 +1,5 @@
+import sys
+
+from twistedgw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""Which certificate speaks for a request: the handshake's, or a load balancer's header.
+
+The header counts only on a connection that is provably a load balancer's:
+from ``trusted_proxies`` (when set) and, with ``enable_client_validation``,
+presenting a certificate that verifies under one of ``load_balancer_aliases``.
+A load balancer's own certificate never becomes the caller's identity. On any
+other connection the header is ignored (and logged), so a partner holding a
+trusted certificate cannot claim to be another partner.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from twistedgw import lbheader
+from twistedgw.config import MutualSslConfig
+from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
+from twistedgw.runtime import Runtime
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: ClientIdentity
+    via_load_balancer: bool
+    ignored_header: bool  # a certificate header arrived from a source that may not send one
+
+
+def client_ip(request: Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or ""
+
+
+def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in config.trusted_proxies)
+
+
+def handshake_identity(request: Request, runtime: Runtime) -> ClientIdentity:
+    if runtime.server_tls is None or not request.isSecure():
+        return no_certificate()
+    return runtime.server_tls.identity_for(request.channel.transport)
+
+
+def resolve(request: Request, runtime: Runtime) -> Caller:
+    handshake = handshake_identity(request, runtime)
+    settings = runtime.config.mutual_ssl
+    if settings.certificate_header is None:
+        return Caller(handshake, False, False)
+    values = request.requestHeaders.getRawHeaders(settings.certificate_header)
+    ip = client_ip(request)
+    trusted = (not settings.trusted_proxies or _from_trusted_network(ip, settings)) and (
+        not settings.enable_client_validation
+        or (handshake.verified and bool(handshake.trust_aliases & settings.load_balancer_aliases))
+    )
+    if not trusted:
+        if values:
+            log.warn(
+                "Ignored the {header} header from {address}: not a trusted load balancer",
+                header=settings.certificate_header,
+                address=ip,
+            )
+        return Caller(handshake, False, bool(values))
+    if not values:
+        return Caller(no_certificate(Source.HEADER), True, False)
+    if len(values) > 1:
+        return Caller(failed(Source.HEADER, "more than one certificate header was sent"), True, False)
+    chain_value = None
+    if settings.chain_header is not None:
+        chain_values = request.requestHeaders.getRawHeaders(settings.chain_header)
+        chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
+    try:
+        decoded = lbheader.decode(
+            values[0].decode("latin-1"), settings.header_encoding, chain_value
+        )
+    except lbheader.HeaderDecodeError as e:
+        return Caller(
+            failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True, False
+        )
+    assert runtime.header_verifier is not None
+    return Caller(runtime.header_verifier.verify(decoded.certs), True, False)

@@ -1,0 +1,193 @@
+"""``twistedgw`` command line: run, check, demo, dev-pki, decode-header.
+
+User errors (a bad config, an unreadable file, a bad header value) print one
+clear line each and exit non-zero; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twistedgw import config as configmod
+from twistedgw.config import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _fail(lines: list[str], code: int = EXIT_CONFIG) -> int:
+    for line in lines:
+        print(f"twistedgw: {line}", file=sys.stderr)
+    return code
+
+
+def _load(path: str) -> tuple[Any, Any]:
+    from twistedgw import runtime
+
+    cfg = configmod.load(path)
+    return cfg, runtime.build(cfg)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg, built = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    print(f"{cfg.source}: OK ({len(cfg.apis)} APIs, {len(cfg.listeners)} listeners)")
+    return 0
+
+
+def _start_logging() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+
+
+def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
+    from twisted.internet import reactor
+
+    from twistedgw.service import GatewayService
+
+    try:
+        svc = GatewayService(cfg, reactor)
+    except ConfigError as e:
+        return _fail(e.problems)
+    _start_logging()
+    exit_code = [0]
+
+    def listen_failed(failure: Any) -> None:
+        from twisted.internet.defer import FirstError
+
+        err = failure.value.subFailure.value if isinstance(failure.value, FirstError) else failure.value
+        print(f"twistedgw: cannot listen: {err}", file=sys.stderr)
+        exit_code[0] = 1
+        reactor.stop()  # type: ignore[attr-defined]
+
+    def start() -> None:
+        svc.startService()
+        assert svc.listening is not None
+        svc.listening.addErrback(listen_failed)
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
+    if before_run is not None:
+        before_run(reactor)
+    reactor.run()  # type: ignore[attr-defined]
+    return exit_code[0]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg, _ = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    return serve(cfg)
+
+
+def cmd_dev_pki(args: argparse.Namespace) -> int:
+    from twistedgw import devpki
+
+    out = Path(args.directory)
+    pki = devpki.generate(out, key_type=args.key_type)
+    print(f"Wrote a development PKI to {pki.directory} (never use it in production)")
+    print(f"  server certificate: {pki.server_cert}  (trust {pki.server_ca} as the client's CA)")
+    print(f"  truststore: {pki.truststore_dir}/ and {pki.truststore_p12}")
+    for name, (crt, _key) in sorted(pki.clients.items()):
+        print(f"  client {name}: {crt}")
+    return 0
+
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "conf" / "example"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a dev PKI, start a sample backend and the gateway, print curl commands."""
+    from twistedgw import devpki, samplebackend
+
+    directory = Path(args.directory).resolve()
+    config_path = directory / "gateway.toml"
+    if not (directory / "pki" / "server.crt").exists():
+        devpki.generate(directory / "pki")
+    try:
+        cfg, _ = _load(str(config_path))
+    except ConfigError as e:
+        return _fail(e.problems)
+    listener = cfg.listeners[0]
+    base = f"https://localhost:{listener.port}"
+    pki = directory / "pki"
+    print("twistedgw demo: gateway on", base, "with a sample backend on 127.0.0.1:8080\n")
+    print("Try (from the repository root):")
+    print(f"  curl --cacert {pki}/server-ca.crt --cert {pki}/clients/partner-app.crt \\")
+    print(f"       --key {pki}/clients/partner-app.key {base}/petstore/1.0.5/pet/1")
+    print("  # without a certificate: 401 Missing Credentials")
+    print(f"  curl --cacert {pki}/server-ca.crt {base}/petstore/1.0.5/pet/1")
+    print("  # an expired certificate: 401 Invalid Credentials, 'certificate has expired'")
+    print(f"  curl --cacert {pki}/server-ca.crt --cert {pki}/clients/expired.crt \\")
+    print(f"       --key {pki}/clients/expired.key {base}/petstore/1.0.5/pet/1")
+    print("  # optional mTLS + API key: the key alone is enough")
+    print(f"  curl --cacert {pki}/server-ca.crt -H 'apikey: demo-key' {base}/orders/v1/list")
+    print()
+    return serve(cfg, before_run=lambda reactor: samplebackend.listen(reactor, 8080))
+
+
+def cmd_decode_header(args: argparse.Namespace) -> int:
+    from twistedgw import diagnose, runtime
+
+    value = sys.stdin.read().strip() if args.value == "-" else args.value
+    truststore = None
+    if args.config:
+        try:
+            built = runtime.build(configmod.load(args.config))
+        except ConfigError as e:
+            return _fail(e.problems)
+        truststore = built.truststore
+    lines, code = diagnose.decode_header_report(value, args.encoding, truststore)
+    stream = sys.stdout if code != 2 else sys.stderr
+    for line in lines:
+        print(line, file=stream)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twistedgw", description="API gateway with per-API mutual TLS, on Twisted."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the gateway in the foreground")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="validate a config and its key material")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("dev-pki", help="write a development PKI (never for production)")
+    p.add_argument("directory")
+    p.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
+    p.set_defaults(func=cmd_dev_pki)
+    p = sub.add_parser("demo", help="dev PKI + sample backend + gateway on conf/example")
+    p.add_argument("--directory", default=str(DEMO_DIR))
+    p.set_defaults(func=cmd_demo)
+    from twistedgw.config import HEADER_ENCODINGS
+
+    p = sub.add_parser("decode-header", help="diagnose a load balancer's certificate header")
+    p.add_argument("value", help="the header value, or - to read it from standard input")
+    p.add_argument("--encoding", "-e", choices=HEADER_ENCODINGS, default="auto")
+    p.add_argument("--config", "-c", help="verify against this config's truststore")
+    p.set_defaults(func=cmd_decode_header)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

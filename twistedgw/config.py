@@ -1,0 +1,642 @@
+"""TOML configuration -> an immutable model.
+
+Every problem names the file and the dotted key (``apis[2].mutual_ssl``) so an
+operator can fix it without reading code; all problems are collected and
+reported together. Relative paths are resolved against the config file's folder.
+Nothing here touches certificates: ``runtime.py`` loads those.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Mode(enum.Enum):
+    """How an authentication scheme applies to an API (WSO2's words)."""
+
+    MANDATORY = "mandatory"
+    OPTIONAL = "optional"
+    DISABLED = "disabled"
+
+
+HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
+IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str = "0.0.0.0"
+    port: int = 9095
+    tls: bool = True
+    endpoint: str | None = None  # a Twisted server endpoint string, instead of host/port
+
+    def describe(self) -> str:
+        scheme = "https" if self.tls else "http"
+        where = self.endpoint or f"{self.host}:{self.port}"
+        return f"{scheme} {where}"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate: Path | None = None
+    private_key: Path | None = None
+    keystore: Path | None = None
+    keystore_password: str | None = None
+    truststore: Path | None = None
+    truststore_password: str | None = None
+    protocols: tuple[str, ...] = TLS_PROTOCOLS
+    ciphers: str = DEFAULT_CIPHERS
+    session_tickets: bool = True
+    crl: tuple[Path, ...] = ()
+    revocation: str = "off"
+    revocation_scope: str = "chain"
+    revocation_fail: str = "closed"
+    ocsp_timeout: float = 2.0
+    ocsp_cache_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 10 * 1024 * 1024
+    client_header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    max_connections: int = 10000
+    backend_connect_timeout: float = 5.0
+    backend_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Tier:
+    alias: str
+    requests_per_minute: int
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    name: str
+    version: str
+    context: str  # normalised: leading '/', no trailing '/'
+    backend: str
+    mutual_ssl: Mode = Mode.DISABLED
+    aliases: frozenset[str] | None = None  # None = any trusted certificate
+    api_key: Mode = Mode.DISABLED
+    max_body_bytes: int | None = None
+    backend_timeout: float | None = None
+    tiers: tuple[Tier, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class MutualSslConfig:
+    """Load-balancer header mode; off unless ``certificate_header`` is set."""
+
+    certificate_header: str | None = None
+    header_encoding: str = "auto"
+    chain_header: str | None = None  # RFC 9440 Client-Cert-Chain and the like
+    enable_client_validation: bool = True
+    load_balancer_aliases: frozenset[str] = frozenset()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    forward_client_certificate_header: bool = False
+
+    @property
+    def header_mode(self) -> bool:
+        return self.certificate_header is not None
+
+
+@dataclass(frozen=True)
+class AuthzConfig:
+    path: str = "/_twistedgw/authz"
+    original_uri_header: str = "X-Original-URI"
+    original_method_header: str = "X-Original-Method"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9901
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    path: str = "-"  # "-" = stdout
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    forward: str = "none"
+    headers: tuple[tuple[str, str], ...] = ()  # (field, header name)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    listeners: tuple[Listener, ...]
+    tls: TlsConfig
+    apis: tuple[ApiConfig, ...]
+    api_keys: tuple[ApiKey, ...] = ()
+    mutual_ssl: MutualSslConfig = MutualSslConfig()
+    authz: AuthzConfig | None = None
+    admin: AdminConfig | None = None
+    access_log: AccessLogConfig | None = None
+    identity: IdentityConfig = IdentityConfig()
+    limits: Limits = Limits()
+    workers: int = 1
+    shutdown_timeout: float = 30.0
+
+    @property
+    def needs_tls(self) -> bool:
+        return any(listener.tls for listener in self.listeners)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Reader:
+    """Reads one table, remembering its dotted path, the problems and the keys seen."""
+
+    file: Path
+    table: dict[str, Any]
+    path: str
+    problems: list[str]
+    seen: set[str] = field(default_factory=set)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.file}: {self.where(key)}: {message}")
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
+        self.seen.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML integers are acceptable where a float is expected; bools are not ints here.
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(_type_name(k) for k in kinds)
+            self.problem(key, f"expected {names}, got {_type_name(type(value))} {value!r}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def required(self, key: str, kind: type[T]) -> T | None:
+        if key not in self.table:
+            self.seen.add(key)
+            self.problem(key, "is required")
+            return None
+        return self.get(key, kind, None)  # type: ignore[arg-type]
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            self.problem(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            return default
+        return value
+
+    def positive(self, key: str, kind: type[T], default: T) -> T:
+        value = self.get(key, kind, default)
+        if value <= 0:  # type: ignore[operator]
+            self.problem(key, f"must be positive, got {value!r}")
+            return default
+        return value
+
+    def path_value(self, key: str, *, must_exist: bool = True) -> Path | None:
+        raw = self.get(key, str, None)  # type: ignore[arg-type]
+        if raw is None:
+            return None
+        resolved = (self.file.parent / raw).resolve()
+        if must_exist and not resolved.exists():
+            self.problem(key, f"file not found: {resolved}")
+        return resolved
+
+    def sub(self, key: str) -> _Reader:
+        table = self.get(key, dict, {})
+        return _Reader(self.file, table, self.where(key), self.problems)
+
+    def tables(self, key: str) -> Iterator[_Reader]:
+        items = self.get(key, list, [])
+        for i, item in enumerate(items):
+            where = f"{self.where(key)}[{i}]"
+            if not isinstance(item, dict):
+                self.problems.append(f"{self.file}: {where}: expected a table")
+                continue
+            yield _Reader(self.file, item, where, self.problems)
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.seen:
+                self.problem(key, "unknown key")
+
+
+def _type_name(kind: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+        type(None): "nothing",
+    }.get(kind, kind.__name__)
+
+
+_CONTEXT_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+def _mode(r: _Reader, key: str) -> Mode:
+    return Mode(r.choice(key, tuple(m.value for m in Mode), Mode.DISABLED.value))
+
+
+def _header_name(r: _Reader, key: str, default: str | None) -> str | None:
+    value = r.get(key, str, default)  # type: ignore[arg-type]
+    if value is not None and not _HEADER_RE.match(value):
+        r.problem(key, f"not a valid HTTP header name: {value!r}")
+        return default
+    return value
+
+
+def _string_list(r: _Reader, key: str) -> list[str] | None:
+    if key not in r.table:
+        r.seen.add(key)
+        return None
+    values = r.get(key, list, [])
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            r.problem(f"{key}[{i}]", f"expected a string, got {v!r}")
+        else:
+            out.append(v)
+    return out
+
+
+def _listener(r: _Reader) -> Listener:
+    endpoint = r.get("endpoint", str, None)  # type: ignore[arg-type]
+    host = r.get("host", str, "0.0.0.0")
+    port = r.get("port", int, 9095)
+    if not 0 <= port <= 65535:
+        r.problem("port", f"must be 0-65535, got {port}")
+    if endpoint is not None and ("host" in r.table or "port" in r.table):
+        r.problem("endpoint", "give either endpoint or host/port, not both")
+    tls = r.get("tls", bool, True)
+    r.finish()
+    return Listener(host=host, port=port, tls=tls, endpoint=endpoint)
+
+
+def _tls(r: _Reader) -> TlsConfig:
+    cfg = TlsConfig(
+        certificate=r.path_value("certificate"),
+        private_key=r.path_value("private_key"),
+        keystore=r.path_value("keystore"),
+        keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
+        truststore=r.path_value("truststore"),
+        truststore_password=r.get("truststore_password", str, None),  # type: ignore[arg-type]
+        ciphers=r.get("ciphers", str, DEFAULT_CIPHERS),
+        session_tickets=r.get("session_tickets", bool, True),
+        revocation=r.choice("revocation", REVOCATION_MODES, "off"),
+        revocation_scope=r.choice("revocation_scope", ("leaf", "chain"), "chain"),
+        revocation_fail=r.choice("revocation_fail", ("closed", "open"), "closed"),
+        ocsp_timeout=r.positive("ocsp_timeout", float, 2.0),
+        ocsp_cache_seconds=r.positive("ocsp_cache_seconds", float, 300.0),
+    )
+    protocols = _string_list(r, "protocols")
+    if protocols is not None:
+        bad = [p for p in protocols if p not in TLS_PROTOCOLS]
+        if bad or not protocols:
+            r.problem(
+                "protocols",
+                f"allowed values are {', '.join(TLS_PROTOCOLS)} (TLS 1.0/1.1 are not supported), "
+                f"got {protocols!r}",
+            )
+        else:
+            cfg = _replace(cfg, protocols=tuple(protocols))
+    crl_paths = _string_list(r, "crl") or []
+    crls = []
+    for i, raw in enumerate(crl_paths):
+        p = (r.file.parent / raw).resolve()
+        if not p.exists():
+            r.problem(f"crl[{i}]", f"file not found: {p}")
+        crls.append(p)
+    cfg = _replace(cfg, crl=tuple(crls))
+    if cfg.keystore and (cfg.certificate or cfg.private_key):
+        r.problem("keystore", "give either keystore or certificate/private_key, not both")
+    if bool(cfg.certificate) != bool(cfg.private_key) and not cfg.keystore:
+        r.problem(
+            "private_key" if cfg.certificate else "certificate",
+            "certificate and private_key go together",
+        )
+    if cfg.revocation != "off" and "crl" in cfg.revocation and not cfg.crl:
+        r.problem("crl", f"revocation = {cfg.revocation!r} needs at least one CRL file")
+    r.finish()
+    return cfg
+
+
+def _replace(obj: T, **changes: Any) -> T:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def _api(r: _Reader, problems_for_alias: Callable[[str, str], None]) -> ApiConfig | None:
+    name = r.required("name", str)
+    version = r.get("version", str, "")
+    context = r.required("context", str)
+    backend = r.required("backend", str)
+    mutual_ssl = _mode(r, "mutual_ssl")
+    api_key = _mode(r, "api_key")
+    aliases = _string_list(r, "aliases")
+    max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
+    backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
+    tiers = []
+    for t in r.tables("tiers"):
+        alias = t.required("alias", str)
+        rpm = t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
+        if rpm is None:
+            t.problem("requests_per_minute", "is required")
+        t.finish()
+        if alias is not None and rpm:
+            tiers.append(Tier(alias, rpm))
+    if context is not None:
+        if not _CONTEXT_RE.match(context) or "//" in context or "/../" in f"{context}/" or "/./" in f"{context}/":
+            r.problem("context", f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}")
+            context = None
+        else:
+            context = context.rstrip("/") or "/"
+    if backend is not None:
+        parts = urlsplit(backend)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problem("backend", f"must be an http:// or https:// URL, got {backend!r}")
+            backend = None
+        elif parts.query or parts.fragment:
+            r.problem("backend", "must not carry a query or fragment")
+            backend = None
+    r.finish()
+    if name is None or context is None or backend is None:
+        return None
+    return ApiConfig(
+        name=name,
+        version=version,
+        context=context,
+        backend=backend.rstrip("/"),
+        mutual_ssl=mutual_ssl,
+        aliases=frozenset(aliases) if aliases is not None else None,
+        api_key=api_key,
+        max_body_bytes=max_body,
+        backend_timeout=backend_timeout,
+        tiers=tuple(tiers),
+    )
+
+
+def _mutual_ssl(r: _Reader) -> MutualSslConfig:
+    header = _header_name(r, "certificate_header", None)
+    enc = r.choice("header_encoding", HEADER_ENCODINGS, "auto")
+    chain_header = _header_name(r, "chain_header", None)
+    validation = r.get("enable_client_validation", bool, True)
+    lb_aliases = _string_list(r, "load_balancer_aliases") or []
+    proxies = []
+    for i, raw in enumerate(_string_list(r, "trusted_proxies") or []):
+        try:
+            proxies.append(ipaddress.ip_network(raw, strict=False))
+        except ValueError:
+            r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
+    forward = r.get("forward_client_certificate_header", bool, False)
+    if header is not None:
+        if validation and not lb_aliases:
+            r.problem(
+                "load_balancer_aliases",
+                "is required when enable_client_validation = true: name the truststore aliases "
+                "that identify your load balancers (or set enable_client_validation = false "
+                "with trusted_proxies)",
+            )
+        if not validation and not proxies:
+            r.problem(
+                "trusted_proxies",
+                "is required when enable_client_validation = false: without it any caller "
+                "could forge the certificate header",
+            )
+    if enc == "rfc9440" and chain_header is None and header is not None:
+        chain_header = "Client-Cert-Chain"
+    r.finish()
+    return MutualSslConfig(
+        certificate_header=header,
+        header_encoding=enc,
+        chain_header=chain_header,
+        enable_client_validation=validation,
+        load_balancer_aliases=frozenset(lb_aliases),
+        trusted_proxies=tuple(proxies),
+        forward_client_certificate_header=forward,
+    )
+
+
+def _limits(r: _Reader) -> Limits:
+    d = Limits()
+    out = Limits(
+        max_header_bytes=r.positive("max_header_bytes", int, d.max_header_bytes),
+        max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
+        client_header_timeout=r.positive("client_header_timeout", float, d.client_header_timeout),
+        idle_timeout=r.positive("idle_timeout", float, d.idle_timeout),
+        handshake_timeout=r.positive("handshake_timeout", float, d.handshake_timeout),
+        max_connections=r.positive("max_connections", int, d.max_connections),
+        backend_connect_timeout=r.positive(
+            "backend_connect_timeout", float, d.backend_connect_timeout
+        ),
+        backend_timeout=r.positive("backend_timeout", float, d.backend_timeout),
+    )
+    r.finish()
+    return out
+
+
+def load(path: str | Path) -> GatewayConfig:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    file = Path(path).resolve()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: config file not found"]) from None
+    except OSError as e:
+        raise ConfigError([f"{file}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{file}: invalid TOML: {e}"]) from None
+    return parse(raw, file)
+
+
+def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
+    problems: list[str] = []
+    top = _Reader(file, raw, "", problems)
+
+    listeners = tuple(_listener(r) for r in top.tables("listeners"))
+    if "listeners" not in raw:
+        top.problem("listeners", "at least one [[listeners]] table is required")
+    tls = _tls(top.sub("tls"))
+
+    apis: list[ApiConfig] = []
+    contexts: dict[str, str] = {}
+    for r in top.tables("apis"):
+        api = _api(r, lambda k, m: None)
+        if api is None:
+            continue
+        if api.context in contexts:
+            problems.append(
+                f"{file}: {r.path}.context: duplicate context {api.context!r} "
+                f"(also used by {contexts[api.context]})"
+            )
+            continue
+        contexts[api.context] = r.path
+        apis.append(api)
+    if not raw.get("apis"):
+        top.problem("apis", "at least one [[apis]] table is required")
+
+    keys = []
+    key_names: set[str] = set()
+    for r in top.tables("api_keys"):
+        name = r.required("name", str)
+        digest = r.required("key_sha256", str)
+        r.finish()
+        if digest is not None:
+            try:
+                raw_digest = bytes.fromhex(digest)
+                if len(raw_digest) != 32:
+                    raise ValueError
+            except ValueError:
+                r.problem("key_sha256", "must be 64 hex characters (the SHA-256 of the key)")
+                continue
+            if name is not None:
+                if name in key_names:
+                    r.problem("name", f"duplicate API key name {name!r}")
+                key_names.add(name)
+                keys.append(ApiKey(name, raw_digest))
+
+    mutual_ssl = _mutual_ssl(top.sub("mutual_ssl"))
+    authz = None
+    if "authz" in raw:
+        a = top.sub("authz")
+        authz_path = a.get("path", str, AuthzConfig.path)
+        if not authz_path.startswith("/"):
+            a.problem("path", f"must start with '/', got {authz_path!r}")
+        authz = AuthzConfig(
+            path=authz_path.rstrip("/") or "/",
+            original_uri_header=_header_name(a, "original_uri_header", "X-Original-URI")
+            or "X-Original-URI",
+            original_method_header=_header_name(a, "original_method_header", "X-Original-Method")
+            or "X-Original-Method",
+        )
+        a.finish()
+        if any(authz.path == api.context or authz.path.startswith(api.context.rstrip("/") + "/")
+               for api in apis if api.context != "/"):
+            a.problem("path", f"{authz.path!r} lies inside an API context")
+    admin = None
+    if "admin" in raw:
+        a = top.sub("admin")
+        admin = AdminConfig(host=a.get("host", str, "127.0.0.1"), port=a.get("port", int, 9901))
+        a.finish()
+    access_log = None
+    if "access_log" in raw:
+        a = top.sub("access_log")
+        log_path = a.get("path", str, "-")
+        if log_path != "-":
+            log_path = str((file.parent / log_path).resolve())
+        access_log = AccessLogConfig(path=log_path)
+        a.finish()
+    identity = IdentityConfig()
+    if "identity" in raw:
+        a = top.sub("identity")
+        fwd = a.choice("forward", IDENTITY_FORWARD, "none")
+        hdrs = a.sub("headers")
+        pairs = []
+        for k in list(hdrs.table):
+            name = _header_name(hdrs, k, None)
+            if name:
+                pairs.append((k, name))
+        allowed_fields = {"subject", "issuer", "serial", "sha256", "cert", "san"}
+        for k, _ in pairs:
+            if k not in allowed_fields:
+                hdrs.problem(k, f"unknown identity field; use one of {sorted(allowed_fields)}")
+        if fwd == "headers" and not pairs:
+            a.problem("headers", 'forward = "headers" needs at least one header in [identity.headers]')
+        identity = IdentityConfig(forward=fwd, headers=tuple(pairs))
+        a.finish()
+    limits = _limits(top.sub("limits"))
+    workers = top.positive("workers", int, 1)
+    shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
+    if shutdown_timeout < 0:
+        top.problem("shutdown_timeout", "must not be negative")
+    top.finish()
+
+    uses_mtls = any(api.mutual_ssl is not Mode.DISABLED for api in apis)
+    needs_tls = any(listener.tls for listener in listeners)
+    if needs_tls and not (tls.keystore or tls.certificate):
+        problems.append(
+            f"{file}: tls.certificate: a TLS listener needs tls.certificate and tls.private_key "
+            "(or tls.keystore)"
+        )
+    if (uses_mtls or mutual_ssl.header_mode) and tls.truststore is None:
+        problems.append(f"{file}: tls.truststore: APIs with mutual_ssl need a truststore")
+    if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
+        problems.append(f"{file}: api_keys: an API uses api_key but no [[api_keys]] are defined")
+    if uses_mtls and not needs_tls and not mutual_ssl.header_mode:
+        problems.append(
+            f"{file}: listeners: APIs use mutual_ssl but no listener terminates TLS and "
+            "[mutual_ssl].certificate_header is not set, so no certificate can ever arrive"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(
+        source=file,
+        listeners=listeners,
+        tls=tls,
+        apis=tuple(apis),
+        api_keys=tuple(keys),
+        mutual_ssl=mutual_ssl,
+        authz=authz,
+        admin=admin,
+        access_log=access_log,
+        identity=identity,
+        limits=limits,
+        workers=workers,
+        shutdown_timeout=shutdown_timeout,
+    )

@@ -1,0 +1,68 @@
+"""Every error the gateway answers with, in one place, in WSO2-compatible JSON.
+
+Clients migrating from WSO2 API Manager / Microgateway match on these codes, so
+the codes and messages are WSO2's; the ``description`` says what went wrong in
+plain words.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GatewayError:
+    status: int
+    code: str
+    message: str
+    description: str
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"code": self.code, "message": self.message, "description": self.description}
+        ).encode()
+
+
+def invalid_credentials(description: str) -> GatewayError:
+    return GatewayError(401, "900901", "Invalid Credentials", description)
+
+
+def missing_credentials(description: str) -> GatewayError:
+    return GatewayError(401, "900902", "Missing Credentials", description)
+
+
+def forbidden(description: str) -> GatewayError:
+    return GatewayError(403, "900908", "Resource forbidden", description)
+
+
+def not_found(path: str) -> GatewayError:
+    return GatewayError(
+        404, "404", "Status not found", f"No API is deployed for the path {path!r}"
+    )
+
+
+def bad_request(description: str) -> GatewayError:
+    return GatewayError(400, "400", "Bad Request", description)
+
+
+def payload_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, "413", "Payload Too Large", f"request body exceeds the limit of {limit} bytes"
+    )
+
+
+def throttled(description: str) -> GatewayError:
+    return GatewayError(429, "900800", "Message throttled out", description)
+
+
+def backend_unavailable(description: str) -> GatewayError:
+    return GatewayError(503, "101503", "Runtime Error", description)
+
+
+def backend_timeout(description: str) -> GatewayError:
+    return GatewayError(504, "101504", "Runtime Error", description)
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "101500", "Runtime Error", "internal gateway error")

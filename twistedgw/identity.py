@@ -1,0 +1,69 @@
+"""Who is calling: the outcome of one client-certificate check.
+
+Produced either by the TLS verification callback (source ``handshake``) or by
+decoding and verifying a load balancer's header (source ``header``); consumed by
+the policy. Everything here is immutable and free of I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from twistedgw import reasons
+from twistedgw.pki import fingerprint
+
+
+class Outcome(enum.Enum):
+    NONE = "none"
+    VERIFIED = "verified"
+    FAILED = "failed"
+
+
+class Source(enum.Enum):
+    HANDSHAKE = "handshake"
+    HEADER = "header"
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """One client-certificate verdict.
+
+    ``chain`` is leaf first; when ``outcome`` is VERIFIED it is the verified chain
+    ending at a truststore entry, and ``trust_aliases`` names the truststore
+    entries in it. When FAILED, ``reason`` says why in plain words and ``chain``
+    holds what was presented (possibly empty).
+    """
+
+    source: Source
+    outcome: Outcome
+    chain: tuple[x509.Certificate, ...] = ()
+    trust_aliases: frozenset[str] = frozenset()
+    reason: str | None = None
+
+    @property
+    def leaf(self) -> x509.Certificate | None:
+        return self.chain[0] if self.chain else None
+
+    @property
+    def verified(self) -> bool:
+        return self.outcome is Outcome.VERIFIED
+
+    def leaf_sha256(self) -> str | None:
+        leaf = self.leaf
+        return fingerprint(leaf).hex() if leaf is not None else None
+
+    def leaf_pem(self) -> bytes | None:
+        leaf = self.leaf
+        return leaf.public_bytes(serialization.Encoding.PEM) if leaf is not None else None
+
+
+def no_certificate(source: Source = Source.HANDSHAKE) -> ClientIdentity:
+    return ClientIdentity(source, Outcome.NONE, reason=reasons.NONE)
+
+
+def failed(source: Source, reason: str, chain: tuple[x509.Certificate, ...] = ()) -> ClientIdentity:
+    return ClientIdentity(source, Outcome.FAILED, chain, reason=reason)

@@ -1,0 +1,191 @@
+"""Keystores and truststores, loaded into ``cryptography`` objects.
+
+A truststore is a set of *aliases*, each naming one certificate: a CA whose
+descendants are trusted, or a pinned client certificate trusted by itself.
+APIs grant access by alias, as WSO2's ``aliasList`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
+
+
+class PkiError(Exception):
+    """A keystore or truststore could not be used; the message names the file."""
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the DER encoding: the identity of a certificate."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+@dataclass(frozen=True)
+class TrustEntry:
+    alias: str
+    cert: x509.Certificate
+    sha256: bytes
+
+    @property
+    def is_ca(self) -> bool:
+        try:
+            return self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            return False
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Trusted certificates by alias; immutable, swapped whole on reload."""
+
+    source: str
+    entries: tuple[TrustEntry, ...]
+    _by_fp: dict[bytes, TrustEntry] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_fp.update({e.sha256: e for e in self.entries})
+
+    @property
+    def aliases(self) -> frozenset[str]:
+        return frozenset(e.alias for e in self.entries)
+
+    @property
+    def certificates(self) -> list[x509.Certificate]:
+        return [e.cert for e in self.entries]
+
+    def aliases_in_chain(self, chain: tuple[x509.Certificate, ...]) -> frozenset[str]:
+        """The aliases of the truststore entries that appear in a *verified* chain."""
+        found = set()
+        for cert in chain:
+            entry = self._by_fp.get(fingerprint(cert))
+            if entry is not None:
+                found.add(entry.alias)
+        return frozenset(found)
+
+    def subset(self, aliases: frozenset[str]) -> TrustStore:
+        return TrustStore(self.source, tuple(e for e in self.entries if e.alias in aliases))
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    """The gateway's own certificate, its chain and private key."""
+
+    source: str
+    cert: x509.Certificate
+    key: PrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"{what} {path}: file not found") from None
+    except OSError as e:
+        raise PkiError(f"{what} {path}: {e.strerror}") from None
+
+
+def load_pem_certificates(path: Path, what: str = "certificate file") -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise PkiError(f"{what} {path}: no PEM or DER certificate in it") from None
+    return certs
+
+
+def load_truststore(path: Path, password: str | None = None) -> TrustStore:
+    """A directory of PEM files (alias = file stem) or a PKCS#12 file (alias = friendly name).
+
+    A PEM file with several certificates gives ``stem``, ``stem-2``, ``stem-3`` ...
+    """
+    entries: list[TrustEntry] = []
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in {".pem", ".crt", ".cer", ".der"}
+        )
+        for f in files:
+            for i, cert in enumerate(load_pem_certificates(f, "truststore entry")):
+                alias = f.stem if i == 0 else f"{f.stem}-{i + 1}"
+                entries.append(TrustEntry(alias, cert, fingerprint(cert)))
+    elif path.is_file():
+        data = _read(path, "truststore")
+        try:
+            p12 = pkcs12.load_pkcs12(data, password.encode() if password is not None else None)
+        except ValueError:
+            raise PkiError(
+                f"truststore {path}: not a PKCS#12 file, or the truststore_password is wrong"
+            ) from None
+        certs = list(p12.additional_certs)
+        if p12.cert is not None:
+            certs.insert(0, p12.cert)
+        for i, pc in enumerate(certs):
+            alias = pc.friendly_name.decode("utf-8", "replace") if pc.friendly_name else f"cert-{i + 1}"
+            entries.append(TrustEntry(alias, pc.certificate, fingerprint(pc.certificate)))
+    else:
+        raise PkiError(f"truststore {path}: no such file or directory")
+    if not entries:
+        raise PkiError(f"truststore {path}: contains no certificates")
+    seen: set[str] = set()
+    for e in entries:
+        if e.alias in seen:
+            raise PkiError(f"truststore {path}: alias {e.alias!r} appears twice")
+        seen.add(e.alias)
+    return TrustStore(str(path), tuple(entries))
+
+
+def load_keystore_pem(cert_path: Path, key_path: Path) -> KeyStore:
+    certs = load_pem_certificates(cert_path, "tls.certificate")
+    data = _read(key_path, "tls.private_key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise PkiError(
+            f"tls.private_key {key_path}: not an unencrypted PEM private key"
+        ) from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PkiError(f"tls.private_key {key_path}: unsupported key type")
+    _check_pair(certs[0], key, str(key_path))
+    return KeyStore(str(cert_path), certs[0], key, tuple(certs[1:]))
+
+
+def load_keystore_p12(path: Path, password: str | None) -> KeyStore:
+    data = _read(path, "tls.keystore")
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(
+            data, password.encode() if password is not None else None
+        )
+    except ValueError:
+        raise PkiError(
+            f"tls.keystore {path}: not a PKCS#12 file, or the keystore_password is wrong"
+        ) from None
+    if key is None or cert is None:
+        raise PkiError(f"tls.keystore {path}: needs a private key and its certificate")
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PkiError(f"tls.keystore {path}: unsupported key type")
+    _check_pair(cert, key, str(path))
+    return KeyStore(str(path), cert, key, tuple(extra))
+
+
+def _check_pair(cert: x509.Certificate, key: PrivateKey, where: str) -> None:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if cert.public_key().public_bytes(enc, fmt) != key.public_key().public_bytes(enc, fmt):
+        raise PkiError(f"{where}: the private key does not match the certificate")
+
+
+def describe(cert: x509.Certificate) -> str:
+    """One line for logs: subject and expiry, never the certificate itself."""
+    return f"{cert.subject.rfc4514_string()} (expires {cert.not_valid_after_utc:%Y-%m-%d})"

@@ -1,0 +1,116 @@
+"""One normalised path, used both to choose the API and to build the backend URL.
+
+Policy bypasses come from a router and a backend disagreeing about a path
+(``/open/../secret``, ``/secret%2Fx``, ``/SECRET``, ``/secret;x``). So the
+gateway decides what a path *is* once, routes on that, and sends the backend
+exactly that path: it has nothing left to reinterpret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from twistedgw.config import ApiConfig
+
+
+class BadPath(ValueError):
+    """The request target cannot be normalised safely; answered with 400."""
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Characters allowed raw in a path segment (RFC 3986 pchar minus '%', plus '/').
+_PCHAR = frozenset(b"!$&'()*+,;=:@/") | _UNRESERVED
+_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Percent-escapes that would change the path's structure if a backend decoded them.
+_FORBIDDEN_ESCAPES = {0x2F: "'/'", 0x5C: "'\\'", 0x00: "NUL", 0x3B: "';'"}
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes | None]:
+    path, sep, query = target.partition(b"?")
+    return path, (query if sep else None)
+
+
+def normalise(path: bytes) -> bytes:
+    """Normalise a request path (no query); raise BadPath when it is unsafe or malformed.
+
+    Steps: require an absolute path; refuse control characters, backslashes and
+    escaped '/', '\\', NUL or ';'; decode escapes of unreserved characters and
+    upper-case the rest; drop ``;params`` from each segment; collapse empty
+    segments; resolve ``.`` and ``..`` (refusing to climb above the root).
+    """
+    if not path.startswith(b"/"):
+        raise BadPath("request target must be an absolute path")
+    if any(b < 0x21 or b == 0x7F or b == 0x5C for b in path):
+        raise BadPath("request path contains a control character, space or backslash")
+    if any(b >= 0x80 for b in path):
+        raise BadPath("request path contains a raw non-ASCII byte")
+
+    def unescape(m: re.Match[bytes]) -> bytes:
+        value = int(m.group(1), 16)
+        if value in _FORBIDDEN_ESCAPES:
+            raise BadPath(f"request path contains an encoded {_FORBIDDEN_ESCAPES[value]}")
+        if value in _UNRESERVED:
+            return bytes([value])
+        return b"%" + m.group(1).upper()
+
+    if b"%" in path:
+        stray = path.count(b"%") - len(_PCT.findall(path))
+        if stray:
+            raise BadPath("request path contains a malformed percent-escape")
+        path = _PCT.sub(unescape, path)
+    for b in path:
+        if b not in _PCHAR and b != 0x25:
+            raise BadPath(f"request path contains the character {chr(b)!r}")
+
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for i, raw in enumerate(segments):
+        segment = raw.split(b";", 1)[0]
+        last = i == len(segments) - 1
+        if segment in (b"", b"."):
+            if last:
+                out.append(b"")  # keep a trailing slash
+            continue
+        if segment == b"..":
+            if not out or out == [b""]:
+                raise BadPath("request path climbs above the root")
+            out.pop()
+            if last:
+                out.append(b"")
+            continue
+        out.append(segment)
+    return b"/" + b"/".join(out)
+
+
+@dataclass(frozen=True)
+class Route:
+    api: ApiConfig
+    backend_target: bytes  # absolute URL for the backend, path and query included
+
+
+class Router:
+    """Longest-context match on segment boundaries, case-insensitively.
+
+    Contexts match case-insensitively so that ``/PETSTORE`` cannot slip past a
+    protected ``/petstore`` to a catch-all API whose backend ignores case.
+    """
+
+    def __init__(self, apis: Iterable[ApiConfig]) -> None:
+        ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
+        self._apis = [(a.context.lower().encode(), a) for a in ordered]
+
+    def route(self, path: bytes, query: bytes | None) -> Route | None:
+        """``path`` must already be normalised."""
+        lowered = path.lower()
+        for context, api in self._apis:
+            if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
+                rest = path[len(context):] if context != b"/" else path
+                target = api.backend.encode() + (rest if rest else b"")
+                if not rest and not api.backend.split("://", 1)[1].count("/"):
+                    target += b"/"
+                if query is not None:
+                    target += b"?" + query
+                return Route(api, target)
+        return None

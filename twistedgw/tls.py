@@ -1,0 +1,223 @@
+"""The server side of TLS: options, and the per-connection client-certificate record.
+
+The handshake never fails because of a client certificate. OpenSSL's verify
+callback records what it found and lets the handshake finish; the verdict is
+given per API in HTTP, where the gateway can answer with a JSON error instead of
+a TLS alert the caller cannot read.
+
+A ``ServerTLS`` is immutable once built: reload builds a new one and swaps the
+reference (pyOpenSSL forbids mutating a Context that a connection used).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twistedgw import reasons
+from twistedgw.config import TlsConfig
+from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
+from twistedgw.pki import KeyStore, TrustStore, fingerprint
+
+log = Logger()
+
+# OpenSSL X509_V_ERR_* codes, mapped onto the words the header path uses too.
+_REASONS: dict[int, str] = {
+    2: reasons.UNTRUSTED,  # unable to get issuer certificate
+    9: reasons.NOT_YET_VALID,
+    10: reasons.EXPIRED,
+    18: reasons.UNTRUSTED,  # self-signed leaf not in the truststore
+    19: reasons.UNTRUSTED,  # self-signed certificate in chain
+    20: reasons.UNTRUSTED,  # unable to get local issuer certificate
+    21: reasons.UNTRUSTED,  # unable to verify the first certificate
+    23: reasons.REVOKED,
+    24: reasons.INVALID,  # invalid CA certificate
+    26: reasons.WRONG_PURPOSE,
+    28: reasons.INVALID,  # certificate rejected
+}
+
+
+def _openssl_reason(errno: int) -> str:
+    known = _REASONS.get(errno)
+    if known is not None:
+        return known
+    try:
+        from OpenSSL._util import ffi, lib  # private, but the only way to OpenSSL's own words
+
+        text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+    except Exception:
+        text = f"verification error {errno}"
+    return f"{reasons.INVALID}: {text}"
+
+
+@dataclass
+class HandshakeRecord:
+    """What the verify callback saw on one connection; mutated only during the handshake."""
+
+    owner: ServerTLS
+    callback_ran: bool = False
+    errors: list[tuple[int, int]] = field(default_factory=list)  # (errno, depth)
+    identity: ClientIdentity | None = None
+
+
+class HandshakeRecords(weakref.WeakKeyDictionary[Any, HandshakeRecord]):
+    """TLS protocol -> its record; forgotten when the connection is collected."""
+
+
+class _VerdictCache:
+    """Leaf fingerprint -> verdict from a full handshake, for resumed sessions.
+
+    OpenSSL does not run the verify callback when a session is resumed, and a
+    resumed session carries only the leaf. The leaf in a session ticket is
+    authentic (the ticket is sealed with this context's key), so the verdict
+    of the handshake that issued it stands until the certificate expires.
+    """
+
+    def __init__(self, size: int = 10000) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, ClientIdentity] = OrderedDict()
+
+    def put(self, identity: ClientIdentity) -> None:
+        leaf = identity.leaf
+        if leaf is None:
+            return
+        key = fingerprint(leaf)
+        self._items[key] = identity
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
+        key = fingerprint(leaf)
+        identity = self._items.get(key)
+        if identity is None:
+            return None
+        now = datetime.now(timezone.utc)
+        if identity.verified and any(c.not_valid_after_utc < now for c in identity.chain):
+            del self._items[key]
+            return None
+        return identity
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """Creates server TLS connections that record each client certificate's outcome."""
+
+    def __init__(
+        self,
+        settings: TlsConfig,
+        keystore: KeyStore,
+        truststore: TrustStore | None,
+        records: HandshakeRecords | None = None,
+    ) -> None:
+        self.keystore = keystore
+        self.truststore = truststore
+        # Shared across reloads: a connection made before a reload is judged by
+        # the ServerTLS that handshook it.
+        self._records = records if records is not None else HandshakeRecords()
+        self._verdicts = _VerdictCache()
+        self._context = self._make_context(settings, keystore, truststore)
+
+    @staticmethod
+    def _make_context(settings: TlsConfig, keystore: KeyStore, truststore: TrustStore | None) -> SSL.Context:
+        versions = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+        lowest = min(settings.protocols)
+        highest = max(settings.protocols)
+        ca_certs = (
+            [crypto.X509.from_cryptography(c) for c in truststore.certificates] if truststore else None
+        )
+        options = ssl.CertificateOptions(
+            privateKey=keystore.key,  # type: ignore[arg-type]
+            certificate=keystore.cert,  # type: ignore[arg-type]
+            extraCertChain=list(keystore.chain),  # type: ignore[arg-type]
+            verify=truststore is not None,
+            caCerts=ca_certs,
+            requireCertificate=False,
+            raiseMinimumTo=versions[lowest],
+            lowerMaximumSecurityTo=versions[highest] if highest != "TLSv1.3" else None,
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(settings.ciphers),
+            enableSessions=settings.session_tickets,
+            enableSessionTickets=settings.session_tickets,
+            acceptableProtocols=[b"http/1.1"],
+        )
+        context: SSL.Context = options.getContext()
+        if truststore is not None:
+            # Pinned leaves that are not self-signed need partial chains to anchor.
+            context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # type: ignore[union-attr]
+            # Name acceptable CAs in the CertificateRequest so clients pick the right cert.
+            for cert in truststore.certificates:
+                context.add_client_ca(crypto.X509.from_cryptography(cert))
+        return context
+
+    # IOpenSSLServerConnectionCreator
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if self.truststore is not None:
+            record = HandshakeRecord(self)
+            self._records[tlsProtocol] = record
+
+            def callback(
+                conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+            ) -> bool:
+                # Record now: once we return True OpenSSL clears the error.
+                record.callback_ran = True
+                if not ok:
+                    record.errors.append((errno, depth))
+                return True
+
+            connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, callback)
+        return connection
+
+    def identity_for(self, tls_transport: Any) -> ClientIdentity:
+        """The client-certificate verdict of the connection behind ``tls_transport``.
+
+        ``tls_transport`` is the ``TLSMemoryBIOProtocol`` (``request.channel.transport``).
+        Computed once per connection, after the handshake.
+        """
+        record = self._records.get(tls_transport)
+        if record is None:
+            return no_certificate()
+        if record.identity is None:
+            record.identity = record.owner._evaluate(tls_transport.getHandle(), record)
+        return record.identity
+
+    def _evaluate(self, conn: SSL.Connection, record: HandshakeRecord) -> ClientIdentity:
+        peer = conn.get_peer_certificate(as_cryptography=True)
+        if peer is None:
+            return no_certificate()
+        if not record.callback_ran:
+            cached = self._verdicts.get(peer)
+            if cached is not None:
+                return cached
+            return failed(Source.HANDSHAKE, "resumed TLS session has no verification record", (peer,))
+        presented = (peer,) + tuple(
+            c for c in (conn.get_peer_cert_chain(as_cryptography=True) or ()) if c != peer
+        )
+        if record.errors:
+            errno, _depth = record.errors[0]
+            identity = failed(Source.HANDSHAKE, _openssl_reason(errno), presented)
+        else:
+            chain = tuple(conn.get_verified_chain(as_cryptography=True) or ())
+            if not chain:
+                identity = failed(Source.HANDSHAKE, reasons.UNTRUSTED, presented)
+            else:
+                assert self.truststore is not None
+                identity = ClientIdentity(
+                    Source.HANDSHAKE,
+                    Outcome.VERIFIED,
+                    chain,
+                    self.truststore.aliases_in_chain(chain),
+                )
+        self._verdicts.put(identity)
+        return identity

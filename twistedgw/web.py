@@ -1,0 +1,195 @@
+"""The gateway's HTTP face: one leaf resource that routes, authenticates and forwards.
+
+A request travels: normalise the path -> route to an API -> resolve the caller's
+certificate (``callers``) -> run the API's policy -> forward. Every refusal is a
+``GatewayError`` rendered as WSO2-compatible JSON; nothing a client sends can
+make this raise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from twistedgw import callers, errors
+from twistedgw.config import ApiConfig
+from twistedgw.errors import GatewayError
+from twistedgw.forward import Forwarder, ForwardResult
+from twistedgw.identity import ClientIdentity
+from twistedgw.policy import API_KEY_HEADER, AuthContext, Deny
+from twistedgw.routing import BadPath, normalise, split_target
+from twistedgw.runtime import Runtime
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One finished request, for the access log and metrics."""
+
+    started: float
+    duration: float
+    client: str
+    method: str
+    path: str
+    api: ApiConfig | None
+    status: int
+    bytes_sent: int
+    identity: ClientIdentity | None
+    error_kind: str | None = None
+
+
+Observer = Callable[[RequestRecord], None]
+
+
+@dataclass
+class Gateway:
+    """The live state: the current ``Runtime`` (swapped on reload) and what outlives it."""
+
+    runtime: Runtime
+    forwarder: Forwarder
+    observers: list[Observer] = field(default_factory=list)
+
+    def notify(self, record: RequestRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.failure("request observer failed")
+
+
+def write_error(request: Request, error: GatewayError) -> bytes:
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    body = error.body()
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    return b"" if request.method == b"HEAD" else body
+
+
+class GatewayResource(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+        started = time.time()
+        runtime = self.gateway.runtime  # one consistent snapshot for this request
+        raw_path, query = split_target(request.uri)
+        api: ApiConfig | None = None
+        identity: ClientIdentity | None = None
+
+        def finish(status: int, sent: int, kind: str | None = None) -> None:
+            self.gateway.notify(
+                RequestRecord(
+                    started=started,
+                    duration=time.time() - started,
+                    client=callers.client_ip(request),
+                    method=request.method.decode("latin-1"),
+                    path=raw_path.decode("latin-1"),
+                    api=api,
+                    status=status,
+                    bytes_sent=sent,
+                    identity=identity,
+                    error_kind=kind,
+                )
+            )
+
+        def refuse(error: GatewayError) -> bytes:
+            body = write_error(request, error)
+            finish(error.status, len(body))
+            return body
+
+        try:
+            path = normalise(raw_path)
+        except BadPath as e:
+            return refuse(errors.bad_request(str(e)))
+        authz = runtime.config.authz
+        if authz is not None and path == authz.path.encode():
+            return self._authz(request, runtime, refuse, finish)
+        route = runtime.router.route(path, query)
+        if route is None:
+            return refuse(errors.not_found(path.decode("latin-1")))
+        api = route.api
+        limit = api.max_body_bytes or runtime.config.limits.max_body_bytes
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return refuse(errors.payload_too_large(limit))
+        caller = callers.resolve(request, runtime)
+        identity = caller.identity
+        decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
+        if isinstance(decision, Deny):
+            return refuse(decision.error)
+
+        remove = {API_KEY_HEADER}
+        header = runtime.config.mutual_ssl.certificate_header
+        chain_header = runtime.config.mutual_ssl.chain_header
+        if header is not None and (
+            caller.ignored_header
+            or not caller.via_load_balancer
+            or not runtime.config.mutual_ssl.forward_client_certificate_header
+        ):
+            remove.add(header.lower().encode())
+            if chain_header is not None:
+                remove.add(chain_header.lower().encode())
+
+        def done(result: ForwardResult) -> None:
+            finish(result.status, result.bytes_sent, result.error_kind)
+
+        self.gateway.forwarder.forward(
+            request, route.backend_target, remove_headers=remove, on_done=done
+        )
+        return NOT_DONE_YET
+
+    def _authz(
+        self,
+        request: Request,
+        runtime: Runtime,
+        refuse: Callable[[GatewayError], bytes],
+        finish: Callable[[int, int], None],
+    ) -> bytes:
+        """Judge the request that ``original_uri_header`` names, without forwarding it.
+
+        For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
+        """
+        assert runtime.config.authz is not None
+        settings = runtime.config.authz
+        original = request.getHeader(settings.original_uri_header)
+        if original is None:
+            return refuse(errors.bad_request(f"the {settings.original_uri_header} header is missing"))
+        raw_path, query = split_target(original)
+        try:
+            path = normalise(raw_path)
+        except BadPath as e:
+            return refuse(errors.bad_request(str(e)))
+        route = runtime.router.route(path, query)
+        if route is None:
+            return refuse(errors.not_found(path.decode("latin-1")))
+        caller = callers.resolve(request, runtime)
+        decision = runtime.policy.decide(
+            AuthContext(caller.identity, request.requestHeaders), route.api
+        )
+        if isinstance(decision, Deny):
+            return refuse(decision.error)
+        request.setResponseCode(200)
+        request.responseHeaders.setRawHeaders(b"x-twistedgw-api", [route.api.label.encode()])
+        leaf = caller.identity.leaf
+        if leaf is not None and caller.identity.verified:
+            request.responseHeaders.setRawHeaders(
+                b"x-client-cert-subject", [leaf.subject.rfc4514_string().encode()]
+            )
+            request.responseHeaders.setRawHeaders(
+                b"x-client-cert-sha256", [(caller.identity.leaf_sha256() or "").encode()]
+            )
+        principals = ",".join(decision.principals)
+        if principals:
+            request.responseHeaders.setRawHeaders(b"x-twistedgw-principal", [principals.encode()])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+        finish(200, 0)
+        return b""
