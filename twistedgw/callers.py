@@ -57,7 +57,7 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
         return Caller(handshake, False, False)
-    values = request.requestHeaders.getRawHeaders(settings.certificate_header)
+    values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
     trusted = (not settings.trusted_proxies or _from_trusted_network(ip, settings)) and (
         not settings.enable_client_validation
@@ -74,10 +74,12 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
     if not values:
         return Caller(no_certificate(Source.HEADER), True, False)
     if len(values) > 1:
-        return Caller(failed(Source.HEADER, "more than one certificate header was sent"), True, False)
+        return Caller(
+            failed(Source.HEADER, "more than one certificate header was sent"), True, False
+        )
     chain_value = None
     if settings.chain_header is not None:
-        chain_values = request.requestHeaders.getRawHeaders(settings.chain_header)
+        chain_values = request.requestHeaders.getRawHeaders(settings.chain_header.encode())
         chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
     try:
         decoded = lbheader.decode(

@@ -33,7 +33,7 @@ def _load(path: str) -> tuple[Any, Any]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        cfg, built = _load(args.config)
+        cfg, _built = _load(args.config)
     except ConfigError as e:
         return _fail(e.problems)
     print(f"{cfg.source}: OK ({len(cfg.apis)} APIs, {len(cfg.listeners)} listeners)")
@@ -62,7 +62,11 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     def listen_failed(failure: Any) -> None:
         from twisted.internet.defer import FirstError
 
-        err = failure.value.subFailure.value if isinstance(failure.value, FirstError) else failure.value
+        err = (
+            failure.value.subFailure.value
+            if isinstance(failure.value, FirstError)
+            else failure.value
+        )
         print(f"twistedgw: cannot listen: {err}", file=sys.stderr)
         exit_code[0] = 1
         reactor.stop()  # type: ignore[attr-defined]
@@ -184,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code: int = args.func(args)
+        return code
     except KeyboardInterrupt:
         return 130
 

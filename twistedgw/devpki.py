@@ -12,7 +12,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 KeyType = Literal["ec", "rsa"]
 
 _DAY = datetime.timedelta(days=1)
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def new_key(key_type: KeyType = "ec") -> PrivateKey:
@@ -114,9 +114,7 @@ def _build(
                 critical=False,
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    issuer_key_for_aki.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key_for_aki.public_key()),
                 critical=False,
             )
         )
@@ -220,7 +218,11 @@ class Authority:
         key = new_key(key_type or self.key_type)
         now = _now()
         if sans is None:
-            sans = [x509.DNSName(cn)] if "." in cn else [x509.UniformResourceIdentifier(f"urn:twistedgw:client:{cn}")]
+            sans = (
+                [x509.DNSName(cn)]
+                if "." in cn
+                else [x509.UniformResourceIdentifier(f"urn:twistedgw:client:{cn}")]
+            )
         cert = _build(
             _name(cn),
             self.cert.subject,
@@ -236,9 +238,14 @@ class Authority:
         chain = (self.cert, *self.chain) if not _self_signed(self.cert) else ()
         return Issued(cert, key, chain)
 
-    def server(self, hostnames: tuple[str, ...] = ("localhost",), key_type: KeyType | None = None) -> Issued:
+    def server(
+        self, hostnames: tuple[str, ...] = ("localhost",), key_type: KeyType | None = None
+    ) -> Issued:
         sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-        sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+        sans += [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
         return self.issue(
             hostnames[0], eku=(ExtendedKeyUsageOID.SERVER_AUTH,), sans=sans, key_type=key_type
         )
@@ -282,7 +289,7 @@ class DevPki:
     authorities: dict[str, Authority] = field(default_factory=dict)
     issued: dict[str, Issued] = field(default_factory=dict)
 
-    P12_PASSWORD = "changeit"
+    P12_PASSWORD = "changeit"  # noqa: S105 - a dev PKI, documented as such
 
 
 def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:

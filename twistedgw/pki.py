@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 class PkiError(Exception):
@@ -114,7 +114,9 @@ def load_truststore(path: Path, password: str | None = None) -> TrustStore:
     entries: list[TrustEntry] = []
     if path.is_dir():
         files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in {".pem", ".crt", ".cer", ".der"}
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in {".pem", ".crt", ".cer", ".der"}
         )
         for f in files:
             for i, cert in enumerate(load_pem_certificates(f, "truststore entry")):
@@ -132,7 +134,9 @@ def load_truststore(path: Path, password: str | None = None) -> TrustStore:
         if p12.cert is not None:
             certs.insert(0, p12.cert)
         for i, pc in enumerate(certs):
-            alias = pc.friendly_name.decode("utf-8", "replace") if pc.friendly_name else f"cert-{i + 1}"
+            alias = (
+                pc.friendly_name.decode("utf-8", "replace") if pc.friendly_name else f"cert-{i + 1}"
+            )
             entries.append(TrustEntry(alias, pc.certificate, fingerprint(pc.certificate)))
     else:
         raise PkiError(f"truststore {path}: no such file or directory")
@@ -152,10 +156,10 @@ def load_keystore_pem(cert_path: Path, key_path: Path) -> KeyStore:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise PkiError(
-            f"tls.private_key {key_path}: not an unencrypted PEM private key"
-        ) from None
-    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PkiError(f"tls.private_key {key_path}: not an unencrypted PEM private key") from None
+    if not isinstance(
+        key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+    ):
         raise PkiError(f"tls.private_key {key_path}: unsupported key type")
     _check_pair(certs[0], key, str(key_path))
     return KeyStore(str(cert_path), certs[0], key, tuple(certs[1:]))
@@ -173,7 +177,9 @@ def load_keystore_p12(path: Path, password: str | None) -> KeyStore:
         ) from None
     if key is None or cert is None:
         raise PkiError(f"tls.keystore {path}: needs a private key and its certificate")
-    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+    if not isinstance(
+        key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+    ):
         raise PkiError(f"tls.keystore {path}: unsupported key type")
     _check_pair(cert, key, str(path))
     return KeyStore(str(path), cert, key, tuple(extra))

@@ -47,6 +47,11 @@ class GatewaySite(Site):
     def log(self, request: Any) -> None:
         pass
 
+    def acceptableProtocols(self) -> list[bytes]:
+        # HTTP/1.1 only: per-connection client-certificate identity and streaming
+        # back-pressure are built on the HTTP/1.1 channel (H2 streams have no transport).
+        return [b"http/1.1"]
+
 
 class GatewayService(service.Service):
     """Listens on every configured listener and serves the gateway."""
@@ -78,10 +83,10 @@ class GatewayService(service.Service):
     def _endpoint(self, listener: Listener) -> Any:
         if listener.endpoint is not None:
             return endpoints.serverFromString(self.reactor, listener.endpoint)
-        return endpoints.TCP4ServerEndpoint(
-            self.reactor, listener.port, interface=listener.host
-        ) if ":" not in listener.host else endpoints.TCP6ServerEndpoint(
-            self.reactor, listener.port, interface=listener.host
+        return (
+            endpoints.TCP4ServerEndpoint(self.reactor, listener.port, interface=listener.host)
+            if ":" not in listener.host
+            else endpoints.TCP6ServerEndpoint(self.reactor, listener.port, interface=listener.host)
         )
 
     def _factory(self, listener: Listener) -> Any:
@@ -110,7 +115,9 @@ class GatewayService(service.Service):
             built = runtime.build(new_config, self._records)
         except ConfigError as e:
             for line in e.problems:
-                log.error("Reload refused, still serving the previous config: {problem}", problem=line)
+                log.error(
+                    "Reload refused, still serving the previous config: {problem}", problem=line
+                )
             return False
         if [lst for lst in new_config.listeners] != [lst for lst in self.config.listeners]:
             log.warn("Listener changes take effect on restart only")
@@ -122,7 +129,7 @@ class GatewayService(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         stops = [defer.maybeDeferred(port.stopListening) for port in self.ports]
-        d = defer.gatherResults(stops, consumeErrors=True)
+        d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self.forwarder.close())
         d.addBoth(lambda _: None)
         return d

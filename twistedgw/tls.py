@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -102,7 +102,7 @@ class _VerdictCache:
         identity = self._items.get(key)
         if identity is None:
             return None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if identity.verified and any(c.not_valid_after_utc < now for c in identity.chain):
             del self._items[key]
             return None
@@ -129,12 +129,16 @@ class ServerTLS:
         self._context = self._make_context(settings, keystore, truststore)
 
     @staticmethod
-    def _make_context(settings: TlsConfig, keystore: KeyStore, truststore: TrustStore | None) -> SSL.Context:
+    def _make_context(
+        settings: TlsConfig, keystore: KeyStore, truststore: TrustStore | None
+    ) -> SSL.Context:
         versions = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
         lowest = min(settings.protocols)
         highest = max(settings.protocols)
         ca_certs = (
-            [crypto.X509.from_cryptography(c) for c in truststore.certificates] if truststore else None
+            [crypto.X509.from_cryptography(c) for c in truststore.certificates]
+            if truststore
+            else None
         )
         options = ssl.CertificateOptions(
             privateKey=keystore.key,  # type: ignore[arg-type]
@@ -200,10 +204,11 @@ class ServerTLS:
             cached = self._verdicts.get(peer)
             if cached is not None:
                 return cached
-            return failed(Source.HANDSHAKE, "resumed TLS session has no verification record", (peer,))
-        presented = (peer,) + tuple(
-            c for c in (conn.get_peer_cert_chain(as_cryptography=True) or ()) if c != peer
-        )
+            return failed(
+                Source.HANDSHAKE, "resumed TLS session has no verification record", (peer,)
+            )
+        sent = conn.get_peer_cert_chain(as_cryptography=True) or []
+        presented = (peer, *(c for c in sent if c != peer))
         if record.errors:
             errno, _depth = record.errors[0]
             identity = failed(Source.HANDSHAKE, _openssl_reason(errno), presented)

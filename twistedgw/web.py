@@ -160,9 +160,11 @@ class GatewayResource(Resource):
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
-        original = request.getHeader(settings.original_uri_header)
+        original = request.getHeader(settings.original_uri_header.encode())
         if original is None:
-            return refuse(errors.bad_request(f"the {settings.original_uri_header} header is missing"))
+            return refuse(
+                errors.bad_request(f"the {settings.original_uri_header} header is missing")
+            )
         raw_path, query = split_target(original)
         try:
             path = normalise(raw_path)
