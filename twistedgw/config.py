@@ -393,15 +393,25 @@ def _api(r: _Reader, problems_for_alias: Callable[[str, str], None]) -> ApiConfi
     tiers = []
     for t in r.tables("tiers"):
         alias = t.required("alias", str)
-        rpm = t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
+        rpm = (
+            t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
+        )
         if rpm is None:
             t.problem("requests_per_minute", "is required")
         t.finish()
         if alias is not None and rpm:
             tiers.append(Tier(alias, rpm))
     if context is not None:
-        if not _CONTEXT_RE.match(context) or "//" in context or "/../" in f"{context}/" or "/./" in f"{context}/":
-            r.problem("context", f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}")
+        if (
+            not _CONTEXT_RE.match(context)
+            or "//" in context
+            or "/../" in f"{context}/"
+            or "/./" in f"{context}/"
+        ):
+            r.problem(
+                "context",
+                f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}",
+            )
             context = None
         else:
             context = context.rstrip("/") or "/"
@@ -566,8 +576,11 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
             or "X-Original-Method",
         )
         a.finish()
-        if any(authz.path == api.context or authz.path.startswith(api.context.rstrip("/") + "/")
-               for api in apis if api.context != "/"):
+        if any(
+            authz.path == api.context or authz.path.startswith(api.context.rstrip("/") + "/")
+            for api in apis
+            if api.context != "/"
+        ):
             a.problem("path", f"{authz.path!r} lies inside an API context")
     admin = None
     if "admin" in raw:
@@ -597,7 +610,9 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
             if k not in allowed_fields:
                 hdrs.problem(k, f"unknown identity field; use one of {sorted(allowed_fields)}")
         if fwd == "headers" and not pairs:
-            a.problem("headers", 'forward = "headers" needs at least one header in [identity.headers]')
+            a.problem(
+                "headers", 'forward = "headers" needs at least one header in [identity.headers]'
+            )
         identity = IdentityConfig(forward=fwd, headers=tuple(pairs))
         a.finish()
     limits = _limits(top.sub("limits"))

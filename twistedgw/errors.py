@@ -37,9 +37,7 @@ def forbidden(description: str) -> GatewayError:
 
 
 def not_found(path: str) -> GatewayError:
-    return GatewayError(
-        404, "404", "Status not found", f"No API is deployed for the path {path!r}"
-    )
+    return GatewayError(404, "404", "Status not found", f"No API is deployed for the path {path!r}")
 
 
 def bad_request(description: str) -> GatewayError:

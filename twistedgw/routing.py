@@ -106,7 +106,7 @@ class Router:
         lowered = path.lower()
         for context, api in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
-                rest = path[len(context):] if context != b"/" else path
+                rest = path[len(context) :] if context != b"/" else path
                 target = api.backend.encode() + (rest if rest else b"")
                 if not rest and not api.backend.split("://", 1)[1].count("/"):
                     target += b"/"
