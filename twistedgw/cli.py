@@ -106,7 +106,7 @@ def cmd_dev_pki(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "conf" / "example"
+DEMO_DIR = Path("conf") / "example"  # relative to the repository root, where the demo runs
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -115,6 +115,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     directory = Path(args.directory).resolve()
     config_path = directory / "gateway.toml"
+    if not config_path.exists():
+        return _fail([f"{config_path}: not found; run the demo from the repository root"])
     if not (directory / "pki" / "server.crt").exists():
         devpki.generate(directory / "pki")
     try:
