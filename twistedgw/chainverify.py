@@ -1,0 +1,211 @@
+"""Verify certificates from a load balancer's header as strictly as the TLS handshake.
+
+A header certificate was checked (if at all) by someone else's configuration, so
+the gateway re-verifies it against its own truststore: validity period,
+clientAuth purpose and a path to a trusted CA, or a pinned leaf. Path building is
+``cryptography.x509.verification``'s, not ours. The failure reasons use the same
+words as the handshake path, so operators see one vocabulary whichever path
+judged.
+
+Verdicts are cached by the fingerprints of the presented certificates, because
+a load balancer sends the same few chains on every request.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    ClientVerifier,
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
+from twistedgw.pki import TrustStore, fingerprint
+
+EXPIRED = "certificate has expired"
+NOT_YET_VALID = "certificate is not yet valid"
+UNTRUSTED = "certificate is not issued by a trusted CA"
+WRONG_PURPOSE = "certificate is not allowed for client authentication"
+INVALID = "certificate is invalid"
+
+FAILED_TTL = 60.0
+"""Seconds a FAILED verdict is cached: long enough to absorb a retry storm, short
+enough that fixing the truststore or the client takes effect promptly."""
+
+_NOISE_RE = re.compile(r"\s*\(encountered processing <Certificate\(.*?\)>\)")
+
+
+def _ee_policy() -> ExtensionPolicy:
+    """The WebPKI end-entity policy, except that a SAN is optional.
+
+    Client certificates often identify the caller by subject alone, and the
+    handshake path (OpenSSL) does not require a SAN either.
+    """
+    return ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+
+
+class ChainVerifier:
+    """Verifies presented chains (leaf first) against one truststore, with a verdict cache.
+
+    Not thread-safe: it is used from the reactor thread only.
+    """
+
+    def __init__(
+        self,
+        truststore: TrustStore,
+        *,
+        cache_size: int = 10000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._truststore = truststore
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[bytes, ...], tuple[float, ClientIdentity]] = OrderedDict()
+        # Only end-entity entries are pinned; a CA presented as a leaf is not a client.
+        self._pinned = frozenset(e.sha256 for e in truststore.entries if not e.is_ca)
+        self._store = Store(truststore.certificates) if truststore.entries else None
+        self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
+        self._ee_policy = _ee_policy()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def cached(self) -> int:
+        """How many verdicts the cache holds (expired ones included until touched)."""
+        return len(self._cache)
+
+    def verify(self, certs: tuple[x509.Certificate, ...]) -> ClientIdentity:
+        """The verdict on ``certs`` (leaf first) as a ``Source.HEADER`` identity."""
+        if not certs:
+            return no_certificate(Source.HEADER)
+        now = self._clock()
+        key = tuple(fingerprint(c) for c in certs)
+        entry = self._cache.get(key)
+        if entry is not None:
+            expires, identity = entry
+            if now < expires:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return identity
+            del self._cache[key]
+        self.misses += 1
+        identity = self._verify(certs, now)
+        if self._cache_size > 0:
+            self._cache[key] = (self._expiry(identity, certs[0], now), identity)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return identity
+
+    def _expiry(self, identity: ClientIdentity, leaf: x509.Certificate, now: float) -> float:
+        if identity.outcome is Outcome.VERIFIED:
+            return min(c.not_valid_after_utc.timestamp() for c in identity.chain)
+        expires = now + FAILED_TTL
+        if identity.reason == NOT_YET_VALID:  # it may become valid sooner
+            expires = min(expires, leaf.not_valid_before_utc.timestamp())
+        return expires
+
+    def _verify(self, certs: tuple[x509.Certificate, ...], now: float) -> ClientIdentity:
+        leaf = certs[0]
+        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        # Checked first and by hand so that the reason is precise, as OpenSSL's is.
+        period = _period_reason(leaf, at)
+        if period is not None:
+            return failed(Source.HEADER, period, certs)
+        if fingerprint(leaf) in self._pinned:
+            return self._verify_pinned(leaf, certs)
+        if self._store is None:
+            return failed(Source.HEADER, UNTRUSTED, certs)
+        try:
+            verifier = self._verifier(at)
+            chain = tuple(verifier.verify(leaf, list(certs[1:])).chain)
+        except VerificationError as e:
+            return failed(Source.HEADER, self._reason(str(e), certs, at), certs)
+        except Exception as e:  # malformed extensions etc.: fail closed, never crash
+            return failed(Source.HEADER, _invalid(str(e)), certs)
+        return ClientIdentity(
+            Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
+        )
+
+    def _verifier(self, at: datetime.datetime) -> ClientVerifier:
+        assert self._store is not None
+        return (
+            PolicyBuilder()
+            .store(self._store)
+            .time(at)
+            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
+            .build_client_verifier()
+        )
+
+    def _verify_pinned(
+        self, leaf: x509.Certificate, certs: tuple[x509.Certificate, ...]
+    ) -> ClientIdentity:
+        """A pinned leaf is trusted by itself, as OpenSSL's PARTIAL_CHAIN does."""
+        try:
+            extensions = leaf.extensions
+            for ext in extensions:
+                if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+                    return failed(
+                        Source.HEADER,
+                        _invalid(f"unsupported critical extension {ext.oid.dotted_string}"),
+                        certs,
+                    )
+            try:
+                eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            except x509.ExtensionNotFound:
+                eku = None
+        except Exception as e:
+            return failed(Source.HEADER, _invalid(str(e)), certs)
+        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            return failed(Source.HEADER, WRONG_PURPOSE, certs)
+        chain = (leaf,)
+        return ClientIdentity(
+            Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
+        )
+
+    def _reason(
+        self, message: str, certs: tuple[x509.Certificate, ...], at: datetime.datetime
+    ) -> str:
+        """Map cryptography's message onto the handshake's words."""
+        lowered = message.lower()
+        if "required eku not found" in lowered:
+            return WRONG_PURPOSE
+        if "not valid at validation time" in lowered:
+            # The leaf was valid, so an intermediate or an anchor is not.
+            for cert in (*certs[1:], *self._truststore.certificates):
+                period = _period_reason(cert, at)
+                if period is not None:
+                    return period
+        if "all candidates exhausted with no interior errors" in lowered:
+            return UNTRUSTED
+        return _invalid(message)
+
+
+def _period_reason(cert: x509.Certificate, at: datetime.datetime) -> str | None:
+    if at > cert.not_valid_after_utc:
+        return EXPIRED
+    if at < cert.not_valid_before_utc:
+        return NOT_YET_VALID
+    return None
+
+
+def _invalid(detail: str) -> str:
+    """``INVALID`` with cryptography's detail, trimmed to one readable line."""
+    detail = _NOISE_RE.sub("", detail)
+    for prefix in ("validation failed: ", "candidates exhausted: "):
+        if detail.startswith(prefix):
+            detail = detail[len(prefix) :]
+    detail = " ".join(detail.split())[:200]
+    return f"{INVALID}: {detail}" if detail else INVALID
