@@ -442,8 +442,19 @@ def _check_decode(value: str, encoding: str, chain_value: str | None = None) -> 
         assert 1 <= len(result.certs) <= MAX_CERTIFICATES
 
 
-TOKENS = [*"ABCIMQgw019+/=%:,;\"\\ \t-_.~", "-----BEGIN", " CERTIFICATE-----", "%20", "%0A",
-          "%2B", "%3D", "Cert=", "Chain=", "Hash=", "-----END"]
+TOKENS = [
+    *'ABCIMQgw019+/=%:,;"\\ \t-_.~',
+    "-----BEGIN",
+    " CERTIFICATE-----",
+    "%20",
+    "%0A",
+    "%2B",
+    "%3D",
+    "Cert=",
+    "Chain=",
+    "Hash=",
+    "-----END",
+]
 HEADERISH = st.lists(st.sampled_from(TOKENS), max_size=80).map("".join)
 
 
