@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from twistedgw import lbheader
+from twistedgw import lbheader, reasons
 from twistedgw.config import MutualSslConfig
 from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
 from twistedgw.runtime import Runtime
@@ -52,6 +52,17 @@ def handshake_identity(request: Request, runtime: Runtime) -> ClientIdentity:
     return runtime.server_tls.identity_for(request.channel.transport)
 
 
+def _is_load_balancer(identity: ClientIdentity, config: MutualSslConfig) -> bool:
+    return identity.verified and bool(identity.trust_aliases & config.load_balancer_aliases)
+
+
+def _never_a_load_balancer(identity: ClientIdentity, config: MutualSslConfig) -> ClientIdentity:
+    """A certificate under ``load_balancer_aliases`` never identifies a caller."""
+    if _is_load_balancer(identity, config):
+        return failed(identity.source, reasons.LOAD_BALANCER, identity.chain)
+    return identity
+
+
 def resolve(request: Request, runtime: Runtime) -> Caller:
     handshake = handshake_identity(request, runtime)
     settings = runtime.config.mutual_ssl
@@ -60,17 +71,19 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
     values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
     trusted = (not settings.trusted_proxies or _from_trusted_network(ip, settings)) and (
-        not settings.enable_client_validation
-        or (handshake.verified and bool(handshake.trust_aliases & settings.load_balancer_aliases))
+        not settings.enable_client_validation or _is_load_balancer(handshake, settings)
     )
     if not trusted:
         if values:
+            # The address only: the value is the caller's and may be forged or huge.
             log.warn(
                 "Ignored the {header} header from {address}: not a trusted load balancer",
                 header=settings.certificate_header,
                 address=ip,
             )
-        return Caller(handshake, False, bool(values))
+        # A direct client: its own handshake certificate speaks for it, unless that
+        # is a load balancer's certificate arriving from outside trusted_proxies.
+        return Caller(_never_a_load_balancer(handshake, settings), False, bool(values))
     if not values:
         return Caller(no_certificate(Source.HEADER), True, False)
     if len(values) > 1:
@@ -90,4 +103,5 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
             failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True, False
         )
     assert runtime.header_verifier is not None
-    return Caller(runtime.header_verifier.verify(decoded.certs), True, False)
+    identity = runtime.header_verifier.verify(decoded.certs)
+    return Caller(_never_a_load_balancer(identity, settings), True, False)

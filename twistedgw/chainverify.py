@@ -33,11 +33,12 @@ from cryptography.x509.verification import (
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
 from twistedgw.pki import TrustStore, fingerprint
 
-EXPIRED = "certificate has expired"
-NOT_YET_VALID = "certificate is not yet valid"
-UNTRUSTED = "certificate is not issued by a trusted CA"
-WRONG_PURPOSE = "certificate is not allowed for client authentication"
-INVALID = "certificate is invalid"
+# The handshake's words (tls.py uses the same module), re-exported for callers.
+from twistedgw.reasons import EXPIRED as EXPIRED
+from twistedgw.reasons import INVALID as INVALID
+from twistedgw.reasons import NOT_YET_VALID as NOT_YET_VALID
+from twistedgw.reasons import UNTRUSTED as UNTRUSTED
+from twistedgw.reasons import WRONG_PURPOSE as WRONG_PURPOSE
 
 FAILED_TTL = 60.0
 """Seconds a FAILED verdict is cached: long enough to absorb a retry storm, short

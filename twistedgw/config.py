@@ -467,7 +467,13 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
                 "is required when enable_client_validation = false: without it any caller "
                 "could forge the certificate header",
             )
-    if enc == "rfc9440" and chain_header is None and header is not None:
+    # RFC 9440 carries the intermediates in a second header; read it (and strip a
+    # direct client's copy) whenever the certificate header is RFC 9440's.
+    if (
+        chain_header is None
+        and header is not None
+        and (enc == "rfc9440" or (enc == "auto" and header.lower() == "client-cert"))
+    ):
         chain_header = "Client-Cert-Chain"
     r.finish()
     return MutualSslConfig(
@@ -633,6 +639,13 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         problems.append(f"{file}: tls.truststore: APIs with mutual_ssl need a truststore")
     if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
         problems.append(f"{file}: api_keys: an API uses api_key but no [[api_keys]] are defined")
+    if mutual_ssl.header_mode and mutual_ssl.enable_client_validation and not needs_tls:
+        problems.append(
+            f"{file}: mutual_ssl.enable_client_validation: is true (the default), which trusts "
+            "the certificate header only on a TLS connection where the load balancer presents "
+            "its own certificate, but no listener terminates TLS; add a TLS listener for the "
+            "load balancer, or set enable_client_validation = false with trusted_proxies"
+        )
     if uses_mtls and not needs_tls and not mutual_ssl.header_mode:
         problems.append(
             f"{file}: listeners: APIs use mutual_ssl but no listener terminates TLS and "

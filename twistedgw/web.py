@@ -157,6 +157,9 @@ class GatewayResource(Resource):
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
+        A path that names no API, or an unsafe one, is refused with 403, not
+        404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
+        anything else into a 500 of its own.
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
@@ -169,10 +172,10 @@ class GatewayResource(Resource):
         try:
             path = normalise(raw_path)
         except BadPath as e:
-            return refuse(errors.bad_request(str(e)))
+            return refuse(errors.forbidden(str(e)))
         route = runtime.router.route(path, query)
         if route is None:
-            return refuse(errors.not_found(path.decode("latin-1")))
+            return refuse(errors.forbidden(errors.not_found(path.decode("latin-1")).description))
         caller = callers.resolve(request, runtime)
         decision = runtime.policy.decide(
             AuthContext(caller.identity, request.requestHeaders), route.api
