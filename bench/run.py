@@ -1,0 +1,859 @@
+"""twistedgw vs NGINX, side by side in one run: ``python bench/run.py [--quick|--smoke]``.
+
+Both proxies terminate mutual TLS with the same certificates and forward to the
+same static NGINX backend (``return 200``) over keep-alive connections. Runs are
+interleaved (A B, B A, ...) over several rounds; the report gives each system's
+median and range and the median and range of the per-round ratios, because
+absolute numbers drift on a shared machine while same-run ratios hold.
+
+Load: ``wrk`` (HTTP/1.1 keep-alive, plain) -> a local HAProxy that originates TLS
+with the client certificate -> the proxy under test. See bench/README.md for why.
+Cores: the proxy under test is pinned to the last core, everything else
+(wrk, HAProxy, the backend, the Python clients) to the other one(s).
+
+Only 127.0.0.1 is used; every run is bounded in time; every process started
+here is stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from twistedgw import devpki  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+CORE_PROXY = str(NCPU - 1)
+CORE_LOAD = "0" if NCPU == 1 else ",".join(str(i) for i in range(NCPU - 1))
+ALB_HEADER = "X-Amzn-Mtls-Clientcert"
+CLIENT = "partner-app"  # chains through an intermediate it sends itself
+
+
+# -- processes ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def pinned(core: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
+
+
+def _raise_nofile() -> None:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def pids(self) -> list[int]:
+        """The process and its children (NGINX's workers)."""
+        pids = [self.popen.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.popen.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start(name: str, argv: list[str], core: str, work: Path, port: int | None,
+          env: dict[str, str] | None = None) -> Proc:
+    log = work / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(pinned(core, argv), stdout=out, stderr=subprocess.STDOUT,
+                                 env=env, cwd=work, preexec_fn=_raise_nofile)
+    proc = Proc(name, popen, log)
+    if port is not None:
+        try:
+            wait_port(port, popen, log)
+        except Exception:
+            proc.stop()
+            raise
+    return proc
+
+
+def cpu0_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the load-generator cores."""
+    busy = total = 0
+    cores = {f"cpu{c}" for c in CORE_LOAD.split(",")}
+    for line in Path("/proc/stat").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in cores:
+            values = [int(v) for v in parts[1:]]
+            idle = values[3] + values[4]
+            busy += sum(values) - idle
+            total += sum(values)
+    return busy, total
+
+
+# -- configs -----------------------------------------------------------------
+
+
+def nginx_backend_conf(work: Path, port: int) -> str:
+    return f"""
+worker_processes 1;
+user root;
+pid {work}/backend.pid;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  default_type application/octet-stream;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /small {{ default_type text/plain; return 200 "ok\\n"; }}
+    location /files/ {{ alias {work}/www/; }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int) -> str:
+    trust = work / f"{name}-trust.pem"
+    trust.write_text("".join(p.read_text() for p in sorted(pki.truststore_dir.glob("*.pem"))))
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {work}/{name}.pid;
+events {{ worker_connections 12000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  upstream backend {{
+    server 127.0.0.1:{backend};
+    keepalive 64;
+    keepalive_requests 100000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {pki.server_cert};
+    ssl_certificate_key {pki.server_key};
+    ssl_client_certificate {trust};
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location /bench/ {{
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
+  }}
+}}
+"""
+
+
+def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool) -> str:
+    listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
+    if header_mode:
+        listener += "tls = false\n"
+    text = listener + f"""
+[tls]
+certificate = "{pki.server_cert}"
+private_key = "{pki.server_key}"
+truststore = "{pki.truststore_dir}"
+
+[limits]
+idle_timeout = 900.0
+client_header_timeout = 900.0
+max_connections = 20000
+
+[[apis]]
+name = "bench"
+version = "1"
+context = "/bench"
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+"""
+    if header_mode:
+        text += f"""
+[mutual_ssl]
+certificate_header = "{ALB_HEADER}"
+header_encoding = "aws-alb"
+enable_client_validation = false
+trusted_proxies = ["127.0.0.1/32"]
+"""
+    return text
+
+
+@dataclass
+class Frontend:
+    """One HAProxy listen section: plain HTTP in, the proxy under test out."""
+
+    name: str
+    port: int
+    target: int
+    mode: str  # "keepalive" | "full" | "resume" | "plain"
+    pki: devpki.DevPki | None = None
+
+
+def haproxy_conf(work: Path, fronts: list[Frontend]) -> str:
+    text = f"""
+global
+    nbthread 1
+    maxconn 9000
+    pidfile {work}/haproxy.pid
+    tune.ssl.cachesize 100000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    maxconn 9000
+"""
+    for f in fronts:
+        server = f"server s 127.0.0.1:{f.target} maxconn 20000"
+        if f.pki is not None:
+            pem = work / f"haproxy-client-{f.pki.directory.name}.pem"
+            crt, key = f.pki.clients[CLIENT]
+            pem.write_text(crt.read_text() + key.read_text())
+            server += (
+                f" ssl crt {pem} ca-file {f.pki.server_ca} verify required verifyhost localhost"
+                " sni str(localhost) alpn http/1.1"
+            )
+        lines = [f"listen {f.name}", f"    bind 127.0.0.1:{f.port}"]
+        if f.mode in ("keepalive", "plain"):
+            lines.append("    http-reuse always")
+        else:  # a new TCP+TLS connection to the proxy for every request
+            lines += ["    option http-server-close", "    http-reuse never"]
+            if f.mode == "full":
+                server += " no-ssl-reuse"
+        text += "\n".join([*lines, "    " + server]) + "\n"
+    return text
+
+
+# -- the bench ---------------------------------------------------------------
+
+
+@dataclass
+class Profile:
+    rounds: int
+    duration: float
+    warmup: float
+    sweep: tuple[int, ...]
+    sweep_duration: float
+    latency_duration: float
+    idle_count: int
+    stream_bytes: int
+    scenarios: tuple[str, ...]
+
+
+ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory")
+
+PROFILES = {
+    "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
+    "quick": Profile(3, 5, 1, (1, 8, 32, 128), 3, 8, 5000, 1 << 30, ALL),
+    "smoke": Profile(1, 1, 0, (), 0, 0, 0, 0, ("keepalive",)),
+}
+
+
+@dataclass
+class Bench:
+    work: Path
+    profile: Profile
+    rate: float
+    procs: dict[str, Proc] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
+    fronts: dict[str, Frontend] = field(default_factory=dict)
+
+    # setup
+
+    def setup(self) -> None:
+        www = self.work / "www"
+        www.mkdir()
+        (www / "64k").write_bytes(os.urandom(64 * 1024))
+        (www / "1m").write_bytes(os.urandom(1024 * 1024))
+        if self.profile.stream_bytes:
+            with (www / "stream").open("wb") as f:  # sparse: no disk, nothing cached
+                f.truncate(self.profile.stream_bytes)
+        self.pkis["ec"] = devpki.generate(self.work / "pki-ec", "ec")
+        if "handshake" in self.profile.scenarios:
+            self.pkis["rsa"] = devpki.generate(self.work / "pki-rsa", "rsa")
+        backend = self.ports["backend"] = free_port()
+        conf = self.work / "backend.conf"
+        conf.write_text(nginx_backend_conf(self.work, backend))
+        self.procs["backend"] = start(
+            "backend", ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
+                        str(self.work / "backend-error.log"), "-g", "daemon off;"],
+            CORE_LOAD, self.work, backend)
+        gateway_env = dict(os.environ)
+        gateway_env["PYTHONPATH"] = str(REPO)
+        systems = [("gw-ec", "ec", False), ("ngx-ec", "ec", False)]
+        if "handshake" in self.profile.scenarios:
+            systems += [("gw-rsa", "rsa", False), ("ngx-rsa", "rsa", False)]
+        if "header" in self.profile.scenarios:
+            systems += [("gw-hdr", "ec", True)]
+        fronts: list[Frontend] = []
+        for name, kind, header in systems:
+            pki = self.pkis[kind]
+            port = self.ports[name] = free_port()
+            if name.startswith("gw"):
+                conf = self.work / f"{name}.toml"
+                conf.write_text(gateway_conf(pki, port, backend, header_mode=header))
+                argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
+                self.procs[name] = start(name, argv, CORE_PROXY, self.work, port, gateway_env)
+            else:
+                conf = self.work / f"{name}.conf"
+                conf.write_text(nginx_proxy_conf(self.work, name, pki, port, backend))
+                argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
+                        str(self.work / f"{name}-error.log"), "-g", "daemon off;"]
+                self.procs[name] = start(name, argv, CORE_PROXY, self.work, port)
+            modes = ["plain"] if header else (
+                ["keepalive", "full", "resume"] if kind == "ec" else ["full"])
+            for mode in modes:
+                f = Frontend(f"{name}-{mode}", free_port(), port, mode,
+                             None if header else pki)
+                fronts.append(f)
+                self.fronts[f.name] = f
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(haproxy_conf(self.work, fronts))
+        self.procs["haproxy"] = start("haproxy", ["haproxy", "-db", "-f", str(conf)],
+                                      CORE_LOAD, self.work, fronts[0].port)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    # measuring
+
+    def wrk(self, front: str, path: str, conns: int, duration: float,
+            headers: tuple[str, ...] = ()) -> dict[str, Any]:
+        f = self.fronts[front]
+        proxy = self.procs[front.rsplit("-", 1)[0]]
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency",
+                "--timeout", "10s"]
+        for h in headers:
+            argv += ["-H", h]
+        argv.append(f"http://127.0.0.1:{f.port}{path}")
+        cpu_before, load_before = proxy.cpu_seconds(), cpu0_busy()
+        t0 = time.monotonic()
+        out = subprocess.run(pinned(CORE_LOAD, argv), capture_output=True, text=True,
+                             timeout=duration + 60, check=False).stdout
+        wall = time.monotonic() - t0
+        cpu = proxy.cpu_seconds() - cpu_before
+        load_after = cpu0_busy()
+        result = parse_wrk(out)
+        result["proxy_cpu"] = round(cpu / wall, 3)
+        span = load_after[1] - load_before[1]
+        result["load_core_busy"] = round((load_after[0] - load_before[0]) / span, 3) if span else 0
+        result["rps_per_cpu"] = round(result["rps"] / max(cpu / wall, 1e-6), 1)
+        return result
+
+    def compare(self, a: Callable[[], dict[str, Any]], b: Callable[[], dict[str, Any]],
+                key: str = "rps") -> dict[str, Any]:
+        """Interleave a and b over the profile's rounds: A B, B A, A B, ..."""
+        if self.profile.warmup:
+            a(), b()
+        runs_a: list[dict[str, Any]] = []
+        runs_b: list[dict[str, Any]] = []
+        for i in range(self.profile.rounds):
+            if i % 2 == 0:
+                runs_a.append(a())
+                runs_b.append(b())
+            else:
+                runs_b.append(b())
+                runs_a.append(a())
+        return summarise(runs_a, runs_b, key)
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    def ms(value: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s|m)", value)
+        if not m:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": num(r"Requests/sec:\s+([\d.]+)"),
+        "requests": int(num(r"(\d+) requests in")),
+        "non_2xx": int(num(r"Non-2xx or 3xx responses: (\d+)")),
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "p50_ms": ms(lat.get("50", "")),
+        "p99_ms": ms(lat.get("99", "")),
+    }
+
+
+def summarise(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str
+              ) -> dict[str, Any]:
+    va = [r[key] for r in runs_a]
+    vb = [r[key] for r in runs_b]
+    ratios = [x / y if y else float("nan") for x, y in zip(va, vb, strict=True)]
+    return {
+        "a": {"median": statistics.median(va), "min": min(va), "max": max(va), "runs": runs_a},
+        "b": {"median": statistics.median(vb), "min": min(vb), "max": max(vb), "runs": runs_b},
+        "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                  "rounds": ratios},
+        "errors": sum(r.get("non_2xx", 0) + r.get("socket_errors", 0) + r.get("failures", 0)
+                      for r in runs_a + runs_b),
+        "rps_per_cpu_ratio": _cpu_ratio(runs_a, runs_b),
+    }
+
+
+def _cpu_ratio(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> float | None:
+    if not all("rps_per_cpu" in r for r in runs_a + runs_b):
+        return None
+    a = statistics.median(r["rps_per_cpu"] for r in runs_a)
+    b = statistics.median(r["rps_per_cpu"] for r in runs_b)
+    return a / b if b else None
+
+
+# -- scenarios ---------------------------------------------------------------
+
+
+def alb_header(pki: devpki.DevPki) -> str:
+    crt, _key = pki.clients[CLIENT]
+    return f"{ALB_HEADER}: {quote(crt.read_text(), safe='+/=')}"
+
+
+def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
+    d = b.profile.duration
+    s = b.compare(lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d),
+                  lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    return [row("1 keep-alive, small, 32 conns", "twistedgw", "NGINX", s, "req/s", ">=", 0.35)]
+
+
+def scenario_handshake(b: Bench) -> list[dict[str, Any]]:
+    d = b.profile.duration
+    rows = []
+    for label, mode, kind, target in [
+        ("2a new TLS conn/request, full handshake, ECDSA P-256", "full", "ec", 0.8),
+        ("2b new TLS conn/request, full handshake, RSA-2048", "full", "rsa", 0.8),
+        ("2c new TLS conn/request, session resumption (tickets), ECDSA", "resume", "ec", 0.5),
+    ]:
+        s = b.compare(lambda m=mode, k=kind: b.wrk(f"gw-{k}-{m}", "/bench/small", 32, d),
+                      lambda m=mode, k=kind: b.wrk(f"ngx-{k}-{m}", "/bench/small", 32, d))
+        rows.append(row(label, "twistedgw", "NGINX", s, "req/s", ">=", target))
+    return rows
+
+
+def scenario_header(b: Bench) -> list[dict[str, Any]]:
+    d = b.profile.duration
+    header = alb_header(b.pkis["ec"])
+    s = b.compare(lambda: b.wrk("gw-hdr-plain", "/bench/small", 32, d, (header,)),
+                  lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d))
+    return [row("3 header mode (ALB header, plain HTTP) vs direct mTLS", "twistedgw header",
+                "twistedgw direct", s, "req/s", ">=", 0.9)]
+
+
+def scenario_large(b: Bench) -> list[dict[str, Any]]:
+    d = b.profile.duration
+    rows = []
+    for size, conns in (("64k", 32), ("1m", 8)):
+        s = b.compare(lambda z=size, c=conns: b.wrk("gw-ec-keepalive", f"/bench/files/{z}", c, d),
+                      lambda z=size, c=conns: b.wrk("ngx-ec-keepalive", f"/bench/files/{z}", c, d))
+        rows.append(row(f"4 keep-alive, {size.upper()}iB responses, {conns} conns", "twistedgw",
+                        "NGINX", s, "req/s", None, None))
+    return rows
+
+
+def scenario_sweep(b: Bench) -> dict[str, Any]:
+    out: dict[str, Any] = {"concurrency": list(b.profile.sweep), "twistedgw": [], "nginx": []}
+    for c in b.profile.sweep:
+        for sysname, key in (("gw-ec", "twistedgw"), ("ngx-ec", "nginx")):
+            r = b.wrk(f"{sysname}-keepalive", "/bench/small", c, b.profile.sweep_duration)
+            out[key].append(r["rps"])
+    return out
+
+
+def client_argv(b: Bench, mode: str, port: int, *extra: str) -> list[str]:
+    pki = b.pkis["ec"]
+    crt, key = pki.clients[CLIENT]
+    return pinned(CORE_LOAD, [sys.executable, str(HERE / "clients.py"), mode, "--port",
+                              str(port), "--cert", str(crt), "--key", str(key), "--ca",
+                              str(pki.server_ca), *extra])
+
+
+def scenario_latency(b: Bench) -> list[dict[str, Any]]:
+    def run(name: str) -> dict[str, Any]:
+        argv = client_argv(b, "latency", b.ports[name], "--path", "/bench/small", "--rate",
+                           str(b.rate), "--duration", str(b.profile.latency_duration),
+                           "--conns", "16")
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              timeout=b.profile.latency_duration + 90)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    s = b.compare(lambda: run("gw-ec"), lambda: run("ngx-ec"), key="p99_ms")
+    s50 = summarise(s["a"]["runs"], s["b"]["runs"], "p50_ms")
+    return [
+        row(f"5 latency p50 at {b.rate:g} req/s open loop, 16 conns", "twistedgw", "NGINX", s50,
+            "ms", None, None),
+        row(f"5 latency p99 at {b.rate:g} req/s open loop, 16 conns", "twistedgw", "NGINX", s,
+            "ms", "<=", 3.0),
+    ]
+
+
+def idle_rss(b: Bench, name: str) -> dict[str, Any]:
+    proxy = b.procs[name]
+    before = proxy.rss_kib()
+    argv = client_argv(b, "idle", b.ports[name], "--path", "/bench/small", "--count",
+                       str(b.profile.idle_count), "--hold", "300")
+    client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              preexec_fn=_raise_nofile)
+    assert client.stdout is not None and client.stdin is not None
+    summary: dict[str, Any] = {}
+    try:
+        for line in client.stdout:
+            if line.startswith("{"):
+                summary = json.loads(line)
+            if line.strip() == "READY":
+                break
+        time.sleep(1.0)
+        after = proxy.rss_kib()
+    finally:
+        client.stdin.close()
+        try:
+            client.wait(30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+    opened = max(1, int(summary.get("open", 0)))
+    time.sleep(1.0)  # let the proxy notice the closes
+    return {"rss_before_kib": before, "rss_after_kib": after, **summary,
+            "kib_per_conn": round((after - before) / opened, 1)}
+
+
+def stream_rss(b: Bench, name: str) -> dict[str, Any]:
+    proxy = b.procs[name]
+    pki = b.pkis["ec"]
+    crt, key = pki.clients[CLIENT]
+    port = b.ports[name]
+    before = proxy.rss_kib()
+    peak = before
+    argv = pinned(CORE_LOAD, [
+        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
+        "--max-time", "300", "--cert", str(crt), "--key", str(key), "--cacert",
+        str(pki.server_ca), "--resolve", f"localhost:{port}:127.0.0.1",
+        f"https://localhost:{port}/bench/files/stream"])
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    while client.poll() is None:
+        peak = max(peak, proxy.rss_kib())
+        time.sleep(0.05)
+    out = (client.stdout.read() if client.stdout else "").split()
+    status, size, seconds = [*out, "0", "0", "0"][:3]
+    return {"rss_before_kib": before, "rss_peak_kib": peak,
+            "growth_mib": round((peak - before) / 1024, 1), "status": int(status),
+            "bytes": int(size), "seconds": float(seconds),
+            "mib_per_s": round(int(size) / 1048576 / max(float(seconds), 1e-6), 1)}
+
+
+def scenario_memory(b: Bench) -> list[dict[str, Any]]:
+    rows = []
+    idle = {n: idle_rss(b, n) for n in ("gw-ec", "ngx-ec")}
+    rows.append(single(f"6a RSS per idle TLS connection ({b.profile.idle_count} conns)",
+                       idle, "kib_per_conn", "KiB", "<=", 64.0))
+    stream = {n: stream_rss(b, n) for n in ("gw-ec", "ngx-ec")}
+    rows.append(single(f"6b RSS growth streaming {b.profile.stream_bytes >> 20} MiB", stream,
+                       "growth_mib", "MiB", "<", 50.0))
+    rows.append(single("6b streaming throughput", stream, "mib_per_s", "MiB/s", None, None))
+    return rows
+
+
+# -- report ------------------------------------------------------------------
+
+
+def row(label: str, a: str, b: str, s: dict[str, Any], unit: str, op: str | None,
+        target: float | None) -> dict[str, Any]:
+    met = None
+    if target is not None:
+        r = s["ratio"]["median"]
+        met = r >= target if op == ">=" else r <= target if op == "<=" else r < target
+    return {"scenario": label, "a_name": a, "b_name": b, "unit": unit, "summary": s,
+            "target": f"{op} {target:g}x" if target is not None else "", "met": met}
+
+
+def single(label: str, values: dict[str, dict[str, Any]], key: str, unit: str, op: str | None,
+           target: float | None) -> dict[str, Any]:
+    """A row whose target is absolute (on twistedgw's own value), NGINX shown for scale."""
+    gw, ngx = values["gw-ec"][key], values["ngx-ec"][key]
+    met = None
+    if target is not None:
+        met = gw <= target if op == "<=" else gw < target
+    s = {"a": {"median": gw, "min": gw, "max": gw, "runs": [values["gw-ec"]]},
+         "b": {"median": ngx, "min": ngx, "max": ngx, "runs": [values["ngx-ec"]]},
+         "ratio": {"median": gw / ngx if ngx else float("nan"), "min": None, "max": None},
+         "errors": 0}
+    return {"scenario": label, "a_name": "twistedgw", "b_name": "NGINX", "unit": unit,
+            "summary": s, "target": f"{op} {target:g} {unit} (absolute)" if target else "",
+            "met": met}
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v != v:
+        return "nan"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# twistedgw vs NGINX — {meta['started']} ({meta['profile']})",
+        "",
+        f"{meta['rounds']} interleaved rounds of {meta['duration']} s; proxy under test on "
+        f"core {CORE_PROXY}, load (wrk, HAProxy, backend, clients) on core(s) {CORE_LOAD}; "
+        f"1 worker each. Values: median (min..max over rounds). Ratio = A/B per round.",
+        "",
+        "| scenario | A | A median (range) | B | B median (range) | ratio median (range) "
+        "| A/B per proxy-CPU | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["summary"]
+        a, b, q = s["a"], s["b"], s["ratio"]
+        rng = (f" ({fmt(q['min'])}..{fmt(q['max'])})" if q.get("min") is not None else "")
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        cpu = s.get("rps_per_cpu_ratio")
+        lines.append(
+            f"| {r['scenario']} | {r['a_name']} | {fmt(a['median'])} {r['unit']} "
+            f"({fmt(a['min'])}..{fmt(a['max'])}) | {r['b_name']} | {fmt(b['median'])} "
+            f"({fmt(b['min'])}..{fmt(b['max'])}) | **{q['median']:.3f}**{rng} | "
+            f"{'' if cpu is None else f'{cpu:.3f}'} | {r['target']} | {met} |"
+        )
+        if s.get("errors"):
+            lines[-1] += f" ⚠ {s['errors']} errors"
+    if meta.get("resumption"):
+        lines += ["", f"Resumption probe (a second connection offering the first's ticket): "
+                  f"{meta['resumption']}"]
+    lines += ["", "CPU: `proxy_cpu` (share of one core used by the proxy under test) and "
+              "`load_core_busy` per run are in the JSON file. When NGINX's proxy_cpu is well "
+              "under 1.0 the load side, not NGINX, was the limit, and the plain ratio flatters "
+              "twistedgw; the per-proxy-CPU column corrects for that."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(sweep: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'): no plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("twistedgw", "twistedgw (1 process)"), ("nginx", "NGINX (1 worker)")):
+        ax.plot(sweep["concurrency"], sweep[key], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent keep-alive connections")
+    ax.set_ylabel("requests/s (small responses, mTLS)")
+    ax.set_title("Proxied mTLS throughput vs concurrency")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def probe_resumption(b: Bench) -> str:
+    """Does each server resume a TLS 1.3 session from its ticket? (Python's ssl client.)"""
+    import ssl
+
+    pki = b.pkis["ec"]
+    crt, key = pki.clients[CLIENT]
+    out = []
+    for name in ("gw-ec", "ngx-ec"):
+        ctx = ssl.create_default_context(cafile=str(pki.server_ca))
+        ctx.load_cert_chain(str(crt), str(key))
+        session = None
+        reused = False
+        statuses = []
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", b.ports[name]), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                s.sendall(b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                statuses.append(data.split(b" ", 2)[1].decode())
+                reused = s.session_reused
+                session = s.session
+        out.append(f"{name}: resumed={reused}, statuses={','.join(statuses)}")
+    return "; ".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="3 rounds of 5 s (about 6 minutes)")
+    g.add_argument("--smoke", action="store_true", help="1 round, 1 s, keep-alive only")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--rate", type=float, default=400.0, help="open-loop rate for scenario 5")
+    p.add_argument("--idle-count", type=int)
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--label", default="", help="a suffix for the result file names")
+    p.add_argument("--keep-work", action="store_true", help="keep configs and logs")
+    args = p.parse_args(argv)
+    for tool in ("nginx", "haproxy", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed", file=sys.stderr)
+            return 2
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    profile = PROFILES[mode]
+    if args.scenarios:
+        wanted = tuple(s.strip() for s in args.scenarios.split(","))
+        unknown = set(wanted) - set(ALL)
+        if unknown:
+            p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        profile.scenarios = wanted
+    profile.rounds = args.rounds or profile.rounds
+    profile.duration = args.duration or profile.duration
+    profile.idle_count = args.idle_count or profile.idle_count
+    work = Path(tempfile.mkdtemp(prefix="twistedgw-bench-"))
+    bench = Bench(work, profile, args.rate)
+    started = time.strftime("%Y%m%d-%H%M%S")
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {
+        "started": started, "profile": mode, "rounds": profile.rounds,
+        "duration": profile.duration, "cpu_count": NCPU, "core_proxy": CORE_PROXY,
+        "core_load": CORE_LOAD, "python": platform.python_version(),
+        "cpu_model": next((ln.split(":", 1)[1].strip() for ln in
+                           Path("/proc/cpuinfo").read_text().splitlines()
+                           if ln.startswith("model name")), "?"),
+        "git": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False).stdout.strip(),
+    }
+    sweep = None
+    stop_timer = threading.Timer(3600, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stop_timer.daemon = True
+    stop_timer.start()
+    try:
+        bench.setup()
+        for name, fn in (("keepalive", scenario_keepalive), ("handshake", scenario_handshake),
+                         ("header", scenario_header), ("large", scenario_large),
+                         ("latency", scenario_latency), ("memory", scenario_memory)):
+            if name in profile.scenarios:
+                print(f"-- {name}", file=sys.stderr, flush=True)
+                new = fn(bench)
+                rows += new
+                for r in new:
+                    print(f"   {r['scenario']}: ratio {r['summary']['ratio']['median']:.3f}",
+                          file=sys.stderr, flush=True)
+        if "handshake" in profile.scenarios:
+            meta["resumption"] = probe_resumption(bench)
+        if "sweep" in profile.scenarios and profile.sweep:
+            print("-- sweep", file=sys.stderr, flush=True)
+            sweep = scenario_sweep(bench)
+    finally:
+        bench.stop()
+        stop_timer.cancel()
+        if args.keep_work:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{started}-{mode}" + (f"-{args.label}" if args.label else "")
+    md = markdown(rows, meta)
+    if sweep is not None:
+        meta["sweep"] = sweep
+        png = args.out / f"{stem}-concurrency.png"
+        if plot(sweep, png):
+            md += f"\n![throughput vs concurrency]({png.name})\n"
+        md += "\n| concurrency | " + " | ".join(str(c) for c in sweep["concurrency"]) + " |\n"
+        md += "|---|" + "---|" * len(sweep["concurrency"]) + "\n"
+        for key in ("twistedgw", "nginx"):
+            md += f"| {key} req/s | " + " | ".join(fmt(v) for v in sweep[key]) + " |\n"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"written: {args.out / stem}.md/.json", file=sys.stderr)
+    bad = sum(r["summary"].get("errors", 0) for r in rows)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
