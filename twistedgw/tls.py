@@ -160,7 +160,7 @@ class ServerTLS:
             context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # type: ignore[union-attr]
             # Name acceptable CAs in the CertificateRequest so clients pick the right cert.
             for cert in truststore.certificates:
-                context.add_client_ca(crypto.X509.from_cryptography(cert))
+                context.add_client_ca(cert)  # pyOpenSSL X509 here is deprecated
         return context
 
     # IOpenSSLServerConnectionCreator

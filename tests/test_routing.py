@@ -1,0 +1,182 @@
+"""Path normalisation and context matching, in memory."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twistedgw.config import ApiConfig
+from twistedgw.routing import BadPath, Router, normalise, split_target
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        (b"/", b"/"),
+        (b"/a/b", b"/a/b"),
+        (b"/a/b/", b"/a/b/"),
+        (b"/a/./b", b"/a/b"),
+        (b"/a/b/../c", b"/a/c"),
+        (b"/a/b/..", b"/a/"),
+        (b"/a/b/.", b"/a/b/"),
+        (b"/a/..", b"/"),
+        (b"//a///b", b"/a/b"),
+        (b"/a//", b"/a/"),
+        (b"/open/../secret", b"/secret"),
+        (b"/open/%2e%2e/secret", b"/secret"),  # escaped dots are dots
+        (b"/open/%2E%2e/secret", b"/secret"),
+        (b"/a;jsessionid=1/b;x", b"/a/b"),
+        (b"/secret;x/y", b"/secret/y"),
+        (b"/a/..;/secret", b"/secret"),  # Tomcat's favourite
+        (b"/%7euser/%41", b"/~user/A"),  # unreserved escapes decoded
+        (b"/caf%c3%a9", b"/caf%C3%A9"),  # others kept, upper-cased
+        (b"/a%20b", b"/a%20b"),
+        (b"/a:b@c!$&'()*+,=", b"/a:b@c!$&'()*+,="),
+    ],
+)
+def test_normalise(raw: bytes, clean: bytes) -> None:
+    assert normalise(raw) == clean
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/a/%2Fb",  # an escaped slash would split differently at the backend
+        b"/a/%2fb",
+        b"/a%5Cb",
+        b"/a%5cb",
+        b"/a%00",
+        b"/a%3Bb",  # an escaped ';' would become a parameter at the backend
+        b"/..",
+        b"/a/../..",
+        b"/./..",
+        b"//..",
+        b"/%2e%2e",
+        b"a/b",
+        b"",
+        b"*",
+        b"http://host/a",
+        b"/a\\b",
+        b"/a b",
+        b"/a\tb",
+        b"/a\x7fb",
+        b"/caf\xc3\xa9",
+        b"/a%zz",
+        b"/a%4",
+        b"/a%",
+        b"/a<b>",
+        b'/a"b',
+        b"/a{b}",
+        b"/a|b",
+        b"/a^b",
+        b"/a`b",
+        b"/a#b",
+    ],
+)
+def test_normalise_refuses(raw: bytes) -> None:
+    with pytest.raises(BadPath):
+        normalise(raw)
+
+
+_SEGMENT_BYTES = st.sampled_from(
+    [b"a", b"B", b".", b"..", b"", b";p=1", b"%2e", b"%2E%2e", b"%41", b"%c3", b"~", b"-", b"%20"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_SEGMENT_BYTES, max_size=3).map(b"".join), max_size=8))
+def test_normalise_is_a_fixed_point(segments: list[bytes]) -> None:
+    raw = b"/" + b"/".join(segments)
+    try:
+        clean = normalise(raw)
+    except BadPath:
+        return
+    assert normalise(clean) == clean
+    assert clean.startswith(b"/")
+    parts = clean.split(b"/")[1:]
+    assert b"." not in parts and b".." not in parts
+    assert b"" not in parts[:-1], "empty segment left inside the path"
+    assert b";" not in clean
+    assert b"%2E" not in clean.upper()
+
+
+def test_split_target() -> None:
+    assert split_target(b"/a/b?x=1&y=2") == (b"/a/b", b"x=1&y=2")
+    assert split_target(b"/a/b?") == (b"/a/b", b"")
+    assert split_target(b"/a/b") == (b"/a/b", None)
+    assert split_target(b"/a?x=/../b?c") == (b"/a", b"x=/../b?c")
+
+
+def make_api(context: str, backend: str = "http://127.0.0.1:8080/v2") -> ApiConfig:
+    return ApiConfig(name=context, version="1", context=context, backend=backend)
+
+
+@pytest.fixture
+def router() -> Router:
+    return Router(
+        [
+            make_api("/petstore", "http://127.0.0.1:8080/v1"),
+            make_api("/petstore/1.0.5", "http://127.0.0.1:8080/v2"),
+            make_api("/bare", "http://127.0.0.1:9000"),
+            make_api("/Mixed/Case", "https://backend.example:8443/base"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "context", "target"),
+    [
+        (
+            b"/petstore/1.0.5/pet/1",
+            b"x=1",
+            "/petstore/1.0.5",
+            b"http://127.0.0.1:8080/v2/pet/1?x=1",
+        ),
+        (b"/petstore/1.0.5", None, "/petstore/1.0.5", b"http://127.0.0.1:8080/v2"),
+        (b"/petstore/1.0.5/", None, "/petstore/1.0.5", b"http://127.0.0.1:8080/v2/"),
+        (b"/petstore/1.0.5/a", b"", "/petstore/1.0.5", b"http://127.0.0.1:8080/v2/a?"),
+        # longest context wins, only on a segment boundary
+        (b"/petstore/1.0.6/pet", None, "/petstore", b"http://127.0.0.1:8080/v1/1.0.6/pet"),
+        (b"/petstore/1.0.55", None, "/petstore", b"http://127.0.0.1:8080/v1/1.0.55"),
+        # case-insensitive context match; the rest of the path keeps its case
+        (b"/PETSTORE/1.0.5/Pet/A", None, "/petstore/1.0.5", b"http://127.0.0.1:8080/v2/Pet/A"),
+        (b"/mixed/case/X", None, "/Mixed/Case", b"https://backend.example:8443/base/X"),
+        # a backend URL without a path still gets an absolute path
+        (b"/bare", None, "/bare", b"http://127.0.0.1:9000/"),
+        (b"/bare", b"q=1", "/bare", b"http://127.0.0.1:9000/?q=1"),
+        (b"/bare/x/y", b"a=%2F&b", "/bare", b"http://127.0.0.1:9000/x/y?a=%2F&b"),
+    ],
+)
+def test_route(
+    router: Router, path: bytes, query: bytes | None, context: str, target: bytes
+) -> None:
+    route = router.route(path, query)
+    assert route is not None
+    assert route.api.context == context
+    assert route.backend_target == target
+
+
+@pytest.mark.parametrize("path", [b"/", b"/pet", b"/petstorex", b"/bare2/x", b"/mixed"])
+def test_no_route(router: Router, path: bytes) -> None:
+    assert router.route(path, None) is None
+
+
+def test_root_context_catches_the_rest() -> None:
+    router = Router([make_api("/", "http://127.0.0.1:1/root"), make_api("/a", "http://h:2")])
+    a = router.route(b"/a/x", None)
+    assert a is not None and a.backend_target == b"http://h:2/x"
+    root = router.route(b"/b/x", b"k=v")
+    assert root is not None and root.backend_target == b"http://127.0.0.1:1/root/b/x?k=v"
+    top = router.route(b"/", None)
+    assert top is not None and top.api.context == "/"
+
+
+def test_normalised_path_routes_where_the_backend_will_look() -> None:
+    """A dot-segment cannot escape the protected context to reach another API."""
+    router = Router([make_api("/open", "http://h:1/o"), make_api("/secret", "http://h:1/s")])
+    for raw in (b"/open/../secret/x", b"/open/%2e%2e/secret/x", b"/open/..;/secret/x"):
+        route = router.route(normalise(raw), None)
+        assert route is not None
+        assert route.api.context == "/secret"
+        assert route.backend_target == b"http://h:1/s/x"

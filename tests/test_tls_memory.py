@@ -1,0 +1,162 @@
+"""ServerTLS in memory (twisted.test.iosim): per-connection verdicts without sockets.
+
+Each client presents one dev-PKI certificate over an in-memory TLS connection;
+the handshake always completes (application data flows), and the server
+records verified / failed (with the reason) / none for that connection only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet import ssl
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.test import iosim
+
+from twistedgw import pki as pkimod
+from twistedgw import reasons
+from twistedgw.config import TlsConfig
+from twistedgw.devpki import DevPki
+from twistedgw.identity import Outcome
+from twistedgw.tls import ServerTLS
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+@pytest.fixture(scope="module")
+def server_tls(pki: DevPki) -> ServerTLS:
+    keystore = pkimod.load_keystore_pem(pki.server_cert, pki.server_key)
+    truststore = pkimod.load_truststore(pki.truststore_dir)
+    return ServerTLS(TlsConfig(), keystore, truststore)
+
+
+def client_options(pki: DevPki, client: str | None) -> Any:
+    trust = [crypto.X509.from_cryptography(pki.authorities["server-root"].cert)]
+    if client is None:
+        return ssl.CertificateOptions(verify=True, caCerts=trust)
+    issued = pki.issued[client]
+    return ssl.CertificateOptions(
+        privateKey=issued.key,
+        certificate=issued.cert,
+        extraCertChain=list(issued.chain),
+        verify=True,
+        caCerts=trust,
+    )
+
+
+def handshake(
+    server_tls: ServerTLS, pki: DevPki, client: str | None
+) -> tuple[TLSMemoryBIOProtocol, Collect]:
+    """An in-memory TLS connection; returns the server's TLS protocol and its app protocol."""
+    return connect(server_tls, client_options(pki, client))
+
+
+def connect(server_tls: ServerTLS, options: Any) -> tuple[TLSMemoryBIOProtocol, Collect]:
+    server_app = Collect()
+    client_app = Collect()
+    # The clock drives TLSMemoryBIOFactory's write aggregation; the pump advances it.
+    clock = Clock()
+    server_factory = TLSMemoryBIOFactory(
+        server_tls, False, Factory.forProtocol(lambda: server_app), clock=clock
+    )
+    client_factory = TLSMemoryBIOFactory(
+        options, True, Factory.forProtocol(lambda: client_app), clock=clock
+    )
+    client_proto, server_proto, pump = iosim.connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+    )
+    client_proto.write(b"hello")
+    pump.flush()
+    server_proto.write(b"hi")
+    pump.flush()
+    assert server_app.data == b"hello", "the handshake did not complete"
+    assert client_app.data == b"hi"
+    return server_proto, server_app
+
+
+@pytest.mark.parametrize(
+    ("client", "outcome", "reason", "aliases"),
+    [
+        ("partner-app", Outcome.VERIFIED, None, {"partner-root"}),
+        ("partner-direct", Outcome.VERIFIED, None, {"partner-root"}),
+        ("partner-rsa", Outcome.VERIFIED, None, {"partner-root"}),
+        ("other-app", Outcome.VERIFIED, None, {"other-root"}),
+        ("pinned", Outcome.VERIFIED, None, {"pinned-client"}),
+        ("expired", Outcome.FAILED, reasons.EXPIRED, set()),
+        ("not-yet-valid", Outcome.FAILED, reasons.NOT_YET_VALID, set()),
+        ("intruder", Outcome.FAILED, reasons.UNTRUSTED, set()),
+        ("server-only", Outcome.FAILED, reasons.WRONG_PURPOSE, set()),
+        (None, Outcome.NONE, reasons.NONE, set()),
+    ],
+)
+def test_records_outcome(
+    server_tls: ServerTLS,
+    pki: DevPki,
+    client: str | None,
+    outcome: Outcome,
+    reason: str | None,
+    aliases: set[str],
+) -> None:
+    server_proto, _app = handshake(server_tls, pki, client)
+    identity = server_tls.identity_for(server_proto)
+    assert identity.outcome is outcome
+    assert identity.reason == reason
+    assert identity.trust_aliases == aliases
+    if client is not None:
+        assert identity.leaf == pki.issued[client].cert
+    if outcome is Outcome.VERIFIED:
+        # The verified chain ends at the truststore entry.
+        assert pkimod.fingerprint(identity.chain[-1]) in {
+            pkimod.fingerprint(c)
+            for c in server_tls.truststore.certificates  # type: ignore[union-attr]
+        }
+    # Asking again gives the same (computed once) answer.
+    assert server_tls.identity_for(server_proto) is identity
+
+
+def test_verdicts_are_per_connection(server_tls: ServerTLS, pki: DevPki) -> None:
+    """Interleaved connections with different certificates never see each other's verdict."""
+    good, _ = handshake(server_tls, pki, "partner-app")
+    bad, _ = handshake(server_tls, pki, "expired")
+    none, _ = handshake(server_tls, pki, None)
+    good2, _ = handshake(server_tls, pki, "pinned")
+    assert server_tls.identity_for(bad).reason == reasons.EXPIRED
+    assert server_tls.identity_for(none).outcome is Outcome.NONE
+    assert server_tls.identity_for(good).trust_aliases == {"partner-root"}
+    assert server_tls.identity_for(good2).trust_aliases == {"pinned-client"}
+    assert server_tls.identity_for(bad).leaf == pki.issued["expired"].cert
+
+
+def test_without_intermediate_the_chain_fails(server_tls: ServerTLS, pki: DevPki) -> None:
+    """partner-app verifies only through the intermediate the client sends."""
+    issued = pki.issued["partner-app"]
+    trust = [crypto.X509.from_cryptography(pki.authorities["server-root"].cert)]
+    options = ssl.CertificateOptions(
+        privateKey=issued.key, certificate=issued.cert, verify=True, caCerts=trust
+    )
+    server_proto, _app = connect(server_tls, options)
+    identity = server_tls.identity_for(server_proto)
+    assert identity.outcome is Outcome.FAILED
+    assert identity.reason == reasons.UNTRUSTED
+
+
+def test_unknown_connection_has_no_certificate(server_tls: ServerTLS) -> None:
+    assert server_tls.identity_for(Protocol()).outcome is Outcome.NONE
+
+
+def test_leaf_is_a_cryptography_certificate(server_tls: ServerTLS, pki: DevPki) -> None:
+    server_proto, _ = handshake(server_tls, pki, "partner-rsa")
+    assert isinstance(server_tls.identity_for(server_proto).leaf, x509.Certificate)
