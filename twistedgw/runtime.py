@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twistedgw import pki
+from twistedgw import pki, revocation
 from twistedgw.chainverify import ChainVerifier
 from twistedgw.config import ConfigError, GatewayConfig
 from twistedgw.policy import ApiKeyAuthenticator, IAuthenticator, MutualSslAuthenticator, Policy
@@ -26,6 +26,7 @@ class Runtime:
     router: Router
     policy: Policy
     header_verifier: ChainVerifier | None
+    revocation: revocation.RevocationChecker | None = None  # CRLs are re-read on reload
 
 
 def authenticators(config: GatewayConfig) -> list[IAuthenticator]:
@@ -67,6 +68,11 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
             check(f"apis[{i}].aliases", api.aliases)
             check(f"apis[{i}].tiers", frozenset(t.alias for t in api.tiers))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
+    checker = None
+    try:
+        checker = revocation.build(tls)
+    except revocation.CrlError as e:
+        problems.append(f"{file}: tls.crl: {e}")
     if problems:
         raise ConfigError(problems)
 
@@ -89,4 +95,5 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
         router=Router(config.apis),
         policy=Policy(authenticators(config)),
         header_verifier=header_verifier,
+        revocation=checker,
     )

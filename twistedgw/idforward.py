@@ -1,0 +1,125 @@
+"""What the backend learns about the caller: identity headers set from the verified certificate.
+
+Spoof-proof by construction: every header a backend could read an identity
+from (``x-forwarded-client-cert``, RFC 9440 ``Client-Cert``/``Client-Cert-Chain``
+and the configured ``[identity.headers]``) is removed from every request,
+whatever ``forward`` is, and set again only from a certificate that passed this
+API's mTLS check. Envoy's SANITIZE_SET is the model for XFCC: the gateway is the
+first hop, so no earlier element is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from twistedgw.config import ApiConfig, IdentityConfig, Mode
+from twistedgw.identity import ClientIdentity
+from twistedgw.pki import fingerprint
+
+XFCC = b"x-forwarded-client-cert"
+CLIENT_CERT = b"client-cert"
+CLIENT_CERT_CHAIN = b"client-cert-chain"
+ALWAYS_STRIPPED = frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN})
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def stripped(settings: IdentityConfig) -> frozenset[bytes]:
+    """Lower-case names of every identity header a caller must never be able to send."""
+    return ALWAYS_STRIPPED | {name.lower().encode() for _f, name in settings.headers}
+
+
+def mtls_passed(identity: ClientIdentity, api: ApiConfig) -> bool:
+    """Did the certificate pass this API's mTLS check (not merely verify somewhere)?"""
+    return (
+        api.mutual_ssl is not Mode.DISABLED
+        and identity.verified
+        and identity.leaf is not None
+        and (api.aliases is None or bool(identity.trust_aliases & api.aliases))
+    )
+
+
+def _url_pem(cert: x509.Certificate) -> str:
+    return quote(cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), safe="")
+
+
+def _b64(cert: x509.Certificate) -> str:
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return [], []
+    return (
+        san.get_values_for_type(x509.UniformResourceIdentifier),
+        san.get_values_for_type(x509.DNSName),
+    )
+
+
+def _xfcc_value(value: str, *, always_quote: bool = False) -> str:
+    """Envoy quotes values holding ``,;=`` (and always the Subject), escaping ``"`` and ``\\``."""
+    if always_quote or any(c in value for c in ',;="'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def xfcc(chain: Sequence[x509.Certificate]) -> str:
+    """One XFCC element for the verified leaf: Hash, Cert, Subject, URI and DNS SANs."""
+    leaf = chain[0]
+    parts = [
+        f"Hash={fingerprint(leaf).hex()}",
+        f"Cert={_xfcc_value(_url_pem(leaf))}",
+        f"Subject={_xfcc_value(leaf.subject.rfc4514_string(), always_quote=True)}",
+    ]
+    uris, dns = _sans(leaf)
+    parts += [f"URI={_xfcc_value(u)}" for u in uris]
+    parts += [f"DNS={_xfcc_value(d)}" for d in dns]
+    return ";".join(parts)
+
+
+def _field(name: str, chain: Sequence[x509.Certificate]) -> str:
+    leaf = chain[0]
+    if name == "subject":
+        return leaf.subject.rfc4514_string()
+    if name == "issuer":
+        return leaf.issuer.rfc4514_string()
+    if name == "serial":
+        return format(leaf.serial_number, "x")
+    if name == "sha256":
+        return fingerprint(leaf).hex()
+    if name == "cert":
+        return _url_pem(leaf)
+    if name == "san":
+        uris, dns = _sans(leaf)
+        return ",".join([*uris, *dns])
+    raise ValueError(f"unknown identity field {name!r}")
+
+
+def headers_for(settings: IdentityConfig, identity: ClientIdentity) -> Headers:
+    """The identity headers for a certificate that passed; latin-1 safe, no line breaks."""
+    chain = identity.chain
+    if settings.forward == "none" or not chain:
+        return []
+    if settings.forward == "xfcc":
+        return [(XFCC, xfcc(chain).encode("latin-1", "replace"))]
+    if settings.forward == "rfc9440":
+        out = [(CLIENT_CERT, f":{_b64(chain[0])}:".encode())]
+        # Intermediates only: RFC 9440 leaves out the leaf, and the anchor is the backend's to know.
+        middle = chain[1:-1]
+        if middle:
+            out.append((CLIENT_CERT_CHAIN, ", ".join(f":{_b64(c)}:" for c in middle).encode()))
+        return out
+    return [
+        (
+            name.encode(),
+            _field(f, chain).encode("latin-1", "replace").replace(b"\r", b"").replace(b"\n", b""),
+        )
+        for f, name in settings.headers
+    ]
