@@ -8,19 +8,23 @@ make this raise.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import callers, errors
-from twistedgw.config import ApiConfig
+from twistedgw import callers, errors, idforward, tiers
+from twistedgw.callers import Caller
+from twistedgw.config import ApiConfig, Mode
 from twistedgw.errors import GatewayError
 from twistedgw.forward import Forwarder, ForwardResult
-from twistedgw.identity import ClientIdentity
+from twistedgw.identity import ClientIdentity, failed
 from twistedgw.policy import API_KEY_HEADER, AuthContext, Deny
 from twistedgw.routing import BadPath, normalise, split_target
 from twistedgw.runtime import Runtime
@@ -54,6 +58,7 @@ class Gateway:
     runtime: Runtime
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
+    throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)  # survives reload
 
     def notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
@@ -61,6 +66,56 @@ class Gateway:
                 observer(record)
             except Exception:
                 log.failure("request observer failed")
+
+
+def _apply_verdict(caller: Caller, reason: str | None) -> Caller:
+    if reason is None:
+        return caller
+    identity = caller.identity
+    return dataclasses.replace(caller, identity=failed(identity.source, reason, identity.chain))
+
+
+def with_revocation(
+    request: Request,
+    runtime: Runtime,
+    caller: Caller,
+    api: ApiConfig,
+    then: Callable[[Caller], bytes | int],
+) -> bytes | int:
+    """Run ``then`` with the caller's certificate checked for revocation.
+
+    The check applies to handshake and header certificates alike, after chain
+    verification. It is synchronous (no Deferred) when revocation is off, the
+    API does not use mTLS, or the answer is known without I/O (CRLs, cached
+    OCSP); only an OCSP query suspends the request.
+    """
+    checker = runtime.revocation
+    identity = caller.identity
+    if checker is None or not identity.verified or api.mutual_ssl is Mode.DISABLED:
+        return then(caller)
+    verdict = checker.check(identity.chain)
+    if not isinstance(verdict, Deferred):
+        return then(_apply_verdict(caller, verdict))
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def resume(reason: str | None) -> None:
+        if gone:  # the client left while the responder was asked
+            return
+        body = then(_apply_verdict(caller, reason))
+        if body is not NOT_DONE_YET:
+            assert isinstance(body, bytes)
+            request.write(body)
+            request.finish()
+
+    def crashed(failure: Failure) -> None:
+        log.failure("revocation check failed", failure)
+        if not gone:
+            request.write(write_error(request, errors.internal_error()))
+            request.finish()
+
+    verdict.addCallback(resume).addErrback(crashed)
+    return NOT_DONE_YET
 
 
 def write_error(request: Request, error: GatewayError) -> bytes:
@@ -121,31 +176,49 @@ class GatewayResource(Resource):
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return refuse(errors.payload_too_large(limit))
-        caller = callers.resolve(request, runtime)
-        identity = caller.identity
-        decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
-        if isinstance(decision, Deny):
-            return refuse(decision.error)
+        target = route.backend_target
+        identity_settings = runtime.config.identity
+        lb = runtime.config.mutual_ssl
 
-        remove = {API_KEY_HEADER}
-        header = runtime.config.mutual_ssl.certificate_header
-        chain_header = runtime.config.mutual_ssl.chain_header
-        if header is not None and (
-            caller.ignored_header
-            or not caller.via_load_balancer
-            or not runtime.config.mutual_ssl.forward_client_certificate_header
-        ):
-            remove.add(header.lower().encode())
-            if chain_header is not None:
-                remove.add(chain_header.lower().encode())
+        def authorise(caller: Caller) -> bytes | int:
+            nonlocal identity
+            identity = caller.identity
+            assert api is not None
+            decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
+            if isinstance(decision, Deny):
+                return refuse(decision.error)
+            mtls_passed = idforward.mtls_passed(identity, api)
+            wait = self.gateway.throttle.take(api, identity) if mtls_passed else None
+            if wait is not None:
+                request.responseHeaders.setRawHeaders(b"retry-after", [tiers.retry_after(wait)])
+                return refuse(errors.throttled("the certificate's tier limit was exceeded"))
 
-        def done(result: ForwardResult) -> None:
-            finish(result.status, result.bytes_sent, result.error_kind)
+            remove = {API_KEY_HEADER}
+            header = lb.certificate_header
+            chain_header = lb.chain_header
+            if header is not None and (
+                caller.ignored_header
+                or not caller.via_load_balancer
+                or not lb.forward_client_certificate_header
+            ):
+                remove.add(header.lower().encode())
+                if chain_header is not None:
+                    remove.add(chain_header.lower().encode())
+            # Identity headers are never the caller's to send; only a trusted load
+            # balancer's own certificate header may pass, when explicitly forwarded.
+            kept = {h.lower().encode() for h in (header, chain_header) if h} - remove
+            remove |= idforward.stripped(identity_settings) - kept
+            add = idforward.headers_for(identity_settings, identity) if mtls_passed else []
 
-        self.gateway.forwarder.forward(
-            request, route.backend_target, remove_headers=remove, on_done=done
-        )
-        return NOT_DONE_YET
+            def done(result: ForwardResult) -> None:
+                finish(result.status, result.bytes_sent, result.error_kind)
+
+            self.gateway.forwarder.forward(
+                request, target, add_headers=add, remove_headers=remove, on_done=done
+            )
+            return NOT_DONE_YET
+
+        return with_revocation(request, runtime, callers.resolve(request, runtime), api, authorise)
 
     def _authz(
         self,
@@ -153,7 +226,7 @@ class GatewayResource(Resource):
         runtime: Runtime,
         refuse: Callable[[GatewayError], bytes],
         finish: Callable[[int, int], None],
-    ) -> bytes:
+    ) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
@@ -176,25 +249,31 @@ class GatewayResource(Resource):
         route = runtime.router.route(path, query)
         if route is None:
             return refuse(errors.forbidden(errors.not_found(path.decode("latin-1")).description))
-        caller = callers.resolve(request, runtime)
-        decision = runtime.policy.decide(
-            AuthContext(caller.identity, request.requestHeaders), route.api
-        )
-        if isinstance(decision, Deny):
-            return refuse(decision.error)
-        request.setResponseCode(200)
-        request.responseHeaders.setRawHeaders(b"x-twistedgw-api", [route.api.label.encode()])
-        leaf = caller.identity.leaf
-        if leaf is not None and caller.identity.verified:
-            request.responseHeaders.setRawHeaders(
-                b"x-client-cert-subject", [leaf.subject.rfc4514_string().encode()]
+        api = route.api
+
+        def judge(caller: Caller) -> bytes:
+            decision = runtime.policy.decide(
+                AuthContext(caller.identity, request.requestHeaders), api
             )
-            request.responseHeaders.setRawHeaders(
-                b"x-client-cert-sha256", [(caller.identity.leaf_sha256() or "").encode()]
-            )
-        principals = ",".join(decision.principals)
-        if principals:
-            request.responseHeaders.setRawHeaders(b"x-twistedgw-principal", [principals.encode()])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
-        finish(200, 0)
-        return b""
+            if isinstance(decision, Deny):
+                return refuse(decision.error)
+            request.setResponseCode(200)
+            request.responseHeaders.setRawHeaders(b"x-twistedgw-api", [api.label.encode()])
+            leaf = caller.identity.leaf
+            if leaf is not None and caller.identity.verified:
+                request.responseHeaders.setRawHeaders(
+                    b"x-client-cert-subject", [leaf.subject.rfc4514_string().encode()]
+                )
+                request.responseHeaders.setRawHeaders(
+                    b"x-client-cert-sha256", [(caller.identity.leaf_sha256() or "").encode()]
+                )
+            principals = ",".join(decision.principals)
+            if principals:
+                request.responseHeaders.setRawHeaders(
+                    b"x-twistedgw-principal", [principals.encode()]
+                )
+            request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+            finish(200, 0)
+            return b""
+
+        return with_revocation(request, runtime, callers.resolve(request, runtime), api, judge)
