@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -93,6 +94,7 @@ def _build(
     sans: list[x509.GeneralName],
     issuer_key_for_aki: PrivateKey,
     path_length: int | None = None,
+    ocsp_url: str | None = None,
 ) -> x509.Certificate:
     """Build a certificate whose base64 DER contains ``+``, ``/`` and ``=``.
 
@@ -152,6 +154,18 @@ def _build(
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if ocsp_url is not None:
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            x509.oid.AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier(ocsp_url),
+                        )
+                    ]
+                ),
+                critical=False,
+            )
         cert = builder.sign(signing_key, hashes.SHA256())
         b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER))
         if b"+" in b64 and b"/" in b64 and b64.endswith(b"="):
@@ -214,7 +228,9 @@ class Authority:
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
         key_type: KeyType | None = None,
+        ocsp_url: str | None = None,
     ) -> Issued:
+        """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA."""
         key = new_key(key_type or self.key_type)
         now = _now()
         if sans is None:
@@ -234,6 +250,7 @@ class Authority:
             eku=eku,
             sans=sans,
             issuer_key_for_aki=self.key,
+            ocsp_url=ocsp_url,
         )
         chain = (self.cert, *self.chain) if not _self_signed(self.cert) else ()
         return Issued(cert, key, chain)
@@ -248,6 +265,40 @@ class Authority:
         ]
         return self.issue(
             hostnames[0], eku=(ExtendedKeyUsageOID.SERVER_AUTH,), sans=sans, key_type=key_type
+        )
+
+    def crl(
+        self,
+        revoked: Iterable[x509.Certificate | int] = (),
+        *,
+        last_update: datetime.datetime | None = None,
+        next_update: datetime.datetime | None = None,
+        signer: PrivateKey | None = None,
+        encoding: Literal["pem", "der"] = "pem",
+    ) -> bytes:
+        """A CRL from this CA revoking ``revoked`` (certificates or serials).
+
+        Fresh for a day unless ``last_update``/``next_update`` say otherwise (a
+        past ``next_update`` makes it stale); ``signer`` forges one with another key.
+        """
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(last_update or now - datetime.timedelta(minutes=5))
+            .next_update(next_update or now + _DAY)
+        )
+        for item in revoked:
+            serial = item if isinstance(item, int) else item.serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - datetime.timedelta(minutes=5))
+                .build()
+            )
+        crl = builder.sign(signer or self.key, hashes.SHA256())  # type: ignore[arg-type]
+        return crl.public_bytes(
+            serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER
         )
 
 
