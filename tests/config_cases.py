@@ -1,0 +1,175 @@
+"""Bad configurations and the problems the gateway must report for them.
+
+Shared by test_config.py (in process) and test_cli.py (``twistedgw check`` and
+``run`` as real processes). Each case gives the config text and, for every
+problem line expected, the key (or words) that line must name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.harness import gateway_config
+from twistedgw.devpki import DevPki
+
+KEY = "cli-key"
+
+
+def api(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "petstore",
+        "version": "1.0.5",
+        "context": "/petstore/1.0.5",
+        "backend": "http://127.0.0.1:8080/v2",
+        "mutual_ssl": "mandatory",
+        "aliases": ["partner-root"],
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def good(pki: DevPki) -> str:
+    return gateway_config(
+        pki,
+        [api(), api(name="orders", context="/orders", mutual_ssl="optional", api_key="mandatory")],
+        port=0,
+        api_keys={"app-one": KEY},
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    text: Callable[[DevPki], str | None]  # None: the config file does not exist
+    # One entry per problem line: the words that line must contain ("…" separates
+    # phrases that must all appear, in order).
+    expect: tuple[str, ...]
+
+
+def line_says(line: str, words: str) -> bool:
+    position = 0
+    for phrase in words.split(" … "):
+        found = line.find(phrase, position)
+        if found < 0:
+            return False
+        position = found + len(phrase)
+    return True
+
+
+CASES: list[Case] = [
+    Case(
+        "bad-enum",
+        lambda p: gateway_config(p, [api(mutual_ssl="required")], port=0),
+        ("apis[0].mutual_ssl: must be one of 'mandatory', 'optional', 'disabled', got 'required'",),
+    ),
+    Case(
+        "bad-enum-api-key",
+        lambda p: gateway_config(p, [api(api_key="yes")], port=0, api_keys={"a": KEY}),
+        ("apis[0].api_key: must be one of",),
+    ),
+    Case("missing-config-file", lambda p: None, ("config file not found",)),
+    Case(
+        "missing-certificate-file",
+        lambda p: gateway_config(p, [api()], port=0, tls={"certificate": "no-such.crt"}),
+        ("tls.certificate: file not found",),
+    ),
+    Case(
+        "missing-truststore",
+        lambda p: gateway_config(p, [api()], port=0, tls={"truststore": "no-such-dir"}),
+        ("tls.truststore: file not found",),
+    ),
+    Case(
+        "duplicate-context",
+        lambda p: gateway_config(p, [api(), api(name="again", context="/petstore/1.0.5/")], port=0),
+        ("apis[1].context: duplicate context '/petstore/1.0.5' (also used by apis[0])",),
+    ),
+    Case(
+        "unknown-alias",
+        lambda p: gateway_config(p, [api(aliases=["partner-root", "ballerina"])], port=0),
+        ("apis[0].aliases: unknown truststore alias 'ballerina'",),
+    ),
+    Case(
+        "unknown-key",
+        lambda p: gateway_config(p, [api(mutal_ssl="mandatory")], port=0),
+        ("apis[0].mutal_ssl: unknown key",),
+    ),
+    Case(
+        "unknown-table",
+        lambda p: gateway_config(p, [api()], port=0, extra="[limitz]\nmax_body_bytes = 1\n"),
+        ("limitz: unknown key",),
+    ),
+    Case(
+        "bad-toml",
+        lambda p: gateway_config(p, [api()], port=0) + "\n[[apis]\nname = \n",
+        ("invalid TOML",),
+    ),
+    Case(
+        "header-mode-without-lb-aliases",
+        lambda p: gateway_config(
+            p, [api()], port=0, extra='[mutual_ssl]\ncertificate_header = "X-SSL-CERT"\n'
+        ),
+        ("mutual_ssl.load_balancer_aliases: is required",),
+    ),
+    Case(
+        "header-mode-without-trusted-proxies",
+        lambda p: gateway_config(
+            p,
+            [api()],
+            port=0,
+            extra='[mutual_ssl]\ncertificate_header = "X-SSL-CERT"\n'
+            "enable_client_validation = false\n",
+        ),
+        ("mutual_ssl.trusted_proxies: is required",),
+    ),
+    Case(
+        "wrong-type",
+        lambda p: gateway_config(p, [api()], port=0).replace("port = 0", 'port = "9095"'),
+        ("listeners[0].port: expected an integer",),
+    ),
+    Case(
+        "old-tls-protocol",
+        lambda p: gateway_config(p, [api()], port=0, tls={"protocols": ["TLSv1.1", "TLSv1.2"]}),
+        ("tls.protocols: allowed values are TLSv1.2, TLSv1.3",),
+    ),
+    Case(
+        "wrong-p12-password",
+        lambda p: gateway_config(
+            p,
+            [api()],
+            port=0,
+            tls={"truststore": str(p.truststore_p12), "truststore_password": "wrong"},
+        ),
+        ("tls.truststore: … truststore_password is wrong",),
+    ),
+    Case(
+        "api-key-without-keys",
+        lambda p: gateway_config(p, [api(api_key="mandatory")], port=0),
+        ("api_keys: an API uses api_key but no [[api_keys]] are defined",),
+    ),
+    Case(
+        "mtls-without-truststore",
+        lambda p: gateway_config(p, [api()], port=0, tls={"truststore": None}),
+        ("tls.truststore: APIs with mutual_ssl need a truststore",),
+    ),
+    Case(
+        "several-problems",
+        lambda p: gateway_config(
+            p,
+            [
+                api(mutual_ssl="sometimes"),
+                api(name="b", context="/b"),
+                api(name="c", context="/b"),
+                api(name="d", context="/d", colour="blue"),
+            ],
+            port=0,
+            tls={"private_key": "missing.key"},
+        ),
+        (
+            "tls.private_key: file not found",
+            "apis[0].mutual_ssl: must be one of",
+            "apis[2].context: duplicate context '/b'",
+            "apis[3].colour: unknown key",
+        ),
+    ),
+]
