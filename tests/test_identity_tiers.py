@@ -1,0 +1,130 @@
+"""Identity forwarding (spoof-proof) and per-certificate tiers, end to end.
+
+The echo backend reports the headers it received, so these tests see exactly
+what a backend behind the gateway would trust.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.backend_fixture import BackendProcess
+from tests.e2e import echoed, get, running_gateway
+from twistedgw.devpki import DevPki
+
+FORGED = [
+    ("X-Forwarded-Client-Cert", 'Hash=00;Subject="CN=admin"'),
+    ("Client-Cert", ":AAAA:"),
+    ("Client-Cert-Chain", ":AAAA:"),
+    ("X-Client-Cert-Subject", "CN=admin"),
+    ("X-Client-Cert-Sha256", "00"),
+]
+IDENTITY_HEADERS = (
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "x-client-cert-subject",
+    "x-client-cert-sha256",
+)
+
+
+def apis(backend: BackendProcess, **extra: Any) -> list[dict[str, Any]]:
+    base = {"version": "1", "backend": backend.url}
+    return [
+        {**base, "name": "Mtls", "context": "/mtls", "mutual_ssl": "mandatory", **extra},
+        {**base, "name": "Open", "context": "/open"},
+    ]
+
+
+def identity(forward: str) -> str:
+    return (
+        "[identity]\n"
+        f'forward = "{forward}"\n'
+        'headers = { subject = "X-Client-Cert-Subject", sha256 = "X-Client-Cert-Sha256" }\n'
+    )
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_xfcc_set_from_verified_certificate_and_forgeries_dropped(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    leaf = pki.issued["partner-app"].cert
+    with running_gateway(tmp_path, pki, apis(backend), extra=identity("xfcc")) as gw:
+        r = get(gw.port, "/mtls/x", pki, "partner-app", headers=FORGED)
+        assert r.status == 200, r.body
+        (xfcc,) = echoed(r, "x-forwarded-client-cert")
+        for name in IDENTITY_HEADERS[1:]:
+            assert echoed(r, name) == [], name
+        fields = dict(part.split("=", 1) for part in xfcc.split(";"))
+        assert fields["Hash"] == hashlib.sha256(der(leaf)).hexdigest()
+        assert x509.load_pem_x509_certificate(unquote(fields["Cert"]).encode()) == leaf
+        assert fields["Subject"] == f'"{leaf.subject.rfc4514_string()}"'
+        assert fields["URI"] == "urn:twistedgw:client:partner-app"
+
+        # No mTLS on this API: nothing is asserted about the caller, forgeries still go.
+        r = get(gw.port, "/open/x", pki, "partner-app", headers=FORGED)
+        assert r.status == 200
+        for name in IDENTITY_HEADERS:
+            assert echoed(r, name) == [], name
+
+
+def test_rfc9440_and_named_headers(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    app = pki.issued["partner-app"]
+    with running_gateway(tmp_path / "a", pki, apis(backend), extra=identity("rfc9440")) as gw:
+        r = get(gw.port, "/mtls/x", pki, "partner-app", headers=FORGED)
+        assert r.status == 200
+        assert echoed(r, "client-cert") == [f":{base64.b64encode(der(app.cert)).decode()}:"]
+        # Intermediates only: no leaf, no trust anchor.
+        intermediate = app.chain[0]
+        assert echoed(r, "client-cert-chain") == [
+            f":{base64.b64encode(der(intermediate)).decode()}:"
+        ]
+        assert echoed(r, "x-forwarded-client-cert") == []
+        assert echoed(r, "x-client-cert-subject") == []
+
+    with running_gateway(tmp_path / "b", pki, apis(backend), extra=identity("headers")) as gw:
+        r = get(gw.port, "/mtls/x", pki, "pinned", headers=FORGED)
+        assert r.status == 200
+        pinned = pki.issued["pinned"].cert
+        assert echoed(r, "x-client-cert-subject") == [pinned.subject.rfc4514_string()]
+        assert echoed(r, "x-client-cert-sha256") == [hashlib.sha256(der(pinned)).hexdigest()]
+        for name in IDENTITY_HEADERS[:3]:
+            assert echoed(r, name) == [], name
+
+
+def test_tiers_per_certificate(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    tiers = [{"alias": "partner-root", "requests_per_minute": 3}]
+    with running_gateway(tmp_path, pki, apis(backend, tiers=tiers)) as gw:
+        for _ in range(3):
+            assert get(gw.port, "/mtls/x", pki, "partner-app").status == 200
+        r = get(gw.port, "/mtls/x", pki, "partner-app")
+        assert r.status == 429
+        assert r.json()["code"] == "900800"
+        assert r.json()["message"] == "Message throttled out"
+        assert r.header("content-type") == "application/json"
+        assert 1 <= int(r.header("retry-after") or "0") <= 20
+        # Another certificate of the same tier has its own bucket.
+        for _ in range(3):
+            assert get(gw.port, "/mtls/x", pki, "partner-direct").status == 200
+        # A certificate that matches no tier is not throttled here.
+        for _ in range(5):
+            assert get(gw.port, "/mtls/x", pki, "pinned").status == 200
+        # Buckets survive a reload: SIGHUP is not a way to a fresh minute.
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "Reloaded" not in gw.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Reloaded" in gw.output()
+        assert get(gw.port, "/mtls/x", pki, "partner-app").status == 429
