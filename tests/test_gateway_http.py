@@ -74,6 +74,27 @@ def test_upload(gw: GatewayProcess, pki: DevPki, size: int) -> None:
     assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def send_chunked(port: int, pki: DevPki, path: str, body: bytes) -> Response:
+    """POST ``body`` with Transfer-Encoding: chunked (no Content-Length)."""
+    conn = tls_connect(port, context(pki, "partner-app"))
+    try:
+        pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+        conn.request("POST", path, body=iter(pieces), encode_chunked=True)
+        r = conn.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        conn.close()
+
+
+def test_chunked_upload(gw: GatewayProcess, pki: DevPki) -> None:
+    body = os.urandom(4 * MB + 3)
+    response = send_chunked(gw.port, pki, "/echo/chunked", body)
+    assert response.status == 200
+    echo = response.json()
+    assert echo["body_len"] == len(body)
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
 @pytest.mark.parametrize("query", ["", "?chunked"])
 def test_download(gw: GatewayProcess, pki: DevPki, query: str) -> None:
     size = 6 * MB + 5
@@ -285,3 +306,6 @@ def test_body_over_limit_is_413(slow_gw: GatewayProcess, pki: DevPki) -> None:
     ok = get(slow_gw.port, "/slow-api/x", pki, method="POST", body=b"x" * 100000)
     assert ok.status == 200
     assert ok.json()["body_len"] == 100000
+    # Without a Content-Length (chunked), the limit holds all the same.
+    assert_json_error(send_chunked(slow_gw.port, pki, "/slow-api/x", b"y" * 300000), 413, "413")
+    assert send_chunked(slow_gw.port, pki, "/slow-api/x", b"y" * 100000).status == 200

@@ -176,6 +176,9 @@ class GatewayResource(Resource):
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return refuse(errors.payload_too_large(limit))
+        # A chunked body has no Content-Length: measure what twisted.web spooled.
+        if request.content is not None and request.content.seek(0, 2) > limit:
+            return refuse(errors.payload_too_large(limit))
         target = route.backend_target
         identity_settings = runtime.config.identity
         lb = runtime.config.mutual_ssl
