@@ -490,3 +490,40 @@ def test_matrix_request_reaches_backend_with_forwarding_headers(
     assert response.status == 200
     assert echoed(response, "X-Forwarded-Proto") == ["https"]
     assert echoed(response, "apikey") == []
+
+
+def test_apikey_header_removed_whatever_its_case(
+    matrix_gateway: GatewayProcess, pki: DevPki
+) -> None:
+    for name in ("APIKEY", "ApiKey", "apikey"):
+        response = get(
+            matrix_gateway.port,
+            f"{context_path('disabled', 'mandatory')}/case",
+            pki,
+            headers={name: KEY},
+        )
+        assert response.status == 200, (name, response.body)
+        assert echoed(response, "apikey") == []
+
+
+def test_no_resumption_without_tickets(
+    tmp_path_factory: pytest.TempPathFactory, pki: DevPki, backend: BackendProcess
+) -> None:
+    """With session_tickets = false every connection is a full handshake, judged afresh."""
+    apis = [
+        {
+            "name": "no-tickets",
+            "context": "/nt",
+            "backend": backend.url,
+            "mutual_ssl": "mandatory",
+            "aliases": ALIASES,
+        }
+    ]
+    with running_gateway(
+        tmp_path_factory.mktemp("no-tickets-gw"), pki, apis, tls={"session_tickets": False}
+    ) as gw:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            for cert, status in (("partner-app", 200), ("expired", 401)):
+                r1, r2, reused = _resume(gw.port, context(pki, cert, max_version=version), "/nt/x")
+                assert not reused
+                assert r1.status == r2.status == status
