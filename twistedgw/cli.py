@@ -187,7 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _header_value_last(argv: list[str]) -> list[str]:
+    """Let ``decode-header`` take a value that starts with dashes.
+
+    PEM and URL-encoded PEM header values start with ``-----BEGIN``, which argparse
+    would read as an option; move such a value after ``--``, where it is positional.
+    """
+    if "decode-header" not in argv or "--" in argv:
+        return argv
+    values = [a for a in argv if a.startswith("-----")]
+    if not values:
+        return argv
+    return [*(a for a in argv if not a.startswith("-----")), "--", *values]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _header_value_last(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
