@@ -332,8 +332,15 @@ class OcspClient:
             self._pending[key].append(waiter)
             return waiter
         self._pending[key] = [waiter]
-        self._ask(cert, issuer).addCallback(self._answer, key)
+        d = defer.maybeDeferred(self._ask, cert, issuer)
+        d.addErrback(self._broken)
+        d.addCallback(self._answer, key)
         return waiter
+
+    @staticmethod
+    def _broken(failure: Any) -> tuple[Status, float]:
+        log.failure("OCSP query could not be made", failure)
+        return Status.UNKNOWN, UNKNOWN_TTL
 
     def _answer(self, result: tuple[Status, float], key: tuple[bytes, int]) -> None:
         status, ttl = result
