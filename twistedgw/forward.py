@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -295,9 +295,17 @@ class Forwarder:
         add_headers: Sequence[tuple[bytes, bytes]] = (),
         remove_headers: Collection[bytes] = (),
         on_done: Callable[[ForwardResult], None] | None = None,
+        backend_timeout: float | None = None,
     ) -> None:
-        """Relay `request` to the absolute URL `target`; the request is ours from now on."""
-        exchange = _Exchange(self, request, target, on_done)
+        """Relay `request` to the absolute URL `target`; the request is ours from now on.
+
+        `backend_timeout` overrides the forwarder's for this request (an API's own
+        `backend_timeout`), since one slow API must not set the limit for all.
+        """
+        settings = self._settings
+        if backend_timeout is not None:
+            settings = replace(settings, backend_timeout=backend_timeout)
+        exchange = _Exchange(self, request, target, on_done, settings)
         try:
             exchange.start(add_headers, remove_headers)
         except Exception:
@@ -329,10 +337,11 @@ class _Exchange:
         request: server.Request,
         target: bytes,
         on_done: Callable[[ForwardResult], None] | None,
+        settings: ForwardSettings | None = None,
     ) -> None:
         self._fw = forwarder
         self._reactor = forwarder._reactor
-        self._settings = forwarder._settings
+        self._settings = settings if settings is not None else forwarder._settings
         self._request = request
         self._target = target
         self._on_done = on_done
