@@ -217,7 +217,12 @@ class GatewayResource(Resource):
                 finish(result.status, result.bytes_sent, result.error_kind)
 
             self.gateway.forwarder.forward(
-                request, target, add_headers=add, remove_headers=remove, on_done=done
+                request,
+                target,
+                add_headers=add,
+                remove_headers=remove,
+                on_done=done,
+                backend_timeout=api.backend_timeout,
             )
             return NOT_DONE_YET
 
