@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.harness import gateway_config
 from twistedgw.devpki import DevPki
@@ -36,6 +37,12 @@ def good(pki: DevPki) -> str:
         port=0,
         api_keys={"app-one": KEY},
     )
+
+
+def empty_dir(pki: DevPki) -> Path:
+    directory = pki.directory / "empty-truststore"
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,18 @@ CASES: list[Case] = [
             tls={"truststore": str(p.truststore_p12), "truststore_password": "wrong"},
         ),
         ("tls.truststore: … truststore_password is wrong",),
+    ),
+    Case(
+        "key-does-not-match-certificate",
+        lambda p: gateway_config(
+            p, [api()], port=0, tls={"certificate": str(p.clients["partner-app"][0])}
+        ),
+        ("the private key does not match the certificate",),
+    ),
+    Case(
+        "truststore-without-certificates",
+        lambda p: gateway_config(p, [api()], port=0, tls={"truststore": str(empty_dir(p))}),
+        ("tls.truststore: … contains no certificates",),
     ),
     Case(
         "api-key-without-keys",
