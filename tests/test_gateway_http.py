@@ -254,6 +254,26 @@ def test_forwarded_headers_set_by_gateway(gw: GatewayProcess, pki: DevPki) -> No
     assert echoed(response, "Host") != [f"localhost:{gw.port}"]
 
 
+@pytest.mark.parametrize("path", ["/echo/certs", "/open/certs"])
+def test_certificate_headers_from_callers_never_reach_the_backend(
+    gw: GatewayProcess, pki: DevPki, path: str
+) -> None:
+    """A backend that still trusts a load balancer's header must not be fooled either."""
+    forged = [
+        ("X-SSL-CERT", "forged"),
+        ("X-Amzn-Mtls-Clientcert", "forged"),
+        ("X-Forwarded-Tls-Client-Cert", "forged"),
+        ("Ssl-Client-Verify", "SUCCESS"),
+        ("X-Forwarded-Client-Cert", "Hash=00"),
+        ("X-Kept", "yes"),
+    ]
+    response = valid(gw, pki, path, headers=forged)
+    assert response.status == 200
+    names = {n.lower() for n, _v in echoed_headers(response)}
+    assert names.isdisjoint({n.lower() for n, _v in forged[:-1]}), names
+    assert echoed(response, "X-Kept") == ["yes"]
+
+
 # --- errors the gateway answers itself ---------------------------------------------------
 
 

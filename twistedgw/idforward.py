@@ -24,7 +24,35 @@ from twistedgw.pki import fingerprint
 XFCC = b"x-forwarded-client-cert"
 CLIENT_CERT = b"client-cert"
 CLIENT_CERT_CHAIN = b"client-cert-chain"
-ALWAYS_STRIPPED = frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN})
+# Certificate and verification headers that load balancers commonly set. A backend
+# behind the gateway may still trust one of them (a WSO2 or NGINX set-up that used
+# to sit there did), so a caller must never be able to deliver one. The only
+# exception is the configured certificate header from a trusted load balancer with
+# forward_client_certificate_header on (web.py keeps that one).
+LOAD_BALANCER_HEADERS = frozenset(
+    {
+        b"x-ssl-cert",
+        b"x-ssl-client-cert",
+        b"x-ssl-client-verify",
+        b"x-ssl-client-s-dn",
+        b"x-ssl-client-i-dn",
+        b"x-client-cert",
+        b"x-client-verify",
+        b"ssl-client-cert",
+        b"ssl-client-verify",
+        b"x-amzn-mtls-clientcert",
+        b"x-amzn-mtls-clientcert-leaf",
+        b"x-amzn-mtls-clientcert-serial-number",
+        b"x-amzn-mtls-clientcert-issuer",
+        b"x-amzn-mtls-clientcert-subject",
+        b"x-amzn-mtls-clientcert-validity",
+        b"x-forwarded-tls-client-cert",
+        b"x-forwarded-tls-client-cert-info",
+        b"cf-client-cert-der-base64",
+        b"x-arr-clientcert",
+    }
+)
+ALWAYS_STRIPPED = frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN}) | LOAD_BALANCER_HEADERS
 
 Headers = list[tuple[bytes, bytes]]
 
