@@ -97,6 +97,11 @@ CASES: list[Case] = [
         ("apis[0].aliases: unknown truststore alias 'ballerina'",),
     ),
     Case(
+        "empty-aliases",
+        lambda p: gateway_config(p, [api(aliases=[])], port=0),
+        ("apis[0].aliases: an empty list lets no certificate pass",),
+    ),
+    Case(
         "unknown-key",
         lambda p: gateway_config(p, [api(mutal_ssl="mandatory")], port=0),
         ("apis[0].mutal_ssl: unknown key",),

@@ -388,6 +388,12 @@ def _api(r: _Reader, problems_for_alias: Callable[[str, str], None]) -> ApiConfi
     mutual_ssl = _mode(r, "mutual_ssl")
     api_key = _mode(r, "api_key")
     aliases = _string_list(r, "aliases")
+    if aliases == [] and "aliases" in r.table:
+        r.problem(
+            "aliases",
+            "an empty list lets no certificate pass; remove the key to accept any trusted "
+            "certificate, or name the truststore aliases to accept",
+        )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
     tiers = []
