@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import config as configmod
-from twistedgw import pki, runtime
+from twistedgw import guard, pki, runtime
 from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.forward import Forwarder, ForwardSettings
 from twistedgw.tls import HandshakeRecords
@@ -77,6 +77,8 @@ class GatewayService(service.Service):
         )
         self.gateway = Gateway(built, self.forwarder)
         self.site = GatewaySite(GatewayResource(self.gateway))
+        # Limits, timeouts, strict framing (guard.py); max_connections per process.
+        self.guard = guard.harden(self.site, self.gateway)
         self.ports: list[IListeningPort] = []
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
 
