@@ -50,10 +50,10 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
-    from twistedgw.service import GatewayService
+    from twistedgw.service import make_service
 
     try:
-        svc = GatewayService(cfg, reactor)
+        svc = make_service(cfg, reactor)  # a Supervisor of worker processes when workers > 1
     except ConfigError as e:
         return _fail(e.problems)
     _start_logging()

@@ -3,12 +3,18 @@
 ``make_service`` is the one way in, used by ``twistedgw run``, the twistd
 plugin and applications that embed the gateway, so all three behave the same.
 Nothing here is global: two gateways can share a reactor.
+
+With ``workers = 1`` everything runs in this process. With more, ``make_service``
+returns a ``workers.Supervisor`` whose worker processes each run a
+``GatewayService`` on sockets the parent passed down (``inherited``).
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -20,12 +26,47 @@ from zope.interface import implementer
 
 from twistedgw import config as configmod
 from twistedgw import guard, pki, runtime
+from twistedgw.admin import AdminService
 from twistedgw.config import ConfigError, GatewayConfig, Listener
+from twistedgw.drain import ConnectionTracker
 from twistedgw.forward import Forwarder, ForwardSettings
+from twistedgw.observe import AccessLog, Metrics
 from twistedgw.tls import HandshakeRecords
 from twistedgw.web import Gateway, GatewayResource
 
+if TYPE_CHECKING:
+    from twistedgw.workers import Supervisor
+
 log = Logger()
+
+
+def listener_endpoint(reactor: Any, listener: Listener) -> Any:
+    """The server endpoint for a listener: its endpoint string, or host and port."""
+    if listener.endpoint is not None:
+        try:
+            return endpoints.serverFromString(reactor, listener.endpoint)
+        except (IndexError, KeyError) as e:
+            if listener.endpoint.startswith("systemd:"):
+                # Twisted sees no socket unless both LISTEN_FDS and LISTEN_FDNAMES are set.
+                raise ValueError(
+                    f"endpoint {listener.endpoint!r}: systemd passed no such socket "
+                    "(check the .socket unit; with systemd-socket-activate add --fdname=NAME)"
+                ) from None
+            raise ValueError(f"endpoint {listener.endpoint!r}: {e!r}") from None
+    return (
+        endpoints.TCP4ServerEndpoint(reactor, listener.port, interface=listener.host)
+        if ":" not in listener.host
+        else endpoints.TCP6ServerEndpoint(reactor, listener.port, interface=listener.host)
+    )
+
+
+def listen(reactor: Any, listener: Listener, factory: Any) -> defer.Deferred[IListeningPort]:
+    """Listen as ``listener`` says; any failure arrives as a failed Deferred."""
+    try:
+        d: defer.Deferred[IListeningPort] = listener_endpoint(reactor, listener).listen(factory)
+    except Exception:
+        return defer.fail()
+    return d
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -42,7 +83,18 @@ class _CurrentTLS:
 
 
 class GatewaySite(Site):
-    """A Site that does not log every request in the Common Log Format (observe.py does)."""
+    """A Site that does not log every request in the Common Log Format (observe.py does)
+    and knows its open connections, so a graceful stop can drain them."""
+
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource)
+        self.tracker = ConnectionTracker()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self.tracker.track(protocol)
+        return protocol
 
     def log(self, request: Any) -> None:
         pass
@@ -54,11 +106,22 @@ class GatewaySite(Site):
 
 
 class GatewayService(service.Service):
-    """Listens on every configured listener and serves the gateway."""
+    """Listens on every configured listener and serves the gateway.
+
+    ``inherited`` (used by worker processes) lists already-listening socket file
+    descriptors with whether each terminates TLS; they replace the configured
+    listeners, and the admin listener and metrics are left to the parent.
+    """
 
     name = "twistedgw"
 
-    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any = None,
+        *,
+        inherited: Sequence[tuple[int, bool]] | None = None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -79,35 +142,96 @@ class GatewayService(service.Service):
         self.site = GatewaySite(GatewayResource(self.gateway))
         # Limits, timeouts, strict framing (guard.py); max_connections per process.
         self.guard = guard.harden(self.site, self.gateway)
+        self.site.noisy = False
         self.ports: list[IListeningPort] = []
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
+        self.inherited = list(inherited) if inherited is not None else None
+        self.stopping = False
+        self.metrics: Metrics | None = None
+        self.admin: AdminService | None = None
+        if self.inherited is None:
+            self.metrics = Metrics(lambda: self.gateway.runtime)
+            self.gateway.observers.append(self.metrics.observe)
+            if config.admin is not None:
+                self.admin = AdminService(reactor, config.admin, self.metrics, self.readiness)
+        self.access_log: AccessLog | None = None
+        self._set_access_log(config)
+
+    def _set_access_log(self, config: GatewayConfig) -> None:
+        """Open (or reopen, for logrotate) the access log ``config`` asks for."""
+        wanted = config.access_log.path if config.access_log is not None else None
+        current = self.access_log
+        if current is not None and current.path == wanted:
+            current.reopen()
+            return
+        if current is not None:
+            self.gateway.observers.remove(current)
+            current.close()
+            self.access_log = None
+        if wanted is not None:
+            try:
+                self.access_log = AccessLog(wanted)
+            except OSError as e:
+                raise ConfigError(
+                    [f"{config.source}: access_log.path: cannot open {wanted}: {e.strerror}"]
+                ) from None
+            self.gateway.observers.append(self.access_log)
+
+    def readiness(self) -> str | None:
+        """None when serving; otherwise why not (for ``/readyz``)."""
+        if self.stopping:
+            return "stopping"
+        if not self.ports:
+            return "listeners are not up yet"
+        return None
 
     def _endpoint(self, listener: Listener) -> Any:
-        if listener.endpoint is not None:
-            return endpoints.serverFromString(self.reactor, listener.endpoint)
-        return (
-            endpoints.TCP4ServerEndpoint(self.reactor, listener.port, interface=listener.host)
-            if ":" not in listener.host
-            else endpoints.TCP6ServerEndpoint(self.reactor, listener.port, interface=listener.host)
-        )
+        return listener_endpoint(self.reactor, listener)
 
     def _factory(self, listener: Listener) -> Any:
         if listener.tls:
             return TLSMemoryBIOFactory(_CurrentTLS(self), False, self.site)
         return self.site
 
+    def _adopt(self, fd: int, tls: bool) -> defer.Deferred[IListeningPort]:
+        """Listen on a socket inherited from the parent process (workers)."""
+        with socket.socket(fileno=fd) as sock:
+            family = sock.family
+            try:
+                port = self.reactor.adoptStreamPort(
+                    fd, family, self._factory(Listener(tls=tls))
+                )  # dups the descriptor; ours is closed on leaving the block
+            except Exception:
+                return defer.fail()
+        return defer.succeed(port)
+
     def startService(self) -> None:
         super().startService()
-        results = [
-            self._endpoint(listener).listen(self._factory(listener))
-            for listener in self.config.listeners
-        ]
+        if self.inherited is not None:
+            results = [self._adopt(fd, tls) for fd, tls in self.inherited]
+        else:
+            results = [
+                listen(self.reactor, listener, self._factory(listener))
+                for listener in self.config.listeners
+            ]
+        if self.admin is not None:
+            self.admin.startService()
+            assert self.admin.listening is not None
+            results.append(self.admin.listening)
         self.listening = defer.gatherResults(results, consumeErrors=True)
         self.listening.addCallback(self._listening)
 
     def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        if self.admin is not None:
+            ports = ports[:-1]
         self.ports = list(ports)
-        log_startup(self.config, self.gateway.runtime, ports)
+        if self.inherited is None:
+            log_startup(
+                self.config,
+                self.gateway.runtime,
+                ports,
+                admin=self.admin.describe() if self.admin is not None else None,
+            )
         return ports
 
     def reload(self) -> bool:
@@ -120,25 +244,55 @@ class GatewayService(service.Service):
                 log.error(
                     "Reload refused, still serving the previous config: {problem}", problem=line
                 )
+            if self.metrics is not None:
+                self.metrics.reloaded(False)
             return False
-        if [lst for lst in new_config.listeners] != [lst for lst in self.config.listeners]:
-            log.warn("Listener changes take effect on restart only")
+        _warn_restart_only(self.config, new_config)
+        try:
+            self._set_access_log(new_config)
+        except ConfigError as e:  # the rest of the new config still applies
+            log.error("{problem}", problem=e.problems[0])
         self.config = new_config
         self.gateway.runtime = built
+        if self.metrics is not None:
+            self.metrics.reloaded(True)
         log.info("Reloaded {source}", source=str(new_config.source))
         return True
 
     def stopService(self) -> defer.Deferred[None]:
+        """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``),
+        close keep-alive connections, then the backend pool and the admin listener."""
         super().stopService()
-        stops = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        self.stopping = True
+        ports, self.ports = self.ports, []
+        stops = [defer.maybeDeferred(port.stopListening) for port in ports]
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
+        d.addBoth(lambda _: self.site.tracker.drain(self.reactor, self.config.shutdown_timeout))
         d.addBoth(lambda _: self.forwarder.close())
+        if self.admin is not None:
+            admin = self.admin
+            d.addBoth(lambda _: admin.stopService())
+        d.addBoth(lambda _: self.access_log.close() if self.access_log is not None else None)
         d.addBoth(lambda _: None)
         return d
 
 
-def log_startup(config: GatewayConfig, built: runtime.Runtime, ports: list[Any]) -> None:
-    """One summary: listeners, APIs and their mTLS modes, truststore aliases and expiry."""
+def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
+    """Settings bound to sockets and processes are not changed by a reload: say so."""
+    for what, before, after in (
+        ("listeners", old.listeners, new.listeners),
+        ("[admin]", old.admin, new.admin),
+        ("workers", old.workers, new.workers),
+    ):
+        if before != after:
+            log.warn("Changes to {what} take effect on restart only", what=what)
+
+
+def log_startup(
+    config: GatewayConfig, built: runtime.Runtime, ports: list[Any], *, admin: str | None = None
+) -> None:
+    """One summary: listeners, APIs and their mTLS modes, truststore aliases and expiry,
+    workers, the admin listener and the access log."""
     where = []
     for listener, port in zip(config.listeners, ports, strict=False):
         address = port.getHost()
@@ -146,7 +300,20 @@ def log_startup(config: GatewayConfig, built: runtime.Runtime, ports: list[Any])
             f"{'https' if listener.tls else 'http'}://{getattr(address, 'host', '?')}:"
             f"{getattr(address, 'port', '?')}"
         )
-    log.info("twistedgw listening on {where}", where=", ".join(where))
+    log.info(
+        "twistedgw listening on {where} ({workers})",
+        where=", ".join(where),
+        workers="1 process" if config.workers == 1 else f"{config.workers} worker processes",
+    )
+    log.info(
+        "Admin: {admin}; access log: {access}",
+        admin=admin or "off",
+        access=(
+            "off"
+            if config.access_log is None
+            else ("stdout" if config.access_log.path == "-" else config.access_log.path)
+        ),
+    )
     for api in config.apis:
         aliases = ", ".join(sorted(api.aliases)) if api.aliases is not None else "any trusted"
         log.info(
@@ -168,12 +335,19 @@ def log_startup(config: GatewayConfig, built: runtime.Runtime, ports: list[Any])
         log.info("Server certificate: {cert}", cert=pki.describe(built.keystore.cert))
 
 
-def make_service(config: GatewayConfig | str | Path, reactor: Any = None) -> GatewayService:
+def make_service(
+    config: GatewayConfig | str | Path, reactor: Any = None
+) -> GatewayService | Supervisor:
     """Build the gateway service from a config (or a path to one).
 
     Raises ``ConfigError`` for any configuration problem. Add the result to an
-    application with ``setServiceParent``.
+    application with ``setServiceParent``. Both kinds have ``reload()`` (call it
+    on SIGHUP) and stop gracefully with the application.
     """
     if not isinstance(config, GatewayConfig):
         config = configmod.load(config)
+    if config.workers > 1:
+        from twistedgw.workers import Supervisor
+
+        return Supervisor(config, reactor)
     return GatewayService(config, reactor)

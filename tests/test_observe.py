@@ -1,0 +1,151 @@
+"""Admin listener, Prometheus metrics and the JSON access log, against the real process."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.backend_fixture import BackendProcess
+from tests.harness import GatewayProcess, free_port, request, table
+from tests.opskit import admin_get, read_json_lines, scrape, value, wait_until
+from twistedgw import reasons
+from twistedgw.devpki import DevPki
+from twistedgw.observe import reason_label
+
+SECRET_KEY = "super-secret-key-123"
+
+
+def _apis(backend: BackendProcess) -> list[dict[str, Any]]:
+    return [
+        {"name": "echo", "version": "1", "context": "/echo", "backend": backend.url,
+         "mutual_ssl": "mandatory", "aliases": ["partner-root"]},
+        {"name": "down", "version": "1", "context": "/down",
+         "backend": f"http://127.0.0.1:{free_port()}"},
+        {"name": "keyed", "version": "2", "context": "/keyed", "backend": backend.url,
+         "api_key": "mandatory"},
+    ]
+
+
+def _start(gateway: Callable[..., GatewayProcess], backend: BackendProcess, tmp_path: Path,
+           ) -> tuple[GatewayProcess, int, Path]:
+    admin = free_port()
+    log = tmp_path / "access.jsonl"
+    extra = table("admin", {"host": "127.0.0.1", "port": admin}) + table(
+        "access_log", {"path": str(log)})
+    gw = gateway(_apis(backend), api_keys={"app": SECRET_KEY}, extra=extra, wait_for=(admin,))
+    return gw, admin, log
+
+
+def _der_sha256(path: Path) -> str:
+    cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def test_admin_health_and_metrics_change_with_traffic(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    gw, admin, _ = _start(gateway, backend, tmp_path)
+    assert admin_get(admin, "/healthz")[0] == 200
+    wait_until(lambda: admin_get(admin, "/readyz")[0] == 200, what="/readyz 200")
+    status, ctype, _ = admin_get(admin, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert admin_get(admin, "/nope")[0] == 404
+
+    before = scrape(admin)
+    assert request(gw.port, "/echo/a", pki, "partner-app").status == 200
+    assert request(gw.port, "/echo/b", pki, "partner-app").status == 200
+    assert request(gw.port, "/echo/c", pki, "expired").status == 401
+    assert request(gw.port, "/echo/d", pki).status == 401
+    assert request(gw.port, "/down/x", pki).status == 503
+    assert request(gw.port, "/nothing", pki).status == 404
+    after = scrape(admin)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("twistedgw_requests_total", api="echo:1", status="200") == 2
+    assert delta("twistedgw_requests_total", api="echo:1", status="401") == 2
+    assert delta("twistedgw_requests_total", api="down:1", status="503") == 1
+    assert delta("twistedgw_requests_total", api="-", status="404") == 1
+    assert delta("twistedgw_request_duration_seconds_count", api="echo:1") == 4
+    assert delta("twistedgw_request_duration_seconds_bucket", api="echo:1", le="+Inf") == 4
+    assert delta("twistedgw_client_cert_verifications_total",
+                 source="handshake", result="verified", reason="") == 2
+    assert delta("twistedgw_client_cert_verifications_total",
+                 source="handshake", result="failed", reason="expired") == 1
+    assert delta("twistedgw_client_cert_verifications_total",
+                 source="handshake", result="none", reason="none") >= 1
+    assert delta("twistedgw_backend_errors_total", api="down:1", kind="refused") == 1
+    assert value(after, "twistedgw_config_reloads_total", result="success") == 0
+
+    # Expiry of the server certificate and of every truststore entry, to the second.
+    expiry = after["twistedgw_certificate_expiry_timestamp_seconds"]
+    by_alias = {dict(k)["alias"]: (dict(k), v) for k, v in expiry.items()}
+    server = x509.load_pem_x509_certificates(pki.server_cert.read_bytes())[0]
+    labels, stamp = by_alias["server"]
+    assert labels["role"] == "server"
+    assert labels["subject"] == server.subject.rfc4514_string()
+    assert stamp == server.not_valid_after_utc.timestamp()
+    trust = {p.stem: p for p in pki.truststore_dir.iterdir()}
+    for alias, path in trust.items():
+        cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+        labels, stamp = by_alias[alias]
+        assert labels["role"] == "truststore"
+        assert stamp == cert.not_valid_after_utc.timestamp()
+    assert len(by_alias) == len(trust) + 1
+
+
+def test_access_log_line_per_request_with_fingerprint_and_no_secrets(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    gw, _, log = _start(gateway, backend, tmp_path)
+    partner_crt = pki.clients["partner-app"][0]
+    assert request(gw.port, f"/echo/ok?apikey={SECRET_KEY}", pki, "partner-app").status == 200
+    assert request(gw.port, "/echo/old", pki, "expired").status == 401
+    assert request(gw.port, "/keyed/x", pki, headers={"apikey": SECRET_KEY}).status == 200
+    assert request(gw.port, "/down/y", pki).status == 503
+    wait_until(lambda: len(read_json_lines(log)) >= 4, what="4 access-log lines")
+    lines = read_json_lines(log)
+    assert len(lines) == 4
+    ok, old, keyed, down = lines
+
+    leaf = x509.load_pem_x509_certificates(partner_crt.read_bytes())[0]
+    assert ok["path"] == "/echo/ok"  # never the query string
+    assert ok["method"] == "GET" and ok["status"] == 200 and ok["api"] == "echo:1"
+    assert ok["client"] == "127.0.0.1"
+    assert ok["mtls"] == "verified" and ok["cert_source"] == "handshake"
+    assert ok["cert_sha256"] == _der_sha256(partner_crt)
+    assert ok["cert_subject"] == leaf.subject.rfc4514_string()
+    assert ok["cert_issuer"] == leaf.issuer.rfc4514_string()
+    assert int(ok["cert_serial"], 16) == leaf.serial_number
+    assert ok["reason"] is None
+    assert ok["bytes"] > 0 and ok["duration_ms"] >= 0
+    assert ok["time"].endswith("+00:00")
+
+    assert old["mtls"] == "failed" and old["status"] == 401
+    assert old["reason"] == reasons.EXPIRED
+    assert old["cert_sha256"] == _der_sha256(pki.clients["expired"][0])
+
+    assert keyed["api"] == "keyed:2" and keyed["status"] == 200
+    assert keyed["mtls"] == "none" and keyed["cert_sha256"] is None
+
+    assert down["status"] == 503 and down["error"] == "refused"
+
+    text = log.read_text()
+    assert SECRET_KEY not in text
+    assert "BEGIN CERTIFICATE" not in text and "MII" not in text
+    assert SECRET_KEY not in gw.output()
+
+
+def test_reason_labels_are_bounded() -> None:
+    assert reason_label(None) is None
+    assert reason_label(reasons.EXPIRED) == "expired"
+    assert reason_label(reasons.UNTRUSTED) == "untrusted"
+    assert reason_label(f"{reasons.INVALID}: path length constraint exceeded") == "invalid"
+    assert reason_label("certificate header could not be decoded: bad base64") == "undecodable"
+    assert reason_label("something new and detailed 1234") == "other"

@@ -1,0 +1,180 @@
+"""Reload on SIGHUP: config, keystore and truststore, without dropping anything."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from tests.backend_fixture import BackendProcess
+from tests.harness import (
+    GatewayProcess,
+    client_context,
+    connect,
+    free_port,
+    gateway_config,
+    request,
+    send,
+    table,
+)
+from tests.opskit import scrape, value, wait_until
+from twistedgw.devpki import DevPki
+
+
+def _apis(backend: BackendProcess, aliases: list[str]) -> list[dict[str, Any]]:
+    return [{"name": "echo", "version": "1", "context": "/echo", "backend": backend.url,
+             "mutual_ssl": "mandatory", "aliases": aliases}]
+
+
+def _reloaded(gw: GatewayProcess, count: int) -> None:
+    wait_until(lambda: gw.output().count("Reloaded ") >= count, timeout=10,
+               what=f"{count} reload(s) in the log")
+
+
+def _server_serial(port: int, pki: DevPki) -> int:
+    ctx = client_context(pki, "partner-app")
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(
+        raw, server_hostname="localhost"
+    ) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+class _Load:
+    """Two clients looping until stopped: one on a keep-alive connection, one
+    opening a new connection per request. Every failure is kept."""
+
+    def __init__(self, port: int, pki: DevPki) -> None:
+        self.port, self.pki = port, pki
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.done = {"keepalive": 0, "fresh": 0}
+        self.threads = [threading.Thread(target=self._keepalive, daemon=True),
+                        threading.Thread(target=self._fresh, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _keepalive(self) -> None:
+        conn = connect(self.port, self.pki, "partner-app")
+        while not self.stop.is_set():
+            try:
+                r = send(conn, "/echo/ka")
+                if r.status != 200:
+                    self.failures.append(f"keep-alive: {r.status} {r.body[:200]!r}")
+                self.done["keepalive"] += 1
+            except Exception as e:
+                self.failures.append(f"keep-alive: {e!r}")
+                conn = connect(self.port, self.pki, "partner-app")
+        conn.close()
+
+    def _fresh(self) -> None:
+        while not self.stop.is_set():
+            try:
+                r = request(self.port, "/echo/fresh", self.pki, "partner-app")
+                if r.status != 200:
+                    self.failures.append(f"fresh: {r.status} {r.body[:200]!r}")
+                self.done["fresh"] += 1
+            except Exception as e:
+                self.failures.append(f"fresh: {e!r}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(20)
+
+
+def test_reload_under_load_drops_nothing_and_alias_change_takes_effect(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki
+) -> None:
+    gw = gateway(_apis(backend, ["partner-root"]))
+    assert request(gw.port, "/echo/x", pki, "other-app").status == 401
+    load = _Load(gw.port, pki)
+    try:
+        time.sleep(0.3)
+        for i in range(1, 4):
+            gw.signal(signal.SIGHUP)
+            _reloaded(gw, i)
+            time.sleep(0.3)
+        in_flight = request(gw.port, "/echo/slow/1", pki, "partner-app")  # also across a reload
+        assert in_flight.status == 200
+    finally:
+        load.finish()
+    assert load.failures == []
+    assert load.done["keepalive"] > 10 and load.done["fresh"] > 5, load.done
+
+    # Now change the API's aliases: the new truststore alias is accepted at once.
+    gw.config.write_text(gateway_config(pki, _apis(backend, ["other-root"]), port=gw.port))
+    gw.signal(signal.SIGHUP)
+    _reloaded(gw, 4)
+    assert request(gw.port, "/echo/x", pki, "other-app").status == 200
+    refused = request(gw.port, "/echo/x", pki, "partner-app")
+    assert refused.status == 401
+    assert refused.json()["description"] == "certificate is not associated with this API"
+
+
+def test_server_certificate_rotation_keeps_open_connections(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(pki.server_cert, crt)
+    shutil.copy(pki.server_key, key)
+    tls = {"certificate": str(crt), "private_key": str(key)}
+    port = free_port()
+    gw = gateway([], config_text=gateway_config(pki, _apis(backend, ["partner-root"]),
+                                                port=port, tls=tls), port=port)
+    old_serial = _server_serial(gw.port, pki)
+    kept = connect(gw.port, pki, "partner-app")
+    assert send(kept, "/echo/before").status == 200
+
+    rotated = pki.authorities["server-root"].server(("localhost",))
+    rotated.write(tmp_path, "server")  # overwrites server.crt and server.key in place
+    gw.signal(signal.SIGHUP)
+    _reloaded(gw, 1)
+
+    assert _server_serial(gw.port, pki) == rotated.cert.serial_number != old_serial
+    assert send(kept, "/echo/after").status == 200  # the old connection, old certificate
+    assert kept.sock is not None and isinstance(kept.sock, ssl.SSLSocket)
+    der = kept.sock.getpeercert(binary_form=True)
+    assert der is not None and x509.load_der_x509_certificate(der).serial_number == old_serial
+    kept.close()
+
+
+def test_bad_reload_is_refused_and_counted_and_old_config_keeps_serving(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki
+) -> None:
+    admin = free_port()
+    extra = table("admin", {"host": "127.0.0.1", "port": admin})
+    gw = gateway(_apis(backend, ["partner-root"]), extra=extra, wait_for=(admin,))
+    good = gw.config.read_text()
+
+    gw.config.write_text(good.replace('"partner-root"', '"no-such-alias"'))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: "Reload refused" in gw.output(), what="the refusal in the log")
+    line = next(x for x in gw.output().splitlines() if "Reload refused" in x)
+    assert "apis[0].aliases: unknown truststore alias 'no-such-alias'" in line
+    assert str(gw.config) in line
+    assert request(gw.port, "/echo/x", pki, "partner-app").status == 200
+
+    gw.config.write_text("this is [not toml")
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: gw.output().count("Reload refused") >= 2, what="a second refusal")
+    assert "invalid TOML" in gw.output()
+    assert request(gw.port, "/echo/x", pki, "partner-app").status == 200
+
+    gw.config.write_text(good)
+    gw.signal(signal.SIGHUP)
+    _reloaded(gw, 1)
+    metrics = scrape(admin)
+    assert value(metrics, "twistedgw_config_reloads_total", result="failure") == 2
+    assert value(metrics, "twistedgw_config_reloads_total", result="success") == 1
+    assert gw.proc.poll() is None

@@ -1,0 +1,131 @@
+"""Graceful stop: let in-flight requests finish, close keep-alive connections, then go.
+
+Only connections are tracked, not requests: an HTTP/1.1 channel with queued
+``requests`` is busy (even if its headers or body are still arriving), one without
+is idle. That needs nothing from the request factory or the resource, so it
+keeps working whatever the rest of the pipeline does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+POLL_SECONDS = 0.05
+
+
+def _channel(protocol: Any) -> Any:
+    # twisted.web wraps HTTPChannel in _GenericHTTPChannelProtocol (for ALPN).
+    return getattr(protocol, "_channel", protocol)
+
+
+def _busy(protocol: Any) -> bool:
+    return bool(getattr(_channel(protocol), "requests", None))
+
+
+def _settled(protocol: Any) -> bool:
+    """No request left and nothing of the last response still buffered in this process.
+
+    Such a connection only waits for the peer's close_notify or FIN, which a
+    client need not ever send, so the stop does not wait for it.
+    """
+    if _busy(protocol):
+        return False
+    transport = getattr(_channel(protocol), "transport", None)
+    lower = getattr(transport, "transport", None)  # the TCP transport under TLS
+    for t in (transport, lower):
+        if t is None:
+            continue
+        if (
+            getattr(t, "_appSendBuffer", None)
+            or getattr(t, "dataBuffer", None)
+            or getattr(t, "_tempDataBuffer", None)
+        ):
+            return False
+    return True
+
+
+class ConnectionTracker:
+    """The open connections of one ``Site``, so a stop can drain them."""
+
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.draining = False
+
+    def track(self, protocol: Any) -> None:
+        self.connections.add(protocol)
+        original = protocol.connectionLost
+
+        def lost(reason: Any) -> None:
+            self.connections.discard(protocol)
+            original(reason)
+
+        protocol.connectionLost = lost
+
+    def busy(self) -> int:
+        return sum(1 for p in self.connections if _busy(p))
+
+    def _sweep(self) -> None:
+        """Close idle connections; make busy ones close after their current response."""
+        for protocol in list(self.connections):
+            channel = _channel(protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is None:
+                continue
+            if not _busy(protocol):
+                # The channel's own loseConnection: it unregisters itself as the
+                # transport's producer first, without which TLS never closes.
+                lose = getattr(channel, "loseConnection", transport.loseConnection)
+                lose()
+                continue
+            channel.persistent = False
+            for request in channel.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+    def drain(self, reactor: Any, timeout: float) -> defer.Deferred[None]:
+        """Fires when every connection has closed, or after ``timeout`` seconds when
+        whatever is left has been aborted. Call after the listeners stopped."""
+        self.draining = True
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = reactor.seconds() + timeout
+        busy = self.busy()
+        if busy:
+            log.info(
+                "Stopping: waiting up to {timeout}s for {n} in-flight request(s)",
+                timeout=timeout,
+                n=busy,
+            )
+
+        def tick() -> None:
+            self._sweep()
+            if all(_settled(p) for p in self.connections):
+                for protocol in list(self.connections):
+                    transport = getattr(_channel(protocol), "transport", None)
+                    if transport is not None:
+                        transport.abortConnection()
+                reactor.callLater(0, done.callback, None)
+                return
+            if reactor.seconds() >= deadline:
+                left = self.busy()
+                if left:
+                    log.warn(
+                        "shutdown_timeout ({timeout}s) reached: aborting {n} unfinished request(s)",
+                        timeout=timeout,
+                        n=left,
+                    )
+                for protocol in list(self.connections):
+                    transport = getattr(_channel(protocol), "transport", None)
+                    if transport is not None:
+                        transport.abortConnection()
+                # Aborted connections report connectionLost on the next reactor turn.
+                reactor.callLater(0, done.callback, None)
+                return
+            reactor.callLater(POLL_SECONDS, tick)
+
+        tick()
+        return done

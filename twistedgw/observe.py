@@ -1,0 +1,275 @@
+"""What operators watch: the JSON access log and the Prometheus metrics.
+
+Both are fed by ``Gateway.observers``, one ``RequestRecord`` per finished request.
+
+Metrics live in a ``CollectorRegistry`` owned by one ``Metrics`` object (never
+prometheus-client's global registry), so two gateways in one process do not mix
+their numbers. With ``workers > 1`` each worker turns its records into compact
+``Sample`` tuples and sends them to the parent, which owns the only registry
+(see ``workers.py``): aggregation by the parent, no multiprocess directory to
+manage or clean up.
+
+Client-certificate verifications are counted once per *request* that reached the
+identity step (a keep-alive connection making ten requests counts ten): that is
+the same unit for handshake and header certificates, and it is the unit in which
+the verdict is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from twisted.logger import Logger
+
+from twistedgw import reasons
+from twistedgw.identity import ClientIdentity
+from twistedgw.runtime import Runtime
+from twistedgw.web import RequestRecord
+
+log = Logger()
+
+# The api label for requests that matched no API (404, 400).
+NO_API = "-"
+# Backend error kinds from forward.py; "client_gone" is the client's doing, not the backend's.
+_NOT_BACKEND_ERRORS = frozenset({"client_gone"})
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# (api, status, duration seconds, cert source, cert result, reason label, backend error kind)
+Sample = tuple[str, int, float, str | None, str | None, str | None, str | None]
+
+
+def _reason_labels() -> list[tuple[str, str]]:
+    """(text, label) for every plain-words reason, longest text first."""
+    pairs = [
+        (value, name.lower())
+        for name, value in vars(reasons).items()
+        if name.isupper() and isinstance(value, str)
+    ]
+    return sorted(pairs, key=lambda p: -len(p[0]))
+
+
+_REASONS = _reason_labels()
+
+
+def reason_label(reason: str | None) -> str | None:
+    """A bounded label for a free-text reason: ``expired``, ``untrusted``, ... or ``other``.
+
+    Reasons may carry details (OpenSSL's words, a decoder's message); a metric
+    label must not, or every new detail becomes a new time series.
+    """
+    if reason is None:
+        return None
+    for text, label in _REASONS:
+        if reason == text or reason.startswith(text + ":"):
+            return label
+    if "could not be decoded" in reason:
+        return "undecodable"
+    return "other"
+
+
+def sample_of(record: RequestRecord) -> Sample:
+    identity = record.identity
+    return (
+        record.api.label if record.api is not None else NO_API,
+        record.status,
+        record.duration,
+        identity.source.value if identity is not None else None,
+        identity.outcome.value if identity is not None else None,
+        reason_label(identity.reason) if identity is not None and not identity.verified else None,
+        record.error_kind,
+    )
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, runtime: Callable[[], Runtime | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "twistedgw_requests",
+            "Requests answered, by API and status.",
+            ["api", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "twistedgw_request_duration_seconds",
+            "Time from the request's arrival to the end of the response, by API.",
+            ["api"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.verifications = Counter(
+            "twistedgw_client_cert_verifications",
+            "Client-certificate verdicts applied to requests (once per request), by source "
+            "(handshake|header), result (verified|failed|none) and reason.",
+            ["source", "result", "reason"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "twistedgw_backend_errors",
+            "Forwarded requests the backend failed (refused, timeout, reset, other), by API.",
+            ["api", "kind"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "twistedgw_config_reloads",
+            "Configuration reloads, by result (success|failure).",
+            ["result"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "twistedgw_worker_restarts",
+            "Worker processes that died and were started again.",
+            registry=r,
+        )
+        self.workers = Gauge(
+            "twistedgw_workers_ready", "Processes serving requests now.", registry=r
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+        r.register(CertificateExpiryCollector(runtime))
+
+    def observe(self, record: RequestRecord) -> None:
+        """A ``Gateway`` observer."""
+        self.count(sample_of(record))
+
+    def count(self, sample: Sample) -> None:
+        api, status, duration, source, result, reason, kind = sample
+        self.requests.labels(api=api, status=str(status)).inc()
+        self.duration.labels(api=api).observe(max(duration, 0.0))
+        if source is not None and result is not None:
+            self.verifications.labels(source=source, result=result, reason=reason or "").inc()
+        if kind is not None and kind not in _NOT_BACKEND_ERRORS:
+            self.backend_errors.labels(api=api, kind=kind).inc()
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.labels(result="success" if ok else "failure").inc()
+
+
+class CertificateExpiryCollector:
+    """``twistedgw_certificate_expiry_timestamp_seconds`` for the certificates in force now.
+
+    Read from the current runtime at scrape time, so a reload that rotates a
+    certificate shows at once. The server certificate has role ``server`` and
+    alias ``server``; truststore entries have role ``truststore`` and their alias.
+    """
+
+    def __init__(self, runtime: Callable[[], Runtime | None]) -> None:
+        self._runtime = runtime
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "twistedgw_certificate_expiry_timestamp_seconds",
+            "notAfter of the server certificate and of every truststore entry (Unix time).",
+            labels=["role", "alias", "subject"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        built = self._runtime()
+        if built is not None:
+            if built.keystore is not None:
+                cert = built.keystore.cert
+                family.add_metric(["server", "server", _subject(cert)], _expiry(cert))
+            if built.truststore is not None:
+                for entry in built.truststore.entries:
+                    family.add_metric(
+                        ["truststore", entry.alias, _subject(entry.cert)], _expiry(entry.cert)
+                    )
+        yield family
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+def _expiry(cert: x509.Certificate) -> float:
+    return cert.not_valid_after_utc.timestamp()
+
+
+# --------------------------------------------------------------------------- access log
+
+
+def access_entry(record: RequestRecord) -> dict[str, Any]:
+    """One access-log object. The path never carries the query string (it may hold
+    secrets); API keys and certificates are never included, only fingerprints."""
+    identity = record.identity
+    entry: dict[str, Any] = {
+        "time": datetime.fromtimestamp(record.started, UTC).isoformat(timespec="milliseconds"),
+        "client": record.client,
+        "method": record.method,
+        "path": record.path,
+        "api": record.api.label if record.api is not None else None,
+        "status": record.status,
+        "duration_ms": round(record.duration * 1000, 3),
+        "bytes": record.bytes_sent,
+    }
+    entry.update(_mtls_fields(identity))
+    entry["error"] = record.error_kind
+    entry["pid"] = os.getpid()
+    return entry
+
+
+def _mtls_fields(identity: ClientIdentity | None) -> dict[str, Any]:
+    leaf = identity.leaf if identity is not None else None
+    return {
+        "mtls": identity.outcome.value if identity is not None else "none",
+        "cert_source": identity.source.value if identity is not None else None,
+        "cert_subject": leaf.subject.rfc4514_string() if leaf is not None else None,
+        "cert_issuer": leaf.issuer.rfc4514_string() if leaf is not None else None,
+        "cert_serial": format(leaf.serial_number, "x") if leaf is not None else None,
+        "cert_sha256": identity.leaf_sha256() if identity is not None else None,
+        "reason": identity.reason if identity is not None and not identity.verified else None,
+    }
+
+
+class AccessLog:
+    """JSON lines, one per request, to a file (appended) or to standard output (``-``).
+
+    Each line goes out in one ``write(2)`` so several worker processes can share
+    the file or stdout without interleaving. ``reopen()`` (called on SIGHUP)
+    follows a log file that logrotate moved away.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self.path == "-":
+            self._fd = 1
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        old, self._fd = self._fd, fd
+        if old is not None and old != 1:
+            os.close(old)
+
+    def __call__(self, record: RequestRecord) -> None:
+        self.write(access_entry(record))
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if self._fd is None:
+            return
+        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            os.write(self._fd, line.encode("utf-8", "replace"))
+        except OSError as e:
+            log.error("Cannot write the access log {path}: {error}", path=self.path, error=e)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and fd != 1:
+            os.close(fd)

@@ -1,0 +1,424 @@
+"""``workers = N``: N processes accepting on the same listening sockets.
+
+The parent (``Supervisor``) opens every listener itself (host/port, or any
+endpoint string, including ``systemd:`` sockets it inherited), never accepts on
+them, and hands the descriptors to each worker (``python -m twistedgw.workers``).
+Inherited sockets rather than SO_REUSEPORT: they work the same for systemd
+socket activation and for ``port = 0``, and no other process can bind into the
+group.
+
+The parent supervises: it restarts a worker that dies (with a back-off), passes
+SIGHUP and SIGTERM on, serves the admin listener and owns the only metrics
+registry. Workers send it a compact sample per finished request over a pipe
+(fd 3); fd 0 is a pipe from the parent whose end-of-file tells a worker that its
+parent is gone, so workers never outlive it.
+
+A reload is validated by the parent first: a bad config is refused there (and
+counted once) and the workers are left alone; a good one is passed on as SIGHUP
+and each worker reloads from the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistedgw import config as configmod
+from twistedgw import runtime
+from twistedgw.admin import AdminService
+from twistedgw.config import ConfigError, GatewayConfig
+from twistedgw.observe import Metrics, Sample, sample_of
+from twistedgw.web import RequestRecord
+
+log = Logger(namespace="twistedgw.workers")  # also when run as __main__
+
+EVENTS_FD = 3  # worker -> parent: JSON lines
+FIRST_SOCKET_FD = 4
+KILL_GRACE_SECONDS = 5.0
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+STABLE_SECONDS = 10.0  # a worker that lived this long resets the back-off
+
+
+class _NoAccept(protocol.Factory):
+    """The parent never accepts on the listeners (it stops reading at once)."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "twistedgw listener (accepted by the workers)"
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class _Worker(protocol.ProcessProtocol):
+    """The parent's view of one worker process."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ready = False
+        self.started = supervisor.reactor.seconds()
+        self.pid: int | None = None
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._buffer = b""
+
+    def signal(self, name: str) -> None:
+        with contextlib.suppress(ProcessExitedAlready, OSError):  # processEnded will tell
+            self.transport.signalProcess(name)  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != EVENTS_FD:
+            return
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warn("worker {index}: unreadable event {line!r}", index=self.index, line=line)
+                continue
+            self.supervisor.event(self, message)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ready = False
+        self.supervisor.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor(service.Service):
+    """Runs ``config.workers`` worker processes on shared listening sockets."""
+
+    name = "twistedgw"
+
+    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.config = config
+        self.runtime = runtime.build(config)  # validates; shown in metrics and the summary
+        self.metrics = Metrics(lambda: self.runtime)
+        self.admin = (
+            AdminService(reactor, config.admin, self.metrics, self.readiness)
+            if config.admin is not None
+            else None
+        )
+        self.ports: list[tuple[IListeningPort, bool]] = []
+        self.workers: dict[int, _Worker] = {}
+        self.listening: defer.Deferred[list[IListeningPort]] | None = None
+        self.stopping = False
+        self._backoff: dict[int, float] = {}
+        self._respawns: dict[int, Any] = {}
+
+    # -- start ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        from twistedgw.service import listen
+
+        results: list[defer.Deferred[IListeningPort]] = [
+            listen(self.reactor, listener, _NoAccept()) for listener in self.config.listeners
+        ]
+        if self.admin is not None:
+            self.admin.startService()
+            assert self.admin.listening is not None
+            results.append(self.admin.listening)
+        self.listening = defer.gatherResults(results, consumeErrors=True)
+        self.listening.addCallback(self._listening)
+
+    def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        from twistedgw.service import log_startup
+
+        if self.admin is not None:
+            ports = ports[:-1]
+        for port, listener in zip(ports, self.config.listeners, strict=True):
+            port.stopReading()  # type: ignore[attr-defined]
+            self.ports.append((port, listener.tls))
+        log_startup(
+            self.config,
+            self.runtime,
+            ports,
+            admin=self.admin.describe() if self.admin is not None else None,
+        )
+        for index in range(1, self.config.workers + 1):
+            self._spawn(index)
+        return ports
+
+    def _spawn(self, index: int) -> None:
+        self._respawns.pop(index, None)
+        if self.stopping:
+            return
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, EVENTS_FD: "r"}
+        argv = [
+            sys.executable,
+            "-m",
+            "twistedgw.workers",
+            "--config",
+            str(self.config.source),
+            "--index",
+            str(index),
+        ]
+        for i, (port, tls) in enumerate(self.ports):
+            fd = FIRST_SOCKET_FD + i
+            child_fds[fd] = port.fileno()  # type: ignore[attr-defined]
+            argv += ["--listen", f"{fd}:{'tls' if tls else 'plain'}"]
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
+        }
+        worker = _Worker(self, index)
+        self.workers[index] = worker
+        process = self.reactor.spawnProcess(
+            worker, sys.executable, argv, env=env, childFDs=child_fds
+        )
+        worker.pid = process.pid
+        log.info("Started worker {index} (pid {pid})", index=index, pid=worker.pid)
+
+    # -- events from workers -------------------------------------------------
+
+    def event(self, worker: _Worker, message: dict[str, Any]) -> None:
+        if "s" in message:
+            for raw in message["s"]:
+                sample: Sample = tuple(raw)  # type: ignore[assignment]
+                self.metrics.count(sample)
+        if message.get("ready"):
+            worker.ready = True
+            self._update_ready()
+
+    def _update_ready(self) -> None:
+        self.metrics.workers.set(sum(1 for w in self.workers.values() if w.ready))
+
+    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        self._update_ready()
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        if self.stopping:
+            log.info("Worker {index} stopped (exit {code})", index=worker.index, code=code)
+            return
+        lived = self.reactor.seconds() - worker.started
+        previous = self._backoff.get(worker.index)
+        if previous is None or lived >= STABLE_SECONDS:
+            delay = FIRST_BACKOFF_SECONDS
+        else:  # dying again soon after a restart: back off
+            delay = min(previous * 2, MAX_BACKOFF_SECONDS)
+        self._backoff[worker.index] = delay
+        how = f"signal {sig}" if sig is not None else f"exit status {code}"
+        log.error(
+            "Worker {index} (pid {pid}) died ({how}); starting it again in {delay}s",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            delay=delay,
+        )
+        self.metrics.worker_restarts.inc()
+        self._respawns[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def readiness(self) -> str | None:
+        """Ready while the listeners are open and at least one worker serves."""
+        if self.stopping:
+            return "stopping"
+        if not self.ports:
+            return "listeners are not up yet"
+        ready = sum(1 for w in self.workers.values() if w.ready)
+        if ready == 0:
+            return "no worker is serving yet"
+        return None
+
+    # -- signals ---------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Validate the new config here; pass SIGHUP to the workers only if it is good."""
+        try:
+            new_config = configmod.load(self.config.source)
+            built = runtime.build(new_config)
+        except ConfigError as e:
+            for line in e.problems:
+                log.error(
+                    "Reload refused, still serving the previous config: {problem}", problem=line
+                )
+            self.metrics.reloaded(False)
+            return False
+        from twistedgw.service import _warn_restart_only
+
+        _warn_restart_only(self.config, new_config)
+        self.config = new_config
+        self.runtime = built
+        self.metrics.reloaded(True)
+        log.info(
+            "Reloaded {source}; passing SIGHUP to {n} worker(s)",
+            source=str(new_config.source),
+            n=len(self.workers),
+        )
+        for worker in list(self.workers.values()):
+            worker.signal("HUP")
+        return True
+
+    def stopService(self) -> defer.Deferred[None]:
+        """SIGTERM to every worker (each drains for ``shutdown_timeout``), then wait;
+        SIGKILL whatever is still running a little after that."""
+        super().stopService()
+        self.stopping = True
+        for call in self._respawns.values():
+            if call.active():
+                call.cancel()
+        self._respawns.clear()
+        ports, self.ports = self.ports, []
+        for port, _ in ports:
+            port.stopListening()
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.signal("TERM")
+        waits = [worker.ended for worker in workers]
+        kill = self.reactor.callLater(
+            self.config.shutdown_timeout + KILL_GRACE_SECONDS, self._kill, workers
+        )
+        d: defer.Deferred[Any] = defer.gatherResults(waits, consumeErrors=True)
+
+        def done(result: Any) -> Any:
+            if kill.active():
+                kill.cancel()
+            return result
+
+        d.addBoth(done)
+        if self.admin is not None:
+            admin = self.admin
+            d.addBoth(lambda _: admin.stopService())
+        d.addBoth(lambda _: None)
+        return d
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if not worker.ended.called:
+                log.warn("Worker {index} did not stop in time: killing it", index=worker.index)
+                worker.signal("KILL")
+
+
+# --------------------------------------------------------------------------- the worker side
+
+
+class _ParentLink(protocol.Protocol):
+    """fd 0 (from the parent) and fd 3 (to it). End of fd 0 = the parent is gone."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._pending: list[Sample] = []
+        self._flush_call: Any = None
+        self.closed = False
+        self.stopping = False  # set when the reactor shuts down for another reason
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def observe(self, record: RequestRecord) -> None:
+        """A ``Gateway`` observer: batch samples, one write per reactor turn."""
+        self._pending.append(sample_of(record))
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending:
+            self.send({"s": pending})
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        if self.reactor.running and not self.stopping:
+            log.warn("The parent process is gone: stopping")
+            with contextlib.suppress(ReactorNotRunning):
+                self.reactor.stop()
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twistedgw.workers", description="one worker process")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--listen", action="append", default=[], help="FD:tls|plain")
+    args = parser.parse_args(argv)
+    try:
+        cfg = configmod.load(args.config)
+        inherited = []
+        for item in args.listen:
+            fd, _, kind = item.partition(":")
+            inherited.append((int(fd), kind == "tls"))
+        from twisted.internet import reactor
+
+        from twistedgw.service import GatewayService
+
+        svc = GatewayService(cfg, reactor, inherited=inherited)
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"twistedgw worker {args.index}: {line}", file=sys.stderr)
+        return 2
+    _start_worker_logging(args.index)
+    from twisted.internet import stdio
+
+    link = _ParentLink(reactor)
+    stdio.StandardIO(link, stdin=0, stdout=EVENTS_FD, reactor=reactor)  # type: ignore[call-arg]
+    svc.gateway.observers.append(link.observe)
+    exit_code = [0]
+
+    def serving(_: Any) -> None:
+        log.info("Worker {index} (pid {pid}) serving", index=args.index, pid=os.getpid())
+        link.send({"ready": True})
+
+    def failed(failure: Failure) -> None:
+        log.failure("Worker {index} cannot listen", failure, index=args.index)
+        exit_code[0] = 1
+        reactor.stop()  # type: ignore[attr-defined]
+
+    def start() -> None:
+        svc.startService()
+        assert svc.listening is not None
+        svc.listening.addCallbacks(serving, failed)
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", lambda: setattr(link, "stopping", True)
+    )
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return exit_code[0]
+
+
+def _start_worker_logging(index: int) -> None:
+    from twisted.logger import ILogObserver, globalLogBeginner, textFileLogObserver
+    from zope.interface import provider
+
+    text = textFileLogObserver(sys.stdout)
+    who = f"worker {index} pid {os.getpid()}"
+
+    @provider(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        if "log_system" not in event:
+            level = event.get("log_level")
+            event["log_system"] = (
+                f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')} {who}"
+            )
+        text(event)
+
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
