@@ -249,7 +249,7 @@ class GuardedChannel(HTTPChannel):
         if self.line_mode and not self._handlingRequest and b"\n" in data:
             # twisted.web would wait for CRLF forever; a bare LF is a framing
             # difference another parser may not share: refuse it at once.
-            if _BARE_LF.search(self._tail + data):
+            if _BARE_LF.search(self._tail + data, len(self._tail)):
                 self.refuse(
                     errors.bad_request("a bare LF is not a valid line ending or header byte"),
                     "bad_request",
