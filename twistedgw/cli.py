@@ -50,6 +50,7 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
+    from twistedgw.drain import stop_once
     from twistedgw.service import make_service
 
     try:
@@ -77,6 +78,7 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
         svc.listening.addErrback(listen_failed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(stop_once, reactor)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
     if before_run is not None:

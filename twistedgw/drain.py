@@ -8,9 +8,13 @@ keeps working whatever the rest of the pipeline does.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 log = Logger()
@@ -129,3 +133,31 @@ class ConnectionTracker:
 
         tick()
         return done
+
+
+def stop_once(
+    reactor: Any,
+    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Make ``signals`` start one graceful stop; a repeat (an impatient operator, or
+    Ctrl-C reaching every process of the group) is logged, not an error.
+
+    Call once the reactor runs (``callWhenRunning``), after Twisted installed its own.
+    """
+    stopping = [False]
+
+    def stop() -> None:
+        with contextlib.suppress(ReactorNotRunning):
+            reactor.stop()
+
+    def handler(number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        if stopping[0]:
+            log.info("Received {signal} again: still stopping gracefully", signal=name)
+            return
+        stopping[0] = True
+        log.info("Received {signal}: stopping gracefully", signal=name)
+        reactor.callFromThread(stop)
+
+    for sig in signals:
+        signal.signal(sig, handler)

@@ -225,6 +225,8 @@ class GatewayService(service.Service):
         if self.admin is not None:
             ports = ports[:-1]
         self.ports = list(ports)
+        if self.metrics is not None:
+            self.metrics.workers.set(1)
         if self.inherited is None:
             log_startup(
                 self.config,
@@ -264,6 +266,8 @@ class GatewayService(service.Service):
         close keep-alive connections, then the backend pool and the admin listener."""
         super().stopService()
         self.stopping = True
+        if self.metrics is not None:
+            self.metrics.workers.set(0)
         ports, self.ports = self.ports, []
         stops = [defer.maybeDeferred(port.stopListening) for port in ports]
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)

@@ -39,7 +39,8 @@ from twistedgw import config as configmod
 from twistedgw import runtime
 from twistedgw.admin import AdminService
 from twistedgw.config import ConfigError, GatewayConfig
-from twistedgw.observe import Metrics, Sample, sample_of
+from twistedgw.drain import stop_once
+from twistedgw.observe import AccessLog, Metrics, Sample, sample_of
 from twistedgw.web import RequestRecord
 
 log = Logger(namespace="twistedgw.workers")  # also when run as __main__
@@ -112,6 +113,7 @@ class Supervisor(service.Service):
         self.reactor = reactor
         self.config = config
         self.runtime = runtime.build(config)  # validates; shown in metrics and the summary
+        _check_access_log(config)
         self.metrics = Metrics(lambda: self.runtime)
         self.admin = (
             AdminService(reactor, config.admin, self.metrics, self.readiness)
@@ -311,6 +313,21 @@ class Supervisor(service.Service):
                 worker.signal("KILL")
 
 
+def _check_access_log(config: GatewayConfig) -> None:
+    """Workers open the access log; refuse an unwritable one here, before starting them."""
+    if config.access_log is None or config.access_log.path == "-":
+        return
+    try:
+        AccessLog(config.access_log.path).close()
+    except OSError as e:
+        raise ConfigError(
+            [
+                f"{config.source}: access_log.path: cannot open {config.access_log.path}: "
+                f"{e.strerror}"
+            ]
+        ) from None
+
+
 # --------------------------------------------------------------------------- the worker side
 
 
@@ -392,6 +409,10 @@ def worker_main(argv: list[str] | None = None) -> int:
         svc.listening.addCallbacks(serving, failed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    # The parent coordinates stopping: Ctrl-C reaches the whole process group, but
+    # only the parent acts on SIGINT (it sends each worker SIGTERM).
+    reactor.callWhenRunning(stop_once, reactor, (signal.SIGTERM,))  # type: ignore[attr-defined]
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
         "before", "shutdown", lambda: setattr(link, "stopping", True)
