@@ -1,0 +1,83 @@
+"""Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections).
+
+``python bench/profile.py [--seconds 15] [--out DIR]`` starts the same setup as
+``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
+wrk loads it, and writes py-spy's collapsed stacks (``*.folded``, for
+flamegraph tools or speedscope) plus a summary of the hottest functions by
+self time and by inclusive time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+
+def summarise(folded: Path, top: int = 30) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            incl[frame] += n
+    out = [f"{total} samples", "", "self time:"]
+    out += [f"{100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    out += ["", "inclusive time:"]
+    out += [f"{100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "twistedgw-prof")
+    args = p.parse_args()
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed (pip install '.[bench]')", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="twistedgw-prof-"))
+    profile = run.PROFILES["smoke"]
+    bench = run.Bench(work, profile, 400.0)
+    folded = args.out / "keepalive.folded"
+    try:
+        bench.setup()
+        load = threading.Thread(
+            target=bench.wrk, args=("gw-ec-keepalive", "/bench/small", 32, args.seconds + 3)
+        )
+        load.start()
+        subprocess.run(
+            run.pinned(run.CORE_LOAD, [
+                "py-spy", "record", "--format", "raw", "--rate", "250", "-d",
+                str(args.seconds), "-o", str(folded), "-p", str(bench.procs["gw-ec"].popen.pid),
+            ]),
+            check=True, timeout=args.seconds + 60, capture_output=True,
+        )
+        load.join()
+    finally:
+        bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = summarise(folded)
+    (args.out / "keepalive-summary.txt").write_text(text)
+    print(text)
+    print(f"\nstacks: {folded}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
