@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,15 @@ def test_access_log_line_per_request_with_fingerprint_and_no_secrets(
     assert SECRET_KEY not in text
     assert "BEGIN CERTIFICATE" not in text and "MII" not in text
     assert SECRET_KEY not in gw.output()
+
+    # logrotate: move the file away, SIGHUP, and the next line goes to a new file.
+    log.rename(log.with_suffix(".1"))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: "Reloaded " in gw.output(), what="the reload")
+    assert request(gw.port, "/echo/rotated", pki, "partner-app").status == 200
+    wait_until(lambda: len(read_json_lines(log)) == 1, what="a line in the new file")
+    assert read_json_lines(log)[0]["path"] == "/echo/rotated"
+    assert len(read_json_lines(log.with_suffix(".1"))) == 4
 
 
 def test_reason_labels_are_bounded() -> None:

@@ -68,6 +68,14 @@ def test_two_workers_serve_restart_reload_and_stop(
     assert value(scrape(admin), "twistedgw_worker_restarts_total") == 1
     assert "died (signal 9)" in gw.output()
 
+    # A bad config is refused by the parent, once; the workers keep serving.
+    gw.config.write_text("workers = [")
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: "Reload refused" in gw.output(), what="the refusal")
+    assert gw.output().count("Reload refused") == 1
+    assert request(gw.port, "/echo/still", pki, "partner-app").status == 200
+    assert value(scrape(admin), "twistedgw_config_reloads_total", result="failure") == 1
+
     # SIGHUP to the parent reaches every worker.
     gw.config.write_text(_config(pki, backend, port, admin, "other-root"))
     gw.signal(signal.SIGHUP)

@@ -177,6 +177,10 @@ class GatewayService(service.Service):
                 ) from None
             self.gateway.observers.append(self.access_log)
 
+    def reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+
     def readiness(self) -> str | None:
         """None when serving; otherwise why not (for ``/readyz``)."""
         if self.stopping:
@@ -248,6 +252,7 @@ class GatewayService(service.Service):
                 )
             if self.metrics is not None:
                 self.metrics.reloaded(False)
+            self.reopen_logs()  # logrotate sends SIGHUP whatever the config says
             return False
         _warn_restart_only(self.config, new_config)
         try:

@@ -14,8 +14,8 @@ registry. Workers send it a compact sample per finished request over a pipe
 parent is gone, so workers never outlive it.
 
 A reload is validated by the parent first: a bad config is refused there (and
-counted once) and the workers are left alone; a good one is passed on as SIGHUP
-and each worker reloads from the same files.
+counted once) and the workers only reopen the access log (SIGUSR1); a good one
+is passed on as SIGHUP and each worker reloads from the same files.
 """
 
 from __future__ import annotations
@@ -257,6 +257,8 @@ class Supervisor(service.Service):
                     "Reload refused, still serving the previous config: {problem}", problem=line
                 )
             self.metrics.reloaded(False)
+            for worker in list(self.workers.values()):
+                worker.signal("USR1")  # still reopen the access log, for logrotate
             return False
         from twistedgw.service import _warn_restart_only
 
@@ -418,6 +420,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         "before", "shutdown", lambda: setattr(link, "stopping", True)
     )
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
+    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(svc.reopen_logs))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return exit_code[0]
 
