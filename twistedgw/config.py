@@ -238,7 +238,8 @@ class _Reader:
 
     def positive(self, key: str, kind: type[T], default: T) -> T:
         value = self.get(key, kind, default)
-        if value <= 0:  # type: ignore[operator]
+        # TOML allows nan and inf; a nan timeout would corrupt the reactor's timer queue.
+        if not value > 0 or value == float("inf"):  # type: ignore[operator]
             self.problem(key, f"must be positive, got {value!r}")
             return default
         return value
@@ -247,8 +248,10 @@ class _Reader:
         raw = self.get(key, str, None)  # type: ignore[arg-type]
         if raw is None:
             return None
-        resolved = (self.file.parent / raw).resolve()
-        if must_exist and not resolved.exists():
+        resolved = _resolve(self.file, raw)
+        if resolved is None:
+            self.problem(key, f"not a usable path: {raw!r}")
+        elif must_exist and not resolved.exists():
             self.problem(key, f"file not found: {resolved}")
         return resolved
 
@@ -269,6 +272,16 @@ class _Reader:
         for key in self.table:
             if key not in self.seen:
                 self.problem(key, "unknown key")
+
+
+def _resolve(file: Path, raw: str) -> Path | None:
+    """``raw`` relative to the config file's folder; None if no file could have that name."""
+    try:
+        resolved = (file.parent / raw).resolve()
+        resolved.exists()  # NUL bytes and over-long names fail here, not later
+    except (ValueError, OSError):
+        return None
+    return resolved
 
 
 def _type_name(kind: type) -> str:
@@ -356,7 +369,10 @@ def _tls(r: _Reader) -> TlsConfig:
     crl_paths = _string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):
-        p = (r.file.parent / raw).resolve()
+        p = _resolve(r.file, raw)
+        if p is None:
+            r.problem(f"crl[{i}]", f"not a usable path: {raw!r}")
+            continue
         if not p.exists():
             r.problem(f"crl[{i}]", f"file not found: {p}")
         crls.append(p)
@@ -422,7 +438,11 @@ def _api(r: _Reader, problems_for_alias: Callable[[str, str], None]) -> ApiConfi
         else:
             context = context.rstrip("/") or "/"
     if backend is not None:
-        parts = urlsplit(backend)
+        try:
+            parts = urlsplit(backend)
+            _ = parts.port  # raises for a port out of range
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             r.problem("backend", f"must be an http:// or https:// URL, got {backend!r}")
             backend = None
@@ -604,7 +624,10 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         a = top.sub("access_log")
         log_path = a.get("path", str, "-")
         if log_path != "-":
-            log_path = str((file.parent / log_path).resolve())
+            resolved = _resolve(file, log_path)
+            if resolved is None:
+                a.problem("path", f"not a usable path: {log_path!r}")
+            log_path = str(resolved)
         access_log = AccessLogConfig(path=log_path)
         a.finish()
     identity = IdentityConfig()
