@@ -152,6 +152,24 @@ def test_access_log_line_per_request_with_fingerprint_and_no_secrets(
     assert len(read_json_lines(log.with_suffix(".1"))) == 4
 
 
+def test_authz_requests_are_logged_with_the_api_and_caller_judged(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.jsonl"
+    extra = table("authz", {"path": "/_authz"}) + table("access_log", {"path": str(log)})
+    gw = gateway(_apis(backend), api_keys={"app": SECRET_KEY}, extra=extra)
+    judged = {"X-Original-URI": "/echo/x?y=1"}
+    assert request(gw.port, "/_authz", pki, "partner-app", headers=judged).status == 200
+    assert request(gw.port, "/_authz", pki, "expired", headers=judged).status == 401
+    wait_until(lambda: len(read_json_lines(log)) >= 2, what="2 access-log lines")
+    allowed, refused = read_json_lines(log)
+    assert allowed["path"] == "/_authz" and allowed["api"] == "echo:1"
+    assert allowed["mtls"] == "verified"
+    assert allowed["cert_sha256"] == _der_sha256(pki.clients["partner-app"][0])
+    assert refused["api"] == "echo:1" and refused["status"] == 401
+    assert refused["mtls"] == "failed" and refused["reason"] == reasons.EXPIRED
+
+
 def test_reason_labels_are_bounded() -> None:
     assert reason_label(None) is None
     assert reason_label(reasons.EXPIRED) == "expired"

@@ -167,7 +167,12 @@ class GatewayResource(Resource):
             return refuse(errors.bad_request(str(e)))
         authz = runtime.config.authz
         if authz is not None and path == authz.path.encode():
-            return self._authz(request, runtime, refuse, finish)
+
+            def judged(which: ApiConfig, caller: Caller) -> None:
+                nonlocal api, identity
+                api, identity = which, caller.identity
+
+            return self._authz(request, runtime, refuse, finish, judged)
         route = runtime.router.route(path, query)
         if route is None:
             return refuse(errors.not_found(path.decode("latin-1")))
@@ -234,6 +239,7 @@ class GatewayResource(Resource):
         runtime: Runtime,
         refuse: Callable[[GatewayError], bytes],
         finish: Callable[[int, int], None],
+        judged: Callable[[ApiConfig, Caller], None],
     ) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
@@ -260,6 +266,7 @@ class GatewayResource(Resource):
         api = route.api
 
         def judge(caller: Caller) -> bytes:
+            judged(api, caller)  # the access log and metrics name the API and caller judged
             decision = runtime.policy.decide(
                 AuthContext(caller.identity, request.requestHeaders), api
             )
