@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import pytest
 
 from tests.backend_fixture import BackendProcess
-from tests.harness import GatewayProcess, free_port, gateway_config, start_gateway
+from tests.harness import (
+    GatewayProcess,
+    client_context,
+    free_port,
+    gateway_config,
+    start_gateway,
+)
 from tests.rawhttp import exchange, open_socket, read_response, wait_closed
 from tests.recorder import Recorder, recording_backend
 from twistedgw.devpki import DevPki
@@ -234,7 +240,8 @@ def test_stalled_body_is_cut_at_idle_timeout_and_not_forwarded(env: Env) -> None
         time.sleep(0.2)
         assert get(env.port, "/meanwhile") == 200
         r = read_response(s, timeout=IDLE_TIMEOUT + 3)
-    elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - start
+        assert wait_closed(s, 2) is not None, "not closed after the 408"
     assert r.status == 408 and r.json()["code"] == "408"
     assert IDLE_TIMEOUT - 0.2 <= elapsed < IDLE_TIMEOUT + 1.5
     assert "/rec/stall" not in env.rec.paths()
@@ -266,6 +273,18 @@ def test_tls_connection_without_a_full_client_hello_is_cut_at_handshake_timeout(
     assert closed_after is not None
     assert closed_after < HANDSHAKE_TIMEOUT + 0.7, closed_after
     assert get(env.port) == 200
+
+
+def test_slow_tls_client_gets_408_and_is_closed(env: Env, pki: DevPki) -> None:
+    """Over TLS too: the close must not wait for the HTTP channel's producer."""
+    start = time.monotonic()
+    with open_socket(env.tls_port) as raw:
+        s = client_context(pki).wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"GET /slow-tls HTTP/1.1\r\nHost: x\r\nX-A: b")
+        r = read_response(s, timeout=HEADER_TIMEOUT + 3)
+        assert r.status == 408
+        closed_after = wait_closed(s, 3)
+    assert closed_after is not None and time.monotonic() - start < HEADER_TIMEOUT + 2
 
 
 # -- backends ----------------------------------------------------------------

@@ -359,7 +359,9 @@ class GuardedChannel(HTTPChannel):
         transport: Any = self.transport
         if transport is None:
             return
-        transport.loseConnection()
+        # The channel's loseConnection: it first unregisters the channel as the
+        # transport's producer, without which TLS would wait for it forever.
+        self.loseConnection()
         # A client that never reads would keep the connection open forever.
         self._close_timer = self.callLater(self.abortTimeout or 15, transport.abortConnection)
 
