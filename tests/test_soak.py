@@ -1,0 +1,28 @@
+"""The 60-second soak (bench/soak.py) in CI: mixed valid and hostile traffic, then
+no valid request failed and the gateway's fds and RSS did not grow.
+
+Marked ``soak`` so ``pytest -m "not soak"`` skips it; it runs by default.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from soak import soak
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(240)
+def test_soak_60_seconds(tmp_path: Path) -> None:
+    summary = soak(1.0, workdir=tmp_path)
+    print(summary)
+    assert summary["ok"], summary["problems"]
+    counts = summary["counts"]
+    assert counts.get("valid_ok", 0) > 50
+    assert counts.get("refused_401", 0) > 50
+    assert counts.get("failed_handshakes", 0) > 1000
