@@ -10,6 +10,7 @@ trusted certificate cannot claim to be another partner.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -22,6 +23,12 @@ from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
 from twistedgw.runtime import Runtime
 
 log = Logger()
+
+# A busy API sees the same few header values over and over; decoding (URL-unescape,
+# base64, DER parsing) cost more than the verdict-cache lookup it precedes. The
+# decoder is pure and its result immutable, so a small bounded cache keyed by the
+# raw value is safe to share. Failures are not cached (lru_cache skips raises).
+_decode = functools.lru_cache(maxsize=512)(lbheader.decode)
 
 
 @dataclass(frozen=True)
@@ -95,9 +102,7 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
         chain_values = request.requestHeaders.getRawHeaders(settings.chain_header.encode())
         chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
     try:
-        decoded = lbheader.decode(
-            values[0].decode("latin-1"), settings.header_encoding, chain_value
-        )
+        decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)
     except lbheader.HeaderDecodeError as e:
         return Caller(
             failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True, False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,9 @@ def _build(
             .subject_name(subject)
             .issuer_name(issuer)
             .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
+            # A varying serial length varies the DER length, and with it the base64
+            # padding: RSA signatures have a fixed size, so only this moves the '='.
+            .serial_number((x509.random_serial_number() >> secrets.randbelow(64)) | 1)
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
