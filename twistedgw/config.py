@@ -8,11 +8,12 @@ Nothing here touches certificates: ``runtime.py`` loads those.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -365,7 +366,7 @@ def _tls(r: _Reader) -> TlsConfig:
                 f"got {protocols!r}",
             )
         else:
-            cfg = _replace(cfg, protocols=tuple(protocols))
+            cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
     crl_paths = _string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):
@@ -376,7 +377,7 @@ def _tls(r: _Reader) -> TlsConfig:
         if not p.exists():
             r.problem(f"crl[{i}]", f"file not found: {p}")
         crls.append(p)
-    cfg = _replace(cfg, crl=tuple(crls))
+    cfg = dataclasses.replace(cfg, crl=tuple(crls))
     if cfg.keystore and (cfg.certificate or cfg.private_key):
         r.problem("keystore", "give either keystore or certificate/private_key, not both")
     if bool(cfg.certificate) != bool(cfg.private_key) and not cfg.keystore:
@@ -390,13 +391,7 @@ def _tls(r: _Reader) -> TlsConfig:
     return cfg
 
 
-def _replace(obj: T, **changes: Any) -> T:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
-
-
-def _api(r: _Reader, problems_for_alias: Callable[[str, str], None]) -> ApiConfig | None:
+def _api(r: _Reader) -> ApiConfig | None:
     name = r.required("name", str)
     version = r.get("version", str, "")
     context = r.required("context", str)
@@ -559,7 +554,7 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
     apis: list[ApiConfig] = []
     contexts: dict[str, str] = {}
     for r in top.tables("apis"):
-        api = _api(r, lambda k, m: None)
+        api = _api(r)
         if api is None:
             continue
         if api.context in contexts:
