@@ -1,16 +1,17 @@
 """The HTTP client side of the gateway: relay one authorised request to its backend.
 
-One `Forwarder` per process owns a persistent connection pool and an `Agent`.
+One `Forwarder` per process owns the backend connection pool (`upstream.py`).
 `Forwarder.forward` is called from `Resource.render` (which then returns
 NOT_DONE_YET) and takes over the request until it is finished or aborted:
 
-* request headers are cleaned (hop-by-hop, Connection-named, Content-Length,
-  Host, the caller's `remove_headers`, client-sent X-Forwarded-*), the gateway's
-  own X-Forwarded-For/-Proto/-Host and the caller's `add_headers` are set;
+* the request head is written as bytes: hop-by-hop, Connection-named,
+  Content-Length, Host, the caller's `remove_headers` and client-sent
+  X-Forwarded-* are dropped; the gateway's own X-Forwarded-For/-Proto/-Host and
+  the caller's `add_headers` are set;
 * the spooled request body (`request.content`) is streamed, never read whole;
-* the response is relayed with `deliverBody`, the backend transport registered
-  as the request's producer so a slow client pauses the backend socket instead
-  of the gateway buffering the body;
+* the response body is relayed as it arrives; this relay is registered as the
+  request's producer, so a slow client pauses the backend socket instead of the
+  gateway buffering the body;
 * failures before the response headers become WSO2-style JSON errors (503 for
   "could not reach the backend", 504 for "no response in time"); failures after
   the headers abort the client connection, so a truncated body can never look
@@ -21,44 +22,35 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
 
 from __future__ import annotations
 
-import weakref
+import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
 
 from OpenSSL import SSL
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web._newclient import (
-    HTTP11ClientProtocol,
-    HTTPClientParser,
-    RequestGenerationFailed,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web._newclient import Request as _ClientRequest
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from twistedgw import errors
+from twistedgw.upstream import (
+    BadResponse,
+    Call,
+    ConnectFailed,
+    NoResponse,
+    Origin,
+    ResponseHead,
+    Upstream,
+    UpstreamError,
+    parse_origin,
+)
 
 __all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
 
@@ -82,28 +74,27 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 )
 
 # Request headers the gateway always sets itself or must not pass on:
-# Content-Length comes from the body producer, Host from the target URL,
+# Content-Length comes from the spooled body, Host from the target URL,
 # Expect was already answered by twisted.web, and the forwarding headers are
 # the edge's to write (a client could otherwise claim any address or scheme).
-_REQUEST_DROP: frozenset[bytes] = frozenset(
-    {
-        b"content-length",
-        b"host",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-    }
+_REQUEST_DROP: frozenset[bytes] = HOP_BY_HOP | {
+    b"content-length",
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+}
+
+# Methods whose empty body is sent without a Content-Length (as clients do);
+# every other method with an empty body says "Content-Length: 0".
+_NO_LENGTH_WHEN_EMPTY: frozenset[bytes] = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"}
 )
 
-# Methods Twisted's pool retries once on a stale keep-alive connection, provided
-# there is no body producer; POST and PUT get "Content-Length: 0" without one.
-_NO_PRODUCER_WHEN_EMPTY: frozenset[bytes] = frozenset(
-    {b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE", b"POST", b"PUT"}
-)
-
-_READ_SIZE = 64 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 # Status recorded when the client left before anything was sent (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
@@ -148,46 +139,59 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def _end_to_end(headers: Headers, drop: Collection[bytes]) -> list[tuple[bytes, list[bytes]]]:
-    """Headers minus hop-by-hop, Connection-named and `drop` (lower-case) names."""
-    named = connection_tokens(headers.getRawHeaders(b"connection", []))
-    kept = []
-    for name, values in headers.getAllRawHeaders():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower in drop:
-            continue
-        kept.append((name, list(values)))
-    return kept
+def _one_line(value: bytes) -> bytes:
+    """A header value can never carry a line break into the backend request."""
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
+        return value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
+    return value
 
 
-def build_request_headers(
+def build_request_head(
     request: server.Request,
+    origin: Origin,
+    target: bytes,
     *,
     add_headers: Sequence[tuple[bytes, bytes]] = (),
     remove_headers: Collection[bytes] = (),
-) -> Headers:
-    """The headers to send to the backend for `request`.
+    body_length: int | None = None,
+) -> bytes:
+    """The request head to send to the backend for `request`, as bytes.
 
     `add_headers` replace any client-sent header of the same name: a client
     must not be able to pre-seed a header the gateway vouches for.
     """
-    added = {name.lower() for name, _ in add_headers}
-    drop = _REQUEST_DROP | {name.lower() for name in remove_headers} | added
-    out = Headers()
-    for name, values in _end_to_end(request.requestHeaders, drop):
-        out.setRawHeaders(name, values)
-
+    method = request.method
+    if not _TOKEN.match(method):
+        raise ValueError("invalid request method")
+    if _UNSAFE_TARGET.search(target):
+        raise ValueError("invalid request target")
+    headers = request.requestHeaders
+    drop = set(_REQUEST_DROP)
+    drop.update(connection_tokens(headers.getRawHeaders(b"connection", ())))
+    drop.update(name.lower() for name in remove_headers)
+    drop.update(name.lower() for name, _ in add_headers)
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, origin.host_header)]
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() in drop:
+            continue
+        for value in values:
+            out.append(b"%s: %s\r\n" % (name, _one_line(value)))
     client_host = _client_host(request.getClientAddress())
     if client_host is not None:
-        out.setRawHeaders(b"X-Forwarded-For", [client_host])
-    out.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
-    original_host = request.requestHeaders.getRawHeaders(b"host")
+        out.append(b"X-Forwarded-For: %s\r\n" % (client_host,))
+    out.append(b"X-Forwarded-Proto: https\r\n" if request.isSecure() else
+               b"X-Forwarded-Proto: http\r\n")
+    original_host = headers.getRawHeaders(b"host")
     if original_host:
-        out.setRawHeaders(b"X-Forwarded-Host", [original_host[0]])
-
+        out.append(b"X-Forwarded-Host: %s\r\n" % (_one_line(original_host[0]),))
     for name, value in add_headers:
-        out.addRawHeader(name, value)
-    return out
+        if not _TOKEN.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        out.append(b"%s: %s\r\n" % (name, _one_line(value)))
+    if body_length is not None:
+        out.append(b"Content-Length: %d\r\n" % (body_length,))
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 def _client_host(address: IAddress) -> bytes | None:
@@ -199,97 +203,39 @@ def _client_host(address: IAddress) -> bytes | None:
     return None
 
 
-def copy_response_headers(
-    response: IResponse, request: server.Request, connection_named: Collection[bytes]
-) -> None:
+def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """Put the backend's end-to-end headers on the client response, repeats kept.
 
     `setRawHeaders` replaces twisted.web's own Server/Date when the backend
     sent them, so the client sees the backend's.
     """
-    drop = set(connection_named)
-    if request.method != b"HEAD":
-        drop.add(b"content-length")  # set from response.length below
-    for name, values in _end_to_end(response.headers, drop):
-        request.responseHeaders.setRawHeaders(name, values)
-    if (
-        request.method != b"HEAD"
-        and response.code not in NO_BODY_CODES
-        and response.code >= 200
-        and response.length is not UNKNOWN_LENGTH
-    ):
-        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
-
-
-# -- the Connection header of responses --------------------------------------
-#
-# Twisted files a response's Connection header under the parser's private
-# `connHeaders`, out of reach of `Response.headers`, so the headers it names
-# could not be stripped. This protocol remembers it per response. If Twisted's
-# internals change, we merely stop stripping Connection-named response headers.
-
-_response_connection: weakref.WeakKeyDictionary[object, frozenset[bytes]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _remember_connection(response: IResponse, parser: HTTPClientParser) -> IResponse:
-    values = getattr(parser, "connHeaders", Headers()).getRawHeaders(b"connection", [])
-    _response_connection[response] = connection_tokens(values)
-    return response
-
-
-class _ClientProtocol(HTTP11ClientProtocol):
-    def request(self, request: _ClientRequest) -> Deferred[IResponse]:
-        d = super().request(request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None and d is getattr(self, "_finishedRequest", None):
-            d.addCallback(_remember_connection, parser)
-        return d
-
-
-class _ClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-    def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
-        return _ClientProtocol(self._quiescentCallback)
-
-
-class _Pool(HTTPConnectionPool):
-    _factory = _ClientFactory
-
-
-class _CachingAgent(Agent):
-    """An Agent that builds each backend's endpoint once, not per request.
-
-    Twisted's ``Agent.request`` builds a new endpoint per request, which runs
-    the host name through IDNA encoding each time: about 8% of the gateway's CPU
-    per keep-alive request in the scenario-1 profile (bench/README.md). Endpoints
-    hold no per-connection state, so one per (scheme, host, port) is reused.
-    """
-
-    _MAX_ENDPOINTS = 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
-
-    def _getEndpoint(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = super()._getEndpoint(uri)
-            if len(self._endpoints) >= self._MAX_ENDPOINTS:
-                self._endpoints.clear()
-            self._endpoints[key] = endpoint
-        return endpoint
+    is_head = request.method == b"HEAD"
+    named = head.connection_tokens
+    grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or (lower == b"content-length" and not is_head):
+            continue
+        entry = grouped.get(lower)
+        if entry is None:
+            grouped[lower] = (name, [value])
+        else:
+            entry[1].append(value)
+    response_headers = request.responseHeaders
+    for name, values in grouped.values():
+        response_headers.setRawHeaders(name, values)
+    code = head.code
+    if not is_head and code not in NO_BODY_CODES and head.length is not None:
+        response_headers.setRawHeaders(b"Content-Length", [b"%d" % (head.length,)])
 
 
 # -- forwarding --------------------------------------------------------------
 
 
 class Forwarder:
-    """Relays requests to backends over one persistent, per-host connection pool."""
+    """Relays requests to backends over one persistent, per-origin connection pool."""
+
+    _MAX_ORIGINS = 1024
 
     def __init__(
         self,
@@ -300,18 +246,35 @@ class Forwarder:
     ) -> None:
         self._reactor = reactor
         self._settings = settings
-        self._pool = _Pool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = settings.max_persistent_per_host
-        # Twisted declares it an int but only hands it to callLater.
-        self._pool.cachedConnectionTimeout = settings.cached_connection_timeout  # type: ignore[assignment]
-        self._agent = _CachingAgent(
+        self._tls = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+        self._upstream = Upstream(
             reactor,
-            contextFactory=tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS(),
-            connectTimeout=settings.connect_timeout,
-            pool=self._pool,
+            connect_timeout=settings.connect_timeout,
+            max_idle_per_origin=settings.max_persistent_per_host,
+            idle_timeout=settings.cached_connection_timeout,
         )
-        # Our own cooperator so body uploads run on the reactor we were given.
-        self._cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))
+        self._origins: dict[tuple[bytes, int], Origin] = {}
+
+    def _split(self, target: bytes, tls: IPolicyForHTTPS) -> tuple[Origin, bytes]:
+        """Absolute URL -> (origin, path and query); origins are parsed once each."""
+        scheme_end = target.find(b"://")
+        if scheme_end < 0:
+            raise ValueError("the backend target is not an absolute URL")
+        path_start = target.find(b"/", scheme_end + 3)
+        query_start = target.find(b"?", scheme_end + 3)
+        if path_start < 0 or 0 <= query_start < path_start:
+            cut = query_start if query_start >= 0 else len(target)
+            base, rest = target[:cut], b"/" + target[cut:]
+        else:
+            base, rest = target[:path_start], target[path_start:]
+        key = (base, id(tls))
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = parse_origin(base, tls)
+            if len(self._origins) >= self._MAX_ORIGINS:
+                self._origins.clear()
+            self._origins[key] = origin
+        return origin, rest
 
     def forward(
         self,
@@ -322,30 +285,35 @@ class Forwarder:
         remove_headers: Collection[bytes] = (),
         on_done: Callable[[ForwardResult], None] | None = None,
         backend_timeout: float | None = None,
+        tls_policy: IPolicyForHTTPS | None = None,
     ) -> None:
         """Relay `request` to the absolute URL `target`; the request is ours from now on.
 
         `backend_timeout` overrides the forwarder's for this request (an API's own
-        `backend_timeout`), since one slow API must not set the limit for all.
+        `backend_timeout`), since one slow API must not set the limit for all;
+        `tls_policy` likewise overrides how an https backend is verified.
         """
         settings = self._settings
         if backend_timeout is not None:
             settings = replace(settings, backend_timeout=backend_timeout)
         exchange = _Exchange(self, request, target, on_done, settings)
         try:
-            exchange.start(add_headers, remove_headers)
+            exchange.start(
+                tls_policy if tls_policy is not None else self._tls, add_headers, remove_headers
+            )
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_describe(target))
             exchange.fail_internal()
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (in-flight requests are not touched)."""
-        closed: Deferred[None] = self._pool.closeCachedConnections()
-        return closed
+        return self._upstream.close()
 
 
 def _describe(target: bytes) -> str:
     """scheme://host:port of a target, for logs: paths and queries may carry secrets."""
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(target.decode("ascii", "replace"))
         port = f":{parts.port}" if parts.port else ""
@@ -354,8 +322,25 @@ def _describe(target: bytes) -> str:
         return "<unparsable target>"
 
 
+def _body(request: server.Request) -> tuple[IO[bytes] | None, int | None]:
+    """The spooled body to stream and the Content-Length to announce for it."""
+    content = request.content
+    size = 0
+    if content is not None:
+        size = content.seek(0, 2)
+        content.seek(0)
+    if size:
+        return content, size
+    return None, (None if request.method in _NO_LENGTH_WHEN_EMPTY else 0)
+
+
 class _Exchange:
-    """The state of one request/response relay: waiting -> streaming -> done."""
+    """The state of one request/response relay: waiting -> streaming -> done.
+
+    It is the `ResponseHandler` of its upstream `Call`. One timer serves both
+    phases: time to the response head (-> 504), then the longest silence
+    between body bytes while the client is keeping up (-> abort).
+    """
 
     def __init__(
         self,
@@ -363,20 +348,18 @@ class _Exchange:
         request: server.Request,
         target: bytes,
         on_done: Callable[[ForwardResult], None] | None,
-        settings: ForwardSettings | None = None,
+        settings: ForwardSettings,
     ) -> None:
         self._fw = forwarder
         self._reactor = forwarder._reactor
-        self._settings = settings if settings is not None else forwarder._settings
+        self._settings = settings
         self._request = request
         self._target = target
         self._on_done = on_done
         self._phase = "waiting"
         self._client_gone = False
-        self._timed_out = False
-        self._pending: Deferred[IResponse] | None = None
+        self._call: Call | None = None
         self._timer: IDelayedCall | None = None
-        self._body: FileBodyProducer | None = None
         self._relay: _BodyRelay | None = None
         self._status = 0
 
@@ -388,87 +371,140 @@ class _Exchange:
     # -- start -----------------------------------------------------------
 
     def start(
-        self, add_headers: Sequence[tuple[bytes, bytes]], remove_headers: Collection[bytes]
+        self,
+        tls: IPolicyForHTTPS,
+        add_headers: Sequence[tuple[bytes, bytes]],
+        remove_headers: Collection[bytes],
     ) -> None:
         request = self._request
-        headers = build_request_headers(
-            request, add_headers=add_headers, remove_headers=remove_headers
+        origin, path = self._fw._split(self._target, tls)
+        body, length = _body(request)
+        head = build_request_head(
+            request,
+            origin,
+            path,
+            add_headers=add_headers,
+            remove_headers=remove_headers,
+            body_length=length,
         )
-        self._body = self._body_producer(request)
         request.notifyFinish().addBoth(self._client_finished)
-        self._timer = self._reactor.callLater(
-            self._settings.backend_timeout, self._headers_timed_out
-        )
-        d = self._fw._agent.request(request.method, self._target, headers, self._body)
-        self._pending = d
-        d.addCallbacks(self._got_response, self._request_failed)
-        d.addErrback(self._bug)
+        self._timer = self._reactor.callLater(self._settings.backend_timeout, self._timed_out)
+        self._call = self._fw._upstream.request(origin, request.method, head, body, self)
 
-    def _body_producer(self, request: server.Request) -> FileBodyProducer | None:
-        content = request.content
-        if content is None:
-            return None
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        if size == 0 and request.method in _NO_PRODUCER_WHEN_EMPTY:
-            return None
-        return FileBodyProducer(content, cooperator=self._fw._cooperator, readSize=_READ_SIZE)
+    # -- the timer -------------------------------------------------------
 
-    # -- before the response headers ------------------------------------
-
-    def _headers_timed_out(self) -> None:
+    def _timed_out(self) -> None:
         self._timer = None
-        if self._pending is not None and self._phase == "waiting":
-            self._timed_out = True
-            self._pending.cancel()
+        if self._phase == "waiting":
+            self._cancel_call()
+            _log.warn(
+                "backend {backend} for {method} failed before responding (timeout):"
+                " no response within {secs:g} seconds",
+                backend=self._backend,
+                method=self._request.method.decode("ascii", "replace"),
+                secs=self._settings.backend_timeout,
+            )
+            self._send_error(
+                errors.backend_timeout(
+                    f"backend did not respond within {self._settings.backend_timeout:g} seconds"
+                ),
+                "timeout",
+            )
+        elif self._phase == "streaming":
+            self._cancel_call()
+            self._body_done("timeout", "no body bytes within the backend timeout")
 
-    def _request_failed(self, failure: Failure) -> None:
-        self._pending = None
-        self._cancel_timer()
-        self._stop_body()
+    def _rearm(self) -> None:
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(self._settings.backend_timeout)
+        else:
+            self._timer = self._reactor.callLater(self._settings.backend_timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel_call(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    # -- ResponseHandler -------------------------------------------------
+
+    def response_head(self, head: ResponseHead) -> None:
         if self._phase != "waiting":
             return
-        if self._client_gone:
-            self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
+        request = self._request
+        try:
+            request.setResponseCode(head.code, head.phrase)
+            copy_response_headers(head, request)
+            request.defaultContentType = None  # an absent Content-Type stays absent
+        except Exception:
+            _log.failure("cannot relay the response of {backend}", backend=self._backend)
+            self._cancel_call()
+            self._cancel_timer()
+            self._send_error(errors.internal_error(), "other")
             return
-        kind, err = self._classify(failure)
+        self._phase = "streaming"
+        self._status = head.code
+        self._rearm()  # from now on: the longest silence between body bytes
+        self._relay = _BodyRelay(self)
+        self._relay.start()
+
+    def response_data(self, data: bytes) -> None:
+        relay = self._relay
+        if relay is not None and self._phase == "streaming":
+            if not relay.paused:
+                self._rearm()
+            relay.bytes_sent += len(data)
+            self._request.write(data)
+
+    def response_end(self) -> None:
+        self._call = None
+        if self._phase == "streaming":
+            self._body_done(None, "")
+
+    def response_failed(self, error: UpstreamError) -> None:
+        self._call = None
+        if self._phase == "streaming":
+            self._body_done("reset", _reason(error))
+            return
+        if self._phase != "waiting":
+            return
+        self._cancel_timer()
+        kind, err = self._classify(error)
         _log.warn(
             "backend {backend} for {method} failed before responding ({kind}): {reason}",
             backend=self._backend,
             method=self._request.method.decode("ascii", "replace"),
             kind=kind,
-            reason=_reason(failure),
+            reason=_reason(error),
         )
         self._send_error(err, kind)
 
-    def _classify(self, failure: Failure) -> tuple[str, errors.GatewayError]:
-        secs = self._settings
-        if self._timed_out:
-            return "timeout", errors.backend_timeout(
-                f"backend did not respond within {secs.backend_timeout:g} seconds"
-            )
-        if failure.check(ierror.TimeoutError):
-            return "timeout", errors.backend_unavailable(
-                f"could not connect to the backend within {secs.connect_timeout:g} seconds"
-            )
-        if failure.check(ierror.DNSLookupError):
-            return "refused", errors.backend_unavailable("backend host name does not resolve")
-        if failure.check(ierror.ConnectError):
-            return "refused", errors.backend_unavailable("could not connect to the backend")
-        if failure.check(RequestGenerationFailed):
-            return "other", errors.internal_error()
-        if failure.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
-            if _has_reason(failure, SSL.Error):
-                return "other", errors.backend_unavailable("TLS with the backend failed")
-            if isinstance(failure.value, ResponseNeverReceived | RequestTransmissionFailed):
-                return "reset", errors.backend_unavailable(
-                    "backend closed the connection without responding"
-                )
-            return "other", errors.backend_unavailable("backend sent an invalid response")
-        if failure.check(SSL.Error):
+    def _classify(self, error: UpstreamError) -> tuple[str, errors.GatewayError]:
+        if error.caused_by(SSL.Error):
             return "other", errors.backend_unavailable("TLS with the backend failed")
+        if isinstance(error, ConnectFailed):
+            if error.caused_by(ierror.TimeoutError):
+                return "timeout", errors.backend_unavailable(
+                    "could not connect to the backend within "
+                    f"{self._settings.connect_timeout:g} seconds"
+                )
+            if error.caused_by(ierror.DNSLookupError):
+                return "refused", errors.backend_unavailable("backend host name does not resolve")
+            return "refused", errors.backend_unavailable("could not connect to the backend")
+        if isinstance(error, NoResponse):
+            return "reset", errors.backend_unavailable(
+                "backend closed the connection without responding"
+            )
+        if isinstance(error, BadResponse):
+            return "other", errors.backend_unavailable("backend sent an invalid response")
         return "other", errors.internal_error()
+
+    # -- endings ---------------------------------------------------------
 
     def _send_error(self, err: errors.GatewayError, kind: str) -> None:
         request = self._request
@@ -488,11 +524,9 @@ class _Exchange:
     def fail_internal(self) -> None:
         """Answer 500 after a bug in forward() itself, if nothing was sent yet."""
         self._cancel_timer()
+        self._cancel_call()
         if self._phase == "done":
             return
-        if self._pending is not None:
-            self._phase = "done"  # ignore whatever the request Deferred does next
-            self._pending.cancel()
         try:
             if self._client_gone or getattr(self._request, "_disconnected", False):
                 self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
@@ -500,104 +534,51 @@ class _Exchange:
                 _abort_client(self._request)
                 self._finish_result(self._request.code, "other")
             else:
-                self._phase = "waiting"
                 self._send_error(errors.internal_error(), "other")
         except Exception:
             _log.failure("could not answer after a forwarding failure")
             self._finish_result(500, "other")
 
-    def _bug(self, failure: Failure) -> None:
-        _log.failure("bug while forwarding to {backend}", failure, backend=self._backend)
-        self.fail_internal()
-
-    # -- the response ----------------------------------------------------
-
-    def _got_response(self, response: IResponse) -> None:
-        self._pending = None
+    def _body_done(self, kind: str | None, reason: str) -> None:
+        """The backend body ended: finish the client response, or abort it if cut short."""
         self._cancel_timer()
-        if self._phase != "waiting":
-            return
-        request = self._request
-        connection_named = _response_connection.pop(response, frozenset())
-        if self._client_gone:  # cancellation came too late
-            self._discard(response)
-            self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
-            return
-        try:
-            request.setResponseCode(response.code, response.phrase)
-            copy_response_headers(response, request, connection_named)
-            request.defaultContentType = None  # an absent Content-Type stays absent
-        except Exception:
-            _log.failure("cannot relay the response of {backend}", backend=self._backend)
-            self._discard(response)
-            self._send_error(errors.internal_error(), "other")
-            return
-        self._phase = "streaming"
-        self._status = response.code
-        self._relay = _BodyRelay(self)
-        response.deliverBody(self._relay)
-
-    def _discard(self, response: IResponse) -> None:
-        """Take the body nobody will read and close its connection (it can't be reused)."""
-        relay = _BodyRelay(self, discard=True)
-        response.deliverBody(relay)
-        relay.stop_backend()
-
-    def body_done(self, reason: Failure, bytes_sent: int, idle_timeout: bool) -> None:
-        """The backend body ended: finish the client response, or abort it if truncated."""
-        self._stop_body()
         if self._phase == "done":
             return
+        relay = self._relay
+        sent = relay.bytes_sent if relay is not None else 0
         request = self._request
         if self._client_gone:
-            self._finish_result(self._status, "client_gone", bytes_sent)
+            self._finish_result(self._status, "client_gone", sent)
             return
         request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss) and not idle_timeout:
+        if kind is None:
             request.finish()
-            self._finish_result(self._status, None, bytes_sent)
+            self._finish_result(self._status, None, sent)
             return
-        kind = "timeout" if idle_timeout else "reset"
         _log.warn(
             "backend {backend} broke off the response after {n} body bytes ({kind}): {reason};"
             " aborting the client connection",
             backend=self._backend,
-            n=bytes_sent,
+            n=sent,
             kind=kind,
-            reason=_reason(reason),
+            reason=reason,
         )
         _abort_client(request)
-        self._finish_result(self._status, kind, bytes_sent)
-
-    # -- the client ------------------------------------------------------
+        self._finish_result(self._status, kind, sent)
 
     def _client_finished(self, result: Failure | None) -> None:
         if not isinstance(result, Failure) or self._phase == "done":
             return
         self._client_gone = True
+        self._cancel_timer()
+        self._cancel_call()
         if self._phase == "waiting":
-            self._stop_body()
-            if self._pending is not None:
-                self._pending.cancel()
-        elif self._relay is not None:
-            self._relay.stop_backend()
-
-    # -- helpers ---------------------------------------------------------
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _stop_body(self) -> None:
-        """Stop reading request.content: twisted.web closes it when the request ends."""
-        body, self._body = self._body, None
-        if body is not None:
-            try:
-                body.stopProducing()
-            except AttributeError:  # never started: no connection was made
-                pass
+            self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
+        else:
+            relay = self._relay
+            self._finish_result(
+                self._status, "client_gone", relay.bytes_sent if relay is not None else 0
+            )
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
         if self._phase == "done" and self._on_done is None:
@@ -610,104 +591,56 @@ class _Exchange:
             except Exception:
                 _log.failure("on_done callback failed")
 
+    # -- pacing (driven by the client connection through _BodyRelay) --------
+
+    def pause(self) -> None:
+        self._cancel_timer()  # a slow client is never blamed on the backend
+        if self._call is not None:
+            self._call.pause()
+
+    def resume(self) -> None:
+        if self._call is not None and self._phase == "streaming":
+            self._rearm()
+            self._call.resume()
+
+    def stop(self) -> None:
+        self._cancel_timer()
+        self._cancel_call()
+
 
 @implementer(IPushProducer)
-class _BodyRelay(Protocol):
-    """Copies the backend body to the client; the client's pace drives the backend socket.
+class _BodyRelay:
+    """The request's producer while the backend body streams to the client.
 
-    Registered on the request as a streaming producer: when the client's send
-    buffer fills twisted.web pauses us and we pause the backend transport. The
-    idle timer (backend_timeout) only runs while we are not paused, so a slow
-    client is never blamed on the backend.
+    When the client's send buffer fills twisted.web pauses us and we pause the
+    backend socket; when it drains we resume it.
     """
 
-    def __init__(self, exchange: _Exchange, *, discard: bool = False) -> None:
+    def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
-        self._discard = discard
-        self._paused = False
-        self._done = False
-        self._idle: IDelayedCall | None = None
-        self._idle_timeout = False
+        self.paused = False
         self.bytes_sent = 0
 
-    def connectionMade(self) -> None:
-        if self._discard:
-            return
+    def start(self) -> None:
         request = self._exchange._request
         request.registerProducer(self, True)
         # A channel whose send buffer is already full only tells producers about
         # the next transition; start paused rather than read into a full buffer.
         if getattr(request.channel, "_waitingForTransport", False):
             self.pauseProducing()
-        else:
-            self._arm()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._discard or self._done:
-            return
-        self._arm()
-        self.bytes_sent += len(data)
-        self._exchange._request.write(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._done = True
-        self._disarm()
-        if self._discard:
-            return
-        self._exchange.body_done(reason, self.bytes_sent, self._idle_timeout)
-
-    @property
-    def _backend(self) -> IPushProducer | None:
-        """The backend transport as deliverBody hands it over: a pausable proxy."""
-        return IPushProducer(self.transport, None)
-
-    def stop_backend(self) -> None:
-        """Close the backend connection; the parser then reports the body as failed."""
-        self._disarm()
-        backend = self._backend
-        if backend is not None:
-            backend.stopProducing()
-
-    # IPushProducer, driven by the client connection
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._disarm()
-        backend = self._backend
-        if backend is not None and not self._done:
-            backend.pauseProducing()
+        if not self.paused:
+            self.paused = True
+            self._exchange.pause()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        backend = self._backend
-        if backend is not None and not self._done:
-            self._arm()
-            backend.resumeProducing()
+        if self.paused:
+            self.paused = False
+            self._exchange.resume()
 
     def stopProducing(self) -> None:
-        if not self._done:
-            self.stop_backend()
-
-    # idle timer
-
-    def _arm(self) -> None:
-        if self._done or self._paused:
-            return
-        timeout = self._exchange._settings.backend_timeout
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(timeout)
-        else:
-            self._idle = self._exchange._reactor.callLater(timeout, self._idle_fired)
-
-    def _disarm(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-
-    def _idle_fired(self) -> None:
-        self._idle = None
-        self._idle_timeout = True
-        self.stop_backend()
+        self._exchange.stop()
 
 
 def _abort_client(request: server.Request) -> None:
@@ -731,23 +664,13 @@ def _abort_client(request: server.Request) -> None:
         _log.failure("could not abort the client connection")
 
 
-def _has_reason(failure: Failure, exc_type: type[BaseException]) -> bool:
-    reasons = getattr(failure.value, "reasons", None) or []
-    return any(isinstance(r, Failure) and r.check(exc_type) for r in reasons)
-
-
-def _reason(failure: Failure) -> str:
-    """A short description of a failure, unwrapping Twisted's wrapper exceptions."""
-    value = failure.value
-    reasons = getattr(value, "reasons", None)
-    if reasons:
-        inner = ", ".join(
-            type(r.value).__name__ + (f": {r.value}" if str(r.value) else "")
-            for r in reasons
-            if isinstance(r, Failure)
-        )
-        return f"{type(value).__name__}[{inner}]"
-    if isinstance(value, CancelledError):
-        return "cancelled"
-    text = str(value)
-    return type(value).__name__ + (f": {text}" if text else "")
+def _reason(error: UpstreamError) -> str:
+    """A short description: what failed, and the underlying error if there was one."""
+    text = str(error)
+    reason = error.reason
+    if reason is None:
+        return text
+    value = reason.value
+    inner = type(value).__name__
+    detail = str(value)
+    return f"{text} ({inner}{': ' + detail if detail else ''})"

@@ -1,0 +1,710 @@
+"""A lean HTTP/1.1 client for the forwarding hot path: bytes out, bytes in.
+
+Twisted's ``Agent`` spent about a fifth of the gateway's CPU per keep-alive
+request (bench/README.md): URL parsing, endpoint and pool Deferreds, a
+line-by-line parser building ``Headers``, and a pause/resume of the backend
+socket per response (two epoll calls). The forwarder needs much less: write a
+request head it has already built, parse one response head, relay the body
+with back-pressure, and keep the connection for the next request.
+
+``Upstream`` is the pool: idle connections per backend origin (scheme, host,
+port and TLS policy), new ones through Twisted endpoints (``wrapClientTLS``
+for ``https``). A request is a ``Call``; what happens to it is reported to a
+``ResponseHandler`` exactly once as a head followed by data and an end, or as a
+failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import IO, Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+__all__ = [
+    "BadResponse",
+    "Call",
+    "ConnectFailed",
+    "NoResponse",
+    "Origin",
+    "ResponseHandler",
+    "ResponseHead",
+    "Truncated",
+    "Upstream",
+    "UpstreamError",
+]
+
+#: Largest response head accepted (status line and headers together).
+HEAD_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_NO_BODY_STATUSES = frozenset({204, 304})
+#: Methods retried once on a fresh connection when a pooled one turns out dead
+#: before any response byte arrived (the backend closed it while it was idle).
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+
+
+class UpstreamError(Exception):
+    """Why a backend request failed; ``reason`` is the underlying failure, if any."""
+
+    def __init__(self, message: str, reason: Failure | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def caused_by(self, *types: type[BaseException]) -> bool:
+        return self.reason is not None and self.reason.check(*types) is not None
+
+
+class ConnectFailed(UpstreamError):
+    """No connection: refused, unreachable, DNS, or the connect timeout."""
+
+
+class NoResponse(UpstreamError):
+    """The connection closed (or TLS failed) before a complete response head."""
+
+
+class BadResponse(UpstreamError):
+    """The backend's response head is not valid HTTP/1.1 we can relay."""
+
+
+class Truncated(UpstreamError):
+    """The connection closed before the body's announced end."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    code: int
+    phrase: bytes
+    headers: list[tuple[bytes, bytes]]  # as received, repeats and order kept
+    connection_tokens: frozenset[bytes]  # lower-case names the Connection header lists
+    length: int | None  # body length when announced by Content-Length, else None
+
+
+class ResponseHandler(TypingProtocol):
+    def response_head(self, head: ResponseHead) -> None: ...
+    def response_data(self, data: bytes) -> None: ...
+    def response_end(self) -> None: ...
+    def response_failed(self, error: UpstreamError) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where to connect; ``key`` identifies the pool the connection belongs to."""
+
+    scheme: bytes
+    host: bytes
+    port: int
+    host_header: bytes
+    tls: IPolicyForHTTPS | None
+
+    @property
+    def key(self) -> tuple[bytes, bytes, int, int]:
+        return (self.scheme, self.host, self.port, id(self.tls))
+
+
+class Call:
+    """One request on its way to a backend; the handle to cancel or pace it."""
+
+    __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
+                 "method", "origin")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        origin: Origin,
+        method: bytes,
+        head: bytes,
+        body: IO[bytes] | None,
+        handler: ResponseHandler,
+    ) -> None:
+        self._upstream = upstream
+        self.origin = origin
+        self.method = method
+        self.head = head
+        self.body = body
+        self.handler = handler
+        self.cancelled = False
+        self.conn: _Connection | None = None
+        self._connecting: Deferred[Any] | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.body is None and self.method in _RETRYABLE
+
+    def cancel(self) -> None:
+        """Stop: close the backend connection (it cannot be reused); no more reports."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    def pause(self) -> None:
+        if self.conn is not None:
+            self.conn.pause()
+
+    def resume(self) -> None:
+        if self.conn is not None:
+            self.conn.resume()
+
+    # reports, at most one terminal one
+
+    def failed(self, error: UpstreamError) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.conn = None
+            self.handler.response_failed(error)
+
+
+class Upstream:
+    """The backend connection pool and the way requests get onto connections."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        connect_timeout: float = 5.0,
+        max_idle_per_origin: int = 64,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
+        self._idle: dict[tuple[bytes, bytes, int, int], list[_Connection]] = {}
+        self._endpoints: dict[tuple[bytes, bytes, int, int], IStreamClientEndpoint] = {}
+        self._sweeper: IDelayedCall | None = None
+        self._open: set[_Connection] = set()
+
+    def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        head: bytes,
+        body: IO[bytes] | None,
+        handler: ResponseHandler,
+    ) -> Call:
+        """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
+        call = Call(self, origin, method, head, body, handler)
+        self._dispatch(call, fresh=False)
+        return call
+
+    def _dispatch(self, call: Call, *, fresh: bool) -> None:
+        if not fresh:
+            idle = self._idle.get(call.origin.key)
+            while idle:
+                conn = idle.pop()
+                if conn.connected:
+                    conn.start(call, reused=True)
+                    return
+        self._connect(call)
+
+    def _connect(self, call: Call) -> None:
+        origin = call.origin
+        d = self._endpoint(origin).connect(_ConnectionFactory(self, origin))
+        call._connecting = d
+
+        def connected(conn: _Connection) -> None:
+            call._connecting = None
+            if call.cancelled:
+                conn.abort()
+            else:
+                conn.start(call, reused=False)
+
+        def failed(reason: Failure) -> None:
+            call._connecting = None
+            if not call.cancelled:
+                call.failed(ConnectFailed("could not connect to the backend", reason))
+
+        d.addCallbacks(connected, failed)
+
+    def _endpoint(self, origin: Origin) -> IStreamClientEndpoint:
+        key = origin.key
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            host = origin.host.decode("ascii")
+            endpoint = HostnameEndpoint(
+                self._reactor, host, origin.port, timeout=self._connect_timeout
+            )
+            if origin.scheme == b"https":
+                policy = origin.tls
+                if policy is None:
+                    raise ValueError("an https origin needs a TLS policy")
+                creator = policy.creatorForNetloc(origin.host, origin.port)
+                endpoint = wrapClientTLS(creator, endpoint)
+            if len(self._endpoints) >= 1024:
+                self._endpoints.clear()
+            self._endpoints[key] = endpoint
+        return endpoint
+
+    # -- idle connections ------------------------------------------------
+
+    def park(self, conn: _Connection) -> None:
+        """Keep a connection whose exchange ended cleanly, for the next request."""
+        idle = self._idle.setdefault(conn.origin.key, [])
+        if len(idle) >= self._max_idle:
+            conn.abort()
+            return
+        conn.parked_at = self._reactor.seconds()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self._sweep_interval, self._sweep)
+
+    @property
+    def _sweep_interval(self) -> float:
+        return max(0.5, min(self._idle_timeout / 4, 5.0))
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than ``idle_timeout`` (one timer for all)."""
+        self._sweeper = None
+        deadline = self._reactor.seconds() - self._idle_timeout
+        remaining = 0
+        for key, idle in list(self._idle.items()):
+            stale = [c for c in idle if c.parked_at <= deadline]
+            for conn in stale:
+                idle.remove(conn)
+                conn.abort()
+            if idle:
+                remaining += len(idle)
+            else:
+                del self._idle[key]
+        if remaining:
+            self._sweeper = self._reactor.callLater(self._sweep_interval, self._sweep)
+
+    def forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def retry(self, call: Call) -> None:
+        self._dispatch(call, fresh=True)
+
+    def close(self) -> Deferred[None]:
+        """Close the idle connections; in-flight requests are left alone."""
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        waits: list[Deferred[None]] = []
+        for idle in self._idle.values():
+            for conn in idle:
+                waits.append(conn.closed)
+                conn.abort()
+        self._idle.clear()
+        done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: None
+        )
+        return done
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, upstream: Upstream, origin: Origin) -> None:
+        self.upstream = upstream
+        self.origin = origin
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        conn = _Connection(self.upstream, self.origin)
+        self.upstream._open.add(conn)
+        return conn
+
+
+# connection states
+_IDLE, _HEAD, _BODY = 0, 1, 2
+# body framings
+_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
+
+
+class _Connection(Protocol):
+    """One backend connection, carrying one request at a time."""
+
+    def __init__(self, upstream: Upstream, origin: Origin) -> None:
+        self.upstream = upstream
+        self.origin = origin
+        self.call: Call | None = None
+        self.state = _IDLE
+        self.reused = False
+        self.reusable = True
+        self.paused = False
+        self.parked_at = 0.0
+        self.closed: Deferred[None] = Deferred()
+        self._buf = b""
+        self._seen_bytes = False
+        self._framing = _LENGTH
+        self._remaining = 0
+        self._chunks: _ChunkDecoder | None = None
+        self._pump: _BodyPump | None = None
+        self._head_only = False
+
+    # -- driving ---------------------------------------------------------
+
+    def start(self, call: Call, *, reused: bool) -> None:
+        assert self.transport is not None
+        self.call = call
+        call.conn = self
+        self.reused = reused
+        self.state = _HEAD
+        self._seen_bytes = False
+        self._head_only = call.method == b"HEAD"
+        self.transport.write(call.head)
+        if call.body is not None:
+            self._pump = _BodyPump(self, call.body)
+            self.transport.registerProducer(self._pump, False)  # type: ignore[attr-defined]
+
+    def upload_done(self) -> None:
+        self._pump = None
+        if self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def _stop_upload(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.stopped = True
+            self.reusable = False  # the backend may still expect the rest of the body
+            if self.transport is not None and self.connected:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        self.call = None
+        self.reusable = False
+        self._stop_upload()
+        if self.transport is not None and self.connected:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- receiving -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.call is None:  # bytes nobody asked for: the connection is unusable
+            self.abort()
+            return
+        self._seen_bytes = True
+        if self.state == _HEAD:
+            buf = self._buf + data if self._buf else data
+            self._buf = b""
+            self._read_head(buf)
+        elif self.state == _BODY:
+            self._read_body(data)
+
+    def _read_head(self, buf: bytes) -> None:
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > HEAD_LIMIT:
+                    self._fail(BadResponse("the response head is too large"))
+                else:
+                    self._buf = buf
+                return
+            if end > HEAD_LIMIT:
+                self._fail(BadResponse("the response head is too large"))
+                return
+            try:
+                head = _parse_head(buf[:end], self._head_only)
+            except ValueError as e:
+                self._fail(BadResponse(str(e)))
+                return
+            buf = buf[end + 4 :]
+            if head is None:  # an interim 1xx response: skip it, read the real one
+                continue
+            break
+        response, framing, length, keep = head
+        self.reusable = self.reusable and keep
+        if self._pump is not None:
+            self._stop_upload()  # answered before the whole body was sent
+        call = self.call
+        assert call is not None
+        self.state = _BODY
+        self._framing = framing
+        self._remaining = length
+        self._chunks = _ChunkDecoder() if framing == _CHUNKED else None
+        call.handler.response_head(response)
+        if self.call is not call:  # the handler cancelled
+            return
+        if framing == _LENGTH and length == 0:
+            if buf:
+                self.reusable = False
+            self._complete()
+        elif buf:
+            self._read_body(buf)
+
+    def _read_body(self, data: bytes) -> None:
+        call = self.call
+        assert call is not None
+        framing = self._framing
+        if framing == _LENGTH:
+            remaining = self._remaining
+            if len(data) >= remaining:
+                if len(data) > remaining:
+                    self.reusable = False  # bytes beyond the response: don't trust the rest
+                    data = data[:remaining]
+                self._remaining = 0
+                if data:
+                    call.handler.response_data(data)
+                if self.call is call:
+                    self._complete()
+            else:
+                self._remaining = remaining - len(data)
+                call.handler.response_data(data)
+        elif framing == _CHUNKED:
+            assert self._chunks is not None
+            try:
+                parts, finished, extra = self._chunks.feed(data)
+            except ValueError as e:
+                self._fail(Truncated(f"invalid chunked body: {e}"), abort=True)
+                return
+            for part in parts:
+                call.handler.response_data(part)
+                if self.call is not call:
+                    return
+            if finished:
+                if extra:
+                    self.reusable = False
+                self._complete()
+        else:
+            call.handler.response_data(data)
+
+    def _complete(self) -> None:
+        call, self.call = self.call, None
+        self.state = _IDLE
+        self._chunks = None
+        if call is None:
+            return
+        call.conn = None
+        call.cancelled = True  # finished: later cancel() calls are no-ops
+        if self.reusable and self._pump is None and self.connected:
+            if self.paused:
+                self.resume()
+            self.upstream.park(self)
+        else:
+            self.abort()
+        call.handler.response_end()
+
+    def _fail(self, error: UpstreamError, *, abort: bool = True) -> None:
+        call, self.call = self.call, None
+        self.state = _IDLE
+        if abort:
+            self.abort()
+        if call is not None:
+            call.failed(error)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.upstream.forget(self)
+        self._stop_upload()
+        call, self.call = self.call, None
+        state = self.state
+        self.state = _IDLE
+        if not self.closed.called:
+            self.closed.callback(None)
+        if call is None or call.cancelled:
+            return
+        call.conn = None
+        if state == _HEAD:
+            if self.reused and not self._seen_bytes and call.retryable:
+                self.upstream.retry(call)
+                return
+            call.failed(NoResponse("the backend closed the connection without responding",
+                                   reason))
+        elif state == _BODY:
+            if self._framing == _UNTIL_CLOSE and reason.check(ierror.ConnectionDone):
+                call.cancelled = True
+                call.handler.response_end()
+            else:
+                call.failed(Truncated("the backend closed the connection mid-body", reason))
+
+
+@implementer(IPullProducer)
+class _BodyPump:
+    """Feeds the spooled request body to the backend as fast as the socket drains."""
+
+    def __init__(self, conn: _Connection, body: IO[bytes]) -> None:
+        self.conn = conn
+        self.body = body
+        self.stopped = False
+
+    def resumeProducing(self) -> None:
+        if self.stopped:
+            return
+        try:
+            chunk = self.body.read(_READ_SIZE)
+        except (OSError, ValueError):  # the client request ended and closed its spool
+            chunk = b""
+            self.conn.abort()
+            return
+        transport = self.conn.transport
+        if chunk and transport is not None:
+            transport.write(chunk)
+        else:
+            self.stopped = True
+            self.conn.upload_done()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class _ChunkDecoder:
+    """Incremental ``Transfer-Encoding: chunked`` decoder; trailers are dropped."""
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._left = 0
+        self._buf = b""
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bool, bytes]:
+        """Return (body pieces, whether the last chunk and trailers ended, extra bytes)."""
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        out: list[bytes] = []
+        while buf:
+            state = self._state
+            if state == self._DATA:
+                piece = buf[: self._left]
+                out.append(piece)
+                self._left -= len(piece)
+                buf = buf[len(piece) :]
+                if self._left == 0:
+                    self._state = self._DATA_END
+            elif state == self._DATA_END:
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise ValueError("chunk data not followed by CRLF")
+                buf = buf[2:]
+                self._state = self._SIZE
+            else:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > 4096:
+                        raise ValueError("chunk size line too long")
+                    break
+                line, buf = buf[:end], buf[end + 2 :]
+                if state == self._SIZE:
+                    size_text = line.split(b";", 1)[0].strip(b" \t")
+                    if not size_text or len(size_text) > 16 or not _is_hex(size_text):
+                        raise ValueError("invalid chunk size")
+                    size = int(size_text, 16)
+                    if size:
+                        self._left = size
+                        self._state = self._DATA
+                    else:
+                        self._state = self._TRAILER
+                elif not line:  # the empty line after the trailers
+                    return out, True, buf
+        self._buf = buf
+        return out, False, b""
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _is_hex(text: bytes) -> bool:
+    return all(c in _HEX for c in text)
+
+
+def _parse_head(
+    raw: bytes, head_only: bool
+) -> tuple[ResponseHead, int, int, bool] | None:
+    """Parse a response head; None for an interim 1xx response; ValueError when invalid.
+
+    Returns (head, framing, length, keep-alive).
+    """
+    lines = raw.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ValueError("invalid status line")
+    code_text = status[1]
+    if len(code_text) != 3 or not code_text.isdigit():
+        raise ValueError("invalid status code")
+    code = int(code_text)
+    if code < 100:
+        raise ValueError("invalid status code")
+    if code == 101:
+        raise ValueError("protocol upgrades are not relayed")
+    if code < 200:
+        return None
+    phrase = status[2] if len(status) == 3 else b""
+    headers: list[tuple[bytes, bytes]] = []
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    tokens: set[bytes] = set()
+    for line in lines[1:]:
+        if not line or line[0] in b" \t":
+            raise ValueError("obsolete line folding in the response head")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise ValueError("invalid response header")
+        value = value.strip(b" \t")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise ValueError("invalid response header value")
+        headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.extend(v.strip(b" \t") for v in value.split(b","))
+        elif lower == b"transfer-encoding":
+            codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
+        elif lower == b"connection":
+            tokens.update(t.strip(b" \t").lower() for t in value.split(b",") if t.strip())
+    keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
+    length: int | None = None
+    if lengths:
+        if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+            raise ValueError("invalid Content-Length")
+        length = int(lengths[0])
+    head = ResponseHead(code, phrase, headers, frozenset(tokens), length)
+    if head_only or code in _NO_BODY_STATUSES:
+        return head, _LENGTH, 0, keep
+    if codings:
+        if length is not None:
+            keep = False  # RFC 9112 6.3: both sent, close after this response
+        if codings[-1] == b"chunked":
+            return head, _CHUNKED, 0, keep
+        return head, _UNTIL_CLOSE, 0, False
+    if length is not None:
+        return head, _LENGTH, length, keep
+    return head, _UNTIL_CLOSE, 0, False
+
+
+def parse_origin(base: bytes, tls: IPolicyForHTTPS | None) -> Origin:
+    """``scheme://host[:port]`` (no path) -> Origin; ValueError when unusable."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base.decode("ascii"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"unusable backend origin {base!r}")
+    default = 443 if parts.scheme == "https" else 80
+    port = parts.port or default
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    return Origin(
+        scheme=parts.scheme.encode(),
+        host=host.encode("ascii"),
+        port=port,
+        host_header=host_header.encode("ascii"),
+        tls=tls if parts.scheme == "https" else None,
+    )
+
