@@ -34,8 +34,8 @@ from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
+from twisted.web.server import Request, Site, version
 from zope.interface import implementer
 
 from twistedgw import errors
@@ -110,6 +110,21 @@ class Guard:
         return route.api.max_body_bytes
 
 
+class _DateCache:
+    """The HTTP Date header value, formatted once per second, not per request."""
+
+    second = -1
+    value = b""
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if now != _DateCache.second:
+        _DateCache.value = datetimeToString(now)
+        _DateCache.second = now
+    return _DateCache.value
+
+
 class GuardedRequest(Request):
     """Counts the body as it arrives and stops at the limit, chunked bodies included.
 
@@ -122,6 +137,29 @@ class GuardedRequest(Request):
     _parsePOSTFormSubmission = False
     body_limit: int | None = None
     body_received = 0
+
+    def process(self) -> None:
+        """twisted.web's ``process`` without resource traversal when the root is a leaf.
+
+        The gateway's site has one leaf resource, so splitting and unquoting the
+        path into ``postpath`` (and formatting the Date header) per request only
+        cost CPU. An embedding application's resource tree takes the usual path.
+        """
+        site: Site = self.channel.site  # type: ignore[attr-defined]
+        root = site.resource
+        if not getattr(root, "isLeaf", False) or self.path == b"*":
+            super().process()
+            return
+        self.site = site
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", _http_date())
+        self.prepath = []
+        self.postpath = []
+        self.sitepath: list[bytes] = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
@@ -152,6 +190,25 @@ class GuardedChannel(HTTPChannel):
         self._header_timer: IDelayedCall | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
+
+    # -- per-connection facts, looked up once ------------------------------
+
+    _host: Any = None
+    _secure: bool | None = None
+
+    def getHost(self) -> Any:
+        """The local address; twisted.web asks per request (a getsockname syscall)."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def isSecure(self) -> bool:
+        """Whether the transport is TLS; an interface adaptation, so asked once."""
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     # -- connection life -------------------------------------------------
 

@@ -8,6 +8,7 @@ the policy. Everything here is immutable and free of I/O.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -47,6 +48,12 @@ class ClientIdentity:
     @property
     def leaf(self) -> x509.Certificate | None:
         return self.chain[0] if self.chain else None
+
+    @functools.cached_property
+    def subject(self) -> str | None:
+        """The leaf's RFC 4514 subject, computed once per identity (not per request)."""
+        leaf = self.leaf
+        return leaf.subject.rfc4514_string() if leaf is not None else None
 
     @property
     def verified(self) -> bool:

@@ -10,12 +10,10 @@ Schemes are ``IAuthenticator`` providers, so a plugin can add one.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography import x509
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
 
@@ -68,15 +66,7 @@ class MutualSslAuthenticator:
             return SchemeResult(False, True, reason=identity.reason or reasons.INVALID)
         if api.aliases is not None and not (identity.trust_aliases & api.aliases):
             return SchemeResult(False, True, reason=reasons.NOT_FOR_API)
-        leaf = identity.leaf
-        principal = _subject(leaf) if leaf is not None else None
-        return SchemeResult(True, True, principal=principal)
-
-
-@functools.lru_cache(maxsize=4096)
-def _subject(leaf: x509.Certificate) -> str:
-    """RFC 4514 subject, once per certificate (the same caller sends many requests)."""
-    return leaf.subject.rfc4514_string()
+        return SchemeResult(True, True, principal=identity.subject)
 
 
 API_KEY_HEADER = b"apikey"

@@ -8,6 +8,7 @@ exactly that path: it has nothing left to reinterpret.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,7 +40,19 @@ def normalise(path: bytes) -> bytes:
     escaped '/', '\\', NUL or ';'; decode escapes of unreserved characters and
     upper-case the rest; drop ``;params`` from each segment; collapse empty
     segments; resolve ``.`` and ``..`` (refusing to climb above the root).
+    Results for short paths are cached (the guard and the router both ask, and
+    callers repeat paths); at most 4096 entries of at most 512 bytes, so unique
+    long paths cannot grow memory. Refusals are never cached.
     """
+    if len(path) <= _CACHED_PATH_BYTES:
+        return _normalise_cached(path)
+    return _normalise(path)
+
+
+_CACHED_PATH_BYTES = 512
+
+
+def _normalise(path: bytes) -> bytes:
     if not path.startswith(b"/"):
         raise BadPath("request target must be an absolute path")
     if any(b < 0x21 or b == 0x7F or b == 0x5C for b in path):
@@ -82,6 +95,9 @@ def normalise(path: bytes) -> bytes:
             continue
         out.append(segment)
     return b"/" + b"/".join(out)
+
+
+_normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
 
 
 @dataclass(frozen=True)
