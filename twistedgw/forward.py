@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
@@ -44,15 +44,19 @@ from twisted.web._newclient import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _ensureValidURI,
 )
 from twisted.web._newclient import Request as _ClientRequest
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
     _HTTP11ClientFactory,
+    _StandardEndpointFactory,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
@@ -265,24 +269,64 @@ class _CachingAgent(Agent):
     Twisted's ``Agent.request`` builds a new endpoint per request, which runs
     the host name through IDNA encoding each time: about 8% of the gateway's CPU
     per keep-alive request in the scenario-1 profile (bench/README.md). Endpoints
-    hold no per-connection state, so one per (scheme, host, port) is reused.
+    hold no per-connection state, so one per (scheme, host, port, TLS policy) is reused.
+
+    With ``policy_for``, https targets get their TLS policy from it (per API,
+    and swapped on reload) and the policy joins the endpoint *and* the pool key:
+    a connection made with one TLS setting (trust, client certificate, name) is
+    never reused for a target that asks for another.
     """
 
     _MAX_ENDPOINTS = 1024
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        policy_for: Callable[[bytes], IPolicyForHTTPS] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(reactor, **kwargs)
+        self._policy_for = policy_for
+        self._connect_timeout = kwargs.get("connectTimeout")
+        self._endpoints: dict[tuple[bytes, bytes, int, IPolicyForHTTPS | None], Any] = {}
 
-    def _getEndpoint(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: Any = None,
+    ) -> Deferred[IResponse]:
+        # Agent.request, with the TLS policy in the endpoint and pool key.
+        policy = None
+        if self._policy_for is not None and uri.startswith(b"https://"):
+            policy = self._policy_for(uri)
+        parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+        key = (parsed.scheme, parsed.host, parsed.port, policy)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = super()._getEndpoint(uri)
+            factory = self._endpointFactory
+            if policy is not None:
+                factory = _StandardEndpointFactory(
+                    self._reactor, policy, self._connect_timeout, None
+                )
+            try:
+                endpoint = factory.endpointForURI(parsed)
+            except SchemeNotSupported:
+                return fail()
             if len(self._endpoints) >= self._MAX_ENDPOINTS:
                 self._endpoints.clear()
             self._endpoints[key] = endpoint
-        return endpoint
+        return self._requestWithEndpoint(
+            key,  # type: ignore[arg-type]  # the pool takes any hashable key
+            endpoint,
+            method,
+            parsed,
+            headers,
+            bodyProducer,
+            parsed.originForm,
+        )
 
 
 # -- forwarding --------------------------------------------------------------
@@ -297,7 +341,10 @@ class Forwarder:
         settings: ForwardSettings = ForwardSettings(),
         *,
         tls_policy: IPolicyForHTTPS | None = None,
+        tls_policy_for: Callable[[bytes], IPolicyForHTTPS] | None = None,
     ) -> None:
+        """``tls_policy_for(target)`` picks the TLS policy per https request (per API,
+        current config); without it every https backend gets ``tls_policy``."""
         self._reactor = reactor
         self._settings = settings
         self._pool = _Pool(reactor, persistent=True)
@@ -309,6 +356,7 @@ class Forwarder:
             contextFactory=tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS(),
             connectTimeout=settings.connect_timeout,
             pool=self._pool,
+            policy_for=tls_policy_for,
         )
         # Our own cooperator so body uploads run on the reactor we were given.
         self._cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))
