@@ -1,12 +1,15 @@
 """A small real echo backend for tests: ``python tests/backend.py --port 0 --port-file F``.
 
 HTTP/1.1 with keep-alive on 127.0.0.1 (twisted.web), plain or, with
-``--tls-cert``/``--tls-key``, HTTPS. The actual port is written to F
-(atomically) once listening. Endpoints:
+``--tls-cert``/``--tls-key``, HTTPS; ``--tls-client-ca CA`` then requires a
+client certificate issued by that CA (the handshake fails without one). The
+actual port is written to F (atomically) once listening. Endpoints:
 
 * any path (default) -> 200 JSON ``{"method", "path" (raw, with query),
   "headers": [[name, value], ...] in wire order with repeats, "body_sha256",
-  "body_len"}``; the body is hashed as it arrives, never stored.
+  "body_len"}``; the body is hashed as it arrives, never stored. Over HTTPS
+  also ``"tls_client_subject"``: the RFC 4514 subject of the client
+  certificate, or null.
 * ``/status/NNN[?phrase=P]`` -> that status (JSON echo body unless 204/304/HEAD).
 * ``/cookies`` -> two Set-Cookie headers.
 * ``/headers?set=Name:Value&set=...`` -> 200 echo with those response headers
@@ -19,6 +22,8 @@ HTTP/1.1 with keep-alive on 127.0.0.1 (twisted.web), plain or, with
   (``?chunked`` to use chunked framing instead of Content-Length).
 * ``/connections`` -> JSON ``{"accepted": N, "open": M}``: TCP connections
   accepted so far and open now (keep-alive reuse is observable).
+* ``/requests`` -> JSON ``{"requests": N}``: requests received before this one
+  (whether anything was forwarded is observable).
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class CountingSite(server.Site):
         super().__init__(root)
         self.accepted = 0
         self.open = 0
+        self.requests = 0
         self.requestFactory = EchoRequest
         self.protocol = EchoChannel
 
@@ -137,16 +143,22 @@ class PatternProducer:
         self.stopped = True
 
 
+def _client_subject(request: EchoRequest) -> str | None:
+    peer = request.channel.transport.getPeerCertificate()
+    return None if peer is None else str(peer.to_cryptography().subject.rfc4514_string())
+
+
 def _echo(request: EchoRequest) -> bytes:
-    return json.dumps(
-        {
-            "method": request.method.decode("latin-1"),
-            "path": request.uri.decode("latin-1"),
-            "headers": [[n, v] for n, v in request.raw_headers],
-            "body_sha256": request.body_hash.hexdigest(),
-            "body_len": request.body_len,
-        }
-    ).encode()
+    echo: dict[str, Any] = {
+        "method": request.method.decode("latin-1"),
+        "path": request.uri.decode("latin-1"),
+        "headers": [[n, v] for n, v in request.raw_headers],
+        "body_sha256": request.body_hash.hexdigest(),
+        "body_len": request.body_len,
+    }
+    if request.isSecure():
+        echo["tls_client_subject"] = _client_subject(request)
+    return json.dumps(echo).encode()
 
 
 def _send_json(
@@ -175,6 +187,8 @@ class Backend(resource.Resource):
 
     def render(self, request: server.Request) -> bytes | int:
         assert isinstance(request, EchoRequest)
+        site = self._site_ref[0]
+        site.requests += 1
         parts = request.path.decode("latin-1").strip("/").split("/")
         head = parts[0]
         try:
@@ -201,10 +215,10 @@ class Backend(resource.Resource):
             elif head == "reset":
                 self._reset(request)
             elif head == "connections":
-                site = self._site_ref[0]
-                _send_json(
-                    request, json.dumps({"accepted": site.accepted, "open": site.open}).encode()
-                )
+                counts = {"accepted": site.accepted, "open": site.open}
+                _send_json(request, json.dumps(counts).encode())
+            elif head == "requests":
+                _send_json(request, json.dumps({"requests": site.requests - 1}).encode())
             else:
                 _send_json(request, _echo(request))
         except ValueError:
@@ -249,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS instead of HTTP")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", help="PEM CA: require a client certificate it issued (with --tls-cert)"
+    )
     args = parser.parse_args(argv)
 
     site_ref: list[CountingSite] = []
@@ -257,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     site.noisy = False
     if args.tls_cert:
         with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
-            options = ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
+            identity = ssl.PrivateCertificate.loadPEM(c.read() + k.read())
+        if args.tls_client_ca:
+            with open(args.tls_client_ca, "rb") as f:
+                options = identity.options(ssl.Certificate.loadPEM(f.read()))
+        else:
+            options = identity.options()
         port = reactor.listenSSL(args.port, site, options, interface=args.host)
     else:
         port = reactor.listenTCP(args.port, site, interface=args.host)

@@ -70,11 +70,16 @@ def spawn_with_port_file(
 
 
 def start_backend(
-    tmp_path: Path, *, tls: tuple[Path, Path] | None = None, timeout: float = 10.0
+    tmp_path: Path,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    client_ca: Path | None = None,
+    timeout: float = 10.0,
 ) -> BackendProcess:
     """Start tests/backend.py on a free port; call `.stop()` when done.
 
     `tls` = (certificate PEM, key PEM) serves HTTPS; `url` then says https.
+    `client_ca` (with `tls`) requires a client certificate that CA issued.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
     port_file = tmp_path / "backend.port"
@@ -82,6 +87,8 @@ def start_backend(
     argv = [sys.executable, str(TESTS / "backend.py"), "--port", "0", "--port-file", str(port_file)]
     if tls is not None:
         argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if client_ca is not None:
+            argv += ["--tls-client-ca", str(client_ca)]
     proc, port = spawn_with_port_file(argv, port_file, log, timeout)
     scheme = "https" if tls is not None else "http"
     return BackendProcess(port, f"{scheme}://127.0.0.1:{port}", proc, log)

@@ -177,6 +177,84 @@ CASES: list[Case] = [
         ("tls.truststore: APIs with mutual_ssl need a truststore",),
     ),
     Case(
+        "backend-tls-missing-ca-file",
+        lambda p: gateway_config(
+            p, [api()], port=0, extra='[backend_tls]\ntrusted_certificate = "no-such-ca.pem"\n'
+        ),
+        ("backend_tls.trusted_certificate: file not found",),
+    ),
+    Case(
+        "backend-tls-ca-is-not-a-certificate",
+        lambda p: gateway_config(
+            p,
+            [api()],
+            port=0,
+            extra=f'[backend_tls]\ntrusted_certificate = "{p.gateway_client_key}"\n',
+        ),
+        ("backend_tls.trusted_certificate: … no PEM or DER certificate in it",),
+    ),
+    Case(
+        "backend-tls-certificate-without-private-key",
+        lambda p: gateway_config(
+            p,
+            [
+                api(
+                    backend="https://127.0.0.1:8443",
+                    backend_tls={"certificate": str(p.gateway_client_cert)},
+                )
+            ],
+            port=0,
+        ),
+        ("apis[0].backend_tls.private_key: certificate and private_key go together",),
+    ),
+    Case(
+        "backend-tls-key-does-not-match",
+        lambda p: gateway_config(
+            p,
+            [api()],
+            port=0,
+            extra=f'[backend_tls]\ncertificate = "{p.gateway_client_cert}"\n'
+            f'private_key = "{p.backend_key}"\n',
+        ),
+        ("backend_tls.private_key: … the private key does not match the certificate",),
+    ),
+    Case(
+        "backend-tls-on-an-http-backend",
+        lambda p: gateway_config(
+            p, [api(backend_tls={"trusted_certificate": str(p.backend_ca)})], port=0
+        ),
+        ("apis[0].backend_tls: applies to https:// backends only",),
+    ),
+    Case(
+        "backend-tls-bad-server-name",
+        lambda p: gateway_config(
+            p, [api()], port=0, extra='[backend_tls]\nserver_name = "two words"\n'
+        ),
+        ("backend_tls.server_name: must be a host name or an IP address",),
+    ),
+    Case(
+        "backend-tls-cannot-be-switched-off",
+        lambda p: gateway_config(p, [api()], port=0, extra="[backend_tls]\nverify = false\n"),
+        ("backend_tls.verify: unknown key",),
+    ),
+    Case(
+        "backend-tls-same-backend-different-settings",
+        lambda p: gateway_config(
+            p,
+            [
+                api(backend="https://127.0.0.1:8443/v2"),
+                api(
+                    name="b",
+                    context="/b",
+                    backend="https://127.0.0.1:8443/v2/b",
+                    backend_tls={"server_name": "localhost"},
+                ),
+            ],
+            port=0,
+        ),
+        ("apis[1].backend_tls: the backend URL … lies under that of apis[0]",),
+    ),
+    Case(
         "several-problems",
         lambda p: gateway_config(
             p,

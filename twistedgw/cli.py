@@ -105,6 +105,8 @@ def cmd_dev_pki(args: argparse.Namespace) -> int:
     print(f"  truststore: {pki.truststore_dir}/ and {pki.truststore_p12}")
     for name, (crt, _key) in sorted(pki.clients.items()):
         print(f"  client {name}: {crt}")
+    print(f"  https backend: {pki.backend_cert} (CA {pki.backend_ca}); gateway's client")
+    print(f"    certificate for it: {pki.gateway_client_cert} (CA {pki.gateway_client_ca})")
     return 0
 
 

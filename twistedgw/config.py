@@ -94,6 +94,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class BackendTlsConfig:
+    """How the gateway talks TLS to ``https://`` backends (NGINX's ``proxy_ssl_*``).
+
+    Verification is always on: there is deliberately no switch to turn it off.
+    """
+
+    trusted_certificate: Path | None = None  # PEM CA(s); None = the system trust store
+    certificate: Path | None = None  # the gateway's client certificate (PEM, + its chain)
+    private_key: Path | None = None
+    server_name: str | None = None  # verified and sent as SNI; None = the backend URL's host
+
+
+@dataclass(frozen=True)
 class Tier:
     alias: str
     requests_per_minute: int
@@ -111,6 +124,7 @@ class ApiConfig:
     max_body_bytes: int | None = None
     backend_timeout: float | None = None
     tiers: tuple[Tier, ...] = ()
+    backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
 
     @property
     def label(self) -> str:
@@ -179,10 +193,15 @@ class GatewayConfig:
     limits: Limits = Limits()
     workers: int = 1
     shutdown_timeout: float = 30.0
+    backend_tls: BackendTlsConfig = BackendTlsConfig()
 
     @property
     def needs_tls(self) -> bool:
         return any(listener.tls for listener in self.listeners)
+
+    def backend_tls_for(self, api: ApiConfig) -> BackendTlsConfig:
+        """The API's own ``backend_tls`` table if it has one (it replaces the global one)."""
+        return api.backend_tls if api.backend_tls is not None else self.backend_tls
 
 
 # --------------------------------------------------------------------------- reading
@@ -391,6 +410,49 @@ def _tls(r: _Reader) -> TlsConfig:
     return cfg
 
 
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _server_name(r: _Reader, key: str) -> str | None:
+    """A DNS name (IDNA allowed) or an IP address, as a backend certificate could name it."""
+    value = r.get(key, str, None)  # type: ignore[arg-type]
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        ascii_name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not _HOSTNAME_RE.match(ascii_name):
+        r.problem(key, f"must be a host name or an IP address, got {value!r}")
+        return None
+    return value
+
+
+def _backend_tls(r: _Reader) -> BackendTlsConfig:
+    cfg = BackendTlsConfig(
+        trusted_certificate=r.path_value("trusted_certificate"),
+        certificate=r.path_value("certificate"),
+        private_key=r.path_value("private_key"),
+        server_name=_server_name(r, "server_name"),
+    )
+    # Judge by the keys given, so a missing file is not also reported as a missing key.
+    if ("certificate" in r.table) != ("private_key" in r.table):
+        r.problem(
+            "private_key" if "certificate" in r.table else "certificate",
+            "certificate and private_key go together",
+        )
+    r.finish()
+    return cfg
+
+
 def _api(r: _Reader) -> ApiConfig | None:
     name = r.required("name", str)
     version = r.get("version", str, "")
@@ -407,6 +469,7 @@ def _api(r: _Reader) -> ApiConfig | None:
         )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
+    backend_tls = _backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     tiers = []
     for t in r.tables("tiers"):
         alias = t.required("alias", str)
@@ -444,6 +507,14 @@ def _api(r: _Reader) -> ApiConfig | None:
         elif parts.query or parts.fragment:
             r.problem("backend", "must not carry a query or fragment")
             backend = None
+        else:  # Twisted's Agent knows the scheme in lower case only
+            backend = parts.scheme + backend[len(parts.scheme) :]
+        if backend is not None and backend_tls is not None and parts.scheme != "https":
+            # Most likely a forgotten "s": say so rather than send plain HTTP.
+            r.problem(
+                "backend_tls",
+                f"applies to https:// backends only, but the backend is {backend!r}",
+            )
     r.finish()
     if name is None or context is None or backend is None:
         return None
@@ -458,7 +529,42 @@ def _api(r: _Reader) -> ApiConfig | None:
         max_body_bytes=max_body,
         backend_timeout=backend_timeout,
         tiers=tuple(tiers),
+        backend_tls=backend_tls,
     )
+
+
+def _backend_tls_overlaps(
+    file: Path, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
+) -> list[str]:
+    """Problems for https backends that backend TLS cannot tell apart.
+
+    The forwarder picks backend TLS settings by backend URL (the longest API
+    backend URL the request URL starts with), so two APIs whose backend URLs are
+    equal, or one a path prefix of the other, must agree on them.
+    """
+    problems = []
+    https = [(where, api) for where, api in apis if api.backend.startswith("https://")]
+    for j, (where_j, api_j) in enumerate(https):
+        tls_j = api_j.backend_tls if api_j.backend_tls is not None else default
+        for where_i, api_i in https[:j]:
+            tls_i = api_i.backend_tls if api_i.backend_tls is not None else default
+            if tls_i == tls_j:
+                continue
+            a, b = sorted((api_i.backend, api_j.backend), key=len)
+            if b == a or b.startswith(a + "/"):
+                relation = (
+                    "is the same as"
+                    if a == b
+                    else ("lies under" if b == api_j.backend else "contains")
+                )
+                problems.append(
+                    f"{file}: {where_j}.backend_tls: the backend URL {api_j.backend!r} "
+                    f"{relation} that of {where_i} ({api_i.backend!r}), whose backend TLS "
+                    "settings differ; backend TLS is chosen by backend URL, so give these APIs "
+                    "the same settings or backend URLs that are not prefixes of each other"
+                )
+                break
+    return problems
 
 
 def _mutual_ssl(r: _Reader) -> MutualSslConfig:
@@ -552,6 +658,7 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
     tls = _tls(top.sub("tls"))
 
     apis: list[ApiConfig] = []
+    api_paths: list[tuple[str, ApiConfig]] = []
     contexts: dict[str, str] = {}
     for r in top.tables("apis"):
         api = _api(r)
@@ -565,6 +672,7 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
             continue
         contexts[api.context] = r.path
         apis.append(api)
+        api_paths.append((r.path, api))
     if not raw.get("apis"):
         top.problem("apis", "at least one [[apis]] table is required")
 
@@ -646,6 +754,8 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         identity = IdentityConfig(forward=fwd, headers=tuple(pairs))
         a.finish()
     limits = _limits(top.sub("limits"))
+    backend_tls = _backend_tls(top.sub("backend_tls"))
+    problems.extend(_backend_tls_overlaps(file, api_paths, backend_tls))
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -691,4 +801,5 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         limits=limits,
         workers=workers,
         shutdown_timeout=shutdown_timeout,
+        backend_tls=backend_tls,
     )

@@ -345,6 +345,37 @@ class DevPki:
 
     P12_PASSWORD = "changeit"  # noqa: S105 - a dev PKI, documented as such
 
+    # Backend TLS ([backend_tls]): an https backend's own CA and server certificate
+    # (localhost, 127.0.0.1, ::1), and the gateway's client certificate from a CA
+    # of its own, for backends that require one.
+    @property
+    def backend_dir(self) -> Path:
+        return self.directory / "backend"
+
+    @property
+    def backend_ca(self) -> Path:
+        return self.backend_dir / "backend-ca.crt"
+
+    @property
+    def backend_cert(self) -> Path:
+        return self.backend_dir / "backend.crt"
+
+    @property
+    def backend_key(self) -> Path:
+        return self.backend_dir / "backend.key"
+
+    @property
+    def gateway_client_ca(self) -> Path:
+        return self.backend_dir / "gateway-client-ca.crt"
+
+    @property
+    def gateway_client_cert(self) -> Path:
+        return self.backend_dir / "gateway-client.crt"
+
+    @property
+    def gateway_client_key(self) -> Path:
+        return self.backend_dir / "gateway-client.key"
+
 
 def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     """Write a complete dev PKI below ``directory``.
@@ -365,6 +396,8 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     other_root = Authority.root("twistedgw dev other root", key_type)
     lb_ca = Authority.root("twistedgw dev load balancer CA", key_type)
     untrusted = Authority.root("twistedgw dev untrusted root", key_type)
+    backend_root = Authority.root("twistedgw dev backend root", key_type)
+    gateway_client_ca = Authority.root("twistedgw dev gateway client CA", key_type)
 
     issued: dict[str, Issued] = {
         "server": server_root.server(("localhost",)),
@@ -401,6 +434,8 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
             "other-root": other_root,
             "lb-ca": lb_ca,
             "untrusted": untrusted,
+            "backend-root": backend_root,
+            "gateway-client-ca": gateway_client_ca,
         },
         issued=issued,
     )
@@ -440,4 +475,12 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
         if stem != "server":
             pki.clients[stem] = item.write(clients_dir, stem)
     (directory / "untrusted-root.crt").write_bytes(cert_pem(untrusted.cert))
+
+    # Not callers of the gateway, so not in clients/: see the DevPki backend_* paths.
+    issued["backend"] = backend_root.server(("localhost",))
+    issued["gateway-client"] = gateway_client_ca.issue("twistedgw gateway")
+    issued["backend"].write(pki.backend_dir, "backend")
+    issued["gateway-client"].write(pki.backend_dir, "gateway-client")
+    pki.backend_ca.write_bytes(cert_pem(backend_root.cert))
+    pki.gateway_client_ca.write_bytes(cert_pem(gateway_client_ca.cert))
     return pki

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
@@ -243,17 +244,21 @@ class Forwarder:
         settings: ForwardSettings = ForwardSettings(),
         *,
         tls_policy: IPolicyForHTTPS | None = None,
+        tls_policy_for: Callable[[bytes], IPolicyForHTTPS] | None = None,
     ) -> None:
+        """``tls_policy_for(target)`` picks the TLS policy per https request (per API,
+        current config); without it every https backend gets ``tls_policy``."""
         self._reactor = reactor
         self._settings = settings
         self._tls = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+        self._tls_for = tls_policy_for
         self._upstream = Upstream(
             reactor,
             connect_timeout=settings.connect_timeout,
             max_idle_per_origin=settings.max_persistent_per_host,
             idle_timeout=settings.cached_connection_timeout,
         )
-        self._origins: dict[tuple[bytes, int], Origin] = {}
+        self._origins: dict[tuple[bytes, IPolicyForHTTPS], Origin] = {}
 
     def _split(self, target: bytes, tls: IPolicyForHTTPS) -> tuple[Origin, bytes]:
         """Absolute URL -> (origin, path and query); origins are parsed once each."""
@@ -267,7 +272,7 @@ class Forwarder:
             base, rest = target[:cut], b"/" + target[cut:]
         else:
             base, rest = target[:path_start], target[path_start:]
-        key = (base, id(tls))
+        key = (base, tls)
         origin = self._origins.get(key)
         if origin is None:
             origin = parse_origin(base, tls)
@@ -298,9 +303,11 @@ class Forwarder:
             settings = replace(settings, backend_timeout=backend_timeout)
         exchange = _Exchange(self, request, target, on_done, settings)
         try:
-            exchange.start(
-                tls_policy if tls_policy is not None else self._tls, add_headers, remove_headers
-            )
+            if tls_policy is None:
+                tls_policy = self._tls
+                if self._tls_for is not None and target[:8].lower() == b"https://":
+                    tls_policy = self._tls_for(target)
+            exchange.start(tls_policy, add_headers, remove_headers)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_describe(target))
             exchange.fail_internal()
@@ -485,7 +492,7 @@ class _Exchange:
         self._send_error(err, kind)
 
     def _classify(self, error: UpstreamError) -> tuple[str, errors.GatewayError]:
-        if error.caused_by(SSL.Error):
+        if error.caused_by(SSL.Error, VerificationError):
             return "other", errors.backend_unavailable("TLS with the backend failed")
         if isinstance(error, ConnectFailed):
             if error.caused_by(ierror.TimeoutError):

@@ -149,18 +149,28 @@ def load_truststore(path: Path, password: str | None = None) -> TrustStore:
     return TrustStore(str(path), tuple(entries))
 
 
-def load_keystore_pem(cert_path: Path, key_path: Path) -> KeyStore:
-    certs = load_pem_certificates(cert_path, "tls.certificate")
-    data = _read(key_path, "tls.private_key")
+def load_keystore_pem(
+    cert_path: Path,
+    key_path: Path,
+    *,
+    cert_what: str = "tls.certificate",
+    key_what: str = "tls.private_key",
+) -> KeyStore:
+    """A PEM certificate (leaf first, then its chain) and its unencrypted PEM key.
+
+    ``cert_what``/``key_what`` name the config keys in error messages.
+    """
+    certs = load_pem_certificates(cert_path, cert_what)
+    data = _read(key_path, key_what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise PkiError(f"tls.private_key {key_path}: not an unencrypted PEM private key") from None
+        raise PkiError(f"{key_what} {key_path}: not an unencrypted PEM private key") from None
     if not isinstance(
         key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
     ):
-        raise PkiError(f"tls.private_key {key_path}: unsupported key type")
-    _check_pair(certs[0], key, str(key_path))
+        raise PkiError(f"{key_what} {key_path}: unsupported key type")
+    _check_pair(certs[0], key, f"{key_what} {key_path}")
     return KeyStore(str(cert_path), certs[0], key, tuple(certs[1:]))
 
 

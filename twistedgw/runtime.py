@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twistedgw import pki, revocation
+from twistedgw import backendtls, pki, revocation
 from twistedgw.chainverify import ChainVerifier
 from twistedgw.config import ConfigError, GatewayConfig
 from twistedgw.policy import ApiKeyAuthenticator, IAuthenticator, MutualSslAuthenticator, Policy
@@ -27,6 +27,9 @@ class Runtime:
     policy: Policy
     header_verifier: ChainVerifier | None
     revocation: revocation.RevocationChecker | None = None  # CRLs are re-read on reload
+    # TLS to https:// backends; a reload swaps it with the rest, and the forwarder's
+    # pool is keyed by its policies, so changed settings get new connections.
+    backend_tls: backendtls.BackendTls | None = None
 
 
 def authenticators(config: GatewayConfig) -> list[IAuthenticator]:
@@ -73,6 +76,11 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
         checker = revocation.build(tls)
     except revocation.CrlError as e:
         problems.append(f"{file}: tls.crl: {e}")
+    backend_tls = None
+    try:
+        backend_tls = backendtls.build(config)
+    except ConfigError as e:
+        problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
 
@@ -96,4 +104,5 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
         policy=Policy(authenticators(config)),
         header_verifier=header_verifier,
         revocation=checker,
+        backend_tls=backend_tls,
     )

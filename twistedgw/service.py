@@ -21,12 +21,14 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import config as configmod
 from twistedgw import guard, pki, runtime
 from twistedgw.admin import AdminService
+from twistedgw.backendtls import BackendPolicy
 from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.drain import ConnectionTracker
 from twistedgw.forward import Forwarder, ForwardSettings
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from twistedgw.workers import Supervisor
 
 log = Logger()
+
+_SYSTEM_TRUST = BackendPolicy()
 
 
 def listener_endpoint(reactor: Any, listener: Listener) -> Any:
@@ -137,6 +141,7 @@ class GatewayService(service.Service):
                 connect_timeout=limits.backend_connect_timeout,
                 backend_timeout=limits.backend_timeout,
             ),
+            tls_policy_for=self._backend_tls_policy,
         )
         self.gateway = Gateway(built, self.forwarder)
         self.site = GatewaySite(GatewayResource(self.gateway))
@@ -156,6 +161,13 @@ class GatewayService(service.Service):
                 self.admin = AdminService(reactor, config.admin, self.metrics, self.readiness)
         self.access_log: AccessLog | None = None
         self._set_access_log(config)
+
+    def _backend_tls_policy(self, target: bytes) -> IPolicyForHTTPS:
+        """The TLS policy for an https target under the config in force *now*."""
+        backend_tls = self.gateway.runtime.backend_tls
+        if backend_tls is None:  # a Runtime built by hand, without runtime.build
+            return _SYSTEM_TRUST
+        return backend_tls.policy_for(target)
 
     def _set_access_log(self, config: GatewayConfig) -> None:
         """Open (or reopen, for logrotate) the access log ``config`` asks for."""
@@ -335,6 +347,13 @@ def log_startup(
             aliases=aliases,
             key=api.api_key.value,
         )
+    if built.backend_tls is not None:
+        for api in config.apis:
+            if api.backend.startswith("https://"):
+                policy = built.backend_tls.policy_for(api.backend.encode())
+                log.info(
+                    "Backend TLS for API {label}: {tls}", label=api.label, tls=policy.describe()
+                )
     if built.truststore is not None:
         for entry in built.truststore.entries:
             log.info(

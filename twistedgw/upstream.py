@@ -96,6 +96,9 @@ class ResponseHandler(TypingProtocol):
     def response_failed(self, error: UpstreamError) -> None: ...
 
 
+PoolKey = tuple[bytes, bytes, int, IPolicyForHTTPS | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where to connect; ``key`` identifies the pool the connection belongs to."""
@@ -107,8 +110,10 @@ class Origin:
     tls: IPolicyForHTTPS | None
 
     @property
-    def key(self) -> tuple[bytes, bytes, int, int]:
-        return (self.scheme, self.host, self.port, id(self.tls))
+    def key(self) -> PoolKey:
+        # Policies compare by their settings (backendtls.BackendPolicy), so a
+        # connection is only reused for a target that asks for the same TLS.
+        return (self.scheme, self.host, self.port, self.tls)
 
 
 class Call:
@@ -184,8 +189,8 @@ class Upstream:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[bytes, bytes, int, int], list[_Connection]] = {}
-        self._endpoints: dict[tuple[bytes, bytes, int, int], IStreamClientEndpoint] = {}
+        self._idle: dict[PoolKey, list[_Connection]] = {}
+        self._endpoints: dict[PoolKey, IStreamClientEndpoint] = {}
         self._sweeper: IDelayedCall | None = None
         self._open: set[_Connection] = set()
 
