@@ -1,0 +1,360 @@
+"""The lean backend client (twistedgw/upstream.py).
+
+Pure parsing and chunk decoding, the connection protocol over an in-memory
+transport (retry of a dead pooled connection, early answers, pacing), and a
+real gateway-side forwarder against a scripted raw-socket backend for the
+responses a well-behaved echo backend never sends.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import error as ierror
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from tests.test_forward import call, start_harness
+from twistedgw.upstream import (
+    Call,
+    NoResponse,
+    ResponseHead,
+    Truncated,
+    Upstream,
+    UpstreamError,
+    _ChunkDecoder,
+    _Connection,
+    _parse_head,
+    parse_origin,
+)
+
+# -- parsing -----------------------------------------------------------------
+
+
+def test_head_with_repeated_headers_and_length() -> None:
+    parsed = _parse_head(
+        b"HTTP/1.1 201 Created\r\nSet-Cookie: a=1\r\nContent-Length: 5\r\nSet-Cookie: b=2",
+        False,
+    )
+    assert parsed is not None
+    head, _framing, length, keep = parsed
+    assert (head.code, head.phrase, head.length, length, keep) == (201, b"Created", 5, 5, True)
+    assert [v for n, v in head.headers if n == b"Set-Cookie"] == [b"a=1", b"b=2"]
+
+
+def test_interim_responses_are_skipped_but_upgrades_refused() -> None:
+    assert _parse_head(b"HTTP/1.1 100 Continue", False) is None
+    assert _parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>", False) is None
+    with pytest.raises(ValueError, match="upgrades"):
+        _parse_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket", False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/2 200 OK",
+        b"HTTP/1.1 2000 OK",
+        b"HTTP/1.1 abc OK",
+        b"HTTP/1.1 200 OK\r\n folded: value",
+        b"HTTP/1.1 200 OK\r\nNo-Colon",
+        b"HTTP/1.1 200 OK\r\nBad Name: x",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6",
+    ],
+)
+def test_invalid_heads_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        _parse_head(raw, False)
+
+
+def test_framing_rules() -> None:
+    def framing(raw: bytes, head_only: bool = False) -> tuple[int, int, bool]:
+        parsed = _parse_head(raw, head_only)
+        assert parsed is not None
+        return parsed[1], parsed[2], parsed[3]
+
+    # identical duplicate lengths are one length
+    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3") == (0, 3, True)
+    # chunked wins over a length, and the connection is not reused afterwards
+    assert framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3") == (
+        1, 0, False)
+    # no length: read until close, never reuse
+    assert framing(b"HTTP/1.1 200 OK") == (2, 0, False)
+    assert framing(b"HTTP/1.0 200 OK\r\nContent-Length: 2") == (0, 2, False)
+    assert framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2") == (0, 2, False)
+    # HEAD and 204/304 have no body whatever the headers say
+    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 99", head_only=True) == (0, 0, True)
+    assert framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99") == (0, 0, True)
+
+
+def _chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
+    out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return out + b"0\r\n" + trailers + b"\r\n"
+
+
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    cuts=st.lists(st.integers(min_value=1, max_value=50), max_size=40),
+    trailers=st.sampled_from([b"", b"X-Checksum: abc\r\n"]),
+)
+def test_chunk_decoder_reassembles_any_split(
+    pieces: list[bytes], cuts: list[int], trailers: bytes
+) -> None:
+    wire = _chunked(pieces, trailers) + b"EXTRA"
+    decoder = _ChunkDecoder()
+    body, done, extra, pos = b"", False, b"", 0
+    sizes = iter(cuts)
+    while pos < len(wire) and not done:
+        step = next(sizes, len(wire))
+        out, done, extra = decoder.feed(wire[pos : pos + step])
+        body += b"".join(out)
+        pos += step
+    assert done and body == b"".join(pieces)
+    assert extra + wire[pos:] == b"EXTRA"
+
+
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"5\r\nhelloXX", b"1" * 20 + b"\r\n", b"-1\r\n"])
+def test_chunk_decoder_refuses_garbage(wire: bytes) -> None:
+    with pytest.raises(ValueError):
+        _ChunkDecoder().feed(wire)
+
+
+def test_origins() -> None:
+    o = parse_origin(b"https://Example.COM", None)
+    assert (o.scheme, o.host, o.port, o.host_header) == (b"https", b"example.com", 443,
+                                                         b"example.com")
+    assert parse_origin(b"http://[::1]:8080", None).host_header == b"[::1]:8080"
+    with pytest.raises(ValueError):
+        parse_origin(b"ftp://x", None)
+
+
+# -- the connection protocol in memory ----------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.heads: list[ResponseHead] = []
+        self.data: list[bytes] = []
+        self.ended = 0
+        self.failures: list[UpstreamError] = []
+
+    def response_head(self, head: ResponseHead) -> None:
+        self.heads.append(head)
+
+    def response_data(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def response_end(self) -> None:
+        self.ended += 1
+
+    def response_failed(self, error: UpstreamError) -> None:
+        self.failures.append(error)
+
+
+class _Pool(Upstream):
+    """An Upstream whose new connections are in-memory and recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactorClock())
+        self.made: list[tuple[_Connection, StringTransport]] = []
+
+    def _connect(self, call: Call) -> None:
+        conn = _Connection(self, call.origin)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        self.made.append((conn, transport))
+        conn.start(call, reused=False)
+
+
+ORIGIN = parse_origin(b"http://127.0.0.1:9", None)
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_keep_alive_connection_is_parked_and_reused() -> None:
+    pool, first, second = _Pool(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, first)
+    conn, transport = pool.made[0]
+    assert transport.value() == GET
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert first.ended == 1 and first.data == [b"ok"] and not first.failures
+    pool.request(ORIGIN, b"GET", GET, None, second)
+    assert len(pool.made) == 1  # the same connection carried the second request
+    conn.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert second.ended == 1 and second.heads[0].code == 204
+
+
+def test_dead_pooled_connection_is_retried_once_for_idempotent_requests() -> None:
+    pool, first, second = _Pool(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, first)
+    conn, _ = pool.made[0]
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    pool.request(ORIGIN, b"GET", GET, None, second)  # on the parked connection
+    conn.connectionLost(Failure(ierror.ConnectionDone()))  # the backend had closed it
+    assert len(pool.made) == 2 and not second.failures  # retried on a new connection
+    pool.made[1][0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert second.ended == 1
+
+
+def test_a_post_on_a_dead_pooled_connection_is_not_retried() -> None:
+    pool, first, second = _Pool(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, first)
+    conn, _ = pool.made[0]
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    pool.request(ORIGIN, b"POST", b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", None, second)
+    conn.connectionLost(Failure(ierror.ConnectionDone()))
+    assert len(pool.made) == 1
+    assert isinstance(second.failures[0], NoResponse)
+
+
+def test_truncated_body_fails_and_close_delimited_body_ends() -> None:
+    pool, cut, whole = _Pool(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, cut)
+    conn, _ = pool.made[0]
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    conn.connectionLost(Failure(ierror.ConnectionLost()))
+    assert isinstance(cut.failures[0], Truncated) and cut.ended == 0
+
+    pool.request(ORIGIN, b"GET", GET, None, whole)
+    conn, _ = pool.made[1]
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    conn.connectionLost(Failure(ierror.ConnectionDone()))
+    assert whole.ended == 1 and b"".join(whole.data) == b"all of it"
+
+
+def test_an_answer_before_the_upload_ends_stops_the_upload_and_the_reuse() -> None:
+    import io
+
+    pool, rec = _Pool(), Recorder()
+    body = io.BytesIO(b"x" * 1_000_000)
+    pool.request(ORIGIN, b"POST", b"POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n", body, rec)
+    conn, transport = pool.made[0]
+    assert transport.producer is not None  # the body pump is feeding the socket
+    conn.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert rec.heads[0].code == 413 and rec.ended == 1
+    assert transport.producer is None and transport.disconnecting  # not parked
+    assert not pool._idle.get(ORIGIN.key)
+
+
+def test_cancel_is_silent_and_closes_the_connection() -> None:
+    pool, rec = _Pool(), Recorder()
+    c = pool.request(ORIGIN, b"GET", GET, None, rec)
+    conn, transport = pool.made[0]
+    c.cancel()
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert (rec.heads, rec.ended, rec.failures) == ([], 0, [])
+    assert transport.disconnecting
+
+
+def test_pause_and_resume_drive_the_backend_transport() -> None:
+    pool, rec = _Pool(), Recorder()
+    c = pool.request(ORIGIN, b"GET", GET, None, rec)
+    _, transport = pool.made[0]
+    c.pause()
+    assert transport.producerState == "paused"
+    c.resume()
+    assert transport.producerState == "producing"
+
+
+# -- against a real forwarder and a scripted backend ----------------------------
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[bytes], int]]:
+    """A one-shot raw backend: answers every connection with the given bytes."""
+    sockets: list[socket.socket] = []
+
+    def start(reply: bytes) -> int:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        sockets.append(srv)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(reply)
+                    try:
+                        conn.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        return int(srv.getsockname()[1])
+
+    yield start
+    for s in sockets:
+        s.close()
+
+
+def _forward_once(tmp_path: Path, port: int, path: str = "/x") -> Any:
+    harness = start_harness(tmp_path, f"http://127.0.0.1:{port}")
+    try:
+        return call(harness.port, "GET", path)
+    finally:
+        harness.stop()
+
+
+def test_interim_100_then_chunked_with_trailers_is_relayed(
+    tmp_path: Path, scripted: Callable[[bytes], int]
+) -> None:
+    port = scripted(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+        b"X-A: 1\r\n\r\n" + _chunked([b"hello ", b"chunked ", b"world"], b"X-Sum: 1\r\n")
+    )
+    reply = _forward_once(tmp_path, port)
+    assert reply.status == 200 and reply.body == b"hello chunked world"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"HTTP/1.1 2x0 Nope\r\n\r\n", b"SMTP ready\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx"],
+    ids=["bad-status", "not-http", "two-lengths"],
+)
+def test_invalid_backend_response_gives_503(
+    tmp_path: Path, scripted: Callable[[bytes], int], reply: bytes
+) -> None:
+    result = _forward_once(tmp_path, scripted(reply))
+    assert result.status == 503
+    assert result.json()["code"] == "101503"
+    assert result.json()["description"] == "backend sent an invalid response"
+
+
+def test_broken_chunked_body_aborts_the_client(
+    tmp_path: Path, scripted: Callable[[bytes], int]
+) -> None:
+    port = scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloZZ")
+    harness = start_harness(tmp_path, f"http://127.0.0.1:{port}")
+    try:
+        with socket.create_connection(("127.0.0.1", harness.port), timeout=10) as s:
+            s.sendall(b"GET /broken HTTP/1.1\r\nHost: gw\r\n\r\n")
+            seen, reset = b"", False
+            try:
+                while chunk := s.recv(65536):
+                    seen += chunk
+            except ConnectionResetError:
+                reset = True  # aborted: what arrived before the RST may be lost
+        # The connection was cut without the last chunk, so no client can take
+        # the body as complete.
+        assert reset or (seen.startswith(b"HTTP/1.1 200") and not seen.endswith(b"0\r\n\r\n"))
+        assert harness.result_for("/broken")["error_kind"] == "reset"
+    finally:
+        harness.stop()
