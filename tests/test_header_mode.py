@@ -311,6 +311,26 @@ def test_plain_direct_client_header_is_ignored_logged_and_not_forwarded(
     assert "BEGIN%20CERTIFICATE" not in log
 
 
+def test_a_flood_of_forged_headers_is_logged_once_per_address(plain: Gw, pki: DevPki) -> None:
+    """A direct client cannot fill the log by repeating the header: one line a minute."""
+    value = enc.url_pem(certs(pki, "partner-app"))
+    source = "127.0.0.9"  # no other test here sends from it
+    conn = connect(plain.process.port, source=source)
+    try:
+        for _ in range(45):  # keep-alive...
+            assert send(conn, PET, {HEADER: value}).status == 401
+    finally:
+        conn.close()
+    for _ in range(5):  # ...and new connections
+        assert error(plain.direct(PET, {HEADER: value}, source=source))[1] == "900902"
+    warnings = [
+        line for line in plain.process.output().splitlines()
+        if f"Ignored the {HEADER} header from {source}:" in line
+    ]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("not a trusted load balancer")
+
+
 def test_partner_with_trusted_certificate_cannot_claim_another_identity(
     tls: Gw, pki: DevPki
 ) -> None:

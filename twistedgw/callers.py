@@ -4,8 +4,9 @@ The header counts only on a connection that is provably a load balancer's:
 from ``trusted_proxies`` (when set) and, with ``enable_client_validation``,
 presenting a certificate that verifies under one of ``load_balancer_aliases``.
 A load balancer's own certificate never becomes the caller's identity. On any
-other connection the header is ignored (and logged), so a partner holding a
-trusted certificate cannot claim to be another partner.
+other connection the header is ignored (and logged, at most once a minute per
+source address), so a partner holding a trusted certificate cannot claim to be
+another partner.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from twisted.web.server import Request
 from twistedgw import lbheader, reasons
 from twistedgw.config import MutualSslConfig
 from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
+from twistedgw.ratelimitlog import RateLimitedLog
 from twistedgw.runtime import Runtime
 
 log = Logger()
+
+# A direct client chooses how often it sends the header: one line per source address
+# per minute, with the count of repeats, so it cannot flood the log. Shared by every
+# gateway in the process, like ``log``.
+ignored_header_warnings = RateLimitedLog(log)
 
 # A busy API sees the same few header values over and over; decoding (URL-unescape,
 # base64, DER parsing) cost more than the verdict-cache lookup it precedes. The
@@ -83,7 +90,8 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
     if not trusted:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
-            log.warn(
+            ignored_header_warnings.emit(
+                ip,
                 "Ignored the {header} header from {address}: not a trusted load balancer",
                 header=settings.certificate_header,
                 address=ip,
