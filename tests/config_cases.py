@@ -254,6 +254,65 @@ CASES: list[Case] = [
         ),
         ("apis[1].backend_tls: the backend URL … lies under that of apis[0]",),
     ),
+    # Config and key-material problems in one pass: the key material that does not
+    # depend on a broken key is still loaded and checked.
+    Case(
+        "bad-limit-and-unknown-alias",
+        lambda p: gateway_config(
+            p, [api(aliases=["partner-root", "ballerina"])], port=0,
+            extra="[limits]\nmax_body_bytes = -1\n",
+        ),
+        (
+            "limits.max_body_bytes: must be positive, got -1",
+            "apis[0].aliases: unknown truststore alias 'ballerina'",
+        ),
+    ),
+    Case(
+        "unknown-alias-keeps-its-api-index-after-a-broken-api",
+        lambda p: gateway_config(
+            p,
+            [api(name=None), api(name="b", context="/b", tiers=[{"alias": "nope",
+                                                                  "requests_per_minute": 5}])],
+            port=0,
+        ),
+        ("apis[0].name: is required", "apis[1].tiers: unknown truststore alias 'nope'"),
+    ),
+    Case(
+        "bad-enum-and-wrong-keystore-password",
+        lambda p: gateway_config(
+            p,
+            [api(mutual_ssl="required")],
+            port=0,
+            tls={"certificate": None, "private_key": None, "keystore": str(p.keystore_p12),
+                 "keystore_password": "wrong"},
+        ),
+        ("apis[0].mutual_ssl: must be one of", "keystore_password is wrong"),
+    ),
+    Case(
+        "bad-server-name-and-unreadable-backend-ca",
+        lambda p: gateway_config(
+            p,
+            [api(backend="https://127.0.0.1:8443", backend_tls={"server_name": "two words"})],
+            port=0,
+            extra=f'[backend_tls]\ntrusted_certificate = "{p.gateway_client_key}"\n',
+        ),
+        (
+            "apis[0].backend_tls.server_name: must be a host name",
+            "backend_tls.trusted_certificate: … no PEM or DER certificate in it",
+        ),
+    ),
+    Case(
+        "broken-truststore-keys-are-not-blamed-twice",
+        lambda p: gateway_config(
+            p,
+            [api(aliases=["ballerina"])],
+            port=0,
+            tls={"truststore": str(p.truststore_p12), "truststore_password": 1234},
+            extra="[limits]\nidle_timeout = 0\n",
+        ),
+        # No truststore could be read without its password: no alias can be judged.
+        ("tls.truststore_password: expected a string", "limits.idle_timeout: must be positive"),
+    ),
     Case(
         "several-problems",
         lambda p: gateway_config(

@@ -16,7 +16,8 @@ from twistedgw.devpki import DevPki
 
 
 def load_and_build(path: Path) -> runtime.Runtime:
-    return runtime.build(configmod.load(path))
+    """As ``twistedgw check`` and ``run`` do: config and key-material problems together."""
+    return runtime.load(path)
 
 
 def match_lines(lines: list[str], expect: tuple[str, ...], file: Path) -> None:
@@ -116,3 +117,52 @@ def test_api_key_is_stored_as_a_digest(pki: DevPki, tmp_path: Path) -> None:
 
     assert cfg.api_keys[0].sha256 == hashlib.sha256(KEY.encode()).digest()
     assert KEY not in path.read_text()
+
+
+def test_a_partly_broken_config_is_read_as_far_as_possible(pki: DevPki, tmp_path: Path) -> None:
+    """What ``runtime.load`` needs to check key material beside the config's problems."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        gateway_config(
+            pki,
+            [api(name=None), api(name="b", context="/b", mutual_ssl="sometimes")],
+            port=0,
+            tls={"truststore_password": 5},
+            extra="[limits]\nmax_body_bytes = -1\nidle_timeout = 5\n",
+        )
+    )
+    parsed = configmod.load_partial(path)
+    assert parsed.broken_keys == {
+        "apis[0].name", "apis[1].mutual_ssl", "tls.truststore_password", "limits.max_body_bytes"}
+    assert len(parsed.problems) == 4
+    assert all(line.startswith(f"{path.resolve()}: ") for line in parsed.problems)
+    # A broken key holds its default; a broken API is left out, the others keep their place.
+    assert parsed.api_paths == ("apis[1]",)
+    assert [(a.context, a.mutual_ssl) for a in parsed.config.apis] == [("/b", Mode.DISABLED)]
+    assert parsed.config.limits.max_body_bytes == configmod.Limits().max_body_bytes
+    assert parsed.config.limits.idle_timeout == 5.0
+    # broken(): the key itself, anything inside it, or a table holding it.
+    assert parsed.broken("tls.truststore_password") and not parsed.broken("tls.truststore")
+    assert parsed.broken("limits") and parsed.broken("apis[0]") and parsed.broken("apis")
+    assert not parsed.broken("apis[1].aliases") and not parsed.broken("apis[0].nam")
+    assert not parsed.broken("limits.max_body") and not parsed.broken("apis[1]x")
+    with pytest.raises(ConfigError) as info:
+        configmod.load(path)
+    assert tuple(info.value.problems) == parsed.problems
+
+
+def test_a_broken_table_breaks_every_key_in_it(pki: DevPki, tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'tls = 5\n[[listeners]]\nport = 0\ntls = false\n'
+        '[[apis]]\nname = "a"\ncontext = "/a"\nbackend = "http://127.0.0.1:1"\n'
+        'aliases = ["nope"]\n'
+    )
+    parsed = configmod.load_partial(path)
+    assert "tls" in parsed.broken_keys
+    assert parsed.broken("tls.truststore") and parsed.broken("tls.crl[0]")
+    assert not parsed.broken("tlsx") and not parsed.broken("backend_tls.certificate")
+    # Only the config's own problems: nothing is blamed on the defaults left in place.
+    with pytest.raises(ConfigError) as info:
+        runtime.load(path)
+    assert info.value.problems == [*parsed.problems]

@@ -14,7 +14,7 @@ there is deliberately no way to turn it off.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -196,11 +196,29 @@ def load_policy(settings: BackendTlsConfig, where: str) -> BackendPolicy:
     return BackendPolicy(trusted, client, settings.server_name)
 
 
-def build(config: GatewayConfig) -> BackendTls:
-    """The backend TLS of a config; raise ConfigError naming file and key on any problem."""
+def _never(where: str) -> bool:
+    return False
+
+
+def build(
+    config: GatewayConfig,
+    *,
+    api_paths: Sequence[str] | None = None,
+    skip: Callable[[str], bool] = _never,
+) -> BackendTls:
+    """The backend TLS of a config; raise ConfigError naming file and key on any problem.
+
+    For a config read only in part (``config.Parsed``), ``api_paths`` says where
+    each API was read, and ``skip(where)`` leaves out settings whose keys are
+    already reported broken, so their files are not blamed a second time.
+    """
     problems: list[str] = []
+    if api_paths is None:
+        api_paths = [f"apis[{i}]" for i in range(len(config.apis))]
 
     def load(settings: BackendTlsConfig, where: str) -> BackendPolicy:
+        if skip(where):
+            return BackendPolicy()
         try:
             return load_policy(settings, where)
         except pki.PkiError as e:
@@ -209,11 +227,11 @@ def build(config: GatewayConfig) -> BackendTls:
 
     default = load(config.backend_tls, "backend_tls")
     backends = []
-    for i, api in enumerate(config.apis):
+    for path, api in zip(api_paths, config.apis, strict=True):
         if not api.backend.startswith("https://"):
             continue
         policy = (
-            default if api.backend_tls is None else load(api.backend_tls, f"apis[{i}].backend_tls")
+            default if api.backend_tls is None else load(api.backend_tls, f"{path}.backend_tls")
         )
         backends.append((api.backend, policy))
     if problems:

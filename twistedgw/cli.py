@@ -25,10 +25,11 @@ def _fail(lines: list[str], code: int = EXIT_CONFIG) -> int:
 
 
 def _load(path: str) -> tuple[Any, Any]:
+    """The config and its Runtime; ConfigError lists config and key-material problems."""
     from twistedgw import runtime
 
-    cfg = configmod.load(path)
-    return cfg, runtime.build(cfg)
+    built = runtime.load(path)
+    return built.config, built
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -152,7 +153,7 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
     truststore = None
     if args.config:
         try:
-            built = runtime.build(configmod.load(args.config))
+            built = runtime.load(args.config)
         except ConfigError as e:
             return _fail(e.problems)
         truststore = built.truststore

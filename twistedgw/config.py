@@ -3,7 +3,9 @@
 Every problem names the file and the dotted key (``apis[2].mutual_ssl``) so an
 operator can fix it without reading code; all problems are collected and
 reported together. Relative paths are resolved against the config file's folder.
-Nothing here touches certificates: ``runtime.py`` loads those.
+Nothing here touches certificates: ``runtime.py`` loads those. So that it can
+check them even when other keys are broken, ``load_partial`` returns the model as
+far as it could be read, with the problems and the keys they concern.
 """
 
 from __future__ import annotations
@@ -204,7 +206,46 @@ class GatewayConfig:
         return api.backend_tls if api.backend_tls is not None else self.backend_tls
 
 
+def _within(key: str, other: str) -> bool:
+    """Whether dotted key ``other`` is ``key``, lies inside it, or is a table holding it."""
+    if other == key:
+        return True
+    inner, outer = (other, key) if len(other) > len(key) else (key, other)
+    return inner.startswith(outer) and inner[len(outer)] in ".["
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A config as far as it could be read, for checks that need not wait for a clean one.
+
+    Where a key was broken, ``config`` holds the default (or leaves the API out),
+    so anything read from a key that ``broken`` reports is not to be trusted.
+    """
+
+    config: GatewayConfig
+    problems: tuple[str, ...]  # one line each, naming file and key
+    broken_keys: frozenset[str]  # the dotted keys the problems name
+    api_paths: tuple[str, ...]  # where each of config.apis was read: "apis[3]"
+
+    def broken(self, key: str) -> bool:
+        """Whether a problem concerns ``key``, something inside it, or a table holding it."""
+        return any(_within(key, other) for other in self.broken_keys)
+
+
 # --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Problems:
+    """Problem lines, and the dotted keys they name (``Parsed.broken_keys``)."""
+
+    file: Path
+    lines: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+    def add(self, where: str, message: str) -> None:
+        self.lines.append(f"{self.file}: {where}: {message}")
+        self.keys.add(where)
 
 
 @dataclass
@@ -214,14 +255,14 @@ class _Reader:
     file: Path
     table: dict[str, Any]
     path: str
-    problems: list[str]
+    problems: _Problems
     seen: set[str] = field(default_factory=set)
 
     def where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.file}: {self.where(key)}: {message}")
+        self.problems.add(self.where(key), message)
 
     def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
         self.seen.add(key)
@@ -284,7 +325,7 @@ class _Reader:
         for i, item in enumerate(items):
             where = f"{self.where(key)}[{i}]"
             if not isinstance(item, dict):
-                self.problems.append(f"{self.file}: {where}: expected a table")
+                self.problems.add(where, "expected a table")
                 continue
             yield _Reader(self.file, item, where, self.problems)
 
@@ -534,15 +575,14 @@ def _api(r: _Reader) -> ApiConfig | None:
 
 
 def _backend_tls_overlaps(
-    file: Path, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
-) -> list[str]:
+    problems: _Problems, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
+) -> None:
     """Problems for https backends that backend TLS cannot tell apart.
 
     The forwarder picks backend TLS settings by backend URL (the longest API
     backend URL the request URL starts with), so two APIs whose backend URLs are
     equal, or one a path prefix of the other, must agree on them.
     """
-    problems = []
     https = [(where, api) for where, api in apis if api.backend.startswith("https://")]
     for j, (where_j, api_j) in enumerate(https):
         tls_j = api_j.backend_tls if api_j.backend_tls is not None else default
@@ -557,14 +597,14 @@ def _backend_tls_overlaps(
                     if a == b
                     else ("lies under" if b == api_j.backend else "contains")
                 )
-                problems.append(
-                    f"{file}: {where_j}.backend_tls: the backend URL {api_j.backend!r} "
+                problems.add(
+                    f"{where_j}.backend_tls",
+                    f"the backend URL {api_j.backend!r} "
                     f"{relation} that of {where_i} ({api_i.backend!r}), whose backend TLS "
                     "settings differ; backend TLS is chosen by backend URL, so give these APIs "
-                    "the same settings or backend URLs that are not prefixes of each other"
+                    "the same settings or backend URLs that are not prefixes of each other",
                 )
                 break
-    return problems
 
 
 def _mutual_ssl(r: _Reader) -> MutualSslConfig:
@@ -634,6 +674,12 @@ def _limits(r: _Reader) -> Limits:
 
 def load(path: str | Path) -> GatewayConfig:
     """Read and validate a config file; raise ConfigError listing every problem."""
+    file, raw = _read(path)
+    return parse(raw, file)
+
+
+def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The resolved path and its TOML; ConfigError if it cannot be read or is not TOML."""
     file = Path(path).resolve()
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -645,11 +691,26 @@ def load(path: str | Path) -> GatewayConfig:
         raise ConfigError([f"{file}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{file}: invalid TOML: {e}"]) from None
-    return parse(raw, file)
+    return file, raw
+
+
+def load_partial(path: str | Path) -> Parsed:
+    """Read a config file as far as possible; raise ConfigError only if it is not TOML."""
+    file, raw = _read(path)
+    return parse_partial(raw, file)
 
 
 def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
-    problems: list[str] = []
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    parsed = parse_partial(raw, file)
+    if parsed.problems:
+        raise ConfigError(list(parsed.problems))
+    return parsed.config
+
+
+def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
+    """The model with defaults where keys are broken, and every problem found."""
+    problems = _Problems(file)
     top = _Reader(file, raw, "", problems)
 
     listeners = tuple(_listener(r) for r in top.tables("listeners"))
@@ -665,9 +726,9 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         if api is None:
             continue
         if api.context in contexts:
-            problems.append(
-                f"{file}: {r.path}.context: duplicate context {api.context!r} "
-                f"(also used by {contexts[api.context]})"
+            r.problem(
+                "context",
+                f"duplicate context {api.context!r} (also used by {contexts[api.context]})",
             )
             continue
         contexts[api.context] = r.path
@@ -755,7 +816,7 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         a.finish()
     limits = _limits(top.sub("limits"))
     backend_tls = _backend_tls(top.sub("backend_tls"))
-    problems.extend(_backend_tls_overlaps(file, api_paths, backend_tls))
+    _backend_tls_overlaps(problems, api_paths, backend_tls)
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -765,29 +826,29 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
     uses_mtls = any(api.mutual_ssl is not Mode.DISABLED for api in apis)
     needs_tls = any(listener.tls for listener in listeners)
     if needs_tls and not (tls.keystore or tls.certificate):
-        problems.append(
-            f"{file}: tls.certificate: a TLS listener needs tls.certificate and tls.private_key "
-            "(or tls.keystore)"
+        problems.add(
+            "tls.certificate",
+            "a TLS listener needs tls.certificate and tls.private_key (or tls.keystore)",
         )
     if (uses_mtls or mutual_ssl.header_mode) and tls.truststore is None:
-        problems.append(f"{file}: tls.truststore: APIs with mutual_ssl need a truststore")
+        problems.add("tls.truststore", "APIs with mutual_ssl need a truststore")
     if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
-        problems.append(f"{file}: api_keys: an API uses api_key but no [[api_keys]] are defined")
+        problems.add("api_keys", "an API uses api_key but no [[api_keys]] are defined")
     if mutual_ssl.header_mode and mutual_ssl.enable_client_validation and not needs_tls:
-        problems.append(
-            f"{file}: mutual_ssl.enable_client_validation: is true (the default), which trusts "
-            "the certificate header only on a TLS connection where the load balancer presents "
-            "its own certificate, but no listener terminates TLS; add a TLS listener for the "
-            "load balancer, or set enable_client_validation = false with trusted_proxies"
+        problems.add(
+            "mutual_ssl.enable_client_validation",
+            "is true (the default), which trusts the certificate header only on a TLS "
+            "connection where the load balancer presents its own certificate, but no listener "
+            "terminates TLS; add a TLS listener for the load balancer, or set "
+            "enable_client_validation = false with trusted_proxies",
         )
     if uses_mtls and not needs_tls and not mutual_ssl.header_mode:
-        problems.append(
-            f"{file}: listeners: APIs use mutual_ssl but no listener terminates TLS and "
-            "[mutual_ssl].certificate_header is not set, so no certificate can ever arrive"
+        problems.add(
+            "listeners",
+            "APIs use mutual_ssl but no listener terminates TLS and "
+            "[mutual_ssl].certificate_header is not set, so no certificate can ever arrive",
         )
-    if problems:
-        raise ConfigError(problems)
-    return GatewayConfig(
+    config = GatewayConfig(
         source=file,
         listeners=listeners,
         tls=tls,
@@ -802,4 +863,10 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
         workers=workers,
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
+    )
+    return Parsed(
+        config=config,
+        problems=tuple(problems.lines),
+        broken_keys=frozenset(problems.keys),
+        api_paths=tuple(where for where, _ in api_paths),
     )

@@ -2,16 +2,21 @@
 
 Building loads the keystore and truststore and checks the config against them
 (aliases the truststore does not have are config errors), so ``twistedgw check``
-and a reload refuse exactly what would fail at run time.
+and a reload refuse exactly what would fail at run time. ``load`` reports config
+and key-material problems in one pass: when some keys are broken it still loads
+and checks the key material that does not depend on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from twistedgw import backendtls, pki, revocation
+from twistedgw import config as configmod
 from twistedgw.chainverify import ChainVerifier
-from twistedgw.config import ConfigError, GatewayConfig
+from twistedgw.config import ConfigError, GatewayConfig, TlsConfig
 from twistedgw.policy import ApiKeyAuthenticator, IAuthenticator, MutualSslAuthenticator, Policy
 from twistedgw.routing import Router
 from twistedgw.tls import HandshakeRecords, ServerTLS
@@ -36,27 +41,64 @@ def authenticators(config: GatewayConfig) -> list[IAuthenticator]:
     return [MutualSslAuthenticator(), ApiKeyAuthenticator(config.api_keys)]
 
 
-def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Runtime:
-    """Load key material and cross-check the config; raise ConfigError on any problem."""
+@dataclass
+class _Material:
+    keystore: pki.KeyStore | None = None
+    truststore: pki.TrustStore | None = None
+    server_tls: ServerTLS | None = None
+    revocation: revocation.RevocationChecker | None = None
+    backend_tls: backendtls.BackendTls | None = None
+
+
+def _never(key: str) -> bool:
+    return False
+
+
+def _load_keystore(tls: TlsConfig) -> pki.KeyStore | None:
+    if tls.keystore is not None:
+        return pki.load_keystore_p12(tls.keystore, tls.keystore_password)
+    if tls.certificate is not None and tls.private_key is not None:
+        return pki.load_keystore_pem(tls.certificate, tls.private_key)
+    return None
+
+
+def _load_material(
+    config: GatewayConfig,
+    problems: list[str],
+    records: HandshakeRecords | None = None,
+    *,
+    broken: Callable[[str], bool] = _never,
+    api_paths: Sequence[str] | None = None,
+) -> _Material:
+    """Load the key material and cross-check the config against it, adding to ``problems``.
+
+    ``broken(key)`` and ``api_paths`` come from a config read only in part
+    (``config.Parsed``): material whose keys are broken is left alone (its
+    problem is already reported, and the default in its place would only add
+    a misleading one), and ``api_paths`` keeps each API's own index in messages.
+    """
     file = config.source
-    problems: list[str] = []
     tls = config.tls
-    keystore = truststore = None
+    out = _Material()
+    if api_paths is None:
+        api_paths = [f"apis[{i}]" for i in range(len(config.apis))]
+
+    def intact(*keys: str) -> bool:
+        return not any(broken(f"tls.{key}") for key in keys)
+
     try:
-        if tls.keystore is not None:
-            keystore = pki.load_keystore_p12(tls.keystore, tls.keystore_password)
-        elif tls.certificate is not None and tls.private_key is not None:
-            keystore = pki.load_keystore_pem(tls.certificate, tls.private_key)
+        if intact("keystore", "keystore_password", "certificate", "private_key"):
+            out.keystore = _load_keystore(tls)
     except pki.PkiError as e:
         problems.append(f"{file}: {e}")
     try:
-        if tls.truststore is not None:
-            truststore = pki.load_truststore(tls.truststore, tls.truststore_password)
+        if tls.truststore is not None and intact("truststore", "truststore_password"):
+            out.truststore = pki.load_truststore(tls.truststore, tls.truststore_password)
     except pki.PkiError as e:
         problems.append(f"{file}: tls.truststore: {e}")
 
-    if truststore is not None:
-        known = truststore.aliases
+    if out.truststore is not None:
+        known = out.truststore.aliases
         listing = ", ".join(sorted(known))
 
         def check(where: str, aliases: frozenset[str] | None) -> None:
@@ -67,42 +109,68 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
                         f"(the truststore has: {listing})"
                     )
 
-        for i, api in enumerate(config.apis):
-            check(f"apis[{i}].aliases", api.aliases)
-            check(f"apis[{i}].tiers", frozenset(t.alias for t in api.tiers))
+        for path, api in zip(api_paths, config.apis, strict=True):
+            check(f"{path}.aliases", api.aliases)
+            check(f"{path}.tiers", frozenset(t.alias for t in api.tiers))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
-    checker = None
     try:
-        checker = revocation.build(tls)
+        if intact("crl", "revocation"):
+            out.revocation = revocation.build(tls)
     except revocation.CrlError as e:
         problems.append(f"{file}: tls.crl: {e}")
-    backend_tls = None
     try:
-        backend_tls = backendtls.build(config)
+        out.backend_tls = backendtls.build(
+            config,
+            api_paths=api_paths,
+            skip=lambda where: any(
+                broken(f"{where}.{key}")
+                for key in ("trusted_certificate", "certificate", "private_key")
+            ),
+        )
     except ConfigError as e:
         problems.extend(e.problems)
+    if out.keystore is not None and config.needs_tls:
+        try:
+            out.server_tls = ServerTLS(tls, out.keystore, out.truststore, records)
+        except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
+            problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
+    return out
+
+
+def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Runtime:
+    """Load key material and cross-check the config; raise ConfigError on any problem."""
+    problems: list[str] = []
+    material = _load_material(config, problems, records)
     if problems:
         raise ConfigError(problems)
-
-    server_tls = None
-    if keystore is not None and config.needs_tls:
-        try:
-            server_tls = ServerTLS(tls, keystore, truststore, records)
-        except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
-            raise ConfigError([f"{file}: tls: OpenSSL refused the TLS settings: {e}"]) from None
     header_verifier = (
-        ChainVerifier(truststore)
-        if truststore is not None and config.mutual_ssl.header_mode
+        ChainVerifier(material.truststore)
+        if material.truststore is not None and config.mutual_ssl.header_mode
         else None
     )
     return Runtime(
         config=config,
-        keystore=keystore,
-        truststore=truststore,
-        server_tls=server_tls,
+        keystore=material.keystore,
+        truststore=material.truststore,
+        server_tls=material.server_tls,
         router=Router(config.apis),
         policy=Policy(authenticators(config)),
         header_verifier=header_verifier,
-        revocation=checker,
-        backend_tls=backend_tls,
+        revocation=material.revocation,
+        backend_tls=material.backend_tls,
     )
+
+
+def load(path: str | Path, records: HandshakeRecords | None = None) -> Runtime:
+    """Read a config file and build its Runtime; raise ConfigError with every problem.
+
+    Config and key-material problems come together: where some keys are broken,
+    the material that does not depend on them is still loaded and checked, so an
+    operator does not fix one batch only to be shown the next.
+    """
+    parsed = configmod.load_partial(path)
+    if not parsed.problems:
+        return build(parsed.config, records)
+    problems = list(parsed.problems)
+    _load_material(parsed.config, problems, broken=parsed.broken, api_paths=parsed.api_paths)
+    raise ConfigError(problems)

@@ -25,7 +25,6 @@ from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import config as configmod
 from twistedgw import guard, pki, runtime
 from twistedgw.admin import AdminService
 from twistedgw.backendtls import BackendPolicy
@@ -255,8 +254,7 @@ class GatewayService(service.Service):
     def reload(self) -> bool:
         """Re-read the config and key material; keep the old state on any problem."""
         try:
-            new_config = configmod.load(self.config.source)
-            built = runtime.build(new_config, self._records)
+            built = runtime.load(self.config.source, self._records)
         except ConfigError as e:
             for line in e.problems:
                 log.error(
@@ -266,6 +264,7 @@ class GatewayService(service.Service):
                 self.metrics.reloaded(False)
             self.reopen_logs()  # logrotate sends SIGHUP whatever the config says
             return False
+        new_config = built.config
         _warn_restart_only(self.config, new_config)
         try:
             self._set_access_log(new_config)
@@ -373,7 +372,8 @@ def make_service(
     on SIGHUP) and stop gracefully with the application.
     """
     if not isinstance(config, GatewayConfig):
-        config = configmod.load(config)
+        # Config and key-material problems together, as ``twistedgw check`` reports them.
+        config = runtime.load(config).config
     if config.workers > 1:
         from twistedgw.workers import Supervisor
 

@@ -249,8 +249,7 @@ class Supervisor(service.Service):
     def reload(self) -> bool:
         """Validate the new config here; pass SIGHUP to the workers only if it is good."""
         try:
-            new_config = configmod.load(self.config.source)
-            built = runtime.build(new_config)
+            built = runtime.load(self.config.source)
         except ConfigError as e:
             for line in e.problems:
                 log.error(
@@ -262,6 +261,7 @@ class Supervisor(service.Service):
             return False
         from twistedgw.service import _warn_restart_only
 
+        new_config = built.config
         _warn_restart_only(self.config, new_config)
         self.config = new_config
         self.runtime = built
