@@ -72,6 +72,26 @@ def listen(reactor: Any, listener: Listener, factory: Any) -> defer.Deferred[ILi
     return d
 
 
+def gather_listening(
+    listening: Sequence[defer.Deferred[IListeningPort]], admin: AdminService | None
+) -> defer.Deferred[list[IListeningPort]]:
+    """Start ``admin`` beside the listeners' ``listening``; fire with the listeners' ports.
+
+    One Deferred for all, so that any of them failing (the admin listener too) fails
+    start-up as a whole; the admin port is left out of the result, which callers pair
+    with their listeners. Shared by ``GatewayService`` and ``workers.Supervisor``.
+    """
+    results = list(listening)
+    if admin is not None:
+        admin.startService()
+        assert admin.listening is not None
+        results.append(admin.listening)
+    gathered = defer.gatherResults(results, consumeErrors=True)
+    if admin is not None:
+        gathered.addCallback(lambda ports: ports[:-1])
+    return gathered
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _CurrentTLS:
     """Hands each new connection to the TLS settings in force *now* (swapped on reload)."""
@@ -229,16 +249,10 @@ class GatewayService(service.Service):
                 listen(self.reactor, listener, self._factory(listener))
                 for listener in self.config.listeners
             ]
-        if self.admin is not None:
-            self.admin.startService()
-            assert self.admin.listening is not None
-            results.append(self.admin.listening)
-        self.listening = defer.gatherResults(results, consumeErrors=True)
+        self.listening = gather_listening(results, self.admin)
         self.listening.addCallback(self._listening)
 
     def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
-        if self.admin is not None:
-            ports = ports[:-1]
         self.ports = list(ports)
         if self.metrics is not None:
             self.metrics.workers.set(1)

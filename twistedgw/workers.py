@@ -131,23 +131,17 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        from twistedgw.service import listen
+        from twistedgw.service import gather_listening, listen
 
-        results: list[defer.Deferred[IListeningPort]] = [
-            listen(self.reactor, listener, _NoAccept()) for listener in self.config.listeners
-        ]
-        if self.admin is not None:
-            self.admin.startService()
-            assert self.admin.listening is not None
-            results.append(self.admin.listening)
-        self.listening = defer.gatherResults(results, consumeErrors=True)
+        self.listening = gather_listening(
+            [listen(self.reactor, listener, _NoAccept()) for listener in self.config.listeners],
+            self.admin,
+        )
         self.listening.addCallback(self._listening)
 
     def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         from twistedgw.service import log_startup
 
-        if self.admin is not None:
-            ports = ports[:-1]
         for port, listener in zip(ports, self.config.listeners, strict=True):
             port.stopReading()  # type: ignore[attr-defined]
             self.ports.append((port, listener.tls))
