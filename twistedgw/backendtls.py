@@ -62,7 +62,7 @@ class BackendPolicy:
             if self.trusted
             else ssl.platformTrust()
         )
-        # One OpenSSL context per name checked: the Agent asks once per endpoint.
+        # One OpenSSL context per name checked: the upstream pool asks once per endpoint.
         self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
 
     def __eq__(self, other: object) -> bool:

@@ -548,7 +548,7 @@ def _api(r: _Reader) -> ApiConfig | None:
         elif parts.query or parts.fragment:
             r.problem("backend", "must not carry a query or fragment")
             backend = None
-        else:  # Twisted's Agent knows the scheme in lower case only
+        else:  # one spelling of the scheme: the forwarder and pool keys compare bytes
             backend = parts.scheme + backend[len(parts.scheme) :]
         if backend is not None and backend_tls is not None and parts.scheme != "https":
             # Most likely a forgotten "s": say so rather than send plain HTTP.
