@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList
@@ -192,7 +193,6 @@ class Upstream:
         self._idle: dict[PoolKey, list[_Connection]] = {}
         self._endpoints: dict[PoolKey, IStreamClientEndpoint] = {}
         self._sweeper: IDelayedCall | None = None
-        self._open: set[_Connection] = set()
 
     def request(
         self,
@@ -290,7 +290,6 @@ class Upstream:
             self._sweeper = self._reactor.callLater(self._sweep_interval, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
-        self._open.discard(conn)
         idle = self._idle.get(conn.origin.key)
         if idle and conn in idle:
             idle.remove(conn)
@@ -323,9 +322,7 @@ class _ConnectionFactory(Factory):
         self.origin = origin
 
     def buildProtocol(self, addr: Any) -> _Connection:
-        conn = _Connection(self.upstream, self.origin)
-        self.upstream._open.add(conn)
-        return conn
+        return _Connection(self.upstream, self.origin)
 
 
 # connection states
@@ -555,7 +552,6 @@ class _BodyPump:
         try:
             chunk = self.body.read(_READ_SIZE)
         except (OSError, ValueError):  # the client request ended and closed its spool
-            chunk = b""
             self.conn.abort()
             return
         transport = self.conn.transport
@@ -695,8 +691,6 @@ def _parse_head(
 
 def parse_origin(base: bytes, tls: IPolicyForHTTPS | None) -> Origin:
     """``scheme://host[:port]`` (no path) -> Origin; ValueError when unusable."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(base.decode("ascii"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"unusable backend origin {base!r}")
