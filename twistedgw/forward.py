@@ -23,7 +23,7 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw.upstream import (
+    TOKEN,
     BadResponse,
     Call,
     ConnectFailed,
@@ -50,6 +51,7 @@ from twistedgw.upstream import (
     ResponseHead,
     Upstream,
     UpstreamError,
+    connection_tokens,
     parse_origin,
 )
 
@@ -94,7 +96,6 @@ _NO_LENGTH_WHEN_EMPTY: frozenset[bytes] = frozenset(
     {b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"}
 )
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 # Status recorded when the client left before anything was sent (nginx's 499).
@@ -129,17 +130,6 @@ class ForwardResult:
 # -- header hygiene ----------------------------------------------------------
 
 
-def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
-    """Lower-case header names listed in Connection header values (RFC 9110 7.6.1)."""
-    tokens: set[bytes] = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip(b" \t").lower()
-            if token:
-                tokens.add(token)
-    return frozenset(tokens)
-
-
 def _one_line(value: bytes) -> bytes:
     """A header value can never carry a line break into the backend request."""
     if b"\r" in value or b"\n" in value or b"\x00" in value:
@@ -162,7 +152,7 @@ def build_request_head(
     must not be able to pre-seed a header the gateway vouches for.
     """
     method = request.method
-    if not _TOKEN.match(method):
+    if not TOKEN.match(method):
         raise ValueError("invalid request method")
     if _UNSAFE_TARGET.search(target):
         raise ValueError("invalid request target")
@@ -186,7 +176,7 @@ def build_request_head(
     if original_host:
         out.append(b"X-Forwarded-Host: %s\r\n" % (_one_line(original_host[0]),))
     for name, value in add_headers:
-        if not _TOKEN.match(name):
+        if not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
         out.append(b"%s: %s\r\n" % (name, _one_line(value)))
     if body_length is not None:

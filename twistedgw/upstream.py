@@ -17,6 +17,7 @@ failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
@@ -32,6 +33,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 __all__ = [
+    "TOKEN",
     "BadResponse",
     "Call",
     "ConnectFailed",
@@ -42,12 +44,15 @@ __all__ = [
     "Truncated",
     "Upstream",
     "UpstreamError",
+    "connection_tokens",
+    "parse_origin",
 ]
 
 #: Largest response head accepted (status line and headers together).
 HEAD_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: An HTTP token (RFC 9110 5.6.2): methods and header names.
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _NO_BODY_STATUSES = frozenset({204, 304})
 #: Methods retried once on a fresh connection when a pooled one turns out dead
 #: before any response byte arrived (the backend closed it while it was idle).
@@ -626,6 +631,17 @@ def _is_hex(text: bytes) -> bool:
     return all(c in _HEX for c in text)
 
 
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Lower-case header names listed in Connection header values (RFC 9110 7.6.1)."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
 def _parse_head(
     raw: bytes, head_only: bool
 ) -> tuple[ResponseHead, int, int, bool] | None:
@@ -651,12 +667,12 @@ def _parse_head(
     headers: list[tuple[bytes, bytes]] = []
     lengths: list[bytes] = []
     codings: list[bytes] = []
-    tokens: set[bytes] = set()
+    connection: list[bytes] = []
     for line in lines[1:]:
         if not line or line[0] in b" \t":
             raise ValueError("obsolete line folding in the response head")
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not TOKEN.match(name):
             raise ValueError("invalid response header")
         value = value.strip(b" \t")
         if b"\r" in value or b"\n" in value or b"\x00" in value:
@@ -668,14 +684,15 @@ def _parse_head(
         elif lower == b"transfer-encoding":
             codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
         elif lower == b"connection":
-            tokens.update(t.strip(b" \t").lower() for t in value.split(b",") if t.strip())
+            connection.append(value)
+    tokens = connection_tokens(connection)
     keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
     length: int | None = None
     if lengths:
         if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
             raise ValueError("invalid Content-Length")
         length = int(lengths[0])
-    head = ResponseHead(code, phrase, headers, frozenset(tokens), length)
+    head = ResponseHead(code, phrase, headers, tokens, length)
     if head_only or code in _NO_BODY_STATUSES:
         return head, _LENGTH, 0, keep
     if codings:
