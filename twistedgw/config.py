@@ -15,7 +15,7 @@ import enum
 import ipaddress
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,6 +115,16 @@ class Tier:
 
 
 @dataclass(frozen=True)
+class PluginSpec:
+    """One ``[[apis.plugins]]`` table: the plugin's name and its own keys, checked by the
+    plugin itself when the runtime is built (so ``check`` reports them in the same pass)."""
+
+    name: str
+    where: str  # the table's dotted path, e.g. "apis[2].plugins[0]"
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     name: str
     version: str
@@ -127,6 +137,7 @@ class ApiConfig:
     backend_timeout: float | None = None
     tiers: tuple[Tier, ...] = ()
     backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
+    plugins: tuple[PluginSpec, ...] = ()  # in the order they run
 
     @property
     def label(self) -> str:
@@ -522,6 +533,12 @@ def _api(r: _Reader) -> ApiConfig | None:
         t.finish()
         if alias is not None and rpm:
             tiers.append(Tier(alias, rpm))
+    plugins = []
+    for t in r.tables("plugins"):
+        plugin_name = t.required("name", str)
+        t.seen.update(t.table)  # the plugin checks its own keys
+        if plugin_name is not None:
+            plugins.append(PluginSpec(plugin_name, t.path, dict(t.table)))
     if context is not None:
         if (
             not _CONTEXT_RE.match(context)
@@ -571,6 +588,7 @@ def _api(r: _Reader) -> ApiConfig | None:
         backend_timeout=backend_timeout,
         tiers=tuple(tiers),
         backend_tls=backend_tls,
+        plugins=tuple(plugins),
     )
 
 

@@ -64,3 +64,8 @@ def backend_timeout(description: str) -> GatewayError:
 
 def internal_error() -> GatewayError:
     return GatewayError(500, "101500", "Runtime Error", "internal gateway error")
+
+
+def plugin_failed(name: str) -> GatewayError:
+    """A plugin raised or its Deferred failed: the request ends here, nothing is forwarded."""
+    return GatewayError(500, "500", "Internal Server Error", f"plugin {name!r} failed")

@@ -1,0 +1,59 @@
+"""The per-API request pipeline and the interfaces plugins implement.
+
+A request, once routed, runs through its API's ``Pipeline``: certificate
+checks, authentication (schemes combined the WSO2 way), authorisation, request
+transforms; then the front forwards it and runs the response transforms.
+Built-in rules and third-party plugins use the same interfaces.
+"""
+
+from twistedgw.pipeline._builtin import API_KEY_HEADER, protected_headers
+from twistedgw.pipeline._call import (
+    Call,
+    HeaderEdit,
+    HeaderView,
+    Refusal,
+    RequestView,
+    ResponseEdit,
+    SchemeResult,
+)
+from twistedgw.pipeline._compile import Shared, compile_pipelines
+from twistedgw.pipeline._discovery import Installed, installed
+from twistedgw.pipeline._interfaces import (
+    IAuthoriser,
+    ICertificateCheck,
+    IGatewayPlugin,
+    IRequestTransform,
+    IResponseTransform,
+    IScheme,
+)
+from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
+from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
+
+__all__ = [
+    "API_KEY_HEADER",
+    "Call",
+    "HeaderEdit",
+    "HeaderView",
+    "IAuthoriser",
+    "ICertificateCheck",
+    "IGatewayPlugin",
+    "IRequestTransform",
+    "IResponseTransform",
+    "IScheme",
+    "Installed",
+    "Named",
+    "Options",
+    "Outcome",
+    "Pipeline",
+    "PluginConfigError",
+    "PluginContext",
+    "Refusal",
+    "RequestView",
+    "ResponseEdit",
+    "SchemeResult",
+    "Shared",
+    "combine",
+    "compile_pipelines",
+    "installed",
+    "protected_headers",
+]

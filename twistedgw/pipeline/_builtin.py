@@ -1,0 +1,150 @@
+"""The gateway's own plugins: the schemes and rules the config keys have always meant.
+
+``mutual_ssl``, ``api_key``, revocation, tiers and identity forwarding run on
+the same seam as third-party plugins; the config keys (``mutual_ssl``,
+``api_key``, ``[tls] revocation``, ``[[apis.tiers]]``, ``[identity]``) are
+shorthand for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from twistedgw import errors, idforward, reasons, tiers
+from twistedgw.config import ApiConfig, ApiKey, GatewayConfig
+from twistedgw.identity import Outcome
+from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
+from twistedgw.pipeline._interfaces import (
+    IAuthoriser,
+    ICertificateCheck,
+    IRequestTransform,
+    IScheme,
+)
+
+API_KEY_HEADER = b"apikey"
+
+
+@implementer(IScheme)
+class MutualSsl:
+    """The certificate verified (handshake or trusted header) under one of the API's aliases."""
+
+    name = "mutual_ssl"
+
+    def __init__(self, api: ApiConfig) -> None:
+        self.mode = api.mutual_ssl
+        self._aliases = api.aliases
+
+    def authenticate(self, call: Call) -> SchemeResult:
+        identity = call.identity
+        if identity.outcome is Outcome.NONE:
+            return SchemeResult(False, False, reason=reasons.NONE)
+        if identity.outcome is Outcome.FAILED:
+            return SchemeResult(False, True, reason=identity.reason or reasons.INVALID)
+        if self._aliases is not None and not (identity.trust_aliases & self._aliases):
+            return SchemeResult(False, True, reason=reasons.NOT_FOR_API)
+        return SchemeResult(True, True, principal=identity.subject)
+
+
+@implementer(IScheme)
+class ApiKeys:
+    """API keys sent in the ``apikey`` header, stored only as SHA-256 digests."""
+
+    name = "api_key"
+
+    def __init__(self, api: ApiConfig, keys: Sequence[ApiKey]) -> None:
+        self.mode = api.api_key
+        self._by_digest: Mapping[bytes, str] = {k.sha256: k.name for k in keys}
+
+    def authenticate(self, call: Call) -> SchemeResult:
+        values = call.request.headers.get(API_KEY_HEADER)
+        if not values:
+            return SchemeResult(False, False, reason="no API key was presented")
+        if len(values) > 1:
+            return SchemeResult(False, True, reason="more than one API key was presented")
+        name = self._by_digest.get(hashlib.sha256(values[0].strip()).digest())
+        if name is None:
+            return SchemeResult(False, True, reason="API key is not valid")
+        return SchemeResult(True, True, principal=f"apikey:{name}")
+
+
+@implementer(ICertificateCheck)
+class Revocation:
+    """CRL/OCSP for the caller's verified chain; only an OCSP query suspends the request."""
+
+    def __init__(self, checker: Any) -> None:
+        self._checker = checker
+
+    def check_certificate(self, call: Call) -> str | Deferred[str | None] | None:
+        result: str | Deferred[str | None] | None = self._checker.check(call.identity.chain)
+        return result
+
+
+@implementer(IAuthoriser)
+class Tiers:
+    """Per-certificate request rates (``[[apis.tiers]]``), for certificates that passed mTLS."""
+
+    def __init__(self, throttle: tiers.TierThrottle) -> None:
+        self._throttle = throttle
+
+    def authorise(self, call: Call) -> Refusal | None:
+        if not call.mtls_passed:
+            return None
+        wait = self._throttle.take(call.api, call.identity)
+        if wait is None:
+            return None
+        return Refusal(
+            errors.throttled("the certificate's tier limit was exceeded"),
+            ((b"Retry-After", tiers.retry_after(wait)),),
+        )
+
+
+@implementer(IRequestTransform)
+class IdentityForwarding:
+    """Runs after every other request transform: strips what a caller must never send
+    (identity headers, load-balancer certificate headers, the API key) and sets the
+    identity headers from a certificate that passed this API's mTLS check."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._settings = config.identity
+        lb = config.mutual_ssl
+        self._lb_headers = tuple(
+            h.lower().encode() for h in (lb.certificate_header, lb.chain_header) if h
+        )
+        self._forward_lb_header = lb.forward_client_certificate_header
+        self._stripped = idforward.stripped(config.identity) | {API_KEY_HEADER}
+
+    def transform_request(self, call: Call, edit: HeaderEdit) -> None:
+        # Only a trusted load balancer's own certificate header may pass, and only
+        # when explicitly forwarded; everything else a caller could claim goes.
+        keep: tuple[bytes, ...] = ()
+        if self._forward_lb_header and call.via_load_balancer:
+            keep = self._lb_headers
+        for name in self._stripped:
+            if name not in keep:
+                edit.remove(name)
+        for name in self._lb_headers:
+            if name not in keep:
+                edit.remove(name)
+        if call.mtls_passed:
+            for name, value in idforward.headers_for(self._settings, call.identity):
+                edit.set(name, value)
+
+
+
+def protected_headers(config: GatewayConfig) -> frozenset[bytes]:
+    """Lower-case names no plugin may set or remove: hop-by-hop, framing, Host, and
+    every identity header (the gateway's own and those load balancers use)."""
+    from twistedgw.forward import HOP_BY_HOP
+
+    lb = config.mutual_ssl
+    return (
+        HOP_BY_HOP
+        | {b"content-length", b"transfer-encoding", b"host"}
+        | idforward.stripped(config.identity)
+        | {h.lower().encode() for h in (lb.certificate_header, lb.chain_header) if h}
+    )

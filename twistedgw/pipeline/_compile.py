@@ -1,0 +1,146 @@
+"""From an API's config to its pipeline: built-ins from the config keys, then its plugins.
+
+Runs when a config is loaded (start, ``check``, reload), never per request.
+Plugin problems are reported like any config problem, with the dotted key of
+the plugin's table, so ``check`` lists them in the same pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twistedgw import tiers
+from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
+from twistedgw.pipeline._builtin import (
+    ApiKeys,
+    IdentityForwarding,
+    MutualSsl,
+    Revocation,
+    Tiers,
+)
+from twistedgw.pipeline._discovery import Installed, installed
+from twistedgw.pipeline._interfaces import (
+    IAuthoriser,
+    ICertificateCheck,
+    IRequestTransform,
+    IResponseTransform,
+    IScheme,
+)
+from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
+from twistedgw.pipeline._run import Named, Pipeline
+
+_STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
+
+
+@dataclass
+class Shared:
+    """What outlives one config: state the built-ins keep across reloads."""
+
+    throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
+
+
+def compile_pipelines(
+    config: GatewayConfig,
+    problems: list[str],
+    *,
+    revocation: Any = None,
+    shared: Shared | None = None,
+    api_paths: Sequence[str] | None = None,
+    plugins: Sequence[Installed] | None = None,
+) -> dict[ApiConfig, Pipeline]:
+    """One pipeline per API; problems (file: dotted key: message) are added to ``problems``."""
+    shared = shared or Shared()
+    if api_paths is None:
+        api_paths = [f"apis[{i}]" for i in range(len(config.apis))]
+    wanted = any(api.plugins for api in config.apis)
+    available = list(plugins) if plugins is not None else (installed() if wanted else [])
+    by_name: dict[str, list[Installed]] = {}
+    for found in available:
+        by_name.setdefault(found.name, []).append(found)
+    identity = IdentityForwarding(config)
+    tier_stage = Tiers(shared.throttle)
+    revocation_stage = Revocation(revocation) if revocation is not None else None
+    out: dict[ApiConfig, Pipeline] = {}
+    for api in config.apis:
+        checks: list[Named] = []
+        schemes: list[Named] = []
+        authorisers: list[Named] = []
+        request_transforms: list[Named] = []
+        response_transforms: list[Named] = []
+        if revocation_stage is not None:
+            checks.append(Named("revocation", revocation_stage))
+        if api.mutual_ssl is not Mode.DISABLED:
+            schemes.append(Named("mutual_ssl", MutualSsl(api)))
+        if api.api_key is not Mode.DISABLED:
+            schemes.append(Named("api_key", ApiKeys(api, config.api_keys)))
+        for spec in api.plugins:
+            stage = _configure(spec, by_name, api, config, problems)
+            if stage is None:
+                continue
+            named = Named(spec.name, stage)
+            if ICertificateCheck.providedBy(stage):
+                checks.append(named)
+            if IScheme.providedBy(stage):
+                if stage.mode is not Mode.DISABLED:
+                    schemes.append(named)
+            if IAuthoriser.providedBy(stage):
+                authorisers.append(named)
+            if IRequestTransform.providedBy(stage):
+                request_transforms.append(named)
+            if IResponseTransform.providedBy(stage):
+                response_transforms.append(named)
+        if api.tiers:
+            # Tiers count only requests that every other rule let through; the authz
+            # endpoint leaves them out (auth_request turns a 429 into a 500).
+            authorisers.append(Named("tiers", tier_stage, in_authz=False))
+        request_transforms.append(Named("identity", identity))
+        out[api] = Pipeline(
+            api,
+            checks=tuple(checks),
+            schemes=tuple(schemes),
+            authorisers=tuple(authorisers),
+            request_transforms=tuple(request_transforms),
+            response_transforms=tuple(response_transforms),
+        )
+    return out
+
+
+def _configure(
+    spec: PluginSpec,
+    by_name: dict[str, list[Installed]],
+    api: ApiConfig,
+    config: GatewayConfig,
+    problems: list[str],
+) -> Any:
+    file = config.source
+    found = by_name.get(spec.name, [])
+    if not found:
+        names = ", ".join(sorted(by_name)) or "none"
+        problems.append(
+            f"{file}: {spec.where}.name: unknown plugin {spec.name!r} (installed: {names})"
+        )
+        return None
+    if len(found) > 1:
+        origins = ", ".join(f.origin for f in found)
+        problems.append(
+            f"{file}: {spec.where}.name: more than one plugin is named {spec.name!r} ({origins})"
+        )
+        return None
+    try:
+        stage = found[0].plugin.configure(Options(spec.options), PluginContext(api, config))
+    except PluginConfigError as e:
+        for key, message in e.problems:
+            problems.append(f"{file}: {spec.where}.{key}: {message}")
+        return None
+    except Exception as e:  # a plugin's own bug must not hide the other problems
+        problems.append(f"{file}: {spec.where}: plugin {spec.name!r} failed to configure: {e!r}")
+        return None
+    if not any(iface.providedBy(stage) for iface in _STAGES):
+        problems.append(
+            f"{file}: {spec.where}: plugin {spec.name!r} returned an object that provides "
+            "no pipeline stage interface"
+        )
+        return None
+    return stage

@@ -1,0 +1,284 @@
+"""An API's compiled pipeline and the loop that runs a request through it.
+
+Stages, in order: certificate checks (revocation, identity rules), authenticate
+(every scheme, combined by the WSO2 rule), authorise, request transforms. Then
+the HTTP front forwards, runs the response transforms on the answer and
+observes. A pipeline is built once per API when a config is loaded and never
+changes; a reload builds new ones.
+
+The loop stays synchronous while every stage answers synchronously, so the
+common path creates no Deferred; the first stage that returns one suspends the
+loop, which resumes where it stopped when that Deferred fires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistedgw import errors
+from twistedgw.config import ApiConfig, Mode
+from twistedgw.identity import failed
+from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, ResponseEdit, SchemeResult
+from twistedgw.pipeline._interfaces import (
+    IAuthoriser,
+    ICertificateCheck,
+    IRequestTransform,
+    IResponseTransform,
+    IScheme,
+)
+
+log = Logger()
+
+#: What a finished run gives the front: refuse, or forward with these header edits.
+Outcome: TypeAlias = Refusal | HeaderEdit
+_Step = Callable[[Call, HeaderEdit], Any]
+
+
+@dataclass(frozen=True)
+class Named:
+    """A stage object and the plugin name that answers for it in errors and logs."""
+
+    name: str
+    stage: Any
+    in_authz: bool = True  # also runs on the authz endpoint (NGINX auth_request and peers)
+
+
+def plugin_failed(name: str) -> Refusal:
+    return Refusal(errors.plugin_failed(name))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One API's stages, fixed at config load."""
+
+    api: ApiConfig
+    checks: tuple[Named, ...] = ()  # ICertificateCheck
+    schemes: tuple[Named, ...] = ()  # IScheme, disabled ones left out
+    authorisers: tuple[Named, ...] = ()  # IAuthoriser
+    request_transforms: tuple[Named, ...] = ()  # IRequestTransform
+    response_transforms: tuple[Named, ...] = ()  # IResponseTransform
+
+    def __post_init__(self) -> None:
+        for group, iface in (
+            (self.checks, ICertificateCheck),
+            (self.schemes, IScheme),
+            (self.authorisers, IAuthoriser),
+            (self.request_transforms, IRequestTransform),
+            (self.response_transforms, IResponseTransform),
+        ):
+            for named in group:
+                if not iface.providedBy(named.stage):
+                    raise TypeError(f"{named.name!r} does not provide {iface.__name__}")
+        steps: list[tuple[str, _Step, bool]] = []
+        for named in self.checks:
+            steps.append((named.name, _check_step(named.stage), named.in_authz))
+        if self.schemes:
+            steps.append(("authentication", _authenticate_step(self.schemes), True))
+        for named in self.authorisers:
+            steps.append((named.name, _authorise_step(named.stage), named.in_authz))
+        for named in self.request_transforms:
+            steps.append((named.name, _transform_step(named.stage), False))
+        # Frozen, but derived once here rather than per request.
+        object.__setattr__(self, "_steps", tuple((n, s) for n, s, _a in steps))
+        object.__setattr__(self, "_authz_steps", tuple((n, s) for n, s, a in steps if a))
+
+    def run(self, call: Call) -> Outcome | Deferred[Outcome]:
+        """Every stage before forwarding; a ``Refusal`` or the edits to forward with."""
+        return _loop(self._steps, call, HeaderEdit(), 0)  # type: ignore[attr-defined]
+
+    def judge(self, call: Call) -> Outcome | Deferred[Outcome]:
+        """The stages that decide (for the authz endpoint): no transforms, nothing forwarded."""
+        return _loop(self._authz_steps, call, HeaderEdit(), 0)  # type: ignore[attr-defined]
+
+    def transform_response(self, call: Call, response: ResponseEdit) -> Refusal | None:
+        """Run the response transforms on ``response``; a Refusal if one of them raised."""
+        for named in self.response_transforms:
+            try:
+                named.stage.transform_response(call, response)
+            except Exception:
+                log.failure("plugin {plugin!r} failed", plugin=named.name)
+                return plugin_failed(named.name)
+        return None
+
+
+def _loop(
+    steps: Sequence[tuple[str, _Step]], call: Call, edit: HeaderEdit, start: int
+) -> Outcome | Deferred[Outcome]:
+    for index in range(start, len(steps)):
+        name, step = steps[index]
+        try:
+            result = step(call, edit)
+        except Exception:
+            log.failure("plugin {plugin!r} failed", plugin=name)
+            return plugin_failed(name)
+        if result is None:
+            continue
+        if isinstance(result, Deferred):
+            return _suspend(result, steps, call, edit, index, name)
+        return _refusal(result, name)
+    return edit
+
+
+def _refusal(result: object, name: str) -> Refusal:
+    if isinstance(result, Refusal):
+        return result
+    log.error("plugin {plugin!r} answered {result!r}, not None or a Refusal", plugin=name,
+              result=result)
+    return plugin_failed(name)
+
+
+def _suspend(
+    pending: Deferred[Any],
+    steps: Sequence[tuple[str, _Step]],
+    call: Call,
+    edit: HeaderEdit,
+    index: int,
+    name: str,
+) -> Deferred[Outcome]:
+    def resumed(result: object) -> Outcome | Deferred[Outcome]:
+        if result is not None:
+            return _refusal(result, name)
+        return _loop(steps, call, edit, index + 1)
+
+    def crashed(failure: Failure) -> Refusal:
+        log.failure("plugin {plugin!r} failed", failure, plugin=name)
+        return plugin_failed(name)
+
+    # Errors of later steps are caught in _loop; only this step's failure lands here.
+    return pending.addCallbacks(resumed, crashed)
+
+
+# -- the step kinds -------------------------------------------------------------
+
+
+def _check_step(check: Any) -> _Step:
+    def step(call: Call, edit: HeaderEdit) -> Any:
+        identity = call.identity
+        if not identity.verified or call.api.mutual_ssl is Mode.DISABLED:
+            return None
+        reason = check.check_certificate(call)
+        if isinstance(reason, Deferred):
+            return reason.addCallback(_apply_reason, call)
+        return _apply_reason(reason, call)
+
+    return step
+
+
+def _apply_reason(reason: str | None, call: Call) -> None:
+    if reason is not None:
+        identity = call.identity
+        call.identity = failed(identity.source, reason, identity.chain)
+
+
+def _authorise_step(authoriser: Any) -> _Step:
+    def step(call: Call, edit: HeaderEdit) -> Any:
+        return authoriser.authorise(call)
+
+    return step
+
+
+def _transform_step(transform: Any) -> _Step:
+    def step(call: Call, edit: HeaderEdit) -> Any:
+        result = transform.transform_request(call, edit)
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda _: None)
+        return None
+
+    return step
+
+
+def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
+    def step(call: Call, edit: HeaderEdit) -> Any:
+        results: list[Any] = []
+        for named in schemes:
+            try:
+                results.append(named.stage.authenticate(call))
+            except Exception:
+                log.failure("plugin {plugin!r} failed", plugin=named.name)
+                return plugin_failed(named.name)
+        if not any(isinstance(r, Deferred) for r in results):
+            return combine(schemes, results, call)
+        waiting = [r if isinstance(r, Deferred) else _now(r) for r in results]
+
+        def crashed(failure: Failure) -> Refusal:
+            # gatherResults wraps the first failure; find whose it was.
+            for named, r in zip(schemes, results, strict=True):
+                if isinstance(r, Deferred) and r.called and isinstance(r.result, Failure):
+                    r.addErrback(lambda _: None)
+                    log.failure("plugin {plugin!r} failed", failure, plugin=named.name)
+                    return plugin_failed(named.name)
+            log.failure("authentication failed", failure)
+            return plugin_failed("authentication")
+
+        return gatherResults(waiting, consumeErrors=True).addCallbacks(
+            lambda done: combine(schemes, done, call), crashed
+        )
+
+    return step
+
+
+def _now(value: Any) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.callback(value)
+    return d
+
+
+def combine(
+    schemes: Sequence[Named], results: Sequence[SchemeResult], call: Call
+) -> Refusal | None:
+    """The WSO2 rule: every mandatory scheme must pass; with none mandatory, one optional must.
+
+    So ``mutual_ssl = "optional"`` alone behaves as mandatory, and optional mTLS
+    beside a mandatory API key needs only the key. What passed is recorded on
+    ``call`` (principals, whether mTLS passed, consumers, claims); a refusal
+    carries the challenges of the schemes that failed.
+    """
+    mandatory: list[tuple[Named, SchemeResult]] = []
+    optional: list[tuple[Named, SchemeResult]] = []
+    for named, result in zip(schemes, results, strict=True):
+        (mandatory if named.stage.mode is Mode.MANDATORY else optional).append((named, result))
+    if mandatory:
+        for _named, result in mandatory:
+            if not result.passed:
+                return _refuse(_error(result), [result])
+        passed = mandatory + [(n, r) for n, r in optional if r.passed]
+    else:
+        passed = [(n, r) for n, r in optional if r.passed]
+        if not passed:
+            presented = [r for _n, r in optional if r.presented]
+            if presented:
+                return _refuse(errors.invalid_credentials(_describe(presented)), presented)
+            every = [r for _n, r in optional]
+            return _refuse(errors.missing_credentials(_describe(every)), every)
+    call.principals = tuple(r.principal for _n, r in passed if r.principal)
+    call.mtls_passed = any(n.name == "mutual_ssl" for n, _r in passed)
+    call.presented_consumers = tuple(r.consumer for _n, r in passed if r.consumer)
+    for _n, r in passed:
+        if r.claims is not None:
+            call.claims = r.claims
+            break
+    return None
+
+
+def _refuse(error: errors.GatewayError, failed_results: Sequence[SchemeResult]) -> Refusal:
+    challenges = tuple(
+        (b"WWW-Authenticate", r.challenge) for r in failed_results if r.challenge is not None
+    )
+    return Refusal(error, challenges)
+
+
+def _error(result: SchemeResult) -> errors.GatewayError:
+    reason = result.reason or "authentication failed"
+    if result.presented:
+        return errors.invalid_credentials(reason)
+    return errors.missing_credentials(reason)
+
+
+def _describe(results: Sequence[SchemeResult]) -> str:
+    return "; ".join(r.reason or "authentication failed" for r in results)
