@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from twistedgw.config import ApiConfig, IdentityConfig, Mode
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 
 XFCC = b"x-forwarded-client-cert"
 CLIENT_CERT = b"client-cert"

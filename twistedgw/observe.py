@@ -30,8 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
 from twistedgw import reasons
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.runtime import Runtime
 from twistedgw.web import RequestRecord
 

@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twistedgw.config import ApiConfig, Tier
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 
 
 @dataclass

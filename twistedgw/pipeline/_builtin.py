@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from twistedgw import errors, idforward, reasons, tiers
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig
 from twistedgw.identity import Outcome
 from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
@@ -139,8 +140,6 @@ class IdentityForwarding:
 def protected_headers(config: GatewayConfig) -> frozenset[bytes]:
     """Lower-case names no plugin may set or remove: hop-by-hop, framing, Host, and
     every identity header (the gateway's own and those load balancers use)."""
-    from twistedgw.forward import HOP_BY_HOP
-
     lb = config.mutual_ssl
     return (
         HOP_BY_HOP
