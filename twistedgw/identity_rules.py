@@ -148,6 +148,8 @@ def parse_dn(text: str) -> _NameKey:
     for rdn_text in _split(text, ","):
         attrs: set[tuple[str, str]] = set()
         for ava in _split(rdn_text, "+"):
+            if not ava.strip():
+                raise RuleError("has an empty part (a ',' or '+' too many?)")
             if "=" not in ava:
                 raise RuleError(f"{ava.strip()!r} is not TYPE=value")
             kind, _eq, raw = ava.partition("=")
