@@ -420,3 +420,37 @@ def test_tier_selection_and_keys(pki: DevPki, tmp_path: Path) -> None:
     key = tiers.bucket_key(a.tiers[2], acme)
     assert key is not None and key.startswith(b"leaf:")
     assert tiers.bucket_key(a.tiers[2], None) is None
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def test_access_log_and_metric_label_carry_only_configured_consumers(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from twistedgw.observe import Metrics, access_entry
+    from twistedgw.web import RequestRecord
+
+    cfg = load(pki, tmp_path, [api("a")], extra=CONSUMERS)
+    metrics = Metrics(lambda: SimpleNamespace(config=cfg, keystore=None,  # type: ignore[arg-type,return-value]
+                                              truststore=None))
+
+    def record(consumer: str | None) -> RequestRecord:
+        return RequestRecord(0.0, 0.001, "127.0.0.1", "GET", "/a/x", cfg.apis[0], 200, 2, None,
+                             consumer=consumer)
+
+    for consumer in ("acme", "acme", None, "made-up-by-a-plugin"):
+        metrics.observe(record(consumer))
+
+    def count(consumer: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "twistedgw_requests_total", {"api": "a:1", "status": "200", "consumer": consumer}
+        )
+
+    assert count("acme") == 2
+    assert count("none") == 2
+    assert count("made-up-by-a-plugin") is None
+    assert access_entry(record("acme"))["consumer"] == "acme"
+    assert access_entry(record(None))["consumer"] is None

@@ -46,6 +46,7 @@ class RequestRecord:
     bytes_sent: int
     identity: ClientIdentity | None
     error_kind: str | None = None
+    consumer: str | None = None  # the [[consumers]] name the caller mapped to
 
 
 Observer = Callable[[RequestRecord], None]
