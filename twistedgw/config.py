@@ -618,7 +618,8 @@ def _api(r: _Reader) -> ApiConfig | None:
         if (alias is None) != (tier_consumer is None) and rpm:
             tiers.append(Tier(alias, rpm, consumer=tier_consumer, where=t.path))
     identities = _identity_entries(r, "identities")
-    if identities and mutual_ssl is Mode.DISABLED:
+    # Judged by the key as written, so a misspelt mode is not also blamed here.
+    if identities and r.table.get("mutual_ssl", Mode.DISABLED.value) == Mode.DISABLED.value:
         r.problem(
             "identities",
             "identity rules apply to client certificates, but this API has mutual_ssl "

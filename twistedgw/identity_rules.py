@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -305,9 +305,30 @@ def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
         return None
 
 
-@functools.lru_cache(maxsize=4096)
+_FACTS: OrderedDict[int, tuple[x509.Certificate, CertificateFacts]] = OrderedDict()
+_FACTS_MAX = 4096
+
+
 def facts(cert: x509.Certificate) -> CertificateFacts:
-    """The certificate's facts, cached: the same callers come back again and again."""
+    """The certificate's facts, cached: the same callers come back again and again.
+
+    Keyed by object identity (the entry holds the certificate, so its id cannot be
+    reused meanwhile): hashing a ``Certificate`` costs as much as reading its facts.
+    A connection's identity and the load-balancer header decoder's cache hand out
+    the same certificate object for every request of the same caller.
+    """
+    key = id(cert)
+    found = _FACTS.get(key)
+    if found is not None and found[0] is cert:
+        return found[1]
+    extracted = _extract(cert)
+    _FACTS[key] = (cert, extracted)
+    if len(_FACTS) > _FACTS_MAX:
+        _FACTS.popitem(last=False)
+    return extracted
+
+
+def _extract(cert: x509.Certificate) -> CertificateFacts:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -357,7 +378,8 @@ def _uri_matches(pattern: str, uri: str) -> bool:
     if not uri.startswith(prefix) or not rest:
         return False
     # Dot segments would step out of the prefix a rule means.
-    return not any(segment in (".", "..") for segment in rest.split("/"))
+    padded = f"/{rest}/"
+    return "/./" not in padded and "/../" not in padded
 
 
 def _email_matches(pattern: str, email: str) -> bool:
@@ -381,7 +403,9 @@ class IdentityRule:
     text: str = ""  # the entry as written, for logs
 
     def matches(self, cert: x509.Certificate) -> bool:
-        f = facts(cert)
+        return self.holds(facts(cert))
+
+    def holds(self, f: CertificateFacts) -> bool:
         return (
             (self.sha256 is None or f.sha256 == self.sha256)
             and (self.spki_sha256 is None or f.spki_sha256 == self.spki_sha256)
@@ -399,7 +423,8 @@ class IdentityRule:
 
 
 def matches_any(rules: Iterable[IdentityRule], cert: x509.Certificate) -> bool:
-    return any(rule.matches(cert) for rule in rules)
+    f = facts(cert)
+    return any(rule.holds(f) for rule in rules)
 
 
 def parse_rule(
