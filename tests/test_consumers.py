@@ -210,7 +210,10 @@ def test_authz_endpoint_applies_the_consumer_rules(
     gw: tuple[GatewayProcess, int, Path], pki: DevPki
 ) -> None:
     port = gw[0].port
-    assert get(port, AUTHZ, pki, "acme-app", headers={"X-Original-URI": "/acl/x"}).status == 200
+    r = get(port, AUTHZ, pki, "acme-app", headers={"X-Original-URI": "/acl/x"})
+    assert r.status == 200 and r.header("x-consumer-name") == "acme"
+    r = get(port, AUTHZ, pki, "partner-app", headers={"X-Original-URI": "/open/x"})
+    assert r.status == 200 and r.header("x-consumer-name") is None
     r = get(port, AUTHZ, pki, "globex-app", headers={"X-Original-URI": "/acl/x"})
     assert error(r)[:2] == (403, "900908")
     r = get(port, AUTHZ, pki, "partner-app", headers={"X-Original-URI": "/id-dns/x"})
