@@ -340,7 +340,7 @@ CASES: list[Case] = [
                     ],
                 ),
                 api(name="b", context="/b", mutual_ssl="disabled", api_key="mandatory",
-                    identities=[{"common_name": "x"}]),
+                    identities=[{"common_name": "x"}], consumers=[]),
             ],
             port=0,
             api_keys={"app-one": KEY},
@@ -363,6 +363,7 @@ CASES: list[Case] = [
             "apis[0].tiers[0].alias: give exactly one of alias … or consumer",
             "apis[1].identities: identity rules apply to client certificates, but this API "
             "has mutual_ssl disabled",
+            "apis[1].consumers: an empty list lets no caller through",
             "consumers[0].name: must be 1-64 of A-Z a-z 0-9 . _ -, got 'acme corp'",
             "consumers[1].api_keys[1]: no [[api_keys]] entry is named 'app-two'",
             "consumers[1].certificates[0].issuer: has an empty part",

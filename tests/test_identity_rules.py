@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
 from tests.harness import gateway_config, table
@@ -23,7 +25,7 @@ from twistedgw import config as configmod
 from twistedgw import reasons, tiers
 from twistedgw.devpki import IDENTITY_POLICY_OID, DevPki
 from twistedgw.identity import ClientIdentity, Outcome, Source
-from twistedgw.identity_rules import IdentityRule, facts, parse_dn, parse_rule
+from twistedgw.identity_rules import KEYS, IdentityRule, facts, parse_dn, parse_rule
 from twistedgw.pipeline import Call, HeaderEdit, HeaderView, Refusal, RequestView, compile_pipelines
 from twistedgw.pipeline._compile import Shared
 
@@ -454,3 +456,53 @@ def test_access_log_and_metric_label_carry_only_configured_consumers(
     assert count("made-up-by-a-plugin") is None
     assert access_entry(record("acme"))["consumer"] == "acme"
     assert access_entry(record(None))["consumer"] is None
+
+
+def test_revoked_stays_revoked_and_rules_see_header_certificates(pki: DevPki,
+                                                                  tmp_path: Path) -> None:
+    """Revocation runs first: its reason wins over the identity rules'."""
+
+    class Revoker:
+        def check(self, chain: tuple[x509.Certificate, ...]) -> str | None:
+            return reasons.REVOKED if chain[0].subject == cert(pki, "identity-app").subject \
+                else None
+
+    cfg = load(pki, tmp_path, [api("ids", mutual_ssl="mandatory",
+                                   identities=[{"common_name": "partner-direct"}])])
+    pipelines = compile_pipelines(cfg, [], revocation=Revoker())
+    c = call_for(cfg, "/ids", verified(pki, "identity-app"))
+    assert refusal(pipelines[c.api].run(c))[3] == reasons.REVOKED  # type: ignore[arg-type]
+    c = call_for(cfg, "/ids", verified(pki, "partner-app"))
+    assert refusal(pipelines[c.api].run(c))[3] == reasons.IDENTITY_RULES  # type: ignore[arg-type]
+    c = call_for(cfg, "/ids", verified(pki, "partner-direct"))
+    assert isinstance(pipelines[c.api].run(c), HeaderEdit)
+
+
+# --------------------------------------------------------------------------- properties
+
+_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet="CNOU=,+\\#\"'<>; .*/:@0123456789abcdefABCDEF-_", max_size=60),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(KEYS), raw=_TEXT)
+def test_any_value_compiles_or_names_its_key(key: str, raw: str) -> None:
+    """Operator input never raises: a rule, or problems naming the key."""
+    problems: list[tuple[str, str]] = []
+    compiled = parse_rule({key: raw}, lambda k, m: problems.append((k, m)))
+    if compiled is None:
+        assert problems and all(k == key for k, _m in problems)
+    else:
+        assert problems == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=_TEXT)
+def test_a_compiled_rule_never_raises_when_matching(raw: str, pki: DevPki) -> None:
+    for key in KEYS:
+        compiled = parse_rule({key: raw}, lambda k, m: None)
+        if compiled is not None:
+            for name in ("identity-app", "partner-app", "pinned"):
+                compiled.matches(cert(pki, name))

@@ -626,6 +626,12 @@ def _api(r: _Reader) -> ApiConfig | None:
             "disabled; enable mutual_ssl or remove them",
         )
     api_consumers = _string_list(r, "consumers")
+    if api_consumers == [] and "consumers" in r.table:
+        r.problem(
+            "consumers",
+            "an empty list lets no caller through; remove the key to accept any caller, "
+            "or name the consumers to accept",
+        )
     plugins = []
     for t in r.tables("plugins"):
         plugin_name = t.required("name", str)
