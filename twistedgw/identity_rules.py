@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -39,9 +40,13 @@ KEYS = (
     "policy_oid",
 )
 
-# An RDN: frozenset of (attribute OID dotted, normalised value); a name: RDNs in DER order.
-_Rdn = frozenset[tuple[str, str]]
-_NameKey = tuple[_Rdn, ...]
+# A name in canonical form: RDNs in DER order, each a sorted list of [OID, normalised
+# value], as JSON. A string, so comparing two names costs one string comparison.
+_NameKey = str
+
+
+def _canonical(rdns: Iterable[Iterable[tuple[str, str]]]) -> _NameKey:
+    return json.dumps([sorted(set(rdn)) for rdn in rdns], ensure_ascii=False)
 
 # RFC 4514 short names (case-insensitive) beside those cryptography prints.
 _ATTRIBUTES = {
@@ -144,7 +149,7 @@ def parse_dn(text: str) -> _NameKey:
     """
     if not text.strip():
         raise RuleError("is empty")
-    rdns: list[_Rdn] = []
+    rdns: list[set[tuple[str, str]]] = []
     for rdn_text in _split(text, ","):
         attrs: set[tuple[str, str]] = set()
         for ava in _split(rdn_text, "+"):
@@ -167,22 +172,22 @@ def parse_dn(text: str) -> _NameKey:
             if not value:
                 raise RuleError(f"{kind} has an empty value")
             attrs.add((oid, value))
-        rdns.append(frozenset(attrs))
+        rdns.append(attrs)
     rdns.reverse()  # RFC 4514 writes the last RDN of the DER sequence first
-    return tuple(rdns)
+    return _canonical(rdns)
 
 
 def name_key(name: x509.Name) -> _NameKey:
     """A certificate's name in the form ``parse_dn`` gives."""
-    out: list[_Rdn] = []
+    out: list[set[tuple[str, str]]] = []
     for rdn in name.rdns:
         attrs = set()
         for attr in rdn:
             value = attr.value
             text = value if isinstance(value, str) else value.hex()
             attrs.add((attr.oid.dotted_string, _normalise_value(text)))
-        out.append(frozenset(attrs))
-    return tuple(out)
+        out.append(attrs)
+    return _canonical(out)
 
 
 # --------------------------------------------------------------------------- values
@@ -402,24 +407,46 @@ class IdentityRule:
     policy_oid: str | None = None
     text: str = ""  # the entry as written, for logs
 
+    def __post_init__(self) -> None:
+        # Only the keys written, each a cheap test: a request pays for what the entry says.
+        object.__setattr__(self, "_tests", tuple(_tests(self)))
+
     def matches(self, cert: x509.Certificate) -> bool:
         return self.holds(facts(cert))
 
     def holds(self, f: CertificateFacts) -> bool:
-        return (
-            (self.sha256 is None or f.sha256 == self.sha256)
-            and (self.spki_sha256 is None or f.spki_sha256 == self.spki_sha256)
-            and (self.subject is None or f.subject == self.subject)
-            and (self.common_name is None or self.common_name in f.common_names)
-            and (self.issuer is None or f.issuer == self.issuer)
-            and (self.san_dns is None or any(_dns_matches(self.san_dns, d) for d in f.san_dns))
-            and (self.san_uri is None or any(_uri_matches(self.san_uri, u) for u in f.san_uri))
-            and (
-                self.san_email is None
-                or any(_email_matches(self.san_email, e) for e in f.san_email)
-            )
-            and (self.policy_oid is None or self.policy_oid in f.policy_oids)
-        )
+        for test in self._tests:  # type: ignore[attr-defined]
+            if not test(f):
+                return False
+        return True
+
+
+def _tests(rule: IdentityRule) -> Iterable[Callable[[CertificateFacts], bool]]:
+    sha256, spki, subject, issuer = rule.sha256, rule.spki_sha256, rule.subject, rule.issuer
+    cn, dns, uri, email, oid = (
+        rule.common_name, rule.san_dns, rule.san_uri, rule.san_email, rule.policy_oid
+    )
+    if sha256 is not None:
+        yield lambda f: f.sha256 == sha256
+    if spki is not None:
+        yield lambda f: f.spki_sha256 == spki
+    if subject is not None:
+        yield lambda f: f.subject == subject
+    if cn is not None:
+        yield lambda f: cn in f.common_names
+    if issuer is not None:
+        yield lambda f: f.issuer == issuer
+    if dns is not None:
+        yield lambda f: any(_dns_matches(dns, d) for d in f.san_dns)
+    if uri is not None:
+        if uri.endswith("/*"):
+            yield lambda f: any(_uri_matches(uri, u) for u in f.san_uri)
+        else:
+            yield lambda f: uri in f.san_uri
+    if email is not None:
+        yield lambda f: any(_email_matches(email, e) for e in f.san_email)
+    if oid is not None:
+        yield lambda f: oid in f.policy_oids
 
 
 def matches_any(rules: Iterable[IdentityRule], cert: x509.Certificate) -> bool:
