@@ -232,8 +232,13 @@ class Authority:
         not_after: datetime.datetime | None = None,
         key_type: KeyType | None = None,
         ocsp_url: str | None = None,
+        ca: bool = False,
     ) -> Issued:
-        """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA."""
+        """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA.
+
+        ``ca=True`` asserts ``cA`` in it: a CA certificate presented as a client's,
+        which both verification paths must refuse.
+        """
         key = new_key(key_type or self.key_type)
         now = _now()
         if sans is None:
@@ -247,7 +252,7 @@ class Authority:
             self.cert.subject,
             key.public_key(),
             self.key,
-            ca=False,
+            ca=ca,
             not_before=not_before or now - _DAY,
             not_after=not_after or now + 365 * _DAY,
             eku=eku,
@@ -384,7 +389,9 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     ``partner-root`` (root of the ``partner-*`` clients, which chain through an
     intermediate), ``other-root`` (a second trusted CA), ``pinned-client`` (a
     self-signed client pinned by itself) and ``lb-ca`` (issues load-balancer
-    certificates). ``intruder`` chains to a CA that is not trusted at all.
+    certificates). ``intruder`` chains to a CA that is not trusted at all;
+    ``ca-as-client`` is a CA certificate (``cA`` asserted, clientAuth) from
+    ``partner-root``, which no path may accept as a client's.
     """
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -416,6 +423,7 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
         "other-app": other_root.issue("other-app"),
         "pinned": self_signed_client("pinned-app", key_type),
         "intruder": untrusted.issue("intruder-app"),
+        "ca-as-client": partner_root.issue("ca-as-client-app", ca=True),
         "lb": lb_ca.issue("lb.internal"),
     }
 
