@@ -28,6 +28,7 @@ from twistedgw.identity import ClientIdentity, failed
 from twistedgw.policy import API_KEY_HEADER, AuthContext, Deny
 from twistedgw.routing import BadPath, normalise, split_target
 from twistedgw.runtime import Runtime
+from twistedgw.upstream import TOKEN
 
 log = Logger()
 
@@ -139,6 +140,7 @@ class GatewayResource(Resource):
         raw_path, query = split_target(request.uri)
         api: ApiConfig | None = None
         identity: ClientIdentity | None = None
+        method = request.method.decode("latin-1")  # the authz endpoint logs the judged one
 
         def finish(status: int, sent: int, kind: str | None = None) -> None:
             self.gateway.notify(
@@ -146,7 +148,7 @@ class GatewayResource(Resource):
                     started=started,
                     duration=time.time() - started,
                     client=callers.client_ip(request),
-                    method=request.method.decode("latin-1"),
+                    method=method,
                     path=raw_path.decode("latin-1"),
                     api=api,
                     status=status,
@@ -168,9 +170,9 @@ class GatewayResource(Resource):
         authz = runtime.config.authz
         if authz is not None and path == authz.path.encode():
 
-            def judged(which: ApiConfig, caller: Caller) -> None:
-                nonlocal api, identity
-                api, identity = which, caller.identity
+            def judged(which: ApiConfig, caller: Caller, judged_method: str) -> None:
+                nonlocal api, identity, method
+                api, identity, method = which, caller.identity, judged_method
 
             return self._authz(request, runtime, refuse, finish, judged)
         route = runtime.router.route(path, query)
@@ -239,9 +241,12 @@ class GatewayResource(Resource):
         runtime: Runtime,
         refuse: Callable[[GatewayError], bytes],
         finish: Callable[[int, int], None],
-        judged: Callable[[ApiConfig, Caller], None],
+        judged: Callable[[ApiConfig, Caller, str], None],
     ) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
+
+        Its method is the one ``original_method_header`` names, or this request's
+        own (the access log records the judged request, not the subrequest).
 
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
         A path that names no API, or an unsafe one, is refused with 403, not
@@ -255,6 +260,12 @@ class GatewayResource(Resource):
             return refuse(
                 errors.bad_request(f"the {settings.original_uri_header} header is missing")
             )
+        named_method = request.getHeader(settings.original_method_header.encode())
+        if named_method is not None and not TOKEN.match(named_method):
+            return refuse(
+                errors.forbidden(f"the {settings.original_method_header} header is not a method")
+            )
+        judged_method = (named_method or request.method).decode("latin-1")
         raw_path, query = split_target(original)
         try:
             path = normalise(raw_path)
@@ -266,7 +277,8 @@ class GatewayResource(Resource):
         api = route.api
 
         def judge(caller: Caller) -> bytes:
-            judged(api, caller)  # the access log and metrics name the API and caller judged
+            # The access log and metrics name the API, caller and method judged.
+            judged(api, caller, judged_method)
             decision = runtime.policy.decide(
                 AuthContext(caller.identity, request.requestHeaders), api
             )
