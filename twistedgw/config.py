@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from twistedgw import hosts as hostnames
 from twistedgw.identity_rules import IdentityRule, parse_rule
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
 REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
 IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
+CLIENT_CERTIFICATE = ("auto", "request", "off")  # whether the handshake asks for one
 DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -68,6 +70,21 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class SniEntry:
+    """One ``[[tls.sni]]`` table: a server certificate for the hosts a client's SNI names,
+    and whether (and naming which CAs) its handshakes ask for a client certificate."""
+
+    hosts: tuple[str, ...]  # host patterns, one spelling (hosts.pattern)
+    certificate: Path | None = None
+    private_key: Path | None = None
+    keystore: Path | None = None
+    keystore_password: str | None = None
+    client_certificate: str = "auto"
+    advertise_ca_names: bool = True
+    where: str = field(default="", compare=False)  # its dotted key, e.g. "tls.sni[0]"
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     certificate: Path | None = None
     private_key: Path | None = None
@@ -85,6 +102,9 @@ class TlsConfig:
     revocation_fail: str = "closed"
     ocsp_timeout: float = 2.0
     ocsp_cache_seconds: float = 300.0
+    client_certificate: str = "auto"  # for connections that match no [[tls.sni]] entry
+    advertise_ca_names: bool = True
+    sni: tuple[SniEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,7 @@ class ApiConfig:
     plugins: tuple[PluginSpec, ...] = ()  # in the order they run
     identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
     consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
+    hosts: tuple[str, ...] | None = None  # host patterns (hosts.pattern); None = any host
 
     @property
     def label(self) -> str:
@@ -194,6 +215,7 @@ class AuthzConfig:
     path: str = "/_twistedgw/authz"
     original_uri_header: str = "X-Original-URI"
     original_method_header: str = "X-Original-Method"
+    original_host_header: str = "X-Original-Host"
 
 
 @dataclass(frozen=True)
@@ -497,8 +519,76 @@ def _tls(r: _Reader) -> TlsConfig:
         )
     if cfg.revocation != "off" and "crl" in cfg.revocation and not cfg.crl:
         r.problem("crl", f"revocation = {cfg.revocation!r} needs at least one CRL file")
+    cfg = dataclasses.replace(
+        cfg,
+        client_certificate=r.choice("client_certificate", CLIENT_CERTIFICATE, "auto"),
+        advertise_ca_names=r.get("advertise_ca_names", bool, True),
+        sni=_sni_entries(r),
+    )
     r.finish()
     return cfg
+
+
+def _host_patterns(r: _Reader, key: str) -> tuple[str, ...] | None:
+    """``key`` as a list of host patterns (hosts.py), each in its one spelling."""
+    values = _string_list(r, key)
+    if values is None:
+        return None
+    if not values:
+        r.problem(key, "an empty list matches no host; remove the key to match any host")
+        return None
+    out: list[str] = []
+    for i, value in enumerate(values):
+        try:
+            pat = hostnames.pattern(value)
+        except hostnames.BadHost as e:
+            r.problem(f"{key}[{i}]", str(e))
+            continue
+        if pat in out:
+            r.problem(f"{key}[{i}]", f"{value!r} is listed twice")
+            continue
+        out.append(pat)
+    return tuple(out)
+
+
+def _sni_entries(tls: _Reader) -> tuple[SniEntry, ...]:
+    """``[[tls.sni]]``: hosts no two entries share, and a certificate for each."""
+    out: list[SniEntry] = []
+    for r in tls.tables("sni"):
+        entry_hosts = _host_patterns(r, "hosts")
+        if "hosts" not in r.table:
+            r.problem("hosts", "is required")
+        entry = SniEntry(
+            hosts=entry_hosts or (),
+            certificate=r.path_value("certificate"),
+            private_key=r.path_value("private_key"),
+            keystore=r.path_value("keystore"),
+            keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
+            client_certificate=r.choice("client_certificate", CLIENT_CERTIFICATE, "auto"),
+            advertise_ca_names=r.get("advertise_ca_names", bool, True),
+            where=r.path,
+        )
+        if entry.keystore and (entry.certificate or entry.private_key):
+            r.problem("keystore", "give either keystore or certificate/private_key, not both")
+        elif not entry.keystore and not (entry.certificate or entry.private_key):
+            r.problem("certificate", "is required (with private_key), or give keystore")
+        elif bool(entry.certificate) != bool(entry.private_key) and not entry.keystore:
+            r.problem(
+                "private_key" if entry.certificate else "certificate",
+                "certificate and private_key go together",
+            )
+        r.finish()
+        for i, pat in enumerate(entry.hosts):
+            for other in out:
+                clash = next((o for o in other.hosts if hostnames.overlap(pat, o)), None)
+                if clash is not None:
+                    r.problem(
+                        f"hosts[{i}]",
+                        f"{pat!r} overlaps {clash!r} of {other.where}: a client's SNI must "
+                        "choose one entry",
+                    )
+        out.append(entry)
+    return tuple(out)
 
 
 _HOSTNAME_RE = re.compile(
@@ -643,6 +733,7 @@ def _api(r: _Reader) -> ApiConfig | None:
             "identity rules apply to client certificates, but this API has mutual_ssl "
             "disabled; enable mutual_ssl or remove them",
         )
+    api_hosts = _host_patterns(r, "hosts")
     api_consumers = _string_list(r, "consumers")
     if api_consumers == [] and "consumers" in r.table:
         r.problem(
@@ -708,7 +799,31 @@ def _api(r: _Reader) -> ApiConfig | None:
         plugins=tuple(plugins),
         identities=tuple(identities),
         consumers=tuple(api_consumers) if api_consumers is not None else None,
+        hosts=api_hosts,
     )
+
+
+def _context_clash(r: _Reader, api: ApiConfig, sharing: list[tuple[str, ApiConfig]]) -> bool:
+    """Whether ``api`` cannot share its context with the APIs already there: two APIs
+    share a context only when their ``hosts`` do not overlap (one may have none)."""
+    for where, other in sharing:
+        if api.hosts is None and other.hosts is None:
+            r.problem(
+                "context",
+                f"duplicate context {api.context!r} (also used by {where}); APIs may share a "
+                "context only when their hosts do not overlap",
+            )
+            return True
+        for i, pat in enumerate(api.hosts or ()):
+            clash = next((o for o in other.hosts or () if hostnames.overlap(pat, o)), None)
+            if clash is not None:
+                r.problem(
+                    f"hosts[{i}]",
+                    f"{pat!r} overlaps {clash!r} of {where}, which has the same context "
+                    f"{api.context!r}",
+                )
+                return True
+    return False
 
 
 def _backend_tls_overlaps(
@@ -857,18 +972,14 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
 
     apis: list[ApiConfig] = []
     api_paths: list[tuple[str, ApiConfig]] = []
-    contexts: dict[str, str] = {}
+    contexts: dict[str, list[tuple[str, ApiConfig]]] = {}
     for r in top.tables("apis"):
         api = _api(r)
         if api is None:
             continue
-        if api.context in contexts:
-            r.problem(
-                "context",
-                f"duplicate context {api.context!r} (also used by {contexts[api.context]})",
-            )
+        if _context_clash(r, api, contexts.get(api.context, [])):
             continue
-        contexts[api.context] = r.path
+        contexts.setdefault(api.context, []).append((r.path, api))
         apis.append(api)
         api_paths.append((r.path, api))
     if not raw.get("apis"):
@@ -909,6 +1020,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             or "X-Original-URI",
             original_method_header=_header_name(a, "original_method_header", "X-Original-Method")
             or "X-Original-Method",
+            original_host_header=_header_name(a, "original_host_header", "X-Original-Host")
+            or "X-Original-Host",
         )
         a.finish()
         if any(
@@ -971,6 +1084,17 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         )
     if (uses_mtls or mutual_ssl.header_mode) and tls.truststore is None:
         problems.add("tls.truststore", "APIs with mutual_ssl need a truststore")
+    if tls.truststore is None:
+        for where, asked in (
+            ("tls", tls.client_certificate),
+            *((e.where, e.client_certificate) for e in tls.sni),
+        ):
+            if asked == "request":
+                problems.add(
+                    f"{where}.client_certificate",
+                    '"request" asks for client certificates, but there is no tls.truststore '
+                    "to verify them against",
+                )
     if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
         problems.add("api_keys", "an API uses api_key but no [[api_keys]] are defined")
     if mutual_ssl.header_mode and mutual_ssl.enable_client_validation and not needs_tls:

@@ -67,6 +67,12 @@ def not_found(path: str) -> GatewayError:
     return GatewayError(404, "404", "Status not found", f"No API is deployed for the path {path!r}")
 
 
+def misdirected(description: str) -> GatewayError:
+    """The request's host belongs to another TLS server entry than the connection's SNI
+    (RFC 9110 15.5.20): the client should open a connection with the right server name."""
+    return GatewayError(421, "421", "Misdirected Request", description)
+
+
 def bad_request(description: str) -> GatewayError:
     return GatewayError(400, "400", "Bad Request", description)
 

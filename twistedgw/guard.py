@@ -94,13 +94,14 @@ class Guard:
         # Read per connection, so a reload applies to new connections.
         return self.gateway.runtime.config.limits
 
-    def route(self, target: bytes | None) -> Routed | None:
-        """Route ``target`` once, under the Runtime in force now; the resource reuses it."""
+    def route(self, target: bytes | None, host: bytes | None = None) -> Routed | None:
+        """Route ``target`` (and its ``Host``) once, under the Runtime in force now; the
+        resource reuses it."""
         if target is None:
             return None
         from twistedgw.web import route_request  # web imports nothing from here
 
-        return route_request(self.gateway.runtime, target)
+        return route_request(self.gateway.runtime, target, host)
 
 
 class _DateCache:
@@ -344,7 +345,9 @@ class GuardedChannel(HTTPChannel):
         if problem is not None:
             self.refuse(errors.bad_request(problem), "bad_request")
             return
-        routed = self.guard.route(getattr(self, "_path", None))
+        routed = self.guard.route(
+            getattr(self, "_path", None), request.requestHeaders.getRawHeaders(b"host", [None])[0]
+        )
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         if isinstance(request, GuardedRequest):
             request.body_limit = limit

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twistedgw import hosts as hostnames
 from twistedgw.config import ApiConfig
 
 if TYPE_CHECKING:
@@ -113,11 +114,18 @@ class Route:
     pipeline: Pipeline | None = None  # None only for a Router built without pipelines
 
 
+_Candidate = tuple["tuple[str, ...] | None", ApiConfig, "Pipeline | None"]
+
+
 class Router:
-    """Longest-context match on segment boundaries, case-insensitively.
+    """Longest-context match on segment boundaries, case-insensitively; then the host.
 
     Contexts match case-insensitively so that ``/PETSTORE`` cannot slip past a
     protected ``/petstore`` to a catch-all API whose backend ignores case.
+    Each context holds its APIs as (hosts, api, pipeline) candidates, those with
+    ``hosts`` first: the request's host picks one, else the API without hosts,
+    else none (404; a shorter context is not tried, so a host cannot reach
+    another API's context by missing this one's hosts).
     """
 
     def __init__(
@@ -125,13 +133,25 @@ class Router:
     ) -> None:
         ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
         pipelines = pipelines or {}
-        self._apis = [(a.context.lower().encode(), a, pipelines.get(a)) for a in ordered]
+        table: dict[bytes, list[_Candidate]] = {}
+        for a in ordered:
+            table.setdefault(a.context.lower().encode(), []).append(
+                (a.hosts, a, pipelines.get(a))
+            )
+        for candidates in table.values():
+            candidates.sort(key=lambda c: c[0] is None)
+        self._apis = list(table.items())
 
-    def route(self, path: bytes, query: bytes | None) -> Route | None:
-        """``path`` must already be normalised."""
+    def route(self, path: bytes, query: bytes | None, host: str | None = None) -> Route | None:
+        """``path`` must already be normalised; ``host`` is in hosts.py's one spelling
+        (None: the request named none, and only APIs without ``hosts`` serve it)."""
         lowered = path.lower()
-        for context, api, pipeline in self._apis:
+        for context, candidates in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
+                chosen = _by_host(candidates, host)
+                if chosen is None:
+                    return None
+                api, pipeline = chosen
                 rest = path[len(context) :] if context != b"/" else path
                 target = api.backend.encode() + (rest if rest else b"")
                 if not rest and not api.backend.split("://", 1)[1].count("/"):
@@ -140,3 +160,12 @@ class Router:
                     target += b"?" + query
                 return Route(api, target, pipeline)
         return None
+
+
+def _by_host(
+    candidates: list[_Candidate], host: str | None
+) -> tuple[ApiConfig, Pipeline | None] | None:
+    for patterns, api, pipeline in candidates:
+        if patterns is None or (host is not None and hostnames.any_matches(patterns, host)):
+            return api, pipeline
+    return None

@@ -13,13 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from twistedgw import backendtls, pki, revocation
 from twistedgw import config as configmod
+from twistedgw import hosts as hostnames
 from twistedgw.chainverify import ChainVerifier
-from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, TlsConfig
+from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, Mode, SniEntry, TlsConfig
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.routing import Router
-from twistedgw.tls import HandshakeRecords, ServerTLS
+from twistedgw.tls import HandshakeRecords, ServerTLS, SniServer
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Runtime:
     # pool is keyed by its policies, so changed settings get new connections.
     backend_tls: backendtls.BackendTls | None = None
     shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
+    # Worth saying but not refusing (file: dotted key: message): `check` prints them,
+    # start and reload log them.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -45,6 +51,7 @@ class _Material:
     revocation: revocation.RevocationChecker | None = None
     backend_tls: backendtls.BackendTls | None = None
     pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _never(key: str) -> bool:
@@ -127,9 +134,17 @@ def _load_material(
         )
     except ConfigError as e:
         problems.extend(e.problems)
-    if out.keystore is not None and config.needs_tls:
+    sni = _load_sni(config, problems, out.warnings, broken)
+    if out.keystore is not None and config.needs_tls and sni is not None:
         try:
-            out.server_tls = ServerTLS(tls, out.keystore, out.truststore, records)
+            out.server_tls = ServerTLS(
+                tls,
+                out.keystore,
+                out.truststore,
+                records,
+                ask=asks_for_certificate(config, None),
+                sni=sni,
+            )
         except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
             problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
     # Each API's pipeline: built-ins from the config keys, then its [[apis.plugins]],
@@ -138,6 +153,112 @@ def _load_material(
         config, problems, revocation=out.revocation, shared=shared, api_paths=api_paths
     )
     return out
+
+
+def asks_for_certificate(config: GatewayConfig, entry: SniEntry | None) -> bool:
+    """Whether handshakes under ``entry`` (None: the default) send a CertificateRequest.
+
+    ``auto`` asks only when an API reachable under the entry's hosts needs a
+    certificate (``mutual_ssl`` not disabled), or when load balancers must present
+    theirs (header mode with client validation): a browser on a public host is
+    then never prompted. Third-party plugins that read the certificate need
+    ``request``.
+    """
+    mode = entry.client_certificate if entry is not None else config.tls.client_certificate
+    if mode != "auto":
+        return mode == "request"
+    settings = config.mutual_ssl
+    if settings.header_mode and settings.enable_client_validation:
+        return True
+    others = [p for e in config.tls.sni for p in e.hosts]
+
+    def reachable(api: ApiConfig) -> bool:
+        if api.hosts is None:
+            return True
+        if entry is not None:
+            return any(hostnames.overlap(p, h) for p in api.hosts for h in entry.hosts)
+        # The default serves every host no entry matches.
+        return any(not hostnames.covered(p, others) for p in api.hosts)
+
+    return any(api.mutual_ssl is not Mode.DISABLED and reachable(api) for api in config.apis)
+
+
+def _load_sni(
+    config: GatewayConfig,
+    problems: list[str],
+    warnings: list[str],
+    broken: Callable[[str], bool],
+) -> list[SniServer] | None:
+    """Each ``[[tls.sni]]`` entry's certificate, and a warning where it does not cover the
+    entry's hosts (private names are common, so not an error); None if one failed."""
+    file = config.source
+    out: list[SniServer] = []
+    failed = False
+    for entry in config.tls.sni:
+        if broken(entry.where):
+            failed = True
+            continue
+        try:
+            keystore = _load_entry_keystore(entry)
+        except pki.PkiError as e:
+            problems.append(f"{file}: {e}")
+            failed = True
+            continue
+        if keystore is None:
+            failed = True
+            continue
+        names = _dns_names(keystore.cert)
+        for i, pat in enumerate(entry.hosts):
+            if not hostnames.covered(pat, names):
+                listing = ", ".join(names) or "none"
+                warnings.append(
+                    f"{file}: {entry.where}.hosts[{i}]: the certificate "
+                    f"({pki.describe(keystore.cert)}) does not cover {pat!r} "
+                    f"(its DNS names: {listing}); clients that check it will refuse"
+                )
+        out.append(
+            SniServer(
+                entry.hosts,
+                keystore,
+                ask=asks_for_certificate(config, entry),
+                advertise_ca_names=entry.advertise_ca_names,
+            )
+        )
+    return None if failed else out
+
+
+def _load_entry_keystore(entry: SniEntry) -> pki.KeyStore | None:
+    if entry.keystore is not None:
+        try:
+            return pki.load_keystore_p12(entry.keystore, entry.keystore_password)
+        except pki.PkiError as e:
+            raise pki.PkiError(str(e).replace("tls.keystore", f"{entry.where}.keystore")) from None
+    if entry.certificate is not None and entry.private_key is not None:
+        return pki.load_keystore_pem(
+            entry.certificate,
+            entry.private_key,
+            cert_what=f"{entry.where}.certificate",
+            key_what=f"{entry.where}.private_key",
+        )
+    return None
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    """The certificate's DNS names in hosts.py's spelling (the CN when it has no SAN)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        raw = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        raw = [
+            str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        ]
+    names = []
+    for value in raw:
+        try:
+            names.append(hostnames.pattern(value))
+        except hostnames.BadHost:
+            continue
+    return names
 
 
 def build(
@@ -168,6 +289,7 @@ def build(
         revocation=material.revocation,
         backend_tls=material.backend_tls,
         shared=shared,
+        warnings=tuple(material.warnings),
     )
 
 

@@ -7,6 +7,11 @@ a TLS alert the caller cannot read.
 
 A ``ServerTLS`` is immutable once built: reload builds a new one and swaps the
 reference (pyOpenSSL forbids mutating a Context that a connection used).
+
+With ``[[tls.sni]]`` entries it holds one Context per entry beside the default
+one; the default Context's server-name callback switches a connection to its
+entry's Context (server certificate, CA names) and sets whether that
+connection's handshake asks for a client certificate at all.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +32,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twistedgw import hosts as hostnames
 from twistedgw import reasons
 from twistedgw.chainverify import leaf_problem
 from twistedgw.config import TlsConfig
@@ -85,6 +91,7 @@ class HandshakeRecord:
     callback_ran: bool = False
     errors: list[tuple[int, int]] = field(default_factory=list)  # (errno, depth)
     identity: ClientIdentity | None = None
+    asked: bool = True  # whether this connection's handshake asked for a certificate
 
 
 class HandshakeRecords(weakref.WeakKeyDictionary[Any, HandshakeRecord]):
@@ -192,6 +199,52 @@ class _VerdictCache:
         return failed(Source.HANDSHAKE, reason, (leaf,))
 
 
+@dataclass(frozen=True)
+class SniServer:
+    """What one ``[[tls.sni]]`` entry needs here: its hosts, its certificate and key
+    (loaded), whether its handshakes ask for a client certificate (``auto`` already
+    decided by the caller) and whether the request names the truststore's CAs."""
+
+    hosts: tuple[str, ...]
+    keystore: KeyStore
+    ask: bool = True
+    advertise_ca_names: bool = True
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One Context and how its connections ask for a client certificate."""
+
+    context: SSL.Context
+    ask: bool
+    hosts: tuple[str, ...] = ()
+
+
+def sni_entry(entries: Sequence[tuple[str, ...]], host: str | None) -> int:
+    """The index of the entry whose hosts match ``host`` (hosts.py spelling), else -1:
+    the default. Entries' hosts never overlap (config.py), so the first match is the one."""
+    if host is not None:
+        for i, patterns in enumerate(entries):
+            if hostnames.any_matches(patterns, host):
+                return i
+    return -1
+
+
+def server_name(connection: Any) -> str | None:
+    """The SNI a TLS connection's client sent, in hosts.py's spelling; None if none
+    (or one that is not a host name, which no entry can match either)."""
+    try:
+        raw = connection.get_servername()
+    except Exception:
+        return None
+    if not raw:
+        return None
+    try:
+        return hostnames.pattern(raw.decode("ascii"))
+    except (UnicodeDecodeError, hostnames.BadHost):
+        return None
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """Creates server TLS connections that record each client certificate's outcome."""
@@ -202,6 +255,9 @@ class ServerTLS:
         keystore: KeyStore,
         truststore: TrustStore | None,
         records: HandshakeRecords | None = None,
+        *,
+        ask: bool = True,
+        sni: Sequence[SniServer] = (),
     ) -> None:
         self.keystore = keystore
         self.truststore = truststore
@@ -209,11 +265,44 @@ class ServerTLS:
         # the ServerTLS that handshook it.
         self._records = records if records is not None else HandshakeRecords()
         self._verdicts = _VerdictCache()
-        self._context = self._make_context(settings, keystore, truststore)
+        self._context = self._make_context(
+            settings, keystore, truststore, settings.advertise_ca_names
+        )
+        self._default = _Served(self._context, ask and truststore is not None)
+        self._entries = tuple(
+            _Served(
+                self._make_context(settings, e.keystore, truststore, e.advertise_ca_names),
+                e.ask and truststore is not None,
+                e.hosts,
+            )
+            for e in sni
+        )
+        self.sni_hosts = tuple(e.hosts for e in self._entries)
+        if self._entries:
+            self._context.set_tlsext_servername_callback(self._switch)
+
+    def _switch(self, connection: SSL.Connection) -> None:
+        """The server-name callback: move ``connection`` to its SNI's entry. A client
+        without SNI, or naming no entry's host, stays on the default."""
+        try:
+            index = sni_entry(self.sni_hosts, server_name(connection))
+            if index < 0:
+                return
+            served = self._entries[index]
+            connection.set_context(served.context)
+            record = self._records.get(connection.get_app_data())
+            if record is not None:
+                record.asked = served.ask
+                connection.set_verify(_mode(served.ask), record_callback(record))
+        except Exception:  # an exception here would abort the handshake with no trace
+            log.failure("choosing the TLS server certificate by SNI failed")
 
     @staticmethod
     def _make_context(
-        settings: TlsConfig, keystore: KeyStore, truststore: TrustStore | None
+        settings: TlsConfig,
+        keystore: KeyStore,
+        truststore: TrustStore | None,
+        advertise_ca_names: bool = True,
     ) -> SSL.Context:
         versions = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
         lowest = min(settings.protocols)
@@ -247,9 +336,11 @@ class ServerTLS:
         if truststore is not None:
             # Pinned leaves that are not self-signed need partial chains to anchor.
             context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # type: ignore[union-attr]
-            # Name acceptable CAs in the CertificateRequest so clients pick the right cert.
-            for cert in truststore.certificates:
-                context.add_client_ca(cert)  # pyOpenSSL X509 here is deprecated
+            # Name acceptable CAs in the CertificateRequest so clients pick the right
+            # cert (advertise_ca_names = false sends an empty list).
+            if advertise_ca_names:
+                for cert in truststore.certificates:
+                    context.add_client_ca(cert)  # pyOpenSSL X509 here is deprecated
         return context
 
     # IOpenSSLServerConnectionCreator
@@ -257,19 +348,9 @@ class ServerTLS:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         if self.truststore is not None:
-            record = HandshakeRecord(self)
+            record = HandshakeRecord(self, asked=self._default.ask)
             self._records[tlsProtocol] = record
-
-            def callback(
-                conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-            ) -> bool:
-                # Record now: once we return True OpenSSL clears the error.
-                record.callback_ran = True
-                if not ok:
-                    record.errors.append((errno, depth))
-                return True
-
-            connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, callback)
+            connection.set_verify(_mode(record.asked), record_callback(record))
         return connection
 
     def identity_for(self, tls_transport: Any) -> ClientIdentity:
@@ -286,6 +367,11 @@ class ServerTLS:
         return record.identity
 
     def _evaluate(self, conn: SSL.Connection, record: HandshakeRecord) -> ClientIdentity:
+        if not record.asked:
+            # A session resumed from an entry that asked carries that certificate; a
+            # full handshake here would have none (resumption never carries a verdict
+            # to an entry that does not ask).
+            return no_certificate()
         peer = conn.get_peer_certificate(as_cryptography=True)
         if peer is None:
             return no_certificate()
@@ -316,3 +402,23 @@ class ServerTLS:
                 )
         self._verdicts.put(identity)
         return identity
+
+
+def _mode(ask: bool) -> int:
+    """The verify mode: a CertificateRequest (never failing the handshake) or none."""
+    return SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE if ask else SSL.VERIFY_NONE
+
+
+def record_callback(
+    record: HandshakeRecord,
+) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """A verify callback that records into ``record`` and never fails the handshake."""
+
+    def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        # Record now: once we return True OpenSSL clears the error.
+        record.callback_ran = True
+        if not ok:
+            record.errors.append((errno, depth))
+        return True
+
+    return callback

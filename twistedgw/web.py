@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from twistedgw import callers, errors
+from twistedgw import hosts as hostnames
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError, write_error
 from twistedgw.forward import Forwarder
@@ -39,6 +40,7 @@ from twistedgw.pipeline import (
 )
 from twistedgw.routing import BadPath, Route, normalise, split_target
 from twistedgw.runtime import Runtime
+from twistedgw.tls import server_name, sni_entry
 from twistedgw.upstream import TOKEN
 
 log = Logger()
@@ -90,6 +92,7 @@ class Routed:
     query: bytes | None
     route: Route | None
     problem: str | None = None  # why the path was refused
+    host: str | None = None  # the Host header's host (hosts.py spelling); None if absent
 
     @property
     def body_limit(self) -> int:
@@ -100,15 +103,42 @@ class Routed:
         return self.runtime.config.limits.max_body_bytes
 
 
-def route_request(runtime: Runtime, target: bytes) -> Routed:
-    """Normalise and route ``target`` once; the guard calls this when the headers are in
-    and stores the result on the request, so the resource never routes again."""
+def route_request(runtime: Runtime, target: bytes, host: bytes | None = None) -> Routed:
+    """Normalise and route ``target`` (under the ``Host`` header's ``host``) once; the
+    guard calls this when the headers are in and stores the result on the request, so
+    the resource never routes again."""
     raw_path, query = split_target(target)
     try:
         path = normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
-    return Routed(runtime, raw_path, path, query, runtime.router.route(path, query))
+    try:
+        name = hostnames.from_header(host) if host is not None else None
+    except hostnames.BadHost as e:
+        return Routed(runtime, raw_path, None, query, None, f"bad Host header: {e}")
+    route = runtime.router.route(path, query, name)
+    return Routed(runtime, raw_path, path, query, route, host=name)
+
+
+def misdirected(request: Request, routed: Routed) -> GatewayError | None:
+    """421 when the request's host would have chosen another ``[[tls.sni]]`` entry (or
+    the default) than the connection's SNI did: a certificate verdict, and the
+    CertificateRequest, belong to the entry the handshake chose."""
+    server_tls = routed.runtime.server_tls
+    host = routed.host
+    if server_tls is None or not server_tls.sni_hosts or host is None or not request.isSecure():
+        return None
+    handle = getattr(request.channel.transport, "getHandle", None)
+    if handle is None:
+        return None
+    sni = server_name(handle())
+    if sni_entry(server_tls.sni_hosts, sni) == sni_entry(server_tls.sni_hosts, host):
+        return None
+    named = f"the TLS server name {sni!r}" if sni is not None else "no TLS server name"
+    return errors.misdirected(
+        f"the host {host!r} is not served on this connection, which was opened with {named}; "
+        "open a connection whose server name (SNI) is that host"
+    )
 
 
 def request_view(request: Request, path: bytes, query: bytes | None) -> RequestView:
@@ -194,8 +224,11 @@ class GatewayResource(Resource):
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
         routed: Routed | None = getattr(request, "routed", None)
         if routed is None:  # a request the guard did not see (an embedding's own Site)
-            routed = route_request(self.gateway.runtime, request.uri)
+            routed = route_request(self.gateway.runtime, request.uri, request.getHeader(b"host"))
         exchange = _Exchange(self.gateway, request, routed.raw_path)
+        wrong_host = misdirected(request, routed)  # before any policy, the authz endpoint too
+        if wrong_host is not None:
+            return exchange.refuse(wrong_host)
         if routed.path is None:
             return exchange.refuse(errors.bad_request(routed.problem or "bad request path"))
         runtime = routed.runtime  # one consistent snapshot for this request
@@ -256,7 +289,12 @@ class GatewayResource(Resource):
             )
         if named_method is not None:
             exchange.method = named_method
-        judged = route_request(runtime, original)
+        # The judged request's host: the one original_host_header names, else this
+        # request's own Host (a proxy that passes Host through needs no header).
+        judged_host = request.getHeader(settings.original_host_header.encode())
+        if judged_host is None:
+            judged_host = request.getHeader(b"host")
+        judged = route_request(runtime, original, judged_host)
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route

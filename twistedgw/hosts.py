@@ -1,0 +1,114 @@
+"""Host names and host patterns: ``[[apis]] hosts`` and ``[[tls.sni]] hosts``.
+
+One spelling everywhere, so routing, the SNI entry choice and the 421 check
+cannot disagree about what a host *is*: lower case, no port, no trailing dot,
+IDNA names as their ASCII form. A pattern is a name, or ``*.`` and a name,
+where ``*`` stands for exactly one label (``*.partner.example`` matches
+``a.partner.example``, not ``partner.example`` nor ``a.b.partner.example``),
+as in certificate wildcards (RFC 6125).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+
+
+class BadHost(ValueError):
+    """A Host header value or a configured host that is not a host name."""
+
+
+def _name(value: str) -> str:
+    """A DNS name or an IP address in its one spelling; BadHost otherwise."""
+    text = value.strip().rstrip(".").lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        ascii_name = text.encode("idna").decode("ascii") if not text.isascii() else text
+    except UnicodeError:
+        raise BadHost(f"not a host name: {value!r}") from None
+    if not _NAME_RE.match(ascii_name):
+        raise BadHost(f"not a host name: {value!r}")
+    return ascii_name
+
+
+def pattern(value: str) -> str:
+    """A configured host pattern in its one spelling; BadHost with why otherwise."""
+    if value.startswith("*."):
+        rest = _name(value[2:])
+        if _is_ip(rest):
+            raise BadHost(f"a wildcard applies to names, not addresses: {value!r}")
+        return "*." + rest
+    if "*" in value:
+        raise BadHost(
+            f"a wildcard must be the whole first label ('*.example.com'), got {value!r}"
+        )
+    return _name(value)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def from_header(value: bytes) -> str:
+    """The host a ``Host`` header (or ``X-Original-Host``) names: port dropped, one
+    spelling; BadHost when it names no host."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadHost("the Host header is not ASCII") from None
+    if text.startswith("["):  # [v6]:port
+        end = text.find("]")
+        if end < 0 or (end + 1 < len(text) and not _port(text[end + 1 :])):
+            raise BadHost(f"not a host: {text!r}")
+        text = text[: end + 1]
+    elif text.count(":") == 1:
+        text, _, port = text.partition(":")
+        if not _port(":" + port):
+            raise BadHost(f"not a port: {port!r}")
+    if not text:
+        raise BadHost("the Host header is empty")
+    return _name(text)
+
+
+def _port(text: str) -> bool:
+    return text.startswith(":") and (text == ":" or (text[1:].isdigit() and len(text) <= 6))
+
+
+def matches(pat: str, host: str) -> bool:
+    """Whether ``host`` (one spelling) is matched by ``pat`` (one spelling)."""
+    if pat.startswith("*."):
+        head, dot, tail = host.partition(".")
+        return bool(dot) and bool(head) and tail == pat[2:]
+    return pat == host
+
+
+def any_matches(patterns: Iterable[str], host: str) -> bool:
+    return any(matches(p, host) for p in patterns)
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether some host is matched by both patterns (wildcards are one label deep)."""
+    if a == b:
+        return True
+    if a.startswith("*.") and b.startswith("*."):
+        return False  # one label each: equal suffixes only, handled above
+    return matches(a, b) or matches(b, a)
+
+
+def covered(pat: str, names: Iterable[str]) -> bool:
+    """Whether every host ``pat`` matches is matched by one of ``names`` (certificate
+    SAN DNS names or other patterns)."""
+    return any(n == pat or (not pat.startswith("*.") and matches(n, pat)) for n in names)
