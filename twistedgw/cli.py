@@ -42,6 +42,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The effective addresses: a listener without port listens on the default, 9095.
     for listener in cfg.listeners:
         print(f"  listens on {listener.describe()}")
+    # Worth a look but not refused (a certificate that does not cover its SNI hosts).
+    for line in _built.warnings:
+        print(f"twistedgw: warning: {line}", file=sys.stderr)
     return 0
 
 

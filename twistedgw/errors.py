@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.web.http import RESPONSES
+
 
 @dataclass(frozen=True)
 class GatewayError:
@@ -35,7 +37,9 @@ def write_error(
     """Put ``error``'s status and headers on a twisted.web request; return the body to
     write (empty for HEAD). The one renderer of JSON errors for dispatched requests;
     the front's refusals before dispatch frame the same body by hand (guard.py)."""
-    request.setResponseCode(error.status)
+    # twisted.web knows no reason phrase for some codes (421): the error's message is one.
+    phrase = None if error.status in RESPONSES else error.message.encode("latin-1")
+    request.setResponseCode(error.status, phrase)
     response_headers = request.responseHeaders
     response_headers.setRawHeaders(b"Content-Type", [JSON_TYPE])
     body = error.body()

@@ -317,7 +317,14 @@ def reload_runtime(
             log.error("Reload refused, still serving the previous config: {problem}", problem=line)
         return None
     _warn_restart_only(old, built.config)
+    log_warnings(built)
     return built
+
+
+def log_warnings(built: runtime.Runtime) -> None:
+    """What ``check`` prints as warnings, in the log at start and on reload."""
+    for line in built.warnings:
+        log.warn("{warning}", warning=line)
 
 
 def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
@@ -383,6 +390,13 @@ def log_startup(
             )
     if built.keystore is not None:
         log.info("Server certificate: {cert}", cert=pki.describe(built.keystore.cert))
+    for sni in config.tls.sni:
+        log.info(
+            "SNI {hosts}: client_certificate={mode}",
+            hosts=", ".join(sni.hosts),
+            mode=sni.client_certificate,
+        )
+    log_warnings(built)
 
 
 def make_service(
