@@ -26,7 +26,7 @@ from twistedgw.errors import GatewayError
 from twistedgw.forward import Forwarder, ForwardResult
 from twistedgw.identity import ClientIdentity, failed
 from twistedgw.policy import API_KEY_HEADER, AuthContext, Deny
-from twistedgw.routing import BadPath, normalise, split_target
+from twistedgw.routing import BadPath, authz_path, normalise, split_target
 from twistedgw.runtime import Runtime
 
 log = Logger()
@@ -246,7 +246,9 @@ class GatewayResource(Resource):
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
         A path that names no API, or an unsafe one, is refused with 403, not
         404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
-        anything else into a 500 of its own.
+        anything else into a 500 of its own. So is a path not already in normal
+        form (``routing.authz_path``): the proxy forwards it raw, so judging its
+        normalised form would judge a different request than the one forwarded.
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
@@ -257,7 +259,8 @@ class GatewayResource(Resource):
             )
         raw_path, query = split_target(original)
         try:
-            path = normalise(raw_path)
+            # Only a path already in normal form: the proxy forwards it as sent.
+            path = authz_path(raw_path)
         except BadPath as e:
             return refuse(errors.forbidden(str(e)))
         route = runtime.router.route(path, query)
