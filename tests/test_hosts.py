@@ -178,3 +178,37 @@ def test_auto_asks_only_where_an_api_needs_a_certificate(pki: DevPki, tmp_path: 
                                              load_balancer_aliases=frozenset({"lb-ca"})),
     )
     assert asks_for_certificate(lb, public) and asks_for_certificate(lb, None)
+
+
+def test_readme_examples_load(pki: DevPki, tmp_path: Path) -> None:
+    """The README's Hostnames and SNI examples, with the dev PKI's files, load as written."""
+    import re
+
+    from twistedgw import runtime
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = []
+    for heading in ("### Hostnames", "### SNI: server certificates and the CertificateRequest"):
+        section = readme.split(heading + "\n", 1)[1]
+        match = re.search(r"```toml\n(.*?)```", section, re.S)
+        assert match is not None, heading
+        blocks.append(match.group(1))
+    text = "[[listeners]]\nport = 9095\n\n" + blocks[1] + "\n" + blocks[0]
+    root = pki.authorities["server-root"]
+    partners = root.server(("partners.example.com", "*.partners.example.com"))
+    crt, key = partners.write(tmp_path, "partners")
+    for name, path in {
+        "pki/server.crt": pki.server_cert, "pki/server.key": pki.server_key,
+        "pki/truststore": pki.truststore_dir, "pki/partners.crt": crt, "pki/partners.key": key,
+    }.items():
+        text = text.replace(f'"{name}"', f'"{path}"')
+    config = tmp_path / "readme.toml"
+    config.write_text(text)
+    built = runtime.load(config)
+    assert built.warnings == ()
+    assert [a.hosts for a in built.config.apis] == [
+        ("api.example.com", "*.partner.example"), None
+    ]
+    assert built.server_tls is not None and built.server_tls.sni_hosts == (
+        ("partners.example.com", "*.partners.example.com"),
+    )
