@@ -10,6 +10,7 @@ as in certificate wildcards (RFC 6125).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -64,7 +65,14 @@ def _is_ip(name: str) -> bool:
 
 def from_header(value: bytes) -> str:
     """The host a ``Host`` header (or ``X-Original-Host``) names: port dropped, one
-    spelling; BadHost when it names no host."""
+    spelling; BadHost when it names no host. Short values are cached (callers repeat
+    a few hosts; refusals are not cached), so unique values cannot grow memory."""
+    if len(value) <= 255:
+        return _from_header_cached(value)
+    return _from_header(value)
+
+
+def _from_header(value: bytes) -> str:
     try:
         text = value.decode("ascii")
     except UnicodeDecodeError:
@@ -81,6 +89,9 @@ def from_header(value: bytes) -> str:
     if not text:
         raise BadHost("the Host header is empty")
     return _name(text)
+
+
+_from_header_cached = functools.lru_cache(maxsize=1024)(_from_header)
 
 
 def _port(text: str) -> bool:

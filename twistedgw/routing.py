@@ -176,6 +176,7 @@ class Router:
         for candidates in table.values():
             candidates.sort(key=lambda c: c[0] is None)
         self._apis = list(table.items())
+        self.uses_hosts = any(a.hosts is not None for a in ordered)
 
     def route(self, path: bytes, query: bytes | None, host: str | None = None) -> Route | None:
         """``path`` must already be normalised; ``host`` is in hosts.py's one spelling

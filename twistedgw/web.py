@@ -118,8 +118,13 @@ def route_request(
         path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
+    # The host matters only to a config that routes by it or has SNI entries; others
+    # neither pay for it nor refuse a Host they always accepted.
+    wanted = runtime.router.uses_hosts or (
+        runtime.server_tls is not None and bool(runtime.server_tls.sni_hosts)
+    )
     try:
-        name = hostnames.from_header(host) if host is not None else None
+        name = hostnames.from_header(host) if host is not None and wanted else None
     except hostnames.BadHost as e:
         return Routed(runtime, raw_path, None, query, None, f"bad Host header: {e}")
     route = runtime.router.route(path, query, name)
