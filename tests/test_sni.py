@@ -265,6 +265,12 @@ def test_client_certificate_modes_seen_from_the_client(
     closed = handshake_messages(port, pki, "closed.example.com")
     assert "Server certificate" in closed
     assert not certificate_request(closed), closed
+    # The start-up log says what auto decided.
+    log = sni_gateway.output()
+    assert "TLS default: client_certificate=auto (never asks)" in log, log
+    assert "TLS partners.example.com, *.partners.example.com: client_certificate=auto " \
+        "(asks for a client certificate)" in log
+    assert "TLS closed.example.com: client_certificate=off (never asks)" in log
     # The same over TLS 1.2.
     assert certificate_request(handshake_messages(port, pki, "partners.example.com", "-tls1_2"))
     assert not certificate_request(handshake_messages(port, pki, "localhost", "-tls1_2"))

@@ -390,12 +390,19 @@ def log_startup(
             )
     if built.keystore is not None:
         log.info("Server certificate: {cert}", cert=pki.describe(built.keystore.cert))
-    for sni in config.tls.sni:
-        log.info(
-            "SNI {hosts}: client_certificate={mode}",
-            hosts=", ".join(sni.hosts),
-            mode=sni.client_certificate,
-        )
+    if built.server_tls is not None and built.truststore is not None:
+        # What auto decided: whether each entry's handshakes ask for a certificate.
+        for label, sni, mode in (
+            ("default", None, config.tls.client_certificate),
+            *((", ".join(e.hosts), e, e.client_certificate) for e in config.tls.sni),
+        ):
+            asks = runtime.asks_for_certificate(config, sni)
+            log.info(
+                "TLS {label}: client_certificate={mode} ({asks})",
+                label=label,
+                mode=mode,
+                asks="asks for a client certificate" if asks else "never asks",
+            )
     log_warnings(built)
 
 
