@@ -46,6 +46,9 @@ def test_from_header_refuses(raw: bytes) -> None:
 def test_patterns() -> None:
     assert hosts.pattern("*.Partner.Example") == "*.partner.example"
     assert hosts.pattern("Bücher.example") == "xn--bcher-kva.example"
+    assert hosts.name("A.Example.") == "a.example"
+    with pytest.raises(hosts.BadHost):
+        hosts.name("*.a.example")  # an SNI or Host is never a pattern
     for bad in ("*", "a.*.example", "*a.example", "**.example", "*.127.0.0.1", "a b", ""):
         with pytest.raises(hosts.BadHost):
             hosts.pattern(bad)
@@ -116,7 +119,7 @@ def test_config_problems(pki: DevPki, tmp_path: Path) -> None:
     text += table("authz", {"original_host_header": "bad header"})
     text += table("tls.sni", {"hosts": ["*.p.example"], "keystore": str(pki.keystore_p12),
                               "certificate": str(pki.server_cert)}, array=True)
-    text += table("tls.sni", {"hosts": ["q.example"]}, array=True)
+    text += table("tls.sni", {"hosts": ["q.example", "10.0.0.1"]}, array=True)
     text += table("tls.sni", {"hosts": ["x.p.example", "x"], "certificate": str(pki.server_cert),
                               "private_key": str(pki.server_key), "client_certificate": "request",
                               "advertise_ca_names": "no", "extra": 1}, array=True)
@@ -130,6 +133,7 @@ def test_config_problems(pki: DevPki, tmp_path: Path) -> None:
         "authz.original_host_header: not a valid HTTP header name",
         "tls.sni[0].keystore: give either keystore or certificate/private_key, not both",
         "tls.sni[1].certificate: is required",
+        "tls.sni[1].hosts[1]: SNI carries host names, never addresses: '10.0.0.1'",
         "tls.sni[2].advertise_ca_names: expected true or false",
         "tls.sni[2].extra: unknown key",
         "tls.sni[2].hosts[0]: 'x.p.example' overlaps '*.p.example' of tls.sni[0]",

@@ -558,6 +558,11 @@ def _sni_entries(tls: _Reader) -> tuple[SniEntry, ...]:
         entry_hosts = _host_patterns(r, "hosts")
         if "hosts" not in r.table:
             r.problem("hosts", "is required")
+        for i, pat in enumerate(entry_hosts or ()):
+            if hostnames.is_address(pat):
+                r.problem(f"hosts[{i}]", f"SNI carries host names, never addresses: {pat!r}")
+        if entry_hosts is not None:
+            entry_hosts = tuple(p for p in entry_hosts if not hostnames.is_address(p))
         entry = SniEntry(
             hosts=entry_hosts or (),
             certificate=r.path_value("certificate"),

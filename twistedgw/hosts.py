@@ -41,11 +41,16 @@ def _name(value: str) -> str:
     return ascii_name
 
 
+def name(value: str) -> str:
+    """A host name (no wildcard) or IP address in its one spelling; BadHost otherwise."""
+    return _name(value)
+
+
 def pattern(value: str) -> str:
     """A configured host pattern in its one spelling; BadHost with why otherwise."""
     if value.startswith("*."):
         rest = _name(value[2:])
-        if _is_ip(rest):
+        if is_address(rest):
             raise BadHost(f"a wildcard applies to names, not addresses: {value!r}")
         return "*." + rest
     if "*" in value:
@@ -55,7 +60,8 @@ def pattern(value: str) -> str:
     return _name(value)
 
 
-def _is_ip(name: str) -> bool:
+def is_address(name: str) -> bool:
+    """Whether ``name`` (one spelling) is an IP address."""
     try:
         ipaddress.ip_address(name)
     except ValueError:

@@ -240,7 +240,7 @@ def server_name(connection: Any) -> str | None:
     if not raw:
         return None
     try:
-        return hostnames.pattern(raw.decode("ascii"))
+        return hostnames.name(raw.decode("ascii"))
     except (UnicodeDecodeError, hostnames.BadHost):
         return None
 
