@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,97 @@ def test_readme_examples_load(pki: DevPki, tmp_path: Path) -> None:
     assert built.server_tls is not None and built.server_tls.sni_hosts == (
         ("partners.example.com", "*.partners.example.com"),
     )
+
+
+class _Transport:
+    """Stands in for the TLSMemoryBIOProtocol: the records key, and getHandle()."""
+
+    def __init__(self) -> None:
+        self.connection: Any = None
+
+    def getHandle(self) -> Any:
+        return self.connection
+
+
+def _pump(client: Any, server: Any) -> None:
+    """Run a memory-BIO handshake to its end."""
+    from OpenSSL import SSL
+
+    for _ in range(20):
+        for conn in (client, server):
+            try:
+                conn.do_handshake()
+            except SSL.WantReadError:
+                pass
+        moved = False
+        for src, dst in ((client, server), (server, client)):
+            try:
+                data = src.bio_read(65536)
+            except SSL.WantReadError:
+                continue
+            dst.bio_write(data)
+            moved = True
+        if not moved:
+            break
+    # TLS 1.3 tickets arrive after the handshake, as records the client must read.
+    try:
+        client.recv(1)
+    except SSL.Error:
+        pass
+
+
+def test_resumed_session_never_brings_a_certificate_to_an_entry_that_does_not_ask(
+    pki: DevPki,
+) -> None:
+    """TLS 1.3 resumes across entries (OpenSSL decrypts tickets with the first Context's
+    keys, before the server-name callback runs): a session made where a certificate was
+    asked for and verified, resumed with the SNI of an entry that does not ask, carries
+    no certificate there; under its own entry it keeps the verified verdict."""
+    from OpenSSL import SSL
+
+    from twistedgw import pki as pkimod
+    from twistedgw.config import TlsConfig
+    from twistedgw.identity import Outcome
+    from twistedgw.tls import ServerTLS, SniServer
+
+    keystore = pkimod.load_keystore_pem(pki.server_cert, pki.server_key)
+    server_tls = ServerTLS(
+        TlsConfig(), keystore, pkimod.load_truststore(pki.truststore_dir), ask=False,
+        sni=[SniServer(("asks.example",), keystore, ask=True),
+             SniServer(("silent.example",), keystore, ask=False)],
+    )
+    issued = pki.issued["partner-app"]
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.use_certificate(issued.cert)
+    client_ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    for extra in issued.chain:
+        client_ctx.add_extra_chain_cert(extra)
+
+    def reused(client: Any) -> bool:
+        from OpenSSL._util import lib  # pyOpenSSL has no public call for it
+
+        return bool(lib.SSL_session_reused(client._ssl))
+
+    def connect(sni: bytes, session: Any = None) -> tuple[Any, Any]:
+        transport = _Transport()
+        server = server_tls.serverConnectionForTLS(transport)
+        transport.connection = server
+        server.set_accept_state()
+        client = SSL.Connection(client_ctx, None)
+        client.set_tlsext_host_name(sni)
+        if session is not None:
+            client.set_session(session)
+        client.set_connect_state()
+        _pump(client, server)
+        return client, server_tls.identity_for(transport)
+
+    for other in (b"silent.example", b"elsewhere.example"):  # an entry, and the default
+        client, identity = connect(b"asks.example")
+        assert identity.outcome is Outcome.VERIFIED
+        client, identity = connect(other, client.get_session())
+        assert reused(client), "resumed, so the rule on the record is what is tested"
+        assert identity.outcome is Outcome.NONE, other
+    client, identity = connect(b"asks.example")
+    client, identity = connect(b"asks.example", client.get_session())
+    assert reused(client)
+    assert identity.outcome is Outcome.VERIFIED
