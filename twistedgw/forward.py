@@ -199,15 +199,22 @@ def _client_host(address: IAddress) -> bytes | None:
 def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """Put the backend's end-to-end headers on the client response, repeats kept.
 
-    `setRawHeaders` replaces twisted.web's own Server/Date when the backend
-    sent them, so the client sees the backend's.
+    `setRawHeaders` replaces twisted.web's own Date when the backend sent one,
+    so the client sees the backend's. The backend's Server header is dropped
+    and the gateway's (no version) kept, as NGINX's `proxy_hide_header` does by
+    default: a backend's software and version are not the client's business.
     """
     is_head = request.method == b"HEAD"
     named = head.connection_tokens
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
     for name, value in head.headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or (lower == b"content-length" and not is_head):
+        if (
+            lower in HOP_BY_HOP
+            or lower in named
+            or lower == b"server"
+            or (lower == b"content-length" and not is_head)
+        ):
             continue
         entry = grouped.get(lower)
         if entry is None:

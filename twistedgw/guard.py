@@ -170,7 +170,7 @@ class Guard:
 
 
 # chunk-size [ chunk-ext ] CRLF, as twisted.web accepts it (1024 bytes at most).
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t !-\[\]-~\x80-\xff]*)?\r\n")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t !-\[\]-~\x80-\xff]{0,1000})?\r\n")
 _MAX_CHUNK_LINE = 1024
 _MAX_TRAILERS = 65536
 _TRAILER_BAD = re.compile(rb"[\r\n\x00]")
@@ -209,38 +209,12 @@ class _ChunkedDecoder:
         pos, end = 0, len(buf)
         pieces: list[bytes] = []
         state = self._state
-        match = _CHUNK_LINE.match
         try:
             while pos < end:
                 if state == 0:
-                    m = match(buf, pos)
-                    if m is None:
-                        eol = buf.find(b"\r\n", pos, pos + _MAX_CHUNK_LINE + 2)
-                        if eol >= 0 or end - pos > _MAX_CHUNK_LINE:
-                            raise _MalformedChunkedDataError("invalid chunk size line")
-                        break  # incomplete
-                    if m.end() - pos > _MAX_CHUNK_LINE + 2:
-                        raise _MalformedChunkedDataError("chunk size line is too long")
-                    size = int(m.group(1), 16)
-                    pos = m.end()
-                    if size == 0:
-                        state = 3
-                        continue
-                    chunks = self.chunks = self.chunks + 1
-                    self.size += size
-                    if chunks >= SMALL_CHUNKS_AFTER and self.size < MIN_AVERAGE_CHUNK * chunks:
-                        raise _TinyChunks(
-                            f"chunked body of {chunks} chunks averaging under "
-                            f"{MIN_AVERAGE_CHUNK} bytes; send larger chunks"
-                        )
-                    if pos + size + 2 <= end:  # the whole chunk is here: the fast path
-                        if buf[pos + size : pos + size + 2] != b"\r\n":
-                            raise _MalformedChunkedDataError("chunk did not end with CRLF")
-                        pieces.append(buf[pos : pos + size])
-                        pos += size + 2
-                        continue
-                    self._left = size
-                    state = 1
+                    pos, state = self._chunks(buf, pos, end, pieces)
+                    if state == 0:
+                        break  # an incomplete size line
                 elif state == 1:
                     take = min(self._left, end - pos)
                     pieces.append(buf[pos : pos + take])
@@ -282,6 +256,49 @@ class _ChunkedDecoder:
         self._buffer = buf[pos:]
         if pieces:
             self.data(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def _chunks(self, buf: bytes, pos: int, end: int, pieces: list[bytes]) -> tuple[int, int]:
+        """Consume whole chunks from ``pos``: the hot loop, one match per chunk.
+
+        Returns the new position and state: 0 (need more of a size line), 1 (in
+        a chunk's data) or 3 (the last chunk was seen: trailers follow).
+        """
+        match = _CHUNK_LINE.match
+        append = pieces.append
+        chunks, size = self.chunks, self.size
+        check = max(SMALL_CHUNKS_AFTER, chunks + 1)  # the chunk count of the next check
+        try:
+            while True:
+                m = match(buf, pos)
+                if m is None:
+                    eol = buf.find(b"\r\n", pos, pos + _MAX_CHUNK_LINE + 2)
+                    if eol >= 0 or end - pos > _MAX_CHUNK_LINE:
+                        raise _MalformedChunkedDataError("invalid chunk size line")
+                    return pos, 0
+                length = int(m[1], 16)
+                start = m.end()
+                if not length:
+                    return start, 3
+                chunks += 1
+                size += length
+                if chunks >= check:
+                    if size < MIN_AVERAGE_CHUNK * chunks:
+                        break  # refused below
+                    check += 256
+                stop = start + length
+                if stop + 2 > end:
+                    self._left = length
+                    return start, 1
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise _MalformedChunkedDataError("chunk did not end with CRLF")
+                append(buf[start:stop])
+                pos = stop + 2
+        finally:
+            self.chunks, self.size = chunks, size
+        raise _TinyChunks(
+            f"chunked body of {chunks} chunks averaging under "
+            f"{MIN_AVERAGE_CHUNK} bytes; send larger chunks"
+        )
 
     def noMoreData(self) -> None:
         """Only for interface parity with twisted.web's decoders."""
@@ -363,7 +380,7 @@ class GuardedChannel(HTTPChannel):
         self._limits = Limits()
         self._header_bytes = 0
         self._partial = False  # bytes of a request not yet fully received
-        self._tail = b""  # the last byte seen in line mode, for CRLF split across reads
+        self._tail = b""  # the last bytes seen, for CRLF (and CRLFCRLF) split across reads
         self._header_timer: IDelayedCall | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
@@ -486,14 +503,18 @@ class GuardedChannel(HTTPChannel):
         if self.line_mode and not self._handlingRequest and b"\n" in data:
             # twisted.web would wait for CRLF forever; a bare LF is a framing
             # difference another parser may not share: refuse it at once.
-            if _BARE_LF.search(self._tail + data, len(self._tail)):
+            seen = self._tail + data
+            # Only up to the end of the header section: a body that arrives in
+            # the same read may hold any byte (lineReceived checks later lines).
+            end = seen.find(b"\r\n\r\n")
+            if _BARE_LF.search(seen, len(self._tail), len(seen) if end < 0 else end + 4):
                 self.refuse(
                     errors.bad_request("a bare LF is not a valid line ending or header byte"),
                     "bad_request",
                 )
                 return
         if data:
-            self._tail = data[-1:]
+            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -504,6 +525,12 @@ class GuardedChannel(HTTPChannel):
             self.refuse(header_too_large(self._limits.max_header_bytes), "header_too_large")
             return
         first = getattr(self, "_command", None) is None
+        if b"\n" in line:
+            self.refuse(
+                errors.bad_request("a bare LF is not a valid line ending or header byte"),
+                "bad_request",
+            )
+            return
         if line[:1] in (b" ", b"\t") and not first:
             self.refuse(
                 errors.bad_request("obsolete line folding in request headers is not accepted"),
