@@ -39,6 +39,29 @@ class Shared:
     """What outlives one config: state the built-ins keep across reloads."""
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
+    # [cluster]: the Redis store and its connection, replaced when [cluster] changes.
+    cluster: Any = None  # cluster.RedisTierStore | None
+    cluster_observer: Any = None  # cluster.ClusterObserver for metrics, set by the service
+    connect: bool = False  # start the Redis connection when the store is made (not in check)
+
+    def tier_store(self, config: GatewayConfig) -> tiers.TierStore:
+        """This process's buckets, or the Redis store ``[cluster]`` names (made once and
+        kept while ``[cluster]`` is unchanged; a reload that changes it reconnects)."""
+        settings = config.cluster
+        current = self.cluster
+        if current is not None and current.settings != settings:
+            current.stop()
+            self.cluster = current = None
+        if settings is None:
+            return self.throttle
+        if current is None:
+            from twistedgw.cluster import RedisTierStore
+
+            self.cluster = current = RedisTierStore(settings, observer=self.cluster_observer)
+            if self.connect:
+                current.start()
+        store: tiers.TierStore = current
+        return store
 
 
 def compile_pipelines(
@@ -60,7 +83,7 @@ def compile_pipelines(
     for found in available:
         by_name.setdefault(found.name, []).append(found)
     identity = IdentityForwarding(config)
-    tier_stage = Tiers(shared.throttle)
+    tier_stage = Tiers(shared.tier_store(config)) if any(a.tiers for a in config.apis) else None
     revocation_stage = Revocation(revocation) if revocation is not None else None
     out: dict[ApiConfig, Pipeline] = {}
     for api in config.apis:
@@ -91,7 +114,7 @@ def compile_pipelines(
                 request_transforms.append(named)
             if IResponseTransform.providedBy(stage):
                 response_transforms.append(named)
-        if api.tiers:
+        if api.tiers and tier_stage is not None:
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
