@@ -37,8 +37,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg, _built = _load(args.config)
     except ConfigError as e:
         return _fail(e.problems)
+    for line in warnings(cfg):
+        print(f"twistedgw: warning: {line}", file=sys.stderr)
     print(f"{cfg.source}: OK ({len(cfg.apis)} APIs, {len(cfg.listeners)} listeners)")
     return 0
+
+
+def warnings(cfg: configmod.GatewayConfig) -> list[str]:
+    """What is valid but probably not what was meant."""
+    out = []
+    if cfg.cluster is None and cfg.workers > 1 and any(api.tiers for api in cfg.apis):
+        out.append(
+            f"{cfg.source}: workers: {cfg.workers} workers and [[apis.tiers]] without "
+            "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
+            f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
+        )
+    return out
 
 
 def _start_logging() -> None:

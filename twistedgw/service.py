@@ -32,6 +32,7 @@ from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.drain import ConnectionTracker
 from twistedgw.forward import Forwarder, ForwardSettings
 from twistedgw.observe import AccessLog, Metrics
+from twistedgw.pipeline import Shared
 from twistedgw.tls import HandshakeRecords
 from twistedgw.web import Gateway, GatewayResource
 
@@ -163,6 +164,8 @@ class GatewayService(service.Service):
             tls_policy_for=self._backend_tls_policy,
         )
         self.gateway = Gateway(built, self.forwarder)
+        # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
+        self.shared = Shared(connect=True)
         self.site = GatewaySite(GatewayResource(self.gateway))
         # Limits, timeouts, strict framing (guard.py); max_connections per process.
         self.guard = guard.harden(self.site, self.gateway)
@@ -176,8 +179,12 @@ class GatewayService(service.Service):
         if self.inherited is None:
             self.metrics = Metrics(lambda: self.gateway.runtime)
             self.gateway.observers.append(self.metrics.observe)
+            self.shared.cluster_observer = self.metrics
             if config.admin is not None:
-                self.admin = AdminService(reactor, config.admin, self.metrics, self.readiness)
+                self.admin = AdminService(
+                    reactor, config.admin, self.metrics, self.readiness, self.detail
+                )
+        self.gateway.tier_store = self.shared.tier_store(config)
         self.access_log: AccessLog | None = None
         self._set_access_log(config)
 
@@ -219,6 +226,11 @@ class GatewayService(service.Service):
         if not self.ports:
             return "listeners are not up yet"
         return None
+
+    def detail(self) -> list[str]:
+        """Extra ``/readyz`` lines: the [cluster] store's state."""
+        store = self.shared.cluster
+        return [store.describe()] if store is not None else []
 
     def _endpoint(self, listener: Listener) -> Any:
         return listener_endpoint(self.reactor, listener)
@@ -285,6 +297,7 @@ class GatewayService(service.Service):
         except ConfigError as e:  # the rest of the new config still applies
             log.error("{problem}", problem=e.problems[0])
         self.config = new_config
+        self.gateway.tier_store = self.shared.tier_store(new_config)  # [cluster] changed: reconnect
         self.gateway.runtime = built
         if self.metrics is not None:
             self.metrics.reloaded(True)
@@ -303,6 +316,7 @@ class GatewayService(service.Service):
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self.site.tracker.drain(self.reactor, self.config.shutdown_timeout))
         d.addBoth(lambda _: self.forwarder.close())
+        d.addBoth(lambda _: self.shared.cluster.stop() if self.shared.cluster is not None else None)
         if self.admin is not None:
             admin = self.admin
             d.addBoth(lambda _: admin.stopService())

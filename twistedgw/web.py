@@ -59,6 +59,7 @@ class Gateway:
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)  # survives reload
+    tier_store: tiers.TierStore | None = None  # [cluster]'s Redis store; None = ``throttle``
 
     def notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
@@ -188,25 +189,68 @@ class GatewayResource(Resource):
         identity_settings = runtime.config.identity
         lb = runtime.config.mutual_ssl
 
+        resolved: list[Caller] = []
+
         def authorise(caller: Caller) -> bytes | int:
             nonlocal identity
             identity = caller.identity
+            resolved.append(caller)
             assert api is not None
             decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
             if isinstance(decision, Deny):
                 return refuse(decision.error)
             mtls_passed = idforward.mtls_passed(identity, api)
-            wait = self.gateway.throttle.take(api, identity) if mtls_passed else None
+            limit = tiers.limit_for(api, identity) if mtls_passed else None
+            if limit is None:
+                return forward(None)
+            store = self.gateway.tier_store or self.gateway.throttle
+            try:
+                wait = store.take_limit(limit)
+            except tiers.StoreUnavailable as e:
+                return refuse(
+                    errors.limits_unavailable(f"the tier limit cannot be checked now ({e})")
+                )
+            if not isinstance(wait, Deferred):
+                return forward(wait)
+            # [cluster]: the bucket is in Redis; resume when it answers (within its timeout).
+            gone: list[Failure] = []
+            request.notifyFinish().addErrback(gone.append)
+
+            def answered(result: float | Failure | None) -> None:
+                if gone:
+                    return
+                body: bytes | int
+                if isinstance(result, Failure):
+                    if not result.check(tiers.StoreUnavailable):
+                        log.failure("tier store failed", result)
+                    body = refuse(
+                        errors.limits_unavailable(
+                            f"the tier limit cannot be checked now ({result.value})"
+                        )
+                    )
+                else:
+                    body = forward(result)
+                if isinstance(body, bytes):
+                    request.write(body)
+                    request.finish()
+
+            wait.addBoth(answered)
+            return NOT_DONE_YET
+
+        def forward(wait: float | None) -> bytes | int:
+            assert api is not None
             if wait is not None:
                 request.responseHeaders.setRawHeaders(b"retry-after", [tiers.retry_after(wait)])
                 return refuse(errors.throttled("the certificate's tier limit was exceeded"))
+            caller_ = resolved[0]
+            mtls_passed = idforward.mtls_passed(caller_.identity, api)
 
             remove = {API_KEY_HEADER}
             header = lb.certificate_header
             chain_header = lb.chain_header
             if header is not None and (
-                caller.ignored_header
-                or not caller.via_load_balancer
+                caller_.ignored_header
+                or not caller_.via_load_balancer
                 or not lb.forward_client_certificate_header
             ):
                 remove.add(header.lower().encode())
@@ -216,7 +260,9 @@ class GatewayResource(Resource):
             # balancer's own certificate header may pass, when explicitly forwarded.
             kept = {h.lower().encode() for h in (header, chain_header) if h} - remove
             remove |= idforward.stripped(identity_settings) - kept
-            add = idforward.headers_for(identity_settings, identity) if mtls_passed else []
+            add = (
+                idforward.headers_for(identity_settings, caller_.identity) if mtls_passed else []
+            )
 
             def done(result: ForwardResult) -> None:
                 finish(result.status, result.bytes_sent, result.error_kind)
