@@ -81,6 +81,7 @@ ERROR = "error"  # Redis answered with an error
 GARBAGE = "garbage"  # an answer that is not what the script returns
 OVERLOAD = "overload"  # too many round trips in flight on the connection
 KINDS = (DOWN, TIMEOUT, ERROR, GARBAGE, OVERLOAD)
+_BACKOFF = backoffPolicy(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, 2.0)
 
 
 class ClusterObserver(Protocol):
@@ -104,6 +105,11 @@ class _RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         except Exception as e:  # hiredis raises on bytes that are not RESP
             self.store._failed(GARBAGE, f"unreadable reply: {e}")
             self.transport.abortConnection()
+
+    def connectionMade(self) -> Any:
+        result = super().connectionMade()  # no AUTH/SELECT here: the store does them
+        self.store._set_up(self)
+        return result
 
     def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)
@@ -182,6 +188,7 @@ class RedisTierStore:
         self._service: ClientService | None = None
         self._conn: _RedisProtocol | None = None
         self._in_flight = 0
+        self._setup_failures = 0
         self.problem: str | None = "not connected yet"
         self.script_reloads = 0
         self._log = RateLimitedLog(log, level=LogLevel.warn, clock=reactor.seconds)
@@ -196,9 +203,8 @@ class RedisTierStore:
         self._service = ClientService(
             self._endpoint,
             _Factory(self),
-            retryPolicy=backoffPolicy(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, 2.0),
+            retryPolicy=self._retry_delay,
             clock=self.reactor,
-            prepareConnection=self._prepare,
         )
         self._service.startService()
 
@@ -210,10 +216,18 @@ class RedisTierStore:
         d: Deferred[Any] = Deferred.fromCoroutine(_stopped(service))
         return d.addCallback(lambda _: None)
 
-    def _prepare(self, proxy: Any) -> Deferred[None]:
+    def _retry_delay(self, attempt: int) -> float:
+        # ClientService forgets failed attempts once TCP connects; a connection dropped
+        # during set-up (not Redis, LOADING, wrong password) must still back off.
+        return _BACKOFF(max(attempt, self._setup_failures))
+
+    def _set_up(self, proto: _RedisProtocol) -> None:
         """SELECT the database (AUTH first if the URL has credentials) and load the
-        script; only then is the connection used. A failure drops it and retries."""
-        proto: _RedisProtocol = proxy._protocol
+        script; only then is the connection used. A failure drops it (and retries).
+
+        Not ClientService's prepareConnection: when the connection is lost during
+        it, ClientService (26.10) hits a state-machine error.
+        """
         settings = self.settings
         steps: list[tuple[Any, ...]] = []
         if settings.password is not None:
@@ -239,6 +253,9 @@ class RedisTierStore:
             return run(None, index + 1)
 
         def ready(_: object) -> None:
+            if not proto.connected:
+                return
+            self._setup_failures = 0
             self._conn = proto
             self._in_flight = 0
             if self.problem is not None:
@@ -247,12 +264,13 @@ class RedisTierStore:
                 )
             self._set_problem(None)
 
-        def refused(failure: Failure) -> Failure:
+        def refused(failure: Failure) -> None:
+            self._setup_failures += 1
             self._failed(DOWN, f"connection set-up failed: {failure.getErrorMessage()}")
-            proto.transport.abortConnection()
-            return failure
+            if proto.transport is not None:
+                proto.transport.abortConnection()
 
-        return run(None, 0).addCallbacks(ready, refused)  # type: ignore[no-any-return]
+        run(None, 0).addCallbacks(ready, refused)
 
     def _lost(self, proto: _RedisProtocol, why: Failure) -> None:
         if proto is self._conn:
