@@ -321,3 +321,151 @@ def test_garbage_answers_are_counted_and_served_per_on_failure(
         assert "Traceback" not in gw.output()
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _load(tmp_path: Path, pki: DevPki, cluster_text: str) -> Any:
+    from twistedgw import config as configmod
+
+    path = tmp_path / "c.toml"
+    path.write_text(gateway_config(pki, [{"name": "A", "version": "1", "context": "/a",
+                                          "backend": "http://127.0.0.1:1"}],
+                                   port=1, extra=cluster_text))
+    return configmod.load_partial(path)
+
+
+def test_cluster_config_values(tmp_path: Path, pki: DevPki) -> None:
+    parsed = _load(tmp_path, pki, table("cluster", {
+        "redis": "redis://app:s3cret@cache.example:6380/3", "key_prefix": "gw1:",
+        "timeout": 0.2, "on_failure": "closed"}))
+    assert parsed.problems == ()
+    c = parsed.config.cluster
+    assert (c.scheme, c.host, c.port, c.db, c.username, c.password) == (
+        "redis", "cache.example", 6380, 3, "app", "s3cret")
+    assert (c.key_prefix, c.timeout, c.on_failure) == ("gw1:", 0.2, "closed")
+    assert "s3cret" not in c.describe() and "s3cret" not in repr(c)
+    unix = _load(tmp_path, pki, table("cluster", {"redis": "unix:///run/redis/redis.sock?db=2"}))
+    assert unix.problems == ()
+    assert (unix.config.cluster.path, unix.config.cluster.db) == ("/run/redis/redis.sock", 2)
+    defaults = _load(tmp_path, pki, table("cluster", {"redis": "rediss://127.0.0.1"}))
+    d = defaults.config.cluster
+    assert (d.scheme, d.port, d.db, d.key_prefix, d.timeout, d.on_failure) == (
+        "rediss", 6379, 0, "twistedgw:", 0.05, "open")
+    assert _load(tmp_path, pki, "").config.cluster is None
+
+
+@pytest.mark.parametrize(("values", "key", "words"), [
+    ({}, "cluster.redis", "is required"),
+    ({"redis": "http://127.0.0.1:6379"}, "cluster.redis", "expected redis://"),
+    ({"redis": "redis://127.0.0.1:99999"}, "cluster.redis", "expected redis://"),
+    ({"redis": "redis://127.0.0.1/zero"}, "cluster.redis", "must be a number"),
+    ({"redis": "unix://relative.sock"}, "cluster.redis", "expected redis://"),
+    ({"redis": "redis://127.0.0.1", "on_failure": "fail"}, "cluster.on_failure",
+     "must be one of 'open', 'closed'"),
+    ({"redis": "redis://127.0.0.1", "timeout": 0}, "cluster.timeout", "must be positive"),
+    ({"redis": "redis://127.0.0.1", "timeout": "fast"}, "cluster.timeout", "expected"),
+    ({"redis": "redis://127.0.0.1", "ttl": 5}, "cluster.ttl", "unknown key"),
+    ({"redis": "redis://127.0.0.1", "trusted_certificate": "c.toml"},
+     "cluster.trusted_certificate", "only to a rediss://"),
+    ({"redis": "rediss://127.0.0.1", "certificate": "c.toml"}, "cluster.private_key",
+     "go together"),
+])
+def test_cluster_config_problems_name_file_and_key(
+    tmp_path: Path, pki: DevPki, values: dict[str, Any], key: str, words: str
+) -> None:
+    parsed = _load(tmp_path, pki, table("cluster", values))
+    expected = f"{tmp_path / 'c.toml'}: {key}: "
+    assert any(p.startswith(expected) and words in p for p in parsed.problems), parsed.problems
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
+    """The Tiers stage spends from the store ``limit_for`` names and passes a Deferred
+    through: a wait becomes 429 + Retry-After, StoreUnavailable (closed) 503 101503."""
+    from twisted.internet.defer import Deferred, fail, succeed
+
+    from twistedgw import tiers
+    from twistedgw.config import Tier
+    from twistedgw.identity import ClientIdentity, Outcome, Source
+    from twistedgw.pipeline import Refusal
+    from twistedgw.pipeline._builtin import Tiers
+
+    class Store:
+        def __init__(self, *answers: Any) -> None:
+            self.answers = list(answers)
+            self.seen: list[tiers.Limit] = []
+
+        def take_limit(self, limit: tiers.Limit) -> Any:
+            self.seen.append(limit)
+            answer = self.answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    leaf = pki.issued["partner-app"].cert
+    identity = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED, (leaf,),
+                              frozenset({"partner-root"}))
+
+    class Call:
+        mtls_passed = True
+        api = type("Api", (), {"context": "/t", "tiers": (Tier("partner-root", 30),)})()
+
+    call = Call()
+    call.identity = identity  # type: ignore[attr-defined]
+    never: Deferred[Any] = Deferred()
+    store = Store(None, 1.2, succeed(None), succeed(7.5),
+                  fail(tiers.StoreUnavailable("down")), tiers.StoreUnavailable("down"), never)
+    stage = Tiers(store)
+    assert stage.authorise(call) is None  # type: ignore[arg-type]
+    assert store.seen[0].requests_per_minute == 30
+    assert store.seen[0].key.startswith("/t\x00cert:")
+    refused = stage.authorise(call)  # type: ignore[arg-type]
+    assert isinstance(refused, Refusal) and refused.error.status == 429
+    assert refused.headers == ((b"Retry-After", b"2"),)
+    results: list[Any] = []
+    for _ in range(4):
+        d = stage.authorise(call)  # type: ignore[arg-type]
+        if isinstance(d, Deferred):
+            d.addBoth(results.append)
+        else:
+            results.append(d)
+    assert results[0] is None
+    assert results[1].error.status == 429 and results[1].headers == ((b"Retry-After", b"8"),)
+    for r in results[2:]:
+        assert isinstance(r, Refusal)
+        assert (r.error.status, r.error.code) == (503, "101503")
+    # Until Redis answers (or the store's timeout fires) the request waits.
+    pending = stage.authorise(call)  # type: ignore[arg-type]
+    assert isinstance(pending, Deferred) and not pending.called
+    never.callback(None)
+    assert pending.called
+    # Not mTLS-authenticated, or no tier: no round trip at all.
+    call.mtls_passed = False  # type: ignore[misc]
+    assert stage.authorise(call) is None  # type: ignore[arg-type]
+    assert len(store.seen) == 7
+
+
+def test_in_process_store_is_unchanged() -> None:
+    from twistedgw import tiers
+
+    now = [0.0]
+    throttle = tiers.TierThrottle(clock=lambda: now[0])
+    limit = tiers.Limit("k", 6)
+    assert [throttle.take_limit(limit) for _ in range(7)][:6] == [None] * 6
+    assert throttle.take_limit(limit) == pytest.approx(10.0)
+    now[0] += 10.0
+    assert throttle.take_limit(limit) is None
+
+
+def test_verdict_reads_only_the_scripts_answer() -> None:
+    from twistedgw.cluster import _verdict
+
+    assert _verdict([1, 0]) is None
+    assert _verdict([0, 2_500_000]) == 2.5
+    assert _verdict([0, 0]) == 1e-06  # never "retry now"
+    for garbage in ([2, 0], [0, -1], [1], "OK", None, [b"1", b"0"], [True, 0]):
+        assert isinstance(_verdict(garbage), str), garbage

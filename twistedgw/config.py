@@ -202,8 +202,8 @@ class ClusterConfig:
     The password, if the URL has one, is never logged (``describe``).
     """
 
-    redis: str
-    scheme: str  # "redis" | "rediss" | "unix"
+    redis: str = field(repr=False)  # may hold a password
+    scheme: str = "redis"  # "redis" | "rediss" | "unix"
     host: str = "127.0.0.1"
     port: int = 6379
     path: str | None = None  # unix socket
