@@ -21,16 +21,20 @@ class RedisProcess:
     directory: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more redis-server options (TLS, unix socket)
+    tls_port: int | None = None  # then ``port`` is plain and on loopback too
 
     def start(self) -> RedisProcess:
         binary = require("redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "redis.log"
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.directory)]
+                "--appendonly", "no", "--dir", str(self.directory), *self.extra]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc, log=log)
+        if self.tls_port is not None:
+            wait_port(self.tls_port, self.proc, log=log)
         return self
 
     def kill(self) -> None:
@@ -42,8 +46,8 @@ class RedisProcess:
         return command(self.port, *args)
 
 
-def start_redis(directory: Path) -> RedisProcess:
-    return RedisProcess(directory, free_port()).start()
+def start_redis(directory: Path, *extra: str, tls_port: int | None = None) -> RedisProcess:
+    return RedisProcess(directory, free_port(), extra=extra, tls_port=tls_port).start()
 
 
 def command(port: int, *args: Any) -> Any:

@@ -64,7 +64,7 @@ class Gateways:
         self.started: list[GatewayProcess] = []
 
     def start(self, apis: list[dict[str, Any]], extra: str = "", *, admin: bool = True,
-              workers: int = 1) -> tuple[GatewayProcess, int]:
+              workers: int = 1, connected: bool = True) -> tuple[GatewayProcess, int]:
         port = free_port()
         admin_port = free_port()
         if admin:
@@ -78,7 +78,7 @@ class Gateways:
         if admin:
             # Serving (all workers) and connected to Redis when there is a [cluster].
             wait_until(lambda: admin_get(admin_port, "/readyz")[0] == 200, 20, "ready")
-            if "[cluster]" in extra:
+            if "[cluster]" in extra and connected:
                 wait_until(lambda: "connected" in admin_get(admin_port, "/readyz")[2], 20,
                            "the cluster store to connect")
         return gw, admin_port
@@ -469,3 +469,67 @@ def test_verdict_reads_only_the_scripts_answer() -> None:
     assert _verdict([0, 0]) == 1e-06  # never "retry now"
     for garbage in ([2, 0], [0, -1], [1], "OK", None, [b"1", b"0"], [True, 0]):
         assert isinstance(_verdict(garbage), str), garbage
+
+
+def test_unix_socket_and_rediss_with_a_client_certificate(
+    gateways: Gateways, backend: BackendProcess, pki: DevPki, tmp_path: Path,
+) -> None:
+    """Both other transports reach the same buckets: a unix socket and verified TLS."""
+    sock = tmp_path / "r" / "redis.sock"
+    tls_port = free_port()
+    server = start_redis(
+        tmp_path / "r", "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--tls-port", str(tls_port), "--tls-cert-file", str(pki.server_cert),
+        "--tls-key-file", str(pki.server_key),
+        "--tls-ca-cert-file", str(pki.truststore_dir / "partner-root.pem"),
+        "--tls-auth-clients", "yes", tls_port=tls_port,
+    )
+    try:
+        crt, key = pki.clients["partner-direct"]
+        tls = table("cluster", {"redis": f"rediss://127.0.0.1:{tls_port}/0",
+                                "trusted_certificate": str(pki.server_ca),
+                                "certificate": str(crt), "private_key": str(key)})
+        unix = table("cluster", {"redis": f"unix://{sock}?db=0"})
+        over_tls, _ = gateways.start(apis(backend), tls)
+        over_unix, _ = gateways.start(apis(backend), unix)
+        got = statuses(over_tls.port, pki, LIMIT // 2) + statuses(over_unix.port, pki, LIMIT)
+        assert got == [200] * LIMIT + [429] * (LIMIT // 2), got
+        # A server whose certificate the CA did not sign is refused (never "connected").
+        wrong = table("cluster", {"redis": f"rediss://127.0.0.1:{tls_port}/0",
+                                  "trusted_certificate": str(pki.truststore_dir / "lb-ca.pem"),
+                                  "certificate": str(crt), "private_key": str(key)})
+        gw, admin = gateways.start(apis(backend), wrong, connected=False)
+        assert statuses(gw.port, pki, LIMIT + 1) == [200] * (LIMIT + 1)  # open: served
+        status, _, text = admin_get(admin, "/readyz")
+        assert status == 200 and "unavailable" in text, text
+    finally:
+        server.kill()
+
+
+def test_reload_that_changes_cluster_reconnects(
+    gateways: Gateways, redis: RedisProcess, backend: BackendProcess, pki: DevPki,
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    other = start_redis(tmp_path / "other")
+    try:
+        gw, admin = gateways.start(apis(backend), cluster(redis.port))
+        assert statuses(gw.port, pki, LIMIT + 1) == [200] * LIMIT + [429]
+        gw.config.write_text(gw.config.read_text().replace(
+            f"127.0.0.1:{redis.port}/0", f"127.0.0.1:{other.port}/0"))
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: f":{other.port}/0: connected" in admin_get(admin, "/readyz")[2], 15,
+                   "the new store to connect")
+        # Counted in the new Redis (fresh), and the old connection is closed.
+        assert statuses(gw.port, pki, LIMIT + 1) == [200] * LIMIT + [429]
+        assert len(other.command("KEYS", "twistedgw:*")) == 1
+        wait_until(lambda: b"connected_clients:1\r" in redis.command("INFO", "clients"), 10,
+                   "the old connection to close")
+        # A reload that keeps [cluster] keeps the connection (and the buckets).
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: gw.output().count("Reloaded") == 2, 10, "the second reload")
+        assert statuses(gw.port, pki, 1) == [429]
+        assert "cluster#warn" not in gw.output(), gw.output()  # no error on the way
+    finally:
+        other.kill()

@@ -111,7 +111,10 @@ class _RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         self.store._set_up(self)
         return result
 
+    lost: Failure | None = None
+
     def connectionLost(self, why: Failure) -> None:
+        self.lost = why
         super().connectionLost(why)
         self.store._lost(self, why)
 
@@ -266,7 +269,8 @@ class RedisTierStore:
 
         def refused(failure: Failure) -> None:
             self._setup_failures += 1
-            self._failed(DOWN, f"connection set-up failed: {failure.getErrorMessage()}")
+            why = proto.lost if proto.lost is not None else failure  # e.g. TLS verification
+            self._failed(DOWN, f"connection set-up failed: {why.getErrorMessage()}")
             if proto.transport is not None:
                 proto.transport.abortConnection()
 
