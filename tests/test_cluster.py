@@ -6,6 +6,7 @@ here (installed by ./run-tests when missing); FAIL, never skip, without it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -533,3 +534,19 @@ def test_reload_that_changes_cluster_reconnects(
         assert "cluster#warn" not in gw.output(), gw.output()  # no error on the way
     finally:
         other.kill()
+
+
+def test_tiercheck_bench_runs(tmp_path: Path) -> None:
+    """bench/tiercheck.py keeps working (nothing asserted about speed)."""
+    out = tmp_path / "tiercheck.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/tiercheck.py", "--checks", "300", "--in-flight", "8",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=120, env=env(),
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["in_process"]["cpu_us_per_check"] > 0
+    assert data["redis"]["concurrent_checks"] == 300
+    assert data["redis"]["round_trip_median_us"] > 0

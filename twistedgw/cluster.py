@@ -107,6 +107,11 @@ class _RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
             self.transport.abortConnection()
 
     def connectionMade(self) -> Any:
+        # Small pipelined commands: without TCP_NODELAY, Nagle's algorithm and delayed
+        # ACKs hold the second of two back-to-back checks for up to 40 ms.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         result = super().connectionMade()  # no AUTH/SELECT here: the store does them
         self.store._set_up(self)
         return result
