@@ -153,7 +153,10 @@ class GatewayService(service.Service):
         self.reactor = reactor
         self.config = config
         self._records = HandshakeRecords()
-        built = runtime.build(config, self._records)
+        # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
+        self.shared = Shared(connect=True)
+        built = runtime.build(config, self._records, self.shared)
+        self.shared.in_force(config)
         limits = config.limits
         self.forwarder = Forwarder(
             reactor,
@@ -164,8 +167,6 @@ class GatewayService(service.Service):
             tls_policy_for=self._backend_tls_policy,
         )
         self.gateway = Gateway(built, self.forwarder)
-        # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
-        self.shared = Shared(connect=True)
         self.site = GatewaySite(GatewayResource(self.gateway))
         # Limits, timeouts, strict framing (guard.py); max_connections per process.
         self.guard = guard.harden(self.site, self.gateway)
@@ -179,12 +180,11 @@ class GatewayService(service.Service):
         if self.inherited is None:
             self.metrics = Metrics(lambda: self.gateway.runtime)
             self.gateway.observers.append(self.metrics.observe)
-            self.shared.cluster_observer = self.metrics
+            self.shared.observe_cluster(self.metrics)
             if config.admin is not None:
                 self.admin = AdminService(
                     reactor, config.admin, self.metrics, self.readiness, self.detail
                 )
-        self.gateway.tier_store = self.shared.tier_store(config)
         self.access_log: AccessLog | None = None
         self._set_access_log(config)
 
@@ -280,7 +280,8 @@ class GatewayService(service.Service):
     def reload(self) -> bool:
         """Re-read the config and key material; keep the old state on any problem."""
         try:
-            built = runtime.load(self.config.source, self._records)
+            # The tier buckets and other shared state carry over to the new pipelines.
+            built = runtime.load(self.config.source, self._records, self.gateway.runtime.shared)
         except ConfigError as e:
             for line in e.problems:
                 log.error(
@@ -289,6 +290,7 @@ class GatewayService(service.Service):
             if self.metrics is not None:
                 self.metrics.reloaded(False)
             self.reopen_logs()  # logrotate sends SIGHUP whatever the config says
+            self.shared.in_force(self.config)  # a store the refused config made goes
             return False
         new_config = built.config
         _warn_restart_only(self.config, new_config)
@@ -297,7 +299,7 @@ class GatewayService(service.Service):
         except ConfigError as e:  # the rest of the new config still applies
             log.error("{problem}", problem=e.problems[0])
         self.config = new_config
-        self.gateway.tier_store = self.shared.tier_store(new_config)  # [cluster] changed: reconnect
+        self.shared.in_force(new_config)  # a changed [cluster] has connected anew: drop the old
         self.gateway.runtime = built
         if self.metrics is not None:
             self.metrics.reloaded(True)
@@ -316,7 +318,7 @@ class GatewayService(service.Service):
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self.site.tracker.drain(self.reactor, self.config.shutdown_timeout))
         d.addBoth(lambda _: self.forwarder.close())
-        d.addBoth(lambda _: self.shared.cluster.stop() if self.shared.cluster is not None else None)
+        d.addBoth(lambda _: self.shared.stop())
         if self.admin is not None:
             admin = self.admin
             d.addBoth(lambda _: admin.stopService())

@@ -436,11 +436,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     link = _ParentLink(reactor)
     stdio.StandardIO(link, stdin=0, stdout=EVENTS_FD, reactor=reactor)  # type: ignore[call-arg]
     svc.gateway.observers.append(link.observe)
-    svc.shared.cluster_observer = link
-    if svc.shared.cluster is not None:
-        svc.shared.cluster.observer = link
-        if svc.shared.cluster.problem is not None:
-            link.cluster_state(svc.shared.cluster.problem)
+    svc.shared.observe_cluster(link)
+    if svc.shared.cluster is not None and svc.shared.cluster.problem is not None:
+        link.cluster_state(svc.shared.cluster.problem)
     exit_code = [0]
 
     def serving(_: Any) -> None:
