@@ -532,6 +532,17 @@ def test_reload_that_changes_cluster_reconnects(
         wait_until(lambda: gw.output().count("Reloaded") == 2, 10, "the second reload")
         assert statuses(gw.port, pki, 1) == [429]
         assert "cluster#warn" not in gw.output(), gw.output()  # no error on the way
+        # A refused reload (here: a bad key beside a changed [cluster]) keeps the store.
+        good = gw.config.read_text()
+        gw.config.write_text(good.replace(f"127.0.0.1:{other.port}/0",
+                                          f"127.0.0.1:{redis.port}/0") + "bogus = 1\n")
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: "Reload refused" in gw.output(), 10, "the refusal")
+        assert statuses(gw.port, pki, 1) == [429]  # still counted in the other Redis
+        assert f":{other.port}/0: connected" in admin_get(admin, "/readyz")[2]
+        # ... and the connection the refused config opened is closed again.
+        wait_until(lambda: b"connected_clients:1\r" in redis.command("INFO", "clients"), 10,
+                   "the refused config's connection to close")
     finally:
         other.kill()
 
