@@ -13,6 +13,11 @@ process, with the real reactor:
 
 Every check spends from one of 1,000 buckets with a limit no check reaches, so all
 are answered "allowed" and the script does the same work each time.
+
+With ``--e2e N`` it also starts two gateway processes on the same echo backend, one
+counting in process and one with ``[cluster]``, and sends N keep-alive requests over
+TLS with a client certificate to each, interleaved, one at a time: the difference of
+the medians is what a request with a tier pays for Redis.
 """
 
 from __future__ import annotations
@@ -141,11 +146,56 @@ def in_redis(port: int, checks: int, in_flight: int) -> Any:
     }
 
 
+def end_to_end(work: Path, redis_port: int, requests: int) -> dict[str, Any]:
+    from tests.backend_fixture import start_backend
+    from tests.e2e import context, tls_connect
+    from tests.harness import free_port as harness_port
+    from tests.harness import gateway_config, send, start_gateway, table
+    from twistedgw import devpki
+
+    pki = devpki.generate(work / "pki")
+    backend = start_backend(work / "backend")
+    api = {"name": "Tiered", "version": "1", "context": "/t", "backend": backend.url,
+           "mutual_ssl": "mandatory", "tiers": [{"alias": "partner-root",
+                                                 "requests_per_minute": RATE}]}
+    gateways = {}
+    try:
+        for name, extra in (("in process", ""), ("redis", table("cluster", {
+                "redis": f"redis://127.0.0.1:{redis_port}/0", "key_prefix": "e2e:"}))):
+            port = harness_port()
+            gateways[name] = start_gateway(
+                work / name.replace(" ", "-"), gateway_config(pki, [api], port=port, extra=extra),
+                port)
+        time.sleep(1.0)  # the Redis connection
+        conns = {n: tls_connect(g.port, context(pki, "partner-app")) for n, g in gateways.items()}
+        times: dict[str, list[float]] = {n: [] for n in gateways}
+        for i in range(requests + 200):
+            for name, conn in conns.items():
+                t0 = time.perf_counter()
+                r = send(conn, "/t/x")
+                if i >= 200:  # warm-up
+                    times[name].append(time.perf_counter() - t0)
+                assert r.status == 200, (name, r.status, r.body)
+        for conn in conns.values():
+            conn.close()
+        return {
+            name: {"requests": len(t), "median_us": percentile(t, 0.5) * 1e6,
+                   "p99_us": percentile(t, 0.99) * 1e6}
+            for name, t in times.items()
+        }
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        backend.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=20_000)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--e2e", type=int, default=0, metavar="N",
+                        help="also N requests through a gateway each way")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as work:
@@ -161,6 +211,8 @@ def main() -> int:
 
             reactor.callWhenRunning(run)
             reactor.run()
+            if args.e2e:
+                out["end_to_end"] = end_to_end(Path(work), port, args.e2e)
         finally:
             proc.kill()
             proc.wait()
@@ -175,6 +227,9 @@ def main() -> int:
     print(f"Redis, {redis['in_flight']} in flight: {redis['checks_per_second']:.0f} checks/s, "
           f"{redis['gateway_cpu_us_per_check']:.1f} us gateway CPU per check "
           f"({redis['concurrent_checks']} checks)")
+    for name, figures in out.get("end_to_end", {}).items():
+        print(f"through a gateway, tier {name}: median {figures['median_us']:.0f} us, "
+              f"p99 {figures['p99_us']:.0f} us per request ({figures['requests']} requests)")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
