@@ -337,7 +337,13 @@ class RedisTierStore:
                     self._late,
                     result,
                 )
-                again = conn.execute_command("EVAL", SCRIPT, 1, key, capacity, period, expire)
+                try:
+                    again = conn.execute_command("EVAL", SCRIPT, 1, key, capacity, period, expire)
+                except Exception as e:  # the connection went away meanwhile
+                    self._in_flight -= 1
+                    timer2.cancel()
+                    self._answer(result, self._fallback(DOWN, str(e)))
+                    return
                 again.addBoth(finish, timer2)
                 return
             finish(reply, None, counted=False)
@@ -353,7 +359,10 @@ class RedisTierStore:
                 reply = reply.value
             verdict = _verdict(reply)
             if isinstance(verdict, str):
-                kind = ERROR if isinstance(reply, Exception) else GARBAGE
+                if isinstance(reply, txredisapi.ConnectionError):  # lost, or stuck and dropped
+                    kind = DOWN
+                else:
+                    kind = ERROR if isinstance(reply, Exception) else GARBAGE
                 self._answer(result, self._fallback(kind, verdict))
                 return
             if self.observer is not None:
