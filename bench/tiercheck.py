@@ -75,7 +75,7 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def limits() -> list[tiers.Limit]:
-    return [tiers.Limit(f"/bench\x00cert:{i:064x}", RATE) for i in range(BUCKETS)]
+    return [tiers.Limit(f"/bench\x00leaf:{i:064x}".encode(), RATE) for i in range(BUCKETS)]
 
 
 def in_process(checks: int) -> dict[str, Any]:

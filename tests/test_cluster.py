@@ -413,6 +413,7 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
 
     class Call:
         mtls_passed = True
+        consumer = None
         api = type("Api", (), {"context": "/t", "tiers": (Tier("partner-root", 30),)})()
 
     call = Call()
@@ -423,7 +424,7 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     stage = Tiers(store)
     assert stage.authorise(call) is None  # type: ignore[arg-type]
     assert store.seen[0].requests_per_minute == 30
-    assert store.seen[0].key.startswith("/t\x00cert:")
+    assert store.seen[0].key.startswith(b"/t\x00leaf:")
     refused = stage.authorise(call)  # type: ignore[arg-type]
     assert isinstance(refused, Refusal) and refused.error.status == 429
     assert refused.headers == ((b"Retry-After", b"2"),)
@@ -455,7 +456,7 @@ def test_in_process_store_is_unchanged() -> None:
 
     now = [0.0]
     throttle = tiers.TierThrottle(clock=lambda: now[0])
-    limit = tiers.Limit("k", 6)
+    limit = tiers.Limit(b"k", 6)
     assert [throttle.take_limit(limit) for _ in range(7)][:6] == [None] * 6
     assert throttle.take_limit(limit) == pytest.approx(10.0)
     now[0] += 10.0

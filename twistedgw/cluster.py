@@ -313,8 +313,8 @@ class RedisTierStore:
         if self._in_flight >= MAX_IN_FLIGHT:
             self._now(OVERLOAD, f"{MAX_IN_FLIGHT} round trips in flight")
             return None
-        prefix, period, expire = self._args
-        key = prefix + limit.key
+        _prefix, period, expire = self._args
+        key = self._prefix + limit.key
         capacity = str(limit.requests_per_minute).encode()
         started = self.reactor.seconds()
         self._in_flight += 1
@@ -369,7 +369,7 @@ class RedisTierStore:
                 self.observer.cluster_round_trip(self.reactor.seconds() - started)
             result.callback(verdict)
 
-        wire = self._head + _bulk(key.encode()) + _bulk(capacity) + self._tail
+        wire = self._head + _bulk(key) + _bulk(capacity) + self._tail
         try:
             sent = conn.execute_command("EVALSHA", wire=wire)
         except Exception as e:  # the connection went away under us
