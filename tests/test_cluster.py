@@ -65,12 +65,13 @@ class Gateways:
         self.started: list[GatewayProcess] = []
 
     def start(self, apis: list[dict[str, Any]], extra: str = "", *, admin: bool = True,
-              workers: int = 1, connected: bool = True) -> tuple[GatewayProcess, int]:
+              workers: int = 1, connected: bool = True,
+              api_keys: dict[str, str] | None = None) -> tuple[GatewayProcess, int]:
         port = free_port()
         admin_port = free_port()
         if admin:
             extra += table("admin", {"host": "127.0.0.1", "port": admin_port})
-        text = gateway_config(self.pki, apis, port=port, extra=extra)
+        text = gateway_config(self.pki, apis, port=port, extra=extra, api_keys=api_keys)
         if workers > 1:
             text = f"workers = {workers}\n" + text
         gw = start_gateway(self.tmp_path / f"gw{len(self.started)}", text, port,
@@ -173,6 +174,27 @@ def test_one_limit_across_two_instances_behind_haproxy(
     trips = [value(scrape(a), "twistedgw_cluster_store_round_trip_seconds_count")
              for a in (admin1, admin2)]
     assert sum(trips) == 3 * LIMIT + 1 and min(trips) >= LIMIT, trips
+
+
+def test_consumer_tier_shared_by_two_instances(
+    gateways: Gateways, redis: RedisProcess, backend: BackendProcess, pki: DevPki,
+) -> None:
+    """A consumer's one budget holds across instances, whatever credential it uses."""
+    key = "acme-secret"
+    api = {"version": "1", "backend": backend.url, "name": "Tiered", "context": "/tiered",
+           "mutual_ssl": "optional", "api_key": "optional",
+           "tiers": [{"consumer": "acme", "requests_per_minute": LIMIT}]}
+    extra = cluster(redis.port) + table(
+        "consumers", {"name": "acme", "api_keys": ["acme-key"]}, array=True)
+    first, _ = gateways.start([api], extra, api_keys={"acme-key": key})
+    second, _ = gateways.start([api], extra, api_keys={"acme-key": key})
+    got = [get((first, second)[i % 2].port, TIERED, pki, headers={"apikey": key}).status
+           for i in range(LIMIT + 2)]
+    assert got == [200] * LIMIT + [429, 429], got
+    r = get(second.port, TIERED, pki, headers={"apikey": key})
+    assert r.status == 429 and "consumer's" in r.json()["description"]
+    keys = redis.command("KEYS", "twistedgw:*")
+    assert keys == [b"twistedgw:/tiered\x00consumer:acme"], keys
 
 
 def test_without_cluster_each_process_counts_on_its_own(
