@@ -584,3 +584,99 @@ def test_tiercheck_bench_runs(tmp_path: Path) -> None:
     assert data["in_process"]["cpu_us_per_check"] > 0
     assert data["redis"]["concurrent_checks"] == 300
     assert data["redis"]["round_trip_median_us"] > 0
+
+
+def test_store_timeout_noscript_garbage_in_memory() -> None:
+    """RedisTierStore's request path against a scripted connection and a fake clock."""
+    import txredisapi
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from twistedgw import cluster, tiers
+    from twistedgw.config import ClusterConfig
+
+    class Conn:
+        connected = 1
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[Any, ...]] = []
+            self.pending: list[Deferred[Any]] = []
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            self.sent.append(args + tuple(kwargs.values()))
+            d: Deferred[Any] = Deferred()
+            self.pending.append(d)
+            return d
+
+    class Observer:
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+            self.trips: list[float] = []
+            self.states: list[str | None] = []
+
+        def cluster_error(self, kind: str) -> None:
+            self.errors.append(kind)
+
+        def cluster_round_trip(self, seconds: float) -> None:
+            self.trips.append(seconds)
+
+        def cluster_state(self, problem: str | None) -> None:
+            self.states.append(problem)
+
+    def make(on_failure: str) -> tuple[Any, Conn, Observer, Clock]:
+        clock = Clock()
+        observer = Observer()
+        settings = ClusterConfig(redis="redis://x", timeout=0.05, on_failure=on_failure)
+        store = cluster.RedisTierStore(settings, clock, observer=observer, endpoint=object())
+        conn = Conn()
+        store._conn = conn
+        return store, conn, observer, clock
+
+    limit = tiers.Limit(b"/t\x00leaf:k", 60)
+    results: list[Any] = []
+    store, conn, observer, clock = make("open")
+    # Allowed, throttled (Retry-After from the script's microseconds).
+    store.take_limit(limit).addBoth(results.append)
+    store.take_limit(limit).addBoth(results.append)
+    assert b"EVALSHA" in conn.sent[0][-1] and b"twistedgw:/t\x00leaf:k" in conn.sent[0][-1]
+    conn.pending[0].callback([1, 0])
+    conn.pending[1].callback([0, 1_500_000])
+    assert results == [None, 1.5] and len(observer.trips) == 2
+    # No answer within the timeout: served (open), counted; the late answer is ignored.
+    store.take_limit(limit).addBoth(results.append)
+    clock.advance(0.049)
+    assert len(results) == 2
+    clock.advance(0.002)
+    assert results[2] is None and observer.errors == ["timeout"]
+    conn.pending[2].callback([0, 5])
+    assert len(results) == 3
+    # NOSCRIPT (SCRIPT FLUSH): EVAL with the script, within the same timeout.
+    store.take_limit(limit).addBoth(results.append)
+    conn.pending[3].errback(txredisapi.ResponseError("NOSCRIPT No matching script."))
+    assert conn.sent[4][0] == "EVAL" and conn.sent[4][1] == cluster.SCRIPT
+    conn.pending[4].callback([1, 0])
+    assert results[3] is None and store.script_reloads == 1 and observer.errors == ["timeout"]
+    # Garbage and Redis errors: counted by kind, served.
+    for answer in ("OK", txredisapi.ResponseError("ERR something")):
+        store.take_limit(limit).addBoth(results.append)
+        d = conn.pending[-1]
+        d.errback(answer) if isinstance(answer, Exception) else d.callback(answer)
+    assert results[4:] == [None, None] and observer.errors == ["timeout", "garbage", "error"]
+    assert store._in_flight == 0
+
+    # Closed: the same failures refuse (StoreUnavailable), synchronously when not connected.
+    store, conn, observer, clock = make("closed")
+    store.take_limit(limit).addBoth(results.append)
+    clock.advance(0.06)
+    assert isinstance(results[-1].value, tiers.StoreUnavailable)
+    store._conn = None
+    with pytest.raises(tiers.StoreUnavailable):
+        store.take_limit(limit)
+    assert observer.errors == ["timeout", "down"]
+    # Too many in flight: fail fast rather than queue without bound.
+    store._conn = conn
+    store._in_flight = cluster.MAX_IN_FLIGHT
+    with pytest.raises(tiers.StoreUnavailable):
+        store.take_limit(limit)
+    assert observer.errors[-1] == "overload"
+    assert "on_failure = closed" in store.describe()

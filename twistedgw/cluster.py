@@ -210,6 +210,7 @@ class RedisTierStore:
         self.problem: str | None = "not connected yet"
         self.script_reloads = 0
         self._log = RateLimitedLog(log, level=LogLevel.warn, clock=reactor.seconds)
+        self._info = RateLimitedLog(log, level=LogLevel.info, clock=reactor.seconds)
         self._args = (settings.key_prefix, str(PERIOD_MS).encode(), str(EXPIRE_MS).encode())
         self._prefix = settings.key_prefix.encode()
         self._head = b"*7\r\n" + _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA.encode()) + _bulk(b"1")
@@ -279,10 +280,9 @@ class RedisTierStore:
             self._setup_failures = 0
             self._conn = proto
             self._in_flight = 0
-            if self.problem is not None:
-                log.info(
-                    "Cluster store {where}: connected", where=self.settings.describe()
-                )
+            if self.problem is not None:  # at most once a minute, should Redis flap
+                self._info.emit("connected", "Cluster store {where}: connected",
+                                where=self.settings.describe())
             self._set_problem(None)
 
         def refused(failure: Failure) -> None:
