@@ -139,6 +139,15 @@ def test_one_limit_across_two_workers(
     metrics = scrape(admin)
     assert value(metrics, "twistedgw_cluster_store_round_trip_seconds_count") == 3 * LIMIT
     assert value(metrics, "twistedgw_cluster_store_errors_total", kind="down") == 0
+    # Redis gone: the parent's /readyz says which workers cannot reach it, and the
+    # workers' errors reach the parent's metrics.
+    redis.kill()
+    text = wait_until(lambda: (t := admin_get(admin, "/readyz")[2]).count("unavailable in worker")
+                      == 2 and t, 10, "both workers to report")
+    assert text.startswith("ready\n"), text
+    assert get(gw.port, TIERED, pki, "partner-app").status == 200  # open
+    wait_until(lambda: value(scrape(admin), "twistedgw_cluster_store_errors_total",
+                             kind="down") >= 1, 10, "the error to be counted")
 
 
 def haproxy_tcp(port: int, backends: list[int]) -> str:

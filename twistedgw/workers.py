@@ -181,6 +181,8 @@ class Supervisor(service.Service):
         }
         worker = _Worker(self, index)
         self.workers[index] = worker
+        if self.config.cluster is not None:  # until the worker says it has connected
+            self.cluster_problems[index] = "not connected yet"
         process = self.reactor.spawnProcess(
             worker, sys.executable, argv, env=env, childFDs=child_fds
         )
