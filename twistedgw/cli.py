@@ -37,19 +37,32 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg, _built = _load(args.config)
     except ConfigError as e:
         return _fail(e.problems)
+    # Worth a look but not refused; the Runtime's own (an SNI certificate that does not
+    # cover its hosts) come from loading the key material.
+    for line in [*warnings(cfg), *_built.warnings]:
+        print(f"twistedgw: warning: {line}", file=sys.stderr)
     apis, listeners = _count(len(cfg.apis), "API"), _count(len(cfg.listeners), "listener")
     print(f"{cfg.source}: OK ({apis}, {listeners})")
     # The effective addresses: a listener without port listens on the default, 9095.
     for listener in cfg.listeners:
         print(f"  listens on {listener.describe()}")
-    # Worth a look but not refused (a certificate that does not cover its SNI hosts).
-    for line in _built.warnings:
-        print(f"twistedgw: warning: {line}", file=sys.stderr)
     return 0
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def warnings(cfg: configmod.GatewayConfig) -> list[str]:
+    """What is valid but probably not what was meant."""
+    out = []
+    if cfg.cluster is None and cfg.workers > 1 and any(api.tiers for api in cfg.apis):
+        out.append(
+            f"{cfg.source}: workers: {cfg.workers} workers and [[apis.tiers]] without "
+            "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
+            f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
+        )
+    return out
 
 
 def _start_logging() -> None:
