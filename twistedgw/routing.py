@@ -9,11 +9,15 @@ exactly that path: it has nothing left to reinterpret.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from twistedgw import errors
 from twistedgw.config import ApiConfig
+from twistedgw.errors import GatewayError
+from twistedgw.openapi import Operation
 
 
 class BadPath(ValueError):
@@ -104,6 +108,108 @@ _normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
 class Route:
     api: ApiConfig
     backend_target: bytes  # absolute URL for the backend, path and query included
+    # Other backends to try, in order, when the first cannot be reached (``backends``).
+    alternatives: tuple[bytes, ...] = ()
+    # APIs from an OpenAPI definition: the operation matched, and the API config whose
+    # schemes apply to it (the API itself, or its variant for the operation's security).
+    operation: Operation | None = None
+    effective: ApiConfig | None = None
+    # Set when the API serves only its defined operations and none matched: answer this
+    # error (404 900906, or 405 with ``allow`` as the Allow header) instead of forwarding.
+    unmatched: GatewayError | None = None
+    allow: bytes = b""
+
+    @property
+    def security_api(self) -> ApiConfig:
+        """The API config whose schemes (and pipeline) apply to this request."""
+        return self.effective if self.effective is not None else self.api
+
+
+def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
+    target = backend.encode() + rest
+    if not rest and not backend.split("://", 1)[1].count("/"):
+        target += b"/"
+    if query is not None:
+        target += b"?" + query
+    return target
+
+
+_PARAM = re.compile(r"\{[^{}/]*\}")
+
+
+@dataclass(frozen=True)
+class _Template:
+    """One path template of a definition and its operations by method."""
+
+    template: str
+    pattern: re.Pattern[bytes]
+    loose: re.Pattern[bytes]  # the same, ignoring case
+    rank: tuple[int, ...]  # per segment: 0 literal, 1 templated; lower is more specific
+    methods: dict[bytes, tuple[Operation, ApiConfig]]
+    allow: bytes
+
+
+def _compile_templates(api: ApiConfig) -> list[_Template]:
+    from twistedgw.openapi import variant
+
+    variants: dict[object, ApiConfig] = {}
+    grouped: dict[str, dict[bytes, tuple[Operation, ApiConfig]]] = {}
+    for op in api.operations or ():
+        effective = api
+        if op.security is not None:
+            effective = variants.setdefault(op.security, variant(api, op.security))
+        grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective)
+    out = []
+    for template, methods in grouped.items():
+        segments = template.rstrip("/").split("/")[1:] if template.rstrip("/") else []
+        parts = []
+        rank = []
+        for segment in segments:
+            pieces = _PARAM.split(segment)
+            if len(pieces) == 1:
+                parts.append(re.escape(segment))
+                rank.append(0)
+            else:
+                parts.append("[^/]+".join(re.escape(p) for p in pieces))
+                rank.append(1)
+        regex = "/" + "/".join(parts) if parts else "/"
+        pattern = re.compile(("^" + regex + "$").encode())
+        loose = re.compile(("^" + regex + "$").encode(), re.IGNORECASE)
+        names = set(methods)
+        if b"GET" in names:
+            names.add(b"HEAD")
+        allow = b", ".join(sorted(names))
+        out.append(_Template(template, pattern, loose, tuple(rank), methods, allow))
+    out.sort(key=lambda t: t.rank)
+    return out
+
+
+def match_operation(
+    templates: list[_Template], rest: bytes, method: bytes
+) -> tuple[Operation, ApiConfig] | _Template | None:
+    """The operation for ``method`` on ``rest`` (the path below the context).
+
+    Paths match case-sensitively, as OpenAPI says, and literal segments beat
+    templated ones; the most specific template that matches the path decides:
+    if it lacks the method, the answer is 405 (its ``_Template``). A path that
+    a more specific template matches only when case is ignored matches nothing:
+    with ``/admin`` (mTLS) and ``/{name}`` (open), ``/ADMIN`` must not reach a
+    backend that ignores case under the open operation's security.
+    """
+    if len(rest) > 1 and rest.endswith(b"/"):
+        rest = rest[:-1]
+    if not rest:
+        rest = b"/"
+    for template in templates:
+        if not template.loose.match(rest):
+            continue
+        if not template.pattern.match(rest):
+            return None
+        found = template.methods.get(method)
+        if found is None and method == b"HEAD":
+            found = template.methods.get(b"GET")
+        return found if found is not None else template
+    return None
 
 
 class Router:
@@ -111,22 +217,46 @@ class Router:
 
     Contexts match case-insensitively so that ``/PETSTORE`` cannot slip past a
     protected ``/petstore`` to a catch-all API whose backend ignores case.
+    An API read from an OpenAPI definition serves only its operations (when the
+    request's method is given); an API with several backends spreads requests
+    round-robin (``load_balance``) or prefers them in order (``failover``).
     """
 
     def __init__(self, apis: Iterable[ApiConfig]) -> None:
         ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
         self._apis = [(a.context.lower().encode(), a) for a in ordered]
+        self._templates = {
+            a.context: _compile_templates(a) for a in ordered if a.operations is not None
+        }
+        self._turns = {a.context: itertools.count() for a in ordered if len(a.endpoints) > 1}
 
-    def route(self, path: bytes, query: bytes | None) -> Route | None:
+    def route(self, path: bytes, query: bytes | None, method: bytes | None = None) -> Route | None:
         """``path`` must already be normalised."""
         lowered = path.lower()
         for context, api in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
                 rest = path[len(context) :] if context != b"/" else path
-                target = api.backend.encode() + (rest if rest else b"")
-                if not rest and not api.backend.split("://", 1)[1].count("/"):
-                    target += b"/"
-                if query is not None:
-                    target += b"?" + query
-                return Route(api, target)
+                operation = effective = None
+                if method is not None and api.operations is not None:
+                    found = match_operation(self._templates[api.context], rest, method)
+                    if found is None:
+                        return Route(api, b"", unmatched=errors.no_matching_resource(
+                            f"no operation of {api.label} matches {path.decode('latin-1')!r}"
+                        ))
+                    if isinstance(found, _Template):
+                        return Route(api, b"", allow=found.allow,
+                                     unmatched=errors.method_not_allowed(
+                            f"{method.decode('latin-1')} is not allowed on "
+                            f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
+                        ))
+                    operation, effective = found
+                endpoints = api.endpoints
+                if len(endpoints) == 1:
+                    return Route(api, _target(api.backend, rest, query),
+                                 operation=operation, effective=effective)
+                if api.backend_mode == "load_balance":
+                    turn = next(self._turns[api.context]) % len(endpoints)
+                    endpoints = endpoints[turn:] + endpoints[:turn]
+                targets = [_target(b, rest, query) for b in endpoints]
+                return Route(api, targets[0], tuple(targets[1:]), operation, effective)
         return None
