@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -794,6 +794,14 @@ def variants(api: ApiConfig) -> list[ApiConfig]:
         if op.security is not None and op.security not in seen:
             seen[op.security] = variant(api, op.security)
     return list(seen.values())
+
+
+def with_variants(apis: Iterable[ApiConfig]) -> Iterator[tuple[ApiConfig, bool]]:
+    """Every API, each followed by its operations' variants: (config, is the API itself)."""
+    for api in apis:
+        yield api, True
+        for other in variants(api):
+            yield other, False
 
 
 def apply(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw import tiers
+from twistedgw import openapi, tiers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
 from twistedgw.pipeline._builtin import (
     ApiKeys,
@@ -63,7 +63,9 @@ def compile_pipelines(
     tier_stage = Tiers(shared.throttle)
     revocation_stage = Revocation(revocation) if revocation is not None else None
     out: dict[ApiConfig, Pipeline] = {}
-    for api in config.apis:
+    # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
+    # problems are reported once, for the API itself).
+    for api, own in openapi.with_variants(config.apis):
         checks: list[Named] = []
         schemes: list[Named] = []
         authorisers: list[Named] = []
@@ -76,7 +78,7 @@ def compile_pipelines(
         if api.api_key is not Mode.DISABLED:
             schemes.append(Named("api_key", ApiKeys(api, config.api_keys)))
         for spec in api.plugins:
-            stage = _configure(spec, by_name, api, config, problems)
+            stage = _configure(spec, by_name, api, config, problems if own else [])
             if stage is None:
                 continue
             named = Named(spec.name, stage)
