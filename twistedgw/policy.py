@@ -85,7 +85,7 @@ class ApiKeyAuthenticator:
         return api.api_key
 
     def authenticate(self, context: AuthContext, api: ApiConfig) -> SchemeResult:
-        values = context.headers.getRawHeaders(API_KEY_HEADER)
+        values = context.headers.getRawHeaders(api.api_key_header.lower().encode())
         if not values:
             return SchemeResult(False, False, reason="no API key was presented")
         if len(values) > 1:

@@ -173,10 +173,15 @@ class GatewayResource(Resource):
                 api, identity = which, caller.identity
 
             return self._authz(request, runtime, refuse, finish, judged)
-        route = runtime.router.route(path, query)
+        route = runtime.router.route(path, query, request.method)
         if route is None:
             return refuse(errors.not_found(path.decode("latin-1")))
         api = route.api
+        if route.unmatched is not None:  # an OpenAPI API without this operation
+            if route.allow:
+                request.responseHeaders.setRawHeaders(b"allow", [route.allow])
+            return refuse(route.unmatched)
+        scheme_api = route.security_api  # the operation's own security, if it has one
         limit = api.max_body_bytes or runtime.config.limits.max_body_bytes
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -192,16 +197,18 @@ class GatewayResource(Resource):
             nonlocal identity
             identity = caller.identity
             assert api is not None
-            decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
+            decision = runtime.policy.decide(
+                AuthContext(identity, request.requestHeaders), scheme_api
+            )
             if isinstance(decision, Deny):
                 return refuse(decision.error)
-            mtls_passed = idforward.mtls_passed(identity, api)
+            mtls_passed = idforward.mtls_passed(identity, scheme_api)
             wait = self.gateway.throttle.take(api, identity) if mtls_passed else None
             if wait is not None:
                 request.responseHeaders.setRawHeaders(b"retry-after", [tiers.retry_after(wait)])
                 return refuse(errors.throttled("the certificate's tier limit was exceeded"))
 
-            remove = {API_KEY_HEADER}
+            remove = {API_KEY_HEADER, scheme_api.api_key_header.lower().encode()}
             header = lb.certificate_header
             chain_header = lb.chain_header
             if header is not None and (
@@ -228,10 +235,13 @@ class GatewayResource(Resource):
                 remove_headers=remove,
                 on_done=done,
                 backend_timeout=api.backend_timeout,
+                alternatives=route.alternatives,
             )
             return NOT_DONE_YET
 
-        return with_revocation(request, runtime, callers.resolve(request, runtime), api, authorise)
+        return with_revocation(
+            request, runtime, callers.resolve(request, runtime), scheme_api, authorise
+        )
 
     def _authz(
         self,
@@ -260,10 +270,18 @@ class GatewayResource(Resource):
             path = normalise(raw_path)
         except BadPath as e:
             return refuse(errors.forbidden(str(e)))
-        route = runtime.router.route(path, query)
+        method = request.getHeader(settings.original_method_header.encode())
+        route = runtime.router.route(path, query, method)
         if route is None:
             return refuse(errors.forbidden(errors.not_found(path.decode("latin-1")).description))
-        api = route.api
+        if route.api.operations is not None and method is None:
+            # Its security depends on the operation, and so on the method.
+            return refuse(
+                errors.bad_request(f"the {settings.original_method_header} header is missing")
+            )
+        if route.unmatched is not None:
+            return refuse(errors.forbidden(route.unmatched.description))
+        api = route.security_api
 
         def judge(caller: Caller) -> bytes:
             judged(api, caller)  # the access log and metrics name the API and caller judged
