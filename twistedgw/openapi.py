@@ -844,3 +844,48 @@ def apply(
     return dataclasses.replace(
         api, operations=operations, openapi=Origin(file, context_from)
     )
+
+
+# --------------------------------------------------------------------------- twistedgw routes
+
+
+def describe_security(api: ApiConfig) -> str:
+    """``mutual_ssl:mandatory api_key(X-API-Key):optional``, or ``open``."""
+    parts = []
+    if api.mutual_ssl is not Mode.DISABLED:
+        aliases = f"[{','.join(sorted(api.aliases))}]" if api.aliases is not None else ""
+        parts.append(f"mutual_ssl{aliases}:{api.mutual_ssl.value}")
+    if api.api_key is not Mode.DISABLED:
+        header = "" if api.api_key_header == WSO2_API_KEY_HEADER else f"({api.api_key_header})"
+        parts.append(f"api_key{header}:{api.api_key.value}")
+    jwt = getattr(api, "jwt", Mode.DISABLED)
+    if jwt is not Mode.DISABLED:
+        parts.append(f"jwt:{jwt.value}")
+    for spec in api.plugins:
+        parts.append(f"plugin:{spec.name}")
+    return " ".join(parts) or "open"
+
+
+def route_rows(apis: Iterable[ApiConfig]) -> list[tuple[str, str, str, str, str]]:
+    """(host, method, path template, API, schemes) for every route, as ``routes`` prints."""
+    rows = []
+    for api in sorted(apis, key=lambda a: a.context):
+        hosts = getattr(api, "hosts", None) or ("*",)
+        context = "" if api.context == "/" else api.context
+        if api.operations is None:
+            entries = [("*", f"{context}/*", describe_security(api))]
+        else:
+            entries = []
+            for op in api.operations:
+                effective = api if op.security is None else variant(api, op.security)
+                methods = [op.method]
+                if op.method == "GET" and not any(
+                    o.method == "HEAD" and o.template == op.template for o in api.operations
+                ):
+                    methods.append("HEAD")
+                for method in methods:
+                    entries.append((method, context + op.template, describe_security(effective)))
+        for host in hosts:
+            for method, path, schemes in entries:
+                rows.append((str(host), method, path, api.label, schemes))
+    return rows
