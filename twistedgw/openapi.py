@@ -351,8 +351,6 @@ class _DefinitionReader:
         security, declares = self._api_security()
         values["mutual_ssl"] = security.mutual_ssl.value
         values["api_key"] = security.api_key.value
-        if security.jwt is not Mode.DISABLED:
-            self.jwt_wheres.append("security")
         operations = self._operations()
         return Definition(
             file=self.file,
@@ -361,7 +359,7 @@ class _DefinitionReader:
             declares_security=declares,
             operations=operations,
             context_from=context_from,
-            jwt_wheres=tuple(self.jwt_wheres),
+            jwt_wheres=tuple(dict.fromkeys(self.jwt_wheres)),
         )
 
     def _servers_url(self) -> tuple[str, str] | None:
@@ -709,6 +707,8 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
     def m(kind: str) -> Mode:
         return mode if kind in kinds else Mode.DISABLED
 
+    if "apikey" not in kinds:
+        header = WSO2_API_KEY_HEADER
     return Security(m("mtls"), m("apikey"), header, m("jwt"))
 
 
