@@ -223,6 +223,11 @@ def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
         response_headers.setRawHeaders(b"Content-Length", [b"%d" % (head.length,)])
 
 
+def _copied(head: ResponseHead) -> set[bytes]:
+    """The names ``copy_response_headers`` may have set from ``head``."""
+    return {name.lower() for name, _ in head.headers} | {b"content-length"}
+
+
 # -- forwarding --------------------------------------------------------------
 
 
@@ -308,6 +313,7 @@ class Forwarder:
         backend_timeout: float | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
         alternatives: Sequence[bytes] = (),
+        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
     ) -> None:
         """Relay `request` to the absolute URL `target`; the request is ours from now on.
 
@@ -318,6 +324,9 @@ class Forwarder:
         order to try them: when a backend refuses the connection or times out it
         is skipped for `endpoint_suspend_seconds`, and the request goes to the next
         one if that is safe (nothing was sent, or an idempotent method without a body).
+        `on_answer(request)` runs when the answer's status and headers are set and
+        nothing is written yet (the API's response transforms); an error it returns
+        is answered instead of the backend's response.
         """
         settings = self._settings
         if backend_timeout is not None:
@@ -325,7 +334,7 @@ class Forwarder:
         rest: list[bytes] = []
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
-        exchange = _Exchange(self, request, target, on_done, settings, rest)
+        exchange = _Exchange(self, request, target, on_done, settings, on_answer, rest)
         try:
             exchange.start(tls_policy, add_headers, remove_headers)
         except Exception:
@@ -390,9 +399,11 @@ class _Exchange:
         target: bytes,
         on_done: Callable[[ForwardResult], None] | None,
         settings: ForwardSettings,
+        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
         alternatives: list[bytes] | None = None,
     ) -> None:
         self._fw = forwarder
+        self._on_answer = on_answer
         self._alternatives = alternatives or []
         self._several = bool(alternatives)  # the API has other backends
         self._tls: IPolicyForHTTPS | None = None
@@ -537,6 +548,16 @@ class _Exchange:
             self._cancel_timer()
             self._send_error(errors.internal_error(), "other")
             return
+        if self._on_answer is not None:
+            refused = self._on_answer(request)
+            if refused is not None:  # a response transform failed: its error, not the body
+                self._cancel_call()
+                self._cancel_timer()
+                headers = request.responseHeaders
+                for name in _copied(head):
+                    headers.removeHeader(name)  # nothing of the backend's answer may stay
+                self._send_error(refused, "other", transform=False)
+                return
         self._phase = "streaming"
         self._fw._answered(self._target)
         self._status = head.code
@@ -601,17 +622,15 @@ class _Exchange:
 
     # -- endings ---------------------------------------------------------
 
-    def _send_error(self, err: errors.GatewayError, kind: str) -> None:
+    def _send_error(self, err: errors.GatewayError, kind: str, *, transform: bool = True) -> None:
         request = self._request
-        body = err.body()
         if not request.startedWriting:
-            request.setResponseCode(err.status)
-            request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
-            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+            body = errors.write_error(request, err)
+            if transform and self._on_answer is not None:
+                self._on_answer(request)  # a failing transform was logged; answer as is
             request.write(body)
             request.finish()
-            sent = 0 if request.method == b"HEAD" else len(body)
-            self._finish_result(err.status, kind, sent)
+            self._finish_result(err.status, kind, len(body))
         else:  # cannot happen before headers; never send a second status line
             _abort_client(request)
             self._finish_result(request.code, kind)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twistedgw import errors
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError
 from twistedgw.openapi import Operation
+
+if TYPE_CHECKING:
+    from twistedgw.pipeline import Pipeline
 
 
 class BadPath(ValueError):
@@ -106,12 +110,16 @@ _normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
 
 @dataclass(frozen=True)
 class Route:
+    """Where one request goes: its API, the backend URL and the compiled pipeline to run."""
+
     api: ApiConfig
     backend_target: bytes  # absolute URL for the backend, path and query included
+    pipeline: Pipeline | None = None  # None only for a Router built without pipelines
     # Other backends to try, in order, when the first cannot be reached (``backends``).
     alternatives: tuple[bytes, ...] = ()
     # APIs from an OpenAPI definition: the operation matched, and the API config whose
-    # schemes apply to it (the API itself, or its variant for the operation's security).
+    # schemes apply to it (the API itself, or its variant for the operation's security);
+    # ``pipeline`` is that config's.
     operation: Operation | None = None
     effective: ApiConfig | None = None
     # Set when the API serves only its defined operations and none matched: answer this
@@ -136,6 +144,9 @@ def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
 
 _PARAM = re.compile(r"\{[^{}/]*\}")
 
+#: An operation's match: the operation, its effective API config and that config's pipeline.
+_Found = tuple[Operation, ApiConfig, "Pipeline | None"]
+
 
 @dataclass(frozen=True)
 class _Template:
@@ -145,20 +156,25 @@ class _Template:
     pattern: re.Pattern[bytes]
     loose: re.Pattern[bytes]  # the same, ignoring case
     rank: tuple[int, ...]  # per segment: 0 literal, 1 templated; lower is more specific
-    methods: dict[bytes, tuple[Operation, ApiConfig]]
+    methods: dict[bytes, _Found]
     allow: bytes
 
 
-def _compile_templates(api: ApiConfig) -> list[_Template]:
+def _compile_templates(
+    api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
+) -> list[_Template]:
     from twistedgw.openapi import variant
 
-    variants: dict[object, ApiConfig] = {}
-    grouped: dict[str, dict[bytes, tuple[Operation, ApiConfig]]] = {}
+    variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
+    grouped: dict[str, dict[bytes, _Found]] = {}
     for op in api.operations or ():
-        effective = api
+        effective, pipeline = api, pipelines.get(api)
         if op.security is not None:
-            effective = variants.setdefault(op.security, variant(api, op.security))
-        grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective)
+            if op.security not in variants:
+                other = variant(api, op.security)
+                variants[op.security] = (other, pipelines.get(other))
+            effective, pipeline = variants[op.security]
+        grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective, pipeline)
     out = []
     for template, methods in grouped.items():
         segments = template.rstrip("/").split("/")[1:] if template.rstrip("/") else []
@@ -186,7 +202,7 @@ def _compile_templates(api: ApiConfig) -> list[_Template]:
 
 def match_operation(
     templates: list[_Template], rest: bytes, method: bytes
-) -> tuple[Operation, ApiConfig] | _Template | None:
+) -> _Found | _Template | None:
     """The operation for ``method`` on ``rest`` (the path below the context).
 
     Paths match case-sensitively, as OpenAPI says, and literal segments beat
@@ -222,41 +238,47 @@ class Router:
     round-robin (``load_balance``) or prefers them in order (``failover``).
     """
 
-    def __init__(self, apis: Iterable[ApiConfig]) -> None:
+    def __init__(
+        self, apis: Iterable[ApiConfig], pipelines: Mapping[ApiConfig, Pipeline] | None = None
+    ) -> None:
         ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
-        self._apis = [(a.context.lower().encode(), a) for a in ordered]
+        pipelines = pipelines or {}
+        self._apis = [(a.context.lower().encode(), a, pipelines.get(a)) for a in ordered]
         self._templates = {
-            a.context: _compile_templates(a) for a in ordered if a.operations is not None
+            a.context: _compile_templates(a, pipelines)
+            for a in ordered
+            if a.operations is not None
         }
         self._turns = {a.context: itertools.count() for a in ordered if len(a.endpoints) > 1}
 
     def route(self, path: bytes, query: bytes | None, method: bytes | None = None) -> Route | None:
-        """``path`` must already be normalised."""
+        """``path`` must already be normalised. Without ``method``, operations are not
+        matched (the API's own schemes and pipeline apply)."""
         lowered = path.lower()
-        for context, api in self._apis:
+        for context, api, pipeline in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
                 rest = path[len(context) :] if context != b"/" else path
                 operation = effective = None
                 if method is not None and api.operations is not None:
                     found = match_operation(self._templates[api.context], rest, method)
                     if found is None:
-                        return Route(api, b"", unmatched=errors.no_matching_resource(
+                        return Route(api, b"", pipeline, unmatched=errors.no_matching_resource(
                             f"no operation of {api.label} matches {path.decode('latin-1')!r}"
                         ))
                     if isinstance(found, _Template):
-                        return Route(api, b"", allow=found.allow,
+                        return Route(api, b"", pipeline, allow=found.allow,
                                      unmatched=errors.method_not_allowed(
                             f"{method.decode('latin-1')} is not allowed on "
                             f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
                         ))
-                    operation, effective = found
+                    operation, effective, pipeline = found
                 endpoints = api.endpoints
                 if len(endpoints) == 1:
-                    return Route(api, _target(api.backend, rest, query),
-                                 operation=operation, effective=effective)
+                    target = _target(api.backend, rest, query)
+                    return Route(api, target, pipeline, (), operation, effective)
                 if api.backend_mode == "load_balance":
                     turn = next(self._turns[api.context]) % len(endpoints)
                     endpoints = endpoints[turn:] + endpoints[:turn]
                 targets = [_target(b, rest, query) for b in endpoints]
-                return Route(api, targets[0], tuple(targets[1:]), operation, effective)
+                return Route(api, targets[0], pipeline, tuple(targets[1:]), operation, effective)
         return None
