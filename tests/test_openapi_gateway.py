@@ -564,3 +564,49 @@ def test_sighup_rereads_definitions_and_refuses_a_bad_one(
     wait_until(lambda: "Reloaded " in gw.output(), timeout=10, what="a reload")
     assert _get(gw, pki, "/spread/where").status == 200
     assert _get(gw, pki, "/spread/who").json()["code"] == "900906"
+
+
+def test_a_silent_backend_times_out_and_only_safe_requests_move_on(
+    project: Project, pki: DevPki, backend: BackendProcess
+) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        mute = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        gw = project.start([{"name": "slow", "context": "/slow", "backend_mode": "failover",
+                             "backend_timeout": 1, "backends": [mute, backend.url]}])
+        # a body was sent to the silent backend: not safe to send again
+        r = _get(gw, pki, "/slow/x", method="POST", body=b"once")
+        assert r.status == 504 and r.json()["code"] == "101504"
+        # the silent backend is now skipped for a while; then a GET would move on anyway
+        assert _backend_path(_get(gw, pki, "/slow/y")) == "/y"
+    assert "(timeout) is skipped for 30 seconds" in gw.output()
+
+
+def test_authz_judges_the_operation_named(
+    project: Project, pki: DevPki, backend: BackendProcess
+) -> None:
+    from tests.harness import table
+
+    rel = project.definition("accounts.yaml", accounts_31(backend.url))
+    text = project.config([{"openapi": rel, "aliases": ["partner-root"]}],
+                          api_keys={"app": KEY}) + table("authz", {"path": "/_authz"})
+    gw = start_gateway(project.root, text, project.port)
+    project.started.append(gw)
+
+    def judge(uri: str, method: str | None, client: str | None = None) -> Any:
+        headers = {"X-Original-URI": uri}
+        if method is not None:
+            headers["X-Original-Method"] = method
+        return _get(gw, pki, "/_authz", client, headers=headers)
+
+    assert judge("/accounts/public", "GET").status == 200
+    assert judge("/accounts/balance", "GET").status == 401
+    assert judge("/accounts/balance", "GET", "partner-app").status == 200
+    assert judge("/accounts/transfer", "POST", "partner-app").status == 401  # key missing
+    r = judge("/accounts/public", "DELETE")
+    assert r.status == 403 and "DELETE is not allowed" in r.json()["description"]
+    assert judge("/accounts/nowhere", "GET").status == 403
+    assert judge("/accounts/public", None).status == 400

@@ -467,19 +467,20 @@ class _Exchange:
         if not self._several:
             return False
         self._fw._suspend(self._target)
+        _log.warn(
+            "backend {failed} ({kind}) is skipped for {secs:g} seconds",
+            failed=self._backend,
+            kind=kind,
+            secs=self._settings.endpoint_suspend_seconds,
+        )
         if not self._alternatives or self._client_gone:
             return False
         request = self._request
         if not nothing_sent and (request.method not in _IDEMPOTENT or _body(request)[0]):
             return False
-        failed = self._backend
         self._target = self._alternatives.pop(0)
-        _log.warn(
-            "backend {failed} ({kind}) is skipped for {secs:g} seconds; {method} goes to"
-            " {backend}",
-            failed=failed,
-            kind=kind,
-            secs=self._settings.endpoint_suspend_seconds,
+        _log.info(
+            "{method} goes to {backend} instead",
             method=request.method.decode("ascii", "replace"),
             backend=self._backend,
         )
