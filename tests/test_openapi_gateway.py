@@ -571,17 +571,26 @@ def test_a_silent_backend_times_out_and_only_safe_requests_move_on(
 ) -> None:
     import socket
 
-    with socket.socket() as silent:  # accepts connections (backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        mute = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        gw = project.start([{"name": "slow", "context": "/slow", "backend_mode": "failover",
-                             "backend_timeout": 1, "backends": [mute, backend.url]}])
+    with socket.socket() as silent, socket.socket() as other:
+        mutes = []
+        for sock in (silent, other):  # accept connections (backlog), never answer
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            mutes.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        gw = project.start([
+            {"name": "slow", "context": "/slow", "backend_mode": "failover",
+             "backend_timeout": 1, "backends": [mutes[0], backend.url]},
+            {"name": "get", "context": "/get", "backend_mode": "failover",
+             "backend_timeout": 1, "backends": [mutes[1], backend.url]},
+        ])
         # a body was sent to the silent backend: not safe to send again
         r = _get(gw, pki, "/slow/x", method="POST", body=b"once")
         assert r.status == 504 and r.json()["code"] == "101504"
-        # the silent backend is now skipped for a while; then a GET would move on anyway
+        # the silent backend is now skipped for a while
         assert _backend_path(_get(gw, pki, "/slow/y")) == "/y"
+        # a GET without a body is sent again, to the next backend, after the timeout
+        assert _backend_path(_get(gw, pki, "/get/z")) == "/z"
+        assert "GET goes to" in gw.output()
     assert "(timeout) is skipped for 30 seconds" in gw.output()
 
 
