@@ -56,7 +56,7 @@ class RequestRecord:
     bytes_sent: int
     identity: ClientIdentity | None
     error_kind: str | None = None
-    consumer: str | None = None
+    consumer: str | None = None  # the [[consumers]] name the caller mapped to
 
 
 Observer = Callable[[RequestRecord], None]
@@ -288,6 +288,8 @@ def _allow(exchange: _Exchange) -> bytes:
     principals = ",".join(call.principals)
     if principals:
         headers.setRawHeaders(b"x-twistedgw-principal", [principals.encode()])
+    if call.consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
+        headers.setRawHeaders(b"x-consumer-name", [call.consumer.encode()])
     headers.setRawHeaders(b"content-length", [b"0"])
     exchange.finish(200, 0)
     return b""
