@@ -861,6 +861,9 @@ def describe_security(api: ApiConfig) -> str:
     jwt = getattr(api, "jwt", Mode.DISABLED)
     if jwt is not Mode.DISABLED:
         parts.append(f"jwt:{jwt.value}")
+    consumers = getattr(api, "consumers", None)
+    if consumers is not None:
+        parts.append(f"consumers[{','.join(consumers)}]")
     for spec in api.plugins:
         parts.append(f"plugin:{spec.name}")
     return " ".join(parts) or "open"

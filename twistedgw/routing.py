@@ -158,11 +158,44 @@ class _Template:
     rank: tuple[int, ...]  # per segment: 0 literal, 1 templated; lower is more specific
     methods: dict[bytes, _Found]
     allow: bytes
+    first: bytes | None  # the first segment, lower-cased, when it is literal
+
+
+class _Templates:
+    """An API's templates indexed by segment count and first segment, so a request is
+    matched against the few templates that could match, not all of them."""
+
+    def __init__(self, templates: list[_Template]) -> None:
+        by_count: dict[int, list[_Template]] = {}
+        for t in templates:
+            by_count.setdefault(len(t.rank), []).append(t)
+        self._index: dict[int, tuple[dict[bytes, list[_Template]], list[_Template]]] = {}
+        for count, group in by_count.items():
+            wild = [t for t in group if t.first is None]
+            literal: dict[bytes, list[_Template]] = {}
+            for t in group:
+                if t.first is not None:
+                    literal.setdefault(t.first, []).append(t)
+            merged = {k: sorted(v + wild, key=lambda t: t.rank) for k, v in literal.items()}
+            self._index[count] = (merged, sorted(wild, key=lambda t: t.rank))
+
+    def candidates(self, rest: bytes) -> list[_Template]:
+        """Templates that could match ``rest`` (no trailing '/'), most specific first."""
+        count = 0 if rest == b"/" else rest.count(b"/")
+        entry = self._index.get(count)
+        if entry is None:
+            return []
+        merged, wild = entry
+        if not count:
+            return wild or merged.get(b"", [])
+        first = rest[1:].split(b"/", 1)[0].lower()
+        return merged.get(first, wild)
 
 
 def _compile_templates(
     api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
 ) -> list[_Template]:
+    """One ``_Template`` per path template of ``api``, with each method's operation."""
     from twistedgw.openapi import variant
 
     variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
@@ -195,13 +228,13 @@ def _compile_templates(
         if b"GET" in names:
             names.add(b"HEAD")
         allow = b", ".join(sorted(names))
-        out.append(_Template(template, pattern, loose, tuple(rank), methods, allow))
-    out.sort(key=lambda t: t.rank)
+        first = segments[0].lower().encode() if segments and rank[0] == 0 else None
+        out.append(_Template(template, pattern, loose, tuple(rank), methods, allow, first))
     return out
 
 
 def match_operation(
-    templates: list[_Template], rest: bytes, method: bytes
+    templates: _Templates, rest: bytes, method: bytes
 ) -> _Found | _Template | None:
     """The operation for ``method`` on ``rest`` (the path below the context).
 
@@ -216,7 +249,7 @@ def match_operation(
         rest = rest[:-1]
     if not rest:
         rest = b"/"
-    for template in templates:
+    for template in templates.candidates(rest):
         if not template.loose.match(rest):
             continue
         if not template.pattern.match(rest):
@@ -245,11 +278,12 @@ class Router:
         pipelines = pipelines or {}
         self._apis = [(a.context.lower().encode(), a, pipelines.get(a)) for a in ordered]
         self._templates = {
-            a.context: _compile_templates(a, pipelines)
+            a.context: _Templates(_compile_templates(a, pipelines))
             for a in ordered
             if a.operations is not None
         }
         self._turns = {a.context: itertools.count() for a in ordered if len(a.endpoints) > 1}
+        self._several = {a.context: a.endpoints for a in ordered if len(a.endpoints) > 1}
 
     def route(self, path: bytes, query: bytes | None, method: bytes | None = None) -> Route | None:
         """``path`` must already be normalised. Without ``method``, operations are not
@@ -272,8 +306,8 @@ class Router:
                             f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
                         ))
                     operation, effective, pipeline = found
-                endpoints = api.endpoints
-                if len(endpoints) == 1:
+                endpoints = self._several.get(api.context)
+                if endpoints is None:
                     target = _target(api.backend, rest, query)
                     return Route(api, target, pipeline, (), operation, effective)
                 if api.backend_mode == "load_balance":
