@@ -618,4 +618,4 @@ def test_authz_judges_the_operation_named(
     r = judge("/accounts/public", "DELETE")
     assert r.status == 403 and "DELETE is not allowed" in r.json()["description"]
     assert judge("/accounts/nowhere", "GET").status == 403
-    assert judge("/accounts/public", None).status == 400
+    assert judge("/accounts/public", None).status == 403

@@ -47,6 +47,7 @@ class Mode(enum.Enum):
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
 REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
 IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
 DEFAULT_CIPHERS = (
@@ -77,6 +78,7 @@ class TlsConfig:
     keystore_password: str | None = None
     truststore: Path | None = None
     truststore_password: str | None = None
+    profile: str = "intermediate"
     protocols: tuple[str, ...] = TLS_PROTOCOLS
     ciphers: str = DEFAULT_CIPHERS
     session_tickets: bool = True
@@ -455,6 +457,7 @@ def _tls(r: _Reader) -> TlsConfig:
         keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
         truststore=r.path_value("truststore"),
         truststore_password=r.get("truststore_password", str, None),  # type: ignore[arg-type]
+        profile=r.choice("profile", TLS_PROFILES, "intermediate"),
         ciphers=r.get("ciphers", str, DEFAULT_CIPHERS),
         session_tickets=r.get("session_tickets", bool, True),
         revocation=r.choice("revocation", REVOCATION_MODES, "off"),
@@ -474,6 +477,21 @@ def _tls(r: _Reader) -> TlsConfig:
             )
         else:
             cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
+    if cfg.profile == "modern":
+        # Modern is TLS 1.3 only, whose cipher suites OpenSSL fixes: keys that
+        # would weaken or contradict it are refused rather than silently ignored.
+        if "protocols" in r.table and cfg.protocols != ("TLSv1.3",):
+            r.problem(
+                "protocols",
+                'profile = "modern" is TLS 1.3 only; remove protocols or set it to ["TLSv1.3"]',
+            )
+        if "ciphers" in r.table:
+            r.problem(
+                "ciphers",
+                'profile = "modern" is TLS 1.3 only, where ciphers (TLS 1.2 cipher suites) '
+                "do not apply; remove ciphers or use the intermediate profile",
+            )
+        cfg = dataclasses.replace(cfg, protocols=("TLSv1.3",))
     crl_paths = _string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):

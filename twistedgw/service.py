@@ -25,7 +25,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import guard, pki, runtime
+from twistedgw import guard, pki, runtime, sdlisten
 from twistedgw.admin import AdminService
 from twistedgw.backendtls import BackendPolicy
 from twistedgw.config import ConfigError, GatewayConfig, Listener
@@ -47,15 +47,15 @@ _SYSTEM_TRUST = BackendPolicy()
 def listener_endpoint(reactor: Any, listener: Listener) -> Any:
     """The server endpoint for a listener: its endpoint string, or host and port."""
     if listener.endpoint is not None:
+        if listener.endpoint.startswith("systemd:"):
+            # Ours, not Twisted's: socket names are optional (see sdlisten).
+            try:
+                return sdlisten.endpoint(reactor, listener.endpoint)
+            except ValueError as e:
+                raise ValueError(f"endpoint {listener.endpoint!r}: {e}") from None
         try:
             return endpoints.serverFromString(reactor, listener.endpoint)
         except (IndexError, KeyError) as e:
-            if listener.endpoint.startswith("systemd:"):
-                # Twisted sees no socket unless both LISTEN_FDS and LISTEN_FDNAMES are set.
-                raise ValueError(
-                    f"endpoint {listener.endpoint!r}: systemd passed no such socket "
-                    "(check the .socket unit; with systemd-socket-activate add --fdname=NAME)"
-                ) from None
             raise ValueError(f"endpoint {listener.endpoint!r}: {e!r}") from None
     return (
         endpoints.TCP4ServerEndpoint(reactor, listener.port, interface=listener.host)

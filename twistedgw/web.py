@@ -11,6 +11,7 @@ make this raise.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from twistedgw.pipeline import (
 )
 from twistedgw.routing import BadPath, Route, normalise, split_target
 from twistedgw.runtime import Runtime
+from twistedgw.upstream import TOKEN
 
 log = Logger()
 
@@ -124,12 +126,15 @@ def request_view(request: Request, path: bytes, query: bytes | None) -> RequestV
 class _Exchange:
     """One request's bookkeeping: the record it ends with, and how it answers."""
 
-    __slots__ = ("api", "call", "gateway", "pipeline", "raw_path", "request", "started")
+    __slots__ = (
+        "api", "call", "gateway", "method", "pipeline", "raw_path", "request", "started"
+    )
 
     def __init__(self, gateway: Gateway, request: Request, raw_path: bytes) -> None:
         self.gateway = gateway
         self.request = request
         self.raw_path = raw_path
+        self.method = request.method  # the authz endpoint records the method it judged
         self.started = time.time()
         self.api: ApiConfig | None = None
         self.call: Call | None = None
@@ -143,7 +148,7 @@ class _Exchange:
                 started=self.started,
                 duration=time.time() - self.started,
                 client=callers.client_ip(request),
-                method=request.method.decode("latin-1"),
+                method=self.method.decode("latin-1"),
                 path=self.raw_path.decode("latin-1"),
                 api=self.api,
                 status=status,
@@ -235,6 +240,9 @@ class GatewayResource(Resource):
     def _authz(self, request: Request, runtime: Runtime, exchange: _Exchange) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
+        Its method is the one ``original_method_header`` names, or this request's
+        own (the access log records the judged request, not the subrequest).
+
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
         A path that names no API, or an unsafe one, is refused with 403, not
         404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
@@ -247,8 +255,14 @@ class GatewayResource(Resource):
             return exchange.refuse(
                 errors.bad_request(f"the {settings.original_uri_header} header is missing")
             )
-        method = request.getHeader(settings.original_method_header.encode())
-        judged = route_request(runtime, original, method)
+        named_method = request.getHeader(settings.original_method_header.encode())
+        if named_method is not None and not TOKEN.match(named_method):
+            return exchange.refuse(
+                errors.forbidden(f"the {settings.original_method_header} header is not a method")
+            )
+        if named_method is not None:
+            exchange.method = named_method
+        judged = route_request(runtime, original, exchange.method)
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route
@@ -256,16 +270,18 @@ class GatewayResource(Resource):
             return exchange.refuse(
                 errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
             )
-        if route.api.operations is not None and method is None:
-            # An OpenAPI API's security depends on the operation, so on the method.
+        if route.api.operations is not None and named_method is None:
+            # An OpenAPI API's security depends on the operation, so on the real method,
+            # not the subrequest's own.
             return exchange.refuse(
-                errors.bad_request(f"the {settings.original_method_header} header is missing")
+                errors.forbidden(f"the {settings.original_method_header} header is missing")
             )
         if route.unmatched is not None:
             return exchange.refuse(errors.forbidden(route.unmatched.description))
         caller = callers.resolve(request, runtime)
+        view = request_view(request, judged.path, judged.query)
         call = Call(
-            request_view(request, judged.path, judged.query),
+            dataclasses.replace(view, method=exchange.method),
             route.security_api,
             caller.identity,
             via_load_balancer=caller.via_load_balancer,
