@@ -186,6 +186,9 @@ def test_no_security_declared_is_refused_unless_toml_says(tmp_path: Path) -> Non
             "{'200': {description: ok}}", "{'200': {$ref: 'http://example.com/r.yaml'}}"),
          "paths./a.get.responses.200: $ref 'http://example.com/r.yaml' names a URL"),
         (BASE + "security: []\npaths: {}\n", "paths: defines no operations"),
+        ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [x]\n"
+                 for i in range(8)), "(file): more than 2000000 values (YAML aliases expanding?)"),
+        ("[" * 100 + "]" * 100, "(file): nested too deeply"),
     ],
 )
 def test_definition_refused(tmp_path: Path, definition: str, problem: str) -> None:
@@ -206,6 +209,25 @@ components:
 security: [{mtls: []}]
 """ + OK_PATHS))
     assert api.mutual_ssl is Mode.MANDATORY
+
+
+def test_a_path_item_in_another_file_resolves_its_own_refs(tmp_path: Path) -> None:
+    (tmp_path / "apis" / "parts").mkdir(parents=True)
+    (tmp_path / "apis" / "parts" / "pets.yaml").write_text("""\
+item:
+  get: {$ref: '#/open'}
+open:
+  security: []
+  responses: {'200': {description: ok}}
+""")
+    api = only_api(parse(tmp_path, BASE + """\
+x-wso2-mutual-ssl: mandatory
+paths:
+  /pets: {$ref: 'parts/pets.yaml#/item'}
+"""))
+    assert api.operations is not None
+    (op,) = api.operations
+    assert (op.method, op.template, op.security) == ("GET", "/pets", Security())
 
 
 def test_json_definition_and_toml_overrides(tmp_path: Path) -> None:

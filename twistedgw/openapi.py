@@ -95,14 +95,22 @@ class _Broken(Exception):
     """The definition cannot be used at all; already reported."""
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
+_MAX_NODES = 2_000_000  # YAML aliases can make a small file expand exponentially
+
+
+def _plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """JSON-shaped data: YAML's integer keys (``200:``) and dates become strings."""
+    if budget is None:
+        budget = [_MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"more than {_MAX_NODES} values (YAML aliases expanding?)")
     if depth > _MAX_DEPTH:
         raise ValueError("nested too deeply")
     if isinstance(value, dict):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+        return {str(k): _plain(v, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v, depth + 1) for v in value]
+        return [_plain(v, depth + 1, budget) for v in value]
     if isinstance(value, (datetime.date, datetime.datetime)):
         return value.isoformat()
     return value
@@ -133,11 +141,10 @@ def _load_document(file: Path) -> Any:
         raise ValueError("not UTF-8 text") from None
     try:
         doc = _parse(file, text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e}") from None
-    except Exception as e:  # yaml.YAMLError and its kin
-        raise ValueError(f"invalid YAML: {e}".replace("\n", " ")) from None
-    return _plain(doc)
+    except Exception as e:  # JSONDecodeError, yaml.YAMLError, RecursionError (deep nesting)
+        kind = "JSON" if file.suffix.lower() == ".json" else "YAML"
+        raise ValueError(f"invalid {kind}: {e}".replace("\n", " ")) from None
+    return _plain(doc)  # ValueError (too big, too deep) says why
 
 
 class _Refs:
@@ -328,8 +335,12 @@ class _DefinitionReader:
         self.jwt_wheres: list[str] = []
         self.schemes = self._schemes()
 
-    def deref(self, node: Any) -> Any:
-        return self.refs.deref(node, self.file)[0]
+    def deref(self, node: Any, file: Path | None = None) -> Any:
+        return self.refs.deref(node, file or self.file)[0]
+
+    def deref_in(self, node: Any) -> tuple[Any, Path]:
+        """``deref`` and the file the target lies in (its own ``$ref``s are relative to it)."""
+        return self.refs.deref(node, self.file)
 
     # -- identity, context, backends ------------------------------------------
 
@@ -481,12 +492,12 @@ class _DefinitionReader:
     def _resource_levels(self) -> Iterable[tuple[str, dict[str, Any]]]:
         paths = self.doc.get("paths") or {}
         for template, item in paths.items() if isinstance(paths, dict) else ():
-            item = self.deref(item)
+            item, item_file = self.deref_in(item)
             if not isinstance(item, dict):
                 continue
             yield f"paths.{template}", item
             for method in METHODS:
-                op = self.deref(item.get(method))
+                op = self.deref(item.get(method), item_file)
                 if isinstance(op, dict):
                     yield f"paths.{template}.{method}", op
 
@@ -644,7 +655,7 @@ class _DefinitionReader:
         api_open = self.doc.get("x-wso2-disable-security") is True
         out = []
         for template, raw_item in paths.items() if isinstance(paths, dict) else ():
-            item = self.deref(raw_item)
+            item, item_file = self.deref_in(raw_item)
             if not isinstance(item, dict):
                 continue
             if not template.startswith("/"):
@@ -652,7 +663,7 @@ class _DefinitionReader:
                 continue
             path_open = item.get("x-wso2-disable-security") is True
             for method in METHODS:
-                op = self.deref(item.get(method))
+                op = self.deref(item.get(method), item_file)
                 if not isinstance(op, dict):
                     continue
                 where = f"paths.{template}.{method}"
