@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
@@ -380,3 +382,55 @@ def test_forwarder_skips_a_suspended_endpoint_for_a_while() -> None:
     fw._suspend(targets[1])
     fw._answered(targets[1])  # it answered after all
     assert fw._ordered(targets) == targets
+
+
+# -- any document: a config error at worst ---------------------------------------------
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.text(max_size=8),
+                     st.sampled_from(["mandatory", "optional", "http://h/x", "ftp://h", "/p",
+                                      "{id}", "#/components", "mutualTLS", "apiKey", "header",
+                                      "bearer", "api_key", "oauth2", "failover"]))
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["type", "in", "name", "scheme", "urls", "url",
+                                         "security", "get", "post", "responses", "$ref",
+                                         "security-types", "optional", "mtls", "key",
+                                         "/a", "/b/{id}", "200", "description"]),
+                        inner, max_size=4),
+    ),
+    max_leaves=10,
+)
+_TOP = st.fixed_dictionaries(
+    {"info": st.just({"title": "T", "version": "1"})},
+    optional={
+        "openapi": st.sampled_from(["3.0.3", "3.1.0", "2.0", 3]),
+        "swagger": st.just("2.0"),
+        "x-wso2-basePath": _ANY,
+        "x-wso2-production-endpoints": _ANY,
+        "x-wso2-mutual-ssl": _ANY,
+        "x-wso2-application-security": _ANY,
+        "x-wso2-disable-security": _ANY,
+        "servers": _ANY,
+        "security": _ANY,
+        "securityDefinitions": _ANY,
+        "components": st.fixed_dictionaries({"securitySchemes": _ANY}),
+        "paths": _ANY,
+        "host": _ANY,
+        "basePath": _ANY,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(_TOP)
+def test_any_definition_is_a_config_error_at_worst(tmp_path: Path, doc: dict[str, Any]) -> None:
+    import json
+
+    try:
+        parsed = parse(tmp_path, json.dumps(doc), "h.json")
+    except Exception as e:  # pragma: no cover - the failure is the report
+        raise AssertionError(f"{type(e).__name__}: {e} for {doc!r}") from e
+    assert all(isinstance(p, str) and p for p in parsed.problems)
