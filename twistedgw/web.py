@@ -37,7 +37,7 @@ from twistedgw.pipeline import (
     RequestView,
     ResponseEdit,
 )
-from twistedgw.routing import BadPath, Route, normalise, split_target
+from twistedgw.routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.runtime import Runtime
 from twistedgw.upstream import TOKEN
 
@@ -100,13 +100,19 @@ class Routed:
         return self.runtime.config.limits.max_body_bytes
 
 
-def route_request(runtime: Runtime, target: bytes, method: bytes | None = None) -> Routed:
+def route_request(
+    runtime: Runtime, target: bytes, method: bytes | None = None, *, as_forwarded: bool = False
+) -> Routed:
     """Normalise and route ``target`` once; the guard calls this when the headers are in
     and stores the result on the request, so the resource never routes again.
-    ``method`` picks the operation of an API read from an OpenAPI definition."""
+    ``method`` picks the operation of an API read from an OpenAPI definition.
+
+    ``as_forwarded`` (the authz endpoint) accepts only a path already in normal form
+    (``routing.authz_path``): the proxy in front forwards it raw, so judging its
+    normalised form would judge a different request than the one forwarded."""
     raw_path, query = split_target(target)
     try:
-        path = normalise(raw_path)
+        path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
     return Routed(runtime, raw_path, path, query, runtime.router.route(path, query, method))
@@ -246,7 +252,8 @@ class GatewayResource(Resource):
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
         A path that names no API, or an unsafe one, is refused with 403, not
         404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
-        anything else into a 500 of its own.
+        anything else into a 500 of its own. So is a path not already in normal
+        form (``routing.authz_path``).
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
@@ -262,7 +269,7 @@ class GatewayResource(Resource):
             )
         if named_method is not None:
             exchange.method = named_method
-        judged = route_request(runtime, original, exchange.method)
+        judged = route_request(runtime, original, exchange.method, as_forwarded=True)
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route
