@@ -101,6 +101,27 @@ paths:
     assert api.openapi is not None and api.openapi.context_from == "x-wso2-basePath"
 
 
+def test_endpoints_by_reference(tmp_path: Path) -> None:
+    api = only_api(parse(tmp_path, """\
+openapi: 3.0.3
+info: {title: T, version: "1"}
+x-wso2-basePath: /t
+x-wso2-endpoints:
+  - primary:
+      urls: ["http://a:1/x", "http://b:2/x"]
+      type: load_balance
+x-wso2-production-endpoints: "#/x-wso2-endpoints/primary"
+security: []
+""" + OK_PATHS))
+    assert api.endpoints == ("http://a:1/x", "http://b:2/x")
+    assert api.backend_mode == "load_balance"
+    found = problems_of(parse(tmp_path, BASE.replace(
+        "{urls: [\"http://127.0.0.1:9/b\"]}", "'#/x-wso2-endpoints/none'") + "security: []\n"
+        + OK_PATHS))
+    assert found == ["x-wso2-production-endpoints: x-wso2-endpoints has no endpoint named "
+                     "'none'"]
+
+
 @pytest.mark.parametrize(
     ("security", "expected"),
     [

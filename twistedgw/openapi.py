@@ -428,6 +428,10 @@ class _DefinitionReader:
         if "x-wso2-production-endpoints" in doc:
             where = "x-wso2-production-endpoints"
             endpoints = self.deref(doc[where])
+            if isinstance(endpoints, str):  # "#/x-wso2-endpoints/NAME", Microgateway's reference
+                endpoints = self._named_endpoints(where, endpoints)
+                if endpoints is None:
+                    return [], None
             if not isinstance(endpoints, dict):
                 self.note(where, "expected a mapping with 'urls' (and 'type')")
                 return [], None
@@ -466,6 +470,22 @@ class _DefinitionReader:
             return [], None  # a relative server URL names no backend
         url = self._backend_url(where, url_text)
         return ([url] if url else []), None
+
+    def _named_endpoints(self, where: str, ref: str) -> Any:
+        """The entry of ``x-wso2-endpoints`` (a list of one-key mappings, or a mapping) that
+        ``ref`` names; None after a note if there is none."""
+        prefix = "#/x-wso2-endpoints/"
+        if not ref.startswith(prefix):
+            self.note(where, f"expected a mapping with 'urls', or '{prefix}NAME', got {ref!r}")
+            return None
+        name = ref[len(prefix):]
+        table = self.doc.get("x-wso2-endpoints")
+        entries = table if isinstance(table, list) else [table]
+        for entry in entries:
+            if isinstance(entry, dict) and name in entry:
+                return self.deref(entry[name])
+        self.note(where, f"x-wso2-endpoints has no endpoint named {name!r}")
+        return None
 
     def _backend_url(self, where: str, url: Any) -> str | None:
         if not isinstance(url, str):
