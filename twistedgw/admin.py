@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from twistedgw.config import AdminConfig
+from twistedgw.guard import SERVER
 from twistedgw.observe import Metrics
 
 log = Logger()
@@ -34,6 +35,11 @@ class AdminResource(Resource):
         super().__init__()
         self._metrics = metrics
         self._readiness = readiness
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"server", SERVER)  # no TwistedWeb version, as on the gateway
+        body: bytes = super().render(request)
+        return body
 
     def render_GET(self, request: Request) -> bytes:
         path = request.path.rstrip(b"/")

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
 from twistedgw import reasons
+from twistedgw.guard import CLIENT_ERROR_KINDS
 from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.runtime import Runtime
 from twistedgw.web import RequestRecord
@@ -38,8 +39,9 @@ log = Logger()
 
 # The api label for requests that matched no API (404, 400).
 NO_API = "-"
-# Backend error kinds from forward.py; "client_gone" is the client's doing, not the backend's.
-_NOT_BACKEND_ERRORS = frozenset({"client_gone"})
+# Backend error kinds from forward.py; "client_gone" is the client's doing, not the
+# backend's, and the HTTP front's refusals (guard.py) are client errors.
+_NOT_BACKEND_ERRORS = frozenset({"client_gone"}) | CLIENT_ERROR_KINDS
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # The consumer label of requests whose caller mapped to no configured consumer.
@@ -125,6 +127,15 @@ class Metrics:
             ["api", "kind"],
             registry=r,
         )
+        self.client_errors = Counter(
+            "twistedgw_client_errors",
+            "Requests the HTTP front refused before routing (malformed, too large, too slow),"
+            " by kind.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in sorted(CLIENT_ERROR_KINDS):
+            self.client_errors.labels(kind=kind)
         self.reloads = Counter(
             "twistedgw_config_reloads",
             "Configuration reloads, by result (success|failure).",
@@ -188,8 +199,11 @@ class Metrics:
         found[1].observe(max(duration, 0.0))
         if found[2] is not None:
             found[2].inc()
-        if kind is not None and kind not in _NOT_BACKEND_ERRORS:
-            self.backend_errors.labels(api=api, kind=kind).inc()
+        if kind is not None:
+            if kind in CLIENT_ERROR_KINDS:
+                self.client_errors.labels(kind=kind).inc()
+            elif kind not in _NOT_BACKEND_ERRORS:
+                self.backend_errors.labels(api=api, kind=kind).inc()
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(result="success" if ok else "failure").inc()
