@@ -101,6 +101,25 @@ paths:
     assert api.openapi is not None and api.openapi.context_from == "x-wso2-basePath"
 
 
+def test_openapi_20_security_definitions(tmp_path: Path) -> None:
+    api = only_api(parse(tmp_path, """\
+swagger: "2.0"
+info: {title: T, version: "1"}
+host: legacy.internal:8080
+basePath: /v1
+schemes: [https, http]
+securityDefinitions:
+  key: {type: apiKey, in: header, name: X-Legacy-Key}
+security: [{key: []}]
+paths:
+  /a:
+    get: {responses: {200: {description: ok}}}
+"""))
+    assert (api.context, api.backend) == ("/v1", "https://legacy.internal:8080/v1")
+    assert (api.api_key, api.api_key_header) == (Mode.MANDATORY, "X-Legacy-Key")
+    assert api.openapi is not None and api.openapi.context_from == "basePath"
+
+
 def test_endpoints_by_reference(tmp_path: Path) -> None:
     api = only_api(parse(tmp_path, """\
 openapi: 3.0.3
