@@ -42,7 +42,7 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from twistedgw import errors
+from twistedgw import _twisted, errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.upstream import (
     TOKEN,
@@ -636,7 +636,7 @@ class _Exchange:
         if self._phase == "done":
             return
         try:
-            if self._client_gone or getattr(self._request, "_disconnected", False):
+            if self._client_gone or _twisted.client_disconnected(self._request):
                 self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
             elif self._request.startedWriting:
                 _abort_client(self._request)

@@ -56,7 +56,7 @@ from twisted.web.http import (
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from twistedgw import errors
+from twistedgw import _twisted, errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.routing import split_target
@@ -319,9 +319,6 @@ class GuardedRequest(Request):
     before ``render``; without this count a client could fill the disk.
     """
 
-    # twisted.web would read urlencoded and multipart POST bodies whole into
-    # memory to fill ``args``; the gateway never uses them.
-    _parsePOSTFormSubmission = False
     body_limit: int | None = None
     body_received = 0
     routed: Routed | None = None  # set when the headers are in; the resource routes no more
@@ -455,7 +452,7 @@ class GuardedChannel(HTTPChannel):
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
-        if self.refused or self._handlingRequest:
+        if self.refused or _twisted.handling_request(self):
             return
         if not self._partial:  # nothing sent at all: nobody to answer
             self.setTimeout(None)
@@ -488,13 +485,13 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return  # lingering: discard
-        if not self._handlingRequest and not self._partial:
+        if not _twisted.handling_request(self) and not self._partial:
             self._partial = True
             if self._header_timer is None:  # a keep-alive connection's next request
                 self._header_timer = self.callLater(
                     self._limits.client_header_timeout, self._header_timed_out
                 )
-        if self.line_mode and not self._handlingRequest and b"\n" in data:
+        if self.line_mode and not _twisted.handling_request(self) and b"\n" in data:
             # twisted.web would wait for CRLF forever; a bare LF is a framing
             # difference another parser may not share: refuse it at once.
             seen = self._tail + data
@@ -518,7 +515,7 @@ class GuardedChannel(HTTPChannel):
         if self._header_bytes > self._limits.max_header_bytes:
             self.refuse(header_too_large(self._limits.max_header_bytes), "header_too_large")
             return
-        first = getattr(self, "_command", None) is None
+        first = _twisted.request_line(self)[0] is None
         if b"\n" in line:
             self.refuse(
                 errors.bad_request("a bare LF is not a valid line ending or header byte"),
@@ -533,7 +530,7 @@ class GuardedChannel(HTTPChannel):
             return
         super().lineReceived(line)
         if first and not self.refused:
-            target: bytes | None = getattr(self, "_path", None)
+            target: bytes | None = _twisted.request_line(self)[1]
             if target is not None:
                 problem = target_problem(target)
                 if problem is not None:
@@ -541,7 +538,7 @@ class GuardedChannel(HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         limit = self._limits.max_header_bytes
-        if getattr(self, "_command", None) is None:
+        if _twisted.request_line(self)[0] is None:
             self.refuse(uri_too_long(limit), "header_too_large")
         else:
             self.refuse(header_too_large(limit), "header_too_large")
@@ -550,7 +547,7 @@ class GuardedChannel(HTTPChannel):
         if self.refused:
             return
         decoder = self._transferDecoder
-        if self._handlingRequest or not isinstance(decoder, _ChunkedDecoder):
+        if _twisted.handling_request(self) or not isinstance(decoder, _ChunkedDecoder):
             super().rawDataReceived(data)
             return
         try:
@@ -586,8 +583,8 @@ class GuardedChannel(HTTPChannel):
         if not self._output_full:
             self._output_full = True
             self.paused = True
-            if self._handlingRequest:  # twisted.web only pauses between requests
-                self._networkProducer.pauseProducing()
+            if _twisted.handling_request(self):  # twisted.web only pauses between requests
+                _twisted.network_producer(self).pauseProducing()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()  # resumes reading unless a request is in progress
@@ -607,7 +604,8 @@ class GuardedChannel(HTTPChannel):
         if problem is not None:
             self.refuse(errors.bad_request(problem), "bad_request")
             return
-        routed = self.guard.route(getattr(self, "_path", None), getattr(self, "_command", None))
+        method, target, _version = _twisted.request_line(self)
+        routed = self.guard.route(target, method)
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         if isinstance(request, GuardedRequest):
             request.body_limit = limit
@@ -622,7 +620,7 @@ class GuardedChannel(HTTPChannel):
         headers = request.requestHeaders
         te = headers.getRawHeaders(b"transfer-encoding")
         if te is not None:
-            if getattr(self, "_version", b"") != b"HTTP/1.1":
+            if (_twisted.request_line(self)[2] or b"") != b"HTTP/1.1":
                 return "Transfer-Encoding is only accepted in HTTP/1.1 requests"
             if len(te) != 1 or te[0].strip().lower() != b"chunked":
                 return "only 'Transfer-Encoding: chunked' is accepted"
@@ -719,8 +717,8 @@ class GuardedChannel(HTTPChannel):
         self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
 
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
-        command = getattr(self, "_command", b"-") or b"-"
-        path = getattr(self, "_path", b"-") or b"-"
+        command = _twisted.request_line(self)[0] or b"-"
+        path = _twisted.request_line(self)[1] or b"-"
         from twistedgw.web import RequestRecord  # web imports nothing from here
 
         self.guard.gateway.notify(

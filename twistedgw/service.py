@@ -111,7 +111,9 @@ class GatewaySite(Site):
     and knows its open connections, so a graceful stop can drain them."""
 
     def __init__(self, resource: Any) -> None:
-        super().__init__(resource)
+        # twisted.web would read urlencoded and multipart POST bodies whole into
+        # memory to fill ``args``; the gateway never uses them.
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.tracker = ConnectionTracker()
 
     def buildProtocol(self, addr: Any) -> Any:
