@@ -42,7 +42,7 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from twistedgw import devpki  # noqa: E402
+from twistedgw.testing import devpki  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

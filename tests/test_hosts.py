@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from tests.harness import gateway_config, table
+from twistedgw import _hosts as hosts
 from twistedgw import config as configmod
-from twistedgw import hosts
+from twistedgw.app._runtime import asks_for_certificate
 from twistedgw.config import ApiConfig, SniEntry
-from twistedgw.devpki import DevPki
-from twistedgw.routing import Router
-from twistedgw.runtime import asks_for_certificate
+from twistedgw.http import Router
+from twistedgw.testing.devpki import DevPki
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_router_chooses_by_host_within_the_longest_context() -> None:
     ])
 
     def chosen(path: bytes, host: str | None) -> str | None:
-        route = router.route(path, None, host)
+        route = router.route(path, None, host=host)
         return route.api.name if route is not None else None
 
     assert chosen(b"/svc/x", "api.example.com") == "exact"
@@ -189,7 +189,7 @@ def test_readme_examples_load(pki: DevPki, tmp_path: Path) -> None:
     """The README's Hostnames and SNI examples, with the dev PKI's files, load as written."""
     import re
 
-    from twistedgw import runtime
+    from twistedgw.app import _runtime as runtime
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = []
@@ -265,10 +265,10 @@ def test_resumed_session_never_brings_a_certificate_to_an_entry_that_does_not_as
     no certificate there; under its own entry it keeps the verified verdict."""
     from OpenSSL import SSL
 
-    from twistedgw import pki as pkimod
     from twistedgw.config import TlsConfig
     from twistedgw.identity import Outcome
     from twistedgw.tls import ServerTLS, SniServer
+    from twistedgw.tls import _pki as pkimod
 
     keystore = pkimod.load_keystore_pem(pki.server_cert, pki.server_key)
     server_tls = ServerTLS(
@@ -311,3 +311,11 @@ def test_resumed_session_never_brings_a_certificate_to_an_entry_that_does_not_as
     client, identity = connect(b"asks.example", client.get_session())
     assert reused(client)
     assert identity.outcome is Outcome.VERIFIED
+
+
+def test_routes_lists_each_host() -> None:
+    from twistedgw.config import route_rows
+
+    apis = [api("exact", "/svc", ("api.example.com", "*.p.example")), api("any", "/svc")]
+    rows = route_rows(apis)
+    assert [row[0] for row in rows] == ["api.example.com", "*.p.example", "*"]

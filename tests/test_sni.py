@@ -25,7 +25,7 @@ from cryptography import x509
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, env, free_port, gateway_config, table
 from tests.rawhttp import RawResponse, read_response
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 Start = Callable[..., GatewayProcess]
 

@@ -36,7 +36,7 @@ def write_error(
 ) -> bytes:
     """Put ``error``'s status and headers on a twisted.web request; return the body to
     write (empty for HEAD). The one renderer of JSON errors for dispatched requests;
-    the front's refusals before dispatch frame the same body by hand (guard.py)."""
+    the front's refusals before dispatch frame the same body by hand (http/_guard.py)."""
     # twisted.web knows no reason phrase for some codes (421): the error's message is one.
     phrase = None if error.status in RESPONSES else error.message.encode("latin-1")
     request.setResponseCode(error.status, phrase)
@@ -75,6 +75,18 @@ def misdirected(description: str) -> GatewayError:
     """The request's host belongs to another TLS server entry than the connection's SNI
     (RFC 9110 15.5.20): the client should open a connection with the right server name."""
     return GatewayError(421, "421", "Misdirected Request", description)
+
+
+def no_matching_resource(description: str) -> GatewayError:
+    """The API exists but defines no operation for this path (WSO2's code)."""
+    return GatewayError(
+        404, "900906", "No matching resource found for given API Request", description
+    )
+
+
+def method_not_allowed(description: str) -> GatewayError:
+    """The path is an operation's, but not for this method; sent with ``Allow``."""
+    return GatewayError(405, "405", "Method not allowed", description)
 
 
 def bad_request(description: str) -> GatewayError:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw import tiers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
+from twistedgw.config import _openapi as openapi
+from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._builtin import (
     ApiKeys,
     IdentityForwarding,
@@ -57,7 +58,7 @@ class Shared:
             return self.throttle
         store = self._stores.get(settings)
         if store is None:
-            from twistedgw.cluster import RedisTierStore
+            from twistedgw.pipeline._cluster import RedisTierStore
 
             store = self._stores[settings] = RedisTierStore(
                 settings, observer=self.cluster_observer
@@ -114,7 +115,9 @@ def compile_pipelines(
     revocation_stage = Revocation(revocation) if revocation is not None else None
     directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
-    for api in config.apis:
+    # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
+    # problems are reported once, for the API itself).
+    for api, own in openapi.with_variants(config.apis):
         checks: list[Named] = []
         schemes: list[Named] = []
         authorisers: list[Named] = []
@@ -131,7 +134,7 @@ def compile_pipelines(
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
-            stage = _configure(spec, by_name, api, config, problems)
+            stage = _configure(spec, by_name, api, config, problems if own else [])
             if stage is None:
                 continue
             named = Named(spec.name, stage)

@@ -26,7 +26,7 @@ def _fail(lines: list[str], code: int = EXIT_CONFIG) -> int:
 
 def _load(path: str) -> tuple[Any, Any]:
     """The config and its Runtime; ConfigError lists config and key-material problems."""
-    from twistedgw import runtime
+    from twistedgw.app import _runtime as runtime
 
     built = runtime.load(path)
     return built.config, built
@@ -46,6 +46,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The effective addresses: a listener without port listens on the default, 9095.
     for listener in cfg.listeners:
         print(f"  listens on {listener.describe()}")
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Every route the gateway will serve, with the schemes that apply to each."""
+    from twistedgw.config import route_rows
+
+    try:
+        cfg, _built = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    header = ("HOST", "METHOD", "PATH", "API", "SCHEMES")
+    rows = [header, *route_rows(cfg.apis)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
     return 0
 
 
@@ -75,8 +92,8 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
-    from twistedgw.drain import stop_once
-    from twistedgw.service import make_service
+    from twistedgw.app import make_service
+    from twistedgw.app._drain import stop_once
 
     try:
         svc = make_service(cfg, reactor)  # a Supervisor of worker processes when workers > 1
@@ -121,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_pki(args: argparse.Namespace) -> int:
-    from twistedgw import devpki
+    from twistedgw.testing import devpki
 
     out = Path(args.directory)
     pki = devpki.generate(out, key_type=args.key_type)
@@ -140,7 +157,8 @@ DEMO_DIR = Path("conf") / "example"  # relative to the repository root, where th
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a dev PKI, start a sample backend and the gateway, print curl commands."""
-    from twistedgw import devpki, samplebackend
+    from twistedgw.app import _samplebackend as samplebackend
+    from twistedgw.testing import devpki
 
     directory = Path(args.directory).resolve()
     config_path = directory / "gateway.toml"
@@ -174,7 +192,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_decode_header(args: argparse.Namespace) -> int:
-    from twistedgw import diagnose, runtime
+    from twistedgw.app import _diagnose as diagnose
+    from twistedgw.app import _runtime as runtime
 
     value = sys.stdin.read().strip() if args.value == "-" else args.value
     truststore = None
@@ -225,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config and its key material")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("routes", help="list every route: method, path, API and its schemes")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_routes)
     p = sub.add_parser("dev-pki", help="write a development PKI (never for production)")
     p.add_argument("directory")
     p.add_argument("--key-type", choices=("ec", "rsa"), default="ec")

@@ -32,12 +32,12 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twistedgw import _twisted, reasons
-from twistedgw import hosts as hostnames
-from twistedgw.chainverify import leaf_problem
+from twistedgw import _hosts, _twisted
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
-from twistedgw.pki import KeyStore, TrustStore
+from twistedgw.identity import _reasons as reasons
+from twistedgw.tls._chains import leaf_problem
+from twistedgw.tls._pki import KeyStore, TrustStore
 
 log = Logger()
 
@@ -223,7 +223,7 @@ def sni_entry(entries: Sequence[tuple[str, ...]], host: str | None) -> int:
     the default. Entries' hosts never overlap (config.py), so the first match is the one."""
     if host is not None:
         for i, patterns in enumerate(entries):
-            if hostnames.any_matches(patterns, host):
+            if _hosts.any_matches(patterns, host):
                 return i
     return -1
 
@@ -238,8 +238,8 @@ def server_name(connection: Any) -> str | None:
     if not raw:
         return None
     try:
-        return hostnames.name(raw.decode("ascii"))
-    except (UnicodeDecodeError, hostnames.BadHost):
+        return _hosts.name(raw.decode("ascii"))
+    except (UnicodeDecodeError, _hosts.BadHost):
         return None
 
 

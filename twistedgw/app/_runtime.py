@@ -15,14 +15,15 @@ from pathlib import Path
 
 from cryptography import x509
 
-from twistedgw import backendtls, pki, revocation
+from twistedgw import _hosts as hostnames
 from twistedgw import config as configmod
-from twistedgw import hosts as hostnames
-from twistedgw.chainverify import ChainVerifier
 from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, Mode, SniEntry, TlsConfig
+from twistedgw.http import Router
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
-from twistedgw.routing import Router
-from twistedgw.tls import HandshakeRecords, ServerTLS, SniServer
+from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
+from twistedgw.tls import _backend as backendtls
+from twistedgw.tls import _pki as pki
+from twistedgw.tls import _revocation as revocation
 
 
 @dataclass(frozen=True)

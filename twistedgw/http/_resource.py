@@ -22,11 +22,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import callers, errors
-from twistedgw import hosts as hostnames
+from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError, write_error
-from twistedgw.forward import Forwarder
+from twistedgw.http import _callers as callers
+from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
+from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
 from twistedgw.pipeline import (
     Call,
@@ -38,10 +39,8 @@ from twistedgw.pipeline import (
     RequestView,
     ResponseEdit,
 )
-from twistedgw.routing import BadPath, Route, authz_path, normalise, split_target
-from twistedgw.runtime import Runtime
 from twistedgw.tls import server_name, sni_entry
-from twistedgw.upstream import TOKEN
+from twistedgw.upstream import TOKEN, Forwarder
 
 log = Logger()
 
@@ -70,7 +69,7 @@ Observer = Callable[[RequestRecord], None]
 class Gateway:
     """The live state: the current ``Runtime`` (swapped whole on reload) and its observers."""
 
-    runtime: Runtime
+    runtime: Snapshot
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
 
@@ -86,7 +85,7 @@ class Gateway:
 class Routed:
     """A request target routed once, under one Runtime snapshot."""
 
-    runtime: Runtime
+    runtime: Snapshot
     raw_path: bytes
     path: bytes | None  # normalised; None when the path was refused
     query: bytes | None
@@ -104,11 +103,17 @@ class Routed:
 
 
 def route_request(
-    runtime: Runtime, target: bytes, host: bytes | None = None, *, as_forwarded: bool = False
+    runtime: Snapshot,
+    target: bytes,
+    method: bytes | None = None,
+    *,
+    as_forwarded: bool = False,
+    host: bytes | None = None,
 ) -> Routed:
     """Normalise and route ``target`` (under the ``Host`` header's ``host``) once; the
     guard calls this when the headers are in and stores the result on the request, so
     the resource never routes again.
+    ``method`` picks the operation of an API read from an OpenAPI definition.
 
     ``as_forwarded`` (the authz endpoint) accepts only a path already in normal form
     (``routing.authz_path``): the proxy in front forwards it raw, so judging its
@@ -124,10 +129,10 @@ def route_request(
         runtime.server_tls is not None and bool(runtime.server_tls.sni_hosts)
     )
     try:
-        name = hostnames.from_header(host) if host is not None and wanted else None
-    except hostnames.BadHost as e:
+        name = _hosts.from_header(host) if host is not None and wanted else None
+    except _hosts.BadHost as e:
         return Routed(runtime, raw_path, None, query, None, f"bad Host header: {e}")
-    route = runtime.router.route(path, query, name)
+    route = runtime.router.route(path, query, method, name)
     return Routed(runtime, raw_path, path, query, route, host=name)
 
 
@@ -235,7 +240,9 @@ class GatewayResource(Resource):
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
         routed: Routed | None = getattr(request, "routed", None)
         if routed is None:  # a request the guard did not see (an embedding's own Site)
-            routed = route_request(self.gateway.runtime, request.uri, request.getHeader(b"host"))
+            routed = route_request(
+                self.gateway.runtime, request.uri, request.method, host=request.getHeader(b"host")
+            )
         exchange = _Exchange(self.gateway, request, routed.raw_path)
         wrong_host = misdirected(request, routed)  # before any policy, the authz endpoint too
         if wrong_host is not None:
@@ -249,10 +256,14 @@ class GatewayResource(Resource):
         route = routed.route
         if route is None or route.pipeline is None:
             return exchange.refuse(errors.not_found(routed.path.decode("latin-1")))
+        if route.unmatched is not None:  # an OpenAPI API without this operation
+            exchange.api = route.api
+            allow = ((b"Allow", route.allow),) if route.allow else ()
+            return exchange.refuse(route.unmatched, allow)
         caller = callers.resolve(request, runtime)
         call = Call(
             request_view(request, routed.path, routed.query),
-            route.api,
+            route.security_api,  # an operation's own security, if it has one
             caller.identity,
             via_load_balancer=caller.via_load_balancer,
         )
@@ -272,10 +283,11 @@ class GatewayResource(Resource):
             on_done=lambda r: exchange.finish(r.status, r.bytes_sent, r.error_kind),
             backend_timeout=route.api.backend_timeout,
             on_answer=exchange.transform_answer if route.pipeline else None,
+            alternatives=route.alternatives,
         )
         return NOT_DONE_YET
 
-    def _authz(self, request: Request, runtime: Runtime, exchange: _Exchange) -> bytes | int:
+    def _authz(self, request: Request, runtime: Snapshot, exchange: _Exchange) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
         Its method is the one ``original_method_header`` names, or this request's
@@ -306,7 +318,9 @@ class GatewayResource(Resource):
         judged_host = request.getHeader(settings.original_host_header.encode())
         if judged_host is None:
             judged_host = request.getHeader(b"host")
-        judged = route_request(runtime, original, judged_host, as_forwarded=True)
+        judged = route_request(
+            runtime, original, exchange.method, as_forwarded=True, host=judged_host
+        )
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route
@@ -314,11 +328,19 @@ class GatewayResource(Resource):
             return exchange.refuse(
                 errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
             )
+        if route.api.operations is not None and named_method is None:
+            # An OpenAPI API's security depends on the operation, so on the real method,
+            # not the subrequest's own.
+            return exchange.refuse(
+                errors.forbidden(f"the {settings.original_method_header} header is missing")
+            )
+        if route.unmatched is not None:
+            return exchange.refuse(errors.forbidden(route.unmatched.description))
         caller = callers.resolve(request, runtime)
         view = request_view(request, judged.path, judged.query)
         call = Call(
             dataclasses.replace(view, method=exchange.method),
-            route.api,
+            route.security_api,
             caller.identity,
             via_load_balancer=caller.via_load_balancer,
         )

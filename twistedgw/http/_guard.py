@@ -59,10 +59,10 @@ from zope.interface import implementer
 from twistedgw import _twisted, errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.routing import split_target
+from twistedgw.http._routing import split_target
 
 if TYPE_CHECKING:
-    from twistedgw.web import Gateway, Routed
+    from twistedgw.http._resource import Gateway, Routed
 
 log = Logger()
 
@@ -153,14 +153,16 @@ class Guard:
         # Read per connection, so a reload applies to new connections.
         return self.gateway.runtime.config.limits
 
-    def route(self, target: bytes | None, host: bytes | None = None) -> Routed | None:
+    def route(
+        self, target: bytes | None, method: bytes | None = None, host: bytes | None = None
+    ) -> Routed | None:
         """Route ``target`` (and its ``Host``) once, under the Runtime in force now; the
         resource reuses it."""
         if target is None:
             return None
-        from twistedgw.web import route_request  # web imports nothing from here
+        from twistedgw.http._resource import route_request
 
-        return route_request(self.gateway.runtime, target, host)
+        return route_request(self.gateway.runtime, target, method, host=host)
 
 
 # chunk-size [ chunk-ext ] CRLF, as twisted.web accepts it (1024 bytes at most).
@@ -605,8 +607,9 @@ class GuardedChannel(HTTPChannel):
         if problem is not None:
             self.refuse(errors.bad_request(problem), "bad_request")
             return
+        method, target, _version = _twisted.request_line(self)
         routed = self.guard.route(
-            _twisted.request_line(self)[1], request.requestHeaders.getRawHeaders(b"host", [None])[0]
+            target, method, request.requestHeaders.getRawHeaders(b"host", [None])[0]
         )
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         if isinstance(request, GuardedRequest):
@@ -721,7 +724,7 @@ class GuardedChannel(HTTPChannel):
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
         command = _twisted.request_line(self)[0] or b"-"
         path = _twisted.request_line(self)[1] or b"-"
-        from twistedgw.web import RequestRecord  # web imports nothing from here
+        from twistedgw.http._resource import RequestRecord
 
         self.guard.gateway.notify(
             RequestRecord(

@@ -1,0 +1,389 @@
+"""One normalised path, used both to choose the API and to build the backend URL.
+
+Policy bypasses come from a router and a backend disagreeing about a path
+(``/open/../secret``, ``/secret%2Fx``, ``/SECRET``, ``/secret;x``). So the
+gateway decides what a path *is* once, routes on that, and sends the backend
+exactly that path: it has nothing left to reinterpret.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twistedgw import _hosts, errors
+from twistedgw.config import ApiConfig, Operation
+from twistedgw.errors import GatewayError
+
+if TYPE_CHECKING:
+    from twistedgw.pipeline import Pipeline
+
+
+class BadPath(ValueError):
+    """The request target cannot be normalised safely; answered with 400."""
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Characters allowed raw in a path segment (RFC 3986 pchar minus '%', plus '/').
+_PCHAR = frozenset(b"!$&'()*+,;=:@/") | _UNRESERVED
+_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Percent-escapes that would change the path's structure if a backend decoded them.
+_FORBIDDEN_ESCAPES = {0x2F: "'/'", 0x5C: "'\\'", 0x00: "NUL", 0x3B: "';'"}
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes | None]:
+    path, sep, query = target.partition(b"?")
+    return path, (query if sep else None)
+
+
+def normalise(path: bytes) -> bytes:
+    """Normalise a request path (no query); raise BadPath when it is unsafe or malformed.
+
+    Steps: require an absolute path; refuse control characters, backslashes and
+    escaped '/', '\\', NUL or ';'; decode escapes of unreserved characters and
+    upper-case the rest; drop ``;params`` from each segment; collapse empty
+    segments; resolve ``.`` and ``..`` (refusing to climb above the root).
+    Results for short paths are cached (the guard and the router both ask, and
+    callers repeat paths); at most 4096 entries of at most 512 bytes, so unique
+    long paths cannot grow memory. Refusals are never cached.
+    """
+    if len(path) <= _CACHED_PATH_BYTES:
+        return _normalise_cached(path)
+    return _normalise(path)
+
+
+_CACHED_PATH_BYTES = 512
+
+
+def _normalise(path: bytes) -> bytes:
+    if not path.startswith(b"/"):
+        raise BadPath("request target must be an absolute path")
+    if any(b < 0x21 or b == 0x7F or b == 0x5C for b in path):
+        raise BadPath("request path contains a control character, space or backslash")
+    if any(b >= 0x80 for b in path):
+        raise BadPath("request path contains a raw non-ASCII byte")
+
+    def unescape(m: re.Match[bytes]) -> bytes:
+        value = int(m.group(1), 16)
+        if value in _FORBIDDEN_ESCAPES:
+            raise BadPath(f"request path contains an encoded {_FORBIDDEN_ESCAPES[value]}")
+        if value in _UNRESERVED:
+            return bytes([value])
+        return b"%" + m.group(1).upper()
+
+    if b"%" in path:
+        stray = path.count(b"%") - len(_PCT.findall(path))
+        if stray:
+            raise BadPath("request path contains a malformed percent-escape")
+        path = _PCT.sub(unescape, path)
+    for b in path:
+        if b not in _PCHAR and b != 0x25:
+            raise BadPath(f"request path contains the character {chr(b)!r}")
+
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for i, raw in enumerate(segments):
+        segment = raw.split(b";", 1)[0]
+        last = i == len(segments) - 1
+        if segment in (b"", b"."):
+            if last:
+                out.append(b"")  # keep a trailing slash
+            continue
+        if segment == b"..":
+            if not out or out == [b""]:
+                raise BadPath("request path climbs above the root")
+            out.pop()
+            if last:
+                out.append(b"")
+            continue
+        out.append(segment)
+    return b"/" + b"/".join(out)
+
+
+_normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
+
+
+def authz_path(path: bytes) -> bytes:
+    """The path the authz endpoint may judge: ``path`` itself, already in normal form.
+
+    Why: with NGINX ``auth_request`` (Envoy ``ext_authz``, Traefik ``forwardAuth``)
+    the gateway only judges; the front proxy routes on its own reading of the path
+    and forwards the raw path to a backend that routes on yet another. If the
+    gateway judged the normalised form of ``/secure/admin/..;/public/`` it would
+    judge the open ``/secure/public`` while the backend serves ``/secure/admin``.
+    So a path whose normalised form differs from the bytes forwarded (dot segments
+    in any spelling: ``.``, ``..``, ``%2e``, ``.;x``, ``..;``; ``;`` parameters;
+    escapes of unreserved characters; empty segments; lower-case escapes) is
+    refused, never judged as something else. Only then do the raw and the judged
+    path select the same API whatever the contexts and whatever prefix router
+    sits behind the proxy. Direct mode keeps normalising (it forwards what it judged).
+    """
+    clean = normalise(path)  # raises BadPath for what is refused everywhere
+    if clean == path:
+        return clean
+    segments = path.split(b"/")[1:]
+    if b";" in path:
+        why = "a ';' parameter"
+    elif any(s in (b".", b"..") for s in segments):
+        why = "a '.' or '..' segment"
+    elif any(int(m.group(1), 16) in _UNRESERVED for m in _PCT.finditer(path)):
+        why = "an escaped unreserved character such as %2E (a dot) or %41"
+    elif b"" in segments[:-1]:
+        why = "an empty segment"
+    else:
+        why = "a percent-escape in lower case"
+    raise BadPath(
+        f"request path has {why}: the proxy forwards it as sent, so it is not judged"
+        f" as {clean.decode('latin-1')!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: its API, the backend URL and the compiled pipeline to run."""
+
+    api: ApiConfig
+    backend_target: bytes  # absolute URL for the backend, path and query included
+    pipeline: Pipeline | None = None  # None only for a Router built without pipelines
+    # Other backends to try, in order, when the first cannot be reached (``backends``).
+    alternatives: tuple[bytes, ...] = ()
+    # APIs from an OpenAPI definition: the operation matched, and the API config whose
+    # schemes apply to it (the API itself, or its variant for the operation's security);
+    # ``pipeline`` is that config's.
+    operation: Operation | None = None
+    effective: ApiConfig | None = None
+    # Set when the API serves only its defined operations and none matched: answer this
+    # error (404 900906, or 405 with ``allow`` as the Allow header) instead of forwarding.
+    unmatched: GatewayError | None = None
+    allow: bytes = b""
+
+    @property
+    def security_api(self) -> ApiConfig:
+        """The API config whose schemes (and pipeline) apply to this request."""
+        return self.effective if self.effective is not None else self.api
+
+
+def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
+    target = backend.encode() + rest
+    if not rest and not backend.split("://", 1)[1].count("/"):
+        target += b"/"
+    if query is not None:
+        target += b"?" + query
+    return target
+
+
+_PARAM = re.compile(r"\{[^{}/]*\}")
+
+#: An operation's match: the operation, its effective API config and that config's pipeline.
+_Found = tuple[Operation, ApiConfig, "Pipeline | None"]
+
+
+@dataclass(frozen=True)
+class _Template:
+    """One path template of a definition and its operations by method."""
+
+    template: str
+    pattern: re.Pattern[bytes]
+    loose: re.Pattern[bytes]  # the same, ignoring case
+    rank: tuple[int, ...]  # per segment: 0 literal, 1 templated; lower is more specific
+    methods: dict[bytes, _Found]
+    allow: bytes
+    first: bytes | None  # the first segment, lower-cased, when it is literal
+
+
+class _Templates:
+    """An API's templates indexed by segment count and first segment, so a request is
+    matched against the few templates that could match, not all of them."""
+
+    def __init__(self, templates: list[_Template]) -> None:
+        by_count: dict[int, list[_Template]] = {}
+        for t in templates:
+            by_count.setdefault(len(t.rank), []).append(t)
+        self._index: dict[int, tuple[dict[bytes, list[_Template]], list[_Template]]] = {}
+        for count, group in by_count.items():
+            wild = [t for t in group if t.first is None]
+            literal: dict[bytes, list[_Template]] = {}
+            for t in group:
+                if t.first is not None:
+                    literal.setdefault(t.first, []).append(t)
+            merged = {k: sorted(v + wild, key=lambda t: t.rank) for k, v in literal.items()}
+            self._index[count] = (merged, sorted(wild, key=lambda t: t.rank))
+
+    def candidates(self, rest: bytes) -> list[_Template]:
+        """Templates that could match ``rest`` (no trailing '/'), most specific first."""
+        count = 0 if rest == b"/" else rest.count(b"/")
+        entry = self._index.get(count)
+        if entry is None:
+            return []
+        merged, wild = entry
+        if not count:
+            return wild or merged.get(b"", [])
+        first = rest[1:].split(b"/", 1)[0].lower()
+        return merged.get(first, wild)
+
+
+def _compile_templates(
+    api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
+) -> list[_Template]:
+    """One ``_Template`` per path template of ``api``, with each method's operation."""
+    from twistedgw.config import variant
+
+    variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
+    grouped: dict[str, dict[bytes, _Found]] = {}
+    for op in api.operations or ():
+        effective, pipeline = api, pipelines.get(api)
+        if op.security is not None:
+            if op.security not in variants:
+                other = variant(api, op.security)
+                variants[op.security] = (other, pipelines.get(other))
+            effective, pipeline = variants[op.security]
+        grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective, pipeline)
+    out = []
+    for template, methods in grouped.items():
+        segments = template.rstrip("/").split("/")[1:] if template.rstrip("/") else []
+        parts = []
+        rank = []
+        for segment in segments:
+            pieces = _PARAM.split(segment)
+            if len(pieces) == 1:
+                parts.append(re.escape(segment))
+                rank.append(0)
+            else:
+                parts.append("[^/]+".join(re.escape(p) for p in pieces))
+                rank.append(1)
+        regex = "/" + "/".join(parts) if parts else "/"
+        pattern = re.compile(("^" + regex + "$").encode())
+        loose = re.compile(("^" + regex + "$").encode(), re.IGNORECASE)
+        names = set(methods)
+        if b"GET" in names:
+            names.add(b"HEAD")
+        allow = b", ".join(sorted(names))
+        first = segments[0].lower().encode() if segments and rank[0] == 0 else None
+        out.append(_Template(template, pattern, loose, tuple(rank), methods, allow, first))
+    return out
+
+
+def match_operation(
+    templates: _Templates, rest: bytes, method: bytes
+) -> _Found | _Template | None:
+    """The operation for ``method`` on ``rest`` (the path below the context).
+
+    Paths match case-sensitively, as OpenAPI says, and literal segments beat
+    templated ones; the most specific template that matches the path decides:
+    if it lacks the method, the answer is 405 (its ``_Template``). A path that
+    a more specific template matches only when case is ignored matches nothing:
+    with ``/admin`` (mTLS) and ``/{name}`` (open), ``/ADMIN`` must not reach a
+    backend that ignores case under the open operation's security.
+    """
+    if len(rest) > 1 and rest.endswith(b"/"):
+        rest = rest[:-1]
+    if not rest:
+        rest = b"/"
+    for template in templates.candidates(rest):
+        if not template.loose.match(rest):
+            continue
+        if not template.pattern.match(rest):
+            return None
+        found = template.methods.get(method)
+        if found is None and method == b"HEAD":
+            found = template.methods.get(b"GET")
+        return found if found is not None else template
+    return None
+
+
+_Candidate = tuple["tuple[str, ...] | None", ApiConfig, "Pipeline | None"]
+
+
+class Router:
+    """Longest-context match on segment boundaries, case-insensitively.
+
+    Contexts match case-insensitively so that ``/PETSTORE`` cannot slip past a
+    protected ``/petstore`` to a catch-all API whose backend ignores case.
+    Each context holds its APIs as (hosts, api, pipeline) candidates, those with
+    ``hosts`` first: the request's host picks one, else the API without hosts,
+    else none (404; a shorter context is not tried, so a host cannot reach
+    another API's context by missing this one's hosts).
+    An API read from an OpenAPI definition serves only its operations (when the
+    request's method is given); an API with several backends spreads requests
+    round-robin (``load_balance``) or prefers them in order (``failover``).
+    """
+
+    def __init__(
+        self, apis: Iterable[ApiConfig], pipelines: Mapping[ApiConfig, Pipeline] | None = None
+    ) -> None:
+        ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
+        pipelines = pipelines or {}
+        table: dict[bytes, list[_Candidate]] = {}
+        for a in ordered:
+            table.setdefault(a.context.lower().encode(), []).append(
+                (a.hosts, a, pipelines.get(a))
+            )
+        for candidates in table.values():
+            candidates.sort(key=lambda c: c[0] is None)
+        self._apis = list(table.items())
+        self.uses_hosts = any(a.hosts is not None for a in ordered)
+        # By the API's identity: APIs with distinct hosts share a context.
+        self._templates = {
+            id(a): _Templates(_compile_templates(a, pipelines))
+            for a in ordered
+            if a.operations is not None
+        }
+        self._turns = {id(a): itertools.count() for a in ordered if len(a.endpoints) > 1}
+        self._several = {id(a): a.endpoints for a in ordered if len(a.endpoints) > 1}
+
+    def route(
+        self,
+        path: bytes,
+        query: bytes | None,
+        method: bytes | None = None,
+        host: str | None = None,
+    ) -> Route | None:
+        """``path`` must already be normalised. Without ``method``, operations are not
+        matched (the API's own schemes and pipeline apply). ``host`` is in _hosts.py's
+        one spelling (None: the request named none, and only APIs without ``hosts``
+        serve it)."""
+        lowered = path.lower()
+        for context, candidates in self._apis:
+            if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
+                chosen = _by_host(candidates, host)
+                if chosen is None:
+                    return None
+                api, pipeline = chosen
+                rest = path[len(context) :] if context != b"/" else path
+                operation = effective = None
+                if method is not None and api.operations is not None:
+                    found = match_operation(self._templates[id(api)], rest, method)
+                    if found is None:
+                        return Route(api, b"", pipeline, unmatched=errors.no_matching_resource(
+                            f"no operation of {api.label} matches {path.decode('latin-1')!r}"
+                        ))
+                    if isinstance(found, _Template):
+                        return Route(api, b"", pipeline, allow=found.allow,
+                                     unmatched=errors.method_not_allowed(
+                            f"{method.decode('latin-1')} is not allowed on "
+                            f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
+                        ))
+                    operation, effective, pipeline = found
+                endpoints = self._several.get(id(api))
+                if endpoints is None:
+                    target = _target(api.backend, rest, query)
+                    return Route(api, target, pipeline, (), operation, effective)
+                if api.backend_mode == "load_balance":
+                    turn = next(self._turns[id(api)]) % len(endpoints)
+                    endpoints = endpoints[turn:] + endpoints[:turn]
+                targets = [_target(b, rest, query) for b in endpoints]
+                return Route(api, targets[0], pipeline, tuple(targets[1:]), operation, effective)
+        return None
+
+
+def _by_host(
+    candidates: list[_Candidate], host: str | None
+) -> tuple[ApiConfig, Pipeline | None] | None:
+    for patterns, api, pipeline in candidates:
+        if patterns is None or (host is not None and _hosts.any_matches(patterns, host)):
+            return api, pipeline
+    return None
