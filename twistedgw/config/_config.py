@@ -910,10 +910,8 @@ def _context_clash(r: _Reader, api: ApiConfig, sharing: list[tuple[str, ApiConfi
     share a context only when their ``hosts`` do not overlap (one may have none)."""
     for where, other in sharing:
         if api.hosts is None and other.hosts is None:
-            message = (
-                f"duplicate context {api.context!r} (also used by {where}); APIs may share a "
-                "context only when their hosts do not overlap"
-            )
+            # (APIs may share a context when their hosts do not overlap: README.)
+            message = f"duplicate context {api.context!r} (also used by {where})"
             origin = api.openapi
             if origin is not None and origin.context_from is not None:
                 r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
