@@ -245,7 +245,7 @@ def _load_entry_keystore(entry: SniEntry) -> pki.KeyStore | None:
 
 
 def _dns_names(cert: x509.Certificate) -> list[str]:
-    """The certificate's DNS names in hosts.py's spelling (the CN when it has no SAN)."""
+    """The certificate's DNS names in _hosts.py's spelling (the CN when it has no SAN)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         raw = san.get_values_for_type(x509.DNSName)

@@ -77,7 +77,7 @@ class SniEntry:
     """One ``[[tls.sni]]`` table: a server certificate for the hosts a client's SNI names,
     and whether (and naming which CAs) its handshakes ask for a client certificate."""
 
-    hosts: tuple[str, ...]  # host patterns, one spelling (hosts.pattern)
+    hosts: tuple[str, ...]  # host patterns, one spelling (_hosts.pattern)
     certificate: Path | None = None
     private_key: Path | None = None
     keystore: Path | None = None
@@ -580,7 +580,7 @@ def _tls(r: _Reader) -> TlsConfig:
 
 
 def _host_patterns(r: _Reader, key: str) -> tuple[str, ...] | None:
-    """``key`` as a list of host patterns (hosts.py), each in its one spelling."""
+    """``key`` as a list of host patterns (_hosts.py), each in its one spelling."""
     values = _string_list(r, key)
     if values is None:
         return None

@@ -91,7 +91,7 @@ class Routed:
     query: bytes | None
     route: Route | None
     problem: str | None = None  # why the path was refused
-    host: str | None = None  # the Host header's host (hosts.py spelling); None if absent
+    host: str | None = None  # the Host header's host (_hosts.py spelling); None if absent
 
     @property
     def body_limit(self) -> int:

@@ -219,7 +219,7 @@ class _Served:
 
 
 def sni_entry(entries: Sequence[tuple[str, ...]], host: str | None) -> int:
-    """The index of the entry whose hosts match ``host`` (hosts.py spelling), else -1:
+    """The index of the entry whose hosts match ``host`` (_hosts.py spelling), else -1:
     the default. Entries' hosts never overlap (config.py), so the first match is the one."""
     if host is not None:
         for i, patterns in enumerate(entries):
@@ -229,7 +229,7 @@ def sni_entry(entries: Sequence[tuple[str, ...]], host: str | None) -> int:
 
 
 def server_name(connection: Any) -> str | None:
-    """The SNI a TLS connection's client sent, in hosts.py's spelling; None if none
+    """The SNI a TLS connection's client sent, in _hosts.py's spelling; None if none
     (or one that is not a host name, which no entry can match either)."""
     try:
         raw = connection.get_servername()
