@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw import tiers
+from twistedgw import jwks, tiers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
 from twistedgw.pipeline._builtin import (
     ApiKeys,
@@ -28,6 +28,7 @@ from twistedgw.pipeline._interfaces import (
     IResponseTransform,
     IScheme,
 )
+from twistedgw.pipeline._jwt import STRIP_AUTHORIZATION, issuers_of, scheme_for
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Pipeline
 
@@ -39,6 +40,7 @@ class Shared:
     """What outlives one config: state the built-ins keep across reloads."""
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
+    jwks: jwks.JwksFetchers = field(default_factory=jwks.JwksFetchers)  # by URL
 
 
 def compile_pipelines(
@@ -62,6 +64,7 @@ def compile_pipelines(
     identity = IdentityForwarding(config)
     tier_stage = Tiers(shared.throttle)
     revocation_stage = Revocation(revocation) if revocation is not None else None
+    jwt_issuers = issuers_of(config, problems, shared.jwks)
     out: dict[ApiConfig, Pipeline] = {}
     for api in config.apis:
         checks: list[Named] = []
@@ -75,6 +78,8 @@ def compile_pipelines(
             schemes.append(Named("mutual_ssl", MutualSsl(api)))
         if api.api_key is not Mode.DISABLED:
             schemes.append(Named("api_key", ApiKeys(api, config.api_keys)))
+        if api.jwt is not Mode.DISABLED:
+            schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
         for spec in api.plugins:
             stage = _configure(spec, by_name, api, config, problems)
             if stage is None:
@@ -95,6 +100,8 @@ def compile_pipelines(
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
+        if api.jwt is not Mode.DISABLED and not api.forward_authorization:
+            request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
         out[api] = Pipeline(
             api,
