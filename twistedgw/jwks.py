@@ -119,6 +119,8 @@ def _one_key(index: int, raw: object) -> VerifyKey | None:
     if kid is not None and not isinstance(kid, str):
         raise JwksError(f"{what}: kid must be a string")
     kty = raw.get("kty")
+    if not isinstance(kty, str):
+        raise JwksError(f"{what} has no key type (kty)")
     if kty == "oct":
         raise JwksError(f"{what} is a symmetric key (kty \"oct\"); only public keys are accepted")
     if kty not in _PRIVATE:
@@ -134,6 +136,8 @@ def _one_key(index: int, raw: object) -> VerifyKey | None:
             return None  # an encryption key: never used to verify a signature
         raise JwksError(f"{what}: unknown use {use!r}")
     crv = raw.get("crv")
+    if crv is not None and not isinstance(crv, str):
+        raise JwksError(f"{what}: crv must be a string")
     if kty in _CURVES and crv not in _CURVES[kty]:
         raise JwksError(
             f"{what} is on curve {crv!r}; accepted for {kty}: {', '.join(sorted(_CURVES[kty]))}"
@@ -181,7 +185,12 @@ def parse_jwks(data: bytes | str) -> KeySet:
     keys: list[VerifyKey] = []
     by_kid: dict[str, VerifyKey] = {}
     for index, raw in enumerate(raw_keys):
-        key = _one_key(index, raw)
+        try:
+            key = _one_key(index, raw)
+        except JwksError:
+            raise
+        except Exception as e:  # whatever a hostile document provokes: refused all the same
+            raise JwksError(f"{_describe(index, None)} cannot be used: {e!r}") from None
         if key is None:
             continue
         if key.kid is not None:
@@ -405,7 +414,7 @@ class JwksFetcher:
     def _got(self, body: bytes) -> None:
         try:
             keys = parse_jwks(body)
-        except JwksError as e:
+        except Exception as e:  # JwksError, or anything unforeseen: never wedge the waiters
             self._failed(Failure(e))
             return
         was_stale = self.stale

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
-from twistedgw import reasons
+from twistedgw import jwks, reasons
 from twistedgw.identity import ClientIdentity
 from twistedgw.pki import fingerprint
 from twistedgw.runtime import Runtime
@@ -138,6 +138,7 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         r.register(CertificateExpiryCollector(runtime))
+        r.register(jwks.JwksCollector())  # JWKS URLs fetched in this process
         self._children: dict[tuple[object, ...], tuple[Any, Any, Any]] = {}
 
     def observe(self, record: RequestRecord) -> None:
