@@ -8,7 +8,9 @@ plain words.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,25 @@ class GatewayError:
         return json.dumps(
             {"code": self.code, "message": self.message, "description": self.description}
         ).encode()
+
+
+JSON_TYPE = b"application/json"
+
+
+def write_error(
+    request: Any, error: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """Put ``error``'s status and headers on a twisted.web request; return the body to
+    write (empty for HEAD). The one renderer of JSON errors for dispatched requests;
+    the front's refusals before dispatch frame the same body by hand (guard.py)."""
+    request.setResponseCode(error.status)
+    response_headers = request.responseHeaders
+    response_headers.setRawHeaders(b"Content-Type", [JSON_TYPE])
+    body = error.body()
+    response_headers.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+    for name, value in headers:
+        response_headers.addRawHeader(name, value)
+    return b"" if request.method == b"HEAD" else body
 
 
 def invalid_credentials(description: str) -> GatewayError:

@@ -10,14 +10,14 @@ and checks the key material that does not depend on them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from twistedgw import backendtls, pki, revocation
 from twistedgw import config as configmod
 from twistedgw.chainverify import ChainVerifier
-from twistedgw.config import ConfigError, GatewayConfig, TlsConfig
-from twistedgw.policy import ApiKeyAuthenticator, IAuthenticator, MutualSslAuthenticator, Policy
+from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, TlsConfig
+from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.routing import Router
 from twistedgw.tls import HandshakeRecords, ServerTLS
 
@@ -28,17 +28,13 @@ class Runtime:
     keystore: pki.KeyStore | None
     truststore: pki.TrustStore | None
     server_tls: ServerTLS | None
-    router: Router
-    policy: Policy
+    router: Router  # its routes carry each API's compiled pipeline
     header_verifier: ChainVerifier | None
     revocation: revocation.RevocationChecker | None = None  # CRLs are re-read on reload
     # TLS to https:// backends; a reload swaps it with the rest, and the forwarder's
     # pool is keyed by its policies, so changed settings get new connections.
     backend_tls: backendtls.BackendTls | None = None
-
-
-def authenticators(config: GatewayConfig) -> list[IAuthenticator]:
-    return [MutualSslAuthenticator(), ApiKeyAuthenticator(config.api_keys)]
+    shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
 
 
 @dataclass
@@ -48,6 +44,7 @@ class _Material:
     server_tls: ServerTLS | None = None
     revocation: revocation.RevocationChecker | None = None
     backend_tls: backendtls.BackendTls | None = None
+    pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
 
 
 def _never(key: str) -> bool:
@@ -69,6 +66,7 @@ def _load_material(
     *,
     broken: Callable[[str], bool] = _never,
     api_paths: Sequence[str] | None = None,
+    shared: Shared | None = None,
 ) -> _Material:
     """Load the key material and cross-check the config against it, adding to ``problems``.
 
@@ -134,13 +132,25 @@ def _load_material(
             out.server_tls = ServerTLS(tls, out.keystore, out.truststore, records)
         except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
             problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
+    # Each API's pipeline: built-ins from the config keys, then its [[apis.plugins]],
+    # which check their own tables here (so `check` reports them in this pass).
+    out.pipelines = compile_pipelines(
+        config, problems, revocation=out.revocation, shared=shared, api_paths=api_paths
+    )
     return out
 
 
-def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Runtime:
-    """Load key material and cross-check the config; raise ConfigError on any problem."""
+def build(
+    config: GatewayConfig,
+    records: HandshakeRecords | None = None,
+    shared: Shared | None = None,
+) -> Runtime:
+    """Load key material, compile the pipelines and cross-check the config; raise
+    ConfigError on any problem. ``shared`` is what the previous Runtime's pipelines
+    kept across reloads (tier buckets, ...); a new one when None."""
     problems: list[str] = []
-    material = _load_material(config, problems, records)
+    shared = shared if shared is not None else Shared()
+    material = _load_material(config, problems, records, shared=shared)
     if problems:
         raise ConfigError(problems)
     header_verifier = (
@@ -153,15 +163,17 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
         keystore=material.keystore,
         truststore=material.truststore,
         server_tls=material.server_tls,
-        router=Router(config.apis),
-        policy=Policy(authenticators(config)),
+        router=Router(config.apis, material.pipelines),
         header_verifier=header_verifier,
         revocation=material.revocation,
         backend_tls=material.backend_tls,
+        shared=shared,
     )
 
 
-def load(path: str | Path, records: HandshakeRecords | None = None) -> Runtime:
+def load(
+    path: str | Path, records: HandshakeRecords | None = None, shared: Shared | None = None
+) -> Runtime:
     """Read a config file and build its Runtime; raise ConfigError with every problem.
 
     Config and key-material problems come together: where some keys are broken,
@@ -170,7 +182,7 @@ def load(path: str | Path, records: HandshakeRecords | None = None) -> Runtime:
     """
     parsed = configmod.load_partial(path)
     if not parsed.problems:
-        return build(parsed.config, records)
+        return build(parsed.config, records, shared)
     problems = list(parsed.problems)
     _load_material(parsed.config, problems, broken=parsed.broken, api_paths=parsed.api_paths)
     raise ConfigError(problems)

@@ -268,7 +268,8 @@ class GatewayService(service.Service):
     def reload(self) -> bool:
         """Re-read the config and key material; keep the old state on any problem."""
         try:
-            built = runtime.load(self.config.source, self._records)
+            # The tier buckets and other shared state carry over to the new pipelines.
+            built = runtime.load(self.config.source, self._records, self.gateway.runtime.shared)
         except ConfigError as e:
             for line in e.problems:
                 log.error(
