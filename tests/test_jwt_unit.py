@@ -377,9 +377,7 @@ def test_fetcher_refreshes_refetches_once_per_30s_and_keeps_the_last_good_set(
     get.answer(KEY)
     assert isinstance(run(p, call_for(cfg, bearer(jwtkit.token(KEY)))), HeaderEdit)
 
-    # A new kid (more than 30 s after the last fetch): the request waits for one
-    # refetch, which brings the key.
-    clock.advance(31)
+    # A new kid: the request waits for one refetch, which brings the key.
     waiting = p.run(call_for(cfg, bearer(jwtkit.token(OTHER))))
     assert isinstance(waiting, Deferred) and get.calls == 2
     second = p.run(call_for(cfg, bearer(jwtkit.token(OTHER))))  # joins the same fetch
@@ -392,9 +390,16 @@ def test_fetcher_refreshes_refetches_once_per_30s_and_keeps_the_last_good_set(
     refused(out, "900901", "token signature is not valid", INVALID)
     assert get.calls == 2
 
+    # 30 s later another unknown kid may fetch again.
+    clock.advance(31)
+    again = p.run(call_for(cfg, bearer(jwtkit.token(jwtkit.ec("ec-4")))))
+    assert isinstance(again, Deferred) and get.calls == 3
+    get.answer(KEY, OTHER)
+    assert isinstance(again.result, Refusal)
+
     # The periodic refresh fails: the last good set stays in use.
     clock.advance(60)
-    assert get.calls == 3
+    assert get.calls == 4
     get.fail(ConnectionRefusedError())
     fetcher = next(iter(shared.jwks))
     assert fetcher.stale and fetcher.failures == 1 and len(fetcher.keys or ()) == 2
@@ -419,7 +424,11 @@ def test_fetcher_refreshes_refetches_once_per_30s_and_keeps_the_last_good_set(
 def test_fetcher_down_at_start_then_up(pki: DevPki, tmp_path: Path) -> None:
     cfg, p, get, clock, _shared = url_setup(pki, tmp_path)
     get.fail(ConnectionRefusedError())
-    out = run(p, call_for(cfg, bearer(jwtkit.token(KEY))))  # within 30 s of the first try
+    waiting = p.run(call_for(cfg, bearer(jwtkit.token(KEY))))  # no keys yet: one refetch
+    assert isinstance(waiting, Deferred) and get.calls == 2
+    get.fail(ConnectionRefusedError())
+    refused(waiting.result, "900901", "token signature is not valid", INVALID)
+    out = run(p, call_for(cfg, bearer(jwtkit.token(KEY))))  # within 30 s: no other
     refused(out, "900901", "token signature is not valid", INVALID)
     clock.advance(31)
     waiting = p.run(call_for(cfg, bearer(jwtkit.token(KEY))))
@@ -453,3 +462,16 @@ def test_fetch_that_raises_or_finishes_at_once(pki: DevPki, tmp_path: Path) -> N
     d = fetcher.refetch()
     assert d is not None and d.called and fetcher.keys is not None and not fetcher.stale
     fetcher.stop()
+
+
+def test_a_hanging_fetch_does_not_hold_a_request_past_the_wait_limit(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    cfg, p, get, clock, _shared = url_setup(pki, tmp_path)
+    get.answer(KEY)
+    waiting = p.run(call_for(cfg, bearer(jwtkit.token(OTHER))))
+    assert isinstance(waiting, Deferred) and not waiting.called
+    clock.advance(jwks.WAIT_LIMIT)
+    refused(waiting.result, "900901", "token signature is not valid", INVALID)
+    get.answer(KEY, OTHER)  # arrives late: used by the next request
+    assert isinstance(run(p, call_for(cfg, bearer(jwtkit.token(OTHER)))), HeaderEdit)

@@ -53,7 +53,8 @@ log = Logger()
 MAX_JWKS_BYTES = 1 << 20  # a JWKS larger than this is refused (file or URL)
 MAX_KEYS = 100
 REFETCH_INTERVAL = 30.0  # at most one refetch for an unknown kid per this many seconds
-FETCH_TIMEOUT = 5.0  # one fetch, connect to last byte; bounds what a request may wait
+FETCH_TIMEOUT = 5.0  # one fetch, connect to last byte
+WAIT_LIMIT = FETCH_TIMEOUT + 1.0  # the longest a request waits for a refetch, whatever happens
 
 # Which key each configurable algorithm needs: (kty, allowed curves or None).
 ALGORITHM_KEYS: Mapping[str, tuple[str, frozenset[str] | None]] = {
@@ -301,8 +302,9 @@ class JwksFetcher:
 
     ``keys`` is the last good set (None until one arrived). A failed fetch keeps
     it and says so in the log and the metrics. ``refetch()`` is for a token whose
-    kid is unknown: it starts a fetch unless one ran less than ``REFETCH_INTERVAL``
-    ago, and gives a Deferred firing when the current fetch ends.
+    kid is unknown: it joins a fetch in flight, or starts one unless another
+    unknown kid started one less than ``REFETCH_INTERVAL`` ago (the periodic
+    fetches do not count: a key rotated just after one is found at once).
     """
 
     def __init__(
@@ -327,7 +329,7 @@ class JwksFetcher:
         self._started = False
         self._timer: IDelayedCall | None = None
         self._waiters: list[Deferred[None]] | None = None  # a fetch is running when not None
-        self._last_attempt: float | None = None  # clock time of the last fetch started
+        self._last_refetch: float | None = None  # clock time of the last unknown-kid fetch
         # For the metrics and the log.
         self.successes = 0
         self.failures = 0
@@ -367,21 +369,30 @@ class JwksFetcher:
         return self.last_error is not None
 
     def refetch(self) -> Deferred[None] | None:
-        """For an unknown kid: a Deferred firing when a fetch ends, or None when one ran
-        less than ``REFETCH_INTERVAL`` ago (the answer would be the same)."""
+        """For an unknown kid: a Deferred firing when a fetch ends, or None when an
+        unknown kid had one fetched less than ``REFETCH_INTERVAL`` ago."""
         if self._waiters is not None:
             return self._wait()
         now = self._clock.seconds()
-        if self._last_attempt is not None and now - self._last_attempt < REFETCH_INTERVAL:
+        if self._last_refetch is not None and now - self._last_refetch < REFETCH_INTERVAL:
             return None
-        waiting = self._wait_after_fetch()
-        return waiting
+        self._last_refetch = now
+        return self._wait_after_fetch()
 
     def _wait(self) -> Deferred[None]:
+        """A Deferred firing when the fetch in flight ends, or after ``WAIT_LIMIT``
+        whatever the fetch does (a request must not wait on a getter that hangs)."""
         d: Deferred[None] = Deferred()
         assert self._waiters is not None
         self._waiters.append(d)
-        return d
+        timer = self._clock.callLater(WAIT_LIMIT, lambda: None if d.called else d.callback(None))
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(done)
 
     def _wait_after_fetch(self) -> Deferred[None]:
         self._fetch()
@@ -402,7 +413,6 @@ class JwksFetcher:
             self._timer.cancel()
         self._timer = None
         self._waiters = []
-        self._last_attempt = self._clock.seconds()
         try:
             d = self._get(self.url, self.policy)
         except Exception as e:
@@ -457,7 +467,8 @@ class JwksFetcher:
         waiters, self._waiters = self._waiters or [], None
         self._schedule()
         for d in waiters:
-            d.callback(None)
+            if not d.called:
+                d.callback(None)
 
 
 class JwksFetchers:
