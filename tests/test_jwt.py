@@ -1,0 +1,389 @@
+"""JWT access tokens and RFC 8705 certificate binding, through real gateway processes.
+
+Two long-lived gateways (module scope) in front of the real echo backend:
+
+``direct``  a TLS listener; APIs with a JWKS file (``idp``), a file rewritten and
+            reloaded for key rotation (``rot``), a JWKS URL served by a local HTTP
+            server (``remote``, refetch on unknown kid), one that goes down and
+            serves a refused document (``flaky``, refreshed every second), one
+            whose URL was down from the start (``dead``), and an open API;
+``header``  a plain listener taking the client certificate from a load balancer's
+            header (trusted from 127.0.0.2 only), for binding with every encoding.
+
+Tokens are minted here with keys generated per run; only public JWKS are written.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from tests import headerenc as enc
+from tests import jwtkit
+from tests.backend_fixture import BackendProcess, start_backend
+from tests.harness import GatewayProcess, Response, free_port, gateway_config, start_gateway, table
+from tests.lbsupport import echoed_headers, error, get, mutual_ssl_table
+from tests.opskit import scrape, value, wait_until
+from twistedgw.devpki import DevPki
+
+AUTHZ = "/_twistedgw/authz"
+HEADER = "X-Client-Cert"
+INVALID = 'Bearer error="invalid_token"'
+
+IDP = jwtkit.ec("idp-1")
+IDP_RSA = jwtkit.rsa("idp-rsa")
+ROT_OLD = jwtkit.ec("rot-old")
+ROT_NEW = jwtkit.ec("rot-new")
+REMOTE_1 = jwtkit.ec("remote-1")
+REMOTE_2 = jwtkit.ec("remote-2")
+FLAKY = jwtkit.ec("flaky-1")
+DEAD = jwtkit.ec("dead-1")
+
+ISSUERS = {
+    "idp": "https://idp.example",
+    "rot": "https://rot.example",
+    "remote": "https://remote.example",
+    "flaky": "https://flaky.example",
+    "dead": "https://dead.example",
+}
+
+
+def claims(issuer: str = "idp", **overrides: Any) -> dict[str, Any]:
+    return jwtkit.claims(**{"iss": ISSUERS[issuer], **overrides})
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+@dataclass
+class Direct:
+    process: GatewayProcess
+    pki: DevPki
+    admin: int
+    rot_jwks: Path
+    remote: jwtkit.JwksServer
+    flaky: jwtkit.JwksServer
+
+    def get(self, path: str, headers: Any = (), client: str | None = None) -> Response:
+        return get(self.process.port, path, headers, pki=self.pki, client=client, tls=True)
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    backend = start_backend(tmp_path_factory.mktemp("echo"))
+    yield backend
+    backend.stop()
+
+
+def _api(echo: BackendProcess, name: str, **keys: Any) -> dict[str, Any]:
+    out = {"name": name, "version": "v1", "context": f"/{name}", "backend": f"{echo.url}/{name}"}
+    out.update(keys)
+    return out
+
+
+def _issuer(name: str, **keys: Any) -> str:
+    return table("jwt_issuers", {"name": name, "issuer": ISSUERS[name], "audiences": ["orders"],
+                                 **keys}, array=True)
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
+           echo: BackendProcess) -> Iterator[Direct]:
+    tmp = tmp_path_factory.mktemp("jwt-direct")
+    idp = jwtkit.write_jwks(tmp / "idp.json", IDP, IDP_RSA)
+    rot = jwtkit.write_jwks(tmp / "rot.json", ROT_OLD)
+    dead_port = free_port()  # nothing listens there
+    with jwtkit.jwks_server(REMOTE_1) as remote, jwtkit.jwks_server(FLAKY) as flaky:
+        port, admin = free_port(), free_port()
+        jwt = {"jwt": "mandatory", "mutual_ssl": "optional"}
+        apis = [
+            _api(echo, "orders", jwt_issuers=["idp"], **jwt),
+            _api(echo, "bound", jwt_issuers=["idp"], certificate_bound="required", **jwt),
+            _api(echo, "unbound", jwt_issuers=["idp"], certificate_bound="off", **jwt),
+            _api(echo, "fwd", jwt_issuers=["idp"], forward_authorization=True, **jwt),
+            _api(echo, "rot", jwt_issuers=["rot"], **jwt),
+            _api(echo, "remote", jwt_issuers=["remote"], **jwt),
+            _api(echo, "flaky", jwt_issuers=["flaky"], **jwt),
+            _api(echo, "dead", jwt_issuers=["dead"], **jwt),
+            _api(echo, "either", jwt="optional", mutual_ssl="optional", aliases=["partner-root"]),
+            _api(echo, "open"),
+        ]
+        extra = (
+            _issuer("idp", jwks=str(idp), algorithms=["ES256", "RS256"], consumer_claim="azp")
+            + _issuer("rot", jwks=str(rot))
+            + _issuer("remote", jwks_url=remote.url)
+            + _issuer("flaky", jwks_url=flaky.url, jwks_refresh_seconds=1)
+            + _issuer("dead", jwks_url=f"http://127.0.0.1:{dead_port}/jwks.json")
+            + table("authz", {"path": AUTHZ})
+            + table("admin", {"host": "127.0.0.1", "port": admin})
+        )
+        text = gateway_config(pki, apis, port=port, extra=extra)
+        process = start_gateway(tmp / "gw", text, port, wait_for=(admin,))
+        try:
+            yield Direct(process, pki, admin, rot, remote, flaky)
+        finally:
+            process.stop()
+
+
+def refused(r: Response, code: str, description: str, challenge: str = INVALID) -> None:
+    assert error(r) == (401, code, description), r.body
+    assert r.header_all("WWW-Authenticate") == [challenge]
+
+
+# --------------------------------------------------------------------------- passing
+
+
+def test_valid_token_is_forwarded_without_authorization(direct: Direct) -> None:
+    r = direct.get("/orders/x", bearer(jwtkit.token(IDP, claims())))
+    seen = echoed_headers(r)
+    assert "authorization" not in seen
+    rsa = direct.get("/orders/x", bearer(jwtkit.token(IDP_RSA, claims())))
+    assert rsa.status == 200
+
+
+def test_forward_authorization_true_keeps_it(direct: Direct) -> None:
+    tok = jwtkit.token(IDP, claims())
+    assert echoed_headers(direct.get("/fwd/x", bearer(tok)))["authorization"] == [f"Bearer {tok}"]
+
+
+def test_authorization_is_kept_on_apis_without_jwt(direct: Direct) -> None:
+    seen = echoed_headers(direct.get("/open/x", {"Authorization": "Basic YTpi"}))
+    assert seen["authorization"] == ["Basic YTpi"]
+
+
+def test_optional_jwt_or_certificate(direct: Direct) -> None:
+    """The WSO2 rule: either optional scheme passing is enough."""
+    assert direct.get("/either/x", client="partner-app").status == 200
+    assert direct.get("/either/x", bearer(jwtkit.token(IDP, claims()))).status == 200
+    r = direct.get("/either/x")
+    assert error(r)[:2] == (401, "900902")
+    assert "Bearer" in r.header_all("WWW-Authenticate")
+
+
+# --------------------------------------------------------------------------- every error
+
+
+ERRORS: list[tuple[str, Any, str]] = [
+    ("expired", lambda: jwtkit.token(IDP, claims(exp=1_000_000)), "token has expired"),
+    ("bad-signature", lambda: jwtkit.token(jwtkit.ec("idp-1"), claims()),
+     "token signature is not valid"),
+    ("unknown-kid", lambda: jwtkit.token(jwtkit.ec("nobody"), claims()),
+     "token signature is not valid"),
+    ("issuer", lambda: jwtkit.token(IDP, claims(iss="https://evil.example")),
+     "token issuer is not accepted"),
+    ("issuer-of-another-api", lambda: jwtkit.token(ROT_OLD, claims("rot")),
+     "token issuer is not accepted"),
+    ("audience", lambda: jwtkit.token(IDP, claims(aud=["billing"])),
+     "token audience is not accepted"),
+    ("algorithm-not-configured", lambda: jwtkit.token(jwtkit.ec("idp-1", "P-384"), claims()),
+     "token algorithm is not allowed"),
+    ("algorithm-key-mismatch", lambda: jwtkit.token(jwtkit.rsa("idp-1"), claims()),
+     "token algorithm is not allowed"),
+    ("alg-none", lambda: jwtkit.unsigned(claims(), kid="idp-1") + "c2ln",
+     "token algorithm is not allowed"),
+    ("unsigned", lambda: jwtkit.unsigned(claims()), "token is not a valid JWT"),
+    ("no-exp", lambda: jwtkit.token(IDP, claims(exp=None)), "token is not a valid JWT"),
+    ("crit", lambda: jwtkit.raw_token(IDP, {"alg": "ES256", "kid": "idp-1", "crit": ["x"],
+                                            "x": 1}, claims()), "token is not a valid JWT"),
+    ("nested", lambda: jwtkit.token(IDP, claims(), cty="JWT"), "token is not a valid JWT"),
+    ("garbage", lambda: "not-a-token", "token is not a valid JWT"),
+    ("truncated", lambda: jwtkit.token(IDP, claims())[:40], "token is not a valid JWT"),
+    ("wrong-base64", lambda: "eyJ+.eyJ/.abc=", "token is not a valid JWT"),
+    ("jwe", lambda: "a.b.c.d.e", "token is not a valid JWT"),
+    ("huge", lambda: "a" * 9000 + ".b.c", "token is not a valid JWT"),
+    ("not-yet-valid", lambda: jwtkit.token(IDP, claims(nbf=2**33)), "token is not yet valid"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors(direct: Direct, name: str, make: Any, reason: str) -> None:
+    refused(direct.get("/orders/x", bearer(make())), "900901", reason)
+
+
+def test_no_token(direct: Direct) -> None:
+    refused(direct.get("/orders/x"), "900902", "no access token was presented", "Bearer")
+    refused(direct.get("/orders/x", {"Authorization": "Basic YTpi"}), "900902",
+            "no access token was presented", "Bearer")
+
+
+def test_authz_endpoint_applies_the_same_rules(direct: Direct) -> None:
+    ok = direct.get(AUTHZ, {"X-Original-URI": "/orders/x", **bearer(jwtkit.token(IDP, claims()))})
+    assert ok.status == 200
+    assert ok.header("x-twistedgw-principal") == "jwt:idp:alice"
+    bad = direct.get(AUTHZ, {"X-Original-URI": "/orders/x",
+                             **bearer(jwtkit.token(IDP, claims(aud="billing")))})
+    refused(bad, "900901", "token audience is not accepted")
+    cert = x509.load_pem_x509_certificate(direct.pki.clients["partner-app"][0].read_bytes())
+    tok = jwtkit.token(IDP, jwtkit.bound(cert, iss=ISSUERS["idp"]))
+    other = direct.get(AUTHZ, {"X-Original-URI": "/orders/x", **bearer(tok)}, client="partner-rsa")
+    refused(other, "900901", "token is not bound to the presented certificate")
+    assert direct.get(AUTHZ, {"X-Original-URI": "/orders/x", **bearer(tok)},
+                      client="partner-app").status == 200
+
+
+# --------------------------------------------------------------------------- binding (handshake)
+
+
+def _cert(pki: DevPki, name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pki.clients[name][0].read_bytes())
+
+
+def test_binding_with_the_handshake_certificate(direct: Direct) -> None:
+    tok = jwtkit.token(IDP, jwtkit.bound(_cert(direct.pki, "partner-app"), iss=ISSUERS["idp"]))
+    assert direct.get("/orders/x", bearer(tok), client="partner-app").status == 200
+    refused(direct.get("/orders/x", bearer(tok), client="partner-rsa"), "900901",
+            "token is not bound to the presented certificate")
+    refused(direct.get("/orders/x", bearer(tok)), "900901",
+            "token is bound to a certificate but none was presented")
+    # An untrusted certificate with the right thumbprint is not proof of possession.
+    intruder = jwtkit.token(IDP, jwtkit.bound(_cert(direct.pki, "intruder"), iss=ISSUERS["idp"]))
+    r = direct.get("/orders/x", bearer(intruder), client="intruder")
+    assert error(r)[:2] == (401, "900901")
+    assert error(r)[2].startswith("token is bound to a certificate but the presented one was "
+                                  "refused: ")
+    # "off" ignores the claim; "required" wants it.
+    assert direct.get("/unbound/x", bearer(tok), client="partner-rsa").status == 200
+    assert direct.get("/bound/x", bearer(tok), client="partner-app").status == 200
+    refused(direct.get("/bound/x", bearer(jwtkit.token(IDP, claims())), client="partner-app"),
+            "900901", "token is not bound to the presented certificate")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_key_rotation_via_kid_and_reload(direct: Direct) -> None:
+    old, new = jwtkit.token(ROT_OLD, claims("rot")), jwtkit.token(ROT_NEW, claims("rot"))
+    assert direct.get("/rot/x", bearer(old)).status == 200
+    refused(direct.get("/rot/x", bearer(new)), "900901", "token signature is not valid")
+    reloads = direct.process.output().count("Reloaded ")
+    jwtkit.write_jwks(direct.rot_jwks, ROT_OLD, ROT_NEW)  # publish the new key beside the old
+    direct.process.signal(signal.SIGHUP)
+    wait_until(lambda: direct.process.output().count("Reloaded ") > reloads, what="reload")
+    assert direct.get("/rot/x", bearer(new)).status == 200
+    assert direct.get("/rot/x", bearer(old)).status == 200
+    jwtkit.write_jwks(direct.rot_jwks, ROT_NEW)  # retire the old one
+    direct.process.signal(signal.SIGHUP)
+    wait_until(lambda: direct.process.output().count("Reloaded ") > reloads + 1, what="reload")
+    refused(direct.get("/rot/x", bearer(old)), "900901", "token signature is not valid")
+    assert direct.get("/rot/x", bearer(new)).status == 200
+
+
+def test_bad_jwks_file_on_reload_is_refused_and_old_keys_stay(direct: Direct) -> None:
+    good = direct.rot_jwks.read_text()
+    refusals = direct.process.output().count("Reload refused")
+    direct.rot_jwks.write_text(json.dumps({"keys": [ROT_NEW.key.as_dict(private=True)]}))
+    try:
+        direct.process.signal(signal.SIGHUP)
+        wait_until(lambda: direct.process.output().count("Reload refused") > refusals,
+                   what="the refusal")
+        assert "jwt_issuers[1].jwks:" in direct.process.output()
+        assert "holds a private part" in direct.process.output()
+    finally:
+        direct.rot_jwks.write_text(good)
+    assert direct.get("/rot/x", bearer(jwtkit.token(ROT_NEW, claims("rot")))).status == 200
+
+
+def test_jwks_url_refetched_on_unknown_kid_once_per_30s(direct: Direct) -> None:
+    remote = direct.remote
+    assert direct.get("/remote/x", bearer(jwtkit.token(REMOTE_1, claims("remote")))).status == 200
+    hits = remote.hits
+    remote.set(REMOTE_1, REMOTE_2)  # the IdP rotates
+    assert direct.get("/remote/x", bearer(jwtkit.token(REMOTE_2, claims("remote")))).status == 200
+    assert remote.hits == hits + 1
+    # Another unknown kid at once: no second fetch, refused.
+    r = direct.get("/remote/x", bearer(jwtkit.token(jwtkit.ec("remote-3"), claims("remote"))))
+    refused(r, "900901", "token signature is not valid")
+    assert remote.hits == hits + 1
+
+
+def test_jwks_url_outage_keeps_the_last_good_keys(direct: Direct) -> None:
+    flaky, tok = direct.flaky, jwtkit.token(FLAKY, claims("flaky"))
+    url = flaky.url
+    wait_until(lambda: value(scrape(direct.admin), "twistedgw_jwks_keys", url=url) == 1,
+               what="the first fetch")
+    assert direct.get("/flaky/x", bearer(tok)).status == 200
+    flaky.down = True
+    try:
+        wait_until(lambda: value(scrape(direct.admin), "twistedgw_jwks_stale", url=url) == 1,
+                   what="the failed fetch in the metrics")
+        assert "keeping the last good key set (1 keys)" in direct.process.output()
+        assert direct.get("/flaky/x", bearer(tok)).status == 200
+        # Back up but serving a refused document (a private key): still the old keys.
+        flaky.down = False
+        flaky.document = json.dumps({"keys": [FLAKY.key.as_dict(private=True)]}).encode()
+        wait_until(lambda: "refused the key set" in direct.process.output(),
+                   what="the refused document in the log")
+        assert direct.get("/flaky/x", bearer(tok)).status == 200
+        metrics = scrape(direct.admin)
+        assert value(metrics, "twistedgw_jwks_fetches_total", url=url, result="failure") >= 2
+    finally:
+        flaky.down = False
+        flaky.set(FLAKY)
+    wait_until(lambda: value(scrape(direct.admin), "twistedgw_jwks_stale", url=url) == 0,
+               what="recovery")
+
+
+def test_jwks_url_down_from_the_start(direct: Direct) -> None:
+    """Other APIs serve; this issuer's tokens get 401 (never a 5xx), and the log says why."""
+    assert direct.get("/open/x").status == 200
+    r = direct.get("/dead/x", bearer(jwtkit.token(DEAD, claims("dead"))))
+    refused(r, "900901", "token signature is not valid")
+    assert "no key set yet" in direct.process.output()
+
+
+# --------------------------------------------------------------------------- binding (header)
+
+
+@pytest.fixture(scope="module")
+def header_gw(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
+              echo: BackendProcess) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("jwt-header")
+    idp = jwtkit.write_jwks(tmp / "idp.json", IDP)
+    port = free_port()
+    text = gateway_config(
+        pki,
+        [_api(echo, "orders", jwt="mandatory", mutual_ssl="optional", jwt_issuers=["idp"])],
+        port=port,
+        listeners=[{"host": "127.0.0.1", "port": port, "tls": False}],
+        tls={"certificate": None, "private_key": None},
+        extra=mutual_ssl_table(certificate_header=HEADER, chain_header="Client-Cert-Chain",
+                               enable_client_validation=False, trusted_proxies=["127.0.0.2/32"])
+        + _issuer("idp", jwks=str(idp)),
+    )
+    process = start_gateway(tmp / "gw", text, port)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("encoding", enc.CONCRETE_ENCODINGS)
+def test_binding_with_each_load_balancer_encoding(header_gw: GatewayProcess, pki: DevPki,
+                                                  encoding: str) -> None:
+    # Leaf-only encodings need a certificate issued by the root itself.
+    name = "partner-direct" if encoding in enc.LEAF_ONLY else "partner-app"
+    chain = pki.issued[name].full_chain
+    tok = jwtkit.token(IDP, jwtkit.bound(chain[0], iss=ISSUERS["idp"]))
+
+    def headers(certs: tuple[x509.Certificate, ...]) -> dict[str, str]:
+        out = {HEADER: enc.encode(certs, encoding), **bearer(tok)}
+        chain_value = enc.chain_value_for(certs, encoding)
+        if chain_value is not None:
+            out["Client-Cert-Chain"] = chain_value
+        return out
+
+    ok = get(header_gw.port, "/orders/x", headers(chain), source="127.0.0.2")
+    assert ok.status == 200, ok.body
+    other_name = "other-app" if encoding in enc.LEAF_ONLY else "partner-rsa"
+    other = get(header_gw.port, "/orders/x", headers(pki.issued[other_name].full_chain),
+                source="127.0.0.2")
+    refused(other, "900901", "token is not bound to the presented certificate")
+    # The same header from a caller that is not the load balancer is ignored.
+    forged = get(header_gw.port, "/orders/x", headers(chain), source="127.0.0.1")
+    refused(forged, "900901", "token is bound to a certificate but none was presented")
