@@ -770,26 +770,35 @@ def _jwt_issuers(top: _Reader) -> tuple[JwtIssuer, ...]:
     return tuple(out)
 
 
+def _declared_issuers(raw: dict[str, Any]) -> set[str]:
+    """Every name written in a [[jwt_issuers]] table, even one with other problems (so an
+    API naming it is not also told the issuer is unknown)."""
+    tables = raw.get("jwt_issuers")
+    if not isinstance(tables, list):
+        return set()
+    return {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
+
+
 def _jwt_links(
     problems: _Problems,
     apis: list[tuple[str, ApiConfig]],
     issuers: tuple[JwtIssuer, ...],
     tls: TlsConfig,
     header_mode: bool,
-    issuers_broken: bool,
+    declared: set[str],
 ) -> None:
     """Cross-checks between APIs and [[jwt_issuers]]."""
-    known = {i.name for i in issuers}
+    known = declared | {i.name for i in issuers}
     listing = ", ".join(sorted(known)) or "none"
     for where, api in apis:
-        if api.jwt_issuers is not None and not issuers_broken:
+        if api.jwt_issuers is not None:
             for i, name in enumerate(api.jwt_issuers):
                 if name not in known:
                     problems.add(
                         f"{where}.jwt_issuers[{i}]",
                         f"unknown issuer {name!r} (the [[jwt_issuers]] are: {listing})",
                     )
-        if api.jwt is not Mode.DISABLED and not issuers and not issuers_broken:
+        if api.jwt is not Mode.DISABLED and not known:
             problems.add(f"{where}.jwt", "JWT is enabled but no [[jwt_issuers]] are defined")
         if (
             api.jwt is not Mode.DISABLED
@@ -1053,7 +1062,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         jwt_issuers,
         tls,
         mutual_ssl.header_mode,
-        any(_within("jwt_issuers", k) for k in problems.keys),
+        _declared_issuers(raw),
     )
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
