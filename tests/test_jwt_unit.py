@@ -475,3 +475,74 @@ def test_a_hanging_fetch_does_not_hold_a_request_past_the_wait_limit(
     refused(waiting.result, "900901", "token signature is not valid", INVALID)
     get.answer(KEY, OTHER)  # arrives late: used by the next request
     assert isinstance(run(p, call_for(cfg, bearer(jwtkit.token(OTHER)))), HeaderEdit)
+
+
+def test_a_recompile_without_the_url_stops_its_fetcher(pki: DevPki, tmp_path: Path) -> None:
+    cfg, _p, get, clock, shared = url_setup(pki, tmp_path)
+    get.answer(KEY)
+    other = load(pki, tmp_path, {}, {})  # the issuer now reads a file
+    pipeline_of(other, shared)
+    clock.advance(3600)
+    assert get.calls == 1  # no periodic fetch any more
+    pipeline_of(cfg, shared)  # named again: fetched again at once
+    assert get.calls == 2
+
+
+def test_a_token_without_kid_tries_at_most_four_keys(pki: DevPki, tmp_path: Path) -> None:
+    keys = [jwtkit.ec(f"k{i}") for i in range(6)]
+    path = jwtkit.write_jwks(tmp_path / "six.json", *keys)
+    cfg = load(pki, tmp_path, {}, {"jwks": str(path)})
+    p = pipeline_of(cfg)
+    fourth = jwtkit.token(jwtkit.SigningKey(None, "ES256", keys[3].key))
+    fifth = jwtkit.token(jwtkit.SigningKey(None, "ES256", keys[4].key))
+    assert isinstance(run(p, call_for(cfg, bearer(fourth))), HeaderEdit)
+    refused(run(p, call_for(cfg, bearer(fifth))), "900901", "token signature is not valid",
+            INVALID)
+
+
+def test_verified_tokens_are_cached_but_claims_and_keys_are_rechecked(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    from twistedgw.pipeline import _jwt
+
+    cfg, _p, get, clock, shared = url_setup(pki, tmp_path)
+    get.answer(KEY)
+    fetcher = next(iter(shared.jwks))
+    issuer = _jwt.Issuer(cfg.jwt_issuers[0], fetcher)
+    now = [1_000_000.0]
+    scheme = _jwt.JwtScheme(cfg.apis[0], [issuer], now=lambda: now[0])
+    tok = jwtkit.token(KEY, jwtkit.claims(iat=1_000_000, exp=1_000_100))
+    calls: list[Any] = []
+    real = _jwt._verifies
+
+    def counting(*args: Any) -> bool:
+        calls.append(args)
+        return real(*args)
+
+    _jwt._verifies = counting  # type: ignore[assignment]
+    try:
+        first = scheme.authenticate(call_for(cfg, bearer(tok)))
+        again = scheme.authenticate(call_for(cfg, bearer(tok)))
+        assert getattr(first, "passed", False) and getattr(again, "passed", False)
+        assert len(calls) == 1  # the second request used the cache
+        # The binding still depends on the caller, the expiry on the time.
+        bound = jwtkit.token(KEY, jwtkit.bound(leaf(pki), iat=1_000_000, exp=1_000_100))
+        assert getattr(scheme.authenticate(call_for(cfg, bearer(bound), verified(leaf(pki)))),
+                       "passed", False)
+        rsa = verified(leaf(pki, "partner-rsa"))
+        other = scheme.authenticate(call_for(cfg, bearer(bound), rsa))
+        assert getattr(other, "reason", None) == "token is not bound to the presented certificate"
+        now[0] += 200
+        late = scheme.authenticate(call_for(cfg, bearer(tok)))
+        assert getattr(late, "reason", None) == "token has expired"
+        now[0] -= 200
+        # The IdP drops the key: the cached verdict no longer counts.
+        clock.advance(60)
+        get.answer(OTHER)
+        gone = scheme.authenticate(call_for(cfg, bearer(tok)))
+        if isinstance(gone, Deferred):  # the unknown kid asks for a refetch
+            get.answer(OTHER)
+            gone = gone.result
+        assert getattr(gone, "reason", None) == "token signature is not valid"
+    finally:
+        _jwt._verifies = real  # type: ignore[assignment]

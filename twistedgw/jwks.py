@@ -491,6 +491,14 @@ class JwksFetchers:
     def __iter__(self) -> Iterator[JwksFetcher]:
         return iter(list(self._by_url.values()))
 
+    def retain(self, urls: Iterable[str]) -> None:
+        """Stop fetching URLs the config just loaded no longer names (their last keys are
+        kept, and a later config naming them again restarts them)."""
+        keep = set(urls)
+        for url, fetcher in self._by_url.items():
+            if url not in keep:
+                fetcher.stop()
+
     def stop(self) -> None:
         for fetcher in self:
             fetcher.stop()

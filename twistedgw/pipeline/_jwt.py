@@ -41,6 +41,8 @@ log = Logger()
 
 AUTHORIZATION = b"authorization"
 MAX_TOKEN_BYTES = 8192
+MAX_KID_LESS = 4  # keys tried for a token without a kid
+VERIFIED_CACHE_SIZE = 1024  # per API: tokens whose signature verified
 
 NO_TOKEN = "no access token was presented"  # noqa: S105 (a message)
 EXPIRED = "token has expired"
@@ -83,6 +85,13 @@ class FixedKeys:
 class Issuer:
     config: JwtIssuer
     source: KeySource
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    issuer: Issuer
+    keys: jwks.KeySet  # the key set in use when the signature verified
+    claims: Mapping[str, Any]
 
 
 class _Fail(Exception):
@@ -138,6 +147,10 @@ class JwtScheme:
         self._bound = api.certificate_bound
         self._by_iss = {i.config.issuer: i for i in issuers}
         self._now = now
+        # Tokens whose signature verified, by SHA-256 of the token: a client
+        # sends the same token until it expires, and the signature check is most of
+        # the cost. Claims and binding are checked on every request all the same.
+        self._verified: dict[bytes, _Verified] = {}
 
     def authenticate(self, call: Call) -> SchemeResult | Deferred[SchemeResult]:
         values = [v for v in call.request.headers.get(AUTHORIZATION) if _is_bearer(v)]
@@ -146,6 +159,11 @@ class JwtScheme:
         try:
             if len(values) > 1:
                 raise _Fail(NOT_A_JWT)
+            match = _BEARER.match(values[0])
+            hit = self._verified.get(_digest(match.group(1))) if match else None
+            # Only while the key set it verified against is still the one in use.
+            if hit is not None and hit.issuer.source.keys is hit.keys:
+                return self._accept(call, hit.claims, hit.issuer)
             token, header, claims, issuer = self._parse(values[0])
             found = self._candidates(token, header, issuer, refetch=True)
             if isinstance(found, Deferred):
@@ -213,7 +231,10 @@ class JwtScheme:
             if not jwks.key_fits(alg, key):
                 raise _Fail(BAD_ALGORITHM)
             return [key]
+        # Without a kid, every key that fits is tried, but no more than MAX_KID_LESS:
+        # a kid-less token must not cost a signature check per key of a large set.
         found = [k for k in keys.keys if jwks.key_fits(alg, k)] if keys is not None else []
+        found = found[:MAX_KID_LESS]
         if not found:
             if refetch and (keys is None or not keys.keys):
                 waiting = issuer.source.refetch()
@@ -232,8 +253,20 @@ class JwtScheme:
         keys: list[jwks.VerifyKey],
     ) -> SchemeResult:
         alg: str = header["alg"]
+        key_set = issuer.source.keys
         if not any(_verifies(token, alg, key) for key in keys):
             raise _Fail(BAD_SIGNATURE)
+        frozen = MappingProxyType(dict(claims))
+        if key_set is not None:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[_digest(token)] = _Verified(issuer, key_set, frozen)
+        return self._accept(call, frozen, issuer)
+
+    def _accept(
+        self, call: Call, claims: Mapping[str, Any], issuer: Issuer
+    ) -> SchemeResult:
+        """The checks that depend on the time and on the caller, not on the signature."""
         self._check_claims(claims, issuer.config)
         self._check_binding(claims, call.identity)
         cfg = issuer.config
@@ -243,13 +276,7 @@ class JwtScheme:
         if cfg.consumer_claim is not None:
             named = claims.get(cfg.consumer_claim)
             consumer = named if isinstance(named, str) and named else None
-        return SchemeResult(
-            True,
-            True,
-            principal=principal,
-            consumer=consumer,
-            claims=MappingProxyType(dict(claims)),
-        )
+        return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims)
 
     def _check_claims(self, claims: Mapping[str, Any], cfg: JwtIssuer) -> None:
         now = self._now()
@@ -291,6 +318,10 @@ class JwtScheme:
             raise _Fail(NOT_BOUND)
 
 
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
 def _is_bearer(value: bytes) -> bool:
     return value[:7].lower() == b"bearer " or value.strip().lower() == b"bearer"
 
@@ -325,9 +356,8 @@ def issuers_of(
     """Every ``[[jwt_issuers]]`` with its keys: files read now (problems name the key),
     URLs handed to their fetcher, which ``Shared`` keeps across reloads."""
     out: dict[str, Issuer] = {}
-    if not config.jwt_issuers:
-        return out
     used = any(api.jwt is not Mode.DISABLED for api in config.apis)
+    fetchers.retain(i.jwks_url for i in config.jwt_issuers if used and i.jwks_url is not None)
     policy = None
     for cfg in config.jwt_issuers:
         source: KeySource
