@@ -133,18 +133,22 @@ class JwksServer:
     hits: int = 0
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    https: bool = False
 
     def set(self, *keys: SigningKey) -> None:
         self.document = json.dumps(jwks_doc(*keys)).encode()
 
     @property
     def url(self) -> str:
+        if self.https:  # the certificate names localhost
+            return f"https://localhost:{self.port}/jwks.json"
         return f"http://127.0.0.1:{self.port}/jwks.json"
 
 
 @contextmanager
-def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
-    state = JwksServer()
+def jwks_server(*keys: SigningKey, tls: tuple[Path, Path] | None = None) -> Iterator[JwksServer]:
+    """Serve ``keys`` as a JWKS on loopback; over HTTPS with ``tls`` = (cert, key) files."""
+    state = JwksServer(https=tls is not None)
     state.set(*keys)
 
     class Handler(BaseHTTPRequestHandler):
@@ -167,6 +171,12 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

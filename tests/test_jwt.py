@@ -387,3 +387,41 @@ def test_binding_with_each_load_balancer_encoding(header_gw: GatewayProcess, pki
     # The same header from a caller that is not the load balancer is ignored.
     forged = get(header_gw.port, "/orders/x", headers(chain), source="127.0.0.1")
     refused(forged, "900901", "token is bound to a certificate but none was presented")
+
+
+# --------------------------------------------------------------------------- https JWKS URL
+
+
+def test_https_jwks_url_is_verified_with_backend_tls(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    """The JWKS URL's certificate is checked against [backend_tls] trusted_certificate: the
+    backend CA signs the JWKS server, so one issuer works; a second server whose
+    certificate that CA did not sign gets nothing, and its tokens 401."""
+    good_key, bad_key = jwtkit.ec("https-1"), jwtkit.ec("https-2")
+    wrong = (pki.server_cert, pki.server_key)  # a "localhost" certificate of another CA
+    with jwtkit.jwks_server(good_key, tls=(pki.backend_cert, pki.backend_key)) as good, \
+            jwtkit.jwks_server(bad_key, tls=wrong) as bad:
+        port = free_port()
+        extra = (
+            table("jwt_issuers", {"name": "good", "issuer": "https://good.example",
+                                  "audiences": ["orders"], "jwks_url": good.url}, array=True)
+            + table("jwt_issuers", {"name": "bad", "issuer": "https://bad.example",
+                                    "audiences": ["orders"], "jwks_url": bad.url}, array=True)
+            + table("backend_tls", {"trusted_certificate": str(pki.backend_ca)})
+        )
+        apis = [_api(echo, "good", jwt="mandatory", jwt_issuers=["good"]),
+                _api(echo, "bad", jwt="mandatory", jwt_issuers=["bad"])]
+        gw = start_gateway(tmp_path / "gw", gateway_config(pki, apis, port=port, extra=extra),
+                           port)
+        try:
+            wait_until(lambda: good.hits >= 1, what="the first fetch")
+            tok = jwtkit.token(good_key, jwtkit.claims(iss="https://good.example"))
+            assert get(port, "/good/x", bearer(tok), pki=pki, tls=True).status == 200
+            wait_until(lambda: "could not be fetched" in gw.output(), what="the refused TLS")
+            assert bad.hits == 0  # the handshake failed: no request was ever made
+            r = get(port, "/bad/x", bearer(jwtkit.token(bad_key, jwtkit.claims(
+                iss="https://bad.example"))), pki=pki, tls=True)
+            refused(r, "900901", "token signature is not valid")
+        finally:
+            gw.stop()

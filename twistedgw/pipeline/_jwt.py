@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from joserfc import jws
 from twisted.internet.defer import Deferred
@@ -125,8 +127,12 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
 def certificate_thumbprint(identity: ClientIdentity) -> str | None:
     """RFC 8705's ``x5t#S256``: base64url (no padding) SHA-256 of the leaf's DER."""
     leaf = identity.leaf
-    if leaf is None:
-        return None
+    return _thumbprint(leaf) if leaf is not None else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _thumbprint(leaf: x509.Certificate) -> str:
+    # Remembered: the same client certificate comes with request after request.
     digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
