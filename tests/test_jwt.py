@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import headerenc as enc
 from tests import jwtkit
@@ -254,6 +256,31 @@ def test_binding_with_the_handshake_certificate(direct: Direct) -> None:
     assert direct.get("/bound/x", bearer(tok), client="partner-app").status == 200
     refused(direct.get("/bound/x", bearer(jwtkit.token(IDP, claims())), client="partner-app"),
             "900901", "token is not bound to the presented certificate")
+
+
+_TOKEN_SHAPES = st.one_of(
+    st.binary(max_size=3000),
+    st.builds(lambda head, body, sig: b".".join((head, body, sig)),
+              st.sampled_from([b"eyJhbGciOiJub25lIn0", b"eyJhbGciOiJFUzI1NiIsImtpZCI6ImlkcC0xIn0",
+                               b"e30", b"", b"!!"]),
+              st.binary(max_size=200).map(jwtkit.b64url).map(str.encode),
+              st.binary(max_size=100).map(jwtkit.b64url).map(str.encode)),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(token=_TOKEN_SHAPES, api=st.sampled_from(["/orders/x", "/remote/x", "/dead/x",
+                                                  AUTHZ]))
+def test_arbitrary_tokens_never_get_a_5xx(direct: Direct, token: bytes, api: str) -> None:
+    value = b"Bearer " + token.replace(b"\r", b"").replace(b"\n", b"")
+    headers = [("Authorization", value.decode("latin-1"))]
+    if api == AUTHZ:
+        headers.append(("X-Original-URI", "/orders/x"))
+    r = direct.get(api, headers)
+    assert r.status < 500, (r.status, r.body[:200])
+    if r.status == 401:
+        assert error(r)[1] in ("900901", "900902")
 
 
 # --------------------------------------------------------------------------- keys
