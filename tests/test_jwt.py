@@ -452,3 +452,58 @@ def test_https_jwks_url_is_verified_with_backend_tls(
             refused(r, "900901", "token signature is not valid")
         finally:
             gw.stop()
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def _readme_section() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("## Access tokens (JWT) and certificate binding")
+    return readme[start:readme.index("\n## ", start + 10)]
+
+
+def test_readme_worked_example_as_written(tmp_path: Path, pki: DevPki,
+                                          echo: BackendProcess) -> None:
+    """The README's key, JWKS, thumbprint and token commands, its TOML, and its curl."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    def sh(script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path,
+                              env=dict(os.environ), timeout=60, capture_output=True, text=True,
+                              check=False)
+
+    section = _readme_section()
+    toml_block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    make_key, make_token = re.findall(r"```sh\n(.*?)```", section, re.S)[:2]
+    (tmp_path / "pki").mkdir()
+    crt, key = pki.clients["partner-app"]
+    shutil.copy(crt, tmp_path / "client.crt")
+    shutil.copy(key, tmp_path / "client.key")
+    shutil.copy(pki.server_ca, tmp_path / "server-ca.crt")
+    done = sh(make_key)
+    assert done.returncode == 0, done.stderr
+    assert "\"d\"" not in (tmp_path / "pki" / "idp-jwks.json").read_text()
+    port = free_port()
+    text = gateway_config(pki, [], port=port) + toml_block.replace(
+        "http://127.0.0.1:8080/orders", f"{echo.url}/orders")
+    (tmp_path / "gateway.toml").write_text(text)
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        script = make_token.replace("https://localhost:9095/", f"https://localhost:{port}/")
+        script = script.replace("curl ", "curl -sS --fail-with-body -o out.json ")
+        done = sh(script)
+        assert done.returncode == 0, (done.stdout, done.stderr, gw.output()[-2000:])
+        seen = json.loads((tmp_path / "out.json").read_text())
+        assert seen["path"].startswith("/orders/status")
+        # The same token from another certificate: refused, as the README says.
+        token = (tmp_path / "token").read_text().strip()
+        r = get(port, "/orders/status", bearer(token), pki=pki, client="partner-rsa", tls=True)
+        refused(r, "900901", "token is not bound to the presented certificate")
+        r = get(port, "/orders/status", bearer(token), pki=pki, tls=True)
+        refused(r, "900901", "token is bound to a certificate but none was presented")
+    finally:
+        gw.stop()
