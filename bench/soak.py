@@ -1,6 +1,6 @@
 """Soak: mixed hostile and valid traffic against a real gateway for N minutes.
 
-    python bench/soak.py --minutes 10
+    python3 bench/soak.py --minutes 10
 
 Starts a dev PKI, the echo backend (tests/backend.py) and the gateway as users
 do, then runs, all at once: valid mTLS requests (GET, uploads with a hash

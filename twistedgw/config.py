@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from twistedgw.identity_rules import IdentityRule, parse_rule
+
 T = TypeVar("T")
 
 
@@ -42,6 +44,7 @@ class Mode(enum.Enum):
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
 REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
 IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
 JWT_ALGORITHMS = ("ES256", "RS256", "PS256", "ES384", "EdDSA")
@@ -75,6 +78,7 @@ class TlsConfig:
     keystore_password: str | None = None
     truststore: Path | None = None
     truststore_password: str | None = None
+    profile: str = "intermediate"
     protocols: tuple[str, ...] = TLS_PROTOCOLS
     ciphers: str = DEFAULT_CIPHERS
     session_tickets: bool = True
@@ -113,8 +117,24 @@ class BackendTlsConfig:
 
 @dataclass(frozen=True)
 class Tier:
-    alias: str
+    """A rate for certificates under a truststore alias, or for one consumer (exactly one)."""
+
+    alias: str | None
     requests_per_minute: int
+    consumer: str | None = None
+    where: str = field(default="", compare=False)  # its dotted key, for messages
+
+
+CONSUMER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """An application (``[[consumers]]``): its API keys and certificate identity entries."""
+
+    name: str
+    api_keys: tuple[str, ...] = ()
+    certificates: tuple[IdentityRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +186,8 @@ class ApiConfig:
     jwt_issuers: tuple[str, ...] | None = None  # names; None = every [[jwt_issuers]]
     certificate_bound: str = "when_claimed"  # RFC 8705: "required" | "when_claimed" | "off"
     forward_authorization: bool = False
+    identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
+    consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
 
     @property
     def label(self) -> str:
@@ -236,6 +258,7 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
     jwt_issuers: tuple[JwtIssuer, ...] = ()
+    consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
 
     @property
     def needs_tls(self) -> bool:
@@ -448,6 +471,7 @@ def _tls(r: _Reader) -> TlsConfig:
         keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
         truststore=r.path_value("truststore"),
         truststore_password=r.get("truststore_password", str, None),  # type: ignore[arg-type]
+        profile=r.choice("profile", TLS_PROFILES, "intermediate"),
         ciphers=r.get("ciphers", str, DEFAULT_CIPHERS),
         session_tickets=r.get("session_tickets", bool, True),
         revocation=r.choice("revocation", REVOCATION_MODES, "off"),
@@ -467,6 +491,21 @@ def _tls(r: _Reader) -> TlsConfig:
             )
         else:
             cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
+    if cfg.profile == "modern":
+        # Modern is TLS 1.3 only, whose cipher suites OpenSSL fixes: keys that
+        # would weaken or contradict it are refused rather than silently ignored.
+        if "protocols" in r.table and cfg.protocols != ("TLSv1.3",):
+            r.problem(
+                "protocols",
+                'profile = "modern" is TLS 1.3 only; remove protocols or set it to ["TLSv1.3"]',
+            )
+        if "ciphers" in r.table:
+            r.problem(
+                "ciphers",
+                'profile = "modern" is TLS 1.3 only, where ciphers (TLS 1.2 cipher suites) '
+                "do not apply; remove ciphers or use the intermediate profile",
+            )
+        cfg = dataclasses.replace(cfg, protocols=("TLSv1.3",))
     crl_paths = _string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):
@@ -534,6 +573,66 @@ def _backend_tls(r: _Reader) -> BackendTlsConfig:
     return cfg
 
 
+def _identity_entries(r: _Reader, key: str) -> list[IdentityRule]:
+    """``[[<table>.<key>]]`` identity entries (identity_rules.py), problems by dotted key."""
+    out = []
+    for t in r.tables(key):
+        t.seen.update(t.table)  # parse_rule reports unknown keys itself
+
+        def problem(k: str, message: str, t: _Reader = t) -> None:
+            t.problems.add(t.where(k) if k else t.path, message)
+
+        rule = parse_rule(t.table, problem)
+        if rule is not None:
+            out.append(rule)
+    if key in r.table and r.table[key] == []:
+        r.problem(key, "an empty list matches no certificate; remove the key instead")
+    return out
+
+
+def _consumers(top: _Reader, key_names: set[str]) -> list[Consumer]:
+    """``[[consumers]]``: unique names, API keys that exist, certificate identity entries."""
+    out: list[Consumer] = []
+    names: set[str] = set()
+    for r in top.tables("consumers"):
+        name = r.required("name", str)
+        if name is not None and not CONSUMER_NAME_RE.match(name):
+            r.problem("name", f"must be 1-64 of A-Z a-z 0-9 . _ -, got {name!r}")
+            name = None
+        elif name is not None and name in names:
+            r.problem("name", f"duplicate consumer name {name!r}")
+            name = None
+        keys = _string_list(r, "api_keys") or []
+        for i, key in enumerate(keys):
+            if key not in key_names:
+                listing = ", ".join(sorted(key_names)) or "none"
+                r.problem(f"api_keys[{i}]", f"no [[api_keys]] entry is named {key!r} "
+                          f"(defined: {listing})")
+        certificates = _identity_entries(r, "certificates")
+        r.finish()
+        if name is not None:
+            names.add(name)
+            out.append(Consumer(name, tuple(keys), tuple(certificates)))
+    return out
+
+
+def _check_consumer_names(
+    problems: _Problems, apis: list[tuple[str, ApiConfig]], consumers: list[Consumer]
+) -> None:
+    """APIs and tiers may only name consumers that ``[[consumers]]`` defines."""
+    known = {c.name for c in consumers}
+    listing = ", ".join(sorted(known)) or "none"
+    for where, api in apis:
+        for i, name in enumerate(api.consumers or ()):
+            if name not in known:
+                problems.add(f"{where}.consumers[{i}]",
+                             f"unknown consumer {name!r} (defined: {listing})")
+        for tier in api.tiers:
+            if tier.consumer is not None and tier.consumer not in known:
+                problems.add(f"{tier.where}.consumer",
+                             f"unknown consumer {tier.consumer!r} (defined: {listing})")
+
+
 def _api(r: _Reader) -> ApiConfig | None:
     name = r.required("name", str)
     version = r.get("version", str, "")
@@ -553,15 +652,33 @@ def _api(r: _Reader) -> ApiConfig | None:
     backend_tls = _backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     tiers = []
     for t in r.tables("tiers"):
-        alias = t.required("alias", str)
+        alias = t.get("alias", str, None)  # type: ignore[arg-type]
+        tier_consumer = t.get("consumer", str, None)  # type: ignore[arg-type]
+        if ("alias" in t.table) == ("consumer" in t.table):
+            t.problem("alias", "give exactly one of alias (a truststore alias) or consumer")
         rpm = (
             t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
         )
         if rpm is None:
             t.problem("requests_per_minute", "is required")
         t.finish()
-        if alias is not None and rpm:
-            tiers.append(Tier(alias, rpm))
+        if (alias is None) != (tier_consumer is None) and rpm:
+            tiers.append(Tier(alias, rpm, consumer=tier_consumer, where=t.path))
+    identities = _identity_entries(r, "identities")
+    # Judged by the key as written, so a misspelt mode is not also blamed here.
+    if identities and r.table.get("mutual_ssl", Mode.DISABLED.value) == Mode.DISABLED.value:
+        r.problem(
+            "identities",
+            "identity rules apply to client certificates, but this API has mutual_ssl "
+            "disabled; enable mutual_ssl or remove them",
+        )
+    api_consumers = _string_list(r, "consumers")
+    if api_consumers == [] and "consumers" in r.table:
+        r.problem(
+            "consumers",
+            "an empty list lets no caller through; remove the key to accept any caller, "
+            "or name the consumers to accept",
+        )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
     plugins = []
     for t in r.tables("plugins"):
@@ -623,6 +740,8 @@ def _api(r: _Reader) -> ApiConfig | None:
         jwt_issuers=jwt_issuers,
         certificate_bound=certificate_bound,
         forward_authorization=forward_authorization,
+        identities=tuple(identities),
+        consumers=tuple(api_consumers) if api_consumers is not None else None,
     )
 
 
@@ -995,6 +1114,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                 key_names.add(name)
                 keys.append(ApiKey(name, raw_digest))
 
+    consumers = _consumers(top, key_names)
+    _check_consumer_names(problems, api_paths, consumers)
     mutual_ssl = _mutual_ssl(top.sub("mutual_ssl"))
     authz = None
     if "authz" in raw:
@@ -1111,6 +1232,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
         jwt_issuers=jwt_issuers,
+        consumers=tuple(consumers),
     )
     return Parsed(
         config=config,

@@ -57,6 +57,12 @@ def forbidden(description: str) -> GatewayError:
     return GatewayError(403, "900908", "Resource forbidden", description)
 
 
+def consumer_forbidden(description: str) -> GatewayError:
+    """A consumer ACL refused the caller. WSO2 spells this one "Resource Forbidden"
+    (capital F), unlike ``forbidden``: clients match on the exact words."""
+    return GatewayError(403, "900908", "Resource Forbidden", description)
+
+
 def not_found(path: str) -> GatewayError:
     return GatewayError(404, "404", "Status not found", f"No API is deployed for the path {path!r}")
 

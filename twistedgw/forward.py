@@ -41,6 +41,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from twistedgw import errors
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.upstream import (
     TOKEN,
     BadResponse,
@@ -58,23 +59,6 @@ from twistedgw.upstream import (
 __all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
 
 _log = Logger(namespace="twistedgw.forward")
-
-#: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus
-#: the proxy-credential pair, which is meant for the gateway, not the backend.
-HOP_BY_HOP: frozenset[bytes] = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
 
 # Request headers the gateway always sets itself or must not pass on:
 # Content-Length comes from the spooled body, Host from the target URL,

@@ -109,7 +109,7 @@ def _load_material(
 
         for path, api in zip(api_paths, config.apis, strict=True):
             check(f"{path}.aliases", api.aliases)
-            check(f"{path}.tiers", frozenset(t.alias for t in api.tiers))
+            check(f"{path}.tiers", frozenset(t.alias for t in api.tiers if t.alias is not None))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
     try:
         if intact("crl", "revocation"):

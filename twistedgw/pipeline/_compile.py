@@ -20,6 +20,7 @@ from twistedgw.pipeline._builtin import (
     Revocation,
     Tiers,
 )
+from twistedgw.pipeline._consumers import ConsumerMapping, Directory, IdentityRules
 from twistedgw.pipeline._discovery import Installed, installed
 from twistedgw.pipeline._interfaces import (
     IAuthoriser,
@@ -65,6 +66,7 @@ def compile_pipelines(
     tier_stage = Tiers(shared.throttle)
     revocation_stage = Revocation(revocation) if revocation is not None else None
     jwt_issuers = issuers_of(config, problems, shared.jwks)
+    directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
     for api in config.apis:
         checks: list[Named] = []
@@ -74,12 +76,16 @@ def compile_pipelines(
         response_transforms: list[Named] = []
         if revocation_stage is not None:
             checks.append(Named("revocation", revocation_stage))
+        if api.identities:
+            checks.append(Named("identities", IdentityRules(api)))
         if api.mutual_ssl is not Mode.DISABLED:
             schemes.append(Named("mutual_ssl", MutualSsl(api)))
         if api.api_key is not Mode.DISABLED:
-            schemes.append(Named("api_key", ApiKeys(api, config.api_keys)))
+            schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
         if api.jwt is not Mode.DISABLED:
             schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
+        if directory or api.consumers is not None:
+            authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
             stage = _configure(spec, by_name, api, config, problems)
             if stage is None:
