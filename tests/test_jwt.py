@@ -507,3 +507,42 @@ def test_readme_worked_example_as_written(tmp_path: Path, pki: DevPki,
         refused(r, "900901", "token is bound to a certificate but none was presented")
     finally:
         gw.stop()
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def test_consumer_claim_names_the_consumer(tmp_path: Path, pki: DevPki,
+                                           echo: BackendProcess) -> None:
+    """``consumer_claim = "azp"``: the claim names a configured consumer, which the API's
+    ``consumers`` ACL, the forwarded X-Consumer-Name and the access log then use."""
+    idp = jwtkit.write_jwks(tmp_path / "idp.json", IDP)
+    port = free_port()
+    extra = (
+        _issuer("idp", jwks=str(idp), consumer_claim="azp")
+        + table("consumers", {"name": "acme"}, array=True)
+        + table("consumers", {"name": "globex"}, array=True)
+    )
+    apis = [_api(echo, "orders", jwt="mandatory", consumers=["acme"]),
+            _api(echo, "any", jwt="mandatory")]
+    gw = start_gateway(tmp_path / "gw", gateway_config(pki, apis, port=port, extra=extra), port)
+    try:
+        def call(path: str, azp: str | None, forged: str | None = None) -> Response:
+            headers = bearer(jwtkit.token(IDP, claims(azp=azp)))
+            if forged is not None:
+                headers["X-Consumer-Name"] = forged
+            return get(port, path, headers, pki=pki, tls=True)
+
+        seen = echoed_headers(call("/orders/x", "acme", forged="globex"))
+        assert seen["x-consumer-name"] == ["acme"]
+        assert error(call("/orders/x", "globex")) == (
+            403, "900908", "consumer 'globex' is not allowed on this API")
+        assert error(call("/orders/x", "nobody")) == (
+            403, "900908", "the caller is not a known consumer")
+        assert error(call("/orders/x", None)) == (
+            403, "900908", "the caller is not a known consumer")
+        # Without an ACL the consumer is still named; an unknown name is not forwarded.
+        assert echoed_headers(call("/any/x", "globex"))["x-consumer-name"] == ["globex"]
+        assert "x-consumer-name" not in echoed_headers(call("/any/x", "nobody", forged="acme"))
+    finally:
+        gw.stop()
