@@ -809,6 +809,9 @@ def _jwt_issuer(r: _Reader) -> JwtIssuer | None:
     if ("jwks" in r.table) == ("jwks_url" in r.table):
         r.problem("jwks", "give exactly one of jwks (a file) and jwks_url")
     refresh = r.positive("jwks_refresh_seconds", float, 300.0)
+    if refresh < 1:
+        r.problem("jwks_refresh_seconds", f"must be at least 1 (second), got {refresh!r}")
+        refresh = 300.0
     if "jwks_refresh_seconds" in r.table and "jwks_url" not in r.table:
         r.problem("jwks_refresh_seconds", "applies to jwks_url only (a jwks file is re-read on "
                   "reload)")
