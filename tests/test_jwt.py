@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from tests.backend_fixture import BackendProcess, start_backend
 from tests.harness import GatewayProcess, Response, free_port, gateway_config, start_gateway, table
 from tests.lbsupport import echoed_headers, error, get, mutual_ssl_table
 from tests.opskit import scrape, value, wait_until
+from twistedgw import jwks
 from twistedgw.devpki import DevPki
 
 AUTHZ = "/_twistedgw/authz"
@@ -54,6 +57,7 @@ ISSUERS = {
     "remote": "https://remote.example",
     "flaky": "https://flaky.example",
     "dead": "https://dead.example",
+    "silent": "https://silent.example",
 }
 
 
@@ -103,7 +107,10 @@ def direct(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
     idp = jwtkit.write_jwks(tmp / "idp.json", IDP, IDP_RSA)
     rot = jwtkit.write_jwks(tmp / "rot.json", ROT_OLD)
     dead_port = free_port()  # nothing listens there
-    with jwtkit.jwks_server(REMOTE_1) as remote, jwtkit.jwks_server(FLAKY) as flaky:
+    silent = socket.socket()  # accepts connections (the kernel does) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    with silent, jwtkit.jwks_server(REMOTE_1) as remote, jwtkit.jwks_server(FLAKY) as flaky:
         port, admin = free_port(), free_port()
         jwt = {"jwt": "mandatory", "mutual_ssl": "optional"}
         apis = [
@@ -115,6 +122,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
             _api(echo, "remote", jwt_issuers=["remote"], **jwt),
             _api(echo, "flaky", jwt_issuers=["flaky"], **jwt),
             _api(echo, "dead", jwt_issuers=["dead"], **jwt),
+            _api(echo, "silent", jwt_issuers=["silent"], **jwt),
             _api(echo, "either", jwt="optional", mutual_ssl="optional", aliases=["partner-root"]),
             _api(echo, "open"),
         ]
@@ -124,6 +132,8 @@ def direct(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
             + _issuer("remote", jwks_url=remote.url)
             + _issuer("flaky", jwks_url=flaky.url, jwks_refresh_seconds=1)
             + _issuer("dead", jwks_url=f"http://127.0.0.1:{dead_port}/jwks.json")
+            + _issuer("silent",
+                      jwks_url=f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json")
             + table("authz", {"path": AUTHZ})
             + table("admin", {"host": "127.0.0.1", "port": admin})
         )
@@ -364,6 +374,19 @@ def test_jwks_url_down_from_the_start(direct: Direct) -> None:
     r = direct.get("/dead/x", bearer(jwtkit.token(DEAD, claims("dead"))))
     refused(r, "900901", "token signature is not valid")
     assert "no key set yet" in direct.process.output()
+
+
+def test_jwks_url_that_never_answers_holds_a_request_at_most_the_wait_limit(
+    direct: Direct,
+) -> None:
+    started = time.monotonic()
+    r = direct.get("/silent/x", bearer(jwtkit.token(jwtkit.ec("s-1"), claims("silent"))))
+    took = time.monotonic() - started
+    refused(r, "900901", "token signature is not valid")
+    assert took < jwks.WAIT_LIMIT + 2.0, took
+    wait_until(lambda: "no complete answer within 5 s" in direct.process.output(),
+               timeout=jwks.FETCH_TIMEOUT + 5, what="the timeout in the log")
+    assert direct.get("/open/x").status == 200
 
 
 # --------------------------------------------------------------------------- binding (header)

@@ -777,8 +777,9 @@ def _jwks_url(r: _Reader, key: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         r.problem(key, f"must be an https:// URL, got {value!r}")
         return None
-    if parts.fragment:
-        r.problem(key, "must not carry a fragment")
+    if parts.fragment or parts.username is not None:
+        # A user:password would end up in logs and metric labels.
+        r.problem(key, "must not carry a fragment or a user:password")
         return None
     if parts.scheme == "http":
         host = parts.hostname

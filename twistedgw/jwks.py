@@ -223,8 +223,8 @@ def load_file(path: Path) -> KeySet:
 Getter = Callable[[str, "IPolicyForHTTPS | None"], "Deferred[bytes]"]
 
 
-class _TooLarge(Exception):
-    pass
+class _Exceeded(Exception):
+    """A fetch that broke a bound (size or time); the message says which."""
 
 
 class _Collect(Protocol):
@@ -240,7 +240,7 @@ class _Collect(Protocol):
             return
         self._size += len(data)
         if self._size > MAX_JWKS_BYTES:
-            self._done.errback(_TooLarge(f"the response is larger than {MAX_JWKS_BYTES} bytes"))
+            self._done.errback(_Exceeded(f"the response is larger than {MAX_JWKS_BYTES} bytes"))
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
         self._parts.append(data)
@@ -284,11 +284,20 @@ def http_get(url: str, policy: IPolicyForHTTPS | None) -> Deferred[bytes]:
         return body
 
     result: Deferred[bytes] = requested.addCallback(got)
-    timer = reactor.callLater(FETCH_TIMEOUT, result.cancel)  # type: ignore[attr-defined]
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        result.cancel()
+
+    timer = reactor.callLater(FETCH_TIMEOUT, expire)  # type: ignore[attr-defined]
 
     def done(value: Any) -> Any:
         if timer.active():
             timer.cancel()
+        if expired and isinstance(value, Failure):
+            # The cancellation arrives wrapped (ResponseNeverReceived, ...): say what it was.
+            raise _Exceeded(f"no complete answer within {FETCH_TIMEOUT:g} s")
         return value
 
     return result.addBoth(done)
@@ -441,7 +450,7 @@ class JwksFetcher:
         error = failure.value
         if isinstance(error, JwksError):
             text = f"refused the key set: {error}"
-        elif failure.check(_TooLarge):
+        elif failure.check(_Exceeded):
             text = str(error)
         else:
             text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
