@@ -359,8 +359,13 @@ def test_jwks_url_outage_keeps_the_last_good_keys(direct: Direct) -> None:
         wait_until(lambda: "refused the key set" in direct.process.output(),
                    what="the refused document in the log")
         assert direct.get("/flaky/x", bearer(tok)).status == 200
+        # An endless document is cut off at 1 MiB.
+        flaky.document = b'{"keys": [' + b" " * (2 << 20) + b"]}"
+        wait_until(lambda: "the response is larger than 1048576 bytes" in direct.process.output(),
+                   what="the size bound in the log")
+        assert direct.get("/flaky/x", bearer(tok)).status == 200
         metrics = scrape(direct.admin)
-        assert value(metrics, "twistedgw_jwks_fetches_total", url=url, result="failure") >= 2
+        assert value(metrics, "twistedgw_jwks_fetches_total", url=url, result="failure") >= 3
     finally:
         flaky.down = False
         flaky.set(FLAKY)
