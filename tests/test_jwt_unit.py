@@ -481,15 +481,25 @@ def test_a_hanging_fetch_does_not_hold_a_request_past_the_wait_limit(
     assert isinstance(run(p, call_for(cfg, bearer(jwtkit.token(OTHER)))), HeaderEdit)
 
 
-def test_a_recompile_without_the_url_stops_its_fetcher(pki: DevPki, tmp_path: Path) -> None:
+def test_a_config_in_force_without_the_url_stops_its_fetcher(pki: DevPki,
+                                                              tmp_path: Path) -> None:
     cfg, _p, get, clock, shared = url_setup(pki, tmp_path)
+    get.answer(KEY)
+    shared.in_force(cfg)  # e.g. a reload of another config was refused: keep fetching
+    clock.advance(60)
+    assert get.calls == 2
     get.answer(KEY)
     other = load(pki, tmp_path, {}, {})  # the issuer now reads a file
     pipeline_of(other, shared)
+    shared.in_force(other)
     clock.advance(3600)
-    assert get.calls == 1  # no periodic fetch any more
+    assert get.calls == 2  # no periodic fetch any more
     pipeline_of(cfg, shared)  # named again: fetched again at once
-    assert get.calls == 2
+    assert get.calls == 3
+    shared.stop()  # shutdown: no fetch scheduled any more
+    get.answer(KEY)
+    clock.advance(3600)
+    assert get.calls == 3
 
 
 def test_a_token_without_kid_tries_at_most_four_keys(pki: DevPki, tmp_path: Path) -> None:

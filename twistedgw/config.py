@@ -18,10 +18,13 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from twistedgw.identity_rules import IdentityRule, parse_rule
+
+if TYPE_CHECKING:
+    from twistedgw.openapi import Operation, Origin
 
 T = TypeVar("T")
 
@@ -188,10 +191,22 @@ class ApiConfig:
     forward_authorization: bool = False
     identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
     consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
+    # Several backends (``backends``; ``backend`` is the first): how to pick one.
+    backends: tuple[str, ...] = ()
+    backend_mode: str = "load_balance"  # | "failover"
+    api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    # From an OpenAPI definition: only these operations are served (None = every path).
+    operations: tuple[Operation, ...] | None = None
+    openapi: Origin | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every backend URL, in the order written."""
+        return self.backends or (self.backend,)
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,40 @@ class IdentityConfig:
     headers: tuple[tuple[str, str], ...] = ()  # (field, header name)
 
 
+ON_FAILURE = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: tier counters shared in Redis by every worker and instance.
+
+    ``redis`` is kept as written (for messages); the parts below are parsed from it.
+    The password, if the URL has one, is never logged (``describe``).
+    """
+
+    redis: str = field(repr=False)  # may hold a password
+    scheme: str = "redis"  # "redis" | "rediss" | "unix"
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None  # unix socket
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    key_prefix: str = "twistedgw:"
+    timeout: float = 0.05  # seconds for one round trip
+    on_failure: str = "open"  # "open" | "closed"
+    # rediss:// only: the CA to verify Redis with (None = system trust) and a client certificate.
+    trusted_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    def describe(self) -> str:
+        """Where Redis is, without credentials."""
+        if self.scheme == "unix":
+            return f"unix://{self.path} db {self.db}"
+        return f"{self.scheme}://{self.host}:{self.port}/{self.db}"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     source: Path
@@ -258,6 +307,7 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
     jwt_issuers: tuple[JwtIssuer, ...] = ()
+    cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
 
     @property
@@ -634,10 +684,39 @@ def _check_consumer_names(
 
 
 def _api(r: _Reader) -> ApiConfig | None:
+    definition = None
+    if "openapi" in r.table:
+        from twistedgw import openapi
+
+        definition = openapi.for_api(r)
+        if definition is None:  # reported; the rest of the table depends on it
+            r.seen.update(r.table)
+            return None
+        toml_keys = frozenset(r.table)
+        r = _Reader(r.file, openapi.merged(definition, r.table), r.path, r.problems, {"openapi"})
     name = r.required("name", str)
     version = r.get("version", str, "")
     context = r.required("context", str)
-    backend = r.required("backend", str)
+    backends = _string_list(r, "backends")
+    backend_mode = r.choice("backend_mode", BACKEND_MODES, "load_balance")
+    backend = None
+    if backends is not None and "backend" in r.table:
+        r.seen.add("backend")
+        r.problem("backends", "give either backend or backends, not both")
+        backends = None
+    elif backends is not None:
+        checked = [_backend_url(r, f"backends[{i}]", url) for i, url in enumerate(backends)]
+        backends = [url for url in checked if url is not None]
+        if not checked:
+            r.problem("backends", "must name at least one backend URL")
+        if len(backends) != len(checked) or not backends:
+            backends = None
+        else:
+            backend = backends[0]
+    else:
+        raw_backend = r.required("backend", str)
+        if raw_backend is not None:
+            backend = _backend_url(r, "backend", raw_backend)
     mutual_ssl = _mode(r, "mutual_ssl")
     api_key = _mode(r, "api_key")
     aliases = _string_list(r, "aliases")
@@ -700,30 +779,18 @@ def _api(r: _Reader) -> ApiConfig | None:
             context = None
         else:
             context = context.rstrip("/") or "/"
-    if backend is not None:
-        try:
-            parts = urlsplit(backend)
-            _ = parts.port  # raises for a port out of range
-        except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            r.problem("backend", f"must be an http:// or https:// URL, got {backend!r}")
-            backend = None
-        elif parts.query or parts.fragment:
-            r.problem("backend", "must not carry a query or fragment")
-            backend = None
-        else:  # one spelling of the scheme: the forwarder and pool keys compare bytes
-            backend = parts.scheme + backend[len(parts.scheme) :]
-        if backend is not None and backend_tls is not None and parts.scheme != "https":
+    if backend is not None and backend_tls is not None:
+        plain = [url for url in (backends or [backend]) if not url.startswith("https://")]
+        if plain:
             # Most likely a forgotten "s": say so rather than send plain HTTP.
             r.problem(
                 "backend_tls",
-                f"applies to https:// backends only, but the backend is {backend!r}",
+                f"applies to https:// backends only, but the backend is {plain[0]!r}",
             )
     r.finish()
     if name is None or context is None or backend is None:
         return None
-    return ApiConfig(
+    api = ApiConfig(
         name=name,
         version=version,
         context=context,
@@ -742,7 +809,37 @@ def _api(r: _Reader) -> ApiConfig | None:
         forward_authorization=forward_authorization,
         identities=tuple(identities),
         consumers=tuple(api_consumers) if api_consumers is not None else None,
+        backends=tuple(url.rstrip("/") for url in backends) if backends else (),
+        backend_mode=backend_mode,
     )
+    if definition is not None:
+        from twistedgw import openapi
+
+        return openapi.apply(definition, api, r, toml_keys)
+    return api
+
+
+BACKEND_MODES = ("load_balance", "failover")
+
+
+def _backend_url(r: _Reader, key: str, backend: str) -> str | None:
+    """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
+    if not isinstance(backend, str):
+        r.problem(key, f"expected a string, got {backend!r}")
+        return None
+    try:
+        parts = urlsplit(backend)
+        _ = parts.port  # raises for a port out of range
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}")
+        return None
+    if parts.query or parts.fragment:
+        r.problem(key, "must not carry a query or fragment")
+        return None
+    # one spelling of the scheme: the forwarder and pool keys compare bytes
+    return parts.scheme + backend[len(parts.scheme) :]
 
 
 def _api_jwt(r: _Reader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
@@ -1033,6 +1130,88 @@ def _limits(r: _Reader) -> Limits:
     return out
 
 
+def _cluster(r: _Reader) -> ClusterConfig | None:
+    url = r.required("redis", str)
+    prefix = r.get("key_prefix", str, "twistedgw:")
+    timeout = r.positive("timeout", float, 0.05)
+    on_failure = r.choice("on_failure", ON_FAILURE, "open")
+    trusted = r.path_value("trusted_certificate")
+    certificate = r.path_value("certificate")
+    private_key = r.path_value("private_key")
+    if ("certificate" in r.table) != ("private_key" in r.table):
+        r.problem(
+            "private_key" if "certificate" in r.table else "certificate",
+            "certificate and private_key go together",
+        )
+    parts = _redis_url(r, url) if url is not None else None
+    if parts is not None and parts["scheme"] != "rediss":
+        for key in ("trusted_certificate", "certificate", "private_key"):
+            if key in r.table:
+                r.problem(key, "applies only to a rediss:// (TLS) redis URL")
+    r.finish()
+    if parts is None or url is None:
+        return None
+    return ClusterConfig(
+        redis=url,
+        key_prefix=prefix,
+        timeout=timeout,
+        on_failure=on_failure,
+        trusted_certificate=trusted,
+        certificate=certificate,
+        private_key=private_key,
+        **parts,
+    )
+
+
+def _redis_url(r: _Reader, url: str) -> dict[str, Any] | None:
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or
+    ``unix:///path/to/redis.sock[?db=N]``; None (and a problem) if it is none of them."""
+    usage = (
+        "expected redis://host[:port][/db], rediss://host[:port][/db] or "
+        f"unix:///path/to/redis.sock, got {url!r}"
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        r.problem("redis", f"{usage} ({e})")
+        return None
+    scheme = parts.scheme.lower()
+    out: dict[str, Any] = {"scheme": scheme}
+    if parts.username:
+        out["username"] = parts.username
+    if parts.password:
+        out["password"] = parts.password
+    db_text = ""
+    if scheme == "unix":
+        if not parts.path.startswith("/") or parts.netloc:
+            r.problem("redis", usage)
+            return None
+        out["path"] = parts.path
+        for item in parts.query.split("&") if parts.query else ():
+            name, _, value = item.partition("=")
+            if name != "db":
+                r.problem("redis", f"unknown parameter {name!r} (only db=N)")
+                return None
+            db_text = value
+    elif scheme in ("redis", "rediss"):
+        if not parts.hostname or parts.query or parts.fragment:
+            r.problem("redis", usage)
+            return None
+        out["host"] = parts.hostname
+        out["port"] = port if port is not None else 6379
+        db_text = parts.path.strip("/")
+    else:
+        r.problem("redis", usage)
+        return None
+    if db_text:
+        if not db_text.isdigit() or len(db_text) > 5:
+            r.problem("redis", f"the database must be a number, got {db_text!r}")
+            return None
+        out["db"] = int(db_text)
+    return out
+
+
 def load(path: str | Path) -> GatewayConfig:
     """Read and validate a config file; raise ConfigError listing every problem."""
     file, raw = _read(path)
@@ -1087,10 +1266,12 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         if api is None:
             continue
         if api.context in contexts:
-            r.problem(
-                "context",
-                f"duplicate context {api.context!r} (also used by {contexts[api.context]})",
-            )
+            message = f"duplicate context {api.context!r} (also used by {contexts[api.context]})"
+            origin = api.openapi
+            if origin is not None and origin.context_from is not None:
+                r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
+            else:
+                r.problem("context", message)
             continue
         contexts[api.context] = r.path
         apis.append(api)
@@ -1189,6 +1370,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         mutual_ssl.header_mode,
         _declared_issuers(raw),
     )
+    cluster = _cluster(top.sub("cluster")) if "cluster" in raw else None
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -1236,6 +1418,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
         jwt_issuers=jwt_issuers,
+        cluster=cluster,
         consumers=tuple(consumers),
     )
     return Parsed(

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twistedgw import reasons
+from twistedgw import _twisted, reasons
 from twistedgw.chainverify import leaf_problem
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
@@ -58,9 +58,8 @@ TLS_GROUPS = b"X25519:P-256:P-384"
 
 def _set_groups(context: SSL.Context, groups: bytes) -> None:
     """Restrict the key exchange groups; pyOpenSSL has no public call for it."""
-    from OpenSSL._util import lib  # private, as in _openssl_reason
-
-    if lib.SSL_CTX_set1_curves_list(context._context, groups) != 1:
+    _ffi, lib = _twisted.openssl()
+    if lib.SSL_CTX_set1_curves_list(_twisted.ssl_ctx(context), groups) != 1:
         raise SSL.Error(f"OpenSSL refused the key exchange groups {groups.decode()}")
 
 
@@ -69,8 +68,7 @@ def _openssl_reason(errno: int) -> str:
     if known is not None:
         return known
     try:
-        from OpenSSL._util import ffi, lib  # private, but the only way to OpenSSL's own words
-
+        ffi, lib = _twisted.openssl()  # the only way to OpenSSL's own words
         text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
     except Exception:
         text = f"verification error {errno}"

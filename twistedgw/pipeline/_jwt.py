@@ -363,7 +363,6 @@ def issuers_of(
     URLs handed to their fetcher, which ``Shared`` keeps across reloads."""
     out: dict[str, Issuer] = {}
     used = any(api.jwt is not Mode.DISABLED for api in config.apis)
-    fetchers.retain(i.jwks_url for i in config.jwt_issuers if used and i.jwks_url is not None)
     policy = None
     for cfg in config.jwt_issuers:
         source: KeySource
@@ -386,6 +385,13 @@ def issuers_of(
                 source = fetchers.get(cfg.jwks_url, policy, cfg.jwks_refresh_seconds)
         out[cfg.name] = Issuer(cfg, source)
     return out
+
+
+def jwks_urls(config: GatewayConfig) -> list[str]:
+    """The JWKS URLs ``config`` fetches (none when no API uses jwt)."""
+    if not any(api.jwt is not Mode.DISABLED for api in config.apis):
+        return []
+    return [i.jwks_url for i in config.jwt_issuers if i.jwks_url is not None]
 
 
 def scheme_for(api: ApiConfig, issuers: Mapping[str, Issuer]) -> JwtScheme:
