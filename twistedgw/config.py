@@ -683,7 +683,9 @@ def _check_consumer_names(
                              f"unknown consumer {tier.consumer!r} (defined: {listing})")
 
 
-def _api(r: _Reader) -> ApiConfig | None:
+def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
+    """One [[apis]] table; ``has_jwt_issuers``: whether the config declares any (an
+    OpenAPI definition's bearer security needs them)."""
     definition = None
     if "openapi" in r.table:
         from twistedgw import openapi
@@ -815,7 +817,7 @@ def _api(r: _Reader) -> ApiConfig | None:
     if definition is not None:
         from twistedgw import openapi
 
-        return openapi.apply(definition, api, r, toml_keys)
+        return openapi.apply(definition, api, r, toml_keys, jwt_issuers=has_jwt_issuers)
     return api
 
 
@@ -1018,7 +1020,8 @@ def _jwt_links(
                         f"{where}.jwt_issuers[{i}]",
                         f"unknown issuer {name!r} (the [[jwt_issuers]] are: {listing})",
                     )
-        if api.jwt is not Mode.DISABLED and not known:
+        # An OpenAPI definition's bearer security is reported where the definition says it.
+        if api.jwt is not Mode.DISABLED and not known and api.openapi is None:
             problems.add(f"{where}.jwt", "JWT is enabled but no [[jwt_issuers]] are defined")
         if (
             api.jwt is not Mode.DISABLED
@@ -1262,7 +1265,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     api_paths: list[tuple[str, ApiConfig]] = []
     contexts: dict[str, str] = {}
     for r in top.tables("apis"):
-        api = _api(r)
+        api = _api(r, has_jwt_issuers=bool(_declared_issuers(raw)))
         if api is None:
             continue
         if api.context in contexts:
