@@ -574,3 +574,35 @@ def test_consumer_claim_names_the_consumer(tmp_path: Path, pki: DevPki,
         assert "x-consumer-name" not in echoed_headers(call("/any/x", "nobody", forged="acme"))
     finally:
         gw.stop()
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_bearer_security_is_the_jwt_scheme(tmp_path: Path, pki: DevPki,
+                                                   echo: BackendProcess) -> None:
+    """An operation whose definition asks for bearer (or OAuth2) security runs the jwt scheme
+    with the [[jwt_issuers]]; the API's other operations keep their own schemes."""
+    from tests.test_openapi_gateway import accounts_31
+
+    (tmp_path / "apis").mkdir()
+    (tmp_path / "apis" / "accounts.yaml").write_text(accounts_31(echo.url, bearer=True))
+    idp = jwtkit.write_jwks(tmp_path / "idp.json", IDP)
+    port = free_port()
+    text = gateway_config(pki, [{"openapi": "apis/accounts.yaml", "aliases": ["partner-root"]}],
+                          port=port, api_keys={"app": "k"}, extra=_issuer("idp", jwks=str(idp)))
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        tok = jwtkit.token(IDP, claims())
+        assert get(port, "/accounts/tokens", bearer(tok), pki=pki, tls=True).status == 200
+        refused(get(port, "/accounts/tokens", pki=pki, client="partner-app", tls=True),
+                "900902", "no access token was presented", "Bearer")
+        expired = jwtkit.token(IDP, claims(exp=1_000_000))
+        refused(get(port, "/accounts/tokens", bearer(expired), pki=pki, tls=True),
+                "900901", "token has expired")
+        # The API's own mTLS elsewhere: a token is not a certificate.
+        assert get(port, "/accounts/balance", bearer(tok), pki=pki, tls=True).status == 401
+        assert get(port, "/accounts/balance", pki=pki, client="partner-app",
+                   tls=True).status == 200
+    finally:
+        gw.stop()
