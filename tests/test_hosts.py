@@ -176,6 +176,29 @@ def test_auto_asks_only_where_an_api_needs_a_certificate(pki: DevPki, tmp_path: 
     # request/off are what they say, whatever the APIs.
     assert asks_for_certificate(base, SniEntry(public.hosts, client_certificate="request"))
     assert not asks_for_certificate(base, SniEntry(partners.hosts, client_certificate="off"))
+    # Certificate-bound JWTs (required) need one; when_claimed does not make auto ask.
+    from twistedgw.config import Operation, Security
+
+    def only(*more: ApiConfig) -> configmod.GatewayConfig:
+        return configmod.GatewayConfig(source=base.source, listeners=(), tls=base.tls,
+                                       apis=(apis[1], *more))
+
+    jwt = configmod.Mode.MANDATORY
+    assert asks_for_certificate(
+        only(api("t", "/t", ("www.example.com",), jwt=jwt, certificate_bound="required")), public
+    )
+    assert not asks_for_certificate(
+        only(api("t", "/t", ("www.example.com",), jwt=jwt, certificate_bound="when_claimed")),
+        public,
+    )
+    # An OpenAPI operation with its own mutual_ssl security needs one too.
+    operation = Operation("GET", "/x", Security(mutual_ssl=configmod.Mode.MANDATORY))
+    assert asks_for_certificate(
+        only(api("o", "/o", ("www.example.com",), operations=(operation,))), public
+    )
+    assert not asks_for_certificate(
+        only(api("o", "/o", ("www.example.com",), operations=(Operation("GET", "/x"),))), public
+    )
     # Load balancers that must present their certificate are asked everywhere.
     lb = configmod.GatewayConfig(
         source=base.source, listeners=(), tls=base.tls, apis=(apis[1],),

@@ -160,7 +160,7 @@ def asks_for_certificate(config: GatewayConfig, entry: SniEntry | None) -> bool:
     """Whether handshakes under ``entry`` (None: the default) send a CertificateRequest.
 
     ``auto`` asks only when an API reachable under the entry's hosts needs a
-    certificate (``mutual_ssl`` not disabled), or when load balancers must present
+    certificate (``needs_certificate``), or when load balancers must present
     theirs (header mode with client validation): a browser on a public host is
     then never prompted. Third-party plugins that read the certificate need
     ``request``.
@@ -181,7 +181,25 @@ def asks_for_certificate(config: GatewayConfig, entry: SniEntry | None) -> bool:
         # The default serves every host no entry matches.
         return any(not hostnames.covered(p, others) for p in api.hosts)
 
-    return any(api.mutual_ssl is not Mode.DISABLED and reachable(api) for api in config.apis)
+    return any(needs_certificate(api) and reachable(api) for api in config.apis)
+
+
+def needs_certificate(api: ApiConfig) -> bool:
+    """Whether a scheme of ``api`` (or of one of its OpenAPI operations) reads the client
+    certificate: ``mutual_ssl``, or JWTs with ``certificate_bound = "required"``.
+    (``when_claimed`` needs one only for bound tokens: ``request`` serves those.)"""
+    if api.mutual_ssl is not Mode.DISABLED:
+        return True
+    if api.jwt is not Mode.DISABLED and api.certificate_bound == "required":
+        return True
+    return any(
+        op.security is not None
+        and (
+            op.security.mutual_ssl is not Mode.DISABLED
+            or (op.security.jwt is not Mode.DISABLED and api.certificate_bound == "required")
+        )
+        for op in api.operations or ()
+    )
 
 
 def _load_sni(
