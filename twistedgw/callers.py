@@ -15,6 +15,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -84,7 +85,11 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
         return Caller(handshake, False, False)
     values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
-    trusted = (not settings.trusted_proxies or _from_trusted_network(ip, settings)) and (
+    trusted = (
+        (not settings.trusted_proxies and not settings.trust_unix_socket)
+        or _from_trusted_network(ip, settings)
+        or (settings.trust_unix_socket and isinstance(request.getClientAddress(), UNIXAddress))
+    ) and (
         not settings.enable_client_validation or _is_load_balancer(handshake, settings)
     )
     if not trusted:

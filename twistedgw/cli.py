@@ -164,6 +164,41 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_nginx_config(args: argparse.Namespace) -> int:
+    """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML."""
+    from twistedgw import nginxconf
+
+    try:
+        cfg, _built = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    output = Path(args.output).resolve() if args.output else None
+    bundle = None
+    if output is not None:
+        bundle = output.with_name(output.stem + "-truststore.pem")
+    try:
+        rendered = nginxconf.render(cfg, str(bundle) if bundle is not None else None)
+    except nginxconf.NginxConfigError as e:
+        return _fail(e.problems)
+    if output is None:
+        sys.stdout.write(rendered.text)
+        if args.check:
+            return _fail(["--check needs --output (nginx -t reads a file)"])
+        return 0
+    try:
+        output.write_text(rendered.text)
+        if bundle is not None and rendered.truststore_pem is not None:
+            bundle.write_bytes(rendered.truststore_pem)
+    except OSError as e:
+        return _fail([f"{output}: cannot write: {e.strerror}"], 1)
+    if args.check:
+        ok, message = nginxconf.nginx_test(output)
+        if not ok:
+            return _fail([f"{output}: nginx -t refused it: {message}"], 1)
+        print(f"{output}: nginx -t OK")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twistedgw", description="API gateway with per-API mutual TLS, on Twisted."
@@ -189,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", "-e", choices=HEADER_ENCODINGS, default="auto")
     p.add_argument("--config", "-c", help="verify against this config's truststore")
     p.set_defaults(func=cmd_decode_header)
+    p = sub.add_parser("nginx-config", help="render the NGINX include for the NGINX-fronted mode")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--output", "-o", help="write here (and FILE-truststore.pem beside it)")
+    p.add_argument("--check", action="store_true", help="run nginx -t on the output")
+    p.set_defaults(func=cmd_nginx_config)
     return parser
 
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import callers, errors, idforward, tiers
+from twistedgw import callers, errors, idforward, tiers, verdicts
 from twistedgw.callers import Caller
 from twistedgw.config import ApiConfig, Mode
 from twistedgw.errors import GatewayError
@@ -250,6 +250,8 @@ class GatewayResource(Resource):
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
+        for name, value in verdicts.NO_STORE:  # refusals are never cached
+            request.responseHeaders.setRawHeaders(name, [value])
         original = request.getHeader(settings.original_uri_header.encode())
         if original is None:
             return refuse(
@@ -273,6 +275,12 @@ class GatewayResource(Resource):
             if isinstance(decision, Deny):
                 return refuse(decision.error)
             request.setResponseCode(200)
+            lifetime = verdicts.allow_lifetime(runtime.config, api, caller.identity)
+            for name, value in (
+                *verdicts.cache_headers(lifetime),
+                *verdicts.identity_answer_headers(runtime.config, api, caller.identity),
+            ):
+                request.responseHeaders.setRawHeaders(name, [value])
             request.responseHeaders.setRawHeaders(b"x-twistedgw-api", [api.label.encode()])
             leaf = caller.identity.leaf
             if leaf is not None and caller.identity.verified:
