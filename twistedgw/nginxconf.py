@@ -44,7 +44,7 @@ CACHE_ZONE = "twistedgw_verdicts"
 # RFC 3986 pchar without '%', ';' (params), '$' and "'" (kept out of NGINX strings),
 # none empty, '.' or '..'; an optional trailing slash; any query.
 CLEAN_TARGET = (
-    r"^(?:/(?!\.\.?(?:/|\?|$))[A-Za-z0-9._~!&()*+,=:@-]+)*/?(?:\?.*)?$"
+    r"^(?!/_twistedgw_nginx/)(?:/(?!\.\.?(?:/|\?|$))[A-Za-z0-9._~!&()*+,=:@-]+)*/?(?:\?.*)?$"
 )
 # What a context may contain to be rendered into a location regex.
 _CONTEXT_OK = re.compile(r"^/[A-Za-z0-9._~!&()*+,=:@/-]*$")
@@ -82,6 +82,8 @@ def _listener_matches(config: GatewayConfig, authz: str) -> bool:
         if authz.startswith("unix:"):
             endpoint = listener.endpoint or ""
             path = authz[len("unix:") :]
+            if endpoint.startswith("systemd:"):  # a socket unit owns the path
+                return True
             if endpoint.startswith("unix:") and (
                 endpoint[len("unix:") :].split(":")[0] in (path, f"address={path}")
             ):
@@ -274,11 +276,12 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
     w("    # per API. NGINX still refuses some failures itself (495: expired, not yet valid,")
     w("    # wrong purpose); error_page 495 hands those to twistedgw, as in direct mode.")
     w("    ssl_verify_client optional_no_ca;")
+    w("    default_type application/json;  # the JSON errors NGINX answers itself")
     w("    ssl_verify_depth 10;")
     if truststore_file is not None:
         w(f"    ssl_client_certificate {_quote(truststore_file)};  # CA names offered to clients")
     w("    error_page 495 = @twistedgw_gateway;")
-    w("    error_page 400 = @twistedgw_gateway;")
+    w(f"    error_page 400 = {INTERNAL}/400;  # a request NGINX cannot parse: no URI to hand on")
     biggest = max(
         [limits.max_body_bytes, *(a.max_body_bytes or 0 for a in config.apis)]
     )
@@ -287,6 +290,10 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
     w(f"    client_header_timeout {max(1, int(limits.client_header_timeout))}s;")
     w(f"    keepalive_timeout {max(1, int(limits.idle_timeout))}s;")
     w("")
+    w("    # NGINX's own 400 (a request line it cannot parse) as twistedgw's JSON.")
+    w(f"    if ($uri = {INTERNAL}/400) {{")
+    w("        return 400 " + _json(errors.bad_request("malformed request")) + ";")
+    w("    }")
     w("    if ($twistedgw_gateway_path) {")
     w(f"        rewrite ^ {INTERNAL}/gateway last;")
     w("    }")
@@ -443,12 +450,23 @@ def nginx_binary() -> str | None:
 
 
 def nginx_test(include: Path) -> tuple[bool, str]:
-    """``nginx -t`` on a minimal nginx.conf whose ``http {}`` holds only ``include``."""
+    """``nginx -t`` on a minimal nginx.conf whose ``http {}`` holds only ``include``.
+
+    ``nginx -t`` creates the ``proxy_cache_path`` directory; the test runs on a copy
+    whose cache lives in a temporary directory, so checking needs no privilege and
+    leaves nothing behind (the real directory is created when NGINX starts).
+    """
     binary = nginx_binary()
     if binary is None:
         return False, "nginx is not installed (needed for --check)"
     with tempfile.TemporaryDirectory(prefix="twistedgw-nginx-") as tmp:
         d = Path(tmp)
+        text = re.sub(
+            r"^proxy_cache_path \S+", f"proxy_cache_path {d / 'cache'}", include.read_text(),
+            flags=re.MULTILINE,
+        )
+        include = d / include.name
+        include.write_text(text)
         temps = "\n".join(
             f"    {kind}_temp_path {d / kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

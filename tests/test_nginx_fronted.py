@@ -1,0 +1,415 @@
+"""The NGINX-fronted mode: a real NGINX on the config ``twistedgw nginx-config`` rendered
+from conf/nginx-fronted/gateway.toml, asking a real twistedgw over a Unix socket.
+
+The same gateway process also has a direct TLS listener, so every parity case is
+asked both ways in the same run and must get the same status and error code.
+These tests FAIL (never skip) when nginx is missing: CI must run them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backend_fixture import BackendProcess, start_backend
+from tests.harness import REPO, GatewayProcess, Response, env, free_port, start_gateway
+from tests.lbsupport import (
+    EXAMPLE_PKI,
+    ProxyProcess,
+    echoed_headers,
+    example,
+    get,
+    render,
+    require,
+    start_nginx,
+)
+from twistedgw import config as configmod
+from twistedgw import nginxconf, reasons
+from twistedgw.devpki import DevPki, Issued
+
+PET = "/petstore/1.0.5/pet/1?x=1"
+ORDERS = "/orders/v1/list"
+STATUS = "/public/ping"
+KEY = "demo-key"
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    backend = start_backend(tmp_path_factory.mktemp("echo"))
+    yield backend
+    backend.stop()
+
+
+def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
+                 nginx_port: int, cache_seconds: int = 10) -> str:
+    """conf/nginx-fronted/gateway.toml with this run's paths, plus a direct TLS listener."""
+    text = render(example("nginx-fronted/gateway.toml"), {
+        EXAMPLE_PKI: str(pki.directory),
+        "/run/twistedgw/authz.sock": str(d / "authz.sock"),
+        '"/var/cache/nginx/twistedgw"': f'"{d / "cache"}"',
+        'listen = "443"': f'listen = "127.0.0.1:{nginx_port}"',
+        "http://127.0.0.1:8080": echo.url,
+        "cache_seconds = 10": f"cache_seconds = {cache_seconds}",
+    })
+    direct = f'[[listeners]]\nhost = "127.0.0.1"\nport = {direct_port}\n\n'
+    access = f'\n[access_log]\npath = "{d / "access.jsonl"}"\n'
+    return direct + text + access
+
+
+@dataclass
+class Fronted:
+    pki: DevPki
+    gateway: GatewayProcess
+    nginx: ProxyProcess
+    directory: Path
+    direct_port: int
+
+    def via_nginx(self, path: str, client: str | None, headers: Any = (),
+                  method: str = "GET") -> Response:
+        return get(self.nginx.port, path, headers, pki=self.pki, client=client, tls=True)
+
+    def direct(self, path: str, client: str | None, headers: Any = ()) -> Response:
+        return get(self.direct_port, path, headers, pki=self.pki, client=client, tls=True)
+
+    def authz_asked(self) -> int:
+        """How many times twistedgw's authz endpoint was asked (its access log)."""
+        log = self.directory / "access.jsonl"
+        if not log.exists():
+            return 0
+        return sum(
+            1 for line in log.read_text().splitlines()
+            if json.loads(line)["path"] == "/_twistedgw/authz"
+        )
+
+    def wait_logged(self) -> None:
+        time.sleep(0.05)
+
+
+def render_site(config_path: Path, output: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(config_path),
+         "--output", str(output), "--check"],
+        capture_output=True, text=True, env=env(), cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10
+                  ) -> Fronted:
+    require("nginx")
+    direct_port, nginx_port = free_port(), free_port()
+    gw_dir = tmp / "gw"
+    gw_dir.mkdir(parents=True, exist_ok=True)
+    text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
+    gateway = start_gateway(gw_dir, text, direct_port)
+    try:
+        deadline = time.monotonic() + 10
+        while not (gw_dir / "authz.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        site = tmp / "nginx" / "twistedgw.conf"
+        site.parent.mkdir(parents=True, exist_ok=True)
+        render_site(gateway.config, site)
+        proxy = start_nginx(tmp / "nginx", site.read_text(), nginx_port)
+    except Exception:
+        gateway.stop()
+        raise
+    return Fronted(pki, gateway, proxy, gw_dir, direct_port)
+
+
+@pytest.fixture(scope="module")
+def fronted(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
+            echo: BackendProcess) -> Iterator[Fronted]:
+    f = start_fronted(tmp_path_factory.mktemp("fronted"), pki, echo)
+    yield f
+    f.nginx.stop()
+    f.gateway.stop()
+
+
+def outcome(r: Response) -> tuple[int, str | None]:
+    """Status and, for a JSON error, its code; for a 200 the path the backend saw."""
+    if r.status == 200:
+        return 200, json.loads(r.body)["path"]
+    if r.header("content-type") != "application/json":
+        return r.status, f"not JSON: {r.body[:80]!r}"
+    return r.status, r.json().get("code")
+
+
+CLIENTS = [None, "partner-direct", "other-app", "pinned", "expired", "not-yet-valid",
+           "server-only", "intruder", "lb"]
+PATHS = [
+    PET, ORDERS, STATUS, "/public", "/public/",
+    "/PETSTORE/1.0.5/pet/1",            # contexts match case-insensitively
+    "/petstore;x/1.0.5/pet/1",           # ;params are dropped
+    "/public/../petstore/1.0.5/pet/1",   # dot segments resolved before routing
+    "/public/..;/petstore/1.0.5/pet/1",  # NGINX keeps ..; as a segment, twistedgw does not
+    "/public/./x", "//petstore/1.0.5/pet/1", "/%70etstore/1.0.5/pet/1",
+    "/petstore%2F1.0.5/pet/1", "/petstore/1.0.5%5Cpet", "/public/%2e%2e/petstore/1.0.5/pet/1",
+    "/nothing/here", "/_twistedgw_nginx/gateway", "/_twistedgw_nginx/authz/0",
+    "/public/a%3Fb?c=d", "/public/%41%42", "/../status",
+]
+
+
+def test_parity_matrix(fronted: Fronted) -> None:
+    """Every certificate kind x every path trick x API keys: same status and code."""
+    mismatches = []
+    cases = [(p, c, ()) for p in PATHS for c in CLIENTS]
+    cases += [(ORDERS, c, (("apikey", k),)) for c in (None, "other-app", "expired", "intruder")
+              for k in (KEY, "wrong-key")]
+    cases += [(PET, "partner-direct", (("apikey", KEY),)), (PET, None, (("apikey", KEY),))]
+    for path, client, headers in cases:
+        direct = outcome(fronted.direct(path, client, headers))
+        through = outcome(fronted.via_nginx(path, client, headers))
+        if direct != through:
+            mismatches.append((path, client, headers, direct, through))
+    assert not mismatches, "\n".join(map(repr, mismatches))
+
+
+def test_refusals_carry_twistedgws_json(fronted: Fronted) -> None:
+    r = fronted.via_nginx(PET, "expired")
+    assert r.status == 401 and r.json()["description"] == reasons.EXPIRED
+    r = fronted.via_nginx(PET, "other-app")
+    assert r.status == 401 and r.json()["description"] == reasons.NOT_FOR_API
+    r = fronted.via_nginx(PET, None)
+    assert (r.status, r.json()["code"]) == (401, "900902")
+    # An open API serves a caller whose certificate NGINX itself refuses (expired).
+    assert fronted.via_nginx(STATUS, "expired").status == 200
+
+
+def test_headers_the_backend_sees(fronted: Fronted) -> None:
+    forged = {
+        "X-Forwarded-Client-Cert": "Hash=forged", "X-SSL-Client-Cert": "forged",
+        "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "http", "Client-Cert": ":AA==:",
+        "X-Twistedgw-Set-X-Forwarded-Client-Cert": "forged",
+    }
+    seen = echoed_headers(fronted.via_nginx(PET, "partner-direct", {**forged, "apikey": KEY}))
+    direct = echoed_headers(fronted.direct(PET, "partner-direct", {**forged, "apikey": KEY}))
+    for name in ("x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"):
+        assert seen[name] == direct[name], name
+    assert seen["x-forwarded-client-cert"][0].startswith("Hash=")
+    assert "forged" not in seen["x-forwarded-client-cert"][0]
+    for name in ("apikey", "x-ssl-client-cert", "client-cert", "x-ssl-client-verify"):
+        assert name not in seen, name
+    # Key-only access: no identity header, the forged one is gone.
+    seen = echoed_headers(fronted.via_nginx(ORDERS, None, {**forged, "apikey": KEY}))
+    assert "x-forwarded-client-cert" not in seen and "apikey" not in seen
+
+
+def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
+    fronted.via_nginx(PET + "&warm=1", "pinned")
+    fronted.wait_logged()
+    before = fronted.authz_asked()
+    for _ in range(5):
+        assert fronted.via_nginx(PET, "pinned").status == 200
+    fronted.wait_logged()
+    assert fronted.authz_asked() == before
+    # A different API, key or certificate is a different verdict: asked again.
+    assert fronted.via_nginx(ORDERS, "pinned", {"apikey": "wrong-key"}).status == 200
+    fronted.wait_logged()
+    assert fronted.authz_asked() == before + 1
+    r = fronted.via_nginx(PET, "other-app")
+    assert r.status == 401
+
+
+def test_cached_allow_is_per_key(fronted: Fronted) -> None:
+    assert fronted.via_nginx(ORDERS, None, {"apikey": KEY}).status == 200
+    r = fronted.via_nginx(ORDERS, None, {"apikey": "wrong-key"})
+    assert (r.status, r.json()["code"]) == (401, "900901")
+    r = fronted.via_nginx(ORDERS, None)
+    assert (r.status, r.json()["code"]) == (401, "900902")
+
+
+def test_authz_answer_says_how_long(fronted: Fronted) -> None:
+    """A hand-written NGINX config that honours these headers is correct too."""
+    header = nginxconf_header_value(fronted, "partner-direct")
+    r = get(fronted.direct_port, "/_twistedgw/authz",
+            {"X-Original-URI": PET, "X-Original-Method": "GET"},
+            pki=fronted.pki, client="partner-direct", tls=True)
+    assert r.status == 200
+    assert r.header("x-accel-expires") == "10" and r.header("cache-control") == "max-age=10"
+    assert header  # sanity
+    r = get(fronted.direct_port, "/_twistedgw/authz", {"X-Original-URI": PET},
+            pki=fronted.pki, client="other-app", tls=True)
+    assert r.status == 401
+    assert r.header("x-accel-expires") == "0" and r.header("cache-control") == "no-store"
+
+
+def nginxconf_header_value(fronted: Fronted, client: str) -> str:
+    crt = fronted.pki.clients[client][0]
+    return crt.read_text()
+
+
+def test_reload_takes_effect_on_cached_verdicts(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    """A reload that removes the alias refuses within cache_seconds, never later."""
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=2)
+    try:
+        assert f.via_nginx(PET, "pinned").status == 200
+        text = f.gateway.config.read_text().replace(
+            'aliases = ["partner-root", "pinned-client"]', 'aliases = ["partner-root"]')
+        f.gateway.config.write_text(text)
+        f.gateway.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert f.direct(PET, "pinned").status == 401  # the reload is in force
+        deadline = time.monotonic() + 2 + 1.5
+        while time.monotonic() < deadline:
+            if f.via_nginx(PET, "pinned").status == 401:
+                break
+            time.sleep(0.2)
+        r = f.via_nginx(PET, "pinned")
+        assert (r.status, r.json()["description"]) == (401, reasons.NOT_FOR_API)
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
+
+
+def test_cached_allow_never_outlives_the_certificate(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    """A certificate that expires within cache_seconds (60): allowed, cached, then
+    refused as expired (twistedgw's JSON) at its expiry. NGINX's own check (495) and the
+    verdict's X-Accel-Expires (``test_lifetime_*``) both end it; this is the whole path."""
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=60)
+    try:
+        now = datetime.datetime.now(datetime.UTC)
+        expires = now + datetime.timedelta(seconds=4)
+        short: Issued = pki.authorities["partner-root"].issue(
+            "short-lived", not_before=now - datetime.timedelta(days=1), not_after=expires)
+        pki.clients["short"] = short.write(pki.directory / "clients", "short")
+        assert f.via_nginx(PET, "short").status == 200
+        assert f.via_nginx(PET, "short").status == 200  # from the cache
+        r = f.via_nginx(PET, "short")
+        while r.status == 200 and datetime.datetime.now(datetime.UTC) < expires + (
+            datetime.timedelta(seconds=10)
+        ):
+            time.sleep(0.2)
+            r = f.via_nginx(PET, "short")
+        assert datetime.datetime.now(datetime.UTC) < expires + datetime.timedelta(seconds=2)
+        assert (r.status, r.json()["description"]) == (401, reasons.EXPIRED)
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
+
+
+# ----------------------------------------------------------------- the generator
+
+
+def _config(tmp_path: Path, pki: DevPki, extra: str, *, nginx: bool = True) -> Path:
+    text = render(example("nginx-fronted/gateway.toml"), {EXAMPLE_PKI: str(pki.directory)})
+    if not nginx:
+        start = text.index("[nginx]")
+        end = text.index("[identity]")
+        text = text[:start] + text[end:]
+    path = tmp_path / "gateway.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def test_generator_names_what_the_config_lacks(tmp_path: Path, pki: DevPki) -> None:
+    cfg = configmod.load(_config(tmp_path, pki, "", nginx=False))
+    with pytest.raises(nginxconf.NginxConfigError) as e:
+        nginxconf.render(cfg)
+    assert e.value.problems == [f"{cfg.source}: nginx: the [nginx] section is required "
+                                "for nginx-config"]
+    text = _config(tmp_path, pki, "").read_text().replace(
+        'trusted_proxies = ["unix"]', 'trusted_proxies = ["10.0.0.0/8"]')
+    (tmp_path / "gateway.toml").write_text(text)
+    cfg = configmod.load(tmp_path / "gateway.toml")
+    with pytest.raises(nginxconf.NginxConfigError) as e:
+        nginxconf.render(cfg)
+    assert any("mutual_ssl.trusted_proxies" in p for p in e.value.problems)
+
+
+def test_nginx_section_is_checked(tmp_path: Path, pki: DevPki) -> None:
+    path = _config(tmp_path, pki, "", nginx=True)
+    text = path.read_text().replace('listen = "443"', 'listen = "443; evil"').replace(
+        'server_name = "_"', 'server_name = "a;b"').replace(
+        'cache_path = "/var/cache/nginx/twistedgw"', 'cache_path = "relative"').replace(
+        'authz = "unix:/run/twistedgw/authz.sock"', 'authz = "tcp:x"')
+    path.write_text(text.replace("cache_seconds = 10", "cache_seconds = -1"))
+    with pytest.raises(configmod.ConfigError) as e:
+        configmod.load(path)
+    keys = {line.split(": ")[1] for line in e.value.problems}
+    assert {"nginx.listen", "nginx.server_name", "nginx.cache_path", "nginx.authz",
+            "authz.cache_seconds"} <= keys, e.value.problems
+
+
+def test_example_renders_and_nginx_accepts_it(tmp_path: Path, pki: DevPki) -> None:
+    require("nginx")
+    path = _config(tmp_path, pki, "")
+    out = tmp_path / "site.conf"
+    result = subprocess.run(
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path)],
+        capture_output=True, text=True, env=env(), cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "auth_request /_twistedgw_nginx/authz/0;" in result.stdout
+    render_site(path, out)
+    assert (tmp_path / "site-truststore.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 4
+
+
+# ----------------------------------------------------------------- verdict lifetimes
+
+
+def _lifetime_config(tmp_path: Path, pki: DevPki, extra_tls: str = "", api_extra: str = ""
+                     ) -> configmod.GatewayConfig:
+    text = render(example("nginx-fronted/gateway.toml"), {
+        EXAMPLE_PKI: str(pki.directory),
+        'truststore = "': extra_tls + 'truststore = "',
+        'aliases = ["partner-root", "pinned-client"]':
+            'aliases = ["partner-root", "pinned-client"]' + api_extra,
+    })
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return configmod.load(path)
+
+
+def _identity(pki: DevPki, client: str) -> Any:
+    from twistedgw.identity import ClientIdentity, Outcome, Source
+
+    issued = pki.issued[client]
+    return ClientIdentity(Source.HEADER, Outcome.VERIFIED, issued.full_chain,
+                          frozenset({"partner-root"}))
+
+
+def test_lifetime_is_capped_by_cache_seconds_and_certificate_expiry(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    from twistedgw import verdicts
+
+    cfg = _lifetime_config(tmp_path, pki)
+    pet = cfg.apis[0]
+    identity = _identity(pki, "partner-direct")
+    expiry = min(c.not_valid_after_utc.timestamp() for c in identity.chain)
+    assert verdicts.allow_lifetime(cfg, pet, identity, now=expiry - 3600) == 10
+    assert verdicts.allow_lifetime(cfg, pet, identity, now=expiry - 3.5) == 3
+    assert verdicts.allow_lifetime(cfg, pet, identity, now=expiry - 0.5) == 0
+    assert verdicts.cache_headers(0) == ((b"X-Accel-Expires", b"0"),
+                                         (b"Cache-Control", b"no-store"))
+    assert verdicts.cache_headers(7) == ((b"X-Accel-Expires", b"7"),
+                                         (b"Cache-Control", b"max-age=7"))
+
+
+def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
+    from twistedgw import verdicts
+
+    identity = _identity(pki, "partner-direct")
+    ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
+    assert verdicts.allow_lifetime(ocsp, ocsp.apis[0], identity) == 0
+    assert verdicts.allow_lifetime(ocsp, ocsp.apis[2], identity) == 10  # no mTLS: no OCSP
+    tiers = _lifetime_config(
+        tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
+    assert verdicts.allow_lifetime(tiers, tiers.apis[0], identity) == 0
+    plugin = _lifetime_config(
+        tmp_path, pki, api_extra='\nplugins = [{ name = "request-headers" }]')
+    assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0
