@@ -144,8 +144,8 @@ def outcome(r: Response) -> tuple[int, str | None]:
     return r.status, r.json().get("code")
 
 
-CLIENTS = [None, "partner-direct", "other-app", "pinned", "expired", "not-yet-valid",
-           "server-only", "intruder", "lb"]
+CLIENTS = [None, "partner-app", "partner-rsa", "partner-direct", "other-app", "pinned",
+           "expired", "not-yet-valid", "server-only", "intruder", "lb"]
 PATHS = [
     PET, ORDERS, STATUS, "/public", "/public/",
     "/PETSTORE/1.0.5/pet/1",            # contexts match case-insensitively
@@ -413,3 +413,15 @@ def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
     plugin = _lifetime_config(
         tmp_path, pki, api_extra='\nplugins = [{ name = "request-headers" }]')
     assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0
+
+
+def test_intermediates_must_be_cas(tmp_path: Path, pki: DevPki) -> None:
+    from twistedgw import runtime
+
+    path = _config(tmp_path, pki, "")
+    path.write_text(path.read_text().replace(
+        str(pki.directory / "intermediates.pem"), str(pki.clients["partner-direct"][0])))
+    with pytest.raises(configmod.ConfigError) as e:
+        runtime.load(path)
+    assert any(": mutual_ssl.intermediates: " in p and "not a CA" in p
+               for p in e.value.problems), e.value.problems

@@ -164,6 +164,9 @@ class MutualSslConfig:
     # "unix" in trusted_proxies: a connection on a Unix-socket listener is a load
     # balancer's (the socket's file permissions decide who may connect).
     trust_unix_socket: bool = False
+    # CA certificates that only complete leaf-only header chains (NGINX and HAProxy
+    # send the leaf alone); they grant nothing by themselves.
+    intermediates: Path | None = None
 
     @property
     def header_mode(self) -> bool:
@@ -658,6 +661,7 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
         except ValueError:
             r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
     forward = r.get("forward_client_certificate_header", bool, False)
+    intermediates = r.path_value("intermediates")
     if header is not None:
         if validation and not lb_aliases:
             r.problem(
@@ -690,6 +694,7 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
         trusted_proxies=tuple(proxies),
         forward_client_certificate_header=forward,
         trust_unix_socket=trust_unix,
+        intermediates=intermediates,
     )
 
 
