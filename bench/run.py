@@ -258,6 +258,86 @@ trusted_proxies = ["127.0.0.1/32"]
     return text
 
 
+def fronted_gateway_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int,
+                         cache_seconds: int) -> str:
+    """The NGINX-fronted mode: twistedgw on a Unix socket, NGINX on ``port``."""
+    return f"""
+[[listeners]]
+endpoint = "unix:{work}/{name}.sock"
+tls = false
+
+[tls]
+certificate = "{pki.server_cert}"
+private_key = "{pki.server_key}"
+truststore = "{pki.truststore_dir}"
+
+[mutual_ssl]
+certificate_header = "X-SSL-Client-Cert"
+header_encoding = "url-pem"
+enable_client_validation = false
+trusted_proxies = ["unix"]
+intermediates = "{pki.directory / 'intermediates.pem'}"
+
+[authz]
+cache_seconds = {cache_seconds}
+
+[nginx]
+listen = "127.0.0.1:{port}"
+authz = "unix:{work}/{name}.sock"
+cache_path = "{work}/{name}-cache"
+
+[limits]
+idle_timeout = 900.0
+client_header_timeout = 900.0
+max_connections = 20000
+
+[[apis]]
+name = "bench"
+version = "1"
+context = "/bench"
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+"""
+
+
+def fronted_nginx_conf(work: Path, name: str, include: Path) -> str:
+    temps = "\n".join(f"  {kind}_temp_path {work}/{name}-{kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {work}/{name}.pid;
+events {{ worker_connections 12000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+{temps}
+  include {include};
+}}
+"""
+
+
+@dataclass
+class Group:
+    """Processes that together are the system under test (NGINX + twistedgw)."""
+
+    name: str
+    members: list[Proc]
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.members)
+
+    def rss_kib(self) -> int:
+        return sum(p.rss_kib() for p in self.members)
+
+    def stop(self) -> None:
+        for p in reversed(self.members):
+            p.stop()
+
+
 @dataclass
 class Frontend:
     """One HAProxy listen section: plain HTTP in, the proxy under test out."""
@@ -338,7 +418,8 @@ class Profile:
     scenarios: tuple[str, ...]
 
 
-ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory")
+ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory",
+       "nginx-fronted")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -352,7 +433,7 @@ class Bench:
     work: Path
     profile: Profile
     rate: float
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Any] = field(default_factory=dict)  # Proc or Group
     ports: dict[str, int] = field(default_factory=dict)
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
     fronts: dict[str, Frontend] = field(default_factory=dict)
@@ -406,10 +487,54 @@ class Bench:
                              None if header else pki)
                 fronts.append(f)
                 self.fronts[f.name] = f
+        if "nginx-fronted" in self.profile.scenarios:
+            for name, cache_seconds in (("fr-warm", 10), ("fr-cold", 0)):
+                port = self.ports[name] = free_port()
+                self.procs[name] = self.start_fronted(name, port, backend, cache_seconds,
+                                                      gateway_env)
+                f = Frontend(f"{name}-keepalive", free_port(), port, "keepalive",
+                             self.pkis["ec"])
+                fronts.append(f)
+                self.fronts[f.name] = f
         conf = self.work / "haproxy.cfg"
         conf.write_text(haproxy_conf(self.work, fronts))
         self.procs["haproxy"] = start("haproxy", ["haproxy", "-db", "-f", str(conf)],
                                       CORE_LOAD, self.work, fronts[0].port)
+
+    def start_fronted(self, name: str, port: int, backend: int, cache_seconds: int,
+                      env: dict[str, str]) -> Group:
+        """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
+        from twistedgw import config as configmod
+        from twistedgw import nginxconf
+
+        pki = self.pkis["ec"]
+        toml = self.work / f"{name}.toml"
+        toml.write_text(fronted_gateway_conf(self.work, name, pki, port, backend,
+                                             cache_seconds))
+        argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)]
+        gw = start(f"{name}-gw", argv, CORE_PROXY, self.work, None, env)
+        sock = self.work / f"{name}.sock"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if time.monotonic() > deadline or gw.popen.poll() is not None:
+                gw.stop()
+                raise RuntimeError(f"{name}: twistedgw did not listen:\n{gw.log.read_text()}")
+            time.sleep(0.05)
+        include = self.work / f"{name}-site.conf"
+        bundle = self.work / f"{name}-truststore.pem"
+        rendered = nginxconf.render(configmod.load(toml), str(bundle))
+        include.write_text(rendered.text)
+        bundle.write_bytes(rendered.truststore_pem or b"")
+        conf = self.work / f"{name}-nginx.conf"
+        conf.write_text(fronted_nginx_conf(self.work, name, include))
+        try:
+            ngx = start(f"{name}-nginx", ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
+                                          str(self.work / f"{name}-error.log"),
+                                          "-g", "daemon off;"], CORE_PROXY, self.work, port)
+        except Exception:
+            gw.stop()
+            raise
+        return Group(name, [gw, ngx])
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -552,6 +677,27 @@ def scenario_large(b: Bench) -> list[dict[str, Any]]:
         rows.append(row(f"4 keep-alive, {size.upper()}iB responses, {conns} conns", "twistedgw",
                         "NGINX", s, "req/s", None, None))
     return rows
+
+
+def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
+    """NGINX carrying the traffic and asking twistedgw, against a bare NGINX mTLS proxy
+    doing no per-API policy, in the same run (both on the proxy core)."""
+    d = b.profile.duration
+    warm = b.compare(lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d),
+                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    cold = b.compare(lambda: b.wrk("fr-cold-keepalive", "/bench/small", 32, d),
+                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    a, bare = "NGINX + twistedgw", "bare NGINX mTLS"
+    return [
+        row("7a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
+            "req/s", ">=", 0.8),
+        row("7b nginx-fronted, cold (every request asks twistedgw)", a, bare, cold, "req/s",
+            None, None),
+        row("7c nginx-fronted warm, p99 latency at 32 conns (closed loop)", a, bare,
+            summarise(warm["a"]["runs"], warm["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("7d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
+            summarise(cold["a"]["runs"], cold["b"]["runs"], "p99_ms"), "ms", None, None),
+    ]
 
 
 def scenario_sweep(b: Bench) -> dict[str, Any]:
@@ -838,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("keepalive", scenario_keepalive), ("handshake", scenario_handshake),
                          ("header", scenario_header), ("large", scenario_large),
                          ("sweep", None), ("latency", scenario_latency),
-                         ("memory", scenario_memory)):
+                         ("memory", scenario_memory), ("nginx-fronted", scenario_fronted)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

@@ -368,7 +368,6 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
             w(f"        proxy_cache {CACHE_ZONE};")
             w(f"        proxy_cache_key {_quote('|'.join(key_parts))};")
             w("        proxy_cache_methods GET;")
-            w("        proxy_cache_lock on;")
             w("        proxy_ignore_headers Set-Cookie Vary Expires;")
             w("        # The answer's X-Accel-Expires says how long (never past cache_seconds")
             w("        # nor the certificate's expiry); refusals are never cached.")
