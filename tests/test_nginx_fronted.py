@@ -425,3 +425,86 @@ def test_intermediates_must_be_cas(tmp_path: Path, pki: DevPki) -> None:
         runtime.load(path)
     assert any(": mutual_ssl.intermediates: " in p and "not a CA" in p
                for p in e.value.problems), e.value.problems
+
+
+def test_repeated_api_key_header(fronted: Fronted) -> None:
+    """Direct mode refuses two apikey headers. Uncached, NGINX asks and refuses too; a
+    cached allow for the first value covers the repeat on NGINX 1.22 (README says so)."""
+    twice = (("apikey", "wrong-key"), ("apikey", KEY))
+    assert fronted.direct(ORDERS + "?twice", None, twice).status == 401
+    assert fronted.via_nginx(ORDERS + "?twice", None, twice).status == 401
+
+
+# ----------------------------------------------------------------- systemd layout
+
+ACTIVATE = "/usr/bin/systemd-socket-activate"
+
+
+@pytest.mark.skipif(not Path(ACTIVATE).exists(), reason="systemd-socket-activate not installed")
+def test_authz_on_a_socket_activated_unix_socket(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    """conf/nginx-fronted/twistedgw-authz.socket's way: systemd owns the Unix socket and
+    twistedgw takes it with endpoint = "systemd:domain=UNIX:index=0"."""
+    from tests.harness import wait_port
+
+    sock = tmp_path / "authz.sock"
+    direct_port = free_port()
+    text = fronted_toml(pki, echo, tmp_path, direct_port, free_port()).replace(
+        f'endpoint = "unix:{sock}"', 'endpoint = "systemd:domain=UNIX:index=0"')
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    log = tmp_path / "gw.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [ACTIVATE, "-l", str(sock), "--fdname=authz", "-E", "PYTHONPATH",
+             "-E", "PYTHONUNBUFFERED", sys.executable, "-m", "twistedgw", "run", "--config",
+             str(config)], stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        import socket as socketmod
+
+        # The first connection makes systemd-socket-activate start twistedgw.
+        with socketmod.socket(socketmod.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            s.sendall(b"GET /_twistedgw/authz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"X-Original-URI: /public/x\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 "), (data, log.read_text())
+        wait_port(direct_port, proc, log=log)
+        assert b"X-Accel-Expires: 10" in data
+        assert nginxconf.check(configmod.load(config)) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def test_unit_files_match_the_example() -> None:
+    unit = (REPO / "conf" / "nginx-fronted" / "twistedgw-authz.socket").read_text()
+    service = (REPO / "conf" / "nginx-fronted" / "twistedgw-authz.service").read_text()
+    toml = (REPO / "conf" / "nginx-fronted" / "gateway.toml").read_text()
+    assert "ListenStream=/run/twistedgw/authz.sock" in unit
+    assert 'authz = "unix:/run/twistedgw/authz.sock"' in toml
+    assert "SocketMode=0660" in unit and "Requires=twistedgw-authz.socket" in service
+    for directive in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                      "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert directive in service, directive
+    if Path("/usr/bin/systemd-analyze").exists():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            paths = []
+            for name, text in (("twistedgw-authz.service", service),
+                               ("twistedgw-authz.socket", unit)):
+                p = Path(d) / name
+                p.write_text(text.replace("/usr/local/bin/twistedgw",
+                                          f"{sys.executable} -m twistedgw"))
+                paths.append(str(p))
+            verify = subprocess.run(["systemd-analyze", "verify", *paths],
+                                    capture_output=True, text=True, timeout=60)
+            assert verify.returncode == 0, verify.stdout + verify.stderr
