@@ -213,7 +213,8 @@ def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
     fronted.wait_logged()
     assert fronted.authz_asked() == before
     # A different API, key or certificate is a different verdict: asked again.
-    assert fronted.via_nginx(ORDERS, "pinned", {"apikey": "wrong-key"}).status == 200
+    fresh = f"wrong-{time.monotonic_ns()}"  # never asked before: a miss
+    assert fronted.via_nginx(ORDERS, "pinned", {"apikey": fresh}).status == 200
     fronted.wait_logged()
     assert fronted.authz_asked() == before + 1
     r = fronted.via_nginx(PET, "other-app")
@@ -508,3 +509,60 @@ def test_unit_files_match_the_example() -> None:
             verify = subprocess.run(["systemd-analyze", "verify", *paths],
                                     capture_output=True, text=True, timeout=60)
             assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# ----------------------------------------------------------------- every example config
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    from tests.harness import toml_value
+
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{k} = {toml_value(v)}" for k, v in doc.items()
+             if not isinstance(v, dict) and not is_tables(v)]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
+        elif is_tables(v):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                lines += [f"{kk} = {toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("example_dir", sorted(
+    p.parent.name for p in (REPO / "conf").glob("*/gateway.toml")))
+def test_every_example_renders_and_passes_nginx_t(
+    example_dir: str, tmp_path: Path, pki: DevPki
+) -> None:
+    """Each example's APIs, made NGINX-fronted (Unix socket, [nginx], header trust), render
+    to an include that `nginx -t` accepts under a minimal nginx.conf."""
+    import shutil
+    import tomllib
+
+    require("nginx")
+    shutil.copytree(pki.directory, tmp_path / "pki")
+    text = (REPO / "conf" / example_dir / "gateway.toml").read_text()
+    doc = tomllib.loads(text.replace(EXAMPLE_PKI, str(tmp_path / "pki")))
+    sock = tmp_path / "authz.sock"
+    doc["listeners"] = [{"endpoint": f"unix:{sock}", "tls": False}]
+    doc["tls"] = {k: v for k, v in doc.get("tls", {}).items()
+                  if k not in ("keystore", "keystore_password")}
+    doc["tls"].setdefault("certificate", str(tmp_path / "pki" / "server.crt"))
+    doc["tls"].setdefault("private_key", str(tmp_path / "pki" / "server.key"))
+    doc["tls"].setdefault("truststore", str(tmp_path / "pki" / "truststore"))
+    doc["mutual_ssl"] = {"certificate_header": "X-SSL-Client-Cert",
+                         "header_encoding": "url-pem", "enable_client_validation": False,
+                         "trusted_proxies": ["unix"]}
+    doc.setdefault("authz", {})
+    doc["nginx"] = {"listen": f"127.0.0.1:{free_port()}", "authz": f"unix:{sock}",
+                    "cache_path": str(tmp_path / "cache")}
+    config = tmp_path / "gateway.toml"
+    config.write_text(_dump(doc))
+    render_site(config, tmp_path / "site.conf")
+    site = (tmp_path / "site.conf").read_text()
+    for i, _api in enumerate(configmod.load(config).apis):
+        assert f"twistedgw_backend_{i}" in site
