@@ -104,13 +104,15 @@ def render_site(config_path: Path, output: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10
-                  ) -> Fronted:
+def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
+                  tls_extra: str = "") -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
     gw_dir.mkdir(parents=True, exist_ok=True)
     text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
+    if tls_extra:
+        text = text.replace("\ntruststore = ", f"\n{tls_extra}\ntruststore = ", 1)
     gateway = start_gateway(gw_dir, text, direct_port)
     try:
         deadline = time.monotonic() + 10
@@ -269,6 +271,33 @@ def test_reload_takes_effect_on_cached_verdicts(
             time.sleep(0.2)
         r = f.via_nginx(PET, "pinned")
         assert (r.status, r.json()["description"]) == (401, reasons.NOT_FOR_API)
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
+
+
+def test_revocation_after_a_crl_reload_reaches_cached_verdicts(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    root = pki.authorities["partner-root"]
+    crl = tmp_path / "partner-root.crl"
+    crl.write_bytes(root.crl())
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=2, tls_extra=(
+        f'crl = ["{crl}"]\nrevocation = "crl"\nrevocation_scope = "leaf"'))
+    try:
+        assert f.via_nginx(PET, "partner-direct").status == 200
+        assert f.via_nginx(PET, "partner-direct").status == 200  # cached
+        crl.write_bytes(root.crl([pki.issued["partner-direct"].cert]))
+        f.gateway.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert f.direct(PET, "partner-direct").status == 401
+        deadline = time.monotonic() + 2 + 1.5
+        r = f.via_nginx(PET, "partner-direct")
+        while r.status == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            r = f.via_nginx(PET, "partner-direct")
+        assert (r.status, r.json()["code"]) == (401, "900901")
+        assert r.json() == f.direct(PET, "partner-direct").json()
     finally:
         f.nginx.stop()
         f.gateway.stop()
