@@ -433,6 +433,7 @@ class Bench:
     work: Path
     profile: Profile
     rate: float
+    baseline: Path | None = None  # another twistedgw source tree to compare against
     procs: dict[str, Any] = field(default_factory=dict)  # Proc or Group
     ports: dict[str, int] = field(default_factory=dict)
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
@@ -465,6 +466,8 @@ class Bench:
             systems += [("gw-rsa", "rsa", False), ("ngx-rsa", "rsa", False)]
         if "header" in self.profile.scenarios:
             systems += [("gw-hdr", "ec", True)]
+        if self.baseline is not None:
+            systems += [("gw-base", "ec", False)]
         fronts: list[Frontend] = []
         for name, kind, header in systems:
             pki = self.pkis[kind]
@@ -473,14 +476,17 @@ class Bench:
                 conf = self.work / f"{name}.toml"
                 conf.write_text(gateway_conf(pki, port, backend, header_mode=header))
                 argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
-                self.procs[name] = start(name, argv, CORE_PROXY, self.work, port, gateway_env)
+                env = gateway_env
+                if name == "gw-base":
+                    env = {**gateway_env, "PYTHONPATH": str(self.baseline)}
+                self.procs[name] = start(name, argv, CORE_PROXY, self.work, port, env)
             else:
                 conf = self.work / f"{name}.conf"
                 conf.write_text(nginx_proxy_conf(self.work, name, pki, port, backend))
                 argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
                         str(self.work / f"{name}-error.log"), "-g", "daemon off;"]
                 self.procs[name] = start(name, argv, CORE_PROXY, self.work, port)
-            modes = ["plain"] if header else (
+            modes = ["plain"] if header else ["keepalive"] if name == "gw-base" else (
                 ["keepalive", "full", "resume"] if kind == "ec" else ["full"])
             for mode in modes:
                 f = Frontend(f"{name}-{mode}", free_port(), port, mode,
@@ -642,7 +648,13 @@ def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
     d = b.profile.duration
     s = b.compare(lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d),
                   lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
-    return [row("1 keep-alive, small, 32 conns", "twistedgw", "NGINX", s, "req/s", ">=", 0.35)]
+    rows = [row("1 keep-alive, small, 32 conns", "twistedgw", "NGINX", s, "req/s", ">=", 0.35)]
+    if "gw-base-keepalive" in b.fronts:
+        base = b.compare(lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d),
+                         lambda: b.wrk("gw-base-keepalive", "/bench/small", 32, d))
+        rows.append(row("1b keep-alive, this tree vs --baseline", "twistedgw", "baseline",
+                        base, "req/s", None, None))
+    return rows
 
 
 def scenario_handshake(b: Bench) -> list[dict[str, Any]]:
@@ -945,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--label", default="", help="a suffix for the result file names")
     p.add_argument("--keep-work", action="store_true", help="keep configs and logs")
+    p.add_argument("--baseline", type=Path,
+                   help="another twistedgw source tree (e.g. a git worktree of an older commit): "
+                        "scenario 1 also compares this tree against it, interleaved, same run")
     args = p.parse_args(argv)
     for tool in ("nginx", "haproxy", "wrk"):
         if shutil.which(tool) is None:
@@ -962,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     profile.duration = args.duration or profile.duration
     profile.idle_count = args.idle_count or profile.idle_count
     work = Path(tempfile.mkdtemp(prefix="twistedgw-bench-"))
-    bench = Bench(work, profile, args.rate)
+    bench = Bench(work, profile, args.rate, args.baseline.resolve() if args.baseline else None)
     started = time.strftime("%Y%m%d-%H%M%S")
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {

@@ -314,6 +314,65 @@ CASES: list[Case] = [
         ("tls.truststore_password: expected a string", "limits.idle_timeout: must be positive"),
     ),
     Case(
+        "identity-rules-and-consumers",
+        lambda p: gateway_config(
+            p,
+            [
+                api(
+                    identities=[
+                        {"sha256": "zz"},
+                        {"subject": "garbage"},
+                        {"policy_oid": "1.2.x"},
+                        {"colour": "blue"},
+                        {},
+                        {"san_uri": "spiffe://a/*/b"},
+                        {"san_dns": "a..b"},
+                        {"spki_sha256": "!"},
+                        {"san_email": "nobody"},
+                        {"issuer": "XY=1"},
+                        {"common_name": "fine", "san_uri": "spiffe://fine.example/*"},
+                    ],
+                    consumers=["acme", "initech"],
+                    tiers=[
+                        {"alias": "partner-root", "consumer": "acme", "requests_per_minute": 5},
+                        {"consumer": "hooli", "requests_per_minute": 5},
+                        {"consumer": "acme", "requests_per_minute": 5},
+                    ],
+                ),
+                api(name="b", context="/b", mutual_ssl="disabled", api_key="mandatory",
+                    identities=[{"common_name": "x"}], consumers=[]),
+            ],
+            port=0,
+            api_keys={"app-one": KEY},
+            extra='[[consumers]]\nname = "acme corp"\n\n'
+            '[[consumers]]\nname = "acme"\napi_keys = ["app-one", "app-two"]\n'
+            'certificates = [{ issuer = "CN=x,,O=y" }]\n\n'
+            '[[consumers]]\nname = "acme"\n',
+        ),
+        (
+            "apis[0].identities[0].sha256: must be a SHA-256 fingerprint",
+            "apis[0].identities[1].subject: 'garbage' is not TYPE=value",
+            "apis[0].identities[2].policy_oid: must be a dotted OID",
+            "apis[0].identities[3].colour: unknown key",
+            "apis[0].identities[4]: an identity entry needs at least one of",
+            "apis[0].identities[5].san_uri: '*' is allowed only as a final '/*'",
+            "apis[0].identities[6].san_dns: must be a DNS name",
+            "apis[0].identities[7].spki_sha256: must be the base64 SHA-256",
+            "apis[0].identities[8].san_email: must be an e-mail address",
+            "apis[0].identities[9].issuer: unknown attribute type 'XY'",
+            "apis[0].tiers[0].alias: give exactly one of alias … or consumer",
+            "apis[1].identities: identity rules apply to client certificates, but this API "
+            "has mutual_ssl disabled",
+            "apis[1].consumers: an empty list lets no caller through",
+            "consumers[0].name: must be 1-64 of A-Z a-z 0-9 . _ -, got 'acme corp'",
+            "consumers[1].api_keys[1]: no [[api_keys]] entry is named 'app-two'",
+            "consumers[1].certificates[0].issuer: has an empty part",
+            "consumers[2].name: duplicate consumer name 'acme'",
+            "apis[0].consumers[1]: unknown consumer 'initech' (defined: acme)",
+            "apis[0].tiers[1].consumer: unknown consumer 'hooli'",
+        ),
+    ),
+    Case(
         "several-problems",
         lambda p: gateway_config(
             p,

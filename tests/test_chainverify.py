@@ -23,8 +23,8 @@ from twistedgw.chainverify import (
     WRONG_PURPOSE,
     ChainVerifier,
 )
-from twistedgw.identity import ClientIdentity, Outcome, Source
-from twistedgw.pki import TrustEntry, TrustStore, fingerprint, load_truststore
+from twistedgw.identity import ClientIdentity, Outcome, Source, fingerprint
+from twistedgw.pki import TrustEntry, TrustStore, load_truststore
 
 DAY = datetime.timedelta(days=1)
 

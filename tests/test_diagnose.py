@@ -8,7 +8,8 @@ from cryptography import x509
 from tests import headerenc
 from twistedgw import devpki
 from twistedgw.diagnose import decode_header_report
-from twistedgw.pki import TrustStore, fingerprint, load_truststore
+from twistedgw.identity import fingerprint
+from twistedgw.pki import TrustStore, load_truststore
 
 
 @pytest.fixture(scope="module")

@@ -69,10 +69,10 @@ def test_admin_health_and_metrics_change_with_traffic(
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("twistedgw_requests_total", api="echo:1", status="200") == 2
-    assert delta("twistedgw_requests_total", api="echo:1", status="401") == 2
-    assert delta("twistedgw_requests_total", api="down:1", status="503") == 1
-    assert delta("twistedgw_requests_total", api="-", status="404") == 1
+    assert delta("twistedgw_requests_total", api="echo:1", status="200", consumer="none") == 2
+    assert delta("twistedgw_requests_total", api="echo:1", status="401", consumer="none") == 2
+    assert delta("twistedgw_requests_total", api="down:1", status="503", consumer="none") == 1
+    assert delta("twistedgw_requests_total", api="-", status="404", consumer="none") == 1
     assert delta("twistedgw_request_duration_seconds_count", api="echo:1") == 4
     assert delta("twistedgw_request_duration_seconds_bucket", api="echo:1", le="+Inf") == 4
     assert delta("twistedgw_client_cert_verifications_total",

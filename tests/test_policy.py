@@ -1,12 +1,13 @@
-"""The combine rule (WSO2's), in memory: no sockets, no processes."""
+"""The combine rule (WSO2's) and the pipeline, in memory: no sockets, no processes."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 
 import pytest
-from twisted.web.http_headers import Headers
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -14,19 +15,21 @@ from twistedgw import reasons
 from twistedgw.config import ApiConfig, ApiKey, Mode
 from twistedgw.devpki import DevPki
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
-from twistedgw.policy import (
-    Allow,
-    ApiKeyAuthenticator,
-    AuthContext,
-    Deny,
-    IAuthenticator,
-    MutualSslAuthenticator,
-    Policy,
+from twistedgw.pipeline import (
+    Call,
+    HeaderEdit,
+    IAuthoriser,
+    IRequestTransform,
+    IScheme,
+    Refusal,
     SchemeResult,
+    compile_pipelines,
 )
+from twistedgw.pipeline._builtin import ApiKeys, MutualSsl
+from twistedgw.testing import fake_call, fake_config, pipeline, run
 
 KEY = b"the-key"
-KEYS = [ApiKey("app-one", hashlib.sha256(KEY).digest())]
+KEYS = (ApiKey("app-one", hashlib.sha256(KEY).digest()),)
 MAND, OPT, OFF = Mode.MANDATORY, Mode.OPTIONAL, Mode.DISABLED
 
 
@@ -54,33 +57,46 @@ def verified(pki: DevPki) -> ClientIdentity:
     )
 
 
-def policy() -> Policy:
-    return Policy([MutualSslAuthenticator(), ApiKeyAuthenticator(KEYS)])
+@dataclass(frozen=True)
+class Allow:
+    principals: tuple[str, ...]
 
 
-def headers(key: bytes | None) -> Headers:
-    h = Headers()
-    if key is not None:
-        h.addRawHeader(b"apikey", key)
-    return h
+@dataclass(frozen=True)
+class Deny:
+    error: object
+
+
+def call_for(identity: ClientIdentity, key: bytes | None, a: ApiConfig) -> Call:
+    headers = {"apikey": key.decode()} if key is not None else None
+    return fake_call(api=a, identity=identity, headers=headers)
 
 
 def decide(identity: ClientIdentity, key: bytes | None, a: ApiConfig) -> Allow | Deny:
-    return policy().decide(AuthContext(identity, headers(key)), a)
+    """The API's compiled pipeline (as the runtime builds it) on one request."""
+    problems: list[str] = []
+    built = compile_pipelines(fake_config([a], api_keys=KEYS), problems)
+    assert not problems
+    call = call_for(identity, key, a)
+    outcome = run(built[a], call)
+    if isinstance(outcome, Refusal):
+        return Deny(outcome.error)
+    return Allow(call.principals)
 
 
 def denied(result: Allow | Deny) -> tuple[int, str, str]:
     assert isinstance(result, Deny), result
-    return result.error.status, result.error.code, result.error.description
+    error = result.error
+    return error.status, error.code, error.description  # type: ignore[attr-defined]
 
 
 EXPIRED = failed(Source.HANDSHAKE, reasons.EXPIRED)
 NONE = no_certificate()
 
 
-def test_authenticators_provide_the_interface() -> None:
-    verifyObject(IAuthenticator, MutualSslAuthenticator())
-    verifyObject(IAuthenticator, ApiKeyAuthenticator(KEYS))
+def test_builtin_schemes_provide_the_interface() -> None:
+    verifyObject(IScheme, MutualSsl(api(mtls=MAND)))
+    verifyObject(IScheme, ApiKeys(api(key=MAND), KEYS))
 
 
 def test_open_api_allows_anything(verified: ClientIdentity) -> None:
@@ -177,54 +193,179 @@ def test_both_optional_presented_beats_missing(verified: ClientIdentity) -> None
 
 
 def test_api_key_checks() -> None:
-    auth = ApiKeyAuthenticator(KEYS)
     a = api(key=MAND)
-    ctx = AuthContext(NONE, headers(b"  " + KEY + b" "))
-    assert auth.authenticate(ctx, a) == SchemeResult(True, True, principal="apikey:app-one")
-    two = Headers({b"apikey": [KEY, KEY]})
-    result = auth.authenticate(AuthContext(NONE, two), a)
+    auth = ApiKeys(a, KEYS)
+    padded = fake_call(api=a, headers={"apikey": "  the-key "})
+    assert auth.authenticate(padded) == SchemeResult(True, True, principal="apikey:app-one")
+    result = auth.authenticate(fake_call(api=a, headers={"apikey": ["the-key", "the-key"]}))
     assert not result.passed and result.presented
     # The key is compared by digest: its digest is not a key.
-    digest = headers(hashlib.sha256(KEY).hexdigest().encode())
-    assert not auth.authenticate(AuthContext(NONE, digest), a).passed
+    digest = hashlib.sha256(KEY).hexdigest()
+    assert not auth.authenticate(fake_call(api=a, headers={"apikey": digest})).passed
     # The header name is case-insensitive, as HTTP says.
-    upper = Headers()
-    upper.addRawHeader(b"APIKEY", KEY)
-    assert auth.authenticate(AuthContext(NONE, upper), a).passed
+    assert auth.authenticate(fake_call(api=a, headers={"APIKEY": "the-key"})).passed
 
 
-@implementer(IAuthenticator)
-class AlwaysHeader:
+@implementer(IScheme)
+class XTest:
     """A plugin scheme: passes when X-Test says yes."""
 
     name = "x_test"
 
     def __init__(self, mode: Mode) -> None:
-        self._mode = mode
+        self.mode = mode
 
-    def mode(self, api: ApiConfig) -> Mode:
-        return self._mode
-
-    def authenticate(self, context: AuthContext, api: ApiConfig) -> SchemeResult:
-        value = context.headers.getRawHeaders(b"x-test")
-        if not value:
-            return SchemeResult(False, False, reason="no x-test")
-        if value[0] == b"yes":
+    def authenticate(self, call: Call) -> SchemeResult:
+        value = call.request.headers.first(b"x-test")
+        if value is None:
+            return SchemeResult(False, False, reason="no x-test", challenge=b"XTest")
+        if value == b"yes":
             return SchemeResult(True, True, principal="x-test")
-        return SchemeResult(False, True, reason="x-test says no")
+        return SchemeResult(False, True, reason="x-test says no", challenge=b"XTest error")
 
 
 def test_a_plugin_scheme_joins_the_combine_rule() -> None:
-    verifyObject(IAuthenticator, AlwaysHeader(OPT))
-    p = Policy([MutualSslAuthenticator(), ApiKeyAuthenticator(KEYS), AlwaysHeader(OPT)])
+    verifyObject(IScheme, XTest(OPT))
     a = api(mtls=OPT)
-    yes = Headers({b"x-test": [b"yes"]})
-    no = Headers({b"x-test": [b"no"]})
-    assert p.decide(AuthContext(NONE, yes), a) == Allow(("x-test",))
-    result = p.decide(AuthContext(NONE, no), a)
-    assert isinstance(result, Deny)
+    p = pipeline([MutualSsl(a), XTest(OPT)], api=a)
+    call = fake_call(api=a, headers={"x-test": "yes"})
+    assert isinstance(run(p, call), HeaderEdit) and call.principals == ("x-test",)
+    result = run(p, fake_call(api=a, headers={"x-test": "no"}))
+    assert isinstance(result, Refusal)
     assert result.error.code == "900901"
     assert result.error.description == "x-test says no"
-    p = Policy([MutualSslAuthenticator(), AlwaysHeader(MAND)])
-    result = p.decide(AuthContext(NONE, Headers()), api())
-    assert isinstance(result, Deny) and result.error.code == "900902"
+    assert result.headers == ((b"WWW-Authenticate", b"XTest error"),)
+    p = pipeline([XTest(MAND)], api=api())
+    result = run(p, fake_call(api=api()))
+    assert isinstance(result, Refusal) and result.error.code == "900902"
+    assert result.headers == ((b"WWW-Authenticate", b"XTest"),)
+
+
+@implementer(IScheme)
+class Later:
+    """An asynchronous scheme: answers when the test fires its Deferred."""
+
+    name = "later"
+    mode = MAND
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[SchemeResult]] = []
+
+    def authenticate(self, call: Call) -> Deferred[SchemeResult]:
+        d: Deferred[SchemeResult] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+@implementer(IAuthoriser, IRequestTransform)
+class Recorder:
+    """Records the order stages run in; refuses when told to."""
+
+    name = "recorder"
+
+    def __init__(self, log: list[str], refuse: bool = False) -> None:
+        self.log = log
+        self.refuse = refuse
+
+    def authorise(self, call: Call) -> Refusal | None:
+        self.log.append("authorise")
+        if self.refuse:
+            from twistedgw import errors
+
+            return Refusal(errors.forbidden("no"))
+        return None
+
+    def transform_request(self, call: Call, edit: HeaderEdit) -> None:
+        self.log.append("transform")
+        edit.set(b"X-Seen", b"1")
+
+
+def test_stages_run_in_order_and_a_refusal_ends_the_pipeline() -> None:
+    log: list[str] = []
+    a = api()
+    outcome = run(pipeline([Recorder(log)], api=a), fake_call(api=a))
+    assert log == ["authorise", "transform"]
+    assert isinstance(outcome, HeaderEdit) and outcome.set_values[b"x-seen"] == (b"X-Seen", b"1")
+    log.clear()
+    refused = run(pipeline([Recorder(log, refuse=True)], api=a), fake_call(api=a))
+    assert log == ["authorise"] and isinstance(refused, Refusal)
+    assert refused.error.status == 403
+
+
+def test_all_synchronous_stages_create_no_deferred(verified: ClientIdentity) -> None:
+    a = api(mtls=MAND, key=OPT)
+    p = pipeline([MutualSsl(a), ApiKeys(a, KEYS), Recorder([])], api=a)
+    outcome = p.run(call_for(verified, KEY, a))
+    assert isinstance(outcome, HeaderEdit)
+
+
+def test_an_async_scheme_suspends_and_resumes() -> None:
+    later = Later()
+    log: list[str] = []
+    a = api()
+    outcome = pipeline([later, Recorder(log)], api=a).run(fake_call(api=a))
+    assert isinstance(outcome, Deferred) and log == []
+    results: list[object] = []
+    outcome.addCallback(results.append)
+    later.pending[0].callback(SchemeResult(True, True, principal="later"))
+    assert log == ["authorise", "transform"] and isinstance(results[0], HeaderEdit)
+    # An async refusal ends it the same way.
+    later = Later()
+    log.clear()
+    outcome = pipeline([later, Recorder(log)], api=a).run(fake_call(api=a))
+    assert isinstance(outcome, Deferred)
+    outcome.addCallback(results.append)
+    later.pending[0].callback(SchemeResult(False, True, reason="later says no"))
+    assert log == [] and isinstance(results[-1], Refusal)
+    assert results[-1].error.description == "later says no"  # type: ignore[attr-defined]
+
+
+@implementer(IAuthoriser)
+class Broken:
+    name = "broken"
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def authorise(self, call: Call) -> object:
+        if self.how == "raise":
+            raise RuntimeError("boom")
+        if self.how == "fail":
+            return "yes"  # neither None nor a Refusal: a plugin bug
+        d: Deferred[None] = Deferred()
+        d.errback(RuntimeError("async boom"))
+        return d
+
+
+@pytest.mark.parametrize("how", ["raise", "fail", "errback"])
+def test_a_failing_plugin_answers_500_naming_it(how: str) -> None:
+    log: list[str] = []
+    a = api()
+    outcome = run(pipeline([Broken(how), Recorder(log)], api=a), fake_call(api=a))
+    assert isinstance(outcome, Refusal) and log == []
+    assert outcome.error.status == 500
+    assert outcome.error.body() == (
+        b'{"code": "500", "message": "Internal Server Error", '
+        b'"description": "plugin \'broken\' failed"}'
+    )
+
+
+def test_a_plugin_never_forwards_what_the_schemes_refused() -> None:
+    """Authentication runs before any plugin's authoriser or transform."""
+    log: list[str] = []
+    a = api(key=MAND)
+    p = pipeline([ApiKeys(a, KEYS), Recorder(log)], api=a)
+    assert isinstance(run(p, fake_call(api=a)), Refusal) and log == []
+    assert isinstance(run(p, fake_call(api=a, headers={"apikey": "the-key"})), HeaderEdit)
+
+
+def test_an_async_stage_already_fired_stays_cheap() -> None:
+    @implementer(IAuthoriser)
+    class Fired:
+        name = "fired"
+
+        def authorise(self, call: Call) -> Deferred[None]:
+            return succeed(None)
+
+    a = api()
+    assert isinstance(run(pipeline([Fired()], api=a), fake_call(api=a)), HeaderEdit)

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from twistedgw import pki
 from twistedgw.config import BackendTlsConfig, ConfigError, GatewayConfig
+from twistedgw.identity import fingerprint
 
 __all__ = ["BackendPolicy", "BackendTls", "build", "load_policy"]
 
@@ -50,8 +51,8 @@ class BackendPolicy:
         self.client = client
         self.server_name = server_name
         self.key: tuple[object, ...] = (
-            tuple(pki.fingerprint(c) for c in self.trusted),
-            tuple(pki.fingerprint(c) for c in (client.cert, *client.chain)) if client else None,
+            tuple(fingerprint(c) for c in self.trusted),
+            tuple(fingerprint(c) for c in (client.cert, *client.chain)) if client else None,
             server_name,
         )
         self._hash = hash(self.key)

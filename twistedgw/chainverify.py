@@ -30,8 +30,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
-from twistedgw.pki import TrustStore, fingerprint
+from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
+from twistedgw.pki import TrustStore
 
 # The handshake's words (tls.py uses the same module), re-exported for callers.
 from twistedgw.reasons import EXPIRED as EXPIRED

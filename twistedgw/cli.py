@@ -199,6 +199,26 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     return 0
 
 
+BUILT_IN = (
+    ("mutual_ssl", "the mutual_ssl key: client certificate verified under the API's aliases"),
+    ("api_key", "the api_key key: an [[api_keys]] key in the apikey header"),
+    ("revocation", "[tls] revocation: CRL/OCSP for the caller's chain"),
+    ("tiers", "[[apis.tiers]]: per-certificate request rates"),
+    ("identity", "[identity]: strips identity headers, forwards the verified one"),
+)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List the plugins [[apis.plugins]] can name, and the built-in stages, one a line."""
+    from twistedgw.pipeline import installed
+
+    for name, what in BUILT_IN:
+        print(f"{name:<20} built-in  {what}")
+    for found in installed():
+        print(f"{found.name:<20} {found.origin}  {found.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twistedgw", description="API gateway with per-API mutual TLS, on Twisted."
@@ -229,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write here (and FILE-truststore.pem beside it)")
     p.add_argument("--check", action="store_true", help="run nginx -t on the output")
     p.set_defaults(func=cmd_nginx_config)
+    p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
+    p.set_defaults(func=cmd_plugins)
     return parser
 
 

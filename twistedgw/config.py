@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from twistedgw.identity_rules import IdentityRule, parse_rule
+
 T = TypeVar("T")
 
 
@@ -110,8 +112,24 @@ class BackendTlsConfig:
 
 @dataclass(frozen=True)
 class Tier:
-    alias: str
+    """A rate for certificates under a truststore alias, or for one consumer (exactly one)."""
+
+    alias: str | None
     requests_per_minute: int
+    consumer: str | None = None
+    where: str = field(default="", compare=False)  # its dotted key, for messages
+
+
+CONSUMER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """An application (``[[consumers]]``): its API keys and certificate identity entries."""
+
+    name: str
+    api_keys: tuple[str, ...] = ()
+    certificates: tuple[IdentityRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,8 @@ class ApiConfig:
     tiers: tuple[Tier, ...] = ()
     backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
     plugins: tuple[PluginSpec, ...] = ()  # in the order they run
+    identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
+    consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
 
     @property
     def label(self) -> str:
@@ -226,6 +246,7 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
     nginx: NginxConfig | None = None
+    consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
 
     @property
     def needs_tls(self) -> bool:
@@ -524,6 +545,66 @@ def _backend_tls(r: _Reader) -> BackendTlsConfig:
     return cfg
 
 
+def _identity_entries(r: _Reader, key: str) -> list[IdentityRule]:
+    """``[[<table>.<key>]]`` identity entries (identity_rules.py), problems by dotted key."""
+    out = []
+    for t in r.tables(key):
+        t.seen.update(t.table)  # parse_rule reports unknown keys itself
+
+        def problem(k: str, message: str, t: _Reader = t) -> None:
+            t.problems.add(t.where(k) if k else t.path, message)
+
+        rule = parse_rule(t.table, problem)
+        if rule is not None:
+            out.append(rule)
+    if key in r.table and r.table[key] == []:
+        r.problem(key, "an empty list matches no certificate; remove the key instead")
+    return out
+
+
+def _consumers(top: _Reader, key_names: set[str]) -> list[Consumer]:
+    """``[[consumers]]``: unique names, API keys that exist, certificate identity entries."""
+    out: list[Consumer] = []
+    names: set[str] = set()
+    for r in top.tables("consumers"):
+        name = r.required("name", str)
+        if name is not None and not CONSUMER_NAME_RE.match(name):
+            r.problem("name", f"must be 1-64 of A-Z a-z 0-9 . _ -, got {name!r}")
+            name = None
+        elif name is not None and name in names:
+            r.problem("name", f"duplicate consumer name {name!r}")
+            name = None
+        keys = _string_list(r, "api_keys") or []
+        for i, key in enumerate(keys):
+            if key not in key_names:
+                listing = ", ".join(sorted(key_names)) or "none"
+                r.problem(f"api_keys[{i}]", f"no [[api_keys]] entry is named {key!r} "
+                          f"(defined: {listing})")
+        certificates = _identity_entries(r, "certificates")
+        r.finish()
+        if name is not None:
+            names.add(name)
+            out.append(Consumer(name, tuple(keys), tuple(certificates)))
+    return out
+
+
+def _check_consumer_names(
+    problems: _Problems, apis: list[tuple[str, ApiConfig]], consumers: list[Consumer]
+) -> None:
+    """APIs and tiers may only name consumers that ``[[consumers]]`` defines."""
+    known = {c.name for c in consumers}
+    listing = ", ".join(sorted(known)) or "none"
+    for where, api in apis:
+        for i, name in enumerate(api.consumers or ()):
+            if name not in known:
+                problems.add(f"{where}.consumers[{i}]",
+                             f"unknown consumer {name!r} (defined: {listing})")
+        for tier in api.tiers:
+            if tier.consumer is not None and tier.consumer not in known:
+                problems.add(f"{tier.where}.consumer",
+                             f"unknown consumer {tier.consumer!r} (defined: {listing})")
+
+
 def _api(r: _Reader) -> ApiConfig | None:
     name = r.required("name", str)
     version = r.get("version", str, "")
@@ -543,15 +624,33 @@ def _api(r: _Reader) -> ApiConfig | None:
     backend_tls = _backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     tiers = []
     for t in r.tables("tiers"):
-        alias = t.required("alias", str)
+        alias = t.get("alias", str, None)  # type: ignore[arg-type]
+        tier_consumer = t.get("consumer", str, None)  # type: ignore[arg-type]
+        if ("alias" in t.table) == ("consumer" in t.table):
+            t.problem("alias", "give exactly one of alias (a truststore alias) or consumer")
         rpm = (
             t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
         )
         if rpm is None:
             t.problem("requests_per_minute", "is required")
         t.finish()
-        if alias is not None and rpm:
-            tiers.append(Tier(alias, rpm))
+        if (alias is None) != (tier_consumer is None) and rpm:
+            tiers.append(Tier(alias, rpm, consumer=tier_consumer, where=t.path))
+    identities = _identity_entries(r, "identities")
+    # Judged by the key as written, so a misspelt mode is not also blamed here.
+    if identities and r.table.get("mutual_ssl", Mode.DISABLED.value) == Mode.DISABLED.value:
+        r.problem(
+            "identities",
+            "identity rules apply to client certificates, but this API has mutual_ssl "
+            "disabled; enable mutual_ssl or remove them",
+        )
+    api_consumers = _string_list(r, "consumers")
+    if api_consumers == [] and "consumers" in r.table:
+        r.problem(
+            "consumers",
+            "an empty list lets no caller through; remove the key to accept any caller, "
+            "or name the consumers to accept",
+        )
     plugins = []
     for t in r.tables("plugins"):
         plugin_name = t.required("name", str)
@@ -608,6 +707,8 @@ def _api(r: _Reader) -> ApiConfig | None:
         tiers=tuple(tiers),
         backend_tls=backend_tls,
         plugins=tuple(plugins),
+        identities=tuple(identities),
+        consumers=tuple(api_consumers) if api_consumers is not None else None,
     )
 
 
@@ -851,6 +952,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                 key_names.add(name)
                 keys.append(ApiKey(name, raw_digest))
 
+    consumers = _consumers(top, key_names)
+    _check_consumer_names(problems, api_paths, consumers)
     mutual_ssl = _mutual_ssl(top.sub("mutual_ssl"))
     authz = None
     if "authz" in raw:
@@ -960,6 +1063,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
         nginx=nginx,
+        consumers=tuple(consumers),
     )
     return Parsed(
         config=config,

@@ -96,6 +96,7 @@ def _build(
     issuer_key_for_aki: PrivateKey,
     path_length: int | None = None,
     ocsp_url: str | None = None,
+    policies: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """Build a certificate whose base64 DER contains ``+``, ``/`` and ``=``.
 
@@ -169,6 +170,13 @@ def _build(
                 ),
                 critical=False,
             )
+        if policies:
+            builder = builder.add_extension(
+                x509.CertificatePolicies(
+                    [x509.PolicyInformation(x509.ObjectIdentifier(p), None) for p in policies]
+                ),
+                critical=False,
+            )
         cert = builder.sign(signing_key, hashes.SHA256())
         b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER))
         if b"+" in b64 and b"/" in b64 and b64.endswith(b"="):
@@ -232,9 +240,12 @@ class Authority:
         not_after: datetime.datetime | None = None,
         key_type: KeyType | None = None,
         ocsp_url: str | None = None,
+        policies: tuple[str, ...] = (),
+        key: PrivateKey | None = None,
     ) -> Issued:
-        """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA."""
-        key = new_key(key_type or self.key_type)
+        """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA,
+        ``policies`` go in certificatePolicies, ``key`` reuses a key (a renewal)."""
+        key = key or new_key(key_type or self.key_type)
         now = _now()
         if sans is None:
             sans = (
@@ -254,6 +265,7 @@ class Authority:
             sans=sans,
             issuer_key_for_aki=self.key,
             ocsp_url=ocsp_url,
+            policies=policies,
         )
         chain = (self.cert, *self.chain) if not _self_signed(self.cert) else ()
         return Issued(cert, key, chain)
@@ -377,6 +389,9 @@ class DevPki:
         return self.backend_dir / "gateway-client.key"
 
 
+IDENTITY_POLICY_OID = "1.3.6.1.4.1.55555.1.1"  # under a private enterprise arc, for tests
+
+
 def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     """Write a complete dev PKI below ``directory``.
 
@@ -385,6 +400,9 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     intermediate), ``other-root`` (a second trusted CA), ``pinned-client`` (a
     self-signed client pinned by itself) and ``lb-ca`` (issues load-balancer
     certificates). ``intruder`` chains to a CA that is not trusted at all.
+    ``identity-app`` carries a DNS, a SPIFFE URI and an e-mail SAN and the
+    policy ``IDENTITY_POLICY_OID``; ``identity-renewed`` reuses its key;
+    ``acme-app`` and ``globex-app`` are the consumers of the README's examples.
     """
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -417,7 +435,30 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
         "pinned": self_signed_client("pinned-app", key_type),
         "intruder": untrusted.issue("intruder-app"),
         "lb": lb_ca.issue("lb.internal"),
+        # Identity rules and consumers: every SAN kind and a certificate policy.
+        "identity-app": partner_issuing.issue(
+            "identity-app",
+            sans=[
+                x509.DNSName("api.partner.example"),
+                x509.UniformResourceIdentifier("spiffe://partner.example/ns/prod/sa/billing"),
+                x509.RFC822Name("billing@partner.example"),
+            ],
+            policies=(IDENTITY_POLICY_OID,),
+        ),
+        "acme-app": partner_issuing.issue(
+            "acme-app",
+            sans=[x509.UniformResourceIdentifier("spiffe://acme.example/ns/prod/sa/orders")],
+        ),
+        "globex-app": other_root.issue(
+            "globex-app", sans=[x509.UniformResourceIdentifier("spiffe://globex.example/sa/web")]
+        ),
     }
+    # The same key, certified again: SPKI pins survive renewal, certificate hashes do not.
+    issued["identity-renewed"] = partner_issuing.issue(
+        "identity-app",
+        key=issued["identity-app"].key,
+        sans=[x509.DNSName("api.partner.example")],
+    )
 
     pki = DevPki(
         directory=directory,

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from cryptography import x509
 
 from twistedgw.chainverify import ChainVerifier
+from twistedgw.identity import fingerprint
 from twistedgw.lbheader import HeaderDecodeError, decode
-from twistedgw.pki import TrustStore, fingerprint
+from twistedgw.pki import TrustStore
 
 EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1

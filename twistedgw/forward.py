@@ -41,6 +41,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from twistedgw import errors
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.upstream import (
     TOKEN,
     BadResponse,
@@ -58,23 +59,6 @@ from twistedgw.upstream import (
 __all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
 
 _log = Logger(namespace="twistedgw.forward")
-
-#: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus
-#: the proxy-credential pair, which is meant for the gateway, not the backend.
-HOP_BY_HOP: frozenset[bytes] = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
 
 # Request headers the gateway always sets itself or must not pass on:
 # Content-Length comes from the spooled body, Host from the target URL,
@@ -220,6 +204,11 @@ def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
         response_headers.setRawHeaders(b"Content-Length", [b"%d" % (head.length,)])
 
 
+def _copied(head: ResponseHead) -> set[bytes]:
+    """The names ``copy_response_headers`` may have set from ``head``."""
+    return {name.lower() for name, _ in head.headers} | {b"content-length"}
+
+
 # -- forwarding --------------------------------------------------------------
 
 
@@ -281,17 +270,21 @@ class Forwarder:
         on_done: Callable[[ForwardResult], None] | None = None,
         backend_timeout: float | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
+        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
     ) -> None:
         """Relay `request` to the absolute URL `target`; the request is ours from now on.
 
         `backend_timeout` overrides the forwarder's for this request (an API's own
         `backend_timeout`), since one slow API must not set the limit for all;
         `tls_policy` likewise overrides how an https backend is verified.
+        `on_answer(request)` runs when the answer's status and headers are set and
+        nothing is written yet (the API's response transforms); an error it returns
+        is answered instead of the backend's response.
         """
         settings = self._settings
         if backend_timeout is not None:
             settings = replace(settings, backend_timeout=backend_timeout)
-        exchange = _Exchange(self, request, target, on_done, settings)
+        exchange = _Exchange(self, request, target, on_done, settings, on_answer)
         try:
             if tls_policy is None:
                 tls_policy = self._tls
@@ -346,8 +339,10 @@ class _Exchange:
         target: bytes,
         on_done: Callable[[ForwardResult], None] | None,
         settings: ForwardSettings,
+        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
     ) -> None:
         self._fw = forwarder
+        self._on_answer = on_answer
         self._reactor = forwarder._reactor
         self._settings = settings
         self._request = request
@@ -444,6 +439,16 @@ class _Exchange:
             self._cancel_timer()
             self._send_error(errors.internal_error(), "other")
             return
+        if self._on_answer is not None:
+            refused = self._on_answer(request)
+            if refused is not None:  # a response transform failed: its error, not the body
+                self._cancel_call()
+                self._cancel_timer()
+                headers = request.responseHeaders
+                for name in _copied(head):
+                    headers.removeHeader(name)  # nothing of the backend's answer may stay
+                self._send_error(refused, "other", transform=False)
+                return
         self._phase = "streaming"
         self._status = head.code
         self._rearm()  # from now on: the longest silence between body bytes
@@ -503,17 +508,15 @@ class _Exchange:
 
     # -- endings ---------------------------------------------------------
 
-    def _send_error(self, err: errors.GatewayError, kind: str) -> None:
+    def _send_error(self, err: errors.GatewayError, kind: str, *, transform: bool = True) -> None:
         request = self._request
-        body = err.body()
         if not request.startedWriting:
-            request.setResponseCode(err.status)
-            request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
-            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+            body = errors.write_error(request, err)
+            if transform and self._on_answer is not None:
+                self._on_answer(request)  # a failing transform was logged; answer as is
             request.write(body)
             request.finish()
-            sent = 0 if request.method == b"HEAD" else len(body)
-            self._finish_result(err.status, kind, sent)
+            self._finish_result(err.status, kind, len(body))
         else:  # cannot happen before headers; never send a second status line
             _abort_client(request)
             self._finish_result(request.code, kind)

@@ -41,10 +41,10 @@ from zope.interface import implementer
 from twistedgw import errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.routing import BadPath, normalise, split_target
+from twistedgw.routing import split_target
 
 if TYPE_CHECKING:
-    from twistedgw.web import Gateway
+    from twistedgw.web import Gateway, Routed
 
 log = Logger()
 
@@ -94,20 +94,13 @@ class Guard:
         # Read per connection, so a reload applies to new connections.
         return self.gateway.runtime.config.limits
 
-    def body_limit(self, target: bytes | None) -> int:
-        """The ``max_body_bytes`` of the API ``target`` routes to (the global one otherwise)."""
-        runtime = self.gateway.runtime
-        default = runtime.config.limits.max_body_bytes
+    def route(self, target: bytes | None) -> Routed | None:
+        """Route ``target`` once, under the Runtime in force now; the resource reuses it."""
         if target is None:
-            return default
-        raw_path, query = split_target(target)
-        try:
-            route = runtime.router.route(normalise(raw_path), query)
-        except BadPath:
-            return default
-        if route is None or route.api.max_body_bytes is None:
-            return default
-        return route.api.max_body_bytes
+            return None
+        from twistedgw.web import route_request  # web imports nothing from here
+
+        return route_request(self.gateway.runtime, target)
 
 
 class _DateCache:
@@ -137,6 +130,7 @@ class GuardedRequest(Request):
     _parsePOSTFormSubmission = False
     body_limit: int | None = None
     body_received = 0
+    routed: Routed | None = None  # set when the headers are in; the resource routes no more
 
     def process(self) -> None:
         """twisted.web's ``process`` without resource traversal when the root is a leaf.
@@ -350,9 +344,11 @@ class GuardedChannel(HTTPChannel):
         if problem is not None:
             self.refuse(errors.bad_request(problem), "bad_request")
             return
-        limit = self.guard.body_limit(getattr(self, "_path", None))
+        routed = self.guard.route(getattr(self, "_path", None))
+        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         if isinstance(request, GuardedRequest):
             request.body_limit = limit
+            request.routed = routed
         if self.length is not None and self.length > limit:
             # Before reading any of it (and before any 100 Continue).
             self.refuse(errors.payload_too_large(limit), "body_too_large")

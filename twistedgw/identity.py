@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from twistedgw import reasons
-from twistedgw.pki import fingerprint
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the DER encoding: the identity of a certificate."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
 class Outcome(enum.Enum):

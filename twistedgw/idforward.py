@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from twistedgw.config import ApiConfig, IdentityConfig, Mode
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 
 XFCC = b"x-forwarded-client-cert"
 CLIENT_CERT = b"client-cert"
@@ -52,7 +51,11 @@ LOAD_BALANCER_HEADERS = frozenset(
         b"x-arr-clientcert",
     }
 )
-ALWAYS_STRIPPED = frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN}) | LOAD_BALANCER_HEADERS
+# The consumer the gateway mapped the caller to ([[consumers]]); set only by the gateway.
+CONSUMER_NAME = b"x-consumer-name"
+ALWAYS_STRIPPED = (
+    frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN, CONSUMER_NAME}) | LOAD_BALANCER_HEADERS
+)
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -401,6 +401,7 @@ def _api_body(
     for n, name in enumerate(identity_names):
         variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
         write(f"        auth_request_set $tgw_id_{n} $upstream_http_{variable};")
+    write("        auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
     write("        error_page 401 403 = @twistedgw_gateway;")
     write(f"        error_page 413 = @twistedgw_413_{i};")
     write("        error_page 502 503 = @twistedgw_503;")
@@ -419,8 +420,9 @@ def _api_body(
     write("        proxy_set_header X-Forwarded-Proto https;")
     write("        proxy_set_header X-Forwarded-Host $http_host;")
     for header in stripped:
-        if header.encode() not in identity_names:
+        if header.encode() not in identity_names and header.encode() != idforward.CONSUMER_NAME:
             write(f'        proxy_set_header {header} "";')
+    write("        proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
     for n, name in enumerate(identity_names):
         write(f"        proxy_set_header {name.decode()} $tgw_id_{n};")
     for line in _backend_tls(config, api, "        "):

@@ -30,8 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
 from twistedgw import reasons
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.runtime import Runtime
 from twistedgw.web import RequestRecord
 
@@ -43,8 +42,12 @@ NO_API = "-"
 _NOT_BACKEND_ERRORS = frozenset({"client_gone"})
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# (api, status, duration seconds, cert source, cert result, reason label, backend error kind)
-Sample = tuple[str, int, float, str | None, str | None, str | None, str | None]
+# The consumer label of requests whose caller mapped to no configured consumer.
+NO_CONSUMER = "none"
+
+# (api, status, duration seconds, cert source, cert result, reason label, backend error kind,
+#  consumer)
+Sample = tuple[str, int, float, str | None, str | None, str | None, str | None, str | None]
 
 
 def _reason_labels() -> list[tuple[str, str]]:
@@ -86,6 +89,7 @@ def sample_of(record: RequestRecord) -> Sample:
         identity.outcome.value if identity is not None else None,
         reason_label(identity.reason) if identity is not None and not identity.verified else None,
         record.error_kind,
+        record.consumer,
     )
 
 
@@ -97,8 +101,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "twistedgw_requests",
-            "Requests answered, by API and status.",
-            ["api", "status"],
+            "Requests answered, by API, status and consumer (a configured name or none).",
+            ["api", "status", "consumer"],
             registry=r,
         )
         self.duration = Histogram(
@@ -138,18 +142,33 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         r.register(CertificateExpiryCollector(runtime))
+        self._runtime = runtime
         self._children: dict[tuple[object, ...], tuple[Any, Any, Any]] = {}
+        self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
 
     def observe(self, record: RequestRecord) -> None:
         """A ``Gateway`` observer."""
         self.count(sample_of(record))
 
+    def _consumer_label(self, consumer: str | None) -> str:
+        """The consumer, if the config in force defines it: a plugin that set
+        ``call.consumer`` to anything else must not create time series."""
+        if consumer is None:
+            return NO_CONSUMER
+        built = self._runtime()
+        config = built.config if built is not None else None
+        if self._consumers[0] is not config:
+            names = frozenset(c.name for c in config.consumers) if config is not None else None
+            self._consumers = (config, names or frozenset())
+        return consumer if consumer in self._consumers[1] else NO_CONSUMER
+
     def count(self, sample: Sample) -> None:
-        api, status, duration, source, result, reason, kind = sample
+        api, status, duration, source, result, reason, kind = sample[:7]
+        consumer = self._consumer_label(sample[7] if len(sample) > 7 else None)
         # Labelled children, looked up once per label set: prometheus_client's
         # labels() validates its arguments on every call (~3% of a request's CPU).
         children = self._children
-        key = (api, status, source, result, reason)
+        key = (api, status, source, result, reason, consumer)
         found = children.get(key)
         if found is None:
             verdict = (
@@ -158,7 +177,7 @@ class Metrics:
                 else None
             )
             found = (
-                self.requests.labels(api=api, status=str(status)),
+                self.requests.labels(api=api, status=str(status), consumer=consumer),
                 self.duration.labels(api=api),
                 verdict,
             )
@@ -239,6 +258,7 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
         "bytes": record.bytes_sent,
     }
     entry.update(_mtls_fields(identity))
+    entry["consumer"] = record.consumer
     entry["error"] = record.error_kind
     entry["pid"] = os.getpid()
     return entry

@@ -7,7 +7,6 @@ APIs grant access by alias, as WSO2's ``aliasList`` does.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,16 +15,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from twistedgw.identity import fingerprint
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 class PkiError(Exception):
     """A keystore or truststore could not be used; the message names the file."""
-
-
-def fingerprint(cert: x509.Certificate) -> bytes:
-    """SHA-256 of the DER encoding: the identity of a certificate."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
 @dataclass(frozen=True)

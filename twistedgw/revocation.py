@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 from twistedgw import reasons
 from twistedgw.config import TlsConfig
-from twistedgw.pki import fingerprint
+from twistedgw.identity import fingerprint
 
 log = Logger()
 

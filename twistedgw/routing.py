@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twistedgw.config import ApiConfig
+
+if TYPE_CHECKING:
+    from twistedgw.pipeline import Pipeline
 
 
 class BadPath(ValueError):
@@ -102,8 +106,11 @@ _normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
 
 @dataclass(frozen=True)
 class Route:
+    """Where one request goes: its API, the backend URL and the API's compiled pipeline."""
+
     api: ApiConfig
     backend_target: bytes  # absolute URL for the backend, path and query included
+    pipeline: Pipeline | None = None  # None only for a Router built without pipelines
 
 
 class Router:
@@ -113,14 +120,17 @@ class Router:
     protected ``/petstore`` to a catch-all API whose backend ignores case.
     """
 
-    def __init__(self, apis: Iterable[ApiConfig]) -> None:
+    def __init__(
+        self, apis: Iterable[ApiConfig], pipelines: Mapping[ApiConfig, Pipeline] | None = None
+    ) -> None:
         ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
-        self._apis = [(a.context.lower().encode(), a) for a in ordered]
+        pipelines = pipelines or {}
+        self._apis = [(a.context.lower().encode(), a, pipelines.get(a)) for a in ordered]
 
     def route(self, path: bytes, query: bytes | None) -> Route | None:
         """``path`` must already be normalised."""
         lowered = path.lower()
-        for context, api in self._apis:
+        for context, api, pipeline in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
                 rest = path[len(context) :] if context != b"/" else path
                 target = api.backend.encode() + (rest if rest else b"")
@@ -128,5 +138,5 @@ class Router:
                     target += b"/"
                 if query is not None:
                     target += b"?" + query
-                return Route(api, target)
+                return Route(api, target, pipeline)
         return None

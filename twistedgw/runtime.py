@@ -10,7 +10,7 @@ and checks the key material that does not depend on them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -18,8 +18,8 @@ from cryptography import x509
 from twistedgw import backendtls, pki, revocation
 from twistedgw import config as configmod
 from twistedgw.chainverify import ChainVerifier
-from twistedgw.config import ConfigError, GatewayConfig, TlsConfig
-from twistedgw.policy import ApiKeyAuthenticator, IAuthenticator, MutualSslAuthenticator, Policy
+from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, TlsConfig
+from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.routing import Router
 from twistedgw.tls import HandshakeRecords, ServerTLS
 
@@ -30,17 +30,13 @@ class Runtime:
     keystore: pki.KeyStore | None
     truststore: pki.TrustStore | None
     server_tls: ServerTLS | None
-    router: Router
-    policy: Policy
+    router: Router  # its routes carry each API's compiled pipeline
     header_verifier: ChainVerifier | None
     revocation: revocation.RevocationChecker | None = None  # CRLs are re-read on reload
     # TLS to https:// backends; a reload swaps it with the rest, and the forwarder's
     # pool is keyed by its policies, so changed settings get new connections.
     backend_tls: backendtls.BackendTls | None = None
-
-
-def authenticators(config: GatewayConfig) -> list[IAuthenticator]:
-    return [MutualSslAuthenticator(), ApiKeyAuthenticator(config.api_keys)]
+    shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
 
 
 @dataclass
@@ -51,6 +47,7 @@ class _Material:
     revocation: revocation.RevocationChecker | None = None
     backend_tls: backendtls.BackendTls | None = None
     intermediates: tuple[x509.Certificate, ...] = ()
+    pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
 
 
 def _never(key: str) -> bool:
@@ -72,6 +69,7 @@ def _load_material(
     *,
     broken: Callable[[str], bool] = _never,
     api_paths: Sequence[str] | None = None,
+    shared: Shared | None = None,
 ) -> _Material:
     """Load the key material and cross-check the config against it, adding to ``problems``.
 
@@ -114,7 +112,7 @@ def _load_material(
 
         for path, api in zip(api_paths, config.apis, strict=True):
             check(f"{path}.aliases", api.aliases)
-            check(f"{path}.tiers", frozenset(t.alias for t in api.tiers))
+            check(f"{path}.tiers", frozenset(t.alias for t in api.tiers if t.alias is not None))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
     bundle = config.mutual_ssl.intermediates
     if bundle is not None and not broken("mutual_ssl.intermediates"):
@@ -151,13 +149,25 @@ def _load_material(
             out.server_tls = ServerTLS(tls, out.keystore, out.truststore, records)
         except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
             problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
+    # Each API's pipeline: built-ins from the config keys, then its [[apis.plugins]],
+    # which check their own tables here (so `check` reports them in this pass).
+    out.pipelines = compile_pipelines(
+        config, problems, revocation=out.revocation, shared=shared, api_paths=api_paths
+    )
     return out
 
 
-def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Runtime:
-    """Load key material and cross-check the config; raise ConfigError on any problem."""
+def build(
+    config: GatewayConfig,
+    records: HandshakeRecords | None = None,
+    shared: Shared | None = None,
+) -> Runtime:
+    """Load key material, compile the pipelines and cross-check the config; raise
+    ConfigError on any problem. ``shared`` is what the previous Runtime's pipelines
+    kept across reloads (tier buckets, ...); a new one when None."""
     problems: list[str] = []
-    material = _load_material(config, problems, records)
+    shared = shared if shared is not None else Shared()
+    material = _load_material(config, problems, records, shared=shared)
     if problems:
         raise ConfigError(problems)
     header_verifier = (
@@ -170,15 +180,17 @@ def build(config: GatewayConfig, records: HandshakeRecords | None = None) -> Run
         keystore=material.keystore,
         truststore=material.truststore,
         server_tls=material.server_tls,
-        router=Router(config.apis),
-        policy=Policy(authenticators(config)),
+        router=Router(config.apis, material.pipelines),
         header_verifier=header_verifier,
         revocation=material.revocation,
         backend_tls=material.backend_tls,
+        shared=shared,
     )
 
 
-def load(path: str | Path, records: HandshakeRecords | None = None) -> Runtime:
+def load(
+    path: str | Path, records: HandshakeRecords | None = None, shared: Shared | None = None
+) -> Runtime:
     """Read a config file and build its Runtime; raise ConfigError with every problem.
 
     Config and key-material problems come together: where some keys are broken,
@@ -187,7 +199,7 @@ def load(path: str | Path, records: HandshakeRecords | None = None) -> Runtime:
     """
     parsed = configmod.load_partial(path)
     if not parsed.problems:
-        return build(parsed.config, records)
+        return build(parsed.config, records, shared)
     problems = list(parsed.problems)
     _load_material(parsed.config, problems, broken=parsed.broken, api_paths=parsed.api_paths)
     raise ConfigError(problems)

@@ -32,6 +32,7 @@ from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.drain import ConnectionTracker
 from twistedgw.forward import Forwarder, ForwardSettings
 from twistedgw.observe import AccessLog, Metrics
+from twistedgw.pipeline import Shared
 from twistedgw.tls import HandshakeRecords
 from twistedgw.web import Gateway, GatewayResource
 
@@ -267,27 +268,20 @@ class GatewayService(service.Service):
 
     def reload(self) -> bool:
         """Re-read the config and key material; keep the old state on any problem."""
-        try:
-            built = runtime.load(self.config.source, self._records)
-        except ConfigError as e:
-            for line in e.problems:
-                log.error(
-                    "Reload refused, still serving the previous config: {problem}", problem=line
-                )
-            if self.metrics is not None:
-                self.metrics.reloaded(False)
+        # The tier buckets and other shared state carry over to the new pipelines.
+        built = reload_runtime(self.config, self._records, self.gateway.runtime.shared)
+        if self.metrics is not None:
+            self.metrics.reloaded(built is not None)
+        if built is None:
             self.reopen_logs()  # logrotate sends SIGHUP whatever the config says
             return False
         new_config = built.config
-        _warn_restart_only(self.config, new_config)
         try:
             self._set_access_log(new_config)
         except ConfigError as e:  # the rest of the new config still applies
             log.error("{problem}", problem=e.problems[0])
         self.config = new_config
         self.gateway.runtime = built
-        if self.metrics is not None:
-            self.metrics.reloaded(True)
         log.info("Reloaded {source}", source=str(new_config.source))
         return True
 
@@ -309,6 +303,21 @@ class GatewayService(service.Service):
         d.addBoth(lambda _: self.access_log.close() if self.access_log is not None else None)
         d.addBoth(lambda _: None)
         return d
+
+
+def reload_runtime(
+    old: GatewayConfig, records: HandshakeRecords | None = None, shared: Shared | None = None
+) -> runtime.Runtime | None:
+    """The one reload path (one process, and the supervisor before it tells its workers):
+    re-read ``old.source``; None, with every problem logged, if anything is wrong."""
+    try:
+        built = runtime.load(old.source, records, shared)
+    except ConfigError as e:
+        for line in e.problems:
+            log.error("Reload refused, still serving the previous config: {problem}", problem=line)
+        return None
+    _warn_restart_only(old, built.config)
+    return built
 
 
 def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:

@@ -1,10 +1,12 @@
-"""Per-certificate throttling: a token bucket per verified certificate, as WSO2 binds a tier.
+"""Per-certificate and per-consumer throttling: token buckets, as WSO2 binds a tier.
 
-An API with ``[[apis.tiers]]`` limits each certificate whose verified chain holds
-a tier's alias (the first matching tier, in config order) to that tier's
-``requests_per_minute``; certificates matching no tier, and callers without a
-verified certificate, are not throttled here. Buckets are keyed by (API
-context, leaf SHA-256), so one certificate cannot spend another's budget.
+An API with ``[[apis.tiers]]`` applies the first tier (in config order) that
+names either a truststore alias in the caller's verified chain (when the
+certificate passed the API's mTLS check) or the caller's consumer; its
+``requests_per_minute`` bounds that caller. Callers matching no tier are not
+throttled here. Alias tiers key buckets by (API context, leaf SHA-256), so one
+certificate cannot spend another's budget; consumer tiers by (API context,
+consumer name), so a consumer has one budget whatever credential it used.
 
 The buckets live in the ``Gateway``, not the ``Runtime``: they survive a reload
 (SIGHUP), otherwise rotating a CRL would hand every caller a fresh minute. A
@@ -20,8 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twistedgw.config import ApiConfig, Tier
-from twistedgw.identity import ClientIdentity
-from twistedgw.pki import fingerprint
+from twistedgw.identity import ClientIdentity, fingerprint
 
 
 @dataclass
@@ -30,13 +31,29 @@ class _Bucket:
     updated: float
 
 
-def tier_for(api: ApiConfig, identity: ClientIdentity) -> Tier | None:
-    if not api.tiers or not identity.verified:
+def tier_for(
+    api: ApiConfig, identity: ClientIdentity | None, consumer: str | None = None
+) -> Tier | None:
+    """The first tier naming the certificate's alias or the consumer; ``identity`` only
+    counts when it passed the API's mTLS check (pass None otherwise)."""
+    if not api.tiers:
         return None
+    aliases = identity.trust_aliases if identity is not None and identity.verified else frozenset()
     for tier in api.tiers:
-        if tier.alias in identity.trust_aliases:
+        if tier.consumer is not None:
+            if tier.consumer == consumer:
+                return tier
+        elif tier.alias in aliases:
             return tier
     return None
+
+
+def bucket_key(tier: Tier, identity: ClientIdentity | None) -> bytes | None:
+    """What a tier counts: the consumer, or the leaf certificate (None: nothing to count)."""
+    if tier.consumer is not None:
+        return b"consumer:" + tier.consumer.encode()
+    leaf = identity.leaf if identity is not None else None
+    return b"leaf:" + fingerprint(leaf) if leaf is not None else None
 
 
 class TierThrottle:
@@ -55,16 +72,18 @@ class TierThrottle:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, api: ApiConfig, identity: ClientIdentity) -> float | None:
+    def take(
+        self, api: ApiConfig, identity: ClientIdentity | None, consumer: str | None = None
+    ) -> float | None:
         """Spend one token; None if allowed, else the seconds until one is available."""
-        tier = tier_for(api, identity)
-        leaf = identity.leaf
-        if tier is None or leaf is None:
+        tier = tier_for(api, identity, consumer)
+        which = bucket_key(tier, identity) if tier is not None else None
+        if tier is None or which is None:
             return None
         capacity = float(tier.requests_per_minute)
         rate = capacity / 60.0
         now = self._clock()
-        key = (api.context, fingerprint(leaf))
+        key = (api.context, which)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(capacity, now)

@@ -26,8 +26,8 @@ from zope.interface import implementer
 
 from twistedgw import reasons
 from twistedgw.config import TlsConfig
-from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
-from twistedgw.pki import KeyStore, TrustStore, fingerprint
+from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
+from twistedgw.pki import KeyStore, TrustStore
 
 log = Logger()
 

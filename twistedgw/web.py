@@ -1,14 +1,16 @@
-"""The gateway's HTTP face: one leaf resource that routes, authenticates and forwards.
+"""The gateway's HTTP face: one leaf resource that hands each request to its API's pipeline.
 
-A request travels: normalise the path -> route to an API -> resolve the caller's
-certificate (``callers``) -> run the API's policy -> forward. Every refusal is a
+A request travels: routed once (the guard did it when the headers arrived, see
+``route_request``) -> the caller's certificate resolved (``callers``) -> the
+API's compiled pipeline (certificate checks, schemes combined the WSO2 way,
+authorisers, request transforms) -> forwarded, with the response transforms
+applied to the answer -> observed (one ``RequestRecord``). Every refusal is a
 ``GatewayError`` rendered as WSO2-compatible JSON; nothing a client sends can
 make this raise.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +21,22 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import callers, errors, idforward, tiers, verdicts
-from twistedgw.callers import Caller
-from twistedgw.config import ApiConfig, Mode
-from twistedgw.errors import GatewayError
-from twistedgw.forward import Forwarder, ForwardResult
-from twistedgw.identity import ClientIdentity, failed
-from twistedgw.policy import API_KEY_HEADER, AuthContext, Deny
-from twistedgw.routing import BadPath, normalise, split_target
+from twistedgw import callers, errors, verdicts
+from twistedgw.config import ApiConfig, GatewayConfig
+from twistedgw.errors import GatewayError, write_error
+from twistedgw.forward import Forwarder
+from twistedgw.identity import ClientIdentity
+from twistedgw.pipeline import (
+    Call,
+    HeaderEdit,
+    HeaderView,
+    Outcome,
+    Pipeline,
+    Refusal,
+    RequestView,
+    ResponseEdit,
+)
+from twistedgw.routing import BadPath, Route, normalise, split_target
 from twistedgw.runtime import Runtime
 
 log = Logger()
@@ -46,6 +56,7 @@ class RequestRecord:
     bytes_sent: int
     identity: ClientIdentity | None
     error_kind: str | None = None
+    consumer: str | None = None  # the [[consumers]] name the caller mapped to
 
 
 Observer = Callable[[RequestRecord], None]
@@ -53,12 +64,11 @@ Observer = Callable[[RequestRecord], None]
 
 @dataclass
 class Gateway:
-    """The live state: the current ``Runtime`` (swapped on reload) and what outlives it."""
+    """The live state: the current ``Runtime`` (swapped whole on reload) and its observers."""
 
     runtime: Runtime
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
-    throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)  # survives reload
 
     def notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
@@ -68,62 +78,105 @@ class Gateway:
                 log.failure("request observer failed")
 
 
-def _apply_verdict(caller: Caller, reason: str | None) -> Caller:
-    if reason is None:
-        return caller
-    identity = caller.identity
-    return dataclasses.replace(caller, identity=failed(identity.source, reason, identity.chain))
+@dataclass(frozen=True)
+class Routed:
+    """A request target routed once, under one Runtime snapshot."""
+
+    runtime: Runtime
+    raw_path: bytes
+    path: bytes | None  # normalised; None when the path was refused
+    query: bytes | None
+    route: Route | None
+    problem: str | None = None  # why the path was refused
+
+    @property
+    def body_limit(self) -> int:
+        """The API's ``max_body_bytes``, else the global one: the one body-limit rule."""
+        route = self.route
+        if route is not None and route.api.max_body_bytes is not None:
+            return route.api.max_body_bytes
+        return self.runtime.config.limits.max_body_bytes
 
 
-def with_revocation(
-    request: Request,
-    runtime: Runtime,
-    caller: Caller,
-    api: ApiConfig,
-    then: Callable[[Caller], bytes | int],
-) -> bytes | int:
-    """Run ``then`` with the caller's certificate checked for revocation.
-
-    The check applies to handshake and header certificates alike, after chain
-    verification. It is synchronous (no Deferred) when revocation is off, the
-    API does not use mTLS, or the answer is known without I/O (CRLs, cached
-    OCSP); only an OCSP query suspends the request.
-    """
-    checker = runtime.revocation
-    identity = caller.identity
-    if checker is None or not identity.verified or api.mutual_ssl is Mode.DISABLED:
-        return then(caller)
-    verdict = checker.check(identity.chain)
-    if not isinstance(verdict, Deferred):
-        return then(_apply_verdict(caller, verdict))
-    gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def resume(reason: str | None) -> None:
-        if gone:  # the client left while the responder was asked
-            return
-        body = then(_apply_verdict(caller, reason))
-        if body is not NOT_DONE_YET:
-            assert isinstance(body, bytes)
-            request.write(body)
-            request.finish()
-
-    def crashed(failure: Failure) -> None:
-        log.failure("revocation check failed", failure)
-        if not gone:
-            request.write(write_error(request, errors.internal_error()))
-            request.finish()
-
-    verdict.addCallback(resume).addErrback(crashed)
-    return NOT_DONE_YET
+def route_request(runtime: Runtime, target: bytes) -> Routed:
+    """Normalise and route ``target`` once; the guard calls this when the headers are in
+    and stores the result on the request, so the resource never routes again."""
+    raw_path, query = split_target(target)
+    try:
+        path = normalise(raw_path)
+    except BadPath as e:
+        return Routed(runtime, raw_path, None, query, None, str(e))
+    return Routed(runtime, raw_path, path, query, runtime.router.route(path, query))
 
 
-def write_error(request: Request, error: GatewayError) -> bytes:
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    body = error.body()
-    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
-    return b"" if request.method == b"HEAD" else body
+def request_view(request: Request, path: bytes, query: bytes | None) -> RequestView:
+    return RequestView(
+        method=request.method,
+        path=path,
+        query=query,
+        headers=HeaderView(request.requestHeaders),
+        client=callers.client_ip(request),
+        secure=request.isSecure(),
+    )
+
+
+class _Exchange:
+    """One request's bookkeeping: the record it ends with, and how it answers."""
+
+    __slots__ = ("api", "call", "gateway", "pipeline", "raw_path", "request", "started")
+
+    def __init__(self, gateway: Gateway, request: Request, raw_path: bytes) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.raw_path = raw_path
+        self.started = time.time()
+        self.api: ApiConfig | None = None
+        self.call: Call | None = None
+        self.pipeline: Pipeline | None = None
+
+    def finish(self, status: int, sent: int, kind: str | None = None) -> None:
+        call = self.call
+        request = self.request
+        self.gateway.notify(
+            RequestRecord(
+                started=self.started,
+                duration=time.time() - self.started,
+                client=callers.client_ip(request),
+                method=request.method.decode("latin-1"),
+                path=self.raw_path.decode("latin-1"),
+                api=self.api,
+                status=status,
+                bytes_sent=sent,
+                identity=call.identity if call is not None else None,
+                error_kind=kind,
+                consumer=call.consumer if call is not None else None,
+            )
+        )
+
+    def refuse(self, error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+        body = write_error(self.request, error, headers)
+        self.transform_answer(self.request)
+        self.finish(error.status, len(body))
+        return body
+
+    def transform_answer(self, request: Request) -> GatewayError | None:
+        """The API's response transforms, on whatever answer is about to be sent."""
+        pipeline, call = self.pipeline, self.call
+        if pipeline is None or call is None or not pipeline.response_transforms:
+            return None
+        headers = request.responseHeaders
+        edit = ResponseEdit(
+            request.code,
+            [(name, value) for name, values in headers.getAllRawHeaders() for value in values],
+        )
+        refusal = pipeline.transform_response(call, edit)
+        if refusal is not None:
+            return refusal.error
+        for name, _values in list(headers.getAllRawHeaders()):
+            headers.removeHeader(name)
+        for name, value in edit.headers:
+            headers.addRawHeader(name, value)
+        return None
 
 
 class GatewayResource(Resource):
@@ -134,113 +187,46 @@ class GatewayResource(Resource):
         self.gateway = gateway
 
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
-        started = time.time()
-        runtime = self.gateway.runtime  # one consistent snapshot for this request
-        raw_path, query = split_target(request.uri)
-        api: ApiConfig | None = None
-        identity: ClientIdentity | None = None
-
-        def finish(status: int, sent: int, kind: str | None = None) -> None:
-            self.gateway.notify(
-                RequestRecord(
-                    started=started,
-                    duration=time.time() - started,
-                    client=callers.client_ip(request),
-                    method=request.method.decode("latin-1"),
-                    path=raw_path.decode("latin-1"),
-                    api=api,
-                    status=status,
-                    bytes_sent=sent,
-                    identity=identity,
-                    error_kind=kind,
-                )
-            )
-
-        def refuse(error: GatewayError) -> bytes:
-            body = write_error(request, error)
-            finish(error.status, len(body))
-            return body
-
-        try:
-            path = normalise(raw_path)
-        except BadPath as e:
-            return refuse(errors.bad_request(str(e)))
+        routed: Routed | None = getattr(request, "routed", None)
+        if routed is None:  # a request the guard did not see (an embedding's own Site)
+            routed = route_request(self.gateway.runtime, request.uri)
+        exchange = _Exchange(self.gateway, request, routed.raw_path)
+        if routed.path is None:
+            return exchange.refuse(errors.bad_request(routed.problem or "bad request path"))
+        runtime = routed.runtime  # one consistent snapshot for this request
         authz = runtime.config.authz
-        if authz is not None and path == authz.path.encode():
+        if authz is not None and routed.path == authz.path.encode():
+            return self._authz(request, runtime, exchange)
+        route = routed.route
+        if route is None or route.pipeline is None:
+            return exchange.refuse(errors.not_found(routed.path.decode("latin-1")))
+        caller = callers.resolve(request, runtime)
+        call = Call(
+            request_view(request, routed.path, routed.query),
+            route.api,
+            caller.identity,
+            via_load_balancer=caller.via_load_balancer,
+        )
+        exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
+        return _settle(
+            request, exchange, route.pipeline.run(call), lambda o: self._forward(exchange, route, o)
+        )
 
-            def judged(which: ApiConfig, caller: Caller) -> None:
-                nonlocal api, identity
-                api, identity = which, caller.identity
+    def _forward(self, exchange: _Exchange, route: Route, edit: HeaderEdit) -> int:
+        remove = set(edit.removed)
+        remove.update(edit.set_values)
+        self.gateway.forwarder.forward(
+            exchange.request,
+            route.backend_target,
+            add_headers=list(edit.set_values.values()),
+            remove_headers=remove,
+            on_done=lambda r: exchange.finish(r.status, r.bytes_sent, r.error_kind),
+            backend_timeout=route.api.backend_timeout,
+            on_answer=exchange.transform_answer if route.pipeline else None,
+        )
+        return NOT_DONE_YET
 
-            return self._authz(request, runtime, refuse, finish, judged)
-        route = runtime.router.route(path, query)
-        if route is None:
-            return refuse(errors.not_found(path.decode("latin-1")))
-        api = route.api
-        limit = api.max_body_bytes or runtime.config.limits.max_body_bytes
-        length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return refuse(errors.payload_too_large(limit))
-        # A chunked body has no Content-Length: measure what twisted.web spooled.
-        if request.content is not None and request.content.seek(0, 2) > limit:
-            return refuse(errors.payload_too_large(limit))
-        target = route.backend_target
-        identity_settings = runtime.config.identity
-        lb = runtime.config.mutual_ssl
-
-        def authorise(caller: Caller) -> bytes | int:
-            nonlocal identity
-            identity = caller.identity
-            assert api is not None
-            decision = runtime.policy.decide(AuthContext(identity, request.requestHeaders), api)
-            if isinstance(decision, Deny):
-                return refuse(decision.error)
-            mtls_passed = idforward.mtls_passed(identity, api)
-            wait = self.gateway.throttle.take(api, identity) if mtls_passed else None
-            if wait is not None:
-                request.responseHeaders.setRawHeaders(b"retry-after", [tiers.retry_after(wait)])
-                return refuse(errors.throttled("the certificate's tier limit was exceeded"))
-
-            remove = {API_KEY_HEADER}
-            header = lb.certificate_header
-            chain_header = lb.chain_header
-            if header is not None and (
-                caller.ignored_header
-                or not caller.via_load_balancer
-                or not lb.forward_client_certificate_header
-            ):
-                remove.add(header.lower().encode())
-                if chain_header is not None:
-                    remove.add(chain_header.lower().encode())
-            # Identity headers are never the caller's to send; only a trusted load
-            # balancer's own certificate header may pass, when explicitly forwarded.
-            kept = {h.lower().encode() for h in (header, chain_header) if h} - remove
-            remove |= idforward.stripped(identity_settings) - kept
-            add = idforward.headers_for(identity_settings, identity) if mtls_passed else []
-
-            def done(result: ForwardResult) -> None:
-                finish(result.status, result.bytes_sent, result.error_kind)
-
-            self.gateway.forwarder.forward(
-                request,
-                target,
-                add_headers=add,
-                remove_headers=remove,
-                on_done=done,
-                backend_timeout=api.backend_timeout,
-            )
-            return NOT_DONE_YET
-
-        return with_revocation(request, runtime, callers.resolve(request, runtime), api, authorise)
-
-    def _authz(
-        self,
-        request: Request,
-        runtime: Runtime,
-        refuse: Callable[[GatewayError], bytes],
-        finish: Callable[[int, int], None],
-        judged: Callable[[ApiConfig, Caller], None],
-    ) -> bytes | int:
+    def _authz(self, request: Request, runtime: Runtime, exchange: _Exchange) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
@@ -254,49 +240,91 @@ class GatewayResource(Resource):
             request.responseHeaders.setRawHeaders(name, [value])
         original = request.getHeader(settings.original_uri_header.encode())
         if original is None:
-            return refuse(
+            return exchange.refuse(
                 errors.bad_request(f"the {settings.original_uri_header} header is missing")
             )
-        raw_path, query = split_target(original)
-        try:
-            path = normalise(raw_path)
-        except BadPath as e:
-            return refuse(errors.forbidden(str(e)))
-        route = runtime.router.route(path, query)
-        if route is None:
-            return refuse(errors.forbidden(errors.not_found(path.decode("latin-1")).description))
-        api = route.api
-
-        def judge(caller: Caller) -> bytes:
-            judged(api, caller)  # the access log and metrics name the API and caller judged
-            decision = runtime.policy.decide(
-                AuthContext(caller.identity, request.requestHeaders), api
+        judged = route_request(runtime, original)
+        if judged.path is None:
+            return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
+        route = judged.route
+        if route is None or route.pipeline is None:
+            return exchange.refuse(
+                errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
             )
-            if isinstance(decision, Deny):
-                return refuse(decision.error)
-            request.setResponseCode(200)
-            lifetime = verdicts.allow_lifetime(runtime.config, api, caller.identity)
-            for name, value in (
-                *verdicts.cache_headers(lifetime),
-                *verdicts.identity_answer_headers(runtime.config, api, caller.identity),
-            ):
-                request.responseHeaders.setRawHeaders(name, [value])
-            request.responseHeaders.setRawHeaders(b"x-twistedgw-api", [api.label.encode()])
-            leaf = caller.identity.leaf
-            if leaf is not None and caller.identity.verified:
-                request.responseHeaders.setRawHeaders(
-                    b"x-client-cert-subject", [leaf.subject.rfc4514_string().encode()]
-                )
-                request.responseHeaders.setRawHeaders(
-                    b"x-client-cert-sha256", [(caller.identity.leaf_sha256() or "").encode()]
-                )
-            principals = ",".join(decision.principals)
-            if principals:
-                request.responseHeaders.setRawHeaders(
-                    b"x-twistedgw-principal", [principals.encode()]
-                )
-            request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
-            finish(200, 0)
-            return b""
+        caller = callers.resolve(request, runtime)
+        call = Call(
+            request_view(request, judged.path, judged.query),
+            route.api,
+            caller.identity,
+            via_load_balancer=caller.via_load_balancer,
+        )
+        # The access log and metrics name the API and caller judged.
+        exchange.api, exchange.call = route.api, call
+        config = runtime.config
+        return _settle(
+            request, exchange, route.pipeline.judge(call), lambda _o: _allow(exchange, config)
+        )
 
-        return with_revocation(request, runtime, callers.resolve(request, runtime), api, judge)
+
+def _allow(exchange: _Exchange, config: GatewayConfig) -> bytes:
+    request, call = exchange.request, exchange.call
+    assert call is not None and call.api is not None
+    request.setResponseCode(200)
+    headers = request.responseHeaders
+    for name, value in (
+        *verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)),
+        *verdicts.identity_answer_headers(config, call.api, call.identity),
+    ):
+        headers.setRawHeaders(name, [value])
+    headers.setRawHeaders(b"x-twistedgw-api", [call.api.label.encode()])
+    identity = call.identity
+    if identity.leaf is not None and identity.verified:
+        headers.setRawHeaders(b"x-client-cert-subject", [(identity.subject or "").encode()])
+        headers.setRawHeaders(b"x-client-cert-sha256", [(identity.leaf_sha256() or "").encode()])
+    principals = ",".join(call.principals)
+    if principals:
+        headers.setRawHeaders(b"x-twistedgw-principal", [principals.encode()])
+    if call.consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
+        headers.setRawHeaders(b"x-consumer-name", [call.consumer.encode()])
+    headers.setRawHeaders(b"content-length", [b"0"])
+    exchange.finish(200, 0)
+    return b""
+
+
+def _settle(
+    request: Request,
+    exchange: _Exchange,
+    outcome: Outcome | Deferred[Outcome],
+    proceed: Callable[[HeaderEdit], bytes | int],
+) -> bytes | int:
+    """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed)."""
+    if not isinstance(outcome, Deferred):
+        if isinstance(outcome, Refusal):
+            return exchange.refuse(outcome.error, outcome.headers)
+        return proceed(outcome)
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def resume(result: Outcome) -> None:
+        if gone:  # the client left while a stage was waiting
+            return
+        if isinstance(result, Refusal):
+            body: bytes | int = exchange.refuse(result.error, result.headers)
+        else:
+            body = proceed(result)
+        if body is not NOT_DONE_YET:
+            assert isinstance(body, bytes)
+            request.write(body)
+            request.finish()
+
+    def crashed(failure: Failure) -> None:
+        log.failure("request pipeline failed", failure)
+        if not gone:
+            request.write(exchange.refuse(errors.internal_error()))
+            request.finish()
+
+    outcome.addCallback(resume).addErrback(crashed)
+    return NOT_DONE_YET
+
+
+__all__ = ["Gateway", "GatewayResource", "RequestRecord", "Routed", "route_request"]

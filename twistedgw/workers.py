@@ -242,24 +242,17 @@ class Supervisor(service.Service):
 
     def reload(self) -> bool:
         """Validate the new config here; pass SIGHUP to the workers only if it is good."""
-        try:
-            built = runtime.load(self.config.source)
-        except ConfigError as e:
-            for line in e.problems:
-                log.error(
-                    "Reload refused, still serving the previous config: {problem}", problem=line
-                )
-            self.metrics.reloaded(False)
+        from twistedgw.service import reload_runtime
+
+        built = reload_runtime(self.config)
+        self.metrics.reloaded(built is not None)
+        if built is None:
             for worker in list(self.workers.values()):
                 worker.signal("USR1")  # still reopen the access log, for logrotate
             return False
-        from twistedgw.service import _warn_restart_only
-
         new_config = built.config
-        _warn_restart_only(self.config, new_config)
         self.config = new_config
         self.runtime = built
-        self.metrics.reloaded(True)
         log.info(
             "Reloaded {source}; passing SIGHUP to {n} worker(s)",
             source=str(new_config.source),

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from twistedgw import errors, idforward, reasons, tiers
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig
 from twistedgw.identity import Outcome
 from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
@@ -56,9 +57,12 @@ class ApiKeys:
 
     name = "api_key"
 
-    def __init__(self, api: ApiConfig, keys: Sequence[ApiKey]) -> None:
+    def __init__(
+        self, api: ApiConfig, keys: Sequence[ApiKey], owners: Mapping[str, str] | None = None
+    ) -> None:
         self.mode = api.api_key
         self._by_digest: Mapping[bytes, str] = {k.sha256: k.name for k in keys}
+        self._owners: Mapping[str, str] = owners or {}  # key name -> its consumer
 
     def authenticate(self, call: Call) -> SchemeResult:
         values = call.request.headers.get(API_KEY_HEADER)
@@ -69,7 +73,9 @@ class ApiKeys:
         name = self._by_digest.get(hashlib.sha256(values[0].strip()).digest())
         if name is None:
             return SchemeResult(False, True, reason="API key is not valid")
-        return SchemeResult(True, True, principal=f"apikey:{name}")
+        return SchemeResult(
+            True, True, principal=f"apikey:{name}", consumer=self._owners.get(name)
+        )
 
 
 @implementer(ICertificateCheck)
@@ -86,19 +92,22 @@ class Revocation:
 
 @implementer(IAuthoriser)
 class Tiers:
-    """Per-certificate request rates (``[[apis.tiers]]``), for certificates that passed mTLS."""
+    """Request rates (``[[apis.tiers]]``) per certificate that passed mTLS, or per consumer."""
 
     def __init__(self, throttle: tiers.TierThrottle) -> None:
         self._throttle = throttle
 
     def authorise(self, call: Call) -> Refusal | None:
-        if not call.mtls_passed:
+        identity = call.identity if call.mtls_passed else None
+        if identity is None and call.consumer is None:
             return None
-        wait = self._throttle.take(call.api, call.identity)
+        wait = self._throttle.take(call.api, identity, call.consumer)
         if wait is None:
             return None
+        tier = tiers.tier_for(call.api, identity, call.consumer)  # only on refusals
+        whose = "consumer's" if tier is not None and tier.consumer is not None else "certificate's"
         return Refusal(
-            errors.throttled("the certificate's tier limit was exceeded"),
+            errors.throttled(f"the {whose} tier limit was exceeded"),
             ((b"Retry-After", tiers.retry_after(wait)),),
         )
 
@@ -133,14 +142,14 @@ class IdentityForwarding:
         if call.mtls_passed:
             for name, value in idforward.headers_for(self._settings, call.identity):
                 edit.set(name, value)
+        if call.consumer is not None:  # a configured name: [A-Za-z0-9._-]{1,64}
+            edit.set(b"X-Consumer-Name", call.consumer.encode())
 
 
 
 def protected_headers(config: GatewayConfig) -> frozenset[bytes]:
     """Lower-case names no plugin may set or remove: hop-by-hop, framing, Host, and
     every identity header (the gateway's own and those load balancers use)."""
-    from twistedgw.forward import HOP_BY_HOP
-
     lb = config.mutual_ssl
     return (
         HOP_BY_HOP

@@ -20,6 +20,7 @@ from twistedgw.pipeline._builtin import (
     Revocation,
     Tiers,
 )
+from twistedgw.pipeline._consumers import ConsumerMapping, Directory, IdentityRules
 from twistedgw.pipeline._discovery import Installed, installed
 from twistedgw.pipeline._interfaces import (
     IAuthoriser,
@@ -62,6 +63,7 @@ def compile_pipelines(
     identity = IdentityForwarding(config)
     tier_stage = Tiers(shared.throttle)
     revocation_stage = Revocation(revocation) if revocation is not None else None
+    directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
     for api in config.apis:
         checks: list[Named] = []
@@ -71,10 +73,14 @@ def compile_pipelines(
         response_transforms: list[Named] = []
         if revocation_stage is not None:
             checks.append(Named("revocation", revocation_stage))
+        if api.identities:
+            checks.append(Named("identities", IdentityRules(api)))
         if api.mutual_ssl is not Mode.DISABLED:
             schemes.append(Named("mutual_ssl", MutualSsl(api)))
         if api.api_key is not Mode.DISABLED:
-            schemes.append(Named("api_key", ApiKeys(api, config.api_keys)))
+            schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
+        if directory or api.consumers is not None:
+            authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
             stage = _configure(spec, by_name, api, config, problems)
             if stage is None:

@@ -1,7 +1,6 @@
 """twistd plugin: ``twistd -n twistedgw --config FILE``.
 
-Also exposes the built-in authenticators to ``twisted.plugin.getPlugins`` so
-third-party code can discover the schemes the gateway knows.
+(The gateway's own per-API plugins live in ``twistedgw.plugins``, not here.)
 """
 
 from __future__ import annotations
