@@ -68,6 +68,7 @@ def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
 
 @dataclass
 class Fronted:
+    variant: str
     pki: DevPki
     gateway: GatewayProcess
     nginx: ProxyProcess
@@ -95,17 +96,42 @@ class Fronted:
         time.sleep(0.05)
 
 
-def render_site(config_path: Path, output: Path) -> None:
+def render_site(config_path: Path, output: Path, variant: str = "auth_request") -> None:
     result = subprocess.run(
         [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(config_path),
-         "--output", str(output), "--check"],
+         "--output", str(output), "--check", "--variant", variant],
         capture_output=True, text=True, env=env(), cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
 
 
+def start_nginx_with_lua(directory: Path, site: Path, port: int) -> ProxyProcess:
+    """lbsupport.start_nginx, with Debian's Lua module (and the NDK) loaded."""
+    from tests.lbsupport import _spawn
+
+    nginx = require("nginx")
+    temp = "\n".join(f"    {kind}_temp_path {directory / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    loads = "".join(f"load_module {m};\n" for m in nginxconf.LUA_MODULES)
+    (directory / "nginx.conf").write_text(
+        f"""{loads}daemon off;
+master_process off;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {directory / "access.log"};
+{temp}
+    include {site};
+}}
+""")
+    argv = [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf"),
+            "-e", str(directory / "error.log")]
+    return _spawn("nginx", argv, directory, port)
+
+
 def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
-                  tls_extra: str = "") -> Fronted:
+                  tls_extra: str = "", variant: str = "auth_request") -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
@@ -120,18 +146,24 @@ def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: i
             time.sleep(0.05)
         site = tmp / "nginx" / "twistedgw.conf"
         site.parent.mkdir(parents=True, exist_ok=True)
-        render_site(gateway.config, site)
-        proxy = start_nginx(tmp / "nginx", site.read_text(), nginx_port)
+        render_site(gateway.config, site, variant)
+        if variant == "lua":
+            proxy = start_nginx_with_lua(tmp / "nginx", site, nginx_port)
+        else:
+            proxy = start_nginx(tmp / "nginx", site.read_text(), nginx_port)
     except Exception:
         gateway.stop()
         raise
-    return Fronted(pki, gateway, proxy, gw_dir, direct_port)
+    return Fronted(variant, pki, gateway, proxy, gw_dir, direct_port)
 
 
-@pytest.fixture(scope="module")
-def fronted(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
-            echo: BackendProcess) -> Iterator[Fronted]:
-    f = start_fronted(tmp_path_factory.mktemp("fronted"), pki, echo)
+@pytest.fixture(scope="module", params=["auth_request", "lua"])
+def fronted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            pki: DevPki, echo: BackendProcess) -> Iterator[Fronted]:
+    """Both variants: auth_request + proxy_cache, and access_by_lua + lua_shared_dict
+    (plugins/nginx/, Debian's libnginx-mod-http-lua)."""
+    f = start_fronted(tmp_path_factory.mktemp(f"fronted-{request.param}"), pki, echo,
+                      variant=request.param)
     yield f
     f.nginx.stop()
     f.gateway.stop()
@@ -251,11 +283,12 @@ def nginxconf_header_value(fronted: Fronted, client: str) -> str:
     return crt.read_text()
 
 
+@pytest.mark.parametrize("variant", ["auth_request", "lua"])
 def test_reload_takes_effect_on_cached_verdicts(
-    tmp_path: Path, pki: DevPki, echo: BackendProcess
+    tmp_path: Path, pki: DevPki, echo: BackendProcess, variant: str
 ) -> None:
     """A reload that removes the alias refuses within cache_seconds, never later."""
-    f = start_fronted(tmp_path, pki, echo, cache_seconds=2)
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=2, variant=variant)
     try:
         assert f.via_nginx(PET, "pinned").status == 200
         text = f.gateway.config.read_text().replace(
@@ -276,13 +309,14 @@ def test_reload_takes_effect_on_cached_verdicts(
         f.gateway.stop()
 
 
+@pytest.mark.parametrize("variant", ["auth_request", "lua"])
 def test_revocation_after_a_crl_reload_reaches_cached_verdicts(
-    tmp_path: Path, pki: DevPki, echo: BackendProcess
+    tmp_path: Path, pki: DevPki, echo: BackendProcess, variant: str
 ) -> None:
     root = pki.authorities["partner-root"]
     crl = tmp_path / "partner-root.crl"
     crl.write_bytes(root.crl())
-    f = start_fronted(tmp_path, pki, echo, cache_seconds=2, tls_extra=(
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=2, variant=variant, tls_extra=(
         f'crl = ["{crl}"]\nrevocation = "crl"\nrevocation_scope = "leaf"'))
     try:
         assert f.via_nginx(PET, "partner-direct").status == 200
@@ -463,6 +497,10 @@ def test_repeated_api_key_header(fronted: Fronted) -> None:
     twice = (("apikey", "wrong-key"), ("apikey", KEY))
     assert fronted.direct(ORDERS + "?twice", None, twice).status == 401
     assert fronted.via_nginx(ORDERS + "?twice", None, twice).status == 401
+    if fronted.variant == "lua":  # Lua sees every value: the repeat is never cached
+        assert fronted.via_nginx(ORDERS, None, (("apikey", KEY),)).status == 200
+        r = fronted.via_nginx(ORDERS, None, (("apikey", KEY), ("apikey", KEY)))
+        assert (r.status, r.json()["code"]) == (401, "900901")
 
 
 # ----------------------------------------------------------------- systemd layout

@@ -176,8 +176,16 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     bundle = None
     if output is not None:
         bundle = output.with_name(output.stem + "-truststore.pem")
+    lua_dir = None
+    if args.variant == "lua":
+        if not nginxconf.LUA_MODULE.exists():
+            return _fail([f"{nginxconf.LUA_MODULE}: not found (--variant lua needs it)"], 1)
+        lua_dir = str(output.parent if output is not None else nginxconf.LUA_MODULE.parent)
     try:
-        rendered = nginxconf.render(cfg, str(bundle) if bundle is not None else None)
+        rendered = nginxconf.render(
+            cfg, str(bundle) if bundle is not None else None, variant=args.variant,
+            lua_dir=lua_dir,
+        )
     except nginxconf.NginxConfigError as e:
         return _fail(e.problems)
     if output is None:
@@ -189,10 +197,15 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         output.write_text(rendered.text)
         if bundle is not None and rendered.truststore_pem is not None:
             bundle.write_bytes(rendered.truststore_pem)
+        if lua_dir is not None:  # the module beside the include, where lua_package_path looks
+            (output.parent / nginxconf.LUA_MODULE.name).write_bytes(
+                nginxconf.LUA_MODULE.read_bytes()
+            )
     except OSError as e:
         return _fail([f"{output}: cannot write: {e.strerror}"], 1)
     if args.check:
-        ok, message = nginxconf.nginx_test(output)
+        modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
+        ok, message = nginxconf.nginx_test(output, modules)
         if not ok:
             return _fail([f"{output}: nginx -t refused it: {message}"], 1)
         print(f"{output}: nginx -t OK")
@@ -248,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--output", "-o", help="write here (and FILE-truststore.pem beside it)")
     p.add_argument("--check", action="store_true", help="run nginx -t on the output")
+    p.add_argument("--variant", choices=("auth_request", "lua"), default="auth_request",
+                   help="lua: verdicts in a lua_shared_dict (needs NGINX's Lua module)")
     p.set_defaults(func=cmd_nginx_config)
     p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
     p.set_defaults(func=cmd_plugins)

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twistedgw import errors, idforward, verdicts
-from twistedgw.config import ApiConfig, GatewayConfig, Mode, NginxConfig
+from twistedgw.config import ApiConfig, GatewayConfig, Mode
 from twistedgw.pipeline import API_KEY_HEADER
 
 #: Internal locations live under this prefix; a client's request for it takes the
@@ -211,8 +211,23 @@ def _stripped_headers(config: GatewayConfig) -> list[str]:
     return sorted(n.decode() for n in names)
 
 
-def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendered:
-    """The include for NGINX's ``http {}``; NginxConfigError if the config cannot have one."""
+#: The access_by_lua module of ``--variant lua`` (plugins/nginx/ in the source tree).
+LUA_MODULE = Path(__file__).resolve().parent.parent / "plugins" / "nginx" / "twistedgw_verdicts.lua"
+VARIANTS = ("auth_request", "lua")
+
+
+def render(
+    config: GatewayConfig,
+    truststore_file: str | None = None,
+    *,
+    variant: str = "auth_request",
+    lua_dir: str | None = None,
+) -> Rendered:
+    """The include for NGINX's ``http {}``; NginxConfigError if the config cannot have one.
+
+    ``variant = "lua"`` keeps verdicts in a ``lua_shared_dict`` (needs the NGINX Lua
+    module loaded in nginx.conf, and ``lua_dir`` holding ``twistedgw_verdicts.lua``).
+    """
     problems = check(config)
     if problems:
         raise NginxConfigError(problems)
@@ -229,8 +244,14 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
     w("# The fast path (clean paths of cacheable APIs) never reaches Python when the verdict")
     w("# is cached; everything else is answered by twistedgw exactly as in direct mode.")
     w("")
-    w(f"proxy_cache_path {nginx.cache_path} levels=1:2 keys_zone={CACHE_ZONE}:10m")
-    w("                 max_size=256m inactive=10m use_temp_path=off;")
+    lua = variant == "lua"
+    if lua:
+        w("# Variant lua: verdicts in shared memory (plugins/nginx/twistedgw_verdicts.lua).")
+        w(f"lua_shared_dict {CACHE_ZONE} 10m;")
+        w(f"lua_package_path {_quote(str(lua_dir or LUA_MODULE.parent) + '/?.lua;;')};")
+    else:
+        w(f"proxy_cache_path {nginx.cache_path} levels=1:2 keys_zone={CACHE_ZONE}:10m")
+        w("                 max_size=256m inactive=10m use_temp_path=off;")
     w("")
     w("# Raw request targets that twistedgw's path normalisation leaves unchanged.")
     w("map $request_uri $twistedgw_gateway_path {")
@@ -330,14 +351,14 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
         w("")
         w(f"    # {api.label}: {api.context} -> {api.backend}")
         w(f"    location ~* {_quote(_regex(api.context))} {{")
-        _api_body(w, config, i, api, stripped, identity_names)
+        _api_body(w, config, i, api, stripped, identity_names, lua)
         w("    }")
     w("")
     if root_api is not None:
         i, api = root_api
         w(f"    # {api.label}: / -> {api.backend}")
         w('    location ~ "^(?<tgw_rest>/.*)$" {')
-        _api_body(w, config, i, api, stripped, identity_names)
+        _api_body(w, config, i, api, stripped, identity_names, lua)
         w("    }")
     else:
         w("    # No API at this path: twistedgw answers 404 as in direct mode.")
@@ -361,7 +382,7 @@ def render(config: GatewayConfig, truststore_file: str | None = None) -> Rendere
         w(f"        proxy_set_header {authz.original_method_header} $request_method;")
         w(f"        proxy_set_header {lb_header} $ssl_client_escaped_cert;")
         w("        proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
-        if verdicts.api_cacheable(config, api):
+        if verdicts.api_cacheable(config, api) and not lua:
             key_parts = [f"{i}:{api.label}", "$ssl_client_fingerprint"]
             if api.api_key is not Mode.DISABLED:
                 key_parts.append("$http_apikey")
@@ -387,6 +408,7 @@ def _api_body(
     api: ApiConfig,
     stripped: Sequence[str],
     identity_names: Sequence[bytes],
+    lua: bool = False,
 ) -> None:
     limits = config.limits
     if api.tiers:
@@ -397,11 +419,23 @@ def _api_body(
     timeout = api.backend_timeout or limits.backend_timeout
     path = urlsplit(api.backend).path
     target = f"{path}$tgw_rest" if path else "$tgw_rest_or_slash"
-    write(f"        auth_request {INTERNAL}/authz/{i};")
-    for n, name in enumerate(identity_names):
-        variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
-        write(f"        auth_request_set $tgw_id_{n} $upstream_http_{variable};")
-    write("        auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
+    if lua and verdicts.api_cacheable(config, api):
+        answers = [((verdicts.SET_PREFIX + name).decode(), f"tgw_id_{n}")
+                   for n, name in enumerate(identity_names)]
+        answers.append(("x-consumer-name", "tgw_consumer"))
+        for _answer, variable in answers:
+            write(f'        set ${variable} "";')
+        table = ", ".join(f'{{"{a}", "{v}"}}' for a, v in answers)
+        with_key = "true" if api.api_key is not Mode.DISABLED else "false"
+        write("        access_by_lua_block {")
+        write(f'            require("twistedgw_verdicts").access("{i}", {with_key}, {{{table}}})')
+        write("        }")
+    else:
+        write(f"        auth_request {INTERNAL}/authz/{i};")
+        for n, name in enumerate(identity_names):
+            variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
+            write(f"        auth_request_set $tgw_id_{n} $upstream_http_{variable};")
+        write("        auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
     write("        error_page 401 403 = @twistedgw_gateway;")
     write(f"        error_page 413 = @twistedgw_413_{i};")
     write("        error_page 502 503 = @twistedgw_503;")
@@ -450,7 +484,7 @@ def nginx_binary() -> str | None:
     )
 
 
-def nginx_test(include: Path) -> tuple[bool, str]:
+def nginx_test(include: Path, modules: Sequence[str] = ()) -> tuple[bool, str]:
     """``nginx -t`` on a minimal nginx.conf whose ``http {}`` holds only ``include``.
 
     ``nginx -t`` creates the ``proxy_cache_path`` directory; the test runs on a copy
@@ -473,8 +507,9 @@ def nginx_test(include: Path) -> tuple[bool, str]:
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
         conf = d / "nginx.conf"
+        loads = "".join(f"load_module {m};\n" for m in modules)
         conf.write_text(
-            f"pid {d / 'nginx.pid'};\nerror_log {d / 'error.log'};\n"
+            f"{loads}pid {d / 'nginx.pid'};\nerror_log {d / 'error.log'};\n"
             f"events {{ }}\nhttp {{\n    access_log off;\n{temps}\n"
             f"    include {include.resolve()};\n}}\n"
         )
@@ -486,6 +521,8 @@ def nginx_test(include: Path) -> tuple[bool, str]:
     return result.returncode == 0, (result.stderr or result.stdout).strip()
 
 
-def nginx_settings(config: GatewayConfig) -> NginxConfig:
-    assert config.nginx is not None
-    return config.nginx
+#: Debian's libnginx-mod-http-lua (and the NDK it needs), for ``--check`` of ``--variant lua``.
+LUA_MODULES = (
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+)
