@@ -301,10 +301,12 @@ aliases = ["partner-root"]
 """
 
 
-def fronted_nginx_conf(work: Path, name: str, include: Path) -> str:
+def fronted_nginx_conf(work: Path, name: str, include: Path, modules: tuple[str, ...] = ()
+                       ) -> str:
     temps = "\n".join(f"  {kind}_temp_path {work}/{name}-{kind};"
                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""
+    loads = "".join(f"load_module {m};\n" for m in modules)
+    return f"""{loads}
 worker_processes 1;
 worker_rlimit_nofile 20000;
 user root;
@@ -494,10 +496,12 @@ class Bench:
                 fronts.append(f)
                 self.fronts[f.name] = f
         if "nginx-fronted" in self.profile.scenarios:
-            for name, cache_seconds in (("fr-warm", 10), ("fr-cold", 0)):
+            for name, cache_seconds, variant in (("fr-warm", 10, "auth_request"),
+                                                 ("fr-cold", 0, "auth_request"),
+                                                 ("fr-lua", 10, "lua")):
                 port = self.ports[name] = free_port()
                 self.procs[name] = self.start_fronted(name, port, backend, cache_seconds,
-                                                      gateway_env)
+                                                      gateway_env, variant)
                 f = Frontend(f"{name}-keepalive", free_port(), port, "keepalive",
                              self.pkis["ec"])
                 fronts.append(f)
@@ -508,7 +512,7 @@ class Bench:
                                       CORE_LOAD, self.work, fronts[0].port)
 
     def start_fronted(self, name: str, port: int, backend: int, cache_seconds: int,
-                      env: dict[str, str]) -> Group:
+                      env: dict[str, str], variant: str = "auth_request") -> Group:
         """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
         from twistedgw import config as configmod
         from twistedgw import nginxconf
@@ -528,11 +532,13 @@ class Bench:
             time.sleep(0.05)
         include = self.work / f"{name}-site.conf"
         bundle = self.work / f"{name}-truststore.pem"
-        rendered = nginxconf.render(configmod.load(toml), str(bundle))
+        rendered = nginxconf.render(configmod.load(toml), str(bundle), variant=variant,
+                                    lua_dir=str(nginxconf.LUA_MODULE.parent))
         include.write_text(rendered.text)
         bundle.write_bytes(rendered.truststore_pem or b"")
         conf = self.work / f"{name}-nginx.conf"
-        conf.write_text(fronted_nginx_conf(self.work, name, include))
+        modules = nginxconf.LUA_MODULES if variant == "lua" else ()
+        conf.write_text(fronted_nginx_conf(self.work, name, include, modules))
         try:
             ngx = start(f"{name}-nginx", ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
                                           str(self.work / f"{name}-error.log"),
@@ -699,6 +705,10 @@ def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
                      lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
     cold = b.compare(lambda: b.wrk("fr-cold-keepalive", "/bench/small", 32, d),
                      lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    lua = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
+                    lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    variants = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
+                         lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d))
     a, bare = "NGINX + twistedgw", "bare NGINX mTLS"
     return [
         row("7a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
@@ -709,6 +719,13 @@ def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
             summarise(warm["a"]["runs"], warm["b"]["runs"], "p99_ms"), "ms", None, None),
         row("7d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
             summarise(cold["a"]["runs"], cold["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("7e nginx-fronted --variant lua (lua_shared_dict), warm", "NGINX+Lua + twistedgw",
+            bare, lua, "req/s", ">=", 0.8),
+        row("7f nginx-fronted lua warm, p99 latency at 32 conns (closed loop)",
+            "NGINX+Lua + twistedgw", bare,
+            summarise(lua["a"]["runs"], lua["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("7g variants head to head, warm: lua vs auth_request + proxy_cache", "lua",
+            "auth_request", variants, "req/s", None, None),
     ]
 
 

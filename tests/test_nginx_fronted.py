@@ -633,3 +633,23 @@ def test_every_example_renders_and_passes_nginx_t(
     site = (tmp_path / "site.conf").read_text()
     for i, _api in enumerate(configmod.load(config).apis):
         assert f"twistedgw_backend_{i}" in site
+
+
+def test_tiers_go_to_twistedgw_and_uncacheable_apis_are_asked_every_time(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    cfg = _lifetime_config(
+        tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
+    text = nginxconf.render(cfg).text
+    pet = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
+    pet = pet[:pet.index("\n    }\n")]
+    assert "proxy_pass http://twistedgw_authz$request_uri;" in pet  # every request counts
+    assert "auth_request" not in pet
+    assert f"{nginxconf.INTERNAL}/authz/0 " not in text
+    ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
+    text = nginxconf.render(ocsp).text
+    authz0 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]
+    authz0 = authz0[:authz0.index("\n    }\n")]
+    assert "proxy_cache " not in authz0 and "not cacheable" in authz0
+    authz2 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/2 "):]
+    assert "proxy_cache twistedgw_verdicts;" in authz2[:authz2.index("\n    }\n")]
