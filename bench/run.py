@@ -307,6 +307,7 @@ def fronted_nginx_conf(work: Path, name: str, include: Path, modules: tuple[str,
                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     loads = "".join(f"load_module {m};\n" for m in modules)
     return f"""{loads}
+pcre_jit on;
 worker_processes 1;
 worker_rlimit_nofile 20000;
 user root;

@@ -442,7 +442,10 @@ def _api_body(
     write("        error_page 504 = @twistedgw_504;")
     write(f"        client_max_body_size {body};")
     scheme = "https" if api.backend.startswith("https://") else "http"
-    write(f"        proxy_pass {scheme}://twistedgw_backend_{i}{target}$is_args$args;")
+    # The backend path, then the rest after the context (the query follows by itself);
+    # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
+    write(f"        rewrite ^ {target} break;")
+    write(f"        proxy_pass {scheme}://twistedgw_backend_{i};")
     write("        proxy_http_version 1.1;")
     write(f"        proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
     write(f"        proxy_read_timeout {max(1, int(timeout))}s;")

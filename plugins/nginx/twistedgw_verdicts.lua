@@ -61,9 +61,14 @@ function _M.access(api, with_key, answers)
             dict:set(key, verdict, ttl)
         end
     end
+    if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
+        return  -- nothing to set: the variables start empty (`set` in the location)
+    end
     local i = 1
     for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
-        var[answers[i][2]] = value
+        if value ~= "" then
+            var[answers[i][2]] = value
+        end
         i = i + 1
     end
 end
