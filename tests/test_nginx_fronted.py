@@ -131,7 +131,8 @@ http {{
 
 
 def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
-                  tls_extra: str = "", variant: str = "auth_request") -> Fronted:
+                  tls_extra: str = "", variant: str = "auth_request", extra: str = ""
+                  ) -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
@@ -139,6 +140,7 @@ def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: i
     text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
     if tls_extra:
         text = text.replace("\ntruststore = ", f"\n{tls_extra}\ntruststore = ", 1)
+    text += extra
     gateway = start_gateway(gw_dir, text, direct_port)
     try:
         deadline = time.monotonic() + 10
@@ -653,3 +655,56 @@ def test_tiers_go_to_twistedgw_and_uncacheable_apis_are_asked_every_time(
     assert "proxy_cache " not in authz0 and "not cacheable" in authz0
     authz2 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/2 "):]
     assert "proxy_cache twistedgw_verdicts;" in authz2[:authz2.index("\n    }\n")]
+
+
+CONSUMERS = """
+[[api_keys]]
+name = "globex-app"
+key_sha256 = "{globex}"
+
+[[consumers]]
+name = "acme"
+api_keys = ["demo-app"]
+
+[[consumers]]
+name = "globex"
+api_keys = ["globex-app"]
+
+[[apis]]
+name = "Acme only"
+version = "1"
+context = "/acme"
+backend = "{backend}/acme"
+api_key = "mandatory"
+consumers = ["acme"]
+"""
+
+
+@pytest.mark.parametrize("variant", ["auth_request", "lua"])
+def test_keys_of_another_consumer_never_ride_a_cached_allow(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess, variant: str
+) -> None:
+    """An API open only to acme: acme's key passes (X-Consumer-Name reaches the backend),
+    globex's key is 403 900908 through NGINX as directly, before and after acme's allow
+    is cached."""
+    import hashlib
+
+    extra = CONSUMERS.format(globex=hashlib.sha256(b"globex-key").hexdigest(),
+                             backend=echo.url)
+    f = start_fronted(tmp_path, pki, echo, variant=variant, extra=extra)
+    try:
+        for _ in range(2):  # the second time from the cache
+            seen = echoed_headers(f.via_nginx("/acme/x", None, {"apikey": KEY}))
+            assert seen["x-consumer-name"] == ["acme"]
+            assert echoed_headers(f.direct("/acme/x", None, {"apikey": KEY}))[
+                "x-consumer-name"] == ["acme"]
+            for client in (None, "partner-direct"):
+                direct = f.direct("/acme/x", client, {"apikey": "globex-key"})
+                through = f.via_nginx("/acme/x", client, {"apikey": "globex-key"})
+                assert (through.status, through.json()) == (direct.status, direct.json())
+                assert (through.status, through.json()["code"]) == (403, "900908")
+        forged = echoed_headers(f.via_nginx("/public/x", None, {"X-Consumer-Name": "acme"}))
+        assert "x-consumer-name" not in forged
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
