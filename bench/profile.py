@@ -1,6 +1,6 @@
 """Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections).
 
-``python bench/profile.py [--seconds 15] [--out DIR]`` starts the same setup as
+``python3 bench/profile.py [--seconds 15] [--out DIR]`` starts the same setup as
 ``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
 wrk loads it, and writes py-spy's collapsed stacks (``*.folded``, for
 flamegraph tools or speedscope) plus a summary of the hottest functions by

@@ -1,4 +1,4 @@
-"""twistedgw vs NGINX, side by side in one run: ``python bench/run.py [--quick|--smoke]``.
+"""twistedgw vs NGINX, side by side in one run: ``python3 bench/run.py [--quick|--smoke]``.
 
 Both proxies terminate mutual TLS with the same certificates and forward to the
 same static NGINX backend (``return 200``) over keep-alive connections. Runs are

@@ -1,6 +1,6 @@
 """Soak: mixed hostile and valid traffic against a real gateway for N minutes.
 
-    python bench/soak.py --minutes 10
+    python3 bench/soak.py --minutes 10
 
 Starts a dev PKI, the echo backend (tests/backend.py) and the gateway as users
 do, then runs, all at once: valid mTLS requests (GET, uploads with a hash
@@ -8,7 +8,10 @@ check, downloads with a length check), invalid and absent certificates (must
 get 401), aborted uploads and downloads, slow clients (dribbled headers,
 stalled bodies), and failed TLS handshakes (random bytes, TLS 1.0/1.1 hellos,
 plain HTTP, truncated hellos, a real TLS 1.2/1.3 hello then gone; ~50/s, so a
-4-minute run passes the issue's 10,000).
+4-minute run passes the issue's 10,000). And the attacks of issue 17: a client
+that pipelines GETs and never reads the answers, handshakes presenting a
+self-signed leaf with ~85 kB of junk certificates (a different leaf each
+time), and uploads of 200,000 one-byte chunks (must get 400).
 
 Fails (exit 1) if any valid request fails, or if the gateway's open file
 descriptors or RSS (from /proc/PID/status) grow: both are sampled after a
@@ -42,6 +45,41 @@ from tests.harness import client_context, free_port, gateway_config, start_gatew
 from tests.tlsabuse import KINDS, bad_handshake, open_fds, rss_kb
 from twistedgw import devpki
 
+
+def huge_chains(directory: Path, leaves: int = 64, junk_bytes: int = 85_000) -> list[Path]:
+    """``leaves`` PEM files, each a fresh self-signed client leaf, its key, and the
+    same ~``junk_bytes`` of junk certificates after it (what a client may send)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = devpki.new_key("ec")
+    now = datetime.datetime.now(datetime.UTC)
+    junk: list[x509.Certificate] = []
+    size = 0
+    while size < junk_bytes:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"junk {len(junk)}")])
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), os.urandom(2000)), critical=False)
+            .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        junk.append(cert)
+        size += len(cert.tbs_certificate_bytes) + 100
+    paths = []
+    for i in range(leaves):
+        leaf = devpki.self_signed_client(f"soak-huge-{i}")
+        path = directory / f"huge-{i}.pem"
+        path.write_bytes(devpki.cert_pem(leaf.cert, *junk) + devpki.key_pem(leaf.key))
+        paths.append(path)
+    return paths
+
 LIMITS = """
 [limits]
 client_header_timeout = 2
@@ -69,12 +107,18 @@ class Stats:
 
 
 class Traffic:
-    def __init__(self, port: int, pki: devpki.DevPki, stats: Stats, stop: threading.Event):
+    def __init__(self, port: int, pki: devpki.DevPki, stats: Stats, stop: threading.Event,
+                 huge: list[Path] | None = None):
         self.port, self.pki, self.stats, self.stop = port, pki, stats, stop
         self.contexts = {
             name: client_context(pki, name) for name in ("partner-app", "expired", "intruder")
         }
         self.contexts["none"] = client_context(pki)
+        self.huge: list[ssl.SSLContext] = []
+        for path in huge or []:
+            ctx = ssl.create_default_context(cafile=str(pki.server_ca))
+            ctx.load_cert_chain(str(path))
+            self.huge.append(ctx)
 
     def conn(self, who: str) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("localhost", self.port, context=self.contexts[who],
@@ -172,6 +216,68 @@ class Traffic:
         except (OSError, ssl.SSLError):
             self.stats.count("slow")
 
+    # -- issue 17: pipelined and never read, huge chains, one-byte chunks -------
+
+    def pipelined_unread(self, rng: random.Random) -> None:
+        """GETs answered at once (401), pipelined, never read: up to 4 MB, until the
+        gateway stops reading (no progress for 2 s), then gone."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                tls = self.contexts["none"].wrap_socket(sock, server_hostname="localhost")
+                tls.settimeout(2.0)
+                block = b"GET /mtls/p HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+                sent = 0
+                while sent < 4 << 20 and not self.stop.is_set():
+                    tls.sendall(block)
+                    sent += len(block)
+                self.stats.count("pipelined_unread_never_stalled")
+        except (OSError, ssl.SSLError):
+            self.stats.count("pipelined_unread")
+
+    def huge_chain(self, rng: random.Random) -> None:
+        """A self-signed leaf and ~85 kB of junk certificates: 401, whatever the chain."""
+        if not self.huge:
+            return
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                tls = rng.choice(self.huge).wrap_socket(sock, server_hostname="localhost")
+                tls.sendall(b"GET /mtls/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = tls.recv(65536)
+            if reply.startswith(b"HTTP/1.1 401 "):
+                self.stats.count("huge_chain_401")
+            else:
+                self.stats.fail(f"huge chain got {reply[:40]!r}, not 401")
+        except (OSError, ssl.SSLError) as e:
+            self.stats.fail(f"huge chain raised {e!r}")
+
+    def one_byte_chunks(self, rng: random.Random) -> None:
+        """200,000 one-byte chunks: refused with 400 long before the end."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                tls = self.contexts["partner-app"].wrap_socket(sock, server_hostname="localhost")
+                tls.sendall(b"POST /mtls/up HTTP/1.1\r\nHost: x\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n")
+                block = b"1\r\nx\r\n" * 10_000
+                reply = b""
+                tls.settimeout(0.05)
+                for _ in range(20):
+                    tls.sendall(block)
+                    try:
+                        reply = tls.recv(65536)
+                        break
+                    except (TimeoutError, ssl.SSLWantReadError):
+                        pass
+                tls.settimeout(10)
+                if not reply:
+                    tls.sendall(b"0\r\n\r\n")
+                    reply = tls.recv(65536)
+            if reply.startswith(b"HTTP/1.1 400 "):
+                self.stats.count("one_byte_chunks_400")
+            else:
+                self.stats.fail(f"one-byte chunks got {reply[:40]!r}, not 400")
+        except (OSError, ssl.SSLError):
+            self.stats.count("one_byte_chunks_400")  # refused and closed while sending
+
     def handshake(self, rng: random.Random) -> None:
         try:
             if not bad_handshake(self.port, rng.randrange(len(KINDS)), rng).closed:
@@ -194,7 +300,8 @@ def _loop(stop: threading.Event, rate: float | None, action: Callable[[random.Ra
 
 
 def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 50.0,
-         workdir: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+         attack_rate: float = 1.0, workdir: Path | None = None,
+         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the soak; return a summary whose ``ok`` says whether it passed."""
     base = Path(workdir or tempfile.mkdtemp(prefix="twistedgw-soak-"))
     pki = devpki.generate(base / "pki")
@@ -207,7 +314,8 @@ def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 
     gw = start_gateway(base / "gateway", gateway_config(pki, apis, port=port, extra=LIMITS), port)
     pid = gw.proc.pid
     stats, stop = Stats(), threading.Event()
-    traffic = Traffic(port, pki, stats, stop)
+    huge = huge_chains(base / "huge") if attack_rate else []
+    traffic = Traffic(port, pki, stats, stop, huge)
     plan: list[tuple[Callable[[random.Random], None], float | None, int]] = [
         (traffic.valid, None, 3),
         (traffic.refused, 20.0, 1),
@@ -215,6 +323,12 @@ def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 
         (traffic.slow, None, 4),
         (traffic.handshake, handshake_rate, 1),
     ]
+    if attack_rate:
+        plan += [
+            (traffic.pipelined_unread, attack_rate / 4, 1),
+            (traffic.huge_chain, attack_rate * 2, 1),
+            (traffic.one_byte_chunks, attack_rate, 1),
+        ]
     threads = [
         threading.Thread(target=_loop, args=(stop, rate, action, i * 100 + n), daemon=True)
         for i, (action, rate, copies) in enumerate(plan)
@@ -278,10 +392,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="allowed RSS growth from the post-warm-up baseline")
     parser.add_argument("--handshake-rate", type=float, default=50.0,
                         help="failed TLS handshakes per second")
+    parser.add_argument("--attack-rate", type=float, default=1.0,
+                        help="one-byte-chunk uploads per second (huge-chain handshakes at twice"
+                             " that, pipelined-unread clients at a quarter); 0 turns them off")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     args = parser.parse_args(argv)
     summary = soak(args.minutes, rss_slack_mb=args.rss_slack_mb,
-                   handshake_rate=args.handshake_rate,
+                   handshake_rate=args.handshake_rate, attack_rate=args.attack_rate,
                    log=(lambda _: None) if args.json else print)
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0 if summary["ok"] else 1

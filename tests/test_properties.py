@@ -85,7 +85,7 @@ _VALUES: st.SearchStrategy[Any] = st.recursive(
 _KEYS = {
     "listeners": ["host", "port", "tls", "endpoint"],
     "tls": ["certificate", "private_key", "keystore", "keystore_password", "truststore",
-            "truststore_password", "protocols", "ciphers", "session_tickets", "crl",
+            "truststore_password", "profile", "protocols", "ciphers", "session_tickets", "crl",
             "revocation", "revocation_scope", "revocation_fail", "ocsp_timeout",
             "ocsp_cache_seconds"],
     "apis": ["name", "version", "context", "backend", "mutual_ssl", "aliases", "api_key",

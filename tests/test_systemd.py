@@ -22,18 +22,20 @@ ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-a
 
 @pytest.mark.skipif(not Path(ACTIVATE).exists(), reason="systemd-socket-activate not installed")
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("fdname", ["--fdname=https", None], ids=["named", "unnamed"])
 def test_socket_activation_serves_mtls_on_the_inherited_socket(
     gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path,
-    workers: int,
+    workers: int, fdname: str | None,
 ) -> None:
+    """With and without --fdname: sd_listen_fds(3) makes names optional (older systemd,
+    other supervisors and systemd-socket-activate without --fdname pass none)."""
     port = free_port()
     apis = [{"name": "echo", "version": "1", "context": "/echo", "backend": backend.url,
              "mutual_ssl": "mandatory", "aliases": ["partner-root"]}]
     text = f"workers = {workers}\n" + gateway_config(
         pki, apis, port=port, listeners=[{"endpoint": "systemd:domain=INET:index=0"}])
     config = tmp_path / "gw0" / "gateway.toml"  # where the fixture writes it
-    # --fdname: real systemd always names its sockets, and Twisted needs the names.
-    argv = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=https",
+    argv = [ACTIVATE, "-l", f"127.0.0.1:{port}", *([fdname] if fdname else []),
             "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED",
             sys.executable, "-m", "twistedgw", "run", "--config", str(config)]
     gw = gateway([], config_text=text, port=port, argv=argv)

@@ -20,6 +20,7 @@ from twisted.test import iosim
 
 from twistedgw import pki as pkimod
 from twistedgw import reasons
+from twistedgw.chainverify import CA_AS_CLIENT
 from twistedgw.config import TlsConfig
 from twistedgw.devpki import DevPki
 from twistedgw.identity import Outcome
@@ -99,6 +100,7 @@ def connect(server_tls: ServerTLS, options: Any) -> tuple[TLSMemoryBIOProtocol, 
         ("not-yet-valid", Outcome.FAILED, reasons.NOT_YET_VALID, set()),
         ("intruder", Outcome.FAILED, reasons.UNTRUSTED, set()),
         ("server-only", Outcome.FAILED, reasons.WRONG_PURPOSE, set()),
+        ("ca-as-client", Outcome.FAILED, CA_AS_CLIENT, set()),
         (None, Outcome.NONE, reasons.NONE, set()),
     ],
 )

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# First: it reads LISTEN_FDS before twisted.internet.endpoints would consume it.
+from twistedgw import sdlisten as _sdlisten  # noqa: F401
+
 __all__ = ["ConfigError", "make_service"]
 __version__ = "0.1.0"
 

@@ -19,21 +19,33 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from twistedgw.config import AdminConfig
+from twistedgw.guard import SERVER
 from twistedgw.observe import Metrics
 
 log = Logger()
 
 # Returns None when ready, else why not (shown in the 503 body).
 Readiness = Callable[[], str | None]
+# Lines shown after "ready" (or the reason): things an operator should know, e.g. that
+# the [cluster] store is unreachable, which does not make the gateway unready.
+Detail = Callable[[], list[str]]
 
 
 class AdminResource(Resource):
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
+    def __init__(
+        self, metrics: Metrics, readiness: Readiness, detail: Detail | None = None
+    ) -> None:
         super().__init__()
         self._metrics = metrics
         self._readiness = readiness
+        self._detail = detail
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"server", SERVER)  # no TwistedWeb version, as on the gateway
+        body: bytes = super().render(request)
+        return body
 
     def render_GET(self, request: Request) -> bytes:
         path = request.path.rstrip(b"/")
@@ -41,9 +53,10 @@ class AdminResource(Resource):
             return _text(request, 200, "ok\n")
         if path == b"/readyz":
             why = self._readiness()
+            extra = "".join(line + "\n" for line in self._detail()) if self._detail else ""
             if why is None:
-                return _text(request, 200, "ready\n")
-            return _text(request, 503, why + "\n")
+                return _text(request, 200, "ready\n" + extra)
+            return _text(request, 503, why + "\n" + extra)
         if path == b"/metrics":
             body: bytes = generate_latest(self._metrics.registry)
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
@@ -76,11 +89,16 @@ class AdminService(service.Service):
     name = "twistedgw-admin"
 
     def __init__(
-        self, reactor: Any, settings: AdminConfig, metrics: Metrics, readiness: Readiness
+        self,
+        reactor: Any,
+        settings: AdminConfig,
+        metrics: Metrics,
+        readiness: Readiness,
+        detail: Detail | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
-        self.site = _QuietSite(AdminResource(metrics, readiness))
+        self.site = _QuietSite(AdminResource(metrics, readiness, detail))
         self.site.noisy = False
         self.port: IListeningPort | None = None
         self.listening: defer.Deferred[IListeningPort] | None = None

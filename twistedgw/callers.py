@@ -43,7 +43,6 @@ _decode = functools.lru_cache(maxsize=512)(lbheader.decode)
 class Caller:
     identity: ClientIdentity
     via_load_balancer: bool
-    ignored_header: bool  # a certificate header arrived from a source that may not send one
 
 
 def client_ip(request: Request) -> str:
@@ -82,7 +81,7 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
     handshake = handshake_identity(request, runtime)
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
-        return Caller(handshake, False, False)
+        return Caller(handshake, False)
     values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
     trusted = (
@@ -103,12 +102,12 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
             )
         # A direct client: its own handshake certificate speaks for it, unless that
         # is a load balancer's certificate arriving from outside trusted_proxies.
-        return Caller(_never_a_load_balancer(handshake, settings), False, bool(values))
+        return Caller(_never_a_load_balancer(handshake, settings), False)
     if not values:
-        return Caller(no_certificate(Source.HEADER), True, False)
+        return Caller(no_certificate(Source.HEADER), True)
     if len(values) > 1:
         return Caller(
-            failed(Source.HEADER, "more than one certificate header was sent"), True, False
+            failed(Source.HEADER, "more than one certificate header was sent"), True
         )
     chain_value = None
     if settings.chain_header is not None:
@@ -118,8 +117,8 @@ def resolve(request: Request, runtime: Runtime) -> Caller:
         decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)
     except lbheader.HeaderDecodeError as e:
         return Caller(
-            failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True, False
+            failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True
         )
     assert runtime.header_verifier is not None
     identity = runtime.header_verifier.verify(decoded.certs)
-    return Caller(_never_a_load_balancer(identity, settings), True, False)
+    return Caller(_never_a_load_balancer(identity, settings), True)

@@ -44,7 +44,28 @@ FAILED_TTL = 60.0
 """Seconds a FAILED verdict is cached: long enough to absorb a retry storm, short
 enough that fixing the truststore or the client takes effect promptly."""
 
+CA_AS_CLIENT = f"{INVALID}: basicConstraints.cA must not be asserted in an EE certificate"
+"""A CA certificate presented as a client's: the words cryptography's EE policy uses."""
+
 _NOISE_RE = re.compile(r"\s*\(encountered processing <Certificate\(.*?\)>\)")
+
+
+def leaf_problem(leaf: x509.Certificate) -> str | None:
+    """Why ``leaf`` may not be a client certificate whoever verified its chain, or None.
+
+    The one place for the end-entity rules that OpenSSL's client verification
+    leaves out (it accepts a CA certificate as a client's, and a trusted CA
+    presented by itself under PARTIAL_CHAIN); the handshake path (tls.py) and
+    the header path (here) both ask it, so they refuse the same leaves with
+    the same words.
+    """
+    try:
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    except Exception as e:  # malformed extensions: fail closed
+        return _invalid(str(e))
+    return CA_AS_CLIENT if constraints.ca else None
 
 
 def _ee_policy() -> ExtensionPolicy:
@@ -128,6 +149,9 @@ class ChainVerifier:
         period = _period_reason(leaf, at)
         if period is not None:
             return failed(Source.HEADER, period, certs)
+        problem = leaf_problem(leaf)
+        if problem is not None:
+            return failed(Source.HEADER, problem, certs)
         if fingerprint(leaf) in self._pinned:
             return self._verify_pinned(leaf, certs)
         if self._store is None:

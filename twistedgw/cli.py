@@ -37,8 +37,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg, _built = _load(args.config)
     except ConfigError as e:
         return _fail(e.problems)
-    print(f"{cfg.source}: OK ({len(cfg.apis)} APIs, {len(cfg.listeners)} listeners)")
+    for line in warnings(cfg):
+        print(f"twistedgw: warning: {line}", file=sys.stderr)
+    apis, listeners = _count(len(cfg.apis), "API"), _count(len(cfg.listeners), "listener")
+    print(f"{cfg.source}: OK ({apis}, {listeners})")
+    # The effective addresses: a listener without port listens on the default, 9095.
+    for listener in cfg.listeners:
+        print(f"  listens on {listener.describe()}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def warnings(cfg: configmod.GatewayConfig) -> list[str]:
+    """What is valid but probably not what was meant."""
+    out = []
+    if cfg.cluster is None and cfg.workers > 1 and any(api.tiers for api in cfg.apis):
+        out.append(
+            f"{cfg.source}: workers: {cfg.workers} workers and [[apis.tiers]] without "
+            "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
+            f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
+        )
+    return out
 
 
 def _start_logging() -> None:
@@ -143,6 +165,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  # optional mTLS + API key: the key alone is enough")
     print(f"  curl --cacert {pki}/server-ca.crt -H 'apikey: demo-key' {base}/orders/v1/list")
     print()
+    print("The gateway and the sample backend run in the foreground, in this terminal:")
+    print("try the commands above from another terminal; stop both with Ctrl-C.")
+    print()
     return serve(cfg, before_run=lambda reactor: samplebackend.listen(reactor, 8080))
 
 
@@ -233,9 +258,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from twistedgw import __version__
+
     parser = argparse.ArgumentParser(
         prog="twistedgw", description="API gateway with per-API mutual TLS, on Twisted."
     )
+    parser.add_argument("--version", action="version", version=f"twistedgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the gateway in the foreground")
     p.add_argument("--config", "-c", required=True)
@@ -288,9 +316,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
         return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what the shell reports for a process SIGPIPE ended
+
+
+def _closed_pipe() -> int:
+    """Whoever read our output stopped (``| head``): exit quietly, as ``cat`` would.
+
+    Python ignores SIGPIPE, so the write raises instead; point stdout at
+    /dev/null so that the interpreter's final flush does not raise again.
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

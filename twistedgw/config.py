@@ -44,6 +44,7 @@ class Mode(enum.Enum):
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
 REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
 IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
 DEFAULT_CIPHERS = (
@@ -74,6 +75,7 @@ class TlsConfig:
     keystore_password: str | None = None
     truststore: Path | None = None
     truststore_password: str | None = None
+    profile: str = "intermediate"
     protocols: tuple[str, ...] = TLS_PROTOCOLS
     ciphers: str = DEFAULT_CIPHERS
     session_tickets: bool = True
@@ -229,6 +231,40 @@ class IdentityConfig:
     headers: tuple[tuple[str, str], ...] = ()  # (field, header name)
 
 
+ON_FAILURE = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: tier counters shared in Redis by every worker and instance.
+
+    ``redis`` is kept as written (for messages); the parts below are parsed from it.
+    The password, if the URL has one, is never logged (``describe``).
+    """
+
+    redis: str = field(repr=False)  # may hold a password
+    scheme: str = "redis"  # "redis" | "rediss" | "unix"
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None  # unix socket
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    key_prefix: str = "twistedgw:"
+    timeout: float = 0.05  # seconds for one round trip
+    on_failure: str = "open"  # "open" | "closed"
+    # rediss:// only: the CA to verify Redis with (None = system trust) and a client certificate.
+    trusted_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    def describe(self) -> str:
+        """Where Redis is, without credentials."""
+        if self.scheme == "unix":
+            return f"unix://{self.path} db {self.db}"
+        return f"{self.scheme}://{self.host}:{self.port}/{self.db}"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     source: Path
@@ -246,6 +282,7 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
     nginx: NginxConfig | None = None
+    cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
 
     @property
@@ -459,6 +496,7 @@ def _tls(r: _Reader) -> TlsConfig:
         keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
         truststore=r.path_value("truststore"),
         truststore_password=r.get("truststore_password", str, None),  # type: ignore[arg-type]
+        profile=r.choice("profile", TLS_PROFILES, "intermediate"),
         ciphers=r.get("ciphers", str, DEFAULT_CIPHERS),
         session_tickets=r.get("session_tickets", bool, True),
         revocation=r.choice("revocation", REVOCATION_MODES, "off"),
@@ -478,6 +516,21 @@ def _tls(r: _Reader) -> TlsConfig:
             )
         else:
             cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
+    if cfg.profile == "modern":
+        # Modern is TLS 1.3 only, whose cipher suites OpenSSL fixes: keys that
+        # would weaken or contradict it are refused rather than silently ignored.
+        if "protocols" in r.table and cfg.protocols != ("TLSv1.3",):
+            r.problem(
+                "protocols",
+                'profile = "modern" is TLS 1.3 only; remove protocols or set it to ["TLSv1.3"]',
+            )
+        if "ciphers" in r.table:
+            r.problem(
+                "ciphers",
+                'profile = "modern" is TLS 1.3 only, where ciphers (TLS 1.2 cipher suites) '
+                "do not apply; remove ciphers or use the intermediate profile",
+            )
+        cfg = dataclasses.replace(cfg, protocols=("TLSv1.3",))
     crl_paths = _string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):
@@ -867,6 +920,88 @@ def _limits(r: _Reader) -> Limits:
     return out
 
 
+def _cluster(r: _Reader) -> ClusterConfig | None:
+    url = r.required("redis", str)
+    prefix = r.get("key_prefix", str, "twistedgw:")
+    timeout = r.positive("timeout", float, 0.05)
+    on_failure = r.choice("on_failure", ON_FAILURE, "open")
+    trusted = r.path_value("trusted_certificate")
+    certificate = r.path_value("certificate")
+    private_key = r.path_value("private_key")
+    if ("certificate" in r.table) != ("private_key" in r.table):
+        r.problem(
+            "private_key" if "certificate" in r.table else "certificate",
+            "certificate and private_key go together",
+        )
+    parts = _redis_url(r, url) if url is not None else None
+    if parts is not None and parts["scheme"] != "rediss":
+        for key in ("trusted_certificate", "certificate", "private_key"):
+            if key in r.table:
+                r.problem(key, "applies only to a rediss:// (TLS) redis URL")
+    r.finish()
+    if parts is None or url is None:
+        return None
+    return ClusterConfig(
+        redis=url,
+        key_prefix=prefix,
+        timeout=timeout,
+        on_failure=on_failure,
+        trusted_certificate=trusted,
+        certificate=certificate,
+        private_key=private_key,
+        **parts,
+    )
+
+
+def _redis_url(r: _Reader, url: str) -> dict[str, Any] | None:
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or
+    ``unix:///path/to/redis.sock[?db=N]``; None (and a problem) if it is none of them."""
+    usage = (
+        "expected redis://host[:port][/db], rediss://host[:port][/db] or "
+        f"unix:///path/to/redis.sock, got {url!r}"
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        r.problem("redis", f"{usage} ({e})")
+        return None
+    scheme = parts.scheme.lower()
+    out: dict[str, Any] = {"scheme": scheme}
+    if parts.username:
+        out["username"] = parts.username
+    if parts.password:
+        out["password"] = parts.password
+    db_text = ""
+    if scheme == "unix":
+        if not parts.path.startswith("/") or parts.netloc:
+            r.problem("redis", usage)
+            return None
+        out["path"] = parts.path
+        for item in parts.query.split("&") if parts.query else ():
+            name, _, value = item.partition("=")
+            if name != "db":
+                r.problem("redis", f"unknown parameter {name!r} (only db=N)")
+                return None
+            db_text = value
+    elif scheme in ("redis", "rediss"):
+        if not parts.hostname or parts.query or parts.fragment:
+            r.problem("redis", usage)
+            return None
+        out["host"] = parts.hostname
+        out["port"] = port if port is not None else 6379
+        db_text = parts.path.strip("/")
+    else:
+        r.problem("redis", usage)
+        return None
+    if db_text:
+        if not db_text.isdigit() or len(db_text) > 5:
+            r.problem("redis", f"the database must be a number, got {db_text!r}")
+            return None
+        out["db"] = int(db_text)
+    return out
+
+
 def load(path: str | Path) -> GatewayConfig:
     """Read and validate a config file; raise ConfigError listing every problem."""
     file, raw = _read(path)
@@ -1016,6 +1151,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     limits = _limits(top.sub("limits"))
     backend_tls = _backend_tls(top.sub("backend_tls"))
     _backend_tls_overlaps(problems, api_paths, backend_tls)
+    cluster = _cluster(top.sub("cluster")) if "cluster" in raw else None
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -1063,6 +1199,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
         nginx=nginx,
+        cluster=cluster,
         consumers=tuple(consumers),
     )
     return Parsed(

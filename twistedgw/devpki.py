@@ -242,9 +242,14 @@ class Authority:
         ocsp_url: str | None = None,
         policies: tuple[str, ...] = (),
         key: PrivateKey | None = None,
+        ca: bool = False,
     ) -> Issued:
         """A client (by default) certificate; ``ocsp_url`` names an OCSP responder in its AIA,
-        ``policies`` go in certificatePolicies, ``key`` reuses a key (a renewal)."""
+        ``policies`` go in certificatePolicies, ``key`` reuses a key (a renewal).
+
+        ``ca=True`` asserts ``cA`` in it: a CA certificate presented as a client's,
+        which both verification paths must refuse.
+        """
         key = key or new_key(key_type or self.key_type)
         now = _now()
         if sans is None:
@@ -258,7 +263,7 @@ class Authority:
             self.cert.subject,
             key.public_key(),
             self.key,
-            ca=False,
+            ca=ca,
             not_before=not_before or now - _DAY,
             not_after=not_after or now + 365 * _DAY,
             eku=eku,
@@ -399,7 +404,9 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     ``partner-root`` (root of the ``partner-*`` clients, which chain through an
     intermediate), ``other-root`` (a second trusted CA), ``pinned-client`` (a
     self-signed client pinned by itself) and ``lb-ca`` (issues load-balancer
-    certificates). ``intruder`` chains to a CA that is not trusted at all.
+    certificates). ``intruder`` chains to a CA that is not trusted at all;
+    ``ca-as-client`` is a CA certificate (``cA`` asserted, clientAuth) from
+    ``partner-root``, which no path may accept as a client's.
     ``identity-app`` carries a DNS, a SPIFFE URI and an e-mail SAN and the
     policy ``IDENTITY_POLICY_OID``; ``identity-renewed`` reuses its key;
     ``acme-app`` and ``globex-app`` are the consumers of the README's examples.
@@ -434,6 +441,7 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
         "other-app": other_root.issue("other-app"),
         "pinned": self_signed_client("pinned-app", key_type),
         "intruder": untrusted.issue("intruder-app"),
+        "ca-as-client": partner_root.issue("ca-as-client-app", ca=True),
         "lb": lb_ca.issue("lb.internal"),
         # Identity rules and consumers: every SAN kind and a certificate policy.
         "identity-app": partner_issuing.issue(

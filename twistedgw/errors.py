@@ -85,6 +85,11 @@ def backend_unavailable(description: str) -> GatewayError:
     return GatewayError(503, "101503", "Runtime Error", description)
 
 
+def limits_unavailable(description: str) -> GatewayError:
+    """``[cluster] on_failure = "closed"`` and the shared tier store cannot answer."""
+    return GatewayError(503, "101503", "Runtime Error", description)
+
+
 def backend_timeout(description: str) -> GatewayError:
     return GatewayError(504, "101504", "Runtime Error", description)
 

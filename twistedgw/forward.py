@@ -5,8 +5,10 @@ One `Forwarder` per process owns the backend connection pool (`upstream.py`).
 NOT_DONE_YET) and takes over the request until it is finished or aborted:
 
 * the request head is written as bytes: hop-by-hop, Connection-named,
-  Content-Length, Host, the caller's `remove_headers` and client-sent
-  X-Forwarded-* are dropped; the gateway's own X-Forwarded-For/-Proto/-Host and
+  Content-Length, Host, the caller's `remove_headers`, client-sent
+  X-Forwarded-* and every header whose name contains `_` are dropped (WSGI and
+  CGI backends read `X_Client_Cert` as `X-Client-Cert`; NGINX drops them too,
+  `underscores_in_headers off`); the gateway's own X-Forwarded-For/-Proto/-Host and
   the caller's `add_headers` are set;
 * the spooled request body (`request.content`) is streamed, never read whole;
 * the response body is relayed as it arrives; this relay is registered as the
@@ -40,7 +42,7 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from twistedgw import errors
+from twistedgw import _twisted, errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.upstream import (
     TOKEN,
@@ -147,7 +149,7 @@ def build_request_head(
     drop.update(name.lower() for name, _ in add_headers)
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, origin.host_header)]
     for name, values in headers.getAllRawHeaders():
-        if name.lower() in drop:
+        if name.lower() in drop or b"_" in name:
             continue
         for value in values:
             out.append(b"%s: %s\r\n" % (name, _one_line(value)))
@@ -181,15 +183,22 @@ def _client_host(address: IAddress) -> bytes | None:
 def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """Put the backend's end-to-end headers on the client response, repeats kept.
 
-    `setRawHeaders` replaces twisted.web's own Server/Date when the backend
-    sent them, so the client sees the backend's.
+    `setRawHeaders` replaces twisted.web's own Date when the backend sent one,
+    so the client sees the backend's. The backend's Server header is dropped
+    and the gateway's (no version) kept, as NGINX's `proxy_hide_header` does by
+    default: a backend's software and version are not the client's business.
     """
     is_head = request.method == b"HEAD"
     named = head.connection_tokens
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
     for name, value in head.headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or (lower == b"content-length" and not is_head):
+        if (
+            lower in HOP_BY_HOP
+            or lower in named
+            or lower == b"server"
+            or (lower == b"content-length" and not is_head)
+        ):
             continue
         entry = grouped.get(lower)
         if entry is None:
@@ -528,7 +537,7 @@ class _Exchange:
         if self._phase == "done":
             return
         try:
-            if self._client_gone or getattr(self._request, "_disconnected", False):
+            if self._client_gone or _twisted.client_disconnected(self._request):
                 self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
             elif self._request.startedWriting:
                 _abort_client(self._request)

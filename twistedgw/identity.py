@@ -68,9 +68,6 @@ class ClientIdentity:
         leaf = self.leaf
         return fingerprint(leaf).hex() if leaf is not None else None
 
-    def leaf_pem(self) -> bytes | None:
-        leaf = self.leaf
-        return leaf.public_bytes(serialization.Encoding.PEM) if leaf is not None else None
 
 
 def no_certificate(source: Source = Source.HANDSHAKE) -> ClientIdentity:

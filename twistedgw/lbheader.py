@@ -254,6 +254,10 @@ def _parse_pem(text: str, what: str) -> list[x509.Certificate]:
 
 
 def _url_encoded_pem(text: str, *, allow_raw: bool, name: str) -> list[x509.Certificate]:
+    if not text.startswith(_BEGIN_ESCAPED):
+        # Checked first: a raw '+' or '/' says "AWS ALB" only in a URL-encoded PEM
+        # (base64 DER has them too, and decode() names the format it looks like).
+        raise _FormatMismatch(f"{name} value does not start with {_BEGIN_ESCAPED}")
     bad = _first_outside(text, _ALB_CHARS if allow_raw else _URL_PEM_CHARS)
     if bad is not None:
         i, c = bad
@@ -263,8 +267,6 @@ def _url_encoded_pem(text: str, *, allow_raw: bool, name: str) -> list[x509.Cert
                 "this looks like an AWS ALB header (X-Amzn-Mtls-Clientcert): use encoding aws-alb"
             )
         raise _FormatMismatch(f"{name} value has an unexpected character {c!r} at position {i}")
-    if not text.startswith(_BEGIN_ESCAPED):
-        raise _FormatMismatch(f"{name} value does not start with {_BEGIN_ESCAPED}")
     return _parse_pem(_percent_decode(text, f"{name} value"), f"{name} value")
 
 

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
 from twistedgw import reasons
+from twistedgw.guard import CLIENT_ERROR_KINDS
 from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.runtime import Runtime
 from twistedgw.web import RequestRecord
@@ -38,8 +39,10 @@ log = Logger()
 
 # The api label for requests that matched no API (404, 400).
 NO_API = "-"
-# Backend error kinds from forward.py; "client_gone" is the client's doing, not the backend's.
-_NOT_BACKEND_ERRORS = frozenset({"client_gone"})
+# Backend error kinds from forward.py; "client_gone" is the client's doing, not the
+# backend's, and the HTTP front's refusals (guard.py) are client errors.
+_NOT_BACKEND_ERRORS = frozenset({"client_gone"}) | CLIENT_ERROR_KINDS
+CLUSTER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # The consumer label of requests whose caller mapped to no configured consumer.
@@ -125,6 +128,15 @@ class Metrics:
             ["api", "kind"],
             registry=r,
         )
+        self.client_errors = Counter(
+            "twistedgw_client_errors",
+            "Requests the HTTP front refused before routing (malformed, too large, too slow),"
+            " by kind.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in sorted(CLIENT_ERROR_KINDS):
+            self.client_errors.labels(kind=kind)
         self.reloads = Counter(
             "twistedgw_config_reloads",
             "Configuration reloads, by result (success|failure).",
@@ -138,6 +150,19 @@ class Metrics:
         )
         self.workers = Gauge(
             "twistedgw_workers_ready", "Processes serving requests now.", registry=r
+        )
+        self.cluster_errors = Counter(
+            "twistedgw_cluster_store_errors",
+            "Tier checks the [cluster] Redis store could not answer (served per on_failure), "
+            "by kind (down|timeout|error|garbage|overload).",
+            ["kind"],
+            registry=r,
+        )
+        self.cluster_round_trip_seconds = Histogram(
+            "twistedgw_cluster_store_round_trip_seconds",
+            "Time for one tier check in the [cluster] Redis store (answered ones).",
+            buckets=CLUSTER_BUCKETS,
+            registry=r,
         )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
@@ -188,8 +213,21 @@ class Metrics:
         found[1].observe(max(duration, 0.0))
         if found[2] is not None:
             found[2].inc()
-        if kind is not None and kind not in _NOT_BACKEND_ERRORS:
-            self.backend_errors.labels(api=api, kind=kind).inc()
+        if kind is not None:
+            if kind in CLIENT_ERROR_KINDS:
+                self.client_errors.labels(kind=kind).inc()
+            elif kind not in _NOT_BACKEND_ERRORS:
+                self.backend_errors.labels(api=api, kind=kind).inc()
+
+    # cluster.ClusterObserver: the single-process service's store reports here.
+    def cluster_error(self, kind: str, count: int = 1) -> None:
+        self.cluster_errors.labels(kind=kind).inc(count)
+
+    def cluster_round_trip(self, seconds: float) -> None:
+        self.cluster_round_trip_seconds.observe(max(seconds, 0.0))
+
+    def cluster_state(self, problem: str | None) -> None:
+        pass  # shown by /readyz from the store itself
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(result="success" if ok else "failure").inc()

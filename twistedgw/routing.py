@@ -104,6 +104,41 @@ def _normalise(path: bytes) -> bytes:
 _normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
 
 
+def authz_path(path: bytes) -> bytes:
+    """The path the authz endpoint may judge: ``path`` itself, already in normal form.
+
+    Why: with NGINX ``auth_request`` (Envoy ``ext_authz``, Traefik ``forwardAuth``)
+    the gateway only judges; the front proxy routes on its own reading of the path
+    and forwards the raw path to a backend that routes on yet another. If the
+    gateway judged the normalised form of ``/secure/admin/..;/public/`` it would
+    judge the open ``/secure/public`` while the backend serves ``/secure/admin``.
+    So a path whose normalised form differs from the bytes forwarded (dot segments
+    in any spelling: ``.``, ``..``, ``%2e``, ``.;x``, ``..;``; ``;`` parameters;
+    escapes of unreserved characters; empty segments; lower-case escapes) is
+    refused, never judged as something else. Only then do the raw and the judged
+    path select the same API whatever the contexts and whatever prefix router
+    sits behind the proxy. Direct mode keeps normalising (it forwards what it judged).
+    """
+    clean = normalise(path)  # raises BadPath for what is refused everywhere
+    if clean == path:
+        return clean
+    segments = path.split(b"/")[1:]
+    if b";" in path:
+        why = "a ';' parameter"
+    elif any(s in (b".", b"..") for s in segments):
+        why = "a '.' or '..' segment"
+    elif any(int(m.group(1), 16) in _UNRESERVED for m in _PCT.finditer(path)):
+        why = "an escaped unreserved character such as %2E (a dot) or %41"
+    elif b"" in segments[:-1]:
+        why = "an empty segment"
+    else:
+        why = "a percent-escape in lower case"
+    raise BadPath(
+        f"request path has {why}: the proxy forwards it as sent, so it is not judged"
+        f" as {clean.decode('latin-1')!r}"
+    )
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one request goes: its API, the backend URL and the API's compiled pipeline."""

@@ -25,7 +25,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import guard, pki, runtime
+from twistedgw import guard, pki, runtime, sdlisten
 from twistedgw.admin import AdminService
 from twistedgw.backendtls import BackendPolicy
 from twistedgw.config import ConfigError, GatewayConfig, Listener
@@ -47,15 +47,15 @@ _SYSTEM_TRUST = BackendPolicy()
 def listener_endpoint(reactor: Any, listener: Listener) -> Any:
     """The server endpoint for a listener: its endpoint string, or host and port."""
     if listener.endpoint is not None:
+        if listener.endpoint.startswith("systemd:"):
+            # Ours, not Twisted's: socket names are optional (see sdlisten).
+            try:
+                return sdlisten.endpoint(reactor, listener.endpoint)
+            except ValueError as e:
+                raise ValueError(f"endpoint {listener.endpoint!r}: {e}") from None
         try:
             return endpoints.serverFromString(reactor, listener.endpoint)
         except (IndexError, KeyError) as e:
-            if listener.endpoint.startswith("systemd:"):
-                # Twisted sees no socket unless both LISTEN_FDS and LISTEN_FDNAMES are set.
-                raise ValueError(
-                    f"endpoint {listener.endpoint!r}: systemd passed no such socket "
-                    "(check the .socket unit; with systemd-socket-activate add --fdname=NAME)"
-                ) from None
             raise ValueError(f"endpoint {listener.endpoint!r}: {e!r}") from None
     return (
         endpoints.TCP4ServerEndpoint(reactor, listener.port, interface=listener.host)
@@ -111,7 +111,9 @@ class GatewaySite(Site):
     and knows its open connections, so a graceful stop can drain them."""
 
     def __init__(self, resource: Any) -> None:
-        super().__init__(resource)
+        # twisted.web would read urlencoded and multipart POST bodies whole into
+        # memory to fill ``args``; the gateway never uses them.
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.tracker = ConnectionTracker()
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -153,7 +155,10 @@ class GatewayService(service.Service):
         self.reactor = reactor
         self.config = config
         self._records = HandshakeRecords()
-        built = runtime.build(config, self._records)
+        # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
+        self.shared = Shared(connect=True)
+        built = runtime.build(config, self._records, self.shared)
+        self.shared.in_force(config)
         limits = config.limits
         self.forwarder = Forwarder(
             reactor,
@@ -177,8 +182,11 @@ class GatewayService(service.Service):
         if self.inherited is None:
             self.metrics = Metrics(lambda: self.gateway.runtime)
             self.gateway.observers.append(self.metrics.observe)
+            self.shared.observe_cluster(self.metrics)
             if config.admin is not None:
-                self.admin = AdminService(reactor, config.admin, self.metrics, self.readiness)
+                self.admin = AdminService(
+                    reactor, config.admin, self.metrics, self.readiness, self.detail
+                )
         self.access_log: AccessLog | None = None
         self._set_access_log(config)
 
@@ -220,6 +228,11 @@ class GatewayService(service.Service):
         if not self.ports:
             return "listeners are not up yet"
         return None
+
+    def detail(self) -> list[str]:
+        """Extra ``/readyz`` lines: the [cluster] store's state."""
+        store = self.shared.cluster
+        return [store.describe()] if store is not None else []
 
     def _endpoint(self, listener: Listener) -> Any:
         return listener_endpoint(self.reactor, listener)
@@ -274,6 +287,7 @@ class GatewayService(service.Service):
             self.metrics.reloaded(built is not None)
         if built is None:
             self.reopen_logs()  # logrotate sends SIGHUP whatever the config says
+            self.shared.in_force(self.config)  # a store the refused config made goes
             return False
         new_config = built.config
         try:
@@ -281,6 +295,7 @@ class GatewayService(service.Service):
         except ConfigError as e:  # the rest of the new config still applies
             log.error("{problem}", problem=e.problems[0])
         self.config = new_config
+        self.shared.in_force(new_config)  # a changed [cluster] has connected anew: drop the old
         self.gateway.runtime = built
         log.info("Reloaded {source}", source=str(new_config.source))
         return True
@@ -297,6 +312,7 @@ class GatewayService(service.Service):
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self.site.tracker.drain(self.reactor, self.config.shutdown_timeout))
         d.addBoth(lambda _: self.forwarder.close())
+        d.addBoth(lambda _: self.shared.stop())
         if self.admin is not None:
             admin = self.admin
             d.addBoth(lambda _: admin.stopService())

@@ -11,6 +11,11 @@ consumer name), so a consumer has one budget whatever credential it used.
 The buckets live in the ``Gateway``, not the ``Runtime``: they survive a reload
 (SIGHUP), otherwise rotating a CRL would hand every caller a fresh minute. A
 reload that changes a tier's rate applies the new rate to existing buckets.
+
+Which tier applies and which bucket it spends is decided in one place,
+``limit_for``; where the buckets are kept is a ``TierStore``: ``TierThrottle`` in
+this process, or ``cluster.RedisTierStore`` shared by every worker and instance
+(``[cluster]``), which answers with a Deferred.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
 
 from twistedgw.config import ApiConfig, Tier
 from twistedgw.identity import ClientIdentity, fingerprint
@@ -56,6 +64,43 @@ def bucket_key(tier: Tier, identity: ClientIdentity | None) -> bytes | None:
     return b"leaf:" + fingerprint(leaf) if leaf is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bucket to spend from: its key (unique per API and caller) and its rate."""
+
+    key: bytes
+    requests_per_minute: int
+    consumer: bool = False  # counts a consumer (else a certificate); for the refusal's words
+
+
+def limit_for(
+    api: ApiConfig, identity: ClientIdentity | None, consumer: str | None = None
+) -> Limit | None:
+    """The tier that applies to this caller on this API and the bucket it spends; None
+    when nothing limits it. The one place that decides; every store uses it."""
+    tier = tier_for(api, identity, consumer)
+    which = bucket_key(tier, identity) if tier is not None else None
+    if tier is None or which is None:
+        return None
+    return Limit(
+        api.context.encode() + b"\x00" + which,
+        tier.requests_per_minute,
+        consumer=tier.consumer is not None,
+    )
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot answer and ``[cluster] on_failure = "closed"``: refuse (503)."""
+
+
+class TierStore(Protocol):
+    """Where buckets live. ``take_limit`` spends one token: None if allowed, else the
+    seconds until one is available (possibly through a Deferred); it raises (or its
+    Deferred fails with) ``StoreUnavailable`` when the request must be refused."""
+
+    def take_limit(self, limit: Limit) -> float | Deferred[float | None] | None: ...
+
+
 class TierThrottle:
     """Token buckets: capacity = ``requests_per_minute``, refilled evenly over a minute.
 
@@ -65,7 +110,7 @@ class TierThrottle:
     def __init__(
         self, *, max_buckets: int = 100_000, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._buckets: OrderedDict[tuple[str, bytes], _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._max = max_buckets
         self._clock = clock
 
@@ -76,14 +121,15 @@ class TierThrottle:
         self, api: ApiConfig, identity: ClientIdentity | None, consumer: str | None = None
     ) -> float | None:
         """Spend one token; None if allowed, else the seconds until one is available."""
-        tier = tier_for(api, identity, consumer)
-        which = bucket_key(tier, identity) if tier is not None else None
-        if tier is None or which is None:
-            return None
-        capacity = float(tier.requests_per_minute)
+        limit = limit_for(api, identity, consumer)
+        return None if limit is None else self.take_limit(limit)
+
+    def take_limit(self, limit: Limit) -> float | None:
+        """``TierStore.take_limit``, synchronously."""
+        capacity = float(limit.requests_per_minute)
         rate = capacity / 60.0
         now = self._clock()
-        key = (api.context, which)
+        key = limit.key
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(capacity, now)

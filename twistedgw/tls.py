@@ -11,20 +11,24 @@ reference (pyOpenSSL forbids mutating a Context that a connection used).
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twistedgw import reasons
+from twistedgw import _twisted, reasons
+from twistedgw.chainverify import leaf_problem
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
 from twistedgw.pki import KeyStore, TrustStore
@@ -47,13 +51,24 @@ _REASONS: dict[int, str] = {
 }
 
 
+TLS_GROUPS = b"X25519:P-256:P-384"
+"""Key exchange groups offered, as in Mozilla's intermediate and modern configurations
+(OpenSSL's default adds X448 and P-521, which those configurations leave out)."""
+
+
+def _set_groups(context: SSL.Context, groups: bytes) -> None:
+    """Restrict the key exchange groups; pyOpenSSL has no public call for it."""
+    _ffi, lib = _twisted.openssl()
+    if lib.SSL_CTX_set1_curves_list(_twisted.ssl_ctx(context), groups) != 1:
+        raise SSL.Error(f"OpenSSL refused the key exchange groups {groups.decode()}")
+
+
 def _openssl_reason(errno: int) -> str:
     known = _REASONS.get(errno)
     if known is not None:
         return known
     try:
-        from OpenSSL._util import ffi, lib  # private, but the only way to OpenSSL's own words
-
+        ffi, lib = _twisted.openssl()  # the only way to OpenSSL's own words
         text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
     except Exception:
         text = f"verification error {errno}"
@@ -74,6 +89,18 @@ class HandshakeRecords(weakref.WeakKeyDictionary[Any, HandshakeRecord]):
     """TLS protocol -> its record; forgotten when the connection is collected."""
 
 
+VERDICT_CACHE_BYTES = 8 * 1024 * 1024
+"""What the verified verdicts kept for resumed sessions may cost, at most."""
+
+FAILED_REASONS = 4096
+"""How many failed handshakes' reasons are kept for resumed sessions, at most."""
+
+FAILED_TTL = 60.0
+"""Seconds a failed handshake's reason is kept for a session resumed from it."""
+
+_CERT_OVERHEAD = 1024  # bytes a parsed certificate costs beyond its DER, estimated
+
+
 class _VerdictCache:
     """Leaf fingerprint -> verdict from a full handshake, for resumed sessions.
 
@@ -81,32 +108,86 @@ class _VerdictCache:
     resumed session carries only the leaf. The leaf in a session ticket is
     authentic (the ticket is sealed with this context's key), so the verdict
     of the handshake that issued it stands until the certificate expires.
+
+    Anyone can handshake, so nothing a failed handshake presented is kept: a
+    verified verdict keeps the *verified* chain (leaf to truststore entry, not
+    what the client sent besides), its cost is bounded in bytes, least
+    recently used first out; a failed one leaves only its reason, keyed by the
+    leaf's fingerprint, in a separate map bounded by count and time, so failed
+    handshakes can neither grow memory nor evict a verified verdict.
     """
 
-    def __init__(self, size: int = 10000) -> None:
-        self._size = size
-        self._items: OrderedDict[bytes, ClientIdentity] = OrderedDict()
+    def __init__(
+        self,
+        max_bytes: int = VERDICT_CACHE_BYTES,
+        max_failed: int = FAILED_REASONS,
+        failed_ttl: float = FAILED_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[bytes, tuple[int, ClientIdentity]] = OrderedDict()
+        self._max_failed = max_failed
+        self._failed_ttl = failed_ttl
+        self._clock = clock
+        self._failed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items) + len(self._failed)
+
+    @staticmethod
+    def _cost(chain: tuple[x509.Certificate, ...]) -> int:
+        return sum(
+            len(c.public_bytes(serialization.Encoding.DER)) + _CERT_OVERHEAD for c in chain
+        )
 
     def put(self, identity: ClientIdentity) -> None:
         leaf = identity.leaf
         if leaf is None:
             return
         key = fingerprint(leaf)
-        self._items[key] = identity
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
+        if not identity.verified:
+            self._failed.pop(key, None)
+            self._failed[key] = (self._clock() + self._failed_ttl, identity.reason or "")
+            while len(self._failed) > self._max_failed:
+                self._failed.popitem(last=False)
+            return
+        self._failed.pop(key, None)
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[0]
+        cost = self._cost(identity.chain)
+        if cost > self.max_bytes:
+            return
+        self._items[key] = (cost, identity)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            _key, (evicted, _identity) = self._items.popitem(last=False)
+            self.bytes -= evicted
 
     def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
         key = fingerprint(leaf)
-        identity = self._items.get(key)
-        if identity is None:
-            return None
+        entry = self._items.get(key)
+        if entry is None:
+            return self._failed_verdict(key, leaf)
+        cost, identity = entry
         now = datetime.now(UTC)
-        if identity.verified and any(c.not_valid_after_utc < now for c in identity.chain):
+        if any(c.not_valid_after_utc < now for c in identity.chain):
             del self._items[key]
+            self.bytes -= cost
             return None
+        self._items.move_to_end(key)
         return identity
+
+    def _failed_verdict(self, key: bytes, leaf: x509.Certificate) -> ClientIdentity | None:
+        entry = self._failed.get(key)
+        if entry is None:
+            return None
+        expires, reason = entry
+        if self._clock() >= expires:
+            del self._failed[key]
+            return None
+        return failed(Source.HANDSHAKE, reason, (leaf,))
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -155,6 +236,12 @@ class ServerTLS:
             acceptableProtocols=[b"http/1.1"],
         )
         context: SSL.Context = options.getContext()
+        _set_groups(context, TLS_GROUPS)
+        if settings.session_tickets:
+            # Resume by ticket only: OpenSSL's internal session cache (20,480 sessions
+            # by default, each with the chain the client presented) is what a client
+            # that refuses tickets would otherwise fill.
+            context.set_session_cache_mode(SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL)
         if truststore is not None:
             # Pinned leaves that are not self-signed need partial chains to anchor.
             context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # type: ignore[union-attr]
@@ -214,8 +301,9 @@ class ServerTLS:
             identity = failed(Source.HANDSHAKE, _openssl_reason(errno), presented)
         else:
             chain = tuple(conn.get_verified_chain(as_cryptography=True) or ())
-            if not chain:
-                identity = failed(Source.HANDSHAKE, reasons.UNTRUSTED, presented)
+            problem = leaf_problem(chain[0]) if chain else reasons.UNTRUSTED
+            if problem is not None:
+                identity = failed(Source.HANDSHAKE, problem, presented)
             else:
                 assert self.truststore is not None
                 identity = ClientIdentity(

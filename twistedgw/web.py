@@ -11,6 +11,7 @@ make this raise.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ from twistedgw.pipeline import (
     RequestView,
     ResponseEdit,
 )
-from twistedgw.routing import BadPath, Route, normalise, split_target
+from twistedgw.routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.runtime import Runtime
+from twistedgw.upstream import TOKEN
 
 log = Logger()
 
@@ -98,12 +100,16 @@ class Routed:
         return self.runtime.config.limits.max_body_bytes
 
 
-def route_request(runtime: Runtime, target: bytes) -> Routed:
+def route_request(runtime: Runtime, target: bytes, *, as_forwarded: bool = False) -> Routed:
     """Normalise and route ``target`` once; the guard calls this when the headers are in
-    and stores the result on the request, so the resource never routes again."""
+    and stores the result on the request, so the resource never routes again.
+
+    ``as_forwarded`` (the authz endpoint) accepts only a path already in normal form
+    (``routing.authz_path``): the proxy in front forwards it raw, so judging its
+    normalised form would judge a different request than the one forwarded."""
     raw_path, query = split_target(target)
     try:
-        path = normalise(raw_path)
+        path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
     return Routed(runtime, raw_path, path, query, runtime.router.route(path, query))
@@ -123,12 +129,15 @@ def request_view(request: Request, path: bytes, query: bytes | None) -> RequestV
 class _Exchange:
     """One request's bookkeeping: the record it ends with, and how it answers."""
 
-    __slots__ = ("api", "call", "gateway", "pipeline", "raw_path", "request", "started")
+    __slots__ = (
+        "api", "call", "gateway", "method", "pipeline", "raw_path", "request", "started"
+    )
 
     def __init__(self, gateway: Gateway, request: Request, raw_path: bytes) -> None:
         self.gateway = gateway
         self.request = request
         self.raw_path = raw_path
+        self.method = request.method  # the authz endpoint records the method it judged
         self.started = time.time()
         self.api: ApiConfig | None = None
         self.call: Call | None = None
@@ -142,7 +151,7 @@ class _Exchange:
                 started=self.started,
                 duration=time.time() - self.started,
                 client=callers.client_ip(request),
-                method=request.method.decode("latin-1"),
+                method=self.method.decode("latin-1"),
                 path=self.raw_path.decode("latin-1"),
                 api=self.api,
                 status=status,
@@ -229,10 +238,14 @@ class GatewayResource(Resource):
     def _authz(self, request: Request, runtime: Runtime, exchange: _Exchange) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
+        Its method is the one ``original_method_header`` names, or this request's
+        own (the access log records the judged request, not the subrequest).
+
         For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
         A path that names no API, or an unsafe one, is refused with 403, not
         404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
-        anything else into a 500 of its own.
+        anything else into a 500 of its own. So is a path not already in normal
+        form (``routing.authz_path``).
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
@@ -243,7 +256,14 @@ class GatewayResource(Resource):
             return exchange.refuse(
                 errors.bad_request(f"the {settings.original_uri_header} header is missing")
             )
-        judged = route_request(runtime, original)
+        named_method = request.getHeader(settings.original_method_header.encode())
+        if named_method is not None and not TOKEN.match(named_method):
+            return exchange.refuse(
+                errors.forbidden(f"the {settings.original_method_header} header is not a method")
+            )
+        if named_method is not None:
+            exchange.method = named_method
+        judged = route_request(runtime, original, as_forwarded=True)
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route
@@ -252,8 +272,9 @@ class GatewayResource(Resource):
                 errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
             )
         caller = callers.resolve(request, runtime)
+        view = request_view(request, judged.path, judged.query)
         call = Call(
-            request_view(request, judged.path, judged.query),
+            dataclasses.replace(view, method=exchange.method),
             route.api,
             caller.identity,
             via_load_balancer=caller.via_load_balancer,

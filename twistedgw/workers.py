@@ -116,10 +116,11 @@ class Supervisor(service.Service):
         _check_access_log(config)
         self.metrics = Metrics(lambda: self.runtime)
         self.admin = (
-            AdminService(reactor, config.admin, self.metrics, self.readiness)
+            AdminService(reactor, config.admin, self.metrics, self.readiness, self.detail)
             if config.admin is not None
             else None
         )
+        self.cluster_problems: dict[int, str] = {}  # worker index -> its [cluster] store's problem
         self.ports: list[tuple[IListeningPort, bool]] = []
         self.workers: dict[int, _Worker] = {}
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
@@ -180,6 +181,8 @@ class Supervisor(service.Service):
         }
         worker = _Worker(self, index)
         self.workers[index] = worker
+        if self.config.cluster is not None:  # until the worker says it has connected
+            self.cluster_problems[index] = "not connected yet"
         process = self.reactor.spawnProcess(
             worker, sys.executable, argv, env=env, childFDs=child_fds
         )
@@ -193,6 +196,15 @@ class Supervisor(service.Service):
             for raw in message["s"]:
                 sample: Sample = tuple(raw)  # type: ignore[assignment]
                 self.metrics.count(sample)
+        for kind, count in message.get("ce", {}).items():
+            self.metrics.cluster_error(str(kind), int(count))
+        for seconds in message.get("rt", ()):
+            self.metrics.cluster_round_trip(float(seconds))
+        if "cs" in message:
+            if message["cs"]:
+                self.cluster_problems[worker.index] = str(message["cs"])
+            else:
+                self.cluster_problems.pop(worker.index, None)
         if message.get("ready"):
             worker.ready = True
             self._update_ready()
@@ -200,7 +212,21 @@ class Supervisor(service.Service):
     def _update_ready(self) -> None:
         self.metrics.workers.set(sum(1 for w in self.workers.values() if w.ready))
 
+    def detail(self) -> list[str]:
+        """Extra ``/readyz`` lines: the [cluster] store as the workers see it."""
+        cluster = self.config.cluster
+        if cluster is None:
+            return []
+        where = cluster.describe()
+        if not self.cluster_problems:
+            return [f"cluster store {where}: connected"]
+        return [
+            f"cluster store {where}: unavailable in worker {index} ({problem})"
+            for index, problem in sorted(self.cluster_problems.items())
+        ]
+
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        self.cluster_problems.pop(worker.index, None)
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._update_ready()
@@ -326,6 +352,8 @@ class _ParentLink(protocol.Protocol):
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self._pending: list[Sample] = []
+        self._cluster_errors: dict[str, int] = {}
+        self._round_trips: list[float] = []
         self._flush_call: Any = None
         self.closed = False
         self.stopping = False  # set when the reactor shuts down for another reason
@@ -337,14 +365,36 @@ class _ParentLink(protocol.Protocol):
     def observe(self, record: RequestRecord) -> None:
         """A ``Gateway`` observer: batch samples, one write per reactor turn."""
         self._pending.append(sample_of(record))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
+
+    # cluster.ClusterObserver: batched like the samples, for the parent's metrics.
+    def cluster_error(self, kind: str) -> None:
+        self._cluster_errors[kind] = self._cluster_errors.get(kind, 0) + 1
+        self._schedule()
+
+    def cluster_round_trip(self, seconds: float) -> None:
+        self._round_trips.append(round(seconds, 6))
+        self._schedule()
+
+    def cluster_state(self, problem: str | None) -> None:
+        self.send({"cs": problem or ""})
 
     def _flush(self) -> None:
         self._flush_call = None
         pending, self._pending = self._pending, []
+        message: dict[str, Any] = {}
         if pending:
-            self.send({"s": pending})
+            message["s"] = pending
+        if self._cluster_errors:
+            message["ce"], self._cluster_errors = self._cluster_errors, {}
+        if self._round_trips:
+            message["rt"], self._round_trips = self._round_trips, []
+        if message:
+            self.send(message)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
@@ -381,6 +431,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     link = _ParentLink(reactor)
     stdio.StandardIO(link, stdin=0, stdout=EVENTS_FD, reactor=reactor)  # type: ignore[call-arg]
     svc.gateway.observers.append(link.observe)
+    svc.shared.observe_cluster(link)
+    if svc.shared.cluster is not None and svc.shared.cluster.problem is not None:
+        link.cluster_state(svc.shared.cluster.problem)
     exit_code = [0]
 
     def serving(_: Any) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedgw import errors, idforward, reasons, tiers
@@ -92,24 +93,49 @@ class Revocation:
 
 @implementer(IAuthoriser)
 class Tiers:
-    """Request rates (``[[apis.tiers]]``) per certificate that passed mTLS, or per consumer."""
+    """Request rates (``[[apis.tiers]]``) per certificate that passed mTLS, or per consumer.
 
-    def __init__(self, throttle: tiers.TierThrottle) -> None:
-        self._throttle = throttle
+    The store is this process's buckets or, with ``[cluster]``, Redis's (a Deferred);
+    which tier and bucket apply is ``tiers.limit_for``'s decision.
+    """
 
-    def authorise(self, call: Call) -> Refusal | None:
+    def __init__(self, store: tiers.TierStore) -> None:
+        self._store = store
+
+    def authorise(self, call: Call) -> Refusal | Deferred[Refusal | None] | None:
         identity = call.identity if call.mtls_passed else None
         if identity is None and call.consumer is None:
             return None
-        wait = self._throttle.take(call.api, identity, call.consumer)
-        if wait is None:
+        limit = tiers.limit_for(call.api, identity, call.consumer)
+        if limit is None:
             return None
-        tier = tiers.tier_for(call.api, identity, call.consumer)  # only on refusals
-        whose = "consumer's" if tier is not None and tier.consumer is not None else "certificate's"
-        return Refusal(
-            errors.throttled(f"the {whose} tier limit was exceeded"),
-            ((b"Retry-After", tiers.retry_after(wait)),),
-        )
+        try:
+            wait = self._store.take_limit(limit)
+        except tiers.StoreUnavailable as e:
+            return _store_unavailable(e)
+        if isinstance(wait, Deferred):
+            return wait.addCallbacks(_throttled, _store_failed, callbackArgs=(limit,))
+        return _throttled(wait, limit)
+
+
+def _throttled(wait: float | None, limit: tiers.Limit) -> Refusal | None:
+    if wait is None:
+        return None
+    whose = "consumer's" if limit.consumer else "certificate's"
+    return Refusal(
+        errors.throttled(f"the {whose} tier limit was exceeded"),
+        ((b"Retry-After", tiers.retry_after(wait)),),
+    )
+
+
+def _store_unavailable(e: BaseException) -> Refusal:
+    return Refusal(errors.limits_unavailable(f"the tier limit cannot be checked now ({e})"))
+
+
+def _store_failed(failure: Failure) -> Refusal:
+    failure.trap(tiers.StoreUnavailable)
+    assert failure.value is not None
+    return _store_unavailable(failure.value)
 
 
 @implementer(IRequestTransform)

@@ -40,6 +40,50 @@ class Shared:
     """What outlives one config: state the built-ins keep across reloads."""
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
+    # [cluster]: the Redis store (and its connection) of the config in force; kept while
+    # [cluster] is unchanged, replaced (reconnecting) when a reload changes it.
+    cluster: Any = None  # cluster.RedisTierStore | None
+    cluster_observer: Any = None  # cluster.ClusterObserver (metrics), set by the service
+    connect: bool = False  # connect stores when made (the service; never ``check``)
+    _stores: dict[Any, Any] = field(default_factory=dict)  # ClusterConfig -> store
+
+    def tier_store(self, config: GatewayConfig) -> tiers.TierStore:
+        """This process's buckets, or the Redis store for ``config``'s ``[cluster]``.
+
+        A store made for a config that is then refused is stopped by ``in_force``.
+        """
+        settings = config.cluster
+        if settings is None:
+            return self.throttle
+        store = self._stores.get(settings)
+        if store is None:
+            from twistedgw.cluster import RedisTierStore
+
+            store = self._stores[settings] = RedisTierStore(
+                settings, observer=self.cluster_observer
+            )
+            if self.connect:
+                store.start()
+        result: tiers.TierStore = store
+        return result
+
+    def in_force(self, config: GatewayConfig) -> None:
+        """``config`` is now the one serving: stop the Redis stores it does not use."""
+        for settings in [s for s in self._stores if s != config.cluster]:
+            self._stores.pop(settings).stop()
+        self.cluster = self._stores.get(config.cluster) if config.cluster else None
+
+    def observe_cluster(self, observer: Any) -> None:
+        self.cluster_observer = observer
+        for store in self._stores.values():
+            store.observer = observer
+
+    def stop(self) -> Any:
+        """Close every Redis connection (on shutdown); a Deferred."""
+        from twisted.internet.defer import gatherResults
+
+        stores, self._stores, self.cluster = list(self._stores.values()), {}, None
+        return gatherResults([s.stop() for s in stores], consumeErrors=True)
 
 
 def compile_pipelines(
@@ -61,7 +105,12 @@ def compile_pipelines(
     for found in available:
         by_name.setdefault(found.name, []).append(found)
     identity = IdentityForwarding(config)
-    tier_stage = Tiers(shared.throttle)
+    tier_stage = None
+    if any(a.tiers for a in config.apis):
+        try:
+            tier_stage = Tiers(shared.tier_store(config))
+        except Exception as e:  # e.g. a rediss:// client certificate that cannot be read
+            problems.append(f"{config.source}: cluster: cannot set up the Redis store: {e}")
     revocation_stage = Revocation(revocation) if revocation is not None else None
     directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
@@ -97,7 +146,7 @@ def compile_pipelines(
                 request_transforms.append(named)
             if IResponseTransform.providedBy(stage):
                 response_transforms.append(named)
-        if api.tiers:
+        if api.tiers and tier_stage is not None:
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))

@@ -1,0 +1,221 @@
+"""The HTTP front's pure logic in memory: the chunked decoder, the request-target
+grammar and the bounded close (issue 17). The same behaviours against a real
+gateway process are in test_front.py."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
+
+from twistedgw import guard
+from twistedgw.config import Limits
+from twistedgw.guard import Guard, GuardedChannel, _ChunkedDecoder, _TinyChunks, target_problem
+
+# -- the chunked decoder -------------------------------------------------------
+
+
+def _decode(cls: Any, reads: list[bytes]) -> tuple[bytes, bytes | None]:
+    data: list[bytes] = []
+    done: list[bytes] = []
+    decoder = cls(data.append, done.append)
+    for i, read in enumerate(reads):
+        decoder.dataReceived(read)
+        if done:  # what follows the body is the next request's: the channel's
+            return b"".join(data), done[0] + b"".join(reads[i + 1 :])
+    return b"".join(data), None
+
+
+def _split(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+
+
+_CHUNKS = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
+_EXT = st.sampled_from([b"", b";a=b", b';name="q s"', b";x"])
+_TRAILERS = st.lists(st.sampled_from([b"X-T: 1", b"Digest: abc=="]), max_size=2)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_CHUNKS, _EXT, _TRAILERS, st.binary(max_size=20), st.lists(st.integers(0, 10_000)))
+def test_valid_bodies_decode_as_twisted_web_decodes_them(
+    chunks: list[bytes], ext: bytes, trailers: list[bytes], after: bytes, cuts: list[int]
+) -> None:
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), ext, c) for c in chunks)
+    body += b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n" + after
+    reads = _split(body, cuts)
+    ours = _decode(_ChunkedDecoder, reads)
+    assert ours == (b"".join(chunks), after)
+    assert ours == _decode(_ChunkedTransferDecoder, reads)
+
+
+_GARBAGE = st.lists(
+    st.sampled_from([b"1", b"a", b"F", b"0", b"\r\n", b"\r", b"\n", b"x", b";e", b" ", b"-",
+                     b"+", b"0x", b"\x00", b"ffffffffffffffffff", b"\r\n\r\n"]),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_GARBAGE, st.lists(st.integers(0, 200)))
+def test_any_input_is_refused_or_decoded_exactly_as_twisted_web_does(
+    raw: bytes, cuts: list[int]
+) -> None:
+    """Never a different body than twisted.web's decoder sees: the same bytes, or a
+    refusal (this decoder is stricter about trailers and size lengths)."""
+    reads = _split(raw, cuts)
+    try:
+        ours = _decode(_ChunkedDecoder, reads)
+    except _MalformedChunkedDataError:
+        return
+    try:
+        theirs = _decode(_ChunkedTransferDecoder, reads)
+    except _MalformedChunkedDataError:
+        pytest.fail(f"accepted {raw!r}, which twisted.web refuses")
+    if ours[1] is not None:
+        assert ours == theirs
+    else:  # unfinished: whatever data was delivered is a prefix of twisted.web's
+        assert theirs[0].startswith(ours[0])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"5\r\nhello\r\n0\r\nX: a\nb\r\n\r\n", b"5\r\nhello\r\n0\r\nX: \x00\r\n\r\n",
+     b"5\r\nhelloXY", b"z\r\n", b"5 \r\nhello\r\n", b"+5\r\nhello\r\n",
+     b"1" * 17 + b"\r\n", b"5;" + b"e" * 1100 + b"\r\n"],
+)
+def test_malformed_bodies_are_refused(raw: bytes) -> None:
+    with pytest.raises(_MalformedChunkedDataError):
+        _decode(_ChunkedDecoder, [raw])
+
+
+def test_many_tiny_chunks_are_refused_after_the_documented_count() -> None:
+    tiny = b"1\r\nx\r\n" * (guard.SMALL_CHUNKS_AFTER - 1)
+    data, done = _decode(_ChunkedDecoder, [tiny])  # just under the count: fine
+    assert len(data) == guard.SMALL_CHUNKS_AFTER - 1 and done is None
+    with pytest.raises(_TinyChunks):
+        _decode(_ChunkedDecoder, [tiny + b"1\r\nx\r\n" * 10_000])
+    # Chunks averaging the documented size pass, however many.
+    fair = b"%x\r\n%s\r\n" % (guard.MIN_AVERAGE_CHUNK, b"y" * guard.MIN_AVERAGE_CHUNK)
+    data, done = _decode(_ChunkedDecoder, [fair * 20_000 + b"0\r\n\r\n"])
+    assert len(data) == 20_000 * guard.MIN_AVERAGE_CHUNK and done == b""
+
+
+def test_tiny_chunks_are_refused_before_the_rest_of_the_read_is_parsed() -> None:
+    """The limit is checked inside the hot loop, not once per 64 KiB read."""
+    decoder = _ChunkedDecoder(lambda _: None, lambda _: None)
+    with pytest.raises(_TinyChunks):
+        decoder.dataReceived(b"1\r\nx\r\n" * 20_000)
+    assert decoder.chunks < guard.SMALL_CHUNKS_AFTER + 300
+
+
+# -- the request-target grammar --------------------------------------------------
+
+# RFC 3986 / 9112, written out independently of guard.py.
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_PCHAR = rf"(?:[{_UNRESERVED}!$&'()*+,;=:@]|%[0-9A-Fa-f]{{2}})"
+_ORIGIN_FORM = re.compile(rf"(?:/{_PCHAR}*)+(?:\?(?:{_PCHAR}|[/?])*)?".encode())
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.binary(min_size=1, max_size=40),
+    st.lists(st.sampled_from([b"/", b"?", b"%", b"%4", b"%41", b"a", b"#", b"\x7f", b"\xb0",
+                              b"[", b"{", b'"', b"*", b":", b"@", b";"]), min_size=1,
+             max_size=15).map(b"".join),
+))
+def test_target_grammar_matches_rfc_3986_origin_form(target: bytes) -> None:
+    assert (target_problem(target) is None) == bool(_ORIGIN_FORM.fullmatch(target))
+
+
+# -- the bounded close -------------------------------------------------------------
+
+
+class FakeTCP:
+    """The parts of a TCP transport the close watchdog reads."""
+
+    def __init__(self, unsent: int) -> None:
+        self.dataBuffer = b"x" * unsent
+        self.offset = 0
+        self._tempDataLen = 0
+        self.disconnected = False
+        self.disconnecting = False
+        self.aborted = False
+        self.connected = True
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def _channel(tcp: FakeTCP) -> tuple[GuardedChannel, Clock]:
+    clock = Clock()
+    gateway: Any = SimpleNamespace(runtime=SimpleNamespace(config=SimpleNamespace(
+        limits=Limits())))
+    channel = GuardedChannel(Guard(gateway))
+    channel.callLater = clock.callLater  # type: ignore[method-assign]
+    channel._networkProducer = tcp
+    channel.transport = tcp  # type: ignore[assignment]
+    return channel, clock
+
+
+def test_a_close_the_client_never_reads_is_aborted() -> None:
+    tcp = FakeTCP(unsent=30_000)
+    channel, clock = _channel(tcp)
+    channel.loseConnection()
+    clock.advance(guard.CLOSE_TIMEOUT - 0.1)
+    assert not tcp.aborted
+    clock.advance(0.2)
+    assert tcp.aborted
+
+
+def test_a_close_the_client_is_still_reading_gets_time_while_it_progresses() -> None:
+    tcp = FakeTCP(unsent=30_000)
+    channel, clock = _channel(tcp)
+    channel.loseConnection()
+    for left in (20_000, 10_000, 5_000):
+        tcp.dataBuffer = b"x" * left
+        clock.advance(guard.CLOSE_TIMEOUT)
+        assert not tcp.aborted
+    clock.advance(guard.CLOSE_TIMEOUT)  # no progress this time
+    assert tcp.aborted
+
+
+def test_all_sent_the_tcp_connection_is_closed_then_aborted_if_it_lingers() -> None:
+    tcp = FakeTCP(unsent=0)  # TLS: close_notify sent, waiting for the client's
+    channel, clock = _channel(tcp)
+    channel.loseConnection()
+    tcp.disconnecting = False  # as TLS leaves TCP while it waits for close_notify
+    clock.advance(guard.CLOSE_TIMEOUT)
+    assert tcp.disconnecting and not tcp.aborted  # an orderly TCP close first
+    clock.advance(guard.CLOSE_TIMEOUT)
+    assert tcp.aborted
+
+
+def test_no_timer_outlives_the_connection() -> None:
+    tcp = FakeTCP(unsent=100)
+    channel, clock = _channel(tcp)
+    channel.loseConnection()
+    tcp.disconnected = True
+    clock.advance(guard.CLOSE_TIMEOUT)
+    assert not tcp.aborted and not clock.getDelayedCalls()
