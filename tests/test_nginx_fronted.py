@@ -420,6 +420,11 @@ def test_example_renders_and_nginx_accepts_it(tmp_path: Path, pki: DevPki) -> No
     )
     assert result.returncode == 0, result.stderr
     assert "auth_request /_twistedgw_nginx/authz/0;" in result.stdout
+    checked = subprocess.run(
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path), "--check"],
+        capture_output=True, text=True, env=env(), cwd=REPO,
+    )
+    assert checked.returncode == 0 and checked.stdout == result.stdout, checked.stderr
     render_site(path, out)
     assert (tmp_path / "site-truststore.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 4
 

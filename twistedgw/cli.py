@@ -215,8 +215,16 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         return _fail(e.problems)
     if output is None:
         sys.stdout.write(rendered.text)
-        if args.check:
-            return _fail(["--check needs --output (nginx -t reads a file)"])
+        if args.check:  # nginx -t reads a file: check a temporary copy
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="twistedgw-") as tmp:
+                copy = Path(tmp) / "twistedgw.conf"
+                copy.write_text(rendered.text)
+                modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
+                ok, message = nginxconf.nginx_test(copy, modules)
+            if not ok:
+                return _fail([f"nginx -t refused the output: {message}"], 1)
         return 0
     try:
         output.write_text(rendered.text)
