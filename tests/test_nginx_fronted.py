@@ -713,3 +713,41 @@ def test_keys_of_another_consumer_never_ride_a_cached_allow(
     finally:
         f.nginx.stop()
         f.gateway.stop()
+
+
+def _unix_get(sock: Path, target: str, headers: dict[str, str]) -> bytes:
+    import socket as socketmod
+
+    head = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socketmod.socket(socketmod.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(head.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_unix_socket_is_trusted_only_when_listed(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess, trusted: bool
+) -> None:
+    """trusted_proxies = ["unix"] is what makes the certificate header count on a Unix
+    socket; with only an IP network listed, the header from a Unix peer is ignored."""
+    from urllib.parse import quote
+
+    direct_port = free_port()
+    text = fronted_toml(pki, echo, tmp_path, direct_port, free_port())
+    if not trusted:
+        text = text.replace('trusted_proxies = ["unix"]', 'trusted_proxies = ["127.0.0.1/32"]')
+    gw = start_gateway(tmp_path / "gw", text, direct_port)
+    try:
+        cert = quote(pki.clients["partner-direct"][0].read_text(), safe="")
+        data = _unix_get(tmp_path / "authz.sock", "/_twistedgw/authz",
+                         {"X-Original-URI": PET, "X-SSL-Client-Cert": cert})
+        status = int(data.split(b" ", 2)[1])
+        assert status == (200 if trusted else 401), data
+    finally:
+        gw.stop()
