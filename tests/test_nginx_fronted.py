@@ -229,8 +229,11 @@ def test_headers_the_backend_sees(fronted: Fronted) -> None:
     }
     seen = echoed_headers(fronted.via_nginx(PET, "partner-direct", {**forged, "apikey": KEY}))
     direct = echoed_headers(fronted.direct(PET, "partner-direct", {**forged, "apikey": KEY}))
-    for name in ("x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"):
+    for name in ("x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for", "host"):
         assert seen[name] == direct[name], name
+    # The Host each client sent (they reach different ports).
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{fronted.nginx.port}"]
+    assert direct["x-forwarded-host"] == [f"127.0.0.1:{fronted.direct_port}"]
     assert seen["x-forwarded-client-cert"][0].startswith("Hash=")
     assert "forged" not in seen["x-forwarded-client-cert"][0]
     for name in ("apikey", "x-ssl-client-cert", "client-cert", "x-ssl-client-verify"):
