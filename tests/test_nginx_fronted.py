@@ -238,6 +238,14 @@ def test_headers_the_backend_sees(fronted: Fronted) -> None:
     assert "forged" not in seen["x-forwarded-client-cert"][0]
     for name in ("apikey", "x-ssl-client-cert", "client-cert", "x-ssl-client-verify"):
         assert name not in seen, name
+    # Requests NGINX hands to twistedgw whole (an odd path, a certificate NGINX refuses
+    # itself, on an open API): the backend still sees the caller's address and scheme.
+    for path, client in (("/public/./x", "partner-direct"), ("/public/x", "expired")):
+        seen = echoed_headers(fronted.via_nginx(path, client, forged))
+        direct = echoed_headers(fronted.direct(path, client, forged))
+        for name in ("x-forwarded-proto", "x-forwarded-for", "host"):
+            assert seen[name] == direct[name], (path, name)
+        assert seen["x-forwarded-host"] == [f"127.0.0.1:{fronted.nginx.port}"]
     # Key-only access: no identity header, the forged one is gone.
     seen = echoed_headers(fronted.via_nginx(ORDERS, None, {**forged, "apikey": KEY}))
     assert "x-forwarded-client-cert" not in seen and "apikey" not in seen

@@ -164,6 +164,8 @@ def _gateway_proxy(indent: str) -> str:
             "proxy_set_header Host $http_host;",
             "proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;",
             "proxy_set_header X-SSL-Client-Verify $ssl_client_verify;",
+            "proxy_set_header X-Forwarded-For $remote_addr;  # twistedgw's peer is the socket",
+            "proxy_set_header X-Forwarded-Proto https;",
             "proxy_intercept_errors off;",
             "proxy_buffering off;",
         )
