@@ -762,3 +762,15 @@ def test_unix_socket_is_trusted_only_when_listed(
         assert status == (200 if trusted else 401), data
     finally:
         gw.stop()
+
+
+def test_cli_reports_problems_by_file_and_key(tmp_path: Path, pki: DevPki) -> None:
+    path = _config(tmp_path, pki, "", nginx=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path)],
+        capture_output=True, text=True, env=env(), cwd=REPO,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"twistedgw: {path.resolve()}: nginx: the [nginx] section is "
+                             "required for nginx-config\n")
+    assert "Traceback" not in result.stderr
