@@ -102,4 +102,4 @@ def test_readme_layout_names_every_module() -> None:
 def test_docs_say_python3() -> None:
     for doc in (REPO / "README.md", REPO / "bench" / "README.md"):
         text = doc.read_text()
-        assert not re.search(r"(?<![\w`])python (?:bench|-m|\S+\.py)", text), doc
+        assert not re.search(r"(?<![\w`/])python (?:bench|-m|\S+\.py)", text), doc

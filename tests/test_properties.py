@@ -89,7 +89,7 @@ _KEYS = {
             "revocation", "revocation_scope", "revocation_fail", "ocsp_timeout",
             "ocsp_cache_seconds"],
     "apis": ["name", "version", "context", "backend", "mutual_ssl", "aliases", "api_key",
-             "max_body_bytes", "backend_timeout", "tiers"],
+             "max_body_bytes", "backend_timeout", "tiers", "backends", "backend_mode", "openapi"],
     "api_keys": ["name", "key_sha256"],
     "limits": ["max_header_bytes", "max_body_bytes", "client_header_timeout", "idle_timeout",
                "handshake_timeout", "max_connections", "backend_connect_timeout",

@@ -227,14 +227,15 @@ def build(
             return BackendPolicy()
 
     default = load(config.backend_tls, "backend_tls")
-    backends = []
+    backends: list[tuple[str, BackendPolicy]] = []
     for path, api in zip(api_paths, config.apis, strict=True):
-        if not api.backend.startswith("https://"):
+        https = [url for url in api.endpoints if url.startswith("https://")]  # all backends
+        if not https:
             continue
         policy = (
             default if api.backend_tls is None else load(api.backend_tls, f"{path}.backend_tls")
         )
-        backends.append((api.backend, policy))
+        backends.extend((url, policy) for url in https)
     if problems:
         raise ConfigError(problems)
     return BackendTls(default, backends)

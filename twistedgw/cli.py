@@ -47,6 +47,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Every route the gateway will serve, with the schemes that apply to each."""
+    from twistedgw.openapi import route_rows
+
+    try:
+        cfg, _built = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    header = ("HOST", "METHOD", "PATH", "API", "SCHEMES")
+    rows = [header, *route_rows(cfg.apis)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+    return 0
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -279,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config and its key material")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("routes", help="list every route: method, path, API and its schemes")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_routes)
     p = sub.add_parser("dev-pki", help="write a development PKI (never for production)")
     p.add_argument("directory")
     p.add_argument("--key-type", choices=("ec", "rsa"), default="ec")

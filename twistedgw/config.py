@@ -18,10 +18,13 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from twistedgw.identity_rules import IdentityRule, parse_rule
+
+if TYPE_CHECKING:
+    from twistedgw.openapi import Operation, Origin
 
 T = TypeVar("T")
 
@@ -160,10 +163,22 @@ class ApiConfig:
     plugins: tuple[PluginSpec, ...] = ()  # in the order they run
     identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
     consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
+    # Several backends (``backends``; ``backend`` is the first): how to pick one.
+    backends: tuple[str, ...] = ()
+    backend_mode: str = "load_balance"  # | "failover"
+    api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    # From an OpenAPI definition: only these operations are served (None = every path).
+    operations: tuple[Operation, ...] | None = None
+    openapi: Origin | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every backend URL, in the order written."""
+        return self.backends or (self.backend,)
 
 
 @dataclass(frozen=True)
@@ -659,10 +674,39 @@ def _check_consumer_names(
 
 
 def _api(r: _Reader) -> ApiConfig | None:
+    definition = None
+    if "openapi" in r.table:
+        from twistedgw import openapi
+
+        definition = openapi.for_api(r)
+        if definition is None:  # reported; the rest of the table depends on it
+            r.seen.update(r.table)
+            return None
+        toml_keys = frozenset(r.table)
+        r = _Reader(r.file, openapi.merged(definition, r.table), r.path, r.problems, {"openapi"})
     name = r.required("name", str)
     version = r.get("version", str, "")
     context = r.required("context", str)
-    backend = r.required("backend", str)
+    backends = _string_list(r, "backends")
+    backend_mode = r.choice("backend_mode", BACKEND_MODES, "load_balance")
+    backend = None
+    if backends is not None and "backend" in r.table:
+        r.seen.add("backend")
+        r.problem("backends", "give either backend or backends, not both")
+        backends = None
+    elif backends is not None:
+        checked = [_backend_url(r, f"backends[{i}]", url) for i, url in enumerate(backends)]
+        backends = [url for url in checked if url is not None]
+        if not checked:
+            r.problem("backends", "must name at least one backend URL")
+        if len(backends) != len(checked) or not backends:
+            backends = None
+        else:
+            backend = backends[0]
+    else:
+        raw_backend = r.required("backend", str)
+        if raw_backend is not None:
+            backend = _backend_url(r, "backend", raw_backend)
     mutual_ssl = _mode(r, "mutual_ssl")
     api_key = _mode(r, "api_key")
     aliases = _string_list(r, "aliases")
@@ -724,30 +768,18 @@ def _api(r: _Reader) -> ApiConfig | None:
             context = None
         else:
             context = context.rstrip("/") or "/"
-    if backend is not None:
-        try:
-            parts = urlsplit(backend)
-            _ = parts.port  # raises for a port out of range
-        except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            r.problem("backend", f"must be an http:// or https:// URL, got {backend!r}")
-            backend = None
-        elif parts.query or parts.fragment:
-            r.problem("backend", "must not carry a query or fragment")
-            backend = None
-        else:  # one spelling of the scheme: the forwarder and pool keys compare bytes
-            backend = parts.scheme + backend[len(parts.scheme) :]
-        if backend is not None and backend_tls is not None and parts.scheme != "https":
+    if backend is not None and backend_tls is not None:
+        plain = [url for url in (backends or [backend]) if not url.startswith("https://")]
+        if plain:
             # Most likely a forgotten "s": say so rather than send plain HTTP.
             r.problem(
                 "backend_tls",
-                f"applies to https:// backends only, but the backend is {backend!r}",
+                f"applies to https:// backends only, but the backend is {plain[0]!r}",
             )
     r.finish()
     if name is None or context is None or backend is None:
         return None
-    return ApiConfig(
+    api = ApiConfig(
         name=name,
         version=version,
         context=context,
@@ -762,7 +794,37 @@ def _api(r: _Reader) -> ApiConfig | None:
         plugins=tuple(plugins),
         identities=tuple(identities),
         consumers=tuple(api_consumers) if api_consumers is not None else None,
+        backends=tuple(url.rstrip("/") for url in backends) if backends else (),
+        backend_mode=backend_mode,
     )
+    if definition is not None:
+        from twistedgw import openapi
+
+        return openapi.apply(definition, api, r, toml_keys)
+    return api
+
+
+BACKEND_MODES = ("load_balance", "failover")
+
+
+def _backend_url(r: _Reader, key: str, backend: str) -> str | None:
+    """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
+    if not isinstance(backend, str):
+        r.problem(key, f"expected a string, got {backend!r}")
+        return None
+    try:
+        parts = urlsplit(backend)
+        _ = parts.port  # raises for a port out of range
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}")
+        return None
+    if parts.query or parts.fragment:
+        r.problem(key, "must not carry a query or fragment")
+        return None
+    # one spelling of the scheme: the forwarder and pool keys compare bytes
+    return parts.scheme + backend[len(parts.scheme) :]
 
 
 def _backend_tls_overlaps(
@@ -1056,10 +1118,12 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         if api is None:
             continue
         if api.context in contexts:
-            r.problem(
-                "context",
-                f"duplicate context {api.context!r} (also used by {contexts[api.context]})",
-            )
+            message = f"duplicate context {api.context!r} (also used by {contexts[api.context]})"
+            origin = api.openapi
+            if origin is not None and origin.context_from is not None:
+                r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
+            else:
+                r.problem("context", message)
             continue
         contexts[api.context] = r.path
         apis.append(api)

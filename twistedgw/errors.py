@@ -67,6 +67,18 @@ def not_found(path: str) -> GatewayError:
     return GatewayError(404, "404", "Status not found", f"No API is deployed for the path {path!r}")
 
 
+def no_matching_resource(description: str) -> GatewayError:
+    """The API exists but defines no operation for this path (WSO2's code)."""
+    return GatewayError(
+        404, "900906", "No matching resource found for given API Request", description
+    )
+
+
+def method_not_allowed(description: str) -> GatewayError:
+    """The path is an operation's, but not for this method; sent with ``Allow``."""
+    return GatewayError(405, "405", "Method not allowed", description)
+
+
 def bad_request(description: str) -> GatewayError:
     return GatewayError(400, "400", "Bad Request", description)
 

@@ -94,6 +94,9 @@ class ForwardSettings:
     backend_timeout: float = 60.0  # time to the backend's response headers, and max idle gap
     max_persistent_per_host: int = 64
     cached_connection_timeout: float = 60.0
+    # An API with several backends skips one that refused a connection or timed out
+    # for this long (tried last, not never: if all are down, the request still goes).
+    endpoint_suspend_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,29 @@ class Forwarder:
             idle_timeout=settings.cached_connection_timeout,
         )
         self._origins: dict[tuple[bytes, IPolicyForHTTPS], Origin] = {}
+        self._down: dict[bytes, float] = {}  # scheme://host:port -> skipped until (seconds)
+
+    # -- several backends (an API's ``backends``) ---------------------------------
+
+    def _ordered(self, targets: list[bytes]) -> list[bytes]:
+        """``targets`` with the endpoints known to be down moved last (order kept)."""
+        now = self._reactor.seconds()
+        down = self._down
+        up = [t for t in targets if down.get(_endpoint(t), 0.0) <= now]
+        if len(up) == len(targets):
+            return targets
+        return up + [t for t in targets if down.get(_endpoint(t), 0.0) > now]
+
+    def _suspend(self, target: bytes) -> None:
+        if len(self._down) >= self._MAX_ORIGINS:
+            self._down.clear()
+        self._down[_endpoint(target)] = (
+            self._reactor.seconds() + self._settings.endpoint_suspend_seconds
+        )
+
+    def _answered(self, target: bytes) -> None:
+        if self._down:
+            self._down.pop(_endpoint(target), None)
 
     def _split(self, target: bytes, tls: IPolicyForHTTPS) -> tuple[Origin, bytes]:
         """Absolute URL -> (origin, path and query); origins are parsed once each."""
@@ -279,6 +305,7 @@ class Forwarder:
         on_done: Callable[[ForwardResult], None] | None = None,
         backend_timeout: float | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
+        alternatives: Sequence[bytes] = (),
         on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
     ) -> None:
         """Relay `request` to the absolute URL `target`; the request is ours from now on.
@@ -286,6 +313,10 @@ class Forwarder:
         `backend_timeout` overrides the forwarder's for this request (an API's own
         `backend_timeout`), since one slow API must not set the limit for all;
         `tls_policy` likewise overrides how an https backend is verified.
+        `alternatives` are the same request on other backends of the API, in the
+        order to try them: when a backend refuses the connection or times out it
+        is skipped for `endpoint_suspend_seconds`, and the request goes to the next
+        one if that is safe (nothing was sent, or an idempotent method without a body).
         `on_answer(request)` runs when the answer's status and headers are set and
         nothing is written yet (the API's response transforms); an error it returns
         is answered instead of the backend's response.
@@ -293,12 +324,11 @@ class Forwarder:
         settings = self._settings
         if backend_timeout is not None:
             settings = replace(settings, backend_timeout=backend_timeout)
-        exchange = _Exchange(self, request, target, on_done, settings, on_answer)
+        rest: list[bytes] = []
+        if alternatives:
+            target, *rest = self._ordered([target, *alternatives])
+        exchange = _Exchange(self, request, target, on_done, settings, on_answer, rest)
         try:
-            if tls_policy is None:
-                tls_policy = self._tls
-                if self._tls_for is not None and target[:8].lower() == b"https://":
-                    tls_policy = self._tls_for(target)
             exchange.start(tls_policy, add_headers, remove_headers)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_describe(target))
@@ -307,6 +337,20 @@ class Forwarder:
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (in-flight requests are not touched)."""
         return self._upstream.close()
+
+
+def _endpoint(target: bytes) -> bytes:
+    """scheme://host:port of an absolute URL: what is skipped when it is down."""
+    start = target.find(b"://")
+    end = target.find(b"/", start + 3) if start >= 0 else -1
+    query = target.find(b"?", start + 3) if start >= 0 else -1
+    if 0 <= query and (end < 0 or query < end):
+        end = query
+    return (target if end < 0 else target[:end]).lower()
+
+
+#: Methods that may be sent twice (RFC 9110 9.2.2); with no body, a retry is safe.
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 def _describe(target: bytes) -> str:
@@ -349,9 +393,15 @@ class _Exchange:
         on_done: Callable[[ForwardResult], None] | None,
         settings: ForwardSettings,
         on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
+        alternatives: list[bytes] | None = None,
     ) -> None:
         self._fw = forwarder
         self._on_answer = on_answer
+        self._alternatives = alternatives or []
+        self._several = bool(alternatives)  # the API has other backends
+        self._tls: IPolicyForHTTPS | None = None
+        self._add_headers: Sequence[tuple[bytes, bytes]] = ()
+        self._remove_headers: Collection[bytes] = ()
         self._reactor = forwarder._reactor
         self._settings = settings
         self._request = request
@@ -373,24 +423,66 @@ class _Exchange:
 
     def start(
         self,
-        tls: IPolicyForHTTPS,
+        tls: IPolicyForHTTPS | None,
         add_headers: Sequence[tuple[bytes, bytes]],
         remove_headers: Collection[bytes],
     ) -> None:
+        self._tls = tls  # None: the forwarder's, per target
+        self._add_headers = add_headers
+        self._remove_headers = remove_headers
+        self._request.notifyFinish().addBoth(self._client_finished)
+        self._send()
+
+    def _send(self) -> None:
         request = self._request
-        origin, path = self._fw._split(self._target, tls)
+        fw = self._fw
+        tls = self._tls
+        if tls is None:
+            tls = fw._tls
+            if fw._tls_for is not None and self._target[:8].lower() == b"https://":
+                tls = fw._tls_for(self._target)
+        origin, path = fw._split(self._target, tls)
         body, length = _body(request)
         head = build_request_head(
             request,
             origin,
             path,
-            add_headers=add_headers,
-            remove_headers=remove_headers,
+            add_headers=self._add_headers,
+            remove_headers=self._remove_headers,
             body_length=length,
         )
-        request.notifyFinish().addBoth(self._client_finished)
         self._timer = self._reactor.callLater(self._settings.backend_timeout, self._timed_out)
-        self._call = self._fw._upstream.request(origin, request.method, head, body, self)
+        self._call = fw._upstream.request(origin, request.method, head, body, self)
+
+    def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
+        """After a failure before the response: skip this backend for a while and, if
+        another is left and a retry is safe, send the request there. True if sent."""
+        if not self._several:
+            return False
+        self._fw._suspend(self._target)
+        _log.warn(
+            "backend {failed} ({kind}) is skipped for {secs:g} seconds",
+            failed=self._backend,
+            kind=kind,
+            secs=self._settings.endpoint_suspend_seconds,
+        )
+        if not self._alternatives or self._client_gone:
+            return False
+        request = self._request
+        if not nothing_sent and (request.method not in _IDEMPOTENT or _body(request)[0]):
+            return False
+        self._target = self._alternatives.pop(0)
+        _log.info(
+            "{method} goes to {backend} instead",
+            method=request.method.decode("ascii", "replace"),
+            backend=self._backend,
+        )
+        try:
+            self._send()
+        except Exception:
+            _log.failure("forwarding to {backend} failed", backend=self._backend)
+            self.fail_internal()
+        return True
 
     # -- the timer -------------------------------------------------------
 
@@ -405,6 +497,8 @@ class _Exchange:
                 method=self._request.method.decode("ascii", "replace"),
                 secs=self._settings.backend_timeout,
             )
+            if self._next_endpoint("timeout", nothing_sent=False):
+                return
             self._send_error(
                 errors.backend_timeout(
                     f"backend did not respond within {self._settings.backend_timeout:g} seconds"
@@ -459,6 +553,7 @@ class _Exchange:
                 self._send_error(refused, "other", transform=False)
                 return
         self._phase = "streaming"
+        self._fw._answered(self._target)
         self._status = head.code
         self._rearm()  # from now on: the longest silence between body bytes
         self._relay = _BodyRelay(self)
@@ -493,6 +588,10 @@ class _Exchange:
             kind=kind,
             reason=_reason(error),
         )
+        if kind in ("refused", "timeout", "reset") and self._next_endpoint(
+            kind, nothing_sent=isinstance(error, ConnectFailed)
+        ):
+            return
         self._send_error(err, kind)
 
     def _classify(self, error: UpstreamError) -> tuple[str, errors.GatewayError]:

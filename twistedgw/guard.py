@@ -153,13 +153,13 @@ class Guard:
         # Read per connection, so a reload applies to new connections.
         return self.gateway.runtime.config.limits
 
-    def route(self, target: bytes | None) -> Routed | None:
+    def route(self, target: bytes | None, method: bytes | None = None) -> Routed | None:
         """Route ``target`` once, under the Runtime in force now; the resource reuses it."""
         if target is None:
             return None
         from twistedgw.web import route_request  # web imports nothing from here
 
-        return route_request(self.gateway.runtime, target)
+        return route_request(self.gateway.runtime, target, method)
 
 
 # chunk-size [ chunk-ext ] CRLF, as twisted.web accepts it (1024 bytes at most).
@@ -604,7 +604,8 @@ class GuardedChannel(HTTPChannel):
         if problem is not None:
             self.refuse(errors.bad_request(problem), "bad_request")
             return
-        routed = self.guard.route(_twisted.request_line(self)[1])
+        method, target, _version = _twisted.request_line(self)
+        routed = self.guard.route(target, method)
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         if isinstance(request, GuardedRequest):
             request.body_limit = limit

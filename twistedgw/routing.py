@@ -9,12 +9,16 @@ exactly that path: it has nothing left to reinterpret.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twistedgw import errors
 from twistedgw.config import ApiConfig
+from twistedgw.errors import GatewayError
+from twistedgw.openapi import Operation
 
 if TYPE_CHECKING:
     from twistedgw.pipeline import Pipeline
@@ -141,11 +145,155 @@ def authz_path(path: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Route:
-    """Where one request goes: its API, the backend URL and the API's compiled pipeline."""
+    """Where one request goes: its API, the backend URL and the compiled pipeline to run."""
 
     api: ApiConfig
     backend_target: bytes  # absolute URL for the backend, path and query included
     pipeline: Pipeline | None = None  # None only for a Router built without pipelines
+    # Other backends to try, in order, when the first cannot be reached (``backends``).
+    alternatives: tuple[bytes, ...] = ()
+    # APIs from an OpenAPI definition: the operation matched, and the API config whose
+    # schemes apply to it (the API itself, or its variant for the operation's security);
+    # ``pipeline`` is that config's.
+    operation: Operation | None = None
+    effective: ApiConfig | None = None
+    # Set when the API serves only its defined operations and none matched: answer this
+    # error (404 900906, or 405 with ``allow`` as the Allow header) instead of forwarding.
+    unmatched: GatewayError | None = None
+    allow: bytes = b""
+
+    @property
+    def security_api(self) -> ApiConfig:
+        """The API config whose schemes (and pipeline) apply to this request."""
+        return self.effective if self.effective is not None else self.api
+
+
+def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
+    target = backend.encode() + rest
+    if not rest and not backend.split("://", 1)[1].count("/"):
+        target += b"/"
+    if query is not None:
+        target += b"?" + query
+    return target
+
+
+_PARAM = re.compile(r"\{[^{}/]*\}")
+
+#: An operation's match: the operation, its effective API config and that config's pipeline.
+_Found = tuple[Operation, ApiConfig, "Pipeline | None"]
+
+
+@dataclass(frozen=True)
+class _Template:
+    """One path template of a definition and its operations by method."""
+
+    template: str
+    pattern: re.Pattern[bytes]
+    loose: re.Pattern[bytes]  # the same, ignoring case
+    rank: tuple[int, ...]  # per segment: 0 literal, 1 templated; lower is more specific
+    methods: dict[bytes, _Found]
+    allow: bytes
+    first: bytes | None  # the first segment, lower-cased, when it is literal
+
+
+class _Templates:
+    """An API's templates indexed by segment count and first segment, so a request is
+    matched against the few templates that could match, not all of them."""
+
+    def __init__(self, templates: list[_Template]) -> None:
+        by_count: dict[int, list[_Template]] = {}
+        for t in templates:
+            by_count.setdefault(len(t.rank), []).append(t)
+        self._index: dict[int, tuple[dict[bytes, list[_Template]], list[_Template]]] = {}
+        for count, group in by_count.items():
+            wild = [t for t in group if t.first is None]
+            literal: dict[bytes, list[_Template]] = {}
+            for t in group:
+                if t.first is not None:
+                    literal.setdefault(t.first, []).append(t)
+            merged = {k: sorted(v + wild, key=lambda t: t.rank) for k, v in literal.items()}
+            self._index[count] = (merged, sorted(wild, key=lambda t: t.rank))
+
+    def candidates(self, rest: bytes) -> list[_Template]:
+        """Templates that could match ``rest`` (no trailing '/'), most specific first."""
+        count = 0 if rest == b"/" else rest.count(b"/")
+        entry = self._index.get(count)
+        if entry is None:
+            return []
+        merged, wild = entry
+        if not count:
+            return wild or merged.get(b"", [])
+        first = rest[1:].split(b"/", 1)[0].lower()
+        return merged.get(first, wild)
+
+
+def _compile_templates(
+    api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
+) -> list[_Template]:
+    """One ``_Template`` per path template of ``api``, with each method's operation."""
+    from twistedgw.openapi import variant
+
+    variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
+    grouped: dict[str, dict[bytes, _Found]] = {}
+    for op in api.operations or ():
+        effective, pipeline = api, pipelines.get(api)
+        if op.security is not None:
+            if op.security not in variants:
+                other = variant(api, op.security)
+                variants[op.security] = (other, pipelines.get(other))
+            effective, pipeline = variants[op.security]
+        grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective, pipeline)
+    out = []
+    for template, methods in grouped.items():
+        segments = template.rstrip("/").split("/")[1:] if template.rstrip("/") else []
+        parts = []
+        rank = []
+        for segment in segments:
+            pieces = _PARAM.split(segment)
+            if len(pieces) == 1:
+                parts.append(re.escape(segment))
+                rank.append(0)
+            else:
+                parts.append("[^/]+".join(re.escape(p) for p in pieces))
+                rank.append(1)
+        regex = "/" + "/".join(parts) if parts else "/"
+        pattern = re.compile(("^" + regex + "$").encode())
+        loose = re.compile(("^" + regex + "$").encode(), re.IGNORECASE)
+        names = set(methods)
+        if b"GET" in names:
+            names.add(b"HEAD")
+        allow = b", ".join(sorted(names))
+        first = segments[0].lower().encode() if segments and rank[0] == 0 else None
+        out.append(_Template(template, pattern, loose, tuple(rank), methods, allow, first))
+    return out
+
+
+def match_operation(
+    templates: _Templates, rest: bytes, method: bytes
+) -> _Found | _Template | None:
+    """The operation for ``method`` on ``rest`` (the path below the context).
+
+    Paths match case-sensitively, as OpenAPI says, and literal segments beat
+    templated ones; the most specific template that matches the path decides:
+    if it lacks the method, the answer is 405 (its ``_Template``). A path that
+    a more specific template matches only when case is ignored matches nothing:
+    with ``/admin`` (mTLS) and ``/{name}`` (open), ``/ADMIN`` must not reach a
+    backend that ignores case under the open operation's security.
+    """
+    if len(rest) > 1 and rest.endswith(b"/"):
+        rest = rest[:-1]
+    if not rest:
+        rest = b"/"
+    for template in templates.candidates(rest):
+        if not template.loose.match(rest):
+            continue
+        if not template.pattern.match(rest):
+            return None
+        found = template.methods.get(method)
+        if found is None and method == b"HEAD":
+            found = template.methods.get(b"GET")
+        return found if found is not None else template
+    return None
 
 
 class Router:
@@ -153,6 +301,9 @@ class Router:
 
     Contexts match case-insensitively so that ``/PETSTORE`` cannot slip past a
     protected ``/petstore`` to a catch-all API whose backend ignores case.
+    An API read from an OpenAPI definition serves only its operations (when the
+    request's method is given); an API with several backends spreads requests
+    round-robin (``load_balance``) or prefers them in order (``failover``).
     """
 
     def __init__(
@@ -161,17 +312,42 @@ class Router:
         ordered = sorted(apis, key=lambda a: len(a.context), reverse=True)
         pipelines = pipelines or {}
         self._apis = [(a.context.lower().encode(), a, pipelines.get(a)) for a in ordered]
+        self._templates = {
+            a.context: _Templates(_compile_templates(a, pipelines))
+            for a in ordered
+            if a.operations is not None
+        }
+        self._turns = {a.context: itertools.count() for a in ordered if len(a.endpoints) > 1}
+        self._several = {a.context: a.endpoints for a in ordered if len(a.endpoints) > 1}
 
-    def route(self, path: bytes, query: bytes | None) -> Route | None:
-        """``path`` must already be normalised."""
+    def route(self, path: bytes, query: bytes | None, method: bytes | None = None) -> Route | None:
+        """``path`` must already be normalised. Without ``method``, operations are not
+        matched (the API's own schemes and pipeline apply)."""
         lowered = path.lower()
         for context, api, pipeline in self._apis:
             if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
                 rest = path[len(context) :] if context != b"/" else path
-                target = api.backend.encode() + (rest if rest else b"")
-                if not rest and not api.backend.split("://", 1)[1].count("/"):
-                    target += b"/"
-                if query is not None:
-                    target += b"?" + query
-                return Route(api, target, pipeline)
+                operation = effective = None
+                if method is not None and api.operations is not None:
+                    found = match_operation(self._templates[api.context], rest, method)
+                    if found is None:
+                        return Route(api, b"", pipeline, unmatched=errors.no_matching_resource(
+                            f"no operation of {api.label} matches {path.decode('latin-1')!r}"
+                        ))
+                    if isinstance(found, _Template):
+                        return Route(api, b"", pipeline, allow=found.allow,
+                                     unmatched=errors.method_not_allowed(
+                            f"{method.decode('latin-1')} is not allowed on "
+                            f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
+                        ))
+                    operation, effective, pipeline = found
+                endpoints = self._several.get(api.context)
+                if endpoints is None:
+                    target = _target(api.backend, rest, query)
+                    return Route(api, target, pipeline, (), operation, effective)
+                if api.backend_mode == "load_balance":
+                    turn = next(self._turns[api.context]) % len(endpoints)
+                    endpoints = endpoints[turn:] + endpoints[:turn]
+                targets = [_target(b, rest, query) for b in endpoints]
+                return Route(api, targets[0], pipeline, tuple(targets[1:]), operation, effective)
         return None

@@ -100,9 +100,12 @@ class Routed:
         return self.runtime.config.limits.max_body_bytes
 
 
-def route_request(runtime: Runtime, target: bytes, *, as_forwarded: bool = False) -> Routed:
+def route_request(
+    runtime: Runtime, target: bytes, method: bytes | None = None, *, as_forwarded: bool = False
+) -> Routed:
     """Normalise and route ``target`` once; the guard calls this when the headers are in
     and stores the result on the request, so the resource never routes again.
+    ``method`` picks the operation of an API read from an OpenAPI definition.
 
     ``as_forwarded`` (the authz endpoint) accepts only a path already in normal form
     (``routing.authz_path``): the proxy in front forwards it raw, so judging its
@@ -112,7 +115,7 @@ def route_request(runtime: Runtime, target: bytes, *, as_forwarded: bool = False
         path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
-    return Routed(runtime, raw_path, path, query, runtime.router.route(path, query))
+    return Routed(runtime, raw_path, path, query, runtime.router.route(path, query, method))
 
 
 def request_view(request: Request, path: bytes, query: bytes | None) -> RequestView:
@@ -198,7 +201,7 @@ class GatewayResource(Resource):
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
         routed: Routed | None = getattr(request, "routed", None)
         if routed is None:  # a request the guard did not see (an embedding's own Site)
-            routed = route_request(self.gateway.runtime, request.uri)
+            routed = route_request(self.gateway.runtime, request.uri, request.method)
         exchange = _Exchange(self.gateway, request, routed.raw_path)
         if routed.path is None:
             return exchange.refuse(errors.bad_request(routed.problem or "bad request path"))
@@ -209,10 +212,14 @@ class GatewayResource(Resource):
         route = routed.route
         if route is None or route.pipeline is None:
             return exchange.refuse(errors.not_found(routed.path.decode("latin-1")))
+        if route.unmatched is not None:  # an OpenAPI API without this operation
+            exchange.api = route.api
+            allow = ((b"Allow", route.allow),) if route.allow else ()
+            return exchange.refuse(route.unmatched, allow)
         caller = callers.resolve(request, runtime)
         call = Call(
             request_view(request, routed.path, routed.query),
-            route.api,
+            route.security_api,  # an operation's own security, if it has one
             caller.identity,
             via_load_balancer=caller.via_load_balancer,
         )
@@ -232,6 +239,7 @@ class GatewayResource(Resource):
             on_done=lambda r: exchange.finish(r.status, r.bytes_sent, r.error_kind),
             backend_timeout=route.api.backend_timeout,
             on_answer=exchange.transform_answer if route.pipeline else None,
+            alternatives=route.alternatives,
         )
         return NOT_DONE_YET
 
@@ -263,7 +271,7 @@ class GatewayResource(Resource):
             )
         if named_method is not None:
             exchange.method = named_method
-        judged = route_request(runtime, original, as_forwarded=True)
+        judged = route_request(runtime, original, exchange.method, as_forwarded=True)
         if judged.path is None:
             return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
         route = judged.route
@@ -271,11 +279,19 @@ class GatewayResource(Resource):
             return exchange.refuse(
                 errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
             )
+        if route.api.operations is not None and named_method is None:
+            # An OpenAPI API's security depends on the operation, so on the real method,
+            # not the subrequest's own.
+            return exchange.refuse(
+                errors.forbidden(f"the {settings.original_method_header} header is missing")
+            )
+        if route.unmatched is not None:
+            return exchange.refuse(errors.forbidden(route.unmatched.description))
         caller = callers.resolve(request, runtime)
         view = request_view(request, judged.path, judged.query)
         call = Call(
             dataclasses.replace(view, method=exchange.method),
-            route.api,
+            route.security_api,
             caller.identity,
             via_load_balancer=caller.via_load_balancer,
         )

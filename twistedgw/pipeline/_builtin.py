@@ -54,7 +54,8 @@ class MutualSsl:
 
 @implementer(IScheme)
 class ApiKeys:
-    """API keys sent in the ``apikey`` header, stored only as SHA-256 digests."""
+    """API keys sent in the ``apikey`` header (or the one an OpenAPI apiKey scheme names),
+    stored only as SHA-256 digests."""
 
     name = "api_key"
 
@@ -62,11 +63,12 @@ class ApiKeys:
         self, api: ApiConfig, keys: Sequence[ApiKey], owners: Mapping[str, str] | None = None
     ) -> None:
         self.mode = api.api_key
+        self._header = api.api_key_header.lower().encode()
         self._by_digest: Mapping[bytes, str] = {k.sha256: k.name for k in keys}
         self._owners: Mapping[str, str] = owners or {}  # key name -> its consumer
 
     def authenticate(self, call: Call) -> SchemeResult:
-        values = call.request.headers.get(API_KEY_HEADER)
+        values = call.request.headers.get(self._header)
         if not values:
             return SchemeResult(False, False, reason="no API key was presented")
         if len(values) > 1:
@@ -165,6 +167,8 @@ class IdentityForwarding:
         for name in self._lb_headers:
             if name not in keep:
                 edit.remove(name)
+        if call.api.api_key_header.lower() != "apikey":  # an OpenAPI apiKey scheme's header
+            edit.remove(call.api.api_key_header.encode())
         if call.mtls_passed:
             for name, value in idforward.headers_for(self._settings, call.identity):
                 edit.set(name, value)

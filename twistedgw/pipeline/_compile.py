@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw import tiers
+from twistedgw import openapi, tiers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
 from twistedgw.pipeline._builtin import (
     ApiKeys,
@@ -114,7 +114,9 @@ def compile_pipelines(
     revocation_stage = Revocation(revocation) if revocation is not None else None
     directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
-    for api in config.apis:
+    # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
+    # problems are reported once, for the API itself).
+    for api, own in openapi.with_variants(config.apis):
         checks: list[Named] = []
         schemes: list[Named] = []
         authorisers: list[Named] = []
@@ -131,7 +133,7 @@ def compile_pipelines(
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
-            stage = _configure(spec, by_name, api, config, problems)
+            stage = _configure(spec, by_name, api, config, problems if own else [])
             if stage is None:
                 continue
             named = Named(spec.name, stage)
