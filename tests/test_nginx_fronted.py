@@ -774,3 +774,72 @@ def test_cli_reports_problems_by_file_and_key(tmp_path: Path, pki: DevPki) -> No
     assert result.stderr == (f"twistedgw: {path.resolve()}: nginx: the [nginx] section is "
                              "required for nginx-config\n")
     assert "Traceback" not in result.stderr
+
+
+def _ask(port: int, pki: DevPki, method: str, path: str, client: str | None) -> tuple[int, Any]:
+    from tests.lbsupport import connect, send
+
+    conn = connect(port, pki=pki, client=client, tls=True)
+    try:
+        return outcome(send(conn, path, {"Content-Length": "0"} if method == "POST" else {},
+                            method=method))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("variant", ["auth_request", "lua"])
+def test_openapi_operations_keep_their_own_security_through_the_cache(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess, variant: str
+) -> None:
+    """An API from an OpenAPI definition whose GET /items is open and whose other operations
+    need mTLS: a cached allow for the open GET never lets a POST without a certificate
+    through (the key holds method and path), and undefined operations get 404/405 JSON."""
+    definition = {
+        "openapi": "3.0.1", "info": {"title": "Shop", "version": "1"},
+        "x-wso2-basePath": "/shop",
+        "x-wso2-production-endpoints": {"urls": [f"{echo.url}/shop"]},
+        "x-wso2-mutual-ssl": "mandatory",
+        "paths": {
+            "/items": {
+                "get": {"x-wso2-disable-security": True,
+                        "responses": {"200": {"description": "open"}}},
+                "post": {"responses": {"200": {"description": "mTLS"}}},
+            },
+            "/items/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "get": {"responses": {"200": {"description": "mTLS"}}},
+            },
+        },
+    }
+    (tmp_path / "gw").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "gw" / "shop.json").write_text(json.dumps(definition))
+    extra = '\n[[apis]]\nopenapi = "shop.json"\naliases = ["partner-root"]\n'
+    f = start_fronted(tmp_path, pki, echo, variant=variant, extra=extra)
+    try:
+        cases = [("GET", "/shop/items", None), ("GET", "/shop/items", None),
+                 ("POST", "/shop/items", None), ("POST", "/shop/items", "partner-direct"),
+                 ("POST", "/shop/items", None), ("GET", "/shop/items/7", None),
+                 ("GET", "/shop/items/7", "partner-direct"), ("GET", "/shop/items/7", None),
+                 ("DELETE", "/shop/items", "partner-direct"), ("GET", "/shop/nothing", None),
+                 ("GET", "/shop/items?x=1", "expired")]
+        got = [(m, p, c, _ask(f.direct_port, pki, m, p, c), _ask(f.nginx.port, pki, m, p, c))
+               for m, p, c in cases]
+        assert [g for g in got if g[3] != g[4]] == []
+        assert [g[4][0] for g in got] == [200, 200, 401, 200, 401, 401, 200, 401, 405, 404, 200]
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
+
+
+def test_several_backends_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
+    """twistedgw picks the backend (load_balance/failover) and its Host header."""
+    path = _config(tmp_path, pki, "")
+    path.write_text(path.read_text().replace(
+        'backend = "http://127.0.0.1:8080/v2"',
+        'backends = ["http://127.0.0.1:8080/v2", "http://127.0.0.2:8080/v2"]\n'
+        'backend_mode = "failover"'))
+    text = nginxconf.render(configmod.load(path)).text
+    pet = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
+    pet = pet[:pet.index("\n    }\n")]
+    assert "proxy_pass http://twistedgw_authz$request_uri;" in pet and "auth_request" not in pet

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twistedgw import errors, idforward, verdicts
-from twistedgw.config import ApiConfig, GatewayConfig, Mode
+from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.pipeline import API_KEY_HEADER
 
 #: Internal locations live under this prefix; a client's request for it takes the
@@ -207,6 +207,8 @@ def _backend_tls(config: GatewayConfig, api: ApiConfig, indent: str) -> list[str
 def _stripped_headers(config: GatewayConfig) -> list[str]:
     """Every header a caller must never deliver (the direct mode strips the same)."""
     names = set(idforward.stripped(config.identity)) | {API_KEY_HEADER}
+    for api in config.apis:  # an OpenAPI apiKey scheme's own header is removed too
+        names |= {h.encode() for h in verdicts.key_headers(api)}
     lb = config.mutual_ssl
     names |= {h.lower().encode() for h in (lb.certificate_header, lb.chain_header) if h}
     names |= {b"forwarded", b"x-twistedgw-api", b"x-twistedgw-principal"}
@@ -368,7 +370,7 @@ def render(
         w(_gateway_proxy("        "))
         w("    }")
     for i, api in enumerate(config.apis):
-        if api.tiers:
+        if api.tiers or len(api.endpoints) > 1:
             continue
         w("")
         w(f"    location = {INTERNAL}/authz/{i} {{  # {api.label}")
@@ -386,8 +388,9 @@ def render(
         w("        proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
         if verdicts.api_cacheable(config, api) and not lua:
             key_parts = [f"{i}:{api.label}", "$ssl_client_fingerprint"]
-            if api.api_key is not Mode.DISABLED:
-                key_parts.append("$http_apikey")
+            key_parts += [f"$http_{h.replace('-', '_')}" for h in verdicts.key_headers(api)]
+            if verdicts.per_operation(api):  # the operation decides the schemes
+                key_parts += ["$request_method", "$request_uri"]
             w(f"        proxy_cache {CACHE_ZONE};")
             w(f"        proxy_cache_key {_quote('|'.join(key_parts))};")
             w("        proxy_cache_methods GET;")
@@ -417,6 +420,11 @@ def _api_body(
         write("        # Per-certificate tiers count every request: twistedgw forwards it.")
         write(_gateway_proxy("        "))
         return
+    if len(api.endpoints) > 1:
+        write("        # Several backends: twistedgw picks one (load_balance/failover) and sets")
+        write("        # its Host, which one NGINX location cannot do per server.")
+        write(_gateway_proxy("        "))
+        return
     body = api.max_body_bytes or limits.max_body_bytes
     timeout = api.backend_timeout or limits.backend_timeout
     path = urlsplit(api.backend).path
@@ -428,9 +436,11 @@ def _api_body(
         for _answer, variable in answers:
             write(f'        set ${variable} "";')
         table = ", ".join(f'{{"{a}", "{v}"}}' for a, v in answers)
-        with_key = "true" if api.api_key is not Mode.DISABLED else "false"
+        keys = ", ".join(f'"{h}"' for h in verdicts.key_headers(api))
+        per_op = "true" if verdicts.per_operation(api) else "false"
         write("        access_by_lua_block {")
-        write(f'            require("twistedgw_verdicts").access("{i}", {with_key}, {{{table}}})')
+        write(f'            require("twistedgw_verdicts").access("{i}", {{{keys}}}, {per_op},')
+        write(f"                                                 {{{table}}})")
         write("        }")
     else:
         write(f"        auth_request {INTERNAL}/authz/{i};")

@@ -27,10 +27,33 @@ SET_PREFIX = b"x-twistedgw-set-"
 NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
 
 
+def _securities(api: ApiConfig) -> list[ApiConfig]:
+    """The API and its OpenAPI operations' variants (each with its own schemes)."""
+    from twistedgw import openapi
+
+    return [api, *openapi.variants(api)]
+
+
+def key_headers(api: ApiConfig) -> tuple[str, ...]:
+    """Lower-case names of the request headers whose values decide a verdict besides the
+    certificate: the API key header of every security the API's operations use."""
+    return tuple(sorted({
+        c.api_key_header.lower() for c in _securities(api) if c.api_key is not Mode.DISABLED
+    }))
+
+
+def per_operation(api: ApiConfig) -> bool:
+    """An API read from an OpenAPI definition: the verdict depends on method and path."""
+    return api.operations is not None
+
+
 def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
     """Whether an allow for ``api`` may be cached at all (the same for every caller)."""
     authz = config.authz
     if authz is None or authz.cache_seconds < 1 or api.tiers or api.plugins:
+        return False
+    # A bearer token's verdict ends with the token, which the cache key cannot see.
+    if any(getattr(c, "jwt", Mode.DISABLED) is not Mode.DISABLED for c in _securities(api)):
         return False
     tls = config.tls
     return not (

@@ -20,18 +20,27 @@ local function gateway()
 end
 
 -- api: the API's index in the config (names the internal authz location and the key)
--- with_key: the API reads the apikey header, so the key is part of the cache key
+-- keys: the request headers the API's schemes read (apikey, an OpenAPI apiKey header):
+--       part of the cache key; a repeated one is never cached
+-- per_operation: an API from an OpenAPI definition, whose schemes depend on the
+--       operation: method and path are part of the cache key
 -- answers: {answer header, variable} pairs: the authz answer header whose value the
 --          variable (declared with `set` in the location) takes
-function _M.access(api, with_key, answers)
+function _M.access(api, keys, per_operation, answers)
     local var = ngx.var
     local key = api .. "|" .. (var.ssl_client_fingerprint or "")
-    if with_key then
-        local value = ngx.req.get_headers()["apikey"]
-        if type(value) == "table" then
-            return gateway()  -- repeated: twistedgw refuses it as in direct mode
+    if #keys > 0 then
+        local headers = ngx.req.get_headers()
+        for _, name in ipairs(keys) do
+            local value = headers[name]
+            if type(value) == "table" then
+                return gateway()  -- repeated: twistedgw refuses it as in direct mode
+            end
+            key = key .. "|" .. (value or "")
         end
-        key = key .. "|" .. (value or "")
+    end
+    if per_operation then
+        key = key .. "|" .. var.request_method .. "|" .. var.request_uri
     end
     local dict = ngx.shared.twistedgw_verdicts
     local verdict = dict:get(key)
