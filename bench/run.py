@@ -42,7 +42,7 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from twistedgw import devpki  # noqa: E402
+from twistedgw.testing import devpki  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -516,7 +516,7 @@ class Bench:
                       env: dict[str, str], variant: str = "auth_request") -> Group:
         """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
         from twistedgw import config as configmod
-        from twistedgw import nginxconf
+        from twistedgw.app import _nginxconf as nginxconf
 
         pki = self.pkis["ec"]
         toml = self.work / f"{name}.toml"

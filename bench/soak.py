@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.backend_fixture import start_backend
 from tests.harness import client_context, free_port, gateway_config, start_gateway
 from tests.tlsabuse import KINDS, bad_handshake, open_fds, rss_kb
-from twistedgw import devpki
+from twistedgw.testing import devpki
 
 
 def huge_chains(directory: Path, leaves: int = 64, junk_bytes: int = 85_000) -> list[Path]:

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 
-from twistedgw import tiers
-from twistedgw.cluster import RedisTierStore
 from twistedgw.config import ClusterConfig
+from twistedgw.pipeline import RedisTierStore
+from twistedgw.pipeline import _tiers as tiers
 
 reactor: Any = _reactor
 BUCKETS = 1000
@@ -151,7 +151,7 @@ def end_to_end(work: Path, redis_port: int, requests: int) -> dict[str, Any]:
     from tests.e2e import context, tls_connect
     from tests.harness import free_port as harness_port
     from tests.harness import gateway_config, send, start_gateway, table
-    from twistedgw import devpki
+    from twistedgw.testing import devpki
 
     pki = devpki.generate(work / "pki")
     backend = start_backend(work / "backend")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness import gateway_config
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 KEY = "cli-key"
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.backend_fixture import backend  # noqa: F401  (the shared echo backend)
 from tests.harness import GatewayProcess, free_port, gateway_config, start_gateway
-from twistedgw import devpki
+from twistedgw.testing import devpki
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import GatewayProcess, Response, free_port, gateway_config, send, start_gateway
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 @contextmanager

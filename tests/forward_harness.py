@@ -24,7 +24,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web import resource, server
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
-from twistedgw.forward import Forwarder, ForwardResult, ForwardSettings
+from twistedgw.upstream import Forwarder, ForwardResult, ForwardSettings
 
 reactor: Any = _reactor
 

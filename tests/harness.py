@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Encode certificates the way each load balancer puts them in a header.
 
 Written from the vendors' documentation (see DESIGN.md, "Load-balancer header
-formats"), independently of ``twistedgw.lbheader``, so that decoding what these
+formats"), independently of ``twistedgw.identity._lbheader``, so that decoding what these
 produce tests the decoder against the vendors rather than against itself.
 Shared by the unit tests and the integration tests that send headers to a
 running gateway.

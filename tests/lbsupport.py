@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.harness import REPO, Response, client_context, wait_port
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 CONF = REPO / "conf"
 EXAMPLE_PKI = "/etc/twistedgw/pki"

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, request, table
 from tests.opskit import read_json_lines, wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def test_authz_judges_the_named_method(

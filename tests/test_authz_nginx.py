@@ -29,7 +29,7 @@ from tests.lbsupport import (
     render,
     start_nginx,
 )
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 AUTHZ = "/_twistedgw/authz"
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twistedgw.config import ApiConfig
-from twistedgw.routing import BadPath, Router, authz_path, normalise
+from twistedgw.http import BadPath, Router, authz_path, normalise
 
 
 @pytest.mark.parametrize(

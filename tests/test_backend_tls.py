@@ -19,7 +19,7 @@ import pytest
 from tests.backend_fixture import BackendProcess, start_backend
 from tests.harness import GatewayProcess, connect, gateway_config, request, send, table
 from tests.opskit import wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 GATEWAY_SUBJECT = "CN=twistedgw gateway,O=twistedgw dev"
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from tests.config_cases import api
 from tests.harness import gateway_config, table
-from twistedgw import backendtls, runtime
 from twistedgw import config as configmod
-from twistedgw.backendtls import BackendPolicy, BackendTls
+from twistedgw.app import _runtime as runtime
 from twistedgw.config import BackendTlsConfig
-from twistedgw.devpki import DevPki, cert_pem
+from twistedgw.testing.devpki import DevPki, cert_pem
+from twistedgw.tls import BackendPolicy, BackendTls
+from twistedgw.tls import _backend as backendtls
 
 
 def test_policy_for_picks_the_api_whose_backend_url_the_target_starts_with() -> None:

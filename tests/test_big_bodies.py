@@ -23,7 +23,7 @@ from tests.backend import pattern
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, client_context, free_port, gateway_config, start_gateway
 from tests.tlsabuse import rss_kb
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 MB = 1024 * 1024
 SIZE = int(os.environ.get("TWISTEDGW_BIG_BODY_MB", "1024")) * MB

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from twistedgw import chainverify, devpki
-from twistedgw.chainverify import (
+from twistedgw.identity import ClientIdentity, Outcome, Source, fingerprint
+from twistedgw.testing import devpki
+from twistedgw.tls import (
     EXPIRED,
     FAILED_TTL,
     INVALID,
@@ -22,9 +23,11 @@ from twistedgw.chainverify import (
     UNTRUSTED,
     WRONG_PURPOSE,
     ChainVerifier,
+    TrustEntry,
+    TrustStore,
+    load_truststore,
 )
-from twistedgw.identity import ClientIdentity, Outcome, Source, fingerprint
-from twistedgw.pki import TrustEntry, TrustStore, load_truststore
+from twistedgw.tls import _chains as chainverify
 
 DAY = datetime.timedelta(days=1)
 
@@ -124,7 +127,7 @@ def intermediate_under(
 
 
 def test_reason_words_match_the_handshake() -> None:
-    reasons = pytest.importorskip("twistedgw.reasons")
+    reasons = pytest.importorskip("twistedgw.identity._reasons")
     assert (EXPIRED, NOT_YET_VALID, UNTRUSTED, WRONG_PURPOSE, INVALID) == (
         reasons.EXPIRED,
         reasons.NOT_YET_VALID,

@@ -19,7 +19,7 @@ import pytest
 
 from tests.config_cases import CASES, Case, api, good, line_says
 from tests.harness import env, free_port, gateway_config, start_gateway, wait_port
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 COMMANDS = ("check", "run")
 

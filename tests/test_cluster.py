@@ -30,8 +30,8 @@ from tests.harness import (
 from tests.lbsupport import start_haproxy
 from tests.opskit import admin_get, read_json_lines, scrape, value, wait_until
 from tests.redissupport import DelayingProxy, RedisProcess, start_redis
-from twistedgw.cluster import SCRIPT_SHA
-from twistedgw.devpki import DevPki
+from twistedgw.pipeline import SCRIPT_SHA
+from twistedgw.testing.devpki import DevPki
 
 LIMIT = 6
 TIERED = "/tiered/x"
@@ -420,10 +420,10 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     through: a wait becomes 429 + Retry-After, StoreUnavailable (closed) 503 101503."""
     from twisted.internet.defer import Deferred, fail, succeed
 
-    from twistedgw import tiers
     from twistedgw.config import Tier
     from twistedgw.identity import ClientIdentity, Outcome, Source
     from twistedgw.pipeline import Refusal
+    from twistedgw.pipeline import _tiers as tiers
     from twistedgw.pipeline._builtin import Tiers
 
     class Store:
@@ -483,7 +483,7 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
 
 
 def test_in_process_store_is_unchanged() -> None:
-    from twistedgw import tiers
+    from twistedgw.pipeline import _tiers as tiers
 
     now = [0.0]
     throttle = tiers.TierThrottle(clock=lambda: now[0])
@@ -495,7 +495,7 @@ def test_in_process_store_is_unchanged() -> None:
 
 
 def test_verdict_reads_only_the_scripts_answer() -> None:
-    from twistedgw.cluster import _verdict
+    from twistedgw.pipeline._cluster import _verdict
 
     assert _verdict([1, 0]) is None
     assert _verdict([0, 2_500_000]) == 2.5
@@ -601,8 +601,9 @@ def test_store_timeout_noscript_garbage_in_memory() -> None:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
 
-    from twistedgw import cluster, tiers
     from twistedgw.config import ClusterConfig
+    from twistedgw.pipeline import _cluster as cluster
+    from twistedgw.pipeline import _tiers as tiers
 
     class Conn:
         connected = 1

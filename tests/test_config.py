@@ -10,9 +10,9 @@ import pytest
 from tests.config_cases import CASES, KEY, Case, api, good, line_says
 from tests.harness import gateway_config
 from twistedgw import config as configmod
-from twistedgw import runtime
+from twistedgw.app import _runtime as runtime
 from twistedgw.config import ConfigError, Mode
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def load_and_build(path: Path) -> runtime.Runtime:

@@ -31,7 +31,7 @@ from tests.harness import (
     table,
 )
 from tests.opskit import scrape, value, wait_until
-from twistedgw.devpki import IDENTITY_POLICY_OID, DevPki
+from twistedgw.testing.devpki import IDENTITY_POLICY_OID, DevPki
 
 HEADER = "X-SSL-Client-Cert"
 AUTHZ = "/_twistedgw/authz"

@@ -10,7 +10,7 @@ import pytest
 
 from tests import headerenc as enc
 from tests.harness import env, gateway_config, table
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

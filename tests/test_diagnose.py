@@ -6,10 +6,10 @@ import pytest
 from cryptography import x509
 
 from tests import headerenc
-from twistedgw import devpki
-from twistedgw.diagnose import decode_header_report
+from twistedgw.app import decode_header_report
 from twistedgw.identity import fingerprint
-from twistedgw.pki import TrustStore, load_truststore
+from twistedgw.testing import devpki
+from twistedgw.tls import TrustStore, load_truststore
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.harness import REPO, GatewayProcess, env, free_port, gateway_config, request
 from tests.opskit import wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 

@@ -34,9 +34,9 @@ from tests.harness import (
 from tests.opskit import scrape, value
 from tests.rawhttp import exchange, open_socket, read_response
 from tests.tlsabuse import rss_kb
-from twistedgw import guard
-from twistedgw.devpki import DevPki
-from twistedgw.routing import BadPath, normalise
+from twistedgw.http import BadPath, normalise
+from twistedgw.http import _guard as guard
+from twistedgw.testing.devpki import DevPki
 
 MiB = 1024 * 1024
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
-from twistedgw import guard
 from twistedgw.config import Limits
-from twistedgw.guard import Guard, GuardedChannel, _ChunkedDecoder, _TinyChunks, target_problem
+from twistedgw.http import Guard, GuardedChannel, target_problem
+from twistedgw.http import _guard as guard
+from twistedgw.http._guard import _ChunkedDecoder, _TinyChunks
 
 # -- the chunked decoder -------------------------------------------------------
 
@@ -117,7 +118,7 @@ def test_tiny_chunks_are_refused_before_the_rest_of_the_read_is_parsed() -> None
 
 # -- the request-target grammar --------------------------------------------------
 
-# RFC 3986 / 9112, written out independently of guard.py.
+# RFC 3986 / 9112, written out independently of http/_guard.py.
 _UNRESERVED = r"A-Za-z0-9\-._~"
 _PCHAR = rf"(?:[{_UNRESERVED}!$&'()*+,;=:@]|%[0-9A-Fa-f]{{2}})"
 _ORIGIN_FORM = re.compile(rf"(?:/{_PCHAR}*)+(?:\?(?:{_PCHAR}|[/?])*)?".encode())

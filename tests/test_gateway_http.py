@@ -19,7 +19,7 @@ from tests.backend import pattern
 from tests.backend_fixture import BackendProcess
 from tests.e2e import context, echoed, echoed_headers, get, running_gateway, tls_connect
 from tests.harness import GatewayProcess, Response, free_port, send
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 MB = 1024 * 1024
 

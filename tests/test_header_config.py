@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from tests.harness import env, gateway_config, table
-from twistedgw import config, runtime
+from twistedgw import config
+from twistedgw.app import _runtime as runtime
 from twistedgw.config import ConfigError
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 API = {
     "name": "a",

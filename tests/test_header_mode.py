@@ -33,8 +33,8 @@ from tests import headerenc as enc
 from tests.backend_fixture import BackendProcess, start_backend
 from tests.harness import GatewayProcess, Response, free_port, gateway_config, start_gateway, table
 from tests.lbsupport import connect, echoed_headers, error, get, mutual_ssl_table, send
-from twistedgw import reasons
-from twistedgw.devpki import DevPki
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki
 
 HEADER = "X-Client-Cert"
 CHAIN = "Client-Cert-Chain"

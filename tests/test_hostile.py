@@ -15,8 +15,8 @@ import pytest
 from tests.harness import GatewayProcess, free_port, gateway_config, request, start_gateway
 from tests.rawhttp import exchange
 from tests.recorder import Recorder, recording_backend
-from twistedgw.devpki import DevPki
-from twistedgw.routing import normalise
+from twistedgw.http import normalise
+from twistedgw.testing.devpki import DevPki
 
 KEY = "s3cret-key"
 

@@ -22,12 +22,13 @@ from twisted.web.http_headers import Headers
 
 from tests.harness import gateway_config, table
 from twistedgw import config as configmod
-from twistedgw import reasons, tiers
-from twistedgw.devpki import IDENTITY_POLICY_OID, DevPki
+from twistedgw.config._rules import KEYS, IdentityRule, facts, parse_dn, parse_rule
 from twistedgw.identity import ClientIdentity, Outcome, Source
-from twistedgw.identity_rules import KEYS, IdentityRule, facts, parse_dn, parse_rule
+from twistedgw.identity import _reasons as reasons
 from twistedgw.pipeline import Call, HeaderEdit, HeaderView, Refusal, RequestView, compile_pipelines
+from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._compile import Shared
+from twistedgw.testing.devpki import IDENTITY_POLICY_OID, DevPki
 
 # --------------------------------------------------------------------------- the matcher
 
@@ -116,7 +117,7 @@ def test_san_dns_wildcard_is_one_label(pki: DevPki) -> None:
 
 
 def test_san_dns_wildcard_edges() -> None:
-    from twistedgw.identity_rules import _dns_matches
+    from twistedgw.config._rules import _dns_matches
 
     assert _dns_matches("*.partner.example", "a.partner.example")
     assert not _dns_matches("*.partner.example", "a.b.partner.example")
@@ -137,7 +138,7 @@ def test_san_uri_exact_and_prefix(pki: DevPki) -> None:
 
 
 def test_san_uri_prefix_edges() -> None:
-    from twistedgw.identity_rules import _uri_matches
+    from twistedgw.config._rules import _uri_matches
 
     prefix = "spiffe://acme.example/*"
     assert _uri_matches(prefix, "spiffe://acme.example/a")
@@ -432,8 +433,8 @@ def test_access_log_and_metric_label_carry_only_configured_consumers(
 ) -> None:
     from types import SimpleNamespace
 
-    from twistedgw.observe import Metrics, access_entry
-    from twistedgw.web import RequestRecord
+    from twistedgw.app import Metrics, access_entry
+    from twistedgw.http import RequestRecord
 
     cfg = load(pki, tmp_path, [api("a")], extra=CONSUMERS)
     metrics = Metrics(lambda: SimpleNamespace(config=cfg, keystore=None,  # type: ignore[arg-type,return-value]

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.backend_fixture import BackendProcess
 from tests.e2e import echoed, get, running_gateway
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 FORGED = [
     ("X-Forwarded-Client-Cert", 'Hash=00;Subject="CN=admin"'),

@@ -33,8 +33,8 @@ from tests.lbsupport import (
     start_haproxy,
     start_nginx,
 )
-from twistedgw import reasons
-from twistedgw.devpki import DevPki
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki
 
 PET = "/petstore/1.0.5/pet/1?x=1"
 HEADER = "X-SSL-Client-Cert"

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from tests import headerenc
 from tests.headerenc import CONCRETE_ENCODINGS
-from twistedgw import devpki
-from twistedgw.lbheader import (
+from twistedgw.identity import (
     ENCODINGS,
     MAX_CERTIFICATES,
     MAX_VALUE_LENGTH,
@@ -24,6 +23,7 @@ from twistedgw.lbheader import (
     decode,
     sniff,
 )
+from twistedgw.testing import devpki
 
 CHAINS = ("partner-app", "partner-rsa", "partner-direct", "pinned")
 

@@ -25,7 +25,7 @@ from tests.harness import (
 )
 from tests.rawhttp import exchange, open_socket, read_response, wait_closed
 from tests.recorder import Recorder, recording_backend
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 HEADER_LIMIT = 4096
 BODY_LIMIT = 100_000

@@ -9,10 +9,8 @@ from twisted.internet.defer import FirstError
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from twistedgw.admin import AdminService
+from twistedgw.app import AdminService, Metrics, gather_listening
 from twistedgw.config import AdminConfig
-from twistedgw.observe import Metrics
-from twistedgw.service import gather_listening
 
 
 def admin_on(reactor: MemoryReactor) -> AdminService:

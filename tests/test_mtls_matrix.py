@@ -3,7 +3,7 @@
 One gateway process serves one API per (mutual_ssl, api_key) combination, all
 forwarding to the real echo backend; every cell of the matrix is one real TLS
 connection presenting one dev-PKI certificate. The expected verdict comes from
-the README's rules, written out here independently of ``policy.py``.
+the README's rules, written out here independently of ``pipeline/_run.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.e2e import context, echoed, echoed_headers, get, running_gateway, tls_connect
 from tests.harness import GatewayProcess, Response, send
-from twistedgw import devpki
-from twistedgw.devpki import DevPki
+from twistedgw.testing import devpki
+from twistedgw.testing.devpki import DevPki
 
 MODES = ("mandatory", "optional", "disabled")
 ALIASES = ["partner-root", "pinned-client"]

@@ -12,8 +12,10 @@ import pytest
 
 from tests import headerenc as enc
 from tests.harness import REPO, env, gateway_config
-from twistedgw import __version__, cli, reasons
-from twistedgw.devpki import DevPki
+from twistedgw import __version__
+from twistedgw.app import _cli as cli
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki
 
 
 def twistedgw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,9 +95,11 @@ def test_readme_lists_every_error_description() -> None:
 
 def test_readme_layout_names_every_module() -> None:
     layout = _readme_section("## Layout")
-    modules = sorted(p.name for p in (REPO / "twistedgw").glob("*.py")
-                     if not p.name.startswith("__"))
-    missing = [m for m in modules if not re.search(rf"\b{re.escape(m)}\b", layout)]
+    modules = sorted(p.name for p in (REPO / "twistedgw").rglob("*.py")
+                     if not p.name.startswith("__") and "plugins" not in p.parts[-2:-1])
+    modules += sorted(p.name + "/" for p in (REPO / "twistedgw").iterdir()
+                      if p.is_dir() and (p / "__init__.py").exists())
+    missing = [m for m in modules if not re.search(rf"(?<![\w.]){re.escape(m)}(?!\w)", layout)]
     assert not missing
 
 

@@ -34,8 +34,9 @@ from tests.lbsupport import (
     start_nginx,
 )
 from twistedgw import config as configmod
-from twistedgw import nginxconf, reasons
-from twistedgw.devpki import DevPki, Issued
+from twistedgw.app import _nginxconf as nginxconf
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki, Issued
 
 PET = "/petstore/1.0.5/pet/1?x=1"
 ORDERS = "/orders/v1/list"
@@ -467,7 +468,7 @@ def _identity(pki: DevPki, client: str) -> Any:
 def test_lifetime_is_capped_by_cache_seconds_and_certificate_expiry(
     tmp_path: Path, pki: DevPki
 ) -> None:
-    from twistedgw import verdicts
+    from twistedgw.http import _verdicts as verdicts
 
     cfg = _lifetime_config(tmp_path, pki)
     pet = cfg.apis[0]
@@ -483,7 +484,7 @@ def test_lifetime_is_capped_by_cache_seconds_and_certificate_expiry(
 
 
 def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
-    from twistedgw import verdicts
+    from twistedgw.http import _verdicts as verdicts
 
     identity = _identity(pki, "partner-direct")
     ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
@@ -498,7 +499,7 @@ def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
 
 
 def test_intermediates_must_be_cas(tmp_path: Path, pki: DevPki) -> None:
-    from twistedgw import runtime
+    from twistedgw.app import _runtime as runtime
 
     path = _config(tmp_path, pki, "")
     path.write_text(path.read_text().replace(

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, free_port, request, table
 from tests.opskit import admin_get, read_json_lines, scrape, value, wait_until
-from twistedgw import reasons
-from twistedgw.devpki import DevPki
-from twistedgw.observe import reason_label
+from twistedgw.app import reason_label
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki
 
 SECRET_KEY = "super-secret-key-123"
 

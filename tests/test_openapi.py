@@ -16,12 +16,11 @@ from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from twistedgw import config as configmod
-from twistedgw.config import ApiConfig, Mode
-from twistedgw.forward import Forwarder
+from twistedgw.config import ApiConfig, Mode, Security, route_rows
+from twistedgw.http import Router
 from twistedgw.identity import no_certificate
-from twistedgw.openapi import Security, route_rows
 from twistedgw.pipeline import Call, HeaderEdit, HeaderView, Refusal, RequestView, compile_pipelines
-from twistedgw.routing import Router
+from twistedgw.upstream import Forwarder
 
 BASE = """\
 openapi: 3.0.3

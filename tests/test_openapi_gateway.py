@@ -28,7 +28,7 @@ from tests.harness import (
     start_gateway,
 )
 from tests.opskit import wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 KEY = "s3cret-key"
 

@@ -21,7 +21,7 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.e2e import echoed, get
 from tests.harness import GatewayProcess, env, free_port, gateway_config, start_gateway
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 TAGGER = '''
 """A third-party plugin: tags forwarded requests, refuses ones that say X-Block."""

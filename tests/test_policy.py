@@ -11,10 +11,9 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twistedgw import reasons
 from twistedgw.config import ApiConfig, ApiKey, Mode
-from twistedgw.devpki import DevPki
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
+from twistedgw.identity import _reasons as reasons
 from twistedgw.pipeline import (
     Call,
     HeaderEdit,
@@ -27,6 +26,7 @@ from twistedgw.pipeline import (
 )
 from twistedgw.pipeline._builtin import ApiKeys, MutualSsl
 from twistedgw.testing import fake_call, fake_config, pipeline, run
+from twistedgw.testing.devpki import DevPki
 
 KEY = b"the-key"
 KEYS = (ApiKey("app-one", hashlib.sha256(KEY).digest()),)

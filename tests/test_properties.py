@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from twistedgw import config
 from twistedgw.config import ApiConfig, ConfigError
-from twistedgw.routing import BadPath, Router, normalise, split_target
+from twistedgw.http import BadPath, Router, normalise, split_target
 
 # -- paths -------------------------------------------------------------------
 

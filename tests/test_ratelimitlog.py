@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from twisted.logger import Logger, LogLevel, formatEvent
 
-from twistedgw import callers
-from twistedgw.ratelimitlog import RateLimitedLog
+from twistedgw._ratelimitlog import RateLimitedLog
+from twistedgw.http import _callers as callers
 
 FORMAT = "Ignored the {header} header from {address}: not a trusted load balancer"
 

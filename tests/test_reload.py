@@ -25,7 +25,7 @@ from tests.harness import (
     table,
 )
 from tests.opskit import scrape, value, wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def _apis(backend: BackendProcess, aliases: list[str]) -> list[dict[str, Any]]:

@@ -27,8 +27,8 @@ from cryptography.x509 import ocsp
 from tests.backend_fixture import BackendProcess
 from tests.e2e import running_gateway, tls_connect
 from tests.harness import Response, free_port, send
-from twistedgw import devpki
-from twistedgw.devpki import Authority, DevPki, Issued
+from twistedgw.testing import devpki
+from twistedgw.testing.devpki import Authority, DevPki, Issued
 
 REVOKED = "certificate has been revoked"
 UNAVAILABLE = "certificate revocation status is unavailable"

@@ -11,15 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from twisted.internet import defer
 
-from twistedgw import devpki, reasons
-from twistedgw.revocation import (
-    UNAVAILABLE,
-    CrlStore,
-    OcspClient,
-    RevocationChecker,
-    Status,
-    load_crls,
-)
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing import devpki
+from twistedgw.tls import UNAVAILABLE, CrlStore, OcspClient, RevocationChecker, Status, load_crls
 
 
 @pytest.fixture(scope="module")

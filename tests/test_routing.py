@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twistedgw.config import ApiConfig
-from twistedgw.routing import BadPath, Router, normalise, split_target
+from twistedgw.http import BadPath, Router, normalise, split_target
 
 
 @pytest.mark.parametrize(

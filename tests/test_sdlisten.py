@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.testing import MemoryReactor
 
-from twistedgw import sdlisten
-from twistedgw.sdlisten import Inherited, from_environ
+from twistedgw import _sdlisten as sdlisten
+from twistedgw._sdlisten import Inherited, from_environ
 
 
 def test_names_are_optional() -> None:

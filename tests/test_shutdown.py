@@ -15,7 +15,7 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, connect, free_port, gateway_config, request, send
 from tests.opskit import wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def _start(gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki,

@@ -22,7 +22,7 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.e2e import running_gateway
 from tests.harness import REPO, GatewayProcess
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 SCAN_TIMEOUT = 180.0
 

@@ -23,12 +23,12 @@ from tests.e2e import context, get, running_gateway, tls_connect
 from tests.harness import GatewayProcess, gateway_config, send
 from tests.tlsabuse import rss_kb
 from twistedgw import config as configmod
-from twistedgw import pki as pkimod
-from twistedgw.chainverify import CA_AS_CLIENT, ChainVerifier
 from twistedgw.config import ConfigError
-from twistedgw.devpki import DevPki
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed
-from twistedgw.tls import _VerdictCache
+from twistedgw.testing.devpki import DevPki
+from twistedgw.tls import CA_AS_CLIENT, ChainVerifier
+from twistedgw.tls import _pki as pkimod
+from twistedgw.tls._server import _VerdictCache
 
 UNTRUSTED = "certificate is not issued by a trusted CA"
 

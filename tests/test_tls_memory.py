@@ -18,13 +18,12 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
 
-from twistedgw import pki as pkimod
-from twistedgw import reasons
-from twistedgw.chainverify import CA_AS_CLIENT
 from twistedgw.config import TlsConfig
-from twistedgw.devpki import DevPki
 from twistedgw.identity import Outcome
-from twistedgw.tls import ServerTLS
+from twistedgw.identity import _reasons as reasons
+from twistedgw.testing.devpki import DevPki
+from twistedgw.tls import CA_AS_CLIENT, ServerTLS
+from twistedgw.tls import _pki as pkimod
 
 
 class Collect(Protocol):

@@ -42,7 +42,7 @@ from tests.tlsabuse import (
     read_until_closed,
     rss_kb,
 )
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 FAILED_HANDSHAKES = 10_000
 SILENT = 50  # plus this many connections that never send anything, held in parallel

@@ -18,7 +18,7 @@ import pytest
 from tests.backend_fixture import BackendProcess
 from tests.e2e import get
 from tests.harness import REPO, GatewayProcess, env, free_port, gateway_config, start_gateway
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 PLUGINS = REPO / "plugins"
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]

@@ -29,11 +29,9 @@ from twistedgw.upstream import (
     Truncated,
     Upstream,
     UpstreamError,
-    _ChunkDecoder,
-    _Connection,
-    _parse_head,
     parse_origin,
 )
+from twistedgw.upstream._client import _ChunkDecoder, _Connection, _parse_head
 
 # -- parsing -----------------------------------------------------------------
 

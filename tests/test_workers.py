@@ -13,7 +13,7 @@ from typing import Any
 from tests.backend_fixture import BackendProcess
 from tests.harness import GatewayProcess, free_port, gateway_config, request, table
 from tests.opskit import admin_get, json_lines, scrape, value, wait_until
-from twistedgw.devpki import DevPki
+from twistedgw.testing.devpki import DevPki
 
 
 def _config(pki: DevPki, backend: BackendProcess, port: int, admin: int, alias: str) -> str:

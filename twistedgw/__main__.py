@@ -1,5 +1,5 @@
 import sys
 
-from twistedgw.cli import main
+from twistedgw.app import main
 
 sys.exit(main())

@@ -34,7 +34,7 @@ def write_error(
 ) -> bytes:
     """Put ``error``'s status and headers on a twisted.web request; return the body to
     write (empty for HEAD). The one renderer of JSON errors for dispatched requests;
-    the front's refusals before dispatch frame the same body by hand (guard.py)."""
+    the front's refusals before dispatch frame the same body by hand (http/_guard.py)."""
     request.setResponseCode(error.status)
     response_headers = request.responseHeaders
     response_headers.setRawHeaders(b"Content-Type", [JSON_TYPE])

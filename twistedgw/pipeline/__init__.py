@@ -16,6 +16,7 @@ from twistedgw.pipeline._call import (
     ResponseEdit,
     SchemeResult,
 )
+from twistedgw.pipeline._cluster import SCRIPT_SHA, RedisTierStore
 from twistedgw.pipeline._compile import Shared, compile_pipelines
 from twistedgw.pipeline._discovery import Installed, installed
 from twistedgw.pipeline._interfaces import (
@@ -31,6 +32,7 @@ from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
 
 __all__ = [
     "API_KEY_HEADER",
+    "SCRIPT_SHA",
     "Call",
     "HeaderEdit",
     "HeaderView",
@@ -47,6 +49,7 @@ __all__ = [
     "Pipeline",
     "PluginConfigError",
     "PluginContext",
+    "RedisTierStore",
     "Refusal",
     "RequestView",
     "ResponseEdit",

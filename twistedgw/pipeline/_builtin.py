@@ -16,10 +16,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedgw import errors, idforward, reasons, tiers
+from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig
 from twistedgw.identity import Outcome
+from twistedgw.identity import _forwarding as idforward
+from twistedgw.identity import _reasons as reasons
+from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
 from twistedgw.pipeline._interfaces import (
     IAuthoriser,

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw import openapi, tiers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
+from twistedgw.config import _openapi as openapi
+from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._builtin import (
     ApiKeys,
     IdentityForwarding,
@@ -57,7 +58,7 @@ class Shared:
             return self.throttle
         store = self._stores.get(settings)
         if store is None:
-            from twistedgw.cluster import RedisTierStore
+            from twistedgw.pipeline._cluster import RedisTierStore
 
             store = self._stores[settings] = RedisTierStore(
                 settings, observer=self.cluster_observer

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from cryptography import x509
 from zope.interface import implementer
 
-from twistedgw import errors, reasons
-from twistedgw.config import ApiConfig, Consumer
-from twistedgw.identity_rules import IdentityRule, matches_any
+from twistedgw import errors
+from twistedgw.config import ApiConfig, Consumer, IdentityRule, matches_any
+from twistedgw.identity import _reasons as reasons
 from twistedgw.pipeline._call import Call, Refusal
 from twistedgw.pipeline._interfaces import IAuthoriser, ICertificateCheck
 

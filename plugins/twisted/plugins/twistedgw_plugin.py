@@ -31,8 +31,8 @@ class GatewayServiceMaker:
         import signal
         import sys
 
+        from twistedgw.app import make_service
         from twistedgw.config import ConfigError
-        from twistedgw.service import make_service
 
         try:
             svc = make_service(options["config"])

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 
-from twistedgw import idforward
 from twistedgw.config import ApiConfig, GatewayConfig, Mode
 from twistedgw.identity import ClientIdentity, Outcome
+from twistedgw.identity import _forwarding as idforward
 
 #: Prefix of the authz answer headers that carry the identity headers to forward:
 #: ``X-Twistedgw-Set-X-Forwarded-Client-Cert: <value>`` means "send the backend
@@ -29,7 +29,7 @@ NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
 
 def _securities(api: ApiConfig) -> list[ApiConfig]:
     """The API and its OpenAPI operations' variants (each with its own schemes)."""
-    from twistedgw import openapi
+    from twistedgw.config import _openapi as openapi
 
     return [api, *openapi.variants(api)]
 

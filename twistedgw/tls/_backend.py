@@ -24,9 +24,9 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from twistedgw import pki
 from twistedgw.config import BackendTlsConfig, ConfigError, GatewayConfig
 from twistedgw.identity import fingerprint
+from twistedgw.tls import _pki as pki
 
 __all__ = ["BackendPolicy", "BackendTls", "build", "load_policy"]
 

@@ -6,7 +6,7 @@ Metrics live in a ``CollectorRegistry`` owned by one ``Metrics`` object (never
 prometheus-client's global registry), so two gateways in one process do not mix
 their numbers. With ``workers > 1`` each worker turns its records into compact
 ``Sample`` tuples and sends them to the parent, which owns the only registry
-(see ``workers.py``): aggregation by the parent, no multiprocess directory to
+(see ``app/_workers.py``): aggregation by the parent, no multiprocess directory to
 manage or clean up.
 
 Client-certificate verifications are counted once per *request* that reached the
@@ -29,18 +29,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from twisted.logger import Logger
 
-from twistedgw import reasons
-from twistedgw.guard import CLIENT_ERROR_KINDS
+from twistedgw.app._runtime import Runtime
+from twistedgw.http import CLIENT_ERROR_KINDS, RequestRecord
 from twistedgw.identity import ClientIdentity, fingerprint
-from twistedgw.runtime import Runtime
-from twistedgw.web import RequestRecord
+from twistedgw.identity import _reasons as reasons
 
 log = Logger()
 
 # The api label for requests that matched no API (404, 400).
 NO_API = "-"
-# Backend error kinds from forward.py; "client_gone" is the client's doing, not the
-# backend's, and the HTTP front's refusals (guard.py) are client errors.
+# Backend error kinds from upstream/_forward.py; "client_gone" is the client's doing, not the
+# backend's, and the HTTP front's refusals (http/_guard.py) are client errors.
 _NOT_BACKEND_ERRORS = frozenset({"client_gone"}) | CLIENT_ERROR_KINDS
 CLUSTER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

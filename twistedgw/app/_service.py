@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -25,19 +24,18 @@ from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import guard, pki, runtime, sdlisten
-from twistedgw.admin import AdminService
-from twistedgw.backendtls import BackendPolicy
+from twistedgw import _sdlisten as sdlisten
+from twistedgw.app import _runtime as runtime
+from twistedgw.app._admin import AdminService
+from twistedgw.app._drain import ConnectionTracker
+from twistedgw.app._observe import AccessLog, Metrics
 from twistedgw.config import ConfigError, GatewayConfig, Listener
-from twistedgw.drain import ConnectionTracker
-from twistedgw.forward import Forwarder, ForwardSettings
-from twistedgw.observe import AccessLog, Metrics
+from twistedgw.http import Gateway, GatewayResource
+from twistedgw.http import _guard as guard
 from twistedgw.pipeline import Shared
-from twistedgw.tls import HandshakeRecords
-from twistedgw.web import Gateway, GatewayResource
-
-if TYPE_CHECKING:
-    from twistedgw.workers import Supervisor
+from twistedgw.tls import BackendPolicy, HandshakeRecords
+from twistedgw.tls import _pki as pki
+from twistedgw.upstream import Forwarder, ForwardSettings
 
 log = Logger()
 
@@ -107,7 +105,7 @@ class _CurrentTLS:
 
 
 class GatewaySite(Site):
-    """A Site that does not log every request in the Common Log Format (observe.py does)
+    """A Site that does not log every request in the Common Log Format (app/_observe.py does)
     and knows its open connections, so a graceful stop can drain them."""
 
     def __init__(self, resource: Any) -> None:
@@ -168,9 +166,10 @@ class GatewayService(service.Service):
             ),
             tls_policy_for=self._backend_tls_policy,
         )
+        self.runtime = built  # the full Runtime; the front reads it as a Snapshot
         self.gateway = Gateway(built, self.forwarder)
         self.site = GatewaySite(GatewayResource(self.gateway))
-        # Limits, timeouts, strict framing (guard.py); max_connections per process.
+        # Limits, timeouts, strict framing (http/_guard.py); max_connections per process.
         self.guard = guard.harden(self.site, self.gateway)
         self.site.noisy = False
         self.ports: list[IListeningPort] = []
@@ -180,7 +179,7 @@ class GatewayService(service.Service):
         self.metrics: Metrics | None = None
         self.admin: AdminService | None = None
         if self.inherited is None:
-            self.metrics = Metrics(lambda: self.gateway.runtime)
+            self.metrics = Metrics(lambda: self.runtime)
             self.gateway.observers.append(self.metrics.observe)
             self.shared.observe_cluster(self.metrics)
             if config.admin is not None:
@@ -192,7 +191,7 @@ class GatewayService(service.Service):
 
     def _backend_tls_policy(self, target: bytes) -> IPolicyForHTTPS:
         """The TLS policy for an https target under the config in force *now*."""
-        backend_tls = self.gateway.runtime.backend_tls
+        backend_tls = self.runtime.backend_tls
         if backend_tls is None:  # a Runtime built by hand, without runtime.build
             return _SYSTEM_TRUST
         return backend_tls.policy_for(target)
@@ -273,7 +272,7 @@ class GatewayService(service.Service):
         if self.inherited is None:
             log_startup(
                 self.config,
-                self.gateway.runtime,
+                self.runtime,
                 ports,
                 admin=self.admin.describe() if self.admin is not None else None,
             )
@@ -282,7 +281,7 @@ class GatewayService(service.Service):
     def reload(self) -> bool:
         """Re-read the config and key material; keep the old state on any problem."""
         # The tier buckets and other shared state carry over to the new pipelines.
-        built = reload_runtime(self.config, self._records, self.gateway.runtime.shared)
+        built = reload_runtime(self.config, self._records, self.runtime.shared)
         if self.metrics is not None:
             self.metrics.reloaded(built is not None)
         if built is None:
@@ -296,7 +295,7 @@ class GatewayService(service.Service):
             log.error("{problem}", problem=e.problems[0])
         self.config = new_config
         self.shared.in_force(new_config)  # a changed [cluster] has connected anew: drop the old
-        self.gateway.runtime = built
+        self.runtime = self.gateway.runtime = built
         log.info("Reloaded {source}", source=str(new_config.source))
         return True
 
@@ -399,22 +398,3 @@ def log_startup(
             )
     if built.keystore is not None:
         log.info("Server certificate: {cert}", cert=pki.describe(built.keystore.cert))
-
-
-def make_service(
-    config: GatewayConfig | str | Path, reactor: Any = None
-) -> GatewayService | Supervisor:
-    """Build the gateway service from a config (or a path to one).
-
-    Raises ``ConfigError`` for any configuration problem. Add the result to an
-    application with ``setServiceParent``. Both kinds have ``reload()`` (call it
-    on SIGHUP) and stop gracefully with the application.
-    """
-    if not isinstance(config, GatewayConfig):
-        # Config and key-material problems together, as ``twistedgw check`` reports them.
-        config = runtime.load(config).config
-    if config.workers > 1:
-        from twistedgw.workers import Supervisor
-
-        return Supervisor(config, reactor)
-    return GatewayService(config, reactor)

@@ -12,10 +12,8 @@ from collections.abc import Callable
 
 from cryptography import x509
 
-from twistedgw.chainverify import ChainVerifier
-from twistedgw.identity import fingerprint
-from twistedgw.lbheader import HeaderDecodeError, decode
-from twistedgw.pki import TrustStore
+from twistedgw.identity import HeaderDecodeError, decode, fingerprint
+from twistedgw.tls import ChainVerifier, TrustStore
 
 EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1

@@ -2,7 +2,7 @@
 
 The parent (``Supervisor``) opens every listener itself (host/port, or any
 endpoint string, including ``systemd:`` sockets it inherited), never accepts on
-them, and hands the descriptors to each worker (``python -m twistedgw.workers``).
+them, and hands the descriptors to each worker (``python -m twistedgw.app._workers``).
 Inherited sockets rather than SO_REUSEPORT: they work the same for systemd
 socket activation and for ``port = 0``, and no other process can bind into the
 group.
@@ -36,14 +36,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedgw import config as configmod
-from twistedgw import runtime
-from twistedgw.admin import AdminService
+from twistedgw.app import _runtime as runtime
+from twistedgw.app._admin import AdminService
+from twistedgw.app._drain import stop_once
+from twistedgw.app._observe import AccessLog, Metrics, Sample, sample_of
+from twistedgw.app._service import (
+    GatewayService,
+    gather_listening,
+    listen,
+    log_startup,
+    reload_runtime,
+)
 from twistedgw.config import ConfigError, GatewayConfig
-from twistedgw.drain import stop_once
-from twistedgw.observe import AccessLog, Metrics, Sample, sample_of
-from twistedgw.web import RequestRecord
+from twistedgw.http import RequestRecord
 
-log = Logger(namespace="twistedgw.workers")  # also when run as __main__
+log = Logger(namespace="twistedgw.app._workers")  # also when run as __main__
 
 EVENTS_FD = 3  # worker -> parent: JSON lines
 FIRST_SOCKET_FD = 4
@@ -132,7 +139,6 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        from twistedgw.service import gather_listening, listen
 
         self.listening = gather_listening(
             [listen(self.reactor, listener, _NoAccept()) for listener in self.config.listeners],
@@ -141,7 +147,6 @@ class Supervisor(service.Service):
         self.listening.addCallback(self._listening)
 
     def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
-        from twistedgw.service import log_startup
 
         for port, listener in zip(ports, self.config.listeners, strict=True):
             port.stopReading()  # type: ignore[attr-defined]
@@ -164,7 +169,7 @@ class Supervisor(service.Service):
         argv = [
             sys.executable,
             "-m",
-            "twistedgw.workers",
+            "twistedgw.app._workers",
             "--config",
             str(self.config.source),
             "--index",
@@ -268,7 +273,6 @@ class Supervisor(service.Service):
 
     def reload(self) -> bool:
         """Validate the new config here; pass SIGHUP to the workers only if it is good."""
-        from twistedgw.service import reload_runtime
 
         built = reload_runtime(self.config)
         self.metrics.reloaded(built is not None)
@@ -405,7 +409,8 @@ class _ParentLink(protocol.Protocol):
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twistedgw.workers", description="one worker process")
+    parser = argparse.ArgumentParser(prog="twistedgw.app._workers",
+        description="one worker process")
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listen", action="append", default=[], help="FD:tls|plain")
@@ -418,7 +423,6 @@ def worker_main(argv: list[str] | None = None) -> int:
             inherited.append((int(fd), kind == "tls"))
         from twisted.internet import reactor
 
-        from twistedgw.service import GatewayService
 
         svc = GatewayService(cfg, reactor, inherited=inherited)
     except ConfigError as e:

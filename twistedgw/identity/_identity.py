@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from twistedgw import reasons
+from twistedgw.identity import _reasons as reasons
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:

@@ -1,6 +1,6 @@
 """The HTTP client side of the gateway: relay one authorised request to its backend.
 
-One `Forwarder` per process owns the backend connection pool (`upstream.py`).
+One `Forwarder` per process owns the backend connection pool (`upstream/_client.py`).
 `Forwarder.forward` is called from `Resource.render` (which then returns
 NOT_DONE_YET) and takes over the request until it is finished or aborted:
 
@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from twistedgw import _twisted, errors
 from twistedgw._headers import HOP_BY_HOP
-from twistedgw.upstream import (
+from twistedgw.upstream._client import (
     TOKEN,
     BadResponse,
     Call,
@@ -60,7 +60,7 @@ from twistedgw.upstream import (
 
 __all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
 
-_log = Logger(namespace="twistedgw.forward")
+_log = Logger(namespace="twistedgw.upstream._forward")
 
 # Request headers the gateway always sets itself or must not pass on:
 # Content-Length comes from the spooled body, Host from the target URL,

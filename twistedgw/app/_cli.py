@@ -26,7 +26,7 @@ def _fail(lines: list[str], code: int = EXIT_CONFIG) -> int:
 
 def _load(path: str) -> tuple[Any, Any]:
     """The config and its Runtime; ConfigError lists config and key-material problems."""
-    from twistedgw import runtime
+    from twistedgw.app import _runtime as runtime
 
     built = runtime.load(path)
     return built.config, built
@@ -49,7 +49,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """Every route the gateway will serve, with the schemes that apply to each."""
-    from twistedgw.openapi import route_rows
+    from twistedgw.config import route_rows
 
     try:
         cfg, _built = _load(args.config)
@@ -90,8 +90,8 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
-    from twistedgw.drain import stop_once
-    from twistedgw.service import make_service
+    from twistedgw.app import make_service
+    from twistedgw.app._drain import stop_once
 
     try:
         svc = make_service(cfg, reactor)  # a Supervisor of worker processes when workers > 1
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_pki(args: argparse.Namespace) -> int:
-    from twistedgw import devpki
+    from twistedgw.testing import devpki
 
     out = Path(args.directory)
     pki = devpki.generate(out, key_type=args.key_type)
@@ -155,7 +155,8 @@ DEMO_DIR = Path("conf") / "example"  # relative to the repository root, where th
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a dev PKI, start a sample backend and the gateway, print curl commands."""
-    from twistedgw import devpki, samplebackend
+    from twistedgw.app import _samplebackend as samplebackend
+    from twistedgw.testing import devpki
 
     directory = Path(args.directory).resolve()
     config_path = directory / "gateway.toml"
@@ -189,7 +190,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_decode_header(args: argparse.Namespace) -> int:
-    from twistedgw import diagnose, runtime
+    from twistedgw.app import _diagnose as diagnose
+    from twistedgw.app import _runtime as runtime
 
     value = sys.stdin.read().strip() if args.value == "-" else args.value
     truststore = None
@@ -208,7 +210,7 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
 
 def cmd_nginx_config(args: argparse.Namespace) -> int:
     """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML."""
-    from twistedgw import nginxconf
+    from twistedgw.app import _nginxconf as nginxconf
 
     try:
         cfg, _built = _load(args.config)

@@ -19,11 +19,12 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from twistedgw import lbheader, reasons
+from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
+from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
-from twistedgw.ratelimitlog import RateLimitedLog
-from twistedgw.runtime import Runtime
+from twistedgw.identity import _lbheader as lbheader
+from twistedgw.identity import _reasons as reasons
 
 log = Logger()
 
@@ -60,7 +61,7 @@ def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
     return any(address in network for network in config.trusted_proxies)
 
 
-def handshake_identity(request: Request, runtime: Runtime) -> ClientIdentity:
+def handshake_identity(request: Request, runtime: Snapshot) -> ClientIdentity:
     if runtime.server_tls is None or not request.isSecure():
         return no_certificate()
     return runtime.server_tls.identity_for(request.channel.transport)
@@ -105,7 +106,7 @@ def _adopt_edge(request: Request) -> None:
     request.setHost(name, int(port) if port.isdigit() else 443, ssl=True)
 
 
-def resolve(request: Request, runtime: Runtime) -> Caller:
+def resolve(request: Request, runtime: Snapshot) -> Caller:
     handshake = handshake_identity(request, runtime)
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:

@@ -30,15 +30,14 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+# The handshake's words (tls/_server.py uses the same module), re-exported for callers.
+from twistedgw.identity import EXPIRED as EXPIRED
+from twistedgw.identity import INVALID as INVALID
+from twistedgw.identity import NOT_YET_VALID as NOT_YET_VALID
+from twistedgw.identity import UNTRUSTED as UNTRUSTED
+from twistedgw.identity import WRONG_PURPOSE as WRONG_PURPOSE
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
-from twistedgw.pki import TrustStore
-
-# The handshake's words (tls.py uses the same module), re-exported for callers.
-from twistedgw.reasons import EXPIRED as EXPIRED
-from twistedgw.reasons import INVALID as INVALID
-from twistedgw.reasons import NOT_YET_VALID as NOT_YET_VALID
-from twistedgw.reasons import UNTRUSTED as UNTRUSTED
-from twistedgw.reasons import WRONG_PURPOSE as WRONG_PURPOSE
+from twistedgw.tls._pki import TrustStore
 
 FAILED_TTL = 60.0
 """Seconds a FAILED verdict is cached: long enough to absorb a retry storm, short
@@ -55,7 +54,7 @@ def leaf_problem(leaf: x509.Certificate) -> str | None:
 
     The one place for the end-entity rules that OpenSSL's client verification
     leaves out (it accepts a CA certificate as a client's, and a trusted CA
-    presented by itself under PARTIAL_CHAIN); the handshake path (tls.py) and
+    presented by itself under PARTIAL_CHAIN); the handshake path (tls/_server.py) and
     the header path (here) both ask it, so they refuse the same leaves with
     the same words.
     """

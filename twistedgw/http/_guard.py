@@ -59,10 +59,10 @@ from zope.interface import implementer
 from twistedgw import _twisted, errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.routing import split_target
+from twistedgw.http._routing import split_target
 
 if TYPE_CHECKING:
-    from twistedgw.web import Gateway, Routed
+    from twistedgw.http._resource import Gateway, Routed
 
 log = Logger()
 
@@ -157,7 +157,7 @@ class Guard:
         """Route ``target`` once, under the Runtime in force now; the resource reuses it."""
         if target is None:
             return None
-        from twistedgw.web import route_request  # web imports nothing from here
+        from twistedgw.http._resource import route_request
 
         return route_request(self.gateway.runtime, target, method)
 
@@ -719,7 +719,7 @@ class GuardedChannel(HTTPChannel):
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
         command = _twisted.request_line(self)[0] or b"-"
         path = _twisted.request_line(self)[1] or b"-"
-        from twistedgw.web import RequestRecord  # web imports nothing from here
+        from twistedgw.http._resource import RequestRecord
 
         self.guard.gateway.notify(
             RequestRecord(

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from twistedgw import errors, idforward, verdicts
+from twistedgw import errors
 from twistedgw.config import ApiConfig, GatewayConfig
+from twistedgw.http import _verdicts as verdicts
+from twistedgw.identity import _forwarding as idforward
 from twistedgw.pipeline import API_KEY_HEADER
 
 #: Internal locations live under this prefix; a client's request for it takes the
@@ -216,7 +218,7 @@ def _stripped_headers(config: GatewayConfig) -> list[str]:
 
 
 #: The access_by_lua module of ``--variant lua`` (plugins/nginx/ in the source tree).
-LUA_MODULE = Path(__file__).resolve().parent.parent / "plugins" / "nginx" / "twistedgw_verdicts.lua"
+LUA_MODULE = Path(__file__).resolve().parents[2] / "plugins" / "nginx" / "twistedgw_verdicts.lua"
 VARIANTS = ("auth_request", "lua")
 
 
@@ -483,7 +485,7 @@ def _truststore_pem(config: GatewayConfig) -> bytes | None:
         return None
     from cryptography.hazmat.primitives import serialization
 
-    from twistedgw import pki
+    from twistedgw.tls import _pki as pki
 
     try:
         store = pki.load_truststore(config.tls.truststore, config.tls.truststore_password)

@@ -22,10 +22,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import callers, errors, verdicts
+from twistedgw import errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError, write_error
-from twistedgw.forward import Forwarder
+from twistedgw.http import _callers as callers
+from twistedgw.http import _verdicts as verdicts
+from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
+from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
 from twistedgw.pipeline import (
     Call,
@@ -37,9 +40,7 @@ from twistedgw.pipeline import (
     RequestView,
     ResponseEdit,
 )
-from twistedgw.routing import BadPath, Route, authz_path, normalise, split_target
-from twistedgw.runtime import Runtime
-from twistedgw.upstream import TOKEN
+from twistedgw.upstream import TOKEN, Forwarder
 
 log = Logger()
 
@@ -68,7 +69,7 @@ Observer = Callable[[RequestRecord], None]
 class Gateway:
     """The live state: the current ``Runtime`` (swapped whole on reload) and its observers."""
 
-    runtime: Runtime
+    runtime: Snapshot
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
 
@@ -84,7 +85,7 @@ class Gateway:
 class Routed:
     """A request target routed once, under one Runtime snapshot."""
 
-    runtime: Runtime
+    runtime: Snapshot
     raw_path: bytes
     path: bytes | None  # normalised; None when the path was refused
     query: bytes | None
@@ -101,7 +102,7 @@ class Routed:
 
 
 def route_request(
-    runtime: Runtime, target: bytes, method: bytes | None = None, *, as_forwarded: bool = False
+    runtime: Snapshot, target: bytes, method: bytes | None = None, *, as_forwarded: bool = False
 ) -> Routed:
     """Normalise and route ``target`` once; the guard calls this when the headers are in
     and stores the result on the request, so the resource never routes again.
@@ -243,7 +244,7 @@ class GatewayResource(Resource):
         )
         return NOT_DONE_YET
 
-    def _authz(self, request: Request, runtime: Runtime, exchange: _Exchange) -> bytes | int:
+    def _authz(self, request: Request, runtime: Snapshot, exchange: _Exchange) -> bytes | int:
         """Judge the request that ``original_uri_header`` names, without forwarding it.
 
         Its method is the one ``original_method_header`` names, or this request's

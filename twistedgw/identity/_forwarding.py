@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from twistedgw.config import ApiConfig, IdentityConfig, Mode
-from twistedgw.identity import ClientIdentity, fingerprint
+from twistedgw.identity._identity import ClientIdentity, fingerprint
 
 XFCC = b"x-forwarded-client-cert"
 CLIENT_CERT = b"client-cert"
@@ -27,7 +27,7 @@ CLIENT_CERT_CHAIN = b"client-cert-chain"
 # behind the gateway may still trust one of them (a WSO2 or NGINX set-up that used
 # to sit there did), so a caller must never be able to deliver one. The only
 # exception is the configured certificate header from a trusted load balancer with
-# forward_client_certificate_header on (web.py keeps that one).
+# forward_client_certificate_header on (http/_resource.py keeps that one).
 LOAD_BALANCER_HEADERS = frozenset(
     {
         b"x-ssl-cert",

@@ -30,9 +30,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import ClusterConfig
-from twistedgw.ratelimitlog import RateLimitedLog
-from twistedgw.tiers import Limit, StoreUnavailable
+from twistedgw.pipeline._tiers import Limit, StoreUnavailable
 
 log = Logger()
 
@@ -165,7 +165,7 @@ def tls_options(settings: ClusterConfig) -> Any:
     """Verified TLS to Redis (rediss://): its CA, or the system's, and our certificate."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from twistedgw import pki
+    from twistedgw.tls import _pki as pki
 
     trust: Any = None
     if settings.trusted_certificate is not None:

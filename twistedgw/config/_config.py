@@ -3,7 +3,7 @@
 Every problem names the file and the dotted key (``apis[2].mutual_ssl``) so an
 operator can fix it without reading code; all problems are collected and
 reported together. Relative paths are resolved against the config file's folder.
-Nothing here touches certificates: ``runtime.py`` loads those. So that it can
+Nothing here touches certificates: ``app/_runtime.py`` loads those. So that it can
 check them even when other keys are broken, ``load_partial`` returns the model as
 far as it could be read, with the problems and the keys they concern.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from twistedgw.identity_rules import IdentityRule, parse_rule
+from twistedgw.config._rules import IdentityRule, parse_rule
 
 if TYPE_CHECKING:
-    from twistedgw.openapi import Operation, Origin
+    from twistedgw.config._openapi import Operation, Origin
 
 T = TypeVar("T")
 
@@ -614,7 +614,7 @@ def _backend_tls(r: _Reader) -> BackendTlsConfig:
 
 
 def _identity_entries(r: _Reader, key: str) -> list[IdentityRule]:
-    """``[[<table>.<key>]]`` identity entries (identity_rules.py), problems by dotted key."""
+    """``[[<table>.<key>]]`` identity entries (config/_rules.py), problems by dotted key."""
     out = []
     for t in r.tables(key):
         t.seen.update(t.table)  # parse_rule reports unknown keys itself
@@ -676,7 +676,7 @@ def _check_consumer_names(
 def _api(r: _Reader) -> ApiConfig | None:
     definition = None
     if "openapi" in r.table:
-        from twistedgw import openapi
+        from twistedgw.config import _openapi as openapi
 
         definition = openapi.for_api(r)
         if definition is None:  # reported; the rest of the table depends on it
@@ -798,7 +798,7 @@ def _api(r: _Reader) -> ApiConfig | None:
         backend_mode=backend_mode,
     )
     if definition is not None:
-        from twistedgw import openapi
+        from twistedgw.config import _openapi as openapi
 
         return openapi.apply(definition, api, r, toml_keys)
     return api

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from twistedgw.config import ApiConfig, Mode
+from twistedgw.config._config import ApiConfig, Mode
 
 if TYPE_CHECKING:
-    from twistedgw.config import _Reader
+    from twistedgw.config._config import _Reader
 
 #: Problems are (where in the definition, what is wrong); the caller adds the file.
 Report = Callable[[str, str], None]
@@ -748,7 +748,7 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
 
 def for_api(r: _Reader) -> Definition | None:
     """The definition an ``[[apis]]`` table names (config reader ``r``); None if unusable."""
-    from twistedgw.config import _resolve
+    from twistedgw.config._config import _resolve
 
     r.seen.add("openapi")
     raw = r.table.get("openapi")

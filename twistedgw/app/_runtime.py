@@ -15,13 +15,14 @@ from pathlib import Path
 
 from cryptography import x509
 
-from twistedgw import backendtls, pki, revocation
 from twistedgw import config as configmod
-from twistedgw.chainverify import ChainVerifier
 from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, TlsConfig
+from twistedgw.http import Router
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
-from twistedgw.routing import Router
-from twistedgw.tls import HandshakeRecords, ServerTLS
+from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS
+from twistedgw.tls import _backend as backendtls
+from twistedgw.tls import _pki as pki
+from twistedgw.tls import _revocation as revocation
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from twistedgw import reasons
 from twistedgw.config import TlsConfig
+from twistedgw.identity import _reasons as reasons
 from twistedgw.identity import fingerprint
 
 log = Logger()

@@ -18,9 +18,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from twistedgw.app._observe import Metrics
 from twistedgw.config import AdminConfig
-from twistedgw.guard import SERVER
-from twistedgw.observe import Metrics
+from twistedgw.http import SERVER
 
 log = Logger()
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twistedgw import errors
-from twistedgw.config import ApiConfig
+from twistedgw.config import ApiConfig, Operation
 from twistedgw.errors import GatewayError
-from twistedgw.openapi import Operation
 
 if TYPE_CHECKING:
     from twistedgw.pipeline import Pipeline
@@ -231,7 +230,7 @@ def _compile_templates(
     api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
 ) -> list[_Template]:
     """One ``_Template`` per path template of ``api``, with each method's operation."""
-    from twistedgw.openapi import variant
+    from twistedgw.config import variant
 
     variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
     grouped: dict[str, dict[bytes, _Found]] = {}

@@ -27,11 +27,12 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twistedgw import _twisted, reasons
-from twistedgw.chainverify import leaf_problem
+from twistedgw import _twisted
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
-from twistedgw.pki import KeyStore, TrustStore
+from twistedgw.identity import _reasons as reasons
+from twistedgw.tls._chains import leaf_problem
+from twistedgw.tls._pki import KeyStore, TrustStore
 
 log = Logger()
 

@@ -1,0 +1,27 @@
+"""twistedgw.upstream."""
+
+from twistedgw.upstream._client import (
+    TOKEN,
+    Call,
+    NoResponse,
+    ResponseHead,
+    Truncated,
+    Upstream,
+    UpstreamError,
+    parse_origin,
+)
+from twistedgw.upstream._forward import Forwarder, ForwardResult, ForwardSettings
+
+__all__ = [
+    "TOKEN",
+    "Call",
+    "ForwardResult",
+    "ForwardSettings",
+    "Forwarder",
+    "NoResponse",
+    "ResponseHead",
+    "Truncated",
+    "Upstream",
+    "UpstreamError",
+    "parse_origin",
+]
