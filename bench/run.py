@@ -224,7 +224,8 @@ http {{
 """
 
 
-def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool) -> str:
+def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool,
+                 jwks: Path | None = None) -> str:
     listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
     if header_mode:
         listener += "tls = false\n"
@@ -255,7 +256,55 @@ header_encoding = "aws-alb"
 enable_client_validation = false
 trusted_proxies = ["127.0.0.1/32"]
 """
+    if jwks is not None:  # scenario 7: the same backend behind mTLS + a JWT
+        text += f"""
+[[apis]]
+name = "jwt"
+version = "1"
+context = "/jwt"
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+jwt = "mandatory"
+
+[[jwt_issuers]]
+name = "bench"
+issuer = "https://idp.bench"
+jwks = "{jwks}"
+audiences = ["bench"]
+"""
     return text
+
+
+def jwt_setup(work: Path, pki: devpki.DevPki) -> tuple[Path, dict[str, str]]:
+    """A JWKS file (one P-256 and one RSA-2048 key) and tokens for scenario 7: ES256,
+    ES256 bound to the load client's certificate (RFC 8705), RS256; valid for 4 hours."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from joserfc import jwk, jwt
+
+    ec = jwk.ECKey.generate_key("P-256", private=True, parameters={"kid": "ec"})
+    rsa = jwk.RSAKey.generate_key(2048, private=True, parameters={"kid": "rsa"})
+    path = work / "jwks.json"
+    path.write_text(json.dumps({"keys": [ec.as_dict(private=False),
+                                         rsa.as_dict(private=False)]}))
+    leaf = x509.load_pem_x509_certificate(pki.clients[CLIENT][0].read_bytes())
+    x5t = base64.urlsafe_b64encode(
+        hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+    ).rstrip(b"=").decode()
+    now = int(time.time())
+    claims = {"iss": "https://idp.bench", "aud": "bench", "sub": "bench", "iat": now,
+              "exp": now + 4 * 3600}
+    tokens = {
+        "es256": jwt.encode({"alg": "ES256", "kid": "ec"}, claims, ec),
+        "bound": jwt.encode({"alg": "ES256", "kid": "ec"},
+                            {**claims, "cnf": {"x5t#S256": x5t}}, ec),
+        "rs256": jwt.encode({"alg": "RS256", "kid": "rsa"}, claims, rsa),
+    }
+    return path, tokens
 
 
 def fronted_gateway_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int,
@@ -421,7 +470,7 @@ class Profile:
     scenarios: tuple[str, ...]
 
 
-ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory",
+ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
        "nginx-fronted")
 
 PROFILES = {
@@ -441,6 +490,7 @@ class Bench:
     ports: dict[str, int] = field(default_factory=dict)
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
     fronts: dict[str, Frontend] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # scenario 7
 
     # setup
 
@@ -471,13 +521,17 @@ class Bench:
             systems += [("gw-hdr", "ec", True)]
         if self.baseline is not None:
             systems += [("gw-base", "ec", False)]
+        jwks = None
+        if "jwt" in self.profile.scenarios:
+            jwks, self.tokens = jwt_setup(self.work, self.pkis["ec"])
         fronts: list[Frontend] = []
         for name, kind, header in systems:
             pki = self.pkis[kind]
             port = self.ports[name] = free_port()
             if name.startswith("gw"):
                 conf = self.work / f"{name}.toml"
-                conf.write_text(gateway_conf(pki, port, backend, header_mode=header))
+                conf.write_text(gateway_conf(pki, port, backend, header_mode=header,
+                                             jwks=jwks if name == "gw-ec" else None))
                 argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
                 env = gateway_env
                 if name == "gw-base":
@@ -687,6 +741,24 @@ def scenario_header(b: Bench) -> list[dict[str, Any]]:
                 "twistedgw direct", s, "req/s", ">=", 0.9)]
 
 
+def scenario_jwt(b: Bench) -> list[dict[str, Any]]:
+    """The cost of a JWT on top of mTLS: the same gateway, backend and connections."""
+    d = b.profile.duration
+    rows = []
+    for label, token in [
+        ("7a mTLS + JWT (ES256) vs mTLS only, keep-alive 32 conns", "es256"),
+        ("7b mTLS + certificate-bound JWT (ES256, RFC 8705) vs mTLS only", "bound"),
+        ("7c mTLS + JWT (RS256) vs mTLS only", "rs256"),
+    ]:
+        header = f"Authorization: Bearer {b.tokens[token]}"
+        s = b.compare(
+            lambda h=header: b.wrk("gw-ec-keepalive", "/jwt/small", 32, d, (h,)),
+            lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d),
+        )
+        rows.append(row(label, "twistedgw JWT", "twistedgw mTLS", s, "req/s", None, None))
+    return rows
+
+
 def scenario_large(b: Bench) -> list[dict[str, Any]]:
     d = b.profile.duration
     rows = []
@@ -712,20 +784,20 @@ def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
                          lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d))
     a, bare = "NGINX + twistedgw", "bare NGINX mTLS"
     return [
-        row("7a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
+        row("8a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
             "req/s", ">=", 0.8),
-        row("7b nginx-fronted, cold (every request asks twistedgw)", a, bare, cold, "req/s",
+        row("8b nginx-fronted, cold (every request asks twistedgw)", a, bare, cold, "req/s",
             None, None),
-        row("7c nginx-fronted warm, p99 latency at 32 conns (closed loop)", a, bare,
+        row("8c nginx-fronted warm, p99 latency at 32 conns (closed loop)", a, bare,
             summarise(warm["a"]["runs"], warm["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("7d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
+        row("8d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
             summarise(cold["a"]["runs"], cold["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("7e nginx-fronted --variant lua (lua_shared_dict), warm", "NGINX+Lua + twistedgw",
+        row("8e nginx-fronted --variant lua (lua_shared_dict), warm", "NGINX+Lua + twistedgw",
             bare, lua, "req/s", ">=", 0.8),
-        row("7f nginx-fronted lua warm, p99 latency at 32 conns (closed loop)",
+        row("8f nginx-fronted lua warm, p99 latency at 32 conns (closed loop)",
             "NGINX+Lua + twistedgw", bare,
             summarise(lua["a"]["runs"], lua["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("7g variants head to head, warm: lua vs auth_request + proxy_cache", "lua",
+        row("8g variants head to head, warm: lua vs auth_request + proxy_cache", "lua",
             "auth_request", variants, "req/s", None, None),
     ]
 
@@ -1017,7 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("keepalive", scenario_keepalive), ("handshake", scenario_handshake),
                          ("header", scenario_header), ("large", scenario_large),
                          ("sweep", None), ("latency", scenario_latency),
-                         ("memory", scenario_memory), ("nginx-fronted", scenario_fronted)):
+                         ("memory", scenario_memory), ("jwt", scenario_jwt),
+                         ("nginx-fronted", scenario_fronted)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

@@ -392,4 +392,44 @@ CASES: list[Case] = [
             "apis[3].colour: unknown key",
         ),
     ),
+    Case(
+        "jwt-issuer-problems-and-a-jwks-with-a-private-key",
+        lambda p: gateway_config(
+            p,
+            [api(jwt="mandatory", jwt_issuers=["idp", "nobody"], certificate_bound="maybe")],
+            port=0,
+            extra=_jwt_issuers(p),
+        ),
+        (
+            "apis[0].certificate_bound: must be one of 'required', 'when_claimed', 'off'",
+            "apis[0].jwt_issuers[1]: unknown issuer 'nobody' (the [[jwt_issuers]] are: idp, "
+            "other)",
+            "jwt_issuers[0].jwks: … holds a private part (d); publish only public keys",
+            "jwt_issuers[1].algorithms[0]: 'HS256' cannot be configured",
+            "jwt_issuers[1].audiences: is required",
+        ),
+    ),
 ]
+
+
+def _jwt_issuers(p: DevPki) -> str:
+    """An issuer whose JWKS file publishes a private key, and one with config problems."""
+    import json
+
+    from joserfc import jwk
+
+    from tests.harness import table
+
+    leaked = p.directory / "leaked-jwks.json"
+    key = jwk.ECKey.generate_key("P-256", private=True)
+    leaked.write_text(json.dumps({"keys": [key.as_dict(private=True)]}))
+    return table(
+        "jwt_issuers",
+        {"name": "idp", "issuer": "https://idp.example", "audiences": ["a"], "jwks": str(leaked)},
+        array=True,
+    ) + table(
+        "jwt_issuers",
+        {"name": "other", "issuer": "https://other.example", "jwks_url": "https://o.example/j",
+         "algorithms": ["HS256"]},
+        array=True,
+    )

@@ -844,3 +844,25 @@ def test_several_backends_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
     pet = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
     pet = pet[:pet.index("\n    }\n")]
     assert "proxy_pass http://twistedgw_authz$request_uri;" in pet and "auth_request" not in pet
+
+
+def test_bearer_apis_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
+    """twistedgw checks the token and removes Authorization unless forwarded; a verdict
+    that ends with the token is never cached."""
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    path = _config(tmp_path, pki, f"""
+[[jwt_issuers]]
+name = "idp"
+issuer = "https://idp.example"
+jwks = "{tmp_path / 'jwks.json'}"
+audiences = ["orders"]
+""")
+    path.write_text(path.read_text().replace(
+        'api_key = "optional"                 # optional mTLS + optional key: either one passes',
+        'api_key = "optional"\njwt = "optional"'))
+    cfg = configmod.load(path)
+    text = nginxconf.render(cfg).text
+    orders = text[text.index("# Orders:v1: /orders/v1"):]
+    orders = orders[:orders.index("\n    }\n")]
+    assert "proxy_pass http://twistedgw_authz$request_uri;" in orders
+    assert "auth_request" not in orders and f"{nginxconf.INTERNAL}/authz/1 " not in text

@@ -372,7 +372,7 @@ def render(
         w(_gateway_proxy("        "))
         w("    }")
     for i, api in enumerate(config.apis):
-        if api.tiers or len(api.endpoints) > 1:
+        if _whole_to_twistedgw(api) is not None:
             continue
         w("")
         w(f"    location = {INTERNAL}/authz/{i} {{  # {api.label}")
@@ -408,6 +408,17 @@ def render(
     return Rendered("\n".join(out), pem)
 
 
+def _whole_to_twistedgw(api: ApiConfig) -> str | None:
+    """Why NGINX must hand every request of ``api`` to twistedgw, or None (the fast path)."""
+    if api.tiers:
+        return "Per-certificate or per-consumer tiers count every request"
+    if len(api.endpoints) > 1:
+        return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
+    if verdicts.uses_bearer(api):
+        return "Bearer tokens: twistedgw checks them and removes Authorization as configured"
+    return None
+
+
 def _api_body(
     write: Callable[[str], None],
     config: GatewayConfig,
@@ -418,13 +429,9 @@ def _api_body(
     lua: bool = False,
 ) -> None:
     limits = config.limits
-    if api.tiers:
-        write("        # Per-certificate tiers count every request: twistedgw forwards it.")
-        write(_gateway_proxy("        "))
-        return
-    if len(api.endpoints) > 1:
-        write("        # Several backends: twistedgw picks one (load_balance/failover) and sets")
-        write("        # its Host, which one NGINX location cannot do per server.")
+    reason = _whole_to_twistedgw(api)
+    if reason is not None:
+        write(f"        # {reason}: twistedgw forwards every request.")
         write(_gateway_proxy("        "))
         return
     body = api.max_body_bytes or limits.max_body_bytes

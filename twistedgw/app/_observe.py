@@ -33,6 +33,7 @@ from twistedgw.app._runtime import Runtime
 from twistedgw.http import CLIENT_ERROR_KINDS, RequestRecord
 from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.identity import _reasons as reasons
+from twistedgw.pipeline import _jwks as jwks
 
 log = Logger()
 
@@ -167,6 +168,7 @@ class Metrics:
             self.reloads.labels(result=result)
         r.register(CertificateExpiryCollector(runtime))
         self._runtime = runtime
+        r.register(jwks.JwksCollector())  # JWKS URLs fetched in this process
         self._children: dict[tuple[object, ...], tuple[Any, Any, Any]] = {}
         self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
 

@@ -50,6 +50,9 @@ TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
 REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
 IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
+JWT_ALGORITHMS = ("ES256", "RS256", "PS256", "ES384", "EdDSA")
+DEFAULT_JWT_ALGORITHMS = ("ES256", "RS256")
+CERTIFICATE_BOUND = ("required", "when_claimed", "off")
 DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -138,6 +141,26 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class JwtIssuer:
+    """One ``[[jwt_issuers]]`` table: whose access tokens are accepted and how to check them.
+
+    Exactly one of ``jwks`` (a file, read when a config is loaded) and ``jwks_url``
+    (fetched in the background, see ``twistedgw.pipeline._jwks``) is set.
+    """
+
+    name: str
+    issuer: str  # the token's iss must equal this
+    audiences: tuple[str, ...]
+    where: str  # the table's dotted path, e.g. "jwt_issuers[0]"
+    jwks: Path | None = None
+    jwks_url: str | None = None
+    jwks_refresh_seconds: float = 300.0
+    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    leeway_seconds: float = 30.0
+    consumer_claim: str | None = None
+
+
+@dataclass(frozen=True)
 class PluginSpec:
     """One ``[[apis.plugins]]`` table: the plugin's name and its own keys, checked by the
     plugin itself when the runtime is built (so ``check`` reports them in the same pass)."""
@@ -161,6 +184,11 @@ class ApiConfig:
     tiers: tuple[Tier, ...] = ()
     backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
     plugins: tuple[PluginSpec, ...] = ()  # in the order they run
+    # JWT access tokens (section "JWT access tokens" of the README)
+    jwt: Mode = Mode.DISABLED
+    jwt_issuers: tuple[str, ...] | None = None  # names; None = every [[jwt_issuers]]
+    certificate_bound: str = "when_claimed"  # RFC 8705: "required" | "when_claimed" | "off"
+    forward_authorization: bool = False
     identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
     consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
     # Several backends (``backends``; ``backend`` is the first): how to pick one.
@@ -297,6 +325,7 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
     nginx: NginxConfig | None = None
+    jwt_issuers: tuple[JwtIssuer, ...] = ()
     cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
 
@@ -673,7 +702,9 @@ def _check_consumer_names(
                              f"unknown consumer {tier.consumer!r} (defined: {listing})")
 
 
-def _api(r: _Reader) -> ApiConfig | None:
+def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
+    """One [[apis]] table; ``has_jwt_issuers``: whether the config declares any (an
+    OpenAPI definition's bearer security needs them)."""
     definition = None
     if "openapi" in r.table:
         from twistedgw.config import _openapi as openapi
@@ -748,6 +779,7 @@ def _api(r: _Reader) -> ApiConfig | None:
             "an empty list lets no caller through; remove the key to accept any caller, "
             "or name the consumers to accept",
         )
+    jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
     plugins = []
     for t in r.tables("plugins"):
         plugin_name = t.required("name", str)
@@ -792,6 +824,10 @@ def _api(r: _Reader) -> ApiConfig | None:
         tiers=tuple(tiers),
         backend_tls=backend_tls,
         plugins=tuple(plugins),
+        jwt=jwt,
+        jwt_issuers=jwt_issuers,
+        certificate_bound=certificate_bound,
+        forward_authorization=forward_authorization,
         identities=tuple(identities),
         consumers=tuple(api_consumers) if api_consumers is not None else None,
         backends=tuple(url.rstrip("/") for url in backends) if backends else (),
@@ -800,7 +836,7 @@ def _api(r: _Reader) -> ApiConfig | None:
     if definition is not None:
         from twistedgw.config import _openapi as openapi
 
-        return openapi.apply(definition, api, r, toml_keys)
+        return openapi.apply(definition, api, r, toml_keys, jwt_issuers=has_jwt_issuers)
     return api
 
 
@@ -825,6 +861,197 @@ def _backend_url(r: _Reader, key: str, backend: str) -> str | None:
         return None
     # one spelling of the scheme: the forwarder and pool keys compare bytes
     return parts.scheme + backend[len(parts.scheme) :]
+
+
+def _api_jwt(r: _Reader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
+    """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``_jwt_links``."""
+    jwt = _mode(r, "jwt")
+    names = _string_list(r, "jwt_issuers")
+    if names == [] and "jwt_issuers" in r.table:
+        r.problem(
+            "jwt_issuers",
+            "an empty list accepts no token; remove the key to accept every configured "
+            "issuer, or name the [[jwt_issuers]] to accept",
+        )
+    bound = r.choice("certificate_bound", CERTIFICATE_BOUND, "when_claimed")
+    forward = r.get("forward_authorization", bool, False)
+    return jwt, tuple(names) if names is not None else None, bound, forward
+
+
+_ISSUER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+def _jwks_url(r: _Reader, key: str) -> str | None:
+    """An https:// URL, or http:// to a loopback address (keys must not travel in clear)."""
+    value = r.get(key, str, None)  # type: ignore[arg-type]
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(key, f"must be an https:// URL, got {value!r}")
+        return None
+    if parts.fragment or parts.username is not None:
+        # A user:password would end up in logs and metric labels.
+        r.problem(key, "must not carry a fragment or a user:password")
+        return None
+    if parts.scheme == "http":
+        host = parts.hostname
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host.lower() in _LOOPBACK_HOSTS
+        if not loopback:
+            r.problem(
+                key,
+                f"must be an https:// URL (http:// only to a loopback address), got {value!r}",
+            )
+            return None
+    return value
+
+
+def _jwt_issuer(r: _Reader) -> JwtIssuer | None:
+    name = r.required("name", str)
+    if name is not None and not _ISSUER_NAME_RE.match(name):
+        r.problem("name", f"must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
+        name = None
+    issuer = r.required("issuer", str)
+    if issuer == "":
+        r.problem("issuer", "must not be empty")
+        issuer = None
+    jwks = r.path_value("jwks")
+    jwks_url = _jwks_url(r, "jwks_url")
+    if ("jwks" in r.table) == ("jwks_url" in r.table):
+        r.problem("jwks", "give exactly one of jwks (a file) and jwks_url")
+    refresh = r.positive("jwks_refresh_seconds", float, 300.0)
+    if refresh < 1:
+        r.problem("jwks_refresh_seconds", f"must be at least 1 (second), got {refresh!r}")
+        refresh = 300.0
+    if "jwks_refresh_seconds" in r.table and "jwks_url" not in r.table:
+        r.problem("jwks_refresh_seconds", "applies to jwks_url only (a jwks file is re-read on "
+                  "reload)")
+    audiences = _string_list(r, "audiences")
+    if audiences is None:
+        r.problem("audiences", "is required: the token's aud must hold one of these")
+    elif not audiences or any(a == "" for a in audiences):
+        r.problem("audiences", "must list at least one non-empty audience")
+        audiences = None
+    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    listed = _string_list(r, "algorithms")
+    if listed is not None:
+        bad = False
+        for i, alg in enumerate(listed):
+            if alg.lower() == "none" or alg.upper().startswith("HS"):
+                r.problem(
+                    f"algorithms[{i}]",
+                    f"{alg!r} cannot be configured (unsigned and shared-secret tokens are "
+                    f"refused); use {', '.join(JWT_ALGORITHMS)}",
+                )
+                bad = True
+            elif alg not in JWT_ALGORITHMS:
+                r.problem(
+                    f"algorithms[{i}]",
+                    f"unknown algorithm {alg!r}; use {', '.join(JWT_ALGORITHMS)}",
+                )
+                bad = True
+        if not listed:
+            r.problem("algorithms", "must list at least one algorithm")
+        elif not bad:
+            algorithms = tuple(dict.fromkeys(listed))
+    leeway = r.get("leeway_seconds", float, 30.0)
+    if not 0 <= leeway <= 3600:
+        r.problem("leeway_seconds", f"must be between 0 and 3600, got {leeway!r}")
+        leeway = 30.0
+    consumer_claim = r.get("consumer_claim", str, None)  # type: ignore[arg-type]
+    if consumer_claim == "":
+        r.problem("consumer_claim", "must not be empty")
+        consumer_claim = None
+    r.finish()
+    if name is None or issuer is None or audiences is None:
+        return None
+    if (jwks is None) == (jwks_url is None):
+        return None
+    return JwtIssuer(
+        name=name,
+        issuer=issuer,
+        audiences=tuple(audiences),
+        where=r.path,
+        jwks=jwks,
+        jwks_url=jwks_url,
+        jwks_refresh_seconds=refresh,
+        algorithms=algorithms,
+        leeway_seconds=leeway,
+        consumer_claim=consumer_claim,
+    )
+
+
+def _jwt_issuers(top: _Reader) -> tuple[JwtIssuer, ...]:
+    out: list[JwtIssuer] = []
+    names: dict[str, str] = {}
+    issuers: dict[str, str] = {}
+    for r in top.tables("jwt_issuers"):
+        found = _jwt_issuer(r)
+        if found is None:
+            continue
+        if found.name in names:
+            r.problem("name", f"duplicate issuer name {found.name!r} (also {names[found.name]})")
+            continue
+        if found.issuer in issuers:
+            r.problem(
+                "issuer", f"duplicate issuer {found.issuer!r} (also {issuers[found.issuer]})"
+            )
+            continue
+        names[found.name] = r.path
+        issuers[found.issuer] = r.path
+        out.append(found)
+    return tuple(out)
+
+
+def _declared_issuers(raw: dict[str, Any]) -> set[str]:
+    """Every name written in a [[jwt_issuers]] table, even one with other problems (so an
+    API naming it is not also told the issuer is unknown)."""
+    tables = raw.get("jwt_issuers")
+    if not isinstance(tables, list):
+        return set()
+    return {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
+
+
+def _jwt_links(
+    problems: _Problems,
+    apis: list[tuple[str, ApiConfig]],
+    issuers: tuple[JwtIssuer, ...],
+    tls: TlsConfig,
+    header_mode: bool,
+    declared: set[str],
+) -> None:
+    """Cross-checks between APIs and [[jwt_issuers]]."""
+    known = declared | {i.name for i in issuers}
+    listing = ", ".join(sorted(known)) or "none"
+    for where, api in apis:
+        if api.jwt_issuers is not None:
+            for i, name in enumerate(api.jwt_issuers):
+                if name not in known:
+                    problems.add(
+                        f"{where}.jwt_issuers[{i}]",
+                        f"unknown issuer {name!r} (the [[jwt_issuers]] are: {listing})",
+                    )
+        # An OpenAPI definition's bearer security is reported where the definition says it.
+        if api.jwt is not Mode.DISABLED and not known and api.openapi is None:
+            problems.add(f"{where}.jwt", "JWT is enabled but no [[jwt_issuers]] are defined")
+        if (
+            api.jwt is not Mode.DISABLED
+            and api.certificate_bound == "required"
+            and tls.truststore is None
+            and not header_mode
+        ):
+            problems.add(
+                f"{where}.certificate_bound",
+                '"required" needs client certificates, but [tls].truststore is not set',
+            )
 
 
 def _backend_tls_overlaps(
@@ -1114,7 +1341,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     api_paths: list[tuple[str, ApiConfig]] = []
     contexts: dict[str, str] = {}
     for r in top.tables("apis"):
-        api = _api(r)
+        api = _api(r, has_jwt_issuers=bool(_declared_issuers(raw)))
         if api is None:
             continue
         if api.context in contexts:
@@ -1215,6 +1442,15 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     limits = _limits(top.sub("limits"))
     backend_tls = _backend_tls(top.sub("backend_tls"))
     _backend_tls_overlaps(problems, api_paths, backend_tls)
+    jwt_issuers = _jwt_issuers(top)
+    _jwt_links(
+        problems,
+        api_paths,
+        jwt_issuers,
+        tls,
+        mutual_ssl.header_mode,
+        _declared_issuers(raw),
+    )
     cluster = _cluster(top.sub("cluster")) if "cluster" in raw else None
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
@@ -1263,6 +1499,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
         nginx=nginx,
+        jwt_issuers=jwt_issuers,
         cluster=cluster,
         consumers=tuple(consumers),
     )

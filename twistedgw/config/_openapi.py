@@ -836,7 +836,12 @@ def with_variants(apis: Iterable[ApiConfig]) -> Iterator[tuple[ApiConfig, bool]]
 
 
 def apply(
-    definition: Definition, api: ApiConfig, r: _Reader, toml_keys: frozenset[str]
+    definition: Definition,
+    api: ApiConfig,
+    r: _Reader,
+    toml_keys: frozenset[str],
+    *,
+    jwt_issuers: bool = True,  # the config declares [[jwt_issuers]]
 ) -> ApiConfig:
     """Finish an ``ApiConfig`` read from a definition: header, bearer, operations, origin."""
     import dataclasses
@@ -851,7 +856,7 @@ def apply(
     if definition.security.jwt is not Mode.DISABLED and has_jwt:
         jwt: dict[str, Any] = {"jwt": definition.security.jwt}
         api = dataclasses.replace(api, **jwt)
-    if not has_jwt:
+    if not has_jwt or not jwt_issuers:
         for where in definition.jwt_wheres:
             report(where, "bearer security needs [[jwt_issuers]]")
     own = api_security(api)

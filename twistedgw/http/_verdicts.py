@@ -42,6 +42,11 @@ def key_headers(api: ApiConfig) -> tuple[str, ...]:
     }))
 
 
+def uses_bearer(api: ApiConfig) -> bool:
+    """The API, or one of its operations, reads a bearer token (``jwt``)."""
+    return any(getattr(c, "jwt", Mode.DISABLED) is not Mode.DISABLED for c in _securities(api))
+
+
 def per_operation(api: ApiConfig) -> bool:
     """An API read from an OpenAPI definition: the verdict depends on method and path."""
     return api.operations is not None
@@ -53,7 +58,7 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
     if authz is None or authz.cache_seconds < 1 or api.tiers or api.plugins:
         return False
     # A bearer token's verdict ends with the token, which the cache key cannot see.
-    if any(getattr(c, "jwt", Mode.DISABLED) is not Mode.DISABLED for c in _securities(api)):
+    if uses_bearer(api):
         return False
     tls = config.tls
     return not (

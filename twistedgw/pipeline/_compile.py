@@ -13,6 +13,7 @@ from typing import Any
 
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
 from twistedgw.config import _openapi as openapi
+from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._builtin import (
     ApiKeys,
@@ -30,6 +31,7 @@ from twistedgw.pipeline._interfaces import (
     IResponseTransform,
     IScheme,
 )
+from twistedgw.pipeline._jwt import STRIP_AUTHORIZATION, issuers_of, jwks_urls, scheme_for
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Pipeline
 
@@ -41,6 +43,7 @@ class Shared:
     """What outlives one config: state the built-ins keep across reloads."""
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
+    jwks: jwks.JwksFetchers = field(default_factory=jwks.JwksFetchers)  # by URL
     # [cluster]: the Redis store (and its connection) of the config in force; kept while
     # [cluster] is unchanged, replaced (reconnecting) when a reload changes it.
     cluster: Any = None  # cluster.RedisTierStore | None
@@ -69,7 +72,9 @@ class Shared:
         return result
 
     def in_force(self, config: GatewayConfig) -> None:
-        """``config`` is now the one serving: stop the Redis stores it does not use."""
+        """``config`` is now the one serving: stop the Redis stores and JWKS fetchers it
+        does not use."""
+        self.jwks.retain(jwks_urls(config))
         for settings in [s for s in self._stores if s != config.cluster]:
             self._stores.pop(settings).stop()
         self.cluster = self._stores.get(config.cluster) if config.cluster else None
@@ -83,6 +88,7 @@ class Shared:
         """Close every Redis connection (on shutdown); a Deferred."""
         from twisted.internet.defer import gatherResults
 
+        self.jwks.stop()
         stores, self._stores, self.cluster = list(self._stores.values()), {}, None
         return gatherResults([s.stop() for s in stores], consumeErrors=True)
 
@@ -113,6 +119,7 @@ def compile_pipelines(
         except Exception as e:  # e.g. a rediss:// client certificate that cannot be read
             problems.append(f"{config.source}: cluster: cannot set up the Redis store: {e}")
     revocation_stage = Revocation(revocation) if revocation is not None else None
+    jwt_issuers = issuers_of(config, problems, shared.jwks)
     directory = Directory(config.consumers)
     out: dict[ApiConfig, Pipeline] = {}
     # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
@@ -131,6 +138,8 @@ def compile_pipelines(
             schemes.append(Named("mutual_ssl", MutualSsl(api)))
         if api.api_key is not Mode.DISABLED:
             schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
+        if api.jwt is not Mode.DISABLED:
+            schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
@@ -153,6 +162,8 @@ def compile_pipelines(
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
+        if api.jwt is not Mode.DISABLED and not api.forward_authorization:
+            request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
         out[api] = Pipeline(
             api,

@@ -1,6 +1,6 @@
 """twistedgw.tls."""
 
-from twistedgw.tls._backend import BackendPolicy, BackendTls
+from twistedgw.tls._backend import BackendPolicy, BackendTls, load_policy
 from twistedgw.tls._chains import (
     CA_AS_CLIENT,
     EXPIRED,
@@ -43,5 +43,6 @@ __all__ = [
     "TrustEntry",
     "TrustStore",
     "load_crls",
+    "load_policy",
     "load_truststore",
 ]
