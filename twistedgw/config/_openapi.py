@@ -171,7 +171,12 @@ class _Refs:
                                   "definition may be referenced")
                     ok = False
                     continue
-                resolved = (file.parent / target).resolve()
+                try:
+                    resolved = (file.parent / target).resolve()
+                except (ValueError, OSError):  # NUL bytes, over-long names
+                    report(label, f"$ref {ref!r} is not a usable file name")
+                    ok = False
+                    continue
                 if not resolved.is_relative_to(self.root_dir):
                     report(label, f"$ref {ref!r} leaves the definition's directory "
                                   f"({self.root_dir})")
