@@ -307,6 +307,89 @@ def jwt_setup(work: Path, pki: devpki.DevPki) -> tuple[Path, dict[str, str]]:
     return path, tokens
 
 
+def fronted_gateway_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int,
+                         cache_seconds: int) -> str:
+    """The NGINX-fronted mode: twistedgw on a Unix socket, NGINX on ``port``."""
+    return f"""
+[[listeners]]
+endpoint = "unix:{work}/{name}.sock"
+tls = false
+
+[tls]
+certificate = "{pki.server_cert}"
+private_key = "{pki.server_key}"
+truststore = "{pki.truststore_dir}"
+
+[mutual_ssl]
+certificate_header = "X-SSL-Client-Cert"
+header_encoding = "url-pem"
+enable_client_validation = false
+trusted_proxies = ["unix"]
+intermediates = "{pki.directory / 'intermediates.pem'}"
+
+[authz]
+cache_seconds = {cache_seconds}
+
+[nginx]
+listen = "127.0.0.1:{port}"
+authz = "unix:{work}/{name}.sock"
+cache_path = "{work}/{name}-cache"
+
+[limits]
+idle_timeout = 900.0
+client_header_timeout = 900.0
+max_connections = 20000
+
+[[apis]]
+name = "bench"
+version = "1"
+context = "/bench"
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+"""
+
+
+def fronted_nginx_conf(work: Path, name: str, include: Path, modules: tuple[str, ...] = ()
+                       ) -> str:
+    temps = "\n".join(f"  {kind}_temp_path {work}/{name}-{kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    loads = "".join(f"load_module {m};\n" for m in modules)
+    return f"""{loads}
+pcre_jit on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {work}/{name}.pid;
+events {{ worker_connections 12000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+{temps}
+  include {include};
+}}
+"""
+
+
+@dataclass
+class Group:
+    """Processes that together are the system under test (NGINX + twistedgw)."""
+
+    name: str
+    members: list[Proc]
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.members)
+
+    def rss_kib(self) -> int:
+        return sum(p.rss_kib() for p in self.members)
+
+    def stop(self) -> None:
+        for p in reversed(self.members):
+            p.stop()
+
+
 @dataclass
 class Frontend:
     """One HAProxy listen section: plain HTTP in, the proxy under test out."""
@@ -387,7 +470,8 @@ class Profile:
     scenarios: tuple[str, ...]
 
 
-ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt")
+ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
+       "nginx-fronted")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -402,7 +486,7 @@ class Bench:
     profile: Profile
     rate: float
     baseline: Path | None = None  # another twistedgw source tree to compare against
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Any] = field(default_factory=dict)  # Proc or Group
     ports: dict[str, int] = field(default_factory=dict)
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
     fronts: dict[str, Frontend] = field(default_factory=dict)
@@ -466,10 +550,58 @@ class Bench:
                              None if header else pki)
                 fronts.append(f)
                 self.fronts[f.name] = f
+        if "nginx-fronted" in self.profile.scenarios:
+            for name, cache_seconds, variant in (("fr-warm", 10, "auth_request"),
+                                                 ("fr-cold", 0, "auth_request"),
+                                                 ("fr-lua", 10, "lua")):
+                port = self.ports[name] = free_port()
+                self.procs[name] = self.start_fronted(name, port, backend, cache_seconds,
+                                                      gateway_env, variant)
+                f = Frontend(f"{name}-keepalive", free_port(), port, "keepalive",
+                             self.pkis["ec"])
+                fronts.append(f)
+                self.fronts[f.name] = f
         conf = self.work / "haproxy.cfg"
         conf.write_text(haproxy_conf(self.work, fronts))
         self.procs["haproxy"] = start("haproxy", ["haproxy", "-db", "-f", str(conf)],
                                       CORE_LOAD, self.work, fronts[0].port)
+
+    def start_fronted(self, name: str, port: int, backend: int, cache_seconds: int,
+                      env: dict[str, str], variant: str = "auth_request") -> Group:
+        """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
+        from twistedgw import config as configmod
+        from twistedgw.app import _nginxconf as nginxconf
+
+        pki = self.pkis["ec"]
+        toml = self.work / f"{name}.toml"
+        toml.write_text(fronted_gateway_conf(self.work, name, pki, port, backend,
+                                             cache_seconds))
+        argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)]
+        gw = start(f"{name}-gw", argv, CORE_PROXY, self.work, None, env)
+        sock = self.work / f"{name}.sock"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if time.monotonic() > deadline or gw.popen.poll() is not None:
+                gw.stop()
+                raise RuntimeError(f"{name}: twistedgw did not listen:\n{gw.log.read_text()}")
+            time.sleep(0.05)
+        include = self.work / f"{name}-site.conf"
+        bundle = self.work / f"{name}-truststore.pem"
+        rendered = nginxconf.render(configmod.load(toml), str(bundle), variant=variant,
+                                    lua_dir=str(nginxconf.LUA_MODULE.parent))
+        include.write_text(rendered.text)
+        bundle.write_bytes(rendered.truststore_pem or b"")
+        conf = self.work / f"{name}-nginx.conf"
+        modules = nginxconf.LUA_MODULES if variant == "lua" else ()
+        conf.write_text(fronted_nginx_conf(self.work, name, include, modules))
+        try:
+            ngx = start(f"{name}-nginx", ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
+                                          str(self.work / f"{name}-error.log"),
+                                          "-g", "daemon off;"], CORE_PROXY, self.work, port)
+        except Exception:
+            gw.stop()
+            raise
+        return Group(name, [gw, ngx])
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -636,6 +768,38 @@ def scenario_large(b: Bench) -> list[dict[str, Any]]:
         rows.append(row(f"4 keep-alive, {size.upper()}iB responses, {conns} conns", "twistedgw",
                         "NGINX", s, "req/s", None, None))
     return rows
+
+
+def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
+    """NGINX carrying the traffic and asking twistedgw, against a bare NGINX mTLS proxy
+    doing no per-API policy, in the same run (both on the proxy core)."""
+    d = b.profile.duration
+    warm = b.compare(lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d),
+                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    cold = b.compare(lambda: b.wrk("fr-cold-keepalive", "/bench/small", 32, d),
+                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    lua = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
+                    lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    variants = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
+                         lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d))
+    a, bare = "NGINX + twistedgw", "bare NGINX mTLS"
+    return [
+        row("8a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
+            "req/s", ">=", 0.8),
+        row("8b nginx-fronted, cold (every request asks twistedgw)", a, bare, cold, "req/s",
+            None, None),
+        row("8c nginx-fronted warm, p99 latency at 32 conns (closed loop)", a, bare,
+            summarise(warm["a"]["runs"], warm["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("8d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
+            summarise(cold["a"]["runs"], cold["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("8e nginx-fronted --variant lua (lua_shared_dict), warm", "NGINX+Lua + twistedgw",
+            bare, lua, "req/s", ">=", 0.8),
+        row("8f nginx-fronted lua warm, p99 latency at 32 conns (closed loop)",
+            "NGINX+Lua + twistedgw", bare,
+            summarise(lua["a"]["runs"], lua["b"]["runs"], "p99_ms"), "ms", None, None),
+        row("8g variants head to head, warm: lua vs auth_request + proxy_cache", "lua",
+            "auth_request", variants, "req/s", None, None),
+    ]
 
 
 def scenario_sweep(b: Bench) -> dict[str, Any]:
@@ -925,7 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("keepalive", scenario_keepalive), ("handshake", scenario_handshake),
                          ("header", scenario_header), ("large", scenario_large),
                          ("sweep", None), ("latency", scenario_latency),
-                         ("memory", scenario_memory), ("jwt", scenario_jwt)):
+                         ("memory", scenario_memory), ("jwt", scenario_jwt),
+                         ("nginx-fronted", scenario_fronted)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

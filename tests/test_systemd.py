@@ -54,7 +54,7 @@ def test_socket_activation_serves_mtls_on_the_inherited_socket(
 def _installed_units(tmp_path: Path) -> list[Path]:
     """The units as shipped, with ExecStart pointing at this interpreter (verify checks it)."""
     out = []
-    for name in ("twistedgw.app._service", "twistedgw.socket"):
+    for name in ("twistedgw.service", "twistedgw.socket"):
         text = (REPO / "conf" / name).read_text()
         text = text.replace("/usr/local/bin/twistedgw", f"{sys.executable} -m twistedgw")
         path = tmp_path / name
@@ -64,7 +64,7 @@ def _installed_units(tmp_path: Path) -> list[Path]:
 
 
 def test_unit_files_are_sandboxed() -> None:
-    service = (REPO / "conf" / "twistedgw.app._service").read_text()
+    service = (REPO / "conf" / "twistedgw.service").read_text()
     for directive in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes",
                       "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed",
                       "Requires=twistedgw.socket", "PrivateTmp=yes", "CapabilityBoundingSet=\n"):
@@ -83,7 +83,7 @@ def test_unit_files_verify_and_score_well(tmp_path: Path) -> None:
     security = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(service)],
         capture_output=True, text=True, timeout=60)
-    match = re.search(r"Overall exposure level for twistedgw.app._service: ([0-9.]+)",
+    match = re.search(r"Overall exposure level for twistedgw.service: ([0-9.]+)",
                       security.stdout + security.stderr)
     if match is None:
         pytest.skip("this systemd-analyze cannot score units offline")

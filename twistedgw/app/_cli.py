@@ -210,6 +210,62 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_nginx_config(args: argparse.Namespace) -> int:
+    """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML."""
+    from twistedgw.app import _nginxconf as nginxconf
+
+    try:
+        cfg, _built = _load(args.config)
+    except ConfigError as e:
+        return _fail(e.problems)
+    output = Path(args.output).resolve() if args.output else None
+    bundle = None
+    if output is not None:
+        bundle = output.with_name(output.stem + "-truststore.pem")
+    lua_dir = None
+    if args.variant == "lua":
+        if not nginxconf.LUA_MODULE.exists():
+            return _fail([f"{nginxconf.LUA_MODULE}: not found (--variant lua needs it)"], 1)
+        lua_dir = str(output.parent if output is not None else nginxconf.LUA_MODULE.parent)
+    try:
+        rendered = nginxconf.render(
+            cfg, str(bundle) if bundle is not None else None, variant=args.variant,
+            lua_dir=lua_dir,
+        )
+    except nginxconf.NginxConfigError as e:
+        return _fail(e.problems)
+    if output is None:
+        sys.stdout.write(rendered.text)
+        if args.check:  # nginx -t reads a file: check a temporary copy
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="twistedgw-") as tmp:
+                copy = Path(tmp) / "twistedgw.conf"
+                copy.write_text(rendered.text)
+                modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
+                ok, message = nginxconf.nginx_test(copy, modules)
+            if not ok:
+                return _fail([f"nginx -t refused the output: {message}"], 1)
+        return 0
+    try:
+        output.write_text(rendered.text)
+        if bundle is not None and rendered.truststore_pem is not None:
+            bundle.write_bytes(rendered.truststore_pem)
+        if lua_dir is not None:  # the module beside the include, where lua_package_path looks
+            (output.parent / nginxconf.LUA_MODULE.name).write_bytes(
+                nginxconf.LUA_MODULE.read_bytes()
+            )
+    except OSError as e:
+        return _fail([f"{output}: cannot write: {e.strerror}"], 1)
+    if args.check:
+        modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
+        ok, message = nginxconf.nginx_test(output, modules)
+        if not ok:
+            return _fail([f"{output}: nginx -t refused it: {message}"], 1)
+        print(f"{output}: nginx -t OK")
+    return 0
+
+
 BUILT_IN = (
     ("mutual_ssl", "the mutual_ssl key: client certificate verified under the API's aliases"),
     ("api_key", "the api_key key: an [[api_keys]] key in the apikey header"),
@@ -261,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", "-e", choices=HEADER_ENCODINGS, default="auto")
     p.add_argument("--config", "-c", help="verify against this config's truststore")
     p.set_defaults(func=cmd_decode_header)
+    p = sub.add_parser("nginx-config", help="render the NGINX include for the NGINX-fronted mode")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--output", "-o", help="write here (and FILE-truststore.pem beside it)")
+    p.add_argument("--check", action="store_true", help="run nginx -t on the output")
+    p.add_argument("--variant", choices=("auth_request", "lua"), default="auth_request",
+                   help="lua: verdicts in a lua_shared_dict (needs NGINX's Lua module)")
+    p.set_defaults(func=cmd_nginx_config)
     p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
     p.set_defaults(func=cmd_plugins)
     return parser

@@ -51,6 +51,7 @@ class _Material:
     server_tls: ServerTLS | None = None
     revocation: revocation.RevocationChecker | None = None
     backend_tls: backendtls.BackendTls | None = None
+    intermediates: tuple[x509.Certificate, ...] = ()
     pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -119,6 +120,20 @@ def _load_material(
             check(f"{path}.aliases", api.aliases)
             check(f"{path}.tiers", frozenset(t.alias for t in api.tiers if t.alias is not None))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
+    bundle = config.mutual_ssl.intermediates
+    if bundle is not None and not broken("mutual_ssl.intermediates"):
+        try:
+            found = pki.load_pem_certificates(bundle, "file")
+            not_ca = [c for c in found if not pki.TrustEntry("", c, b"").is_ca]
+            if not_ca:
+                problems.append(
+                    f"{file}: mutual_ssl.intermediates: {bundle}: holds a certificate that is not "
+                    f"a CA ({not_ca[0].subject.rfc4514_string()})"
+                )
+            else:
+                out.intermediates = tuple(found)
+        except pki.PkiError as e:
+            problems.append(f"{file}: mutual_ssl.intermediates: {e}")
     try:
         if intact("crl", "revocation"):
             out.revocation = revocation.build(tls)
@@ -294,7 +309,7 @@ def build(
     if problems:
         raise ConfigError(problems)
     header_verifier = (
-        ChainVerifier(material.truststore)
+        ChainVerifier(material.truststore, intermediates=material.intermediates)
         if material.truststore is not None and config.mutual_ssl.header_mode
         else None
     )

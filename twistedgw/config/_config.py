@@ -247,6 +247,12 @@ class MutualSslConfig:
     load_balancer_aliases: frozenset[str] = frozenset()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     forward_client_certificate_header: bool = False
+    # "unix" in trusted_proxies: a connection on a Unix-socket listener is a load
+    # balancer's (the socket's file permissions decide who may connect).
+    trust_unix_socket: bool = False
+    # CA certificates that only complete leaf-only header chains (NGINX and HAProxy
+    # send the leaf alone); they grant nothing by themselves.
+    intermediates: Path | None = None
 
     @property
     def header_mode(self) -> bool:
@@ -259,6 +265,18 @@ class AuthzConfig:
     original_uri_header: str = "X-Original-URI"
     original_method_header: str = "X-Original-Method"
     original_host_header: str = "X-Original-Host"
+    cache_seconds: float = 10.0  # the longest a load balancer may cache an allow verdict
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    """``[nginx]``: read only by ``twistedgw nginx-config`` (the NGINX side of the mode
+    where NGINX carries the traffic and asks twistedgw for verdicts)."""
+
+    listen: str = "443"  # NGINX's TLS `listen` address ("ssl" is added)
+    server_name: str = "_"
+    authz: str = "unix:/run/twistedgw/authz.sock"  # how NGINX reaches twistedgw
+    cache_path: str = "/var/cache/nginx/twistedgw"  # proxy_cache_path for verdicts
 
 
 @dataclass(frozen=True)
@@ -328,6 +346,7 @@ class GatewayConfig:
     workers: int = 1
     shutdown_timeout: float = 30.0
     backend_tls: BackendTlsConfig = BackendTlsConfig()
+    nginx: NginxConfig | None = None
     jwt_issuers: tuple[JwtIssuer, ...] = ()
     cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
@@ -1197,12 +1216,17 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
     validation = r.get("enable_client_validation", bool, True)
     lb_aliases = _string_list(r, "load_balancer_aliases") or []
     proxies = []
+    trust_unix = False
     for i, raw in enumerate(_string_list(r, "trusted_proxies") or []):
+        if raw == "unix":
+            trust_unix = True
+            continue
         try:
             proxies.append(ipaddress.ip_network(raw, strict=False))
         except ValueError:
             r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
     forward = r.get("forward_client_certificate_header", bool, False)
+    intermediates = r.path_value("intermediates")
     if header is not None:
         if validation and not lb_aliases:
             r.problem(
@@ -1211,7 +1235,7 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
                 "that identify your load balancers (or set enable_client_validation = false "
                 "with trusted_proxies)",
             )
-        if not validation and not proxies:
+        if not validation and not proxies and not trust_unix:
             r.problem(
                 "trusted_proxies",
                 "is required when enable_client_validation = false: without it any caller "
@@ -1234,7 +1258,59 @@ def _mutual_ssl(r: _Reader) -> MutualSslConfig:
         load_balancer_aliases=frozenset(lb_aliases),
         trusted_proxies=tuple(proxies),
         forward_client_certificate_header=forward,
+        trust_unix_socket=trust_unix,
+        intermediates=intermediates,
     )
+
+
+_NGINX_NAME_RE = re.compile(r"^[A-Za-z0-9_*.-]+$")
+_NGINX_LISTEN_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]:|[A-Za-z0-9.-]+:)?[0-9]{1,5}$")
+_NGINX_AUTHZ_RE = re.compile(
+    r"^(?:unix:/[^\s;{}'\"$]+|[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5})$"
+)
+
+
+def _nginx(r: _Reader) -> NginxConfig:
+    """``[nginx]``; every value lands in an NGINX config, so each is checked against what
+    NGINX accepts there (and can carry no ``;``, quote or newline into it)."""
+    d = NginxConfig()
+    listen = r.get("listen", (str, int), d.listen)
+    listen = str(listen)
+    m = _NGINX_LISTEN_RE.match(listen)
+    if not m or not 0 < int(listen.rsplit(":", 1)[-1]) <= 65535:
+        r.problem(
+            "listen", f"must be a port or address:port such as '127.0.0.1:8443', got {listen!r}"
+        )
+        listen = d.listen
+    server_name = r.get("server_name", str, d.server_name)
+    if not all(_NGINX_NAME_RE.match(n) for n in server_name.split()) or not server_name.split():
+        r.problem(
+            "server_name",
+            f"must be one or more host names separated by spaces, got {server_name!r}",
+        )
+        server_name = d.server_name
+    authz = r.get("authz", str, d.authz)
+    if not _NGINX_AUTHZ_RE.match(authz):
+        r.problem("authz", f"must be 'unix:/path/to.sock' or 'host:port', got {authz!r}")
+        authz = d.authz
+    cache_path = r.get("cache_path", str, d.cache_path)
+    if not cache_path.startswith("/") or any(c in cache_path for c in " \t\n;{}'\"$"):
+        r.problem(
+            "cache_path",
+            f"must be an absolute directory path without spaces, got {cache_path!r}",
+        )
+        cache_path = d.cache_path
+    r.finish()
+    return NginxConfig(listen=listen, server_name=server_name, authz=authz, cache_path=cache_path)
+
+
+def _cache_seconds(r: _Reader) -> float:
+    """``[authz] cache_seconds``: 0 turns caching off; NGINX counts whole seconds."""
+    value = r.get("cache_seconds", float, AuthzConfig.cache_seconds)
+    if not 0 <= value <= 86400 or value != value:
+        r.problem("cache_seconds", f"must be 0-86400, got {value!r}")
+        return AuthzConfig.cache_seconds
+    return value
 
 
 def _limits(r: _Reader) -> Limits:
@@ -1435,6 +1511,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             or "X-Original-Method",
             original_host_header=_header_name(a, "original_host_header", "X-Original-Host")
             or "X-Original-Host",
+            cache_seconds=_cache_seconds(a),
         )
         a.finish()
         if any(
@@ -1479,6 +1556,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             )
         identity = IdentityConfig(forward=fwd, headers=tuple(pairs))
         a.finish()
+    nginx = _nginx(top.sub("nginx")) if "nginx" in raw else None
     limits = _limits(top.sub("limits"))
     backend_tls = _backend_tls(top.sub("backend_tls"))
     _backend_tls_overlaps(problems, api_paths, backend_tls)
@@ -1549,6 +1627,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         workers=workers,
         shutdown_timeout=shutdown_timeout,
         backend_tls=backend_tls,
+        nginx=nginx,
         jwt_issuers=jwt_issuers,
         cluster=cluster,
         consumers=tuple(consumers),

@@ -15,6 +15,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -77,6 +78,34 @@ def _never_a_load_balancer(identity: ClientIdentity, config: MutualSslConfig) ->
     return identity
 
 
+def _adopt_edge(request: Request) -> None:
+    """Behind NGINX on a trusted Unix socket, the caller's address and scheme are the ones
+    NGINX saw (its ``X-Forwarded-For``/``X-Forwarded-Proto``, which it always replaces), so
+    forwarding, the access log and metrics see the caller as in direct mode."""
+    headers = request.requestHeaders
+    forwarded_for = headers.getRawHeaders(b"x-forwarded-for")
+    if forwarded_for is not None and len(forwarded_for) == 1:
+        try:
+            ip = ipaddress.ip_address(forwarded_for[0].decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            ip = None
+        if ip is not None:
+            kind = IPv4Address if ip.version == 4 else IPv6Address
+            request.client = kind("TCP", str(ip), 0)
+    hosts = headers.getRawHeaders(b"host")
+    if headers.getRawHeaders(b"x-forwarded-proto") != [b"https"] or not hosts or len(hosts) > 1:
+        return
+    host = hosts[0]
+    if host.startswith(b"["):  # [IPv6]:port
+        end = host.find(b"]") + 1
+        name, port = host[:end], host[end + 1 :] if host[end : end + 1] == b":" else b""
+    else:
+        name, _sep, port = host.partition(b":")
+    # setHost with the Host the client sent leaves that header as it was and makes
+    # isSecure() true: twisted.web's way for a request that reached it through a proxy.
+    request.setHost(name, int(port) if port.isdigit() else 443, ssl=True)
+
+
 def resolve(request: Request, runtime: Snapshot) -> Caller:
     handshake = handshake_identity(request, runtime)
     settings = runtime.config.mutual_ssl
@@ -84,7 +113,11 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         return Caller(handshake, False)
     values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
-    trusted = (not settings.trusted_proxies or _from_trusted_network(ip, settings)) and (
+    trusted = (
+        (not settings.trusted_proxies and not settings.trust_unix_socket)
+        or _from_trusted_network(ip, settings)
+        or (settings.trust_unix_socket and isinstance(request.getClientAddress(), UNIXAddress))
+    ) and (
         not settings.enable_client_validation or _is_load_balancer(handshake, settings)
     )
     if not trusted:
@@ -99,6 +132,8 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         # A direct client: its own handshake certificate speaks for it, unless that
         # is a load balancer's certificate arriving from outside trusted_proxies.
         return Caller(_never_a_load_balancer(handshake, settings), False)
+    if settings.trust_unix_socket and isinstance(request.getClientAddress(), UNIXAddress):
+        _adopt_edge(request)
     if not values:
         return Caller(no_certificate(Source.HEADER), True)
     if len(values) > 1:

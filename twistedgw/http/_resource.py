@@ -23,9 +23,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from twistedgw import _hosts, errors
-from twistedgw.config import ApiConfig
+from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError, write_error
 from twistedgw.http import _callers as callers
+from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
@@ -301,6 +302,8 @@ class GatewayResource(Resource):
         """
         assert runtime.config.authz is not None
         settings = runtime.config.authz
+        for name, value in verdicts.NO_STORE:  # refusals are never cached
+            request.responseHeaders.setRawHeaders(name, [value])
         original = request.getHeader(settings.original_uri_header.encode())
         if original is None:
             return exchange.refuse(
@@ -346,14 +349,22 @@ class GatewayResource(Resource):
         )
         # The access log and metrics name the API and caller judged.
         exchange.api, exchange.call = route.api, call
-        return _settle(request, exchange, route.pipeline.judge(call), lambda _o: _allow(exchange))
+        config = runtime.config
+        return _settle(
+            request, exchange, route.pipeline.judge(call), lambda _o: _allow(exchange, config)
+        )
 
 
-def _allow(exchange: _Exchange) -> bytes:
+def _allow(exchange: _Exchange, config: GatewayConfig) -> bytes:
     request, call = exchange.request, exchange.call
     assert call is not None and call.api is not None
     request.setResponseCode(200)
     headers = request.responseHeaders
+    for name, value in (
+        *verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)),
+        *verdicts.identity_answer_headers(config, call.api, call.identity),
+    ):
+        headers.setRawHeaders(name, [value])
     headers.setRawHeaders(b"x-twistedgw-api", [call.api.label.encode()])
     identity = call.identity
     if identity.leaf is not None and identity.verified:

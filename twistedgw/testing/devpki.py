@@ -524,6 +524,8 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
         if stem != "server":
             pki.clients[stem] = item.write(clients_dir, stem)
     (directory / "untrusted-root.crt").write_bytes(cert_pem(untrusted.cert))
+    # For [mutual_ssl] intermediates: completes leaf-only header chains (NGINX, HAProxy).
+    (directory / "intermediates.pem").write_bytes(cert_pem(partner_issuing.cert))
 
     # Not callers of the gateway, so not in clients/: see the DevPki backend_* paths.
     issued["backend"] = backend_root.server(("localhost",))

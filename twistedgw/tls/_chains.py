@@ -17,7 +17,7 @@ import datetime
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -90,8 +90,11 @@ class ChainVerifier:
         *,
         cache_size: int = 10000,
         clock: Callable[[], float] = time.time,
+        intermediates: Sequence[x509.Certificate] = (),
     ) -> None:
         self._truststore = truststore
+        # Untrusted: offered to path building after what the header itself carried.
+        self._intermediates = list(intermediates)
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[bytes, ...], tuple[float, ClientIdentity]] = OrderedDict()
@@ -154,7 +157,7 @@ class ChainVerifier:
             return failed(Source.HEADER, UNTRUSTED, certs)
         try:
             verifier = self._verifier(at)
-            chain = tuple(verifier.verify(leaf, list(certs[1:])).chain)
+            chain = tuple(verifier.verify(leaf, [*certs[1:], *self._intermediates]).chain)
         except VerificationError as e:
             return failed(Source.HEADER, self._reason(str(e), certs, at), certs)
         except Exception as e:  # malformed extensions etc.: fail closed, never crash

@@ -1,0 +1,85 @@
+-- twistedgw verdicts kept in a lua_shared_dict (libnginx-mod-http-lua / OpenResty).
+--
+-- The optional variant of `twistedgw nginx-config --variant lua`: instead of
+-- auth_request + proxy_cache (a subrequest and a cache file read on every request),
+-- a cached verdict is one shared-memory lookup in access_by_lua. On a miss it asks
+-- twistedgw's authz endpoint over the same internal location (Unix socket), keeps an
+-- allow for as long as the answer's Cache-Control max-age says (never past cache_seconds
+-- nor the certificate's expiry: twistedgw computes it), and hands any refusal to
+-- twistedgw whole (@twistedgw_gateway), so the client gets twistedgw's JSON.
+--
+-- Needs in http {}: lua_shared_dict twistedgw_verdicts 10m; and this directory in
+-- lua_package_path (the rendered include sets both).
+
+local _M = {}
+
+local SEP = "\n"  -- identity header values never hold a line break (twistedgw strips them)
+
+local function gateway()
+    return ngx.exec("@twistedgw_gateway")
+end
+
+-- api: the API's index in the config (names the internal authz location and the key)
+-- keys: the request headers the API's schemes read (apikey, an OpenAPI apiKey header):
+--       part of the cache key; a repeated one is never cached
+-- per_operation: an API from an OpenAPI definition, whose schemes depend on the
+--       operation: method and path are part of the cache key
+-- answers: {answer header, variable} pairs: the authz answer header whose value the
+--          variable (declared with `set` in the location) takes
+function _M.access(api, keys, per_operation, answers)
+    local var = ngx.var
+    local key = api .. "|" .. (var.ssl_client_fingerprint or "")
+    if #keys > 0 then
+        local headers = ngx.req.get_headers()
+        for _, name in ipairs(keys) do
+            local value = headers[name]
+            if type(value) == "table" then
+                return gateway()  -- repeated: twistedgw refuses it as in direct mode
+            end
+            key = key .. "|" .. (value or "")
+        end
+    end
+    if per_operation then
+        key = key .. "|" .. var.request_method .. "|" .. var.request_uri
+    end
+    local dict = ngx.shared.twistedgw_verdicts
+    local verdict = dict:get(key)
+    if verdict == nil then
+        local res = ngx.location.capture("/_twistedgw_nginx/authz/" .. api)
+        if res.status ~= 200 then
+            return gateway()
+        end
+        local header = {}  -- by lower-case name (res.header keeps the sender's case)
+        for name, value in pairs(res.header) do
+            header[string.lower(name)] = value
+        end
+        local parts = {}
+        for i, pair in ipairs(answers) do
+            local v = header[pair[1]]
+            if type(v) == "table" then v = v[1] end
+            parts[i] = v or ""
+        end
+        verdict = table.concat(parts, SEP)
+        -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same.
+        local control = header["cache-control"]
+        local ttl = 0
+        if type(control) == "string" and not control:find("no-store", 1, true) then
+            ttl = tonumber(control:match("max%-age=(%d+)")) or 0
+        end
+        if ttl > 0 then
+            dict:set(key, verdict, ttl)
+        end
+    end
+    if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
+        return  -- nothing to set: the variables start empty (`set` in the location)
+    end
+    local i = 1
+    for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
+        if value ~= "" then
+            var[answers[i][2]] = value
+        end
+        i = i + 1
+    end
+end
+
+return _M
