@@ -11,7 +11,6 @@ make this raise.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -342,7 +341,7 @@ class GatewayResource(Resource):
         caller = callers.resolve(request, runtime)
         view = request_view(request, judged.path, judged.query)
         call = Call(
-            dataclasses.replace(view, method=exchange.method),
+            view._replace(method=exchange.method),
             route.security_api,
             caller.identity,
             via_load_balancer=caller.via_load_balancer,

@@ -156,20 +156,19 @@ class IdentityForwarding:
             h.lower().encode() for h in (lb.certificate_header, lb.chain_header) if h
         )
         self._forward_lb_header = lb.forward_client_certificate_header
-        self._stripped = idforward.stripped(config.identity) | {API_KEY_HEADER}
+        stripped = idforward.stripped(config.identity) | {API_KEY_HEADER}
+        # Computed once: everything a caller could claim, with and without the trusted
+        # load balancer's own certificate headers.
+        self._strip_all = frozenset(stripped | set(self._lb_headers))
+        self._strip_but_lb = frozenset(self._strip_all - set(self._lb_headers))
 
     def transform_request(self, call: Call, edit: HeaderEdit) -> None:
         # Only a trusted load balancer's own certificate header may pass, and only
         # when explicitly forwarded; everything else a caller could claim goes.
-        keep: tuple[bytes, ...] = ()
         if self._forward_lb_header and call.via_load_balancer:
-            keep = self._lb_headers
-        for name in self._stripped:
-            if name not in keep:
-                edit.remove(name)
-        for name in self._lb_headers:
-            if name not in keep:
-                edit.remove(name)
+            edit.remove_lowered(self._strip_but_lb)
+        else:
+            edit.remove_lowered(self._strip_all)
         if call.api.api_key_header.lower() != "apikey":  # an OpenAPI apiKey scheme's header
             edit.remove(call.api.api_key_header.encode())
         if call.mtls_passed:

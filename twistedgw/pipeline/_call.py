@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError
@@ -54,9 +54,12 @@ class HeaderView:
                 yield lower, value
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """One request as the HTTP front parsed it. ``path`` is normalised (routing's form)."""
+class RequestView(NamedTuple):
+    """One request as the HTTP front parsed it. ``path`` is normalised (routing's form).
+
+    A tuple: immutable, and built once per request at tuple speed (a frozen
+    dataclass's ``__init__`` cost more than the rest of the view).
+    """
 
     method: bytes
     path: bytes
@@ -136,6 +139,13 @@ class HeaderEdit:
         lower = name.lower()
         self.set_values.pop(lower, None)
         self.removed.add(lower)
+
+    def remove_lowered(self, names: frozenset[bytes]) -> None:
+        """``remove`` for many names already in lower case (the per-request strip list)."""
+        if self.set_values:
+            for lower in names.intersection(self.set_values):
+                del self.set_values[lower]
+        self.removed |= names
 
     def __bool__(self) -> bool:
         return bool(self.set_values or self.removed)

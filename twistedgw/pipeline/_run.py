@@ -196,15 +196,19 @@ def _transform_step(transform: Any) -> _Step:
 def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
     def step(call: Call, edit: HeaderEdit) -> Any:
         results: list[Any] = []
+        waiting = False
         for named in schemes:
             try:
-                results.append(named.stage.authenticate(call))
+                result = named.stage.authenticate(call)
             except Exception:
                 log.failure("plugin {plugin!r} failed", plugin=named.name)
                 return plugin_failed(named.name)
-        if not any(isinstance(r, Deferred) for r in results):
+            if type(result) is not SchemeResult and isinstance(result, Deferred):
+                waiting = True
+            results.append(result)
+        if not waiting:
             return combine(schemes, results, call)
-        waiting = [r if isinstance(r, Deferred) else _now(r) for r in results]
+        pending = [r if isinstance(r, Deferred) else _now(r) for r in results]
 
         def crashed(failure: Failure) -> Refusal:
             # gatherResults wraps the first failure; find whose it was.
@@ -216,7 +220,7 @@ def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
             log.failure("authentication failed", failure)
             return plugin_failed("authentication")
 
-        return gatherResults(waiting, consumeErrors=True).addCallbacks(
+        return gatherResults(pending, consumeErrors=True).addCallbacks(
             lambda done: combine(schemes, done, call), crashed
         )
 
@@ -239,23 +243,24 @@ def combine(
     ``call`` (principals, whether mTLS passed, consumers, claims); a refusal
     carries the challenges of the schemes that failed.
     """
-    mandatory: list[tuple[Named, SchemeResult]] = []
-    optional: list[tuple[Named, SchemeResult]] = []
+    any_mandatory = False
+    mandatory_passed: list[tuple[Named, SchemeResult]] = []
+    optional_passed: list[tuple[Named, SchemeResult]] = []
     for named, result in zip(schemes, results, strict=True):
-        (mandatory if named.stage.mode is Mode.MANDATORY else optional).append((named, result))
-    if mandatory:
-        for _named, result in mandatory:
-            if not result.passed:
+        if named.stage.mode is Mode.MANDATORY:
+            if not result.passed:  # the first failing mandatory scheme answers
                 return _refuse(_error(result), [result])
-        passed = mandatory + [(n, r) for n, r in optional if r.passed]
-    else:
-        passed = [(n, r) for n, r in optional if r.passed]
-        if not passed:
-            presented = [r for _n, r in optional if r.presented]
-            if presented:
-                return _refuse(errors.invalid_credentials(_describe(presented)), presented)
-            every = [r for _n, r in optional]
-            return _refuse(errors.missing_credentials(_describe(every)), every)
+            any_mandatory = True
+            mandatory_passed.append((named, result))
+        elif result.passed:
+            optional_passed.append((named, result))
+    passed = mandatory_passed + optional_passed
+    if not any_mandatory and not optional_passed:
+        optional = list(results)
+        presented = [r for r in optional if r.presented]
+        if presented:
+            return _refuse(errors.invalid_credentials(_describe(presented)), presented)
+        return _refuse(errors.missing_credentials(_describe(optional)), optional)
     call.principals = tuple(r.principal for _n, r in passed if r.principal)
     call.mtls_passed = any(n.name == "mutual_ssl" for n, _r in passed)
     call.presented_consumers = tuple(r.consumer for _n, r in passed if r.consumer)
