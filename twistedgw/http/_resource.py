@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -81,8 +82,7 @@ class Gateway:
                 log.failure("request observer failed")
 
 
-@dataclass(frozen=True)
-class Routed:
+class Routed(NamedTuple):
     """A request target routed once, under one Runtime snapshot."""
 
     runtime: Snapshot

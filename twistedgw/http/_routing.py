@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig, Operation
@@ -142,8 +142,7 @@ def authz_path(path: bytes) -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """Where one request goes: its API, the backend URL and the compiled pipeline to run."""
 
     api: ApiConfig

@@ -34,6 +34,7 @@ from twistedgw.pipeline._interfaces import (
 )
 
 log = Logger()
+_MANDATORY = Mode.MANDATORY  # a module constant: the enum attribute lookup is per request
 
 #: What a finished run gives the front: refuse, or forward with these header edits.
 Outcome: TypeAlias = Refusal | HeaderEdit
@@ -247,7 +248,7 @@ def combine(
     mandatory_passed: list[tuple[Named, SchemeResult]] = []
     optional_passed: list[tuple[Named, SchemeResult]] = []
     for named, result in zip(schemes, results, strict=True):
-        if named.stage.mode is Mode.MANDATORY:
+        if named.stage.mode is _MANDATORY:
             if not result.passed:  # the first failing mandatory scheme answers
                 return _refuse(_error(result), [result])
             any_mandatory = True
@@ -261,13 +262,19 @@ def combine(
         if presented:
             return _refuse(errors.invalid_credentials(_describe(presented)), presented)
         return _refuse(errors.missing_credentials(_describe(optional)), optional)
-    call.principals = tuple(r.principal for _n, r in passed if r.principal)
-    call.mtls_passed = any(n.name == "mutual_ssl" for n, _r in passed)
-    call.presented_consumers = tuple(r.consumer for _n, r in passed if r.consumer)
-    for _n, r in passed:
-        if r.claims is not None:
-            call.claims = r.claims
-            break
+    principals: list[str] = []
+    consumers: list[str] = []
+    for named, result in passed:
+        if result.principal:
+            principals.append(result.principal)
+        if result.consumer:
+            consumers.append(result.consumer)
+        if named.name == "mutual_ssl":
+            call.mtls_passed = True
+        if result.claims is not None and call.claims is None:
+            call.claims = result.claims
+    call.principals = tuple(principals)
+    call.presented_consumers = tuple(consumers)
     return None
 
 
