@@ -183,6 +183,39 @@ def test_the_backend_timer_still_applies_while_the_client_keeps_up() -> None:
     assert r.results == [ForwardResult(200, 1000, "timeout")]
 
 
+def test_client_progress_is_what_the_peer_acknowledged() -> None:
+    """On Linux, the bytes the client's TCP stack acknowledged; None without a TCP socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    try:
+
+        class Transport:
+            def getHandle(self) -> socket.socket:
+                return sender
+
+        class Channel:
+            transport = Transport()
+
+        class Request:
+            channel = Channel()
+
+        request: Any = Request()
+        start = _forward._client_progress(request)
+        if start is None:
+            pytest.skip("this kernel does not report tcpi_bytes_acked")
+        sender.sendall(b"x" * 100_000)
+        got = 0
+        while got < 100_000:
+            got += len(receiver.recv(65536))
+        assert wait_until(lambda: _forward._client_progress(request) == start + 100_000)
+        Request.channel.transport = StringTransport()  # type: ignore[assignment]
+        assert _forward._client_progress(request) is None
+    finally:
+        for s in (sender, receiver, listener):
+            s.close()
+
+
 # -- the config key ----------------------------------------------------------------
 
 
