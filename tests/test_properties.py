@@ -93,7 +93,7 @@ _KEYS = {
     "api_keys": ["name", "key_sha256"],
     "limits": ["max_header_bytes", "max_body_bytes", "client_header_timeout", "idle_timeout",
                "handshake_timeout", "max_connections", "backend_connect_timeout",
-               "backend_timeout"],
+               "backend_timeout", "send_timeout"],
     "mutual_ssl": ["certificate_header", "header_encoding", "chain_header",
                    "enable_client_validation", "load_balancer_aliases", "trusted_proxies",
                    "forward_client_certificate_header"],

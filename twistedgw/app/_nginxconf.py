@@ -316,6 +316,7 @@ def render(
     w(f"    large_client_header_buffers 4 {max(limits.max_header_bytes, 1024)};")
     w(f"    client_header_timeout {max(1, int(limits.client_header_timeout))}s;")
     w(f"    keepalive_timeout {max(1, int(limits.idle_timeout))}s;")
+    w(f"    send_timeout {max(1, int(limits.send_timeout))}s;")
     w("")
     w("    # NGINX's own 400 (a request line it cannot parse) as twistedgw's JSON.")
     w(f"    if ($uri = {INTERNAL}/400) {{")

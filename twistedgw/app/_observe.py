@@ -131,6 +131,7 @@ class Metrics:
         self.client_errors = Counter(
             "twistedgw_client_errors",
             "Requests the HTTP front refused before routing (malformed, too large, too slow),"
+            " and responses aborted because the client read none of them (client_timeout),"
             " by kind.",
             ["kind"],
             registry=r,

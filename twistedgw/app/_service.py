@@ -163,6 +163,7 @@ class GatewayService(service.Service):
             ForwardSettings(
                 connect_timeout=limits.backend_connect_timeout,
                 backend_timeout=limits.backend_timeout,
+                send_timeout=limits.send_timeout,
             ),
             tls_policy_for=self._backend_tls_policy,
         )

@@ -123,6 +123,8 @@ class Limits:
     max_connections: int = 10000
     backend_connect_timeout: float = 5.0
     backend_timeout: float = 60.0
+    # Seconds a response may wait on a client that accepts none of it (NGINX's send_timeout).
+    send_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -1326,6 +1328,7 @@ def _limits(r: _Reader) -> Limits:
             "backend_connect_timeout", float, d.backend_connect_timeout
         ),
         backend_timeout=r.positive("backend_timeout", float, d.backend_timeout),
+        send_timeout=r.positive("send_timeout", float, d.send_timeout),
     )
     r.finish()
     return out

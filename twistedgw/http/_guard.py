@@ -85,9 +85,12 @@ SERVER = b"twistedgw"
 SMALL_CHUNKS_AFTER = 1024
 MIN_AVERAGE_CHUNK = 64
 
-#: The ``kind`` of every refusal made here: client errors, never backend errors.
+#: The ``kind`` of every refusal made here, and ``client_timeout`` (a forwarded
+#: response the client accepted nothing of for ``send_timeout``, upstream/_forward.py):
+#: client errors, never backend errors.
 CLIENT_ERROR_KINDS = frozenset(
-    {"bad_request", "header_too_large", "body_too_large", "header_timeout", "body_timeout"}
+    {"bad_request", "header_too_large", "body_too_large", "header_timeout", "body_timeout",
+     "client_timeout"}
 )
 
 # RFC 3986 / RFC 9112 origin-form: absolute-path [ "?" query ]; pchar, "/" and "?",

@@ -284,6 +284,7 @@ class GatewayResource(Resource):
             backend_timeout=route.api.backend_timeout,
             on_answer=exchange.transform_answer if route.pipeline else None,
             alternatives=route.alternatives,
+            send_timeout=self.gateway.runtime.config.limits.send_timeout,  # after a reload too
         )
         return NOT_DONE_YET
 

@@ -17,7 +17,11 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
 * failures before the response headers become WSO2-style JSON errors (503 for
   "could not reach the backend", 504 for "no response in time"); failures after
   the headers abort the client connection, so a truncated body can never look
-  complete; a client that goes away cancels the backend request.
+  complete; a client that goes away cancels the backend request;
+* a client that accepts none of the response for ``send_timeout`` seconds while
+  output waits for it (NGINX's ``send_timeout``) is aborted and the backend
+  request cancelled: back-pressure pauses the backend timer, so without this a
+  client that never reads would hold both connections for as long as it likes.
 
 `forward` never raises; what happened is reported once through `on_done`.
 """
@@ -25,6 +29,8 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -35,6 +41,7 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import BrowserLikePolicyForHTTPS
@@ -97,6 +104,8 @@ class ForwardSettings:
     # An API with several backends skips one that refused a connection or timed out
     # for this long (tried last, not never: if all are down, the request still goes).
     endpoint_suspend_seconds: float = 30.0
+    # Seconds the client may accept no byte while the response waits for it (paused).
+    send_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,9 @@ class ForwardResult:
     any response was sent). `error_kind` is None on success, else one of
     "refused" (could not connect: refused, DNS, unreachable), "timeout"
     (connect timeout -> 503, no headers in time -> 504, idle body -> abort),
-    "reset" (backend closed or broke the connection), "client_gone" and
-    "other".
+    "reset" (backend closed or broke the connection), "client_gone",
+    "client_timeout" (the client accepted nothing for ``send_timeout``; a
+    client error, not the backend's) and "other".
     """
 
     status: int
@@ -307,6 +317,7 @@ class Forwarder:
         tls_policy: IPolicyForHTTPS | None = None,
         alternatives: Sequence[bytes] = (),
         on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         """Relay `request` to the absolute URL `target`; the request is ours from now on.
 
@@ -320,10 +331,13 @@ class Forwarder:
         `on_answer(request)` runs when the answer's status and headers are set and
         nothing is written yet (the API's response transforms); an error it returns
         is answered instead of the backend's response.
+        `send_timeout` overrides the forwarder's (the config in force, after a reload).
         """
         settings = self._settings
         if backend_timeout is not None:
             settings = replace(settings, backend_timeout=backend_timeout)
+        if send_timeout is not None and send_timeout != settings.send_timeout:
+            settings = replace(settings, send_timeout=send_timeout)
         rest: list[bytes] = []
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
@@ -382,7 +396,8 @@ class _Exchange:
 
     It is the `ResponseHandler` of its upstream `Call`. One timer serves both
     phases: time to the response head (-> 504), then the longest silence
-    between body bytes while the client is keeping up (-> abort).
+    between body bytes while the client is keeping up (-> abort). While the
+    client is not keeping up (paused) a second one, the send timer, takes over.
     """
 
     def __init__(
@@ -411,6 +426,8 @@ class _Exchange:
         self._client_gone = False
         self._call: Call | None = None
         self._timer: IDelayedCall | None = None
+        self._send_timer: IDelayedCall | None = None
+        self._send_mark: int | None = None  # the client's progress when last looked at
         self._relay: _BodyRelay | None = None
         self._status = 0
 
@@ -689,6 +706,7 @@ class _Exchange:
             )
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
+        self._cancel_send_timer()
         if self._phase == "done" and self._on_done is None:
             return
         self._phase = "done"
@@ -705,15 +723,65 @@ class _Exchange:
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
+        if self._send_timer is None and self._phase == "streaming":
+            self._send_mark = _client_progress(self._request)
+            self._send_timer = self._reactor.callLater(
+                self._settings.send_timeout, self._send_timed_out
+            )
 
     def resume(self) -> None:
+        self._cancel_send_timer()
         if self._call is not None and self._phase == "streaming":
             self._rearm()
             self._call.resume()
 
     def stop(self) -> None:
         self._cancel_timer()
+        self._cancel_send_timer()
         self._cancel_call()
+
+    def _cancel_send_timer(self) -> None:
+        timer, self._send_timer = self._send_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _send_timed_out(self) -> None:
+        """Paused for ``send_timeout``: abort unless the client accepted bytes meanwhile.
+
+        A steady but slow reader can keep the output paused for longer than a
+        short timeout (the kernel wakes a writer only once part of its send
+        buffer has drained: pauses of 1.3-1.5 s were seen for a 210 kB/s reader
+        of a plain Twisted TCP server), so where the kernel says how many bytes
+        the client acknowledged, any progress starts a new period, as NGINX's
+        ``send_timeout`` counts from the last successful write.
+        """
+        self._send_timer = None
+        if self._phase != "streaming":
+            return
+        mark = _client_progress(self._request)
+        if mark is not None and self._send_mark is not None and mark > self._send_mark:
+            self._send_mark = mark
+            self._send_timer = self._reactor.callLater(
+                self._settings.send_timeout, self._send_timed_out
+            )
+            return
+        relay = self._relay
+        sent = relay.bytes_sent if relay is not None else 0
+        _log.info(
+            "client {client} accepted no response bytes for {secs:g} seconds"
+            " (send_timeout) after {n} body bytes; aborting it and the request to {backend}",
+            client=(_client_host(self._request.getClientAddress()) or b"-").decode(
+                "ascii", "replace"
+            ),
+            secs=self._settings.send_timeout,
+            n=sent,
+            backend=self._backend,
+        )
+        self._cancel_timer()
+        self._cancel_call()  # the backend connection is closed, never parked for reuse
+        request = self._request
+        self._finish_result(self._status, "client_timeout", sent)  # before the abort's echo
+        _abort_client(request)
 
 
 @implementer(IPushProducer)
@@ -749,6 +817,36 @@ class _BodyRelay:
 
     def stopProducing(self) -> None:
         self._exchange.stop()
+
+
+# struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked is at offset 120 (Linux 4.1+).
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_AT = 120
+
+
+def _client_progress(request: server.Request) -> int | None:
+    """Bytes of the response the client's TCP stack has acknowledged, if the kernel says.
+
+    Only a number that grows when the client reads: None where there is no TCP
+    socket (a test transport) or the kernel has no ``tcpi_bytes_acked``.
+    """
+    if _TCP_INFO is None:
+        return None
+    transport = getattr(request.channel, "transport", None)
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    try:
+        handle = transport.getHandle()  # type: ignore[union-attr]
+        if not isinstance(handle, socket.socket):
+            return None
+        info = handle.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except (AttributeError, OSError):
+        return None
+    if len(info) < _BYTES_ACKED_AT + _BYTES_ACKED.size:
+        return None
+    acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0]
+    return acked
 
 
 def _abort_client(request: server.Request) -> None:
