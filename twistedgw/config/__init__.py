@@ -47,6 +47,8 @@ from twistedgw.config._config import (
     parse,
     parse_partial,
 )
+from twistedgw.config._config import _Problems as ProblemList
+from twistedgw.config._config import _Reader as TableReader
 from twistedgw.config._openapi import Operation, Security, route_rows, variant
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 
@@ -87,8 +89,10 @@ __all__ = [
     "Operation",
     "Parsed",
     "PluginSpec",
+    "ProblemList",
     "Security",
     "SniEntry",
+    "TableReader",
     "Tier",
     "TlsConfig",
     "load",

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from twistedgw.config import ApiConfig, GatewayConfig
+from twistedgw.config import ApiConfig, GatewayConfig, ProblemList, TableReader
 
 T = TypeVar("T")
 
-_TYPE_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    list: "a list",
-    dict: "a table",
-}
 
 
 class PluginConfigError(Exception):
@@ -41,46 +34,22 @@ class PluginContext:
     config: GatewayConfig
 
 
-class Options:
-    """A plugin's table. Read every key with ``get``/``required``, then call ``finish``."""
+class Options(TableReader):
+    """A plugin's table, read with the gateway's own config reader (``get``, ``required``,
+    ``choice``, ``positive``; the same type rules and messages), then ``finish``, which
+    refuses unknown keys and raises ``PluginConfigError`` with every problem."""
 
     def __init__(self, table: Mapping[str, Any]) -> None:
-        self._table = table
-        self._seen: set[str] = {"name"}
-        self.problems: list[tuple[str, str]] = []
+        super().__init__(Path("plugin"), dict(table), "", ProblemList(Path("plugin")), {"name"})
+        self.reported: list[tuple[str, str]] = []  # (key relative to the table, message)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._table
+        return key in self.table
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append((key, message))
-
-    def get(self, key: str, kind: type[T], default: T) -> T:
-        self._seen.add(key)
-        if key not in self._table:
-            return default
-        value = self._table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            self.problem(
-                key,
-                f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r}",
-            )
-            return default
-        return value
-
-    def required(self, key: str, kind: type[T]) -> T | None:
-        if key not in self._table:
-            self._seen.add(key)
-            self.problem(key, "is required")
-            return None
-        return self.get(key, kind, None)  # type: ignore[arg-type]
+        self.reported.append((key, message))
 
     def finish(self) -> None:
-        """Refuse unknown keys and raise ``PluginConfigError`` if anything was wrong."""
-        for key in self._table:
-            if key not in self._seen:
-                self.problem(key, "unknown key")
-        if self.problems:
-            raise PluginConfigError(self.problems)
+        super().finish()
+        if self.reported:
+            raise PluginConfigError(self.reported)

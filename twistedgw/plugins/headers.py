@@ -63,7 +63,7 @@ def _read(options: Options, context: PluginContext) -> tuple[list[tuple[bytes, b
             options.problem(f"remove[{i}]", f"expected a string, got {name!r}")
         elif allowed(f"remove[{i}]", name):
             removes.add(name.lower().encode())
-    if not sets and not removes and not options.problems:
+    if not sets and not removes and not options.reported:
         options.problem("set", "give at least one header to set or remove")
     options.finish()
     return sets, removes
