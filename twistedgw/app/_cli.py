@@ -269,8 +269,12 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
 BUILT_IN = (
     ("mutual_ssl", "the mutual_ssl key: client certificate verified under the API's aliases"),
     ("api_key", "the api_key key: an [[api_keys]] key in the apikey header"),
+    ("jwt", "the jwt key: a bearer token from [[jwt_issuers]], RFC 8705 binding"),
     ("revocation", "[tls] revocation: CRL/OCSP for the caller's chain"),
-    ("tiers", "[[apis.tiers]]: per-certificate request rates"),
+    ("identities", "[[apis.identities]]: the certificate must match one entry"),
+    ("consumers", "[[consumers]], apis.consumers: who the caller is, and who may call"),
+    ("tiers", "[[apis.tiers]]: per-certificate and per-consumer request rates"),
+    ("authorization", "jwt APIs: Authorization removed unless forward_authorization"),
     ("identity", "[identity]: strips identity headers, forwards the verified one"),
 )
 
