@@ -25,4 +25,8 @@ def test_soak_60_seconds(tmp_path: Path) -> None:
     counts = summary["counts"]
     assert counts.get("valid_ok", 0) > 50
     assert counts.get("refused_401", 0) > 50
-    assert counts.get("failed_handshakes", 0) > 1000
+    # Each kind of traffic must really have run; how much of it fits in 60 s depends on
+    # the machine (the benchmark, not this test, measures speed).
+    assert counts.get("failed_handshakes", 0) > 200
+    for kind in ("one_byte_chunks_400", "huge_chain_401", "pipelined_unread", "aborted"):
+        assert counts.get(kind, 0) > 0, kind
