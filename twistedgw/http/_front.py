@@ -88,7 +88,7 @@ MEMORY_BODY = 100_000
 MAX_HEADERS = 500
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _LIST = re.compile(rb"[ \t,]+")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -586,6 +586,8 @@ class FrontChannel(Protocol):
                 )
         if hosts > 1:
             raise _bad("more than one Host header")
+        if not hosts and version == b"HTTP/1.1":  # RFC 9112 3.2: a server MUST refuse it
+            raise _bad("an HTTP/1.1 request must have a Host header")
         size: int | None = None
         if lengths:
             if lengths > 1 or length is None or not _DIGITS.match(length):
