@@ -93,6 +93,21 @@ _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _LIST = re.compile(rb"[ \t,]+")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
+# A trailer line: a field name, a colon, a field value (no obs-fold, no CTL but HTAB).
+_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+
+
+class _StrictChunks(_ChunkedDecoder):
+    """The guard's decoder, with trailers held to the header grammar (h11 does too):
+    they are discarded, but one parser must not read a trailer another reads as a
+    header or a folded line."""
+
+    __slots__ = ()
+
+    def _trailer_ok(self, buf: bytes, start: int, end: int) -> bool:
+        return _TRAILER.fullmatch(buf, start, end) is not None
+
+
 # parser states
 _HEAD, _BODY, _HANDLING = 0, 1, 2
 
@@ -224,7 +239,7 @@ class FrontRequest:
         out = [b"%s %d %s\r\n" % (self.clientproto, code, self.code_message)]
         for name, values in headers.getAllRawHeaders():
             for value in values:
-                out.append(b"%s: %s\r\n" % (name, _guard_value(value)))
+                out.append(b"%s: %s\r\n" % (name, value))  # Headers replaced CR/LF already
         out.append(b"\r\n")
         if data and not silent:
             self.sentLength += len(data)
@@ -291,13 +306,6 @@ class FrontRequest:
             content.close()
 
 
-def _guard_value(value: bytes) -> bytes:
-    """A response header value never carries a line break to the client."""
-    if b"\r" in value or b"\n" in value:
-        return value.replace(b"\r", b" ").replace(b"\n", b" ")
-    return value
-
-
 @implementer(IHandshakeListener, IPushProducer)
 class FrontChannel(Protocol):
     """One client connection: parse, guard, dispatch, answer. See the module docstring."""
@@ -338,6 +346,7 @@ class FrontChannel(Protocol):
         self._closing_unsent = 0
         self._closing = False
         self._parsing = False
+        self._served = 0  # request heads taken on this connection
 
     # -- connection life -------------------------------------------------
 
@@ -416,7 +425,10 @@ class FrontChannel(Protocol):
         """No byte for ``idle_timeout`` (the timer is pushed back per read): 408 if
         mid-request, else close."""
         self._idle_timer = None
-        if self._state == _HANDLING or self.refused:
+        if self.refused:
+            return
+        if self._state == _HANDLING:  # not idle: answering; timed again when done
+            self._arm_idle()
             return
         if self._partial:
             self.refuse(
@@ -438,8 +450,11 @@ class FrontChannel(Protocol):
     def _header_timed_out(self) -> None:
         self._header_timer = None
         if self.refused or self._state != _HEAD:
-            return
-        if not self._partial:  # nothing sent at all: nobody to answer
+            return  # the head it timed is in
+        if not self._partial:
+            if self._served:
+                return  # between requests: the idle timeout's business
+            # nothing sent at all: nobody to answer
             self._cancel("_idle_timer")
             self._abort()
             return
@@ -495,10 +510,15 @@ class FrontChannel(Protocol):
         buf = self._buf
         if not self._partial:
             self._partial = True
-            if self._header_timer is None:  # a keep-alive connection's next request
-                self._header_timer = self.callLater(
-                    self._limits.client_header_timeout, self._header_timed_out
-                )
+            timer = self._header_timer
+            if self._served:  # a keep-alive connection's next request: timed from now
+                if timer is not None and timer.active():
+                    timer.reset(self._limits.client_header_timeout)
+                else:
+                    self._header_timer = self.callLater(
+                        self._limits.client_header_timeout, self._header_timed_out
+                    )
+            # (The first request's timer runs from the connection's start.)
         limit = self._limits.max_header_bytes
         end = buf.find(b"\r\n\r\n")
         if end < 0:
@@ -512,6 +532,7 @@ class FrontChannel(Protocol):
             return False
         head = buf[:end]
         self._buf = buf[end + 4 :]
+        self._served += 1
         if b"\n" in head and _guard._BARE_LF.search(head) is not None:
             raise _bad("a bare LF is not a valid line ending or header byte")
         lines = head.split(b"\r\n")
@@ -519,7 +540,8 @@ class FrontChannel(Protocol):
             raise _Refused(uri_too_long(limit), "header_too_large")
         if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
             raise _Refused(header_too_large(limit), "header_too_large")
-        self._cancel("_header_timer")
+        # The header timer is left to fire harmlessly (or be reset by the next request):
+        # cheaper than cancelling and re-creating it per request.
         self._request_head(lines)
         return True
 
@@ -618,7 +640,7 @@ class FrontChannel(Protocol):
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if te:
             self._body = io.BytesIO()
-            self._decoder = _ChunkedDecoder(self._chunk_data, self._chunks_done)
+            self._decoder = _StrictChunks(self._chunk_data, self._chunks_done)
             self._state = _BODY
         elif size:
             self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
@@ -681,8 +703,7 @@ class FrontChannel(Protocol):
             body.seek(0)
         request.content = body
         self._partial = False
-        self._state = _HANDLING
-        self._cancel("_idle_timer")
+        self._state = _HANDLING  # the idle timer ignores this state (no re-arm per request)
         resource = self.site.resource
         try:
             result = resource.render(request)  # type: ignore[attr-defined]
@@ -711,7 +732,12 @@ class FrontChannel(Protocol):
             self.loseConnection()
             return
         self._state = _HEAD
-        self._arm_idle()
+        timer = self._idle_timer
+        if timer is not None and timer.active():
+            timer.reset(self._limits.idle_timeout)
+        else:
+            self._idle_timer = None
+            self._arm_idle()
         self._set_reading()
         if self._buf:
             self._parse()
