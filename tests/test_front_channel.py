@@ -161,3 +161,14 @@ def test_a_client_that_leaves_fails_the_requests_notify_finish() -> None:
     f.channel.connectionLost()
     assert failures and request.channel is None
     assert f.channel.guard.open == 0
+
+
+def test_a_head_answer_keeps_the_length_the_resource_set() -> None:
+    class Head(Recorder):
+        def render(self, request: object) -> bytes | int:
+            request.responseHeaders.setRawHeaders(b"content-length", [b"42"])  # type: ignore[attr-defined]
+            return b""
+
+    f = front(resource=Head())
+    f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"Content-Length: 42\r\n" in f.output()

@@ -716,7 +716,8 @@ class FrontChannel(Protocol):
             log.error("render returned {kind}, not bytes", kind=type(result).__name__)
             request.processingFailed(Failure(TypeError("render did not return bytes")))
             return
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
+        if result or request.method != b"HEAD":  # as twisted.web: a HEAD keeps its length
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
         request.write(result)
         request.finish()
 
