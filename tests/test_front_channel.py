@@ -172,3 +172,22 @@ def test_a_head_answer_keeps_the_length_the_resource_set() -> None:
     f = front(resource=Head())
     f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b"Content-Length: 42\r\n" in f.output()
+
+
+def test_http_1_0_keeps_alive_only_when_asked_and_the_answer_has_a_length() -> None:
+    f = front()
+    f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"Connection: keep-alive\r\n" in f.output() and not f.transport.disconnecting
+    f.transport.clear()
+    f.send(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert f.output().startswith(b"HTTP/1.0 200 OK\r\n")
+    assert [s.target for s in f.resource.seen] == [b"/a", b"/b"]
+    f = front()
+    f.send(b"GET /a HTTP/1.0\r\n\r\n")  # not asked: closed after the answer
+    assert b"keep-alive" not in f.output() and f.transport.disconnecting
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    request = f.resource.held.pop()
+    request.write(b"no length")  # the body ends with the connection
+    request.finish()
+    assert b"keep-alive" not in f.output() and f.transport.disconnecting

@@ -20,6 +20,8 @@ does the same job directly on the (TLS) transport:
   forwarder and the drain use, so neither they nor plugins see which front
   served them;
 * the response head is written as bytes together with the first body chunk;
+* keep-alive on HTTP/1.1, and on HTTP/1.0 when the client asks for it
+  (``Connection: keep-alive``) and the answer has a length;
 * one request at a time (pipelined requests wait in the buffer, reading stops
   past 16 KiB of them), reading stops while the transport's unsent output is
   over its bound, and no timer is armed while a request is answered.
@@ -236,6 +238,12 @@ class FrontRequest:
         ):
             headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
             self.chunked = True
+        channel = self.channel
+        if self.clientproto == b"HTTP/1.0" and channel is not None and channel.persistent:
+            if silent or headers.hasHeader(b"content-length"):
+                headers.setRawHeaders(b"connection", [b"keep-alive"])
+            else:  # the body ends where the connection does
+                channel.persistent = False
         out = [b"%s %d %s\r\n" % (self.clientproto, code, self.code_message)]
         for name, values in headers.getAllRawHeaders():
             for value in values:
@@ -566,6 +574,7 @@ class FrontChannel(Protocol):
         hosts = 0
         expect = False
         close = False
+        keep_alive = False
         for line in lines[1:]:
             if line[:1] in (b" ", b"\t"):
                 raise _bad("obsolete line folding in request headers is not accepted")
@@ -595,7 +604,9 @@ class FrontChannel(Protocol):
             elif lower == b"expect":
                 expect = value.lower() == b"100-continue"
             elif lower == b"connection":
-                close = close or b"close" in _LIST.split(value.lower())
+                tokens = _LIST.split(value.lower())
+                close = close or b"close" in tokens
+                keep_alive = keep_alive or b"keep-alive" in tokens
             add(name, value)
         if te:
             if version != b"HTTP/1.1":
@@ -624,8 +635,9 @@ class FrontChannel(Protocol):
             if close:
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
                 self.persistent = False
-        else:
+        elif not keep_alive or close:
             self.persistent = False
+        # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
         self.requests.append(request)
         self._request = request
         host_values = headers.getRawHeaders(b"host")
