@@ -641,7 +641,13 @@ class FrontChannel(Protocol):
         self.requests.append(request)
         self._request = request
         host_values = headers.getRawHeaders(b"host")
-        routed = self.guard.route(target, method, host_values[0] if host_values else None)
+        guard = self.guard
+        if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
+            routed: Routed | None = _route(
+                guard.gateway.runtime, target, method, host=host_values[0] if host_values else None
+            )
+        else:
+            routed = guard.route(target, method, host_values[0] if host_values else None)
         request.routed = routed
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         self._body_limit = limit
@@ -901,8 +907,16 @@ class FrontChannel(Protocol):
         return str(getattr(self.peer, "host", "-"))
 
 
+#: ``http._resource.route_request``, bound by ``serve`` (importing it here would be circular).
+_route: Callable[..., Routed] | None = None
+
+
 def serve(site: Site, gateway: Gateway) -> Guard:
     """Make ``site`` serve HTTP/1.1 through ``FrontChannel`` for ``gateway``."""
+    global _route
+    from twistedgw.http._resource import route_request
+
+    _route = route_request
     guard = Guard(gateway)
     protocol: Callable[[], FrontChannel] = lambda: FrontChannel(guard)  # noqa: E731
     site.protocol = protocol  # type: ignore[assignment]
