@@ -31,7 +31,7 @@ from twistedgw.app._drain import ConnectionTracker
 from twistedgw.app._observe import AccessLog, Metrics
 from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.http import Gateway, GatewayResource
-from twistedgw.http import _guard as guard
+from twistedgw.http import _front as front
 from twistedgw.pipeline import Shared
 from twistedgw.tls import BackendPolicy, HandshakeRecords
 from twistedgw.tls import _pki as pki
@@ -170,8 +170,9 @@ class GatewayService(service.Service):
         self.runtime = built  # the full Runtime; the front reads it as a Snapshot
         self.gateway = Gateway(built, self.forwarder)
         self.site = GatewaySite(GatewayResource(self.gateway))
-        # Limits, timeouts, strict framing (http/_guard.py); max_connections per process.
-        self.guard = guard.harden(self.site, self.gateway)
+        # The byte-level HTTP/1.1 front (http/_front.py): limits, timeouts, strict
+        # framing (the guard's rules, http/_guard.py); max_connections per process.
+        self.guard = front.serve(self.site, self.gateway)
         self.site.noisy = False
         self.ports: list[IListeningPort] = []
         self.listening: defer.Deferred[list[IListeningPort]] | None = None

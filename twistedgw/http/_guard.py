@@ -245,7 +245,7 @@ class _ChunkedDecoder:
                     self._trailers += eol - pos + 2
                     if self._trailers > _MAX_TRAILERS:
                         raise _MalformedChunkedDataError("trailers are too long")
-                    if _TRAILER_BAD.search(buf, pos, eol) is not None:
+                    if not self._trailer_ok(buf, pos, eol):
                         raise _MalformedChunkedDataError("invalid trailer line")
                     pos = eol + 2
                 else:
@@ -298,6 +298,9 @@ class _ChunkedDecoder:
             f"chunked body of {chunks} chunks averaging under "
             f"{MIN_AVERAGE_CHUNK} bytes; send larger chunks"
         )
+
+    def _trailer_ok(self, buf: bytes, start: int, end: int) -> bool:
+        return _TRAILER_BAD.search(buf, start, end) is None
 
     def noMoreData(self) -> None:
         """Only for interface parity with twisted.web's decoders."""

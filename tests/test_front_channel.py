@@ -1,0 +1,193 @@
+"""The byte-level HTTP/1.1 front (http/_front.py, issue 14) in memory: keep-alive,
+pipelining, HEAD, 100-continue, back-pressure, timers and the one-write response head.
+The same behaviours against a real gateway process are in test_front.py,
+test_hostile.py and test_limits.py."""
+
+from __future__ import annotations
+
+from tests.frontkit import Recorder, front
+from twistedgw.config import Limits
+from twistedgw.http._front import EAGER_READ
+
+
+def _statuses(out: bytes) -> list[bytes]:
+    return [line.split(b" ")[1] for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [s.target for s in f.resource.seen] == [b"/1"]  # the second waits
+    first = f.resource.held.pop()
+    first.write(b"one")
+    first.finish()
+    assert [s.target for s in f.resource.seen] == [b"/1", b"/2"]
+    second = f.resource.held.pop()
+    second.write(b"two")
+    second.finish()
+    out = f.output()
+    assert out.index(b"one") < out.index(b"two")
+    assert not f.transport.disconnecting  # keep-alive
+
+
+def test_the_response_head_leaves_in_one_write_with_the_first_body_bytes() -> None:
+    f = front(resource=Recorder(hold=True))
+    writes: list[bytes] = []
+    original = f.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    f.transport.write = write  # type: ignore[method-assign]
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    request = f.resource.held.pop()
+    request.setResponseCode(200)
+    request.responseHeaders.setRawHeaders(b"content-length", [b"5"])
+    request.write(b"hello")
+    request.finish()
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\nhello")
+    assert b"Server: twistedgw\r\n" in writes[0]
+
+
+def test_no_length_means_chunked_on_1_1_and_close_on_1_0() -> None:
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    request = f.resource.held.pop()
+    request.write(b"abc")
+    request.finish()
+    assert f.output().endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /a HTTP/1.0\r\n\r\n")
+    request = f.resource.held.pop()
+    request.write(b"abc")
+    request.finish()
+    assert f.output().startswith(b"HTTP/1.0 200 OK\r\n") and f.output().endswith(b"\r\n\r\nabc")
+    assert f.transport.disconnecting
+
+
+def test_head_answers_carry_no_body() -> None:
+    f = front(resource=Recorder(answer=b"hello"))
+    f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = f.output()
+    assert b"Content-Length: 5\r\n" in out and out.endswith(b"\r\n\r\n")
+
+
+def test_connection_close_closes_after_the_response() -> None:
+    f = front()
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n")
+    assert b"Connection: close\r\n" in f.output()
+    assert f.transport.disconnecting
+
+
+def test_expect_100_continue_is_answered_before_the_body() -> None:
+    f = front()
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert f.output() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    f.send(b"hello")
+    assert f.resource.seen[0].body == b"hello"
+
+
+def test_a_body_over_the_limit_is_refused_before_100_continue() -> None:
+    f = front(Limits(max_body_bytes=4))
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert f.output().startswith(b"HTTP/1.1 413 ")
+    assert f.resource.seen == []
+
+
+def test_a_chunked_body_is_counted_as_it_arrives() -> None:
+    f = front(Limits(max_body_bytes=100))
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    f.send(b"40\r\n" + b"x" * 64 + b"\r\n")
+    assert f.output() == b""
+    f.send(b"40\r\n" + b"x" * 64 + b"\r\n")
+    assert f.output().startswith(b"HTTP/1.1 413 ")
+    assert f.resource.seen == [] and f.records[0].error_kind == "body_too_large"
+
+
+def test_reading_stops_while_output_waits_and_resumes_after() -> None:
+    f = front()
+    f.channel.pauseProducing()  # the transport's buffer is full
+    assert f.transport.producerState == "paused"
+    f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert f.resource.seen == []  # not even parsed
+    f.channel.resumeProducing()
+    assert f.transport.producerState == "producing"
+    assert [s.target for s in f.resource.seen] == [b"/1"]
+
+
+def test_pipelined_bytes_beyond_a_bound_pause_reading() -> None:
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    f.send(b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * EAGER_READ + b"\r\n\r\n")
+    assert f.transport.producerState == "paused"
+    request = f.resource.held.pop()
+    request.finish()
+    assert f.transport.producerState == "producing"
+
+
+def test_idle_mid_request_is_a_408_and_idle_between_requests_closes() -> None:
+    limits = Limits(idle_timeout=5.0, client_header_timeout=60.0)
+    f = front(limits)
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe")
+    f.clock.advance(4.0)
+    f.send(b"l")  # activity pushes the timer back
+    f.clock.advance(4.0)
+    assert f.output() == b""
+    f.clock.advance(1.5)
+    assert f.output().startswith(b"HTTP/1.1 408 ")
+    f = front(limits)
+    f.clock.advance(5.5)
+    assert f.output() == b"" and f.transport.disconnecting
+
+
+def test_a_dribbled_header_section_is_cut_at_the_header_timeout() -> None:
+    f = front(Limits(idle_timeout=60.0, client_header_timeout=3.0))
+    for _ in range(5):
+        f.send(b"G")
+        f.clock.advance(0.5)
+    f.clock.advance(1.0)
+    assert f.output().startswith(b"HTTP/1.1 408 ")
+    assert f.records[0].error_kind == "header_timeout"
+
+
+def test_a_client_that_leaves_fails_the_requests_notify_finish() -> None:
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    request = f.resource.held.pop()
+    failures: list[object] = []
+    request.notifyFinish().addErrback(failures.append)
+    f.channel.connectionLost()
+    assert failures and request.channel is None
+    assert f.channel.guard.open == 0
+
+
+def test_a_head_answer_keeps_the_length_the_resource_set() -> None:
+    class Head(Recorder):
+        def render(self, request: object) -> bytes | int:
+            request.responseHeaders.setRawHeaders(b"content-length", [b"42"])  # type: ignore[attr-defined]
+            return b""
+
+    f = front(resource=Head())
+    f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"Content-Length: 42\r\n" in f.output()
+
+
+def test_http_1_0_keeps_alive_only_when_asked_and_the_answer_has_a_length() -> None:
+    f = front()
+    f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"Connection: keep-alive\r\n" in f.output() and not f.transport.disconnecting
+    f.transport.clear()
+    f.send(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert f.output().startswith(b"HTTP/1.0 200 OK\r\n")
+    assert [s.target for s in f.resource.seen] == [b"/a", b"/b"]
+    f = front()
+    f.send(b"GET /a HTTP/1.0\r\n\r\n")  # not asked: closed after the answer
+    assert b"keep-alive" not in f.output() and f.transport.disconnecting
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    request = f.resource.held.pop()
+    request.write(b"no length")  # the body ends with the connection
+    request.finish()
+    assert b"keep-alive" not in f.output() and f.transport.disconnecting

@@ -1,0 +1,923 @@
+"""The gateway's HTTP/1.1 server front: bytes in, one parse per request head, bytes out.
+
+twisted.web's ``HTTPChannel`` parses line by line through ``LineReceiver``, builds
+a ``Request`` and two ``Headers`` per request, resets a timer per read and writes
+the status line, the headers and the body in separate writes; the guard
+(``http/_guard.py``) then adds the checks a gateway needs on top. This channel
+does the same job directly on the (TLS) transport:
+
+* one input buffer; a request head is parsed in one pass once ``CRLFCRLF`` is
+  in (split on CRLF, every line checked: bare LF, obs-fold, token names,
+  CR/LF/NUL in values), counted against ``max_header_bytes`` as it arrives
+  (414 for the request line, 431 for the rest);
+* framing decided from the parsed head with the guard's rules (CL+TE,
+  duplicate or non-digit Content-Length, Transfer-Encoding other than a
+  single ``chunked`` or outside HTTP/1.1, several Host headers: 400 and
+  close), the target checked against the origin-form grammar, the body
+  counted as it arrives (413, chunked included, with the guard's decoder);
+* the request is routed once, then handed to the site's resource as a
+  ``FrontRequest``: the subset of twisted.web's ``Request`` the resource, the
+  forwarder and the drain use, so neither they nor plugins see which front
+  served them;
+* the response head is written as bytes together with the first body chunk;
+* keep-alive on HTTP/1.1, and on HTTP/1.0 when the client asks for it
+  (``Connection: keep-alive``) and the answer has a length;
+* one request at a time (pipelined requests wait in the buffer, reading stops
+  past 16 KiB of them), reading stops while the transport's unsent output is
+  over its bound, and no timer is armed while a request is answered.
+
+Refusals, lingering, the bounded close and the ``RequestRecord`` of a refusal
+are the guard's (same module-level helpers), so both fronts answer alike.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from twisted.internet import address as taddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES, RESPONSES, _MalformedChunkedDataError
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from twistedgw import errors
+from twistedgw.config import Limits
+from twistedgw.errors import GatewayError
+from twistedgw.http import _guard
+from twistedgw.http._guard import (
+    CLOSE_TIMEOUT,
+    LINGER_SECONDS,
+    SERVER,
+    Guard,
+    _ChunkedDecoder,
+    _http_date,
+    _tcp,
+    _TinyChunks,
+    _unsent,
+    header_too_large,
+    raw_response,
+    request_timeout,
+    target_problem,
+    uri_too_long,
+)
+
+if TYPE_CHECKING:
+    from twistedgw.http._resource import Gateway, Routed
+
+log = Logger()
+
+#: Bytes of pipelined requests read while one is answered before reading pauses.
+EAGER_READ = 0x4000
+#: Bodies up to this size are kept in memory, larger ones spooled to a temporary file
+#: (as twisted.web does).
+MEMORY_BODY = 100_000
+#: More header lines than this is refused (twisted.web's ``maxHeaders``).
+MAX_HEADERS = 500
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
+_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+_LIST = re.compile(rb"[ \t,]+")
+_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+
+# A trailer line: a field name, a colon, a field value (no obs-fold, no CTL but HTAB).
+_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+
+
+class _StrictChunks(_ChunkedDecoder):
+    """The guard's decoder, with trailers held to the header grammar (h11 does too):
+    they are discarded, but one parser must not read a trailer another reads as a
+    header or a folded line."""
+
+    __slots__ = ()
+
+    def _trailer_ok(self, buf: bytes, start: int, end: int) -> bool:
+        return _TRAILER.fullmatch(buf, start, end) is not None
+
+
+# parser states
+_HEAD, _BODY, _HANDLING = 0, 1, 2
+
+
+class _Refused(Exception):
+    """A request the front answers itself (an error before dispatch)."""
+
+    def __init__(self, error: GatewayError, kind: str = "bad_request") -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.kind = kind
+
+
+def _bad(description: str) -> _Refused:
+    return _Refused(errors.bad_request(description))
+
+
+class FrontRequest:
+    """One request, as much of twisted.web's ``Request`` as the gateway uses.
+
+    The resource (``http/_resource.py``), the caller resolution, the forwarder
+    (``upstream/_forward.py``) and the drain read and answer it as they would a
+    twisted.web request; the response head leaves as one write with the first
+    body bytes.
+    """
+
+    defaultContentType: bytes | None = b"text/html"
+    routed: Routed | None = None
+    _forceSSL = False
+
+    def __init__(
+        self,
+        channel: FrontChannel,
+        method: bytes,
+        uri: bytes,
+        version: bytes,
+        headers: Headers,
+    ) -> None:
+        self.channel: FrontChannel | None = channel
+        self.method = method
+        self.uri = uri
+        self.path = uri.split(b"?", 1)[0]
+        self.clientproto = version
+        self.requestHeaders = headers
+        self.responseHeaders = Headers()
+        self.code = 200
+        self.code_message = b"OK"
+        self.startedWriting = False
+        self.finished = False
+        self.chunked = False
+        self.sentLength = 0
+        self.content: IO[bytes] | None = None
+        self.producer: Any = None
+        self._disconnected = False
+        self._silent = False  # HEAD or a status without a body: writes carry no body
+        self._notify: list[Deferred[None]] = []
+        self.client = channel.peer
+        self.host = channel.local
+
+    # -- what the request says ---------------------------------------------
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.client
+
+    def getHost(self) -> Any:
+        return self.host
+
+    def isSecure(self) -> bool:
+        if self._forceSSL:
+            return True
+        channel = self.channel
+        return channel is not None and channel.secure
+
+    def setHost(self, host: bytes, port: int, ssl: bool = False) -> None:
+        """twisted.web's: the address a proxy in front says the client used."""
+        self._forceSSL = ssl
+        default = 443 if self.isSecure() else 80
+        header = host if port == default else b"%s:%d" % (host, port)
+        self.requestHeaders.setRawHeaders(b"host", [header])
+        self.host = taddress.IPv4Address("TCP", host.decode("latin-1"), port)
+
+    # -- answering ---------------------------------------------------------
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def write(self, data: bytes) -> None:
+        channel = self.channel
+        if self.finished or channel is None:
+            return
+        if not self.startedWriting:
+            self.startedWriting = True
+            channel.write(self._head(data))
+            return
+        if self._silent or not data:
+            return
+        self.sentLength += len(data)
+        if self.chunked:
+            channel.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            channel.write(data)
+
+    def _head(self, data: bytes) -> bytes:
+        """The status line and headers, and ``data`` framed after them."""
+        code = self.code
+        headers = self.responseHeaders
+        if (
+            code not in (204, 304)
+            and self.defaultContentType is not None
+            and not headers.hasHeader(b"content-type")
+        ):
+            headers.setRawHeaders(b"content-type", [self.defaultContentType])
+        silent = self._silent = self.method == b"HEAD" or code in NO_BODY_CODES
+        if (
+            not silent
+            and self.clientproto == b"HTTP/1.1"
+            and not headers.hasHeader(b"content-length")
+        ):
+            headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
+            self.chunked = True
+        channel = self.channel
+        if self.clientproto == b"HTTP/1.0" and channel is not None and channel.persistent:
+            if silent or headers.hasHeader(b"content-length"):
+                headers.setRawHeaders(b"connection", [b"keep-alive"])
+            else:  # the body ends where the connection does
+                channel.persistent = False
+        out = [b"%s %d %s\r\n" % (self.clientproto, code, self.code_message)]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                out.append(b"%s: %s\r\n" % (name, value))  # Headers replaced CR/LF already
+        out.append(b"\r\n")
+        if data and not silent:
+            self.sentLength += len(data)
+            out.append(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+        return b"".join(out)
+
+    def finish(self) -> None:
+        channel = self.channel
+        if self.finished or channel is None:
+            return
+        if not self.startedWriting:
+            self.write(b"")
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        self.finished = True
+        self._close_content()
+        notify, self._notify = self._notify, []
+        for d in notify:
+            d.callback(None)
+        channel.request_done(self)
+
+    def notifyFinish(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.finished:
+            d.callback(None)
+        elif self._disconnected:
+            d.errback(Failure(ConnectionError("the client connection was lost")))
+        else:
+            self._notify.append(d)
+        return d
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.channel is not None:
+            self.producer = producer
+            self.channel.register_producer(producer)
+
+    def unregisterProducer(self) -> None:
+        if self.channel is not None:
+            self.channel.register_producer(None)
+        self.producer = None
+
+    def processingFailed(self, reason: Failure) -> None:
+        log.failure("rendering a request failed", reason)
+        if self.startedWriting:
+            channel = self.channel
+            if channel is not None and channel.transport is not None:
+                channel.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        body = errors.write_error(self, errors.internal_error())
+        self.write(body)
+        self.finish()
+
+    def connection_lost(self, reason: Failure) -> None:
+        self._disconnected = True
+        self.channel = None
+        self._close_content()
+        notify, self._notify = self._notify, []
+        for d in notify:
+            d.errback(reason)
+
+    def _close_content(self) -> None:
+        content = self.content
+        if content is not None and not isinstance(content, io.BytesIO):
+            content.close()
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class FrontChannel(Protocol):
+    """One client connection: parse, guard, dispatch, answer. See the module docstring."""
+
+    # Set by ``Site.buildProtocol``.
+    site: Site
+    callLater: Callable[..., IDelayedCall]
+    timeOut: Any = None
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.refused = False
+        self.persistent = True
+        self.requests: list[FrontRequest] = []
+        self.peer: Any = None
+        self.local: Any = None
+        self.secure = False
+        self._limits = Limits()
+        self._buf = b""
+        self._state = _HEAD
+        self._counted = False
+        self._partial = False  # some bytes of a request are in, not all
+        self._request: FrontRequest | None = None  # the request being read or answered
+        self._left = 0  # Content-Length bytes still due
+        self._decoder: _ChunkedDecoder | None = None
+        self._body_size = 0
+        self._body_limit = 0
+        self._body: IO[bytes] | None = None
+        self._producer: Any = None  # the response's (the forwarder's relay)
+        self._network: Any = None  # the transport as a push producer (reading)
+        self._output_full = False
+        self._reading = True
+        self._idle_timer: IDelayedCall | None = None
+        self._header_timer: IDelayedCall | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
+        self._closing_timer: IDelayedCall | None = None
+        self._closing_unsent = 0
+        self._closing = False
+        self._parsing = False
+        self._served = 0  # request heads taken on this connection
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        limits = self._limits = self.guard.limits()
+        self.guard.open += 1
+        self._counted = True
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        self.peer = transport.getPeer()
+        self.local = transport.getHost()
+        self._network = IPushProducer(transport, None)
+        transport.registerProducer(self, True)
+        if self.guard.open > limits.max_connections:
+            self.guard.refused_connections += 1
+            log.warn(
+                "Refusing a connection: max_connections ({limit}) are open",
+                limit=limits.max_connections,
+            )
+            self._abort()
+            return
+        if self.secure:
+            self._handshake_timer = self.callLater(
+                limits.handshake_timeout, self._handshake_timed_out
+            )
+        self._header_timer = self.callLater(limits.client_header_timeout, self._header_timed_out)
+        self._arm_idle()
+
+    def handshakeCompleted(self) -> None:
+        self._cancel("_handshake_timer")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for name in (
+            "_header_timer", "_handshake_timer", "_close_timer", "_closing_timer", "_idle_timer"
+        ):
+            self._cancel(name)
+        if self._counted:
+            self._counted = False
+            self.guard.open -= 1
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("stopping a response producer failed")
+        requests, self.requests = self.requests, []
+        for request in requests:
+            if not request.finished:
+                request.connection_lost(reason)
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
+        self._buf = b""
+
+    def _cancel(self, name: str) -> None:
+        timer: IDelayedCall | None = getattr(self, name)
+        if timer is not None and timer.active():
+            timer.cancel()
+        setattr(self, name, None)
+
+    def _abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    # -- timers ----------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        idle = self._limits.idle_timeout
+        if idle and self._idle_timer is None:
+            self._idle_timer = self.callLater(idle, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """No byte for ``idle_timeout`` (the timer is pushed back per read): 408 if
+        mid-request, else close."""
+        self._idle_timer = None
+        if self.refused:
+            return
+        if self._state == _HANDLING:  # not idle: answering; timed again when done
+            self._arm_idle()
+            return
+        if self._partial:
+            self.refuse(
+                request_timeout(
+                    f"the client sent nothing for {self._limits.idle_timeout:g} seconds"
+                ),
+                "body_timeout",
+                linger=False,
+            )
+            return
+        log.info("Timing out client: {peer}", peer=self._peer())
+        self.loseConnection()
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        log.info("TLS handshake not finished in time; closing {peer}", peer=self._peer())
+        self._abort()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.refused or self._state != _HEAD:
+            return  # the head it timed is in
+        if not self._partial:
+            if self._served:
+                return  # between requests: the idle timeout's business
+            # nothing sent at all: nobody to answer
+            self._cancel("_idle_timer")
+            self._abort()
+            return
+        self.refuse(
+            request_timeout(
+                f"request headers were not received within "
+                f"{self._limits.client_header_timeout:g} seconds"
+            ),
+            "header_timeout",
+            linger=False,
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused or self._closing:
+            return  # lingering (or closing): discard
+        timer = self._idle_timer
+        if timer is not None:
+            timer.reset(self._limits.idle_timeout)  # a later time: no re-sort, one clock read
+        if self._state == _HANDLING:
+            self._buf += data
+            if len(self._buf) > EAGER_READ:
+                self._set_reading()
+            return
+        self._buf = self._buf + data if self._buf else data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Consume what the buffer holds, request by request, until it needs more."""
+        if self._parsing:
+            return
+        self._parsing = True
+        try:
+            while self._buf and not self.refused and not self._output_full:
+                state = self._state
+                if state == _HEAD:
+                    if not self._head():
+                        return
+                elif state == _BODY:
+                    self._body_bytes()
+                    if self._state == _BODY:
+                        return
+                else:
+                    return
+        except _Refused as r:
+            self.refuse(r.error, r.kind)
+        finally:
+            self._parsing = False
+
+    def _head(self) -> bool:
+        """Parse a complete request head, or check the partial one; True if one was taken."""
+        buf = self._buf
+        if not self._partial:
+            self._partial = True
+            timer = self._header_timer
+            if self._served:  # a keep-alive connection's next request: timed from now
+                if timer is not None and timer.active():
+                    timer.reset(self._limits.client_header_timeout)
+                else:
+                    self._header_timer = self.callLater(
+                        self._limits.client_header_timeout, self._header_timed_out
+                    )
+            # (The first request's timer runs from the connection's start.)
+        limit = self._limits.max_header_bytes
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if b"\n" in buf and _guard._BARE_LF.search(buf) is not None:
+                raise _bad("a bare LF is not a valid line ending or header byte")
+            first = buf.find(b"\r\n")
+            if (first < 0 and len(buf) > limit) or first > limit:
+                raise _Refused(uri_too_long(limit), "header_too_large")
+            if len(buf) > limit:
+                raise _Refused(header_too_large(limit), "header_too_large")
+            return False
+        head = buf[:end]
+        self._buf = buf[end + 4 :]
+        self._served += 1
+        if b"\n" in head and _guard._BARE_LF.search(head) is not None:
+            raise _bad("a bare LF is not a valid line ending or header byte")
+        lines = head.split(b"\r\n")
+        if len(lines[0]) > limit:
+            raise _Refused(uri_too_long(limit), "header_too_large")
+        if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
+            raise _Refused(header_too_large(limit), "header_too_large")
+        # The header timer is left to fire harmlessly (or be reset by the next request):
+        # cheaper than cancelling and re-creating it per request.
+        self._request_head(lines)
+        return True
+
+    def _request_head(self, lines: list[bytes]) -> None:
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            raise _bad("malformed request: request line, header syntax or body framing is invalid")
+        method, target, version = parts
+        if not _TOKEN.match(method) or version not in _VERSIONS:
+            raise _bad("malformed request: request line, header syntax or body framing is invalid")
+        self._line = (method, target)
+        problem = target_problem(target)
+        if problem is not None:
+            raise _bad(problem)
+        if len(lines) > MAX_HEADERS + 1:
+            raise _bad("malformed request: request line, header syntax or body framing is invalid")
+        headers = Headers()
+        add = headers.addRawHeader
+        length: bytes | None = None
+        lengths = 0
+        te: list[bytes] = []
+        hosts = 0
+        expect = False
+        close = False
+        keep_alive = False
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                raise _bad("obsolete line folding in request headers is not accepted")
+            colon = line.find(b":")
+            if colon <= 0:
+                raise _bad(
+                    "malformed request: request line, header syntax or body framing is invalid"
+                )
+            name = line[:colon]
+            if not _TOKEN.match(name):
+                raise _bad(
+                    "malformed request: request line, header syntax or body framing is invalid"
+                )
+            value = line[colon + 1 :].strip(b" \t")
+            if _BAD_VALUE.search(value) is not None:
+                raise _bad(
+                    "malformed request: request line, header syntax or body framing is invalid"
+                )
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths += 1
+                length = value
+            elif lower == b"transfer-encoding":
+                te.append(value)
+            elif lower == b"host":
+                hosts += 1
+            elif lower == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif lower == b"connection":
+                tokens = _LIST.split(value.lower())
+                close = close or b"close" in tokens
+                keep_alive = keep_alive or b"keep-alive" in tokens
+            add(name, value)
+        if te:
+            if version != b"HTTP/1.1":
+                raise _bad("Transfer-Encoding is only accepted in HTTP/1.1 requests")
+            if len(te) != 1 or te[0].lower() != b"chunked":
+                raise _bad("only 'Transfer-Encoding: chunked' is accepted")
+            if lengths:
+                raise _bad(
+                    "malformed request: request line, header syntax or body framing is invalid"
+                )
+        if hosts > 1:
+            raise _bad("more than one Host header")
+        if not hosts and version == b"HTTP/1.1":  # RFC 9112 3.2: a server MUST refuse it
+            raise _bad("an HTTP/1.1 request must have a Host header")
+        size: int | None = None
+        if lengths:
+            if lengths > 1 or length is None or not _DIGITS.match(length):
+                raise _bad(
+                    "malformed request: request line, header syntax or body framing is invalid"
+                )
+            size = int(length)
+        request = FrontRequest(self, method, target, version, headers)
+        request.responseHeaders.setRawHeaders(b"server", [SERVER])
+        request.responseHeaders.setRawHeaders(b"date", [_http_date()])
+        if version == b"HTTP/1.1":
+            if close:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+                self.persistent = False
+        elif not keep_alive or close:
+            self.persistent = False
+        # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
+        self.requests.append(request)
+        self._request = request
+        host_values = headers.getRawHeaders(b"host")
+        guard = self.guard
+        if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
+            routed: Routed | None = _route(
+                guard.gateway.runtime, target, method, host=host_values[0] if host_values else None
+            )
+        else:
+            routed = guard.route(target, method, host_values[0] if host_values else None)
+        request.routed = routed
+        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
+        self._body_limit = limit
+        self._body_size = 0
+        if size is not None and size > limit:
+            raise _Refused(errors.payload_too_large(limit), "body_too_large")
+        if expect and version == b"HTTP/1.1":
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if te:
+            self._body = io.BytesIO()
+            self._decoder = _StrictChunks(self._chunk_data, self._chunks_done)
+            self._state = _BODY
+        elif size:
+            self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
+            self._left = size
+            self._state = _BODY
+        else:
+            self._dispatch()
+
+    # -- the body ----------------------------------------------------------
+
+    def _body_bytes(self) -> None:
+        buf, self._buf = self._buf, b""
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                decoder.dataReceived(buf)
+            except _TinyChunks as e:
+                raise _bad(str(e)) from None
+            except _MalformedChunkedDataError as e:
+                raise _bad(f"malformed chunked body: {e}") from None
+            return
+        left = self._left
+        if len(buf) < left:
+            self._left = left - len(buf)
+            self._store(buf)
+            return
+        self._store(buf[:left] if len(buf) > left else buf)
+        self._buf = buf[left:]
+        self._left = 0
+        self._dispatch()
+
+    def _store(self, data: bytes) -> None:
+        body = self._body
+        if body is None or self.refused:
+            return
+        self._body_size += len(data)
+        if self._body_size > self._body_limit:
+            raise _Refused(errors.payload_too_large(self._body_limit), "body_too_large")
+        if isinstance(body, io.BytesIO) and self._body_size > MEMORY_BODY:
+            spool: IO[bytes] = tempfile.TemporaryFile()  # closed with the request
+            spool.write(body.getvalue())
+            body = self._body = spool
+        body.write(data)
+
+    def _chunk_data(self, data: bytes) -> None:
+        self._store(data)
+
+    def _chunks_done(self, rest: bytes) -> None:
+        self._decoder = None
+        self._buf = rest + self._buf
+        self._dispatch()
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        request = self._request
+        assert request is not None
+        body, self._body = self._body, None
+        if body is not None:
+            body.seek(0)
+        request.content = body
+        self._partial = False
+        self._state = _HANDLING  # the idle timer ignores this state (no re-arm per request)
+        resource = self.site.resource
+        try:
+            result = resource.render(request)  # type: ignore[attr-defined]
+        except Exception:
+            request.processingFailed(Failure())
+            return
+        if result is NOT_DONE_YET:
+            return
+        if not isinstance(result, bytes):
+            log.error("render returned {kind}, not bytes", kind=type(result).__name__)
+            request.processingFailed(Failure(TypeError("render did not return bytes")))
+            return
+        if result or request.method != b"HEAD":  # as twisted.web: a HEAD keeps its length
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
+        request.write(result)
+        request.finish()
+
+    def request_done(self, request: FrontRequest) -> None:
+        """The response to ``request`` is complete: the next request, or close."""
+        if request in self.requests:
+            self.requests.remove(request)
+        if request is self._request:
+            self._request = None
+        if self.transport is None:
+            return
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._state = _HEAD
+        timer = self._idle_timer
+        if timer is not None and timer.active():
+            timer.reset(self._limits.idle_timeout)
+        else:
+            self._idle_timer = None
+            self._arm_idle()
+        self._set_reading()
+        if self._buf:
+            self._parse()
+
+    # -- writing and back-pressure ------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def register_producer(self, producer: Any) -> None:
+        self._producer = producer
+
+    @property
+    def _waitingForTransport(self) -> bool:
+        """The forwarder's relay starts paused when the output is already full."""
+        return self._output_full
+
+    def _set_reading(self) -> None:
+        """Read from the transport unless the output is full or too much is buffered."""
+        want = not self._output_full and not (
+            self._state == _HANDLING and len(self._buf) > EAGER_READ
+        )
+        network = self._network
+        if want == self._reading or network is None:
+            return
+        self._reading = want
+        if want:
+            network.resumeProducing()
+        else:
+            network.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        """The transport's unsent output is over its bound: stop reading and producing."""
+        if self._output_full:
+            return
+        self._output_full = True
+        producer = self._producer
+        if producer is not None:
+            producer.pauseProducing()
+        self._set_reading()
+
+    def resumeProducing(self) -> None:
+        if not self._output_full:
+            return
+        self._output_full = False
+        producer = self._producer
+        if producer is not None:
+            producer.resumeProducing()
+        self._set_reading()
+        if self._buf and self._state != _HANDLING and not self.refused and self.transport:
+            self._parse()
+
+    def stopProducing(self) -> None:
+        producer = self._producer
+        if producer is not None:
+            producer.stopProducing()
+
+    # -- refusing and closing ----------------------------------------------
+
+    _line: tuple[bytes, bytes] | None = None
+
+    def refuse(self, error: GatewayError, kind: str, *, linger: bool = True) -> None:
+        """Answer ``error`` and close; the request in progress is never dispatched."""
+        if self.refused:
+            return
+        self.refused = True
+        self._partial = False
+        self._buf = b""
+        self.requests = [r for r in self.requests if r.startedWriting]  # never dispatched
+        self._decoder = None
+        for name in ("_header_timer", "_idle_timer"):
+            self._cancel(name)
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
+        transport: Any = self.transport
+        if transport is None or not getattr(transport, "connected", True):
+            return
+        transport.write(raw_response(error))
+        self._record(error, kind, len(error.body()))
+        if linger:
+            self._close_timer = self.callLater(LINGER_SECONDS, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self._close_timer = None
+        if self.transport is not None:
+            self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """Close after the response, within ``CLOSE_TIMEOUT`` of the close_notify (see
+        ``GuardedChannel.loseConnection``)."""
+        transport: Any = self.transport
+        if transport is None:
+            return
+        self._closing = True
+        self._cancel("_idle_timer")
+        if self._network is not None:
+            transport.unregisterProducer()
+        transport.loseConnection()
+        if self._closing_timer is None:
+            self._closing_unsent = _unsent(_tcp(transport))
+            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+
+    def _closing_check(self) -> None:
+        self._closing_timer = None
+        tcp = _tcp(self.transport)
+        if tcp is None or getattr(tcp, "disconnected", True):
+            return
+        unsent = _unsent(tcp)
+        if unsent and unsent < self._closing_unsent:
+            self._closing_unsent = unsent
+            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+            return
+        if unsent or getattr(tcp, "disconnecting", False):
+            tcp.abortConnection()
+            return
+        tcp.loseConnection()
+        self._closing_unsent = 0
+        self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+
+    def _record(self, error: GatewayError, kind: str, sent: int) -> None:
+        import time
+
+        from twistedgw.http._resource import RequestRecord
+        from twistedgw.http._routing import split_target
+
+        method, target = self._line or (b"-", b"-")
+        self.guard.gateway.notify(
+            RequestRecord(
+                started=time.time(),
+                duration=0.0,
+                client=self._peer(),
+                method=method.decode("latin-1"),
+                path=split_target(target)[0].decode("latin-1"),
+                api=None,
+                status=error.status,
+                bytes_sent=sent,
+                identity=None,
+                error_kind=kind,
+            )
+        )
+
+    def _peer(self) -> str:
+        return str(getattr(self.peer, "host", "-"))
+
+
+#: ``http._resource.route_request``, bound by ``serve`` (importing it here would be circular).
+_route: Callable[..., Routed] | None = None
+
+
+def serve(site: Site, gateway: Gateway) -> Guard:
+    """Make ``site`` serve HTTP/1.1 through ``FrontChannel`` for ``gateway``."""
+    global _route
+    from twistedgw.http._resource import route_request
+
+    _route = route_request
+    guard = Guard(gateway)
+    protocol: Callable[[], FrontChannel] = lambda: FrontChannel(guard)  # noqa: E731
+    site.protocol = protocol  # type: ignore[assignment]
+    return guard
