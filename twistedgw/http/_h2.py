@@ -200,6 +200,7 @@ class GuardedH2Connection(H2Connection):
         self._stall_timer: IDelayedCall | None = None
         self._goaway_last: int | None = None
         self._close_timer: IDelayedCall | None = None
+        self._lost = False  # the transport reported the connection gone
 
     @property
     def requests(self) -> list[Any]:
@@ -214,6 +215,12 @@ class GuardedH2Connection(H2Connection):
     def connectionLost(  # type: ignore[override]
         self, reason: Failure, _cancelTimeouts: bool = True
     ) -> None:
+        # twisted.web calls this itself (``_cancelTimeouts=False``) when it gives up on
+        # a connection, before the transport is gone: the close timer must survive that.
+        if not _cancelTimeouts:
+            super().connectionLost(reason, _cancelTimeouts)
+            return
+        self._lost = True
         for name in ("_stall_timer", "_close_timer"):
             timer: IDelayedCall | None = getattr(self, name)
             if timer is not None and timer.active():
@@ -225,6 +232,8 @@ class GuardedH2Connection(H2Connection):
         super().connectionLost(reason, _cancelTimeouts)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._close_timer is not None:
+            return  # closing: discard
         super().dataReceived(data)
         flood = self.guarded.flood
         if flood is not None:
@@ -233,6 +242,14 @@ class GuardedH2Connection(H2Connection):
                 "HTTP/2 flood from {peer}: {what}; sent GOAWAY and closed",
                 peer=self._peer(), what=flood,
             )
+        if self.conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            # GOAWAY sent or received (a flood, a protocol error): twisted.web's
+            # loseConnection alone waits on its own producer registration under TLS.
+            self._close()
+
+    def timeoutConnection(self) -> None:
+        super().timeoutConnection()
+        self._close()
 
     # -- streams -----------------------------------------------------------
 
@@ -381,7 +398,7 @@ class GuardedH2Connection(H2Connection):
                     )
             else:
                 self._stalled.pop(stream_id, None)
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
             self._schedule_stall_check()
 
     # -- graceful stop -------------------------------------------------------
@@ -401,11 +418,18 @@ class GuardedH2Connection(H2Connection):
 
     def _close(self) -> None:
         transport: Any = self.transport
-        if transport is None or self._close_timer is not None:
+        if transport is None or self._lost or self._close_timer is not None:
             return
         transport.unregisterProducer()  # TLS waits for a registered producer otherwise
         transport.loseConnection()
-        self._close_timer = self.callLater(CLOSE_TIMEOUT, transport.abortConnection)
+        self._close_timer = self.callLater(CLOSE_TIMEOUT, self._force_close)
+
+    def _force_close(self) -> None:
+        """The client did not finish the close (or read nothing) in time."""
+        self._close_timer = None
+        transport: Any = self.transport
+        if not self._lost and transport is not None:
+            transport.abortConnection()
 
     def _peer(self) -> str:
         try:
