@@ -41,6 +41,7 @@ from tests.test_mtls_matrix import (
     key_headers,
     matrix_apis,
 )
+from tests.test_sni import PARTNERS, sni_table
 from twistedgw.testing.devpki import DevPki
 
 LIMITS = """
@@ -494,5 +495,79 @@ def test_graceful_stop_goaway_then_in_flight_finish(
         assert raw.closed
         raw.close()
         assert gw.proc.wait(10) == 0
+    finally:
+        gw.stop()
+
+
+# -- SNI, workers, reload --------------------------------------------------------------
+
+
+def test_421_when_authority_and_sni_disagree(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    partners = pki.authorities["server-root"].server(PARTNERS).write(tmp_path, "partners")
+    port = free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    text = gateway_config(
+        pki, apis, port=port, listeners=h2_listener(port),
+        extra=sni_table(PARTNERS, partners),
+    )
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        cases = [  # (SNI, :authority, status)
+            ("localhost", "partners.example.com", 421),
+            ("partners.example.com", "localhost", 421),
+            ("partners.example.com", "partners.example.com", 200),
+            ("localhost", "localhost", 200),
+        ]
+        for sni, authority, status in cases:
+            client = H2Client(port, pki, server_name=sni, authority=authority)
+            try:
+                response = client.get("/o/who")
+                assert response.status == status, (sni, authority, response.body)
+                if status == 421:
+                    assert response.json()["code"] == "421"
+            finally:
+                client.close()
+    finally:
+        gw.stop()
+
+
+def test_workers_serve_h2(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    port = free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    # workers is a top-level key: before the first table.
+    text = "workers = 2\n" + gateway_config(pki, apis, port=port, listeners=h2_listener(port))
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        version, status, _ = curl(pki, f"https://localhost:{port}/o/w")
+        assert (version, status) == ("2", "200")
+    finally:
+        gw.stop()
+
+
+def test_reload_applies_to_new_streams_of_an_open_connection(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    port = free_port()
+    before = [{"name": "open", "context": "/o", "backend": backend.url}]
+    after = [*before, {"name": "new", "context": "/n", "backend": backend.url}]
+    gw = start_gateway(
+        tmp_path, gateway_config(pki, before, port=port, listeners=h2_listener(port)), port
+    )
+    try:
+        client = H2Client(port, pki)
+        try:
+            assert client.get("/n/x").status == 404
+            gw.config.write_text(
+                gateway_config(pki, after, port=port, listeners=h2_listener(port))
+            )
+            gw.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "Reloaded" not in gw.output() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.get("/n/x").status == 200
+        finally:
+            client.close()
     finally:
         gw.stop()
