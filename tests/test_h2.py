@@ -571,3 +571,22 @@ def test_reload_applies_to_new_streams_of_an_open_connection(
             client.close()
     finally:
         gw.stop()
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    from twistedgw import config
+
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        "[[listeners]]\nport = 9443\ntls = false\nhttp2 = true\n\n"
+        "[limits]\nh2_max_concurrent_streams = 0\nh2_max_resets_per_second = -1\n\n"
+        '[[apis]]\nname = "a"\ncontext = "/a"\nbackend = "http://127.0.0.1:1"\n'
+    )
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    problems = "\n".join(e.value.problems)
+    assert f"{path}: listeners[0].http2: HTTP/2 is offered through TLS (ALPN) only" in problems
+    assert f"{path}: limits.h2_max_concurrent_streams: must be positive" in problems
+    assert f"{path}: limits.h2_max_resets_per_second: must be positive" in problems
+    assert config.Listener().http2 is False  # HTTP/1.1 only unless asked
+    assert config.Limits().h2_max_concurrent_streams == 100
