@@ -590,3 +590,27 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert f"{path}: limits.h2_max_resets_per_second: must be positive" in problems
     assert config.Listener().http2 is False  # HTTP/1.1 only unless asked
     assert config.Limits().h2_max_concurrent_streams == 100
+
+
+def test_request_body_that_stops_arriving_gets_408(gw: GatewayProcess, pki: DevPki) -> None:
+    # HEADERS without END_STREAM, then nothing on the stream; PINGs keep the connection
+    # alive, so only the per-stream timer (idle_timeout, 2 s) ends it.
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/upload"), end_stream=False) + raw.data(1, b"x"))
+        started = time.monotonic()
+        body = b""
+        while time.monotonic() - started < 8 and not body:
+            raw.send(raw.ping_frame())
+            raw.read(0.3)
+            body = b"".join(
+                f.data for f in raw.frames if isinstance(f, DataFrame) and f.stream_id == 1
+            )
+        assert body, raw.frames
+        assert json.loads(body)["code"] == "408"
+        assert time.monotonic() - started >= 1.5
+        assert not raw.closed
+    finally:
+        raw.close()
+    kinds = [e["error"] for e in access_entries(gw) if e["path"] == "/o/upload"]
+    assert kinds == ["body_timeout"]

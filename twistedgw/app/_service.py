@@ -125,8 +125,8 @@ class GatewaySite(Site):
         pass
 
     def acceptableProtocols(self) -> list[bytes]:
-        # HTTP/1.1 only: per-connection client-certificate identity and streaming
-        # back-pressure are built on the HTTP/1.1 channel (H2 streams have no transport).
+        # What this site serves by itself; ALPN is chosen per listener by the TLS
+        # contexts' callback (tls/_server.py: h2 only where http2 = true, http/_h2.py).
         return [b"http/1.1"]
 
 

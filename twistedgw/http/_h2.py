@@ -21,7 +21,8 @@ What twisted.web's H2 support lacks, and a gateway needs (each a setting):
   ``h2_max_control_frames_per_second`` (SETTINGS and PING floods): over either,
   GOAWAY ENHANCE_YOUR_CALM and the connection is closed, counted frame by frame
   so one large read cannot slip a flood through;
-* ``idle_timeout``: a stream whose response waits on a flow-control window the
+* ``idle_timeout``: a stream whose request stops arriving for that long is
+  answered 408 and reset; a stream whose response waits on a flow-control window the
   client keeps closed is reset once it waited that long (the connection's own
   idle timer is reset by any frame, a PING for instance);
 * graceful stop: GOAWAY naming the last stream accepted; those finish, later
@@ -67,6 +68,7 @@ from twistedgw.http._guard import (
     Guard,
     GuardedChannel,
     GuardedRequest,
+    request_timeout,
     target_problem,
 )
 from twistedgw.http._routing import split_target
@@ -197,6 +199,7 @@ class GuardedH2Connection(H2Connection):
         self.conn = self.guarded
         self.counted = False  # taken over from the GuardedChannel that started
         self._stalled: dict[int, float] = {}
+        self._arriving: dict[int, float] = {}  # streams whose request is still arriving
         self._stall_timer: IDelayedCall | None = None
         self._goaway_last: int | None = None
         self._close_timer: IDelayedCall | None = None
@@ -259,6 +262,8 @@ class GuardedH2Connection(H2Connection):
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         super()._requestReceived(event)
+        if not event.stream_ended:
+            self._arriving[stream_id] = self._reactor.seconds()
         stream = self.streams[stream_id]
         request: Any = stream._request
         request.h2 = self
@@ -292,9 +297,12 @@ class GuardedH2Connection(H2Connection):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             self._tryToWriteControlData()
             return
+        if event.stream_id in self._arriving:
+            self._arriving[event.stream_id] = self._reactor.seconds()
         super()._requestDataReceived(event)
 
     def _requestEnded(self, event: h2.events.StreamEnded) -> None:
+        self._arriving.pop(event.stream_id, None)
         if event.stream_id in self.streams:
             super()._requestEnded(event)
 
@@ -305,6 +313,7 @@ class GuardedH2Connection(H2Connection):
     def _requestDone(self, streamID: int) -> None:
         super()._requestDone(streamID)
         self._stalled.pop(streamID, None)
+        self._arriving.pop(streamID, None)
         if self._goaway_last is not None and not self.streams:
             self._close()
 
@@ -378,9 +387,19 @@ class GuardedH2Connection(H2Connection):
         self._stall_timer = self.callLater(every, self._stall_check)
 
     def _stall_check(self) -> None:
-        """Reset streams whose response has waited ``idle_timeout`` on a closed window."""
+        """Reset streams whose response has waited ``idle_timeout`` on a closed window;
+        answer 408 on those whose request body stopped arriving for that long (the
+        connection's idle timer alone would let PINGs hold them open)."""
         self._stall_timer = None
         now = self._reactor.seconds()
+        idle = self.limits.idle_timeout
+        for stream_id, last in list(self._arriving.items()):
+            if now - last >= idle and stream_id in self.streams:
+                self.refuse_stream(
+                    stream_id,
+                    request_timeout(f"the client sent nothing on this stream for {idle:g} seconds"),
+                    "body_timeout",
+                )
         queues: dict[int, Any] = self._outboundStreamQueues
         for stream_id, queue in list(queues.items()):
             if queue and self.remainingOutboundWindow(stream_id) <= 0:
