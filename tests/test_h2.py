@@ -614,3 +614,43 @@ def test_request_body_that_stops_arriving_gets_408(gw: GatewayProcess, pki: DevP
         raw.close()
     kinds = [e["error"] for e in access_entries(gw) if e["path"] == "/o/upload"]
     assert kinds == ["body_timeout"]
+
+
+def test_metrics_count_h2_requests(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    from tests.harness import table
+    from tests.opskit import scrape, value
+
+    port, admin = free_port(), free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url, "version": "1"},
+            {"name": "mtls", "context": "/m", "backend": backend.url, "version": "1",
+             "mutual_ssl": "mandatory"}]
+    text = gateway_config(
+        pki, apis, port=port, listeners=h2_listener(port),
+        extra=table("admin", {"host": "127.0.0.1", "port": admin}),
+    )
+    gw = start_gateway(tmp_path, text, port, wait_for=(admin,))
+    try:
+        before = scrape(admin)
+        client = H2Client(port, pki, "partner-app")
+        try:
+            ids = [client.start(p) for p in ("/o/a", "/o/b", "/m/c")]
+            client.wait(ids)
+        finally:
+            client.close()
+        client = H2Client(port, pki)
+        try:
+            assert client.get("/m/d").status == 401
+        finally:
+            client.close()
+        after = scrape(admin)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("twistedgw_requests_total", api="open:1", status="200", consumer="none") == 2
+        assert delta("twistedgw_requests_total", api="mtls:1", status="200", consumer="none") == 1
+        assert delta("twistedgw_requests_total", api="mtls:1", status="401", consumer="none") == 1
+        assert delta("twistedgw_client_cert_verifications_total",
+                     source="handshake", result="verified", reason="") == 3
+    finally:
+        gw.stop()
