@@ -213,7 +213,6 @@ class GuardedH2Connection(H2Connection):
     def connectionMade(self) -> None:
         self.timeOut = self.limits.idle_timeout  # type: ignore[assignment]
         super().connectionMade()
-        self._schedule_stall_check()
 
     def connectionLost(  # type: ignore[override]
         self, reason: Failure, _cancelTimeouts: bool = True
@@ -262,6 +261,8 @@ class GuardedH2Connection(H2Connection):
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         super()._requestReceived(event)
+        if self._stall_timer is None:
+            self._schedule_stall_check()
         if not event.stream_ended:
             self._arriving[stream_id] = self._reactor.seconds()
         stream = self.streams[stream_id]
@@ -417,7 +418,7 @@ class GuardedH2Connection(H2Connection):
                     )
             else:
                 self._stalled.pop(stream_id, None)
-        if self.transport is not None and not self._lost:
+        if self.streams and not self._lost:  # an idle connection needs no timer
             self._schedule_stall_check()
 
     # -- graceful stop -------------------------------------------------------
@@ -464,6 +465,12 @@ class NegotiatingChannel(_GenericHTTPChannelProtocol):  # type: ignore[misc]
     def __init__(self, channel: GuardedChannel, guard: Guard) -> None:
         super().__init__(channel)
         self.guard = guard
+
+    def connectionLost(self, reason: Failure) -> None:
+        """To whichever channel serves now. Defined here, not left to the proxy: the
+        proxy's attribute forwards assignments to the first channel, so a hook set on
+        this object (the drain's tracker) would stay on the HTTP/1.1 one after h2."""
+        self._channel.connectionLost(reason)
 
     def handshakeCompleted(self) -> None:
         handshake = getattr(self._channel, "handshakeCompleted", None)
