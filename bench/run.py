@@ -225,7 +225,7 @@ http {{
 
 
 def h2_gateway_conf(pki: devpki.DevPki, port: int, backend: int) -> str:
-    """Scenario 8: twistedgw with ``http2 = true``; h2load presents no client certificate,
+    """Scenario 9: twistedgw with ``http2 = true``; h2load presents no client certificate,
     so the API has mutual_ssl disabled (as NGINX's server has no ssl_verify_client)."""
     return f"""
 [[listeners]]
@@ -251,7 +251,7 @@ backend = "http://127.0.0.1:{backend}"
 
 
 def nginx_h2_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int) -> str:
-    """Scenario 8: NGINX serving HTTP/2 (``listen ... http2``, which NGINX 1.25.1+ spells
+    """Scenario 9: NGINX serving HTTP/2 (``listen ... http2``, which NGINX 1.25.1+ spells
     ``http2 on`` and still accepts with a warning), the same backend, no client certificate."""
     return f"""
 worker_processes 1;
@@ -819,7 +819,7 @@ def scenario_h2(b: Bench) -> list[dict[str, Any]]:
     d = b.profile.duration
     s = b.compare(lambda: b.h2load("gw-h2", "/bench/small", 8, 32, d),
                   lambda: b.h2load("ngx-h2", "/bench/small", 8, 32, d))
-    return [row("8 HTTP/2 (h2load), small, 8 conns x 32 streams", "twistedgw", "NGINX", s,
+    return [row("9 HTTP/2 (h2load), small, 8 conns x 32 streams", "twistedgw", "NGINX", s,
                 "req/s", None, None)]
 
 
