@@ -224,6 +224,68 @@ http {{
 """
 
 
+def h2_gateway_conf(pki: devpki.DevPki, port: int, backend: int) -> str:
+    """Scenario 9: twistedgw with ``http2 = true``; h2load presents no client certificate,
+    so the API has mutual_ssl disabled (as NGINX's server has no ssl_verify_client)."""
+    return f"""
+[[listeners]]
+host = "127.0.0.1"
+port = {port}
+http2 = true
+
+[tls]
+certificate = "{pki.server_cert}"
+private_key = "{pki.server_key}"
+
+[limits]
+idle_timeout = 900.0
+client_header_timeout = 900.0
+max_connections = 20000
+
+[[apis]]
+name = "bench"
+version = "1"
+context = "/bench"
+backend = "http://127.0.0.1:{backend}"
+"""
+
+
+def nginx_h2_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int) -> str:
+    """Scenario 9: NGINX serving HTTP/2 (``listen ... http2``, which NGINX 1.25.1+ spells
+    ``http2 on`` and still accepts with a warning), the same backend, no client certificate."""
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile 20000;
+user root;
+pid {work}/{name}.pid;
+events {{ worker_connections 12000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  upstream backend {{
+    server 127.0.0.1:{backend};
+    keepalive 64;
+    keepalive_requests 100000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2 backlog=4096;  # "http2 on;" from NGINX 1.25.1
+    ssl_certificate {pki.server_cert};
+    ssl_certificate_key {pki.server_key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location /bench/ {{
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
+  }}
+}}
+"""
+
+
 def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool,
                  jwks: Path | None = None) -> str:
     listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
@@ -471,7 +533,7 @@ class Profile:
 
 
 ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
-       "nginx-fronted")
+       "nginx-fronted", "h2")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -561,6 +623,22 @@ class Bench:
                              self.pkis["ec"])
                 fronts.append(f)
                 self.fronts[f.name] = f
+        if "h2" in self.profile.scenarios:  # h2load speaks TLS itself: no HAProxy front
+            pki = self.pkis["ec"]
+            for name in ("gw-h2", "ngx-h2"):
+                port = self.ports[name] = free_port()
+                if name.startswith("gw"):
+                    conf = self.work / f"{name}.toml"
+                    conf.write_text(h2_gateway_conf(pki, port, backend))
+                    argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
+                    self.procs[name] = start(name, argv, CORE_PROXY, self.work, port,
+                                             gateway_env)
+                else:
+                    conf = self.work / f"{name}.conf"
+                    conf.write_text(nginx_h2_conf(self.work, name, pki, port, backend))
+                    argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
+                            str(self.work / f"{name}-error.log"), "-g", "daemon off;"]
+                    self.procs[name] = start(name, argv, CORE_PROXY, self.work, port)
         conf = self.work / "haproxy.cfg"
         conf.write_text(haproxy_conf(self.work, fronts))
         self.procs["haproxy"] = start("haproxy", ["haproxy", "-db", "-f", str(conf)],
@@ -632,6 +710,23 @@ class Bench:
         result["rps_per_cpu"] = round(result["rps"] / max(cpu / wall, 1e-6), 1)
         return result
 
+    def h2load(self, name: str, path: str, conns: int, streams: int,
+               duration: float) -> dict[str, Any]:
+        """h2load (HTTP/2 over TLS, ``streams`` concurrent streams per connection)."""
+        proxy = self.procs[name]
+        argv = ["h2load", "-t1", f"-c{conns}", f"-m{streams}",
+                f"-D{max(1, round(duration))}", f"https://127.0.0.1:{self.ports[name]}{path}"]
+        cpu_before = proxy.cpu_seconds()
+        t0 = time.monotonic()
+        out = subprocess.run(pinned(CORE_LOAD, argv), capture_output=True, text=True,
+                             timeout=duration + 60, check=False).stdout
+        wall = time.monotonic() - t0
+        cpu = proxy.cpu_seconds() - cpu_before
+        result = parse_h2load(out)
+        result["proxy_cpu"] = round(cpu / wall, 3)
+        result["rps_per_cpu"] = round(result["rps"] / max(cpu / wall, 1e-6), 1)
+        return result
+
     def compare(self, a: Callable[[], dict[str, Any]], b: Callable[[], dict[str, Any]],
                 key: str = "rps") -> dict[str, Any]:
         """Interleave a and b over the profile's rounds: A B, B A, A B, ..."""
@@ -673,6 +768,21 @@ def parse_wrk(out: str) -> dict[str, Any]:
     }
 
 
+def parse_h2load(out: str) -> dict[str, Any]:
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    return {
+        "rps": num(r"finished in [\d.]+\w+, ([\d.]+) req/s"),
+        "requests": int(num(r"requests: \d+ total, \d+ started, (\d+) done")),
+        "non_2xx": sum(int(x) for x in codes.groups()[1:]) if codes else 0,
+        "failures": int(num(r"(\d+) failed")) + int(num(r"(\d+) errored")),
+        "protocol": "h2" if "Application protocol: h2" in out else "?",
+    }
+
+
 def summarise(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str
               ) -> dict[str, Any]:
     va = [r[key] for r in runs_a]
@@ -703,6 +813,14 @@ def _cpu_ratio(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> fl
 def alb_header(pki: devpki.DevPki) -> str:
     crt, _key = pki.clients[CLIENT]
     return f"{ALB_HEADER}: {quote(crt.read_text(), safe='+/=')}"
+
+
+def scenario_h2(b: Bench) -> list[dict[str, Any]]:
+    d = b.profile.duration
+    s = b.compare(lambda: b.h2load("gw-h2", "/bench/small", 8, 32, d),
+                  lambda: b.h2load("ngx-h2", "/bench/small", 8, 32, d))
+    return [row("9 HTTP/2 (h2load), small, 8 conns x 32 streams", "twistedgw", "NGINX", s,
+                "req/s", None, None)]
 
 
 def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
@@ -1090,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
                          ("header", scenario_header), ("large", scenario_large),
                          ("sweep", None), ("latency", scenario_latency),
                          ("memory", scenario_memory), ("jwt", scenario_jwt),
-                         ("nginx-fronted", scenario_fronted)):
+                         ("nginx-fronted", scenario_fronted), ("h2", scenario_h2)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

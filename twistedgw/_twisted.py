@@ -48,6 +48,41 @@ USED: tuple[PrivateName, ...] = (
                 "recognising the decoder twisted.web chose, to replace it"),
     PrivateName("twisted.web.http.Request", "_disconnected", "attribute",
                 "whether the client left, when a forwarding failure is answered"),
+    # HTTP/2 (http/_h2.py): twisted.web's H2Connection, guarded by subclassing it.
+    PrivateName("twisted.web._http2", "H2Connection", "module",
+                "twisted.web's HTTP/2 connection, served on listeners with http2 = true"),
+    PrivateName("twisted.web._http2.H2Stream", "_conn", "attribute",
+                "a stream's connection: its TLS transport carries the certificate verdict"),
+    PrivateName("twisted.web._http2.H2Stream", "_request", "attribute",
+                "the stream's request, to route it and set its body limit at HEADERS"),
+    PrivateName("twisted.web._http2.H2Connection", "_requestReceived", "method",
+                "overridden: route, refuse and count streams when their HEADERS arrive"),
+    PrivateName("twisted.web._http2.H2Connection", "_requestDataReceived", "method",
+                "overridden: DATA for a stream the gateway refused is discarded"),
+    PrivateName("twisted.web._http2.H2Connection", "_requestEnded", "method",
+                "overridden: END_STREAM for a stream the gateway refused is ignored"),
+    PrivateName("twisted.web._http2.H2Connection", "_requestAborted", "method",
+                "overridden: RST_STREAM for a stream the gateway refused is ignored"),
+    PrivateName("twisted.web._http2.H2Connection", "_requestDone", "method",
+                "a refused or stalled stream is cleaned up as twisted.web does; drain closes"),
+    PrivateName("twisted.web._http2.H2Connection", "_tryToWriteControlData", "method",
+                "writes h2's pending frames within twisted.web's control-frame bound"),
+    PrivateName("twisted.web._http2.H2Connection", "_outboundStreamQueues", "attribute",
+                "a stream with queued response data and a closed window is stalled"),
+    PrivateName("twisted.web._http2.H2Connection", "_resetTokenBurst", "attribute",
+                "twisted.web's own reset bucket is lifted: h2_max_resets_per_second rules"),
+    PrivateName("twisted.web.http", "_GenericHTTPChannelProtocol", "module",
+                "the ALPN-switching wrapper, subclassed to switch to the guarded h2 connection"),
+    PrivateName("twisted.web.http._GenericHTTPChannelProtocol", "_channel", "attribute",
+                "the channel behind the wrapper (HTTP/1.1, then HTTP/2 after ALPN h2)"),
+    PrivateName("twisted.web.http._GenericHTTPChannelProtocol", "_negotiatedProtocol",
+                "attribute", "set when the wrapper has chosen its channel"),
+    PrivateName("h2.connection.H2Connection", "_receive_frame", "method",
+                "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive"),
+    PrivateName("h2.frame_buffer.FrameBuffer", "_update_header_buffer", "method",
+                "overridden to bound a header block's CONTINUATION frames and bytes"),
+    PrivateName("h2.frame_buffer.FrameBuffer", "_headers_buffer", "attribute",
+                "the header block's frames so far, counted against the bound"),
     PrivateName("OpenSSL._util", "lib", "module",
                 "OpenSSL's verification error strings; the key-exchange groups offered"),
     PrivateName("OpenSSL._util", "ffi", "module", "C strings from OpenSSL"),
@@ -73,6 +108,18 @@ def handling_request(channel: Any) -> bool:
 def network_producer(channel: Any) -> Any:
     """The transport's producer wrapper the channel pauses and resumes reading with."""
     return channel._networkProducer
+
+
+def connection_transport(channel: Any) -> Any:
+    """The connection's transport (TLS, or TCP) under a request's channel.
+
+    An HTTP/1.1 channel has it; an HTTP/2 stream's ``transport`` is None, so it is
+    its connection's (``H2Stream._conn``), which every stream of it shares."""
+    transport = getattr(channel, "transport", None)
+    if transport is None:
+        conn = getattr(channel, "_conn", None)
+        transport = getattr(conn, "transport", None)
+    return transport
 
 
 def client_disconnected(request: Any) -> bool:

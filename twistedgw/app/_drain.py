@@ -80,6 +80,10 @@ class ConnectionTracker:
             transport = getattr(channel, "transport", None)
             if transport is None:
                 continue
+            graceful = getattr(channel, "graceful_close", None)
+            if graceful is not None:  # HTTP/2: GOAWAY, in-flight streams finish (http/_h2.py)
+                graceful()
+                continue
             if not _busy(protocol):
                 # The channel's own loseConnection: it unregisters itself as the
                 # transport's producer first, without which TLS never closes.

@@ -292,6 +292,7 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
         "client": record.client,
         "method": record.method,
         "path": record.path,
+        "protocol": record.protocol,
         "api": record.api.label if record.api is not None else None,
         "status": record.status,
         "duration_ms": round(record.duration * 1000, 3),

@@ -32,6 +32,7 @@ from twistedgw.app._observe import AccessLog, Metrics
 from twistedgw.config import ConfigError, GatewayConfig, Listener
 from twistedgw.http import Gateway, GatewayResource
 from twistedgw.http import _front as front
+from twistedgw.http import _h2 as h2
 from twistedgw.pipeline import Shared
 from twistedgw.tls import BackendPolicy, HandshakeRecords
 from twistedgw.tls import _pki as pki
@@ -124,8 +125,8 @@ class GatewaySite(Site):
         pass
 
     def acceptableProtocols(self) -> list[bytes]:
-        # HTTP/1.1 only: per-connection client-certificate identity and streaming
-        # back-pressure are built on the HTTP/1.1 channel (H2 streams have no transport).
+        # What this site serves by itself; ALPN is chosen per listener by the TLS
+        # contexts' callback (tls/_server.py: h2 only where http2 = true, http/_h2.py).
         return [b"http/1.1"]
 
 
@@ -133,7 +134,7 @@ class GatewayService(service.Service):
     """Listens on every configured listener and serves the gateway.
 
     ``inherited`` (used by worker processes) lists already-listening socket file
-    descriptors with whether each terminates TLS; they replace the configured
+    descriptors with whether each terminates TLS and offers HTTP/2; they replace the configured
     listeners, and the admin listener and metrics are left to the parent.
     """
 
@@ -144,7 +145,7 @@ class GatewayService(service.Service):
         config: GatewayConfig,
         reactor: Any = None,
         *,
-        inherited: Sequence[tuple[int, bool]] | None = None,
+        inherited: Sequence[tuple[int, bool, bool]] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -240,16 +241,18 @@ class GatewayService(service.Service):
 
     def _factory(self, listener: Listener) -> Any:
         if listener.tls:
-            return TLSMemoryBIOFactory(_CurrentTLS(self), False, self.site)
+            # http2: ALPN offers h2 on this listener's connections (http/_h2.py).
+            served: Any = h2.H2Factory(self.site, self.guard) if listener.http2 else self.site
+            return TLSMemoryBIOFactory(_CurrentTLS(self), False, served)
         return self.site
 
-    def _adopt(self, fd: int, tls: bool) -> defer.Deferred[IListeningPort]:
+    def _adopt(self, fd: int, tls: bool, http2: bool = False) -> defer.Deferred[IListeningPort]:
         """Listen on a socket inherited from the parent process (workers)."""
         with socket.socket(fileno=fd) as sock:
             family = sock.family
             try:
                 port = self.reactor.adoptStreamPort(
-                    fd, family, self._factory(Listener(tls=tls))
+                    fd, family, self._factory(Listener(tls=tls, http2=http2))
                 )  # dups the descriptor; ours is closed on leaving the block
             except Exception:
                 return defer.fail()
@@ -258,7 +261,7 @@ class GatewayService(service.Service):
     def startService(self) -> None:
         super().startService()
         if self.inherited is not None:
-            results = [self._adopt(fd, tls) for fd, tls in self.inherited]
+            results = [self._adopt(fd, tls, http2) for fd, tls, http2 in self.inherited]
         else:
             results = [
                 listen(self.reactor, listener, self._factory(listener))

@@ -128,7 +128,7 @@ class Supervisor(service.Service):
             else None
         )
         self.cluster_problems: dict[int, str] = {}  # worker index -> its [cluster] store's problem
-        self.ports: list[tuple[IListeningPort, bool]] = []
+        self.ports: list[tuple[IListeningPort, str]] = []  # with tls, h2 or plain
         self.workers: dict[int, _Worker] = {}
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
         self.stopping = False
@@ -150,7 +150,8 @@ class Supervisor(service.Service):
 
         for port, listener in zip(ports, self.config.listeners, strict=True):
             port.stopReading()  # type: ignore[attr-defined]
-            self.ports.append((port, listener.tls))
+            kind = ("h2" if listener.http2 else "tls") if listener.tls else "plain"
+            self.ports.append((port, kind))
         log_startup(
             self.config,
             self.runtime,
@@ -175,10 +176,10 @@ class Supervisor(service.Service):
             "--index",
             str(index),
         ]
-        for i, (port, tls) in enumerate(self.ports):
+        for i, (port, kind) in enumerate(self.ports):
             fd = FIRST_SOCKET_FD + i
             child_fds[fd] = port.fileno()  # type: ignore[attr-defined]
-            argv += ["--listen", f"{fd}:{'tls' if tls else 'plain'}"]
+            argv += ["--listen", f"{fd}:{kind}"]
         env = {
             k: v
             for k, v in os.environ.items()
@@ -413,14 +414,14 @@ def worker_main(argv: list[str] | None = None) -> int:
         description="one worker process")
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--listen", action="append", default=[], help="FD:tls|plain")
+    parser.add_argument("--listen", action="append", default=[], help="FD:tls|h2|plain")
     args = parser.parse_args(argv)
     try:
         cfg = configmod.load(args.config)
         inherited = []
         for item in args.listen:
             fd, _, kind = item.partition(":")
-            inherited.append((int(fd), kind == "tls"))
+            inherited.append((int(fd), kind in ("tls", "h2"), kind == "h2"))
         from twisted.internet import reactor
 
 

@@ -68,6 +68,7 @@ class Listener:
     port: int = 9095
     tls: bool = True
     endpoint: str | None = None  # a Twisted server endpoint string, instead of host/port
+    http2: bool = False  # ALPN offers h2, then http/1.1 (TLS listeners only)
 
     def describe(self) -> str:
         scheme = "https" if self.tls else "http"
@@ -125,6 +126,13 @@ class Limits:
     backend_timeout: float = 60.0
     # Seconds a response may wait on a client that accepts none of it (NGINX's send_timeout).
     send_timeout: float = 60.0
+    # HTTP/2 defences (http/_h2.py): streams open at once per connection; resets, and
+    # SETTINGS/PING frames, a client may send per second before GOAWAY; CONTINUATION
+    # frames one header block may span.
+    h2_max_concurrent_streams: int = 100
+    h2_max_resets_per_second: int = 100
+    h2_max_control_frames_per_second: int = 100
+    h2_max_continuation_frames: int = 32
 
 
 @dataclass(frozen=True)
@@ -552,8 +560,11 @@ def _listener(r: _Reader) -> Listener:
     if endpoint is not None and ("host" in r.table or "port" in r.table):
         r.problem("endpoint", "give either endpoint or host/port, not both")
     tls = r.get("tls", bool, True)
+    http2 = r.get("http2", bool, False)
+    if http2 and not tls:
+        r.problem("http2", "HTTP/2 is offered through TLS (ALPN) only; set tls = true")
     r.finish()
-    return Listener(host=host, port=port, tls=tls, endpoint=endpoint)
+    return Listener(host=host, port=port, tls=tls, endpoint=endpoint, http2=http2)
 
 
 def _tls(r: _Reader) -> TlsConfig:
@@ -1329,6 +1340,18 @@ def _limits(r: _Reader) -> Limits:
         ),
         backend_timeout=r.positive("backend_timeout", float, d.backend_timeout),
         send_timeout=r.positive("send_timeout", float, d.send_timeout),
+        h2_max_concurrent_streams=r.positive(
+            "h2_max_concurrent_streams", int, d.h2_max_concurrent_streams
+        ),
+        h2_max_resets_per_second=r.positive(
+            "h2_max_resets_per_second", int, d.h2_max_resets_per_second
+        ),
+        h2_max_control_frames_per_second=r.positive(
+            "h2_max_control_frames_per_second", int, d.h2_max_control_frames_per_second
+        ),
+        h2_max_continuation_frames=r.positive(
+            "h2_max_continuation_frames", int, d.h2_max_continuation_frames
+        ),
     )
     r.finish()
     return out

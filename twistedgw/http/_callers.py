@@ -19,6 +19,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from twistedgw import _twisted
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
 from twistedgw.http._snapshot import Snapshot
@@ -64,7 +65,8 @@ def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
 def handshake_identity(request: Request, runtime: Snapshot) -> ClientIdentity:
     if runtime.server_tls is None or not request.isSecure():
         return no_certificate()
-    return runtime.server_tls.identity_for(request.channel.transport)
+    # Over HTTP/2 the channel is a stream: the verdict is its connection's.
+    return runtime.server_tls.identity_for(_twisted.connection_transport(request.channel))
 
 
 def _is_load_balancer(identity: ClientIdentity, config: MutualSslConfig) -> bool:

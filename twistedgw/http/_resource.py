@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedgw import _hosts, errors
+from twistedgw import _hosts, _twisted, errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError, write_error
 from twistedgw.http import _callers as callers
@@ -61,6 +61,7 @@ class RequestRecord:
     identity: ClientIdentity | None
     error_kind: str | None = None
     consumer: str | None = None  # the [[consumers]] name the caller mapped to
+    protocol: str = "HTTP/1.1"  # as the client spoke it: HTTP/1.0, HTTP/1.1 or HTTP/2
 
 
 Observer = Callable[[RequestRecord], None]
@@ -144,7 +145,7 @@ def misdirected(request: Request, routed: Routed) -> GatewayError | None:
     host = routed.host
     if server_tls is None or not server_tls.sni_hosts or host is None or not request.isSecure():
         return None
-    handle = getattr(request.channel.transport, "getHandle", None)
+    handle = getattr(_twisted.connection_transport(request.channel), "getHandle", None)
     if handle is None:
         return None
     sni = server_name(handle())
@@ -201,6 +202,7 @@ class _Exchange:
                 identity=call.identity if call is not None else None,
                 error_kind=kind,
                 consumer=call.consumer if call is not None else None,
+                protocol=request.clientproto.decode("latin-1"),
             )
         )
 

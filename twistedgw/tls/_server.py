@@ -322,9 +322,9 @@ class ServerTLS:
             acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(settings.ciphers),
             enableSessions=settings.session_tickets,
             enableSessionTickets=settings.session_tickets,
-            acceptableProtocols=[b"http/1.1"],
         )
         context: SSL.Context = options.getContext()
+        context.set_alpn_select_callback(choose_alpn)
         _set_groups(context, TLS_GROUPS)
         if settings.session_tickets:
             # Resume by ticket only: OpenSSL's internal session cache (20,480 sessions
@@ -400,6 +400,25 @@ class ServerTLS:
                 )
         self._verdicts.put(identity)
         return identity
+
+
+def offers_h2(tls_protocol: Any) -> bool:
+    """Whether the listener that accepted ``tls_protocol`` has ``http2 = true``.
+
+    Every listener shares the TLS contexts (one per ``[[tls.sni]]`` entry), so the
+    choice is made per connection, from the factory the listener wraps."""
+    factory = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
+    return bool(getattr(factory, "http2", False))
+
+
+def choose_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+    """The ALPN callback: h2 where the listener offers it and the client does, else
+    http/1.1; a client offering neither negotiates nothing (and speaks HTTP/1.1)."""
+    if b"h2" in offered and offers_h2(conn.get_app_data()):
+        return b"h2"
+    if b"http/1.1" in offered:
+        return b"http/1.1"
+    return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
 
 
 def _mode(ask: bool) -> int:

@@ -1,0 +1,656 @@
+"""HTTP/2 on a listener with ``http2 = true``: real clients (curl, nghttp, h2load, the
+``h2`` library) and hand-written frames for the attacks, against real processes.
+
+One gateway (tight limits, so each defence trips quickly) serves most tests; the
+mandatory/optional matrix and the graceful stop have their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+
+from tests.backend_fixture import BackendProcess
+from tests.e2e import echoed, running_gateway
+from tests.h2client import (
+    ENHANCE_YOUR_CALM,
+    REFUSED_STREAM,
+    H2Client,
+    RawH2,
+    settings_code,
+    tls_socket,
+)
+from tests.harness import GatewayProcess, free_port, gateway_config, request, start_gateway
+from tests.test_mtls_matrix import (
+    CERTIFICATES,
+    EXTRA_APIS,
+    KEY,
+    KEYS,
+    MODES,
+    check,
+    context_path,
+    expected,
+    key_headers,
+    matrix_apis,
+)
+from tests.test_sni import PARTNERS, sni_table
+from twistedgw.testing.devpki import DevPki
+
+LIMITS = """
+[limits]
+max_header_bytes = 4096
+idle_timeout = 2.0
+h2_max_concurrent_streams = 8
+h2_max_resets_per_second = 20
+h2_max_control_frames_per_second = 40
+h2_max_continuation_frames = 8
+"""
+
+
+def h2_listener(port: int) -> list[dict[str, object]]:
+    return [{"host": "127.0.0.1", "port": port, "http2": True}]
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, pki: DevPki, backend: BackendProcess
+) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("h2-gw")
+    access = directory / "access.log"
+    port = free_port()
+    apis = [
+        {"name": "open", "context": "/o", "backend": backend.url},
+        {"name": "small", "context": "/small", "backend": backend.url, "max_body_bytes": 1000},
+        {"name": "mtls", "context": "/m", "backend": backend.url, "mutual_ssl": "mandatory"},
+    ]
+    extra = LIMITS + f'\n[access_log]\npath = "{access}"\n'
+    gw = start_gateway(
+        directory,
+        gateway_config(pki, apis, port=port, listeners=h2_listener(port), extra=extra),
+        port,
+    )
+    try:
+        yield gw
+    except BaseException:
+        print(gw.output())
+        raise
+    finally:
+        gw.stop()
+
+
+def access_entries(gw: GatewayProcess) -> list[dict[str, object]]:
+    path = gw.config.parent / "access.log"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def still_serves(gw: GatewayProcess, pki: DevPki) -> None:
+    """Another client is served after an attack."""
+    client = H2Client(gw.port, pki)
+    try:
+        assert client.get("/o/after").status == 200
+    finally:
+        client.close()
+
+
+# -- real clients ---------------------------------------------------------------
+
+
+def curl(pki: DevPki, url: str, *args: str) -> tuple[str, str, str]:
+    """(http version, status, body) as curl --http2 saw them."""
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", str(pki.server_ca), "-o", "-",
+         "-w", "\n%{http_version} %{http_code}", *args, url],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    body, _, tail = out.rpartition("\n")
+    version, status = tail.split()
+    return version, status, body
+
+
+def test_curl_http2_verdicts_and_identity(gw: GatewayProcess, pki: DevPki) -> None:
+    base = f"https://localhost:{gw.port}"
+    version, status, body = curl(pki, f"{base}/o/x?q=1")
+    assert (version, status) == ("2", "200")
+    assert json.loads(body)["path"] == "/x?q=1"
+    version, status, body = curl(pki, f"{base}/m/y")
+    assert (version, status) == ("2", "401")
+    assert json.loads(body)["code"] == "900902"
+    crt, key = pki.clients["partner-app"]
+    version, status, body = curl(pki, f"{base}/m/y", "--cert", str(crt), "--key", str(key))
+    assert (version, status) == ("2", "200")
+    crt, key = pki.clients["intruder"]
+    version, status, body = curl(pki, f"{base}/m/y", "--cert", str(crt), "--key", str(key))
+    assert (version, status) == ("2", "401")
+    assert json.loads(body)["code"] == "900901"
+    entries = [e for e in access_entries(gw) if e["path"] in ("/o/x", "/m/y")]
+    assert entries and all(e["protocol"] == "HTTP/2" for e in entries)
+
+
+def test_http1_clients_still_served_on_an_h2_listener(gw: GatewayProcess, pki: DevPki) -> None:
+    sock = tls_socket(gw.port, pki, alpn=("http/1.1",))
+    assert sock.selected_alpn_protocol() == "http/1.1"
+    sock.close()
+    response = request(gw.port, "/o/plain", pki)
+    assert response.status == 200
+    version, status, _ = subprocess.run(
+        ["curl", "-sS", "--http1.1", "--cacert", str(pki.server_ca), "-o", "/dev/null",
+         "-w", "%{http_version} %{http_code} x", f"https://localhost:{gw.port}/o/h1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()
+    assert (version, status) == ("1.1", "200")
+    assert [e["protocol"] for e in access_entries(gw) if e["path"] == "/o/h1"] == ["HTTP/1.1"]
+
+
+def test_nghttp_many_streams_share_the_connection_verdict(
+    gw: GatewayProcess, pki: DevPki
+) -> None:
+    crt, key = pki.clients["partner-app"]
+    base = f"https://localhost:{gw.port}"
+    out = subprocess.run(
+        ["nghttp", "-n", "-s", "--cert", str(crt), "--key", str(key),
+         *(f"{base}/m/n{i}" for i in range(5)), f"{base}/o/n"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    # nghttp -s prints one line per stream: the response headers it got, one connection.
+    client = H2Client(gw.port, pki, "partner-app")
+    try:
+        ids = [client.start(f"/m/s{i}") for i in range(6)]
+        client.wait(ids)
+        assert [client.response(i).status for i in ids] == [200] * 6
+    finally:
+        client.close()
+    client = H2Client(gw.port, pki)  # no certificate: every stream is refused alike
+    try:
+        ids = [client.start(f"/m/s{i}") for i in range(3)]
+        client.wait(ids)
+        assert {client.response(i).json()["code"] for i in ids} == {"900902"}
+    finally:
+        client.close()
+
+
+def test_h2load_many_streams(gw: GatewayProcess) -> None:
+    out = subprocess.run(
+        ["h2load", "-n", "300", "-c", "3", "-m", "8", f"https://localhost:{gw.port}/o/load"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "Application protocol: h2" in out.stdout, out.stdout + out.stderr
+    assert re.search(r"requests: 300 total, 300 started, 300 done, 300 succeeded", out.stdout), (
+        out.stdout
+    )
+    assert "status codes: 300 2xx" in out.stdout
+
+
+def test_http1_listener_does_not_offer_h2(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    with running_gateway(tmp_path, pki, apis) as gw:
+        sock = tls_socket(gw.port, pki, alpn=("h2", "http/1.1"))
+        assert sock.selected_alpn_protocol() == "http/1.1"
+        sock.close()
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+def test_body_limit_per_stream(gw: GatewayProcess, pki: DevPki) -> None:
+    client = H2Client(gw.port, pki)
+    try:
+        ok = client.get("/small/a", method="POST", body=b"x" * 1000)
+        assert ok.status == 200
+        assert ok.json()["body_len"] == 1000
+        # A content-length over the limit: 413 at once.
+        big = client.get("/small/b", method="POST", body=b"x" * 5000)
+        assert big.status == 413
+        assert big.json()["code"] == "413"
+        # No content-length: counted as DATA arrives.
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, [
+            (b":method", b"POST"), (b":path", b"/small/c"), (b":scheme", b"https"),
+            (b":authority", client.authority.encode())])
+        from tests.h2client import _Stream
+
+        client.streams[stream_id] = _Stream()
+        for _ in range(3):
+            client.conn.send_data(stream_id, b"y" * 600)
+        client._flush()
+        client.wait([stream_id])
+        assert client.response(stream_id).status == 413
+        # The connection serves on.
+        assert client.get("/o/next").status == 200
+    finally:
+        client.close()
+    kinds = [e["error"] for e in access_entries(gw) if e["path"] in ("/small/b", "/small/c")]
+    assert kinds == ["body_too_large", "body_too_large"]
+
+
+def test_concurrent_streams_bound(gw: GatewayProcess, pki: DevPki) -> None:
+    client = H2Client(gw.port, pki)
+    try:
+        client.get("/o/first")
+        assert client.remote_settings[settings_code("MAX_CONCURRENT_STREAMS")] == 8
+    finally:
+        client.close()
+    raw = RawH2(gw.port, pki)
+    try:
+        # Nine streams opened and never finished (no END_STREAM): one more than allowed.
+        frames = b"".join(
+            raw.headers(1 + 2 * i, raw.block("/o/open"), end_stream=False) for i in range(9)
+        )
+        raw.send(frames)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code != 0
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_header_list_size_and_hpack_bomb(gw: GatewayProcess, pki: DevPki) -> None:
+    client = H2Client(gw.port, pki)
+    try:
+        client.get("/o/first")
+        assert client.remote_settings[settings_code("MAX_HEADER_LIST_SIZE")] == 4096
+    finally:
+        client.close()
+    raw = RawH2(gw.port, pki)
+    try:  # one header over the list size
+        raw.send(raw.headers(1, raw.block("/o/big", [("x-big", "a" * 5000)])))
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+    finally:
+        raw.close()
+    raw = RawH2(gw.port, pki)
+    try:  # an HPACK bomb: one 3000-byte entry in the table, referenced 100 times
+        block = raw.block("/o/bomb", [("x-bomb", "b" * 3000)] * 100)
+        assert len(block) < 4096  # small on the wire, 300 kB decoded
+        raw.send(raw.headers(1, block))
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+        assert not any(isinstance(f, HeadersFrame) for f in raw.frames)
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_continuation_flood(gw: GatewayProcess, pki: DevPki) -> None:
+    raw = RawH2(gw.port, pki)
+    try:  # more CONTINUATION frames than h2_max_continuation_frames, tiny each
+        block = raw.block("/o/cont")
+        flood = raw.headers(1, block[:2], end_headers=False) + b"".join(
+            raw.continuation(1, b"") for _ in range(50)
+        )
+        raw.send(flood)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+    finally:
+        raw.close()
+    raw = RawH2(gw.port, pki)
+    try:  # few frames, but more bytes than max_header_bytes before decoding
+        flood = raw.headers(1, b"\x00" * 1000, end_headers=False) + b"".join(
+            raw.continuation(1, b"\x00" * 1500) for _ in range(4)
+        )
+        raw.send(flood)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_rapid_reset(gw: GatewayProcess, pki: DevPki) -> None:
+    raw = RawH2(gw.port, pki)
+    try:  # CVE-2023-44487: open and cancel streams at once, many per second
+        frames = b"".join(
+            raw.headers(1 + 2 * i, raw.block("/o/slow/5"), end_stream=True)
+            + raw.rst(1 + 2 * i)
+            for i in range(100)
+        )
+        raw.send(frames)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+        raw.read(3.0)
+        assert raw.closed
+    finally:
+        raw.close()
+    # Under the limit, resets are fine.
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(b"".join(
+            raw.headers(1 + 2 * i, raw.block("/o/slow/5")) + raw.rst(1 + 2 * i)
+            for i in range(10)
+        ))
+        raw.read(1.0)
+        assert not any(isinstance(f, GoAwayFrame) for f in raw.frames)
+        assert not raw.closed
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+@pytest.mark.parametrize("kind", ["settings", "ping"])
+def test_settings_and_ping_floods(gw: GatewayProcess, pki: DevPki, kind: str) -> None:
+    raw = RawH2(gw.port, pki)
+    try:
+        frame = raw.settings_frame() if kind == "settings" else raw.ping_frame()
+        raw.send(frame * 500)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+        acks = [f for f in raw.frames if isinstance(f, SettingsFrame) and "ACK" in f.flags]
+        assert len(acks) <= 41  # no more answers than the limit allows
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_closed_window_stream_reset_after_idle_timeout(gw: GatewayProcess, pki: DevPki) -> None:
+    # The client never opens its window (initial window 0) but keeps the connection
+    # alive with PINGs: the stream waiting to send is reset after idle_timeout (2 s).
+    client = H2Client(gw.port, pki, settings={settings_code("INITIAL_WINDOW_SIZE"): 0})
+    try:
+        stream_id = client.start("/o/bytes/5000")
+        started = pinged = time.monotonic()
+        client.ping()
+        while time.monotonic() - started < 8:
+            if time.monotonic() - pinged > 0.3:  # a few a second, under the flood limit
+                client.ping()
+                pinged = time.monotonic()
+            client.pump(0.1)
+            if client.streams[stream_id].reset is not None:
+                break
+        waited = time.monotonic() - started
+        assert client.streams[stream_id].reset is not None, "the stalled stream was not reset"
+        assert 1.5 <= waited < 8
+        assert client.terminated is None and not client.closed
+        assert client.pings_acked > 0
+    finally:
+        client.close()
+
+
+def test_authority_and_host_must_agree(gw: GatewayProcess, pki: DevPki) -> None:
+    """A Host header naming another host than :authority is never routed (h2 itself
+    refuses the header block: GOAWAY PROTOCOL_ERROR, no response)."""
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/x", [("host", "elsewhere.example")])))
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == 0x1
+        assert not any(isinstance(f, HeadersFrame) for f in raw.frames)
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_target_checked_as_over_http1(gw: GatewayProcess, pki: DevPki) -> None:
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/a<b")))
+        frames = raw.read(1.0)
+        assert [f for f in frames if isinstance(f, HeadersFrame)], frames
+        body = b"".join(f.data for f in frames if isinstance(f, DataFrame) and f.stream_id == 1)
+        assert json.loads(body)["code"] == "400"
+        assert "0x3c" in json.loads(body)["description"]
+        assert not raw.closed  # a stream's refusal, not the connection's
+    finally:
+        raw.close()
+
+
+# -- the mandatory/optional matrix ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix_gw(
+    tmp_path_factory: pytest.TempPathFactory, pki: DevPki, backend: BackendProcess
+) -> Iterator[GatewayProcess]:
+    apis = matrix_apis(backend.url) + [dict(a, backend=backend.url) for a in EXTRA_APIS]
+    port = free_port()
+    text = gateway_config(
+        pki, apis, port=port, api_keys={"app-one": KEY}, listeners=h2_listener(port)
+    )
+    gw = start_gateway(tmp_path_factory.mktemp("h2-matrix"), text, port)
+    try:
+        yield gw
+    except BaseException:
+        print(gw.output())
+        raise
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("cert", list(CERTIFICATES), ids=lambda c: c or "no-cert")
+def test_matrix_over_h2(matrix_gw: GatewayProcess, pki: DevPki, cert: str | None) -> None:
+    """Every (mutual_ssl, api_key, key) cell for one certificate: streams of one
+    connection, which all share its certificate verdict."""
+    client = H2Client(matrix_gw.port, pki, cert)
+    try:
+        cells = [(m, a, k) for m in MODES for a in MODES for k in KEYS]
+        ids = []
+        for mtls, api_key, key in cells:
+            ids.append(client.start(
+                f"{context_path(mtls, api_key)}/res/1?q=a%20b",
+                headers=list(key_headers(key).items()),
+            ))
+            if len(ids) % 8 == 0:  # within the default 100 streams, but keep it modest
+                client.wait(ids[-8:])
+        client.wait(ids)
+        for (mtls, api_key, key), stream_id in zip(cells, ids, strict=True):
+            want = expected(mtls, api_key, cert, key)
+            check(client.response(stream_id), want, f"/be/{mtls}/{api_key}/res/1?q=a%20b")
+    finally:
+        client.close()
+
+
+def test_identity_forwarded_over_h2(matrix_gw: GatewayProcess, pki: DevPki) -> None:
+    client = H2Client(matrix_gw.port, pki, "partner-app")
+    try:
+        response = client.get("/any/who")
+        assert response.status == 200
+        h1 = request(matrix_gw.port, "/any/who", pki, "partner-app")
+        assert h1.status == 200
+        # The same identity headers reach the backend over h2 as over HTTP/1.1.
+        names = {n.lower() for n, _ in h1.json()["headers"]} - {"host", "x-forwarded-host"}
+        for name in names:
+            assert echoed(response, name) == echoed(h1, name), name
+    finally:
+        client.close()
+
+
+# -- graceful stop -------------------------------------------------------------------
+
+
+def test_graceful_stop_goaway_then_in_flight_finish(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    port = free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    gw = start_gateway(
+        tmp_path, gateway_config(pki, apis, port=port, listeners=h2_listener(port)), port
+    )
+    try:
+        raw = RawH2(port, pki)
+        raw.send(raw.headers(1, raw.block("/o/slow/1.5")))
+        raw.read(0.5)
+        gw.signal(signal.SIGTERM)
+        goaway = raw.goaway(3.0)
+        assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == 1
+        # A stream opened after the GOAWAY is refused; the one in flight finishes.
+        raw.send(raw.headers(3, raw.block("/o/late")))
+        raw.read(5.0)
+        assert any(
+            isinstance(f, RstStreamFrame) and f.stream_id == 3 and f.error_code == REFUSED_STREAM
+            for f in raw.frames
+        ), raw.frames
+        heads = [f for f in raw.frames if isinstance(f, HeadersFrame) and f.stream_id == 1]
+        assert heads, raw.frames
+        ended = [f for f in raw.frames if f.stream_id == 1 and "END_STREAM" in f.flags]
+        assert ended, raw.frames
+        assert raw.closed
+        raw.close()
+        assert gw.proc.wait(10) == 0
+    finally:
+        gw.stop()
+
+
+# -- SNI, workers, reload --------------------------------------------------------------
+
+
+def test_421_when_authority_and_sni_disagree(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    partners = pki.authorities["server-root"].server(PARTNERS).write(tmp_path, "partners")
+    port = free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    text = gateway_config(
+        pki, apis, port=port, listeners=h2_listener(port),
+        extra=sni_table(PARTNERS, partners),
+    )
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        cases = [  # (SNI, :authority, status)
+            ("localhost", "partners.example.com", 421),
+            ("partners.example.com", "localhost", 421),
+            ("partners.example.com", "partners.example.com", 200),
+            ("localhost", "localhost", 200),
+        ]
+        for sni, authority, status in cases:
+            client = H2Client(port, pki, server_name=sni, authority=authority)
+            try:
+                response = client.get("/o/who")
+                assert response.status == status, (sni, authority, response.body)
+                if status == 421:
+                    assert response.json()["code"] == "421"
+            finally:
+                client.close()
+    finally:
+        gw.stop()
+
+
+def test_workers_serve_h2(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    port = free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url}]
+    # workers is a top-level key: before the first table.
+    text = "workers = 2\n" + gateway_config(pki, apis, port=port, listeners=h2_listener(port))
+    gw = start_gateway(tmp_path, text, port)
+    try:
+        version, status, _ = curl(pki, f"https://localhost:{port}/o/w")
+        assert (version, status) == ("2", "200")
+    finally:
+        gw.stop()
+
+
+def test_reload_applies_to_new_streams_of_an_open_connection(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    port = free_port()
+    before = [{"name": "open", "context": "/o", "backend": backend.url}]
+    after = [*before, {"name": "new", "context": "/n", "backend": backend.url}]
+    gw = start_gateway(
+        tmp_path, gateway_config(pki, before, port=port, listeners=h2_listener(port)), port
+    )
+    try:
+        client = H2Client(port, pki)
+        try:
+            assert client.get("/n/x").status == 404
+            gw.config.write_text(
+                gateway_config(pki, after, port=port, listeners=h2_listener(port))
+            )
+            gw.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "Reloaded" not in gw.output() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.get("/n/x").status == 200
+        finally:
+            client.close()
+    finally:
+        gw.stop()
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    from twistedgw import config
+
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        "[[listeners]]\nport = 9443\ntls = false\nhttp2 = true\n\n"
+        "[limits]\nh2_max_concurrent_streams = 0\nh2_max_resets_per_second = -1\n\n"
+        '[[apis]]\nname = "a"\ncontext = "/a"\nbackend = "http://127.0.0.1:1"\n'
+    )
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    problems = "\n".join(e.value.problems)
+    assert f"{path}: listeners[0].http2: HTTP/2 is offered through TLS (ALPN) only" in problems
+    assert f"{path}: limits.h2_max_concurrent_streams: must be positive" in problems
+    assert f"{path}: limits.h2_max_resets_per_second: must be positive" in problems
+    assert config.Listener().http2 is False  # HTTP/1.1 only unless asked
+    assert config.Limits().h2_max_concurrent_streams == 100
+
+
+def test_request_body_that_stops_arriving_gets_408(gw: GatewayProcess, pki: DevPki) -> None:
+    # HEADERS without END_STREAM, then nothing on the stream; PINGs keep the connection
+    # alive, so only the per-stream timer (idle_timeout, 2 s) ends it.
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/upload"), end_stream=False) + raw.data(1, b"x"))
+        started = time.monotonic()
+        body = b""
+        while time.monotonic() - started < 8 and not body:
+            raw.send(raw.ping_frame())
+            raw.read(0.3)
+            body = b"".join(
+                f.data for f in raw.frames if isinstance(f, DataFrame) and f.stream_id == 1
+            )
+        assert body, raw.frames
+        assert json.loads(body)["code"] == "408"
+        assert time.monotonic() - started >= 1.5
+        assert not raw.closed
+    finally:
+        raw.close()
+    kinds = [e["error"] for e in access_entries(gw) if e["path"] == "/o/upload"]
+    assert kinds == ["body_timeout"]
+
+
+def test_metrics_count_h2_requests(tmp_path: Path, pki: DevPki, backend: BackendProcess) -> None:
+    from tests.harness import table
+    from tests.opskit import scrape, value
+
+    port, admin = free_port(), free_port()
+    apis = [{"name": "open", "context": "/o", "backend": backend.url, "version": "1"},
+            {"name": "mtls", "context": "/m", "backend": backend.url, "version": "1",
+             "mutual_ssl": "mandatory"}]
+    text = gateway_config(
+        pki, apis, port=port, listeners=h2_listener(port),
+        extra=table("admin", {"host": "127.0.0.1", "port": admin}),
+    )
+    gw = start_gateway(tmp_path, text, port, wait_for=(admin,))
+    try:
+        before = scrape(admin)
+        client = H2Client(port, pki, "partner-app")
+        try:
+            ids = [client.start(p) for p in ("/o/a", "/o/b", "/m/c")]
+            client.wait(ids)
+        finally:
+            client.close()
+        client = H2Client(port, pki)
+        try:
+            assert client.get("/m/d").status == 401
+        finally:
+            client.close()
+        after = scrape(admin)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("twistedgw_requests_total", api="open:1", status="200", consumer="none") == 2
+        assert delta("twistedgw_requests_total", api="mtls:1", status="200", consumer="none") == 1
+        assert delta("twistedgw_requests_total", api="mtls:1", status="401", consumer="none") == 1
+        assert delta("twistedgw_client_cert_verifications_total",
+                     source="handshake", result="verified", reason="") == 3
+    finally:
+        gw.stop()
