@@ -60,15 +60,13 @@ from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
 from twistedgw.http._guard import (
-    CLOSE_TIMEOUT,
     LINGER_SECONDS,
     SERVER,
+    BoundedClose,
     Guard,
     _ChunkedDecoder,
     _http_date,
-    _tcp,
     _TinyChunks,
-    _unsent,
     header_too_large,
     raw_response,
     request_timeout,
@@ -315,7 +313,7 @@ class FrontRequest:
 
 
 @implementer(IHandshakeListener, IPushProducer)
-class FrontChannel(Protocol):
+class FrontChannel(BoundedClose, Protocol):
     """One client connection: parse, guard, dispatch, answer. See the module docstring."""
 
     # Set by ``Site.buildProtocol``.
@@ -860,26 +858,7 @@ class FrontChannel(Protocol):
         if self._network is not None:
             transport.unregisterProducer()
         transport.loseConnection()
-        if self._closing_timer is None:
-            self._closing_unsent = _unsent(_tcp(transport))
-            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
-
-    def _closing_check(self) -> None:
-        self._closing_timer = None
-        tcp = _tcp(self.transport)
-        if tcp is None or getattr(tcp, "disconnected", True):
-            return
-        unsent = _unsent(tcp)
-        if unsent and unsent < self._closing_unsent:
-            self._closing_unsent = unsent
-            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
-            return
-        if unsent or getattr(tcp, "disconnecting", False):
-            tcp.abortConnection()
-            return
-        tcp.loseConnection()
-        self._closing_unsent = 0
-        self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+        self._start_closing(transport)
 
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
         import time

@@ -367,8 +367,48 @@ class GuardedRequest(Request):
         super().handleContentChunk(data)
 
 
+class BoundedClose:
+    """The close after close_notify, bounded by ``CLOSE_TIMEOUT`` whatever the peer does.
+
+    Shared by both HTTP/1.1 channels (``http/_front.FrontChannel`` and
+    ``GuardedChannel``, which still serves HTTP/1.1 on ``http2`` listeners): call
+    ``_start_closing`` right after asking the transport to close.
+    """
+
+    _closing_timer: IDelayedCall | None = None
+    _closing_unsent = 0
+    transport: Any
+    callLater: Any
+
+    def _start_closing(self, transport: Any) -> None:
+        if self._closing_timer is None:
+            self._closing_unsent = _unsent(_tcp(transport))
+            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+
+    def _closing_check(self) -> None:
+        self._closing_timer = None
+        tcp = _tcp(self.transport)
+        if tcp is None or getattr(tcp, "disconnected", True):
+            return
+        unsent = _unsent(tcp)
+        if unsent and unsent < self._closing_unsent:
+            # The client is reading what is left: give it time while it makes progress.
+            self._closing_unsent = unsent
+            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+            return
+        if unsent or getattr(tcp, "disconnecting", False):
+            # It reads nothing, or a TCP close did not finish: abort.
+            tcp.abortConnection()
+            return
+        # Everything, close_notify included, has reached the kernel and the
+        # client had CLOSE_TIMEOUT to answer: close TCP without its close_notify.
+        tcp.loseConnection()
+        self._closing_unsent = 0
+        self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+
+
 @implementer(IHandshakeListener)
-class GuardedChannel(HTTPChannel):
+class GuardedChannel(BoundedClose, HTTPChannel):
     """An HTTPChannel with header/body limits, header and handshake deadlines and
     strict framing. See the module docstring for why each exists."""
 
@@ -702,30 +742,8 @@ class GuardedChannel(HTTPChannel):
         through here.
         """
         super().loseConnection()
-        if self._closing_timer is None and self.transport is not None:
-            self._closing_unsent = _unsent(_tcp(self.transport))
-            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
-
-    def _closing_check(self) -> None:
-        self._closing_timer = None
-        tcp = _tcp(self.transport)
-        if tcp is None or getattr(tcp, "disconnected", True):
-            return
-        unsent = _unsent(tcp)
-        if unsent and unsent < self._closing_unsent:
-            # The client is reading what is left: give it time while it makes progress.
-            self._closing_unsent = unsent
-            self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
-            return
-        if unsent or getattr(tcp, "disconnecting", False):
-            # It reads nothing, or a TCP close did not finish: abort.
-            tcp.abortConnection()
-            return
-        # Everything, close_notify included, has reached the kernel and the
-        # client had CLOSE_TIMEOUT to answer: close TCP without its close_notify.
-        tcp.loseConnection()
-        self._closing_unsent = 0
-        self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
+        if self.transport is not None:
+            self._start_closing(self.transport)
 
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
         command = _twisted.request_line(self)[0] or b"-"
