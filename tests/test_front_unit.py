@@ -15,8 +15,9 @@ from twisted.internet.task import Clock
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
 from twistedgw.config import Limits
-from twistedgw.http import Guard, GuardedChannel, target_problem
+from twistedgw.http import Guard, target_problem
 from twistedgw.http import _guard as guard
+from twistedgw.http._front import FrontChannel
 from twistedgw.http._guard import _ChunkedDecoder, _TinyChunks
 
 # -- the chunked decoder -------------------------------------------------------
@@ -169,13 +170,13 @@ class FakeTCP:
         pass
 
 
-def _channel(tcp: FakeTCP) -> tuple[GuardedChannel, Clock]:
+def _channel(tcp: FakeTCP) -> tuple[FrontChannel, Clock]:
     clock = Clock()
     gateway: Any = SimpleNamespace(runtime=SimpleNamespace(config=SimpleNamespace(
         limits=Limits())))
-    channel = GuardedChannel(Guard(gateway))
+    channel = FrontChannel(Guard(gateway))
     channel.callLater = clock.callLater  # type: ignore[method-assign]
-    channel._networkProducer = tcp
+    channel._network = tcp
     channel.transport = tcp  # type: ignore[assignment]
     return channel, clock
 

@@ -46,12 +46,6 @@ def _h2_connection() -> object:
     return H2Connection(MemoryReactorClock())
 
 
-def _generic_channel() -> object:
-    from twisted.web.http import _GenericHTTPChannelProtocol
-
-    return _GenericHTTPChannelProtocol(HTTPChannel())
-
-
 def _frame_buffer() -> object:
     from h2.frame_buffer import FrameBuffer
 
@@ -59,10 +53,8 @@ def _frame_buffer() -> object:
 
 
 _INSTANCES = {
-    "twisted.web.http.HTTPChannel": lambda: _connected_channel(b"GET /x HTTP/1.1\r\n"),
     "twisted.web._http2.H2Stream": _h2_stream,
     "twisted.web._http2.H2Connection": _h2_connection,
-    "twisted.web.http._GenericHTTPChannelProtocol": _generic_channel,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
 }
@@ -90,12 +82,10 @@ def test_private_name_still_exists(entry: PrivateName) -> None:
 
 def test_accessors_read_what_they_say() -> None:
     channel = _connected_channel()
-    assert _twisted.request_line(channel) == (None, None, None)
-    channel.dataReceived(b"GET /x?y HTTP/1.1\r\n")
-    assert _twisted.request_line(channel) == (b"GET", b"/x?y", b"HTTP/1.1")
-    assert _twisted.handling_request(channel) is False
-    assert _twisted.network_producer(channel) is not None
-    assert _twisted.client_disconnected(Request(channel)) is False
+    request = Request(channel)
+    assert _twisted.client_disconnected(request) is False
+    request.connectionLost(Exception("gone"))
+    assert _twisted.client_disconnected(request) is True
     ffi, lib = _twisted.openssl()
     assert ffi.string(lib.X509_verify_cert_error_string(10)) == b"certificate has expired"
     assert _twisted.ssl_ctx(SSL.Context(SSL.TLS_METHOD)) is not None

@@ -1,11 +1,13 @@
 """Every private Twisted and pyOpenSSL name twistedgw relies on, in one place, and why.
 
-The HTTP front (``http/_guard``) hardens twisted.web's ``HTTPChannel`` by
-subclassing it, and twisted.web keeps the state a gateway needs (the request
-line, whether a request is in flight, the body decoder) in private attributes;
-pyOpenSSL has no public call for OpenSSL's verification error strings or for
-the key-exchange groups. Reads go through the accessors below; the overrides
-stay in the subclass and are listed here. ``tests/test_private_names.py``
+HTTP/2 (``http/_h2``) guards twisted.web's ``H2Connection`` by subclassing it,
+and twisted.web keeps the state a gateway needs (a stream's connection and
+request, the outbound queues) in private attributes; the HTTP/1.1 front
+(``http/_front``) is the gateway's own and needs none of twisted.web's private
+names but its chunked-body error class; pyOpenSSL has no public call for
+OpenSSL's verification error strings or for the key-exchange groups. Reads go
+through the accessors below; the overrides stay in the subclass and are listed
+here. ``tests/test_private_names.py``
 checks every entry against the installed versions, so an upgrade that drops
 one fails there, naming the name and the reason, instead of failing somewhere
 odd at run time. ``pyproject.toml`` bounds Twisted to the versions tested.
@@ -26,26 +28,8 @@ class PrivateName:
 
 
 USED: tuple[PrivateName, ...] = (
-    PrivateName("twisted.web.http.HTTPChannel", "_command", "attribute",
-                "the request line's method, to tell a request line from a header line"),
-    PrivateName("twisted.web.http.HTTPChannel", "_path", "attribute",
-                "the request target, to route once when the headers are in"),
-    PrivateName("twisted.web.http.HTTPChannel", "_version", "attribute",
-                "Transfer-Encoding is refused outside HTTP/1.1"),
-    PrivateName("twisted.web.http.HTTPChannel", "_handlingRequest", "attribute",
-                "no header timer, 408 or pipelining pause while a request is answered"),
-    PrivateName("twisted.web.http.HTTPChannel", "_networkProducer", "attribute",
-                "pausing reads while unsent output is over its bound (pipelining DoS)"),
-    PrivateName("twisted.web.http.HTTPChannel", "_transferDecoder", "attribute",
-                "the chunked decoder is replaced by a faster, stricter one"),
-    PrivateName("twisted.web.http.HTTPChannel", "_finishRequestBody", "method",
-                "what the replacement chunked decoder calls at the end of a body"),
-    PrivateName("twisted.web.http.HTTPChannel", "_maybeChooseTransferDecoder", "method",
-                "overridden to install the replacement chunked decoder"),
-    PrivateName("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect", "method",
-                "overridden so twisted.web's own 400s are JSON like every other refusal"),
-    PrivateName("twisted.web.http", "_ChunkedTransferDecoder", "module",
-                "recognising the decoder twisted.web chose, to replace it"),
+    PrivateName("twisted.web.http", "_MalformedChunkedDataError", "module",
+                "what the gateway's chunked decoder (http/_guard.py) raises on a bad body"),
     PrivateName("twisted.web.http.Request", "_disconnected", "attribute",
                 "whether the client left, when a forwarding failure is answered"),
     # HTTP/2 (http/_h2.py): twisted.web's H2Connection, guarded by subclassing it.
@@ -71,12 +55,6 @@ USED: tuple[PrivateName, ...] = (
                 "a stream with queued response data and a closed window is stalled"),
     PrivateName("twisted.web._http2.H2Connection", "_resetTokenBurst", "attribute",
                 "twisted.web's own reset bucket is lifted: h2_max_resets_per_second rules"),
-    PrivateName("twisted.web.http", "_GenericHTTPChannelProtocol", "module",
-                "the ALPN-switching wrapper, subclassed to switch to the guarded h2 connection"),
-    PrivateName("twisted.web.http._GenericHTTPChannelProtocol", "_channel", "attribute",
-                "the channel behind the wrapper (HTTP/1.1, then HTTP/2 after ALPN h2)"),
-    PrivateName("twisted.web.http._GenericHTTPChannelProtocol", "_negotiatedProtocol",
-                "attribute", "set when the wrapper has chosen its channel"),
     PrivateName("h2.connection.H2Connection", "_receive_frame", "method",
                 "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive"),
     PrivateName("h2.frame_buffer.FrameBuffer", "_update_header_buffer", "method",
@@ -89,25 +67,6 @@ USED: tuple[PrivateName, ...] = (
     PrivateName("OpenSSL.SSL.Context", "_context", "attribute",
                 "the SSL_CTX pointer, for SSL_CTX_set1_curves_list"),
 )
-
-
-def request_line(channel: Any) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """(method, target, version) of the request being read; None before the line is in."""
-    return (
-        getattr(channel, "_command", None),
-        getattr(channel, "_path", None),
-        getattr(channel, "_version", None),
-    )
-
-
-def handling_request(channel: Any) -> bool:
-    """Whether the channel has a request dispatched and not yet answered."""
-    return bool(channel._handlingRequest)
-
-
-def network_producer(channel: Any) -> Any:
-    """The transport's producer wrapper the channel pauses and resumes reading with."""
-    return channel._networkProducer
 
 
 def connection_transport(channel: Any) -> Any:

@@ -23,7 +23,8 @@ POLL_SECONDS = 0.05
 
 
 def _channel(protocol: Any) -> Any:
-    # twisted.web wraps HTTPChannel in _GenericHTTPChannelProtocol (for ALPN).
+    # An http2 listener's connection is a wrapper (http/_h2.NegotiatingChannel): the
+    # HTTP/1.1 front, or the HTTP/2 connection it handed over to.
     return getattr(protocol, "_channel", protocol)
 
 

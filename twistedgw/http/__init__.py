@@ -1,6 +1,6 @@
 """twistedgw.http."""
 
-from twistedgw.http._guard import CLIENT_ERROR_KINDS, SERVER, Guard, GuardedChannel, target_problem
+from twistedgw.http._guard import CLIENT_ERROR_KINDS, SERVER, Guard, target_problem
 from twistedgw.http._resource import Gateway, GatewayResource, RequestRecord
 from twistedgw.http._routing import BadPath, Router, authz_path, normalise, split_target
 
@@ -11,7 +11,6 @@ __all__ = [
     "Gateway",
     "GatewayResource",
     "Guard",
-    "GuardedChannel",
     "RequestRecord",
     "Router",
     "authz_path",

@@ -1,10 +1,13 @@
 """The gateway's HTTP/1.1 server front: bytes in, one parse per request head, bytes out.
 
-twisted.web's ``HTTPChannel`` parses line by line through ``LineReceiver``, builds
-a ``Request`` and two ``Headers`` per request, resets a timer per read and writes
-the status line, the headers and the body in separate writes; the guard
-(``http/_guard.py``) then adds the checks a gateway needs on top. This channel
-does the same job directly on the (TLS) transport:
+It serves every HTTP/1.1 connection of the gateway's listeners, those with
+``http2 = true`` included (http/_h2.py hands a connection over to HTTP/2 when ALPN
+chose h2, before any byte is read here). twisted.web's ``HTTPChannel``, which it
+replaced, parses line by line through ``LineReceiver``, builds a ``Request`` and
+two ``Headers`` per request, resets a timer per read and writes the status line,
+the headers and the body in separate writes, and needed the gateway's checks
+added on top. This channel works directly on the (TLS) transport, with the rules
+of ``http/_guard.py``:
 
 * one input buffer; a request head is parsed in one pass once ``CRLFCRLF`` is
   in (split on CRLF, every line checked: bare LF, obs-fold, token names,
@@ -26,8 +29,9 @@ does the same job directly on the (TLS) transport:
   past 16 KiB of them), reading stops while the transport's unsent output is
   over its bound, and no timer is armed while a request is answered.
 
-Refusals, lingering, the bounded close and the ``RequestRecord`` of a refusal
-are the guard's (same module-level helpers), so both fronts answer alike.
+Refusals are ``http/_guard.raw_response`` (WSO2-style JSON, ``Connection: close``),
+followed by a linger and the guard's bounded close (``BoundedClose``); each is
+recorded as a ``RequestRecord`` like any answered request.
 """
 
 from __future__ import annotations
@@ -385,6 +389,20 @@ class FrontChannel(BoundedClose, Protocol):
 
     def handshakeCompleted(self) -> None:
         self._cancel("_handshake_timer")
+
+    def hand_over(self) -> bool:
+        """Give the connection up to another protocol (HTTP/2 after ALPN h2, http/_h2.py)
+        before any byte was read: timers cancelled, no longer the transport's producer.
+        Returns whether it counted against ``max_connections``; the new owner does now."""
+        for name in ("_header_timer", "_handshake_timer", "_idle_timer"):
+            self._cancel(name)
+        transport: Any = self.transport
+        if transport is not None:
+            transport.unregisterProducer()  # registered in connectionMade
+        self._network = None
+        self.transport = None
+        counted, self._counted = self._counted, False
+        return counted
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for name in (
@@ -848,8 +866,14 @@ class FrontChannel(BoundedClose, Protocol):
             self.loseConnection()
 
     def loseConnection(self) -> None:
-        """Close after the response, within ``CLOSE_TIMEOUT`` of the close_notify (see
-        ``GuardedChannel.loseConnection``)."""
+        """Close after the response, within ``CLOSE_TIMEOUT`` of the close_notify.
+
+        ``TLSMemoryBIOProtocol.loseConnection`` sends close_notify and then waits
+        for the client's with no timer; a TCP transport waits for its buffer to
+        drain, forever if the client reads nothing. Every close the channel makes
+        (``Connection: close``, HTTP/1.0, refusals, timeouts, drain) goes through
+        here; unregistering as the transport's producer first, without which TLS
+        would wait for it forever."""
         transport: Any = self.transport
         if transport is None:
             return

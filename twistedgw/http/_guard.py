@@ -1,36 +1,37 @@
-"""Connection-level defences: limits, timeouts and request-smuggling checks.
+"""The rules of the HTTP/1.1 front (http/_front.py), and the helpers it shares.
 
-twisted.web parses HTTP/1.1 carefully (it refuses Content-Length together with
-Transfer-Encoding, duplicate or non-numeric Content-Length, CR/LF/NUL in header
-values and malformed request lines), but a gateway needs more:
+The front applies them on every HTTP/1.1 connection (HTTP/2 streams, http/_h2.py,
+share the target grammar, the limits and the JSON refusals). A gateway needs
+more than a careful HTTP/1.1 parser (twisted.web's, which the front replaced,
+had none of these):
 
-* it joins obsolete line folding, accepts ``Transfer-Encoding: identity`` and
-  several ``Host`` headers: refused here with 400, because a proxy in front may
-  read them differently (request smuggling);
-* it has no body limit and spools every body before ``render``: the body is
-  counted while it arrives (chunked too) and refused with 413 once over the
-  API's ``max_body_bytes``, so nothing is ever forwarded partially;
-* its only timer is an inactivity timeout reset by every byte, so a client
-  dribbling headers byte by byte is never cut: ``client_header_timeout`` bounds
-  the whole header section, ``handshake_timeout`` the TLS handshake;
-* ``max_connections`` caps open connections per process;
-* it accepts request-target bytes up to 0xB0 (``"``, ``<``, ``{``, DEL, ...):
-  every target is checked against the RFC 3986/9112 origin-form grammar and
-  refused with 400 before routing;
-* it keeps reading and answering pipelined requests while the client reads
-  nothing (the transport pauses it only between requests): reading and parsing
-  stop while the transport's unsent output is over its bound;
-* its chunked decoder costs a few microseconds per chunk: a cheaper one
-  replaces it, and a body of many tiny chunks is refused;
-* after a closing response it waits for the client's close_notify (or for a
-  client that reads nothing to drain the socket) with no timer: the TCP
-  connection is closed ``CLOSE_TIMEOUT`` seconds later whatever the client does.
+* obsolete line folding, ``Transfer-Encoding`` other than a single ``chunked``,
+  Content-Length with Transfer-Encoding, and several ``Host`` headers are
+  refused with 400, because a proxy in front may read them differently
+  (request smuggling);
+* the body is counted while it arrives (chunked too) and refused with 413 once
+  over the API's ``max_body_bytes``, so nothing is ever forwarded partially;
+* ``client_header_timeout`` bounds the whole header section (an inactivity
+  timer reset by every byte never cuts a client dribbling headers byte by
+  byte), ``handshake_timeout`` the TLS handshake;
+* ``max_connections`` caps open connections per process (``Guard.open``);
+* every request target is checked against the RFC 3986/9112 origin-form
+  grammar and refused with 400 before routing (``target_problem``);
+* reading and parsing stop while the transport's unsent output is over its
+  bound, so pipelined requests from a client that reads nothing are not
+  answered and buffered without end;
+* the chunked decoder (``_ChunkedDecoder``) costs one regular-expression match
+  per chunk, and a body of many tiny chunks is refused;
+* after a closing response the TCP connection is closed ``CLOSE_TIMEOUT``
+  seconds later whatever the client does (``BoundedClose``): TLS would wait
+  for the client's close_notify, and TCP for a client that reads nothing,
+  with no timer.
 
 Refusals are WSO2-style JSON written straight to the transport (the request has
-not been dispatched yet) with ``Connection: close``. The connection then lingers
-briefly, discarding what the client still sends, because closing a socket with
-unread data makes the kernel send a reset that can destroy the answer before
-the client reads it.
+not been dispatched yet) with ``Connection: close`` (``raw_response``). The
+connection then lingers briefly (``LINGER_SECONDS``), discarding what the client
+still sends, because closing a socket with unread data makes the kernel send a
+reset that can destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
@@ -41,30 +42,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
-from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
+from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
-from twisted.web.http import (
-    RESPONSES,
-    HTTPChannel,
-    _ChunkedTransferDecoder,
-    _MalformedChunkedDataError,
-    datetimeToString,
-)
-from twisted.web.server import Request, Site
-from zope.interface import implementer
+from twisted.web.http import RESPONSES, _MalformedChunkedDataError, datetimeToString
 
-from twistedgw import _twisted, errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.http._routing import split_target
 
 if TYPE_CHECKING:
     from twistedgw.http._resource import Gateway, Routed
-
-log = Logger()
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -321,57 +307,10 @@ def _http_date() -> bytes:
     return _DateCache.value
 
 
-class GuardedRequest(Request):
-    """Counts the body as it arrives and stops at the limit, chunked bodies included.
-
-    twisted.web spools a body to memory (under 100 kB) or a temporary file
-    before ``render``; without this count a client could fill the disk.
-    """
-
-    body_limit: int | None = None
-    body_received = 0
-    routed: Routed | None = None  # set when the headers are in; the resource routes no more
-
-    def process(self) -> None:
-        """twisted.web's ``process`` without resource traversal when the root is a leaf.
-
-        The gateway's site has one leaf resource, so splitting and unquoting the
-        path into ``postpath`` (and formatting the Date header) per request only
-        cost CPU. An embedding application's resource tree takes the usual path.
-        """
-        site: Site = self.channel.site  # type: ignore[attr-defined]
-        root = site.resource
-        if not getattr(root, "isLeaf", False) or self.path == b"*":
-            super().process()
-            return
-        self.site = site
-        self.setHeader(b"Server", SERVER)
-        self.setHeader(b"Date", _http_date())
-        self.prepath = []
-        self.postpath = []
-        self.sitepath: list[bytes] = []
-        try:
-            self.render(root)
-        except BaseException:
-            self.processingFailed(Failure())
-
-    def handleContentChunk(self, data: bytes) -> None:
-        channel = self.channel
-        if isinstance(channel, GuardedChannel) and channel.refused:
-            return
-        self.body_received += len(data)
-        if self.body_limit is not None and self.body_received > self.body_limit:
-            if isinstance(channel, GuardedChannel):
-                channel.refuse(errors.payload_too_large(self.body_limit), "body_too_large")
-                return
-        super().handleContentChunk(data)
-
-
 class BoundedClose:
     """The close after close_notify, bounded by ``CLOSE_TIMEOUT`` whatever the peer does.
 
-    Shared by both HTTP/1.1 channels (``http/_front.FrontChannel`` and
-    ``GuardedChannel``, which still serves HTTP/1.1 on ``http2`` listeners): call
+    Mixed into the HTTP/1.1 front (``http/_front.FrontChannel``): call
     ``_start_closing`` right after asking the transport to close.
     """
 
@@ -407,371 +346,6 @@ class BoundedClose:
         self._closing_timer = self.callLater(CLOSE_TIMEOUT, self._closing_check)
 
 
-@implementer(IHandshakeListener)
-class GuardedChannel(BoundedClose, HTTPChannel):
-    """An HTTPChannel with header/body limits, header and handshake deadlines and
-    strict framing. See the module docstring for why each exists."""
-
-    def __init__(self, guard: Guard) -> None:
-        super().__init__()
-        self.guard = guard
-        self.refused = False
-        self._counted = False
-        self._limits = Limits()
-        self._header_bytes = 0
-        self._partial = False  # bytes of a request not yet fully received
-        self._tail = b""  # the last bytes seen, for CRLF (and CRLFCRLF) split across reads
-        self._header_timer: IDelayedCall | None = None
-        self._handshake_timer: IDelayedCall | None = None
-        self._close_timer: IDelayedCall | None = None
-        self._closing_timer: IDelayedCall | None = None
-        self._closing_unsent = 0
-        self._output_full = False  # paused: the transport's unsent output is over its bound
-
-    # -- per-connection facts, looked up once ------------------------------
-
-    _host: Any = None
-    _secure: bool | None = None
-
-    def getHost(self) -> Any:
-        """The local address; twisted.web asks per request (a getsockname syscall)."""
-        host = self._host
-        if host is None:
-            host = self._host = super().getHost()
-        return host
-
-    def isSecure(self) -> bool:
-        """Whether the transport is TLS; an interface adaptation, so asked once."""
-        secure = self._secure
-        if secure is None:
-            secure = self._secure = bool(super().isSecure())
-        return secure
-
-    # -- connection life -------------------------------------------------
-
-    def connectionMade(self) -> None:
-        limits = self._limits = self.guard.limits()
-        self.timeOut = limits.idle_timeout  # type: ignore[assignment]  # used as a float
-        self.totalHeadersSize = limits.max_header_bytes
-        self.MAX_LENGTH = limits.max_header_bytes
-        self.guard.open += 1
-        self._counted = True
-        super().connectionMade()
-        if self.guard.open > limits.max_connections:
-            self.guard.refused_connections += 1
-            log.warn(
-                "Refusing a connection: max_connections ({limit}) are open",
-                limit=limits.max_connections,
-            )
-            self.setTimeout(None)
-            self._abort()
-            return
-        if isinstance(self.transport, TLSMemoryBIOProtocol):
-            self._handshake_timer = self.callLater(
-                limits.handshake_timeout, self._handshake_timed_out
-            )
-        self._header_timer = self.callLater(limits.client_header_timeout, self._header_timed_out)
-
-    def handshakeCompleted(self) -> None:
-        self._cancel("_handshake_timer")
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        for name in ("_header_timer", "_handshake_timer", "_close_timer", "_closing_timer"):
-            self._cancel(name)
-        if self._counted:
-            self._counted = False
-            self.guard.open -= 1
-        super().connectionLost(reason)
-
-    def _cancel(self, name: str) -> None:
-        timer: IDelayedCall | None = getattr(self, name)
-        if timer is not None and timer.active():
-            timer.cancel()
-        setattr(self, name, None)
-
-    def _abort(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.abortConnection()
-
-    def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        log.info("TLS handshake not finished in time; closing {peer}", peer=self._peer())
-        self._abort()
-
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
-        if self.refused or _twisted.handling_request(self):
-            return
-        if not self._partial:  # nothing sent at all: nobody to answer
-            self.setTimeout(None)
-            self._abort()
-            return
-        self.refuse(
-            request_timeout(
-                f"request headers were not received within "
-                f"{self._limits.client_header_timeout:g} seconds"
-            ),
-            "header_timeout",
-            linger=False,
-        )
-
-    def timeoutConnection(self) -> None:
-        """Idle timeout (no byte for ``idle_timeout``): answer 408 if mid-request."""
-        if self._partial and not self.refused:
-            self.refuse(
-                request_timeout(
-                    f"the client sent nothing for {self._limits.idle_timeout:g} seconds"
-                ),
-                "body_timeout",
-                linger=False,
-            )
-            return
-        super().timeoutConnection()
-
-    # -- parsing ---------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.refused:
-            return  # lingering: discard
-        if not _twisted.handling_request(self) and not self._partial:
-            self._partial = True
-            if self._header_timer is None:  # a keep-alive connection's next request
-                self._header_timer = self.callLater(
-                    self._limits.client_header_timeout, self._header_timed_out
-                )
-        if self.line_mode and not _twisted.handling_request(self) and b"\n" in data:
-            # twisted.web would wait for CRLF forever; a bare LF is a framing
-            # difference another parser may not share: refuse it at once.
-            seen = self._tail + data
-            # Only up to the end of the header section: a body that arrives in
-            # the same read may hold any byte (lineReceived checks later lines).
-            end = seen.find(b"\r\n\r\n")
-            if _BARE_LF.search(seen, len(self._tail), len(seen) if end < 0 else end + 4):
-                self.refuse(
-                    errors.bad_request("a bare LF is not a valid line ending or header byte"),
-                    "bad_request",
-                )
-                return
-        if data:
-            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.refused:
-            return
-        self._header_bytes += len(line) + 2
-        if self._header_bytes > self._limits.max_header_bytes:
-            self.refuse(header_too_large(self._limits.max_header_bytes), "header_too_large")
-            return
-        first = _twisted.request_line(self)[0] is None
-        if b"\n" in line:
-            self.refuse(
-                errors.bad_request("a bare LF is not a valid line ending or header byte"),
-                "bad_request",
-            )
-            return
-        if line[:1] in (b" ", b"\t") and not first:
-            self.refuse(
-                errors.bad_request("obsolete line folding in request headers is not accepted"),
-                "bad_request",
-            )
-            return
-        super().lineReceived(line)
-        if first and not self.refused:
-            target: bytes | None = _twisted.request_line(self)[1]
-            if target is not None:
-                problem = target_problem(target)
-                if problem is not None:
-                    self.refuse(errors.bad_request(problem), "bad_request")
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        limit = self._limits.max_header_bytes
-        if _twisted.request_line(self)[0] is None:
-            self.refuse(uri_too_long(limit), "header_too_large")
-        else:
-            self.refuse(header_too_large(limit), "header_too_large")
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if self.refused:
-            return
-        decoder = self._transferDecoder
-        if _twisted.handling_request(self) or not isinstance(decoder, _ChunkedDecoder):
-            super().rawDataReceived(data)
-            return
-        try:
-            decoder.dataReceived(data)
-        except _TinyChunks as e:
-            self.refuse(errors.bad_request(str(e)), "bad_request")
-        except _MalformedChunkedDataError as e:
-            self.refuse(errors.bad_request(f"malformed chunked body: {e}"), "bad_request")
-
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        """twisted.web's choice, with its chunked decoder replaced by ``_ChunkedDecoder``."""
-        ok: bool = super()._maybeChooseTransferDecoder(header, data)
-        if ok and isinstance(self._transferDecoder, _ChunkedTransferDecoder):
-            self._transferDecoder = _ChunkedDecoder(
-                self.requests[-1].handleContentChunk, self._finishRequestBody
-            )
-        return ok
-
-    # -- back-pressure -----------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        """The transport's unsent output is over its bound (64 KiB in the TCP transport).
-
-        twisted.web stops reading only when no request is in progress, but a
-        pipelined request answered at once (a 401) is in progress exactly when
-        its answer fills the buffer: so a client that sends and never reads made
-        the gateway read, answer and buffer without end. Here reading stops in
-        every case, and so does parsing (``LineReceiver.paused``): the next
-        pipelined request waits in the (bounded) input buffer until the output
-        drains.
-        """
-        super().pauseProducing()
-        if not self._output_full:
-            self._output_full = True
-            self.paused = True
-            if _twisted.handling_request(self):  # twisted.web only pauses between requests
-                _twisted.network_producer(self).pauseProducing()
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()  # resumes reading unless a request is in progress
-        if self._output_full:
-            self._output_full = False
-            self.paused = False
-            if self._buffer and not self.refused and self.transport is not None:
-                # Parse what was held back; twisted.web's dataReceived minus the
-                # idle-timer reset, as no byte arrived.
-                LineReceiver.dataReceived(self, b"")
-
-    def allHeadersReceived(self) -> None:
-        self._cancel("_header_timer")
-        self._header_bytes = 0
-        request = self.requests[-1]
-        problem = self._framing_problem(request)
-        if problem is not None:
-            self.refuse(errors.bad_request(problem), "bad_request")
-            return
-        method, target, _version = _twisted.request_line(self)
-        routed = self.guard.route(
-            target, method, request.requestHeaders.getRawHeaders(b"host", [None])[0]
-        )
-        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
-        if isinstance(request, GuardedRequest):
-            request.body_limit = limit
-            request.routed = routed
-        if self.length is not None and self.length > limit:
-            # Before reading any of it (and before any 100 Continue).
-            self.refuse(errors.payload_too_large(limit), "body_too_large")
-            return
-        super().allHeadersReceived()
-
-    def _framing_problem(self, request: Request) -> str | None:
-        headers = request.requestHeaders
-        te = headers.getRawHeaders(b"transfer-encoding")
-        if te is not None:
-            if (_twisted.request_line(self)[2] or b"") != b"HTTP/1.1":
-                return "Transfer-Encoding is only accepted in HTTP/1.1 requests"
-            if len(te) != 1 or te[0].strip().lower() != b"chunked":
-                return "only 'Transfer-Encoding: chunked' is accepted"
-        hosts = headers.getRawHeaders(b"host")
-        if hosts is not None and len(hosts) > 1:
-            return "more than one Host header"
-        return None
-
-    def allContentReceived(self) -> None:
-        if self.refused:
-            return
-        self._partial = False
-        super().allContentReceived()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        """twisted.web's own refusals (bad framing, bad header syntax): JSON 400 too."""
-        self.refuse(
-            errors.bad_request(
-                "malformed request: request line, header syntax or body framing is invalid"
-            ),
-            "bad_request",
-        )
-
-    # -- refusing --------------------------------------------------------
-
-    def refuse(self, error: GatewayError, kind: str, *, linger: bool = True) -> None:
-        """Answer ``error`` and close; the request in progress is never dispatched."""
-        if self.refused:
-            return
-        self.refused = True
-        self._partial = False
-        self._cancel("_header_timer")
-        self.setTimeout(None)
-        if self.transport is None or not getattr(self.transport, "connected", True):
-            return
-        body = raw_response(error)
-        self.transport.write(body)
-        for request in self.requests:
-            content = getattr(request, "content", None)
-            if content is not None:
-                content.close()  # a partial spool file is deleted now, not at GC
-        self._record(error, kind, len(error.body()))
-        if linger:
-            self._close_timer = self.callLater(LINGER_SECONDS, self._close)
-        else:
-            self._close()
-
-    def _close(self) -> None:
-        self._close_timer = None
-        transport: Any = self.transport
-        if transport is None:
-            return
-        # The channel's loseConnection: it first unregisters the channel as the
-        # transport's producer, without which TLS would wait for it forever.
-        # It also bounds the close (a client that never reads, or never sends
-        # its close_notify, would otherwise hold the connection forever).
-        self.loseConnection()
-
-    # -- closing ---------------------------------------------------------
-
-    def loseConnection(self) -> None:
-        """Close after the response, within ``CLOSE_TIMEOUT`` of the close_notify.
-
-        ``TLSMemoryBIOProtocol.loseConnection`` sends close_notify and then waits
-        for the client's with no timer; a TCP transport waits for its buffer to
-        drain, forever if the client reads nothing. Every close the channel
-        makes (``Connection: close``, HTTP/1.0, refusals, timeouts, drain) goes
-        through here.
-        """
-        super().loseConnection()
-        if self.transport is not None:
-            self._start_closing(self.transport)
-
-    def _record(self, error: GatewayError, kind: str, sent: int) -> None:
-        command = _twisted.request_line(self)[0] or b"-"
-        path = _twisted.request_line(self)[1] or b"-"
-        from twistedgw.http._resource import RequestRecord
-
-        self.guard.gateway.notify(
-            RequestRecord(
-                started=time.time(),
-                duration=0.0,
-                client=self._peer(),
-                method=command.decode("latin-1"),
-                path=split_target(path)[0].decode("latin-1"),
-                api=None,
-                status=error.status,
-                bytes_sent=sent,
-                identity=None,
-                error_kind=kind,
-            )
-        )
-
-    def _peer(self) -> str:
-        try:
-            return str(getattr(self.transport.getPeer(), "host", "-"))  # type: ignore[union-attr]
-        except Exception:
-            return "-"
-
-
 def _tcp(transport: Any) -> Any:
     """The TCP transport under ``transport`` (itself unless it is TLS)."""
     if isinstance(transport, TLSMemoryBIOProtocol):
@@ -785,16 +359,3 @@ def _unsent(tcp: Any) -> int:
         return 0
     buffered = getattr(tcp, "dataBuffer", b"")
     return len(buffered) - getattr(tcp, "offset", 0) + getattr(tcp, "_tempDataLen", 0)
-
-
-def harden(site: Site, gateway: Gateway) -> Guard:
-    """Make ``site`` serve through ``GuardedChannel``/``GuardedRequest`` for ``gateway``.
-
-    HTTP/1.1 only: the plain channel replaces twisted.web's HTTP/2-negotiating
-    wrapper, which the gateway does not offer anyway (ALPN is http/1.1).
-    """
-    guard = Guard(gateway)
-    protocol: Callable[[], GuardedChannel] = lambda: GuardedChannel(guard)  # noqa: E731
-    site.protocol = protocol  # type: ignore[assignment]
-    site.requestFactory = GuardedRequest
-    return guard

@@ -1,9 +1,11 @@
 """HTTP/2 on listeners with ``http2 = true``: twisted.web's H2Connection, guarded.
 
 ALPN (tls/_server.py) offers h2, then http/1.1, on those listeners only. Every
-connection starts as the HTTP/1.1 ``GuardedChannel`` (it counts the connection
-against ``max_connections`` and bounds the handshake); ``NegotiatingChannel``
-switches to ``GuardedH2Connection`` when the client chose h2. Requests then reach
+connection starts as the byte-level HTTP/1.1 ``FrontChannel`` (http/_front.py: it
+counts the connection against ``max_connections`` and bounds the handshake), wrapped
+in ``NegotiatingChannel``, which hands the connection over to
+``GuardedH2Connection`` when the TLS handshake completes with ALPN h2, before any
+byte is read as HTTP/1.1; any other client stays on the front. Requests then reach
 the same ``GatewayResource`` as over HTTP/1.1, and the client-certificate
 verdict is the connection's, shared by all its streams (``_twisted.connection_transport``).
 
@@ -52,22 +54,22 @@ from hyperframe.frame import (
 )
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
-from twisted.web.http import _GenericHTTPChannelProtocol
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from twistedgw import _twisted, errors
+from twistedgw import errors
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
+from twistedgw.http._front import FrontChannel
 from twistedgw.http._guard import (
     CLOSE_TIMEOUT,
     SERVER,
     Guard,
-    GuardedChannel,
-    GuardedRequest,
+    _http_date,
     request_timeout,
     target_problem,
 )
@@ -168,11 +170,41 @@ class _GuardedH2(h2.connection.H2Connection):
         return events
 
 
-class H2Request(GuardedRequest):
-    """A stream's request: its body counted against the limit, per stream."""
+class H2Request(Request):
+    """A stream's request: its body counted against the limit as it arrives, per stream.
+
+    twisted.web spools a body to memory (under 100 kB) or a temporary file before
+    ``render``; without this count a client could fill the disk.
+    """
 
     h2: GuardedH2Connection | None = None
     stream_id = 0
+    body_limit: int | None = None
+    body_received = 0
+    routed: Routed | None = None  # set at HEADERS; the resource routes no more
+
+    def process(self) -> None:
+        """twisted.web's ``process`` without resource traversal when the root is a leaf.
+
+        The gateway's site has one leaf resource, so splitting and unquoting the
+        path into ``postpath`` (and formatting the Date header) per request only
+        cost CPU. An embedding application's resource tree takes the usual path.
+        """
+        site: Site = self.channel.site  # type: ignore[attr-defined]
+        root = site.resource
+        if not getattr(root, "isLeaf", False) or self.path == b"*":
+            super().process()
+            return
+        self.site = site
+        self.setHeader(b"Server", SERVER)
+        self.setHeader(b"Date", _http_date())
+        self.prepath = []
+        self.postpath = []
+        self.sitepath: list[bytes] = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         self.body_received += len(data)
@@ -197,7 +229,7 @@ class GuardedH2Connection(H2Connection):
         self.limits = guard.limits()
         self.guarded = _GuardedH2(self.conn.config, self.limits)
         self.conn = self.guarded
-        self.counted = False  # taken over from the GuardedChannel that started
+        self.counted = False  # taken over from the FrontChannel that started
         self._stalled: dict[int, float] = {}
         self._arriving: dict[int, float] = {}  # streams whose request is still arriving
         self._stall_timer: IDelayedCall | None = None
@@ -459,51 +491,64 @@ class GuardedH2Connection(H2Connection):
 
 
 @implementer(IHandshakeListener)
-class NegotiatingChannel(_GenericHTTPChannelProtocol):  # type: ignore[misc]
-    """twisted.web's ALPN-switching wrapper, switching to ``GuardedH2Connection``."""
+class NegotiatingChannel(Protocol):
+    """One connection of an ``http2`` listener: the HTTP/1.1 front until ALPN says h2.
 
-    def __init__(self, channel: GuardedChannel, guard: Guard) -> None:
-        super().__init__(channel)
-        self.guard = guard
+    The connection starts as a ``FrontChannel`` (it counts the connection, arms the
+    handshake and header timers and registers itself as the TLS transport's
+    producer). TLS calls ``handshakeCompleted`` before it delivers any application
+    byte, so that is where the choice is made: with ALPN h2 the front hands the
+    connection over (timers cancelled, the count and the producer registration
+    moved) to a ``GuardedH2Connection``, which never saw a byte parsed as HTTP/1.1.
+    ``_channel`` is whichever serves now; the drain (app/_drain.py) reads it.
+    """
 
-    def connectionLost(self, reason: Failure) -> None:
-        """To whichever channel serves now. Defined here, not left to the proxy: the
-        proxy's attribute forwards assignments to the first channel, so a hook set on
-        this object (the drain's tracker) would stay on the HTTP/1.1 one after h2."""
-        self._channel.connectionLost(reason)
+    def __init__(self, channel: FrontChannel, guard: Guard, site: Site) -> None:
+        self._channel: Any = channel
+        self._front = channel
+        self._guard = guard
+        self._site = site
+        self._decided = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.connected = 1
+        self.transport = transport
+        self._channel.makeConnection(transport)
 
     def handshakeCompleted(self) -> None:
-        handshake = getattr(self._channel, "handshakeCompleted", None)
-        if handshake is not None:
-            handshake()
+        self._front.handshakeCompleted()  # the handshake timer
+        self._decide()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._negotiatedProtocol is None:
-            old: Any = self._channel
-            transport = old.transport
-            chosen = getattr(transport, "negotiatedProtocol", None)
-            if chosen == b"h2":
-                self._switch(old, transport)
-            else:
-                self._negotiatedProtocol = b"http/1.1"  # type: ignore[assignment]
+        if not self._decided:  # TLS reports the handshake first; never left undecided
+            self._decide()
         self._channel.dataReceived(data)
 
-    def _switch(self, old: GuardedChannel, transport: Any) -> None:
-        network = _twisted.network_producer(old)
-        network.unregisterProducer()
-        old.setTimeout(None)
-        for name in ("_header_timer", "_handshake_timer"):
-            old._cancel(name)
-        channel: Any = GuardedH2Connection(self.guard)
-        channel.counted, old._counted = old._counted, False  # max_connections, still one
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """To whichever channel serves now (the drain's tracker wraps this method)."""
+        self.connected = 0
+        self._channel.connectionLost(reason)
+
+    def _decide(self) -> None:
+        if self._decided:
+            return
+        self._decided = True
+        transport: Any = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return  # refused (max_connections) or closing: the front finishes it
+        if getattr(transport, "negotiatedProtocol", None) != b"h2":
+            return
+        front = self._front
+        counted = front.hand_over()
+        channel: Any = GuardedH2Connection(self._guard)
+        channel.counted = counted  # max_connections: still one connection
         channel.requestFactory = H2Request
         channel.site = self._site
-        channel.factory = self._factory
-        channel.callLater = self._callLater
+        channel.factory = self._site
+        channel.callLater = front.callLater
         self._channel = channel
-        self._negotiatedProtocol = b"h2"  # type: ignore[assignment]
         channel.makeConnection(transport)
-        network.registerProducer(channel, True)
+        transport.registerProducer(channel, True)
 
 
 class H2Factory:
@@ -520,20 +565,17 @@ class H2Factory:
         return getattr(self.site, name)
 
     def buildProtocol(self, addr: Any) -> Any:
-        # The HTTP/1.1 side of an h2 listener is twisted.web's hardened channel (the
-        # byte-level front, http/_front.py, serves listeners without http2): H2Connection
-        # takes over from it when ALPN chose h2. Built as Site.buildProtocol would.
-        channel = GuardedChannel(self.guard)
-        channel.factory = self.site
-        channel.site = self.site  # type: ignore[attr-defined]  # as Site.buildProtocol sets it
-        channel.requestFactory = GuardedRequest
-        wrapper = NegotiatingChannel(channel, self.guard)
-        wrapper._site = self.site
-        wrapper._factory = self.site
-        wrapper._requestFactory = channel.requestFactory
-        wrapper._timeOut = channel.timeOut
-        wrapper._callLater = channel.callLater
-        tracker = getattr(self.site, "tracker", None)
+        # The byte-level front, built as Site.buildProtocol builds it (http/_front.serve),
+        # but not tracked itself: the wrapper is, so the drain follows a switch to h2.
+        site: Any = self.site
+        channel = FrontChannel(self.guard)
+        channel.factory = site
+        channel.site = site
+        channel.callLater = site.reactor.callLater  # type: ignore[method-assign]
+        channel.timeOut = site.timeOut
+        wrapper = NegotiatingChannel(channel, self.guard, site)
+        wrapper.factory = site
+        tracker = getattr(site, "tracker", None)
         if tracker is not None:
             tracker.track(wrapper)
         return wrapper
