@@ -540,7 +540,7 @@ class NegotiatingChannel(Protocol):
             return
         front = self._front
         counted = front.hand_over()
-        channel: Any = GuardedH2Connection(self._guard)
+        channel: Any = GuardedH2Connection(self._guard, getattr(self._site, "reactor", None))
         channel.counted = counted  # max_connections: still one connection
         channel.requestFactory = H2Request
         channel.site = self._site
