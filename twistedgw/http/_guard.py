@@ -3,7 +3,7 @@
 The front applies them on every HTTP/1.1 connection (HTTP/2 streams, http/_h2.py,
 share the target grammar, the limits and the JSON refusals). A gateway needs
 more than a careful HTTP/1.1 parser (twisted.web's, which the front replaced,
-had none of these):
+lacked most of these):
 
 * obsolete line folding, ``Transfer-Encoding`` other than a single ``chunked``,
   Content-Length with Transfer-Encoding, and several ``Host`` headers are
