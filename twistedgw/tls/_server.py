@@ -136,7 +136,10 @@ class _VerdictCache:
     ) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[bytes, tuple[int, ClientIdentity]] = OrderedDict()
+        # leaf fingerprint -> (cost, verdict, its verified chain's DER, leaf first)
+        self._items: OrderedDict[bytes, tuple[int, ClientIdentity, tuple[bytes, ...]]] = (
+            OrderedDict()
+        )
         self._max_failed = max_failed
         self._failed_ttl = failed_ttl
         self._clock = clock
@@ -146,10 +149,8 @@ class _VerdictCache:
         return len(self._items) + len(self._failed)
 
     @staticmethod
-    def _cost(chain: tuple[x509.Certificate, ...]) -> int:
-        return sum(
-            len(c.public_bytes(serialization.Encoding.DER)) + _CERT_OVERHEAD for c in chain
-        )
+    def _cost(chain_der: tuple[bytes, ...]) -> int:
+        return sum(len(der) + _CERT_OVERHEAD for der in chain_der)
 
     def put(self, identity: ClientIdentity) -> None:
         leaf = identity.leaf
@@ -166,13 +167,14 @@ class _VerdictCache:
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old[0]
-        cost = self._cost(identity.chain)
+        chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
+        cost = self._cost(chain_der)
         if cost > self.max_bytes:
             return
-        self._items[key] = (cost, identity)
+        self._items[key] = (cost, identity, chain_der)
         self.bytes += cost
         while self.bytes > self.max_bytes:
-            _key, (evicted, _identity) = self._items.popitem(last=False)
+            _key, (evicted, _identity, _der) = self._items.popitem(last=False)
             self.bytes -= evicted
 
     def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
@@ -186,7 +188,7 @@ class _VerdictCache:
         entry = self._items.get(key)
         if entry is None:
             return self._failed_verdict(key, leaf)
-        cost, identity = entry
+        cost, identity, _der = entry
         now = datetime.now(UTC)
         if any(c.not_valid_after_utc < now for c in identity.chain):
             del self._items[key]
@@ -206,12 +208,8 @@ class _VerdictCache:
         entry = self._items.get(key)
         if entry is None:
             return None
-        identity = entry[1]
-        chain = identity.chain
-        if len(chain) != len(chain_der) or any(
-            c.public_bytes(serialization.Encoding.DER) != d
-            for c, d in zip(chain, chain_der, strict=True)
-        ):
+        _cost, identity, cached_der = entry
+        if cached_der != chain_der:
             return None
         self._items.move_to_end(key)
         return identity
