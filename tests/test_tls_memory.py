@@ -24,7 +24,7 @@ from twistedgw.identity import _reasons as reasons
 from twistedgw.testing.devpki import DevPki
 from twistedgw.tls import CA_AS_CLIENT, ServerTLS
 from twistedgw.tls import _pki as pkimod
-from twistedgw.tls._server import SniServer
+from twistedgw.tls._server import ServerTLSFactory, ServerTLSProtocol, SniServer
 
 
 class Collect(Protocol):
@@ -228,3 +228,48 @@ def test_full_handshakes_of_one_verified_chain_share_its_verdict(pki: DevPki) ->
         privateKey=issued.key, certificate=issued.cert, verify=True, caCerts=trust))
     assert tls.identity_for(lone).reason == reasons.UNTRUSTED
     assert tls.identity_for(lone).leaf == issued.cert
+
+
+def test_server_tls_protocol_declares_the_transports_interfaces_once(
+    server_tls: ServerTLS, pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listeners' TLS protocol connects, handshakes and judges like Twisted's, and
+    provides what its transport provides, without Twisted's per-interface declarations
+    (each a zope ``Provides`` built and thrown away, per connection)."""
+    import twisted.protocols.tls as twisted_tls
+    from zope.interface import providedBy
+
+    per_interface: list[object] = []
+    original = twisted_tls.directlyProvides
+
+    def counting(ob: object, *interfaces: Any) -> None:
+        per_interface.append(interfaces)
+        original(ob, *interfaces)
+
+    monkeypatch.setattr(twisted_tls, "directlyProvides", counting)
+    server_app = Collect()
+    client_app = Collect()
+    clock = Clock()
+    server_factory = ServerTLSFactory(
+        server_tls, False, Factory.forProtocol(lambda: server_app), clock=clock
+    )
+    client_factory = TLSMemoryBIOFactory(
+        client_options(pki, "partner-app"), True, Factory.forProtocol(lambda: client_app),
+        clock=clock,
+    )
+    client_proto, server_proto, pump = iosim.connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+    )
+    assert isinstance(server_proto, ServerTLSProtocol)
+    client_proto.write(b"hello")
+    pump.flush()
+    server_proto.write(b"hi")
+    pump.flush()
+    assert (server_app.data, client_app.data) == (b"hello", b"hi")
+    assert server_app.transport is server_proto
+    assert set(providedBy(server_proto.transport)) <= set(providedBy(server_proto))
+    assert server_tls.identity_for(server_proto).verified
+    # Twisted's own client side declared per interface; the server side did not.
+    assert len(per_interface) == len(list(providedBy(client_proto.transport)))
