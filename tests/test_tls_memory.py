@@ -273,3 +273,20 @@ def test_server_tls_protocol_declares_the_transports_interfaces_once(
     assert server_tls.identity_for(server_proto).verified
     # Twisted's own client side declared per interface; the server side did not.
     assert len(per_interface) == len(list(providedBy(client_proto.transport)))
+
+
+def test_a_cached_verdict_ends_when_a_certificate_of_its_chain_expires(pki: DevPki) -> None:
+    """A resumed session's verdict stands only while its verified chain is valid."""
+    from twistedgw.identity import ClientIdentity, Source
+    from twistedgw.tls._server import _VerdictCache
+
+    cache = _VerdictCache()
+    live = pki.issued["partner-app"]
+    expired = pki.issued["expired"].cert
+    good = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED, live.full_chain)
+    stale = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED, (live.cert, expired))
+    cache.put(good)
+    assert cache.get(live.cert) is good
+    cache.put(stale)  # the same leaf, now with a chain that holds an expired certificate
+    assert cache.get(live.cert) is None
+    assert len(cache) == 0 and cache.bytes == 0

@@ -139,10 +139,11 @@ class _VerdictCache:
     ) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        # leaf fingerprint -> (cost, verdict, its verified chain's DER, leaf first)
-        self._items: OrderedDict[bytes, tuple[int, ClientIdentity, tuple[bytes, ...]]] = (
-            OrderedDict()
-        )
+        # leaf fingerprint -> (cost, verdict, its verified chain's DER (leaf first), when
+        # the first certificate of that chain expires)
+        self._items: OrderedDict[
+            bytes, tuple[int, ClientIdentity, tuple[bytes, ...], datetime]
+        ] = OrderedDict()
         self._max_failed = max_failed
         self._failed_ttl = failed_ttl
         self._clock = clock
@@ -174,10 +175,11 @@ class _VerdictCache:
         cost = self._cost(chain_der)
         if cost > self.max_bytes:
             return
-        self._items[key] = (cost, identity, chain_der)
+        expires = min(c.not_valid_after_utc for c in identity.chain)
+        self._items[key] = (cost, identity, chain_der, expires)
         self.bytes += cost
         while self.bytes > self.max_bytes:
-            _key, (evicted, _identity, _der) = self._items.popitem(last=False)
+            _key, (evicted, _identity, _der, _expires) = self._items.popitem(last=False)
             self.bytes -= evicted
 
     def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
@@ -191,9 +193,8 @@ class _VerdictCache:
         entry = self._items.get(key)
         if entry is None:
             return self._failed_verdict(key, leaf)
-        cost, identity, _der = entry
-        now = datetime.now(UTC)
-        if any(c.not_valid_after_utc < now for c in identity.chain):
+        cost, identity, _der, expires = entry
+        if expires < datetime.now(UTC):
             del self._items[key]
             self.bytes -= cost
             return None
@@ -211,7 +212,7 @@ class _VerdictCache:
         entry = self._items.get(key)
         if entry is None:
             return None
-        _cost, identity, cached_der = entry
+        _cost, identity, cached_der, _expires = entry
         if cached_der != chain_der:
             return None
         self._items.move_to_end(key)
