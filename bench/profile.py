@@ -1,7 +1,9 @@
-"""Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections).
+"""Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections),
+or under a handshake scenario (``--scenario full``: 2a, a full ECDSA handshake per
+request; ``--scenario resume``: 2c, a resumed session per request).
 
-``python3 bench/profile.py [--seconds 15] [--out DIR]`` starts the same setup as
-``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
+``python3 bench/profile.py [--seconds 15] [--scenario keepalive] [--out DIR]`` starts
+the same setup as ``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
 wrk loads it, and writes py-spy's collapsed stacks (``*.folded``, for
 flamegraph tools or speedscope) plus a summary of the hottest functions by
 self time and by inclusive time.
@@ -45,6 +47,7 @@ def summarise(folded: Path, top: int = 30) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--scenario", choices=["keepalive", "full", "resume"], default="keepalive")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "twistedgw-prof")
     args = p.parse_args()
     if shutil.which("py-spy") is None:
@@ -54,11 +57,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="twistedgw-prof-"))
     profile = run.PROFILES["smoke"]
     bench = run.Bench(work, profile, 400.0)
-    folded = args.out / "keepalive.folded"
+    folded = args.out / f"{args.scenario}.folded"
     try:
         bench.setup()
         load = threading.Thread(
-            target=bench.wrk, args=("gw-ec-keepalive", "/bench/small", 32, args.seconds + 3)
+            target=bench.wrk, args=(f"gw-ec-{args.scenario}", "/bench/small", 32, args.seconds + 3)
         )
         load.start()
         subprocess.run(
@@ -73,7 +76,7 @@ def main() -> int:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
     text = summarise(folded)
-    (args.out / "keepalive-summary.txt").write_text(text)
+    (args.out / f"{args.scenario}-summary.txt").write_text(text)
     print(text)
     print(f"\nstacks: {folded}", file=sys.stderr)
     return 0

@@ -840,9 +840,9 @@ def scenario_handshake(b: Bench) -> list[dict[str, Any]]:
     d = b.profile.duration
     rows = []
     for label, mode, kind, target in [
-        ("2a new TLS conn/request, full handshake, ECDSA P-256", "full", "ec", 0.8),
-        ("2b new TLS conn/request, full handshake, RSA-2048", "full", "rsa", 0.8),
-        ("2c new TLS conn/request, session resumption (tickets), ECDSA", "resume", "ec", 0.5),
+        ("2a new TLS conn/request, full handshake, ECDSA P-256", "full", "ec", 0.9),
+        ("2b new TLS conn/request, full handshake, RSA-2048", "full", "rsa", 0.9),
+        ("2c new TLS conn/request, session resumption (tickets), ECDSA", "resume", "ec", 0.8),
     ]:
         s = b.compare(lambda m=mode, k=kind: b.wrk(f"gw-{k}-{m}", "/bench/small", 32, d),
                       lambda m=mode, k=kind: b.wrk(f"ngx-{k}-{m}", "/bench/small", 32, d))
@@ -955,7 +955,7 @@ def scenario_latency(b: Bench) -> list[dict[str, Any]]:
         row(f"5 latency p50 at {b.rate:g} req/s open loop, 16 conns", "twistedgw", "NGINX", s50,
             "ms", None, None),
         row(f"5 latency p99 at {b.rate:g} req/s open loop, 16 conns", "twistedgw", "NGINX", s,
-            "ms", "<=", 3.0),
+            "ms", "<=", 1.5),
     ]
 
 
@@ -1020,9 +1020,9 @@ def scenario_memory(b: Bench) -> list[dict[str, Any]]:
     stream = {n: stream_rss(b, n) for n in ("gw-ec", "ngx-ec")}
     idle = {n: idle_rss(b, n) for n in ("gw-ec", "ngx-ec")}
     rows.append(single(f"6a RSS per idle TLS connection ({b.profile.idle_count} conns)",
-                       idle, "kib_per_conn", "KiB", "<=", 64.0))
+                       idle, "kib_per_conn", "KiB", "<=", 32.0))
     rows.append(single(f"6b RSS growth streaming {b.profile.stream_bytes >> 20} MiB", stream,
-                       "growth_mib", "MiB", "<", 50.0))
+                       "growth_mib", "MiB", "<", 10.0))
     rows.append(single("6b streaming throughput", stream, "mib_per_s", "MiB/s", None, None))
     return rows
 

@@ -191,3 +191,15 @@ def test_http_1_0_keeps_alive_only_when_asked_and_the_answer_has_a_length() -> N
     request.write(b"no length")  # the body ends with the connection
     request.finish()
     assert b"keep-alive" not in f.output() and f.transport.disconnecting
+
+
+def test_an_open_channel_keeps_its_fields_out_of_its_instance_dict() -> None:
+    """One FrontChannel per open connection: its fields are slots, so what is left in its
+    instance dict (transport, site, ...) stays under the 30 keys past which CPython stops
+    sharing a dict's keys (~1.5 KiB more per idle connection)."""
+    f = front(resource=Recorder(hold=True))
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert f.resource.held
+    fields = vars(f.channel)
+    assert "_buf" not in fields and "_idle_timer" not in fields
+    assert len(fields) < 12, sorted(fields)

@@ -6,6 +6,7 @@ An upgrade that drops one fails here, naming it and why twistedgw needs it.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -57,7 +58,21 @@ _INSTANCES = {
     "twisted.web._http2.H2Connection": _h2_connection,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
+    "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
+    "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
 }
+
+
+def _tls_protocol() -> Any:
+    """A connected server-side TLS protocol (Twisted's own, not the gateway's subclass)."""
+    from twisted.internet import ssl
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    factory = TLSMemoryBIOFactory(ssl.CertificateOptions(), False, Factory.forProtocol(Protocol))
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    return protocol
 
 
 def _owner(dotted: str) -> object:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -24,6 +24,7 @@ from twistedgw.identity import _reasons as reasons
 from twistedgw.testing.devpki import DevPki
 from twistedgw.tls import CA_AS_CLIENT, ServerTLS
 from twistedgw.tls import _pki as pkimod
+from twistedgw.tls._server import ServerTLSFactory, ServerTLSProtocol, SniServer
 
 
 class Collect(Protocol):
@@ -161,3 +162,131 @@ def test_unknown_connection_has_no_certificate(server_tls: ServerTLS) -> None:
 def test_leaf_is_a_cryptography_certificate(server_tls: ServerTLS, pki: DevPki) -> None:
     server_proto, _ = handshake(server_tls, pki, "partner-rsa")
     assert isinstance(server_tls.identity_for(server_proto).leaf, x509.Certificate)
+
+
+def fresh_server_tls(pki: DevPki, **kwargs: Any) -> ServerTLS:
+    keystore = pkimod.load_keystore_pem(pki.server_cert, pki.server_key)
+    truststore = pkimod.load_truststore(pki.truststore_dir)
+    return ServerTLS(TlsConfig(), keystore, truststore, **kwargs)
+
+
+def test_every_context_releases_buffers_and_verifies_from_the_context(pki: DevPki) -> None:
+    """Idle connections hold no record buffers (MODE_RELEASE_BUFFERS), and the verify
+    mode and callback are the Context's (SNI entries' included), not set per connection."""
+    keystore = pkimod.load_keystore_pem(pki.server_cert, pki.server_key)
+    tls = fresh_server_tls(
+        pki, sni=[SniServer(("quiet.example",), keystore, ask=False),
+                  SniServer(("asks.example",), keystore, ask=True)]
+    )
+    asks = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+    contexts = [tls._context, *(served.context for served in tls._entries)]
+    assert [c.get_verify_mode() for c in contexts] == [asks, SSL.VERIFY_NONE, asks]
+    for context in contexts:  # unused yet, so set_mode(0) may read the mode
+        assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+
+
+def test_no_verify_callback_is_made_per_connection(
+    pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyOpenSSL makes a cffi callback per ``set_verify``: a connection that stays on
+    its Context's verify settings must not pay for one; its verdict is still its own."""
+    tls = fresh_server_tls(pki)
+    calls: list[int] = []
+    original = SSL.Connection.set_verify
+
+    def counting(self: SSL.Connection, mode: int, callback: Any = None) -> None:
+        calls.append(mode)
+        original(self, mode, callback)
+
+    monkeypatch.setattr(SSL.Connection, "set_verify", counting)
+    good, _ = handshake(tls, pki, "partner-app")
+    bad, _ = handshake(tls, pki, "intruder")
+    none, _ = handshake(tls, pki, None)
+    assert calls == []
+    assert tls.identity_for(good).outcome is Outcome.VERIFIED
+    assert tls.identity_for(bad).reason == reasons.UNTRUSTED
+    assert tls.identity_for(none).outcome is Outcome.NONE
+
+
+def test_full_handshakes_of_one_verified_chain_share_its_verdict(pki: DevPki) -> None:
+    """The second full handshake of a verified chain gets the first one's verdict object
+    (no parsing or copy of the chain per connection); other chains, and the same leaf
+    whose chain does not verify, get their own."""
+    tls = fresh_server_tls(pki)
+    first, _ = handshake(tls, pki, "partner-app")
+    second, _ = handshake(tls, pki, "partner-app")
+    other, _ = handshake(tls, pki, "partner-direct")
+    shared = tls.identity_for(first)
+    assert shared.verified
+    assert tls.identity_for(second) is shared
+    assert tls.identity_for(other) is not shared
+    assert tls.identity_for(other).leaf == pki.issued["partner-direct"].cert
+    # The same leaf without its intermediate does not verify: not the cached verdict.
+    issued = pki.issued["partner-app"]
+    trust = [crypto.X509.from_cryptography(pki.authorities["server-root"].cert)]
+    lone, _ = connect(tls, ssl.CertificateOptions(
+        privateKey=issued.key, certificate=issued.cert, verify=True, caCerts=trust))
+    assert tls.identity_for(lone).reason == reasons.UNTRUSTED
+    assert tls.identity_for(lone).leaf == issued.cert
+
+
+def test_server_tls_protocol_declares_the_transports_interfaces_once(
+    server_tls: ServerTLS, pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listeners' TLS protocol connects, handshakes and judges like Twisted's, and
+    provides what its transport provides, without Twisted's per-interface declarations
+    (each a zope ``Provides`` built and thrown away, per connection)."""
+    import twisted.protocols.tls as twisted_tls
+    from zope.interface import providedBy
+
+    per_interface: list[object] = []
+    original = twisted_tls.directlyProvides
+
+    def counting(ob: object, *interfaces: Any) -> None:
+        per_interface.append(interfaces)
+        original(ob, *interfaces)
+
+    monkeypatch.setattr(twisted_tls, "directlyProvides", counting)
+    server_app = Collect()
+    client_app = Collect()
+    clock = Clock()
+    server_factory = ServerTLSFactory(
+        server_tls, False, Factory.forProtocol(lambda: server_app), clock=clock
+    )
+    client_factory = TLSMemoryBIOFactory(
+        client_options(pki, "partner-app"), True, Factory.forProtocol(lambda: client_app),
+        clock=clock,
+    )
+    client_proto, server_proto, pump = iosim.connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+    )
+    assert isinstance(server_proto, ServerTLSProtocol)
+    client_proto.write(b"hello")
+    pump.flush()
+    server_proto.write(b"hi")
+    pump.flush()
+    assert (server_app.data, client_app.data) == (b"hello", b"hi")
+    assert server_app.transport is server_proto
+    assert set(providedBy(server_proto.transport)) <= set(providedBy(server_proto))
+    assert server_tls.identity_for(server_proto).verified
+    # Twisted's own client side declared per interface; the server side did not.
+    assert len(per_interface) == len(list(providedBy(client_proto.transport)))
+
+
+def test_a_cached_verdict_ends_when_a_certificate_of_its_chain_expires(pki: DevPki) -> None:
+    """A resumed session's verdict stands only while its verified chain is valid."""
+    from twistedgw.identity import ClientIdentity, Source
+    from twistedgw.tls._server import _VerdictCache
+
+    cache = _VerdictCache()
+    live = pki.issued["partner-app"]
+    expired = pki.issued["expired"].cert
+    good = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED, live.full_chain)
+    stale = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED, (live.cert, expired))
+    cache.put(good)
+    assert cache.get(live.cert) is good
+    cache.put(stale)  # the same leaf, now with a chain that holds an expired certificate
+    assert cache.get(live.cert) is None
+    assert len(cache) == 0 and cache.bytes == 0

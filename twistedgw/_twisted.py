@@ -66,6 +66,18 @@ USED: tuple[PrivateName, ...] = (
     PrivateName("OpenSSL._util", "ffi", "module", "C strings from OpenSSL"),
     PrivateName("OpenSSL.SSL.Context", "_context", "attribute",
                 "the SSL_CTX pointer, for SSL_CTX_set1_curves_list"),
+    # tls/_server.ServerTLSProtocol.makeConnection: Twisted's, without its redundant
+    # per-interface declarations (a per-connection cost).
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOFactory", "_creatorCallable", "attribute",
+                "makes the connection's SSL.Connection in ServerTLSProtocol.makeConnection"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_tlsConnection", "attribute",
+                "set by ServerTLSProtocol.makeConnection as Twisted's does"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_appSendBuffer", "attribute",
+                "set by ServerTLSProtocol.makeConnection as Twisted's does"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_connectWrapped", "attribute",
+                "whether ServerTLSProtocol.makeConnection connects the application"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_checkHandshakeStatus",
+                "method", "ServerTLSProtocol.makeConnection starts the handshake with it"),
 )
 
 

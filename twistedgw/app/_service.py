@@ -19,7 +19,6 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -36,6 +35,7 @@ from twistedgw.http import _h2 as h2
 from twistedgw.pipeline import Shared
 from twistedgw.tls import BackendPolicy, HandshakeRecords
 from twistedgw.tls import _pki as pki
+from twistedgw.tls._server import ServerTLSFactory
 from twistedgw.upstream import Forwarder, ForwardSettings
 
 log = Logger()
@@ -243,7 +243,7 @@ class GatewayService(service.Service):
         if listener.tls:
             # http2: ALPN offers h2 on this listener's connections (http/_h2.py).
             served: Any = h2.H2Factory(self.site, self.guard) if listener.http2 else self.site
-            return TLSMemoryBIOFactory(_CurrentTLS(self), False, served)
+            return ServerTLSFactory(_CurrentTLS(self), False, served)
         return self.site
 
     def _adopt(self, fd: int, tls: bool, http2: bool = False) -> defer.Deferred[IListeningPort]:

@@ -16,6 +16,7 @@ connection's handshake asks for a client certificate at all.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import weakref
 from collections import OrderedDict
@@ -29,8 +30,11 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import directlyProvides, implementer, providedBy
 
 from twistedgw import _hosts, _twisted
 from twistedgw.config import TlsConfig
@@ -81,9 +85,11 @@ def _openssl_reason(errno: int) -> str:
     return f"{reasons.INVALID}: {text}"
 
 
-@dataclass
+@dataclass(slots=True)
 class HandshakeRecord:
-    """What the verify callback saw on one connection; mutated only during the handshake."""
+    """What the verify callback saw on one connection; mutated only during the handshake.
+
+    One per connection for its whole life, hence slots (no per-instance dict)."""
 
     owner: ServerTLS
     callback_ran: bool = False
@@ -133,7 +139,11 @@ class _VerdictCache:
     ) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[bytes, tuple[int, ClientIdentity]] = OrderedDict()
+        # leaf fingerprint -> (cost, verdict, its verified chain's DER (leaf first), when
+        # the first certificate of that chain expires)
+        self._items: OrderedDict[
+            bytes, tuple[int, ClientIdentity, tuple[bytes, ...], datetime]
+        ] = OrderedDict()
         self._max_failed = max_failed
         self._failed_ttl = failed_ttl
         self._clock = clock
@@ -143,10 +153,8 @@ class _VerdictCache:
         return len(self._items) + len(self._failed)
 
     @staticmethod
-    def _cost(chain: tuple[x509.Certificate, ...]) -> int:
-        return sum(
-            len(c.public_bytes(serialization.Encoding.DER)) + _CERT_OVERHEAD for c in chain
-        )
+    def _cost(chain_der: tuple[bytes, ...]) -> int:
+        return sum(len(der) + _CERT_OVERHEAD for der in chain_der)
 
     def put(self, identity: ClientIdentity) -> None:
         leaf = identity.leaf
@@ -163,30 +171,56 @@ class _VerdictCache:
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old[0]
-        cost = self._cost(identity.chain)
+        chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
+        cost = self._cost(chain_der)
         if cost > self.max_bytes:
             return
-        self._items[key] = (cost, identity)
+        expires = min(c.not_valid_after_utc for c in identity.chain)
+        self._items[key] = (cost, identity, chain_der, expires)
         self.bytes += cost
         while self.bytes > self.max_bytes:
-            _key, (evicted, _identity) = self._items.popitem(last=False)
+            _key, (evicted, _identity, _der, _expires) = self._items.popitem(last=False)
             self.bytes -= evicted
 
     def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
-        key = fingerprint(leaf)
+        return self.get_by_key(fingerprint(leaf), leaf)
+
+    def get_by_key(
+        self, key: bytes, leaf: x509.Certificate | Callable[[], x509.Certificate]
+    ) -> ClientIdentity | None:
+        """``get`` by the leaf's fingerprint; ``leaf`` may be a function that parses it,
+        called only when a failed verdict must name it."""
         entry = self._items.get(key)
         if entry is None:
             return self._failed_verdict(key, leaf)
-        cost, identity = entry
-        now = datetime.now(UTC)
-        if any(c.not_valid_after_utc < now for c in identity.chain):
+        cost, identity, _der, expires = entry
+        if expires < datetime.now(UTC):
             del self._items[key]
             self.bytes -= cost
             return None
         self._items.move_to_end(key)
         return identity
 
-    def _failed_verdict(self, key: bytes, leaf: x509.Certificate) -> ClientIdentity | None:
+    def same_chain(self, key: bytes, chain_der: tuple[bytes, ...]) -> ClientIdentity | None:
+        """The verified verdict for leaf ``key`` if its verified chain is ``chain_der``
+        (DER, leaf first), else None.
+
+        A full handshake whose chain OpenSSL just verified to this same chain would
+        compute this very verdict again (the chain, the truststore and the leaf rules
+        decide it); sharing it saves the parsing per connection, and each open
+        connection's copy of the chain."""
+        entry = self._items.get(key)
+        if entry is None:
+            return None
+        _cost, identity, cached_der, _expires = entry
+        if cached_der != chain_der:
+            return None
+        self._items.move_to_end(key)
+        return identity
+
+    def _failed_verdict(
+        self, key: bytes, leaf: x509.Certificate | Callable[[], x509.Certificate]
+    ) -> ClientIdentity | None:
         entry = self._failed.get(key)
         if entry is None:
             return None
@@ -194,6 +228,8 @@ class _VerdictCache:
         if self._clock() >= expires:
             del self._failed[key]
             return None
+        if not isinstance(leaf, x509.Certificate):
+            leaf = leaf()
         return failed(Source.HANDSHAKE, reason, (leaf,))
 
 
@@ -276,6 +312,14 @@ class ServerTLS:
             for e in sni
         )
         self.sni_hosts = tuple(e.hosts for e in self._entries)
+        if truststore is not None:
+            # One verify callback per Context, not one per connection: pyOpenSSL makes a
+            # cffi callback (an executable trampoline) for every set_verify, which cost
+            # each handshake its allocation and each open connection its memory. The
+            # callback finds the connection's record through the connection's app data.
+            self._context.set_verify(_mode(self._default.ask), self._verify)
+            for served in self._entries:
+                served.context.set_verify(_mode(served.ask), self._verify)
         if self._entries:
             self._context.set_tlsext_servername_callback(self._switch)
 
@@ -289,9 +333,11 @@ class ServerTLS:
             served = self._entries[index]
             connection.set_context(served.context)
             record = self._records.get(connection.get_app_data())
-            if record is not None:
+            if record is not None and record.asked != served.ask:
+                # OpenSSL keeps the verify mode the connection got from the default
+                # Context (SSL_set_SSL_CTX does not copy it): set this entry's.
                 record.asked = served.ask
-                connection.set_verify(_mode(served.ask), record_callback(record))
+                connection.set_verify(_mode(served.ask), self._verify)
         except Exception:  # an exception here would abort the handshake with no trace
             log.failure("choosing the TLS server certificate by SNI failed")
 
@@ -324,6 +370,10 @@ class ServerTLS:
             enableSessionTickets=settings.session_tickets,
         )
         context: SSL.Context = options.getContext()
+        # OpenSSL frees a connection's record buffers (~34 KiB) while it has nothing
+        # to read or write: an idle connection holds none. Twisted's options set it
+        # today; said here so the gateway does not depend on that default.
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         context.set_alpn_select_callback(choose_alpn)
         _set_groups(context, TLS_GROUPS)
         if settings.session_tickets:
@@ -346,10 +396,22 @@ class ServerTLS:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         if self.truststore is not None:
-            record = HandshakeRecord(self, asked=self._default.ask)
-            self._records[tlsProtocol] = record
-            connection.set_verify(_mode(record.asked), record_callback(record))
+            # The verify mode and callback come from the Context (see __init__).
+            self._records[tlsProtocol] = HandshakeRecord(self, asked=self._default.ask)
         return connection
+
+    def _verify(
+        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        """The Contexts' verify callback: record into the connection's record, never
+        fail the handshake (the verdict is given per API, in HTTP)."""
+        record = self._records.get(conn.get_app_data())
+        if record is not None:
+            # Record now: once we return True OpenSSL clears the error.
+            record.callback_ran = True
+            if not ok:
+                record.errors.append((errno, depth))
+        return True
 
     def identity_for(self, tls_transport: Any) -> ClientIdentity:
         """The client-certificate verdict of the connection behind ``tls_transport``.
@@ -370,16 +432,34 @@ class ServerTLS:
             # full handshake here would have none (resumption never carries a verdict
             # to an entry that does not ask).
             return no_certificate()
-        peer = conn.get_peer_certificate(as_cryptography=True)
-        if peer is None:
+        # The leaf as pyOpenSSL has it: its DER and fingerprint find a cached verdict
+        # without parsing it into a cryptography certificate first.
+        peer_x509 = conn.get_peer_certificate()
+        if peer_x509 is None:
             return no_certificate()
+        peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer_x509)
+        key = hashlib.sha256(peer_der).digest()
+
+        def parse_peer() -> x509.Certificate:
+            return x509.load_der_x509_certificate(peer_der)
+
         if not record.callback_ran:
-            cached = self._verdicts.get(peer)
+            cached = self._verdicts.get_by_key(key, parse_peer)
             if cached is not None:
                 return cached
             return failed(
-                Source.HANDSHAKE, "resumed TLS session has no verification record", (peer,)
+                Source.HANDSHAKE, "resumed TLS session has no verification record",
+                (parse_peer(),),
             )
+        if not record.errors:
+            verified_der = tuple(
+                crypto.dump_certificate(crypto.FILETYPE_ASN1, c)
+                for c in conn.get_verified_chain() or ()
+            )
+            shared = self._verdicts.same_chain(key, verified_der)
+            if shared is not None:
+                return shared
+        peer = parse_peer()
         sent = conn.get_peer_cert_chain(as_cryptography=True) or []
         presented = (peer, *(c for c in sent if c != peer))
         if record.errors:
@@ -426,16 +506,29 @@ def _mode(ask: bool) -> int:
     return SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE if ask else SSL.VERIFY_NONE
 
 
-def record_callback(
-    record: HandshakeRecord,
-) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
-    """A verify callback that records into ``record`` and never fails the handshake."""
+class ServerTLSProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, minus a per-connection cost that leaves nothing behind.
 
-    def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-        # Record now: once we return True OpenSSL clears the error.
-        record.callback_ran = True
-        if not ok:
-            record.errors.append((errno, depth))
-        return True
+    ``TLSMemoryBIOProtocol.makeConnection`` declares the transport's interfaces on
+    the protocol one at a time (each ``directlyProvides`` replacing the one before,
+    nine for a TCP server transport), then ``ProtocolWrapper.makeConnection`` declares
+    them all at once: the first pass was ~5% of a resumed connection's CPU (py-spy,
+    bench/README.md). This does what Twisted's does with one declaration.
+    """
 
-    return callback
+    def makeConnection(self, transport: Any) -> None:
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)  # declares, then the app's
+        else:
+            directlyProvides(self, providedBy(transport))
+        self._checkHandshakeStatus()
+
+
+class ServerTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` building ``ServerTLSProtocol``: the listeners' TLS."""
+
+    protocol = ServerTLSProtocol
