@@ -52,6 +52,13 @@ def _generic_channel() -> object:
     return _GenericHTTPChannelProtocol(HTTPChannel())
 
 
+def _file_descriptor() -> object:
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    return FileDescriptor(MemoryReactor())
+
+
 def _frame_buffer() -> object:
     from h2.frame_buffer import FrameBuffer
 
@@ -64,6 +71,7 @@ _INSTANCES = {
     "twisted.web._http2.H2Connection": _h2_connection,
     "twisted.web.http._GenericHTTPChannelProtocol": _generic_channel,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
+    "twisted.internet.abstract.FileDescriptor": _file_descriptor,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
 }
 

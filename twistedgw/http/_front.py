@@ -36,6 +36,7 @@ import io
 import re
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import address as taddress
@@ -56,6 +57,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from twistedgw import errors
+from twistedgw._sendnow import send_now
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
@@ -353,6 +355,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._closing = False
         self._parsing = False
         self._served = 0  # request heads taken on this connection
+        self._send: Callable[[bytes], object] | None = None  # TLS: see connectionMade
 
     # -- connection life -------------------------------------------------
 
@@ -364,6 +367,15 @@ class FrontChannel(BoundedClose, Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        if self.secure:
+            # Each write here is already a whole response head with its first body
+            # bytes, a chunk, or an end: TLS-encrypt it now rather than through
+            # Twisted's small-write aggregator (a zero-delay timer per response), and
+            # let the socket send at once when nothing is queued (``send_now``).
+            send_now(transport.transport)
+            self._send = partial(TLSMemoryBIOProtocol.write, transport)
+        else:
+            send_now(transport)
         self.peer = transport.getPeer()
         self.local = transport.getHost()
         self._network = IPushProducer(transport, None)
@@ -764,7 +776,11 @@ class FrontChannel(BoundedClose, Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None:
-            transport.write(data)
+            send = self._send
+            if send is not None:
+                send(data)
+            else:
+                transport.write(data)
 
     def register_producer(self, producer: Any) -> None:
         self._producer = producer
