@@ -66,6 +66,11 @@ def test_interim_responses_are_skipped_but_upgrades_refused() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6",
+        # CTLs in a value: a NUL, a bare CR, a bare LF, in the first or a later line
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b",
+        b"HTTP/1.1 200 OK\r\nX-A: ok\r\nX-B: a\rb",
+        b"HTTP/1.1 200 OK\r\nX-A: a\nb\r\nX-B: ok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r",
     ],
 )
 def test_invalid_heads_are_refused(raw: bytes) -> None:

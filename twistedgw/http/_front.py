@@ -91,6 +91,9 @@ MAX_HEADERS = 500
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
+# Any CTL but HTAB in a head's header lines, CR only as part of CRLF (a bare LF is refused
+# before): none found, and no header value can hold one, so the per-value search is skipped.
+_CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _LIST = re.compile(rb"[ \t,]+")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -560,10 +563,11 @@ class FrontChannel(BoundedClose, Protocol):
             raise _Refused(header_too_large(limit), "header_too_large")
         # The header timer is left to fire harmlessly (or be reset by the next request):
         # cheaper than cancelling and re-creating it per request.
-        self._request_head(lines)
+        self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
         return True
 
-    def _request_head(self, lines: list[bytes]) -> None:
+    def _request_head(self, lines: list[bytes], clean: bool = False) -> None:
+        """Refuse or take a request head; ``clean``: no CTL is in its header lines."""
         parts = lines[0].split(b" ")
         if len(parts) != 3:
             raise _bad("malformed request: request line, header syntax or body framing is invalid")
@@ -599,7 +603,7 @@ class FrontChannel(BoundedClose, Protocol):
                     "malformed request: request line, header syntax or body framing is invalid"
                 )
             value = line[colon + 1 :].strip(b" \t")
-            if _BAD_VALUE.search(value) is not None:
+            if not clean and _BAD_VALUE.search(value) is not None:
                 raise _bad(
                     "malformed request: request line, header syntax or body framing is invalid"
                 )
