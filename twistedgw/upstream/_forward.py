@@ -162,8 +162,8 @@ def build_request_head(
         drop = set(_REQUEST_DROP)
         if connection:
             drop.update(connection_tokens(connection))
-        drop.update(name.lower() for name in remove_headers)
-        drop.update(name.lower() for name, _ in add_headers)
+        drop.update(map(bytes.lower, remove_headers))  # no generator frame per name
+        drop.update([name.lower() for name, _ in add_headers])
     for name, _ in add_headers:
         if not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
