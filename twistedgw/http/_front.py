@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES, _MalformedChunkedDataError
+from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
@@ -60,7 +61,6 @@ from twistedgw._sendnow import send_now
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
-from twistedgw.http._fields import Fields
 from twistedgw.http._guard import (
     LINGER_SECONDS,
     SERVER,
@@ -149,7 +149,7 @@ class FrontRequest:
         method: bytes,
         uri: bytes,
         version: bytes,
-        headers: Fields,
+        headers: Headers,
     ) -> None:
         self.channel: FrontChannel | None = channel
         self.method = method
@@ -157,7 +157,7 @@ class FrontRequest:
         self.path = uri.split(b"?", 1)[0]
         self.clientproto = version
         self.requestHeaders = headers
-        self.responseHeaders = Fields()
+        self.responseHeaders = Headers()
         self.code = 200
         self.code_message = b"OK"
         self.startedWriting = False
@@ -580,8 +580,8 @@ class FrontChannel(BoundedClose, Protocol):
             raise _bad(problem)
         if len(lines) > MAX_HEADERS + 1:
             raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        headers = Fields()
-        add = headers.add_checked
+        headers = Headers()
+        add = headers.addRawHeader
         length: bytes | None = None
         lengths = 0
         te: list[bytes] = []
@@ -643,9 +643,8 @@ class FrontChannel(BoundedClose, Protocol):
                 )
             size = int(length)
         request = FrontRequest(self, method, target, version, headers)
-        response_headers = request.responseHeaders  # new and empty: nothing to replace
-        response_headers.add_checked(b"server", SERVER)
-        response_headers.add_checked(b"date", _http_date())
+        request.responseHeaders.setRawHeaders(b"server", [SERVER])
+        request.responseHeaders.setRawHeaders(b"date", [_http_date()])
         if version == b"HTTP/1.1":
             if close:
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
