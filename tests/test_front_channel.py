@@ -5,6 +5,11 @@ test_hostile.py and test_limits.py."""
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.frontkit import Recorder, front
 from twistedgw.config import Limits
 from twistedgw.http._front import EAGER_READ
@@ -203,3 +208,20 @@ def test_an_open_channel_keeps_its_fields_out_of_its_instance_dict() -> None:
     fields = vars(f.channel)
     assert "_buf" not in fields and "_idle_timer" not in fields
     assert len(fields) < 12, sorted(fields)
+
+
+_VALUE_BYTES = st.sampled_from(
+    [b"a", b" ", b"\t", b"\x00", b"\x01", b"\x0b", b"\x0c", b"\r", b"\x1f", b"\x7f", b"\xe9"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_VALUE_BYTES, max_size=6).map(b"".join), min_size=1, max_size=4))
+def test_a_ctl_in_any_header_value_is_refused_and_only_then(values: list[bytes]) -> None:
+    """The head is searched for CTLs once and the per-value search skipped when none is
+    found: the outcome must be the per-value rule's (any CTL but HTAB in a value: 400)."""
+    f = front()
+    head = b"".join(b"X-%d: %s\r\n" % (i, v) for i, v in enumerate(values))
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+    bad = any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", v) for v in values)
+    assert f.output().startswith(b"HTTP/1.1 400 " if bad else b"HTTP/1.1 200 "), values

@@ -47,6 +47,13 @@ def _h2_connection() -> object:
     return H2Connection(MemoryReactorClock())
 
 
+def _file_descriptor() -> object:
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    return FileDescriptor(MemoryReactor())
+
+
 def _frame_buffer() -> object:
     from h2.frame_buffer import FrameBuffer
 
@@ -57,6 +64,7 @@ _INSTANCES = {
     "twisted.web._http2.H2Stream": _h2_stream,
     "twisted.web._http2.H2Connection": _h2_connection,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
+    "twisted.internet.abstract.FileDescriptor": _file_descriptor,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),

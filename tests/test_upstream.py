@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error as ierror
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -66,6 +66,11 @@ def test_interim_responses_are_skipped_but_upgrades_refused() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6",
+        # CTLs in a value: a NUL, a bare CR, a bare LF, in the first or a later line
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b",
+        b"HTTP/1.1 200 OK\r\nX-A: ok\r\nX-B: a\rb",
+        b"HTTP/1.1 200 OK\r\nX-A: a\nb\r\nX-B: ok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r",
     ],
 )
 def test_invalid_heads_are_refused(raw: bytes) -> None:
@@ -356,3 +361,51 @@ def test_broken_chunked_body_aborts_the_client(
         assert harness.result_for("/broken")["error_kind"] == "reset"
     finally:
         harness.stop()
+
+
+def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from twistedgw.upstream._client import Origin
+    from twistedgw.upstream._forward import build_request_head
+
+    class Request(DummyRequest):
+        def isSecure(self) -> bool:
+            return False
+
+    request = Request([b"a"])
+    request.method = b"GET"
+    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
+    request.requestHeaders.setRawHeaders(b"host", [b"gw.example"])
+    request.requestHeaders.setRawHeaders(b"x-v", values)
+    origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
+    return build_request_head(request, origin, b"/a", add_headers=add)
+
+
+def test_a_clean_request_head_is_built_exactly() -> None:
+    assert _head_for([b"one", b"two"], [(b"X-Id", b"7")]) == (
+        b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-V: one\r\nX-V: two\r\n"
+        b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: gw.example\r\nX-Id: 7\r\n\r\n"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\x00", b" "]), max_size=5).map(
+        b"".join
+    ),
+    st.booleans(),
+)
+def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added: bool) -> None:
+    """The head is checked once and values rewritten only when the check fails: either
+    way every CR, LF and NUL of a value (client's or added) leaves as a space."""
+    add = [(b"X-Id", value)] if added else []
+    head = _head_for([value], add)
+    safe = value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
+    lines = head.split(b"\r\n")
+    assert b"\x00" not in head and all(b"\r" not in x and b"\n" not in x for x in lines)
+    assert any(x.startswith(b"X-V: ") for x in lines)
+    if added:
+        assert b"X-Id: " + safe in lines

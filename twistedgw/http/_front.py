@@ -40,6 +40,7 @@ import io
 import re
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import address as taddress
@@ -60,6 +61,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from twistedgw import errors
+from twistedgw._sendnow import send_now
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
@@ -93,6 +95,9 @@ MAX_HEADERS = 500
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
+# Any CTL but HTAB in a head's header lines, CR only as part of CRLF (a bare LF is refused
+# before): none found, and no header value can hold one, so the per-value search is skipped.
+_CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _LIST = re.compile(rb"[ \t,]+")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -368,6 +373,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._closing = False
         self._parsing = False
         self._served = 0  # request heads taken on this connection
+        self._send: Callable[[bytes], object] | None = None  # TLS: see connectionMade
 
     # -- connection life -------------------------------------------------
 
@@ -379,6 +385,15 @@ class FrontChannel(BoundedClose, Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        if self.secure:
+            # Each write here is already a whole response head with its first body
+            # bytes, a chunk, or an end: TLS-encrypt it now rather than through
+            # Twisted's small-write aggregator (a zero-delay timer per response), and
+            # let the socket send at once when nothing is queued (``send_now``).
+            send_now(transport.transport)
+            self._send = partial(TLSMemoryBIOProtocol.write, transport)
+        else:
+            send_now(transport)
         self.peer = transport.getPeer()
         self.local = transport.getHost()
         self._network = IPushProducer(transport, None)
@@ -577,10 +592,11 @@ class FrontChannel(BoundedClose, Protocol):
             raise _Refused(header_too_large(limit), "header_too_large")
         # The header timer is left to fire harmlessly (or be reset by the next request):
         # cheaper than cancelling and re-creating it per request.
-        self._request_head(lines)
+        self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
         return True
 
-    def _request_head(self, lines: list[bytes]) -> None:
+    def _request_head(self, lines: list[bytes], clean: bool = False) -> None:
+        """Refuse or take a request head; ``clean``: no CTL is in its header lines."""
         parts = lines[0].split(b" ")
         if len(parts) != 3:
             raise _bad("malformed request: request line, header syntax or body framing is invalid")
@@ -616,7 +632,7 @@ class FrontChannel(BoundedClose, Protocol):
                     "malformed request: request line, header syntax or body framing is invalid"
                 )
             value = line[colon + 1 :].strip(b" \t")
-            if _BAD_VALUE.search(value) is not None:
+            if not clean and _BAD_VALUE.search(value) is not None:
                 raise _bad(
                     "malformed request: request line, header syntax or body framing is invalid"
                 )
@@ -793,7 +809,11 @@ class FrontChannel(BoundedClose, Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None:
-            transport.write(data)
+            send = self._send
+            if send is not None:
+                send(data)
+            else:
+                transport.write(data)
 
     def register_producer(self, producer: Any) -> None:
         self._producer = producer

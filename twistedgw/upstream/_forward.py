@@ -156,16 +156,49 @@ def build_request_head(
     if _UNSAFE_TARGET.search(target):
         raise ValueError("invalid request target")
     headers = request.requestHeaders
-    drop = set(_REQUEST_DROP)
-    drop.update(connection_tokens(headers.getRawHeaders(b"connection", ())))
-    drop.update(name.lower() for name in remove_headers)
-    drop.update(name.lower() for name, _ in add_headers)
-    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, origin.host_header)]
+    connection = headers.getRawHeaders(b"connection")
+    drop: Collection[bytes] = _REQUEST_DROP
+    if connection or remove_headers or add_headers:
+        drop = set(_REQUEST_DROP)
+        if connection:
+            drop.update(connection_tokens(connection))
+        drop.update(map(bytes.lower, remove_headers))  # no generator frame per name
+        drop.update([name.lower() for name, _ in add_headers])
+    for name, _ in add_headers:
+        if not TOKEN.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _same)
+    head = b"".join(out)
+    # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
+    # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
+    lines = len(out) + 1  # the first entry holds two lines (request line, Host)
+    if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
+        return head
+    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _one_line)
+    return b"".join(out)
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+def _head_lines(
+    request: server.Request,
+    origin: Origin,
+    target: bytes,
+    headers: Any,
+    drop: Collection[bytes],
+    add_headers: Sequence[tuple[bytes, bytes]],
+    body_length: int | None,
+    one_line: Callable[[bytes], bytes],
+) -> list[bytes]:
+    """``build_request_head``'s lines, each value passed through ``one_line``."""
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (request.method, target, origin.host_header)]
     for name, values in headers.getAllRawHeaders():
         if name.lower() in drop or b"_" in name:
             continue
         for value in values:
-            out.append(b"%s: %s\r\n" % (name, _one_line(value)))
+            out.append(b"%s: %s\r\n" % (name, one_line(value)))
     client_host = _client_host(request.getClientAddress())
     if client_host is not None:
         out.append(b"X-Forwarded-For: %s\r\n" % (client_host,))
@@ -173,15 +206,13 @@ def build_request_head(
                b"X-Forwarded-Proto: http\r\n")
     original_host = headers.getRawHeaders(b"host")
     if original_host:
-        out.append(b"X-Forwarded-Host: %s\r\n" % (_one_line(original_host[0]),))
+        out.append(b"X-Forwarded-Host: %s\r\n" % (one_line(original_host[0]),))
     for name, value in add_headers:
-        if not TOKEN.match(name):
-            raise ValueError(f"invalid header name {name!r}")
-        out.append(b"%s: %s\r\n" % (name, _one_line(value)))
+        out.append(b"%s: %s\r\n" % (name, one_line(value)))
     if body_length is not None:
         out.append(b"Content-Length: %d\r\n" % (body_length,))
     out.append(b"\r\n")
-    return b"".join(out)
+    return out
 
 
 def _client_host(address: IAddress) -> bytes | None:

@@ -1,0 +1,25 @@
+"""``bench/parse_cost.py`` keeps working: every head it times is taken by the front
+(the script asserts the request was parsed) and the table has a row per head. Not a
+performance test: nothing is asserted about speed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_parse_cost_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "parse_cost.py"), "--rounds", "1", "--number", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " B |" in line]
+    assert len(rows) == 3, proc.stdout
+    assert all("µs" in row for row in rows)
