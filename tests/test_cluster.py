@@ -117,10 +117,12 @@ def test_one_limit_across_two_workers(
     gw, admin = gateways.start(apis(backend), extra, workers=2)
     # One keep-alive connection to each worker (the access log names the pid).
     by_pid: dict[int, TLSConnection] = {}
-    for _ in range(100):
+    for n in range(1, 101):
         conn = tls_connect(gw.port, context(pki, "partner-app"))
         assert send(conn, OPEN).status == 200
-        pid = read_json_lines(log)[-1]["pid"]
+        # The line is written once the response is sent, so it may trail the response.
+        pid = wait_until(lambda n=n: len(lines := read_json_lines(log)) >= n and lines[n - 1],
+                         what=f"access-log line {n}")["pid"]
         if pid in by_pid:
             conn.close()
         else:
@@ -134,7 +136,12 @@ def test_one_limit_across_two_workers(
         conn.close()
     assert got.count(200) == LIMIT and got.count(429) == 2 * LIMIT, got
     assert got[:LIMIT] == [200] * LIMIT
-    pids = {e["pid"] for e in read_json_lines(log) if e["path"] == TIERED}
+    tiered = wait_until(
+        lambda: len(t := [e for e in read_json_lines(log) if e["path"] == TIERED]) == 3 * LIMIT
+        and t,
+        what="the tiered requests' access-log lines",
+    )
+    pids = {e["pid"] for e in tiered}
     assert len(pids) == 2, pids
     metrics = scrape(admin)
     assert value(metrics, "twistedgw_cluster_store_round_trip_seconds_count") == 3 * LIMIT
