@@ -43,7 +43,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
-import httptools
 from twisted.internet import address as taddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -93,9 +92,6 @@ EAGER_READ = 0x4000
 MEMORY_BODY = 100_000
 #: More header lines than this is refused (twisted.web's ``maxHeaders``).
 MAX_HEADERS = 500
-#: Split clean request heads with llhttp (httptools); False: the pure-Python split only
-#: (tests compare the two).
-LLHTTP = True
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
@@ -323,18 +319,6 @@ class FrontRequest:
         content = self.content
         if content is not None and not isinstance(content, io.BytesIO):
             content.close()
-
-
-class _Split:
-    """llhttp's callbacks for one request head: the header fields, as llhttp split them."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self) -> None:
-        self.fields: list[tuple[bytes, bytes]] = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -601,22 +585,11 @@ class FrontChannel(BoundedClose, Protocol):
         self._served += 1
         if b"\n" in head and _guard._BARE_LF.search(head) is not None:
             raise _bad("a bare LF is not a valid line ending or header byte")
-        first = head.find(b"\r\n")
-        line = head if first < 0 else head[:first]
-        if len(line) > limit:
+        lines = head.split(b"\r\n")
+        if len(lines[0]) > limit:
             raise _Refused(uri_too_long(limit), "header_too_large")
         if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
             raise _Refused(header_too_large(limit), "header_too_large")
-        if LLHTTP and _CTL_IN_HEAD.search(head, len(line)) is None:
-            split = _Split()
-            try:
-                httptools.HttpRequestParser(split).feed_data(buf[: end + 4])
-            except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-                pass  # the front's own checks give the answer (or accept what llhttp does not)
-            else:
-                self._split_head(line, split.fields)
-                return True
-        lines = head.split(b"\r\n")
         # The header timer is left to fire harmlessly (or be reset by the next request):
         # cheaper than cancelling and re-creating it per request.
         self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
@@ -663,105 +636,6 @@ class FrontChannel(BoundedClose, Protocol):
                 raise _bad(
                     "malformed request: request line, header syntax or body framing is invalid"
                 )
-            lower = name.lower()
-            if lower == b"content-length":
-                lengths += 1
-                length = value
-            elif lower == b"transfer-encoding":
-                te.append(value)
-            elif lower == b"host":
-                hosts += 1
-            elif lower == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif lower == b"connection":
-                tokens = _LIST.split(value.lower())
-                close = close or b"close" in tokens
-                keep_alive = keep_alive or b"keep-alive" in tokens
-            add(name, value)
-        if te:
-            if version != b"HTTP/1.1":
-                raise _bad("Transfer-Encoding is only accepted in HTTP/1.1 requests")
-            if len(te) != 1 or te[0].lower() != b"chunked":
-                raise _bad("only 'Transfer-Encoding: chunked' is accepted")
-            if lengths:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-        if hosts > 1:
-            raise _bad("more than one Host header")
-        if not hosts and version == b"HTTP/1.1":  # RFC 9112 3.2: a server MUST refuse it
-            raise _bad("an HTTP/1.1 request must have a Host header")
-        size: int | None = None
-        if lengths:
-            if lengths > 1 or length is None or not _DIGITS.match(length):
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            size = int(length)
-        request = FrontRequest(self, method, target, version, headers)
-        request.responseHeaders.setRawHeaders(b"server", [SERVER])
-        request.responseHeaders.setRawHeaders(b"date", [_http_date()])
-        if version == b"HTTP/1.1":
-            if close:
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-                self.persistent = False
-        elif not keep_alive or close:
-            self.persistent = False
-        # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
-        self.requests.append(request)
-        self._request = request
-        host_values = headers.getRawHeaders(b"host")
-        guard = self.guard
-        if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
-            routed: Routed | None = _route(
-                guard.gateway.runtime, target, method, host=host_values[0] if host_values else None
-            )
-        else:
-            routed = guard.route(target, method, host_values[0] if host_values else None)
-        request.routed = routed
-        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
-        self._body_limit = limit
-        self._body_size = 0
-        if size is not None and size > limit:
-            raise _Refused(errors.payload_too_large(limit), "body_too_large")
-        if expect and version == b"HTTP/1.1":
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if te:
-            self._body = io.BytesIO()
-            self._decoder = _StrictChunks(self._chunk_data, self._chunks_done)
-            self._state = _BODY
-        elif size:
-            self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
-            self._left = size
-            self._state = _BODY
-        else:
-            self._dispatch()
-
-    def _split_head(self, line: bytes, fields: list[tuple[bytes, bytes]]) -> None:
-        """Refuse or take a request head llhttp accepted and split (no CTL in it)."""
-        parts = line.split(b" ")
-        if len(parts) != 3:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        method, target, version = parts
-        if not _TOKEN.match(method) or version not in _VERSIONS:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        self._line = (method, target)
-        problem = target_problem(target)
-        if problem is not None:
-            raise _bad(problem)
-        if len(fields) > MAX_HEADERS:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        headers = Headers()
-        add = headers.addRawHeader
-        length: bytes | None = None
-        lengths = 0
-        te: list[bytes] = []
-        hosts = 0
-        expect = False
-        close = False
-        keep_alive = False
-        for name, value in fields:
-            value = value.rstrip(b" \t")  # llhttp strips the leading OWS, not the trailing
             lower = name.lower()
             if lower == b"content-length":
                 lengths += 1
