@@ -9,7 +9,14 @@ request heads (about 140, 250 and 400 bytes), per head:
 * ``httptools``: ``HttpRequestParser.feed_data`` with callbacks collecting the method,
   URL and header list: the C parse alone, none of the front's rules (duplicate
   Content-Length, Transfer-Encoding lists, Host count, target grammar, limits) and no
-  request object: the floor a C parser could reach before those are added back.
+  request object: the floor a C parser could reach before those are added back;
+* ``split (Python)`` vs ``split (llhttp)``: the only part of the front's take llhttp can
+  replace while every rule still holds (session 5, bench/README.md "Fourth round"):
+  finding the lines, the obs-fold, colon and token-name checks and the value strip in
+  Python, against a fresh ``HttpRequestParser`` per head (llhttp keeps state across
+  requests) with ``on_header`` collecting the fields, plus what the front must still do
+  on its output: the CTL scan, the request-line split, the trailing-OWS strip (llhttp
+  keeps it) and the lower-cased names the framing rules read.
 
 Best of the rounds, in microseconds per head (the machine is shared: the minimum is the
 figure least disturbed by other processes).
@@ -122,19 +129,83 @@ def httptools_cost(head: bytes, number: int) -> float | None:
     return timeit.timeit(one, number=number) / number
 
 
+def split_costs(head: bytes, number: int) -> tuple[float, float | None]:
+    """The front's split and per-line checks, and llhttp's split with what must follow it."""
+    from twistedgw.http._front import _CTL_IN_HEAD, _TOKEN
+
+    text = head[:-4]
+
+    def python() -> None:
+        lines = text.split(b"\r\n")
+        _CTL_IN_HEAD.search(text, len(lines[0]))
+        lines[0].split(b" ")
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                raise ValueError(line)
+            colon = line.find(b":")
+            if colon <= 0 or not _TOKEN.match(line[:colon]):
+                raise ValueError(line)
+            line[colon + 1 :].strip(b" \t")
+            line[:colon].lower()
+
+    assert timeit.timeit(python, number=1) >= 0
+    py = timeit.timeit(python, number=number) / number
+    try:
+        import httptools
+    except ImportError:
+        return py, None
+
+    class Fields:
+        __slots__ = ("fields",)
+
+        def __init__(self) -> None:
+            self.fields: list[tuple[bytes, bytes]] = []
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.fields.append((name, value))
+
+    def llhttp() -> None:
+        collect = Fields()
+        httptools.HttpRequestParser(collect).feed_data(head)
+        first = text.find(b"\r\n")
+        _CTL_IN_HEAD.search(text, first)
+        text[:first].split(b" ")
+        for name, value in collect.fields:
+            value.rstrip(b" \t")
+            name.lower()
+
+    # Both loops must do the same work: llhttp split the head into the front's fields.
+    check = Fields()
+    httptools.HttpRequestParser(check).feed_data(head)
+    lines = text.split(b"\r\n")[1:]
+    assert [(n, v.rstrip(b" \t")) for n, v in check.fields] == [
+        (line.split(b":", 1)[0], line.split(b":", 1)[1].strip(b" \t")) for line in lines
+    ], check.fields
+    return py, timeit.timeit(llhttp, number=number) / number
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--number", type=int, default=20_000)
     args = p.parse_args()
-    print("| head | front (pure Python, all rules) | httptools (parse only) |")
-    print("|---|---|---|")
+    print(
+        "| head | front (pure Python, all rules) | httptools (parse only) "
+        "| split (Python) | split (llhttp + what must follow) |"
+    )
+    print("|---|---|---|---|---|")
     for label, head in HEADS.items():
         front = min(front_cost(head, args.number) for _ in range(args.rounds))
         costs = [httptools_cost(head, args.number) for _ in range(args.rounds)]
         c = min(x for x in costs if x is not None) if None not in costs else None
         ht = f"{c * 1e6:.1f} µs" if c is not None else "not installed"
-        print(f"| {label}, {len(head)} B | {front * 1e6:.1f} µs | {ht} |")
+        splits = [split_costs(head, args.number) for _ in range(args.rounds)]
+        sp = min(x for x, _ in splits)
+        lls = [y for _, y in splits if y is not None]
+        ll = f"{min(lls) * 1e6:.1f} µs" if lls else "not installed"
+        print(
+            f"| {label}, {len(head)} B | {front * 1e6:.1f} µs | {ht} | {sp * 1e6:.1f} µs | {ll} |"
+        )
     return 0
 
 
