@@ -62,6 +62,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._sendnow import send_now
+from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
@@ -525,6 +526,17 @@ class FrontChannel(BoundedClose, Protocol):
         ]
         if nxt:
             self._arm(min(nxt))
+        self._release_buffers()  # idle housekeeping: after a large transfer, say
+
+    def _release_buffers(self) -> None:
+        """An idle TLS connection's memory BIOs keep the largest buffers they ever
+        needed (the handshake's flights, a large body): give it empty ones."""
+        if (
+            self.secure and self._served  # a request was served: the handshake is done
+            and self._state == _HEAD and not self._partial and not self._buf
+            and not self.refused and not self._closing and self.transport is not None
+        ):
+            fresh_bios(self.transport.getHandle())  # type: ignore[attr-defined]
 
     def _arm_idle(self) -> None:
         idle = self._limits.idle_timeout
@@ -859,6 +871,8 @@ class FrontChannel(BoundedClose, Protocol):
         self._set_reading()
         if self._buf:
             self._parse()
+        elif self._served == 1:  # the first answer: the handshake's flights went through
+            self._release_buffers()
 
     # -- writing and back-pressure ------------------------------------------
 
