@@ -391,20 +391,21 @@ class FrontChannel(BoundedClose, Protocol):
         limits = self._limits = self.guard.limits()
         self.guard.open += 1
         self._counted = True
-        if ITCPTransport.providedBy(transport):
-            transport.setTcpNoDelay(True)
         self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        # The socket's own transport under TLS: TLS's getPeer, getHost and the rest go
+        # to it through ProtocolWrapper's __getattr__ (a cost per connection).
+        tcp = transport.transport if self.secure else transport
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)
         if self.secure:
             # Each write here is already a whole response head with its first body
             # bytes, a chunk, or an end: TLS-encrypt it now rather than through
             # Twisted's small-write aggregator (a zero-delay timer per response), and
             # let the socket send at once when nothing is queued (``send_now``).
-            send_now(transport.transport)
             self._send = partial(TLSMemoryBIOProtocol.write, transport)
-        else:
-            send_now(transport)
-        self.peer = transport.getPeer()
-        self.local = transport.getHost()
+        send_now(tcp)
+        self.peer = tcp.getPeer()
+        self.local = tcp.getHost()
         self._network = IPushProducer(transport, None)
         transport.registerProducer(self, True)
         if self.guard.open > limits.max_connections:
