@@ -537,7 +537,9 @@ class FrontChannel(BoundedClose, Protocol):
             and self._state == _HEAD and not self._partial and not self._buf
             and not self.refused and not self._closing and self.transport is not None
         ):
-            fresh_bios(self.transport.getHandle())  # type: ignore[attr-defined]
+            handle = self.transport.getHandle()  # type: ignore[attr-defined]
+            if handle is not None:  # None once TLS lost the connection
+                fresh_bios(handle)
 
     def _arm_idle(self) -> None:
         idle = self._limits.idle_timeout
