@@ -5,8 +5,10 @@ in-use heap (``mallinfo2``) per connection for: a bare pyOpenSSL ``Connection``
 (cryptography's bundled OpenSSL), a bare stdlib ``ssl`` object (the system
 OpenSSL, the one NGINX runs with), and ServerTLS connections after a TLS 1.3
 handshake over memory BIOs (what the gateway's listeners use) without and with
-a client certificate chain, before and after the verdict is asked for. No
-sockets, no other process.
+a client certificate chain, before and after the verdict is asked for, and what
+fresh memory BIOs give back (``_twisted.fresh_bios``: the front's, once a TLS
+connection is idle), after a tiny response and after a 1 MiB one. No sockets, no
+other process.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from OpenSSL import SSL, crypto
 
+from twistedgw._twisted import fresh_bios
 from twistedgw.config import TlsConfig
 from twistedgw.testing import devpki
 from twistedgw.tls import ServerTLS
@@ -106,7 +109,19 @@ def main() -> int:
                 ctx.add_extra_chain_cert(crypto.X509.from_cryptography(c))
         return ctx
 
-    def served(ctx: SSL.Context, judge: bool) -> Any:
+    def drain(client: SSL.Connection, conn: SSL.Connection) -> None:
+        while True:
+            try:
+                client.bio_write(conn.bio_read(65536))
+            except SSL.WantReadError:
+                return
+            try:
+                while client.recv(65536):
+                    pass
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass
+
+    def served(ctx: SSL.Context, judge: bool, body: bytes = b"ok\n", fresh: bool = False) -> Any:
         app = _App()
         conn = server.serverConnectionForTLS(app)
         app.connection = conn
@@ -116,13 +131,20 @@ def main() -> int:
         _pump(client, conn)
         client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         _pump(client, conn)
-        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+        data = head + body
+        for at in range(0, len(data), 16384):  # as Twisted's TLS writes: 16 KiB a send
+            conn.send(data[at : at + 16384])
+            drain(client, conn)
         _pump(client, conn)
+        if fresh:
+            assert fresh_bios(conn)
         return (app, conn, server.identity_for(app) if judge else None)
 
     bare_ctx = SSL.Context(SSL.TLS_METHOD)
     std_ctx = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_SERVER)
     with_cert, without = client_context(True), client_context(False)
+    big = b"x" * (1 << 20)
     rows = [
         (f"bare pyOpenSSL Connection ({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()})",
          lambda: SSL.Connection(bare_ctx, None)),
@@ -135,6 +157,12 @@ def main() -> int:
          lambda: served(with_cert, False)),
         ("ServerTLS, the same, verdict asked for (identity_for)",
          lambda: served(with_cert, True)),
+        ("ServerTLS, the same, then fresh memory BIOs (the front, after its first answer)",
+         lambda: served(with_cert, True, fresh=True)),
+        ("ServerTLS, the same after a 1 MiB response",
+         lambda: served(with_cert, True, big)),
+        ("ServerTLS, the same after a 1 MiB response, then fresh memory BIOs",
+         lambda: served(with_cert, True, big, fresh=True)),
     ]
     for label, make in rows:
         print(f"{per_item(args.count, make):6.1f} KiB  {label}")

@@ -66,6 +66,7 @@ _INSTANCES = {
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
     "twisted.internet.abstract.FileDescriptor": _file_descriptor,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
+    "OpenSSL.SSL.Connection": lambda: SSL.Connection(SSL.Context(SSL.TLS_METHOD), None),
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
 }

@@ -85,6 +85,13 @@ USED: tuple[PrivateName, ...] = (
                 "whether ServerTLSProtocol.makeConnection connects the application"),
     PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_checkHandshakeStatus",
                 "method", "ServerTLSProtocol.makeConnection starts the handshake with it"),
+    # fresh_bios: an idle connection's memory BIOs, replaced by empty ones.
+    PrivateName("OpenSSL.SSL.Connection", "_ssl", "attribute",
+                "the SSL pointer, for SSL_set_bio (fresh_bios)"),
+    PrivateName("OpenSSL.SSL.Connection", "_into_ssl", "attribute",
+                "the memory BIO bio_write feeds: fresh_bios replaces it"),
+    PrivateName("OpenSSL.SSL.Connection", "_from_ssl", "attribute",
+                "the memory BIO bio_read drains: fresh_bios replaces it"),
 )
 
 
@@ -115,3 +122,30 @@ def openssl() -> tuple[Any, Any]:
 def ssl_ctx(context: Any) -> Any:
     """The ``SSL_CTX *`` behind a pyOpenSSL ``Context``."""
     return context._context
+
+
+def fresh_bios(connection: Any) -> bool:
+    """Give an idle pyOpenSSL connection new, empty memory BIOs; False (nothing changed)
+    if either still holds bytes or the connection has no memory BIOs.
+
+    An OpenSSL memory BIO keeps the largest buffer it ever needed: ~4 KiB per idle
+    connection once the handshake's flights (certificate chains) went through, ~20 KiB
+    after a large request or response. ``SSL_MODE_RELEASE_BUFFERS`` frees the record
+    layer's buffers only. ``SSL_set_bio`` frees the old BIOs; the TLS state is the
+    SSL object's and does not move."""
+    ffi, lib = openssl()
+    into, out = connection._into_ssl, connection._from_ssl
+    if into is None or out is None:
+        return False
+    if lib.BIO_get_mem_data(into, ffi.NULL) or lib.BIO_get_mem_data(out, ffi.NULL):
+        return False
+    new_into = lib.BIO_new(lib.BIO_s_mem())
+    if new_into == ffi.NULL:
+        return False
+    new_out = lib.BIO_new(lib.BIO_s_mem())
+    if new_out == ffi.NULL:
+        lib.BIO_free(new_into)
+        return False
+    lib.SSL_set_bio(connection._ssl, new_into, new_out)
+    connection._into_ssl, connection._from_ssl = new_into, new_out
+    return True

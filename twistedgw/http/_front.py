@@ -62,6 +62,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._sendnow import send_now
+from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http import _guard
@@ -335,9 +336,10 @@ class FrontChannel(BoundedClose, Protocol):
     # (Twisted's Protocol has a dict: ``transport``, ``site`` and the like stay there.)
     __slots__ = (
         "_body", "_body_limit", "_body_size", "_buf", "_close_timer", "_closing",
-        "_closing_timer", "_closing_unsent", "_counted", "_decoder", "_handshake_timer",
-        "_header_timer", "_idle_timer", "_left", "_limits", "_network", "_output_full",
+        "_closing_timer", "_closing_unsent", "_counted", "_decoder", "_handshake_at",
+        "_header_at", "_idle_at", "_left", "_limits", "_network", "_now", "_output_full",
         "_parsing", "_partial", "_producer", "_reading", "_request", "_served", "_state",
+        "_timer", "_timer_at",
         "guard", "local", "peer", "persistent", "refused", "requests", "secure",
     )
 
@@ -364,9 +366,16 @@ class FrontChannel(BoundedClose, Protocol):
         self._network: Any = None  # the transport as a push producer (reading)
         self._output_full = False
         self._reading = True
-        self._idle_timer: IDelayedCall | None = None
-        self._header_timer: IDelayedCall | None = None
-        self._handshake_timer: IDelayedCall | None = None
+        # One timer per connection (a DelayedCall is ~0.4 KiB, and each one armed and
+        # cancelled is reactor work): it is armed at the earliest of these deadlines
+        # (reactor seconds; None = not timed) and finds what is due when it fires.
+        # Reads and answers only move ``_idle_at``; the timer, found early, re-arms.
+        self._handshake_at: float | None = None
+        self._header_at: float | None = None
+        self._idle_at: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0  # the deadline the timer was armed for
+        self._now: Callable[[], float] = _no_clock  # the reactor's clock: connectionMade
         self._close_timer: IDelayedCall | None = None
         self._closing_timer: IDelayedCall | None = None
         self._closing_unsent = 0
@@ -382,20 +391,21 @@ class FrontChannel(BoundedClose, Protocol):
         limits = self._limits = self.guard.limits()
         self.guard.open += 1
         self._counted = True
-        if ITCPTransport.providedBy(transport):
-            transport.setTcpNoDelay(True)
         self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        # The socket's own transport under TLS: TLS's getPeer, getHost and the rest go
+        # to it through ProtocolWrapper's __getattr__ (a cost per connection).
+        tcp = transport.transport if self.secure else transport
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)
         if self.secure:
             # Each write here is already a whole response head with its first body
             # bytes, a chunk, or an end: TLS-encrypt it now rather than through
             # Twisted's small-write aggregator (a zero-delay timer per response), and
             # let the socket send at once when nothing is queued (``send_now``).
-            send_now(transport.transport)
             self._send = partial(TLSMemoryBIOProtocol.write, transport)
-        else:
-            send_now(transport)
-        self.peer = transport.getPeer()
-        self.local = transport.getHost()
+        send_now(tcp)
+        self.peer = tcp.getPeer()
+        self.local = tcp.getHost()
         self._network = IPushProducer(transport, None)
         transport.registerProducer(self, True)
         if self.guard.open > limits.max_connections:
@@ -406,22 +416,31 @@ class FrontChannel(BoundedClose, Protocol):
             )
             self._abort()
             return
+        # The header timeout runs from the connection's start, as do the handshake's
+        # and the idle one: the one timer is armed at the earliest.
+        first = limits.client_header_timeout
         if self.secure:
-            self._handshake_timer = self.callLater(
-                limits.handshake_timeout, self._handshake_timed_out
-            )
-        self._header_timer = self.callLater(limits.client_header_timeout, self._header_timed_out)
-        self._arm_idle()
+            first = min(first, limits.handshake_timeout)
+        if limits.idle_timeout:
+            first = min(first, limits.idle_timeout)
+        timer = self._timer = self.callLater(first, self._timed_out)
+        self._now = timer.seconds  # type: ignore[attr-defined]  # DelayedCall's clock
+        now = self._now()
+        self._timer_at = now + first  # the earliest deadline below, to the bit
+        if self.secure:
+            self._handshake_at = now + limits.handshake_timeout
+        self._header_at = now + limits.client_header_timeout
+        if limits.idle_timeout:
+            self._idle_at = now + limits.idle_timeout
 
     def handshakeCompleted(self) -> None:
-        self._cancel("_handshake_timer")
+        self._handshake_at = None  # the timer, if armed for it, finds nothing due
 
     def hand_over(self) -> bool:
         """Give the connection up to another protocol (HTTP/2 after ALPN h2, http/_h2.py)
         before any byte was read: timers cancelled, no longer the transport's producer.
         Returns whether it counted against ``max_connections``; the new owner does now."""
-        for name in ("_header_timer", "_handshake_timer", "_idle_timer"):
-            self._cancel(name)
+        self._stop_timing("_header_at", "_handshake_at", "_idle_at")
         transport: Any = self.transport
         if transport is not None:
             transport.unregisterProducer()  # registered in connectionMade
@@ -431,9 +450,8 @@ class FrontChannel(BoundedClose, Protocol):
         return counted
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for name in (
-            "_header_timer", "_handshake_timer", "_close_timer", "_closing_timer", "_idle_timer"
-        ):
+        self._stop_timing("_header_at", "_handshake_at", "_idle_at")
+        for name in ("_close_timer", "_closing_timer"):
             self._cancel(name)
         if self._counted:
             self._counted = False
@@ -466,15 +484,73 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- timers ----------------------------------------------------------
 
+    def _arm(self, at: float) -> None:
+        """Make the one timer fire by ``at``. A timer armed later is cancelled and made
+        anew: ``DelayedCall.reset`` to an earlier time searches the reactor's whole heap."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = self.callLater(max(at - self._now(), 0.0), self._timed_out)
+
+    def _stop_timing(self, *deadlines: str) -> None:
+        """Drop ``deadlines``; the timer goes with the last one."""
+        for name in deadlines:
+            setattr(self, name, None)
+        if self._handshake_at is None and self._header_at is None and self._idle_at is None:
+            self._cancel("_timer")
+
+    def _timed_out(self) -> None:
+        """The timer fired: run what is due, earliest deadline first (ties: handshake,
+        header, idle, the order the three timers this replaces were made in), then
+        re-arm it at the next deadline."""
+        self._timer = None
+        # At least the deadline it was armed for: the clock may round below it.
+        now = max(self._now(), self._timer_at)
+        while True:
+            due: float | None = None
+            handler: Callable[[], None] | None = None
+            for at, run in (
+                (self._handshake_at, self._handshake_timed_out),
+                (self._header_at, self._header_timed_out),
+                (self._idle_at, self._idle_check),
+            ):
+                if at is not None and at <= now and (due is None or at < due):
+                    due, handler = at, run
+            if handler is None:
+                break
+            handler()
+        nxt = [
+            at for at in (self._handshake_at, self._header_at, self._idle_at) if at is not None
+        ]
+        if nxt:
+            self._arm(min(nxt))
+        self._release_buffers()  # idle housekeeping: after a large transfer, say
+
+    def _release_buffers(self) -> None:
+        """An idle TLS connection's memory BIOs keep the largest buffers they ever
+        needed (the handshake's flights, a large body): give it empty ones."""
+        if (
+            self.secure and self._served  # a request was served: the handshake is done
+            and self._state == _HEAD and not self._partial and not self._buf
+            and not self.refused and not self._closing and self.transport is not None
+        ):
+            handle = self.transport.getHandle()  # type: ignore[attr-defined]
+            if handle is not None:  # None once TLS lost the connection
+                fresh_bios(handle)
+
     def _arm_idle(self) -> None:
         idle = self._limits.idle_timeout
-        if idle and self._idle_timer is None:
-            self._idle_timer = self.callLater(idle, self._idle_check)
+        if idle and self._idle_at is None:
+            at = self._idle_at = self._now() + idle
+            self._arm(at)
 
     def _idle_check(self) -> None:
-        """No byte for ``idle_timeout`` (the timer is pushed back per read): 408 if
+        """No byte for ``idle_timeout`` (the deadline is pushed back per read): 408 if
         mid-request, else close."""
-        self._idle_timer = None
+        self._idle_at = None
         if self.refused:
             return
         if self._state == _HANDLING:  # not idle: answering; timed again when done
@@ -493,19 +569,19 @@ class FrontChannel(BoundedClose, Protocol):
         self.loseConnection()
 
     def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
+        self._handshake_at = None
         log.info("TLS handshake not finished in time; closing {peer}", peer=self._peer())
         self._abort()
 
     def _header_timed_out(self) -> None:
-        self._header_timer = None
+        self._header_at = None
         if self.refused or self._state != _HEAD:
             return  # the head it timed is in
         if not self._partial:
             if self._served:
                 return  # between requests: the idle timeout's business
             # nothing sent at all: nobody to answer
-            self._cancel("_idle_timer")
+            self._stop_timing("_idle_at")
             self._abort()
             return
         self.refuse(
@@ -522,9 +598,8 @@ class FrontChannel(BoundedClose, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.refused or self._closing:
             return  # lingering (or closing): discard
-        timer = self._idle_timer
-        if timer is not None:
-            timer.reset(self._limits.idle_timeout)  # a later time: no re-sort, one clock read
+        if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
+            self._idle_at = self._now() + self._limits.idle_timeout
         if self._state == _HANDLING:
             self._buf += data
             if len(self._buf) > EAGER_READ:
@@ -560,18 +635,15 @@ class FrontChannel(BoundedClose, Protocol):
         buf = self._buf
         if not self._partial:
             self._partial = True
-            timer = self._header_timer
             if self._served:  # a keep-alive connection's next request: timed from now
-                if timer is not None and timer.active():
-                    timer.reset(self._limits.client_header_timeout)
-                else:
-                    self._header_timer = self.callLater(
-                        self._limits.client_header_timeout, self._header_timed_out
-                    )
-            # (The first request's timer runs from the connection's start.)
+                self._header_at = self._now() + self._limits.client_header_timeout
+            # (The first request's deadline runs from the connection's start.)
         limit = self._limits.max_header_bytes
         end = buf.find(b"\r\n\r\n")
         if end < 0:
+            header_at = self._header_at
+            if header_at is not None:  # the head stays incomplete: the timer must see it
+                self._arm(header_at)
             if b"\n" in buf and _guard._BARE_LF.search(buf) is not None:
                 raise _bad("a bare LF is not a valid line ending or header byte")
             first = buf.find(b"\r\n")
@@ -590,8 +662,9 @@ class FrontChannel(BoundedClose, Protocol):
             raise _Refused(uri_too_long(limit), "header_too_large")
         if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
             raise _Refused(header_too_large(limit), "header_too_large")
-        # The header timer is left to fire harmlessly (or be reset by the next request):
-        # cheaper than cancelling and re-creating it per request.
+        # The head is in: its deadline is done with (the timer, if armed for it, finds
+        # nothing due). The timer is touched only by a head that arrives in pieces.
+        self._header_at = None
         self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
         return True
 
@@ -794,15 +867,15 @@ class FrontChannel(BoundedClose, Protocol):
             self.loseConnection()
             return
         self._state = _HEAD
-        timer = self._idle_timer
-        if timer is not None and timer.active():
-            timer.reset(self._limits.idle_timeout)
+        if self._idle_at is not None:
+            self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:
-            self._idle_timer = None
             self._arm_idle()
         self._set_reading()
         if self._buf:
             self._parse()
+        elif self._served == 1:  # the first answer: the handshake's flights went through
+            self._release_buffers()
 
     # -- writing and back-pressure ------------------------------------------
 
@@ -876,8 +949,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._buf = b""
         self.requests = [r for r in self.requests if r.startedWriting]  # never dispatched
         self._decoder = None
-        for name in ("_header_timer", "_idle_timer"):
-            self._cancel(name)
+        self._stop_timing("_header_at", "_idle_at")
         body, self._body = self._body, None
         if body is not None:
             body.close()
@@ -909,7 +981,7 @@ class FrontChannel(BoundedClose, Protocol):
         if transport is None:
             return
         self._closing = True
-        self._cancel("_idle_timer")
+        self._stop_timing("_idle_at")
         if self._network is not None:
             transport.unregisterProducer()
         transport.loseConnection()
@@ -939,6 +1011,12 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _peer(self) -> str:
         return str(getattr(self.peer, "host", "-"))
+
+
+def _no_clock() -> float:
+    """The clock before ``connectionMade`` gave the channel the reactor's: no deadline is
+    set before then, so nothing asks."""
+    raise RuntimeError("FrontChannel: no clock before connectionMade")
 
 
 #: ``http._resource.route_request``, bound by ``serve`` (importing it here would be circular).
