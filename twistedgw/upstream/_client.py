@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
@@ -89,8 +89,9 @@ class Truncated(UpstreamError):
     """The connection closed before the body's announced end."""
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
+    """A backend's response head as parsed (a tuple: one is built per response)."""
+
     code: int
     phrase: bytes
     headers: list[tuple[bytes, bytes]]  # as received, repeats and order kept

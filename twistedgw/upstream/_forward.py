@@ -33,7 +33,7 @@ import socket
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -108,9 +108,9 @@ class ForwardSettings:
     send_timeout: float = 60.0
 
 
-@dataclass(frozen=True)
-class ForwardResult:
-    """What happened to one forwarded request, for the access log and metrics.
+class ForwardResult(NamedTuple):
+    """What happened to one forwarded request, for the access log and metrics (a tuple:
+    one is built per request).
 
     `status` is the status sent to the client (499 if the client left before
     any response was sent). `error_kind` is None on success, else one of
@@ -157,25 +157,45 @@ def build_request_head(
         raise ValueError("invalid request target")
     headers = request.requestHeaders
     connection = headers.getRawHeaders(b"connection")
-    drop: Collection[bytes] = _REQUEST_DROP
-    if connection or remove_headers or add_headers:
-        drop = set(_REQUEST_DROP)
+    drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
+    extra: Collection[bytes] = ()  # names dropped for this request only
+    if connection or add_headers:
+        extra = {name.lower() for name, _ in add_headers}
         if connection:
-            drop.update(connection_tokens(connection))
-        drop.update(map(bytes.lower, remove_headers))  # no generator frame per name
-        drop.update([name.lower() for name, _ in add_headers])
+            extra.update(connection_tokens(connection))
     for name, _ in add_headers:
         if not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
-    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _same)
+    out = _head_lines(
+        request, origin, target, headers, drop, extra, add_headers, body_length, _same
+    )
     head = b"".join(out)
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
     lines = len(out) + 1  # the first entry holds two lines (request line, Host)
     if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
         return head
-    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _one_line)
+    out = _head_lines(
+        request, origin, target, headers, drop, extra, add_headers, body_length, _one_line
+    )
     return b"".join(out)
+
+
+# ``_REQUEST_DROP`` with a caller's ``remove_headers``, lower-cased, by the set of names
+# given. An API's pipeline removes the same names on every request (the identity headers
+# a caller could forge), so this is computed once per distinct set, not once per request.
+_drop_sets: dict[frozenset[bytes], frozenset[bytes]] = {}
+_DROP_SETS_MAX = 256
+
+
+def _drop_set(remove_headers: Collection[bytes]) -> frozenset[bytes]:
+    key = remove_headers if isinstance(remove_headers, frozenset) else frozenset(remove_headers)
+    drop = _drop_sets.get(key)
+    if drop is None:
+        if len(_drop_sets) >= _DROP_SETS_MAX:
+            _drop_sets.clear()
+        drop = _drop_sets[key] = _REQUEST_DROP.union(map(bytes.lower, key))
+    return drop
 
 
 def _same(value: bytes) -> bytes:
@@ -188,14 +208,17 @@ def _head_lines(
     target: bytes,
     headers: Any,
     drop: Collection[bytes],
+    extra: Collection[bytes],
     add_headers: Sequence[tuple[bytes, bytes]],
     body_length: int | None,
     one_line: Callable[[bytes], bytes],
 ) -> list[bytes]:
-    """``build_request_head``'s lines, each value passed through ``one_line``."""
+    """``build_request_head``'s lines, each value passed through ``one_line``; a
+    header whose lower-case name is in ``drop`` or ``extra`` is left out."""
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (request.method, target, origin.host_header)]
     for name, values in headers.getAllRawHeaders():
-        if name.lower() in drop or b"_" in name:
+        lower = name.lower()
+        if lower in drop or lower in extra or b"_" in name:
             continue
         for value in values:
             out.append(b"%s: %s\r\n" % (name, one_line(value)))
