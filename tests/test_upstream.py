@@ -409,3 +409,54 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
     assert any(x.startswith(b"X-V: ") for x in lines)
     if added:
         assert b"X-Id: " + safe in lines
+
+
+# -- per-request caches (bench/README.md, fifth round) --------------------------
+
+
+def _head_removing(remove: set[bytes] | frozenset[bytes]) -> bytes:
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from twistedgw.upstream._client import Origin
+    from twistedgw.upstream._forward import build_request_head
+
+    class Request(DummyRequest):
+        def isSecure(self) -> bool:
+            return False
+
+    request = Request([b"a"])
+    request.method = b"GET"
+    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
+    for name in (b"X-One", b"X-Two", b"X-Three"):
+        request.requestHeaders.setRawHeaders(name, [b"v"])
+    origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
+    return build_request_head(request, origin, b"/a", remove_headers=remove)
+
+
+def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> None:
+    """The drop set is cached per strip list: one list's names never leak into another's."""
+    from twistedgw.upstream import _forward
+
+    first = _head_removing({b"X-ONE"})  # not lower case: lowered once, when cached
+    assert b"X-One" not in first and b"X-Two: v" in first and b"X-Three: v" in first
+    second = _head_removing(frozenset({b"x-two", b"x-three"}))
+    assert b"X-One: v" in second and b"X-Two" not in second and b"X-Three" not in second
+    assert _head_removing({b"X-ONE"}) == first
+    for n in range(_forward._DROP_SETS_MAX + 10):  # bounded, however many lists
+        _head_removing({b"x-%d" % n})
+    assert len(_forward._drop_sets) <= _forward._DROP_SETS_MAX
+    assert _head_removing(set()).count(b": v\r\n") == 3
+
+
+def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
+    from twistedgw.upstream import _client
+
+    ok = _parse_head(b"HTTP/1.1 200 OK\r\nX-Name: 1\r\nContent-Length: 0", False)
+    assert ok is not None and b"X-Name" in _client._seen_names
+    for bad in (b"X-Name : 1", b"X Name: 1", b"X-Name\x00: 1", b": 1"):
+        with pytest.raises(ValueError):
+            _parse_head(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 0", False)
+    for n in range(_client._SEEN_NAMES_MAX + 10):
+        _client._valid_name(b"x-%d" % n)
+    assert len(_client._seen_names) <= _client._SEEN_NAMES_MAX

@@ -247,6 +247,12 @@ def _client_host(address: IAddress) -> bytes | None:
     return None
 
 
+# The backend's response headers never copied: hop-by-hop and Server, and Content-Length
+# (set from the parsed length) except in the answer to HEAD.
+_RESPONSE_SKIP_HEAD: frozenset[bytes] = HOP_BY_HOP | {b"server"}
+_RESPONSE_SKIP: frozenset[bytes] = _RESPONSE_SKIP_HEAD | {b"content-length"}
+
+
 def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """Put the backend's end-to-end headers on the client response, repeats kept.
 
@@ -257,15 +263,11 @@ def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """
     is_head = request.method == b"HEAD"
     named = head.connection_tokens
+    skip = _RESPONSE_SKIP_HEAD if is_head else _RESPONSE_SKIP
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
     for name, value in head.headers:
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in named
-            or lower == b"server"
-            or (lower == b"content-length" and not is_head)
-        ):
+        if lower in skip or lower in named:
             continue
         entry = grouped.get(lower)
         if entry is None:
