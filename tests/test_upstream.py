@@ -460,3 +460,43 @@ def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
     for n in range(_client._SEEN_NAMES_MAX + 10):
         _client._valid_name(b"x-%d" % n)
     assert len(_client._seen_names) <= _client._SEEN_NAMES_MAX
+
+
+def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
+    """``_Deadlines``: one reactor call for every exchange's backend timeout, each fired
+    at its own deadline (not before, not late), none left pending when nothing waits."""
+    from twistedgw.upstream._forward import _Deadlines
+
+    clock = MemoryReactorClock()
+    deadlines = _Deadlines(clock)
+    fired: list[tuple[str, float]] = []
+
+    class Exchange:
+        def __init__(self, name: str, then: Callable[[], None] | None = None) -> None:
+            self.name, self.then = name, then
+
+        def _timed_out(self) -> None:
+            fired.append((self.name, clock.seconds()))
+            if self.then is not None:
+                self.then()
+
+    a, b, c = Exchange("a"), Exchange("b"), Exchange("c")
+    deadlines.arm(a, 5)  # type: ignore[arg-type]
+    deadlines.arm(b, 3)  # type: ignore[arg-type]
+    deadlines.arm(c, 10)  # type: ignore[arg-type]
+    assert len([d for d in clock.getDelayedCalls() if d.active()]) == 1
+    clock.advance(1)
+    deadlines.arm(b, 3)  # re-armed: now due at 4
+    deadlines.disarm(a)  # finished: never fires
+    clock.advance(2.75)
+    assert fired == []
+    d = Exchange("d")
+    e = Exchange("e", then=lambda: deadlines.arm(d, 20))  # type: ignore[arg-type]
+    deadlines.arm(e, 0.5)  # type: ignore[arg-type]  # due at 4.25
+    for _ in range(8):
+        clock.advance(0.25)
+    assert fired == [("b", 4.0), ("e", 4.25)]
+    clock.advance(4.25)  # c (due at 10) is not held back by d (armed at 4.25, due at 24.25)
+    assert fired[-1] == ("c", 10.0)
+    deadlines.disarm(d)  # type: ignore[arg-type]
+    assert not [call for call in clock.getDelayedCalls() if call.active()]
