@@ -839,10 +839,10 @@ class _Deadlines:
     Each exchange waiting on its backend has a deadline (``_Exchange._timed_out`` runs
     when it passes); one reactor call is kept at (or before) the earliest one. Arming,
     re-arming and disarming is a dict update, where a timer per request cost a
-    ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2.5% of a keep-alive
-    request's CPU, bench/README.md, fifth round). When the call fires before any
-    deadline (the earliest exchange finished), it moves to the earliest left. With no
-    exchange armed no call is left pending.
+    ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
+    request's CPU in their own frames, more in the reactor's heap: bench/README.md,
+    fifth round). When the call fires before any deadline (the earliest exchange
+    finished), it moves to the earliest left. With no exchange armed none is pending.
     """
 
     def __init__(self, reactor: Any) -> None:
