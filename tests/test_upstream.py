@@ -500,3 +500,19 @@ def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
     assert fired[-1] == ("c", 10.0)
     deadlines.disarm(d)  # type: ignore[arg-type]
     assert not [call for call in clock.getDelayedCalls() if call.active()]
+
+
+def test_cached_connection_tokens_and_the_single_length_shortcut_decide_as_before() -> None:
+    for _ in range(2):  # the second time from the cache
+        keep = _parse_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5",
+                           False)
+        close = _parse_head(b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nContent-Length: 5",
+                            False)
+        assert keep is not None and close is not None
+        assert keep[3] is True and keep[0].connection_tokens == frozenset({b"keep-alive"})
+        assert close[3] is False and close[0].connection_tokens == frozenset({b"close", b"x-a"})
+    listed = _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5 , 5", False)
+    assert listed is not None and listed[2] == 5
+    for bad in (b"5, 6", b"5,", b"-5", b"5 5"):
+        with pytest.raises(ValueError, match="Content-Length"):
+            _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + bad, False)

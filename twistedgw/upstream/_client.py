@@ -16,6 +16,7 @@ failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -641,6 +642,13 @@ def _is_hex(text: bytes) -> bool:
     return all(c in _HEX for c in text)
 
 
+@functools.lru_cache(maxsize=64)
+def _one_connection(value: bytes) -> frozenset[bytes]:
+    """``connection_tokens`` of one Connection value: a backend sends the same one
+    (``keep-alive``) in every response."""
+    return connection_tokens((value,))
+
+
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """Lower-case header names listed in Connection header values (RFC 9110 7.6.1)."""
     tokens: set[bytes] = set()
@@ -709,12 +717,18 @@ def _parse_head(
         headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length":
-            lengths.extend(v.strip(b" \t") for v in value.split(b","))
+            if b"," in value:
+                lengths.extend(v.strip(b" \t") for v in value.split(b","))
+            else:  # the usual single value, already stripped
+                lengths.append(value)
         elif lower == b"transfer-encoding":
             codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
         elif lower == b"connection":
             connection.append(value)
-    tokens = connection_tokens(connection)
+    if len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
+        tokens = _one_connection(connection[0])
+    else:
+        tokens = connection_tokens(connection)
     keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
     length: int | None = None
     if lengths:
