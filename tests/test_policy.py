@@ -369,3 +369,22 @@ def test_an_async_stage_already_fired_stays_cheap() -> None:
 
     a = api()
     assert isinstance(run(pipeline([Fired()], api=a), fake_call(api=a)), HeaderEdit)
+
+
+def test_mutual_ssl_answers_each_subject_its_own_principal(pki: DevPki) -> None:
+    """MutualSsl reuses one immutable result per subject: never another caller's."""
+    root = pki.authorities["partner-root"].cert
+    scheme = MutualSsl(api(mtls=MAND))
+    seen = []
+    for name in ("partner-app", "partner-direct", "partner-app"):
+        chain = (*pki.issued[name].full_chain, root)
+        identity = ClientIdentity(
+            Source.HANDSHAKE, Outcome.VERIFIED, chain, frozenset({"partner-root"})
+        )
+        result = scheme.authenticate(fake_call(api=api(mtls=MAND), identity=identity))
+        assert result.passed and result.principal == identity.subject
+        seen.append(result.principal)
+    assert seen[0] == seen[2] != seen[1]
+    assert scheme.authenticate(fake_call(api=api(mtls=MAND), identity=no_certificate())) == (
+        SchemeResult(False, False, reason=reasons.NONE)
+    )

@@ -409,3 +409,110 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
     assert any(x.startswith(b"X-V: ") for x in lines)
     if added:
         assert b"X-Id: " + safe in lines
+
+
+# -- per-request caches (bench/README.md, fifth round) --------------------------
+
+
+def _head_removing(remove: set[bytes] | frozenset[bytes]) -> bytes:
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from twistedgw.upstream._client import Origin
+    from twistedgw.upstream._forward import build_request_head
+
+    class Request(DummyRequest):
+        def isSecure(self) -> bool:
+            return False
+
+    request = Request([b"a"])
+    request.method = b"GET"
+    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
+    for name in (b"X-One", b"X-Two", b"X-Three"):
+        request.requestHeaders.setRawHeaders(name, [b"v"])
+    origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
+    return build_request_head(request, origin, b"/a", remove_headers=remove)
+
+
+def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> None:
+    """The drop set is cached per strip list: one list's names never leak into another's."""
+    from twistedgw.upstream import _forward
+
+    first = _head_removing({b"X-ONE"})  # not lower case: lowered once, when cached
+    assert b"X-One" not in first and b"X-Two: v" in first and b"X-Three: v" in first
+    second = _head_removing(frozenset({b"x-two", b"x-three"}))
+    assert b"X-One: v" in second and b"X-Two" not in second and b"X-Three" not in second
+    assert _head_removing({b"X-ONE"}) == first
+    for n in range(_forward._DROP_SETS_MAX + 10):  # bounded, however many lists
+        _head_removing({b"x-%d" % n})
+    assert len(_forward._drop_sets) <= _forward._DROP_SETS_MAX
+    assert _head_removing(set()).count(b": v\r\n") == 3
+
+
+def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
+    from twistedgw.upstream import _client
+
+    ok = _parse_head(b"HTTP/1.1 200 OK\r\nX-Name: 1\r\nContent-Length: 0", False)
+    assert ok is not None and b"X-Name" in _client._seen_names
+    for bad in (b"X-Name : 1", b"X Name: 1", b"X-Name\x00: 1", b": 1"):
+        with pytest.raises(ValueError):
+            _parse_head(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 0", False)
+    for n in range(_client._SEEN_NAMES_MAX + 10):
+        _client._valid_name(b"x-%d" % n)
+    assert len(_client._seen_names) <= _client._SEEN_NAMES_MAX
+
+
+def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
+    """``_Deadlines``: one reactor call for every exchange's backend timeout, each fired
+    at its own deadline (not before, not late), none left pending when nothing waits."""
+    from twistedgw.upstream._forward import _Deadlines
+
+    clock = MemoryReactorClock()
+    deadlines = _Deadlines(clock)
+    fired: list[tuple[str, float]] = []
+
+    class Exchange:
+        def __init__(self, name: str, then: Callable[[], None] | None = None) -> None:
+            self.name, self.then = name, then
+
+        def _timed_out(self) -> None:
+            fired.append((self.name, clock.seconds()))
+            if self.then is not None:
+                self.then()
+
+    a, b, c = Exchange("a"), Exchange("b"), Exchange("c")
+    deadlines.arm(a, 5)  # type: ignore[arg-type]
+    deadlines.arm(b, 3)  # type: ignore[arg-type]
+    deadlines.arm(c, 10)  # type: ignore[arg-type]
+    assert len([d for d in clock.getDelayedCalls() if d.active()]) == 1
+    clock.advance(1)
+    deadlines.arm(b, 3)  # re-armed: now due at 4
+    deadlines.disarm(a)  # finished: never fires
+    clock.advance(2.75)
+    assert fired == []
+    d = Exchange("d")
+    e = Exchange("e", then=lambda: deadlines.arm(d, 20))  # type: ignore[arg-type]
+    deadlines.arm(e, 0.5)  # type: ignore[arg-type]  # due at 4.25
+    for _ in range(8):
+        clock.advance(0.25)
+    assert fired == [("b", 4.0), ("e", 4.25)]
+    clock.advance(4.25)  # c (due at 10) is not held back by d (armed at 4.25, due at 24.25)
+    assert fired[-1] == ("c", 10.0)
+    deadlines.disarm(d)  # type: ignore[arg-type]
+    assert not [call for call in clock.getDelayedCalls() if call.active()]
+
+
+def test_cached_connection_tokens_and_the_single_length_shortcut_decide_as_before() -> None:
+    for _ in range(2):  # the second time from the cache
+        keep = _parse_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5",
+                           False)
+        close = _parse_head(b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nContent-Length: 5",
+                            False)
+        assert keep is not None and close is not None
+        assert keep[3] is True and keep[0].connection_tokens == frozenset({b"keep-alive"})
+        assert close[3] is False and close[0].connection_tokens == frozenset({b"close", b"x-a"})
+    listed = _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5 , 5", False)
+    assert listed is not None and listed[2] == 5
+    for bad in (b"5, 6", b"5,", b"-5", b"5 5"):
+        with pytest.raises(ValueError, match="Content-Length"):
+            _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + bad, False)

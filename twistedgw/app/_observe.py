@@ -174,8 +174,23 @@ class Metrics:
         self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
 
     def observe(self, record: RequestRecord) -> None:
-        """A ``Gateway`` observer."""
-        self.count(sample_of(record))
+        """A ``Gateway`` observer: ``count(sample_of(record))`` without the Sample tuple."""
+        identity = record.identity
+        if identity is None:
+            source = result = reason = None
+        else:
+            source, result = identity.source.value, identity.outcome.value
+            reason = reason_label(identity.reason) if not identity.verified else None
+        self._count(
+            record.api.label if record.api is not None else NO_API,
+            record.status,
+            record.duration,
+            source,
+            result,
+            reason,
+            record.error_kind,
+            record.consumer,
+        )
 
     def _consumer_label(self, consumer: str | None) -> str:
         """The consumer, if the config in force defines it: a plugin that set
@@ -190,8 +205,20 @@ class Metrics:
         return consumer if consumer in self._consumers[1] else NO_CONSUMER
 
     def count(self, sample: Sample) -> None:
-        api, status, duration, source, result, reason, kind = sample[:7]
-        consumer = self._consumer_label(sample[7] if len(sample) > 7 else None)
+        self._count(*sample[:7], sample[7] if len(sample) > 7 else None)
+
+    def _count(
+        self,
+        api: str,
+        status: int,
+        duration: float,
+        source: str | None,
+        result: str | None,
+        reason: str | None,
+        kind: str | None,
+        consumer_name: str | None,
+    ) -> None:
+        consumer = self._consumer_label(consumer_name)
         # Labelled children, looked up once per label set: prometheus_client's
         # labels() validates its arguments on every call (~3% of a request's CPU).
         children = self._children

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
@@ -41,8 +41,9 @@ ignored_header_warnings = RateLimitedLog(log)
 _decode = functools.lru_cache(maxsize=512)(lbheader.decode)
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
+    """Who speaks for a request (a tuple: one is built per request)."""
+
     identity: ClientIdentity
     via_load_balancer: bool
 

@@ -167,12 +167,19 @@ class Route(NamedTuple):
 
 
 def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
-    target = backend.encode() + rest
-    if not rest and not backend.split("://", 1)[1].count("/"):
+    encoded, bare = _backend_bytes(backend)
+    target = encoded + rest
+    if not rest and bare:
         target += b"/"
     if query is not None:
         target += b"?" + query
     return target
+
+
+@functools.lru_cache(maxsize=1024)
+def _backend_bytes(backend: str) -> tuple[bytes, bool]:
+    """A backend URL as bytes, and whether it has no path: once per URL, not per request."""
+    return backend.encode(), not backend.split("://", 1)[1].count("/")
 
 
 _PARAM = re.compile(r"\{[^{}/]*\}")
@@ -324,6 +331,8 @@ class Router:
         for candidates in table.values():
             candidates.sort(key=lambda c: c[0] is None)
         self._apis = list(table.items())
+        # Each context with its trailing "/" for the segment-boundary test, built once.
+        self._prefixes = [(c, c + b"/", candidates) for c, candidates in self._apis]
         self.uses_hosts = any(a.hosts is not None for a in ordered)
         # By the API's identity: APIs with distinct hosts share a context.
         self._templates = {
@@ -346,8 +355,8 @@ class Router:
         one spelling (None: the request named none, and only APIs without ``hosts``
         serve it)."""
         lowered = path.lower()
-        for context, candidates in self._apis:
-            if context == b"/" or lowered == context or lowered.startswith(context + b"/"):
+        for context, prefix, candidates in self._prefixes:
+            if context == b"/" or lowered == context or lowered.startswith(prefix):
                 chosen = _by_host(candidates, host)
                 if chosen is None:
                     return None

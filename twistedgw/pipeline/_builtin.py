@@ -40,19 +40,31 @@ class MutualSsl:
 
     name = "mutual_ssl"
 
+    _NONE = SchemeResult(False, False, reason=reasons.NONE)
+    _NOT_FOR_API = SchemeResult(False, True, reason=reasons.NOT_FOR_API)
+    _PASSED_MAX = 4096
+
     def __init__(self, api: ApiConfig) -> None:
         self.mode = api.mutual_ssl
         self._aliases = api.aliases
+        # SchemeResult is immutable: one per subject that passed, not one per request.
+        self._passed: dict[str | None, SchemeResult] = {}
 
     def authenticate(self, call: Call) -> SchemeResult:
         identity = call.identity
         if identity.outcome is Outcome.NONE:
-            return SchemeResult(False, False, reason=reasons.NONE)
+            return self._NONE
         if identity.outcome is Outcome.FAILED:
             return SchemeResult(False, True, reason=identity.reason or reasons.INVALID)
         if self._aliases is not None and not (identity.trust_aliases & self._aliases):
-            return SchemeResult(False, True, reason=reasons.NOT_FOR_API)
-        return SchemeResult(True, True, principal=identity.subject)
+            return self._NOT_FOR_API
+        subject = identity.subject
+        passed = self._passed.get(subject)
+        if passed is None:
+            if len(self._passed) >= self._PASSED_MAX:
+                self._passed.clear()
+            passed = self._passed[subject] = SchemeResult(True, True, principal=subject)
+        return passed
 
 
 @implementer(IScheme)

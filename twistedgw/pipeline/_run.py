@@ -244,6 +244,8 @@ def combine(
     ``call`` (principals, whether mTLS passed, consumers, claims); a refusal
     carries the challenges of the schemes that failed.
     """
+    if len(schemes) == 1:  # most APIs: one scheme, whatever its mode, decides alone
+        return _one_scheme(schemes[0], results[0], call)
     any_mandatory = False
     mandatory_passed: list[tuple[Named, SchemeResult]] = []
     optional_passed: list[tuple[Named, SchemeResult]] = []
@@ -275,6 +277,21 @@ def combine(
             call.claims = result.claims
     call.principals = tuple(principals)
     call.presented_consumers = tuple(consumers)
+    return None
+
+
+def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | None:
+    """``combine`` for a single scheme: mandatory or optional, it must pass (the
+    refusal is the one ``combine`` gives: its reason, its challenge)."""
+    if not result.passed:
+        return _refuse(_error(result), (result,))
+    principal, consumer = result.principal, result.consumer
+    call.principals = (principal,) if principal else ()
+    call.presented_consumers = (consumer,) if consumer else ()
+    if named.name == "mutual_ssl":
+        call.mtls_passed = True
+    if result.claims is not None and call.claims is None:
+        call.claims = result.claims
     return None
 
 

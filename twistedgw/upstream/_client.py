@@ -16,10 +16,11 @@ failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
@@ -89,8 +90,9 @@ class Truncated(UpstreamError):
     """The connection closed before the body's announced end."""
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
+    """A backend's response head as parsed (a tuple: one is built per response)."""
+
     code: int
     phrase: bytes
     headers: list[tuple[bytes, bytes]]  # as received, repeats and order kept
@@ -640,6 +642,13 @@ def _is_hex(text: bytes) -> bool:
     return all(c in _HEX for c in text)
 
 
+@functools.lru_cache(maxsize=64)
+def _one_connection(value: bytes) -> frozenset[bytes]:
+    """``connection_tokens`` of one Connection value: a backend sends the same one
+    (``keep-alive``) in every response."""
+    return connection_tokens((value,))
+
+
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """Lower-case header names listed in Connection header values (RFC 9110 7.6.1)."""
     tokens: set[bytes] = set()
@@ -649,6 +658,21 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
             if token:
                 tokens.add(token)
     return frozenset(tokens)
+
+
+# Header names a backend sent that were valid tokens: a backend sends the same few
+# names in every response, and a set lookup costs a fraction of the regex match.
+_seen_names: set[bytes] = set()
+_SEEN_NAMES_MAX = 4096
+
+
+def _valid_name(name: bytes) -> bool:
+    if not TOKEN.match(name):
+        return False
+    if len(_seen_names) >= _SEEN_NAMES_MAX:
+        _seen_names.clear()
+    _seen_names.add(name)
+    return True
 
 
 def _parse_head(
@@ -685,7 +709,7 @@ def _parse_head(
         if not line or line[0] in b" \t":
             raise ValueError("obsolete line folding in the response head")
         name, sep, value = line.partition(b":")
-        if not sep or not TOKEN.match(name):
+        if not sep or (name not in _seen_names and not _valid_name(name)):
             raise ValueError("invalid response header")
         value = value.strip(b" \t")
         if not clean and (b"\r" in value or b"\n" in value or b"\x00" in value):
@@ -693,12 +717,18 @@ def _parse_head(
         headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length":
-            lengths.extend(v.strip(b" \t") for v in value.split(b","))
+            if b"," in value:
+                lengths.extend(v.strip(b" \t") for v in value.split(b","))
+            else:  # the usual single value, already stripped
+                lengths.append(value)
         elif lower == b"transfer-encoding":
             codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
         elif lower == b"connection":
             connection.append(value)
-    tokens = connection_tokens(connection)
+    if len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
+        tokens = _one_connection(connection[0])
+    else:
+        tokens = connection_tokens(connection)
     keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
     length: int | None = None
     if lengths:

@@ -33,7 +33,7 @@ import socket
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -108,9 +108,9 @@ class ForwardSettings:
     send_timeout: float = 60.0
 
 
-@dataclass(frozen=True)
-class ForwardResult:
-    """What happened to one forwarded request, for the access log and metrics.
+class ForwardResult(NamedTuple):
+    """What happened to one forwarded request, for the access log and metrics (a tuple:
+    one is built per request).
 
     `status` is the status sent to the client (499 if the client left before
     any response was sent). `error_kind` is None on success, else one of
@@ -157,25 +157,45 @@ def build_request_head(
         raise ValueError("invalid request target")
     headers = request.requestHeaders
     connection = headers.getRawHeaders(b"connection")
-    drop: Collection[bytes] = _REQUEST_DROP
-    if connection or remove_headers or add_headers:
-        drop = set(_REQUEST_DROP)
+    drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
+    extra: Collection[bytes] = ()  # names dropped for this request only
+    if connection or add_headers:
+        extra = {name.lower() for name, _ in add_headers}
         if connection:
-            drop.update(connection_tokens(connection))
-        drop.update(map(bytes.lower, remove_headers))  # no generator frame per name
-        drop.update([name.lower() for name, _ in add_headers])
+            extra.update(connection_tokens(connection))
     for name, _ in add_headers:
         if not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
-    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _same)
+    out = _head_lines(
+        request, origin, target, headers, drop, extra, add_headers, body_length, _same
+    )
     head = b"".join(out)
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
     lines = len(out) + 1  # the first entry holds two lines (request line, Host)
     if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
         return head
-    out = _head_lines(request, origin, target, headers, drop, add_headers, body_length, _one_line)
+    out = _head_lines(
+        request, origin, target, headers, drop, extra, add_headers, body_length, _one_line
+    )
     return b"".join(out)
+
+
+# ``_REQUEST_DROP`` with a caller's ``remove_headers``, lower-cased, by the set of names
+# given. An API's pipeline removes the same names on every request (the identity headers
+# a caller could forge), so this is computed once per distinct set, not once per request.
+_drop_sets: dict[frozenset[bytes], frozenset[bytes]] = {}
+_DROP_SETS_MAX = 256
+
+
+def _drop_set(remove_headers: Collection[bytes]) -> frozenset[bytes]:
+    key = remove_headers if isinstance(remove_headers, frozenset) else frozenset(remove_headers)
+    drop = _drop_sets.get(key)
+    if drop is None:
+        if len(_drop_sets) >= _DROP_SETS_MAX:
+            _drop_sets.clear()
+        drop = _drop_sets[key] = _REQUEST_DROP.union(map(bytes.lower, key))
+    return drop
 
 
 def _same(value: bytes) -> bytes:
@@ -188,14 +208,17 @@ def _head_lines(
     target: bytes,
     headers: Any,
     drop: Collection[bytes],
+    extra: Collection[bytes],
     add_headers: Sequence[tuple[bytes, bytes]],
     body_length: int | None,
     one_line: Callable[[bytes], bytes],
 ) -> list[bytes]:
-    """``build_request_head``'s lines, each value passed through ``one_line``."""
+    """``build_request_head``'s lines, each value passed through ``one_line``; a
+    header whose lower-case name is in ``drop`` or ``extra`` is left out."""
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (request.method, target, origin.host_header)]
     for name, values in headers.getAllRawHeaders():
-        if name.lower() in drop or b"_" in name:
+        lower = name.lower()
+        if lower in drop or lower in extra or b"_" in name:
             continue
         for value in values:
             out.append(b"%s: %s\r\n" % (name, one_line(value)))
@@ -224,6 +247,12 @@ def _client_host(address: IAddress) -> bytes | None:
     return None
 
 
+# The backend's response headers never copied: hop-by-hop and Server, and Content-Length
+# (set from the parsed length) except in the answer to HEAD.
+_RESPONSE_SKIP_HEAD: frozenset[bytes] = HOP_BY_HOP | {b"server"}
+_RESPONSE_SKIP: frozenset[bytes] = _RESPONSE_SKIP_HEAD | {b"content-length"}
+
+
 def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """Put the backend's end-to-end headers on the client response, repeats kept.
 
@@ -234,15 +263,11 @@ def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
     """
     is_head = request.method == b"HEAD"
     named = head.connection_tokens
+    skip = _RESPONSE_SKIP_HEAD if is_head else _RESPONSE_SKIP
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
     for name, value in head.headers:
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in named
-            or lower == b"server"
-            or (lower == b"content-length" and not is_head)
-        ):
+        if lower in skip or lower in named:
             continue
         entry = grouped.get(lower)
         if entry is None:
@@ -291,6 +316,7 @@ class Forwarder:
             idle_timeout=settings.cached_connection_timeout,
         )
         self._origins: dict[tuple[bytes, IPolicyForHTTPS], Origin] = {}
+        self._deadlines = _Deadlines(reactor)
         self._down: dict[bytes, float] = {}  # scheme://host:port -> skipped until (seconds)
 
     # -- several backends (an API's ``backends``) ---------------------------------
@@ -456,7 +482,6 @@ class _Exchange:
         self._phase = "waiting"
         self._client_gone = False
         self._call: Call | None = None
-        self._timer: IDelayedCall | None = None
         self._send_timer: IDelayedCall | None = None
         self._send_mark: int | None = None  # the client's progress when last looked at
         self._relay: _BodyRelay | None = None
@@ -499,7 +524,7 @@ class _Exchange:
             remove_headers=self._remove_headers,
             body_length=length,
         )
-        self._timer = self._reactor.callLater(self._settings.backend_timeout, self._timed_out)
+        self._fw._deadlines.arm(self, self._settings.backend_timeout)
         self._call = fw._upstream.request(origin, request.method, head, body, self)
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
@@ -535,7 +560,6 @@ class _Exchange:
     # -- the timer -------------------------------------------------------
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self._phase == "waiting":
             self._cancel_call()
             _log.warn(
@@ -558,16 +582,10 @@ class _Exchange:
             self._body_done("timeout", "no body bytes within the backend timeout")
 
     def _rearm(self) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(self._settings.backend_timeout)
-        else:
-            self._timer = self._reactor.callLater(self._settings.backend_timeout, self._timed_out)
+        self._fw._deadlines.arm(self, self._settings.backend_timeout)
 
     def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._fw._deadlines.disarm(self)
 
     def _cancel_call(self) -> None:
         call, self._call = self._call, None
@@ -813,6 +831,58 @@ class _Exchange:
         request = self._request
         self._finish_result(self._status, "client_timeout", sent)  # before the abort's echo
         _abort_client(request)
+
+
+class _Deadlines:
+    """The forwarder's backend timers: one ``DelayedCall`` for every exchange.
+
+    Each exchange waiting on its backend has a deadline (``_Exchange._timed_out`` runs
+    when it passes); one reactor call is kept at (or before) the earliest one. Arming,
+    re-arming and disarming is a dict update, where a timer per request cost a
+    ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
+    request's CPU in their own frames, more in the reactor's heap: bench/README.md,
+    fifth round). When the call fires before any deadline (the earliest exchange
+    finished), it moves to the earliest left. With no exchange armed none is pending.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._due: dict[_Exchange, float] = {}
+        self._call: IDelayedCall | None = None
+        self._at = 0.0  # when _call fires
+
+    def arm(self, exchange: _Exchange, seconds: float) -> None:
+        due = self._reactor.seconds() + seconds
+        self._due[exchange] = due
+        if self._call is None or due < self._at:
+            self._schedule(due)
+
+    def disarm(self, exchange: _Exchange) -> None:
+        due = self._due
+        if due.pop(exchange, None) is not None and not due and self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _schedule(self, at: float) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._at = at
+        self._call = self._reactor.callLater(
+            max(0.0, at - self._reactor.seconds()), self._fire
+        )
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self._reactor.seconds()
+        expired = [exchange for exchange, due in self._due.items() if due <= now]
+        for exchange in expired:
+            del self._due[exchange]
+        for exchange in expired:
+            exchange._timed_out()  # may arm again (the next backend): then a call exists
+        if self._due:
+            earliest = min(self._due.values())
+            if self._call is None or earliest < self._at:
+                self._schedule(earliest)
 
 
 @implementer(IPushProducer)
