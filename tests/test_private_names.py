@@ -47,13 +47,6 @@ def _h2_connection() -> object:
     return H2Connection(MemoryReactorClock())
 
 
-def _file_descriptor() -> object:
-    from twisted.internet.abstract import FileDescriptor
-    from twisted.internet.testing import MemoryReactor
-
-    return FileDescriptor(MemoryReactor())
-
-
 def _frame_buffer() -> object:
     from h2.frame_buffer import FrameBuffer
 
@@ -64,7 +57,6 @@ _INSTANCES = {
     "twisted.web._http2.H2Stream": _h2_stream,
     "twisted.web._http2.H2Connection": _h2_connection,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
-    "twisted.internet.abstract.FileDescriptor": _file_descriptor,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
     "OpenSSL.SSL.Connection": lambda: SSL.Connection(SSL.Context(SSL.TLS_METHOD), None),
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,

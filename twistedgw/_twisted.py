@@ -61,13 +61,6 @@ USED: tuple[PrivateName, ...] = (
                 "overridden to bound a header block's CONTINUATION frames and bytes"),
     PrivateName("h2.frame_buffer.FrameBuffer", "_headers_buffer", "attribute",
                 "the header block's frames so far, counted against the bound"),
-    # twistedgw/_sendnow.py: send at once when the connection has nothing queued.
-    PrivateName("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "attribute",
-                "bytes queued since the last send: a write sends at once only if none are"),
-    PrivateName("twisted.internet.abstract.FileDescriptor", "_writeDisconnecting", "attribute",
-                "a half-close is pending: writes are left to Twisted's queue"),
-    PrivateName("twisted.internet.abstract.FileDescriptor", "_writeDisconnected", "attribute",
-                "the write side is shut: writes are left to Twisted (which drops them)"),
     PrivateName("OpenSSL._util", "lib", "module",
                 "OpenSSL's verification error strings; the key-exchange groups offered"),
     PrivateName("OpenSSL._util", "ffi", "module", "C strings from OpenSSL"),

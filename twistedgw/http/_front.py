@@ -61,7 +61,6 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from twistedgw import errors
-from twistedgw._sendnow import send_now
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
@@ -400,10 +399,8 @@ class FrontChannel(BoundedClose, Protocol):
         if self.secure:
             # Each write here is already a whole response head with its first body
             # bytes, a chunk, or an end: TLS-encrypt it now rather than through
-            # Twisted's small-write aggregator (a zero-delay timer per response), and
-            # let the socket send at once when nothing is queued (``send_now``).
+            # Twisted's small-write aggregator (a zero-delay timer per response).
             self._send = partial(TLSMemoryBIOProtocol.write, transport)
-        send_now(tcp)
         self.peer = tcp.getPeer()
         self.local = tcp.getHost()
         self._network = IPushProducer(transport, None)

@@ -29,12 +29,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
-
-from twistedgw._sendnow import send_now
 
 __all__ = [
     "TOKEN",
@@ -361,12 +358,6 @@ class _Connection(Protocol):
         self._chunks: _ChunkDecoder | None = None
         self._pump: _BodyPump | None = None
         self._head_only = False
-
-    def connectionMade(self) -> None:
-        # The request head then leaves in the write that makes it, not a reactor turn
-        # later (see ``twistedgw._sendnow``); under TLS, the socket beneath it.
-        transport = self.transport
-        send_now(transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport)
 
     # -- driving ---------------------------------------------------------
 
