@@ -326,8 +326,13 @@ def test_max_connections(tmp_path_factory: pytest.TempPathFactory, pki: DevPki,
         time.sleep(0.3)  # the harness's own readiness probe must be gone
         held = [open_socket(port) for _ in range(4)]
         time.sleep(0.3)
-        with open_socket(port) as extra:
-            closed_after = wait_closed(extra, 3)
+        try:
+            with open_socket(port) as extra:
+                closed_after = wait_closed(extra, 3)
+        except ConnectionResetError:
+            # The refusal's reset can beat connect()'s own check of the socket (a
+            # timeout makes it a non-blocking connect and a poll): closed at once.
+            closed_after = 0.0
         assert closed_after is not None and closed_after < 1, "5th connection was kept"
         held.pop().close()
         time.sleep(0.3)
