@@ -27,6 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import run  # noqa: E402  (bench/run.py: the gateway config the benchmark uses)
 
 
 def _serve(config: str, snapshots: str) -> int:
@@ -122,29 +125,8 @@ def main() -> int:
         _wait_file(port_file, backend)
         port = _free_port()
         config = work / "gateway.toml"
-        config.write_text(f"""
-[[listeners]]
-host = "127.0.0.1"
-port = {port}
-
-[tls]
-certificate = "{pki.server_cert}"
-private_key = "{pki.server_key}"
-truststore = "{pki.truststore_dir}"
-
-[limits]
-idle_timeout = 900.0
-client_header_timeout = 900.0
-max_connections = 20000
-
-[[apis]]
-name = "bench"
-version = "1"
-context = "/bench"
-backend = "http://127.0.0.1:{port_file.read_text().strip()}"
-mutual_ssl = "mandatory"
-aliases = ["partner-root"]
-""")
+        config.write_text(run.gateway_conf(pki, port, int(port_file.read_text().strip()),
+                                           header_mode=False))
         snaps = str(work / "snap")
         argv = [sys.executable]
         if args.tracemalloc:
