@@ -266,6 +266,9 @@ def test_server_tls_protocol_declares_the_transports_interfaces_once(
     client_proto.write(b"hello")
     pump.flush()
     server_proto.write(b"hi")
+    # Encrypted at once: no zero-delay timer aggregating small writes (Twisted's
+    # BufferingTLSTransport would have scheduled one on this clock).
+    assert clock.getDelayedCalls() == []
     pump.flush()
     assert (server_app.data, client_app.data) == (b"hello", b"hi")
     assert server_app.transport is server_proto

@@ -40,7 +40,6 @@ import io
 import re
 import tempfile
 from collections.abc import Callable
-from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import address as taddress
@@ -381,7 +380,6 @@ class FrontChannel(BoundedClose, Protocol):
         self._closing = False
         self._parsing = False
         self._served = 0  # request heads taken on this connection
-        self._send: Callable[[bytes], object] | None = None  # TLS: see connectionMade
 
     # -- connection life -------------------------------------------------
 
@@ -396,11 +394,6 @@ class FrontChannel(BoundedClose, Protocol):
         tcp = transport.transport if self.secure else transport
         if ITCPTransport.providedBy(tcp):
             tcp.setTcpNoDelay(True)
-        if self.secure:
-            # Each write here is already a whole response head with its first body
-            # bytes, a chunk, or an end: TLS-encrypt it now rather than through
-            # Twisted's small-write aggregator (a zero-delay timer per response).
-            self._send = partial(TLSMemoryBIOProtocol.write, transport)
         self.peer = tcp.getPeer()
         self.local = tcp.getHost()
         self._network = IPushProducer(transport, None)
@@ -879,11 +872,7 @@ class FrontChannel(BoundedClose, Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None:
-            send = self._send
-            if send is not None:
-                send(data)
-            else:
-                transport.write(data)
+            transport.write(data)
 
     def register_producer(self, producer: Any) -> None:
         self._producer = producer
