@@ -25,10 +25,12 @@ def running_gateway(
     directory: Path,
     pki: DevPki,
     apis: list[dict[str, Any]],
+    port: int | None = None,
     **kwargs: Any,
 ) -> Iterator[GatewayProcess]:
-    """A gateway process for ``apis``; its log is printed if the block fails."""
-    port = free_port()
+    """A gateway process for ``apis`` (on ``port``, else a free one: pass it when
+    ``listeners`` name it); its log is printed if the block fails."""
+    port = port or free_port()
     gw = start_gateway(directory, gateway_config(pki, apis, port=port, **kwargs), port)
     try:
         yield gw

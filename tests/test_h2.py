@@ -72,18 +72,10 @@ def gw(
         {"name": "mtls", "context": "/m", "backend": backend.url, "mutual_ssl": "mandatory"},
     ]
     extra = LIMITS + f'\n[access_log]\npath = "{access}"\n'
-    gw = start_gateway(
-        directory,
-        gateway_config(pki, apis, port=port, listeners=h2_listener(port), extra=extra),
-        port,
-    )
-    try:
+    with running_gateway(
+        directory, pki, apis, port=port, listeners=h2_listener(port), extra=extra
+    ) as gw:
         yield gw
-    except BaseException:
-        print(gw.output())
-        raise
-    finally:
-        gw.stop()
 
 
 def access_entries(gw: GatewayProcess) -> list[dict[str, object]]:

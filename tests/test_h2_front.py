@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from tests.backend_fixture import BackendProcess
+from tests.e2e import running_gateway
 from tests.frontkit import Recorder
 from tests.h2client import H2Client, tls_socket
 from tests.harness import GatewayProcess, free_port, gateway_config, start_gateway
@@ -156,20 +157,11 @@ def gw(
 ) -> Iterator[GatewayProcess]:
     port = free_port()
     apis = [{"name": "open", "context": "/o", "backend": backend.url}]
-    gw = start_gateway(
-        tmp_path_factory.mktemp("h2-front-gw"),
-        gateway_config(
-            pki, apis, port=port, listeners=[{"host": "127.0.0.1", "port": port, "http2": True}]
-        ),
-        port,
-    )
-    try:
+    with running_gateway(
+        tmp_path_factory.mktemp("h2-front-gw"), pki, apis, port=port,
+        listeners=[{"host": "127.0.0.1", "port": port, "http2": True}],
+    ) as gw:
         yield gw
-    except BaseException:
-        print(gw.output())
-        raise
-    finally:
-        gw.stop()
 
 
 HOSTILE = {
