@@ -4,10 +4,15 @@ Every problem names the file and the dotted key; ``load_partial`` reports them a
 in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 """
 
+from twistedgw.config._base import (
+    CONTEXT_RE,
+    HEADER_RE,
+    ConfigError,
+    Mode,
+    ProblemList,
+    TableReader,
+)
 from twistedgw.config._config import (
-    _CONTEXT_RE,
-    _HEADER_RE,
-    _HOSTNAME_RE,
     BACKEND_MODES,
     CERTIFICATE_BOUND,
     CLIENT_CERTIFICATE,
@@ -15,6 +20,7 @@ from twistedgw.config._config import (
     DEFAULT_CIPHERS,
     DEFAULT_JWT_ALGORITHMS,
     HEADER_ENCODINGS,
+    HOSTNAME_RE,
     IDENTITY_FORWARD,
     JWT_ALGORITHMS,
     ON_FAILURE,
@@ -28,14 +34,12 @@ from twistedgw.config._config import (
     AuthzConfig,
     BackendTlsConfig,
     ClusterConfig,
-    ConfigError,
     Consumer,
     GatewayConfig,
     IdentityConfig,
     JwtIssuer,
     Limits,
     Listener,
-    Mode,
     MutualSslConfig,
     Parsed,
     PluginSpec,
@@ -47,8 +51,6 @@ from twistedgw.config._config import (
     parse,
     parse_partial,
 )
-from twistedgw.config._config import _Problems as ProblemList
-from twistedgw.config._config import _Reader as TableReader
 from twistedgw.config._openapi import Operation, Security, route_rows, variant
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 
@@ -57,18 +59,18 @@ __all__ = [
     "CERTIFICATE_BOUND",
     "CLIENT_CERTIFICATE",
     "CONSUMER_NAME_RE",
+    "CONTEXT_RE",
     "DEFAULT_CIPHERS",
     "DEFAULT_JWT_ALGORITHMS",
     "HEADER_ENCODINGS",
+    "HEADER_RE",
+    "HOSTNAME_RE",
     "IDENTITY_FORWARD",
     "JWT_ALGORITHMS",
     "ON_FAILURE",
     "REVOCATION_MODES",
     "TLS_PROFILES",
     "TLS_PROTOCOLS",
-    "_CONTEXT_RE",
-    "_HEADER_RE",
-    "_HOSTNAME_RE",
     "AccessLogConfig",
     "AdminConfig",
     "ApiConfig",

@@ -11,39 +11,32 @@ far as it could be read, with the problems and the keys they concern.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import ipaddress
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twistedgw import _hosts as hostnames
+from twistedgw.config._base import (
+    CONTEXT_RE,
+    ConfigError,
+    Mode,
+    ProblemList,
+    TableReader,
+    header_name,
+    host_patterns,
+    read_mode,
+    resolve,
+    string_list,
+)
 from twistedgw.config._rules import IdentityRule, parse_rule
 
 if TYPE_CHECKING:
     from twistedgw.config._openapi import Operation, Origin
-
-T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """One or more configuration problems; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Mode(enum.Enum):
-    """How an authentication scheme applies to an API (WSO2's words)."""
-
-    MANDATORY = "mandatory"
-    OPTIONAL = "optional"
-    DISABLED = "disabled"
 
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
@@ -396,162 +389,7 @@ class Parsed:
         return any(_within(key, other) for other in self.broken_keys)
 
 
-# --------------------------------------------------------------------------- reading
-
-
-@dataclass
-class _Problems:
-    """Problem lines, and the dotted keys they name (``Parsed.broken_keys``)."""
-
-    file: Path
-    lines: list[str] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-
-    def add(self, where: str, message: str) -> None:
-        self.lines.append(f"{self.file}: {where}: {message}")
-        self.keys.add(where)
-
-
-@dataclass
-class _Reader:
-    """Reads one table, remembering its dotted path, the problems and the keys seen."""
-
-    file: Path
-    table: dict[str, Any]
-    path: str
-    problems: _Problems
-    seen: set[str] = field(default_factory=set)
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.add(self.where(key), message)
-
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
-        self.seen.add(key)
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # TOML integers are acceptable where a float is expected; bools are not ints here.
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            names = " or ".join(_type_name(k) for k in kinds)
-            self.problem(key, f"expected {names}, got {_type_name(type(value))} {value!r}")
-            return default
-        return value  # type: ignore[no-any-return]
-
-    def required(self, key: str, kind: type[T]) -> T | None:
-        if key not in self.table:
-            self.seen.add(key)
-            self.problem(key, "is required")
-            return None
-        return self.get(key, kind, None)  # type: ignore[arg-type]
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(key, str, default)
-        if value not in choices:
-            self.problem(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-            return default
-        return value
-
-    def positive(self, key: str, kind: type[T], default: T) -> T:
-        value = self.get(key, kind, default)
-        # TOML allows nan and inf; a nan timeout would corrupt the reactor's timer queue.
-        if not value > 0 or value == float("inf"):  # type: ignore[operator]
-            self.problem(key, f"must be positive, got {value!r}")
-            return default
-        return value
-
-    def path_value(self, key: str, *, must_exist: bool = True) -> Path | None:
-        raw = self.get(key, str, None)  # type: ignore[arg-type]
-        if raw is None:
-            return None
-        resolved = _resolve(self.file, raw)
-        if resolved is None:
-            self.problem(key, f"not a usable path: {raw!r}")
-        elif must_exist and not resolved.exists():
-            self.problem(key, f"file not found: {resolved}")
-        return resolved
-
-    def sub(self, key: str) -> _Reader:
-        table = self.get(key, dict, {})
-        return _Reader(self.file, table, self.where(key), self.problems)
-
-    def tables(self, key: str) -> Iterator[_Reader]:
-        items = self.get(key, list, [])
-        for i, item in enumerate(items):
-            where = f"{self.where(key)}[{i}]"
-            if not isinstance(item, dict):
-                self.problems.add(where, "expected a table")
-                continue
-            yield _Reader(self.file, item, where, self.problems)
-
-    def finish(self) -> None:
-        for key in self.table:
-            if key not in self.seen:
-                self.problem(key, "unknown key")
-
-
-def _resolve(file: Path, raw: str) -> Path | None:
-    """``raw`` relative to the config file's folder; None if no file could have that name."""
-    try:
-        resolved = (file.parent / raw).resolve()
-        resolved.exists()  # NUL bytes and over-long names fail here, not later
-    except (ValueError, OSError):
-        return None
-    return resolved
-
-
-def _type_name(kind: type) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        list: "a list",
-        dict: "a table",
-        type(None): "nothing",
-    }.get(kind, kind.__name__)
-
-
-_CONTEXT_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
-_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-
-
-def _mode(r: _Reader, key: str) -> Mode:
-    return Mode(r.choice(key, tuple(m.value for m in Mode), Mode.DISABLED.value))
-
-
-def _header_name(r: _Reader, key: str, default: str | None) -> str | None:
-    value = r.get(key, str, default)  # type: ignore[arg-type]
-    if value is not None and not _HEADER_RE.match(value):
-        r.problem(key, f"not a valid HTTP header name: {value!r}")
-        return default
-    return value
-
-
-def _string_list(r: _Reader, key: str) -> list[str] | None:
-    if key not in r.table:
-        r.seen.add(key)
-        return None
-    values = r.get(key, list, [])
-    out = []
-    for i, v in enumerate(values):
-        if not isinstance(v, str):
-            r.problem(f"{key}[{i}]", f"expected a string, got {v!r}")
-        else:
-            out.append(v)
-    return out
-
-
-def _listener(r: _Reader) -> Listener:
+def read_listener(r: TableReader) -> Listener:
     endpoint = r.get("endpoint", str, None)  # type: ignore[arg-type]
     host = r.get("host", str, "0.0.0.0")
     port = r.get("port", int, 9095)
@@ -567,7 +405,7 @@ def _listener(r: _Reader) -> Listener:
     return Listener(host=host, port=port, tls=tls, endpoint=endpoint, http2=http2)
 
 
-def _tls(r: _Reader) -> TlsConfig:
+def read_tls(r: TableReader) -> TlsConfig:
     cfg = TlsConfig(
         certificate=r.path_value("certificate"),
         private_key=r.path_value("private_key"),
@@ -584,7 +422,7 @@ def _tls(r: _Reader) -> TlsConfig:
         ocsp_timeout=r.positive("ocsp_timeout", float, 2.0),
         ocsp_cache_seconds=r.positive("ocsp_cache_seconds", float, 300.0),
     )
-    protocols = _string_list(r, "protocols")
+    protocols = string_list(r, "protocols")
     if protocols is not None:
         bad = [p for p in protocols if p not in TLS_PROTOCOLS]
         if bad or not protocols:
@@ -610,10 +448,10 @@ def _tls(r: _Reader) -> TlsConfig:
                 "do not apply; remove ciphers or use the intermediate profile",
             )
         cfg = dataclasses.replace(cfg, protocols=("TLSv1.3",))
-    crl_paths = _string_list(r, "crl") or []
+    crl_paths = string_list(r, "crl") or []
     crls = []
     for i, raw in enumerate(crl_paths):
-        p = _resolve(r.file, raw)
+        p = resolve(r.file, raw)
         if p is None:
             r.problem(f"crl[{i}]", f"not a usable path: {raw!r}")
             continue
@@ -640,33 +478,11 @@ def _tls(r: _Reader) -> TlsConfig:
     return cfg
 
 
-def _host_patterns(r: _Reader, key: str) -> tuple[str, ...] | None:
-    """``key`` as a list of host patterns (_hosts.py), each in its one spelling."""
-    values = _string_list(r, key)
-    if values is None:
-        return None
-    if not values:
-        r.problem(key, "an empty list matches no host; remove the key to match any host")
-        return None
-    out: list[str] = []
-    for i, value in enumerate(values):
-        try:
-            pat = hostnames.pattern(value)
-        except hostnames.BadHost as e:
-            r.problem(f"{key}[{i}]", str(e))
-            continue
-        if pat in out:
-            r.problem(f"{key}[{i}]", f"{value!r} is listed twice")
-            continue
-        out.append(pat)
-    return tuple(out)
-
-
-def _sni_entries(tls: _Reader) -> tuple[SniEntry, ...]:
+def _sni_entries(tls: TableReader) -> tuple[SniEntry, ...]:
     """``[[tls.sni]]``: hosts no two entries share, and a certificate for each."""
     out: list[SniEntry] = []
     for r in tls.tables("sni"):
-        entry_hosts = _host_patterns(r, "hosts")
+        entry_hosts = host_patterns(r, "hosts")
         if "hosts" not in r.table:
             r.problem("hosts", "is required")
         for i, pat in enumerate(entry_hosts or ()):
@@ -707,13 +523,13 @@ def _sni_entries(tls: _Reader) -> tuple[SniEntry, ...]:
     return tuple(out)
 
 
-_HOSTNAME_RE = re.compile(
+HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 
 
-def _server_name(r: _Reader, key: str) -> str | None:
+def _server_name(r: TableReader, key: str) -> str | None:
     """A DNS name (IDNA allowed) or an IP address, as a backend certificate could name it."""
     value = r.get(key, str, None)  # type: ignore[arg-type]
     if value is None:
@@ -727,13 +543,13 @@ def _server_name(r: _Reader, key: str) -> str | None:
         ascii_name = value.encode("idna").decode("ascii")
     except UnicodeError:
         ascii_name = ""
-    if not _HOSTNAME_RE.match(ascii_name):
+    if not HOSTNAME_RE.match(ascii_name):
         r.problem(key, f"must be a host name or an IP address, got {value!r}")
         return None
     return value
 
 
-def _backend_tls(r: _Reader) -> BackendTlsConfig:
+def read_backend_tls(r: TableReader) -> BackendTlsConfig:
     cfg = BackendTlsConfig(
         trusted_certificate=r.path_value("trusted_certificate"),
         certificate=r.path_value("certificate"),
@@ -750,13 +566,13 @@ def _backend_tls(r: _Reader) -> BackendTlsConfig:
     return cfg
 
 
-def _identity_entries(r: _Reader, key: str) -> list[IdentityRule]:
+def identity_entries(r: TableReader, key: str) -> list[IdentityRule]:
     """``[[<table>.<key>]]`` identity entries (config/_rules.py), problems by dotted key."""
     out = []
     for t in r.tables(key):
         t.seen.update(t.table)  # parse_rule reports unknown keys itself
 
-        def problem(k: str, message: str, t: _Reader = t) -> None:
+        def problem(k: str, message: str, t: TableReader = t) -> None:
             t.problems.add(t.where(k) if k else t.path, message)
 
         rule = parse_rule(t.table, problem)
@@ -767,7 +583,7 @@ def _identity_entries(r: _Reader, key: str) -> list[IdentityRule]:
     return out
 
 
-def _consumers(top: _Reader, key_names: set[str]) -> list[Consumer]:
+def read_consumers(top: TableReader, key_names: set[str]) -> list[Consumer]:
     """``[[consumers]]``: unique names, API keys that exist, certificate identity entries."""
     out: list[Consumer] = []
     names: set[str] = set()
@@ -779,13 +595,13 @@ def _consumers(top: _Reader, key_names: set[str]) -> list[Consumer]:
         elif name is not None and name in names:
             r.problem("name", f"duplicate consumer name {name!r}")
             name = None
-        keys = _string_list(r, "api_keys") or []
+        keys = string_list(r, "api_keys") or []
         for i, key in enumerate(keys):
             if key not in key_names:
                 listing = ", ".join(sorted(key_names)) or "none"
                 r.problem(f"api_keys[{i}]", f"no [[api_keys]] entry is named {key!r} "
                           f"(defined: {listing})")
-        certificates = _identity_entries(r, "certificates")
+        certificates = identity_entries(r, "certificates")
         r.finish()
         if name is not None:
             names.add(name)
@@ -793,8 +609,8 @@ def _consumers(top: _Reader, key_names: set[str]) -> list[Consumer]:
     return out
 
 
-def _check_consumer_names(
-    problems: _Problems, apis: list[tuple[str, ApiConfig]], consumers: list[Consumer]
+def check_consumer_names(
+    problems: ProblemList, apis: list[tuple[str, ApiConfig]], consumers: list[Consumer]
 ) -> None:
     """APIs and tiers may only name consumers that ``[[consumers]]`` defines."""
     known = {c.name for c in consumers}
@@ -810,7 +626,7 @@ def _check_consumer_names(
                              f"unknown consumer {tier.consumer!r} (defined: {listing})")
 
 
-def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
+def read_api(r: TableReader, has_jwt_issuers: bool = True) -> ApiConfig | None:
     """One [[apis]] table; ``has_jwt_issuers``: whether the config declares any (an
     OpenAPI definition's bearer security needs them)."""
     definition = None
@@ -822,11 +638,13 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
             r.seen.update(r.table)
             return None
         toml_keys = frozenset(r.table)
-        r = _Reader(r.file, openapi.merged(definition, r.table), r.path, r.problems, {"openapi"})
+        r = TableReader(
+            r.file, openapi.merged(definition, r.table), r.path, r.problems, {"openapi"}
+        )
     name = r.required("name", str)
     version = r.get("version", str, "")
     context = r.required("context", str)
-    backends = _string_list(r, "backends")
+    backends = string_list(r, "backends")
     backend_mode = r.choice("backend_mode", BACKEND_MODES, "load_balance")
     backend = None
     if backends is not None and "backend" in r.table:
@@ -846,9 +664,9 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
         raw_backend = r.required("backend", str)
         if raw_backend is not None:
             backend = _backend_url(r, "backend", raw_backend)
-    mutual_ssl = _mode(r, "mutual_ssl")
-    api_key = _mode(r, "api_key")
-    aliases = _string_list(r, "aliases")
+    mutual_ssl = read_mode(r, "mutual_ssl")
+    api_key = read_mode(r, "api_key")
+    aliases = string_list(r, "aliases")
     if aliases == [] and "aliases" in r.table:
         r.problem(
             "aliases",
@@ -857,7 +675,7 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
         )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
-    backend_tls = _backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
+    backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     tiers = []
     for t in r.tables("tiers"):
         alias = t.get("alias", str, None)  # type: ignore[arg-type]
@@ -872,7 +690,7 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
         t.finish()
         if (alias is None) != (tier_consumer is None) and rpm:
             tiers.append(Tier(alias, rpm, consumer=tier_consumer, where=t.path))
-    identities = _identity_entries(r, "identities")
+    identities = identity_entries(r, "identities")
     # Judged by the key as written, so a misspelt mode is not also blamed here.
     if identities and r.table.get("mutual_ssl", Mode.DISABLED.value) == Mode.DISABLED.value:
         r.problem(
@@ -880,8 +698,8 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
             "identity rules apply to client certificates, but this API has mutual_ssl "
             "disabled; enable mutual_ssl or remove them",
         )
-    api_hosts = _host_patterns(r, "hosts")
-    api_consumers = _string_list(r, "consumers")
+    api_hosts = host_patterns(r, "hosts")
+    api_consumers = string_list(r, "consumers")
     if api_consumers == [] and "consumers" in r.table:
         r.problem(
             "consumers",
@@ -897,7 +715,7 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
             plugins.append(PluginSpec(plugin_name, t.path, dict(t.table)))
     if context is not None:
         if (
-            not _CONTEXT_RE.match(context)
+            not CONTEXT_RE.match(context)
             or "//" in context
             or "/../" in f"{context}/"
             or "/./" in f"{context}/"
@@ -953,7 +771,7 @@ def _api(r: _Reader, has_jwt_issuers: bool = True) -> ApiConfig | None:
 BACKEND_MODES = ("load_balance", "failover")
 
 
-def _backend_url(r: _Reader, key: str, backend: str) -> str | None:
+def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
     if not isinstance(backend, str):
         r.problem(key, f"expected a string, got {backend!r}")
@@ -973,7 +791,7 @@ def _backend_url(r: _Reader, key: str, backend: str) -> str | None:
     return parts.scheme + backend[len(parts.scheme) :]
 
 
-def _context_clash(r: _Reader, api: ApiConfig, sharing: list[tuple[str, ApiConfig]]) -> bool:
+def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiConfig]]) -> bool:
     """Whether ``api`` cannot share its context with the APIs already there: two APIs
     share a context only when their ``hosts`` do not overlap (one may have none)."""
     for where, other in sharing:
@@ -998,10 +816,10 @@ def _context_clash(r: _Reader, api: ApiConfig, sharing: list[tuple[str, ApiConfi
     return False
 
 
-def _api_jwt(r: _Reader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
-    """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``_jwt_links``."""
-    jwt = _mode(r, "jwt")
-    names = _string_list(r, "jwt_issuers")
+def _api_jwt(r: TableReader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
+    """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``jwt_links``."""
+    jwt = read_mode(r, "jwt")
+    names = string_list(r, "jwt_issuers")
     if names == [] and "jwt_issuers" in r.table:
         r.problem(
             "jwt_issuers",
@@ -1017,7 +835,7 @@ _ISSUER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK_HOSTS = ("localhost",)
 
 
-def _jwks_url(r: _Reader, key: str) -> str | None:
+def _jwks_url(r: TableReader, key: str) -> str | None:
     """An https:// URL, or http:// to a loopback address (keys must not travel in clear)."""
     value = r.get(key, str, None)  # type: ignore[arg-type]
     if value is None:
@@ -1049,7 +867,7 @@ def _jwks_url(r: _Reader, key: str) -> str | None:
     return value
 
 
-def _jwt_issuer(r: _Reader) -> JwtIssuer | None:
+def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
     name = r.required("name", str)
     if name is not None and not _ISSUER_NAME_RE.match(name):
         r.problem("name", f"must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
@@ -1069,14 +887,14 @@ def _jwt_issuer(r: _Reader) -> JwtIssuer | None:
     if "jwks_refresh_seconds" in r.table and "jwks_url" not in r.table:
         r.problem("jwks_refresh_seconds", "applies to jwks_url only (a jwks file is re-read on "
                   "reload)")
-    audiences = _string_list(r, "audiences")
+    audiences = string_list(r, "audiences")
     if audiences is None:
         r.problem("audiences", "is required: the token's aud must hold one of these")
     elif not audiences or any(a == "" for a in audiences):
         r.problem("audiences", "must list at least one non-empty audience")
         audiences = None
     algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
-    listed = _string_list(r, "algorithms")
+    listed = string_list(r, "algorithms")
     if listed is not None:
         bad = False
         for i, alg in enumerate(listed):
@@ -1124,7 +942,7 @@ def _jwt_issuer(r: _Reader) -> JwtIssuer | None:
     )
 
 
-def _jwt_issuers(top: _Reader) -> tuple[JwtIssuer, ...]:
+def read_jwt_issuers(top: TableReader) -> tuple[JwtIssuer, ...]:
     out: list[JwtIssuer] = []
     names: dict[str, str] = {}
     issuers: dict[str, str] = {}
@@ -1146,7 +964,7 @@ def _jwt_issuers(top: _Reader) -> tuple[JwtIssuer, ...]:
     return tuple(out)
 
 
-def _declared_issuers(raw: dict[str, Any]) -> set[str]:
+def declared_issuers(raw: dict[str, Any]) -> set[str]:
     """Every name written in a [[jwt_issuers]] table, even one with other problems (so an
     API naming it is not also told the issuer is unknown)."""
     tables = raw.get("jwt_issuers")
@@ -1155,8 +973,8 @@ def _declared_issuers(raw: dict[str, Any]) -> set[str]:
     return {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
 
 
-def _jwt_links(
-    problems: _Problems,
+def jwt_links(
+    problems: ProblemList,
     apis: list[tuple[str, ApiConfig]],
     issuers: tuple[JwtIssuer, ...],
     tls: TlsConfig,
@@ -1189,8 +1007,8 @@ def _jwt_links(
             )
 
 
-def _backend_tls_overlaps(
-    problems: _Problems, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
+def backend_tls_overlaps(
+    problems: ProblemList, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
 ) -> None:
     """Problems for https backends that backend TLS cannot tell apart.
 
@@ -1222,15 +1040,15 @@ def _backend_tls_overlaps(
                 break
 
 
-def _mutual_ssl(r: _Reader) -> MutualSslConfig:
-    header = _header_name(r, "certificate_header", None)
+def read_mutual_ssl(r: TableReader) -> MutualSslConfig:
+    header = header_name(r, "certificate_header", None)
     enc = r.choice("header_encoding", HEADER_ENCODINGS, "auto")
-    chain_header = _header_name(r, "chain_header", None)
+    chain_header = header_name(r, "chain_header", None)
     validation = r.get("enable_client_validation", bool, True)
-    lb_aliases = _string_list(r, "load_balancer_aliases") or []
+    lb_aliases = string_list(r, "load_balancer_aliases") or []
     proxies = []
     trust_unix = False
-    for i, raw in enumerate(_string_list(r, "trusted_proxies") or []):
+    for i, raw in enumerate(string_list(r, "trusted_proxies") or []):
         if raw == "unix":
             trust_unix = True
             continue
@@ -1283,7 +1101,7 @@ _NGINX_AUTHZ_RE = re.compile(
 )
 
 
-def _nginx(r: _Reader) -> NginxConfig:
+def read_nginx(r: TableReader) -> NginxConfig:
     """``[nginx]``; every value lands in an NGINX config, so each is checked against what
     NGINX accepts there (and can carry no ``;``, quote or newline into it)."""
     d = NginxConfig()
@@ -1317,7 +1135,7 @@ def _nginx(r: _Reader) -> NginxConfig:
     return NginxConfig(listen=listen, server_name=server_name, authz=authz, cache_path=cache_path)
 
 
-def _cache_seconds(r: _Reader) -> float:
+def _cache_seconds(r: TableReader) -> float:
     """``[authz] cache_seconds``: 0 turns caching off; NGINX counts whole seconds."""
     value = r.get("cache_seconds", float, AuthzConfig.cache_seconds)
     if not 0 <= value <= 86400 or value != value:
@@ -1326,7 +1144,7 @@ def _cache_seconds(r: _Reader) -> float:
     return value
 
 
-def _limits(r: _Reader) -> Limits:
+def read_limits(r: TableReader) -> Limits:
     d = Limits()
     out = Limits(
         max_header_bytes=r.positive("max_header_bytes", int, d.max_header_bytes),
@@ -1357,7 +1175,7 @@ def _limits(r: _Reader) -> Limits:
     return out
 
 
-def _cluster(r: _Reader) -> ClusterConfig | None:
+def read_cluster(r: TableReader) -> ClusterConfig | None:
     url = r.required("redis", str)
     prefix = r.get("key_prefix", str, "twistedgw:")
     timeout = r.positive("timeout", float, 0.05)
@@ -1390,7 +1208,7 @@ def _cluster(r: _Reader) -> ClusterConfig | None:
     )
 
 
-def _redis_url(r: _Reader, url: str) -> dict[str, Any] | None:
+def _redis_url(r: TableReader, url: str) -> dict[str, Any] | None:
     """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or
     ``unix:///path/to/redis.sock[?db=N]``; None (and a problem) if it is none of them."""
     usage = (
@@ -1477,22 +1295,22 @@ def parse(raw: dict[str, Any], file: Path) -> GatewayConfig:
 
 def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     """The model with defaults where keys are broken, and every problem found."""
-    problems = _Problems(file)
-    top = _Reader(file, raw, "", problems)
+    problems = ProblemList(file)
+    top = TableReader(file, raw, "", problems)
 
-    listeners = tuple(_listener(r) for r in top.tables("listeners"))
+    listeners = tuple(read_listener(r) for r in top.tables("listeners"))
     if "listeners" not in raw:
         top.problem("listeners", "at least one [[listeners]] table is required")
-    tls = _tls(top.sub("tls"))
+    tls = read_tls(top.sub("tls"))
 
     apis: list[ApiConfig] = []
     api_paths: list[tuple[str, ApiConfig]] = []
     contexts: dict[str, list[tuple[str, ApiConfig]]] = {}
     for r in top.tables("apis"):
-        api = _api(r, has_jwt_issuers=bool(_declared_issuers(raw)))
+        api = read_api(r, has_jwt_issuers=bool(declared_issuers(raw)))
         if api is None:
             continue
-        if _context_clash(r, api, contexts.get(api.context, [])):
+        if context_clash(r, api, contexts.get(api.context, [])):
             continue
         contexts.setdefault(api.context, []).append((r.path, api))
         apis.append(api)
@@ -1520,9 +1338,9 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                 key_names.add(name)
                 keys.append(ApiKey(name, raw_digest))
 
-    consumers = _consumers(top, key_names)
-    _check_consumer_names(problems, api_paths, consumers)
-    mutual_ssl = _mutual_ssl(top.sub("mutual_ssl"))
+    consumers = read_consumers(top, key_names)
+    check_consumer_names(problems, api_paths, consumers)
+    mutual_ssl = read_mutual_ssl(top.sub("mutual_ssl"))
     authz = None
     if "authz" in raw:
         a = top.sub("authz")
@@ -1531,11 +1349,11 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             a.problem("path", f"must start with '/', got {authz_path!r}")
         authz = AuthzConfig(
             path=authz_path.rstrip("/") or "/",
-            original_uri_header=_header_name(a, "original_uri_header", "X-Original-URI")
+            original_uri_header=header_name(a, "original_uri_header", "X-Original-URI")
             or "X-Original-URI",
-            original_method_header=_header_name(a, "original_method_header", "X-Original-Method")
+            original_method_header=header_name(a, "original_method_header", "X-Original-Method")
             or "X-Original-Method",
-            original_host_header=_header_name(a, "original_host_header", "X-Original-Host")
+            original_host_header=header_name(a, "original_host_header", "X-Original-Host")
             or "X-Original-Host",
             cache_seconds=_cache_seconds(a),
         )
@@ -1556,7 +1374,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         a = top.sub("access_log")
         log_path = a.get("path", str, "-")
         if log_path != "-":
-            resolved = _resolve(file, log_path)
+            resolved = resolve(file, log_path)
             if resolved is None:
                 a.problem("path", f"not a usable path: {log_path!r}")
             log_path = str(resolved)
@@ -1569,7 +1387,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         hdrs = a.sub("headers")
         pairs = []
         for k in list(hdrs.table):
-            name = _header_name(hdrs, k, None)
+            name = header_name(hdrs, k, None)
             if name:
                 pairs.append((k, name))
         allowed_fields = {"subject", "issuer", "serial", "sha256", "cert", "san"}
@@ -1582,20 +1400,20 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             )
         identity = IdentityConfig(forward=fwd, headers=tuple(pairs))
         a.finish()
-    nginx = _nginx(top.sub("nginx")) if "nginx" in raw else None
-    limits = _limits(top.sub("limits"))
-    backend_tls = _backend_tls(top.sub("backend_tls"))
-    _backend_tls_overlaps(problems, api_paths, backend_tls)
-    jwt_issuers = _jwt_issuers(top)
-    _jwt_links(
+    nginx = read_nginx(top.sub("nginx")) if "nginx" in raw else None
+    limits = read_limits(top.sub("limits"))
+    backend_tls = read_backend_tls(top.sub("backend_tls"))
+    backend_tls_overlaps(problems, api_paths, backend_tls)
+    jwt_issuers = read_jwt_issuers(top)
+    jwt_links(
         problems,
         api_paths,
         jwt_issuers,
         tls,
         mutual_ssl.header_mode,
-        _declared_issuers(raw),
+        declared_issuers(raw),
     )
-    cluster = _cluster(top.sub("cluster")) if "cluster" in raw else None
+    cluster = read_cluster(top.sub("cluster")) if "cluster" in raw else None
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from twistedgw.config._config import ApiConfig, Mode
+from twistedgw.config._base import Mode, resolve
+from twistedgw.config._config import ApiConfig
 
 if TYPE_CHECKING:
-    from twistedgw.config._config import _Reader
+    from twistedgw.config._base import TableReader
 
 #: Problems are (where in the definition, what is wrong); the caller adds the file.
 Report = Callable[[str, str], None]
@@ -751,16 +752,14 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
 # --------------------------------------------------------------------------- into the config
 
 
-def for_api(r: _Reader) -> Definition | None:
+def for_api(r: TableReader) -> Definition | None:
     """The definition an ``[[apis]]`` table names (config reader ``r``); None if unusable."""
-    from twistedgw.config._config import _resolve
-
     r.seen.add("openapi")
     raw = r.table.get("openapi")
     if not isinstance(raw, str):
         r.problem("openapi", f"expected the definition's file name, got {raw!r}")
         return None
-    file = _resolve(r.file, raw)
+    file = resolve(r.file, raw)
     if file is None:
         r.problem("openapi", f"not a usable path: {raw!r}")
         return None
@@ -843,7 +842,7 @@ def with_variants(apis: Iterable[ApiConfig]) -> Iterator[tuple[ApiConfig, bool]]
 def apply(
     definition: Definition,
     api: ApiConfig,
-    r: _Reader,
+    r: TableReader,
     toml_keys: frozenset[str],
     *,
     jwt_issuers: bool = True,  # the config declares [[jwt_issuers]]
