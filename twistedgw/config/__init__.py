@@ -4,6 +4,9 @@ Every problem names the file and the dotted key; ``load_partial`` reports them a
 in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 """
 
+from twistedgw.config._access_log import AccessLogConfig
+from twistedgw.config._admin import AdminConfig
+from twistedgw.config._backend_tls import HOSTNAME_RE, BackendTlsConfig
 from twistedgw.config._base import (
     CONTEXT_RE,
     HEADER_RE,
@@ -12,47 +15,40 @@ from twistedgw.config._base import (
     ProblemList,
     TableReader,
 )
+from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._config import (
     BACKEND_MODES,
     CERTIFICATE_BOUND,
-    CLIENT_CERTIFICATE,
     CONSUMER_NAME_RE,
-    DEFAULT_CIPHERS,
-    DEFAULT_JWT_ALGORITHMS,
-    HEADER_ENCODINGS,
-    HOSTNAME_RE,
-    IDENTITY_FORWARD,
-    JWT_ALGORITHMS,
-    ON_FAILURE,
-    REVOCATION_MODES,
-    TLS_PROFILES,
-    TLS_PROTOCOLS,
-    AccessLogConfig,
-    AdminConfig,
     ApiConfig,
     ApiKey,
     AuthzConfig,
-    BackendTlsConfig,
-    ClusterConfig,
     Consumer,
     GatewayConfig,
-    IdentityConfig,
-    JwtIssuer,
-    Limits,
-    Listener,
-    MutualSslConfig,
     Parsed,
     PluginSpec,
-    SniEntry,
     Tier,
-    TlsConfig,
     load,
     load_partial,
     parse,
     parse_partial,
 )
+from twistedgw.config._identity import IDENTITY_FORWARD, IdentityConfig
+from twistedgw.config._jwt_issuers import DEFAULT_JWT_ALGORITHMS, JWT_ALGORITHMS, JwtIssuer
+from twistedgw.config._limits import Limits
+from twistedgw.config._listeners import Listener
+from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
 from twistedgw.config._openapi import Operation, Security, route_rows, variant
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
+from twistedgw.config._tls import (
+    CLIENT_CERTIFICATE,
+    DEFAULT_CIPHERS,
+    REVOCATION_MODES,
+    TLS_PROFILES,
+    TLS_PROTOCOLS,
+    SniEntry,
+    TlsConfig,
+)
 
 __all__ = [
     "BACKEND_MODES",

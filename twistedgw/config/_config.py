@@ -10,8 +10,6 @@ far as it could be read, with the problems and the keys they concern.
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -21,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twistedgw import _hosts as hostnames
+from twistedgw.config._access_log import AccessLogConfig
+from twistedgw.config._admin import AdminConfig
+from twistedgw.config._backend_tls import BackendTlsConfig, read_backend_tls
 from twistedgw.config._base import (
     CONTEXT_RE,
     ConfigError,
@@ -33,112 +34,21 @@ from twistedgw.config._base import (
     resolve,
     string_list,
 )
+from twistedgw.config._cluster import ClusterConfig, read_cluster
+from twistedgw.config._identity import IDENTITY_FORWARD, IdentityConfig
+from twistedgw.config._jwt_issuers import JwtIssuer, declared_issuers, read_jwt_issuers
+from twistedgw.config._limits import Limits, read_limits
+from twistedgw.config._listeners import Listener, read_listener
+from twistedgw.config._mutual_ssl import MutualSslConfig, read_mutual_ssl
+from twistedgw.config._nginx import NginxConfig, read_nginx
 from twistedgw.config._rules import IdentityRule, parse_rule
+from twistedgw.config._tls import TlsConfig, read_tls
 
 if TYPE_CHECKING:
     from twistedgw.config._openapi import Operation, Origin
 
 
-HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
-TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
-TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
-REVOCATION_MODES = ("off", "crl", "ocsp", "crl+ocsp")
-IDENTITY_FORWARD = ("none", "xfcc", "rfc9440", "headers")
-CLIENT_CERTIFICATE = ("auto", "request", "off")  # whether the handshake asks for one
-JWT_ALGORITHMS = ("ES256", "RS256", "PS256", "ES384", "EdDSA")
-DEFAULT_JWT_ALGORITHMS = ("ES256", "RS256")
 CERTIFICATE_BOUND = ("required", "when_claimed", "off")
-DEFAULT_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-)
-
-
-@dataclass(frozen=True)
-class Listener:
-    host: str = "0.0.0.0"
-    port: int = 9095
-    tls: bool = True
-    endpoint: str | None = None  # a Twisted server endpoint string, instead of host/port
-    http2: bool = False  # ALPN offers h2, then http/1.1 (TLS listeners only)
-
-    def describe(self) -> str:
-        scheme = "https" if self.tls else "http"
-        where = self.endpoint or f"{self.host}:{self.port}"
-        return f"{scheme} {where}"
-
-
-@dataclass(frozen=True)
-class SniEntry:
-    """One ``[[tls.sni]]`` table: a server certificate for the hosts a client's SNI names,
-    and whether (and naming which CAs) its handshakes ask for a client certificate."""
-
-    hosts: tuple[str, ...]  # host patterns, one spelling (_hosts.pattern)
-    certificate: Path | None = None
-    private_key: Path | None = None
-    keystore: Path | None = None
-    keystore_password: str | None = None
-    client_certificate: str = "auto"
-    advertise_ca_names: bool = True
-    where: str = field(default="", compare=False)  # its dotted key, e.g. "tls.sni[0]"
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    certificate: Path | None = None
-    private_key: Path | None = None
-    keystore: Path | None = None
-    keystore_password: str | None = None
-    truststore: Path | None = None
-    truststore_password: str | None = None
-    profile: str = "intermediate"
-    protocols: tuple[str, ...] = TLS_PROTOCOLS
-    ciphers: str = DEFAULT_CIPHERS
-    session_tickets: bool = True
-    crl: tuple[Path, ...] = ()
-    revocation: str = "off"
-    revocation_scope: str = "chain"
-    revocation_fail: str = "closed"
-    ocsp_timeout: float = 2.0
-    ocsp_cache_seconds: float = 300.0
-    client_certificate: str = "auto"  # for connections that match no [[tls.sni]] entry
-    advertise_ca_names: bool = True
-    sni: tuple[SniEntry, ...] = ()
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_header_bytes: int = 16384
-    max_body_bytes: int = 10 * 1024 * 1024
-    client_header_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    handshake_timeout: float = 10.0
-    max_connections: int = 10000
-    backend_connect_timeout: float = 5.0
-    backend_timeout: float = 60.0
-    # Seconds a response may wait on a client that accepts none of it (NGINX's send_timeout).
-    send_timeout: float = 60.0
-    # HTTP/2 defences (http/_h2.py): streams open at once per connection; resets, and
-    # SETTINGS/PING frames, a client may send per second before GOAWAY; CONTINUATION
-    # frames one header block may span.
-    h2_max_concurrent_streams: int = 100
-    h2_max_resets_per_second: int = 100
-    h2_max_control_frames_per_second: int = 100
-    h2_max_continuation_frames: int = 32
-
-
-@dataclass(frozen=True)
-class BackendTlsConfig:
-    """How the gateway talks TLS to ``https://`` backends (NGINX's ``proxy_ssl_*``).
-
-    Verification is always on: there is deliberately no switch to turn it off.
-    """
-
-    trusted_certificate: Path | None = None  # PEM CA(s); None = the system trust store
-    certificate: Path | None = None  # the gateway's client certificate (PEM, + its chain)
-    private_key: Path | None = None
-    server_name: str | None = None  # verified and sent as SNI; None = the backend URL's host
 
 
 @dataclass(frozen=True)
@@ -161,26 +71,6 @@ class Consumer:
     name: str
     api_keys: tuple[str, ...] = ()
     certificates: tuple[IdentityRule, ...] = ()
-
-
-@dataclass(frozen=True)
-class JwtIssuer:
-    """One ``[[jwt_issuers]]`` table: whose access tokens are accepted and how to check them.
-
-    Exactly one of ``jwks`` (a file, read when a config is loaded) and ``jwks_url``
-    (fetched in the background, see ``twistedgw.pipeline._jwks``) is set.
-    """
-
-    name: str
-    issuer: str  # the token's iss must equal this
-    audiences: tuple[str, ...]
-    where: str  # the table's dotted path, e.g. "jwt_issuers[0]"
-    jwks: Path | None = None
-    jwks_url: str | None = None
-    jwks_refresh_seconds: float = 300.0
-    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
-    leeway_seconds: float = 30.0
-    consumer_claim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,97 +130,12 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
-class MutualSslConfig:
-    """Load-balancer header mode; off unless ``certificate_header`` is set."""
-
-    certificate_header: str | None = None
-    header_encoding: str = "auto"
-    chain_header: str | None = None  # RFC 9440 Client-Cert-Chain and the like
-    enable_client_validation: bool = True
-    load_balancer_aliases: frozenset[str] = frozenset()
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    forward_client_certificate_header: bool = False
-    # "unix" in trusted_proxies: a connection on a Unix-socket listener is a load
-    # balancer's (the socket's file permissions decide who may connect).
-    trust_unix_socket: bool = False
-    # CA certificates that only complete leaf-only header chains (NGINX and HAProxy
-    # send the leaf alone); they grant nothing by themselves.
-    intermediates: Path | None = None
-
-    @property
-    def header_mode(self) -> bool:
-        return self.certificate_header is not None
-
-
-@dataclass(frozen=True)
 class AuthzConfig:
     path: str = "/_twistedgw/authz"
     original_uri_header: str = "X-Original-URI"
     original_method_header: str = "X-Original-Method"
     original_host_header: str = "X-Original-Host"
     cache_seconds: float = 10.0  # the longest a load balancer may cache an allow verdict
-
-
-@dataclass(frozen=True)
-class NginxConfig:
-    """``[nginx]``: read only by ``twistedgw nginx-config`` (the NGINX side of the mode
-    where NGINX carries the traffic and asks twistedgw for verdicts)."""
-
-    listen: str = "443"  # NGINX's TLS `listen` address ("ssl" is added)
-    server_name: str = "_"
-    authz: str = "unix:/run/twistedgw/authz.sock"  # how NGINX reaches twistedgw
-    cache_path: str = "/var/cache/nginx/twistedgw"  # proxy_cache_path for verdicts
-
-
-@dataclass(frozen=True)
-class AdminConfig:
-    host: str = "127.0.0.1"
-    port: int = 9901
-
-
-@dataclass(frozen=True)
-class AccessLogConfig:
-    path: str = "-"  # "-" = stdout
-
-
-@dataclass(frozen=True)
-class IdentityConfig:
-    forward: str = "none"
-    headers: tuple[tuple[str, str], ...] = ()  # (field, header name)
-
-
-ON_FAILURE = ("open", "closed")
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """``[cluster]``: tier counters shared in Redis by every worker and instance.
-
-    ``redis`` is kept as written (for messages); the parts below are parsed from it.
-    The password, if the URL has one, is never logged (``describe``).
-    """
-
-    redis: str = field(repr=False)  # may hold a password
-    scheme: str = "redis"  # "redis" | "rediss" | "unix"
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None  # unix socket
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    key_prefix: str = "twistedgw:"
-    timeout: float = 0.05  # seconds for one round trip
-    on_failure: str = "open"  # "open" | "closed"
-    # rediss:// only: the CA to verify Redis with (None = system trust) and a client certificate.
-    trusted_certificate: Path | None = None
-    certificate: Path | None = None
-    private_key: Path | None = None
-
-    def describe(self) -> str:
-        """Where Redis is, without credentials."""
-        if self.scheme == "unix":
-            return f"unix://{self.path} db {self.db}"
-        return f"{self.scheme}://{self.host}:{self.port}/{self.db}"
 
 
 @dataclass(frozen=True)
@@ -387,183 +192,6 @@ class Parsed:
     def broken(self, key: str) -> bool:
         """Whether a problem concerns ``key``, something inside it, or a table holding it."""
         return any(_within(key, other) for other in self.broken_keys)
-
-
-def read_listener(r: TableReader) -> Listener:
-    endpoint = r.get("endpoint", str, None)  # type: ignore[arg-type]
-    host = r.get("host", str, "0.0.0.0")
-    port = r.get("port", int, 9095)
-    if not 0 <= port <= 65535:
-        r.problem("port", f"must be 0-65535, got {port}")
-    if endpoint is not None and ("host" in r.table or "port" in r.table):
-        r.problem("endpoint", "give either endpoint or host/port, not both")
-    tls = r.get("tls", bool, True)
-    http2 = r.get("http2", bool, False)
-    if http2 and not tls:
-        r.problem("http2", "HTTP/2 is offered through TLS (ALPN) only; set tls = true")
-    r.finish()
-    return Listener(host=host, port=port, tls=tls, endpoint=endpoint, http2=http2)
-
-
-def read_tls(r: TableReader) -> TlsConfig:
-    cfg = TlsConfig(
-        certificate=r.path_value("certificate"),
-        private_key=r.path_value("private_key"),
-        keystore=r.path_value("keystore"),
-        keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
-        truststore=r.path_value("truststore"),
-        truststore_password=r.get("truststore_password", str, None),  # type: ignore[arg-type]
-        profile=r.choice("profile", TLS_PROFILES, "intermediate"),
-        ciphers=r.get("ciphers", str, DEFAULT_CIPHERS),
-        session_tickets=r.get("session_tickets", bool, True),
-        revocation=r.choice("revocation", REVOCATION_MODES, "off"),
-        revocation_scope=r.choice("revocation_scope", ("leaf", "chain"), "chain"),
-        revocation_fail=r.choice("revocation_fail", ("closed", "open"), "closed"),
-        ocsp_timeout=r.positive("ocsp_timeout", float, 2.0),
-        ocsp_cache_seconds=r.positive("ocsp_cache_seconds", float, 300.0),
-    )
-    protocols = string_list(r, "protocols")
-    if protocols is not None:
-        bad = [p for p in protocols if p not in TLS_PROTOCOLS]
-        if bad or not protocols:
-            r.problem(
-                "protocols",
-                f"allowed values are {', '.join(TLS_PROTOCOLS)} (TLS 1.0/1.1 are not supported), "
-                f"got {protocols!r}",
-            )
-        else:
-            cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
-    if cfg.profile == "modern":
-        # Modern is TLS 1.3 only, whose cipher suites OpenSSL fixes: keys that
-        # would weaken or contradict it are refused rather than silently ignored.
-        if "protocols" in r.table and cfg.protocols != ("TLSv1.3",):
-            r.problem(
-                "protocols",
-                'profile = "modern" is TLS 1.3 only; remove protocols or set it to ["TLSv1.3"]',
-            )
-        if "ciphers" in r.table:
-            r.problem(
-                "ciphers",
-                'profile = "modern" is TLS 1.3 only, where ciphers (TLS 1.2 cipher suites) '
-                "do not apply; remove ciphers or use the intermediate profile",
-            )
-        cfg = dataclasses.replace(cfg, protocols=("TLSv1.3",))
-    crl_paths = string_list(r, "crl") or []
-    crls = []
-    for i, raw in enumerate(crl_paths):
-        p = resolve(r.file, raw)
-        if p is None:
-            r.problem(f"crl[{i}]", f"not a usable path: {raw!r}")
-            continue
-        if not p.exists():
-            r.problem(f"crl[{i}]", f"file not found: {p}")
-        crls.append(p)
-    cfg = dataclasses.replace(cfg, crl=tuple(crls))
-    if cfg.keystore and (cfg.certificate or cfg.private_key):
-        r.problem("keystore", "give either keystore or certificate/private_key, not both")
-    if bool(cfg.certificate) != bool(cfg.private_key) and not cfg.keystore:
-        r.problem(
-            "private_key" if cfg.certificate else "certificate",
-            "certificate and private_key go together",
-        )
-    if cfg.revocation != "off" and "crl" in cfg.revocation and not cfg.crl:
-        r.problem("crl", f"revocation = {cfg.revocation!r} needs at least one CRL file")
-    cfg = dataclasses.replace(
-        cfg,
-        client_certificate=r.choice("client_certificate", CLIENT_CERTIFICATE, "auto"),
-        advertise_ca_names=r.get("advertise_ca_names", bool, True),
-        sni=_sni_entries(r),
-    )
-    r.finish()
-    return cfg
-
-
-def _sni_entries(tls: TableReader) -> tuple[SniEntry, ...]:
-    """``[[tls.sni]]``: hosts no two entries share, and a certificate for each."""
-    out: list[SniEntry] = []
-    for r in tls.tables("sni"):
-        entry_hosts = host_patterns(r, "hosts")
-        if "hosts" not in r.table:
-            r.problem("hosts", "is required")
-        for i, pat in enumerate(entry_hosts or ()):
-            if hostnames.is_address(pat):
-                r.problem(f"hosts[{i}]", f"SNI carries host names, never addresses: {pat!r}")
-        if entry_hosts is not None:
-            entry_hosts = tuple(p for p in entry_hosts if not hostnames.is_address(p))
-        entry = SniEntry(
-            hosts=entry_hosts or (),
-            certificate=r.path_value("certificate"),
-            private_key=r.path_value("private_key"),
-            keystore=r.path_value("keystore"),
-            keystore_password=r.get("keystore_password", str, None),  # type: ignore[arg-type]
-            client_certificate=r.choice("client_certificate", CLIENT_CERTIFICATE, "auto"),
-            advertise_ca_names=r.get("advertise_ca_names", bool, True),
-            where=r.path,
-        )
-        if entry.keystore and (entry.certificate or entry.private_key):
-            r.problem("keystore", "give either keystore or certificate/private_key, not both")
-        elif not entry.keystore and not (entry.certificate or entry.private_key):
-            r.problem("certificate", "is required (with private_key), or give keystore")
-        elif bool(entry.certificate) != bool(entry.private_key) and not entry.keystore:
-            r.problem(
-                "private_key" if entry.certificate else "certificate",
-                "certificate and private_key go together",
-            )
-        r.finish()
-        for i, pat in enumerate(entry.hosts):
-            for other in out:
-                clash = next((o for o in other.hosts if hostnames.overlap(pat, o)), None)
-                if clash is not None:
-                    r.problem(
-                        f"hosts[{i}]",
-                        f"{pat!r} overlaps {clash!r} of {other.where}: a client's SNI must "
-                        "choose one entry",
-                    )
-        out.append(entry)
-    return tuple(out)
-
-
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
-)
-
-
-def _server_name(r: TableReader, key: str) -> str | None:
-    """A DNS name (IDNA allowed) or an IP address, as a backend certificate could name it."""
-    value = r.get(key, str, None)  # type: ignore[arg-type]
-    if value is None:
-        return None
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    try:
-        ascii_name = value.encode("idna").decode("ascii")
-    except UnicodeError:
-        ascii_name = ""
-    if not HOSTNAME_RE.match(ascii_name):
-        r.problem(key, f"must be a host name or an IP address, got {value!r}")
-        return None
-    return value
-
-
-def read_backend_tls(r: TableReader) -> BackendTlsConfig:
-    cfg = BackendTlsConfig(
-        trusted_certificate=r.path_value("trusted_certificate"),
-        certificate=r.path_value("certificate"),
-        private_key=r.path_value("private_key"),
-        server_name=_server_name(r, "server_name"),
-    )
-    # Judge by the keys given, so a missing file is not also reported as a missing key.
-    if ("certificate" in r.table) != ("private_key" in r.table):
-        r.problem(
-            "private_key" if "certificate" in r.table else "certificate",
-            "certificate and private_key go together",
-        )
-    r.finish()
-    return cfg
 
 
 def identity_entries(r: TableReader, key: str) -> list[IdentityRule]:
@@ -831,148 +459,6 @@ def _api_jwt(r: TableReader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
     return jwt, tuple(names) if names is not None else None, bound, forward
 
 
-_ISSUER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_LOOPBACK_HOSTS = ("localhost",)
-
-
-def _jwks_url(r: TableReader, key: str) -> str | None:
-    """An https:// URL, or http:// to a loopback address (keys must not travel in clear)."""
-    value = r.get(key, str, None)  # type: ignore[arg-type]
-    if value is None:
-        return None
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        parts = urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.problem(key, f"must be an https:// URL, got {value!r}")
-        return None
-    if parts.fragment or parts.username is not None:
-        # A user:password would end up in logs and metric labels.
-        r.problem(key, "must not carry a fragment or a user:password")
-        return None
-    if parts.scheme == "http":
-        host = parts.hostname
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host.lower() in _LOOPBACK_HOSTS
-        if not loopback:
-            r.problem(
-                key,
-                f"must be an https:// URL (http:// only to a loopback address), got {value!r}",
-            )
-            return None
-    return value
-
-
-def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
-    name = r.required("name", str)
-    if name is not None and not _ISSUER_NAME_RE.match(name):
-        r.problem("name", f"must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
-        name = None
-    issuer = r.required("issuer", str)
-    if issuer == "":
-        r.problem("issuer", "must not be empty")
-        issuer = None
-    jwks = r.path_value("jwks")
-    jwks_url = _jwks_url(r, "jwks_url")
-    if ("jwks" in r.table) == ("jwks_url" in r.table):
-        r.problem("jwks", "give exactly one of jwks (a file) and jwks_url")
-    refresh = r.positive("jwks_refresh_seconds", float, 300.0)
-    if refresh < 1:
-        r.problem("jwks_refresh_seconds", f"must be at least 1 (second), got {refresh!r}")
-        refresh = 300.0
-    if "jwks_refresh_seconds" in r.table and "jwks_url" not in r.table:
-        r.problem("jwks_refresh_seconds", "applies to jwks_url only (a jwks file is re-read on "
-                  "reload)")
-    audiences = string_list(r, "audiences")
-    if audiences is None:
-        r.problem("audiences", "is required: the token's aud must hold one of these")
-    elif not audiences or any(a == "" for a in audiences):
-        r.problem("audiences", "must list at least one non-empty audience")
-        audiences = None
-    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
-    listed = string_list(r, "algorithms")
-    if listed is not None:
-        bad = False
-        for i, alg in enumerate(listed):
-            if alg.lower() == "none" or alg.upper().startswith("HS"):
-                r.problem(
-                    f"algorithms[{i}]",
-                    f"{alg!r} cannot be configured (unsigned and shared-secret tokens are "
-                    f"refused); use {', '.join(JWT_ALGORITHMS)}",
-                )
-                bad = True
-            elif alg not in JWT_ALGORITHMS:
-                r.problem(
-                    f"algorithms[{i}]",
-                    f"unknown algorithm {alg!r}; use {', '.join(JWT_ALGORITHMS)}",
-                )
-                bad = True
-        if not listed:
-            r.problem("algorithms", "must list at least one algorithm")
-        elif not bad:
-            algorithms = tuple(dict.fromkeys(listed))
-    leeway = r.get("leeway_seconds", float, 30.0)
-    if not 0 <= leeway <= 3600:
-        r.problem("leeway_seconds", f"must be between 0 and 3600, got {leeway!r}")
-        leeway = 30.0
-    consumer_claim = r.get("consumer_claim", str, None)  # type: ignore[arg-type]
-    if consumer_claim == "":
-        r.problem("consumer_claim", "must not be empty")
-        consumer_claim = None
-    r.finish()
-    if name is None or issuer is None or audiences is None:
-        return None
-    if (jwks is None) == (jwks_url is None):
-        return None
-    return JwtIssuer(
-        name=name,
-        issuer=issuer,
-        audiences=tuple(audiences),
-        where=r.path,
-        jwks=jwks,
-        jwks_url=jwks_url,
-        jwks_refresh_seconds=refresh,
-        algorithms=algorithms,
-        leeway_seconds=leeway,
-        consumer_claim=consumer_claim,
-    )
-
-
-def read_jwt_issuers(top: TableReader) -> tuple[JwtIssuer, ...]:
-    out: list[JwtIssuer] = []
-    names: dict[str, str] = {}
-    issuers: dict[str, str] = {}
-    for r in top.tables("jwt_issuers"):
-        found = _jwt_issuer(r)
-        if found is None:
-            continue
-        if found.name in names:
-            r.problem("name", f"duplicate issuer name {found.name!r} (also {names[found.name]})")
-            continue
-        if found.issuer in issuers:
-            r.problem(
-                "issuer", f"duplicate issuer {found.issuer!r} (also {issuers[found.issuer]})"
-            )
-            continue
-        names[found.name] = r.path
-        issuers[found.issuer] = r.path
-        out.append(found)
-    return tuple(out)
-
-
-def declared_issuers(raw: dict[str, Any]) -> set[str]:
-    """Every name written in a [[jwt_issuers]] table, even one with other problems (so an
-    API naming it is not also told the issuer is unknown)."""
-    tables = raw.get("jwt_issuers")
-    if not isinstance(tables, list):
-        return set()
-    return {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
-
-
 def jwt_links(
     problems: ProblemList,
     apis: list[tuple[str, ApiConfig]],
@@ -1040,101 +526,6 @@ def backend_tls_overlaps(
                 break
 
 
-def read_mutual_ssl(r: TableReader) -> MutualSslConfig:
-    header = header_name(r, "certificate_header", None)
-    enc = r.choice("header_encoding", HEADER_ENCODINGS, "auto")
-    chain_header = header_name(r, "chain_header", None)
-    validation = r.get("enable_client_validation", bool, True)
-    lb_aliases = string_list(r, "load_balancer_aliases") or []
-    proxies = []
-    trust_unix = False
-    for i, raw in enumerate(string_list(r, "trusted_proxies") or []):
-        if raw == "unix":
-            trust_unix = True
-            continue
-        try:
-            proxies.append(ipaddress.ip_network(raw, strict=False))
-        except ValueError:
-            r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
-    forward = r.get("forward_client_certificate_header", bool, False)
-    intermediates = r.path_value("intermediates")
-    if header is not None:
-        if validation and not lb_aliases:
-            r.problem(
-                "load_balancer_aliases",
-                "is required when enable_client_validation = true: name the truststore aliases "
-                "that identify your load balancers (or set enable_client_validation = false "
-                "with trusted_proxies)",
-            )
-        if not validation and not proxies and not trust_unix:
-            r.problem(
-                "trusted_proxies",
-                "is required when enable_client_validation = false: without it any caller "
-                "could forge the certificate header",
-            )
-    # RFC 9440 carries the intermediates in a second header; read it (and strip a
-    # direct client's copy) whenever the certificate header is RFC 9440's.
-    if (
-        chain_header is None
-        and header is not None
-        and (enc == "rfc9440" or (enc == "auto" and header.lower() == "client-cert"))
-    ):
-        chain_header = "Client-Cert-Chain"
-    r.finish()
-    return MutualSslConfig(
-        certificate_header=header,
-        header_encoding=enc,
-        chain_header=chain_header,
-        enable_client_validation=validation,
-        load_balancer_aliases=frozenset(lb_aliases),
-        trusted_proxies=tuple(proxies),
-        forward_client_certificate_header=forward,
-        trust_unix_socket=trust_unix,
-        intermediates=intermediates,
-    )
-
-
-_NGINX_NAME_RE = re.compile(r"^[A-Za-z0-9_*.-]+$")
-_NGINX_LISTEN_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]:|[A-Za-z0-9.-]+:)?[0-9]{1,5}$")
-_NGINX_AUTHZ_RE = re.compile(
-    r"^(?:unix:/[^\s;{}'\"$]+|[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5})$"
-)
-
-
-def read_nginx(r: TableReader) -> NginxConfig:
-    """``[nginx]``; every value lands in an NGINX config, so each is checked against what
-    NGINX accepts there (and can carry no ``;``, quote or newline into it)."""
-    d = NginxConfig()
-    listen = r.get("listen", (str, int), d.listen)
-    listen = str(listen)
-    m = _NGINX_LISTEN_RE.match(listen)
-    if not m or not 0 < int(listen.rsplit(":", 1)[-1]) <= 65535:
-        r.problem(
-            "listen", f"must be a port or address:port such as '127.0.0.1:8443', got {listen!r}"
-        )
-        listen = d.listen
-    server_name = r.get("server_name", str, d.server_name)
-    if not all(_NGINX_NAME_RE.match(n) for n in server_name.split()) or not server_name.split():
-        r.problem(
-            "server_name",
-            f"must be one or more host names separated by spaces, got {server_name!r}",
-        )
-        server_name = d.server_name
-    authz = r.get("authz", str, d.authz)
-    if not _NGINX_AUTHZ_RE.match(authz):
-        r.problem("authz", f"must be 'unix:/path/to.sock' or 'host:port', got {authz!r}")
-        authz = d.authz
-    cache_path = r.get("cache_path", str, d.cache_path)
-    if not cache_path.startswith("/") or any(c in cache_path for c in " \t\n;{}'\"$"):
-        r.problem(
-            "cache_path",
-            f"must be an absolute directory path without spaces, got {cache_path!r}",
-        )
-        cache_path = d.cache_path
-    r.finish()
-    return NginxConfig(listen=listen, server_name=server_name, authz=authz, cache_path=cache_path)
-
-
 def _cache_seconds(r: TableReader) -> float:
     """``[authz] cache_seconds``: 0 turns caching off; NGINX counts whole seconds."""
     value = r.get("cache_seconds", float, AuthzConfig.cache_seconds)
@@ -1142,119 +533,6 @@ def _cache_seconds(r: TableReader) -> float:
         r.problem("cache_seconds", f"must be 0-86400, got {value!r}")
         return AuthzConfig.cache_seconds
     return value
-
-
-def read_limits(r: TableReader) -> Limits:
-    d = Limits()
-    out = Limits(
-        max_header_bytes=r.positive("max_header_bytes", int, d.max_header_bytes),
-        max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
-        client_header_timeout=r.positive("client_header_timeout", float, d.client_header_timeout),
-        idle_timeout=r.positive("idle_timeout", float, d.idle_timeout),
-        handshake_timeout=r.positive("handshake_timeout", float, d.handshake_timeout),
-        max_connections=r.positive("max_connections", int, d.max_connections),
-        backend_connect_timeout=r.positive(
-            "backend_connect_timeout", float, d.backend_connect_timeout
-        ),
-        backend_timeout=r.positive("backend_timeout", float, d.backend_timeout),
-        send_timeout=r.positive("send_timeout", float, d.send_timeout),
-        h2_max_concurrent_streams=r.positive(
-            "h2_max_concurrent_streams", int, d.h2_max_concurrent_streams
-        ),
-        h2_max_resets_per_second=r.positive(
-            "h2_max_resets_per_second", int, d.h2_max_resets_per_second
-        ),
-        h2_max_control_frames_per_second=r.positive(
-            "h2_max_control_frames_per_second", int, d.h2_max_control_frames_per_second
-        ),
-        h2_max_continuation_frames=r.positive(
-            "h2_max_continuation_frames", int, d.h2_max_continuation_frames
-        ),
-    )
-    r.finish()
-    return out
-
-
-def read_cluster(r: TableReader) -> ClusterConfig | None:
-    url = r.required("redis", str)
-    prefix = r.get("key_prefix", str, "twistedgw:")
-    timeout = r.positive("timeout", float, 0.05)
-    on_failure = r.choice("on_failure", ON_FAILURE, "open")
-    trusted = r.path_value("trusted_certificate")
-    certificate = r.path_value("certificate")
-    private_key = r.path_value("private_key")
-    if ("certificate" in r.table) != ("private_key" in r.table):
-        r.problem(
-            "private_key" if "certificate" in r.table else "certificate",
-            "certificate and private_key go together",
-        )
-    parts = _redis_url(r, url) if url is not None else None
-    if parts is not None and parts["scheme"] != "rediss":
-        for key in ("trusted_certificate", "certificate", "private_key"):
-            if key in r.table:
-                r.problem(key, "applies only to a rediss:// (TLS) redis URL")
-    r.finish()
-    if parts is None or url is None:
-        return None
-    return ClusterConfig(
-        redis=url,
-        key_prefix=prefix,
-        timeout=timeout,
-        on_failure=on_failure,
-        trusted_certificate=trusted,
-        certificate=certificate,
-        private_key=private_key,
-        **parts,
-    )
-
-
-def _redis_url(r: TableReader, url: str) -> dict[str, Any] | None:
-    """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or
-    ``unix:///path/to/redis.sock[?db=N]``; None (and a problem) if it is none of them."""
-    usage = (
-        "expected redis://host[:port][/db], rediss://host[:port][/db] or "
-        f"unix:///path/to/redis.sock, got {url!r}"
-    )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        r.problem("redis", f"{usage} ({e})")
-        return None
-    scheme = parts.scheme.lower()
-    out: dict[str, Any] = {"scheme": scheme}
-    if parts.username:
-        out["username"] = parts.username
-    if parts.password:
-        out["password"] = parts.password
-    db_text = ""
-    if scheme == "unix":
-        if not parts.path.startswith("/") or parts.netloc:
-            r.problem("redis", usage)
-            return None
-        out["path"] = parts.path
-        for item in parts.query.split("&") if parts.query else ():
-            name, _, value = item.partition("=")
-            if name != "db":
-                r.problem("redis", f"unknown parameter {name!r} (only db=N)")
-                return None
-            db_text = value
-    elif scheme in ("redis", "rediss"):
-        if not parts.hostname or parts.query or parts.fragment:
-            r.problem("redis", usage)
-            return None
-        out["host"] = parts.hostname
-        out["port"] = port if port is not None else 6379
-        db_text = parts.path.strip("/")
-    else:
-        r.problem("redis", usage)
-        return None
-    if db_text:
-        if not db_text.isdigit() or len(db_text) > 5:
-            r.problem("redis", f"the database must be a number, got {db_text!r}")
-            return None
-        out["db"] = int(db_text)
-    return out
 
 
 def load(path: str | Path) -> GatewayConfig:
