@@ -6,6 +6,9 @@ in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 
 from twistedgw.config._access_log import AccessLogConfig
 from twistedgw.config._admin import AdminConfig
+from twistedgw.config._api_keys import ApiKey
+from twistedgw.config._apis import BACKEND_MODES, CERTIFICATE_BOUND, ApiConfig, PluginSpec, Tier
+from twistedgw.config._authz import AuthzConfig
 from twistedgw.config._backend_tls import HOSTNAME_RE, BackendTlsConfig
 from twistedgw.config._base import (
     CONTEXT_RE,
@@ -16,18 +19,10 @@ from twistedgw.config._base import (
     TableReader,
 )
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
-from twistedgw.config._config import (
-    BACKEND_MODES,
-    CERTIFICATE_BOUND,
-    CONSUMER_NAME_RE,
-    ApiConfig,
-    ApiKey,
-    AuthzConfig,
-    Consumer,
+from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
+from twistedgw.config._gateway import (
     GatewayConfig,
     Parsed,
-    PluginSpec,
-    Tier,
     load,
     load_partial,
     parse,
@@ -38,7 +33,8 @@ from twistedgw.config._jwt_issuers import DEFAULT_JWT_ALGORITHMS, JWT_ALGORITHMS
 from twistedgw.config._limits import Limits
 from twistedgw.config._listeners import Listener
 from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
-from twistedgw.config._openapi import Operation, Security, route_rows, variant
+from twistedgw.config._openapi import route_rows, variant
+from twistedgw.config._operations import Operation, Security
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 from twistedgw.config._tls import (
     CLIENT_CERTIFICATE,

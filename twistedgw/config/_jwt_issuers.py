@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twistedgw.config._base import TableReader, string_list
+from twistedgw.config._apis import ApiConfig
+from twistedgw.config._base import Mode, ProblemList, TableReader, string_list
+from twistedgw.config._tls import TlsConfig
 
 JWT_ALGORITHMS = ("ES256", "RS256", "PS256", "ES384", "EdDSA")
 DEFAULT_JWT_ALGORITHMS = ("ES256", "RS256")
@@ -175,3 +177,37 @@ def declared_issuers(raw: dict[str, Any]) -> set[str]:
     if not isinstance(tables, list):
         return set()
     return {t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
+
+
+def jwt_links(
+    problems: ProblemList,
+    apis: list[tuple[str, ApiConfig]],
+    issuers: tuple[JwtIssuer, ...],
+    tls: TlsConfig,
+    header_mode: bool,
+    declared: set[str],
+) -> None:
+    """Cross-checks between APIs and [[jwt_issuers]]."""
+    known = declared | {i.name for i in issuers}
+    listing = ", ".join(sorted(known)) or "none"
+    for where, api in apis:
+        if api.jwt_issuers is not None:
+            for i, name in enumerate(api.jwt_issuers):
+                if name not in known:
+                    problems.add(
+                        f"{where}.jwt_issuers[{i}]",
+                        f"unknown issuer {name!r} (the [[jwt_issuers]] are: {listing})",
+                    )
+        # An OpenAPI definition's bearer security is reported where the definition says it.
+        if api.jwt is not Mode.DISABLED and not known and api.openapi is None:
+            problems.add(f"{where}.jwt", "JWT is enabled but no [[jwt_issuers]] are defined")
+        if (
+            api.jwt is not Mode.DISABLED
+            and api.certificate_bound == "required"
+            and tls.truststore is None
+            and not header_mode
+        ):
+            problems.add(
+                f"{where}.certificate_bound",
+                '"required" needs client certificates, but [tls].truststore is not set',
+            )
