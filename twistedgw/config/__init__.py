@@ -33,7 +33,8 @@ from twistedgw.config._jwt_issuers import DEFAULT_JWT_ALGORITHMS, JWT_ALGORITHMS
 from twistedgw.config._limits import Limits
 from twistedgw.config._listeners import Listener
 from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
-from twistedgw.config._openapi import route_rows, variant
+from twistedgw.config._nginx import NginxConfig
+from twistedgw.config._openapi import route_rows, variant, variants, with_variants
 from twistedgw.config._operations import Operation, Security
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 from twistedgw.config._tls import (
@@ -80,6 +81,7 @@ __all__ = [
     "Listener",
     "Mode",
     "MutualSslConfig",
+    "NginxConfig",
     "Operation",
     "Parsed",
     "PluginSpec",
@@ -97,4 +99,6 @@ __all__ = [
     "parse_rule",
     "route_rows",
     "variant",
+    "variants",
+    "with_variants",
 ]
