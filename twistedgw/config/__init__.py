@@ -4,71 +4,66 @@ Every problem names the file and the dotted key; ``load_partial`` reports them a
 in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 """
 
-from twistedgw.config._config import (
-    _CONTEXT_RE,
-    _HEADER_RE,
-    _HOSTNAME_RE,
-    BACKEND_MODES,
-    CERTIFICATE_BOUND,
-    CLIENT_CERTIFICATE,
-    CONSUMER_NAME_RE,
-    DEFAULT_CIPHERS,
-    DEFAULT_JWT_ALGORITHMS,
-    HEADER_ENCODINGS,
-    IDENTITY_FORWARD,
-    JWT_ALGORITHMS,
-    ON_FAILURE,
-    REVOCATION_MODES,
-    TLS_PROFILES,
-    TLS_PROTOCOLS,
-    AccessLogConfig,
-    AdminConfig,
-    ApiConfig,
-    ApiKey,
-    AuthzConfig,
-    BackendTlsConfig,
-    ClusterConfig,
+from twistedgw.config._access_log import AccessLogConfig
+from twistedgw.config._admin import AdminConfig
+from twistedgw.config._api_keys import ApiKey
+from twistedgw.config._apis import BACKEND_MODES, CERTIFICATE_BOUND, ApiConfig, PluginSpec, Tier
+from twistedgw.config._authz import AuthzConfig
+from twistedgw.config._backend_tls import HOSTNAME_RE, BackendTlsConfig
+from twistedgw.config._base import (
+    CONTEXT_RE,
+    HEADER_RE,
     ConfigError,
-    Consumer,
-    GatewayConfig,
-    IdentityConfig,
-    JwtIssuer,
-    Limits,
-    Listener,
     Mode,
-    MutualSslConfig,
+    ProblemList,
+    TableReader,
+)
+from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
+from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
+from twistedgw.config._gateway import (
+    GatewayConfig,
     Parsed,
-    PluginSpec,
-    SniEntry,
-    Tier,
-    TlsConfig,
     load,
     load_partial,
     parse,
     parse_partial,
 )
-from twistedgw.config._config import _Problems as ProblemList
-from twistedgw.config._config import _Reader as TableReader
-from twistedgw.config._openapi import Operation, Security, route_rows, variant
+from twistedgw.config._identity import IDENTITY_FORWARD, IdentityConfig
+from twistedgw.config._jwt_issuers import DEFAULT_JWT_ALGORITHMS, JWT_ALGORITHMS, JwtIssuer
+from twistedgw.config._limits import Limits
+from twistedgw.config._listeners import Listener
+from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
+from twistedgw.config._nginx import NginxConfig
+from twistedgw.config._openapi import route_rows, variant, variants, with_variants
+from twistedgw.config._operations import Operation, Security
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
+from twistedgw.config._tls import (
+    CLIENT_CERTIFICATE,
+    DEFAULT_CIPHERS,
+    REVOCATION_MODES,
+    TLS_PROFILES,
+    TLS_PROTOCOLS,
+    SniEntry,
+    TlsConfig,
+)
 
 __all__ = [
     "BACKEND_MODES",
     "CERTIFICATE_BOUND",
     "CLIENT_CERTIFICATE",
     "CONSUMER_NAME_RE",
+    "CONTEXT_RE",
     "DEFAULT_CIPHERS",
     "DEFAULT_JWT_ALGORITHMS",
     "HEADER_ENCODINGS",
+    "HEADER_RE",
+    "HOSTNAME_RE",
     "IDENTITY_FORWARD",
     "JWT_ALGORITHMS",
     "ON_FAILURE",
     "REVOCATION_MODES",
     "TLS_PROFILES",
     "TLS_PROTOCOLS",
-    "_CONTEXT_RE",
-    "_HEADER_RE",
-    "_HOSTNAME_RE",
     "AccessLogConfig",
     "AdminConfig",
     "ApiConfig",
@@ -86,6 +81,7 @@ __all__ = [
     "Listener",
     "Mode",
     "MutualSslConfig",
+    "NginxConfig",
     "Operation",
     "Parsed",
     "PluginSpec",
@@ -103,4 +99,6 @@ __all__ = [
     "parse_rule",
     "route_rows",
     "variant",
+    "variants",
+    "with_variants",
 ]

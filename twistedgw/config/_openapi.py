@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from twistedgw.config._config import ApiConfig, Mode
-
-if TYPE_CHECKING:
-    from twistedgw.config._config import _Reader
+from twistedgw.config._apis import ApiConfig
+from twistedgw.config._apis import read_api as read_table
+from twistedgw.config._base import CONTEXT_RE, HEADER_RE, Mode, TableReader, resolve
+from twistedgw.config._operations import (
+    OPEN,
+    WSO2_API_KEY_HEADER,
+    Operation,
+    Origin,
+    Security,
+)
 
 #: Problems are (where in the definition, what is wrong); the caller adds the file.
 Report = Callable[[str, str], None]
@@ -35,44 +40,6 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 MAX_DEFINITION_BYTES = 16 * 1024 * 1024  # far beyond any real definition; bounds a mistake
 _MAX_DEPTH = 64  # nesting and $ref chains; a cycle or a bomb stops here
 _MAX_VALIDATION_ERRORS = 20
-_CONTEXT_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
-_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-WSO2_API_KEY_HEADER = "apikey"
-
-
-@dataclass(frozen=True)
-class Security:
-    """The schemes that apply to an API or one operation, as modes (WSO2's combine rule)."""
-
-    mutual_ssl: Mode = Mode.DISABLED
-    api_key: Mode = Mode.DISABLED
-    api_key_header: str = WSO2_API_KEY_HEADER
-    jwt: Mode = Mode.DISABLED
-
-    @property
-    def open(self) -> bool:
-        return all(m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt))
-
-
-OPEN = Security()
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One operation of the definition: what the router serves."""
-
-    method: str  # upper-case, e.g. "GET"
-    template: str  # the path template as written, relative to the context: "/pet/{petId}"
-    security: Security | None = None  # None: the API's own schemes
-    where: str = ""  # e.g. "paths./pet/{petId}.get", for messages
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where an API came from, for messages about it after it was built."""
-
-    file: Path
-    context_from: str | None  # the definition's key the context was read from; None = TOML
 
 
 @dataclass(frozen=True)
@@ -413,7 +380,7 @@ class _DefinitionReader:
             return None, None
         context = raw.replace("{version}", version)
         if (
-            not _CONTEXT_RE.match(context)
+            not CONTEXT_RE.match(context)
             or "//" in context
             or "/../" in f"{context}/"
             or "/./" in f"{context}/"
@@ -549,7 +516,7 @@ class _DefinitionReader:
                 if place != "header":
                     out[name] = (f"{where}: an API key in the {place} is not supported; "
                                  "send it in a header")
-                elif not isinstance(header, str) or not _HEADER_RE.match(header):
+                elif not isinstance(header, str) or not HEADER_RE.match(header):
                     out[name] = f"{where}.name: not a valid HTTP header name: {header!r}"
                 else:
                     out[name] = _Scheme("apikey", header)
@@ -751,16 +718,14 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
 # --------------------------------------------------------------------------- into the config
 
 
-def for_api(r: _Reader) -> Definition | None:
+def for_api(r: TableReader) -> Definition | None:
     """The definition an ``[[apis]]`` table names (config reader ``r``); None if unusable."""
-    from twistedgw.config._config import _resolve
-
     r.seen.add("openapi")
     raw = r.table.get("openapi")
     if not isinstance(raw, str):
         r.problem("openapi", f"expected the definition's file name, got {raw!r}")
         return None
-    file = _resolve(r.file, raw)
+    file = resolve(r.file, raw)
     if file is None:
         r.problem("openapi", f"not a usable path: {raw!r}")
         return None
@@ -843,7 +808,7 @@ def with_variants(apis: Iterable[ApiConfig]) -> Iterator[tuple[ApiConfig, bool]]
 def apply(
     definition: Definition,
     api: ApiConfig,
-    r: _Reader,
+    r: TableReader,
     toml_keys: frozenset[str],
     *,
     jwt_issuers: bool = True,  # the config declares [[jwt_issuers]]
@@ -933,3 +898,19 @@ def route_rows(apis: Iterable[ApiConfig]) -> list[tuple[str, str, str, str, str]
             for method, path, schemes in entries:
                 rows.append((str(host), method, path, api.label, schemes))
     return rows
+
+
+def read_api(r: TableReader, *, has_jwt_issuers: bool) -> ApiConfig | None:
+    """An ``[[apis]]`` table with ``openapi = FILE``: the table its definition implies, with
+    the TOML keys on top, read as any other; ``has_jwt_issuers``: whether the config declares
+    any (the definition's bearer security needs them)."""
+    definition = for_api(r)
+    if definition is None:  # reported; the rest of the table depends on it
+        r.seen.update(r.table)
+        return None
+    toml_keys = frozenset(r.table)
+    r = TableReader(r.file, merged(definition, r.table), r.path, r.problems, {"openapi"})
+    api = read_table(r)
+    if api is None:
+        return None
+    return apply(definition, api, r, toml_keys, jwt_issuers=has_jwt_issuers)

@@ -27,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from twistedgw.config._base import TableReader
+
 #: The keys an entry may hold, in the order ``describe`` writes them.
 KEYS = (
     "sha256",
@@ -487,3 +489,20 @@ def parse_rule(
         return None
     text = ", ".join(f"{k} = {table[k]!r}" for k in KEYS if k in table)
     return IdentityRule(**values, text=text)
+
+
+def identity_entries(r: TableReader, key: str) -> list[IdentityRule]:
+    """``[[<table>.<key>]]`` identity entries of a config table, problems by dotted key."""
+    out = []
+    for t in r.tables(key):
+        t.seen.update(t.table)  # parse_rule reports unknown keys itself
+
+        def problem(k: str, message: str, t: TableReader = t) -> None:
+            t.problems.add(t.where(k) if k else t.path, message)
+
+        rule = parse_rule(t.table, problem)
+        if rule is not None:
+            out.append(rule)
+    if key in r.table and r.table[key] == []:
+        r.problem(key, "an empty list matches no certificate; remove the key instead")
+    return out

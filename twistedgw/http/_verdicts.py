@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from twistedgw.config import ApiConfig, GatewayConfig, Mode
+from twistedgw.config import ApiConfig, GatewayConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.identity import _forwarding as idforward
 
@@ -29,9 +29,7 @@ NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
 
 def _securities(api: ApiConfig) -> list[ApiConfig]:
     """The API and its OpenAPI operations' variants (each with its own schemes)."""
-    from twistedgw.config import _openapi as openapi
-
-    return [api, *openapi.variants(api)]
+    return [api, *variants(api)]
 
 
 def key_headers(api: ApiConfig) -> tuple[str, ...]:

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec
-from twistedgw.config import _openapi as openapi
+from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec, with_variants
 from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._builtin import (
@@ -124,7 +123,7 @@ def compile_pipelines(
     out: dict[ApiConfig, Pipeline] = {}
     # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
     # problems are reported once, for the API itself).
-    for api, own in openapi.with_variants(config.apis):
+    for api, own in with_variants(config.apis):
         checks: list[Named] = []
         schemes: list[Named] = []
         authorisers: list[Named] = []

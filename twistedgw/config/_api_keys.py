@@ -1,0 +1,37 @@
+"""``[[api_keys]]``: API keys, kept as SHA-256 digests only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twistedgw.config._base import TableReader
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: bytes
+
+
+def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
+    """``[[api_keys]]``: the keys, and every name given (for ``[[consumers]]`` to refer to)."""
+    keys = []
+    key_names: set[str] = set()
+    for r in top.tables("api_keys"):
+        name = r.required("name", str)
+        digest = r.required("key_sha256", str)
+        r.finish()
+        if digest is not None:
+            try:
+                raw_digest = bytes.fromhex(digest)
+                if len(raw_digest) != 32:
+                    raise ValueError
+            except ValueError:
+                r.problem("key_sha256", "must be 64 hex characters (the SHA-256 of the key)")
+                continue
+            if name is not None:
+                if name in key_names:
+                    r.problem("name", f"duplicate API key name {name!r}")
+                key_names.add(name)
+                keys.append(ApiKey(name, raw_digest))
+    return keys, key_names

@@ -1,0 +1,307 @@
+"""``[[apis]]``: each API's context, backends, schemes, tiers, plugins and identity rules.
+
+An API with ``openapi = FILE`` is read here too, from the table its definition implies
+(``_openapi.py`` builds that table and finishes the API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from twistedgw import _hosts as hostnames
+from twistedgw.config._backend_tls import BackendTlsConfig, read_backend_tls
+from twistedgw.config._base import (
+    CONTEXT_RE,
+    Mode,
+    ProblemList,
+    TableReader,
+    host_patterns,
+    read_mode,
+    string_list,
+)
+from twistedgw.config._operations import Operation, Origin
+from twistedgw.config._rules import IdentityRule, identity_entries
+
+BACKEND_MODES = ("load_balance", "failover")
+CERTIFICATE_BOUND = ("required", "when_claimed", "off")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A rate for certificates under a truststore alias, or for one consumer (exactly one)."""
+
+    alias: str | None
+    requests_per_minute: int
+    consumer: str | None = None
+    where: str = field(default="", compare=False)  # its dotted key, for messages
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One ``[[apis.plugins]]`` table: the plugin's name and its own keys, checked by the
+    plugin itself when the runtime is built (so ``check`` reports them in the same pass)."""
+
+    name: str
+    where: str  # the table's dotted path, e.g. "apis[2].plugins[0]"
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    name: str
+    version: str
+    context: str  # normalised: leading '/', no trailing '/'
+    backend: str
+    mutual_ssl: Mode = Mode.DISABLED
+    aliases: frozenset[str] | None = None  # None = any trusted certificate
+    api_key: Mode = Mode.DISABLED
+    max_body_bytes: int | None = None
+    backend_timeout: float | None = None
+    tiers: tuple[Tier, ...] = ()
+    backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
+    plugins: tuple[PluginSpec, ...] = ()  # in the order they run
+    # JWT access tokens (section "JWT access tokens" of the README)
+    jwt: Mode = Mode.DISABLED
+    jwt_issuers: tuple[str, ...] | None = None  # names; None = every [[jwt_issuers]]
+    certificate_bound: str = "when_claimed"  # RFC 8705: "required" | "when_claimed" | "off"
+    forward_authorization: bool = False
+    identities: tuple[IdentityRule, ...] = ()  # when any: the leaf must match one
+    consumers: tuple[str, ...] | None = None  # None = any caller; else only these consumers
+    hosts: tuple[str, ...] | None = None  # host patterns (_hosts.pattern); None = any host
+    # Several backends (``backends``; ``backend`` is the first): how to pick one.
+    backends: tuple[str, ...] = ()
+    backend_mode: str = "load_balance"  # | "failover"
+    api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    # From an OpenAPI definition: only these operations are served (None = every path).
+    operations: tuple[Operation, ...] | None = None
+    openapi: Origin | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every backend URL, in the order written."""
+        return self.backends or (self.backend,)
+
+
+def read_api(r: TableReader) -> ApiConfig | None:
+    """One [[apis]] table as written in TOML (or as its OpenAPI definition implies, which
+    ``_openapi.read_api`` gives here); None if a key the API cannot do without is broken."""
+    name = r.required("name", str)
+    version = r.get("version", str, "")
+    context = r.required("context", str)
+    backends = string_list(r, "backends")
+    backend_mode = r.choice("backend_mode", BACKEND_MODES, "load_balance")
+    backend = None
+    if backends is not None and "backend" in r.table:
+        r.seen.add("backend")
+        r.problem("backends", "give either backend or backends, not both")
+        backends = None
+    elif backends is not None:
+        checked = [_backend_url(r, f"backends[{i}]", url) for i, url in enumerate(backends)]
+        backends = [url for url in checked if url is not None]
+        if not checked:
+            r.problem("backends", "must name at least one backend URL")
+        if len(backends) != len(checked) or not backends:
+            backends = None
+        else:
+            backend = backends[0]
+    else:
+        raw_backend = r.required("backend", str)
+        if raw_backend is not None:
+            backend = _backend_url(r, "backend", raw_backend)
+    mutual_ssl = read_mode(r, "mutual_ssl")
+    api_key = read_mode(r, "api_key")
+    aliases = string_list(r, "aliases")
+    if aliases == [] and "aliases" in r.table:
+        r.problem(
+            "aliases",
+            "an empty list lets no certificate pass; remove the key to accept any trusted "
+            "certificate, or name the truststore aliases to accept",
+        )
+    max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
+    backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
+    backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
+    tiers = []
+    for t in r.tables("tiers"):
+        alias = t.get("alias", str, None)  # type: ignore[arg-type]
+        tier_consumer = t.get("consumer", str, None)  # type: ignore[arg-type]
+        if ("alias" in t.table) == ("consumer" in t.table):
+            t.problem("alias", "give exactly one of alias (a truststore alias) or consumer")
+        rpm = (
+            t.positive("requests_per_minute", int, 0) if "requests_per_minute" in t.table else None
+        )
+        if rpm is None:
+            t.problem("requests_per_minute", "is required")
+        t.finish()
+        if (alias is None) != (tier_consumer is None) and rpm:
+            tiers.append(Tier(alias, rpm, consumer=tier_consumer, where=t.path))
+    identities = identity_entries(r, "identities")
+    # Judged by the key as written, so a misspelt mode is not also blamed here.
+    if identities and r.table.get("mutual_ssl", Mode.DISABLED.value) == Mode.DISABLED.value:
+        r.problem(
+            "identities",
+            "identity rules apply to client certificates, but this API has mutual_ssl "
+            "disabled; enable mutual_ssl or remove them",
+        )
+    api_hosts = host_patterns(r, "hosts")
+    api_consumers = string_list(r, "consumers")
+    if api_consumers == [] and "consumers" in r.table:
+        r.problem(
+            "consumers",
+            "an empty list lets no caller through; remove the key to accept any caller, "
+            "or name the consumers to accept",
+        )
+    jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
+    plugins = []
+    for t in r.tables("plugins"):
+        plugin_name = t.required("name", str)
+        t.seen.update(t.table)  # the plugin checks its own keys
+        if plugin_name is not None:
+            plugins.append(PluginSpec(plugin_name, t.path, dict(t.table)))
+    if context is not None:
+        if (
+            not CONTEXT_RE.match(context)
+            or "//" in context
+            or "/../" in f"{context}/"
+            or "/./" in f"{context}/"
+        ):
+            r.problem(
+                "context",
+                f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}",
+            )
+            context = None
+        else:
+            context = context.rstrip("/") or "/"
+    if backend is not None and backend_tls is not None:
+        plain = [url for url in (backends or [backend]) if not url.startswith("https://")]
+        if plain:
+            # Most likely a forgotten "s": say so rather than send plain HTTP.
+            r.problem(
+                "backend_tls",
+                f"applies to https:// backends only, but the backend is {plain[0]!r}",
+            )
+    r.finish()
+    if name is None or context is None or backend is None:
+        return None
+    return ApiConfig(
+        name=name,
+        version=version,
+        context=context,
+        backend=backend.rstrip("/"),
+        mutual_ssl=mutual_ssl,
+        aliases=frozenset(aliases) if aliases is not None else None,
+        api_key=api_key,
+        max_body_bytes=max_body,
+        backend_timeout=backend_timeout,
+        tiers=tuple(tiers),
+        backend_tls=backend_tls,
+        plugins=tuple(plugins),
+        jwt=jwt,
+        jwt_issuers=jwt_issuers,
+        certificate_bound=certificate_bound,
+        forward_authorization=forward_authorization,
+        identities=tuple(identities),
+        consumers=tuple(api_consumers) if api_consumers is not None else None,
+        hosts=api_hosts,
+        backends=tuple(url.rstrip("/") for url in backends) if backends else (),
+        backend_mode=backend_mode,
+    )
+
+
+def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
+    """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
+    if not isinstance(backend, str):
+        r.problem(key, f"expected a string, got {backend!r}")
+        return None
+    try:
+        parts = urlsplit(backend)
+        _ = parts.port  # raises for a port out of range
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}")
+        return None
+    if parts.query or parts.fragment:
+        r.problem(key, "must not carry a query or fragment")
+        return None
+    # one spelling of the scheme: the forwarder and pool keys compare bytes
+    return parts.scheme + backend[len(parts.scheme) :]
+
+
+def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiConfig]]) -> bool:
+    """Whether ``api`` cannot share its context with the APIs already there: two APIs
+    share a context only when their ``hosts`` do not overlap (one may have none)."""
+    for where, other in sharing:
+        if api.hosts is None and other.hosts is None:
+            # (APIs may share a context when their hosts do not overlap: README.)
+            message = f"duplicate context {api.context!r} (also used by {where})"
+            origin = api.openapi
+            if origin is not None and origin.context_from is not None:
+                r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
+            else:
+                r.problem("context", message)
+            return True
+        for i, pat in enumerate(api.hosts or ()):
+            clash = next((o for o in other.hosts or () if hostnames.overlap(pat, o)), None)
+            if clash is not None:
+                r.problem(
+                    f"hosts[{i}]",
+                    f"{pat!r} overlaps {clash!r} of {where}, which has the same context "
+                    f"{api.context!r}",
+                )
+                return True
+    return False
+
+
+def _api_jwt(r: TableReader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
+    """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``jwt_links``."""
+    jwt = read_mode(r, "jwt")
+    names = string_list(r, "jwt_issuers")
+    if names == [] and "jwt_issuers" in r.table:
+        r.problem(
+            "jwt_issuers",
+            "an empty list accepts no token; remove the key to accept every configured "
+            "issuer, or name the [[jwt_issuers]] to accept",
+        )
+    bound = r.choice("certificate_bound", CERTIFICATE_BOUND, "when_claimed")
+    forward = r.get("forward_authorization", bool, False)
+    return jwt, tuple(names) if names is not None else None, bound, forward
+
+
+def backend_tls_overlaps(
+    problems: ProblemList, apis: list[tuple[str, ApiConfig]], default: BackendTlsConfig
+) -> None:
+    """Problems for https backends that backend TLS cannot tell apart.
+
+    The forwarder picks backend TLS settings by backend URL (the longest API
+    backend URL the request URL starts with), so two APIs whose backend URLs are
+    equal, or one a path prefix of the other, must agree on them.
+    """
+    https = [(where, api) for where, api in apis if api.backend.startswith("https://")]
+    for j, (where_j, api_j) in enumerate(https):
+        tls_j = api_j.backend_tls if api_j.backend_tls is not None else default
+        for where_i, api_i in https[:j]:
+            tls_i = api_i.backend_tls if api_i.backend_tls is not None else default
+            if tls_i == tls_j:
+                continue
+            a, b = sorted((api_i.backend, api_j.backend), key=len)
+            if b == a or b.startswith(a + "/"):
+                relation = (
+                    "is the same as"
+                    if a == b
+                    else ("lies under" if b == api_j.backend else "contains")
+                )
+                problems.add(
+                    f"{where_j}.backend_tls",
+                    f"the backend URL {api_j.backend!r} "
+                    f"{relation} that of {where_i} ({api_i.backend!r}), whose backend TLS "
+                    "settings differ; backend TLS is chosen by backend URL, so give these APIs "
+                    "the same settings or backend URLs that are not prefixes of each other",
+                )
+                break

@@ -1,0 +1,59 @@
+"""``[limits]``: sizes and timeouts that bound what one client can make the gateway hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twistedgw.config._base import TableReader
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 10 * 1024 * 1024
+    client_header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    max_connections: int = 10000
+    backend_connect_timeout: float = 5.0
+    backend_timeout: float = 60.0
+    # Seconds a response may wait on a client that accepts none of it (NGINX's send_timeout).
+    send_timeout: float = 60.0
+    # HTTP/2 defences (http/_h2.py): streams open at once per connection; resets, and
+    # SETTINGS/PING frames, a client may send per second before GOAWAY; CONTINUATION
+    # frames one header block may span.
+    h2_max_concurrent_streams: int = 100
+    h2_max_resets_per_second: int = 100
+    h2_max_control_frames_per_second: int = 100
+    h2_max_continuation_frames: int = 32
+
+
+def read_limits(r: TableReader) -> Limits:
+    d = Limits()
+    out = Limits(
+        max_header_bytes=r.positive("max_header_bytes", int, d.max_header_bytes),
+        max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
+        client_header_timeout=r.positive("client_header_timeout", float, d.client_header_timeout),
+        idle_timeout=r.positive("idle_timeout", float, d.idle_timeout),
+        handshake_timeout=r.positive("handshake_timeout", float, d.handshake_timeout),
+        max_connections=r.positive("max_connections", int, d.max_connections),
+        backend_connect_timeout=r.positive(
+            "backend_connect_timeout", float, d.backend_connect_timeout
+        ),
+        backend_timeout=r.positive("backend_timeout", float, d.backend_timeout),
+        send_timeout=r.positive("send_timeout", float, d.send_timeout),
+        h2_max_concurrent_streams=r.positive(
+            "h2_max_concurrent_streams", int, d.h2_max_concurrent_streams
+        ),
+        h2_max_resets_per_second=r.positive(
+            "h2_max_resets_per_second", int, d.h2_max_resets_per_second
+        ),
+        h2_max_control_frames_per_second=r.positive(
+            "h2_max_control_frames_per_second", int, d.h2_max_control_frames_per_second
+        ),
+        h2_max_continuation_frames=r.positive(
+            "h2_max_continuation_frames", int, d.h2_max_continuation_frames
+        ),
+    )
+    r.finish()
+    return out

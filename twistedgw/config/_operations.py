@@ -1,0 +1,50 @@
+"""What an API serves, operation by operation, and under which schemes.
+
+The model of an OpenAPI definition's operations (``_openapi.py`` reads them), kept below
+``_apis.py`` so that an ``ApiConfig`` can hold them without importing the reader of
+definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from twistedgw.config._base import Mode
+
+WSO2_API_KEY_HEADER = "apikey"
+
+
+@dataclass(frozen=True)
+class Security:
+    """The schemes that apply to an API or one operation, as modes (WSO2's combine rule)."""
+
+    mutual_ssl: Mode = Mode.DISABLED
+    api_key: Mode = Mode.DISABLED
+    api_key_header: str = WSO2_API_KEY_HEADER
+    jwt: Mode = Mode.DISABLED
+
+    @property
+    def open(self) -> bool:
+        return all(m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt))
+
+
+OPEN = Security()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the definition: what the router serves."""
+
+    method: str  # upper-case, e.g. "GET"
+    template: str  # the path template as written, relative to the context: "/pet/{petId}"
+    security: Security | None = None  # None: the API's own schemes
+    where: str = ""  # e.g. "paths./pet/{petId}.get", for messages
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an API came from, for messages about it after it was built."""
+
+    file: Path
+    context_from: str | None  # the definition's key the context was read from; None = TOML
