@@ -112,6 +112,11 @@ def limits_unavailable(description: str) -> GatewayError:
     return GatewayError(503, "101503", "Runtime Error", description)
 
 
+def overloaded(description: str) -> GatewayError:
+    """The gateway cannot judge the request now (its password checks are all busy)."""
+    return GatewayError(503, "101503", "Runtime Error", description)
+
+
 def backend_timeout(description: str) -> GatewayError:
     return GatewayError(504, "101504", "Runtime Error", description)
 

@@ -266,15 +266,43 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """An argon2id PHC string for [[basic_users]] password_hash; the password comes from the
+    terminal (asked twice) or from standard input, never from the command line, where
+    other users' ``ps`` and the shell's history would see it."""
+    import getpass
+
+    from twistedgw.pipeline import hash_password
+
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password (again): ")
+        except EOFError:
+            return _fail(["no password given"], 1)
+        if password != again:
+            return _fail(["the two passwords differ"], 1)
+    else:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        return _fail(["the password is empty"], 1)
+    print(hash_password(password))
+    return 0
+
+
 BUILT_IN = (
     ("mutual_ssl", "the mutual_ssl key: client certificate verified under the API's aliases"),
     ("api_key", "the api_key key: an [[api_keys]] key in the apikey header"),
     ("jwt", "the jwt key: a bearer token from [[jwt_issuers]], RFC 8705 binding"),
+    ("basic_auth", "the basic_auth key: Authorization: Basic against [[basic_users]]"),
     ("revocation", "[tls] revocation: CRL/OCSP for the caller's chain"),
     ("identities", "[[apis.identities]]: the certificate must match one entry"),
     ("consumers", "[[consumers]], apis.consumers: who the caller is, and who may call"),
     ("tiers", "[[apis.tiers]]: per-certificate and per-consumer request rates"),
     ("authorization", "jwt APIs: Authorization removed unless forward_authorization"),
+    ("basic_authorization", "basic_auth APIs: Authorization: Basic always removed"),
     ("identity", "[identity]: strips identity headers, forwards the verified one"),
 )
 
@@ -328,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=("auth_request", "lua"), default="auth_request",
                    help="lua: verdicts in a lua_shared_dict (needs NGINX's Lua module)")
     p.set_defaults(func=cmd_nginx_config)
+    p = sub.add_parser(
+        "hash-password",
+        help="print an argon2id password_hash for [[basic_users]] (password from stdin or tty)",
+    )
+    p.set_defaults(func=cmd_hash_password)
     p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
     p.set_defaults(func=cmd_plugins)
     return parser

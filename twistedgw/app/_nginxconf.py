@@ -430,6 +430,8 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
         return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
     if verdicts.uses_bearer(api):
         return "Bearer tokens: twistedgw checks them and removes Authorization as configured"
+    if verdicts.uses_basic(api):
+        return "Basic authentication: twistedgw checks the password and removes Authorization"
     return None
 
 

@@ -18,6 +18,7 @@ from twistedgw.config._base import (
     ProblemList,
     TableReader,
 )
+from twistedgw.config._basic_users import BasicUser, hash_problem
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
 from twistedgw.config._gateway import (
@@ -70,6 +71,7 @@ __all__ = [
     "ApiKey",
     "AuthzConfig",
     "BackendTlsConfig",
+    "BasicUser",
     "ClusterConfig",
     "ConfigError",
     "Consumer",
@@ -91,6 +93,7 @@ __all__ = [
     "TableReader",
     "Tier",
     "TlsConfig",
+    "hash_problem",
     "load",
     "load_partial",
     "matches_any",

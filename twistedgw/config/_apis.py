@@ -75,6 +75,7 @@ class ApiConfig:
     backends: tuple[str, ...] = ()
     backend_mode: str = "load_balance"  # | "failover"
     api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    basic_auth: Mode = Mode.DISABLED  # HTTP Basic against [[basic_users]]
     # From an OpenAPI definition: only these operations are served (None = every path).
     operations: tuple[Operation, ...] | None = None
     openapi: Origin | None = None
@@ -117,6 +118,7 @@ def read_api(r: TableReader) -> ApiConfig | None:
             backend = _backend_url(r, "backend", raw_backend)
     mutual_ssl = read_mode(r, "mutual_ssl")
     api_key = read_mode(r, "api_key")
+    basic_auth = read_mode(r, "basic_auth")
     aliases = string_list(r, "aliases")
     if aliases == [] and "aliases" in r.table:
         r.problem(
@@ -211,6 +213,7 @@ def read_api(r: TableReader) -> ApiConfig | None:
         hosts=api_hosts,
         backends=tuple(url.rstrip("/") for url in backends) if backends else (),
         backend_mode=backend_mode,
+        basic_auth=basic_auth,
     )
 
 

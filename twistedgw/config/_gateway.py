@@ -23,6 +23,7 @@ from twistedgw.config._apis import ApiConfig, backend_tls_overlaps, context_clas
 from twistedgw.config._authz import AuthzConfig, read_authz
 from twistedgw.config._backend_tls import BackendTlsConfig, read_backend_tls
 from twistedgw.config._base import ConfigError, Mode, ProblemList, TableReader
+from twistedgw.config._basic_users import BasicUser, read_basic_users
 from twistedgw.config._cluster import ClusterConfig, read_cluster
 from twistedgw.config._consumers import Consumer, check_consumer_names, read_consumers
 from twistedgw.config._identity import IdentityConfig, read_identity
@@ -54,6 +55,7 @@ class GatewayConfig:
     jwt_issuers: tuple[JwtIssuer, ...] = ()
     cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
+    basic_users: tuple[BasicUser, ...] = ()
 
     @property
     def needs_tls(self) -> bool:
@@ -155,7 +157,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         top.problem("apis", "at least one [[apis]] table is required")
 
     keys, key_names = read_api_keys(top)
-    consumers = read_consumers(top, key_names)
+    basic_users, user_names = read_basic_users(top)
+    consumers = read_consumers(top, key_names, user_names)
     check_consumer_names(problems, api_paths, consumers)
     mutual_ssl = read_mutual_ssl(top.sub("mutual_ssl"))
     authz = read_authz(top.sub("authz"), apis) if "authz" in raw else None
@@ -204,6 +207,12 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                 )
     if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
         problems.add("api_keys", "an API uses api_key but no [[api_keys]] are defined")
+    if (
+        any(api.basic_auth is not Mode.DISABLED for api, _own in openapi.with_variants(apis))
+        and not basic_users
+        and "basic_users" not in raw
+    ):
+        problems.add("basic_users", "an API uses basic_auth but no [[basic_users]] are defined")
     if mutual_ssl.header_mode and mutual_ssl.enable_client_validation and not needs_tls:
         problems.add(
             "mutual_ssl.enable_client_validation",
@@ -237,6 +246,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         jwt_issuers=jwt_issuers,
         cluster=cluster,
         consumers=tuple(consumers),
+        basic_users=tuple(basic_users),
     )
     return Parsed(
         config=config,

@@ -291,7 +291,7 @@ def read(file: Path, report: Report) -> Definition | None:
 
 @dataclass(frozen=True)
 class _Scheme:
-    kind: str  # "mtls" | "apikey" | "jwt"
+    kind: str  # "mtls" | "apikey" | "jwt" | "basic"
     header: str | None = None  # the API key's header
 
 
@@ -334,6 +334,7 @@ class _DefinitionReader:
         security, declares = self._api_security()
         values["mutual_ssl"] = security.mutual_ssl.value
         values["api_key"] = security.api_key.value
+        values["basic_auth"] = security.basic_auth.value
         operations = self._operations()
         return Definition(
             file=self.file,
@@ -522,6 +523,8 @@ class _DefinitionReader:
                     out[name] = _Scheme("apikey", header)
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
                 out[name] = _Scheme("jwt")
+            elif kind == "http" and str(scheme.get("scheme", "")).lower() == "basic":
+                out[name] = _Scheme("basic")  # [[basic_users]]
             elif kind in ("oauth2", "openIdConnect"):
                 out[name] = _Scheme("jwt")  # bearer tokens, checked as JWTs
             else:
@@ -605,7 +608,9 @@ class _DefinitionReader:
                 # x-wso2-mutual-ssl beside alternatives from `security`: mTLS AND (a OR b).
                 self.note("security", _MIXED)
                 raise _Broken("")
-            return Security(mtls, base.api_key, base.api_key_header, base.jwt), declares
+            return Security(
+                mtls, base.api_key, base.api_key_header, base.jwt, base.basic_auth
+            ), declares
         where = "x-wso2-application-security"
         app = doc[where]
         if not isinstance(app, dict):
@@ -620,17 +625,19 @@ class _DefinitionReader:
             self.note(f"{where}.optional", f"expected true or false, got {optional!r}")
             raise _Broken("")
         declares = True
-        api_key = jwt = Mode.DISABLED
+        api_key = jwt = basic = Mode.DISABLED
         kinds = []
         for i, kind in enumerate(types):
             if kind == "api_key":
                 kinds.append("apikey")
+            elif kind == "basic_auth":
+                kinds.append("basic")
             elif kind == "oauth2":
                 kinds.append("jwt")
                 self.jwt_wheres.append(f"{where}.security-types[{i}]")
             else:
                 self.note(f"{where}.security-types[{i}]",
-                          f"{kind!r} is not supported (use api_key or oauth2)")
+                          f"{kind!r} is not supported (use api_key, basic_auth or oauth2)")
                 raise _Broken("")
         if len(set(kinds)) > 1 and not optional and mtls is not Mode.DISABLED:
             self.note(where, _MIXED)
@@ -640,7 +647,9 @@ class _DefinitionReader:
             api_key = mode
         if "jwt" in kinds:
             jwt = mode
-        return Security(mtls, api_key, WSO2_API_KEY_HEADER, jwt), declares
+        if "basic" in kinds:
+            basic = mode
+        return Security(mtls, api_key, WSO2_API_KEY_HEADER, jwt, basic), declares
 
     def _operations(self) -> tuple[Operation, ...]:
         paths = self.doc.get("paths") or {}
@@ -682,7 +691,7 @@ _MIXED = (
 
 
 def _any_optional(s: Security) -> bool:
-    return Mode.OPTIONAL in (s.api_key, s.jwt)
+    return Mode.OPTIONAL in (s.api_key, s.jwt, s.basic_auth)
 
 
 def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Security | None:
@@ -712,7 +721,7 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
 
     if "apikey" not in kinds:
         header = WSO2_API_KEY_HEADER
-    return Security(m("mtls"), m("apikey"), header, m("jwt"))
+    return Security(m("mtls"), m("apikey"), header, m("jwt"), m("basic"))
 
 
 # --------------------------------------------------------------------------- into the config
@@ -764,7 +773,11 @@ def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
 def api_security(api: ApiConfig) -> Security:
     """The schemes an ``ApiConfig`` (or an operation's variant of it) applies."""
     return Security(
-        api.mutual_ssl, api.api_key, api.api_key_header, getattr(api, "jwt", Mode.DISABLED)
+        api.mutual_ssl,
+        api.api_key,
+        api.api_key_header,
+        getattr(api, "jwt", Mode.DISABLED),
+        api.basic_auth,
     )
 
 
@@ -782,6 +795,7 @@ def variant(api: ApiConfig, security: Security) -> ApiConfig:
         "mutual_ssl": security.mutual_ssl,
         "api_key": security.api_key,
         "api_key_header": security.api_key_header,
+        "basic_auth": security.basic_auth,
     }
     if _has_jwt():
         changes["jwt"] = security.jwt
@@ -837,7 +851,7 @@ def apply(
     if (
         own.open
         and not definition.declares_security
-        and not toml_keys & {"mutual_ssl", "api_key", "jwt"}
+        and not toml_keys & {"mutual_ssl", "api_key", "jwt", "basic_auth"}
         and any(op.security is None for op in operations)
     ):
         report("security", "the definition declares no security, which WSO2 Microgateway "
@@ -867,6 +881,8 @@ def describe_security(api: ApiConfig) -> str:
     jwt = getattr(api, "jwt", Mode.DISABLED)
     if jwt is not Mode.DISABLED:
         parts.append(f"jwt:{jwt.value}")
+    if api.basic_auth is not Mode.DISABLED:
+        parts.append(f"basic_auth:{api.basic_auth.value}")
     consumers = getattr(api, "consumers", None)
     if consumers is not None:
         parts.append(f"consumers[{','.join(consumers)}]")

@@ -23,10 +23,13 @@ class Security:
     api_key: Mode = Mode.DISABLED
     api_key_header: str = WSO2_API_KEY_HEADER
     jwt: Mode = Mode.DISABLED
+    basic_auth: Mode = Mode.DISABLED  # HTTP Basic, [[basic_users]]
 
     @property
     def open(self) -> bool:
-        return all(m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt))
+        return all(
+            m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt, self.basic_auth)
+        )
 
 
 OPEN = Security()

@@ -14,6 +14,7 @@ from typing import Any
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec, with_variants
 from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline import _tiers as tiers
+from twistedgw.pipeline._basic import STRIP_BASIC_AUTHORIZATION, BasicAuth, PasswordChecks
 from twistedgw.pipeline._builtin import (
     ApiKeys,
     IdentityForwarding,
@@ -43,6 +44,8 @@ class Shared:
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
     jwks: jwks.JwksFetchers = field(default_factory=jwks.JwksFetchers)  # by URL
+    # [[basic_users]]: the password-check pool and its cache of successes.
+    passwords: PasswordChecks = field(default_factory=PasswordChecks)
     # [cluster]: the Redis store (and its connection) of the config in force; kept while
     # [cluster] is unchanged, replaced (reconnecting) when a reload changes it.
     cluster: Any = None  # cluster.RedisTierStore | None
@@ -88,6 +91,7 @@ class Shared:
         from twisted.internet.defer import gatherResults
 
         self.jwks.stop()
+        self.passwords.stop()
         stores, self._stores, self.cluster = list(self._stores.values()), {}, None
         return gatherResults([s.stop() for s in stores], consumeErrors=True)
 
@@ -139,6 +143,10 @@ def compile_pipelines(
             schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
         if api.jwt is not Mode.DISABLED:
             schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
+        if api.basic_auth is not Mode.DISABLED:
+            schemes.append(Named("basic_auth", BasicAuth(
+                api, config.basic_users, shared.passwords, directory.user_owners
+            )))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
@@ -163,6 +171,8 @@ def compile_pipelines(
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
         if api.jwt is not Mode.DISABLED and not api.forward_authorization:
             request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
+        if api.basic_auth is not Mode.DISABLED:
+            request_transforms.append(Named("basic_authorization", STRIP_BASIC_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
         out[api] = Pipeline(
             api,
