@@ -79,6 +79,26 @@ def warnings(cfg: configmod.GatewayConfig) -> list[str]:
             "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
             f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
         )
+    from twistedgw.http import _verdicts as verdicts
+
+    if cfg.cluster is None and cfg.workers > 1 and any(verdicts.uses_policy(a) for a in cfg.apis):
+        out.append(
+            f"{cfg.source}: workers: {cfg.workers} workers and throttling policies without "
+            "[cluster]: each worker counts on its own (a policy of N requests lets up to "
+            f"{cfg.workers} x N through); set [cluster] redis to share the counters"
+        )
+    for api in cfg.apis:
+        if api.throttling_tier is None:
+            continue
+        for op in api.operations or ():
+            if op.throttling_tier is not None and op.throttling_tier != api.throttling_tier:
+                where = f"{api.openapi.file}: {op.throttling_from}: " if api.openapi else ""
+                out.append(
+                    f"{cfg.source}: API {api.label}: {where}the operation's throttling "
+                    f"policy {op.throttling_tier!r} is not applied: the API's "
+                    f"{api.throttling_tier!r} applies to every operation (as in WSO2 "
+                    "Microgateway, which drops it with the same warning)"
+                )
     return out
 
 
@@ -301,6 +321,7 @@ BUILT_IN = (
     ("identities", "[[apis.identities]]: the certificate must match one entry"),
     ("consumers", "[[consumers]], apis.consumers: who the caller is, and who may call"),
     ("tiers", "[[apis.tiers]]: per-certificate and per-consumer request rates"),
+    ("throttling", "throttling_tier, x-wso2-throttling-tier: one limit for all callers"),
     ("authorization", "jwt APIs: Authorization removed unless forward_authorization"),
     ("basic_authorization", "basic_auth APIs: Authorization: Basic always removed"),
     ("identity", "[identity]: strips identity headers, forwards the verified one"),

@@ -32,6 +32,11 @@ from twistedgw.config._limits import Limits, read_limits
 from twistedgw.config._listeners import Listener, read_listener
 from twistedgw.config._mutual_ssl import MutualSslConfig, read_mutual_ssl
 from twistedgw.config._nginx import NginxConfig, read_nginx
+from twistedgw.config._throttling import (
+    ThrottlingPolicy,
+    read_throttling_policies,
+    throttling_links,
+)
 from twistedgw.config._tls import TlsConfig, read_tls
 
 
@@ -56,6 +61,7 @@ class GatewayConfig:
     cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
     basic_users: tuple[BasicUser, ...] = ()
+    throttling_policies: tuple[ThrottlingPolicy, ...] = ()  # defined; see policy_table
 
     @property
     def needs_tls(self) -> bool:
@@ -179,6 +185,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         declared_issuers(raw),
     )
     cluster = read_cluster(top.sub("cluster")) if "cluster" in raw else None
+    policies = read_throttling_policies(top)
+    throttling_links(problems, api_paths, policies)
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -247,6 +255,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         cluster=cluster,
         consumers=tuple(consumers),
         basic_users=tuple(basic_users),
+        throttling_policies=tuple(policies),
     )
     return Parsed(
         config=config,

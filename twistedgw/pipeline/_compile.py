@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec, with_variants
+from twistedgw.config import (
+    ApiConfig,
+    GatewayConfig,
+    Mode,
+    PluginSpec,
+    policy_table,
+    with_variants,
+)
 from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._basic import STRIP_BASIC_AUTHORIZATION, BasicAuth, PasswordChecks
@@ -34,6 +41,7 @@ from twistedgw.pipeline._interfaces import (
 from twistedgw.pipeline._jwt import STRIP_AUTHORIZATION, issuers_of, jwks_urls, scheme_for
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Pipeline
+from twistedgw.pipeline._throttling import policy_stage
 
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
@@ -116,9 +124,16 @@ def compile_pipelines(
         by_name.setdefault(found.name, []).append(found)
     identity = IdentityForwarding(config)
     tier_stage = None
-    if any(a.tiers for a in config.apis):
+    store: tiers.TierStore | None = None
+    policies = policy_table(config.throttling_policies)
+    throttled = any(
+        policy_stage(api, policies, shared.throttle) is not None
+        for api, _own in with_variants(config.apis)
+    )
+    if any(a.tiers for a in config.apis) or throttled:
         try:
-            tier_stage = Tiers(shared.tier_store(config))
+            store = shared.tier_store(config)
+            tier_stage = Tiers(store)
         except Exception as e:  # e.g. a rediss:// client certificate that cannot be read
             problems.append(f"{config.source}: cluster: cannot set up the Redis store: {e}")
     revocation_stage = Revocation(revocation) if revocation is not None else None
@@ -169,6 +184,11 @@ def compile_pipelines(
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
+        policy = policy_stage(api, policies, store) if store is not None else None
+        if policy is not None:
+            # After every other rule (tiers included): a caller over its own tier does
+            # not spend what every caller shares. The authz endpoint counts it too.
+            authorisers.append(Named("throttling", policy))
         if api.jwt is not Mode.DISABLED and not api.forward_authorization:
             request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
         if api.basic_auth is not Mode.DISABLED:
