@@ -170,8 +170,6 @@ servers: [{{url: "http://127.0.0.1:9/t"}}]
                          "bearer, key, mtls, other, query)"),
         ("[{query: []}]", "security[0].query: components.securitySchemes.query: an API key in "
                           "the query is not supported; send it in a header"),
-        ("[{basic: []}]", "security[0].basic: components.securitySchemes.basic: security scheme "
-                          "type 'http basic' is not supported"),
         ("[{key: []}, {other: []}]", "security: API keys in different headers (X-Key, X-Other) "
                                      "for one operation are not supported; use one header"),
         ("[{bearer: []}]", "security: bearer security needs [[jwt_issuers]]"),

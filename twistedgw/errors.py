@@ -103,12 +103,22 @@ def throttled(description: str) -> GatewayError:
     return GatewayError(429, "900800", "Message throttled out", description)
 
 
+def resource_throttled(description: str) -> GatewayError:
+    """An operation's own throttling policy (WSO2's resource level) is spent."""
+    return GatewayError(429, "900802", "Resource level throttle out", description)
+
+
 def backend_unavailable(description: str) -> GatewayError:
     return GatewayError(503, "101503", "Runtime Error", description)
 
 
 def limits_unavailable(description: str) -> GatewayError:
     """``[cluster] on_failure = "closed"`` and the shared tier store cannot answer."""
+    return GatewayError(503, "101503", "Runtime Error", description)
+
+
+def overloaded(description: str) -> GatewayError:
+    """The gateway cannot judge the request now (its password checks are all busy)."""
     return GatewayError(503, "101503", "Runtime Error", description)
 
 

@@ -79,6 +79,26 @@ def warnings(cfg: configmod.GatewayConfig) -> list[str]:
             "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
             f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
         )
+    from twistedgw.http import _verdicts as verdicts
+
+    if cfg.cluster is None and cfg.workers > 1 and any(verdicts.uses_policy(a) for a in cfg.apis):
+        out.append(
+            f"{cfg.source}: workers: {cfg.workers} workers and throttling policies without "
+            "[cluster]: each worker counts on its own (a policy of N requests lets up to "
+            f"{cfg.workers} x N through); set [cluster] redis to share the counters"
+        )
+    for api in cfg.apis:
+        if api.throttling_tier is None:
+            continue
+        for op in api.operations or ():
+            if op.throttling_tier is not None and op.throttling_tier != api.throttling_tier:
+                where = f"{api.openapi.file}: {op.throttling_from}: " if api.openapi else ""
+                out.append(
+                    f"{cfg.source}: API {api.label}: {where}the operation's throttling "
+                    f"policy {op.throttling_tier!r} is not applied: the API's "
+                    f"{api.throttling_tier!r} applies to every operation (as in WSO2 "
+                    "Microgateway, which drops it with the same warning)"
+                )
     return out
 
 
@@ -266,15 +286,44 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """An argon2id PHC string for [[basic_users]] password_hash; the password comes from the
+    terminal (asked twice) or from standard input, never from the command line, where
+    other users' ``ps`` and the shell's history would see it."""
+    import getpass
+
+    from twistedgw.pipeline import hash_password
+
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password (again): ")
+        except EOFError:
+            return _fail(["no password given"], 1)
+        if password != again:
+            return _fail(["the two passwords differ"], 1)
+    else:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        return _fail(["the password is empty"], 1)
+    print(hash_password(password))
+    return 0
+
+
 BUILT_IN = (
     ("mutual_ssl", "the mutual_ssl key: client certificate verified under the API's aliases"),
     ("api_key", "the api_key key: an [[api_keys]] key in the apikey header"),
     ("jwt", "the jwt key: a bearer token from [[jwt_issuers]], RFC 8705 binding"),
+    ("basic_auth", "the basic_auth key: Authorization: Basic against [[basic_users]]"),
     ("revocation", "[tls] revocation: CRL/OCSP for the caller's chain"),
     ("identities", "[[apis.identities]]: the certificate must match one entry"),
     ("consumers", "[[consumers]], apis.consumers: who the caller is, and who may call"),
     ("tiers", "[[apis.tiers]]: per-certificate and per-consumer request rates"),
+    ("throttling", "throttling_tier, x-wso2-throttling-tier: one limit for all callers"),
     ("authorization", "jwt APIs: Authorization removed unless forward_authorization"),
+    ("basic_authorization", "basic_auth APIs: Authorization: Basic always removed"),
     ("identity", "[identity]: strips identity headers, forwards the verified one"),
 )
 
@@ -328,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=("auth_request", "lua"), default="auth_request",
                    help="lua: verdicts in a lua_shared_dict (needs NGINX's Lua module)")
     p.set_defaults(func=cmd_nginx_config)
+    p = sub.add_parser(
+        "hash-password",
+        help="print an argon2id password_hash for [[basic_users]] (password from stdin or tty)",
+    )
+    p.set_defaults(func=cmd_hash_password)
     p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
     p.set_defaults(func=cmd_plugins)
     return parser

@@ -426,10 +426,14 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
         return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
+    if verdicts.uses_policy(api):
+        return "Throttling policies (x-wso2-throttling-tier) count every request"
     if len(api.endpoints) > 1:
         return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
     if verdicts.uses_bearer(api):
         return "Bearer tokens: twistedgw checks them and removes Authorization as configured"
+    if verdicts.uses_basic(api):
+        return "Basic authentication: twistedgw checks the password and removes Authorization"
     return None
 
 

@@ -18,6 +18,7 @@ from twistedgw.config._base import (
     ProblemList,
     TableReader,
 )
+from twistedgw.config._basic_users import BasicUser, hash_problem
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
 from twistedgw.config._gateway import (
@@ -34,9 +35,17 @@ from twistedgw.config._limits import Limits
 from twistedgw.config._listeners import Listener
 from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
 from twistedgw.config._nginx import NginxConfig
-from twistedgw.config._openapi import route_rows, variant, variants, with_variants
-from twistedgw.config._operations import Operation, Security
+from twistedgw.config._openapi import (
+    operation_config,
+    operation_key,
+    route_rows,
+    variant,
+    variants,
+    with_variants,
+)
+from twistedgw.config._operations import UNLIMITED, Operation, ResourceThrottle, Security
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
+from twistedgw.config._throttling import TIME_UNITS, ThrottlingPolicy, policy_table
 from twistedgw.config._tls import (
     CLIENT_CERTIFICATE,
     DEFAULT_CIPHERS,
@@ -62,14 +71,17 @@ __all__ = [
     "JWT_ALGORITHMS",
     "ON_FAILURE",
     "REVOCATION_MODES",
+    "TIME_UNITS",
     "TLS_PROFILES",
     "TLS_PROTOCOLS",
+    "UNLIMITED",
     "AccessLogConfig",
     "AdminConfig",
     "ApiConfig",
     "ApiKey",
     "AuthzConfig",
     "BackendTlsConfig",
+    "BasicUser",
     "ClusterConfig",
     "ConfigError",
     "Consumer",
@@ -86,17 +98,23 @@ __all__ = [
     "Parsed",
     "PluginSpec",
     "ProblemList",
+    "ResourceThrottle",
     "Security",
     "SniEntry",
     "TableReader",
+    "ThrottlingPolicy",
     "Tier",
     "TlsConfig",
+    "hash_problem",
     "load",
     "load_partial",
     "matches_any",
+    "operation_config",
+    "operation_key",
     "parse",
     "parse_partial",
     "parse_rule",
+    "policy_table",
     "route_rows",
     "variant",
     "variants",

@@ -22,7 +22,7 @@ from twistedgw.config._base import (
     read_mode,
     string_list,
 )
-from twistedgw.config._operations import Operation, Origin
+from twistedgw.config._operations import Operation, Origin, ResourceThrottle
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
@@ -75,6 +75,13 @@ class ApiConfig:
     backends: tuple[str, ...] = ()
     backend_mode: str = "load_balance"  # | "failover"
     api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    basic_auth: Mode = Mode.DISABLED  # HTTP Basic against [[basic_users]]
+    # A throttling policy for all callers of the API together (x-wso2-throttling-tier):
+    # its name, and the JSON pointer it was read from in the definition ("" = TOML).
+    throttling_tier: str | None = None
+    throttling_from: str = field(default="", compare=False)
+    # Set only on an operation's variant (``_openapi.operation_config``): its own policy.
+    resource_throttle: ResourceThrottle | None = None
     # From an OpenAPI definition: only these operations are served (None = every path).
     operations: tuple[Operation, ...] | None = None
     openapi: Origin | None = None
@@ -117,6 +124,11 @@ def read_api(r: TableReader) -> ApiConfig | None:
             backend = _backend_url(r, "backend", raw_backend)
     mutual_ssl = read_mode(r, "mutual_ssl")
     api_key = read_mode(r, "api_key")
+    basic_auth = read_mode(r, "basic_auth")
+    throttling_tier = r.get("throttling_tier", str, None)  # type: ignore[arg-type]
+    if throttling_tier is not None and not throttling_tier.strip():
+        r.problem("throttling_tier", "names no policy; remove the key for no API-wide limit")
+        throttling_tier = None
     aliases = string_list(r, "aliases")
     if aliases == [] and "aliases" in r.table:
         r.problem(
@@ -211,6 +223,8 @@ def read_api(r: TableReader) -> ApiConfig | None:
         hosts=api_hosts,
         backends=tuple(url.rstrip("/") for url in backends) if backends else (),
         backend_mode=backend_mode,
+        basic_auth=basic_auth,
+        throttling_tier=throttling_tier,
     )
 
 

@@ -14,15 +14,20 @@ CONSUMER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @dataclass(frozen=True)
 class Consumer:
-    """An application (``[[consumers]]``): its API keys and certificate identity entries."""
+    """An application (``[[consumers]]``): its API keys, basic users and certificate
+    identity entries."""
 
     name: str
     api_keys: tuple[str, ...] = ()
     certificates: tuple[IdentityRule, ...] = ()
+    basic_users: tuple[str, ...] = ()
 
 
-def read_consumers(top: TableReader, key_names: set[str]) -> list[Consumer]:
-    """``[[consumers]]``: unique names, API keys that exist, certificate identity entries."""
+def read_consumers(
+    top: TableReader, key_names: set[str], user_names: set[str] | None = None
+) -> list[Consumer]:
+    """``[[consumers]]``: unique names, API keys and basic users that exist, certificate
+    identity entries."""
     out: list[Consumer] = []
     names: set[str] = set()
     for r in top.tables("consumers"):
@@ -39,11 +44,17 @@ def read_consumers(top: TableReader, key_names: set[str]) -> list[Consumer]:
                 listing = ", ".join(sorted(key_names)) or "none"
                 r.problem(f"api_keys[{i}]", f"no [[api_keys]] entry is named {key!r} "
                           f"(defined: {listing})")
+        users = string_list(r, "basic_users") or []
+        for i, user in enumerate(users):
+            if user not in (user_names or ()):
+                listing = ", ".join(sorted(user_names or ())) or "none"
+                r.problem(f"basic_users[{i}]", f"no [[basic_users]] entry is named {user!r} "
+                          f"(defined: {listing})")
         certificates = identity_entries(r, "certificates")
         r.finish()
         if name is not None:
             names.add(name)
-            out.append(Consumer(name, tuple(keys), tuple(certificates)))
+            out.append(Consumer(name, tuple(keys), tuple(certificates), tuple(users)))
     return out
 
 

@@ -23,6 +23,7 @@ from twistedgw.config._apis import ApiConfig, backend_tls_overlaps, context_clas
 from twistedgw.config._authz import AuthzConfig, read_authz
 from twistedgw.config._backend_tls import BackendTlsConfig, read_backend_tls
 from twistedgw.config._base import ConfigError, Mode, ProblemList, TableReader
+from twistedgw.config._basic_users import BasicUser, read_basic_users
 from twistedgw.config._cluster import ClusterConfig, read_cluster
 from twistedgw.config._consumers import Consumer, check_consumer_names, read_consumers
 from twistedgw.config._identity import IdentityConfig, read_identity
@@ -31,6 +32,11 @@ from twistedgw.config._limits import Limits, read_limits
 from twistedgw.config._listeners import Listener, read_listener
 from twistedgw.config._mutual_ssl import MutualSslConfig, read_mutual_ssl
 from twistedgw.config._nginx import NginxConfig, read_nginx
+from twistedgw.config._throttling import (
+    ThrottlingPolicy,
+    read_throttling_policies,
+    throttling_links,
+)
 from twistedgw.config._tls import TlsConfig, read_tls
 
 
@@ -54,6 +60,8 @@ class GatewayConfig:
     jwt_issuers: tuple[JwtIssuer, ...] = ()
     cluster: ClusterConfig | None = None  # None = tier counters per process
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
+    basic_users: tuple[BasicUser, ...] = ()
+    throttling_policies: tuple[ThrottlingPolicy, ...] = ()  # defined; see policy_table
 
     @property
     def needs_tls(self) -> bool:
@@ -155,7 +163,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         top.problem("apis", "at least one [[apis]] table is required")
 
     keys, key_names = read_api_keys(top)
-    consumers = read_consumers(top, key_names)
+    basic_users, user_names = read_basic_users(top)
+    consumers = read_consumers(top, key_names, user_names)
     check_consumer_names(problems, api_paths, consumers)
     mutual_ssl = read_mutual_ssl(top.sub("mutual_ssl"))
     authz = read_authz(top.sub("authz"), apis) if "authz" in raw else None
@@ -176,6 +185,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         declared_issuers(raw),
     )
     cluster = read_cluster(top.sub("cluster")) if "cluster" in raw else None
+    policies = read_throttling_policies(top)
+    throttling_links(problems, api_paths, policies)
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -204,6 +215,12 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                 )
     if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
         problems.add("api_keys", "an API uses api_key but no [[api_keys]] are defined")
+    if (
+        any(api.basic_auth is not Mode.DISABLED for api, _own in openapi.with_variants(apis))
+        and not basic_users
+        and "basic_users" not in raw
+    ):
+        problems.add("basic_users", "an API uses basic_auth but no [[basic_users]] are defined")
     if mutual_ssl.header_mode and mutual_ssl.enable_client_validation and not needs_tls:
         problems.add(
             "mutual_ssl.enable_client_validation",
@@ -237,6 +254,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         jwt_issuers=jwt_issuers,
         cluster=cluster,
         consumers=tuple(consumers),
+        basic_users=tuple(basic_users),
+        throttling_policies=tuple(policies),
     )
     return Parsed(
         config=config,

@@ -27,9 +27,11 @@ from twistedgw.config._apis import read_api as read_table
 from twistedgw.config._base import CONTEXT_RE, HEADER_RE, Mode, TableReader, resolve
 from twistedgw.config._operations import (
     OPEN,
+    UNLIMITED,
     WSO2_API_KEY_HEADER,
     Operation,
     Origin,
+    ResourceThrottle,
     Security,
 )
 
@@ -53,6 +55,7 @@ class Definition:
     operations: tuple[Operation, ...]
     context_from: str | None
     jwt_wheres: tuple[str, ...]  # where bearer/OAuth2 security applies
+    throttling_from: str = ""  # the JSON pointer of the API-level throttling tier, if any
 
 
 # --------------------------------------------------------------------------- loading
@@ -291,7 +294,7 @@ def read(file: Path, report: Report) -> Definition | None:
 
 @dataclass(frozen=True)
 class _Scheme:
-    kind: str  # "mtls" | "apikey" | "jwt"
+    kind: str  # "mtls" | "apikey" | "jwt" | "basic"
     header: str | None = None  # the API key's header
 
 
@@ -334,6 +337,11 @@ class _DefinitionReader:
         security, declares = self._api_security()
         values["mutual_ssl"] = security.mutual_ssl.value
         values["api_key"] = security.api_key.value
+        values["basic_auth"] = security.basic_auth.value
+        tier, tier_from = self._throttling_tier(doc, (), ("x-wso2-throttling-tier",
+                                                         "x-throttling-tier"))
+        if tier is not None:
+            values["throttling_tier"] = tier
         operations = self._operations()
         return Definition(
             file=self.file,
@@ -343,7 +351,33 @@ class _DefinitionReader:
             operations=operations,
             context_from=context_from,
             jwt_wheres=tuple(dict.fromkeys(self.jwt_wheres)),
+            throttling_from=tier_from,
         )
+
+    def _throttling_tier(
+        self, node: Mapping[str, Any], at: tuple[str, ...], keys: tuple[str, str]
+    ) -> tuple[str | None, str]:
+        """The throttling policy ``node`` names and the JSON pointer it came from.
+
+        WSO2's own name and API Manager's (``x-throttling-tier``) mean the same; when
+        both are written, ``keys[0]`` is the one the Microgateway reads at this level,
+        and two different names are refused rather than one silently dropped.
+        """
+        found = [(key, node[key]) for key in keys if key in node]
+        for key, value in found:
+            if not isinstance(value, str) or not value.strip():
+                self.note(json_pointer(*at, key), f"expected a throttling policy name, got "
+                                                  f"{value!r}")
+                return None, ""
+        if not found:
+            return None, ""
+        if len(found) == 2 and found[0][1] != found[1][1]:
+            self.note(json_pointer(*at, found[0][0]),
+                      f"{found[0][0]} {found[0][1]!r} and {found[1][0]} {found[1][1]!r} name "
+                      "different policies; keep one")
+            return None, ""
+        key, value = found[0]
+        return value, json_pointer(*at, key)
 
     def _servers_url(self) -> tuple[str, str] | None:
         servers = self.doc.get("servers")
@@ -522,6 +556,8 @@ class _DefinitionReader:
                     out[name] = _Scheme("apikey", header)
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
                 out[name] = _Scheme("jwt")
+            elif kind == "http" and str(scheme.get("scheme", "")).lower() == "basic":
+                out[name] = _Scheme("basic")  # [[basic_users]]
             elif kind in ("oauth2", "openIdConnect"):
                 out[name] = _Scheme("jwt")  # bearer tokens, checked as JWTs
             else:
@@ -605,7 +641,9 @@ class _DefinitionReader:
                 # x-wso2-mutual-ssl beside alternatives from `security`: mTLS AND (a OR b).
                 self.note("security", _MIXED)
                 raise _Broken("")
-            return Security(mtls, base.api_key, base.api_key_header, base.jwt), declares
+            return Security(
+                mtls, base.api_key, base.api_key_header, base.jwt, base.basic_auth
+            ), declares
         where = "x-wso2-application-security"
         app = doc[where]
         if not isinstance(app, dict):
@@ -620,17 +658,19 @@ class _DefinitionReader:
             self.note(f"{where}.optional", f"expected true or false, got {optional!r}")
             raise _Broken("")
         declares = True
-        api_key = jwt = Mode.DISABLED
+        api_key = jwt = basic = Mode.DISABLED
         kinds = []
         for i, kind in enumerate(types):
             if kind == "api_key":
                 kinds.append("apikey")
+            elif kind == "basic_auth":
+                kinds.append("basic")
             elif kind == "oauth2":
                 kinds.append("jwt")
                 self.jwt_wheres.append(f"{where}.security-types[{i}]")
             else:
                 self.note(f"{where}.security-types[{i}]",
-                          f"{kind!r} is not supported (use api_key or oauth2)")
+                          f"{kind!r} is not supported (use api_key, basic_auth or oauth2)")
                 raise _Broken("")
         if len(set(kinds)) > 1 and not optional and mtls is not Mode.DISABLED:
             self.note(where, _MIXED)
@@ -640,7 +680,9 @@ class _DefinitionReader:
             api_key = mode
         if "jwt" in kinds:
             jwt = mode
-        return Security(mtls, api_key, WSO2_API_KEY_HEADER, jwt), declares
+        if "basic" in kinds:
+            basic = mode
+        return Security(mtls, api_key, WSO2_API_KEY_HEADER, jwt, basic), declares
 
     def _operations(self) -> tuple[Operation, ...]:
         paths = self.doc.get("paths") or {}
@@ -670,7 +712,12 @@ class _DefinitionReader:
                     security = OPEN
                 else:
                     security = OPEN if api_open else None
-                out.append(Operation(method.upper(), template, security, where))
+                # The Microgateway reads API Manager's name first at this level.
+                tier, tier_from = self._throttling_tier(
+                    op, ("paths", template, method), ("x-throttling-tier",
+                                                      "x-wso2-throttling-tier")
+                )
+                out.append(Operation(method.upper(), template, security, where, tier, tier_from))
         return tuple(out)
 
 
@@ -681,8 +728,13 @@ _MIXED = (
 )
 
 
+def json_pointer(*parts: str) -> str:
+    """RFC 6901: ``("paths", "/pet/{id}", "get")`` -> ``/paths/~1pet~1{id}/get``."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
 def _any_optional(s: Security) -> bool:
-    return Mode.OPTIONAL in (s.api_key, s.jwt)
+    return Mode.OPTIONAL in (s.api_key, s.jwt, s.basic_auth)
 
 
 def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Security | None:
@@ -712,7 +764,7 @@ def _combine_alternatives(alternatives: list[frozenset[str]], header: str) -> Se
 
     if "apikey" not in kinds:
         header = WSO2_API_KEY_HEADER
-    return Security(m("mtls"), m("apikey"), header, m("jwt"))
+    return Security(m("mtls"), m("apikey"), header, m("jwt"), m("basic"))
 
 
 # --------------------------------------------------------------------------- into the config
@@ -764,7 +816,11 @@ def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
 def api_security(api: ApiConfig) -> Security:
     """The schemes an ``ApiConfig`` (or an operation's variant of it) applies."""
     return Security(
-        api.mutual_ssl, api.api_key, api.api_key_header, getattr(api, "jwt", Mode.DISABLED)
+        api.mutual_ssl,
+        api.api_key,
+        api.api_key_header,
+        getattr(api, "jwt", Mode.DISABLED),
+        api.basic_auth,
     )
 
 
@@ -782,18 +838,52 @@ def variant(api: ApiConfig, security: Security) -> ApiConfig:
         "mutual_ssl": security.mutual_ssl,
         "api_key": security.api_key,
         "api_key_header": security.api_key_header,
+        "basic_auth": security.basic_auth,
     }
     if _has_jwt():
         changes["jwt"] = security.jwt
     return dataclasses.replace(api, **changes)
 
 
+#: What sets an operation's config apart: its own security, its own throttling policy.
+OperationKey = tuple[Security | None, ResourceThrottle | None]
+
+
+def operation_key(api: ApiConfig, op: Operation) -> OperationKey | None:
+    """What makes an operation's config differ from its API's (None: nothing): its own
+    security, and its own throttling policy unless the API names one (then the API's
+    applies to every operation, as in WSO2 Microgateway)."""
+    throttle = None
+    if op.throttling_tier is not None and api.throttling_tier is None \
+            and op.throttling_tier != UNLIMITED:
+        throttle = ResourceThrottle(op.throttling_tier, op.method, op.template)
+    if op.security is None and throttle is None:
+        return None
+    return (op.security, throttle)
+
+
+def operation_config(api: ApiConfig, op: Operation) -> ApiConfig:
+    """The config (and so the pipeline) an operation runs: ``api`` itself, or its variant
+    with the operation's own security and throttling policy (``operation_key``)."""
+    key = operation_key(api, op)
+    if key is None:
+        return api
+    import dataclasses
+
+    security, throttle = key
+    out = variant(api, security) if security is not None else api
+    if throttle is not None:
+        out = dataclasses.replace(out, resource_throttle=throttle)
+    return out
+
+
 def variants(api: ApiConfig) -> list[ApiConfig]:
-    """One ``ApiConfig`` per distinct operation security that differs from the API's."""
-    seen: dict[Security, ApiConfig] = {}
+    """One ``ApiConfig`` per distinct operation config that differs from the API's."""
+    seen: dict[OperationKey, ApiConfig] = {}
     for op in api.operations or ():
-        if op.security is not None and op.security not in seen:
-            seen[op.security] = variant(api, op.security)
+        key = operation_key(api, op)
+        if key is not None and key not in seen:
+            seen[key] = operation_config(api, op)
     return list(seen.values())
 
 
@@ -837,7 +927,7 @@ def apply(
     if (
         own.open
         and not definition.declares_security
-        and not toml_keys & {"mutual_ssl", "api_key", "jwt"}
+        and not toml_keys & {"mutual_ssl", "api_key", "jwt", "basic_auth"}
         and any(op.security is None for op in operations)
     ):
         report("security", "the definition declares no security, which WSO2 Microgateway "
@@ -847,8 +937,9 @@ def apply(
     if not operations:
         report("paths", "defines no operations, so nothing would be served")
     context_from = None if "context" in toml_keys else definition.context_from
+    tier_from = "" if "throttling_tier" in toml_keys else definition.throttling_from
     return dataclasses.replace(
-        api, operations=operations, openapi=Origin(file, context_from)
+        api, operations=operations, openapi=Origin(file, context_from), throttling_from=tier_from
     )
 
 
@@ -867,6 +958,12 @@ def describe_security(api: ApiConfig) -> str:
     jwt = getattr(api, "jwt", Mode.DISABLED)
     if jwt is not Mode.DISABLED:
         parts.append(f"jwt:{jwt.value}")
+    if api.basic_auth is not Mode.DISABLED:
+        parts.append(f"basic_auth:{api.basic_auth.value}")
+    if api.throttling_tier is not None and api.throttling_tier != UNLIMITED:
+        parts.append(f"throttling_tier:{api.throttling_tier}")
+    elif api.resource_throttle is not None:
+        parts.append(f"throttling_tier:{api.resource_throttle.policy}(operation)")
     consumers = getattr(api, "consumers", None)
     if consumers is not None:
         parts.append(f"consumers[{','.join(consumers)}]")
@@ -886,7 +983,7 @@ def route_rows(apis: Iterable[ApiConfig]) -> list[tuple[str, str, str, str, str]
         else:
             entries = []
             for op in api.operations:
-                effective = api if op.security is None else variant(api, op.security)
+                effective = operation_config(api, op)
                 methods = [op.method]
                 if op.method == "GET" and not any(
                     o.method == "HEAD" and o.template == op.template for o in api.operations

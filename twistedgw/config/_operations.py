@@ -7,12 +7,14 @@ definitions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from twistedgw.config._base import Mode
 
 WSO2_API_KEY_HEADER = "apikey"
+#: The throttling policy that means no limit (WSO2's name).
+UNLIMITED = "Unlimited"
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,13 @@ class Security:
     api_key: Mode = Mode.DISABLED
     api_key_header: str = WSO2_API_KEY_HEADER
     jwt: Mode = Mode.DISABLED
+    basic_auth: Mode = Mode.DISABLED  # HTTP Basic, [[basic_users]]
 
     @property
     def open(self) -> bool:
-        return all(m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt))
+        return all(
+            m is Mode.DISABLED for m in (self.mutual_ssl, self.api_key, self.jwt, self.basic_auth)
+        )
 
 
 OPEN = Security()
@@ -40,6 +45,23 @@ class Operation:
     template: str  # the path template as written, relative to the context: "/pet/{petId}"
     security: Security | None = None  # None: the API's own schemes
     where: str = ""  # e.g. "paths./pet/{petId}.get", for messages
+    # x-wso2-throttling-tier on the operation: its own limit, unless the API names one.
+    throttling_tier: str | None = None
+    throttling_from: str = field(default="", compare=False)  # its JSON pointer
+
+
+@dataclass(frozen=True)
+class ResourceThrottle:
+    """An operation's own throttling policy (WSO2's resource level): one limit for all
+    the callers of that method and path template."""
+
+    policy: str
+    method: str
+    template: str
+
+    @property
+    def resource(self) -> str:
+        return f"{self.method} {self.template}"
 
 
 @dataclass(frozen=True)

@@ -236,17 +236,18 @@ def _compile_templates(
     api: ApiConfig, pipelines: Mapping[ApiConfig, Pipeline]
 ) -> list[_Template]:
     """One ``_Template`` per path template of ``api``, with each method's operation."""
-    from twistedgw.config import variant
+    from twistedgw.config import operation_config, operation_key
 
     variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
     grouped: dict[str, dict[bytes, _Found]] = {}
     for op in api.operations or ():
         effective, pipeline = api, pipelines.get(api)
-        if op.security is not None:
-            if op.security not in variants:
-                other = variant(api, op.security)
-                variants[op.security] = (other, pipelines.get(other))
-            effective, pipeline = variants[op.security]
+        key = operation_key(api, op)  # its own security or throttling policy
+        if key is not None:
+            if key not in variants:
+                other = operation_config(api, op)
+                variants[key] = (other, pipelines.get(other))
+            effective, pipeline = variants[key]
         grouped.setdefault(op.template, {})[op.method.encode()] = (op, effective, pipeline)
     out = []
     for template, methods in grouped.items():

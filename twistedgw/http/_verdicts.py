@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from twistedgw.config import ApiConfig, GatewayConfig, Mode, variants
+from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.identity import _forwarding as idforward
 
@@ -45,6 +45,20 @@ def uses_bearer(api: ApiConfig) -> bool:
     return any(getattr(c, "jwt", Mode.DISABLED) is not Mode.DISABLED for c in _securities(api))
 
 
+def uses_basic(api: ApiConfig) -> bool:
+    """The API, or one of its operations, checks ``Authorization: Basic`` passwords."""
+    return any(c.basic_auth is not Mode.DISABLED for c in _securities(api))
+
+
+def uses_policy(api: ApiConfig) -> bool:
+    """The API, or one of its operations, is under a throttling policy (every request
+    counts, so no verdict can be cached)."""
+    return any(
+        c.throttling_tier not in (None, UNLIMITED) or c.resource_throttle is not None
+        for c in _securities(api)
+    )
+
+
 def per_operation(api: ApiConfig) -> bool:
     """An API read from an OpenAPI definition: the verdict depends on method and path."""
     return api.operations is not None
@@ -55,8 +69,9 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
     authz = config.authz
     if authz is None or authz.cache_seconds < 1 or api.tiers or api.plugins:
         return False
-    # A bearer token's verdict ends with the token, which the cache key cannot see.
-    if uses_bearer(api):
+    # A bearer token's verdict ends with the token, which the cache key cannot see; a
+    # password's would have to be keyed by the password.
+    if uses_bearer(api) or uses_basic(api) or uses_policy(api):
         return False
     tls = config.tls
     return not (

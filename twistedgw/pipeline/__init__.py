@@ -6,6 +6,7 @@ transforms; then the front forwards it and runs the response transforms.
 Built-in rules and third-party plugins use the same interfaces.
 """
 
+from twistedgw.pipeline._basic import hash_password
 from twistedgw.pipeline._builtin import API_KEY_HEADER, protected_headers
 from twistedgw.pipeline._call import (
     Call,
@@ -57,6 +58,7 @@ __all__ = [
     "Shared",
     "combine",
     "compile_pipelines",
+    "hash_password",
     "installed",
     "protected_headers",
 ]

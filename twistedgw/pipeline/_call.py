@@ -84,6 +84,9 @@ class SchemeResult:
     challenge: bytes | None = None  # a WWW-Authenticate value to send if the request is refused
     consumer: str | None = None  # the consumer this credential belongs to, when known
     claims: Mapping[str, Any] | None = None  # a token's verified claims
+    # Answer this instead of 401 when this result decides a refusal: the scheme could
+    # not judge (a password check pool that is full answers 503, not "invalid").
+    error: GatewayError | None = None
 
 
 @dataclass(frozen=True, slots=True)

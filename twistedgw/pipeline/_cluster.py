@@ -2,11 +2,13 @@
 
 One request costs one round trip: ``EVALSHA`` of a small Lua script that
 implements the same bucket as ``tiers.TierThrottle`` (capacity =
-``requests_per_minute``, refilled evenly over the minute) atomically in Redis,
+``requests_per_minute``, refilled evenly over the minute, or over a throttling
+policy's ``period_seconds``) atomically in Redis,
 with Redis's own clock (``TIME``), so instances need no synchronised clocks. The
 script is loaded when a connection is made and again (``EVAL``) if Redis answers
 ``NOSCRIPT`` (a ``SCRIPT FLUSH`` or a restart). Each key expires once its bucket
-would be full again (61 s), so idle callers leave nothing behind.
+would be full again (61 s; a policy's period + 1 s), so idle callers leave nothing
+behind.
 
 The client is txredisapi's protocol (with hiredis's parser when installed) under
 Twisted's ``ClientService``, which reconnects with a capped exponential back-off.
@@ -314,6 +316,11 @@ class RedisTierStore:
             self._now(OVERLOAD, f"{MAX_IN_FLIGHT} round trips in flight")
             return None
         _prefix, period, expire = self._args
+        tail = self._tail
+        if limit.period_seconds != PERIOD_MS // 1000:  # a throttling policy's own period
+            period = str(limit.period_seconds * 1000).encode()
+            expire = str(limit.period_seconds * 1000 + 1000).encode()
+            tail = _bulk(period) + _bulk(expire)
         key = self._prefix + limit.key
         capacity = str(limit.requests_per_minute).encode()
         started = self.reactor.seconds()
@@ -369,7 +376,7 @@ class RedisTierStore:
                 self.observer.cluster_round_trip(self.reactor.seconds() - started)
             result.callback(verdict)
 
-        wire = self._head + _bulk(key) + _bulk(capacity) + self._tail
+        wire = self._head + _bulk(key) + _bulk(capacity) + tail
         try:
             sent = conn.execute_command("EVALSHA", wire=wire)
         except Exception as e:  # the connection went away under us

@@ -11,9 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twistedgw.config import ApiConfig, GatewayConfig, Mode, PluginSpec, with_variants
+from twistedgw.config import (
+    ApiConfig,
+    GatewayConfig,
+    Mode,
+    PluginSpec,
+    policy_table,
+    with_variants,
+)
 from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline import _tiers as tiers
+from twistedgw.pipeline._basic import STRIP_BASIC_AUTHORIZATION, BasicAuth, PasswordChecks
 from twistedgw.pipeline._builtin import (
     ApiKeys,
     IdentityForwarding,
@@ -33,6 +41,7 @@ from twistedgw.pipeline._interfaces import (
 from twistedgw.pipeline._jwt import STRIP_AUTHORIZATION, issuers_of, jwks_urls, scheme_for
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Pipeline
+from twistedgw.pipeline._throttling import policy_stage
 
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
@@ -43,6 +52,8 @@ class Shared:
 
     throttle: tiers.TierThrottle = field(default_factory=tiers.TierThrottle)
     jwks: jwks.JwksFetchers = field(default_factory=jwks.JwksFetchers)  # by URL
+    # [[basic_users]]: the password-check pool and its cache of successes.
+    passwords: PasswordChecks = field(default_factory=PasswordChecks)
     # [cluster]: the Redis store (and its connection) of the config in force; kept while
     # [cluster] is unchanged, replaced (reconnecting) when a reload changes it.
     cluster: Any = None  # cluster.RedisTierStore | None
@@ -88,6 +99,7 @@ class Shared:
         from twisted.internet.defer import gatherResults
 
         self.jwks.stop()
+        self.passwords.stop()
         stores, self._stores, self.cluster = list(self._stores.values()), {}, None
         return gatherResults([s.stop() for s in stores], consumeErrors=True)
 
@@ -112,9 +124,16 @@ def compile_pipelines(
         by_name.setdefault(found.name, []).append(found)
     identity = IdentityForwarding(config)
     tier_stage = None
-    if any(a.tiers for a in config.apis):
+    store: tiers.TierStore | None = None
+    policies = policy_table(config.throttling_policies)
+    throttled = any(
+        policy_stage(api, policies, shared.throttle) is not None
+        for api, _own in with_variants(config.apis)
+    )
+    if any(a.tiers for a in config.apis) or throttled:
         try:
-            tier_stage = Tiers(shared.tier_store(config))
+            store = shared.tier_store(config)
+            tier_stage = Tiers(store)
         except Exception as e:  # e.g. a rediss:// client certificate that cannot be read
             problems.append(f"{config.source}: cluster: cannot set up the Redis store: {e}")
     revocation_stage = Revocation(revocation) if revocation is not None else None
@@ -139,6 +158,10 @@ def compile_pipelines(
             schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
         if api.jwt is not Mode.DISABLED:
             schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
+        if api.basic_auth is not Mode.DISABLED:
+            schemes.append(Named("basic_auth", BasicAuth(
+                api, config.basic_users, shared.passwords, directory.user_owners
+            )))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
@@ -161,8 +184,15 @@ def compile_pipelines(
             # Tiers count only requests that every other rule let through; the authz
             # endpoint leaves them out (auth_request turns a 429 into a 500).
             authorisers.append(Named("tiers", tier_stage, in_authz=False))
+        policy = policy_stage(api, policies, store) if store is not None else None
+        if policy is not None:
+            # After every other rule (tiers included): a caller over its own tier does
+            # not spend what every caller shares. The authz endpoint counts it too.
+            authorisers.append(Named("throttling", policy))
         if api.jwt is not Mode.DISABLED and not api.forward_authorization:
             request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
+        if api.basic_auth is not Mode.DISABLED:
+            request_transforms.append(Named("basic_authorization", STRIP_BASIC_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
         out[api] = Pipeline(
             api,

@@ -24,7 +24,8 @@ from twistedgw.pipeline._interfaces import IAuthoriser, ICertificateCheck
 
 
 class Directory:
-    """The configured consumers, looked up by API key name or certificate, in config order."""
+    """The configured consumers, looked up by API key name, basic user or certificate, in
+    config order."""
 
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self._rank = {c.name: i for i, c in enumerate(consumers)}
@@ -33,6 +34,11 @@ class Directory:
             for key in c.api_keys:
                 key_owners.setdefault(key, c.name)  # the first consumer in config order
         self.key_owners: Mapping[str, str] = key_owners
+        user_owners: dict[str, str] = {}
+        for c in consumers:
+            for user in c.basic_users:
+                user_owners.setdefault(user, c.name)
+        self.user_owners: Mapping[str, str] = user_owners
         self._certificates = tuple((c.name, c.certificates) for c in consumers if c.certificates)
 
     def __bool__(self) -> bool:

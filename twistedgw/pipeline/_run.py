@@ -261,6 +261,9 @@ def combine(
     if not any_mandatory and not optional_passed:
         optional = list(results)
         presented = [r for r in optional if r.presented]
+        unjudged = next((r.error for r in presented if r.error is not None), None)
+        if unjudged is not None:
+            return _refuse(unjudged, ())
         if presented:
             return _refuse(errors.invalid_credentials(_describe(presented)), presented)
         return _refuse(errors.missing_credentials(_describe(optional)), optional)
@@ -303,6 +306,8 @@ def _refuse(error: errors.GatewayError, failed_results: Sequence[SchemeResult]) 
 
 
 def _error(result: SchemeResult) -> errors.GatewayError:
+    if result.error is not None:
+        return result.error
     reason = result.reason or "authentication failed"
     if result.presented:
         return errors.invalid_credentials(reason)

@@ -69,8 +69,9 @@ class Limit:
     """One bucket to spend from: its key (unique per API and caller) and its rate."""
 
     key: bytes
-    requests_per_minute: int
+    requests_per_minute: int  # the bucket's capacity; it refills evenly over period_seconds
     consumer: bool = False  # counts a consumer (else a certificate); for the refusal's words
+    period_seconds: int = 60  # a minute for tiers; a throttling policy's own period
 
 
 def limit_for(
@@ -127,7 +128,7 @@ class TierThrottle:
     def take_limit(self, limit: Limit) -> float | None:
         """``TierStore.take_limit``, synchronously."""
         capacity = float(limit.requests_per_minute)
-        rate = capacity / 60.0
+        rate = capacity / limit.period_seconds
         now = self._clock()
         key = limit.key
         bucket = self._buckets.get(key)
