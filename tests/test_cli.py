@@ -103,7 +103,8 @@ def test_run_good_config_serves_and_stops_cleanly(pki: DevPki, tmp_path: Path) -
         output = gw.output()
         assert "Traceback" not in output
         assert f"listening on https://127.0.0.1:{port}" in output
-        assert "mutual_ssl=mandatory" in output
+        assert ("API petstore:1.0.5 at /petstore/1.0.5 -> http://127.0.0.1:8080/v2: "
+                "mutual_ssl[partner-root]:mandatory") in output
     finally:
         gw.stop()
 

@@ -47,13 +47,18 @@ components:
 
 
 def parse(
-    tmp_path: Path, definition: str, file_name: str = "d.yaml", **api: Any
+    tmp_path: Path, definition: str, file_name: str = "d.yaml", *, jwt_issuers: bool = False,
+    **api: Any,
 ) -> configmod.Parsed:
     (tmp_path / "apis").mkdir(exist_ok=True)
     (tmp_path / "apis" / file_name).write_text(definition)
     table = {"openapi": f"apis/{file_name}", **api}
-    raw = {"listeners": [{"port": 1, "tls": False}], "apis": [table],
-           "api_keys": [{"name": "k", "key_sha256": "00" * 32}]}
+    raw: dict[str, Any] = {"listeners": [{"port": 1, "tls": False}], "apis": [table],
+                           "api_keys": [{"name": "k", "key_sha256": "00" * 32}]}
+    if jwt_issuers:
+        (tmp_path / "jwks.json").write_text('{"keys": []}')
+        raw["jwt_issuers"] = [{"name": "idp", "issuer": "https://idp.example",
+                               "jwks": "jwks.json", "audiences": ["gw"]}]
     return configmod.parse_partial(raw, tmp_path / "gw.toml")
 
 
@@ -97,7 +102,7 @@ paths:
     assert api.operations is not None
     (op,) = api.operations
     assert (op.method, op.template, op.security) == ("POST", "/pet", Security())
-    assert api.openapi is not None and api.openapi.context_from == "x-wso2-basePath"
+    assert api.openapi is not None and api.openapi.context_from == "#/x-wso2-basePath"
 
 
 def test_openapi_20_security_definitions(tmp_path: Path) -> None:
@@ -116,7 +121,7 @@ paths:
 """))
     assert (api.context, api.backend) == ("/v1", "https://legacy.internal:8080/v1")
     assert (api.api_key, api.api_key_header) == (Mode.MANDATORY, "X-Legacy-Key")
-    assert api.openapi is not None and api.openapi.context_from == "basePath"
+    assert api.openapi is not None and api.openapi.context_from == "#/basePath"
 
 
 def test_endpoints_by_reference(tmp_path: Path) -> None:
@@ -136,7 +141,7 @@ security: []
     found = problems_of(parse(tmp_path, BASE.replace(
         "{urls: [\"http://127.0.0.1:9/b\"]}", "'#/x-wso2-endpoints/none'") + "security: []\n"
         + OK_PATHS))
-    assert found == ["x-wso2-production-endpoints: x-wso2-endpoints has no endpoint named "
+    assert found == ["#/x-wso2-production-endpoints: x-wso2-endpoints has no endpoint named "
                      "'none'"]
 
 
@@ -165,14 +170,20 @@ servers: [{{url: "http://127.0.0.1:9/t"}}]
 @pytest.mark.parametrize(
     ("security", "problem"),
     [
-        ("[{mtls: [], key: []}, {bearer: []}]", "security: these alternatives cannot be expressed"),
-        ("[{nope: []}]", "security[0].nope: no security scheme is named 'nope' (defined: basic, "
+        ("[{mtls: [], key: []}, {bearer: []}]",
+         "#/security: these alternatives cannot be expressed"),
+        ("[{key: [], bearer: []}, {mtls: []}]",
+         "#/security: these alternatives cannot be expressed"),
+        ("[{nope: []}]", "#/security/0/nope: no security scheme is named 'nope' (defined: basic, "
                          "bearer, key, mtls, other, query)"),
-        ("[{query: []}]", "security[0].query: components.securitySchemes.query: an API key in "
-                          "the query is not supported; send it in a header"),
-        ("[{key: []}, {other: []}]", "security: API keys in different headers (X-Key, X-Other) "
-                                     "for one operation are not supported; use one header"),
-        ("[{bearer: []}]", "security: bearer security needs [[jwt_issuers]]"),
+        ("[{query: []}]", "#/security/0/query: #/components/securitySchemes/query: an API key "
+                          "in the 'query' is not supported; send it in a header"),
+        ("[{key: []}, {other: []}]", "#/security: API keys in different headers (X-Key, "
+                                     "X-Other) for one operation are not supported; use one "
+                                     "header"),
+        ("[{bearer: []}]", "#/security/0/bearer: bearer security needs [[jwt_issuers]]"),
+        ("[{bearer: [read:pets]}]", "#/security/0/bearer: token scopes [\"read:pets\"] cannot "
+                                    "be enforced"),
     ],
 )
 def test_security_refused(tmp_path: Path, security: str, problem: str) -> None:
@@ -185,20 +196,34 @@ servers: [{{url: "http://127.0.0.1:9/t"}}]
     assert len(found) == 1 and found[0].startswith(problem), found
 
 
-def test_mutual_ssl_beside_several_mandatory_application_types_is_refused(
-    tmp_path: Path,
-) -> None:
-    found = problems_of(parse(tmp_path, BASE + """\
-x-wso2-mutual-ssl: mandatory
-x-wso2-application-security: {security-types: [api_key, oauth2]}
-""" + OK_PATHS))
-    assert found[0].startswith("x-wso2-application-security: mutual SSL together with several")
+def test_mutual_ssl_and_any_one_of_several_application_types(tmp_path: Path) -> None:
+    """WSO2's own mutual_ssl_openAPI: mTLS mandatory AND (oauth2 OR api_key)."""
+    definition = BASE + """\
+x-wso2-mutual-ssl: Mandatory
+x-wso2-application-security: {security-types: [OAuth2, API_KEY], optional: false}
+""" + OK_PATHS
+    found = problems_of(parse(tmp_path, definition))
+    assert found == ["#/x-wso2-application-security/security-types/0: bearer security needs "
+                     "[[jwt_issuers]]"]
+    api = only_api(parse(tmp_path, definition, jwt_issuers=True))
+    assert (api.mutual_ssl, api.api_key, api.jwt, api.any_of) == (
+        Mode.MANDATORY, Mode.MANDATORY, Mode.MANDATORY, frozenset({"api_key", "jwt"}))
+    assert route_rows([api])[0][-1] == "mutual_ssl:mandatory (api_key|jwt):mandatory"
+    # optional application security beside mandatory mTLS never consults the token, so it
+    # needs no [[jwt_issuers]]: the certificate decides
+    api = only_api(parse(tmp_path, definition.replace("optional: false", "optional: true")))
+    assert (api.mutual_ssl, api.api_key, api.jwt, api.any_of) == (
+        Mode.MANDATORY, Mode.OPTIONAL, Mode.DISABLED, frozenset())
 
 
-def test_no_security_declared_is_refused_unless_toml_says(tmp_path: Path) -> None:
+def test_no_security_declared_is_oauth2(tmp_path: Path) -> None:
     found = problems_of(parse(tmp_path, BASE + OK_PATHS))
     assert len(found) == 1 and found[0].startswith(
-        "security: the definition declares no security, which WSO2 Microgateway reads as OAuth2")
+        "#/security: the definition declares no security, which WSO2 reads as OAuth2")
+    # with [[jwt_issuers]], it is served as WSO2 serves it: a bearer token is mandatory
+    api = only_api(parse(tmp_path, BASE + OK_PATHS, jwt_issuers=True))
+    assert (api.jwt, api.mutual_ssl, api.api_key) == (Mode.MANDATORY, Mode.DISABLED,
+                                                      Mode.DISABLED)
     api = only_api(parse(tmp_path, BASE + OK_PATHS, api_key="mandatory"))
     assert api.api_key is Mode.MANDATORY
     api = only_api(parse(tmp_path, BASE + "x-wso2-disable-security: true\n" + OK_PATHS))
@@ -208,23 +233,22 @@ def test_no_security_declared_is_refused_unless_toml_says(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("definition", "problem"),
     [
-        ("- just a list\n", "(top): not an OpenAPI document"),
-        ("openapi: 4.0.0\ninfo: {}\n", "(top): not an OpenAPI 2.0, 3.0 or 3.1 document"),
+        ("- just a list\n", "#: not an OpenAPI document"),
+        ("openapi: 4.0.0\ninfo: {}\n", "#: not an OpenAPI 2.0, 3.0 or 3.1 document"),
         ("openapi: [unclosed\n", "(file): invalid YAML:"),
         (BASE.replace("x-wso2-production-endpoints: {urls:", "x-wso2-production-endpoints: "
                       "{type: random, urls:") + "security: []\n" + OK_PATHS,
-         "x-wso2-production-endpoints.type: must be 'load_balance' or 'failover', got 'random'"),
+         "#/x-wso2-production-endpoints/type: must be 'load_balance', 'failover' or 'http' (one "
+         "endpoint), got 'random'"),
         (BASE.replace("/t\n", "/t/../x\n", 1) + "security: []\n" + OK_PATHS,
-         "x-wso2-basePath: the context must be a clean absolute path"),
+         "#/x-wso2-basePath: the context must be a clean absolute path"),
         (BASE.replace("x-wso2-production-endpoints", "x-other") + "security: []\n" + OK_PATHS,
-         "(top): names no backend: add x-wso2-production-endpoints"),
+         "#: names no backend: add x-wso2-production-endpoints"),
         (BASE + "security: []\n" + OK_PATHS.replace(
             "    get:\n", "    x-wso2-production-endpoints: {urls: ['http://x']}\n    get:\n"),
-         "paths./a.x-wso2-production-endpoints: per-resource endpoints are not supported"),
-        (BASE + "security: []\n" + OK_PATHS.replace(
-            "{'200': {description: ok}}", "{'200': {$ref: 'http://example.com/r.yaml'}}"),
-         "paths./a.get.responses.200: $ref 'http://example.com/r.yaml' names a URL"),
-        (BASE + "security: []\npaths: {}\n", "paths: defines no operations"),
+         "#/paths/~1a/x-wso2-production-endpoints: x-wso2-production-endpoints is not "
+         "supported yet"),
+        (BASE + "security: []\npaths: {}\n", "#/paths: defines no operations"),
         ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [x]\n"
                  for i in range(8)), "(file): more than 2000000 values (YAML aliases expanding?)"),
         ("[" * 100 + "]" * 100, "(file): nested too deeply"),
@@ -256,7 +280,7 @@ def test_a_path_item_in_another_file_resolves_its_own_refs(tmp_path: Path) -> No
 item:
   get: {$ref: '#/open'}
 open:
-  security: []
+  x-wso2-disable-security: true
   responses: {'200': {description: ok}}
 """)
     api = only_api(parse(tmp_path, BASE + """\
@@ -313,7 +337,7 @@ paths:
     get: {responses: {'200': {description: ok}}}
     put: {responses: {'200': {description: ok}}, x-wso2-disable-security: true}
   /pets/mine:
-    get: {responses: {'200': {description: ok}}, security: []}
+    get: {responses: {'200': {description: ok}}, x-wso2-disable-security: true}
   /files/{name}.txt:
     parameters: [{name: name, in: path, required: true, schema: {type: string}}]
     head: {responses: {'200': {description: ok}}}

@@ -152,7 +152,7 @@ throttling_tier = "{tier}"
     found = problems(from_definition)
     assert len(found) == 1 and found[0].startswith(
         f"apis[0].openapi: {tmp_path / 'd.yaml'}: "
-        f"/paths/~1pet~1findByStatus/get/x-wso2-throttling-tier: {words.split(' (')[0]}"
+        f"#/paths/~1pet~1findByStatus/get/x-wso2-throttling-tier: {words.split(' (')[0]}"
     ), found
 
 
@@ -179,9 +179,9 @@ def test_both_extension_names_must_agree_and_be_names(tmp_path: Path) -> None:
                            {"d.yaml": spec}))
     prefix = f"apis[0].openapi: {tmp_path / 'd.yaml'}: "
     assert sorted(found) == sorted([
-        prefix + "/x-wso2-throttling-tier: x-wso2-throttling-tier '10kPerMin' and "
+        prefix + "#/x-wso2-throttling-tier: x-wso2-throttling-tier '10kPerMin' and "
                  "x-throttling-tier '20kPerMin' name different policies; keep one",
-        prefix + "/paths/~1pet~1{petId}/put/x-throttling-tier: expected a throttling policy "
+        prefix + "#/paths/~1pet~1{petId}/put/x-throttling-tier: expected a throttling policy "
                  "name, got 7",
     ])
 
@@ -218,7 +218,7 @@ def test_check_warns_of_dropped_operation_policies_and_workers(tmp_path: Path) -
     assert any("2 workers and throttling policies without [cluster]" in w for w in found)
     dropped = [w for w in found if "is not applied" in w]
     assert len(dropped) == 3, found  # 3PerMin, 2PerHour and Unlimited
-    assert any("/paths/~1pet~1findByStatus/get/x-wso2-throttling-tier: the operation's "
+    assert any("#/paths/~1pet~1findByStatus/get/x-wso2-throttling-tier: the operation's "
                "throttling policy '3PerMin' is not applied: the API's '10kPerMin'" in w
                for w in dropped)
 

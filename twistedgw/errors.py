@@ -3,16 +3,49 @@
 Clients migrating from WSO2 API Manager / Microgateway match on these codes, so
 the codes and messages are WSO2's; the ``description`` says what went wrong in
 plain words.
+
+The body's shape is the config's ``[errors] style``: ``"apim"`` (API Manager 4.x,
+``{"code": "900901", "message": ..., "description": ...}``, the default) or ``"mgw"``
+(Microgateway 3.x's ``sendErrorResponse``: ``{"fault": {"code": 900901, ...}}``, the
+code an integer). It is set once for the config in force (``use_style``, at start,
+on reload, in each worker) and every renderer, whichever front writes the error,
+calls ``GatewayError.body()``, so they all follow it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.web.http import RESPONSES
+
+STYLES = ("apim", "mgw")
+_style = ["apim"]  # the style in force (one per process: the config serving)
+
+
+def use_style(style: str) -> None:
+    """Render every error body from now on in ``style`` ("apim" or "mgw")."""
+    if style not in STYLES:
+        raise ValueError(f"unknown error style {style!r}")
+    _style[0] = style
+
+
+def current_style() -> str:
+    return _style[0]
+
+
+@contextmanager
+def styled(style: str) -> Iterator[None]:
+    """``style`` for the bodies rendered inside the block (``nginx-config``), then back."""
+    previous = _style[0]
+    use_style(style)
+    try:
+        yield
+    finally:
+        _style[0] = previous
 
 
 @dataclass(frozen=True)
@@ -22,7 +55,13 @@ class GatewayError:
     message: str
     description: str
 
-    def body(self) -> bytes:
+    def body(self, style: str | None = None) -> bytes:
+        """The JSON body, in ``style`` or else the style in force."""
+        if (style or _style[0]) == "mgw":
+            code: int | str = int(self.code) if self.code.isdigit() else self.code
+            return json.dumps({"fault": {
+                "code": code, "message": self.message, "description": self.description,
+            }}).encode()
         return json.dumps(
             {"code": self.code, "message": self.message, "description": self.description}
         ).encode()

@@ -46,6 +46,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The effective addresses: a listener without port listens on the default, 9095.
     for listener in cfg.listeners:
         print(f"  listens on {listener.describe()}")
+    # TOML security is never lost in silence: each operation it opens or closes.
+    for api in cfg.apis:
+        for line in configmod.security_changes(api):
+            print(f"  {api.label}: {line}")
     return 0
 
 

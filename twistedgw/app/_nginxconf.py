@@ -229,6 +229,18 @@ def render(
     variant: str = "auth_request",
     lua_dir: str | None = None,
 ) -> Rendered:
+    """``_render`` with the error bodies NGINX answers in the config's ``[errors] style``."""
+    with errors.styled(config.errors.style):
+        return _render(config, truststore_file, variant=variant, lua_dir=lua_dir)
+
+
+def _render(
+    config: GatewayConfig,
+    truststore_file: str | None = None,
+    *,
+    variant: str = "auth_request",
+    lua_dir: str | None = None,
+) -> Rendered:
     """The include for NGINX's ``http {}``; NginxConfigError if the config cannot have one.
 
     ``variant = "lua"`` keeps verdicts in a ``lua_shared_dict`` (needs the NGINX Lua

@@ -323,7 +323,7 @@ def build(
         revocation=material.revocation,
         backend_tls=material.backend_tls,
         shared=shared,
-        warnings=tuple(material.warnings),
+        warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
     )
 
 

@@ -28,7 +28,13 @@ from twistedgw.app import _runtime as runtime
 from twistedgw.app._admin import AdminService
 from twistedgw.app._drain import ConnectionTracker
 from twistedgw.app._observe import AccessLog, Metrics
-from twistedgw.config import ConfigError, GatewayConfig, Listener
+from twistedgw.config import (
+    ConfigError,
+    GatewayConfig,
+    Listener,
+    describe_security,
+    route_rows,
+)
 from twistedgw.http import Gateway, GatewayResource
 from twistedgw.http import _front as front
 from twistedgw.http import _h2 as h2
@@ -385,17 +391,22 @@ def log_startup(
         ),
     )
     for api in config.apis:
-        aliases = ", ".join(sorted(api.aliases)) if api.aliases is not None else "any trusted"
+        endpoints = list(api.endpoints)
+        # Every backend and how one is picked; the schemes (mutual_ssl[aliases] when the API
+        # names its truststore aliases, else any trusted certificate passes).
         log.info(
-            "API {label} at {context} -> {backend}: mutual_ssl={mtls} (aliases: {aliases}), "
-            "api_key={key}",
+            "API {label} at {context} -> {backends}{mode}: {schemes}",
             label=api.label,
             context=api.context,
-            backend=api.backend,
-            mtls=api.mutual_ssl.value,
-            aliases=aliases,
-            key=api.api_key.value,
+            backends=", ".join(endpoints),
+            mode=f" ({api.backend_mode})" if len(endpoints) > 1 else "",
+            schemes=describe_security(api),
         )
+        if api.operations is not None:
+            rows = {(method, path): schemes for _h, method, path, _l, schemes in route_rows([api])}
+            for (method, path), schemes in rows.items():
+                log.info("  {method} {path}: {schemes}", method=method, path=path,
+                         schemes=schemes)
     if built.backend_tls is not None:
         for api in config.apis:
             if api.backend.startswith("https://"):

@@ -21,6 +21,7 @@ from twistedgw.config._base import (
 from twistedgw.config._basic_users import BasicUser, hash_problem
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
+from twistedgw.config._errors import ERROR_STYLES, ErrorsConfig
 from twistedgw.config._gateway import (
     GatewayConfig,
     Parsed,
@@ -36,9 +37,11 @@ from twistedgw.config._listeners import Listener
 from twistedgw.config._mutual_ssl import HEADER_ENCODINGS, MutualSslConfig
 from twistedgw.config._nginx import NginxConfig
 from twistedgw.config._openapi import (
+    describe_security,
     operation_config,
     operation_key,
     route_rows,
+    security_changes,
     variant,
     variants,
     with_variants,
@@ -64,6 +67,7 @@ __all__ = [
     "CONTEXT_RE",
     "DEFAULT_CIPHERS",
     "DEFAULT_JWT_ALGORITHMS",
+    "ERROR_STYLES",
     "HEADER_ENCODINGS",
     "HEADER_RE",
     "HOSTNAME_RE",
@@ -85,6 +89,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "Consumer",
+    "ErrorsConfig",
     "GatewayConfig",
     "IdentityConfig",
     "IdentityRule",
@@ -105,6 +110,7 @@ __all__ = [
     "ThrottlingPolicy",
     "Tier",
     "TlsConfig",
+    "describe_security",
     "hash_problem",
     "load",
     "load_partial",
@@ -116,6 +122,7 @@ __all__ = [
     "parse_rule",
     "policy_table",
     "route_rows",
+    "security_changes",
     "variant",
     "variants",
     "with_variants",

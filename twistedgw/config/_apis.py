@@ -26,6 +26,8 @@ from twistedgw.config._operations import Operation, Origin, ResourceThrottle
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
+TOML_SECURITY = ("every_operation", "api_level")
+APPLICATION_TYPES = ("jwt", "api_key", "basic_auth")
 CERTIFICATE_BOUND = ("required", "when_claimed", "off")
 
 
@@ -85,6 +87,12 @@ class ApiConfig:
     # From an OpenAPI definition: only these operations are served (None = every path).
     operations: tuple[Operation, ...] | None = None
     openapi: Origin | None = None
+    # WSO2's application level (application_security): these schemes are one level that
+    # passes when any one of them does; the others are each a level of their own.
+    any_of: frozenset[str] = frozenset()
+    # With a definition: whether the TOML's security keys apply to every operation or
+    # to the API level only (operations with their own security keep it).
+    toml_security: str = "every_operation"
 
     @property
     def label(self) -> str:
@@ -129,6 +137,9 @@ def read_api(r: TableReader) -> ApiConfig | None:
     if throttling_tier is not None and not throttling_tier.strip():
         r.problem("throttling_tier", "names no policy; remove the key for no API-wide limit")
         throttling_tier = None
+    toml_security = r.choice("toml_security", TOML_SECURITY, "every_operation")
+    if "toml_security" in r.table and "openapi" not in r.seen:
+        r.problem("toml_security", "applies to [[apis]] tables with openapi only")
     aliases = string_list(r, "aliases")
     if aliases == [] and "aliases" in r.table:
         r.problem(
@@ -170,6 +181,11 @@ def read_api(r: TableReader) -> ApiConfig | None:
             "or name the consumers to accept",
         )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
+    any_of: frozenset[str] = frozenset()
+    application = _application_security(r)
+    if application is not None:
+        modes, any_of = application
+        api_key, jwt, basic_auth = modes["api_key"], modes["jwt"], modes["basic_auth"]
     plugins = []
     for t in r.tables("plugins"):
         plugin_name = t.required("name", str)
@@ -225,7 +241,37 @@ def read_api(r: TableReader) -> ApiConfig | None:
         backend_mode=backend_mode,
         basic_auth=basic_auth,
         throttling_tier=throttling_tier,
+        any_of=any_of,
+        toml_security=toml_security,
     )
+
+
+def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[str]] | None:
+    """``application_security = { types = ["jwt", "api_key"], optional = false }``: WSO2's
+    application level, of which any one type must pass (or none, when optional)."""
+    if "application_security" not in r.table:
+        r.seen.add("application_security")
+        return None
+    t = r.sub("application_security")
+    types = string_list(t, "types")
+    optional = t.get("optional", bool, False)
+    t.finish()
+    for key in APPLICATION_TYPES:
+        if key in r.table:
+            r.problem(key, "give either application_security or api_key / jwt / basic_auth, "
+                           "not both")
+    if types is None:
+        t.problem("types", 'is required: the application security types, e.g. ["jwt", '
+                           '"api_key"]')
+        return None
+    bad = [x for x in types if x not in APPLICATION_TYPES]
+    if bad or not types:
+        t.problem("types", f"must list one or more of {', '.join(map(repr, APPLICATION_TYPES))}"
+                           f", got {types!r}")
+        return None
+    mode = Mode.OPTIONAL if optional else Mode.MANDATORY
+    modes = {k: (mode if k in types else Mode.DISABLED) for k in APPLICATION_TYPES}
+    return modes, frozenset(types) if len(set(types)) > 1 else frozenset()
 
 
 def _backend_url(r: TableReader, key: str, backend: str) -> str | None:

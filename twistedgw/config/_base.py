@@ -38,15 +38,22 @@ class Mode(enum.Enum):
 
 @dataclass
 class ProblemList:
-    """Problem lines, and the dotted keys they name (``Parsed.broken_keys``)."""
+    """Problem lines, and the dotted keys they name (``Parsed.broken_keys``); and warnings:
+    lines about what is valid but worth a look (``check`` prints them, start logs them)."""
 
     file: Path
     lines: list[str] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, where: str, message: str) -> None:
         self.lines.append(f"{self.file}: {where}: {message}")
         self.keys.add(where)
+
+    def warn(self, where: str, message: str) -> None:
+        line = f"{self.file}: {where}: {message}"
+        if line not in self.warnings:
+            self.warnings.append(line)
 
 
 @dataclass
@@ -64,6 +71,9 @@ class TableReader:
 
     def problem(self, key: str, message: str) -> None:
         self.problems.add(self.where(key), message)
+
+    def warning(self, key: str, message: str) -> None:
+        self.problems.warn(self.where(key), message)
 
     def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
         self.seen.add(key)

@@ -11,7 +11,7 @@ far as it could be read, with the problems and the keys they concern.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from twistedgw.config._base import ConfigError, Mode, ProblemList, TableReader
 from twistedgw.config._basic_users import BasicUser, read_basic_users
 from twistedgw.config._cluster import ClusterConfig, read_cluster
 from twistedgw.config._consumers import Consumer, check_consumer_names, read_consumers
+from twistedgw.config._errors import ErrorsConfig, read_errors
 from twistedgw.config._identity import IdentityConfig, read_identity
 from twistedgw.config._jwt_issuers import JwtIssuer, declared_issuers, jwt_links, read_jwt_issuers
 from twistedgw.config._limits import Limits, read_limits
@@ -62,6 +63,9 @@ class GatewayConfig:
     consumers: tuple[Consumer, ...] = ()  # in config order: the first match names a caller
     basic_users: tuple[BasicUser, ...] = ()
     throttling_policies: tuple[ThrottlingPolicy, ...] = ()  # defined; see policy_table
+    errors: ErrorsConfig = ErrorsConfig()
+    # Worth a look but not refused (file: key: message): check prints them, start logs them.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def needs_tls(self) -> bool:
@@ -161,6 +165,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         api_paths.append((r.path, api))
     if not raw.get("apis"):
         top.problem("apis", "at least one [[apis]] table is required")
+    _same_labels(problems, api_paths)
 
     keys, key_names = read_api_keys(top)
     basic_users, user_names = read_basic_users(top)
@@ -187,13 +192,16 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     cluster = read_cluster(top.sub("cluster")) if "cluster" in raw else None
     policies = read_throttling_policies(top)
     throttling_links(problems, api_paths, policies)
+    errors = read_errors(top.sub("errors")) if "errors" in raw else ErrorsConfig()
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
         top.problem("shutdown_timeout", "must not be negative")
     top.finish()
 
-    uses_mtls = any(api.mutual_ssl is not Mode.DISABLED for api in apis)
+    # An OpenAPI operation may use a scheme its API does not.
+    securities = [api for api, _own in openapi.with_variants(apis)]
+    uses_mtls = any(api.mutual_ssl is not Mode.DISABLED for api in securities)
     needs_tls = any(listener.tls for listener in listeners)
     if needs_tls and not (tls.keystore or tls.certificate):
         problems.add(
@@ -213,7 +221,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
                     '"request" asks for client certificates, but there is no tls.truststore '
                     "to verify them against",
                 )
-    if any(api.api_key is not Mode.DISABLED for api in apis) and not keys:
+    if any(api.api_key is not Mode.DISABLED for api in securities) and not keys:
         problems.add("api_keys", "an API uses api_key but no [[api_keys]] are defined")
     if (
         any(api.basic_auth is not Mode.DISABLED for api, _own in openapi.with_variants(apis))
@@ -256,6 +264,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         consumers=tuple(consumers),
         basic_users=tuple(basic_users),
         throttling_policies=tuple(policies),
+        errors=errors,
+        warnings=tuple(problems.warnings),
     )
     return Parsed(
         config=config,
@@ -263,3 +273,16 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         broken_keys=frozenset(problems.keys),
         api_paths=tuple(where for where, _ in api_paths),
     )
+
+
+def _same_labels(problems: ProblemList, apis: list[tuple[str, ApiConfig]]) -> None:
+    """Two APIs with one name and version: WSO2 refuses the second; here both are served
+    (on different contexts or hosts), but logs, metrics and mutual SSL aliases in
+    micro-gw.conf name APIs by ``name:version``, so say so."""
+    first: dict[str, str] = {}
+    for where, api in apis:
+        if api.label in first:
+            problems.warn(where, f"the same name and version as {first[api.label]} "
+                                 f"({api.label!r}): logs and metrics cannot tell them apart")
+        else:
+            first[api.label] = where

@@ -240,8 +240,9 @@ def _compile_templates(
 
     variants: dict[object, tuple[ApiConfig, Pipeline | None]] = {}
     grouped: dict[str, dict[bytes, _Found]] = {}
+    own = pipelines.get(api)  # once: hashing an ApiConfig hashes all its operations
     for op in api.operations or ():
-        effective, pipeline = api, pipelines.get(api)
+        effective, pipeline = api, own
         key = operation_key(api, op)  # its own security or throttling policy
         if key is not None:
             if key not in variants:

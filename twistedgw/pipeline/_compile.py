@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twistedgw import errors
 from twistedgw.config import (
     ApiConfig,
     GatewayConfig,
@@ -82,8 +83,9 @@ class Shared:
         return result
 
     def in_force(self, config: GatewayConfig) -> None:
-        """``config`` is now the one serving: stop the Redis stores and JWKS fetchers it
-        does not use."""
+        """``config`` is now the one serving: its error style renders every error body from
+        now on; stop the Redis stores and JWKS fetchers it does not use."""
+        errors.use_style(config.errors.style)
         self.jwks.retain(jwks_urls(config))
         for settings in [s for s in self._stores if s != config.cluster]:
             self._stores.pop(settings).stop()
@@ -152,16 +154,21 @@ def compile_pipelines(
             checks.append(Named("revocation", revocation_stage))
         if api.identities:
             checks.append(Named("identities", IdentityRules(api)))
+        # WSO2's application level (api.any_of): one level, any one of its schemes passes.
+        def level(name: str) -> str | None:
+            return "application" if name in api.any_of else None  # noqa: B023
+
         if api.mutual_ssl is not Mode.DISABLED:
             schemes.append(Named("mutual_ssl", MutualSsl(api)))
         if api.api_key is not Mode.DISABLED:
-            schemes.append(Named("api_key", ApiKeys(api, config.api_keys, directory.key_owners)))
+            keys = ApiKeys(api, config.api_keys, directory.key_owners)
+            schemes.append(Named("api_key", keys, group=level("api_key")))
         if api.jwt is not Mode.DISABLED:
-            schemes.append(Named("jwt", scheme_for(api, jwt_issuers)))
+            schemes.append(Named("jwt", scheme_for(api, jwt_issuers), group=level("jwt")))
         if api.basic_auth is not Mode.DISABLED:
             schemes.append(Named("basic_auth", BasicAuth(
                 api, config.basic_users, shared.passwords, directory.user_owners
-            )))
+            ), group=level("basic_auth")))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:

@@ -48,6 +48,9 @@ class Named:
     name: str
     stage: Any
     in_authz: bool = True  # also runs on the authz endpoint (NGINX auth_request and peers)
+    # Schemes with the same group form one level of the WSO2 rule (the application level:
+    # any one of them passes it); None: a level of its own.
+    group: str | None = None
 
 
 def plugin_failed(name: str) -> Refusal:
@@ -237,39 +240,44 @@ def _now(value: Any) -> Deferred[Any]:
 def combine(
     schemes: Sequence[Named], results: Sequence[SchemeResult], call: Call
 ) -> Refusal | None:
-    """The WSO2 rule: every mandatory scheme must pass; with none mandatory, one optional must.
+    """The WSO2 rule: every mandatory level must pass; with none mandatory, one optional
+    level must.
 
-    So ``mutual_ssl = "optional"`` alone behaves as mandatory, and optional mTLS
-    beside a mandatory API key needs only the key. What passed is recorded on
-    ``call`` (principals, whether mTLS passed, consumers, claims); a refusal
-    carries the challenges of the schemes that failed.
+    A level is one scheme, or a group of schemes of which any one passes (WSO2's
+    application level, ``application_security``). So ``mutual_ssl = "optional"``
+    alone behaves as mandatory; optional mTLS beside a mandatory API key needs only
+    the key; mandatory mTLS beside a mandatory group of JWT and API key needs the
+    certificate and either credential. What passed is recorded on ``call``
+    (principals, whether mTLS passed, consumers, claims); a refusal carries the
+    challenges of the schemes that failed.
     """
     if len(schemes) == 1:  # most APIs: one scheme, whatever its mode, decides alone
         return _one_scheme(schemes[0], results[0], call)
-    any_mandatory = False
-    mandatory_passed: list[tuple[Named, SchemeResult]] = []
-    optional_passed: list[tuple[Named, SchemeResult]] = []
+    levels: dict[object, list[tuple[Named, SchemeResult]]] = {}
     for named, result in zip(schemes, results, strict=True):
-        if named.stage.mode is _MANDATORY:
-            if not result.passed:  # the first failing mandatory scheme answers
-                return _refuse(_error(result), [result])
+        levels.setdefault(named.group or named, []).append((named, result))
+    any_mandatory = False
+    any_optional_passed = False
+    for members in levels.values():
+        passed = any(result.passed for _named, result in members)
+        if members[0][0].stage.mode is _MANDATORY:
+            if not passed:  # the first failing mandatory level answers
+                failed = [result for _named, result in members]
+                if len(failed) == 1:
+                    return _refuse(_error(failed[0]), failed)
+                return _refuse_all(failed)
             any_mandatory = True
-            mandatory_passed.append((named, result))
-        elif result.passed:
-            optional_passed.append((named, result))
-    passed = mandatory_passed + optional_passed
-    if not any_mandatory and not optional_passed:
-        optional = list(results)
-        presented = [r for r in optional if r.presented]
-        unjudged = next((r.error for r in presented if r.error is not None), None)
-        if unjudged is not None:
-            return _refuse(unjudged, ())
-        if presented:
-            return _refuse(errors.invalid_credentials(_describe(presented)), presented)
-        return _refuse(errors.missing_credentials(_describe(optional)), optional)
+        elif passed:
+            any_optional_passed = True
+    if not any_mandatory and not any_optional_passed:
+        return _refuse_all(list(results))
     principals: list[str] = []
     consumers: list[str] = []
-    for named, result in passed:
+    ordered = sorted(zip(schemes, results, strict=True),  # mandatory levels' first
+                     key=lambda pair: pair[0].stage.mode is not _MANDATORY)
+    for named, result in ordered:
+        if not result.passed:
+            continue
         if result.principal:
             principals.append(result.principal)
         if result.consumer:
@@ -281,6 +289,18 @@ def combine(
     call.principals = tuple(principals)
     call.presented_consumers = tuple(consumers)
     return None
+
+
+def _refuse_all(results: Sequence[SchemeResult]) -> Refusal:
+    """None of ``results`` passed: invalid credentials if any was presented, else missing
+    (or the error of a scheme that could not judge what was presented)."""
+    presented = [r for r in results if r.presented]
+    unjudged = next((r.error for r in presented if r.error is not None), None)
+    if unjudged is not None:
+        return _refuse(unjudged, ())
+    if presented:
+        return _refuse(errors.invalid_credentials(_describe(presented)), presented)
+    return _refuse(errors.missing_credentials(_describe(results)), results)
 
 
 def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | None:
