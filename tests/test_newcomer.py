@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import docpages
 from tests import headerenc as enc
 from tests.harness import REPO, env, gateway_config
 from twistedgw import __version__
@@ -78,23 +79,16 @@ def test_demo_says_it_runs_in_the_foreground_and_how_to_stop(
     assert "foreground" in out and "Ctrl-C" in out
 
 
-def _readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"\n{title}\n")
-    end = text.find("\n#", start + len(title) + 2)
-    return text[start:end]
-
-
-def test_readme_lists_every_error_description() -> None:
-    errors = " ".join(_readme_section("### Errors").split())
+def test_error_reference_lists_every_error_description() -> None:
+    errors = " ".join(docpages.page("reference/errors.md").split())
     words = [v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)]
     words += ["no API key was presented", "API key is not valid"]
     missing = [w for w in words if f"`{w}" not in errors]
     assert not missing
 
 
-def test_readme_layout_names_every_module() -> None:
-    layout = _readme_section("## Layout")
+def test_architecture_page_names_every_module() -> None:
+    layout = docpages.section("explanation/architecture.md", "## Layout")
     modules = sorted(p.name for p in (REPO / "twistedgw").rglob("*.py")
                      if not p.name.startswith("__") and "plugins" not in p.parts[-2:-1])
     modules += sorted(p.name + "/" for p in (REPO / "twistedgw").iterdir()
@@ -104,6 +98,6 @@ def test_readme_layout_names_every_module() -> None:
 
 
 def test_docs_say_python3() -> None:
-    for doc in (REPO / "README.md", REPO / "bench" / "README.md"):
+    for doc in (REPO / "README.md", REPO / "bench" / "README.md", *docpages.DOCS.rglob("*.md")):
         text = doc.read_text()
         assert not re.search(r"(?<![\w`/])python (?:bench|-m|\S+\.py)", text), doc

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import docpages
 from tests.backend_fixture import BackendProcess
 from tests.e2e import echoed, get
 from tests.harness import GatewayProcess, env, free_port, gateway_config, start_gateway
@@ -218,29 +219,28 @@ def test_shipped_header_plugins_end_to_end(
         gw.stop()
 
 
-def _readme_blocks() -> tuple[str, str, str]:
-    """The README's example plugin, its TOML table and its in-memory test, as written."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### Writing a plugin", 1)[1].split("\n## ", 1)[0]
+def _guide_blocks() -> tuple[str, str, str]:
+    """The plugin tutorial's example plugin, its TOML table and its in-memory test."""
+    section = docpages.section("tutorials/writing-a-plugin.md", "## Writing a plugin")
     blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2]]
     plugin, toml, test = (b for b in blocks if b.strip())
     return plugin, toml, test
 
 
-def test_the_readme_plugin_works_as_written(
+def test_the_guide_plugin_works_as_written(
     tmp_path: Path, pki: DevPki, backend: BackendProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plugin, toml, test = _readme_blocks()
+    plugin, toml, test = _guide_blocks()
     assert len(plugin.strip().splitlines()) < 40
     site = tmp_path / "site"
     drop = site / "twistedgw" / "plugins"
     drop.mkdir(parents=True)
     (drop / "tenant.py").write_text(plugin)
-    # The README's in-memory test, run in the plugin module's namespace.
+    # The guide's in-memory test, run in the plugin module's namespace.
     namespace: dict[str, Any] = {}
     exec(compile(plugin, "tenant.py", "exec"), namespace)
     exec(compile(test, "readme-test", "exec"), namespace)
-    # And the real thing: found on PYTHONPATH, configured by the README's table.
+    # And the real thing: found on PYTHONPATH, configured by the guide's table.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     apis = [{"name": "T", "version": "1", "context": "/t", "backend": backend.url}]
     port = free_port()

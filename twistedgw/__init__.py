@@ -1,6 +1,6 @@
 """twistedgw: an API gateway on Twisted with per-API mutual TLS.
 
-Embed it with ``make_service(config_path_or_config)``; see the README.
+Embed it with ``make_service(config_path_or_config)``; see docs/how-to/embedding.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""The documentation's own promises: the strict build fails on what it should, the README's
+links lead somewhere, and every repository path or module the docs name exists."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from markdown.extensions.toc import slugify
+
+from tests import docpages
+from tests.harness import REPO
+
+# The pages a reader may follow to the code. CHANGELOG.md is history: it names the
+# modules of its time.
+CHECKED = [REPO / "README.md", REPO / "conf" / "README.md", REPO / "bench" / "README.md",
+           *sorted(docpages.DOCS.rglob("*.md"))]
+
+
+def _build(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(root / "site")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+def test_strict_build_fails_on_each_kind_of_broken_docs(tmp_path: Path) -> None:
+    """A copy of the docs builds clean; with one defect of each kind added (a missing page,
+    a missing anchor, a link outside docs/, a link that names no page, a page outside the
+    nav, a nav entry without a page) the strict build fails and names every one."""
+    root = tmp_path / "copy"
+    shutil.copytree(REPO / "docs", root / "docs")
+    shutil.copy(REPO / "mkdocs.yml", root / "mkdocs.yml")
+    clean = _build(root)
+    assert clean.returncode == 0, clean.stderr
+    assert "WARNING" not in clean.stderr
+
+    with (root / "docs" / "index.md").open("a") as f:
+        f.write("\n[gone](no-such-page.md) [anchor](reference/errors.md#no-such-heading)"
+                " [outside](../bench/README.md) [unrecognized](reference/)\n")
+    (root / "docs" / "orphan.md").write_text("# Not in the navigation\n")
+    conf = (root / "mkdocs.yml").read_text()
+    (root / "mkdocs.yml").write_text(conf.replace("  - contributing.md\n",
+                                                  "  - contributing.md\n  - missing.md\n"))
+    broken = _build(root)
+    assert broken.returncode != 0
+    said = broken.stdout + broken.stderr
+    for defect in ("link 'no-such-page.md'", "anchor '#no-such-heading'",
+                   "link '../bench/README.md'", "unrecognized relative link 'reference/'",
+                   "- orphan.md", "'missing.md' is included in the 'nav'"):
+        assert defect in said, (defect, said)
+    # One warning each, and strict mode aborts on them.
+    assert "Aborted with 6 warnings in strict mode" in said, said
+
+
+def _headings(path: Path) -> set[str]:
+    text, fence, slugs = path.read_text(), False, set()
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fence = not fence
+        m = None if fence else re.match(r"^#{1,6} (.*?)\s*$", line)
+        if m:
+            plain = re.sub(r"[`*]|\[([^]]*)\]\([^)]*\)", r"\1", m.group(1))
+            slugs.add(slugify(plain, "-"))
+    return slugs
+
+
+def test_readme_links_lead_somewhere() -> None:
+    """GitHub shows the README's relative links as they are: each names a file that exists,
+    and a ``#anchor`` names one of its headings."""
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link for link in links if "://" not in link]
+    assert len(local) >= 10
+    for link in local:
+        target, _, anchor = link.partition("#")
+        path = REPO / target
+        assert path.exists(), link
+        if anchor:
+            assert anchor in _headings(path), link
+
+
+_PATH = re.compile(
+    r"(?<![\w/.~-])((?:twistedgw|tests|bench|conf|scripts|plugins|docs|app|config|http|identity"
+    r"|pipeline|tls|upstream|testing)/[\w./-]*\w\.(?:py|toml|lua|service|socket|tac|cfg|conf|md"
+    r"|yml|json|svg))"
+)
+_SUBPACKAGES = {"app", "config", "http", "identity", "pipeline", "tls", "upstream", "testing"}
+_DOTTED = re.compile(r"`(twistedgw(?:\.[A-Za-z_]\w*)+)")
+
+
+def test_every_path_named_in_the_docs_exists() -> None:
+    """``twistedgw/_sdlisten.py``, ``http/_front.py`` (under twistedgw/), ``conf/...``,
+    ``tests/...``: a reader who looks for a file the docs name finds it."""
+    missing = []
+    for doc in CHECKED:
+        for name in sorted(set(_PATH.findall(doc.read_text()))):
+            base = REPO / "twistedgw" if name.split("/", 1)[0] in _SUBPACKAGES else REPO
+            if not (base / name).exists():
+                missing.append(f"{doc.relative_to(REPO)}: {name}")
+    assert not missing
+
+
+def test_every_module_named_in_the_docs_exists() -> None:
+    """``twistedgw.testing.devpki``, ``twistedgw.make_service``: importable as written."""
+    missing = []
+    for doc in CHECKED:
+        for name in sorted(set(_DOTTED.findall(doc.read_text()))):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    obj: object = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                try:
+                    for attr in parts[cut:]:
+                        obj = getattr(obj, attr)
+                except AttributeError:
+                    missing.append(f"{doc.relative_to(REPO)}: {name}")
+                break
+            else:
+                missing.append(f"{doc.relative_to(REPO)}: {name}")
+    assert not missing
