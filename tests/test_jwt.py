@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -492,15 +493,25 @@ def test_docs_worked_example_as_written(tmp_path: Path, pki: DevPki,
     import shutil
     import subprocess
 
+    # A stock Debian shell's PATH (its python3 has no joserfc), not the test run's: the
+    # guide's commands must name the Python they need.
+    path = "/usr/local/bin:/usr/bin:/bin"
+
     def sh(script: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path,
-                              env=dict(os.environ), timeout=60, capture_output=True, text=True,
-                              check=False)
+                              env={**os.environ, "PATH": path}, timeout=60, capture_output=True,
+                              text=True, check=False)
 
     section = docpages.page("how-to/jwt.md")
     toml_block = docpages.code_blocks(section, "toml")[0]
     make_key, make_token = docpages.code_blocks(section, "sh")[:2]
     (tmp_path / "pki").mkdir()
+    # The guide runs its Python with the venv's interpreter, `.venv/bin/python` (issue 23
+    # item 11: Debian's python3 has no joserfc); here, the one running the tests.
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    venv_python.chmod(0o755)
     crt, key = pki.clients["partner-app"]
     shutil.copy(crt, tmp_path / "client.crt")
     shutil.copy(key, tmp_path / "client.key")
