@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from markdown.extensions.toc import slugify
 
 from tests import docpages
@@ -154,3 +155,81 @@ def test_cli_reference_names_every_command_and_option() -> None:
                 if f"`{flag}" not in text and f" {flag}" not in text:
                     missing.append(f"{name} {flag}")
     assert not missing
+
+
+# Every section of the config, with the keys some readers read only when present; the
+# values need not be valid: each reader reads its whole table and reports problems.
+_EVERY_SECTION = """
+workers = 1
+shutdown_timeout = 30
+[[listeners]]
+port = 1
+[tls]
+sni = [{hosts = ["a.example"]}]
+[mutual_ssl]
+[authz]
+[admin]
+[access_log]
+[identity]
+[nginx]
+[limits]
+[backend_tls]
+[cluster]
+redis = "redis://127.0.0.1"
+[[api_keys]]
+[[consumers]]
+[[jwt_issuers]]
+[[apis]]
+backend_tls = {}
+tiers = [{requests_per_minute = 1}]
+"""
+
+# Where each reader's table is documented: its dotted path (indices dropped) -> heading.
+_SECTIONS = {
+    "": "## Top level", "listeners[]": "## [[listeners]]", "tls": "## [tls]",
+    "tls.sni[]": "## [[tls.sni]]", "apis[]": "## [[apis]]",
+    "apis[].tiers[]": "### [[apis.tiers]]", "apis[].backend_tls": "## [backend_tls]",
+    "api_keys[]": "## [[api_keys]]", "consumers[]": "## [[consumers]]",
+    "jwt_issuers[]": "## [[jwt_issuers]]", "mutual_ssl": "## [mutual_ssl]",
+    "authz": "## [authz]", "identity": "## [identity]", "limits": "## [limits]",
+    "backend_tls": "## [backend_tls]", "cluster": "## [cluster]", "admin": "## [admin]",
+    "access_log": "## [access_log]", "nginx": "## [nginx]",
+}
+
+
+def _documented_keys(heading: str) -> set[str]:
+    table = docpages.section("reference/configuration.md", heading).split("\n#")[0]
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M))
+
+
+def test_configuration_reference_matches_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key each section's reader reads has a row in its section's table of
+    docs/reference/configuration.md, and every row names a key the reader reads (so the
+    reference and ``twistedgw.config`` cannot drift apart)."""
+    import tomllib
+
+    from twistedgw.config import _base, _gateway, _rules
+
+    read: dict[str, set[str]] = {}
+    finish = _base.TableReader.finish
+
+    def recording_finish(self: _base.TableReader) -> None:
+        read.setdefault(re.sub(r"\[\d+\]", "[]", self.path), set()).update(self.seen)
+        finish(self)
+
+    monkeypatch.setattr(_base.TableReader, "finish", recording_finish)
+    path = tmp_path / "gateway.toml"
+    _gateway.parse_partial(tomllib.loads(_EVERY_SECTION), path)
+    read["apis[]"].add("openapi")  # an [[apis]] table with openapi goes through _openapi.py
+    assert set(read) == set(_SECTIONS), "a section without a heading in the reference"
+    read[""] -= {where.split("[")[0] for where in _SECTIONS}  # the tables: their own headings
+    problems = []
+    for where, heading in _SECTIONS.items():
+        documented = _documented_keys(heading)
+        problems += [f"{heading}: `{k}` undocumented" for k in read[where] - documented]
+        problems += [f"{heading}: `{k}` is read by nothing" for k in documented - read[where]]
+    entries = _documented_keys("### [[apis.identities]] and [[consumers.certificates]]")
+    assert entries == set(_rules.KEYS)
+    assert not problems
