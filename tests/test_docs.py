@@ -233,3 +233,35 @@ def test_configuration_reference_matches_the_reader(
     entries = _documented_keys("### [[apis.identities]] and [[consumers.certificates]]")
     assert entries == set(_rules.KEYS)
     assert not problems
+
+
+def test_plugin_guide_documents_every_testing_helper() -> None:
+    """docs/tutorials/writing-a-plugin.md names every public helper of twistedgw.testing,
+    every field of Call, RequestView and ClientIdentity, and every twistedgw.errors helper
+    with its status, code and message (so none can change or appear undocumented)."""
+    import dataclasses
+    import inspect
+
+    from twistedgw import errors, testing
+    from twistedgw.identity import ClientIdentity
+    from twistedgw.pipeline import Call, RequestView
+
+    guide = docpages.section("tutorials/writing-a-plugin.md", "## The testing helpers")
+    missing = []
+    helpers = [name for name, f in inspect.getmembers(testing, inspect.isfunction)
+               if f.__module__ == testing.__name__ and not name.startswith("_")]
+    assert "run" in helpers and "fake_call" in helpers
+    missing += [h for h in helpers if f"`{h}(" not in guide]
+    for cls in (Call, ClientIdentity):
+        missing += [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
+                    if f"`{f.name}`" not in guide]
+    missing += [f"RequestView.{f}" for f in RequestView._fields if f"`{f}`" not in guide]
+    for name, f in inspect.getmembers(errors, inspect.isfunction):
+        if f.__module__ != errors.__name__ or name == "write_error":
+            continue
+        args = ["x"] * len(inspect.signature(f).parameters)
+        e = f(*args) if name != "payload_too_large" else f(1)
+        row = re.search(rf"^\| `{name}\([^)]*\)` \| (\d+) \| `([^`]+)` \| (.+?) \|$", guide, re.M)
+        if row is None or row.groups() != (str(e.status), e.code, e.message):
+            missing.append(f"errors.{name}")
+    assert not missing

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests import docpages
 from tests.backend_fixture import BackendProcess
 from tests.e2e import echoed, get
 from tests.harness import GatewayProcess, env, free_port, gateway_config, start_gateway
@@ -215,39 +214,5 @@ def test_shipped_header_plugins_end_to_end(
         # And a verified caller passes, with both transforms.
         ok = get(gw.port, "/m/x", pki, client="partner-app")
         assert ok.status == 200 and echoed(ok, "X-Env") == ["prod"]
-    finally:
-        gw.stop()
-
-
-def _guide_blocks() -> tuple[str, str, str]:
-    """The plugin tutorial's example plugin, its TOML table and its in-memory test."""
-    section = docpages.section("tutorials/writing-a-plugin.md", "## Writing a plugin")
-    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2]]
-    plugin, toml, test = (b for b in blocks if b.strip())
-    return plugin, toml, test
-
-
-def test_the_guide_plugin_works_as_written(
-    tmp_path: Path, pki: DevPki, backend: BackendProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plugin, toml, test = _guide_blocks()
-    assert len(plugin.strip().splitlines()) < 40
-    site = tmp_path / "site"
-    drop = site / "twistedgw" / "plugins"
-    drop.mkdir(parents=True)
-    (drop / "tenant.py").write_text(plugin)
-    # The guide's in-memory test, run in the plugin module's namespace.
-    namespace: dict[str, Any] = {}
-    exec(compile(plugin, "tenant.py", "exec"), namespace)
-    exec(compile(test, "readme-test", "exec"), namespace)
-    # And the real thing: found on PYTHONPATH, configured by the guide's table.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    apis = [{"name": "T", "version": "1", "context": "/t", "backend": backend.url}]
-    port = free_port()
-    gw = start_gateway(tmp_path / "gw", gateway_config(pki, apis, port=port) + toml, port)
-    try:
-        assert get(gw.port, "/t/x", pki).status == 403
-        r = get(gw.port, "/t/x", pki, headers={"X-Tenant-Id": "globex"})
-        assert r.status == 200 and echoed(r, "X-Tenant") == ["globex"]
     finally:
         gw.stop()
