@@ -265,3 +265,23 @@ def test_plugin_guide_documents_every_testing_helper() -> None:
         if row is None or row.groups() != (str(e.status), e.code, e.message):
             missing.append(f"errors.{name}")
     assert not missing
+
+
+def test_changelog_keeps_a_changelog_with_versions() -> None:
+    """CHANGELOG.md: an Unreleased section first, then released versions newest first,
+    each dated, with Keep a Changelog's kinds of change; the package says the newest."""
+    from twistedgw import __version__
+
+    text = (REPO / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", text, re.M)
+    assert versions[0] == ("Unreleased", "")
+    released = versions[1:]
+    assert released and all(date for _, date in released)
+    numbers = [tuple(int(n) for n in v.split(".")) for v, _ in released]
+    assert numbers == sorted(numbers, reverse=True) and numbers[-1] == (0, 1, 0)
+    assert released[0][0] == __version__
+    kinds = set(re.findall(r"^### (\w+)", text, re.M))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security",
+                     "Performance"}, kinds
+    for version, _ in versions:
+        assert re.search(rf"^\[{re.escape(version)}\]: ", text, re.M), version

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twistedgw import _sdlisten  # noqa: F401
 
 __all__ = ["ConfigError", "make_service"]
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 if TYPE_CHECKING:
     from twistedgw.app import make_service
