@@ -95,3 +95,14 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
                    "twistedgw_request_duration_seconds_bucket", "twistedgw_backend_errors_total",
                    "twistedgw_certificate_expiry_timestamp_seconds"):
         assert needle in queries, needle
+
+
+def test_metrics_reference_lists_every_exported_metric(
+    exported: dict[str, set[str] | None],
+) -> None:
+    """docs/reference/metrics.md names every metric the registry exports."""
+    page = (REPO / "docs" / "reference" / "metrics.md").read_text()
+    families = {re.sub(r"_(total|created|bucket|sum|count)$", "", n) for n in exported}
+    missing = [f for f in sorted(families)
+               if f"`{f}`" not in page and f"`{f}_total`" not in page]
+    assert not missing

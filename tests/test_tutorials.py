@@ -6,7 +6,8 @@ docs/contributing.md, "Tested blocks"):
 - ``<!-- tested -->`` before a ```` ```sh ```` block: run it. A page's tested blocks run
   in order in one bash (``set -euo pipefail``), in an empty directory, with a fresh venv
   of this repository (``pip install .``, made once per test session) first on ``PATH``,
-  as after ``. .venv/bin/activate``. Ports 8080, 9443 and 9901 are replaced by free ones.
+  as after ``. .venv/bin/activate``. Ports 8080, 9090, 9443 and 9901 are replaced by free
+  ones.
 - ``<!-- file: PATH -->`` before any block: write its text to PATH (relative to that
   directory) before the next tested block runs, as a reader would with an editor.
 - ``<!-- output -->`` before a block: each of its lines must appear in what the tested
@@ -28,7 +29,7 @@ import pytest
 from tests import docpages
 from tests.harness import REPO, free_port
 
-PORTS = (8080, 9443, 9901)  # the tutorials' own ports, each replaced by a free one
+PORTS = (8080, 9090, 9443, 9901)  # the tutorials' own ports, each replaced by a free one
 
 
 @dataclass
