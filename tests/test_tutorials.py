@@ -127,16 +127,22 @@ def run_page(page: str, venv: Path, work: Path) -> None:
     proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    timed_out = False
     try:
         printed, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        timed_out = True
     finally:
         try:  # whatever the blocks left running (a gateway, a backend)
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if timed_out:
+        printed, _ = proc.communicate()
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                    for p in sorted(work.glob("*.log")))
-    assert proc.returncode == 0, f"{page} failed:\n{printed[-6000:]}{logs}"
+    assert not timed_out and proc.returncode == 0, (
+        f"{page} {'timed out' if timed_out else 'failed'}:\n{printed[-6000:]}{logs}")
     outputs = re.split(r"^@@step (\d+)@@$", printed, flags=re.M)
     by_step = {int(outputs[i]): outputs[i + 1] for i in range(1, len(outputs), 2)}
     for n, step in enumerate(page_steps):
