@@ -177,6 +177,9 @@ sni = [{hosts = ["a.example"]}]
 [cluster]
 redis = "redis://127.0.0.1"
 [[api_keys]]
+[[basic_users]]
+[[throttling_policies]]
+count = 1
 [[consumers]]
 [[jwt_issuers]]
 [[apis]]
@@ -190,6 +193,7 @@ _SECTIONS = {
     "tls.sni[]": "## [[tls.sni]]", "apis[]": "## [[apis]]",
     "apis[].tiers[]": "### [[apis.tiers]]", "apis[].backend_tls": "## [backend_tls]",
     "api_keys[]": "## [[api_keys]]", "consumers[]": "## [[consumers]]",
+    "basic_users[]": "## [[basic_users]]", "throttling_policies[]": "## [[throttling_policies]]",
     "jwt_issuers[]": "## [[jwt_issuers]]", "mutual_ssl": "## [mutual_ssl]",
     "authz": "## [authz]", "identity": "## [identity]", "limits": "## [limits]",
     "backend_tls": "## [backend_tls]", "cluster": "## [cluster]", "admin": "## [admin]",
