@@ -182,9 +182,11 @@ redis = "redis://127.0.0.1"
 count = 1
 [[consumers]]
 [[jwt_issuers]]
+[errors]
 [[apis]]
 backend_tls = {}
 tiers = [{requests_per_minute = 1}]
+application_security = {types = ["jwt"]}
 """
 
 # Where each reader's table is documented: its dotted path (indices dropped) -> heading.
@@ -192,6 +194,7 @@ _SECTIONS = {
     "": "## Top level", "listeners[]": "## [[listeners]]", "tls": "## [tls]",
     "tls.sni[]": "## [[tls.sni]]", "apis[]": "## [[apis]]",
     "apis[].tiers[]": "### [[apis.tiers]]", "apis[].backend_tls": "## [backend_tls]",
+    "apis[].application_security": "### apis.application_security", "errors": "## [errors]",
     "api_keys[]": "## [[api_keys]]", "consumers[]": "## [[consumers]]",
     "basic_users[]": "## [[basic_users]]", "throttling_policies[]": "## [[throttling_policies]]",
     "jwt_issuers[]": "## [[jwt_issuers]]", "mutual_ssl": "## [mutual_ssl]",
@@ -261,7 +264,9 @@ def test_plugin_guide_documents_every_testing_helper() -> None:
                     if f"`{f.name}`" not in guide]
     missing += [f"RequestView.{f}" for f in RequestView._fields if f"`{f}`" not in guide]
     for name, f in inspect.getmembers(errors, inspect.isfunction):
-        if f.__module__ != errors.__name__ or name == "write_error":
+        returns = inspect.signature(f).return_annotation
+        if f.__module__ != errors.__name__ or returns not in ("GatewayError",
+                                                              errors.GatewayError):
             continue
         args = ["x"] * len(inspect.signature(f).parameters)
         e = f(*args) if name != "payload_too_large" else f(1)
