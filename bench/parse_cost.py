@@ -11,7 +11,7 @@ request heads (about 140, 250 and 400 bytes), per head:
   Content-Length, Transfer-Encoding lists, Host count, target grammar, limits) and no
   request object: the floor a C parser could reach before those are added back;
 * ``split (Python)`` vs ``split (llhttp)``: the only part of the front's take llhttp can
-  replace while every rule still holds (session 5, bench/README.md "Fourth round"):
+  replace while every rule still holds (CHANGELOG.md 0.4.0, "Fourth round"):
   finding the lines, the obs-fold, colon and token-name checks and the value strip in
   Python, against a fresh ``HttpRequestParser`` per head (llhttp keeps state across
   requests) with ``on_header`` collecting the fields, plus what the front must still do

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests import docpages
 from tests.harness import gateway_config, table
 from twistedgw import _hosts as hosts
 from twistedgw import config as configmod
@@ -208,19 +209,16 @@ def test_auto_asks_only_where_an_api_needs_a_certificate(pki: DevPki, tmp_path: 
     assert asks_for_certificate(lb, public) and asks_for_certificate(lb, None)
 
 
-def test_readme_examples_load(pki: DevPki, tmp_path: Path) -> None:
-    """The README's Hostnames and SNI examples, with the dev PKI's files, load as written."""
-    import re
-
+def test_docs_examples_load(pki: DevPki, tmp_path: Path) -> None:
+    """docs/how-to/hostnames-and-sni.md's examples, with the dev PKI's files, load as written."""
     from twistedgw.app import _runtime as runtime
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = []
-    for heading in ("### Hostnames", "### SNI: server certificates and the CertificateRequest"):
-        section = readme.split(heading + "\n", 1)[1]
-        match = re.search(r"```toml\n(.*?)```", section, re.S)
-        assert match is not None, heading
-        blocks.append(match.group(1))
+    for heading in ("## Hostnames", "## SNI: server certificates and the CertificateRequest"):
+        section = docpages.section("how-to/hostnames-and-sni.md", heading)
+        found = docpages.code_blocks(section, "toml")
+        assert found, heading
+        blocks.append(found[0])
     text = "[[listeners]]\nport = 9095\n\n" + blocks[1] + "\n" + blocks[0]
     root = pki.authorities["server-root"]
     partners = root.server(("partners.example.com", "*.partners.example.com"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import docpages, jwtkit
 from tests import headerenc as enc
-from tests import jwtkit
 from tests.backend_fixture import BackendProcess, start_backend
 from tests.harness import GatewayProcess, Response, free_port, gateway_config, start_gateway, table
 from tests.lbsupport import echoed_headers, error, get, mutual_ssl_table
@@ -482,32 +483,35 @@ def test_https_jwks_url_is_verified_with_backend_tls(
             gw.stop()
 
 
-# --------------------------------------------------------------------------- the README
+# ----------------------------------------------------------- the how-to guide (docs/)
 
 
-def _readme_section() -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = readme.index("## Access tokens (JWT) and certificate binding")
-    return readme[start:readme.index("\n## ", start + 10)]
-
-
-def test_readme_worked_example_as_written(tmp_path: Path, pki: DevPki,
-                                          echo: BackendProcess) -> None:
-    """The README's key, JWKS, thumbprint and token commands, its TOML, and its curl."""
+def test_docs_worked_example_as_written(tmp_path: Path, pki: DevPki,
+                                        echo: BackendProcess) -> None:
+    """docs/how-to/jwt.md: its key, JWKS, thumbprint and token commands, its TOML, its curl."""
     import os
-    import re
     import shutil
     import subprocess
 
+    # A stock Debian shell's PATH (its python3 has no joserfc), not the test run's: the
+    # guide's commands must name the Python they need.
+    path = "/usr/local/bin:/usr/bin:/bin"
+
     def sh(script: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path,
-                              env=dict(os.environ), timeout=60, capture_output=True, text=True,
-                              check=False)
+                              env={**os.environ, "PATH": path}, timeout=60, capture_output=True,
+                              text=True, check=False)
 
-    section = _readme_section()
-    toml_block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
-    make_key, make_token = re.findall(r"```sh\n(.*?)```", section, re.S)[:2]
+    section = docpages.page("how-to/jwt.md")
+    toml_block = docpages.code_blocks(section, "toml")[0]
+    make_key, make_token = docpages.code_blocks(section, "sh")[:2]
     (tmp_path / "pki").mkdir()
+    # The guide runs its Python with the venv's interpreter, `.venv/bin/python` (issue 23
+    # item 11: Debian's python3 has no joserfc); here, the one running the tests.
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    venv_python.chmod(0o755)
     crt, key = pki.clients["partner-app"]
     shutil.copy(crt, tmp_path / "client.crt")
     shutil.copy(key, tmp_path / "client.key")
@@ -527,7 +531,7 @@ def test_readme_worked_example_as_written(tmp_path: Path, pki: DevPki,
         assert done.returncode == 0, (done.stdout, done.stderr, gw.output()[-2000:])
         seen = json.loads((tmp_path / "out.json").read_text())
         assert seen["path"].startswith("/orders/status")
-        # The same token from another certificate: refused, as the README says.
+        # The same token from another certificate: refused, as the guide says.
         token = (tmp_path / "token").read_text().strip()
         r = get(port, "/orders/status", bearer(token), pki=pki, client="partner-rsa", tls=True)
         refused(r, "900901", "token is not bound to the presented certificate")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import docpages
 from tests import headerenc as enc
-from tests.harness import REPO, env, gateway_config
+from tests.harness import REPO, env, free_port, gateway_config, request, start_gateway
 from twistedgw import __version__
 from twistedgw.app import _cli as cli
 from twistedgw.identity import _reasons as reasons
@@ -78,23 +79,16 @@ def test_demo_says_it_runs_in_the_foreground_and_how_to_stop(
     assert "foreground" in out and "Ctrl-C" in out
 
 
-def _readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"\n{title}\n")
-    end = text.find("\n#", start + len(title) + 2)
-    return text[start:end]
-
-
-def test_readme_lists_every_error_description() -> None:
-    errors = " ".join(_readme_section("### Errors").split())
+def test_error_reference_lists_every_error_description() -> None:
+    errors = " ".join(docpages.page("reference/errors.md").split())
     words = [v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)]
     words += ["no API key was presented", "API key is not valid"]
     missing = [w for w in words if f"`{w}" not in errors]
     assert not missing
 
 
-def test_readme_layout_names_every_module() -> None:
-    layout = _readme_section("## Layout")
+def test_architecture_page_names_every_module() -> None:
+    layout = docpages.section("explanation/architecture.md", "## Layout")
     modules = sorted(p.name for p in (REPO / "twistedgw").rglob("*.py")
                      if not p.name.startswith("__") and "plugins" not in p.parts[-2:-1])
     modules += sorted(p.name + "/" for p in (REPO / "twistedgw").iterdir()
@@ -104,6 +98,47 @@ def test_readme_layout_names_every_module() -> None:
 
 
 def test_docs_say_python3() -> None:
-    for doc in (REPO / "README.md", REPO / "bench" / "README.md"):
+    for doc in (REPO / "README.md", REPO / "bench" / "README.md", *docpages.DOCS.rglob("*.md")):
         text = doc.read_text()
         assert not re.search(r"(?<![\w`/])python (?:bench|-m|\S+\.py)", text), doc
+
+
+def test_dev_pki_says_what_it_wrote_and_the_password(tmp_path: Path) -> None:
+    """Issue 23 item 13: every file it wrote (the PKCS#12 stores too) and their password."""
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    out = tmp_path / "pki"
+    done = twistedgw("dev-pki", str(out))
+    assert done.returncode == 0, done.stderr
+    said = done.stdout
+    for entry in sorted(out.iterdir()):
+        assert entry.name in said, entry.name
+    for crt in sorted((out / "clients").glob("*.crt")):
+        assert re.search(rf"^\s+{re.escape(crt.stem)}\s+\S", said, re.M), crt.stem
+    found = re.search(r'password of keystore\.p12 and truststore\.p12: "([^"]+)"', said)
+    assert found is not None, said
+    password = found.group(1).encode()
+    key, cert, _ = pkcs12.load_key_and_certificates((out / "keystore.p12").read_bytes(), password)
+    assert key is not None and cert is not None
+    assert pkcs12.load_pkcs12((out / "truststore.p12").read_bytes(), password).additional_certs
+
+
+def test_demo_ports_can_be_changed(pki: DevPki, tmp_path: Path) -> None:
+    """``twistedgw demo --port P --backend-port B`` (issue 23 item 13): the gateway listens
+    on P, the sample backend on B, and the demo's APIs reach it there."""
+    directory = tmp_path / "example"
+    shutil.copytree(REPO / "conf" / "example", directory, ignore=shutil.ignore_patterns("pki"))
+    shutil.copytree(pki.directory, directory / "pki")
+    port, backend_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "twistedgw", "demo", "--directory", str(directory),
+            "--port", str(port), "--backend-port", str(backend_port)]
+    gw = start_gateway(directory, (directory / "gateway.toml").read_text(), port, argv=argv,
+                       wait_for=[backend_port])
+    try:
+        r = request(port, "/petstore/1.0.5/pet/1", pki, "partner-app")
+        assert r.status == 200, (r, gw.output())
+        assert f"sample backend on 127.0.0.1:{backend_port}" in gw.output()
+        assert f"https://localhost:{port}/petstore" in gw.output()
+        assert request(port, "/petstore/1.0.5/pet/1", pki).status == 401
+    finally:
+        assert gw.stop() == 0

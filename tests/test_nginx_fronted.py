@@ -589,7 +589,7 @@ def test_unit_files_match_the_example() -> None:
             for name, text in (("twistedgw-authz.service", service),
                                ("twistedgw-authz.socket", unit)):
                 p = Path(d) / name
-                p.write_text(text.replace("/usr/local/bin/twistedgw",
+                p.write_text(text.replace("/opt/twistedgw/bin/twistedgw",
                                           f"{sys.executable} -m twistedgw"))
                 paths.append(str(p))
             verify = subprocess.run(["systemd-analyze", "verify", *paths],

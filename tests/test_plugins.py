@@ -216,38 +216,3 @@ def test_shipped_header_plugins_end_to_end(
         assert ok.status == 200 and echoed(ok, "X-Env") == ["prod"]
     finally:
         gw.stop()
-
-
-def _readme_blocks() -> tuple[str, str, str]:
-    """The README's example plugin, its TOML table and its in-memory test, as written."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### Writing a plugin", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2]]
-    plugin, toml, test = (b for b in blocks if b.strip())
-    return plugin, toml, test
-
-
-def test_the_readme_plugin_works_as_written(
-    tmp_path: Path, pki: DevPki, backend: BackendProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plugin, toml, test = _readme_blocks()
-    assert len(plugin.strip().splitlines()) < 40
-    site = tmp_path / "site"
-    drop = site / "twistedgw" / "plugins"
-    drop.mkdir(parents=True)
-    (drop / "tenant.py").write_text(plugin)
-    # The README's in-memory test, run in the plugin module's namespace.
-    namespace: dict[str, Any] = {}
-    exec(compile(plugin, "tenant.py", "exec"), namespace)
-    exec(compile(test, "readme-test", "exec"), namespace)
-    # And the real thing: found on PYTHONPATH, configured by the README's table.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    apis = [{"name": "T", "version": "1", "context": "/t", "backend": backend.url}]
-    port = free_port()
-    gw = start_gateway(tmp_path / "gw", gateway_config(pki, apis, port=port) + toml, port)
-    try:
-        assert get(gw.port, "/t/x", pki).status == 403
-        r = get(gw.port, "/t/x", pki, headers={"X-Tenant-Id": "globex"})
-        assert r.status == 200 and echoed(r, "X-Tenant") == ["globex"]
-    finally:
-        gw.stop()

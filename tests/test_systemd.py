@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import docpages
 from tests.backend_fixture import BackendProcess
 from tests.harness import REPO, GatewayProcess, env, free_port, gateway_config, request
 from tests.opskit import wait_until
@@ -56,7 +57,7 @@ def _installed_units(tmp_path: Path) -> list[Path]:
     out = []
     for name in ("twistedgw.service", "twistedgw.socket"):
         text = (REPO / "conf" / name).read_text()
-        text = text.replace("/usr/local/bin/twistedgw", f"{sys.executable} -m twistedgw")
+        text = text.replace("/opt/twistedgw/bin/twistedgw", f"{sys.executable} -m twistedgw")
         path = tmp_path / name
         path.write_text(text)
         out.append(path)
@@ -101,3 +102,20 @@ def test_systemd_endpoint_without_a_socket_fails_clearly(
                           capture_output=True, text=True, timeout=30, env=env(), cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot listen" in done.stderr and "systemd passed no such socket" in done.stderr
+
+
+def test_units_run_the_install_the_docs_describe() -> None:
+    """Issue 23 item 13: on a PEP 668 Debian nothing puts twistedgw in /usr/local/bin; the
+    operations guide installs it into a venv, and every shipped unit runs that venv's
+    twistedgw (the symlink the guide adds is for people, not for the units)."""
+    install = docpages.section("how-to/operations.md", "## Installing on a server")
+    recipe = "\n".join(docpages.code_blocks(install, "sh"))
+    venv = re.search(r"python3 -m venv (/\S+)", recipe)
+    assert venv is not None, recipe
+    binary = f"{venv.group(1)}/bin/twistedgw"
+    assert re.search(rf"pip install .*\n?.*ln -s\S* {re.escape(binary)} /usr/local/bin/", recipe)
+    units = [REPO / "conf" / "twistedgw.service",
+             REPO / "conf" / "nginx-fronted" / "twistedgw-authz.service"]
+    for unit in units:
+        commands = re.findall(r"^ExecStart(?:Pre)?=(\S+)", unit.read_text(), re.M)
+        assert commands and set(commands) == {binary}, (unit, commands)

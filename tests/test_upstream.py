@@ -411,7 +411,7 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
         assert b"X-Id: " + safe in lines
 
 
-# -- per-request caches (bench/README.md, fifth round) --------------------------
+# -- per-request caches (CHANGELOG.md 0.4.0, fifth round) --------------------------
 
 
 def _head_removing(remove: set[bytes] | frozenset[bytes]) -> bytes:

@@ -134,7 +134,7 @@ x-wso2-endpoints:
         "#/paths/~1pet~1findByStatus/get/x-wso2-request-interceptor: "
         "x-wso2-request-interceptor is not supported: interceptors are Ballerina or Java code "
         "that twistedgw cannot run; a twistedgw plugin does the same job ([[apis.plugins]], a "
-        "request or response transform: see the README's \"Plugins\" section)",
+        "request or response transform: see docs/tutorials/writing-a-plugin.md)",
         "#/paths/~1pet~1findByStatus/get/x-wso2-sandbox-endpoints: x-wso2-sandbox-endpoints is "
         "not supported yet: sandbox credentials would reach the production backend; remove it "
         "to serve the API without it",

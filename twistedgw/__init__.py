@@ -1,6 +1,6 @@
 """twistedgw: an API gateway on Twisted with per-API mutual TLS.
 
-Embed it with ``make_service(config_path_or_config)``; see the README.
+Embed it with ``make_service(config_path_or_config)``; see docs/how-to/embedding.md.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twistedgw import _sdlisten  # noqa: F401
 
 __all__ = ["ConfigError", "make_service"]
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 if TYPE_CHECKING:
     from twistedgw.app import make_service

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twistedgw import config as configmod
 from twistedgw.config import ConfigError
@@ -161,22 +162,94 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+# What each client certificate of the dev PKI is for (``twistedgw dev-pki`` prints it).
+DEV_CLIENTS = {
+    "partner-app": "issued under partner-root through an intermediate it sends: passes",
+    "partner-direct": "issued by partner-root itself: passes",
+    "partner-rsa": "as partner-app, with an RSA key: passes",
+    "other-app": "issued by other-root: passes where the API accepts other-root",
+    "pinned": "self-signed, trusted by itself (alias pinned-client)",
+    "expired": "partner-root's, expired: 401 'certificate has expired'",
+    "not-yet-valid": "partner-root's, valid only from 30 days on",
+    "server-only": "partner-root's, for servers only (no clientAuth): refused",
+    "intruder": "from a CA no truststore holds (untrusted-root.crt): refused",
+    "ca-as-client": "a CA certificate presented as a client's: refused",
+    "lb": "a load balancer's certificate (alias lb-ca): identifies no caller",
+    "identity-app": "DNS, SPIFFE URI and e-mail SANs and a policy: identity rules",
+    "identity-renewed": "identity-app's key, certified again: SPKI pins survive",
+    "acme-app": "the consumer acme of the docs' examples",
+    "globex-app": "the consumer globex of the docs' examples (under other-root)",
+}
+
+
 def cmd_dev_pki(args: argparse.Namespace) -> int:
     from twistedgw.testing import devpki
 
     out = Path(args.directory)
     pki = devpki.generate(out, key_type=args.key_type)
-    print(f"Wrote a development PKI to {pki.directory} (never use it in production)")
-    print(f"  server certificate: {pki.server_cert}  (trust {pki.server_ca} as the client's CA)")
-    print(f"  truststore: {pki.truststore_dir}/ and {pki.truststore_p12}")
-    for name, (crt, _key) in sorted(pki.clients.items()):
-        print(f"  client {name}: {crt}")
-    print(f"  https backend: {pki.backend_cert} (CA {pki.backend_ca}); gateway's client")
-    print(f"    certificate for it: {pki.gateway_client_cert} (CA {pki.gateway_client_ca})")
+    password = pki.P12_PASSWORD
+    d = pki.directory
+    aliases = ", ".join(sorted(p.stem for p in pki.truststore_dir.glob("*.pem")))
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(d))
+
+    print(f"Wrote a development PKI to {d} (never use it in production: its private keys")
+    print("are unencrypted and its PKCS#12 password is public). In it:")
+    rows = [
+        (rel(pki.server_ca), "the CA of the gateway's server certificate: clients trust it"
+                             " (curl --cacert)"),
+        (f"{rel(pki.server_cert)}, {rel(pki.server_key)}",
+         "the gateway's server certificate (localhost) and key: [tls] certificate,"
+         " private_key"),
+        (rel(pki.keystore_p12), f'the same as a PKCS#12 keystore: [tls] keystore,'
+                                f' keystore_password = "{password}"'),
+        (rel(pki.truststore_dir) + "/", f"trusted client CAs and a pinned client, one PEM per"
+                                        f" alias ({aliases}): [tls] truststore"),
+        (rel(pki.truststore_p12), f"the same as a PKCS#12 truststore (aliases are friendly"
+                                  f' names): truststore_password = "{password}"'),
+        ("intermediates.pem", "partner-root's issuing CA: [mutual_ssl] intermediates"),
+        ("untrusted-root.crt", "a CA no truststore holds (it issued clients/intruder.crt)"),
+        (f"{rel(pki.backend_dir)}/", "an https backend's CA, certificate and key, and the"
+                                     " gateway's client certificate for it ([backend_tls])"),
+    ]
+    for name, what in rows:
+        print(f"  {name}\n      {what}")
+    print("  clients/NAME.crt and clients/NAME.key, client certificates and their keys:")
+    for name in sorted(pki.clients):
+        print(f"      {name:<17} {DEV_CLIENTS.get(name, '')}".rstrip())
+    print(f'PKCS#12 password of keystore.p12 and truststore.p12: "{password}"')
     return 0
 
 
 DEMO_DIR = Path("conf") / "example"  # relative to the repository root, where the demo runs
+
+
+DEMO_BACKEND_PORT = 8080  # where conf/example/gateway.toml's APIs send requests
+
+
+def _demo_ports(
+    cfg: configmod.GatewayConfig, port: int | None, backend_port: int
+) -> configmod.GatewayConfig:
+    """The demo's config with the gateway's first listener on ``port`` (when given) and
+    every backend URL on the sample backend's address moved to ``backend_port``."""
+    from dataclasses import replace
+
+    listeners = cfg.listeners
+    if port is not None:
+        listeners = (replace(listeners[0], port=port), *listeners[1:])
+
+    def moved(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.netloc != f"127.0.0.1:{DEMO_BACKEND_PORT}":
+            return url
+        return urlunsplit(parts._replace(netloc=f"127.0.0.1:{backend_port}"))
+
+    apis = tuple(
+        replace(api, backend=moved(api.backend), backends=tuple(moved(u) for u in api.backends))
+        for api in cfg.apis
+    )
+    return replace(cfg, listeners=listeners, apis=apis)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -194,10 +267,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg, _ = _load(str(config_path))
     except ConfigError as e:
         return _fail(e.problems)
+    backend_port = args.backend_port
+    cfg = _demo_ports(cfg, args.port, backend_port)
     listener = cfg.listeners[0]
     base = f"https://localhost:{listener.port}"
     pki = directory / "pki"
-    print("twistedgw demo: gateway on", base, "with a sample backend on 127.0.0.1:8080\n")
+    print("twistedgw demo: gateway on", base,
+          f"with a sample backend on 127.0.0.1:{backend_port}\n")
     print("Try (from the repository root):")
     print(f"  curl --cacert {pki}/server-ca.crt --cert {pki}/clients/partner-app.crt \\")
     print(f"       --key {pki}/clients/partner-app.key {base}/petstore/1.0.5/pet/1")
@@ -211,8 +287,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print("The gateway and the sample backend run in the foreground, in this terminal:")
     print("try the commands above from another terminal; stop both with Ctrl-C.")
+    if args.port is not None or backend_port != DEMO_BACKEND_PORT:
+        print(f"(The ports given here apply to this run: a reload re-reads {config_path}.)")
     print()
-    return serve(cfg, before_run=lambda reactor: samplebackend.listen(reactor, 8080))
+    return serve(cfg, before_run=lambda reactor: samplebackend.listen(reactor, backend_port))
 
 
 def cmd_decode_header(args: argparse.Namespace) -> int:
@@ -365,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
     p.set_defaults(func=cmd_dev_pki)
     p = sub.add_parser("demo", help="dev PKI + sample backend + gateway on conf/example")
-    p.add_argument("--directory", default=str(DEMO_DIR))
+    p.add_argument("--directory", default=str(DEMO_DIR),
+                   help="a directory holding gateway.toml (its pki/ is generated when absent;"
+                        " default conf/example, from the repository root)")
+    p.add_argument("--port", type=int, default=None,
+                   help="the gateway's port (default: the config's first listener, 9095)")
+    p.add_argument("--backend-port", type=int, default=DEMO_BACKEND_PORT,
+                   help=f"the sample backend's port (default {DEMO_BACKEND_PORT}); the"
+                        f" APIs' backend URLs on 127.0.0.1:{DEMO_BACKEND_PORT} follow it")
     p.set_defaults(func=cmd_demo)
     from twistedgw.config import HEADER_ENCODINGS
 

@@ -65,7 +65,7 @@ class ApiConfig:
     tiers: tuple[Tier, ...] = ()
     backend_tls: BackendTlsConfig | None = None  # None = the top-level [backend_tls]
     plugins: tuple[PluginSpec, ...] = ()  # in the order they run
-    # JWT access tokens (section "JWT access tokens" of the README)
+    # JWT access tokens (docs/how-to/jwt.md)
     jwt: Mode = Mode.DISABLED
     jwt_issuers: tuple[str, ...] | None = None  # names; None = every [[jwt_issuers]]
     certificate_bound: str = "when_claimed"  # RFC 8705: "required" | "when_claimed" | "off"
@@ -299,7 +299,7 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
     share a context only when their ``hosts`` do not overlap (one may have none)."""
     for where, other in sharing:
         if api.hosts is None and other.hosts is None:
-            # (APIs may share a context when their hosts do not overlap: README.)
+            # (APIs share a context only when their hosts do not overlap: hostnames-and-sni.md)
             message = f"duplicate context {api.context!r} (also used by {where})"
             origin = api.openapi
             if origin is not None and origin.context_from is not None:

@@ -89,7 +89,7 @@ def _endpoint_security(value: Any) -> str | None:
 _HONOURED_API = {API: Support.HONOURED}
 _PLUGIN = ("interceptors are Ballerina or Java code that twistedgw cannot run; a twistedgw "
            "plugin does the same job ([[apis.plugins]], a request or response transform: see "
-           "the README's \"Plugins\" section)")
+           "docs/tutorials/writing-a-plugin.md)")
 
 EXTENSIONS: tuple[Extension, ...] = (
     Extension(

@@ -50,7 +50,7 @@ class RequestRecord(NamedTuple):
     """One finished request, for the access log and metrics.
 
     Immutable; a tuple because one is built per request and a frozen dataclass's
-    ``__init__`` cost three times as much (bench/README.md, fifth round).
+    ``__init__`` cost three times as much (CHANGELOG.md 0.4.0, fifth round).
     """
 
     started: float

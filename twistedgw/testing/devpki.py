@@ -409,7 +409,7 @@ def generate(directory: Path, key_type: KeyType = "ec") -> DevPki:
     ``partner-root``, which no path may accept as a client's.
     ``identity-app`` carries a DNS, a SPIFFE URI and an e-mail SAN and the
     policy ``IDENTITY_POLICY_OID``; ``identity-renewed`` reuses its key;
-    ``acme-app`` and ``globex-app`` are the consumers of the README's examples.
+    ``acme-app`` and ``globex-app`` are the consumers of the docs' examples.
     """
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)

@@ -513,7 +513,7 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
     the protocol one at a time (each ``directlyProvides`` replacing the one before,
     nine for a TCP server transport), then ``ProtocolWrapper.makeConnection`` declares
     them all at once: the first pass was ~5% of a resumed connection's CPU (py-spy,
-    bench/README.md). This does what Twisted's does with one declaration.
+    CHANGELOG.md 0.4.0). This does what Twisted's does with one declaration.
 
     It is a ``TLSMemoryBIOProtocol``, not Twisted's default ``BufferingTLSTransport``:
     every write is encrypted at once, without the zero-delay timer that aggregates

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client for the forwarding hot path: bytes out, bytes in.
 
 Twisted's ``Agent`` spent about a fifth of the gateway's CPU per keep-alive
-request (bench/README.md): URL parsing, endpoint and pool Deferreds, a
+request (CHANGELOG.md, 0.2.0 performance notes): URL parsing, endpoint and pool Deferreds, a
 line-by-line parser building ``Headers``, and a pause/resume of the backend
 socket per response (two epoll calls). The forwarder needs much less: write a
 request head it has already built, parse one response head, relay the body

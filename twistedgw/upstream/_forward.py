@@ -840,7 +840,7 @@ class _Deadlines:
     when it passes); one reactor call is kept at (or before) the earliest one. Arming,
     re-arming and disarming is a dict update, where a timer per request cost a
     ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
-    request's CPU in their own frames, more in the reactor's heap: bench/README.md,
+    request's CPU in their own frames, more in the reactor's heap: CHANGELOG.md 0.4.0,
     fifth round). When the call fires before any deadline (the earliest exchange
     finished), it moves to the earliest left. With no exchange armed none is pending.
     """
