@@ -210,7 +210,8 @@ def test_consumer_tier_shared_by_two_instances(
     r = get(second.port, TIERED, pki, headers={"apikey": key})
     assert r.status == 429 and "consumer's" in r.json()["description"]
     keys = redis.command("KEYS", "twistedgw:*")
-    assert keys == [b"twistedgw:/tiered\x00consumer:acme"], keys
+    # One bucket per API (name:version), whatever context it shares (tier_bucket_key).
+    assert keys == [b"twistedgw:Tiered:1\x00consumer:acme"], keys
 
 
 def test_without_cluster_each_process_counts_on_its_own(
