@@ -30,6 +30,7 @@ from twistedgw.pipeline._interfaces import (
 )
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
+from twistedgw.pipeline._tiers import tier_bucket_key
 
 __all__ = [
     "API_KEY_HEADER",
@@ -61,4 +62,5 @@ __all__ = [
     "hash_password",
     "installed",
     "protected_headers",
+    "tier_bucket_key",
 ]
