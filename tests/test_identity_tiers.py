@@ -27,6 +27,9 @@ FORGED = [
     ("Client-Cert-Chain", ":AAAA:"),
     ("X-Client-Cert-Subject", "CN=admin"),
     ("X-Client-Cert-Sha256", "00"),
+    # What the authz endpoint answers NGINX with: never from a caller (issue 22 item 9).
+    ("X-Twistedgw-Principal", "CN=admin"),
+    ("X-Twistedgw-Api", "Admin:1"),
 ]
 IDENTITY_HEADERS = (
     "x-forwarded-client-cert",
@@ -34,6 +37,8 @@ IDENTITY_HEADERS = (
     "client-cert-chain",
     "x-client-cert-subject",
     "x-client-cert-sha256",
+    "x-twistedgw-principal",
+    "x-twistedgw-api",
 )
 
 
