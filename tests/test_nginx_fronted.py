@@ -556,6 +556,10 @@ def test_authz_on_a_socket_activated_unix_socket(
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        import grp
+        import os
+
+        os.chown(sock, -1, grp.getgrnam("www-data").gr_gid)  # the unit's SocketGroup=
         import socket as socketmod
 
         # The first connection makes systemd-socket-activate start twistedgw.
@@ -639,7 +643,7 @@ def test_every_example_renders_and_passes_nginx_t(
     text = (REPO / "conf" / example_dir / "gateway.toml").read_text()
     doc = tomllib.loads(text.replace(EXAMPLE_PKI, str(tmp_path / "pki")))
     sock = tmp_path / "authz.sock"
-    doc["listeners"] = [{"endpoint": f"unix:{sock}", "tls": False}]
+    doc["listeners"] = [{"endpoint": f"unix:{sock}", "tls": False, "group": "www-data"}]
     doc["tls"] = {k: v for k, v in doc.get("tls", {}).items()
                   if k not in ("keystore", "keystore_password")}
     doc["tls"].setdefault("certificate", str(tmp_path / "pki" / "server.crt"))
