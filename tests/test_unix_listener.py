@@ -269,3 +269,23 @@ def test_good_unix_listeners() -> None:
     assert lb.trust_unix_socket and lb.unix_peer_uids == {pwd.getpwnam("www-data").pw_uid, 0}
     unix = parsed.config.listeners[0].unix
     assert unix is not None and unix.mode == 0o600 and unix.address == "/run/gw/a.sock"
+
+
+def test_unix_endpoint_strings_fail_only_with_value_error() -> None:
+    """Whatever follows "unix:", the reader says what is wrong (a config problem) or
+    parses it; nothing else escapes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from twistedgw import _unixsockets as unixsockets
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from("/a@:=\\\x00m0o6de7lckfibtr"), max_size=40))
+    def check(rest: str) -> None:
+        try:
+            parsed = unixsockets.parse("unix:" + rest)
+        except ValueError:
+            return
+        assert parsed.address and not parsed.mode & ~0o660
+
+    check()
