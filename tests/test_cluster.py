@@ -453,7 +453,8 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     class Call:
         mtls_passed = True
         consumer = None
-        api = type("Api", (), {"context": "/t", "tiers": (Tier("partner-root", 30),)})()
+        api = type("Api", (), {"context": "/t", "label": "T:1",
+                               "tiers": (Tier("partner-root", 30),)})()
 
     call = Call()
     call.identity = identity  # type: ignore[attr-defined]
@@ -463,7 +464,7 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     stage = Tiers(store)
     assert stage.authorise(call) is None  # type: ignore[arg-type]
     assert store.seen[0].requests_per_minute == 30
-    assert store.seen[0].key.startswith(b"/t\x00leaf:")
+    assert store.seen[0].key.startswith(b"T:1\x00leaf:")  # the API's name:version
     refused = stage.authorise(call)  # type: ignore[arg-type]
     assert isinstance(refused, Refusal) and refused.error.status == 429
     assert refused.headers == ((b"Retry-After", b"2"),)

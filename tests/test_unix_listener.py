@@ -105,6 +105,7 @@ def test_only_the_listeners_group_may_connect_and_be_trusted(
     text = fronted(pki, backend, port, f"unix:{sock}", group="www-data")
     gw = start_gateway(shared_dir / "gw", text, port)
     try:
+        wait_until(sock.exists, what="the Unix socket")  # the TCP port may come first
         st = os.stat(sock)
         assert stat.S_IMODE(st.st_mode) == 0o660, oct(st.st_mode)
         assert st.st_gid == WWW_DATA.gr_gid
