@@ -58,7 +58,7 @@ def tier_for(
     return None
 
 
-def counted(tier: Tier, identity: ClientIdentity | None) -> bytes | None:
+def bucket_key(tier: Tier, identity: ClientIdentity | None) -> bytes | None:
     """What a tier counts: the consumer, or the leaf certificate (None: nothing to count)."""
     if tier.consumer is not None:
         return b"consumer:" + tier.consumer.encode()
@@ -71,7 +71,7 @@ def tier_bucket_key(api_label: str, caller: bytes, prefix: bytes = b"") -> bytes
 
     ``prefix + api_label + b"\\x00" + caller``, where ``prefix`` is ``[cluster]
     key_prefix`` in Redis (UTF-8; empty in process), ``api_label`` the API's
-    ``name:version`` (UTF-8) and ``caller`` what the tier counts (``counted``):
+    ``name:version`` (UTF-8) and ``caller`` what the tier counts (``bucket_key``):
     ``b"leaf:"`` + the 32-byte SHA-256 of the leaf certificate's DER (binary, not hex)
     for an alias tier, ``b"consumer:"`` + the consumer's name for a consumer tier.
     For example ``twistedgw:Orders:v2\\x00consumer:acme``.
@@ -100,7 +100,7 @@ def limit_for(
     """The tier that applies to this caller on this API and the bucket it spends; None
     when nothing limits it. The one place that decides; every store uses it."""
     tier = tier_for(api, identity, consumer)
-    which = counted(tier, identity) if tier is not None else None
+    which = bucket_key(tier, identity) if tier is not None else None
     if tier is None or which is None:
         return None
     return Limit(
