@@ -765,6 +765,9 @@ def test_unix_socket_is_trusted_only_when_listed(
         text = text.replace('trusted_proxies = ["unix"]', 'trusted_proxies = ["127.0.0.1/32"]')
     gw = start_gateway(tmp_path / "gw", text, direct_port)
     try:
+        deadline = time.monotonic() + 10  # the TCP listener may be up before the socket
+        while not (tmp_path / "authz.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         cert = quote(pki.clients["partner-direct"][0].read_text(), safe="")
         data = _unix_get(tmp_path / "authz.sock", "/_twistedgw/authz",
                          {"X-Original-URI": PET, "X-SSL-Client-Cert": cert})

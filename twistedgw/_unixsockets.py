@@ -35,6 +35,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import tcp, unix
+from twisted.python.lockfile import FilesystemLock
+
 #: The mode of a socket twistedgw creates: its owner and its group may connect.
 DEFAULT_MODE = 0o660
 _OPTIONS = ("address", "mode", "backlog", "lockfile")
@@ -204,8 +207,6 @@ def create(endpoint: UnixEndpoint, gid: int | None) -> tuple[socket.socket, Any]
     The socket is bound under a ``0177`` umask (only its owner could connect), given
     its group, then its mode, and only then listens.
     """
-    from twisted.python.lockfile import FilesystemLock
-
     path = endpoint.address
     if endpoint.abstract:  # Linux's abstract namespace: no file to protect or lock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -255,46 +256,35 @@ def create(endpoint: UnixEndpoint, gid: int | None) -> tuple[socket.socket, Any]
     return sock, lock
 
 
-def _port_class() -> Any:
-    from twisted.internet import tcp, unix
+class UnixPort(unix.Port):  # type: ignore[misc]
+    """Twisted's Unix port, but leaving the socket file's mode as it is, and leaving
+    the file itself behind unless ``owns_file`` (the one who made it removes it: this
+    process for ``create``, systemd or the parent otherwise). The private Twisted
+    names it relies on are listed in ``_twisted.USED``."""
 
-    class UnixPort(unix.Port):  # type: ignore[misc]
-        """Twisted's Unix port, but leaving the socket file's mode as it is, and
-        leaving the file itself behind unless ``owns_file`` (the one who made it
-        removes it: this process for ``create``, systemd or the parent otherwise). The
-        private Twisted names it relies on are listed in ``_twisted.USED``."""
+    owns_file = False
 
-        owns_file = False
+    def startListening(self) -> None:
+        # unix.Port chmods the file to self.mode (0666 unless told otherwise), adopted
+        # sockets included: make that its own mode, a no-op.
+        path = self._bindPath
+        if path[:1] not in (b"\0", "\0"):
+            self.mode = stat.S_IMODE(os.stat(path).st_mode)
+        super().startListening()
 
-        def startListening(self) -> None:
-            # unix.Port chmods the file to self.mode (0666 unless told otherwise),
-            # adopted sockets included: make that its own mode, a no-op.
-            path = self._bindPath
-            if path[:1] not in (b"\0", "\0"):
-                self.mode = stat.S_IMODE(os.stat(path).st_mode)
-            super().startListening()
-
-        def connectionLost(self, reason: Any) -> None:
-            if self.owns_file:
-                super().connectionLost(reason)
-                return
-            if self.lockFile is not None:
-                self.lockFile.unlock()
-            tcp.Port.connectionLost(self, reason)
-
-    return UnixPort
-
-
-_UnixPort: Any = None
+    def connectionLost(self, reason: Any) -> None:
+        if self.owns_file:
+            super().connectionLost(reason)
+            return
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
 
 
 def adopt(reactor: Any, fd: int, factory: Any, *, owns_file: bool, lock: Any = None) -> Any:
     """Listen (as ``reactor.adoptStreamPort`` does) on the listening Unix socket ``fd``
     with a ``UnixPort``; the descriptor is duplicated, the caller keeps ``fd``."""
-    global _UnixPort
-    if _UnixPort is None:
-        _UnixPort = _port_class()
-    port = _UnixPort._fromListeningDescriptor(reactor, fd, factory)
+    port = UnixPort._fromListeningDescriptor(reactor, fd, factory)
     port.owns_file = owns_file
     port.lockFile = lock
     port.startListening()
