@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
-from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, Security
+from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
 from twistedgw.identity import Outcome
 from twistedgw.identity import _forwarding as idforward
 from twistedgw.identity import _reasons as reasons
@@ -218,8 +218,14 @@ def differs_by_operation(api: ApiConfig) -> bool:
     """
     if api.operations is None:
         return False
-    own = Security(api.mutual_ssl, api.api_key, api.api_key_header, api.jwt)
-    return len({own if op.security is None else op.security for op in api.operations}) > 1
+    schemes = set()
+    for op in api.operations:
+        runs = operation_config(api, op)  # the API itself, or the operation's variant
+        schemes.add(
+            (runs.mutual_ssl, runs.api_key, runs.api_key_header, runs.jwt, runs.basic_auth,
+             runs.any_of)
+        )
+    return len(schemes) > 1
 
 
 def method_override_headers(api: ApiConfig) -> tuple[str, ...]:
