@@ -375,6 +375,7 @@ def fronted_gateway_conf(work: Path, name: str, pki: devpki.DevPki, port: int, b
     return f"""
 [[listeners]]
 endpoint = "unix:{work}/{name}.sock"
+group = "{os.getgid()}"
 tls = false
 
 [tls]

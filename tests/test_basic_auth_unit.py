@@ -314,6 +314,7 @@ def test_basic_authorization_is_stripped_bearer_is_not() -> None:
 NGINX_FRONTED = """
 [[listeners]]
 endpoint = "unix:/run/twistedgw/authz.sock"
+group = "www-data"
 tls = false
 [mutual_ssl]
 certificate_header = "X-SSL-Client-Cert"

@@ -210,7 +210,8 @@ def test_consumer_tier_shared_by_two_instances(
     r = get(second.port, TIERED, pki, headers={"apikey": key})
     assert r.status == 429 and "consumer's" in r.json()["description"]
     keys = redis.command("KEYS", "twistedgw:*")
-    assert keys == [b"twistedgw:/tiered\x00consumer:acme"], keys
+    # One bucket per API (name:version), whatever context it shares (tier_bucket_key).
+    assert keys == [b"twistedgw:Tiered:1\x00consumer:acme"], keys
 
 
 def test_without_cluster_each_process_counts_on_its_own(
@@ -452,7 +453,8 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     class Call:
         mtls_passed = True
         consumer = None
-        api = type("Api", (), {"context": "/t", "tiers": (Tier("partner-root", 30),)})()
+        api = type("Api", (), {"context": "/t", "label": "T:1",
+                               "tiers": (Tier("partner-root", 30),)})()
 
     call = Call()
     call.identity = identity  # type: ignore[attr-defined]
@@ -462,7 +464,7 @@ def test_tiers_stage_with_a_deferred_store(pki: DevPki) -> None:
     stage = Tiers(store)
     assert stage.authorise(call) is None  # type: ignore[arg-type]
     assert store.seen[0].requests_per_minute == 30
-    assert store.seen[0].key.startswith(b"/t\x00leaf:")
+    assert store.seen[0].key.startswith(b"T:1\x00leaf:")  # the API's name:version
     refused = stage.authorise(call)  # type: ignore[arg-type]
     assert isinstance(refused, Refusal) and refused.error.status == 429
     assert refused.headers == ((b"Retry-After", b"2"),)
@@ -697,3 +699,149 @@ def test_store_timeout_noscript_garbage_in_memory() -> None:
         store.take_limit(limit)
     assert observer.errors[-1] == "overload"
     assert "on_failure = closed" in store.describe()
+
+
+def _burst(port: int, pki: DevPki, connections: int, pipelined: int) -> list[int]:
+    """Open ``connections`` TLS connections, then send ``pipelined`` requests on each at
+    once, so the gateway reads them in one long reactor iteration; every status read."""
+    import socket
+    import ssl
+
+    ctx = context(pki, "partner-app")
+    socks: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(connections):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+            socks.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        wire = b"GET " + TIERED.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for sock in socks:
+            sock.sendall(wire * pipelined)
+        got: list[int] = []
+        for sock in socks:
+            buffered = sock.makefile("rb")
+            for _ in range(pipelined):
+                status_line = buffered.readline()
+                if not status_line:
+                    break  # a refusal closes the connection
+                got.append(int(status_line.split()[1]))
+                length = 0
+                while (line := buffered.readline()) not in (b"\r\n", b""):
+                    name, _, raw_value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(raw_value)
+                buffered.read(length)
+        return got
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_burst_never_opens_the_limit_while_redis_answers(
+    gateways: Gateways, redis: RedisProcess, backend: BackendProcess, pki: DevPki,
+) -> None:
+    """Issue 22 item 5: hundreds of connections with pipelined requests make one reactor
+    iteration longer than ``timeout``; Redis answered in time, so ``on_failure = "open"``
+    must not serve them: at most the limit gets through, as in any other load."""
+    limit = 10
+    gw, admin = gateways.start(apis(backend, limit), cluster(redis.port, on_failure="open"))
+    got = _burst(gw.port, pki, connections=250, pipelined=4)
+    assert got.count(200) <= limit, (got.count(200), len(got))
+    assert set(got) <= {200, 429}, sorted(set(got))
+    # Once the burst is over, Redis's shared bucket is the one in force again.
+    assert get(gw.port, TIERED, pki, "partner-app").status == 429
+    # Every check was answered by Redis in time or timed out on the live connection
+    # (answered from the gateway's own bucket); never "down".
+    metrics = scrape(admin)
+    trips = value(metrics, "twistedgw_cluster_store_round_trip_seconds_count")
+    timeouts = value(metrics, "twistedgw_cluster_store_errors_total", kind="timeout")
+    assert trips + timeouts == len(got) + 1, (trips, timeouts)
+    assert value(metrics, "twistedgw_cluster_store_errors_total", kind="down") == 0
+
+
+def test_a_late_timer_loses_to_a_received_reply_and_falls_back_to_own_bucket() -> None:
+    """The two rules behind the burst test, in memory: the timer decides only after the
+    reactor's next poll (a reply read meanwhile wins), and an unanswered check on a
+    live connection spends from this process's bucket, which also counts what Redis
+    allowed here, instead of opening the gate."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from twistedgw.config import ClusterConfig
+    from twistedgw.pipeline import _cluster as cluster
+    from twistedgw.pipeline import _tiers as tiers
+
+    class ReactorClock(Clock):
+        """Runs only the calls due when advanced, as ``runUntilCurrent`` does: a call
+        made meanwhile waits for the next advance (after the reactor's next poll)."""
+
+        def advance(self, amount: float) -> None:
+            self.rightNow += amount
+            for call in sorted(self.calls, key=lambda c: c.getTime()):
+                if call.getTime() <= self.rightNow and call in self.calls:
+                    self.calls.remove(call)
+                    call.called = 1
+                    call.func(*call.args, **call.kw)
+
+    class Conn:
+        connected = 1
+
+        def __init__(self) -> None:
+            self.pending: list[Deferred[Any]] = []
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.pending.append(d)
+            return d
+
+    errors: list[str] = []
+
+    class Observer:
+        def cluster_error(self, kind: str) -> None:
+            errors.append(kind)
+
+        def cluster_round_trip(self, seconds: float) -> None:
+            pass
+
+        def cluster_state(self, problem: str | None) -> None:
+            pass
+
+    clock = ReactorClock()
+    settings = ClusterConfig(redis="redis://x", timeout=0.05, on_failure="open")
+    store = cluster.RedisTierStore(settings, clock, observer=Observer(), endpoint=object())
+    store.local = tiers.TierThrottle(clock=clock.seconds)
+    conn = Conn()
+    store._conn = conn
+    limit = tiers.Limit(b"/t\x00leaf:k", 3)
+    results: list[Any] = []
+
+    # The timer is due, but the reply is read before the reactor's next timed calls.
+    store.take_limit(limit).addBoth(results.append)
+    clock.advance(0.06)
+    assert results == []
+    conn.pending[-1].callback([0, 2_000_000])
+    clock.advance(0)
+    assert results == [2.0] and errors == []
+
+    # Redis allows two here, in time: this process's bucket counts them.
+    for _ in range(2):
+        store.take_limit(limit).addBoth(results.append)
+        conn.pending[-1].callback([1, 0])
+    assert results[1:] == [None, None]
+    # Two checks unanswered on the live connection: one token left here, then none.
+    store.take_limit(limit).addBoth(results.append)
+    store.take_limit(limit).addBoth(results.append)
+    clock.advance(0.06)
+    clock.advance(0)
+    assert results[3] is None and isinstance(results[4], float) and results[4] > 0, results
+    assert errors == ["timeout", "timeout"]
+    # Their late replies change nothing; Redis counted them.
+    conn.pending[-1].callback([1, 0])
+    conn.pending[-2].callback([1, 0])
+    assert len(results) == 5 and store._in_flight == 0
+
+    # The connection gone by then: on_failure's answer (open: served without a limit).
+    store.take_limit(limit).addBoth(results.append)
+    store._conn = None
+    clock.advance(0.06)
+    clock.advance(0)
+    assert results[5] is None and errors[-1] == "timeout"

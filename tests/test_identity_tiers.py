@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.backend_fixture import BackendProcess
-from tests.e2e import echoed, get, running_gateway
+from tests.e2e import context, echoed, get, running_gateway, tls_connect
 from twistedgw.testing.devpki import DevPki
 
 FORGED = [
@@ -27,6 +27,9 @@ FORGED = [
     ("Client-Cert-Chain", ":AAAA:"),
     ("X-Client-Cert-Subject", "CN=admin"),
     ("X-Client-Cert-Sha256", "00"),
+    # What the authz endpoint answers NGINX with: never from a caller (issue 22 item 9).
+    ("X-Twistedgw-Principal", "CN=admin"),
+    ("X-Twistedgw-Api", "Admin:1"),
 ]
 IDENTITY_HEADERS = (
     "x-forwarded-client-cert",
@@ -34,6 +37,8 @@ IDENTITY_HEADERS = (
     "client-cert-chain",
     "x-client-cert-subject",
     "x-client-cert-sha256",
+    "x-twistedgw-principal",
+    "x-twistedgw-api",
 )
 
 
@@ -128,3 +133,35 @@ def test_tiers_per_certificate(tmp_path: Path, pki: DevPki, backend: BackendProc
             time.sleep(0.05)
         assert "Reloaded" in gw.output()
         assert get(gw.port, "/mtls/x", pki, "partner-app").status == 429
+
+
+def test_apis_sharing_a_context_through_hosts_have_a_bucket_each(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    """Issue 23 item 9: calls to a 1000/min API must not spend a 3/min API's budget
+    when both share a context (told apart by ``hosts``)."""
+    base = {"version": "1", "backend": backend.url, "context": "/mtls",
+            "mutual_ssl": "mandatory"}
+    shared = [
+        {**base, "name": "Big", "hosts": ["big.example"],
+         "tiers": [{"alias": "partner-root", "requests_per_minute": 1000}]},
+        {**base, "name": "Small", "hosts": ["small.example"],
+         "tiers": [{"alias": "partner-root", "requests_per_minute": 3}]},
+    ]
+
+    def call(host: str) -> int:
+        conn = tls_connect(gw.port, context(pki, "partner-app"))
+        try:
+            conn.putrequest("GET", "/mtls/x", skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    with running_gateway(tmp_path, pki, shared) as gw:
+        assert [call("big.example") for _ in range(5)] == [200] * 5
+        assert [call("small.example") for _ in range(4)] == [200, 200, 200, 429]
+        assert call("big.example") == 200

@@ -177,3 +177,68 @@ def test_reason_labels_are_bounded() -> None:
     assert reason_label(f"{reasons.INVALID}: path length constraint exceeded") == "invalid"
     assert reason_label("certificate header could not be decoded: bad base64") == "undecodable"
     assert reason_label("something new and detailed 1234") == "other"
+
+
+def test_a_refusal_is_logged_and_counted_with_its_reason_and_code(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    """Issue 23 item 12: a certificate that verifies but is not one of the API's aliases
+    was logged "mtls": "verified", "reason": null and counted result="verified"; every
+    refusal, whichever stage made it, now carries its reason and error code."""
+    gw, admin, log = _start(gateway, backend, tmp_path)
+    before = scrape(admin)
+    r = request(gw.port, "/echo/x", pki, "other-app")  # trusted, not under partner-root
+    assert r.status == 401 and r.json()["description"] == reasons.NOT_FOR_API, r.body
+    r = request(gw.port, "/keyed/x", pki)  # no API key: refused by another scheme
+    assert r.status == 401
+    missing_key = r.json()
+    assert request(gw.port, "/echo/ok", pki, "partner-app").status == 200
+    assert request(gw.port, "/nothing", pki).status == 404  # routing's refusal
+    assert request(gw.port, "/echo/a<b", pki).status == 400  # the HTTP front's
+    wait_until(lambda: len(read_json_lines(log)) >= 5, what="5 access-log lines")
+    wrong, keyless, ok, nowhere, malformed = read_json_lines(log)
+    assert wrong["mtls"] == "failed" and wrong["reason"] == reasons.NOT_FOR_API, wrong
+    assert wrong["code"] == "900901" and wrong["cert_sha256"] is not None
+    assert keyless["reason"] == missing_key["description"]
+    assert keyless["code"] == missing_key["code"] and keyless["mtls"] == "none"
+    assert ok["reason"] is None and ok["code"] is None and ok["mtls"] == "verified"
+    assert nowhere["code"] == "404" and nowhere["reason"].startswith("No API is deployed")
+    assert malformed["code"] == "400" and malformed["error"] == "bad_request"
+    assert malformed["reason"], malformed
+
+    after = scrape(admin)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("twistedgw_client_cert_verifications_total",
+                 source="handshake", result="failed", reason="not_for_api") == 1
+    assert delta("twistedgw_client_cert_verifications_total",
+                 source="handshake", result="verified", reason="") == 1
+    assert delta("twistedgw_refusals_total", api="echo:1", code="900901",
+                 reason="not_for_api") == 1
+    assert delta("twistedgw_refusals_total", api="keyed:2", code=missing_key["code"],
+                 reason="other") == 1
+    assert delta("twistedgw_refusals_total", api="-", code="404", reason="other") == 1
+    assert delta("twistedgw_refusals_total", api="-", code="400", reason="other") == 1
+
+
+def test_refusals_reach_the_parents_metrics_from_workers() -> None:
+    """Workers send ``sample_of`` as JSON; the parent counts the same labels."""
+    import json
+
+    from twistedgw import errors
+    from twistedgw.app._observe import Metrics, sample_of
+    from twistedgw.http import RequestRecord
+    from twistedgw.identity import ClientIdentity, Outcome, Source
+
+    identity = ClientIdentity(source=Source.HANDSHAKE, outcome=Outcome.VERIFIED)
+    record = RequestRecord(0.0, 0.001, "127.0.0.1", "GET", "/x", None, 401, 10, identity,
+                           refusal=errors.invalid_credentials(reasons.NOT_FOR_API))
+    metrics = Metrics(lambda: None)
+    metrics.count(tuple(json.loads(json.dumps(sample_of(record)))))  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value(
+        "twistedgw_client_cert_verifications_total",
+        {"source": "handshake", "result": "failed", "reason": "not_for_api"}) == 1
+    assert metrics.registry.get_sample_value(
+        "twistedgw_refusals_total", {"api": "-", "code": "900901", "reason": "not_for_api"}) == 1

@@ -615,3 +615,34 @@ def test_authz_judges_the_operation_named(
     assert r.status == 403 and "DELETE is not allowed" in r.json()["description"]
     assert judge("/accounts/nowhere", "GET").status == 403
     assert judge("/accounts/public", None).status == 403
+
+
+def test_method_override_headers_never_reach_apis_whose_operations_differ_in_security(
+    project: Project, pki: DevPki, backend: BackendProcess
+) -> None:
+    """Issue 22 item 13: the petstore's GET /store/inventory is open, DELETE /pet/{petId}
+    needs mTLS; a backend that honours X-HTTP-Method-Override (or its two siblings)
+    would run the secured DELETE through the open GET. An API with one security for
+    every request keeps them (the gateway judged it whatever the method)."""
+    overrides = {"X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE",
+                 "X-Method-Override": "DELETE"}
+    gw = project.start(
+        [{"openapi": project.definition("petstore.yaml", petstore(backend.url)),
+          "aliases": ["partner-root"]},
+         {"name": "Plain", "version": "1", "context": "/plain", "backend": backend.url,
+          "mutual_ssl": "mandatory"}],
+        api_keys={"app": KEY},
+    )
+    r = _get(gw, pki, "/petstore/1.0.5/store/inventory", headers=overrides)
+    assert r.status == 200, r.body
+    seen = {name.lower() for name, _ in r.json()["headers"]}
+    assert not seen & {name.lower() for name in overrides}, seen
+    # Also on the secured operations of that API, whoever calls.
+    r = _get(gw, pki, "/petstore/1.0.5/pet/7", "partner-app", headers=overrides)
+    assert r.status == 200
+    assert not {name.lower() for name, _ in r.json()["headers"]} & {
+        name.lower() for name in overrides}
+    r = _get(gw, pki, "/plain/x", "partner-app", headers=overrides)
+    assert r.status == 200
+    assert {name.lower() for name, _ in r.json()["headers"]} >= {
+        name.lower() for name in overrides}

@@ -61,7 +61,15 @@ _INSTANCES = {
     "OpenSSL.SSL.Connection": lambda: SSL.Connection(SSL.Context(SSL.TLS_METHOD), None),
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
+    "twisted.internet.unix.Port": lambda: _unix_port(),
 }
+
+
+def _unix_port() -> Any:
+    from twisted.internet import unix
+    from twisted.internet.protocol import Factory, Protocol
+
+    return unix.Port(b"/nonexistent/x.sock", Factory.forProtocol(Protocol))
 
 
 def _tls_protocol() -> Any:

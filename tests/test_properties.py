@@ -83,11 +83,11 @@ _VALUES: st.SearchStrategy[Any] = st.recursive(
 )
 
 _KEYS = {
-    "listeners": ["host", "port", "tls", "endpoint"],
+    "listeners": ["host", "port", "tls", "endpoint", "group"],
     "tls": ["certificate", "private_key", "keystore", "keystore_password", "truststore",
             "truststore_password", "profile", "protocols", "ciphers", "session_tickets", "crl",
             "revocation", "revocation_scope", "revocation_fail", "ocsp_timeout",
-            "ocsp_cache_seconds"],
+            "ocsp_cache_seconds", "ocsp_responders"],
     "apis": ["name", "version", "context", "backend", "mutual_ssl", "aliases", "api_key",
              "max_body_bytes", "backend_timeout", "tiers", "backends", "backend_mode", "openapi"],
     "api_keys": ["name", "key_sha256"],

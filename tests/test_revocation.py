@@ -262,6 +262,9 @@ class Responder:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ocsp"
+        # The responder is on loopback: only fetched when its origin is allow-listed.
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.by_name = f"http://localhost:{self.server.server_address[1]}/ocsp"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, der: bytes) -> bytes:
@@ -317,6 +320,7 @@ def responder(cast: Cast) -> Iterator[Responder]:
         ("ocsp-good", r.url, "good"),
         ("ocsp-revoked", r.url, "revoked"),
         ("ocsp-unreachable", dead, None),
+        ("ocsp-by-name", r.by_name, "good"),  # a name that resolves to loopback
     ):
         who = issuing.issue(name, ocsp_url=url)
         cast.files[name] = who.write(cast.directory / "clients", name)
@@ -342,6 +346,7 @@ def test_ocsp(
         "revocation_fail": fail,
         "ocsp_timeout": 1.0,
         "ocsp_cache_seconds": 60,
+        "ocsp_responders": [responder.origin],
     }
     with running_gateway(tmp_path, pki, [api(backend)], tls=tls) as gw:
         before = responder.queries
@@ -371,9 +376,37 @@ def test_crl_and_ocsp_together(
     responder: Responder,
 ) -> None:
     """``crl+ocsp``: revoked if either says so; a fresh CRL answers when OCSP cannot."""
-    tls = {**standard_crls(cast, scope="leaf"), "revocation": "crl+ocsp", "ocsp_timeout": 1.0}
+    tls = {**standard_crls(cast, scope="leaf"), "revocation": "crl+ocsp", "ocsp_timeout": 1.0,
+           "ocsp_responders": [responder.origin]}
     with running_gateway(tmp_path, pki, [api(backend)], tls=tls) as gw:
         assert get(gw.port, cast, "ocsp-good").status == 200
         assert_refused(get(gw.port, cast, "ocsp-revoked"), REVOKED)  # OCSP says so, CRL not
         assert_refused(get(gw.port, cast, "revoked"), REVOKED)  # CRL says so, no OCSP URL
         assert get(gw.port, cast, "ocsp-unreachable").status == 200  # the CRL is fresh
+
+
+def test_ocsp_responders_in_the_gateways_own_network_are_not_fetched(
+    tmp_path: Path,
+    pki: DevPki,
+    cast: Cast,
+    backend: BackendProcess,
+    responder: Responder,
+) -> None:
+    """Issue 22 item 10: the AIA of any certificate the truststore accepts chose where
+    the gateway connected (a blind SSRF: loopback services, cloud metadata). Without
+    [tls] ocsp_responders naming it, a responder at a loopback address, by IP or by a
+    name that resolves there, is never contacted: no status (revocation_fail decides)."""
+    tls = {"revocation": "ocsp", "revocation_scope": "leaf", "ocsp_timeout": 1.0}
+    with running_gateway(tmp_path, pki, [api(backend)], tls=tls) as gw:
+        before = responder.queries
+        assert_refused(get(gw.port, cast, "ocsp-good"), UNAVAILABLE)
+        assert_refused(get(gw.port, cast, "ocsp-by-name"), UNAVAILABLE)
+        assert responder.queries == before
+        assert "a private, loopback or link-local address: not fetched" in gw.output()
+    # Listed by its origin (not the name's): the IP is fetched, the name still is not.
+    tls["ocsp_responders"] = [responder.origin]
+    with running_gateway(tmp_path / "listed", pki, [api(backend)], tls=tls) as gw:
+        assert get(gw.port, cast, "ocsp-good").status == 200
+        assert responder.queries == before + 1
+        assert_refused(get(gw.port, cast, "ocsp-by-name"), UNAVAILABLE)
+        assert responder.queries == before + 1

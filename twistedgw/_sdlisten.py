@@ -103,6 +103,13 @@ def endpoint(reactor: Any, description: str) -> Any:
     """An endpoint adopting the socket ``description`` names; ValueError says what is wrong."""
     from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
+    family, fd = descriptor(description)
+    return AdoptedStreamServerEndpoint(reactor, fd, family)
+
+
+def descriptor(description: str) -> tuple[int, int]:
+    """(address family, file descriptor) of the socket ``description`` names; ValueError
+    says what is wrong."""
     domain, index, name = parse(description)
     passed = inherited()
     if index is not None:
@@ -117,4 +124,5 @@ def endpoint(reactor: Any, description: str) -> Any:
                 "name= needs FileDescriptorName= or systemd-socket-activate --fdname)"
             )
         fd = matches[0]
-    return AdoptedStreamServerEndpoint(reactor, fd, getattr(socket, f"AF_{domain}"))
+    family: int = getattr(socket, f"AF_{domain}")
+    return family, fd

@@ -85,6 +85,11 @@ USED: tuple[PrivateName, ...] = (
                 "the memory BIO bio_write feeds: fresh_bios replaces it"),
     PrivateName("OpenSSL.SSL.Connection", "_from_ssl", "attribute",
                 "the memory BIO bio_read drains: fresh_bios replaces it"),
+    # _unixsockets.UnixPort: Twisted's Unix port without its chmod 0666 and its unlink.
+    PrivateName("twisted.internet.unix.Port", "_fromListeningDescriptor", "method",
+                "how reactor.adoptStreamPort builds a Unix port; UnixPort is built the same way"),
+    PrivateName("twisted.internet.unix.Port", "_bindPath", "attribute",
+                "the socket's path: UnixPort makes Twisted's chmod a no-op (the file's own mode)"),
 )
 
 

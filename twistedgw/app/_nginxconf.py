@@ -35,7 +35,7 @@ from twistedgw import errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import _forwarding as idforward
-from twistedgw.pipeline import API_KEY_HEADER
+from twistedgw.pipeline import API_KEY_HEADER, method_override_headers
 
 #: Internal locations live under this prefix; a client's request for it takes the
 #: gateway path (it is not a clean path for the fast path), so it cannot reach them.
@@ -512,6 +512,8 @@ def _api_body(
         if header.encode() not in identity_names and header.encode() != idforward.CONSUMER_NAME:
             write(f'        proxy_set_header {header} "";')
     write("        proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
+    for header in method_override_headers(api):  # operations differ in security
+        write(f'        proxy_set_header {header} "";')
     for n, name in enumerate(identity_names):
         write(f"        proxy_set_header {name.decode()} $tgw_id_{n};")
     for line in _backend_tls(config, api, "        "):

@@ -12,7 +12,10 @@ manage or clean up.
 Client-certificate verifications are counted once per *request* that reached the
 identity step (a keep-alive connection making ten requests counts ten): that is
 the same unit for handshake and header certificates, and it is the unit in which
-the verdict is applied.
+the verdict is applied. A certificate that verified but was refused for the request
+(not one of the API's aliases, identity rules, revoked, a load balancer's) counts
+as ``failed`` with that reason, as the access log says: the verdict applied is the
+refusal, whichever stage made it (``verdict_of``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from twistedgw.http import CLIENT_ERROR_KINDS, RequestRecord
 from twistedgw.identity import ClientIdentity, fingerprint
 from twistedgw.identity import _reasons as reasons
 from twistedgw.pipeline import _jwks as jwks
+from twistedgw.tls import UNAVAILABLE as REVOCATION_UNAVAILABLE
 
 log = Logger()
 
@@ -49,8 +53,11 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 NO_CONSUMER = "none"
 
 # (api, status, duration seconds, cert source, cert result, reason label, backend error kind,
-#  consumer)
-Sample = tuple[str, int, float, str | None, str | None, str | None, str | None, str | None]
+#  consumer, refusal code, refusal reason label)
+Sample = tuple[
+    str, int, float, str | None, str | None, str | None, str | None, str | None, str | None,
+    str | None,
+]
 
 
 def _reason_labels() -> list[tuple[str, str]]:
@@ -79,20 +86,60 @@ def reason_label(reason: str | None) -> str | None:
             return label
     if "could not be decoded" in reason:
         return "undecodable"
+    if reason == REVOCATION_UNAVAILABLE:
+        return "revocation_unavailable"
     return "other"
 
 
-def sample_of(record: RequestRecord) -> Sample:
+# Labels of reasons that are not about a presented certificate failing.
+_NOT_A_CERTIFICATE_FAILURE = frozenset({None, "other", "none"})
+
+
+def verdict_of(record: RequestRecord) -> tuple[str | None, str | None, str | None]:
+    """The client-certificate verdict applied to the request: (source, result, reason
+    label), or Nones when it never reached authentication.
+
+    A certificate that verified and was then refused for this request by a certificate
+    rule (not one of the API's aliases, identity rules, revocation, a load balancer's)
+    is ``failed`` with the refusal's reason: "verified" would hide why the caller got
+    its 401.
+    """
     identity = record.identity
+    if identity is None:
+        return None, None, None
+    source, result = identity.source.value, identity.outcome.value
+    if not identity.verified:
+        return source, result, reason_label(identity.reason)
+    refusal = record.refusal
+    if refusal is not None:
+        label = reason_label(refusal.description)
+        if label not in _NOT_A_CERTIFICATE_FAILURE:
+            return source, "failed", label
+    return source, result, None
+
+
+def refusal_labels(record: RequestRecord) -> tuple[str | None, str | None]:
+    """(error code, bounded reason label) of the refusal the request got, or Nones."""
+    refusal = record.refusal
+    if refusal is None:
+        return None, None
+    return refusal.code, reason_label(refusal.description)
+
+
+def sample_of(record: RequestRecord) -> Sample:
+    source, result, reason = verdict_of(record)
+    code, refused = refusal_labels(record)
     return (
         record.api.label if record.api is not None else NO_API,
         record.status,
         record.duration,
-        identity.source.value if identity is not None else None,
-        identity.outcome.value if identity is not None else None,
-        reason_label(identity.reason) if identity is not None and not identity.verified else None,
+        source,
+        result,
+        reason,
         record.error_kind,
         record.consumer,
+        code,
+        refused,
     )
 
 
@@ -152,6 +199,14 @@ class Metrics:
         self.workers = Gauge(
             "twistedgw_workers_ready", "Processes serving requests now.", registry=r
         )
+        self.refusals = Counter(
+            "twistedgw_refusals",
+            "Requests the gateway answered with one of its JSON errors instead of forwarding "
+            "them, whichever stage refused (front, routing, schemes, authorisers, plugins), "
+            "by API, error code and reason (a bounded label; other when not a certificate's).",
+            ["api", "code", "reason"],
+            registry=r,
+        )
         self.cluster_errors = Counter(
             "twistedgw_cluster_store_errors",
             "Tier checks the [cluster] Redis store could not answer (served per on_failure), "
@@ -175,12 +230,8 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         """A ``Gateway`` observer: ``count(sample_of(record))`` without the Sample tuple."""
-        identity = record.identity
-        if identity is None:
-            source = result = reason = None
-        else:
-            source, result = identity.source.value, identity.outcome.value
-            reason = reason_label(identity.reason) if not identity.verified else None
+        source, result, reason = verdict_of(record)
+        code, refused = refusal_labels(record)
         self._count(
             record.api.label if record.api is not None else NO_API,
             record.status,
@@ -190,6 +241,8 @@ class Metrics:
             reason,
             record.error_kind,
             record.consumer,
+            code,
+            refused,
         )
 
     def _consumer_label(self, consumer: str | None) -> str:
@@ -205,7 +258,7 @@ class Metrics:
         return consumer if consumer in self._consumers[1] else NO_CONSUMER
 
     def count(self, sample: Sample) -> None:
-        self._count(*sample[:7], sample[7] if len(sample) > 7 else None)
+        self._count(*sample)
 
     def _count(
         self,
@@ -217,6 +270,8 @@ class Metrics:
         reason: str | None,
         kind: str | None,
         consumer_name: str | None,
+        code: str | None = None,
+        refused: str | None = None,
     ) -> None:
         consumer = self._consumer_label(consumer_name)
         # Labelled children, looked up once per label set: prometheus_client's
@@ -242,6 +297,8 @@ class Metrics:
         found[1].observe(max(duration, 0.0))
         if found[2] is not None:
             found[2].inc()
+        if code is not None:
+            self.refusals.labels(api=api, code=code, reason=refused or "other").inc()
         if kind is not None:
             if kind in CLIENT_ERROR_KINDS:
                 self.client_errors.labels(kind=kind).inc()
@@ -326,6 +383,13 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
         "bytes": record.bytes_sent,
     }
     entry.update(_mtls_fields(identity))
+    refusal = record.refusal
+    if refusal is not None:
+        # Whichever stage refused: its words and its code, as the client got them.
+        entry["reason"] = refusal.description
+        if identity is not None and identity.verified:
+            entry["mtls"] = verdict_of(record)[1]
+    entry["code"] = refusal.code if refusal is not None else None
     entry["consumer"] = record.consumer
     entry["error"] = record.error_kind
     entry["pid"] = os.getpid()

@@ -11,12 +11,13 @@ returns a ``workers.Supervisor`` whose worker processes each run a
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, fdesc
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
@@ -24,6 +25,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import _sdlisten as sdlisten
+from twistedgw import _unixsockets as unixsockets
 from twistedgw.app import _runtime as runtime
 from twistedgw.app._admin import AdminService
 from twistedgw.app._drain import ConnectionTracker
@@ -69,13 +71,91 @@ def listener_endpoint(reactor: Any, listener: Listener) -> Any:
     )
 
 
-def listen(reactor: Any, listener: Listener, factory: Any) -> defer.Deferred[IListeningPort]:
-    """Listen as ``listener`` says; any failure arrives as a failed Deferred."""
+def listen(
+    reactor: Any, listener: Listener, factory: Any, *, trust_unix: bool = False
+) -> defer.Deferred[IListeningPort]:
+    """Listen as ``listener`` says; any failure arrives as a failed Deferred.
+
+    Unix sockets are twistedgw's own business (``_unixsockets``): one it creates gets
+    mode 0660 and the listener's group, and one it inherits keeps systemd's mode (Twisted
+    would make either world-writable). ``trust_unix`` (``trusted_proxies`` has "unix"):
+    whoever connects is believed about the caller's certificate, so a socket that lets
+    other local users connect, or sits where they could replace it, is refused.
+    """
     try:
+        unix = listener.unix
+        if unix is not None:
+            return defer.succeed(_listen_unix(reactor, listener, unix, factory, trust_unix))
+        if listener.endpoint is not None and listener.endpoint.startswith("systemd:"):
+            try:
+                family, fd = sdlisten.descriptor(listener.endpoint)
+            except ValueError as e:
+                raise ValueError(f"endpoint {listener.endpoint!r}: {e}") from None
+            if family == socket.AF_UNIX:
+                return defer.succeed(_adopt_unix(reactor, listener, fd, factory, trust_unix))
         d: defer.Deferred[IListeningPort] = listener_endpoint(reactor, listener).listen(factory)
     except Exception:
         return defer.fail()
     return d
+
+
+class UnixSocketRefused(Exception):
+    """A Unix socket whose peers would be trusted lets other local users connect."""
+
+
+def _gid(listener: Listener) -> int | None:
+    return unixsockets.group_id(listener.group) if listener.group is not None else None
+
+
+def _listen_unix(
+    reactor: Any,
+    listener: Listener,
+    unix: unixsockets.UnixEndpoint,
+    factory: Any,
+    trust_unix: bool,
+) -> IListeningPort:
+    """Create the socket (mode 0660, the listener's group) and listen on it."""
+    where = listener.endpoint
+    if unix.abstract and trust_unix:  # the config refuses it too; never listen on one
+        raise UnixSocketRefused(f"{where}: {unixsockets.exposure(unix.address)}")
+    gid = _gid(listener)
+    try:
+        sock, lock = unixsockets.create(unix, gid)
+    except (OSError, ValueError) as e:
+        raise UnixSocketRefused(f"{where}: {e}") from None
+    with sock:
+        port = unixsockets.adopt(reactor, sock.fileno(), factory, owns_file=True, lock=lock)
+    if trust_unix:
+        problem = unixsockets.exposure(unix.address, gid)
+        if problem is not None:
+            port.stopListening()
+            raise UnixSocketRefused(_refused(where, problem))
+    result: IListeningPort = port
+    return result
+
+
+def _adopt_unix(
+    reactor: Any, listener: Listener, fd: int, factory: Any, trust_unix: bool
+) -> IListeningPort:
+    """Listen on a Unix socket systemd passed, leaving its file as systemd made it."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        address = sock.getsockname()
+    if trust_unix:
+        problem = unixsockets.exposure(address, _gid(listener))
+        if problem is not None:
+            raise UnixSocketRefused(_refused(f"{listener.endpoint} ({address!r})", problem))
+    # As Twisted's AdoptedStreamServerEndpoint: non-blocking, and the original closed.
+    fdesc.setNonBlocking(fd)
+    port: IListeningPort = unixsockets.adopt(reactor, fd, factory, owns_file=False)
+    os.close(fd)
+    return port
+
+
+def _refused(where: str | None, problem: str) -> str:
+    return (
+        f"{where}: refused to listen: {problem} (mutual_ssl.trusted_proxies trusts whoever "
+        "connects to this socket to tell the caller's certificate)"
+    )
 
 
 def gather_listening(
@@ -256,10 +336,13 @@ class GatewayService(service.Service):
         """Listen on a socket inherited from the parent process (workers)."""
         with socket.socket(fileno=fd) as sock:
             family = sock.family
+            factory = self._factory(Listener(tls=tls, http2=http2))
             try:
-                port = self.reactor.adoptStreamPort(
-                    fd, family, self._factory(Listener(tls=tls, http2=http2))
-                )  # dups the descriptor; ours is closed on leaving the block
+                if family == socket.AF_UNIX:  # the parent's file: its mode and life stay
+                    port = unixsockets.adopt(self.reactor, fd, factory, owns_file=False)
+                else:
+                    port = self.reactor.adoptStreamPort(fd, family, factory)
+                # either dups the descriptor; ours is closed on leaving the block
             except Exception:
                 return defer.fail()
         return defer.succeed(port)
@@ -269,8 +352,9 @@ class GatewayService(service.Service):
         if self.inherited is not None:
             results = [self._adopt(fd, tls, http2) for fd, tls, http2 in self.inherited]
         else:
+            trust_unix = self.config.mutual_ssl.trust_unix_socket
             results = [
-                listen(self.reactor, listener, self._factory(listener))
+                listen(self.reactor, listener, self._factory(listener), trust_unix=trust_unix)
                 for listener in self.config.listeners
             ]
         self.listening = gather_listening(results, self.admin)
@@ -372,9 +456,13 @@ def log_startup(
     where = []
     for listener, port in zip(config.listeners, ports, strict=False):
         address = port.getHost()
+        scheme = "https" if listener.tls else "http"
+        name = getattr(address, "name", None)  # a Unix socket's path
+        if name is not None:
+            where.append(f"{scheme}+unix:{os.fsdecode(name)!r}")
+            continue
         where.append(
-            f"{'https' if listener.tls else 'http'}://{getattr(address, 'host', '?')}:"
-            f"{getattr(address, 'port', '?')}"
+            f"{scheme}://{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         )
     log.info(
         "twistedgw listening on {where} ({workers})",

@@ -141,7 +141,15 @@ class Supervisor(service.Service):
         super().startService()
 
         self.listening = gather_listening(
-            [listen(self.reactor, listener, _NoAccept()) for listener in self.config.listeners],
+            [
+                listen(
+                    self.reactor,
+                    listener,
+                    _NoAccept(),
+                    trust_unix=self.config.mutual_ssl.trust_unix_socket,
+                )
+                for listener in self.config.listeners
+            ],
             self.admin,
         )
         self.listening.addCallback(self._listening)

@@ -57,6 +57,7 @@ from twistedgw.config._tls import (
     TLS_PROTOCOLS,
     SniEntry,
     TlsConfig,
+    ocsp_origin,
 )
 
 __all__ = [
@@ -115,6 +116,7 @@ __all__ = [
     "load",
     "load_partial",
     "matches_any",
+    "ocsp_origin",
     "operation_config",
     "operation_key",
     "parse",

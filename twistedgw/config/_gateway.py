@@ -30,7 +30,7 @@ from twistedgw.config._errors import ErrorsConfig, read_errors
 from twistedgw.config._identity import IdentityConfig, read_identity
 from twistedgw.config._jwt_issuers import JwtIssuer, declared_issuers, jwt_links, read_jwt_issuers
 from twistedgw.config._limits import Limits, read_limits
-from twistedgw.config._listeners import Listener, read_listener
+from twistedgw.config._listeners import Listener, read_listener, unix_listener_trust
 from twistedgw.config._mutual_ssl import MutualSslConfig, read_mutual_ssl
 from twistedgw.config._nginx import NginxConfig, read_nginx
 from twistedgw.config._throttling import (
@@ -237,6 +237,8 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
             "terminates TLS; add a TLS listener for the load balancer, or set "
             "enable_client_validation = false with trusted_proxies",
         )
+    if mutual_ssl.trust_unix_socket:
+        unix_listener_trust(problems, listeners)
     if uses_mtls and not needs_tls and not mutual_ssl.header_mode:
         problems.add(
             "listeners",

@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from twistedgw import _unixsockets as unixsockets
 from twistedgw.config._base import TableReader, header_name, string_list
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
@@ -27,6 +28,9 @@ class MutualSslConfig:
     # "unix" in trusted_proxies: a connection on a Unix-socket listener is a load
     # balancer's (the socket's file permissions decide who may connect).
     trust_unix_socket: bool = False
+    # "unix:uid=NAME" entries: only these users' connections are (SO_PEERCRED); empty:
+    # any process the socket's permissions let connect.
+    unix_peer_uids: frozenset[int] = frozenset()
     # CA certificates that only complete leaf-only header chains (NGINX and HAProxy
     # send the leaf alone); they grant nothing by themselves.
     intermediates: Path | None = None
@@ -44,14 +48,36 @@ def read_mutual_ssl(r: TableReader) -> MutualSslConfig:
     lb_aliases = string_list(r, "load_balancer_aliases") or []
     proxies = []
     trust_unix = False
+    any_unix_peer = False
+    peer_uids: set[int] = set()
     for i, raw in enumerate(string_list(r, "trusted_proxies") or []):
         if raw == "unix":
+            trust_unix = any_unix_peer = True
+            continue
+        if raw.startswith("unix:"):
             trust_unix = True
+            key, sep, user = raw[len("unix:"):].partition("=")
+            if key != "uid" or not sep or not user:
+                r.problem(
+                    f"trusted_proxies[{i}]",
+                    f'expected "unix" or "unix:uid=USER" (a user name or number), got {raw!r}',
+                )
+                continue
+            try:
+                peer_uids.add(unixsockets.user_id(user))
+            except KeyError:
+                r.problem(f"trusted_proxies[{i}]", f"no such user: {user!r}")
             continue
         try:
             proxies.append(ipaddress.ip_network(raw, strict=False))
         except ValueError:
             r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
+    if any_unix_peer and peer_uids:
+        r.problem(
+            "trusted_proxies",
+            'give either "unix" (any process the socket lets connect) or "unix:uid=USER" '
+            "entries (only those users), not both",
+        )
     forward = r.get("forward_client_certificate_header", bool, False)
     intermediates = r.path_value("intermediates")
     if header is not None:
@@ -86,5 +112,6 @@ def read_mutual_ssl(r: TableReader) -> MutualSslConfig:
         trusted_proxies=tuple(proxies),
         forward_client_certificate_header=forward,
         trust_unix_socket=trust_unix,
+        unix_peer_uids=frozenset(peer_uids),
         intermediates=intermediates,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from twistedgw import _hosts as hostnames
 from twistedgw.config._base import TableReader, host_patterns, resolve, string_list
@@ -38,6 +39,26 @@ class SniEntry:
     where: str = field(default="", compare=False)  # its dotted key, e.g. "tls.sni[0]"
 
 
+def ocsp_origin(url: str) -> str:
+    """An OCSP responder URL's origin, one spelling: ``http://host:port`` (scheme and host
+    lower-case, IPv6 in brackets, the port always written). ValueError if it is not an
+    http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("only http:// and https:// responders are fetched")
+    host = parts.hostname
+    if not host:
+        raise ValueError("no host")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 @dataclass(frozen=True)
 class TlsConfig:
     certificate: Path | None = None
@@ -56,6 +77,9 @@ class TlsConfig:
     revocation_fail: str = "closed"
     ocsp_timeout: float = 2.0
     ocsp_cache_seconds: float = 300.0
+    # Responders (origins: "http://host:port", ocsp_origin's spelling) that may be at a
+    # private, loopback or link-local address; any other is refused there (no SSRF).
+    ocsp_responders: tuple[str, ...] = ()
     client_certificate: str = "auto"  # for connections that match no [[tls.sni]] entry
     advertise_ca_names: bool = True
     sni: tuple[SniEntry, ...] = ()
@@ -115,6 +139,23 @@ def read_tls(r: TableReader) -> TlsConfig:
             r.problem(f"crl[{i}]", f"file not found: {p}")
         crls.append(p)
     cfg = dataclasses.replace(cfg, crl=tuple(crls))
+    responders = []
+    for i, raw in enumerate(string_list(r, "ocsp_responders") or []):
+        parts = urlsplit(raw)
+        try:
+            origin = ocsp_origin(raw)
+        except ValueError as e:
+            r.problem(f"ocsp_responders[{i}]", f"{e}: {raw!r}")
+            continue
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            r.problem(
+                f"ocsp_responders[{i}]",
+                f"give the responder's origin only (scheme://host[:port], e.g. {origin!r}); "
+                f"got {raw!r}",
+            )
+            continue
+        responders.append(origin)
+    cfg = dataclasses.replace(cfg, ocsp_responders=tuple(responders))
     if cfg.keystore and (cfg.certificate or cfg.private_key):
         r.problem("keystore", "give either keystore or certificate/private_key, not both")
     if bool(cfg.certificate) != bool(cfg.private_key) and not cfg.keystore:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from twistedgw import _twisted
+from twistedgw import _unixsockets as unixsockets
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
 from twistedgw.http._snapshot import Snapshot
@@ -61,6 +62,18 @@ def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in config.trusted_proxies)
+
+
+def _trusted_unix_peer(request: Request, config: MutualSslConfig) -> bool:
+    """A connection on a Unix-socket listener, when ``trusted_proxies`` trusts those:
+    from any process the socket's permissions let connect ("unix"), or only from the
+    users named ("unix:uid=NAME", checked with SO_PEERCRED)."""
+    if not config.trust_unix_socket or not isinstance(request.getClientAddress(), UNIXAddress):
+        return False
+    if not config.unix_peer_uids:
+        return True
+    uid = unixsockets.peer_uid(_twisted.connection_transport(request.channel))
+    return uid in config.unix_peer_uids
 
 
 def handshake_identity(request: Request, runtime: Snapshot) -> ClientIdentity:
@@ -116,10 +129,11 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         return Caller(handshake, False)
     values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
     ip = client_ip(request)
+    unix_peer = _trusted_unix_peer(request, settings)
     trusted = (
         (not settings.trusted_proxies and not settings.trust_unix_socket)
         or _from_trusted_network(ip, settings)
-        or (settings.trust_unix_socket and isinstance(request.getClientAddress(), UNIXAddress))
+        or unix_peer
     ) and (
         not settings.enable_client_validation or _is_load_balancer(handshake, settings)
     )
@@ -135,7 +149,7 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         # A direct client: its own handshake certificate speaks for it, unless that
         # is a load balancer's certificate arriving from outside trusted_proxies.
         return Caller(_never_a_load_balancer(handshake, settings), False)
-    if settings.trust_unix_socket and isinstance(request.getClientAddress(), UNIXAddress):
+    if unix_peer:
         _adopt_edge(request)
     if not values:
         return Caller(no_certificate(Source.HEADER), True)

@@ -992,6 +992,7 @@ class FrontChannel(BoundedClose, Protocol):
                 bytes_sent=sent,
                 identity=None,
                 error_kind=kind,
+                refusal=error,
             )
         )
 

@@ -409,6 +409,7 @@ class GuardedH2Connection(H2Connection):
                 bytes_sent=sent,
                 identity=None,
                 error_kind=kind,
+                refusal=error,
                 protocol=PROTOCOL,
             )
         )

@@ -65,6 +65,10 @@ class RequestRecord(NamedTuple):
     error_kind: str | None = None
     consumer: str | None = None  # the [[consumers]] name the caller mapped to
     protocol: str = "HTTP/1.1"  # as the client spoke it: HTTP/1.0, HTTP/1.1 or HTTP/2
+    # The JSON error the gateway answered with instead of forwarding, whichever stage
+    # refused (the front's limits, routing, a scheme, an authoriser, a plugin): the
+    # access log's reason and code and the metrics' refusal labels come from it.
+    refusal: GatewayError | None = None
 
 
 Observer = Callable[[RequestRecord], None]
@@ -189,7 +193,9 @@ class _Exchange:
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
 
-    def finish(self, status: int, sent: int, kind: str | None = None) -> None:
+    def finish(
+        self, status: int, sent: int, kind: str | None = None, refusal: GatewayError | None = None
+    ) -> None:
         call = self.call
         request = self.request
         self.gateway.notify(
@@ -206,13 +212,14 @@ class _Exchange:
                 error_kind=kind,
                 consumer=call.consumer if call is not None else None,
                 protocol=request.clientproto.decode("latin-1"),
+                refusal=refusal,
             )
         )
 
     def refuse(self, error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
         body = write_error(self.request, error, headers)
         self.transform_answer(self.request)
-        self.finish(error.status, len(body))
+        self.finish(error.status, len(body), refusal=error)
         return body
 
     def transform_answer(self, request: Request) -> GatewayError | None:

@@ -53,8 +53,13 @@ LOAD_BALANCER_HEADERS = frozenset(
 )
 # The consumer the gateway mapped the caller to ([[consumers]]); set only by the gateway.
 CONSUMER_NAME = b"x-consumer-name"
+# What the authz endpoint answers a load balancer with (the API and the caller's
+# principal): a backend behind NGINX may read them, so a caller never sends them.
+AUTHZ_ANSWER_HEADERS = frozenset({b"x-twistedgw-api", b"x-twistedgw-principal"})
 ALWAYS_STRIPPED = (
-    frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN, CONSUMER_NAME}) | LOAD_BALANCER_HEADERS
+    frozenset({XFCC, CLIENT_CERT, CLIENT_CERT_CHAIN, CONSUMER_NAME})
+    | LOAD_BALANCER_HEADERS
+    | AUTHZ_ANSWER_HEADERS
 )
 
 Headers = list[tuple[bytes, bytes]]

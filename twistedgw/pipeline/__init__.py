@@ -7,7 +7,12 @@ Built-in rules and third-party plugins use the same interfaces.
 """
 
 from twistedgw.pipeline._basic import hash_password
-from twistedgw.pipeline._builtin import API_KEY_HEADER, protected_headers
+from twistedgw.pipeline._builtin import (
+    API_KEY_HEADER,
+    METHOD_OVERRIDE_HEADERS,
+    method_override_headers,
+    protected_headers,
+)
 from twistedgw.pipeline._call import (
     Call,
     HeaderEdit,
@@ -30,9 +35,11 @@ from twistedgw.pipeline._interfaces import (
 )
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
+from twistedgw.pipeline._tiers import tier_bucket_key
 
 __all__ = [
     "API_KEY_HEADER",
+    "METHOD_OVERRIDE_HEADERS",
     "SCRIPT_SHA",
     "Call",
     "HeaderEdit",
@@ -60,5 +67,7 @@ __all__ = [
     "compile_pipelines",
     "hash_password",
     "installed",
+    "method_override_headers",
     "protected_headers",
+    "tier_bucket_key",
 ]

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
-from twistedgw.config import ApiConfig, ApiKey, GatewayConfig
+from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
 from twistedgw.identity import Outcome
 from twistedgw.identity import _forwarding as idforward
 from twistedgw.identity import _reasons as reasons
@@ -173,6 +173,13 @@ class IdentityForwarding:
         # load balancer's own certificate headers.
         self._strip_all = frozenset(stripped | set(self._lb_headers))
         self._strip_but_lb = frozenset(self._strip_all - set(self._lb_headers))
+        # APIs (and their operations' variants, which keep name, version and context)
+        # whose operations differ in security: no method override reaches their backend.
+        self._no_override = frozenset(
+            (api.name, api.version, api.context)
+            for api in config.apis
+            if differs_by_operation(api)
+        )
 
     def transform_request(self, call: Call, edit: HeaderEdit) -> None:
         # Only a trusted load balancer's own certificate header may pass, and only
@@ -181,14 +188,52 @@ class IdentityForwarding:
             edit.remove_lowered(self._strip_but_lb)
         else:
             edit.remove_lowered(self._strip_all)
-        if call.api.api_key_header.lower() != "apikey":  # an OpenAPI apiKey scheme's header
-            edit.remove(call.api.api_key_header.encode())
+        api = call.api
+        if api.api_key_header.lower() != "apikey":  # an OpenAPI apiKey scheme's header
+            edit.remove(api.api_key_header.encode())
+        if api.operations is not None and (api.name, api.version, api.context) in self._no_override:
+            edit.remove_lowered(METHOD_OVERRIDE_HEADERS)
         if call.mtls_passed:
             for name, value in idforward.headers_for(self._settings, call.identity):
                 edit.set(name, value)
         if call.consumer is not None:  # a configured name: [A-Za-z0-9._-]{1,64}
             edit.set(b"X-Consumer-Name", call.consumer.encode())
 
+
+
+#: Headers asking a backend to run another method than the request line's (Google's
+#: and Microsoft's conventions, honoured by many frameworks and middlewares).
+METHOD_OVERRIDE_HEADERS = frozenset(
+    {b"x-http-method-override", b"x-http-method", b"x-method-override"}
+)
+
+
+def differs_by_operation(api: ApiConfig) -> bool:
+    """Whether ``api`` (as configured, not an operation's variant) has OpenAPI operations
+    that do not all run the same schemes.
+
+    Then the gateway judges each request by its method, and a backend that honours
+    ``X-HTTP-Method-Override`` (or its two siblings) would run a secured operation
+    through an open one: ``GET /items`` (open) with ``X-HTTP-Method-Override: DELETE``.
+    """
+    if api.operations is None:
+        return False
+    schemes = set()
+    for op in api.operations:
+        runs = operation_config(api, op)  # the API itself, or the operation's variant
+        schemes.add(
+            (runs.mutual_ssl, runs.api_key, runs.api_key_header, runs.jwt, runs.basic_auth,
+             runs.any_of)
+        )
+    return len(schemes) > 1
+
+
+def method_override_headers(api: ApiConfig) -> tuple[str, ...]:
+    """The method-override headers never forwarded to ``api``'s backend, lower case (none
+    unless its operations differ in security): the same list for NGINX's fast path."""
+    return tuple(sorted(h.decode() for h in METHOD_OVERRIDE_HEADERS)) if differs_by_operation(
+        api
+    ) else ()
 
 
 def protected_headers(config: GatewayConfig) -> frozenset[bytes]:

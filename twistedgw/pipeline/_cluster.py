@@ -22,6 +22,7 @@ kind, and the store's state is shown in ``/readyz``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import txredisapi
@@ -34,7 +35,7 @@ from twisted.python.failure import Failure
 
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import ClusterConfig
-from twistedgw.pipeline._tiers import Limit, StoreUnavailable
+from twistedgw.pipeline._tiers import Limit, StoreUnavailable, TierThrottle
 
 log = Logger()
 
@@ -84,6 +85,16 @@ GARBAGE = "garbage"  # an answer that is not what the script returns
 OVERLOAD = "overload"  # too many round trips in flight on the connection
 KINDS = (DOWN, TIMEOUT, ERROR, GARBAGE, OVERLOAD)
 _BACKOFF = backoffPolicy(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, 2.0)
+LOCAL_POLICY = "answered from this process's own bucket while connected (on_failure = open)"
+
+
+@dataclass(slots=True)
+class _Check:
+    """One tier check in flight: its answer, what it spends, and the connection it went on."""
+
+    result: Deferred[float | None]
+    limit: Limit
+    conn: Any  # _RedisProtocol
 
 
 class ClusterObserver(Protocol):
@@ -218,6 +229,11 @@ class RedisTierStore:
         self._head = b"*7\r\n" + _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA.encode()) + _bulk(b"1")
         self._tail = _bulk(str(PERIOD_MS).encode()) + _bulk(str(EXPIRE_MS).encode())
         self.closed = settings.on_failure == "closed"
+        # This process's own buckets: what Redis allowed here, and the fallback for
+        # checks whose reply comes too late while connected (``_expired``).
+        self.local = TierThrottle()
+        self._expiring: list[_Check] = []
+        self._sweep: Any = None  # the one pending call to _expired
 
     # -- connection ------------------------------------------------------------
 
@@ -306,7 +322,10 @@ class RedisTierStore:
     def take_limit(self, limit: Limit) -> float | Deferred[float | None] | None:
         """Spend one token in Redis; fires None if allowed, else the seconds to wait.
 
-        Never waits for a connection; answers ``on_failure`` within ``timeout``.
+        Never waits for a connection; answers within ``timeout`` (plus one reactor
+        iteration, so that a reply already received wins over the timer). A check
+        still unanswered then is answered from this process's own bucket while the
+        connection is up (see ``_expired``), and per ``on_failure`` when it is not.
         """
         conn = self._conn
         if conn is None:
@@ -326,13 +345,15 @@ class RedisTierStore:
         started = self.reactor.seconds()
         self._in_flight += 1
         result: Deferred[float | None] = Deferred()
-        timer = self.reactor.callLater(self.settings.timeout, self._late, result)
+        check = _Check(result, limit, conn)
+        timer = self.reactor.callLater(self.settings.timeout, self._late, check)
 
         def answered(reply: object) -> None:
             self._in_flight -= 1
             if result.called:
-                return  # already answered by the timer
-            timer.cancel()
+                return  # already answered (``_expired``)
+            if timer.active():  # it may have fired, leaving the decision to ``_expired``
+                timer.cancel()
             if isinstance(reply, Failure):
                 reply = reply.value
             if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("NOSCRIPT"):
@@ -342,7 +363,7 @@ class RedisTierStore:
                 timer2 = self.reactor.callLater(
                     max(0.0, self.settings.timeout - (self.reactor.seconds() - started)),
                     self._late,
-                    result,
+                    check,
                 )
                 try:
                     again = conn.execute_command("EVAL", SCRIPT, 1, key, capacity, period, expire)
@@ -360,7 +381,7 @@ class RedisTierStore:
                 self._in_flight -= 1
             if result.called:
                 return
-            if timer2 is not None:
+            if timer2 is not None and timer2.active():
                 timer2.cancel()
             if isinstance(reply, Failure):
                 reply = reply.value
@@ -374,6 +395,10 @@ class RedisTierStore:
                 return
             if self.observer is not None:
                 self.observer.cluster_round_trip(self.reactor.seconds() - started)
+            if verdict is None:
+                # What this process let through, so that a fallback to its own bucket
+                # (``_expired``) never adds a fresh minute to what Redis allowed here.
+                self.local.take_limit(limit)
             result.callback(verdict)
 
         wire = self._head + _bulk(key) + _bulk(capacity) + tail
@@ -387,14 +412,46 @@ class RedisTierStore:
         sent.addBoth(answered)
         return result
 
-    def _late(self, result: Deferred[float | None]) -> None:
-        if not result.called:
-            self._answer(
-                result,
-                self._fallback(
-                    TIMEOUT, f"no answer within {self.settings.timeout}s (timeout)"
-                ),
-            )
+    def _late(self, check: _Check) -> None:
+        """``timeout`` passed: decide after the reactor has read its sockets once more.
+
+        Timers run before the reactor polls its sockets, so after one long iteration
+        (a burst of requests, each sending a check) every timer is due while Redis's
+        replies, sent within a millisecond, wait unread in the socket. The decision
+        waits one iteration (a call made now runs after the next poll), so a reply
+        already received wins; the checks expiring together share that one call.
+        """
+        if check.result.called:
+            return
+        self._expiring.append(check)
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(0, self._expired)
+
+    def _expired(self) -> None:
+        """Answer the checks that had no reply by ``timeout`` and one more poll.
+
+        While the connection that carries them is up, the usual cause is this
+        process's own backlog (the commands still in its write buffer, or the
+        replies in its read buffer, when the time ran out), not Redis: opening the
+        gate then would let a burst through exactly when a limit matters. So with
+        ``on_failure = "open"`` such a check spends from this process's own bucket
+        (``local``, which also counts what Redis allowed here): a caller gets at most
+        the limit from this process, and Redis still counts the late check. Without
+        a connection, and with ``"closed"``, it is ``on_failure``'s answer.
+        """
+        checks, self._expiring = self._expiring, []
+        self._sweep = None
+        why = f"no answer within {self.settings.timeout}s (timeout)"
+        conn = self._conn
+        live = conn is not None and bool(conn.connected) and not self.closed
+        for check in checks:
+            if check.result.called:
+                continue
+            if live and check.conn is conn:
+                self._failed(TIMEOUT, why, policy=LOCAL_POLICY)
+                check.result.callback(self.local.take_limit(check.limit))
+            else:
+                self._answer(check.result, self._fallback(TIMEOUT, why))
 
     def _answer(self, result: Deferred[float | None], why: str | None) -> None:
         if why is not None:
@@ -417,7 +474,7 @@ class RedisTierStore:
 
     # -- reporting -------------------------------------------------------------------
 
-    def _failed(self, kind: str, why: str) -> None:
+    def _failed(self, kind: str, why: str, policy: str | None = None) -> None:
         if self.observer is not None:
             self.observer.cluster_error(kind)
         if kind == DOWN:
@@ -427,7 +484,7 @@ class RedisTierStore:
             "Cluster store {where}: {why}; {policy}",
             where=self.settings.describe(),
             why=why,
-            policy=self.policy(),
+            policy=policy or self.policy(),
         )
 
     def policy(self) -> str:

@@ -31,8 +31,9 @@ from twistedgw.pipeline._interfaces import IAuthoriser
 
 
 def policy_key(api: ApiConfig, which: bytes) -> bytes:
-    """A policy's bucket: the API's ``name:version``, then what it counts."""
-    return api.label.encode() + b"\x00policy:" + which
+    """A policy's bucket: the API's ``name:version``, then what it counts (spelled by
+    ``tiers.tier_bucket_key``, as every bucket is)."""
+    return tiers.tier_bucket_key(api.label, b"policy:" + which)
 
 
 @implementer(IAuthoriser)

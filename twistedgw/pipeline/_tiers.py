@@ -4,9 +4,11 @@ An API with ``[[apis.tiers]]`` applies the first tier (in config order) that
 names either a truststore alias in the caller's verified chain (when the
 certificate passed the API's mTLS check) or the caller's consumer; its
 ``requests_per_minute`` bounds that caller. Callers matching no tier are not
-throttled here. Alias tiers key buckets by (API context, leaf SHA-256), so one
-certificate cannot spend another's budget; consumer tiers by (API context,
-consumer name), so a consumer has one budget whatever credential it used.
+throttled here. Alias tiers key buckets by (API, leaf SHA-256), so one
+certificate cannot spend another's budget; consumer tiers by (API, consumer
+name), so a consumer has one budget whatever credential it used. The API is its
+``name:version``, not its context: two APIs sharing a context through ``hosts``
+have a budget each (``tier_bucket_key`` spells every key).
 
 The buckets live in the ``Gateway``, not the ``Runtime``: they survive a reload
 (SIGHUP), otherwise rotating a CRL would hand every caller a fresh minute. A
@@ -64,9 +66,27 @@ def bucket_key(tier: Tier, identity: ClientIdentity | None) -> bytes | None:
     return b"leaf:" + fingerprint(leaf) if leaf is not None else None
 
 
+def tier_bucket_key(api_label: str, caller: bytes, prefix: bytes = b"") -> bytes:
+    """The one spelling of a tier bucket's key, in this process, in Redis and in NGINX.
+
+    ``prefix + api_label + b"\\x00" + caller``, where ``prefix`` is ``[cluster]
+    key_prefix`` in Redis (UTF-8; empty in process), ``api_label`` the API's
+    ``name:version`` (UTF-8) and ``caller`` what the tier counts (``bucket_key``):
+    ``b"leaf:"`` + the 32-byte SHA-256 of the leaf certificate's DER (binary, not hex)
+    for an alias tier, ``b"consumer:"`` + the consumer's name for a consumer tier.
+    For example ``twistedgw:Orders:v2\\x00consumer:acme``.
+
+    Keyed by the API, not its context: two APIs sharing a context through ``hosts``
+    must not spend each other's budget (issue 23 item 9). APIs with the same name
+    and version share buckets, being the same API.
+    """
+    return prefix + api_label.encode() + b"\x00" + caller
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One bucket to spend from: its key (unique per API and caller) and its rate."""
+    """One bucket to spend from: its key (``tier_bucket_key`` without a prefix: a store
+    that has one prepends it) and its rate."""
 
     key: bytes
     requests_per_minute: int  # the bucket's capacity; it refills evenly over period_seconds
@@ -84,7 +104,7 @@ def limit_for(
     if tier is None or which is None:
         return None
     return Limit(
-        api.context.encode() + b"\x00" + which,
+        tier_bucket_key(api.label, which),
         tier.requests_per_minute,
         consumer=tier.consumer is not None,
     )

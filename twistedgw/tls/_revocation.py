@@ -14,6 +14,14 @@ either says so, GOOD if either gives a fresh GOOD, otherwise UNKNOWN.
 CRLs are read when the runtime is built (start and SIGHUP), never on the request
 path. OCSP answers are cached per (issuer, serial) so the request path asks the
 network only on a miss, and concurrent misses share one query.
+
+The responder URL comes from the client certificate (its AIA), so anyone the
+truststore accepts chooses where the gateway connects: ``ResponderFetch`` fetches
+only http(s) URLs, resolves the name itself, refuses it if any address it resolves
+to is not a global one (private, loopback, link-local, ...: the gateway's own
+network, a cloud metadata service) unless ``[tls] ocsp_responders`` lists the
+responder's origin, and connects to the very address it checked (a second
+resolution could answer otherwise).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import datetime
 import enum
 import hashlib
+import ipaddress
 import itertools
 import os
 import time
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -38,9 +48,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet import defer
+from twisted.internet.interfaces import IResolutionReceiver
 from twisted.logger import Logger
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
-from twistedgw.config import TlsConfig
+from twistedgw.config import TlsConfig, ocsp_origin
 from twistedgw.identity import _reasons as reasons
 from twistedgw.identity import fingerprint
 
@@ -261,15 +274,129 @@ def parse_response(
     raise ValueError("response does not cover the certificate")
 
 
-def agent_fetch(url: str, body: bytes, timeout: float) -> defer.Deferred[bytes]:
-    """POST an OCSP request with Twisted's Agent (non-blocking), giving up after ``timeout``."""
-    from twisted.internet import reactor
+def refused_address(address: str) -> bool:
+    """Whether a responder at IP ``address`` is refused unless allow-listed: anything but
+    a global unicast address (RFC 6890's special-purpose ranges: private, loopback,
+    link-local, shared, reserved, unspecified...), IPv4 inside IPv6 judged as IPv4."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def resolve_host(reactor: Any, host: str) -> defer.Deferred[list[str]]:
+    """Every address ``host`` resolves to (the reactor's resolver: getaddrinfo in a thread)."""
+    done: defer.Deferred[list[str]] = defer.Deferred()
+    found: list[str] = []
+
+    @implementer(IResolutionReceiver)
+    class Receiver:
+        def resolutionBegan(self, resolution: Any) -> None:
+            pass
+
+        def addressResolved(self, address: Any) -> None:
+            found.append(address.host)
+
+        def resolutionComplete(self) -> None:
+            done.callback(found)
+
+    reactor.nameResolver.resolveHostName(Receiver(), host, 0)
+    return done
+
+
+@implementer(IAgentEndpointFactory)
+class _Pinned:
+    """Connects an ``Agent`` to one checked address, whatever the URL's name resolves to
+    by then; TLS is still verified against (and SNI sent for) the name."""
+
+    def __init__(self, reactor: Any, address: str, timeout: float) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet import endpoints, ssl
+
+        v6 = ":" in self._address
+        kind = endpoints.TCP6ClientEndpoint if v6 else endpoints.TCP4ClientEndpoint
+        endpoint = kind(self._reactor, self._address, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            return endpoints.wrapClientTLS(ssl.optionsForClientTLS(uri.host.decode()), endpoint)
+        return endpoint
+
+
+class ResponderFetch:
+    """The ``Fetch`` of ``OcspClient``: POST to the responder, but never into the
+    gateway's own network unless ``[tls] ocsp_responders`` says so (no SSRF from a
+    certificate's AIA).
+
+    Only http(s) URLs. The host is resolved here; if any address it resolves to is
+    refused (``refused_address``) and its origin is not listed, nothing is sent. The
+    request goes to the first address, the one checked, with the URL's own Host header.
+    """
+
+    def __init__(
+        self,
+        allowed: Iterable[str] = (),
+        reactor: Any = None,
+        *,
+        resolve: Callable[[str], defer.Deferred[list[str]]] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._reactor = reactor
+        self._allowed = frozenset(allowed)
+        self._resolve = resolve or (lambda host: resolve_host(reactor, host))
+
+    def __call__(self, url: str, body: bytes, timeout: float) -> defer.Deferred[bytes]:
+        try:
+            origin = ocsp_origin(url)
+        except ValueError as e:
+            return defer.fail(ValueError(f"responder URL refused: {e}"))
+        host = urlsplit(url).hostname or ""
+        listed = origin in self._allowed
+        try:
+            ipaddress.ip_address(host)
+            resolved: defer.Deferred[list[str]] = defer.succeed([host])
+        except ValueError:
+            resolved = self._resolve(host)
+
+        def checked(addresses: list[str]) -> defer.Deferred[bytes]:
+            if not addresses:
+                raise ValueError(f"{host} resolves to no address")
+            refused = [a for a in addresses if refused_address(a)]
+            if refused and not listed:
+                raise ValueError(
+                    f"responder {origin} is at {refused[0]}, a private, loopback or "
+                    "link-local address: not fetched (list the origin in [tls] "
+                    "ocsp_responders to allow it)"
+                )
+            return agent_fetch(url, body, timeout, reactor=self._reactor, address=addresses[0])
+
+        result: defer.Deferred[bytes] = resolved.addCallback(checked)  # type: ignore[assignment]
+        result.addTimeout(timeout, self._reactor)
+        return result
+
+
+def agent_fetch(
+    url: str, body: bytes, timeout: float, *, reactor: Any = None, address: str | None = None
+) -> defer.Deferred[bytes]:
+    """POST an OCSP request with Twisted's Agent (non-blocking), giving up after ``timeout``;
+    to ``address`` (an IP) when given, whatever the URL's name resolves to."""
     from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
     from twisted.web.http_headers import Headers
 
-    agent = Agent(
-        reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor, persistent=False)
-    )
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    if address is not None:
+        agent = Agent.usingEndpointFactory(reactor, _Pinned(reactor, address, timeout), pool=pool)
+    else:
+        agent = Agent(reactor, connectTimeout=timeout, pool=pool)
     d = agent.request(
         b"POST",
         url.encode("ascii"),
@@ -466,7 +593,11 @@ def build(settings: TlsConfig) -> RevocationChecker | None:
         return None
     crls = CrlStore(load_crls(settings.crl)) if "crl" in settings.revocation else None
     client = (
-        OcspClient(settings.ocsp_timeout, settings.ocsp_cache_seconds)
+        OcspClient(
+            settings.ocsp_timeout,
+            settings.ocsp_cache_seconds,
+            fetch=ResponderFetch(settings.ocsp_responders),
+        )
         if "ocsp" in settings.revocation
         else None
     )
