@@ -365,6 +365,39 @@ def test_rapid_reset(gw: GatewayProcess, pki: DevPki) -> None:
     still_serves(gw, pki)
 
 
+@pytest.mark.parametrize("cause", ["window-overflow", "malformed"])
+def test_resets_the_client_causes_count_as_its_own(
+    gw: GatewayProcess, pki: DevPki, cause: str
+) -> None:
+    """CVE-2025-8671 ("MadeYouReset"): streams the gateway resets because of what the
+    client sent (a stream window overflowed past 2^31-1, a malformed request) count
+    against h2_max_resets_per_second (20 here) like the client's own RST_STREAM frames:
+    past it, GOAWAY ENHANCE_YOUR_CALM, and the connection is closed."""
+    raw = RawH2(gw.port, pki)
+    try:
+        # 64 in well under a second: whichever one-second windows they fall in, one
+        # holds more than 20. Four streams at a time: within the 8 open at once.
+        for first in range(1, 129, 8):
+            for stream_id in range(first, first + 8, 2):
+                if cause == "window-overflow":
+                    raw.send(raw.headers(stream_id, raw.block("/o/slow/5"))
+                             + raw.window_update(stream_id, 2**31 - 1))
+                else:
+                    raw.send(raw.headers(stream_id, raw.block("/o/m", [("x(y)", "1")])))
+            raw.read(0.02)
+            if raw.closed:
+                break
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM, raw.frames
+        resets = [f for f in raw.frames if isinstance(f, RstStreamFrame)]
+        assert 0 < len(resets) < 64
+        raw.read(3.0)
+        assert raw.closed
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
 @pytest.mark.parametrize("kind", ["settings", "ping"])
 def test_settings_and_ping_floods(gw: GatewayProcess, pki: DevPki, kind: str) -> None:
     raw = RawH2(gw.port, pki)

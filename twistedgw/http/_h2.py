@@ -90,13 +90,14 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 from twisted.internet import address as taddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
@@ -105,6 +106,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from twistedgw import _hosts, errors
+from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http._front import MEMORY_BODY, FrontChannel
@@ -123,6 +125,8 @@ if TYPE_CHECKING:
     from twistedgw.http._resource import Routed
 
 log = Logger()
+# What a client can make the gateway log per stream: one line per address a minute.
+_client_faults = RateLimitedLog(log, level=LogLevel.info)
 
 PROTOCOL = "HTTP/2"
 
@@ -148,6 +152,109 @@ _HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 _STATUS = {code: b"%d" % code for code in RESPONSES}
+
+
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
+# RFC 9113 §8.2.1: no NUL, CR or LF, no leading or trailing SP or HTAB.
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+# RFC 9113 §8.2.2: connection-specific fields make a request malformed.
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+#: What ``_parse_request`` makes of a valid request's header block: method, target,
+#: host (``:authority``, else ``Host``), content-length, ``:protocol``, the fields.
+_Parsed = tuple[bytes, bytes, bytes, int | None, bytes | None, Headers]
+
+
+def _parse_request(fields: Any) -> _Parsed | str:
+    """Check a request header block against RFC 9113 §8.2 and §8.3 in one pass and
+    take it apart; a string says why it is malformed (a stream error).
+
+    Names are lower-case tokens (``x(y)`` is not one; nor is an upper-case name);
+    values hold no NUL, CR or LF nor surrounding whitespace; pseudo-header fields come
+    first, once each, known ones only, ``:protocol`` only with CONNECT; ``:method``,
+    and ``:scheme`` and a non-empty ``:path`` unless CONNECT; no connection-specific
+    field, ``te`` only ``trailers``; ``:authority`` or ``Host``, one each, the same.
+    Split ``cookie`` fields are joined (§8.2.3)."""
+    pseudo: dict[bytes, bytes] = {}
+    headers = Headers()
+    add = headers.addRawHeader
+    host: bytes | None = None
+    length: int | None = None
+    cookies: list[bytes] | None = None
+    regular = False
+    bad_value = _BAD_VALUE.search
+    for name, value in fields:
+        if value and bad_value(value) is not None:
+            return f"the value of {name[:64]!r} holds a forbidden byte or surrounding space"
+        if name[:1] == b":":
+            if regular:
+                return f"pseudo-header field {name[:64]!r} after a regular field"
+            if name not in _PSEUDO:
+                return f"unknown pseudo-header field {name[:64]!r}"
+            if name in pseudo:
+                return f"pseudo-header field {name!r} twice"
+            pseudo[name] = value
+            continue
+        regular = True
+        if _NAME.match(name) is None:
+            return f"header name {name[:64]!r} is not a lower-case token"
+        if name in _CONNECTION_SPECIFIC:
+            return f"connection-specific header field {name!r}"
+        if name == b"cookie":
+            if cookies is None:
+                cookies = []
+            cookies.append(value)
+            continue
+        if name == b"host":
+            if host is not None:
+                return "more than one Host header"
+            host = value
+        elif name == b"content-length":
+            length = int(value)  # h2 refused anything but digits, and disagreeing values
+        elif name == b"te" and value != b"trailers":
+            return "te other than 'trailers'"
+        add(name, value)
+    if cookies is not None:
+        add(b"cookie", b"; ".join(cookies))
+    method = pseudo.get(b":method")
+    if method is None:
+        return "no :method"
+    protocol = pseudo.get(b":protocol")
+    scheme, path = pseudo.get(b":scheme"), pseudo.get(b":path")
+    if method == b"CONNECT" and protocol is None:
+        if scheme is not None or path is not None:
+            return "CONNECT with :scheme or :path"
+        path = b""
+    else:
+        if protocol is not None and method != b"CONNECT":
+            return ":protocol without CONNECT"
+        if scheme is None or not path:
+            return "no :scheme, or no (or an empty) :path"
+    authority = pseudo.get(b":authority")
+    if authority is not None:
+        if host is None:
+            add(b"host", authority)
+        elif host != authority:
+            return ":authority and the Host header name different hosts"
+        host = authority
+    elif host is None:
+        return "no :authority nor Host"
+    return method, path, host, length, protocol, headers
+
+
+def _trailers_fault(fields: Any) -> str | None:
+    """Why a trailer block is malformed, if it is: no pseudo-header field, the field
+    rules of ``_parse_request``."""
+    for name, value in fields:
+        if name[:1] == b":":
+            return f"pseudo-header field {name[:64]!r} in trailers"
+        if _NAME.match(name) is None:
+            return f"trailer name {name[:64]!r} is not a lower-case token"
+        if value and _BAD_VALUE.search(value) is not None:
+            return f"the value of trailer {name[:64]!r} holds a forbidden byte"
+    return None
 
 
 class _Calm(h2.exceptions.DenialOfServiceError):
@@ -228,6 +335,11 @@ class _GuardedH2(h2.connection.H2Connection):
                 # connection fields dropped by ``StreamRequest``): h2 need not redo it.
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
+                # Requests are checked in one pass by ``_parse_request`` (h2's chain of
+                # generators cost a seventh of this module's CPU per request); a fault is
+                # then a stream error, not the connection error h2 makes of it.
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
             )
         )
         self.local_settings = h2.settings.Settings(
@@ -280,8 +392,25 @@ class _GuardedH2(h2.connection.H2Connection):
             except h2.exceptions.InvalidBodyLengthError as e:  # DATA against content-length
                 return self._stream_error(frame.stream_id, e)
             return events
+        elif kind is WindowUpdateFrame and frame.stream_id:
+            events = super()._receive_frame(frame)
+            for event in events:  # h2 reset a stream whose window the client overflowed
+                if type(event) is h2.events.StreamReset and not event.remote_reset:
+                    flood = self.reset_caused()
+                    if flood is not None:
+                        raise _Calm(flood)
+            return events
         events = super()._receive_frame(frame)
         return events
+
+    def reset_caused(self) -> str | None:
+        """Count a stream reset the client caused (a malformed request, a stream window
+        overflowed, a stream refused) against ``h2_max_resets_per_second``, as its own
+        RST_STREAM frames are (CVE-2025-8671, "MadeYouReset"); the flood, if over."""
+        if self._resets.hit():
+            self.flood = f"more than {self._resets.limit} stream resets in a second"
+            return self.flood
+        return None
 
     def _stream_error(self, stream_id: int, error: h2.exceptions.ProtocolError) -> list[Any]:
         """RST_STREAM PROTOCOL_ERROR for a request h2 found malformed, if the stream
@@ -653,6 +782,7 @@ class H2Channel(BoundedClose, Protocol):
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_end,
             h2.events.StreamReset: self._on_reset,
+            h2.events.TrailersReceived: self._on_trailers,
         }
 
     @property
@@ -716,8 +846,12 @@ class H2Channel(BoundedClose, Protocol):
                     if malformed and getattr(event, "stream_id", None) in malformed:
                         continue
                     handler(event)
+                    if self._closing:
+                        return  # a flood of resets the client caused
             if malformed:
                 self._malformed(malformed)
+                if self._closing:
+                    return
             self._grant(now)
         finally:
             self._in_read = False
@@ -726,6 +860,12 @@ class H2Channel(BoundedClose, Protocol):
             self._close()
             return
         self._flush()
+
+    def _caused_reset(self) -> None:
+        """A stream reset the client caused: over the rate, GOAWAY ENHANCE_YOUR_CALM."""
+        flood = self.conn.reset_caused()
+        if flood is not None:
+            self._connection_error(_Calm(flood))
 
     def _connection_error(self, error: h2.exceptions.ProtocolError) -> None:
         """GOAWAY (h2 prepared it, except for an invalid preface) and close at once."""
@@ -751,49 +891,29 @@ class H2Channel(BoundedClose, Protocol):
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id: int = event.stream_id
-        if self._goaway_last is not None and stream_id > self._goaway_last:
+        if (
+            self._goaway_last is not None and stream_id > self._goaway_last
+        ) or len(self.streams) >= self.limits.h2_max_concurrent_streams:
+            # after a graceful stop's GOAWAY; or more streams in the gateway's hands
+            # than allowed, whatever h2 counts as open (a reset stream's work is gone
+            # from both, so this is a second bound, not a second count)
             self._reset(stream_id, _ErrorCodes.REFUSED_STREAM)
+            self._caused_reset()
             return
-        method = path = authority = None
-        connect_protocol = False
-        headers = Headers()
-        add = headers.addRawHeader
-        host: bytes | None = None
-        length: bytes | None = None
-        for name, value in event.headers or ():
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":protocol":
-                    connect_protocol = True
-                continue  # :scheme: any h2 accepts (RFC 9113 §8.3.1 does not restrict it)
-            if _NAME.match(name) is None:
-                self._malformed({stream_id: f"header name {name[:64]!r} is not a token"},
-                                method, path)
-                return
-            if name == b"host":
-                host = value
-            elif name == b"content-length":
-                length = value  # digits, one value: h2 checked
-            add(name, value)
-        if authority is not None and host is None:
-            host = authority
-            add(b"host", authority)
-        method = method or b""
-        uri = path or b""
+        parsed = _parse_request(event.headers or ())
+        if isinstance(parsed, str):
+            self._malformed({stream_id: parsed})
+            return
+        method, uri, host, length, connect_protocol, headers = parsed
         request = StreamRequest(self, stream_id, method, uri, headers)
         request._complete = event.stream_ended is not None
         request._window = self._stream_window
         request._last_data = self._now
-        request._length = int(length) if length is not None else None
+        request._length = length
         self.streams[stream_id] = request
         self._arm(self._now + self._period)  # per-stream timing: the tick runs often now
         if method == b"CONNECT":  # RFC 8441 (:protocol) is not offered either
-            what = "extended CONNECT (RFC 8441)" if connect_protocol else "CONNECT"
+            what = "extended CONNECT (RFC 8441)" if connect_protocol is not None else "CONNECT"
             self.refuse(request, errors.method_not_allowed(
                 f"{what} is not served: the gateway does not open tunnels"), "bad_request")
             return
@@ -861,11 +981,20 @@ class H2Channel(BoundedClose, Protocol):
             return
         self._dispatch(request)
 
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        """Trailers are read (and discarded, as over HTTP/1.1), but held to the field
+        rules: a malformed one makes the request malformed."""
+        fault = _trailers_fault(event.headers or ())
+        if fault is not None:
+            self._malformed({event.stream_id: fault})
+
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         request = self.streams.get(event.stream_id)
         if request is not None:
             self._drop(request)
             request.connection_lost(Failure(ConnectionLost("the client reset the stream")))
+        # (A reset h2 made, for a stream window the client overflowed, was counted as
+        # a reset the client caused as the frame arrived: _GuardedH2._receive_frame.)
 
     def _malformed(
         self, streams: dict[int, str], method: bytes | None = None, path: bytes | None = None
@@ -879,14 +1008,18 @@ class H2Channel(BoundedClose, Protocol):
                 method, path = request.method, request.uri
                 self._drop(request)
                 request.connection_lost(Failure(ConnectionLost("malformed request")))
-            log.info(
-                "HTTP/2 stream {stream} from {peer}: malformed request ({why}); reset",
-                stream=stream_id, peer=self._peer(), why=why,
+            peer = self._peer()
+            _client_faults.emit(
+                peer, "HTTP/2 stream {stream} from {peer}: malformed request ({why}); reset",
+                stream=stream_id, peer=peer, why=why,
             )
             self._record(
                 method, path, errors.bad_request(f"malformed HTTP/2 request: {why}"),
                 "bad_request", 0,
             )
+            self._caused_reset()
+            if self._closing:
+                break
         streams.clear()
 
     def _grant(self, now: float) -> None:
