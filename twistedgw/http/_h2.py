@@ -1222,8 +1222,7 @@ class H2Channel(BoundedClose, Protocol):
         request.channel = None
         code = request._reset_after
         if code is not None and not request._complete:
-            self._reset(stream_id, code)
-        self._wants_flush()
+            self._reset(stream_id, code)  # written by the flush under way, or scheduled
 
     def _drop(self, request: StreamRequest) -> None:
         """Forget a stream (reset, malformed, or gone)."""
