@@ -171,3 +171,28 @@ def test_a_request_not_allowed_gets_no_window_update_until_it_is() -> None:
     assert window_updates(events) == {held: 60000}
     informational = [e for e in events if isinstance(e, h2.events.InformationalResponseReceived)]
     assert [e.stream_id for e in informational] == [held]  # 100 Continue after the allow
+
+
+def test_a_client_that_reads_nothing_is_aborted_after_idle_timeout() -> None:
+    """While the transport's output is over its bound nothing more is sent or read; an
+    answer the gateway made itself (no backend, so no send_timeout) would then hold the
+    connection, and its place in max_connections, for good. After idle_timeout with no
+    progress of the socket's unsent bytes, the connection is aborted."""
+    conn = connect(Recorder(hold=True))
+    get(conn, b"/x")
+    conn.send()
+    conn.events()
+    conn.channel.pauseProducing()  # what the TLS transport says of a client reading nothing
+    request = conn.resource.held[0]
+    request.setHeader(b"content-length", b"5")
+    request.write(b"hello")
+    request.finish()
+    conn.clock.advance(0)
+    events = conn.events()
+    assert not [e for e in events if isinstance(e, h2.events.DataReceived)]  # held back
+    for _ in range(int(Limits().idle_timeout) - 2):
+        conn.clock.advance(1)
+    assert not conn.transport.disconnecting
+    for _ in range(4):
+        conn.clock.advance(1)
+    assert conn.transport.disconnecting

@@ -115,6 +115,8 @@ from twistedgw.http._guard import (
     BoundedClose,
     Guard,
     _http_date,
+    _tcp,
+    _unsent,
     request_timeout,
     target_problem,
 )
@@ -777,13 +779,8 @@ class H2Channel(BoundedClose, Protocol):
         self._goaway_last: int | None = None
         self._closing = False
         self._lost = False
-        self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            h2.events.RequestReceived: self._on_request,
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_end,
-            h2.events.StreamReset: self._on_reset,
-            h2.events.TrailersReceived: self._on_trailers,
-        }
+        self._full_since: float | None = None  # the output over its bound since then
+        self._full_unsent = 0  # and the unsent bytes the socket held then
 
     @property
     def requests(self) -> list[StreamRequest]:
@@ -839,13 +836,13 @@ class H2Channel(BoundedClose, Protocol):
                 self._connection_error(e)
                 return
             malformed = conn.malformed
-            handlers = self._handlers
+            handlers = _HANDLERS
             for event in events:
                 handler = handlers.get(type(event))
                 if handler is not None:
                     if malformed and getattr(event, "stream_id", None) in malformed:
                         continue
-                    handler(event)
+                    handler(self, event)
                     if self._closing:
                         return  # a flood of resets the client caused
             if malformed:
@@ -1267,6 +1264,8 @@ class H2Channel(BoundedClose, Protocol):
         if self.output_full:
             return
         self.output_full = True
+        self._full_since = self._clock()
+        self._full_unsent = _unsent(_tcp(self.transport))
         for request in self.streams.values():
             self.pause_stream(request)
         self._set_reading(False)
@@ -1275,6 +1274,7 @@ class H2Channel(BoundedClose, Protocol):
         if not self.output_full:
             return
         self.output_full = False
+        self._full_since = None
         self._set_reading(True)
         for request in list(self._paused):
             if request._out_size <= STREAM_LOW_WATER:
@@ -1326,6 +1326,20 @@ class H2Channel(BoundedClose, Protocol):
                 return
             self._arm(self._last_active + idle)
             return
+        since = self._full_since
+        if since is not None and now - since >= idle:
+            unsent = _unsent(_tcp(self.transport))
+            if unsent >= self._full_unsent:
+                # It reads nothing: no stream can finish, and nothing else would time out
+                # an answer the gateway made itself (a refusal, say).
+                log.info(
+                    "HTTP/2 client {peer} read nothing for {timeout}s; aborting",
+                    peer=self._peer(), timeout=idle,
+                )
+                transport: Any = self.transport
+                transport.abortConnection()
+                return
+            self._full_since, self._full_unsent = now, unsent  # it reads, slowly
         conn = self.conn
         for request in list(self.streams.values()):
             if (
@@ -1423,6 +1437,17 @@ class H2Channel(BoundedClose, Protocol):
 
     def _peer(self) -> str:
         return str(getattr(self.peer, "host", "-"))
+
+
+# The events H2Channel acts on (the others, PING and SETTINGS acks, window and priority
+# updates, are h2's business or read by the next flush).
+_HANDLERS: dict[type[Any], Callable[[H2Channel, Any], None]] = {
+    h2.events.RequestReceived: H2Channel._on_request,
+    h2.events.DataReceived: H2Channel._on_data,
+    h2.events.StreamEnded: H2Channel._on_end,
+    h2.events.StreamReset: H2Channel._on_reset,
+    h2.events.TrailersReceived: H2Channel._on_trailers,
+}
 
 
 @implementer(IHandshakeListener)
