@@ -774,6 +774,18 @@ MALFORMED: dict[str, Callable[[RawH2], bytes]] = {
         3, r.encode([*_request(r), ("connection", "keep-alive")])
     ),
     "uppercase-header-name": lambda r: r.headers(3, r.encode([*_request(r), ("X-Up", "1")])),
+    "te-not-trailers": lambda r: r.headers(3, r.encode([*_request(r), ("te", "gzip")])),
+    "duplicate-method": lambda r: r.headers(3, r.encode([(":method", "GET"), *_request(r)])),
+    "status-in-a-request": lambda r: r.headers(3, r.encode([*_request(r), (":status", "200")])),
+    "value-with-surrounding-space": lambda r: r.headers(
+        3, r.encode([*_request(r), ("x-a", " b")])
+    ),
+    "pseudo-header-in-trailers": lambda r: r.headers(
+        3, r.encode(_request(r, "/o/post")), end_stream=False
+    ) + r.data(3, b"abc") + r.headers(3, r.encode([(":foo", "x")])),
+    "second-headers-without-end-stream": lambda r: r.headers(
+        3, r.encode(_request(r, "/o/post")), end_stream=False
+    ) + r.headers(3, r.encode([("x-a", "b")]), end_stream=False),
     # h2spec http2/8.1.2.6/1 and /2: content-length against the DATA frames
     "content-length-over-data": lambda r: r.headers(
         3, r.encode([*_request(r, "/o/post"), ("content-length", "5")]), end_stream=False
