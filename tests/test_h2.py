@@ -206,6 +206,22 @@ def test_large_bodies_both_ways_through_the_windows(
         client.close()
 
 
+def test_head_and_statuses_without_a_body(gw: GatewayProcess, pki: DevPki) -> None:
+    """HEAD keeps the backend's content-length and carries no DATA; 204 and 304 carry
+    none either; each stream ends."""
+    client = H2Client(gw.port, pki)
+    try:
+        head = client.get("/o/bytes/100", method="HEAD")
+        assert head.status == 200 and head.body == b""
+        assert head.header("content-length") == "100"
+        for status in (204, 304):
+            response = client.get(f"/o/status/{status}")
+            assert response.status == status and response.body == b""
+        assert client.get("/o/bytes/100").body == pattern(0, 100)
+    finally:
+        client.close()
+
+
 def test_h2load_many_streams(gw: GatewayProcess) -> None:
     out = subprocess.run(
         ["h2load", "-n", "300", "-c", "3", "-m", "8", f"https://localhost:{gw.port}/o/load"],
