@@ -21,7 +21,7 @@ which this replaced, cost a reactor turn per frame):
   turns, one frame each, round-robin; PRIORITY frames are read and ignored;
 * flow control explicit: the connection's receive window is kept large and topped
   up per read batch whatever a stream's state; a stream's own window is topped up
-  only while its request is allowed (``StreamRequest.allow_body``: a verdict still
+  only while its request is allowed (``H2Channel.allow_body``: a verdict still
   pending gets no WINDOW_UPDATE, so no more body than the initial window arrives
   before it); a send window made negative by SETTINGS (RFC 9113 §6.9.2) waits until
   WINDOW_UPDATEs make it positive again, then the rest goes out;
@@ -449,7 +449,6 @@ class StreamRequest:
         "_disconnected",
         "_ending",
         "_forceSSL",
-        "_held",
         "_last_data",
         "_length",
         "_notify",
@@ -521,7 +520,6 @@ class StreamRequest:
         self._complete = False  # END_STREAM received
         self._refused = False  # answered by the channel; its body is discarded
         self._window = 0  # what the client may still send on this stream, as granted
-        self._held = 0  # DATA bytes received while not allowed, not yet granted again
         self._last_data = 0.0
         # the response
         self._out: list[bytes] = []
@@ -953,9 +951,7 @@ class H2Channel(BoundedClose, Protocol):
         request._last_data = self._now
         data: bytes = event.data
         request._window -= event.flow_controlled_length
-        if not request.allowed:
-            request._held += event.flow_controlled_length
-        elif request._window < self._stream_window // 2:
+        if request.allowed and request._window < self._stream_window // 2:
             self._granting.append(request)
         size = request._body_size = request._body_size + len(data)
         if size > request._body_limit:
@@ -1043,7 +1039,6 @@ class H2Channel(BoundedClose, Protocol):
         except h2.exceptions.H2Error:
             return
         request._window += grow
-        request._held = 0
 
     # -- dispatch ----------------------------------------------------------------
 
