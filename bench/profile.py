@@ -1,6 +1,7 @@
 """Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections),
 or under a handshake scenario (``--scenario full``: 2a, a full ECDSA handshake per
-request; ``--scenario resume``: 2c, a resumed session per request).
+request; ``--scenario resume``: 2c, a resumed session per request), or under scenario 9
+(``--scenario h2``: h2load, 8 connections x 32 streams).
 
 ``python3 bench/profile.py [--seconds 15] [--scenario keepalive] [--out DIR]`` starts
 the same setup as ``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
@@ -47,7 +48,8 @@ def summarise(folded: Path, top: int = 30) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=15)
-    p.add_argument("--scenario", choices=["keepalive", "full", "resume"], default="keepalive")
+    p.add_argument("--scenario", choices=["keepalive", "full", "resume", "h2"],
+                   default="keepalive")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "twistedgw-prof")
     args = p.parse_args()
     if shutil.which("py-spy") is None:
@@ -56,18 +58,29 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="twistedgw-prof-"))
     profile = run.PROFILES["smoke"]
+    h2 = args.scenario == "h2"
+    if h2:
+        profile.scenarios = ("h2",)
     bench = run.Bench(work, profile, 400.0)
     folded = args.out / f"{args.scenario}.folded"
     try:
         bench.setup()
-        load = threading.Thread(
-            target=bench.wrk, args=(f"gw-ec-{args.scenario}", "/bench/small", 32, args.seconds + 3)
-        )
+        if h2:
+            gateway = "gw-h2"
+            load = threading.Thread(
+                target=bench.h2load, args=(gateway, "/bench/small", 8, 32, args.seconds + 3)
+            )
+        else:
+            gateway = "gw-ec"
+            load = threading.Thread(
+                target=bench.wrk,
+                args=(f"gw-ec-{args.scenario}", "/bench/small", 32, args.seconds + 3),
+            )
         load.start()
         subprocess.run(
             run.pinned(run.CORE_LOAD, [
                 "py-spy", "record", "--format", "raw", "--rate", "250", "-d",
-                str(args.seconds), "-o", str(folded), "-p", str(bench.procs["gw-ec"].popen.pid),
+                str(args.seconds), "-o", str(folded), "-p", str(bench.procs[gateway].popen.pid),
             ]),
             check=True, timeout=args.seconds + 60, capture_output=True,
         )

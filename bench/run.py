@@ -626,14 +626,17 @@ class Bench:
                 self.fronts[f.name] = f
         if "h2" in self.profile.scenarios:  # h2load speaks TLS itself: no HAProxy front
             pki = self.pkis["ec"]
-            for name in ("gw-h2", "ngx-h2"):
+            names = ["gw-h2", "ngx-h2"] + (["gw-h2-base"] if self.baseline is not None else [])
+            for name in names:
                 port = self.ports[name] = free_port()
                 if name.startswith("gw"):
                     conf = self.work / f"{name}.toml"
                     conf.write_text(h2_gateway_conf(pki, port, backend))
                     argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
-                    self.procs[name] = start(name, argv, CORE_PROXY, self.work, port,
-                                             gateway_env)
+                    env = gateway_env
+                    if name == "gw-h2-base":
+                        env = {**gateway_env, "PYTHONPATH": str(self.baseline)}
+                    self.procs[name] = start(name, argv, CORE_PROXY, self.work, port, env)
                 else:
                     conf = self.work / f"{name}.conf"
                     conf.write_text(nginx_h2_conf(self.work, name, pki, port, backend))
@@ -820,8 +823,14 @@ def scenario_h2(b: Bench) -> list[dict[str, Any]]:
     d = b.profile.duration
     s = b.compare(lambda: b.h2load("gw-h2", "/bench/small", 8, 32, d),
                   lambda: b.h2load("ngx-h2", "/bench/small", 8, 32, d))
-    return [row("9 HTTP/2 (h2load), small, 8 conns x 32 streams", "twistedgw", "NGINX", s,
+    rows = [row("9 HTTP/2 (h2load), small, 8 conns x 32 streams", "twistedgw", "NGINX", s,
                 "req/s", None, None)]
+    if "gw-h2-base" in b.procs:
+        base = b.compare(lambda: b.h2load("gw-h2", "/bench/small", 8, 32, d),
+                         lambda: b.h2load("gw-h2-base", "/bench/small", 8, 32, d))
+        rows.append(row("9b HTTP/2 (h2load), this tree vs --baseline", "twistedgw", "baseline",
+                        base, "req/s", None, None))
+    return rows
 
 
 def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
@@ -1168,7 +1177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-work", action="store_true", help="keep configs and logs")
     p.add_argument("--baseline", type=Path,
                    help="another twistedgw source tree (e.g. a git worktree of an older commit): "
-                        "scenario 1 also compares this tree against it, interleaved, same run")
+                        "scenarios 1 and 9 also compare this tree against it, interleaved, "
+                        "same run")
     args = p.parse_args(argv)
     for tool in ("nginx", "haproxy", "wrk"):
         if shutil.which(tool) is None:

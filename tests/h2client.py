@@ -27,14 +27,18 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from tests.harness import Response
 from twistedgw.testing.devpki import DevPki
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-ENHANCE_YOUR_CALM = 0xB
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
 REFUSED_STREAM = 0x7
+COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 
 def h2_context(
@@ -184,15 +188,22 @@ class RawH2:
 
     def __init__(
         self, port: int, pki: DevPki, client: str | None = None,
-        settings: dict[int, int] | None = None,
+        settings: dict[int, int] | None = None, preface: bytes | None = None,
     ) -> None:
+        """``preface``: bytes sent instead of the client preface and first SETTINGS."""
         self.port = port
         self.sock = tls_socket(port, pki, client)
         assert self.sock.selected_alpn_protocol() == "h2"
         self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
         self.frames: list[Frame] = []
+        self.heads: dict[int, list[list[tuple[bytes, bytes]]]] = {}  # decoded, per stream
         self.closed = False
         self._buffer = b""
+        self._block = b""  # a header block awaiting its CONTINUATION frames
+        if preface is not None:
+            self.send(preface)
+            return
         first = SettingsFrame(0)
         first.settings = dict(settings or {})
         self.send(PREFACE + first.serialize())
@@ -209,10 +220,14 @@ class RawH2:
         return True
 
     def block(self, path: str, extra: Iterable[tuple[str, str]] = ()) -> bytes:
-        return bytes(self.encoder.encode(
+        return self.encode(
             [(":method", "GET"), (":path", path), (":scheme", "https"),
              (":authority", f"localhost:{self.port}"), *extra]
-        ))
+        )
+
+    def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
+        """Any header list, in order, as one HPACK block (nothing checked)."""
+        return bytes(self.encoder.encode(list(headers)))
 
     @staticmethod
     def headers(stream_id: int, block: bytes, *, end_stream: bool = True,
@@ -246,6 +261,16 @@ class RawH2:
         return bytes(PingFrame(0, opaque_data=b"abcdefgh").serialize())
 
     @staticmethod
+    def window_update(stream_id: int, increment: int) -> bytes:
+        return bytes(WindowUpdateFrame(stream_id, window_increment=increment).serialize())
+
+    @staticmethod
+    def settings_frame_with(settings: dict[int, int]) -> bytes:
+        f = SettingsFrame(0)
+        f.settings = dict(settings)
+        return bytes(f.serialize())
+
+    @staticmethod
     def data(stream_id: int, payload: bytes, end_stream: bool = False) -> bytes:
         f = DataFrame(stream_id, data=payload)
         if end_stream:
@@ -274,9 +299,44 @@ class RawH2:
                 frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
                 self._buffer = self._buffer[9 + length :]
                 self.frames.append(frame)
+                self._decode(frame)
                 if until is not None and isinstance(frame, until):
                     return self.frames
         return self.frames
+
+    def _decode(self, frame: Frame) -> None:
+        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
+            self._block += frame.data
+            if "END_HEADERS" in frame.flags:
+                block, self._block = self._block, b""
+                self.heads.setdefault(frame.stream_id, []).append(
+                    [(bytes(n), bytes(v)) for n, v in self.decoder.decode(block, raw=True)]
+                )
+
+    def status(self, stream_id: int) -> int | None:
+        """The final status answered on ``stream_id``, if any."""
+        for head in self.heads.get(stream_id, []):
+            value = dict(head).get(b":status", b"")
+            if value and not value.startswith(b"1"):
+                return int(value)
+        return None
+
+    def body(self, stream_id: int) -> bytes:
+        return b"".join(
+            f.data for f in self.frames if isinstance(f, DataFrame) and f.stream_id == stream_id
+        )
+
+    def reset_code(self, stream_id: int) -> int | None:
+        for f in self.frames:
+            if isinstance(f, RstStreamFrame) and f.stream_id == stream_id:
+                return int(f.error_code)
+        return None
+
+    def ended(self, stream_id: int) -> bool:
+        return any(
+            f.stream_id == stream_id and "END_STREAM" in f.flags
+            for f in self.frames if isinstance(f, (HeadersFrame, DataFrame))
+        )
 
     def goaway(self, timeout: float = 5.0) -> GoAwayFrame | None:
         self.read(timeout, until=GoAwayFrame)

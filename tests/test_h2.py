@@ -7,21 +7,25 @@ mandatory/optional matrix and the graceful stop have their own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
+from tests.backend import pattern
 from tests.backend_fixture import BackendProcess
 from tests.e2e import echoed, running_gateway
 from tests.h2client import (
+    COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
+    PROTOCOL_ERROR,
     REFUSED_STREAM,
     H2Client,
     RawH2,
@@ -165,6 +169,55 @@ def test_nghttp_many_streams_share_the_connection_verdict(
         ids = [client.start(f"/m/s{i}") for i in range(3)]
         client.wait(ids)
         assert {client.response(i).json()["code"] for i in ids} == {"900902"}
+    finally:
+        client.close()
+
+
+def test_large_bodies_both_ways_through_the_windows(
+    gw: GatewayProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    """Bodies many times the 65,535-byte initial windows: an upload goes on as the
+    gateway tops the stream's window up, a download as the client does; several streams
+    of one connection at once (nghttp), each intact."""
+    upload = tmp_path / "up.bin"
+    upload.write_bytes(pattern(7, 700_000))
+    version, status, body = curl(
+        pki, f"https://localhost:{gw.port}/o/up", "--data-binary", f"@{upload}",
+        "-H", "content-type: application/octet-stream",
+    )
+    assert (version, status) == ("2", "200")
+    echo = json.loads(body)
+    assert echo["body_len"] == 700_000
+    assert echo["body_sha256"] == hashlib.sha256(pattern(7, 700_000)).hexdigest()
+    out = subprocess.run(
+        ["nghttp", "-n", "-s", *(f"https://localhost:{gw.port}/o/bytes/{n}"
+                                 for n in (1_000_000, 300_000, 5))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    client = H2Client(gw.port, pki)
+    try:
+        ids = [client.start(f"/o/bytes/{n}") for n in (2_000_000, 200_000, 70_000)]
+        client.wait(ids, timeout=60)
+        for stream_id, n in zip(ids, (2_000_000, 200_000, 70_000), strict=True):
+            response = client.response(stream_id)
+            assert response.status == 200 and response.body == pattern(0, n)
+    finally:
+        client.close()
+
+
+def test_head_and_statuses_without_a_body(gw: GatewayProcess, pki: DevPki) -> None:
+    """HEAD keeps the backend's content-length and carries no DATA; 204 and 304 carry
+    none either; each stream ends."""
+    client = H2Client(gw.port, pki)
+    try:
+        head = client.get("/o/bytes/100", method="HEAD")
+        assert head.status == 200 and head.body == b""
+        assert head.header("content-length") == "100"
+        for status in (204, 304):
+            response = client.get(f"/o/status/{status}")
+            assert response.status == status and response.body == b""
+        assert client.get("/o/bytes/100").body == pattern(0, 100)
     finally:
         client.close()
 
@@ -328,6 +381,39 @@ def test_rapid_reset(gw: GatewayProcess, pki: DevPki) -> None:
     still_serves(gw, pki)
 
 
+@pytest.mark.parametrize("cause", ["window-overflow", "malformed"])
+def test_resets_the_client_causes_count_as_its_own(
+    gw: GatewayProcess, pki: DevPki, cause: str
+) -> None:
+    """CVE-2025-8671 ("MadeYouReset"): streams the gateway resets because of what the
+    client sent (a stream window overflowed past 2^31-1, a malformed request) count
+    against h2_max_resets_per_second (20 here) like the client's own RST_STREAM frames:
+    past it, GOAWAY ENHANCE_YOUR_CALM, and the connection is closed."""
+    raw = RawH2(gw.port, pki)
+    try:
+        # 64 in well under a second: whichever one-second windows they fall in, one
+        # holds more than 20. Four streams at a time: within the 8 open at once.
+        for first in range(1, 129, 8):
+            for stream_id in range(first, first + 8, 2):
+                if cause == "window-overflow":
+                    raw.send(raw.headers(stream_id, raw.block("/o/slow/5"))
+                             + raw.window_update(stream_id, 2**31 - 1))
+                else:
+                    raw.send(raw.headers(stream_id, raw.block("/o/m", [("x(y)", "1")])))
+            raw.read(0.02)
+            if raw.closed:
+                break
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM, raw.frames
+        resets = [f for f in raw.frames if isinstance(f, RstStreamFrame)]
+        assert 0 < len(resets) < 64
+        raw.read(3.0)
+        assert raw.closed
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
 @pytest.mark.parametrize("kind", ["settings", "ping"])
 def test_settings_and_ping_floods(gw: GatewayProcess, pki: DevPki, kind: str) -> None:
     raw = RawH2(gw.port, pki)
@@ -365,20 +451,6 @@ def test_closed_window_stream_reset_after_idle_timeout(gw: GatewayProcess, pki: 
         assert client.pings_acked > 0
     finally:
         client.close()
-
-
-def test_authority_and_host_must_agree(gw: GatewayProcess, pki: DevPki) -> None:
-    """A Host header naming another host than :authority is never routed (h2 itself
-    refuses the header block: GOAWAY PROTOCOL_ERROR, no response)."""
-    raw = RawH2(gw.port, pki)
-    try:
-        raw.send(raw.headers(1, raw.block("/o/x", [("host", "elsewhere.example")])))
-        goaway = raw.goaway()
-        assert goaway is not None and goaway.error_code == 0x1
-        assert not any(isinstance(f, HeadersFrame) for f in raw.frames)
-    finally:
-        raw.close()
-    still_serves(gw, pki)
 
 
 def test_target_checked_as_over_http1(gw: GatewayProcess, pki: DevPki) -> None:
@@ -646,3 +718,212 @@ def test_metrics_count_h2_requests(tmp_path: Path, pki: DevPki, backend: Backend
                      source="handshake", result="verified", reason="") == 3
     finally:
         gw.stop()
+
+
+# -- conformance (issue 23): raw frames; h2spec cases by name ----------------------------
+
+
+def _read_until(raw: RawH2, done: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and not raw.closed and time.monotonic() < deadline:
+        raw.read(0.2)
+
+
+def test_h2spec_3_5_2_invalid_preface_goaway_and_close_at_once(
+    gw: GatewayProcess, pki: DevPki
+) -> None:
+    """h2spec http2/3.5/2: an invalid connection preface gets GOAWAY PROTOCOL_ERROR and the
+    connection is closed at once, not held until idle_timeout (2 s here)."""
+    started = time.monotonic()
+    raw = RawH2(gw.port, pki, preface=b"INVALID CONNECTION PREFACE\r\n\r\n")
+    try:
+        raw.read(5.0)
+        waited = time.monotonic() - started
+        goaway = next((f for f in raw.frames if isinstance(f, GoAwayFrame)), None)
+        assert goaway is not None and goaway.error_code == PROTOCOL_ERROR, raw.frames
+        assert raw.closed and waited < 1.5, waited
+    finally:
+        raw.close()
+    still_serves(gw, pki)
+
+
+def test_h2spec_6_9_2_2_negative_window_then_window_update_resumes(
+    gw: GatewayProcess, pki: DevPki
+) -> None:
+    """h2spec http2/6.9.2/2: SETTINGS_INITIAL_WINDOW_SIZE lowered under what was sent makes
+    the stream's window negative; once a WINDOW_UPDATE makes it positive, the rest of the
+    response goes out."""
+    initial = settings_code("INITIAL_WINDOW_SIZE")
+    raw = RawH2(gw.port, pki, settings={initial: 3})
+    try:
+        raw.send(raw.headers(1, raw.block("/o/bytes/10")))
+        _read_until(raw, lambda: len(raw.body(1)) >= 3)
+        assert len(raw.body(1)) == 3, raw.frames
+        raw.send(raw.settings_frame_with({initial: 2}))  # the window: 2 - 3 = -1
+        raw.read(0.5)
+        assert len(raw.body(1)) == 3  # nothing while it is negative
+        raw.send(raw.window_update(1, 2))  # -1 + 2 = 1
+        _read_until(raw, lambda: len(raw.body(1)) >= 4)
+        assert len(raw.body(1)) == 4, raw.frames
+        raw.send(raw.window_update(1, 100))
+        _read_until(raw, lambda: raw.ended(1))
+        assert raw.body(1) == pattern(0, 10) and raw.ended(1)
+        assert not any(isinstance(f, GoAwayFrame) for f in raw.frames)
+    finally:
+        raw.close()
+
+
+def _request(raw: RawH2, path: str = "/o/m") -> list[tuple[str, str]]:
+    return [(":method", "GET"), (":path", path), (":scheme", "https"),
+            (":authority", f"localhost:{raw.port}")]
+
+
+# name -> the frames of stream 3, each malformed where RFC 9113 makes it a stream error
+MALFORMED: dict[str, Callable[[RawH2], bytes]] = {
+    "header-name-not-a-token": lambda r: r.headers(3, r.encode([*_request(r), ("x(y)", "1")])),
+    "unknown-pseudo-header": lambda r: r.headers(3, r.encode([*_request(r), (":foo", "bar")])),
+    "pseudo-header-after-a-header": lambda r: r.headers(
+        3, r.encode([("accept", "*/*"), *_request(r)])
+    ),
+    "no-path": lambda r: r.headers(3, r.encode(_request(r)[:1] + _request(r)[2:])),
+    "connection-header": lambda r: r.headers(
+        3, r.encode([*_request(r), ("connection", "keep-alive")])
+    ),
+    "uppercase-header-name": lambda r: r.headers(3, r.encode([*_request(r), ("X-Up", "1")])),
+    "te-not-trailers": lambda r: r.headers(3, r.encode([*_request(r), ("te", "gzip")])),
+    "duplicate-method": lambda r: r.headers(3, r.encode([(":method", "GET"), *_request(r)])),
+    "status-in-a-request": lambda r: r.headers(3, r.encode([*_request(r), (":status", "200")])),
+    "value-with-surrounding-space": lambda r: r.headers(
+        3, r.encode([*_request(r), ("x-a", " b")])
+    ),
+    "pseudo-header-in-trailers": lambda r: r.headers(
+        3, r.encode(_request(r, "/o/post")), end_stream=False
+    ) + r.data(3, b"abc") + r.headers(3, r.encode([(":foo", "x")])),
+    "second-headers-without-end-stream": lambda r: r.headers(
+        3, r.encode(_request(r, "/o/post")), end_stream=False
+    ) + r.headers(3, r.encode([("x-a", "b")]), end_stream=False),
+    # h2spec http2/8.1.2.6/1 and /2: content-length against the DATA frames
+    "content-length-over-data": lambda r: r.headers(
+        3, r.encode([*_request(r, "/o/post"), ("content-length", "5")]), end_stream=False
+    ) + r.data(3, b"abc", end_stream=True),
+    "data-over-content-length": lambda r: r.headers(
+        3, r.encode([*_request(r, "/o/post"), ("content-length", "2")]), end_stream=False
+    ) + r.data(3, b"abc", end_stream=True),
+    "content-length-without-data": lambda r: r.headers(
+        3, r.encode([*_request(r, "/o/post"), ("content-length", "5")])
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_request_resets_only_its_stream(
+    gw: GatewayProcess, pki: DevPki, case: str
+) -> None:
+    """RFC 9113 §8.1.1: a malformed request is a stream error: RST_STREAM PROTOCOL_ERROR on
+    that stream; the connection's other streams (one in flight, one opened after) go on."""
+    tracebacks = gw.output().count("Traceback")
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/slow/0.5")))
+        raw.send(MALFORMED[case](raw))
+        raw.send(raw.headers(5, raw.block("/o/after")))
+        _read_until(raw, lambda: raw.ended(1) and raw.ended(5))
+        assert raw.reset_code(3) == PROTOCOL_ERROR, raw.frames
+        assert raw.status(3) is None  # reset, never answered nor forwarded
+        assert not any(isinstance(f, GoAwayFrame) for f in raw.frames), raw.frames
+        assert (raw.status(1), raw.status(5)) == (200, 200)
+        assert not raw.closed
+    finally:
+        raw.close()
+    assert gw.output().count("Traceback") == tracebacks
+
+
+def test_connection_errors_stay_goaway(gw: GatewayProcess, pki: DevPki) -> None:
+    """An undecodable header block is a connection error (RFC 9113 §4.3): the HPACK
+    context is lost, so GOAWAY COMPRESSION_ERROR."""
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, b"\xff\xff\xff\xff\x0f"))
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == COMPRESSION_ERROR, raw.frames
+    finally:
+        raw.close()
+
+
+def test_authority_and_host_must_agree(gw: GatewayProcess, pki: DevPki) -> None:
+    """A Host header naming another host than :authority makes the request malformed
+    (RFC 9113 §8.3.1): that stream is reset, it is never routed, the connection serves on."""
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.block("/o/x", [("host", "elsewhere.example")])))
+        raw.send(raw.headers(3, raw.block("/o/y")))
+        _read_until(raw, lambda: raw.ended(3))
+        assert raw.reset_code(1) == PROTOCOL_ERROR and raw.status(1) is None, raw.frames
+        assert raw.status(3) == 200
+        assert not any(isinstance(f, GoAwayFrame) for f in raw.frames)
+    finally:
+        raw.close()
+
+
+def test_connect_405_and_methods_not_upper_case_400(gw: GatewayProcess, pki: DevPki) -> None:
+    """CONNECT (extended CONNECT with :protocol too: RFC 8441 is not offered) is answered
+    405, a method that is not upper case 400, as over HTTP/1.1; the connection serves on."""
+    raw = RawH2(gw.port, pki)
+    authority = f"localhost:{raw.port}"
+    try:
+        raw.send(raw.headers(1, raw.encode(
+            [(":method", "CONNECT"), (":authority", "example.com:443")]), end_stream=False))
+        raw.send(raw.headers(3, raw.encode(
+            [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+             (":path", "/o/ws"), (":authority", authority)]), end_stream=False))
+        raw.send(raw.headers(5, raw.encode(
+            [(":method", "get"), (":path", "/o/x"), (":scheme", "https"),
+             (":authority", authority)])))
+        raw.send(raw.headers(7, raw.encode(
+            [(":method", "Post"), (":path", "/o/x"), (":scheme", "https"),
+             (":authority", authority)])))
+        raw.send(raw.headers(9, raw.block("/o/ok")))
+        _read_until(raw, lambda: all(raw.ended(i) for i in (1, 3, 5, 7, 9)))
+        assert [raw.status(i) for i in (1, 3, 5, 7, 9)] == [405, 405, 400, 400, 200], raw.frames
+        for i, code in ((1, "405"), (3, "405"), (5, "400"), (7, "400")):
+            assert json.loads(raw.body(i))["code"] == code
+        assert not any(isinstance(f, GoAwayFrame) for f in raw.frames)
+    finally:
+        raw.close()
+
+
+BAD_AUTHORITIES = ["evil.example/x", "a b", "...", "", "a@evil.example", "x,y", "[::1"]
+
+
+def test_authority_validated_and_never_copied_unvalidated(
+    gw: GatewayProcess, pki: DevPki
+) -> None:
+    """:authority (or Host, without one) must name a host (RFC 3986 reg-name or IP literal,
+    optional port), on every listener: 400 otherwise, and never forwarded; a valid one
+    reaches the backend as X-Forwarded-Host."""
+    raw = RawH2(gw.port, pki)
+    try:
+        ids = []
+        for i, authority in enumerate(BAD_AUTHORITIES):
+            stream_id = 1 + 2 * i
+            ids.append(stream_id)
+            raw.send(raw.headers(stream_id, raw.encode(
+                [(":method", "GET"), (":path", "/o/a"), (":scheme", "https"),
+                 (":authority", authority)])))
+        host_only = 1 + 2 * len(ids)
+        raw.send(raw.headers(host_only, raw.encode(
+            [(":method", "GET"), (":path", "/o/a"), (":scheme", "https"),
+             ("host", "evil.example/x")])))
+        good = host_only + 2
+        raw.send(raw.headers(good, raw.block("/o/a")))
+        _read_until(raw, lambda: all(raw.ended(i) for i in (*ids, host_only, good)))
+        for stream_id, authority in zip([*ids, host_only], [*BAD_AUTHORITIES, "host"],
+                                        strict=True):
+            assert raw.status(stream_id) == 400, (authority, raw.status(stream_id))
+            assert json.loads(raw.body(stream_id))["code"] == "400"
+        assert raw.status(good) == 200
+        echo = json.loads(raw.body(good))
+        forwarded = [v for n, v in echo["headers"] if n.lower() == "x-forwarded-host"]
+        assert forwarded == [f"localhost:{gw.port}"]
+    finally:
+        raw.close()

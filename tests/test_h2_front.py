@@ -1,7 +1,7 @@
 """The HTTP/1.1 side of an ``http2 = true`` listener is the byte-level front (issue 14).
 
 Every connection of such a listener starts as ``FrontChannel`` and is handed over to
-``GuardedH2Connection`` when the TLS handshake chose ALPN h2 (http/_h2.py,
+``H2Channel`` when the TLS handshake chose ALPN h2 (http/_h2.py,
 ``NegotiatingChannel``). In memory: the hand-over moves the connection count and
 the producer registration and leaves no HTTP/1.1 timer behind. Against a real
 gateway process: HTTP/1.1 clients (ALPN http/1.1, no ALPN, curl --http1.1) get the
@@ -38,7 +38,7 @@ from tests.harness import GatewayProcess, free_port, gateway_config, start_gatew
 from tests.rawhttp import read_response, wait_closed
 from twistedgw.config import Limits
 from twistedgw.http._guard import Guard
-from twistedgw.http._h2 import GuardedH2Connection, H2Factory, NegotiatingChannel
+from twistedgw.http._h2 import H2Channel, H2Factory, NegotiatingChannel
 from twistedgw.testing.devpki import DevPki
 
 BARE_LF = "a bare LF is not a valid line ending or header byte"
@@ -81,7 +81,7 @@ def test_alpn_h2_hands_the_connection_over_before_any_byte_is_parsed() -> None:
     assert m.front_timers()  # the header and idle timers of the HTTP/1.1 front
     m.protocol.handshakeCompleted()
     channel = m.protocol._channel
-    assert isinstance(channel, GuardedH2Connection)
+    assert isinstance(channel, H2Channel)
     assert m.guard.open == 1  # the count moved over: still one connection
     assert channel.counted and not m.front._counted
     assert m.transport.producer is channel  # the TLS producer registration too

@@ -27,26 +27,6 @@ def _connected_channel(first_line: bytes = b"") -> HTTPChannel:
 
 # Instance attributes exist only on instances (set in __init__, on connection, or once
 # the request line is read; the accessor handles "not yet").
-def _h2_stream() -> object:
-    from twisted.web._http2 import H2Stream
-
-    class Connection:  # what a stream asks of its connection while it is built
-        def getPeer(self) -> None:
-            return None
-
-        def getHost(self) -> None:
-            return None
-
-    return H2Stream(1, Connection(), [], lambda channel, queued: Request(channel), None, None)
-
-
-def _h2_connection() -> object:
-    from twisted.internet.testing import MemoryReactorClock
-    from twisted.web._http2 import H2Connection
-
-    return H2Connection(MemoryReactorClock())
-
-
 def _frame_buffer() -> object:
     from h2.frame_buffer import FrameBuffer
 
@@ -54,8 +34,6 @@ def _frame_buffer() -> object:
 
 
 _INSTANCES = {
-    "twisted.web._http2.H2Stream": _h2_stream,
-    "twisted.web._http2.H2Connection": _h2_connection,
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
     "OpenSSL.SSL.Connection": lambda: SSL.Connection(SSL.Context(SSL.TLS_METHOD), None),

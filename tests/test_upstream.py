@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error as ierror
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -516,3 +517,23 @@ def test_cached_connection_tokens_and_the_single_length_shortcut_decide_as_befor
     for bad in (b"5, 6", b"5,", b"-5", b"5 5"):
         with pytest.raises(ValueError, match="Content-Length"):
             _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + bad, False)
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [("127.0.0.1", TCP4ClientEndpoint), ("[::1]", TCP6ClientEndpoint),
+     ("backend.example", HostnameEndpoint)],
+)
+def test_an_ip_literal_backend_is_connected_to_without_name_resolution(
+    host: str, kind: type
+) -> None:
+    """``HostnameEndpoint`` resolves even an IP literal in the reactor's thread pool and
+    builds a class per connect: a burst of requests past the idle pool (HTTP/2's streams)
+    paid that per connection. An IP-literal origin gets a plain TCP endpoint."""
+    reactor = MemoryReactorClock()
+    pool = Upstream(reactor)
+    origin = parse_origin(f"http://{host}:9".encode(), None)
+    assert type(pool._endpoint(origin)) is kind
+    if kind is not HostnameEndpoint:
+        pool.request(origin, b"GET", GET, None, Recorder())
+        assert [(h, p) for h, p, *_ in reactor.tcpClients] == [(host.strip("[]"), 9)]

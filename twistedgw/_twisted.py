@@ -1,10 +1,10 @@
 """Every private Twisted and pyOpenSSL name twistedgw relies on, in one place, and why.
 
-HTTP/2 (``http/_h2``) guards twisted.web's ``H2Connection`` by subclassing it,
-and twisted.web keeps the state a gateway needs (a stream's connection and
-request, the outbound queues) in private attributes; the HTTP/1.1 front
-(``http/_front``) is the gateway's own and needs none of twisted.web's private
-names but its chunked-body error class; pyOpenSSL has no public call for
+HTTP/2 (``http/_h2``) drives the ``h2`` library's connection directly and bounds
+it through two of its private hooks (the frame dispatch, the header-block buffer);
+the HTTP/1.1 front (``http/_front``) is the gateway's own and needs none of
+twisted.web's private names but its chunked-body error class; pyOpenSSL has no
+public call for
 OpenSSL's verification error strings or for the key-exchange groups. Reads go
 through the accessors below; the overrides stay in the subclass and are listed
 here. ``tests/test_private_names.py``
@@ -32,31 +32,10 @@ USED: tuple[PrivateName, ...] = (
                 "what the gateway's chunked decoder (http/_guard.py) raises on a bad body"),
     PrivateName("twisted.web.http.Request", "_disconnected", "attribute",
                 "whether the client left, when a forwarding failure is answered"),
-    # HTTP/2 (http/_h2.py): twisted.web's H2Connection, guarded by subclassing it.
-    PrivateName("twisted.web._http2", "H2Connection", "module",
-                "twisted.web's HTTP/2 connection, served on listeners with http2 = true"),
-    PrivateName("twisted.web._http2.H2Stream", "_conn", "attribute",
-                "a stream's connection: its TLS transport carries the certificate verdict"),
-    PrivateName("twisted.web._http2.H2Stream", "_request", "attribute",
-                "the stream's request, to route it and set its body limit at HEADERS"),
-    PrivateName("twisted.web._http2.H2Connection", "_requestReceived", "method",
-                "overridden: route, refuse and count streams when their HEADERS arrive"),
-    PrivateName("twisted.web._http2.H2Connection", "_requestDataReceived", "method",
-                "overridden: DATA for a stream the gateway refused is discarded"),
-    PrivateName("twisted.web._http2.H2Connection", "_requestEnded", "method",
-                "overridden: END_STREAM for a stream the gateway refused is ignored"),
-    PrivateName("twisted.web._http2.H2Connection", "_requestAborted", "method",
-                "overridden: RST_STREAM for a stream the gateway refused is ignored"),
-    PrivateName("twisted.web._http2.H2Connection", "_requestDone", "method",
-                "a refused or stalled stream is cleaned up as twisted.web does; drain closes"),
-    PrivateName("twisted.web._http2.H2Connection", "_tryToWriteControlData", "method",
-                "writes h2's pending frames within twisted.web's control-frame bound"),
-    PrivateName("twisted.web._http2.H2Connection", "_outboundStreamQueues", "attribute",
-                "a stream with queued response data and a closed window is stalled"),
-    PrivateName("twisted.web._http2.H2Connection", "_resetTokenBurst", "attribute",
-                "twisted.web's own reset bucket is lifted: h2_max_resets_per_second rules"),
+    # HTTP/2 (http/_h2.py): the h2 library's connection, driven directly.
     PrivateName("h2.connection.H2Connection", "_receive_frame", "method",
-                "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive"),
+                "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive, "
+                "and to make a malformed request a stream error, not a connection error"),
     PrivateName("h2.frame_buffer.FrameBuffer", "_update_header_buffer", "method",
                 "overridden to bound a header block's CONTINUATION frames and bytes"),
     PrivateName("h2.frame_buffer.FrameBuffer", "_headers_buffer", "attribute",
@@ -94,15 +73,9 @@ USED: tuple[PrivateName, ...] = (
 
 
 def connection_transport(channel: Any) -> Any:
-    """The connection's transport (TLS, or TCP) under a request's channel.
-
-    An HTTP/1.1 channel has it; an HTTP/2 stream's ``transport`` is None, so it is
-    its connection's (``H2Stream._conn``), which every stream of it shares."""
-    transport = getattr(channel, "transport", None)
-    if transport is None:
-        conn = getattr(channel, "_conn", None)
-        transport = getattr(conn, "transport", None)
-    return transport
+    """The connection's transport (TLS, or TCP) under a request's channel (an HTTP/2
+    stream's is its connection's, which every stream of it shares)."""
+    return getattr(channel, "transport", None)
 
 
 def client_disconnected(request: Any) -> bool:

@@ -17,6 +17,7 @@ failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from urllib.parse import urlsplit
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -182,6 +188,21 @@ class Call:
             self.handler.response_failed(error)
 
 
+def _ip_endpoint(
+    reactor: Any, host: str, port: int, timeout: float
+) -> IStreamClientEndpoint | None:
+    """A plain TCP endpoint for an IP-literal backend, else None. ``HostnameEndpoint``
+    resolves even a literal in the reactor's thread pool and builds a class per
+    connect; a burst of requests beyond the idle pool opens connections at that cost."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(literal)
+    except ValueError:
+        return None
+    kind = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
+    return kind(reactor, literal, port, timeout=timeout)
+
+
 class Upstream:
     """The backend connection pool and the way requests get onto connections."""
 
@@ -248,9 +269,11 @@ class Upstream:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             host = origin.host.decode("ascii")
-            endpoint = HostnameEndpoint(
-                self._reactor, host, origin.port, timeout=self._connect_timeout
-            )
+            endpoint = _ip_endpoint(self._reactor, host, origin.port, self._connect_timeout)
+            if endpoint is None:
+                endpoint = HostnameEndpoint(
+                    self._reactor, host, origin.port, timeout=self._connect_timeout
+                )
             if origin.scheme == b"https":
                 policy = origin.tls
                 if policy is None:

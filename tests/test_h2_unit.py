@@ -1,0 +1,198 @@
+"""HTTP/2 in memory: ``H2Channel`` (http/_h2.py) behind ``NegotiatingChannel`` over a
+transport that counts writes, with an ``h2`` client on the other side.
+
+What is pinned here is the channel's own design, not the protocol (the raw-frame tests
+against a real gateway are in test_h2.py): one write per read batch, one write for the
+answers made in one reactor turn, and the per-stream flag that withholds a request's
+WINDOW_UPDATEs while it is not allowed to send its body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.server import Site
+
+from tests.frontkit import Recorder
+from twistedgw.config import Limits
+from twistedgw.http._guard import Guard
+from twistedgw.http._h2 import H2Channel, H2Factory
+
+
+class CountingTransport(StringTransport):
+    negotiatedProtocol = b"h2"
+
+    def __init__(self) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 443),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+        )
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+@dataclass
+class Conn:
+    clock: MemoryReactorClock
+    transport: CountingTransport
+    channel: H2Channel
+    client: h2.connection.H2Connection
+    resource: Recorder
+    protocol: Any
+
+    def send(self) -> None:
+        """What the client has queued, in one read."""
+        self.protocol.dataReceived(self.client.data_to_send())
+
+    def events(self) -> list[h2.events.Event]:
+        """What the gateway wrote since the last call, as the client reads it."""
+        out = self.transport.value()
+        self.transport.clear()
+        self.transport.writes = 0
+        events: list[h2.events.Event] = self.client.receive_data(out)
+        return events
+
+
+def connect(resource: Recorder | None = None) -> Conn:
+    clock = MemoryReactorClock()
+    runtime: Any = SimpleNamespace(config=SimpleNamespace(limits=Limits()))
+    gateway: Any = SimpleNamespace(runtime=runtime, notify=lambda record: None)
+    guard = Guard(gateway)
+    guard.route = lambda target, method=None, host=None: None  # type: ignore[method-assign]
+    recorder = resource or Recorder()
+    site: Any = Site(recorder, reactor=clock)  # type: ignore[arg-type]
+    protocol = H2Factory(site, guard).buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.handshakeCompleted()
+    channel = protocol._channel
+    assert isinstance(channel, H2Channel)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    conn = Conn(clock, transport, channel, client, recorder, protocol)
+    conn.send()
+    conn.events()  # the server's preface and SETTINGS ack
+    return conn
+
+
+def get(conn: Conn, path: bytes, end_stream: bool = True,
+        extra: tuple[tuple[bytes, bytes], ...] = ()) -> int:
+    stream_id: int = conn.client.get_next_available_stream_id()
+    conn.client.send_headers(
+        stream_id,
+        [(b":method", b"GET" if end_stream else b"POST"), (b":path", path),
+         (b":scheme", b"https"), (b":authority", b"localhost"), *extra],
+        end_stream=end_stream,
+    )
+    return stream_id
+
+
+def statuses(events: list[h2.events.Event]) -> dict[int, bytes]:
+    return {
+        e.stream_id: dict(e.headers)[b":status"]
+        for e in events if isinstance(e, h2.events.ResponseReceived)
+    }
+
+
+def test_one_write_per_read_batch() -> None:
+    conn = connect()
+    ids = [get(conn, b"/a%d" % i) for i in range(10)]
+    conn.client.ping(b"12345678")
+    conn.send()  # ten requests and a PING in one read, each answered at once
+    assert conn.transport.writes == 1
+    events = conn.events()
+    assert statuses(events) == {i: b"200" for i in ids}
+    assert any(isinstance(e, h2.events.PingAckReceived) for e in events)
+
+
+def test_answers_of_one_reactor_turn_leave_in_one_write() -> None:
+    conn = connect(Recorder(hold=True))
+    ids = [get(conn, b"/h%d" % i) for i in range(10)]
+    conn.send()
+    assert len(conn.resource.held) == 10
+    conn.events()
+    for request in conn.resource.held:  # a backend answering each, in the same turn
+        request.setHeader(b"content-length", b"5")
+        request.write(b"hello")
+        request.finish()
+    assert conn.transport.writes == 0  # not one write per stream, nor per frame
+    conn.clock.advance(0)
+    assert conn.transport.writes == 1
+    events = conn.events()
+    assert statuses(events) == {i: b"200" for i in ids}
+    ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+    assert ended == set(ids)
+
+
+def window_updates(events: list[h2.events.Event]) -> dict[int, int]:
+    """WINDOW_UPDATE increments by stream (0: the connection)."""
+    out: dict[int, int] = {}
+    for e in events:
+        if isinstance(e, h2.events.WindowUpdated):
+            out[e.stream_id] = out.get(e.stream_id, 0) + e.delta
+    return out
+
+
+def test_a_request_not_allowed_gets_no_window_update_until_it_is() -> None:
+    conn = connect(Recorder(hold=True))
+    verdicts = {b"/held": False, b"/free": True}  # /held: its verdict is pending
+    conn.channel.head_verdict = lambda request: verdicts[request.path]  # type: ignore[method-assign]
+    held = get(conn, b"/held", end_stream=False, extra=((b"expect", b"100-continue"),))
+    free = get(conn, b"/free", end_stream=False, extra=((b"expect", b"100-continue"),))
+    conn.send()
+    request = conn.channel.streams[held]
+    informational = [
+        e.stream_id for e in conn.events()
+        if isinstance(e, h2.events.InformationalResponseReceived)
+    ]
+    assert informational == [free]  # 100 Continue only for the allowed one
+    for stream_id in (held, free):
+        for _ in range(4):
+            conn.client.send_data(stream_id, b"x" * 15000)
+    conn.send()
+    updates = window_updates(conn.events())
+    assert held not in updates  # nothing more of its body is asked for
+    assert updates.get(free) == 60000  # an allowed stream's window is topped up at once
+    conn.channel.allow_body(request)  # allowed: what arrived meanwhile is granted
+    conn.clock.advance(0)
+    events = conn.events()
+    assert window_updates(events) == {held: 60000}
+    informational = [e for e in events if isinstance(e, h2.events.InformationalResponseReceived)]
+    assert [e.stream_id for e in informational] == [held]  # 100 Continue after the allow
+
+
+def test_a_client_that_reads_nothing_is_aborted_after_idle_timeout() -> None:
+    """While the transport's output is over its bound nothing more is sent or read; an
+    answer the gateway made itself (no backend, so no send_timeout) would then hold the
+    connection, and its place in max_connections, for good. After idle_timeout with no
+    progress of the socket's unsent bytes, the connection is aborted."""
+    conn = connect(Recorder(hold=True))
+    get(conn, b"/x")
+    conn.send()
+    conn.events()
+    conn.channel.pauseProducing()  # what the TLS transport says of a client reading nothing
+    request = conn.resource.held[0]
+    request.setHeader(b"content-length", b"5")
+    request.write(b"hello")
+    request.finish()
+    conn.clock.advance(0)
+    events = conn.events()
+    assert not [e for e in events if isinstance(e, h2.events.DataReceived)]  # held back
+    for _ in range(int(Limits().idle_timeout) - 2):
+        conn.clock.advance(1)
+    assert not conn.transport.disconnecting
+    for _ in range(4):
+        conn.clock.advance(1)
+    assert conn.transport.disconnecting
