@@ -131,7 +131,8 @@ def httptools_cost(head: bytes, number: int) -> float | None:
 
 def split_costs(head: bytes, number: int) -> tuple[float, float | None]:
     """The front's split and per-line checks, and llhttp's split with what must follow it."""
-    from twistedgw.http._front import _CTL_IN_HEAD, _TOKEN
+    from twistedgw.wire._abnf import CTL_IN_HEAD as _CTL_IN_HEAD
+    from twistedgw.wire._abnf import TOKEN as _TOKEN
 
     text = head[:-4]
 

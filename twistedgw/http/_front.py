@@ -37,7 +37,6 @@ recorded as a ``RequestRecord`` like any answered request.
 from __future__ import annotations
 
 import io
-import re
 import tempfile
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
@@ -54,7 +53,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES, _MalformedChunkedDataError
+from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -63,20 +62,24 @@ from twistedgw import errors
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.http import _guard
 from twistedgw.http._guard import (
     LINGER_SECONDS,
     SERVER,
     BoundedClose,
     Guard,
-    _ChunkedDecoder,
     _http_date,
-    _TinyChunks,
-    header_too_large,
     raw_response,
     request_timeout,
-    target_problem,
-    uri_too_long,
+)
+from twistedgw.wire import (
+    ChunkedDecoder,
+    Framing,
+    MalformedChunks,
+    RequestHead,
+    TinyChunks,
+    WireError,
+    check_partial_head,
+    parse_request_head,
 )
 
 if TYPE_CHECKING:
@@ -89,48 +92,12 @@ EAGER_READ = 0x4000
 #: Bodies up to this size are kept in memory, larger ones spooled to a temporary file
 #: (as twisted.web does).
 MEMORY_BODY = 100_000
-#: More header lines than this is refused (twisted.web's ``maxHeaders``).
-MAX_HEADERS = 500
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
-# Any CTL but HTAB in a head's header lines, CR only as part of CRLF (a bare LF is refused
-# before): none found, and no header value can hold one, so the per-value search is skipped.
-_CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
-_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
-_LIST = re.compile(rb"[ \t,]+")
-_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
-
-# A trailer line: a field name, a colon, a field value (no obs-fold, no CTL but HTAB).
-_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
-
-
-class _StrictChunks(_ChunkedDecoder):
-    """The guard's decoder, with trailers held to the header grammar (h11 does too):
-    they are discarded, but one parser must not read a trailer another reads as a
-    header or a folded line."""
-
-    __slots__ = ()
-
-    def _trailer_ok(self, buf: bytes, start: int, end: int) -> bool:
-        return _TRAILER.fullmatch(buf, start, end) is not None
-
-
 # parser states
 _HEAD, _BODY, _HANDLING = 0, 1, 2
 
 
-class _Refused(Exception):
-    """A request the front answers itself (an error before dispatch)."""
-
-    def __init__(self, error: GatewayError, kind: str = "bad_request") -> None:
-        super().__init__(error.description)
-        self.error = error
-        self.kind = kind
-
-
-def _bad(description: str) -> _Refused:
-    return _Refused(errors.bad_request(description))
+def _bad(description: str) -> WireError:
+    return WireError(errors.bad_request(description))
 
 
 class FrontRequest:
@@ -356,7 +323,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._partial = False  # some bytes of a request are in, not all
         self._request: FrontRequest | None = None  # the request being read or answered
         self._left = 0  # Content-Length bytes still due
-        self._decoder: _ChunkedDecoder | None = None
+        self._decoder: ChunkedDecoder | None = None
         self._body_size = 0
         self._body_limit = 0
         self._body: IO[bytes] | None = None
@@ -615,7 +582,9 @@ class FrontChannel(BoundedClose, Protocol):
                         return
                 else:
                     return
-        except _Refused as r:
+        except WireError as r:
+            if r.line is not None:
+                self._line = r.line
             self.refuse(r.error, r.kind)
         finally:
             self._parsing = False
@@ -634,139 +603,56 @@ class FrontChannel(BoundedClose, Protocol):
             header_at = self._header_at
             if header_at is not None:  # the head stays incomplete: the timer must see it
                 self._arm(header_at)
-            if b"\n" in buf and _guard._BARE_LF.search(buf) is not None:
-                raise _bad("a bare LF is not a valid line ending or header byte")
-            first = buf.find(b"\r\n")
-            if (first < 0 and len(buf) > limit) or first > limit:
-                raise _Refused(uri_too_long(limit), "header_too_large")
-            if len(buf) > limit:
-                raise _Refused(header_too_large(limit), "header_too_large")
+            check_partial_head(buf, limit)
             return False
-        head = buf[:end]
         self._buf = buf[end + 4 :]
         self._served += 1
-        if b"\n" in head and _guard._BARE_LF.search(head) is not None:
-            raise _bad("a bare LF is not a valid line ending or header byte")
-        lines = head.split(b"\r\n")
-        if len(lines[0]) > limit:
-            raise _Refused(uri_too_long(limit), "header_too_large")
-        if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
-            raise _Refused(header_too_large(limit), "header_too_large")
+        head = parse_request_head(buf[:end], limit)
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
-        self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
+        self._request_head(head)
         return True
 
-    def _request_head(self, lines: list[bytes], clean: bool = False) -> None:
-        """Refuse or take a request head; ``clean``: no CTL is in its header lines."""
-        parts = lines[0].split(b" ")
-        if len(parts) != 3:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        method, target, version = parts
-        if not _TOKEN.match(method) or version not in _VERSIONS:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
+    def _request_head(self, head: RequestHead) -> None:
+        """Take a parsed request head: route it, frame its body."""
+        method, target, version = head.method, head.target, head.version
         self._line = (method, target)
-        problem = target_problem(target)
-        if problem is not None:
-            raise _bad(problem)
-        if len(lines) > MAX_HEADERS + 1:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
         headers = Headers()
         add = headers.addRawHeader
-        length: bytes | None = None
-        lengths = 0
-        te: list[bytes] = []
-        hosts = 0
-        expect = False
-        close = False
-        keep_alive = False
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t"):
-                raise _bad("obsolete line folding in request headers is not accepted")
-            colon = line.find(b":")
-            if colon <= 0:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            name = line[:colon]
-            if not _TOKEN.match(name):
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            value = line[colon + 1 :].strip(b" \t")
-            if not clean and _BAD_VALUE.search(value) is not None:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            lower = name.lower()
-            if lower == b"content-length":
-                lengths += 1
-                length = value
-            elif lower == b"transfer-encoding":
-                te.append(value)
-            elif lower == b"host":
-                hosts += 1
-            elif lower == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif lower == b"connection":
-                tokens = _LIST.split(value.lower())
-                close = close or b"close" in tokens
-                keep_alive = keep_alive or b"keep-alive" in tokens
+        for name, value in head.fields.pairs:
             add(name, value)
-        if te:
-            if version != b"HTTP/1.1":
-                raise _bad("Transfer-Encoding is only accepted in HTTP/1.1 requests")
-            if len(te) != 1 or te[0].lower() != b"chunked":
-                raise _bad("only 'Transfer-Encoding: chunked' is accepted")
-            if lengths:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-        if hosts > 1:
-            raise _bad("more than one Host header")
-        if not hosts and version == b"HTTP/1.1":  # RFC 9112 3.2: a server MUST refuse it
-            raise _bad("an HTTP/1.1 request must have a Host header")
-        size: int | None = None
-        if lengths:
-            if lengths > 1 or length is None or not _DIGITS.match(length):
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            size = int(length)
         request = FrontRequest(self, method, target, version, headers)
         request.responseHeaders.setRawHeaders(b"server", [SERVER])
         request.responseHeaders.setRawHeaders(b"date", [_http_date()])
-        if version == b"HTTP/1.1":
-            if close:
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-                self.persistent = False
-        elif not keep_alive or close:
+        if not head.persistent:
             self.persistent = False
+            if version == b"HTTP/1.1":
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
         self.requests.append(request)
         self._request = request
-        host_values = headers.getRawHeaders(b"host")
+        host = head.host
         guard = self.guard
         if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
-            routed: Routed | None = _route(
-                guard.gateway.runtime, target, method, host=host_values[0] if host_values else None
-            )
+            routed: Routed | None = _route(guard.gateway.runtime, target, method, host=host)
         else:
-            routed = guard.route(target, method, host_values[0] if host_values else None)
+            routed = guard.route(target, method, host)
         request.routed = routed
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
         self._body_limit = limit
         self._body_size = 0
-        if size is not None and size > limit:
-            raise _Refused(errors.payload_too_large(limit), "body_too_large")
-        if expect and version == b"HTTP/1.1":
+        framing = head.framing
+        if framing is Framing.LENGTH and head.length > limit:
+            raise WireError(errors.payload_too_large(limit), "body_too_large")
+        if head.expect_continue:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if te:
+        if framing is Framing.CHUNKED:
             self._body = io.BytesIO()
-            self._decoder = _StrictChunks(self._chunk_data, self._chunks_done)
+            self._decoder = ChunkedDecoder()
             self._state = _BODY
-        elif size:
+        elif framing is Framing.LENGTH:
+            size = head.length
             self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
             self._left = size
             self._state = _BODY
@@ -780,11 +666,17 @@ class FrontChannel(BoundedClose, Protocol):
         decoder = self._decoder
         if decoder is not None:
             try:
-                decoder.dataReceived(buf)
-            except _TinyChunks as e:
-                raise _bad(str(e)) from None
-            except _MalformedChunkedDataError as e:
+                data, rest = decoder.feed(buf)
+            except MalformedChunks as e:
+                if isinstance(e, TinyChunks):
+                    raise _bad(str(e)) from None
                 raise _bad(f"malformed chunked body: {e}") from None
+            if data:
+                self._store(data)
+            if rest is not None:
+                self._decoder = None
+                self._buf = rest + self._buf
+                self._dispatch()
             return
         left = self._left
         if len(buf) < left:
@@ -802,20 +694,12 @@ class FrontChannel(BoundedClose, Protocol):
             return
         self._body_size += len(data)
         if self._body_size > self._body_limit:
-            raise _Refused(errors.payload_too_large(self._body_limit), "body_too_large")
+            raise WireError(errors.payload_too_large(self._body_limit), "body_too_large")
         if isinstance(body, io.BytesIO) and self._body_size > MEMORY_BODY:
             spool: IO[bytes] = tempfile.TemporaryFile()  # closed with the request
             spool.write(body.getvalue())
             body = self._body = spool
         body.write(data)
-
-    def _chunk_data(self, data: bytes) -> None:
-        self._store(data)
-
-    def _chunks_done(self, rest: bytes) -> None:
-        self._decoder = None
-        self._buf = rest + self._buf
-        self._dispatch()
 
     # -- dispatch ----------------------------------------------------------
 
