@@ -10,9 +10,10 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.frontkit import Recorder, front
+from tests.frontkit import Recorder, answer, front
 from twistedgw.config import Limits
 from twistedgw.http._front import EAGER_READ
+from twistedgw.wire import Exchange, answer_headers
 
 
 def _statuses(out: bytes) -> list[bytes]:
@@ -23,13 +24,9 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert [s.target for s in f.resource.seen] == [b"/1"]  # the second waits
-    first = f.resource.held.pop()
-    first.write(b"one")
-    first.finish()
+    answer(f.resource.held.pop(), b"one", length=None)
     assert [s.target for s in f.resource.seen] == [b"/1", b"/2"]
-    second = f.resource.held.pop()
-    second.write(b"two")
-    second.finish()
+    answer(f.resource.held.pop(), b"two", length=None)
     out = f.output()
     assert out.index(b"one") < out.index(b"two")
     assert not f.transport.disconnecting  # keep-alive
@@ -46,11 +43,7 @@ def test_the_response_head_leaves_in_one_write_with_the_first_body_bytes() -> No
 
     f.transport.write = write  # type: ignore[method-assign]
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    request.setResponseCode(200)
-    request.responseHeaders.setRawHeaders(b"content-length", [b"5"])
-    request.write(b"hello")
-    request.finish()
+    answer(f.resource.held.pop(), b"hello")
     assert len(writes) == 1
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\nhello")
     assert b"Server: twistedgw\r\n" in writes[0]
@@ -59,15 +52,11 @@ def test_the_response_head_leaves_in_one_write_with_the_first_body_bytes() -> No
 def test_no_length_means_chunked_on_1_1_and_close_on_1_0() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"abc")
-    request.finish()
+    answer(f.resource.held.pop(), b"abc", length=None)
     assert f.output().endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.0\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"abc")
-    request.finish()
+    answer(f.resource.held.pop(), b"abc", length=None)
     assert f.output().startswith(b"HTTP/1.0 200 OK\r\n") and f.output().endswith(b"\r\n\r\nabc")
     assert f.transport.disconnecting
 
@@ -127,8 +116,7 @@ def test_pipelined_bytes_beyond_a_bound_pause_reading() -> None:
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
     f.send(b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * EAGER_READ + b"\r\n\r\n")
     assert f.transport.producerState == "paused"
-    request = f.resource.held.pop()
-    request.finish()
+    f.resource.held.pop().responder.finish()
     assert f.transport.producerState == "producing"
 
 
@@ -157,22 +145,23 @@ def test_a_dribbled_header_section_is_cut_at_the_header_timeout() -> None:
     assert f.records[0].error_kind == "header_timeout"
 
 
-def test_a_client_that_leaves_fails_the_requests_notify_finish() -> None:
+def test_a_client_that_leaves_is_reported_to_the_exchange() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    failures: list[object] = []
-    request.notifyFinish().addErrback(failures.append)
+    exchange = f.resource.held.pop()
+    gone: list[bool] = []
+    exchange.responder.when_gone(lambda: gone.append(True))
     f.channel.connectionLost()
-    assert failures and request.channel is None
+    assert gone == [True] and exchange.responder.gone
+    exchange.responder.write(b"late")  # ignored, no error
     assert f.channel.guard.open == 0
 
 
 def test_a_head_answer_keeps_the_length_the_resource_set() -> None:
     class Head(Recorder):
-        def render(self, request: object) -> bytes | int:
-            request.responseHeaders.setRawHeaders(b"content-length", [b"42"])  # type: ignore[attr-defined]
-            return b""
+        def respond(self, exchange: Exchange) -> None:
+            exchange.responder.start_response(200, answer_headers(), 42)
+            exchange.responder.finish()
 
     f = front(resource=Head())
     f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -192,9 +181,7 @@ def test_http_1_0_keeps_alive_only_when_asked_and_the_answer_has_a_length() -> N
     assert b"keep-alive" not in f.output() and f.transport.disconnecting
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"no length")  # the body ends with the connection
-    request.finish()
+    answer(f.resource.held.pop(), b"no length", length=None)  # the body ends with the connection
     assert b"keep-alive" not in f.output() and f.transport.disconnecting
 
 

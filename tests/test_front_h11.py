@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from tests.frontkit import front
 from twistedgw.upstream import Upstream
-from twistedgw.upstream._client import Call, Origin, _Connection
+from twistedgw.upstream._client import BackendCall, Origin, _Connection
 
 _CL = [b"5", b"05", b"5, 5", b"+5", b"-1", b"0x5", b"", b"5 5", b"99999999999999999999",
        b"0", b"\x0b5", b"5\x0b"]
@@ -226,7 +226,7 @@ def _gateway_reads(data: bytes, method: bytes, read_size: int) -> tuple[int, byt
     conn = _Connection(upstream, origin)
     conn.makeConnection(StringTransport())
     handler = _Handler()
-    call = Call(upstream, origin, method, b"", None, handler)
+    call = BackendCall(upstream, origin, method, b"", None, handler)
     conn.start(call, reused=False)
     for i in range(0, len(data), read_size):
         if handler.ended or handler.failed is not None:

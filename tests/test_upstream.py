@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from tests.test_forward import call, start_harness
 from twistedgw.upstream import (
-    Call,
+    BackendCall,
     NoResponse,
     ResponseHead,
     Truncated,
@@ -197,7 +197,7 @@ class _Pool(Upstream):
         super().__init__(MemoryReactorClock())
         self.made: list[tuple[_Connection, StringTransport]] = []
 
-    def _connect(self, call: Call) -> None:
+    def _connect(self, call: BackendCall) -> None:
         conn = _Connection(self, call.origin)
         transport = StringTransport()
         conn.makeConnection(transport)
@@ -391,24 +391,24 @@ def test_broken_chunked_body_aborts_the_client(
         harness.stop()
 
 
-def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
+def _exchange(fields: list[tuple[bytes, bytes]], host: bytes | None) -> Any:
     from twisted.internet.address import IPv4Address
-    from twisted.web.test.requesthelper import DummyRequest
 
+    from twistedgw.wire import Connection, Exchange, Fields
+
+    conn = Connection(IPv4Address("TCP", "192.0.2.7", 1234), None, False, None)
+    return Exchange(b"GET", b"/a", b"HTTP/1.1", Fields(fields), host, conn, None, None)  # type: ignore[arg-type]
+
+
+def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
     from twistedgw.upstream._client import Origin
     from twistedgw.upstream._forward import build_request_head
 
-    class Request(DummyRequest):
-        def isSecure(self) -> bool:
-            return False
-
-    request = Request([b"a"])
-    request.method = b"GET"
-    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
-    request.requestHeaders.setRawHeaders(b"host", [b"gw.example"])
-    request.requestHeaders.setRawHeaders(b"x-v", values)
+    exchange = _exchange(
+        [(b"Host", b"gw.example"), *((b"X-V", v) for v in values)], b"gw.example"
+    )
     origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
-    return build_request_head(request, origin, b"/a", add_headers=add)
+    return build_request_head(exchange, origin, b"/a", add_headers=add)
 
 
 def test_a_clean_request_head_is_built_exactly() -> None:
@@ -443,23 +443,12 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
 
 
 def _head_removing(remove: set[bytes] | frozenset[bytes]) -> bytes:
-    from twisted.internet.address import IPv4Address
-    from twisted.web.test.requesthelper import DummyRequest
-
     from twistedgw.upstream._client import Origin
     from twistedgw.upstream._forward import build_request_head
 
-    class Request(DummyRequest):
-        def isSecure(self) -> bool:
-            return False
-
-    request = Request([b"a"])
-    request.method = b"GET"
-    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
-    for name in (b"X-One", b"X-Two", b"X-Three"):
-        request.requestHeaders.setRawHeaders(name, [b"v"])
+    exchange = _exchange([(name, b"v") for name in (b"X-One", b"X-Two", b"X-Three")], None)
     origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
-    return build_request_head(request, origin, b"/a", remove_headers=remove)
+    return build_request_head(exchange, origin, b"/a", remove_headers=remove)
 
 
 def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> None:

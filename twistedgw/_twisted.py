@@ -28,7 +28,7 @@ class PrivateName:
 
 USED: tuple[PrivateName, ...] = (
     PrivateName("twisted.web.http.Request", "_disconnected", "attribute",
-                "whether the client left, when a forwarding failure is answered"),
+                "whether a twisted.web request's client left (http/_webexchange.py)"),
     # HTTP/2 (http/_h2.py): the h2 library's connection, driven directly.
     PrivateName("h2.connection.H2Connection", "_receive_frame", "method",
                 "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive, "

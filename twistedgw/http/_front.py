@@ -6,29 +6,25 @@ chose h2, before any byte is read here). twisted.web's ``HTTPChannel``, which it
 replaced, parses line by line through ``LineReceiver``, builds a ``Request`` and
 two ``Headers`` per request, resets a timer per read and writes the status line,
 the headers and the body in separate writes, and needed the gateway's checks
-added on top. This channel works directly on the (TLS) transport, with the rules
-of ``http/_guard.py``:
+added on top. This channel works directly on the (TLS) transport:
 
 * one input buffer; a request head is parsed in one pass once ``CRLFCRLF`` is
-  in (split on CRLF, every line checked: bare LF, obs-fold, token names,
-  CR/LF/NUL in values), counted against ``max_header_bytes`` as it arrives
-  (414 for the request line, 431 for the rest);
-* framing decided from the parsed head with the guard's rules (CL+TE,
-  duplicate or non-digit Content-Length, Transfer-Encoding other than a
-  single ``chunked`` or outside HTTP/1.1, several Host headers: 400 and
-  close), the target checked against the origin-form grammar, the body
-  counted as it arrives (413, chunked included, with the guard's decoder);
-* the request is routed once, then handed to the site's resource as a
-  ``FrontRequest``: the subset of twisted.web's ``Request`` the resource, the
-  forwarder and the drain use, so neither they nor plugins see which front
-  served them;
-* the response head is written as bytes together with the first body chunk;
+  in, by ``twistedgw.wire`` (the grammar and framing rules the upstream client
+  shares), counted against ``max_header_bytes`` as it arrives (414 for the
+  request line, 431 for the rest);
+* the request is routed once, the body counted as it arrives (413, chunked
+  included) and spooled (memory up to ``MEMORY_BODY``, a temporary file beyond);
+* each request becomes a ``wire.Exchange`` handed to the site's resource
+  (``GatewayResource.handle``), with an ``_H1Stream``, its ``wire.Responder`` and
+  ``wire.BodySource``: the response head is built once, as bytes, and written
+  together with the first body bytes;
 * keep-alive on HTTP/1.1, and on HTTP/1.0 when the client asks for it
   (``Connection: keep-alive``) and the answer has a length;
 * one request at a time (pipelined requests wait in the buffer, reading stops
-  past 16 KiB of them), reading stops while the transport's unsent output is
-  over its bound, and no timer is armed while a request is answered.
+  past ``EAGER_READ`` of them), reading stops while the transport's unsent output
+  is over its bound, and no timer is armed while a request is answered.
 
+Where the connection is (``Phase``) is one named state, not integers and flags.
 Refusals are ``http/_guard.raw_response`` (WSO2-style JSON, ``Connection: close``),
 followed by a linger and the guard's bounded close (``BoundedClose``); each is
 recorded as a ``RequestRecord`` like any answered request.
@@ -36,13 +32,13 @@ recorded as a ``RequestRecord`` like any answered request.
 
 from __future__ import annotations
 
+import enum
 import io
 import tempfile
+import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -53,9 +49,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES
-from twisted.web.http_headers import Headers
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.http import RESPONSES
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import errors
@@ -64,26 +59,28 @@ from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http._guard import (
     LINGER_SECONDS,
-    SERVER,
     BoundedClose,
     Guard,
-    _http_date,
     raw_response,
     request_timeout,
 )
+from twistedgw.http._resource import GatewayExchange, RequestRecord, Routed, route_request
 from twistedgw.wire import (
+    BodyReady,
     ChunkedDecoder,
+    Connection,
     Framing,
     MalformedChunks,
     RequestHead,
     TinyChunks,
     WireError,
+    answer_headers,
     check_partial_head,
     parse_request_head,
 )
 
 if TYPE_CHECKING:
-    from twistedgw.http._resource import Gateway, Routed
+    from twistedgw.http._resource import Gateway
 
 log = Logger()
 
@@ -92,199 +89,170 @@ EAGER_READ = 0x4000
 #: Bodies up to this size are kept in memory, larger ones spooled to a temporary file
 #: (as twisted.web does).
 MEMORY_BODY = 100_000
-# parser states
-_HEAD, _BODY, _HANDLING = 0, 1, 2
+#: Bytes a lingering connection (refused, or answered without its body) reads and
+#: discards before it stops reading; it closes ``LINGER_SECONDS`` after the answer.
+LINGER_BYTES = 256 * 1024
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Phase(enum.Enum):
+    """Where a connection is between two requests' bytes."""
+
+    HEAD = "reading a request head (or idle between requests)"
+    BODY = "reading a request body"
+    ANSWERING = "the request is in: its answer is awaited or being sent"
+    LINGERING = "refused: discarding what the client still sends, then closing"
 
 
 def _bad(description: str) -> WireError:
     return WireError(errors.bad_request(description))
 
 
-class FrontRequest:
-    """One request, as much of twisted.web's ``Request`` as the gateway uses.
+def _one_line(value: bytes) -> bytes:
+    """A header value can never carry a line break (or a NUL) into a response head."""
+    return value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
 
-    The resource (``http/_resource.py``), the caller resolution, the forwarder
-    (``upstream/_forward.py``) and the drain read and answer it as they would a
-    twisted.web request; the response head leaves as one write with the first
-    body bytes.
-    """
 
-    defaultContentType: bytes | None = b"text/html"
-    routed: Routed | None = None
-    _forceSSL = False
+class _H1Stream:
+    """One exchange's I/O on an HTTP/1.1 connection: its ``wire.Responder`` (the answer)
+    and ``wire.BodySource`` (the request body). See ``twistedgw/wire/_exchange.py``."""
+
+    __slots__ = (
+        "_chunked", "_head", "_on_gone", "_silent", "body_length", "channel",
+        "finished", "gone", "head_request", "started", "version",
+    )
 
     def __init__(
-        self,
-        channel: FrontChannel,
-        method: bytes,
-        uri: bytes,
-        version: bytes,
-        headers: Headers,
+        self, channel: FrontChannel, version: bytes, head_request: bool, body_length: int | None
     ) -> None:
-        self.channel: FrontChannel | None = channel
-        self.method = method
-        self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
-        self.clientproto = version
-        self.requestHeaders = headers
-        self.responseHeaders = Headers()
-        self.code = 200
-        self.code_message = b"OK"
-        self.startedWriting = False
+        self.channel = channel
+        self.version = version
+        self.head_request = head_request
+        self.body_length = body_length  # Content-Length; None when chunked
+        self.started = False
         self.finished = False
-        self.chunked = False
-        self.sentLength = 0
-        self.content: IO[bytes] | None = None
-        self.producer: Any = None
-        self._disconnected = False
-        self._silent = False  # HEAD or a status without a body: writes carry no body
-        self._notify: list[Deferred[None]] = []
-        self.client = channel.peer
-        self.host = channel.local
+        self.gone = False
+        self._head: bytes | None = None  # built by start_response, sent with the first bytes
+        self._chunked = False
+        self._silent = False  # HEAD, or a status without a body: writes carry nothing
+        self._on_gone: Callable[[], None] | None = None
 
-    # -- what the request says ---------------------------------------------
+    # -- wire.BodySource -----------------------------------------------------
 
-    def getHeader(self, name: bytes) -> bytes | None:
-        values = self.requestHeaders.getRawHeaders(name)
-        return values[-1] if values else None
+    @property
+    def length(self) -> int | None:
+        return self.body_length
 
-    def getClientAddress(self) -> Any:
-        return self.client
+    def read(self, ready: BodyReady) -> None:
+        self.channel.read_body(self, ready)
 
-    def getHost(self) -> Any:
-        return self.host
+    # -- wire.Responder -------------------------------------------------------
 
-    def isSecure(self) -> bool:
-        if self._forceSSL:
-            return True
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None = None,
+    ) -> None:
+        if self.started or self.gone or self.finished:
+            return
+        self.started = True
         channel = self.channel
-        return channel is not None and channel.secure
-
-    def setHost(self, host: bytes, port: int, ssl: bool = False) -> None:
-        """twisted.web's: the address a proxy in front says the client used."""
-        self._forceSSL = ssl
-        default = 443 if self.isSecure() else 80
-        header = host if port == default else b"%s:%d" % (host, port)
-        self.requestHeaders.setRawHeaders(b"host", [header])
-        self.host = taddress.IPv4Address("TCP", host.decode("latin-1"), port)
-
-    # -- answering ---------------------------------------------------------
-
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
-        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
+        version = self.version
+        silent = self._silent = (
+            self.head_request or status in _NO_BODY_STATUSES or status < 200
+        )
+        phrase = reason if reason is not None else RESPONSES.get(status, b"Unknown")
+        lines = [b"%s %d %s" % (version, status, phrase)]
+        lines.extend([b"%s: %s" % pair for pair in headers])
+        if silent:
+            if self.head_request and length is not None and status not in _NO_BODY_STATUSES:
+                lines.append(b"Content-Length: %d" % (length,))
+        elif length is not None:
+            lines.append(b"Content-Length: %d" % (length,))
+        elif version == b"HTTP/1.1":
+            lines.append(b"Transfer-Encoding: chunked")
+            self._chunked = True
+        else:  # HTTP/1.0 and no length: the body ends where the connection does
+            channel.persistent = False
+        if not channel.persistent:
+            if version == b"HTTP/1.1":
+                lines.append(b"Connection: close")
+        elif version == b"HTTP/1.0":
+            lines.append(b"Connection: keep-alive")
+        lines.append(b"\r\n")
+        head = b"\r\n".join(lines)
+        # Every line ends in the one CRLF joined after it: then no value holds a CR, LF
+        # or NUL. Otherwise (a transform's value, say) each is made a space.
+        crlfs = len(lines)
+        if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head:
+            lines[1 : len(headers) + 1] = [
+                b"%s: %s" % (_one_line(n), _one_line(v)) for n, v in headers
+            ]
+            lines[0] = b"%s %d %s" % (version, status, _one_line(phrase))
+            head = b"\r\n".join(lines)
+        self._head = head
 
     def write(self, data: bytes) -> None:
-        channel = self.channel
-        if self.finished or channel is None:
+        if self.finished or self.gone:
             return
-        if not self.startedWriting:
-            self.startedWriting = True
-            channel.write(self._head(data))
+        head = self._head
+        if head is not None:
+            self._head = None
+            if data and not self._silent:
+                data = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+                self.channel.write(head + data)
+            else:
+                self.channel.write(head)
             return
-        if self._silent or not data:
+        if self._silent or not data or not self.started:
             return
-        self.sentLength += len(data)
-        if self.chunked:
-            channel.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            channel.write(data)
-
-    def _head(self, data: bytes) -> bytes:
-        """The status line and headers, and ``data`` framed after them."""
-        code = self.code
-        headers = self.responseHeaders
-        if (
-            code not in (204, 304)
-            and self.defaultContentType is not None
-            and not headers.hasHeader(b"content-type")
-        ):
-            headers.setRawHeaders(b"content-type", [self.defaultContentType])
-        silent = self._silent = self.method == b"HEAD" or code in NO_BODY_CODES
-        if (
-            not silent
-            and self.clientproto == b"HTTP/1.1"
-            and not headers.hasHeader(b"content-length")
-        ):
-            headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
-            self.chunked = True
-        channel = self.channel
-        if self.clientproto == b"HTTP/1.0" and channel is not None and channel.persistent:
-            if silent or headers.hasHeader(b"content-length"):
-                headers.setRawHeaders(b"connection", [b"keep-alive"])
-            else:  # the body ends where the connection does
-                channel.persistent = False
-        out = [b"%s %d %s\r\n" % (self.clientproto, code, self.code_message)]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                out.append(b"%s: %s\r\n" % (name, value))  # Headers replaced CR/LF already
-        out.append(b"\r\n")
-        if data and not silent:
-            self.sentLength += len(data)
-            out.append(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
-        return b"".join(out)
+        self.channel.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
-        channel = self.channel
-        if self.finished or channel is None:
+        if self.finished or self.gone:
             return
-        if not self.startedWriting:
-            self.write(b"")
-        if self.chunked:
-            channel.write(b"0\r\n\r\n")
+        if not self.started:
+            self.start_response(200, answer_headers(), 0)
         self.finished = True
-        self._close_content()
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.callback(None)
-        channel.request_done(self)
+        self._on_gone = None
+        head, self._head = self._head, None
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        if head is not None:
+            self.channel.write(head + tail)
+        elif tail:
+            self.channel.write(tail)
+        self.channel.request_done(self)
 
-    def notifyFinish(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if self.finished:
-            d.callback(None)
-        elif self._disconnected:
-            d.errback(Failure(ConnectionError("the client connection was lost")))
-        else:
-            self._notify.append(d)
-        return d
+    def abort(self) -> None:
+        if self.finished or self.gone:
+            return
+        self.gone = True
+        self._on_gone = None
+        self.channel.abort_stream(self)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.channel is not None:
-            self.producer = producer
+    def register_producer(self, producer: IPushProducer) -> None:
+        if not self.gone and not self.finished:
             self.channel.register_producer(producer)
 
-    def unregisterProducer(self) -> None:
-        if self.channel is not None:
-            self.channel.register_producer(None)
-        self.producer = None
+    def unregister_producer(self) -> None:
+        self.channel.register_producer(None)
 
-    def processingFailed(self, reason: Failure) -> None:
-        log.failure("rendering a request failed", reason)
-        if self.startedWriting:
-            channel = self.channel
-            if channel is not None and channel.transport is not None:
-                channel.transport.abortConnection()  # type: ignore[attr-defined]
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        self._on_gone = callback
+
+    # -- the channel's ---------------------------------------------------------
+
+    def lost(self) -> None:
+        """The client connection is gone."""
+        if self.gone:
             return
-        body = errors.write_error(self, errors.internal_error())
-        self.write(body)
-        self.finish()
-
-    def connection_lost(self, reason: Failure) -> None:
-        self._disconnected = True
-        self.channel = None
-        self._close_content()
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.errback(reason)
-
-    def _close_content(self) -> None:
-        content = self.content
-        if content is not None and not isinstance(content, io.BytesIO):
-            content.close()
+        self.gone = True
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None and not self.finished:
+            callback()
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -301,27 +269,27 @@ class FrontChannel(BoundedClose, Protocol):
     # (Twisted's Protocol has a dict: ``transport``, ``site`` and the like stay there.)
     __slots__ = (
         "_body", "_body_limit", "_body_size", "_buf", "_close_timer", "_closing",
-        "_closing_timer", "_closing_unsent", "_counted", "_decoder", "_handshake_at",
-        "_header_at", "_idle_at", "_left", "_limits", "_network", "_now", "_output_full",
-        "_parsing", "_partial", "_producer", "_reading", "_request", "_served", "_state",
-        "_timer", "_timer_at",
-        "guard", "local", "peer", "persistent", "refused", "requests", "secure",
+        "_closing_timer", "_closing_unsent", "_conn", "_counted", "_decoder", "_exchange",
+        "_handshake_at", "_header_at", "_idle_at", "_left", "_limits", "_line", "_lingered",
+        "_network", "_now", "_output_full", "_parsing", "_partial", "_phase", "_producer",
+        "_reading", "_ready", "_served", "_stream", "_timer", "_timer_at",
+        "guard", "persistent", "refused",
     )
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.refused = False
         self.persistent = True
-        self.requests: list[FrontRequest] = []
-        self.peer: Any = None
-        self.local: Any = None
-        self.secure = False
+        self._conn: Connection | None = None
         self._limits = Limits()
         self._buf = b""
-        self._state = _HEAD
+        self._phase = Phase.HEAD
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
-        self._request: FrontRequest | None = None  # the request being read or answered
+        self._stream: _H1Stream | None = None  # the exchange being read or answered
+        self._exchange: Any = None  # its Exchange
+        self._ready: BodyReady | None = None  # who waits for its body
+        self._line: tuple[bytes, bytes] | None = None  # the last request line, for records
         self._left = 0  # Content-Length bytes still due
         self._decoder: ChunkedDecoder | None = None
         self._body_size = 0
@@ -331,6 +299,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._network: Any = None  # the transport as a push producer (reading)
         self._output_full = False
         self._reading = True
+        self._lingered = 0  # bytes discarded while lingering
         # One timer per connection (a DelayedCall is ~0.4 KiB, and each one armed and
         # cancelled is reactor work): it is armed at the earliest of these deadlines
         # (reactor seconds; None = not timed) and finds what is due when it fires.
@@ -348,6 +317,24 @@ class FrontChannel(BoundedClose, Protocol):
         self._parsing = False
         self._served = 0  # request heads taken on this connection
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def requests(self) -> list[Any]:
+        """The exchange in flight (a list of at most one): what a graceful stop waits for
+        (app/_drain.py)."""
+        return [self._exchange] if self._stream is not None else []
+
+    @property
+    def secure(self) -> bool:
+        return self._conn is not None and self._conn.secure
+
+    @property
+    def peer(self) -> Any:
+        return self._conn.peer if self._conn is not None else None
+
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -355,14 +342,13 @@ class FrontChannel(BoundedClose, Protocol):
         limits = self._limits = self.guard.limits()
         self.guard.open += 1
         self._counted = True
-        self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        secure = isinstance(transport, TLSMemoryBIOProtocol)
         # The socket's own transport under TLS: TLS's getPeer, getHost and the rest go
         # to it through ProtocolWrapper's __getattr__ (a cost per connection).
-        tcp = transport.transport if self.secure else transport
+        tcp = transport.transport if secure else transport
         if ITCPTransport.providedBy(tcp):
             tcp.setTcpNoDelay(True)
-        self.peer = tcp.getPeer()
-        self.local = tcp.getHost()
+        self._conn = Connection(tcp.getPeer(), tcp.getHost(), secure, transport)
         self._network = IPushProducer(transport, None)
         transport.registerProducer(self, True)
         if self.guard.open > limits.max_connections:
@@ -376,7 +362,7 @@ class FrontChannel(BoundedClose, Protocol):
         # The header timeout runs from the connection's start, as do the handshake's
         # and the idle one: the one timer is armed at the earliest.
         first = limits.client_header_timeout
-        if self.secure:
+        if secure:
             first = min(first, limits.handshake_timeout)
         if limits.idle_timeout:
             first = min(first, limits.idle_timeout)
@@ -384,7 +370,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._now = timer.seconds  # type: ignore[attr-defined]  # DelayedCall's clock
         now = self._now()
         self._timer_at = now + first  # the earliest deadline below, to the bit
-        if self.secure:
+        if secure:
             self._handshake_at = now + limits.handshake_timeout
         self._header_at = now + limits.client_header_timeout
         if limits.idle_timeout:
@@ -419,14 +405,12 @@ class FrontChannel(BoundedClose, Protocol):
                 producer.stopProducing()
             except Exception:
                 log.failure("stopping a response producer failed")
-        requests, self.requests = self.requests, []
-        for request in requests:
-            if not request.finished:
-                request.connection_lost(reason)
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
+        stream, self._stream = self._stream, None
+        self._exchange = self._ready = None
+        self._discard_body()
         self._buf = b""
+        if stream is not None:
+            stream.lost()
 
     def _cancel(self, name: str) -> None:
         timer: IDelayedCall | None = getattr(self, name)
@@ -491,7 +475,7 @@ class FrontChannel(BoundedClose, Protocol):
         needed (the handshake's flights, a large body): give it empty ones."""
         if (
             self.secure and self._served  # a request was served: the handshake is done
-            and self._state == _HEAD and not self._partial and not self._buf
+            and self._phase is Phase.HEAD and not self._partial and not self._buf
             and not self.refused and not self._closing and self.transport is not None
         ):
             handle = self.transport.getHandle()  # type: ignore[attr-defined]
@@ -508,9 +492,10 @@ class FrontChannel(BoundedClose, Protocol):
         """No byte for ``idle_timeout`` (the deadline is pushed back per read): 408 if
         mid-request, else close."""
         self._idle_at = None
-        if self.refused:
+        phase = self._phase
+        if phase is Phase.LINGERING:
             return
-        if self._state == _HANDLING:  # not idle: answering; timed again when done
+        if phase is Phase.ANSWERING:  # not idle: answering; timed again when done
             self._arm_idle()
             return
         if self._partial:
@@ -532,8 +517,8 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _header_timed_out(self) -> None:
         self._header_at = None
-        if self.refused or self._state != _HEAD:
-            return  # the head it timed is in
+        if self._phase is not Phase.HEAD:
+            return  # the head it timed is in (or the connection was refused)
         if not self._partial:
             if self._served:
                 return  # between requests: the idle timeout's business
@@ -553,11 +538,13 @@ class FrontChannel(BoundedClose, Protocol):
     # -- reading ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.refused or self._closing:
-            return  # lingering (or closing): discard
+        phase = self._phase
+        if phase is Phase.LINGERING or self._closing:
+            self._discard(len(data))
+            return
         if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
             self._idle_at = self._now() + self._limits.idle_timeout
-        if self._state == _HANDLING:
+        if phase is Phase.ANSWERING:
             self._buf += data
             if len(self._buf) > EAGER_READ:
                 self._set_reading()
@@ -565,20 +552,27 @@ class FrontChannel(BoundedClose, Protocol):
         self._buf = self._buf + data if self._buf else data
         self._parse()
 
+    def _discard(self, size: int) -> None:
+        """Lingering: what the client still sends is dropped, up to ``LINGER_BYTES``."""
+        self._lingered += size
+        if self._lingered > LINGER_BYTES and self._reading and self._network is not None:
+            self._reading = False
+            self._network.pauseProducing()
+
     def _parse(self) -> None:
         """Consume what the buffer holds, request by request, until it needs more."""
         if self._parsing:
             return
         self._parsing = True
         try:
-            while self._buf and not self.refused and not self._output_full:
-                state = self._state
-                if state == _HEAD:
+            while self._buf and not self._output_full:
+                phase = self._phase
+                if phase is Phase.HEAD:
                     if not self._head():
                         return
-                elif state == _BODY:
+                elif phase is Phase.BODY:
                     self._body_bytes()
-                    if self._state == _BODY:
+                    if self._phase is Phase.BODY:
                         return
                 else:
                     return
@@ -611,55 +605,68 @@ class FrontChannel(BoundedClose, Protocol):
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
-        self._request_head(head)
+        self._take(head)
         return True
 
-    def _request_head(self, head: RequestHead) -> None:
-        """Take a parsed request head: route it, frame its body."""
-        method, target, version = head.method, head.target, head.version
+    def _take(self, head: RequestHead) -> None:
+        """A parsed request head: route it, frame its body, make its exchange."""
+        method, target = head.method, head.target
         self._line = (method, target)
-        headers = Headers()
-        add = headers.addRawHeader
-        for name, value in head.fields.pairs:
-            add(name, value)
-        request = FrontRequest(self, method, target, version, headers)
-        request.responseHeaders.setRawHeaders(b"server", [SERVER])
-        request.responseHeaders.setRawHeaders(b"date", [_http_date()])
         if not head.persistent:
             self.persistent = False
-            if version == b"HTTP/1.1":
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
-        self.requests.append(request)
-        self._request = request
-        host = head.host
         guard = self.guard
-        if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
-            routed: Routed | None = _route(guard.gateway.runtime, target, method, host=host)
+        if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
+            routed: Routed | None = route_request(
+                guard.gateway.runtime, target, method, host=head.host
+            )
         else:
-            routed = guard.route(target, method, host)
-        request.routed = routed
+            routed = guard.route(target, method, head.host)
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
-        self._body_limit = limit
-        self._body_size = 0
         framing = head.framing
         if framing is Framing.LENGTH and head.length > limit:
             raise WireError(errors.payload_too_large(limit), "body_too_large")
+        chunked = framing is Framing.CHUNKED
+        stream = _H1Stream(
+            self, head.version, method == b"HEAD", None if chunked else head.length
+        )
+        conn = self._conn
+        assert conn is not None
+        exchange = GatewayExchange(
+            method, target, head.version, head.fields, head.host, conn, stream,
+            stream if framing is not Framing.NONE else None, routed,
+        )
+        self._stream = stream
+        self._exchange = exchange
+        self._body_limit = limit
+        self._body_size = 0
+        if framing is Framing.NONE:
+            self._dispatch()
+            return
+        # The body is read before the exchange is dispatched (as twisted.web did).
         if head.expect_continue:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if framing is Framing.CHUNKED:
-            self._body = io.BytesIO()
-            self._decoder = ChunkedDecoder()
-            self._state = _BODY
-        elif framing is Framing.LENGTH:
-            size = head.length
-            self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
-            self._left = size
-            self._state = _BODY
-        else:
-            self._dispatch()
+        self._start_body(chunked, head.length)
 
     # -- the body ----------------------------------------------------------
+
+    def _start_body(self, chunked: bool, length: int) -> None:
+        if chunked:
+            self._body = io.BytesIO()
+            self._decoder = ChunkedDecoder()
+        else:
+            self._body = io.BytesIO() if length < MEMORY_BODY else tempfile.TemporaryFile()
+            self._left = length
+        self._phase = Phase.BODY
+
+    def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
+        """``BodySource.read``: the body is in already (read before dispatch)."""
+        if stream is not self._stream or stream.gone:
+            return
+        body, self._body = self._body, None
+        size = self._body_size
+        if body is not None:
+            body.seek(0)
+        ready(body if size else None, size)
 
     def _body_bytes(self) -> None:
         buf, self._buf = self._buf, b""
@@ -676,7 +683,7 @@ class FrontChannel(BoundedClose, Protocol):
             if rest is not None:
                 self._decoder = None
                 self._buf = rest + self._buf
-                self._dispatch()
+                self._body_done()
             return
         left = self._left
         if len(buf) < left:
@@ -686,11 +693,11 @@ class FrontChannel(BoundedClose, Protocol):
         self._store(buf[:left] if len(buf) > left else buf)
         self._buf = buf[left:]
         self._left = 0
-        self._dispatch()
+        self._body_done()
 
     def _store(self, data: bytes) -> None:
         body = self._body
-        if body is None or self.refused:
+        if body is None:
             return
         self._body_size += len(data)
         if self._body_size > self._body_limit:
@@ -701,46 +708,55 @@ class FrontChannel(BoundedClose, Protocol):
             body = self._body = spool
         body.write(data)
 
+    def _body_done(self) -> None:
+        self._dispatch()
+
+    def _discard_body(self) -> None:
+        self._decoder = None
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
+
     # -- dispatch ----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        request = self._request
-        assert request is not None
-        body, self._body = self._body, None
-        if body is not None:
-            body.seek(0)
-        request.content = body
+        stream, exchange = self._stream, self._exchange
+        assert stream is not None
         self._partial = False
-        self._state = _HANDLING  # the idle timer ignores this state (no re-arm per request)
-        resource = self.site.resource
+        self._phase = Phase.ANSWERING  # the idle timer ignores it (no re-arm per request)
         try:
-            result = resource.render(request)  # type: ignore[attr-defined]
+            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
         except Exception:
-            request.processingFailed(Failure())
-            return
-        if result is NOT_DONE_YET:
-            return
-        if not isinstance(result, bytes):
-            log.error("render returned {kind}, not bytes", kind=type(result).__name__)
-            request.processingFailed(Failure(TypeError("render did not return bytes")))
-            return
-        if result or request.method != b"HEAD":  # as twisted.web: a HEAD keeps its length
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
-        request.write(result)
-        request.finish()
+            self._handler_failed(stream, Failure())
 
-    def request_done(self, request: FrontRequest) -> None:
-        """The response to ``request`` is complete: the next request, or close."""
-        if request in self.requests:
-            self.requests.remove(request)
-        if request is self._request:
-            self._request = None
+    def _handler_failed(self, stream: _H1Stream, failure: Failure) -> None:
+        log.failure("handling a request failed", failure)
+        if stream.finished or stream.gone:
+            return
+        if stream.started:
+            stream.abort()
+            return
+        error = errors.internal_error()
+        body = error.body()
+        stream.start_response(
+            error.status, [*answer_headers(), (b"Content-Type", errors.JSON_TYPE)], len(body)
+        )
+        stream.write(body)
+        stream.finish()
+
+    def request_done(self, stream: _H1Stream) -> None:
+        """The answer to ``stream`` is complete: the next request, or close."""
+        if stream is not self._stream:
+            return
+        self._stream = None
+        self._exchange = self._ready = None
+        self._discard_body()
         if self.transport is None:
             return
         if not self.persistent:
             self.loseConnection()
             return
-        self._state = _HEAD
+        self._phase = Phase.HEAD
         if self._idle_at is not None:
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:
@@ -751,6 +767,12 @@ class FrontChannel(BoundedClose, Protocol):
         elif self._served == 1:  # the first answer: the handshake's flights went through
             self._release_buffers()
 
+    def abort_stream(self, stream: _H1Stream) -> None:
+        """Drop the connection so a partial response cannot pass as complete."""
+        if stream is self._stream:
+            self.register_producer(None)
+        self._abort()
+
     # -- writing and back-pressure ------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -759,17 +781,15 @@ class FrontChannel(BoundedClose, Protocol):
             transport.write(data)
 
     def register_producer(self, producer: Any) -> None:
+        """The response's producer (None: none): paused while the output is full."""
         self._producer = producer
-
-    @property
-    def _waitingForTransport(self) -> bool:
-        """The forwarder's relay starts paused when the output is already full."""
-        return self._output_full
+        if producer is not None and self._output_full:
+            producer.pauseProducing()
 
     def _set_reading(self) -> None:
         """Read from the transport unless the output is full or too much is buffered."""
         want = not self._output_full and not (
-            self._state == _HANDLING and len(self._buf) > EAGER_READ
+            self._phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
         )
         network = self._network
         if want == self._reading or network is None:
@@ -788,7 +808,8 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.pauseProducing()
-        self._set_reading()
+        if self._phase is not Phase.LINGERING:
+            self._set_reading()
 
     def resumeProducing(self) -> None:
         if not self._output_full:
@@ -797,8 +818,10 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.resumeProducing()
+        if self._phase is Phase.LINGERING:
+            return
         self._set_reading()
-        if self._buf and self._state != _HANDLING and not self.refused and self.transport:
+        if self._buf and self._phase is not Phase.ANSWERING and self.transport:
             self._parse()
 
     def stopProducing(self) -> None:
@@ -808,21 +831,17 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- refusing and closing ----------------------------------------------
 
-    _line: tuple[bytes, bytes] | None = None
-
     def refuse(self, error: GatewayError, kind: str, *, linger: bool = True) -> None:
         """Answer ``error`` and close; the request in progress is never dispatched."""
         if self.refused:
             return
         self.refused = True
-        self._partial = False
-        self._buf = b""
-        self.requests = [r for r in self.requests if r.startedWriting]  # never dispatched
-        self._decoder = None
+        self._linger_start()
+        stream, self._stream = self._stream, None
+        self._exchange = self._ready = None
+        if stream is not None:
+            stream.gone = True  # its handler (if any) writes nothing more
         self._stop_timing("_header_at", "_idle_at")
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
         transport: Any = self.transport
         if transport is None or not getattr(transport, "connected", True):
             return
@@ -832,6 +851,18 @@ class FrontChannel(BoundedClose, Protocol):
             self._close_timer = self.callLater(LINGER_SECONDS, self._close)
         else:
             self._close()
+
+    def _linger_start(self) -> None:
+        """From now on the connection reads only to discard (bounded), then closes."""
+        self._phase = Phase.LINGERING
+        self._partial = False
+        self._lingered = len(self._buf)
+        self._buf = b""
+        self._discard_body()
+        self._producer = None
+        if not self._reading and self._network is not None and self._lingered <= LINGER_BYTES:
+            self._reading = True
+            self._network.resumeProducing()
 
     def _close(self) -> None:
         self._close_timer = None
@@ -858,11 +889,6 @@ class FrontChannel(BoundedClose, Protocol):
         self._start_closing(transport)
 
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
-        import time
-
-        from twistedgw.http._resource import RequestRecord
-        from twistedgw.http._routing import split_target
-
         method, target = self._line or (b"-", b"-")
         self.guard.gateway.notify(
             RequestRecord(
@@ -870,7 +896,7 @@ class FrontChannel(BoundedClose, Protocol):
                 duration=0.0,
                 client=self._peer(),
                 method=method.decode("latin-1"),
-                path=split_target(target)[0].decode("latin-1"),
+                path=target.split(b"?", 1)[0].decode("latin-1"),
                 api=None,
                 status=error.status,
                 bytes_sent=sent,
@@ -890,16 +916,8 @@ def _no_clock() -> float:
     raise RuntimeError("FrontChannel: no clock before connectionMade")
 
 
-#: ``http._resource.route_request``, bound by ``serve`` (importing it here would be circular).
-_route: Callable[..., Routed] | None = None
-
-
 def serve(site: Site, gateway: Gateway) -> Guard:
     """Make ``site`` serve HTTP/1.1 through ``FrontChannel`` for ``gateway``."""
-    global _route
-    from twistedgw.http._resource import route_request
-
-    _route = route_request
     guard = Guard(gateway)
     protocol: Callable[[], FrontChannel] = lambda: FrontChannel(guard)  # noqa: E731
     site.protocol = protocol  # type: ignore[assignment]

@@ -9,9 +9,11 @@ with back-pressure, and keep the connection for the next request.
 
 ``Upstream`` is the pool: idle connections per backend origin (scheme, host,
 port and TLS policy), new ones through Twisted endpoints (``wrapClientTLS``
-for ``https``). A request is a ``Call``; what happens to it is reported to a
+for ``https``). A request is a ``BackendCall``; what happens to it is reported to a
 ``ResponseHandler`` exactly once as a head followed by data and an end, or as a
-failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
+failure. ``BackendCall.cancel`` is silent: whoever cancels decides what to answer.
+Response heads and chunked bodies are read by ``twistedgw.wire``, the parser the
+front reads requests with.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ from twistedgw.wire import (
 
 __all__ = [
     "TOKEN",
+    "BackendCall",
     "BadResponse",
-    "Call",
     "ConnectFailed",
     "NoResponse",
     "Origin",
@@ -126,7 +128,7 @@ class Origin:
         return (self.scheme, self.host, self.port, self.tls)
 
 
-class Call:
+class BackendCall:
     """One request on its way to a backend; the handle to cancel or pace it."""
 
     __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
@@ -225,13 +227,13 @@ class Upstream:
         head: bytes,
         body: IO[bytes] | None,
         handler: ResponseHandler,
-    ) -> Call:
+    ) -> BackendCall:
         """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
-        call = Call(self, origin, method, head, body, handler)
+        call = BackendCall(self, origin, method, head, body, handler)
         self._dispatch(call, fresh=False)
         return call
 
-    def _dispatch(self, call: Call, *, fresh: bool) -> None:
+    def _dispatch(self, call: BackendCall, *, fresh: bool) -> None:
         if not fresh:
             idle = self._idle.get(call.origin.key)
             while idle:
@@ -241,7 +243,7 @@ class Upstream:
                     return
         self._connect(call)
 
-    def _connect(self, call: Call) -> None:
+    def _connect(self, call: BackendCall) -> None:
         origin = call.origin
         d = self._endpoint(origin).connect(_ConnectionFactory(self, origin))
         call._connecting = d
@@ -320,7 +322,7 @@ class Upstream:
         if idle and conn in idle:
             idle.remove(conn)
 
-    def retry(self, call: Call) -> None:
+    def retry(self, call: BackendCall) -> None:
         self._dispatch(call, fresh=True)
 
     def close(self) -> Deferred[None]:
@@ -361,7 +363,7 @@ class _Connection(Protocol):
     def __init__(self, upstream: Upstream, origin: Origin) -> None:
         self.upstream = upstream
         self.origin = origin
-        self.call: Call | None = None
+        self.call: BackendCall | None = None
         self.state = _IDLE
         self.reused = False
         self.reusable = True
@@ -378,7 +380,7 @@ class _Connection(Protocol):
 
     # -- driving ---------------------------------------------------------
 
-    def start(self, call: Call, *, reused: bool) -> None:
+    def start(self, call: BackendCall, *, reused: bool) -> None:
         assert self.transport is not None
         self.call = call
         call.conn = self
