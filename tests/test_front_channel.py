@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tests.frontkit import Recorder, answer, front
 from twistedgw.config import Limits
-from twistedgw.http._front import EAGER_READ
+from twistedgw.http._front import EAGER_READ, LINGER_BYTES
+from twistedgw.http._guard import LINGER_SECONDS
 from twistedgw.wire import Exchange, answer_headers
 
 
@@ -212,3 +213,79 @@ def test_a_ctl_in_any_header_value_is_refused_and_only_then(values: list[bytes])
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
     bad = any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", v) for v in values)
     assert f.output().startswith(b"HTTP/1.1 400 " if bad else b"HTTP/1.1 200 "), values
+
+
+# -- judged at head time (issue 22 item 4) ------------------------------------------
+
+
+class Judge(Recorder):
+    """A handler that judges from the head alone: refuses at once, or holds the verdict
+    (``pending``) until the test allows or refuses it."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.pending: list[Exchange] = []
+
+    def handle(self, exchange: Exchange) -> None:
+        if self.refuse:
+            answer(exchange, b'{"code":"900902"}', status=401)
+        else:
+            self.pending.append(exchange)
+
+    def allow(self) -> None:
+        super().handle(self.pending.pop())
+
+
+BIG_POST = (b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 9437184\r\n\r\n")
+
+
+def test_a_refusal_reads_no_body_sends_no_100_continue_and_closes_after_a_linger() -> None:
+    f = front(resource=Judge(refuse=True))
+    f.send(BIG_POST)
+    out = f.output()
+    assert out.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in out
+    assert b"Connection: close\r\n" in out
+    assert not f.transport.disconnecting  # lingering: reads and discards what comes
+    f.send(b"x" * 1000)
+    assert f.output() == out  # discarded, never parsed as a request
+    f.send(b"x" * LINGER_BYTES)  # past the bound: reading stops
+    assert f.transport.producerState == "paused"
+    f.clock.advance(LINGER_SECONDS)
+    assert f.transport.disconnecting
+
+
+def test_while_the_verdict_is_pending_the_body_is_not_read() -> None:
+    judge = Judge()
+    f = front(resource=judge)
+    f.send(BIG_POST.replace(b"9437184", b"5"))
+    assert judge.pending and f.output() == b""  # no 100 Continue before the allow
+    assert f.transport.producerState == "paused"  # the body stays in the client's socket
+    judge.allow()
+    assert f.output() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert f.transport.producerState == "producing"
+    f.send(b"hello")
+    assert [s.body for s in judge.seen] == [b"hello"]
+    assert f.output().endswith(b"\r\n\r\nok") and not f.transport.disconnecting
+
+
+def test_a_refused_request_whose_body_is_all_in_keeps_the_connection() -> None:
+    f = front(resource=Judge(refuse=True))
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+           b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n"
+           b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert f.output().count(b"HTTP/1.1 401 ") == 3
+    assert b"Connection: close" not in f.output() and not f.transport.disconnecting
+
+
+def test_a_pending_verdict_whose_client_left_answers_nothing() -> None:
+    judge = Judge()
+    f = front(resource=judge)
+    f.send(BIG_POST)
+    exchange = judge.pending[0]
+    f.channel.connectionLost()
+    assert exchange.responder.gone
+    judge.allow()  # the verdict arrives late: nothing is read or written
+    assert judge.seen == [] and f.output() == b""

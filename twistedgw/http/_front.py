@@ -12,12 +12,20 @@ added on top. This channel works directly on the (TLS) transport:
   in, by ``twistedgw.wire`` (the grammar and framing rules the upstream client
   shares), counted against ``max_header_bytes`` as it arrives (414 for the
   request line, 431 for the rest);
-* the request is routed once, the body counted as it arrives (413, chunked
-  included) and spooled (memory up to ``MEMORY_BODY``, a temporary file beyond);
-* each request becomes a ``wire.Exchange`` handed to the site's resource
-  (``GatewayResource.handle``), with an ``_H1Stream``, its ``wire.Responder`` and
-  ``wire.BodySource``: the response head is built once, as bytes, and written
-  together with the first body bytes;
+* the request is routed once and becomes a ``wire.Exchange``, handed to the site's
+  resource (``GatewayResource.handle``) *as soon as its head is in*, with an
+  ``_H1Stream``, its ``wire.Responder`` and ``wire.BodySource``. Every verdict is
+  known from the head and the connection (plugins never read a body), so the body
+  waits unread while the request is judged (``Phase.JUDGING``: the transport is
+  paused, no ``100 Continue`` is sent); only an allow reads it
+  (``BodySource.read``: ``100 Continue`` then, the body counted as it arrives
+  against the route's limit, 413 over it, chunked included, and spooled: memory
+  up to ``MEMORY_BODY``, a temporary file beyond). A request answered without its
+  body being read (a refusal) says ``Connection: close``; the connection then
+  lingers (``LINGER_SECONDS``, ``LINGER_BYTES``) and closes. So an unauthenticated
+  client can make the gateway neither read nor store an upload (issue 22 item 4);
+* the response head is built once, as bytes, and written together with the first
+  body bytes;
 * keep-alive on HTTP/1.1, and on HTTP/1.0 when the client asks for it
   (``Connection: keep-alive``) and the answer has a length;
 * one request at a time (pipelined requests wait in the buffer, reading stops
@@ -100,9 +108,10 @@ class Phase(enum.Enum):
     """Where a connection is between two requests' bytes."""
 
     HEAD = "reading a request head (or idle between requests)"
-    BODY = "reading a request body"
+    JUDGING = "the head is dispatched; its body waits unread (reading paused) for a verdict"
+    BODY = "allowed: reading the request body"
     ANSWERING = "the request is in: its answer is awaited or being sent"
-    LINGERING = "refused: discarding what the client still sends, then closing"
+    LINGERING = "refused, or answered unread: discarding what the client sends, then closing"
 
 
 def _bad(description: str) -> WireError:
@@ -120,16 +129,22 @@ class _H1Stream:
 
     __slots__ = (
         "_chunked", "_head", "_on_gone", "_silent", "body_length", "channel",
-        "finished", "gone", "head_request", "started", "version",
+        "expect_continue", "finished", "gone", "head_request", "started", "version",
     )
 
     def __init__(
-        self, channel: FrontChannel, version: bytes, head_request: bool, body_length: int | None
+        self,
+        channel: FrontChannel,
+        version: bytes,
+        head_request: bool,
+        body_length: int | None,
+        expect_continue: bool = False,
     ) -> None:
         self.channel = channel
         self.version = version
         self.head_request = head_request
         self.body_length = body_length  # Content-Length; None when chunked
+        self.expect_continue = expect_continue  # the client waits for 100 Continue
         self.started = False
         self.finished = False
         self.gone = False
@@ -160,6 +175,7 @@ class _H1Stream:
             return
         self.started = True
         channel = self.channel
+        channel.answering(self)  # the body unread: skipped if all in, else Connection: close
         version = self.version
         silent = self._silent = (
             self.head_request or status in _NO_BODY_STATUSES or status < 200
@@ -495,7 +511,7 @@ class FrontChannel(BoundedClose, Protocol):
         phase = self._phase
         if phase is Phase.LINGERING:
             return
-        if phase is Phase.ANSWERING:  # not idle: answering; timed again when done
+        if phase is Phase.ANSWERING or phase is Phase.JUDGING:  # not idle: timed again later
             self._arm_idle()
             return
         if self._partial:
@@ -544,8 +560,8 @@ class FrontChannel(BoundedClose, Protocol):
             return
         if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
             self._idle_at = self._now() + self._limits.idle_timeout
-        if phase is Phase.ANSWERING:
-            self._buf += data
+        if phase is Phase.ANSWERING or phase is Phase.JUDGING:
+            self._buf += data  # pipelined requests, or an unread body's first bytes
             if len(self._buf) > EAGER_READ:
                 self._set_reading()
             return
@@ -627,7 +643,8 @@ class FrontChannel(BoundedClose, Protocol):
             raise WireError(errors.payload_too_large(limit), "body_too_large")
         chunked = framing is Framing.CHUNKED
         stream = _H1Stream(
-            self, head.version, method == b"HEAD", None if chunked else head.length
+            self, head.version, method == b"HEAD", None if chunked else head.length,
+            head.expect_continue,
         )
         conn = self._conn
         assert conn is not None
@@ -639,34 +656,31 @@ class FrontChannel(BoundedClose, Protocol):
         self._exchange = exchange
         self._body_limit = limit
         self._body_size = 0
-        if framing is Framing.NONE:
-            self._dispatch()
-            return
-        # The body is read before the exchange is dispatched (as twisted.web did).
-        if head.expect_continue:
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._start_body(chunked, head.length)
+        # Dispatched now, the body (if any) unread: it is read only if the exchange is
+        # allowed (``read_body``).
+        self._dispatch(Phase.ANSWERING if framing is Framing.NONE else Phase.JUDGING)
 
     # -- the body ----------------------------------------------------------
 
-    def _start_body(self, chunked: bool, length: int) -> None:
-        if chunked:
+    def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
+        """``BodySource.read``: the exchange was allowed; read its body, then ``ready``."""
+        if stream is not self._stream or stream.gone or self._phase is not Phase.JUDGING:
+            return
+        self._ready = ready
+        self._phase = Phase.BODY
+        self._partial = True  # the idle timer answers 408 if the body stops arriving
+        length = stream.body_length
+        if length is None:
             self._body = io.BytesIO()
             self._decoder = ChunkedDecoder()
         else:
             self._body = io.BytesIO() if length < MEMORY_BODY else tempfile.TemporaryFile()
             self._left = length
-        self._phase = Phase.BODY
-
-    def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
-        """``BodySource.read``: the body is in already (read before dispatch)."""
-        if stream is not self._stream or stream.gone:
-            return
-        body, self._body = self._body, None
-        size = self._body_size
-        if body is not None:
-            body.seek(0)
-        ready(body if size else None, size)
+        if stream.expect_continue and not self._buf:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._set_reading()
+        if self._buf:
+            self._parse()
 
     def _body_bytes(self) -> None:
         buf, self._buf = self._buf, b""
@@ -709,7 +723,17 @@ class FrontChannel(BoundedClose, Protocol):
         body.write(data)
 
     def _body_done(self) -> None:
-        self._dispatch()
+        """The whole body is in: hand it to whoever asked for it."""
+        self._phase = Phase.ANSWERING
+        self._partial = False
+        self._set_reading()  # now reading only pipelined bytes, up to EAGER_READ
+        ready, self._ready = self._ready, None
+        body = self._body
+        size = self._body_size
+        if body is not None:
+            body.seek(0)  # the spool stays the channel's: closed when the answer is done
+        if ready is not None:
+            ready(body if size else None, size)
 
     def _discard_body(self) -> None:
         self._decoder = None
@@ -719,11 +743,13 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- dispatch ----------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, phase: Phase) -> None:
         stream, exchange = self._stream, self._exchange
         assert stream is not None
         self._partial = False
-        self._phase = Phase.ANSWERING  # the idle timer ignores it (no re-arm per request)
+        self._phase = phase  # the idle timer ignores both (no re-arm per request)
+        if phase is Phase.JUDGING:
+            self._set_reading()  # the body stays in the client's socket
         try:
             self.site.resource.handle(exchange)  # type: ignore[attr-defined]
         except Exception:
@@ -744,6 +770,35 @@ class FrontChannel(BoundedClose, Protocol):
         stream.write(body)
         stream.finish()
 
+    def answering(self, stream: _H1Stream) -> None:
+        """``stream``'s answer starts. If its body was not read (a refusal), it is
+        skipped when it is all in the buffer already, else the connection closes after
+        the answer (``request_done`` lingers first)."""
+        if stream is not self._stream or self._phase not in (Phase.JUDGING, Phase.BODY):
+            return
+        if self._phase is Phase.JUDGING and self._skip_buffered_body(stream):
+            self._phase = Phase.ANSWERING
+            return
+        self.persistent = False
+
+    def _skip_buffered_body(self, stream: _H1Stream) -> bool:
+        """Drop an unread body from the buffer if all of it is there; True if it was."""
+        buf = self._buf
+        length = stream.body_length
+        if length is not None:
+            if len(buf) < length:
+                return False
+            self._buf = buf[length:]
+            return True
+        try:
+            _body, rest = ChunkedDecoder().feed(buf)
+        except MalformedChunks:
+            return False
+        if rest is None:
+            return False
+        self._buf = rest
+        return True
+
     def request_done(self, stream: _H1Stream) -> None:
         """The answer to ``stream`` is complete: the next request, or close."""
         if stream is not self._stream:
@@ -752,6 +807,11 @@ class FrontChannel(BoundedClose, Protocol):
         self._exchange = self._ready = None
         self._discard_body()
         if self.transport is None:
+            return
+        if self._phase in (Phase.JUDGING, Phase.BODY):  # answered, its body not (all) read
+            self._linger_start()
+            self._stop_timing("_header_at", "_idle_at")
+            self._close_timer = self.callLater(LINGER_SECONDS, self._close)
             return
         if not self.persistent:
             self.loseConnection()
@@ -788,8 +848,9 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _set_reading(self) -> None:
         """Read from the transport unless the output is full or too much is buffered."""
-        want = not self._output_full and not (
-            self._phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
+        phase = self._phase
+        want = not self._output_full and phase is not Phase.JUDGING and not (
+            phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
         )
         network = self._network
         if want == self._reading or network is None:
@@ -821,7 +882,7 @@ class FrontChannel(BoundedClose, Protocol):
         if self._phase is Phase.LINGERING:
             return
         self._set_reading()
-        if self._buf and self._phase is not Phase.ANSWERING and self.transport:
+        if self._buf and self._phase in (Phase.HEAD, Phase.BODY) and self.transport:
             self._parse()
 
     def stopProducing(self) -> None:
