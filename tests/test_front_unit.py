@@ -246,3 +246,39 @@ def test_no_timer_outlives_the_connection() -> None:
     tcp.disconnected = True
     clock.advance(guard.CLOSE_TIMEOUT)
     assert not tcp.aborted and not clock.getDelayedCalls()
+
+
+# -- the request line's method and the Host (issue 23 items 1 and 5) ------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [(b"GET", None), (b"PROPFIND", None), (b"VERSION-CONTROL", None), (b"M_X", None),
+     (b"CONNECT", 405), (b"get", 400), (b"Get", 400), (b"GET1", 400), (b"G=T", 400),
+     (b"G T", 400), (b"", 400)],
+)
+def test_one_method_rule_for_both_http_versions(method: bytes, status: int | None) -> None:
+    from twistedgw.wire import method_refusal
+
+    refusal = method_refusal(method)
+    assert (refusal.status if refusal is not None else None) == status
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [(b"example.com", "example.com"), (b"Example.COM.:8443", "example.com"),
+     (b"[::1]:443", "::1"), (b"[2001:DB8::1]", "2001:db8::1"), (b"192.0.2.1:80", "192.0.2.1"),
+     (b"host:", "host"), (b"_srv.example", "_srv.example"), (b"evil.example/x", None),
+     (b"a b", None), (b"...", None), (b"", None), (b"a@evil.example", None), (b"x,y", None),
+     (b"[::1", None), (b"::1", None), (b"[fe80::1%25eth0]", None), (b"-a.example", None),
+     (b"a:99999999", None), (b"\xc3\xa9.example", None), (b" a.example", None),
+     (b"[::1]x", None), (b"a" * 64 + b".example", None)],
+)
+def test_the_host_validator(value: bytes, name: str | None) -> None:
+    from twistedgw import _hosts
+
+    if name is None:
+        with pytest.raises(_hosts.BadHost):
+            _hosts.from_header(value)
+    else:
+        assert _hosts.from_header(value) == name

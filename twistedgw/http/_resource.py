@@ -138,13 +138,10 @@ def route_request(
         path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
-    # The host matters only to a config that routes by it or has SNI entries; others
-    # neither pay for it nor refuse a Host they always accepted.
-    wanted = runtime.router.uses_hosts or (
-        runtime.server_tls is not None and bool(runtime.server_tls.sni_hosts)
-    )
+    # Every request's host is validated, whether or not any API routes by host: the
+    # value reaches the backend in X-Forwarded-Host (issue 23 item 1). Cached per value.
     try:
-        name = _hosts.from_header(host) if host is not None and wanted else None
+        name = _hosts.from_header(host) if host is not None else None
     except _hosts.BadHost as e:
         return Routed(runtime, raw_path, None, query, None, f"bad Host header: {e}")
     route = runtime.router.route(path, query, method, name)

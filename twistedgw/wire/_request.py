@@ -8,13 +8,17 @@ not tokens, ``Transfer-Encoding`` other than one ``chunked`` (or outside
 HTTP/1.1), Content-Length with Transfer-Encoding, a Content-Length that is not
 one run of digits (lists included), and no, several or malformed ``Host`` headers
 are all refused with 400 (RFC 9112 allows a recipient to reject every one of
-them); a request line over ``max_header_bytes`` is 414, a head over it 431.
+them); a ``Host`` that names no host (``_hosts.from_header``, on every listener)
+is 400 too, and so is a method that is not upper-case; ``CONNECT`` is 405
+(``wire.method_refusal``, which HTTP/2 applies as well). A request line over
+``max_header_bytes`` is 414, a head over it 431.
 """
 
 from __future__ import annotations
 
 import enum
 
+from twistedgw import _hosts
 from twistedgw.errors import GatewayError, bad_request
 from twistedgw.wire._abnf import (
     BAD_VALUE,
@@ -24,6 +28,7 @@ from twistedgw.wire._abnf import (
     LIST,
     MALFORMED,
     TOKEN,
+    method_refusal,
     target_problem,
 )
 from twistedgw.wire._fields import Fields
@@ -142,8 +147,9 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
     line = (method, target)
     if version not in VERSIONS:
         raise _bad(MALFORMED, line)
-    if not TOKEN.match(method):
-        raise _bad(MALFORMED, line)
+    refusal = method_refusal(method)
+    if refusal is not None:
+        raise WireError(refusal, "bad_request", line)
     problem = target_problem(target)
     if problem is not None:
         raise _bad(problem, line)
@@ -207,7 +213,12 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
     host_name: str | None = None
     if hosts > 1:
         raise _bad("more than one Host header", line)
-    if host is None and http11:  # RFC 9112 3.2: a server MUST refuse it
+    if host is not None:
+        try:
+            host_name = _hosts.from_header(host)
+        except _hosts.BadHost as e:
+            raise _bad(f"bad Host header: {e}", line) from None
+    elif http11:  # RFC 9112 3.2: a server MUST refuse it
         raise _bad("an HTTP/1.1 request must have a Host header", line)
     persistent = not close if http11 else (keep_alive and not close)
     return RequestHead(
