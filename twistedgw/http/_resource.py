@@ -48,7 +48,15 @@ from twistedgw.pipeline import (
 )
 from twistedgw.tls import server_name, sni_entry
 from twistedgw.upstream import Forwarder
-from twistedgw.wire import TOKEN, BodySource, Connection, Exchange, Fields, answer_headers
+from twistedgw.wire import (
+    TOKEN,
+    BodySource,
+    Connection,
+    Exchange,
+    Fields,
+    answer_headers,
+    method_refusal,
+)
 
 log = Logger()
 
@@ -293,7 +301,14 @@ class GatewayResource(Resource):
     def render(self, request: Any) -> int:
         from twistedgw.http._webexchange import web_exchange
 
-        serve(self.gateway, web_exchange(request))
+        exchange = web_exchange(request)
+        # The HTTP/1.1 front refuses these before dispatch (wire); twisted.web's
+        # HTTP/2 does not, and a backend must never see them (issue 23 item 5).
+        refusal = method_refusal(exchange.method)
+        if refusal is not None:
+            answer_error(self.gateway, exchange, refusal)
+        else:
+            serve(self.gateway, exchange)
         return NOT_DONE_YET
 
 
