@@ -1,28 +1,19 @@
-"""The rules of the HTTP/1.1 front (http/_front.py), and the helpers it shares.
+"""What every connection of the HTTP/1.1 front (http/_front.py) shares, and its refusals.
 
-The front applies them on every HTTP/1.1 connection (HTTP/2 streams, http/_h2.py,
-share the target grammar, the limits and the JSON refusals). A gateway needs
-more than a careful HTTP/1.1 parser (twisted.web's, which the front replaced,
-lacked most of these):
+The grammar and framing rules (obsolete line folding, ``Transfer-Encoding`` other
+than one ``chunked``, Content-Length with Transfer-Encoding, several or invalid
+``Host`` headers, the origin-form target, the method rule, the chunked decoder and
+its tiny-chunk bound) are ``twistedgw.wire``'s, the one parser the upstream client
+reads backend responses with; HTTP/2 streams (http/_h2.py) share the target grammar,
+the limits and the JSON refusals. Here:
 
-* obsolete line folding, ``Transfer-Encoding`` other than a single ``chunked``,
-  Content-Length with Transfer-Encoding, and several ``Host`` headers are
-  refused with 400, because a proxy in front may read them differently
-  (request smuggling);
+* ``Guard``: the live gateway and the open-connection count of one ``Site``
+  (``max_connections`` per process);
 * the body is counted while it arrives (chunked too) and refused with 413 once
   over the API's ``max_body_bytes``, so nothing is ever forwarded partially;
 * ``client_header_timeout`` bounds the whole header section (an inactivity
   timer reset by every byte never cuts a client dribbling headers byte by
   byte), ``handshake_timeout`` the TLS handshake;
-* ``max_connections`` caps open connections per process (``Guard.open``);
-* every request target is checked against the RFC 3986/9112 origin-form
-  grammar and refused with 400 before routing (``wire.target_problem``);
-* reading and parsing stop while the transport's unsent output is over its
-  bound, so pipelined requests from a client that reads nothing are not
-  answered and buffered without end;
-* the chunked decoder (``wire.ChunkedDecoder``, shared with the upstream client)
-  costs one regular-expression match per chunk, and a body of many tiny chunks is
-  refused;
 * after a closing response the TCP connection is closed ``CLOSE_TIMEOUT``
   seconds later whatever the client does (``BoundedClose``): TLS would wait
   for the client's close_notify, and TCP for a client that reads nothing,
@@ -30,9 +21,9 @@ lacked most of these):
 
 Refusals are WSO2-style JSON written straight to the transport (the request has
 not been dispatched yet) with ``Connection: close`` (``raw_response``). The
-connection then lingers briefly (``LINGER_SECONDS``), discarding what the client
-still sends, because closing a socket with unread data makes the kernel send a
-reset that can destroy the answer before the client reads it.
+connection then lingers briefly (``LINGER_SECONDS``, at most ``LINGER_BYTES`` read),
+discarding what the client still sends, because closing a socket with unread data
+makes the kernel send a reset that can destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
