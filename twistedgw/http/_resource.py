@@ -254,7 +254,14 @@ class GatewayExchange(Exchange):
         if pipeline is None or call is None or not pipeline.response_transforms:
             return None
         refusal = pipeline.transform_response(call, ResponseEdit(status, headers))
-        return refusal.error if refusal is not None else None
+        if refusal is not None:
+            return refusal.error
+        # Framing is the front's (wire.Responder): a third-party transform cannot set it.
+        headers[:] = [(n, v) for n, v in headers if n.lower() not in _FRAMING]
+        return None
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def _reason(error: GatewayError) -> bytes | None:
