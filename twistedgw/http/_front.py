@@ -45,7 +45,7 @@ import io
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -72,7 +72,13 @@ from twistedgw.http._guard import (
     raw_response,
     request_timeout,
 )
-from twistedgw.http._resource import GatewayExchange, RequestRecord, Routed, route_request
+from twistedgw.http._resource import (
+    Gateway,
+    GatewayExchange,
+    RequestRecord,
+    Routed,
+    route_request,
+)
 from twistedgw.wire import (
     BodyReady,
     ChunkedDecoder,
@@ -86,9 +92,6 @@ from twistedgw.wire import (
     check_partial_head,
     parse_request_head,
 )
-
-if TYPE_CHECKING:
-    from twistedgw.http._resource import Gateway
 
 log = Logger()
 
@@ -303,7 +306,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
         self._stream: _H1Stream | None = None  # the exchange being read or answered
-        self._exchange: Any = None  # its Exchange
+        self._exchange: GatewayExchange | None = None  # its exchange
         self._ready: BodyReady | None = None  # who waits for its body
         self._line: tuple[bytes, bytes] | None = None  # the last request line, for records
         self._left = 0  # Content-Length bytes still due
@@ -338,10 +341,11 @@ class FrontChannel(BoundedClose, Protocol):
         return self._phase
 
     @property
-    def requests(self) -> list[Any]:
+    def requests(self) -> list[GatewayExchange]:
         """The exchange in flight (a list of at most one): what a graceful stop waits for
         (app/_drain.py)."""
-        return [self._exchange] if self._stream is not None else []
+        exchange = self._exchange
+        return [exchange] if exchange is not None and self._stream is not None else []
 
     @property
     def secure(self) -> bool:

@@ -54,6 +54,7 @@ from twistedgw.wire import (
     Connection,
     Exchange,
     Fields,
+    Responder,
     answer_headers,
     method_refusal,
 )
@@ -202,7 +203,7 @@ class GatewayExchange(Exchange):
         fields: Fields,
         host: bytes | None,
         conn: Connection,
-        responder: Any,
+        responder: Responder,
         body: BodySource | None,
         routed: Routed | None = None,
     ) -> None:
