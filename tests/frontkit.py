@@ -45,7 +45,7 @@ class Recorder:
     hold: bool = False
     read_body: bool = True
     seen: list[Seen] = field(default_factory=list)
-    held: list[Exchange] = field(default_factory=list)
+    held: list[Any] = field(default_factory=list)  # exchanges (or twisted.web requests)
     isLeaf = True
 
     def handle(self, exchange: Exchange) -> None:
@@ -78,6 +78,7 @@ class Recorder:
             [(n.lower(), v) for n, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
         ))
         if self.hold:
+            self.held.append(request)
             return NOT_DONE_YET  # type: ignore[no-any-return]
         return self.answer
 
