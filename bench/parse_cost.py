@@ -3,8 +3,9 @@
 ``python3 bench/parse_cost.py [--rounds 5] [--number 20000]`` times, for three typical
 request heads (about 140, 250 and 400 bytes), per head:
 
-* ``front``: ``FrontChannel`` taking the head from its buffer: the split, every line's
-  checks, the framing decision, the ``FrontRequest`` with its ``Headers`` (routing and
+* ``front``: ``FrontChannel`` taking the head from its buffer (``twistedgw.wire``'s parse and
+  the exchange): the split, every line's
+  checks, the framing decision, the exchange with its ``Fields`` (routing and
   the resource left out: a stub answers nothing);
 * ``httptools``: ``HttpRequestParser.feed_data`` with callbacks collecting the method,
   URL and header list: the C parse alone, none of the front's rules (duplicate
@@ -37,7 +38,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twistedgw.config import Limits
-from twistedgw.http._front import FrontChannel
+from twistedgw.http._front import FrontChannel, Phase
 from twistedgw.http._guard import Guard
 
 HEADS = {
@@ -63,20 +64,23 @@ HEADS = {
 
 
 class _Stub:
-    """A resource that answers nothing (the request stays in flight; reset per head)."""
+    """A resource that answers nothing (the exchange stays in flight; reset per head)."""
 
     isLeaf = True
 
-    def render(self, request: Any) -> int:
-        from twisted.web.server import NOT_DONE_YET
+    def handle(self, exchange: Any) -> None:
+        pass
 
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+class _NoRoutes(Guard):
+    def route(self, target: bytes | None, method: bytes | None = None,
+              host: bytes | None = None) -> Any:
+        return None
 
 
 def _front() -> FrontChannel:
     runtime: Any = SimpleNamespace(config=SimpleNamespace(limits=Limits()))
-    guard = Guard(SimpleNamespace(runtime=runtime, notify=lambda record: None))  # type: ignore[arg-type]
-    guard.route = lambda target, method=None, host=None: None  # type: ignore[method-assign]
+    guard = _NoRoutes(SimpleNamespace(runtime=runtime, notify=lambda record: None))  # type: ignore[arg-type]
     channel = FrontChannel(guard)
     channel.site = SimpleNamespace(resource=_Stub())  # type: ignore[assignment]
     channel.callLater = Clock().callLater
@@ -88,13 +92,13 @@ def front_cost(head: bytes, number: int) -> float:
     channel = _front()
 
     def one() -> None:
-        channel._state = 0  # _HEAD: ready for the next head, as after a response
-        channel.requests.clear()
+        channel._phase = Phase.HEAD  # ready for the next head, as after a response
+        channel._stream = None
         channel._buf = head
         channel._head()
 
     one()
-    assert channel._request is not None and channel._request.uri.startswith(b"/")
+    assert channel._exchange is not None and channel._exchange.target.startswith(b"/")
     return timeit.timeit(one, number=number) / number
 
 
@@ -131,7 +135,8 @@ def httptools_cost(head: bytes, number: int) -> float | None:
 
 def split_costs(head: bytes, number: int) -> tuple[float, float | None]:
     """The front's split and per-line checks, and llhttp's split with what must follow it."""
-    from twistedgw.http._front import _CTL_IN_HEAD, _TOKEN
+    from twistedgw.wire._abnf import CTL_IN_HEAD as _CTL_IN_HEAD
+    from twistedgw.wire._abnf import TOKEN as _TOKEN
 
     text = head[:-4]
 

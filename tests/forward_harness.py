@@ -24,6 +24,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web import resource, server
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
+from twistedgw.http import web_exchange
 from twistedgw.upstream import Forwarder, ForwardResult, ForwardSettings
 
 reactor: Any = _reactor
@@ -66,13 +67,23 @@ class ForwardingResource(resource.Resource):
                 }
             )
 
-        self.forwarder.forward(
-            request,
-            self.backend + request.uri,
-            add_headers=self.add_headers,
-            remove_headers=self.remove_headers,
-            on_done=done,
-        )
+        exchange = web_exchange(request)  # twisted.web read the body already
+
+        def forward(body: Any, size: int) -> None:
+            self.forwarder.forward(
+                exchange,
+                self.backend + request.uri,
+                body=body,
+                body_size=size,
+                add_headers=self.add_headers,
+                remove_headers=self.remove_headers,
+                on_done=done,
+            )
+
+        if exchange.body is None:
+            forward(None, 0)
+        else:
+            exchange.body.read(forward)
         return server.NOT_DONE_YET
 
 

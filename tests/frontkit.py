@@ -1,25 +1,25 @@
 """An in-memory ``FrontChannel`` (http/_front.py) over a ``StringTransport``, with a
-resource that records what was dispatched: for the front's unit and property tests."""
+handler that records what was dispatched: for the front's unit and property tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.web.server import NOT_DONE_YET
 
 from twistedgw.config import Limits
-from twistedgw.http._front import FrontChannel, FrontRequest
+from twistedgw.http._front import FrontChannel
 from twistedgw.http._guard import Guard
+from twistedgw.wire import Exchange, answer_headers
 
 
 @dataclass
 class Seen:
-    """What the resource was handed: one entry per dispatched request."""
+    """What the handler was handed: one entry per dispatched request (its body read)."""
 
     method: bytes
     target: bytes
@@ -27,30 +27,68 @@ class Seen:
     headers: list[tuple[bytes, bytes]]
 
 
+def answer(exchange: Exchange, body: bytes = b"ok", status: int = 200,
+           length: int | None = -1) -> None:
+    """Answer ``exchange`` through its responder (``length=-1``: ``len(body)``)."""
+    responder = exchange.responder
+    responder.start_response(status, answer_headers(), len(body) if length == -1 else length)
+    responder.write(body)
+    responder.finish()
+
+
 @dataclass
 class Recorder:
-    """A leaf resource: answers ``answer`` at once, or holds requests when ``hold``."""
+    """The site's resource: reads each body, then answers ``answer`` at once, or holds
+    the exchange when ``hold``; with ``read_body=False`` it answers without reading it."""
 
     answer: bytes = b"ok"
     hold: bool = False
+    read_body: bool = True
     seen: list[Seen] = field(default_factory=list)
-    held: list[FrontRequest] = field(default_factory=list)
+    held: list[Any] = field(default_factory=list)  # exchanges (or twisted.web requests)
     isLeaf = True
 
-    def render(self, request: FrontRequest) -> bytes | int:
-        content = request.content
-        self.seen.append(
-            Seen(
-                request.method,
-                request.uri,
-                content.read() if content is not None else b"",
-                [(n.lower(), v) for n, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
+    def handle(self, exchange: Exchange) -> None:
+        headers = [(n.lower(), v) for n, v in exchange.fields.pairs]
+
+        def ready(body: IO[bytes] | None, size: int) -> None:
+            self.seen.append(
+                Seen(exchange.method, exchange.target, body.read() if body else b"", headers)
             )
-        )
+            if self.hold:
+                self.held.append(exchange)
+            else:
+                self.respond(exchange)
+
+        if exchange.body is None or not self.read_body:
+            ready(None, 0)
+        else:
+            exchange.body.read(ready)
+
+    def respond(self, exchange: Exchange) -> None:
+        answer(exchange, self.answer)
+
+    def render(self, request: Any) -> bytes | int:
+        """The same for a twisted.web request (HTTP/2 streams reach a Site's resource so)."""
+        from twisted.web.server import NOT_DONE_YET
+
+        content = request.content
+        self.seen.append(Seen(
+            request.method, request.uri, content.read() if content is not None else b"",
+            [(n.lower(), v) for n, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
+        ))
         if self.hold:
             self.held.append(request)
-            return NOT_DONE_YET
+            return NOT_DONE_YET  # type: ignore[no-any-return]
         return self.answer
+
+
+class NoRoutes(Guard):
+    """A guard that routes nothing (the channel then applies the global limits)."""
+
+    def route(self, target: bytes | None, method: bytes | None = None,
+              host: bytes | None = None) -> Any:
+        return None
 
 
 @dataclass
@@ -74,8 +112,7 @@ def front(limits: Limits | None = None, resource: Recorder | None = None) -> Fro
     records: list[Any] = []
     runtime: Any = SimpleNamespace(config=SimpleNamespace(limits=limits or Limits()))
     gateway: Any = SimpleNamespace(runtime=runtime, notify=records.append)
-    guard = Guard(gateway)
-    guard.route = lambda target, method=None, host=None: None  # type: ignore[method-assign]
+    guard = NoRoutes(gateway)
     channel = FrontChannel(guard)
     recorder = resource or Recorder()
     channel.site = SimpleNamespace(resource=recorder)  # type: ignore[assignment]

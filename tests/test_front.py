@@ -464,3 +464,54 @@ def test_no_server_version_on_any_answer(env: Env) -> None:
     raw = exchange(env.admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.header("server") == "twistedgw"
     assert json.loads(request(env.port, "/open/x").body)["path"] == "/x"
+
+
+# -- issue 23: Host on every listener, methods, bare-LF chunk lines ------------------
+
+BAD_HOSTS = [b"evil.example/x", b"a b", b"...", b"", b"a@evil.example", b"x,y", b"[::1",
+             b"::1", b"[fe80::1%25eth0]", b"a..b", b"host:port", b"\xc3\xa9.example"]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS, ids=lambda h: repr(h)[2:-1] or "empty")
+def test_a_host_that_is_no_host_name_is_400_on_a_listener_without_hosts(
+    env: Env, host: bytes
+) -> None:
+    """No API has ``hosts`` here; the Host is validated all the same (issue 23 item 1),
+    so nothing unvalidated reaches X-Forwarded-Host."""
+    r = exchange(env.port, b"GET /open/echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert r.status == 400, (host, r.head, r.body)
+    assert r.json()["code"] == "400" and "Host" in r.json()["description"]
+
+
+@pytest.mark.parametrize("host", [b"gw.example", b"GW.Example.:8443", b"[::1]:8443",
+                                  b"192.0.2.1", b"_srv.example"])
+def test_a_valid_host_reaches_x_forwarded_host_as_sent(env: Env, host: bytes) -> None:
+    r = exchange(env.port, b"GET /open/echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert r.status == 200, (host, r.body)
+    forwarded = [v for n, v in r.json()["headers"] if n.lower() == "x-forwarded-host"]
+    assert forwarded == [host.decode()]
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [(b"CONNECT", 405), (b"get", 400), (b"Get", 400), (b"GET1", 400), (b"G=T", 400)],
+)
+def test_connect_is_405_and_a_method_not_upper_case_is_400(
+    env: Env, method: bytes, status: int
+) -> None:
+    """Issue 23 item 5, as NGINX answers: neither reaches a backend."""
+    target = b"gw.example:443" if method == b"CONNECT" else b"/open/echo"
+    r = exchange(env.port, method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == status, (method, r.head, r.body)
+    assert r.json()["code"] == str(status)
+
+
+def test_a_bare_lf_chunk_line_is_answered_400_at_once(env: Env) -> None:
+    """Issue 23 item 6: ``5\\nhello\\n0\\n\\n`` got no answer until a timeout."""
+    with open_socket(env.port, timeout=5) as sock:
+        sock.sendall(b"POST /open/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n5\nhello\n0\n\n")
+        started = time.monotonic()
+        r = read_response(sock, timeout=5)
+    assert r.status == 400 and "chunk" in r.json()["description"]
+    assert time.monotonic() - started < 2.0

@@ -10,9 +10,11 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.frontkit import Recorder, front
+from tests.frontkit import Recorder, answer, front
 from twistedgw.config import Limits
-from twistedgw.http._front import EAGER_READ
+from twistedgw.http._front import EAGER_READ, LINGER_BYTES
+from twistedgw.http._guard import LINGER_SECONDS
+from twistedgw.wire import Exchange, answer_headers
 
 
 def _statuses(out: bytes) -> list[bytes]:
@@ -23,13 +25,9 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert [s.target for s in f.resource.seen] == [b"/1"]  # the second waits
-    first = f.resource.held.pop()
-    first.write(b"one")
-    first.finish()
+    answer(f.resource.held.pop(), b"one", length=None)
     assert [s.target for s in f.resource.seen] == [b"/1", b"/2"]
-    second = f.resource.held.pop()
-    second.write(b"two")
-    second.finish()
+    answer(f.resource.held.pop(), b"two", length=None)
     out = f.output()
     assert out.index(b"one") < out.index(b"two")
     assert not f.transport.disconnecting  # keep-alive
@@ -46,11 +44,7 @@ def test_the_response_head_leaves_in_one_write_with_the_first_body_bytes() -> No
 
     f.transport.write = write  # type: ignore[method-assign]
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    request.setResponseCode(200)
-    request.responseHeaders.setRawHeaders(b"content-length", [b"5"])
-    request.write(b"hello")
-    request.finish()
+    answer(f.resource.held.pop(), b"hello")
     assert len(writes) == 1
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\nhello")
     assert b"Server: twistedgw\r\n" in writes[0]
@@ -59,15 +53,11 @@ def test_the_response_head_leaves_in_one_write_with_the_first_body_bytes() -> No
 def test_no_length_means_chunked_on_1_1_and_close_on_1_0() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"abc")
-    request.finish()
+    answer(f.resource.held.pop(), b"abc", length=None)
     assert f.output().endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.0\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"abc")
-    request.finish()
+    answer(f.resource.held.pop(), b"abc", length=None)
     assert f.output().startswith(b"HTTP/1.0 200 OK\r\n") and f.output().endswith(b"\r\n\r\nabc")
     assert f.transport.disconnecting
 
@@ -127,8 +117,7 @@ def test_pipelined_bytes_beyond_a_bound_pause_reading() -> None:
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
     f.send(b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * EAGER_READ + b"\r\n\r\n")
     assert f.transport.producerState == "paused"
-    request = f.resource.held.pop()
-    request.finish()
+    f.resource.held.pop().responder.finish()
     assert f.transport.producerState == "producing"
 
 
@@ -157,22 +146,23 @@ def test_a_dribbled_header_section_is_cut_at_the_header_timeout() -> None:
     assert f.records[0].error_kind == "header_timeout"
 
 
-def test_a_client_that_leaves_fails_the_requests_notify_finish() -> None:
+def test_a_client_that_leaves_is_reported_to_the_exchange() -> None:
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
-    request = f.resource.held.pop()
-    failures: list[object] = []
-    request.notifyFinish().addErrback(failures.append)
+    exchange = f.resource.held.pop()
+    gone: list[bool] = []
+    exchange.responder.when_gone(lambda: gone.append(True))
     f.channel.connectionLost()
-    assert failures and request.channel is None
+    assert gone == [True] and exchange.responder.gone
+    exchange.responder.write(b"late")  # ignored, no error
     assert f.channel.guard.open == 0
 
 
 def test_a_head_answer_keeps_the_length_the_resource_set() -> None:
     class Head(Recorder):
-        def render(self, request: object) -> bytes | int:
-            request.responseHeaders.setRawHeaders(b"content-length", [b"42"])  # type: ignore[attr-defined]
-            return b""
+        def respond(self, exchange: Exchange) -> None:
+            exchange.responder.start_response(200, answer_headers(), 42)
+            exchange.responder.finish()
 
     f = front(resource=Head())
     f.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -192,9 +182,7 @@ def test_http_1_0_keeps_alive_only_when_asked_and_the_answer_has_a_length() -> N
     assert b"keep-alive" not in f.output() and f.transport.disconnecting
     f = front(resource=Recorder(hold=True))
     f.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    request = f.resource.held.pop()
-    request.write(b"no length")  # the body ends with the connection
-    request.finish()
+    answer(f.resource.held.pop(), b"no length", length=None)  # the body ends with the connection
     assert b"keep-alive" not in f.output() and f.transport.disconnecting
 
 
@@ -225,3 +213,79 @@ def test_a_ctl_in_any_header_value_is_refused_and_only_then(values: list[bytes])
     f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
     bad = any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", v) for v in values)
     assert f.output().startswith(b"HTTP/1.1 400 " if bad else b"HTTP/1.1 200 "), values
+
+
+# -- judged at head time (issue 22 item 4) ------------------------------------------
+
+
+class Judge(Recorder):
+    """A handler that judges from the head alone: refuses at once, or holds the verdict
+    (``pending``) until the test allows or refuses it."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.pending: list[Exchange] = []
+
+    def handle(self, exchange: Exchange) -> None:
+        if self.refuse:
+            answer(exchange, b'{"code":"900902"}', status=401)
+        else:
+            self.pending.append(exchange)
+
+    def allow(self) -> None:
+        super().handle(self.pending.pop())
+
+
+BIG_POST = (b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 9437184\r\n\r\n")
+
+
+def test_a_refusal_reads_no_body_sends_no_100_continue_and_closes_after_a_linger() -> None:
+    f = front(resource=Judge(refuse=True))
+    f.send(BIG_POST)
+    out = f.output()
+    assert out.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in out
+    assert b"Connection: close\r\n" in out
+    assert not f.transport.disconnecting  # lingering: reads and discards what comes
+    f.send(b"x" * 1000)
+    assert f.output() == out  # discarded, never parsed as a request
+    f.send(b"x" * LINGER_BYTES)  # past the bound: reading stops
+    assert f.transport.producerState == "paused"
+    f.clock.advance(LINGER_SECONDS)
+    assert f.transport.disconnecting
+
+
+def test_while_the_verdict_is_pending_the_body_is_not_read() -> None:
+    judge = Judge()
+    f = front(resource=judge)
+    f.send(BIG_POST.replace(b"9437184", b"5"))
+    assert judge.pending and f.output() == b""  # no 100 Continue before the allow
+    assert f.transport.producerState == "paused"  # the body stays in the client's socket
+    judge.allow()
+    assert f.output() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert f.transport.producerState == "producing"
+    f.send(b"hello")
+    assert [s.body for s in judge.seen] == [b"hello"]
+    assert f.output().endswith(b"\r\n\r\nok") and not f.transport.disconnecting
+
+
+def test_a_refused_request_whose_body_is_all_in_keeps_the_connection() -> None:
+    f = front(resource=Judge(refuse=True))
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+           b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n"
+           b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert f.output().count(b"HTTP/1.1 401 ") == 3
+    assert b"Connection: close" not in f.output() and not f.transport.disconnecting
+
+
+def test_a_pending_verdict_whose_client_left_answers_nothing() -> None:
+    judge = Judge()
+    f = front(resource=judge)
+    f.send(BIG_POST)
+    exchange = judge.pending[0]
+    f.channel.connectionLost()
+    assert exchange.responder.gone
+    judge.allow()  # the verdict arrives late: nothing is read or written
+    assert judge.seen == [] and f.output() == b""

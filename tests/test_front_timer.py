@@ -39,7 +39,7 @@ def test_one_timer_through_every_phase_of_a_keep_alive_connection() -> None:
     one_timer(f)
     f.send(b"Host: x\r\n\r\n")
     one_timer(f)
-    f.resource.held.pop().finish()  # idle between requests
+    f.resource.held.pop().responder.finish()  # idle between requests
     one_timer(f)
     f.clock.advance(6.0)  # past the first head's deadline: found early, re-armed
     one_timer(f)
@@ -47,7 +47,7 @@ def test_one_timer_through_every_phase_of_a_keep_alive_connection() -> None:
     one_timer(f)
     assert timers(f.clock, f.channel)[0].getTime() == 6.0 + 5.0
     f.send(b"Host: x\r\n\r\n")
-    f.resource.held.pop().finish()
+    f.resource.held.pop().responder.finish()
     one_timer(f)
     assert f.output().count(b"HTTP/1.1 200 ") == 2 and not f.transport.disconnecting
     f.channel.connectionLost()

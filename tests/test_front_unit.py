@@ -1,6 +1,6 @@
-"""The HTTP front's pure logic in memory: the chunked decoder, the request-target
-grammar and the bounded close (issue 17). The same behaviours against a real
-gateway process are in test_front.py."""
+"""The HTTP front's pure logic in memory: the chunked decoder (``wire.ChunkedDecoder``,
+shared with the upstream client), the request-target grammar and the bounded close
+(issue 17). The same behaviours against a real gateway process are in test_front.py."""
 
 from __future__ import annotations
 
@@ -18,18 +18,31 @@ from twistedgw.config import Limits
 from twistedgw.http import Guard, target_problem
 from twistedgw.http import _guard as guard
 from twistedgw.http._front import FrontChannel
-from twistedgw.http._guard import _ChunkedDecoder, _TinyChunks
+from twistedgw.wire import ChunkedDecoder, MalformedChunks, TinyChunks
 
 # -- the chunked decoder -------------------------------------------------------
 
 
 def _decode(cls: Any, reads: list[bytes]) -> tuple[bytes, bytes | None]:
+    """Feed ``reads`` to a decoder: the body, and what followed it (None: unfinished).
+    ``cls`` is ours, or twisted.web's callback-style decoder for comparison."""
     data: list[bytes] = []
     done: list[bytes] = []
-    decoder = cls(data.append, done.append)
+    if cls is ChunkedDecoder:
+        decoder = ChunkedDecoder()
+        for i, read in enumerate(reads):
+            body, rest = decoder.feed(read)
+            data.append(body)
+            if rest is not None:  # what follows the body is the next request's
+                return b"".join(data), rest + b"".join(reads[i + 1 :])
+        return b"".join(data), None
+    web = cls(data.append, done.append)
     for i, read in enumerate(reads):
-        decoder.dataReceived(read)
-        if done:  # what follows the body is the next request's: the channel's
+        try:
+            web.dataReceived(read)
+        except _MalformedChunkedDataError as e:
+            raise MalformedChunks(str(e)) from None
+        if done:
             return b"".join(data), done[0] + b"".join(reads[i + 1 :])
     return b"".join(data), None
 
@@ -52,7 +65,7 @@ def test_valid_bodies_decode_as_twisted_web_decodes_them(
     body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), ext, c) for c in chunks)
     body += b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n" + after
     reads = _split(body, cuts)
-    ours = _decode(_ChunkedDecoder, reads)
+    ours = _decode(ChunkedDecoder, reads)
     assert ours == (b"".join(chunks), after)
     assert ours == _decode(_ChunkedTransferDecoder, reads)
 
@@ -73,12 +86,12 @@ def test_any_input_is_refused_or_decoded_exactly_as_twisted_web_does(
     refusal (this decoder is stricter about trailers and size lengths)."""
     reads = _split(raw, cuts)
     try:
-        ours = _decode(_ChunkedDecoder, reads)
-    except _MalformedChunkedDataError:
+        ours = _decode(ChunkedDecoder, reads)
+    except MalformedChunks:
         return
     try:
         theirs = _decode(_ChunkedTransferDecoder, reads)
-    except _MalformedChunkedDataError:
+    except MalformedChunks:
         pytest.fail(f"accepted {raw!r}, which twisted.web refuses")
     if ours[1] is not None:
         assert ours == theirs
@@ -93,27 +106,39 @@ def test_any_input_is_refused_or_decoded_exactly_as_twisted_web_does(
      b"1" * 17 + b"\r\n", b"5;" + b"e" * 1100 + b"\r\n"],
 )
 def test_malformed_bodies_are_refused(raw: bytes) -> None:
-    with pytest.raises(_MalformedChunkedDataError):
-        _decode(_ChunkedDecoder, [raw])
+    with pytest.raises(MalformedChunks):
+        _decode(ChunkedDecoder, [raw])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"5\nhello\n0\n\n", b"5\n", b"5;ext\n", b"5\r\nhello\r\n0\n", b"0\r\n\n",
+     b"0\r\nX-T: 1\n", b"5\r\nhello\r\n0\r\nX-T: 1\nY: 2\r\n\r\n"],
+)
+def test_a_bare_lf_in_a_chunk_line_is_refused_as_soon_as_it_arrives(raw: bytes) -> None:
+    """Issue 23 item 6: ``5\nhello\n0\n\n`` got no answer until a timeout; refused as
+    soon as the LF is in, with nothing more to come."""
+    with pytest.raises(MalformedChunks):
+        ChunkedDecoder().feed(raw)
 
 
 def test_many_tiny_chunks_are_refused_after_the_documented_count() -> None:
     tiny = b"1\r\nx\r\n" * (guard.SMALL_CHUNKS_AFTER - 1)
-    data, done = _decode(_ChunkedDecoder, [tiny])  # just under the count: fine
+    data, done = _decode(ChunkedDecoder, [tiny])  # just under the count: fine
     assert len(data) == guard.SMALL_CHUNKS_AFTER - 1 and done is None
-    with pytest.raises(_TinyChunks):
-        _decode(_ChunkedDecoder, [tiny + b"1\r\nx\r\n" * 10_000])
+    with pytest.raises(TinyChunks):
+        _decode(ChunkedDecoder, [tiny + b"1\r\nx\r\n" * 10_000])
     # Chunks averaging the documented size pass, however many.
     fair = b"%x\r\n%s\r\n" % (guard.MIN_AVERAGE_CHUNK, b"y" * guard.MIN_AVERAGE_CHUNK)
-    data, done = _decode(_ChunkedDecoder, [fair * 20_000 + b"0\r\n\r\n"])
+    data, done = _decode(ChunkedDecoder, [fair * 20_000 + b"0\r\n\r\n"])
     assert len(data) == 20_000 * guard.MIN_AVERAGE_CHUNK and done == b""
 
 
 def test_tiny_chunks_are_refused_before_the_rest_of_the_read_is_parsed() -> None:
     """The limit is checked inside the hot loop, not once per 64 KiB read."""
-    decoder = _ChunkedDecoder(lambda _: None, lambda _: None)
-    with pytest.raises(_TinyChunks):
-        decoder.dataReceived(b"1\r\nx\r\n" * 20_000)
+    decoder = ChunkedDecoder()
+    with pytest.raises(TinyChunks):
+        decoder.feed(b"1\r\nx\r\n" * 20_000)
     assert decoder.chunks < guard.SMALL_CHUNKS_AFTER + 300
 
 
@@ -221,3 +246,39 @@ def test_no_timer_outlives_the_connection() -> None:
     tcp.disconnected = True
     clock.advance(guard.CLOSE_TIMEOUT)
     assert not tcp.aborted and not clock.getDelayedCalls()
+
+
+# -- the request line's method and the Host (issue 23 items 1 and 5) ------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [(b"GET", None), (b"PROPFIND", None), (b"VERSION-CONTROL", None), (b"M_X", None),
+     (b"CONNECT", 405), (b"get", 400), (b"Get", 400), (b"GET1", 400), (b"G=T", 400),
+     (b"G T", 400), (b"", 400)],
+)
+def test_one_method_rule_for_both_http_versions(method: bytes, status: int | None) -> None:
+    from twistedgw.wire import method_refusal
+
+    refusal = method_refusal(method)
+    assert (refusal.status if refusal is not None else None) == status
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [(b"example.com", "example.com"), (b"Example.COM.:8443", "example.com"),
+     (b"[::1]:443", "::1"), (b"[2001:DB8::1]", "2001:db8::1"), (b"192.0.2.1:80", "192.0.2.1"),
+     (b"host:", "host"), (b"_srv.example", "_srv.example"), (b"evil.example/x", None),
+     (b"a b", None), (b"...", None), (b"", None), (b"a@evil.example", None), (b"x,y", None),
+     (b"[::1", None), (b"::1", None), (b"[fe80::1%25eth0]", None), (b"-a.example", None),
+     (b"a:99999999", None), (b"\xc3\xa9.example", None), (b" a.example", None),
+     (b"[::1]x", None), (b"a" * 64 + b".example", None)],
+)
+def test_the_host_validator(value: bytes, name: str | None) -> None:
+    from twistedgw import _hosts
+
+    if name is None:
+        with pytest.raises(_hosts.BadHost):
+            _hosts.from_header(value)
+    else:
+        assert _hosts.from_header(value) == name

@@ -34,8 +34,16 @@ from tests.opskit import read_json_lines, scrape, value, wait_until
 from tests.rawhttp import read_response
 from tests.test_front import Env, client_connections
 from twistedgw.config import ConfigError, Limits, load
+from twistedgw.http import web_exchange
 from twistedgw.testing.devpki import DevPki
-from twistedgw.upstream import Call, Forwarder, ForwardResult, ForwardSettings, Upstream, _forward
+from twistedgw.upstream import (
+    BackendCall,
+    Forwarder,
+    ForwardResult,
+    ForwardSettings,
+    Upstream,
+    _forward,
+)
 from twistedgw.upstream._client import _Connection
 
 # -- the timer, in memory -------------------------------------------------------
@@ -48,7 +56,7 @@ class _Pool(Upstream):
         super().__init__(clock)
         self.made: list[tuple[_Connection, StringTransport]] = []
 
-    def _connect(self, call: Call) -> None:
+    def _connect(self, call: BackendCall) -> None:
         conn = _Connection(self, call.origin)
         transport = StringTransport()
         conn.makeConnection(transport)
@@ -65,7 +73,9 @@ class _Relay(resource.Resource):
         self.results = results
 
     def render(self, request: server.Request) -> int:
-        self.forwarder.forward(request, b"http://127.0.0.1:9/x", on_done=self.results.append)
+        self.forwarder.forward(
+            web_exchange(request), b"http://127.0.0.1:9/x", on_done=self.results.append
+        )
         return server.NOT_DONE_YET
 
 
@@ -194,13 +204,13 @@ def test_client_progress_is_what_the_peer_acknowledged() -> None:
             def getHandle(self) -> socket.socket:
                 return sender
 
-        class Channel:
-            transport = Transport()
+        class Conn:
+            transport: Any = Transport()
 
-        class Request:
-            channel = Channel()
+        class Exchange:
+            conn = Conn()
 
-        request: Any = Request()
+        request: Any = Exchange()
         start = _forward._client_progress(request)
         if start is None:
             pytest.skip("this kernel does not report tcpi_bytes_acked")
@@ -209,7 +219,7 @@ def test_client_progress_is_what_the_peer_acknowledged() -> None:
         while got < 100_000:
             got += len(receiver.recv(65536))
         assert wait_until(lambda: _forward._client_progress(request) == start + 100_000)
-        Request.channel.transport = StringTransport()  # type: ignore[assignment]
+        Conn.transport = StringTransport()
         assert _forward._client_progress(request) is None
     finally:
         for s in (sender, receiver, listener):

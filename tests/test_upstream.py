@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from tests.test_forward import call, start_harness
 from twistedgw.upstream import (
-    Call,
+    BackendCall,
     NoResponse,
     ResponseHead,
     Truncated,
@@ -32,7 +32,10 @@ from twistedgw.upstream import (
     UpstreamError,
     parse_origin,
 )
-from twistedgw.upstream._client import _ChunkDecoder, _Connection, _parse_head
+from twistedgw.upstream._client import _Connection
+from twistedgw.wire import BadResponseHead, ChunkedDecoder, Framing, MalformedChunks
+from twistedgw.wire import _response as wire_response
+from twistedgw.wire._response import parse_response_head as _parse_head
 
 # -- parsing -----------------------------------------------------------------
 
@@ -43,15 +46,16 @@ def test_head_with_repeated_headers_and_length() -> None:
         False,
     )
     assert parsed is not None
-    head, _framing, length, keep = parsed
-    assert (head.code, head.phrase, head.length, length, keep) == (201, b"Created", 5, 5, True)
+    head = parsed
+    assert (head.code, head.phrase, head.length, head.body_length, head.keep_alive) == (
+        201, b"Created", 5, 5, True)
     assert [v for n, v in head.headers if n == b"Set-Cookie"] == [b"a=1", b"b=2"]
 
 
 def test_interim_responses_are_skipped_but_upgrades_refused() -> None:
     assert _parse_head(b"HTTP/1.1 100 Continue", False) is None
     assert _parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>", False) is None
-    with pytest.raises(ValueError, match="upgrades"):
+    with pytest.raises(BadResponseHead, match="upgrades"):
         _parse_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket", False)
 
 
@@ -72,31 +76,45 @@ def test_interim_responses_are_skipped_but_upgrades_refused() -> None:
         b"HTTP/1.1 200 OK\r\nX-A: ok\r\nX-B: a\rb",
         b"HTTP/1.1 200 OK\r\nX-A: a\nb\r\nX-B: ok",
         b"HTTP/1.1 200 OK\r\nX-A: a\r",
+        # the status line too: its phrase is relayed to the client
+        b"HTTP/1.1 200 O\nK\r\nContent-Length: 0",
+        b"HTTP/1.1 200 O\rK\r\nContent-Length: 0",
+        b"HTTP/1.1 200 O\x00K",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x01b",
+        # a coding the client could not undo once Transfer-Encoding is dropped
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
     ],
 )
 def test_invalid_heads_are_refused(raw: bytes) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(BadResponseHead):
         _parse_head(raw, False)
 
 
 def test_framing_rules() -> None:
-    def framing(raw: bytes, head_only: bool = False) -> tuple[int, int, bool]:
+    def framing(raw: bytes, head_only: bool = False) -> tuple[Framing, int, bool]:
         parsed = _parse_head(raw, head_only)
         assert parsed is not None
-        return parsed[1], parsed[2], parsed[3]
+        return parsed.framing, parsed.body_length, parsed.keep_alive
 
+    length, chunked, close, none = (
+        Framing.LENGTH, Framing.CHUNKED, Framing.UNTIL_CLOSE, Framing.NONE)
     # identical duplicate lengths are one length
-    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3") == (0, 3, True)
+    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3") == (
+        length, 3, True)
     # chunked wins over a length, and the connection is not reused afterwards
     assert framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3") == (
-        1, 0, False)
+        chunked, 0, False)
     # no length: read until close, never reuse
-    assert framing(b"HTTP/1.1 200 OK") == (2, 0, False)
-    assert framing(b"HTTP/1.0 200 OK\r\nContent-Length: 2") == (0, 2, False)
-    assert framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2") == (0, 2, False)
-    # HEAD and 204/304 have no body whatever the headers say
-    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 99", head_only=True) == (0, 0, True)
-    assert framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99") == (0, 0, True)
+    assert framing(b"HTTP/1.1 200 OK") == (close, 0, False)
+    assert framing(b"HTTP/1.0 200 OK\r\nContent-Length: 2") == (length, 2, False)
+    assert framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2") == (
+        length, 2, False)
+    # HEAD and 204/304 have no body whatever the headers say; nor has a length of 0
+    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 99", head_only=True) == (none, 0, True)
+    assert framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99") == (none, 0, True)
+    assert framing(b"HTTP/1.1 200 OK\r\nContent-Length: 0") == (none, 0, True)
 
 
 def _chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
@@ -113,22 +131,31 @@ def test_chunk_decoder_reassembles_any_split(
     pieces: list[bytes], cuts: list[int], trailers: bytes
 ) -> None:
     wire = _chunked(pieces, trailers) + b"EXTRA"
-    decoder = _ChunkDecoder()
-    body, done, extra, pos = b"", False, b"", 0
+    decoder = ChunkedDecoder(refuse_tiny_chunks=False)
+    body, extra, pos = b"", None, 0
     sizes = iter(cuts)
-    while pos < len(wire) and not done:
+    while pos < len(wire) and extra is None:
         step = next(sizes, len(wire))
-        out, done, extra = decoder.feed(wire[pos : pos + step])
-        body += b"".join(out)
+        out, extra = decoder.feed(wire[pos : pos + step])
+        body += out
         pos += step
-    assert done and body == b"".join(pieces)
+    assert extra is not None and body == b"".join(pieces)
     assert extra + wire[pos:] == b"EXTRA"
 
 
-@pytest.mark.parametrize("wire", [b"zz\r\n", b"5\r\nhelloXX", b"1" * 20 + b"\r\n", b"-1\r\n"])
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"5\r\nhelloXX", b"1" * 20 + b"\r\n", b"-1\r\n",
+                                  b"5\nhello\n0\n\n"])
 def test_chunk_decoder_refuses_garbage(wire: bytes) -> None:
-    with pytest.raises(ValueError):
-        _ChunkDecoder().feed(wire)
+    with pytest.raises(MalformedChunks):
+        ChunkedDecoder(refuse_tiny_chunks=False).feed(wire)
+
+
+def test_a_response_of_many_small_chunks_is_relayed() -> None:
+    """The tiny-chunk rule is the request side's (a CPU bound on what clients send): a
+    backend streaming small events is relayed whatever its chunk sizes."""
+    decoder = ChunkedDecoder(refuse_tiny_chunks=False)
+    body, rest = decoder.feed(b"1\r\nx\r\n" * 5000 + b"0\r\n\r\n")
+    assert body == b"x" * 5000 and rest == b""
 
 
 def test_origins() -> None:
@@ -170,7 +197,7 @@ class _Pool(Upstream):
         super().__init__(MemoryReactorClock())
         self.made: list[tuple[_Connection, StringTransport]] = []
 
-    def _connect(self, call: Call) -> None:
+    def _connect(self, call: BackendCall) -> None:
         conn = _Connection(self, call.origin)
         transport = StringTransport()
         conn.makeConnection(transport)
@@ -364,24 +391,24 @@ def test_broken_chunked_body_aborts_the_client(
         harness.stop()
 
 
-def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
+def _exchange(fields: list[tuple[bytes, bytes]], host: bytes | None) -> Any:
     from twisted.internet.address import IPv4Address
-    from twisted.web.test.requesthelper import DummyRequest
 
+    from twistedgw.wire import Connection, Exchange, Fields
+
+    conn = Connection(IPv4Address("TCP", "192.0.2.7", 1234), None, False, None)
+    return Exchange(b"GET", b"/a", b"HTTP/1.1", Fields(fields), host, conn, None, None)  # type: ignore[arg-type]
+
+
+def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
     from twistedgw.upstream._client import Origin
     from twistedgw.upstream._forward import build_request_head
 
-    class Request(DummyRequest):
-        def isSecure(self) -> bool:
-            return False
-
-    request = Request([b"a"])
-    request.method = b"GET"
-    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
-    request.requestHeaders.setRawHeaders(b"host", [b"gw.example"])
-    request.requestHeaders.setRawHeaders(b"x-v", values)
+    exchange = _exchange(
+        [(b"Host", b"gw.example"), *((b"X-V", v) for v in values)], b"gw.example"
+    )
     origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
-    return build_request_head(request, origin, b"/a", add_headers=add)
+    return build_request_head(exchange, origin, b"/a", add_headers=add)
 
 
 def test_a_clean_request_head_is_built_exactly() -> None:
@@ -416,23 +443,12 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
 
 
 def _head_removing(remove: set[bytes] | frozenset[bytes]) -> bytes:
-    from twisted.internet.address import IPv4Address
-    from twisted.web.test.requesthelper import DummyRequest
-
     from twistedgw.upstream._client import Origin
     from twistedgw.upstream._forward import build_request_head
 
-    class Request(DummyRequest):
-        def isSecure(self) -> bool:
-            return False
-
-    request = Request([b"a"])
-    request.method = b"GET"
-    request.client = IPv4Address("TCP", "192.0.2.7", 1234)
-    for name in (b"X-One", b"X-Two", b"X-Three"):
-        request.requestHeaders.setRawHeaders(name, [b"v"])
+    exchange = _exchange([(name, b"v") for name in (b"X-One", b"X-Two", b"X-Three")], None)
     origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
-    return build_request_head(request, origin, b"/a", remove_headers=remove)
+    return build_request_head(exchange, origin, b"/a", remove_headers=remove)
 
 
 def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> None:
@@ -451,16 +467,14 @@ def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> Non
 
 
 def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
-    from twistedgw.upstream import _client
-
     ok = _parse_head(b"HTTP/1.1 200 OK\r\nX-Name: 1\r\nContent-Length: 0", False)
-    assert ok is not None and b"X-Name" in _client._seen_names
+    assert ok is not None and b"X-Name" in wire_response._seen_names
     for bad in (b"X-Name : 1", b"X Name: 1", b"X-Name\x00: 1", b": 1"):
-        with pytest.raises(ValueError):
+        with pytest.raises(BadResponseHead):
             _parse_head(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 0", False)
-    for n in range(_client._SEEN_NAMES_MAX + 10):
-        _client._valid_name(b"x-%d" % n)
-    assert len(_client._seen_names) <= _client._SEEN_NAMES_MAX
+    for n in range(wire_response.SEEN_NAMES_MAX + 10):
+        wire_response.valid_name(b"x-%d" % n)
+    assert len(wire_response._seen_names) <= wire_response.SEEN_NAMES_MAX
 
 
 def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
@@ -510,12 +524,14 @@ def test_cached_connection_tokens_and_the_single_length_shortcut_decide_as_befor
         close = _parse_head(b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nContent-Length: 5",
                             False)
         assert keep is not None and close is not None
-        assert keep[3] is True and keep[0].connection_tokens == frozenset({b"keep-alive"})
-        assert close[3] is False and close[0].connection_tokens == frozenset({b"close", b"x-a"})
+        assert keep.keep_alive is True
+        assert keep.connection_tokens == frozenset({b"keep-alive"})
+        assert close.keep_alive is False
+        assert close.connection_tokens == frozenset({b"close", b"x-a"})
     listed = _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5 , 5", False)
-    assert listed is not None and listed[2] == 5
+    assert listed is not None and listed.body_length == 5
     for bad in (b"5, 6", b"5,", b"-5", b"5 5"):
-        with pytest.raises(ValueError, match="Content-Length"):
+        with pytest.raises(BadResponseHead, match="Content-Length"):
             _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + bad, False)
 
 

@@ -70,12 +70,24 @@ def is_address(name: str) -> bool:
 
 
 def from_header(value: bytes) -> str:
-    """The host a ``Host`` header (or ``X-Original-Host``) names: port dropped, one
-    spelling; BadHost when it names no host. Short values are cached (callers repeat
-    a few hosts; refusals are not cached), so unique values cannot grow memory."""
+    """The host a ``Host`` header (HTTP/2: ``:authority``; or ``X-Original-Host``) names,
+    port dropped, in the one spelling; ``BadHost`` saying why when it names none.
+
+    The one validator of a request's host, on every listener and both HTTP versions
+    (issue 23 item 1): ``host [ ":" port ]`` where host is an IP literal in brackets
+    (``[::1]``), an IPv4 address, or a DNS name (labels of letters, digits, ``-`` and
+    ``_``, an optional trailing dot) and port is digits. Anything else is refused,
+    RFC 3986's wider reg-name included (``a@b``, ``x,y``, ``a b``, ``evil/x``, ``...``,
+    an empty value): a backend or a log that reads the value (``X-Forwarded-Host``
+    copies it) must not see a host the gateway never judged.
+    Short values are cached (callers repeat a few hosts; refusals are not cached), so
+    unique values cannot grow memory."""
     if len(value) <= 255:
         return _from_header_cached(value)
     return _from_header(value)
+
+
+_HOST_NAME_BYTES = re.compile(r"[A-Za-z0-9._\-]+")
 
 
 def _from_header(value: bytes) -> str:
@@ -83,24 +95,39 @@ def _from_header(value: bytes) -> str:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         raise BadHost("the Host header is not ASCII") from None
-    if text.startswith("["):  # [v6]:port
-        end = text.find("]")
-        if end < 0 or (end + 1 < len(text) and not _port(text[end + 1 :])):
-            raise BadHost(f"not a host: {text!r}")
-        text = text[: end + 1]
-    elif text.count(":") == 1:
-        text, _, port = text.partition(":")
-        if not _port(":" + port):
-            raise BadHost(f"not a port: {port!r}")
     if not text:
         raise BadHost("the Host header is empty")
-    return _name(text)
+    if text.startswith("["):  # [v6]:port
+        end = text.find("]")
+        if end < 0:
+            raise BadHost(f"an IP literal without its closing bracket: {text!r}")
+        rest = text[end + 1 :]
+        if rest and not _port(rest):
+            raise BadHost(f"not a port: {rest!r}")
+        literal = text[1:end]
+        try:
+            if "%" in literal:  # a zone names an interface of the client's, not a host
+                raise ValueError(literal)
+            return str(ipaddress.IPv6Address(literal))
+        except ValueError:
+            raise BadHost(f"not an IPv6 address: {text[: end + 1]!r}") from None
+    host, colon, port = text.partition(":")
+    if ":" in port:
+        raise BadHost(f"an IPv6 address must be in brackets: {text!r}")
+    if colon and not _port(colon + port):
+        raise BadHost(f"not a port: {port!r}")
+    if not host:
+        raise BadHost(f"no host before the port: {text!r}")
+    if _HOST_NAME_BYTES.fullmatch(host) is None:
+        raise BadHost(f"not a host name: {host!r}")
+    return _name(host)
 
 
 _from_header_cached = functools.lru_cache(maxsize=1024)(_from_header)
 
 
 def _port(text: str) -> bool:
+    """``":"`` and at most five digits (RFC 3986 allows an empty port)."""
     return text.startswith(":") and (text == ":" or (text[1:].isdigit() and len(text) <= 6))
 
 

@@ -2,9 +2,8 @@
 
 HTTP/2 (``http/_h2``) drives the ``h2`` library's connection directly and bounds
 it through two of its private hooks (the frame dispatch, the header-block buffer);
-the HTTP/1.1 front (``http/_front``) is the gateway's own and needs none of
-twisted.web's private names but its chunked-body error class; pyOpenSSL has no
-public call for
+the HTTP/1.1 front (``http/_front``, ``wire``) is the gateway's own and needs none of
+twisted.web's private names; pyOpenSSL has no public call for
 OpenSSL's verification error strings or for the key-exchange groups. Reads go
 through the accessors below; the overrides stay in the subclass and are listed
 here. ``tests/test_private_names.py``
@@ -28,10 +27,8 @@ class PrivateName:
 
 
 USED: tuple[PrivateName, ...] = (
-    PrivateName("twisted.web.http", "_MalformedChunkedDataError", "module",
-                "what the gateway's chunked decoder (http/_guard.py) raises on a bad body"),
     PrivateName("twisted.web.http.Request", "_disconnected", "attribute",
-                "whether the client left, when a forwarding failure is answered"),
+                "whether a twisted.web request's client left (http/_webexchange.py)"),
     # HTTP/2 (http/_h2.py): the h2 library's connection, driven directly.
     PrivateName("h2.connection.H2Connection", "_receive_frame", "method",
                 "overridden to count RST_STREAM, SETTINGS and PING frames as they arrive, "

@@ -1,7 +1,7 @@
 """Graceful stop: let in-flight requests finish, close keep-alive connections, then go.
 
-Only connections are tracked, not requests: an HTTP/1.1 channel with queued
-``requests`` is busy (even if its headers or body are still arriving), one without
+Only connections are tracked, not requests: an HTTP/1.1 channel with an exchange
+in ``requests`` is busy (its answer awaited, or its body still arriving), one without
 is idle. That needs nothing from the request factory or the resource, so it
 keeps working whatever the rest of the pipeline does.
 """
@@ -91,10 +91,8 @@ class ConnectionTracker:
                 lose = getattr(channel, "loseConnection", transport.loseConnection)
                 lose()
                 continue
+            # An answer not yet started says ``Connection: close`` (http/_front.py).
             channel.persistent = False
-            for request in channel.requests:
-                if not request.startedWriting:
-                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def drain(self, reactor: Any, timeout: float) -> defer.Deferred[None]:
         """Fires when every connection has closed, or after ``timeout`` seconds when

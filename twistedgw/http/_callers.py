@@ -15,11 +15,9 @@ import functools
 import ipaddress
 from typing import NamedTuple
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
-from twisted.web.server import Request
 
-from twistedgw import _twisted
 from twistedgw import _unixsockets as unixsockets
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
@@ -27,6 +25,7 @@ from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
 from twistedgw.identity import _lbheader as lbheader
 from twistedgw.identity import _reasons as reasons
+from twistedgw.wire import Exchange
 
 log = Logger()
 
@@ -49,11 +48,6 @@ class Caller(NamedTuple):
     via_load_balancer: bool
 
 
-def client_ip(request: Request) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", "") or ""
-
-
 def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
     try:
         address = ipaddress.ip_address(ip)
@@ -64,23 +58,24 @@ def _from_trusted_network(ip: str, config: MutualSslConfig) -> bool:
     return any(address in network for network in config.trusted_proxies)
 
 
-def _trusted_unix_peer(request: Request, config: MutualSslConfig) -> bool:
+def _trusted_unix_peer(exchange: Exchange, config: MutualSslConfig) -> bool:
     """A connection on a Unix-socket listener, when ``trusted_proxies`` trusts those:
     from any process the socket's permissions let connect ("unix"), or only from the
     users named ("unix:uid=NAME", checked with SO_PEERCRED)."""
-    if not config.trust_unix_socket or not isinstance(request.getClientAddress(), UNIXAddress):
+    conn = exchange.conn
+    if not config.trust_unix_socket or not isinstance(conn.peer, UNIXAddress):
         return False
     if not config.unix_peer_uids:
         return True
-    uid = unixsockets.peer_uid(_twisted.connection_transport(request.channel))
-    return uid in config.unix_peer_uids
+    return unixsockets.peer_uid(conn.transport) in config.unix_peer_uids
 
 
-def handshake_identity(request: Request, runtime: Snapshot) -> ClientIdentity:
-    if runtime.server_tls is None or not request.isSecure():
+def handshake_identity(exchange: Exchange, runtime: Snapshot) -> ClientIdentity:
+    conn = exchange.conn
+    if runtime.server_tls is None or not conn.secure:
         return no_certificate()
-    # Over HTTP/2 the channel is a stream: the verdict is its connection's.
-    return runtime.server_tls.identity_for(_twisted.connection_transport(request.channel))
+    # Over HTTP/2 the verdict is the stream's connection's.
+    return runtime.server_tls.identity_for(conn.transport)
 
 
 def _is_load_balancer(identity: ClientIdentity, config: MutualSslConfig) -> bool:
@@ -94,42 +89,33 @@ def _never_a_load_balancer(identity: ClientIdentity, config: MutualSslConfig) ->
     return identity
 
 
-def _adopt_edge(request: Request) -> None:
+def _adopt_edge(exchange: Exchange) -> None:
     """Behind NGINX on a trusted Unix socket, the caller's address and scheme are the ones
     NGINX saw (its ``X-Forwarded-For``/``X-Forwarded-Proto``, which it always replaces), so
     forwarding, the access log and metrics see the caller as in direct mode."""
-    headers = request.requestHeaders
-    forwarded_for = headers.getRawHeaders(b"x-forwarded-for")
+    fields = exchange.fields
+    forwarded_for = fields.getRawHeaders(b"x-forwarded-for")
     if forwarded_for is not None and len(forwarded_for) == 1:
         try:
             ip = ipaddress.ip_address(forwarded_for[0].decode("ascii").strip())
         except (UnicodeDecodeError, ValueError):
             ip = None
         if ip is not None:
-            kind = IPv4Address if ip.version == 4 else IPv6Address
-            request.client = kind("TCP", str(ip), 0)
-    hosts = headers.getRawHeaders(b"host")
-    if headers.getRawHeaders(b"x-forwarded-proto") != [b"https"] or not hosts or len(hosts) > 1:
-        return
-    host = hosts[0]
-    if host.startswith(b"["):  # [IPv6]:port
-        end = host.find(b"]") + 1
-        name, port = host[:end], host[end + 1 :] if host[end : end + 1] == b":" else b""
-    else:
-        name, _sep, port = host.partition(b":")
-    # setHost with the Host the client sent leaves that header as it was and makes
-    # isSecure() true: twisted.web's way for a request that reached it through a proxy.
-    request.setHost(name, int(port) if port.isdigit() else 443, ssl=True)
+            exchange.client_ip = str(ip)
+    hosts = fields.getRawHeaders(b"host")
+    if fields.getRawHeaders(b"x-forwarded-proto") == [b"https"] and hosts and len(hosts) == 1:
+        exchange.secure = True  # the client spoke TLS to NGINX
 
 
-def resolve(request: Request, runtime: Snapshot) -> Caller:
-    handshake = handshake_identity(request, runtime)
+def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
+    handshake = handshake_identity(exchange, runtime)
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
         return Caller(handshake, False)
-    values = request.requestHeaders.getRawHeaders(settings.certificate_header.encode())
-    ip = client_ip(request)
-    unix_peer = _trusted_unix_peer(request, settings)
+    fields = exchange.fields
+    values = fields.getRawHeaders(settings.certificate_header.encode())
+    ip = exchange.client_ip
+    unix_peer = _trusted_unix_peer(exchange, settings)
     trusted = (
         (not settings.trusted_proxies and not settings.trust_unix_socket)
         or _from_trusted_network(ip, settings)
@@ -150,7 +136,7 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         # is a load balancer's certificate arriving from outside trusted_proxies.
         return Caller(_never_a_load_balancer(handshake, settings), False)
     if unix_peer:
-        _adopt_edge(request)
+        _adopt_edge(exchange)
     if not values:
         return Caller(no_certificate(Source.HEADER), True)
     if len(values) > 1:
@@ -159,7 +145,7 @@ def resolve(request: Request, runtime: Snapshot) -> Caller:
         )
     chain_value = None
     if settings.chain_header is not None:
-        chain_values = request.requestHeaders.getRawHeaders(settings.chain_header.encode())
+        chain_values = fields.getRawHeaders(settings.chain_header.encode())
         chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
     try:
         decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)

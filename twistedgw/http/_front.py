@@ -6,29 +6,33 @@ chose h2, before any byte is read here). twisted.web's ``HTTPChannel``, which it
 replaced, parses line by line through ``LineReceiver``, builds a ``Request`` and
 two ``Headers`` per request, resets a timer per read and writes the status line,
 the headers and the body in separate writes, and needed the gateway's checks
-added on top. This channel works directly on the (TLS) transport, with the rules
-of ``http/_guard.py``:
+added on top. This channel works directly on the (TLS) transport:
 
 * one input buffer; a request head is parsed in one pass once ``CRLFCRLF`` is
-  in (split on CRLF, every line checked: bare LF, obs-fold, token names,
-  CR/LF/NUL in values), counted against ``max_header_bytes`` as it arrives
-  (414 for the request line, 431 for the rest);
-* framing decided from the parsed head with the guard's rules (CL+TE,
-  duplicate or non-digit Content-Length, Transfer-Encoding other than a
-  single ``chunked`` or outside HTTP/1.1, several Host headers: 400 and
-  close), the target checked against the origin-form grammar, the body
-  counted as it arrives (413, chunked included, with the guard's decoder);
-* the request is routed once, then handed to the site's resource as a
-  ``FrontRequest``: the subset of twisted.web's ``Request`` the resource, the
-  forwarder and the drain use, so neither they nor plugins see which front
-  served them;
-* the response head is written as bytes together with the first body chunk;
+  in, by ``twistedgw.wire`` (the grammar and framing rules the upstream client
+  shares), counted against ``max_header_bytes`` as it arrives (414 for the
+  request line, 431 for the rest);
+* the request is routed once and becomes a ``wire.Exchange``, handed to the site's
+  resource (``GatewayResource.handle``) *as soon as its head is in*, with an
+  ``_H1Stream``, its ``wire.Responder`` and ``wire.BodySource``. Every verdict is
+  known from the head and the connection (plugins never read a body), so the body
+  waits unread while the request is judged (``Phase.JUDGING``: the transport is
+  paused, no ``100 Continue`` is sent); only an allow reads it
+  (``BodySource.read``: ``100 Continue`` then, the body counted as it arrives
+  against the route's limit, 413 over it, chunked included, and spooled: memory
+  up to ``MEMORY_BODY``, a temporary file beyond). A request answered without its
+  body being read (a refusal) says ``Connection: close``; the connection then
+  lingers (``LINGER_SECONDS``, ``LINGER_BYTES``) and closes. So an unauthenticated
+  client can make the gateway neither read nor store an upload (issue 22 item 4);
+* the response head is built once, as bytes, and written together with the first
+  body bytes;
 * keep-alive on HTTP/1.1, and on HTTP/1.0 when the client asks for it
   (``Connection: keep-alive``) and the answer has a length;
 * one request at a time (pipelined requests wait in the buffer, reading stops
-  past 16 KiB of them), reading stops while the transport's unsent output is
-  over its bound, and no timer is armed while a request is answered.
+  past ``EAGER_READ`` of them), reading stops while the transport's unsent output
+  is over its bound, and no timer is armed while a request is answered.
 
+Where the connection is (``Phase``) is one named state, not integers and flags.
 Refusals are ``http/_guard.raw_response`` (WSO2-style JSON, ``Connection: close``),
 followed by a linger and the guard's bounded close (``BoundedClose``); each is
 recorded as a ``RequestRecord`` like any answered request.
@@ -36,14 +40,13 @@ recorded as a ``RequestRecord`` like any answered request.
 
 from __future__ import annotations
 
+import enum
 import io
-import re
 import tempfile
+import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -54,33 +57,41 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES, _MalformedChunkedDataError
-from twisted.web.http_headers import Headers
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.http import RESPONSES
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
-from twistedgw.http import _guard
 from twistedgw.http._guard import (
     LINGER_SECONDS,
-    SERVER,
     BoundedClose,
     Guard,
-    _ChunkedDecoder,
-    _http_date,
-    _TinyChunks,
-    header_too_large,
     raw_response,
     request_timeout,
-    target_problem,
-    uri_too_long,
 )
-
-if TYPE_CHECKING:
-    from twistedgw.http._resource import Gateway, Routed
+from twistedgw.http._resource import (
+    Gateway,
+    GatewayExchange,
+    RequestRecord,
+    Routed,
+    route_request,
+)
+from twistedgw.wire import (
+    BodyReady,
+    ChunkedDecoder,
+    Connection,
+    Framing,
+    MalformedChunks,
+    RequestHead,
+    TinyChunks,
+    WireError,
+    answer_headers,
+    check_partial_head,
+    parse_request_head,
+)
 
 log = Logger()
 
@@ -89,235 +100,178 @@ EAGER_READ = 0x4000
 #: Bodies up to this size are kept in memory, larger ones spooled to a temporary file
 #: (as twisted.web does).
 MEMORY_BODY = 100_000
-#: More header lines than this is refused (twisted.web's ``maxHeaders``).
-MAX_HEADERS = 500
+#: Bytes a lingering connection (refused, or answered without its body) reads and
+#: discards before it stops reading; it closes ``LINGER_SECONDS`` after the answer.
+LINGER_BYTES = 256 * 1024
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 field-value: no CTL but HTAB
-# Any CTL but HTAB in a head's header lines, CR only as part of CRLF (a bare LF is refused
-# before): none found, and no header value can hold one, so the per-value search is skipped.
-_CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
-_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
-_LIST = re.compile(rb"[ \t,]+")
-_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
-
-# A trailer line: a field name, a colon, a field value (no obs-fold, no CTL but HTAB).
-_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
-class _StrictChunks(_ChunkedDecoder):
-    """The guard's decoder, with trailers held to the header grammar (h11 does too):
-    they are discarded, but one parser must not read a trailer another reads as a
-    header or a folded line."""
+class Phase(enum.Enum):
+    """Where a connection is between two requests' bytes."""
 
-    __slots__ = ()
-
-    def _trailer_ok(self, buf: bytes, start: int, end: int) -> bool:
-        return _TRAILER.fullmatch(buf, start, end) is not None
-
-
-# parser states
-_HEAD, _BODY, _HANDLING = 0, 1, 2
+    HEAD = "reading a request head (or idle between requests)"
+    JUDGING = "the head is dispatched; its body waits unread (reading paused) for a verdict"
+    BODY = "allowed: reading the request body"
+    ANSWERING = "the request is in: its answer is awaited or being sent"
+    LINGERING = "refused, or answered unread: discarding what the client sends, then closing"
 
 
-class _Refused(Exception):
-    """A request the front answers itself (an error before dispatch)."""
-
-    def __init__(self, error: GatewayError, kind: str = "bad_request") -> None:
-        super().__init__(error.description)
-        self.error = error
-        self.kind = kind
+def _bad(description: str) -> WireError:
+    return WireError(errors.bad_request(description))
 
 
-def _bad(description: str) -> _Refused:
-    return _Refused(errors.bad_request(description))
+def _one_line(value: bytes) -> bytes:
+    """A header value can never carry a line break (or a NUL) into a response head."""
+    return value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
 
 
-class FrontRequest:
-    """One request, as much of twisted.web's ``Request`` as the gateway uses.
+class _H1Stream:
+    """One exchange's I/O on an HTTP/1.1 connection: its ``wire.Responder`` (the answer)
+    and ``wire.BodySource`` (the request body). See ``twistedgw/wire/_exchange.py``."""
 
-    The resource (``http/_resource.py``), the caller resolution, the forwarder
-    (``upstream/_forward.py``) and the drain read and answer it as they would a
-    twisted.web request; the response head leaves as one write with the first
-    body bytes.
-    """
-
-    defaultContentType: bytes | None = b"text/html"
-    routed: Routed | None = None
-    _forceSSL = False
+    __slots__ = (
+        "_chunked", "_head", "_on_gone", "_silent", "body_length", "channel",
+        "expect_continue", "finished", "gone", "head_request", "started", "version",
+    )
 
     def __init__(
         self,
         channel: FrontChannel,
-        method: bytes,
-        uri: bytes,
         version: bytes,
-        headers: Headers,
+        head_request: bool,
+        body_length: int | None,
+        expect_continue: bool = False,
     ) -> None:
-        self.channel: FrontChannel | None = channel
-        self.method = method
-        self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
-        self.clientproto = version
-        self.requestHeaders = headers
-        self.responseHeaders = Headers()
-        self.code = 200
-        self.code_message = b"OK"
-        self.startedWriting = False
+        self.channel = channel
+        self.version = version
+        self.head_request = head_request
+        self.body_length = body_length  # Content-Length; None when chunked
+        self.expect_continue = expect_continue  # the client waits for 100 Continue
+        self.started = False
         self.finished = False
-        self.chunked = False
-        self.sentLength = 0
-        self.content: IO[bytes] | None = None
-        self.producer: Any = None
-        self._disconnected = False
-        self._silent = False  # HEAD or a status without a body: writes carry no body
-        self._notify: list[Deferred[None]] = []
-        self.client = channel.peer
-        self.host = channel.local
+        self.gone = False
+        self._head: bytes | None = None  # built by start_response, sent with the first bytes
+        self._chunked = False
+        self._silent = False  # HEAD, or a status without a body: writes carry nothing
+        self._on_gone: Callable[[], None] | None = None
 
-    # -- what the request says ---------------------------------------------
+    # -- wire.BodySource -----------------------------------------------------
 
-    def getHeader(self, name: bytes) -> bytes | None:
-        values = self.requestHeaders.getRawHeaders(name)
-        return values[-1] if values else None
+    @property
+    def length(self) -> int | None:
+        return self.body_length
 
-    def getClientAddress(self) -> Any:
-        return self.client
+    def read(self, ready: BodyReady) -> None:
+        self.channel.read_body(self, ready)
 
-    def getHost(self) -> Any:
-        return self.host
+    # -- wire.Responder -------------------------------------------------------
 
-    def isSecure(self) -> bool:
-        if self._forceSSL:
-            return True
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None = None,
+    ) -> None:
+        if self.started or self.gone or self.finished:
+            return
+        self.started = True
         channel = self.channel
-        return channel is not None and channel.secure
-
-    def setHost(self, host: bytes, port: int, ssl: bool = False) -> None:
-        """twisted.web's: the address a proxy in front says the client used."""
-        self._forceSSL = ssl
-        default = 443 if self.isSecure() else 80
-        header = host if port == default else b"%s:%d" % (host, port)
-        self.requestHeaders.setRawHeaders(b"host", [header])
-        self.host = taddress.IPv4Address("TCP", host.decode("latin-1"), port)
-
-    # -- answering ---------------------------------------------------------
-
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
-        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
+        channel.answering(self)  # the body unread: skipped if all in, else Connection: close
+        version = self.version
+        silent = self._silent = (
+            self.head_request or status in _NO_BODY_STATUSES or status < 200
+        )
+        phrase = reason if reason is not None else RESPONSES.get(status, b"Unknown")
+        lines = [b"%s %d %s" % (version, status, phrase)]
+        lines.extend([b"%s: %s" % pair for pair in headers])
+        if silent:
+            if self.head_request and length is not None and status not in _NO_BODY_STATUSES:
+                lines.append(b"Content-Length: %d" % (length,))
+        elif length is not None:
+            lines.append(b"Content-Length: %d" % (length,))
+        elif version == b"HTTP/1.1":
+            lines.append(b"Transfer-Encoding: chunked")
+            self._chunked = True
+        else:  # HTTP/1.0 and no length: the body ends where the connection does
+            channel.persistent = False
+        if not channel.persistent:
+            if version == b"HTTP/1.1":
+                lines.append(b"Connection: close")
+        elif version == b"HTTP/1.0":
+            lines.append(b"Connection: keep-alive")
+        lines.append(b"\r\n")
+        head = b"\r\n".join(lines)
+        # Every line ends in the one CRLF joined after it: then no value holds a CR, LF
+        # or NUL. Otherwise (a transform's value, say) each is made a space.
+        crlfs = len(lines)
+        if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head:
+            lines[1 : len(headers) + 1] = [
+                b"%s: %s" % (_one_line(n), _one_line(v)) for n, v in headers
+            ]
+            lines[0] = b"%s %d %s" % (version, status, _one_line(phrase))
+            head = b"\r\n".join(lines)
+        self._head = head
 
     def write(self, data: bytes) -> None:
-        channel = self.channel
-        if self.finished or channel is None:
+        if self.finished or self.gone:
             return
-        if not self.startedWriting:
-            self.startedWriting = True
-            channel.write(self._head(data))
+        head = self._head
+        if head is not None:
+            self._head = None
+            if data and not self._silent:
+                data = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+                self.channel.write(head + data)
+            else:
+                self.channel.write(head)
             return
-        if self._silent or not data:
+        if self._silent or not data or not self.started:
             return
-        self.sentLength += len(data)
-        if self.chunked:
-            channel.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            channel.write(data)
-
-    def _head(self, data: bytes) -> bytes:
-        """The status line and headers, and ``data`` framed after them."""
-        code = self.code
-        headers = self.responseHeaders
-        if (
-            code not in (204, 304)
-            and self.defaultContentType is not None
-            and not headers.hasHeader(b"content-type")
-        ):
-            headers.setRawHeaders(b"content-type", [self.defaultContentType])
-        silent = self._silent = self.method == b"HEAD" or code in NO_BODY_CODES
-        if (
-            not silent
-            and self.clientproto == b"HTTP/1.1"
-            and not headers.hasHeader(b"content-length")
-        ):
-            headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
-            self.chunked = True
-        channel = self.channel
-        if self.clientproto == b"HTTP/1.0" and channel is not None and channel.persistent:
-            if silent or headers.hasHeader(b"content-length"):
-                headers.setRawHeaders(b"connection", [b"keep-alive"])
-            else:  # the body ends where the connection does
-                channel.persistent = False
-        out = [b"%s %d %s\r\n" % (self.clientproto, code, self.code_message)]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                out.append(b"%s: %s\r\n" % (name, value))  # Headers replaced CR/LF already
-        out.append(b"\r\n")
-        if data and not silent:
-            self.sentLength += len(data)
-            out.append(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
-        return b"".join(out)
+        self.channel.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
-        channel = self.channel
-        if self.finished or channel is None:
+        if self.finished or self.gone:
             return
-        if not self.startedWriting:
-            self.write(b"")
-        if self.chunked:
-            channel.write(b"0\r\n\r\n")
+        if not self.started:
+            self.start_response(200, answer_headers(), 0)
         self.finished = True
-        self._close_content()
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.callback(None)
-        channel.request_done(self)
+        self._on_gone = None
+        head, self._head = self._head, None
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        if head is not None:
+            self.channel.write(head + tail)
+        elif tail:
+            self.channel.write(tail)
+        self.channel.request_done(self)
 
-    def notifyFinish(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if self.finished:
-            d.callback(None)
-        elif self._disconnected:
-            d.errback(Failure(ConnectionError("the client connection was lost")))
-        else:
-            self._notify.append(d)
-        return d
+    def abort(self) -> None:
+        if self.finished or self.gone:
+            return
+        self.gone = True
+        self._on_gone = None
+        self.channel.abort_stream(self)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.channel is not None:
-            self.producer = producer
+    def register_producer(self, producer: IPushProducer) -> None:
+        if not self.gone and not self.finished:
             self.channel.register_producer(producer)
 
-    def unregisterProducer(self) -> None:
-        if self.channel is not None:
-            self.channel.register_producer(None)
-        self.producer = None
+    def unregister_producer(self) -> None:
+        self.channel.register_producer(None)
 
-    def processingFailed(self, reason: Failure) -> None:
-        log.failure("rendering a request failed", reason)
-        if self.startedWriting:
-            channel = self.channel
-            if channel is not None and channel.transport is not None:
-                channel.transport.abortConnection()  # type: ignore[attr-defined]
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        self._on_gone = callback
+
+    # -- the channel's ---------------------------------------------------------
+
+    def lost(self) -> None:
+        """The client connection is gone."""
+        if self.gone:
             return
-        body = errors.write_error(self, errors.internal_error())
-        self.write(body)
-        self.finish()
-
-    def connection_lost(self, reason: Failure) -> None:
-        self._disconnected = True
-        self.channel = None
-        self._close_content()
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.errback(reason)
-
-    def _close_content(self) -> None:
-        content = self.content
-        if content is not None and not isinstance(content, io.BytesIO):
-            content.close()
+        self.gone = True
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None and not self.finished:
+            callback()
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -334,29 +288,29 @@ class FrontChannel(BoundedClose, Protocol):
     # (Twisted's Protocol has a dict: ``transport``, ``site`` and the like stay there.)
     __slots__ = (
         "_body", "_body_limit", "_body_size", "_buf", "_close_timer", "_closing",
-        "_closing_timer", "_closing_unsent", "_counted", "_decoder", "_handshake_at",
-        "_header_at", "_idle_at", "_left", "_limits", "_network", "_now", "_output_full",
-        "_parsing", "_partial", "_producer", "_reading", "_request", "_served", "_state",
-        "_timer", "_timer_at",
-        "guard", "local", "peer", "persistent", "refused", "requests", "secure",
+        "_closing_timer", "_closing_unsent", "_conn", "_counted", "_decoder", "_exchange",
+        "_handshake_at", "_header_at", "_idle_at", "_left", "_limits", "_line", "_lingered",
+        "_network", "_now", "_output_full", "_parsing", "_partial", "_phase", "_producer",
+        "_reading", "_ready", "_served", "_stream", "_timer", "_timer_at",
+        "guard", "persistent", "refused",
     )
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.refused = False
         self.persistent = True
-        self.requests: list[FrontRequest] = []
-        self.peer: Any = None
-        self.local: Any = None
-        self.secure = False
+        self._conn: Connection | None = None
         self._limits = Limits()
         self._buf = b""
-        self._state = _HEAD
+        self._phase = Phase.HEAD
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
-        self._request: FrontRequest | None = None  # the request being read or answered
+        self._stream: _H1Stream | None = None  # the exchange being read or answered
+        self._exchange: GatewayExchange | None = None  # its exchange
+        self._ready: BodyReady | None = None  # who waits for its body
+        self._line: tuple[bytes, bytes] | None = None  # the last request line, for records
         self._left = 0  # Content-Length bytes still due
-        self._decoder: _ChunkedDecoder | None = None
+        self._decoder: ChunkedDecoder | None = None
         self._body_size = 0
         self._body_limit = 0
         self._body: IO[bytes] | None = None
@@ -364,6 +318,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._network: Any = None  # the transport as a push producer (reading)
         self._output_full = False
         self._reading = True
+        self._lingered = 0  # bytes discarded while lingering
         # One timer per connection (a DelayedCall is ~0.4 KiB, and each one armed and
         # cancelled is reactor work): it is armed at the earliest of these deadlines
         # (reactor seconds; None = not timed) and finds what is due when it fires.
@@ -381,6 +336,25 @@ class FrontChannel(BoundedClose, Protocol):
         self._parsing = False
         self._served = 0  # request heads taken on this connection
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def requests(self) -> list[GatewayExchange]:
+        """The exchange in flight (a list of at most one): what a graceful stop waits for
+        (app/_drain.py)."""
+        exchange = self._exchange
+        return [exchange] if exchange is not None and self._stream is not None else []
+
+    @property
+    def secure(self) -> bool:
+        return self._conn is not None and self._conn.secure
+
+    @property
+    def peer(self) -> Any:
+        return self._conn.peer if self._conn is not None else None
+
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -388,14 +362,13 @@ class FrontChannel(BoundedClose, Protocol):
         limits = self._limits = self.guard.limits()
         self.guard.open += 1
         self._counted = True
-        self.secure = isinstance(transport, TLSMemoryBIOProtocol)
+        secure = isinstance(transport, TLSMemoryBIOProtocol)
         # The socket's own transport under TLS: TLS's getPeer, getHost and the rest go
         # to it through ProtocolWrapper's __getattr__ (a cost per connection).
-        tcp = transport.transport if self.secure else transport
+        tcp = transport.transport if secure else transport
         if ITCPTransport.providedBy(tcp):
             tcp.setTcpNoDelay(True)
-        self.peer = tcp.getPeer()
-        self.local = tcp.getHost()
+        self._conn = Connection(tcp.getPeer(), tcp.getHost(), secure, transport)
         self._network = IPushProducer(transport, None)
         transport.registerProducer(self, True)
         if self.guard.open > limits.max_connections:
@@ -409,7 +382,7 @@ class FrontChannel(BoundedClose, Protocol):
         # The header timeout runs from the connection's start, as do the handshake's
         # and the idle one: the one timer is armed at the earliest.
         first = limits.client_header_timeout
-        if self.secure:
+        if secure:
             first = min(first, limits.handshake_timeout)
         if limits.idle_timeout:
             first = min(first, limits.idle_timeout)
@@ -417,7 +390,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._now = timer.seconds  # type: ignore[attr-defined]  # DelayedCall's clock
         now = self._now()
         self._timer_at = now + first  # the earliest deadline below, to the bit
-        if self.secure:
+        if secure:
             self._handshake_at = now + limits.handshake_timeout
         self._header_at = now + limits.client_header_timeout
         if limits.idle_timeout:
@@ -452,14 +425,12 @@ class FrontChannel(BoundedClose, Protocol):
                 producer.stopProducing()
             except Exception:
                 log.failure("stopping a response producer failed")
-        requests, self.requests = self.requests, []
-        for request in requests:
-            if not request.finished:
-                request.connection_lost(reason)
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
+        stream, self._stream = self._stream, None
+        self._exchange = self._ready = None
+        self._discard_body()
         self._buf = b""
+        if stream is not None:
+            stream.lost()
 
     def _cancel(self, name: str) -> None:
         timer: IDelayedCall | None = getattr(self, name)
@@ -524,7 +495,7 @@ class FrontChannel(BoundedClose, Protocol):
         needed (the handshake's flights, a large body): give it empty ones."""
         if (
             self.secure and self._served  # a request was served: the handshake is done
-            and self._state == _HEAD and not self._partial and not self._buf
+            and self._phase is Phase.HEAD and not self._partial and not self._buf
             and not self.refused and not self._closing and self.transport is not None
         ):
             handle = self.transport.getHandle()  # type: ignore[attr-defined]
@@ -541,9 +512,10 @@ class FrontChannel(BoundedClose, Protocol):
         """No byte for ``idle_timeout`` (the deadline is pushed back per read): 408 if
         mid-request, else close."""
         self._idle_at = None
-        if self.refused:
+        phase = self._phase
+        if phase is Phase.LINGERING:
             return
-        if self._state == _HANDLING:  # not idle: answering; timed again when done
+        if phase is Phase.ANSWERING or phase is Phase.JUDGING:  # not idle: timed again later
             self._arm_idle()
             return
         if self._partial:
@@ -565,8 +537,8 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _header_timed_out(self) -> None:
         self._header_at = None
-        if self.refused or self._state != _HEAD:
-            return  # the head it timed is in
+        if self._phase is not Phase.HEAD:
+            return  # the head it timed is in (or the connection was refused)
         if not self._partial:
             if self._served:
                 return  # between requests: the idle timeout's business
@@ -586,17 +558,26 @@ class FrontChannel(BoundedClose, Protocol):
     # -- reading ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.refused or self._closing:
-            return  # lingering (or closing): discard
+        phase = self._phase
+        if phase is Phase.LINGERING or self._closing:
+            self._discard(len(data))
+            return
         if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
             self._idle_at = self._now() + self._limits.idle_timeout
-        if self._state == _HANDLING:
-            self._buf += data
+        if phase is Phase.ANSWERING or phase is Phase.JUDGING:
+            self._buf += data  # pipelined requests, or an unread body's first bytes
             if len(self._buf) > EAGER_READ:
                 self._set_reading()
             return
         self._buf = self._buf + data if self._buf else data
         self._parse()
+
+    def _discard(self, size: int) -> None:
+        """Lingering: what the client still sends is dropped, up to ``LINGER_BYTES``."""
+        self._lingered += size
+        if self._lingered > LINGER_BYTES and self._reading and self._network is not None:
+            self._reading = False
+            self._network.pauseProducing()
 
     def _parse(self) -> None:
         """Consume what the buffer holds, request by request, until it needs more."""
@@ -604,18 +585,20 @@ class FrontChannel(BoundedClose, Protocol):
             return
         self._parsing = True
         try:
-            while self._buf and not self.refused and not self._output_full:
-                state = self._state
-                if state == _HEAD:
+            while self._buf and not self._output_full:
+                phase = self._phase
+                if phase is Phase.HEAD:
                     if not self._head():
                         return
-                elif state == _BODY:
+                elif phase is Phase.BODY:
                     self._body_bytes()
-                    if self._state == _BODY:
+                    if self._phase is Phase.BODY:
                         return
                 else:
                     return
-        except _Refused as r:
+        except WireError as r:
+            if r.line is not None:
+                self._line = r.line
             self.refuse(r.error, r.kind)
         finally:
             self._parsing = False
@@ -634,157 +617,91 @@ class FrontChannel(BoundedClose, Protocol):
             header_at = self._header_at
             if header_at is not None:  # the head stays incomplete: the timer must see it
                 self._arm(header_at)
-            if b"\n" in buf and _guard._BARE_LF.search(buf) is not None:
-                raise _bad("a bare LF is not a valid line ending or header byte")
-            first = buf.find(b"\r\n")
-            if (first < 0 and len(buf) > limit) or first > limit:
-                raise _Refused(uri_too_long(limit), "header_too_large")
-            if len(buf) > limit:
-                raise _Refused(header_too_large(limit), "header_too_large")
+            check_partial_head(buf, limit)
             return False
-        head = buf[:end]
         self._buf = buf[end + 4 :]
         self._served += 1
-        if b"\n" in head and _guard._BARE_LF.search(head) is not None:
-            raise _bad("a bare LF is not a valid line ending or header byte")
-        lines = head.split(b"\r\n")
-        if len(lines[0]) > limit:
-            raise _Refused(uri_too_long(limit), "header_too_large")
-        if end + 4 > limit:  # the lines and their CRLFs, the empty line too, as the guard counts
-            raise _Refused(header_too_large(limit), "header_too_large")
+        head = parse_request_head(buf[:end], limit)
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
-        self._request_head(lines, _CTL_IN_HEAD.search(head, len(lines[0])) is None)
+        self._take(head)
         return True
 
-    def _request_head(self, lines: list[bytes], clean: bool = False) -> None:
-        """Refuse or take a request head; ``clean``: no CTL is in its header lines."""
-        parts = lines[0].split(b" ")
-        if len(parts) != 3:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        method, target, version = parts
-        if not _TOKEN.match(method) or version not in _VERSIONS:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
+    def _take(self, head: RequestHead) -> None:
+        """A parsed request head: route it, frame its body, make its exchange."""
+        method, target = head.method, head.target
         self._line = (method, target)
-        problem = target_problem(target)
-        if problem is not None:
-            raise _bad(problem)
-        if len(lines) > MAX_HEADERS + 1:
-            raise _bad("malformed request: request line, header syntax or body framing is invalid")
-        headers = Headers()
-        add = headers.addRawHeader
-        length: bytes | None = None
-        lengths = 0
-        te: list[bytes] = []
-        hosts = 0
-        expect = False
-        close = False
-        keep_alive = False
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t"):
-                raise _bad("obsolete line folding in request headers is not accepted")
-            colon = line.find(b":")
-            if colon <= 0:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            name = line[:colon]
-            if not _TOKEN.match(name):
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            value = line[colon + 1 :].strip(b" \t")
-            if not clean and _BAD_VALUE.search(value) is not None:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            lower = name.lower()
-            if lower == b"content-length":
-                lengths += 1
-                length = value
-            elif lower == b"transfer-encoding":
-                te.append(value)
-            elif lower == b"host":
-                hosts += 1
-            elif lower == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif lower == b"connection":
-                tokens = _LIST.split(value.lower())
-                close = close or b"close" in tokens
-                keep_alive = keep_alive or b"keep-alive" in tokens
-            add(name, value)
-        if te:
-            if version != b"HTTP/1.1":
-                raise _bad("Transfer-Encoding is only accepted in HTTP/1.1 requests")
-            if len(te) != 1 or te[0].lower() != b"chunked":
-                raise _bad("only 'Transfer-Encoding: chunked' is accepted")
-            if lengths:
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-        if hosts > 1:
-            raise _bad("more than one Host header")
-        if not hosts and version == b"HTTP/1.1":  # RFC 9112 3.2: a server MUST refuse it
-            raise _bad("an HTTP/1.1 request must have a Host header")
-        size: int | None = None
-        if lengths:
-            if lengths > 1 or length is None or not _DIGITS.match(length):
-                raise _bad(
-                    "malformed request: request line, header syntax or body framing is invalid"
-                )
-            size = int(length)
-        request = FrontRequest(self, method, target, version, headers)
-        request.responseHeaders.setRawHeaders(b"server", [SERVER])
-        request.responseHeaders.setRawHeaders(b"date", [_http_date()])
-        if version == b"HTTP/1.1":
-            if close:
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-                self.persistent = False
-        elif not keep_alive or close:
+        if not head.persistent:
             self.persistent = False
-        # else an HTTP/1.0 keep-alive: kept if the answer has a length (FrontRequest._head)
-        self.requests.append(request)
-        self._request = request
-        host_values = headers.getRawHeaders(b"host")
         guard = self.guard
-        if _route is not None and type(guard) is Guard:  # the guard's route, minus its import
-            routed: Routed | None = _route(
-                guard.gateway.runtime, target, method, host=host_values[0] if host_values else None
+        if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
+            routed: Routed | None = route_request(
+                guard.gateway.runtime, target, method, host=head.host
             )
         else:
-            routed = guard.route(target, method, host_values[0] if host_values else None)
-        request.routed = routed
+            routed = guard.route(target, method, head.host)
         limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
+        framing = head.framing
+        if framing is Framing.LENGTH and head.length > limit:
+            raise WireError(errors.payload_too_large(limit), "body_too_large")
+        chunked = framing is Framing.CHUNKED
+        stream = _H1Stream(
+            self, head.version, method == b"HEAD", None if chunked else head.length,
+            head.expect_continue,
+        )
+        conn = self._conn
+        assert conn is not None
+        exchange = GatewayExchange(
+            method, target, head.version, head.fields, head.host, conn, stream,
+            stream if framing is not Framing.NONE else None, routed,
+        )
+        self._stream = stream
+        self._exchange = exchange
         self._body_limit = limit
         self._body_size = 0
-        if size is not None and size > limit:
-            raise _Refused(errors.payload_too_large(limit), "body_too_large")
-        if expect and version == b"HTTP/1.1":
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if te:
-            self._body = io.BytesIO()
-            self._decoder = _StrictChunks(self._chunk_data, self._chunks_done)
-            self._state = _BODY
-        elif size:
-            self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
-            self._left = size
-            self._state = _BODY
-        else:
-            self._dispatch()
+        # Dispatched now, the body (if any) unread: it is read only if the exchange is
+        # allowed (``read_body``).
+        self._dispatch(Phase.ANSWERING if framing is Framing.NONE else Phase.JUDGING)
 
     # -- the body ----------------------------------------------------------
+
+    def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
+        """``BodySource.read``: the exchange was allowed; read its body, then ``ready``."""
+        if stream is not self._stream or stream.gone or self._phase is not Phase.JUDGING:
+            return
+        self._ready = ready
+        self._phase = Phase.BODY
+        self._partial = True  # the idle timer answers 408 if the body stops arriving
+        length = stream.body_length
+        if length is None:
+            self._body = io.BytesIO()
+            self._decoder = ChunkedDecoder()
+        else:
+            self._body = io.BytesIO() if length < MEMORY_BODY else tempfile.TemporaryFile()
+            self._left = length
+        if stream.expect_continue and not self._buf:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._set_reading()
+        if self._buf:
+            self._parse()
 
     def _body_bytes(self) -> None:
         buf, self._buf = self._buf, b""
         decoder = self._decoder
         if decoder is not None:
             try:
-                decoder.dataReceived(buf)
-            except _TinyChunks as e:
-                raise _bad(str(e)) from None
-            except _MalformedChunkedDataError as e:
+                data, rest = decoder.feed(buf)
+            except MalformedChunks as e:
+                if isinstance(e, TinyChunks):
+                    raise _bad(str(e)) from None
                 raise _bad(f"malformed chunked body: {e}") from None
+            if data:
+                self._store(data)
+            if rest is not None:
+                self._decoder = None
+                self._buf = rest + self._buf
+                self._body_done()
             return
         left = self._left
         if len(buf) < left:
@@ -794,69 +711,116 @@ class FrontChannel(BoundedClose, Protocol):
         self._store(buf[:left] if len(buf) > left else buf)
         self._buf = buf[left:]
         self._left = 0
-        self._dispatch()
+        self._body_done()
 
     def _store(self, data: bytes) -> None:
         body = self._body
-        if body is None or self.refused:
+        if body is None:
             return
         self._body_size += len(data)
         if self._body_size > self._body_limit:
-            raise _Refused(errors.payload_too_large(self._body_limit), "body_too_large")
+            raise WireError(errors.payload_too_large(self._body_limit), "body_too_large")
         if isinstance(body, io.BytesIO) and self._body_size > MEMORY_BODY:
             spool: IO[bytes] = tempfile.TemporaryFile()  # closed with the request
             spool.write(body.getvalue())
             body = self._body = spool
         body.write(data)
 
-    def _chunk_data(self, data: bytes) -> None:
-        self._store(data)
+    def _body_done(self) -> None:
+        """The whole body is in: hand it to whoever asked for it."""
+        self._phase = Phase.ANSWERING
+        self._partial = False
+        self._set_reading()  # now reading only pipelined bytes, up to EAGER_READ
+        ready, self._ready = self._ready, None
+        body = self._body
+        size = self._body_size
+        if body is not None:
+            body.seek(0)  # the spool stays the channel's: closed when the answer is done
+        if ready is not None:
+            ready(body if size else None, size)
 
-    def _chunks_done(self, rest: bytes) -> None:
+    def _discard_body(self) -> None:
         self._decoder = None
-        self._buf = rest + self._buf
-        self._dispatch()
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
 
     # -- dispatch ----------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        request = self._request
-        assert request is not None
-        body, self._body = self._body, None
-        if body is not None:
-            body.seek(0)
-        request.content = body
+    def _dispatch(self, phase: Phase) -> None:
+        stream, exchange = self._stream, self._exchange
+        assert stream is not None
         self._partial = False
-        self._state = _HANDLING  # the idle timer ignores this state (no re-arm per request)
-        resource = self.site.resource
+        self._phase = phase  # the idle timer ignores both (no re-arm per request)
+        if phase is Phase.JUDGING:
+            self._set_reading()  # the body stays in the client's socket
         try:
-            result = resource.render(request)  # type: ignore[attr-defined]
+            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
         except Exception:
-            request.processingFailed(Failure())
-            return
-        if result is NOT_DONE_YET:
-            return
-        if not isinstance(result, bytes):
-            log.error("render returned {kind}, not bytes", kind=type(result).__name__)
-            request.processingFailed(Failure(TypeError("render did not return bytes")))
-            return
-        if result or request.method != b"HEAD":  # as twisted.web: a HEAD keeps its length
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
-        request.write(result)
-        request.finish()
+            self._handler_failed(stream, Failure())
 
-    def request_done(self, request: FrontRequest) -> None:
-        """The response to ``request`` is complete: the next request, or close."""
-        if request in self.requests:
-            self.requests.remove(request)
-        if request is self._request:
-            self._request = None
+    def _handler_failed(self, stream: _H1Stream, failure: Failure) -> None:
+        log.failure("handling a request failed", failure)
+        if stream.finished or stream.gone:
+            return
+        if stream.started:
+            stream.abort()
+            return
+        error = errors.internal_error()
+        body = error.body()
+        stream.start_response(
+            error.status, [*answer_headers(), (b"Content-Type", errors.JSON_TYPE)], len(body)
+        )
+        stream.write(body)
+        stream.finish()
+
+    def answering(self, stream: _H1Stream) -> None:
+        """``stream``'s answer starts. If its body was not read (a refusal), it is
+        skipped when it is all in the buffer already, else the connection closes after
+        the answer (``request_done`` lingers first)."""
+        if stream is not self._stream or self._phase not in (Phase.JUDGING, Phase.BODY):
+            return
+        if self._phase is Phase.JUDGING and self._skip_buffered_body(stream):
+            self._phase = Phase.ANSWERING
+            return
+        self.persistent = False
+
+    def _skip_buffered_body(self, stream: _H1Stream) -> bool:
+        """Drop an unread body from the buffer if all of it is there; True if it was."""
+        buf = self._buf
+        length = stream.body_length
+        if length is not None:
+            if len(buf) < length:
+                return False
+            self._buf = buf[length:]
+            return True
+        try:
+            _body, rest = ChunkedDecoder().feed(buf)
+        except MalformedChunks:
+            return False
+        if rest is None:
+            return False
+        self._buf = rest
+        return True
+
+    def request_done(self, stream: _H1Stream) -> None:
+        """The answer to ``stream`` is complete: the next request, or close."""
+        if stream is not self._stream:
+            return
+        self._stream = None
+        self._exchange = self._ready = None
+        self._discard_body()
         if self.transport is None:
+            return
+        if self._phase in (Phase.JUDGING, Phase.BODY):  # answered, its body not (all) read
+            self._linger_start()
+            self._stop_timing("_header_at", "_idle_at")
+            self._close_timer = self.callLater(LINGER_SECONDS, self._close)
             return
         if not self.persistent:
             self.loseConnection()
             return
-        self._state = _HEAD
+        self._phase = Phase.HEAD
         if self._idle_at is not None:
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:
@@ -867,6 +831,12 @@ class FrontChannel(BoundedClose, Protocol):
         elif self._served == 1:  # the first answer: the handshake's flights went through
             self._release_buffers()
 
+    def abort_stream(self, stream: _H1Stream) -> None:
+        """Drop the connection so a partial response cannot pass as complete."""
+        if stream is self._stream:
+            self.register_producer(None)
+        self._abort()
+
     # -- writing and back-pressure ------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -875,17 +845,16 @@ class FrontChannel(BoundedClose, Protocol):
             transport.write(data)
 
     def register_producer(self, producer: Any) -> None:
+        """The response's producer (None: none): paused while the output is full."""
         self._producer = producer
-
-    @property
-    def _waitingForTransport(self) -> bool:
-        """The forwarder's relay starts paused when the output is already full."""
-        return self._output_full
+        if producer is not None and self._output_full:
+            producer.pauseProducing()
 
     def _set_reading(self) -> None:
         """Read from the transport unless the output is full or too much is buffered."""
-        want = not self._output_full and not (
-            self._state == _HANDLING and len(self._buf) > EAGER_READ
+        phase = self._phase
+        want = not self._output_full and phase is not Phase.JUDGING and not (
+            phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
         )
         network = self._network
         if want == self._reading or network is None:
@@ -904,7 +873,8 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.pauseProducing()
-        self._set_reading()
+        if self._phase is not Phase.LINGERING:
+            self._set_reading()
 
     def resumeProducing(self) -> None:
         if not self._output_full:
@@ -913,8 +883,10 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.resumeProducing()
+        if self._phase is Phase.LINGERING:
+            return
         self._set_reading()
-        if self._buf and self._state != _HANDLING and not self.refused and self.transport:
+        if self._buf and self._phase in (Phase.HEAD, Phase.BODY) and self.transport:
             self._parse()
 
     def stopProducing(self) -> None:
@@ -924,21 +896,17 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- refusing and closing ----------------------------------------------
 
-    _line: tuple[bytes, bytes] | None = None
-
     def refuse(self, error: GatewayError, kind: str, *, linger: bool = True) -> None:
         """Answer ``error`` and close; the request in progress is never dispatched."""
         if self.refused:
             return
         self.refused = True
-        self._partial = False
-        self._buf = b""
-        self.requests = [r for r in self.requests if r.startedWriting]  # never dispatched
-        self._decoder = None
+        self._linger_start()
+        stream, self._stream = self._stream, None
+        self._exchange = self._ready = None
+        if stream is not None:
+            stream.gone = True  # its handler (if any) writes nothing more
         self._stop_timing("_header_at", "_idle_at")
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
         transport: Any = self.transport
         if transport is None or not getattr(transport, "connected", True):
             return
@@ -948,6 +916,18 @@ class FrontChannel(BoundedClose, Protocol):
             self._close_timer = self.callLater(LINGER_SECONDS, self._close)
         else:
             self._close()
+
+    def _linger_start(self) -> None:
+        """From now on the connection reads only to discard (bounded), then closes."""
+        self._phase = Phase.LINGERING
+        self._partial = False
+        self._lingered = len(self._buf)
+        self._buf = b""
+        self._discard_body()
+        self._producer = None
+        if not self._reading and self._network is not None and self._lingered <= LINGER_BYTES:
+            self._reading = True
+            self._network.resumeProducing()
 
     def _close(self) -> None:
         self._close_timer = None
@@ -974,11 +954,6 @@ class FrontChannel(BoundedClose, Protocol):
         self._start_closing(transport)
 
     def _record(self, error: GatewayError, kind: str, sent: int) -> None:
-        import time
-
-        from twistedgw.http._resource import RequestRecord
-        from twistedgw.http._routing import split_target
-
         method, target = self._line or (b"-", b"-")
         self.guard.gateway.notify(
             RequestRecord(
@@ -986,7 +961,7 @@ class FrontChannel(BoundedClose, Protocol):
                 duration=0.0,
                 client=self._peer(),
                 method=method.decode("latin-1"),
-                path=split_target(target)[0].decode("latin-1"),
+                path=target.split(b"?", 1)[0].decode("latin-1"),
                 api=None,
                 status=error.status,
                 bytes_sent=sent,
@@ -1006,16 +981,8 @@ def _no_clock() -> float:
     raise RuntimeError("FrontChannel: no clock before connectionMade")
 
 
-#: ``http._resource.route_request``, bound by ``serve`` (importing it here would be circular).
-_route: Callable[..., Routed] | None = None
-
-
 def serve(site: Site, gateway: Gateway) -> Guard:
     """Make ``site`` serve HTTP/1.1 through ``FrontChannel`` for ``gateway``."""
-    global _route
-    from twistedgw.http._resource import route_request
-
-    _route = route_request
     guard = Guard(gateway)
     protocol: Callable[[], FrontChannel] = lambda: FrontChannel(guard)  # noqa: E731
     site.protocol = protocol  # type: ignore[assignment]

@@ -431,9 +431,9 @@ class StreamRequest:
     """One stream: the request as the gateway reads it, the response as it answers it.
 
     The one adapter between an HTTP/2 stream and the gateway: the subset of
-    twisted.web's ``Request`` the resource (``http/_resource.py``), the caller
-    resolution, the forwarder (``upstream/_forward.py``) and the drain use, as
-    ``http/_front.FrontRequest`` is over HTTP/1.1. It is its own ``channel`` while
+    twisted.web's ``Request`` that ``http/_webexchange.web_exchange`` reads and
+    answers through (it makes of it the ``wire.Exchange`` the resource, the caller
+    resolution and the forwarder read), and the drain uses. It is its own ``channel`` while
     the stream lives (``transport`` is the connection's, ``abortConnection`` resets
     the stream only) and ``None`` once it is gone. It also holds the stream's state
     for ``H2Channel``: the request body arriving, the response bytes waiting for

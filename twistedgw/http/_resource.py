@@ -1,12 +1,17 @@
-"""The gateway's HTTP face: one leaf resource that hands each request to its API's pipeline.
+"""The gateway's request path: each exchange to its API's pipeline, then to its backend.
 
-A request travels: routed once (the guard did it when the headers arrived, see
+A request travels: routed once (the front did it when the head arrived, see
 ``route_request``) -> the caller's certificate resolved (``callers``) -> the
 API's compiled pipeline (certificate checks, schemes combined the WSO2 way,
-authorisers, request transforms) -> forwarded, with the response transforms
-applied to the answer -> observed (one ``RequestRecord``). Every refusal is a
-``GatewayError`` rendered as WSO2-compatible JSON; nothing a client sends can
-make this raise.
+authorisers, request transforms) -> its body read (only now: a refused request's
+body is never read) and forwarded, with the response transforms applied to the
+answer -> observed (one ``RequestRecord``). Every refusal is a ``GatewayError``
+rendered as WSO2-compatible JSON; nothing a client sends can make this raise.
+
+Fronts hand in a ``GatewayExchange`` (a ``wire.Exchange``) through
+``GatewayResource.handle``; a twisted.web ``Request`` (HTTP/2 streams, an
+embedding's own ``Site``) reaches ``GatewayResource.render``, which adapts it
+(``http/_webexchange.py``).
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET
 
-from twistedgw import _hosts, _twisted, errors
+from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig, GatewayConfig
-from twistedgw.errors import GatewayError, write_error
+from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
@@ -41,7 +47,17 @@ from twistedgw.pipeline import (
     ResponseEdit,
 )
 from twistedgw.tls import server_name, sni_entry
-from twistedgw.upstream import TOKEN, Forwarder
+from twistedgw.upstream import Forwarder
+from twistedgw.wire import (
+    TOKEN,
+    BodySource,
+    Connection,
+    Exchange,
+    Fields,
+    Responder,
+    answer_headers,
+    method_refusal,
+)
 
 log = Logger()
 
@@ -131,28 +147,25 @@ def route_request(
         path = authz_path(raw_path) if as_forwarded else normalise(raw_path)
     except BadPath as e:
         return Routed(runtime, raw_path, None, query, None, str(e))
-    # The host matters only to a config that routes by it or has SNI entries; others
-    # neither pay for it nor refuse a Host they always accepted.
-    wanted = runtime.router.uses_hosts or (
-        runtime.server_tls is not None and bool(runtime.server_tls.sni_hosts)
-    )
+    # Every request's host is validated, whether or not any API routes by host: the
+    # value reaches the backend in X-Forwarded-Host (issue 23 item 1). Cached per value.
     try:
-        name = _hosts.from_header(host) if host is not None and wanted else None
+        name = _hosts.from_header(host) if host is not None else None
     except _hosts.BadHost as e:
         return Routed(runtime, raw_path, None, query, None, f"bad Host header: {e}")
     route = runtime.router.route(path, query, method, name)
     return Routed(runtime, raw_path, path, query, route, host=name)
 
 
-def misdirected(request: Request, routed: Routed) -> GatewayError | None:
+def misdirected(exchange: Exchange, routed: Routed) -> GatewayError | None:
     """421 when the request's host would have chosen another ``[[tls.sni]]`` entry (or
     the default) than the connection's SNI did: a certificate verdict, and the
     CertificateRequest, belong to the entry the handshake chose."""
     server_tls = routed.runtime.server_tls
     host = routed.host
-    if server_tls is None or not server_tls.sni_hosts or host is None or not request.isSecure():
+    if server_tls is None or not server_tls.sni_hosts or host is None or not exchange.secure:
         return None
-    handle = getattr(_twisted.connection_transport(request.channel), "getHandle", None)
+    handle = getattr(exchange.conn.transport, "getHandle", None)
     if handle is None:
         return None
     sni = server_name(handle())
@@ -165,267 +178,348 @@ def misdirected(request: Request, routed: Routed) -> GatewayError | None:
     )
 
 
-def request_view(request: Request, path: bytes, query: bytes | None) -> RequestView:
+def request_view(exchange: Exchange, path: bytes, query: bytes | None) -> RequestView:
     return RequestView(
-        method=request.method,
+        method=exchange.method,
         path=path,
         query=query,
-        headers=HeaderView(request.requestHeaders),
-        client=callers.client_ip(request),
-        secure=request.isSecure(),
+        headers=HeaderView(exchange.fields),
+        client=exchange.client_ip,
+        secure=exchange.secure,
     )
 
 
-class _Exchange:
-    """One request's bookkeeping: the record it ends with, and how it answers."""
+class GatewayExchange(Exchange):
+    """A ``wire.Exchange`` and what the request path learns of it: its route, the API,
+    the pipeline's ``Call`` and the record it ends with. One per request."""
 
-    __slots__ = (
-        "api", "call", "gateway", "method", "pipeline", "raw_path", "request", "started"
-    )
+    __slots__ = ("api", "call", "judged_method", "pipeline", "routed", "started")
 
-    def __init__(self, gateway: Gateway, request: Request, raw_path: bytes) -> None:
-        self.gateway = gateway
-        self.request = request
-        self.raw_path = raw_path
-        self.method = request.method  # the authz endpoint records the method it judged
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        fields: Fields,
+        host: bytes | None,
+        conn: Connection,
+        responder: Responder,
+        body: BodySource | None,
+        routed: Routed | None = None,
+    ) -> None:
+        super().__init__(method, target, version, fields, host, conn, responder, body)
+        self.routed = routed  # routed once, by the front; None: not yet
         self.started = time.time()
+        self.judged_method = method  # the authz endpoint records the method it judged
         self.api: ApiConfig | None = None
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
 
-    def finish(
-        self, status: int, sent: int, kind: str | None = None, refusal: GatewayError | None = None
+    def record(
+        self,
+        gateway: Gateway,
+        status: int,
+        sent: int,
+        kind: str | None = None,
+        refusal: GatewayError | None = None,
     ) -> None:
+        """The exchange ended: one ``RequestRecord`` for the access log and metrics
+        (``refusal``: the error answered instead of forwarding, whichever stage made it)."""
         call = self.call
-        request = self.request
-        self.gateway.notify(
+        routed = self.routed
+        started = self.started
+        gateway.notify(
             RequestRecord(
-                started=self.started,
-                duration=time.time() - self.started,
-                client=callers.client_ip(request),
-                method=self.method.decode("latin-1"),
-                path=self.raw_path.decode("latin-1"),
+                started=started,
+                duration=time.time() - started,
+                client=self.client_ip,
+                method=self.judged_method.decode("latin-1"),
+                path=(routed.raw_path if routed is not None else self.path).decode("latin-1"),
                 api=self.api,
                 status=status,
                 bytes_sent=sent,
                 identity=call.identity if call is not None else None,
                 error_kind=kind,
                 consumer=call.consumer if call is not None else None,
-                protocol=request.clientproto.decode("latin-1"),
+                protocol=self.version.decode("latin-1"),
                 refusal=refusal,
             )
         )
 
-    def refuse(self, error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-        body = write_error(self.request, error, headers)
-        self.transform_answer(self.request)
-        self.finish(error.status, len(body), refusal=error)
-        return body
-
-    def transform_answer(self, request: Request) -> GatewayError | None:
-        """The API's response transforms, on whatever answer is about to be sent."""
+    def transform_answer(
+        self, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> GatewayError | None:
+        """The API's response transforms, on whatever answer is about to be sent: they
+        edit ``headers`` in place; an error they return is answered instead."""
         pipeline, call = self.pipeline, self.call
         if pipeline is None or call is None or not pipeline.response_transforms:
             return None
-        headers = request.responseHeaders
-        edit = ResponseEdit(
-            request.code,
-            [(name, value) for name, values in headers.getAllRawHeaders() for value in values],
-        )
-        refusal = pipeline.transform_response(call, edit)
+        refusal = pipeline.transform_response(call, ResponseEdit(status, headers))
         if refusal is not None:
             return refusal.error
-        for name, _values in list(headers.getAllRawHeaders()):
-            headers.removeHeader(name)
-        for name, value in edit.headers:
-            headers.addRawHeader(name, value)
+        # Framing is the front's (wire.Responder): a third-party transform cannot set it.
+        headers[:] = [(n, v) for n, v in headers if n.lower() not in _FRAMING]
         return None
 
 
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+def _reason(error: GatewayError) -> bytes | None:
+    """twisted.web knows no reason phrase for some codes (421): the error's message is one."""
+    return None if error.status in RESPONSES else error.message.encode("latin-1")
+
+
+def answer_error(
+    gateway: Gateway,
+    exchange: GatewayExchange,
+    error: GatewayError,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Answer ``error`` as WSO2-style JSON (with ``headers``), after the response
+    transforms, and record it."""
+    body = error.body()
+    out = answer_headers()
+    out.append((b"Content-Type", errors.JSON_TYPE))
+    out.extend(headers)
+    exchange.transform_answer(error.status, out)  # a failing transform was logged
+    responder = exchange.responder
+    responder.start_response(error.status, out, len(body), _reason(error))
+    head = exchange.method == b"HEAD"
+    if not head:
+        responder.write(body)
+    responder.finish()
+    exchange.record(gateway, error.status, 0 if head else len(body), refusal=error)
+
+
 class GatewayResource(Resource):
+    """The gateway's one leaf resource: ``handle`` for the fronts' exchanges, ``render``
+    for twisted.web requests (HTTP/2, an embedding's own ``Site``)."""
+
     isLeaf = True
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
         self.gateway = gateway
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
-        routed: Routed | None = getattr(request, "routed", None)
-        if routed is None:  # a request the guard did not see (an embedding's own Site)
-            routed = route_request(
-                self.gateway.runtime, request.uri, request.method, host=request.getHeader(b"host")
-            )
-        exchange = _Exchange(self.gateway, request, routed.raw_path)
-        wrong_host = misdirected(request, routed)  # before any policy, the authz endpoint too
-        if wrong_host is not None:
-            return exchange.refuse(wrong_host)
-        if routed.path is None:
-            return exchange.refuse(errors.bad_request(routed.problem or "bad request path"))
-        runtime = routed.runtime  # one consistent snapshot for this request
-        authz = runtime.config.authz
-        if authz is not None and routed.path == authz.path.encode():
-            return self._authz(request, runtime, exchange)
-        route = routed.route
-        if route is None or route.pipeline is None:
-            return exchange.refuse(errors.not_found(routed.path.decode("latin-1")))
-        if route.unmatched is not None:  # an OpenAPI API without this operation
-            exchange.api = route.api
-            allow = ((b"Allow", route.allow),) if route.allow else ()
-            return exchange.refuse(route.unmatched, allow)
-        caller = callers.resolve(request, runtime)
-        call = Call(
-            request_view(request, routed.path, routed.query),
-            route.security_api,  # an operation's own security, if it has one
-            caller.identity,
-            via_load_balancer=caller.via_load_balancer,
-        )
-        exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
-        return _settle(
-            request, exchange, route.pipeline.run(call), lambda o: self._forward(exchange, route, o)
-        )
+    def handle(self, exchange: GatewayExchange) -> None:
+        """Serve ``exchange`` (its head is in; its body, if any, is read when allowed)."""
+        serve(self.gateway, exchange)
 
-    def _forward(self, exchange: _Exchange, route: Route, edit: HeaderEdit) -> int:
+    def render(self, request: Any) -> int:
+        from twistedgw.http._webexchange import web_exchange
+
+        exchange = web_exchange(request)
+        # The HTTP/1.1 front refuses these before dispatch (wire); twisted.web's
+        # HTTP/2 does not, and a backend must never see them (issue 23 item 5).
+        refusal = method_refusal(exchange.method)
+        if refusal is not None:
+            answer_error(self.gateway, exchange, refusal)
+        else:
+            serve(self.gateway, exchange)
+        return NOT_DONE_YET
+
+
+def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
+    """Route (unless the front did), judge and forward one exchange; never raises for
+    anything a client sends."""
+    routed = exchange.routed
+    if routed is None:  # an exchange the front did not route (an embedding's own Site)
+        routed = exchange.routed = route_request(
+            gateway.runtime, exchange.target, exchange.method, host=exchange.host
+        )
+    wrong_host = misdirected(exchange, routed)  # before any policy, the authz endpoint too
+    if wrong_host is not None:
+        answer_error(gateway, exchange, wrong_host)
+        return
+    if routed.path is None:
+        answer_error(gateway, exchange, errors.bad_request(routed.problem or "bad request path"))
+        return
+    runtime = routed.runtime  # one consistent snapshot for this request
+    authz = runtime.config.authz
+    if authz is not None and routed.path == authz.path.encode():
+        _authz(gateway, exchange, runtime)
+        return
+    route = routed.route
+    if route is None or route.pipeline is None:
+        answer_error(gateway, exchange, errors.not_found(routed.path.decode("latin-1")))
+        return
+    if route.unmatched is not None:  # an OpenAPI API without this operation
+        exchange.api = route.api
+        allow = ((b"Allow", route.allow),) if route.allow else ()
+        answer_error(gateway, exchange, route.unmatched, allow)
+        return
+    caller = callers.resolve(exchange, runtime)
+    call = Call(
+        request_view(exchange, routed.path, routed.query),
+        route.security_api,  # an operation's own security, if it has one
+        caller.identity,
+        via_load_balancer=caller.via_load_balancer,
+    )
+    exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
+    _settle(
+        gateway, exchange, route.pipeline.run(call), lambda o: _forward(gateway, exchange, route, o)
+    )
+
+
+def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: HeaderEdit) -> None:
+    """Allowed: read the body (only now), then hand the exchange to the forwarder."""
+
+    def send(body: IO[bytes] | None, size: int) -> None:
         # The set headers' names need not be removed as well: the forwarder drops every
         # client-sent header named in add_headers.
-        self.gateway.forwarder.forward(
-            exchange.request,
+        gateway.forwarder.forward(
+            exchange,
             route.backend_target,
+            body=body,
+            body_size=size,
             add_headers=list(edit.set_values.values()),
             remove_headers=edit.removed,
-            on_done=lambda r: exchange.finish(r.status, r.bytes_sent, r.error_kind),
+            on_done=lambda r: exchange.record(gateway, r.status, r.bytes_sent, r.error_kind),
             backend_timeout=route.api.backend_timeout,
             on_answer=exchange.transform_answer if route.pipeline else None,
             alternatives=route.alternatives,
-            send_timeout=self.gateway.runtime.config.limits.send_timeout,  # after a reload too
-        )
-        return NOT_DONE_YET
-
-    def _authz(self, request: Request, runtime: Snapshot, exchange: _Exchange) -> bytes | int:
-        """Judge the request that ``original_uri_header`` names, without forwarding it.
-
-        Its method is the one ``original_method_header`` names, or this request's
-        own (the access log records the judged request, not the subrequest).
-
-        For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
-        A path that names no API, or an unsafe one, is refused with 403, not
-        404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
-        anything else into a 500 of its own. So is a path not already in normal
-        form (``routing.authz_path``).
-        """
-        assert runtime.config.authz is not None
-        settings = runtime.config.authz
-        for name, value in verdicts.NO_STORE:  # refusals are never cached
-            request.responseHeaders.setRawHeaders(name, [value])
-        original = request.getHeader(settings.original_uri_header.encode())
-        if original is None:
-            return exchange.refuse(
-                errors.bad_request(f"the {settings.original_uri_header} header is missing")
-            )
-        named_method = request.getHeader(settings.original_method_header.encode())
-        if named_method is not None and not TOKEN.match(named_method):
-            return exchange.refuse(
-                errors.forbidden(f"the {settings.original_method_header} header is not a method")
-            )
-        if named_method is not None:
-            exchange.method = named_method
-        # The judged request's host: the one original_host_header names, else this
-        # request's own Host (a proxy that passes Host through needs no header).
-        judged_host = request.getHeader(settings.original_host_header.encode())
-        if judged_host is None:
-            judged_host = request.getHeader(b"host")
-        judged = route_request(
-            runtime, original, exchange.method, as_forwarded=True, host=judged_host
-        )
-        if judged.path is None:
-            return exchange.refuse(errors.forbidden(judged.problem or "bad request path"))
-        route = judged.route
-        if route is None or route.pipeline is None:
-            return exchange.refuse(
-                errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description)
-            )
-        if route.api.operations is not None and named_method is None:
-            # An OpenAPI API's security depends on the operation, so on the real method,
-            # not the subrequest's own.
-            return exchange.refuse(
-                errors.forbidden(f"the {settings.original_method_header} header is missing")
-            )
-        if route.unmatched is not None:
-            return exchange.refuse(errors.forbidden(route.unmatched.description))
-        caller = callers.resolve(request, runtime)
-        view = request_view(request, judged.path, judged.query)
-        call = Call(
-            view._replace(method=exchange.method),
-            route.security_api,
-            caller.identity,
-            via_load_balancer=caller.via_load_balancer,
-        )
-        # The access log and metrics name the API and caller judged.
-        exchange.api, exchange.call = route.api, call
-        config = runtime.config
-        return _settle(
-            request, exchange, route.pipeline.judge(call), lambda _o: _allow(exchange, config)
+            send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
         )
 
+    source = exchange.body
+    if source is None:
+        send(None, 0)
+    else:
+        source.read(send)
 
-def _allow(exchange: _Exchange, config: GatewayConfig) -> bytes:
-    request, call = exchange.request, exchange.call
+
+def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> None:
+    """Judge the request that ``original_uri_header`` names, without forwarding it.
+
+    Its method is the one ``original_method_header`` names, or this request's
+    own (the access log records the judged request, not the subrequest).
+
+    For NGINX ``auth_request``, Envoy ``ext_authz`` and Traefik ``forwardAuth``.
+    A path that names no API, or an unsafe one, is refused with 403, not
+    404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
+    anything else into a 500 of its own. So is a path not already in normal
+    form (``routing.authz_path``). Refusals are never cached (``verdicts.NO_STORE``).
+    """
+    assert runtime.config.authz is not None
+    settings = runtime.config.authz
+    fields = exchange.fields
+
+    def refuse(error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        answer_error(gateway, exchange, error, (*verdicts.NO_STORE, *headers))
+
+    original = fields.last(settings.original_uri_header.encode())
+    if original is None:
+        refuse(errors.bad_request(f"the {settings.original_uri_header} header is missing"))
+        return
+    named_method = fields.last(settings.original_method_header.encode())
+    if named_method is not None and not TOKEN.match(named_method):
+        refuse(errors.forbidden(f"the {settings.original_method_header} header is not a method"))
+        return
+    if named_method is not None:
+        exchange.judged_method = named_method
+    # The judged request's host: the one original_host_header names, else this
+    # request's own Host (a proxy that passes Host through needs no header).
+    judged_host = fields.last(settings.original_host_header.encode())
+    if judged_host is None:
+        judged_host = fields.last(b"host")
+    judged = route_request(
+        runtime, original, exchange.judged_method, as_forwarded=True, host=judged_host
+    )
+    if judged.path is None:
+        refuse(errors.forbidden(judged.problem or "bad request path"))
+        return
+    route = judged.route
+    if route is None or route.pipeline is None:
+        refuse(errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description))
+        return
+    if route.api.operations is not None and named_method is None:
+        # An OpenAPI API's security depends on the operation, so on the real method,
+        # not the subrequest's own.
+        refuse(errors.forbidden(f"the {settings.original_method_header} header is missing"))
+        return
+    if route.unmatched is not None:
+        refuse(errors.forbidden(route.unmatched.description))
+        return
+    caller = callers.resolve(exchange, runtime)
+    view = request_view(exchange, judged.path, judged.query)
+    call = Call(
+        view._replace(method=exchange.judged_method),
+        route.security_api,
+        caller.identity,
+        via_load_balancer=caller.via_load_balancer,
+    )
+    # The access log and metrics name the API and caller judged.
+    exchange.api, exchange.call = route.api, call
+    config = runtime.config
+    _settle(
+        gateway, exchange, route.pipeline.judge(call),
+        lambda _o: _allow(gateway, exchange, config),
+        verdicts.NO_STORE,
+    )
+
+
+def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -> None:
+    call = exchange.call
     assert call is not None and call.api is not None
-    request.setResponseCode(200)
-    headers = request.responseHeaders
-    for name, value in (
-        *verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)),
-        *verdicts.identity_answer_headers(config, call.api, call.identity),
-    ):
-        headers.setRawHeaders(name, [value])
-    headers.setRawHeaders(b"x-twistedgw-api", [call.api.label.encode()])
+    headers = answer_headers()
+    headers.extend(verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)))
+    headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
+    headers.append((b"x-twistedgw-api", call.api.label.encode()))
     identity = call.identity
     if identity.leaf is not None and identity.verified:
-        headers.setRawHeaders(b"x-client-cert-subject", [(identity.subject or "").encode()])
-        headers.setRawHeaders(b"x-client-cert-sha256", [(identity.leaf_sha256() or "").encode()])
+        headers.append((b"x-client-cert-subject", (identity.subject or "").encode()))
+        headers.append((b"x-client-cert-sha256", (identity.leaf_sha256() or "").encode()))
     principals = ",".join(call.principals)
     if principals:
-        headers.setRawHeaders(b"x-twistedgw-principal", [principals.encode()])
+        headers.append((b"x-twistedgw-principal", principals.encode()))
     if call.consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
-        headers.setRawHeaders(b"x-consumer-name", [call.consumer.encode()])
-    headers.setRawHeaders(b"content-length", [b"0"])
-    exchange.finish(200, 0)
-    return b""
+        headers.append((b"x-consumer-name", call.consumer.encode()))
+    responder = exchange.responder
+    responder.start_response(200, headers, 0)
+    responder.finish()
+    exchange.record(gateway, 200, 0)
 
 
 def _settle(
-    request: Request,
-    exchange: _Exchange,
+    gateway: Gateway,
+    exchange: GatewayExchange,
     outcome: Outcome | Deferred[Outcome],
-    proceed: Callable[[HeaderEdit], bytes | int],
-) -> bytes | int:
+    proceed: Callable[[HeaderEdit], None],
+    refusal_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed)."""
     if not isinstance(outcome, Deferred):
         if isinstance(outcome, Refusal):
-            return exchange.refuse(outcome.error, outcome.headers)
-        return proceed(outcome)
-    gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
+            answer_error(gateway, exchange, outcome.error, (*refusal_headers, *outcome.headers))
+        else:
+            proceed(outcome)
+        return
+    responder = exchange.responder
 
     def resume(result: Outcome) -> None:
-        if gone:  # the client left while a stage was waiting
+        if responder.gone:  # the client left while a stage was waiting
             return
         if isinstance(result, Refusal):
-            body: bytes | int = exchange.refuse(result.error, result.headers)
+            answer_error(gateway, exchange, result.error, (*refusal_headers, *result.headers))
         else:
-            body = proceed(result)
-        if body is not NOT_DONE_YET:
-            assert isinstance(body, bytes)
-            request.write(body)
-            request.finish()
+            proceed(result)
 
     def crashed(failure: Failure) -> None:
         log.failure("request pipeline failed", failure)
-        if not gone:
-            request.write(exchange.refuse(errors.internal_error()))
-            request.finish()
+        if not responder.gone and not responder.started:
+            answer_error(gateway, exchange, errors.internal_error(), refusal_headers)
 
     outcome.addCallback(resume).addErrback(crashed)
-    return NOT_DONE_YET
 
 
-__all__ = ["Gateway", "GatewayResource", "RequestRecord", "Routed", "route_request"]
+__all__ = [
+    "Gateway",
+    "GatewayExchange",
+    "GatewayResource",
+    "RequestRecord",
+    "Routed",
+    "answer_error",
+    "route_request",
+    "serve",
+]

@@ -2,7 +2,7 @@
 
 from twistedgw.upstream._client import (
     TOKEN,
-    Call,
+    BackendCall,
     NoResponse,
     ResponseHead,
     Truncated,
@@ -14,7 +14,7 @@ from twistedgw.upstream._forward import Forwarder, ForwardResult, ForwardSetting
 
 __all__ = [
     "TOKEN",
-    "Call",
+    "BackendCall",
     "ForwardResult",
     "ForwardSettings",
     "Forwarder",

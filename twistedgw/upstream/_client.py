@@ -9,19 +9,18 @@ with back-pressure, and keep the connection for the next request.
 
 ``Upstream`` is the pool: idle connections per backend origin (scheme, host,
 port and TLS policy), new ones through Twisted endpoints (``wrapClientTLS``
-for ``https``). A request is a ``Call``; what happens to it is reported to a
+for ``https``). A request is a ``BackendCall``; what happens to it is reported to a
 ``ResponseHandler`` exactly once as a head followed by data and an end, or as a
-failure. ``Call.cancel`` is silent: whoever cancels decides what to answer.
+failure. ``BackendCall.cancel`` is silent: whoever cancels decides what to answer.
+Response heads and chunked bodies are read by ``twistedgw.wire``, the parser the
+front reads requests with.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
@@ -39,10 +38,22 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from twistedgw.wire import (
+    RESPONSE_HEAD_LIMIT,
+    TOKEN,
+    BadResponseHead,
+    ChunkedDecoder,
+    Framing,
+    MalformedChunks,
+    ResponseHead,
+    connection_tokens,
+    parse_response_head,
+)
+
 __all__ = [
     "TOKEN",
+    "BackendCall",
     "BadResponse",
-    "Call",
     "ConnectFailed",
     "NoResponse",
     "Origin",
@@ -56,11 +67,8 @@ __all__ = [
 ]
 
 #: Largest response head accepted (status line and headers together).
-HEAD_LIMIT = 64 * 1024
+HEAD_LIMIT = RESPONSE_HEAD_LIMIT
 _READ_SIZE = 64 * 1024
-#: An HTTP token (RFC 9110 5.6.2): methods and header names.
-TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_NO_BODY_STATUSES = frozenset({204, 304})
 #: Methods retried once on a fresh connection when a pooled one turns out dead
 #: before any response byte arrived (the backend closed it while it was idle).
 _RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
@@ -93,16 +101,6 @@ class Truncated(UpstreamError):
     """The connection closed before the body's announced end."""
 
 
-class ResponseHead(NamedTuple):
-    """A backend's response head as parsed (a tuple: one is built per response)."""
-
-    code: int
-    phrase: bytes
-    headers: list[tuple[bytes, bytes]]  # as received, repeats and order kept
-    connection_tokens: frozenset[bytes]  # lower-case names the Connection header lists
-    length: int | None  # body length when announced by Content-Length, else None
-
-
 class ResponseHandler(TypingProtocol):
     def response_head(self, head: ResponseHead) -> None: ...
     def response_data(self, data: bytes) -> None: ...
@@ -130,7 +128,7 @@ class Origin:
         return (self.scheme, self.host, self.port, self.tls)
 
 
-class Call:
+class BackendCall:
     """One request on its way to a backend; the handle to cancel or pace it."""
 
     __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
@@ -229,13 +227,13 @@ class Upstream:
         head: bytes,
         body: IO[bytes] | None,
         handler: ResponseHandler,
-    ) -> Call:
+    ) -> BackendCall:
         """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
-        call = Call(self, origin, method, head, body, handler)
+        call = BackendCall(self, origin, method, head, body, handler)
         self._dispatch(call, fresh=False)
         return call
 
-    def _dispatch(self, call: Call, *, fresh: bool) -> None:
+    def _dispatch(self, call: BackendCall, *, fresh: bool) -> None:
         if not fresh:
             idle = self._idle.get(call.origin.key)
             while idle:
@@ -245,7 +243,7 @@ class Upstream:
                     return
         self._connect(call)
 
-    def _connect(self, call: Call) -> None:
+    def _connect(self, call: BackendCall) -> None:
         origin = call.origin
         d = self._endpoint(origin).connect(_ConnectionFactory(self, origin))
         call._connecting = d
@@ -324,7 +322,7 @@ class Upstream:
         if idle and conn in idle:
             idle.remove(conn)
 
-    def retry(self, call: Call) -> None:
+    def retry(self, call: BackendCall) -> None:
         self._dispatch(call, fresh=True)
 
     def close(self) -> Deferred[None]:
@@ -357,8 +355,6 @@ class _ConnectionFactory(Factory):
 
 # connection states
 _IDLE, _HEAD, _BODY = 0, 1, 2
-# body framings
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
 
 
 class _Connection(Protocol):
@@ -367,7 +363,7 @@ class _Connection(Protocol):
     def __init__(self, upstream: Upstream, origin: Origin) -> None:
         self.upstream = upstream
         self.origin = origin
-        self.call: Call | None = None
+        self.call: BackendCall | None = None
         self.state = _IDLE
         self.reused = False
         self.reusable = True
@@ -376,15 +372,15 @@ class _Connection(Protocol):
         self.closed: Deferred[None] = Deferred()
         self._buf = b""
         self._seen_bytes = False
-        self._framing = _LENGTH
+        self._framing = Framing.NONE
         self._remaining = 0
-        self._chunks: _ChunkDecoder | None = None
+        self._chunks: ChunkedDecoder | None = None
         self._pump: _BodyPump | None = None
         self._head_only = False
 
     # -- driving ---------------------------------------------------------
 
-    def start(self, call: Call, *, reused: bool) -> None:
+    def start(self, call: BackendCall, *, reused: bool) -> None:
         assert self.transport is not None
         self.call = call
         call.conn = self
@@ -454,28 +450,30 @@ class _Connection(Protocol):
                 self._fail(BadResponse("the response head is too large"))
                 return
             try:
-                head = _parse_head(buf[:end], self._head_only)
-            except ValueError as e:
+                head = parse_response_head(buf[:end], self._head_only)
+            except BadResponseHead as e:
                 self._fail(BadResponse(str(e)))
                 return
             buf = buf[end + 4 :]
             if head is None:  # an interim 1xx response: skip it, read the real one
                 continue
             break
-        response, framing, length, keep = head
-        self.reusable = self.reusable and keep
+        framing = head.framing
+        self.reusable = self.reusable and head.keep_alive
         if self._pump is not None:
             self._stop_upload()  # answered before the whole body was sent
         call = self.call
         assert call is not None
         self.state = _BODY
         self._framing = framing
-        self._remaining = length
-        self._chunks = _ChunkDecoder() if framing == _CHUNKED else None
-        call.handler.response_head(response)
+        self._remaining = head.body_length
+        self._chunks = (
+            ChunkedDecoder(refuse_tiny_chunks=False) if framing is Framing.CHUNKED else None
+        )
+        call.handler.response_head(head)
         if self.call is not call:  # the handler cancelled
             return
-        if framing == _LENGTH and length == 0:
+        if framing is Framing.NONE:
             if buf:
                 self.reusable = False
             self._complete()
@@ -486,7 +484,7 @@ class _Connection(Protocol):
         call = self.call
         assert call is not None
         framing = self._framing
-        if framing == _LENGTH:
+        if framing is Framing.LENGTH:
             remaining = self._remaining
             if len(data) >= remaining:
                 if len(data) > remaining:
@@ -500,19 +498,19 @@ class _Connection(Protocol):
             else:
                 self._remaining = remaining - len(data)
                 call.handler.response_data(data)
-        elif framing == _CHUNKED:
+        elif framing is Framing.CHUNKED:
             assert self._chunks is not None
             try:
-                parts, finished, extra = self._chunks.feed(data)
-            except ValueError as e:
+                body, rest = self._chunks.feed(data)
+            except MalformedChunks as e:
                 self._fail(Truncated(f"invalid chunked body: {e}"), abort=True)
                 return
-            for part in parts:
-                call.handler.response_data(part)
+            if body:
+                call.handler.response_data(body)
                 if self.call is not call:
                     return
-            if finished:
-                if extra:
+            if rest is not None:
+                if rest:
                     self.reusable = False
                 self._complete()
         else:
@@ -560,7 +558,7 @@ class _Connection(Protocol):
             call.failed(NoResponse("the backend closed the connection without responding",
                                    reason))
         elif state == _BODY:
-            if self._framing == _UNTIL_CLOSE and reason.check(ierror.ConnectionDone):
+            if self._framing is Framing.UNTIL_CLOSE and reason.check(ierror.ConnectionDone):
                 call.cancelled = True
                 call.handler.response_end()
             else:
@@ -593,174 +591,6 @@ class _BodyPump:
 
     def stopProducing(self) -> None:
         self.stopped = True
-
-
-class _ChunkDecoder:
-    """Incremental ``Transfer-Encoding: chunked`` decoder; trailers are dropped."""
-
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self._state = self._SIZE
-        self._left = 0
-        self._buf = b""
-
-    def feed(self, data: bytes) -> tuple[list[bytes], bool, bytes]:
-        """Return (body pieces, whether the last chunk and trailers ended, extra bytes)."""
-        buf = self._buf + data if self._buf else data
-        self._buf = b""
-        out: list[bytes] = []
-        while buf:
-            state = self._state
-            if state == self._DATA:
-                piece = buf[: self._left]
-                out.append(piece)
-                self._left -= len(piece)
-                buf = buf[len(piece) :]
-                if self._left == 0:
-                    self._state = self._DATA_END
-            elif state == self._DATA_END:
-                if len(buf) < 2:
-                    break
-                if buf[:2] != b"\r\n":
-                    raise ValueError("chunk data not followed by CRLF")
-                buf = buf[2:]
-                self._state = self._SIZE
-            else:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 4096:
-                        raise ValueError("chunk size line too long")
-                    break
-                line, buf = buf[:end], buf[end + 2 :]
-                if state == self._SIZE:
-                    size_text = line.split(b";", 1)[0].strip(b" \t")
-                    if not size_text or len(size_text) > 16 or not _is_hex(size_text):
-                        raise ValueError("invalid chunk size")
-                    size = int(size_text, 16)
-                    if size:
-                        self._left = size
-                        self._state = self._DATA
-                    else:
-                        self._state = self._TRAILER
-                elif not line:  # the empty line after the trailers
-                    return out, True, buf
-        self._buf = buf
-        return out, False, b""
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-
-
-def _is_hex(text: bytes) -> bool:
-    return all(c in _HEX for c in text)
-
-
-@functools.lru_cache(maxsize=64)
-def _one_connection(value: bytes) -> frozenset[bytes]:
-    """``connection_tokens`` of one Connection value: a backend sends the same one
-    (``keep-alive``) in every response."""
-    return connection_tokens((value,))
-
-
-def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
-    """Lower-case header names listed in Connection header values (RFC 9110 7.6.1)."""
-    tokens: set[bytes] = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip(b" \t").lower()
-            if token:
-                tokens.add(token)
-    return frozenset(tokens)
-
-
-# Header names a backend sent that were valid tokens: a backend sends the same few
-# names in every response, and a set lookup costs a fraction of the regex match.
-_seen_names: set[bytes] = set()
-_SEEN_NAMES_MAX = 4096
-
-
-def _valid_name(name: bytes) -> bool:
-    if not TOKEN.match(name):
-        return False
-    if len(_seen_names) >= _SEEN_NAMES_MAX:
-        _seen_names.clear()
-    _seen_names.add(name)
-    return True
-
-
-def _parse_head(
-    raw: bytes, head_only: bool
-) -> tuple[ResponseHead, int, int, bool] | None:
-    """Parse a response head; None for an interim 1xx response; ValueError when invalid.
-
-    Returns (head, framing, length, keep-alive).
-    """
-    lines = raw.split(b"\r\n")
-    # No NUL, and CR and LF only as the CRLFs split on: then no value can hold one, and
-    # the per-value checks below (a third of this function's time) are skipped.
-    seps = len(lines) - 1
-    clean = b"\x00" not in raw and raw.count(b"\r") == seps and raw.count(b"\n") == seps
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise ValueError("invalid status line")
-    code_text = status[1]
-    if len(code_text) != 3 or not code_text.isdigit():
-        raise ValueError("invalid status code")
-    code = int(code_text)
-    if code < 100:
-        raise ValueError("invalid status code")
-    if code == 101:
-        raise ValueError("protocol upgrades are not relayed")
-    if code < 200:
-        return None
-    phrase = status[2] if len(status) == 3 else b""
-    headers: list[tuple[bytes, bytes]] = []
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    connection: list[bytes] = []
-    for line in lines[1:]:
-        if not line or line[0] in b" \t":
-            raise ValueError("obsolete line folding in the response head")
-        name, sep, value = line.partition(b":")
-        if not sep or (name not in _seen_names and not _valid_name(name)):
-            raise ValueError("invalid response header")
-        value = value.strip(b" \t")
-        if not clean and (b"\r" in value or b"\n" in value or b"\x00" in value):
-            raise ValueError("invalid response header value")
-        headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            if b"," in value:
-                lengths.extend(v.strip(b" \t") for v in value.split(b","))
-            else:  # the usual single value, already stripped
-                lengths.append(value)
-        elif lower == b"transfer-encoding":
-            codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
-        elif lower == b"connection":
-            connection.append(value)
-    if len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
-        tokens = _one_connection(connection[0])
-    else:
-        tokens = connection_tokens(connection)
-    keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
-    length: int | None = None
-    if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
-            raise ValueError("invalid Content-Length")
-        length = int(lengths[0])
-    head = ResponseHead(code, phrase, headers, tokens, length)
-    if head_only or code in _NO_BODY_STATUSES:
-        return head, _LENGTH, 0, keep
-    if codings:
-        if length is not None:
-            keep = False  # RFC 9112 6.3: both sent, close after this response
-        if codings[-1] == b"chunked":
-            return head, _CHUNKED, 0, keep
-        return head, _UNTIL_CLOSE, 0, False
-    if length is not None:
-        return head, _LENGTH, length, keep
-    return head, _UNTIL_CLOSE, 0, False
 
 
 def parse_origin(base: bytes, tls: IPolicyForHTTPS | None) -> Origin:

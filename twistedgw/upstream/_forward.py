@@ -1,8 +1,9 @@
 """The HTTP client side of the gateway: relay one authorised request to its backend.
 
 One `Forwarder` per process owns the backend connection pool (`upstream/_client.py`).
-`Forwarder.forward` is called from `Resource.render` (which then returns
-NOT_DONE_YET) and takes over the request until it is finished or aborted:
+`Forwarder.forward` is called by the request path (`http/_resource.py`) once the
+exchange (a `wire.Exchange`) is allowed and its body read, and takes the exchange
+over until its `wire.Responder` is finished or aborted:
 
 * the request head is written as bytes: hop-by-hop, Connection-named,
   Content-Length, Host, the caller's `remove_headers`, client-sent
@@ -10,10 +11,11 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
   CGI backends read `X_Client_Cert` as `X-Client-Cert`; NGINX drops them too,
   `underscores_in_headers off`); the gateway's own X-Forwarded-For/-Proto/-Host and
   the caller's `add_headers` are set;
-* the spooled request body (`request.content`) is streamed, never read whole;
-* the response body is relayed as it arrives; this relay is registered as the
-  request's producer, so a slow client pauses the backend socket instead of the
-  gateway buffering the body;
+* the spooled request body is streamed, never read whole;
+* the response head is built as one header list, given to the responder once; the
+  body is relayed as it arrives; this relay is registered as the responder's
+  producer, so a slow client pauses the backend socket instead of the gateway
+  buffering the body;
 * failures before the response headers become WSO2-style JSON errors (503 for
   "could not reach the backend", 504 for "no response in time"); failures after
   the headers abort the client connection, so a truncated body can never look
@@ -28,6 +30,7 @@ NOT_DONE_YET) and takes over the request until it is finished or aborted:
 
 from __future__ import annotations
 
+import enum
 import re
 import socket
 import struct
@@ -39,30 +42,34 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
-from twisted.web import server
 from twisted.web.client import BrowserLikePolicyForHTTPS
-from twisted.web.http import NO_BODY_CODES
+from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from twistedgw import _twisted, errors
+from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.upstream._client import (
-    TOKEN,
+    BackendCall,
     BadResponse,
-    Call,
     ConnectFailed,
     NoResponse,
     Origin,
-    ResponseHead,
     Upstream,
     UpstreamError,
-    connection_tokens,
     parse_origin,
+)
+from twistedgw.wire import (
+    SERVER,
+    TOKEN,
+    Exchange,
+    Responder,
+    ResponseHead,
+    connection_tokens,
+    http_date,
 )
 
 __all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
@@ -137,7 +144,7 @@ def _one_line(value: bytes) -> bytes:
 
 
 def build_request_head(
-    request: server.Request,
+    exchange: Exchange,
     origin: Origin,
     target: bytes,
     *,
@@ -145,18 +152,18 @@ def build_request_head(
     remove_headers: Collection[bytes] = (),
     body_length: int | None = None,
 ) -> bytes:
-    """The request head to send to the backend for `request`, as bytes.
+    """The request head to send to the backend for `exchange`, as bytes.
 
     `add_headers` replace any client-sent header of the same name: a client
     must not be able to pre-seed a header the gateway vouches for.
     """
-    method = request.method
+    method = exchange.method
     if not TOKEN.match(method):
         raise ValueError("invalid request method")
     if _UNSAFE_TARGET.search(target):
         raise ValueError("invalid request target")
-    headers = request.requestHeaders
-    connection = headers.getRawHeaders(b"connection")
+    fields = exchange.fields
+    connection = fields.getRawHeaders(b"connection")
     drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
     extra: Collection[bytes] = ()  # names dropped for this request only
     if connection or add_headers:
@@ -166,17 +173,19 @@ def build_request_head(
     for name, _ in add_headers:
         if not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
+    forwarded = _forwarded(exchange)
     out = _head_lines(
-        request, origin, target, headers, drop, extra, add_headers, body_length, _same
+        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _same
     )
     head = b"".join(out)
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
-    lines = len(out) + 1  # the first entry holds two lines (request line, Host)
+    # The first entry holds two lines (request line, Host), the forwarded block one or two.
+    lines = len(out) + forwarded.count(b"\n")
     if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
         return head
     out = _head_lines(
-        request, origin, target, headers, drop, extra, add_headers, body_length, _one_line
+        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _one_line
     )
     return b"".join(out)
 
@@ -203,33 +212,28 @@ def _same(value: bytes) -> bytes:
 
 
 def _head_lines(
-    request: server.Request,
+    exchange: Exchange,
     origin: Origin,
     target: bytes,
-    headers: Any,
     drop: Collection[bytes],
     extra: Collection[bytes],
     add_headers: Sequence[tuple[bytes, bytes]],
     body_length: int | None,
+    forwarded: bytes,
     one_line: Callable[[bytes], bytes],
 ) -> list[bytes]:
     """``build_request_head``'s lines, each value passed through ``one_line``; a
     header whose lower-case name is in ``drop`` or ``extra`` is left out."""
-    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (request.method, target, origin.host_header)]
-    for name, values in headers.getAllRawHeaders():
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
+    for name, value in exchange.fields.pairs:
         lower = name.lower()
         if lower in drop or lower in extra or b"_" in name:
             continue
-        for value in values:
-            out.append(b"%s: %s\r\n" % (name, one_line(value)))
-    client_host = _client_host(request.getClientAddress())
-    if client_host is not None:
-        out.append(b"X-Forwarded-For: %s\r\n" % (client_host,))
-    out.append(b"X-Forwarded-Proto: https\r\n" if request.isSecure() else
-               b"X-Forwarded-Proto: http\r\n")
-    original_host = headers.getRawHeaders(b"host")
-    if original_host:
-        out.append(b"X-Forwarded-Host: %s\r\n" % (one_line(original_host[0]),))
+        out.append(b"%s: %s\r\n" % (name, one_line(value)))
+    out.append(forwarded)
+    host = exchange.host  # validated by the front (_hosts.from_header), or None
+    if host is not None:
+        out.append(b"X-Forwarded-Host: %s\r\n" % (one_line(host),))
     for name, value in add_headers:
         out.append(b"%s: %s\r\n" % (name, one_line(value)))
     if body_length is not None:
@@ -238,53 +242,55 @@ def _head_lines(
     return out
 
 
-def _client_host(address: IAddress) -> bytes | None:
-    host = getattr(address, "host", None)
-    if isinstance(host, str):
-        return host.encode("ascii", "replace")
-    if isinstance(host, bytes):
-        return host
-    return None
+def _forwarded(exchange: Exchange) -> bytes:
+    """The ``X-Forwarded-For``/``-Proto`` lines: once per connection, unless a trusted
+    proxy named another client or scheme for this request (``http/_callers.py``)."""
+    conn = exchange.conn
+    if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
+        block = conn.forwarded
+        if block is None:
+            block = conn.forwarded = _forwarded_lines(conn.client_ip, conn.secure)
+        return block
+    return _forwarded_lines(exchange.client_ip, exchange.secure)
 
 
-# The backend's response headers never copied: hop-by-hop and Server, and Content-Length
-# (set from the parsed length) except in the answer to HEAD.
-_RESPONSE_SKIP_HEAD: frozenset[bytes] = HOP_BY_HOP | {b"server"}
-_RESPONSE_SKIP: frozenset[bytes] = _RESPONSE_SKIP_HEAD | {b"content-length"}
+def _forwarded_lines(client_ip: str, secure: bool) -> bytes:
+    proto = b"X-Forwarded-Proto: https\r\n" if secure else b"X-Forwarded-Proto: http\r\n"
+    if not client_ip:
+        return proto
+    return b"X-Forwarded-For: %s\r\n%s" % (_one_line(client_ip.encode("ascii", "replace")), proto)
 
 
-def copy_response_headers(head: ResponseHead, request: server.Request) -> None:
-    """Put the backend's end-to-end headers on the client response, repeats kept.
+# The backend's response headers never copied: hop-by-hop, Server (the gateway's own is
+# sent) and Content-Length (the responder frames the body from the parsed length).
+_RESPONSE_SKIP: frozenset[bytes] = HOP_BY_HOP | {b"server", b"content-length"}
 
-    `setRawHeaders` replaces twisted.web's own Date when the backend sent one,
-    so the client sees the backend's. The backend's Server header is dropped
-    and the gateway's (no version) kept, as NGINX's `proxy_hide_header` does by
-    default: a backend's software and version are not the client's business.
+
+def response_headers(
+    head: ResponseHead, is_head: bool
+) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The client answer's header list for a backend's ``head``, and its body length.
+
+    The backend's end-to-end headers in their order, repeats kept; its Date if it sent
+    one, else the gateway's. The backend's Server header is dropped and the
+    gateway's (no version) sent, as NGINX's ``proxy_hide_header`` does by default: a
+    backend's software and version are not the client's business.
     """
-    is_head = request.method == b"HEAD"
     named = head.connection_tokens
-    skip = _RESPONSE_SKIP_HEAD if is_head else _RESPONSE_SKIP
-    grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    out: list[tuple[bytes, bytes]] = [(b"Server", SERVER)]
+    dated = False
     for name, value in head.headers:
         lower = name.lower()
-        if lower in skip or lower in named:
+        if lower in _RESPONSE_SKIP or lower in named:
             continue
-        entry = grouped.get(lower)
-        if entry is None:
-            grouped[lower] = (name, [value])
-        else:
-            entry[1].append(value)
-    response_headers = request.responseHeaders
-    for name, values in grouped.values():
-        response_headers.setRawHeaders(name, values)
+        if lower == b"date":
+            dated = True
+        out.append((name, value))
+    if not dated:
+        out.insert(1, (b"Date", http_date()))
     code = head.code
-    if not is_head and code not in NO_BODY_CODES and head.length is not None:
-        response_headers.setRawHeaders(b"Content-Length", [b"%d" % (head.length,)])
-
-
-def _copied(head: ResponseHead) -> set[bytes]:
-    """The names ``copy_response_headers`` may have set from ``head``."""
-    return {name.lower() for name, _ in head.headers} | {b"content-length"}
+    length = head.length if (is_head or code not in NO_BODY_CODES) else None
+    return out, length
 
 
 # -- forwarding --------------------------------------------------------------
@@ -364,19 +370,24 @@ class Forwarder:
 
     def forward(
         self,
-        request: server.Request,
+        exchange: Exchange,
         target: bytes,
         *,
+        body: IO[bytes] | None = None,
+        body_size: int = 0,
         add_headers: Sequence[tuple[bytes, bytes]] = (),
         remove_headers: Collection[bytes] = (),
         on_done: Callable[[ForwardResult], None] | None = None,
         backend_timeout: float | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
         alternatives: Sequence[bytes] = (),
-        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
+        on_answer: OnAnswer | None = None,
         send_timeout: float | None = None,
     ) -> None:
-        """Relay `request` to the absolute URL `target`; the request is ours from now on.
+        """Relay `exchange` to the absolute URL `target`; it is ours from now on.
+
+        `body` is the request body read whole (`body_size` bytes, positioned at its
+        start), None when there is none.
 
         `backend_timeout` overrides the forwarder's for this request (an API's own
         `backend_timeout`), since one slow API must not set the limit for all;
@@ -385,9 +396,10 @@ class Forwarder:
         order to try them: when a backend refuses the connection or times out it
         is skipped for `endpoint_suspend_seconds`, and the request goes to the next
         one if that is safe (nothing was sent, or an idempotent method without a body).
-        `on_answer(request)` runs when the answer's status and headers are set and
-        nothing is written yet (the API's response transforms); an error it returns
-        is answered instead of the backend's response.
+        `on_answer(status, headers)` runs when the answer's status and header list are
+        built and nothing is sent yet (the API's response transforms, which edit the
+        list in place); an error it returns is answered instead of the backend's
+        response.
         `send_timeout` overrides the forwarder's (the config in force, after a reload).
         """
         settings = self._settings
@@ -398,12 +410,16 @@ class Forwarder:
         rest: list[bytes] = []
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
-        exchange = _Exchange(self, request, target, on_done, settings, on_answer, rest)
+        if not body_size:
+            body = None
+        forwarding = _Forwarding(
+            self, exchange, target, body, body_size, on_done, settings, on_answer, rest
+        )
         try:
-            exchange.start(tls_policy, add_headers, remove_headers)
+            forwarding.start(tls_policy, add_headers, remove_headers)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_describe(target))
-            exchange.fail_internal()
+            forwarding.fail_internal()
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (in-flight requests are not touched)."""
@@ -436,22 +452,22 @@ def _describe(target: bytes) -> str:
         return "<unparsable target>"
 
 
-def _body(request: server.Request) -> tuple[IO[bytes] | None, int | None]:
-    """The spooled body to stream and the Content-Length to announce for it."""
-    content = request.content
-    size = 0
-    if content is not None:
-        size = content.seek(0, 2)
-        content.seek(0)
-    if size:
-        return content, size
-    return None, (None if request.method in _NO_LENGTH_WHEN_EMPTY else 0)
+#: What a forwarding calls when the answer's status and headers are built (transforms).
+OnAnswer = Callable[[int, list[tuple[bytes, bytes]]], "errors.GatewayError | None"]
 
 
-class _Exchange:
+class _Phase(enum.Enum):
+    """Where one forwarding is."""
+
+    WAITING = "waiting for the backend's response head"
+    STREAMING = "relaying the backend's response body"
+    DONE = "done: reported through on_done"
+
+
+class _Forwarding:
     """The state of one request/response relay: waiting -> streaming -> done.
 
-    It is the `ResponseHandler` of its upstream `Call`. One timer serves both
+    It is the `ResponseHandler` of its upstream `BackendCall`. One timer serves both
     phases: time to the response head (-> 504), then the longest silence
     between body bytes while the client is keeping up (-> abort). While the
     client is not keeping up (paused) a second one, the send timer, takes over.
@@ -460,11 +476,13 @@ class _Exchange:
     def __init__(
         self,
         forwarder: Forwarder,
-        request: server.Request,
+        exchange: Exchange,
         target: bytes,
+        body: IO[bytes] | None,
+        body_size: int,
         on_done: Callable[[ForwardResult], None] | None,
         settings: ForwardSettings,
-        on_answer: Callable[[server.Request], errors.GatewayError | None] | None = None,
+        on_answer: OnAnswer | None = None,
         alternatives: list[bytes] | None = None,
     ) -> None:
         self._fw = forwarder
@@ -476,12 +494,19 @@ class _Exchange:
         self._remove_headers: Collection[bytes] = ()
         self._reactor = forwarder._reactor
         self._settings = settings
-        self._request = request
+        self._exchange = exchange
+        self._responder: Responder = exchange.responder
+        self._body = body
+        # The Content-Length to announce: the body's, or none/0 for an empty one.
+        self._body_length: int | None = (
+            body_size if body is not None
+            else (None if exchange.method in _NO_LENGTH_WHEN_EMPTY else 0)
+        )
         self._target = target
         self._on_done = on_done
-        self._phase = "waiting"
+        self._phase = _Phase.WAITING
         self._client_gone = False
-        self._call: Call | None = None
+        self._call: BackendCall | None = None
         self._send_timer: IDelayedCall | None = None
         self._send_mark: int | None = None  # the client's progress when last looked at
         self._relay: _BodyRelay | None = None
@@ -503,11 +528,11 @@ class _Exchange:
         self._tls = tls  # None: the forwarder's, per target
         self._add_headers = add_headers
         self._remove_headers = remove_headers
-        self._request.notifyFinish().addBoth(self._client_finished)
+        self._responder.when_gone(self._client_left)
         self._send()
 
     def _send(self) -> None:
-        request = self._request
+        exchange = self._exchange
         fw = self._fw
         tls = self._tls
         if tls is None:
@@ -515,17 +540,19 @@ class _Exchange:
             if fw._tls_for is not None and self._target[:8].lower() == b"https://":
                 tls = fw._tls_for(self._target)
         origin, path = fw._split(self._target, tls)
-        body, length = _body(request)
         head = build_request_head(
-            request,
+            exchange,
             origin,
             path,
             add_headers=self._add_headers,
             remove_headers=self._remove_headers,
-            body_length=length,
+            body_length=self._body_length,
         )
+        body = self._body
+        if body is not None:
+            body.seek(0)  # a retry on another backend sends it from its start
         self._fw._deadlines.arm(self, self._settings.backend_timeout)
-        self._call = fw._upstream.request(origin, request.method, head, body, self)
+        self._call = fw._upstream.request(origin, exchange.method, head, body, self)
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
         """After a failure before the response: skip this backend for a while and, if
@@ -541,13 +568,13 @@ class _Exchange:
         )
         if not self._alternatives or self._client_gone:
             return False
-        request = self._request
-        if not nothing_sent and (request.method not in _IDEMPOTENT or _body(request)[0]):
+        method = self._exchange.method
+        if not nothing_sent and (method not in _IDEMPOTENT or self._body is not None):
             return False
         self._target = self._alternatives.pop(0)
         _log.info(
             "{method} goes to {backend} instead",
-            method=request.method.decode("ascii", "replace"),
+            method=method.decode("ascii", "replace"),
             backend=self._backend,
         )
         try:
@@ -560,13 +587,13 @@ class _Exchange:
     # -- the timer -------------------------------------------------------
 
     def _timed_out(self) -> None:
-        if self._phase == "waiting":
+        if self._phase is _Phase.WAITING:
             self._cancel_call()
             _log.warn(
                 "backend {backend} for {method} failed before responding (timeout):"
                 " no response within {secs:g} seconds",
                 backend=self._backend,
-                method=self._request.method.decode("ascii", "replace"),
+                method=self._exchange.method.decode("ascii", "replace"),
                 secs=self._settings.backend_timeout,
             )
             if self._next_endpoint("timeout", nothing_sent=False):
@@ -577,7 +604,7 @@ class _Exchange:
                 ),
                 "timeout",
             )
-        elif self._phase == "streaming":
+        elif self._phase is _Phase.STREAMING:
             self._cancel_call()
             self._body_done("timeout", "no body bytes within the backend timeout")
 
@@ -595,13 +622,10 @@ class _Exchange:
     # -- ResponseHandler -------------------------------------------------
 
     def response_head(self, head: ResponseHead) -> None:
-        if self._phase != "waiting":
+        if self._phase is not _Phase.WAITING:
             return
-        request = self._request
         try:
-            request.setResponseCode(head.code, head.phrase)
-            copy_response_headers(head, request)
-            request.defaultContentType = None  # an absent Content-Type stays absent
+            headers, length = response_headers(head, self._exchange.method == b"HEAD")
         except Exception:
             _log.failure("cannot relay the response of {backend}", backend=self._backend)
             self._cancel_call()
@@ -609,48 +633,46 @@ class _Exchange:
             self._send_error(errors.internal_error(), "other")
             return
         if self._on_answer is not None:
-            refused = self._on_answer(request)
+            refused = self._on_answer(head.code, headers)
             if refused is not None:  # a response transform failed: its error, not the body
                 self._cancel_call()
                 self._cancel_timer()
-                headers = request.responseHeaders
-                for name in _copied(head):
-                    headers.removeHeader(name)  # nothing of the backend's answer may stay
                 self._send_error(refused, "other", transform=False)
                 return
-        self._phase = "streaming"
+        self._phase = _Phase.STREAMING
         self._fw._answered(self._target)
         self._status = head.code
+        self._responder.start_response(head.code, headers, length, head.phrase)
         self._rearm()  # from now on: the longest silence between body bytes
         self._relay = _BodyRelay(self)
         self._relay.start()
 
     def response_data(self, data: bytes) -> None:
         relay = self._relay
-        if relay is not None and self._phase == "streaming":
+        if relay is not None and self._phase is _Phase.STREAMING:
             if not relay.paused:
                 self._rearm()
             relay.bytes_sent += len(data)
-            self._request.write(data)
+            self._responder.write(data)
 
     def response_end(self) -> None:
         self._call = None
-        if self._phase == "streaming":
+        if self._phase is _Phase.STREAMING:
             self._body_done(None, "")
 
     def response_failed(self, error: UpstreamError) -> None:
         self._call = None
-        if self._phase == "streaming":
+        if self._phase is _Phase.STREAMING:
             self._body_done("reset", _reason(error))
             return
-        if self._phase != "waiting":
+        if self._phase is not _Phase.WAITING:
             return
         self._cancel_timer()
         kind, err = self._classify(error)
         _log.warn(
             "backend {backend} for {method} failed before responding ({kind}): {reason}",
             backend=self._backend,
-            method=self._request.method.decode("ascii", "replace"),
+            method=self._exchange.method.decode("ascii", "replace"),
             kind=kind,
             reason=_reason(error),
         )
@@ -683,30 +705,37 @@ class _Exchange:
     # -- endings ---------------------------------------------------------
 
     def _send_error(self, err: errors.GatewayError, kind: str, *, transform: bool = True) -> None:
-        request = self._request
-        if not request.startedWriting:
-            body = errors.write_error(request, err)
+        responder = self._responder
+        if not responder.started:
+            body = err.body()
+            headers = [(b"Server", SERVER), (b"Date", http_date()),
+                       (b"Content-Type", errors.JSON_TYPE)]
             if transform and self._on_answer is not None:
-                self._on_answer(request)  # a failing transform was logged; answer as is
-            request.write(body)
-            request.finish()
-            self._finish_result(err.status, kind, len(body))
+                self._on_answer(err.status, headers)  # a failing transform was logged
+            reason = None if err.status in RESPONSES else err.message.encode("latin-1")
+            responder.start_response(err.status, headers, len(body), reason)
+            head = self._exchange.method == b"HEAD"
+            if not head:
+                responder.write(body)
+            responder.finish()
+            self._finish_result(err.status, kind, 0 if head else len(body))
         else:  # cannot happen before headers; never send a second status line
-            _abort_client(request)
-            self._finish_result(request.code, kind)
+            _abort_client(responder)
+            self._finish_result(self._status, kind)
 
     def fail_internal(self) -> None:
         """Answer 500 after a bug in forward() itself, if nothing was sent yet."""
         self._cancel_timer()
         self._cancel_call()
-        if self._phase == "done":
+        if self._phase is _Phase.DONE:
             return
         try:
-            if self._client_gone or _twisted.client_disconnected(self._request):
+            responder = self._responder
+            if self._client_gone or responder.gone:
                 self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
-            elif self._request.startedWriting:
-                _abort_client(self._request)
-                self._finish_result(self._request.code, "other")
+            elif responder.started:
+                _abort_client(responder)
+                self._finish_result(self._status, "other")
             else:
                 self._send_error(errors.internal_error(), "other")
         except Exception:
@@ -716,17 +745,17 @@ class _Exchange:
     def _body_done(self, kind: str | None, reason: str) -> None:
         """The backend body ended: finish the client response, or abort it if cut short."""
         self._cancel_timer()
-        if self._phase == "done":
+        if self._phase is _Phase.DONE:
             return
         relay = self._relay
         sent = relay.bytes_sent if relay is not None else 0
-        request = self._request
+        responder = self._responder
         if self._client_gone:
             self._finish_result(self._status, "client_gone", sent)
             return
-        request.unregisterProducer()
+        responder.unregister_producer()
         if kind is None:
-            request.finish()
+            responder.finish()
             self._finish_result(self._status, None, sent)
             return
         _log.warn(
@@ -737,16 +766,16 @@ class _Exchange:
             kind=kind,
             reason=reason,
         )
-        _abort_client(request)
+        _abort_client(responder)
         self._finish_result(self._status, kind, sent)
 
-    def _client_finished(self, result: Failure | None) -> None:
-        if not isinstance(result, Failure) or self._phase == "done":
+    def _client_left(self) -> None:
+        if self._phase is _Phase.DONE:
             return
         self._client_gone = True
         self._cancel_timer()
         self._cancel_call()
-        if self._phase == "waiting":
+        if self._phase is _Phase.WAITING:
             self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
         else:
             relay = self._relay
@@ -756,9 +785,10 @@ class _Exchange:
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
         self._cancel_send_timer()
-        if self._phase == "done" and self._on_done is None:
+        if self._phase is _Phase.DONE and self._on_done is None:
             return
-        self._phase = "done"
+        self._phase = _Phase.DONE
+        self._responder.when_gone(None)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             try:
@@ -772,15 +802,15 @@ class _Exchange:
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
-        if self._send_timer is None and self._phase == "streaming":
-            self._send_mark = _client_progress(self._request)
+        if self._send_timer is None and self._phase is _Phase.STREAMING:
+            self._send_mark = _client_progress(self._exchange)
             self._send_timer = self._reactor.callLater(
                 self._settings.send_timeout, self._send_timed_out
             )
 
     def resume(self) -> None:
         self._cancel_send_timer()
-        if self._call is not None and self._phase == "streaming":
+        if self._call is not None and self._phase is _Phase.STREAMING:
             self._rearm()
             self._call.resume()
 
@@ -805,9 +835,9 @@ class _Exchange:
         ``send_timeout`` counts from the last successful write.
         """
         self._send_timer = None
-        if self._phase != "streaming":
+        if self._phase is not _Phase.STREAMING:
             return
-        mark = _client_progress(self._request)
+        mark = _client_progress(self._exchange)
         if mark is not None and self._send_mark is not None and mark > self._send_mark:
             self._send_mark = mark
             self._send_timer = self._reactor.callLater(
@@ -819,24 +849,22 @@ class _Exchange:
         _log.info(
             "client {client} accepted no response bytes for {secs:g} seconds"
             " (send_timeout) after {n} body bytes; aborting it and the request to {backend}",
-            client=(_client_host(self._request.getClientAddress()) or b"-").decode(
-                "ascii", "replace"
-            ),
+            client=self._exchange.client_ip or "-",
             secs=self._settings.send_timeout,
             n=sent,
             backend=self._backend,
         )
         self._cancel_timer()
         self._cancel_call()  # the backend connection is closed, never parked for reuse
-        request = self._request
+        responder = self._responder
         self._finish_result(self._status, "client_timeout", sent)  # before the abort's echo
-        _abort_client(request)
+        _abort_client(responder)
 
 
 class _Deadlines:
-    """The forwarder's backend timers: one ``DelayedCall`` for every exchange.
+    """The forwarder's backend timers: one ``DelayedCall`` for every forwarding.
 
-    Each exchange waiting on its backend has a deadline (``_Exchange._timed_out`` runs
+    Each forwarding waiting on its backend has a deadline (``_Forwarding._timed_out`` runs
     when it passes); one reactor call is kept at (or before) the earliest one. Arming,
     re-arming and disarming is a dict update, where a timer per request cost a
     ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
@@ -847,19 +875,19 @@ class _Deadlines:
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._due: dict[_Exchange, float] = {}
+        self._due: dict[_Forwarding, float] = {}
         self._call: IDelayedCall | None = None
         self._at = 0.0  # when _call fires
 
-    def arm(self, exchange: _Exchange, seconds: float) -> None:
+    def arm(self, forwarding: _Forwarding, seconds: float) -> None:
         due = self._reactor.seconds() + seconds
-        self._due[exchange] = due
+        self._due[forwarding] = due
         if self._call is None or due < self._at:
             self._schedule(due)
 
-    def disarm(self, exchange: _Exchange) -> None:
+    def disarm(self, forwarding: _Forwarding) -> None:
         due = self._due
-        if due.pop(exchange, None) is not None and not due and self._call is not None:
+        if due.pop(forwarding, None) is not None and not due and self._call is not None:
             self._call.cancel()
             self._call = None
 
@@ -874,11 +902,11 @@ class _Deadlines:
     def _fire(self) -> None:
         self._call = None
         now = self._reactor.seconds()
-        expired = [exchange for exchange, due in self._due.items() if due <= now]
-        for exchange in expired:
-            del self._due[exchange]
-        for exchange in expired:
-            exchange._timed_out()  # may arm again (the next backend): then a call exists
+        expired = [forwarding for forwarding, due in self._due.items() if due <= now]
+        for forwarding in expired:
+            del self._due[forwarding]
+        for forwarding in expired:
+            forwarding._timed_out()  # may arm again (the next backend): then a call exists
         if self._due:
             earliest = min(self._due.values())
             if self._call is None or earliest < self._at:
@@ -887,37 +915,33 @@ class _Deadlines:
 
 @implementer(IPushProducer)
 class _BodyRelay:
-    """The request's producer while the backend body streams to the client.
+    """The responder's producer while the backend body streams to the client.
 
-    When the client's send buffer fills twisted.web pauses us and we pause the
-    backend socket; when it drains we resume it.
+    When the client's output is full the front pauses us and we pause the backend
+    socket; when it drains we resume it.
     """
 
-    def __init__(self, exchange: _Exchange) -> None:
-        self._exchange = exchange
+    def __init__(self, forwarding: _Forwarding) -> None:
+        self._forwarding = forwarding
         self.paused = False
         self.bytes_sent = 0
 
     def start(self) -> None:
-        request = self._exchange._request
-        request.registerProducer(self, True)
-        # A channel whose send buffer is already full only tells producers about
-        # the next transition; start paused rather than read into a full buffer.
-        if getattr(request.channel, "_waitingForTransport", False):
-            self.pauseProducing()
+        # The responder pauses us at once if the client's output is already full.
+        self._forwarding._responder.register_producer(self)
 
     def pauseProducing(self) -> None:
         if not self.paused:
             self.paused = True
-            self._exchange.pause()
+            self._forwarding.pause()
 
     def resumeProducing(self) -> None:
         if self.paused:
             self.paused = False
-            self._exchange.resume()
+            self._forwarding.resume()
 
     def stopProducing(self) -> None:
-        self._exchange.stop()
+        self._forwarding.stop()
 
 
 # struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked is at offset 120 (Linux 4.1+).
@@ -926,7 +950,7 @@ _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_AT = 120
 
 
-def _client_progress(request: server.Request) -> int | None:
+def _client_progress(exchange: Exchange) -> int | None:
     """Bytes of the response the client's TCP stack has acknowledged, if the kernel says.
 
     Only a number that grows when the client reads: None where there is no TCP
@@ -934,11 +958,11 @@ def _client_progress(request: server.Request) -> int | None:
     """
     if _TCP_INFO is None:
         return None
-    transport = getattr(request.channel, "transport", None)
+    transport = exchange.conn.transport
     if isinstance(transport, TLSMemoryBIOProtocol):
         transport = transport.transport
     try:
-        handle = transport.getHandle()  # type: ignore[union-attr]
+        handle = transport.getHandle()
         if not isinstance(handle, socket.socket):
             return None
         info = handle.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
@@ -950,23 +974,11 @@ def _client_progress(request: server.Request) -> int | None:
     return acked
 
 
-def _abort_client(request: server.Request) -> None:
+def _abort_client(responder: Responder) -> None:
     """Drop the client connection so a partial response can't pass as complete."""
-    channel = request.channel
-    if channel is None:
-        return
     try:
-        if request.producer is not None:
-            request.unregisterProducer()
-        stream_abort = getattr(channel, "abortConnection", None)  # an HTTP/2 stream
-        if stream_abort is not None:
-            stream_abort()
-            return
-        transport = getattr(channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
-        else:
-            channel.loseConnection()
+        responder.unregister_producer()
+        responder.abort()
     except Exception:
         _log.failure("could not abort the client connection")
 

@@ -1,0 +1,102 @@
+"""The HTTP grammar both directions share (RFC 9110, 9112, 3986), as compiled rules.
+
+Every rule here is what one parser applies: the front (requests) and the upstream
+client (responses) import them, so a smuggling rule changes in one place. Each
+regular expression is linear in its input (no two adjacent quantifiers that can
+match the same bytes): client bytes reach them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+
+from twistedgw import errors
+from twistedgw.errors import GatewayError
+
+#: An HTTP token (RFC 9110 5.6.2): methods and field names.
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+#: RFC 9110 field-value: no CTL but HTAB (a value is already stripped of OWS).
+BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: Any CTL but HTAB in a head's field lines, CR only as part of CRLF: searched once per
+#: head (a bare LF is refused before); when none is found no value can hold one, and
+#: the per-value search is skipped.
+CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+
+#: A line feed not preceded by a carriage return.
+BARE_LF = re.compile(rb"(?<!\r)\n")
+
+#: A Content-Length value: 1 to 18 digits (no sign, no list, no spaces).
+DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+
+#: What separates the tokens of a list-valued field (Connection).
+LIST = re.compile(rb"[ \t,]+")
+
+#: A trailer line: a field name, a colon, a field value (no obs-fold, no CTL but HTAB).
+TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+
+#: A method the gateway serves: upper-case letters, '_' and '-', as NGINX accepts.
+METHOD = re.compile(rb"[A-Z_\-]+\Z")
+
+# RFC 3986 / RFC 9112 origin-form: absolute-path [ "?" query ]; pchar, "/" and "?",
+# percent-escapes of two hex digits. Anything else is refused before routing.
+_TARGET_BYTE = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+MALFORMED = "malformed request: request line, header syntax or body framing is invalid"
+
+
+def target_problem(target: bytes) -> str | None:
+    """Why ``target`` is not an origin-form request target, or None if it is."""
+    if not target.startswith(b"/"):
+        if target == b"*":
+            return "the asterisk-form request target (OPTIONS *) is not served"
+        return "request target must be an absolute path (origin-form)"
+    bad = _TARGET_BYTE.search(target)
+    if bad is not None:
+        return (
+            f"request target contains the byte 0x{target[bad.start()]:02x}, "
+            f"which is not allowed in a URI (at offset {bad.start()})"
+        )
+    if b"%" in target and _BAD_ESCAPE.search(target) is not None:
+        return "request target contains a malformed percent-escape"
+    return None
+
+
+def method_refusal(method: bytes) -> GatewayError | None:
+    """Why ``method`` is not served (both HTTP versions), or None.
+
+    ``CONNECT`` is 405: the gateway is no tunnel, and an HTTP/1.1 backend must never
+    see one. A method that is not upper-case (``get``) is 400, as NGINX answers: a
+    backend that upper-cases methods would run ``GET`` under the policy of an
+    operation nobody defined for ``get``."""
+    if METHOD.match(method) is not None:
+        if method == b"CONNECT":
+            return errors.method_not_allowed("the CONNECT method is not served by this gateway")
+        return None
+    if TOKEN.match(method) is None:
+        return errors.bad_request(MALFORMED)
+    return errors.bad_request(
+        "the request method must be upper-case letters, '_' or '-' (methods are case-sensitive)"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def one_connection_value(value: bytes) -> frozenset[bytes]:
+    """``connection_tokens`` of one Connection value: a peer sends the same one
+    (``keep-alive``) in every message."""
+    return connection_tokens((value,))
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Lower-case field names listed in Connection field values (RFC 9110 7.6.1)."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)

@@ -1,0 +1,227 @@
+"""Request heads (RFC 9112 2-3, 6): parsed in one pass, refused for any ambiguity.
+
+A gateway needs more than a careful HTTP/1.1 parser: a proxy in front of it and a
+backend behind it must read every request exactly as it does, or a request can
+be smuggled past the policy (``tests/test_smuggling.py`` runs the corpus). So
+obsolete line folding, bare LF line ends, CTLs in values, field names that are
+not tokens, ``Transfer-Encoding`` other than one ``chunked`` (or outside
+HTTP/1.1), Content-Length with Transfer-Encoding, a Content-Length that is not
+one run of digits (lists included), and no, several or malformed ``Host`` headers
+are all refused with 400 (RFC 9112 allows a recipient to reject every one of
+them); a ``Host`` that names no host (``_hosts.from_header``, on every listener)
+is 400 too, and so is a method that is not upper-case; ``CONNECT`` is 405
+(``wire.method_refusal``, which HTTP/2 applies as well). A request line over
+``max_header_bytes`` is 414, a head over it 431.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from twistedgw import _hosts
+from twistedgw.errors import GatewayError, bad_request
+from twistedgw.wire._abnf import (
+    BAD_VALUE,
+    BARE_LF,
+    CTL_IN_HEAD,
+    DIGITS,
+    LIST,
+    MALFORMED,
+    TOKEN,
+    method_refusal,
+    target_problem,
+)
+from twistedgw.wire._fields import Fields
+
+#: More field lines than this in one head is refused (twisted.web's ``maxHeaders``).
+MAX_FIELDS = 500
+
+VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+
+
+class Framing(enum.Enum):
+    """How a message's body is delimited (RFC 9112 6.3)."""
+
+    NONE = "no body"
+    LENGTH = "Content-Length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "the connection's close"  # responses only
+
+
+class WireError(Exception):
+    """A request the front refuses itself, before any policy sees it.
+
+    ``line`` is the (method, target) when the request line was read, for the record."""
+
+    def __init__(
+        self,
+        error: GatewayError,
+        kind: str = "bad_request",
+        line: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.kind = kind
+        self.line = line
+
+
+def header_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        431,
+        "431",
+        "Request Header Fields Too Large",
+        f"request line and headers exceed the limit of {limit} bytes",
+    )
+
+
+def uri_too_long(limit: int) -> GatewayError:
+    return GatewayError(414, "414", "URI Too Long", f"request line exceeds {limit} bytes")
+
+
+def _bad(description: str, line: tuple[bytes, bytes] | None = None) -> WireError:
+    return WireError(bad_request(description), "bad_request", line)
+
+
+class RequestHead:
+    """One parsed request head (slotted: one per request)."""
+
+    __slots__ = (
+        "expect_continue", "fields", "framing", "host", "host_name", "length", "method",
+        "persistent", "target", "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        fields: Fields,
+        framing: Framing,
+        length: int,
+        host: bytes | None,
+        host_name: str | None,
+        expect_continue: bool,
+        persistent: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.framing = framing
+        self.length = length  # Content-Length (LENGTH framing), else 0
+        self.host = host  # the Host value as sent, validated; None when absent (HTTP/1.0)
+        self.host_name = host_name  # the same in _hosts.py's one spelling (no port)
+        self.expect_continue = expect_continue  # HTTP/1.1 and Expect: 100-continue
+        # Whether the client lets the connection carry another request (HTTP/1.0: when
+        # it asked for keep-alive, and the answer has a length; the front decides that).
+        self.persistent = persistent
+
+
+def check_partial_head(buf: bytes, limit: int) -> None:
+    """Refuse an incomplete head already known to be bad: a bare LF (refused as soon
+    as it arrives, never waited on), or more bytes than ``limit`` allows."""
+    if b"\n" in buf and BARE_LF.search(buf) is not None:
+        raise _bad("a bare LF is not a valid line ending or header byte")
+    first = buf.find(b"\r\n")
+    if (first < 0 and len(buf) > limit) or first > limit:
+        raise WireError(uri_too_long(limit), "header_too_large")
+    if len(buf) > limit:
+        raise WireError(header_too_large(limit), "header_too_large")
+
+
+def parse_request_head(head: bytes, limit: int) -> RequestHead:
+    """Parse ``head`` (a request head without its final CRLFCRLF) or raise ``WireError``."""
+    if b"\n" in head and BARE_LF.search(head) is not None:
+        raise _bad("a bare LF is not a valid line ending or header byte")
+    lines = head.split(b"\r\n")
+    request_line = lines[0]
+    if len(request_line) > limit:
+        raise WireError(uri_too_long(limit), "header_too_large")
+    if len(head) + 4 > limit:  # the lines and their CRLFs, the empty line too
+        raise WireError(header_too_large(limit), "header_too_large")
+    clean = CTL_IN_HEAD.search(head, len(request_line)) is None
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        raise _bad(MALFORMED)
+    method, target, version = parts
+    line = (method, target)
+    if version not in VERSIONS:
+        raise _bad(MALFORMED, line)
+    refusal = method_refusal(method)
+    if refusal is not None:
+        raise WireError(refusal, "bad_request", line)
+    problem = target_problem(target)
+    if problem is not None:
+        raise _bad(problem, line)
+    if len(lines) > MAX_FIELDS + 1:
+        raise _bad(MALFORMED, line)
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    length: bytes | None = None
+    lengths = 0
+    te: list[bytes] = []
+    host: bytes | None = None
+    hosts = 0
+    expect = False
+    close = False
+    keep_alive = False
+    for field_line in lines[1:]:
+        if field_line[:1] in (b" ", b"\t"):
+            raise _bad("obsolete line folding in request headers is not accepted", line)
+        colon = field_line.find(b":")
+        if colon <= 0:
+            raise _bad(MALFORMED, line)
+        name = field_line[:colon]
+        if not TOKEN.match(name):
+            raise _bad(MALFORMED, line)
+        value = field_line[colon + 1 :].strip(b" \t")
+        if not clean and BAD_VALUE.search(value) is not None:
+            raise _bad(MALFORMED, line)
+        append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths += 1
+            length = value
+        elif lower == b"transfer-encoding":
+            te.append(value)
+        elif lower == b"host":
+            hosts += 1
+            host = value
+        elif lower == b"expect":
+            expect = value.lower() == b"100-continue"
+        elif lower == b"connection":
+            tokens = LIST.split(value.lower())
+            close = close or b"close" in tokens
+            keep_alive = keep_alive or b"keep-alive" in tokens
+    http11 = version == b"HTTP/1.1"
+    framing = Framing.NONE
+    size = 0
+    if te:
+        if not http11:
+            raise _bad("Transfer-Encoding is only accepted in HTTP/1.1 requests", line)
+        if len(te) != 1 or te[0].lower() != b"chunked":
+            raise _bad("only 'Transfer-Encoding: chunked' is accepted", line)
+        if lengths:
+            raise _bad(MALFORMED, line)
+        framing = Framing.CHUNKED
+    elif lengths:
+        if lengths > 1 or length is None or not DIGITS.match(length):
+            raise _bad(MALFORMED, line)
+        size = int(length)
+        if size:
+            framing = Framing.LENGTH
+    host_name: str | None = None
+    if hosts > 1:
+        raise _bad("more than one Host header", line)
+    if host is not None:
+        try:
+            host_name = _hosts.from_header(host)
+        except _hosts.BadHost as e:
+            raise _bad(f"bad Host header: {e}", line) from None
+    elif http11:  # RFC 9112 3.2: a server MUST refuse it
+        raise _bad("an HTTP/1.1 request must have a Host header", line)
+    persistent = not close if http11 else (keep_alive and not close)
+    return RequestHead(
+        method, target, version, Fields(pairs), framing, size, host, host_name,
+        expect and http11, persistent,
+    )
