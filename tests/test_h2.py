@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    DataFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from tests.backend import pattern
 from tests.backend_fixture import BackendProcess
@@ -927,3 +934,38 @@ def test_authority_validated_and_never_copied_unvalidated(
         assert forwarded == [f"localhost:{gw.port}"]
     finally:
         raw.close()
+
+
+def test_a_refused_request_body_is_never_read(gw: GatewayProcess, pki: DevPki) -> None:
+    """Issue 22 item 4 over HTTP/2: the verdict comes from the head. A client with no
+    certificate POSTs 9 MiB to an mTLS-mandatory API: its stream gets no WINDOW_UPDATE
+    (no more than the initial 65,535 bytes ever arrive), it is answered 401 and reset
+    (RST_STREAM NO_ERROR) without the body being read; an allowed upload's window is
+    opened as it arrives."""
+    raw = RawH2(gw.port, pki)
+    try:
+        head = raw.encode([(":method", "POST"), (":path", "/m/upload"), (":scheme", "https"),
+                           (":authority", f"localhost:{gw.port}"),
+                           ("content-length", str(9 << 20))])
+        raw.send(raw.headers(1, head, end_stream=False) + raw.data(1, b"x" * 16384) * 3)
+        _read_until(raw, lambda: raw.reset_code(1) is not None)
+        assert raw.status(1) == 401 and json.loads(raw.body(1))["code"] == "900902"
+        assert raw.reset_code(1) == 0, raw.frames  # NO_ERROR: stop sending, no fault
+        assert not [f for f in raw.frames if isinstance(f, WindowUpdateFrame) and f.stream_id == 1]
+        head = raw.encode([(":method", "POST"), (":path", "/o/upload"), (":scheme", "https"),
+                           (":authority", f"localhost:{gw.port}"),
+                           ("content-length", str(3 * 40000))])
+        raw.send(raw.headers(3, head, end_stream=False))
+        for i in range(3):  # 40,000 bytes at a time, each within the window granted
+            raw.send(b"".join(raw.data(3, b"y" * 10000, end_stream=i == 2 and j == 3)
+                              for j in range(4)))
+            _read_until(raw, lambda i=i: raw.ended(3) or len(
+                [f for f in raw.frames if isinstance(f, WindowUpdateFrame) and f.stream_id == 3]
+            ) > i)
+        _read_until(raw, lambda: raw.ended(3))
+        assert raw.status(3) == 200, raw.frames
+        assert json.loads(raw.body(3))["body_len"] == 120000
+    finally:
+        raw.close()
+    kinds = [e["status"] for e in access_entries(gw) if e["path"] == "/m/upload"]
+    assert kinds == [401]

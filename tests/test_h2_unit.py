@@ -3,8 +3,9 @@ transport that counts writes, with an ``h2`` client on the other side.
 
 What is pinned here is the channel's own design, not the protocol (the raw-frame tests
 against a real gateway are in test_h2.py): one write per read batch, one write for the
-answers made in one reactor turn, and the per-stream flag that withholds a request's
-WINDOW_UPDATEs while it is not allowed to send its body.
+answers made in one reactor turn, and the request judged from its head: its stream gets
+no WINDOW_UPDATE until the request is allowed (``BodySource.read``), and a refusal
+resets it without reading the body (issue 22 item 4 over HTTP/2).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.server import Site
 
-from tests.frontkit import Recorder
+from tests.frontkit import Recorder, answer
 from twistedgw.config import Limits
 from twistedgw.http._guard import Guard
 from twistedgw.http._h2 import H2Channel, H2Factory
+from twistedgw.wire import Exchange
 
 
 class CountingTransport(StringTransport):
@@ -63,7 +65,7 @@ class Conn:
         return events
 
 
-def connect(resource: Recorder | None = None) -> Conn:
+def connect(resource: Any = None) -> Conn:
     clock = MemoryReactorClock()
     runtime: Any = SimpleNamespace(config=SimpleNamespace(limits=Limits()))
     gateway: Any = SimpleNamespace(runtime=runtime, notify=lambda record: None)
@@ -123,10 +125,8 @@ def test_answers_of_one_reactor_turn_leave_in_one_write() -> None:
     conn.send()
     assert len(conn.resource.held) == 10
     conn.events()
-    for request in conn.resource.held:  # a backend answering each, in the same turn
-        request.setHeader(b"content-length", b"5")
-        request.write(b"hello")
-        request.finish()
+    for exchange in conn.resource.held:  # a backend answering each, in the same turn
+        answer(exchange, b"hello")
     assert conn.transport.writes == 0  # not one write per stream, nor per frame
     conn.clock.advance(0)
     assert conn.transport.writes == 1
@@ -145,32 +145,63 @@ def window_updates(events: list[h2.events.Event]) -> dict[int, int]:
     return out
 
 
-def test_a_request_not_allowed_gets_no_window_update_until_it_is() -> None:
-    conn = connect(Recorder(hold=True))
-    verdicts = {b"/held": False, b"/free": True}  # /held: its verdict is pending
-    conn.channel.head_verdict = lambda request: verdicts[request.path]  # type: ignore[method-assign]
+class Judge:
+    """A resource whose verdicts wait: ``allow`` reads an exchange's body, ``refuse``
+    answers without reading it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        self.pending: dict[bytes, Exchange] = {}
+        self.bodies: dict[bytes, bytes] = {}
+
+    def handle(self, exchange: Exchange) -> None:
+        self.pending[exchange.target] = exchange
+
+    def allow(self, target: bytes) -> None:
+        exchange = self.pending.pop(target)
+
+        def ready(body: Any, size: int) -> None:
+            self.bodies[target] = body.read() if body is not None else b""
+            answer(exchange, b"ok")
+
+        assert exchange.body is not None
+        exchange.body.read(ready)
+
+    def refuse(self, target: bytes) -> None:
+        answer(self.pending.pop(target), b"refused", status=401)
+
+
+def test_a_request_is_judged_from_its_head_and_its_body_read_only_once_allowed() -> None:
+    judge = Judge()
+    conn = connect(judge)
     held = get(conn, b"/held", end_stream=False, extra=((b"expect", b"100-continue"),))
-    free = get(conn, b"/free", end_stream=False, extra=((b"expect", b"100-continue"),))
+    refused = get(conn, b"/refused", end_stream=False)
     conn.send()
-    request = conn.channel.streams[held]
-    informational = [
-        e.stream_id for e in conn.events()
-        if isinstance(e, h2.events.InformationalResponseReceived)
-    ]
-    assert informational == [free]  # 100 Continue only for the allowed one
-    for stream_id in (held, free):
+    assert set(judge.pending) == {b"/held", b"/refused"}  # dispatched at HEADERS
+    assert not [e for e in conn.events()
+                if isinstance(e, h2.events.InformationalResponseReceived)]  # no 100 yet
+    for stream_id in (held, refused):
         for _ in range(4):
             conn.client.send_data(stream_id, b"x" * 15000)
     conn.send()
-    updates = window_updates(conn.events())
-    assert held not in updates  # nothing more of its body is asked for
-    assert updates.get(free) == 60000  # an allowed stream's window is topped up at once
-    conn.channel.allow_body(request)  # allowed: what arrived meanwhile is granted
+    assert window_updates(conn.events()).keys() <= {0}  # no stream asked for more
+    judge.refuse(b"/refused")  # answered without reading: reset once the answer is out
+    conn.clock.advance(0)
+    events = conn.events()
+    assert statuses(events) == {refused: b"401"}
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(refused, 0)]
+    judge.allow(b"/held")  # allowed: what arrived meanwhile is granted again, 100 sent
     conn.clock.advance(0)
     events = conn.events()
     assert window_updates(events) == {held: 60000}
     informational = [e for e in events if isinstance(e, h2.events.InformationalResponseReceived)]
-    assert [e.stream_id for e in informational] == [held]  # 100 Continue after the allow
+    assert [e.stream_id for e in informational] == [held]
+    conn.client.send_data(held, b"y" * 10, end_stream=True)
+    conn.send()
+    assert judge.bodies[b"/held"] == b"x" * 60000 + b"y" * 10
+    assert statuses(conn.events()) == {held: b"200"}
 
 
 def test_a_client_that_reads_nothing_is_aborted_after_idle_timeout() -> None:
@@ -183,10 +214,7 @@ def test_a_client_that_reads_nothing_is_aborted_after_idle_timeout() -> None:
     conn.send()
     conn.events()
     conn.channel.pauseProducing()  # what the TLS transport says of a client reading nothing
-    request = conn.resource.held[0]
-    request.setHeader(b"content-length", b"5")
-    request.write(b"hello")
-    request.finish()
+    answer(conn.resource.held[0], b"hello")
     conn.clock.advance(0)
     events = conn.events()
     assert not [e for e in events if isinstance(e, h2.events.DataReceived)]  # held back

@@ -21,19 +21,22 @@ which this replaced, cost a reactor turn per frame):
   turns, one frame each, round-robin; PRIORITY frames are read and ignored;
 * flow control explicit: the connection's receive window is kept large and topped
   up per read batch whatever a stream's state; a stream's own window is topped up
-  only while its request is allowed (``H2Channel.allow_body``: a verdict still
-  pending gets no WINDOW_UPDATE, so no more body than the initial window arrives
-  before it); a send window made negative by SETTINGS (RFC 9113 §6.9.2) waits until
+  only while its body is read, which is only once its request was allowed
+  (``H2Stream.read``: a verdict still pending gets no WINDOW_UPDATE, so no more body
+  than the initial window arrives before it, and a refusal resets the stream without
+  reading it); a send window made negative by SETTINGS (RFC 9113 §6.9.2) waits until
   WINDOW_UPDATEs make it positive again, then the rest goes out;
 * back-pressure: the channel is the TLS transport's producer; while the transport's
   output is over its bound, no DATA is sent, reading stops, and every stream's
   response producer (the forwarder's relay) is paused, as is one stream's whose own
   unsent bytes are over ``STREAM_HIGH_WATER``.
 
-Requests reach the same ``GatewayResource`` as over HTTP/1.1 through
-``StreamRequest``, the one adapter between a stream and the gateway (what the
-resource, the caller resolution, the forwarder and the drain read and call); the
-client-certificate verdict is the connection's, shared by all its streams.
+Each stream becomes a ``wire.Exchange`` handed to the same ``GatewayResource.handle``
+as HTTP/1.1's, when its HEADERS are in (judged from the head, issue 22 item 4), with an
+``H2Stream`` as its ``Responder`` and ``BodySource`` (``twistedgw/wire/_exchange.py``):
+the one adapter between a stream and the gateway. The connection's ``wire.Connection``
+(addresses, TLS transport, so the client-certificate verdict) is shared by all its
+streams.
 
 Errors (RFC 9113 §5.4): a malformed request (a field h2 refuses, a header name that
 is not a token, pseudo-header faults, ``:authority`` and ``Host`` that disagree,
@@ -71,7 +74,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import h2.config
 import h2.connection
@@ -92,39 +95,24 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
-from twisted.web.http_headers import Headers
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import _hosts, errors
+from twistedgw import _hosts, errors, wire
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http._front import MEMORY_BODY, FrontChannel
-from twistedgw.http._guard import (
-    SERVER,
-    BoundedClose,
-    Guard,
-    _http_date,
-    _tcp,
-    _unsent,
-    request_timeout,
-    target_problem,
-)
-from twistedgw.http._resource import RequestRecord
+from twistedgw.http._guard import BoundedClose, Guard, _tcp, _unsent, request_timeout
+from twistedgw.http._resource import GatewayExchange, RequestRecord
 from twistedgw.http._routing import split_target
-
-if TYPE_CHECKING:
-    from twistedgw.http._resource import Routed
+from twistedgw.wire import BodyReady, answer_headers
 
 log = Logger()
 # What a client can make the gateway log per stream: one line per address a minute.
@@ -147,13 +135,13 @@ _CLOSED = h2.connection.ConnectionState.CLOSED
 
 # RFC 9110 token, lower case (h2 has refused upper case and controls already).
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
-# A method: a token with no lower-case letter (as NGINX and the HTTP/1.1 front).
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Z]+\Z")
 # Connection-specific response fields, never sent over HTTP/2 (RFC 9113 §8.2.2).
 _HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 _STATUS = {code: b"%d" % code for code in RESPONSES}
+# What a response field value must not hold over HTTP/2 (RFC 9113 §8.2.1).
+_BAD_OUT = re.compile(rb"[\x00\r\n]")
 
 
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
@@ -165,8 +153,10 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 #: What ``_parse_request`` makes of a valid request's header block: method, target,
-#: host (``:authority``, else ``Host``), content-length, ``:protocol``, the fields.
-_Parsed = tuple[bytes, bytes, bytes, int | None, bytes | None, Headers]
+#: host (``:authority``, else ``Host``), content-length, the fields, whether the client
+#: waits for ``100 Continue``. (An extended CONNECT's ``:protocol`` is checked, then
+#: answered 405 with any CONNECT.)
+_Parsed = tuple[bytes, bytes, bytes, int | None, list[tuple[bytes, bytes]], bool]
 
 
 def _parse_request(fields: Any) -> _Parsed | str:
@@ -180,9 +170,10 @@ def _parse_request(fields: Any) -> _Parsed | str:
     field, ``te`` only ``trailers``; ``:authority`` or ``Host``, one each, the same.
     Split ``cookie`` fields are joined (§8.2.3)."""
     pseudo: dict[bytes, bytes] = {}
-    headers = Headers()
-    add = headers.addRawHeader
+    pairs: list[tuple[bytes, bytes]] = []
+    add = pairs.append
     host: bytes | None = None
+    expect = False
     length: int | None = None
     cookies: list[bytes] | None = None
     regular = False
@@ -217,9 +208,11 @@ def _parse_request(fields: Any) -> _Parsed | str:
             length = int(value)  # h2 refused anything but digits, and disagreeing values
         elif name == b"te" and value != b"trailers":
             return "te other than 'trailers'"
-        add(name, value)
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+        add((name, value))
     if cookies is not None:
-        add(b"cookie", b"; ".join(cookies))
+        add((b"cookie", b"; ".join(cookies)))
     method = pseudo.get(b":method")
     if method is None:
         return "no :method"
@@ -237,13 +230,13 @@ def _parse_request(fields: Any) -> _Parsed | str:
     authority = pseudo.get(b":authority")
     if authority is not None:
         if host is None:
-            add(b"host", authority)
+            add((b"host", authority))
         elif host != authority:
             return ":authority and the Host header name different hosts"
         host = authority
     elif host is None:
         return "no :authority nor Host"
-    return method, path, host, length, protocol, headers
+    return method, path, host, length, pairs, expect
 
 
 def _trailers_fault(fields: Any) -> str | None:
@@ -334,7 +327,7 @@ class _GuardedH2(h2.connection.H2Connection):
                 client_side=False,
                 header_encoding=None,
                 # Responses are built from checked headers (names lower-cased and
-                # connection fields dropped by ``StreamRequest``): h2 need not redo it.
+                # connection fields dropped by ``H2Stream``): h2 need not redo it.
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
                 # Requests are checked in one pass by ``_parse_request`` (h2's chain of
@@ -427,16 +420,12 @@ class _GuardedH2(h2.connection.H2Connection):
         return []
 
 
-class StreamRequest:
-    """One stream: the request as the gateway reads it, the response as it answers it.
-
-    The one adapter between an HTTP/2 stream and the gateway: the subset of
-    twisted.web's ``Request`` that ``http/_webexchange.web_exchange`` reads and
-    answers through (it makes of it the ``wire.Exchange`` the resource, the caller
-    resolution and the forwarder read), and the drain uses. It is its own ``channel`` while
-    the stream lives (``transport`` is the connection's, ``abortConnection`` resets
-    the stream only) and ``None`` once it is gone. It also holds the stream's state
-    for ``H2Channel``: the request body arriving, the response bytes waiting for
+class H2Stream:
+    """One stream's I/O: its ``wire.Responder`` (the answer) and ``wire.BodySource``
+    (the request body), see ``twistedgw/wire/_exchange.py``; the one adapter between an
+    HTTP/2 stream and the gateway, which reads the request from the ``Exchange`` built
+    at HEADERS. It also holds the stream's state for ``H2Channel``: the request body
+    arriving (read only once the request is allowed), the response bytes waiting for
     the client's window.
     """
 
@@ -446,79 +435,56 @@ class StreamRequest:
         "_body_size",
         "_complete",
         "_conn",
-        "_disconnected",
+        "_discard",
         "_ending",
-        "_forceSSL",
+        "_expect",
+        "_head",
+        "_head_request",
         "_last_data",
         "_length",
-        "_notify",
+        "_on_gone",
         "_out",
         "_out_size",
         "_producer_paused",
-        "_refused",
+        "_ready",
         "_reset_after",
         "_silent",
         "_stalled_since",
         "_window",
-        "allowed",
-        "channel",
-        "client",
-        "clientproto",
-        "code",
-        "code_message",
-        "content",
-        "defaultContentType",
         "finished",
-        "host",
+        "gone",
         "method",
-        "path",
         "producer",
-        "requestHeaders",
-        "responseHeaders",
-        "routed",
-        "sentLength",
-        "startedWriting",
+        "started",
         "stream_id",
-        "uri",
+        "target",
     )
 
     def __init__(
-        self, conn: H2Channel, stream_id: int, method: bytes, uri: bytes, headers: Headers
+        self, conn: H2Channel, stream_id: int, method: bytes, target: bytes,
+        length: int | None, complete: bool,
     ) -> None:
         self._conn = conn
         self.stream_id = stream_id
-        self.channel: StreamRequest | None = self
         self.method = method
-        self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
-        self.clientproto = b"HTTP/2"
-        self.requestHeaders = headers
-        self.responseHeaders = Headers()
-        self.responseHeaders.setRawHeaders(b"server", [SERVER])
-        self.responseHeaders.setRawHeaders(b"date", [_http_date()])
-        self.client = conn.peer
-        self.host = conn.local
-        self.routed: Routed | None = None
-        self.code = 200
-        self.code_message = b"OK"
-        self.defaultContentType: bytes | None = b"text/html"
-        self.startedWriting = False
+        self.target = target  # for the records the channel makes itself
+        self.started = False
         self.finished = False
-        self.sentLength = 0
-        self.content: IO[bytes] | None = None
+        self.gone = False
         self.producer: Any = None
-        self.allowed = True  # the request may send its body: its window is topped up
-        self._forceSSL = False
-        self._disconnected = False
+        self._on_gone: Callable[[], None] | None = None
+        self._head_request = method == b"HEAD"
+        self._head: list[tuple[bytes, bytes]] | None = None  # sent with the first bytes
         self._silent = False
-        self._notify: list[Deferred[None]] = []
         # the request body
+        self._length = length  # content-length
+        self._complete = complete  # END_STREAM received
+        self._ready: BodyReady | None = None  # reading: who waits for the body
+        self._discard = False  # answered without reading it: its DATA is dropped
+        self._expect = False  # the client waits for 100 Continue
         self._body: IO[bytes] | None = None
         self._body_limit = 0
         self._body_size = 0
-        self._length: int | None = None  # content-length
-        self._complete = False  # END_STREAM received
-        self._refused = False  # answered by the channel; its body is discarded
         self._window = 0  # what the client may still send on this stream, as granted
         self._last_data = 0.0
         # the response
@@ -529,141 +495,120 @@ class StreamRequest:
         self._producer_paused = False
         self._stalled_since: float | None = None
 
-    # -- what the request says ---------------------------------------------
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        values = self.requestHeaders.getRawHeaders(name)
-        return values[-1] if values else None
-
-    def getClientAddress(self) -> Any:
-        return self.client
-
-    def getHost(self) -> Any:
-        return self.host
-
-    def isSecure(self) -> bool:
-        return True  # HTTP/2 is offered through TLS (ALPN) only
-
-    def setHost(self, host: bytes, port: int, ssl: bool = False) -> None:
-        """twisted.web's: the address a proxy in front says the client used."""
-        self._forceSSL = ssl
-        header = host if port == 443 else b"%s:%d" % (host, port)
-        self.requestHeaders.setRawHeaders(b"host", [header])
-        self.host = taddress.IPv4Address("TCP", host.decode("latin-1"), port)
-
-    # -- what the forwarder and the caller resolution ask of its channel -------
+    # -- wire.BodySource -----------------------------------------------------
 
     @property
-    def transport(self) -> Any:
-        """The connection's (TLS) transport: its certificate verdict, its socket."""
-        return self._conn.transport
+    def length(self) -> int | None:
+        return self._length
 
-    @property
-    def _waitingForTransport(self) -> bool:
-        """A producer registered now starts paused when this is true."""
-        return self._conn.output_full or self._out_size > STREAM_HIGH_WATER
+    def read(self, ready: BodyReady) -> None:
+        """The request was allowed: its stream's window opens (``100`` if the client
+        waits for one), and ``ready`` gets the whole body once END_STREAM is in."""
+        self._conn.read_body(self, ready)
 
-    def abortConnection(self) -> None:
-        """Cut this stream short (RST_STREAM INTERNAL_ERROR): a partial response must not
-        pass as complete. The connection and its other streams go on."""
-        self._conn.abort_stream(self, _ErrorCodes.INTERNAL_ERROR, "the response was cut short")
+    # -- wire.Responder -------------------------------------------------------
 
-    # -- answering ---------------------------------------------------------
-
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
-        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None = None,
+    ) -> None:
+        if self.started or self.gone or self.finished:
+            return
+        self.started = True
+        self._conn.answering(self)
+        silent = self._silent = (
+            self._head_request or status in NO_BODY_CODES or status < 200
+        )
+        fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
+        append = fields.append
+        for name, value in headers:
+            lower = name.lower()
+            if lower not in _HOP:
+                append((lower, value))
+        if length is not None and (not silent or (
+            self._head_request and status not in NO_BODY_CODES
+        )):
+            append((b"content-length", b"%d" % length))
+        if _BAD_OUT.search(b"\x01".join([value for _, value in fields])) is not None:
+            # A transform's value, say: RFC 9113 §8.2.1 forbids these bytes in a field.
+            fields = [(name, _BAD_OUT.sub(b" ", value)) for name, value in fields]
+        self._head = fields
 
     def write(self, data: bytes) -> None:
-        if self.finished or self.channel is None:
+        if self.finished or self.gone or not self.started:
             return
-        if not self.startedWriting:
-            self.startedWriting = True
-            self._head(end_stream=False)
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._conn.send_head(self, head, end_stream=False)
         if self._silent or not data:
             return
-        self.sentLength += len(data)
         self._out.append(data)
         self._out_size += len(data)
         self._conn.ready(self)
 
-    def _head(self, end_stream: bool) -> None:
-        """The response head as one HEADERS frame (END_STREAM when nothing follows)."""
-        code = self.code
-        headers = self.responseHeaders
-        if (
-            code not in NO_BODY_CODES
-            and self.defaultContentType is not None
-            and not headers.hasHeader(b"content-type")
-        ):
-            headers.setRawHeaders(b"content-type", [self.defaultContentType])
-        self._silent = self.method == b"HEAD" or code in NO_BODY_CODES
-        fields = [(b":status", _STATUS.get(code) or b"%d" % code)]
-        append = fields.append
-        for name, values in headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in _HOP:
-                continue
-            for value in values:
-                append((lower, value))
-        self._conn.send_head(self, fields, end_stream)
-
     def finish(self) -> None:
-        if self.finished or self.channel is None:
+        if self.finished or self.gone:
             return
+        if not self.started:
+            self.start_response(200, answer_headers(), 0)
         self.finished = True
-        if not self.startedWriting:
-            self.startedWriting = True
-            self._head(end_stream=True)
-            done = True
+        self._on_gone = None
+        self._close_body()
+        head, self._head = self._head, None
+        if head is not None:  # nothing was written: the head carries END_STREAM
+            self._conn.send_head(self, head, end_stream=True)
+            self._conn.stream_sent(self)
         else:
             self._ending = True
-            done = False
-        self._close_content()
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.callback(None)
-        if done:
-            self._conn.stream_sent(self)
-        elif self.channel is not None:
             self._conn.ready(self)
 
-    def notifyFinish(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if self.finished:
-            d.callback(None)
-        elif self._disconnected:
-            d.errback(Failure(ConnectionLost("the client reset the stream")))
-        else:
-            self._notify.append(d)
-        return d
+    def abort(self) -> None:
+        """Reset this stream (RST_STREAM INTERNAL_ERROR): a partial response must not
+        pass as complete. The connection and its other streams go on."""
+        if self.finished or self.gone:
+            return
+        self.gone = True
+        self._on_gone = None
+        self._conn.abort_stream(self, _ErrorCodes.INTERNAL_ERROR, "the response was cut short")
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.channel is None:
+    def register_producer(self, producer: IPushProducer) -> None:
+        if self.gone or self.finished:
             return
         self.producer = producer
         self._producer_paused = False
-        if self._waitingForTransport:
+        if self._conn.output_full or self._out_size > STREAM_HIGH_WATER:
             self._conn.pause_stream(self)
 
-    def unregisterProducer(self) -> None:
+    def unregister_producer(self) -> None:
         self.producer = None
         self._producer_paused = False
 
-    def processingFailed(self, reason: Failure) -> None:
-        log.failure("rendering a request failed", reason)
-        if self.startedWriting:
-            if self.channel is not None:
-                self.abortConnection()
-            return
-        body = errors.write_error(self, errors.internal_error())
-        self.write(body)
-        self.finish()
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        self._on_gone = callback
 
     # -- the channel's side -----------------------------------------------
+
+    def lost(self) -> None:
+        """The stream is gone (reset, or the connection lost): nothing more is sent."""
+        self._out = []
+        self._out_size = 0
+        self._close_body()
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("stopping a response producer failed")
+        if self.gone:
+            return
+        self.gone = True
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None and not self.finished:
+            callback()
 
     def _pause_producer(self) -> None:
         producer = self.producer
@@ -711,33 +656,22 @@ class StreamRequest:
             size = self._length or 0
             body = self._body = io.BytesIO() if size < MEMORY_BODY else tempfile.TemporaryFile()
         elif isinstance(body, io.BytesIO) and self._body_size > MEMORY_BODY:
-            spool: IO[bytes] = tempfile.TemporaryFile()  # closed with the request
+            spool: IO[bytes] = tempfile.TemporaryFile()  # closed with the stream
             spool.write(body.getvalue())
             body = self._body = spool
         body.write(data)
 
-    def connection_lost(self, reason: Failure) -> None:
-        """The stream is gone (reset, or the connection lost): nothing more is sent."""
-        self._disconnected = True
-        self.channel = None
-        self._out = []
-        self._out_size = 0
-        self._close_content()
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            try:
-                producer.stopProducing()
-            except Exception:
-                log.failure("stopping a response producer failed")
-        notify, self._notify = self._notify, []
-        for d in notify:
-            d.errback(reason)
+    def _close_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
 
-    def _close_content(self) -> None:
-        for body in (self.content, self._body):
-            if body is not None and not isinstance(body, io.BytesIO):
-                body.close()
-        self._body = None
+
+def _body_taken(body: IO[bytes] | None, size: int) -> None:
+    """A stream's ``_ready`` once its body was handed over: read only once."""
+
+
+_BODY_TAKEN: BodyReady = _body_taken
 
 
 @implementer(IPushProducer)
@@ -757,13 +691,13 @@ class H2Channel(BoundedClose, Protocol):
         limits = self.limits = guard.limits()
         self.conn = _GuardedH2(limits)
         self.counted = False  # taken over from the FrontChannel that started
-        self.streams: dict[int, StreamRequest] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.peer: Any = None
         self.local: Any = None
         self.output_full = False
-        self._ready: dict[int, StreamRequest] = {}  # streams with something to send
-        self._granting: list[StreamRequest] = []  # streams whose window this read used
-        self._paused: set[StreamRequest] = set()  # streams whose producer we paused
+        self._ready: dict[int, H2Stream] = {}  # streams with something to send
+        self._granting: list[H2Stream] = []  # streams whose window this read used
+        self._paused: set[H2Stream] = set()  # streams whose producer we paused
         self._in_read = False
         self._flush_call: IDelayedCall | None = None
         self._network: Any = None
@@ -777,11 +711,12 @@ class H2Channel(BoundedClose, Protocol):
         self._goaway_last: int | None = None
         self._closing = False
         self._lost = False
+        self._connection: wire.Connection | None = None  # what every exchange shares
         self._full_since: float | None = None  # the output over its bound since then
         self._full_unsent = 0  # and the unsent bytes the socket held then
 
     @property
-    def requests(self) -> list[StreamRequest]:
+    def requests(self) -> list[H2Stream]:
         """The streams in flight: what a graceful stop waits for (app/_drain.py)."""
         return list(self.streams.values())
 
@@ -815,9 +750,8 @@ class H2Channel(BoundedClose, Protocol):
         streams, self.streams = self.streams, {}
         self._ready = {}
         self._paused = set()
-        for request in streams.values():
-            if not request._disconnected:
-                request.connection_lost(reason)
+        for stream in streams.values():
+            stream.lost()
 
     # -- reading ---------------------------------------------------------------
 
@@ -899,80 +833,86 @@ class H2Channel(BoundedClose, Protocol):
         if isinstance(parsed, str):
             self._malformed({stream_id: parsed})
             return
-        method, uri, host, length, connect_protocol, headers = parsed
-        request = StreamRequest(self, stream_id, method, uri, headers)
-        request._complete = event.stream_ended is not None
-        request._window = self._stream_window
-        request._last_data = self._now
-        request._length = length
-        self.streams[stream_id] = request
+        method, target, host, length, pairs, expect = parsed
+        complete = event.stream_ended is not None
+        stream = H2Stream(self, stream_id, method, target, length, complete)
+        stream._window = self._stream_window
+        stream._last_data = self._now
+        stream._expect = expect
+        self.streams[stream_id] = stream
         self._arm(self._now + self._period)  # per-stream timing: the tick runs often now
-        if method == b"CONNECT":  # RFC 8441 (:protocol) is not offered either
-            what = "extended CONNECT (RFC 8441)" if connect_protocol is not None else "CONNECT"
-            self.refuse(request, errors.method_not_allowed(
-                f"{what} is not served: the gateway does not open tunnels"), "bad_request")
+        refusal = wire.method_refusal(method)
+        if refusal is not None:  # CONNECT 405, extended CONNECT (RFC 8441) too; `get` 400
+            self.refuse(stream, refusal, "bad_request")
             return
-        if _METHOD.match(method) is None:
-            self.refuse(request, errors.bad_request(
-                "the request method must be an upper-case token"), "bad_request")
-            return
-        problem = target_problem(uri)
+        problem = wire.target_problem(target)
         if problem is not None:
-            self.refuse(request, errors.bad_request(problem), "bad_request")
+            self.refuse(stream, errors.bad_request(problem), "bad_request")
             return
         try:
-            _hosts.from_header(host or b"")
+            _hosts.from_header(host)
         except _hosts.BadHost as e:
-            self.refuse(request, errors.bad_request(f"bad :authority: {e}"), "bad_request")
+            self.refuse(stream, errors.bad_request(f"bad :authority: {e}"), "bad_request")
             return
-        routed = request.routed = self.guard.route(uri, method, host)
-        limit = request._body_limit = (
+        routed = self.guard.route(target, method, host)
+        limit = stream._body_limit = (
             routed.body_limit if routed is not None else self.limits.max_body_bytes
         )
-        size = request._length
-        if size is not None:
-            if request._complete and size:
+        if length is not None:
+            if complete and length:
                 self._malformed({stream_id: "content-length, but no DATA"})
                 return
-            if size > limit:
-                self.refuse(request, errors.payload_too_large(limit), "body_too_large")
+            if length > limit:
+                self.refuse(stream, errors.payload_too_large(limit), "body_too_large")
                 return
-        if request._complete:
-            return  # dispatched at StreamEnded, which follows
-        if self.head_verdict(request):
-            self.allow_body(request)
-        else:
-            request.allowed = False  # pending: allow_body once decided
+        conn = self._connection
+        if conn is None:
+            conn = self._connection = wire.Connection(self.peer, self.local, True, self.transport)
+        exchange = GatewayExchange(
+            method, target, b"HTTP/2", wire.Fields(pairs), host, conn, stream,
+            None if complete else stream, routed,
+        )
+        # Judged now, from the head: the body is read (its window opened) only once
+        # the request is allowed (``H2Stream.read``); a refusal never reads it.
+        try:
+            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
+        except Exception:
+            log.failure("handling an HTTP/2 request failed")
+            if stream.started:
+                stream.abort()
+            else:
+                self.refuse(stream, errors.internal_error(), "other")
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
-        request = self.streams.get(event.stream_id)
-        if request is None or request._refused:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream._discard:
             return  # reset or answered: discarded (the connection's window is topped up)
-        request._last_data = self._now
+        stream._last_data = self._now
         data: bytes = event.data
-        request._window -= event.flow_controlled_length
-        if request.allowed and request._window < self._stream_window // 2:
-            self._granting.append(request)
-        size = request._body_size = request._body_size + len(data)
-        if size > request._body_limit:
-            self.refuse(request, errors.payload_too_large(request._body_limit), "body_too_large")
+        stream._window -= event.flow_controlled_length
+        if stream._ready is not None and stream._window < self._stream_window // 2:
+            self._granting.append(stream)  # reading it: its window is topped up
+        size = stream._body_size = stream._body_size + len(data)
+        if size > stream._body_limit:
+            self.refuse(stream, errors.payload_too_large(stream._body_limit), "body_too_large")
             return
         if data:
-            request._store(data)
+            stream._store(data)
 
     def _on_end(self, event: h2.events.StreamEnded) -> None:
-        request = self.streams.get(event.stream_id)
-        if request is None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
             return
-        request._complete = True
-        if request._refused:
-            request._reset_after = None  # the client sent it all: no reset needed
+        stream._complete = True
+        if stream._discard:
+            stream._reset_after = None  # the client sent it all: no reset needed
             return
-        if request._length is not None and request._length != request._body_size:
+        if stream._length is not None and stream._length != stream._body_size:
             # h2 checks DATA against content-length; a body ended by trailers is ours.
-            self._malformed({request.stream_id: "content-length does not match the DATA"})
+            self._malformed({stream.stream_id: "content-length does not match the DATA"})
             return
-        self._dispatch(request)
+        if stream._ready is not None:
+            self._body_ready(stream)
 
     def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
         """Trailers are read (and discarded, as over HTTP/1.1), but held to the field
@@ -982,32 +922,31 @@ class H2Channel(BoundedClose, Protocol):
             self._malformed({event.stream_id: fault})
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
-        request = self.streams.get(event.stream_id)
-        if request is not None:
-            self._drop(request)
-            request.connection_lost(Failure(ConnectionLost("the client reset the stream")))
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            self._drop(stream)
+            stream.lost()
         # (A reset h2 made, for a stream window the client overflowed, was counted as
         # a reset the client caused as the frame arrived: _GuardedH2._receive_frame.)
 
-    def _malformed(
-        self, streams: dict[int, str], method: bytes | None = None, path: bytes | None = None
-    ) -> None:
+    def _malformed(self, streams: dict[int, str]) -> None:
         """Streams reset with PROTOCOL_ERROR as malformed (RFC 9113 §8.1.1): logged and
         recorded as 400 ``bad_request``; the client got RST_STREAM, not a response."""
         for stream_id, why in list(streams.items()):
             self._reset(stream_id, _ErrorCodes.PROTOCOL_ERROR)  # unless h2 did already
-            request = self.streams.get(stream_id)
-            if request is not None:
-                method, path = request.method, request.uri
-                self._drop(request)
-                request.connection_lost(Failure(ConnectionLost("malformed request")))
+            stream = self.streams.get(stream_id)
+            method = target = None
+            if stream is not None:
+                method, target = stream.method, stream.target
+                self._drop(stream)
+                stream.lost()
             peer = self._peer()
             _client_faults.emit(
                 peer, "HTTP/2 stream {stream} from {peer}: malformed request ({why}); reset",
                 stream=stream_id, peer=peer, why=why,
             )
             self._record(
-                method, path, errors.bad_request(f"malformed HTTP/2 request: {why}"),
+                method, target, errors.bad_request(f"malformed HTTP/2 request: {why}"),
                 "bad_request", 0,
             )
             self._caused_reset()
@@ -1017,7 +956,7 @@ class H2Channel(BoundedClose, Protocol):
 
     def _grant(self, now: float) -> None:
         """Top the receive windows up once per read batch: the connection's always, a
-        stream's while its request is allowed and still arriving."""
+        stream's while its body is being read (never before its request is allowed)."""
         conn = self.conn
         if conn.inbound_flow_control_window < CONNECTION_WINDOW // 2:
             conn.increment_flow_control_window(
@@ -1025,85 +964,86 @@ class H2Channel(BoundedClose, Protocol):
             )
         granting = self._granting
         if granting:
-            for request in granting:
-                if not request._complete and not request._refused and request.channel:
-                    self._open_window(request)
+            for stream in granting:
+                if not stream._complete and not stream._discard and not stream.gone:
+                    self._open_window(stream)
             granting.clear()
 
-    def _open_window(self, request: StreamRequest) -> None:
-        grow = self._stream_window - request._window
+    def _open_window(self, stream: H2Stream) -> None:
+        grow = self._stream_window - stream._window
         if grow <= 0:
             return
         try:
-            self.conn.increment_flow_control_window(grow, request.stream_id)
+            self.conn.increment_flow_control_window(grow, stream.stream_id)
         except h2.exceptions.H2Error:
             return
-        request._window += grow
+        stream._window += grow
 
-    # -- dispatch ----------------------------------------------------------------
+    # -- the body, once allowed ----------------------------------------------------
 
-    def _dispatch(self, request: StreamRequest) -> None:
-        body, request._body = request._body, None
-        if body is not None:
-            body.seek(0)
-        request.content = body
-        resource: Any = self.site.resource
-        try:
-            result = resource.render(request)
-        except Exception:
-            request.processingFailed(Failure())
+    def read_body(self, stream: H2Stream, ready: BodyReady) -> None:
+        """``BodySource.read``: the request was allowed. What arrived meanwhile (at most
+        the initial window: its stream got no WINDOW_UPDATE) is granted again, ``100``
+        sent if the client waits for one, and ``ready`` called once END_STREAM is in."""
+        if stream._ready is not None or stream.gone or stream._discard or stream.started:
             return
-        if result is NOT_DONE_YET:
+        stream._ready = ready
+        stream._last_data = self._clock()  # the body timeout runs from now
+        if stream._complete:
+            self._body_ready(stream)
             return
-        if not isinstance(result, bytes):
-            log.error("render returned {kind}, not bytes", kind=type(result).__name__)
-            request.processingFailed(Failure(TypeError("render did not return bytes")))
-            return
-        if result or request.method != b"HEAD":  # as twisted.web: a HEAD keeps its length
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(result),)])
-        request.write(result)
-        request.finish()
-
-    def head_verdict(self, request: StreamRequest) -> bool:
-        """Whether a request whose body is still to come may send it, decided when its
-        HEADERS arrive: False leaves it pending (its stream gets no WINDOW_UPDATE) until
-        ``allow_body`` is called. The gateway's resource judges after the body today,
-        so every request is allowed here."""
-        return True
-
-    def allow_body(self, request: StreamRequest) -> None:
-        """Let ``request`` send its body: what arrived while it was pending is granted
-        again (WINDOW_UPDATE) and ``100`` sent if it expects one. Until then its stream
-        got no WINDOW_UPDATE: at most the initial window of body arrived."""
-        request.allowed = True
-        if request._complete or request._refused or request.channel is None:
-            return
-        self._open_window(request)
-        expect = request.requestHeaders.getRawHeaders(b"expect")
-        if expect and expect[-1].lower() == b"100-continue":
-            self.send_informational(request, b"100")
+        self._open_window(stream)
+        if stream._expect:
+            self.send_informational(stream, b"100")
         self._wants_flush()
 
-    def refuse(self, request: StreamRequest, error: GatewayError, kind: str) -> None:
-        """Answer ``error`` on one stream before (or instead of) dispatching it, then
+    def _body_ready(self, stream: H2Stream) -> None:
+        ready, stream._ready = stream._ready, _BODY_TAKEN
+        body = stream._body
+        if body is not None:
+            body.seek(0)
+        assert ready is not None
+        try:
+            ready(body, stream._body_size)
+        except Exception:
+            log.failure("handling an HTTP/2 request body failed")
+            if stream.started:
+                stream.abort()
+            else:
+                self.refuse(stream, errors.internal_error(), "other")
+
+    def answering(self, stream: H2Stream) -> None:
+        """``stream``'s answer starts. A body never read (a refusal) is not: the stream's
+        window stays closed, what arrives is dropped, and once the answer is out the
+        stream is reset (RST_STREAM NO_ERROR) if the client was still sending."""
+        if stream._ready is None and not stream._complete:
+            stream._discard = True
+            stream._reset_after = _ErrorCodes.NO_ERROR
+            stream._close_body()
+
+    def refuse(self, stream: H2Stream, error: GatewayError, kind: str) -> None:
+        """Answer ``error`` on one stream itself, before or instead of reading its body
+        (a handler waiting for the body gets nothing more, and writes nothing), then
         reset it if the client is still sending (RFC 9113 §8.1: a complete response,
         then RST_STREAM NO_ERROR stops the upload); the connection stays."""
-        if request._refused or request.channel is None:
+        if stream._discard or stream.gone or stream.finished:
             return
-        request._refused = True
-        if request.startedWriting:  # cannot happen before dispatch; never two heads
-            self.abort_stream(request, _ErrorCodes.INTERNAL_ERROR, kind)
+        if stream.started:  # the handler answers already: never two heads
+            stream.abort()
             return
-        if not request._complete:
-            request._reset_after = _ErrorCodes.NO_ERROR
-        body = errors.write_error(request, error)
-        request.write(body)
-        request.finish()
-        self._record(request.method, request.uri, error, kind, len(body))
+        stream._ready = None  # never read: answering() drops the rest
+        body = error.body()
+        headers = answer_headers()
+        headers.append((b"content-type", errors.JSON_TYPE))
+        stream.start_response(error.status, headers, len(body))
+        if stream.method != b"HEAD":
+            stream.write(body)
+        stream.finish()
+        self._record(stream.method, stream.target, error, kind, len(body))
 
     # -- writing -----------------------------------------------------------------
 
-    def send_head(self, request: StreamRequest, fields: list[tuple[bytes, bytes]],
+    def send_head(self, request: H2Stream, fields: list[tuple[bytes, bytes]],
                   end_stream: bool) -> None:
         try:
             self.conn.send_headers(request.stream_id, fields, end_stream=end_stream)
@@ -1112,21 +1052,21 @@ class H2Channel(BoundedClose, Protocol):
             return
         self._wants_flush()
 
-    def send_informational(self, request: StreamRequest, status: bytes) -> None:
+    def send_informational(self, request: H2Stream, status: bytes) -> None:
         try:
             self.conn.send_headers(request.stream_id, [(b":status", status)])
         except h2.exceptions.H2Error:
             return
         self._wants_flush()
 
-    def ready(self, request: StreamRequest) -> None:
+    def ready(self, request: H2Stream) -> None:
         """``request`` has response bytes (or its end) to send."""
         self._ready[request.stream_id] = request
         if request._out_size > STREAM_HIGH_WATER and not request._producer_paused:
             self.pause_stream(request)
         self._wants_flush()
 
-    def pause_stream(self, request: StreamRequest) -> None:
+    def pause_stream(self, request: H2Stream) -> None:
         """Pause ``request``'s producer until its bytes (and the transport) drain."""
         if request.producer is not None and not request._producer_paused:
             request._pause_producer()
@@ -1204,19 +1144,19 @@ class H2Channel(BoundedClose, Protocol):
         if data and transport is not None and not self._lost and not self._closing:
             transport.write(data)
 
-    def stream_sent(self, request: StreamRequest) -> None:
+    def stream_sent(self, request: H2Stream) -> None:
         """END_STREAM is queued: the stream is done, on our side."""
         stream_id = request.stream_id
         self._ready.pop(stream_id, None)
         self._paused.discard(request)
         if self.streams.pop(stream_id, None) is not None and not self.streams:
             self._last_active = self._clock()
-        request.channel = None
+        request.producer = None
         code = request._reset_after
         if code is not None and not request._complete:
             self._reset(stream_id, code)  # written by the flush under way, or scheduled
 
-    def _drop(self, request: StreamRequest) -> None:
+    def _drop(self, request: H2Stream) -> None:
         """Forget a stream (reset, malformed, or gone)."""
         stream_id = request.stream_id
         self._ready.pop(stream_id, None)
@@ -1224,25 +1164,18 @@ class H2Channel(BoundedClose, Protocol):
         if self.streams.pop(stream_id, None) is not None and not self.streams:
             self._last_active = self._clock()
 
-    def stream_gone(self, request: StreamRequest) -> None:
+    def stream_gone(self, request: H2Stream) -> None:
         """h2 refused to send on a stream it considers closed: treat it as reset."""
         self._drop(request)
-        if not request._disconnected:
-            request.connection_lost(Failure(ConnectionLost("the stream is closed")))
+        request.lost()
 
-    def abort_stream(self, request: StreamRequest, code: int, why: str) -> None:
-        """RST_STREAM ``code`` on ``request``'s stream; its producer is stopped. The
-        notifyFinish errbacks fire on the next reactor turn, so that the caller that
-        aborts (the forwarder) records its own outcome first."""
-        if request._disconnected:
-            return
+    def abort_stream(self, request: H2Stream, code: int, why: str) -> None:
+        """RST_STREAM ``code`` on ``request``'s stream (its producer stopped; ``why`` for
+        the log). The handler that aborts records its own outcome; a stream the channel
+        aborts (a closed window) tells the handler through ``when_gone``."""
         self._drop(request)
         self._reset(request.stream_id, code)
-        notify, request._notify = request._notify, []
-        request.connection_lost(Failure(ConnectionLost(why)))
-        failure = Failure(ConnectionLost(why))
-        for d in notify:
-            self.callLater(0, d.errback, failure)
+        request.lost()
         self._wants_flush()
 
     def _reset(self, stream_id: int, code: int) -> None:
@@ -1338,9 +1271,9 @@ class H2Channel(BoundedClose, Protocol):
         conn = self.conn
         for request in list(self.streams.values()):
             if (
-                not request._complete
-                and request.allowed
-                and not request._refused
+                request._ready is not None  # reading its body (allowed, not yet all in)
+                and request._ready is not _BODY_TAKEN
+                and not request._complete
                 and now - request._last_data >= idle
             ):
                 self.refuse(
