@@ -1,12 +1,12 @@
 """twisted.web ``Request``-shaped callers, adapted to the exchange the request path reads.
 
-Two kinds of request still arrive as twisted.web ``Request`` objects: HTTP/2
-streams (``http/_h2.py``'s ``H2Request``) and requests of an embedding
-application's own ``Site`` that mounts ``GatewayResource``. ``web_exchange``
-makes a ``GatewayExchange`` of one: its fields, connection and body (twisted.web
-read the body already, and HTTP/2 counted it against the limit), with a
-``WebResponder`` that answers through the request's own API. Nothing else in the
-gateway reads a twisted.web request.
+One kind of request still arrives as a twisted.web ``Request``: a request of an
+embedding application's own ``Site`` that mounts ``GatewayResource`` (HTTP/1.1
+and HTTP/2 on the gateway's own listeners build their exchange themselves:
+``http/_front.py``, ``http/_h2.py``). ``web_exchange`` makes a
+``GatewayExchange`` of one: its fields, connection and body (twisted.web read the
+body already), with a ``WebResponder`` that answers through the request's own
+API. Nothing else in the gateway reads a twisted.web request.
 """
 
 from __future__ import annotations
