@@ -560,3 +560,25 @@ def test_verified_tokens_are_cached_but_claims_and_keys_are_rechecked(
         assert getattr(gone, "reason", None) == "token signature is not valid"
     finally:
         _jwt._verifies = real  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- hostile claims and encodings
+
+
+def _signed_over(key: jwtkit.SigningKey, head: str, body: str) -> str:
+    """A token validly signed over exactly ``head.body`` (whatever their encoding)."""
+    from joserfc.jws import JWSRegistry
+
+    signature = JWSRegistry.algorithms[key.alg].sign(f"{head}.{body}".encode(), key.key)
+    return f"{head}.{body}.{jwtkit.b64url(signature)}"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**309], ids=["1e400", "-1e400", "1e309"])
+def test_huge_time_claims_are_not_a_jwt(cfg: configmod.GatewayConfig, claim: str,
+                                        value: int) -> None:
+    """#22 item 8: an integer too large for a float once raised OverflowError (a 500)."""
+    tok = jwtkit.raw_token(KEY, {"alg": "ES256", "kid": "ec-1"}, jwtkit.claims(**{claim: value}))
+    p = pipeline_of(cfg)
+    for _ in range(2):  # and again, from the verified-token cache
+        refused(run(p, call_for(cfg, bearer(tok))), "900901", "token is not a valid JWT", INVALID)

@@ -117,12 +117,20 @@ def _json_object(part: bytes) -> dict[str, Any]:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim as a float; a claim of another type, or one no float holds
+    (JSON allows ``1e400`` as an integer: ``float()`` raises OverflowError), is no JWT."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Fail(NOT_A_JWT)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Fail(NOT_A_JWT) from None
+    if not math.isfinite(number):
+        raise _Fail(NOT_A_JWT)
+    return number
 
 
 def certificate_thumbprint(identity: ClientIdentity) -> str | None:
