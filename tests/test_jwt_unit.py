@@ -582,3 +582,14 @@ def test_huge_time_claims_are_not_a_jwt(cfg: configmod.GatewayConfig, claim: str
     p = pipeline_of(cfg)
     for _ in range(2):  # and again, from the verified-token cache
         refused(run(p, call_for(cfg, bearer(tok))), "900901", "token is not a valid JWT", INVALID)
+
+
+@pytest.mark.parametrize("cnf", ["abc", {"x5t#S256": None}, {}, [], 7, {"x5t#S256": 5}])
+@pytest.mark.parametrize("bound", ["when_claimed", "required"])
+def test_malformed_cnf_is_an_invalid_token(pki: DevPki, tmp_path: Path, cnf: Any,
+                                           bound: str) -> None:
+    """#22 item 11: a present ``cnf`` that is not ``{"x5t#S256": "<string>"}`` is not "not bound"."""
+    cfg = load(pki, tmp_path, {"certificate_bound": bound}, {})
+    tok = jwtkit.token(KEY, jwtkit.claims(cnf=cnf))
+    out = run(pipeline_of(cfg), call_for(cfg, bearer(tok), verified(leaf(pki))))
+    refused(out, "900901", "token is not a valid JWT", INVALID)

@@ -313,13 +313,14 @@ class JwtScheme:
     def _check_binding(self, claims: Mapping[str, Any], identity: ClientIdentity) -> None:
         if self._bound == "off":
             return
-        cnf = claims.get("cnf")
-        wanted = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-        if wanted is None:
+        if "cnf" not in claims:
             if self._bound == "required":
                 raise _Fail(NOT_BOUND)
             return
-        if not isinstance(wanted, str):
+        # A present cnf is a binding, or a broken token: never "not bound" (RFC 8705 3.1).
+        cnf = claims["cnf"]
+        wanted = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        if not isinstance(wanted, str) or not wanted:
             raise _Fail(NOT_A_JWT)
         if identity.outcome is Outcome.NONE:
             raise _Fail(NO_CERTIFICATE)
