@@ -563,7 +563,7 @@ def test_verified_tokens_are_cached_but_claims_and_keys_are_rechecked(
         _jwt._verifies = real  # type: ignore[assignment]
 
 
-# --------------------------------------------------------------------------- hostile claims and encodings
+# --------------------------------------------------------------------------- hostile tokens
 
 
 def _signed_over(key: jwtkit.SigningKey, head: str, body: str) -> str:
@@ -616,7 +616,7 @@ def test_jws_parts_must_be_base64url_without_padding(cfg: configmod.GatewayConfi
 @pytest.mark.parametrize("bound", ["when_claimed", "required"])
 def test_malformed_cnf_is_an_invalid_token(pki: DevPki, tmp_path: Path, cnf: Any,
                                            bound: str) -> None:
-    """#22 item 11: a present ``cnf`` that is not ``{"x5t#S256": "<string>"}`` is not "not bound"."""
+    """#22 item 11: a present ``cnf`` other than ``{"x5t#S256": "<string>"}`` is no "not bound"."""
     cfg = load(pki, tmp_path, {"certificate_bound": bound}, {})
     tok = jwtkit.token(KEY, jwtkit.claims(cnf=cnf))
     out = run(pipeline_of(cfg), call_for(cfg, bearer(tok), verified(leaf(pki))))
@@ -639,7 +639,7 @@ def test_non_canonical_base64url_is_refused(cfg: configmod.GatewayConfig) -> Non
         last = alphabet.index(part[-1])
         twin = part[:-1] + alphabet[last | 1]  # the same bytes, a set unused bit
         assert base64.urlsafe_b64decode(twin + "==") == base64.urlsafe_b64decode(part + "==")
-        forged = ".".join(parts[:i] + [twin] + parts[i + 1 :])
+        forged = ".".join([*parts[:i], twin, *parts[i + 1 :]])
         refused(run(p, call_for(cfg, bearer(forged))), "900901", "token is not a valid JWT",
                 INVALID)
         changed += 1
