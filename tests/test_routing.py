@@ -180,3 +180,115 @@ def test_normalised_path_routes_where_the_backend_will_look() -> None:
         assert route is not None
         assert route.api.context == "/secret"
         assert route.backend_target == b"http://h:1/s/x"
+
+
+# --------------------------------------------------------------------------- path templates
+# #22 item 3: matching a path against OpenAPI templates is linear in the path, whatever
+# the template; the old regexes ("[^/]+-[^/]+-[^/]+") backtracked for seconds.
+
+_PIECE = st.sampled_from(["", "a", "b", "-", ".", "ab", "a-", "B", ".a"])
+
+
+@st.composite
+def _templates(draw: st.DrawFn) -> str:
+    segments = []
+    for _ in range(draw(st.integers(1, 3))):
+        params = draw(st.integers(0, 3))
+        pieces = [draw(_PIECE) for _ in range(params + 1)]
+        segment = "".join(f"{p}{{p{i}}}" for i, p in enumerate(pieces[:-1])) + pieces[-1]
+        segments.append(segment or "a")
+    return "/" + "/".join(segments)
+
+
+def _reference(templates: list[str], path: bytes) -> str | None:
+    """The old matcher: one regex per template, most specific first; a template that
+    matches only when case is ignored matches nothing."""
+    import re
+
+    def compile_(template: str, flags: int = 0) -> re.Pattern[bytes]:
+        parts = [
+            "[^/]+".join(re.escape(p) for p in re.split(r"\{[^{}/]*\}", segment))
+            for segment in template.split("/")[1:]
+        ]
+        return re.compile(("^/" + "/".join(parts) + "$").encode(), flags)
+
+    count = path.count(b"/")
+    ranked = sorted(
+        (t for t in templates if t.count("/") == count),
+        key=lambda t: tuple(0 if "{" not in s else 1 for s in t.split("/")[1:]),
+    )
+    for template in ranked:
+        if compile_(template, re.IGNORECASE).match(path):
+            return template if compile_(template).match(path) else None
+    return None
+
+
+def _router(templates: list[str]) -> Router:
+    from twistedgw.config import Operation
+
+    ops = tuple(Operation("GET", t) for t in templates)
+    return Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=ops)])
+
+
+def _matched(router: Router, path: bytes) -> str | None:
+    route = router.route(b"/t" + path, None, b"GET")
+    assert route is not None
+    if route.unmatched is not None:
+        assert route.unmatched.code == "900906"
+        return None
+    assert route.operation is not None
+    return route.operation.template
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_templates(), min_size=1, max_size=4, unique=True),
+    st.lists(st.lists(st.sampled_from([b"a", b"A", b"b", b"-", b".", b"ab", b"a-"]),
+                      min_size=1, max_size=6).map(b"".join), min_size=1, max_size=3),
+)
+def test_templates_match_as_the_reference_regexes_do(templates: list[str],
+                                                     segments: list[bytes]) -> None:
+    """Segment-wise matching agrees with the backtracking regexes it replaced."""
+    path = b"/" + b"/".join(segments)
+    assert _matched(_router(templates), path) == _reference(templates, path)
+
+
+def _budget(router: Router, path: bytes) -> float:
+    import time
+
+    started = time.thread_time()
+    router.route(b"/t" + path, None, b"GET")
+    return time.thread_time() - started
+
+
+HOSTILE_TEMPLATES = [
+    ("/daily/{year}-{month}-{day}/summary", b"/daily/" + b"-" * 16000 + b"/summarx"),
+    ("/daily/{year}-{month}-{day}/summary", b"/daily/" + b"1-" * 8000 + b"/summary"),
+    ("/f/{a}.{b}.{c}.{d}.{e}", b"/f/" + b"." * 16000),
+    ("/g/{a}{b}{c}{d}x", b"/g/" + b"y" * 16000),
+    ("/h/{a}ab{b}ab{c}abc", b"/h/" + b"ab" * 8000),
+    ("/{a}-{b}/{c}-{d}/{e}-{f}", b"/" + b"/".join([b"-" * 5000] * 3) + b"x"),
+]
+
+
+@pytest.mark.parametrize(("template", "path"), HOSTILE_TEMPLATES,
+                         ids=range(len(HOSTILE_TEMPLATES)))
+def test_hostile_paths_match_in_linear_time(template: str, path: bytes) -> None:
+    router = _router([template, "/{x}", "/{x}/{y}/{z}"])
+    spent = _budget(router, path)
+    assert spent < 0.01, f"{spent * 1000:.1f} ms for a {len(path)}-byte path"
+
+
+@settings(max_examples=60, deadline=None)
+@given(_templates(), st.integers(1, 3), st.sampled_from([b"-", b".", b"a", b"ab", b"a-", b"-."]))
+def test_any_template_matches_a_long_hostile_path_within_budget(
+    template: str, which: int, filler: bytes
+) -> None:
+    """A 16 KB path whose segments repeat the template's own literals (what makes a
+    backtracking matcher try every split) is matched in well under 10 ms of CPU."""
+    count = template.count("/")
+    repeat = 16000 // max(len(filler), 1) // count
+    segments = [filler * repeat] * count
+    segments[min(which, count) - 1] += b"\x7e"  # something no literal ends with, mostly
+    path = b"/" + b"/".join(segments)
+    assert _budget(_router([template]), path) < 0.01
