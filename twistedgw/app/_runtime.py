@@ -23,7 +23,15 @@ from twisted.logger import Logger
 
 from twistedgw import _hosts as hostnames
 from twistedgw import config as configmod
-from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, Mode, SniEntry, TlsConfig
+from twistedgw.config import (
+    ApiConfig,
+    ConfigError,
+    GatewayConfig,
+    IdentityRule,
+    Mode,
+    SniEntry,
+    TlsConfig,
+)
 from twistedgw.http import Router
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
@@ -129,7 +137,17 @@ def _load_material(
         for path, api in zip(api_paths, config.apis, strict=True):
             check(f"{path}.aliases", api.aliases)
             check(f"{path}.tiers", frozenset(t.alias for t in api.tiers if t.alias is not None))
+            for j, rule in enumerate(api.identities or ()):
+                check(f"{path}.identities[{j}].alias", _alias_of(rule))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
+        for i, alias in enumerate(tls.pinned_aliases):
+            check(f"tls.pinned_aliases[{i}]", frozenset({alias}))
+        for i, consumer in enumerate(config.consumers):
+            for j, rule in enumerate(consumer.certificates):
+                check(f"consumers[{i}].certificates[{j}].alias", _alias_of(rule))
+        # Each entry an issuer or pinned, never both (#22 item 7).
+        out.truststore = out.truststore.classified(tls.pinned_aliases)
+        out.warnings.extend(_names_alone(config, out.truststore))
     bundle = config.mutual_ssl.intermediates
     if bundle is not None and not broken("mutual_ssl.intermediates"):
         try:
@@ -175,6 +193,30 @@ def _load_material(
             problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
     if pipelines:
         _compile(out, config, problems, shared, api_paths)
+    return out
+
+
+def _alias_of(rule: IdentityRule) -> frozenset[str]:
+    return frozenset({rule.alias}) if rule.alias is not None else frozenset()
+
+
+def _names_alone(config: GatewayConfig, truststore: pki.TrustStore) -> list[str]:
+    """A warning per consumer certificate entry that names alone identify while more
+    than one issuer is trusted: any of them can certify those names (#22 item 7)."""
+    issuers = sorted(e.alias for e in truststore.entries if not e.is_pinned)
+    if len(issuers) < 2:
+        return []
+    out = []
+    for i, consumer in enumerate(config.consumers):
+        for j, rule in enumerate(consumer.certificates):
+            if rule.by_names_alone:
+                out.append(
+                    f"{config.source}: consumers[{i}].certificates[{j}]: consumer "
+                    f"{consumer.name!r} is identified by names alone ({rule.text}) while "
+                    f"{len(issuers)} issuers are trusted ({', '.join(issuers)}): a "
+                    f"certificate any of them issues with these names maps to it; add "
+                    f"alias = \"<issuer>\" (or sha256 / spki_sha256)"
+                )
     return out
 
 

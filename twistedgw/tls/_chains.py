@@ -67,6 +67,40 @@ def leaf_problem(leaf: x509.Certificate) -> str | None:
     return CA_AS_CLIENT if constraints.ca else None
 
 
+def pinned_problem(leaf: x509.Certificate, at: datetime.datetime) -> str | None:
+    """Why a leaf byte-identical to a pinned truststore entry may not pass, or None.
+
+    A pinned certificate is trusted as itself: no chain, no CA-leaf rule (a pinned
+    entry may assert ``CA:TRUE``, as ``openssl req -x509`` makes them). What still
+    applies: its validity period, no critical extension nobody understands, and a
+    clientAuth purpose if it states purposes. The handshake path (tls/_server.py) and
+    the header path (here) both ask this.
+    """
+    period = _period_reason(leaf, at)
+    if period is not None:
+        return period
+    try:
+        extensions = leaf.extensions
+        for ext in extensions:
+            if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+                return _invalid(f"unsupported critical extension {ext.oid.dotted_string}")
+        try:
+            eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+    except Exception as e:
+        return _invalid(str(e))
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return WRONG_PURPOSE
+    return None
+
+
+def through_pinned(truststore: TrustStore, chain: tuple[x509.Certificate, ...]) -> bool:
+    """Whether a verified chain passes through a pinned entry above its leaf (one that a
+    trusted CA also certified as a CA): it vouches for nothing it signed, on either path."""
+    return any(truststore.pinned_entry(fingerprint(c)) is not None for c in chain[1:])
+
+
 def _ee_policy() -> ExtensionPolicy:
     """The WebPKI end-entity policy, except that a SAN is optional.
 
@@ -98,9 +132,9 @@ class ChainVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[bytes, ...], tuple[float, ClientIdentity]] = OrderedDict()
-        # Only end-entity entries are pinned; a CA presented as a leaf is not a client.
-        self._pinned = frozenset(e.sha256 for e in truststore.entries if not e.is_ca)
-        self._store = Store(truststore.certificates) if truststore.entries else None
+        # Pinned entries are never anchors: each passes itself and nothing it signed.
+        issuers = truststore.issuers
+        self._store = Store(issuers) if issuers else None
         self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
         self._ee_policy = _ee_policy()
         self.hits = 0
@@ -144,6 +178,14 @@ class ChainVerifier:
     def _verify(self, certs: tuple[x509.Certificate, ...], now: float) -> ClientIdentity:
         leaf = certs[0]
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        pinned = self._truststore.pinned_entry(fingerprint(leaf))
+        if pinned is not None:  # itself, whatever else came with it
+            problem = pinned_problem(leaf, at)
+            if problem is not None:
+                return failed(Source.HEADER, problem, certs)
+            return ClientIdentity(
+                Source.HEADER, Outcome.VERIFIED, (leaf,), frozenset({pinned.alias})
+            )
         # Checked first and by hand so that the reason is precise, as OpenSSL's is.
         period = _period_reason(leaf, at)
         if period is not None:
@@ -151,17 +193,19 @@ class ChainVerifier:
         problem = leaf_problem(leaf)
         if problem is not None:
             return failed(Source.HEADER, problem, certs)
-        if fingerprint(leaf) in self._pinned:
-            return self._verify_pinned(leaf, certs)
         if self._store is None:
             return failed(Source.HEADER, UNTRUSTED, certs)
+        # A pinned certificate validates no chain, not even as an intermediate.
+        offered = [c for c in certs[1:] if self._truststore.pinned_entry(fingerprint(c)) is None]
         try:
             verifier = self._verifier(at)
-            chain = tuple(verifier.verify(leaf, [*certs[1:], *self._intermediates]).chain)
+            chain = tuple(verifier.verify(leaf, [*offered, *self._intermediates]).chain)
         except VerificationError as e:
             return failed(Source.HEADER, self._reason(str(e), certs, at), certs)
         except Exception as e:  # malformed extensions etc.: fail closed, never crash
             return failed(Source.HEADER, _invalid(str(e)), certs)
+        if through_pinned(self._truststore, chain):
+            return failed(Source.HEADER, UNTRUSTED, certs)
         return ClientIdentity(
             Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
         )
@@ -176,32 +220,6 @@ class ChainVerifier:
             .build_client_verifier()
         )
 
-    def _verify_pinned(
-        self, leaf: x509.Certificate, certs: tuple[x509.Certificate, ...]
-    ) -> ClientIdentity:
-        """A pinned leaf is trusted by itself, as OpenSSL's PARTIAL_CHAIN does."""
-        try:
-            extensions = leaf.extensions
-            for ext in extensions:
-                if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
-                    return failed(
-                        Source.HEADER,
-                        _invalid(f"unsupported critical extension {ext.oid.dotted_string}"),
-                        certs,
-                    )
-            try:
-                eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-            except x509.ExtensionNotFound:
-                eku = None
-        except Exception as e:
-            return failed(Source.HEADER, _invalid(str(e)), certs)
-        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            return failed(Source.HEADER, WRONG_PURPOSE, certs)
-        chain = (leaf,)
-        return ClientIdentity(
-            Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
-        )
-
     def _reason(
         self, message: str, certs: tuple[x509.Certificate, ...], at: datetime.datetime
     ) -> str:
@@ -211,7 +229,7 @@ class ChainVerifier:
             return WRONG_PURPOSE
         if "not valid at validation time" in lowered:
             # The leaf was valid, so an intermediate or an anchor is not.
-            for cert in (*certs[1:], *self._truststore.certificates):
+            for cert in (*certs[1:], *self._truststore.issuers):
                 period = _period_reason(cert, at)
                 if period is not None:
                     return period
