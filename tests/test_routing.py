@@ -389,3 +389,86 @@ def test_normalise_a_long_path_within_budget(path: bytes) -> None:
     except BadPath:
         pass
     assert time.thread_time() - started < 0.005
+
+
+# --------------------------------------------------------------------------- trims (#23 item 10)
+
+
+def _secured_router(extra: tuple[tuple[str, str, bool], ...] = ()) -> Router:
+    """/pets/admin needs a certificate; /pets/{name} and /{a}/{b}/{c} are open."""
+    from twistedgw.config import Mode, Operation, Security
+
+    mtls = Security(mutual_ssl=Mode.MANDATORY)
+    open_ = Security()
+    ops = [
+        Operation("GET", "/pets/admin", mtls),
+        Operation("GET", "/pets/{name}", open_),
+        Operation("GET", "/pets/{name}.txt", open_),
+        Operation("GET", "/files/{path}", open_),
+        Operation("GET", "/pets/admin.html", open_),
+        *(Operation("GET", t, mtls if secured else open_) for t, _m, secured in extra),
+    ]
+    return Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=tuple(ops))])
+
+
+def _answer(router: Router, path: bytes, method: bytes = b"GET") -> tuple[int, str] | str:
+    route = router.route(b"/t" + normalise(path), None, method)
+    assert route is not None
+    if route.unmatched is not None:
+        return route.unmatched.status, route.unmatched.description
+    assert route.operation is not None
+    return route.operation.template
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/pets/admin.", b"/pets/admin.json", b"/pets/admin%20", b"/pets/admin%09",
+     b"/pets/admin~", b"/pets/ADMIN.json", b"/pets/admin.json%20", b"/pets/admin%20%20",
+     b"/pets/admin.tar.gz", b"/pets/admin%0A", b"/pets/admin.txt"],
+)
+def test_a_trimmed_path_that_reaches_a_differently_secured_literal_is_404(path: bytes) -> None:
+    assert _answer(_secured_router(), path) == (404, "ambiguous path")
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [(b"/pets/admin", "/pets/admin"), (b"/pets/fido", "/pets/{name}"),
+     (b"/pets/fido.json", "/pets/{name}"), (b"/pets/fido%20", "/pets/{name}"),
+     (b"/pets/admin.html", "/pets/admin.html"),  # a literal template of its own decides
+     (b"/pets/administrator", "/pets/{name}"), (b"/files/report.pdf", "/files/{path}"),
+     (b"/pets/admin/", "/pets/admin")],
+)
+def test_paths_that_no_trim_makes_ambiguous_pass(path: bytes, template: str) -> None:
+    assert _answer(_secured_router(), path) == template
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/pets/ad%20min", b"/pets/ad%09min", b"/pets/%20admin", b"/files/a%01b", b"/files/a%7F",
+     b"/pets%20/fido", b"/pets/admin%7F"],
+)
+def test_encoded_control_or_whitespace_inside_is_400(path: bytes) -> None:
+    assert _answer(_secured_router(), path) == (
+        400, "request path has an encoded control character or whitespace inside a segment"
+    )
+
+
+def test_apis_whose_operations_share_one_security_are_not_checked() -> None:
+    from twistedgw.config import Operation
+
+    ops = (Operation("GET", "/pets/admin"), Operation("GET", "/pets/{name}"))
+    router = Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=ops)])
+    assert _answer(router, b"/pets/admin.json") == "/pets/{name}"
+    assert _answer(router, b"/pets/ad%20min") == "/pets/{name}"
+    assert not router._templates[next(iter(router._templates))].guarded
+
+
+def test_trims_within_budget() -> None:
+    import time
+
+    router = _secured_router()
+    for path in (b"/pets/" + b"%20" * 5000, b"/pets/" + b"a." * 7000, b"/pets/" + b"~" * 14000,
+                 b"/files/" + b"%41%20" * 2000 + b"x"):
+        started = time.thread_time()
+        router.route(b"/t" + normalise(path), None, b"GET")
+        assert time.thread_time() - started < 0.005

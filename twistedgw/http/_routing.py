@@ -311,6 +311,14 @@ class _Templates:
                     literal.setdefault(t.first, []).append(t)
             merged = {k: sorted(v + wild, key=lambda t: t.rank) for k, v in literal.items()}
             self._index[count] = (merged, sorted(wild, key=lambda t: t.rank))
+        # The trims check (#23 item 10), only where operations differ in security: the
+        # lower-cased literal last segments a trimming backend could be steered to.
+        kinds = {_security_of(found[1]) for t in templates for found in t.methods.values()}
+        self.guarded: frozenset[bytes] = frozenset(
+            t.segments[-1].lowered  # type: ignore[misc]
+            for t in templates
+            if len(kinds) > 1 and t.segments and t.segments[-1].lowered is not None
+        )
 
     def candidates(self, rest: bytes) -> list[_Template]:
         """Templates that could match ``rest`` (no trailing '/'), most specific first."""
@@ -391,6 +399,124 @@ def match_operation(
     return None
 
 
+def _security_of(api: ApiConfig) -> tuple[object, ...]:
+    """What an operation's effective config demands of a caller (its schemes' modes)."""
+    return (
+        api.mutual_ssl,
+        api.api_key,
+        api.api_key_header,
+        getattr(api, "jwt", None),
+        getattr(api, "basic_auth", None),
+    )
+
+
+AMBIGUOUS = "ambiguous path"
+_WHITESPACE_ESCAPES = frozenset(b"%%%02X" % b for b in range(0x21))  # %00-%20, as normalised
+_MAX_TRIMS = 3
+
+
+def _trailing_whitespace(segment: bytes) -> int:
+    """Where the run of encoded whitespace (``%00``-``%20``) that ends ``segment`` starts."""
+    end = len(segment)
+    while end >= 3 and segment[end - 3 : end] in _WHITESPACE_ESCAPES:
+        end -= 3
+    return end
+
+
+def _trims(segment: bytes) -> set[bytes]:
+    """What a backend that trims might read ``segment`` as: without one trailing ``.``,
+    ``.ext`` or ``~``, or its trailing encoded whitespace; up to three such trims in a
+    row (``admin.json%20``)."""
+    found: set[bytes] = set()
+    frontier = {segment}
+    for _ in range(_MAX_TRIMS):
+        step: set[bytes] = set()
+        for s in frontier:
+            if s.endswith((b".", b"~")):
+                step.add(s[:-1])
+            dot = s.rfind(b".")
+            if dot > 0:
+                step.add(s[:dot])
+            end = _trailing_whitespace(s)
+            if end < len(s):
+                step.add(s[:end])
+        frontier = step - found - {b""}
+        found |= frontier
+        if not frontier:
+            break
+    return found
+
+
+def _control_inside(rest: bytes) -> bool:
+    """Whether ``rest`` holds an escape of a control byte or whitespace (``%00``-``%20``,
+    ``%7F``) anywhere but in the run of encoded whitespace that ends the path."""
+    end = _trailing_whitespace(rest)
+    pos = rest.find(b"%", 0, end)
+    while pos >= 0:
+        escape = rest[pos : pos + 3]
+        if escape in _WHITESPACE_ESCAPES or escape == b"%7F":
+            return True
+        pos = rest.find(b"%", pos + 3, end)
+    return False
+
+
+def _trim_target(templates: _Templates, path: bytes, method: bytes) -> tuple[object, ...] | None:
+    """The security of the operation a trimmed ``path`` would reach when the template
+    it matches (ignoring case, as a backend might) ends in a literal segment; else None."""
+    for template in templates.candidates(path):
+        segments = path.split(b"/")[1:]
+        loose, _strict = template.fits(segments, [s.lower() for s in segments])
+        if not loose:
+            continue
+        if template.segments[-1].literal is None:
+            return None  # served by a parameter there: no literal it could be mistaken for
+        found = template.methods.get(method)
+        if found is None and method == b"HEAD":
+            found = template.methods.get(b"GET")
+        return _security_of(found[1]) if found is not None else None
+    return None
+
+
+def control_inside(templates: _Templates, rest: bytes) -> GatewayError | None:
+    """400 for an escaped control byte or whitespace inside the path, on APIs that the
+    trims check guards (``ambiguity``): there only trailing whitespace is read."""
+    if templates.guarded and b"%" in rest:
+        if len(rest) > 1 and rest.endswith(b"/"):
+            rest = rest[:-1]
+        if _control_inside(rest):
+            return errors.bad_request(
+                "request path has an encoded control character or whitespace inside a segment"
+            )
+    return None
+
+
+def ambiguity(
+    templates: _Templates, rest: bytes, method: bytes, found: _Found
+) -> GatewayError | None:
+    """#23 item 10: backends that trim a suffix (Spring's suffix patterns: CVE-2016-5007's
+    class), a trailing dot or encoded whitespace would serve ``/pets/admin.json`` as the
+    secured ``/pets/admin`` while the gateway matched an open ``/pets/{name}``. A path
+    that some trims turn into a literal template whose security differs from the
+    operation matched gets 404 900906; escaped control bytes or whitespace inside the
+    path, 400. Only APIs whose operations differ in security pay anything."""
+    guarded = templates.guarded
+    if not guarded:
+        return None
+    if len(rest) > 1 and rest.endswith(b"/"):
+        rest = rest[:-1]
+    if "{" not in found[0].template.rstrip("/").rpartition("/")[2]:
+        return None  # the path names a literal template itself: the operator's own choice
+    head, _slash, last = rest.rpartition(b"/")
+    mine = _security_of(found[1])
+    for trimmed in _trims(last):
+        if trimmed.lower() not in guarded:
+            continue
+        other = _trim_target(templates, head + b"/" + trimmed, method)
+        if other is not None and other != mine:
+            return errors.no_matching_resource(AMBIGUOUS)
+    return None
+
+
 _Candidate = tuple["tuple[str, ...] | None", ApiConfig, "Pipeline | None"]
 
 
@@ -454,7 +580,11 @@ class Router:
                 rest = path[len(context) :] if context != b"/" else path
                 operation = effective = None
                 if method is not None and api.operations is not None:
-                    found = match_operation(self._templates[id(api)], rest, method)
+                    templates = self._templates[id(api)]
+                    refused = control_inside(templates, rest)
+                    if refused is not None:
+                        return Route(api, b"", pipeline, unmatched=refused)
+                    found = match_operation(templates, rest, method)
                     if found is None:
                         return Route(api, b"", pipeline, unmatched=errors.no_matching_resource(
                             f"no operation of {api.label} matches {path.decode('latin-1')!r}"
@@ -465,6 +595,9 @@ class Router:
                             f"{method.decode('latin-1')} is not allowed on "
                             f"{path.decode('latin-1')!r}; allowed: {found.allow.decode()}"
                         ))
+                    refused = ambiguity(templates, rest, method, found)
+                    if refused is not None:
+                        return Route(api, b"", pipeline, unmatched=refused)
                     operation, effective, pipeline = found
                 endpoints = self._several.get(id(api))
                 if endpoints is None:
