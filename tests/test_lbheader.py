@@ -628,3 +628,28 @@ def test_hostile_header_values_are_decoded_within_budget(value: str) -> None:
             decode(value, encoding)
         spent = time.thread_time() - started
         assert spent < 0.002, f"{spent * 1000:.2f} ms as {encoding}"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("By=x;Hash=" + '"a"' * 600, "more than 1024 '\"' characters"),
+        ("Cert=x" + ";a=b" * 1100, "more than 1024 ';' characters"),
+        ("Cert=x" + ",By=y" * 1100, "more than 1024 ',' characters"),
+        ('Cert="' + "\\\\" * 600 + '"', "more than 1024 '\\\\' characters"),
+        ("-----BEGIN%20CERTIFICATE-----" + "%41" * 9000, "more than 8192 percent-escapes"),
+        ("A," * 30000, "header carries more than 10 certificates"),
+    ],
+    ids=["quotes", "semicolons", "commas", "backslashes", "escapes", "traefik-items"],
+)
+def test_values_with_more_structure_than_any_chain_are_refused_unread(value: str,
+                                                                    says: str) -> None:
+    """Bounds checked by one count() before parsing: at 64 KiB each parsing step, not the
+    count, is what costs (the 10 ms rule)."""
+    import time
+
+    started = time.thread_time()
+    with pytest.raises(HeaderDecodeError) as e:
+        decode(value)
+    assert says in str(e.value)
+    assert time.thread_time() - started < 0.002

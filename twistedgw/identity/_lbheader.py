@@ -183,8 +183,15 @@ def _first_outside(text: str, allowed: frozenset[str]) -> tuple[int, str] | None
     return (found.start(), found.group()) if found is not None else None
 
 
+MAX_ESCAPES = 8192
+"""Percent-escapes one value may hold: ten URL-encoded PEM certificates need a few
+hundred each; each costs ``unquote`` a step."""
+
+
 def _percent_decode(text: str, what: str) -> str:
     """``unquote`` (never ``unquote_plus``: a raw ``+`` is base64, not a space)."""
+    if text.count("%") > MAX_ESCAPES:
+        raise HeaderDecodeError(f"{what} has more than {MAX_ESCAPES} percent-escapes")
     bad = _BAD_ESCAPE_RE.search(text)
     if bad is not None:
         if bad.start() >= len(text) - 2:
@@ -384,9 +391,19 @@ def _unescape(content: str) -> str:
     return content.replace("\\\\", "\uffff").replace("\\", "").replace("\uffff", "\\")
 
 
+MAX_XFCC_SEPARATORS = 1024
+"""More ``,``, ``;``, ``"`` or ``\\`` in an XFCC value than this is refused unread: a
+chain of proxies names a handful of keys each, and every one costs a step to parse."""
+
+
 def _decode_xfcc(text: str, _chain: str | None) -> list[x509.Certificate]:
     if "=" not in text:
         raise _FormatMismatch("not an xfcc value (expected key=value pairs such as Cert=...)")
+    for mark in ',;"\\':
+        if text.count(mark) > MAX_XFCC_SEPARATORS:
+            raise HeaderDecodeError(
+                f"xfcc value has more than {MAX_XFCC_SEPARATORS} {mark!r} characters"
+            )
     # One element per proxy hop; the last was added by the proxy nearest to us.
     element = _split_outside_quotes(text, ",")[-1].strip()
     if not element:
@@ -444,8 +461,8 @@ def _decode_traefik(text: str, _chain: str | None) -> list[x509.Certificate]:
             raise HeaderDecodeError(
                 f"traefik value has an unexpected escaped character at position {bad[0]}"
             )
+    _check_count(text.count(",") + 1)  # before any list is made of them
     items = [item.strip() for item in text.split(",")]
-    _check_count(len(items))
     ders = []
     for i, item in enumerate(items, 1):
         if not item:
