@@ -551,3 +551,59 @@ def test_a_pinned_ca_certified_by_an_issuer_validates_no_chain(pki: devpki.DevPk
     # Its alias is no chain's either.
     assert pinned.aliases_in_chain((minted, sub.cert, root.cert)) == {"partner-root"}
     assert pinned.aliases_in_chain((sub.cert,)) == {"sub"}
+
+
+# --------------------------------------------------------------------------- the 10 ms rule
+
+
+def _ca_named(name: x509.Name, key: Any, signer: Any, public: Any = None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=True, encipher_only=False,
+                          decipher_only=False)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(public or key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY).not_valid_after(now + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(b"k" * 20), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(b"k" * 20, None, None), critical=False)
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def test_same_named_intermediates_do_not_multiply_the_work(truststore: TrustStore) -> None:
+    """Nine intermediates with one name and one key id, each signed by the next: path
+    building tried their orders (112 ms of P-521 checks). One per name is offered."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "X")])
+    keys = [ec.generate_private_key(ec.SECP521R1()) for _ in range(9)]
+    cas = [_ca_named(name, keys[i], keys[(i + 1) % 9]) for i in range(9)]
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
+        .issuer_name(name).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(1).not_valid_before(now - DAY).not_valid_after(now + DAY)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(b"k" * 20, None, None), critical=False)
+        .sign(keys[0], hashes.SHA256())
+    )
+    started = time.thread_time()
+    identity = ChainVerifier(truststore).verify((leaf, *cas))
+    assert time.thread_time() - started < 0.010
+    assert identity.outcome is Outcome.FAILED
+
+
+def test_oversized_rsa_keys_are_refused_before_any_signature(truststore: TrustStore) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    huge = rsa.RSAPublicNumbers(65537, (1 << 16383) | 1).public_key()
+    signer = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "heavy")])
+    heavy = _ca_named(name, signer, signer, public=huge)
+    leaf, _ = self_signed("leaf", not_before=datetime.datetime.now(datetime.UTC) - DAY,
+                          not_after=datetime.datetime.now(datetime.UTC) + DAY)
+    identity = ChainVerifier(truststore).verify((leaf, heavy))
+    assert identity.reason == f"{INVALID}: RSA key of 16384 bits (at most 4096)"

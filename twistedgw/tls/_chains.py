@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     ClientVerifier,
@@ -92,6 +93,27 @@ def pinned_problem(leaf: x509.Certificate, at: datetime.datetime) -> str | None:
         return _invalid(str(e))
     if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         return WRONG_PURPOSE
+    return None
+
+
+MAX_CHAIN_DEPTH = 4
+"""Intermediates a header chain may climb through to an issuer: client chains have one
+or two; each level is signatures to check."""
+
+MAX_RSA_BITS = 4096
+"""RSA keys larger than this in a header chain are refused before any signature is
+checked: one 16,384-bit verification costs milliseconds."""
+
+
+def _heavy_key(certs: Sequence[x509.Certificate]) -> str | None:
+    """Why a presented certificate's key is too costly to verify with, or None."""
+    for cert in certs:
+        try:
+            key = cert.public_key()
+        except Exception as e:  # an unreadable key: fail closed
+            return _invalid(str(e))
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
+            return _invalid(f"RSA key of {key.key_size} bits (at most {MAX_RSA_BITS})")
     return None
 
 
@@ -195,8 +217,19 @@ class ChainVerifier:
             return failed(Source.HEADER, problem, certs)
         if self._store is None:
             return failed(Source.HEADER, UNTRUSTED, certs)
-        # A pinned certificate validates no chain, not even as an intermediate.
-        offered = [c for c in certs[1:] if self._truststore.pinned_entry(fingerprint(c)) is None]
+        heavy = _heavy_key(certs)
+        if heavy is not None:
+            return failed(Source.HEADER, heavy, certs)
+        # A pinned certificate validates no chain, not even as an intermediate; and one
+        # certificate per subject: same-named intermediates (free to make) made path
+        # building try every order of them, ~100 signature checks for nine (#22, 10 ms).
+        offered: list[x509.Certificate] = []
+        subjects: set[x509.Name] = set()
+        for c in certs[1:]:
+            if c.subject in subjects or self._truststore.pinned_entry(fingerprint(c)):
+                continue
+            subjects.add(c.subject)
+            offered.append(c)
         try:
             verifier = self._verifier(at)
             chain = tuple(verifier.verify(leaf, [*offered, *self._intermediates]).chain)
@@ -216,6 +249,7 @@ class ChainVerifier:
             PolicyBuilder()
             .store(self._store)
             .time(at)
+            .max_chain_depth(MAX_CHAIN_DEPTH)
             .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
             .build_client_verifier()
         )
