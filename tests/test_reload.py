@@ -267,11 +267,15 @@ def test_reloading_a_large_definition_holds_no_request(
     assert max(during) < max(baseline) + 0.050, report
 
 
-def _small_config(pki: DevPki, tmp_path: Path) -> Path:
+def _small_config(pki: DevPki, tmp_path: Path, definition: bool = True) -> Path:
     path = tmp_path / "gateway.toml"
-    path.write_text(gateway_config(
-        pki, [{"name": "echo", "context": "/echo", "backend": "http://127.0.0.1:1"}], port=1
-    ))
+    apis: list[dict[str, Any]] = [
+        {"name": "echo", "context": "/echo", "backend": "http://127.0.0.1:1"}
+    ]
+    if definition:
+        (tmp_path / "small.yaml").write_text(_big_definition(2, "http://127.0.0.1:1"))
+        apis.append({"openapi": str(tmp_path / "small.yaml")})
+    path.write_text(gateway_config(pki, apis, port=1))
     return path
 
 
@@ -289,22 +293,34 @@ def test_a_reload_reads_the_files_in_a_child_process(
     prepared = runtime.prepare_beside_reactor(path)
     assert prepared.parsed == runtime.prepare(path).parsed
     assert runtime.finish(prepared).config.apis[0].context == "/echo"
-    path.write_text("this is [not toml")
+    (tmp_path / "small.yaml").write_text("paths: [not, a, definition")
     with pytest.raises(ConfigError) as refused:
-        runtime.prepare_beside_reactor(path)
-    assert "invalid TOML" in refused.value.problems[0]
+        runtime.finish(runtime.prepare_beside_reactor(path))
+    assert "apis[1].openapi" in refused.value.problems[0]
 
 
-def test_without_a_child_process_the_files_are_read_here(
-    pki: DevPki, tmp_path: Path, monkeypatch: Any
+@pytest.mark.parametrize("why", ["no child process", "toml alone", "not toml"])
+def test_otherwise_the_files_are_read_here(
+    pki: DevPki, tmp_path: Path, monkeypatch: Any, why: str
 ) -> None:
+    """Where no child can start, and where there is no definition to parse (TOML is
+    read in milliseconds; a file that is not TOML fails at once), the thread reads."""
     import gc
     import sys
 
     from twistedgw.app import _runtime as runtime
 
-    path = _small_config(pki, tmp_path)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    path = _small_config(pki, tmp_path, definition=why == "no child process")
+    if why == "no child process":
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    else:
+        monkeypatch.setattr(runtime, "_parse_in_child", None)  # would raise if called
+    if why == "not toml":
+        path.write_text("this is [not toml")
+        with pytest.raises(ConfigError) as refused:
+            runtime.prepare_beside_reactor(path)
+        assert "invalid TOML" in refused.value.problems[0]
+        return
     seen: list[tuple[bool, float]] = []
     original = runtime.configmod.load_partial
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -466,18 +467,32 @@ sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
 def prepare_beside_reactor(path: str | Path, records: HandshakeRecords | None = None) -> Prepared:
     """``prepare`` while the reactor serves (a reload), from a thread.
 
-    The config files are read and validated by a child Python process: parsing a
-    large OpenAPI definition takes seconds of CPU, and in this process its garbage
-    collections and the GIL held the reactor thread for up to ~100 ms at a time. Only
-    the result comes back (a pickle: milliseconds to load); the key material is then
-    loaded here. If no child can be started, the files are read in this thread.
+    A config that names OpenAPI definitions is read and validated by a child Python
+    process: parsing a large definition takes seconds of CPU, and in this process its
+    garbage collections and the GIL held the reactor thread for up to ~100 ms at a time.
+    Only the result comes back (a pickle: milliseconds to load); the key material is
+    then loaded here. A config of TOML alone, or one read where no child can start, is
+    read in this thread.
     """
+    if not _names_definitions(path):
+        return prepare(path, records, _parse_here(path))  # TOML alone: milliseconds
     try:
         parsed = _parse_in_child(path)
     except _NoChild as e:
         log.warn("Reading the config in this process ({why})", why=str(e))
         parsed = _parse_here(path)
     return prepare(path, records, parsed)
+
+
+def _names_definitions(path: str | Path) -> bool:
+    """Whether the config names OpenAPI definitions (the slow part of reading one); a
+    file that is not TOML is read here, where it fails at once with the usual words."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    apis = raw.get("apis")
+    return isinstance(apis, list) and any(isinstance(a, dict) and "openapi" in a for a in apis)
 
 
 class _NoChild(Exception):
