@@ -254,6 +254,12 @@ CASES: list[Case] = [
         ),
         ("apis[1].backend_tls: the backend URL … lies under that of apis[0]",),
     ),
+    # The 10 ms rule is kept at the largest header size allowed (#22).
+    Case(
+        "header-limit-above-64-kib",
+        lambda p: gateway_config(p, [api()], port=0, extra="[limits]\nmax_header_bytes = 65537\n"),
+        ("limits.max_header_bytes: must be at most 65536 (64 KiB), got 65537",),
+    ),
     # Config and key-material problems in one pass: the key material that does not
     # depend on a broken key is still loaded and checked.
     Case(

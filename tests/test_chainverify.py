@@ -445,3 +445,165 @@ def test_cache_can_be_disabled(
         assert verifier.verify(pki.issued["partner-app"].full_chain).verified
     assert counter.calls == 3
     assert verifier.cached == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "validation failed: x" + " " * 20000 + "y",
+        "validation failed: " + "(encountered processing <Certificate(" * 500 + " " * 5000,
+        " " * 20000 + "(encountered processing <Certificate(subject=x)>)",
+    ],
+    ids=["spaces", "unclosed-asides", "spaces-before-an-aside"],
+)
+def test_failure_detail_is_trimmed_in_linear_time(message: str) -> None:
+    """cryptography's message quotes the certificate's subject, the caller's own text: a
+    long run of spaces in it made the trimming regex quadratic (0.7 s at 20,000)."""
+    started = time.thread_time()
+    reason = chainverify._invalid(message)
+    assert time.thread_time() - started < 0.005
+    assert reason.startswith(INVALID) and len(reason) < 260
+
+
+# --------------------------------------------------------------------------- issuers and pinned
+# #22 item 7: a truststore entry is an issuer or a pinned client, never both.
+
+
+def _leaf_of(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    other = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "minted")]))
+        .issuer_name(issuer.subject)
+        .public_key(other.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _ca_like_openssl_req(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Self-signed with CA:TRUE, as ``openssl req -x509`` makes them (plus keyCertSign,
+    which cryptography's CA policy wants of an issuer)."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=False, encipher_only=False,
+                          decipher_only=False)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY).not_valid_after(now + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def test_entries_are_issuers_or_pinned(pki: devpki.DevPki) -> None:
+    store = load_truststore(pki.truststore_dir)
+    roles = {e.alias: e.is_pinned for e in store.entries}
+    assert roles == {"partner-root": False, "other-root": False, "lb-ca": False,
+                     "pinned-client": True}
+    assert {e.alias: e.is_pinned for e in store.classified(["lb-ca"]).entries}["lb-ca"]
+    assert [c.subject for c in store.issuers] == [
+        e.cert.subject for e in store.entries if not e.is_pinned
+    ]
+
+
+def test_a_pinned_ca_passes_itself_and_nothing_it_signed() -> None:
+    pinned, key = _ca_like_openssl_req("pinned partner")
+    minted = _leaf_of(pinned, key)
+    by_default = store_of(pin=pinned)  # CA:TRUE: an issuer unless pinned
+    assert verify(by_default, (minted, pinned)).trust_aliases == {"pin"}
+    assert verify(by_default, (pinned,)).reason == chainverify.CA_AS_CLIENT
+    pinned_store = by_default.classified(["pin"])
+    for presented in ((minted, pinned), (minted,)):
+        identity = verify(pinned_store, presented)
+        assert (identity.outcome, identity.reason) == (Outcome.FAILED, UNTRUSTED)
+    itself = verify(pinned_store, (pinned,))
+    assert itself.verified and itself.trust_aliases == {"pin"}  # CA:TRUE, yet a client
+    assert verify(pinned_store, (pinned, minted)).chain == (pinned,)  # never a chain
+
+
+def test_a_pinned_ca_certified_by_an_issuer_validates_no_chain(pki: devpki.DevPki) -> None:
+    """A pinned entry that a trusted root also certified as a CA: a leaf it signed does
+    not pass through it to that root, nor does the root's alias reach the leaf."""
+    root = pki.authorities["partner-root"]
+    sub = root.intermediate("pinned sub-CA")
+    minted = sub.issue("minted-app").cert
+    plain = store_of(**{"partner-root": root.cert})
+    assert verify(plain, (minted, sub.cert)).trust_aliases == {"partner-root"}
+    pinned = store_of(**{"partner-root": root.cert, "sub": sub.cert}).classified(["sub"])
+    assert verify(pinned, (minted, sub.cert)).reason == UNTRUSTED
+    # Its alias is no chain's either.
+    assert pinned.aliases_in_chain((minted, sub.cert, root.cert)) == {"partner-root"}
+    assert pinned.aliases_in_chain((sub.cert,)) == {"sub"}
+
+
+# --------------------------------------------------------------------------- the 10 ms rule
+
+
+def _ca_named(name: x509.Name, key: Any, signer: Any, public: Any = None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=True, encipher_only=False,
+                          decipher_only=False)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(public or key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY).not_valid_after(now + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(b"k" * 20), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(b"k" * 20, None, None), critical=False)
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def test_same_named_intermediates_do_not_multiply_the_work(truststore: TrustStore) -> None:
+    """Nine intermediates with one name and one key id, each signed by the next: path
+    building tried their orders (112 ms of P-521 checks). One per name is offered."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "X")])
+    keys = [ec.generate_private_key(ec.SECP521R1()) for _ in range(9)]
+    cas = [_ca_named(name, keys[i], keys[(i + 1) % 9]) for i in range(9)]
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
+        .issuer_name(name).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(1).not_valid_before(now - DAY).not_valid_after(now + DAY)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(b"k" * 20, None, None), critical=False)
+        .sign(keys[0], hashes.SHA256())
+    )
+    started = time.thread_time()
+    identity = ChainVerifier(truststore).verify((leaf, *cas))
+    assert time.thread_time() - started < 0.010
+    assert identity.outcome is Outcome.FAILED
+
+
+def test_oversized_rsa_keys_are_refused_before_any_signature(truststore: TrustStore) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    huge = rsa.RSAPublicNumbers(65537, (1 << 16383) | 1).public_key()
+    signer = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "heavy")])
+    heavy = _ca_named(name, signer, signer, public=huge)
+    leaf, _ = self_signed("leaf", not_before=datetime.datetime.now(datetime.UTC) - DAY,
+                          not_after=datetime.datetime.now(datetime.UTC) + DAY)
+    identity = ChainVerifier(truststore).verify((leaf, heavy))
+    assert identity.reason == f"{INVALID}: RSA key of 16384 bits (at most 4096)"

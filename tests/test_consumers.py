@@ -265,3 +265,144 @@ def test_access_log_and_metrics_name_the_consumer(
     assert delta(api="open:1", status="200", consumer="globex") == 1
     assert delta(api="open:1", status="200", consumer="none") == 1
     assert delta(api="acl:1", status="403", consumer="globex") == 1
+
+
+# --------------------------------------------------------------------------- pinned aliases
+# #22 item 7: a truststore entry is an issuer or a pinned client, never both.
+
+
+def _like_openssl_req_x509(cn: str) -> tuple[x509.Certificate, Any]:
+    """A self-signed certificate as ``openssl req -x509`` makes one: CA:TRUE, key ids."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _signed_by(issuer: x509.Certificate, issuer_key: Any, cn: str,
+               uri: str) -> tuple[x509.Certificate, Any]:
+    """A client certificate ``issuer``'s key signed, naming ``uri`` as its SAN."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                       critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _key_pem(key: Any) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def test_a_pinned_alias_passes_itself_and_nothing_it_signed(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    """The pinned certificate asserts CA:TRUE (``openssl req -x509``'s default) and its
+    holder signs a leaf naming the acme consumer's SAN: through the handshake and
+    through a load balancer's header alike, that leaf is not trusted, while the pinned
+    certificate itself passes (the CA-leaf rule does not apply to it)."""
+    import shutil
+    import ssl
+
+    from tests.e2e import send, tls_connect
+
+    pinned, pinned_key = _like_openssl_req_x509("pinned partner")
+    forged, forged_key = _signed_by(pinned, pinned_key, "mallory",
+                                    "spiffe://acme.example/ns/prod/sa/orders")
+    trust = tmp_path / "truststore"
+    shutil.copytree(pki.truststore_dir, trust)
+    (trust / "pinned-ca.pem").write_bytes(_pem(pinned))
+    files = {}
+    for stem, chain, key in (("pinned", (pinned,), pinned_key),
+                             ("forged", (forged, pinned), forged_key)):
+        (tmp_path / f"{stem}.crt").write_bytes(_pem(*chain))
+        (tmp_path / f"{stem}.key").write_bytes(_key_pem(key))
+        files[stem] = (tmp_path / f"{stem}.crt", tmp_path / f"{stem}.key")
+    port = free_port()
+    base = {"version": "1", "backend": backend.url, "mutual_ssl": "mandatory"}
+    text = gateway_config(
+        pki,
+        [{**base, "name": "acme-only", "context": "/acme", "consumers": ["acme"]},
+         {**base, "name": "pinned-only", "context": "/pinned", "aliases": ["pinned-ca"]}],
+        port=port,
+        tls={"truststore": str(trust), "pinned_aliases": ["pinned-ca"]},
+        extra=table("consumers", {"name": "acme", "certificates": [
+            {"san_uri": "spiffe://acme.example/*"}]}, array=True)
+        + table("mutual_ssl", {"certificate_header": HEADER, "load_balancer_aliases": ["lb-ca"]}),
+    )
+    gw = start_gateway(tmp_path / "gw", text, port)
+    try:
+        def direct(path: str, who: str) -> Response:
+            if who in files:
+                ctx = ssl.create_default_context(cafile=str(pki.server_ca))
+                ctx.load_cert_chain(*(str(p) for p in files[who]))
+                conn = tls_connect(port, ctx)
+                try:
+                    return send(conn, path)
+                finally:
+                    conn.close()
+            return get(port, path, pki, who)
+
+        def via_header(path: str, chain: tuple[x509.Certificate, ...]) -> Response:
+            return get(port, path, pki, "lb", headers={HEADER: headerenc.url_pem(chain)})
+
+        untrusted = (401, "900901", "Invalid Credentials", "certificate is not issued by a "
+                     "trusted CA")
+        for path in ("/acme/x", "/pinned/x"):
+            assert error(direct(path, "forged")) == untrusted, path
+            assert error(via_header(path, (forged, pinned))) == untrusted, path
+            assert error(via_header(path, (forged,))) == untrusted, path
+        # The pinned certificate itself passes, as itself; it is no acme.
+        assert direct("/pinned/x", "pinned").status == 200
+        assert via_header("/pinned/x", (pinned,)).status == 200
+        assert error(direct("/acme/x", "pinned"))[:2] == (403, "900908")
+        # The real acme still is.
+        assert direct("/acme/x", "acme-app").status == 200
+        assert via_header("/acme/x", pki.issued["acme-app"].full_chain).status == 200
+        # check's warning: acme is named by a SAN alone while several issuers are trusted.
+        assert "consumer 'acme' is identified by names alone" in gw.output()
+    except BaseException:
+        print(gw.output())
+        raise
+    finally:
+        gw.stop()

@@ -507,3 +507,83 @@ def test_a_compiled_rule_never_raises_when_matching(raw: str, pki: DevPki) -> No
         if compiled is not None:
             for name in ("identity-app", "partner-app", "pinned"):
                 compiled.matches(cert(pki, name))
+
+
+# --------------------------------------------------------------------------- alias (#22 item 7)
+
+
+def test_alias_key_holds_only_under_that_truststore_entry(pki: DevPki) -> None:
+    acme = rule(alias="partner-root", san_uri="spiffe://acme.example/*")
+    leaf = cert(pki, "acme-app")
+    assert acme.matches(leaf, frozenset({"partner-root"}))
+    assert not acme.matches(leaf, frozenset({"other-root"}))  # the same names, another CA
+    assert not acme.matches(leaf)
+    assert not acme.by_names_alone
+    assert rule(san_uri="spiffe://acme.example/*").by_names_alone
+    assert not rule(sha256="00" * 32).by_names_alone
+    assert problems_of({"alias": " partner-root"})[0][0] == "alias"
+
+
+def test_consumer_alias_in_the_pipeline(pki: DevPki, tmp_path: Path) -> None:
+    cfg = load(pki, tmp_path, [api("open-mtls", mutual_ssl="optional")], extra=table(
+        "consumers", {"name": "acme", "certificates": [
+            {"alias": "partner-root", "san_uri": "spiffe://acme.example/*"}]}, array=True))
+    c = call_for(cfg, "/open-mtls", verified(pki, "acme-app"))
+    run(cfg, c)
+    assert c.consumer == "acme"
+    # The same SAN from a certificate that verified under another alias: no consumer.
+    c = call_for(cfg, "/open-mtls", verified(pki, "acme-app", frozenset({"other-root"})))
+    run(cfg, c)
+    assert c.consumer is None
+
+
+def _check(pki: DevPki, tmp_path: Path, extra: str, tls: dict[str, Any] | None = None,
+           apis: list[dict[str, Any]] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) as ``twistedgw check`` gives them, file name dropped."""
+    from twistedgw.app import _runtime as runtime
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(gateway_config(pki, apis or [api("a", mutual_ssl="optional")], port=1,
+                                   tls=tls, extra=extra))
+    try:
+        built = runtime.load(path)
+    except configmod.ConfigError as e:
+        return [p.split(": ", 1)[1] for p in e.problems], []
+    return [], [w.split(": ", 1)[1] for w in built.warnings]
+
+
+def test_check_warns_about_consumers_named_by_names_alone(pki: DevPki, tmp_path: Path) -> None:
+    loose = table("consumers", {"name": "acme", "certificates": [
+        {"san_uri": "spiffe://acme.example/*"}, {"alias": "partner-root", "common_name": "x"},
+        {"spki_sha256": spki_b64(cert(pki, "acme-app"))}]}, array=True)
+    problems, warnings = _check(pki, tmp_path, loose)
+    assert problems == []
+    # The dev truststore trusts three issuers (partner-root, other-root, lb-ca); the
+    # self-signed pinned-client is pinned. Only the entry with names alone is named.
+    assert warnings == [
+        "consumers[0].certificates[0]: consumer 'acme' is identified by names alone "
+        "(san_uri = 'spiffe://acme.example/*') while 3 issuers are trusted (lb-ca, other-root, "
+        "partner-root): a certificate any of them issues with these names maps to it; add "
+        'alias = "<issuer>" (or sha256 / spki_sha256)'
+    ]
+    # With one issuer there is nothing to confuse.
+    only = tmp_path / "one"
+    only.mkdir()
+    (only / "partner-root.pem").write_bytes(
+        (pki.truststore_dir / "partner-root.pem").read_bytes())
+    assert _check(pki, tmp_path, loose, tls={"truststore": str(only)}) == ([], [])
+
+
+def test_unknown_aliases_are_check_errors(pki: DevPki, tmp_path: Path) -> None:
+    extra = table("consumers", {"name": "acme", "certificates": [
+        {"alias": "nope", "san_uri": "spiffe://acme.example/*"}]}, array=True)
+    problems, _ = _check(pki, tmp_path, extra, tls={"pinned_aliases": ["partner-root", "gone"]},
+                         apis=[api("a", mutual_ssl="optional", identities=[{"alias": "nope2"}])])
+    listing = "(the truststore has: lb-ca, other-root, partner-root, pinned-client)"
+    assert problems == [
+        f"apis[0].identities[0].alias: unknown truststore alias 'nope2' {listing}",
+        f"tls.pinned_aliases[1]: unknown truststore alias 'gone' {listing}",
+        f"consumers[0].certificates[0].alias: unknown truststore alias 'nope' {listing}",
+    ]
+    problems, _ = _check(pki, tmp_path, "", tls={"pinned_aliases": ["lb-ca", "lb-ca"]})
+    assert problems == ["tls.pinned_aliases[1]: 'lb-ca' is listed twice"]

@@ -165,3 +165,68 @@ def test_apis_sharing_a_context_through_hosts_have_a_bucket_each(
         assert [call("big.example") for _ in range(5)] == [200] * 5
         assert [call("small.example") for _ in range(4)] == [200, 200, 200, 429]
         assert call("big.example") == 200
+
+
+def test_san_header_types_and_quotes_each_value(
+    tmp_path: Path, pki: DevPki, backend: BackendProcess
+) -> None:
+    """#22 item 12: one URI SAN holding a comma reaches the backend as one value. It was
+    ``urn:x,spiffe://bank.example/sa/admin``: two identities to a backend splitting on ','."""
+    import ssl
+
+    from tests.e2e import send
+
+    issued = pki.authorities["partner-issuing"].issue("bank-app", sans=[
+        x509.UniformResourceIdentifier("urn:x,spiffe://bank.example/sa/admin"),
+        x509.UniformResourceIdentifier('spiffe://partner.example/"q"\\x'),
+        x509.UniformResourceIdentifier("spiffe://partner.example/sa/app"),
+        x509.DNSName("api.partner.example"),
+    ])
+    crt, key = issued.write(tmp_path / "client", "bank-app")
+    ctx = ssl.create_default_context(cafile=str(pki.server_ca))
+    ctx.load_cert_chain(str(crt), str(key))
+    extra = '[identity]\nforward = "headers"\nheaders = { san = "X-Client-Cert-San" }\n'
+    with running_gateway(tmp_path / "gw", pki, apis(backend), extra=extra) as gw:
+        conn = tls_connect(gw.port, ctx)
+        try:
+            r = send(conn, "/mtls/x", headers=[("X-Client-Cert-San", "URI=spiffe://evil")])
+        finally:
+            conn.close()
+        assert r.status == 200, r.body
+        assert echoed(r, "x-client-cert-san") == [
+            'URI="urn:x,spiffe://bank.example/sa/admin",'
+            'URI="spiffe://partner.example/\\"q\\"\\\\x",'
+            "URI=spiffe://partner.example/sa/app,DNS=api.partner.example"
+        ]
+
+
+def test_san_field_encoding() -> None:
+    """Every value typed; quoted where it could be misread; control characters never sent."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from twistedgw.identity._forwarding import san_field
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = datetime.datetime.now(datetime.UTC)
+
+    def with_sans(*sans: x509.GeneralName) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), False)
+        return builder.sign(key, hashes.SHA256())
+
+    uri, dns = x509.UniformResourceIdentifier, x509.DNSName
+    assert san_field(with_sans()) == ""
+    assert san_field(with_sans(uri("a;b=c"), uri("a b"), uri("plain:x"), dns("h.example"))) == (
+        'URI="a;b=c",URI="a b",URI=plain:x,DNS=h.example'
+    )
+    assert san_field(with_sans(uri("x\r\nX-Admin: 1"), uri("ok:1"))) == "URI=ok:1"

@@ -8,6 +8,7 @@ on a ``MemoryReactorClock``.
 
 from __future__ import annotations
 
+import base64
 import json
 import tomllib
 from collections.abc import Mapping
@@ -560,3 +561,121 @@ def test_verified_tokens_are_cached_but_claims_and_keys_are_rechecked(
         assert getattr(gone, "reason", None) == "token signature is not valid"
     finally:
         _jwt._verifies = real  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- hostile tokens
+
+
+def _signed_over(key: jwtkit.SigningKey, head: str, body: str) -> str:
+    """A token validly signed over exactly ``head.body`` (whatever their encoding)."""
+    from joserfc.jws import JWSRegistry
+
+    signature = JWSRegistry.algorithms[key.alg].sign(f"{head}.{body}".encode(), key.key)
+    return f"{head}.{body}.{jwtkit.b64url(signature)}"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**309], ids=["1e400", "-1e400", "1e309"])
+def test_huge_time_claims_are_not_a_jwt(cfg: configmod.GatewayConfig, claim: str,
+                                        value: int) -> None:
+    """#22 item 8: an integer too large for a float once raised OverflowError (a 500)."""
+    tok = jwtkit.raw_token(KEY, {"alg": "ES256", "kid": "ec-1"}, jwtkit.claims(**{claim: value}))
+    p = pipeline_of(cfg)
+    for _ in range(2):  # and again, from the verified-token cache
+        refused(run(p, call_for(cfg, bearer(tok))), "900901", "token is not a valid JWT", INVALID)
+
+
+def _b64std(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("form", ["padded-head", "padded-body", "standard-alphabet"])
+def test_jws_parts_must_be_base64url_without_padding(cfg: configmod.GatewayConfig,
+                                                     form: str) -> None:
+    """#22 item 11: RFC 7515 compact serialisation is base64url with no ``=`` padding."""
+    head = json.dumps({"alg": "ES256", "kid": "ec-1"}).encode()
+    # A claim whose JSON encodes with '+' and '/' in standard base64 and '-'/'_' in base64url.
+    body = json.dumps(jwtkit.claims(note="??>>??>>~~~")).encode()
+    if form == "padded-head":
+        head += b" " * (3 - len(head) % 3 + 1)  # a length that needs padding
+        h, b = _b64std(head).replace("+", "-").replace("/", "_"), jwtkit.b64url(body)
+        assert h.endswith("=")
+    elif form == "padded-body":
+        body += b" " * (3 - len(body) % 3 + 1)
+        h, b = jwtkit.b64url(head), base64.urlsafe_b64encode(body).decode()
+        assert b.endswith("=")
+    else:
+        h, b = jwtkit.b64url(head), _b64std(body).rstrip("=")
+        assert "+" in b or "/" in b
+    tok = _signed_over(KEY, h, b)
+    refused(run(pipeline_of(cfg), call_for(cfg, bearer(tok))), "900901",
+            "token is not a valid JWT", INVALID)
+
+
+@pytest.mark.parametrize("cnf", ["abc", {"x5t#S256": None}, {}, [], 7, {"x5t#S256": 5}])
+@pytest.mark.parametrize("bound", ["when_claimed", "required"])
+def test_malformed_cnf_is_an_invalid_token(pki: DevPki, tmp_path: Path, cnf: Any,
+                                           bound: str) -> None:
+    """#22 item 11: a present ``cnf`` other than ``{"x5t#S256": "<string>"}`` is no "not bound"."""
+    cfg = load(pki, tmp_path, {"certificate_bound": bound}, {})
+    tok = jwtkit.token(KEY, jwtkit.claims(cnf=cnf))
+    out = run(pipeline_of(cfg), call_for(cfg, bearer(tok), verified(leaf(pki))))
+    refused(out, "900901", "token is not a valid JWT", INVALID)
+
+
+def test_non_canonical_base64url_is_refused(cfg: configmod.GatewayConfig) -> None:
+    """#22 item 11: a last character with unused bits set decodes to the same bytes, so one
+    signed token would have several spellings; RFC 4648 3.5's canonical form only."""
+    good = jwtkit.token(KEY)
+    p = pipeline_of(cfg)
+    assert isinstance(run(p, call_for(cfg, bearer(good))), HeaderEdit)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    parts = good.split(".")
+    changed = 0
+    for i, part in enumerate(parts):
+        unused = {2: 0x0F, 3: 0x03}.get(len(part) % 4)
+        if unused is None:
+            continue
+        last = alphabet.index(part[-1])
+        twin = part[:-1] + alphabet[last | 1]  # the same bytes, a set unused bit
+        assert base64.urlsafe_b64decode(twin + "==") == base64.urlsafe_b64decode(part + "==")
+        forged = ".".join([*parts[:i], twin, *parts[i + 1 :]])
+        refused(run(p, call_for(cfg, bearer(forged))), "900901", "token is not a valid JWT",
+                INVALID)
+        changed += 1
+    assert changed  # an ES256 signature is 86 characters: at least that part qualifies
+
+
+HOSTILE_AUTHORIZATION = [
+    b"Bearer" + b" " * 16000 + b"x y",  # #22 item 2: quadratic in the old scheme regex
+    b"Bearer" + b" " * 16000 + b"x" + b" " * 300 + b"y",
+    b"Bearer " + b"a." * 8000 + b" z",
+    b"Bearer " + b"a" * 16000 + b". .",
+    b"bearer" + b" \t" * 8000,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_AUTHORIZATION, ids=range(len(HOSTILE_AUTHORIZATION)))
+def test_hostile_bearer_values_are_refused_in_linear_time(cfg: configmod.GatewayConfig,
+                                                          value: bytes) -> None:
+    """The scheme and token are found without backtracking, and the value's length is
+    bounded before anything else (the 10 ms rule; test_reactor_budget.py times it through a
+    real gateway)."""
+    import time
+
+    p = pipeline_of(cfg)
+    call = call_for(cfg, {b"authorization": [value]})
+    started = time.thread_time()
+    out = run(p, call)
+    spent = time.thread_time() - started
+    refused(out, "900901", "token is not a valid JWT", INVALID)
+    assert spent < 0.01, f"{spent * 1000:.1f} ms for a {len(value)}-byte Authorization"
+
+
+@pytest.mark.parametrize(
+    "spelling", ["Bearer {}", "bearer {}", "BEARER {}", "Bearer   {}   ", "Bearer {} "]
+)
+def test_bearer_spellings_that_hold_a_token(cfg: configmod.GatewayConfig, spelling: str) -> None:
+    tok = jwtkit.token(KEY)
+    call = call_for(cfg, {b"authorization": [spelling.format(tok).encode()]})
+    assert isinstance(run(pipeline_of(cfg), call), HeaderEdit)

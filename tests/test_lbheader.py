@@ -524,3 +524,132 @@ def test_mutated_values_only_raise_header_decode_error(
     if chain_value is not None and data.draw(st.booleans()):
         chain_value = mutate(chain_value, ops)
     _check_decode(value, "auto" if as_auto else encoding, chain_value)
+
+
+# --------------------------------------------------------------------------- linear time
+# The 10 ms rule (#22): decoders see values as large as the header limit allows; every
+# pass over one is a C loop or a find that never looks at a character twice.
+
+
+def _reference_split(text: str, sep: str) -> list[str]:
+    """The per-character splitter the find-based one replaced."""
+    parts: list[str] = []
+    buf: list[str] = []
+    in_quotes = escaped = False
+    for c in text:
+        if in_quotes:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif c == sep:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(c)
+    if in_quotes:
+        raise HeaderDecodeError("xfcc value has an unterminated quoted string")
+    parts.append("".join(buf))
+    return parts
+
+
+def _reference_value(raw: str, key: str) -> str:
+    raw = raw.strip()
+    if not raw.startswith('"'):
+        if '"' in raw:
+            raise HeaderDecodeError(f"xfcc {key} value has a stray double quote")
+        return raw
+    out: list[str] = []
+    i = 1
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and i + 1 < len(raw):
+            out.append(raw[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            if raw[i + 1 :].strip():
+                raise HeaderDecodeError(f"xfcc {key} value has text after its closing quote")
+            return "".join(out)
+        out.append(c)
+        i += 1
+    raise HeaderDecodeError(f"xfcc {key} value has an unterminated quoted string")
+
+
+def _outcome(f: object, *args: str) -> object:
+    try:
+        return f(*args)  # type: ignore[operator]
+    except HeaderDecodeError as e:
+        return str(e)
+
+
+_XFCC_TEXT = st.lists(st.sampled_from(['"', "\\", ",", ";", "a", " ", "="]), max_size=16).map(
+    "".join
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_XFCC_TEXT, st.sampled_from([",", ";"]))
+def test_xfcc_splitting_and_unquoting_agree_with_the_reference(text: str, sep: str) -> None:
+    from twistedgw.identity import _lbheader
+
+    assert _outcome(_lbheader._split_outside_quotes, text, sep) == _outcome(
+        _reference_split, text, sep
+    )
+    assert _outcome(_lbheader._xfcc_value, text, "Uri") == _outcome(
+        _reference_value, text, "Uri"
+    )
+
+
+HOSTILE_VALUES = [
+    "By=x;Hash=" + '"a\\"' * 4000 + '"',
+    "Cert=" + ",;" * 8000,
+    'By="' + "\\" * 16000 + '"',
+    'Subject="' + '\\"' * 8000,
+    '"a",' * 4000,
+    "A," * 8000,
+    "-----BEGIN%20CERTIFICATE-----" + "%41" * 5000 + "%",
+    "-----BEGIN CERTIFICATE-----" + " \t" * 8000,
+    "A" * 16000 + "!",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=range(len(HOSTILE_VALUES)))
+def test_hostile_header_values_are_decoded_within_budget(value: str) -> None:
+    import time
+
+    for encoding in ("auto", "xfcc", "traefik"):
+        started = time.thread_time()
+        with pytest.raises(HeaderDecodeError):
+            decode(value, encoding)
+        spent = time.thread_time() - started
+        assert spent < 0.002, f"{spent * 1000:.2f} ms as {encoding}"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("By=x;Hash=" + '"a"' * 600, "more than 1024 '\"' characters"),
+        ("Cert=x" + ";a=b" * 1100, "more than 1024 ';' characters"),
+        ("Cert=x" + ",By=y" * 1100, "more than 1024 ',' characters"),
+        ('Cert="' + "\\\\" * 600 + '"', "more than 1024 '\\\\' characters"),
+        ("-----BEGIN%20CERTIFICATE-----" + "%41" * 9000, "more than 8192 percent-escapes"),
+        ("A," * 30000, "header carries more than 10 certificates"),
+    ],
+    ids=["quotes", "semicolons", "commas", "backslashes", "escapes", "traefik-items"],
+)
+def test_values_with_more_structure_than_any_chain_are_refused_unread(value: str,
+                                                                    says: str) -> None:
+    """Bounds checked by one count() before parsing: at 64 KiB each parsing step, not the
+    count, is what costs (the 10 ms rule)."""
+    import time
+
+    started = time.thread_time()
+    with pytest.raises(HeaderDecodeError) as e:
+        decode(value)
+    assert says in str(e.value)
+    assert time.thread_time() - started < 0.002

@@ -646,3 +646,47 @@ def test_method_override_headers_never_reach_apis_whose_operations_differ_in_sec
     assert r.status == 200
     assert {name.lower() for name, _ in r.json()["headers"]} >= {
         name.lower() for name in overrides}
+
+
+# -- trims (#23 item 10) -----------------------------------------------------------------
+
+
+PETS_31 = """\
+openapi: 3.1.0
+info: {{title: Pets, version: v1}}
+servers: [{{url: {backend}/pets}}]
+components:
+  securitySchemes:
+    mtls: {{type: mutualTLS}}
+security: []
+paths:
+  /pets/admin:
+    get:
+      security: [{{mtls: []}}]
+      responses: {{'200': {{description: the secured one}}}}
+  /pets/{{name}}:
+    parameters: [{{name: name, in: path, required: true, schema: {{type: string}}}}]
+    get:
+      responses: {{'200': {{description: open}}}}
+"""
+
+
+def test_trimmed_spellings_of_a_secured_literal_are_refused(
+    project: Project, pki: DevPki, backend: BackendProcess
+) -> None:
+    """A backend that trims a suffix, a trailing dot or encoded whitespace would serve
+    these as the secured /pets/admin; they matched the open /pets/{name}."""
+    gw = project.start(
+        [{"openapi": project.definition("pets.yaml", PETS_31.format(backend=backend.url))}]
+    )
+    for path in ("/pets/pets/admin.", "/pets/pets/admin.json", "/pets/pets/admin%20",
+                 "/pets/pets/admin%09", "/pets/pets/admin~"):
+        r = _get(gw, pki, path)
+        assert (r.status, r.json()["code"], r.json()["description"]) == (
+            404, "900906", "ambiguous path"), path
+    for path in ("/pets/pets/ad%20min", "/pets/pets/ad%09min", "/pets/pets/admin%7F"):
+        r = _get(gw, pki, path)
+        assert (r.status, r.json()["code"]) == (400, "400"), path
+    assert _backend_path(_get(gw, pki, "/pets/pets/fido.json")) == "/pets/pets/fido.json"
+    assert _get(gw, pki, "/pets/pets/admin").status == 401  # the secured one, as ever
+    assert _get(gw, pki, "/pets/pets/admin", "partner-app").status == 200

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from tests.backend_fixture import BackendProcess
@@ -25,6 +26,7 @@ from tests.harness import (
     table,
 )
 from tests.opskit import scrape, value, wait_until
+from twistedgw.config import ConfigError
 from twistedgw.testing.devpki import DevPki
 
 
@@ -178,3 +180,157 @@ def test_bad_reload_is_refused_and_counted_and_old_config_keeps_serving(
     assert value(metrics, "twistedgw_config_reloads_total", result="failure") == 2
     assert value(metrics, "twistedgw_config_reloads_total", result="success") == 1
     assert gw.proc.poll() is None
+
+
+def _big_definition(paths: int, backend: str, extra: str = "") -> str:
+    """An OpenAPI document of ``paths`` path items (two operations each): seconds of
+    YAML parsing and validation, the part of a reload that now runs in a thread."""
+    lines = [
+        "openapi: 3.0.3",
+        "info: {title: Big, version: '1'}",
+        "x-wso2-basePath: /big",
+        f"x-wso2-production-endpoints: {{urls: ['{backend}/big']}}",
+        "security: []",
+        "paths:",
+    ]
+    for i in range(paths):
+        lines += [
+            f"  /r{i}/items/{{id}}/parts/{{part}}:",
+            "    parameters:",
+            "      - {name: id, in: path, required: true, schema: {type: integer}}",
+            "      - {name: part, in: path, required: true, schema: {type: string}}",
+            "    get:",
+            "      responses:",
+            "        '200':",
+            "          description: ok",
+            "          content: {application/json: {schema: {type: object, properties:"
+            " {a: {type: string}, b: {type: integer}}}}}",
+            "    put:",
+            "      requestBody: {content: {application/json: {schema: {type: object}}}}",
+            "      responses: {'204': {description: done}}",
+        ]
+    return "\n".join(lines) + "\n" + extra
+
+
+def test_reloading_a_large_definition_holds_no_request(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki, tmp_path: Path
+) -> None:
+    """#22: a reload reads and validates files off the reactor thread, so requests to
+    other APIs wait at most 50 ms while a large OpenAPI definition is parsed (they
+    waited for all of it: seconds)."""
+    definition = tmp_path / "big.yaml"
+    definition.write_text(_big_definition(400, backend.url))
+    port = free_port()
+    text = gateway_config(
+        pki,
+        [{"name": "echo", "context": "/echo", "backend": backend.url},
+         {"openapi": str(definition)}],
+        port=port,
+        listeners=[{"host": "127.0.0.1", "port": port, "tls": False}],
+    )
+    gw = gateway([], config_text=text, port=port)
+    added = "  /added:\n    get: {responses: {'200': {description: ok}}}\n"
+    definition.write_text(_big_definition(400, backend.url, added))
+    assert request(gw.port, "/big/added").status == 404
+
+    conn = connect(gw.port)
+    timings: list[tuple[float, float]] = []  # (when it was sent, how long it took)
+
+    def probe_until(done: Callable[[], bool], at_least: float) -> None:
+        begun = time.monotonic()
+        checked = 0.0
+        while True:
+            now = time.monotonic()
+            if now - begun >= at_least and now - checked > 0.05:
+                checked = now
+                if done():
+                    return
+            started = time.perf_counter()
+            assert send(conn, "/echo/probe").status == 200
+            timings.append((now, time.perf_counter() - started))
+            time.sleep(0.002)
+
+    probe_until(lambda: True, 1.0)
+    baseline = [t for _, t in timings]
+    hup = time.monotonic()
+    gw.signal(signal.SIGHUP)
+    probe_until(lambda: "Reloaded " in gw.output(), 0.0)
+    took = time.monotonic() - hup
+    during = [t for when, t in timings if when >= hup]
+    conn.close()
+    assert request(gw.port, "/big/added").status == 200  # the new definition serves
+    slow = [(round(w - hup, 3), round(t * 1000, 1)) for w, t in timings if w >= hup and t > 0.02]
+    report = (f"reload {took:.2f} s, {len(during)} probes, worst {max(during) * 1000:.1f} ms "
+              f"(before it: {max(baseline) * 1000:.1f} ms); over 20 ms: {slow}")
+    print(report)
+    assert took > 0.5 and len(during) > 20, report  # long enough for the check to mean much
+    assert max(during) < max(baseline) + 0.050, report
+
+
+def _small_config(pki: DevPki, tmp_path: Path, definition: bool = True) -> Path:
+    path = tmp_path / "gateway.toml"
+    apis: list[dict[str, Any]] = [
+        {"name": "echo", "context": "/echo", "backend": "http://127.0.0.1:1"}
+    ]
+    if definition:
+        (tmp_path / "small.yaml").write_text(_big_definition(2, "http://127.0.0.1:1"))
+        apis.append({"openapi": str(tmp_path / "small.yaml")})
+    path.write_text(gateway_config(pki, apis, port=1))
+    return path
+
+
+def test_a_reload_reads_the_files_in_a_child_process(
+    pki: DevPki, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from twistedgw.app import _runtime as runtime
+
+    path = _small_config(pki, tmp_path)
+
+    def not_here(_path: object) -> None:
+        raise AssertionError("read in this process")
+
+    monkeypatch.setattr(runtime, "_parse_here", not_here)
+    prepared = runtime.prepare_beside_reactor(path)
+    assert prepared.parsed == runtime.prepare(path).parsed
+    assert runtime.finish(prepared).config.apis[0].context == "/echo"
+    (tmp_path / "small.yaml").write_text("paths: [not, a, definition")
+    with pytest.raises(ConfigError) as refused:
+        runtime.finish(runtime.prepare_beside_reactor(path))
+    assert "apis[1].openapi" in refused.value.problems[0]
+
+
+@pytest.mark.parametrize("why", ["no child process", "toml alone", "not toml"])
+def test_otherwise_the_files_are_read_here(
+    pki: DevPki, tmp_path: Path, monkeypatch: Any, why: str
+) -> None:
+    """Where no child can start, and where there is no definition to parse (TOML is
+    read in milliseconds; a file that is not TOML fails at once), the thread reads."""
+    import gc
+    import sys
+
+    from twistedgw.app import _runtime as runtime
+
+    path = _small_config(pki, tmp_path, definition=why == "no child process")
+    if why == "no child process":
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    else:
+        monkeypatch.setattr(runtime, "_parse_in_child", None)  # would raise if called
+    if why == "not toml":
+        path.write_text("this is [not toml")
+        with pytest.raises(ConfigError) as refused:
+            runtime.prepare_beside_reactor(path)
+        assert "invalid TOML" in refused.value.problems[0]
+        return
+    seen: list[tuple[bool, float]] = []
+    original = runtime.configmod.load_partial
+
+    def spy(p: Any) -> Any:
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
+        return original(p)
+
+    monkeypatch.setattr(runtime.configmod, "load_partial", spy)
+    interval = sys.getswitchinterval()
+    prepared = runtime.prepare_beside_reactor(path)
+    assert prepared.problems == ()
+    assert seen == [(False, runtime.RELOAD_SWITCH_INTERVAL)]  # while it read
+    assert gc.isenabled() and sys.getswitchinterval() == interval  # and after

@@ -180,3 +180,295 @@ def test_normalised_path_routes_where_the_backend_will_look() -> None:
         assert route is not None
         assert route.api.context == "/secret"
         assert route.backend_target == b"http://h:1/s/x"
+
+
+# --------------------------------------------------------------------------- path templates
+# #22 item 3: matching a path against OpenAPI templates is linear in the path, whatever
+# the template; the old regexes ("[^/]+-[^/]+-[^/]+") backtracked for seconds.
+
+_PIECE = st.sampled_from(["", "a", "b", "-", ".", "ab", "a-", "B", ".a"])
+
+
+@st.composite
+def _templates(draw: st.DrawFn) -> str:
+    segments = []
+    for _ in range(draw(st.integers(1, 3))):
+        params = draw(st.integers(0, 3))
+        pieces = [draw(_PIECE) for _ in range(params + 1)]
+        segment = "".join(f"{p}{{p{i}}}" for i, p in enumerate(pieces[:-1])) + pieces[-1]
+        segments.append(segment or "a")
+    return "/" + "/".join(segments)
+
+
+def _reference(templates: list[str], path: bytes) -> str | None:
+    """The old matcher: one regex per template, most specific first; a template that
+    matches only when case is ignored matches nothing."""
+    import re
+
+    def compile_(template: str, flags: int = 0) -> re.Pattern[bytes]:
+        parts = [
+            "[^/]+".join(re.escape(p) for p in re.split(r"\{[^{}/]*\}", segment))
+            for segment in template.split("/")[1:]
+        ]
+        return re.compile(("^/" + "/".join(parts) + "$").encode(), flags)
+
+    count = path.count(b"/")
+    ranked = sorted(
+        (t for t in templates if t.count("/") == count),
+        key=lambda t: tuple(0 if "{" not in s else 1 for s in t.split("/")[1:]),
+    )
+    for template in ranked:
+        if compile_(template, re.IGNORECASE).match(path):
+            return template if compile_(template).match(path) else None
+    return None
+
+
+def _router(templates: list[str]) -> Router:
+    from twistedgw.config import Operation
+
+    ops = tuple(Operation("GET", t) for t in templates)
+    return Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=ops)])
+
+
+def _matched(router: Router, path: bytes) -> str | None:
+    route = router.route(b"/t" + path, None, b"GET")
+    assert route is not None
+    if route.unmatched is not None:
+        assert route.unmatched.code == "900906"
+        return None
+    assert route.operation is not None
+    return route.operation.template
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_templates(), min_size=1, max_size=4, unique=True),
+    st.lists(st.lists(st.sampled_from([b"a", b"A", b"b", b"-", b".", b"ab", b"a-"]),
+                      min_size=1, max_size=6).map(b"".join), min_size=1, max_size=3),
+)
+def test_templates_match_as_the_reference_regexes_do(templates: list[str],
+                                                     segments: list[bytes]) -> None:
+    """Segment-wise matching agrees with the backtracking regexes it replaced."""
+    path = b"/" + b"/".join(segments)
+    assert _matched(_router(templates), path) == _reference(templates, path)
+
+
+def _budget(router: Router, path: bytes) -> float:
+    import time
+
+    started = time.thread_time()
+    router.route(b"/t" + path, None, b"GET")
+    return time.thread_time() - started
+
+
+HOSTILE_TEMPLATES = [
+    ("/daily/{year}-{month}-{day}/summary", b"/daily/" + b"-" * 16000 + b"/summarx"),
+    ("/daily/{year}-{month}-{day}/summary", b"/daily/" + b"1-" * 8000 + b"/summary"),
+    ("/f/{a}.{b}.{c}.{d}.{e}", b"/f/" + b"." * 16000),
+    ("/g/{a}{b}{c}{d}x", b"/g/" + b"y" * 16000),
+    ("/h/{a}ab{b}ab{c}abc", b"/h/" + b"ab" * 8000),
+    ("/{a}-{b}/{c}-{d}/{e}-{f}", b"/" + b"/".join([b"-" * 5000] * 3) + b"x"),
+]
+
+
+@pytest.mark.parametrize(("template", "path"), HOSTILE_TEMPLATES,
+                         ids=range(len(HOSTILE_TEMPLATES)))
+def test_hostile_paths_match_in_linear_time(template: str, path: bytes) -> None:
+    router = _router([template, "/{x}", "/{x}/{y}/{z}"])
+    spent = _budget(router, path)
+    assert spent < 0.01, f"{spent * 1000:.1f} ms for a {len(path)}-byte path"
+
+
+@settings(max_examples=60, deadline=None)
+@given(_templates(), st.integers(1, 3), st.sampled_from([b"-", b".", b"a", b"ab", b"a-", b"-."]))
+def test_any_template_matches_a_long_hostile_path_within_budget(
+    template: str, which: int, filler: bytes
+) -> None:
+    """A 16 KB path whose segments repeat the template's own literals (what makes a
+    backtracking matcher try every split) is matched in well under 10 ms of CPU."""
+    count = template.count("/")
+    repeat = 16000 // max(len(filler), 1) // count
+    segments = [filler * repeat] * count
+    segments[min(which, count) - 1] += b"\x7e"  # something no literal ends with, mostly
+    path = b"/" + b"/".join(segments)
+    assert _budget(_router([template]), path) < 0.01
+
+
+def _reference_normalise(path: bytes) -> bytes:
+    """The normaliser before the 10 ms rule made its passes C loops: the same answers."""
+    import re
+
+    unreserved = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+    pchar = frozenset(b"!$&'()*+,;=:@/") | unreserved
+    pct = re.compile(rb"%([0-9A-Fa-f]{2})")
+    forbidden = {0x2F: "'/'", 0x5C: "'\\'", 0x00: "NUL", 0x3B: "';'"}
+    if not path.startswith(b"/"):
+        raise BadPath("request target must be an absolute path")
+    if any(b < 0x21 or b == 0x7F or b == 0x5C for b in path):
+        raise BadPath("request path contains a control character, space or backslash")
+    if any(b >= 0x80 for b in path):
+        raise BadPath("request path contains a raw non-ASCII byte")
+
+    def unescape(m: re.Match[bytes]) -> bytes:
+        value = int(m.group(1), 16)
+        if value in forbidden:
+            raise BadPath(f"request path contains an encoded {forbidden[value]}")
+        return bytes([value]) if value in unreserved else b"%" + m.group(1).upper()
+
+    if b"%" in path:
+        if path.count(b"%") - len(pct.findall(path)):
+            raise BadPath("request path contains a malformed percent-escape")
+        path = pct.sub(unescape, path)
+    for b in path:
+        if b not in pchar and b != 0x25:
+            raise BadPath(f"request path contains the character {chr(b)!r}")
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for i, raw in enumerate(segments):
+        segment = raw.split(b";", 1)[0]
+        last = i == len(segments) - 1
+        if segment in (b"", b"."):
+            if last:
+                out.append(b"")
+            continue
+        if segment == b"..":
+            if not out or out == [b""]:
+                raise BadPath("request path climbs above the root")
+            out.pop()
+            if last:
+                out.append(b"")
+            continue
+        out.append(segment)
+    return b"/" + b"/".join(out)
+
+
+_PATH_PIECES = st.sampled_from(
+    [b"/", b"a", b"B", b".", b"..", b";p", b"%", b"%4", b"%41", b"%2e", b"%2F", b"%2f", b"%5c",
+     b"%00", b"%3B", b"%c3", b"%7E", b"%zz", b"~", b" ", b"\\", b"\x7f", b"\xff", b"?", b"[",
+     b"//", b"/."]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_PATH_PIECES, max_size=12).map(b"".join), st.booleans())
+def test_normalise_answers_as_the_reference_does(path: bytes, absolute: bool) -> None:
+    path = b"/" + path if absolute else path
+
+    def outcome(f: object) -> tuple[str, bytes | str]:
+        try:
+            return "ok", f(path)  # type: ignore[operator]
+        except BadPath as e:
+            return "bad", str(e)
+
+    from twistedgw.http._routing import _normalise
+
+    assert outcome(_normalise) == outcome(_reference_normalise)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/" + b"%41" * 5400,
+        b"/" + b"a/" * 8000,
+        b"/" + b"./" * 8000,
+        b"/a" + b";x/" * 5000,
+        b"/" + b"%2e%2E/" * 2000,
+        b"/" + b"%41" * 5400 + b"%zz",
+        b"/" + b"%41" * 5400 + b"%2F",
+    ],
+    ids=range(7),
+)
+def test_normalise_a_long_path_within_budget(path: bytes) -> None:
+    import time
+
+    from twistedgw.http._routing import _normalise
+
+    started = time.thread_time()
+    try:
+        _normalise(path)
+    except BadPath:
+        pass
+    assert time.thread_time() - started < 0.005
+
+
+# --------------------------------------------------------------------------- trims (#23 item 10)
+
+
+def _secured_router(extra: tuple[tuple[str, str, bool], ...] = ()) -> Router:
+    """/pets/admin needs a certificate; /pets/{name} and /{a}/{b}/{c} are open."""
+    from twistedgw.config import Mode, Operation, Security
+
+    mtls = Security(mutual_ssl=Mode.MANDATORY)
+    open_ = Security()
+    ops = [
+        Operation("GET", "/pets/admin", mtls),
+        Operation("GET", "/pets/{name}", open_),
+        Operation("GET", "/pets/{name}.txt", open_),
+        Operation("GET", "/files/{path}", open_),
+        Operation("GET", "/pets/admin.html", open_),
+        *(Operation("GET", t, mtls if secured else open_) for t, _m, secured in extra),
+    ]
+    return Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=tuple(ops))])
+
+
+def _answer(router: Router, path: bytes, method: bytes = b"GET") -> tuple[int, str] | str:
+    route = router.route(b"/t" + normalise(path), None, method)
+    assert route is not None
+    if route.unmatched is not None:
+        return route.unmatched.status, route.unmatched.description
+    assert route.operation is not None
+    return route.operation.template
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/pets/admin.", b"/pets/admin.json", b"/pets/admin%20", b"/pets/admin%09",
+     b"/pets/admin~", b"/pets/ADMIN.json", b"/pets/admin.json%20", b"/pets/admin%20%20",
+     b"/pets/admin.tar.gz", b"/pets/admin%0A", b"/pets/admin.txt"],
+)
+def test_a_trimmed_path_that_reaches_a_differently_secured_literal_is_404(path: bytes) -> None:
+    assert _answer(_secured_router(), path) == (404, "ambiguous path")
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [(b"/pets/admin", "/pets/admin"), (b"/pets/fido", "/pets/{name}"),
+     (b"/pets/fido.json", "/pets/{name}"), (b"/pets/fido%20", "/pets/{name}"),
+     (b"/pets/admin.html", "/pets/admin.html"),  # a literal template of its own decides
+     (b"/pets/administrator", "/pets/{name}"), (b"/files/report.pdf", "/files/{path}"),
+     (b"/pets/admin/", "/pets/admin")],
+)
+def test_paths_that_no_trim_makes_ambiguous_pass(path: bytes, template: str) -> None:
+    assert _answer(_secured_router(), path) == template
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/pets/ad%20min", b"/pets/ad%09min", b"/pets/%20admin", b"/files/a%01b", b"/files/a%7F",
+     b"/pets%20/fido", b"/pets/admin%7F"],
+)
+def test_encoded_control_or_whitespace_inside_is_400(path: bytes) -> None:
+    assert _answer(_secured_router(), path) == (
+        400, "request path has an encoded control character or whitespace inside a segment"
+    )
+
+
+def test_apis_whose_operations_share_one_security_are_not_checked() -> None:
+    from twistedgw.config import Operation
+
+    ops = (Operation("GET", "/pets/admin"), Operation("GET", "/pets/{name}"))
+    router = Router([ApiConfig("t", "1", "/t", "http://127.0.0.1:1", operations=ops)])
+    assert _answer(router, b"/pets/admin.json") == "/pets/{name}"
+    assert _answer(router, b"/pets/ad%20min") == "/pets/{name}"
+    assert not router._templates[next(iter(router._templates))].guarded
+
+
+def test_trims_within_budget() -> None:
+    import time
+
+    router = _secured_router()
+    for path in (b"/pets/" + b"%20" * 5000, b"/pets/" + b"a." * 7000, b"/pets/" + b"~" * 14000,
+                 b"/files/" + b"%41%20" * 2000 + b"x"):
+        started = time.thread_time()
+        router.route(b"/t" + normalise(path), None, b"GET")
+        assert time.thread_time() - started < 0.005

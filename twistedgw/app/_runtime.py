@@ -9,21 +9,38 @@ and checks the key material that does not depend on them.
 
 from __future__ import annotations
 
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
+from twisted.logger import Logger
 
 from twistedgw import _hosts as hostnames
 from twistedgw import config as configmod
-from twistedgw.config import ApiConfig, ConfigError, GatewayConfig, Mode, SniEntry, TlsConfig
+from twistedgw.config import (
+    ApiConfig,
+    ConfigError,
+    GatewayConfig,
+    IdentityRule,
+    Mode,
+    SniEntry,
+    TlsConfig,
+)
 from twistedgw.http import Router
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
 from twistedgw.tls import _backend as backendtls
 from twistedgw.tls import _pki as pki
 from twistedgw.tls import _revocation as revocation
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,10 @@ def _load_material(
     broken: Callable[[str], bool] = _never,
     api_paths: Sequence[str] | None = None,
     shared: Shared | None = None,
+    pipelines: bool = True,
 ) -> _Material:
-    """Load the key material and cross-check the config against it, adding to ``problems``.
+    """Load the key material and cross-check the config against it, adding to ``problems``;
+    then compile the pipelines, unless ``pipelines`` is false (``prepare``).
 
     ``broken(key)`` and ``api_paths`` come from a config read only in part
     (``config.Parsed``): material whose keys are broken is left alone (its
@@ -119,7 +138,17 @@ def _load_material(
         for path, api in zip(api_paths, config.apis, strict=True):
             check(f"{path}.aliases", api.aliases)
             check(f"{path}.tiers", frozenset(t.alias for t in api.tiers if t.alias is not None))
+            for j, rule in enumerate(api.identities or ()):
+                check(f"{path}.identities[{j}].alias", _alias_of(rule))
         check("mutual_ssl.load_balancer_aliases", config.mutual_ssl.load_balancer_aliases)
+        for i, alias in enumerate(tls.pinned_aliases):
+            check(f"tls.pinned_aliases[{i}]", frozenset({alias}))
+        for i, consumer in enumerate(config.consumers):
+            for j, rule in enumerate(consumer.certificates):
+                check(f"consumers[{i}].certificates[{j}].alias", _alias_of(rule))
+        # Each entry an issuer or pinned, never both (#22 item 7).
+        out.truststore = out.truststore.classified(tls.pinned_aliases)
+        out.warnings.extend(_names_alone(config, out.truststore))
     bundle = config.mutual_ssl.intermediates
     if bundle is not None and not broken("mutual_ssl.intermediates"):
         try:
@@ -163,12 +192,49 @@ def _load_material(
             )
         except Exception as e:  # OpenSSL's own rejection, e.g. a cipher string it cannot use
             problems.append(f"{file}: tls: OpenSSL refused the TLS settings: {e}")
-    # Each API's pipeline: built-ins from the config keys, then its [[apis.plugins]],
-    # which check their own tables here (so `check` reports them in this pass).
-    out.pipelines = compile_pipelines(
-        config, problems, revocation=out.revocation, shared=shared, api_paths=api_paths
-    )
+    if pipelines:
+        _compile(out, config, problems, shared, api_paths)
     return out
+
+
+def _alias_of(rule: IdentityRule) -> frozenset[str]:
+    return frozenset({rule.alias}) if rule.alias is not None else frozenset()
+
+
+def _names_alone(config: GatewayConfig, truststore: pki.TrustStore) -> list[str]:
+    """A warning per consumer certificate entry that names alone identify while more
+    than one issuer is trusted: any of them can certify those names (#22 item 7)."""
+    issuers = sorted(e.alias for e in truststore.entries if not e.is_pinned)
+    if len(issuers) < 2:
+        return []
+    out = []
+    for i, consumer in enumerate(config.consumers):
+        for j, rule in enumerate(consumer.certificates):
+            if rule.by_names_alone:
+                out.append(
+                    f"{config.source}: consumers[{i}].certificates[{j}]: consumer "
+                    f"{consumer.name!r} is identified by names alone ({rule.text}) while "
+                    f"{len(issuers)} issuers are trusted ({', '.join(issuers)}): a "
+                    f"certificate any of them issues with these names maps to it; add "
+                    f"alias = \"<issuer>\" (or sha256 / spki_sha256)"
+                )
+    return out
+
+
+def _compile(
+    material: _Material,
+    config: GatewayConfig,
+    problems: list[str],
+    shared: Shared | None,
+    api_paths: Sequence[str] | None,
+) -> None:
+    """Each API's pipeline: built-ins from the config keys, then its [[apis.plugins]],
+    which check their own tables here (so `check` reports them in this pass). On the
+    reactor thread: it starts JWKS fetchers and [cluster] connections, and runs
+    third-party plugins' code."""
+    material.pipelines = compile_pipelines(
+        config, problems, revocation=material.revocation, shared=shared, api_paths=api_paths
+    )
 
 
 def asks_for_certificate(config: GatewayConfig, entry: SniEntry | None) -> bool:
@@ -308,6 +374,10 @@ def build(
     material = _load_material(config, problems, records, shared=shared)
     if problems:
         raise ConfigError(problems)
+    return _runtime(config, material, shared)
+
+
+def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runtime:
     header_verifier = (
         ChainVerifier(material.truststore, intermediates=material.intermediates)
         if material.truststore is not None and config.mutual_ssl.header_mode
@@ -336,9 +406,157 @@ def load(
     the material that does not depend on them is still loaded and checked, so an
     operator does not fix one batch only to be shown the next.
     """
-    parsed = configmod.load_partial(path)
-    if not parsed.problems:
-        return build(parsed.config, records, shared)
+    return finish(prepare(path, records), shared)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config file read and its key material loaded, pipelines not yet compiled."""
+
+    parsed: configmod.Parsed
+    material: _Material
+    problems: tuple[str, ...]
+
+
+def prepare(
+    path: str | Path,
+    records: HandshakeRecords | None = None,
+    parsed: configmod.Parsed | None = None,
+) -> Prepared:
+    """The slow half of ``load``, safe off the reactor thread (a reload runs it in one):
+    reading TOML and OpenAPI definitions and validating them, key and trust stores,
+    CRLs, OpenSSL contexts. It touches nothing the reactor thread uses (``records``
+    is only kept by the new TLS settings). Raises ConfigError only for a file that is
+    not TOML; every other problem is carried to ``finish``. ``parsed``: the files as
+    already read (``prepare_beside_reactor``)."""
+    if parsed is None:
+        parsed = configmod.load_partial(path)
     problems = list(parsed.problems)
-    _load_material(parsed.config, problems, broken=parsed.broken, api_paths=parsed.api_paths)
-    raise ConfigError(problems)
+    if problems:
+        material = _load_material(
+            parsed.config,
+            problems,
+            broken=parsed.broken,
+            api_paths=parsed.api_paths,
+            pipelines=False,
+        )
+    else:
+        material = _load_material(parsed.config, problems, records, pipelines=False)
+    return Prepared(parsed, material, tuple(problems))
+
+
+RELOAD_SWITCH_INTERVAL = 0.001
+"""Seconds a parsing thread may hold the GIL before the reactor gets it (Python's
+default is 0.005; a request takes several turns)."""
+
+PARSE_TIMEOUT = 300.0
+"""Seconds a reload waits for the process that reads the config files."""
+
+# Run by ``sys.executable``: read the config files, answer with the pickled result.
+_PARSE_CHILD = """\
+import pickle, sys
+from twistedgw import config
+try:
+    out = config.load_partial(sys.argv[1])
+except config.ConfigError as e:
+    out = e
+sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+"""
+
+
+def prepare_beside_reactor(path: str | Path, records: HandshakeRecords | None = None) -> Prepared:
+    """``prepare`` while the reactor serves (a reload), from a thread.
+
+    A config that names OpenAPI definitions is read and validated by a child Python
+    process: parsing a large definition takes seconds of CPU, and in this process its
+    garbage collections and the GIL held the reactor thread for up to ~100 ms at a time.
+    Only the result comes back (a pickle: milliseconds to load); the key material is
+    then loaded here. A config of TOML alone, or one read where no child can start, is
+    read in this thread.
+    """
+    if not _names_definitions(path):
+        return prepare(path, records, _parse_here(path))  # TOML alone: milliseconds
+    try:
+        parsed = _parse_in_child(path)
+    except _NoChild as e:
+        log.warn("Reading the config in this process ({why})", why=str(e))
+        parsed = _parse_here(path)
+    return prepare(path, records, parsed)
+
+
+def _names_definitions(path: str | Path) -> bool:
+    """Whether the config names OpenAPI definitions (the slow part of reading one); a
+    file that is not TOML is read here, where it fails at once with the usual words."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    apis = raw.get("apis")
+    return isinstance(apis, list) and any(isinstance(a, dict) and "openapi" in a for a in apis)
+
+
+class _NoChild(Exception):
+    pass
+
+
+def _parse_in_child(path: str | Path) -> configmod.Parsed:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this process's modules
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PARSE_CHILD, str(path)],
+            capture_output=True,
+            env=env,
+            timeout=PARSE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        slow = f"{path}: reading the config took longer than {PARSE_TIMEOUT:.0f} s"
+        raise ConfigError([slow]) from None
+    except OSError as e:
+        raise _NoChild(f"cannot start {sys.executable}: {e.strerror}") from None
+    if done.returncode != 0:
+        last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise _NoChild(f"the reading process exited with {done.returncode}: {last[0]}")
+    # Our own child, running our own code on our own files: trusted bytes.
+    out = pickle.loads(done.stdout)  # noqa: S301
+    if isinstance(out, ConfigError):
+        raise out
+    if not isinstance(out, configmod.Parsed):
+        raise _NoChild(f"the reading process answered {type(out).__name__}")
+    return out
+
+
+def _parse_here(path: str | Path) -> configmod.Parsed:
+    """``load_partial`` in a thread beside the reactor: the cyclic garbage collector is
+    off while it runs (a full collection among a large definition's objects held the
+    GIL 60-90 ms) and the GIL changes hands every millisecond; both restored after."""
+    collecting = gc.isenabled()
+    interval = sys.getswitchinterval()
+    gc.disable()
+    sys.setswitchinterval(min(interval, RELOAD_SWITCH_INTERVAL))
+    try:
+        return configmod.load_partial(path)
+    finally:
+        sys.setswitchinterval(interval)
+        if collecting:
+            gc.enable()
+
+
+def finish(prepared: Prepared, shared: Shared | None = None) -> Runtime:
+    """The quick half of ``load``, on the reactor thread: compile the pipelines (with
+    ``shared``, what outlives a config) and build the Runtime; ConfigError with every
+    problem, ``prepare``'s included."""
+    problems = list(prepared.problems)
+    parsed = prepared.parsed
+    material = replace(prepared.material)
+    if parsed.problems:
+        # A config read in part: its plugin tables are still checked, with state that
+        # nothing keeps (never the shared state of the config in force).
+        _compile(material, parsed.config, problems, None, parsed.api_paths)
+        raise ConfigError(problems)
+    shared = shared if shared is not None else Shared()
+    _compile(material, parsed.config, problems, shared, None)
+    if problems:
+        raise ConfigError(problems)
+    return _runtime(parsed.config, material, shared)

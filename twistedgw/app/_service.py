@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, fdesc
+from twisted.internet import defer, endpoints, fdesc, threads
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -240,6 +241,7 @@ class GatewayService(service.Service):
         self.reactor = reactor
         self.config = config
         self._records = HandshakeRecords()
+        self._reloads = defer.DeferredLock()  # one reload at a time, in order
         # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
         self.shared = Shared(connect=True)
         built = runtime.build(config, self._records, self.shared)
@@ -373,10 +375,33 @@ class GatewayService(service.Service):
             )
         return ports
 
-    def reload(self) -> bool:
-        """Re-read the config and key material; keep the old state on any problem."""
+    def reload(self) -> defer.Deferred[bool]:
+        """Re-read the config and key material; keep the old state on any problem.
+
+        Reading and validating the files (TOML, OpenAPI definitions: in a child
+        process) and loading key material run off the reactor thread
+        (``runtime.prepare_beside_reactor``): a large definition must not hold requests
+        (the 50 ms rule). The pipelines are compiled and the runtime swapped on the
+        reactor. A reload asked for while one runs follows it.
+        """
+        return self._reloads.run(self._reload)
+
+    def _reload(self) -> defer.Deferred[bool]:
+        pool = self.reactor.getThreadPool()
+        prepared = threads.deferToThreadPool(
+            self.reactor, pool, runtime.prepare_beside_reactor, self.config.source, self._records
+        )
         # The tier buckets and other shared state carry over to the new pipelines.
-        built = reload_runtime(self.config, self._records, self.runtime.shared)
+        applied = prepared.addBoth(
+            lambda result: self._apply(finish_reload(self.config, result, self.runtime.shared))
+        )
+        return applied.addErrback(self._reload_failed)
+
+    def _reload_failed(self, failure: Failure) -> bool:
+        log.failure("Reload failed, still serving the previous config", failure)
+        return self._apply(None)
+
+    def _apply(self, built: runtime.Runtime | None) -> bool:
         if self.metrics is not None:
             self.metrics.reloaded(built is not None)
         if built is None:
@@ -421,7 +446,20 @@ def reload_runtime(
     """The one reload path (one process, and the supervisor before it tells its workers):
     re-read ``old.source``; None, with every problem logged, if anything is wrong."""
     try:
-        built = runtime.load(old.source, records, shared)
+        prepared: runtime.Prepared | Failure = runtime.prepare(old.source, records)
+    except ConfigError:
+        prepared = Failure()
+    return finish_reload(old, prepared, shared)
+
+
+def finish_reload(
+    old: GatewayConfig, prepared: runtime.Prepared | Failure, shared: Shared | None
+) -> runtime.Runtime | None:
+    """``reload_runtime`` once ``runtime.prepare`` has run (here or in a thread)."""
+    try:
+        if isinstance(prepared, Failure):
+            prepared.raiseException()
+        built = runtime.finish(prepared, shared)
     except ConfigError as e:
         for line in e.problems:
             log.error("Reload refused, still serving the previous config: {problem}", problem=line)

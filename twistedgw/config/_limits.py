@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from twistedgw.config._base import TableReader
@@ -26,6 +27,11 @@ class Limits:
     h2_max_resets_per_second: int = 100
     h2_max_control_frames_per_second: int = 100
     h2_max_continuation_frames: int = 32
+
+
+MAX_HEADER_BYTES = 65536
+"""The largest ``max_header_bytes`` allowed: the 10 ms rule (no request-path input holds
+the reactor longer) is kept, and tested, at this size."""
 
 
 def read_limits(r: TableReader) -> Limits:
@@ -55,5 +61,9 @@ def read_limits(r: TableReader) -> Limits:
             "h2_max_continuation_frames", int, d.h2_max_continuation_frames
         ),
     )
+    if out.max_header_bytes > MAX_HEADER_BYTES:
+        r.problem("max_header_bytes", f"must be at most {MAX_HEADER_BYTES} (64 KiB), got "
+                  f"{out.max_header_bytes}")
+        out = dataclasses.replace(out, max_header_bytes=d.max_header_bytes)
     r.finish()
     return out

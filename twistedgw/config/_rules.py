@@ -31,6 +31,7 @@ from twistedgw.config._base import TableReader
 
 #: The keys an entry may hold, in the order ``describe`` writes them.
 KEYS = (
+    "alias",
     "sha256",
     "spki_sha256",
     "subject",
@@ -267,6 +268,12 @@ def _oid(value: str) -> str:
     return value
 
 
+def _alias(value: str) -> str:
+    if not value.strip() or value != value.strip():
+        raise RuleError("must be a truststore alias (no surrounding spaces)")
+    return value
+
+
 def _cn(value: str) -> str:
     normalised = _normalise_value(value)
     if not normalised:
@@ -275,6 +282,7 @@ def _cn(value: str) -> str:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
+    "alias": _alias,
     "sha256": _sha256_hex,
     "spki_sha256": _spki,
     "subject": parse_dn,
@@ -396,8 +404,14 @@ def _email_matches(pattern: str, email: str) -> bool:
 
 @dataclass(frozen=True)
 class IdentityRule:
-    """One entry: every property given must hold for the leaf certificate."""
+    """One entry: every property given must hold for the leaf certificate.
 
+    ``alias`` holds when the certificate verified under that truststore entry (an
+    issuer in its chain, or the pinned certificate itself): names alone can be
+    issued by any trusted CA, an alias says which one did.
+    """
+
+    alias: str | None = None
     sha256: bytes | None = None
     spki_sha256: bytes | None = None
     subject: _NameKey | None = None
@@ -413,10 +427,19 @@ class IdentityRule:
         # Only the keys written, each a cheap test: a request pays for what the entry says.
         object.__setattr__(self, "_tests", tuple(_tests(self)))
 
-    def matches(self, cert: x509.Certificate) -> bool:
-        return self.holds(facts(cert))
+    @property
+    def by_names_alone(self) -> bool:
+        """Whether only names identify the certificate (no alias, hash or key pin):
+        what any trusted CA could put in a certificate of its own."""
+        return self.alias is None and self.sha256 is None and self.spki_sha256 is None
 
-    def holds(self, f: CertificateFacts) -> bool:
+    def matches(self, cert: x509.Certificate, aliases: frozenset[str] = frozenset()) -> bool:
+        return self.holds(facts(cert), aliases)
+
+    def holds(self, f: CertificateFacts, aliases: frozenset[str] = frozenset()) -> bool:
+        """Whether the leaf with facts ``f``, verified under ``aliases``, matches."""
+        if self.alias is not None and self.alias not in aliases:
+            return False
         for test in self._tests:  # type: ignore[attr-defined]
             if not test(f):
                 return False
@@ -451,9 +474,12 @@ def _tests(rule: IdentityRule) -> Iterable[Callable[[CertificateFacts], bool]]:
         yield lambda f: oid in f.policy_oids
 
 
-def matches_any(rules: Iterable[IdentityRule], cert: x509.Certificate) -> bool:
+def matches_any(
+    rules: Iterable[IdentityRule], cert: x509.Certificate, aliases: frozenset[str] = frozenset()
+) -> bool:
+    """Whether ``cert``, verified under the truststore ``aliases``, matches one of ``rules``."""
     f = facts(cert)
-    return any(rule.holds(f) for rule in rules)
+    return any(rule.holds(f, aliases) for rule in rules)
 
 
 def parse_rule(

@@ -83,6 +83,9 @@ class TlsConfig:
     client_certificate: str = "auto"  # for connections that match no [[tls.sni]] entry
     advertise_ca_names: bool = True
     sni: tuple[SniEntry, ...] = ()
+    # Truststore aliases that are pinned client certificates even though they assert
+    # CA:TRUE (entries that do not are pinned anyway): never issuers (#22 item 7).
+    pinned_aliases: tuple[str, ...] = ()
 
 
 def read_tls(r: TableReader) -> TlsConfig:
@@ -165,11 +168,18 @@ def read_tls(r: TableReader) -> TlsConfig:
         )
     if cfg.revocation != "off" and "crl" in cfg.revocation and not cfg.crl:
         r.problem("crl", f"revocation = {cfg.revocation!r} needs at least one CRL file")
+    pinned = string_list(r, "pinned_aliases") or []
+    for i, alias in enumerate(pinned):
+        if alias in pinned[:i]:
+            r.problem(f"pinned_aliases[{i}]", f"{alias!r} is listed twice")
+    if pinned and cfg.truststore is None:
+        r.problem("pinned_aliases", "names truststore aliases, but there is no truststore")
     cfg = dataclasses.replace(
         cfg,
         client_certificate=r.choice("client_certificate", CLIENT_CERTIFICATE, "auto"),
         advertise_ca_names=r.get("advertise_ca_names", bool, True),
         sni=_sni_entries(r),
+        pinned_aliases=tuple(dict.fromkeys(pinned)),
     )
     r.finish()
     return cfg

@@ -89,14 +89,43 @@ def _b64(cert: x509.Certificate) -> str:
 
 
 def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The URI and DNS names, leaving out any value with a control character: no header
+    can carry it, and no identity rule matches one (config refuses them in rules)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
         return [], []
     return (
-        san.get_values_for_type(x509.UniformResourceIdentifier),
-        san.get_values_for_type(x509.DNSName),
+        [v for v in san.get_values_for_type(x509.UniformResourceIdentifier) if _printable(v)],
+        [v for v in san.get_values_for_type(x509.DNSName) if _printable(v)],
     )
+
+
+def _printable(value: str) -> bool:
+    return all(" " <= c <= "~" for c in value)
+
+
+# Characters a SAN value may hold and still be written bare in the ``san`` field.
+_BARE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(',;="\\')
+
+
+def _san_item(kind: str, value: str) -> str:
+    """``KIND=value``, the value double-quoted (``\\`` escaping ``"`` and ``\\``) when it
+    holds a separator, a quote, a backslash or a space, or is empty."""
+    if value and all(c in _BARE for c in value):
+        return f"{kind}={value}"
+    return f'{kind}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def san_field(cert: x509.Certificate) -> str:
+    """The ``san`` identity field: ``URI=...`` then ``DNS=...`` items joined by ``,``.
+
+    Each value is typed and, where it could be read as more than one, quoted: a URI
+    SAN ``urn:x,spiffe://bank.example/sa/admin`` is ``URI="urn:x,spiffe://..."``, one
+    value, where a bare join once made it two (#22 item 12). The quoting is XFCC's.
+    """
+    uris, dns = _sans(cert)
+    return ",".join([*(_san_item("URI", u) for u in uris), *(_san_item("DNS", d) for d in dns)])
 
 
 def _xfcc_value(value: str, *, always_quote: bool = False) -> str:
@@ -133,8 +162,7 @@ def _field(name: str, chain: Sequence[x509.Certificate]) -> str:
     if name == "cert":
         return _url_pem(leaf)
     if name == "san":
-        uris, dns = _sans(leaf)
-        return ",".join([*uris, *dns])
+        return san_field(leaf)
     raise ValueError(f"unknown identity field {name!r}")
 
 

@@ -44,10 +44,13 @@ class Directory:
     def __bool__(self) -> bool:
         return bool(self._rank)
 
-    def for_certificate(self, leaf: x509.Certificate) -> str | None:
-        """The first consumer one of whose certificate entries the leaf matches."""
+    def for_certificate(
+        self, leaf: x509.Certificate, aliases: frozenset[str] = frozenset()
+    ) -> str | None:
+        """The first consumer one of whose certificate entries the leaf, verified under
+        the truststore ``aliases``, matches."""
         for name, rules in self._certificates:
-            if matches_any(rules, leaf):
+            if matches_any(rules, leaf, aliases):
                 return name
         return None
 
@@ -79,7 +82,7 @@ class IdentityRules:
         if self._aliases is not None and not (identity.trust_aliases & self._aliases):
             return None
         leaf = identity.leaf
-        if leaf is None or not matches_any(self._rules, leaf):
+        if leaf is None or not matches_any(self._rules, leaf, identity.trust_aliases):
             return reasons.IDENTITY_RULES
         return None
 
@@ -105,7 +108,7 @@ class ConsumerMapping:
         candidates: list[str | None] = list(call.presented_consumers)
         leaf = call.identity.leaf
         if call.mtls_passed and leaf is not None:
-            candidates.append(directory.for_certificate(leaf))
+            candidates.append(directory.for_certificate(leaf, call.identity.trust_aliases))
         call.consumer = consumer = directory.first(candidates)
         allowed = self._allowed
         if allowed is None or consumer in allowed:

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,8 +60,14 @@ NOT_A_JWT = "token is not a valid JWT"
 CHALLENGE_NONE = b"Bearer"
 CHALLENGE_INVALID = b'Bearer error="invalid_token"'
 
-_COMPACT = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
-_BEARER = re.compile(rb"^[Bb][Ee][Aa][Rr][Ee][Rr] +(\S*) *$")
+MAX_AUTHORIZATION_BYTES = MAX_TOKEN_BYTES + 64
+"""A longer ``Authorization`` value is not looked into: no token hides behind padding."""
+
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_VALUE = {c: i for i, c in enumerate(_B64URL)}
+# By a part's length mod 4: the bits of its last character that encode nothing, which
+# the canonical (RFC 4648 3.5) encoding leaves zero. A length of 1 mod 4 is no encoding.
+_UNUSED_BITS = {0: 0, 2: 0x0F, 3: 0x03}
 
 
 class KeySource(Protocol):
@@ -106,6 +111,40 @@ def _b64decode(part: bytes) -> bytes:
     return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
 
 
+def _bearer_token(value: bytes) -> bytes:
+    """The token of a ``Bearer`` credential (RFC 6750 2.1), checked as a JWS compact
+    serialisation; ``_Fail(NOT_A_JWT)`` when the value holds none.
+
+    No regular expression: ``Bearer`` + 16,000 spaces + ``x y`` once made one backtrack
+    for seconds. The length is bounded first, and each step below is one linear pass.
+    """
+    if len(value) > MAX_AUTHORIZATION_BYTES:
+        raise _Fail(NOT_A_JWT)
+    rest = value[6:]  # after "bearer", which _is_bearer has checked
+    token = rest.strip(b" ")
+    if not rest.startswith(b" ") or len(token) > MAX_TOKEN_BYTES or not _compact(token):
+        raise _Fail(NOT_A_JWT)  # also a JWE (five parts) and an unsigned "x.y." token
+    return token
+
+
+def _compact(token: bytes) -> bool:
+    """Three non-empty parts of canonical base64url without padding (RFC 7515 7.1, 2).
+
+    Standard base64 (``+``, ``/``), ``=`` padding and non-canonical last characters
+    are refused: each would give one signed token several spellings.
+    """
+    parts = token.split(b".")
+    if len(parts) != 3:
+        return False
+    for part in parts:
+        if not part or part.translate(None, _B64URL):
+            return False
+        unused = _UNUSED_BITS.get(len(part) % 4)
+        if unused is None or _B64URL_VALUE[part[-1]] & unused:
+            return False
+    return True
+
+
 def _json_object(part: bytes) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(part))
@@ -117,12 +156,20 @@ def _json_object(part: bytes) -> dict[str, Any]:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim as a float; a claim of another type, or one no float holds
+    (JSON allows ``1e400`` as an integer: ``float()`` raises OverflowError), is no JWT."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Fail(NOT_A_JWT)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Fail(NOT_A_JWT) from None
+    if not math.isfinite(number):
+        raise _Fail(NOT_A_JWT)
+    return number
 
 
 def certificate_thumbprint(identity: ClientIdentity) -> str | None:
@@ -166,12 +213,12 @@ class JwtScheme:
         try:
             if len(values) > 1:
                 raise _Fail(NOT_A_JWT)
-            match = _BEARER.match(values[0])
-            hit = self._verified.get(_digest(match.group(1))) if match else None
+            token = _bearer_token(values[0])
+            hit = self._verified.get(_digest(token))
             # Only while the key set it verified against is still the one in use.
             if hit is not None and hit.issuer.source.keys is hit.keys:
                 return self._accept(call, hit.claims, hit.issuer)
-            token, header, claims, issuer = self._parse(values[0])
+            header, claims, issuer = self._parse(token)
             found = self._candidates(token, header, issuer, refetch=True)
             if isinstance(found, Deferred):
                 return found.addCallback(
@@ -196,11 +243,7 @@ class JwtScheme:
         except _Fail as e:
             return _failed(e.reason)
 
-    def _parse(self, value: bytes) -> tuple[bytes, dict[str, Any], dict[str, Any], Issuer]:
-        match = _BEARER.match(value)
-        token = match.group(1) if match else b""
-        if len(token) > MAX_TOKEN_BYTES or not _COMPACT.match(token):
-            raise _Fail(NOT_A_JWT)  # also a JWE (five parts) and an unsigned "x.y." token
+    def _parse(self, token: bytes) -> tuple[dict[str, Any], dict[str, Any], Issuer]:
         head_b64, body_b64, _sig = token.split(b".")
         header = _json_object(head_b64)
         claims = _json_object(body_b64)
@@ -219,7 +262,7 @@ class JwtScheme:
             raise _Fail(BAD_ISSUER)
         if alg not in issuer.config.algorithms:
             raise _Fail(BAD_ALGORITHM)
-        return token, header, claims, issuer
+        return header, claims, issuer
 
     def _candidates(
         self, token: bytes, header: Mapping[str, Any], issuer: Issuer, *, refetch: bool
@@ -305,13 +348,14 @@ class JwtScheme:
     def _check_binding(self, claims: Mapping[str, Any], identity: ClientIdentity) -> None:
         if self._bound == "off":
             return
-        cnf = claims.get("cnf")
-        wanted = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-        if wanted is None:
+        if "cnf" not in claims:
             if self._bound == "required":
                 raise _Fail(NOT_BOUND)
             return
-        if not isinstance(wanted, str):
+        # A present cnf is a binding, or a broken token: never "not bound" (RFC 8705 3.1).
+        cnf = claims["cnf"]
+        wanted = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        if not isinstance(wanted, str) or not wanted:
             raise _Fail(NOT_A_JWT)
         if identity.outcome is Outcome.NONE:
             raise _Fail(NO_CERTIFICATE)

@@ -14,12 +14,12 @@ a load balancer sends the same few chains on every request.
 from __future__ import annotations
 
 import datetime
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     ClientVerifier,
@@ -46,7 +46,8 @@ enough that fixing the truststore or the client takes effect promptly."""
 CA_AS_CLIENT = f"{INVALID}: basicConstraints.cA must not be asserted in an EE certificate"
 """A CA certificate presented as a client's: the words cryptography's EE policy uses."""
 
-_NOISE_RE = re.compile(r"\s*\(encountered processing <Certificate\(.*?\)>\)")
+_NOISE = "(encountered processing <Certificate("
+_NOISE_END = ")>)"
 
 
 def leaf_problem(leaf: x509.Certificate) -> str | None:
@@ -65,6 +66,61 @@ def leaf_problem(leaf: x509.Certificate) -> str | None:
     except Exception as e:  # malformed extensions: fail closed
         return _invalid(str(e))
     return CA_AS_CLIENT if constraints.ca else None
+
+
+def pinned_problem(leaf: x509.Certificate, at: datetime.datetime) -> str | None:
+    """Why a leaf byte-identical to a pinned truststore entry may not pass, or None.
+
+    A pinned certificate is trusted as itself: no chain, no CA-leaf rule (a pinned
+    entry may assert ``CA:TRUE``, as ``openssl req -x509`` makes them). What still
+    applies: its validity period, no critical extension nobody understands, and a
+    clientAuth purpose if it states purposes. The handshake path (tls/_server.py) and
+    the header path (here) both ask this.
+    """
+    period = _period_reason(leaf, at)
+    if period is not None:
+        return period
+    try:
+        extensions = leaf.extensions
+        for ext in extensions:
+            if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+                return _invalid(f"unsupported critical extension {ext.oid.dotted_string}")
+        try:
+            eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+    except Exception as e:
+        return _invalid(str(e))
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return WRONG_PURPOSE
+    return None
+
+
+MAX_CHAIN_DEPTH = 4
+"""Intermediates a header chain may climb through to an issuer: client chains have one
+or two; each level is signatures to check."""
+
+MAX_RSA_BITS = 4096
+"""RSA keys larger than this in a header chain are refused before any signature is
+checked: one 16,384-bit verification costs milliseconds."""
+
+
+def _heavy_key(certs: Sequence[x509.Certificate]) -> str | None:
+    """Why a presented certificate's key is too costly to verify with, or None."""
+    for cert in certs:
+        try:
+            key = cert.public_key()
+        except Exception as e:  # an unreadable key: fail closed
+            return _invalid(str(e))
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
+            return _invalid(f"RSA key of {key.key_size} bits (at most {MAX_RSA_BITS})")
+    return None
+
+
+def through_pinned(truststore: TrustStore, chain: tuple[x509.Certificate, ...]) -> bool:
+    """Whether a verified chain passes through a pinned entry above its leaf (one that a
+    trusted CA also certified as a CA): it vouches for nothing it signed, on either path."""
+    return any(truststore.pinned_entry(fingerprint(c)) is not None for c in chain[1:])
 
 
 def _ee_policy() -> ExtensionPolicy:
@@ -98,9 +154,9 @@ class ChainVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[bytes, ...], tuple[float, ClientIdentity]] = OrderedDict()
-        # Only end-entity entries are pinned; a CA presented as a leaf is not a client.
-        self._pinned = frozenset(e.sha256 for e in truststore.entries if not e.is_ca)
-        self._store = Store(truststore.certificates) if truststore.entries else None
+        # Pinned entries are never anchors: each passes itself and nothing it signed.
+        issuers = truststore.issuers
+        self._store = Store(issuers) if issuers else None
         self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
         self._ee_policy = _ee_policy()
         self.hits = 0
@@ -144,6 +200,14 @@ class ChainVerifier:
     def _verify(self, certs: tuple[x509.Certificate, ...], now: float) -> ClientIdentity:
         leaf = certs[0]
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        pinned = self._truststore.pinned_entry(fingerprint(leaf))
+        if pinned is not None:  # itself, whatever else came with it
+            problem = pinned_problem(leaf, at)
+            if problem is not None:
+                return failed(Source.HEADER, problem, certs)
+            return ClientIdentity(
+                Source.HEADER, Outcome.VERIFIED, (leaf,), frozenset({pinned.alias})
+            )
         # Checked first and by hand so that the reason is precise, as OpenSSL's is.
         period = _period_reason(leaf, at)
         if period is not None:
@@ -151,17 +215,30 @@ class ChainVerifier:
         problem = leaf_problem(leaf)
         if problem is not None:
             return failed(Source.HEADER, problem, certs)
-        if fingerprint(leaf) in self._pinned:
-            return self._verify_pinned(leaf, certs)
         if self._store is None:
             return failed(Source.HEADER, UNTRUSTED, certs)
+        heavy = _heavy_key(certs)
+        if heavy is not None:
+            return failed(Source.HEADER, heavy, certs)
+        # A pinned certificate validates no chain, not even as an intermediate; and one
+        # certificate per subject: same-named intermediates (free to make) made path
+        # building try every order of them, ~100 signature checks for nine (#22, 10 ms).
+        offered: list[x509.Certificate] = []
+        subjects: set[x509.Name] = set()
+        for c in certs[1:]:
+            if c.subject in subjects or self._truststore.pinned_entry(fingerprint(c)):
+                continue
+            subjects.add(c.subject)
+            offered.append(c)
         try:
             verifier = self._verifier(at)
-            chain = tuple(verifier.verify(leaf, [*certs[1:], *self._intermediates]).chain)
+            chain = tuple(verifier.verify(leaf, [*offered, *self._intermediates]).chain)
         except VerificationError as e:
             return failed(Source.HEADER, self._reason(str(e), certs, at), certs)
         except Exception as e:  # malformed extensions etc.: fail closed, never crash
             return failed(Source.HEADER, _invalid(str(e)), certs)
+        if through_pinned(self._truststore, chain):
+            return failed(Source.HEADER, UNTRUSTED, certs)
         return ClientIdentity(
             Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
         )
@@ -172,34 +249,9 @@ class ChainVerifier:
             PolicyBuilder()
             .store(self._store)
             .time(at)
+            .max_chain_depth(MAX_CHAIN_DEPTH)
             .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
             .build_client_verifier()
-        )
-
-    def _verify_pinned(
-        self, leaf: x509.Certificate, certs: tuple[x509.Certificate, ...]
-    ) -> ClientIdentity:
-        """A pinned leaf is trusted by itself, as OpenSSL's PARTIAL_CHAIN does."""
-        try:
-            extensions = leaf.extensions
-            for ext in extensions:
-                if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
-                    return failed(
-                        Source.HEADER,
-                        _invalid(f"unsupported critical extension {ext.oid.dotted_string}"),
-                        certs,
-                    )
-            try:
-                eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-            except x509.ExtensionNotFound:
-                eku = None
-        except Exception as e:
-            return failed(Source.HEADER, _invalid(str(e)), certs)
-        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            return failed(Source.HEADER, WRONG_PURPOSE, certs)
-        chain = (leaf,)
-        return ClientIdentity(
-            Source.HEADER, Outcome.VERIFIED, chain, self._truststore.aliases_in_chain(chain)
         )
 
     def _reason(
@@ -211,7 +263,7 @@ class ChainVerifier:
             return WRONG_PURPOSE
         if "not valid at validation time" in lowered:
             # The leaf was valid, so an intermediate or an anchor is not.
-            for cert in (*certs[1:], *self._truststore.certificates):
+            for cert in (*certs[1:], *self._truststore.issuers):
                 period = _period_reason(cert, at)
                 if period is not None:
                     return period
@@ -230,9 +282,28 @@ def _period_reason(cert: x509.Certificate, at: datetime.datetime) -> str | None:
 
 def _invalid(detail: str) -> str:
     """``INVALID`` with cryptography's detail, trimmed to one readable line."""
-    detail = _NOISE_RE.sub("", detail)
+    detail = _without_noise(detail)
     for prefix in ("validation failed: ", "candidates exhausted: "):
         if detail.startswith(prefix):
             detail = detail[len(prefix) :]
     detail = " ".join(detail.split())[:200]
     return f"{INVALID}: {detail}" if detail else INVALID
+
+
+def _without_noise(detail: str) -> str:
+    """``detail`` without cryptography's ``(encountered processing <Certificate(...)>)``
+    asides (and the spaces before them).
+
+    By ``str.find``, not a regex: the certificate's subject is the caller's text, and
+    ``\\s*\\(...`` searched at every position of a long run of spaces was quadratic.
+    """
+    out = []
+    pos = 0
+    while (start := detail.find(_NOISE, pos)) >= 0:
+        end = detail.find(_NOISE_END, start + len(_NOISE))
+        if end < 0:
+            break
+        out.append(detail[pos:start].rstrip())
+        pos = end + len(_NOISE_END)
+    out.append(detail[pos:])
+    return "".join(out)

@@ -1,12 +1,14 @@
 """Keystores and truststores, loaded into ``cryptography`` objects.
 
-A truststore is a set of *aliases*, each naming one certificate: a CA whose
-descendants are trusted, or a pinned client certificate trusted by itself.
-APIs grant access by alias, as WSO2's ``aliasList`` does.
+A truststore is a set of *aliases*, each naming one certificate that is either an
+*issuer* (a CA whose descendants are trusted) or a *pinned* client certificate
+(trusted as itself, and only as itself), never both. APIs grant access by alias,
+as WSO2's ``aliasList`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +31,24 @@ class TrustEntry:
     alias: str
     cert: x509.Certificate
     sha256: bytes
+    # A pinned entry passes a leaf byte-identical to it and nothing else: it is never a
+    # trust anchor, so a certificate it signed is not trusted (#22 item 7). None: by the
+    # default rule (pinned unless it asserts CA:TRUE); TrustStore.classified decides.
+    pinned: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pinned is None:
+            object.__setattr__(self, "pinned", not self.is_ca)
+
+    @property
+    def is_pinned(self) -> bool:
+        return bool(self.pinned)
 
     @property
     def is_ca(self) -> bool:
         try:
             return self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
+        except (x509.ExtensionNotFound, ValueError):
             return False
 
 
@@ -55,14 +69,46 @@ class TrustStore:
 
     @property
     def certificates(self) -> list[x509.Certificate]:
+        """Every entry's certificate (issuers and pinned): the CA names to advertise."""
         return [e.cert for e in self.entries]
 
+    @property
+    def issuers(self) -> list[x509.Certificate]:
+        """The trust anchors: what chains are verified against."""
+        return [e.cert for e in self.entries if not e.is_pinned]
+
+    def pinned_entry(self, leaf_sha256: bytes) -> TrustEntry | None:
+        """The pinned entry byte-identical to the leaf with this SHA-256, if any."""
+        entry = self._by_fp.get(leaf_sha256)
+        return entry if entry is not None and entry.is_pinned else None
+
+    def classified(self, pinned_aliases: Iterable[str] | None = None) -> TrustStore:
+        """This truststore with each entry an issuer or pinned.
+
+        An entry that does not assert ``CA:TRUE`` can issue nothing, so it is pinned;
+        one that does is an issuer unless ``pinned_aliases`` names it (``openssl req
+        -x509`` asserts ``CA:TRUE`` in a self-signed client certificate by default).
+        """
+        named = frozenset(pinned_aliases or ())
+        return TrustStore(
+            self.source,
+            tuple(
+                TrustEntry(e.alias, e.cert, e.sha256, e.alias in named or not e.is_ca)
+                for e in self.entries
+            ),
+        )
+
     def aliases_in_chain(self, chain: tuple[x509.Certificate, ...]) -> frozenset[str]:
-        """The aliases of the truststore entries that appear in a *verified* chain."""
+        """The aliases of the truststore entries that appear in a *verified* chain.
+
+        A pinned entry names a chain only when it is the whole chain: a pinned
+        certificate that also sits inside a chain to an issuer (itself a CA that
+        issuer certified) vouches for nothing it signed.
+        """
         found = set()
         for cert in chain:
             entry = self._by_fp.get(fingerprint(cert))
-            if entry is not None:
+            if entry is not None and (not entry.is_pinned or len(chain) == 1):
                 found.add(entry.alias)
         return frozenset(found)
 
@@ -142,7 +188,8 @@ def load_truststore(path: Path, password: str | None = None) -> TrustStore:
         if e.alias in seen:
             raise PkiError(f"truststore {path}: alias {e.alias!r} appears twice")
         seen.add(e.alias)
-    return TrustStore(str(path), tuple(entries))
+    # Issuers and pinned entries by the default rule; [tls] pinned_aliases may pin more.
+    return TrustStore(str(path), tuple(entries)).classified()
 
 
 def load_keystore_pem(

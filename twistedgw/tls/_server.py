@@ -40,7 +40,7 @@ from twistedgw import _hosts, _twisted
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
 from twistedgw.identity import _reasons as reasons
-from twistedgw.tls._chains import leaf_problem
+from twistedgw.tls._chains import leaf_problem, pinned_problem, through_pinned
 from twistedgw.tls._pki import KeyStore, TrustStore
 
 log = Logger()
@@ -351,17 +351,14 @@ class ServerTLS:
         versions = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
         lowest = min(settings.protocols)
         highest = max(settings.protocols)
-        ca_certs = (
-            [crypto.X509.from_cryptography(c) for c in truststore.certificates]
-            if truststore
-            else None
-        )
+        # The trust anchors are the issuers only: a pinned entry is never one, so
+        # nothing it signed verifies (it passes as itself, in _evaluate). The verify
+        # mode and callback are set by ServerTLS, per Context.
         options = ssl.CertificateOptions(
             privateKey=keystore.key,  # type: ignore[arg-type]
             certificate=keystore.cert,  # type: ignore[arg-type]
             extraCertChain=list(keystore.chain),  # type: ignore[arg-type]
-            verify=truststore is not None,
-            caCerts=ca_certs,
+            verify=False,
             requireCertificate=False,
             raiseMinimumTo=versions[lowest],
             lowerMaximumSecurityTo=versions[highest] if highest != "TLSv1.3" else None,
@@ -382,8 +379,13 @@ class ServerTLS:
             # that refuses tickets would otherwise fill.
             context.set_session_cache_mode(SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL)
         if truststore is not None:
-            # Pinned leaves that are not self-signed need partial chains to anchor.
-            context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # type: ignore[union-attr]
+            store = context.get_cert_store()
+            assert store is not None
+            for issuer in truststore.issuers:
+                store.add_cert(crypto.X509.from_cryptography(issuer))
+            # An issuer may be an intermediate CA, trusted without its root.
+            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            context.set_verify_depth(9)  # what CertificateOptions(verify=True) sets
             # Name acceptable CAs in the CertificateRequest so clients pick the right
             # cert (advertise_ca_names = false sends an empty list).
             if advertise_ca_names:
@@ -443,6 +445,21 @@ class ServerTLS:
         def parse_peer() -> x509.Certificate:
             return x509.load_der_x509_certificate(peer_der)
 
+        assert self.truststore is not None
+        pinned = self.truststore.pinned_entry(key)
+        if pinned is not None and record.callback_ran:
+            # Byte-identical to a pinned entry: trusted as itself, whatever OpenSSL made
+            # of it (no anchor signed it) and whatever chain came with it.
+            peer = parse_peer()
+            problem = pinned_problem(peer, datetime.now(UTC))
+            if problem is not None:
+                identity = failed(Source.HANDSHAKE, problem, (peer,))
+            else:
+                identity = ClientIdentity(
+                    Source.HANDSHAKE, Outcome.VERIFIED, (peer,), frozenset({pinned.alias})
+                )
+            self._verdicts.put(identity)
+            return identity
         if not record.callback_ran:
             cached = self._verdicts.get_by_key(key, parse_peer)
             if cached is not None:
@@ -468,10 +485,11 @@ class ServerTLS:
         else:
             chain = tuple(conn.get_verified_chain(as_cryptography=True) or ())
             problem = leaf_problem(chain[0]) if chain else reasons.UNTRUSTED
+            if problem is None and through_pinned(self.truststore, chain):
+                problem = reasons.UNTRUSTED
             if problem is not None:
                 identity = failed(Source.HANDSHAKE, problem, presented)
             else:
-                assert self.truststore is not None
                 identity = ClientIdentity(
                     Source.HANDSHAKE,
                     Outcome.VERIFIED,
