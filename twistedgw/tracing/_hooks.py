@@ -1,0 +1,125 @@
+"""The narrow API the request path calls: one ``Tracer`` per gateway process, one
+``RequestTrace`` per request, and a span per backend attempt and per waiting plugin.
+
+The request path holds ``None`` where tracing is off and checks for it once per hook,
+so a gateway without ``[tracing]`` pays an attribute check and imports nothing of
+OpenTelemetry. Every parent is passed explicitly (a ``RequestTrace`` owns its server
+span's context): Twisted's Deferreds run callbacks wherever they fire, so an ambient
+"current span" (OpenTelemetry's contextvar) would name the wrong parent, or none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred
+
+from twistedgw.config import MutualSslConfig
+from twistedgw.errors import GatewayError
+from twistedgw.identity import ClientIdentity
+
+
+class IncomingRequest(NamedTuple):
+    """What the server span needs of a request, read once from whichever front it took."""
+
+    method: bytes
+    path: bytes  # the raw path, without the query (never recorded: it may hold secrets)
+    secure: bool
+    version: bytes  # b"HTTP/1.1", b"HTTP/2", ...
+    host: bytes | None  # the Host header (or :authority)
+    client: str  # the peer's IP address, "" when unknown (a Unix socket)
+    trusted: bool  # the peer is a trusted proxy: its sampling decision is followed
+    traceparent: Sequence[bytes] | None
+    tracestate: Sequence[bytes] | None
+    user_agent: bytes | None
+
+
+class Verdict(NamedTuple):
+    """What the pipeline decided about the caller, for the server span."""
+
+    identity: ClientIdentity | None
+    consumer: str | None = None
+    principals: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = ()  # the authentication schemes that passed
+    via_load_balancer: bool = False
+
+
+class StageSpan(Protocol):
+    """A plugin stage that answered with a Deferred, until that Deferred fires."""
+
+    def end(self, outcome: str) -> None:
+        """``passed``, ``refused`` or ``failed``."""
+
+
+class BackendSpan(Protocol):
+    """One attempt at the backend (a client span)."""
+
+    #: The trace headers to send to the backend in place of any the client sent.
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    def answered(self, status: int) -> None:
+        """The backend's response head arrived with ``status``."""
+
+    def end(self, error_kind: str | None) -> None:
+        """The attempt is over: done (None), or failed (the forwarder's error kind)."""
+
+
+class RequestTrace(Protocol):
+    """One request's server span and what hangs off it."""
+
+    trace_id: str  # 32 hex digits, for the access log
+
+    def stage(self, plugin: str, stage: str) -> StageSpan: ...
+
+    def backend(self, method: bytes, target: bytes) -> BackendSpan: ...
+
+    def refused(self, error: GatewayError) -> None:
+        """The gateway answered ``error`` itself (its code and reason go on the span)."""
+
+    def end(
+        self,
+        status: int,
+        error_kind: str | None,
+        *,
+        api: str | None = None,
+        route: str | None = None,
+        verdict: Verdict | None = None,
+    ) -> None: ...
+
+
+class TracingObserver(Protocol):
+    """Where the tracer reports what became of its spans (the metrics); called on the
+    reactor thread."""
+
+    def spans_dropped(self, count: int) -> None: ...
+
+    def spans_exported(self, count: int, ok: bool) -> None: ...
+
+
+class Tracer(Protocol):
+    def start(self, request: IncomingRequest) -> RequestTrace: ...
+
+    def stop(self) -> Deferred[None]:
+        """Send what is queued (for a bounded time) and stop the export thread."""
+
+
+def trusted_source(peer: Any, settings: MutualSslConfig) -> bool:
+    """Whether the connection is a trusted proxy's: its address is in
+    ``[mutual_ssl] trusted_proxies``, or it is a Unix socket and ``"unix"`` is listed.
+    An empty list trusts nobody (unlike the certificate header, where a load balancer
+    may also be known by its certificate: a trace context carries no such proof)."""
+    if isinstance(peer, UNIXAddress):
+        return settings.trust_unix_socket
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str) or not settings.trusted_proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in settings.trusted_proxies)
