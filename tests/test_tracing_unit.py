@@ -348,10 +348,9 @@ def test_spans_parents_and_attributes(pki: DevPki) -> None:
     authoriser.pending[0].callback(None)
     backend = trace.backend(b"GET", b"http://127.0.0.1:8081/v2/items/7?secret=1")
     first = backend.headers
-    backend.end("refused")  # the first backend could not be reached
+    backend.end(None, "refused")  # the first backend could not be reached
     backend = trace.backend(b"GET", b"http://127.0.0.1:8082/v2/items/7?secret=1")
-    backend.answered(200)
-    backend.end(None)
+    backend.end(200, None)
     assert call.passed_schemes == ("waiting_scheme",)
     trace.end(
         200,
@@ -460,11 +459,11 @@ def test_sampling_trusted_proxy_vs_other_clients() -> None:
     tracer = tracer_for(exporter, ratio=0.0)
     trusted = tracer.start(incoming(GOOD, trusted=True, tracestate=b"vendor=abc"))
     trusted_backend = trusted.backend(b"GET", b"http://127.0.0.1:1/x")
-    trusted_backend.end(None)
+    trusted_backend.end(200, None)
     trusted.end(200, None)
     untrusted = tracer.start(incoming(GOOD, trusted=False))
     untrusted_backend = untrusted.backend(b"GET", b"http://127.0.0.1:1/x")
-    untrusted_backend.end(None)
+    untrusted_backend.end(200, None)
     untrusted.end(200, None)
     root = tracer.start(incoming())
     root.end(200, None)
@@ -544,3 +543,36 @@ def test_failed_exports_are_counted() -> None:
 
 def test_fake_api_has_no_tracing_by_default() -> None:
     assert fake_call(api=fake_api()).trace is None
+
+
+def test_worker_span_counts_reach_the_parents_metrics() -> None:
+    """With workers, each worker's tracer reports to the parent over the event pipe;
+    the parent's metrics (the only registry) sum them."""
+    import json
+
+    from prometheus_client import generate_latest
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from twistedgw.app._observe import Metrics
+    from twistedgw.app._workers import Supervisor, _ParentLink
+
+    clock = Clock()
+    link = _ParentLink(clock)
+    link.makeConnection(StringTransport())
+    link.spans_dropped(3)
+    link.spans_exported(5, True)
+    link.spans_exported(2, False)
+    link.spans_dropped(1)
+    clock.advance(0)
+    message = json.loads(link.transport.value())  # type: ignore[attr-defined]
+    assert message == {"td": 4, "tx": [5, 2]}
+
+    class Parent:
+        metrics = Metrics(lambda: None)
+
+    Supervisor.event(Parent(), None, message)  # type: ignore[arg-type]
+    text = generate_latest(Parent.metrics.registry).decode()
+    assert "twistedgw_tracing_spans_dropped_total 4.0" in text
+    assert 'twistedgw_tracing_spans_exported_total{result="success"} 5.0' in text
+    assert 'twistedgw_tracing_spans_exported_total{result="failure"} 2.0' in text

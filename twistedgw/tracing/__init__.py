@@ -13,6 +13,7 @@ from typing import Any
 
 from twistedgw.config import TracingConfig
 from twistedgw.tracing._hooks import (
+    TRACE_HEADERS,
     BackendSpan,
     IncomingRequest,
     RequestTrace,
@@ -43,6 +44,7 @@ def start_tracer(
 
 
 __all__ = [
+    "TRACE_HEADERS",
     "BackendSpan",
     "IncomingRequest",
     "RequestTrace",

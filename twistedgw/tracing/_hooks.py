@@ -21,6 +21,10 @@ from twistedgw.config import MutualSslConfig
 from twistedgw.errors import GatewayError
 from twistedgw.identity import ClientIdentity
 
+#: The request headers that carry a trace context: with tracing on, the client's are
+#: replaced by the gateway's own (``BackendSpan.headers``), never forwarded unchecked.
+TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+
 
 class IncomingRequest(NamedTuple):
     """What the server span needs of a request, read once from whichever front it took."""
@@ -57,14 +61,13 @@ class StageSpan(Protocol):
 class BackendSpan(Protocol):
     """One attempt at the backend (a client span)."""
 
-    #: The trace headers to send to the backend in place of any the client sent.
+    #: The trace headers to send to the backend (``traceparent``, and ``tracestate``
+    #: when there is one); the client's own are never passed on (``TRACE_HEADERS``).
     headers: tuple[tuple[bytes, bytes], ...]
 
-    def answered(self, status: int) -> None:
-        """The backend's response head arrived with ``status``."""
-
-    def end(self, error_kind: str | None) -> None:
-        """The attempt is over: done (None), or failed (the forwarder's error kind)."""
+    def end(self, status: int | None, error_kind: str | None) -> None:
+        """The attempt is over: the backend's status (None if it sent no response head)
+        and the forwarder's error kind (None: it went well)."""
 
 
 class RequestTrace(Protocol):

@@ -353,18 +353,18 @@ class _BackendSpan:
         self.headers = headers
         self._ended = False
 
-    def answered(self, status: int) -> None:
-        self._trace._backend_status = status
-        if self._span.is_recording():
-            self._span.set_attribute("http.response.status_code", status)
-
-    def end(self, error_kind: str | None) -> None:
+    def end(self, status: int | None, error_kind: str | None) -> None:
         if self._ended:
             return
         self._ended = True
+        if status:
+            self._trace._backend_status = status
+        else:
+            status = None
         span = self._span
         if span.is_recording():
-            status = self._trace._backend_status
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
             if error_kind is not None:
                 span.set_attribute("error.type", error_kind)
             elif status is not None and status >= 400:
