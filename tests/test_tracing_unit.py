@@ -461,7 +461,7 @@ def test_sampling_trusted_proxy_vs_other_clients() -> None:
     trusted_backend = trusted.backend(b"GET", b"http://127.0.0.1:1/x")
     trusted_backend.end(200, None)
     trusted.end(200, None)
-    untrusted = tracer.start(incoming(GOOD, trusted=False))
+    untrusted = tracer.start(incoming(GOOD, trusted=False, tracestate=b"vendor=xyz"))
     untrusted_backend = untrusted.backend(b"GET", b"http://127.0.0.1:1/x")
     untrusted_backend.end(200, None)
     untrusted.end(200, None)
@@ -481,6 +481,8 @@ def test_sampling_trusted_proxy_vs_other_clients() -> None:
     assert untrusted_backend.headers[0][1].endswith(b"-00")
     assert untrusted_backend.headers[0][1].startswith(f"00-{TRACE}-".encode())
     assert dict(trusted_backend.headers)[b"tracestate"] == b"vendor=abc"
+    assert dict(untrusted_backend.headers)[b"tracestate"] == b"vendor=xyz"
+    assert root.trace_id != TRACE and len(root.trace_id) == 32
 
 
 def test_untrusted_sampling_is_the_gateways_draw() -> None:

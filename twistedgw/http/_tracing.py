@@ -21,6 +21,7 @@ def begin(tracer: Tracer, exchange: Exchange, raw_path: bytes, runtime: Snapshot
     """The server span of ``exchange``, continuing the caller's trace context; called
     before the caller is resolved, so the peer is the connection's."""
     fields = exchange.fields
+    traceparent = fields.getRawHeaders(b"traceparent")
     return tracer.start(
         IncomingRequest(
             method=exchange.method,
@@ -29,8 +30,10 @@ def begin(tracer: Tracer, exchange: Exchange, raw_path: bytes, runtime: Snapshot
             version=exchange.version,
             host=exchange.host,
             client=exchange.client_ip,
-            trusted=trusted_source(exchange.conn.peer, runtime.config.mutual_ssl),
-            traceparent=fields.getRawHeaders(b"traceparent"),
+            # Only a caller's own trace context needs its source judged.
+            trusted=traceparent is not None
+            and trusted_source(exchange.conn.peer, runtime.config.mutual_ssl),
+            traceparent=traceparent,
             tracestate=fields.getRawHeaders(b"tracestate"),
             user_agent=fields.first(b"user-agent"),
         )
@@ -58,6 +61,9 @@ def end(
 ) -> None:
     """End the server span with what the request's record holds (``routed``: the
     front's routing of the request, if it routed it)."""
+    if not trace.recording:  # not sampled: nothing to describe
+        trace.end(status, kind)
+        return
     route = getattr(routed, "route", None)
     verdict = None
     if call is not None:

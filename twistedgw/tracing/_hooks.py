@@ -74,6 +74,7 @@ class RequestTrace(Protocol):
     """One request's server span and what hangs off it."""
 
     trace_id: str  # 32 hex digits, for the access log
+    recording: bool  # sampled: what ``end`` is given goes on a span (else skip building it)
 
     def stage(self, plugin: str, stage: str) -> StageSpan: ...
 

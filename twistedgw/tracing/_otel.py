@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -49,7 +49,12 @@ from twisted.logger import Logger
 from twistedgw.config import TracingConfig
 from twistedgw.errors import GatewayError
 from twistedgw.tracing._hooks import IncomingRequest, TracingObserver, Verdict
-from twistedgw.tracing._w3c import format_traceparent, parse_traceparent, parse_tracestate
+from twistedgw.tracing._w3c import (
+    format_traceparent,
+    format_tracestate,
+    parse_traceparent,
+    parse_tracestate,
+)
 
 log = Logger()
 
@@ -100,9 +105,9 @@ class OtelTracer:
             resource=Resource.create(
                 {"service.name": config.service_name, "service.version": version}
             ),
-            # Roots and children of the gateway's own spans: the ratio, on the trace id.
-            # A caller's context arrives with its sampled flag already judged (start).
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            # Every decision is taken in start(): the SDK only sees a request already
+            # sampled, and children follow their parent.
+            sampler=ParentBased(ALWAYS_ON),
             shutdown_on_exit=False,  # stop() flushes, bounded; no atexit hook of its own
         )
         if exporter is None:
@@ -127,20 +132,28 @@ class OtelTracer:
 
     # -- the request path --------------------------------------------------------
 
-    def start(self, request: IncomingRequest) -> _RequestTrace:
+    def start(self, request: IncomingRequest) -> _RequestTrace | _Unsampled:
+        """The sampling decision, then the server span: through the SDK only when it is
+        recorded, so a request not sampled costs a random draw and a small object."""
         parent = parse_traceparent(request.traceparent)
-        context = _EMPTY
-        if parent is not None:
-            members = parse_tracestate(request.tracestate)
+        draw = self._random
+        if parent is None:
+            if not draw.random() < self._ratio:
+                return _Unsampled(draw, draw.getrandbits(128) or 1, ())
+            context = _EMPTY
+        else:
+            members = parse_tracestate(request.tracestate) or ()
             # A trusted proxy's decision is followed (parent-based); anyone else keeps
             # the trace id but not the decision: a draw of the gateway's own, not one on
             # the trace id, which a client could pick to be always sampled.
-            sampled = parent.sampled if request.trusted else self._random.random() < self._ratio
+            sampled = parent.sampled if request.trusted else draw.random() < self._ratio
+            if not sampled:
+                return _Unsampled(draw, parent.trace_id, members)
             remote = SpanContext(
                 parent.trace_id,
                 parent.span_id,
                 is_remote=True,
-                trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
                 trace_state=TraceState(members) if members else None,
             )
             context = set_span_in_context(NonRecordingSpan(remote), _EMPTY)
@@ -181,8 +194,69 @@ class OtelTracer:
         return done
 
 
+class _Unsampled:
+    """A request not sampled: no span is made, yet its trace id is logged and its
+    backends get a ``traceparent`` (a fresh span id per attempt, not sampled), so the
+    services behind agree with the decision."""
+
+    __slots__ = ("_draw", "_state", "_trace", "trace_id")
+
+    recording = False
+
+    def __init__(
+        self, draw: random.Random, trace_id: int, state: tuple[tuple[str, str], ...]
+    ) -> None:
+        self._draw = draw
+        self._trace = trace_id
+        self._state = state
+        self.trace_id = format(trace_id, "032x")
+
+    def stage(self, plugin: str, stage: str) -> _Nothing:
+        return _NOTHING
+
+    def backend(self, method: bytes, target: bytes) -> _Nothing:
+        span_id = self._draw.getrandbits(64) or 1
+        headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"traceparent", format_traceparent(self._trace, span_id, False)),
+        )
+        if self._state:
+            headers += ((b"tracestate", format_tracestate(self._state)),)
+        return _Nothing(headers)
+
+    def refused(self, error: GatewayError) -> None:
+        pass
+
+    def end(
+        self,
+        status: int,
+        error_kind: str | None,
+        *,
+        api: str | None = None,
+        route: str | None = None,
+        verdict: Verdict | None = None,
+    ) -> None:
+        pass
+
+
+class _Nothing:
+    """The span of a request not sampled: it carries headers, records nothing."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.headers = headers
+
+    def end(self, *args: Any) -> None:
+        pass
+
+
+_NOTHING = _Nothing()
+
+
 class _RequestTrace:
     """One request's server span; children get its context explicitly."""
+
+    recording = True
 
     __slots__ = (
         "_backend_endpoint",
