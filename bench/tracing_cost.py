@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import otlp_sink  # noqa: E402
-from twistedgw.config import TracingConfig  # noqa: E402
-from twistedgw.tracing import IncomingRequest, Verdict, start_tracer  # noqa: E402
+from bench.run import otlp_sink
+from twistedgw.config import TracingConfig
+from twistedgw.tracing import IncomingRequest, Verdict, start_tracer
 
 REQUEST = IncomingRequest(
     method=b"GET",

@@ -38,7 +38,6 @@ from twistedgw.tracing import (
     parse_traceparent,
     parse_tracestate,
     start_tracer,
-    trusted_source,
 )
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -123,17 +122,26 @@ def test_format_traceparent() -> None:
     assert format_traceparent(int(TRACE, 16), int(PARENT, 16), True) == GOOD
 
 
-def test_trusted_source() -> None:
+def test_whose_trace_context_is_trusted() -> None:
+    """trusted_proxies' networks (an IPv4-mapped IPv6 peer too) and, with "unix", a
+    Unix-socket listener; an empty list trusts nobody."""
     import ipaddress
 
+    from twistedgw.http._callers import from_trusted_proxy
+    from twistedgw.wire import Connection, Exchange, Fields
+
+    def peer(address: object) -> Exchange:
+        conn = Connection(address, None, False, None)  # type: ignore[arg-type]
+        return Exchange(b"GET", b"/", b"HTTP/1.1", Fields([]), None, conn, None, None)  # type: ignore[arg-type]
+
     settings = MutualSslConfig(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
-    assert trusted_source(IPv4Address("TCP", "10.1.2.3", 1), settings)
-    assert not trusted_source(IPv4Address("TCP", "192.0.2.1", 1), settings)
-    assert trusted_source(IPv6Address("TCP", "::ffff:10.0.0.1", 1), settings)
-    assert not trusted_source(UNIXAddress(b"/run/gw.sock"), settings)
-    assert trusted_source(UNIXAddress(b"/run/gw.sock"), MutualSslConfig(trust_unix_socket=True))
-    # No trusted_proxies: nobody's sampling decision is followed.
-    assert not trusted_source(IPv4Address("TCP", "127.0.0.1", 1), MutualSslConfig())
+    assert from_trusted_proxy(peer(IPv4Address("TCP", "10.1.2.3", 1)), settings)
+    assert not from_trusted_proxy(peer(IPv4Address("TCP", "192.0.2.1", 1)), settings)
+    assert from_trusted_proxy(peer(IPv6Address("TCP", "::ffff:10.0.0.1", 1)), settings)
+    unix = peer(UNIXAddress(b"/run/gw.sock"))
+    assert not from_trusted_proxy(unix, settings)
+    assert from_trusted_proxy(unix, MutualSslConfig(trust_unix_socket=True))
+    assert not from_trusted_proxy(peer(IPv4Address("TCP", "127.0.0.1", 1)), MutualSslConfig())
 
 
 # -- the [tracing] section ------------------------------------------------------
@@ -415,8 +423,13 @@ def test_refusal_is_on_the_server_span() -> None:
     exporter = InMemorySpanExporter()
     tracer = tracer_for(exporter)
     trace = tracer.start(incoming())
-    trace.refused(errors.invalid_credentials("the API key is not valid"))
-    trace.end(401, None, api="a:1", verdict=Verdict(None))
+    trace.end(
+        401,
+        None,
+        api="a:1",
+        verdict=Verdict(None),
+        refusal=errors.invalid_credentials("the API key is not valid"),
+    )
     tracer.flush()
     (span,) = exporter.get_finished_spans()
     attributes = dict(span.attributes or {})

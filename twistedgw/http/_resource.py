@@ -235,9 +235,7 @@ class GatewayExchange(Exchange):
         started = self.started
         trace = self.trace
         if trace is not None:
-            if refusal is not None:
-                trace.refused(refusal)
-            tracing.end(trace, status, kind, self.api, call, routed)
+            tracing.end(trace, status, kind, self.api, call, routed, refusal)
         gateway.notify(
             RequestRecord(
                 started=started,

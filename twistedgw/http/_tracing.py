@@ -1,8 +1,8 @@
 """Where the request path meets ``twistedgw.tracing``: a request's server span begins
-when the resource takes it and ends with its record.
+when ``serve`` takes its exchange and ends with its record.
 
-Only reached with ``[tracing]`` on (the resource checks ``Gateway.tracer`` once); the
-front's own refusals before routing (400, 408, 413, 431) carry no span.
+Only reached with ``[tracing]`` on (``serve`` checks ``Gateway.tracer`` once); the
+front's own refusals before dispatch (400, 405, 408, 413, 431) carry no span.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from twistedgw.config import ApiConfig
+from twistedgw.errors import GatewayError
+from twistedgw.http import _callers as callers
 from twistedgw.http._routing import Route
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.pipeline import Call
-from twistedgw.tracing import IncomingRequest, RequestTrace, Tracer, Verdict, trusted_source
+from twistedgw.tracing import IncomingRequest, RequestTrace, Tracer, Verdict
 from twistedgw.wire import Exchange
 
 
@@ -32,7 +34,7 @@ def begin(tracer: Tracer, exchange: Exchange, raw_path: bytes, runtime: Snapshot
             client=exchange.client_ip,
             # Only a caller's own trace context needs its source judged.
             trusted=traceparent is not None
-            and trusted_source(exchange.conn.peer, runtime.config.mutual_ssl),
+            and callers.from_trusted_proxy(exchange, runtime.config.mutual_ssl),
             traceparent=traceparent,
             tracestate=fields.getRawHeaders(b"tracestate"),
             user_agent=fields.first(b"user-agent"),
@@ -58,6 +60,7 @@ def end(
     api: ApiConfig | None,
     call: Call | None,
     routed: Any,
+    refusal: GatewayError | None = None,
 ) -> None:
     """End the server span with what the request's record holds (``routed``: the
     front's routing of the request, if it routed it)."""
@@ -75,4 +78,6 @@ def end(
             call.via_load_balancer,
         )
     label = api.label if api is not None else None
-    trace.end(status, kind, api=label, route=route_template(route), verdict=verdict)
+    trace.end(
+        status, kind, api=label, route=route_template(route), verdict=verdict, refusal=refusal
+    )

@@ -21,7 +21,6 @@ from twistedgw.tracing._hooks import (
     Tracer,
     TracingObserver,
     Verdict,
-    trusted_source,
 )
 from twistedgw.tracing._w3c import (
     TraceParent,
@@ -57,5 +56,4 @@ __all__ = [
     "parse_traceparent",
     "parse_tracestate",
     "start_tracer",
-    "trusted_source",
 ]

@@ -10,14 +10,11 @@ span's context): Twisted's Deferreds run callbacks wherever they fire, so an amb
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 
-from twistedgw.config import MutualSslConfig
 from twistedgw.errors import GatewayError
 from twistedgw.identity import ClientIdentity
 
@@ -80,9 +77,6 @@ class RequestTrace(Protocol):
 
     def backend(self, method: bytes, target: bytes) -> BackendSpan: ...
 
-    def refused(self, error: GatewayError) -> None:
-        """The gateway answered ``error`` itself (its code and reason go on the span)."""
-
     def end(
         self,
         status: int,
@@ -91,7 +85,10 @@ class RequestTrace(Protocol):
         api: str | None = None,
         route: str | None = None,
         verdict: Verdict | None = None,
-    ) -> None: ...
+        refusal: GatewayError | None = None,
+    ) -> None:
+        """The request is answered: ``refusal`` is the error the gateway answered
+        itself, if it did (its code and reason go on the span)."""
 
 
 class TracingObserver(Protocol):
@@ -108,22 +105,3 @@ class Tracer(Protocol):
 
     def stop(self) -> Deferred[None]:
         """Send what is queued (for a bounded time) and stop the export thread."""
-
-
-def trusted_source(peer: Any, settings: MutualSslConfig) -> bool:
-    """Whether the connection is a trusted proxy's: its address is in
-    ``[mutual_ssl] trusted_proxies``, or it is a Unix socket and ``"unix"`` is listed.
-    An empty list trusts nobody (unlike the certificate header, where a load balancer
-    may also be known by its certificate: a trace context carries no such proof)."""
-    if isinstance(peer, UNIXAddress):
-        return settings.trust_unix_socket
-    host = getattr(peer, "host", None)
-    if not isinstance(host, str) or not settings.trusted_proxies:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in settings.trusted_proxies)

@@ -223,9 +223,6 @@ class _Unsampled:
             headers += ((b"tracestate", format_tracestate(self._state)),)
         return _Nothing(headers)
 
-    def refused(self, error: GatewayError) -> None:
-        pass
-
     def end(
         self,
         status: int,
@@ -234,6 +231,7 @@ class _Unsampled:
         api: str | None = None,
         route: str | None = None,
         verdict: Verdict | None = None,
+        refusal: GatewayError | None = None,
     ) -> None:
         pass
 
@@ -327,9 +325,6 @@ class _RequestTrace:
             headers += ((b"tracestate", state.to_header().encode("ascii")),)
         return _BackendSpan(self, span, headers)
 
-    def refused(self, error: GatewayError) -> None:
-        self._refusal = error
-
     def end(
         self,
         status: int,
@@ -338,10 +333,12 @@ class _RequestTrace:
         api: str | None = None,
         route: str | None = None,
         verdict: Verdict | None = None,
+        refusal: GatewayError | None = None,
     ) -> None:
         if self._ended:
             return
         self._ended = True
+        self._refusal = refusal
         span = self._span
         if span.is_recording():
             if route is not None:
