@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.h2client import H2Client
 from tests.harness import (
     REPO,
     GatewayProcess,
@@ -104,6 +105,7 @@ def test_spans_of_a_real_gateway(
              "basic_auth": "mandatory"},
         ],
         port=port,
+        listeners=[{"host": "127.0.0.1", "port": port, "http2": True}],
         extra=table("basic_users", {"name": "alice", "password_hash": hash_password(PASSWORD)},
                     array=True)
         + table("access_log", {"path": str(log)})
@@ -123,6 +125,11 @@ def test_spans_of_a_real_gateway(
         auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
         waited = send(connect(port, pki), "/basic/x", headers={"Authorization": f"Basic {auth}"})
         assert waited.status == 200
+        over_h2 = H2Client(port, pki, "partner-app")
+        try:
+            assert over_h2.get("/shop/h2").status == 200
+        finally:
+            over_h2.close()
 
         # What the backend received: the same trace, its parent the gateway's client span.
         (sent,) = received(recorder, "/items/7?token=SECRET-QUERY", "traceparent")
@@ -135,11 +142,12 @@ def test_spans_of_a_real_gateway(
         assert records["/shop/items/7"]["trace_id"] == TRACE
         refused_trace = str(records["/shop/items/8"]["trace_id"])
         waited_trace = str(records["/basic/x"]["trace_id"])
+        h2_trace = str(records["/shop/h2"]["trace_id"])
         assert len(refused_trace) == 32 and refused_trace != waited_trace
 
         spans = collector.wait_for(
-            lambda got: {s.trace_id for s in got} >= {TRACE, refused_trace, waited_trace}
-            and len(got) >= 6
+            lambda got: {s.trace_id for s in got} >= {TRACE, refused_trace, waited_trace, h2_trace}
+            and len(got) >= 8
         )
     except BaseException:
         print(gw.output())
@@ -195,6 +203,11 @@ def test_spans_of_a_real_gateway(
     assert stage.attributes["twistedgw.plugin.stage"] == "authenticate"
     assert stage.attributes["twistedgw.plugin.outcome"] == "passed"
     assert by_kind[SERVER].attributes["twistedgw.auth.principals"] == ("basic:alice",)
+
+    # HTTP/2 streams are traced alike.
+    h2_server = next(s for s in collector.trace(h2_trace) if s.kind == SERVER)
+    assert h2_server.attributes["network.protocol.version"] == "2"
+    assert h2_server.attributes["url.path"] == "/shop/h2"
 
     # Never recorded: the query string, credentials. The exporter's own headers went to
     # the collector and nowhere else (not in the log).

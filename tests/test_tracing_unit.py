@@ -591,3 +591,19 @@ def test_worker_span_counts_reach_the_parents_metrics() -> None:
     assert "twistedgw_tracing_spans_dropped_total 4.0" in text
     assert 'twistedgw_tracing_spans_exported_total{result="success"} 5.0' in text
     assert 'twistedgw_tracing_spans_exported_total{result="failure"} 2.0' in text
+
+
+def test_the_gateways_span_attributes_are_documented() -> None:
+    """Every twistedgw.* attribute a span can carry is in the tracing page, and the page
+    names no other; the tracer's source sets no other."""
+    import re
+
+    from tests import docpages
+    from twistedgw.tracing._otel import GATEWAY_ATTRIBUTES
+
+    page = docpages.page("how-to/tracing.md")
+    documented = set(re.findall(r"`(twistedgw\.[a-z_.]*[a-z_])`", page))
+    assert documented == GATEWAY_ATTRIBUTES
+    source = (Path(__file__).parent.parent / "twistedgw/tracing/_otel.py").read_text()
+    used = set(re.findall(r'"(twistedgw\.[a-z_.]+)"', source))
+    assert used == GATEWAY_ATTRIBUTES

@@ -68,6 +68,29 @@ STOP_FLUSH_SECONDS = 2.0
 #: Longest text recorded for a refusal's reason or a User-Agent.
 MAX_TEXT = 256
 
+#: The gateway's own span attributes (beside OpenTelemetry's HTTP conventions), each
+#: documented in docs/how-to/tracing.md (tests check both ways).
+GATEWAY_ATTRIBUTES = frozenset(
+    {
+        "twistedgw.api",
+        "twistedgw.auth.principals",
+        "twistedgw.auth.schemes",
+        "twistedgw.backend.endpoint",
+        "twistedgw.backend.status_code",
+        "twistedgw.consumer",
+        "twistedgw.mtls.outcome",
+        "twistedgw.mtls.reason",
+        "twistedgw.mtls.source",
+        "twistedgw.plugin.name",
+        "twistedgw.plugin.outcome",
+        "twistedgw.plugin.stage",
+        "twistedgw.refusal.code",
+        "twistedgw.refusal.message",
+        "twistedgw.refusal.reason",
+        "twistedgw.via_load_balancer",
+    }
+)
+
 _EMPTY = Context()  # the parent of a trace's first span: explicitly nothing ambient
 _METHODS = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"}
