@@ -2,8 +2,8 @@
 ``RequestTrace`` per request, and a span per backend attempt and per waiting plugin.
 
 The request path holds ``None`` where tracing is off and checks for it once per hook,
-so a gateway without ``[tracing]`` pays an attribute check and imports nothing of
-OpenTelemetry. Every parent is passed explicitly (a ``RequestTrace`` owns its server
+so a gateway without ``[tracing]`` pays an attribute check per hook (begin, record,
+each backend attempt) and imports nothing of OpenTelemetry. Every parent is passed explicitly (a ``RequestTrace`` owns its server
 span's context): Twisted's Deferreds run callbacks wherever they fire, so an ambient
 "current span" (OpenTelemetry's contextvar) would name the wrong parent, or none.
 """
