@@ -3,9 +3,10 @@
 
 The request path holds ``None`` where tracing is off and checks for it once per hook,
 so a gateway without ``[tracing]`` pays an attribute check per hook (begin, record,
-each backend attempt) and imports nothing of OpenTelemetry. Every parent is passed explicitly (a ``RequestTrace`` owns its server
-span's context): Twisted's Deferreds run callbacks wherever they fire, so an ambient
-"current span" (OpenTelemetry's contextvar) would name the wrong parent, or none.
+each backend attempt) and imports nothing of OpenTelemetry. Every parent is passed
+explicitly (a ``RequestTrace`` owns its server span's context): Twisted's Deferreds run
+callbacks wherever they fire, so an ambient "current span" (OpenTelemetry's contextvar)
+would name the wrong parent, or none.
 """
 
 from __future__ import annotations
