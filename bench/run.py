@@ -287,7 +287,7 @@ http {{
 
 
 def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool,
-                 jwks: Path | None = None) -> str:
+                 jwks: Path | None = None, tracing: str = "") -> str:
     listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
     if header_mode:
         listener += "tls = false\n"
@@ -335,7 +335,40 @@ issuer = "https://idp.bench"
 jwks = "{jwks}"
 audiences = ["bench"]
 """
-    return text
+    return text + tracing
+
+
+def otlp_sink() -> tuple[str, Callable[[], None]]:
+    """A collector that takes every OTLP/HTTP export and answers 200 (scenario 10): the
+    gateway pays for making, queueing, encoding and sending its spans, nothing more."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}/v1/traces", stop
+
+
+def tracing_conf(url: str, ratio: float) -> str:
+    return f'\n[tracing]\notlp_endpoint = "{url}"\nsample_ratio = {ratio}\n'
 
 
 def jwt_setup(work: Path, pki: devpki.DevPki) -> tuple[Path, dict[str, str]]:
@@ -534,7 +567,7 @@ class Profile:
 
 
 ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
-       "nginx-fronted", "h2")
+       "nginx-fronted", "h2", "tracing")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -554,6 +587,7 @@ class Bench:
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
     fronts: dict[str, Frontend] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # scenario 7
+    stop_sink: Callable[[], None] | None = None  # scenario 10's collector
 
     # setup
 
@@ -584,6 +618,11 @@ class Bench:
             systems += [("gw-hdr", "ec", True)]
         if self.baseline is not None:
             systems += [("gw-base", "ec", False)]
+        tracing: dict[str, str] = {}
+        if "tracing" in self.profile.scenarios:  # scenario 10: [tracing] at ratio 0 and 1
+            url, self.stop_sink = otlp_sink()
+            tracing = {"gw-tr0": tracing_conf(url, 0.0), "gw-tr1": tracing_conf(url, 1.0)}
+            systems += [("gw-tr0", "ec", False), ("gw-tr1", "ec", False)]
         jwks = None
         if "jwt" in self.profile.scenarios:
             jwks, self.tokens = jwt_setup(self.work, self.pkis["ec"])
@@ -594,7 +633,8 @@ class Bench:
             if name.startswith("gw"):
                 conf = self.work / f"{name}.toml"
                 conf.write_text(gateway_conf(pki, port, backend, header_mode=header,
-                                             jwks=jwks if name == "gw-ec" else None))
+                                             jwks=jwks if name == "gw-ec" else None,
+                                             tracing=tracing.get(name, "")))
                 argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
                 env = gateway_env
                 if name == "gw-base":
@@ -606,7 +646,8 @@ class Bench:
                 argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
                         str(self.work / f"{name}-error.log"), "-g", "daemon off;"]
                 self.procs[name] = start(name, argv, CORE_PROXY, self.work, port)
-            modes = ["plain"] if header else ["keepalive"] if name == "gw-base" else (
+            modes = ["plain"] if header else ["keepalive"] if name in (
+                "gw-base", "gw-tr0", "gw-tr1") else (
                 ["keepalive", "full", "resume"] if kind == "ec" else ["full"])
             for mode in modes:
                 f = Frontend(f"{name}-{mode}", free_port(), port, mode,
@@ -688,6 +729,8 @@ class Bench:
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+        if self.stop_sink is not None:
+            self.stop_sink()
 
     # measuring
 
@@ -843,6 +886,18 @@ def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
                          lambda: b.wrk("gw-base-keepalive", "/bench/small", 32, d))
         rows.append(row("1b keep-alive, this tree vs --baseline", "twistedgw", "baseline",
                         base, "req/s", None, None))
+    return rows
+
+
+def scenario_tracing(b: Bench) -> list[dict[str, Any]]:
+    """[tracing] against no tracing, keep-alive as scenario 1, each pair interleaved."""
+    d = b.profile.duration
+    rows = []
+    for name, label in (("gw-tr0", "10 [tracing] sample_ratio 0.0 vs off"),
+                        ("gw-tr1", "10b [tracing] sample_ratio 1.0 vs off")):
+        s = b.compare(lambda n=name: b.wrk(f"{n}-keepalive", "/bench/small", 32, d),
+                      lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d))
+        rows.append(row(label, "tracing", "off", s, "req/s", None, None))
     return rows
 
 
@@ -1219,7 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
                          ("header", scenario_header), ("large", scenario_large),
                          ("sweep", None), ("latency", scenario_latency),
                          ("memory", scenario_memory), ("jwt", scenario_jwt),
-                         ("nginx-fronted", scenario_fronted), ("h2", scenario_h2)):
+                         ("nginx-fronted", scenario_fronted), ("h2", scenario_h2),
+                         ("tracing", scenario_tracing)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

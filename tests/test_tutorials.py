@@ -29,7 +29,8 @@ import pytest
 from tests import docpages
 from tests.harness import REPO, free_port
 
-PORTS = (8080, 9090, 9443, 9901)  # the tutorials' own ports, each replaced by a free one
+# The tutorials' own ports, each replaced by a free one (4318: an OTLP/HTTP collector).
+PORTS = (8080, 9090, 9443, 9901, 4318)
 
 
 @dataclass

@@ -222,6 +222,22 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+        # [tracing]: what became of the finished spans (0 with tracing off).
+        self.tracing_dropped = Counter(
+            "twistedgw_tracing_spans_dropped",
+            "Finished spans dropped because the export queue ([tracing] max_queue_size) "
+            "was full: the collector is slow or unreachable.",
+            registry=r,
+        )
+        self.tracing_exported = Counter(
+            "twistedgw_tracing_spans_exported",
+            "Spans sent to the OTLP collector, by result (success|failure: refused, "
+            "unreachable or no answer within the export timeout).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.tracing_exported.labels(result=result)
         r.register(CertificateExpiryCollector(runtime))
         self._runtime = runtime
         r.register(jwks.JwksCollector())  # JWKS URLs fetched in this process
@@ -318,6 +334,13 @@ class Metrics:
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(result="success" if ok else "failure").inc()
 
+    # tracing.TracingObserver: the tracer (or, with workers, the workers) report here.
+    def spans_dropped(self, count: int) -> None:
+        self.tracing_dropped.inc(count)
+
+    def spans_exported(self, count: int, ok: bool) -> None:
+        self.tracing_exported.labels(result="success" if ok else "failure").inc(count)
+
 
 class CertificateExpiryCollector:
     """``twistedgw_certificate_expiry_timestamp_seconds`` for the certificates in force now.
@@ -393,6 +416,8 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
     entry["consumer"] = record.consumer
     entry["error"] = record.error_kind
     entry["pid"] = os.getpid()
+    if record.trace_id is not None:  # [tracing]: the request's trace, sampled or not
+        entry["trace_id"] = record.trace_id
     return entry
 
 

@@ -45,6 +45,7 @@ from twistedgw.pipeline import Shared
 from twistedgw.tls import BackendPolicy, HandshakeRecords
 from twistedgw.tls import _pki as pki
 from twistedgw.tls._server import ServerTLSFactory
+from twistedgw.tracing import Tracer, TracingObserver, start_tracer
 from twistedgw.upstream import Forwarder, ForwardSettings
 
 log = Logger()
@@ -279,6 +280,10 @@ class GatewayService(service.Service):
                 )
         self.access_log: AccessLog | None = None
         self._set_access_log(config)
+        # [tracing]: the tracer starts with the service (its export thread with it); what
+        # becomes of its spans goes to the metrics, or to the parent (a worker sets this).
+        self.tracer: Tracer | None = None
+        self.tracing_observer: TracingObserver | None = self.metrics
 
     def _backend_tls_policy(self, target: bytes) -> IPolicyForHTTPS:
         """The TLS policy for an https target under the config in force *now*."""
@@ -351,6 +356,10 @@ class GatewayService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.config.tracing is not None and self.tracer is None:
+            self.tracer = self.gateway.tracer = start_tracer(
+                self.config.tracing, self.reactor, _TracingReports(self)
+            )
         if self.inherited is not None:
             results = [self._adopt(fd, tls, http2) for fd, tls, http2 in self.inherited]
         else:
@@ -374,6 +383,14 @@ class GatewayService(service.Service):
                 admin=self.admin.describe() if self.admin is not None else None,
             )
         return ports
+
+    def _stop_tracing(self) -> defer.Deferred[None] | None:
+        """After the drain (the last spans have ended): send what is queued, bounded."""
+        tracer, self.tracer = self.tracer, None
+        if tracer is None:
+            return None
+        self.gateway.tracer = None
+        return tracer.stop()
 
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config and key material; keep the old state on any problem.
@@ -430,6 +447,7 @@ class GatewayService(service.Service):
         stops = [defer.maybeDeferred(port.stopListening) for port in ports]
         d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self.site.tracker.drain(self.reactor, self.config.shutdown_timeout))
+        d.addBoth(lambda _: self._stop_tracing())
         d.addBoth(lambda _: self.forwarder.close())
         d.addBoth(lambda _: self.shared.stop())
         if self.admin is not None:
@@ -438,6 +456,23 @@ class GatewayService(service.Service):
         d.addBoth(lambda _: self.access_log.close() if self.access_log is not None else None)
         d.addBoth(lambda _: None)
         return d
+
+
+class _TracingReports:
+    """The tracer's reports, to whichever observer the service has when they arrive."""
+
+    def __init__(self, gateway_service: GatewayService) -> None:
+        self._service = gateway_service
+
+    def spans_dropped(self, count: int) -> None:
+        observer = self._service.tracing_observer
+        if observer is not None:
+            observer.spans_dropped(count)
+
+    def spans_exported(self, count: int, ok: bool) -> None:
+        observer = self._service.tracing_observer
+        if observer is not None:
+            observer.spans_exported(count, ok)
 
 
 def reload_runtime(
@@ -481,6 +516,7 @@ def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
         ("listeners", old.listeners, new.listeners),
         ("[admin]", old.admin, new.admin),
         ("workers", old.workers, new.workers),
+        ("[tracing]", old.tracing, new.tracing),
     ):
         if before != after:
             log.warn("Changes to {what} take effect on restart only", what=what)

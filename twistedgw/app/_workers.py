@@ -214,6 +214,14 @@ class Supervisor(service.Service):
             self.metrics.cluster_error(str(kind), int(count))
         for seconds in message.get("rt", ()):
             self.metrics.cluster_round_trip(float(seconds))
+        if "td" in message:
+            self.metrics.spans_dropped(int(message["td"]))
+        if "tx" in message:
+            exported, failed = message["tx"]
+            if exported:
+                self.metrics.spans_exported(int(exported), True)
+            if failed:
+                self.metrics.spans_exported(int(failed), False)
         if "cs" in message:
             if message["cs"]:
                 self.cluster_problems[worker.index] = str(message["cs"])
@@ -367,6 +375,7 @@ class _ParentLink(protocol.Protocol):
         self._pending: list[Sample] = []
         self._cluster_errors: dict[str, int] = {}
         self._round_trips: list[float] = []
+        self._spans = [0, 0, 0]  # [tracing]: dropped, exported, failed
         self._flush_call: Any = None
         self.closed = False
         self.stopping = False  # set when the reactor shuts down for another reason
@@ -396,6 +405,15 @@ class _ParentLink(protocol.Protocol):
     def cluster_state(self, problem: str | None) -> None:
         self.send({"cs": problem or ""})
 
+    # tracing.TracingObserver: counted here, summed into the parent's metrics.
+    def spans_dropped(self, count: int) -> None:
+        self._spans[0] += count
+        self._schedule()
+
+    def spans_exported(self, count: int, ok: bool) -> None:
+        self._spans[1 if ok else 2] += count
+        self._schedule()
+
     def _flush(self) -> None:
         self._flush_call = None
         pending, self._pending = self._pending, []
@@ -406,6 +424,12 @@ class _ParentLink(protocol.Protocol):
             message["ce"], self._cluster_errors = self._cluster_errors, {}
         if self._round_trips:
             message["rt"], self._round_trips = self._round_trips, []
+        dropped, exported, failed = self._spans
+        if dropped:
+            message["td"] = dropped
+        if exported or failed:
+            message["tx"] = [exported, failed]
+        self._spans = [0, 0, 0]
         if message:
             self.send(message)
 
@@ -444,6 +468,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     link = _ParentLink(reactor)
     stdio.StandardIO(link, stdin=0, stdout=EVENTS_FD, reactor=reactor)  # type: ignore[call-arg]
     svc.gateway.observers.append(link.observe)
+    svc.tracing_observer = link
     svc.shared.observe_cluster(link)
     if svc.shared.cluster is not None and svc.shared.cluster.problem is not None:
         link.cluster_state(svc.shared.cluster.problem)

@@ -59,6 +59,7 @@ from twistedgw.config._tls import (
     TlsConfig,
     ocsp_origin,
 )
+from twistedgw.config._tracing import TracingConfig
 
 __all__ = [
     "BACKEND_MODES",
@@ -111,6 +112,7 @@ __all__ = [
     "ThrottlingPolicy",
     "Tier",
     "TlsConfig",
+    "TracingConfig",
     "describe_security",
     "hash_problem",
     "load",

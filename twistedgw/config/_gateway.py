@@ -39,6 +39,7 @@ from twistedgw.config._throttling import (
     throttling_links,
 )
 from twistedgw.config._tls import TlsConfig, read_tls
+from twistedgw.config._tracing import TracingConfig, read_tracing
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class GatewayConfig:
     errors: ErrorsConfig = ErrorsConfig()
     # Worth a look but not refused (file: key: message): check prints them, start logs them.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    tracing: TracingConfig | None = None  # None = no traces, the SDK never imported
 
     @property
     def needs_tls(self) -> bool:
@@ -190,6 +192,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         declared_issuers(raw),
     )
     cluster = read_cluster(top.sub("cluster")) if "cluster" in raw else None
+    tracing = read_tracing(top.sub("tracing")) if "tracing" in raw else None
     policies = read_throttling_policies(top)
     throttling_links(problems, api_paths, policies)
     errors = read_errors(top.sub("errors")) if "errors" in raw else ErrorsConfig()
@@ -268,6 +271,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         throttling_policies=tuple(policies),
         errors=errors,
         warnings=tuple(problems.warnings),
+        tracing=tracing,
     )
     return Parsed(
         config=config,

@@ -70,6 +70,16 @@ def _trusted_unix_peer(exchange: Exchange, config: MutualSslConfig) -> bool:
     return unixsockets.peer_uid(conn.transport) in config.unix_peer_uids
 
 
+def from_trusted_proxy(exchange: Exchange, config: MutualSslConfig) -> bool:
+    """Whether the connection is one ``trusted_proxies`` names (a network, or a Unix-socket
+    listener as "unix"/"unix:uid=NAME" say); nobody when it is empty. For what a proxy
+    asserts that carries no certificate of its own (a trace context's sampled flag);
+    asked before ``resolve``, which may adopt the address NGINX saw."""
+    return _from_trusted_network(exchange.conn.client_ip, config) or _trusted_unix_peer(
+        exchange, config
+    )
+
+
 def handshake_identity(exchange: Exchange, runtime: Snapshot) -> ClientIdentity:
     conn = exchange.conn
     if runtime.server_tls is None or not conn.secure:

@@ -32,6 +32,7 @@ from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
+from twistedgw.http import _tracing as tracing
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.http._snapshot import Snapshot
@@ -47,6 +48,7 @@ from twistedgw.pipeline import (
     ResponseEdit,
 )
 from twistedgw.tls import server_name, sni_entry
+from twistedgw.tracing import RequestTrace, Tracer
 from twistedgw.upstream import Forwarder
 from twistedgw.wire import (
     TOKEN,
@@ -85,6 +87,7 @@ class RequestRecord(NamedTuple):
     # refused (the front's limits, routing, a scheme, an authoriser, a plugin): the
     # access log's reason and code and the metrics' refusal labels come from it.
     refusal: GatewayError | None = None
+    trace_id: str | None = None  # [tracing]: the request's trace (32 hex digits)
 
 
 Observer = Callable[[RequestRecord], None]
@@ -97,6 +100,7 @@ class Gateway:
     runtime: Snapshot
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
+    tracer: Tracer | None = None  # [tracing]; None: off, and nothing of it runs
 
     def notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
@@ -193,7 +197,7 @@ class GatewayExchange(Exchange):
     """A ``wire.Exchange`` and what the request path learns of it: its route, the API,
     the pipeline's ``Call`` and the record it ends with. One per request."""
 
-    __slots__ = ("api", "call", "judged_method", "pipeline", "routed", "started")
+    __slots__ = ("api", "call", "judged_method", "pipeline", "routed", "started", "trace")
 
     def __init__(
         self,
@@ -214,6 +218,7 @@ class GatewayExchange(Exchange):
         self.api: ApiConfig | None = None
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
+        self.trace: RequestTrace | None = None  # [tracing]: begun by serve()
 
     def record(
         self,
@@ -228,6 +233,9 @@ class GatewayExchange(Exchange):
         call = self.call
         routed = self.routed
         started = self.started
+        trace = self.trace
+        if trace is not None:
+            tracing.end(trace, status, kind, self.api, call, routed, refusal)
         gateway.notify(
             RequestRecord(
                 started=started,
@@ -243,6 +251,7 @@ class GatewayExchange(Exchange):
                 consumer=call.consumer if call is not None else None,
                 protocol=self.version.decode("latin-1"),
                 refusal=refusal,
+                trace_id=trace.trace_id if trace is not None else None,
             )
         )
 
@@ -328,6 +337,9 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
         routed = exchange.routed = route_request(
             gateway.runtime, exchange.target, exchange.method, host=exchange.host
         )
+    tracer = gateway.tracer
+    if tracer is not None:
+        exchange.trace = tracing.begin(tracer, exchange, routed.raw_path, routed.runtime)
     wrong_host = misdirected(exchange, routed)  # before any policy, the authz endpoint too
     if wrong_host is not None:
         answer_error(gateway, exchange, wrong_host)
@@ -355,6 +367,7 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
         route.security_api,  # an operation's own security, if it has one
         caller.identity,
         via_load_balancer=caller.via_load_balancer,
+        trace=exchange.trace,
     )
     exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
     _settle(
@@ -380,6 +393,7 @@ def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: He
             on_answer=exchange.transform_answer if route.pipeline else None,
             alternatives=route.alternatives,
             send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
+            trace=exchange.trace,
         )
 
     source = exchange.body
@@ -448,6 +462,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         route.security_api,
         caller.identity,
         via_load_balancer=caller.via_load_balancer,
+        trace=exchange.trace,
     )
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = route.api, call

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError
 from twistedgw.identity import ClientIdentity
+from twistedgw.tracing import RequestTrace
 
 
 class RawHeaders(Protocol):
@@ -103,8 +104,10 @@ class Call:
 
     The pipeline fills in what stages learn: ``identity`` may be replaced by a
     certificate check (revoked, not matching the identity rules), the
-    authentication step sets ``principals``, ``mtls_passed``, ``consumer`` and
-    ``claims``. ``notes`` is free for plugins to pass facts to later stages.
+    authentication step sets ``principals``, ``mtls_passed``, ``passed_schemes``,
+    ``consumer`` and ``claims``. ``notes`` is free for plugins to pass facts to later
+    stages. ``trace`` is the request's trace with ``[tracing]`` on (else None): the
+    pipeline gives each plugin that answers with a Deferred a span of its own under it.
     """
 
     request: RequestView
@@ -117,6 +120,8 @@ class Call:
     claims: Mapping[str, Any] | None = None
     presented_consumers: tuple[str, ...] = ()  # consumers named by passing credentials
     notes: dict[str, Any] = field(default_factory=dict)
+    passed_schemes: tuple[str, ...] = ()  # the authentication schemes that passed, by name
+    trace: RequestTrace | None = None
 
 
 class HeaderEdit:

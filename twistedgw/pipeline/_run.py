@@ -13,6 +13,7 @@ loop, which resumes where it stopped when that Deferred fires.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -32,9 +33,18 @@ from twistedgw.pipeline._interfaces import (
     IResponseTransform,
     IScheme,
 )
+from twistedgw.tracing import StageSpan
 
 log = Logger()
 _MANDATORY = Mode.MANDATORY  # a module constant: the enum attribute lookup is per request
+# A waiting stage's kind, for its span, from the factory that built its step (the
+# closure's qualified name): nothing is stored per step for the path that never waits.
+_KINDS = {
+    "_check_step": "check",
+    "_authenticate_step": "authenticate",
+    "_authorise_step": "authorise",
+    "_transform_step": "transform_request",
+}
 
 #: What a finished run gives the front: refuse, or forward with these header edits.
 Outcome: TypeAlias = Refusal | HeaderEdit
@@ -51,6 +61,11 @@ class Named:
     # Schemes with the same group form one level of the WSO2 rule (the application level:
     # any one of them passes it); None: a level of its own.
     group: str | None = None
+
+    @functools.cached_property
+    def alone(self) -> tuple[str, ...]:
+        """``(name,)``, built once: a single scheme's ``Call.passed_schemes``."""
+        return (self.name,)
 
 
 def plugin_failed(name: str) -> Refusal:
@@ -91,6 +106,7 @@ class Pipeline:
         # Frozen, but derived once here rather than per request.
         object.__setattr__(self, "_steps", tuple((n, s) for n, s, _a in steps))
         object.__setattr__(self, "_authz_steps", tuple((n, s) for n, s, a in steps if a))
+
 
     def run(self, call: Call) -> Outcome | Deferred[Outcome]:
         """Every stage before forwarding; a ``Refusal`` or the edits to forward with."""
@@ -145,12 +161,23 @@ def _suspend(
     index: int,
     name: str,
 ) -> Deferred[Outcome]:
+    span: StageSpan | None = None
+    trace = call.trace
+    if trace is not None:
+        kind = _KINDS.get(steps[index][1].__qualname__.partition(".")[0], "plugin")
+        if kind != "authenticate":  # each scheme that waits has a span of its own
+            span = trace.stage(name, kind)
+
     def resumed(result: object) -> Outcome | Deferred[Outcome]:
+        if span is not None:
+            span.end("passed" if result is None else "refused")
         if result is not None:
             return _refusal(result, name)
         return _loop(steps, call, edit, index + 1)
 
     def crashed(failure: Failure) -> Refusal:
+        if span is not None:
+            span.end("failed")
         log.failure("plugin {plugin!r} failed", failure, plugin=name)
         return plugin_failed(name)
 
@@ -209,6 +236,8 @@ def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
                 return plugin_failed(named.name)
             if type(result) is not SchemeResult and isinstance(result, Deferred):
                 waiting = True
+                if call.trace is not None:
+                    result.addBoth(_scheme_span_ends, call.trace.stage(named.name, "authenticate"))
             results.append(result)
         if not waiting:
             return combine(schemes, results, call)
@@ -229,6 +258,15 @@ def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
         )
 
     return step
+
+
+def _scheme_span_ends(result: Any, span: StageSpan) -> Any:
+    """End a waiting scheme's span with what it answered; pass the answer on unchanged."""
+    if isinstance(result, Failure):
+        span.end("failed")
+    else:
+        span.end("passed" if getattr(result, "passed", False) else "refused")
+    return result
 
 
 def _now(value: Any) -> Deferred[Any]:
@@ -275,6 +313,7 @@ def combine(
     consumers: list[str] = []
     ordered = sorted(zip(schemes, results, strict=True),  # mandatory levels' first
                      key=lambda pair: pair[0].stage.mode is not _MANDATORY)
+    call.passed_schemes = tuple(named.name for named, result in ordered if result.passed)
     for named, result in ordered:
         if not result.passed:
             continue
@@ -309,6 +348,7 @@ def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | Non
     if not result.passed:
         return _refuse(_error(result), (result,))
     principal, consumer = result.principal, result.consumer
+    call.passed_schemes = named.alone
     call.principals = (principal,) if principal else ()
     call.presented_consumers = (consumer,) if consumer else ()
     if named.name == "mutual_ssl":

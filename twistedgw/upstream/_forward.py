@@ -52,6 +52,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
+from twistedgw.tracing import TRACE_HEADERS, BackendSpan, RequestTrace
 from twistedgw.upstream._client import (
     BackendCall,
     BadResponse,
@@ -383,6 +384,7 @@ class Forwarder:
         alternatives: Sequence[bytes] = (),
         on_answer: OnAnswer | None = None,
         send_timeout: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> None:
         """Relay `exchange` to the absolute URL `target`; it is ours from now on.
 
@@ -401,6 +403,8 @@ class Forwarder:
         list in place); an error it returns is answered instead of the backend's
         response.
         `send_timeout` overrides the forwarder's (the config in force, after a reload).
+        `trace` ([tracing]): each attempt gets a client span under it, whose context
+        the backend receives in place of the client's `traceparent`/`tracestate`.
         """
         settings = self._settings
         if backend_timeout is not None:
@@ -413,7 +417,7 @@ class Forwarder:
         if not body_size:
             body = None
         forwarding = _Forwarding(
-            self, exchange, target, body, body_size, on_done, settings, on_answer, rest
+            self, exchange, target, body, body_size, on_done, settings, on_answer, rest, trace
         )
         try:
             forwarding.start(tls_policy, add_headers, remove_headers)
@@ -484,8 +488,11 @@ class _Forwarding:
         settings: ForwardSettings,
         on_answer: OnAnswer | None = None,
         alternatives: list[bytes] | None = None,
+        trace: RequestTrace | None = None,
     ) -> None:
         self._fw = forwarder
+        self._trace = trace
+        self._span: BackendSpan | None = None
         self._on_answer = on_answer
         self._alternatives = alternatives or []
         self._several = bool(alternatives)  # the API has other backends
@@ -540,12 +547,12 @@ class _Forwarding:
             if fw._tls_for is not None and self._target[:8].lower() == b"https://":
                 tls = fw._tls_for(self._target)
         origin, path = fw._split(self._target, tls)
+        add, remove = self._add_headers, self._remove_headers
+        if self._trace is not None:  # this attempt's span: its context replaces the client's
+            self._span = self._trace.backend(exchange.method, self._target)
+            add, remove = (*add, *self._span.headers), TRACE_HEADERS.union(remove)
         head = build_request_head(
-            exchange,
-            origin,
-            path,
-            add_headers=self._add_headers,
-            remove_headers=self._remove_headers,
+            exchange, origin, path, add_headers=add, remove_headers=remove,
             body_length=self._body_length,
         )
         body = self._body
@@ -557,6 +564,8 @@ class _Forwarding:
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
         """After a failure before the response: skip this backend for a while and, if
         another is left and a retry is safe, send the request there. True if sent."""
+        if self._span is not None:
+            self._span.end(None, kind)
         if not self._several:
             return False
         self._fw._suspend(self._target)
@@ -788,6 +797,8 @@ class _Forwarding:
         if self._phase is _Phase.DONE and self._on_done is None:
             return
         self._phase = _Phase.DONE
+        if self._span is not None:
+            self._span.end(self._status, kind)
         self._responder.when_gone(None)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
