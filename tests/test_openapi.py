@@ -245,9 +245,9 @@ def test_no_security_declared_is_oauth2(tmp_path: Path) -> None:
         (BASE.replace("x-wso2-production-endpoints", "x-other") + "security: []\n" + OK_PATHS,
          "#: names no backend: add x-wso2-production-endpoints"),
         (BASE + "security: []\n" + OK_PATHS.replace(
-            "    get:\n", "    x-wso2-production-endpoints: {urls: ['http://x']}\n    get:\n"),
-         "#/paths/~1a/x-wso2-production-endpoints: x-wso2-production-endpoints is not "
-         "supported yet"),
+            "    get:\n", "    x-wso2-sandbox-endpoints: '#/x-wso2-endpoints/gone'\n    get:\n"),
+         "#/paths/~1a/x-wso2-sandbox-endpoints: x-wso2-endpoints has no endpoint named "
+         "'gone'"),
         (BASE + "security: []\npaths: {}\n", "#/paths: defines no operations"),
         ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [x]\n"
                  for i in range(8)), "(file): more than 2000000 values (YAML aliases expanding?)"),

@@ -438,6 +438,14 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
         return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
+    if api.sandbox is not None or any(
+        op.production is not None or op.sandbox is not None for op in api.operations or ()
+    ):
+        return ("Sandbox or per-operation endpoints (x-wso2-sandbox-endpoints, x-wso2-production-"
+                "endpoints on a resource): twistedgw picks the endpoint after authentication")
+    if api.backend_auth is not None:
+        return ("Backend credentials (securityConfig, backend_credentials): twistedgw sets the "
+                "backend's Authorization, so the password stays out of NGINX's config")
     if verdicts.uses_policy(api):
         return "Throttling policies (x-wso2-throttling-tier) count every request"
     if len(api.endpoints) > 1:

@@ -21,17 +21,27 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from twistedgw.config import _wso2ext as ext
 from twistedgw.config._apis import ApiConfig
 from twistedgw.config._apis import read_api as read_table
 from twistedgw.config._base import CONTEXT_RE, HEADER_RE, Mode, TableReader, resolve
+from twistedgw.config._endpoints import (
+    PRODUCTION,
+    SANDBOX,
+    BackendAuth,
+    BasicSecurity,
+    Endpoints,
+    Resolver,
+    api_endpoint_name,
+)
 from twistedgw.config._operations import (
     APPLICATION,
     MTLS,
@@ -94,6 +104,10 @@ class Definition:
     api_secured: Security = OPEN
     enabled: frozenset[str] = frozenset()
     throttling_from: str = ""  # the JSON pointer of the API-level throttling tier, if any
+    # The API's own endpoints (x-wso2-production-endpoints or the servers URL, and
+    # x-wso2-sandbox-endpoints), with WSO2's names; credentials not resolved yet.
+    production: Endpoints | None = None
+    sandbox: Endpoints | None = None
 
 
 _SCHEME_KEYS = ("mutual_ssl", "api_key", "jwt", "basic_auth")
@@ -364,6 +378,11 @@ def read(file: Path, report: Report, warn: Report | None = None) -> Definition |
     return dataclasses.replace(definition, warnings=kept)
 
 
+class _Ends(NamedTuple):
+    production: Endpoints | None
+    sandbox: Endpoints | None
+
+
 @dataclass(frozen=True)
 class _Scheme:
     kind: str  # "mutual_ssl" | "api_key" | "jwt" | "basic_auth"
@@ -432,11 +451,12 @@ class _DefinitionReader:
         context, context_from = self._context(values.get("version", ""))
         if context is not None:
             values["context"] = context
-        backends, mode = self._backends()
-        if backends:
-            values["backends"] = backends
-            if mode is not None:
-                values["backend_mode"] = mode
+        api_name = api_endpoint_name(str(info.get("title", "")), str(info.get("version", "")))
+        production = self._backends(api_name)
+        if production is not None:
+            values["backends"] = list(production.urls)
+            values["backend_mode"] = production.mode
+        sandbox = self._endpoints_at(doc, "x-wso2-sandbox-endpoints", ROOT, api_name)
         self._extensions()
         api_level, declares, api_off, why = self._api_level()
         api_secured = self._resolve(api_level, None, False)
@@ -462,6 +482,8 @@ class _DefinitionReader:
             api_secured=api_secured,
             enabled=frozenset(self.enabled),
             throttling_from=tier_from,
+            production=production,
+            sandbox=sandbox,
         )
 
     def _throttling_tier(
@@ -545,28 +567,48 @@ class _DefinitionReader:
             return None, None
         return context.rstrip("/") or "/", where
 
-    def _backends(self) -> tuple[list[str], str | None]:
+    def _backends(self, name: str) -> Endpoints | None:
+        """The API's production endpoint: x-wso2-production-endpoints, else the servers
+        URL (3.x) or schemes, host and basePath (2.0), as the Microgateway reads them."""
         doc = self.doc
         if "x-wso2-production-endpoints" in doc:
-            where = pointer(ROOT, "x-wso2-production-endpoints")
-            endpoints = self.deref(doc["x-wso2-production-endpoints"], where)
-            if isinstance(endpoints, str):  # "#/x-wso2-endpoints/NAME", Microgateway's reference
-                found = self._named_endpoints(where, endpoints)
-                if found is None:
-                    return [], None
-                where, endpoints = found
-            if not isinstance(endpoints, dict):
-                self.note(where, f"expected a mapping with 'urls' (and 'type'), got "
-                                 f"{excerpt(endpoints)}")
-                return [], None
-            return self._endpoint(where, endpoints)
+            return self._endpoints_at(doc, "x-wso2-production-endpoints", ROOT, name)
+        urls, where = self._server_backends()
+        return Endpoints(tuple(urls), name=name, where=where) if urls else None
+
+    def _endpoints_at(
+        self, node: Mapping[str, Any], key: str, at: str, name: str
+    ) -> Endpoints | None:
+        """The endpoint ``node[key]`` gives, by value or by ``"#/x-wso2-endpoints/NAME"``
+        (then named NAME, else ``name``); None if absent or broken (noted)."""
+        if key not in node:
+            return None
+        where = pointer(at, key)
+        endpoints = self.deref(node[key], where)
+        if isinstance(endpoints, str):  # "#/x-wso2-endpoints/NAME", Microgateway's reference
+            found = self._named_endpoints(where, endpoints)
+            if found is None:
+                return None
+            where, endpoints = found
+            name = where.rsplit("/", 1)[1].replace("~1", "/").replace("~0", "~")
+        if not isinstance(endpoints, dict):
+            self.note(where, f"expected a mapping with 'urls' (and 'type'), got "
+                             f"{excerpt(endpoints)}")
+            return None
+        urls, mode, security = self._endpoint(where, endpoints)
+        if not urls:
+            return None
+        return Endpoints(tuple(urls), mode or "load_balance", name, security, where=where)
+
+    def _server_backends(self) -> tuple[list[str], str]:
+        doc = self.doc
         if self.version == "2.0":
             host = doc.get("host")
             if host is None:
-                return [], None
+                return [], ""
             if not isinstance(host, str) or not host:
                 self.note(pointer(ROOT, "host"), f"expected a host name, got {excerpt(host)}")
-                return [], None
+                return [], ""
             raw_schemes = doc.get("schemes") or []
             if not isinstance(raw_schemes, list):
                 self.note(pointer(ROOT, "schemes"), f"expected a list, got {excerpt(raw_schemes)}")
@@ -576,24 +618,30 @@ class _DefinitionReader:
             scheme = schemes[0].lower() if schemes else "http"
             base = doc.get("basePath", "") if isinstance(doc.get("basePath"), str) else ""
             url = self._backend_url(pointer(ROOT, "host"), f"{scheme}://{host}{base}")
-            return ([url] if url else []), None
+            return ([url] if url else []), pointer(ROOT, "host")
         found = self._servers_url()
         if found is None:
-            return [], None
+            return [], ""
         url_text, where = found
         try:
             scheme_given = urlsplit(url_text).scheme
         except ValueError:
-            return [], None  # reported by _context
+            return [], ""  # reported by _context
         if not scheme_given:
-            return [], None  # a relative server URL names no backend
+            return [], ""  # a relative server URL names no backend
         url = self._backend_url(where, url_text)
-        return ([url] if url else []), None
+        return ([url] if url else []), where
 
-    def _endpoint(self, where: str, endpoints: dict[str, Any]) -> tuple[list[str], str | None]:
-        """One endpoint mapping: its URLs and how to pick one."""
+    def _endpoint(
+        self, where: str, endpoints: dict[str, Any]
+    ) -> tuple[list[str], str | None, BasicSecurity | None]:
+        """One endpoint mapping: its URLs, how to pick one, and its securityConfig."""
+        security = None
         for key, value in endpoints.items():
             if key in ("urls", "type"):
+                continue
+            if key == "securityConfig":
+                security = self._security_config(pointer(where, key), value)
                 continue
             known = ext.BY_NAME.get(key)
             if known is not None and ext.ENDPOINT in known.levels:
@@ -605,7 +653,7 @@ class _DefinitionReader:
         if not isinstance(urls, list) or not urls:
             self.note(pointer(where, "urls"), f"expected a non-empty list of URLs, got "
                                              f"{excerpt(urls)}")
-            return [], None
+            return [], None, None
         out = []
         for i, url in enumerate(urls):
             checked = self._backend_url(pointer(where, "urls", i), url)
@@ -624,7 +672,39 @@ class _DefinitionReader:
             else:
                 self.note(pointer(where, "type"), "must be 'load_balance', 'failover' or "
                           f"'http' (one endpoint), got {excerpt(kind)}")
-        return out, mode
+        if len(out) != len(urls):
+            return [], None, None
+        return out, mode, security
+
+    def _security_config(self, where: str, value: Any) -> BasicSecurity | None:
+        """``securityConfig``: ``type: basic`` (any case) with a username (and a password,
+        which belongs in the environment); ``enabled: false`` (API Manager) asks for none."""
+        value = self.deref(value, where)
+        if not isinstance(value, dict):
+            self.note(where, f"expected a mapping with type and username, got {excerpt(value)}")
+            return None
+        enabled = value.get("enabled", True)
+        if not isinstance(enabled, bool):
+            self.note(pointer(where, "enabled"), f"expected true or false, got {excerpt(enabled)}")
+            return None
+        for key in value:
+            if key not in ("type", "username", "password", "enabled"):
+                self.warn(pointer(where, key), f"unknown securityConfig key {key!r} is ignored")
+        if not enabled:
+            return None
+        kind = value.get("type")
+        if not isinstance(kind, str) or kind.strip().lower() != "basic":
+            detail = ("digest authentication to backends is not supported; use basic"
+                      if isinstance(kind, str) and kind.strip().lower() == "digest"
+                      else "must be 'basic'")
+            self.note(pointer(where, "type"), f"{detail}, got {excerpt(kind)}")
+            return None
+        username, password = value.get("username"), value.get("password")
+        for key, got in (("username", username), ("password", password)):
+            if got is not None and not isinstance(got, str):
+                self.note(pointer(where, key), f"expected a string, got a {type(got).__name__}")
+                return None
+        return BasicSecurity(username or None, password or None, where)
 
     def _named_endpoints(self, where: str, ref: str) -> tuple[str, Any] | None:
         """The entry of ``x-wso2-endpoints`` (a list of one-key mappings, or a mapping) that
@@ -1060,10 +1140,22 @@ class _DefinitionReader:
                 continue
             path_params = self._parameters(item, where, item_file)
             path_off, path_why = self._disabled(item, where)
+            path_ends = {kind: self._endpoints_at(item, f"x-wso2-{kind}-endpoints", where,
+                                                  pointer(where, f"x-wso2-{kind}-endpoints"))
+                         for kind in (PRODUCTION, SANDBOX)}
             for method, op, op_where in self._methods(item, where, item_file):
                 op_params = self._parameters(op, op_where, item_file)
                 if path_params is not None and op_params is not None:
                     self._check_template(template, where, {**path_params, **op_params}, method)
+                # Its own endpoints (named by its operationId, as the Microgateway names
+                # them, else by where they are written), else its path item's.
+                op_id = op.get("operationId")
+                got = {}
+                for kind in (PRODUCTION, SANDBOX):
+                    key = f"x-wso2-{kind}-endpoints"
+                    name = op_id if isinstance(op_id, str) and op_id else pointer(op_where, key)
+                    got[kind] = self._endpoints_at(op, key, op_where, name) or path_ends[kind]
+                ends = _Ends(got[PRODUCTION], got[SANDBOX])
                 # The Microgateway reads API Manager's name first at this level.
                 tier, tier_from = self._throttling_tier(
                     op, op_where, ("x-throttling-tier", "x-wso2-throttling-tier"))
@@ -1072,14 +1164,16 @@ class _DefinitionReader:
                     off, why = path_off, path_why
                 if off:
                     out.append(Operation(method.upper(), template, OPEN, op_where, tier,
-                                         tier_from, opened_by=why))
+                                         tier_from, opened_by=why, production=ends.production,
+                                         sandbox=ends.sandbox))
                     continue
                 if off is False and api_off:
                     self.enabled.add(op_where)  # secured again, by its own or the API's
                 own_app = self._app_security(op, op_where)
                 if "security" not in op and own_app is None:
                     out.append(Operation(method.upper(), template, None, op_where, tier,
-                                         tier_from))
+                                         tier_from, production=ends.production,
+                                         sandbox=ends.sandbox))
                     continue
                 self.enabled.discard(op_where)
                 level, own = api_level, False
@@ -1098,7 +1192,8 @@ class _DefinitionReader:
                     self.jwt_wheres.setdefault(security, self.last_jwt_where)
                 why = f"security: [] at {pointer(op_where, 'security')}" if security.open else ""
                 out.append(Operation(method.upper(), template, security, op_where, tier,
-                                     tier_from, opened_by=why))
+                                     tier_from, opened_by=why, production=ends.production,
+                                     sandbox=ends.sandbox))
         return tuple(out)
 
 
@@ -1164,16 +1259,34 @@ def for_api(r: TableReader) -> Definition | None:
         report(ROOT, "names no context: add x-wso2-basePath (or a servers URL, or basePath "
                      "in OpenAPI 2.0), or set context in the [[apis]] table")
         missing = True
-    if "backends" not in definition.values and "backend" not in table and "backends" not in table:
-        report(ROOT, "names no backend: add x-wso2-production-endpoints (or an absolute "
-                     "servers URL, or host in OpenAPI 2.0), or set backend in the [[apis]] "
-                     "table")
+    if not _backend_optional(definition, table) and "backends" not in definition.values:
+        bare = next((op for op in definition.operations
+                     if op.production is None and op.sandbox is None), None)
+        if bare is not None and len(bare.where) > 1 and any(
+                op.production is not None or op.sandbox is not None
+                for op in definition.operations):
+            report(bare.where, "has no endpoint to go to: neither it nor the API gives "
+                               "x-wso2-production-endpoints or x-wso2-sandbox-endpoints")
+        else:
+            report(ROOT, "names no backend: add x-wso2-production-endpoints (or an absolute "
+                         "servers URL, or host in OpenAPI 2.0), or set backend in the [[apis]] "
+                         "table")
         missing = True
     if "name" not in definition.values and "name" not in table:
         report(pointer(ROOT, "info", "title"), "names no API: add info.title, or set name "
                                                "in the [[apis]] table")
         missing = True
     return None if missing else definition
+
+
+def _backend_optional(definition: Definition, table: Mapping[str, Any]) -> bool:
+    """Whether the API may lack a production backend of its own: the TOML names one,
+    or the definition gives sandbox endpoints, or every operation has endpoints of its
+    own (WSO2 asks only that each operation have some endpoint to go to)."""
+    if "backend" in table or "backends" in table or definition.sandbox is not None:
+        return True
+    ops = definition.operations
+    return bool(ops) and all(op.production is not None or op.sandbox is not None for op in ops)
 
 
 def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
@@ -1209,33 +1322,42 @@ def variant(api: ApiConfig, security: Security) -> ApiConfig:
     )
 
 
-#: What sets an operation's config apart: its own security, its own throttling policy.
-OperationKey = tuple[Security | None, ResourceThrottle | None]
+#: What sets an operation's config apart: its own security, its own throttling policy,
+#: its own production and sandbox endpoints.
+OperationKey = tuple[Security | None, ResourceThrottle | None, Endpoints | None,
+                     Endpoints | None]
 
 
 def operation_key(api: ApiConfig, op: Operation) -> OperationKey | None:
     """What makes an operation's config differ from its API's (None: nothing): its own
-    security, and its own throttling policy unless the API names one (then the API's
-    applies to every operation, as in WSO2 Microgateway)."""
+    security, its own throttling policy unless the API names one (then the API's
+    applies to every operation, as in WSO2 Microgateway), its own endpoints."""
     throttle = None
     if op.throttling_tier is not None and api.throttling_tier is None \
             and op.throttling_tier != UNLIMITED:
         throttle = ResourceThrottle(op.throttling_tier, op.method, op.template)
-    if op.security is None and throttle is None:
+    if op.security is None and throttle is None and op.production is None \
+            and op.sandbox is None:
         return None
-    return (op.security, throttle)
+    return (op.security, throttle, op.production, op.sandbox)
 
 
 def operation_config(api: ApiConfig, op: Operation) -> ApiConfig:
     """The config (and so the pipeline) an operation runs: ``api`` itself, or its variant
-    with the operation's own security and throttling policy (``operation_key``)."""
+    with the operation's own security, throttling policy and endpoints
+    (``operation_key``)."""
     key = operation_key(api, op)
     if key is None:
         return api
-    security, throttle = key
+    security, throttle, production, sandbox = key
     out = variant(api, security) if security is not None else api
     if throttle is not None:
         out = dataclasses.replace(out, resource_throttle=throttle)
+    if production is not None:
+        out = dataclasses.replace(out, backend=production.urls[0], backends=production.urls,
+                                  backend_mode=production.mode, backend_auth=production.auth)
+    if sandbox is not None:
+        out = dataclasses.replace(out, sandbox=sandbox)
     return out
 
 
@@ -1264,15 +1386,20 @@ def apply(
     toml_keys: frozenset[str],
     *,
     jwt_issuers: bool = True,  # the config declares [[jwt_issuers]]
+    environ: Mapping[str, str] | None = None,  # where endpoint passwords are looked for
 ) -> ApiConfig:
     """Finish an ``ApiConfig`` read from a definition: the security of the API and of
     every operation (TOML's scheme keys on top, as ``toml_security`` says), the
-    operations, and where it came from."""
+    operations and their endpoints with the backends' credentials, and where it came
+    from."""
     file = definition.file
     problems: dict[tuple[str, str], None] = {}
 
     def report(where: str, what: str) -> None:
         problems[(where, what)] = None
+
+    def warn(where: str, what: str) -> None:
+        r.warning("openapi", f"{file}: {where}: {what}")
 
     written = toml_keys & TOML_SECURITY_KEYS
     toml = api_security(api)  # the TOML reader's modes (TOML's keys over the definition's)
@@ -1324,6 +1451,10 @@ def apply(
             if final == api_final:
                 final = None
         operations.append(dataclasses.replace(op, security=final, defined=defined))
+    backend_auth, sandbox, operations = _credentials(
+        definition, api, operations, toml_keys, r,
+        Resolver({e.endpoint: e for e in api.credentials},
+                 os.environ if environ is None else environ, report, warn))
     for where, what in problems:
         r.problem("openapi", f"{file}: {where}: {what}")
     if not operations:
@@ -1342,7 +1473,56 @@ def apply(
         operations=tuple(operations),
         openapi=Origin(file, context_from, definition.opened_by),
         throttling_from=tier_from,
+        backend_auth=backend_auth,
+        sandbox=sandbox,
+        credentials=(),
     )
+
+
+def _credentials(
+    definition: Definition,
+    api: ApiConfig,
+    operations: list[Operation],
+    toml_keys: frozenset[str],
+    r: TableReader,
+    resolver: Resolver,
+) -> tuple[BackendAuth | None, Endpoints | None, list[Operation]]:
+    """The backends' credentials for the API's production and sandbox endpoints and each
+    operation's own (``Resolver``); a [[apis.backend_credentials]] entry naming no
+    endpoint of this API is an error listing those it has."""
+    entries = resolver.entries
+    backend_auth = api.backend_auth
+    known: dict[str, None] = {PRODUCTION: None}
+    if "backend" in toml_keys or "backends" in toml_keys:  # the TOML's backend, not the
+        entry = entries.get(PRODUCTION)                    # definition's endpoint
+        if entry is not None:
+            resolver.used.add(PRODUCTION)
+            backend_auth = BackendAuth(entry.username, entry.password,
+                                       f"{entry.where}.password_file")
+    elif definition.production is not None:
+        known[definition.production.name] = None
+        backend_auth = resolver.resolve(definition.production, PRODUCTION, api_level=True).auth
+    sandbox = definition.sandbox
+    if sandbox is not None:
+        known[SANDBOX] = known[sandbox.name] = None
+        sandbox = resolver.resolve(sandbox, SANDBOX, api_level=True)
+    out = []
+    for op in operations:
+        for found in (op.production, op.sandbox):
+            if found is not None:
+                known[found.name] = None
+        if op.production is not None:
+            op = dataclasses.replace(
+                op, production=resolver.resolve(op.production, PRODUCTION, api_level=False))
+        if op.sandbox is not None:
+            op = dataclasses.replace(
+                op, sandbox=resolver.resolve(op.sandbox, SANDBOX, api_level=False))
+        out.append(op)
+    for name, entry in entries.items():
+        if name not in resolver.used:
+            r.problems.add(f"{entry.where}.endpoint", f"this API has no endpoint named "
+                           f"{name!r}; its endpoints: {', '.join(map(repr, known))}")
+    return backend_auth, sandbox, out
 
 
 def security_changes(api: ApiConfig) -> list[str]:
@@ -1440,8 +1620,9 @@ def read_api(r: TableReader, *, has_jwt_issuers: bool) -> ApiConfig | None:
         r.seen.update(r.table)
         return None
     toml_keys = frozenset(r.table)
+    optional = _backend_optional(definition, r.table)
     r = TableReader(r.file, merged(definition, r.table), r.path, r.problems, {"openapi"})
-    api = read_table(r)
+    api = read_table(r, backend_optional=optional)
     if api is None:
         return None
     return apply(definition, api, r, toml_keys, jwt_issuers=has_jwt_issuers)

@@ -82,10 +82,6 @@ def _disabled(value: Any) -> str | None:
     return "" if value is False else None
 
 
-def _endpoint_security(value: Any) -> str | None:
-    return "" if isinstance(value, dict) and value.get("enabled") is False else None
-
-
 _HONOURED_API = {API: Support.HONOURED}
 _PLUGIN = ("interceptors are Ballerina or Java code that twistedgw cannot run; a twistedgw "
            "plugin does the same job ([[apis.plugins]], a request or response transform: see "
@@ -98,14 +94,15 @@ EXTENSIONS: tuple[Extension, ...] = (
         "the API's context"),
     Extension(
         "x-wso2-production-endpoints",
-        {API: Support.HONOURED, RESOURCE: Support.NOT_YET},
+        {API: Support.HONOURED, RESOURCE: Support.HONOURED},
         "the backend: urls, type (load_balance, failover, http), or \"#/x-wso2-endpoints/NAME\"",
-        "at the API level the backends and backend_mode; per path or operation, endpoints of "
-        "their own would need routing by operation to several backends"),
+        "the API's backends and backend_mode; on a path or an operation, its own (the "
+        "operation's wins over its path's)"),
     Extension(
-        "x-wso2-sandbox-endpoints", {API: Support.NOT_YET, RESOURCE: Support.NOT_YET},
+        "x-wso2-sandbox-endpoints", {API: Support.HONOURED, RESOURCE: Support.HONOURED},
         "the backend for callers whose credential is a sandbox one",
-        "sandbox credentials would reach the production backend"),
+        "callers whose token says keytype SANDBOX, or whose [[api_keys]] entry says keytype "
+        "= \"sandbox\", go there (401 where there is none)"),
     Extension(
         "x-wso2-endpoints", _HONOURED_API,
         "named endpoints that x-wso2-production-endpoints refers to",
@@ -191,10 +188,10 @@ EXTENSIONS: tuple[Extension, ...] = (
         "Choreo Connect: HTTP/2 to the backend",
         "twistedgw speaks HTTP/1.1 to backends (false is accepted)", inert=_disabled),
     Extension(
-        "securityConfig", {ENDPOINT: Support.NOT_YET},
+        "securityConfig", {ENDPOINT: Support.HONOURED},
         "credentials the gateway sends to the backend (type: basic, username, password)",
-        "the backend would stop receiving its credentials (enabled: false is accepted)",
-        inert=_endpoint_security),
+        "Authorization: Basic to the backend (the client's is replaced); the password from "
+        "NAME_prod_basic_password / NAME_sand_basic_password or [[apis.backend_credentials]]"),
     Extension(
         "advanceEndpointConfig", {ENDPOINT: Support.REFUSED},
         "timeouts, retries and circuit breakers for the endpoint",

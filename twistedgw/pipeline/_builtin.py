@@ -81,6 +81,7 @@ class ApiKeys:
         self._header = api.api_key_header.lower().encode()
         self._by_digest: Mapping[bytes, str] = {k.sha256: k.name for k in keys}
         self._owners: Mapping[str, str] = owners or {}  # key name -> its consumer
+        self._sandbox = frozenset(k.name for k in keys if k.sandbox)
 
     def authenticate(self, call: Call) -> SchemeResult:
         values = call.request.headers.get(self._header)
@@ -92,7 +93,8 @@ class ApiKeys:
         if name is None:
             return SchemeResult(False, True, reason="API key is not valid")
         return SchemeResult(
-            True, True, principal=f"apikey:{name}", consumer=self._owners.get(name)
+            True, True, principal=f"apikey:{name}", consumer=self._owners.get(name),
+            sandbox=name in self._sandbox,
         )
 
 

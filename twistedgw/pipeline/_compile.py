@@ -32,6 +32,7 @@ from twistedgw.pipeline._builtin import (
 )
 from twistedgw.pipeline._consumers import ConsumerMapping, Directory, IdentityRules
 from twistedgw.pipeline._discovery import Installed, installed
+from twistedgw.pipeline._endpoints import BackendCredentials, EndpointChoice
 from twistedgw.pipeline._interfaces import (
     IAuthoriser,
     ICertificateCheck,
@@ -169,6 +170,8 @@ def compile_pipelines(
             schemes.append(Named("basic_auth", BasicAuth(
                 api, config.basic_users, shared.passwords, directory.user_owners
             ), group=level("basic_auth")))
+        if EndpointChoice.needed(api):  # right after authentication decided the key type
+            authorisers.append(Named("endpoints", EndpointChoice(api)))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
@@ -201,6 +204,8 @@ def compile_pipelines(
         if api.basic_auth is not Mode.DISABLED:
             request_transforms.append(Named("basic_authorization", STRIP_BASIC_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
+        if BackendCredentials.needed(api):  # last: the backend's own Authorization
+            request_transforms.append(Named("backend_credentials", BackendCredentials(api)))
         out[api] = Pipeline(
             api,
             checks=tuple(checks),

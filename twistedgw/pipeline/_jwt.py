@@ -56,6 +56,7 @@ BAD_ALGORITHM = "token algorithm is not allowed"
 NOT_BOUND = "token is not bound to the presented certificate"
 NO_CERTIFICATE = "token is bound to a certificate but none was presented"
 NOT_A_JWT = "token is not a valid JWT"
+BAD_KEYTYPE = "token keytype is neither PRODUCTION nor SANDBOX"
 
 CHALLENGE_NONE = b"Bearer"
 CHALLENGE_INVALID = b'Bearer error="invalid_token"'
@@ -326,7 +327,8 @@ class JwtScheme:
         if cfg.consumer_claim is not None:
             named = claims.get(cfg.consumer_claim)
             consumer = named if isinstance(named, str) and named else None
-        return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims)
+        return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims,
+                            sandbox=_sandbox(claims))
 
     def _check_claims(self, claims: Mapping[str, Any], cfg: JwtIssuer) -> None:
         now = self._now()
@@ -367,6 +369,20 @@ class JwtScheme:
         have = certificate_thumbprint(identity) or ""
         if not hmac.compare_digest(have.encode(), wanted.encode("utf-8", "replace")):
             raise _Fail(NOT_BOUND)
+
+
+def _sandbox(claims: Mapping[str, Any]) -> bool:
+    """WSO2's ``keytype`` claim: SANDBOX sends the request to the sandbox endpoints;
+    PRODUCTION, or no claim, to production. Any other value is refused rather than
+    guessed at (the Microgateway sends it to sandbox or production depending on which
+    endpoints the API has)."""
+    keytype = claims.get("keytype")
+    if keytype is None:
+        return False
+    spelled = keytype.strip().upper() if isinstance(keytype, str) else None
+    if spelled not in ("PRODUCTION", "SANDBOX"):
+        raise _Fail(BAD_KEYTYPE)
+    return spelled == "SANDBOX"
 
 
 def _digest(token: bytes) -> bytes:

@@ -314,6 +314,11 @@ def combine(
     ordered = sorted(zip(schemes, results, strict=True),  # mandatory levels' first
                      key=lambda pair: pair[0].stage.mode is not _MANDATORY)
     call.passed_schemes = tuple(named.name for named, result in ordered if result.passed)
+    key_types = {r.sandbox for r in results if r.passed and r.sandbox is not None}
+    if len(key_types) > 1:  # which endpoints would it go to?
+        return _refuse(errors.invalid_credentials(
+            "a production and a sandbox credential were offered together"), ())
+    call.sandbox = True in key_types
     for named, result in ordered:
         if not result.passed:
             continue
@@ -349,6 +354,7 @@ def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | Non
         return _refuse(_error(result), (result,))
     principal, consumer = result.principal, result.consumer
     call.passed_schemes = named.alone
+    call.sandbox = result.sandbox is True
     call.principals = (principal,) if principal else ()
     call.presented_consumers = (consumer,) if consumer else ()
     if named.name == "mutual_ssl":
