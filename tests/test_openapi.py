@@ -176,11 +176,12 @@ servers: [{{url: "http://127.0.0.1:9/t"}}]
          "#/security: these alternatives cannot be expressed"),
         ("[{nope: []}]", "#/security/0/nope: no security scheme is named 'nope' (defined: basic, "
                          "bearer, key, mtls, other, query)"),
-        ("[{query: []}]", "#/security/0/query: #/components/securitySchemes/query: an API key "
-                          "in the 'query' is not supported; send it in a header"),
-        ("[{key: []}, {other: []}]", "#/security: API keys in different headers (X-Key, "
-                                     "X-Other) for one operation are not supported; use one "
-                                     "header"),
+        ("[{key: []}, {query: []}]", "#/security: API keys in different places (header "
+                                     "X-Key, query k) for one operation are not supported; "
+                                     "use one header or query parameter"),
+        ("[{key: []}, {other: []}]", "#/security: API keys in different places (header X-Key, "
+                                     "header X-Other) for one operation are not supported; use "
+                                     "one header or query parameter"),
         ("[{bearer: []}]", "#/security/0/bearer: bearer security needs [[jwt_issuers]]"),
         ("[{bearer: [read:pets]}]", "#/security/0/bearer: token scopes [\"read:pets\"] cannot "
                                     "be enforced"),

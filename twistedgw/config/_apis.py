@@ -18,6 +18,7 @@ from twistedgw.config._base import (
     Mode,
     ProblemList,
     TableReader,
+    header_name,
     host_patterns,
     read_mode,
     string_list,
@@ -33,6 +34,7 @@ from twistedgw.config._operations import Operation, Origin, ResourceThrottle
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
+TRANSPORTS = ("http", "https")  # WSO2's x-wso2-transports values
 TOML_SECURITY = ("every_operation", "api_level")
 APPLICATION_TYPES = ("jwt", "api_key", "basic_auth")
 CERTIFICATE_BOUND = ("required", "when_claimed", "off")
@@ -86,6 +88,15 @@ class ApiConfig:
     backends: tuple[str, ...] = ()
     backend_mode: str = "load_balance"  # | "failover"
     api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    # ... or a query parameter (apiKey "in: query"): then the key is read from it, and the
+    # parameter is removed from the query forwarded to the backend.
+    api_key_query: str | None = None
+    # The header that carries the bearer token (x-wso2-auth-header), removed before
+    # forwarding unless forward_authorization.
+    auth_header: str = "Authorization"
+    # x-wso2-transports: the schemes the API is served over (a plain listener's request
+    # counts as https only from a trusted proxy that says X-Forwarded-Proto: https).
+    transports: frozenset[str] = frozenset(TRANSPORTS)
     basic_auth: Mode = Mode.DISABLED  # HTTP Basic against [[basic_users]]
     # A throttling policy for all callers of the API together (x-wso2-throttling-tier):
     # its name, and the JSON pointer it was read from in the definition ("" = TOML).
@@ -231,6 +242,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             "or name the consumers to accept",
         )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
+    auth_header = header_name(r, "auth_header", "Authorization") or "Authorization"
+    transports = _transports(r, mutual_ssl)
     credentials = read_backend_credentials(r)
     backend_auth = None
     if "openapi" not in r.seen:  # a definition's endpoints are resolved with it
@@ -307,7 +320,26 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         toml_security=toml_security,
         backend_auth=backend_auth,
         credentials=credentials,
+        auth_header=auth_header,
+        transports=transports,
     )
+
+
+def _transports(r: TableReader, mutual_ssl: Mode) -> frozenset[str]:
+    """``transports = ["https"]`` (x-wso2-transports): "http", "https" or both (any case).
+    Mandatory mutual TLS adds https, as the Microgateway adds it."""
+    listed = string_list(r, "transports")
+    if listed is None:
+        return frozenset(TRANSPORTS)
+    spelled = {t.strip().lower() for t in listed}
+    if not listed or not spelled <= set(TRANSPORTS):
+        r.problem("transports", f"must list 'http', 'https' or both, got {listed!r}")
+        return frozenset(TRANSPORTS)
+    if mutual_ssl is Mode.MANDATORY and "https" not in spelled:
+        r.warning("transports", "mutual_ssl is mandatory, so https is served too (as the "
+                                "Microgateway adds it)")
+        spelled.add("https")
+    return frozenset(spelled)
 
 
 def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[str]] | None:

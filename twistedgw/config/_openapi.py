@@ -62,6 +62,8 @@ MAX_DEFINITION_BYTES = 16 * 1024 * 1024  # far beyond any real definition; bound
 _MAX_DEPTH = 64  # nesting and $ref chains; a cycle or a bomb stops here
 _EXCERPT = 60  # characters of a value quoted in a message
 _TEMPLATE_PARAM = re.compile(r"\{([^{}]*)\}")
+# A query parameter name an API key may be sent in: what needs no percent-escape.
+_QUERY_NAME_RE = re.compile(r"^[A-Za-z0-9._~!$'()*,;:@/?-]{1,128}$")
 ROOT = "#"
 #: WSO2's application security type names (compared case-insensitively) -> twistedgw's.
 _APP_TYPES = {"api_key": "api_key", "oauth2": "jwt", "basic_auth": "basic_auth"}
@@ -386,7 +388,7 @@ class _Ends(NamedTuple):
 @dataclass(frozen=True)
 class _Scheme:
     kind: str  # "mutual_ssl" | "api_key" | "jwt" | "basic_auth"
-    header: str | None = None  # the API key's header
+    place: tuple[str, str] | None = None  # the API key's ("header" | "query", name)
 
 
 @dataclass(frozen=True)
@@ -397,7 +399,7 @@ class _Level:
     app: frozenset[str] | None = None  # application kinds; None = not said at this level
     app_all: bool = False  # every kind must pass (one OpenAPI requirement), else any one
     app_mode: Mode = Mode.MANDATORY
-    header: str | None = None
+    place: tuple[str, str] | None = None  # the API key's ("header" | "query", name)
     optional: bool | None = None  # x-wso2-application-security optional, when said
     jwt_where: str = ""
 
@@ -418,7 +420,7 @@ class _DefinitionReader:
         self.transport: Mode | None = None  # x-wso2-mutual-ssl
         self.api_app: _Level | None = None  # the API's x-wso2-application-security
         self.api_key_header: str | None = None  # x-wso2-api-key-header
-        self.api_header: str | None = None  # the API requirement's apiKey header
+        self.api_place: tuple[str, str] | None = None  # the API requirement's apiKey
         self.last_jwt_where = ROOT
         self.enabled: set[str] = set()  # operations securing themselves again
 
@@ -457,6 +459,22 @@ class _DefinitionReader:
             values["backends"] = list(production.urls)
             values["backend_mode"] = production.mode
         sandbox = self._endpoints_at(doc, "x-wso2-sandbox-endpoints", ROOT, api_name)
+        transports = doc.get("x-wso2-transports")
+        if transports is not None:
+            if isinstance(transports, list) and transports and all(
+                    isinstance(t, str) and t.strip().lower() in ("http", "https")
+                    for t in transports):
+                values["transports"] = transports
+            else:
+                self.note(pointer(ROOT, "x-wso2-transports"),
+                          f"must list http, https or both, got {excerpt(transports)}")
+        auth_header = doc.get("x-wso2-auth-header")
+        if auth_header is not None:
+            if isinstance(auth_header, str) and HEADER_RE.match(auth_header):
+                values["auth_header"] = auth_header
+            else:
+                self.note(pointer(ROOT, "x-wso2-auth-header"),
+                          f"not a valid HTTP header name: {excerpt(auth_header)}")
         self._extensions()
         api_level, declares, api_off, why = self._api_level()
         api_secured = self._resolve(api_level, None, False)
@@ -906,13 +924,19 @@ class _DefinitionReader:
                 out[name] = _Scheme(MTLS)
             elif kind == "apiKey":
                 place, header = scheme.get("in"), scheme.get("name")
-                if place != "header":
+                if place == "query":  # removed from the query the backend gets
+                    if not isinstance(header, str) or not _QUERY_NAME_RE.match(header):
+                        out[name] = (f"{where}/name: not a usable query parameter name: "
+                                     f"{excerpt(header)}")
+                    else:
+                        out[name] = _Scheme("api_key", place=("query", header))
+                elif place != "header":
                     out[name] = (f"{where}: an API key in the {excerpt(place)} is not "
-                                 "supported; send it in a header")
+                                 "supported; send it in a header or the query")
                 elif not isinstance(header, str) or not HEADER_RE.match(header):
                     out[name] = f"{where}/name: not a valid HTTP header name: {excerpt(header)}"
                 else:
-                    out[name] = _Scheme("api_key", header)
+                    out[name] = _Scheme("api_key", place=("header", header))
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
                 out[name] = _Scheme("jwt")
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "basic":
@@ -930,7 +954,7 @@ class _DefinitionReader:
             self.note(where, f"expected a list of security requirements, got {excerpt(reqs)}")
             return None
         alternatives: list[frozenset[str]] = []
-        headers: dict[str, str] = {}
+        places: dict[tuple[str, str], tuple[str, str]] = {}
         bad = False
         jwt_where = ""
         for i, req in enumerate(reqs):
@@ -964,17 +988,19 @@ class _DefinitionReader:
                     kinds.add(scheme.kind)
                     if scheme.kind == "jwt" and not jwt_where:
                         jwt_where = at
-                    if scheme.header is not None:
-                        headers.setdefault(scheme.header.lower(), scheme.header)
+                    if scheme.place is not None:
+                        kind, named = scheme.place
+                        places.setdefault((kind, named.lower() if kind == "header" else named),
+                                          scheme.place)
             alternatives.append(frozenset(kinds))
         if bad:
             return None
-        if len(headers) > 1:
-            names = ", ".join(sorted(headers.values()))
-            self.note(where, f"API keys in different headers ({names}) for one operation are "
-                             "not supported; use one header")
+        if len(places) > 1:
+            names = ", ".join(sorted(f"{k} {n}" for k, n in places.values()))
+            self.note(where, f"API keys in different places ({names}) for one operation are "
+                             "not supported; use one header or query parameter")
             return None
-        header = next(iter(headers.values())) if headers else None
+        place = next(iter(places.values())) if places else None
         level = _from_alternatives(alternatives)
         if level is None:
             self.note(where, "these alternatives cannot be expressed: WSO2's rule combines a "
@@ -983,7 +1009,7 @@ class _DefinitionReader:
                              "scheme each, or mTLS in every alternative beside one other "
                              "scheme each")
             return None
-        return dataclasses.replace(level, header=header, jwt_where=jwt_where)
+        return dataclasses.replace(level, place=place, jwt_where=jwt_where)
 
     def _app_security(self, node: dict[str, Any], where: str) -> _Level | None:
         """``x-wso2-application-security`` at one level (None if absent or broken)."""
@@ -1073,7 +1099,7 @@ class _DefinitionReader:
             self.note(pointer(ROOT, "x-wso2-mutual-ssl"), "mutual TLS is given twice: by "
                       "x-wso2-mutual-ssl and by a mutualTLS scheme in security; keep one")
             raise _Broken
-        self.api_header = level.header
+        self.api_place = level.place
         self.api_app = self._app_security(doc, ROOT)
         header = doc.get("x-wso2-api-key-header")
         if header is not None and (not isinstance(header, str) or not HEADER_RE.match(header)):
@@ -1115,16 +1141,19 @@ class _DefinitionReader:
         if optional is not None:
             app_mode = Mode.OPTIONAL if optional else Mode.MANDATORY
         self.last_jwt_where = jwt_where or ROOT
-        header = ((level.header if own else None) or self.api_key_header or self.api_header
-                  or WSO2_API_KEY_HEADER)
+        place = ((level.place if own else None)
+                 or (("header", self.api_key_header) if self.api_key_header else None)
+                 or self.api_place or ("header", WSO2_API_KEY_HEADER))
+        keyed = "api_key" in kinds
         modes = {k: (app_mode if k in kinds else Mode.DISABLED) for k in APPLICATION}
         return Security(
             mutual_ssl=mtls,
             api_key=modes["api_key"],
-            api_key_header=header if "api_key" in kinds else WSO2_API_KEY_HEADER,
+            api_key_header=place[1] if keyed and place[0] == "header" else WSO2_API_KEY_HEADER,
             jwt=modes["jwt"],
             basic_auth=modes["basic_auth"],
             any_of=frozenset() if app_all or len(kinds) < 2 else kinds,
+            api_key_query=place[1] if keyed and place[0] == "query" else None,
         )
 
     def _operations(
@@ -1306,7 +1335,7 @@ def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
 def api_security(api: ApiConfig) -> Security:
     """The schemes an ``ApiConfig`` (or an operation's variant of it) applies."""
     return Security(api.mutual_ssl, api.api_key, api.api_key_header, api.jwt, api.basic_auth,
-                    api.any_of)
+                    api.any_of, api.api_key_query)
 
 
 def variant(api: ApiConfig, security: Security) -> ApiConfig:
@@ -1319,6 +1348,7 @@ def variant(api: ApiConfig, security: Security) -> ApiConfig:
         jwt=security.jwt,
         basic_auth=security.basic_auth,
         any_of=security.any_of,
+        api_key_query=security.api_key_query,
     )
 
 
@@ -1467,6 +1497,7 @@ def apply(
         mutual_ssl=api_final.mutual_ssl,
         api_key=api_final.api_key,
         api_key_header=api_final.api_key_header,
+        api_key_query=api_final.api_key_query,
         jwt=api_final.jwt,
         basic_auth=api_final.basic_auth,
         any_of=api_final.any_of,
@@ -1565,7 +1596,10 @@ def describe_security(api: ApiConfig) -> str:
         aliases = f"[{','.join(sorted(api.aliases))}]" if api.aliases is not None else ""
         parts.append(f"mutual_ssl{aliases}:{api.mutual_ssl.value}")
     header = "" if api.api_key_header == WSO2_API_KEY_HEADER else f"({api.api_key_header})"
-    names = {"api_key": f"api_key{header}", "jwt": "jwt", "basic_auth": "basic_auth"}
+    if api.api_key_query is not None:
+        header = f"(query {api.api_key_query})"
+    bearer = "" if api.auth_header.lower() == "authorization" else f"({api.auth_header})"
+    names = {"api_key": f"api_key{header}", "jwt": f"jwt{bearer}", "basic_auth": "basic_auth"}
     group = [s for s in APPLICATION if s in api.any_of and getattr(api, s) is not
              Mode.DISABLED]
     for scheme in APPLICATION:

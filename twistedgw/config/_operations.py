@@ -39,6 +39,9 @@ class Security:
     jwt: Mode = Mode.DISABLED
     basic_auth: Mode = Mode.DISABLED  # HTTP Basic, [[basic_users]]
     any_of: frozenset[str] = frozenset()  # of "api_key", "jwt", "basic_auth"
+    # An OpenAPI apiKey scheme "in: query": the key is this query parameter (removed
+    # before forwarding), not a header.
+    api_key_query: str | None = None
 
     @property
     def open(self) -> bool:

@@ -52,10 +52,6 @@ class Extension:
         return self.levels.get(level)
 
 
-def _same(value: Any, *words: str) -> bool:
-    return isinstance(value, str) and value.strip().lower() in words
-
-
 def _cors(value: Any) -> str | None:
     if isinstance(value, dict) and value.get("corsConfigurationEnabled") is False:
         return ("CORS is disabled here (corsConfigurationEnabled: false), so no CORS headers "
@@ -66,16 +62,6 @@ def _cors(value: Any) -> str | None:
 
 def _cache(value: Any) -> str | None:
     return "" if isinstance(value, dict) and value.get("enabled") is False else None
-
-
-def _transports(value: Any) -> str | None:
-    if isinstance(value, list) and {str(v).lower() for v in value} == {"http", "https"}:
-        return ""  # both, as every API is served today
-    return None
-
-
-def _auth_header(value: Any) -> str | None:
-    return "" if _same(value, "authorization") else None
 
 
 def _disabled(value: Any) -> str | None:
@@ -143,19 +129,20 @@ EXTENSIONS: tuple[Extension, ...] = (
         "api_key, oauth2 (as JWTs from [[jwt_issuers]]) and basic_auth ([[basic_users]])",
         security=True),
     Extension(
-        "x-wso2-auth-header", {API: Support.NOT_YET},
+        "x-wso2-auth-header", {API: Support.HONOURED},
         "the header that carries the bearer token",
-        "tokens are read from Authorization only (Authorization is accepted)",
-        inert=_auth_header, security=True),
+        "bearer tokens are read from that header (auth_header), which is removed before "
+        "forwarding unless forward_authorization", security=True),
     Extension(
         "x-wso2-api-key-header", _HONOURED_API,
         "the header that carries the API key (API Manager 4)",
         "the header the API key is read from (and removed before forwarding)"),
     Extension(
-        "x-wso2-transports", {API: Support.NOT_YET},
+        "x-wso2-transports", {API: Support.HONOURED},
         "the transports the API is served on: http, https",
-        "every API is served on every listener ([http, https] is accepted)",
-        inert=_transports, security=True),
+        "transports: https only answers a plain request 403 (a trusted proxy's "
+        "X-Forwarded-Proto: https counts as https); http only answers https with 404, as the "
+        "Microgateway serves it on its HTTP listener only", security=True),
     Extension(
         "x-wso2-mutual-ssl", _HONOURED_API,
         "the transport level: mutual TLS mandatory or optional", "mutual_ssl", security=True),

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from twistedgw import _hosts, errors
+from twistedgw import _hosts, _query, errors
 from twistedgw.config import ApiConfig, Operation
 from twistedgw.errors import GatewayError
 
@@ -561,7 +561,7 @@ class Router:
         }
         # Per API config (the API's, or an operation's variant): its production and
         # sandbox endpoints; one round-robin turn per distinct endpoint.
-        self._plans: dict[int, tuple[_Backends | None, _Backends | None]] = {}
+        self._plans: dict[int, _Plan] = {}
         self._backends: dict[tuple[tuple[str, ...], str], _Backends] = {}
 
     def route(
@@ -608,15 +608,18 @@ class Router:
                 plan = self._plans.get(id(conf))
                 if plan is None:
                     plan = self._plan(conf)
-                production, sandbox = plan
+                production, sandbox, strip = plan
+                if strip is not None:  # an API key in the query is the gateway's, not the
+                    query = _query.without(query, strip)  # backend's
                 targets = production.targets(rest, query) if production else (b"",)
                 return Route(api, targets[0], pipeline, targets[1:], operation, effective,
                              sandbox=sandbox.targets(rest, query) if sandbox else ())
         return None
 
-    def _plan(self, conf: ApiConfig) -> tuple[_Backends | None, _Backends | None]:
-        """``conf``'s production and sandbox backends (made once per config: the configs
-        live in this router as long as it does, so their ids stay theirs)."""
+    def _plan(self, conf: ApiConfig) -> _Plan:
+        """``conf``'s production and sandbox backends, and the query parameter its API key
+        is sent in (made once per config: the configs live in this router as long as it
+        does, so their ids stay theirs)."""
         out: list[_Backends | None] = []
         for urls, mode in ((conf.endpoints, conf.backend_mode),
                            (conf.sandbox.urls, conf.sandbox.mode) if conf.sandbox else ((), "")):
@@ -627,8 +630,12 @@ class Router:
             if backends is None:
                 backends = self._backends[(urls, mode)] = _Backends(urls, mode)
             out.append(backends)
-        plan = self._plans[id(conf)] = (out[0], out[1])
+        strip = conf.api_key_query.encode() if conf.api_key_query is not None else None
+        plan = self._plans[id(conf)] = (out[0], out[1], strip)
         return plan
+
+
+_Plan = tuple["_Backends | None", "_Backends | None", "bytes | None"]
 
 
 class _Backends:

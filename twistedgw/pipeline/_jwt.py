@@ -200,6 +200,7 @@ class JwtScheme:
     ) -> None:
         self.mode = api.jwt
         self._bound = api.certificate_bound
+        self._header = api.auth_header.lower().encode()  # x-wso2-auth-header, else Authorization
         self._by_iss = {i.config.issuer: i for i in issuers}
         self._now = now
         # Tokens whose signature verified, by SHA-256 of the token: a client
@@ -208,7 +209,7 @@ class JwtScheme:
         self._verified: dict[bytes, _Verified] = {}
 
     def authenticate(self, call: Call) -> SchemeResult | Deferred[SchemeResult]:
-        values = [v for v in call.request.headers.get(AUTHORIZATION) if _is_bearer(v)]
+        values = [v for v in call.request.headers.get(self._header) if _is_bearer(v)]
         if not values:
             return SchemeResult(False, False, reason=NO_TOKEN, challenge=CHALLENGE_NONE)
         try:
@@ -407,14 +408,23 @@ def _failed(reason: str) -> SchemeResult:
 
 @implementer(IRequestTransform)
 class StripAuthorization:
-    """The bearer token is for the gateway: the backend gets no ``Authorization`` unless
-    the API says ``forward_authorization = true``."""
+    """The bearer token is for the gateway: the backend gets no ``Authorization`` (or the
+    header ``x-wso2-auth-header`` names) unless the API says ``forward_authorization``."""
+
+    def __init__(self, header: bytes = AUTHORIZATION) -> None:
+        self._header = header
 
     def transform_request(self, call: Call, edit: HeaderEdit) -> None:
-        edit.remove(AUTHORIZATION)
+        edit.remove(self._header)
 
 
 STRIP_AUTHORIZATION = StripAuthorization()
+
+
+def strip_for(api: ApiConfig) -> StripAuthorization:
+    """The transform that removes ``api``'s bearer token header."""
+    header = api.auth_header.lower().encode()
+    return STRIP_AUTHORIZATION if header == AUTHORIZATION else StripAuthorization(header)
 
 
 def issuers_of(

@@ -1,6 +1,7 @@
 """An API's compiled pipeline and the loop that runs a request through it.
 
-Stages, in order: certificate checks (revocation, identity rules), authenticate
+Stages, in order: guards (the transports an API is served over), certificate checks
+(revocation, identity rules), authenticate
 (every scheme, combined by the WSO2 rule), authorise, request transforms. Then
 the HTTP front forwards, runs the response transforms on the answer and
 observes. A pipeline is built once per API when a config is loaded and never
@@ -78,6 +79,9 @@ class Pipeline:
 
     api: ApiConfig
     checks: tuple[Named, ...] = ()  # ICertificateCheck
+    # IAuthoriser stages that run before anything else (x-wso2-transports): a request the
+    # API does not serve is refused before its credentials are looked at.
+    guards: tuple[Named, ...] = ()
     schemes: tuple[Named, ...] = ()  # IScheme, disabled ones left out
     authorisers: tuple[Named, ...] = ()  # IAuthoriser
     request_transforms: tuple[Named, ...] = ()  # IRequestTransform
@@ -85,6 +89,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         for group, iface in (
+            (self.guards, IAuthoriser),
             (self.checks, ICertificateCheck),
             (self.schemes, IScheme),
             (self.authorisers, IAuthoriser),
@@ -95,6 +100,8 @@ class Pipeline:
                 if not iface.providedBy(named.stage):
                     raise TypeError(f"{named.name!r} does not provide {iface.__name__}")
         steps: list[tuple[str, _Step, bool]] = []
+        for named in self.guards:
+            steps.append((named.name, _authorise_step(named.stage), named.in_authz))
         for named in self.checks:
             steps.append((named.name, _check_step(named.stage), named.in_authz))
         if self.schemes:
