@@ -183,3 +183,58 @@ def test_transports_in_definitions_and_toml(tmp_path: Path) -> None:
     assert mtls.config.apis[0].transports == frozenset({"http", "https"})
     assert any(w.endswith("apis[0].transports: mutual_ssl is mandatory, so https is served too "
                           "(as the Microgateway adds it)") for w in mtls.config.warnings)
+
+
+def test_nginx_gives_each_feature_the_gateway_path(tmp_path: Path, pki: Any) -> None:
+    """Issue 25 items 1, 2, 4 and 7 in the NGINX-fronted mode: each API that needs
+    twistedgw to choose the endpoint, set backend credentials, judge the scheme or read and
+    remove a credential from where NGINX would forward it takes the gateway path, and the
+    rendered file says why; a plain API keeps NGINX's path."""
+    from tests.test_basic_auth_unit import NGINX_FRONTED, nginx_block
+    from twistedgw.app import _nginxconf as nginxconf
+
+    (tmp_path / "pw").write_text("secret")
+    base = ('openapi: 3.0.1\ninfo: {{title: {t}, version: "1"}}\nx-wso2-basePath: /{t}\n'
+            'x-wso2-production-endpoints: {{urls: ["http://127.0.0.1:9/{t}"]}}\n{extra}\n'
+            "paths:\n  /a: {{get: {{responses: {{'200': {{description: ok}}}}}}}}\n")
+    cases = {
+        "sandbox": ("security: []\nx-wso2-sandbox-endpoints: {urls: [http://127.0.0.1:9/s]}",
+                    "Sandbox or per-operation endpoints"),
+        "credentials": ("security: []", "Backend credentials (securityConfig, "
+                                        "backend_credentials)"),
+        "https": ("security: []\nx-wso2-transports: [https]", "Transports (x-wso2-transports)"),
+        "query": ("security: [{k: []}]\ncomponents: {securitySchemes: {k: {type: apiKey, "
+                  "in: query, name: k}}}", "An API key in the query or a bearer token"),
+        "token": ("security: [{b: []}]\nx-wso2-auth-header: X-Token\ncomponents: "
+                  "{securitySchemes: {b: {type: http, scheme: bearer}}}",
+                  "An API key in the query or a bearer token"),
+    }
+    text = NGINX_FRONTED + f"""
+[tls]
+truststore = "{pki.truststore_dir}"
+certificate = "{pki.server_cert}"
+private_key = "{pki.server_key}"
+[[api_keys]]
+name = "k"
+key_sha256 = "{'00' * 32}"
+[[jwt_issuers]]
+name = "idp"
+issuer = "{jwtkit.ISSUER}"
+jwks = "jwks.json"
+audiences = ["{jwtkit.AUDIENCE}"]
+"""
+    jwtkit.write_jwks(tmp_path / "jwks.json", IDP)
+    for title, (extra, _reason) in cases.items():
+        (tmp_path / f"{title}.yaml").write_text(base.format(t=title, extra=extra))
+        text += f'[[apis]]\nopenapi = "{title}.yaml"\n'
+        if title == "credentials":
+            text += ('[[apis.backend_credentials]]\nendpoint = "production"\n'
+                     'username = "u"\npassword_file = "pw"\n')
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    rendered = nginxconf.render(configmod.load(path)).text
+    for title, (_extra, reason) in cases.items():
+        block = nginx_block(rendered, f"{title}:1")
+        assert f"# {reason}" in block and "auth_request" not in block, title
+        assert "secret" not in block
+    assert "auth_request" in nginx_block(rendered, "Public:1")
