@@ -89,7 +89,9 @@ def _extra(where: Project) -> str:
     import hashlib
 
     jwks = jwtkit.write_jwks(where.root / "idp.json", IDP)
-    text = table("jwt_issuers", {"name": "idp", "issuer": jwtkit.ISSUER, "jwks": str(jwks),
+    text = table("authz", {"path": "/_twistedgw/authz", "original_uri_header": "X-Original-URI",
+                           "original_method_header": "X-Original-Method"})
+    text += table("jwt_issuers", {"name": "idp", "issuer": jwtkit.ISSUER, "jwks": str(jwks),
                                  "audiences": [jwtkit.AUDIENCE]}, array=True)
     for name, key, keytype in (("prod-app", PROD_KEY, "production"),
                                ("sandbox-app", SANDBOX_KEY, "sandbox")):
@@ -165,6 +167,14 @@ def test_endpoints_by_key_type_with_backend_credentials(
         "code": "900901", "message": "Invalid Credentials",
         "description": "sandbox key offered to an API with no sandbox endpoint"}
     assert _seen(get("/prodonly/a", prod))[0] == "/only/a"
+    # the authz endpoint: the proxy that asks forwards to its own backend, so a sandbox
+    # caller is refused there, a production one allowed
+    judged = {"X-Original-URI": "/petstore/v1/pet/7", "X-Original-Method": "GET"}
+    assert get("/_twistedgw/authz", {**judged, **prod}).status == 200  # type: ignore[attr-defined]
+    refused = get("/_twistedgw/authz", {**judged, **sand})
+    assert refused.status == 403  # type: ignore[attr-defined]
+    assert refused.json()["description"].startswith(  # type: ignore[attr-defined]
+        "a sandbox credential goes to the API's sandbox endpoint, which only the gateway")
     log = gw.output()
     assert "myEndpoint3" in log and "basic auth as 'kim'" in log
     for secret in (EP_PASSWORD, SANDBOX_PASSWORD, base64.b64encode(

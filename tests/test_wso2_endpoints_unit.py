@@ -331,3 +331,24 @@ def test_api_key_keytype_values(tmp_path: Path) -> None:
     assert [k.sandbox for k in parsed.config.api_keys] == [True, False]
     assert [p.split("gw.toml: ", 1)[1] for p in parsed.problems] == [
         "api_keys[1].keytype: must be 'production' or 'sandbox', got 'test'"]
+
+
+def test_an_api_without_a_definition_names_its_backend_production(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("toml-secret\n")
+    raw: dict[str, Any] = {
+        "listeners": [{"port": 1, "tls": False}],
+        "apis": [{"name": "plain", "context": "/plain", "backend": "http://127.0.0.1:1",
+                  "backend_credentials": [
+                      {"endpoint": "production", "username": "u", "password_file": "pw"},
+                      {"endpoint": "other", "username": "u", "password_file": "pw"}]}],
+    }
+    parsed = configmod.parse_partial(raw, tmp_path / "gw.toml")
+    assert [p.split("gw.toml: ", 1)[1] for p in parsed.problems] == [
+        "apis[0].backend_credentials[1].endpoint: no endpoint is named 'other': an API without "
+        "a definition has one, 'production'"]
+    raw["apis"][0]["backend_credentials"].pop()
+    served = Served(configmod.parse_partial(raw, tmp_path / "gw.toml"))
+    outcome, target = served.send("GET", "/plain/x", {"Authorization": "Bearer client's"})
+    assert target == b"http://127.0.0.1:1/x" and isinstance(outcome, HeaderEdit)
+    assert outcome.set_values[b"authorization"] == (
+        b"Authorization", b"Basic " + base64.b64encode(b"u:toml-secret"))
