@@ -181,3 +181,54 @@ def test_endpoints_by_key_type_with_backend_credentials(
             f"kim:{EP_PASSWORD}".encode()).decode()):
         assert secret not in log, "a backend password reached the log"
     assert os.environ["myEndpoint3_prod_basic_password"] == EP_PASSWORD
+
+
+FRONTED_API = """\
+openapi: 3.0.1
+info: {{title: Sandboxed, version: "1"}}
+x-wso2-basePath: /sandboxed
+x-wso2-production-endpoints: {{urls: ["{backend}/prod"]}}
+x-wso2-sandbox-endpoints: {{urls: ["{backend}/sand"]}}
+x-wso2-transports: [https]
+security: [{{key: []}}]
+components:
+  securitySchemes:
+    key: {{type: apiKey, in: query, name: api_key}}
+paths:
+  /a: {{get: {{responses: {{'200': {{description: ok}}}}}}}}
+"""
+
+
+def test_the_features_through_nginx(tmp_path: Path, pki: DevPki,
+                                    backend: BackendProcess) -> None:
+    """Issue 25 items 1, 2, 4 and 7 in the NGINX-fronted mode (conf/nginx-fronted/ with a
+    real NGINX): the API takes the gateway path (nginx-config says why), where twistedgw
+    picks the endpoint by key type, sets the backend's credentials, removes the query key
+    and judges the scheme (NGINX's X-Forwarded-Proto, from its trusted socket)."""
+    import hashlib
+
+    from tests.test_nginx_fronted import start_fronted
+
+    (tmp_path / "defs").mkdir()
+    definition = tmp_path / "defs" / "sandboxed.yaml"
+    definition.write_text(FRONTED_API.format(backend=backend.url))
+    (tmp_path / "defs" / "pw").write_text(EP_PASSWORD)
+    extra = (table("api_keys", {"name": "sandbox-app", "keytype": "sandbox", "key_sha256":
+                                hashlib.sha256(SANDBOX_KEY.encode()).hexdigest()}, array=True)
+             + table("apis", {"openapi": str(definition)}, array=True)
+             + table("apis.backend_credentials", {"endpoint": "production", "username": "kim",
+                                                  "password_file": str(tmp_path / "defs" / "pw")},
+                     array=True))
+    fronted = start_fronted(tmp_path, pki, backend, extra=extra)
+    try:
+        site = (tmp_path / "nginx" / "twistedgw.conf").read_text()
+        assert "# Sandbox or per-operation endpoints" in site and EP_PASSWORD not in site
+        production = fronted.via_nginx("/sandboxed/a?x=1&api_key=demo-key", None)
+        assert _seen(production) == ("/prod/a?x=1", [_basic("kim", EP_PASSWORD)])
+        sandbox = fronted.via_nginx(f"/sandboxed/a?api_key={SANDBOX_KEY}", None)
+        assert _seen(sandbox) == ("/sand/a", [])
+        missing = fronted.via_nginx("/sandboxed/a", None)
+        assert (missing.status, missing.json()["code"]) == (401, "900902")
+    finally:
+        fronted.nginx.stop()
+        fronted.gateway.stop()
