@@ -69,8 +69,9 @@ class MutualSsl:
 
 @implementer(IScheme)
 class ApiKeys:
-    """API keys sent in the ``apikey`` header (or the one an OpenAPI apiKey scheme names),
-    stored only as SHA-256 digests."""
+    """API keys sent in the ``apikey`` header (or the header or query parameter an OpenAPI
+    apiKey scheme names), stored only as SHA-256 digests; a key's ``keytype`` says whether
+    its requests go to the sandbox endpoints."""
 
     name = "api_key"
 
