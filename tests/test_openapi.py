@@ -176,11 +176,12 @@ servers: [{{url: "http://127.0.0.1:9/t"}}]
          "#/security: these alternatives cannot be expressed"),
         ("[{nope: []}]", "#/security/0/nope: no security scheme is named 'nope' (defined: basic, "
                          "bearer, key, mtls, other, query)"),
-        ("[{query: []}]", "#/security/0/query: #/components/securitySchemes/query: an API key "
-                          "in the 'query' is not supported; send it in a header"),
-        ("[{key: []}, {other: []}]", "#/security: API keys in different headers (X-Key, "
-                                     "X-Other) for one operation are not supported; use one "
-                                     "header"),
+        ("[{key: []}, {query: []}]", "#/security: API keys in different places (header "
+                                     "X-Key, query k) for one operation are not supported; "
+                                     "use one header or query parameter"),
+        ("[{key: []}, {other: []}]", "#/security: API keys in different places (header X-Key, "
+                                     "header X-Other) for one operation are not supported; use "
+                                     "one header or query parameter"),
         ("[{bearer: []}]", "#/security/0/bearer: bearer security needs [[jwt_issuers]]"),
         ("[{bearer: [read:pets]}]", "#/security/0/bearer: token scopes [\"read:pets\"] cannot "
                                     "be enforced"),
@@ -245,9 +246,9 @@ def test_no_security_declared_is_oauth2(tmp_path: Path) -> None:
         (BASE.replace("x-wso2-production-endpoints", "x-other") + "security: []\n" + OK_PATHS,
          "#: names no backend: add x-wso2-production-endpoints"),
         (BASE + "security: []\n" + OK_PATHS.replace(
-            "    get:\n", "    x-wso2-production-endpoints: {urls: ['http://x']}\n    get:\n"),
-         "#/paths/~1a/x-wso2-production-endpoints: x-wso2-production-endpoints is not "
-         "supported yet"),
+            "    get:\n", "    x-wso2-sandbox-endpoints: '#/x-wso2-endpoints/gone'\n    get:\n"),
+         "#/paths/~1a/x-wso2-sandbox-endpoints: x-wso2-endpoints has no endpoint named "
+         "'gone'"),
         (BASE + "security: []\npaths: {}\n", "#/paths: defines no operations"),
         ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else "l0: &l0 [x]\n"
                  for i in range(8)), "(file): more than 2000000 values (YAML aliases expanding?)"),

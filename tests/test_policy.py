@@ -196,7 +196,8 @@ def test_api_key_checks() -> None:
     a = api(key=MAND)
     auth = ApiKeys(a, KEYS)
     padded = fake_call(api=a, headers={"apikey": "  the-key "})
-    assert auth.authenticate(padded) == SchemeResult(True, True, principal="apikey:app-one")
+    assert auth.authenticate(padded) == SchemeResult(True, True, principal="apikey:app-one",
+                                                     sandbox=False)
     result = auth.authenticate(fake_call(api=a, headers={"apikey": ["the-key", "the-key"]}))
     assert not result.passed and result.presented
     # The key is compared by digest: its digest is not a key.

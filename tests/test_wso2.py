@@ -271,18 +271,11 @@ x-wso2-mutual-sll: mandatory
 paths:
   /a:
     get:
-      x-wso2-sandbox-endpoints: {urls: ["http://127.0.0.1:2/sandbox"]}
       x-wso2-request-interceptor: validateRequest
       responses: {'200': {description: ok}}
-x-wso2-endpoints:
-  - myEndpoint:
-      urls: [http://127.0.0.1:1/v2]
-      securityConfig: {type: basic, username: roshan}
 """))
     assert [f.split(":")[0] for f in found] == [
-        "#/x-wso2-cors", "#/x-wso2-mutual-sll", "#/paths/~1a/get/x-wso2-sandbox-endpoints",
-        "#/paths/~1a/get/x-wso2-request-interceptor",
-        "#/x-wso2-endpoints/0/myEndpoint/securityConfig"]
+        "#/x-wso2-cors", "#/x-wso2-mutual-sll", "#/paths/~1a/get/x-wso2-request-interceptor"]
     assert found[0].startswith("#/x-wso2-cors: x-wso2-cors is not supported yet: twistedgw "
                                "sends no CORS headers")
 

@@ -135,12 +135,6 @@ x-wso2-endpoints:
         "x-wso2-request-interceptor is not supported: interceptors are Ballerina or Java code "
         "that twistedgw cannot run; a twistedgw plugin does the same job ([[apis.plugins]], a "
         "request or response transform: see docs/tutorials/writing-a-plugin.md)",
-        "#/paths/~1pet~1findByStatus/get/x-wso2-sandbox-endpoints: x-wso2-sandbox-endpoints is "
-        "not supported yet: sandbox credentials would reach the production backend; remove it "
-        "to serve the API without it",
-        "#/x-wso2-endpoints/0/myEndpoint/securityConfig: securityConfig is not supported yet: "
-        "the backend would stop receiving its credentials (enabled: false is accepted); remove "
-        "it to serve the API without it",
     ])
 
 

@@ -1,4 +1,4 @@
-"""``twistedgw`` command line: run, check, demo, dev-pki, decode-header.
+"""``twistedgw`` command line: run, check, demo, dev-pki, decode-header, import-mgw, ...
 
 User errors (a bad config, an unreadable file, a bad header value) print one
 clear line each and exit non-zero; they never print a traceback.
@@ -407,6 +407,9 @@ BUILT_IN = (
     ("authorization", "jwt APIs: Authorization removed unless forward_authorization"),
     ("basic_authorization", "basic_auth APIs: Authorization: Basic always removed"),
     ("identity", "[identity]: strips identity headers, forwards the verified one"),
+    ("transports", "transports, x-wso2-transports: the schemes an API is served over"),
+    ("endpoints", "x-wso2-sandbox-endpoints: a key type without its endpoint is refused"),
+    ("backend_credentials", "securityConfig, backend_credentials: the backend's Basic auth"),
 )
 
 
@@ -473,7 +476,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hash_password)
     p = sub.add_parser("plugins", help="list the installed plugins and where each came from")
     p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("import-mgw", help="write a config from a WSO2 Microgateway 3.x project")
+    p.add_argument("project", help="the project folder (api_definitions/, policies.yaml)")
+    p.add_argument("--micro-gw-conf", metavar="FILE",
+                   help="the runtime's micro-gw.conf (default PROJECT/conf/micro-gw.conf)")
+    p.add_argument("--runtime-home", metavar="DIR",
+                   help="what ${mgw-runtime.home} means (default: micro-gw.conf's conf/..)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the config here and list what is left to set (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.set_defaults(func=cmd_import_mgw)
     return parser
+
+
+def cmd_import_mgw(args: argparse.Namespace) -> int:
+    """A twistedgw config serving a Microgateway 3.x project; what could not be carried over
+    is a comment in it, and what is left to set is listed (the config problems ``check``
+    would print)."""
+    from twistedgw.app import _importmgw
+
+    output = Path(args.output) if args.output else None
+    if output is not None and output.exists() and not args.force:
+        return _fail([f"{output}: exists; give --force to overwrite it"], 1)
+    try:
+        text = _importmgw.import_project(
+            Path(args.project),
+            Path(args.micro_gw_conf) if args.micro_gw_conf else None,
+            output,
+            Path(args.runtime_home) if args.runtime_home else None,
+        )
+    except _importmgw.ImportError_ as e:
+        return _fail([str(e)], 1)
+    if output is None:
+        print(text, end="")
+        return 0
+    try:
+        output.write_text(text)
+    except OSError as e:
+        return _fail([f"{output}: cannot write: {e.strerror}"], 1)
+    try:
+        problems = list(configmod.load_partial(output).problems)
+    except ConfigError as e:
+        problems = e.problems
+    print(f"{output}: written from {args.project}")
+    prefix = f"{output.resolve()}: "
+    for line in problems:
+        print(f"  to set: {line.removeprefix(prefix)}")
+    if problems:
+        print(f"  ({len(problems)} left: the comments in {output.name} say why; "
+              "`twistedgw check` lists them again)")
+    return 0
 
 
 def _header_value_last(argv: list[str]) -> list[str]:

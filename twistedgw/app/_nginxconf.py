@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twistedgw import errors
-from twistedgw.config import ApiConfig, GatewayConfig
+from twistedgw.config import ApiConfig, GatewayConfig, variants
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import _forwarding as idforward
 from twistedgw.pipeline import API_KEY_HEADER, method_override_headers
@@ -438,6 +438,21 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
         return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
+    if api.sandbox is not None or any(
+        op.production is not None or op.sandbox is not None for op in api.operations or ()
+    ):
+        return ("Sandbox or per-operation endpoints (x-wso2-sandbox-endpoints, x-wso2-production-"
+                "endpoints on a resource): twistedgw picks the endpoint after authentication")
+    if api.backend_auth is not None:
+        return ("Backend credentials (securityConfig, backend_credentials): twistedgw sets the "
+                "backend's Authorization, so the password stays out of NGINX's config")
+    if api.transports != frozenset(("http", "https")):
+        return ("Transports (x-wso2-transports): twistedgw judges the scheme the client used "
+                "(NGINX's X-Forwarded-Proto)")
+    if any(c.api_key_query is not None or c.auth_header.lower() != "authorization"
+           for c in (api, *variants(api))):
+        return ("An API key in the query or a bearer token in x-wso2-auth-header: twistedgw "
+                "reads it and removes it before forwarding")
     if verdicts.uses_policy(api):
         return "Throttling policies (x-wso2-throttling-tier) count every request"
     if len(api.endpoints) > 1:

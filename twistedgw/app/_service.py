@@ -560,10 +560,20 @@ def log_startup(
             "API {label} at {context} -> {backends}{mode}: {schemes}",
             label=api.label,
             context=api.context,
-            backends=", ".join(endpoints),
+            backends=", ".join(endpoints) or "(no production endpoint)",
             mode=f" ({api.backend_mode})" if len(endpoints) > 1 else "",
             schemes=describe_security(api),
         )
+        # The sandbox endpoint and operations' own (a username at most, never a password).
+        others = [("sandbox", api.sandbox)] + [
+            (f"{op.method} {op.template} {kind}", getattr(op, kind))
+            for op in api.operations or () for kind in ("production", "sandbox")]
+        for what, other in others:
+            if other is not None:
+                log.info("  {what} endpoint {name} -> {urls}{mode}{auth}", what=what,
+                         name=other.name, urls=", ".join(other.urls),
+                         mode=f" ({other.mode})" if len(other.urls) > 1 else "",
+                         auth=f" (basic auth as {other.auth.username!r})" if other.auth else "")
         if api.operations is not None:
             rows = {(method, path): schemes for _h, method, path, _l, schemes in route_rows([api])}
             for (method, path), schemes in rows.items():

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 from twistedgw.config._base import TableReader
 
+#: WSO2's key types: a sandbox key goes to the API's sandbox endpoints.
+KEY_TYPES = ("production", "sandbox")
+
 
 @dataclass(frozen=True)
 class ApiKey:
     name: str
     sha256: bytes
+    sandbox: bool = False  # keytype = "sandbox"
 
 
 def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
@@ -20,6 +24,10 @@ def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
     for r in top.tables("api_keys"):
         name = r.required("name", str)
         digest = r.required("key_sha256", str)
+        keytype = r.get("keytype", str, "production")
+        if keytype.lower() not in KEY_TYPES:
+            r.problem("keytype", f"must be 'production' or 'sandbox', got {keytype!r}")
+            keytype = "production"
         r.finish()
         if digest is not None:
             try:
@@ -33,5 +41,5 @@ def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
                 if name in key_names:
                     r.problem("name", f"duplicate API key name {name!r}")
                 key_names.add(name)
-                keys.append(ApiKey(name, raw_digest))
+                keys.append(ApiKey(name, raw_digest, keytype.lower() == "sandbox"))
     return keys, key_names

@@ -18,14 +18,23 @@ from twistedgw.config._base import (
     Mode,
     ProblemList,
     TableReader,
+    header_name,
     host_patterns,
     read_mode,
     string_list,
+)
+from twistedgw.config._endpoints import (
+    PRODUCTION,
+    BackendAuth,
+    CredentialEntry,
+    Endpoints,
+    read_backend_credentials,
 )
 from twistedgw.config._operations import Operation, Origin, ResourceThrottle
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
+TRANSPORTS = ("http", "https")  # WSO2's x-wso2-transports values
 TOML_SECURITY = ("every_operation", "api_level")
 APPLICATION_TYPES = ("jwt", "api_key", "basic_auth")
 CERTIFICATE_BOUND = ("required", "when_claimed", "off")
@@ -56,6 +65,8 @@ class ApiConfig:
     name: str
     version: str
     context: str  # normalised: leading '/', no trailing '/'
+    # The production backend ("" when a definition gives only sandbox endpoints, or gives
+    # every operation its own: production callers are then refused where none applies).
     backend: str
     mutual_ssl: Mode = Mode.DISABLED
     aliases: frozenset[str] | None = None  # None = any trusted certificate
@@ -77,6 +88,15 @@ class ApiConfig:
     backends: tuple[str, ...] = ()
     backend_mode: str = "load_balance"  # | "failover"
     api_key_header: str = "apikey"  # an OpenAPI apiKey scheme may name another header
+    # ... or a query parameter (apiKey "in: query"): then the key is read from it, and the
+    # parameter is removed from the query forwarded to the backend.
+    api_key_query: str | None = None
+    # The header that carries the bearer token (x-wso2-auth-header), removed before
+    # forwarding unless forward_authorization.
+    auth_header: str = "Authorization"
+    # x-wso2-transports: the schemes the API is served over (a plain listener's request
+    # counts as https only from a trusted proxy that says X-Forwarded-Proto: https).
+    transports: frozenset[str] = frozenset(TRANSPORTS)
     basic_auth: Mode = Mode.DISABLED  # HTTP Basic against [[basic_users]]
     # A throttling policy for all callers of the API together (x-wso2-throttling-tier):
     # its name, and the JSON pointer it was read from in the definition ("" = TOML).
@@ -93,6 +113,14 @@ class ApiConfig:
     # With a definition: whether the TOML's security keys apply to every operation or
     # to the API level only (operations with their own security keep it).
     toml_security: str = "every_operation"
+    # Basic credentials for the production backend (securityConfig, backend_credentials).
+    backend_auth: BackendAuth | None = None
+    # x-wso2-sandbox-endpoints: where callers with a sandbox credential go (None: they are
+    # refused). On an operation's variant, the operation's own (else the API's).
+    sandbox: Endpoints | None = None
+    # [[apis.backend_credentials]] as read, for a definition's endpoints (resolved by
+    # ``_openapi.apply``, then dropped).
+    credentials: tuple[CredentialEntry, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -100,20 +128,53 @@ class ApiConfig:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        """Every backend URL, in the order written."""
+        """Every production backend URL, in the order written."""
+        if not self.backend:
+            return ()
         return self.backends or (self.backend,)
 
+    @property
+    def production(self) -> Endpoints | None:
+        """The production backends as one endpoint (None: there is none)."""
+        urls = self.endpoints
+        if not urls:
+            return None
+        return Endpoints(urls, self.backend_mode, PRODUCTION, auth=self.backend_auth)
 
-def read_api(r: TableReader) -> ApiConfig | None:
+    def every_endpoint(self) -> tuple[Endpoints, ...]:
+        """Production and sandbox endpoints of the API and of each of its operations,
+        each once (backend TLS settings and the startup log cover them all)."""
+        found: dict[Endpoints, None] = {}
+        for e in (self.production, self.sandbox):
+            if e is not None:
+                found[e] = None
+        for op in self.operations or ():
+            for e in (op.production, op.sandbox):
+                if e is not None:
+                    found[e] = None
+        return tuple(found)
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """Every backend URL this API may send a request to."""
+        return tuple(dict.fromkeys(u for e in self.every_endpoint() for u in e.urls))
+
+
+def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | None:
     """One [[apis]] table as written in TOML (or as its OpenAPI definition implies, which
-    ``_openapi.read_api`` gives here); None if a key the API cannot do without is broken."""
+    ``_openapi.read_api`` gives here); None if a key the API cannot do without is broken.
+    ``backend_optional``: the definition names endpoints elsewhere (sandbox, or one for
+    each operation), so an API-level production backend may be absent ("")."""
     name = r.required("name", str)
     version = r.get("version", str, "")
     context = r.required("context", str)
     backends = string_list(r, "backends")
     backend_mode = r.choice("backend_mode", BACKEND_MODES, "load_balance")
     backend = None
-    if backends is not None and "backend" in r.table:
+    if backend_optional and backends is None and "backend" not in r.table:
+        r.seen.add("backend")
+        backend = ""
+    elif backends is not None and "backend" in r.table:
         r.seen.add("backend")
         r.problem("backends", "give either backend or backends, not both")
         backends = None
@@ -181,6 +242,20 @@ def read_api(r: TableReader) -> ApiConfig | None:
             "or name the consumers to accept",
         )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
+    auth_header = header_name(r, "auth_header", "Authorization") or "Authorization"
+    transports = _transports(r, mutual_ssl)
+    credentials = read_backend_credentials(r)
+    backend_auth = None
+    if "openapi" not in r.seen:  # a definition's endpoints are resolved with it
+        for entry in credentials:
+            if entry.endpoint == PRODUCTION:
+                backend_auth = BackendAuth(entry.username, entry.password,
+                                           f"{entry.where}.password_file")
+            else:
+                r.problems.add(f"{entry.where}.endpoint", f"no endpoint is named "
+                               f"{entry.endpoint!r}: an API without a definition has one, "
+                               f"{PRODUCTION!r}")
+        credentials = ()
     any_of: frozenset[str] = frozenset()
     application = _application_security(r)
     if application is not None:
@@ -206,7 +281,7 @@ def read_api(r: TableReader) -> ApiConfig | None:
             context = None
         else:
             context = context.rstrip("/") or "/"
-    if backend is not None and backend_tls is not None:
+    if backend and backend_tls is not None:
         plain = [url for url in (backends or [backend]) if not url.startswith("https://")]
         if plain:
             # Most likely a forgotten "s": say so rather than send plain HTTP.
@@ -243,7 +318,28 @@ def read_api(r: TableReader) -> ApiConfig | None:
         throttling_tier=throttling_tier,
         any_of=any_of,
         toml_security=toml_security,
+        backend_auth=backend_auth,
+        credentials=credentials,
+        auth_header=auth_header,
+        transports=transports,
     )
+
+
+def _transports(r: TableReader, mutual_ssl: Mode) -> frozenset[str]:
+    """``transports = ["https"]`` (x-wso2-transports): "http", "https" or both (any case).
+    Mandatory mutual TLS adds https, as the Microgateway adds it."""
+    listed = string_list(r, "transports")
+    if listed is None:
+        return frozenset(TRANSPORTS)
+    spelled = {t.strip().lower() for t in listed}
+    if not listed or not spelled <= set(TRANSPORTS):
+        r.problem("transports", f"must list 'http', 'https' or both, got {listed!r}")
+        return frozenset(TRANSPORTS)
+    if mutual_ssl is Mode.MANDATORY and "https" not in spelled:
+        r.warning("transports", "mutual_ssl is mandatory, so https is served too (as the "
+                                "Microgateway adds it)")
+        spelled.add("https")
+    return frozenset(spelled)
 
 
 def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[str]] | None:

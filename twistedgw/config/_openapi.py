@@ -21,17 +21,27 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from twistedgw.config import _wso2ext as ext
 from twistedgw.config._apis import ApiConfig
 from twistedgw.config._apis import read_api as read_table
 from twistedgw.config._base import CONTEXT_RE, HEADER_RE, Mode, TableReader, resolve
+from twistedgw.config._endpoints import (
+    PRODUCTION,
+    SANDBOX,
+    BackendAuth,
+    BasicSecurity,
+    Endpoints,
+    Resolver,
+    api_endpoint_name,
+)
 from twistedgw.config._operations import (
     APPLICATION,
     MTLS,
@@ -52,6 +62,8 @@ MAX_DEFINITION_BYTES = 16 * 1024 * 1024  # far beyond any real definition; bound
 _MAX_DEPTH = 64  # nesting and $ref chains; a cycle or a bomb stops here
 _EXCERPT = 60  # characters of a value quoted in a message
 _TEMPLATE_PARAM = re.compile(r"\{([^{}]*)\}")
+# A query parameter name an API key may be sent in: what needs no percent-escape.
+_QUERY_NAME_RE = re.compile(r"^[A-Za-z0-9._~!$'()*,;:@/?-]{1,128}$")
 ROOT = "#"
 #: WSO2's application security type names (compared case-insensitively) -> twistedgw's.
 _APP_TYPES = {"api_key": "api_key", "oauth2": "jwt", "basic_auth": "basic_auth"}
@@ -94,6 +106,10 @@ class Definition:
     api_secured: Security = OPEN
     enabled: frozenset[str] = frozenset()
     throttling_from: str = ""  # the JSON pointer of the API-level throttling tier, if any
+    # The API's own endpoints (x-wso2-production-endpoints or the servers URL, and
+    # x-wso2-sandbox-endpoints), with WSO2's names; credentials not resolved yet.
+    production: Endpoints | None = None
+    sandbox: Endpoints | None = None
 
 
 _SCHEME_KEYS = ("mutual_ssl", "api_key", "jwt", "basic_auth")
@@ -364,10 +380,15 @@ def read(file: Path, report: Report, warn: Report | None = None) -> Definition |
     return dataclasses.replace(definition, warnings=kept)
 
 
+class _Ends(NamedTuple):
+    production: Endpoints | None
+    sandbox: Endpoints | None
+
+
 @dataclass(frozen=True)
 class _Scheme:
     kind: str  # "mutual_ssl" | "api_key" | "jwt" | "basic_auth"
-    header: str | None = None  # the API key's header
+    place: tuple[str, str] | None = None  # the API key's ("header" | "query", name)
 
 
 @dataclass(frozen=True)
@@ -378,7 +399,7 @@ class _Level:
     app: frozenset[str] | None = None  # application kinds; None = not said at this level
     app_all: bool = False  # every kind must pass (one OpenAPI requirement), else any one
     app_mode: Mode = Mode.MANDATORY
-    header: str | None = None
+    place: tuple[str, str] | None = None  # the API key's ("header" | "query", name)
     optional: bool | None = None  # x-wso2-application-security optional, when said
     jwt_where: str = ""
 
@@ -399,7 +420,7 @@ class _DefinitionReader:
         self.transport: Mode | None = None  # x-wso2-mutual-ssl
         self.api_app: _Level | None = None  # the API's x-wso2-application-security
         self.api_key_header: str | None = None  # x-wso2-api-key-header
-        self.api_header: str | None = None  # the API requirement's apiKey header
+        self.api_place: tuple[str, str] | None = None  # the API requirement's apiKey
         self.last_jwt_where = ROOT
         self.enabled: set[str] = set()  # operations securing themselves again
 
@@ -432,11 +453,28 @@ class _DefinitionReader:
         context, context_from = self._context(values.get("version", ""))
         if context is not None:
             values["context"] = context
-        backends, mode = self._backends()
-        if backends:
-            values["backends"] = backends
-            if mode is not None:
-                values["backend_mode"] = mode
+        api_name = api_endpoint_name(str(info.get("title", "")), str(info.get("version", "")))
+        production = self._backends(api_name)
+        if production is not None:
+            values["backends"] = list(production.urls)
+            values["backend_mode"] = production.mode
+        sandbox = self._endpoints_at(doc, "x-wso2-sandbox-endpoints", ROOT, api_name)
+        transports = doc.get("x-wso2-transports")
+        if transports is not None:
+            if isinstance(transports, list) and transports and all(
+                    isinstance(t, str) and t.strip().lower() in ("http", "https")
+                    for t in transports):
+                values["transports"] = transports
+            else:
+                self.note(pointer(ROOT, "x-wso2-transports"),
+                          f"must list http, https or both, got {excerpt(transports)}")
+        auth_header = doc.get("x-wso2-auth-header")
+        if auth_header is not None:
+            if isinstance(auth_header, str) and HEADER_RE.match(auth_header):
+                values["auth_header"] = auth_header
+            else:
+                self.note(pointer(ROOT, "x-wso2-auth-header"),
+                          f"not a valid HTTP header name: {excerpt(auth_header)}")
         self._extensions()
         api_level, declares, api_off, why = self._api_level()
         api_secured = self._resolve(api_level, None, False)
@@ -462,6 +500,8 @@ class _DefinitionReader:
             api_secured=api_secured,
             enabled=frozenset(self.enabled),
             throttling_from=tier_from,
+            production=production,
+            sandbox=sandbox,
         )
 
     def _throttling_tier(
@@ -545,28 +585,48 @@ class _DefinitionReader:
             return None, None
         return context.rstrip("/") or "/", where
 
-    def _backends(self) -> tuple[list[str], str | None]:
+    def _backends(self, name: str) -> Endpoints | None:
+        """The API's production endpoint: x-wso2-production-endpoints, else the servers
+        URL (3.x) or schemes, host and basePath (2.0), as the Microgateway reads them."""
         doc = self.doc
         if "x-wso2-production-endpoints" in doc:
-            where = pointer(ROOT, "x-wso2-production-endpoints")
-            endpoints = self.deref(doc["x-wso2-production-endpoints"], where)
-            if isinstance(endpoints, str):  # "#/x-wso2-endpoints/NAME", Microgateway's reference
-                found = self._named_endpoints(where, endpoints)
-                if found is None:
-                    return [], None
-                where, endpoints = found
-            if not isinstance(endpoints, dict):
-                self.note(where, f"expected a mapping with 'urls' (and 'type'), got "
-                                 f"{excerpt(endpoints)}")
-                return [], None
-            return self._endpoint(where, endpoints)
+            return self._endpoints_at(doc, "x-wso2-production-endpoints", ROOT, name)
+        urls, where = self._server_backends()
+        return Endpoints(tuple(urls), name=name, where=where) if urls else None
+
+    def _endpoints_at(
+        self, node: Mapping[str, Any], key: str, at: str, name: str
+    ) -> Endpoints | None:
+        """The endpoint ``node[key]`` gives, by value or by ``"#/x-wso2-endpoints/NAME"``
+        (then named NAME, else ``name``); None if absent or broken (noted)."""
+        if key not in node:
+            return None
+        where = pointer(at, key)
+        endpoints = self.deref(node[key], where)
+        if isinstance(endpoints, str):  # "#/x-wso2-endpoints/NAME", Microgateway's reference
+            found = self._named_endpoints(where, endpoints)
+            if found is None:
+                return None
+            where, endpoints = found
+            name = where.rsplit("/", 1)[1].replace("~1", "/").replace("~0", "~")
+        if not isinstance(endpoints, dict):
+            self.note(where, f"expected a mapping with 'urls' (and 'type'), got "
+                             f"{excerpt(endpoints)}")
+            return None
+        urls, mode, security = self._endpoint(where, endpoints)
+        if not urls:
+            return None
+        return Endpoints(tuple(urls), mode or "load_balance", name, security, where=where)
+
+    def _server_backends(self) -> tuple[list[str], str]:
+        doc = self.doc
         if self.version == "2.0":
             host = doc.get("host")
             if host is None:
-                return [], None
+                return [], ""
             if not isinstance(host, str) or not host:
                 self.note(pointer(ROOT, "host"), f"expected a host name, got {excerpt(host)}")
-                return [], None
+                return [], ""
             raw_schemes = doc.get("schemes") or []
             if not isinstance(raw_schemes, list):
                 self.note(pointer(ROOT, "schemes"), f"expected a list, got {excerpt(raw_schemes)}")
@@ -576,24 +636,30 @@ class _DefinitionReader:
             scheme = schemes[0].lower() if schemes else "http"
             base = doc.get("basePath", "") if isinstance(doc.get("basePath"), str) else ""
             url = self._backend_url(pointer(ROOT, "host"), f"{scheme}://{host}{base}")
-            return ([url] if url else []), None
+            return ([url] if url else []), pointer(ROOT, "host")
         found = self._servers_url()
         if found is None:
-            return [], None
+            return [], ""
         url_text, where = found
         try:
             scheme_given = urlsplit(url_text).scheme
         except ValueError:
-            return [], None  # reported by _context
+            return [], ""  # reported by _context
         if not scheme_given:
-            return [], None  # a relative server URL names no backend
+            return [], ""  # a relative server URL names no backend
         url = self._backend_url(where, url_text)
-        return ([url] if url else []), None
+        return ([url] if url else []), where
 
-    def _endpoint(self, where: str, endpoints: dict[str, Any]) -> tuple[list[str], str | None]:
-        """One endpoint mapping: its URLs and how to pick one."""
+    def _endpoint(
+        self, where: str, endpoints: dict[str, Any]
+    ) -> tuple[list[str], str | None, BasicSecurity | None]:
+        """One endpoint mapping: its URLs, how to pick one, and its securityConfig."""
+        security = None
         for key, value in endpoints.items():
             if key in ("urls", "type"):
+                continue
+            if key == "securityConfig":
+                security = self._security_config(pointer(where, key), value)
                 continue
             known = ext.BY_NAME.get(key)
             if known is not None and ext.ENDPOINT in known.levels:
@@ -605,7 +671,7 @@ class _DefinitionReader:
         if not isinstance(urls, list) or not urls:
             self.note(pointer(where, "urls"), f"expected a non-empty list of URLs, got "
                                              f"{excerpt(urls)}")
-            return [], None
+            return [], None, None
         out = []
         for i, url in enumerate(urls):
             checked = self._backend_url(pointer(where, "urls", i), url)
@@ -624,7 +690,39 @@ class _DefinitionReader:
             else:
                 self.note(pointer(where, "type"), "must be 'load_balance', 'failover' or "
                           f"'http' (one endpoint), got {excerpt(kind)}")
-        return out, mode
+        if len(out) != len(urls):
+            return [], None, None
+        return out, mode, security
+
+    def _security_config(self, where: str, value: Any) -> BasicSecurity | None:
+        """``securityConfig``: ``type: basic`` (any case) with a username (and a password,
+        which belongs in the environment); ``enabled: false`` (API Manager) asks for none."""
+        value = self.deref(value, where)
+        if not isinstance(value, dict):
+            self.note(where, f"expected a mapping with type and username, got {excerpt(value)}")
+            return None
+        enabled = value.get("enabled", True)
+        if not isinstance(enabled, bool):
+            self.note(pointer(where, "enabled"), f"expected true or false, got {excerpt(enabled)}")
+            return None
+        for key in value:
+            if key not in ("type", "username", "password", "enabled"):
+                self.warn(pointer(where, key), f"unknown securityConfig key {key!r} is ignored")
+        if not enabled:
+            return None
+        kind = value.get("type")
+        if not isinstance(kind, str) or kind.strip().lower() != "basic":
+            detail = ("digest authentication to backends is not supported; use basic"
+                      if isinstance(kind, str) and kind.strip().lower() == "digest"
+                      else "must be 'basic'")
+            self.note(pointer(where, "type"), f"{detail}, got {excerpt(kind)}")
+            return None
+        username, password = value.get("username"), value.get("password")
+        for key, got in (("username", username), ("password", password)):
+            if got is not None and not isinstance(got, str):
+                self.note(pointer(where, key), f"expected a string, got a {type(got).__name__}")
+                return None
+        return BasicSecurity(username or None, password or None, where)
 
     def _named_endpoints(self, where: str, ref: str) -> tuple[str, Any] | None:
         """The entry of ``x-wso2-endpoints`` (a list of one-key mappings, or a mapping) that
@@ -826,13 +924,19 @@ class _DefinitionReader:
                 out[name] = _Scheme(MTLS)
             elif kind == "apiKey":
                 place, header = scheme.get("in"), scheme.get("name")
-                if place != "header":
+                if place == "query":  # removed from the query the backend gets
+                    if not isinstance(header, str) or not _QUERY_NAME_RE.match(header):
+                        out[name] = (f"{where}/name: not a usable query parameter name: "
+                                     f"{excerpt(header)}")
+                    else:
+                        out[name] = _Scheme("api_key", place=("query", header))
+                elif place != "header":
                     out[name] = (f"{where}: an API key in the {excerpt(place)} is not "
-                                 "supported; send it in a header")
+                                 "supported; send it in a header or the query")
                 elif not isinstance(header, str) or not HEADER_RE.match(header):
                     out[name] = f"{where}/name: not a valid HTTP header name: {excerpt(header)}"
                 else:
-                    out[name] = _Scheme("api_key", header)
+                    out[name] = _Scheme("api_key", place=("header", header))
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
                 out[name] = _Scheme("jwt")
             elif kind == "http" and str(scheme.get("scheme", "")).lower() == "basic":
@@ -850,7 +954,7 @@ class _DefinitionReader:
             self.note(where, f"expected a list of security requirements, got {excerpt(reqs)}")
             return None
         alternatives: list[frozenset[str]] = []
-        headers: dict[str, str] = {}
+        places: dict[tuple[str, str], tuple[str, str]] = {}
         bad = False
         jwt_where = ""
         for i, req in enumerate(reqs):
@@ -884,17 +988,19 @@ class _DefinitionReader:
                     kinds.add(scheme.kind)
                     if scheme.kind == "jwt" and not jwt_where:
                         jwt_where = at
-                    if scheme.header is not None:
-                        headers.setdefault(scheme.header.lower(), scheme.header)
+                    if scheme.place is not None:
+                        kind, named = scheme.place
+                        places.setdefault((kind, named.lower() if kind == "header" else named),
+                                          scheme.place)
             alternatives.append(frozenset(kinds))
         if bad:
             return None
-        if len(headers) > 1:
-            names = ", ".join(sorted(headers.values()))
-            self.note(where, f"API keys in different headers ({names}) for one operation are "
-                             "not supported; use one header")
+        if len(places) > 1:
+            names = ", ".join(sorted(f"{k} {n}" for k, n in places.values()))
+            self.note(where, f"API keys in different places ({names}) for one operation are "
+                             "not supported; use one header or query parameter")
             return None
-        header = next(iter(headers.values())) if headers else None
+        place = next(iter(places.values())) if places else None
         level = _from_alternatives(alternatives)
         if level is None:
             self.note(where, "these alternatives cannot be expressed: WSO2's rule combines a "
@@ -903,7 +1009,7 @@ class _DefinitionReader:
                              "scheme each, or mTLS in every alternative beside one other "
                              "scheme each")
             return None
-        return dataclasses.replace(level, header=header, jwt_where=jwt_where)
+        return dataclasses.replace(level, place=place, jwt_where=jwt_where)
 
     def _app_security(self, node: dict[str, Any], where: str) -> _Level | None:
         """``x-wso2-application-security`` at one level (None if absent or broken)."""
@@ -993,7 +1099,7 @@ class _DefinitionReader:
             self.note(pointer(ROOT, "x-wso2-mutual-ssl"), "mutual TLS is given twice: by "
                       "x-wso2-mutual-ssl and by a mutualTLS scheme in security; keep one")
             raise _Broken
-        self.api_header = level.header
+        self.api_place = level.place
         self.api_app = self._app_security(doc, ROOT)
         header = doc.get("x-wso2-api-key-header")
         if header is not None and (not isinstance(header, str) or not HEADER_RE.match(header)):
@@ -1035,16 +1141,19 @@ class _DefinitionReader:
         if optional is not None:
             app_mode = Mode.OPTIONAL if optional else Mode.MANDATORY
         self.last_jwt_where = jwt_where or ROOT
-        header = ((level.header if own else None) or self.api_key_header or self.api_header
-                  or WSO2_API_KEY_HEADER)
+        place = ((level.place if own else None)
+                 or (("header", self.api_key_header) if self.api_key_header else None)
+                 or self.api_place or ("header", WSO2_API_KEY_HEADER))
+        keyed = "api_key" in kinds
         modes = {k: (app_mode if k in kinds else Mode.DISABLED) for k in APPLICATION}
         return Security(
             mutual_ssl=mtls,
             api_key=modes["api_key"],
-            api_key_header=header if "api_key" in kinds else WSO2_API_KEY_HEADER,
+            api_key_header=place[1] if keyed and place[0] == "header" else WSO2_API_KEY_HEADER,
             jwt=modes["jwt"],
             basic_auth=modes["basic_auth"],
             any_of=frozenset() if app_all or len(kinds) < 2 else kinds,
+            api_key_query=place[1] if keyed and place[0] == "query" else None,
         )
 
     def _operations(
@@ -1060,10 +1169,22 @@ class _DefinitionReader:
                 continue
             path_params = self._parameters(item, where, item_file)
             path_off, path_why = self._disabled(item, where)
+            path_ends = {kind: self._endpoints_at(item, f"x-wso2-{kind}-endpoints", where,
+                                                  pointer(where, f"x-wso2-{kind}-endpoints"))
+                         for kind in (PRODUCTION, SANDBOX)}
             for method, op, op_where in self._methods(item, where, item_file):
                 op_params = self._parameters(op, op_where, item_file)
                 if path_params is not None and op_params is not None:
                     self._check_template(template, where, {**path_params, **op_params}, method)
+                # Its own endpoints (named by its operationId, as the Microgateway names
+                # them, else by where they are written), else its path item's.
+                op_id = op.get("operationId")
+                got = {}
+                for kind in (PRODUCTION, SANDBOX):
+                    key = f"x-wso2-{kind}-endpoints"
+                    name = op_id if isinstance(op_id, str) and op_id else pointer(op_where, key)
+                    got[kind] = self._endpoints_at(op, key, op_where, name) or path_ends[kind]
+                ends = _Ends(got[PRODUCTION], got[SANDBOX])
                 # The Microgateway reads API Manager's name first at this level.
                 tier, tier_from = self._throttling_tier(
                     op, op_where, ("x-throttling-tier", "x-wso2-throttling-tier"))
@@ -1072,14 +1193,16 @@ class _DefinitionReader:
                     off, why = path_off, path_why
                 if off:
                     out.append(Operation(method.upper(), template, OPEN, op_where, tier,
-                                         tier_from, opened_by=why))
+                                         tier_from, opened_by=why, production=ends.production,
+                                         sandbox=ends.sandbox))
                     continue
                 if off is False and api_off:
                     self.enabled.add(op_where)  # secured again, by its own or the API's
                 own_app = self._app_security(op, op_where)
                 if "security" not in op and own_app is None:
                     out.append(Operation(method.upper(), template, None, op_where, tier,
-                                         tier_from))
+                                         tier_from, production=ends.production,
+                                         sandbox=ends.sandbox))
                     continue
                 self.enabled.discard(op_where)
                 level, own = api_level, False
@@ -1098,7 +1221,8 @@ class _DefinitionReader:
                     self.jwt_wheres.setdefault(security, self.last_jwt_where)
                 why = f"security: [] at {pointer(op_where, 'security')}" if security.open else ""
                 out.append(Operation(method.upper(), template, security, op_where, tier,
-                                     tier_from, opened_by=why))
+                                     tier_from, opened_by=why, production=ends.production,
+                                     sandbox=ends.sandbox))
         return tuple(out)
 
 
@@ -1164,16 +1288,34 @@ def for_api(r: TableReader) -> Definition | None:
         report(ROOT, "names no context: add x-wso2-basePath (or a servers URL, or basePath "
                      "in OpenAPI 2.0), or set context in the [[apis]] table")
         missing = True
-    if "backends" not in definition.values and "backend" not in table and "backends" not in table:
-        report(ROOT, "names no backend: add x-wso2-production-endpoints (or an absolute "
-                     "servers URL, or host in OpenAPI 2.0), or set backend in the [[apis]] "
-                     "table")
+    if not _backend_optional(definition, table) and "backends" not in definition.values:
+        bare = next((op for op in definition.operations
+                     if op.production is None and op.sandbox is None), None)
+        if bare is not None and len(bare.where) > 1 and any(
+                op.production is not None or op.sandbox is not None
+                for op in definition.operations):
+            report(bare.where, "has no endpoint to go to: neither it nor the API gives "
+                               "x-wso2-production-endpoints or x-wso2-sandbox-endpoints")
+        else:
+            report(ROOT, "names no backend: add x-wso2-production-endpoints (or an absolute "
+                         "servers URL, or host in OpenAPI 2.0), or set backend in the [[apis]] "
+                         "table")
         missing = True
     if "name" not in definition.values and "name" not in table:
         report(pointer(ROOT, "info", "title"), "names no API: add info.title, or set name "
                                                "in the [[apis]] table")
         missing = True
     return None if missing else definition
+
+
+def _backend_optional(definition: Definition, table: Mapping[str, Any]) -> bool:
+    """Whether the API may lack a production backend of its own: the TOML names one,
+    or the definition gives sandbox endpoints, or every operation has endpoints of its
+    own (WSO2 asks only that each operation have some endpoint to go to)."""
+    if "backend" in table or "backends" in table or definition.sandbox is not None:
+        return True
+    ops = definition.operations
+    return bool(ops) and all(op.production is not None or op.sandbox is not None for op in ops)
 
 
 def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
@@ -1193,7 +1335,7 @@ def merged(definition: Definition, table: Mapping[str, Any]) -> dict[str, Any]:
 def api_security(api: ApiConfig) -> Security:
     """The schemes an ``ApiConfig`` (or an operation's variant of it) applies."""
     return Security(api.mutual_ssl, api.api_key, api.api_key_header, api.jwt, api.basic_auth,
-                    api.any_of)
+                    api.any_of, api.api_key_query)
 
 
 def variant(api: ApiConfig, security: Security) -> ApiConfig:
@@ -1206,36 +1348,46 @@ def variant(api: ApiConfig, security: Security) -> ApiConfig:
         jwt=security.jwt,
         basic_auth=security.basic_auth,
         any_of=security.any_of,
+        api_key_query=security.api_key_query,
     )
 
 
-#: What sets an operation's config apart: its own security, its own throttling policy.
-OperationKey = tuple[Security | None, ResourceThrottle | None]
+#: What sets an operation's config apart: its own security, its own throttling policy,
+#: its own production and sandbox endpoints.
+OperationKey = tuple[Security | None, ResourceThrottle | None, Endpoints | None,
+                     Endpoints | None]
 
 
 def operation_key(api: ApiConfig, op: Operation) -> OperationKey | None:
     """What makes an operation's config differ from its API's (None: nothing): its own
-    security, and its own throttling policy unless the API names one (then the API's
-    applies to every operation, as in WSO2 Microgateway)."""
+    security, its own throttling policy unless the API names one (then the API's
+    applies to every operation, as in WSO2 Microgateway), its own endpoints."""
     throttle = None
     if op.throttling_tier is not None and api.throttling_tier is None \
             and op.throttling_tier != UNLIMITED:
         throttle = ResourceThrottle(op.throttling_tier, op.method, op.template)
-    if op.security is None and throttle is None:
+    if op.security is None and throttle is None and op.production is None \
+            and op.sandbox is None:
         return None
-    return (op.security, throttle)
+    return (op.security, throttle, op.production, op.sandbox)
 
 
 def operation_config(api: ApiConfig, op: Operation) -> ApiConfig:
     """The config (and so the pipeline) an operation runs: ``api`` itself, or its variant
-    with the operation's own security and throttling policy (``operation_key``)."""
+    with the operation's own security, throttling policy and endpoints
+    (``operation_key``)."""
     key = operation_key(api, op)
     if key is None:
         return api
-    security, throttle = key
+    security, throttle, production, sandbox = key
     out = variant(api, security) if security is not None else api
     if throttle is not None:
         out = dataclasses.replace(out, resource_throttle=throttle)
+    if production is not None:
+        out = dataclasses.replace(out, backend=production.urls[0], backends=production.urls,
+                                  backend_mode=production.mode, backend_auth=production.auth)
+    if sandbox is not None:
+        out = dataclasses.replace(out, sandbox=sandbox)
     return out
 
 
@@ -1264,15 +1416,20 @@ def apply(
     toml_keys: frozenset[str],
     *,
     jwt_issuers: bool = True,  # the config declares [[jwt_issuers]]
+    environ: Mapping[str, str] | None = None,  # where endpoint passwords are looked for
 ) -> ApiConfig:
     """Finish an ``ApiConfig`` read from a definition: the security of the API and of
     every operation (TOML's scheme keys on top, as ``toml_security`` says), the
-    operations, and where it came from."""
+    operations and their endpoints with the backends' credentials, and where it came
+    from."""
     file = definition.file
     problems: dict[tuple[str, str], None] = {}
 
     def report(where: str, what: str) -> None:
         problems[(where, what)] = None
+
+    def warn(where: str, what: str) -> None:
+        r.warning("openapi", f"{file}: {where}: {what}")
 
     written = toml_keys & TOML_SECURITY_KEYS
     toml = api_security(api)  # the TOML reader's modes (TOML's keys over the definition's)
@@ -1324,6 +1481,10 @@ def apply(
             if final == api_final:
                 final = None
         operations.append(dataclasses.replace(op, security=final, defined=defined))
+    backend_auth, sandbox, operations = _credentials(
+        definition, api, operations, toml_keys, r,
+        Resolver({e.endpoint: e for e in api.credentials},
+                 os.environ if environ is None else environ, report, warn))
     for where, what in problems:
         r.problem("openapi", f"{file}: {where}: {what}")
     if not operations:
@@ -1336,13 +1497,63 @@ def apply(
         mutual_ssl=api_final.mutual_ssl,
         api_key=api_final.api_key,
         api_key_header=api_final.api_key_header,
+        api_key_query=api_final.api_key_query,
         jwt=api_final.jwt,
         basic_auth=api_final.basic_auth,
         any_of=api_final.any_of,
         operations=tuple(operations),
         openapi=Origin(file, context_from, definition.opened_by),
         throttling_from=tier_from,
+        backend_auth=backend_auth,
+        sandbox=sandbox,
+        credentials=(),
     )
+
+
+def _credentials(
+    definition: Definition,
+    api: ApiConfig,
+    operations: list[Operation],
+    toml_keys: frozenset[str],
+    r: TableReader,
+    resolver: Resolver,
+) -> tuple[BackendAuth | None, Endpoints | None, list[Operation]]:
+    """The backends' credentials for the API's production and sandbox endpoints and each
+    operation's own (``Resolver``); a [[apis.backend_credentials]] entry naming no
+    endpoint of this API is an error listing those it has."""
+    entries = resolver.entries
+    backend_auth = api.backend_auth
+    known: dict[str, None] = {PRODUCTION: None}
+    if "backend" in toml_keys or "backends" in toml_keys:  # the TOML's backend, not the
+        entry = entries.get(PRODUCTION)                    # definition's endpoint
+        if entry is not None:
+            resolver.used.add(PRODUCTION)
+            backend_auth = BackendAuth(entry.username, entry.password,
+                                       f"{entry.where}.password_file")
+    elif definition.production is not None:
+        known[definition.production.name] = None
+        backend_auth = resolver.resolve(definition.production, PRODUCTION, api_level=True).auth
+    sandbox = definition.sandbox
+    if sandbox is not None:
+        known[SANDBOX] = known[sandbox.name] = None
+        sandbox = resolver.resolve(sandbox, SANDBOX, api_level=True)
+    out = []
+    for op in operations:
+        for found in (op.production, op.sandbox):
+            if found is not None:
+                known[found.name] = None
+        if op.production is not None:
+            op = dataclasses.replace(
+                op, production=resolver.resolve(op.production, PRODUCTION, api_level=False))
+        if op.sandbox is not None:
+            op = dataclasses.replace(
+                op, sandbox=resolver.resolve(op.sandbox, SANDBOX, api_level=False))
+        out.append(op)
+    for name, entry in entries.items():
+        if name not in resolver.used:
+            r.problems.add(f"{entry.where}.endpoint", f"this API has no endpoint named "
+                           f"{name!r}; its endpoints: {', '.join(map(repr, known))}")
+    return backend_auth, sandbox, out
 
 
 def security_changes(api: ApiConfig) -> list[str]:
@@ -1385,7 +1596,10 @@ def describe_security(api: ApiConfig) -> str:
         aliases = f"[{','.join(sorted(api.aliases))}]" if api.aliases is not None else ""
         parts.append(f"mutual_ssl{aliases}:{api.mutual_ssl.value}")
     header = "" if api.api_key_header == WSO2_API_KEY_HEADER else f"({api.api_key_header})"
-    names = {"api_key": f"api_key{header}", "jwt": "jwt", "basic_auth": "basic_auth"}
+    if api.api_key_query is not None:
+        header = f"(query {api.api_key_query})"
+    bearer = "" if api.auth_header.lower() == "authorization" else f"({api.auth_header})"
+    names = {"api_key": f"api_key{header}", "jwt": f"jwt{bearer}", "basic_auth": "basic_auth"}
     group = [s for s in APPLICATION if s in api.any_of and getattr(api, s) is not
              Mode.DISABLED]
     for scheme in APPLICATION:
@@ -1440,8 +1654,9 @@ def read_api(r: TableReader, *, has_jwt_issuers: bool) -> ApiConfig | None:
         r.seen.update(r.table)
         return None
     toml_keys = frozenset(r.table)
+    optional = _backend_optional(definition, r.table)
     r = TableReader(r.file, merged(definition, r.table), r.path, r.problems, {"openapi"})
-    api = read_table(r)
+    api = read_table(r, backend_optional=optional)
     if api is None:
         return None
     return apply(definition, api, r, toml_keys, jwt_issuers=has_jwt_issuers)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twistedgw.config._base import Mode
+from twistedgw.config._endpoints import Endpoints
 
 WSO2_API_KEY_HEADER = "apikey"
 #: The throttling policy that means no limit (WSO2's name).
@@ -38,6 +39,9 @@ class Security:
     jwt: Mode = Mode.DISABLED
     basic_auth: Mode = Mode.DISABLED  # HTTP Basic, [[basic_users]]
     any_of: frozenset[str] = frozenset()  # of "api_key", "jwt", "basic_auth"
+    # An OpenAPI apiKey scheme "in: query": the key is this query parameter (removed
+    # before forwarding), not a header.
+    api_key_query: str | None = None
 
     @property
     def open(self) -> bool:
@@ -116,6 +120,10 @@ class Operation:
     # is open when it is: for check's lines on what the TOML changed.
     defined: Security | None = field(default=None, compare=False)
     opened_by: str = field(default="", compare=False)
+    # Its own x-wso2-production-endpoints / x-wso2-sandbox-endpoints (the operation's,
+    # else its path item's); None: the API's.
+    production: Endpoints | None = None
+    sandbox: Endpoints | None = None
 
 
 @dataclass(frozen=True)

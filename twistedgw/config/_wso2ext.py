@@ -52,10 +52,6 @@ class Extension:
         return self.levels.get(level)
 
 
-def _same(value: Any, *words: str) -> bool:
-    return isinstance(value, str) and value.strip().lower() in words
-
-
 def _cors(value: Any) -> str | None:
     if isinstance(value, dict) and value.get("corsConfigurationEnabled") is False:
         return ("CORS is disabled here (corsConfigurationEnabled: false), so no CORS headers "
@@ -68,22 +64,8 @@ def _cache(value: Any) -> str | None:
     return "" if isinstance(value, dict) and value.get("enabled") is False else None
 
 
-def _transports(value: Any) -> str | None:
-    if isinstance(value, list) and {str(v).lower() for v in value} == {"http", "https"}:
-        return ""  # both, as every API is served today
-    return None
-
-
-def _auth_header(value: Any) -> str | None:
-    return "" if _same(value, "authorization") else None
-
-
 def _disabled(value: Any) -> str | None:
     return "" if value is False else None
-
-
-def _endpoint_security(value: Any) -> str | None:
-    return "" if isinstance(value, dict) and value.get("enabled") is False else None
 
 
 _HONOURED_API = {API: Support.HONOURED}
@@ -98,14 +80,15 @@ EXTENSIONS: tuple[Extension, ...] = (
         "the API's context"),
     Extension(
         "x-wso2-production-endpoints",
-        {API: Support.HONOURED, RESOURCE: Support.NOT_YET},
+        {API: Support.HONOURED, RESOURCE: Support.HONOURED},
         "the backend: urls, type (load_balance, failover, http), or \"#/x-wso2-endpoints/NAME\"",
-        "at the API level the backends and backend_mode; per path or operation, endpoints of "
-        "their own would need routing by operation to several backends"),
+        "the API's backends and backend_mode; on a path or an operation, its own (the "
+        "operation's wins over its path's)"),
     Extension(
-        "x-wso2-sandbox-endpoints", {API: Support.NOT_YET, RESOURCE: Support.NOT_YET},
+        "x-wso2-sandbox-endpoints", {API: Support.HONOURED, RESOURCE: Support.HONOURED},
         "the backend for callers whose credential is a sandbox one",
-        "sandbox credentials would reach the production backend"),
+        "callers whose token says keytype SANDBOX, or whose [[api_keys]] entry says keytype "
+        "= \"sandbox\", go there (401 where there is none)"),
     Extension(
         "x-wso2-endpoints", _HONOURED_API,
         "named endpoints that x-wso2-production-endpoints refers to",
@@ -146,19 +129,20 @@ EXTENSIONS: tuple[Extension, ...] = (
         "api_key, oauth2 (as JWTs from [[jwt_issuers]]) and basic_auth ([[basic_users]])",
         security=True),
     Extension(
-        "x-wso2-auth-header", {API: Support.NOT_YET},
+        "x-wso2-auth-header", {API: Support.HONOURED},
         "the header that carries the bearer token",
-        "tokens are read from Authorization only (Authorization is accepted)",
-        inert=_auth_header, security=True),
+        "bearer tokens are read from that header (auth_header), which is removed before "
+        "forwarding unless forward_authorization", security=True),
     Extension(
         "x-wso2-api-key-header", _HONOURED_API,
         "the header that carries the API key (API Manager 4)",
         "the header the API key is read from (and removed before forwarding)"),
     Extension(
-        "x-wso2-transports", {API: Support.NOT_YET},
+        "x-wso2-transports", {API: Support.HONOURED},
         "the transports the API is served on: http, https",
-        "every API is served on every listener ([http, https] is accepted)",
-        inert=_transports, security=True),
+        "transports: https only answers a plain request 403 (a trusted proxy's "
+        "X-Forwarded-Proto: https counts as https); http only answers https with 404, as the "
+        "Microgateway serves it on its HTTP listener only", security=True),
     Extension(
         "x-wso2-mutual-ssl", _HONOURED_API,
         "the transport level: mutual TLS mandatory or optional", "mutual_ssl", security=True),
@@ -191,10 +175,10 @@ EXTENSIONS: tuple[Extension, ...] = (
         "Choreo Connect: HTTP/2 to the backend",
         "twistedgw speaks HTTP/1.1 to backends (false is accepted)", inert=_disabled),
     Extension(
-        "securityConfig", {ENDPOINT: Support.NOT_YET},
+        "securityConfig", {ENDPOINT: Support.HONOURED},
         "credentials the gateway sends to the backend (type: basic, username, password)",
-        "the backend would stop receiving its credentials (enabled: false is accepted)",
-        inert=_endpoint_security),
+        "Authorization: Basic to the backend (the client's is replaced); the password from "
+        "NAME_prod_basic_password / NAME_sand_basic_password or [[apis.backend_credentials]]"),
     Extension(
         "advanceEndpointConfig", {ENDPOINT: Support.REFUSED},
         "timeouts, retries and circuit breakers for the endpoint",

@@ -378,12 +378,17 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
 def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: HeaderEdit) -> None:
     """Allowed: read the body (only now), then hand the exchange to the forwarder."""
 
+    target, alternatives = route.backend_target, route.alternatives
+    call = exchange.call
+    if call is not None and call.sandbox:  # authentication chose the sandbox endpoint
+        target, alternatives = route.sandbox[0], route.sandbox[1:]
+
     def send(body: IO[bytes] | None, size: int) -> None:
         # The set headers' names need not be removed as well: the forwarder drops every
         # client-sent header named in add_headers.
         gateway.forwarder.forward(
             exchange,
-            route.backend_target,
+            target,
             body=body,
             body_size=size,
             add_headers=list(edit.set_values.values()),
@@ -391,7 +396,7 @@ def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: He
             on_done=lambda r: exchange.record(gateway, r.status, r.bytes_sent, r.error_kind),
             backend_timeout=route.api.backend_timeout,
             on_answer=exchange.transform_answer if route.pipeline else None,
-            alternatives=route.alternatives,
+            alternatives=alternatives,
             send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
             trace=exchange.trace,
         )
@@ -477,6 +482,12 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
 def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -> None:
     call = exchange.call
     assert call is not None and call.api is not None
+    if call.sandbox:  # the proxy that asked forwards to its own backend, never a sandbox one
+        answer_error(gateway, exchange, errors.forbidden(
+            "a sandbox credential goes to the API's sandbox endpoint, which only the gateway "
+            "itself can choose: serve this API through the gateway, not the authz endpoint"),
+            verdicts.NO_STORE)
+        return
     headers = answer_headers()
     headers.extend(verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)))
     headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from twistedgw import _hosts, errors
+from twistedgw import _hosts, _query, errors
 from twistedgw.config import ApiConfig, Operation
 from twistedgw.errors import GatewayError
 
@@ -185,6 +185,9 @@ class Route(NamedTuple):
     # error (404 900906, or 405 with ``allow`` as the Allow header) instead of forwarding.
     unmatched: GatewayError | None = None
     allow: bytes = b""
+    # The sandbox endpoint's targets in the order to try them (empty: there is none), for
+    # a caller whose credential is a sandbox one (``Call.sandbox``).
+    sandbox: tuple[bytes, ...] = ()
 
     @property
     def security_api(self) -> ApiConfig:
@@ -556,8 +559,10 @@ class Router:
             for a in ordered
             if a.operations is not None
         }
-        self._turns = {id(a): itertools.count() for a in ordered if len(a.endpoints) > 1}
-        self._several = {id(a): a.endpoints for a in ordered if len(a.endpoints) > 1}
+        # Per API config (the API's, or an operation's variant): its production and
+        # sandbox endpoints; one round-robin turn per distinct endpoint.
+        self._plans: dict[int, _Plan] = {}
+        self._backends: dict[tuple[tuple[str, ...], str], _Backends] = {}
 
     def route(
         self,
@@ -599,16 +604,59 @@ class Router:
                     if refused is not None:
                         return Route(api, b"", pipeline, unmatched=refused)
                     operation, effective, pipeline = found
-                endpoints = self._several.get(id(api))
-                if endpoints is None:
-                    target = _target(api.backend, rest, query)
-                    return Route(api, target, pipeline, (), operation, effective)
-                if api.backend_mode == "load_balance":
-                    turn = next(self._turns[id(api)]) % len(endpoints)
-                    endpoints = endpoints[turn:] + endpoints[:turn]
-                targets = [_target(b, rest, query) for b in endpoints]
-                return Route(api, targets[0], pipeline, tuple(targets[1:]), operation, effective)
+                conf = effective if effective is not None else api
+                plan = self._plans.get(id(conf))
+                if plan is None:
+                    plan = self._plan(conf)
+                production, sandbox, strip = plan
+                if strip is not None:  # an API key in the query is the gateway's, not the
+                    query = _query.without(query, strip)  # backend's
+                targets = production.targets(rest, query) if production else (b"",)
+                return Route(api, targets[0], pipeline, targets[1:], operation, effective,
+                             sandbox=sandbox.targets(rest, query) if sandbox else ())
         return None
+
+    def _plan(self, conf: ApiConfig) -> _Plan:
+        """``conf``'s production and sandbox backends, and the query parameter its API key
+        is sent in (made once per config: the configs live in this router as long as it
+        does, so their ids stay theirs)."""
+        out: list[_Backends | None] = []
+        for urls, mode in ((conf.endpoints, conf.backend_mode),
+                           (conf.sandbox.urls, conf.sandbox.mode) if conf.sandbox else ((), "")):
+            if not urls:
+                out.append(None)
+                continue
+            backends = self._backends.get((urls, mode))
+            if backends is None:
+                backends = self._backends[(urls, mode)] = _Backends(urls, mode)
+            out.append(backends)
+        strip = conf.api_key_query.encode() if conf.api_key_query is not None else None
+        plan = self._plans[id(conf)] = (out[0], out[1], strip)
+        return plan
+
+
+_Plan = tuple["_Backends | None", "_Backends | None", "bytes | None"]
+
+
+class _Backends:
+    """One endpoint's URLs and how a request picks them: round-robin (``load_balance``,
+    one turn per endpoint, shared by every operation that uses it) or in the order
+    written (``failover``); the rest follow as alternatives."""
+
+    __slots__ = ("_turn", "urls")
+
+    def __init__(self, urls: tuple[str, ...], mode: str) -> None:
+        self.urls = urls
+        self._turn = itertools.count() if mode == "load_balance" and len(urls) > 1 else None
+
+    def targets(self, rest: bytes, query: bytes | None) -> tuple[bytes, ...]:
+        urls = self.urls
+        if len(urls) == 1:
+            return (_target(urls[0], rest, query),)
+        if self._turn is not None:
+            turn = next(self._turn) % len(urls)
+            urls = urls[turn:] + urls[:turn]
+        return tuple(_target(u, rest, query) for u in urls)
 
 
 def _by_host(

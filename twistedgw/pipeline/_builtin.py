@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistedgw import errors
+from twistedgw import _query, errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
 from twistedgw.identity import Outcome
@@ -69,8 +69,9 @@ class MutualSsl:
 
 @implementer(IScheme)
 class ApiKeys:
-    """API keys sent in the ``apikey`` header (or the one an OpenAPI apiKey scheme names),
-    stored only as SHA-256 digests."""
+    """API keys sent in the ``apikey`` header (or the header or query parameter an OpenAPI
+    apiKey scheme names), stored only as SHA-256 digests; a key's ``keytype`` says whether
+    its requests go to the sandbox endpoints."""
 
     name = "api_key"
 
@@ -79,11 +80,16 @@ class ApiKeys:
     ) -> None:
         self.mode = api.api_key
         self._header = api.api_key_header.lower().encode()
+        self._query = api.api_key_query.encode() if api.api_key_query is not None else None
         self._by_digest: Mapping[bytes, str] = {k.sha256: k.name for k in keys}
         self._owners: Mapping[str, str] = owners or {}  # key name -> its consumer
+        self._sandbox = frozenset(k.name for k in keys if k.sandbox)
 
     def authenticate(self, call: Call) -> SchemeResult:
-        values = call.request.headers.get(self._header)
+        if self._query is not None:  # apiKey "in: query" (the router removes it)
+            values: Sequence[bytes] = _query.values(call.request.query, self._query)
+        else:
+            values = call.request.headers.get(self._header)
         if not values:
             return SchemeResult(False, False, reason="no API key was presented")
         if len(values) > 1:
@@ -92,7 +98,8 @@ class ApiKeys:
         if name is None:
             return SchemeResult(False, True, reason="API key is not valid")
         return SchemeResult(
-            True, True, principal=f"apikey:{name}", consumer=self._owners.get(name)
+            True, True, principal=f"apikey:{name}", consumer=self._owners.get(name),
+            sandbox=name in self._sandbox,
         )
 
 

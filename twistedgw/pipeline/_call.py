@@ -88,6 +88,9 @@ class SchemeResult:
     # Answer this instead of 401 when this result decides a refusal: the scheme could
     # not judge (a password check pool that is full answers 503, not "invalid").
     error: GatewayError | None = None
+    # WSO2's key type of the credential: True sandbox, False production, None: the
+    # scheme's credentials carry none (certificates, passwords: production callers).
+    sandbox: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,9 @@ class Call:
     notes: dict[str, Any] = field(default_factory=dict)
     passed_schemes: tuple[str, ...] = ()  # the authentication schemes that passed, by name
     trace: RequestTrace | None = None
+    # A credential that passed is a sandbox one (a token's keytype SANDBOX, a sandbox
+    # API key): the request goes to the API's sandbox endpoints.
+    sandbox: bool = False
 
 
 class HeaderEdit:

@@ -32,6 +32,7 @@ from twistedgw.pipeline._builtin import (
 )
 from twistedgw.pipeline._consumers import ConsumerMapping, Directory, IdentityRules
 from twistedgw.pipeline._discovery import Installed, installed
+from twistedgw.pipeline._endpoints import BackendCredentials, EndpointChoice
 from twistedgw.pipeline._interfaces import (
     IAuthoriser,
     ICertificateCheck,
@@ -39,10 +40,11 @@ from twistedgw.pipeline._interfaces import (
     IResponseTransform,
     IScheme,
 )
-from twistedgw.pipeline._jwt import STRIP_AUTHORIZATION, issuers_of, jwks_urls, scheme_for
+from twistedgw.pipeline._jwt import issuers_of, jwks_urls, scheme_for, strip_for
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Pipeline
 from twistedgw.pipeline._throttling import policy_stage
+from twistedgw.pipeline._transports import Transports
 
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
@@ -145,11 +147,14 @@ def compile_pipelines(
     # An OpenAPI API gets one more pipeline per distinct operation security (its plugin
     # problems are reported once, for the API itself).
     for api, own in with_variants(config.apis):
+        guards: list[Named] = []
         checks: list[Named] = []
         schemes: list[Named] = []
         authorisers: list[Named] = []
         request_transforms: list[Named] = []
         response_transforms: list[Named] = []
+        if Transports.needed(api):
+            guards.append(Named("transports", Transports(api, config.mutual_ssl)))
         if revocation_stage is not None:
             checks.append(Named("revocation", revocation_stage))
         if api.identities:
@@ -169,6 +174,8 @@ def compile_pipelines(
             schemes.append(Named("basic_auth", BasicAuth(
                 api, config.basic_users, shared.passwords, directory.user_owners
             ), group=level("basic_auth")))
+        if EndpointChoice.needed(api):  # right after authentication decided the key type
+            authorisers.append(Named("endpoints", EndpointChoice(api)))
         if directory or api.consumers is not None:
             authorisers.append(Named("consumers", ConsumerMapping(api, directory)))
         for spec in api.plugins:
@@ -197,12 +204,15 @@ def compile_pipelines(
             # not spend what every caller shares. The authz endpoint counts it too.
             authorisers.append(Named("throttling", policy))
         if api.jwt is not Mode.DISABLED and not api.forward_authorization:
-            request_transforms.append(Named("authorization", STRIP_AUTHORIZATION))
+            request_transforms.append(Named("authorization", strip_for(api)))
         if api.basic_auth is not Mode.DISABLED:
             request_transforms.append(Named("basic_authorization", STRIP_BASIC_AUTHORIZATION))
         request_transforms.append(Named("identity", identity))
+        if BackendCredentials.needed(api):  # last: the backend's own Authorization
+            request_transforms.append(Named("backend_credentials", BackendCredentials(api)))
         out[api] = Pipeline(
             api,
+            guards=tuple(guards),
             checks=tuple(checks),
             schemes=tuple(schemes),
             authorisers=tuple(authorisers),

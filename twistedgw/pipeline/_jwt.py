@@ -56,6 +56,7 @@ BAD_ALGORITHM = "token algorithm is not allowed"
 NOT_BOUND = "token is not bound to the presented certificate"
 NO_CERTIFICATE = "token is bound to a certificate but none was presented"
 NOT_A_JWT = "token is not a valid JWT"
+BAD_KEYTYPE = "token keytype is neither PRODUCTION nor SANDBOX"
 
 CHALLENGE_NONE = b"Bearer"
 CHALLENGE_INVALID = b'Bearer error="invalid_token"'
@@ -199,6 +200,7 @@ class JwtScheme:
     ) -> None:
         self.mode = api.jwt
         self._bound = api.certificate_bound
+        self._header = api.auth_header.lower().encode()  # x-wso2-auth-header, else Authorization
         self._by_iss = {i.config.issuer: i for i in issuers}
         self._now = now
         # Tokens whose signature verified, by SHA-256 of the token: a client
@@ -207,7 +209,7 @@ class JwtScheme:
         self._verified: dict[bytes, _Verified] = {}
 
     def authenticate(self, call: Call) -> SchemeResult | Deferred[SchemeResult]:
-        values = [v for v in call.request.headers.get(AUTHORIZATION) if _is_bearer(v)]
+        values = [v for v in call.request.headers.get(self._header) if _is_bearer(v)]
         if not values:
             return SchemeResult(False, False, reason=NO_TOKEN, challenge=CHALLENGE_NONE)
         try:
@@ -326,7 +328,8 @@ class JwtScheme:
         if cfg.consumer_claim is not None:
             named = claims.get(cfg.consumer_claim)
             consumer = named if isinstance(named, str) and named else None
-        return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims)
+        return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims,
+                            sandbox=_sandbox(claims))
 
     def _check_claims(self, claims: Mapping[str, Any], cfg: JwtIssuer) -> None:
         now = self._now()
@@ -369,6 +372,20 @@ class JwtScheme:
             raise _Fail(NOT_BOUND)
 
 
+def _sandbox(claims: Mapping[str, Any]) -> bool:
+    """WSO2's ``keytype`` claim: SANDBOX sends the request to the sandbox endpoints;
+    PRODUCTION, or no claim, to production. Any other value is refused rather than
+    guessed at (the Microgateway sends it to sandbox or production depending on which
+    endpoints the API has)."""
+    keytype = claims.get("keytype")
+    if keytype is None:
+        return False
+    spelled = keytype.strip().upper() if isinstance(keytype, str) else None
+    if spelled not in ("PRODUCTION", "SANDBOX"):
+        raise _Fail(BAD_KEYTYPE)
+    return spelled == "SANDBOX"
+
+
 def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
@@ -391,14 +408,23 @@ def _failed(reason: str) -> SchemeResult:
 
 @implementer(IRequestTransform)
 class StripAuthorization:
-    """The bearer token is for the gateway: the backend gets no ``Authorization`` unless
-    the API says ``forward_authorization = true``."""
+    """The bearer token is for the gateway: the backend gets no ``Authorization`` (or the
+    header ``x-wso2-auth-header`` names) unless the API says ``forward_authorization``."""
+
+    def __init__(self, header: bytes = AUTHORIZATION) -> None:
+        self._header = header
 
     def transform_request(self, call: Call, edit: HeaderEdit) -> None:
-        edit.remove(AUTHORIZATION)
+        edit.remove(self._header)
 
 
 STRIP_AUTHORIZATION = StripAuthorization()
+
+
+def strip_for(api: ApiConfig) -> StripAuthorization:
+    """The transform that removes ``api``'s bearer token header."""
+    header = api.auth_header.lower().encode()
+    return STRIP_AUTHORIZATION if header == AUTHORIZATION else StripAuthorization(header)
 
 
 def issuers_of(

@@ -1,6 +1,7 @@
 """An API's compiled pipeline and the loop that runs a request through it.
 
-Stages, in order: certificate checks (revocation, identity rules), authenticate
+Stages, in order: guards (the transports an API is served over), certificate checks
+(revocation, identity rules), authenticate
 (every scheme, combined by the WSO2 rule), authorise, request transforms. Then
 the HTTP front forwards, runs the response transforms on the answer and
 observes. A pipeline is built once per API when a config is loaded and never
@@ -78,6 +79,9 @@ class Pipeline:
 
     api: ApiConfig
     checks: tuple[Named, ...] = ()  # ICertificateCheck
+    # IAuthoriser stages that run before anything else (x-wso2-transports): a request the
+    # API does not serve is refused before its credentials are looked at.
+    guards: tuple[Named, ...] = ()
     schemes: tuple[Named, ...] = ()  # IScheme, disabled ones left out
     authorisers: tuple[Named, ...] = ()  # IAuthoriser
     request_transforms: tuple[Named, ...] = ()  # IRequestTransform
@@ -85,6 +89,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         for group, iface in (
+            (self.guards, IAuthoriser),
             (self.checks, ICertificateCheck),
             (self.schemes, IScheme),
             (self.authorisers, IAuthoriser),
@@ -95,6 +100,8 @@ class Pipeline:
                 if not iface.providedBy(named.stage):
                     raise TypeError(f"{named.name!r} does not provide {iface.__name__}")
         steps: list[tuple[str, _Step, bool]] = []
+        for named in self.guards:
+            steps.append((named.name, _authorise_step(named.stage), named.in_authz))
         for named in self.checks:
             steps.append((named.name, _check_step(named.stage), named.in_authz))
         if self.schemes:
@@ -314,6 +321,11 @@ def combine(
     ordered = sorted(zip(schemes, results, strict=True),  # mandatory levels' first
                      key=lambda pair: pair[0].stage.mode is not _MANDATORY)
     call.passed_schemes = tuple(named.name for named, result in ordered if result.passed)
+    key_types = {r.sandbox for r in results if r.passed and r.sandbox is not None}
+    if len(key_types) > 1:  # which endpoints would it go to?
+        return _refuse(errors.invalid_credentials(
+            "a production and a sandbox credential were offered together"), ())
+    call.sandbox = True in key_types
     for named, result in ordered:
         if not result.passed:
             continue
@@ -349,6 +361,7 @@ def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | Non
         return _refuse(_error(result), (result,))
     principal, consumer = result.principal, result.consumer
     call.passed_schemes = named.alone
+    call.sandbox = result.sandbox is True
     call.principals = (principal,) if principal else ()
     call.presented_consumers = (consumer,) if consumer else ()
     if named.name == "mutual_ssl":

@@ -229,7 +229,8 @@ def build(
     default = load(config.backend_tls, "backend_tls")
     backends: list[tuple[str, BackendPolicy]] = []
     for path, api in zip(api_paths, config.apis, strict=True):
-        https = [url for url in api.endpoints if url.startswith("https://")]  # all backends
+        # all backends: production, sandbox, and each operation's own
+        https = [url for url in api.all_urls if url.startswith("https://")]
         if not https:
             continue
         policy = (
