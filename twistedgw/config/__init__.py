@@ -21,6 +21,7 @@ from twistedgw.config._base import (
 from twistedgw.config._basic_users import BasicUser, hash_problem
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
+from twistedgw.config._cors import CorsConfig, normal_origin
 from twistedgw.config._errors import ERROR_STYLES, ErrorsConfig
 from twistedgw.config._gateway import (
     GatewayConfig,
@@ -91,6 +92,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "Consumer",
+    "CorsConfig",
     "ErrorsConfig",
     "GatewayConfig",
     "IdentityConfig",
@@ -118,6 +120,7 @@ __all__ = [
     "load",
     "load_partial",
     "matches_any",
+    "normal_origin",
     "ocsp_origin",
     "operation_config",
     "operation_key",

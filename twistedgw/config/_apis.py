@@ -23,6 +23,7 @@ from twistedgw.config._base import (
     read_mode,
     string_list,
 )
+from twistedgw.config._cors import CorsConfig, read_cors
 from twistedgw.config._endpoints import (
     PRODUCTION,
     BackendAuth,
@@ -121,6 +122,9 @@ class ApiConfig:
     # [[apis.backend_credentials]] as read, for a definition's endpoints (resolved by
     # ``_openapi.apply``, then dropped).
     credentials: tuple[CredentialEntry, ...] = field(default=(), compare=False, repr=False)
+    # [apis.cors] (or the definition's x-wso2-cors): the gateway answers preflights and
+    # adds the Access-Control-* headers (http/_cors.py); None: no CORS headers at all.
+    cors: CorsConfig | None = None
 
     @property
     def label(self) -> str:
@@ -211,6 +215,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
+    cors = read_cors(r.sub("cors")) if "cors" in r.table else None
+    r.seen.add("cors")
     tiers = []
     for t in r.tables("tiers"):
         alias = t.get("alias", str, None)  # type: ignore[arg-type]
@@ -322,6 +328,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         credentials=credentials,
         auth_header=auth_header,
         transports=transports,
+        cors=cors,
     )
 
 

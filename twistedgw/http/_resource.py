@@ -32,6 +32,7 @@ from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
+from twistedgw.http import _cors as cors
 from twistedgw.http import _tracing as tracing
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
@@ -356,6 +357,8 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
     if route is None or route.pipeline is None:
         answer_error(gateway, exchange, errors.not_found(routed.path.decode("latin-1")))
         return
+    if route.api.cors is not None and cors.intercept(gateway, exchange, route.api):
+        return  # a preflight, answered before operation matching and authentication
     if route.unmatched is not None:  # an OpenAPI API without this operation
         exchange.api = route.api
         allow = ((b"Allow", route.allow),) if route.allow else ()
