@@ -16,6 +16,9 @@ from twistedgw.testing.devpki import DevPki
 CASES = {
     "cors": ('[apis.cors]\nallow_origins = ["https://app.example.com"]\n',
              "CORS ([apis.cors], x-wso2-cors): twistedgw answers preflights"),
+    "response cache": ("[apis.response_cache]\ntimeout_seconds = 60\n",
+                       "Response cache ([apis.response_cache], x-wso2-response-cache): "
+                       "twistedgw keeps answers per caller"),
 }
 
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from twistedgw.config import (
     SniEntry,
     TlsConfig,
 )
-from twistedgw.http import Router
+from twistedgw.http import ResponseStore, Router, Served
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
 from twistedgw.tls import _backend as backendtls
@@ -59,6 +60,8 @@ class Runtime:
     # Worth saying but not refusing (file: dotted key: message): `check` prints them,
     # start and reload log them.
     warnings: tuple[str, ...] = ()
+    # What the gateway serves itself (the response cache): None when no API needs it.
+    served: Served | None = None
 
 
 @dataclass
@@ -394,7 +397,15 @@ def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runt
         backend_tls=material.backend_tls,
         shared=shared,
         warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
+        served=_served(config),
     )
+
+
+def _served(config: GatewayConfig) -> Served | None:
+    """This Runtime's response cache (a reload starts an empty one), if an API has one."""
+    if not any(api.response_cache is not None for api in config.apis):
+        return None
+    return Served(ResponseStore(config.response_cache, time.monotonic))
 
 
 def load(

@@ -48,6 +48,7 @@ from twistedgw.config._openapi import (
     with_variants,
 )
 from twistedgw.config._operations import UNLIMITED, Operation, ResourceThrottle, Security
+from twistedgw.config._response_cache import ApiCache, ResponseCacheConfig
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 from twistedgw.config._throttling import TIME_UNITS, ThrottlingPolicy, policy_table
 from twistedgw.config._tls import (
@@ -84,6 +85,7 @@ __all__ = [
     "UNLIMITED",
     "AccessLogConfig",
     "AdminConfig",
+    "ApiCache",
     "ApiConfig",
     "ApiKey",
     "AuthzConfig",
@@ -108,6 +110,7 @@ __all__ = [
     "PluginSpec",
     "ProblemList",
     "ResourceThrottle",
+    "ResponseCacheConfig",
     "Security",
     "SniEntry",
     "TableReader",

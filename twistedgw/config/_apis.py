@@ -32,6 +32,7 @@ from twistedgw.config._endpoints import (
     read_backend_credentials,
 )
 from twistedgw.config._operations import Operation, Origin, ResourceThrottle
+from twistedgw.config._response_cache import ApiCache, read_api_cache
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
@@ -125,6 +126,9 @@ class ApiConfig:
     # [apis.cors] (or the definition's x-wso2-cors): the gateway answers preflights and
     # adds the Access-Control-* headers (http/_cors.py); None: no CORS headers at all.
     cors: CorsConfig | None = None
+    # [apis.response_cache] (or x-wso2-response-cache): GET answers kept per caller
+    # (http/_cache.py); None: never cached.
+    response_cache: ApiCache | None = None
 
     @property
     def label(self) -> str:
@@ -217,6 +221,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     cors = read_cors(r.sub("cors")) if "cors" in r.table else None
     r.seen.add("cors")
+    cache = read_api_cache(r.sub("response_cache")) if "response_cache" in r.table else None
+    r.seen.add("response_cache")
     tiers = []
     for t in r.tables("tiers"):
         alias = t.get("alias", str, None)  # type: ignore[arg-type]
@@ -329,6 +335,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         auth_header=auth_header,
         transports=transports,
         cors=cors,
+        response_cache=cache,
     )
 
 
