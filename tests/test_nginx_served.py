@@ -14,6 +14,8 @@ from twistedgw.app import _nginxconf as nginxconf
 from twistedgw.testing.devpki import DevPki
 
 CASES = {
+    "resource": ('backend = "resource:twisted.web.static:Data"\n',
+                 "The backend is a Twisted resource inside twistedgw (resource:)"),
     "cors": ('[apis.cors]\nallow_origins = ["https://app.example.com"]\n',
              "CORS ([apis.cors], x-wso2-cors): twistedgw answers preflights"),
     "response cache": ("[apis.response_cache]\ntimeout_seconds = 60\n",
@@ -27,8 +29,9 @@ def test_api_takes_the_gateway_path_with_its_reason(
     tmp_path: Path, pki: DevPki, feature: str
 ) -> None:
     table, reason = CASES[feature]
+    backend = "" if table.startswith("backend") else 'backend = "http://127.0.0.1:8080/x"\n'
     extra = ('\n[[apis]]\nname = "Extra"\nversion = "1"\ncontext = "/extra"\n'
-             'backend = "http://127.0.0.1:8080/extra"\n' + table)
+             + backend + table)
     cfg = configmod.load(_config(tmp_path, pki, extra))
     index = next(i for i, api in enumerate(cfg.apis) if api.context == "/extra")
     text = nginxconf.render(cfg).text

@@ -436,6 +436,9 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
     if api.context in hosted:
         # NGINX's location (and the verdict cache key) would name one API for every host.
         return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
+    if api.in_process:
+        return ("The backend is a Twisted resource inside twistedgw (resource:): only "
+                "twistedgw can serve it")
     if api.cors is not None:
         return ("CORS ([apis.cors], x-wso2-cors): twistedgw answers preflights before "
                 "authentication and adds the Access-Control headers")

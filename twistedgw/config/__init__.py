@@ -7,7 +7,14 @@ in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 from twistedgw.config._access_log import AccessLogConfig
 from twistedgw.config._admin import AdminConfig
 from twistedgw.config._api_keys import ApiKey
-from twistedgw.config._apis import BACKEND_MODES, CERTIFICATE_BOUND, ApiConfig, PluginSpec, Tier
+from twistedgw.config._apis import (
+    BACKEND_MODES,
+    CERTIFICATE_BOUND,
+    RESOURCE,
+    ApiConfig,
+    PluginSpec,
+    Tier,
+)
 from twistedgw.config._authz import AuthzConfig
 from twistedgw.config._backend_tls import HOSTNAME_RE, BackendTlsConfig
 from twistedgw.config._base import (
@@ -78,6 +85,7 @@ __all__ = [
     "IDENTITY_FORWARD",
     "JWT_ALGORITHMS",
     "ON_FAILURE",
+    "RESOURCE",
     "REVOCATION_MODES",
     "TIME_UNITS",
     "TLS_PROFILES",
