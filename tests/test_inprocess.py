@@ -246,3 +246,24 @@ def test_twistd_tac_supplies_the_resource(tmp_path: Path, pki: DevPki,
     assert done.returncode == 2, done.stderr
     assert "apis[0].backend: 'resource:' is supplied by the application that embeds " \
            "twistedgw" in done.stderr
+
+
+def test_each_worker_imports_the_resource(tmp_path: Path, pki: DevPki) -> None:
+    """workers = 2: the parent hands the listener to two worker processes, each of which
+    imports the resource itself and serves the API."""
+    port = free_port()
+    apis = [{"name": "app", "context": "/app", "backend": "resource:tests.embedapp:root",
+             "mutual_ssl": "mandatory"}]
+    text = "workers = 2\n" + gateway_config(pki, apis, port=port)
+    gw = start_gateway(tmp_path / "gw", text, port)
+    try:
+        wait_until(lambda: gw.output().count("Started worker") >= 2, what="two workers")
+        for _ in range(4):
+            ok = get(port, "/app/ok", pki, "partner-app")
+            assert ok.status == 200 and ok.body == b"ok"
+        assert get(port, "/app/ok", pki).status == 401
+    except BaseException:
+        print(gw.output())
+        raise
+    finally:
+        gw.stop()
