@@ -222,6 +222,29 @@ def test_hits_misses_age_and_head() -> None:
     assert serve(store, backend)[0].cache == "miss"
 
 
+def test_answers_in_flight_are_bounded_and_released() -> None:
+    """Copies of answers still streaming count against max_bytes too, and are let go
+    however the exchange ends (a client that leaves never finishes its answer)."""
+    clock = Clock()
+    store = cache.ResponseStore(ResponseCacheConfig(max_bytes=90, max_entry_bytes=60), clock)
+
+    class Held(Backend):
+        def forward(self, exchange: Any, target: bytes, *, on_done: Any = None,
+                    on_answer: Any = None, **kw: Any) -> None:
+            self.done = on_done
+            on_answer(200, [])
+            exchange.responder.start_response(200, [], None)
+            exchange.responder.write(b"x" * 50)
+
+    first, second = Held(h()), Held(h())
+    serve(store, first)
+    assert store.pending == 50
+    serve(store, second, query=b"2")
+    assert store.pending == 50  # the second copy would pass max_bytes: not kept
+    first.done(ForwardResult(499, 50, "client_gone"))  # its client left
+    assert store.pending == 0 and len(store) == 0
+
+
 def test_what_is_never_kept() -> None:
     clock = Clock()
     bounds = ResponseCacheConfig(max_entry_bytes=10)

@@ -15,8 +15,9 @@ shared cache may keep (RFC 9111 as a gateway applies it): never ``no-store``,
 Manager's cache does). Requests with a body or a ``Range`` pass by.
 
 The store is bounded per worker in entries, bytes and bytes per answer (larger
-answers stream through as before and are never buffered whole); least recently
-used entries go first. It belongs to one Runtime: a reload starts an empty one.
+answers stream through as before and are never buffered whole), and the copies of
+answers still streaming count against the bytes too; least recently used entries go
+first. It belongs to one Runtime: a reload starts an empty one.
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ class ResponseStore:
         self._entries: OrderedDict[tuple[Any, ...], Stored] = OrderedDict()
         self._vary: dict[tuple[Any, ...], tuple[tuple[bytes, ...], set[tuple[Any, ...]]]] = {}
         self.bytes = 0
+        # Bytes held by answers being copied as they stream (not yet complete): at most
+        # max_bytes as well, however many cacheable answers are in flight at once.
+        self.pending = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -269,28 +273,43 @@ class _Capture:
         if status != 200 or self.head is None or (
             length is not None and length > self._backend.store.bounds.max_entry_bytes
         ):
-            self._body = None
+            self._drop()
         self.status = status
         self._inner.start_response(status, headers, length, reason)
 
     def write(self, data: bytes) -> None:
         body = self._body
         if body is not None:
-            self._size += len(data)
-            if self._size > self._backend.store.bounds.max_entry_bytes:
-                self._body = None  # too large to keep: it streams on, never held whole
+            store = self._backend.store
+            bounds = store.bounds
+            if self._size + len(data) > bounds.max_entry_bytes or (
+                store.pending + len(data) > bounds.max_bytes
+            ):
+                self._drop()  # too large to keep (or too much in flight): it streams on
             else:
+                self._size += len(data)
+                store.pending += len(data)
                 body.append(data)
         self._inner.write(data)
 
+    def release(self) -> None:
+        """Forget the copy (the exchange is over)."""
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._body is not None:
+            self._backend.store.pending -= self._size
+            self._body = None
+
     def finish(self) -> None:
         self._inner.finish()
-        body, self._body = self._body, None
+        body = self._body
+        self._drop()
         if body is not None and self.head is not None and not self._inner.gone:
             self._backend.keep(self.head, b"".join(body))
 
     def abort(self) -> None:
-        self._body = None
+        self._drop()
         self._inner.abort()
 
     def register_producer(self, producer: IPushProducer) -> None:
@@ -331,10 +350,11 @@ class CachingBackend:
         on_answer: OnAnswer | None = None,
         **kwargs: Any,
     ) -> None:
-        def send(answered: OnAnswer | None) -> None:
+        def send(answered: OnAnswer | None,
+                 done: Callable[[ForwardResult], None] | None = on_done) -> None:
             self.inner.forward(
                 exchange, target, body=body, body_size=body_size, add_headers=add_headers,
-                remove_headers=remove_headers, on_done=on_done, on_answer=answered, **kwargs)
+                remove_headers=remove_headers, on_done=done, on_answer=answered, **kwargs)
 
         routed = exchange.routed
         if routed is None or not request_cacheable(exchange.method, exchange.fields, body_size):
@@ -359,7 +379,12 @@ class CachingBackend:
                 capture.head = list(headers)
             return on_answer(status, headers) if on_answer is not None else None
 
-        send(answered)
+        def done(result: ForwardResult) -> None:
+            capture.release()  # however it ended (a client that left never finishes it)
+            if on_done is not None:
+                on_done(result)
+
+        send(answered, done)
 
     def keep(self, head: Headers, body: bytes) -> None:
         """A complete 200 answer to a GET: keep it if its headers allow."""
