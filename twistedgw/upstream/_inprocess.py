@@ -11,7 +11,8 @@ the exchange the way the forwarder builds a backend's request head
 (``build_request_head``: the identity headers, ``X-Forwarded-*``, the removed and set
 headers, ``Host``), so it reads what a network backend would receive. The API's
 context is the request's ``prepath`` (and ``sitepath``), the rest its ``postpath``;
-``isSecure()``, ``getHost()`` and ``getClientAddress()`` say what the client used;
+``isSecure()``, ``getHost()`` and ``getClientAddress()`` say what the client used
+(``transport`` is None: the connection stays the gateway's);
 ``content`` is the request body; ``notifyFinish()`` fails when the client leaves;
 ``NOT_DONE_YET`` and later writes work, and producers registered on it are paused
 while the client's connection (or HTTP/2 stream) is full.
