@@ -287,7 +287,7 @@ http {{
 
 
 def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool,
-                 jwks: Path | None = None, tracing: str = "") -> str:
+                 jwks: Path | None = None, tracing: str = "", local: bool = False) -> str:
     listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
     if header_mode:
         listener += "tls = false\n"
@@ -317,6 +317,16 @@ certificate_header = "{ALB_HEADER}"
 header_encoding = "aws-alb"
 enable_client_validation = false
 trusted_proxies = ["127.0.0.1/32"]
+"""
+    if local:  # scenario E: the same answer from a Twisted resource inside the gateway
+        text += """
+[[apis]]
+name = "local"
+version = "1"
+context = "/local"
+backend = "resource:inprocess_app:root"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
 """
     if jwks is not None:  # scenario 7: the same backend behind mTLS + a JWT
         text += f"""
@@ -567,7 +577,7 @@ class Profile:
 
 
 ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
-       "nginx-fronted", "h2", "tracing")
+       "nginx-fronted", "h2", "tracing", "inprocess")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -610,7 +620,7 @@ class Bench:
                         str(self.work / "backend-error.log"), "-g", "daemon off;"],
             CORE_LOAD, self.work, backend)
         gateway_env = dict(os.environ)
-        gateway_env["PYTHONPATH"] = str(REPO)
+        gateway_env["PYTHONPATH"] = os.pathsep.join((str(REPO), str(HERE)))  # inprocess_app
         systems = [("gw-ec", "ec", False), ("ngx-ec", "ec", False)]
         if "handshake" in self.profile.scenarios:
             systems += [("gw-rsa", "rsa", False), ("ngx-rsa", "rsa", False)]
@@ -632,9 +642,10 @@ class Bench:
             port = self.ports[name] = free_port()
             if name.startswith("gw"):
                 conf = self.work / f"{name}.toml"
-                conf.write_text(gateway_conf(pki, port, backend, header_mode=header,
-                                             jwks=jwks if name == "gw-ec" else None,
-                                             tracing=tracing.get(name, "")))
+                conf.write_text(gateway_conf(
+                    pki, port, backend, header_mode=header,
+                    jwks=jwks if name == "gw-ec" else None, tracing=tracing.get(name, ""),
+                    local=name == "gw-ec" and "inprocess" in self.profile.scenarios))
                 argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
                 env = gateway_env
                 if name == "gw-base":
@@ -899,6 +910,17 @@ def scenario_tracing(b: Bench) -> list[dict[str, Any]]:
                       lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d))
         rows.append(row(label, "tracing", "off", s, "req/s", None, None))
     return rows
+
+
+def scenario_inprocess(b: Bench) -> list[dict[str, Any]]:
+    """The same gateway, the same mTLS API settings, the same answer: from a Twisted
+    resource inside the gateway (A) or from the loopback NGINX backend (B), interleaved.
+    Requests per second of the gateway's CPU (the backend's own CPU is not counted)."""
+    d = b.profile.duration
+    s = b.compare(lambda: b.wrk("gw-ec-keepalive", "/local/small", 32, d),
+                  lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d), key="rps_per_cpu")
+    return [row("E keep-alive, in-process resource vs loopback backend, 32 conns",
+                "in-process", "loopback", s, "req/s per gateway CPU", None, None)]
 
 
 def scenario_handshake(b: Bench) -> list[dict[str, Any]]:
@@ -1275,7 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
                          ("sweep", None), ("latency", scenario_latency),
                          ("memory", scenario_memory), ("jwt", scenario_jwt),
                          ("nginx-fronted", scenario_fronted), ("h2", scenario_h2),
-                         ("tracing", scenario_tracing)):
+                         ("tracing", scenario_tracing), ("inprocess", scenario_inprocess)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

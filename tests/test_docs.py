@@ -192,6 +192,9 @@ count = 1
 backend_tls = {}
 tiers = [{requests_per_minute = 1}]
 application_security = {types = ["jwt"]}
+cors = {}
+response_cache = {}
+[response_cache]
 """
 
 # Where each reader's table is documented: its dotted path (indices dropped) -> heading.
@@ -200,6 +203,8 @@ _SECTIONS = {
     "tls.sni[]": "## [[tls.sni]]", "apis[]": "## [[apis]]",
     "apis[].tiers[]": "### [[apis.tiers]]", "apis[].backend_tls": "## [backend_tls]",
     "apis[].application_security": "### apis.application_security", "errors": "## [errors]",
+    "apis[].cors": "### apis.cors", "apis[].response_cache": "### apis.response_cache",
+    "response_cache": "## [response_cache]",
     "api_keys[]": "## [[api_keys]]", "consumers[]": "## [[consumers]]",
     "basic_users[]": "## [[basic_users]]", "throttling_policies[]": "## [[throttling_policies]]",
     "jwt_issuers[]": "## [[jwt_issuers]]", "mutual_ssl": "## [mutual_ssl]",

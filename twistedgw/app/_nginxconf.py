@@ -436,6 +436,17 @@ def _whole_to_twistedgw(api: ApiConfig, hosted: frozenset[str] = frozenset()) ->
     if api.context in hosted:
         # NGINX's location (and the verdict cache key) would name one API for every host.
         return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
+    if api.in_process:
+        return ("The backend is a Twisted resource inside twistedgw (resource:): only "
+                "twistedgw can serve it")
+    if api.cors is not None:
+        return ("CORS ([apis.cors], x-wso2-cors): twistedgw answers preflights before "
+                "authentication and adds the Access-Control headers")
+    if api.response_cache is not None:
+        # proxy_cache writes its key in clear into each cache file: keyed by the caller's
+        # token or cookie, it would put credentials on disk.
+        return ("Response cache ([apis.response_cache], x-wso2-response-cache): twistedgw "
+                "keeps answers per caller in memory")
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
     if api.sandbox is not None or any(

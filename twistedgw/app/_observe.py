@@ -53,10 +53,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 NO_CONSUMER = "none"
 
 # (api, status, duration seconds, cert source, cert result, reason label, backend error kind,
-#  consumer, refusal code, refusal reason label)
+#  consumer, refusal code, refusal reason label, response cache result)
 Sample = tuple[
     str, int, float, str | None, str | None, str | None, str | None, str | None, str | None,
-    str | None,
+    str | None, str | None,
 ]
 
 
@@ -140,6 +140,7 @@ def sample_of(record: RequestRecord) -> Sample:
         record.consumer,
         code,
         refused,
+        record.cache,
     )
 
 
@@ -220,6 +221,13 @@ class Metrics:
             buckets=CLUSTER_BUCKETS,
             registry=r,
         )
+        self.response_cache = Counter(
+            "twistedgw_response_cache_lookups",
+            "Allowed GET/HEAD requests of APIs with a response cache, by API and result (hit: "
+            "answered from the cache; miss: forwarded).",
+            ["api", "result"],
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         # [tracing]: what became of the finished spans (0 with tracing off).
@@ -259,6 +267,7 @@ class Metrics:
             record.consumer,
             code,
             refused,
+            record.cache,
         )
 
     def _consumer_label(self, consumer: str | None) -> str:
@@ -288,6 +297,7 @@ class Metrics:
         consumer_name: str | None,
         code: str | None = None,
         refused: str | None = None,
+        cache: str | None = None,
     ) -> None:
         consumer = self._consumer_label(consumer_name)
         # Labelled children, looked up once per label set: prometheus_client's
@@ -315,6 +325,8 @@ class Metrics:
             found[2].inc()
         if code is not None:
             self.refusals.labels(api=api, code=code, reason=refused or "other").inc()
+        if cache is not None:
+            self.response_cache.labels(api=api, result=cache).inc()
         if kind is not None:
             if kind in CLIENT_ERROR_KINDS:
                 self.client_errors.labels(kind=kind).inc()
@@ -415,6 +427,8 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
     entry["code"] = refusal.code if refusal is not None else None
     entry["consumer"] = record.consumer
     entry["error"] = record.error_kind
+    if record.cache is not None:
+        entry["cache"] = record.cache
     entry["pid"] = os.getpid()
     if record.trace_id is not None:  # [tracing]: the request's trace, sampled or not
         entry["trace_id"] = record.trace_id

@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 from twistedgw import _hosts as hostnames
 from twistedgw import config as configmod
 from twistedgw.config import (
+    RESOURCE,
     ApiConfig,
     ConfigError,
     GatewayConfig,
@@ -33,12 +35,13 @@ from twistedgw.config import (
     SniEntry,
     TlsConfig,
 )
-from twistedgw.http import Router
+from twistedgw.http import ResponseStore, Router, Served
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
 from twistedgw.tls import _backend as backendtls
 from twistedgw.tls import _pki as pki
 from twistedgw.tls import _revocation as revocation
+from twistedgw.upstream import ResourceBackend, ResourceError, as_resource, load_resource
 
 log = Logger()
 
@@ -59,6 +62,8 @@ class Runtime:
     # Worth saying but not refusing (file: dotted key: message): `check` prints them,
     # start and reload log them.
     warnings: tuple[str, ...] = ()
+    # What the gateway serves itself (the response cache): None when no API needs it.
+    served: Served | None = None
 
 
 @dataclass
@@ -71,6 +76,7 @@ class _Material:
     intermediates: tuple[x509.Certificate, ...] = ()
     pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    resources: dict[int, ResourceBackend] = field(default_factory=dict)  # by id(api)
 
 
 def _never(key: str) -> bool:
@@ -235,6 +241,54 @@ def _compile(
     material.pipelines = compile_pipelines(
         config, problems, revocation=material.revocation, shared=shared, api_paths=api_paths
     )
+    material.resources = _resources(config, problems, material.warnings, shared, api_paths)
+
+
+def _resources(
+    config: GatewayConfig,
+    problems: list[str],
+    warnings: list[str],
+    shared: Shared | None,
+    api_paths: Sequence[str] | None,
+) -> dict[int, ResourceBackend]:
+    """The in-process backend of each API whose backend is ``resource:...``: imported here,
+    on the reactor thread, as plugins are (a module's code may use the reactor), so
+    ``check`` and a reload report a module that does not import, naming the key; a bare
+    ``resource:`` takes what the embedding application supplied (``shared.resources``)."""
+    file = config.source
+    paths = list(api_paths) if api_paths is not None else [
+        f"apis[{i}]" for i in range(len(config.apis))]
+    supplied = dict(shared.resources) if shared is not None else {}
+    out: dict[int, ResourceBackend] = {}
+    for where, api in zip(paths, config.apis, strict=True):
+        if not api.in_process:
+            continue
+        spec = api.backend[len(RESOURCE):]
+        resource = None
+        try:
+            if spec:
+                resource = load_resource(spec)
+            else:
+                given = supplied.pop(api.label, supplied.pop(api.name, None))
+                if given is not None:
+                    resource = as_resource(given, f"resources[{api.name!r}]")
+        except ResourceError as e:
+            problems.append(f"{file}: {where}.backend: {e}")
+            continue
+        if resource is None:
+            if shared is None:
+                continue  # a config read in part: not the service's, nothing supplied
+            message = (f"{file}: {where}.backend: 'resource:' is supplied by the application "
+                       f"that embeds twistedgw (make_service(config, resources={{"
+                       f"{api.name!r}: resource}})), and none was; write "
+                       "resource:package.module:attribute to import it instead")
+            (problems if shared.connect else warnings).append(message)
+            continue
+        out[id(api)] = ResourceBackend(resource, api.context, api.backend.encode())
+    for name in supplied:
+        problems.append(f"{file}: make_service(resources=...) names {name!r}, but no API of "
+                        "that name (or name:version) has backend = \"resource:\"")
+    return out
 
 
 def asks_for_certificate(config: GatewayConfig, entry: SniEntry | None) -> bool:
@@ -394,7 +448,19 @@ def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runt
         backend_tls=material.backend_tls,
         shared=shared,
         warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
+        served=_served(config, material.resources),
     )
+
+
+def _served(config: GatewayConfig, resources: dict[int, ResourceBackend]) -> Served | None:
+    """What this Runtime serves itself: the response cache (a reload starts an empty one)
+    and the in-process backends; None when no API has either."""
+    cache = None
+    if any(api.response_cache is not None for api in config.apis):
+        cache = ResponseStore(config.response_cache, time.monotonic)
+    if cache is None and not resources:
+        return None
+    return Served(cache, resources)
 
 
 def load(

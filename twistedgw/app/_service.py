@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -223,7 +223,8 @@ class GatewayService(service.Service):
 
     ``inherited`` (used by worker processes) lists already-listening socket file
     descriptors with whether each terminates TLS and offers HTTP/2; they replace the configured
-    listeners, and the admin listener and metrics are left to the parent.
+    listeners, and the admin listener and metrics are left to the parent. ``resources``
+    (``make_service``) serve the APIs whose backend is ``resource:``, across reloads.
     """
 
     name = "twistedgw"
@@ -234,6 +235,7 @@ class GatewayService(service.Service):
         reactor: Any = None,
         *,
         inherited: Sequence[tuple[int, bool, bool]] | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -244,7 +246,8 @@ class GatewayService(service.Service):
         self._records = HandshakeRecords()
         self._reloads = defer.DeferredLock()  # one reload at a time, in order
         # Outlives reloads: tier buckets, and with [cluster] the Redis connection.
-        self.shared = Shared(connect=True)
+        # ... and the resources the embedding application supplies (make_service).
+        self.shared = Shared(connect=True, resources=dict(resources or {}))
         built = runtime.build(config, self._records, self.shared)
         self.shared.in_force(config)
         limits = config.limits

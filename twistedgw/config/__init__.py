@@ -7,7 +7,14 @@ in one pass. Nothing here touches certificates (``twistedgw.app`` loads those).
 from twistedgw.config._access_log import AccessLogConfig
 from twistedgw.config._admin import AdminConfig
 from twistedgw.config._api_keys import ApiKey
-from twistedgw.config._apis import BACKEND_MODES, CERTIFICATE_BOUND, ApiConfig, PluginSpec, Tier
+from twistedgw.config._apis import (
+    BACKEND_MODES,
+    CERTIFICATE_BOUND,
+    RESOURCE,
+    ApiConfig,
+    PluginSpec,
+    Tier,
+)
 from twistedgw.config._authz import AuthzConfig
 from twistedgw.config._backend_tls import HOSTNAME_RE, BackendTlsConfig
 from twistedgw.config._base import (
@@ -21,6 +28,7 @@ from twistedgw.config._base import (
 from twistedgw.config._basic_users import BasicUser, hash_problem
 from twistedgw.config._cluster import ON_FAILURE, ClusterConfig
 from twistedgw.config._consumers import CONSUMER_NAME_RE, Consumer
+from twistedgw.config._cors import CorsConfig, normal_origin
 from twistedgw.config._errors import ERROR_STYLES, ErrorsConfig
 from twistedgw.config._gateway import (
     GatewayConfig,
@@ -47,6 +55,7 @@ from twistedgw.config._openapi import (
     with_variants,
 )
 from twistedgw.config._operations import UNLIMITED, Operation, ResourceThrottle, Security
+from twistedgw.config._response_cache import ApiCache, ResponseCacheConfig
 from twistedgw.config._rules import IdentityRule, matches_any, parse_rule
 from twistedgw.config._throttling import TIME_UNITS, ThrottlingPolicy, policy_table
 from twistedgw.config._tls import (
@@ -76,6 +85,7 @@ __all__ = [
     "IDENTITY_FORWARD",
     "JWT_ALGORITHMS",
     "ON_FAILURE",
+    "RESOURCE",
     "REVOCATION_MODES",
     "TIME_UNITS",
     "TLS_PROFILES",
@@ -83,6 +93,7 @@ __all__ = [
     "UNLIMITED",
     "AccessLogConfig",
     "AdminConfig",
+    "ApiCache",
     "ApiConfig",
     "ApiKey",
     "AuthzConfig",
@@ -91,6 +102,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "Consumer",
+    "CorsConfig",
     "ErrorsConfig",
     "GatewayConfig",
     "IdentityConfig",
@@ -106,6 +118,7 @@ __all__ = [
     "PluginSpec",
     "ProblemList",
     "ResourceThrottle",
+    "ResponseCacheConfig",
     "Security",
     "SniEntry",
     "TableReader",
@@ -118,6 +131,7 @@ __all__ = [
     "load",
     "load_partial",
     "matches_any",
+    "normal_origin",
     "ocsp_origin",
     "operation_config",
     "operation_key",

@@ -6,6 +6,7 @@ An API with ``openapi = FILE`` is read here too, from the table its definition i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from twistedgw.config._base import (
     read_mode,
     string_list,
 )
+from twistedgw.config._cors import CorsConfig, read_cors
 from twistedgw.config._endpoints import (
     PRODUCTION,
     BackendAuth,
@@ -31,6 +33,7 @@ from twistedgw.config._endpoints import (
     read_backend_credentials,
 )
 from twistedgw.config._operations import Operation, Origin, ResourceThrottle
+from twistedgw.config._response_cache import ApiCache, read_api_cache
 from twistedgw.config._rules import IdentityRule, identity_entries
 
 BACKEND_MODES = ("load_balance", "failover")
@@ -121,10 +124,21 @@ class ApiConfig:
     # [[apis.backend_credentials]] as read, for a definition's endpoints (resolved by
     # ``_openapi.apply``, then dropped).
     credentials: tuple[CredentialEntry, ...] = field(default=(), compare=False, repr=False)
+    # [apis.cors] (or the definition's x-wso2-cors): the gateway answers preflights and
+    # adds the Access-Control-* headers (http/_cors.py); None: no CORS headers at all.
+    cors: CorsConfig | None = None
+    # [apis.response_cache] (or x-wso2-response-cache): GET answers kept per caller
+    # (http/_cache.py); None: never cached.
+    response_cache: ApiCache | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the backend is a Twisted resource in this process (``resource:``)."""
+        return self.backend.startswith(RESOURCE)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -189,7 +203,9 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             backend = backends[0]
     else:
         raw_backend = r.required("backend", str)
-        if raw_backend is not None:
+        if raw_backend is not None and raw_backend.startswith(RESOURCE):
+            backend = _resource_backend(r, raw_backend)  # a Twisted resource in this process
+        elif raw_backend is not None:
             backend = _backend_url(r, "backend", raw_backend)
     mutual_ssl = read_mode(r, "mutual_ssl")
     api_key = read_mode(r, "api_key")
@@ -211,6 +227,10 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
+    cors = read_cors(r.sub("cors")) if "cors" in r.table else None
+    r.seen.add("cors")
+    cache = read_api_cache(r.sub("response_cache")) if "response_cache" in r.table else None
+    r.seen.add("response_cache")
     tiers = []
     for t in r.tables("tiers"):
         alias = t.get("alias", str, None)  # type: ignore[arg-type]
@@ -322,6 +342,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         credentials=credentials,
         auth_header=auth_header,
         transports=transports,
+        cors=cors,
+        response_cache=cache,
     )
 
 
@@ -370,6 +392,23 @@ def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[st
     return modes, frozenset(types) if len(set(types)) > 1 else frozenset()
 
 
+RESOURCE = "resource:"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_RESOURCE_SPEC = re.compile(rf"^(?:{_DOTTED}:{_DOTTED})?$")
+
+
+def _resource_backend(r: TableReader, backend: str) -> str | None:
+    """``resource:package.module:attribute`` (imported when the Runtime is built), or a
+    bare ``resource:`` (the embedding application supplies it: ``make_service(...,
+    resources={name: resource})``)."""
+    if not _RESOURCE_SPEC.match(backend[len(RESOURCE):]):
+        r.problem("backend", f"{backend!r}: write resource:package.module:attribute (a "
+                             "Twisted resource to import), or resource: alone for one the "
+                             "embedding application supplies")
+        return None
+    return backend
+
+
 def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
     if not isinstance(backend, str):
@@ -381,7 +420,9 @@ def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     except ValueError:
         parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}")
+        also = " (a resource: backend cannot be one of several)" if backend.startswith(
+            RESOURCE) else ""
+        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}{also}")
         return None
     if parts.query or parts.fragment:
         r.problem(key, "must not carry a query or fragment")

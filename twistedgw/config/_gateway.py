@@ -33,6 +33,7 @@ from twistedgw.config._limits import Limits, read_limits
 from twistedgw.config._listeners import Listener, read_listener, unix_listener_trust
 from twistedgw.config._mutual_ssl import MutualSslConfig, read_mutual_ssl
 from twistedgw.config._nginx import NginxConfig, read_nginx
+from twistedgw.config._response_cache import ResponseCacheConfig, read_response_cache
 from twistedgw.config._throttling import (
     ThrottlingPolicy,
     read_throttling_policies,
@@ -65,6 +66,7 @@ class GatewayConfig:
     basic_users: tuple[BasicUser, ...] = ()
     throttling_policies: tuple[ThrottlingPolicy, ...] = ()  # defined; see policy_table
     errors: ErrorsConfig = ErrorsConfig()
+    response_cache: ResponseCacheConfig = ResponseCacheConfig()  # bounds per worker
     # Worth a look but not refused (file: key: message): check prints them, start logs them.
     warnings: tuple[str, ...] = field(default=(), compare=False)
     tracing: TracingConfig | None = None  # None = no traces, the SDK never imported
@@ -196,6 +198,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
     policies = read_throttling_policies(top)
     throttling_links(problems, api_paths, policies)
     errors = read_errors(top.sub("errors")) if "errors" in raw else ErrorsConfig()
+    response_cache = read_response_cache(top.sub("response_cache"))
     workers = top.positive("workers", int, 1)
     shutdown_timeout = top.get("shutdown_timeout", float, 30.0)
     if shutdown_timeout < 0:
@@ -270,6 +273,7 @@ def parse_partial(raw: dict[str, Any], file: Path) -> Parsed:
         basic_users=tuple(basic_users),
         throttling_policies=tuple(policies),
         errors=errors,
+        response_cache=response_cache,
         warnings=tuple(problems.warnings),
         tracing=tracing,
     )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from twistedgw.config import _cors, _response_cache
 from twistedgw.config import _wso2ext as ext
 from twistedgw.config._apis import ApiConfig
 from twistedgw.config._apis import read_api as read_table
@@ -476,6 +477,18 @@ class _DefinitionReader:
                 self.note(pointer(ROOT, "x-wso2-auth-header"),
                           f"not a valid HTTP header name: {excerpt(auth_header)}")
         self._extensions()
+        if "x-wso2-cors" in doc:
+            at = pointer(ROOT, "x-wso2-cors")
+            cors = _cors.from_wso2(self.deref(doc["x-wso2-cors"], at), at, self.note, self.warn,
+                                   pointer)
+            if cors is not None:
+                values["cors"] = cors
+        if "x-wso2-response-cache" in doc:
+            at = pointer(ROOT, "x-wso2-response-cache")
+            cache = _response_cache.from_wso2(self.deref(doc["x-wso2-response-cache"], at), at,
+                                              self.note, self.warn, pointer)
+            if cache is not None:
+                values["response_cache"] = cache
         api_level, declares, api_off, why = self._api_level()
         api_secured = self._resolve(api_level, None, False)
         security = OPEN if api_off else api_secured

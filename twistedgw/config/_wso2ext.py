@@ -5,8 +5,8 @@ Manager's ``x-throttling-tier``, ``x-auth-type``, ``x-scope``) where WSO2 reads
 it and what twistedgw does with it there. Nothing a definition says is dropped
 in silence: an extension twistedgw does not honour is a ``check`` error naming
 it, its JSON pointer and why, unless its value asks for nothing twistedgw does
-not already do (``x-wso2-cors`` with ``corsConfigurationEnabled: false``, a
-throttling tier of ``Unlimited``, ...). An unknown ``x-wso2-*`` name is a
+not already do (a throttling tier of ``Unlimited``, ``x-wso2-http2-backend-enabled:
+false``, ...). An unknown ``x-wso2-*`` name is a
 warning naming the closest known one, and an error when it is a near miss of a
 security extension (``x-wso2-mutual-sll`` would otherwise leave an API open).
 
@@ -50,18 +50,6 @@ class Extension:
     def support(self, level: str) -> Support | None:
         """What twistedgw does with it at ``level``; None if WSO2 does not read it there."""
         return self.levels.get(level)
-
-
-def _cors(value: Any) -> str | None:
-    if isinstance(value, dict) and value.get("corsConfigurationEnabled") is False:
-        return ("CORS is disabled here (corsConfigurationEnabled: false), so no CORS headers "
-                "are sent; WSO2's gateways then apply their gateway-wide CORS settings, which "
-                "twistedgw does not have")
-    return None
-
-
-def _cache(value: Any) -> str | None:
-    return "" if isinstance(value, dict) and value.get("enabled") is False else None
 
 
 def _disabled(value: Any) -> str | None:
@@ -110,14 +98,15 @@ EXTENSIONS: tuple[Extension, ...] = (
         "API Manager's rate limit policy for the API or the operation",
         "as x-wso2-throttling-tier"),
     Extension(
-        "x-wso2-cors", {API: Support.NOT_YET},
+        "x-wso2-cors", _HONOURED_API,
         "the API's CORS settings (allowed origins, methods, headers, credentials)",
-        "twistedgw sends no CORS headers, so browsers' preflight requests would fail "
-        "(corsConfigurationEnabled: false is accepted)", inert=_cors),
+        "[apis.cors]: the gateway answers preflights before authentication and adds the "
+        "Access-Control headers to every answer (corsConfigurationEnabled: false: none)"),
     Extension(
-        "x-wso2-response-cache", {API: Support.NOT_YET},
+        "x-wso2-response-cache", _HONOURED_API,
         "caching of responses (enabled, cacheTimeoutInSeconds)",
-        "responses would not be cached (enabled: false is accepted)", inert=_cache),
+        "[apis.response_cache]: GET answers kept per caller for at most "
+        "cacheTimeoutInSeconds, as Cache-Control allows"),
     Extension(
         "x-wso2-disable-security", {API: Support.HONOURED, RESOURCE: Support.HONOURED},
         "true: no authentication for the API or the resource (the most specific level wins)",

@@ -1,8 +1,10 @@
 """twistedgw.http."""
 
+from twistedgw.http._cache import ResponseStore
 from twistedgw.http._guard import CLIENT_ERROR_KINDS, SERVER, Guard, target_problem
 from twistedgw.http._resource import Gateway, GatewayExchange, GatewayResource, RequestRecord
 from twistedgw.http._routing import BadPath, Router, authz_path, normalise, split_target
+from twistedgw.http._served import Served
 from twistedgw.http._webexchange import web_exchange
 
 __all__ = [
@@ -14,7 +16,9 @@ __all__ = [
     "GatewayResource",
     "Guard",
     "RequestRecord",
+    "ResponseStore",
     "Router",
+    "Served",
     "authz_path",
     "normalise",
     "split_target",

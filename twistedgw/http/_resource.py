@@ -32,6 +32,8 @@ from twistedgw import _hosts, errors
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
+from twistedgw.http import _cors as cors
+from twistedgw.http import _served as served
 from twistedgw.http import _tracing as tracing
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
@@ -88,6 +90,7 @@ class RequestRecord(NamedTuple):
     # access log's reason and code and the metrics' refusal labels come from it.
     refusal: GatewayError | None = None
     trace_id: str | None = None  # [tracing]: the request's trace (32 hex digits)
+    cache: str | None = None  # "hit" | "miss" for an API with a response cache
 
 
 Observer = Callable[[RequestRecord], None]
@@ -197,7 +200,9 @@ class GatewayExchange(Exchange):
     """A ``wire.Exchange`` and what the request path learns of it: its route, the API,
     the pipeline's ``Call`` and the record it ends with. One per request."""
 
-    __slots__ = ("api", "call", "judged_method", "pipeline", "routed", "started", "trace")
+    __slots__ = (
+        "api", "cache", "call", "judged_method", "pipeline", "routed", "started", "trace",
+    )
 
     def __init__(
         self,
@@ -219,6 +224,7 @@ class GatewayExchange(Exchange):
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
         self.trace: RequestTrace | None = None  # [tracing]: begun by serve()
+        self.cache: str | None = None  # set by the response cache (http/_cache.py)
 
     def record(
         self,
@@ -252,6 +258,7 @@ class GatewayExchange(Exchange):
                 protocol=self.version.decode("latin-1"),
                 refusal=refusal,
                 trace_id=trace.trace_id if trace is not None else None,
+                cache=self.cache,
             )
         )
 
@@ -356,6 +363,8 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
     if route is None or route.pipeline is None:
         answer_error(gateway, exchange, errors.not_found(routed.path.decode("latin-1")))
         return
+    if route.api.cors is not None and cors.intercept(gateway, exchange, route.api):
+        return  # a preflight, answered before operation matching and authentication
     if route.unmatched is not None:  # an OpenAPI API without this operation
         exchange.api = route.api
         allow = ((b"Allow", route.allow),) if route.allow else ()
@@ -386,7 +395,7 @@ def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: He
     def send(body: IO[bytes] | None, size: int) -> None:
         # The set headers' names need not be removed as well: the forwarder drops every
         # client-sent header named in add_headers.
-        gateway.forwarder.forward(
+        served.backend_for(gateway, exchange, route).forward(  # the forwarder, or a cache
             exchange,
             target,
             body=body,

@@ -207,8 +207,9 @@ def _target(backend: str, rest: bytes, query: bytes | None) -> bytes:
 
 @functools.lru_cache(maxsize=1024)
 def _backend_bytes(backend: str) -> tuple[bytes, bool]:
-    """A backend URL as bytes, and whether it has no path: once per URL, not per request."""
-    return backend.encode(), not backend.split("://", 1)[1].count("/")
+    """A backend URL as bytes, and whether it has no path: once per URL, not per request.
+    (A ``resource:`` backend has none: its target is ``resource:SPEC/path?query``.)"""
+    return backend.encode(), not backend.split("://", 1)[-1].count("/")
 
 
 _PARAM = re.compile(r"\{[^{}/]*\}")

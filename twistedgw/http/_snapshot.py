@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from twistedgw.config import GatewayConfig
     from twistedgw.http._routing import Router
+    from twistedgw.http._served import Served
     from twistedgw.tls import ChainVerifier, ServerTLS
 
 
@@ -30,3 +31,6 @@ class Snapshot(Protocol):
 
     @property
     def header_verifier(self) -> ChainVerifier | None: ...
+
+    @property
+    def served(self) -> Served | None: ...

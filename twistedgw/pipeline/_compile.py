@@ -7,7 +7,7 @@ the plugin's table, so ``check`` lists them in the same pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,9 @@ class Shared:
     cluster: Any = None  # cluster.RedisTierStore | None
     cluster_observer: Any = None  # cluster.ClusterObserver (metrics), set by the service
     connect: bool = False  # connect stores when made (the service; never ``check``)
+    # In-process backends an embedding application supplies by API name or name:version
+    # (``make_service(..., resources=...)``) for APIs with a bare ``backend = "resource:"``.
+    resources: Mapping[str, Any] = field(default_factory=dict)
     _stores: dict[Any, Any] = field(default_factory=dict)  # ClusterConfig -> store
 
     def tier_store(self, config: GatewayConfig) -> tiers.TierStore:

@@ -11,6 +11,13 @@ from twistedgw.upstream._client import (
     parse_origin,
 )
 from twistedgw.upstream._forward import Forwarder, ForwardResult, ForwardSettings
+from twistedgw.upstream._inprocess import (
+    ResourceBackend,
+    ResourceError,
+    ResourceRequest,
+    as_resource,
+    load_resource,
+)
 
 __all__ = [
     "TOKEN",
@@ -19,9 +26,14 @@ __all__ = [
     "ForwardSettings",
     "Forwarder",
     "NoResponse",
+    "ResourceBackend",
+    "ResourceError",
+    "ResourceRequest",
     "ResponseHead",
     "Truncated",
     "Upstream",
     "UpstreamError",
+    "as_resource",
+    "load_resource",
     "parse_origin",
 ]
