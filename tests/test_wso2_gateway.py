@@ -123,11 +123,6 @@ x-wso2-endpoints:
     assert all(line.startswith(prefix) for line in lines), lines
     said = sorted(line[len(prefix):] for line in lines)
     assert said == sorted([
-        "#/x-wso2-cors: x-wso2-cors is not supported yet: twistedgw sends no CORS headers, so "
-        "browsers' preflight requests would fail (corsConfigurationEnabled: false is "
-        "accepted); remove it to serve the API without it",
-        "#/x-wso2-response-cache: x-wso2-response-cache is not supported yet: responses would "
-        "not be cached (enabled: false is accepted); remove it to serve the API without it",
         "#/x-wso2-mutual-sll: unknown extension 'x-wso2-mutual-sll': did you mean "
         "'x-wso2-mutual-ssl'? (a misspelt security extension would be ignored; fix it or "
         "remove it)",
