@@ -693,7 +693,7 @@ class Bench:
                       env: dict[str, str], variant: str = "auth_request") -> Group:
         """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
         from twistedgw import config as configmod
-        from twistedgw.app import _nginxconf as nginxconf
+        from twistedgw.app import nginx as nginxconf
 
         pki = self.pkis["ec"]
         toml = self.work / f"{name}.toml"
@@ -711,7 +711,7 @@ class Bench:
         include = self.work / f"{name}-site.conf"
         bundle = self.work / f"{name}-truststore.pem"
         rendered = nginxconf.render(configmod.load(toml), str(bundle), variant=variant,
-                                    lua_dir=str(nginxconf.LUA_MODULE.parent))
+                                    lua_dir=str(nginxconf.lua_source().parent))
         include.write_text(rendered.text)
         bundle.write_bytes(rendered.truststore_pem or b"")
         conf = self.work / f"{name}-nginx.conf"

@@ -34,7 +34,7 @@ from tests.lbsupport import (
     start_nginx,
 )
 from twistedgw import config as configmod
-from twistedgw.app import _nginxconf as nginxconf
+from twistedgw.app import nginx as nginxconf
 from twistedgw.identity import _reasons as reasons
 from twistedgw.testing.devpki import DevPki, Issued
 

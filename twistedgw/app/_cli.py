@@ -314,7 +314,7 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
 
 def cmd_nginx_config(args: argparse.Namespace) -> int:
     """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML."""
-    from twistedgw.app import _nginxconf as nginxconf
+    from twistedgw.app import nginx as nginxconf
 
     try:
         cfg, _built = _load(args.config)
@@ -326,9 +326,9 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         bundle = output.with_name(output.stem + "-truststore.pem")
     lua_dir = None
     if args.variant == "lua":
-        if not nginxconf.LUA_MODULE.exists():
-            return _fail([f"{nginxconf.LUA_MODULE}: not found (--variant lua needs it)"], 1)
-        lua_dir = str(output.parent if output is not None else nginxconf.LUA_MODULE.parent)
+        if not nginxconf.lua_source().exists():
+            return _fail([f"{nginxconf.lua_source()}: not found (--variant lua needs it)"], 1)
+        lua_dir = str(output.parent if output is not None else nginxconf.lua_source().parent)
     try:
         rendered = nginxconf.render(
             cfg, str(bundle) if bundle is not None else None, variant=args.variant,
@@ -354,9 +354,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         if bundle is not None and rendered.truststore_pem is not None:
             bundle.write_bytes(rendered.truststore_pem)
         if lua_dir is not None:  # the module beside the include, where lua_package_path looks
-            (output.parent / nginxconf.LUA_MODULE.name).write_bytes(
-                nginxconf.LUA_MODULE.read_bytes()
-            )
+            (output.parent / nginxconf.LUA_NAME).write_bytes(nginxconf.lua_source().read_bytes())
     except OSError as e:
         return _fail([f"{output}: cannot write: {e.strerror}"], 1)
     if args.check:

@@ -1,158 +1,33 @@
-"""``twistedgw nginx-config``: the NGINX side of the NGINX-fronted mode, from the same TOML.
-
-NGINX terminates TLS, carries the bytes and caches verdicts; twistedgw decides.
-The rendered file is an include for NGINX's ``http {}`` context. Requests take
-one of two ways:
-
-- **Fast path**: a request whose raw path is *clean* (nothing twistedgw's
-  normalisation would change: no ``%``, ``;``, ``\\``, empty, ``.`` or ``..``
-  segments) matches one regex location per API, in twistedgw's order (longest
-  context first, case-insensitive, on segment boundaries). NGINX asks twistedgw's
-  authz endpoint (``auth_request``, cached per certificate fingerprint, API and
-  API key) and proxies to the API's backend itself. For a clean path NGINX's
-  ``$uri`` is the raw path and twistedgw's normalised path, so both agree on the
-  API and the authz answer is about exactly the path NGINX forwards.
-- **Gateway path**: everything else is handed whole to twistedgw, which answers
-  exactly as the direct mode does (routing, JSON errors, forwarding): unclean
-  paths, paths that match no API, refusals (so the body is twistedgw's JSON),
-  certificates NGINX itself refuses under ``optional_no_ca`` (expired, wrong
-  purpose: NGINX's 495, which the direct mode serves on open APIs), and APIs
-  with per-certificate tiers (every request counts).
-"""
+"""The include for NGINX's ``http {}``: maps, upstreams, the server and its locations."""
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from twistedgw import errors
+from twistedgw.app.nginx._checks import NginxConfigError, check
+from twistedgw.app.nginx._lua import lua_source
+from twistedgw.app.nginx._text import (
+    CACHE_ZONE,
+    CLEAN_TARGET,
+    INTERNAL,
+    context_regex,
+    host_header,
+    json_body,
+    quote,
+)
 from twistedgw.config import ApiConfig, GatewayConfig, variants
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import _forwarding as idforward
 from twistedgw.pipeline import API_KEY_HEADER, method_override_headers
-
-#: Internal locations live under this prefix; a client's request for it takes the
-#: gateway path (it is not a clean path for the fast path), so it cannot reach them.
-INTERNAL = "/_twistedgw_nginx"
-CACHE_ZONE = "twistedgw_verdicts"
-
-# A raw request target that twistedgw's normalisation leaves as it is: segments of
-# RFC 3986 pchar without '%', ';' (params), '$' and "'" (kept out of NGINX strings),
-# none empty, '.' or '..'; an optional trailing slash; any query.
-CLEAN_TARGET = (
-    r"^(?!/_twistedgw_nginx/)(?:/(?!\.\.?(?:/|\?|$))[A-Za-z0-9._~!&()*+,=:@-]+)*/?(?:\?.*)?$"
-)
-# What a context may contain to be rendered into a location regex.
-_CONTEXT_OK = re.compile(r"^/[A-Za-z0-9._~!&()*+,=:@/-]*$")
-
-
-class NginxConfigError(Exception):
-    """The config cannot be rendered; ``problems`` name the file and the dotted key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
 class Rendered:
     text: str
     truststore_pem: bytes | None  # the truststore as one PEM bundle (ssl_client_certificate)
-
-
-def _quote(value: str) -> str:
-    """An NGINX string in double quotes (escapes backslash and double quote)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _regex(context: str) -> str:
-    escaped = "".join(c if c.isalnum() or c in "/_" else "\\" + c for c in context.lower())
-    return f"^{escaped}(?<tgw_rest>/.*)?$"
-
-
-def _listener_matches(config: GatewayConfig, authz: str) -> bool:
-    """A plain listener serves what ``[nginx] authz`` names."""
-    for listener in config.listeners:
-        if listener.tls:
-            continue
-        if authz.startswith("unix:"):
-            endpoint = listener.endpoint or ""
-            path = authz[len("unix:") :]
-            if endpoint.startswith("systemd:"):  # a socket unit owns the path
-                return True
-            if endpoint.startswith("unix:") and (
-                endpoint[len("unix:") :].split(":")[0] in (path, f"address={path}")
-            ):
-                return True
-        elif listener.endpoint is None:
-            host, _, port = authz.rpartition(":")
-            if int(port) == listener.port and host.strip("[]") in (listener.host, "localhost"):
-                return True
-    return False
-
-
-def check(config: GatewayConfig) -> list[str]:
-    """What the gateway config lacks for the NGINX-fronted mode (file: key: problem)."""
-    file = config.source
-    out: list[str] = []
-    nginx = config.nginx
-    if nginx is None:
-        return [f"{file}: nginx: the [nginx] section is required for nginx-config"]
-    if config.authz is None:
-        out.append(f"{file}: authz: an [authz] section is required (NGINX asks it)")
-    lb = config.mutual_ssl
-    if lb.certificate_header is None:
-        out.append(
-            f"{file}: mutual_ssl.certificate_header: is required: NGINX passes the client "
-            'certificate in it (e.g. "X-SSL-Client-Cert")'
-        )
-    elif lb.header_encoding not in ("auto", "url-pem"):
-        out.append(
-            f"{file}: mutual_ssl.header_encoding: NGINX sends $ssl_client_escaped_cert "
-            f'("url-pem" or "auto"), not {lb.header_encoding!r}'
-        )
-    if nginx.authz.startswith("unix:"):
-        if not lb.trust_unix_socket or lb.enable_client_validation:
-            out.append(
-                f"{file}: mutual_ssl.trusted_proxies: NGINX reaches twistedgw over the Unix "
-                'socket in [nginx] authz: set trusted_proxies = ["unix"] and '
-                "enable_client_validation = false"
-            )
-    elif lb.enable_client_validation or not lb.trusted_proxies:
-        out.append(
-            f"{file}: mutual_ssl.trusted_proxies: NGINX reaches twistedgw over plain HTTP "
-            "([nginx] authz): list NGINX's address in trusted_proxies and set "
-            "enable_client_validation = false"
-        )
-    if not _listener_matches(config, nginx.authz):
-        out.append(
-            f"{file}: listeners: no plain (tls = false) listener serves [nginx] authz = "
-            f"{nginx.authz!r}; add one, e.g. endpoint = {nginx.authz!r} with tls = false"
-            if nginx.authz.startswith("unix:")
-            else f"{file}: listeners: no plain (tls = false) listener on {nginx.authz!r}"
-        )
-    if config.tls.certificate is None or config.tls.private_key is None:
-        out.append(
-            f"{file}: tls.certificate: NGINX needs PEM files (certificate and private_key); "
-            "a PKCS#12 keystore cannot be rendered"
-        )
-    for i, api in enumerate(config.apis):
-        if not _CONTEXT_OK.match(api.context):
-            out.append(
-                f"{file}: apis[{i}].context: {api.context!r} cannot be rendered as an NGINX "
-                "location ('%', ';', '$' and quotes are not supported in this mode)"
-            )
-    return out
-
-
-def _json(error: errors.GatewayError) -> str:
-    return _quote(error.body().decode())
 
 
 def _gateway_proxy(indent: str) -> str:
@@ -174,15 +49,6 @@ def _gateway_proxy(indent: str) -> str:
     )
 
 
-def _host_header(backend: str) -> str:
-    parts = urlsplit(backend)
-    default = 443 if parts.scheme == "https" else 80
-    port = parts.port or default
-    host = parts.hostname or ""
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port == default else f"{shown}:{port}"
-
-
 def _backend_tls(config: GatewayConfig, api: ApiConfig, indent: str) -> list[str]:
     if not api.backend.startswith("https://"):
         return []
@@ -193,16 +59,16 @@ def _backend_tls(config: GatewayConfig, api: ApiConfig, indent: str) -> list[str
     lines = [
         "proxy_ssl_verify on;",
         "proxy_ssl_verify_depth 4;",
-        f"proxy_ssl_trusted_certificate {_quote(trusted)};",
+        f"proxy_ssl_trusted_certificate {quote(trusted)};",
         "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
         "proxy_ssl_session_reuse on;",
     ]
     name = tls.server_name or urlsplit(api.backend).hostname or ""
-    lines.append(f"proxy_ssl_name {_quote(name)};")
+    lines.append(f"proxy_ssl_name {quote(name)};")
     lines.append("proxy_ssl_server_name on;")
     if tls.certificate is not None and tls.private_key is not None:
-        lines.append(f"proxy_ssl_certificate {_quote(str(tls.certificate))};")
-        lines.append(f"proxy_ssl_certificate_key {_quote(str(tls.private_key))};")
+        lines.append(f"proxy_ssl_certificate {quote(str(tls.certificate))};")
+        lines.append(f"proxy_ssl_certificate_key {quote(str(tls.private_key))};")
     return [indent + line for line in lines]
 
 
@@ -217,8 +83,6 @@ def _stripped_headers(config: GatewayConfig) -> list[str]:
     return sorted(n.decode() for n in names)
 
 
-#: The access_by_lua module of ``--variant lua`` (plugins/nginx/ in the source tree).
-LUA_MODULE = Path(__file__).resolve().parents[2] / "plugins" / "nginx" / "twistedgw_verdicts.lua"
 VARIANTS = ("auth_request", "lua")
 
 
@@ -266,14 +130,14 @@ def _render(
     if lua:
         w("# Variant lua: verdicts in shared memory (plugins/nginx/twistedgw_verdicts.lua).")
         w(f"lua_shared_dict {CACHE_ZONE} 10m;")
-        w(f"lua_package_path {_quote(str(lua_dir or LUA_MODULE.parent) + '/?.lua;;')};")
+        w(f"lua_package_path {quote(str(lua_dir or lua_source().parent) + '/?.lua;;')};")
     else:
         w(f"proxy_cache_path {nginx.cache_path} levels=1:2 keys_zone={CACHE_ZONE}:10m")
         w("                 max_size=256m inactive=10m use_temp_path=off;")
     w("")
     w("# Raw request targets that twistedgw's path normalisation leaves unchanged.")
     w("map $request_uri $twistedgw_gateway_path {")
-    w(f"    {_quote('~' + CLEAN_TARGET)} 0;")
+    w(f"    {quote('~' + CLEAN_TARGET)} 0;")
     w("    default 1;")
     w("}")
     w("")
@@ -301,10 +165,10 @@ def _render(
     w("server {")
     w(f"    listen {nginx.listen} ssl;")
     w(f"    server_name {nginx.server_name};")
-    w(f"    ssl_certificate {_quote(str(config.tls.certificate))};")
-    w(f"    ssl_certificate_key {_quote(str(config.tls.private_key))};")
+    w(f"    ssl_certificate {quote(str(config.tls.certificate))};")
+    w(f"    ssl_certificate_key {quote(str(config.tls.private_key))};")
     w(f"    ssl_protocols {' '.join(config.tls.protocols)};")
-    w(f"    ssl_ciphers {_quote(config.tls.ciphers)};")
+    w(f"    ssl_ciphers {quote(config.tls.ciphers)};")
     w("    ssl_prefer_server_ciphers on;")
     w("    ssl_session_cache shared:twistedgw_tls:10m;")
     if config.tls.session_tickets:
@@ -318,7 +182,7 @@ def _render(
     w("    default_type application/json;  # the JSON errors NGINX answers itself")
     w("    ssl_verify_depth 10;")
     if truststore_file is not None:
-        w(f"    ssl_client_certificate {_quote(truststore_file)};  # CA names offered to clients")
+        w(f"    ssl_client_certificate {quote(truststore_file)};  # CA names offered to clients")
     w("    error_page 495 = @twistedgw_gateway;")
     w(f"    error_page 400 = {INTERNAL}/400;  # a request NGINX cannot parse: no URI to hand on")
     biggest = max(
@@ -332,7 +196,7 @@ def _render(
     w("")
     w("    # NGINX's own 400 (a request line it cannot parse) as twistedgw's JSON.")
     w(f"    if ($uri = {INTERNAL}/400) {{")
-    w("        return 400 " + _json(errors.bad_request("malformed request")) + ";")
+    w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
     w("    }")
     w("    if ($twistedgw_gateway_path) {")
     w(f"        rewrite ^ {INTERNAL}/gateway last;")
@@ -349,15 +213,16 @@ def _render(
         w(f"    location @twistedgw_413_{i} {{")
         w("        default_type application/json;")
         too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
-        w(f"        return 413 {_json(too_large)};")
+        w(f"        return 413 {json_body(too_large)};")
         w("    }")
     w("    location @twistedgw_503 {")
     w("        default_type application/json;")
-    w("        return 503 " + _json(errors.backend_unavailable("backend is unavailable")) + ";")
+    w("        return 503 " + json_body(errors.backend_unavailable("backend is unavailable")) + ";")
     w("    }")
     w("    location @twistedgw_504 {")
     w("        default_type application/json;")
-    w("        return 504 " + _json(errors.backend_timeout("backend did not answer in time")) + ";")
+    timeout = errors.backend_timeout("backend did not answer in time")
+    w("        return 504 " + json_body(timeout) + ";")
     w("    }")
     stripped = _stripped_headers(config)
     identity_names = verdicts.identity_header_names(config)
@@ -374,7 +239,7 @@ def _render(
             continue
         w("")
         w(f"    # {api.label}: {api.context} -> {api.backend}")
-        w(f"    location ~* {_quote(_regex(api.context))} {{")
+        w(f"    location ~* {quote(context_regex(api.context))} {{")
         _api_body(w, config, i, api, stripped, identity_names, lua, hosted)
         w("    }")
     w("")
@@ -412,7 +277,7 @@ def _render(
             if verdicts.per_operation(api):  # the operation decides the schemes
                 key_parts += ["$request_method", "$request_uri"]
             w(f"        proxy_cache {CACHE_ZONE};")
-            w(f"        proxy_cache_key {_quote('|'.join(key_parts))};")
+            w(f"        proxy_cache_key {quote('|'.join(key_parts))};")
             w("        proxy_cache_methods GET;")
             w("        proxy_ignore_headers Set-Cookie Vary Expires;")
             w("        # The answer's X-Accel-Expires says how long (never past cache_seconds")
@@ -519,7 +384,7 @@ def _api_body(
     write(f"        proxy_send_timeout {max(1, int(timeout))}s;")
     write("        proxy_intercept_errors off;")
     write('        proxy_set_header Connection "";')
-    write(f"        proxy_set_header Host {_quote(_host_header(api.backend))};")
+    write(f"        proxy_set_header Host {quote(host_header(api.backend))};")
     write("        proxy_set_header X-Forwarded-For $remote_addr;")
     write("        proxy_set_header X-Forwarded-Proto https;")
     write("        proxy_set_header X-Forwarded-Host $http_host;")
@@ -547,54 +412,3 @@ def _truststore_pem(config: GatewayConfig) -> bytes | None:
     except pki.PkiError:
         return None
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in store.certificates)
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next(
-        (str(p) for p in (Path("/usr/sbin/nginx"), Path("/usr/local/sbin/nginx")) if p.exists()),
-        None,
-    )
-
-
-def nginx_test(include: Path, modules: Sequence[str] = ()) -> tuple[bool, str]:
-    """``nginx -t`` on a minimal nginx.conf whose ``http {}`` holds only ``include``.
-
-    ``nginx -t`` creates the ``proxy_cache_path`` directory; the test runs on a copy
-    whose cache lives in a temporary directory, so checking needs no privilege and
-    leaves nothing behind (the real directory is created when NGINX starts).
-    """
-    binary = nginx_binary()
-    if binary is None:
-        return False, "nginx is not installed (needed for --check)"
-    with tempfile.TemporaryDirectory(prefix="twistedgw-nginx-") as tmp:
-        d = Path(tmp)
-        text = re.sub(
-            r"^proxy_cache_path \S+", f"proxy_cache_path {d / 'cache'}", include.read_text(),
-            flags=re.MULTILINE,
-        )
-        include = d / include.name
-        include.write_text(text)
-        temps = "\n".join(
-            f"    {kind}_temp_path {d / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        conf = d / "nginx.conf"
-        loads = "".join(f"load_module {m};\n" for m in modules)
-        conf.write_text(
-            f"{loads}pid {d / 'nginx.pid'};\nerror_log {d / 'error.log'};\n"
-            f"events {{ }}\nhttp {{\n    access_log off;\n{temps}\n"
-            f"    include {include.resolve()};\n}}\n"
-        )
-        result = subprocess.run(
-            [binary, "-t", "-q", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
-            capture_output=True,
-            text=True,
-        )
-    return result.returncode == 0, (result.stderr or result.stdout).strip()
-
-
-#: Debian's libnginx-mod-http-lua (and the NDK it needs), for ``--check`` of ``--variant lua``.
-LUA_MODULES = (
-    "/usr/lib/nginx/modules/ndk_http_module.so",
-    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
-)
