@@ -257,6 +257,30 @@ def test_headers_the_backend_sees(fronted: Fronted) -> None:
     assert "x-forwarded-client-cert" not in seen and "apikey" not in seen
 
 
+def test_server_header_names_no_version(fronted: Fronted) -> None:
+    """#23 item 7: server_tokens off (stock NGINX still says "nginx": accepted)."""
+    for r in (fronted.via_nginx(STATUS, None), fronted.via_nginx(PET, None),
+              fronted.via_nginx("/nothing/here", None)):
+        assert r.header("server") == "nginx", (r.status, r.headers)
+
+
+def test_more_headers_than_lua_reads_are_never_cached(fronted: Fronted) -> None:
+    """#22 item 6: ngx.req.get_headers() stops at 100, so a valid apikey after the 100th
+    header was cached as "no key": the next caller with no key and no certificate got 200
+    and the key's consumer. A request whose headers could not all be read goes to
+    twistedgw whole (the same answer as direct mode), and nothing is cached for it."""
+    filler = [(f"X-Filler-{n}", "x") for n in range(120)]
+    many = (*filler, ("apikey", KEY))
+    assert outcome(fronted.via_nginx(ORDERS + "?many", None, many)) == outcome(
+        fronted.direct(ORDERS + "?many", None, many))
+    for _ in range(2):
+        r = fronted.via_nginx(ORDERS, None)
+        assert (r.status, r.json()["code"]) == (401, "900902")
+    wrong = (*filler, ("apikey", "wrong-key"))
+    r = fronted.via_nginx(ORDERS, None, wrong)
+    assert (r.status, r.json()["code"]) == (401, "900901")
+
+
 def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
     fronted.via_nginx(PET + "&warm=1", "pinned")
     fronted.wait_logged()

@@ -165,6 +165,7 @@ def _render(
     w("server {")
     w(f"    listen {nginx.listen} ssl;")
     w(f"    server_name {nginx.server_name};")
+    w("    server_tokens off;  # Server: nginx, without its version")
     w(f"    ssl_certificate {quote(str(config.tls.certificate))};")
     w(f"    ssl_certificate_key {quote(str(config.tls.private_key))};")
     w(f"    ssl_protocols {' '.join(config.tls.protocols)};")

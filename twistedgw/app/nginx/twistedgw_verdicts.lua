@@ -14,6 +14,7 @@
 local _M = {}
 
 local SEP = "\n"  -- identity header values never hold a line break (twistedgw strips them)
+local MAX_HEADERS = 100  -- ngx.req.get_headers' default; more: the request goes whole
 
 local function gateway()
     return ngx.exec("@twistedgw_gateway")
@@ -30,7 +31,13 @@ function _M.access(api, keys, per_operation, answers)
     local var = ngx.var
     local key = api .. "|" .. (var.ssl_client_fingerprint or "")
     if #keys > 0 then
-        local headers = ngx.req.get_headers()
+        -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
+        -- of the headers could name another caller's verdict, so such a request is
+        -- never cached nor judged here: twistedgw answers it whole.
+        local headers, err = ngx.req.get_headers(MAX_HEADERS)
+        if err == "truncated" then
+            return gateway()
+        end
         for _, name in ipairs(keys) do
             local value = headers[name]
             if type(value) == "table" then
