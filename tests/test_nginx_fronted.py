@@ -281,6 +281,49 @@ def test_more_headers_than_lua_reads_are_never_cached(fronted: Fronted) -> None:
     assert (r.status, r.json()["code"]) == (401, "900901")
 
 
+def _head_only(port: int, pki: DevPki, target: str, extra: str = "") -> bytes:
+    """Send a POST head announcing 9 MiB with Expect: 100-continue and no body byte;
+    everything the server sends back within 5 s (the refusal needs no body)."""
+    import socket
+
+    from tests.harness import client_context
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client_context(pki, None).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall((f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
+                   f"{9 << 20}\r\nExpect: 100-continue\r\n{extra}\r\n").encode())
+        data = b""
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline and b"900902" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (TimeoutError, OSError):
+            pass
+    return data
+
+
+def test_refusal_at_head_time_reads_no_body(fronted: Fronted) -> None:
+    """#22 item 4 through NGINX: a client with no certificate POSTs 9 MiB with
+    Expect: 100-continue to an mTLS-mandatory API and gets 401 900902 at once, before it
+    sends a byte of the body: NGINX answers the refusal twistedgw's authz endpoint gave
+    (its JSON) without reading the body, and nothing reaches twistedgw or the backend.
+    The Lua variant also sends no "100 Continue" (it writes the refusal on the raw
+    connection and closes it); stock NGINX writes "100 Continue" before discarding the
+    body of any answer it sends itself, so the auth_request variant does (README)."""
+    data = _head_only(fronted.nginx.port, fronted.pki, PET)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if fronted.variant == "lua":
+        assert head.startswith(b"HTTP/1.1 401 "), data[:300]
+    else:
+        assert head == b"HTTP/1.1 100 Continue", data[:300]
+        head, _, body = body.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), data[:300]
+    assert json.loads(body)["code"] == "900902"
+
+
 def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
     fronted.via_nginx(PET + "&warm=1", "pinned")
     fronted.wait_logged()

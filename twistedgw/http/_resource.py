@@ -38,6 +38,8 @@ from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
 from twistedgw.pipeline import (
+    REPORT_TIERS,
+    TIER_LIMIT,
     Call,
     HeaderEdit,
     HeaderView,
@@ -419,13 +421,24 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
     anything else into a 500 of its own. So is a path not already in normal
     form (``routing.authz_path``). Refusals are never cached (``verdicts.NO_STORE``).
+    The config ``nginx-config`` renders also asks for answers NGINX can send itself
+    (``verdicts.ASKER``): then every refusal the direct mode would give this request
+    carries its status and JSON, and only the refusals about the subrequest itself (a
+    path not in normal form, another API than NGINX routed to) are left for NGINX's
+    gateway path.
     """
     assert runtime.config.authz is not None
     settings = runtime.config.authz
     fields = exchange.fields
+    asked = fields.last(verdicts.ASKER)
+    answer = asked is not None and verdicts.asker(asked, False).answer
 
-    def refuse(error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        answer_error(gateway, exchange, error, (*verdicts.NO_STORE, *headers))
+    def refuse(
+        error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = (), direct: bool = False
+    ) -> None:
+        """``direct``: the direct mode's own refusal of this request (the answer asker
+        gets it whole); else one about the subrequest (NGINX's gateway path answers)."""
+        _refuse(gateway, exchange, error, (*verdicts.NO_STORE, *headers), answer and direct)
 
     original = fields.last(settings.original_uri_header.encode())
     if original is None:
@@ -450,7 +463,14 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         return
     route = judged.route
     if route is None or route.pipeline is None:
-        refuse(errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description))
+        missing = errors.not_found(judged.path.decode("latin-1"))
+        refuse(missing if answer else errors.forbidden(missing.description), direct=True)
+        return
+    expected = fields.last(verdicts.EXPECTED_API)
+    if expected is not None and expected != verdicts.api_reference(route.api).encode():
+        refuse(errors.forbidden(
+            f"twistedgw routes this request to {route.api.label}, not to the API the "
+            "proxy chose"))
         return
     if route.api.operations is not None and named_method is None:
         # An OpenAPI API's security depends on the operation, so on the real method,
@@ -458,7 +478,12 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         refuse(errors.forbidden(f"the {settings.original_method_header} header is missing"))
         return
     if route.unmatched is not None:
-        refuse(errors.forbidden(route.unmatched.description))
+        if answer:  # the direct mode's 404 or 405 (with Allow)
+            exchange.api = route.api
+            allow = ((b"Allow", route.allow),) if route.allow else ()
+            refuse(route.unmatched, allow, direct=True)
+        else:
+            refuse(errors.forbidden(route.unmatched.description))
         return
     caller = callers.resolve(exchange, runtime)
     view = request_view(exchange, judged.path, judged.query)
@@ -469,17 +494,37 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         via_load_balancer=caller.via_load_balancer,
         trace=exchange.trace,
     )
+    asker = verdicts.asker(asked, caller.via_load_balancer) if asked else verdicts.PLAIN
+    if asker.tiers:  # NGINX spends the bucket: the Tiers stage names it instead
+        call.notes[REPORT_TIERS] = True
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = route.api, call
     config = runtime.config
     _settle(
         gateway, exchange, route.pipeline.judge(call),
-        lambda _o: _allow(gateway, exchange, config),
+        lambda _o: _allow(gateway, exchange, config, asker),
         verdicts.NO_STORE,
+        answer,
     )
 
 
-def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -> None:
+def _refuse(
+    gateway: Gateway,
+    exchange: GatewayExchange,
+    error: GatewayError,
+    headers: tuple[tuple[bytes, bytes], ...],
+    answer: bool,
+) -> None:
+    """A refusal; for an authz asker that answers refusals itself, in its form."""
+    if answer:
+        error, headers = verdicts.refusal_for_nginx(error, headers)
+    answer_error(gateway, exchange, error, headers)
+
+
+def _allow(
+    gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig,
+    asker: verdicts.Asker = verdicts.PLAIN,
+) -> None:
     call = exchange.call
     assert call is not None and call.api is not None
     if call.sandbox:  # the proxy that asked forwards to its own backend, never a sandbox one
@@ -489,8 +534,14 @@ def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -
             verdicts.NO_STORE)
         return
     headers = answer_headers()
-    headers.extend(verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)))
+    lifetime = verdicts.allow_lifetime(
+        config, call.api, call.identity, asker=asker, claims=call.claims
+    )
+    headers.extend(verdicts.cache_headers(lifetime))
     headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
+    limit = call.notes.get(TIER_LIMIT)
+    if limit is not None:  # the bucket NGINX spends for this caller
+        headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))
     headers.append((b"x-twistedgw-api", call.api.label.encode()))
     identity = call.identity
     if identity.leaf is not None and identity.verified:
@@ -513,11 +564,14 @@ def _settle(
     outcome: Outcome | Deferred[Outcome],
     proceed: Callable[[HeaderEdit], None],
     refusal_headers: tuple[tuple[bytes, bytes], ...] = (),
+    answer: bool = False,
 ) -> None:
-    """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed)."""
+    """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed);
+    ``answer``: refusals in the form of an authz asker that answers them itself."""
     if not isinstance(outcome, Deferred):
         if isinstance(outcome, Refusal):
-            answer_error(gateway, exchange, outcome.error, (*refusal_headers, *outcome.headers))
+            _refuse(gateway, exchange, outcome.error, (*refusal_headers, *outcome.headers),
+                    answer)
         else:
             proceed(outcome)
         return
@@ -527,7 +581,8 @@ def _settle(
         if responder.gone:  # the client left while a stage was waiting
             return
         if isinstance(result, Refusal):
-            answer_error(gateway, exchange, result.error, (*refusal_headers, *result.headers))
+            _refuse(gateway, exchange, result.error, (*refusal_headers, *result.headers),
+                    answer)
         else:
             proceed(result)
 

@@ -14,10 +14,16 @@ plugins, which may read anything) are never cached.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
 
+from twistedgw import errors
 from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.identity import _forwarding as idforward
+from twistedgw.pipeline import Limit
 
 #: Prefix of the authz answer headers that carry the identity headers to forward:
 #: ``X-Twistedgw-Set-X-Forwarded-Client-Cert: <value>`` means "send the backend
@@ -25,6 +31,61 @@ from twistedgw.identity import _forwarding as idforward
 SET_PREFIX = b"x-twistedgw-set-"
 
 NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
+
+#: Sent by the config ``twistedgw nginx-config`` renders: what the asker does with the
+#: answer, comma-separated. ``answer``: refusals come as 401 (or 403, the only other
+#: status ``auth_request`` understands) with the direct mode's status and JSON in
+#: ``X-Twistedgw-Status`` and ``X-Twistedgw-Error``, so NGINX answers them itself
+#: without reading the request body. ``token-key``: the asker's cache key holds a hash
+#: of the ``Authorization`` header, so bearer-token verdicts may be cached (never past
+#: the token's ``exp``). ``tiers``: the asker spends the tier buckets itself; the answer
+#: names the bucket (``X-Twistedgw-Tier``) and the endpoint spends nothing.
+ASKER = b"x-twistedgw-nginx"
+#: The API NGINX routed the request to (its label, percent-encoded): when twistedgw's
+#: routing names another, the answer is a refusal NGINX hands to the gateway path.
+EXPECTED_API = b"x-twistedgw-api-expected"
+STATUS = b"x-twistedgw-status"
+ERROR = b"x-twistedgw-error"
+TIER = b"x-twistedgw-tier"
+
+
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """What the proxy asking the authz endpoint does with its answer (``ASKER``)."""
+
+    answer: bool = False
+    token_key: bool = False
+    tiers: bool = False
+
+
+PLAIN = Asker()
+
+
+def asker(value: bytes | None, trusted: bool) -> Asker:
+    """``ASKER``'s value; ``token_key`` and ``tiers`` count only from a trusted proxy
+    (they change what may be cached and who counts), ``answer`` only changes the form."""
+    if not value:
+        return PLAIN
+    words = {w.strip() for w in value.lower().split(b",")}
+    return Asker(
+        b"answer" in words, trusted and b"token-key" in words, trusted and b"tiers" in words
+    )
+
+
+def api_reference(api: ApiConfig) -> str:
+    """How the rendered config names an API to the authz endpoint (``EXPECTED_API``)."""
+    return quote(api.label, safe="")
+
+
+def refusal_for_nginx(
+    error: errors.GatewayError, headers: Sequence[tuple[bytes, bytes]]
+) -> tuple[errors.GatewayError, tuple[tuple[bytes, bytes], ...]]:
+    """A direct-mode refusal as the ``answer`` asker wants it: 401 stays 401, any other
+    status becomes 403 (``auth_request`` turns other codes into a 500 of its own), with
+    the real status and the JSON body in headers beside the refusal's own."""
+    shown = error if error.status in (401, 403) else replace(error, status=403)
+    extra = ((STATUS, str(error.status).encode()), (ERROR, error.body()))
+    return shown, (*headers, *extra)
 
 
 def _securities(api: ApiConfig) -> list[ApiConfig]:
@@ -64,14 +125,19 @@ def per_operation(api: ApiConfig) -> bool:
     return api.operations is not None
 
 
-def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
-    """Whether an allow for ``api`` may be cached at all (the same for every caller)."""
+def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -> bool:
+    """Whether an allow for ``api`` may be cached at all by ``asker`` (the same for every
+    caller). Tiers count every request, so only an asker that spends the buckets itself
+    may cache them; a bearer token's verdict ends with the token, so only an asker whose
+    cache key holds the token's hash may cache it."""
     authz = config.authz
-    if authz is None or authz.cache_seconds < 1 or api.tiers or api.plugins:
+    if authz is None or authz.cache_seconds < 1 or api.plugins:
         return False
-    # A bearer token's verdict ends with the token, which the cache key cannot see; a
-    # password's would have to be keyed by the password.
-    if uses_bearer(api) or uses_basic(api) or uses_policy(api):
+    if api.tiers and not asker.tiers:
+        return False
+    if not asker.token_key and uses_bearer(api):
+        return False
+    if uses_basic(api) or uses_policy(api):  # a password; every request counts
         return False
     tls = config.tls
     return not (
@@ -82,10 +148,17 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
 
 
 def allow_lifetime(
-    config: GatewayConfig, api: ApiConfig, identity: ClientIdentity, now: float | None = None
+    config: GatewayConfig,
+    api: ApiConfig,
+    identity: ClientIdentity,
+    now: float | None = None,
+    *,
+    asker: Asker = PLAIN,
+    claims: Mapping[str, Any] | None = None,
 ) -> int:
-    """Whole seconds an allow may be cached; 0 = ask every time."""
-    if not api_cacheable(config, api):
+    """Whole seconds an allow may be cached; 0 = ask every time. Never past
+    ``cache_seconds``, any certificate's expiry in the chain, nor a token's ``exp``."""
+    if not api_cacheable(config, api, asker):
         return 0
     assert config.authz is not None
     now = time.time() if now is None else now
@@ -100,7 +173,23 @@ def allow_lifetime(
             future = [s for s in starts if s > 0]
             if future:
                 limit = min(limit, min(future))
+    if claims is not None:
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            try:
+                limit = min(limit, float(exp) - now)
+            except OverflowError:
+                return 0
     return max(0, int(limit))
+
+
+def tier_value(config: GatewayConfig, limit: Limit) -> bytes:
+    """``X-Twistedgw-Tier``: the requests per minute, the bucket's key as the store spends
+    it (hex: in Redis, the very key twistedgw's own requests spend, so both spend one
+    bucket) and ``c`` (a consumer's) or ``l`` (a certificate's), for the refusal's words."""
+    key = limit.key if config.cluster is None else config.cluster.key_prefix.encode() + limit.key
+    kind = b"c" if limit.consumer else b"l"
+    return b"%d %s %s" % (limit.requests_per_minute, key.hex().encode(), kind)
 
 
 def cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:

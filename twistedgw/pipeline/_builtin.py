@@ -32,6 +32,10 @@ from twistedgw.pipeline._interfaces import (
 )
 
 API_KEY_HEADER = b"apikey"
+#: ``Call.notes`` keys: set REPORT_TIERS and the Tiers stage spends nothing, leaving the
+#: ``tiers.Limit`` that applies under TIER_LIMIT (the authz endpoint, whose asker counts).
+REPORT_TIERS = "twistedgw.tiers.report"
+TIER_LIMIT = "twistedgw.tiers.limit"
 
 
 @implementer(IScheme)
@@ -132,6 +136,9 @@ class Tiers:
             return None
         limit = tiers.limit_for(call.api, identity, call.consumer)
         if limit is None:
+            return None
+        if call.notes.get(REPORT_TIERS):  # the authz endpoint's asker (NGINX) spends it
+            call.notes[TIER_LIMIT] = limit
             return None
         try:
             wait = self._store.take_limit(limit)

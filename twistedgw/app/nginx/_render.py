@@ -45,8 +45,32 @@ def _gateway_proxy(indent: str) -> str:
             "proxy_set_header X-Forwarded-Proto https;",
             "proxy_intercept_errors off;",
             "proxy_buffering off;",
+            # twistedgw judges at head time: the body follows only once it is read.
+            "proxy_request_buffering off;",
         )
     )
+
+
+#: Every status a refusal of the direct mode may have (errors.py): @twistedgw_refused
+#: answers each with the JSON the authz endpoint sent (verdicts.refusal_for_nginx).
+REFUSAL_STATUSES = (400, 401, 403, 404, 405, 413, 421, 429, 500, 502, 503, 504)
+
+
+def _refused_location(w: Callable[[str], None]) -> None:
+    """The auth_request variant's refusals: the direct mode's status, JSON and headers
+    from the authz answer (auth_request_set), sent by NGINX before it reads any body.
+    An answer without them (a refusal about the subrequest itself) goes to twistedgw."""
+    w("    location @twistedgw_refused {")
+    w("        default_type application/json;")
+    w("        add_header WWW-Authenticate $tgw_challenge always;  # empty: not sent")
+    w("        add_header Retry-After $tgw_retry_after always;")
+    w("        add_header Allow $tgw_allow always;")
+    for status in REFUSAL_STATUSES:
+        w(f"        if ($tgw_status = {status}) {{")
+        w(f"            return {status} $tgw_error;")
+        w("        }")
+    w(_gateway_proxy("        "))
+    w("    }")
 
 
 def _backend_tls(config: GatewayConfig, api: ApiConfig, indent: str) -> list[str]:
@@ -216,6 +240,10 @@ def _render(
         too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
         w(f"        return 413 {json_body(too_large)};")
         w("    }")
+    hosted = _hosted_contexts(config)
+    if any(_whole_to_twistedgw(api, hosted) is None
+           and not (lua and verdicts.api_cacheable(config, api)) for api in config.apis):
+        _refused_location(w)  # its variables exist where auth_request_set names them
     w("    location @twistedgw_503 {")
     w("        default_type application/json;")
     w("        return 503 " + json_body(errors.backend_unavailable("backend is unavailable")) + ";")
@@ -229,7 +257,6 @@ def _render(
     identity_names = verdicts.identity_header_names(config)
     ordered = sorted(enumerate(config.apis), key=lambda item: len(item[1].context), reverse=True)
     root_api: tuple[int, ApiConfig] | None = None
-    hosted = _hosted_contexts(config)
     rendered: set[str] = set()
     for i, api in ordered:
         if api.context in rendered:  # APIs sharing a context by hosts: one location
@@ -272,6 +299,9 @@ def _render(
         w(f"        proxy_set_header {authz.original_method_header} $request_method;")
         w(f"        proxy_set_header {lb_header} $ssl_client_escaped_cert;")
         w("        proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
+        w(f"        proxy_set_header {verdicts.ASKER.decode()} answer;  # refusals NGINX sends")
+        reference = quote(verdicts.api_reference(api))
+        w(f"        proxy_set_header {verdicts.EXPECTED_API.decode()} {reference};")
         if verdicts.api_cacheable(config, api) and not lua:
             key_parts = [f"{i}:{api.label}", "$ssl_client_fingerprint"]
             key_parts += [f"$http_{h.replace('-', '_')}" for h in verdicts.key_headers(api)]
@@ -369,7 +399,12 @@ def _api_body(
             variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
             write(f"        auth_request_set $tgw_id_{n} $upstream_http_{variable};")
         write("        auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
-    write("        error_page 401 403 = @twistedgw_gateway;")
+        for variable, answer in (("status", verdicts.STATUS), ("error", verdicts.ERROR),
+                                 ("challenge", b"www-authenticate"),
+                                 ("retry_after", b"retry-after"), ("allow", b"allow")):
+            upstream = answer.decode().replace("-", "_")
+            write(f"        auth_request_set $tgw_{variable} $upstream_http_{upstream};")
+        write("        error_page 401 403 = @twistedgw_refused;")
     write(f"        error_page 413 = @twistedgw_413_{i};")
     write("        error_page 502 503 = @twistedgw_503;")
     write("        error_page 504 = @twistedgw_504;")

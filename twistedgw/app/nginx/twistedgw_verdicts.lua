@@ -20,6 +20,94 @@ local function gateway()
     return ngx.exec("@twistedgw_gateway")
 end
 
+local REASONS = {
+    [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+    [404] = "Not Found", [405] = "Method Not Allowed", [413] = "Payload Too Large",
+    [421] = "Misdirected Request", [429] = "Too Many Requests",
+    [500] = "Internal Server Error", [502] = "Bad Gateway",
+    [503] = "Service Unavailable", [504] = "Gateway Timeout",
+}
+local LINGER = 2  -- seconds a refusal waits for (and drops) a body, as the direct mode
+
+local function one(value)
+    if type(value) == "table" then return value[1] end
+    return value
+end
+
+-- A refusal to a client that waits for "100 Continue": NGINX would send that before
+-- discarding the body of any answer it writes, so the answer goes on the raw
+-- connection (HTTP/1.1), which then closes after at most LINGER seconds of dropping
+-- whatever the client sends anyway. Nothing of the body is kept.
+local function send_raw(status, body, headers)
+    local sock = ngx.req.socket(true)
+    if not sock then
+        return false
+    end
+    local out = {"HTTP/1.1 ", status, " ", REASONS[status] or "Error",
+                 "\r\nServer: nginx\r\nDate: ", ngx.http_time(ngx.time()),
+                 "\r\nContent-Type: application/json\r\nContent-Length: ", #body, "\r\n"}
+    for _, pair in ipairs(headers) do
+        if pair[2] and pair[2] ~= "" then
+            out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+        end
+    end
+    out[#out + 1] = "Connection: close\r\n\r\n"
+    if ngx.req.get_method() ~= "HEAD" then
+        out[#out + 1] = body
+    end
+    sock:send(table.concat(out))
+    local deadline = ngx.now() + LINGER
+    while true do
+        local left = deadline - ngx.now()
+        if left <= 0 then break end
+        sock:settimeout(left * 1000)
+        local data = sock:receiveany(65536)
+        if not data then break end
+    end
+    ngx.exit(444)  -- close, NGINX writes nothing more
+    return true
+end
+
+-- Answer a refusal as twistedgw's direct mode would (its status, JSON and headers),
+-- before any of the request body is read.
+local function send(status, body, headers)
+    local expect = ngx.var.http_expect
+    if expect and expect:lower() == "100-continue" and ngx.req.http_version() == 1.1
+            and send_raw(status, body, headers) then
+        return
+    end
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Content-Length"] = #body
+    for _, pair in ipairs(headers) do
+        if pair[2] and pair[2] ~= "" then
+            ngx.header[pair[1]] = pair[2]
+        end
+    end
+    ngx.print(body)
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+-- The authz endpoint refused: it says with which status and JSON (X-Twistedgw-Status,
+-- X-Twistedgw-Error), or leaves the request to the gateway path (no status: a refusal
+-- about the subrequest itself, e.g. another API than this location's).
+local function refused(res)
+    local header = {}
+    for name, value in pairs(res.header) do
+        header[string.lower(name)] = one(value)
+    end
+    local status = tonumber(header["x-twistedgw-status"])
+    local body = header["x-twistedgw-error"]
+    if not status or not body then
+        return gateway()
+    end
+    return send(status, body, {
+        {"WWW-Authenticate", header["www-authenticate"]},
+        {"Retry-After", header["retry-after"]},
+        {"Allow", header["allow"]},
+    })
+end
+
 -- api: the API's index in the config (names the internal authz location and the key)
 -- keys: the request headers the API's schemes read (apikey, an OpenAPI apiKey header):
 --       part of the cache key; a repeated one is never cached
@@ -54,7 +142,7 @@ function _M.access(api, keys, per_operation, answers)
     if verdict == nil then
         local res = ngx.location.capture("/_twistedgw_nginx/authz/" .. api)
         if res.status ~= 200 then
-            return gateway()
+            return refused(res)
         end
         local header = {}  -- by lower-case name (res.header keeps the sender's case)
         for name, value in pairs(res.header) do
