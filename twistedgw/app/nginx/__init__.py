@@ -14,9 +14,11 @@ one of two ways:
 - **The gateway path**: everything else is handed whole to twistedgw, which answers
   exactly as the direct mode does (routing, JSON errors, forwarding).
 
-Modules: ``_checks`` (what the config lacks), ``_render`` (the include),
-``_binary`` (the NGINX binary, ``nginx -t``, the Lua probe), ``_lua`` (the Lua
-module shipped as package data), ``_text`` (config text helpers).
+Modules: ``_checks`` (what the config lacks), ``_plan`` (which way each API takes,
+and why), ``_render`` (the include), ``_servers`` (server blocks), ``_locations``
+(each API's location, the authz and error locations), ``_lua`` (the Lua variant and
+its module, shipped as package data), ``_binary`` (the NGINX binary, ``nginx -t``,
+the probe of ``--variant auto``), ``_site`` and ``_text`` (shared helpers).
 """
 
 from twistedgw.app.nginx._binary import (
@@ -30,6 +32,7 @@ from twistedgw.app.nginx._binary import (
 )
 from twistedgw.app.nginx._checks import NginxConfigError, check
 from twistedgw.app.nginx._lua import LUA_NAME, lua_source
+from twistedgw.app.nginx._plan import ApiPlan, plan
 from twistedgw.app.nginx._render import VARIANTS, Rendered, render
 from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, INTERNAL
 
@@ -40,6 +43,7 @@ __all__ = [
     "LUA_MODULES",
     "LUA_NAME",
     "VARIANTS",
+    "ApiPlan",
     "NginxConfigError",
     "Probe",
     "Rendered",
@@ -48,6 +52,7 @@ __all__ = [
     "lua_source",
     "nginx_binary",
     "nginx_test",
+    "plan",
     "probe",
     "render",
     "version",

@@ -1,8 +1,17 @@
-"""The Lua variant's module, shipped inside the package (``twistedgw_verdicts.lua``)."""
+"""The Lua variant: the module shipped inside the package (``twistedgw_verdicts.lua``)
+and the ``access_by_lua_block`` each NGINX-path API's location calls it from."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from twistedgw.app.nginx._text import lua_string
+from twistedgw.http import _verdicts as verdicts
+
+if TYPE_CHECKING:
+    from twistedgw.app.nginx._plan import ApiPlan
+    from twistedgw.app.nginx._site import Site
 
 LUA_NAME = "twistedgw_verdicts.lua"
 
@@ -10,3 +19,22 @@ LUA_NAME = "twistedgw_verdicts.lua"
 def lua_source() -> Path:
     """The Lua module's file in the installed package (a wheel ships it as package data)."""
     return Path(__file__).resolve().with_name(LUA_NAME)
+
+
+def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
+    """``access_by_lua_block`` for one API: its verdict cache key's parts and the answer
+    headers whose values the location's variables take."""
+    w = site.w
+    api = plan.api
+    answers = [((verdicts.SET_PREFIX + name).decode(), f"tgw_id_{n}")
+               for n, name in enumerate(site.identity_names)]
+    answers.append(("x-consumer-name", "tgw_consumer"))
+    for _answer, variable in answers:
+        w(f'{indent}set ${variable} "";')
+    table = ", ".join(f"{{{lua_string(a)}, {lua_string(v)}}}" for a, v in answers)
+    keys = ", ".join(lua_string(h) for h in verdicts.key_headers(api))
+    per_op = "true" if verdicts.per_operation(api) else "false"
+    w(f"{indent}access_by_lua_block {{")
+    w(f'{indent}    require("twistedgw_verdicts").access("{plan.index}", {{{keys}}}, {per_op},')
+    w(f"{indent}        {{{table}}})")
+    w(f"{indent}}}")

@@ -1,0 +1,259 @@
+"""The locations of a server block: one per API context (NGINX's path or the gateway
+path), the internal authz locations, and the named locations that answer errors."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twistedgw import errors
+from twistedgw.app.nginx._lua import lua_access
+from twistedgw.app.nginx._plan import ApiPlan
+from twistedgw.app.nginx._site import Site
+from twistedgw.app.nginx._text import (
+    CACHE_ZONE,
+    INTERNAL,
+    context_regex,
+    host_header,
+    json_body,
+    quote,
+)
+from twistedgw.http import _verdicts as verdicts
+from twistedgw.identity import _forwarding as idforward
+from twistedgw.pipeline import method_override_headers
+
+#: Every status a refusal of the direct mode may have (errors.py): @twistedgw_refused
+#: answers each with the JSON the authz endpoint sent (verdicts.refusal_for_nginx).
+REFUSAL_STATUSES = (400, 401, 403, 404, 405, 413, 421, 429, 500, 502, 503, 504)
+I1, I2, I3 = "    ", "        ", "            "
+
+
+def gateway_proxy(site: Site, indent: str) -> None:
+    """Hand the request, as the client sent it, to twistedgw's full gateway."""
+    for line in (
+        "proxy_pass http://twistedgw_authz$request_uri;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;",
+        "proxy_set_header X-SSL-Client-Verify $ssl_client_verify;",
+        "proxy_set_header X-Forwarded-For $remote_addr;  # twistedgw's peer is the socket",
+        "proxy_set_header X-Forwarded-Proto https;",
+        "proxy_intercept_errors off;",
+        "proxy_buffering off;",
+        # twistedgw judges at head time: the body follows only once it is read.
+        "proxy_request_buffering off;",
+    ):
+        site.w(indent + line)
+
+
+def shared_locations(site: Site) -> None:
+    """The gateway path's locations and the named locations errors go to."""
+    w = site.w
+    limits = site.config.limits
+    w(f"{I1}location @twistedgw_gateway {{")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+    w(f"{I1}location = {INTERNAL}/gateway {{")
+    w(f"{I2}internal;")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+    for plan in site.plans:
+        api = plan.api
+        w(f"{I1}location @twistedgw_413_{plan.index} {{")
+        w(f"{I2}default_type application/json;")
+        too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
+        w(f"{I2}return 413 {json_body(too_large)};")
+        w(f"{I1}}}")
+    if any(p.nginx_path and not p.lua for p in site.plans):
+        _refused_location(site)  # its variables exist where auth_request_set names them
+    w(f"{I1}location @twistedgw_503 {{")
+    w(f"{I2}default_type application/json;")
+    w(f"{I2}return 503 {json_body(errors.backend_unavailable('backend is unavailable'))};")
+    w(f"{I1}}}")
+    w(f"{I1}location @twistedgw_504 {{")
+    w(f"{I2}default_type application/json;")
+    timeout = errors.backend_timeout("backend did not answer in time")
+    w(f"{I2}return 504 {json_body(timeout)};")
+    w(f"{I1}}}")
+
+
+def _refused_location(site: Site) -> None:
+    """The auth_request variant's refusals: the direct mode's status, JSON and headers
+    from the authz answer (auth_request_set), sent by NGINX before it reads any body.
+    An answer without them (a refusal about the subrequest itself) goes to twistedgw."""
+    w = site.w
+    w(f"{I1}location @twistedgw_refused {{")
+    w(f"{I2}default_type application/json;")
+    w(f"{I2}add_header WWW-Authenticate $tgw_challenge always;  # empty: not sent")
+    w(f"{I2}add_header Retry-After $tgw_retry_after always;")
+    w(f"{I2}add_header Allow $tgw_allow always;")
+    for status in REFUSAL_STATUSES:
+        w(f"{I2}if ($tgw_status = {status}) {{")
+        w(f"{I3}return {status} $tgw_error;")
+        w(f"{I2}}}")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+
+
+def context_locations(site: Site) -> None:
+    """One regex location per context, longest first (twistedgw's routing order); the
+    root context last, or a catch-all that hands unknown paths to twistedgw (404)."""
+    w = site.w
+    ordered = sorted(site.plans, key=lambda p: len(p.api.context), reverse=True)
+    root: ApiPlan | None = None
+    rendered: set[str] = set()
+    for plan in ordered:
+        api = plan.api
+        if api.context in rendered:  # APIs sharing a context by hosts: one location
+            continue
+        rendered.add(api.context)
+        if api.context == "/":
+            root = plan
+            continue
+        w()
+        w(f"{I1}# {api.label}: {api.context} -> {api.backend}")
+        w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
+        api_body(site, plan)
+        w(f"{I1}}}")
+    w()
+    if root is not None:
+        w(f"{I1}# {root.api.label}: / -> {root.api.backend}")
+        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
+        api_body(site, root)
+        w(f"{I1}}}")
+    else:
+        w(f"{I1}# No API at this path: twistedgw answers 404 as in direct mode.")
+        w(f"{I1}location / {{")
+        gateway_proxy(site, I2)
+        w(f"{I1}}}")
+
+
+def api_body(site: Site, plan: ApiPlan) -> None:
+    """An API's location: ask twistedgw (or the verdict cache), then proxy to the backend
+    with the identity headers from the answer; or hand everything to twistedgw."""
+    w = site.w
+    config, api, i = site.config, plan.api, plan.index
+    limits = config.limits
+    if plan.gateway is not None:
+        w(f"{I2}# {plan.gateway}: twistedgw forwards every request.")
+        gateway_proxy(site, I2)
+        return
+    body = api.max_body_bytes or limits.max_body_bytes
+    timeout = api.backend_timeout or limits.backend_timeout
+    path = urlsplit(api.backend).path
+    target = f"{path}$tgw_rest" if path else "$tgw_rest_or_slash"
+    if plan.lua:
+        lua_access(site, plan, I2)
+    else:
+        w(f"{I2}auth_request {INTERNAL}/authz/{i};")
+        for n, name in enumerate(site.identity_names):
+            variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_id_{n} $upstream_http_{variable};")
+        w(f"{I2}auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
+        for variable, answer in (("status", verdicts.STATUS), ("error", verdicts.ERROR),
+                                 ("challenge", b"www-authenticate"),
+                                 ("retry_after", b"retry-after"), ("allow", b"allow")):
+            upstream = answer.decode().replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_{variable} $upstream_http_{upstream};")
+        w(f"{I2}error_page 401 403 = @twistedgw_refused;")
+    w(f"{I2}error_page 413 = @twistedgw_413_{i};")
+    w(f"{I2}error_page 502 503 = @twistedgw_503;")
+    w(f"{I2}error_page 504 = @twistedgw_504;")
+    w(f"{I2}client_max_body_size {body};")
+    scheme = "https" if api.backend.startswith("https://") else "http"
+    # The backend path, then the rest after the context (the query follows by itself);
+    # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
+    w(f"{I2}rewrite ^ {target} break;")
+    w(f"{I2}proxy_pass {scheme}://twistedgw_backend_{i};")
+    w(f"{I2}proxy_http_version 1.1;")
+    w(f"{I2}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
+    w(f"{I2}proxy_read_timeout {max(1, int(timeout))}s;")
+    w(f"{I2}proxy_send_timeout {max(1, int(timeout))}s;")
+    w(f"{I2}proxy_intercept_errors off;")
+    w(f'{I2}proxy_set_header Connection "";')
+    w(f"{I2}proxy_set_header Host {quote(host_header(api.backend))};")
+    w(f"{I2}proxy_set_header X-Forwarded-For $remote_addr;")
+    w(f"{I2}proxy_set_header X-Forwarded-Proto https;")
+    w(f"{I2}proxy_set_header X-Forwarded-Host $http_host;")
+    names = site.identity_names
+    for header in site.stripped:
+        if header.encode() not in names and header.encode() != idforward.CONSUMER_NAME:
+            w(f'{I2}proxy_set_header {header} "";')
+    w(f"{I2}proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
+    for header in method_override_headers(api):  # operations differ in security
+        w(f'{I2}proxy_set_header {header} "";')
+    for n, name in enumerate(names):
+        w(f"{I2}proxy_set_header {name.decode()} $tgw_id_{n};")
+    _backend_tls(site, plan)
+
+
+def _backend_tls(site: Site, plan: ApiPlan) -> None:
+    api = plan.api
+    if not api.backend.startswith("https://"):
+        return
+    tls = site.config.backend_tls_for(api)
+    trusted = str(tls.trusted_certificate) if tls.trusted_certificate else (
+        "/etc/ssl/certs/ca-certificates.crt"
+    )
+    lines = [
+        "proxy_ssl_verify on;",
+        "proxy_ssl_verify_depth 4;",
+        f"proxy_ssl_trusted_certificate {quote(trusted)};",
+        "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+    ]
+    name = tls.server_name or urlsplit(api.backend).hostname or ""
+    lines.append(f"proxy_ssl_name {quote(name)};")
+    lines.append("proxy_ssl_server_name on;")
+    if tls.certificate is not None and tls.private_key is not None:
+        lines.append(f"proxy_ssl_certificate {quote(str(tls.certificate))};")
+        lines.append(f"proxy_ssl_certificate_key {quote(str(tls.private_key))};")
+    for line in lines:
+        site.w(I2 + line)
+
+
+def authz_locations(site: Site) -> None:
+    """The internal location each NGINX-path API asks twistedgw through."""
+    w = site.w
+    config = site.config
+    authz = config.authz
+    lb_header = config.mutual_ssl.certificate_header
+    assert authz is not None and lb_header is not None
+    for plan in site.plans:
+        if not plan.nginx_path:
+            continue
+        api, i = plan.api, plan.index
+        w()
+        w(f"{I1}location = {INTERNAL}/authz/{i} {{  # {api.label}")
+        w(f"{I2}internal;")
+        w(f"{I2}proxy_pass http://twistedgw_authz{authz.path};")
+        w(f"{I2}proxy_method GET;")
+        w(f"{I2}proxy_http_version 1.1;")
+        w(f"{I2}proxy_pass_request_body off;")
+        w(f'{I2}proxy_set_header Content-Length "";')
+        w(f'{I2}proxy_set_header Connection "";')
+        w(f"{I2}proxy_set_header Host $http_host;")
+        w(f"{I2}proxy_set_header {authz.original_uri_header} $request_uri;")
+        w(f"{I2}proxy_set_header {authz.original_method_header} $request_method;")
+        w(f"{I2}proxy_set_header {lb_header} $ssl_client_escaped_cert;")
+        w(f"{I2}proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
+        asker = "answer,token-key" if plan.lua else "answer"
+        w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(asker)};")
+        reference = quote(verdicts.api_reference(api))
+        w(f"{I2}proxy_set_header {verdicts.EXPECTED_API.decode()} {reference};")
+        if plan.cached and not plan.lua:
+            key_parts = [f"{i}:{api.label}", "$ssl_client_fingerprint"]
+            key_parts += [f"$http_{h.replace('-', '_')}" for h in verdicts.key_headers(api)]
+            if verdicts.per_operation(api):  # the operation decides the schemes
+                key_parts += ["$request_method", "$request_uri"]
+            w(f"{I2}proxy_cache {CACHE_ZONE};")
+            w(f"{I2}proxy_cache_key {quote('|'.join(key_parts))};")
+            w(f"{I2}proxy_cache_methods GET;")
+            w(f"{I2}proxy_ignore_headers Set-Cookie Vary Expires;")
+            w(f"{I2}# The answer's X-Accel-Expires says how long (never past cache_seconds")
+            w(f"{I2}# nor the certificate's expiry); refusals are never cached.")
+        elif plan.lua:
+            w(f"{I2}# Lua keeps the verdicts (for the answer's max-age).")
+        else:
+            w(f"{I2}# Not cached: {plan.uncached_why}.")
+        w(f"{I1}}}")

@@ -1,0 +1,107 @@
+"""Which way each API's requests take through NGINX, and why: the one place that decides
+(the renderer follows it; ``nginx-config`` prints it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twistedgw.config import ApiConfig, GatewayConfig, variants
+from twistedgw.http import _verdicts as verdicts
+
+#: What the rendered config tells the authz endpoint it does with the answer.
+AUTH_REQUEST_ASKER = verdicts.Asker(answer=True)
+LUA_ASKER = verdicts.Asker(answer=True, token_key=True, tiers=False)
+
+
+@dataclass(frozen=True)
+class ApiPlan:
+    """One API's way: NGINX's path (NGINX proxies it, asking twistedgw for verdicts) or
+    the gateway path (NGINX hands every request to twistedgw), and why."""
+
+    index: int
+    api: ApiConfig
+    gateway: str | None  # why every request goes to twistedgw; None: NGINX's path
+    lua: bool = False  # access_by_lua (the Lua variant), else auth_request
+    cached: bool = False  # verdicts are cached (else asked on every request)
+    uncached_why: str = ""
+
+    @property
+    def nginx_path(self) -> bool:
+        return self.gateway is None
+
+    def describe(self, config: GatewayConfig) -> str:
+        """One line: the API, its context, its way and why."""
+        head = f"{self.api.label} ({self.api.context})"
+        if self.gateway is not None:
+            return f"{head}: gateway path: {self.gateway}"
+        how = "Lua (access_by_lua)" if self.lua else "auth_request"
+        if self.cached:
+            assert config.authz is not None
+            seconds = f"{config.authz.cache_seconds:g}"
+            verdict = f"verdicts cached for at most {seconds} s"
+        else:
+            verdict = f"a decision per request ({self.uncached_why})"
+        return f"{head}: NGINX's path, {how}, {verdict}"
+
+
+def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) -> str:
+    authz = config.authz
+    if authz is None or authz.cache_seconds < 1:
+        return "[authz] cache_seconds = 0"
+    if api.plugins:
+        return "plugins may read anything in the request"
+    if api.tiers and not asker.tiers:
+        return "tiers count every request"
+    if verdicts.uses_bearer(api) and not asker.token_key:
+        return "bearer tokens: NGINX's cache key would hold the token in clear"
+    return "OCSP answers are kept for less than cache_seconds"
+
+
+def _gateway_reason(api: ApiConfig, hosted: frozenset[str]) -> str | None:
+    """Why NGINX must hand every request of ``api`` to twistedgw, or None."""
+    if api.context in hosted:
+        # NGINX's location (and the verdict cache key) would name one API for every host.
+        return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
+    if api.tiers:
+        return "Per-certificate or per-consumer tiers count every request"
+    if api.sandbox is not None or any(
+        op.production is not None or op.sandbox is not None for op in api.operations or ()
+    ):
+        return ("Sandbox or per-operation endpoints (x-wso2-sandbox-endpoints, x-wso2-production-"
+                "endpoints on a resource): twistedgw picks the endpoint after authentication")
+    if api.backend_auth is not None:
+        return ("Backend credentials (securityConfig, backend_credentials): twistedgw sets the "
+                "backend's Authorization, so the password stays out of NGINX's config")
+    if api.transports != frozenset(("http", "https")):
+        return ("Transports (x-wso2-transports): twistedgw judges the scheme the client used "
+                "(NGINX's X-Forwarded-Proto)")
+    if any(c.api_key_query is not None or c.auth_header.lower() != "authorization"
+           for c in (api, *variants(api))):
+        return ("An API key in the query or a bearer token in x-wso2-auth-header: twistedgw "
+                "reads it and removes it before forwarding")
+    if verdicts.uses_policy(api):
+        return "Throttling policies (x-wso2-throttling-tier) count every request"
+    if len(api.endpoints) > 1:
+        return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
+    if verdicts.uses_bearer(api):
+        return "Bearer tokens: twistedgw checks them and removes Authorization as configured"
+    if verdicts.uses_basic(api):
+        return "Basic authentication: twistedgw checks the password and removes Authorization"
+    return None
+
+
+def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
+    """Every API's way, in config order."""
+    hosted = frozenset(api.context for api in config.apis if api.hosts is not None)
+    lua = variant == "lua"
+    asker = LUA_ASKER if lua else AUTH_REQUEST_ASKER
+    out = []
+    for i, api in enumerate(config.apis):
+        reason = _gateway_reason(api, hosted)
+        if reason is not None:
+            out.append(ApiPlan(i, api, reason))
+            continue
+        cached = verdicts.api_cacheable(config, api, asker)
+        why = "" if cached else _uncached_why(config, api, asker)
+        out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why))
+    return tuple(out)
