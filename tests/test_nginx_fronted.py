@@ -935,9 +935,12 @@ def test_several_backends_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
     assert "proxy_pass http://twistedgw_authz$request_uri;" in pet and "auth_request" not in pet
 
 
-def test_bearer_apis_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
-    """twistedgw checks the token and removes Authorization unless forwarded; a verdict
-    that ends with the token is never cached."""
+def test_bearer_apis_ride_nginxs_path_uncached_with_auth_request(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    """#26 item 1: a bearer-token API rides NGINX's path; with auth_request its verdicts
+    are never cached (NGINX's cache files hold keys in clear) and NGINX removes
+    Authorization (forward_authorization = false), where the operation's pipeline does."""
     (tmp_path / "jwks.json").write_text('{"keys": []}')
     path = _config(tmp_path, pki, f"""
 [[jwt_issuers]]
@@ -953,8 +956,14 @@ audiences = ["orders"]
     text = nginxconf.render(cfg).text
     orders = text[text.index("# Orders:v1: /orders/v1"):]
     orders = orders[:orders.index("\n    }\n")]
-    assert "proxy_pass http://twistedgw_authz$request_uri;" in orders
-    assert "auth_request" not in orders and f"{nginxconf.INTERNAL}/authz/1 " not in text
+    assert "auth_request /_twistedgw_nginx/authz/1;" in orders
+    assert 'proxy_set_header Authorization "";' in orders
+    authz = text[text.index(f"location = {nginxconf.INTERNAL}/authz/1 "):]
+    authz = authz[:authz.index("\n    }\n")]
+    assert "proxy_cache " not in authz and "Not cached: bearer tokens" in authz
+    lua = nginxconf.render(cfg, variant="lua").text
+    orders = lua[lua.index("# Orders:v1: /orders/v1"):]
+    assert "bearer = true," in orders[:orders.index("\n    }\n")]
 
 
 def test_apis_chosen_by_host_go_whole_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:

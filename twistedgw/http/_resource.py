@@ -539,6 +539,8 @@ def _allow(
     )
     headers.extend(verdicts.cache_headers(lifetime))
     headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
+    if verdicts.strips_authorization(call.api):
+        headers.append((verdicts.AUTHORIZATION, b"remove"))
     limit = call.notes.get(TIER_LIMIT)
     if limit is not None:  # the bucket NGINX spends for this caller
         headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))

@@ -120,6 +120,26 @@ def uses_policy(api: ApiConfig) -> bool:
     )
 
 
+#: The answer says ``remove`` when the judged operation's pipeline removes the bearer
+#: token before forwarding (``jwt`` without ``forward_authorization``).
+AUTHORIZATION = b"x-twistedgw-authorization"
+
+
+def strips_authorization(api: ApiConfig) -> bool:
+    """Whether requests under ``api``'s security (an API or one operation's) reach the
+    backend without ``Authorization`` (the direct mode's ``StripAuthorization``)."""
+    return api.jwt is not Mode.DISABLED and not api.forward_authorization
+
+
+def authorization_rule(api: ApiConfig) -> str:
+    """``strip`` (every operation removes Authorization), ``keep`` (none does) or
+    ``answer`` (it depends on the operation: the authz answer says)."""
+    strips = {strips_authorization(c) for c in _securities(api)}
+    if strips == {True}:
+        return "strip"
+    return "keep" if strips == {False} else "answer"
+
+
 def per_operation(api: ApiConfig) -> bool:
     """An API read from an OpenAPI definition: the verdict depends on method and path."""
     return api.operations is not None

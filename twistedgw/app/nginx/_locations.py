@@ -150,6 +150,8 @@ def api_body(site: Site, plan: ApiPlan) -> None:
             variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
             w(f"{I2}auth_request_set $tgw_id_{n} $upstream_http_{variable};")
         w(f"{I2}auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
+        if verdicts.authorization_rule(api) == "answer":
+            w(f"{I2}auth_request_set $tgw_authz_rm $upstream_http_x_twistedgw_authorization;")
         for variable, answer in (("status", verdicts.STATUS), ("error", verdicts.ERROR),
                                  ("challenge", b"www-authenticate"),
                                  ("retry_after", b"retry-after"), ("allow", b"allow")):
@@ -182,6 +184,11 @@ def api_body(site: Site, plan: ApiPlan) -> None:
     w(f"{I2}proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
     for header in method_override_headers(api):  # operations differ in security
         w(f'{I2}proxy_set_header {header} "";')
+    rule = verdicts.authorization_rule(api)
+    if rule == "strip":  # the bearer token is for twistedgw (forward_authorization = false)
+        w(f'{I2}proxy_set_header Authorization "";')
+    elif rule == "answer":  # removed where the judged operation's pipeline removes it
+        w(f"{I2}proxy_set_header Authorization $tgw_authorization;")
     for n, name in enumerate(names):
         w(f"{I2}proxy_set_header {name.decode()} $tgw_id_{n};")
     _backend_tls(site, plan)

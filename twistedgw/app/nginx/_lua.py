@@ -21,20 +21,36 @@ def lua_source() -> Path:
     return Path(__file__).resolve().with_name(LUA_NAME)
 
 
+def answers(site: Site, plan: ApiPlan) -> list[tuple[str, str]]:
+    """(authz answer header, location variable) pairs the location takes from a verdict."""
+    out = [((verdicts.SET_PREFIX + name).decode(), f"tgw_id_{n}")
+           for n, name in enumerate(site.identity_names)]
+    out.append(("x-consumer-name", "tgw_consumer"))
+    if verdicts.authorization_rule(plan.api) == "answer":
+        out.append((verdicts.AUTHORIZATION.decode(), "tgw_authz_rm"))
+    return out
+
+
 def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
     """``access_by_lua_block`` for one API: its verdict cache key's parts and the answer
     headers whose values the location's variables take."""
     w = site.w
     api = plan.api
-    answers = [((verdicts.SET_PREFIX + name).decode(), f"tgw_id_{n}")
-               for n, name in enumerate(site.identity_names)]
-    answers.append(("x-consumer-name", "tgw_consumer"))
-    for _answer, variable in answers:
+    pairs = answers(site, plan)
+    for _answer, variable in pairs:
         w(f'{indent}set ${variable} "";')
-    table = ", ".join(f"{{{lua_string(a)}, {lua_string(v)}}}" for a, v in answers)
+    table = ", ".join(f"{{{lua_string(a)}, {lua_string(v)}}}" for a, v in pairs)
     keys = ", ".join(lua_string(h) for h in verdicts.key_headers(api))
-    per_op = "true" if verdicts.per_operation(api) else "false"
+    spec = [
+        f'api = "{plan.index}"',
+        f"keys = {{{keys}}}",
+        f"bearer = {'true' if verdicts.uses_bearer(api) else 'false'}",
+        f"per_operation = {'true' if verdicts.per_operation(api) else 'false'}",
+        f"answers = {{{table}}}",
+    ]
     w(f"{indent}access_by_lua_block {{")
-    w(f'{indent}    require("twistedgw_verdicts").access("{plan.index}", {{{keys}}}, {per_op},')
-    w(f"{indent}        {{{table}}})")
+    w(f'{indent}    require("twistedgw_verdicts").access({{')
+    for part in spec:
+        w(f"{indent}        {part},")
+    w(f"{indent}    }})")
     w(f"{indent}}}")

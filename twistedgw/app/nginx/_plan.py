@@ -83,8 +83,6 @@ def _gateway_reason(api: ApiConfig, hosted: frozenset[str]) -> str | None:
         return "Throttling policies (x-wso2-throttling-tier) count every request"
     if len(api.endpoints) > 1:
         return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
-    if verdicts.uses_bearer(api):
-        return "Bearer tokens: twistedgw checks them and removes Authorization as configured"
     if verdicts.uses_basic(api):
         return "Basic authentication: twistedgw checks the password and removes Authorization"
     return None

@@ -14,6 +14,7 @@ from twistedgw.app.nginx._servers import server_head
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, quote
 from twistedgw.config import GatewayConfig
+from twistedgw.http import _verdicts as verdicts
 
 VARIANTS = ("auth_request", "lua")
 
@@ -82,6 +83,13 @@ def _render(
     w('    "" "/";')
     w("    default $tgw_rest;")
     w("}")
+    if any(verdicts.authorization_rule(p.api) == "answer" for p in site.plans if p.nginx_path):
+        w()
+        w("# Authorization as the judged operation forwards it (the authz answer says remove).")
+        w("map $tgw_authz_rm $tgw_authorization {")
+        w('    remove "";')
+        w("    default $http_authorization;")
+        w("}")
     w()
     w("upstream twistedgw_authz {")
     w(f"    server {nginx.authz};")

@@ -108,66 +108,102 @@ local function refused(res)
     })
 end
 
--- api: the API's index in the config (names the internal authz location and the key)
--- keys: the request headers the API's schemes read (apikey, an OpenAPI apiKey header):
---       part of the cache key; a repeated one is never cached
--- per_operation: an API from an OpenAPI definition, whose schemes depend on the
---       operation: method and path are part of the cache key
--- answers: {answer header, variable} pairs: the authz answer header whose value the
---          variable (declared with `set` in the location) takes
-function _M.access(api, keys, per_operation, answers)
+-- SHA-256 from the OpenSSL NGINX already links (LuaJIT's FFI): credentials go into the
+-- verdict cache key as their digest, never in clear.
+local ffi = require("ffi")
+pcall(ffi.cdef, "unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);")
+local digest_buf = ffi.new("unsigned char[32]")
+local has_sha256 = pcall(function() return ffi.C.SHA256 end)
+
+local function sha256(value)
+    ffi.C.SHA256(value, #value, digest_buf)
+    return ffi.string(digest_buf, 32)
+end
+
+-- The verdict cache key: the API, the client certificate's fingerprint, the digest of
+-- each credential header the API's schemes read (its API key headers, Authorization for
+-- bearer tokens), and for an API from an OpenAPI definition the method and target.
+-- Returns nil when the request must go to twistedgw whole (a repeated credential header,
+-- or more headers than get_headers reads), and false when it may not be cached.
+local function cache_key(spec)
     local var = ngx.var
-    local key = api .. "|" .. (var.ssl_client_fingerprint or "")
-    if #keys > 0 then
+    local key = spec.api .. "|" .. (var.ssl_client_fingerprint or "")
+    local names = spec.keys
+    if #names > 0 or spec.bearer then
         -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
         -- of the headers could name another caller's verdict, so such a request is
         -- never cached nor judged here: twistedgw answers it whole.
         local headers, err = ngx.req.get_headers(MAX_HEADERS)
         if err == "truncated" then
-            return gateway()
+            return nil
         end
-        for _, name in ipairs(keys) do
+        if spec.bearer then
+            names = {unpack(names)}
+            names[#names + 1] = "authorization"
+        end
+        for _, name in ipairs(names) do
             local value = headers[name]
             if type(value) == "table" then
-                return gateway()  -- repeated: twistedgw refuses it as in direct mode
+                return nil  -- repeated: twistedgw refuses it as in direct mode
             end
-            key = key .. "|" .. (value or "")
+            if value == nil then
+                key = key .. "|-"
+            elseif has_sha256 then
+                key = key .. "|" .. sha256(value)
+            else
+                return false  -- no digest: ask twistedgw, keep nothing
+            end
         end
     end
-    if per_operation then
+    if spec.per_operation then
         key = key .. "|" .. var.request_method .. "|" .. var.request_uri
     end
+    return key
+end
+
+-- One API's access phase. spec (rendered per location by nginx-config):
+--   api: the API's index (names the internal authz location; first part of the key)
+--   keys: the API key headers its schemes read; bearer: it reads bearer tokens
+--   per_operation: an API from an OpenAPI definition (method and target in the key)
+--   answers: {answer header, variable} pairs: the authz answer header whose value the
+--            variable (declared with `set` in the location) takes
+function _M.access(spec)
+    local key = cache_key(spec)
+    if key == nil then
+        return gateway()
+    end
+    local answers = spec.answers
     local dict = ngx.shared.twistedgw_verdicts
-    local verdict = dict:get(key)
-    if verdict == nil then
-        local res = ngx.location.capture("/_twistedgw_nginx/authz/" .. api)
+    local verdict = key and dict:get(key)
+    if not verdict then
+        local res = ngx.location.capture("/_twistedgw_nginx/authz/" .. spec.api)
         if res.status ~= 200 then
             return refused(res)
         end
         local header = {}  -- by lower-case name (res.header keeps the sender's case)
         for name, value in pairs(res.header) do
-            header[string.lower(name)] = value
+            header[string.lower(name)] = one(value)
         end
         local parts = {}
         for i, pair in ipairs(answers) do
-            local v = header[pair[1]]
-            if type(v) == "table" then v = v[1] end
-            parts[i] = v or ""
+            parts[i] = header[pair[1]] or ""
         end
         verdict = table.concat(parts, SEP)
-        -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same.
+        -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same: at most
+        -- cache_seconds, never past a certificate's expiry nor a token's exp.
         local control = header["cache-control"]
         local ttl = 0
         if type(control) == "string" and not control:find("no-store", 1, true) then
             ttl = tonumber(control:match("max%-age=(%d+)")) or 0
         end
-        if ttl > 0 then
+        if ttl > 0 and key then
             dict:set(key, verdict, ttl)
         end
     end
     if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
         return  -- nothing to set: the variables start empty (`set` in the location)
     end
+    local var = ngx.var
     local i = 1
     for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
         if value ~= "" then
