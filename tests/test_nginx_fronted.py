@@ -132,8 +132,8 @@ http {{
 
 
 def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
-                  tls_extra: str = "", variant: str = "auth_request", extra: str = ""
-                  ) -> Fronted:
+                  tls_extra: str = "", variant: str = "auth_request", extra: str = "",
+                  sni: str = "") -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
@@ -141,6 +141,8 @@ def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: i
     text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
     if tls_extra:
         text = text.replace("\ntruststore = ", f"\n{tls_extra}\ntruststore = ", 1)
+    if sni:  # [[tls.sni]] tables go right after [tls]
+        text = text.replace("\n[mutual_ssl]", f"\n{sni}\n[mutual_ssl]", 1)
     text += extra
     gateway = start_gateway(gw_dir, text, direct_port)
     try:
@@ -966,24 +968,43 @@ audiences = ["orders"]
     assert "bearer = true," in orders[:orders.index("\n    }\n")]
 
 
-def test_apis_chosen_by_host_go_whole_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
-    """Two APIs share /public by hosts: NGINX's one location per context and its verdict
-    cache key would name one API for every host, so that context goes whole to
-    twistedgw (which picks the API by Host) and has no cached authz location."""
+def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) -> None:
+    """#26 item 3: two APIs share /public by hosts: one location picks the API by $host
+    (twistedgw's rule) and each API has its own internal location and authz location;
+    each [[tls.sni]] entry is a server with its certificate, asking for a client
+    certificate only where direct mode would, naming CAs only with advertise_ca_names."""
+    crt, key = pki.authorities["server-root"].server(("partners.example.com",)).write(
+        tmp_path, "partners")
     extra = (
         '\n[[apis]]\nname = "Partner public"\nversion = "1"\ncontext = "/public"\n'
         'backend = "http://127.0.0.1:8080/partner"\nhosts = ["partners.example.com"]\n'
         'mutual_ssl = "mandatory"\n'
     )
-    cfg = configmod.load(_config(tmp_path, pki, extra))
-    text = nginxconf.render(cfg).text
-    public = [line for line in text.splitlines() if "location" in line and "public" in line]
-    assert len(public) == 1, public
-    block = text.split(public[0], 1)[1].split("\n    }", 1)[0]
-    assert "APIs chosen by Host" in block and "twistedgw forwards every request" in block
-    hosted = [i for i, api in enumerate(cfg.apis) if api.context == "/public"]
-    assert len(hosted) == 2
-    for i in hosted:
-        assert f"/authz/{i} " not in text
-    # The other APIs keep the fast path.
-    assert "/authz/0 " in text
+    path = _config(tmp_path, pki, extra)
+    sni = (f'[[tls.sni]]\nhosts = ["partners.example.com"]\ncertificate = "{crt}"\n'
+           f'private_key = "{key}"\nclient_certificate = "off"\n\n'
+           f'[[tls.sni]]\nhosts = ["*.internal.example"]\ncertificate = "{crt}"\n'
+           f'private_key = "{key}"\nclient_certificate = "request"\n'
+           'advertise_ca_names = false\n\n')
+    path.write_text(path.read_text().replace("[mutual_ssl]", sni + "[mutual_ssl]", 1))
+    cfg = configmod.load(path)
+    text = nginxconf.render(cfg, "/x/truststore.pem").text
+    public = [i for i, api in enumerate(cfg.apis) if api.context == "/public"]
+    assert len(public) == 2
+    servers = text.split("\nserver {\n")[1:]
+    assert len(servers) == 3
+    for server in servers:
+        assert "rewrite ^ /_twistedgw_nginx/api/$tgw_ctx_0 last;" in server
+        for i in public:
+            assert f"location = {nginxconf.INTERNAL}/api/{i} {{" in server
+            assert f"location = {nginxconf.INTERNAL}/authz/{i} {{" in server
+    assert r'"~(?:^partners\\.example\\.com$)" 3;' in text
+    default, partners, internal = servers
+    assert "default_server" in default and "ssl_verify_client optional_no_ca;" in default
+    assert "ssl_client_certificate" in default
+    assert "server_name partners.example.com;" in partners
+    assert "ssl_verify_client off;" in partners and "set $tgw_client_cert \"\";" in partners
+    assert r'server_name "~^[^.]+\\.internal\\.example$";' in internal
+    assert "ssl_verify_client optional_no_ca;" in internal
+    assert "ssl_client_certificate" not in internal  # advertise_ca_names = false
+    assert "if ($tgw_misdirected)" in default and "if ($tgw_bad_host)" in partners

@@ -10,6 +10,7 @@ These tests FAIL (never skip) when nginx is missing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,42 @@ from tests.test_nginx_fronted import Fronted, outcome, start_fronted
 from twistedgw.testing.devpki import DevPki
 
 TOKENS = "/tokens/items"
+SHOP = "/shop/items"
+KEY = "demo-key"
+PET_PATH = "/petstore/1.0.5/pet/1"
+PARTNERS = ("partners.example.com", "*.partners.example.com")
+
+SNI = """
+[[tls.sni]]
+hosts = ["partners.example.com", "*.partners.example.com"]
+certificate = "{crt}"
+private_key = "{key}"
+"""
+
+HOSTS_APIS = """
+[[apis]]
+name = "Shop"
+version = "1"
+context = "/shop"
+backend = "{backend}/shop-public"
+
+[[apis]]
+name = "Shop partners"
+version = "1"
+context = "/shop"
+hosts = ["partners.example.com", "*.partners.example.com"]
+backend = "{backend}/shop-partners"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+
+[[apis]]
+name = "Shop other"
+version = "1"
+context = "/shop"
+hosts = ["other.example.com"]
+backend = "{backend}/shop-other"
+api_key = "mandatory"
+"""
 
 JWT_APIS = """
 [[jwt_issuers]]
@@ -64,7 +101,10 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     jwks = jwtkit.write_jwks(tmp / "jwks.json", signing)
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
-    f = start_fronted(tmp, pki, echo, variant=request.param, extra=extra)
+    extra += HOSTS_APIS.format(backend=echo.url)
+    crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
+    f = start_fronted(tmp, pki, echo, variant=request.param, extra=extra,
+                      tls_extra="", sni=SNI.format(crt=crt, key=key))
     yield f
     f.nginx.stop()
     f.gateway.stop()
@@ -123,3 +163,79 @@ def test_bearer_tokens_ride_nginxs_path(full: Fronted, signing: jwtkit.SigningKe
     full.via_nginx(TOKENS, None, bearer(fresh))
     full.wait_logged()
     assert full.authz_asked() - before == asked + 1
+
+
+def sni_request(port: int, pki: DevPki, sni: str | None, host: str, path: str,
+                client: str | None = None, headers: Any = ()) -> tuple[Response, bytes]:
+    """A request on a connection opened with server name ``sni`` (None: no SNI) naming
+    ``host``; the answer and the certificate the server presented (DER)."""
+    import http.client
+    import socket
+
+    from tests.harness import client_context
+
+    ctx = client_context(pki, client)
+    ctx.check_hostname = False  # which certificate came is compared, not verified here
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = ctx.wrap_socket(raw, server_hostname=sni)
+    cert = sock.getpeercert(True) or b""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.sock = sock
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return Response(r.status, r.getheaders(), r.read()), cert
+    finally:
+        conn.close()
+
+
+def test_hosts_and_sni_ride_nginxs_path(full: Fronted) -> None:
+    """Three APIs share /shop by hosts, one [[tls.sni]] entry has its own certificate:
+    the same API (status, code, backend path), the same certificate, and the same 421
+    for a host of another entry than the SNI, or 400 for a Host that is no host name."""
+    key = (("apikey", KEY),)
+    cases = [
+        (None, "localhost", None, ()), ("localhost", "localhost", "partner-direct", ()),
+        ("partners.example.com", "partners.example.com", None, ()),
+        ("partners.example.com", "partners.example.com", "partner-direct", ()),
+        ("a.partners.example.com", "a.partners.example.com", "partner-direct", ()),
+        ("partners.example.com", "PARTNERS.example.com:443", "partner-direct", ()),
+        ("partners.example.com", "other.example.com", None, key),
+        ("localhost", "partners.example.com", "partner-direct", ()),
+        (None, "partners.example.com", "partner-direct", ()),
+        (None, "other.example.com", None, ()), (None, "other.example.com", None, key),
+        (None, "x.y.partners.example.com", None, ()), (None, "a b", None, ()),
+        (None, "evil.example/x", None, ()),
+    ]
+    mismatches = []
+    for sni, host, client, headers in cases:
+        for path in (SHOP, "/public/x", PET_PATH):
+            direct, direct_cert = sni_request(full.direct_port, full.pki, sni, host, path,
+                                              client, headers)
+            through, nginx_cert = sni_request(full.nginx.port, full.pki, sni, host, path,
+                                              client, headers)
+            if (outcome(direct), direct_cert) != (outcome(through), nginx_cert):
+                mismatches.append((sni, host, client, path, outcome(direct), outcome(through),
+                                   direct_cert == nginx_cert))
+    assert not mismatches, "\n".join(map(repr, mismatches))
+    # Each API keeps its own verdicts (the key names the API chosen by host).
+    seen = echoed_headers(sni_request(full.nginx.port, full.pki, "partners.example.com",
+                                      "partners.example.com", SHOP, "partner-direct")[0])
+    assert seen["x-forwarded-client-cert"][0].startswith("Hash=")
+    r, _cert = sni_request(full.nginx.port, full.pki, None, "localhost", SHOP, "partner-direct")
+    assert json.loads(r.body)["path"] == "/shop-public/items"
+
+
+def test_nginx_answers_421_for_another_name_of_the_same_entry(full: Fronted) -> None:
+    """An accepted difference (README): NGINX itself answers 421 when the Host differs
+    from the SNI on a server that asks for certificates, even within one [[tls.sni]]
+    entry, where the direct mode serves the request; the body is twistedgw's JSON."""
+    sni, host = "a.partners.example.com", "b.partners.example.com"
+    direct, _ = sni_request(full.direct_port, full.pki, sni, host, SHOP, "partner-direct")
+    through, _ = sni_request(full.nginx.port, full.pki, sni, host, SHOP, "partner-direct")
+    assert direct.status == 200
+    assert (through.status, through.json()["code"]) == (421, "421")

@@ -84,6 +84,12 @@ def check(config: GatewayConfig) -> list[str]:
             f"{file}: tls.certificate: NGINX needs PEM files (certificate and private_key); "
             "a PKCS#12 keystore cannot be rendered"
         )
+    for k, entry in enumerate(config.tls.sni):
+        if entry.certificate is None or entry.private_key is None:
+            out.append(
+                f"{file}: {entry.where or f'tls.sni[{k}]'}.certificate: NGINX needs PEM files "
+                "(certificate and private_key); a PKCS#12 keystore cannot be rendered"
+            )
     for i, api in enumerate(config.apis):
         if not _CONTEXT_OK.match(api.context):
             out.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from twistedgw import errors
+from twistedgw.app.nginx._hosts import hosted_contexts, misdirected_location
 from twistedgw.app.nginx._lua import lua_access
 from twistedgw.app.nginx._plan import ApiPlan
 from twistedgw.app.nginx._site import Site
@@ -29,12 +30,13 @@ I1, I2, I3 = "    ", "        ", "            "
 
 def gateway_proxy(site: Site, indent: str) -> None:
     """Hand the request, as the client sent it, to twistedgw's full gateway."""
+    lb_header = site.config.mutual_ssl.certificate_header
     for line in (
         "proxy_pass http://twistedgw_authz$request_uri;",
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "proxy_set_header Host $http_host;",
-        "proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;",
+        f"proxy_set_header {lb_header} {site.client_cert};",
         "proxy_set_header X-SSL-Client-Verify $ssl_client_verify;",
         "proxy_set_header X-Forwarded-For $remote_addr;  # twistedgw's peer is the socket",
         "proxy_set_header X-Forwarded-Proto https;",
@@ -66,6 +68,7 @@ def shared_locations(site: Site) -> None:
         w(f"{I1}}}")
     if any(p.nginx_path and not p.lua for p in site.plans):
         _refused_location(site)  # its variables exist where auth_request_set names them
+    misdirected_location(site)
     w(f"{I1}location @twistedgw_503 {{")
     w(f"{I2}default_type application/json;")
     w(f"{I2}return 503 {json_body(errors.backend_unavailable('backend is unavailable'))};")
@@ -97,8 +100,11 @@ def _refused_location(site: Site) -> None:
 
 def context_locations(site: Site) -> None:
     """One regex location per context, longest first (twistedgw's routing order); the
-    root context last, or a catch-all that hands unknown paths to twistedgw (404)."""
+    root context last, or a catch-all that hands unknown paths to twistedgw (404). A
+    context some API serves only for its ``hosts`` picks the API by ``$host`` (a map,
+    twistedgw's rule) and goes on in that API's internal location."""
     w = site.w
+    hosted = hosted_contexts(site)
     ordered = sorted(site.plans, key=lambda p: len(p.api.context), reverse=True)
     root: ApiPlan | None = None
     rendered: set[str] = set()
@@ -111,12 +117,23 @@ def context_locations(site: Site) -> None:
             root = plan
             continue
         w()
+        if api.context in hosted:
+            w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_{hosted[api.context]})")
+            w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
+            w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted[api.context]} last;")
+            w(f"{I1}}}")
+            continue
         w(f"{I1}# {api.label}: {api.context} -> {api.backend}")
         w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
         api_body(site, plan)
         w(f"{I1}}}")
     w()
-    if root is not None:
+    if root is not None and "/" in hosted:
+        w(f"{I1}# /: the API is chosen by host ($tgw_ctx_{hosted['/']})")
+        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
+        w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted['/']} last;")
+        w(f"{I1}}}")
+    elif root is not None:
         w(f"{I1}# {root.api.label}: / -> {root.api.backend}")
         w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
         api_body(site, root)
@@ -126,6 +143,22 @@ def context_locations(site: Site) -> None:
         w(f"{I1}location / {{")
         gateway_proxy(site, I2)
         w(f"{I1}}}")
+    if not hosted:
+        return
+    for plan in site.plans:  # the APIs of hosted contexts, reached by the rewrite above
+        if plan.api.context not in hosted:
+            continue
+        w()
+        w(f"{I1}# {plan.api.label}: {plan.api.context} -> {plan.api.backend}, hosts "
+          f"{', '.join(plan.api.hosts or ('(any other)',))}")
+        w(f"{I1}location = {INTERNAL}/api/{plan.index} {{")
+        w(f"{I2}internal;")
+        api_body(site, plan)
+        w(f"{I1}}}")
+    w(f"{I1}location = {INTERNAL}/api/none {{  # no API serves this host: twistedgw's 404")
+    w(f"{I2}internal;")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
 
 
 def api_body(site: Site, plan: ApiPlan) -> None:
@@ -242,7 +275,7 @@ def authz_locations(site: Site) -> None:
         w(f"{I2}proxy_set_header Host $http_host;")
         w(f"{I2}proxy_set_header {authz.original_uri_header} $request_uri;")
         w(f"{I2}proxy_set_header {authz.original_method_header} $request_method;")
-        w(f"{I2}proxy_set_header {lb_header} $ssl_client_escaped_cert;")
+        w(f"{I2}proxy_set_header {lb_header} {site.client_cert};")
         w(f"{I2}proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
         asker = "answer,token-key" if plan.lua else "answer"
         w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(asker)};")

@@ -57,11 +57,8 @@ def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) 
     return "OCSP answers are kept for less than cache_seconds"
 
 
-def _gateway_reason(api: ApiConfig, hosted: frozenset[str]) -> str | None:
+def _gateway_reason(api: ApiConfig) -> str | None:
     """Why NGINX must hand every request of ``api`` to twistedgw, or None."""
-    if api.context in hosted:
-        # NGINX's location (and the verdict cache key) would name one API for every host.
-        return "APIs chosen by Host ([[apis]] hosts): twistedgw picks the API and judges it"
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
     if api.sandbox is not None or any(
@@ -90,12 +87,11 @@ def _gateway_reason(api: ApiConfig, hosted: frozenset[str]) -> str | None:
 
 def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
     """Every API's way, in config order."""
-    hosted = frozenset(api.context for api in config.apis if api.hosts is not None)
     lua = variant == "lua"
     asker = LUA_ASKER if lua else AUTH_REQUEST_ASKER
     out = []
     for i, api in enumerate(config.apis):
-        reason = _gateway_reason(api, hosted)
+        reason = _gateway_reason(api)
         if reason is not None:
             out.append(ApiPlan(i, api, reason))
             continue

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from twistedgw import errors
 from twistedgw.app.nginx._checks import NginxConfigError, check
+from twistedgw.app.nginx._hosts import host_maps
 from twistedgw.app.nginx._locations import authz_locations, context_locations, shared_locations
 from twistedgw.app.nginx._lua import lua_source
 from twistedgw.app.nginx._plan import plan
@@ -105,14 +106,16 @@ def _render(
         w(f"    server {shown}:{port};")
         w("    keepalive 32;")
         w("}")
-    w()
-    w("server {")
-    server_head(site)
-    w()
-    shared_locations(site)
-    context_locations(site)
-    authz_locations(site)
-    w("}")
+    host_maps(site)
+    for entry in (None, *config.tls.sni):  # the same locations under each certificate
+        w()
+        w("server {")
+        server_head(site, entry)
+        w()
+        shared_locations(site)
+        context_locations(site)
+        authz_locations(site)
+        w("}")
     w()
     return Rendered("\n".join(site.lines), _truststore_pem(config))
 

@@ -22,8 +22,16 @@ class Site:
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from twistedgw.app import _runtime as runtime
+
         self.stripped = _stripped_headers(self.config)
         self.identity_names = verdicts.identity_header_names(self.config)
+        entries = [None, *self.config.tls.sni]
+        asking = {runtime.asks_for_certificate(self.config, e) for e in entries}
+        # Servers that ask and servers that do not: TLS 1.3 resumes a session under
+        # another server's name, so the certificate passed on is the server's own choice.
+        self.mixed_asks = len(asking) > 1
+        self.client_cert = "$tgw_client_cert" if self.mixed_asks else "$ssl_client_escaped_cert"
 
     @property
     def lua(self) -> bool:
