@@ -37,6 +37,49 @@ certificate = "{crt}"
 private_key = "{key}"
 """
 
+BACKENDS_APIS = """
+[[apis]]
+name = "Pool"
+version = "1"
+context = "/pool"
+backends = ["{echo}/pool", "{echo2}/pool"]
+
+[[apis]]
+name = "Pool down"
+version = "1"
+context = "/pooldown"
+backends = ["{echo}/pool", "http://127.0.0.1:{dead}/pool"]
+
+[[apis]]
+name = "Failover"
+version = "1"
+context = "/failover"
+backend_mode = "failover"
+backends = ["http://127.0.0.1:{dead}/f", "{echo}/f", "{echo2}/f"]
+
+[[apis]]
+name = "All down"
+version = "1"
+context = "/alldown"
+backends = ["http://127.0.0.1:{dead}/a", "http://127.0.0.1:{dead2}/a"]
+
+[[apis]]
+name = "Slow post"
+version = "1"
+context = "/slowpost"
+backend_mode = "failover"
+backend_timeout = 1
+backends = ["http://127.0.0.1:{hang1}/s", "{echo}/s"]
+
+[[apis]]
+name = "Slow get"
+version = "1"
+context = "/slowget"
+backend_mode = "failover"
+backend_timeout = 1
+backends = ["http://127.0.0.1:{hang2}/s", "{echo}/s"]
+"""
+
 HOSTS_APIS = """
 [[apis]]
 name = "Shop"
@@ -94,14 +137,42 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
     backend.stop()
 
 
+@pytest.fixture(scope="module")
+def echo2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    backend = start_backend(tmp_path_factory.mktemp("echo2"))
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="module")
+def hanging() -> Iterator[list[int]]:
+    """Two ports that accept connections (the kernel's backlog) and never answer."""
+    import socket
+
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        socks.append(s)
+    yield [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+
+
 @pytest.fixture(scope="module", params=["auth_request", "lua"])
 def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-         pki: DevPki, echo: BackendProcess, signing: jwtkit.SigningKey) -> Iterator[Fronted]:
+         pki: DevPki, echo: BackendProcess, echo2: BackendProcess, hanging: list[int],
+         signing: jwtkit.SigningKey) -> Iterator[Fronted]:
+    from tests.harness import free_port
+
     tmp = tmp_path_factory.mktemp(f"parity-{request.param}")
     jwks = jwtkit.write_jwks(tmp / "jwks.json", signing)
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
     extra += HOSTS_APIS.format(backend=echo.url)
+    extra += BACKENDS_APIS.format(echo=echo.url, echo2=echo2.url, dead=free_port(),
+                                  dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
     f = start_fronted(tmp, pki, echo, variant=request.param, extra=extra,
                       tls_extra="", sni=SNI.format(crt=crt, key=key))
@@ -239,3 +310,50 @@ def test_nginx_answers_421_for_another_name_of_the_same_entry(full: Fronted) -> 
     through, _ = sni_request(full.nginx.port, full.pki, sni, host, SHOP, "partner-direct")
     assert direct.status == 200
     assert (through.status, through.json()["code"]) == (421, "421")
+
+
+def _send(port: int, pki: DevPki, method: str, path: str, body: bytes | None = None
+          ) -> Response:
+    from tests.lbsupport import connect
+
+    conn = connect(port, pki=pki, client=None, tls=True)
+    try:
+        conn.request(method, path, body=body)
+        r = conn.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        conn.close()
+
+
+def test_several_backends_ride_nginxs_path(full: Fronted, echo: BackendProcess,
+                                          echo2: BackendProcess) -> None:
+    """load_balance over two, with one down (every method gets through: a backend that
+    refused the connection got nothing, so the next one is tried), failover past a dead
+    first, all down (503 101503), and a backend that takes the request and never answers
+    (backend_timeout 1 s): a GET goes to the next, a POST with a body is not retried
+    (504 101504), in both modes. The Lua variant also sends each backend its own Host."""
+    cases = [("GET", "/pool/x", None), ("GET", "/pool/y", None),
+             ("GET", "/pooldown/x", None), ("GET", "/pooldown/y", None),
+             ("POST", "/pooldown/p", b"hello"), ("PUT", "/pooldown/q", b"hello"),
+             ("DELETE", "/pooldown/d", None), ("GET", "/failover/x", None),
+             ("POST", "/failover/p", b"x"), ("GET", "/alldown/x", None),
+             ("POST", "/alldown/x", b"x"), ("POST", "/slowpost/p", b"data"),
+             ("GET", "/slowget/g", None)]
+    mismatches = []
+    for method, path, body in cases:
+        direct = outcome(_send(full.direct_port, full.pki, method, path, body))
+        through = outcome(_send(full.nginx.port, full.pki, method, path, body))
+        if direct != through:
+            mismatches.append((method, path, direct, through))
+    assert not mismatches, "\n".join(map(repr, mismatches))
+    assert outcome(_send(full.nginx.port, full.pki, "GET", "/alldown/x")) == (503, "101503")
+    assert outcome(_send(full.nginx.port, full.pki, "POST", "/slowpost/p2", b"d"))[0] == 200
+    hosts = set()
+    for _ in range(4):
+        r = _send(full.nginx.port, full.pki, "GET", "/pool/h")
+        hosts.add(echoed_headers(r)["host"][0])
+    ports = {echo.url.rsplit("/", 1)[1], echo2.url.rsplit("/", 1)[1]}
+    if full.variant == "lua":
+        assert hosts == ports  # each backend its own Host, as in direct mode
+    else:
+        assert len(hosts) == 1  # stock NGINX: the first backend's Host (README)

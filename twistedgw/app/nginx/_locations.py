@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from twistedgw import errors
 from twistedgw.app.nginx._hosts import hosted_contexts, misdirected_location
-from twistedgw.app.nginx._lua import lua_access
+from twistedgw.app.nginx._lua import lua_access, lua_retry
 from twistedgw.app.nginx._plan import ApiPlan
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import (
@@ -18,6 +18,7 @@ from twistedgw.app.nginx._text import (
     json_body,
     quote,
 )
+from twistedgw.app.nginx._upstreams import upstream_name
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import _forwarding as idforward
 from twistedgw.pipeline import method_override_headers
@@ -69,6 +70,7 @@ def shared_locations(site: Site) -> None:
     if any(p.nginx_path and not p.lua for p in site.plans):
         _refused_location(site)  # its variables exist where auth_request_set names them
     misdirected_location(site)
+    retry_locations(site)
     w(f"{I1}location @twistedgw_503 {{")
     w(f"{I2}default_type application/json;")
     w(f"{I2}return 503 {json_body(errors.backend_unavailable('backend is unavailable'))};")
@@ -172,9 +174,14 @@ def api_body(site: Site, plan: ApiPlan) -> None:
         gateway_proxy(site, I2)
         return
     body = api.max_body_bytes or limits.max_body_bytes
-    timeout = api.backend_timeout or limits.backend_timeout
     path = urlsplit(api.backend).path
     target = f"{path}$tgw_rest" if path else "$tgw_rest_or_slash"
+    if len(api.endpoints) > 1 and not plan.peers:
+        # Stock NGINX would retry an idempotent request that has a body on the next
+        # backend; direct mode does not (unless nothing was sent): twistedgw takes it.
+        w(f"{I2}if ($tgw_body_retry) {{")
+        w(f"{I3}rewrite ^ {INTERNAL}/gateway last;")
+        w(f"{I2}}}")
     if plan.lua:
         lua_access(site, plan, I2)
     else:
@@ -192,42 +199,81 @@ def api_body(site: Site, plan: ApiPlan) -> None:
             w(f"{I2}auth_request_set $tgw_{variable} $upstream_http_{upstream};")
         w(f"{I2}error_page 401 403 = @twistedgw_refused;")
     w(f"{I2}error_page 413 = @twistedgw_413_{i};")
-    w(f"{I2}error_page 502 503 = @twistedgw_503;")
-    w(f"{I2}error_page 504 = @twistedgw_504;")
+    if plan.peers:  # Lua tries the next backend where direct mode would
+        w(f"{I2}recursive_error_pages on;  # each next try may fail too")
+        w(f"{I2}error_page 502 504 = @twistedgw_retry_{i};")
+        w(f"{I2}error_page 503 = @twistedgw_503;")
+    else:
+        w(f"{I2}error_page 502 503 = @twistedgw_503;")
+        w(f"{I2}error_page 504 = @twistedgw_504;")
     w(f"{I2}client_max_body_size {body};")
-    scheme = "https" if api.backend.startswith("https://") else "http"
     # The backend path, then the rest after the context (the query follows by itself);
     # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
     w(f"{I2}rewrite ^ {target} break;")
-    w(f"{I2}proxy_pass {scheme}://twistedgw_backend_{i};")
-    w(f"{I2}proxy_http_version 1.1;")
-    w(f"{I2}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
-    w(f"{I2}proxy_read_timeout {max(1, int(timeout))}s;")
-    w(f"{I2}proxy_send_timeout {max(1, int(timeout))}s;")
-    w(f"{I2}proxy_intercept_errors off;")
-    w(f'{I2}proxy_set_header Connection "";')
-    w(f"{I2}proxy_set_header Host {quote(host_header(api.backend))};")
-    w(f"{I2}proxy_set_header X-Forwarded-For $remote_addr;")
-    w(f"{I2}proxy_set_header X-Forwarded-Proto https;")
-    w(f"{I2}proxy_set_header X-Forwarded-Host $http_host;")
+    proxy_to_backend(site, plan, I2)
+
+
+def retry_locations(site: Site) -> None:
+    """The Lua variant's next try, after a backend failed before answering (502/504):
+    Lua marks it down for 30 s and, where direct mode would retry (nothing was sent, or
+    an idempotent request without a body), sends the request to the next backend."""
+    w = site.w
+    for plan in site.plans:
+        if not plan.peers:
+            continue
+        w(f"{I1}location @twistedgw_retry_{plan.index} {{  # {plan.api.label}")
+        w(f"{I2}recursive_error_pages on;")
+        w(f"{I2}error_page 502 504 = @twistedgw_retry_{plan.index};")
+        w(f"{I2}error_page 503 = @twistedgw_503;")
+        lua_retry(site, plan, I2)
+        proxy_to_backend(site, plan, I2)
+        w(f"{I1}}}")
+
+
+def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
+    """``proxy_pass`` to the API's backend (Lua's pick, with its own Host, when it has
+    several) and the headers the direct mode sends it."""
+    w = site.w
+    config, api = site.config, plan.api
+    limits = config.limits
+    timeout = api.backend_timeout or limits.backend_timeout
+    scheme = "https" if api.backend.startswith("https://") else "http"
+    if plan.peers:
+        w(f"{indent}proxy_pass {scheme}://$tgw_peer;")
+    else:
+        w(f"{indent}proxy_pass {scheme}://{upstream_name(plan)};")
+    w(f"{indent}proxy_http_version 1.1;")
+    w(f"{indent}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
+    w(f"{indent}proxy_read_timeout {max(1, int(timeout))}s;")
+    w(f"{indent}proxy_send_timeout {max(1, int(timeout))}s;")
+    w(f"{indent}proxy_intercept_errors off;")
+    w(f'{indent}proxy_set_header Connection "";')
+    if plan.peers:
+        w(f"{indent}proxy_set_header Host $tgw_peer_host;")
+        w(f"{indent}proxy_next_upstream off;  # Lua decides (direct mode's retry rule)")
+    else:
+        w(f"{indent}proxy_set_header Host {quote(host_header(api.backend))};")
+    w(f"{indent}proxy_set_header X-Forwarded-For $remote_addr;")
+    w(f"{indent}proxy_set_header X-Forwarded-Proto https;")
+    w(f"{indent}proxy_set_header X-Forwarded-Host $http_host;")
     names = site.identity_names
     for header in site.stripped:
         if header.encode() not in names and header.encode() != idforward.CONSUMER_NAME:
-            w(f'{I2}proxy_set_header {header} "";')
-    w(f"{I2}proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
+            w(f'{indent}proxy_set_header {header} "";')
+    w(f"{indent}proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
     for header in method_override_headers(api):  # operations differ in security
-        w(f'{I2}proxy_set_header {header} "";')
+        w(f'{indent}proxy_set_header {header} "";')
     rule = verdicts.authorization_rule(api)
     if rule == "strip":  # the bearer token is for twistedgw (forward_authorization = false)
-        w(f'{I2}proxy_set_header Authorization "";')
+        w(f'{indent}proxy_set_header Authorization "";')
     elif rule == "answer":  # removed where the judged operation's pipeline removes it
-        w(f"{I2}proxy_set_header Authorization $tgw_authorization;")
+        w(f"{indent}proxy_set_header Authorization $tgw_authorization;")
     for n, name in enumerate(names):
-        w(f"{I2}proxy_set_header {name.decode()} $tgw_id_{n};")
-    _backend_tls(site, plan)
+        w(f"{indent}proxy_set_header {name.decode()} $tgw_id_{n};")
+    _backend_tls(site, plan, indent)
 
 
-def _backend_tls(site: Site, plan: ApiPlan) -> None:
+def _backend_tls(site: Site, plan: ApiPlan, indent: str) -> None:
     api = plan.api
     if not api.backend.startswith("https://"):
         return
@@ -242,14 +288,18 @@ def _backend_tls(site: Site, plan: ApiPlan) -> None:
         "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
         "proxy_ssl_session_reuse on;",
     ]
-    name = tls.server_name or urlsplit(api.backend).hostname or ""
-    lines.append(f"proxy_ssl_name {quote(name)};")
+    if tls.server_name:
+        lines.append(f"proxy_ssl_name {quote(tls.server_name)};")
+    elif plan.peers:  # each backend's own name (Lua sets it with the backend)
+        lines.append("proxy_ssl_name $tgw_peer_name;")
+    else:
+        lines.append(f"proxy_ssl_name {quote(urlsplit(api.backend).hostname or '')};")
     lines.append("proxy_ssl_server_name on;")
     if tls.certificate is not None and tls.private_key is not None:
         lines.append(f"proxy_ssl_certificate {quote(str(tls.certificate))};")
         lines.append(f"proxy_ssl_certificate_key {quote(str(tls.private_key))};")
     for line in lines:
-        site.w(I2 + line)
+        site.w(indent + line)
 
 
 def authz_locations(site: Site) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from twistedgw.app.nginx._text import lua_string
 from twistedgw.http import _verdicts as verdicts
@@ -31,6 +32,42 @@ def answers(site: Site, plan: ApiPlan) -> list[tuple[str, str]]:
     return out
 
 
+def _backends(site: Site, plan: ApiPlan) -> str:
+    """The API's backends for Lua's pick, in order: {upstream, Host, TLS name, endpoint}
+    (scheme://host:port, what direct mode marks down: shared by every API using it)."""
+    from twistedgw.app.nginx._text import host_header, host_port
+    from twistedgw.app.nginx._upstreams import upstream_name
+
+    rows = []
+    for k, endpoint in enumerate(plan.api.endpoints):
+        name = urlsplit(endpoint).hostname or ""
+        parts = urlsplit(endpoint)
+        where = f"{parts.scheme}://{host_port(endpoint)}".lower()  # what is marked down
+        rows.append(f"{{{lua_string(upstream_name(plan, k))}, "
+                    f"{lua_string(host_header(endpoint))}, {lua_string(name)}, "
+                    f"{lua_string(where)}}}")
+    return "{" + ", ".join(rows) + "}"
+
+
+def _peer_vars(site: Site, plan: ApiPlan, indent: str) -> list[str]:
+    if not plan.peers:
+        return []
+    for variable in ("tgw_peer", "tgw_peer_host", "tgw_peer_name", "tgw_peer_index",
+                     "tgw_peers"):
+        site.w(f'{indent}set ${variable} "";')
+    mode = lua_string(plan.api.backend_mode)
+    return [f"backends = {_backends(site, plan)}", f"backend_mode = {mode}"]
+
+
+def lua_retry(site: Site, plan: ApiPlan, indent: str) -> None:
+    """The retry location's Lua: the next backend, or direct mode's 503/504."""
+    w = site.w
+    spec = [f'api = "{plan.index}"', f"backends = {_backends(site, plan)}"]
+    w(f"{indent}access_by_lua_block {{")
+    w(f'{indent}    require("twistedgw_verdicts").retry({{{", ".join(spec)}}})')
+    w(f"{indent}}}")
+
+
 def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
     """``access_by_lua_block`` for one API: its verdict cache key's parts and the answer
     headers whose values the location's variables take."""
@@ -47,6 +84,7 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         f"bearer = {'true' if verdicts.uses_bearer(api) else 'false'}",
         f"per_operation = {'true' if verdicts.per_operation(api) else 'false'}",
         f"answers = {{{table}}}",
+        *_peer_vars(site, plan, indent),
     ]
     w(f"{indent}access_by_lua_block {{")
     w(f'{indent}    require("twistedgw_verdicts").access({{')

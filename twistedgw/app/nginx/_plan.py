@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from twistedgw.config import ApiConfig, GatewayConfig, variants
 from twistedgw.http import _verdicts as verdicts
@@ -24,6 +25,7 @@ class ApiPlan:
     lua: bool = False  # access_by_lua (the Lua variant), else auth_request
     cached: bool = False  # verdicts are cached (else asked on every request)
     uncached_why: str = ""
+    peers: bool = False  # several backends, picked per request by Lua (direct mode's order)
 
     @property
     def nginx_path(self) -> bool:
@@ -57,7 +59,33 @@ def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) 
     return "OCSP answers are kept for less than cache_seconds"
 
 
-def _gateway_reason(api: ApiConfig) -> str | None:
+def _backends_reason(api: ApiConfig, lua: bool) -> str | None:
+    """Why NGINX cannot pick among ``api``'s backends as direct mode does, or None.
+
+    The Lua variant picks each request's backend itself (round-robin or in order, a
+    failed one tried last for 30 s, a retry only where direct mode retries) and sends
+    each its own Host; stock NGINX's upstream group cannot send per-backend Host
+    headers (the request is written before the peer is chosen) and takes turns among
+    backup servers, so those cases keep the gateway path in the auth_request variant.
+    """
+    parts = [urlsplit(e) for e in api.endpoints]
+    if len(parts) < 2:
+        return None
+    if len({p.scheme for p in parts}) > 1:
+        return "several backends mixing http and https: twistedgw picks one"
+    if len({p.path for p in parts}) > 1:
+        return "several backends with different paths: twistedgw picks one"
+    if not lua:
+        if len({p.hostname for p in parts}) > 1:
+            return ("several backends with different host names: stock NGINX would send "
+                    "them one Host (the Lua variant sends each its own)")
+        if api.backend_mode == "failover" and len(parts) > 2:
+            return ("failover over more than two backends: stock NGINX's backup servers "
+                    "take turns (the Lua variant keeps the order)")
+    return None
+
+
+def _gateway_reason(api: ApiConfig, lua: bool) -> str | None:
     """Why NGINX must hand every request of ``api`` to twistedgw, or None."""
     if api.tiers:
         return "Per-certificate or per-consumer tiers count every request"
@@ -78,11 +106,9 @@ def _gateway_reason(api: ApiConfig) -> str | None:
                 "reads it and removes it before forwarding")
     if verdicts.uses_policy(api):
         return "Throttling policies (x-wso2-throttling-tier) count every request"
-    if len(api.endpoints) > 1:
-        return "Several backends: twistedgw picks one (load_balance/failover) and its Host"
     if verdicts.uses_basic(api):
         return "Basic authentication: twistedgw checks the password and removes Authorization"
-    return None
+    return _backends_reason(api, lua)
 
 
 def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
@@ -91,11 +117,12 @@ def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
     asker = LUA_ASKER if lua else AUTH_REQUEST_ASKER
     out = []
     for i, api in enumerate(config.apis):
-        reason = _gateway_reason(api)
+        reason = _gateway_reason(api, lua)
         if reason is not None:
             out.append(ApiPlan(i, api, reason))
             continue
         cached = verdicts.api_cacheable(config, api, asker)
         why = "" if cached else _uncached_why(config, api, asker)
-        out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why))
+        out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why,
+                           peers=lua and len(api.endpoints) > 1))
     return tuple(out)

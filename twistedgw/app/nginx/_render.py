@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from twistedgw import errors
 from twistedgw.app.nginx._checks import NginxConfigError, check
@@ -14,6 +13,7 @@ from twistedgw.app.nginx._plan import plan
 from twistedgw.app.nginx._servers import server_head
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, quote
+from twistedgw.app.nginx._upstreams import upstreams
 from twistedgw.config import GatewayConfig
 from twistedgw.http import _verdicts as verdicts
 
@@ -72,6 +72,14 @@ def _render(
     else:
         w(f"proxy_cache_path {nginx.cache_path} levels=1:2 keys_zone={CACHE_ZONE}:10m")
         w("                 max_size=256m inactive=10m use_temp_path=off;")
+    if any(len(p.api.endpoints) > 1 and p.nginx_path and not p.peers for p in site.plans):
+        w()
+        w("# An idempotent request with a body: stock NGINX would retry it on the next")
+        w("# backend where direct mode does not; such requests take the gateway path.")
+        w('map "$request_method:$http_content_length:$http_transfer_encoding" $tgw_body_retry {')
+        w(r'    "~^(?:GET|HEAD|OPTIONS|PUT|DELETE|TRACE):(?:0*[1-9][0-9]*:|[^:]*:.)" 1;')
+        w("    default 0;")
+        w("}")
     w()
     w("# Raw request targets that twistedgw's path normalisation leaves unchanged.")
     w("map $request_uri $twistedgw_gateway_path {")
@@ -92,20 +100,7 @@ def _render(
         w("    default $http_authorization;")
         w("}")
     w()
-    w("upstream twistedgw_authz {")
-    w(f"    server {nginx.authz};")
-    w("    keepalive 32;")
-    w("}")
-    for p in site.plans:
-        parts = urlsplit(p.api.backend)
-        host = parts.hostname or ""
-        shown = f"[{host}]" if ":" in host else host
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        w()
-        w(f"upstream twistedgw_backend_{p.index} {{  # {p.api.label}")
-        w(f"    server {shown}:{port};")
-        w("    keepalive 32;")
-        w("}")
+    upstreams(site)
     host_maps(site)
     for entry in (None, *config.tls.sni):  # the same locations under each certificate
         w()

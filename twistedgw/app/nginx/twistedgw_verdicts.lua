@@ -161,12 +161,78 @@ local function cache_key(spec)
     return key
 end
 
+-- Several backends: the direct mode's order (load_balance: round-robin, a turn per
+-- request; failover: as written), a backend that failed in the last SUSPEND seconds
+-- tried last, not never. The state is in the shared dict, so every worker shares it.
+local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
+local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
+                    TRACE = true}
+
+local function use_peer(spec, k, rest)
+    local var = ngx.var
+    local peer = spec.backends[k]
+    var.tgw_peer = peer[1]
+    var.tgw_peer_host = peer[2]
+    var.tgw_peer_name = peer[3]
+    var.tgw_peer_index = k
+    var.tgw_peers = rest
+end
+
+local function pick_backend(spec)
+    local dict = ngx.shared.twistedgw_verdicts
+    local n = #spec.backends
+    local first = 0
+    if spec.backend_mode == "load_balance" then
+        first = (dict:incr("rr|" .. spec.api, 1, -1) or 0) % n
+    end
+    local up, down = {}, {}
+    for j = 0, n - 1 do
+        local k = (first + j) % n + 1
+        if dict:get("down|" .. spec.backends[k][4]) then
+            down[#down + 1] = k
+        else
+            up[#up + 1] = k
+        end
+    end
+    for _, k in ipairs(down) do
+        up[#up + 1] = k
+    end
+    local k = table.remove(up, 1)
+    use_peer(spec, k, table.concat(up, ","))
+end
+
+-- A backend failed before answering (502/504 of its try): skip it for SUSPEND seconds
+-- and go to the next where direct mode would (nothing was sent, or an idempotent method
+-- without a body); else direct mode's 503 (could not connect) or 504.
+function _M.retry(spec)
+    local var = ngx.var
+    local dict = ngx.shared.twistedgw_verdicts
+    local failed = spec.backends[tonumber(var.tgw_peer_index)]
+    dict:set("down|" .. failed[4], true, SUSPEND)
+    local connect = var.upstream_connect_time or "-"
+    local nothing_sent = connect:match("%-%s*$") ~= nil
+    local rest = var.tgw_peers
+    local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
+    local safe = nothing_sent or (IDEMPOTENT[ngx.req.get_method()] and not body)
+    if rest == "" or not safe then
+        local status = tonumber((var.upstream_status or ""):match("(%d+)%s*$"))
+        if status == 504 and not nothing_sent then
+            return ngx.exec("@twistedgw_504")
+        end
+        return ngx.exec("@twistedgw_503")
+    end
+    local k, more = rest:match("^(%d+),?(.*)$")
+    use_peer(spec, tonumber(k), more)
+end
+
 -- One API's access phase. spec (rendered per location by nginx-config):
 --   api: the API's index (names the internal authz location; first part of the key)
 --   keys: the API key headers its schemes read; bearer: it reads bearer tokens
 --   per_operation: an API from an OpenAPI definition (method and target in the key)
 --   answers: {answer header, variable} pairs: the authz answer header whose value the
 --            variable (declared with `set` in the location) takes
+--   backends, backend_mode: several backends ({upstream, Host, TLS name} each), picked
+--            per request into $tgw_peer, $tgw_peer_host, $tgw_peer_name
 function _M.access(spec)
     local key = cache_key(spec)
     if key == nil then
@@ -199,6 +265,9 @@ function _M.access(spec)
         if ttl > 0 and key then
             dict:set(key, verdict, ttl)
         end
+    end
+    if spec.backends then
+        pick_backend(spec)
     end
     if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
         return  -- nothing to set: the variables start empty (`set` in the location)
