@@ -734,17 +734,26 @@ def test_every_example_renders_and_passes_nginx_t(
         assert f"twistedgw_backend_{i}" in site
 
 
-def test_tiers_go_to_twistedgw_and_uncacheable_apis_are_asked_every_time(
+def test_tiers_ride_nginxs_path_and_uncacheable_apis_are_asked_every_time(
     tmp_path: Path, pki: DevPki
 ) -> None:
+    """#26 item 4: a tiered API rides NGINX's path: auth_request asks twistedgw every
+    time (it counts), Lua caches the verdict and spends the bucket it names; an mTLS API
+    with OCSP answers kept shorter than cache_seconds is never cached."""
     cfg = _lifetime_config(
         tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
     text = nginxconf.render(cfg).text
     pet = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
     pet = pet[:pet.index("\n    }\n")]
-    assert "proxy_pass http://twistedgw_authz$request_uri;" in pet  # every request counts
-    assert "auth_request" not in pet
-    assert f"{nginxconf.INTERNAL}/authz/0 " not in text
+    assert "auth_request /_twistedgw_nginx/authz/0;" in pet
+    authz0 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]
+    authz0 = authz0[:authz0.index("\n    }\n")]
+    assert "proxy_cache " not in authz0 and "Not cached: tiers count every request" in authz0
+    lua = nginxconf.render(cfg, variant="lua").text
+    pet = lua[lua.index("# Swagger Petstore:1.0.5: /petstore"):]
+    assert 'tiers = {store = "dict"' in pet[:pet.index("\n    }\n")]
+    assert 'proxy_set_header x-twistedgw-nginx "answer,token-key,tiers";' in lua
+    assert "lua_shared_dict twistedgw_tiers 10m;" in lua
     ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
     text = nginxconf.render(ocsp).text
     authz0 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +79,17 @@ context = "/slowget"
 backend_mode = "failover"
 backend_timeout = 1
 backends = ["http://127.0.0.1:{hang2}/s", "{echo}/s"]
+"""
+
+TIERED_API = """
+[[apis]]
+name = "Metered"
+version = "1"
+context = "/metered"
+backend = "{backend}/metered"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+tiers = [{{ alias = "partner-root", requests_per_minute = 4 }}]
 """
 
 HOSTS_APIS = """
@@ -170,7 +182,7 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     jwks = jwtkit.write_jwks(tmp / "jwks.json", signing)
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
-    extra += HOSTS_APIS.format(backend=echo.url)
+    extra += HOSTS_APIS.format(backend=echo.url) + TIERED_API.format(backend=echo.url)
     extra += BACKENDS_APIS.format(echo=echo.url, echo2=echo2.url, dead=free_port(),
                                   dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
@@ -357,3 +369,60 @@ def test_several_backends_ride_nginxs_path(full: Fronted, echo: BackendProcess,
         assert hosts == ports  # each backend its own Host, as in direct mode
     else:
         assert len(hosts) == 1  # stock NGINX: the first backend's Host (README)
+
+
+def _tier_run(send: Any, n: int = 6) -> list[tuple[int, str | None, str | None]]:
+    out = []
+    for _ in range(n):
+        r = send()
+        out.append((*outcome(r), r.header("retry-after") and "Retry-After"))
+    return out
+
+
+def test_tiers_count_every_request_on_nginxs_path(full: Fronted) -> None:
+    """A tier of 4 a minute per certificate: 4 answers then 429 900800 with Retry-After,
+    the same sequence directly and through NGINX (another certificate of the same tier,
+    so each has a bucket of its own), verdicts cached or not (Lua: cached, NGINX spends
+    the bucket twistedgw names; auth_request: twistedgw decides every request)."""
+    path = "/metered/x"
+    direct = _tier_run(lambda: full.direct(path, "partner-direct"))
+    through = _tier_run(lambda: full.via_nginx(path, "partner-rsa"))
+    assert direct == through
+    assert [o[0] for o in through] == [200] * 4 + [429] * 2
+    assert through[-1] == (429, "900800", "Retry-After")
+    if full.variant == "lua":  # the verdict was cached: NGINX alone counted
+        full.wait_logged()
+        before = full.authz_asked()
+        assert full.via_nginx(path, "partner-rsa").status == 429
+        full.wait_logged()
+        assert full.authz_asked() == before
+
+
+def test_cluster_tiers_one_bucket_for_both_paths(tmp_path: Path, pki: DevPki,
+                                                 echo: BackendProcess) -> None:
+    """With [cluster], NGINX's Lua spends the same Redis bucket (same key, same script)
+    as twistedgw: requests on NGINX's path and on the gateway path (an unclean path) of
+    one caller share one limit."""
+    from tests.redissupport import start_redis
+
+    redis = start_redis(tmp_path / "redis")
+    cluster = f'\n[cluster]\nredis = "redis://127.0.0.1:{redis.port}/0"\n'
+    try:
+        f = start_fronted(tmp_path, pki, echo, variant="lua",
+                          extra=TIERED_API.format(backend=echo.url) + cluster)
+        try:
+            got = [full_status(f, "/metered/a"), full_status(f, "/metered/./b"),
+                   full_status(f, "/metered/c"), full_status(f, "/metered//d"),
+                   full_status(f, "/metered/e"), full_status(f, "/metered/./f")]
+            assert got == [200, 200, 200, 200, 429, 429]
+            keys = redis.command("KEYS", "*")
+            assert len(keys) == 1 and keys[0].startswith(b"twistedgw:")  # one bucket
+        finally:
+            f.nginx.stop()
+            f.gateway.stop()
+    finally:
+        redis.kill()
+
+
+def full_status(f: Fronted, path: str) -> int:
+    return f.via_nginx(path, "partner-direct").status

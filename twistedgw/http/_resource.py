@@ -38,8 +38,8 @@ from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
 from twistedgw.pipeline import (
-    REPORT_TIERS,
     TIER_LIMIT,
+    TIERS,
     Call,
     HeaderEdit,
     HeaderView,
@@ -496,7 +496,9 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     )
     asker = verdicts.asker(asked, caller.via_load_balancer) if asked else verdicts.PLAIN
     if asker.tiers:  # NGINX spends the bucket: the Tiers stage names it instead
-        call.notes[REPORT_TIERS] = True
+        call.notes[TIERS] = "report"
+    elif not asker.answer:  # auth_request would turn a 429 into a 500 of its own
+        call.notes[TIERS] = "skip"
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = route.api, call
     config = runtime.config

@@ -204,12 +204,15 @@ def allow_lifetime(
 
 
 def tier_value(config: GatewayConfig, limit: Limit) -> bytes:
-    """``X-Twistedgw-Tier``: the requests per minute, the bucket's key as the store spends
-    it (hex: in Redis, the very key twistedgw's own requests spend, so both spend one
-    bucket) and ``c`` (a consumer's) or ``l`` (a certificate's), for the refusal's words."""
+    """``X-Twistedgw-Tier``: the bucket's capacity and period (seconds), its key as the
+    store spends it (hex; in Redis the very key twistedgw's own requests spend, so both
+    paths spend one bucket) and ``c`` (a consumer's) or ``l`` (a certificate's), for the
+    refusal's words."""
     key = limit.key if config.cluster is None else config.cluster.key_prefix.encode() + limit.key
     kind = b"c" if limit.consumer else b"l"
-    return b"%d %s %s" % (limit.requests_per_minute, key.hex().encode(), kind)
+    return b"%d %d %s %s" % (
+        limit.requests_per_minute, limit.period_seconds, key.hex().encode(), kind
+    )
 
 
 def cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:

@@ -10,8 +10,8 @@ from twistedgw.pipeline._basic import hash_password
 from twistedgw.pipeline._builtin import (
     API_KEY_HEADER,
     METHOD_OVERRIDE_HEADERS,
-    REPORT_TIERS,
     TIER_LIMIT,
+    TIERS,
     method_override_headers,
     protected_headers,
 )
@@ -44,9 +44,9 @@ __all__ = [
     "EXPIRE_MS",
     "METHOD_OVERRIDE_HEADERS",
     "PERIOD_MS",
-    "REPORT_TIERS",
     "SCRIPT",
     "SCRIPT_SHA",
+    "TIERS",
     "TIER_LIMIT",
     "Call",
     "HeaderEdit",

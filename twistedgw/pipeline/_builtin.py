@@ -32,9 +32,11 @@ from twistedgw.pipeline._interfaces import (
 )
 
 API_KEY_HEADER = b"apikey"
-#: ``Call.notes`` keys: set REPORT_TIERS and the Tiers stage spends nothing, leaving the
-#: ``tiers.Limit`` that applies under TIER_LIMIT (the authz endpoint, whose asker counts).
-REPORT_TIERS = "twistedgw.tiers.report"
+#: ``Call.notes[TIERS]`` on the authz endpoint: ``"report"`` (its asker, NGINX's Lua,
+#: spends the bucket: the Tiers stage leaves the ``tiers.Limit`` that applies under
+#: TIER_LIMIT and spends nothing) or ``"skip"`` (an asker that cannot pass a 429 on: a
+#: hand-written ``auth_request``). Absent: the stage spends, as for a forwarded request.
+TIERS = "twistedgw.tiers"
 TIER_LIMIT = "twistedgw.tiers.limit"
 
 
@@ -137,8 +139,11 @@ class Tiers:
         limit = tiers.limit_for(call.api, identity, call.consumer)
         if limit is None:
             return None
-        if call.notes.get(REPORT_TIERS):  # the authz endpoint's asker (NGINX) spends it
-            call.notes[TIER_LIMIT] = limit
+        notes = getattr(call, "notes", None)  # None: a bare call (no authz endpoint)
+        mode = notes.get(TIERS) if notes else None
+        if mode is not None:  # the authz endpoint's asker spends it, or cannot
+            if mode == "report":
+                notes[TIER_LIMIT] = limit
             return None
         try:
             wait = self._store.take_limit(limit)

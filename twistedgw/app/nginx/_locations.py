@@ -327,8 +327,7 @@ def authz_locations(site: Site) -> None:
         w(f"{I2}proxy_set_header {authz.original_method_header} $request_method;")
         w(f"{I2}proxy_set_header {lb_header} {site.client_cert};")
         w(f"{I2}proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
-        asker = "answer,token-key" if plan.lua else "answer"
-        w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(asker)};")
+        w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(plan.asker_header)};")
         reference = quote(verdicts.api_reference(api))
         w(f"{I2}proxy_set_header {verdicts.EXPECTED_API.decode()} {reference};")
         if plan.cached and not plan.lua:

@@ -29,6 +29,8 @@ def answers(site: Site, plan: ApiPlan) -> list[tuple[str, str]]:
     out.append(("x-consumer-name", "tgw_consumer"))
     if verdicts.authorization_rule(plan.api) == "answer":
         out.append((verdicts.AUTHORIZATION.decode(), "tgw_authz_rm"))
+    if plan.tiers:  # kept with the verdict; no variable: Lua spends the bucket it names
+        out.append((verdicts.TIER.decode(), ""))
     return out
 
 
@@ -59,6 +61,39 @@ def _peer_vars(site: Site, plan: ApiPlan, indent: str) -> list[str]:
     return [f"backends = {_backends(site, plan)}", f"backend_mode = {mode}"]
 
 
+def _tiers(site: Site, plan: ApiPlan) -> list[str]:
+    """How Lua spends this API's tier buckets: the store, direct mode's 429 bodies (a
+    certificate's and a consumer's) and the 503 of ``[cluster] on_failure = "closed"``."""
+    if not plan.tiers:
+        return []
+    from twistedgw import errors
+    from twistedgw.pipeline import EXPIRE_MS, PERIOD_MS, SCRIPT, SCRIPT_SHA
+
+    bodies = {
+        "l": errors.throttled("the certificate's tier limit was exceeded").body().decode(),
+        "c": errors.throttled("the consumer's tier limit was exceeded").body().decode(),
+    }
+    parts = [f"store = {lua_string(plan.tiers)}",
+             f"l = {lua_string(bodies['l'])}", f"c = {lua_string(bodies['c'])}"]
+    cluster = site.config.cluster
+    if plan.tiers == "redis":
+        assert cluster is not None
+        unavailable = errors.limits_unavailable(
+            "the cluster store cannot answer").body().decode()
+        assert PERIOD_MS + 1000 == EXPIRE_MS  # the expiry rule Lua applies to any period
+        parts += [
+            f"host = {lua_string(cluster.host)}", f"port = {cluster.port}",
+            f"path = {lua_string(cluster.path or '')}", f"db = {cluster.db}",
+            f"username = {lua_string(cluster.username or '')}",
+            f"password = {lua_string(cluster.password or '')}",
+            f"timeout = {max(1, int(cluster.timeout * 1000))}",
+            f"closed = {'true' if cluster.on_failure == 'closed' else 'false'}",
+            f"unavailable = {lua_string(unavailable)}",
+            f"sha = {lua_string(SCRIPT_SHA)}", f"script = {lua_string(SCRIPT.decode())}",
+        ]
+    return ["tiers = {" + ", ".join(parts) + "}"]
+
+
 def lua_retry(site: Site, plan: ApiPlan, indent: str) -> None:
     """The retry location's Lua: the next backend, or direct mode's 503/504."""
     w = site.w
@@ -75,7 +110,8 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
     api = plan.api
     pairs = answers(site, plan)
     for _answer, variable in pairs:
-        w(f'{indent}set ${variable} "";')
+        if variable:
+            w(f'{indent}set ${variable} "";')
     table = ", ".join(f"{{{lua_string(a)}, {lua_string(v)}}}" for a, v in pairs)
     keys = ", ".join(lua_string(h) for h in verdicts.key_headers(api))
     spec = [
@@ -85,6 +121,7 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         f"per_operation = {'true' if verdicts.per_operation(api) else 'false'}",
         f"answers = {{{table}}}",
         *_peer_vars(site, plan, indent),
+        *_tiers(site, plan),
     ]
     w(f"{indent}access_by_lua_block {{")
     w(f'{indent}    require("twistedgw_verdicts").access({{')

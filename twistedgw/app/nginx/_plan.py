@@ -11,7 +11,10 @@ from twistedgw.http import _verdicts as verdicts
 
 #: What the rendered config tells the authz endpoint it does with the answer.
 AUTH_REQUEST_ASKER = verdicts.Asker(answer=True)
-LUA_ASKER = verdicts.Asker(answer=True, token_key=True, tiers=False)
+LUA_ASKER = verdicts.Asker(answer=True, token_key=True, tiers=True)
+#: The Lua variant where Lua cannot spend the tier buckets (Redis over TLS): twistedgw
+#: spends them, one decision per request.
+LUA_ASKER_NO_TIERS = verdicts.Asker(answer=True, token_key=True, tiers=False)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,15 @@ class ApiPlan:
     cached: bool = False  # verdicts are cached (else asked on every request)
     uncached_why: str = ""
     peers: bool = False  # several backends, picked per request by Lua (direct mode's order)
+    tiers: str = ""  # Lua spends the tier buckets: "dict" (lua_shared_dict) or "redis"
+    asker: verdicts.Asker = AUTH_REQUEST_ASKER  # what its authz location says it does
+
+    @property
+    def asker_header(self) -> str:
+        """``X-Twistedgw-Nginx``'s value for this API's authz location."""
+        a = self.asker
+        return ",".join(w for w, on in (("answer", a.answer), ("token-key", a.token_key),
+                                        ("tiers", a.tiers)) if on)
 
     @property
     def nginx_path(self) -> bool:
@@ -37,6 +49,9 @@ class ApiPlan:
         if self.gateway is not None:
             return f"{head}: gateway path: {self.gateway}"
         how = "Lua (access_by_lua)" if self.lua else "auth_request"
+        if self.tiers:
+            where = "Redis" if self.tiers == "redis" else "a lua_shared_dict"
+            how += f", tiers counted by NGINX in {where}"
         if self.cached:
             assert config.authz is not None
             seconds = f"{config.authz.cache_seconds:g}"
@@ -53,6 +68,8 @@ def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) 
     if api.plugins:
         return "plugins may read anything in the request"
     if api.tiers and not asker.tiers:
+        if asker.token_key:
+            return "tiers counted by twistedgw: NGINX's Lua does not speak Redis over TLS"
         return "tiers count every request"
     if verdicts.uses_bearer(api) and not asker.token_key:
         return "bearer tokens: NGINX's cache key would hold the token in clear"
@@ -87,8 +104,6 @@ def _backends_reason(api: ApiConfig, lua: bool) -> str | None:
 
 def _gateway_reason(api: ApiConfig, lua: bool) -> str | None:
     """Why NGINX must hand every request of ``api`` to twistedgw, or None."""
-    if api.tiers:
-        return "Per-certificate or per-consumer tiers count every request"
     if api.sandbox is not None or any(
         op.production is not None or op.sandbox is not None for op in api.operations or ()
     ):
@@ -114,15 +129,21 @@ def _gateway_reason(api: ApiConfig, lua: bool) -> str | None:
 def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
     """Every API's way, in config order."""
     lua = variant == "lua"
-    asker = LUA_ASKER if lua else AUTH_REQUEST_ASKER
+    cluster = config.cluster
+    store = "" if not lua else "dict" if cluster is None else (
+        "" if cluster.scheme == "rediss" else "redis")
     out = []
     for i, api in enumerate(config.apis):
         reason = _gateway_reason(api, lua)
         if reason is not None:
             out.append(ApiPlan(i, api, reason))
             continue
+        asker = AUTH_REQUEST_ASKER
+        if lua:
+            asker = LUA_ASKER if store or not api.tiers else LUA_ASKER_NO_TIERS
         cached = verdicts.api_cacheable(config, api, asker)
         why = "" if cached else _uncached_why(config, api, asker)
         out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why,
-                           peers=lua and len(api.endpoints) > 1))
+                           peers=lua and len(api.endpoints) > 1,
+                           tiers=store if api.tiers else "", asker=asker))
     return tuple(out)

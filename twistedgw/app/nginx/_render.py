@@ -12,7 +12,7 @@ from twistedgw.app.nginx._lua import lua_source
 from twistedgw.app.nginx._plan import plan
 from twistedgw.app.nginx._servers import server_head
 from twistedgw.app.nginx._site import Site
-from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, quote
+from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, TIERS_ZONE, quote
 from twistedgw.app.nginx._upstreams import upstreams
 from twistedgw.config import GatewayConfig
 from twistedgw.http import _verdicts as verdicts
@@ -68,6 +68,8 @@ def _render(
     if site.lua:
         w("# Variant lua: verdicts in shared memory (twistedgw_verdicts.lua).")
         w(f"lua_shared_dict {CACHE_ZONE} 10m;")
+        if any(p.tiers == "dict" for p in site.plans):
+            w(f"lua_shared_dict {TIERS_ZONE} 10m;  # tier buckets (every worker's)")
         w(f"lua_package_path {quote(site.lua_dir + '/?.lua;;')};")
     else:
         w(f"proxy_cache_path {nginx.cache_path} levels=1:2 keys_zone={CACHE_ZONE}:10m")

@@ -10,6 +10,7 @@ from twistedgw import errors
 #: gateway path (it is not a clean path for the fast path), so it cannot reach them.
 INTERNAL = "/_twistedgw_nginx"
 CACHE_ZONE = "twistedgw_verdicts"
+TIERS_ZONE = "twistedgw_tiers"
 
 # A raw request target that twistedgw's normalisation leaves as it is: segments of
 # RFC 3986 pchar without '%', ';' (params), '$' and "'" (kept out of NGINX strings),

@@ -74,7 +74,7 @@ local function send(status, body, headers)
     local expect = ngx.var.http_expect
     if expect and expect:lower() == "100-continue" and ngx.req.http_version() == 1.1
             and send_raw(status, body, headers) then
-        return
+        return true
     end
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
@@ -85,7 +85,8 @@ local function send(status, body, headers)
         end
     end
     ngx.print(body)
-    return ngx.exit(ngx.HTTP_OK)
+    ngx.exit(ngx.HTTP_OK)
+    return true  -- answered: the caller returns at once
 end
 
 -- The authz endpoint refused: it says with which status and JSON (X-Twistedgw-Status,
@@ -225,6 +226,164 @@ function _M.retry(spec)
     use_peer(spec, tonumber(k), more)
 end
 
+-- Tiers: the bucket twistedgw's answer names (X-Twistedgw-Tier: capacity, period,
+-- hex key, l|c) is spent here on every request, cached verdict or not, as direct mode
+-- spends it: a token bucket holding `capacity` tokens, refilled evenly over `period`
+-- seconds. In a lua_shared_dict shared by NGINX's workers (a short lock makes the
+-- read-modify-write atomic across them), or with [cluster] in Redis, with the key and
+-- Lua script twistedgw's own requests spend, so both paths spend one bucket.
+
+local function unhex(text)
+    return (text:gsub("..", function(pair) return string.char(tonumber(pair, 16)) end))
+end
+
+local function take_dict(key, capacity, period)
+    local dict = ngx.shared.twistedgw_tiers
+    local lock = "lock|" .. key
+    local locked = false
+    for _ = 1, 100 do
+        if dict:add(lock, true, 0.05) then
+            locked = true
+            break
+        end
+        ngx.sleep(0.001)
+    end
+    local now = ngx.now()
+    local state = dict:get(key)
+    local tokens, updated = capacity, now
+    if state then
+        local t, u = state:match("^(%S+) (%S+)$")
+        tokens, updated = tonumber(t), tonumber(u)
+        local elapsed = now - updated
+        if elapsed < 0 then elapsed = 0 end
+        tokens = math.min(capacity, tokens + elapsed * capacity / period)
+    end
+    local wait = nil
+    if tokens >= 1 then
+        tokens = tokens - 1
+    else
+        wait = (1 - tokens) * period / capacity
+    end
+    dict:set(key, string.format("%.17g %.17g", tokens, now), period + 1)
+    if locked then
+        dict:delete(lock)
+    end
+    return wait
+end
+
+local function resp(args)
+    local out = {"*", #args, "\r\n"}
+    for _, a in ipairs(args) do
+        a = tostring(a)
+        out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+    end
+    return table.concat(out)
+end
+
+local function read_reply(sock)
+    local line, err = sock:receive("*l")
+    if not line then return nil, err end
+    local kind, rest = line:sub(1, 1), line:sub(2)
+    if kind == ":" then return tonumber(rest) end
+    if kind == "+" then return rest end
+    if kind == "-" then return {err = rest} end
+    if kind == "$" then
+        local n = tonumber(rest)
+        if n < 0 then return false end
+        local data, e = sock:receive(n + 2)
+        if not data then return nil, e end
+        return data:sub(1, n)
+    end
+    if kind == "*" then
+        local items = {}
+        for i = 1, tonumber(rest) do
+            local item, e = read_reply(sock)
+            if item == nil then return nil, e end
+            items[i] = item
+        end
+        return items
+    end
+    return nil, "unexpected reply " .. line:sub(1, 40)
+end
+
+local redis_warned = 0
+
+-- One token from Redis (EVALSHA of twistedgw's script, EVAL after NOSCRIPT): the seconds
+-- to wait, nil when allowed, or false, why when Redis cannot answer within the timeout.
+local function take_redis(t, key, capacity, period)
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(t.timeout, t.timeout, t.timeout)
+    local ok, err
+    if t.path ~= "" then
+        ok, err = sock:connect("unix:" .. t.path)
+    else
+        ok, err = sock:connect(t.host, t.port)
+    end
+    if not ok then return false, "connect: " .. tostring(err) end
+    if sock:getreusedtimes() == 0 then
+        local setup = {}
+        if t.password ~= "" then
+            setup[#setup + 1] = t.username ~= "" and {"AUTH", t.username, t.password}
+                                or {"AUTH", t.password}
+        end
+        if t.db ~= 0 then setup[#setup + 1] = {"SELECT", t.db} end
+        for _, command in ipairs(setup) do
+            sock:send(resp(command))
+            local reply, e = read_reply(sock)
+            if type(reply) ~= "string" then
+                sock:close()
+                return false, (command[1] .. ": " .. tostring(e or (reply and reply.err)))
+            end
+        end
+    end
+    local period_ms = period * 1000
+    local args = {"EVALSHA", t.sha, 1, key, capacity, period_ms, period_ms + 1000}
+    sock:send(resp(args))
+    local reply, e = read_reply(sock)
+    if type(reply) == "table" and reply.err and reply.err:find("^NOSCRIPT") then
+        args[1], args[2] = "EVAL", t.script
+        sock:send(resp(args))
+        reply, e = read_reply(sock)
+    end
+    if type(reply) ~= "table" or reply.err or #reply ~= 2 then
+        sock:close()
+        return false, tostring(e or (reply and reply.err) or "unexpected reply")
+    end
+    sock:setkeepalive(60000, 64)
+    if reply[1] == 1 then return nil end
+    return math.max(reply[2], 1) / 1000000
+end
+
+local function spend_tier(spec, value)
+    local t = spec.tiers
+    local capacity, period, hex, kind = value:match("^(%d+) (%d+) (%x+) ([lc])$")
+    if not capacity then return false end
+    capacity, period = tonumber(capacity), tonumber(period)
+    local key = unhex(hex)
+    local wait, why
+    if t.store == "redis" then
+        wait, why = take_redis(t, key, capacity, period)
+        if wait == false then
+            local now = ngx.now()
+            if now - redis_warned > 60 then
+                redis_warned = now
+                ngx.log(ngx.WARN, "twistedgw tiers: Redis cannot answer (", why, "); ",
+                        t.closed and "throttled APIs answer 503" or "serving without the limit")
+            end
+            if t.closed then
+                return send(503, t.unavailable, {})
+            end
+            return false
+        end
+    else
+        wait = take_dict(key, capacity, period)
+    end
+    if wait then
+        return send(429, t[kind], {{"Retry-After", tostring(math.max(1, math.ceil(wait)))}})
+    end
+    return false
+end
+
 -- One API's access phase. spec (rendered per location by nginx-config):
 --   api: the API's index (names the internal authz location; first part of the key)
 --   keys: the API key headers its schemes read; bearer: it reads bearer tokens
@@ -266,19 +425,31 @@ function _M.access(spec)
             dict:set(key, verdict, ttl)
         end
     end
-    if spec.backends then
-        pick_backend(spec)
-    end
     if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
+        if spec.backends then
+            pick_backend(spec)
+        end
         return  -- nothing to set: the variables start empty (`set` in the location)
     end
     local var = ngx.var
     local i = 1
+    local tier = nil
     for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
         if value ~= "" then
-            var[answers[i][2]] = value
+            local variable = answers[i][2]
+            if variable == "" then
+                tier = value  -- X-Twistedgw-Tier: the bucket to spend
+            else
+                var[variable] = value
+            end
         end
         i = i + 1
+    end
+    if tier and spec.tiers and spend_tier(spec, tier) then
+        return  -- refused (429, or 503 when [cluster] is closed and Redis cannot answer)
+    end
+    if spec.backends then
+        pick_backend(spec)
     end
 end
 
