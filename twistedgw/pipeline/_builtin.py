@@ -139,8 +139,8 @@ class Tiers:
         limit = tiers.limit_for(call.api, identity, call.consumer)
         if limit is None:
             return None
-        notes = getattr(call, "notes", None)  # None: a bare call (no authz endpoint)
-        mode = notes.get(TIERS) if notes else None
+        notes: dict[str, Any] = getattr(call, "notes", None) or {}  # a bare call: none
+        mode = notes.get(TIERS)
         if mode is not None:  # the authz endpoint's asker spends it, or cannot
             if mode == "report":
                 notes[TIER_LIMIT] = limit
