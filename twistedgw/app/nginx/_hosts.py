@@ -106,19 +106,20 @@ def host_checks(site: Site) -> None:
     if not config.tls.sni:
         return
     w("    if ($tgw_misdirected) {")
-    w(f"        return 421 {quote(MISDIRECTED)};")
+    w(f"        return 421 {quote(_misdirected())};")
     w("    }")
     # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).
     w("    error_page 421 = @twistedgw_421;")
 
 
-# The description names the host and the SNI (both host names once $tgw_bad_host passed,
-# so they need no JSON escaping).
-MISDIRECTED = (
-    '{"code": "421", "message": "Misdirected Request", "description": "the host \'$host\' '
-    "is not served on this connection, which was opened with $tgw_sni_words; open a "
-    'connection whose server name (SNI) is that host"}'
-)
+def _misdirected() -> str:
+    """Direct mode's 421 body (in the config's error style) naming ``$host`` and the SNI:
+    both are host names once ``$tgw_bad_host`` passed, so they need no JSON escaping."""
+    body = errors.misdirected(
+        "the host 'TGWHOSTTGW' is not served on this connection, which was opened with "
+        "TGWSNITGW; open a connection whose server name (SNI) is that host"
+    ).body().decode()
+    return body.replace("TGWHOSTTGW", "$host").replace("TGWSNITGW", "$tgw_sni_words")
 
 
 def misdirected_location(site: Site) -> None:
@@ -126,5 +127,5 @@ def misdirected_location(site: Site) -> None:
         return
     site.w("    location @twistedgw_421 {")
     site.w("        default_type application/json;")
-    site.w(f"        return 421 {quote(MISDIRECTED)};")
+    site.w(f"        return 421 {quote(_misdirected())};")
     site.w("    }")
