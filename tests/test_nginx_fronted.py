@@ -570,8 +570,11 @@ def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
         tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
     assert verdicts.allow_lifetime(tiers, tiers.apis[0], identity) == 0
     plugin = _lifetime_config(
+        tmp_path, pki, api_extra='\nplugins = [{ name = "acme-tenant" }]')
+    assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0  # may read anything
+    headers = _lifetime_config(
         tmp_path, pki, api_extra='\nplugins = [{ name = "request-headers" }]')
-    assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0
+    assert verdicts.allow_lifetime(headers, headers.apis[0], identity) == 10  # decides nothing
 
 
 def test_intermediates_must_be_cas(tmp_path: Path, pki: DevPki) -> None:
@@ -1017,3 +1020,53 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
     assert "ssl_verify_client optional_no_ca;" in internal
     assert "ssl_client_certificate" not in internal  # advertise_ca_names = false
     assert "if ($tgw_misdirected)" in default and "if ($tgw_bad_host)" in partners
+
+
+def test_third_party_plugins_ride_nginxs_path_only_when_nginx_can_apply_them(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    """#26 item 5: a request transform that declares the headers it sets runs on the authz
+    endpoint and NGINX sets what it set; a response transform, an undeclared request
+    transform, or a plugin whose stages nginx-config cannot see keep the gateway path."""
+    from types import SimpleNamespace
+
+    from twistedgw.http import _verdicts as verdicts
+    from twistedgw.pipeline import HeaderEdit, Named
+
+    class Tenant:
+        sets_headers = ("X-Tenant",)
+
+        def transform_request(self, call: Any, edit: HeaderEdit) -> None:
+            edit.set(b"X-Tenant", b"acme")
+            edit.set(b"X-Other", b"not declared")
+
+    class Broken(Tenant):
+        def transform_request(self, call: Any, edit: HeaderEdit) -> None:
+            raise RuntimeError("boom")
+
+    cfg = _lifetime_config(tmp_path, pki, api_extra='\nplugins = [{ name = "acme-tenant" }]')
+    pet = cfg.apis[0]
+
+    def rendered(pipeline: Any) -> str:
+        text = nginxconf.render(cfg, pipelines={pet: pipeline}).text
+        block = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
+        return block[:block.index("\n    }\n")]
+
+    declared = SimpleNamespace(request_transforms=(Named("acme-tenant", Tenant()),),
+                               response_transforms=())
+    block = rendered(declared)
+    assert "auth_request_set $tgw_ph_0 $upstream_http_x_twistedgw_set_x_tenant;" in block
+    assert "proxy_set_header X-Tenant $tgw_ph_0;" in block
+    undeclared = SimpleNamespace(request_transforms=(Named("acme-tenant", object()),),
+                                 response_transforms=())
+    assert "without declaring the headers it sets" in rendered(undeclared)
+    responses = SimpleNamespace(request_transforms=(),
+                                response_transforms=(Named("acme-tenant", object()),))
+    assert "transforms responses: NGINX cannot apply it" in rendered(responses)
+    assert "what it does is known only to twistedgw" in rendered(None)
+    # The authz endpoint's side: only the declared header, and a failure is the 500.
+    assert verdicts.declared_headers(declared, None) == [
+        (b"x-twistedgw-set-x-tenant", b"acme")]
+    broken = SimpleNamespace(request_transforms=(Named("acme-tenant", Broken()),))
+    failed = verdicts.declared_headers(broken, None)
+    assert not isinstance(failed, list) and (failed.status, failed.code) == (500, "500")

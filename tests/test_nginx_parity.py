@@ -92,6 +92,26 @@ aliases = ["partner-root"]
 tiers = [{{ alias = "partner-root", requests_per_minute = 4 }}]
 """
 
+DECORATED_API = """
+[[apis]]
+name = "Decorated"
+version = "1"
+context = "/decorated"
+backend = "{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+
+[[apis.plugins]]
+name = "request-headers"
+set = {{ "X-Team" = "blue", "X-Forwarded-Host" = "api.example.com" }}
+remove = ["X-Drop"]
+
+[[apis.plugins]]
+name = "response-headers"
+set = {{ "X-Served-By" = "twistedgw" }}
+remove = ["X-Secret"]
+"""
+
 HOSTS_APIS = """
 [[apis]]
 name = "Shop"
@@ -183,6 +203,7 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
     extra += HOSTS_APIS.format(backend=echo.url) + TIERED_API.format(backend=echo.url)
+    extra += DECORATED_API.format(backend=echo.url)
     extra += BACKENDS_APIS.format(echo=echo.url, echo2=echo2.url, dead=free_port(),
                                   dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
@@ -426,3 +447,29 @@ def test_cluster_tiers_one_bucket_for_both_paths(tmp_path: Path, pki: DevPki,
 
 def full_status(f: Fronted, path: str) -> int:
     return f.via_nginx(path, "partner-direct").status
+
+
+def test_header_plugins_ride_nginxs_path(full: Fronted) -> None:
+    """request-headers and response-headers as NGINX directives: the backend sees the same
+    request headers, the client the same response headers as in direct mode, refusals
+    and errors included; the verdict is cached (the plugins decide nothing)."""
+    path = "/decorated/headers?set=X-Secret:1&set=X-Keep:2"
+    sent = (("X-Drop", "1"), ("X-Team", "red"))
+    direct, through = both(full, path, "partner-direct", sent)
+    assert (direct.status, through.status) == (200, 200)
+    assert echoed_headers(direct)["x-forwarded-host"][1:] == ["api.example.com"]
+    assert echoed_headers(through)["x-forwarded-host"][1:] == ["api.example.com"]
+    for r in (direct, through):
+        seen = echoed_headers(r)
+        assert seen["x-team"] == ["blue"] and "x-drop" not in seen
+        assert r.header("x-served-by") == "twistedgw" and r.header("x-secret") is None
+        assert r.header("x-keep") == "2"
+    direct, through = both(full, path, None, sent)
+    assert outcome(direct) == outcome(through) == (401, "900902")
+    assert direct.header("x-served-by") == through.header("x-served-by") == "twistedgw"
+    if full.variant == "lua":
+        full.wait_logged()
+        before = full.authz_asked()
+        assert full.via_nginx(path, "partner-direct", sent).status == 200
+        full.wait_logged()
+        assert full.authz_asked() == before  # cached

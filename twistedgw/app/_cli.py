@@ -352,7 +352,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     try:
         rendered = nginxconf.render(
             cfg, str(bundle) if bundle is not None else None, variant=variant,
-            lua_dir=lua_dir,
+            lua_dir=lua_dir, pipelines=_built.pipelines,
         )
     except nginxconf.NginxConfigError as e:
         return _fail(e.problems)
@@ -368,7 +368,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
                 ok, message = nginxconf.nginx_test(copy, modules, binary=binary)
             if not ok:
                 return _fail([f"nginx -t refused the output: {message}"], 1)
-        _report_paths(cfg, variant, report)
+        _report_paths(cfg, variant, report, _built.pipelines)
         return 0
     try:
         output.write_text(rendered.text)
@@ -383,7 +383,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         if not ok:
             return _fail([f"{output}: nginx -t refused it: {message}"], 1)
         print(f"{output}: nginx -t OK")
-    _report_paths(cfg, variant, report)
+    _report_paths(cfg, variant, report, _built.pipelines)
     return 0
 
 
@@ -413,11 +413,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_paths(cfg: Any, variant: str, stream: Any) -> None:
+def _report_paths(cfg: Any, variant: str, stream: Any, pipelines: Any) -> None:
     """Per API: NGINX's path (how verdicts are asked and kept) or the gateway path, why."""
     from twistedgw.app import nginx as nginxconf
 
-    for plan in nginxconf.plan(cfg, variant):
+    for plan in nginxconf.plan(cfg, variant, pipelines):
         print(f"  {plan.describe(cfg)}", file=stream)
 
 

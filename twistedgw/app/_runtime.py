@@ -15,7 +15,7 @@ import pickle
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,6 +56,8 @@ class Runtime:
     # pool is keyed by its policies, so changed settings get new connections.
     backend_tls: backendtls.BackendTls | None = None
     shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
+    # Each API's compiled pipeline (nginx-config reads what its plugins' stages do).
+    pipelines: Mapping[ApiConfig, Pipeline] = field(default_factory=dict)
     # Worth saying but not refusing (file: dotted key: message): `check` prints them,
     # start and reload log them.
     warnings: tuple[str, ...] = ()
@@ -393,6 +395,7 @@ def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runt
         revocation=material.revocation,
         backend_tls=material.backend_tls,
         shared=shared,
+        pipelines=material.pipelines,
         warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
     )
 

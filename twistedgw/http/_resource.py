@@ -502,9 +502,10 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = route.api, call
     config = runtime.config
+    pipeline = route.pipeline
     _settle(
-        gateway, exchange, route.pipeline.judge(call),
-        lambda _o: _allow(gateway, exchange, config, asker),
+        gateway, exchange, pipeline.judge(call),
+        lambda _o: _allow(gateway, exchange, config, asker, pipeline),
         verdicts.NO_STORE,
         answer,
     )
@@ -525,10 +526,14 @@ def _refuse(
 
 def _allow(
     gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig,
-    asker: verdicts.Asker = verdicts.PLAIN,
+    asker: verdicts.Asker = verdicts.PLAIN, pipeline: Pipeline | None = None,
 ) -> None:
     call = exchange.call
     assert call is not None and call.api is not None
+    declared = verdicts.declared_headers(pipeline, call) if asker.answer and pipeline else None
+    if isinstance(declared, GatewayError):  # a plugin's transform failed
+        _refuse(gateway, exchange, declared, verdicts.NO_STORE, asker.answer)
+        return
     if call.sandbox:  # the proxy that asked forwards to its own backend, never a sandbox one
         answer_error(gateway, exchange, errors.forbidden(
             "a sandbox credential goes to the API's sandbox endpoint, which only the gateway "
@@ -543,6 +548,7 @@ def _allow(
     headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
     if verdicts.strips_authorization(call.api):
         headers.append((verdicts.AUTHORIZATION, b"remove"))
+    headers.extend(declared or ())
     limit = call.notes.get(TIER_LIMIT)
     if limit is not None:  # the bucket NGINX spends for this caller
         headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))

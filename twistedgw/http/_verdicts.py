@@ -140,6 +140,15 @@ def authorization_rule(api: ApiConfig) -> str:
     return "keep" if strips == {False} else "answer"
 
 
+#: The shipped plugins that only edit headers (fixed values): they decide nothing.
+HEADER_PLUGINS = ("request-headers", "response-headers")
+
+
+def deciding_plugins(api: ApiConfig) -> bool:
+    """Plugins that may decide (third-party ones may read anything in the request)."""
+    return any(spec.name not in HEADER_PLUGINS for spec in api.plugins)
+
+
 def per_operation(api: ApiConfig) -> bool:
     """An API read from an OpenAPI definition: the verdict depends on method and path."""
     return api.operations is not None
@@ -151,7 +160,7 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -
     may cache them; a bearer token's verdict ends with the token, so only an asker whose
     cache key holds the token's hash may cache it."""
     authz = config.authz
-    if authz is None or authz.cache_seconds < 1 or api.plugins:
+    if authz is None or authz.cache_seconds < 1 or deciding_plugins(api):
         return False
     if api.tiers and not asker.tiers:
         return False
@@ -233,6 +242,32 @@ def identity_answer_headers(
         (SET_PREFIX + name.lower(), value)
         for name, value in idforward.headers_for(config.identity, identity)
     ]
+
+
+def declared_headers(
+    pipeline: Any, call: Any
+) -> list[tuple[bytes, bytes]] | errors.GatewayError:
+    """The request transforms that declare the headers they set (``sets_headers``), run for
+    the authz answer: NGINX sets what they set (``X-Twistedgw-Set-<name>``). Only asked by
+    the config nginx-config renders, which applies them; an exception is the direct mode's
+    500 for that plugin."""
+    from twistedgw.pipeline import HeaderEdit
+
+    out: list[tuple[bytes, bytes]] = []
+    for named in pipeline.request_transforms:
+        names = getattr(named.stage, "sets_headers", None)
+        if not names:
+            continue
+        edit = HeaderEdit()
+        try:
+            named.stage.transform_request(call, edit)
+        except Exception:
+            return errors.plugin_failed(named.name)
+        for name in names:
+            found = edit.set_values.get(str(name).lower().encode())
+            if found is not None:
+                out.append((SET_PREFIX + found[0].lower(), found[1]))
+    return out
 
 
 def identity_header_names(config: GatewayConfig) -> list[bytes]:

@@ -64,6 +64,7 @@ def shared_locations(site: Site) -> None:
         api = plan.api
         w(f"{I1}location @twistedgw_413_{plan.index} {{")
         w(f"{I2}default_type application/json;")
+        response_headers(site, plan, I2)
         too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
         w(f"{I2}return 413 {json_body(too_large)};")
         w(f"{I1}}}")
@@ -71,24 +72,54 @@ def shared_locations(site: Site) -> None:
         _refused_location(site)  # its variables exist where auth_request_set names them
     misdirected_location(site)
     retry_locations(site)
-    w(f"{I1}location @twistedgw_503 {{")
+    _error_locations(site, "")
+    for plan in site.plans:  # the API's response headers on its errors too (direct mode)
+        if plan.nginx_path and plan.headers.response:
+            if not plan.lua:
+                _refused_location(site, plan)
+            _error_locations(site, f"_{plan.index}", plan)
+
+
+def error_suffix(plan: ApiPlan) -> str:
+    """The API's own error locations when its response headers apply to errors too."""
+    return f"_{plan.index}" if plan.headers.response else ""
+
+
+def response_headers(site: Site, plan: ApiPlan | None, indent: str) -> None:
+    """``response-headers``: hide the backend's, add the plugin's (on errors too)."""
+    if plan is None:
+        return
+    headers = plan.headers
+    for name in headers.response_remove:
+        site.w(f"{indent}proxy_hide_header {name};")
+    for name, value in headers.response_set:
+        site.w(f"{indent}proxy_hide_header {name};")
+        site.w(f"{indent}add_header {name} {quote(value)} always;")
+
+
+def _error_locations(site: Site, suffix: str, plan: ApiPlan | None = None) -> None:
+    w = site.w
+    w(f"{I1}location @twistedgw_503{suffix} {{")
     w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
     w(f"{I2}return 503 {json_body(errors.backend_unavailable('backend is unavailable'))};")
     w(f"{I1}}}")
-    w(f"{I1}location @twistedgw_504 {{")
+    w(f"{I1}location @twistedgw_504{suffix} {{")
     w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
     timeout = errors.backend_timeout("backend did not answer in time")
     w(f"{I2}return 504 {json_body(timeout)};")
     w(f"{I1}}}")
 
 
-def _refused_location(site: Site) -> None:
+def _refused_location(site: Site, plan: ApiPlan | None = None) -> None:
     """The auth_request variant's refusals: the direct mode's status, JSON and headers
     from the authz answer (auth_request_set), sent by NGINX before it reads any body.
     An answer without them (a refusal about the subrequest itself) goes to twistedgw."""
     w = site.w
-    w(f"{I1}location @twistedgw_refused {{")
+    w(f"{I1}location @twistedgw_refused{error_suffix(plan) if plan else ''} {{")
     w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
     w(f"{I2}add_header WWW-Authenticate $tgw_challenge always;  # empty: not sent")
     w(f"{I2}add_header Retry-After $tgw_retry_after always;")
     w(f"{I2}add_header Allow $tgw_allow always;")
@@ -192,20 +223,24 @@ def api_body(site: Site, plan: ApiPlan) -> None:
         w(f"{I2}auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
         if verdicts.authorization_rule(api) == "answer":
             w(f"{I2}auth_request_set $tgw_authz_rm $upstream_http_x_twistedgw_authorization;")
+        for n, declared in enumerate(plan.headers.declared):
+            upstream = (verdicts.SET_PREFIX.decode() + declared.lower()).replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_ph_{n} $upstream_http_{upstream};")
         for variable, answer in (("status", verdicts.STATUS), ("error", verdicts.ERROR),
                                  ("challenge", b"www-authenticate"),
                                  ("retry_after", b"retry-after"), ("allow", b"allow")):
             upstream = answer.decode().replace("-", "_")
             w(f"{I2}auth_request_set $tgw_{variable} $upstream_http_{upstream};")
-        w(f"{I2}error_page 401 403 = @twistedgw_refused;")
+        w(f"{I2}error_page 401 403 = @twistedgw_refused{error_suffix(plan)};")
     w(f"{I2}error_page 413 = @twistedgw_413_{i};")
+    e = error_suffix(plan)
     if plan.peers:  # Lua tries the next backend where direct mode would
         w(f"{I2}recursive_error_pages on;  # each next try may fail too")
         w(f"{I2}error_page 502 504 = @twistedgw_retry_{i};")
-        w(f"{I2}error_page 503 = @twistedgw_503;")
+        w(f"{I2}error_page 503 = @twistedgw_503{e};")
     else:
-        w(f"{I2}error_page 502 503 = @twistedgw_503;")
-        w(f"{I2}error_page 504 = @twistedgw_504;")
+        w(f"{I2}error_page 502 503 = @twistedgw_503{e};")
+        w(f"{I2}error_page 504 = @twistedgw_504{e};")
     w(f"{I2}client_max_body_size {body};")
     # The backend path, then the rest after the context (the query follows by itself);
     # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
@@ -224,7 +259,7 @@ def retry_locations(site: Site) -> None:
         w(f"{I1}location @twistedgw_retry_{plan.index} {{  # {plan.api.label}")
         w(f"{I2}recursive_error_pages on;")
         w(f"{I2}error_page 502 504 = @twistedgw_retry_{plan.index};")
-        w(f"{I2}error_page 503 = @twistedgw_503;")
+        w(f"{I2}error_page 503 = @twistedgw_503{error_suffix(plan)};")
         lua_retry(site, plan, I2)
         proxy_to_backend(site, plan, I2)
         w(f"{I1}}}")
@@ -253,6 +288,7 @@ def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
         w(f"{indent}proxy_next_upstream off;  # Lua decides (direct mode's retry rule)")
     else:
         w(f"{indent}proxy_set_header Host {quote(host_header(api.backend))};")
+    # A request-headers plugin that sets one of these adds a second, as in direct mode.
     w(f"{indent}proxy_set_header X-Forwarded-For $remote_addr;")
     w(f"{indent}proxy_set_header X-Forwarded-Proto https;")
     w(f"{indent}proxy_set_header X-Forwarded-Host $http_host;")
@@ -270,6 +306,12 @@ def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
         w(f"{indent}proxy_set_header Authorization $tgw_authorization;")
     for n, name in enumerate(names):
         w(f"{indent}proxy_set_header {name.decode()} $tgw_id_{n};")
+    headers = plan.headers
+    for header, value in headers.request:  # request-headers: fixed values ("" removes)
+        w(f"{indent}proxy_set_header {header} {quote(value)};")
+    for n, header in enumerate(headers.declared):  # a plugin's, from the authz answer
+        w(f"{indent}proxy_set_header {header} $tgw_ph_{n};")
+    response_headers(site, plan, indent)
     _backend_tls(site, plan, indent)
 
 

@@ -29,6 +29,8 @@ def answers(site: Site, plan: ApiPlan) -> list[tuple[str, str]]:
     out.append(("x-consumer-name", "tgw_consumer"))
     if verdicts.authorization_rule(plan.api) == "answer":
         out.append((verdicts.AUTHORIZATION.decode(), "tgw_authz_rm"))
+    for n, name in enumerate(plan.headers.declared):  # set by a plugin, said by the answer
+        out.append(((verdicts.SET_PREFIX.decode() + name.lower()), f"tgw_ph_{n}"))
     if plan.tiers:  # kept with the verdict; no variable: Lua spends the bucket it names
         out.append((verdicts.TIER.decode(), ""))
     return out
@@ -123,6 +125,10 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         *_peer_vars(site, plan, indent),
         *_tiers(site, plan),
     ]
+    if plan.headers.response_set:  # also on answers written on the raw connection
+        pairs_set = ", ".join(f"{{{lua_string(n)}, {lua_string(v)}}}"
+                              for n, v in plan.headers.response_set)
+        spec.append(f"response_headers = {{{pairs_set}}}")
     w(f"{indent}access_by_lua_block {{")
     w(f'{indent}    require("twistedgw_verdicts").access({{')
     for part in spec:

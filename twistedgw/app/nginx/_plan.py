@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+from twistedgw.app.nginx._plugins import NONE, Headers, plugin_headers
 from twistedgw.config import ApiConfig, GatewayConfig, variants
 from twistedgw.http import _verdicts as verdicts
 
@@ -30,6 +33,7 @@ class ApiPlan:
     uncached_why: str = ""
     peers: bool = False  # several backends, picked per request by Lua (direct mode's order)
     tiers: str = ""  # Lua spends the tier buckets: "dict" (lua_shared_dict) or "redis"
+    headers: Headers = NONE  # what NGINX does for the API's header plugins
     asker: verdicts.Asker = AUTH_REQUEST_ASKER  # what its authz location says it does
 
     @property
@@ -65,8 +69,8 @@ def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) 
     authz = config.authz
     if authz is None or authz.cache_seconds < 1:
         return "[authz] cache_seconds = 0"
-    if api.plugins:
-        return "plugins may read anything in the request"
+    if verdicts.deciding_plugins(api):
+        return "a plugin may read anything in the request"
     if api.tiers and not asker.tiers:
         if asker.token_key:
             return "tiers counted by twistedgw: NGINX's Lua does not speak Redis over TLS"
@@ -126,8 +130,11 @@ def _gateway_reason(api: ApiConfig, lua: bool) -> str | None:
     return _backends_reason(api, lua)
 
 
-def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
-    """Every API's way, in config order."""
+def plan(config: GatewayConfig, variant: str, pipelines: Mapping[ApiConfig, Any] | None = None
+         ) -> tuple[ApiPlan, ...]:
+    """Every API's way, in config order. ``pipelines`` (each API's compiled pipeline, from
+    its Runtime) tell what third-party plugins' stages do; without them such an API keeps
+    the gateway path."""
     lua = variant == "lua"
     cluster = config.cluster
     store = "" if not lua else "dict" if cluster is None else (
@@ -135,7 +142,10 @@ def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
     out = []
     for i, api in enumerate(config.apis):
         reason = _gateway_reason(api, lua)
-        if reason is not None:
+        headers = plugin_headers(api, (pipelines or {}).get(api))
+        if reason is None and isinstance(headers, str):
+            reason = headers
+        if reason is not None or isinstance(headers, str):
             out.append(ApiPlan(i, api, reason))
             continue
         asker = AUTH_REQUEST_ASKER
@@ -145,5 +155,5 @@ def plan(config: GatewayConfig, variant: str) -> tuple[ApiPlan, ...]:
         why = "" if cached else _uncached_why(config, api, asker)
         out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why,
                            peers=lua and len(api.endpoints) > 1,
-                           tiers=store if api.tiers else "", asker=asker))
+                           tiers=store if api.tiers else "", asker=asker, headers=headers))
     return tuple(out)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twistedgw import errors
 from twistedgw.app.nginx._checks import NginxConfigError, check
@@ -14,7 +16,7 @@ from twistedgw.app.nginx._servers import server_head
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, TIERS_ZONE, quote
 from twistedgw.app.nginx._upstreams import upstreams
-from twistedgw.config import GatewayConfig
+from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.http import _verdicts as verdicts
 
 VARIANTS = ("auth_request", "lua")
@@ -32,10 +34,13 @@ def render(
     *,
     variant: str = "auth_request",
     lua_dir: str | None = None,
+    pipelines: Mapping[ApiConfig, Any] | None = None,
 ) -> Rendered:
-    """``_render`` with the error bodies NGINX answers in the config's ``[errors] style``."""
+    """``_render`` with the error bodies NGINX answers in the config's ``[errors] style``.
+    ``pipelines`` (the Runtime's) say what third-party plugins do (``_plugins``)."""
     with errors.styled(config.errors.style):
-        return _render(config, truststore_file, variant=variant, lua_dir=lua_dir)
+        return _render(config, truststore_file, variant=variant, lua_dir=lua_dir,
+                       pipelines=pipelines)
 
 
 def _render(
@@ -44,6 +49,7 @@ def _render(
     *,
     variant: str = "auth_request",
     lua_dir: str | None = None,
+    pipelines: Mapping[ApiConfig, Any] | None = None,
 ) -> Rendered:
     """The include for NGINX's ``http {}``; NginxConfigError if the config cannot have one.
 
@@ -53,7 +59,7 @@ def _render(
     problems = check(config)
     if problems:
         raise NginxConfigError(problems)
-    site = Site(config, plan(config, variant), variant, truststore_file,
+    site = Site(config, plan(config, variant, pipelines), variant, truststore_file,
                 lua_dir or str(lua_source().parent))
     nginx = config.nginx
     assert nginx is not None

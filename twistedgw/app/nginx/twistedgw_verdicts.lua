@@ -38,7 +38,7 @@ end
 -- discarding the body of any answer it writes, so the answer goes on the raw
 -- connection (HTTP/1.1), which then closes after at most LINGER seconds of dropping
 -- whatever the client sends anyway. Nothing of the body is kept.
-local function send_raw(status, body, headers)
+local function send_raw(status, body, headers, extra)
     local sock = ngx.req.socket(true)
     if not sock then
         return false
@@ -46,9 +46,11 @@ local function send_raw(status, body, headers)
     local out = {"HTTP/1.1 ", status, " ", REASONS[status] or "Error",
                  "\r\nServer: nginx\r\nDate: ", ngx.http_time(ngx.time()),
                  "\r\nContent-Type: application/json\r\nContent-Length: ", #body, "\r\n"}
-    for _, pair in ipairs(headers) do
-        if pair[2] and pair[2] ~= "" then
-            out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+    for _, list in ipairs({headers, extra or {}}) do  -- extra: the API's response-headers
+        for _, pair in ipairs(list) do
+            if pair[2] and pair[2] ~= "" then
+                out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+            end
         end
     end
     out[#out + 1] = "Connection: close\r\n\r\n"
@@ -70,10 +72,10 @@ end
 
 -- Answer a refusal as twistedgw's direct mode would (its status, JSON and headers),
 -- before any of the request body is read.
-local function send(status, body, headers)
+local function send(status, body, headers, spec)
     local expect = ngx.var.http_expect
     if expect and expect:lower() == "100-continue" and ngx.req.http_version() == 1.1
-            and send_raw(status, body, headers) then
+            and send_raw(status, body, headers, spec and spec.response_headers) then
         return true
     end
     ngx.status = status
@@ -92,7 +94,7 @@ end
 -- The authz endpoint refused: it says with which status and JSON (X-Twistedgw-Status,
 -- X-Twistedgw-Error), or leaves the request to the gateway path (no status: a refusal
 -- about the subrequest itself, e.g. another API than this location's).
-local function refused(res)
+local function refused(res, spec)
     local header = {}
     for name, value in pairs(res.header) do
         header[string.lower(name)] = one(value)
@@ -106,7 +108,7 @@ local function refused(res)
         {"WWW-Authenticate", header["www-authenticate"]},
         {"Retry-After", header["retry-after"]},
         {"Allow", header["allow"]},
-    })
+    }, spec)
 end
 
 -- SHA-256 from the OpenSSL NGINX already links (LuaJIT's FFI): credentials go into the
@@ -371,7 +373,7 @@ local function spend_tier(spec, value)
                         t.closed and "throttled APIs answer 503" or "serving without the limit")
             end
             if t.closed then
-                return send(503, t.unavailable, {})
+                return send(503, t.unavailable, {}, spec)
             end
             return false
         end
@@ -379,7 +381,8 @@ local function spend_tier(spec, value)
         wait = take_dict(key, capacity, period)
     end
     if wait then
-        return send(429, t[kind], {{"Retry-After", tostring(math.max(1, math.ceil(wait)))}})
+        local retry = tostring(math.max(1, math.ceil(wait)))
+        return send(429, t[kind], {{"Retry-After", retry}}, spec)
     end
     return false
 end
@@ -403,7 +406,7 @@ function _M.access(spec)
     if not verdict then
         local res = ngx.location.capture("/_twistedgw_nginx/authz/" .. spec.api)
         if res.status ~= 200 then
-            return refused(res)
+            return refused(res, spec)
         end
         local header = {}  -- by lower-case name (res.header keeps the sender's case)
         for name, value in pairs(res.header) do
