@@ -52,7 +52,7 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
 
 
 def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
-                 nginx_port: int, cache_seconds: int = 10) -> str:
+                 nginx_port: int, cache_seconds: int = 10, http2: bool = False) -> str:
     """conf/nginx-fronted/gateway.toml with this run's paths, plus a direct TLS listener."""
     text = render(example("nginx-fronted/gateway.toml"), {
         EXAMPLE_PKI: str(pki.directory),
@@ -62,9 +62,12 @@ def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
         "http://127.0.0.1:8080": echo.url,
         "cache_seconds = 10": f"cache_seconds = {cache_seconds}",
     })
-    direct = f'[[listeners]]\nhost = "127.0.0.1"\nport = {direct_port}\n\n'
+    direct = f'[[listeners]]\nhost = "127.0.0.1"\nport = {direct_port}\n'
+    if http2:  # both ways speak HTTP/2 (ALPN h2)
+        direct += "http2 = true\n"
+        text = text.replace("\n[identity]", "http2 = true\n\n[identity]", 1)
     access = f'\n[access_log]\npath = "{d / "access.jsonl"}"\n'
-    return direct + text + access
+    return direct + "\n" + text + access
 
 
 @dataclass
@@ -133,12 +136,12 @@ http {{
 
 def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
                   tls_extra: str = "", variant: str = "auth_request", extra: str = "",
-                  sni: str = "") -> Fronted:
+                  sni: str = "", http2: bool = False) -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
     gw_dir.mkdir(parents=True, exist_ok=True)
-    text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
+    text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds, http2)
     if tls_extra:
         text = text.replace("\ntruststore = ", f"\n{tls_extra}\ntruststore = ", 1)
     if sni:  # [[tls.sni]] tables go right after [tls]
@@ -755,7 +758,7 @@ def test_tiers_ride_nginxs_path_and_uncacheable_apis_are_asked_every_time(
     lua = nginxconf.render(cfg, variant="lua").text
     pet = lua[lua.index("# Swagger Petstore:1.0.5: /petstore"):]
     assert 'tiers = {store = "dict"' in pet[:pet.index("\n    }\n")]
-    assert 'proxy_set_header x-twistedgw-nginx "answer,token-key,tiers";' in lua
+    assert 'asker = "answer,token-key,tiers"' in lua
     assert "lua_shared_dict twistedgw_tiers 10m;" in lua
     ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
     text = nginxconf.render(ocsp).text

@@ -208,7 +208,7 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                                   dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
     f = start_fronted(tmp, pki, echo, variant=request.param, extra=extra,
-                      tls_extra="", sni=SNI.format(crt=crt, key=key))
+                      tls_extra="", sni=SNI.format(crt=crt, key=key), http2=True)
     yield f
     f.nginx.stop()
     f.gateway.stop()
@@ -473,3 +473,69 @@ def test_header_plugins_ride_nginxs_path(full: Fronted) -> None:
         assert full.via_nginx(path, "partner-direct", sent).status == 200
         full.wait_logged()
         assert full.authz_asked() == before  # cached
+
+
+def _h2(port: int, pki: DevPki, client: str | None, requests: list[Any],
+        authority: str | None = None, server_name: str = "localhost") -> list[Any]:
+    """Each request in turn on one HTTP/2 connection: their outcomes (and Retry-After)."""
+    from tests.h2client import H2Client
+
+    c = H2Client(port, pki, client, authority=authority, server_name=server_name)
+    try:
+        out = []
+        for method, path, headers, body in requests:
+            stream = c.start(path, method, headers, body)
+            c.wait([stream])
+            r = c.response(stream)
+            out.append((path, *outcome(r), r.header("retry-after") is not None))
+        return out
+    finally:
+        c.close()
+
+
+def test_parity_over_http2(full: Fronted, signing: jwtkit.SigningKey) -> None:
+    """#26 item 6 ([nginx] http2 = true): the example's matrix (certificate kinds x path
+    tricks x keys), bearer tokens, hosts and SNI, several backends with one down, tiers
+    and header plugins give the direct mode's status and code over HTTP/2 too."""
+    import datetime
+
+    from tests.test_nginx_fronted import PATHS
+
+    now = datetime.datetime.now(datetime.UTC)
+    root = full.pki.authorities["partner-root"]
+    for name in (f"h2-direct-{full.variant}", f"h2-nginx-{full.variant}"):
+        issued = root.issue(name, not_before=now - datetime.timedelta(days=1),
+                            not_after=now + datetime.timedelta(days=1))
+        full.pki.clients[name] = issued.write(full.pki.directory / "clients", name)
+    valid = jwtkit.token(signing, jwtkit.claims())
+    expired = jwtkit.token(signing, jwtkit.claims(exp=int(time.time()) - 3600))
+    audience = jwtkit.token(signing, jwtkit.claims(aud="else"))
+    bound = jwtkit.token(signing, jwtkit.bound(full.pki.clients["partner-direct"][0]))
+    common = [("GET", p, [], None) for p in PATHS]
+    common += [("GET", "/orders/v1/list", [("apikey", k)], None) for k in ("demo-key", "no")]
+    common += [("GET", TOKENS, [("authorization", f"Bearer {t}")], None)
+               for t in (valid, expired, audience, bound)]
+    common += [("GET", "/pool/x", [], None), ("GET", "/pooldown/x", [], None),
+               ("POST", "/pooldown/p", [], b"hello"), ("GET", "/alldown/x", [], None),
+               ("GET", "/decorated/headers?set=X-Secret:1", [], None)]
+    mismatches = []
+    for client in (None, "partner-direct", "other-app", "expired", "pinned"):
+        direct = _h2(full.direct_port, full.pki, client, common)
+        through = _h2(full.nginx.port, full.pki, client, common)
+        mismatches += [(client, d, t) for d, t in zip(direct, through, strict=True) if d != t]
+    hosts = [("localhost", "localhost"), ("partners.example.com", "partners.example.com"),
+             ("a.partners.example.com", "a.partners.example.com"),
+             ("partners.example.com", "other.example.com"),
+             ("localhost", "partners.example.com"), ("localhost", "other.example.com")]
+    shop = [("GET", SHOP, [], None), ("GET", SHOP, [("apikey", "demo-key")], None)]
+    for sni, authority in hosts:
+        direct = _h2(full.direct_port, full.pki, "partner-direct", shop, authority, sni)
+        through = _h2(full.nginx.port, full.pki, "partner-direct", shop, authority, sni)
+        mismatches += [(sni, authority, d, t) for d, t in zip(direct, through, strict=True)
+                       if d != t]
+    metered = [("GET", "/metered/x", [], None)] * 6
+    direct = _h2(full.direct_port, full.pki, f"h2-direct-{full.variant}", metered)
+    through = _h2(full.nginx.port, full.pki, f"h2-nginx-{full.variant}", metered)
+    assert [d[1] for d in through] == [200] * 4 + [429] * 2
+    mismatches += [("tiers", d, t) for d, t in zip(direct, through, strict=True) if d != t]
+    assert not mismatches, "\n".join(map(repr, mismatches))

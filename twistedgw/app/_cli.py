@@ -353,6 +353,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
         rendered = nginxconf.render(
             cfg, str(bundle) if bundle is not None else None, variant=variant,
             lua_dir=lua_dir, pipelines=_built.pipelines,
+            nginx_version=nginxconf.version(binary) if binary else None,
         )
     except nginxconf.NginxConfigError as e:
         return _fail(e.problems)

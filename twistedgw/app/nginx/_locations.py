@@ -352,7 +352,7 @@ def authz_locations(site: Site) -> None:
     lb_header = config.mutual_ssl.certificate_header
     assert authz is not None and lb_header is not None
     for plan in site.plans:
-        if not plan.nginx_path:
+        if not plan.nginx_path or plan.lua:  # Lua asks on a cosocket of its own
             continue
         api, i = plan.api, plan.index
         w()
@@ -369,6 +369,8 @@ def authz_locations(site: Site) -> None:
         w(f"{I2}proxy_set_header {authz.original_method_header} $request_method;")
         w(f"{I2}proxy_set_header {lb_header} {site.client_cert};")
         w(f"{I2}proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
+        w(f"{I2}proxy_set_header X-Forwarded-For $remote_addr;  # the caller, not its claim")
+        w(f"{I2}proxy_set_header X-Forwarded-Proto https;")
         w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(plan.asker_header)};")
         reference = quote(verdicts.api_reference(api))
         w(f"{I2}proxy_set_header {verdicts.EXPECTED_API.decode()} {reference};")
@@ -383,8 +385,6 @@ def authz_locations(site: Site) -> None:
             w(f"{I2}proxy_ignore_headers Set-Cookie Vary Expires;")
             w(f"{I2}# The answer's X-Accel-Expires says how long (never past cache_seconds")
             w(f"{I2}# nor the certificate's expiry); refusals are never cached.")
-        elif plan.lua:
-            w(f"{I2}# Lua keeps the verdicts (for the answer's max-age).")
         else:
             w(f"{I2}# Not cached: {plan.uncached_why}.")
         w(f"{I1}}}")

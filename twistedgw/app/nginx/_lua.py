@@ -96,6 +96,23 @@ def _tiers(site: Site, plan: ApiPlan) -> list[str]:
     return ["tiers = {" + ", ".join(parts) + "}"]
 
 
+def _ask(site: Site, plan: ApiPlan) -> str:
+    """How Lua asks twistedgw's authz endpoint (what the auth_request variant's internal
+    authz location says with proxy_set_header)."""
+    config = site.config
+    nginx, authz = config.nginx, config.authz
+    header = config.mutual_ssl.certificate_header
+    assert nginx is not None and authz is not None and header is not None
+    parts = {
+        "address": nginx.authz,
+        "path": authz.path, "uri_header": authz.original_uri_header,
+        "method_header": authz.original_method_header, "cert_header": header,
+        "cert_var": site.client_cert.lstrip("$"), "asker": plan.asker_header,
+        "expected": verdicts.api_reference(plan.api),
+    }
+    return "ask = {" + ", ".join(f"{k} = {lua_string(v)}" for k, v in parts.items()) + "}"
+
+
 def lua_retry(site: Site, plan: ApiPlan, indent: str) -> None:
     """The retry location's Lua: the next backend, or direct mode's 503/504."""
     w = site.w
@@ -122,6 +139,7 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         f"bearer = {'true' if verdicts.uses_bearer(api) else 'false'}",
         f"per_operation = {'true' if verdicts.per_operation(api) else 'false'}",
         f"answers = {{{table}}}",
+        _ask(site, plan),
         *_peer_vars(site, plan, indent),
         *_tiers(site, plan),
     ]

@@ -35,12 +35,14 @@ def render(
     variant: str = "auth_request",
     lua_dir: str | None = None,
     pipelines: Mapping[ApiConfig, Any] | None = None,
+    nginx_version: tuple[int, int, int] | None = None,
 ) -> Rendered:
     """``_render`` with the error bodies NGINX answers in the config's ``[errors] style``.
-    ``pipelines`` (the Runtime's) say what third-party plugins do (``_plugins``)."""
+    ``pipelines`` (the Runtime's) say what third-party plugins do (``_plugins``);
+    ``nginx_version`` (the binary's) how ``[nginx] http2`` is spelled."""
     with errors.styled(config.errors.style):
         return _render(config, truststore_file, variant=variant, lua_dir=lua_dir,
-                       pipelines=pipelines)
+                       pipelines=pipelines, nginx_version=nginx_version)
 
 
 def _render(
@@ -50,6 +52,7 @@ def _render(
     variant: str = "auth_request",
     lua_dir: str | None = None,
     pipelines: Mapping[ApiConfig, Any] | None = None,
+    nginx_version: tuple[int, int, int] | None = None,
 ) -> Rendered:
     """The include for NGINX's ``http {}``; NginxConfigError if the config cannot have one.
 
@@ -60,7 +63,7 @@ def _render(
     if problems:
         raise NginxConfigError(problems)
     site = Site(config, plan(config, variant, pipelines), variant, truststore_file,
-                lua_dir or str(lua_source().parent))
+                lua_dir or str(lua_source().parent), nginx_version)
     nginx = config.nginx
     assert nginx is not None
     w = site.w

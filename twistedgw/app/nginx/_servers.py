@@ -34,7 +34,11 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     assert nginx is not None
     limits = config.limits
     default = " default_server" if config.tls.sni and entry is None else ""
-    w(f"    listen {nginx.listen} ssl{default};")
+    # HTTP/2: a listen parameter before NGINX 1.25.1, its own directive from it on.
+    old_h2 = nginx.http2 and (site.nginx_version is None or site.nginx_version < (1, 25, 1))
+    w(f"    listen {nginx.listen} ssl{' http2' if old_h2 else ''}{default};")
+    if nginx.http2 and not old_h2:
+        w("    http2 on;")
     if entry is None:
         w(f"    server_name {nginx.server_name};")
         certificate, key = config.tls.certificate, config.tls.private_key

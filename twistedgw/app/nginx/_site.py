@@ -19,6 +19,7 @@ class Site:
     variant: str
     truststore_file: str | None
     lua_dir: str
+    nginx_version: tuple[int, int, int] | None = None  # of [nginx] binary; None: not known
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
