@@ -80,8 +80,9 @@ class Fronted:
     direct_port: int
 
     def via_nginx(self, path: str, client: str | None, headers: Any = (),
-                  method: str = "GET") -> Response:
-        return get(self.nginx.port, path, headers, pki=self.pki, client=client, tls=True)
+                  method: str = "GET", timeout: float = 30.0) -> Response:
+        return get(self.nginx.port, path, headers, pki=self.pki, client=client, tls=True,
+                   timeout=timeout)
 
     def direct(self, path: str, client: str | None, headers: Any = ()) -> Response:
         return get(self.direct_port, path, headers, pki=self.pki, client=client, tls=True)
@@ -1073,3 +1074,19 @@ def test_third_party_plugins_ride_nginxs_path_only_when_nginx_can_apply_them(
     broken = SimpleNamespace(request_transforms=(Named("acme-tenant", Broken()),))
     failed = verdicts.declared_headers(broken, None)
     assert not isinstance(failed, list) and (failed.status, failed.code) == (500, "500")
+
+
+def test_http2_is_rendered_for_the_nginx_version(tmp_path: Path, pki: DevPki) -> None:
+    """#26 item 6: [nginx] http2 = true is a listen parameter before NGINX 1.25.1 (and
+    when the version is unknown), the http2 directive from 1.25.1 on."""
+    path = _config(tmp_path, pki, "")
+    path.write_text(path.read_text().replace(
+        'cache_path = "/var/cache/nginx/twistedgw"',
+        'cache_path = "/var/cache/nginx/twistedgw"\nhttp2 = true'))
+    cfg = configmod.load(path)
+    for version, listen, directive in (((1, 22, 1), "listen 443 ssl http2;", False),
+                                       (None, "listen 443 ssl http2;", False),
+                                       ((1, 25, 1), "listen 443 ssl;", True)):
+        text = nginxconf.render(cfg, nginx_version=version).text
+        assert listen in text and ("http2 on;" in text) == directive, version
+    assert "http2" not in nginxconf.render(configmod.load(_config(tmp_path, pki, ""))).text

@@ -539,3 +539,38 @@ def test_parity_over_http2(full: Fronted, signing: jwtkit.SigningKey) -> None:
     assert [d[1] for d in through] == [200] * 4 + [429] * 2
     mismatches += [("tiers", d, t) for d, t in zip(direct, through, strict=True) if d != t]
     assert not mismatches, "\n".join(map(repr, mismatches))
+
+
+def test_nginx_alone_serves_warm_requests_while_twistedgw_is_paused(
+    full: Fronted, signing: jwtkit.SigningKey
+) -> None:
+    """NGINX's path is really taken: with the verdicts warm and twistedgw stopped
+    (SIGSTOP), a cached bearer token (Lua), an API with several backends, an API chosen
+    by host under its SNI entry and an mTLS API are still served by NGINX alone. (The
+    auth_request variant asks twistedgw about every bearer token: those wait.)"""
+    import signal
+
+    token = jwtkit.token(signing, jwtkit.claims(exp=int(time.time()) + 600))
+    shop = ("partners.example.com", "partners.example.com", SHOP, "partner-direct")
+
+    def served() -> dict[str, int]:
+        out = {
+            "pet": full.via_nginx(PET_PATH, "partner-direct", timeout=3).status,
+            "pool": full.via_nginx("/pool/x", None, timeout=3).status,
+            "hosts": sni_request(full.nginx.port, full.pki, *shop)[0].status,
+        }
+        try:
+            out["jwt"] = full.via_nginx(TOKENS, None, bearer(token), timeout=3).status
+        except TimeoutError:
+            out["jwt"] = 0
+        return out
+
+    assert set(served().values()) == {200}  # warm
+    full.gateway.signal(signal.SIGSTOP)
+    try:
+        got = served()
+    finally:
+        full.gateway.signal(signal.SIGCONT)
+    want = {"pet": 200, "pool": 200, "hosts": 200}
+    want["jwt"] = 200 if full.variant == "lua" else 0
+    assert got == want
