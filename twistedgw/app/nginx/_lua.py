@@ -148,8 +148,9 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
                               for n, v in plan.headers.response_set)
         spec.append(f"response_headers = {{{pairs_set}}}")
     w(f"{indent}access_by_lua_block {{")
-    w(f'{indent}    require("twistedgw_verdicts").access({{')
+    w(f'{indent}    local v = require("twistedgw_verdicts")')
+    w(f'{indent}    return v.access(v.specs["{plan.index}"] or v.define("{plan.index}", {{')
     for part in spec:
         w(f"{indent}        {part},")
-    w(f"{indent}    }})")
+    w(f"{indent}    }}))")
     w(f"{indent}}}")

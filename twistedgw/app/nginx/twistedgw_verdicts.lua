@@ -132,17 +132,13 @@ local function cache_key(spec)
     local var = ngx.var
     local key = spec.api .. "|" .. (var.ssl_client_fingerprint or "")
     local names = spec.keys
-    if #names > 0 or spec.bearer then
+    if #names > 0 then
         -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
         -- of the headers could name another caller's verdict, so such a request is
         -- never cached nor judged here: twistedgw answers it whole.
         local headers, err = ngx.req.get_headers(MAX_HEADERS)
         if err == "truncated" then
             return nil
-        end
-        if spec.bearer then
-            names = {unpack(names)}
-            names[#names + 1] = "authorization"
         end
         for _, name in ipairs(names) do
             local value = headers[name]
@@ -156,6 +152,16 @@ local function cache_key(spec)
             else
                 return false  -- no digest: ask twistedgw, keep nothing
             end
+        end
+    end
+    if spec.bearer then  -- NGINX itself refuses a repeated Authorization header (400)
+        local value = var.http_authorization
+        if value == nil then
+            key = key .. "|-"
+        elseif has_sha256 then
+            key = key .. "|" .. sha256(value)
+        else
+            return false
         end
     end
     if spec.per_operation then
@@ -488,6 +494,15 @@ end
 --            variable (declared with `set` in the location) takes
 --   backends, backend_mode: several backends ({upstream, Host, TLS name} each), picked
 --            per request into $tgw_peer, $tgw_peer_host, $tgw_peer_name
+-- Each location's spec, built the first time its access_by_lua_block runs in a worker
+-- (`v.specs[id] or v.define(id, {...})`): no table is built per request.
+_M.specs = {}
+
+function _M.define(id, spec)
+    _M.specs[id] = spec
+    return spec
+end
+
 function _M.access(spec)
     local key = cache_key(spec)
     if key == nil then
