@@ -340,14 +340,18 @@ end
 
 local function take_dict(key, capacity, period)
     local dict = ngx.shared.twistedgw_tiers
-    local lock = "lock|" .. key
+    -- One worker: nothing below yields, so no other request can interleave. Several:
+    -- a short lock (it expires by itself if a worker dies holding it).
+    local lock = ngx.worker.count() > 1 and "lock|" .. key
     local locked = false
-    for _ = 1, 100 do
-        if dict:add(lock, true, 0.05) then
-            locked = true
-            break
+    if lock then
+        for _ = 1, 100 do
+            if dict:add(lock, true, 0.05) then
+                locked = true
+                break
+            end
+            ngx.sleep(0.001)
         end
-        ngx.sleep(0.001)
     end
     local now = ngx.now()
     local state = dict:get(key)
