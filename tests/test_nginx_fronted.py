@@ -735,10 +735,11 @@ def test_every_example_renders_and_passes_nginx_t(
                     "cache_path": str(tmp_path / "cache")}
     config = tmp_path / "gateway.toml"
     config.write_text(_dump(doc))
-    render_site(config, tmp_path / "site.conf")
-    site = (tmp_path / "site.conf").read_text()
-    for i, _api in enumerate(configmod.load(config).apis):
-        assert f"twistedgw_backend_{i}" in site
+    for variant in nginxconf.VARIANTS:  # both, each checked by nginx -t (Lua's with the module)
+        render_site(config, tmp_path / f"site-{variant}.conf", variant)
+        site = (tmp_path / f"site-{variant}.conf").read_text()
+        for plan in nginxconf.plan(configmod.load(config), variant):
+            assert plan.nginx_path == (f"twistedgw_backend_{plan.index}" in site), plan
 
 
 def test_tiers_ride_nginxs_path_and_uncacheable_apis_are_asked_every_time(
