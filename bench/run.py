@@ -164,7 +164,9 @@ def cpu0_busy() -> tuple[int, int]:
 # -- configs -----------------------------------------------------------------
 
 
-def nginx_backend_conf(work: Path, port: int) -> str:
+def nginx_backend_conf(work: Path, port: int, port2: int | None = None) -> str:
+    """The static backend; ``port2`` a second address of it (scenario 8's two backends)."""
+    second = f"\n    listen 127.0.0.1:{port2} backlog=4096;" if port2 else ""
     return f"""
 worker_processes 1;
 user root;
@@ -177,7 +179,7 @@ http {{
   default_type application/octet-stream;
   sendfile on;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096;{second}
     location = /small {{ default_type text/plain; return 200 "ok\\n"; }}
     location /files/ {{ alias {work}/www/; }}
   }}
@@ -412,10 +414,22 @@ def jwt_setup(work: Path, pki: devpki.DevPki) -> tuple[Path, dict[str, str]]:
     return path, tokens
 
 
+#: Scenario 8's API key (its SHA-256 is in the config) and the SNI entry's host.
+FRONTED_KEY = "bench-key"
+PARTNERS = "partners.example.com"
+
+
 def fronted_gateway_conf(work: Path, name: str, pki: devpki.DevPki, port: int, backend: int,
-                         cache_seconds: int) -> str:
-    """The NGINX-fronted mode: twistedgw on a Unix socket, NGINX on ``port``."""
-    return f"""
+                         cache_seconds: int, *, backend2: int | None = None,
+                         jwks: Path | None = None, sni: tuple[Path, Path] | None = None
+                         ) -> str:
+    """The NGINX-fronted mode: twistedgw on a Unix socket, NGINX on ``port``; one API per
+    row of issue 26's table: mTLS only (/bench), an API key (/key), a bearer token (/jwt),
+    two backends load_balance (/pool), hosts under an SNI entry (/shop), tiers (/metered,
+    a limit no run reaches: every request is counted)."""
+    import hashlib
+
+    text = f"""
 [[listeners]]
 endpoint = "unix:{work}/{name}.sock"
 group = "{os.getgid()}"
@@ -425,7 +439,15 @@ tls = false
 certificate = "{pki.server_cert}"
 private_key = "{pki.server_key}"
 truststore = "{pki.truststore_dir}"
-
+"""
+    if sni is not None:
+        text += f"""
+[[tls.sni]]
+hosts = ["{PARTNERS}"]
+certificate = "{sni[0]}"
+private_key = "{sni[1]}"
+"""
+    text += f"""
 [mutual_ssl]
 certificate_header = "X-SSL-Client-Cert"
 header_encoding = "url-pem"
@@ -453,7 +475,62 @@ context = "/bench"
 backend = "http://127.0.0.1:{backend}"
 mutual_ssl = "mandatory"
 aliases = ["partner-root"]
+
+[[api_keys]]
+name = "bench-app"
+key_sha256 = "{hashlib.sha256(FRONTED_KEY.encode()).hexdigest()}"
+
+[[apis]]
+name = "key"
+version = "1"
+context = "/key"
+backend = "http://127.0.0.1:{backend}"
+api_key = "mandatory"
+
+[[apis]]
+name = "metered"
+version = "1"
+context = "/metered"
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+tiers = [{{ alias = "partner-root", requests_per_minute = 100000000 }}]
 """
+    if backend2 is not None:
+        text += f"""
+[[apis]]
+name = "pool"
+version = "1"
+context = "/pool"
+backends = ["http://127.0.0.1:{backend}", "http://127.0.0.1:{backend2}"]
+"""
+    if sni is not None:
+        text += f"""
+[[apis]]
+name = "shop"
+version = "1"
+context = "/shop"
+hosts = ["{PARTNERS}"]
+backend = "http://127.0.0.1:{backend}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+"""
+    if jwks is not None:
+        text += f"""
+[[apis]]
+name = "jwt"
+version = "1"
+context = "/jwt"
+backend = "http://127.0.0.1:{backend}"
+jwt = "mandatory"
+
+[[jwt_issuers]]
+name = "bench"
+issuer = "https://idp.bench"
+jwks = "{jwks}"
+audiences = ["bench"]
+"""
+    return text
 
 
 def fronted_nginx_conf(work: Path, name: str, include: Path, modules: tuple[str, ...] = ()
@@ -505,6 +582,7 @@ class Frontend:
     target: int
     mode: str  # "keepalive" | "full" | "resume" | "plain"
     pki: devpki.DevPki | None = None
+    sni: str = "localhost"  # the server name HAProxy sends and verifies
 
 
 def haproxy_conf(work: Path, fronts: list[Frontend]) -> str:
@@ -528,8 +606,8 @@ defaults
             crt, key = f.pki.clients[CLIENT]
             pem.write_text(crt.read_text() + key.read_text())
             server += (
-                f" ssl crt {pem} ca-file {f.pki.server_ca} verify required verifyhost localhost"
-                " sni str(localhost) alpn http/1.1"
+                f" ssl crt {pem} ca-file {f.pki.server_ca} verify required verifyhost {f.sni}"
+                f" sni str({f.sni}) alpn http/1.1"
             )
         lines = [f"listen {f.name}", f"    bind 127.0.0.1:{f.port}"]
         if f.mode in ("keepalive", "plain"):
@@ -596,8 +674,10 @@ class Bench:
     ports: dict[str, int] = field(default_factory=dict)
     pkis: dict[str, devpki.DevPki] = field(default_factory=dict)
     fronts: dict[str, Frontend] = field(default_factory=dict)
-    tokens: dict[str, str] = field(default_factory=dict)  # scenario 7
+    tokens: dict[str, str] = field(default_factory=dict)  # scenarios 7 and 8
     stop_sink: Callable[[], None] | None = None  # scenario 10's collector
+    jwks: Path | None = None
+    partners: tuple[Path, Path] | None = None  # scenario 8's SNI entry
 
     # setup
 
@@ -613,8 +693,9 @@ class Bench:
         if "handshake" in self.profile.scenarios:
             self.pkis["rsa"] = generate_pki(self.work / "pki-rsa", "rsa")
         backend = self.ports["backend"] = free_port()
+        self.ports["backend2"] = free_port()
         conf = self.work / "backend.conf"
-        conf.write_text(nginx_backend_conf(self.work, backend))
+        conf.write_text(nginx_backend_conf(self.work, backend, self.ports["backend2"]))
         self.procs["backend"] = start(
             "backend", ["nginx", "-c", str(conf), "-p", str(self.work), "-e",
                         str(self.work / "backend-error.log"), "-g", "daemon off;"],
@@ -636,6 +717,7 @@ class Bench:
         jwks = None
         if "jwt" in self.profile.scenarios:
             jwks, self.tokens = jwt_setup(self.work, self.pkis["ec"])
+            self.jwks = jwks
         fronts: list[Frontend] = []
         for name, kind, header in systems:
             pki = self.pkis[kind]
@@ -666,16 +748,19 @@ class Bench:
                 fronts.append(f)
                 self.fronts[f.name] = f
         if "nginx-fronted" in self.profile.scenarios:
-            for name, cache_seconds, variant in (("fr-warm", 10, "auth_request"),
-                                                 ("fr-cold", 0, "auth_request"),
-                                                 ("fr-lua", 10, "lua")):
+            if not self.tokens:
+                self.jwks, self.tokens = jwt_setup(self.work, self.pkis["ec"])
+            pki = self.pkis["ec"]
+            self.partners = pki.authorities["server-root"].server((PARTNERS,)).write(
+                self.work, "partners")
+            for name, cache_seconds, variant in FRONTED:
                 port = self.ports[name] = free_port()
                 self.procs[name] = self.start_fronted(name, port, backend, cache_seconds,
                                                       gateway_env, variant)
-                f = Frontend(f"{name}-keepalive", free_port(), port, "keepalive",
-                             self.pkis["ec"])
-                fronts.append(f)
-                self.fronts[f.name] = f
+                for front, sni in (("keepalive", "localhost"), ("sni", PARTNERS)):
+                    f = Frontend(f"{name}-{front}", free_port(), port, "keepalive", pki, sni)
+                    fronts.append(f)
+                    self.fronts[f.name] = f
         if "h2" in self.profile.scenarios:  # h2load speaks TLS itself: no HAProxy front
             pki = self.pkis["ec"]
             names = ["gw-h2", "ngx-h2"] + (["gw-h2-base"] if self.baseline is not None else [])
@@ -704,12 +789,13 @@ class Bench:
                       env: dict[str, str], variant: str = "auth_request") -> Group:
         """twistedgw on a Unix socket and NGINX on the include rendered from its TOML."""
         from twistedgw import config as configmod
-        from twistedgw.app import _nginxconf as nginxconf
+        from twistedgw.app import nginx as nginxconf
 
         pki = self.pkis["ec"]
         toml = self.work / f"{name}.toml"
-        toml.write_text(fronted_gateway_conf(self.work, name, pki, port, backend,
-                                             cache_seconds))
+        toml.write_text(fronted_gateway_conf(
+            self.work, name, pki, port, backend, cache_seconds,
+            backend2=self.ports["backend2"], jwks=self.jwks, sni=self.partners))
         argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)]
         gw = start(f"{name}-gw", argv, CORE_PROXY, self.work, None, env)
         sock = self.work / f"{name}.sock"
@@ -722,7 +808,7 @@ class Bench:
         include = self.work / f"{name}-site.conf"
         bundle = self.work / f"{name}-truststore.pem"
         rendered = nginxconf.render(configmod.load(toml), str(bundle), variant=variant,
-                                    lua_dir=str(nginxconf.LUA_MODULE.parent))
+                                    lua_dir=str(nginxconf.lua_source().parent))
         include.write_text(rendered.text)
         bundle.write_bytes(rendered.truststore_pem or b"")
         conf = self.work / f"{name}-nginx.conf"
@@ -975,36 +1061,42 @@ def scenario_large(b: Bench) -> list[dict[str, Any]]:
     return rows
 
 
+#: Scenario 8's fronted pairs (NGINX + twistedgw): each variant warm (cache_seconds 10)
+#: and cold (0: a decision per request).
+FRONTED = (("fr-lua", 10, "lua"), ("fr-auth", 10, "auth_request"),
+           ("fr-lua-cold", 0, "lua"), ("fr-auth-cold", 0, "auth_request"))
+
+#: Issue 26's table: (row, front, path, headers, target lua, target auth_request).
+FRONTED_ROWS = (
+    ("mTLS only", "keepalive", "/bench/small", (), 0.9, 0.85),
+    ("API key", "keepalive", "/key/small", (f"apikey: {FRONTED_KEY}",), 0.9, 0.85),
+    ("JWT, a token reused", "keepalive", "/jwt/small", ("jwt",), 0.85, 0.5),
+    ("two backends, load_balance", "keepalive", "/pool/small", (), 0.85, 0.8),
+    ("hosts + an SNI entry", "sni", "/shop/small", (f"Host: {PARTNERS}",), 0.85, 0.8),
+    ("tiers (every request counted)", "keepalive", "/metered/small", (), 0.6, 0.5),
+    ("cache_seconds = 0 (a decision per request)", "cold", "/bench/small", (), 0.5, 0.5),
+)
+
+
 def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
-    """NGINX carrying the traffic and asking twistedgw, against a bare NGINX mTLS proxy
-    doing no per-API policy, in the same run (both on the proxy core)."""
+    """Issue 26's table: NGINX carrying the traffic and asking twistedgw (each variant),
+    against a bare NGINX doing the same mTLS termination and proxying, in the same run,
+    both on the proxy core; keep-alive, small responses, 32 connections, warm verdicts."""
     d = b.profile.duration
-    warm = b.compare(lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d),
-                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
-    cold = b.compare(lambda: b.wrk("fr-cold-keepalive", "/bench/small", 32, d),
-                     lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
-    lua = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
-                    lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
-    variants = b.compare(lambda: b.wrk("fr-lua-keepalive", "/bench/small", 32, d),
-                         lambda: b.wrk("fr-warm-keepalive", "/bench/small", 32, d))
-    a, bare = "NGINX + twistedgw", "bare NGINX mTLS"
-    return [
-        row("8a nginx-fronted, verdict cache warm, keep-alive small, 32 conns", a, bare, warm,
-            "req/s", ">=", 0.8),
-        row("8b nginx-fronted, cold (every request asks twistedgw)", a, bare, cold, "req/s",
-            None, None),
-        row("8c nginx-fronted warm, p99 latency at 32 conns (closed loop)", a, bare,
-            summarise(warm["a"]["runs"], warm["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("8d nginx-fronted cold, p99 latency at 32 conns (closed loop)", a, bare,
-            summarise(cold["a"]["runs"], cold["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("8e nginx-fronted --variant lua (lua_shared_dict), warm", "NGINX+Lua + twistedgw",
-            bare, lua, "req/s", ">=", 0.8),
-        row("8f nginx-fronted lua warm, p99 latency at 32 conns (closed loop)",
-            "NGINX+Lua + twistedgw", bare,
-            summarise(lua["a"]["runs"], lua["b"]["runs"], "p99_ms"), "ms", None, None),
-        row("8g variants head to head, warm: lua vs auth_request + proxy_cache", "lua",
-            "auth_request", variants, "req/s", None, None),
-    ]
+    rows = []
+    for letter, (label, front, path, headers, lua_target, ar_target) in zip(
+        "abcdefg", FRONTED_ROWS, strict=True
+    ):
+        hdrs = tuple(f"Authorization: Bearer {b.tokens['es256']}" if h == "jwt" else h
+                     for h in headers)
+        for variant, group, target in (("lua", "fr-lua", lua_target),
+                                       ("auth_request", "fr-auth", ar_target)):
+            name = f"{group}-cold-keepalive" if front == "cold" else f"{group}-{front}"
+            s = b.compare(lambda n=name, p=path, h=hdrs: b.wrk(n, p, 32, d, h),
+                          lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+            rows.append(row(f"8{letter} {label}, {variant}", f"NGINX+{variant} + twistedgw",
+                            "bare NGINX mTLS", s, "req/s", ">=", target))
+    return rows
 
 
 def scenario_sweep(b: Bench) -> dict[str, Any]:

@@ -346,7 +346,7 @@ def test_nginx_sends_basic_apis_down_the_gateway_path(tmp_path: Path, pki: DevPk
     """NGINX must not cache a verdict keyed without the password, nor forward it: a Basic
     API takes the gateway path, saying why in the rendered file; others keep the fast
     path. The authz endpoint never lets a Basic verdict be cached."""
-    from twistedgw.app import _nginxconf as nginxconf
+    from twistedgw.app import nginx as nginxconf
     from twistedgw.http import _verdicts as verdicts
 
     path = tmp_path / "gw.toml"

@@ -34,7 +34,7 @@ from tests.lbsupport import (
     start_nginx,
 )
 from twistedgw import config as configmod
-from twistedgw.app import _nginxconf as nginxconf
+from twistedgw.app import nginx as nginxconf
 from twistedgw.identity import _reasons as reasons
 from twistedgw.testing.devpki import DevPki, Issued
 
@@ -52,7 +52,7 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
 
 
 def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
-                 nginx_port: int, cache_seconds: int = 10) -> str:
+                 nginx_port: int, cache_seconds: int = 10, http2: bool = False) -> str:
     """conf/nginx-fronted/gateway.toml with this run's paths, plus a direct TLS listener."""
     text = render(example("nginx-fronted/gateway.toml"), {
         EXAMPLE_PKI: str(pki.directory),
@@ -62,9 +62,12 @@ def fronted_toml(pki: DevPki, echo: BackendProcess, d: Path, direct_port: int,
         "http://127.0.0.1:8080": echo.url,
         "cache_seconds = 10": f"cache_seconds = {cache_seconds}",
     })
-    direct = f'[[listeners]]\nhost = "127.0.0.1"\nport = {direct_port}\n\n'
+    direct = f'[[listeners]]\nhost = "127.0.0.1"\nport = {direct_port}\n'
+    if http2:  # both ways speak HTTP/2 (ALPN h2)
+        direct += "http2 = true\n"
+        text = text.replace("\n[identity]", "http2 = true\n\n[identity]", 1)
     access = f'\n[access_log]\npath = "{d / "access.jsonl"}"\n'
-    return direct + text + access
+    return direct + "\n" + text + access
 
 
 @dataclass
@@ -77,8 +80,9 @@ class Fronted:
     direct_port: int
 
     def via_nginx(self, path: str, client: str | None, headers: Any = (),
-                  method: str = "GET") -> Response:
-        return get(self.nginx.port, path, headers, pki=self.pki, client=client, tls=True)
+                  method: str = "GET", timeout: float = 30.0) -> Response:
+        return get(self.nginx.port, path, headers, pki=self.pki, client=client, tls=True,
+                   timeout=timeout)
 
     def direct(self, path: str, client: str | None, headers: Any = ()) -> Response:
         return get(self.direct_port, path, headers, pki=self.pki, client=client, tls=True)
@@ -132,15 +136,17 @@ http {{
 
 
 def start_fronted(tmp: Path, pki: DevPki, echo: BackendProcess, cache_seconds: int = 10,
-                  tls_extra: str = "", variant: str = "auth_request", extra: str = ""
-                  ) -> Fronted:
+                  tls_extra: str = "", variant: str = "auth_request", extra: str = "",
+                  sni: str = "", http2: bool = False) -> Fronted:
     require("nginx")
     direct_port, nginx_port = free_port(), free_port()
     gw_dir = tmp / "gw"
     gw_dir.mkdir(parents=True, exist_ok=True)
-    text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds)
+    text = fronted_toml(pki, echo, gw_dir, direct_port, nginx_port, cache_seconds, http2)
     if tls_extra:
         text = text.replace("\ntruststore = ", f"\n{tls_extra}\ntruststore = ", 1)
+    if sni:  # [[tls.sni]] tables go right after [tls]
+        text = text.replace("\n[mutual_ssl]", f"\n{sni}\n[mutual_ssl]", 1)
     text += extra
     gateway = start_gateway(gw_dir, text, direct_port)
     try:
@@ -255,6 +261,73 @@ def test_headers_the_backend_sees(fronted: Fronted) -> None:
     # Key-only access: no identity header, the forged one is gone.
     seen = echoed_headers(fronted.via_nginx(ORDERS, None, {**forged, "apikey": KEY}))
     assert "x-forwarded-client-cert" not in seen and "apikey" not in seen
+
+
+def test_server_header_names_no_version(fronted: Fronted) -> None:
+    """#23 item 7: server_tokens off (stock NGINX still says "nginx": accepted)."""
+    for r in (fronted.via_nginx(STATUS, None), fronted.via_nginx(PET, None),
+              fronted.via_nginx("/nothing/here", None)):
+        assert r.header("server") == "nginx", (r.status, r.headers)
+
+
+def test_more_headers_than_lua_reads_are_never_cached(fronted: Fronted) -> None:
+    """#22 item 6: ngx.req.get_headers() stops at 100, so a valid apikey after the 100th
+    header was cached as "no key": the next caller with no key and no certificate got 200
+    and the key's consumer. A request whose headers could not all be read goes to
+    twistedgw whole (the same answer as direct mode), and nothing is cached for it."""
+    filler = [(f"X-Filler-{n}", "x") for n in range(120)]
+    many = (*filler, ("apikey", KEY))
+    assert outcome(fronted.via_nginx(ORDERS + "?many", None, many)) == outcome(
+        fronted.direct(ORDERS + "?many", None, many))
+    for _ in range(2):
+        r = fronted.via_nginx(ORDERS, None)
+        assert (r.status, r.json()["code"]) == (401, "900902")
+    wrong = (*filler, ("apikey", "wrong-key"))
+    r = fronted.via_nginx(ORDERS, None, wrong)
+    assert (r.status, r.json()["code"]) == (401, "900901")
+
+
+def _head_only(port: int, pki: DevPki, target: str, extra: str = "") -> bytes:
+    """Send a POST head announcing 9 MiB with Expect: 100-continue and no body byte;
+    everything the server sends back within 5 s (the refusal needs no body)."""
+    import socket
+
+    from tests.harness import client_context
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client_context(pki, None).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall((f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
+                   f"{9 << 20}\r\nExpect: 100-continue\r\n{extra}\r\n").encode())
+        data = b""
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline and b"900902" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (TimeoutError, OSError):
+            pass
+    return data
+
+
+def test_refusal_at_head_time_reads_no_body(fronted: Fronted) -> None:
+    """#22 item 4 through NGINX: a client with no certificate POSTs 9 MiB with
+    Expect: 100-continue to an mTLS-mandatory API and gets 401 900902 at once, before it
+    sends a byte of the body: NGINX answers the refusal twistedgw's authz endpoint gave
+    (its JSON) without reading the body, and nothing reaches twistedgw or the backend.
+    The Lua variant also sends no "100 Continue" (it writes the refusal on the raw
+    connection and closes it); stock NGINX writes "100 Continue" before discarding the
+    body of any answer it sends itself, so the auth_request variant does (README)."""
+    data = _head_only(fronted.nginx.port, fronted.pki, PET)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if fronted.variant == "lua":
+        assert head.startswith(b"HTTP/1.1 401 "), data[:300]
+    else:
+        assert head == b"HTTP/1.1 100 Continue", data[:300]
+        head, _, body = body.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), data[:300]
+    assert json.loads(body)["code"] == "900902"
 
 
 def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
@@ -432,13 +505,15 @@ def test_example_renders_and_nginx_accepts_it(tmp_path: Path, pki: DevPki) -> No
     path = _config(tmp_path, pki, "")
     out = tmp_path / "site.conf"
     result = subprocess.run(
-        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path)],
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path),
+         "--variant", "auth_request"],
         capture_output=True, text=True, env=env(), cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     assert "auth_request /_twistedgw_nginx/authz/0;" in result.stdout
     checked = subprocess.run(
-        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path), "--check"],
+        [sys.executable, "-m", "twistedgw", "nginx-config", "--config", str(path), "--check",
+         "--variant", "auth_request"],
         capture_output=True, text=True, env=env(), cwd=REPO,
     )
     assert checked.returncode == 0 and checked.stdout == result.stdout, checked.stderr
@@ -499,8 +574,11 @@ def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:
         tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
     assert verdicts.allow_lifetime(tiers, tiers.apis[0], identity) == 0
     plugin = _lifetime_config(
+        tmp_path, pki, api_extra='\nplugins = [{ name = "acme-tenant" }]')
+    assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0  # may read anything
+    headers = _lifetime_config(
         tmp_path, pki, api_extra='\nplugins = [{ name = "request-headers" }]')
-    assert verdicts.allow_lifetime(plugin, plugin.apis[0], identity) == 0
+    assert verdicts.allow_lifetime(headers, headers.apis[0], identity) == 10  # decides nothing
 
 
 def test_intermediates_must_be_cas(tmp_path: Path, pki: DevPki) -> None:
@@ -657,28 +735,39 @@ def test_every_example_renders_and_passes_nginx_t(
                     "cache_path": str(tmp_path / "cache")}
     config = tmp_path / "gateway.toml"
     config.write_text(_dump(doc))
-    render_site(config, tmp_path / "site.conf")
-    site = (tmp_path / "site.conf").read_text()
-    for i, _api in enumerate(configmod.load(config).apis):
-        assert f"twistedgw_backend_{i}" in site
+    for variant in nginxconf.VARIANTS:  # both, each checked by nginx -t (Lua's with the module)
+        render_site(config, tmp_path / f"site-{variant}.conf", variant)
+        site = (tmp_path / f"site-{variant}.conf").read_text()
+        for plan in nginxconf.plan(configmod.load(config), variant):
+            assert plan.nginx_path == (f"twistedgw_backend_{plan.index}" in site), plan
 
 
-def test_tiers_go_to_twistedgw_and_uncacheable_apis_are_asked_every_time(
+def test_tiers_ride_nginxs_path_and_uncacheable_apis_are_asked_every_time(
     tmp_path: Path, pki: DevPki
 ) -> None:
+    """#26 item 4: a tiered API rides NGINX's path: auth_request asks twistedgw every
+    time (it counts), Lua caches the verdict and spends the bucket it names; an mTLS API
+    with OCSP answers kept shorter than cache_seconds is never cached."""
     cfg = _lifetime_config(
         tmp_path, pki, api_extra='\ntiers = [{ alias = "partner-root", requests_per_minute = 5 }]')
     text = nginxconf.render(cfg).text
     pet = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
     pet = pet[:pet.index("\n    }\n")]
-    assert "proxy_pass http://twistedgw_authz$request_uri;" in pet  # every request counts
-    assert "auth_request" not in pet
-    assert f"{nginxconf.INTERNAL}/authz/0 " not in text
+    assert "auth_request /_twistedgw_nginx/authz/0;" in pet
+    authz0 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]
+    authz0 = authz0[:authz0.index("\n    }\n")]
+    assert "proxy_cache " not in authz0 and "Not cached: tiers count every request" in authz0
+    lua = nginxconf.render(cfg, variant="lua").text
+    pet = lua[lua.index("# Swagger Petstore:1.0.5: /petstore"):]
+    assert 'tiers = {store = "dict"' in pet[:pet.index("\n    }\n")]
+    assert 'asker = "answer,token-key,tiers"' in lua
+    assert "lua_shared_dict twistedgw_tiers 10m;" in lua
     ocsp = _lifetime_config(tmp_path, pki, 'revocation = "ocsp"\nocsp_cache_seconds = 5\n')
     text = nginxconf.render(ocsp).text
     authz0 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]
     authz0 = authz0[:authz0.index("\n    }\n")]
-    assert "proxy_cache " not in authz0 and "not cacheable" in authz0
+    assert "proxy_cache " not in authz0
+    assert "Not cached: OCSP answers are kept for less than cache_seconds" in authz0
     authz2 = text[text.index(f"location = {nginxconf.INTERNAL}/authz/2 "):]
     assert "proxy_cache twistedgw_verdicts;" in authz2[:authz2.index("\n    }\n")]
 
@@ -865,9 +954,12 @@ def test_several_backends_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
     assert "proxy_pass http://twistedgw_authz$request_uri;" in pet and "auth_request" not in pet
 
 
-def test_bearer_apis_go_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
-    """twistedgw checks the token and removes Authorization unless forwarded; a verdict
-    that ends with the token is never cached."""
+def test_bearer_apis_ride_nginxs_path_uncached_with_auth_request(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    """#26 item 1: a bearer-token API rides NGINX's path; with auth_request its verdicts
+    are never cached (NGINX's cache files hold keys in clear) and NGINX removes
+    Authorization (forward_authorization = false), where the operation's pipeline does."""
     (tmp_path / "jwks.json").write_text('{"keys": []}')
     path = _config(tmp_path, pki, f"""
 [[jwt_issuers]]
@@ -883,28 +975,120 @@ audiences = ["orders"]
     text = nginxconf.render(cfg).text
     orders = text[text.index("# Orders:v1: /orders/v1"):]
     orders = orders[:orders.index("\n    }\n")]
-    assert "proxy_pass http://twistedgw_authz$request_uri;" in orders
-    assert "auth_request" not in orders and f"{nginxconf.INTERNAL}/authz/1 " not in text
+    assert "auth_request /_twistedgw_nginx/authz/1;" in orders
+    assert 'proxy_set_header Authorization "";' in orders
+    authz = text[text.index(f"location = {nginxconf.INTERNAL}/authz/1 "):]
+    authz = authz[:authz.index("\n    }\n")]
+    assert "proxy_cache " not in authz and "Not cached: bearer tokens" in authz
+    lua = nginxconf.render(cfg, variant="lua").text
+    orders = lua[lua.index("# Orders:v1: /orders/v1"):]
+    assert "bearer = true," in orders[:orders.index("\n    }\n")]
 
 
-def test_apis_chosen_by_host_go_whole_to_twistedgw(tmp_path: Path, pki: DevPki) -> None:
-    """Two APIs share /public by hosts: NGINX's one location per context and its verdict
-    cache key would name one API for every host, so that context goes whole to
-    twistedgw (which picks the API by Host) and has no cached authz location."""
+def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) -> None:
+    """#26 item 3: two APIs share /public by hosts: one location picks the API by $host
+    (twistedgw's rule) and each API has its own internal location and authz location;
+    each [[tls.sni]] entry is a server with its certificate, asking for a client
+    certificate only where direct mode would, naming CAs only with advertise_ca_names."""
+    crt, key = pki.authorities["server-root"].server(("partners.example.com",)).write(
+        tmp_path, "partners")
     extra = (
         '\n[[apis]]\nname = "Partner public"\nversion = "1"\ncontext = "/public"\n'
         'backend = "http://127.0.0.1:8080/partner"\nhosts = ["partners.example.com"]\n'
         'mutual_ssl = "mandatory"\n'
     )
-    cfg = configmod.load(_config(tmp_path, pki, extra))
-    text = nginxconf.render(cfg).text
-    public = [line for line in text.splitlines() if "location" in line and "public" in line]
-    assert len(public) == 1, public
-    block = text.split(public[0], 1)[1].split("\n    }", 1)[0]
-    assert "APIs chosen by Host" in block and "twistedgw forwards every request" in block
-    hosted = [i for i, api in enumerate(cfg.apis) if api.context == "/public"]
-    assert len(hosted) == 2
-    for i in hosted:
-        assert f"/authz/{i} " not in text
-    # The other APIs keep the fast path.
-    assert "/authz/0 " in text
+    path = _config(tmp_path, pki, extra)
+    sni = (f'[[tls.sni]]\nhosts = ["partners.example.com"]\ncertificate = "{crt}"\n'
+           f'private_key = "{key}"\nclient_certificate = "off"\n\n'
+           f'[[tls.sni]]\nhosts = ["*.internal.example"]\ncertificate = "{crt}"\n'
+           f'private_key = "{key}"\nclient_certificate = "request"\n'
+           'advertise_ca_names = false\n\n')
+    path.write_text(path.read_text().replace("[mutual_ssl]", sni + "[mutual_ssl]", 1))
+    cfg = configmod.load(path)
+    text = nginxconf.render(cfg, "/x/truststore.pem").text
+    public = [i for i, api in enumerate(cfg.apis) if api.context == "/public"]
+    assert len(public) == 2
+    servers = text.split("\nserver {\n")[1:]
+    assert len(servers) == 3
+    for server in servers:
+        assert "rewrite ^ /_twistedgw_nginx/api/$tgw_ctx_0 last;" in server
+        for i in public:
+            assert f"location = {nginxconf.INTERNAL}/api/{i} {{" in server
+            assert f"location = {nginxconf.INTERNAL}/authz/{i} {{" in server
+    assert r'"~(?:^partners\\.example\\.com$)" 3;' in text
+    default, partners, internal = servers
+    assert "default_server" in default and "ssl_verify_client optional_no_ca;" in default
+    assert "ssl_client_certificate" in default
+    assert "server_name partners.example.com;" in partners
+    assert "ssl_verify_client off;" in partners and "set $tgw_client_cert \"\";" in partners
+    assert r'server_name "~^[^.]+\\.internal\\.example$";' in internal
+    assert "ssl_verify_client optional_no_ca;" in internal
+    assert "ssl_client_certificate" not in internal  # advertise_ca_names = false
+    assert "if ($tgw_misdirected)" in default and "if ($tgw_bad_host)" in partners
+
+
+def test_third_party_plugins_ride_nginxs_path_only_when_nginx_can_apply_them(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    """#26 item 5: a request transform that declares the headers it sets runs on the authz
+    endpoint and NGINX sets what it set; a response transform, an undeclared request
+    transform, or a plugin whose stages nginx-config cannot see keep the gateway path."""
+    from types import SimpleNamespace
+
+    from twistedgw.http import _verdicts as verdicts
+    from twistedgw.pipeline import HeaderEdit, Named
+
+    class Tenant:
+        sets_headers = ("X-Tenant",)
+
+        def transform_request(self, call: Any, edit: HeaderEdit) -> None:
+            edit.set(b"X-Tenant", b"acme")
+            edit.set(b"X-Other", b"not declared")
+
+    class Broken(Tenant):
+        def transform_request(self, call: Any, edit: HeaderEdit) -> None:
+            raise RuntimeError("boom")
+
+    cfg = _lifetime_config(tmp_path, pki, api_extra='\nplugins = [{ name = "acme-tenant" }]')
+    pet = cfg.apis[0]
+
+    def rendered(pipeline: Any) -> str:
+        text = nginxconf.render(cfg, pipelines={pet: pipeline}).text
+        block = text[text.index("# Swagger Petstore:1.0.5: /petstore"):]
+        return block[:block.index("\n    }\n")]
+
+    declared = SimpleNamespace(request_transforms=(Named("acme-tenant", Tenant()),),
+                               response_transforms=())
+    block = rendered(declared)
+    assert "auth_request_set $tgw_ph_0 $upstream_http_x_twistedgw_set_x_tenant;" in block
+    assert "proxy_set_header X-Tenant $tgw_ph_0;" in block
+    undeclared = SimpleNamespace(request_transforms=(Named("acme-tenant", object()),),
+                                 response_transforms=())
+    assert "without declaring the headers it sets" in rendered(undeclared)
+    responses = SimpleNamespace(request_transforms=(),
+                                response_transforms=(Named("acme-tenant", object()),))
+    assert "transforms responses: NGINX cannot apply it" in rendered(responses)
+    assert "what it does is known only to twistedgw" in rendered(None)
+    # The authz endpoint's side: only the declared header, and a failure is the 500.
+    assert verdicts.declared_headers(declared, None) == [
+        (b"x-twistedgw-set-x-tenant", b"acme")]
+    broken = SimpleNamespace(request_transforms=(Named("acme-tenant", Broken()),))
+    failed = verdicts.declared_headers(broken, None)
+    assert not isinstance(failed, list) and (failed.status, failed.code) == (500, "500")
+
+
+def test_http2_is_rendered_for_the_nginx_version(tmp_path: Path, pki: DevPki) -> None:
+    """#26 item 6: [nginx] http2 = true is a listen parameter before NGINX 1.25.1 (and
+    when the version is unknown), the http2 directive from 1.25.1 on."""
+    path = _config(tmp_path, pki, "")
+    path.write_text(path.read_text().replace(
+        'cache_path = "/var/cache/nginx/twistedgw"',
+        'cache_path = "/var/cache/nginx/twistedgw"\nhttp2 = true'))
+    cfg = configmod.load(path)
+    for version, listen, directive in (((1, 22, 1), "listen 443 ssl http2;", False),
+                                       (None, "listen 443 ssl http2;", False),
+                                       ((1, 25, 1), "listen 443 ssl;", True)):
+        text = nginxconf.render(cfg, nginx_version=version).text
+        assert listen in text and ("http2 on;" in text) == directive, version
+    plain = nginxconf.render(configmod.load(_config(tmp_path, pki, ""))).text
+    assert "ssl http2" not in plain and "http2 on;" not in plain

@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_nginx_fronted import _config
 from twistedgw import config as configmod
-from twistedgw.app import _nginxconf as nginxconf
+from twistedgw.app import nginx as nginxconf
 from twistedgw.testing.devpki import DevPki
 
 CASES = {

@@ -416,7 +416,7 @@ def test_a_slow_but_steady_reader_is_not_cut(real: Real) -> None:
 def test_nginx_in_front_gets_the_same_send_timeout(tmp_path: Path, pki: DevPki) -> None:
     """`twistedgw nginx-config` renders [limits] send_timeout as NGINX's own."""
     from tests.test_nginx_fronted import _config
-    from twistedgw.app import _nginxconf as nginxconf
+    from twistedgw.app import nginx as nginxconf
 
     rendered = nginxconf.render(load(_config(tmp_path, pki, "[limits]\nsend_timeout = 7\n")))
     assert "    send_timeout 7s;\n" in rendered.text

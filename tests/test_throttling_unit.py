@@ -317,7 +317,7 @@ def test_a_policy_bucket_refills_over_its_own_period() -> None:
 
 
 def test_nginx_sends_throttled_apis_down_the_gateway_path(tmp_path: Path, pki: DevPki) -> None:
-    from twistedgw.app import _nginxconf as nginxconf
+    from twistedgw.app import nginx as nginxconf
     from twistedgw.http import _verdicts as verdicts
 
     path = tmp_path / "gw.toml"

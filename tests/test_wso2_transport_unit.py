@@ -191,7 +191,7 @@ def test_nginx_gives_each_feature_the_gateway_path(tmp_path: Path, pki: Any) -> 
     remove a credential from where NGINX would forward it takes the gateway path, and the
     rendered file says why; a plain API keeps NGINX's path."""
     from tests.test_basic_auth_unit import NGINX_FRONTED, nginx_block
-    from twistedgw.app import _nginxconf as nginxconf
+    from twistedgw.app import nginx as nginxconf
 
     (tmp_path / "pw").write_text("secret")
     base = ('openapi: 3.0.1\ninfo: {{title: {t}, version: "1"}}\nx-wso2-basePath: /{t}\n'

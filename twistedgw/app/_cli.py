@@ -313,29 +313,51 @@ def cmd_decode_header(args: argparse.Namespace) -> int:
 
 
 def cmd_nginx_config(args: argparse.Namespace) -> int:
-    """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML."""
-    from twistedgw.app import _nginxconf as nginxconf
+    """Render the NGINX include for the NGINX-fronted mode from the gateway's TOML, and say
+    for each API whether NGINX carries it (and how) or hands it to twistedgw (and why)."""
+    from twistedgw.app import nginx as nginxconf
 
     try:
         cfg, _built = _load(args.config)
     except ConfigError as e:
         return _fail(e.problems)
+    problems = nginxconf.check(cfg)
+    if problems:
+        return _fail(problems)
+    assert cfg.nginx is not None
+    binary_name = cfg.nginx.binary
+    binary = nginxconf.nginx_binary(binary_name)
+    variant = args.variant
+    # The include goes to standard output without --output: then the report goes to
+    # standard error, so the output stays a config file.
+    report = sys.stderr if args.output is None else sys.stdout
+    if variant == "auto":
+        found = nginxconf.probe(binary_name)
+        if found.variant is None:
+            return _fail([
+                f"nginx-config --variant auto: {found.why}; name the variant with "
+                "--variant lua or --variant auth_request (or set [nginx] binary)"
+            ])
+        variant = found.variant
+        print(f"variant {variant}: {found.why}", file=report)
     output = Path(args.output).resolve() if args.output else None
     bundle = None
     if output is not None:
         bundle = output.with_name(output.stem + "-truststore.pem")
     lua_dir = None
-    if args.variant == "lua":
-        if not nginxconf.LUA_MODULE.exists():
-            return _fail([f"{nginxconf.LUA_MODULE}: not found (--variant lua needs it)"], 1)
-        lua_dir = str(output.parent if output is not None else nginxconf.LUA_MODULE.parent)
+    if variant == "lua":
+        if not nginxconf.lua_source().exists():
+            return _fail([f"{nginxconf.lua_source()}: not found (--variant lua needs it)"], 1)
+        lua_dir = str(output.parent if output is not None else nginxconf.lua_source().parent)
     try:
         rendered = nginxconf.render(
-            cfg, str(bundle) if bundle is not None else None, variant=args.variant,
-            lua_dir=lua_dir,
+            cfg, str(bundle) if bundle is not None else None, variant=variant,
+            lua_dir=lua_dir, pipelines=_built.pipelines,
+            nginx_version=nginxconf.version(binary) if binary else None,
         )
     except nginxconf.NginxConfigError as e:
         return _fail(e.problems)
+    modules = nginxconf.lua_modules(binary or "") if variant == "lua" else ()
     if output is None:
         sys.stdout.write(rendered.text)
         if args.check:  # nginx -t reads a file: check a temporary copy
@@ -344,27 +366,25 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory(prefix="twistedgw-") as tmp:
                 copy = Path(tmp) / "twistedgw.conf"
                 copy.write_text(rendered.text)
-                modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
-                ok, message = nginxconf.nginx_test(copy, modules)
+                ok, message = nginxconf.nginx_test(copy, modules, binary=binary)
             if not ok:
                 return _fail([f"nginx -t refused the output: {message}"], 1)
+        _report_paths(cfg, variant, report, _built.pipelines)
         return 0
     try:
         output.write_text(rendered.text)
         if bundle is not None and rendered.truststore_pem is not None:
             bundle.write_bytes(rendered.truststore_pem)
         if lua_dir is not None:  # the module beside the include, where lua_package_path looks
-            (output.parent / nginxconf.LUA_MODULE.name).write_bytes(
-                nginxconf.LUA_MODULE.read_bytes()
-            )
+            (output.parent / nginxconf.LUA_NAME).write_bytes(nginxconf.lua_source().read_bytes())
     except OSError as e:
         return _fail([f"{output}: cannot write: {e.strerror}"], 1)
     if args.check:
-        modules = nginxconf.LUA_MODULES if args.variant == "lua" else ()
-        ok, message = nginxconf.nginx_test(output, modules)
+        ok, message = nginxconf.nginx_test(output, modules, binary=binary)
         if not ok:
             return _fail([f"{output}: nginx -t refused it: {message}"], 1)
         print(f"{output}: nginx -t OK")
+    _report_paths(cfg, variant, report, _built.pipelines)
     return 0
 
 
@@ -392,6 +412,14 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return _fail(["the password is empty"], 1)
     print(hash_password(password))
     return 0
+
+
+def _report_paths(cfg: Any, variant: str, stream: Any, pipelines: Any) -> None:
+    """Per API: NGINX's path (how verdicts are asked and kept) or the gateway path, why."""
+    from twistedgw.app import nginx as nginxconf
+
+    for plan in nginxconf.plan(cfg, variant, pipelines):
+        print(f"  {plan.describe(cfg)}", file=stream)
 
 
 BUILT_IN = (
@@ -466,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--output", "-o", help="write here (and FILE-truststore.pem beside it)")
     p.add_argument("--check", action="store_true", help="run nginx -t on the output")
-    p.add_argument("--variant", choices=("auth_request", "lua"), default="auth_request",
-                   help="lua: verdicts in a lua_shared_dict (needs NGINX's Lua module)")
+    p.add_argument("--variant", choices=("auto", "auth_request", "lua"), default="auto",
+                   help="auto (default): lua when the NGINX binary ([nginx] binary) runs "
+                        "access_by_lua_block, else auth_request; lua needs NGINX's Lua module")
     p.set_defaults(func=cmd_nginx_config)
     p = sub.add_parser(
         "hash-password",

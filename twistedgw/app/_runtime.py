@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +59,8 @@ class Runtime:
     # pool is keyed by its policies, so changed settings get new connections.
     backend_tls: backendtls.BackendTls | None = None
     shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
+    # Each API's compiled pipeline (nginx-config reads what its plugins' stages do).
+    pipelines: Mapping[ApiConfig, Pipeline] = field(default_factory=dict)
     # Worth saying but not refusing (file: dotted key: message): `check` prints them,
     # start and reload log them.
     warnings: tuple[str, ...] = ()
@@ -447,6 +449,7 @@ def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runt
         revocation=material.revocation,
         backend_tls=material.backend_tls,
         shared=shared,
+        pipelines=material.pipelines,
         warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
         served=_served(config, material.resources),
     )

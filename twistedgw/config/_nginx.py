@@ -17,6 +17,8 @@ class NginxConfig:
     server_name: str = "_"
     authz: str = "unix:/run/twistedgw/authz.sock"  # how NGINX reaches twistedgw
     cache_path: str = "/var/cache/nginx/twistedgw"  # proxy_cache_path for verdicts
+    http2: bool = False  # HTTP/2 to clients (ALPN h2), rendered for the NGINX version found
+    binary: str = "nginx"  # the NGINX nginx-config probes and runs (a name on PATH, or a path)
 
 
 _NGINX_NAME_RE = re.compile(r"^[A-Za-z0-9_*.-]+$")
@@ -56,5 +58,15 @@ def read_nginx(r: TableReader) -> NginxConfig:
             f"must be an absolute directory path without spaces, got {cache_path!r}",
         )
         cache_path = d.cache_path
+    http2 = r.get("http2", bool, d.http2)
+    binary = r.get("binary", str, d.binary)
+    if not binary or any(c in binary for c in "\n\0") or (
+        "/" in binary and not binary.startswith("/")
+    ):
+        r.problem(
+            "binary", f"must be a program name on PATH or an absolute path, got {binary!r}"
+        )
+        binary = d.binary
     r.finish()
-    return NginxConfig(listen=listen, server_name=server_name, authz=authz, cache_path=cache_path)
+    return NginxConfig(listen=listen, server_name=server_name, authz=authz,
+                       cache_path=cache_path, http2=http2, binary=binary)

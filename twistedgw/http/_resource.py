@@ -40,6 +40,8 @@ from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
 from twistedgw.pipeline import (
+    TIER_LIMIT,
+    TIERS,
     Call,
     HeaderEdit,
     HeaderView,
@@ -428,13 +430,24 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     404/400: ``auth_request`` understands only 2xx, 401 and 403 and would turn
     anything else into a 500 of its own. So is a path not already in normal
     form (``routing.authz_path``). Refusals are never cached (``verdicts.NO_STORE``).
+    The config ``nginx-config`` renders also asks for answers NGINX can send itself
+    (``verdicts.ASKER``): then every refusal the direct mode would give this request
+    carries its status and JSON, and only the refusals about the subrequest itself (a
+    path not in normal form, another API than NGINX routed to) are left for NGINX's
+    gateway path.
     """
     assert runtime.config.authz is not None
     settings = runtime.config.authz
     fields = exchange.fields
+    asked = fields.last(verdicts.ASKER)
+    answer = asked is not None and verdicts.asker(asked, False).answer
 
-    def refuse(error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        answer_error(gateway, exchange, error, (*verdicts.NO_STORE, *headers))
+    def refuse(
+        error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = (), direct: bool = False
+    ) -> None:
+        """``direct``: the direct mode's own refusal of this request (the answer asker
+        gets it whole); else one about the subrequest (NGINX's gateway path answers)."""
+        _refuse(gateway, exchange, error, (*verdicts.NO_STORE, *headers), answer and direct)
 
     original = fields.last(settings.original_uri_header.encode())
     if original is None:
@@ -459,7 +472,14 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         return
     route = judged.route
     if route is None or route.pipeline is None:
-        refuse(errors.forbidden(errors.not_found(judged.path.decode("latin-1")).description))
+        missing = errors.not_found(judged.path.decode("latin-1"))
+        refuse(missing if answer else errors.forbidden(missing.description), direct=True)
+        return
+    expected = fields.last(verdicts.EXPECTED_API)
+    if expected is not None and expected != verdicts.api_reference(route.api).encode():
+        refuse(errors.forbidden(
+            f"twistedgw routes this request to {route.api.label}, not to the API the "
+            "proxy chose"))
         return
     if route.api.operations is not None and named_method is None:
         # An OpenAPI API's security depends on the operation, so on the real method,
@@ -467,7 +487,12 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         refuse(errors.forbidden(f"the {settings.original_method_header} header is missing"))
         return
     if route.unmatched is not None:
-        refuse(errors.forbidden(route.unmatched.description))
+        if answer:  # the direct mode's 404 or 405 (with Allow)
+            exchange.api = route.api
+            allow = ((b"Allow", route.allow),) if route.allow else ()
+            refuse(route.unmatched, allow, direct=True)
+        else:
+            refuse(errors.forbidden(route.unmatched.description))
         return
     caller = callers.resolve(exchange, runtime)
     view = request_view(exchange, judged.path, judged.query)
@@ -478,19 +503,46 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         via_load_balancer=caller.via_load_balancer,
         trace=exchange.trace,
     )
+    asker = verdicts.asker(asked, caller.via_load_balancer) if asked else verdicts.PLAIN
+    if asker.tiers:  # NGINX spends the bucket: the Tiers stage names it instead
+        call.notes[TIERS] = "report"
+    elif not asker.answer:  # auth_request would turn a 429 into a 500 of its own
+        call.notes[TIERS] = "skip"
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = route.api, call
     config = runtime.config
+    pipeline = route.pipeline
     _settle(
-        gateway, exchange, route.pipeline.judge(call),
-        lambda _o: _allow(gateway, exchange, config),
+        gateway, exchange, pipeline.judge(call),
+        lambda _o: _allow(gateway, exchange, config, asker, pipeline),
         verdicts.NO_STORE,
+        answer,
     )
 
 
-def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -> None:
+def _refuse(
+    gateway: Gateway,
+    exchange: GatewayExchange,
+    error: GatewayError,
+    headers: tuple[tuple[bytes, bytes], ...],
+    answer: bool,
+) -> None:
+    """A refusal; for an authz asker that answers refusals itself, in its form."""
+    if answer:
+        error, headers = verdicts.refusal_for_nginx(error, headers)
+    answer_error(gateway, exchange, error, headers)
+
+
+def _allow(
+    gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig,
+    asker: verdicts.Asker = verdicts.PLAIN, pipeline: Pipeline | None = None,
+) -> None:
     call = exchange.call
     assert call is not None and call.api is not None
+    declared = verdicts.declared_headers(pipeline, call) if asker.answer and pipeline else None
+    if isinstance(declared, GatewayError):  # a plugin's transform failed
+        _refuse(gateway, exchange, declared, verdicts.NO_STORE, asker.answer)
+        return
     if call.sandbox:  # the proxy that asked forwards to its own backend, never a sandbox one
         answer_error(gateway, exchange, errors.forbidden(
             "a sandbox credential goes to the API's sandbox endpoint, which only the gateway "
@@ -498,8 +550,17 @@ def _allow(gateway: Gateway, exchange: GatewayExchange, config: GatewayConfig) -
             verdicts.NO_STORE)
         return
     headers = answer_headers()
-    headers.extend(verdicts.cache_headers(verdicts.allow_lifetime(config, call.api, call.identity)))
+    lifetime = verdicts.allow_lifetime(
+        config, call.api, call.identity, asker=asker, claims=call.claims
+    )
+    headers.extend(verdicts.cache_headers(lifetime))
     headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
+    if verdicts.strips_authorization(call.api):
+        headers.append((verdicts.AUTHORIZATION, b"remove"))
+    headers.extend(declared or ())
+    limit = call.notes.get(TIER_LIMIT)
+    if limit is not None:  # the bucket NGINX spends for this caller
+        headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))
     headers.append((b"x-twistedgw-api", call.api.label.encode()))
     identity = call.identity
     if identity.leaf is not None and identity.verified:
@@ -522,11 +583,14 @@ def _settle(
     outcome: Outcome | Deferred[Outcome],
     proceed: Callable[[HeaderEdit], None],
     refusal_headers: tuple[tuple[bytes, bytes], ...] = (),
+    answer: bool = False,
 ) -> None:
-    """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed)."""
+    """Answer a pipeline's outcome now, or when its Deferred fires (if the client stayed);
+    ``answer``: refusals in the form of an authz asker that answers them itself."""
     if not isinstance(outcome, Deferred):
         if isinstance(outcome, Refusal):
-            answer_error(gateway, exchange, outcome.error, (*refusal_headers, *outcome.headers))
+            _refuse(gateway, exchange, outcome.error, (*refusal_headers, *outcome.headers),
+                    answer)
         else:
             proceed(outcome)
         return
@@ -536,7 +600,8 @@ def _settle(
         if responder.gone:  # the client left while a stage was waiting
             return
         if isinstance(result, Refusal):
-            answer_error(gateway, exchange, result.error, (*refusal_headers, *result.headers))
+            _refuse(gateway, exchange, result.error, (*refusal_headers, *result.headers),
+                    answer)
         else:
             proceed(result)
 

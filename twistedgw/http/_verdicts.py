@@ -13,11 +13,18 @@ plugins, which may read anything) are never cached.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
 
-from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, Mode, variants
+from twistedgw import errors
+from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, IdentityConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.identity import _forwarding as idforward
+from twistedgw.pipeline import Limit
 
 #: Prefix of the authz answer headers that carry the identity headers to forward:
 #: ``X-Twistedgw-Set-X-Forwarded-Client-Cert: <value>`` means "send the backend
@@ -25,6 +32,67 @@ from twistedgw.identity import _forwarding as idforward
 SET_PREFIX = b"x-twistedgw-set-"
 
 NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
+
+#: Sent by the config ``twistedgw nginx-config`` renders: what the asker does with the
+#: answer, comma-separated. ``answer``: refusals come as 401 (or 403, the only other
+#: status ``auth_request`` understands) with the direct mode's status and JSON in
+#: ``X-Twistedgw-Status`` and ``X-Twistedgw-Error``, so NGINX answers them itself
+#: without reading the request body. ``token-key``: the asker's cache key holds a hash
+#: of the ``Authorization`` header, so bearer-token verdicts may be cached (never past
+#: the token's ``exp``). ``tiers``: the asker spends the tier buckets itself; the answer
+#: names the bucket (``X-Twistedgw-Tier``) and the endpoint spends nothing.
+ASKER = b"x-twistedgw-nginx"
+#: The API NGINX routed the request to (its label, percent-encoded): when twistedgw's
+#: routing names another, the answer is a refusal NGINX hands to the gateway path.
+EXPECTED_API = b"x-twistedgw-api-expected"
+STATUS = b"x-twistedgw-status"
+ERROR = b"x-twistedgw-error"
+TIER = b"x-twistedgw-tier"
+
+
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """What the proxy asking the authz endpoint does with its answer (``ASKER``)."""
+
+    answer: bool = False
+    token_key: bool = False
+    tiers: bool = False
+
+
+PLAIN = Asker()
+
+
+@functools.lru_cache(maxsize=64)  # a rendered config sends a few values, per API
+def asker(value: bytes | None, trusted: bool) -> Asker:
+    """``ASKER``'s value; ``token_key`` and ``tiers`` count only from a trusted proxy
+    (they change what may be cached and who counts), ``answer`` only changes the form."""
+    if not value:
+        return PLAIN
+    words = {w.strip() for w in value.lower().split(b",")}
+    return Asker(
+        b"answer" in words, trusted and b"token-key" in words, trusted and b"tiers" in words
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference(label: str) -> str:
+    return quote(label, safe="")
+
+
+def api_reference(api: ApiConfig) -> str:
+    """How the rendered config names an API to the authz endpoint (``EXPECTED_API``)."""
+    return _reference(api.label)
+
+
+def refusal_for_nginx(
+    error: errors.GatewayError, headers: Sequence[tuple[bytes, bytes]]
+) -> tuple[errors.GatewayError, tuple[tuple[bytes, bytes], ...]]:
+    """A direct-mode refusal as the ``answer`` asker wants it: 401 stays 401, any other
+    status becomes 403 (``auth_request`` turns other codes into a 500 of its own), with
+    the real status and the JSON body in headers beside the refusal's own."""
+    shown = error if error.status in (401, 403) else replace(error, status=403)
+    extra = ((STATUS, str(error.status).encode()), (ERROR, error.body()))
+    return shown, (*headers, *extra)
 
 
 def _securities(api: ApiConfig) -> list[ApiConfig]:
@@ -59,19 +127,53 @@ def uses_policy(api: ApiConfig) -> bool:
     )
 
 
+#: The answer says ``remove`` when the judged operation's pipeline removes the bearer
+#: token before forwarding (``jwt`` without ``forward_authorization``).
+AUTHORIZATION = b"x-twistedgw-authorization"
+
+
+def strips_authorization(api: ApiConfig) -> bool:
+    """Whether requests under ``api``'s security (an API or one operation's) reach the
+    backend without ``Authorization`` (the direct mode's ``StripAuthorization``)."""
+    return api.jwt is not Mode.DISABLED and not api.forward_authorization
+
+
+def authorization_rule(api: ApiConfig) -> str:
+    """``strip`` (every operation removes Authorization), ``keep`` (none does) or
+    ``answer`` (it depends on the operation: the authz answer says)."""
+    strips = {strips_authorization(c) for c in _securities(api)}
+    if strips == {True}:
+        return "strip"
+    return "keep" if strips == {False} else "answer"
+
+
+#: The shipped plugins that only edit headers (fixed values): they decide nothing.
+HEADER_PLUGINS = ("request-headers", "response-headers")
+
+
+def deciding_plugins(api: ApiConfig) -> bool:
+    """Plugins that may decide (third-party ones may read anything in the request)."""
+    return any(spec.name not in HEADER_PLUGINS for spec in api.plugins)
+
+
 def per_operation(api: ApiConfig) -> bool:
     """An API read from an OpenAPI definition: the verdict depends on method and path."""
     return api.operations is not None
 
 
-def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
-    """Whether an allow for ``api`` may be cached at all (the same for every caller)."""
+def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -> bool:
+    """Whether an allow for ``api`` may be cached at all by ``asker`` (the same for every
+    caller). Tiers count every request, so only an asker that spends the buckets itself
+    may cache them; a bearer token's verdict ends with the token, so only an asker whose
+    cache key holds the token's hash may cache it."""
     authz = config.authz
-    if authz is None or authz.cache_seconds < 1 or api.tiers or api.plugins:
+    if authz is None or authz.cache_seconds < 1 or deciding_plugins(api):
         return False
-    # A bearer token's verdict ends with the token, which the cache key cannot see; a
-    # password's would have to be keyed by the password.
-    if uses_bearer(api) or uses_basic(api) or uses_policy(api):
+    if api.tiers and not asker.tiers:
+        return False
+    if not asker.token_key and uses_bearer(api):
+        return False
+    if uses_basic(api) or uses_policy(api):  # a password; every request counts
         return False
     tls = config.tls
     return not (
@@ -82,10 +184,17 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig) -> bool:
 
 
 def allow_lifetime(
-    config: GatewayConfig, api: ApiConfig, identity: ClientIdentity, now: float | None = None
+    config: GatewayConfig,
+    api: ApiConfig,
+    identity: ClientIdentity,
+    now: float | None = None,
+    *,
+    asker: Asker = PLAIN,
+    claims: Mapping[str, Any] | None = None,
 ) -> int:
-    """Whole seconds an allow may be cached; 0 = ask every time."""
-    if not api_cacheable(config, api):
+    """Whole seconds an allow may be cached; 0 = ask every time. Never past
+    ``cache_seconds``, any certificate's expiry in the chain, nor a token's ``exp``."""
+    if not api_cacheable(config, api, asker):
         return 0
     assert config.authz is not None
     now = time.time() if now is None else now
@@ -100,7 +209,26 @@ def allow_lifetime(
             future = [s for s in starts if s > 0]
             if future:
                 limit = min(limit, min(future))
+    if claims is not None:
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            try:
+                limit = min(limit, float(exp) - now)
+            except OverflowError:
+                return 0
     return max(0, int(limit))
+
+
+def tier_value(config: GatewayConfig, limit: Limit) -> bytes:
+    """``X-Twistedgw-Tier``: the bucket's capacity and period (seconds), its key as the
+    store spends it (hex; in Redis the very key twistedgw's own requests spend, so both
+    paths spend one bucket) and ``c`` (a consumer's) or ``l`` (a certificate's), for the
+    refusal's words."""
+    key = limit.key if config.cluster is None else config.cluster.key_prefix.encode() + limit.key
+    kind = b"c" if limit.consumer else b"l"
+    return b"%d %d %s %s" % (
+        limit.requests_per_minute, limit.period_seconds, key.hex().encode(), kind
+    )
 
 
 def cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:
@@ -111,16 +239,57 @@ def cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:
     return ((b"X-Accel-Expires", value), (b"Cache-Control", b"max-age=" + value))
 
 
+#: Answer headers by identity object: the header verifier keeps one ClientIdentity per
+#: certificate chain, so a chain asked about again gets the same object, and its XFCC
+#: (a URL-encoded PEM: ~80 us, a third of a cold decision) is built once.
+_ANSWERS: dict[int, tuple[ClientIdentity, IdentityConfig, list[tuple[bytes, bytes]]]] = {}
+_ANSWERS_MAX = 4096
+
+
 def identity_answer_headers(
     config: GatewayConfig, api: ApiConfig, identity: ClientIdentity
 ) -> list[tuple[bytes, bytes]]:
     """The identity headers the direct mode would send the backend, as answer headers."""
     if not idforward.mtls_passed(identity, api):
         return []
-    return [
+    settings = config.identity
+    known = _ANSWERS.get(id(identity))
+    if known is not None and known[0] is identity and known[1] is settings:
+        return known[2]
+    out = [
         (SET_PREFIX + name.lower(), value)
-        for name, value in idforward.headers_for(config.identity, identity)
+        for name, value in idforward.headers_for(settings, identity)
     ]
+    if len(_ANSWERS) >= _ANSWERS_MAX:
+        _ANSWERS.clear()
+    _ANSWERS[id(identity)] = (identity, settings, out)  # holds identity: its id stays its own
+    return out
+
+
+def declared_headers(
+    pipeline: Any, call: Any
+) -> list[tuple[bytes, bytes]] | errors.GatewayError:
+    """The request transforms that declare the headers they set (``sets_headers``), run for
+    the authz answer: NGINX sets what they set (``X-Twistedgw-Set-<name>``). Only asked by
+    the config nginx-config renders, which applies them; an exception is the direct mode's
+    500 for that plugin."""
+    from twistedgw.pipeline import HeaderEdit
+
+    out: list[tuple[bytes, bytes]] = []
+    for named in pipeline.request_transforms:
+        names = getattr(named.stage, "sets_headers", None)
+        if not names:
+            continue
+        edit = HeaderEdit()
+        try:
+            named.stage.transform_request(call, edit)
+        except Exception:
+            return errors.plugin_failed(named.name)
+        for name in names:
+            found = edit.set_values.get(str(name).lower().encode())
+            if found is not None:
+                out.append((SET_PREFIX + found[0].lower(), found[1]))
+    return out
 
 
 def identity_header_names(config: GatewayConfig) -> list[bytes]:

@@ -17,10 +17,23 @@ from cryptography.hazmat.primitives import serialization
 
 from twistedgw.identity import _reasons as reasons
 
+#: Fingerprints by certificate object: a header's certificates are decoded once and the
+#: same objects come back for every request that repeats the header (callers._decode),
+#: and a handshake's verdict keeps its chain; an identity check per lookup, no hashing.
+_FINGERPRINTS: dict[int, tuple[x509.Certificate, bytes]] = {}
+_FINGERPRINTS_MAX = 4096
+
 
 def fingerprint(cert: x509.Certificate) -> bytes:
     """SHA-256 of the DER encoding: the identity of a certificate."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    known = _FINGERPRINTS.get(id(cert))
+    if known is not None and known[0] is cert:
+        return known[1]
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[id(cert)] = (cert, digest)  # holds cert: its id is not reused meanwhile
+    return digest
 
 
 class Outcome(enum.Enum):

@@ -10,6 +10,8 @@ from twistedgw.pipeline._basic import hash_password
 from twistedgw.pipeline._builtin import (
     API_KEY_HEADER,
     METHOD_OVERRIDE_HEADERS,
+    TIER_LIMIT,
+    TIERS,
     method_override_headers,
     protected_headers,
 )
@@ -22,7 +24,7 @@ from twistedgw.pipeline._call import (
     ResponseEdit,
     SchemeResult,
 )
-from twistedgw.pipeline._cluster import SCRIPT_SHA, RedisTierStore
+from twistedgw.pipeline._cluster import EXPIRE_MS, PERIOD_MS, SCRIPT, SCRIPT_SHA, RedisTierStore
 from twistedgw.pipeline._compile import Shared, compile_pipelines
 from twistedgw.pipeline._discovery import Installed, installed
 from twistedgw.pipeline._interfaces import (
@@ -35,12 +37,17 @@ from twistedgw.pipeline._interfaces import (
 )
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
-from twistedgw.pipeline._tiers import tier_bucket_key
+from twistedgw.pipeline._tiers import Limit, tier_bucket_key
 
 __all__ = [
     "API_KEY_HEADER",
+    "EXPIRE_MS",
     "METHOD_OVERRIDE_HEADERS",
+    "PERIOD_MS",
+    "SCRIPT",
     "SCRIPT_SHA",
+    "TIERS",
+    "TIER_LIMIT",
     "Call",
     "HeaderEdit",
     "HeaderView",
@@ -51,6 +58,7 @@ __all__ = [
     "IResponseTransform",
     "IScheme",
     "Installed",
+    "Limit",
     "Named",
     "Options",
     "Outcome",

@@ -32,6 +32,12 @@ from twistedgw.pipeline._interfaces import (
 )
 
 API_KEY_HEADER = b"apikey"
+#: ``Call.notes[TIERS]`` on the authz endpoint: ``"report"`` (its asker, NGINX's Lua,
+#: spends the bucket: the Tiers stage leaves the ``tiers.Limit`` that applies under
+#: TIER_LIMIT and spends nothing) or ``"skip"`` (an asker that cannot pass a 429 on: a
+#: hand-written ``auth_request``). Absent: the stage spends, as for a forwarded request.
+TIERS = "twistedgw.tiers"
+TIER_LIMIT = "twistedgw.tiers.limit"
 
 
 @implementer(IScheme)
@@ -132,6 +138,12 @@ class Tiers:
             return None
         limit = tiers.limit_for(call.api, identity, call.consumer)
         if limit is None:
+            return None
+        notes: dict[str, Any] = getattr(call, "notes", None) or {}  # a bare call: none
+        mode = notes.get(TIERS)
+        if mode is not None:  # the authz endpoint's asker spends it, or cannot
+            if mode == "report":
+                notes[TIER_LIMIT] = limit
             return None
         try:
             wait = self._store.take_limit(limit)

@@ -198,9 +198,11 @@ def compile_pipelines(
             if IResponseTransform.providedBy(stage):
                 response_transforms.append(named)
         if api.tiers and tier_stage is not None:
-            # Tiers count only requests that every other rule let through; the authz
-            # endpoint leaves them out (auth_request turns a 429 into a 500).
-            authorisers.append(Named("tiers", tier_stage, in_authz=False))
+            # Tiers count only requests that every other rule let through. The authz
+            # endpoint counts them for the config nginx-config renders (which answers
+            # the 429 itself), or names the bucket to NGINX's Lua, which spends it;
+            # other askers' (auth_request would turn a 429 into a 500) skip them.
+            authorisers.append(Named("tiers", tier_stage))
         policy = policy_stage(api, policies, store) if store is not None else None
         if policy is not None:
             # After every other rule (tiers included): a caller over its own tier does

@@ -1,0 +1,124 @@
+"""The CPU of one cold decision: twistedgw's authz endpoint asked as NGINX asks it.
+
+``python3 bench/authz_cost.py [--rounds 5] [--decisions 20000] [--profile]`` starts one
+gateway on a Unix socket with bench/run.py's NGINX-fronted config (one mTLS API,
+``cache_seconds = 0``), then asks it as the rendered config does (the client
+certificate in ``X-SSL-Client-Cert``, ``X-Twistedgw-Nginx``, the expected API), one
+question at a time on a kept-alive connection, as NGINX asks (``--pipeline N`` sends N
+at once, which costs the client less but the gateway's buffer handling more). It reports the
+gateway's CPU time per decision (user + system, from /proc), median and range over the
+rounds. ``--profile`` also samples the gateway with py-spy during one more round and
+prints the hottest functions (bench/profile.py's summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+
+def questions(pki: run.devpki.DevPki, n: int) -> bytes:
+    crt, _key = pki.clients[run.CLIENT]
+    leaf = crt.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    head = (
+        "GET /_twistedgw/authz HTTP/1.1\r\nHost: localhost\r\n"
+        "X-Original-URI: /bench/small\r\nX-Original-Method: GET\r\n"
+        f"X-SSL-Client-Cert: {quote(leaf, safe='')}\r\nX-SSL-Client-Verify: SUCCESS\r\n"
+        "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        "X-Twistedgw-Nginx: answer,token-key,tiers\r\nX-Twistedgw-Api-Expected: bench%3A1\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    return head * n
+
+
+def ask(s: socket.socket, batch: bytes, n: int) -> None:
+    """Send ``batch`` (``n`` questions) on the kept-alive connection; read ``n`` answers."""
+    s.sendall(batch)
+    seen = 0
+    tail = b""
+    while seen < n:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError(f"closed after {seen} answers")
+        data = tail + chunk
+        seen += data.count(b"HTTP/1.1 200 ")
+        if b"HTTP/1.1 4" in data or b"HTTP/1.1 5" in data:
+            raise RuntimeError(data[:400].decode("latin-1"))
+        tail = data[-16:]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--decisions", type=int, default=20000)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--label", default="")
+    p.add_argument("--pipeline", type=int, default=1)
+    p.add_argument("--xfcc", action="store_true",
+                   help="[identity] forward = xfcc (the answer carries the XFCC header)")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="twistedgw-authz-"))
+    pki = run.devpki.generate(work / "pki", "ec")
+    toml = work / "gw.toml"
+    text = run.fronted_gateway_conf(work, "authz", pki, 1, 1, 0)
+    if args.xfcc:
+        text = text.replace("[[apis]]", '[identity]\nforward = "xfcc"\n\n[[apis]]', 1)
+    toml.write_text(text)
+    env = {"PYTHONPATH": str(run.REPO), "PATH": "/usr/bin:/bin"}
+    gw = run.start("authz-gw", [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)],
+                   run.CORE_PROXY, work, None, env)
+    sock = work / "authz.sock"
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if time.monotonic() > deadline or gw.popen.poll() is not None:
+                raise RuntimeError(gw.log.read_text())
+            time.sleep(0.05)
+        depth = args.pipeline
+        batch = questions(pki, depth)
+        conn = socket.socket(socket.AF_UNIX)
+        conn.settimeout(30)
+        conn.connect(str(sock))
+        ask(conn, batch, depth)  # warm
+        per: list[float] = []
+        for _ in range(args.rounds):
+            before = gw.cpu_seconds()
+            for _ in range(args.decisions // depth):
+                ask(conn, batch, depth)
+            per.append((gw.cpu_seconds() - before) / args.decisions * 1e6)
+        print(f"authz endpoint CPU per decision{(' ' + args.label) if args.label else ''}: "
+              f"median {statistics.median(per):.1f} us (range {min(per):.1f}..{max(per):.1f}) "
+              f"over {args.rounds} rounds of {args.decisions}")
+        if args.profile:
+            import profile as prof  # bench/profile.py
+
+            folded = work / "authz.folded"
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "--rate", "250",
+                                    "-o", str(folded), "--pid", str(gw.popen.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            for _ in range(args.decisions // depth):
+                ask(conn, batch, depth)
+            spy.send_signal(2)
+            spy.wait(60)
+            print(prof.summarise(folded, 40))
+    finally:
+        gw.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Host names in the rendered config: ``[[apis]] hosts`` and ``[[tls.sni]] hosts`` as
+NGINX regexes on ``$host`` (NGINX's ``*.`` matches any depth, twistedgw's one label),
+the maps that pick an API by host and an SNI entry by name, and the 421 and 400 checks
+that run before any location, as in direct mode."""
+
+from __future__ import annotations
+
+import re
+
+from twistedgw import errors
+from twistedgw.app.nginx._site import Site
+from twistedgw.app.nginx._text import json_body, quote
+
+#: A Host header that names a host (RFC 3986 reg-name of DNS labels, an IPv4 address or
+#: a bracketed IPv6 literal) with an optional port; anything else is answered 400.
+_GOOD_HOST = (
+    r"~*^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)*"
+    r"\.?|\[[0-9a-f:.]+\])(?::[0-9]{0,5})?$"
+)
+
+
+def pattern_regex(pattern: str) -> str:
+    """``$host`` (lower case, no port, no trailing dot) matched against one host pattern
+    in twistedgw's spelling: ``*.`` stands for exactly one label."""
+    if pattern.startswith("*."):
+        return r"^[^.]+\." + re.escape(pattern[2:]) + "$"
+    if ":" in pattern:  # an IPv6 literal: NGINX keeps the brackets in $host
+        return r"^\[" + re.escape(pattern) + r"\]$"
+    return "^" + re.escape(pattern) + "$"
+
+
+def patterns_regex(patterns: tuple[str, ...]) -> str:
+    return "~" + "|".join(f"(?:{pattern_regex(p)})" for p in patterns)
+
+
+def hosted_contexts(site: Site) -> dict[str, int]:
+    """Contexts some API serves only for some hosts, numbered for their maps."""
+    out: dict[str, int] = {}
+    for p in site.plans:
+        if p.api.hosts is not None and p.api.context not in out:
+            out[p.api.context] = len(out)
+    return out
+
+
+def host_maps(site: Site) -> None:
+    """One map per hosted context: ``$host`` -> the API's index (twistedgw's rule: the API
+    whose hosts match, else the one without hosts, else none: twistedgw answers 404)."""
+    w = site.w
+    for context, n in hosted_contexts(site).items():
+        candidates = [p for p in site.plans if p.api.context == context]
+        w()
+        w(f"# {context}: the API is chosen by the request's host, as twistedgw routes.")
+        w(f"map $host $tgw_ctx_{n} {{")
+        fallback = "none"
+        for p in candidates:
+            if p.api.hosts is None:
+                fallback = str(p.index)
+            else:
+                w(f"    {quote(patterns_regex(p.api.hosts))} {p.index};  # {p.api.label}")
+        w(f"    default {fallback};")
+        w("}")
+    if site.config.tls.sni or any(p.api.hosts is not None for p in site.plans):
+        w()
+        w("# A Host that names no host is refused (400) before anything else, as in direct mode.")
+        w("map $http_host $tgw_bad_host {")
+        w('    "" 0;')
+        w(f"    {quote(_GOOD_HOST)} 0;")
+        w("    default 1;")
+        w("}")
+    entries = site.config.tls.sni
+    if not entries:
+        return
+    for variable, source in (("tgw_sni_entry", "$ssl_server_name"), ("tgw_host_entry", "$host")):
+        w()
+        w(f"# The [[tls.sni]] entry {source} names (-1: the default certificate).")
+        w(f"map {source} ${variable} {{")
+        for k, entry in enumerate(entries):
+            w(f"    {quote(patterns_regex(entry.hosts))} {k};")
+        w("    default -1;")
+        w("}")
+    w()
+    w("# 421 when the request's host belongs to another entry than the connection's SNI")
+    w("# (none checked without a Host header), as twistedgw's direct mode answers.")
+    w('map "$http_host|$tgw_sni_entry|$tgw_host_entry" $tgw_misdirected {')
+    w(r'    "~^\|" 0;')
+    w(r'    "~\|(-?[0-9]+)\|\1$" 0;')
+    w("    default 1;")
+    w("}")
+    w('map $ssl_server_name $tgw_sni_words {')
+    w('    "" "no TLS server name";')
+    w("    default \"the TLS server name '$ssl_server_name'\";")
+    w("}")
+
+
+def host_checks(site: Site) -> None:
+    """Server-level checks before any location: a Host that is not a host (400), and a
+    host served under another SNI entry than the connection's (421)."""
+    w = site.w
+    config = site.config
+    if not config.tls.sni and not any(p.api.hosts is not None for p in site.plans):
+        return
+    bad = errors.bad_request("bad Host header: not a host name")
+    w("    if ($tgw_bad_host) {")
+    w(f"        return 400 {json_body(bad)};")
+    w("    }")
+    if not config.tls.sni:
+        return
+    w("    if ($tgw_misdirected) {")
+    w(f"        return 421 {quote(_misdirected())};")
+    w("    }")
+    # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).
+    w("    error_page 421 = @twistedgw_421;")
+
+
+def _misdirected() -> str:
+    """Direct mode's 421 body (in the config's error style) naming ``$host`` and the SNI:
+    both are host names once ``$tgw_bad_host`` passed, so they need no JSON escaping."""
+    body = errors.misdirected(
+        "the host 'TGWHOSTTGW' is not served on this connection, which was opened with "
+        "TGWSNITGW; open a connection whose server name (SNI) is that host"
+    ).body().decode()
+    return body.replace("TGWHOSTTGW", "$host").replace("TGWSNITGW", "$tgw_sni_words")
+
+
+def misdirected_location(site: Site) -> None:
+    if not site.config.tls.sni:
+        return
+    site.w("    location @twistedgw_421 {")
+    site.w("        default_type application/json;")
+    site.w(f"        return 421 {quote(_misdirected())};")
+    site.w("    }")

@@ -1,0 +1,390 @@
+"""The locations of a server block: one per API context (NGINX's path or the gateway
+path), the internal authz locations, and the named locations that answer errors."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twistedgw import errors
+from twistedgw.app.nginx._hosts import hosted_contexts, misdirected_location
+from twistedgw.app.nginx._lua import lua_access, lua_retry
+from twistedgw.app.nginx._plan import ApiPlan
+from twistedgw.app.nginx._site import Site
+from twistedgw.app.nginx._text import (
+    CACHE_ZONE,
+    INTERNAL,
+    context_regex,
+    host_header,
+    json_body,
+    quote,
+)
+from twistedgw.app.nginx._upstreams import upstream_name
+from twistedgw.http import _verdicts as verdicts
+from twistedgw.identity import _forwarding as idforward
+from twistedgw.pipeline import method_override_headers
+
+#: Every status a refusal of the direct mode may have (errors.py): @twistedgw_refused
+#: answers each with the JSON the authz endpoint sent (verdicts.refusal_for_nginx).
+REFUSAL_STATUSES = (400, 401, 403, 404, 405, 413, 421, 429, 500, 502, 503, 504)
+I1, I2, I3 = "    ", "        ", "            "
+
+
+def gateway_proxy(site: Site, indent: str) -> None:
+    """Hand the request, as the client sent it, to twistedgw's full gateway."""
+    lb_header = site.config.mutual_ssl.certificate_header
+    for line in (
+        "proxy_pass http://twistedgw_authz$request_uri;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;",
+        f"proxy_set_header {lb_header} {site.client_cert};",
+        "proxy_set_header X-SSL-Client-Verify $ssl_client_verify;",
+        "proxy_set_header X-Forwarded-For $remote_addr;  # twistedgw's peer is the socket",
+        "proxy_set_header X-Forwarded-Proto https;",
+        "proxy_intercept_errors off;",
+        "proxy_buffering off;",
+        # twistedgw judges at head time: the body follows only once it is read.
+        "proxy_request_buffering off;",
+    ):
+        site.w(indent + line)
+
+
+def shared_locations(site: Site) -> None:
+    """The gateway path's locations and the named locations errors go to."""
+    w = site.w
+    limits = site.config.limits
+    w(f"{I1}location @twistedgw_gateway {{")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+    w(f"{I1}location = {INTERNAL}/gateway {{")
+    w(f"{I2}internal;")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+    for plan in site.plans:
+        api = plan.api
+        w(f"{I1}location @twistedgw_413_{plan.index} {{")
+        w(f"{I2}default_type application/json;")
+        response_headers(site, plan, I2)
+        too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
+        w(f"{I2}return 413 {json_body(too_large)};")
+        w(f"{I1}}}")
+    if any(p.nginx_path and not p.lua for p in site.plans):
+        _refused_location(site)  # its variables exist where auth_request_set names them
+    misdirected_location(site)
+    retry_locations(site)
+    _error_locations(site, "")
+    for plan in site.plans:  # the API's response headers on its errors too (direct mode)
+        if plan.nginx_path and plan.headers.response:
+            if not plan.lua:
+                _refused_location(site, plan)
+            _error_locations(site, f"_{plan.index}", plan)
+
+
+def error_suffix(plan: ApiPlan) -> str:
+    """The API's own error locations when its response headers apply to errors too."""
+    return f"_{plan.index}" if plan.headers.response else ""
+
+
+def response_headers(site: Site, plan: ApiPlan | None, indent: str) -> None:
+    """``response-headers``: hide the backend's, add the plugin's (on errors too)."""
+    if plan is None:
+        return
+    headers = plan.headers
+    for name in headers.response_remove:
+        site.w(f"{indent}proxy_hide_header {name};")
+    for name, value in headers.response_set:
+        site.w(f"{indent}proxy_hide_header {name};")
+        site.w(f"{indent}add_header {name} {quote(value)} always;")
+
+
+def _error_locations(site: Site, suffix: str, plan: ApiPlan | None = None) -> None:
+    w = site.w
+    w(f"{I1}location @twistedgw_503{suffix} {{")
+    w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
+    w(f"{I2}return 503 {json_body(errors.backend_unavailable('backend is unavailable'))};")
+    w(f"{I1}}}")
+    w(f"{I1}location @twistedgw_504{suffix} {{")
+    w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
+    timeout = errors.backend_timeout("backend did not answer in time")
+    w(f"{I2}return 504 {json_body(timeout)};")
+    w(f"{I1}}}")
+
+
+def _refused_location(site: Site, plan: ApiPlan | None = None) -> None:
+    """The auth_request variant's refusals: the direct mode's status, JSON and headers
+    from the authz answer (auth_request_set), sent by NGINX before it reads any body.
+    An answer without them (a refusal about the subrequest itself) goes to twistedgw."""
+    w = site.w
+    w(f"{I1}location @twistedgw_refused{error_suffix(plan) if plan else ''} {{")
+    w(f"{I2}default_type application/json;")
+    response_headers(site, plan, I2)
+    w(f"{I2}add_header WWW-Authenticate $tgw_challenge always;  # empty: not sent")
+    w(f"{I2}add_header Retry-After $tgw_retry_after always;")
+    w(f"{I2}add_header Allow $tgw_allow always;")
+    for status in REFUSAL_STATUSES:
+        w(f"{I2}if ($tgw_status = {status}) {{")
+        w(f"{I3}return {status} $tgw_error;")
+        w(f"{I2}}}")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+
+
+def context_locations(site: Site) -> None:
+    """One regex location per context, longest first (twistedgw's routing order); the
+    root context last, or a catch-all that hands unknown paths to twistedgw (404). A
+    context some API serves only for its ``hosts`` picks the API by ``$host`` (a map,
+    twistedgw's rule) and goes on in that API's internal location."""
+    w = site.w
+    hosted = hosted_contexts(site)
+    ordered = sorted(site.plans, key=lambda p: len(p.api.context), reverse=True)
+    root: ApiPlan | None = None
+    rendered: set[str] = set()
+    for plan in ordered:
+        api = plan.api
+        if api.context in rendered:  # APIs sharing a context by hosts: one location
+            continue
+        rendered.add(api.context)
+        if api.context == "/":
+            root = plan
+            continue
+        w()
+        if api.context in hosted:
+            w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_{hosted[api.context]})")
+            w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
+            w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted[api.context]} last;")
+            w(f"{I1}}}")
+            continue
+        w(f"{I1}# {api.label}: {api.context} -> {api.backend}")
+        w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
+        api_body(site, plan)
+        w(f"{I1}}}")
+    w()
+    if root is not None and "/" in hosted:
+        w(f"{I1}# /: the API is chosen by host ($tgw_ctx_{hosted['/']})")
+        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
+        w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted['/']} last;")
+        w(f"{I1}}}")
+    elif root is not None:
+        w(f"{I1}# {root.api.label}: / -> {root.api.backend}")
+        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
+        api_body(site, root)
+        w(f"{I1}}}")
+    else:
+        w(f"{I1}# No API at this path: twistedgw answers 404 as in direct mode.")
+        w(f"{I1}location / {{")
+        gateway_proxy(site, I2)
+        w(f"{I1}}}")
+    if not hosted:
+        return
+    for plan in site.plans:  # the APIs of hosted contexts, reached by the rewrite above
+        if plan.api.context not in hosted:
+            continue
+        w()
+        w(f"{I1}# {plan.api.label}: {plan.api.context} -> {plan.api.backend}, hosts "
+          f"{', '.join(plan.api.hosts or ('(any other)',))}")
+        w(f"{I1}location = {INTERNAL}/api/{plan.index} {{")
+        w(f"{I2}internal;")
+        api_body(site, plan)
+        w(f"{I1}}}")
+    w(f"{I1}location = {INTERNAL}/api/none {{  # no API serves this host: twistedgw's 404")
+    w(f"{I2}internal;")
+    gateway_proxy(site, I2)
+    w(f"{I1}}}")
+
+
+def api_body(site: Site, plan: ApiPlan) -> None:
+    """An API's location: ask twistedgw (or the verdict cache), then proxy to the backend
+    with the identity headers from the answer; or hand everything to twistedgw."""
+    w = site.w
+    config, api, i = site.config, plan.api, plan.index
+    limits = config.limits
+    if plan.gateway is not None:
+        w(f"{I2}# {plan.gateway}: twistedgw forwards every request.")
+        gateway_proxy(site, I2)
+        return
+    body = api.max_body_bytes or limits.max_body_bytes
+    path = urlsplit(api.backend).path
+    target = f"{path}$tgw_rest" if path else "$tgw_rest_or_slash"
+    if len(api.endpoints) > 1 and not plan.peers:
+        # Stock NGINX would retry an idempotent request that has a body on the next
+        # backend; direct mode does not (unless nothing was sent): twistedgw takes it.
+        w(f"{I2}if ($tgw_body_retry) {{")
+        w(f"{I3}rewrite ^ {INTERNAL}/gateway last;")
+        w(f"{I2}}}")
+    if plan.lua:
+        lua_access(site, plan, I2)
+    else:
+        w(f"{I2}auth_request {INTERNAL}/authz/{i};")
+        for n, name in enumerate(site.identity_names):
+            variable = (verdicts.SET_PREFIX + name).decode().replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_id_{n} $upstream_http_{variable};")
+        w(f"{I2}auth_request_set $tgw_consumer $upstream_http_x_consumer_name;")
+        if verdicts.authorization_rule(api) == "answer":
+            w(f"{I2}auth_request_set $tgw_authz_rm $upstream_http_x_twistedgw_authorization;")
+        for n, declared in enumerate(plan.headers.declared):
+            upstream = (verdicts.SET_PREFIX.decode() + declared.lower()).replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_ph_{n} $upstream_http_{upstream};")
+        for variable, answer in (("status", verdicts.STATUS), ("error", verdicts.ERROR),
+                                 ("challenge", b"www-authenticate"),
+                                 ("retry_after", b"retry-after"), ("allow", b"allow")):
+            upstream = answer.decode().replace("-", "_")
+            w(f"{I2}auth_request_set $tgw_{variable} $upstream_http_{upstream};")
+        w(f"{I2}error_page 401 403 = @twistedgw_refused{error_suffix(plan)};")
+    w(f"{I2}error_page 413 = @twistedgw_413_{i};")
+    e = error_suffix(plan)
+    if plan.peers:  # Lua tries the next backend where direct mode would
+        w(f"{I2}recursive_error_pages on;  # each next try may fail too")
+        w(f"{I2}error_page 502 504 = @twistedgw_retry_{i};")
+        w(f"{I2}error_page 503 = @twistedgw_503{e};")
+    else:
+        w(f"{I2}error_page 502 503 = @twistedgw_503{e};")
+        w(f"{I2}error_page 504 = @twistedgw_504{e};")
+    w(f"{I2}client_max_body_size {body};")
+    # The backend path, then the rest after the context (the query follows by itself);
+    # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
+    w(f"{I2}rewrite ^ {target} break;")
+    proxy_to_backend(site, plan, I2)
+
+
+def retry_locations(site: Site) -> None:
+    """The Lua variant's next try, after a backend failed before answering (502/504):
+    Lua marks it down for 30 s and, where direct mode would retry (nothing was sent, or
+    an idempotent request without a body), sends the request to the next backend."""
+    w = site.w
+    for plan in site.plans:
+        if not plan.peers:
+            continue
+        w(f"{I1}location @twistedgw_retry_{plan.index} {{  # {plan.api.label}")
+        w(f"{I2}recursive_error_pages on;")
+        w(f"{I2}error_page 502 504 = @twistedgw_retry_{plan.index};")
+        w(f"{I2}error_page 503 = @twistedgw_503{error_suffix(plan)};")
+        lua_retry(site, plan, I2)
+        proxy_to_backend(site, plan, I2)
+        w(f"{I1}}}")
+
+
+def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
+    """``proxy_pass`` to the API's backend (Lua's pick, with its own Host, when it has
+    several) and the headers the direct mode sends it."""
+    w = site.w
+    config, api = site.config, plan.api
+    limits = config.limits
+    timeout = api.backend_timeout or limits.backend_timeout
+    scheme = "https" if api.backend.startswith("https://") else "http"
+    if plan.peers:
+        w(f"{indent}proxy_pass {scheme}://$tgw_peer;")
+    else:
+        w(f"{indent}proxy_pass {scheme}://{upstream_name(plan)};")
+    w(f"{indent}proxy_http_version 1.1;")
+    w(f"{indent}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
+    w(f"{indent}proxy_read_timeout {max(1, int(timeout))}s;")
+    w(f"{indent}proxy_send_timeout {max(1, int(timeout))}s;")
+    w(f"{indent}proxy_intercept_errors off;")
+    w(f'{indent}proxy_set_header Connection "";')
+    if plan.peers:
+        w(f"{indent}proxy_set_header Host $tgw_peer_host;")
+        w(f"{indent}proxy_next_upstream off;  # Lua decides (direct mode's retry rule)")
+    else:
+        w(f"{indent}proxy_set_header Host {quote(host_header(api.backend))};")
+    # A request-headers plugin that sets one of these adds a second, as in direct mode.
+    w(f"{indent}proxy_set_header X-Forwarded-For $remote_addr;")
+    w(f"{indent}proxy_set_header X-Forwarded-Proto https;")
+    w(f"{indent}proxy_set_header X-Forwarded-Host $http_host;")
+    names = site.identity_names
+    for header in site.stripped:
+        if header.encode() not in names and header.encode() != idforward.CONSUMER_NAME:
+            w(f'{indent}proxy_set_header {header} "";')
+    w(f"{indent}proxy_set_header X-Consumer-Name $tgw_consumer;  # empty: removed")
+    for header in method_override_headers(api):  # operations differ in security
+        w(f'{indent}proxy_set_header {header} "";')
+    rule = verdicts.authorization_rule(api)
+    if rule == "strip":  # the bearer token is for twistedgw (forward_authorization = false)
+        w(f'{indent}proxy_set_header Authorization "";')
+    elif rule == "answer":  # removed where the judged operation's pipeline removes it
+        w(f"{indent}proxy_set_header Authorization $tgw_authorization;")
+    for n, name in enumerate(names):
+        w(f"{indent}proxy_set_header {name.decode()} $tgw_id_{n};")
+    headers = plan.headers
+    for header, value in headers.request:  # request-headers: fixed values ("" removes)
+        w(f"{indent}proxy_set_header {header} {quote(value)};")
+    for n, header in enumerate(headers.declared):  # a plugin's, from the authz answer
+        w(f"{indent}proxy_set_header {header} $tgw_ph_{n};")
+    response_headers(site, plan, indent)
+    _backend_tls(site, plan, indent)
+
+
+def _backend_tls(site: Site, plan: ApiPlan, indent: str) -> None:
+    api = plan.api
+    if not api.backend.startswith("https://"):
+        return
+    tls = site.config.backend_tls_for(api)
+    trusted = str(tls.trusted_certificate) if tls.trusted_certificate else (
+        "/etc/ssl/certs/ca-certificates.crt"
+    )
+    lines = [
+        "proxy_ssl_verify on;",
+        "proxy_ssl_verify_depth 4;",
+        f"proxy_ssl_trusted_certificate {quote(trusted)};",
+        "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+    ]
+    if tls.server_name:
+        lines.append(f"proxy_ssl_name {quote(tls.server_name)};")
+    elif plan.peers:  # each backend's own name (Lua sets it with the backend)
+        lines.append("proxy_ssl_name $tgw_peer_name;")
+    else:
+        lines.append(f"proxy_ssl_name {quote(urlsplit(api.backend).hostname or '')};")
+    lines.append("proxy_ssl_server_name on;")
+    if tls.certificate is not None and tls.private_key is not None:
+        lines.append(f"proxy_ssl_certificate {quote(str(tls.certificate))};")
+        lines.append(f"proxy_ssl_certificate_key {quote(str(tls.private_key))};")
+    for line in lines:
+        site.w(indent + line)
+
+
+def authz_locations(site: Site) -> None:
+    """The internal location each NGINX-path API asks twistedgw through."""
+    w = site.w
+    config = site.config
+    authz = config.authz
+    lb_header = config.mutual_ssl.certificate_header
+    assert authz is not None and lb_header is not None
+    for plan in site.plans:
+        if not plan.nginx_path or plan.lua:  # Lua asks on a cosocket of its own
+            continue
+        api, i = plan.api, plan.index
+        w()
+        w(f"{I1}location = {INTERNAL}/authz/{i} {{  # {api.label}")
+        w(f"{I2}internal;")
+        w(f"{I2}proxy_pass http://twistedgw_authz{authz.path};")
+        w(f"{I2}proxy_method GET;")
+        w(f"{I2}proxy_http_version 1.1;")
+        w(f"{I2}proxy_pass_request_body off;")
+        w(f'{I2}proxy_set_header Content-Length "";')
+        w(f'{I2}proxy_set_header Connection "";')
+        w(f"{I2}proxy_set_header Host $http_host;")
+        w(f"{I2}proxy_set_header {authz.original_uri_header} $request_uri;")
+        w(f"{I2}proxy_set_header {authz.original_method_header} $request_method;")
+        w(f"{I2}proxy_set_header {lb_header} {site.client_cert};")
+        w(f"{I2}proxy_set_header X-SSL-Client-Verify $ssl_client_verify;")
+        w(f"{I2}proxy_set_header X-Forwarded-For $remote_addr;  # the caller, not its claim")
+        w(f"{I2}proxy_set_header X-Forwarded-Proto https;")
+        w(f"{I2}proxy_set_header {verdicts.ASKER.decode()} {quote(plan.asker_header)};")
+        reference = quote(verdicts.api_reference(api))
+        w(f"{I2}proxy_set_header {verdicts.EXPECTED_API.decode()} {reference};")
+        if plan.cached and not plan.lua:
+            key_parts = [f"{i}:{api.label}", "$ssl_client_fingerprint"]
+            key_parts += [f"$http_{h.replace('-', '_')}" for h in verdicts.key_headers(api)]
+            if verdicts.per_operation(api):  # the operation decides the schemes
+                key_parts += ["$request_method", "$request_uri"]
+            w(f"{I2}proxy_cache {CACHE_ZONE};")
+            w(f"{I2}proxy_cache_key {quote('|'.join(key_parts))};")
+            w(f"{I2}proxy_cache_methods GET;")
+            w(f"{I2}proxy_ignore_headers Set-Cookie Vary Expires;")
+            w(f"{I2}# The answer's X-Accel-Expires says how long (never past cache_seconds")
+            w(f"{I2}# nor the certificate's expiry); refusals are never cached.")
+        else:
+            w(f"{I2}# Not cached: {plan.uncached_why}.")
+        w(f"{I1}}}")

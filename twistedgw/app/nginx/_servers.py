@@ -1,0 +1,88 @@
+"""The server block's head: where NGINX listens, its TLS settings, and the server-level
+rules that run before any location (NGINX's own errors, the gateway path's choice)."""
+
+from __future__ import annotations
+
+from twistedgw import errors
+from twistedgw.app import _runtime as runtime
+from twistedgw.app.nginx._hosts import host_checks, pattern_regex
+from twistedgw.app.nginx._site import Site
+from twistedgw.app.nginx._text import INTERNAL, json_body, quote
+from twistedgw.config import SniEntry
+
+
+def asks(site: Site, entry: SniEntry | None) -> bool:
+    """Whether handshakes under ``entry`` (None: the default) ask for a certificate: where
+    direct mode's ``client_certificate`` would (``auto``: where an API reachable there
+    needs one)."""
+    return runtime.asks_for_certificate(site.config, entry)
+
+
+def server_names(entry: SniEntry) -> str:
+    """An entry's hosts as NGINX server names (a one-label wildcard as a regex)."""
+    return " ".join(
+        quote("~" + pattern_regex(p)) if p.startswith("*.") or ":" in p else p
+        for p in entry.hosts
+    )
+
+
+def server_head(site: Site, entry: SniEntry | None = None) -> None:
+    """The head of the default server (``entry`` None) or of one ``[[tls.sni]]`` entry's."""
+    w = site.w
+    config = site.config
+    nginx = config.nginx
+    assert nginx is not None
+    limits = config.limits
+    default = " default_server" if config.tls.sni and entry is None else ""
+    # HTTP/2: a listen parameter before NGINX 1.25.1, its own directive from it on.
+    old_h2 = nginx.http2 and (site.nginx_version is None or site.nginx_version < (1, 25, 1))
+    w(f"    listen {nginx.listen} ssl{' http2' if old_h2 else ''}{default};")
+    if nginx.http2 and not old_h2:
+        w("    http2 on;")
+    if entry is None:
+        w(f"    server_name {nginx.server_name};")
+        certificate, key = config.tls.certificate, config.tls.private_key
+        advertise = config.tls.advertise_ca_names
+    else:
+        w(f"    server_name {server_names(entry)};  # {entry.where}")
+        certificate, key = entry.certificate, entry.private_key
+        advertise = entry.advertise_ca_names
+    w("    server_tokens off;  # Server: nginx, without its version")
+    w(f"    ssl_certificate {quote(str(certificate))};")
+    w(f"    ssl_certificate_key {quote(str(key))};")
+    w(f"    ssl_protocols {' '.join(config.tls.protocols)};")
+    w(f"    ssl_ciphers {quote(config.tls.ciphers)};")
+    w("    ssl_prefer_server_ciphers on;")
+    w("    ssl_session_cache shared:twistedgw_tls:10m;")
+    w(f"    ssl_session_tickets {'on' if config.tls.session_tickets else 'off'};")
+    if asks(site, entry):
+        w("    # Ask for a certificate but never refuse the handshake for it: twistedgw")
+        w("    # judges it per API. NGINX still refuses some failures itself (495: expired,")
+        w("    # not yet valid, wrong purpose); error_page 495 hands those to twistedgw.")
+        w("    ssl_verify_client optional_no_ca;")
+        w("    ssl_verify_depth 10;")
+        if site.truststore_file is not None and advertise:
+            w(f"    ssl_client_certificate {quote(site.truststore_file)};  # CA names offered")
+    else:
+        w("    ssl_verify_client off;  # no API reachable here needs a certificate (auto)")
+    if site.mixed_asks:  # a resumed session under a server that does not ask has none
+        cert = "$ssl_client_escaped_cert" if asks(site, entry) else '""'
+        w(f"    set $tgw_client_cert {cert};")
+    w("    default_type application/json;  # the JSON errors NGINX answers itself")
+    w("    error_page 495 = @twistedgw_gateway;")
+    w(f"    error_page 400 = {INTERNAL}/400;  # a request NGINX cannot parse: no URI to hand on")
+    biggest = max([limits.max_body_bytes, *(a.max_body_bytes or 0 for a in config.apis)])
+    w(f"    client_max_body_size {biggest};")
+    w(f"    large_client_header_buffers 4 {max(limits.max_header_bytes, 1024)};")
+    w(f"    client_header_timeout {max(1, int(limits.client_header_timeout))}s;")
+    w(f"    keepalive_timeout {max(1, int(limits.idle_timeout))}s;")
+    w(f"    send_timeout {max(1, int(limits.send_timeout))}s;")
+    w()
+    w("    # NGINX's own 400 (a request line it cannot parse) as twistedgw's JSON.")
+    w(f"    if ($uri = {INTERNAL}/400) {{")
+    w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
+    w("    }")
+    host_checks(site)
+    w("    if ($twistedgw_gateway_path) {")
+    w(f"        rewrite ^ {INTERNAL}/gateway last;")
+    w("    }")

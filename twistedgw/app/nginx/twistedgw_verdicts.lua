@@ -1,0 +1,574 @@
+-- twistedgw verdicts kept in a lua_shared_dict (libnginx-mod-http-lua / OpenResty).
+--
+-- The optional variant of `twistedgw nginx-config --variant lua`: instead of
+-- auth_request + proxy_cache (a subrequest and a cache file read on every request),
+-- a cached verdict is one shared-memory lookup in access_by_lua. On a miss it asks
+-- twistedgw's authz endpoint over the same internal location (Unix socket), keeps an
+-- allow for as long as the answer's Cache-Control max-age says (never past cache_seconds
+-- nor the certificate's expiry: twistedgw computes it), and hands any refusal to
+-- twistedgw whole (@twistedgw_gateway), so the client gets twistedgw's JSON.
+--
+-- Needs in http {}: lua_shared_dict twistedgw_verdicts 10m; and this directory in
+-- lua_package_path (the rendered include sets both).
+
+local _M = {}
+
+local SEP = "\n"  -- identity header values never hold a line break (twistedgw strips them)
+local MAX_HEADERS = 100  -- ngx.req.get_headers' default; more: the request goes whole
+
+local function gateway()
+    return ngx.exec("@twistedgw_gateway")
+end
+
+local REASONS = {
+    [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+    [404] = "Not Found", [405] = "Method Not Allowed", [413] = "Payload Too Large",
+    [421] = "Misdirected Request", [429] = "Too Many Requests",
+    [500] = "Internal Server Error", [502] = "Bad Gateway",
+    [503] = "Service Unavailable", [504] = "Gateway Timeout",
+}
+local LINGER = 2  -- seconds a refusal waits for (and drops) a body, as the direct mode
+
+local function one(value)
+    if type(value) == "table" then return value[1] end
+    return value
+end
+
+-- A refusal to a client that waits for "100 Continue": NGINX would send that before
+-- discarding the body of any answer it writes, so the answer goes on the raw
+-- connection (HTTP/1.1), which then closes after at most LINGER seconds of dropping
+-- whatever the client sends anyway. Nothing of the body is kept.
+local function send_raw(status, body, headers, extra)
+    local sock = ngx.req.socket(true)
+    if not sock then
+        return false
+    end
+    local out = {"HTTP/1.1 ", status, " ", REASONS[status] or "Error",
+                 "\r\nServer: nginx\r\nDate: ", ngx.http_time(ngx.time()),
+                 "\r\nContent-Type: application/json\r\nContent-Length: ", #body, "\r\n"}
+    for _, list in ipairs({headers, extra or {}}) do  -- extra: the API's response-headers
+        for _, pair in ipairs(list) do
+            if pair[2] and pair[2] ~= "" then
+                out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+            end
+        end
+    end
+    out[#out + 1] = "Connection: close\r\n\r\n"
+    if ngx.req.get_method() ~= "HEAD" then
+        out[#out + 1] = body
+    end
+    sock:send(table.concat(out))
+    local deadline = ngx.now() + LINGER
+    while true do
+        local left = deadline - ngx.now()
+        if left <= 0 then break end
+        sock:settimeout(left * 1000)
+        local data = sock:receiveany(65536)
+        if not data then break end
+    end
+    ngx.exit(444)  -- close, NGINX writes nothing more
+    return true
+end
+
+-- Answer a refusal as twistedgw's direct mode would (its status, JSON and headers),
+-- before any of the request body is read.
+local function send(status, body, headers, spec)
+    local expect = ngx.var.http_expect
+    if expect and expect:lower() == "100-continue" and ngx.req.http_version() == 1.1
+            and send_raw(status, body, headers, spec and spec.response_headers) then
+        return true
+    end
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Content-Length"] = #body
+    for _, pair in ipairs(headers) do
+        if pair[2] and pair[2] ~= "" then
+            ngx.header[pair[1]] = pair[2]
+        end
+    end
+    ngx.print(body)
+    ngx.exit(ngx.HTTP_OK)
+    return true  -- answered: the caller returns at once
+end
+
+-- The authz endpoint refused: it says with which status and JSON (X-Twistedgw-Status,
+-- X-Twistedgw-Error), or leaves the request to the gateway path (no status: a refusal
+-- about the subrequest itself, e.g. another API than this location's).
+local function refused(res, spec)
+    local header = {}
+    for name, value in pairs(res.header) do
+        header[string.lower(name)] = one(value)
+    end
+    local status = tonumber(header["x-twistedgw-status"])
+    local body = header["x-twistedgw-error"]
+    if not status or not body then
+        return gateway()
+    end
+    return send(status, body, {
+        {"WWW-Authenticate", header["www-authenticate"]},
+        {"Retry-After", header["retry-after"]},
+        {"Allow", header["allow"]},
+    }, spec)
+end
+
+-- SHA-256 from the OpenSSL NGINX already links (LuaJIT's FFI): credentials go into the
+-- verdict cache key as their digest, never in clear.
+local ffi = require("ffi")
+pcall(ffi.cdef, "unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);")
+local digest_buf = ffi.new("unsigned char[32]")
+local has_sha256 = pcall(function() return ffi.C.SHA256 end)
+
+local function sha256(value)
+    ffi.C.SHA256(value, #value, digest_buf)
+    return ffi.string(digest_buf, 32)
+end
+
+-- The verdict cache key: the API, the client certificate's fingerprint, the digest of
+-- each credential header the API's schemes read (its API key headers, Authorization for
+-- bearer tokens), and for an API from an OpenAPI definition the method and target.
+-- Returns nil when the request must go to twistedgw whole (a repeated credential header,
+-- or more headers than get_headers reads), and false when it may not be cached.
+local function cache_key(spec)
+    local var = ngx.var
+    local key = spec.api .. "|" .. (var.ssl_client_fingerprint or "")
+    local names = spec.keys
+    if #names > 0 then
+        -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
+        -- of the headers could name another caller's verdict, so such a request is
+        -- never cached nor judged here: twistedgw answers it whole.
+        local headers, err = ngx.req.get_headers(MAX_HEADERS)
+        if err == "truncated" then
+            return nil
+        end
+        for _, name in ipairs(names) do
+            local value = headers[name]
+            if type(value) == "table" then
+                return nil  -- repeated: twistedgw refuses it as in direct mode
+            end
+            if value == nil then
+                key = key .. "|-"
+            elseif has_sha256 then
+                key = key .. "|" .. sha256(value)
+            else
+                return false  -- no digest: ask twistedgw, keep nothing
+            end
+        end
+    end
+    if spec.bearer then  -- NGINX itself refuses a repeated Authorization header (400)
+        local value = var.http_authorization
+        if value == nil then
+            key = key .. "|-"
+        elseif has_sha256 then
+            key = key .. "|" .. sha256(value)
+        else
+            return false
+        end
+    end
+    if spec.per_operation then
+        key = key .. "|" .. var.request_method .. "|" .. var.request_uri
+    end
+    return key
+end
+
+-- Asking twistedgw's authz endpoint: one HTTP/1.1 request on a kept-alive cosocket (the
+-- Unix socket of [nginx] authz), with every header of the client's request (as an
+-- auth_request subrequest would carry them) and the ones the rendered config sets.
+-- A cosocket, not ngx.location.capture: capture refuses HTTP/2 requests, and it costs a
+-- whole subrequest. Returns {status, header (lower-case names), body}, or nil when the
+-- request must go to twistedgw whole (more headers than get_headers reads).
+local HOP = {connection = true, ["keep-alive"] = true, ["proxy-connection"] = true,
+             te = true, trailer = true, ["transfer-encoding"] = true, upgrade = true,
+             ["content-length"] = true, expect = true, host = true}
+
+local function connect(address)
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(5000, 60000, 60000)
+    local ok, err
+    if address:sub(1, 5) == "unix:" then
+        ok, err = sock:connect(address)
+    else
+        local host, port = address:match("^%[?(.-)%]?:(%d+)$")
+        ok, err = sock:connect(host, tonumber(port))
+    end
+    if not ok then return nil, err end
+    return sock
+end
+
+local function ask(spec)
+    local a = spec.ask
+    local headers, err = ngx.req.get_headers(MAX_HEADERS, true)
+    if err == "truncated" then
+        return nil
+    end
+    local var = ngx.var
+    local own = {
+        {a.uri_header, var.request_uri}, {a.method_header, var.request_method},
+        {a.cert_header, var[a.cert_var] or ""}, {"X-SSL-Client-Verify", var.ssl_client_verify},
+        {"X-Forwarded-For", var.remote_addr}, {"X-Forwarded-Proto", "https"},
+        {"X-Twistedgw-Nginx", a.asker}, {"X-Twistedgw-Api-Expected", a.expected},
+    }
+    local skip = {}
+    for _, pair in ipairs(own) do
+        skip[pair[1]:lower()] = true
+    end
+    local out = {"GET ", a.path, " HTTP/1.1\r\nHost: ", var.http_host or "", "\r\n"}
+    for name, value in pairs(headers) do
+        local lower = name:lower()
+        if not HOP[lower] and not skip[lower] then
+            if type(value) == "table" then
+                for _, v in ipairs(value) do
+                    out[#out + 1] = name .. ": " .. v .. "\r\n"
+                end
+            else
+                out[#out + 1] = name .. ": " .. value .. "\r\n"
+            end
+        end
+    end
+    for _, pair in ipairs(own) do  -- an empty value is no header (as proxy_set_header)
+        if pair[2] and pair[2] ~= "" then
+            out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+        end
+    end
+    out[#out + 1] = "Content-Length: 0\r\n\r\n"
+    local failed = {status = 502, header = {}, body = ""}
+    local sock = connect(a.address)
+    if not sock then return failed end
+    if not sock:send(table.concat(out)) then sock:close() return failed end
+    local line = sock:receive("*l")
+    local status = line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
+    if not status then sock:close() return failed end
+    local header = {}
+    while true do
+        line = sock:receive("*l")
+        if not line then sock:close() return failed end
+        if line == "" then break end
+        local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+        if name then
+            name = name:lower()
+            if header[name] == nil then header[name] = value end
+        end
+    end
+    local length = tonumber(header["content-length"])
+    if not length or header["transfer-encoding"] then sock:close() return failed end
+    local body = ""
+    if length > 0 then
+        body = sock:receive(length)
+        if not body then sock:close() return failed end
+    end
+    if (header["connection"] or ""):lower() == "close" then
+        sock:close()
+    else
+        sock:setkeepalive(60000, 64)
+    end
+    return {status = status, header = header, body = body}
+end
+
+-- Several backends: the direct mode's order (load_balance: round-robin, a turn per
+-- request; failover: as written), a backend that failed in the last SUSPEND seconds
+-- tried last, not never. The state is in the shared dict, so every worker shares it.
+local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
+local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
+                    TRACE = true}
+
+local function use_peer(spec, k, rest)
+    local var = ngx.var
+    local peer = spec.backends[k]
+    var.tgw_peer = peer[1]
+    var.tgw_peer_host = peer[2]
+    var.tgw_peer_name = peer[3]
+    var.tgw_peer_index = k
+    var.tgw_peers = rest
+end
+
+local function pick_backend(spec)
+    local dict = ngx.shared.twistedgw_verdicts
+    local n = #spec.backends
+    local first = 0
+    if spec.backend_mode == "load_balance" then
+        first = (dict:incr("rr|" .. spec.api, 1, -1) or 0) % n
+    end
+    local up, down = {}, {}
+    for j = 0, n - 1 do
+        local k = (first + j) % n + 1
+        if dict:get("down|" .. spec.backends[k][4]) then
+            down[#down + 1] = k
+        else
+            up[#up + 1] = k
+        end
+    end
+    for _, k in ipairs(down) do
+        up[#up + 1] = k
+    end
+    local k = table.remove(up, 1)
+    use_peer(spec, k, table.concat(up, ","))
+end
+
+-- A backend failed before answering (502/504 of its try): skip it for SUSPEND seconds
+-- and go to the next where direct mode would (nothing was sent, or an idempotent method
+-- without a body); else direct mode's 503 (could not connect) or 504.
+function _M.retry(spec)
+    local var = ngx.var
+    local dict = ngx.shared.twistedgw_verdicts
+    local failed = spec.backends[tonumber(var.tgw_peer_index)]
+    dict:set("down|" .. failed[4], true, SUSPEND)
+    local connect = var.upstream_connect_time or "-"
+    local nothing_sent = connect:match("%-%s*$") ~= nil
+    local rest = var.tgw_peers
+    local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
+    local safe = nothing_sent or (IDEMPOTENT[ngx.req.get_method()] and not body)
+    if rest == "" or not safe then
+        local status = tonumber((var.upstream_status or ""):match("(%d+)%s*$"))
+        if status == 504 and not nothing_sent then
+            return ngx.exec("@twistedgw_504")
+        end
+        return ngx.exec("@twistedgw_503")
+    end
+    local k, more = rest:match("^(%d+),?(.*)$")
+    use_peer(spec, tonumber(k), more)
+end
+
+-- Tiers: the bucket twistedgw's answer names (X-Twistedgw-Tier: capacity, period,
+-- hex key, l|c) is spent here on every request, cached verdict or not, as direct mode
+-- spends it: a token bucket holding `capacity` tokens, refilled evenly over `period`
+-- seconds. In a lua_shared_dict shared by NGINX's workers (a short lock makes the
+-- read-modify-write atomic across them), or with [cluster] in Redis, with the key and
+-- Lua script twistedgw's own requests spend, so both paths spend one bucket.
+
+local function unhex(text)
+    return (text:gsub("..", function(pair) return string.char(tonumber(pair, 16)) end))
+end
+
+local function take_dict(key, capacity, period)
+    local dict = ngx.shared.twistedgw_tiers
+    -- One worker: nothing below yields, so no other request can interleave. Several:
+    -- a short lock (it expires by itself if a worker dies holding it).
+    local lock = ngx.worker.count() > 1 and "lock|" .. key
+    local locked = false
+    if lock then
+        for _ = 1, 100 do
+            if dict:add(lock, true, 0.05) then
+                locked = true
+                break
+            end
+            ngx.sleep(0.001)
+        end
+    end
+    local now = ngx.now()
+    local state = dict:get(key)
+    local tokens, updated = capacity, now
+    if state then
+        local t, u = state:match("^(%S+) (%S+)$")
+        tokens, updated = tonumber(t), tonumber(u)
+        local elapsed = now - updated
+        if elapsed < 0 then elapsed = 0 end
+        tokens = math.min(capacity, tokens + elapsed * capacity / period)
+    end
+    local wait = nil
+    if tokens >= 1 then
+        tokens = tokens - 1
+    else
+        wait = (1 - tokens) * period / capacity
+    end
+    dict:set(key, string.format("%.17g %.17g", tokens, now), period + 1)
+    if locked then
+        dict:delete(lock)
+    end
+    return wait
+end
+
+local function resp(args)
+    local out = {"*", #args, "\r\n"}
+    for _, a in ipairs(args) do
+        a = tostring(a)
+        out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+    end
+    return table.concat(out)
+end
+
+local function read_reply(sock)
+    local line, err = sock:receive("*l")
+    if not line then return nil, err end
+    local kind, rest = line:sub(1, 1), line:sub(2)
+    if kind == ":" then return tonumber(rest) end
+    if kind == "+" then return rest end
+    if kind == "-" then return {err = rest} end
+    if kind == "$" then
+        local n = tonumber(rest)
+        if n < 0 then return false end
+        local data, e = sock:receive(n + 2)
+        if not data then return nil, e end
+        return data:sub(1, n)
+    end
+    if kind == "*" then
+        local items = {}
+        for i = 1, tonumber(rest) do
+            local item, e = read_reply(sock)
+            if item == nil then return nil, e end
+            items[i] = item
+        end
+        return items
+    end
+    return nil, "unexpected reply " .. line:sub(1, 40)
+end
+
+local redis_warned = 0
+
+-- One token from Redis (EVALSHA of twistedgw's script, EVAL after NOSCRIPT): the seconds
+-- to wait, nil when allowed, or false, why when Redis cannot answer within the timeout.
+local function take_redis(t, key, capacity, period)
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(t.timeout, t.timeout, t.timeout)
+    local ok, err
+    if t.path ~= "" then
+        ok, err = sock:connect("unix:" .. t.path)
+    else
+        ok, err = sock:connect(t.host, t.port)
+    end
+    if not ok then return false, "connect: " .. tostring(err) end
+    if sock:getreusedtimes() == 0 then
+        local setup = {}
+        if t.password ~= "" then
+            setup[#setup + 1] = t.username ~= "" and {"AUTH", t.username, t.password}
+                                or {"AUTH", t.password}
+        end
+        if t.db ~= 0 then setup[#setup + 1] = {"SELECT", t.db} end
+        for _, command in ipairs(setup) do
+            sock:send(resp(command))
+            local reply, e = read_reply(sock)
+            if type(reply) ~= "string" then
+                sock:close()
+                return false, (command[1] .. ": " .. tostring(e or (reply and reply.err)))
+            end
+        end
+    end
+    local period_ms = period * 1000
+    local args = {"EVALSHA", t.sha, 1, key, capacity, period_ms, period_ms + 1000}
+    sock:send(resp(args))
+    local reply, e = read_reply(sock)
+    if type(reply) == "table" and reply.err and reply.err:find("^NOSCRIPT") then
+        args[1], args[2] = "EVAL", t.script
+        sock:send(resp(args))
+        reply, e = read_reply(sock)
+    end
+    if type(reply) ~= "table" or reply.err or #reply ~= 2 then
+        sock:close()
+        return false, tostring(e or (reply and reply.err) or "unexpected reply")
+    end
+    sock:setkeepalive(60000, 64)
+    if reply[1] == 1 then return nil end
+    return math.max(reply[2], 1) / 1000000
+end
+
+local function spend_tier(spec, value)
+    local t = spec.tiers
+    local capacity, period, hex, kind = value:match("^(%d+) (%d+) (%x+) ([lc])$")
+    if not capacity then return false end
+    capacity, period = tonumber(capacity), tonumber(period)
+    local key = unhex(hex)
+    local wait, why
+    if t.store == "redis" then
+        wait, why = take_redis(t, key, capacity, period)
+        if wait == false then
+            local now = ngx.now()
+            if now - redis_warned > 60 then
+                redis_warned = now
+                ngx.log(ngx.WARN, "twistedgw tiers: Redis cannot answer (", why, "); ",
+                        t.closed and "throttled APIs answer 503" or "serving without the limit")
+            end
+            if t.closed then
+                return send(503, t.unavailable, {}, spec)
+            end
+            return false
+        end
+    else
+        wait = take_dict(key, capacity, period)
+    end
+    if wait then
+        local retry = tostring(math.max(1, math.ceil(wait)))
+        return send(429, t[kind], {{"Retry-After", retry}}, spec)
+    end
+    return false
+end
+
+-- One API's access phase. spec (rendered per location by nginx-config):
+--   api: the API's index (names the internal authz location; first part of the key)
+--   keys: the API key headers its schemes read; bearer: it reads bearer tokens
+--   per_operation: an API from an OpenAPI definition (method and target in the key)
+--   answers: {answer header, variable} pairs: the authz answer header whose value the
+--            variable (declared with `set` in the location) takes
+--   backends, backend_mode: several backends ({upstream, Host, TLS name} each), picked
+--            per request into $tgw_peer, $tgw_peer_host, $tgw_peer_name
+-- Each location's spec, built the first time its access_by_lua_block runs in a worker
+-- (`v.specs[id] or v.define(id, {...})`): no table is built per request.
+_M.specs = {}
+
+function _M.define(id, spec)
+    _M.specs[id] = spec
+    return spec
+end
+
+function _M.access(spec)
+    local key = cache_key(spec)
+    if key == nil then
+        return gateway()
+    end
+    local answers = spec.answers
+    local dict = ngx.shared.twistedgw_verdicts
+    local verdict = key and dict:get(key)
+    if not verdict then
+        local res = ask(spec)
+        if res == nil then
+            return gateway()
+        end
+        if res.status ~= 200 then
+            return refused(res, spec)
+        end
+        local header = {}  -- by lower-case name (res.header keeps the sender's case)
+        for name, value in pairs(res.header) do
+            header[string.lower(name)] = one(value)
+        end
+        local parts = {}
+        for i, pair in ipairs(answers) do
+            parts[i] = header[pair[1]] or ""
+        end
+        verdict = table.concat(parts, SEP)
+        -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same: at most
+        -- cache_seconds, never past a certificate's expiry nor a token's exp.
+        local control = header["cache-control"]
+        local ttl = 0
+        if type(control) == "string" and not control:find("no-store", 1, true) then
+            ttl = tonumber(control:match("max%-age=(%d+)")) or 0
+        end
+        if ttl > 0 and key then
+            dict:set(key, verdict, ttl)
+        end
+    end
+    if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
+        if spec.backends then
+            pick_backend(spec)
+        end
+        return  -- nothing to set: the variables start empty (`set` in the location)
+    end
+    local var = ngx.var
+    local i = 1
+    local tier = nil
+    for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
+        if value ~= "" then
+            local variable = answers[i][2]
+            if variable == "" then
+                tier = value  -- X-Twistedgw-Tier: the bucket to spend
+            else
+                var[variable] = value
+            end
+        end
+        i = i + 1
+    end
+    if tier and spec.tiers and spend_tier(spec, tier) then
+        return  -- refused (429, or 503 when [cluster] is closed and Redis cannot answer)
+    end
+    if spec.backends then
+        pick_backend(spec)
+    end
+end
+
+return _M
