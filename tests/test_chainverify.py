@@ -126,17 +126,6 @@ def intermediate_under(
 # --------------------------------------------------------------------------- verdicts
 
 
-def test_reason_words_match_the_handshake() -> None:
-    reasons = pytest.importorskip("twistedgw.identity._reasons")
-    assert (EXPIRED, NOT_YET_VALID, UNTRUSTED, WRONG_PURPOSE, INVALID) == (
-        reasons.EXPIRED,
-        reasons.NOT_YET_VALID,
-        reasons.UNTRUSTED,
-        reasons.WRONG_PURPOSE,
-        reasons.INVALID,
-    )
-
-
 def test_chain_through_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
     issued = pki.issued["partner-app"]
     identity = verify(truststore, issued.full_chain)
