@@ -292,10 +292,10 @@ def test_unreadable_reason_detail_is_trimmed() -> None:
         "validation failed: basicConstraints.cA must not be asserted in an EE certificate "
         "(encountered processing <Certificate(subject=<Name(CN=x)>, ...)>)"
     )
-    assert chainverify._invalid(message) == (
+    assert chainverify.invalid(message) == (
         f"{INVALID}: basicConstraints.cA must not be asserted in an EE certificate"
     )
-    assert chainverify._invalid("") == INVALID
+    assert chainverify.invalid("") == INVALID
 
 
 # --------------------------------------------------------------------------- cache
@@ -449,7 +449,7 @@ def test_failure_detail_is_trimmed_in_linear_time(message: str) -> None:
     """cryptography's message quotes the certificate's subject, the caller's own text: a
     long run of spaces in it made the trimming regex quadratic (0.7 s at 20,000)."""
     started = time.thread_time()
-    reason = chainverify._invalid(message)
+    reason = chainverify.invalid(message)
     assert time.thread_time() - started < 0.005
     assert reason.startswith(INVALID) and len(reason) < 260
 
@@ -596,3 +596,25 @@ def test_oversized_rsa_keys_are_refused_before_any_signature(truststore: TrustSt
                           not_after=datetime.datetime.now(datetime.UTC) + DAY)
     identity = ChainVerifier(truststore).verify((leaf, heavy))
     assert identity.reason == f"{INVALID}: RSA key of 16384 bits (at most 4096)"
+
+
+def test_a_certificate_whose_names_cannot_be_read_is_invalid_and_dropped(
+    pki: devpki.DevPki, truststore: TrustStore
+) -> None:
+    """A presented certificate whose subject is a TeletexString of control bytes loads,
+    and raises wherever its subject is read: as an intermediate it made verification
+    raise (a 500 on the header path), as the leaf the access log's record. Refused as
+    invalid, with no chain left in the verdict for anything to read."""
+    from tests import derkit
+
+    authority = pki.authorities["partner-root"]
+    unreadable = x509.load_der_x509_certificate(
+        derkit.resigned(authority.issue("unreadable").cert, authority.key,
+                        derkit.teletex_subject)
+    )
+    leaf = pki.issued["partner-app"].cert
+    for certs in ((unreadable,), (leaf, unreadable)):
+        identity = verify(truststore, certs)
+        assert identity.outcome is Outcome.FAILED
+        assert identity.reason is not None and identity.reason.startswith(INVALID + ": ")
+        assert identity.chain == () and identity.subject is None
