@@ -144,9 +144,9 @@ def read_tls(r: TableReader) -> TlsConfig:
     cfg = dataclasses.replace(cfg, crl=tuple(crls))
     responders = []
     for i, raw in enumerate(string_list(r, "ocsp_responders") or []):
-        parts = urlsplit(raw)
         try:
-            origin = ocsp_origin(raw)
+            origin = ocsp_origin(raw)  # first: urlsplit raises on some (an unclosed '[')
+            parts = urlsplit(raw)
         except ValueError as e:
             r.problem(f"ocsp_responders[{i}]", f"{e}: {raw!r}")
             continue
