@@ -21,6 +21,7 @@ from twistedgw.config._base import (
     TableReader,
     header_name,
     host_patterns,
+    quoted,
     read_mode,
     string_list,
 )
@@ -296,7 +297,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         ):
             r.problem(
                 "context",
-                f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}",
+                f"must be a clean absolute path such as '/petstore/1.0.5', got {quoted(context)}",
             )
             context = None
         else:
@@ -307,7 +308,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             # Most likely a forgotten "s": say so rather than send plain HTTP.
             r.problem(
                 "backend_tls",
-                f"applies to https:// backends only, but the backend is {plain[0]!r}",
+                f"applies to https:// backends only, but the backend is {quoted(plain[0])}",
             )
     r.finish()
     if name is None or context is None or backend is None:
@@ -385,7 +386,7 @@ def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[st
     bad = [x for x in types if x not in APPLICATION_TYPES]
     if bad or not types:
         t.problem("types", f"must list one or more of {', '.join(map(repr, APPLICATION_TYPES))}"
-                           f", got {types!r}")
+                           f", got {quoted(types)}")
         return None
     mode = Mode.OPTIONAL if optional else Mode.MANDATORY
     modes = {k: (mode if k in types else Mode.DISABLED) for k in APPLICATION_TYPES}
@@ -412,7 +413,7 @@ def _resource_backend(r: TableReader, backend: str) -> str | None:
 def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
     if not isinstance(backend, str):
-        r.problem(key, f"expected a string, got {backend!r}")
+        r.problem(key, f"expected a string, got {quoted(backend)}")
         return None
     try:
         parts = urlsplit(backend)
@@ -422,7 +423,7 @@ def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         also = " (a resource: backend cannot be one of several)" if backend.startswith(
             RESOURCE) else ""
-        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}{also}")
+        r.problem(key, f"must be an http:// or https:// URL, got {quoted(backend)}{also}")
         return None
     if parts.query or parts.fragment:
         r.problem(key, "must not carry a query or fragment")
@@ -437,7 +438,7 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
     for where, other in sharing:
         if api.hosts is None and other.hosts is None:
             # (APIs share a context only when their hosts do not overlap: hostnames-and-sni.md)
-            message = f"duplicate context {api.context!r} (also used by {where})"
+            message = f"duplicate context {quoted(api.context)} (also used by {where})"
             origin = api.openapi
             if origin is not None and origin.context_from is not None:
                 r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
@@ -449,8 +450,9 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
             if clash is not None:
                 r.problem(
                     f"hosts[{i}]",
-                    f"{pat!r} overlaps {clash!r} of {where}, which has the same context "
-                    f"{api.context!r}",
+                    f"{quoted(pat)} overlaps {quoted(clash)} of {where}, which has the same "
+                    "context "
+                    f"{quoted(api.context)}",
                 )
                 return True
     return False
@@ -496,8 +498,8 @@ def backend_tls_overlaps(
                 )
                 problems.add(
                     f"{where_j}.backend_tls",
-                    f"the backend URL {api_j.backend!r} "
-                    f"{relation} that of {where_i} ({api_i.backend!r}), whose backend TLS "
+                    f"the backend URL {quoted(api_j.backend)} "
+                    f"{relation} that of {where_i} ({quoted(api_i.backend)}), whose backend TLS "
                     "settings differ; backend TLS is chosen by backend URL, so give these APIs "
                     "the same settings or backend URLs that are not prefixes of each other",
                 )
