@@ -253,7 +253,11 @@ class _Refs:
                     warn(label, f"$ref {excerpt(ref)}: {e}")
 
     def _target(self, file: Path, target: str) -> tuple[Path | None, str]:
-        if urlsplit(target).scheme or target.startswith("//"):
+        try:
+            scheme = urlsplit(target).scheme
+        except ValueError:  # an unclosed '[' after '//': urlsplit raises
+            return None, "is not a usable reference"
+        if scheme or target.startswith("//"):
             return None, "names a URL; only files beside the definition are read"
         try:
             resolved = (file.parent / target).resolve()
