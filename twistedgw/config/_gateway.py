@@ -125,6 +125,8 @@ def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError([f"{file}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{file}: invalid TOML: {e}"]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([f"{file}: invalid TOML: arrays or tables nested too deeply"]) from None
     return file, raw
 
 
