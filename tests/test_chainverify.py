@@ -85,44 +85,6 @@ def self_signed(
     return builder.sign(key, hashes.SHA256()), key
 
 
-def intermediate_under(
-    parent: devpki.Authority, cn: str, not_before: datetime.datetime, not_after: datetime.datetime
-) -> devpki.Authority:
-    """A sub-CA with chosen dates (devpki's have fixed ones)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(parent.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()),
-            critical=False,
-        )
-        .sign(parent.key, hashes.SHA256())
-    )
-    return devpki.Authority(cert, key, (parent.cert, *parent.chain))
-
-
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -226,14 +188,18 @@ def test_no_san_and_no_eku_are_accepted(pki: devpki.DevPki, truststore: TrustSto
 
 def test_expired_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
     now = datetime.datetime.now(datetime.UTC)
-    old = intermediate_under(pki.authorities["partner-root"], "old CA", now - 400 * DAY, now - DAY)
+    old = pki.authorities["partner-root"].intermediate(
+        "old CA", not_before=now - 400 * DAY, not_after=now - DAY
+    )
     leaf = old.issue("under-old-ca")
     assert verify(truststore, leaf.full_chain).reason == EXPIRED
 
 
 def test_future_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
     now = datetime.datetime.now(datetime.UTC)
-    new = intermediate_under(pki.authorities["partner-root"], "new CA", now + DAY, now + 400 * DAY)
+    new = pki.authorities["partner-root"].intermediate(
+        "new CA", not_before=now + DAY, not_after=now + 400 * DAY
+    )
     leaf = new.issue("under-new-ca")
     assert verify(truststore, leaf.full_chain).reason == NOT_YET_VALID
 
@@ -345,7 +311,7 @@ def test_verified_entry_expires_with_the_earliest_certificate(
     """A sub-CA expiring before its leaf bounds how long the verdict may be reused."""
     now = datetime.datetime.now(datetime.UTC)
     root = pki.authorities["partner-root"]
-    short = intermediate_under(root, "short CA", now - DAY, now + 10 * DAY)
+    short = root.intermediate("short CA", not_before=now - DAY, not_after=now + 10 * DAY)
     issued = short.issue("outlives-its-ca")
     assert issued.cert.not_valid_after_utc > short.cert.not_valid_after_utc
     clock = Clock(now.timestamp())
