@@ -21,6 +21,7 @@ from twistedgw.config._base import (
     TableReader,
     header_name,
     host_patterns,
+    listed,
     quoted,
     read_mode,
     string_list,
@@ -218,13 +219,10 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     toml_security = r.choice("toml_security", TOML_SECURITY, "every_operation")
     if "toml_security" in r.table and "openapi" not in r.seen:
         r.problem("toml_security", "applies to [[apis]] tables with openapi only")
-    aliases = string_list(r, "aliases")
-    if aliases == [] and "aliases" in r.table:
-        r.problem(
-            "aliases",
-            "an empty list lets no certificate pass; remove the key to accept any trusted "
-            "certificate, or name the truststore aliases to accept",
-        )
+    aliases = listed(
+        r, "aliases", "lets no certificate pass; remove the key to accept any trusted "
+        "certificate, or name the truststore aliases to accept",
+    )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
@@ -255,13 +253,10 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             "disabled; enable mutual_ssl or remove them",
         )
     api_hosts = host_patterns(r, "hosts")
-    api_consumers = string_list(r, "consumers")
-    if api_consumers == [] and "consumers" in r.table:
-        r.problem(
-            "consumers",
-            "an empty list lets no caller through; remove the key to accept any caller, "
-            "or name the consumers to accept",
-        )
+    api_consumers = listed(
+        r, "consumers", "lets no caller through; remove the key to accept any caller, "
+        "or name the consumers to accept",
+    )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
     auth_header = header_name(r, "auth_header", "Authorization") or "Authorization"
     transports = _transports(r, mutual_ssl)
@@ -461,13 +456,10 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
 def _api_jwt(r: TableReader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
     """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``jwt_links``."""
     jwt = read_mode(r, "jwt")
-    names = string_list(r, "jwt_issuers")
-    if names == [] and "jwt_issuers" in r.table:
-        r.problem(
-            "jwt_issuers",
-            "an empty list accepts no token; remove the key to accept every configured "
-            "issuer, or name the [[jwt_issuers]] to accept",
-        )
+    names = listed(
+        r, "jwt_issuers", "accepts no token; remove the key to accept every configured "
+        "issuer, or name the [[jwt_issuers]] to accept",
+    )
     bound = r.choice("certificate_bound", CERTIFICATE_BOUND, "when_claimed")
     forward = r.get("forward_authorization", bool, False)
     return jwt, tuple(names) if names is not None else None, bound, forward

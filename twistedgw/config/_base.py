@@ -224,6 +224,15 @@ def string_list(r: TableReader, key: str) -> list[str] | None:
     return out
 
 
+def listed(r: TableReader, key: str, empty: str) -> list[str] | None:
+    """``string_list``; a list written empty is a problem saying what it would do
+    (``empty``): an empty allow-list is a mistake, never a silent "nothing passes"."""
+    values = string_list(r, key)
+    if values == [] and r.table.get(key) == []:
+        r.problem(key, f"an empty list {empty}")
+    return values
+
+
 def host_patterns(r: TableReader, key: str) -> tuple[str, ...] | None:
     """``key`` as a list of host patterns (_hosts.py), each in its one spelling."""
     values = string_list(r, key)
