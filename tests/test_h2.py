@@ -484,17 +484,9 @@ def matrix_gw(
 ) -> Iterator[GatewayProcess]:
     apis = matrix_apis(backend.url) + [dict(a, backend=backend.url) for a in EXTRA_APIS]
     port = free_port()
-    text = gateway_config(
-        pki, apis, port=port, api_keys={"app-one": KEY}, listeners=h2_listener(port)
-    )
-    gw = start_gateway(tmp_path_factory.mktemp("h2-matrix"), text, port)
-    try:
+    with running_gateway(tmp_path_factory.mktemp("h2-matrix"), pki, apis, port=port,
+                         api_keys={"app-one": KEY}, listeners=h2_listener(port)) as gw:
         yield gw
-    except BaseException:
-        print(gw.output())
-        raise
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize("cert", list(CERTIFICATES), ids=lambda c: c or "no-cert")
