@@ -26,7 +26,7 @@ def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
         digest = r.required("key_sha256", str)
         keytype = r.get("keytype", str, "production")
         if keytype.lower() not in KEY_TYPES:
-            r.problem("keytype", f"must be 'production' or 'sandbox', got {keytype!r}")
+            r.problem("keytype", f"must be 'production' or 'sandbox', got {quoted(keytype)}")
             keytype = "production"
         r.finish()
         if digest is not None:

@@ -269,8 +269,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
                                            f"{entry.where}.password_file")
             else:
                 r.problems.add(f"{entry.where}.endpoint", f"no endpoint is named "
-                               f"{entry.endpoint!r}: an API without a definition has one, "
-                               f"{PRODUCTION!r}")
+                               f"{quoted(entry.endpoint)}: an API without a definition has one, "
+                               f"{quoted(PRODUCTION)}")
         credentials = ()
     any_of: frozenset[str] = frozenset()
     application = _application_security(r)
@@ -346,12 +346,12 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
 def _transports(r: TableReader, mutual_ssl: Mode) -> frozenset[str]:
     """``transports = ["https"]`` (x-wso2-transports): "http", "https" or both (any case).
     Mandatory mutual TLS adds https, as the Microgateway adds it."""
-    listed = string_list(r, "transports")
-    if listed is None:
+    written = string_list(r, "transports")
+    if written is None:
         return frozenset(TRANSPORTS)
-    spelled = {t.strip().lower() for t in listed}
-    if not listed or not spelled <= set(TRANSPORTS):
-        r.problem("transports", f"must list 'http', 'https' or both, got {listed!r}")
+    spelled = {t.strip().lower() for t in written}
+    if not written or not spelled <= set(TRANSPORTS):
+        r.problem("transports", f"must list 'http', 'https' or both, got {quoted(written)}")
         return frozenset(TRANSPORTS)
     if mutual_ssl is Mode.MANDATORY and "https" not in spelled:
         r.warning("transports", "mutual_ssl is mandatory, so https is served too (as the "
@@ -398,7 +398,7 @@ def _resource_backend(r: TableReader, backend: str) -> str | None:
     bare ``resource:`` (the embedding application supplies it: ``make_service(...,
     resources={name: resource})``)."""
     if not _RESOURCE_SPEC.match(backend[len(RESOURCE):]):
-        r.problem("backend", f"{backend!r}: write resource:package.module:attribute (a "
+        r.problem("backend", f"{quoted(backend)}: write resource:package.module:attribute (a "
                              "Twisted resource to import), or resource: alone for one the "
                              "embedding application supplies")
         return None

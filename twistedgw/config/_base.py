@@ -56,11 +56,20 @@ class ProblemList:
             self.warnings.append(line)
 
 
-#: Keys whose values are secrets or hashes of them (``redis``: a URL may hold a password): a
+#: Keys whose values are secrets or hashes of them (``redis``: a URL may hold a password;
+#: ``tracing.headers``: the exporter's API key), by name or by dotted path without indices: a
 #: problem with one never quotes its value (problems go to ``check``'s output and the log).
 SECRET_KEYS = frozenset(
-    {"keystore_password", "truststore_password", "password_hash", "key_sha256", "redis"}
+    {"keystore_password", "truststore_password", "password_hash", "key_sha256", "redis",
+     "tracing.headers"}
 )
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def is_secret(where: str) -> bool:
+    """Whether the dotted key ``where`` (``apis[0].password_hash``) holds a secret."""
+    plain = _INDEX.sub("", where)
+    return plain in SECRET_KEYS or plain.rpartition(".")[2] in SECRET_KEYS
 
 _EXCERPT = 60  # characters of a value a problem quotes
 # A key as readers name it: TOML's bare keys, with indices and dots (``hosts[0]``, ``a.b``).
@@ -108,7 +117,7 @@ class TableReader:
             ok = isinstance(value, kinds)
         if not ok:
             names = " or ".join(_type_name(k) for k in kinds)
-            shown = "" if key in SECRET_KEYS else " " + quoted(value)
+            shown = "" if is_secret(self.where(key)) else " " + quoted(value)
             self.problem(key, f"expected {names}, got {_type_name(type(value))}{shown}")
             return default
         return value  # type: ignore[no-any-return]
