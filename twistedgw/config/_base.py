@@ -72,8 +72,6 @@ def is_secret(where: str) -> bool:
     return plain in SECRET_KEYS or plain.rpartition(".")[2] in SECRET_KEYS
 
 _EXCERPT = 60  # characters of a value a problem quotes
-# A key as readers name it: TOML's bare keys, with indices and dots (``hosts[0]``, ``a.b``).
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\[\d+\])*(?:\.[A-Za-z0-9_-]+(?:\[\d+\])*)*")
 
 
 def quoted(value: Any) -> str:
@@ -177,8 +175,9 @@ class TableReader:
 
 def key_name(key: str) -> str:
     """``key`` as a problem names it: a quoted TOML key may hold anything, a line break
-    too, so one that is not a bare key is quoted (the problem stays one line)."""
-    return key if _BARE_KEY.fullmatch(key) else quoted(key)
+    too, so one that is empty, long or not printable is quoted and cut (the problem stays
+    one short line)."""
+    return key if key and len(key) <= 64 and key.isprintable() else quoted(key)
 
 
 def resolve(file: Path, raw: str) -> Path | None:
