@@ -117,6 +117,11 @@ CASES: list[Case] = [
         ("invalid TOML",),
     ),
     Case(
+        "toml-nested-too-deeply",  # tomllib recursed until RecursionError: a traceback
+        lambda p: gateway_config(p, [api()], port=0) + "x = " + "[" * 600 + "]" * 600 + "\n",
+        ("invalid TOML: arrays or tables nested too deeply",),
+    ),
+    Case(
         "header-mode-without-lb-aliases",
         lambda p: gateway_config(
             p, [api()], port=0, extra='[mutual_ssl]\ncertificate_header = "X-SSL-CERT"\n'

@@ -26,12 +26,15 @@ def running_gateway(
     pki: DevPki,
     apis: list[dict[str, Any]],
     port: int | None = None,
+    argv: list[str] | None = None,
     **kwargs: Any,
 ) -> Iterator[GatewayProcess]:
     """A gateway process for ``apis`` (on ``port``, else a free one: pass it when
-    ``listeners`` name it); its log is printed if the block fails."""
+    ``listeners`` name it; ``argv``: how to start it, as ``start_gateway`` says); its
+    log is printed if the block fails."""
     port = port or free_port()
-    gw = start_gateway(directory, gateway_config(pki, apis, port=port, **kwargs), port)
+    config = gateway_config(pki, apis, port=port, **kwargs)
+    gw = start_gateway(directory, config, port, argv=argv)
     try:
         yield gw
     except BaseException:

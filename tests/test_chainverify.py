@@ -85,56 +85,7 @@ def self_signed(
     return builder.sign(key, hashes.SHA256()), key
 
 
-def intermediate_under(
-    parent: devpki.Authority, cn: str, not_before: datetime.datetime, not_after: datetime.datetime
-) -> devpki.Authority:
-    """A sub-CA with chosen dates (devpki's have fixed ones)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(parent.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()),
-            critical=False,
-        )
-        .sign(parent.key, hashes.SHA256())
-    )
-    return devpki.Authority(cert, key, (parent.cert, *parent.chain))
-
-
 # --------------------------------------------------------------------------- verdicts
-
-
-def test_reason_words_match_the_handshake() -> None:
-    reasons = pytest.importorskip("twistedgw.identity._reasons")
-    assert (EXPIRED, NOT_YET_VALID, UNTRUSTED, WRONG_PURPOSE, INVALID) == (
-        reasons.EXPIRED,
-        reasons.NOT_YET_VALID,
-        reasons.UNTRUSTED,
-        reasons.WRONG_PURPOSE,
-        reasons.INVALID,
-    )
 
 
 def test_chain_through_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
@@ -237,14 +188,18 @@ def test_no_san_and_no_eku_are_accepted(pki: devpki.DevPki, truststore: TrustSto
 
 def test_expired_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
     now = datetime.datetime.now(datetime.UTC)
-    old = intermediate_under(pki.authorities["partner-root"], "old CA", now - 400 * DAY, now - DAY)
+    old = pki.authorities["partner-root"].intermediate(
+        "old CA", not_before=now - 400 * DAY, not_after=now - DAY
+    )
     leaf = old.issue("under-old-ca")
     assert verify(truststore, leaf.full_chain).reason == EXPIRED
 
 
 def test_future_intermediate(pki: devpki.DevPki, truststore: TrustStore) -> None:
     now = datetime.datetime.now(datetime.UTC)
-    new = intermediate_under(pki.authorities["partner-root"], "new CA", now + DAY, now + 400 * DAY)
+    new = pki.authorities["partner-root"].intermediate(
+        "new CA", not_before=now + DAY, not_after=now + 400 * DAY
+    )
     leaf = new.issue("under-new-ca")
     assert verify(truststore, leaf.full_chain).reason == NOT_YET_VALID
 
@@ -303,10 +258,10 @@ def test_unreadable_reason_detail_is_trimmed() -> None:
         "validation failed: basicConstraints.cA must not be asserted in an EE certificate "
         "(encountered processing <Certificate(subject=<Name(CN=x)>, ...)>)"
     )
-    assert chainverify._invalid(message) == (
+    assert chainverify.invalid(message) == (
         f"{INVALID}: basicConstraints.cA must not be asserted in an EE certificate"
     )
-    assert chainverify._invalid("") == INVALID
+    assert chainverify.invalid("") == INVALID
 
 
 # --------------------------------------------------------------------------- cache
@@ -356,7 +311,7 @@ def test_verified_entry_expires_with_the_earliest_certificate(
     """A sub-CA expiring before its leaf bounds how long the verdict may be reused."""
     now = datetime.datetime.now(datetime.UTC)
     root = pki.authorities["partner-root"]
-    short = intermediate_under(root, "short CA", now - DAY, now + 10 * DAY)
+    short = root.intermediate("short CA", not_before=now - DAY, not_after=now + 10 * DAY)
     issued = short.issue("outlives-its-ca")
     assert issued.cert.not_valid_after_utc > short.cert.not_valid_after_utc
     clock = Clock(now.timestamp())
@@ -460,7 +415,7 @@ def test_failure_detail_is_trimmed_in_linear_time(message: str) -> None:
     """cryptography's message quotes the certificate's subject, the caller's own text: a
     long run of spaces in it made the trimming regex quadratic (0.7 s at 20,000)."""
     started = time.thread_time()
-    reason = chainverify._invalid(message)
+    reason = chainverify.invalid(message)
     assert time.thread_time() - started < 0.005
     assert reason.startswith(INVALID) and len(reason) < 260
 
@@ -607,3 +562,25 @@ def test_oversized_rsa_keys_are_refused_before_any_signature(truststore: TrustSt
                           not_after=datetime.datetime.now(datetime.UTC) + DAY)
     identity = ChainVerifier(truststore).verify((leaf, heavy))
     assert identity.reason == f"{INVALID}: RSA key of 16384 bits (at most 4096)"
+
+
+def test_a_certificate_whose_names_cannot_be_read_is_invalid_and_dropped(
+    pki: devpki.DevPki, truststore: TrustStore
+) -> None:
+    """A presented certificate whose subject is a TeletexString of control bytes loads,
+    and raises wherever its subject is read: as an intermediate it made verification
+    raise (a 500 on the header path), as the leaf the access log's record. Refused as
+    invalid, with no chain left in the verdict for anything to read."""
+    from tests import derkit
+
+    authority = pki.authorities["partner-root"]
+    unreadable = x509.load_der_x509_certificate(
+        derkit.resigned(authority.issue("unreadable").cert, authority.key,
+                        derkit.teletex_subject)
+    )
+    leaf = pki.issued["partner-app"].cert
+    for certs in ((unreadable,), (leaf, unreadable)):
+        identity = verify(truststore, certs)
+        assert identity.outcome is Outcome.FAILED
+        assert identity.reason is not None and identity.reason.startswith(INVALID + ": ")
+        assert identity.chain == () and identity.subject is None

@@ -40,6 +40,7 @@ from tests.h2client import (
     tls_socket,
 )
 from tests.harness import GatewayProcess, free_port, gateway_config, request, start_gateway
+from tests.opskit import wait_until
 from tests.test_mtls_matrix import (
     CERTIFICATES,
     EXTRA_APIS,
@@ -483,17 +484,9 @@ def matrix_gw(
 ) -> Iterator[GatewayProcess]:
     apis = matrix_apis(backend.url) + [dict(a, backend=backend.url) for a in EXTRA_APIS]
     port = free_port()
-    text = gateway_config(
-        pki, apis, port=port, api_keys={"app-one": KEY}, listeners=h2_listener(port)
-    )
-    gw = start_gateway(tmp_path_factory.mktemp("h2-matrix"), text, port)
-    try:
+    with running_gateway(tmp_path_factory.mktemp("h2-matrix"), pki, apis, port=port,
+                         api_keys={"app-one": KEY}, listeners=h2_listener(port)) as gw:
         yield gw
-    except BaseException:
-        print(gw.output())
-        raise
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize("cert", list(CERTIFICATES), ids=lambda c: c or "no-cert")
@@ -843,6 +836,28 @@ def test_malformed_request_resets_only_its_stream(
     finally:
         raw.close()
     assert gw.output().count("Traceback") == tracebacks
+
+
+def test_a_malformed_header_value_is_neither_logged_nor_recorded(
+    gw: GatewayProcess, pki: DevPki
+) -> None:
+    """h2 words its refusals with the offending value (``Received header value surrounded by
+    whitespace b'Bearer ...'``): an Authorization or Cookie value with a stray space or a
+    control byte went into the log line and the access-log record of the malformed
+    request. Keys and tokens are never logged: the record names the field, not its value."""
+    secret = "Bearer s3cr3t-t0ken-value"
+    raw = RawH2(gw.port, pki)
+    try:
+        raw.send(raw.headers(1, raw.encode([*_request(raw), ("authorization", secret + " ")])))
+        raw.send(raw.headers(3, raw.encode([*_request(raw), ("cookie", "id=s3cr3t\x00")])))
+        _read_until(raw, lambda: raw.ended(1) and raw.ended(3))
+        assert raw.reset_code(1) == raw.reset_code(3) == PROTOCOL_ERROR, raw.frames
+    finally:
+        raw.close()
+    wait_until(lambda: sum("malformed HTTP/2 request" in str(e.get("reason"))
+                           for e in access_entries(gw)) >= 2, what="both records")
+    assert "s3cr3t" not in gw.output()
+    assert "s3cr3t" not in (gw.config.parent / "access.log").read_text()
 
 
 def test_connection_errors_stay_goaway(gw: GatewayProcess, pki: DevPki) -> None:

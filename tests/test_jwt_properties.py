@@ -178,3 +178,48 @@ def test_any_fetched_jwks_leaves_the_scheme_answering(pki: DevPki, tmp_path: Pat
         assert isinstance(out, Refusal | HeaderEdit), out
         if isinstance(out, Refusal):
             assert out.error.status == 401, out
+
+
+# -- validly signed tokens ------------------------------------------------------------
+
+_NUMBERS = st.sampled_from([10**400, -(10**400), 10**309, 2**63, -1, 0, 1.5, 1e308, -1e308])
+_CLAIM_VALUE = _JSON | _NUMBERS | st.just(float("nan")) | st.just(float("inf"))
+_SIGNED_CLAIMS = st.fixed_dictionaries(
+    {},
+    optional={name: _CLAIM_VALUE for name in ("iss", "aud", "exp", "nbf", "iat", "sub", "cnf",
+                                              "azp", "keytype")},
+).map(lambda changed: {**jwtkit.claims(azp="partner"), **changed})
+
+
+@pytest.fixture(scope="module")
+def claims_pipeline(pki: DevPki, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """jwt mandatory, tokens bound when they claim it, the consumer named by ``azp``."""
+    tmp = tmp_path_factory.mktemp("jwtclaims")
+    path = jwtkit.write_jwks(tmp / "jwks.json", KEY)
+    issuer = {"name": "idp", "issuer": jwtkit.ISSUER, "audiences": [jwtkit.AUDIENCE],
+              "jwks": str(path), "consumer_claim": "azp"}
+    api = {"name": "o", "context": "/o", "backend": "http://127.0.0.1:1", "jwt": "mandatory",
+           "mutual_ssl": "optional"}
+    extra = table("jwt_issuers", issuer, array=True) + table(
+        "consumers", {"name": "partner"}, array=True)
+    text = gateway_config(pki, [api], port=0, extra=extra)
+    cfg = configmod.parse(tomllib.loads(text), tmp / "g.toml")
+    problems: list[str] = []
+    built = compile_pipelines(cfg, problems)
+    assert problems == []
+    return built[cfg.apis[0]]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_SIGNED_CLAIMS)
+def test_any_claims_in_a_signed_token_pass_or_get_a_401(
+    claims_pipeline: Pipeline, claims: dict[str, Any]
+) -> None:
+    """A token the issuer really signed, with any value at any claim the scheme reads
+    (#22 item 8 was ``exp`` = 10**400 answering 500): it passes, or it is a 401."""
+    token = jwtkit.raw_token(KEY, {"alg": "ES256", "kid": "ec-1"}, claims)
+    for _ in range(2):  # and again, from the verified-token cache
+        out = claims_pipeline.run(_call(claims_pipeline, b"Bearer " + token.encode()))
+        assert isinstance(out, Refusal | HeaderEdit), out
+        if isinstance(out, Refusal):
+            assert out.error.status == 401 and out.error.code == "900901", out

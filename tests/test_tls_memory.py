@@ -21,6 +21,7 @@ from twisted.test import iosim
 from twistedgw.config import TlsConfig
 from twistedgw.identity import Outcome
 from twistedgw.identity import _reasons as reasons
+from twistedgw.testing import devpki
 from twistedgw.testing.devpki import DevPki
 from twistedgw.tls import CA_AS_CLIENT, ServerTLS
 from twistedgw.tls import _pki as pkimod
@@ -293,3 +294,67 @@ def test_a_cached_verdict_ends_when_a_certificate_of_its_chain_expires(pki: DevP
     cache.put(stale)  # the same leaf, now with a chain that holds an expired certificate
     assert cache.get(live.cert) is None
     assert len(cache) == 0 and cache.bytes == 0
+
+
+# -- certificates cryptography cannot read ------------------------------------------
+
+
+class _RawClientOptions(ssl.CertificateOptions):  # type: ignore[misc]
+    """Client options presenting a certificate as DER bytes that cryptography refuses
+    (CertificateOptions takes cryptography objects)."""
+
+    def __init__(self, pki: DevPki, der: bytes, key: Any) -> None:
+        trust = [crypto.X509.from_cryptography(pki.authorities["server-root"].cert)]
+        super().__init__(verify=True, caCerts=trust)
+        self._der, self._key = der, key
+
+    def getContext(self) -> SSL.Context:
+        import tempfile
+
+        context: SSL.Context = super().getContext()
+        with tempfile.NamedTemporaryFile(suffix=".der") as file:
+            file.write(self._der)
+            file.flush()
+            context.use_certificate_file(file.name, crypto.FILETYPE_ASN1)
+        context.use_privatekey(self._key)
+        return context
+
+
+def test_a_certificate_cryptography_cannot_load_is_invalid_not_a_500(
+    server_tls: ServerTLS, pki: DevPki
+) -> None:
+    """A self-signed certificate whose extension writes out ``critical`` FALSE: OpenSSL
+    takes it, cryptography refuses to load it. Anyone can present one; it made every
+    request of the connection a 500 with a traceback."""
+    from tests import derkit
+
+    issued = devpki.self_signed_client("quirky")
+    der = derkit.resigned(issued.cert, issued.key, derkit.explicit_critical_false)
+    with pytest.raises(ValueError, match="EncodedDefault"):
+        x509.load_der_x509_certificate(der)
+    server_proto, _app = connect(server_tls, _RawClientOptions(pki, der, issued.key))
+    identity = server_tls.identity_for(server_proto)
+    assert identity.outcome is Outcome.FAILED
+    assert identity.reason is not None and identity.reason.startswith(reasons.INVALID + ": ")
+    assert identity.chain == ()
+
+
+def test_a_verified_certificate_whose_subject_cannot_be_read_is_invalid(
+    server_tls: ServerTLS, pki: DevPki
+) -> None:
+    """A trusted CA's leaf whose subject is a TeletexString of control bytes: OpenSSL
+    verifies it, cryptography loads it and raises when the subject is read (the
+    mutual_ssl principal, the access log: a 500, a lost log line). Refused as invalid,
+    and the verdict carries no certificate anything could try to read."""
+    from tests import derkit
+
+    authority = pki.authorities["partner-root"]
+    issued = authority.issue("unreadable")
+    der = derkit.resigned(issued.cert, authority.key, derkit.teletex_subject)
+    with pytest.raises(ValueError):
+        x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    server_proto, _app = connect(server_tls, _RawClientOptions(pki, der, issued.key))
+    identity = server_tls.identity_for(server_proto)
+    assert identity.outcome is Outcome.FAILED
+    assert identity.reason is not None and identity.reason.startswith(reasons.INVALID + ": ")
+    assert identity.chain == () and identity.subject is None

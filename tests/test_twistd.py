@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.backend_fixture import BackendProcess
-from tests.e2e import get
-from tests.harness import REPO, GatewayProcess, env, free_port, gateway_config, start_gateway
+from tests.e2e import get, running_gateway
+from tests.harness import REPO, GatewayProcess, env, free_port, gateway_config
 from twistedgw.testing.devpki import DevPki
 
 PLUGINS = REPO / "plugins"
@@ -49,15 +49,9 @@ def twistd_gateway(
             "aliases": ["partner-root"],
         }
     ]
-    text = gateway_config(pki, apis, port=port)
-    gw = start_gateway(tmp_path, text, port, argv=twistd_argv(tmp_path / "gateway.toml"))
-    try:
+    with running_gateway(tmp_path, pki, apis, port=port,
+                         argv=twistd_argv(tmp_path / "gateway.toml")) as gw:
         yield gw
-    except BaseException:
-        print(gw.output())
-        raise
-    finally:
-        gw.stop()
 
 
 def test_twistd_serves_mtls(twistd_gateway: GatewayProcess, pki: DevPki) -> None:

@@ -93,7 +93,7 @@ paths:
                 one: {$ref: 'https://example.com/ex.json'}
 components:
   schemas:
-    Pet: {properties: {owner: {$ref: '../outside.yaml'}}}
+    Pet: {properties: {owner: {$ref: '../outside.yaml'}, vet: {$ref: 'http://[::1'}}}
 """)
     assert parsed.problems == ()
     warnings = [w.partition("apis[0].openapi: ")[2].partition(": ")[2]
@@ -105,6 +105,8 @@ components:
         "'https://example.com/ex.json' names a URL; only files beside the definition are read",
         f"#/components/schemas/Pet/properties/owner: $ref '../outside.yaml' leaves the "
         f"definition's directory ({tmp_path / 'apis'})",
+        # urlsplit raises on it (an unclosed '['): it was a traceback
+        "#/components/schemas/Pet/properties/vet: $ref 'http://[::1' is not a usable reference",
     ])
 
 

@@ -23,6 +23,13 @@ class BadHost(ValueError):
     """A Host header value or a configured host that is not a host name."""
 
 
+def _shown(value: str) -> str:
+    """``repr(value)`` cut short: a message (a 400's description, a config problem) quotes
+    the start of what was sent, never a whole 64 KiB value."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
 def _name(value: str) -> str:
     """A DNS name or an IP address in its one spelling; BadHost otherwise."""
     text = value.strip().rstrip(".").lower()
@@ -35,9 +42,9 @@ def _name(value: str) -> str:
     try:
         ascii_name = text.encode("idna").decode("ascii") if not text.isascii() else text
     except UnicodeError:
-        raise BadHost(f"not a host name: {value!r}") from None
+        raise BadHost(f"not a host name: {_shown(value)}") from None
     if not _NAME_RE.match(ascii_name):
-        raise BadHost(f"not a host name: {value!r}")
+        raise BadHost(f"not a host name: {_shown(value)}")
     return ascii_name
 
 
@@ -51,11 +58,11 @@ def pattern(value: str) -> str:
     if value.startswith("*."):
         rest = _name(value[2:])
         if is_address(rest):
-            raise BadHost(f"a wildcard applies to names, not addresses: {value!r}")
+            raise BadHost(f"a wildcard applies to names, not addresses: {_shown(value)}")
         return "*." + rest
     if "*" in value:
         raise BadHost(
-            f"a wildcard must be the whole first label ('*.example.com'), got {value!r}"
+            f"a wildcard must be the whole first label ('*.example.com'), got {_shown(value)}"
         )
     return _name(value)
 
@@ -100,26 +107,26 @@ def _from_header(value: bytes) -> str:
     if text.startswith("["):  # [v6]:port
         end = text.find("]")
         if end < 0:
-            raise BadHost(f"an IP literal without its closing bracket: {text!r}")
+            raise BadHost(f"an IP literal without its closing bracket: {_shown(text)}")
         rest = text[end + 1 :]
         if rest and not _port(rest):
-            raise BadHost(f"not a port: {rest!r}")
+            raise BadHost(f"not a port: {_shown(rest)}")
         literal = text[1:end]
         try:
             if "%" in literal:  # a zone names an interface of the client's, not a host
                 raise ValueError(literal)
             return str(ipaddress.IPv6Address(literal))
         except ValueError:
-            raise BadHost(f"not an IPv6 address: {text[: end + 1]!r}") from None
+            raise BadHost(f"not an IPv6 address: {_shown(text[: end + 1])}") from None
     host, colon, port = text.partition(":")
     if ":" in port:
-        raise BadHost(f"an IPv6 address must be in brackets: {text!r}")
+        raise BadHost(f"an IPv6 address must be in brackets: {_shown(text)}")
     if colon and not _port(colon + port):
-        raise BadHost(f"not a port: {port!r}")
+        raise BadHost(f"not a port: {_shown(port)}")
     if not host:
-        raise BadHost(f"no host before the port: {text!r}")
+        raise BadHost(f"no host before the port: {_shown(text)}")
     if _HOST_NAME_BYTES.fullmatch(host) is None:
-        raise BadHost(f"not a host name: {host!r}")
+        raise BadHost(f"not a host name: {_shown(host)}")
     return _name(host)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twistedgw.config._base import TableReader, resolve
+from twistedgw.config._base import TableReader, quoted, resolve
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ def read_access_log(a: TableReader) -> AccessLogConfig:
     if log_path != "-":
         resolved = resolve(a.file, log_path)
         if resolved is None:
-            a.problem("path", f"not a usable path: {log_path!r}")
+            a.problem("path", f"not a usable path: {quoted(log_path)}")
         log_path = str(resolved)
     access_log = AccessLogConfig(path=log_path)
     a.finish()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 #: WSO2's key types: a sandbox key goes to the API's sandbox endpoints.
 KEY_TYPES = ("production", "sandbox")
@@ -26,7 +26,7 @@ def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
         digest = r.required("key_sha256", str)
         keytype = r.get("keytype", str, "production")
         if keytype.lower() not in KEY_TYPES:
-            r.problem("keytype", f"must be 'production' or 'sandbox', got {keytype!r}")
+            r.problem("keytype", f"must be 'production' or 'sandbox', got {quoted(keytype)}")
             keytype = "production"
         r.finish()
         if digest is not None:
@@ -39,7 +39,7 @@ def read_api_keys(top: TableReader) -> tuple[list[ApiKey], set[str]]:
                 continue
             if name is not None:
                 if name in key_names:
-                    r.problem("name", f"duplicate API key name {name!r}")
+                    r.problem("name", f"duplicate API key name {quoted(name)}")
                 key_names.add(name)
                 keys.append(ApiKey(name, raw_digest, keytype.lower() == "sandbox"))
     return keys, key_names

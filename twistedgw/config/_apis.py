@@ -21,6 +21,8 @@ from twistedgw.config._base import (
     TableReader,
     header_name,
     host_patterns,
+    listed,
+    quoted,
     read_mode,
     string_list,
 )
@@ -217,13 +219,10 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     toml_security = r.choice("toml_security", TOML_SECURITY, "every_operation")
     if "toml_security" in r.table and "openapi" not in r.seen:
         r.problem("toml_security", "applies to [[apis]] tables with openapi only")
-    aliases = string_list(r, "aliases")
-    if aliases == [] and "aliases" in r.table:
-        r.problem(
-            "aliases",
-            "an empty list lets no certificate pass; remove the key to accept any trusted "
-            "certificate, or name the truststore aliases to accept",
-        )
+    aliases = listed(
+        r, "aliases", "lets no certificate pass; remove the key to accept any trusted "
+        "certificate, or name the truststore aliases to accept",
+    )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
@@ -254,13 +253,10 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             "disabled; enable mutual_ssl or remove them",
         )
     api_hosts = host_patterns(r, "hosts")
-    api_consumers = string_list(r, "consumers")
-    if api_consumers == [] and "consumers" in r.table:
-        r.problem(
-            "consumers",
-            "an empty list lets no caller through; remove the key to accept any caller, "
-            "or name the consumers to accept",
-        )
+    api_consumers = listed(
+        r, "consumers", "lets no caller through; remove the key to accept any caller, "
+        "or name the consumers to accept",
+    )
     jwt, jwt_issuers, certificate_bound, forward_authorization = _api_jwt(r)
     auth_header = header_name(r, "auth_header", "Authorization") or "Authorization"
     transports = _transports(r, mutual_ssl)
@@ -273,8 +269,8 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
                                            f"{entry.where}.password_file")
             else:
                 r.problems.add(f"{entry.where}.endpoint", f"no endpoint is named "
-                               f"{entry.endpoint!r}: an API without a definition has one, "
-                               f"{PRODUCTION!r}")
+                               f"{quoted(entry.endpoint)}: an API without a definition has one, "
+                               f"{quoted(PRODUCTION)}")
         credentials = ()
     any_of: frozenset[str] = frozenset()
     application = _application_security(r)
@@ -296,7 +292,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         ):
             r.problem(
                 "context",
-                f"must be a clean absolute path such as '/petstore/1.0.5', got {context!r}",
+                f"must be a clean absolute path such as '/petstore/1.0.5', got {quoted(context)}",
             )
             context = None
         else:
@@ -307,7 +303,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
             # Most likely a forgotten "s": say so rather than send plain HTTP.
             r.problem(
                 "backend_tls",
-                f"applies to https:// backends only, but the backend is {plain[0]!r}",
+                f"applies to https:// backends only, but the backend is {quoted(plain[0])}",
             )
     r.finish()
     if name is None or context is None or backend is None:
@@ -350,12 +346,12 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
 def _transports(r: TableReader, mutual_ssl: Mode) -> frozenset[str]:
     """``transports = ["https"]`` (x-wso2-transports): "http", "https" or both (any case).
     Mandatory mutual TLS adds https, as the Microgateway adds it."""
-    listed = string_list(r, "transports")
-    if listed is None:
+    written = string_list(r, "transports")
+    if written is None:
         return frozenset(TRANSPORTS)
-    spelled = {t.strip().lower() for t in listed}
-    if not listed or not spelled <= set(TRANSPORTS):
-        r.problem("transports", f"must list 'http', 'https' or both, got {listed!r}")
+    spelled = {t.strip().lower() for t in written}
+    if not written or not spelled <= set(TRANSPORTS):
+        r.problem("transports", f"must list 'http', 'https' or both, got {quoted(written)}")
         return frozenset(TRANSPORTS)
     if mutual_ssl is Mode.MANDATORY and "https" not in spelled:
         r.warning("transports", "mutual_ssl is mandatory, so https is served too (as the "
@@ -385,7 +381,7 @@ def _application_security(r: TableReader) -> tuple[dict[str, Mode], frozenset[st
     bad = [x for x in types if x not in APPLICATION_TYPES]
     if bad or not types:
         t.problem("types", f"must list one or more of {', '.join(map(repr, APPLICATION_TYPES))}"
-                           f", got {types!r}")
+                           f", got {quoted(types)}")
         return None
     mode = Mode.OPTIONAL if optional else Mode.MANDATORY
     modes = {k: (mode if k in types else Mode.DISABLED) for k in APPLICATION_TYPES}
@@ -402,7 +398,7 @@ def _resource_backend(r: TableReader, backend: str) -> str | None:
     bare ``resource:`` (the embedding application supplies it: ``make_service(...,
     resources={name: resource})``)."""
     if not _RESOURCE_SPEC.match(backend[len(RESOURCE):]):
-        r.problem("backend", f"{backend!r}: write resource:package.module:attribute (a "
+        r.problem("backend", f"{quoted(backend)}: write resource:package.module:attribute (a "
                              "Twisted resource to import), or resource: alone for one the "
                              "embedding application supplies")
         return None
@@ -412,7 +408,7 @@ def _resource_backend(r: TableReader, backend: str) -> str | None:
 def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     """An http(s) backend URL with one spelling of the scheme, or None (reported)."""
     if not isinstance(backend, str):
-        r.problem(key, f"expected a string, got {backend!r}")
+        r.problem(key, f"expected a string, got {quoted(backend)}")
         return None
     try:
         parts = urlsplit(backend)
@@ -422,7 +418,7 @@ def _backend_url(r: TableReader, key: str, backend: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         also = " (a resource: backend cannot be one of several)" if backend.startswith(
             RESOURCE) else ""
-        r.problem(key, f"must be an http:// or https:// URL, got {backend!r}{also}")
+        r.problem(key, f"must be an http:// or https:// URL, got {quoted(backend)}{also}")
         return None
     if parts.query or parts.fragment:
         r.problem(key, "must not carry a query or fragment")
@@ -437,7 +433,7 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
     for where, other in sharing:
         if api.hosts is None and other.hosts is None:
             # (APIs share a context only when their hosts do not overlap: hostnames-and-sni.md)
-            message = f"duplicate context {api.context!r} (also used by {where})"
+            message = f"duplicate context {quoted(api.context)} (also used by {where})"
             origin = api.openapi
             if origin is not None and origin.context_from is not None:
                 r.problem("openapi", f"{origin.file}: {origin.context_from}: {message}")
@@ -449,8 +445,9 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
             if clash is not None:
                 r.problem(
                     f"hosts[{i}]",
-                    f"{pat!r} overlaps {clash!r} of {where}, which has the same context "
-                    f"{api.context!r}",
+                    f"{quoted(pat)} overlaps {quoted(clash)} of {where}, which has the same "
+                    "context "
+                    f"{quoted(api.context)}",
                 )
                 return True
     return False
@@ -459,13 +456,10 @@ def context_clash(r: TableReader, api: ApiConfig, sharing: list[tuple[str, ApiCo
 def _api_jwt(r: TableReader) -> tuple[Mode, tuple[str, ...] | None, str, bool]:
     """An API's JWT keys; issuer names are checked against [[jwt_issuers]] by ``jwt_links``."""
     jwt = read_mode(r, "jwt")
-    names = string_list(r, "jwt_issuers")
-    if names == [] and "jwt_issuers" in r.table:
-        r.problem(
-            "jwt_issuers",
-            "an empty list accepts no token; remove the key to accept every configured "
-            "issuer, or name the [[jwt_issuers]] to accept",
-        )
+    names = listed(
+        r, "jwt_issuers", "accepts no token; remove the key to accept every configured "
+        "issuer, or name the [[jwt_issuers]] to accept",
+    )
     bound = r.choice("certificate_bound", CERTIFICATE_BOUND, "when_claimed")
     forward = r.get("forward_authorization", bool, False)
     return jwt, tuple(names) if names is not None else None, bound, forward
@@ -496,8 +490,8 @@ def backend_tls_overlaps(
                 )
                 problems.add(
                     f"{where_j}.backend_tls",
-                    f"the backend URL {api_j.backend!r} "
-                    f"{relation} that of {where_i} ({api_i.backend!r}), whose backend TLS "
+                    f"the backend URL {quoted(api_j.backend)} "
+                    f"{relation} that of {where_i} ({quoted(api_i.backend)}), whose backend TLS "
                     "settings differ; backend TLS is chosen by backend URL, so give these APIs "
                     "the same settings or backend URLs that are not prefixes of each other",
                 )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twistedgw.config._apis import ApiConfig
-from twistedgw.config._base import TableReader, header_name
+from twistedgw.config._base import TableReader, header_name, quoted
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ def _cache_seconds(r: TableReader) -> float:
     """``[authz] cache_seconds``: 0 turns caching off; NGINX counts whole seconds."""
     value = r.get("cache_seconds", float, AuthzConfig.cache_seconds)
     if not 0 <= value <= 86400 or value != value:
-        r.problem("cache_seconds", f"must be 0-86400, got {value!r}")
+        r.problem("cache_seconds", f"must be 0-86400, got {quoted(value)}")
         return AuthzConfig.cache_seconds
     return value
 
@@ -31,7 +31,7 @@ def read_authz(a: TableReader, apis: Sequence[ApiConfig]) -> AuthzConfig:
     """``[authz]``; its path must lie outside every API's context (``apis``)."""
     authz_path = a.get("path", str, AuthzConfig.path)
     if not authz_path.startswith("/"):
-        a.problem("path", f"must start with '/', got {authz_path!r}")
+        a.problem("path", f"must start with '/', got {quoted(authz_path)}")
     authz = AuthzConfig(
         path=authz_path.rstrip("/") or "/",
         original_uri_header=header_name(a, "original_uri_header", "X-Original-URI")
@@ -48,5 +48,5 @@ def read_authz(a: TableReader, apis: Sequence[ApiConfig]) -> AuthzConfig:
         for api in apis
         if api.context != "/"
     ):
-        a.problem("path", f"{authz.path!r} lies inside an API context")
+        a.problem("path", f"{quoted(authz.path)} lies inside an API context")
     return authz

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _server_name(r: TableReader, key: str) -> str | None:
     except UnicodeError:
         ascii_name = ""
     if not HOSTNAME_RE.match(ascii_name):
-        r.problem(key, f"must be a host name or an IP address, got {value!r}")
+        r.problem(key, f"must be a host name or an IP address, got {quoted(value)}")
         return None
     return value
 

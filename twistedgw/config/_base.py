@@ -56,6 +56,30 @@ class ProblemList:
             self.warnings.append(line)
 
 
+#: Keys whose values are secrets or hashes of them (``redis``: a URL may hold a password;
+#: ``tracing.headers``: the exporter's API key), by name or by dotted path without indices: a
+#: problem with one never quotes its value (problems go to ``check``'s output and the log).
+SECRET_KEYS = frozenset(
+    {"keystore_password", "truststore_password", "password_hash", "key_sha256", "redis",
+     "tracing.headers"}
+)
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def is_secret(where: str) -> bool:
+    """Whether the dotted key ``where`` (``apis[0].password_hash``) holds a secret."""
+    plain = _INDEX.sub("", where)
+    return plain in SECRET_KEYS or plain.rpartition(".")[2] in SECRET_KEYS
+
+_EXCERPT = 60  # characters of a value a problem quotes
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)`` cut short: a problem quotes a value, never a pasted certificate."""
+    text = repr(value)
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+
+
 @dataclass
 class TableReader:
     """Reads one table, remembering its dotted path, the problems and the keys seen."""
@@ -67,6 +91,7 @@ class TableReader:
     seen: set[str] = field(default_factory=set)
 
     def where(self, key: str) -> str:
+        key = key_name(key)
         return f"{self.path}.{key}" if self.path else key
 
     def problem(self, key: str, message: str) -> None:
@@ -90,7 +115,8 @@ class TableReader:
             ok = isinstance(value, kinds)
         if not ok:
             names = " or ".join(_type_name(k) for k in kinds)
-            self.problem(key, f"expected {names}, got {_type_name(type(value))} {value!r}")
+            shown = "" if is_secret(self.where(key)) else " " + quoted(value)
+            self.problem(key, f"expected {names}, got {_type_name(type(value))}{shown}")
             return default
         return value  # type: ignore[no-any-return]
 
@@ -104,7 +130,8 @@ class TableReader:
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            self.problem(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            listed = ", ".join(map(repr, choices))
+            self.problem(key, f"must be one of {listed}, got {quoted(value)}")
             return default
         return value
 
@@ -112,7 +139,7 @@ class TableReader:
         value = self.get(key, kind, default)
         # TOML allows nan and inf; a nan timeout would corrupt the reactor's timer queue.
         if not value > 0 or value == float("inf"):  # type: ignore[operator]
-            self.problem(key, f"must be positive, got {value!r}")
+            self.problem(key, f"must be positive, got {quoted(value)}")
             return default
         return value
 
@@ -122,7 +149,7 @@ class TableReader:
             return None
         resolved = resolve(self.file, raw)
         if resolved is None:
-            self.problem(key, f"not a usable path: {raw!r}")
+            self.problem(key, f"not a usable path: {quoted(raw)}")
         elif must_exist and not resolved.exists():
             self.problem(key, f"file not found: {resolved}")
         return resolved
@@ -144,6 +171,13 @@ class TableReader:
         for key in self.table:
             if key not in self.seen:
                 self.problem(key, "unknown key")
+
+
+def key_name(key: str) -> str:
+    """``key`` as a problem names it: a quoted TOML key may hold anything, a line break
+    too, so one that is empty, long or not printable is quoted and cut (the problem stays
+    one short line)."""
+    return key if key and len(key) <= 64 and key.isprintable() else quoted(key)
 
 
 def resolve(file: Path, raw: str) -> Path | None:
@@ -179,7 +213,7 @@ def read_mode(r: TableReader, key: str) -> Mode:
 def header_name(r: TableReader, key: str, default: str | None) -> str | None:
     value = r.get(key, str, default)  # type: ignore[arg-type]
     if value is not None and not HEADER_RE.match(value):
-        r.problem(key, f"not a valid HTTP header name: {value!r}")
+        r.problem(key, f"not a valid HTTP header name: {quoted(value)}")
         return default
     return value
 
@@ -192,10 +226,19 @@ def string_list(r: TableReader, key: str) -> list[str] | None:
     out = []
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            r.problem(f"{key}[{i}]", f"expected a string, got {v!r}")
+            r.problem(f"{key}[{i}]", f"expected a string, got {quoted(v)}")
         else:
             out.append(v)
     return out
+
+
+def listed(r: TableReader, key: str, empty: str) -> list[str] | None:
+    """``string_list``; a list written empty is a problem saying what it would do
+    (``empty``): an empty allow-list is a mistake, never a silent "nothing passes"."""
+    values = string_list(r, key)
+    if values == [] and r.table.get(key) == []:
+        r.problem(key, f"an empty list {empty}")
+    return values
 
 
 def host_patterns(r: TableReader, key: str) -> tuple[str, ...] | None:
@@ -214,7 +257,7 @@ def host_patterns(r: TableReader, key: str) -> tuple[str, ...] | None:
             r.problem(f"{key}[{i}]", str(e))
             continue
         if pat in out:
-            r.problem(f"{key}[{i}]", f"{value!r} is listed twice")
+            r.problem(f"{key}[{i}]", f"{quoted(value)} is listed twice")
             continue
         out.append(pat)
     return tuple(out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 #: Bounds on what one verification may cost (argon2: KiB of memory, passes, lanes;
 #: bcrypt: the log2 of its rounds). twistedgw hash-password writes m=65536, t=3, p=4.
@@ -86,7 +86,7 @@ def read_basic_users(top: TableReader) -> tuple[list[BasicUser], set[str]]:
                               "and without spaces at either end")
             name = None
         elif name is not None and name in names:
-            r.problem("name", f"duplicate basic user name {name!r}")
+            r.problem("name", f"duplicate basic user name {quoted(name)}")
             name = None
         if name is not None:
             names.add(name)

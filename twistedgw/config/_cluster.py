@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 ON_FAILURE = ("open", "closed")
 
@@ -81,7 +81,7 @@ def _redis_url(r: TableReader, url: str) -> dict[str, Any] | None:
     ``unix:///path/to/redis.sock[?db=N]``; None (and a problem) if it is none of them."""
     usage = (
         "expected redis://host[:port][/db], rediss://host[:port][/db] or "
-        f"unix:///path/to/redis.sock, got {url!r}"
+        f"unix:///path/to/redis.sock, got {quoted(_without_password(url))}"
     )
     try:
         parts = urlsplit(url)
@@ -104,7 +104,7 @@ def _redis_url(r: TableReader, url: str) -> dict[str, Any] | None:
         for item in parts.query.split("&") if parts.query else ():
             name, _, value = item.partition("=")
             if name != "db":
-                r.problem("redis", f"unknown parameter {name!r} (only db=N)")
+                r.problem("redis", f"unknown parameter {quoted(name)} (only db=N)")
                 return None
             db_text = value
     elif scheme in ("redis", "rediss"):
@@ -119,7 +119,18 @@ def _redis_url(r: TableReader, url: str) -> dict[str, Any] | None:
         return None
     if db_text:
         if not db_text.isdigit() or len(db_text) > 5:
-            r.problem("redis", f"the database must be a number, got {db_text!r}")
+            r.problem("redis", f"the database must be a number, got {quoted(db_text)}")
             return None
         out["db"] = int(db_text)
     return out
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of a ``user:password@`` part starred out, for messages."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{slash}{tail}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twistedgw.config._base import HEADER_RE, ProblemList, TableReader, string_list
+from twistedgw.config._base import HEADER_RE, ProblemList, TableReader, quoted, string_list
 
 #: What WSO2's gateways allow when an API names no methods or headers of its own (the
 #: Microgateway toolkit's ``[corsConfiguration]`` and API Manager's ``[apim.cors]``).
@@ -107,19 +107,19 @@ def read_cors(r: TableReader) -> CorsConfig | None:
             ok = False
             continue
         if "*" in origin:
-            r.problem(f"allow_origins[{i}]", f"{origin!r}: a wildcard inside an origin is not "
-                      'supported; list each origin, or allow any with "*"')
+            r.problem(f"allow_origins[{i}]", f"{quoted(origin)}: a wildcard inside an origin is "
+                      'not supported; list each origin, or allow any with "*"')
             ok = False
             continue
         found = normal_origin(origin)
         if found is None:
             if "://" not in origin:
                 # WSO2's own samples write host names; neither gateway ever matches them.
-                r.warning(f"allow_origins[{i}]", f"{origin!r} is not an origin "
+                r.warning(f"allow_origins[{i}]", f"{quoted(origin)} is not an origin "
                           "(scheme://host[:port], as browsers send it), so no request "
                           f"matches it; did you mean 'https://{origin.strip()}'?")
                 continue
-            r.problem(f"allow_origins[{i}]", f"{origin!r} is not an origin: write "
+            r.problem(f"allow_origins[{i}]", f"{quoted(origin)} is not an origin: write "
                       "scheme://host[:port], as browsers send it")
             ok = False
             continue
@@ -136,14 +136,14 @@ def read_cors(r: TableReader) -> CorsConfig | None:
     method_list = WSO2_METHODS if methods is None else tuple(methods)
     for i, method in enumerate(method_list if methods is not None else ()):
         if method != ANY and not _TOKEN.match(method):
-            r.problem(f"allow_methods[{i}]", f"not an HTTP method: {method!r}")
+            r.problem(f"allow_methods[{i}]", f"not an HTTP method: {quoted(method)}")
             ok = False
     header_set = (frozenset(h.lower() for h in WSO2_HEADERS) if headers is None
                   else frozenset(h.strip().lower() for h in headers))
     for key, names in (("allow_headers", headers), ("expose_headers", expose)):
         for i, name in enumerate(names or ()):
             if name.strip() != ANY and not HEADER_RE.match(name.strip()):
-                r.problem(f"{key}[{i}]", f"not a valid HTTP header name: {name!r}")
+                r.problem(f"{key}[{i}]", f"not a valid HTTP header name: {quoted(name)}")
                 ok = False
     if max_age is not None and max_age < 0:
         r.problem("max_age", f"must not be negative, got {max_age}")
@@ -202,13 +202,13 @@ def from_wso2(
         squashed = _squash(str(key))
         if squashed == _ENABLED:
             if not isinstance(item, bool):
-                note(at, f"expected true or false, got {item!r}")
+                note(at, f"expected true or false, got {quoted(item)}")
                 return None
             enabled = item
             continue
         toml_key = _WSO2_KEYS.get(squashed)
         if toml_key is None:
-            warn(at, f"unknown x-wso2-cors key {key!r} is ignored")
+            warn(at, f"unknown x-wso2-cors key {quoted(key)} is ignored")
             continue
         if toml_key in table:
             note(at, f"{toml_key.replace('_', ' ')} is given twice (in two spellings); "
@@ -216,14 +216,14 @@ def from_wso2(
             return None
         if toml_key == "allow_credentials":
             if not isinstance(item, bool):
-                note(at, f"expected true or false, got {item!r}")
+                note(at, f"expected true or false, got {quoted(item)}")
                 return None
         elif toml_key == "max_age":
             if not isinstance(item, int) or isinstance(item, bool) or item < 0:
-                note(at, f"expected seconds (an integer >= 0), got {item!r}")
+                note(at, f"expected seconds (an integer >= 0), got {quoted(item)}")
                 return None
         elif not isinstance(item, list) or not all(isinstance(v, str) for v in item):
-            note(at, f"expected a list of strings, got {item!r}")
+            note(at, f"expected a list of strings, got {quoted(item)}")
             return None
         table[toml_key] = item
     if not enabled:

@@ -22,7 +22,7 @@ from twistedgw.config._api_keys import ApiKey, read_api_keys
 from twistedgw.config._apis import ApiConfig, backend_tls_overlaps, context_clash, read_api
 from twistedgw.config._authz import AuthzConfig, read_authz
 from twistedgw.config._backend_tls import BackendTlsConfig, read_backend_tls
-from twistedgw.config._base import ConfigError, Mode, ProblemList, TableReader
+from twistedgw.config._base import ConfigError, Mode, ProblemList, TableReader, quoted
 from twistedgw.config._basic_users import BasicUser, read_basic_users
 from twistedgw.config._cluster import ClusterConfig, read_cluster
 from twistedgw.config._consumers import Consumer, check_consumer_names, read_consumers
@@ -125,6 +125,8 @@ def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError([f"{file}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{file}: invalid TOML: {e}"]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([f"{file}: invalid TOML: arrays or tables nested too deeply"]) from None
     return file, raw
 
 
@@ -293,6 +295,6 @@ def _same_labels(problems: ProblemList, apis: list[tuple[str, ApiConfig]]) -> No
     for where, api in apis:
         if api.label in first:
             problems.warn(where, f"the same name and version as {first[api.label]} "
-                                 f"({api.label!r}): logs and metrics cannot tell them apart")
+                                 f"({quoted(api.label)}): logs and metrics cannot tell them apart")
         else:
             first[api.label] = where

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twistedgw.config._apis import ApiConfig
-from twistedgw.config._base import Mode, ProblemList, TableReader, string_list
+from twistedgw.config._base import Mode, ProblemList, TableReader, quoted, string_list
 from twistedgw.config._tls import TlsConfig
 
 JWT_ALGORITHMS = ("ES256", "RS256", "PS256", "ES384", "EdDSA")
@@ -52,7 +52,7 @@ def _jwks_url(r: TableReader, key: str) -> str | None:
     except ValueError:
         parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.problem(key, f"must be an https:// URL, got {value!r}")
+        r.problem(key, f"must be an https:// URL, got {quoted(value)}")
         return None
     if parts.fragment or parts.username is not None:
         # A user:password would end up in logs and metric labels.
@@ -67,7 +67,8 @@ def _jwks_url(r: TableReader, key: str) -> str | None:
         if not loopback:
             r.problem(
                 key,
-                f"must be an https:// URL (http:// only to a loopback address), got {value!r}",
+                "must be an https:// URL (http:// only to a loopback address), got "
+                f"{quoted(value)}",
             )
             return None
     return value
@@ -76,7 +77,7 @@ def _jwks_url(r: TableReader, key: str) -> str | None:
 def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
     name = r.required("name", str)
     if name is not None and not _ISSUER_NAME_RE.match(name):
-        r.problem("name", f"must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
+        r.problem("name", f"must match [A-Za-z0-9._-]{{1,64}}, got {quoted(name)}")
         name = None
     issuer = r.required("issuer", str)
     if issuer == "":
@@ -88,7 +89,7 @@ def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
         r.problem("jwks", "give exactly one of jwks (a file) and jwks_url")
     refresh = r.positive("jwks_refresh_seconds", float, 300.0)
     if refresh < 1:
-        r.problem("jwks_refresh_seconds", f"must be at least 1 (second), got {refresh!r}")
+        r.problem("jwks_refresh_seconds", f"must be at least 1 (second), got {quoted(refresh)}")
         refresh = 300.0
     if "jwks_refresh_seconds" in r.table and "jwks_url" not in r.table:
         r.problem("jwks_refresh_seconds", "applies to jwks_url only (a jwks file is re-read on "
@@ -107,14 +108,14 @@ def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
             if alg.lower() == "none" or alg.upper().startswith("HS"):
                 r.problem(
                     f"algorithms[{i}]",
-                    f"{alg!r} cannot be configured (unsigned and shared-secret tokens are "
+                    f"{quoted(alg)} cannot be configured (unsigned and shared-secret tokens are "
                     f"refused); use {', '.join(JWT_ALGORITHMS)}",
                 )
                 bad = True
             elif alg not in JWT_ALGORITHMS:
                 r.problem(
                     f"algorithms[{i}]",
-                    f"unknown algorithm {alg!r}; use {', '.join(JWT_ALGORITHMS)}",
+                    f"unknown algorithm {quoted(alg)}; use {', '.join(JWT_ALGORITHMS)}",
                 )
                 bad = True
         if not listed:
@@ -123,7 +124,7 @@ def _jwt_issuer(r: TableReader) -> JwtIssuer | None:
             algorithms = tuple(dict.fromkeys(listed))
     leeway = r.get("leeway_seconds", float, 30.0)
     if not 0 <= leeway <= 3600:
-        r.problem("leeway_seconds", f"must be between 0 and 3600, got {leeway!r}")
+        r.problem("leeway_seconds", f"must be between 0 and 3600, got {quoted(leeway)}")
         leeway = 30.0
     consumer_claim = r.get("consumer_claim", str, None)  # type: ignore[arg-type]
     if consumer_claim == "":
@@ -157,11 +158,13 @@ def read_jwt_issuers(top: TableReader) -> tuple[JwtIssuer, ...]:
         if found is None:
             continue
         if found.name in names:
-            r.problem("name", f"duplicate issuer name {found.name!r} (also {names[found.name]})")
+            r.problem(
+                "name", f"duplicate issuer name {quoted(found.name)} (also {names[found.name]})"
+            )
             continue
         if found.issuer in issuers:
             r.problem(
-                "issuer", f"duplicate issuer {found.issuer!r} (also {issuers[found.issuer]})"
+                "issuer", f"duplicate issuer {quoted(found.issuer)} (also {issuers[found.issuer]})"
             )
             continue
         names[found.name] = r.path
@@ -196,7 +199,7 @@ def jwt_links(
                 if name not in known:
                     problems.add(
                         f"{where}.jwt_issuers[{i}]",
-                        f"unknown issuer {name!r} (the [[jwt_issuers]] are: {listing})",
+                        f"unknown issuer {quoted(name)} (the [[jwt_issuers]] are: {listing})",
                     )
         # An OpenAPI definition's bearer security is reported where the definition says it.
         if api.jwt is not Mode.DISABLED and not known and api.openapi is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twistedgw import _unixsockets as unixsockets
-from twistedgw.config._base import ProblemList, TableReader
+from twistedgw.config._base import ProblemList, TableReader, quoted
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def read_listener(r: TableReader) -> Listener:
             try:
                 unixsockets.group_id(group)
             except KeyError:
-                r.problem("group", f"no such group: {group!r}")
+                r.problem("group", f"no such group: {quoted(group)}")
     r.finish()
     return listener
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twistedgw import _unixsockets as unixsockets
-from twistedgw.config._base import TableReader, header_name, string_list
+from twistedgw.config._base import TableReader, header_name, quoted, string_list
 
 HEADER_ENCODINGS = ("auto", "url-pem", "aws-alb", "pem", "base64-der", "rfc9440", "xfcc", "traefik")
 
@@ -60,18 +60,19 @@ def read_mutual_ssl(r: TableReader) -> MutualSslConfig:
             if key != "uid" or not sep or not user:
                 r.problem(
                     f"trusted_proxies[{i}]",
-                    f'expected "unix" or "unix:uid=USER" (a user name or number), got {raw!r}',
+                    'expected "unix" or "unix:uid=USER" (a user name or number), got '
+                    f"{quoted(raw)}",
                 )
                 continue
             try:
                 peer_uids.add(unixsockets.user_id(user))
             except KeyError:
-                r.problem(f"trusted_proxies[{i}]", f"no such user: {user!r}")
+                r.problem(f"trusted_proxies[{i}]", f"no such user: {quoted(user)}")
             continue
         try:
             proxies.append(ipaddress.ip_network(raw, strict=False))
         except ValueError:
-            r.problem(f"trusted_proxies[{i}]", f"not an IP network: {raw!r}")
+            r.problem(f"trusted_proxies[{i}]", f"not an IP network: {quoted(raw)}")
     if any_unix_peer and peer_uids:
         r.problem(
             "trusted_proxies",

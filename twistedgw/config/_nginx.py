@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,26 @@ def read_nginx(r: TableReader) -> NginxConfig:
     m = _NGINX_LISTEN_RE.match(listen)
     if not m or not 0 < int(listen.rsplit(":", 1)[-1]) <= 65535:
         r.problem(
-            "listen", f"must be a port or address:port such as '127.0.0.1:8443', got {listen!r}"
+            "listen",
+            f"must be a port or address:port such as '127.0.0.1:8443', got {quoted(listen)}",
         )
         listen = d.listen
     server_name = r.get("server_name", str, d.server_name)
     if not all(_NGINX_NAME_RE.match(n) for n in server_name.split()) or not server_name.split():
         r.problem(
             "server_name",
-            f"must be one or more host names separated by spaces, got {server_name!r}",
+            f"must be one or more host names separated by spaces, got {quoted(server_name)}",
         )
         server_name = d.server_name
     authz = r.get("authz", str, d.authz)
     if not _NGINX_AUTHZ_RE.match(authz):
-        r.problem("authz", f"must be 'unix:/path/to.sock' or 'host:port', got {authz!r}")
+        r.problem("authz", f"must be 'unix:/path/to.sock' or 'host:port', got {quoted(authz)}")
         authz = d.authz
     cache_path = r.get("cache_path", str, d.cache_path)
     if not cache_path.startswith("/") or any(c in cache_path for c in " \t\n;{}'\"$"):
         r.problem(
             "cache_path",
-            f"must be an absolute directory path without spaces, got {cache_path!r}",
+            f"must be an absolute directory path without spaces, got {quoted(cache_path)}",
         )
         cache_path = d.cache_path
     http2 = r.get("http2", bool, d.http2)

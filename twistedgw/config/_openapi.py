@@ -253,7 +253,11 @@ class _Refs:
                     warn(label, f"$ref {excerpt(ref)}: {e}")
 
     def _target(self, file: Path, target: str) -> tuple[Path | None, str]:
-        if urlsplit(target).scheme or target.startswith("//"):
+        try:
+            scheme = urlsplit(target).scheme
+        except ValueError:  # an unclosed '[' after '//': urlsplit raises
+            return None, "is not a usable reference"
+        if scheme or target.startswith("//"):
             return None, "names a URL; only files beside the definition are read"
         try:
             resolved = (file.parent / target).resolve()
@@ -1506,14 +1510,7 @@ def apply(
     context_from = None if "context" in toml_keys else definition.context_from
     tier_from = "" if "throttling_tier" in toml_keys else definition.throttling_from
     return dataclasses.replace(
-        api,
-        mutual_ssl=api_final.mutual_ssl,
-        api_key=api_final.api_key,
-        api_key_header=api_final.api_key_header,
-        api_key_query=api_final.api_key_query,
-        jwt=api_final.jwt,
-        basic_auth=api_final.basic_auth,
-        any_of=api_final.any_of,
+        variant(api, api_final),
         operations=tuple(operations),
         openapi=Origin(file, context_from, definition.opened_by),
         throttling_from=tier_from,

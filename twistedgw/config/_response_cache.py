@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 #: API Manager's default cache timeout (its publisher's "cacheTimeout": 300).
 DEFAULT_TIMEOUT = 300
@@ -73,16 +73,16 @@ def from_wso2(
     enabled = value.get("enabled")
     if not isinstance(enabled, bool):
         # The Microgateway toolkit fails on a missing one too.
-        note(pointer(where, "enabled"), f"expected true or false, got {enabled!r}")
+        note(pointer(where, "enabled"), f"expected true or false, got {quoted(enabled)}")
         return None
     for key in value:
         if key not in ("enabled", "cacheTimeoutInSeconds"):
-            warn(pointer(where, key), f"unknown x-wso2-response-cache key {key!r} is ignored")
+            warn(pointer(where, key), f"unknown x-wso2-response-cache key {quoted(key)} is ignored")
     if not enabled:
         return None
     timeout = value.get("cacheTimeoutInSeconds", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         note(pointer(where, "cacheTimeoutInSeconds"), f"expected seconds (an integer > 0), got "
-                                                      f"{timeout!r}")
+                                                      f"{quoted(timeout)}")
         return None
     return {"timeout_seconds": timeout}

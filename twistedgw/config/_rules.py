@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from twistedgw.config._base import TableReader
+from twistedgw.config._base import TableReader, quoted
 
 #: The keys an entry may hold, in the order ``describe`` writes them.
 KEYS = (
@@ -132,7 +132,7 @@ def _unescape(raw: str) -> str:
                 out += raw[i + 1].encode()
                 i += 2
                 continue
-            raise RuleError(f"bad escape {raw[i : i + 2]!r}")
+            raise RuleError(f"bad escape {quoted(raw[i : i + 2])}")
         if ch == '"':
             raise RuleError('a " must be escaped as \\"')
         out += ch.encode()
@@ -159,7 +159,7 @@ def parse_dn(text: str) -> _NameKey:
             if not ava.strip():
                 raise RuleError("has an empty part (a ',' or '+' too many?)")
             if "=" not in ava:
-                raise RuleError(f"{ava.strip()!r} is not TYPE=value")
+                raise RuleError(f"{quoted(ava.strip())} is not TYPE=value")
             kind, _eq, raw = ava.partition("=")
             kind = kind.strip()
             if _OID_RE.match(kind):
@@ -169,7 +169,7 @@ def parse_dn(text: str) -> _NameKey:
             else:
                 names = ", ".join(sorted({k.upper() for k in _ATTRIBUTES if len(k) <= 6}))
                 raise RuleError(
-                    f"unknown attribute type {kind!r} (use {names} or a dotted OID)"
+                    f"unknown attribute type {quoted(kind)} (use {names} or a dotted OID)"
                 )
             value = _normalise_value(_unescape(raw.strip()))
             if not value:
@@ -500,13 +500,13 @@ def parse_rule(
             ok = False
             continue
         if not isinstance(raw, str):
-            problem(key, f"expected a string, got {raw!r}")
+            problem(key, f"expected a string, got {quoted(raw)}")
             ok = False
             continue
         try:
             values[key] = parser(raw)
         except RuleError as e:
-            problem(key, f"{e} (got {raw!r})")
+            problem(key, f"{e} (got {quoted(raw)})")
             ok = False
     if not table:
         problem("", f"an identity entry needs at least one of {', '.join(KEYS)}")

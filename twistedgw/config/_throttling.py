@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twistedgw.config._apis import ApiConfig
-from twistedgw.config._base import ProblemList, TableReader
+from twistedgw.config._base import ProblemList, TableReader, quoted
 from twistedgw.config._operations import UNLIMITED
 
 #: Seconds per ``time_unit``.
@@ -72,17 +72,17 @@ def read_throttling_policies(top: TableReader) -> list[ThrottlingPolicy]:
             extra = f" (for a {written}, write unit_time = {hint} and time_unit = \"day\")" \
                 if hint is not None else ""
             r.problem("time_unit", f"must be one of 'sec', 'min', 'hour', 'day', got "
-                                   f"{written!r}{extra}")
+                                   f"{quoted(written)}{extra}")
             unit = None
         r.finish()
         if name is not None and not _NAME_RE.match(name):
-            r.problem("name", f"must be 1-64 of A-Z a-z 0-9 . _ -, got {name!r}")
+            r.problem("name", f"must be 1-64 of A-Z a-z 0-9 . _ -, got {quoted(name)}")
             name = None
         elif name == UNLIMITED:
-            r.problem("name", f"{UNLIMITED!r} means no limit and cannot be defined")
+            r.problem("name", f"{quoted(UNLIMITED)} means no limit and cannot be defined")
             name = None
         elif name is not None and name in names:
-            r.problem("name", f"duplicate throttling policy name {name!r}")
+            r.problem("name", f"duplicate throttling policy name {quoted(name)}")
             name = None
         if name is not None:
             names.add(name)
@@ -106,12 +106,12 @@ def policy_problem(name: str, table: Mapping[str, ThrottlingPolicy]) -> str | No
             else "a subscription" if name in SUBSCRIPTION_POLICIES else None)
     known = ", ".join(sorted([*table, UNLIMITED]))
     if kind is not None:
-        return (f"{name!r} is {kind} policy in WSO2 Microgateway, which limits each caller's "
+        return (f"{quoted(name)} is {kind} policy in WSO2 Microgateway, which limits each caller's "
                 "application or subscription; twistedgw has neither, so an API or operation "
                 "names a resource policy (one limit for all its callers): define "
-                f"[[throttling_policies]] name = {name!r} to use that name, or name one of: "
+                f"[[throttling_policies]] name = {quoted(name)} to use that name, or name one of: "
                 f"{known}")
-    return f"unknown throttling policy {name!r} (defined: {known})"
+    return f"unknown throttling policy {quoted(name)} (defined: {known})"
 
 
 def throttling_links(

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twistedgw import _hosts as hostnames
-from twistedgw.config._base import TableReader, host_patterns, resolve, string_list
+from twistedgw.config._base import TableReader, host_patterns, quoted, resolve, string_list
 
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 TLS_PROFILES = ("intermediate", "modern")  # Mozilla's server-side TLS configurations
@@ -33,7 +33,7 @@ class SniEntry:
     certificate: Path | None = None
     private_key: Path | None = None
     keystore: Path | None = None
-    keystore_password: str | None = None
+    keystore_password: str | None = field(default=None, repr=False)  # a secret
     client_certificate: str = "auto"
     advertise_ca_names: bool = True
     where: str = field(default="", compare=False)  # its dotted key, e.g. "tls.sni[0]"
@@ -64,9 +64,9 @@ class TlsConfig:
     certificate: Path | None = None
     private_key: Path | None = None
     keystore: Path | None = None
-    keystore_password: str | None = None
+    keystore_password: str | None = field(default=None, repr=False)  # a secret
     truststore: Path | None = None
-    truststore_password: str | None = None
+    truststore_password: str | None = field(default=None, repr=False)  # a secret
     profile: str = "intermediate"
     protocols: tuple[str, ...] = TLS_PROTOCOLS
     ciphers: str = DEFAULT_CIPHERS
@@ -112,7 +112,7 @@ def read_tls(r: TableReader) -> TlsConfig:
             r.problem(
                 "protocols",
                 f"allowed values are {', '.join(TLS_PROTOCOLS)} (TLS 1.0/1.1 are not supported), "
-                f"got {protocols!r}",
+                f"got {quoted(protocols)}",
             )
         else:
             cfg = dataclasses.replace(cfg, protocols=tuple(protocols))
@@ -136,7 +136,7 @@ def read_tls(r: TableReader) -> TlsConfig:
     for i, raw in enumerate(crl_paths):
         p = resolve(r.file, raw)
         if p is None:
-            r.problem(f"crl[{i}]", f"not a usable path: {raw!r}")
+            r.problem(f"crl[{i}]", f"not a usable path: {quoted(raw)}")
             continue
         if not p.exists():
             r.problem(f"crl[{i}]", f"file not found: {p}")
@@ -144,17 +144,17 @@ def read_tls(r: TableReader) -> TlsConfig:
     cfg = dataclasses.replace(cfg, crl=tuple(crls))
     responders = []
     for i, raw in enumerate(string_list(r, "ocsp_responders") or []):
-        parts = urlsplit(raw)
         try:
-            origin = ocsp_origin(raw)
+            origin = ocsp_origin(raw)  # first: urlsplit raises on some (an unclosed '[')
+            parts = urlsplit(raw)
         except ValueError as e:
-            r.problem(f"ocsp_responders[{i}]", f"{e}: {raw!r}")
+            r.problem(f"ocsp_responders[{i}]", f"{e}: {quoted(raw)}")
             continue
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             r.problem(
                 f"ocsp_responders[{i}]",
-                f"give the responder's origin only (scheme://host[:port], e.g. {origin!r}); "
-                f"got {raw!r}",
+                f"give the responder's origin only (scheme://host[:port], e.g. {quoted(origin)}); "
+                f"got {quoted(raw)}",
             )
             continue
         responders.append(origin)
@@ -167,11 +167,11 @@ def read_tls(r: TableReader) -> TlsConfig:
             "certificate and private_key go together",
         )
     if cfg.revocation != "off" and "crl" in cfg.revocation and not cfg.crl:
-        r.problem("crl", f"revocation = {cfg.revocation!r} needs at least one CRL file")
+        r.problem("crl", f"revocation = {quoted(cfg.revocation)} needs at least one CRL file")
     pinned = string_list(r, "pinned_aliases") or []
     for i, alias in enumerate(pinned):
         if alias in pinned[:i]:
-            r.problem(f"pinned_aliases[{i}]", f"{alias!r} is listed twice")
+            r.problem(f"pinned_aliases[{i}]", f"{quoted(alias)} is listed twice")
     if pinned and cfg.truststore is None:
         r.problem("pinned_aliases", "names truststore aliases, but there is no truststore")
     cfg = dataclasses.replace(
@@ -194,7 +194,7 @@ def _sni_entries(tls: TableReader) -> tuple[SniEntry, ...]:
             r.problem("hosts", "is required")
         for i, pat in enumerate(entry_hosts or ()):
             if hostnames.is_address(pat):
-                r.problem(f"hosts[{i}]", f"SNI carries host names, never addresses: {pat!r}")
+                r.problem(f"hosts[{i}]", f"SNI carries host names, never addresses: {quoted(pat)}")
         if entry_hosts is not None:
             entry_hosts = tuple(p for p in entry_hosts if not hostnames.is_address(p))
         entry = SniEntry(
@@ -223,8 +223,8 @@ def _sni_entries(tls: TableReader) -> tuple[SniEntry, ...]:
                 if clash is not None:
                     r.problem(
                         f"hosts[{i}]",
-                        f"{pat!r} overlaps {clash!r} of {other.where}: a client's SNI must "
-                        "choose one entry",
+                        f"{quoted(pat)} overlaps {quoted(clash)} of {other.where}: a client's "
+                        "SNI must choose one entry",
                     )
         out.append(entry)
     return tuple(out)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from twistedgw.config._base import HEADER_RE, TableReader
+from twistedgw.config._base import HEADER_RE, TableReader, quoted
 
 #: What must be importable for [tracing]: the SDK and its OTLP/HTTP span exporter.
 SDK_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
@@ -41,7 +41,7 @@ def read_tracing(r: TableReader) -> TracingConfig | None:
         r.problem("service_name", "must be a non-empty name of at most 255 characters")
     ratio = r.get("sample_ratio", float, 1.0)
     if math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
-        r.problem("sample_ratio", f"must be a number from 0 to 1, got {ratio!r}")
+        r.problem("sample_ratio", f"must be a number from 0 to 1, got {quoted(ratio)}")
         ratio = 1.0
     max_queue = r.positive("max_queue_size", int, 2048)
     if max_queue > _MAX_QUEUE:
@@ -83,7 +83,7 @@ def _endpoint(r: TableReader, value: str) -> bool:
         r.problem(
             "otlp_endpoint",
             f"must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces, "
-            f"got {value!r}",
+            f"got {quoted(value)}",
         )
         return False
     if parts.username is not None or parts.fragment:

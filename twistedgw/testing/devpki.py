@@ -211,7 +211,14 @@ class Authority:
         )
         return cls(cert, key, (), key_type)
 
-    def intermediate(self, cn: str) -> Authority:
+    def intermediate(
+        self,
+        cn: str,
+        *,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> Authority:
+        """A sub-CA (path length 0), valid for five years from yesterday unless told."""
         key = new_key(self.key_type)
         now = _now()
         cert = _build(
@@ -221,8 +228,8 @@ class Authority:
             self.key,
             ca=True,
             path_length=0,
-            not_before=now - _DAY,
-            not_after=now + 1825 * _DAY,
+            not_before=not_before or now - _DAY,
+            not_after=not_after or now + 1825 * _DAY,
             eku=None,
             sans=[],
             issuer_key_for_aki=self.key,

@@ -64,7 +64,7 @@ def leaf_problem(leaf: x509.Certificate) -> str | None:
     except x509.ExtensionNotFound:
         return None
     except Exception as e:  # malformed extensions: fail closed
-        return _invalid(str(e))
+        return invalid(str(e))
     return CA_AS_CLIENT if constraints.ca else None
 
 
@@ -84,15 +84,33 @@ def pinned_problem(leaf: x509.Certificate, at: datetime.datetime) -> str | None:
         extensions = leaf.extensions
         for ext in extensions:
             if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
-                return _invalid(f"unsupported critical extension {ext.oid.dotted_string}")
+                return invalid(f"unsupported critical extension {ext.oid.dotted_string}")
         try:
             eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             eku = None
     except Exception as e:
-        return _invalid(str(e))
+        return invalid(str(e))
     if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         return WRONG_PURPOSE
+    return None
+
+
+def unreadable(certs: Sequence[x509.Certificate]) -> str | None:
+    """Why the subject or issuer of one of ``certs`` cannot be read, or None.
+
+    ``cryptography`` parses names lazily and more strictly than OpenSSL: a certificate
+    whose subject is a TeletexString of control bytes, or an IA5String with a byte
+    above 0x7F, loads and even verifies, then raises wherever its subject is read
+    (the access log, the mutual_ssl principal, identity headers). Anyone can present
+    one, so a verdict never carries such a certificate: it is refused as invalid,
+    with no chain, before it is cached. Asked once per verdict (both paths cache)."""
+    for cert in certs:
+        try:
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+        except ValueError as e:
+            return invalid(str(e))
     return None
 
 
@@ -111,9 +129,9 @@ def _heavy_key(certs: Sequence[x509.Certificate]) -> str | None:
         try:
             key = cert.public_key()
         except Exception as e:  # an unreadable key: fail closed
-            return _invalid(str(e))
+            return invalid(str(e))
         if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
-            return _invalid(f"RSA key of {key.key_size} bits (at most {MAX_RSA_BITS})")
+            return invalid(f"RSA key of {key.key_size} bits (at most {MAX_RSA_BITS})")
     return None
 
 
@@ -198,6 +216,9 @@ class ChainVerifier:
         return expires
 
     def _verify(self, certs: tuple[x509.Certificate, ...], now: float) -> ClientIdentity:
+        problem = unreadable(certs)
+        if problem is not None:
+            return failed(Source.HEADER, problem)
         leaf = certs[0]
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         pinned = self._truststore.pinned_entry(fingerprint(leaf))
@@ -236,7 +257,7 @@ class ChainVerifier:
         except VerificationError as e:
             return failed(Source.HEADER, self._reason(str(e), certs, at), certs)
         except Exception as e:  # malformed extensions etc.: fail closed, never crash
-            return failed(Source.HEADER, _invalid(str(e)), certs)
+            return failed(Source.HEADER, invalid(str(e)), certs)
         if through_pinned(self._truststore, chain):
             return failed(Source.HEADER, UNTRUSTED, certs)
         return ClientIdentity(
@@ -269,7 +290,7 @@ class ChainVerifier:
                     return period
         if "all candidates exhausted with no interior errors" in lowered:
             return UNTRUSTED
-        return _invalid(message)
+        return invalid(message)
 
 
 def _period_reason(cert: x509.Certificate, at: datetime.datetime) -> str | None:
@@ -280,7 +301,7 @@ def _period_reason(cert: x509.Certificate, at: datetime.datetime) -> str | None:
     return None
 
 
-def _invalid(detail: str) -> str:
+def invalid(detail: str) -> str:
     """``INVALID`` with cryptography's detail, trimmed to one readable line."""
     detail = _without_noise(detail)
     for prefix in ("validation failed: ", "candidates exhausted: "):

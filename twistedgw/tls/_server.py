@@ -40,7 +40,13 @@ from twistedgw import _hosts, _twisted
 from twistedgw.config import TlsConfig
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
 from twistedgw.identity import _reasons as reasons
-from twistedgw.tls._chains import leaf_problem, pinned_problem, through_pinned
+from twistedgw.tls._chains import (
+    invalid,
+    leaf_problem,
+    pinned_problem,
+    through_pinned,
+    unreadable,
+)
 from twistedgw.tls._pki import KeyStore, TrustStore
 
 log = Logger()
@@ -425,7 +431,13 @@ class ServerTLS:
         if record is None:
             return no_certificate()
         if record.identity is None:
-            record.identity = record.owner._evaluate(tls_transport.getHandle(), record)
+            try:
+                record.identity = record.owner._evaluate(tls_transport.getHandle(), record)
+            except ValueError as e:
+                # OpenSSL took a certificate that cryptography refuses to load (an
+                # explicitly encoded critical FALSE, a BOOLEAN TRUE of 0x01, a '@' in a
+                # PrintableString): anyone can present one, so it is a verdict, not a 500.
+                record.identity = failed(Source.HANDSHAKE, invalid(str(e)))
         return record.identity
 
     def _evaluate(self, conn: SSL.Connection, record: HandshakeRecord) -> ClientIdentity:
@@ -458,16 +470,17 @@ class ServerTLS:
                 identity = ClientIdentity(
                     Source.HANDSHAKE, Outcome.VERIFIED, (peer,), frozenset({pinned.alias})
                 )
+            identity = _readable(identity)
             self._verdicts.put(identity)
             return identity
         if not record.callback_ran:
             cached = self._verdicts.get_by_key(key, parse_peer)
             if cached is not None:
                 return cached
-            return failed(
+            return _readable(failed(
                 Source.HANDSHAKE, "resumed TLS session has no verification record",
                 (parse_peer(),),
-            )
+            ))
         if not record.errors:
             verified_der = tuple(
                 crypto.dump_certificate(crypto.FILETYPE_ASN1, c)
@@ -496,8 +509,16 @@ class ServerTLS:
                     chain,
                     self.truststore.aliases_in_chain(chain),
                 )
+        identity = _readable(identity)
         self._verdicts.put(identity)
         return identity
+
+
+def _readable(identity: ClientIdentity) -> ClientIdentity:
+    """``identity``, or a failed one without certificates when some name in its chain
+    cannot be read (``_chains.unreadable``)."""
+    problem = unreadable(identity.chain)
+    return identity if problem is None else failed(identity.source, problem)
 
 
 def offers_h2(tls_protocol: Any) -> bool:
