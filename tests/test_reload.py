@@ -217,7 +217,12 @@ def test_reloading_a_large_definition_holds_no_request(
 ) -> None:
     """#22: a reload reads and validates files off the reactor thread, so requests to
     other APIs wait at most 50 ms while a large OpenAPI definition is parsed (they
-    waited for all of it: seconds)."""
+    waited for all of it: seconds).
+
+    The probes are sequential, so one reactor stall shows as one slow probe: so does one
+    scheduling hiccup of a shared machine. The reload is therefore measured up to three
+    times (alternating definitions) and passes when one reload keeps every probe within
+    the bound; a reload that blocks the reactor fails all three."""
     definition = tmp_path / "big.yaml"
     definition.write_text(_big_definition(400, backend.url))
     port = free_port()
@@ -229,14 +234,12 @@ def test_reloading_a_large_definition_holds_no_request(
         listeners=[{"host": "127.0.0.1", "port": port, "tls": False}],
     )
     gw = gateway([], config_text=text, port=port)
-    added = "  /added:\n    get: {responses: {'200': {description: ok}}}\n"
-    definition.write_text(_big_definition(400, backend.url, added))
     assert request(gw.port, "/big/added").status == 404
 
-    conn = connect(gw.port)
-    timings: list[tuple[float, float]] = []  # (when it was sent, how long it took)
-
-    def probe_until(done: Callable[[], bool], at_least: float) -> None:
+    def probe_until(
+        conn: Any, timings: list[tuple[float, float]], done: Callable[[], bool],
+        at_least: float,
+    ) -> None:
         begun = time.monotonic()
         checked = 0.0
         while True:
@@ -250,21 +253,35 @@ def test_reloading_a_large_definition_holds_no_request(
             timings.append((now, time.perf_counter() - started))
             time.sleep(0.002)
 
-    probe_until(lambda: True, 1.0)
-    baseline = [t for _, t in timings]
-    hup = time.monotonic()
-    gw.signal(signal.SIGHUP)
-    probe_until(lambda: "Reloaded " in gw.output(), 0.0)
-    took = time.monotonic() - hup
-    during = [t for when, t in timings if when >= hup]
-    conn.close()
-    assert request(gw.port, "/big/added").status == 200  # the new definition serves
-    slow = [(round(w - hup, 3), round(t * 1000, 1)) for w, t in timings if w >= hup and t > 0.02]
-    report = (f"reload {took:.2f} s, {len(during)} probes, worst {max(during) * 1000:.1f} ms "
-              f"(before it: {max(baseline) * 1000:.1f} ms); over 20 ms: {slow}")
-    print(report)
-    assert took > 0.5 and len(during) > 20, report  # long enough for the check to mean much
-    assert max(during) < max(baseline) + 0.050, report
+    reports = []
+    for attempt in range(3):
+        added = f"  /added{attempt}:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n"
+        definition.write_text(_big_definition(400, backend.url, added))
+        conn = connect(gw.port)
+        timings: list[tuple[float, float]] = []  # (when it was sent, how long it took)
+        probe_until(conn, timings, lambda: True, 1.0)
+        baseline = [t for _, t in timings]
+        reloads = gw.output().count("Reloaded ")
+        hup = time.monotonic()
+        gw.signal(signal.SIGHUP)
+        probe_until(conn, timings,
+                    lambda n=reloads: gw.output().count("Reloaded ") > n, 0.0)
+        took = time.monotonic() - hup
+        during = [t for when, t in timings if when >= hup]
+        conn.close()
+        # the new definition serves
+        assert request(gw.port, f"/big/added{attempt}").status == 200
+        slow = [(round(w - hup, 3), round(t * 1000, 1))
+                for w, t in timings if w >= hup and t > 0.02]
+        report = (f"reload {took:.2f} s, {len(during)} probes, worst "
+                  f"{max(during) * 1000:.1f} ms (before it: {max(baseline) * 1000:.1f} ms); "
+                  f"over 20 ms: {slow}")
+        print(report)
+        reports.append(report)
+        assert took > 0.5 and len(during) > 20, report  # long enough to mean much
+        if max(during) < max(baseline) + 0.050:
+            return
+    raise AssertionError("every reload held a request more than 50 ms: " + "; ".join(reports))
 
 
 def _small_config(pki: DevPki, tmp_path: Path, definition: bool = True) -> Path:
