@@ -81,3 +81,28 @@ def teletex_subject(tbs: list[Node]) -> None:
     raises when the subject is read."""
     subject = tbs[5] if tbs[0][0] == 0xA0 else tbs[4]
     subject[1][0][1][0][1][1] = [0x14, b"\x00\xff\r\n"]
+
+
+def _oid_der(dotted: str) -> bytes:
+    first, second, *rest = (int(p) for p in dotted.split("."))
+    out = b""
+    for value in (40 * first + second, *rest):
+        chunk = [value & 0x7F]
+        while value > 0x7F:
+            value >>= 7
+            chunk.insert(0, 0x80 | (value & 0x7F))
+        out += bytes(chunk)
+    return out
+
+
+def duplicated(oid: x509.ObjectIdentifier) -> Any:
+    """An edit: the extension ``oid`` written twice (RFC 5280 4.2 forbids it; OpenSSL
+    loads it, cryptography raises ``DuplicateExtension`` when the extensions are read)."""
+    wanted = _oid_der(oid.dotted_string)
+
+    def edit(tbs: list[Node]) -> None:
+        extensions = _extensions(tbs)
+        at = next(i for i, ext in enumerate(extensions) if ext[1][0][1] == wanted)
+        extensions.insert(at + 1, extensions[at])
+
+    return edit

@@ -584,3 +584,44 @@ def test_a_certificate_whose_names_cannot_be_read_is_invalid_and_dropped(
         assert identity.outcome is Outcome.FAILED
         assert identity.reason is not None and identity.reason.startswith(INVALID + ": ")
         assert identity.chain == () and identity.subject is None
+
+
+def test_a_duplicated_extension_reads_as_absent(pki: devpki.DevPki) -> None:
+    """A certificate with an extension written twice (RFC 5280 forbids it; OpenSSL's
+    verification refuses it, so no verified chain holds one today): the SANs forwarded,
+    the facts identity rules match and the OCSP responder read from it are those of a
+    certificate without that extension, never a DuplicateExtension raised to the caller."""
+    from cryptography.x509.oid import ExtensionOID
+
+    from tests import derkit
+    from twistedgw.config import _rules as rules
+    from twistedgw.identity import _forwarding as forwarding
+    from twistedgw.tls import _revocation as revocation
+
+    authority = pki.authorities["partner-root"]
+    sans = [x509.DNSName("a.example"), x509.UniformResourceIdentifier("spiffe://x/y")]
+    issued = authority.issue("twice", sans=sans, ocsp_url="http://ocsp.invalid/")
+    assert forwarding.san_field(issued.cert) != ""  # the edit below is what changes it
+
+    def twice(oid: x509.ObjectIdentifier) -> x509.Certificate:
+        der = derkit.resigned(issued.cert, authority.key, derkit.duplicated(oid))
+        cert = x509.load_der_x509_certificate(der)
+        with pytest.raises(x509.DuplicateExtension):
+            cert.extensions  # noqa: B018 (what the code under test must not raise)
+        return cert
+
+    san_twice = twice(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    assert forwarding.san_field(san_twice) == ""
+    assert "URI=" not in forwarding.xfcc([san_twice]) and "DNS=" not in forwarding.xfcc(
+        [san_twice])
+    facts = rules.facts(san_twice)
+    assert facts.san_dns == () and facts.san_uri == () and facts.policy_oids == frozenset()
+    assert revocation.ocsp_url(twice(ExtensionOID.AUTHORITY_INFORMATION_ACCESS)) is None
+    # Key material the config names: an [[tls.sni]] certificate's names (none: check warns
+    # that it covers no host), a truststore entry's CA flag (none: a pinned entry).
+    from twistedgw.app import _runtime as runtime
+    from twistedgw.tls import _pki
+
+    assert runtime._dns_names(san_twice) == []
+    constraints = twice(ExtensionOID.BASIC_CONSTRAINTS)
+    assert _pki.TrustEntry("twice", constraints, b"").is_pinned

@@ -796,6 +796,12 @@ MALFORMED: dict[str, Callable[[RawH2], bytes]] = {
     "value-with-surrounding-space": lambda r: r.headers(
         3, r.encode([*_request(r), ("x-a", " b")])
     ),
+    # RFC 9113 §8.2.1 lets an intermediary refuse any CTL but HTAB: HTTP/1.1 answers 400
+    "value-with-a-control-byte": lambda r: r.headers(
+        3, r.encode([*_request(r), ("x-a", "a\x01b")])
+    ),
+    "value-with-del": lambda r: r.headers(3, r.encode([*_request(r), ("x-a", "a\x7fb")])),
+    "path-with-a-control-byte": lambda r: r.headers(3, r.encode(_request(r, "/o/m\x1f"))),
     "pseudo-header-in-trailers": lambda r: r.headers(
         3, r.encode(_request(r, "/o/post")), end_stream=False
     ) + r.data(3, b"abc") + r.headers(3, r.encode([(":foo", "x")])),

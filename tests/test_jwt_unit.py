@@ -679,3 +679,40 @@ def test_bearer_spellings_that_hold_a_token(cfg: configmod.GatewayConfig, spelli
     tok = jwtkit.token(KEY)
     call = call_for(cfg, {b"authorization": [spelling.format(tok).encode()]})
     assert isinstance(run(pipeline_of(cfg), call), HeaderEdit)
+
+
+def test_jwks_url_is_logged_and_labelled_without_its_query() -> None:
+    """A JWKS URL may carry a key (``?api_key=...``) or user info: log lines and metric
+    labels show its scheme, host, port and path only, as upstream log lines do."""
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    secret = "https://reader:pw-0ne@idp.example:8443/t1/jwks.json?api_key=S3CRET#x"
+    twin = "https://idp.example:8443/t1/jwks.json?api_key=OTHER"
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        get, clock = FakeGet(), Clock()
+        fetchers = jwks.JwksFetchers(clock=clock, get=get)
+        fetcher = fetchers.get(secret, None, 60)
+        fetchers.get(twin, None, 60)
+        get.fail(ConnectionRefusedError())  # no key set yet: logged
+        get.answer(KEY)  # the twin (never logged)
+        clock.advance(60)
+        get.answer(KEY)  # fetched again: logged
+        get.answer(KEY)
+        clock.advance(60)
+        get.fail(ConnectionRefusedError())  # the last good set kept: logged
+        get.answer(KEY)
+    finally:
+        globalLogPublisher.removeObserver(events)  # type: ignore[arg-type]
+    said = [formatEvent(e) for e in events if "JWKS" in str(e.get("log_format", ""))]
+    where = "https://idp.example:8443/t1/jwks.json"
+    assert len(said) == 3 and all(line.split()[1].rstrip(":") == where for line in said), said
+    assert fetcher.url == secret  # still fetched whole
+    labels = {s.labels["url"] for f in jwks.JwksCollector(lambda: list(fetchers)).collect()
+              for s in f.samples}
+    assert labels == {where, f"{where} (2)"}
+    for text in (*said, *labels):
+        assert "S3CRET" not in text and "OTHER" not in text and "pw-0ne" not in text
+    assert jwks.loggable("https://[::1]:9/j?k=v") == "https://[::1]:9/j"
+    assert jwks.loggable("http://[::1/j") == "<unparsable URL>"

@@ -343,6 +343,10 @@ def variants() -> list[H1 | H2]:
         ([(b"x-a", b"a\nb")], [b"hello"]),
         ([(b"x-a", b"a\rb")], [b"hello"]),
         ([(b"x-a", b"a\x00b")], [b"hello"]),
+        ([(b"x-a", b"a\x01b")], [b"hello"]),
+        ([(b"x-a", b"a\x1fb")], [b"hello"]),
+        ([(b"x-a", b"a\x7fb")], [b"hello"]),
+        ([(b"x-a", b"a\tb")], [b"hello"]),
         ([(b"x-a", b" a")], [b"hello"]),
         ([(b"x-a\r\nx-b", b"1")], [b"hello"]),
         ([(b"x a", b"1")], [b"hello"]),
@@ -527,6 +531,8 @@ def _send_h2(env: Env, variant: H2) -> bytes:
     return b""
 
 
+#: A control byte other than HTAB: never in an HTTP/1.1 field value nor request target.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _INDEX = re.compile(rb"^[A-Za-z]+ /(v|smuggled)/(\d+)")
 
 
@@ -553,6 +559,8 @@ def _expected(variant: H1 | H2, n: int, backend_port: int) -> list[bytes]:
     for k, v in fields:
         grouped.setdefault(k, []).append(v)
     orders = [fields, [(k, v) for k, vs in grouped.items() for v in vs]]
+    if any(_CTL.search(v) for _, v in variant.headers):
+        return []  # HTTP/1.1 answers 400 to it (RFC 9110 field-value; h11 lets it pass)
     return [canonical(pseudo.get(b":method", b""), pseudo.get(b":path", b""), order,
                       b"".join(variant.data), backend_port, secure=True,
                       host=pseudo.get(b":authority", b"")) for order in orders]
@@ -609,7 +617,7 @@ def test_no_variant_is_smuggled_past_the_gateway(env: Env) -> None:
             continue
         expected = _expected(variant, n, env.backend_port)
         if not expected:
-            failures.append(f"{n}: forwarded what h11 does not read as one request: "
+            failures.append(f"{n}: forwarded what HTTP/1.1 does not read as one request: "
                             f"{variant!r} -> {got[0]!r}")
         elif got[0] not in expected and not (
             isinstance(variant, H2) and _fold_names(got[0]) in map(_fold_names, expected)

@@ -408,6 +408,8 @@ def _dns_names(cert: x509.Certificate) -> list[str]:
         raw = [
             str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         ]
+    except (x509.DuplicateExtension, ValueError):  # a SAN twice, or malformed: none (warned)
+        raw = []
     names = []
     for value in raw:
         try:

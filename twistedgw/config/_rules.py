@@ -316,7 +316,8 @@ class CertificateFacts:
 def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
     try:
         return cert.extensions.get_extension_for_class(kind).value
-    except (x509.ExtensionNotFound, ValueError):  # absent, or malformed: nothing to match
+    # Absent, written twice (RFC 5280 allows one) or malformed: nothing to match.
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return None
 
 

@@ -39,10 +39,11 @@ the one adapter between a stream and the gateway. The connection's ``wire.Connec
 streams.
 
 Errors (RFC 9113 §5.4): a malformed request (a field h2 refuses, a header name that
-is not a token, pseudo-header faults, ``:authority`` and ``Host`` that disagree,
-``content-length`` that does not match the DATA) is a stream error: RST_STREAM
-PROTOCOL_ERROR on that stream only. Connection errors (an invalid preface, HPACK,
-frame sizes, flow control, floods) get GOAWAY and the connection is closed at once.
+is not a token, a value with a control byte other than HTAB, pseudo-header faults,
+``:authority`` and ``Host`` that disagree, ``content-length`` that does not match the
+DATA) is a stream error: RST_STREAM PROTOCOL_ERROR on that stream only. Connection
+errors (an invalid preface, HPACK, frame sizes, flow control, floods) get GOAWAY and
+the connection is closed at once.
 
 The defences (each a setting; README "HTTP/2"):
 
@@ -145,8 +146,10 @@ _BAD_OUT = re.compile(rb"[\x00\r\n]")
 
 
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
-# RFC 9113 §8.2.1: no NUL, CR or LF, no leading or trailing SP or HTAB.
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+# RFC 9113 §8.2.1: no NUL, CR or LF, no leading or trailing SP or HTAB; nor any other
+# control byte but HTAB (\x01-\x1f, \x7f), which §8.2.1 lets an intermediary treat as
+# malformed: HTTP/1.1's field-value refuses them (400), so the backend never gets one.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z")
 # RFC 9113 §8.2.2: connection-specific fields make a request malformed.
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -164,11 +167,12 @@ def _parse_request(fields: Any) -> _Parsed | str:
     take it apart; a string says why it is malformed (a stream error).
 
     Names are lower-case tokens (``x(y)`` is not one; nor is an upper-case name);
-    values hold no NUL, CR or LF nor surrounding whitespace; pseudo-header fields come
-    first, once each, known ones only, ``:protocol`` only with CONNECT; ``:method``,
-    and ``:scheme`` and a non-empty ``:path`` unless CONNECT; no connection-specific
-    field, ``te`` only ``trailers``; ``:authority`` or ``Host``, one each, the same.
-    Split ``cookie`` fields are joined (§8.2.3)."""
+    values hold no control byte but HTAB (NUL, CR, LF, DEL...) nor surrounding
+    whitespace; pseudo-header fields come first, once each, known ones only,
+    ``:protocol`` only with CONNECT; ``:method``, and ``:scheme`` and a non-empty
+    ``:path`` unless CONNECT; no connection-specific field, ``te`` only ``trailers``;
+    ``:authority`` or ``Host``, one each, the same. Split ``cookie`` fields are joined
+    (§8.2.3)."""
     pseudo: dict[bytes, bytes] = {}
     pairs: list[tuple[bytes, bytes]] = []
     add = pairs.append

@@ -93,7 +93,7 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     can carry it, and no identity rule matches one (config refuses them in rules)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return [], []
     return (
         [v for v in san.get_values_for_type(x509.UniformResourceIdentifier) if _printable(v)],

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from joserfc import jwk
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -306,6 +307,20 @@ def http_get(url: str, policy: IPolicyForHTTPS | None) -> Deferred[bytes]:
 _LIVE: weakref.WeakSet[JwksFetcher] = weakref.WeakSet()
 
 
+def loggable(url: str) -> str:
+    """``scheme://host[:port]/path`` of a JWKS URL, for log lines and metric labels:
+    the query (an IdP may take a key there), the fragment and any user info stay out."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 class JwksFetcher:
     """One JWKS URL: fetched at start and every ``refresh`` seconds, in the background.
 
@@ -329,6 +344,7 @@ class JwksFetcher:
 
             clock = reactor  # type: ignore[assignment]
         self.url = url
+        self.label = loggable(url)  # what logs and metrics show of it
         self.keys: KeySet | None = None
         self.policy: IPolicyForHTTPS | None = None
         self.refresh = 300.0
@@ -442,7 +458,8 @@ class JwksFetcher:
         self.last_success = self._now()
         self.last_error = None
         if was_stale:
-            log.info("JWKS {url}: fetched again ({count} keys)", url=self.url, count=len(keys))
+            log.info("JWKS {url}: fetched again ({count} keys)", url=self.label,
+                     count=len(keys))
         self._finish()
 
     def _failed(self, failure: Failure) -> None:
@@ -459,14 +476,14 @@ class JwksFetcher:
             log.warn(
                 "JWKS {url} could not be fetched ({error}); no key set yet, so tokens "
                 "of this issuer are refused until a fetch succeeds",
-                url=self.url,
+                url=self.label,
                 error=text,
             )
         else:
             log.warn(
                 "JWKS {url} could not be fetched ({error}); keeping the last good key set "
                 "({count} keys)",
-                url=self.url,
+                url=self.label,
                 error=text,
                 count=len(self.keys),
             )
@@ -530,7 +547,7 @@ class JwksCollector:
         return (
             CounterMetricFamily(
                 "twistedgw_jwks_fetches",
-                "JWKS URL fetches, by URL and result (success|failure).",
+                "JWKS URL fetches, by URL (without its query) and result (success|failure).",
                 labels=["url", "result"],
             ),
             GaugeMetricFamily(
@@ -550,11 +567,15 @@ class JwksCollector:
 
     def collect(self) -> Iterator[Any]:
         fetches, keys, stale, last = self._families()
+        taken: dict[str, int] = {}
         for f in sorted(self._fetchers(), key=lambda f: f.url):
-            fetches.add_metric([f.url, "success"], f.successes)
-            fetches.add_metric([f.url, "failure"], f.failures)
-            keys.add_metric([f.url], len(f.keys) if f.keys is not None else 0)
-            stale.add_metric([f.url], 1 if f.stale else 0)
+            # The URL as logged; URLs that differ only in what it leaves out get " (2)"...
+            n = taken[f.label] = taken.get(f.label, 0) + 1
+            url = f.label if n == 1 else f"{f.label} ({n})"
+            fetches.add_metric([url, "success"], f.successes)
+            fetches.add_metric([url, "failure"], f.failures)
+            keys.add_metric([url], len(f.keys) if f.keys is not None else 0)
+            stale.add_metric([url], 1 if f.stale else 0)
             if f.last_success is not None:
-                last.add_metric([f.url], f.last_success)
+                last.add_metric([url], f.last_success)
         yield from (fetches, keys, stale, last)

@@ -48,8 +48,8 @@ class TrustEntry:
     def is_ca(self) -> bool:
         try:
             return self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except (x509.ExtensionNotFound, ValueError):
-            return False
+        except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+            return False  # pinned: it passes a byte-identical leaf, and signs for nobody
 
 
 @dataclass(frozen=True)

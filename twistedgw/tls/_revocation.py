@@ -188,7 +188,7 @@ def ocsp_url(cert: x509.Certificate) -> str | None:
     """The first http(s) OCSP responder named in the certificate's AIA."""
     try:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return None
     for desc in aia:
         if desc.access_method == x509.oid.AuthorityInformationAccessOID.OCSP and isinstance(

@@ -138,6 +138,7 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         f"keys = {{{keys}}}",
         f"bearer = {'true' if verdicts.uses_bearer(api) else 'false'}",
         f"per_operation = {'true' if verdicts.per_operation(api) else 'false'}",
+        f"drop_underscored = {'true' if plan.drop_underscored else 'false'}",
         f"answers = {{{table}}}",
         _ask(site, plan),
         *_peer_vars(site, plan, indent),

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twistedgw.app.nginx._plugins import NONE, Headers, plugin_headers
-from twistedgw.config import ApiConfig, GatewayConfig, variants
+from twistedgw.config import ApiConfig, GatewayConfig, Mode, variants
 from twistedgw.http import _verdicts as verdicts
 
 #: What the rendered config tells the authz endpoint it does with the answer.
@@ -35,6 +35,7 @@ class ApiPlan:
     tiers: str = ""  # Lua spends the tier buckets: "dict" (lua_shared_dict) or "redis"
     headers: Headers = NONE  # what NGINX does for the API's header plugins
     asker: verdicts.Asker = AUTH_REQUEST_ASKER  # what its authz location says it does
+    drop_underscored: bool = False  # Lua removes headers whose names hold "_" (see below)
 
     @property
     def asker_header(self) -> str:
@@ -63,6 +64,26 @@ class ApiPlan:
         else:
             verdict = f"a decision per request ({self.uncached_why})"
         return f"{head}: NGINX's path, {how}, {verdict}"
+
+
+def underscored_headers(config: GatewayConfig) -> tuple[str, ...]:
+    """Request headers twistedgw reads a credential from whose names hold ``_`` (WSO2's
+    ``api_key``, an ``x-wso2-auth-header``), lower-case.
+
+    NGINX drops such headers unless ``underscores_in_headers on`` (server-wide), so the
+    rendered servers say it when this is not empty. Then every other client header with
+    ``_`` reaches NGINX too, where direct mode never forwards one to a backend (WSGI and
+    CGI read ``X_Client_Cert`` as ``X-Client-Cert``): the Lua variant removes them on
+    NGINX's path; stock NGINX cannot remove headers by pattern, so in the
+    ``auth_request`` variant every API takes the gateway path (twistedgw drops them).
+    """
+    names = set()
+    for api in config.apis:
+        for c in (api, *variants(api)):
+            if c.api_key is not Mode.DISABLED and c.api_key_query is None:
+                names.add(c.api_key_header.lower())
+            names.add(c.auth_header.lower())
+    return tuple(sorted(n for n in names if "_" in n))
 
 
 def _uncached_why(config: GatewayConfig, api: ApiConfig, asker: verdicts.Asker) -> str:
@@ -150,9 +171,15 @@ def plan(config: GatewayConfig, variant: str, pipelines: Mapping[ApiConfig, Any]
     cluster = config.cluster
     store = "" if not lua else "dict" if cluster is None else (
         "" if cluster.scheme == "rediss" else "redis")
+    underscored = underscored_headers(config)
     out = []
     for i, api in enumerate(config.apis):
         reason = _gateway_reason(api, lua)
+        if reason is None and underscored and not lua:
+            reason = (f"A credential header whose name holds '_' ({', '.join(underscored)}): "
+                      "NGINX accepts such headers for every API (underscores_in_headers on) "
+                      "and stock NGINX cannot drop them before the backend as direct mode "
+                      "does (the Lua variant does)")
         headers = plugin_headers(api, (pipelines or {}).get(api))
         if reason is None and isinstance(headers, str):
             reason = headers
@@ -166,5 +193,6 @@ def plan(config: GatewayConfig, variant: str, pipelines: Mapping[ApiConfig, Any]
         why = "" if cached else _uncached_why(config, api, asker)
         out.append(ApiPlan(i, api, None, lua=lua, cached=cached, uncached_why=why,
                            peers=lua and len(api.endpoints) > 1,
-                           tiers=store if api.tiers else "", asker=asker, headers=headers))
+                           tiers=store if api.tiers else "", asker=asker, headers=headers,
+                           drop_underscored=bool(underscored)))
     return tuple(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from twistedgw import errors
 from twistedgw.app import _runtime as runtime
 from twistedgw.app.nginx._hosts import host_checks, pattern_regex
+from twistedgw.app.nginx._plan import underscored_headers
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import INTERNAL, json_body, quote
 from twistedgw.config import SniEntry
@@ -48,6 +49,9 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
         certificate, key = entry.certificate, entry.private_key
         advertise = entry.advertise_ca_names
     w("    server_tokens off;  # Server: nginx, without its version")
+    underscored = underscored_headers(config)
+    if underscored:  # else NGINX drops them before twistedgw could read the credential
+        w(f"    underscores_in_headers on;  # {', '.join(underscored)}")
     w(f"    ssl_certificate {quote(str(certificate))};")
     w(f"    ssl_certificate_key {quote(str(key))};")
     w(f"    ssl_protocols {' '.join(config.tls.protocols)};")

@@ -141,7 +141,8 @@ local function cache_key(spec)
             return nil
         end
         for _, name in ipairs(names) do
-            local value = headers[name]
+            -- rawget: the table's own lookup would take Api-Key for api_key
+            local value = rawget(headers, name)
             if type(value) == "table" then
                 return nil  -- repeated: twistedgw refuses it as in direct mode
             end
@@ -507,7 +508,45 @@ function _M.define(id, spec)
     return spec
 end
 
+-- underscores_in_headers on (an API reads a credential from a header such as api_key):
+-- direct mode never forwards a header whose name holds "_" (WSGI and CGI read
+-- X_Client_Cert as X-Client-Cert), so neither does NGINX's path. Their names, or nil
+-- when get_headers cannot read every header (the request then goes to twistedgw whole).
+local function underscored()
+    local headers, err = ngx.req.get_headers(MAX_HEADERS, true)
+    if err == "truncated" then
+        return nil
+    end
+    local names = {}
+    for name in pairs(headers) do
+        if name:find("_", 1, true) then
+            names[#names + 1] = name
+        end
+    end
+    return names
+end
+
+-- An allowed request goes on to the backend: without the headers direct mode drops,
+-- to the backend direct mode would pick.
+local function forward(spec, drop)
+    if drop then
+        for _, name in ipairs(drop) do
+            ngx.req.clear_header(name)
+        end
+    end
+    if spec.backends then
+        pick_backend(spec)
+    end
+end
+
 function _M.access(spec)
+    local drop = nil
+    if spec.drop_underscored then
+        drop = underscored()
+        if drop == nil then
+            return gateway()
+        end
+    end
     local key = cache_key(spec)
     if key == nil then
         return gateway()
@@ -544,10 +583,7 @@ function _M.access(spec)
         end
     end
     if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
-        if spec.backends then
-            pick_backend(spec)
-        end
-        return  -- nothing to set: the variables start empty (`set` in the location)
+        return forward(spec, drop)  -- nothing to set: the variables start empty
     end
     local var = ngx.var
     local i = 1
@@ -566,9 +602,7 @@ function _M.access(spec)
     if tier and spec.tiers and spend_tier(spec, tier) then
         return  -- refused (429, or 503 when [cluster] is closed and Redis cannot answer)
     end
-    if spec.backends then
-        pick_backend(spec)
-    end
+    return forward(spec, drop)
 end
 
 return _M
