@@ -18,19 +18,24 @@ from twistedgw.upstream._inprocess import (
     as_resource,
     load_resource,
 )
+from twistedgw.upstream._tunnel import ClientEnd, FrameScanner, Tunnel, TunnelStats
 
 __all__ = [
     "TOKEN",
     "BackendCall",
+    "ClientEnd",
     "ForwardResult",
     "ForwardSettings",
     "Forwarder",
+    "FrameScanner",
     "NoResponse",
     "ResourceBackend",
     "ResourceError",
     "ResourceRequest",
     "ResponseHead",
     "Truncated",
+    "Tunnel",
+    "TunnelStats",
     "Upstream",
     "UpstreamError",
     "as_resource",
