@@ -297,9 +297,13 @@ def test_a_close_from_either_side_ends_it_with_its_code() -> None:
     t = _tunnel()
     mask = b"\x00\x00\x00\x00"
     t.front.send(b"\x88\x82" + mask + b"\x0f\xa0")  # the client's Close 4000
-    t.backend.protocol.connectionLost(Failure(Exception("closed")))
-    assert t.ended == [TunnelStats(15, 4, 4000, "backend")]
+    t.backend.protocol.connectionLost(Failure(Exception("closed")))  # the backend's TCP close
+    # The client began the closing handshake (a server closes TCP first, RFC 6455 7.1.1).
+    assert t.ended == [TunnelStats(15, 4, 4000, "client")]
     assert t.front.transport.disconnecting  # closed after what it still has to receive
+    t1 = _tunnel()
+    t1.backend.protocol.connectionLost(Failure(Exception("closed")))  # no Close frame at all
+    assert t1.ended == [TunnelStats(7, 4, None, "backend")]
     t2 = _tunnel()
     t2.front.channel.connectionLost(Failure(Exception("gone")))
     assert t2.ended[0].closed_by == "client" and t2.backend.disconnecting

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from websockets.http11 import Request
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -24,26 +25,32 @@ class WsBackend:
     * ``.../flood``: after the first message, sends 64 KiB binary messages for as long
       as its socket takes them, counting them in ``flooded`` (bytes).
 
-    ``handshakes`` holds every opening handshake it saw (path, headers)."""
+    ``requests`` holds every request it received, a WebSocket handshake or not (path,
+    lower-case headers); a request without ``Upgrade`` is answered 426 (the library's
+    server does so)."""
 
     def __init__(self) -> None:
-        self.handshakes: list[tuple[str, dict[str, str]]] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
         self.flooded = 0
         self.closed: list[int | None] = []  # close codes it saw, per finished connection
         self._server: Server = serve(
             self._handle, "127.0.0.1", 0, max_size=MAX_MESSAGE, compression=None,
-            ping_interval=None,
+            ping_interval=None, process_request=self._seen,
         )
         self.port = self._server.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
+    def _seen(self, ws: ServerConnection, request: Request) -> None:
+        self.requests.append(
+            (request.path, {k.lower(): v for k, v in request.headers.raw_items()})
+        )
+
     def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
         path = request.path
-        self.handshakes.append((path, {k.lower(): v for k, v in request.headers.raw_items()}))
         try:
             if path.endswith("/close"):
                 ws.send(ws.recv())

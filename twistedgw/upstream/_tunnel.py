@@ -224,7 +224,8 @@ class TunnelStats(NamedTuple):
     received: int  # bytes from the client after the handshake
     sent: int  # bytes to the client after the 101
     close_code: int | None  # the first Close frame's status code, either way (None: none)
-    # Why it ended: "client" or "backend" (that side closed first), "idle_timeout",
+    # Why it ended: "client" or "backend" (that side sent the first Close frame, or
+    # without one closed its connection first), "idle_timeout",
     # "shutdown" (a graceful stop) or "error"; None while it is open (the 101's record).
     closed_by: str | None
 
@@ -321,6 +322,7 @@ class Tunnel:
         self.received = 0
         self.sent = 0
         self.close_code: int | None = None
+        self._closer: str | None = None  # the side whose Close frame came first
         self.done = False
         self._timer: IDelayedCall | None = None
         self._last = 0.0
@@ -359,7 +361,7 @@ class Tunnel:
         up = self._up
         up.feed(data)
         if self.close_code is None and up.close_code is not None:
-            self.close_code = up.close_code
+            self.close_code, self._closer = up.close_code, "client"
         self._backend.write(data)
 
     def from_backend(self, data: bytes) -> None:
@@ -372,7 +374,7 @@ class Tunnel:
         down = self._down
         down.feed(data)
         if self.close_code is None and down.close_code is not None:
-            self.close_code = down.close_code
+            self.close_code, self._closer = down.close_code, "backend"
         client.transport.write(data)
 
     # -- endings -------------------------------------------------------------
@@ -438,7 +440,10 @@ class Tunnel:
             self._backend_closer = client.callLater(CLOSE_TIMEOUT, self._abort_backend)
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
-            on_end(TunnelStats(self.received, self.sent, self.close_code, why))
+            # A closing handshake's side is who began it, not whose TCP close came first
+            # (RFC 6455 7.1.1: the server closes TCP first, whoever began).
+            by = self._closer if why in ("client", "backend") and self._closer else why
+            on_end(TunnelStats(self.received, self.sent, self.close_code, by))
 
     def _abort_backend(self) -> None:
         self._backend_closer = None
