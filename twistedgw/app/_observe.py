@@ -249,7 +249,8 @@ class Metrics:
         self.websockets_closed = Counter(
             "twistedgw_websockets_closed",
             "WebSocket connections closed, by API and reason (client|backend: that side "
-            "closed first; idle_timeout; shutdown: a graceful stop closed it; error).",
+            "began the closing handshake, or closed first without one; idle_timeout; shutdown: "
+            "a graceful stop closed it).",
             ["api", "reason"],
             registry=r,
         )

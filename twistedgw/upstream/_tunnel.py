@@ -225,8 +225,8 @@ class TunnelStats(NamedTuple):
     sent: int  # bytes to the client after the 101
     close_code: int | None  # the first Close frame's status code, either way (None: none)
     # Why it ended: "client" or "backend" (that side sent the first Close frame, or
-    # without one closed its connection first), "idle_timeout",
-    # "shutdown" (a graceful stop) or "error"; None while it is open (the 101's record).
+    # without one closed its connection first), "idle_timeout" or "shutdown" (a graceful
+    # stop); None while it is open (the 101's record).
     closed_by: str | None
 
 
