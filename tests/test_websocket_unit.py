@@ -198,6 +198,21 @@ def test_scanner_reports_1005_for_a_close_without_code_and_none_without_close() 
     assert scanner.close_code == 1005 and scanner.at_boundary
 
 
+def test_a_read_packed_with_tiny_frames_is_no_longer_followed() -> None:
+    """Following 32,768 two-byte frames of one read would hold the reactor for ~20 ms: past
+    FRAMES_PER_READ the direction is lost (relayed still, closed without a 1001)."""
+    from twistedgw.upstream._tunnel import FRAMES_PER_READ
+
+    scanner = FrameScanner()
+    scanner.feed(b"\x81\x00" * (FRAMES_PER_READ - 1))
+    assert scanner.at_boundary and not scanner.lost
+    scanner = FrameScanner()
+    scanner.feed(b"\x81\x00" * 32768)
+    assert scanner.lost and not scanner.at_boundary
+    scanner.feed(b"\x88\x02\x03\xe8")
+    assert scanner.close_code is None
+
+
 def test_close_frames_parse_as_rfc_6455s_both_ways() -> None:
     from websockets.frames import Close
 
