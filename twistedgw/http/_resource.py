@@ -249,7 +249,8 @@ class GatewayExchange(Exchange):
         routed = self.routed
         started = self.started
         trace = self.trace
-        if trace is not None:
+        if trace is not None and (websocket is None or websocket.closed_by is None):
+            # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
         gateway.notify(
             RequestRecord(

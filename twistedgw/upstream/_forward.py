@@ -688,9 +688,9 @@ class _Forwarding:
             return
         self._cancel_timer()
         self._fw._answered(self._target)
-        self._phase = _Phase.DONE
-        self._on_done = None
-        self._responder.when_gone(None)
+        self._status = 101
+        self._on_done = None  # the exchange is recorded by on_switch's side (its 101, its close)
+        self._finish_result(101, None)  # done here (the backend span ends)
         on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
