@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twistedgw import errors
 from twistedgw.errors import GatewayError
-from twistedgw.upstream import ClientEnd, Tunnel, TunnelStats
+from twistedgw.upstream import ClientEnd, Tunnel, TunnelStats, upgrade_protocols
 from twistedgw.wire import answer_headers, connection_tokens
 
 if TYPE_CHECKING:
@@ -56,15 +56,6 @@ def accepts(route: Route) -> bool:
     return operation is not None and operation.websocket
 
 
-def _protocols(values: list[bytes]) -> list[bytes]:
-    return [
-        item.strip(b" \t").split(b"/", 1)[0].lower()
-        for value in values
-        for item in value.split(b",")
-        if item.strip(b" \t")
-    ]
-
-
 def wanted(exchange: GatewayExchange, route: Route) -> bool:
     """Whether ``exchange`` is a WebSocket handshake to be forwarded as an upgrade: its
     API accepts them, it names ``websocket`` in ``Upgrade``, and its front can switch."""
@@ -73,7 +64,7 @@ def wanted(exchange: GatewayExchange, route: Route) -> bool:
     upgrade = exchange.fields.getRawHeaders(b"upgrade")
     return (
         upgrade is not None
-        and b"websocket" in _protocols(upgrade)
+        and b"websocket" in upgrade_protocols(upgrade)
         and hasattr(exchange.responder, "switch_protocols")
     )
 

@@ -18,7 +18,13 @@ from twistedgw.upstream._inprocess import (
     as_resource,
     load_resource,
 )
-from twistedgw.upstream._tunnel import ClientEnd, FrameScanner, Tunnel, TunnelStats
+from twistedgw.upstream._tunnel import (
+    ClientEnd,
+    FrameScanner,
+    Tunnel,
+    TunnelStats,
+    upgrade_protocols,
+)
 
 __all__ = [
     "TOKEN",
@@ -41,4 +47,5 @@ __all__ = [
     "as_resource",
     "load_resource",
     "parse_origin",
+    "upgrade_protocols",
 ]

@@ -54,6 +54,7 @@ __all__ = [
     "accept_value",
     "check_switch",
     "close_frame",
+    "upgrade_protocols",
 ]
 
 #: RFC 6455 1.3: appended to the client's key to compute Sec-WebSocket-Accept.
@@ -103,7 +104,7 @@ def check_switch(raw: bytes, key: bytes | None) -> list[tuple[bytes, bytes]] | s
         elif lower == b"sec-websocket-accept":
             accept.append(value)
         fields.append((name, value))
-    if _protocols(upgrade) != [b"websocket"]:
+    if upgrade_protocols(upgrade) != [b"websocket"]:
         return "the 101 does not upgrade to websocket"
     named = connection_tokens(connection)
     if b"upgrade" not in named:
@@ -113,8 +114,8 @@ def check_switch(raw: bytes, key: bytes | None) -> list[tuple[bytes, bytes]] | s
     return [(n, v) for n, v in fields if n.lower() not in _SWITCH_SKIP and n.lower() not in named]
 
 
-def _protocols(values: list[bytes]) -> list[bytes]:
-    """The protocol names (no version) an ``Upgrade`` field lists, lower-case."""
+def upgrade_protocols(values: list[bytes]) -> list[bytes]:
+    """The protocol names (no version) ``Upgrade`` field values list, lower-case."""
     return [
         item.strip(b" \t").split(b"/", 1)[0].lower()
         for value in values
