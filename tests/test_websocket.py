@@ -112,8 +112,8 @@ def test_echo_both_ways(gw: GatewayProcess, pki: DevPki, backend_ws: WsBackend) 
 
 def test_refused_before_the_101(gw: GatewayProcess, pki: DevPki, backend_ws: WsBackend) -> None:
     """No certificate: the API's 401 JSON, no upgrade, and the backend never sees the
-    handshake. An API that does not accept WebSockets forwards a plain request (Upgrade
-    dropped): the backend's own answer (426 here) comes back."""
+    handshake. A backend's refusal comes back as it sent it. An API that does not accept
+    WebSockets forwards a plain request (Upgrade dropped): the backend answers 426."""
     seen = len(backend_ws.requests)
     with pytest.raises(InvalidStatus) as info:
         ws_connect(_url(gw, "/ws/echo"), context(pki))
@@ -123,6 +123,12 @@ def test_refused_before_the_101(gw: GatewayProcess, pki: DevPki, backend_ws: WsB
     assert response.headers.get("Upgrade") is None
     assert b'"code"' in response.body
     assert len(backend_ws.requests) == seen
+    # A backend that refuses the handshake: its answer is relayed as a normal response.
+    with pytest.raises(InvalidStatus) as info:
+        ws_connect(_url(gw, "/ws/deny"), context(pki, "partner-app"))
+    assert info.value.response.status_code == 403
+    assert info.value.response.body == b"not for you\n"
+    assert backend_ws.requests[-1][1]["upgrade"] == "websocket"
     with pytest.raises(InvalidStatus) as info:
         ws_connect(_url(gw, "/plain/echo"), context(pki, "partner-app"))
     assert info.value.response.status_code == 426

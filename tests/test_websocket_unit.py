@@ -434,3 +434,34 @@ def test_h2_never_offers_extended_connect() -> None:
     frame, length = H2Frame.parse_frame_header(memoryview(data[:9]))
     frame.parse_body(memoryview(data[9 : 9 + length]))
     assert frame.settings.get(0x8, 0) == 0  # type: ignore[attr-defined]
+
+
+# -- the upstream client hands an upgraded connection over, never back to the pool ----
+
+
+def test_a_101_leaves_the_pool_for_good_and_only_when_asked_for() -> None:
+    from tests.test_upstream import GET, ORIGIN, Recorder, _Pool
+
+    class Switching(Recorder):
+        switching = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.switched: list[tuple[bytes, bytes, Any]] = []
+
+        def response_switched(self, head: bytes, rest: bytes, conn: Any) -> None:
+            self.switched.append((head, rest, conn))
+
+    pool, handler = _Pool(), Switching()
+    pool.request(ORIGIN, b"GET", GET, None, handler)
+    conn, _transport = pool.made[0]
+    conn.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x01x")
+    ((head, rest, given),) = handler.switched
+    assert head.startswith(b"HTTP/1.1 101") and rest == b"\x81\x01x" and given is conn
+    assert not conn.reusable and conn.call is None and not handler.failures
+    assert not pool._idle  # never parked: the next request opens a new connection
+    plain = Recorder()  # one that asked for no upgrade: a 101 is an invalid response
+    pool.request(ORIGIN, b"GET", GET, None, plain)
+    assert len(pool.made) == 2
+    pool.made[1][0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert plain.failures and "upgrades" in str(plain.failures[0])

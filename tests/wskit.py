@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -23,7 +23,8 @@ class WsBackend:
 
     * ``.../close``: answers the first message, then closes with 4000;
     * ``.../flood``: after the first message, sends 64 KiB binary messages for as long
-      as its socket takes them, counting them in ``flooded`` (bytes).
+      as its socket takes them, counting them in ``flooded`` (bytes);
+    * ``.../deny``: refuses the handshake: 403 with a body.
 
     ``requests`` holds every request it received, a WebSocket handshake or not (path,
     lower-case headers); a request without ``Upgrade`` is answered 426 (the library's
@@ -42,10 +43,13 @@ class WsBackend:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def _seen(self, ws: ServerConnection, request: Request) -> None:
+    def _seen(self, ws: ServerConnection, request: Request) -> Response | None:
         self.requests.append(
             (request.path, {k.lower(): v for k, v in request.headers.raw_items()})
         )
+        if request.path.endswith("/deny"):
+            return ws.respond(403, "not for you\n")
+        return None
 
     def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
