@@ -36,8 +36,9 @@ def backend_ws() -> Iterator[WsBackend]:
 
 def _apis(url: str) -> list[dict[str, Any]]:
     return [
+        # (A response cache never sees a handshake: it goes to the backend itself.)
         {"name": "chat", "version": "1", "context": "/ws", "backend": url,
-         "mutual_ssl": "mandatory", "websocket": True},
+         "mutual_ssl": "mandatory", "websocket": True, "response_cache": {"enabled": True}},
         {"name": "plain", "version": "1", "context": "/plain", "backend": url,
          "mutual_ssl": "mandatory"},
     ]

@@ -51,9 +51,10 @@ def _exchange(pairs: list[tuple[bytes, bytes]] = GOOD, method: bytes = b"GET",
                     responder if responder is not None else _Switcher(), body)
 
 
-def _route(websocket: bool = True, operation: Any = None) -> Any:
+def _route(websocket: bool = True, operation: Any = None,
+           target: bytes = b"http://b/x") -> Any:
     api = SimpleNamespace(websocket=websocket)
-    return SimpleNamespace(api=api, operation=operation)
+    return SimpleNamespace(api=api, operation=operation, backend_target=target)
 
 
 # -- the handshake ---------------------------------------------------------------
@@ -68,8 +69,10 @@ def test_wanted_only_where_the_api_or_operation_accepts_and_upgrade_names_websoc
     assert not upgrade.wanted(_exchange(h2c), _route())  # another upgrade: a plain request
     several = [(n, b"foo/2, WebSocket" if n == b"Upgrade" else v) for n, v in GOOD]
     assert upgrade.wanted(_exchange(several), _route())
-    # A front that cannot switch (an embedding's own twisted.web Site): a plain request.
+    # A front that cannot switch (an embedding's own twisted.web Site), or an in-process
+    # backend (no connection to hand over): a plain request.
     assert not upgrade.wanted(_exchange(responder=SimpleNamespace()), _route())
+    assert not upgrade.wanted(_exchange(), _route(target=b"resource:app:site"))
 
 
 @pytest.mark.parametrize(("change", "words"), [
@@ -341,8 +344,13 @@ def test_config_keys(tmp_path: Path) -> None:
         30.0, 4096)
     assert [a.websocket for a in config.apis] == [True, False]
     assert (Limits().websocket_idle_timeout, Limits().websocket_buffer_bytes) == (300.0, 65536)
-    path.write_text(path.read_text().replace("websocket = true", 'websocket = "yes"'))
+    text = path.read_text()
+    path.write_text(text.replace("websocket = true", 'websocket = "yes"'))
     with pytest.raises(configmod.ConfigError, match=r"apis\[0\]\.websocket"):
+        configmod.load(path)
+    in_process = 'backend = "resource:"\nwebsocket'
+    path.write_text(text.replace('backend = "http://b"\nwebsocket', in_process))
+    with pytest.raises(configmod.ConfigError, match=r"apis\[0\]\.websocket: an in-process"):
         configmod.load(path)
 
 
