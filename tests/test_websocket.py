@@ -251,22 +251,24 @@ def test_echo_through_the_rendered_nginx_config(
     tmp_path: Path, pki: DevPki, backend: BackendProcess, backend_ws: WsBackend
 ) -> None:
     """NGINX-fronted: a WebSocket API on NGINX's path (NGINX asks the authz endpoint and
-    proxies the upgrade itself) and one on the gateway path (tiers: twistedgw judges and
-    relays it); a refusal is twistedgw's 401 JSON."""
+    proxies the upgrade itself) and one on the gateway path (a response cache: twistedgw
+    judges and relays it); a refusal is twistedgw's 401 JSON."""
     from tests.test_nginx_fronted import start_fronted
 
     extra = (
         f'\n[[apis]]\nname = "chat"\nversion = "1"\ncontext = "/chat"\n'
         f'backend = "{backend_ws.url}"\nmutual_ssl = "mandatory"\nwebsocket = true\n'
-        f'\n[[apis]]\nname = "tiered"\nversion = "1"\ncontext = "/tiered"\n'
+        f'\n[[apis]]\nname = "cached"\nversion = "1"\ncontext = "/cached"\n'
         f'backend = "{backend_ws.url}"\nmutual_ssl = "mandatory"\nwebsocket = true\n'
-        '[[apis.tiers]]\nalias = "partner-root"\nrequests_per_minute = 1000\n'
+        '[apis.response_cache]\nenabled = true\n'
     )
     fronted = start_fronted(tmp_path, pki, backend, extra=extra)
     try:
         site = (tmp_path / "nginx" / "twistedgw.conf").read_text()
         assert "proxy_set_header Upgrade $tgw_upgrade;" in site
-        for path in ("/chat/echo", "/tiered/echo"):
+        assert "chat:1 (/chat): NGINX's path" in site
+        assert "cached:1 (/cached): gateway path" in site
+        for path in ("/chat/echo", "/cached/echo"):
             url = f"wss://localhost:{fronted.nginx.port}{path}"
             with ws_connect(url, context(pki, "partner-app")) as ws:
                 for message in ("hello", b"\x01\x02", b"z" * 200_000):
