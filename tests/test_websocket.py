@@ -212,7 +212,7 @@ def test_idle_timeout(gw: GatewayProcess, pki: DevPki) -> None:
             ws.recv(timeout=IDLE + 10)
         waited = time.monotonic() - opened
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-    assert IDLE - 0.5 < waited < IDLE + 5
+    assert IDLE - 0.5 < waited < IDLE + 10
     record = _record(gw, "/ws/idle")
     assert (record["closed_by"], record["close_code"]) == ("idle_timeout", 1001)
 
@@ -239,7 +239,7 @@ def test_graceful_stop_closes_websockets_after_the_drain_timeout(
             ws.recv(timeout=10)
         waited = time.monotonic() - sent
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-    assert 1.3 < waited < 5
+    assert 1.3 < waited < 10  # (upper bound: a loaded machine; the drain is 1.5 s)
     assert gw.proc.wait(10) == 0
     assert "closing 1 WebSocket(s) (1001)" in gw.output()
     (record,) = [r for r in access_lines((tmp_path / "access.jsonl").read_text())

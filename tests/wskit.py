@@ -90,7 +90,7 @@ def ws_backend() -> Iterator[WsBackend]:
 def ws_connect(url: str, ctx: ssl.SSLContext | None, **kwargs: Any) -> ClientConnection:
     """A client of ``url`` (wss:// through the gateway's TLS with ``ctx``'s certificate)."""
     options: dict[str, Any] = {
-        "open_timeout": 10, "close_timeout": 5, "max_size": MAX_MESSAGE, "proxy": None,
+        "open_timeout": 30, "close_timeout": 5, "max_size": MAX_MESSAGE, "proxy": None,
         "compression": None,
     }
     options.update(kwargs)
