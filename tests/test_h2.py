@@ -916,6 +916,9 @@ def test_connect_405_and_methods_not_upper_case_400(gw: GatewayProcess, pki: Dev
         for i, code in ((1, "405"), (3, "405"), (5, "400"), (7, "400")):
             assert json.loads(raw.body(i))["code"] == code
         assert not any(isinstance(f, GoAwayFrame) for f in raw.frames)
+        # RFC 8441 is not offered: SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8) absent or 0.
+        settings = [f for f in raw.frames if isinstance(f, SettingsFrame) and "ACK" not in f.flags]
+        assert settings and settings[0].settings.get(0x8, 0) == 0
     finally:
         raw.close()
 

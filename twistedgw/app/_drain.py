@@ -4,6 +4,10 @@ Only connections are tracked, not requests: an HTTP/1.1 channel with an exchange
 in ``requests`` is busy (its answer awaited, or its body still arriving), one without
 is idle. That needs nothing from the request factory or the resource, so it
 keeps working whatever the rest of the pipeline does.
+
+An upgraded connection (a WebSocket, ``upgraded`` on its channel) stays busy until it
+closes; when the drain timeout passes, it is closed with a ``1001`` Close frame each
+way (``Tunnel.shutdown``) and given ``UPGRADED_GRACE`` to go before the abort.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from twisted.logger import Logger
 log = Logger()
 
 POLL_SECONDS = 0.05
+#: After the drain timeout, how long upgraded connections (WebSockets) closed with a
+#: ``1001`` Close frame get to send it and close before everything left is aborted.
+UPGRADED_GRACE = 1.0
 
 
 def _channel(protocol: Any) -> Any:
@@ -94,6 +101,16 @@ class ConnectionTracker:
             # An answer not yet started says ``Connection: close`` (http/_front.py).
             channel.persistent = False
 
+    def _close_upgraded(self) -> int:
+        """Close every upgraded connection (``1001`` each way); how many there were."""
+        closed = 0
+        for protocol in list(self.connections):
+            tunnel = getattr(_channel(protocol), "upgraded", None)
+            if tunnel is not None and not tunnel.done:
+                tunnel.shutdown()
+                closed += 1
+        return closed
+
     def drain(self, reactor: Any, timeout: float) -> defer.Deferred[None]:
         """Fires when every connection has closed, or after ``timeout`` seconds when
         whatever is left has been aborted. Call after the listeners stopped."""
@@ -118,21 +135,42 @@ class ConnectionTracker:
                 reactor.callLater(0, done.callback, None)
                 return
             if reactor.seconds() >= deadline:
-                left = self.busy()
-                if left:
-                    log.warn(
-                        "shutdown_timeout ({timeout}s) reached: aborting {n} unfinished request(s)",
+                closed = self._close_upgraded()
+                if closed:
+                    log.info(
+                        "shutdown_timeout ({timeout}s) reached: closing {n} WebSocket(s) (1001)",
                         timeout=timeout,
-                        n=left,
+                        n=closed,
                     )
-                for protocol in list(self.connections):
-                    transport = getattr(_channel(protocol), "transport", None)
-                    if transport is not None:
-                        transport.abortConnection()
-                # Aborted connections report connectionLost on the next reactor turn.
-                reactor.callLater(0, done.callback, None)
+                    grace = reactor.seconds() + UPGRADED_GRACE
+                    reactor.callLater(POLL_SECONDS, wait_upgraded, grace)
+                    return
+                abort_all()
                 return
             reactor.callLater(POLL_SECONDS, tick)
+
+        def wait_upgraded(until: float) -> None:
+            if reactor.seconds() < until and any(
+                getattr(_channel(p), "upgraded", None) is not None for p in self.connections
+            ):
+                reactor.callLater(POLL_SECONDS, wait_upgraded, until)
+                return
+            abort_all()
+
+        def abort_all() -> None:
+            left = self.busy()
+            if left:
+                log.warn(
+                    "shutdown_timeout ({timeout}s) reached: aborting {n} unfinished request(s)",
+                    timeout=timeout,
+                    n=left,
+                )
+            for protocol in list(self.connections):
+                transport = getattr(_channel(protocol), "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
+            # Aborted connections report connectionLost on the next reactor turn.
+            reactor.callLater(0, done.callback, None)
 
         tick()
         return done

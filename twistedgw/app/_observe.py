@@ -53,11 +53,23 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 NO_CONSUMER = "none"
 
 # (api, status, duration seconds, cert source, cert result, reason label, backend error kind,
-#  consumer, refusal code, refusal reason label, response cache result)
+#  consumer, refusal code, refusal reason label, response cache result, WebSocket
+#  event: None, "open" or why it closed)
 Sample = tuple[
     str, int, float, str | None, str | None, str | None, str | None, str | None, str | None,
-    str | None, str | None,
+    str | None, str | None, str | None,
 ]
+
+#: A WebSocket's 101 was sent (``websocket_event``); any other value says why one closed.
+WEBSOCKET_OPEN = "open"
+
+
+def websocket_event(record: RequestRecord) -> str | None:
+    """None for a request; ``"open"`` for a WebSocket's 101; else why it closed."""
+    stats = record.websocket
+    if stats is None:
+        return None
+    return stats.closed_by or WEBSOCKET_OPEN
 
 
 def _reason_labels() -> list[tuple[str, str]]:
@@ -141,6 +153,7 @@ def sample_of(record: RequestRecord) -> Sample:
         code,
         refused,
         record.cache,
+        websocket_event(record),
     )
 
 
@@ -228,6 +241,19 @@ class Metrics:
             ["api", "result"],
             registry=r,
         )
+        self.websockets_open = Gauge(
+            "twistedgw_websockets_open",
+            "WebSocket connections relayed now (their 101 sent, not closed yet).",
+            registry=r,
+        )
+        self.websockets_closed = Counter(
+            "twistedgw_websockets_closed",
+            "WebSocket connections closed, by API and reason (client|backend: that side "
+            "began the closing handshake, or closed first without one; idle_timeout; shutdown: "
+            "a graceful stop closed it).",
+            ["api", "reason"],
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         # [tracing]: what became of the finished spans (0 with tracing off).
@@ -254,6 +280,7 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         """A ``Gateway`` observer: ``count(sample_of(record))`` without the Sample tuple."""
+        event = websocket_event(record) if record.websocket is not None else None
         source, result, reason = verdict_of(record)
         code, refused = refusal_labels(record)
         self._count(
@@ -268,7 +295,12 @@ class Metrics:
             code,
             refused,
             record.cache,
+            event,
         )
+
+    def websocket_closed(self, api: str, reason: str) -> None:
+        self.websockets_open.dec()
+        self.websockets_closed.labels(api=api, reason=reason).inc()
 
     def _consumer_label(self, consumer: str | None) -> str:
         """The consumer, if the config in force defines it: a plugin that set
@@ -298,7 +330,13 @@ class Metrics:
         code: str | None = None,
         refused: str | None = None,
         cache: str | None = None,
+        websocket: str | None = None,
     ) -> None:
+        if websocket is not None:
+            if websocket != WEBSOCKET_OPEN:  # a WebSocket closed: not a request
+                self.websocket_closed(api, websocket)
+                return
+            self.websockets_open.inc()  # its handshake is counted as a request below
         consumer = self._consumer_label(consumer_name)
         # Labelled children, looked up once per label set: prometheus_client's
         # labels() validates its arguments on every call (~3% of a request's CPU).
@@ -429,6 +467,11 @@ def access_entry(record: RequestRecord) -> dict[str, Any]:
     entry["error"] = record.error_kind
     if record.cache is not None:
         entry["cache"] = record.cache
+    stats = record.websocket
+    if stats is not None:  # a WebSocket, at its close: "bytes" went to the client
+        entry["bytes_received"] = stats.received
+        entry["close_code"] = stats.close_code
+        entry["closed_by"] = stats.closed_by
     entry["pid"] = os.getpid()
     if record.trace_id is not None:  # [tracing]: the request's trace, sampled or not
         entry["trace_id"] = record.trace_id
@@ -483,6 +526,9 @@ class AccessLog:
             os.close(old)
 
     def __call__(self, record: RequestRecord) -> None:
+        stats = record.websocket
+        if stats is not None and stats.closed_by is None:
+            return  # a WebSocket's 101: its line is written when it closes
         self.write(access_entry(record))
 
     def write(self, entry: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from twistedgw import config as configmod
 from twistedgw.app import _runtime as runtime
 from twistedgw.app._admin import AdminService
 from twistedgw.app._drain import stop_once
-from twistedgw.app._observe import AccessLog, Metrics, Sample, sample_of
+from twistedgw.app._observe import WEBSOCKET_OPEN, AccessLog, Metrics, Sample, sample_of
 from twistedgw.app._service import (
     GatewayService,
     gather_listening,
@@ -83,6 +83,7 @@ class _Worker(protocol.ProcessProtocol):
         self.pid: int | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._buffer = b""
+        self.websockets = 0  # open in this worker (from its samples): gone if it dies
 
     def signal(self, name: str) -> None:
         with contextlib.suppress(ProcessExitedAlready, OSError):  # processEnded will tell
@@ -210,6 +211,8 @@ class Supervisor(service.Service):
             for raw in message["s"]:
                 sample: Sample = tuple(raw)  # type: ignore[assignment]
                 self.metrics.count(sample)
+                if sample[-1] is not None:  # a WebSocket opened or closed
+                    worker.websockets += 1 if sample[-1] == WEBSOCKET_OPEN else -1
         for kind, count in message.get("ce", {}).items():
             self.metrics.cluster_error(str(kind), int(count))
         for seconds in message.get("rt", ()):
@@ -249,6 +252,9 @@ class Supervisor(service.Service):
 
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         self.cluster_problems.pop(worker.index, None)
+        if worker.websockets > 0:  # its WebSockets went with it
+            self.metrics.websockets_open.dec(worker.websockets)
+            worker.websockets = 0
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._update_ready()

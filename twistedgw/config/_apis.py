@@ -132,6 +132,9 @@ class ApiConfig:
     # [apis.response_cache] (or x-wso2-response-cache): GET answers kept per caller
     # (http/_cache.py); None: never cached.
     response_cache: ApiCache | None = None
+    # Accept WebSocket opening handshakes (GET with Upgrade: websocket) and relay the
+    # connection after the backend's 101 (http/_upgrade.py); else Upgrade is dropped.
+    websocket: bool = False
 
     @property
     def label(self) -> str:
@@ -225,6 +228,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
     )
     max_body = r.get("max_body_bytes", int, None)  # type: ignore[arg-type]
     backend_timeout = r.get("backend_timeout", float, None)  # type: ignore[arg-type]
+    websocket = r.get("websocket", bool, False)
     backend_tls = read_backend_tls(r.sub("backend_tls")) if "backend_tls" in r.table else None
     cors = read_cors(r.sub("cors")) if "cors" in r.table else None
     r.seen.add("cors")
@@ -305,6 +309,9 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
                 "backend_tls",
                 f"applies to https:// backends only, but the backend is {quoted(plain[0])}",
             )
+    if websocket and backend and backend.startswith(RESOURCE):
+        r.problem("websocket", "an in-process backend (resource:) has no connection to "
+                               "switch to WebSocket: give the API a network backend")
     r.finish()
     if name is None or context is None or backend is None:
         return None
@@ -340,6 +347,7 @@ def read_api(r: TableReader, *, backend_optional: bool = False) -> ApiConfig | N
         transports=transports,
         cors=cors,
         response_cache=cache,
+        websocket=websocket,
     )
 
 

@@ -27,6 +27,11 @@ class Limits:
     h2_max_resets_per_second: int = 100
     h2_max_control_frames_per_second: int = 100
     h2_max_continuation_frames: int = 32
+    # WebSockets (http/_upgrade.py): after the 101, the longest time with no byte relayed
+    # either way (replaces backend_timeout), and the bytes waiting for one receiver past
+    # which the sender is no longer read (per direction).
+    websocket_idle_timeout: float = 300.0
+    websocket_buffer_bytes: int = 64 * 1024
 
 
 MAX_HEADER_BYTES = 65536
@@ -59,6 +64,12 @@ def read_limits(r: TableReader) -> Limits:
         ),
         h2_max_continuation_frames=r.positive(
             "h2_max_continuation_frames", int, d.h2_max_continuation_frames
+        ),
+        websocket_idle_timeout=r.positive(
+            "websocket_idle_timeout", float, d.websocket_idle_timeout
+        ),
+        websocket_buffer_bytes=r.positive(
+            "websocket_buffer_bytes", int, d.websocket_buffer_bytes
         ),
     )
     if out.max_header_bytes > MAX_HEADER_BYTES:

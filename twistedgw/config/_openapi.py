@@ -68,6 +68,8 @@ _QUERY_NAME_RE = re.compile(r"^[A-Za-z0-9._~!$'()*,;:@/?-]{1,128}$")
 ROOT = "#"
 #: WSO2's application security type names (compared case-insensitively) -> twistedgw's.
 _APP_TYPES = {"api_key": "api_key", "oauth2": "jwt", "basic_auth": "basic_auth"}
+#: twistedgw's own operation extension: the operation accepts WebSocket handshakes.
+WEBSOCKET = "x-twistedgw-websocket"
 
 
 def pointer(base: str, *parts: str | int) -> str:
@@ -1205,13 +1207,14 @@ class _DefinitionReader:
                 # The Microgateway reads API Manager's name first at this level.
                 tier, tier_from = self._throttling_tier(
                     op, op_where, ("x-throttling-tier", "x-wso2-throttling-tier"))
+                ws = self._websocket(op, op_where, method)
                 off, why = self._disabled(op, op_where)
                 if off is None:
                     off, why = path_off, path_why
                 if off:
                     out.append(Operation(method.upper(), template, OPEN, op_where, tier,
                                          tier_from, opened_by=why, production=ends.production,
-                                         sandbox=ends.sandbox))
+                                         sandbox=ends.sandbox, websocket=ws))
                     continue
                 if off is False and api_off:
                     self.enabled.add(op_where)  # secured again, by its own or the API's
@@ -1219,7 +1222,7 @@ class _DefinitionReader:
                 if "security" not in op and own_app is None:
                     out.append(Operation(method.upper(), template, None, op_where, tier,
                                          tier_from, production=ends.production,
-                                         sandbox=ends.sandbox))
+                                         sandbox=ends.sandbox, websocket=ws))
                     continue
                 self.enabled.discard(op_where)
                 level, own = api_level, False
@@ -1239,8 +1242,24 @@ class _DefinitionReader:
                 why = f"security: [] at {pointer(op_where, 'security')}" if security.open else ""
                 out.append(Operation(method.upper(), template, security, op_where, tier,
                                      tier_from, opened_by=why, production=ends.production,
-                                     sandbox=ends.sandbox))
+                                     sandbox=ends.sandbox, websocket=ws))
         return tuple(out)
+
+    def _websocket(self, op: dict[str, Any], where: str, method: str) -> bool:
+        """``x-twistedgw-websocket: true``: the operation accepts WebSocket opening
+        handshakes (a GET, RFC 6455 4.1); ``[[apis]] websocket = true`` says it for all."""
+        if WEBSOCKET not in op:
+            return False
+        value = op[WEBSOCKET]
+        at = pointer(where, WEBSOCKET)
+        if not isinstance(value, bool):
+            self.note(at, f"expected true or false, got {excerpt(value)}")
+            return False
+        if value and method != "get":
+            self.note(at, "a WebSocket opening handshake is a GET request: mark the get "
+                          "operation of this path")
+            return False
+        return value
 
 
 def _from_alternatives(alternatives: list[frozenset[str]]) -> _Level | None:

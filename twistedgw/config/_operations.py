@@ -124,6 +124,8 @@ class Operation:
     # else its path item's); None: the API's.
     production: Endpoints | None = None
     sandbox: Endpoints | None = None
+    # x-twistedgw-websocket: true on a get operation: it accepts WebSocket handshakes.
+    websocket: bool = False
 
 
 @dataclass(frozen=True)

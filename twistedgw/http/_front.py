@@ -115,6 +115,7 @@ class Phase(enum.Enum):
     BODY = "allowed: reading the request body"
     ANSWERING = "the request is in: its answer is awaited or being sent"
     LINGERING = "refused, or answered unread: discarding what the client sends, then closing"
+    UPGRADED = "switched protocols (101): its bytes are a tunnel's (http/_upgrade.py)"
 
 
 def _bad(description: str) -> WireError:
@@ -262,6 +263,16 @@ class _H1Stream:
     def when_gone(self, callback: Callable[[], None] | None) -> None:
         self._on_gone = callback
 
+    def switch_protocols(self, head: bytes, tunnel: Any) -> tuple[FrontChannel, bytes] | None:
+        """Send ``head`` (a ``101``) and hand the connection to ``tunnel``
+        (``FrontChannel.switch``): the channel (an ``upstream.ClientEnd``) and the bytes
+        the client sent after its head, or None if it is gone. Only this front offers
+        it (WebSockets are HTTP/1.1's)."""
+        if self.started or self.finished or self.gone:
+            return None
+        self.started = True
+        return self.channel.switch(self, head, tunnel)
+
     # -- the channel's ---------------------------------------------------------
 
     def lost(self) -> None:
@@ -292,7 +303,7 @@ class FrontChannel(BoundedClose, Protocol):
         "_handshake_at", "_header_at", "_idle_at", "_left", "_limits", "_line", "_lingered",
         "_network", "_now", "_output_full", "_parsing", "_partial", "_phase", "_producer",
         "_reading", "_ready", "_served", "_stream", "_timer", "_timer_at",
-        "guard", "persistent", "refused",
+        "guard", "persistent", "refused", "upgraded",
     )
 
     def __init__(self, guard: Guard) -> None:
@@ -335,6 +346,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._closing = False
         self._parsing = False
         self._served = 0  # request heads taken on this connection
+        self.upgraded: Any = None  # the tunnel after a 101 (its ``shutdown``: app/_drain.py)
 
     @property
     def phase(self) -> Phase:
@@ -830,6 +842,35 @@ class FrontChannel(BoundedClose, Protocol):
             self._parse()
         elif self._served == 1:  # the first answer: the handshake's flights went through
             self._release_buffers()
+
+    def switch(
+        self, stream: _H1Stream, head: bytes, tunnel: Any
+    ) -> tuple[FrontChannel, bytes] | None:
+        """``101 Switching Protocols`` (http/_upgrade.py): write ``head``; from then on the
+        connection's bytes go to ``tunnel.from_client`` and the tunnel paces and closes it.
+        The channel stops parsing, timing and producing; the connection still counts
+        against ``max_connections``, closes boundedly (``loseConnection``), stays busy
+        for a graceful stop (``requests``) and its loss reaches the exchange's
+        ``when_gone``. Returns itself and what the client sent after its head (None: the
+        connection is gone or closing)."""
+        transport: Any = self.transport
+        if stream is not self._stream or transport is None or self._closing or self.refused:
+            return None
+        self._phase = Phase.UPGRADED
+        self.persistent = False
+        self.upgraded = tunnel
+        self._stop_timing("_header_at", "_handshake_at", "_idle_at")
+        rest, self._buf = self._buf, b""
+        network, self._network = self._network, None
+        if network is not None:
+            transport.unregisterProducer()  # the tunnel registers its own
+            if not self._reading:
+                network.resumeProducing()
+        self._reading = True
+        self._producer = None
+        self.dataReceived = tunnel.from_client  # type: ignore[method-assign]
+        transport.write(head)
+        return self, rest
 
     def abort_stream(self, stream: _H1Stream) -> None:
         """Drop the connection so a partial response cannot pass as complete."""

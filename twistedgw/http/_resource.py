@@ -35,6 +35,7 @@ from twistedgw.http import _callers as callers
 from twistedgw.http import _cors as cors
 from twistedgw.http import _served as served
 from twistedgw.http import _tracing as tracing
+from twistedgw.http import _upgrade as websocket
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.http._snapshot import Snapshot
@@ -53,7 +54,7 @@ from twistedgw.pipeline import (
 )
 from twistedgw.tls import server_name, sni_entry
 from twistedgw.tracing import RequestTrace, Tracer
-from twistedgw.upstream import Forwarder
+from twistedgw.upstream import Forwarder, TunnelStats
 from twistedgw.wire import (
     TOKEN,
     BodySource,
@@ -93,6 +94,10 @@ class RequestRecord(NamedTuple):
     refusal: GatewayError | None = None
     trace_id: str | None = None  # [tracing]: the request's trace (32 hex digits)
     cache: str | None = None  # "hit" | "miss" for an API with a response cache
+    # A WebSocket (http/_upgrade.py) is notified twice: when its 101 is sent (this with
+    # ``closed_by`` None: counted as a request, no access-log line) and when it closes
+    # (its one access-log line: duration, bytes each way, close code; not a request).
+    websocket: TunnelStats | None = None
 
 
 Observer = Callable[[RequestRecord], None]
@@ -235,14 +240,17 @@ class GatewayExchange(Exchange):
         sent: int,
         kind: str | None = None,
         refusal: GatewayError | None = None,
+        websocket: TunnelStats | None = None,
     ) -> None:
         """The exchange ended: one ``RequestRecord`` for the access log and metrics
-        (``refusal``: the error answered instead of forwarding, whichever stage made it)."""
+        (``refusal``: the error answered instead of forwarding, whichever stage made it;
+        ``websocket``: an upgraded connection's, see ``RequestRecord``)."""
         call = self.call
         routed = self.routed
         started = self.started
         trace = self.trace
-        if trace is not None:
+        if trace is not None and (websocket is None or websocket.closed_by is None):
+            # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
         gateway.notify(
             RequestRecord(
@@ -261,6 +269,7 @@ class GatewayExchange(Exchange):
                 refusal=refusal,
                 trace_id=trace.trace_id if trace is not None else None,
                 cache=self.cache,
+                websocket=websocket,
             )
         )
 
@@ -381,14 +390,29 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
         trace=exchange.trace,
     )
     exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
+    upgrade = websocket.wanted(exchange, route)  # a WebSocket handshake (http/_upgrade.py)
     _settle(
-        gateway, exchange, route.pipeline.run(call), lambda o: _forward(gateway, exchange, route, o)
+        gateway, exchange, route.pipeline.run(call),
+        lambda o: _forward(gateway, exchange, route, o, upgrade),
     )
 
 
-def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: HeaderEdit) -> None:
-    """Allowed: read the body (only now), then hand the exchange to the forwarder."""
+_NO_EXTRA: dict[str, Any] = {}
 
+
+def _forward(
+    gateway: Gateway, exchange: GatewayExchange, route: Route, edit: HeaderEdit,
+    upgrade: bool = False,
+) -> None:
+    """Allowed: read the body (only now), then hand the exchange to the forwarder
+    (``upgrade``: a WebSocket handshake, checked and forwarded as one by http/_upgrade.py)."""
+    add_headers = list(edit.set_values.values())
+    extra: dict[str, Any] = _NO_EXTRA
+    if upgrade:
+        on_switch = websocket.prepare(gateway, exchange, add_headers, answer_error)
+        if on_switch is None:  # a malformed handshake: answered 400
+            return
+        extra = {"on_switch": on_switch}
     target, alternatives = route.backend_target, route.alternatives
     call = exchange.call
     if call is not None and call.sandbox:  # authentication chose the sandbox endpoint
@@ -397,12 +421,14 @@ def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: He
     def send(body: IO[bytes] | None, size: int) -> None:
         # The set headers' names need not be removed as well: the forwarder drops every
         # client-sent header named in add_headers.
-        served.backend_for(gateway, exchange, route).forward(  # the forwarder, or a cache
+        # The forwarder, or a cache; a WebSocket handshake, the forwarder itself.
+        backend = gateway.forwarder if upgrade else served.backend_for(gateway, exchange, route)
+        backend.forward(
             exchange,
             target,
             body=body,
             body_size=size,
-            add_headers=list(edit.set_values.values()),
+            add_headers=add_headers,
             remove_headers=edit.removed,
             on_done=lambda r: exchange.record(gateway, r.status, r.bytes_sent, r.error_kind),
             backend_timeout=route.api.backend_timeout,
@@ -410,6 +436,7 @@ def _forward(gateway: Gateway, exchange: GatewayExchange, route: Route, edit: He
             alternatives=alternatives,
             send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
             trace=exchange.trace,
+            **extra,
         )
 
     source = exchange.body

@@ -18,22 +18,34 @@ from twistedgw.upstream._inprocess import (
     as_resource,
     load_resource,
 )
+from twistedgw.upstream._tunnel import (
+    ClientEnd,
+    FrameScanner,
+    Tunnel,
+    TunnelStats,
+    upgrade_protocols,
+)
 
 __all__ = [
     "TOKEN",
     "BackendCall",
+    "ClientEnd",
     "ForwardResult",
     "ForwardSettings",
     "Forwarder",
+    "FrameScanner",
     "NoResponse",
     "ResourceBackend",
     "ResourceError",
     "ResourceRequest",
     "ResponseHead",
     "Truncated",
+    "Tunnel",
+    "TunnelStats",
     "Upstream",
     "UpstreamError",
     "as_resource",
     "load_resource",
     "parse_origin",
+    "upgrade_protocols",
 ]

@@ -452,6 +452,8 @@ class _Connection(Protocol):
             try:
                 head = parse_response_head(buf[:end], self._head_only)
             except BadResponseHead as e:
+                if self._switched(buf[:end], buf[end + 4 :]):  # a 101 (upstream/_tunnel.py)
+                    return
                 self._fail(BadResponse(str(e)))
                 return
             buf = buf[end + 4 :]
@@ -479,6 +481,19 @@ class _Connection(Protocol):
             self._complete()
         elif buf:
             self._read_body(buf)
+
+    def _switched(self, head: bytes, rest: bytes) -> bool:
+        """A ``101`` to a request whose handler asked for an upgrade (``switching``): the
+        handler gets this connection, which leaves the pool for good, with the 101's
+        head and the bytes after it. Any other 101 is an invalid response."""
+        call = self.call
+        if call is None or head[9:12] != b"101" or not getattr(call.handler, "switching", False):
+            return False
+        self.call, call.conn, call.cancelled = None, None, True
+        self.state, self.reusable = _IDLE, False
+        self._stop_upload()
+        call.handler.response_switched(head, rest, self)  # type: ignore[attr-defined]
+        return True
 
     def _read_body(self, data: bytes) -> None:
         call = self.call

@@ -63,6 +63,7 @@ from twistedgw.upstream._client import (
     UpstreamError,
     parse_origin,
 )
+from twistedgw.upstream._tunnel import check_switch
 from twistedgw.wire import (
     SERVER,
     TOKEN,
@@ -385,6 +386,7 @@ class Forwarder:
         on_answer: OnAnswer | None = None,
         send_timeout: float | None = None,
         trace: RequestTrace | None = None,
+        on_switch: OnSwitch | None = None,
     ) -> None:
         """Relay `exchange` to the absolute URL `target`; it is ours from now on.
 
@@ -405,6 +407,11 @@ class Forwarder:
         `send_timeout` overrides the forwarder's (the config in force, after a reload).
         `trace` ([tracing]): each attempt gets a client span under it, whose context
         the backend receives in place of the client's `traceparent`/`tracestate`.
+        `on_switch(fields, rest, connection)`: the request asks for an upgrade (its
+        `add_headers` say `Upgrade` and `Connection`); a valid `101` from the backend
+        (`_tunnel.check_switch`) hands over the exchange, the 101's end-to-end fields, the
+        bytes after it and the backend connection, which never returns to the pool; no
+        `on_done` follows. Any other answer is relayed as usual.
         """
         settings = self._settings
         if backend_timeout is not None:
@@ -417,7 +424,8 @@ class Forwarder:
         if not body_size:
             body = None
         forwarding = _Forwarding(
-            self, exchange, target, body, body_size, on_done, settings, on_answer, rest, trace
+            self, exchange, target, body, body_size, on_done, settings, on_answer, rest,
+            trace, on_switch,
         )
         try:
             forwarding.start(tls_policy, add_headers, remove_headers)
@@ -458,6 +466,8 @@ def _describe(target: bytes) -> str:
 
 #: What a forwarding calls when the answer's status and headers are built (transforms).
 OnAnswer = Callable[[int, list[tuple[bytes, bytes]]], "errors.GatewayError | None"]
+#: What takes an upgraded exchange over after the backend's 101 (upstream/_tunnel.py).
+OnSwitch = Callable[[list[tuple[bytes, bytes]], bytes, Any], None]
 
 
 class _Phase(enum.Enum):
@@ -489,11 +499,13 @@ class _Forwarding:
         on_answer: OnAnswer | None = None,
         alternatives: list[bytes] | None = None,
         trace: RequestTrace | None = None,
+        on_switch: OnSwitch | None = None,
     ) -> None:
         self._fw = forwarder
         self._trace = trace
         self._span: BackendSpan | None = None
         self._on_answer = on_answer
+        self._on_switch = on_switch
         self._alternatives = alternatives or []
         self._several = bool(alternatives)  # the API has other backends
         self._tls: IPolicyForHTTPS | None = None
@@ -655,6 +667,31 @@ class _Forwarding:
         self._rearm()  # from now on: the longest silence between body bytes
         self._relay = _BodyRelay(self)
         self._relay.start()
+
+    @property
+    def switching(self) -> bool:
+        """Whether a ``101`` is awaited (an upgrade request): read by ``_client.py``."""
+        return self._on_switch is not None
+
+    def response_switched(self, head: bytes, rest: bytes, conn: Any) -> None:
+        """The backend answered ``101`` (``head``): ``on_switch`` owns the exchange and the
+        connection from now on; a 101 that is not the upgrade asked for is a 503."""
+        self._call = None
+        on_switch = self._on_switch
+        if self._phase is not _Phase.WAITING or on_switch is None:
+            conn.abort()
+            return
+        fields = check_switch(head, self._exchange.fields.last(b"sec-websocket-key"))
+        if isinstance(fields, str):
+            conn.abort()
+            self.response_failed(BadResponse(fields))
+            return
+        self._cancel_timer()
+        self._fw._answered(self._target)
+        self._status = 101
+        self._on_done = None  # the exchange is recorded by on_switch's side (its 101, its close)
+        self._finish_result(101, None)  # done here (the backend span ends)
+        on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
         relay = self._relay

@@ -29,13 +29,36 @@ REFUSAL_STATUSES = (400, 401, 403, 404, 405, 413, 421, 429, 500, 502, 503, 504)
 I1, I2, I3 = "    ", "        ", "            "
 
 
+def websockets(site: Site) -> bool:
+    """Whether any API accepts WebSocket handshakes (http/_upgrade.py)."""
+    return any(
+        p.api.websocket or any(op.websocket for op in p.api.operations or ())
+        for p in site.plans
+    )
+
+
+def upgrade_lines(site: Site) -> tuple[str, ...]:
+    """A WebSocket handshake's Upgrade and Connection passed on (the maps of _render.py),
+    and ``websocket_idle_timeout`` as NGINX's timeouts: NGINX has one pair for the response
+    and the upgraded connection, so they bound both where they are set."""
+    idle = max(1, int(site.config.limits.websocket_idle_timeout))
+    return (
+        "proxy_set_header Upgrade $tgw_upgrade;",
+        "proxy_set_header Connection $tgw_connection;",
+        f"proxy_read_timeout {idle}s;",
+        f"proxy_send_timeout {idle}s;",
+    )
+
+
 def gateway_proxy(site: Site, indent: str) -> None:
-    """Hand the request, as the client sent it, to twistedgw's full gateway."""
+    """Hand the request, as the client sent it, to twistedgw's full gateway (with the
+    WebSocket upgrade, when an API accepts them: twistedgw judges and relays it)."""
     lb_header = site.config.mutual_ssl.certificate_header
+    upgrade = upgrade_lines(site) if websockets(site) else ('proxy_set_header Connection "";',)
     for line in (
         "proxy_pass http://twistedgw_authz$request_uri;",
         "proxy_http_version 1.1;",
-        'proxy_set_header Connection "";',
+        *upgrade,
         "proxy_set_header Host $http_host;",
         f"proxy_set_header {lb_header} {site.client_cert};",
         "proxy_set_header X-SSL-Client-Verify $ssl_client_verify;",
@@ -279,10 +302,14 @@ def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
         w(f"{indent}proxy_pass {scheme}://{upstream_name(plan)};")
     w(f"{indent}proxy_http_version 1.1;")
     w(f"{indent}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
-    w(f"{indent}proxy_read_timeout {max(1, int(timeout))}s;")
-    w(f"{indent}proxy_send_timeout {max(1, int(timeout))}s;")
+    if api.websocket:  # WebSocket upgrades ride NGINX's path too
+        for line in upgrade_lines(site):
+            w(f"{indent}{line}")
+    else:
+        w(f"{indent}proxy_read_timeout {max(1, int(timeout))}s;")
+        w(f"{indent}proxy_send_timeout {max(1, int(timeout))}s;")
+        w(f'{indent}proxy_set_header Connection "";')
     w(f"{indent}proxy_intercept_errors off;")
-    w(f'{indent}proxy_set_header Connection "";')
     if plan.peers:
         w(f"{indent}proxy_set_header Host $tgw_peer_host;")
         w(f"{indent}proxy_next_upstream off;  # Lua decides (direct mode's retry rule)")

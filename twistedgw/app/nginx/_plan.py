@@ -159,6 +159,8 @@ def _gateway_reason(api: ApiConfig, lua: bool) -> str | None:
         return "Throttling policies (x-wso2-throttling-tier) count every request"
     if verdicts.uses_basic(api):
         return "Basic authentication: twistedgw checks the password and removes Authorization"
+    if not api.websocket and any(op.websocket for op in api.operations or ()):
+        return "WebSocket operations (x-twistedgw-websocket): twistedgw upgrades those only"
     return _backends_reason(api, lua)
 
 

@@ -9,7 +9,12 @@ from typing import Any
 from twistedgw import errors
 from twistedgw.app.nginx._checks import NginxConfigError, check
 from twistedgw.app.nginx._hosts import host_maps
-from twistedgw.app.nginx._locations import authz_locations, context_locations, shared_locations
+from twistedgw.app.nginx._locations import (
+    authz_locations,
+    context_locations,
+    shared_locations,
+    websockets,
+)
 from twistedgw.app.nginx._lua import lua_source
 from twistedgw.app.nginx._plan import plan
 from twistedgw.app.nginx._servers import server_head
@@ -109,6 +114,18 @@ def _render(
         w("map $tgw_authz_rm $tgw_authorization {")
         w('    remove "";')
         w("    default $http_authorization;")
+        w("}")
+    if websockets(site):
+        w()
+        w("# WebSocket handshakes: Upgrade and Connection passed on (an upgrade to anything")
+        w("# else is dropped, as twistedgw does); other requests keep the upstream keepalive.")
+        w("map $http_upgrade $tgw_upgrade {")
+        w('    "~*^websocket$" websocket;')
+        w('    default "";')
+        w("}")
+        w("map $http_upgrade $tgw_connection {")
+        w('    "~*^websocket$" upgrade;')
+        w('    default "";')
         w("}")
     w()
     upstreams(site)
