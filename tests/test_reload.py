@@ -278,7 +278,9 @@ def test_reloading_a_large_definition_holds_no_request(
                   f"over 20 ms: {slow}")
         print(report)
         reports.append(report)
-        assert took > 0.5 and len(during) > 20, report  # long enough to mean much
+        # long enough to mean much: a reload that held the reactor for `took` would
+        # have held a probe about that long, well over the 50 ms allowed below
+        assert took > 0.15 and len(during) > 20, report
         if max(during) < max(baseline) + 0.050:
             return
     raise AssertionError("every reload held a request more than 50 ms: " + "; ".join(reports))
