@@ -478,10 +478,13 @@ class _Phase(enum.Enum):
     DONE = "done: reported through on_done"
 
 
+@implementer(IPushProducer)
 class _Forwarding:
     """The state of one request/response relay: waiting -> streaming -> done.
 
-    It is the `ResponseHandler` of its upstream `BackendCall`. One timer serves both
+    It is the `ResponseHandler` of its upstream `BackendCall`, and the responder's
+    push producer while the body streams (no object of its own: a relay that pointed
+    back at it made a reference cycle per request, left to the cyclic GC). One timer serves both
     phases: time to the response head (-> 504), then the longest silence
     between body bytes while the client is keeping up (-> abort). While the
     client is not keeping up (paused) a second one, the send timer, takes over.
@@ -528,7 +531,8 @@ class _Forwarding:
         self._call: BackendCall | None = None
         self._send_timer: IDelayedCall | None = None
         self._send_mark: int | None = None  # the client's progress when last looked at
-        self._relay: _BodyRelay | None = None
+        self._paused = False  # the client's output is full (we paused the backend)
+        self._sent = 0  # body bytes relayed to the client
         self._status = 0
 
     @property
@@ -665,8 +669,9 @@ class _Forwarding:
         self._status = head.code
         self._responder.start_response(head.code, headers, length, head.phrase)
         self._rearm()  # from now on: the longest silence between body bytes
-        self._relay = _BodyRelay(self)
-        self._relay.start()
+        # This forwarding is the responder's producer while the body streams: the
+        # responder pauses it at once if the client's output is already full.
+        self._responder.register_producer(self)
 
     @property
     def switching(self) -> bool:
@@ -694,11 +699,10 @@ class _Forwarding:
         on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
-        relay = self._relay
-        if relay is not None and self._phase is _Phase.STREAMING:
-            if not relay.paused:
+        if self._phase is _Phase.STREAMING:
+            if not self._paused:
                 self._rearm()
-            relay.bytes_sent += len(data)
+            self._sent += len(data)
             self._responder.write(data)
 
     def response_end(self) -> None:
@@ -793,8 +797,7 @@ class _Forwarding:
         self._cancel_timer()
         if self._phase is _Phase.DONE:
             return
-        relay = self._relay
-        sent = relay.bytes_sent if relay is not None else 0
+        sent = self._sent
         responder = self._responder
         if self._client_gone:
             self._finish_result(self._status, "client_gone", sent)
@@ -824,10 +827,7 @@ class _Forwarding:
         if self._phase is _Phase.WAITING:
             self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
         else:
-            relay = self._relay
-            self._finish_result(
-                self._status, "client_gone", relay.bytes_sent if relay is not None else 0
-            )
+            self._finish_result(self._status, "client_gone", self._sent)
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
         self._cancel_send_timer()
@@ -844,9 +844,14 @@ class _Forwarding:
             except Exception:
                 _log.failure("on_done callback failed")
 
-    # -- pacing (driven by the client connection through _BodyRelay) --------
+    # -- pacing: the responder's IPushProducer while the body streams ----------
+    # When the client's output is full the front pauses us and we pause the backend
+    # socket; when it drains we resume it.
 
-    def pause(self) -> None:
+    def pauseProducing(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
@@ -856,13 +861,16 @@ class _Forwarding:
                 self._settings.send_timeout, self._send_timed_out
             )
 
-    def resume(self) -> None:
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
         self._cancel_send_timer()
         if self._call is not None and self._phase is _Phase.STREAMING:
             self._rearm()
             self._call.resume()
 
-    def stop(self) -> None:
+    def stopProducing(self) -> None:
         self._cancel_timer()
         self._cancel_send_timer()
         self._cancel_call()
@@ -892,8 +900,7 @@ class _Forwarding:
                 self._settings.send_timeout, self._send_timed_out
             )
             return
-        relay = self._relay
-        sent = relay.bytes_sent if relay is not None else 0
+        sent = self._sent
         _log.info(
             "client {client} accepted no response bytes for {secs:g} seconds"
             " (send_timeout) after {n} body bytes; aborting it and the request to {backend}",
@@ -959,37 +966,6 @@ class _Deadlines:
             earliest = min(self._due.values())
             if self._call is None or earliest < self._at:
                 self._schedule(earliest)
-
-
-@implementer(IPushProducer)
-class _BodyRelay:
-    """The responder's producer while the backend body streams to the client.
-
-    When the client's output is full the front pauses us and we pause the backend
-    socket; when it drains we resume it.
-    """
-
-    def __init__(self, forwarding: _Forwarding) -> None:
-        self._forwarding = forwarding
-        self.paused = False
-        self.bytes_sent = 0
-
-    def start(self) -> None:
-        # The responder pauses us at once if the client's output is already full.
-        self._forwarding._responder.register_producer(self)
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self._forwarding.pause()
-
-    def resumeProducing(self) -> None:
-        if self.paused:
-            self.paused = False
-            self._forwarding.resume()
-
-    def stopProducing(self) -> None:
-        self._forwarding.stop()
 
 
 # struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked is at offset 120 (Linux 4.1+).
