@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from twistedgw.wire._abnf import (
-    BARE_LF,
-    CTL_IN_HEAD,
-    TOKEN,
+    _seen_names,
+    bare_lf,
     connection_tokens,
+    ctl_in_head,
     one_connection_value,
+    valid_name,
 )
 from twistedgw.wire._request import Framing
 
@@ -47,30 +48,12 @@ class ResponseHead(NamedTuple):
     keep_alive: bool  # whether the connection may carry another request after it
 
 
-# Header names a backend sent that were valid tokens: a backend sends the same few
-# names in every response, and a set lookup costs a fraction of the regex match.
-_seen_names: set[bytes] = set()
-SEEN_NAMES_MAX = 4096
-
-
-def valid_name(name: bytes) -> bool:
-    """Whether ``name`` is a token (remembered when it is)."""
-    if name in _seen_names:
-        return True
-    if not TOKEN.match(name):
-        return False
-    if len(_seen_names) >= SEEN_NAMES_MAX:
-        _seen_names.clear()
-    _seen_names.add(name)
-    return True
-
-
 def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     """Parse ``raw`` (a response head without its final CRLFCRLF); None for an interim
     1xx response; ``BadResponseHead`` when invalid. ``head_only``: the answer to HEAD."""
-    if b"\n" in raw and BARE_LF.search(raw) is not None:
+    if bare_lf(raw):
         raise BadResponseHead("a bare LF in the response head")
-    if CTL_IN_HEAD.search(raw) is not None:
+    if ctl_in_head(raw):
         raise BadResponseHead("a bare CR, a NUL or another control byte in the response head")
     lines = raw.split(b"\r\n")
     status = lines[0].split(b" ", 2)
