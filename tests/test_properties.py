@@ -207,3 +207,28 @@ def test_a_problem_never_quotes_a_secret() -> None:
         named = [line for line in problems if line.startswith(f"{_FILE}: {_dotted(where, key)}")]
         assert named or isinstance(value, dict), (where, key, value)  # a table may be right
         assert not [line for line in named if _MARK in line or "12345" in line], named
+
+
+# -- the head checks done without regular expressions -------------------------------
+
+_HEAD_BYTES = st.binary(max_size=40) | st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b"\t", b" ", b"a", b":", b"\x00", b"\x0b", b"\x7f",
+                     b"\x1f", b"\x80", b"/", b"%", b"%2"]), max_size=20
+).map(b"".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_HEAD_BYTES)
+def test_the_head_checks_decide_as_the_regular_expressions_did(data: bytes) -> None:
+    """``wire`` checks heads with counts and ``bytes.translate`` (issue 27 item 5); each
+    must answer exactly what the regular expression it replaced answers."""
+    from twistedgw.wire import _abnf
+
+    assert _abnf.bare_lf(data) == (_abnf.BARE_LF.search(data) is not None)
+    assert _abnf.ctl_in_head(data) == (_abnf.CTL_IN_HEAD.search(data) is not None)
+    target = b"/" + data
+    problem = _abnf.target_problem(target)
+    refused = _abnf._TARGET_BYTE.search(target) is not None or (
+        b"%" in target and _abnf._BAD_ESCAPE.search(target) is not None
+    )
+    assert (problem is not None) == refused
