@@ -107,7 +107,7 @@ aliases = ["partner-root"]
         forwarder = Forwarder(self.clock, ForwardSettings())
         self.gateway = Gateway(built, forwarder)
         self.metrics = Metrics(lambda: built)
-        self.gateway.observers.append(self.metrics.observe)
+        self.gateway.counter = self.metrics  # as the service does
         site = Site(GatewayResource(self.gateway))
         guard = front.serve(site, self.gateway)
         self.channel = front.FrontChannel(guard)

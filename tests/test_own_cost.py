@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -52,3 +54,40 @@ def test_own_cost_runs() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "µs per request" in proc.stdout
     assert "objects the collector freed per request: 0.00" in proc.stdout
+
+
+def test_requests_are_counted_without_records_unless_an_observer_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metrics count each request from its fields (``Gateway.counter``): no
+    ``RequestRecord`` is built while nothing else reads one; an observer (the access log,
+    an embedding's) gets one per request, and the counts are the same."""
+    from twistedgw.http import _resource
+
+    built: list[object] = []
+
+    class Counted(_resource.RequestRecord):  # type: ignore[misc]
+        def __new__(cls, *args: object, **kwargs: object) -> Counted:
+            built.append(1)
+            return super().__new__(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(_resource, "RequestRecord", Counted)
+    harness = _own_cost().Harness(tmp_path)
+    for _ in range(5):
+        harness.check()
+    assert built == []
+    seen: list[object] = []
+    harness.gateway.observers.append(seen.append)
+    for _ in range(3):
+        harness.check()
+    assert len(seen) == len(built) == 3
+    registry = harness.metrics.registry
+    labels = {"api": "bench:1", "status": "200", "consumer": "none"}
+    assert registry.get_sample_value("twistedgw_requests_total", labels) == 8
+    assert registry.get_sample_value(
+        "twistedgw_request_duration_seconds_count", {"api": "bench:1"}
+    ) == 8
+    assert registry.get_sample_value(
+        "twistedgw_client_cert_verifications_total",
+        {"source": "handshake", "result": "verified", "reason": ""},
+    ) == 8

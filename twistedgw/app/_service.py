@@ -275,7 +275,7 @@ class GatewayService(service.Service):
         self.admin: AdminService | None = None
         if self.inherited is None:
             self.metrics = Metrics(lambda: self.runtime)
-            self.gateway.observers.append(self.metrics.observe)
+            self.gateway.counter = self.metrics  # counts requests without their records
             self.shared.observe_cluster(self.metrics)
             if config.admin is not None:
                 self.admin = AdminService(

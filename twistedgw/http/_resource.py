@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -103,16 +103,48 @@ class RequestRecord(NamedTuple):
 Observer = Callable[[RequestRecord], None]
 
 
+class RequestCounter(Protocol):
+    """What counts every finished request (the metrics) without a ``RequestRecord``: the
+    fields of one, as arguments. A request whose only reader is a counter builds no record
+    (issue 27 item 5); ``observers`` get records."""
+
+    def count_request(
+        self,
+        api: ApiConfig | None,
+        status: int,
+        duration: float,
+        identity: ClientIdentity | None,
+        consumer: str | None,
+        error_kind: str | None,
+        refusal: GatewayError | None,
+        cache: str | None = None,
+        websocket: TunnelStats | None = None,
+    ) -> None: ...
+
+
 @dataclass
 class Gateway:
-    """The live state: the current ``Runtime`` (swapped whole on reload) and its observers."""
+    """The live state: the current ``Runtime`` (swapped whole on reload), what counts its
+    requests (``counter``: the metrics) and what reads their records (``observers``: the
+    access log, an embedding's own)."""
 
     runtime: Snapshot
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
     tracer: Tracer | None = None  # [tracing]; None: off, and nothing of it runs
+    counter: RequestCounter | None = None
 
     def notify(self, record: RequestRecord) -> None:
+        counter = self.counter
+        if counter is not None:
+            try:
+                counter.count_request(
+                    record.api, record.status, record.duration, record.identity,
+                    record.consumer, record.error_kind, record.refusal, record.cache,
+                    record.websocket,
+                )
+            except Exception:
+                log.failure("request counter failed")
         for observer in self.observers:
             try:
                 observer(record)
@@ -252,6 +284,19 @@ class GatewayExchange(Exchange):
         if trace is not None and (websocket is None or websocket.closed_by is None):
             # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
+        if not gateway.observers:  # nothing reads a record: count the request, build none
+            counter = gateway.counter
+            if counter is not None:
+                try:
+                    counter.count_request(
+                        self.api, status, time.time() - started,
+                        call.identity if call is not None else None,
+                        call.consumer if call is not None else None, kind, refusal,
+                        self.cache, websocket,
+                    )
+                except Exception:
+                    log.failure("request counter failed")
+            return
         gateway.notify(
             RequestRecord(
                 started=started,
