@@ -69,11 +69,47 @@ class _Transport(StringTransport):
         return None
 
 
-class Harness:
-    """One client connection and one backend connection, driven by hand."""
+API = f"""
+[[apis]]
+name = "bench"
+version = "1"
+context = "/bench"
+backend = "{BACKEND}"
+mutual_ssl = "mandatory"
+aliases = ["partner-root"]
+"""
 
-    def __init__(self, work: Path) -> None:
-        pki = devpki.generate(work / "pki")
+
+class Client:
+    """One client connection to the front (its transport stands for a TLS one)."""
+
+    def __init__(self, harness: Harness, identity: ClientIdentity | None) -> None:
+        self.channel = front.FrontChannel(harness.guard)
+        self.channel.site = harness.site
+        self.channel.callLater = harness.clock.callLater
+        self.transport = _Transport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8443),
+        )
+        # The verdict the connection's handshake recorded (what ServerTLS keeps).
+        harness.identities[self.transport] = identity or harness.partner
+        self.channel.makeConnection(self.transport)
+        conn = self.channel._conn
+        assert conn is not None
+        conn.secure = True  # as over TLS: the verdict above is the connection's
+
+
+class Harness:
+    """Client connections and one backend connection, driven by hand.
+
+    ``apis`` (TOML: ``[[apis]]`` tables, ``backend = BACKEND``) and ``extra`` (more
+    sections) make the config; ``client`` is a connection whose handshake verified the
+    ``partner-app`` chain, ``connect(identity)`` opens another."""
+
+    def __init__(
+        self, work: Path, apis: str = API, extra: str = "", pki: devpki.DevPki | None = None
+    ) -> None:
+        pki = self.pki = pki or devpki.generate(work / "pki")
         conf = work / "gw.toml"
         conf.write_text(f"""
 [[listeners]]
@@ -84,43 +120,27 @@ port = 8443
 certificate = "{pki.server_cert}"
 private_key = "{pki.server_key}"
 truststore = "{pki.truststore_dir}"
-
-[[apis]]
-name = "bench"
-version = "1"
-context = "/bench"
-backend = "{BACKEND}"
-mutual_ssl = "mandatory"
-aliases = ["partner-root"]
+{apis}
+{extra}
 """)
         built = runtimemod.build(configmod.load(conf))
         assert built.server_tls is not None and built.truststore is not None
-        root = pki.authorities["partner-root"].cert
-        issuing = pki.authorities["partner-issuing"].cert
-        chain = (pki.issued["partner-app"].cert, issuing, root)
-        identity = ClientIdentity(
-            Source.HANDSHAKE, Outcome.VERIFIED, chain, built.truststore.aliases_in_chain(chain)
+        self.truststore = built.truststore
+        self.partner = self.verified("partner-app", "partner-issuing", "partner-root")
+        self.identities: dict[object, ClientIdentity] = {}
+        identities = self.identities
+        built.server_tls.identity_for = (  # type: ignore[method-assign]
+            lambda transport: identities[transport]
         )
-        # The connection's handshake verified this chain (what ServerTLS records).
-        built.server_tls.identity_for = lambda transport: identity  # type: ignore[method-assign]
         self.clock = Clock()
         forwarder = Forwarder(self.clock, ForwardSettings())
         self.gateway = Gateway(built, forwarder)
         self.metrics = Metrics(lambda: built)
         self.gateway.counter = self.metrics  # as the service does
-        site = Site(GatewayResource(self.gateway))
-        guard = front.serve(site, self.gateway)
-        self.channel = front.FrontChannel(guard)
-        self.channel.site = site
-        self.channel.callLater = self.clock.callLater
-        self.client = _Transport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8443),
-        )
-        self.channel.makeConnection(self.client)
-        conn = self.channel._conn
-        assert conn is not None
-        conn.secure = True  # as over TLS: the verdict above is the connection's
+        self.site = Site(GatewayResource(self.gateway))
+        self.guard = front.serve(self.site, self.gateway)
+        self.client = self.connect()
+        self.channel, self.transport = self.client.channel, self.client.transport
         # One idle backend connection in the pool, as after the first request.
         upstream = forwarder._upstream
         origin = parse_origin(BACKEND.encode(), None)
@@ -129,21 +149,38 @@ aliases = ["partner-root"]
         self.backend.makeConnection(self.backend_transport)
         upstream.park(self.backend)
 
+    def verified(self, leaf: str, *cas: str) -> ClientIdentity:
+        """The verdict of a handshake that verified ``leaf``'s chain through ``cas``."""
+        chain = (self.pki.issued[leaf].cert, *(self.pki.authorities[a].cert for a in cas))
+        return ClientIdentity(
+            Source.HANDSHAKE, Outcome.VERIFIED, chain, self.truststore.aliases_in_chain(chain)
+        )
+
+    def connect(self, identity: ClientIdentity | None = None) -> Client:
+        return Client(self, identity)
+
+    def exchange(self, client: Client, request: bytes = REQUEST) -> tuple[bytes, bytes]:
+        """One request on ``client``: what the backend was sent (it answers ``RESPONSE``)
+        and what the client got."""
+        client.channel.dataReceived(request)
+        sent = self.backend_transport.value()
+        self.backend_transport.clear()
+        if sent:
+            self.backend.dataReceived(RESPONSE)
+        answer = client.transport.value()
+        client.transport.clear()
+        return sent, answer
+
     def one(self) -> None:
         self.channel.dataReceived(REQUEST)
         self.backend_transport.clear()
         self.backend.dataReceived(RESPONSE)
-        self.client.clear()
+        self.transport.clear()
 
     def check(self) -> None:
-        self.channel.dataReceived(REQUEST)
-        sent = self.backend_transport.value()
+        sent, answer = self.exchange(self.client)
         assert sent.startswith(b"GET /small HTTP/1.1\r\n"), sent
-        self.backend_transport.clear()
-        self.backend.dataReceived(RESPONSE)
-        answer = self.client.value()
         assert answer.startswith(b"HTTP/1.1 200 "), answer
-        self.client.clear()
 
 
 def main() -> int:

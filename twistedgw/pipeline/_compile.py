@@ -48,6 +48,12 @@ from twistedgw.pipeline._transports import Transports
 
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
+# The built-in stages whose answer depends on the caller alone (``Pipeline.per_caller``):
+# the certificate's aliases and identity rules, the consumer it maps to, and the identity
+# headers set from it. Not API keys, tokens or passwords (request headers), revocation
+# (OCSP answers age), tiers and policies (counts), nor any plugin.
+_PER_CALLER = frozenset({MutualSsl, IdentityRules, ConsumerMapping, IdentityForwarding})
+
 
 @dataclass
 class Shared:
@@ -215,6 +221,9 @@ def compile_pipelines(
         request_transforms.append(Named("identity", identity))
         if BackendCredentials.needed(api):  # last: the backend's own Authorization
             request_transforms.append(Named("backend_credentials", BackendCredentials(api)))
+        stages = [
+            *guards, *checks, *schemes, *authorisers, *request_transforms, *response_transforms
+        ]
         out[api] = Pipeline(
             api,
             guards=tuple(guards),
@@ -223,6 +232,7 @@ def compile_pipelines(
             authorisers=tuple(authorisers),
             request_transforms=tuple(request_transforms),
             response_transforms=tuple(response_transforms),
+            per_caller=all(type(n.stage) in _PER_CALLER for n in stages),
         )
     return out
 

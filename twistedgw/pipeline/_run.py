@@ -86,6 +86,11 @@ class Pipeline:
     authorisers: tuple[Named, ...] = ()  # IAuthoriser
     request_transforms: tuple[Named, ...] = ()  # IRequestTransform
     response_transforms: tuple[Named, ...] = ()  # IResponseTransform
+    # Every stage is a built-in whose answer depends on the caller alone (its identity,
+    # whether a load balancer spoke for it, the API): no request header, no time, no
+    # state that changes, no Deferred. The request path then runs it once per connection
+    # and caller (``http/_resource.CallerVerdict``). Set by ``compile_pipelines`` only.
+    per_caller: bool = False
 
     def __post_init__(self) -> None:
         for group, iface in (

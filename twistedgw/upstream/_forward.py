@@ -74,7 +74,7 @@ from twistedgw.wire import (
     http_date,
 )
 
-__all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
+__all__ = ["HOP_BY_HOP", "NO_EDITS", "ForwardResult", "ForwardSettings", "Forwarder", "HeadEdits"]
 
 _log = Logger(namespace="twistedgw.upstream._forward")
 
@@ -145,6 +145,48 @@ def _one_line(value: bytes) -> bytes:
     return value
 
 
+class HeadEdits(NamedTuple):
+    """What the gateway changes in a request head on its way to the backend, prepared once
+    (an API's pipeline sets and removes the same headers for a caller request after
+    request: ``http/_resource.py`` keeps one per connection, issue 27 item 3).
+
+    ``drop``: the lower-case names never copied from the client: ``_REQUEST_DROP``, the
+    pipeline's removals and the names it sets (a client must not be able to pre-seed a
+    header the gateway vouches for). ``block``: the header lines the gateway adds, as
+    bytes (names checked, values on one line), ``lines`` of them."""
+
+    drop: frozenset[bytes]
+    block: bytes
+    lines: int
+
+    @classmethod
+    def of(
+        cls,
+        add_headers: Sequence[tuple[bytes, bytes]] = (),
+        remove_headers: Collection[bytes] = (),
+    ) -> HeadEdits:
+        """The edits of a pipeline's ``HeaderEdit``: set ``add_headers``, remove
+        ``remove_headers``; ValueError for a name that is not a token."""
+        drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
+        if not add_headers:
+            return cls(drop, b"", 0)
+        for name, _ in add_headers:
+            if not TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+        drop = drop.union(name.lower() for name, _ in add_headers)
+        block = b"".join([b"%s: %s\r\n" % (name, _one_line(value)) for name, value in add_headers])
+        return cls(drop, block, len(add_headers))
+
+    def adding(self, headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]) -> HeadEdits:
+        """These edits, then ``headers`` set too and ``drop`` never copied (a backend
+        span's trace context, per attempt)."""
+        more = HeadEdits.of(headers, drop)
+        return HeadEdits(self.drop | more.drop, self.block + more.block, self.lines + more.lines)
+
+
+NO_EDITS = HeadEdits(_REQUEST_DROP, b"", 0)
+
+
 def build_request_head(
     exchange: Exchange,
     origin: Origin,
@@ -153,42 +195,37 @@ def build_request_head(
     add_headers: Sequence[tuple[bytes, bytes]] = (),
     remove_headers: Collection[bytes] = (),
     body_length: int | None = None,
+    edits: HeadEdits | None = None,
 ) -> bytes:
     """The request head to send to the backend for `exchange`, as bytes.
 
     `add_headers` replace any client-sent header of the same name: a client
-    must not be able to pre-seed a header the gateway vouches for.
+    must not be able to pre-seed a header the gateway vouches for. `edits`, when given,
+    are both prepared (``HeadEdits``) and stand for them.
     """
     method = exchange.method
     if not TOKEN.match(method):
         raise ValueError("invalid request method")
     if _UNSAFE_TARGET.search(target):
         raise ValueError("invalid request target")
-    fields = exchange.fields
-    connection = fields.getRawHeaders(b"connection")
-    drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
-    extra: Collection[bytes] = ()  # names dropped for this request only
-    if connection or add_headers:
-        extra = {name.lower() for name, _ in add_headers}
-        if connection:
-            extra.update(connection_tokens(connection))
-    for name, _ in add_headers:
-        if not TOKEN.match(name):
-            raise ValueError(f"invalid header name {name!r}")
+    if edits is None:
+        edits = HeadEdits.of(add_headers, remove_headers) if (
+            add_headers or remove_headers
+        ) else NO_EDITS
+    connection = exchange.fields.getRawHeaders(b"connection")
+    # Names the client's Connection header lists: dropped for this request only.
+    extra = connection_tokens(connection) if connection else frozenset()
     forwarded = _forwarded(exchange)
-    out = _head_lines(
-        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _same
-    )
+    out = _head_lines(exchange, origin, target, edits, extra, body_length, forwarded, _same)
     head = b"".join(out)
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
-    # The first entry holds two lines (request line, Host), the forwarded block one or two.
-    lines = len(out) + forwarded.count(b"\n")
+    # The first entry holds two lines (request line, Host), the forwarded block one or
+    # two, the gateway's own block ``edits.lines`` (and is left out when empty).
+    lines = len(out) + forwarded.count(b"\n") + (edits.lines - 1 if edits.lines else 0)
     if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
         return head
-    out = _head_lines(
-        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _one_line
-    )
+    out = _head_lines(exchange, origin, target, edits, extra, body_length, forwarded, _one_line)
     return b"".join(out)
 
 
@@ -217,16 +254,16 @@ def _head_lines(
     exchange: Exchange,
     origin: Origin,
     target: bytes,
-    drop: Collection[bytes],
+    edits: HeadEdits,
     extra: Collection[bytes],
-    add_headers: Sequence[tuple[bytes, bytes]],
     body_length: int | None,
     forwarded: bytes,
     one_line: Callable[[bytes], bytes],
 ) -> list[bytes]:
-    """``build_request_head``'s lines, each value passed through ``one_line``; a
-    header whose lower-case name is in ``drop`` or ``extra`` is left out."""
+    """``build_request_head``'s lines, each client value passed through ``one_line``; a
+    header whose lower-case name is in ``edits.drop`` or ``extra`` is left out."""
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
+    drop = edits.drop
     for name, value in exchange.fields.pairs:
         lower = name.lower()
         if lower in drop or lower in extra or b"_" in name:
@@ -236,8 +273,8 @@ def _head_lines(
     host = exchange.host  # validated by the front (_hosts.from_header), or None
     if host is not None:
         out.append(b"X-Forwarded-Host: %s\r\n" % (one_line(host),))
-    for name, value in add_headers:
-        out.append(b"%s: %s\r\n" % (name, one_line(value)))
+    if edits.lines:
+        out.append(edits.block)
     if body_length is not None:
         out.append(b"Content-Length: %d\r\n" % (body_length,))
     out.append(b"\r\n")
@@ -387,11 +424,13 @@ class Forwarder:
         send_timeout: float | None = None,
         trace: RequestTrace | None = None,
         on_switch: OnSwitch | None = None,
+        edits: HeadEdits | None = None,
     ) -> None:
         """Relay `exchange` to the absolute URL `target`; it is ours from now on.
 
         `body` is the request body read whole (`body_size` bytes, positioned at its
-        start), None when there is none.
+        start), None when there is none. `edits` are `add_headers` and `remove_headers`
+        prepared once (``HeadEdits``), and stand for them when given.
 
         `backend_timeout` overrides the forwarder's for this request (an API's own
         `backend_timeout`), since one slow API must not set the limit for all;
@@ -428,7 +467,11 @@ class Forwarder:
             trace, on_switch,
         )
         try:
-            forwarding.start(tls_policy, add_headers, remove_headers)
+            if edits is None:
+                edits = HeadEdits.of(add_headers, remove_headers) if (
+                    add_headers or remove_headers
+                ) else NO_EDITS
+            forwarding.start(tls_policy, edits)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_describe(target))
             forwarding.fail_internal()
@@ -512,8 +555,7 @@ class _Forwarding:
         self._alternatives = alternatives or []
         self._several = bool(alternatives)  # the API has other backends
         self._tls: IPolicyForHTTPS | None = None
-        self._add_headers: Sequence[tuple[bytes, bytes]] = ()
-        self._remove_headers: Collection[bytes] = ()
+        self._edits = NO_EDITS
         self._reactor = forwarder._reactor
         self._settings = settings
         self._exchange = exchange
@@ -542,15 +584,9 @@ class _Forwarding:
 
     # -- start -----------------------------------------------------------
 
-    def start(
-        self,
-        tls: IPolicyForHTTPS | None,
-        add_headers: Sequence[tuple[bytes, bytes]],
-        remove_headers: Collection[bytes],
-    ) -> None:
+    def start(self, tls: IPolicyForHTTPS | None, edits: HeadEdits) -> None:
         self._tls = tls  # None: the forwarder's, per target
-        self._add_headers = add_headers
-        self._remove_headers = remove_headers
+        self._edits = edits
         self._responder.when_gone(self._client_left)
         self._send()
 
@@ -563,13 +599,12 @@ class _Forwarding:
             if fw._tls_for is not None and self._target[:8].lower() == b"https://":
                 tls = fw._tls_for(self._target)
         origin, path = fw._split(self._target, tls)
-        add, remove = self._add_headers, self._remove_headers
+        edits = self._edits
         if self._trace is not None:  # this attempt's span: its context replaces the client's
             self._span = self._trace.backend(exchange.method, self._target)
-            add, remove = (*add, *self._span.headers), TRACE_HEADERS.union(remove)
+            edits = edits.adding(self._span.headers, TRACE_HEADERS)
         head = build_request_head(
-            exchange, origin, path, add_headers=add, remove_headers=remove,
-            body_length=self._body_length,
+            exchange, origin, path, body_length=self._body_length, edits=edits
         )
         body = self._body
         if body is not None:
