@@ -480,7 +480,8 @@ def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
 
 def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
     """``_Deadlines``: one reactor call for every exchange's backend timeout, each fired
-    at its own deadline (not before, not late), none left pending when nothing waits."""
+    at its own deadline (not before, not late); when nothing waits, the call left fires
+    once, runs nothing and leaves none pending (no call made and cancelled per request)."""
     from twistedgw.upstream._forward import _Deadlines
 
     clock = MemoryReactorClock()
@@ -515,6 +516,13 @@ def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
     clock.advance(4.25)  # c (due at 10) is not held back by d (armed at 4.25, due at 24.25)
     assert fired[-1] == ("c", 10.0)
     deadlines.disarm(d)  # type: ignore[arg-type]
+    assert len([call for call in clock.getDelayedCalls() if call.active()]) <= 1
+    for _ in range(3):  # one request at a time: no call is made or cancelled for it
+        deadlines.arm(d, 20)  # type: ignore[arg-type]
+        deadlines.disarm(d)  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) <= 1
+    clock.advance(30)
+    assert fired[-1] == ("c", 10.0)
     assert not [call for call in clock.getDelayedCalls() if call.active()]
 
 

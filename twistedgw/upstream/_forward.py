@@ -960,7 +960,10 @@ class _Deadlines:
     ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
     request's CPU in their own frames, more in the reactor's heap: CHANGELOG.md 0.4.0,
     fifth round). When the call fires before any deadline (the earliest exchange
-    finished), it moves to the earliest left. With no exchange armed none is pending.
+    finished), it moves to the earliest left. Disarming the last exchange leaves the call
+    where it is: one request at a time (a keep-alive client's) would otherwise make and
+    cancel a ``DelayedCall`` per request; with nothing armed when it fires, it runs
+    nothing and none is pending after it.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -976,10 +979,7 @@ class _Deadlines:
             self._schedule(due)
 
     def disarm(self, forwarding: _Forwarding) -> None:
-        due = self._due
-        if due.pop(forwarding, None) is not None and not due and self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self._due.pop(forwarding, None)
 
     def _schedule(self, at: float) -> None:
         if self._call is not None:
