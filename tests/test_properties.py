@@ -232,3 +232,57 @@ def test_the_head_checks_decide_as_the_regular_expressions_did(data: bytes) -> N
         b"%" in target and _abnf._BAD_ESCAPE.search(target) is not None
     )
     assert (problem is not None) == refused
+
+
+# -- routing through a dict ------------------------------------------------------------
+
+_SEGMENTS = [b"a", b"A", b"b", b"ab", b"a.b", b"%41", b"x-y", b""]
+
+
+def _linear_route(router: Router, path: bytes, host: str | None) -> object:
+    """The router's answer as its linear scan gave it (before issue 27 item 4): the
+    first context, longest first, that holds the path, then the host's candidate."""
+    from twistedgw.http._routing import _by_host
+
+    lowered = path.lower()
+    for context, prefix, candidates in router._prefixes:
+        if context == b"/" or lowered == context or lowered.startswith(prefix):
+            chosen = _by_host(candidates, host)
+            return None if chosen is None else chosen[0]
+    return None
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(_SEGMENTS[:-1]), min_size=0, max_size=3),
+            st.sampled_from([None, ("h.example",), ("*.example",)]),
+        ),
+        min_size=1, max_size=6,
+    ),
+    st.lists(st.lists(st.sampled_from(_SEGMENTS), max_size=4), min_size=1, max_size=10),
+    st.sampled_from([None, "h.example", "x.example", "other"]),
+)
+def test_the_dict_router_routes_as_the_linear_scan_did(
+    contexts: list[tuple[list[bytes], tuple[str, ...] | None]],
+    paths: list[list[bytes]],
+    host: str | None,
+) -> None:
+    """Issue 27 item 4: the router looks up a path's first segment in a dict instead of
+    trying every context; on generated contexts (nested, sharing segments, differing in
+    case, "/", with and without hosts) and paths, it picks the API the scan picked."""
+    apis = []
+    seen: set[tuple[bytes, tuple[str, ...] | None]] = set()
+    for i, (segments, hosts) in enumerate(contexts):
+        context = b"/" + b"/".join(segments)
+        if (context.lower(), hosts) in seen:
+            continue  # the config refuses two APIs on one context and host set
+        seen.add((context.lower(), hosts))
+        apis.append(ApiConfig(name=f"api{i}", version="1", context=context.decode(),
+                              backend="http://b", hosts=hosts))
+    router = Router(apis)
+    for segments in paths:
+        path = b"/" + b"/".join(segments)
+        route = router.route(path, None, host=host)
+        assert (route.api if route is not None else None) == _linear_route(router, path, host)

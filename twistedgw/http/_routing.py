@@ -531,6 +531,8 @@ def ambiguity(
 
 
 _Candidate = tuple["tuple[str, ...] | None", ApiConfig, "Pipeline | None"]
+#: A context, the same with its trailing "/", and its APIs.
+_Prefix = tuple[bytes, bytes, list[_Candidate]]
 
 
 class Router:
@@ -562,6 +564,18 @@ class Router:
         self._apis = list(table.items())
         # Each context with its trailing "/" for the segment-boundary test, built once.
         self._prefixes = [(c, c + b"/", candidates) for c, candidates in self._apis]
+        # The same, by the context's first segment (issue 27 item 4): only contexts that
+        # share a path's first segment can hold it, so a request looks at those (longest
+        # first, as above) and then at "/", never at every API.
+        by_segment: dict[bytes, list[_Prefix]] = {}
+        root: list[_Prefix] = []
+        for entry in self._prefixes:
+            if entry[0] == b"/":
+                root.append(entry)
+            else:
+                by_segment.setdefault(_first_segment(entry[0]), []).append(entry)
+        self._by_segment = {segment: [*entries, *root] for segment, entries in by_segment.items()}
+        self._root = root
         self.uses_hosts = any(a.hosts is not None for a in ordered)
         # By the API's identity: APIs with distinct hosts share a context.
         self._templates = {
@@ -586,7 +600,9 @@ class Router:
         one spelling (None: the request named none, and only APIs without ``hosts``
         serve it)."""
         lowered = path.lower()
-        for context, prefix, candidates in self._prefixes:
+        for context, prefix, candidates in self._by_segment.get(
+            _first_segment(lowered), self._root
+        ):
             if context == b"/" or lowered == context or lowered.startswith(prefix):
                 chosen = _by_host(candidates, host)
                 if chosen is None:
@@ -667,6 +683,11 @@ class _Backends:
             turn = next(self._turn) % len(urls)
             urls = urls[turn:] + urls[:turn]
         return tuple(_target(u, rest, query) for u in urls)
+
+
+def _first_segment(path: bytes) -> bytes:
+    """``b"a"`` for ``/a``, ``/a/b`` and ``/a/``; ``b""`` for ``/``."""
+    return path[1:].partition(b"/")[0]
 
 
 def _by_host(
