@@ -1,6 +1,8 @@
 """The gateway's own CPU per keep-alive request, in process: no kernel, TLS or reactor.
 
     python3 bench/own_cost.py [--requests 20000] [--rounds 5] [--profile] [--gc]
+    valgrind --tool=callgrind --callgrind-out-file=OUT.%p python3 bench/own_cost.py \
+        --requests 2000 --callgrind   # instructions per request: OUT's "totals" / 2000
 
 Runs ``bench/run.py``'s keep-alive request (``GET /bench/small`` on an API with
 ``mutual_ssl = "mandatory"``, the metrics observer on, no access log) through the real
@@ -189,6 +191,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--gc", action="store_true", help="count what the collector frees")
+    p.add_argument(
+        "--callgrind", action="store_true",
+        help="under valgrind --tool=callgrind: zero the counters before the measured "
+        "requests and dump them after (instructions per request = the dump's total / N)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="twistedgw-own-") as tmp:
         h = Harness(Path(tmp))
@@ -202,6 +209,20 @@ def main() -> int:
             gc.callbacks.append(
                 lambda phase, info: found.append(info["collected"]) if phase == "stop" else None
             )
+        if args.callgrind:
+            import os
+            import subprocess
+
+            def control(flag: str) -> None:
+                subprocess.run(["callgrind_control", flag, str(os.getpid())], check=True,
+                               capture_output=True, timeout=120)
+
+            control("-z")
+            for _ in range(args.requests):
+                h.one()
+            control("-d")
+            print(f"callgrind: {args.requests} requests dumped")
+            return 0
         for _ in range(args.rounds):
             before = sum(s["collections"] for s in gc.get_stats())
             t0 = time.process_time()

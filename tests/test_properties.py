@@ -224,8 +224,12 @@ def test_the_head_checks_decide_as_the_regular_expressions_did(data: bytes) -> N
     must answer exactly what the regular expression it replaced answers."""
     from twistedgw.wire import _abnf
 
-    assert _abnf.bare_lf(data) == (_abnf.BARE_LF.search(data) is not None)
-    assert _abnf.ctl_in_head(data) == (_abnf.CTL_IN_HEAD.search(data) is not None)
+    bare = _abnf.BARE_LF.search(data) is not None
+    ctl = _abnf.CTL_IN_HEAD.search(data) is not None
+    assert _abnf.bare_lf(data) == bare
+    assert _abnf.ctl_in_head(data) == ctl
+    expected = _abnf.BARE_LF_FOUND if bare else _abnf.CTL_FOUND if ctl else _abnf.CLEAN
+    assert _abnf.head_controls(data) == expected
     target = b"/" + data
     problem = _abnf.target_problem(target)
     refused = _abnf._TARGET_BYTE.search(target) is not None or (

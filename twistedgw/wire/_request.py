@@ -22,12 +22,14 @@ from twistedgw import _hosts
 from twistedgw.errors import GatewayError, bad_request
 from twistedgw.wire._abnf import (
     BAD_VALUE,
+    BARE_LF_FOUND,
+    CLEAN,
     DIGITS,
     LIST,
     MALFORMED,
     _seen_names,
     bare_lf,
-    ctl_in_head,
+    head_controls,
     method_refusal,
     target_problem,
     valid_name,
@@ -132,7 +134,8 @@ def check_partial_head(buf: bytes, limit: int) -> None:
 
 def parse_request_head(head: bytes, limit: int) -> RequestHead:
     """Parse ``head`` (a request head without its final CRLFCRLF) or raise ``WireError``."""
-    if bare_lf(head):
+    controls = head_controls(head)
+    if controls == BARE_LF_FOUND:
         raise _bad("a bare LF is not a valid line ending or header byte")
     lines = head.split(b"\r\n")
     request_line = lines[0]
@@ -140,7 +143,10 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
         raise WireError(uri_too_long(limit), "header_too_large")
     if len(head) + 4 > limit:  # the lines and their CRLFs, the empty line too
         raise WireError(header_too_large(limit), "header_too_large")
-    clean = not ctl_in_head(head[len(request_line) :])
+    # No CTL (nor bare CR) anywhere: then no value holds one and the per-value check is
+    # skipped. One in the request line makes the values checked too, and the request
+    # line's own checks refuse it.
+    clean = controls == CLEAN
     parts = request_line.split(b" ")
     if len(parts) != 3:
         raise _bad(MALFORMED)
