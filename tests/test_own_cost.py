@@ -91,3 +91,16 @@ def test_requests_are_counted_without_records_unless_an_observer_reads_them(
         "twistedgw_client_cert_verifications_total",
         {"source": "handshake", "result": "verified", "reason": ""},
     ) == 8
+
+
+def test_a_gateway_exchange_sets_every_field_of_a_wire_exchange() -> None:
+    """``GatewayExchange.__init__`` sets ``wire.Exchange``'s fields itself (one call fewer
+    per request): none may be left unset when the exchange gains one."""
+    from twistedgw.http import GatewayExchange
+    from twistedgw.wire import Connection, Exchange, Fields
+
+    conn = Connection(None, None, True, None)
+    exchange = GatewayExchange(b"GET", b"/", b"HTTP/1.1", Fields([]), None, conn, None, None)  # type: ignore[arg-type]
+    for name in Exchange.__slots__:
+        getattr(exchange, name)  # AttributeError when unset
+    assert exchange.secure and exchange.client_ip == ""

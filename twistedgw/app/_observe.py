@@ -301,6 +301,8 @@ class Metrics:
         self._runtime = runtime
         r.register(jwks.JwksCollector())  # JWKS URLs fetched in this process
         self._cells: dict[tuple[object, ...], Cells] = {}
+        # id(identity) -> (identity, its verdict labels when nothing refused the request)
+        self._labels: dict[int, tuple[ClientIdentity, tuple[str | None, ...]]] = {}
         self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
 
     def observe(self, record: RequestRecord) -> None:
@@ -323,8 +325,20 @@ class Metrics:
         websocket: TunnelStats | None = None,
     ) -> None:
         """``http.RequestCounter``: one finished request, without its record."""
-        source, result, reason = _verdict(identity, refusal)
-        code, refused = _refusal_labels(refusal) if refusal is not None else (None, None)
+        if refusal is None and identity is not None:
+            # A keep-alive connection's caller is the same identity request after request:
+            # its labels are looked up, not worked out again (kept with the identity, so
+            # its id cannot be reused while it is here).
+            known = self._labels.get(id(identity))
+            if known is None or known[0] is not identity:
+                if len(self._labels) >= 4096:
+                    self._labels.clear()
+                known = self._labels[id(identity)] = (identity, _verdict(identity, None))
+            source, result, reason = known[1]
+            code = refused = None
+        else:
+            source, result, reason = _verdict(identity, refusal)
+            code, refused = _refusal_labels(refusal) if refusal is not None else (None, None)
         self._count(
             api.label if api is not None else NO_API,
             status,
