@@ -288,5 +288,13 @@ def test_the_dict_router_routes_as_the_linear_scan_did(
     router = Router(apis)
     for segments in paths:
         path = b"/" + b"/".join(segments)
-        route = router.route(path, None, host=host)
-        assert (route.api if route is not None else None) == _linear_route(router, path, host)
+        for query in (None, b"k=v"):
+            route = router.route(path, query, host=host)
+            api = _linear_route(router, path, host)
+            assert (route.api if route is not None else None) == api
+            if route is not None:  # the backend URL: the path below the context, the query
+                context = route.api.context.encode()
+                rest = path[len(context):] if context != b"/" else path
+                expected = b"http://b" + (rest or b"/") + (b"?" + query if query else b"")
+                assert route.backend_target == expected
+                assert route == (route.api, expected, None, (), None, None, None, b"")

@@ -569,6 +569,15 @@ class Router:
         # first, as above) and then at "/", never at every API.
         by_segment: dict[bytes, list[_Prefix]] = {}
         root: list[_Prefix] = []
+        # A context whose one API has no hosts, no operations and one backend (most of
+        # them): its route needs no host match, no operation match and no turn, only the
+        # backend URL: (API, pipeline, the backend URL as bytes, whether it has no path).
+        self._sole: dict[bytes, tuple[ApiConfig, Pipeline | None, bytes, bool]] = {}
+        for context, _prefix, candidates in self._prefixes:
+            if len(candidates) == 1 and candidates[0][0] is None:
+                api, pipeline = candidates[0][1], candidates[0][2]
+                if api.operations is None and len(api.endpoints) == 1:
+                    self._sole[context] = (api, pipeline, *_backend_bytes(api.backend))
         for entry in self._prefixes:
             if entry[0] == b"/":
                 root.append(entry)
@@ -604,6 +613,16 @@ class Router:
             _first_segment(lowered), self._root
         ):
             if context == b"/" or lowered == context or lowered.startswith(prefix):
+                sole = self._sole.get(context)
+                if sole is not None:
+                    api, pipeline, backend, bare = sole
+                    rest = path[len(context) :] if context != b"/" else path
+                    target = backend + rest
+                    if bare and not rest:
+                        target += b"/"
+                    if query is not None:
+                        target += b"?" + query
+                    return _new_route(Route, (api, target, pipeline, (), None, None, None, b""))  # type: ignore[no-any-return]
                 chosen = _by_host(candidates, host)
                 if chosen is None:
                     return None
@@ -683,6 +702,9 @@ class _Backends:
             turn = next(self._turn) % len(urls)
             urls = urls[turn:] + urls[:turn]
         return tuple(_target(u, rest, query) for u in urls)
+
+
+_new_route = tuple.__new__  # a Route without its NamedTuple __new__ (a Python call)
 
 
 def _first_segment(path: bytes) -> bytes:
