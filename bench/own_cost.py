@@ -140,7 +140,7 @@ truststore = "{pki.truststore_dir}"
         self.metrics = Metrics(lambda: built)
         self.gateway.counter = self.metrics  # as the service does
         self.site = Site(GatewayResource(self.gateway))
-        self.guard = front.serve(self.site, self.gateway)
+        self.guard = front.serve_http1(self.site, self.gateway)
         self.client = self.connect()
         self.channel, self.transport = self.client.channel, self.client.transport
         # One idle backend connection in the pool, as after the first request.

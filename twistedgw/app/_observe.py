@@ -45,9 +45,8 @@ from twistedgw.app._runtime import Runtime
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import CLIENT_ERROR_KINDS, RequestRecord
-from twistedgw.identity import ClientIdentity, fingerprint
-from twistedgw.identity import _reasons as reasons
-from twistedgw.pipeline import _jwks as jwks
+from twistedgw.identity import ClientIdentity, fingerprint, reasons
+from twistedgw.pipeline import JwksCollector
 from twistedgw.tls import UNAVAILABLE as REVOCATION_UNAVAILABLE
 from twistedgw.upstream import TunnelStats
 
@@ -131,10 +130,10 @@ def verdict_of(record: RequestRecord) -> tuple[str | None, str | None, str | Non
     is ``failed`` with the refusal's reason: "verified" would hide why the caller got
     its 401.
     """
-    return _verdict(record.identity, record.refusal)
+    return _verdict_labels(record.identity, record.refusal)
 
 
-def _verdict(
+def _verdict_labels(
     identity: ClientIdentity | None, refusal: GatewayError | None
 ) -> tuple[str | None, str | None, str | None]:
     if identity is None:
@@ -179,7 +178,7 @@ def sample(
     websocket: TunnelStats | None = None,
 ) -> Sample:
     """One request's ``Sample``, from the fields of its record (``http.RequestCounter``)."""
-    source, result, reason = _verdict(identity, refusal)
+    source, result, reason = _verdict_labels(identity, refusal)
     code, refused = _refusal_labels(refusal)
     return (
         api.label if api is not None else NO_API,
@@ -299,7 +298,7 @@ class Metrics:
             self.tracing_exported.labels(result=result)
         r.register(CertificateExpiryCollector(runtime))
         self._runtime = runtime
-        r.register(jwks.JwksCollector())  # JWKS URLs fetched in this process
+        r.register(JwksCollector())  # JWKS URLs fetched in this process
         self._cells: dict[tuple[object, ...], Cells] = {}
         # id(identity) -> (identity, its verdict labels when nothing refused the request)
         self._labels: dict[int, tuple[ClientIdentity, tuple[str | None, ...]]] = {}
@@ -333,11 +332,11 @@ class Metrics:
             if known is None or known[0] is not identity:
                 if len(self._labels) >= 4096:
                     self._labels.clear()
-                known = self._labels[id(identity)] = (identity, _verdict(identity, None))
+                known = self._labels[id(identity)] = (identity, _verdict_labels(identity, None))
             source, result, reason = known[1]
             code = refused = None
         else:
-            source, result, reason = _verdict(identity, refusal)
+            source, result, reason = _verdict_labels(identity, refusal)
             code, refused = _refusal_labels(refusal) if refusal is not None else (None, None)
         self._count(
             api.label if api is not None else NO_API,

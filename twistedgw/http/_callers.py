@@ -22,9 +22,15 @@ from twistedgw import _unixsockets as unixsockets
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
 from twistedgw.http._snapshot import Snapshot
-from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
-from twistedgw.identity import _lbheader as lbheader
-from twistedgw.identity import _reasons as reasons
+from twistedgw.identity import (
+    ClientIdentity,
+    HeaderDecodeError,
+    Source,
+    decode,
+    failed,
+    no_certificate,
+    reasons,
+)
 from twistedgw.wire import Exchange
 
 log = Logger()
@@ -38,7 +44,7 @@ ignored_header_warnings = RateLimitedLog(log)
 # base64, DER parsing) cost more than the verdict-cache lookup it precedes. The
 # decoder is pure and its result immutable, so a small bounded cache keyed by the
 # raw value is safe to share. Failures are not cached (lru_cache skips raises).
-_decode = functools.lru_cache(maxsize=512)(lbheader.decode)
+_decode = functools.lru_cache(maxsize=512)(decode)
 
 
 class Caller(NamedTuple):
@@ -193,7 +199,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
         chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
     try:
         decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)
-    except lbheader.HeaderDecodeError as e:
+    except HeaderDecodeError as e:
         return Caller(
             failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True
         )

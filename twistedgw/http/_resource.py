@@ -204,7 +204,7 @@ def route_request(
     return Routed(runtime, raw_path, path, query, route, host=name)
 
 
-def misdirected(exchange: Exchange, routed: Routed) -> GatewayError | None:
+def misdirection(exchange: Exchange, routed: Routed) -> GatewayError | None:
     """421 when the request's host would have chosen another ``[[tls.sni]]`` entry (or
     the default) than the connection's SNI did: a certificate verdict, and the
     CertificateRequest, belong to the entry the handshake chose."""
@@ -321,7 +321,7 @@ class GatewayExchange(Exchange):
         self.api: ApiConfig | None = None
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
-        self.trace: RequestTrace | None = None  # [tracing]: begun by serve()
+        self.trace: RequestTrace | None = None  # [tracing]: begun by serve_exchange()
         self.cache: str | None = None  # set by the response cache (http/_cache.py)
         self.verdict: CallerVerdict | None = None  # judged without a Call (per_caller)
         self.gateway: Gateway | None = None  # set when forwarded
@@ -513,7 +513,7 @@ class GatewayResource(Resource):
 
     def handle(self, exchange: GatewayExchange) -> None:
         """Serve ``exchange`` (its head is in; its body, if any, is read when allowed)."""
-        serve(self.gateway, exchange)
+        serve_exchange(self.gateway, exchange)
 
     def render(self, request: Any) -> int:
         from twistedgw.http._webexchange import web_exchange
@@ -525,11 +525,11 @@ class GatewayResource(Resource):
         if refusal is not None:
             answer_error(self.gateway, exchange, refusal)
         else:
-            serve(self.gateway, exchange)
+            serve_exchange(self.gateway, exchange)
         return NOT_DONE_YET
 
 
-def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
+def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     """Route (unless the front did), judge and forward one exchange; never raises for
     anything a client sends."""
     routed = exchange.routed
@@ -540,7 +540,7 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
     tracer = gateway.tracer
     if tracer is not None:
         exchange.trace = tracing.begin(tracer, exchange, routed.raw_path, routed.runtime)
-    wrong_host = misdirected(exchange, routed)  # before any policy, the authz endpoint too
+    wrong_host = misdirection(exchange, routed)  # before any policy, the authz endpoint too
     if wrong_host is not None:
         answer_error(gateway, exchange, wrong_host)
         return
@@ -831,5 +831,5 @@ __all__ = [
     "Routed",
     "answer_error",
     "route_request",
-    "serve",
+    "serve_exchange",
 ]

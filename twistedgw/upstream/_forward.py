@@ -513,7 +513,7 @@ class Forwarder:
                 ) else NO_EDITS
             forwarding.start(tls_policy, edits)
         except Exception:
-            _log.failure("forwarding to {backend} failed", backend=_describe(target))
+            _log.failure("forwarding to {backend} failed", backend=_origin_for_logs(target))
             forwarding.fail_internal()
 
     def _settings_with(
@@ -553,7 +553,7 @@ def _endpoint(target: bytes) -> bytes:
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
-def _describe(target: bytes) -> str:
+def _origin_for_logs(target: bytes) -> str:
     """scheme://host:port of a target, for logs: paths and queries may carry secrets."""
     from urllib.parse import urlsplit
 
@@ -646,7 +646,7 @@ class _Forwarding:
     @property
     def _backend(self) -> str:
         """scheme://host:port, for log lines only (computed when one is written)."""
-        return _describe(self._target)
+        return _origin_for_logs(self._target)
 
     # -- start -----------------------------------------------------------
 
