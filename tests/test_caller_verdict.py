@@ -36,6 +36,11 @@ APIS = {
         '[[apis.identities]]\nsubject = "CN=partner-app,O=twistedgw dev"\n'
     ),
     "consumers": 'mutual_ssl = "mandatory"\nconsumers = ["acme"]\n',
+    # The backend's own Authorization (BackendCredentials), in place of the client's.
+    "backend-credentials": (
+        'mutual_ssl = "mandatory"\n[[apis.backend_credentials]]\nendpoint = "production"\n'
+        'username = "svc"\npassword_file = "{password_file}"\n'
+    ),
 }
 CONSUMERS = """
 [[consumers]]
@@ -57,7 +62,8 @@ FORWARD = {
 FORGED = (
     b"GET /bench/small?x=1 HTTP/1.1\r\nhost: localhost:8443\r\n"
     b"X-Forwarded-Client-Cert: Hash=forged\r\nClient-Cert: :Zm9yZ2Vk:\r\n"
-    b"X-Consumer-Name: evil\r\nX-Client-Subject: CN=admin\r\nX-Other: kept\r\n\r\n"
+    b"X-Consumer-Name: evil\r\nX-Client-Subject: CN=admin\r\nX-Other: kept\r\n"
+    b"Authorization: Basic Zm9yZ2Vk\r\n\r\n"
 )
 
 
@@ -80,7 +86,9 @@ def test_a_connections_next_requests_are_judged_as_its_first(
     api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     own_cost = _own_cost()
-    apis = own_cost.API.split("mutual_ssl")[0] + APIS[api]
+    password = tmp_path / "backend-password"
+    password.write_text("s3cret\n")
+    apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
     extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "")
     h = own_cost.Harness(tmp_path, apis=apis, extra=extra, pki=pki)
     runs: list[Any] = []
@@ -111,6 +119,9 @@ def test_a_connections_next_requests_are_judged_as_its_first(
                 assert b"CN=admin" not in sent
             if request is FORGED and sent:
                 assert b"\r\nX-Other: kept\r\n" in sent
+                if api == "backend-credentials":  # svc:s3cret, never the client's
+                    assert b"\r\nAuthorization: Basic c3ZjOnMzY3JldA==\r\n" in sent
+                    assert b"Zm9yZ2Vk" not in sent
     # The verdicts differ by caller: the cache never answered one caller for another.
     statuses = {
         name: h.exchange(h.connect(identity))[1].split(b" ", 2)[1]

@@ -49,10 +49,15 @@ from twistedgw.pipeline._transports import Transports
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
 # The built-in stages whose answer depends on the caller alone (``Pipeline.per_caller``):
-# the certificate's aliases and identity rules, the consumer it maps to, and the identity
-# headers set from it. Not API keys, tokens or passwords (request headers), revocation
-# (OCSP answers age), tiers and policies (counts), nor any plugin.
-_PER_CALLER = frozenset({MutualSsl, IdentityRules, ConsumerMapping, IdentityForwarding})
+# the certificate's aliases and identity rules, the consumer it maps to, the identity
+# headers set from it, the endpoint kind its credential may go to and that endpoint's own
+# credentials. Not API keys, tokens or passwords (request headers), the transports (a
+# trusted proxy's X-Forwarded-Proto, per request), revocation (OCSP answers age), tiers
+# and policies (counts), nor any plugin.
+_PER_CALLER = frozenset({
+    MutualSsl, IdentityRules, ConsumerMapping, IdentityForwarding, EndpointChoice,
+    BackendCredentials,
+})
 
 
 @dataclass
