@@ -576,7 +576,10 @@ class Router:
         for context, _prefix, candidates in self._prefixes:
             if len(candidates) == 1 and candidates[0][0] is None:
                 api, pipeline = candidates[0][1], candidates[0][2]
-                if api.operations is None and len(api.endpoints) == 1:
+                if (
+                    api.operations is None and len(api.endpoints) == 1 and api.sandbox is None
+                    and api.api_key_query is None
+                ):
                     self._sole[context] = (api, pipeline, *_backend_bytes(api.backend))
         for entry in self._prefixes:
             if entry[0] == b"/":
@@ -622,7 +625,9 @@ class Router:
                         target += b"/"
                     if query is not None:
                         target += b"?" + query
-                    return _new_route(Route, (api, target, pipeline, (), None, None, None, b""))  # type: ignore[no-any-return]
+                    return _new_route(  # type: ignore[no-any-return]
+                        Route, (api, target, pipeline, (), None, None, None, b"", ())
+                    )
                 chosen = _by_host(candidates, host)
                 if chosen is None:
                     return None
@@ -705,6 +710,7 @@ class _Backends:
 
 
 _new_route = tuple.__new__  # a Route without its NamedTuple __new__ (a Python call)
+assert len(Route._fields) == 9, "Router.route's plain route lists every Route field"
 
 
 def _first_segment(path: bytes) -> bytes:
