@@ -502,7 +502,7 @@ class _Connection(Protocol):
         if call is None or head[9:12] != b"101" or not getattr(call.handler, "switching", False):
             return False
         self.call, call.conn, call.cancelled = None, None, True
-        self.state, self.reusable = _IDLE, False
+        self.state, self.reusable = State.IDLE, False
         self._stop_upload()
         call.handler.response_switched(head, rest, self)  # type: ignore[attr-defined]
         return True

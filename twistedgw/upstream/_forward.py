@@ -594,9 +594,9 @@ class _Forwarding:
     # One per forwarded request: slots make its ~25 fields cheaper to set and read.
     __slots__ = (
         "_alternatives", "_body", "_body_length", "_call", "_client_gone", "_edits",
-        "_exchange", "_fw", "_on_answer", "_on_done", "_paused", "_phase", "_reactor",
-        "_responder", "_send_mark", "_send_timer", "_sent", "_settings", "_several",
-        "_span", "_status", "_target", "_tls", "_trace",
+        "_exchange", "_fw", "_on_answer", "_on_done", "_on_switch", "_paused", "_phase",
+        "_reactor", "_responder", "_send_mark", "_send_timer", "_sent", "_settings",
+        "_several", "_span", "_status", "_target", "_tls", "_trace",
     )
 
     def __init__(
