@@ -7,7 +7,10 @@ request; ``--scenario resume``: 2c, a resumed session per request), or under sce
 the same setup as ``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
 wrk loads it, and writes py-spy's collapsed stacks (``*.folded``, for
 flamegraph tools or speedscope) plus a summary of the hottest functions by
-self time and by inclusive time.
+self time and by inclusive time, and the split of issue 27 (``bench/split.py``: kernel,
+GC, TLS, reactor, front, request path, upstream) in µs of proxy CPU per request, measured
+by a second load run of the same length without the sampler. ``--native`` adds C frames
+(needed to see the cyclic GC and to tell system calls apart).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
+import split
 
 
 def summarise(folded: Path, top: int = 30) -> str:
@@ -51,6 +55,8 @@ def main() -> int:
     p.add_argument("--scenario", choices=["keepalive", "full", "resume", "h2"],
                    default="keepalive")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "twistedgw-prof")
+    p.add_argument("--native", action="store_true",
+                   help="py-spy --native: C frames too (OpenSSL, the cyclic GC, the kernel calls)")
     args = p.parse_args()
     if shutil.which("py-spy") is None:
         print("py-spy is not installed (pip install '.[bench]')", file=sys.stderr)
@@ -63,6 +69,7 @@ def main() -> int:
         profile.scenarios = ("h2",)
     bench = run.Bench(work, profile, 400.0)
     folded = args.out / f"{args.scenario}.folded"
+    us_per_request: float | None = None
     try:
         bench.setup()
         if h2:
@@ -81,14 +88,25 @@ def main() -> int:
             run.pinned(run.CORE_LOAD, [
                 "py-spy", "record", "--format", "raw", "--rate", "250", "-d",
                 str(args.seconds), "-o", str(folded), "-p", str(bench.procs[gateway].popen.pid),
+                *(["--native"] if args.native else []),
             ]),
             check=True, timeout=args.seconds + 60, capture_output=True,
         )
         load.join()
+        # The CPU per request, measured without the sampler (py-spy pauses the process
+        # to read each stack): the split's shares are of this.
+        if h2:
+            measured = bench.h2load(gateway, "/bench/small", 8, 32, args.seconds)
+        else:
+            measured = bench.wrk(f"gw-ec-{args.scenario}", "/bench/small", 32, args.seconds)
+        if measured.get("rps"):
+            us_per_request = 1e6 * measured["proxy_cpu"] / measured["rps"]
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
-    text = summarise(folded)
+    shares, samples = split.split(folded)
+    text = summarise(folded) + "\n\nsplit (bench/split.py):\n" + split.report(
+        shares, samples, us_per_request)
     (args.out / f"{args.scenario}-summary.txt").write_text(text)
     print(text)
     print(f"\nstacks: {folded}", file=sys.stderr)

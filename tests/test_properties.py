@@ -23,6 +23,7 @@ from twistedgw import config
 from twistedgw.config import ApiConfig
 from twistedgw.config._base import SECRET_KEYS, is_secret
 from twistedgw.http import BadPath, Router, normalise, split_target
+from twistedgw.http._routing import Route
 
 # -- paths -------------------------------------------------------------------
 
@@ -207,3 +208,94 @@ def test_a_problem_never_quotes_a_secret() -> None:
         named = [line for line in problems if line.startswith(f"{_FILE}: {_dotted(where, key)}")]
         assert named or isinstance(value, dict), (where, key, value)  # a table may be right
         assert not [line for line in named if _MARK in line or "12345" in line], named
+
+
+# -- the head checks done without regular expressions -------------------------------
+
+_HEAD_BYTES = st.binary(max_size=40) | st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b"\t", b" ", b"a", b":", b"\x00", b"\x0b", b"\x7f",
+                     b"\x1f", b"\x80", b"/", b"%", b"%2"]), max_size=20
+).map(b"".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_HEAD_BYTES)
+def test_the_head_checks_decide_as_the_regular_expressions_did(data: bytes) -> None:
+    """``wire`` checks heads with counts and ``bytes.translate`` (issue 27 item 5); each
+    must answer exactly what the regular expression it replaced answers."""
+    from twistedgw.wire import _abnf
+
+    bare = _abnf.BARE_LF.search(data) is not None
+    ctl = _abnf.CTL_IN_HEAD.search(data) is not None
+    assert _abnf.bare_lf(data) == bare
+    assert _abnf.ctl_in_head(data) == ctl
+    expected = _abnf.BARE_LF_FOUND if bare else _abnf.CTL_FOUND if ctl else _abnf.CLEAN
+    assert _abnf.head_controls(data) == expected
+    target = b"/" + data
+    problem = _abnf.target_problem(target)
+    refused = _abnf._TARGET_BYTE.search(target) is not None or (
+        b"%" in target and _abnf._BAD_ESCAPE.search(target) is not None
+    )
+    assert (problem is not None) == refused
+
+
+# -- routing through a dict ------------------------------------------------------------
+
+_SEGMENTS = [b"a", b"A", b"b", b"ab", b"a.b", b"%41", b"x-y", b""]
+
+
+def _linear_route(router: Router, path: bytes, host: str | None) -> object:
+    """The router's answer as its linear scan gave it (before issue 27 item 4): the
+    first context, longest first, that holds the path, then the host's candidate."""
+    from twistedgw.http._routing import _by_host
+
+    lowered = path.lower()
+    for context, prefix, candidates in router._prefixes:
+        if context == b"/" or lowered == context or lowered.startswith(prefix):
+            chosen = _by_host(candidates, host)
+            return None if chosen is None else chosen[0]
+    return None
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(_SEGMENTS[:-1]), min_size=0, max_size=3),
+            st.sampled_from([None, ("h.example",), ("*.example",)]),
+        ),
+        min_size=1, max_size=6,
+    ),
+    st.lists(st.lists(st.sampled_from(_SEGMENTS), max_size=4), min_size=1, max_size=10),
+    st.sampled_from([None, "h.example", "x.example", "other"]),
+)
+def test_the_dict_router_routes_as_the_linear_scan_did(
+    contexts: list[tuple[list[bytes], tuple[str, ...] | None]],
+    paths: list[list[bytes]],
+    host: str | None,
+) -> None:
+    """Issue 27 item 4: the router looks up a path's first segment in a dict instead of
+    trying every context; on generated contexts (nested, sharing segments, differing in
+    case, "/", with and without hosts) and paths, it picks the API the scan picked."""
+    apis = []
+    seen: set[tuple[bytes, tuple[str, ...] | None]] = set()
+    for i, (segments, hosts) in enumerate(contexts):
+        context = b"/" + b"/".join(segments)
+        if (context.lower(), hosts) in seen:
+            continue  # the config refuses two APIs on one context and host set
+        seen.add((context.lower(), hosts))
+        apis.append(ApiConfig(name=f"api{i}", version="1", context=context.decode(),
+                              backend="http://b", hosts=hosts))
+    router = Router(apis)
+    for segments in paths:
+        path = b"/" + b"/".join(segments)
+        for query in (None, b"k=v"):
+            route = router.route(path, query, host=host)
+            api = _linear_route(router, path, host)
+            assert (route.api if route is not None else None) == api
+            if route is not None:  # the backend URL: the path below the context, the query
+                context = route.api.context.encode()
+                rest = path[len(context):] if context != b"/" else path
+                expected = b"http://b" + (rest or b"/") + (b"?" + query if query else b"")
+                assert route.backend_target == expected
+                assert route == Route(route.api, expected)  # every other field its default

@@ -115,6 +115,9 @@ def test_reload_under_load_drops_nothing_and_alias_change_takes_effect(
     assert load.done["keepalive"] > 10 and load.done["fresh"] > 5, load.done
 
     # Now change the API's aliases: the new truststore alias is accepted at once.
+    kept = connect(gw.port, pki, "partner-app")  # its verdict is kept per connection...
+    assert send(kept, "/echo/before").status == 200
+    assert send(kept, "/echo/before").status == 200
     gw.config.write_text(gateway_config(pki, _apis(backend, ["other-root"]), port=gw.port))
     gw.signal(signal.SIGHUP)
     _reloaded(gw, 4)
@@ -122,6 +125,10 @@ def test_reload_under_load_drops_nothing_and_alias_change_takes_effect(
     refused = request(gw.port, "/echo/x", pki, "partner-app")
     assert refused.status == 401
     assert refused.json()["description"] == "certificate is not associated with this API"
+    # ...and belongs to the config it was judged under (issue 27 item 3).
+    again = send(kept, "/echo/after")
+    assert again.status == 401, again.body
+    kept.close()
 
 
 def test_server_certificate_rotation_keeps_open_connections(
@@ -353,3 +360,38 @@ def test_otherwise_the_files_are_read_here(
     assert prepared.problems == ()
     assert seen == [(False, runtime.RELOAD_SWITCH_INTERVAL)]  # while it read
     assert gc.isenabled() and sys.getswitchinterval() == interval  # and after
+
+
+def test_a_reload_that_stops_trusting_a_proxy_applies_to_its_open_connection(
+    gateway: Callable[..., GatewayProcess], backend: BackendProcess, pki: DevPki
+) -> None:
+    """Whether a connection is a trusted load balancer's is decided once per connection
+    (issue 27 item 3), under the config in force: a reload that removes the proxy from
+    ``trusted_proxies`` makes its next request on the same connection a direct client's,
+    whose certificate header is ignored."""
+    from tests import headerenc as enc
+    from tests.lbsupport import mutual_ssl_table
+
+    def config(trusted: str) -> str:
+        mode = mutual_ssl_table(
+            certificate_header="X-Client-Cert", header_encoding="url-pem",
+            enable_client_validation=False, trusted_proxies=[trusted],
+        )
+        listener = {"host": "127.0.0.1", "port": port, "tls": False}
+        return gateway_config(pki, _apis(backend, ["partner-root"]), port=port,
+                              listeners=[listener], extra=mode)
+
+    port = free_port()
+    gw = gateway([], config_text=config("127.0.0.1/32"), port=port)
+    issued = pki.issued["partner-app"]
+    chain = [issued.cert, pki.authorities["partner-issuing"].cert]
+    header = {"X-Client-Cert": enc.encode(chain, "url-pem")}
+    kept = connect(gw.port)
+    assert send(kept, "/echo/x", headers=header).status == 200
+    assert send(kept, "/echo/x", headers=header).status == 200
+    gw.config.write_text(config("10.9.8.7/32"))
+    gw.signal(signal.SIGHUP)
+    _reloaded(gw, 1)
+    refused = send(kept, "/echo/x", headers=header)
+    assert refused.status == 401, refused.body
+    kept.close()

@@ -34,7 +34,7 @@ from twistedgw.upstream import (
 )
 from twistedgw.upstream._client import _Connection
 from twistedgw.wire import BadResponseHead, ChunkedDecoder, Framing, MalformedChunks
-from twistedgw.wire import _response as wire_response
+from twistedgw.wire import _abnf as wire_names
 from twistedgw.wire._response import parse_response_head as _parse_head
 
 # -- parsing -----------------------------------------------------------------
@@ -467,19 +467,21 @@ def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> Non
 
 
 def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
+    """Requests and responses share the remembered names (one grammar, one set)."""
     ok = _parse_head(b"HTTP/1.1 200 OK\r\nX-Name: 1\r\nContent-Length: 0", False)
-    assert ok is not None and b"X-Name" in wire_response._seen_names
+    assert ok is not None and b"X-Name" in wire_names._seen_names
     for bad in (b"X-Name : 1", b"X Name: 1", b"X-Name\x00: 1", b": 1"):
         with pytest.raises(BadResponseHead):
             _parse_head(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 0", False)
-    for n in range(wire_response.SEEN_NAMES_MAX + 10):
-        wire_response.valid_name(b"x-%d" % n)
-    assert len(wire_response._seen_names) <= wire_response.SEEN_NAMES_MAX
+    for n in range(wire_names.SEEN_NAMES_MAX + 10):
+        wire_names.valid_name(b"x-%d" % n)
+    assert len(wire_names._seen_names) <= wire_names.SEEN_NAMES_MAX
 
 
 def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
     """``_Deadlines``: one reactor call for every exchange's backend timeout, each fired
-    at its own deadline (not before, not late), none left pending when nothing waits."""
+    at its own deadline (not before, not late); when nothing waits, the call left fires
+    once, runs nothing and leaves none pending (no call made and cancelled per request)."""
     from twistedgw.upstream._forward import _Deadlines
 
     clock = MemoryReactorClock()
@@ -514,6 +516,13 @@ def test_the_forwarders_one_timer_fires_each_deadline_on_time() -> None:
     clock.advance(4.25)  # c (due at 10) is not held back by d (armed at 4.25, due at 24.25)
     assert fired[-1] == ("c", 10.0)
     deadlines.disarm(d)  # type: ignore[arg-type]
+    assert len([call for call in clock.getDelayedCalls() if call.active()]) <= 1
+    for _ in range(3):  # one request at a time: no call is made or cancelled for it
+        deadlines.arm(d, 20)  # type: ignore[arg-type]
+        deadlines.disarm(d)  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) <= 1
+    clock.advance(30)
+    assert fired[-1] == ("c", 10.0)
     assert not [call for call in clock.getDelayedCalls() if call.active()]
 
 

@@ -425,6 +425,40 @@ def test_metrics_gauge_open_websockets_and_count_closes_by_reason() -> None:
     assert sample_of(_record(None, 200))[-1] is None
 
 
+def test_a_websocket_is_counted_without_a_record_too() -> None:
+    """The metrics count a request from its fields when nothing reads records
+    (``Gateway.counter``, issue 27 item 5): a WebSocket's 101 and its close move the gauge
+    there as they do through a record, and a worker's samples carry the same event."""
+    from twistedgw.app._workers import _ParentLink
+    from twistedgw.http import Gateway, GatewayExchange
+    from twistedgw.wire import Connection
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    metrics = Metrics(lambda: None)
+    gateway = Gateway(None, None, counter=metrics)  # type: ignore[arg-type]
+    conn = Connection(None, None, True, None)
+    exchange = GatewayExchange(b"GET", b"/chat/live", b"HTTP/1.1", Fields([]), None, conn,
+                               None, None)  # type: ignore[arg-type]
+    exchange.api = _record(None).api
+    exchange.record(gateway, 101, 120, websocket=TunnelStats(0, 0, None, None))
+    assert value("twistedgw_websockets_open") == 1
+    assert value("twistedgw_requests_total", api="chat:1", status="101",
+                 consumer="none") == 1
+    exchange.record(gateway, 101, 300, websocket=TunnelStats(120, 300, 1000, "client"))
+    assert value("twistedgw_websockets_open") == 0
+    assert value("twistedgw_websockets_closed_total", api="chat:1", reason="client") == 1
+    assert value("twistedgw_requests_total", api="chat:1", status="101",
+                 consumer="none") == 1
+    link = _ParentLink(SimpleNamespace(callLater=lambda *_a: None))  # type: ignore[arg-type]
+    link.count_request(exchange.api, 101, 0.1, None, None, None, None, None,
+                       TunnelStats(0, 0, None, None))
+    link.count_request(exchange.api, 101, 0.1, None, None, None, None, None,
+                       TunnelStats(1, 2, 1001, "shutdown"))
+    assert [s[-1] for s in link._pending] == ["open", "shutdown"]
+
+
 # -- HTTP/2 does not offer RFC 8441 --------------------------------------------------
 
 

@@ -84,7 +84,7 @@ def warnings(cfg: configmod.GatewayConfig) -> list[str]:
             "[cluster]: each worker counts on its own (a tier of N requests a minute lets up "
             f"to {cfg.workers} x N through); set [cluster] redis to share the counters"
         )
-    from twistedgw.http import _verdicts as verdicts
+    from twistedgw.http import verdicts
 
     if cfg.cluster is None and cfg.workers > 1 and any(verdicts.uses_policy(a) for a in cfg.apis):
         out.append(

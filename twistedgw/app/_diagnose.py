@@ -40,7 +40,7 @@ def decode_header_report(
     for i, cert in enumerate(decoded.certs, 1):
         role = "leaf" if i == 1 else "chain"
         lines.append(f"certificate {i} of {total} ({role})")
-        lines.extend(f"  {line}" for line in _describe(cert))
+        lines.extend(f"  {line}" for line in _certificate_lines(cert))
     if truststore is None:
         return lines, EXIT_OK
     identity = ChainVerifier(truststore, cache_size=0).verify(decoded.certs)
@@ -52,7 +52,7 @@ def decode_header_report(
     return lines, EXIT_VERIFICATION_FAILED
 
 
-def _describe(cert: x509.Certificate) -> list[str]:
+def _certificate_lines(cert: x509.Certificate) -> list[str]:
     return [
         f"subject: {_name(lambda: cert.subject)}",
         f"issuer: {_name(lambda: cert.issuer)}",

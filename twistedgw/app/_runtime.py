@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from twistedgw import _hosts as hostnames
 from twistedgw import config as configmod
+from twistedgw import tls as tlsface
 from twistedgw.config import (
     RESOURCE,
     ApiConfig,
@@ -38,9 +39,6 @@ from twistedgw.config import (
 from twistedgw.http import ResponseStore, Router, Served
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
-from twistedgw.tls import _backend as backendtls
-from twistedgw.tls import _pki as pki
-from twistedgw.tls import _revocation as revocation
 from twistedgw.upstream import ResourceBackend, ResourceError, as_resource, load_resource
 
 log = Logger()
@@ -49,15 +47,15 @@ log = Logger()
 @dataclass(frozen=True)
 class Runtime:
     config: GatewayConfig
-    keystore: pki.KeyStore | None
-    truststore: pki.TrustStore | None
+    keystore: tlsface.KeyStore | None
+    truststore: tlsface.TrustStore | None
     server_tls: ServerTLS | None
     router: Router  # its routes carry each API's compiled pipeline
     header_verifier: ChainVerifier | None
-    revocation: revocation.RevocationChecker | None = None  # CRLs are re-read on reload
+    revocation: tlsface.RevocationChecker | None = None  # CRLs are re-read on reload
     # TLS to https:// backends; a reload swaps it with the rest, and the forwarder's
     # pool is keyed by its policies, so changed settings get new connections.
-    backend_tls: backendtls.BackendTls | None = None
+    backend_tls: tlsface.BackendTls | None = None
     shared: Shared = field(default_factory=Shared)  # outlives this Runtime (reloads)
     # Each API's compiled pipeline (nginx-config reads what its plugins' stages do).
     pipelines: Mapping[ApiConfig, Pipeline] = field(default_factory=dict)
@@ -70,11 +68,11 @@ class Runtime:
 
 @dataclass
 class _Material:
-    keystore: pki.KeyStore | None = None
-    truststore: pki.TrustStore | None = None
+    keystore: tlsface.KeyStore | None = None
+    truststore: tlsface.TrustStore | None = None
     server_tls: ServerTLS | None = None
-    revocation: revocation.RevocationChecker | None = None
-    backend_tls: backendtls.BackendTls | None = None
+    revocation: tlsface.RevocationChecker | None = None
+    backend_tls: tlsface.BackendTls | None = None
     intermediates: tuple[x509.Certificate, ...] = ()
     pipelines: dict[ApiConfig, Pipeline] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -85,11 +83,11 @@ def _never(key: str) -> bool:
     return False
 
 
-def _load_keystore(tls: TlsConfig) -> pki.KeyStore | None:
+def _load_keystore(tls: TlsConfig) -> tlsface.KeyStore | None:
     if tls.keystore is not None:
-        return pki.load_keystore_p12(tls.keystore, tls.keystore_password)
+        return tlsface.load_keystore_p12(tls.keystore, tls.keystore_password)
     if tls.certificate is not None and tls.private_key is not None:
-        return pki.load_keystore_pem(tls.certificate, tls.private_key)
+        return tlsface.load_keystore_pem(tls.certificate, tls.private_key)
     return None
 
 
@@ -123,12 +121,12 @@ def _load_material(
     try:
         if intact("keystore", "keystore_password", "certificate", "private_key"):
             out.keystore = _load_keystore(tls)
-    except pki.PkiError as e:
+    except tlsface.PkiError as e:
         problems.append(f"{file}: {e}")
     try:
         if tls.truststore is not None and intact("truststore", "truststore_password"):
-            out.truststore = pki.load_truststore(tls.truststore, tls.truststore_password)
-    except pki.PkiError as e:
+            out.truststore = tlsface.load_truststore(tls.truststore, tls.truststore_password)
+    except tlsface.PkiError as e:
         problems.append(f"{file}: tls.truststore: {e}")
 
     if out.truststore is not None:
@@ -160,8 +158,8 @@ def _load_material(
     bundle = config.mutual_ssl.intermediates
     if bundle is not None and not broken("mutual_ssl.intermediates"):
         try:
-            found = pki.load_pem_certificates(bundle, "file")
-            not_ca = [c for c in found if not pki.TrustEntry("", c, b"").is_ca]
+            found = tlsface.load_pem_certificates(bundle, "file")
+            not_ca = [c for c in found if not tlsface.TrustEntry("", c, b"").is_ca]
             if not_ca:
                 problems.append(
                     f"{file}: mutual_ssl.intermediates: {bundle}: holds a certificate that is not "
@@ -169,15 +167,15 @@ def _load_material(
                 )
             else:
                 out.intermediates = tuple(found)
-        except pki.PkiError as e:
+        except tlsface.PkiError as e:
             problems.append(f"{file}: mutual_ssl.intermediates: {e}")
     try:
         if intact("crl", "revocation"):
-            out.revocation = revocation.build(tls)
-    except revocation.CrlError as e:
+            out.revocation = tlsface.build_revocation(tls)
+    except tlsface.CrlError as e:
         problems.append(f"{file}: tls.crl: {e}")
     try:
-        out.backend_tls = backendtls.build(
+        out.backend_tls = tlsface.build_backend_tls(
             config,
             api_paths=api_paths,
             skip=lambda where: any(
@@ -209,7 +207,7 @@ def _alias_of(rule: IdentityRule) -> frozenset[str]:
     return frozenset({rule.alias}) if rule.alias is not None else frozenset()
 
 
-def _names_alone(config: GatewayConfig, truststore: pki.TrustStore) -> list[str]:
+def _names_alone(config: GatewayConfig, truststore: tlsface.TrustStore) -> list[str]:
     """A warning per consumer certificate entry that names alone identify while more
     than one issuer is trusted: any of them can certify those names (#22 item 7)."""
     issuers = sorted(e.alias for e in truststore.entries if not e.is_pinned)
@@ -356,7 +354,7 @@ def _load_sni(
             continue
         try:
             keystore = _load_entry_keystore(entry)
-        except pki.PkiError as e:
+        except tlsface.PkiError as e:
             problems.append(f"{file}: {e}")
             failed = True
             continue
@@ -369,7 +367,7 @@ def _load_sni(
                 listing = ", ".join(names) or "none"
                 warnings.append(
                     f"{file}: {entry.where}.hosts[{i}]: the certificate "
-                    f"({pki.describe(keystore.cert)}) does not cover {pat!r} "
+                    f"({tlsface.describe_certificate(keystore.cert)}) does not cover {pat!r} "
                     f"(its DNS names: {listing}); clients that check it will refuse"
                 )
         out.append(
@@ -383,14 +381,15 @@ def _load_sni(
     return None if failed else out
 
 
-def _load_entry_keystore(entry: SniEntry) -> pki.KeyStore | None:
+def _load_entry_keystore(entry: SniEntry) -> tlsface.KeyStore | None:
     if entry.keystore is not None:
         try:
-            return pki.load_keystore_p12(entry.keystore, entry.keystore_password)
-        except pki.PkiError as e:
-            raise pki.PkiError(str(e).replace("tls.keystore", f"{entry.where}.keystore")) from None
+            return tlsface.load_keystore_p12(entry.keystore, entry.keystore_password)
+        except tlsface.PkiError as e:
+            where = f"{entry.where}.keystore"
+            raise tlsface.PkiError(str(e).replace("tls.keystore", where)) from None
     if entry.certificate is not None and entry.private_key is not None:
-        return pki.load_keystore_pem(
+        return tlsface.load_keystore_pem(
             entry.certificate,
             entry.private_key,
             cert_what=f"{entry.where}.certificate",

@@ -38,13 +38,9 @@ from twistedgw.config import (
     describe_security,
     route_rows,
 )
-from twistedgw.http import Gateway, GatewayResource
-from twistedgw.http import _front as front
-from twistedgw.http import _h2 as h2
+from twistedgw.http import Gateway, GatewayResource, H2Factory, serve_http1
 from twistedgw.pipeline import Shared
-from twistedgw.tls import BackendPolicy, HandshakeRecords
-from twistedgw.tls import _pki as pki
-from twistedgw.tls._server import ServerTLSFactory
+from twistedgw.tls import BackendPolicy, HandshakeRecords, ServerTLSFactory, describe_certificate
 from twistedgw.tracing import Tracer, TracingObserver, start_tracer
 from twistedgw.upstream import Forwarder, ForwardSettings
 
@@ -265,7 +261,7 @@ class GatewayService(service.Service):
         self.site = GatewaySite(GatewayResource(self.gateway))
         # The byte-level HTTP/1.1 front (http/_front.py): limits, timeouts, strict
         # framing (the guard's rules, http/_guard.py); max_connections per process.
-        self.guard = front.serve(self.site, self.gateway)
+        self.guard = serve_http1(self.site, self.gateway)
         self.site.noisy = False
         self.ports: list[IListeningPort] = []
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
@@ -275,7 +271,7 @@ class GatewayService(service.Service):
         self.admin: AdminService | None = None
         if self.inherited is None:
             self.metrics = Metrics(lambda: self.runtime)
-            self.gateway.observers.append(self.metrics.observe)
+            self.gateway.counter = self.metrics  # counts requests without their records
             self.shared.observe_cluster(self.metrics)
             if config.admin is not None:
                 self.admin = AdminService(
@@ -338,7 +334,7 @@ class GatewayService(service.Service):
     def _factory(self, listener: Listener) -> Any:
         if listener.tls:
             # http2: ALPN offers h2 on this listener's connections (http/_h2.py).
-            served: Any = h2.H2Factory(self.site, self.guard) if listener.http2 else self.site
+            served: Any = H2Factory(self.site, self.guard) if listener.http2 else self.site
             return ServerTLSFactory(_CurrentTLS(self), False, served)
         return self.site
 
@@ -592,10 +588,12 @@ def log_startup(
     if built.truststore is not None:
         for entry in built.truststore.entries:
             log.info(
-                "Truststore alias {alias}: {cert}", alias=entry.alias, cert=pki.describe(entry.cert)
+                "Truststore alias {alias}: {cert}",
+                alias=entry.alias,
+                cert=describe_certificate(entry.cert),
             )
     if built.keystore is not None:
-        log.info("Server certificate: {cert}", cert=pki.describe(built.keystore.cert))
+        log.info("Server certificate: {cert}", cert=describe_certificate(built.keystore.cert))
     if built.server_tls is not None and built.truststore is not None:
         # What auto decided: whether each entry's handshakes ask for a certificate.
         for label, sni, mode in (

@@ -39,7 +39,14 @@ from twistedgw import config as configmod
 from twistedgw.app import _runtime as runtime
 from twistedgw.app._admin import AdminService
 from twistedgw.app._drain import stop_once
-from twistedgw.app._observe import WEBSOCKET_OPEN, AccessLog, Metrics, Sample, sample_of
+from twistedgw.app._observe import (
+    WEBSOCKET_OPEN,
+    AccessLog,
+    Metrics,
+    Sample,
+    sample,
+    sample_of,
+)
 from twistedgw.app._service import (
     GatewayService,
     gather_listening,
@@ -47,8 +54,11 @@ from twistedgw.app._service import (
     log_startup,
     reload_runtime,
 )
-from twistedgw.config import ConfigError, GatewayConfig
+from twistedgw.config import ApiConfig, ConfigError, GatewayConfig
+from twistedgw.errors import GatewayError
 from twistedgw.http import RequestRecord
+from twistedgw.identity import ClientIdentity
+from twistedgw.upstream import TunnelStats
 
 log = Logger(namespace="twistedgw.app._workers")  # also when run as __main__
 
@@ -395,6 +405,25 @@ class _ParentLink(protocol.Protocol):
         self._pending.append(sample_of(record))
         self._schedule()
 
+    def count_request(
+        self,
+        api: ApiConfig | None,
+        status: int,
+        duration: float,
+        identity: ClientIdentity | None,
+        consumer: str | None,
+        error_kind: str | None,
+        refusal: GatewayError | None,
+        cache: str | None = None,
+        websocket: TunnelStats | None = None,
+    ) -> None:
+        """``http.RequestCounter`` (``Gateway.counter``): ``observe`` without a record."""
+        self._pending.append(
+            sample(api, status, duration, identity, consumer, error_kind, refusal, cache,
+                   websocket)
+        )
+        self._schedule()
+
     def _schedule(self) -> None:
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -473,7 +502,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     link = _ParentLink(reactor)
     stdio.StandardIO(link, stdin=0, stdout=EVENTS_FD, reactor=reactor)  # type: ignore[call-arg]
-    svc.gateway.observers.append(link.observe)
+    svc.gateway.counter = link  # samples for the parent, without building records
     svc.tracing_observer = link
     svc.shared.observe_cluster(link)
     if svc.shared.cluster is not None and svc.shared.cluster.problem is not None:

@@ -6,6 +6,7 @@ An API with ``openapi = FILE`` is read here too, from the table its definition i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,8 +137,9 @@ class ApiConfig:
     # connection after the backend's 101 (http/_upgrade.py); else Upgrade is dropped.
     websocket: bool = False
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
+        """``name:version``, made once (the metrics and logs name the API per request)."""
         return f"{self.name}:{self.version}"
 
     @property

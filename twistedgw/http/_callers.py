@@ -22,9 +22,15 @@ from twistedgw import _unixsockets as unixsockets
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import MutualSslConfig
 from twistedgw.http._snapshot import Snapshot
-from twistedgw.identity import ClientIdentity, Source, failed, no_certificate
-from twistedgw.identity import _lbheader as lbheader
-from twistedgw.identity import _reasons as reasons
+from twistedgw.identity import (
+    ClientIdentity,
+    HeaderDecodeError,
+    Source,
+    decode,
+    failed,
+    no_certificate,
+    reasons,
+)
 from twistedgw.wire import Exchange
 
 log = Logger()
@@ -38,7 +44,7 @@ ignored_header_warnings = RateLimitedLog(log)
 # base64, DER parsing) cost more than the verdict-cache lookup it precedes. The
 # decoder is pure and its result immutable, so a small bounded cache keyed by the
 # raw value is safe to share. Failures are not cached (lru_cache skips raises).
-_decode = functools.lru_cache(maxsize=512)(lbheader.decode)
+_decode = functools.lru_cache(maxsize=512)(decode)
 
 
 class Caller(NamedTuple):
@@ -125,35 +131,61 @@ def _adopt_edge(exchange: Exchange) -> None:
         exchange.secure = True  # the client spoke TLS to NGINX
 
 
-def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
+class ConnectionCaller(NamedTuple):
+    """What ``resolve`` learns of a connection once, kept on it (``wire.Connection.caller``)
+    under the config in force (issue 27 item 3): the handshake's verdict, the address,
+    the Unix peer and the load-balancer trust do not change within a connection; only a
+    trusted load balancer's header does, per request."""
+
+    direct: Caller  # the caller when no header speaks for it
+    trusted: bool  # a trusted load balancer's connection: its certificate header counts
+    unix_peer: bool  # a trusted Unix-socket peer (NGINX in front): adopt its X-Forwarded-*
+
+
+def _connection_caller(exchange: Exchange, runtime: Snapshot) -> ConnectionCaller:
     handshake = handshake_identity(exchange, runtime)
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
-        return Caller(handshake, False)
-    fields = exchange.fields
-    values = fields.getRawHeaders(settings.certificate_header.encode())
-    ip = exchange.client_ip
+        return ConnectionCaller(Caller(handshake, False), False, False)
     unix_peer = _trusted_unix_peer(exchange, settings)
     trusted = (
         (not settings.trusted_proxies and not settings.trust_unix_socket)
-        or _from_trusted_network(ip, settings)
+        or _from_trusted_network(exchange.conn.client_ip, settings)
         or unix_peer
     ) and (
         not settings.enable_client_validation or _is_load_balancer(handshake, settings)
     )
-    if not trusted:
+    # A direct client: its own handshake certificate speaks for it, unless that is a
+    # load balancer's certificate arriving from outside trusted_proxies.
+    direct = Caller(_never_a_load_balancer(handshake, settings), False)
+    return ConnectionCaller(direct, trusted, unix_peer)
+
+
+def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
+    """Who speaks for ``exchange``: what the connection says (computed once per connection
+    and config, ``wire.Connection.caller``), or a trusted load balancer's header."""
+    conn = exchange.conn
+    conn.derived_under(runtime)
+    seen: ConnectionCaller | None = conn.caller
+    if seen is None:
+        seen = conn.caller = _connection_caller(exchange, runtime)
+    settings = runtime.config.mutual_ssl
+    if settings.certificate_header is None:
+        return seen.direct
+    fields = exchange.fields
+    values = fields.getRawHeaders(settings.certificate_header.encode())
+    if not seen.trusted:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
+            ip = exchange.client_ip
             ignored_header_warnings.emit(
                 ip,
                 "Ignored the {header} header from {address}: not a trusted load balancer",
                 header=settings.certificate_header,
                 address=ip,
             )
-        # A direct client: its own handshake certificate speaks for it, unless that
-        # is a load balancer's certificate arriving from outside trusted_proxies.
-        return Caller(_never_a_load_balancer(handshake, settings), False)
-    if unix_peer:
+        return seen.direct
+    if seen.unix_peer:
         _adopt_edge(exchange)
     if not values:
         return Caller(no_certificate(Source.HEADER), True)
@@ -167,7 +199,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
         chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
     try:
         decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)
-    except lbheader.HeaderDecodeError as e:
+    except HeaderDecodeError as e:
         return Caller(
             failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True
         )

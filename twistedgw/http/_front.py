@@ -1022,7 +1022,7 @@ def _no_clock() -> float:
     raise RuntimeError("FrontChannel: no clock before connectionMade")
 
 
-def serve(site: Site, gateway: Gateway) -> Guard:
+def serve_http1(site: Site, gateway: Gateway) -> Guard:
     """Make ``site`` serve HTTP/1.1 through ``FrontChannel`` for ``gateway``."""
     guard = Guard(gateway)
     protocol: Callable[[], FrontChannel] = lambda: FrontChannel(guard)  # noqa: E731

@@ -1453,7 +1453,7 @@ class H2Factory:
         return getattr(self.site, name)
 
     def buildProtocol(self, addr: Any) -> Any:
-        # The byte-level front, built as Site.buildProtocol builds it (http/_front.serve),
+        # The byte-level front, built as Site.buildProtocol builds it (http/_front.serve_http1),
         # but not tracked itself: the wrapper is, so the drain follows a switch to h2.
         site: Any = self.site
         channel = FrontChannel(self.guard)

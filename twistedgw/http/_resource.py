@@ -17,9 +17,9 @@ embedding's own ``Site``) reaches ``GatewayResource.render``, which adapts it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from twistedgw.http import _served as served
 from twistedgw.http import _tracing as tracing
 from twistedgw.http import _upgrade as websocket
 from twistedgw.http import _verdicts as verdicts
+from twistedgw.http._callers import Caller
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
@@ -54,7 +55,7 @@ from twistedgw.pipeline import (
 )
 from twistedgw.tls import server_name, sni_entry
 from twistedgw.tracing import RequestTrace, Tracer
-from twistedgw.upstream import Forwarder, TunnelStats
+from twistedgw.upstream import NO_EDITS, Forwarder, ForwardResult, HeadEdits, TunnelStats
 from twistedgw.wire import (
     TOKEN,
     BodySource,
@@ -103,16 +104,48 @@ class RequestRecord(NamedTuple):
 Observer = Callable[[RequestRecord], None]
 
 
+class RequestCounter(Protocol):
+    """What counts every finished request (the metrics) without a ``RequestRecord``: the
+    fields of one, as arguments. A request whose only reader is a counter builds no record
+    (issue 27 item 5); ``observers`` get records."""
+
+    def count_request(
+        self,
+        api: ApiConfig | None,
+        status: int,
+        duration: float,
+        identity: ClientIdentity | None,
+        consumer: str | None,
+        error_kind: str | None,
+        refusal: GatewayError | None,
+        cache: str | None = None,
+        websocket: TunnelStats | None = None,
+    ) -> None: ...
+
+
 @dataclass
 class Gateway:
-    """The live state: the current ``Runtime`` (swapped whole on reload) and its observers."""
+    """The live state: the current ``Runtime`` (swapped whole on reload), what counts its
+    requests (``counter``: the metrics) and what reads their records (``observers``: the
+    access log, an embedding's own)."""
 
     runtime: Snapshot
     forwarder: Forwarder
     observers: list[Observer] = field(default_factory=list)
     tracer: Tracer | None = None  # [tracing]; None: off, and nothing of it runs
+    counter: RequestCounter | None = None
 
     def notify(self, record: RequestRecord) -> None:
+        counter = self.counter
+        if counter is not None:
+            try:
+                counter.count_request(
+                    record.api, record.status, record.duration, record.identity,
+                    record.consumer, record.error_kind, record.refusal, record.cache,
+                    record.websocket,
+                )
+            except Exception:
+                log.failure("request counter failed")
         for observer in self.observers:
             try:
                 observer(record)
@@ -171,7 +204,7 @@ def route_request(
     return Routed(runtime, raw_path, path, query, route, host=name)
 
 
-def misdirected(exchange: Exchange, routed: Routed) -> GatewayError | None:
+def misdirection(exchange: Exchange, routed: Routed) -> GatewayError | None:
     """421 when the request's host would have chosen another ``[[tls.sni]]`` entry (or
     the default) than the connection's SNI did: a certificate verdict, and the
     CertificateRequest, belong to the entry the handshake chose."""
@@ -179,12 +212,28 @@ def misdirected(exchange: Exchange, routed: Routed) -> GatewayError | None:
     host = routed.host
     if server_tls is None or not server_tls.sni_hosts or host is None or not exchange.secure:
         return None
-    handle = getattr(exchange.conn.transport, "getHandle", None)
-    if handle is None:
-        return None
-    sni = server_name(handle())
-    if sni_entry(server_tls.sni_hosts, sni) == sni_entry(server_tls.sni_hosts, host):
-        return None
+    conn = exchange.conn
+    conn.derived_under(routed.runtime)
+    # The handshake's server name and entry, once per connection; the last host compared
+    # with it and the answer (a connection names the same host request after request).
+    seen: tuple[str | None, object, str, bool] | None = conn.sni
+    if seen is not None and seen[2] == host:
+        if seen[3]:
+            return None
+        sni = seen[0]
+    else:
+        if seen is not None:
+            sni, entry = seen[0], seen[1]
+        else:
+            handle = getattr(conn.transport, "getHandle", None)
+            if handle is None:
+                return None
+            sni = server_name(handle())
+            entry = sni_entry(server_tls.sni_hosts, sni)
+        same = entry == sni_entry(server_tls.sni_hosts, host)
+        conn.sni = (sni, entry, host, same)
+        if same:
+            return None
     named = f"the TLS server name {sni!r}" if sni is not None else "no TLS server name"
     return errors.misdirected(
         f"the host {host!r} is not served on this connection, which was opened with {named}; "
@@ -203,12 +252,43 @@ def request_view(exchange: Exchange, path: bytes, query: bytes | None) -> Reques
     )
 
 
+class CallerVerdict(NamedTuple):
+    """A pipeline's verdict on one connection's caller, kept on the connection
+    (``wire.Connection.verdict``) for the pipelines whose verdict depends on the caller
+    alone (``Pipeline.per_caller``): the connection's next requests to that API run no
+    stage, build no ``Call`` and send the same header lines (issue 27 items 3 and 5)."""
+
+    pipeline: Pipeline
+    caller: Caller  # whose verdict (the same object for every request of a connection)
+    refusal: Refusal | None
+    edits: HeadEdits  # allowed: what the backend's request head gets and loses, prepared
+    add_headers: tuple[tuple[bytes, bytes], ...]  # the same as the pipeline gave them, for
+    removed: frozenset[bytes]  # a backend other than the forwarder (a cache, in-process)
+    # For the record and metrics: the caller's identity after the certificate checks, and
+    # the consumer it maps to; and whether a sandbox credential passed.
+    identity: ClientIdentity
+    consumer: str | None
+    sandbox: bool
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, caller: Caller, call: Call, outcome: Outcome) -> CallerVerdict:
+        if isinstance(outcome, Refusal):
+            return cls(pipeline, caller, outcome, NO_EDITS, (), frozenset(), call.identity,
+                       call.consumer, call.sandbox)
+        add = tuple(outcome.set_values.values())
+        removed = frozenset(outcome.removed)
+        return cls(pipeline, caller, None, HeadEdits.of(add, removed), add, removed,
+                   call.identity, call.consumer, call.sandbox)
+
+
 class GatewayExchange(Exchange):
     """A ``wire.Exchange`` and what the request path learns of it: its route, the API,
-    the pipeline's ``Call`` and the record it ends with. One per request."""
+    the pipeline's ``Call`` (or the connection's ``CallerVerdict``) and the record it
+    ends with. One per request."""
 
     __slots__ = (
-        "api", "cache", "call", "judged_method", "pipeline", "routed", "started", "trace",
+        "api", "cache", "call", "edits", "gateway", "judged_method", "pipeline", "routed",
+        "started", "switch", "trace", "verdict",
     )
 
     def __init__(
@@ -223,15 +303,34 @@ class GatewayExchange(Exchange):
         body: BodySource | None,
         routed: Routed | None = None,
     ) -> None:
-        super().__init__(method, target, version, fields, host, conn, responder, body)
+        # wire.Exchange's fields, set here rather than through its __init__ (one call
+        # fewer per request).
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.host = host
+        self.conn = conn
+        self.responder = responder
+        self.body = body
+        self.client_ip = conn.client_ip
+        self.secure = conn.secure
         self.routed = routed  # routed once, by the front; None: not yet
         self.started = time.time()
         self.judged_method = method  # the authz endpoint records the method it judged
         self.api: ApiConfig | None = None
         self.call: Call | None = None
         self.pipeline: Pipeline | None = None
-        self.trace: RequestTrace | None = None  # [tracing]: begun by serve()
+        self.trace: RequestTrace | None = None  # [tracing]: begun by serve_exchange()
         self.cache: str | None = None  # set by the response cache (http/_cache.py)
+        self.verdict: CallerVerdict | None = None  # judged without a Call (per_caller)
+        self.gateway: Gateway | None = None  # set when forwarded
+        # The backend head's edits, when forwarded: a CallerVerdict's (prepared once), or
+        # the pipeline's own, prepared by the forwarder (which answers a bad one with 500).
+        self.edits: CallerVerdict | HeaderEdit | None = None
+        # A WebSocket handshake being forwarded (http/_upgrade.py): what takes the exchange
+        # over on the backend's 101, and the upgrade's own header lines.
+        self.switch: tuple[websocket.OnSwitch, list[tuple[bytes, bytes]]] | None = None
 
     def record(
         self,
@@ -252,6 +351,20 @@ class GatewayExchange(Exchange):
         if trace is not None and (websocket is None or websocket.closed_by is None):
             # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
+        judged: Call | CallerVerdict | None = call if call is not None else self.verdict
+        identity = judged.identity if judged is not None else None
+        consumer = judged.consumer if judged is not None else None
+        if not gateway.observers:  # nothing reads a record: count the request, build none
+            counter = gateway.counter
+            if counter is not None:
+                try:
+                    counter.count_request(
+                        self.api, status, time.time() - started, identity, consumer, kind,
+                        refusal, self.cache, websocket,
+                    )
+                except Exception:
+                    log.failure("request counter failed")
+            return
         gateway.notify(
             RequestRecord(
                 started=started,
@@ -262,9 +375,9 @@ class GatewayExchange(Exchange):
                 api=self.api,
                 status=status,
                 bytes_sent=sent,
-                identity=call.identity if call is not None else None,
+                identity=identity,
                 error_kind=kind,
-                consumer=call.consumer if call is not None else None,
+                consumer=consumer,
                 protocol=self.version.decode("latin-1"),
                 refusal=refusal,
                 trace_id=trace.trace_id if trace is not None else None,
@@ -272,6 +385,75 @@ class GatewayExchange(Exchange):
                 websocket=websocket,
             )
         )
+
+    def send(self, body: IO[bytes] | None, size: int) -> None:
+        """``wire.BodyReady``: the allowed exchange's body is read (or there is none);
+        the forwarder takes it over (``_forward`` set ``gateway`` and ``edits``)."""
+        gateway = self.gateway
+        routed = self.routed
+        assert gateway is not None and routed is not None and routed.route is not None
+        route = routed.route
+        pipeline = route.pipeline
+        target, alternatives = route.backend_target, route.alternatives
+        if self.sandbox:  # authentication chose the sandbox endpoint
+            target, alternatives = route.sandbox[0], route.sandbox[1:]
+        switch = self.switch
+        # The forwarder, or a cache; a WebSocket handshake, the forwarder itself (a cache's
+        # capture cannot switch).
+        backend = gateway.forwarder if switch is not None else served.backend_for(
+            gateway, self, route
+        )
+        edits = self.edits
+        assert edits is not None
+        if isinstance(edits, CallerVerdict):
+            # Prepared once per connection; only the forwarder takes them so (a cache keys
+            # its entries by the caller's header edits, an in-process backend reads them,
+            # a WebSocket handshake adds its upgrade's lines).
+            if backend is gateway.forwarder and switch is None:
+                prepared: HeadEdits | None = edits.edits
+                add: list[tuple[bytes, bytes]] = []
+                remove: Collection[bytes] = ()
+            else:
+                prepared, add, remove = None, list(edits.add_headers), edits.removed
+        else:  # the set headers' names need not be removed too: the forwarder drops them
+            prepared, add, remove = None, list(edits.set_values.values()), edits.removed
+        extra: dict[str, Any] = {}
+        if prepared is not None:
+            extra["edits"] = prepared
+        if switch is not None:
+            extra["on_switch"] = switch[0]
+            add.extend(switch[1])
+        backend.forward(
+            self,
+            target,
+            body=body,
+            body_size=size,
+            add_headers=add,
+            remove_headers=remove,
+            on_done=self.forwarded,
+            backend_timeout=route.api.backend_timeout,
+            on_answer=self.transform_answer if pipeline and pipeline.response_transforms else None,
+            alternatives=alternatives,
+            send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
+            trace=self.trace,
+            **extra,
+        )
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether authentication chose the API's sandbox endpoints (a sandbox key)."""
+        judged = self.call if self.call is not None else self.verdict
+        return judged is not None and judged.sandbox
+
+    def allowed(self, edit: HeaderEdit) -> None:
+        """The pipeline allowed the exchange, with ``edit``: forward it."""
+        assert self.gateway is not None
+        _forward(self.gateway, self, edit)
+
+    def forwarded(self, result: ForwardResult) -> None:
+        """The forwarder's ``on_done``: the exchange's record."""
+        assert self.gateway is not None
+        self.record(self.gateway, result.status, result.bytes_sent, result.error_kind)
 
     def transform_answer(
         self, status: int, headers: list[tuple[bytes, bytes]]
@@ -331,7 +513,7 @@ class GatewayResource(Resource):
 
     def handle(self, exchange: GatewayExchange) -> None:
         """Serve ``exchange`` (its head is in; its body, if any, is read when allowed)."""
-        serve(self.gateway, exchange)
+        serve_exchange(self.gateway, exchange)
 
     def render(self, request: Any) -> int:
         from twistedgw.http._webexchange import web_exchange
@@ -343,11 +525,11 @@ class GatewayResource(Resource):
         if refusal is not None:
             answer_error(self.gateway, exchange, refusal)
         else:
-            serve(self.gateway, exchange)
+            serve_exchange(self.gateway, exchange)
         return NOT_DONE_YET
 
 
-def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
+def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     """Route (unless the front did), judge and forward one exchange; never raises for
     anything a client sends."""
     routed = exchange.routed
@@ -358,7 +540,7 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
     tracer = gateway.tracer
     if tracer is not None:
         exchange.trace = tracing.begin(tracer, exchange, routed.raw_path, routed.runtime)
-    wrong_host = misdirected(exchange, routed)  # before any policy, the authz endpoint too
+    wrong_host = misdirection(exchange, routed)  # before any policy, the authz endpoint too
     if wrong_host is not None:
         answer_error(gateway, exchange, wrong_host)
         return
@@ -382,6 +564,18 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
         answer_error(gateway, exchange, route.unmatched, allow)
         return
     caller = callers.resolve(exchange, runtime)
+    pipeline = route.pipeline
+    exchange.api, exchange.pipeline = route.api, pipeline
+    # A pipeline whose verdict depends on the caller alone is run once per connection
+    # (and config): its verdict and header edits are the connection's (CallerVerdict).
+    # With [tracing] on, every request runs it (its span describes the Call).
+    per_caller = pipeline.per_caller and exchange.trace is None
+    if per_caller:
+        verdict: CallerVerdict | None = exchange.conn.verdict
+        if verdict is not None and verdict.pipeline is pipeline and verdict.caller is caller:
+            exchange.verdict = verdict
+            _conclude(gateway, exchange, verdict)
+            return
     call = Call(
         request_view(exchange, routed.path, routed.query),
         route.security_api,  # an operation's own security, if it has one
@@ -389,61 +583,50 @@ def serve(gateway: Gateway, exchange: GatewayExchange) -> None:
         via_load_balancer=caller.via_load_balancer,
         trace=exchange.trace,
     )
-    exchange.api, exchange.call, exchange.pipeline = route.api, call, route.pipeline
-    upgrade = websocket.wanted(exchange, route)  # a WebSocket handshake (http/_upgrade.py)
-    _settle(
-        gateway, exchange, route.pipeline.run(call),
-        lambda o: _forward(gateway, exchange, route, o, upgrade),
-    )
+    exchange.call = call
+    outcome = pipeline.run(call)
+    if per_caller and not isinstance(outcome, Deferred):
+        try:
+            verdict = CallerVerdict.of(pipeline, caller, call, outcome)
+        except ValueError:  # a header name no backend head may carry: the forwarder says so
+            verdict = None
+        if verdict is not None:
+            exchange.conn.verdict = verdict
+            _conclude(gateway, exchange, verdict)
+            return
+    exchange.gateway = gateway
+    _settle(gateway, exchange, outcome, exchange.allowed)
 
 
-_NO_EXTRA: dict[str, Any] = {}
+def _conclude(gateway: Gateway, exchange: GatewayExchange, verdict: CallerVerdict) -> None:
+    """Answer a caller's verdict: its refusal, or forward with its edits."""
+    refusal = verdict.refusal
+    if refusal is not None:
+        answer_error(gateway, exchange, refusal.error, refusal.headers)
+    else:
+        _forward(gateway, exchange, verdict)
 
 
 def _forward(
-    gateway: Gateway, exchange: GatewayExchange, route: Route, edit: HeaderEdit,
-    upgrade: bool = False,
+    gateway: Gateway, exchange: GatewayExchange, edits: CallerVerdict | HeaderEdit
 ) -> None:
     """Allowed: read the body (only now), then hand the exchange to the forwarder
-    (``upgrade``: a WebSocket handshake, checked and forwarded as one by http/_upgrade.py)."""
-    add_headers = list(edit.set_values.values())
-    extra: dict[str, Any] = _NO_EXTRA
-    if upgrade:
-        on_switch = websocket.prepare(gateway, exchange, add_headers, answer_error)
+    (``GatewayExchange.send``); a WebSocket handshake is checked and forwarded as one
+    (http/_upgrade.py)."""
+    exchange.gateway = gateway
+    exchange.edits = edits
+    route = exchange.routed.route if exchange.routed is not None else None
+    if route is not None and websocket.wanted(exchange, route):
+        upgrade: list[tuple[bytes, bytes]] = []
+        on_switch = websocket.prepare(gateway, exchange, upgrade, answer_error)
         if on_switch is None:  # a malformed handshake: answered 400
             return
-        extra = {"on_switch": on_switch}
-    target, alternatives = route.backend_target, route.alternatives
-    call = exchange.call
-    if call is not None and call.sandbox:  # authentication chose the sandbox endpoint
-        target, alternatives = route.sandbox[0], route.sandbox[1:]
-
-    def send(body: IO[bytes] | None, size: int) -> None:
-        # The set headers' names need not be removed as well: the forwarder drops every
-        # client-sent header named in add_headers.
-        # The forwarder, or a cache; a WebSocket handshake, the forwarder itself.
-        backend = gateway.forwarder if upgrade else served.backend_for(gateway, exchange, route)
-        backend.forward(
-            exchange,
-            target,
-            body=body,
-            body_size=size,
-            add_headers=add_headers,
-            remove_headers=edit.removed,
-            on_done=lambda r: exchange.record(gateway, r.status, r.bytes_sent, r.error_kind),
-            backend_timeout=route.api.backend_timeout,
-            on_answer=exchange.transform_answer if route.pipeline else None,
-            alternatives=alternatives,
-            send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
-            trace=exchange.trace,
-            **extra,
-        )
-
+        exchange.switch = (on_switch, upgrade)
     source = exchange.body
     if source is None:
-        send(None, 0)
+        exchange.send(None, 0)
     else:
-        source.read(send)
+        source.read(exchange.send)
 
 
 def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> None:
@@ -648,5 +831,5 @@ __all__ = [
     "Routed",
     "answer_error",
     "route_request",
-    "serve",
+    "serve_exchange",
 ]

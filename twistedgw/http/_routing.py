@@ -531,6 +531,8 @@ def ambiguity(
 
 
 _Candidate = tuple["tuple[str, ...] | None", ApiConfig, "Pipeline | None"]
+#: A context, the same with its trailing "/", and its APIs.
+_Prefix = tuple[bytes, bytes, list[_Candidate]]
 
 
 class Router:
@@ -562,6 +564,30 @@ class Router:
         self._apis = list(table.items())
         # Each context with its trailing "/" for the segment-boundary test, built once.
         self._prefixes = [(c, c + b"/", candidates) for c, candidates in self._apis]
+        # The same, by the context's first segment (issue 27 item 4): only contexts that
+        # share a path's first segment can hold it, so a request looks at those (longest
+        # first, as above) and then at "/", never at every API.
+        by_segment: dict[bytes, list[_Prefix]] = {}
+        root: list[_Prefix] = []
+        # A context whose one API has no hosts, no operations and one backend (most of
+        # them): its route needs no host match, no operation match and no turn, only the
+        # backend URL: (API, pipeline, the backend URL as bytes, whether it has no path).
+        self._sole: dict[bytes, tuple[ApiConfig, Pipeline | None, bytes, bool]] = {}
+        for context, _prefix, candidates in self._prefixes:
+            if len(candidates) == 1 and candidates[0][0] is None:
+                api, pipeline = candidates[0][1], candidates[0][2]
+                if (
+                    api.operations is None and len(api.endpoints) == 1 and api.sandbox is None
+                    and api.api_key_query is None
+                ):
+                    self._sole[context] = (api, pipeline, *_backend_bytes(api.backend))
+        for entry in self._prefixes:
+            if entry[0] == b"/":
+                root.append(entry)
+            else:
+                by_segment.setdefault(_first_segment(entry[0]), []).append(entry)
+        self._by_segment = {segment: [*entries, *root] for segment, entries in by_segment.items()}
+        self._root = root
         self.uses_hosts = any(a.hosts is not None for a in ordered)
         # By the API's identity: APIs with distinct hosts share a context.
         self._templates = {
@@ -586,8 +612,22 @@ class Router:
         one spelling (None: the request named none, and only APIs without ``hosts``
         serve it)."""
         lowered = path.lower()
-        for context, prefix, candidates in self._prefixes:
+        for context, prefix, candidates in self._by_segment.get(
+            _first_segment(lowered), self._root
+        ):
             if context == b"/" or lowered == context or lowered.startswith(prefix):
+                sole = self._sole.get(context)
+                if sole is not None:
+                    api, pipeline, backend, bare = sole
+                    rest = path[len(context) :] if context != b"/" else path
+                    target = backend + rest
+                    if bare and not rest:
+                        target += b"/"
+                    if query is not None:
+                        target += b"?" + query
+                    return _new_route(  # type: ignore[no-any-return]
+                        Route, (api, target, pipeline, (), None, None, None, b"", ())
+                    )
                 chosen = _by_host(candidates, host)
                 if chosen is None:
                     return None
@@ -667,6 +707,15 @@ class _Backends:
             turn = next(self._turn) % len(urls)
             urls = urls[turn:] + urls[:turn]
         return tuple(_target(u, rest, query) for u in urls)
+
+
+_new_route = tuple.__new__  # a Route without its NamedTuple __new__ (a Python call)
+assert len(Route._fields) == 9, "Router.route's plain route lists every Route field"
+
+
+def _first_segment(path: bytes) -> bytes:
+    """``b"a"`` for ``/a``, ``/a/b`` and ``/a/``; ``b""`` for ``/``."""
+    return path[1:].partition(b"/")[0]
 
 
 def _by_host(

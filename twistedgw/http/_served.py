@@ -42,10 +42,7 @@ def backend_for(gateway: Gateway, exchange: GatewayExchange, route: Route) -> An
     if served is None:
         return backend
     api = route.api
-    call = exchange.call
-    if served.resources and route.backend_target.startswith(_RESOURCE) and not (
-        call is not None and call.sandbox
-    ):
+    if served.resources and route.backend_target.startswith(_RESOURCE) and not exchange.sandbox:
         # (A sandbox caller goes to the definition's sandbox endpoint, and an operation
         # with endpoints of its own to those: over the network.)
         backend = served.resources.get(id(api), backend)

@@ -1,7 +1,7 @@
 """Where the request path meets ``twistedgw.tracing``: a request's server span begins
-when ``serve`` takes its exchange and ends with its record.
+when ``serve_exchange`` takes its exchange and ends with its record.
 
-Only reached with ``[tracing]`` on (``serve`` checks ``Gateway.tracer`` once); the
+Only reached with ``[tracing]`` on (``serve_exchange`` checks ``Gateway.tracer`` once); the
 front's own refusals before dispatch (400, 405, 408, 413, 431) carry no span.
 """
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from twistedgw import errors
 from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, IdentityConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
-from twistedgw.identity import _forwarding as idforward
+from twistedgw.identity import forwarding as idforward
 from twistedgw.pipeline import Limit
 
 #: Prefix of the authz answer headers that carry the identity headers to forward:

@@ -146,7 +146,7 @@ class SpooledBody:
 
 def web_exchange(request: Any) -> GatewayExchange:
     """The exchange of a twisted.web ``Request`` (``H2Request`` keeps the route its
-    HEADERS had; an embedding's request is routed by ``http._resource.serve``)."""
+    HEADERS had; an embedding's request is routed by ``http._resource.serve_exchange``)."""
     fields = Fields(
         [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
          for value in values]

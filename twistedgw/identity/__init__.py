@@ -1,5 +1,7 @@
 """twistedgw.identity."""
 
+from twistedgw.identity import _forwarding as forwarding
+from twistedgw.identity import _reasons as reasons
 from twistedgw.identity._identity import (
     ClientIdentity,
     Outcome,
@@ -36,6 +38,8 @@ __all__ = [
     "decode",
     "failed",
     "fingerprint",
+    "forwarding",
     "no_certificate",
+    "reasons",
     "sniff",
 ]

@@ -35,6 +35,7 @@ from twistedgw.pipeline._interfaces import (
     IResponseTransform,
     IScheme,
 )
+from twistedgw.pipeline._jwks import JwksCollector
 from twistedgw.pipeline._options import Options, PluginConfigError, PluginContext
 from twistedgw.pipeline._run import Named, Outcome, Pipeline, combine
 from twistedgw.pipeline._tiers import Limit, tier_bucket_key
@@ -58,6 +59,7 @@ __all__ = [
     "IResponseTransform",
     "IScheme",
     "Installed",
+    "JwksCollector",
     "Limit",
     "Named",
     "Options",

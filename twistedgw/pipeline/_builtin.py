@@ -19,9 +19,8 @@ from zope.interface import implementer
 from twistedgw import _query, errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
-from twistedgw.identity import Outcome
-from twistedgw.identity import _forwarding as idforward
-from twistedgw.identity import _reasons as reasons
+from twistedgw.identity import Outcome, reasons
+from twistedgw.identity import forwarding as idforward
 from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
 from twistedgw.pipeline._interfaces import (

@@ -178,11 +178,11 @@ def tls_options(settings: ClusterConfig) -> Any:
     """Verified TLS to Redis (rediss://): its CA, or the system's, and our certificate."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from twistedgw.tls import _pki as pki
+    from twistedgw.tls import load_pem_certificates
 
     trust: Any = None
     if settings.trusted_certificate is not None:
-        cas = pki.load_pem_certificates(settings.trusted_certificate, "cluster.trusted_certificate")
+        cas = load_pem_certificates(settings.trusted_certificate, "cluster.trusted_certificate")
         trust = ssl.trustRootFromCertificates(
             [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in cas]
         )

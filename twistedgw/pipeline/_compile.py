@@ -48,6 +48,17 @@ from twistedgw.pipeline._transports import Transports
 
 _STAGES = (ICertificateCheck, IScheme, IAuthoriser, IRequestTransform, IResponseTransform)
 
+# The built-in stages whose answer depends on the caller alone (``Pipeline.per_caller``):
+# the certificate's aliases and identity rules, the consumer it maps to, the identity
+# headers set from it, the endpoint kind its credential may go to and that endpoint's own
+# credentials. Not API keys, tokens or passwords (request headers), the transports (a
+# trusted proxy's X-Forwarded-Proto, per request), revocation (OCSP answers age), tiers
+# and policies (counts), nor any plugin.
+_PER_CALLER = frozenset({
+    MutualSsl, IdentityRules, ConsumerMapping, IdentityForwarding, EndpointChoice,
+    BackendCredentials,
+})
+
 
 @dataclass
 class Shared:
@@ -215,6 +226,9 @@ def compile_pipelines(
         request_transforms.append(Named("identity", identity))
         if BackendCredentials.needed(api):  # last: the backend's own Authorization
             request_transforms.append(Named("backend_credentials", BackendCredentials(api)))
+        stages = [
+            *guards, *checks, *schemes, *authorisers, *request_transforms, *response_transforms
+        ]
         out[api] = Pipeline(
             api,
             guards=tuple(guards),
@@ -223,6 +237,7 @@ def compile_pipelines(
             authorisers=tuple(authorisers),
             request_transforms=tuple(request_transforms),
             response_transforms=tuple(response_transforms),
+            per_caller=all(type(n.stage) in _PER_CALLER for n in stages),
         )
     return out
 

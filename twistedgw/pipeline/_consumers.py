@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw.config import ApiConfig, Consumer, IdentityRule, matches_any
-from twistedgw.identity import _reasons as reasons
+from twistedgw.identity import reasons
 from twistedgw.pipeline._call import Call, Refusal
 from twistedgw.pipeline._interfaces import IAuthoriser, ICertificateCheck
 

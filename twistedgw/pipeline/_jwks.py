@@ -109,7 +109,7 @@ def key_fits(alg: str, key: VerifyKey) -> bool:
     return key.alg is None or key.alg == alg
 
 
-def _describe(index: int, kid: object) -> str:
+def _key_label(index: int, kid: object) -> str:
     return f"key {index} (kid {kid!r})" if kid is not None else f"key {index}"
 
 
@@ -117,7 +117,7 @@ def _one_key(index: int, raw: object) -> VerifyKey | None:
     if not isinstance(raw, dict):
         raise JwksError(f"key {index} is not a JSON object")
     kid = raw.get("kid")
-    what = _describe(index, kid)
+    what = _key_label(index, kid)
     if kid is not None and not isinstance(kid, str):
         raise JwksError(f"{what}: kid must be a string")
     kty = raw.get("kty")
@@ -192,7 +192,7 @@ def parse_jwks(data: bytes | str) -> KeySet:
         except JwksError:
             raise
         except Exception as e:  # whatever a hostile document provokes: refused all the same
-            raise JwksError(f"{_describe(index, None)} cannot be used: {e!r}") from None
+            raise JwksError(f"{_key_label(index, None)} cannot be used: {e!r}") from None
         if key is None:
             continue
         if key.kid is not None:

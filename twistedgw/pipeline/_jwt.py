@@ -36,8 +36,7 @@ from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.pipeline import _jwks as jwks
 from twistedgw.pipeline._call import Call, HeaderEdit, SchemeResult
 from twistedgw.pipeline._interfaces import IRequestTransform, IScheme
-from twistedgw.tls import _pki as pki
-from twistedgw.tls import load_policy
+from twistedgw.tls import PkiError, load_policy
 
 log = Logger()
 
@@ -451,7 +450,7 @@ def issuers_of(
                 if policy is None and cfg.jwks_url.startswith("https://"):
                     try:
                         policy = load_policy(config.backend_tls, "backend_tls")
-                    except pki.PkiError:
+                    except PkiError:
                         policy = None  # already reported by runtime's backend TLS check
                 source = fetchers.get(cfg.jwks_url, policy, cfg.jwks_refresh_seconds)
         out[cfg.name] = Issuer(cfg, source)

@@ -69,7 +69,7 @@ class Named:
         return (self.name,)
 
 
-def plugin_failed(name: str) -> Refusal:
+def plugin_refusal(name: str) -> Refusal:
     return Refusal(errors.plugin_failed(name))
 
 
@@ -86,6 +86,11 @@ class Pipeline:
     authorisers: tuple[Named, ...] = ()  # IAuthoriser
     request_transforms: tuple[Named, ...] = ()  # IRequestTransform
     response_transforms: tuple[Named, ...] = ()  # IResponseTransform
+    # Every stage is a built-in whose answer depends on the caller alone (its identity,
+    # whether a load balancer spoke for it, the API): no request header, no time, no
+    # state that changes, no Deferred. The request path then runs it once per connection
+    # and caller (``http/_resource.CallerVerdict``). Set by ``compile_pipelines`` only.
+    per_caller: bool = False
 
     def __post_init__(self) -> None:
         for group, iface in (
@@ -130,7 +135,7 @@ class Pipeline:
                 named.stage.transform_response(call, response)
             except Exception:
                 log.failure("plugin {plugin!r} failed", plugin=named.name)
-                return plugin_failed(named.name)
+                return plugin_refusal(named.name)
         return None
 
 
@@ -143,7 +148,7 @@ def _loop(
             result = step(call, edit)
         except Exception:
             log.failure("plugin {plugin!r} failed", plugin=name)
-            return plugin_failed(name)
+            return plugin_refusal(name)
         if result is None:
             continue
         if isinstance(result, Deferred):
@@ -157,7 +162,7 @@ def _refusal(result: object, name: str) -> Refusal:
         return result
     log.error("plugin {plugin!r} answered {result!r}, not None or a Refusal", plugin=name,
               result=result)
-    return plugin_failed(name)
+    return plugin_refusal(name)
 
 
 def _suspend(
@@ -186,7 +191,7 @@ def _suspend(
         if span is not None:
             span.end("failed")
         log.failure("plugin {plugin!r} failed", failure, plugin=name)
-        return plugin_failed(name)
+        return plugin_refusal(name)
 
     # Errors of later steps are caught in _loop; only this step's failure lands here.
     return pending.addCallbacks(resumed, crashed)
@@ -240,7 +245,7 @@ def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
                 result = named.stage.authenticate(call)
             except Exception:
                 log.failure("plugin {plugin!r} failed", plugin=named.name)
-                return plugin_failed(named.name)
+                return plugin_refusal(named.name)
             if type(result) is not SchemeResult and isinstance(result, Deferred):
                 waiting = True
                 if call.trace is not None:
@@ -256,9 +261,9 @@ def _authenticate_step(schemes: tuple[Named, ...]) -> _Step:
                 if isinstance(r, Deferred) and r.called and isinstance(r.result, Failure):
                     r.addErrback(lambda _: None)
                     log.failure("plugin {plugin!r} failed", failure, plugin=named.name)
-                    return plugin_failed(named.name)
+                    return plugin_refusal(named.name)
             log.failure("authentication failed", failure)
-            return plugin_failed("authentication")
+            return plugin_refusal("authentication")
 
         return gatherResults(pending, consumeErrors=True).addCallbacks(
             lambda done: combine(schemes, done, call), crashed
@@ -350,8 +355,8 @@ def _refuse_all(results: Sequence[SchemeResult]) -> Refusal:
     if unjudged is not None:
         return _refuse(unjudged, ())
     if presented:
-        return _refuse(errors.invalid_credentials(_describe(presented)), presented)
-    return _refuse(errors.missing_credentials(_describe(results)), results)
+        return _refuse(errors.invalid_credentials(_reasons_of(presented)), presented)
+    return _refuse(errors.missing_credentials(_reasons_of(results)), results)
 
 
 def _one_scheme(named: Named, result: SchemeResult, call: Call) -> Refusal | None:
@@ -387,5 +392,5 @@ def _error(result: SchemeResult) -> errors.GatewayError:
     return errors.missing_credentials(reason)
 
 
-def _describe(results: Sequence[SchemeResult]) -> str:
+def _reasons_of(results: Sequence[SchemeResult]) -> str:
     return "; ".join(r.reason or "authentication failed" for r in results)

@@ -86,7 +86,7 @@ class BackendPolicy:
             else "trusts the system CAs"
         )
         client = (
-            f"client certificate {pki.describe(self.client.cert)}"
+            f"client certificate {pki.describe_certificate(self.client.cert)}"
             if self.client
             else "no client certificate"
         )

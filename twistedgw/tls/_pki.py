@@ -244,6 +244,6 @@ def _check_pair(cert: x509.Certificate, key: PrivateKey, where: str) -> None:
         raise PkiError(f"{where}: the private key does not match the certificate")
 
 
-def describe(cert: x509.Certificate) -> str:
+def describe_certificate(cert: x509.Certificate) -> str:
     """One line for logs: subject and expiry, never the certificate itself."""
     return f"{cert.subject.rfc4514_string()} (expires {cert.not_valid_after_utc:%Y-%m-%d})"

@@ -54,8 +54,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from twistedgw.config import TlsConfig, ocsp_origin
-from twistedgw.identity import _reasons as reasons
-from twistedgw.identity import fingerprint
+from twistedgw.identity import fingerprint, reasons
 
 log = Logger()
 

@@ -38,8 +38,15 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from twistedgw import _hosts, _twisted
 from twistedgw.config import TlsConfig
-from twistedgw.identity import ClientIdentity, Outcome, Source, failed, fingerprint, no_certificate
-from twistedgw.identity import _reasons as reasons
+from twistedgw.identity import (
+    ClientIdentity,
+    Outcome,
+    Source,
+    failed,
+    fingerprint,
+    no_certificate,
+    reasons,
+)
 from twistedgw.tls._chains import (
     invalid,
     leaf_problem,

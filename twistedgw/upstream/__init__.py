@@ -10,7 +10,13 @@ from twistedgw.upstream._client import (
     UpstreamError,
     parse_origin,
 )
-from twistedgw.upstream._forward import Forwarder, ForwardResult, ForwardSettings
+from twistedgw.upstream._forward import (
+    NO_EDITS,
+    Forwarder,
+    ForwardResult,
+    ForwardSettings,
+    HeadEdits,
+)
 from twistedgw.upstream._inprocess import (
     ResourceBackend,
     ResourceError,
@@ -27,6 +33,7 @@ from twistedgw.upstream._tunnel import (
 )
 
 __all__ = [
+    "NO_EDITS",
     "TOKEN",
     "BackendCall",
     "ClientEnd",
@@ -34,6 +41,7 @@ __all__ = [
     "ForwardSettings",
     "Forwarder",
     "FrameScanner",
+    "HeadEdits",
     "NoResponse",
     "ResourceBackend",
     "ResourceError",

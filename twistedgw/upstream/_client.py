@@ -18,8 +18,9 @@ front reads requests with.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
@@ -120,12 +121,13 @@ class Origin:
     port: int
     host_header: bytes
     tls: IPolicyForHTTPS | None
+    # Policies compare by their settings (backendtls.BackendPolicy), so a connection is
+    # only reused for a target that asks for the same TLS. Made once: the pool looks a
+    # connection up by it twice per request.
+    key: PoolKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> PoolKey:
-        # Policies compare by their settings (backendtls.BackendPolicy), so a
-        # connection is only reused for a target that asks for the same TLS.
-        return (self.scheme, self.host, self.port, self.tls)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.scheme, self.host, self.port, self.tls))
 
 
 class BackendCall:
@@ -353,18 +355,28 @@ class _ConnectionFactory(Factory):
         return _Connection(self.upstream, self.origin)
 
 
-# connection states
-_IDLE, _HEAD, _BODY = 0, 1, 2
+class State(enum.Enum):
+    """Where a backend connection is in its exchange."""
+
+    IDLE = "no request on it (pooled, or just connected)"
+    HEAD = "a request sent: reading its response head"
+    BODY = "relaying the response body"
 
 
 class _Connection(Protocol):
     """One backend connection, carrying one request at a time."""
 
+    __slots__ = (
+        "_buf", "_chunks", "_framing", "_head_only", "_pump", "_remaining", "_seen_bytes",
+        "call", "closed", "origin", "parked_at", "paused", "reusable", "reused", "state",
+        "upstream",
+    )
+
     def __init__(self, upstream: Upstream, origin: Origin) -> None:
         self.upstream = upstream
         self.origin = origin
         self.call: BackendCall | None = None
-        self.state = _IDLE
+        self.state = State.IDLE
         self.reused = False
         self.reusable = True
         self.paused = False
@@ -385,7 +397,7 @@ class _Connection(Protocol):
         self.call = call
         call.conn = self
         self.reused = reused
-        self.state = _HEAD
+        self.state = State.HEAD
         self._seen_bytes = False
         self._head_only = call.method == b"HEAD"
         self.transport.write(call.head)
@@ -430,11 +442,11 @@ class _Connection(Protocol):
             self.abort()
             return
         self._seen_bytes = True
-        if self.state == _HEAD:
+        if self.state is State.HEAD:
             buf = self._buf + data if self._buf else data
             self._buf = b""
             self._read_head(buf)
-        elif self.state == _BODY:
+        elif self.state is State.BODY:
             self._read_body(data)
 
     def _read_head(self, buf: bytes) -> None:
@@ -466,7 +478,7 @@ class _Connection(Protocol):
             self._stop_upload()  # answered before the whole body was sent
         call = self.call
         assert call is not None
-        self.state = _BODY
+        self.state = State.BODY
         self._framing = framing
         self._remaining = head.body_length
         self._chunks = (
@@ -490,7 +502,7 @@ class _Connection(Protocol):
         if call is None or head[9:12] != b"101" or not getattr(call.handler, "switching", False):
             return False
         self.call, call.conn, call.cancelled = None, None, True
-        self.state, self.reusable = _IDLE, False
+        self.state, self.reusable = State.IDLE, False
         self._stop_upload()
         call.handler.response_switched(head, rest, self)  # type: ignore[attr-defined]
         return True
@@ -533,7 +545,7 @@ class _Connection(Protocol):
 
     def _complete(self) -> None:
         call, self.call = self.call, None
-        self.state = _IDLE
+        self.state = State.IDLE
         self._chunks = None
         if call is None:
             return
@@ -549,7 +561,7 @@ class _Connection(Protocol):
 
     def _fail(self, error: UpstreamError, *, abort: bool = True) -> None:
         call, self.call = self.call, None
-        self.state = _IDLE
+        self.state = State.IDLE
         if abort:
             self.abort()
         if call is not None:
@@ -560,19 +572,19 @@ class _Connection(Protocol):
         self._stop_upload()
         call, self.call = self.call, None
         state = self.state
-        self.state = _IDLE
+        self.state = State.IDLE
         if not self.closed.called:
             self.closed.callback(None)
         if call is None or call.cancelled:
             return
         call.conn = None
-        if state == _HEAD:
+        if state is State.HEAD:
             if self.reused and not self._seen_bytes and call.retryable:
                 self.upstream.retry(call)
                 return
             call.failed(NoResponse("the backend closed the connection without responding",
                                    reason))
-        elif state == _BODY:
+        elif state is State.BODY:
             if self._framing is Framing.UNTIL_CLOSE and reason.check(ierror.ConnectionDone):
                 call.cancelled = True
                 call.handler.response_end()

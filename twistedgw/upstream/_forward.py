@@ -74,7 +74,7 @@ from twistedgw.wire import (
     http_date,
 )
 
-__all__ = ["HOP_BY_HOP", "ForwardResult", "ForwardSettings", "Forwarder"]
+__all__ = ["HOP_BY_HOP", "NO_EDITS", "ForwardResult", "ForwardSettings", "Forwarder", "HeadEdits"]
 
 _log = Logger(namespace="twistedgw.upstream._forward")
 
@@ -145,6 +145,48 @@ def _one_line(value: bytes) -> bytes:
     return value
 
 
+class HeadEdits(NamedTuple):
+    """What the gateway changes in a request head on its way to the backend, prepared once
+    (an API's pipeline sets and removes the same headers for a caller request after
+    request: ``http/_resource.py`` keeps one per connection, issue 27 item 3).
+
+    ``drop``: the lower-case names never copied from the client: ``_REQUEST_DROP``, the
+    pipeline's removals and the names it sets (a client must not be able to pre-seed a
+    header the gateway vouches for). ``block``: the header lines the gateway adds, as
+    bytes (names checked, values on one line), ``lines`` of them."""
+
+    drop: frozenset[bytes]
+    block: bytes
+    lines: int
+
+    @classmethod
+    def of(
+        cls,
+        add_headers: Sequence[tuple[bytes, bytes]] = (),
+        remove_headers: Collection[bytes] = (),
+    ) -> HeadEdits:
+        """The edits of a pipeline's ``HeaderEdit``: set ``add_headers``, remove
+        ``remove_headers``; ValueError for a name that is not a token."""
+        drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
+        if not add_headers:
+            return cls(drop, b"", 0)
+        for name, _ in add_headers:
+            if not TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+        drop = drop.union(name.lower() for name, _ in add_headers)
+        block = b"".join([b"%s: %s\r\n" % (name, _one_line(value)) for name, value in add_headers])
+        return cls(drop, block, len(add_headers))
+
+    def adding(self, headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]) -> HeadEdits:
+        """These edits, then ``headers`` set too and ``drop`` never copied (a backend
+        span's trace context, per attempt)."""
+        more = HeadEdits.of(headers, drop)
+        return HeadEdits(self.drop | more.drop, self.block + more.block, self.lines + more.lines)
+
+
+NO_EDITS = HeadEdits(_REQUEST_DROP, b"", 0)
+
+
 def build_request_head(
     exchange: Exchange,
     origin: Origin,
@@ -153,43 +195,51 @@ def build_request_head(
     add_headers: Sequence[tuple[bytes, bytes]] = (),
     remove_headers: Collection[bytes] = (),
     body_length: int | None = None,
+    edits: HeadEdits | None = None,
 ) -> bytes:
     """The request head to send to the backend for `exchange`, as bytes.
 
     `add_headers` replace any client-sent header of the same name: a client
-    must not be able to pre-seed a header the gateway vouches for.
+    must not be able to pre-seed a header the gateway vouches for. `edits`, when given,
+    are both prepared (``HeadEdits``) and stand for them.
     """
     method = exchange.method
-    if not TOKEN.match(method):
+    if method not in _SAFE_METHODS and not TOKEN.match(method):
         raise ValueError("invalid request method")
-    if _UNSAFE_TARGET.search(target):
+    if target.translate(None, _SAFE_TARGET_BYTES):  # _UNSAFE_TARGET, in one C pass
         raise ValueError("invalid request target")
-    fields = exchange.fields
-    connection = fields.getRawHeaders(b"connection")
-    drop = _drop_set(remove_headers) if remove_headers else _REQUEST_DROP
-    extra: Collection[bytes] = ()  # names dropped for this request only
-    if connection or add_headers:
-        extra = {name.lower() for name, _ in add_headers}
-        if connection:
-            extra.update(connection_tokens(connection))
-    for name, _ in add_headers:
-        if not TOKEN.match(name):
-            raise ValueError(f"invalid header name {name!r}")
+    if edits is None:
+        edits = HeadEdits.of(add_headers, remove_headers) if (
+            add_headers or remove_headers
+        ) else NO_EDITS
     forwarded = _forwarded(exchange)
-    out = _head_lines(
-        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _same
+    out, connection = _head_lines(
+        exchange, origin, target, edits, _NO_NAMES, body_length, forwarded, _same
     )
+    if connection:
+        # The client's Connection header names more fields to drop (hop-by-hop for it):
+        # again, leaving those out too. Rare: clients seldom list any.
+        extra = connection_tokens(exchange.fields.getRawHeaders(b"connection") or ())
+        out, _ = _head_lines(exchange, origin, target, edits, extra, body_length, forwarded, _same)
+    else:
+        extra = _NO_NAMES
     head = b"".join(out)
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
-    # The first entry holds two lines (request line, Host), the forwarded block one or two.
-    lines = len(out) + forwarded.count(b"\n")
+    # The first entry holds two lines (request line, Host), the forwarded block one or
+    # two, the gateway's own block ``edits.lines`` (and is left out when empty).
+    lines = len(out) + forwarded.count(b"\n") + (edits.lines - 1 if edits.lines else 0)
     if head.count(b"\n") == lines and head.count(b"\r") == lines and b"\x00" not in head:
         return head
-    out = _head_lines(
-        exchange, origin, target, drop, extra, add_headers, body_length, forwarded, _one_line
+    out, _ = _head_lines(
+        exchange, origin, target, edits, extra, body_length, forwarded, _one_line
     )
     return b"".join(out)
+
+
+_NO_NAMES: frozenset[bytes] = frozenset()
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+_SAFE_TARGET_BYTES = bytes(b for b in range(256) if _UNSAFE_TARGET.match(bytes([b])) is None)
 
 
 # ``_REQUEST_DROP`` with a caller's ``remove_headers``, lower-cased, by the set of names
@@ -217,31 +267,36 @@ def _head_lines(
     exchange: Exchange,
     origin: Origin,
     target: bytes,
-    drop: Collection[bytes],
+    edits: HeadEdits,
     extra: Collection[bytes],
-    add_headers: Sequence[tuple[bytes, bytes]],
     body_length: int | None,
     forwarded: bytes,
     one_line: Callable[[bytes], bytes],
-) -> list[bytes]:
-    """``build_request_head``'s lines, each value passed through ``one_line``; a
-    header whose lower-case name is in ``drop`` or ``extra`` is left out."""
+) -> tuple[list[bytes], bool]:
+    """``build_request_head``'s lines, each client value passed through ``one_line``; a
+    header whose lower-case name is in ``edits.drop`` or ``extra`` is left out. And
+    whether the client sent a Connection header (whose tokens ``extra`` must hold)."""
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
+    append = out.append
+    drop = edits.drop
+    connection = False
     for name, value in exchange.fields.pairs:
         lower = name.lower()
-        if lower in drop or lower in extra or b"_" in name:
+        if lower in _REQUEST_DROP or lower in drop or lower in extra or b"_" in name:
+            if lower == b"connection":
+                connection = True
             continue
-        out.append(b"%s: %s\r\n" % (name, one_line(value)))
+        append(b"%s: %s\r\n" % (name, one_line(value)))
     out.append(forwarded)
     host = exchange.host  # validated by the front (_hosts.from_header), or None
     if host is not None:
         out.append(b"X-Forwarded-Host: %s\r\n" % (one_line(host),))
-    for name, value in add_headers:
-        out.append(b"%s: %s\r\n" % (name, one_line(value)))
+    if edits.lines:
+        out.append(edits.block)
     if body_length is not None:
         out.append(b"Content-Length: %d\r\n" % (body_length,))
     out.append(b"\r\n")
-    return out
+    return out, connection
 
 
 def _forwarded(exchange: Exchange) -> bytes:
@@ -268,6 +323,22 @@ def _forwarded_lines(client_ip: str, secure: bool) -> bytes:
 _RESPONSE_SKIP: frozenset[bytes] = HOP_BY_HOP | {b"server", b"content-length"}
 
 
+# A backend's header names as sent -> lower case, or b"" when never relayed
+# (``_RESPONSE_SKIP``): remembered, as a backend sends the same few; bounded.
+_relayed: dict[bytes, bytes] = {}
+_RELAYED_MAX = 4096
+
+
+def _relayed_name(name: bytes) -> bytes:
+    lower = name.lower()
+    if lower in _RESPONSE_SKIP:
+        lower = b""
+    if len(_relayed) >= _RELAYED_MAX:
+        _relayed.clear()
+    _relayed[name] = lower
+    return lower
+
+
 def response_headers(
     head: ResponseHead, is_head: bool
 ) -> tuple[list[tuple[bytes, bytes]], int | None]:
@@ -280,14 +351,19 @@ def response_headers(
     """
     named = head.connection_tokens
     out: list[tuple[bytes, bytes]] = [(b"Server", SERVER)]
+    append = out.append
     dated = False
-    for name, value in head.headers:
-        lower = name.lower()
-        if lower in _RESPONSE_SKIP or lower in named:
+    relayed = _relayed
+    for pair in head.headers:
+        name = pair[0]
+        lower = relayed.get(name)
+        if lower is None:
+            lower = _relayed_name(name)
+        if not lower or lower in named:  # b"": never relayed
             continue
         if lower == b"date":
             dated = True
-        out.append((name, value))
+        append(pair)
     if not dated:
         out.insert(1, (b"Date", http_date()))
     code = head.code
@@ -326,6 +402,7 @@ class Forwarder:
         self._origins: dict[tuple[bytes, IPolicyForHTTPS], Origin] = {}
         self._deadlines = _Deadlines(reactor)
         self._down: dict[bytes, float] = {}  # scheme://host:port -> skipped until (seconds)
+        self._with: dict[tuple[float | None, float | None], ForwardSettings] = {}
 
     # -- several backends (an API's ``backends``) ---------------------------------
 
@@ -387,11 +464,13 @@ class Forwarder:
         send_timeout: float | None = None,
         trace: RequestTrace | None = None,
         on_switch: OnSwitch | None = None,
+        edits: HeadEdits | None = None,
     ) -> None:
         """Relay `exchange` to the absolute URL `target`; it is ours from now on.
 
         `body` is the request body read whole (`body_size` bytes, positioned at its
-        start), None when there is none.
+        start), None when there is none. `edits` are `add_headers` and `remove_headers`
+        prepared once (``HeadEdits``), and stand for them when given.
 
         `backend_timeout` overrides the forwarder's for this request (an API's own
         `backend_timeout`), since one slow API must not set the limit for all;
@@ -414,10 +493,10 @@ class Forwarder:
         `on_done` follows. Any other answer is relayed as usual.
         """
         settings = self._settings
-        if backend_timeout is not None:
-            settings = replace(settings, backend_timeout=backend_timeout)
-        if send_timeout is not None and send_timeout != settings.send_timeout:
-            settings = replace(settings, send_timeout=send_timeout)
+        if (backend_timeout is not None and backend_timeout != settings.backend_timeout) or (
+            send_timeout is not None and send_timeout != settings.send_timeout
+        ):
+            settings = self._settings_with(backend_timeout, send_timeout)
         rest: list[bytes] = []
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
@@ -428,10 +507,32 @@ class Forwarder:
             trace, on_switch,
         )
         try:
-            forwarding.start(tls_policy, add_headers, remove_headers)
+            if edits is None:
+                edits = HeadEdits.of(add_headers, remove_headers) if (
+                    add_headers or remove_headers
+                ) else NO_EDITS
+            forwarding.start(tls_policy, edits)
         except Exception:
-            _log.failure("forwarding to {backend} failed", backend=_describe(target))
+            _log.failure("forwarding to {backend} failed", backend=_origin_for_logs(target))
             forwarding.fail_internal()
+
+    def _settings_with(
+        self, backend_timeout: float | None, send_timeout: float | None
+    ) -> ForwardSettings:
+        """The forwarder's settings with an API's own timeouts: made once per pair (an
+        API's requests all ask for the same), not a ``dataclasses.replace`` per request."""
+        key = (backend_timeout, send_timeout)
+        settings = self._with.get(key)
+        if settings is None:
+            settings = self._settings
+            if backend_timeout is not None:
+                settings = replace(settings, backend_timeout=backend_timeout)
+            if send_timeout is not None:
+                settings = replace(settings, send_timeout=send_timeout)
+            if len(self._with) >= self._MAX_ORIGINS:
+                self._with.clear()
+            self._with[key] = settings
+        return settings
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (in-flight requests are not touched)."""
@@ -452,7 +553,7 @@ def _endpoint(target: bytes) -> bytes:
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
-def _describe(target: bytes) -> str:
+def _origin_for_logs(target: bytes) -> str:
     """scheme://host:port of a target, for logs: paths and queries may carry secrets."""
     from urllib.parse import urlsplit
 
@@ -478,14 +579,25 @@ class _Phase(enum.Enum):
     DONE = "done: reported through on_done"
 
 
+@implementer(IPushProducer)
 class _Forwarding:
     """The state of one request/response relay: waiting -> streaming -> done.
 
-    It is the `ResponseHandler` of its upstream `BackendCall`. One timer serves both
-    phases: time to the response head (-> 504), then the longest silence
+    It is the `ResponseHandler` of its upstream `BackendCall`, and the responder's
+    push producer while the body streams (no object of its own: a relay that pointed
+    back at it made a reference cycle per request, left to the cyclic GC). One timer
+    serves both phases: time to the response head (-> 504), then the longest silence
     between body bytes while the client is keeping up (-> abort). While the
     client is not keeping up (paused) a second one, the send timer, takes over.
     """
+
+    # One per forwarded request: slots make its ~25 fields cheaper to set and read.
+    __slots__ = (
+        "_alternatives", "_body", "_body_length", "_call", "_client_gone", "_edits",
+        "_exchange", "_fw", "_on_answer", "_on_done", "_on_switch", "_paused", "_phase",
+        "_reactor", "_responder", "_send_mark", "_send_timer", "_sent", "_settings",
+        "_several", "_span", "_status", "_target", "_tls", "_trace",
+    )
 
     def __init__(
         self,
@@ -509,8 +621,7 @@ class _Forwarding:
         self._alternatives = alternatives or []
         self._several = bool(alternatives)  # the API has other backends
         self._tls: IPolicyForHTTPS | None = None
-        self._add_headers: Sequence[tuple[bytes, bytes]] = ()
-        self._remove_headers: Collection[bytes] = ()
+        self._edits = NO_EDITS
         self._reactor = forwarder._reactor
         self._settings = settings
         self._exchange = exchange
@@ -528,25 +639,20 @@ class _Forwarding:
         self._call: BackendCall | None = None
         self._send_timer: IDelayedCall | None = None
         self._send_mark: int | None = None  # the client's progress when last looked at
-        self._relay: _BodyRelay | None = None
+        self._paused = False  # the client's output is full (we paused the backend)
+        self._sent = 0  # body bytes relayed to the client
         self._status = 0
 
     @property
     def _backend(self) -> str:
         """scheme://host:port, for log lines only (computed when one is written)."""
-        return _describe(self._target)
+        return _origin_for_logs(self._target)
 
     # -- start -----------------------------------------------------------
 
-    def start(
-        self,
-        tls: IPolicyForHTTPS | None,
-        add_headers: Sequence[tuple[bytes, bytes]],
-        remove_headers: Collection[bytes],
-    ) -> None:
+    def start(self, tls: IPolicyForHTTPS | None, edits: HeadEdits) -> None:
         self._tls = tls  # None: the forwarder's, per target
-        self._add_headers = add_headers
-        self._remove_headers = remove_headers
+        self._edits = edits
         self._responder.when_gone(self._client_left)
         self._send()
 
@@ -559,13 +665,12 @@ class _Forwarding:
             if fw._tls_for is not None and self._target[:8].lower() == b"https://":
                 tls = fw._tls_for(self._target)
         origin, path = fw._split(self._target, tls)
-        add, remove = self._add_headers, self._remove_headers
+        edits = self._edits
         if self._trace is not None:  # this attempt's span: its context replaces the client's
             self._span = self._trace.backend(exchange.method, self._target)
-            add, remove = (*add, *self._span.headers), TRACE_HEADERS.union(remove)
+            edits = edits.adding(self._span.headers, TRACE_HEADERS)
         head = build_request_head(
-            exchange, origin, path, add_headers=add, remove_headers=remove,
-            body_length=self._body_length,
+            exchange, origin, path, body_length=self._body_length, edits=edits
         )
         body = self._body
         if body is not None:
@@ -665,8 +770,9 @@ class _Forwarding:
         self._status = head.code
         self._responder.start_response(head.code, headers, length, head.phrase)
         self._rearm()  # from now on: the longest silence between body bytes
-        self._relay = _BodyRelay(self)
-        self._relay.start()
+        # This forwarding is the responder's producer while the body streams: the
+        # responder pauses it at once if the client's output is already full.
+        self._responder.register_producer(self)
 
     @property
     def switching(self) -> bool:
@@ -694,11 +800,10 @@ class _Forwarding:
         on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
-        relay = self._relay
-        if relay is not None and self._phase is _Phase.STREAMING:
-            if not relay.paused:
+        if self._phase is _Phase.STREAMING:
+            if not self._paused:
                 self._rearm()
-            relay.bytes_sent += len(data)
+            self._sent += len(data)
             self._responder.write(data)
 
     def response_end(self) -> None:
@@ -793,8 +898,7 @@ class _Forwarding:
         self._cancel_timer()
         if self._phase is _Phase.DONE:
             return
-        relay = self._relay
-        sent = relay.bytes_sent if relay is not None else 0
+        sent = self._sent
         responder = self._responder
         if self._client_gone:
             self._finish_result(self._status, "client_gone", sent)
@@ -824,10 +928,7 @@ class _Forwarding:
         if self._phase is _Phase.WAITING:
             self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
         else:
-            relay = self._relay
-            self._finish_result(
-                self._status, "client_gone", relay.bytes_sent if relay is not None else 0
-            )
+            self._finish_result(self._status, "client_gone", self._sent)
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
         self._cancel_send_timer()
@@ -844,9 +945,14 @@ class _Forwarding:
             except Exception:
                 _log.failure("on_done callback failed")
 
-    # -- pacing (driven by the client connection through _BodyRelay) --------
+    # -- pacing: the responder's IPushProducer while the body streams ----------
+    # When the client's output is full the front pauses us and we pause the backend
+    # socket; when it drains we resume it.
 
-    def pause(self) -> None:
+    def pauseProducing(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
@@ -856,13 +962,16 @@ class _Forwarding:
                 self._settings.send_timeout, self._send_timed_out
             )
 
-    def resume(self) -> None:
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
         self._cancel_send_timer()
         if self._call is not None and self._phase is _Phase.STREAMING:
             self._rearm()
             self._call.resume()
 
-    def stop(self) -> None:
+    def stopProducing(self) -> None:
         self._cancel_timer()
         self._cancel_send_timer()
         self._cancel_call()
@@ -892,8 +1001,7 @@ class _Forwarding:
                 self._settings.send_timeout, self._send_timed_out
             )
             return
-        relay = self._relay
-        sent = relay.bytes_sent if relay is not None else 0
+        sent = self._sent
         _log.info(
             "client {client} accepted no response bytes for {secs:g} seconds"
             " (send_timeout) after {n} body bytes; aborting it and the request to {backend}",
@@ -918,7 +1026,10 @@ class _Deadlines:
     ``callLater``, a ``reset`` per body chunk and a ``cancel`` (~2% of a keep-alive
     request's CPU in their own frames, more in the reactor's heap: CHANGELOG.md 0.4.0,
     fifth round). When the call fires before any deadline (the earliest exchange
-    finished), it moves to the earliest left. With no exchange armed none is pending.
+    finished), it moves to the earliest left. Disarming the last exchange leaves the call
+    where it is: one request at a time (a keep-alive client's) would otherwise make and
+    cancel a ``DelayedCall`` per request; with nothing armed when it fires, it runs
+    nothing and none is pending after it.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -934,10 +1045,7 @@ class _Deadlines:
             self._schedule(due)
 
     def disarm(self, forwarding: _Forwarding) -> None:
-        due = self._due
-        if due.pop(forwarding, None) is not None and not due and self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self._due.pop(forwarding, None)
 
     def _schedule(self, at: float) -> None:
         if self._call is not None:
@@ -959,37 +1067,6 @@ class _Deadlines:
             earliest = min(self._due.values())
             if self._call is None or earliest < self._at:
                 self._schedule(earliest)
-
-
-@implementer(IPushProducer)
-class _BodyRelay:
-    """The responder's producer while the backend body streams to the client.
-
-    When the client's output is full the front pauses us and we pause the backend
-    socket; when it drains we resume it.
-    """
-
-    def __init__(self, forwarding: _Forwarding) -> None:
-        self._forwarding = forwarding
-        self.paused = False
-        self.bytes_sent = 0
-
-    def start(self) -> None:
-        # The responder pauses us at once if the client's output is already full.
-        self._forwarding._responder.register_producer(self)
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self._forwarding.pause()
-
-    def resumeProducing(self) -> None:
-        if self.paused:
-            self.paused = False
-            self._forwarding.resume()
-
-    def stopProducing(self) -> None:
-        self._forwarding.stop()
 
 
 # struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked is at offset 120 (Linux 4.1+).

@@ -29,6 +29,38 @@ CTL_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 #: A line feed not preceded by a carriage return.
 BARE_LF = re.compile(rb"(?<!\r)\n")
 
+# Every byte but the CTLs ``CTL_IN_HEAD`` refuses outright (HTAB, CR and LF are kept).
+_NOT_CTL = bytes(b for b in range(256) if (b >= 0x20 and b != 0x7F) or b in (0x09, 0x0A, 0x0D))
+
+
+#: ``head_controls``'s answers.
+CLEAN, BARE_LF_FOUND, CTL_FOUND = 0, 1, 2
+
+
+def head_controls(data: bytes) -> int:
+    """``BARE_LF_FOUND`` if ``data`` holds a bare LF, else ``CTL_FOUND`` if it holds what
+    ``CTL_IN_HEAD`` finds, else ``CLEAN``: ``bare_lf`` and ``ctl_in_head`` in one call,
+    the CRLFs counted once."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf:
+        return BARE_LF_FOUND
+    if data.count(b"\r") != crlf or data.translate(None, _NOT_CTL):
+        return CTL_FOUND
+    return CLEAN
+
+
+def bare_lf(data: bytes) -> bool:
+    """Whether ``data`` holds a line feed not preceded by a carriage return: ``BARE_LF``'s
+    answer, from two counts in C (the look-behind search cost ~1.8 µs a head)."""
+    return data.count(b"\n") != data.count(b"\r\n")
+
+
+def ctl_in_head(data: bytes) -> bool:
+    """Whether ``data`` holds what ``CTL_IN_HEAD`` finds (a CTL but HTAB, or a CR that
+    does not start a CRLF), without a regular expression: what deleting every other
+    byte leaves, and a count (``CTL_IN_HEAD.search`` cost ~1.6 µs a head)."""
+    return bool(data.translate(None, _NOT_CTL)) or data.count(b"\r") != data.count(b"\r\n")
+
 #: A Content-Length value: 1 to 18 digits (no sign, no list, no spaces).
 DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
@@ -49,13 +81,19 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 MALFORMED = "malformed request: request line, header syntax or body framing is invalid"
 
 
+# The bytes ``_TARGET_BYTE`` allows: deleting them from a target leaves what it refuses.
+_TARGET_OK = bytes(b for b in range(256) if _TARGET_BYTE.match(bytes([b])) is None)
+
+
 def target_problem(target: bytes) -> str | None:
     """Why ``target`` is not an origin-form request target, or None if it is."""
     if not target.startswith(b"/"):
         if target == b"*":
             return "the asterisk-form request target (OPTIONS *) is not served"
         return "request target must be an absolute path (origin-form)"
-    bad = _TARGET_BYTE.search(target)
+    # One pass in C finds whether any byte is refused; the search says which, for the
+    # message, only then.
+    bad = _TARGET_BYTE.search(target) if target.translate(None, _TARGET_OK) else None
     if bad is not None:
         return (
             f"request target contains the byte 0x{target[bad.start()]:02x}, "
@@ -66,6 +104,12 @@ def target_problem(target: bytes) -> str | None:
     return None
 
 
+# The methods nearly every request uses, served without a match.
+_SERVED_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE"}
+)
+
+
 def method_refusal(method: bytes) -> GatewayError | None:
     """Why ``method`` is not served (both HTTP versions), or None.
 
@@ -73,6 +117,8 @@ def method_refusal(method: bytes) -> GatewayError | None:
     see one. A method that is not upper-case (``get``) is 400, as NGINX answers: a
     backend that upper-cases methods would run ``GET`` under the policy of an
     operation nobody defined for ``get``."""
+    if method in _SERVED_METHODS:
+        return None
     if METHOD.match(method) is not None:
         if method == b"CONNECT":
             return errors.method_not_allowed("the CONNECT method is not served by this gateway")
@@ -82,6 +128,24 @@ def method_refusal(method: bytes) -> GatewayError | None:
     return errors.bad_request(
         "the request method must be upper-case letters, '_' or '-' (methods are case-sensitive)"
     )
+
+
+# Field names that were valid tokens: a peer sends the same few names in every message,
+# and a set lookup costs a fraction of the regex match. Bounded: cleared when full.
+_seen_names: set[bytes] = set()
+SEEN_NAMES_MAX = 4096
+
+
+def valid_name(name: bytes) -> bool:
+    """Whether ``name`` is a token (``TOKEN``), remembered when it is."""
+    if name in _seen_names:
+        return True
+    if not TOKEN.match(name):
+        return False
+    if len(_seen_names) >= SEEN_NAMES_MAX:
+        _seen_names.clear()
+    _seen_names.add(name)
+    return True
 
 
 @functools.lru_cache(maxsize=64)

@@ -140,9 +140,21 @@ class Connection:
     ``transport`` is the connection's own transport (TLS or TCP; an HTTP/2 stream's
     connection's): the client-certificate verdict and ``tcpi_bytes_acked`` are read
     from it. ``forwarded`` is the ``X-Forwarded-For``/``-Proto`` block of every
-    request forwarded from this connection, built the first time one is."""
+    request forwarded from this connection, built the first time one is.
 
-    __slots__ = ("client_ip", "forwarded", "local", "peer", "secure", "transport")
+    The request path keeps here what it derives from the connection alone, the first
+    time a request needs it (issue 27 item 3), under the config generation it was
+    derived with (``derived_under``; a reload's new runtime derives them again):
+    ``caller`` (who the handshake says the caller is, whether a load balancer's header
+    may say otherwise: ``http/_callers.py``), ``sni`` (the ``[[tls.sni]]`` entry the
+    handshake chose, for the 421 check) and ``verdict`` (an API's pipeline's verdict on
+    that caller with the header lines it forwards, for pipelines whose verdict depends
+    on nothing else: ``http/_resource.py``). Their types are the request path's."""
+
+    __slots__ = (
+        "caller", "client_ip", "forwarded", "generation", "local", "peer", "secure", "sni",
+        "transport", "verdict",
+    )
 
     def __init__(self, peer: IAddress | None, local: IAddress | None, secure: bool,
                  transport: Any) -> None:
@@ -152,6 +164,17 @@ class Connection:
         self.transport = transport
         self.client_ip = _host_of(peer)
         self.forwarded: bytes | None = None
+        self.generation: object = None
+        self.caller: Any = None
+        self.sni: Any = None
+        self.verdict: Any = None
+
+    def derived_under(self, generation: object) -> None:
+        """Forget the derived values unless they were derived under ``generation`` (the
+        runtime in force): a reload's config may judge the same connection otherwise."""
+        if self.generation is not generation:
+            self.generation = generation
+            self.caller = self.sni = self.verdict = None
 
 
 class Exchange:

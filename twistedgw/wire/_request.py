@@ -22,14 +22,17 @@ from twistedgw import _hosts
 from twistedgw.errors import GatewayError, bad_request
 from twistedgw.wire._abnf import (
     BAD_VALUE,
-    BARE_LF,
-    CTL_IN_HEAD,
+    BARE_LF_FOUND,
+    CLEAN,
     DIGITS,
     LIST,
     MALFORMED,
-    TOKEN,
+    _seen_names,
+    bare_lf,
+    head_controls,
     method_refusal,
     target_problem,
+    valid_name,
 )
 from twistedgw.wire._fields import Fields
 
@@ -120,7 +123,7 @@ class RequestHead:
 def check_partial_head(buf: bytes, limit: int) -> None:
     """Refuse an incomplete head already known to be bad: a bare LF (refused as soon
     as it arrives, never waited on), or more bytes than ``limit`` allows."""
-    if b"\n" in buf and BARE_LF.search(buf) is not None:
+    if bare_lf(buf):
         raise _bad("a bare LF is not a valid line ending or header byte")
     first = buf.find(b"\r\n")
     if (first < 0 and len(buf) > limit) or first > limit:
@@ -131,7 +134,8 @@ def check_partial_head(buf: bytes, limit: int) -> None:
 
 def parse_request_head(head: bytes, limit: int) -> RequestHead:
     """Parse ``head`` (a request head without its final CRLFCRLF) or raise ``WireError``."""
-    if b"\n" in head and BARE_LF.search(head) is not None:
+    controls = head_controls(head)
+    if controls == BARE_LF_FOUND:
         raise _bad("a bare LF is not a valid line ending or header byte")
     lines = head.split(b"\r\n")
     request_line = lines[0]
@@ -139,7 +143,10 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
         raise WireError(uri_too_long(limit), "header_too_large")
     if len(head) + 4 > limit:  # the lines and their CRLFs, the empty line too
         raise WireError(header_too_large(limit), "header_too_large")
-    clean = CTL_IN_HEAD.search(head, len(request_line)) is None
+    # No CTL (nor bare CR) anywhere: then no value holds one and the per-value check is
+    # skipped. One in the request line makes the values checked too, and the request
+    # line's own checks refuse it.
+    clean = controls == CLEAN
     parts = request_line.split(b" ")
     if len(parts) != 3:
         raise _bad(MALFORMED)
@@ -172,7 +179,7 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
         if colon <= 0:
             raise _bad(MALFORMED, line)
         name = field_line[:colon]
-        if not TOKEN.match(name):
+        if name not in _seen_names and not valid_name(name):
             raise _bad(MALFORMED, line)
         value = field_line[colon + 1 :].strip(b" \t")
         if not clean and BAD_VALUE.search(value) is not None:

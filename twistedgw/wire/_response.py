@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from twistedgw.wire._abnf import (
-    BARE_LF,
-    CTL_IN_HEAD,
-    TOKEN,
+    BARE_LF_FOUND,
+    _seen_names,
     connection_tokens,
+    head_controls,
     one_connection_value,
+    valid_name,
 )
 from twistedgw.wire._request import Framing
 
@@ -47,30 +48,31 @@ class ResponseHead(NamedTuple):
     keep_alive: bool  # whether the connection may carry another request after it
 
 
-# Header names a backend sent that were valid tokens: a backend sends the same few
-# names in every response, and a set lookup costs a fraction of the regex match.
-_seen_names: set[bytes] = set()
-SEEN_NAMES_MAX = 4096
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+# What a (valid) header name is to the framing: remembered per name as sent, bounded.
+_OTHER, _LENGTH, _CODING, _CONNECTION = "other", "content-length", "transfer-encoding", "connection"
+_FRAMING_NAMES = {_LENGTH.encode(): _LENGTH, _CODING.encode(): _CODING,
+                  _CONNECTION.encode(): _CONNECTION}
+_kinds: dict[bytes, str] = {}
+_KINDS_MAX = 4096
 
 
-def valid_name(name: bytes) -> bool:
-    """Whether ``name`` is a token (remembered when it is)."""
-    if name in _seen_names:
-        return True
-    if not TOKEN.match(name):
-        return False
-    if len(_seen_names) >= SEEN_NAMES_MAX:
-        _seen_names.clear()
-    _seen_names.add(name)
-    return True
+def _kind_of(name: bytes) -> str:
+    kind = _FRAMING_NAMES.get(name.lower(), _OTHER)
+    if len(_kinds) >= _KINDS_MAX:
+        _kinds.clear()
+    _kinds[name] = kind
+    return kind
 
 
 def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     """Parse ``raw`` (a response head without its final CRLFCRLF); None for an interim
     1xx response; ``BadResponseHead`` when invalid. ``head_only``: the answer to HEAD."""
-    if b"\n" in raw and BARE_LF.search(raw) is not None:
-        raise BadResponseHead("a bare LF in the response head")
-    if CTL_IN_HEAD.search(raw) is not None:
+    controls = head_controls(raw)
+    if controls:
+        if controls == BARE_LF_FOUND:
+            raise BadResponseHead("a bare LF in the response head")
         raise BadResponseHead("a bare CR, a NUL or another control byte in the response head")
     lines = raw.split(b"\r\n")
     status = lines[0].split(b" ", 2)
@@ -88,6 +90,7 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
         return None
     phrase = status[2] if len(status) == 3 else b""
     headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
     lengths: list[bytes] = []
     codings: list[bytes] = []
     connection: list[bytes] = []
@@ -98,38 +101,57 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
         if not sep or (name not in _seen_names and not valid_name(name)):
             raise BadResponseHead("invalid response header")
         value = value.strip(b" \t")
-        headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
+        append((name, value))
+        # Only the three framing fields are looked at: the names a backend sends are
+        # remembered with what they are (one lookup, no lower-casing per header).
+        kind = _kinds.get(name)
+        if kind is None:
+            kind = _kind_of(name)
+        if kind is _OTHER:
+            continue
+        if kind is _LENGTH:
             if b"," in value:
                 lengths.extend(v.strip(b" \t") for v in value.split(b","))
             else:  # the usual single value, already stripped
                 lengths.append(value)
-        elif lower == b"transfer-encoding":
+        elif kind is _CODING:
             codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
-        elif lower == b"connection":
+        else:
             connection.append(value)
-    if len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
+    if not connection:
+        tokens = _NO_TOKENS
+    elif len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
         tokens = one_connection_value(connection[0])
     else:
         tokens = connection_tokens(connection)
     keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
     length: int | None = None
     if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+        first = lengths[0]
+        if (
+            (len(lengths) > 1 and len(set(lengths)) != 1)
+            or not first.isdigit() or len(first) > 18
+        ):
             raise BadResponseHead("invalid Content-Length")
-        length = int(lengths[0])
+        length = int(first)
     if codings and codings != [b"chunked"]:
         # A coding the gateway would relay undecoded under a dropped Transfer-Encoding:
         # the client could not read it (NGINX answers 502 too).
         raise BadResponseHead("a Transfer-Encoding other than 'chunked'")
     if head_only or code in _NO_BODY_STATUSES:
-        return ResponseHead(code, phrase, headers, tokens, length, Framing.NONE, 0, keep)
-    if codings:
+        framing, body_length = Framing.NONE, 0
+    elif codings:
+        framing, body_length = Framing.CHUNKED, 0
         if length is not None:
             keep = False  # RFC 9112 6.3: both sent, chunked wins, close after this response
-        return ResponseHead(code, phrase, headers, tokens, length, Framing.CHUNKED, 0, keep)
-    if length is not None:
-        framing = Framing.LENGTH if length else Framing.NONE
-        return ResponseHead(code, phrase, headers, tokens, length, framing, length, keep)
-    return ResponseHead(code, phrase, headers, tokens, length, Framing.UNTIL_CLOSE, 0, False)
+    elif length is not None:
+        framing, body_length = (Framing.LENGTH if length else Framing.NONE), length
+    else:
+        framing, body_length, keep = Framing.UNTIL_CLOSE, 0, False
+    # tuple.__new__ directly: the NamedTuple's own __new__ is a Python call per response.
+    return _new_head(  # type: ignore[no-any-return]
+        ResponseHead, (code, phrase, headers, tokens, length, framing, body_length, keep)
+    )
+
+
+_new_head = tuple.__new__

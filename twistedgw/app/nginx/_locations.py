@@ -19,8 +19,8 @@ from twistedgw.app.nginx._text import (
     quote,
 )
 from twistedgw.app.nginx._upstreams import upstream_name
-from twistedgw.http import _verdicts as verdicts
-from twistedgw.identity import _forwarding as idforward
+from twistedgw.http import verdicts
+from twistedgw.identity import forwarding as idforward
 from twistedgw.pipeline import method_override_headers
 
 #: Every status a refusal of the direct mode may have (errors.py): @twistedgw_refused

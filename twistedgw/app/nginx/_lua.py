@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from twistedgw.app.nginx._text import lua_string
-from twistedgw.http import _verdicts as verdicts
+from twistedgw.http import verdicts
 
 if TYPE_CHECKING:
     from twistedgw.app.nginx._plan import ApiPlan

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from twistedgw.app.nginx._plugins import NONE, Headers, plugin_headers
 from twistedgw.config import ApiConfig, GatewayConfig, Mode, variants
-from twistedgw.http import _verdicts as verdicts
+from twistedgw.http import verdicts
 
 #: What the rendered config tells the authz endpoint it does with the answer.
 AUTH_REQUEST_ASKER = verdicts.Asker(answer=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twistedgw.config import ApiConfig
-from twistedgw.http import _verdicts as verdicts
+from twistedgw.http import verdicts
 
 SHIPPED = verdicts.HEADER_PLUGINS
 

@@ -22,7 +22,7 @@ from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, TIERS_ZONE, quote
 from twistedgw.app.nginx._upstreams import upstreams
 from twistedgw.config import ApiConfig, GatewayConfig
-from twistedgw.http import _verdicts as verdicts
+from twistedgw.http import verdicts
 
 VARIANTS = ("auth_request", "lua")
 
@@ -148,10 +148,10 @@ def _truststore_pem(config: GatewayConfig) -> bytes | None:
         return None
     from cryptography.hazmat.primitives import serialization
 
-    from twistedgw.tls import _pki as pki
+    from twistedgw.tls import PkiError, load_truststore
 
     try:
-        store = pki.load_truststore(config.tls.truststore, config.tls.truststore_password)
-    except pki.PkiError:
+        store = load_truststore(config.tls.truststore, config.tls.truststore_password)
+    except PkiError:
         return None
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in store.certificates)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from twistedgw.app.nginx._plan import ApiPlan
 from twistedgw.config import GatewayConfig
-from twistedgw.http import _verdicts as verdicts
-from twistedgw.identity import _forwarding as idforward
+from twistedgw.http import verdicts
+from twistedgw.identity import forwarding as idforward
 from twistedgw.pipeline import API_KEY_HEADER
 
 

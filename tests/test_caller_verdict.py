@@ -1,0 +1,131 @@
+"""A connection's later requests are judged exactly as its first (issue 27 items 3, 5).
+
+The request path keeps per connection what it derives from the connection alone: the
+caller (``http/_callers.py``) and, for pipelines whose verdict depends on the caller
+alone (``Pipeline.per_caller``), the verdict and the header lines it forwards
+(``http/_resource.CallerVerdict``). In memory (``bench/own_cost.py``'s harness: the real
+front, request path and forwarder over in-memory transports), over APIs of each kind such
+a pipeline has (mTLS mandatory or optional, aliases, identity rules, consumers) and every
+``[identity] forward``, for callers that verify, fail and present nothing: the second
+request of a connection gets the very backend head and answer a fresh connection's first
+gets, without running the pipeline again. Real-process tests of the same:
+``test_reload.py`` (a reload re-judges an open connection).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from twistedgw.identity import Source, failed, no_certificate
+from twistedgw.pipeline import _run
+from twistedgw.testing.devpki import DevPki
+
+REPO = Path(__file__).resolve().parent.parent
+
+APIS = {
+    "mandatory-aliases": 'mutual_ssl = "mandatory"\naliases = ["partner-root"]\n',
+    "optional-any": 'mutual_ssl = "optional"\n',
+    "identity-rules": (
+        'mutual_ssl = "mandatory"\n'
+        '[[apis.identities]]\nsubject = "CN=partner-app,O=twistedgw dev"\n'
+    ),
+    "consumers": 'mutual_ssl = "mandatory"\nconsumers = ["acme"]\n',
+    # The backend's own Authorization (BackendCredentials), in place of the client's.
+    "backend-credentials": (
+        'mutual_ssl = "mandatory"\n[[apis.backend_credentials]]\nendpoint = "production"\n'
+        'username = "svc"\npassword_file = "{password_file}"\n'
+    ),
+}
+CONSUMERS = """
+[[consumers]]
+name = "acme"
+[[consumers.certificates]]
+subject = "CN=partner-app,O=twistedgw dev"
+"""
+FORWARD = {
+    "none": "",
+    "xfcc": '[identity]\nforward = "xfcc"\n',
+    "rfc9440": '[identity]\nforward = "rfc9440"\n',
+    "headers": (
+        '[identity]\nforward = "headers"\n'
+        '[identity.headers]\nsubject = "X-Client-Subject"\nsha256 = "X-Client-Sha256"\n'
+        'san = "X-Client-San"\n'
+    ),
+}
+# A client that forges what the gateway vouches for: none of it may reach the backend.
+FORGED = (
+    b"GET /bench/small?x=1 HTTP/1.1\r\nhost: localhost:8443\r\n"
+    b"X-Forwarded-Client-Cert: Hash=forged\r\nClient-Cert: :Zm9yZ2Vk:\r\n"
+    b"X-Consumer-Name: evil\r\nX-Client-Subject: CN=admin\r\nX-Other: kept\r\n"
+    b"Authorization: Basic Zm9yZ2Vk\r\n\r\n"
+)
+
+
+def _own_cost() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("own_cost", REPO / "bench" / "own_cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same(answer: bytes) -> bytes:
+    """An answer without its Date (the gateway's own errors carry the second's)."""
+    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
+
+
+@pytest.mark.parametrize("forward", sorted(FORWARD))
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_a_connections_next_requests_are_judged_as_its_first(
+    api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own_cost = _own_cost()
+    password = tmp_path / "backend-password"
+    password.write_text("s3cret\n")
+    apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
+    extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "")
+    h = own_cost.Harness(tmp_path, apis=apis, extra=extra, pki=pki)
+    runs: list[Any] = []
+    run = _run.Pipeline.run
+    monkeypatch.setattr(_run.Pipeline, "run", lambda self, call: runs.append(1) or run(self, call))
+    expired = pki.issued["expired"].cert
+    callers = {
+        "partner": h.partner,
+        "other": h.verified("other-app", "other-root"),
+        "failed": failed(Source.HANDSHAKE, "certificate has expired", (expired,)),
+        "none": no_certificate(),
+    }
+    for name, identity in callers.items():
+        for request in (own_cost.REQUEST, FORGED):
+            kept = h.connect(identity)
+            first = h.exchange(kept, request)
+            runs.clear()
+            second = h.exchange(kept, request)
+            assert runs == [], f"{name}: the pipeline ran again on the same connection"
+            fresh = h.exchange(h.connect(identity), request)
+            assert runs == [1]
+            for got in (first, second):
+                assert got[0] == fresh[0], name
+                assert _same(got[1]) == _same(fresh[1]), name
+            sent = first[0]
+            assert b"forged" not in sent and b"evil" not in sent
+            if forward == "headers":  # a configured identity header: the gateway's alone
+                assert b"CN=admin" not in sent
+            if request is FORGED and sent:
+                assert b"\r\nX-Other: kept\r\n" in sent
+                if api == "backend-credentials":  # svc:s3cret, never the client's
+                    assert b"\r\nAuthorization: Basic c3ZjOnMzY3JldA==\r\n" in sent
+                    assert b"Zm9yZ2Vk" not in sent
+    # The verdicts differ by caller: the cache never answered one caller for another.
+    statuses = {
+        name: h.exchange(h.connect(identity))[1].split(b" ", 2)[1]
+        for name, identity in callers.items()
+    }
+    assert statuses["partner"] == b"200"
+    assert statuses["none"] != b"200" or api == "optional-any"

@@ -1,0 +1,67 @@
+"""The per-request series are plain counters read at scrape time (issue 27 item 5): they
+expose exactly what prometheus_client's ``Counter`` and ``Histogram`` exposed for the same
+requests (names, help, types, labels, buckets, sums, ``_created`` series), in memory."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from twistedgw.app._observe import DURATION_BUCKETS, Metrics
+
+SAMPLES = [
+    ("a:1", 200, 0.003, "handshake", "verified", None, None, None),
+    ("a:1", 200, 0.3, "handshake", "verified", None, None, None),
+    ("a:1", 200, 0.005, "handshake", "verified", None, None, None),  # on a bucket's bound
+    ("a:1", 401, 0.01, "handshake", "failed", "expired", None, None, "900901", "expired"),
+    ("-", 404, 7.0, None, None, None, None, None, "404", "other"),
+    ("a:1", 503, 61.0, "handshake", "verified", None, "refused", None, "101503", "other"),
+    ("b:2", 200, -1.0, "header", "none", "none", None, None),  # a clock step back: 0
+]
+
+
+def _reference() -> str:
+    """The same requests counted by prometheus_client's own metric classes."""
+    r = CollectorRegistry()
+    requests = Counter(
+        "twistedgw_requests",
+        "Requests answered, by API, status and consumer (a configured name or none).",
+        ["api", "status", "consumer"], registry=r,
+    )
+    duration = Histogram(
+        "twistedgw_request_duration_seconds",
+        "Time from the request's arrival to the end of the response, by API.",
+        ["api"], buckets=DURATION_BUCKETS, registry=r,
+    )
+    verifications = Counter(
+        "twistedgw_client_cert_verifications",
+        "Client-certificate verdicts applied to requests (once per request), by source "
+        "(handshake|header), result (verified|failed|none) and reason.",
+        ["source", "result", "reason"], registry=r,
+    )
+    for api, status, seconds, source, result, reason, *_rest in SAMPLES:
+        requests.labels(api=api, status=str(status), consumer="none").inc()
+        duration.labels(api=api).observe(max(seconds, 0.0))
+        if source is not None and result is not None:
+            verifications.labels(source=source, result=result, reason=reason or "").inc()
+    return generate_latest(r).decode()
+
+
+def _per_request_series(text: str) -> str:
+    names = ("twistedgw_requests", "twistedgw_request_duration", "twistedgw_client_cert_verif")
+    lines = [line for line in text.splitlines() if any(n in line for n in names)]
+    # Creation times differ between the two registries; their presence must not.
+    return "\n".join(re.sub(r"(_created\{[^}]*\}) \S+$", r"\1 T", line) for line in lines)
+
+
+def test_the_plain_counters_expose_what_prometheus_client_did() -> None:
+    metrics = Metrics(lambda: None)
+    for s in SAMPLES:
+        metrics.count(s)  # type: ignore[arg-type]
+    ours = _per_request_series(generate_latest(metrics.registry).decode())
+    assert ours == _per_request_series(_reference())
+    assert "twistedgw_request_duration_seconds_created" in ours
+    assert metrics.registry.get_sample_value(
+        "twistedgw_requests_total", {"api": "a:1", "status": "200", "consumer": "none"}
+    ) == 3
