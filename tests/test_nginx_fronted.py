@@ -484,6 +484,13 @@ def test_generator_names_what_the_config_lacks(tmp_path: Path, pki: DevPki) -> N
     with pytest.raises(nginxconf.NginxConfigError) as e:
         nginxconf.render(cfg)
     assert any("mutual_ssl.trusted_proxies" in p for p in e.value.problems)
+    # A backend path NGINX would read as a variable (proxy_pass takes it as written).
+    odd = '\n[[apis]]\nname = "odd"\nversion = "1"\ncontext = "/odd"\n' \
+          'backend = "http://127.0.0.1:9/a$b"\n'
+    cfg = configmod.load(_config(tmp_path, pki, odd))
+    with pytest.raises(nginxconf.NginxConfigError) as e:
+        nginxconf.render(cfg)
+    assert [p.split(": ")[1] for p in e.value.problems] == [f"apis[{len(cfg.apis) - 1}].backend"]
 
 
 def test_nginx_section_is_checked(tmp_path: Path, pki: DevPki) -> None:

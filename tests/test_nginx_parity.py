@@ -137,6 +137,15 @@ backend = "{backend}/shop-other"
 api_key = "mandatory"
 """
 
+NESTED_API = """
+[[apis]]
+name = "Inner"
+version = "1"
+context = "/decorated/inner"
+backend = "{backend}/inner"
+api_key = "mandatory"
+"""
+
 JWT_APIS = """
 [[jwt_issuers]]
 name = "idp"
@@ -203,7 +212,7 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
     extra += HOSTS_APIS.format(backend=echo.url) + TIERED_API.format(backend=echo.url)
-    extra += DECORATED_API.format(backend=echo.url)
+    extra += DECORATED_API.format(backend=echo.url) + NESTED_API.format(backend=echo.url)
     extra += BACKENDS_APIS.format(echo=echo.url, echo2=echo2.url, dead=free_port(),
                                   dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
@@ -221,6 +230,21 @@ def both(f: Fronted, path: str, client: str | None, headers: Any = ()
 
 def bearer(value: str) -> tuple[tuple[str, str], ...]:
     return (("Authorization", f"Bearer {value}"),)
+
+
+def test_contexts_in_other_letters_take_twistedgws_route(full: Fronted) -> None:
+    """NGINX's prefix locations are case-sensitive, twistedgw's contexts are not: with a
+    verdict for /decorated warm, a path that names /decorated/inner in other letters
+    still reaches the Inner API (its API key refusal), as in direct mode, and so does
+    one that names /decorated itself in other letters; the cased paths are NGINX's."""
+    assert full.via_nginx("/decorated/x", "partner-app").status == 200  # warm
+    for path in ("/decorated/INNER/x", "/decorated/Inner", "/Decorated/inner/x",
+                 "/DECORATED/x", "/decorated/inner/x", "/decorated/inner", "/decorated",
+                 "/decorated/", "/decorated/x?y=1"):
+        for _ in range(2):
+            direct, through = both(full, path, "partner-app")
+            assert outcome(direct) == outcome(through), path
+    assert outcome(full.via_nginx("/decorated/INNER/x", "partner-app"))[0] == 401
 
 
 def test_bearer_tokens_ride_nginxs_path(full: Fronted, signing: jwtkit.SigningKey) -> None:
