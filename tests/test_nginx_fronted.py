@@ -1031,7 +1031,17 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
     assert r'server_name "~^[^.]+\\.internal\\.example$";' in internal
     assert "ssl_verify_client optional_no_ca;" in internal
     assert "ssl_client_certificate" not in internal  # advertise_ca_names = false
-    assert "if ($tgw_misdirected)" in default and "if ($tgw_bad_host)" in partners
+    assert "if ($tgw_bad_host)" in partners
+    # Each server is its Host's entry: the 421 compares the SNI's entry with its own.
+    for k, server in enumerate(servers):
+        assert f'if ($tgw_sni_entry != "{k - 1}")' in server
+    assert '    "partners.example.com" 0;' in text  # an exact name: hashed, no regex
+    assert r'"~^[^.]+\\.internal\\.example$" 1;' in text
+    # A default server name that is an entry's host: the maps check both names.
+    path.write_text(path.read_text().replace('server_name = "_"',
+                                             'server_name = "partners.example.com"'))
+    text = nginxconf.render(configmod.load(path), "/x/truststore.pem").text
+    assert "if ($tgw_misdirected)" in text and "$tgw_host_entry" in text
 
 
 def test_third_party_plugins_ride_nginxs_path_only_when_nginx_can_apply_them(
