@@ -368,6 +368,18 @@ def test_authz_answer_says_how_long(fronted: Fronted) -> None:
             pki=fronted.pki, client="other-app", tls=True)
     assert r.status == 401
     assert r.header("x-accel-expires") == "0" and r.header("cache-control") == "no-store"
+    # The caller's headers are for hand-written configs (auth_request_set); the rendered
+    # one says it answers refusals itself and gets none: NGINX parses a cached answer's
+    # every header again on each hit.
+    asked = {"X-Original-URI": PET, "X-Original-Method": "GET"}
+    plain = get(fronted.direct_port, "/_twistedgw/authz", asked, pki=fronted.pki,
+                client="partner-direct", tls=True)
+    rendered = get(fronted.direct_port, "/_twistedgw/authz",
+                   {**asked, "X-Twistedgw-Nginx": "answer"}, pki=fronted.pki,
+                   client="partner-direct", tls=True)
+    assert plain.status == rendered.status == 200
+    for name in ("x-twistedgw-api", "x-client-cert-subject", "x-client-cert-sha256"):
+        assert plain.header(name) and rendered.header(name) is None, name
 
 
 def nginxconf_header_value(fronted: Fronted, client: str) -> str:
