@@ -321,27 +321,64 @@ local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
 local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
                     TRACE = true}
 
+-- $tgw_peers is "k|rest": the backend tried now and the ones left, in order.
 local function use_peer(spec, k, rest)
     local var = ngx.var
     local peer = spec.backends[k]
     var.tgw_peer = peer[1]
     var.tgw_peer_host = peer[2]
-    var.tgw_peer_name = peer[3]
-    var.tgw_peer_index = k
-    var.tgw_peers = rest
+    if spec.peer_name then
+        var.tgw_peer_name = peer[3]
+    end
+    var.tgw_peers = k .. "|" .. rest
+end
+
+-- What pick_backend needs of a spec, built once per worker: the shared dict's keys, and
+-- for each first backend the order of the others when none is down.
+local function peer_state(spec)
+    local state = spec.peer_state
+    if state == nil then
+        local n = #spec.backends
+        local down, rests = {}, {}
+        for k = 1, n do
+            down[k] = "down|" .. spec.backends[k][4]
+        end
+        for first = 0, n - 1 do
+            local rest = {}
+            for j = 1, n - 1 do
+                rest[j] = (first + j) % n + 1
+            end
+            rests[first] = table.concat(rest, ",")
+        end
+        state = {down = down, rests = rests, rr = "rr|" .. spec.api, n = n}
+        spec.peer_state = state
+    end
+    return state
 end
 
 local function pick_backend(spec)
     local dict = ngx.shared.twistedgw_verdicts
-    local n = #spec.backends
+    local state = peer_state(spec)
+    local n = state.n
     local first = 0
     if spec.backend_mode == "load_balance" then
-        first = (dict:incr("rr|" .. spec.api, 1, -1) or 0) % n
+        first = (dict:incr(state.rr, 1, -1) or 0) % n
+    end
+    local down_keys = state.down
+    local any_down = false
+    for k = 1, n do
+        if dict:get(down_keys[k]) then
+            any_down = true
+            break
+        end
+    end
+    if not any_down then  -- the usual case: the turn's order, no table built
+        return use_peer(spec, first + 1, state.rests[first])
     end
     local up, down = {}, {}
     for j = 0, n - 1 do
         local k = (first + j) % n + 1
-        if dict:get("down|" .. spec.backends[k][4]) then
+        if dict:get(down_keys[k]) then
             down[#down + 1] = k
         else
             up[#up + 1] = k
@@ -360,11 +397,11 @@ end
 function _M.retry(spec)
     local var = ngx.var
     local dict = ngx.shared.twistedgw_verdicts
-    local failed = spec.backends[tonumber(var.tgw_peer_index)]
+    local index, rest = (var.tgw_peers or ""):match("^(%d+)|(.*)$")
+    local failed = spec.backends[tonumber(index)]
     dict:set("down|" .. failed[4], true, SUSPEND)
     local connect = var.upstream_connect_time or "-"
     local nothing_sent = connect:match("%-%s*$") ~= nil
-    local rest = var.tgw_peers
     local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
     local safe = nothing_sent or (IDEMPOTENT[ngx.req.get_method()] and not body)
     if rest == "" or not safe then
@@ -567,8 +604,11 @@ end
 --   per_operation: an API from an OpenAPI definition (method and target in the key)
 --   answers: {answer header, variable} pairs: the authz answer header whose value the
 --            variable (declared with `set` in the location) takes
---   backends, backend_mode: several backends ({upstream, Host, TLS name} each), picked
---            per request into $tgw_peer, $tgw_peer_host, $tgw_peer_name
+--   backends, backend_mode: several backends ({upstream, Host, TLS name, endpoint}
+--            each), picked per request into $tgw_peer, $tgw_peer_host and $tgw_peers
+--            ("k|rest": the try and the ones left, for the retry location)
+--   peer_name: the location reads $tgw_peer_name (an https API whose [backend_tls]
+--            names no server): set only then
 -- Each location's spec, built the first time its access_by_lua_block runs in a worker
 -- (`v.specs[id] or v.define(id, {...})`): no table is built per request.
 _M.specs = {}
