@@ -368,6 +368,18 @@ def test_authz_answer_says_how_long(fronted: Fronted) -> None:
             pki=fronted.pki, client="other-app", tls=True)
     assert r.status == 401
     assert r.header("x-accel-expires") == "0" and r.header("cache-control") == "no-store"
+    # The caller's headers are for hand-written configs (auth_request_set); the rendered
+    # one says it answers refusals itself and gets none: NGINX parses a cached answer's
+    # every header again on each hit.
+    asked = {"X-Original-URI": PET, "X-Original-Method": "GET"}
+    plain = get(fronted.direct_port, "/_twistedgw/authz", asked, pki=fronted.pki,
+                client="partner-direct", tls=True)
+    rendered = get(fronted.direct_port, "/_twistedgw/authz",
+                   {**asked, "X-Twistedgw-Nginx": "answer"}, pki=fronted.pki,
+                   client="partner-direct", tls=True)
+    assert plain.status == rendered.status == 200
+    for name in ("x-twistedgw-api", "x-client-cert-subject", "x-client-cert-sha256"):
+        assert plain.header(name) and rendered.header(name) is None, name
 
 
 def nginxconf_header_value(fronted: Fronted, client: str) -> str:
@@ -484,6 +496,13 @@ def test_generator_names_what_the_config_lacks(tmp_path: Path, pki: DevPki) -> N
     with pytest.raises(nginxconf.NginxConfigError) as e:
         nginxconf.render(cfg)
     assert any("mutual_ssl.trusted_proxies" in p for p in e.value.problems)
+    # A backend path NGINX would read as a variable (proxy_pass takes it as written).
+    odd = '\n[[apis]]\nname = "odd"\nversion = "1"\ncontext = "/odd"\n' \
+          'backend = "http://127.0.0.1:9/a$b"\n'
+    cfg = configmod.load(_config(tmp_path, pki, odd))
+    with pytest.raises(nginxconf.NginxConfigError) as e:
+        nginxconf.render(cfg)
+    assert [p.split(": ")[1] for p in e.value.problems] == [f"apis[{len(cfg.apis) - 1}].backend"]
 
 
 def test_nginx_section_is_checked(tmp_path: Path, pki: DevPki) -> None:
@@ -1024,7 +1043,17 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
     assert r'server_name "~^[^.]+\\.internal\\.example$";' in internal
     assert "ssl_verify_client optional_no_ca;" in internal
     assert "ssl_client_certificate" not in internal  # advertise_ca_names = false
-    assert "if ($tgw_misdirected)" in default and "if ($tgw_bad_host)" in partners
+    assert "if ($tgw_bad_host)" in partners
+    # Each server is its Host's entry: the 421 compares the SNI's entry with its own.
+    for k, server in enumerate(servers):
+        assert f'if ($tgw_sni_entry != "{k - 1}")' in server
+    assert '    "partners.example.com" 0;' in text  # an exact name: hashed, no regex
+    assert r'"~^[^.]+\\.internal\\.example$" 1;' in text
+    # A default server name that is an entry's host: the maps check both names.
+    path.write_text(path.read_text().replace('server_name = "_"',
+                                             'server_name = "partners.example.com"'))
+    text = nginxconf.render(configmod.load(path), "/x/truststore.pem").text
+    assert "if ($tgw_misdirected)" in text and "$tgw_host_entry" in text
 
 
 def test_third_party_plugins_ride_nginxs_path_only_when_nginx_can_apply_them(

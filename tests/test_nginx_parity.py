@@ -79,6 +79,15 @@ context = "/slowget"
 backend_mode = "failover"
 backend_timeout = 1
 backends = ["http://127.0.0.1:{hang2}/s", "{echo}/s"]
+
+[[apis]]
+name = "TLS pool"
+version = "1"
+context = "/tlspool"
+backends = ["https://localhost:{tls1}/t", "https://localhost:{tls2}/t"]
+
+[apis.backend_tls]
+trusted_certificate = "{backend_ca}"
 """
 
 TIERED_API = """
@@ -137,6 +146,15 @@ backend = "{backend}/shop-other"
 api_key = "mandatory"
 """
 
+NESTED_API = """
+[[apis]]
+name = "Inner"
+version = "1"
+context = "/decorated/inner"
+backend = "{backend}/inner"
+api_key = "mandatory"
+"""
+
 JWT_APIS = """
 [[jwt_issuers]]
 name = "idp"
@@ -177,6 +195,18 @@ def echo2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
 
 
 @pytest.fixture(scope="module")
+def tls_pool(pki: DevPki, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[list[BackendProcess]]:
+    """Two HTTPS backends: a pool whose [backend_tls] names no server, so NGINX checks
+    each backend's own name (the Lua variant sets $tgw_peer_name with the pick)."""
+    backends = [start_backend(tmp_path_factory.mktemp(f"tls{n}"),
+                              tls=(pki.backend_cert, pki.backend_key)) for n in (1, 2)]
+    yield backends
+    for backend in backends:
+        backend.stop()
+
+
+@pytest.fixture(scope="module")
 def hanging() -> Iterator[list[int]]:
     """Two ports that accept connections (the kernel's backlog) and never answer."""
     import socket
@@ -195,7 +225,7 @@ def hanging() -> Iterator[list[int]]:
 @pytest.fixture(scope="module", params=["auth_request", "lua"])
 def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
          pki: DevPki, echo: BackendProcess, echo2: BackendProcess, hanging: list[int],
-         signing: jwtkit.SigningKey) -> Iterator[Fronted]:
+         signing: jwtkit.SigningKey, tls_pool: list[BackendProcess]) -> Iterator[Fronted]:
     from tests.harness import free_port
 
     tmp = tmp_path_factory.mktemp(f"parity-{request.param}")
@@ -203,9 +233,11 @@ def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     extra = JWT_APIS.format(issuer=jwtkit.ISSUER, jwks=jwks, audience=jwtkit.AUDIENCE,
                             backend=echo.url)
     extra += HOSTS_APIS.format(backend=echo.url) + TIERED_API.format(backend=echo.url)
-    extra += DECORATED_API.format(backend=echo.url)
+    extra += DECORATED_API.format(backend=echo.url) + NESTED_API.format(backend=echo.url)
     extra += BACKENDS_APIS.format(echo=echo.url, echo2=echo2.url, dead=free_port(),
-                                  dead2=free_port(), hang1=hanging[0], hang2=hanging[1])
+                                  dead2=free_port(), hang1=hanging[0], hang2=hanging[1],
+                                  tls1=tls_pool[0].port, tls2=tls_pool[1].port,
+                                  backend_ca=pki.backend_ca)
     crt, key = pki.authorities["server-root"].server(PARTNERS).write(tmp, "partners")
     f = start_fronted(tmp, pki, echo, variant=request.param, extra=extra,
                       tls_extra="", sni=SNI.format(crt=crt, key=key), http2=True)
@@ -221,6 +253,21 @@ def both(f: Fronted, path: str, client: str | None, headers: Any = ()
 
 def bearer(value: str) -> tuple[tuple[str, str], ...]:
     return (("Authorization", f"Bearer {value}"),)
+
+
+def test_contexts_in_other_letters_take_twistedgws_route(full: Fronted) -> None:
+    """NGINX's prefix locations are case-sensitive, twistedgw's contexts are not: with a
+    verdict for /decorated warm, a path that names /decorated/inner in other letters
+    still reaches the Inner API (its API key refusal), as in direct mode, and so does
+    one that names /decorated itself in other letters; the cased paths are NGINX's."""
+    assert full.via_nginx("/decorated/x", "partner-app").status == 200  # warm
+    for path in ("/decorated/INNER/x", "/decorated/Inner", "/Decorated/inner/x",
+                 "/DECORATED/x", "/decorated/inner/x", "/decorated/inner", "/decorated",
+                 "/decorated/", "/decorated/x?y=1"):
+        for _ in range(2):
+            direct, through = both(full, path, "partner-app")
+            assert outcome(direct) == outcome(through), path
+    assert outcome(full.via_nginx("/decorated/INNER/x", "partner-app"))[0] == 401
 
 
 def test_bearer_tokens_ride_nginxs_path(full: Fronted, signing: jwtkit.SigningKey) -> None:
@@ -364,14 +411,16 @@ def test_several_backends_ride_nginxs_path(full: Fronted, echo: BackendProcess,
     refused the connection got nothing, so the next one is tried), failover past a dead
     first, all down (503 101503), and a backend that takes the request and never answers
     (backend_timeout 1 s): a GET goes to the next, a POST with a body is not retried
-    (504 101504), in both modes. The Lua variant also sends each backend its own Host."""
+    (504 101504), in both modes; two HTTPS backends whose TLS name NGINX takes from
+    Lua's pick. The Lua variant also sends each backend its own Host."""
     cases = [("GET", "/pool/x", None), ("GET", "/pool/y", None),
              ("GET", "/pooldown/x", None), ("GET", "/pooldown/y", None),
              ("POST", "/pooldown/p", b"hello"), ("PUT", "/pooldown/q", b"hello"),
              ("DELETE", "/pooldown/d", None), ("GET", "/failover/x", None),
              ("POST", "/failover/p", b"x"), ("GET", "/alldown/x", None),
              ("POST", "/alldown/x", b"x"), ("POST", "/slowpost/p", b"data"),
-             ("GET", "/slowget/g", None)]
+             ("GET", "/slowget/g", None), ("GET", "/tlspool/a", None),
+             ("GET", "/tlspool/b", None), ("POST", "/tlspool/c", b"x")]
     mismatches = []
     for method, path, body in cases:
         direct = outcome(_send(full.direct_port, full.pki, method, path, body))

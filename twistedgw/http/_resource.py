@@ -771,14 +771,17 @@ def _allow(
     limit = call.notes.get(TIER_LIMIT)
     if limit is not None:  # the bucket NGINX spends for this caller
         headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))
-    headers.append((b"x-twistedgw-api", call.api.label.encode()))
-    identity = call.identity
-    if identity.leaf is not None and identity.verified:
-        headers.append((b"x-client-cert-subject", (identity.subject or "").encode()))
-        headers.append((b"x-client-cert-sha256", (identity.leaf_sha256() or "").encode()))
-    principals = ",".join(call.principals)
-    if principals:
-        headers.append((b"x-twistedgw-principal", principals.encode()))
+    if not asker.answer:  # for hand-written auth_request_set / forwardAuth configs; the
+        # rendered config reads none of these, and NGINX parses every header of a cached
+        # answer again on each hit
+        headers.append((b"x-twistedgw-api", call.api.label.encode()))
+        identity = call.identity
+        if identity.leaf is not None and identity.verified:
+            headers.append((b"x-client-cert-subject", (identity.subject or "").encode()))
+            headers.append((b"x-client-cert-sha256", (identity.leaf_sha256() or "").encode()))
+        principals = ",".join(call.principals)
+        if principals:
+            headers.append((b"x-twistedgw-principal", principals.encode()))
     if call.consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
         headers.append((b"x-consumer-name", call.consumer.encode()))
     responder = exchange.responder

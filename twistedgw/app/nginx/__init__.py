@@ -5,9 +5,12 @@ The rendered file is an include for NGINX's ``http {}`` context. Requests take
 one of two ways:
 
 - **NGINX's path** (the fast path): a request whose raw path is *clean* (nothing
-  twistedgw's normalisation would change) matches one regex location per API
-  context, in twistedgw's order (longest context first, case-insensitive, on
-  segment boundaries). NGINX asks twistedgw's authz endpoint (cached where the
+  twistedgw's normalisation would change) matches the prefix locations of an API
+  context (``^~ /ctx/`` and ``= /ctx``, in lower case; NGINX picks the longest, as
+  twistedgw does). twistedgw's contexts are case-insensitive: a path in other letters
+  falls through to the catch-all, or, where it names a longer context from inside a
+  shorter one's location, is sent there by one regex (``_locations._guard``); both
+  take the gateway path. NGINX asks twistedgw's authz endpoint (cached where the
   verdict allows it) and proxies to the API's backend itself. For a clean path
   NGINX's ``$uri`` is the raw path and twistedgw's normalised path, so both agree
   on the API and the authz answer is about exactly the path NGINX forwards.

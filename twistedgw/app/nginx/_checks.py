@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from twistedgw.config import GatewayConfig
 
 # What a context may contain to be rendered into a location regex.
 _CONTEXT_OK = re.compile(r"^/[A-Za-z0-9._~!&()*+,=:@/-]*$")
+# What a backend URL's path may not contain to be rendered (variables, quoting).
+_PATH_BAD = re.compile(r"[$;\"'{}\\\s]")
 
 
 class NginxConfigError(Exception):
@@ -91,6 +94,12 @@ def check(config: GatewayConfig) -> list[str]:
                 "(certificate and private_key); a PKCS#12 keystore cannot be rendered"
             )
     for i, api in enumerate(config.apis):
+        if any(_PATH_BAD.search(urlsplit(e).path) for e in api.endpoints):
+            out.append(
+                f"{file}: apis[{i}].backend: its path cannot be rendered into NGINX's config "
+                "('$', ';', quotes, braces, backslashes and spaces are not supported in this "
+                "mode)"
+            )
         if not _CONTEXT_OK.match(api.context):
             out.append(
                 f"{file}: apis[{i}].context: {api.context!r} cannot be rendered as an NGINX "

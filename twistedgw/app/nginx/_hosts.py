@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from twistedgw import errors
+from twistedgw import _hosts, errors
 from twistedgw.app.nginx._site import Site
 from twistedgw.app.nginx._text import json_body, quote
 
@@ -70,6 +70,21 @@ def host_maps(site: Site) -> None:
     entries = site.config.tls.sni
     if not entries:
         return
+    if per_server(site):
+        w()
+        w("# The [[tls.sni]] entry the connection's SNI names (-1: the default certificate);")
+        w("# each server block is its host's entry (NGINX picks it by Host), so a request")
+        w("# whose SNI names another entry is answered 421, as in direct mode.")
+        w("map $ssl_server_name $tgw_sni_entry {")
+        for k, entry in enumerate(entries):
+            for pattern in entry.hosts:  # exact names hashed, wildcards as regexes
+                key = ("~" + pattern_regex(pattern)) if pattern.startswith("*.") or (
+                    ":" in pattern) else pattern
+                w(f"    {quote(key)} {k};")
+        w("    default -1;")
+        w("}")
+        _sni_words(site)
+        return
     for variable, source in (("tgw_sni_entry", "$ssl_server_name"), ("tgw_host_entry", "$host")):
         w()
         w(f"# The [[tls.sni]] entry {source} names (-1: the default certificate).")
@@ -86,15 +101,38 @@ def host_maps(site: Site) -> None:
     w(r'    "~\|(-?[0-9]+)\|\1$" 0;')
     w("    default 1;")
     w("}")
+    _sni_words(site)
+
+
+def _sni_words(site: Site) -> None:
+    w = site.w
     w('map $ssl_server_name $tgw_sni_words {')
     w('    "" "no TLS server name";')
     w("    default \"the TLS server name '$ssl_server_name'\";")
     w("}")
 
 
-def host_checks(site: Site) -> None:
+def per_server(site: Site) -> bool:
+    """Whether each server block can check the 421 on its own: NGINX picks a request's
+    server by its Host, and ``[[tls.sni]]`` entries never overlap (config), so the
+    server is the Host's entry unless the default server's own names (``[nginx]
+    server_name``) are patterns of NGINX's or name an entry's host."""
+    config = site.config
+    assert config.nginx is not None
+    for name in config.nginx.server_name.split():
+        if name == "_":
+            continue
+        if name.startswith(("~", "*", ".")) or name.endswith(".*"):
+            return False
+        if any(_hosts.any_matches(e.hosts, name.lower()) for e in config.tls.sni):
+            return False
+    return True
+
+
+def host_checks(site: Site, index: int = -1) -> None:
     """Server-level checks before any location: a Host that is not a host (400), and a
-    host served under another SNI entry than the connection's (421)."""
+    host served under another SNI entry than the connection's (421); ``index``: the
+    server's ``[[tls.sni]]`` entry (-1: the default server)."""
     w = site.w
     config = site.config
     if not config.tls.sni and not any(p.api.hosts is not None for p in site.plans):
@@ -105,7 +143,8 @@ def host_checks(site: Site) -> None:
     w("    }")
     if not config.tls.sni:
         return
-    w("    if ($tgw_misdirected) {")
+    w(f'    if ($tgw_sni_entry != "{index}") {{' if per_server(site) else
+      "    if ($tgw_misdirected) {")
     w(f"        return 421 {quote(_misdirected())};")
     w("    }")
     # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).

@@ -14,6 +14,7 @@ from twistedgw.app.nginx._text import (
     CACHE_ZONE,
     INTERNAL,
     context_regex,
+    contexts_regex,
     host_header,
     json_body,
     quote,
@@ -154,45 +155,82 @@ def _refused_location(site: Site, plan: ApiPlan | None = None) -> None:
     w(f"{I1}}}")
 
 
+def _extending(context: str, contexts: list[str]) -> list[str]:
+    """The contexts that extend ``context`` by whole segments (all of them for "/")."""
+    if context == "/":
+        return [c for c in contexts if c != "/"]
+    return [c for c in contexts if c.startswith(context + "/")]
+
+
+def _guard(site: Site, context: str, contexts: list[str]) -> None:
+    """Prefix locations are case-sensitive where twistedgw's contexts are not: a path that
+    names a longer context in other letters (``/Pets/Cats/1`` under ``/pets``) reaches
+    the shorter context's location but is twistedgw's longer context's request, so it
+    takes the gateway path (before any access-phase work: a rewrite, not a location)."""
+    longer = _extending(context, contexts)
+    if not longer:
+        return
+    site.w(f"{I2}if ($uri ~* {quote(contexts_regex(longer))}) {{  # another context's, in "
+           "other letters")
+    site.w(f"{I3}rewrite ^ {INTERNAL}/gateway last;")
+    site.w(f"{I2}}}")
+
+
 def context_locations(site: Site) -> None:
-    """One regex location per context, longest first (twistedgw's routing order); the
-    root context last, or a catch-all that hands unknown paths to twistedgw (404). A
-    context some API serves only for its ``hosts`` picks the API by ``$host`` (a map,
-    twistedgw's rule) and goes on in that API's internal location."""
+    """Two prefix locations per context, ``^~ /ctx/`` and ``= /ctx`` (in lower case:
+    twistedgw's contexts are case-insensitive, so a path in other letters falls through
+    to the catch-all and takes the gateway path); the root context's API (or a catch-all
+    that hands unknown paths to twistedgw: 404) in ``location /``. Prefix locations cost
+    no regex per request, and ``proxy_pass`` with a URI replaces the context with the
+    backend's path. A context some API serves only for its ``hosts`` picks the API by
+    ``$host`` (a map, twistedgw's rule) and goes on in that API's internal location."""
     w = site.w
     hosted = hosted_contexts(site)
-    ordered = sorted(site.plans, key=lambda p: len(p.api.context), reverse=True)
+    contexts = sorted({p.api.context.lower() for p in site.plans}, key=len, reverse=True)
     root: ApiPlan | None = None
     rendered: set[str] = set()
-    for plan in ordered:
+    for plan in sorted(site.plans, key=lambda p: len(p.api.context), reverse=True):
         api = plan.api
-        if api.context in rendered:  # APIs sharing a context by hosts: one location
+        context = api.context.lower()
+        if context in rendered:  # APIs sharing a context by hosts: one location
             continue
-        rendered.add(api.context)
-        if api.context == "/":
+        rendered.add(context)
+        if context == "/":
             root = plan
             continue
-        w()
-        if api.context in hosted:
-            w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_{hosted[api.context]})")
-            w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
-            w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted[api.context]} last;")
+        for exact in (False, True):
+            w()
+            where = f"= {quote(context)}" if exact else f"^~ {quote(context + '/')}"
+            if context in hosted:
+                if not exact:
+                    w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_"
+                      f"{hosted[context]})")
+                w(f"{I1}location {where} {{")
+                if not exact:
+                    _guard(site, context, contexts)
+                capture = "^" if exact else quote(context_regex(context))
+                w(f"{I2}rewrite {capture} {INTERNAL}/api/$tgw_ctx_{hosted[context]} last;")
+                w(f"{I1}}}")
+                continue
+            if not exact:
+                w(f"{I1}# {api.label}: {api.context} -> {api.backend}")
+            w(f"{I1}location {where} {{")
+            if not exact:
+                _guard(site, context, contexts)
+            api_body(site, plan, "exact" if exact else "prefix")
             w(f"{I1}}}")
-            continue
-        w(f"{I1}# {api.label}: {api.context} -> {api.backend}")
-        w(f"{I1}location ~* {quote(context_regex(api.context))} {{")
-        api_body(site, plan)
-        w(f"{I1}}}")
     w()
     if root is not None and "/" in hosted:
         w(f"{I1}# /: the API is chosen by host ($tgw_ctx_{hosted['/']})")
-        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
-        w(f"{I2}rewrite ^ {INTERNAL}/api/$tgw_ctx_{hosted['/']} last;")
+        w(f"{I1}location / {{")
+        _guard(site, "/", contexts)
+        w(f'{I2}rewrite "^(?<tgw_rest>/.*)$" {INTERNAL}/api/$tgw_ctx_{hosted["/"]} last;')
         w(f"{I1}}}")
     elif root is not None:
         w(f"{I1}# {root.api.label}: / -> {root.api.backend}")
-        w(f'{I1}location ~ "^(?<tgw_rest>/.*)$" {{')
-        api_body(site, root)
+        w(f"{I1}location / {{")
+        _guard(site, "/", contexts)
+        api_body(site, root, "root")
         w(f"{I1}}}")
     else:
         w(f"{I1}# No API at this path: twistedgw answers 404 as in direct mode.")
@@ -202,14 +240,14 @@ def context_locations(site: Site) -> None:
     if not hosted:
         return
     for plan in site.plans:  # the APIs of hosted contexts, reached by the rewrite above
-        if plan.api.context not in hosted:
+        if plan.api.context.lower() not in hosted:
             continue
         w()
         w(f"{I1}# {plan.api.label}: {plan.api.context} -> {plan.api.backend}, hosts "
           f"{', '.join(plan.api.hosts or ('(any other)',))}")
         w(f"{I1}location = {INTERNAL}/api/{plan.index} {{")
         w(f"{I2}internal;")
-        api_body(site, plan)
+        api_body(site, plan, "captured")
         w(f"{I1}}}")
     w(f"{I1}location = {INTERNAL}/api/none {{  # no API serves this host: twistedgw's 404")
     w(f"{I2}internal;")
@@ -217,7 +255,39 @@ def context_locations(site: Site) -> None:
     w(f"{I1}}}")
 
 
-def api_body(site: Site, plan: ApiPlan) -> None:
+def _backend_uri(site: Site, plan: ApiPlan, where: str) -> tuple[str | None, str]:
+    """How the request's path becomes the backend's: the direct mode sends the backend
+    URL's path, then the rest of the path after the context (``/`` when both are empty),
+    then the query. Returns (a ``rewrite`` line or None, the URI part of ``proxy_pass``).
+
+    ``where``: ``prefix`` (``^~ /ctx/``: proxy_pass's URI replaces the context's prefix),
+    ``exact`` (``= /ctx``: the rest is empty), ``root`` (``location /``: the rest is the
+    whole path), ``captured`` (a hosted API's internal location: ``$tgw_rest`` was
+    captured before the rewrite that brought the request there). With several backends
+    picked by Lua, ``proxy_pass`` names a variable and takes no URI: a rewrite does it."""
+    path = urlsplit(plan.api.backend).path
+    context = plan.api.context.lower()
+    if where == "captured":
+        return (f"rewrite ^ {quote(path + '$tgw_rest')} break;" if path
+                else "rewrite ^ $tgw_rest_or_slash break;"), ""
+    if where == "exact":
+        target = path or "/"
+        return (f"rewrite ^ {quote(target)} break;", "") if plan.peers else (None, target)
+    if where == "root":
+        if plan.peers:
+            return (f"rewrite ^ {quote(path + '$uri')} break;" if path else None), ""
+        return None, (path + "/" if path else "")
+    if plan.peers:
+        pattern = quote("^" + _literal(context) + "(/.*)$")
+        return f"rewrite {pattern} {quote(path + '$1')} break;", ""
+    return None, path + "/"
+
+
+def _literal(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "/_" else "\\" + c for c in text)
+
+
+def api_body(site: Site, plan: ApiPlan, where: str = "prefix") -> None:
     """An API's location: ask twistedgw (or the verdict cache), then proxy to the backend
     with the identity headers from the answer; or hand everything to twistedgw."""
     w = site.w
@@ -228,8 +298,6 @@ def api_body(site: Site, plan: ApiPlan) -> None:
         gateway_proxy(site, I2)
         return
     body = api.max_body_bytes or limits.max_body_bytes
-    path = urlsplit(api.backend).path
-    target = f"{path}$tgw_rest" if path else "$tgw_rest_or_slash"
     if len(api.endpoints) > 1 and not plan.peers:
         # Stock NGINX would retry an idempotent request that has a body on the next
         # backend; direct mode does not (unless nothing was sent): twistedgw takes it.
@@ -267,8 +335,10 @@ def api_body(site: Site, plan: ApiPlan) -> None:
     w(f"{I2}client_max_body_size {body};")
     # The backend path, then the rest after the context (the query follows by itself);
     # a fixed proxy_pass keeps the upstream lookup out of the per-request work.
-    w(f"{I2}rewrite ^ {target} break;")
-    proxy_to_backend(site, plan, I2)
+    rewrite, uri = _backend_uri(site, plan, where)
+    if rewrite is not None:
+        w(f"{I2}{rewrite}")
+    proxy_to_backend(site, plan, I2, uri)
 
 
 def retry_locations(site: Site) -> None:
@@ -288,7 +358,7 @@ def retry_locations(site: Site) -> None:
         w(f"{I1}}}")
 
 
-def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
+def proxy_to_backend(site: Site, plan: ApiPlan, indent: str, uri: str = "") -> None:
     """``proxy_pass`` to the API's backend (Lua's pick, with its own Host, when it has
     several) and the headers the direct mode sends it."""
     w = site.w
@@ -299,7 +369,8 @@ def proxy_to_backend(site: Site, plan: ApiPlan, indent: str) -> None:
     if plan.peers:
         w(f"{indent}proxy_pass {scheme}://$tgw_peer;")
     else:
-        w(f"{indent}proxy_pass {scheme}://{upstream_name(plan)};")
+        target = f"{scheme}://{upstream_name(plan)}{uri}"
+        w(f"{indent}proxy_pass {quote(target) if uri else target};")
     w(f"{indent}proxy_http_version 1.1;")
     w(f"{indent}proxy_connect_timeout {max(1, int(limits.backend_connect_timeout))}s;")
     if api.websocket:  # WebSocket upgrades ride NGINX's path too

@@ -53,14 +53,25 @@ def _backends(site: Site, plan: ApiPlan) -> str:
     return "{" + ", ".join(rows) + "}"
 
 
+def peer_name(site: Site, plan: ApiPlan) -> bool:
+    """Whether the location's proxy_ssl_name is each backend's own ($tgw_peer_name): an
+    https API whose [backend_tls] names no server."""
+    return plan.api.backend.startswith("https://") and not site.config.backend_tls_for(
+        plan.api).server_name
+
+
 def _peer_vars(site: Site, plan: ApiPlan, indent: str) -> list[str]:
+    """The variables Lua sets with the backend it picks (``$tgw_peers``: the try and the
+    ones left, for the retry), only those the location reads."""
     if not plan.peers:
         return []
-    for variable in ("tgw_peer", "tgw_peer_host", "tgw_peer_name", "tgw_peer_index",
+    named = peer_name(site, plan)
+    for variable in ("tgw_peer", "tgw_peer_host", *(("tgw_peer_name",) if named else ()),
                      "tgw_peers"):
         site.w(f'{indent}set ${variable} "";')
     mode = lua_string(plan.api.backend_mode)
-    return [f"backends = {_backends(site, plan)}", f"backend_mode = {mode}"]
+    return [f"backends = {_backends(site, plan)}", f"backend_mode = {mode}",
+            f"peer_name = {'true' if named else 'false'}"]
 
 
 def _tiers(site: Site, plan: ApiPlan) -> list[str]:
@@ -116,7 +127,8 @@ def _ask(site: Site, plan: ApiPlan) -> str:
 def lua_retry(site: Site, plan: ApiPlan, indent: str) -> None:
     """The retry location's Lua: the next backend, or direct mode's 503/504."""
     w = site.w
-    spec = [f'api = "{plan.index}"', f"backends = {_backends(site, plan)}"]
+    spec = [f'api = "{plan.index}"', f"backends = {_backends(site, plan)}",
+            f"peer_name = {'true' if peer_name(site, plan) else 'false'}"]
     w(f"{indent}access_by_lua_block {{")
     w(f'{indent}    require("twistedgw_verdicts").retry({{{", ".join(spec)}}})')
     w(f"{indent}}}")

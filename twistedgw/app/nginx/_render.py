@@ -8,7 +8,7 @@ from typing import Any
 
 from twistedgw import errors
 from twistedgw.app.nginx._checks import NginxConfigError, check
-from twistedgw.app.nginx._hosts import host_maps
+from twistedgw.app.nginx._hosts import host_maps, hosted_contexts
 from twistedgw.app.nginx._locations import (
     authz_locations,
     context_locations,
@@ -102,12 +102,13 @@ def _render(
     w(f"    {quote('~' + CLEAN_TARGET)} 0;")
     w("    default 1;")
     w("}")
-    w()
-    w("# An API whose backend URL has no path gets '/' for an empty rest, as in direct mode.")
-    w("map $tgw_rest $tgw_rest_or_slash {")
-    w('    "" "/";')
-    w("    default $tgw_rest;")
-    w("}")
+    if hosted_contexts(site):  # their internal locations get the rest captured before
+        w()
+        w("# An API whose backend URL has no path gets '/' for an empty rest, as in direct mode.")
+        w("map $tgw_rest $tgw_rest_or_slash {")
+        w('    "" "/";')
+        w("    default $tgw_rest;")
+        w("}")
     if any(verdicts.authorization_rule(p.api) == "answer" for p in site.plans if p.nginx_path):
         w()
         w("# Authorization as the judged operation forwards it (the authz answer says remove).")

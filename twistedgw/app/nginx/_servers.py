@@ -86,7 +86,7 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     w(f"    if ($uri = {INTERNAL}/400) {{")
     w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
     w("    }")
-    host_checks(site)
+    host_checks(site, -1 if entry is None else site.config.tls.sni.index(entry))
     w("    if ($twistedgw_gateway_path) {")
     w(f"        rewrite ^ {INTERNAL}/gateway last;")
     w("    }")

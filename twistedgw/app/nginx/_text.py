@@ -30,11 +30,20 @@ def json_body(error: errors.GatewayError) -> str:
     return quote(error.body().decode())
 
 
+def _escaped(context: str) -> str:
+    return "".join(c if c.isalnum() or c in "/_" else "\\" + c for c in context.lower())
+
+
 def context_regex(context: str) -> str:
-    """A case-insensitive location regex for ``context`` on segment boundaries; the rest
-    of the path (after the context) is captured as ``$tgw_rest``."""
-    escaped = "".join(c if c.isalnum() or c in "/_" else "\\" + c for c in context.lower())
-    return f"^{escaped}(?<tgw_rest>/.*)?$"
+    """A case-sensitive regex for ``context`` (lower case, as the prefix locations name it)
+    that captures the rest of the path (after the context) as ``$tgw_rest``."""
+    return f"^{_escaped(context)}(?<tgw_rest>/.*)?$"
+
+
+def contexts_regex(contexts: list[str]) -> str:
+    """A case-insensitive regex matching any of ``contexts`` on a segment boundary."""
+    alternatives = "|".join(_escaped(c.rstrip("/")) for c in contexts)
+    return f"^(?:{alternatives})(?:/|$)"
 
 
 def host_header(backend: str) -> str:

@@ -112,15 +112,65 @@ local function refused(res, spec)
 end
 
 -- SHA-256 from the OpenSSL NGINX already links (LuaJIT's FFI): credentials go into the
--- verdict cache key as their digest, never in clear.
+-- verdict cache key as their digest, never in clear. SHA256_Init/Update/Final first:
+-- OpenSSL 3's one-shot SHA256() fetches the algorithm on every call (EVP_Q_digest, ~5,000
+-- instructions for a short key); the context functions hash directly. SHA256() where an
+-- OpenSSL built without its deprecated API lacks them.
 local ffi = require("ffi")
 pcall(ffi.cdef, "unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);")
+pcall(ffi.cdef, [[
+int SHA256_Init(void *c);
+int SHA256_Update(void *c, const void *data, size_t len);
+int SHA256_Final(unsigned char *md, void *c);
+]])
 local digest_buf = ffi.new("unsigned char[32]")
+local sha_ctx = ffi.new("unsigned char[256]")  -- SHA256_CTX is 112 bytes
 local has_sha256 = pcall(function() return ffi.C.SHA256 end)
+local has_sha256_ctx = pcall(function() return ffi.C.SHA256_Init and ffi.C.SHA256_Final end)
 
 local function sha256(value)
-    ffi.C.SHA256(value, #value, digest_buf)
+    if has_sha256_ctx then
+        local C = ffi.C
+        C.SHA256_Init(sha_ctx)
+        C.SHA256_Update(sha_ctx, value, #value)
+        C.SHA256_Final(digest_buf, sha_ctx)
+    else
+        ffi.C.SHA256(value, #value, digest_buf)
+    end
     return ffi.string(digest_buf, 32)
+end
+
+-- Small worker-local memos (a Lua table per NGINX worker, never shared, never on disk),
+-- each emptied whole when it reaches MEMO_MAX entries.
+local MEMO_MAX = 4096
+
+local function memo()
+    return {n = 0, t = {}}
+end
+
+local function remember(m, k, v)
+    if m.n >= MEMO_MAX then
+        m.t = {}
+        m.n = 0
+    end
+    m.t[k] = v
+    m.n = m.n + 1
+    return v
+end
+
+-- The client certificate's fingerprint by connection: $ssl_client_fingerprint hashes the
+-- certificate on every read (~2,700 instructions); a connection's certificate never
+-- changes (NGINX refuses renegotiation), and $connection is a serial number never
+-- reused while the worker lives.
+local fingerprints = memo()
+
+local function fingerprint(var)
+    local conn = var.connection
+    local fp = fingerprints.t[conn]
+    if fp == nil then
+        fp = remember(fingerprints, conn, var.ssl_client_fingerprint or "")
+    end
+    return fp
 end
 
 -- The verdict cache key: the API, the client certificate's fingerprint, the digest of
@@ -130,7 +180,7 @@ end
 -- or more headers than get_headers reads), and false when it may not be cached.
 local function cache_key(spec)
     local var = ngx.var
-    local key = spec.api .. "|" .. (var.ssl_client_fingerprint or "")
+    local key = spec.api .. "|" .. fingerprint(var)
     local names = spec.keys
     if #names > 0 then
         -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
@@ -271,27 +321,64 @@ local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
 local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
                     TRACE = true}
 
+-- $tgw_peers is "k|rest": the backend tried now and the ones left, in order.
 local function use_peer(spec, k, rest)
     local var = ngx.var
     local peer = spec.backends[k]
     var.tgw_peer = peer[1]
     var.tgw_peer_host = peer[2]
-    var.tgw_peer_name = peer[3]
-    var.tgw_peer_index = k
-    var.tgw_peers = rest
+    if spec.peer_name then
+        var.tgw_peer_name = peer[3]
+    end
+    var.tgw_peers = k .. "|" .. rest
+end
+
+-- What pick_backend needs of a spec, built once per worker: the shared dict's keys, and
+-- for each first backend the order of the others when none is down.
+local function peer_state(spec)
+    local state = spec.peer_state
+    if state == nil then
+        local n = #spec.backends
+        local down, rests = {}, {}
+        for k = 1, n do
+            down[k] = "down|" .. spec.backends[k][4]
+        end
+        for first = 0, n - 1 do
+            local rest = {}
+            for j = 1, n - 1 do
+                rest[j] = (first + j) % n + 1
+            end
+            rests[first] = table.concat(rest, ",")
+        end
+        state = {down = down, rests = rests, rr = "rr|" .. spec.api, n = n}
+        spec.peer_state = state
+    end
+    return state
 end
 
 local function pick_backend(spec)
     local dict = ngx.shared.twistedgw_verdicts
-    local n = #spec.backends
+    local state = peer_state(spec)
+    local n = state.n
     local first = 0
     if spec.backend_mode == "load_balance" then
-        first = (dict:incr("rr|" .. spec.api, 1, -1) or 0) % n
+        first = (dict:incr(state.rr, 1, -1) or 0) % n
+    end
+    local down_keys = state.down
+    local any_down = false
+    for k = 1, n do
+        if dict:get(down_keys[k]) then
+            any_down = true
+            break
+        end
+    end
+    if not any_down then  -- the usual case: the turn's order, no table built
+        return use_peer(spec, first + 1, state.rests[first])
     end
     local up, down = {}, {}
     for j = 0, n - 1 do
         local k = (first + j) % n + 1
-        if dict:get("down|" .. spec.backends[k][4]) then
+        if dict:get(down_keys[k]) then
             down[#down + 1] = k
         else
             up[#up + 1] = k
@@ -310,11 +397,11 @@ end
 function _M.retry(spec)
     local var = ngx.var
     local dict = ngx.shared.twistedgw_verdicts
-    local failed = spec.backends[tonumber(var.tgw_peer_index)]
+    local index, rest = (var.tgw_peers or ""):match("^(%d+)|(.*)$")
+    local failed = spec.backends[tonumber(index)]
     dict:set("down|" .. failed[4], true, SUSPEND)
     local connect = var.upstream_connect_time or "-"
     local nothing_sent = connect:match("%-%s*$") ~= nil
-    local rest = var.tgw_peers
     local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
     local safe = nothing_sent or (IDEMPOTENT[ngx.req.get_method()] and not body)
     if rest == "" or not safe then
@@ -334,6 +421,8 @@ end
 -- seconds. In a lua_shared_dict shared by NGINX's workers (a short lock makes the
 -- read-modify-write atomic across them), or with [cluster] in Redis, with the key and
 -- Lua script twistedgw's own requests spend, so both paths spend one bucket.
+
+local bucket = ffi.new("double[2]")
 
 local function unhex(text)
     return (text:gsub("..", function(pair) return string.char(tonumber(pair, 16)) end))
@@ -358,8 +447,13 @@ local function take_dict(key, capacity, period)
     local state = dict:get(key)
     local tokens, updated = capacity, now
     if state then
-        local t, u = state:match("^(%S+) (%S+)$")
-        tokens, updated = tonumber(t), tonumber(u)
+        if #state == 16 then  -- two doubles: tokens, when (no formatting per request)
+            ffi.copy(bucket, state, 16)
+            tokens, updated = bucket[0], bucket[1]
+        else  -- "%.17g %.17g", as an older module wrote it
+            local t, u = state:match("^(%S+) (%S+)$")
+            tokens, updated = tonumber(t) or capacity, tonumber(u) or now
+        end
         local elapsed = now - updated
         if elapsed < 0 then elapsed = 0 end
         tokens = math.min(capacity, tokens + elapsed * capacity / period)
@@ -370,7 +464,8 @@ local function take_dict(key, capacity, period)
     else
         wait = (1 - tokens) * period / capacity
     end
-    dict:set(key, string.format("%.17g %.17g", tokens, now), period + 1)
+    bucket[0], bucket[1] = tokens, now
+    dict:set(key, ffi.string(bucket, 16), period + 1)
     if locked then
         dict:delete(lock)
     end
@@ -460,12 +555,24 @@ local function take_redis(t, key, capacity, period)
     return math.max(reply[2], 1) / 1000000
 end
 
+-- X-Twistedgw-Tier values, parsed once per worker: {capacity, period, key, kind}.
+local tier_values = memo()
+
+local function tier_value(value)
+    local known = tier_values.t[value]
+    if known == nil then
+        local capacity, period, hex, kind = value:match("^(%d+) (%d+) (%x+) ([lc])$")
+        known = capacity and {tonumber(capacity), tonumber(period), unhex(hex), kind} or false
+        remember(tier_values, value, known)
+    end
+    return known
+end
+
 local function spend_tier(spec, value)
     local t = spec.tiers
-    local capacity, period, hex, kind = value:match("^(%d+) (%d+) (%x+) ([lc])$")
-    if not capacity then return false end
-    capacity, period = tonumber(capacity), tonumber(period)
-    local key = unhex(hex)
+    local parsed = tier_value(value)
+    if not parsed then return false end
+    local capacity, period, key, kind = parsed[1], parsed[2], parsed[3], parsed[4]
     local wait, why
     if t.store == "redis" then
         wait, why = take_redis(t, key, capacity, period)
@@ -497,8 +604,11 @@ end
 --   per_operation: an API from an OpenAPI definition (method and target in the key)
 --   answers: {answer header, variable} pairs: the authz answer header whose value the
 --            variable (declared with `set` in the location) takes
---   backends, backend_mode: several backends ({upstream, Host, TLS name} each), picked
---            per request into $tgw_peer, $tgw_peer_host, $tgw_peer_name
+--   backends, backend_mode: several backends ({upstream, Host, TLS name, endpoint}
+--            each), picked per request into $tgw_peer, $tgw_peer_host and $tgw_peers
+--            ("k|rest": the try and the ones left, for the retry location)
+--   peer_name: the location reads $tgw_peer_name (an https API whose [backend_tls]
+--            names no server): set only then
 -- Each location's spec, built the first time its access_by_lua_block runs in a worker
 -- (`v.specs[id] or v.define(id, {...})`): no table is built per request.
 _M.specs = {}
@@ -537,6 +647,42 @@ local function forward(spec, drop)
     if spec.backends then
         pick_backend(spec)
     end
+end
+
+-- A cached verdict as {variable, value, ...} (and .tier: the bucket to spend), parsed
+-- once per worker and location.
+local EMPTY = {}
+local verdicts_parsed = {}  -- by spec (one per location): a memo each
+
+local function parsed_verdict(spec, verdict)
+    local by_spec = verdicts_parsed[spec]
+    if by_spec == nil then
+        by_spec = memo()
+        verdicts_parsed[spec] = by_spec
+    end
+    local known = by_spec.t[verdict]
+    if known ~= nil then
+        return known
+    end
+    local answers = spec.answers
+    local sets = {}
+    local i = 1
+    for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
+        if value ~= "" and answers[i] then
+            local variable = answers[i][2]
+            if variable == "" then
+                sets.tier = value  -- X-Twistedgw-Tier: the bucket to spend
+            else
+                sets[#sets + 1] = variable
+                sets[#sets + 1] = value
+            end
+        end
+        i = i + 1
+    end
+    if #sets == 0 and sets.tier == nil then
+        sets = EMPTY
+    end
+    return remember(by_spec, verdict, sets)
 end
 
 function _M.access(spec)
@@ -582,23 +728,15 @@ function _M.access(spec)
             dict:set(key, verdict, ttl)
         end
     end
-    if verdict == "" or verdict == string.rep(SEP, #answers - 1) then
+    local sets = parsed_verdict(spec, verdict)
+    if sets == EMPTY then
         return forward(spec, drop)  -- nothing to set: the variables start empty
     end
     local var = ngx.var
-    local i = 1
-    local tier = nil
-    for value in string.gmatch(verdict .. SEP, "(.-)" .. SEP) do
-        if value ~= "" then
-            local variable = answers[i][2]
-            if variable == "" then
-                tier = value  -- X-Twistedgw-Tier: the bucket to spend
-            else
-                var[variable] = value
-            end
-        end
-        i = i + 1
+    for i = 1, #sets, 2 do
+        var[sets[i]] = sets[i + 1]
     end
+    local tier = sets.tier
     if tier and spec.tiers and spend_tier(spec, tier) then
         return  -- refused (429, or 503 when [cluster] is closed and Redis cannot answer)
     end
