@@ -289,7 +289,8 @@ http {{
 
 
 def gateway_conf(pki: devpki.DevPki, port: int, backend: int, *, header_mode: bool,
-                 jwks: Path | None = None, tracing: str = "", local: bool = False) -> str:
+                 jwks: Path | None = None, tracing: str = "", local: bool = False,
+                 aliases: tuple[str, ...] = ("partner-root",)) -> str:
     listener = f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
     if header_mode:
         listener += "tls = false\n"
@@ -310,7 +311,7 @@ version = "1"
 context = "/bench"
 backend = "http://127.0.0.1:{backend}"
 mutual_ssl = "mandatory"
-aliases = ["partner-root"]
+aliases = {json.dumps(list(aliases))}
 """
     if header_mode:
         text += f"""

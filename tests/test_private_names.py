@@ -40,6 +40,7 @@ _INSTANCES = {
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
     "twisted.internet.unix.Port": lambda: _unix_port(),
+    "twisted.internet.epollreactor.EPollReactor": lambda: _epoll_reactor(),
 }
 
 
@@ -48,6 +49,12 @@ def _unix_port() -> Any:
     from twisted.internet.protocol import Factory, Protocol
 
     return unix.Port(b"/nonexistent/x.sock", Factory.forProtocol(Protocol))
+
+
+def _epoll_reactor() -> Any:
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
 
 
 def _tls_protocol() -> Any:

@@ -54,6 +54,14 @@ USED: tuple[PrivateName, ...] = (
                 "whether ServerTLSProtocol.makeConnection connects the application"),
     PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_checkHandshakeStatus",
                 "method", "ServerTLSProtocol.makeConnection starts the handshake with it"),
+    # _reactor.GatewayReactor: Twisted's epoll reactor, its TCP sockets' events dispatched
+    # without the legacy log context (doPoll overridden).
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_poller", "attribute",
+                "the epoll object GatewayReactor.doPoll polls"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_selectables", "attribute",
+                "fd -> selectable: what an event is for"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", "method",
+                "dispatches one event (doRead/doWrite and the disconnect that follows)"),
     # fresh_bios: an idle connection's memory BIOs, replaced by empty ones.
     PrivateName("OpenSSL.SSL.Connection", "_ssl", "attribute",
                 "the SSL pointer, for SSL_set_bio (fresh_bios)"),

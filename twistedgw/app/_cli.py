@@ -117,6 +117,12 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
+    from twistedgw import _reactor
+
+    # Twisted's epoll reactor without the legacy log context per socket event
+    # (twistedgw/_reactor.py).
+    _reactor.adopt(reactor)
+
     from twistedgw.app import make_service
     from twistedgw.app._drain import stop_once
 

@@ -491,7 +491,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             inherited.append((int(fd), kind in ("tls", "h2"), kind == "h2"))
         from twisted.internet import reactor
 
+        from twistedgw import _reactor
 
+        _reactor.adopt(reactor)  # as the one-process gateway's (app/_cli.py serve)
         svc = GatewayService(cfg, reactor, inherited=inherited)
     except ConfigError as e:
         for line in e.problems:
