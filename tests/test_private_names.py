@@ -41,6 +41,7 @@ _INSTANCES = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
     "twisted.internet.unix.Port": lambda: _unix_port(),
     "twisted.internet.epollreactor.EPollReactor": lambda: _epoll_reactor(),
+    "twisted.internet.abstract.FileDescriptor": lambda: _file_descriptor(),
 }
 
 
@@ -49,6 +50,13 @@ def _unix_port() -> Any:
     from twisted.internet.protocol import Factory, Protocol
 
     return unix.Port(b"/nonexistent/x.sock", Factory.forProtocol(Protocol))
+
+
+def _file_descriptor() -> Any:
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    return FileDescriptor(MemoryReactor())
 
 
 def _epoll_reactor() -> Any:

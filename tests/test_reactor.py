@@ -1,17 +1,28 @@
 """twistedgw/_reactor.py: the gateway's TCP sockets' events run without Twisted's legacy
-log context, every other selectable's as Twisted runs them, and ``twistedgw run`` uses it."""
+log context, every other selectable's as Twisted runs them; its TCP connections send at
+once when nothing is queued, keeping Twisted's order and back-pressure; ``twistedgw
+run`` uses it. (The soak, tests/test_soak.py, is what caught the missing back-pressure
+of an earlier attempt; these pin each rule on a real socket.)"""
 
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import context, log
+from zope.interface import implementer
 
 from tests.harness import env, gateway_config
 from twistedgw import _reactor
@@ -121,3 +132,160 @@ def test_twistedgw_run_uses_the_gateway_reactor(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env(), timeout=60)
     assert "REACTOR GatewayReactor 1" in out.stdout, out.stdout + out.stderr
+
+
+# -- send-first writes (GatewayServer, GatewayClient) ----------------------------
+
+
+@implementer(IPushProducer)
+class _Push:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@implementer(IPullProducer)
+class _Pull:
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
+    """A ``GatewayServer`` over a real loopback TCP connection (under a memory reactor,
+    so nothing is sent unless the code under test sends it) and its peer's socket."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        peer = socket.create_connection(listening.getsockname())
+        accepted, addr = listening.accept()
+    accepted.setblocking(False)
+    peer.settimeout(5)
+    reactor = MemoryReactorClock()
+    server = _reactor.GatewayServer(accepted, Protocol(), addr, None, 1, reactor)
+    server.protocol.makeConnection(server)
+    try:
+        yield server, peer, reactor
+    finally:
+        peer.close()
+        accepted.close()
+
+
+def _received(peer: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = peer.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _nothing_waiting(peer: socket.socket) -> bool:
+    peer.setblocking(False)
+    try:
+        peer.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        peer.settimeout(5)
+    return False
+
+
+def test_a_write_with_nothing_queued_leaves_at_once(pair: Any) -> None:
+    server, peer, reactor = pair
+    server.write(b"hello")
+    assert _received(peer, 5) == b"hello"
+    assert server not in reactor.writers  # no registration, no doWrite to come
+
+
+def test_a_write_behind_queued_bytes_waits_its_turn(pair: Any) -> None:
+    server, peer, reactor = pair
+    tcp.Server.write(server, b"first ")  # Twisted's own: queued
+    server.write(b"second")
+    assert _nothing_waiting(peer) and server in reactor.writers
+    server.doWrite()
+    assert _received(peer, 12) == b"first second"
+
+
+def test_past_buffer_size_in_one_event_the_producer_is_paused_until_the_next_write_event(
+    pair: Any,
+) -> None:
+    server, peer, reactor = pair
+    producer = _Push()
+    server.registerProducer(producer, True)
+    block = b"x" * 16384
+    for _ in range(server.bufferSize // len(block)):
+        server.write(block)  # each goes out at once
+    assert producer.events == ["pause"]
+    assert server in reactor.writers  # the next doWrite resumes it
+    assert not server.dataBuffer and not server._tempDataLen
+    server.write(b"queued")  # over the bound in this event: Twisted's queue
+    assert server._tempDataLen == 6
+    assert _received(peer, server.bufferSize) == block * 4
+    server.doWrite()
+    assert producer.events == ["pause", "resume"]
+    assert _received(peer, 6) == b"queued"
+    server.write(b"again")  # a new event: sent at once
+    assert _received(peer, 5) == b"again"
+
+
+def test_a_read_event_gives_a_fresh_budget(pair: Any) -> None:
+    server, peer, reactor = pair
+    server.write(b"y" * (server.bufferSize - 1))
+    _received(peer, server.bufferSize - 1)
+    peer.sendall(b"ping")
+    server.doRead()
+    server.write(b"z" * 100)
+    assert _received(peer, 100) == b"z" * 100
+    assert server not in reactor.writers
+
+
+def test_a_pull_producer_s_writes_are_queued(pair: Any) -> None:
+    server, peer, _ = pair
+    server.registerProducer(_Pull(), False)
+    server.write(b"pulled")
+    assert _nothing_waiting(peer) and server._tempDataLen == 6
+
+
+def test_writes_after_lose_connection_are_queued(pair: Any) -> None:
+    server, peer, _ = pair
+    server.loseConnection()
+    server.write(b"late")
+    assert _nothing_waiting(peer) and server._tempDataLen == 4
+
+
+def test_a_send_error_leaves_the_bytes_to_twisted(pair: Any) -> None:
+    server, peer, reactor = pair
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset: the server's next send fails
+    time.sleep(0.2)
+    server.write(b"a" * 100)
+    assert server._tempDataLen == 100 and server in reactor.writers  # queued, not lost
+    assert isinstance(server.doWrite(), ConnectionLost)  # Twisted meets the error
+
+
+def test_the_reactor_makes_gateway_transports() -> None:
+    reactor = _reactor.GatewayReactor()
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        assert isinstance(port, _reactor.GatewayPort)
+        assert port.transport is _reactor.GatewayServer
+        connector = reactor.connectTCP("127.0.0.1", port.getHost().port,
+                                       ClientFactory.forProtocol(Protocol))
+        assert isinstance(connector, _reactor.GatewayConnector)
+        assert isinstance(connector.transport, _reactor.GatewayClient)
+        connector.disconnect()
+    finally:
+        port.stopListening()

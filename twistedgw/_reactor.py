@@ -1,14 +1,14 @@
-"""The reactor ``twistedgw run`` installs: Twisted's epoll reactor, minus a per-event cost.
+"""The reactor ``twistedgw run`` uses: Twisted's epoll reactor, minus two per-event costs.
 
-Twisted's reactor runs every read and write event inside ``log.callWithLogger``: it
-asks the socket for its log prefix and pushes a legacy log context (a dict copied
-and merged, on a thread-local stack) so that *legacy* ``twisted.python.log`` calls
-made while handling the event are stamped with that prefix as their ``system``.
-The gateway logs through ``twisted.logger``, whose events never read that context,
-so for the gateway's own TCP sockets (its listeners, its client connections, its
-backend connections) the context costs ~4 us per event (two to four events per
-proxied request: about 2-3% of a keep-alive request's instructions, bench/callgrind.py)
-and buys nothing. ``GatewayReactor`` dispatches those events directly and keeps
+**No legacy log context per event.** Twisted's reactor runs every read and write
+event inside ``log.callWithLogger``: it asks the socket for its log prefix and pushes
+a legacy log context (a dict copied and merged, on a thread-local stack) so that
+*legacy* ``twisted.python.log`` calls made while handling the event are stamped with
+that prefix as their ``system``. The gateway logs through ``twisted.logger``, whose
+events never read that context, so for the gateway's own sockets (its listeners, its
+client connections, its backend connections) the context costs ~4 us per event and
+buys nothing (5% of a keep-alive request's instructions, bench/callgrind.py).
+``GatewayReactor`` dispatches those events directly and keeps
 Twisted's behaviour for every other selectable (the waker, process pipes, stdio).
 
 What changes for those sockets: a legacy ``log.msg`` or ``log.err`` made while one of
@@ -16,6 +16,29 @@ them is handled (Twisted's own report of an exception raised by a protocol's
 ``dataReceived``, say) carries ``system`` "-" instead of the socket's prefix. An
 exception that escapes the dispatch itself is still logged with the prefix, as
 ``callWithLogger`` would, and the other events of the same poll are still handled.
+
+**A write goes out at once when nothing is queued.** Twisted's ``FileDescriptor.write``
+queues every write and registers the socket for writability; the next reactor turn
+sends it and unregisters the socket: two ``epoll_ctl`` calls, an event and a turn of
+latency per write, two writes per proxied request (the backend request, the response).
+The gateway's TCP connections (``GatewayServer`` from its listeners, ``GatewayClient``
+to its backends) try ``send()`` first when nothing is queued and queue only what the
+kernel did not take. Everything else stays Twisted's: order (a write behind queued
+bytes is queued), pull producers (their writes are queued: Twisted asks for more once
+the queue drains), ``loseConnection`` and half-close, errors (the bytes are queued, so
+Twisted's ``doWrite`` meets the error and closes as usual), and **back-pressure**: at
+most ``bufferSize`` (64 KiB) is sent directly per reactor event of the socket; past
+that, its streaming producer is paused, as Twisted pauses it once 64 KiB are queued,
+and resumed by the next ``doWrite``.
+
+That bound is what an earlier attempt (``send_now``, CHANGELOG 0.4.0) lacked and why it
+stalled TLS handshakes in a soak: with every answer leaving at once, the HTTP front
+never saw its output back up, so one read of 64 KiB of pipelined requests from a client
+that never reads was answered whole, ~2,000 responses and 0.3-2.4 s of one reactor
+event on a loaded machine, while every other connection (handshakes in flight with a 2 s
+``handshake_timeout``) waited. Twisted's queue had stopped the front after ~64 KiB of
+answers. ``tests/test_soak.py`` keeps that load (pipelined clients that never read,
+handshakes beside them).
 
 Only ``twistedgw run`` (and its worker processes) use it (``adopt``); an application
 that embeds the gateway keeps its own reactor. The private names it relies on are in
@@ -25,6 +48,7 @@ that embeds the gateway keeps its own reactor. The private names it relies on ar
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any
 
 from twisted.internet import tcp, unix
@@ -36,8 +60,103 @@ except ImportError:  # not Linux: no epoll, Twisted's default reactor is used
     EPollReactor = None  # type: ignore[assignment,misc]
 
 
+class _SendFirst:
+    """The send-first ``write`` of ``GatewayServer`` and ``GatewayClient`` (see above)."""
+
+    # Set by Twisted's FileDescriptor (attributes of the classes this mixes into).
+    bufferSize: int
+    connected: int
+    disconnecting: int
+    dataBuffer: bytes
+    _tempDataLen: int
+    _writeDisconnecting: bool
+    _writeDisconnected: bool
+    producer: Any
+    streamingProducer: bool
+    producerPaused: bool
+    socket: socket.socket
+    _sent_now: int  # bytes sent directly since this socket's last reactor event
+
+    def doRead(self) -> Any:
+        self._sent_now = 0
+        return super().doRead()  # type: ignore[misc]
+
+    def doWrite(self) -> Any:
+        self._sent_now = 0
+        return super().doWrite()  # type: ignore[misc]
+
+    def write(self, data: bytes) -> None:
+        if (
+            not self.dataBuffer
+            and not self._tempDataLen
+            and self._sent_now < self.bufferSize
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnecting
+            and not self._writeDisconnected
+            and (self.producer is None or self.streamingProducer)
+            and type(data) is bytes
+            and data
+        ):
+            try:
+                sent = self.socket.send(data)
+            except OSError:  # would block, or an error Twisted's doWrite will meet
+                sent = 0
+            if sent:
+                self._sent_now += sent
+                if sent == len(data):
+                    if self._sent_now >= self.bufferSize:
+                        self._pause_producer()
+                    return
+                data = data[sent:]
+        super().write(data)  # type: ignore[misc]
+
+    def _pause_producer(self) -> None:
+        """``bufferSize`` went out directly in one event: pause the streaming producer,
+        as Twisted does once that much is queued; the next ``doWrite`` (the socket is
+        writable at once) finds nothing queued and resumes it."""
+        producer = self.producer
+        if producer is not None and self.streamingProducer and not self.producerPaused:
+            self.producerPaused = True
+            producer.pauseProducing()
+            self.startWriting()  # type: ignore[attr-defined]
+
+
+class GatewayServer(_SendFirst, tcp.Server):
+    """A connection accepted by the gateway's TCP listeners: send-first writes."""
+
+    def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: Any,
+                 sessionno: int, reactor: Any) -> None:
+        super().__init__(sock, protocol, client, server, sessionno, reactor)
+        self._sent_now = 0
+
+
+class GatewayClient(_SendFirst, tcp.Client):
+    """A connection to a backend: send-first writes."""
+
+    def __init__(self, host: str, port: int, bindAddress: Any, connector: Any,
+                 reactor: Any = None) -> None:
+        super().__init__(host, port, bindAddress, connector, reactor)
+        self._sent_now = 0
+
+
+class GatewayPort(tcp.Port):
+    """A TCP listener whose connections are ``GatewayServer``s (Twisted's documented
+    way to choose the transport: the ``transport`` attribute)."""
+
+    transport = GatewayServer
+
+
+class GatewayConnector(tcp.Connector):
+    """``connectTCP``'s connector, making ``GatewayClient``s."""
+
+    def _makeTransport(self) -> GatewayClient:
+        return GatewayClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
 QUIET_TYPES: frozenset[type] = frozenset(
-    {tcp.Server, tcp.Client, tcp.Port, unix.Server, unix.Port}
+    {GatewayServer, GatewayClient, GatewayPort, tcp.Server, tcp.Client, tcp.Port,
+     unix.Server, unix.Port}
 )
 """The selectables whose events run without the legacy log context: the TCP and Unix
 stream sockets (listeners, client and backend connections; Unix for a gateway behind
@@ -74,6 +193,30 @@ if EPollReactor is not None:
                     log.callWithLogger(selectable, dispatch, selectable, fd, event)
 
         doIteration = doPoll
+
+        def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                      interface: str = "") -> GatewayPort:
+            listening = GatewayPort(port, factory, backlog, interface, self)
+            listening.startListening()
+            return listening
+
+        def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30.0,
+                       bindAddress: Any = None) -> GatewayConnector:
+            connector = GatewayConnector(host, port, factory, timeout, bindAddress, self)
+            connector.connect()
+            return connector
+
+        def adoptStreamPort(self, fileDescriptor: int, addressFamily: int,
+                            factory: Any) -> Any:
+            """Listen on an inherited socket (worker processes, systemd): a TCP one's
+            connections are ``GatewayServer``s too."""
+            if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+                return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+            listening = GatewayPort._fromListeningDescriptor(
+                self, fileDescriptor, addressFamily, factory
+            )
+            listening.startListening()
+            return listening
 
 
 def _report(selectable: Any) -> None:
