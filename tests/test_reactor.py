@@ -112,8 +112,9 @@ def test_adopt_switches_epoll_only() -> None:
 
 
 def test_twistedgw_run_uses_the_gateway_reactor(tmp_path: Path) -> None:
-    """``twistedgw run`` (app/_cli.serve) adopts the reactor before it runs: a gateway
-    whose port is taken stops at once, and says which reactor it ran."""
+    """``twistedgw run`` (app/_cli.serve) adopts the reactor before it runs and freezes
+    the heap once running: a gateway whose port is taken stops at once, and says which
+    reactor it ran and whether its heap was frozen."""
     pki = devpki.generate(tmp_path / "pki")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -126,12 +127,14 @@ def test_twistedgw_run_uses_the_gateway_reactor(tmp_path: Path) -> None:
             "import sys\n"
             "from twistedgw.app import main\n"
             f"rc = main(['run', '--config', {str(config)!r}])\n"
+            "import gc\n"
             "from twisted.internet import reactor\n"
-            "print('REACTOR', type(reactor).__name__, rc)\n"
+            "print('REACTOR', type(reactor).__name__, rc, 'FROZEN', gc.get_freeze_count() > 0)\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env(), timeout=60)
-    assert "REACTOR GatewayReactor 1" in out.stdout, out.stdout + out.stderr
+    # and froze its long-lived heap once running (app/_heap.py)
+    assert "REACTOR GatewayReactor 1 FROZEN True" in out.stdout, out.stdout + out.stderr
 
 
 # -- send-first writes (GatewayServer, GatewayClient) ----------------------------
