@@ -121,6 +121,10 @@ def test_records_outcome(
     if client is not None:
         assert identity.leaf == pki.issued[client].cert
     if outcome is Outcome.VERIFIED:
+        # The aliases the handshake path finds from the chain's DER are the truststore's.
+        assert identity.trust_aliases == server_tls.truststore.aliases_in_chain(  # type: ignore[union-attr]
+            identity.chain
+        )
         # The verified chain ends at the truststore entry.
         assert pkimod.fingerprint(identity.chain[-1]) in {
             pkimod.fingerprint(c)

@@ -169,11 +169,19 @@ class _VerdictCache:
     def _cost(chain_der: tuple[bytes, ...]) -> int:
         return sum(len(der) + _CERT_OVERHEAD for der in chain_der)
 
-    def put(self, identity: ClientIdentity) -> None:
+    def put(
+        self,
+        identity: ClientIdentity,
+        key: bytes | None = None,
+        chain_der: tuple[bytes, ...] | None = None,
+    ) -> None:
+        """Keep ``identity``; ``key`` (the leaf's fingerprint) and ``chain_der`` (its
+        chain's DER, leaf first) when the caller has them already."""
         leaf = identity.leaf
         if leaf is None:
             return
-        key = fingerprint(leaf)
+        if key is None:
+            key = fingerprint(leaf)
         if not identity.verified:
             self._failed.pop(key, None)
             self._failed[key] = (self._clock() + self._failed_ttl, identity.reason or "")
@@ -184,7 +192,8 @@ class _VerdictCache:
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old[0]
-        chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
+        if chain_der is None:
+            chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
         cost = self._cost(chain_der)
         if cost > self.max_bytes:
             return
@@ -496,28 +505,33 @@ class ServerTLS:
             shared = self._verdicts.same_chain(key, verified_der)
             if shared is not None:
                 return shared
-        peer = parse_peer()
-        sent = conn.get_peer_cert_chain(as_cryptography=True) or []
-        presented = (peer, *(c for c in sent if c != peer))
-        if record.errors:
-            errno, _depth = record.errors[0]
-            identity = failed(Source.HANDSHAKE, _openssl_reason(errno), presented)
-        else:
-            chain = tuple(conn.get_verified_chain(as_cryptography=True) or ())
+            # A chain this cache has not seen (a new client, or one evicted): each
+            # certificate parsed once from the DER just dumped, which is also the key and
+            # the cache's copy; what the client sent is parsed only for a refusal.
+            chain = tuple(x509.load_der_x509_certificate(der) for der in verified_der)
             problem = leaf_problem(chain[0]) if chain else reasons.UNTRUSTED
             if problem is None and through_pinned(self.truststore, chain):
                 problem = reasons.UNTRUSTED
-            if problem is not None:
-                identity = failed(Source.HANDSHAKE, problem, presented)
-            else:
+            if problem is None:
                 identity = ClientIdentity(
                     Source.HANDSHAKE,
                     Outcome.VERIFIED,
                     chain,
                     self.truststore.aliases_in_chain(chain),
                 )
-        identity = _readable(identity)
-        self._verdicts.put(identity)
+                identity = _readable(identity)
+                self._verdicts.put(identity, key, verified_der)
+                return identity
+        else:
+            errno, _depth = record.errors[0]
+            problem = _openssl_reason(errno)
+        # Refused: the verdict names what the client presented (its chain as sent).
+        peer = parse_peer()
+        sent = conn.get_peer_cert_chain(as_cryptography=True) or []
+        identity = _readable(
+            failed(Source.HANDSHAKE, problem, (peer, *(c for c in sent if c != peer)))
+        )
+        self._verdicts.put(identity, key)
         return identity
 
 
