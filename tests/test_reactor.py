@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import context, log
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.harness import env, gateway_config
@@ -292,3 +293,22 @@ def test_the_reactor_makes_gateway_transports() -> None:
         connector.disconnect()
     finally:
         port.stopListening()
+
+
+def test_the_log_prefix_and_repr_are_made_when_asked_for(pair: Any) -> None:
+    """Twisted's ``tcp.Server`` builds both strings per connection; ``GatewayServer``
+    builds them when read (an idle connection holds neither), with Twisted's format."""
+    server, _peer, _ = pair
+    assert "logstr" not in vars(server) and "repstr" not in vars(server)
+    assert server.logPrefix() == f"Protocol,1,{server.hostname}"
+    assert repr(server) == "<Protocol #1 on ?>"  # no listening port in this test
+    server.connectionLost(Failure(ConnectionLost()))
+    assert server.logPrefix() == f"closed,1,{server.hostname}"
+    assert repr(server) == "<closed #1 on ?>"
+
+
+def test_an_idle_connection_s_direct_count_is_a_shared_small_int(pair: Any) -> None:
+    server, peer, _ = pair
+    server.write(b"x" * 3000)
+    assert _received(peer, 3000)
+    assert server._sent_now == 12  # 256-byte units: one of CPython's shared small ints

@@ -27,7 +27,8 @@ kernel did not take. Everything else stays Twisted's: order (a write behind queu
 bytes is queued), pull producers (their writes are queued: Twisted asks for more once
 the queue drains), ``loseConnection`` and half-close, errors (the bytes are queued, so
 Twisted's ``doWrite`` meets the error and closes as usual), and **back-pressure**: at
-most ``bufferSize`` (64 KiB) is sent directly per reactor event of the socket; past
+most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent directly per reactor
+event of the socket; past
 that, its streaming producer is paused, as Twisted pauses it once 64 KiB are queued,
 and resumed by the next ``doWrite``.
 
@@ -60,6 +61,11 @@ except ImportError:  # not Linux: no epoll, Twisted's default reactor is used
     EPollReactor = None  # type: ignore[assignment,misc]
 
 
+_BUDGET = 256
+"""256-byte units a socket may send directly per reactor event: Twisted's 64 KiB
+``bufferSize``, the queue size past which it pauses a producer."""
+
+
 class _SendFirst:
     """The send-first ``write`` of ``GatewayServer`` and ``GatewayClient`` (see above)."""
 
@@ -75,7 +81,10 @@ class _SendFirst:
     streamingProducer: bool
     producerPaused: bool
     socket: socket.socket
-    _sent_now: int  # bytes sent directly since this socket's last reactor event
+    # What was sent directly since this socket's last reactor event, in 256-byte units
+    # (rounded up): up to 256 (64 KiB) it stays one of CPython's shared small ints, so an
+    # idle connection holds no int object of its own.
+    _sent_now: int
 
     def doRead(self) -> Any:
         self._sent_now = 0
@@ -89,7 +98,7 @@ class _SendFirst:
         if (
             not self.dataBuffer
             and not self._tempDataLen
-            and self._sent_now < self.bufferSize
+            and self._sent_now < _BUDGET
             and self.connected
             and not self.disconnecting
             and not self._writeDisconnecting
@@ -103,9 +112,9 @@ class _SendFirst:
             except OSError:  # would block, or an error Twisted's doWrite will meet
                 sent = 0
             if sent:
-                self._sent_now += sent
+                self._sent_now += (sent + 255) >> 8
                 if sent == len(data):
-                    if self._sent_now >= self.bufferSize:
+                    if self._sent_now >= _BUDGET:
                         self._pause_producer()
                     return
                 data = data[sent:]
@@ -122,8 +131,40 @@ class _SendFirst:
             self.startWriting()  # type: ignore[attr-defined]
 
 
+class _Lazy:
+    """An attribute Twisted's ``tcp.Server`` sets in ``__init__`` (its log prefix and its
+    repr, ~0.2 KiB of strings per connection) made when read instead: the assignment is
+    dropped, the value built from the connection when asked for."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else self._make(obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        pass
+
+
+def _logstr(server: Any) -> str:
+    protocol = getattr(server, "protocol", None)  # Twisted deletes it on close
+    prefix = server._getLogPrefix(protocol) if protocol is not None else "closed"
+    return f"{prefix},{server.sessionno},{server.hostname}"
+
+
+def _repstr(server: Any) -> str:
+    protocol = getattr(server, "protocol", None)
+    name = type(protocol).__name__ if protocol is not None else "closed"
+    port = getattr(server.server, "_realPortNumber", "?")
+    return f"<{name} #{server.sessionno} on {port}>"
+
+
 class GatewayServer(_SendFirst, tcp.Server):
-    """A connection accepted by the gateway's TCP listeners: send-first writes."""
+    """A connection accepted by the gateway's TCP listeners: send-first writes, and the
+    log prefix and repr made when asked for."""
+
+    logstr = _Lazy(_logstr)
+    repstr = _Lazy(_repstr)
 
     def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: Any,
                  sessionno: int, reactor: Any) -> None:
