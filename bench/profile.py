@@ -1,7 +1,8 @@
 """Profile twistedgw under scenario 1 (keep-alive, small responses, 32 connections),
 or under a handshake scenario (``--scenario full``: 2a, a full ECDSA handshake per
-request; ``--scenario resume``: 2c, a resumed session per request), or under scenario 9
-(``--scenario h2``: h2load, 8 connections x 32 streams).
+request; ``--scenario resume``: 2c, a resumed session per request; ``--scenario fleet``:
+2d, a full handshake per request from a fleet of distinct RSA client certificates), or
+under scenario 9 (``--scenario h2``: h2load, 8 connections x 32 streams).
 
 ``python3 bench/profile.py [--seconds 15] [--scenario keepalive] [--out DIR]`` starts
 the same setup as ``run.py`` (backend, gateway, HAProxy), samples the gateway with py-spy while
@@ -52,7 +53,8 @@ def summarise(folded: Path, top: int = 30) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=15)
-    p.add_argument("--scenario", choices=["keepalive", "full", "resume", "h2"],
+    p.add_argument("--scenario", choices=["keepalive", "full", "resume", "fleet", "fleet12",
+                                          "h2"],
                    default="keepalive")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "twistedgw-prof")
     p.add_argument("--native", action="store_true",
@@ -67,6 +69,8 @@ def main() -> int:
     h2 = args.scenario == "h2"
     if h2:
         profile.scenarios = ("h2",)
+    elif args.scenario != "keepalive":
+        profile.scenarios = ("keepalive", "handshake")  # the handshake front ends
     bench = run.Bench(work, profile, 400.0)
     folded = args.out / f"{args.scenario}.folded"
     us_per_request: float | None = None

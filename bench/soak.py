@@ -94,10 +94,15 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    times: dict[str, list[float]] = field(default_factory=dict)
 
     def count(self, what: str) -> None:
         with self.lock:
             self.counts[what] = self.counts.get(what, 0) + 1
+
+    def time(self, what: str, seconds: float) -> None:
+        with self.lock:
+            self.times.setdefault(what, []).append(seconds)
 
     def fail(self, what: str) -> None:
         with self.lock:
@@ -278,6 +283,24 @@ class Traffic:
         except (OSError, ssl.SSLError):
             self.stats.count("one_byte_chunks_400")  # refused and closed while sending
 
+    def probe(self, rng: random.Random) -> None:
+        """A new connection, a full handshake with the client certificate and one GET,
+        timed from connect to the answer's status line: how long a caller waits while
+        the attacks run (a reactor held by one connection shows here first)."""
+        started = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                tls = self.contexts["partner-app"].wrap_socket(sock, server_hostname="localhost")
+                tls.sendall(b"GET /mtls/probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = tls.recv(65536)
+            if reply.startswith(b"HTTP/1.1 200 "):
+                self.stats.count("probe_ok")
+                self.stats.time("probe", time.monotonic() - started)
+            else:
+                self.stats.fail(f"handshake probe got {reply[:40]!r}")
+        except (OSError, ssl.SSLError) as e:
+            self.stats.fail(f"handshake probe raised {e!r}")
+
     def handshake(self, rng: random.Random) -> None:
         try:
             if not bad_handshake(self.port, rng.randrange(len(KINDS)), rng).closed:
@@ -300,9 +323,14 @@ def _loop(stop: threading.Event, rate: float | None, action: Callable[[random.Ra
 
 
 def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 50.0,
-         attack_rate: float = 1.0, workdir: Path | None = None,
+         attack_rate: float = 1.0, pipelined: int = 0, workdir: Path | None = None,
          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the soak; return a summary whose ``ok`` says whether it passed."""
+    """Run the soak; return a summary whose ``ok`` says whether it passed.
+
+    ``pipelined`` adds that many clients that pipeline requests and never read, each
+    starting again as soon as the last one is done, beside the handshake probe (a new
+    connection, a full handshake and a GET, back to back): the load that showed an
+    earlier send-at-once write holding the reactor for seconds (tests/test_soak.py)."""
     base = Path(workdir or tempfile.mkdtemp(prefix="twistedgw-soak-"))
     pki = devpki.generate(base / "pki")
     backend = start_backend(base / "backend")
@@ -323,6 +351,9 @@ def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 
         (traffic.slow, None, 4),
         (traffic.handshake, handshake_rate, 1),
     ]
+    plan.append((traffic.probe, None, 1))
+    if pipelined:
+        plan.append((traffic.pipelined_unread, None, pipelined))
     if attack_rate:
         plan += [
             (traffic.pipelined_unread, attack_rate / 4, 1),
@@ -372,6 +403,7 @@ def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 
         problems.append(f"open fds {final[0]} after the traffic stopped (baseline {baseline[0]})")
     if rss_growth_kb > rss_slack_mb * 1024:
         problems.append(f"RSS grew by {rss_growth_kb} kB (allowed {rss_slack_mb:g} MB)")
+    probe = sorted(stats.times.get("probe", [])) or [0.0]
     summary = {
         "ok": not problems,
         "problems": problems,
@@ -381,6 +413,10 @@ def soak(minutes: float, *, rss_slack_mb: float = 24.0, handshake_rate: float = 
         "fds": {"baseline": baseline[0], "peak": max(s[1] for s in samples), "final": final[0]},
         "rss_kb": {"baseline": baseline[1], "peak": max(s[2] for s in samples),
                    "final": final[1], "growth": rss_growth_kb},
+        # connect -> handshake -> answer of the probe, seconds
+        "probe_s": {"median": round(probe[len(probe) // 2], 3),
+                    "p99": round(probe[min(len(probe) - 1, int(len(probe) * 0.99))], 3),
+                    "max": round(probe[-1], 3)},
     }
     return summary
 
@@ -395,11 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack-rate", type=float, default=1.0,
                         help="one-byte-chunk uploads per second (huge-chain handshakes at twice"
                              " that, pipelined-unread clients at a quarter); 0 turns them off")
+    parser.add_argument("--pipelined", type=int, default=0,
+                        help="clients that pipeline requests and never read, back to back")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     args = parser.parse_args(argv)
     summary = soak(args.minutes, rss_slack_mb=args.rss_slack_mb,
                    handshake_rate=args.handshake_rate, attack_rate=args.attack_rate,
-                   log=(lambda _: None) if args.json else print)
+                   pipelined=args.pipelined, log=(lambda _: None) if args.json else print)
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0 if summary["ok"] else 1
 

@@ -40,6 +40,8 @@ _INSTANCES = {
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
     "twisted.internet.unix.Port": lambda: _unix_port(),
+    "twisted.internet.epollreactor.EPollReactor": lambda: _epoll_reactor(),
+    "twisted.internet.abstract.FileDescriptor": lambda: _file_descriptor(),
 }
 
 
@@ -48,6 +50,19 @@ def _unix_port() -> Any:
     from twisted.internet.protocol import Factory, Protocol
 
     return unix.Port(b"/nonexistent/x.sock", Factory.forProtocol(Protocol))
+
+
+def _file_descriptor() -> Any:
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    return FileDescriptor(MemoryReactor())
+
+
+def _epoll_reactor() -> Any:
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
 
 
 def _tls_protocol() -> Any:

@@ -121,6 +121,10 @@ def test_records_outcome(
     if client is not None:
         assert identity.leaf == pki.issued[client].cert
     if outcome is Outcome.VERIFIED:
+        # The aliases the handshake path finds from the chain's DER are the truststore's.
+        assert identity.trust_aliases == server_tls.truststore.aliases_in_chain(  # type: ignore[union-attr]
+            identity.chain
+        )
         # The verified chain ends at the truststore entry.
         assert pkimod.fingerprint(identity.chain[-1]) in {
             pkimod.fingerprint(c)
@@ -358,3 +362,47 @@ def test_a_verified_certificate_whose_subject_cannot_be_read_is_invalid(
     assert identity.outcome is Outcome.FAILED
     assert identity.reason is not None and identity.reason.startswith(reasons.INVALID + ": ")
     assert identity.chain == () and identity.subject is None
+
+
+def test_an_open_connection_keeps_no_alpn_answer_weak_entry_or_error_list(
+    pki: DevPki,
+) -> None:
+    """What each open connection holds, trimmed (bench/idle_memory.py): pyOpenSSL's copy
+    of the ALPN answer is dropped once the handshake is done, the handshake record lives
+    on the TLS protocol (no weak-dictionary entry), and a clean handshake has no list of
+    verification errors."""
+    from twistedgw.tls._server import HandshakeRecords
+
+    tls = fresh_server_tls(pki)
+    server_app, client_app, clock = Collect(), Collect(), Clock()
+    server_factory = ServerTLSFactory(tls, False, Factory.forProtocol(lambda: server_app),
+                                      clock=clock)
+    options = client_options(pki, "partner-app")
+    options._acceptableProtocols = [b"http/1.1"]  # the client offers ALPN, as curl does
+    client_factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(lambda: client_app),
+                                         clock=clock)
+    client_proto, server_proto, pump = iosim.connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+    )
+    client_proto.write(b"hello")
+    pump.flush()
+    assert server_app.data == b"hello"
+    connection = server_proto.getHandle()
+    assert connection.get_alpn_proto_negotiated() == b"http/1.1"
+    assert getattr(connection, "_alpn_select_callback_args", None) is None
+    record = HandshakeRecords.get(server_proto)
+    assert record is not None and record.callback_ran and record.errors is None
+    assert not hasattr(HandshakeRecords(), "data")  # not a weak dictionary
+    assert tls.identity_for(server_proto).verified
+
+
+def test_verification_errors_are_still_recorded_in_order(pki: DevPki) -> None:
+    from twistedgw.tls._server import HandshakeRecords
+
+    tls = fresh_server_tls(pki)
+    proto, _ = handshake(tls, pki, "expired")
+    record = HandshakeRecords.get(proto)
+    assert record is not None and record.errors and record.errors[0][0] == 10
+    assert tls.identity_for(proto).reason == reasons.EXPIRED

@@ -54,6 +54,25 @@ USED: tuple[PrivateName, ...] = (
                 "whether ServerTLSProtocol.makeConnection connects the application"),
     PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_checkHandshakeStatus",
                 "method", "ServerTLSProtocol.makeConnection starts the handshake with it"),
+    # _reactor.GatewayReactor: Twisted's epoll reactor, its TCP sockets' events dispatched
+    # without the legacy log context (doPoll overridden).
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_poller", "attribute",
+                "the epoll object GatewayReactor.doPoll polls"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_selectables", "attribute",
+                "fd -> selectable: what an event is for"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", "method",
+                "dispatches one event (doRead/doWrite and the disconnect that follows)"),
+    # _reactor.GatewayServer/GatewayClient: a write sent at once when nothing is queued.
+    PrivateName("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "attribute",
+                "bytes queued since the last send: a write goes out at once only if none are"),
+    PrivateName("twisted.internet.abstract.FileDescriptor", "_writeDisconnecting",
+                "attribute", "a half-close is pending: writes are left to Twisted's queue"),
+    PrivateName("twisted.internet.abstract.FileDescriptor", "_writeDisconnected",
+                "attribute", "the write side is shut: writes are left to Twisted (it drops them)"),
+    PrivateName("twisted.internet.tcp.Connector", "_makeTransport", "method",
+                "overridden: connectTCP's connections are GatewayClients"),
+    PrivateName("twisted.internet.tcp.Port", "_fromListeningDescriptor", "method",
+                "adoptStreamPort's listener (workers, systemd) as a GatewayPort"),
     # fresh_bios: an idle connection's memory BIOs, replaced by empty ones.
     PrivateName("OpenSSL.SSL.Connection", "_ssl", "attribute",
                 "the SSL pointer, for SSL_set_bio (fresh_bios)"),

@@ -117,7 +117,13 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from twisted.internet import reactor
 
-    from twistedgw.app import make_service
+    from twistedgw import _reactor
+
+    # Twisted's epoll reactor without the legacy log context per socket event
+    # (twistedgw/_reactor.py).
+    _reactor.adopt(reactor)
+
+    from twistedgw.app import _heap, make_service
     from twistedgw.app._drain import stop_once
 
     try:
@@ -145,9 +151,12 @@ def serve(cfg: configmod.GatewayConfig, before_run: Any = None) -> int:
         svc.listening.addErrback(listen_failed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    # Built and listening: the long-lived heap out of the collector's way (app/_heap.py).
+    reactor.callWhenRunning(_heap.settle)  # type: ignore[attr-defined]
     reactor.callWhenRunning(stop_once, reactor)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
+    reload = _heap.then_refreeze(svc.reload, reactor.callLater)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))  # type: ignore[attr-defined]
     if before_run is not None:
         before_run(reactor)
     reactor.run()  # type: ignore[attr-defined]

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedgw import config as configmod
+from twistedgw.app import _heap
 from twistedgw.app import _runtime as runtime
 from twistedgw.app._admin import AdminService
 from twistedgw.app._drain import stop_once
@@ -491,7 +492,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             inherited.append((int(fd), kind in ("tls", "h2"), kind == "h2"))
         from twisted.internet import reactor
 
+        from twistedgw import _reactor
 
+        _reactor.adopt(reactor)  # as the one-process gateway's (app/_cli.py serve)
         svc = GatewayService(cfg, reactor, inherited=inherited)
     except ConfigError as e:
         for line in e.problems:
@@ -524,6 +527,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         svc.listening.addCallbacks(serving, failed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(_heap.settle)  # type: ignore[attr-defined]
     # The parent coordinates stopping: Ctrl-C reaches the whole process group, but
     # only the parent acts on SIGINT (it sends each worker SIGTERM).
     reactor.callWhenRunning(stop_once, reactor, (signal.SIGTERM,))  # type: ignore[attr-defined]
@@ -532,7 +536,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
         "before", "shutdown", lambda: setattr(link, "stopping", True)
     )
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload))  # type: ignore[attr-defined]
+    reload = _heap.then_refreeze(svc.reload, reactor.callLater)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))  # type: ignore[attr-defined]
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(svc.reopen_logs))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return exit_code[0]

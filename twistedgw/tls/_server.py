@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,17 +101,33 @@ def _openssl_reason(errno: int) -> str:
 class HandshakeRecord:
     """What the verify callback saw on one connection; mutated only during the handshake.
 
-    One per connection for its whole life, hence slots (no per-instance dict)."""
+    One per connection for its whole life, hence slots (no per-instance dict), and no
+    list of errors unless there is one."""
 
     owner: ServerTLS
     callback_ran: bool = False
-    errors: list[tuple[int, int]] = field(default_factory=list)  # (errno, depth)
+    errors: list[tuple[int, int]] | None = None  # (errno, depth), in the order seen
     identity: ClientIdentity | None = None
     asked: bool = True  # whether this connection's handshake asked for a certificate
 
 
-class HandshakeRecords(weakref.WeakKeyDictionary[Any, HandshakeRecord]):
-    """TLS protocol -> its record; forgotten when the connection is collected."""
+_RECORD = "_twistedgw_handshake"  # the attribute a TLS protocol keeps its record in
+
+
+class HandshakeRecords:
+    """TLS protocol -> its record, kept on the protocol itself (an attribute), so that it
+    lives and goes with its connection: no weak-dictionary entry (a weak reference and a
+    slot, ~0.1 KiB) per open connection. Shared across reloads: a connection made before a
+    reload is judged by the ``ServerTLS`` that handshook it (the record's ``owner``)."""
+
+    @staticmethod
+    def get(protocol: Any) -> HandshakeRecord | None:
+        record: HandshakeRecord | None = getattr(protocol, _RECORD, None)
+        return record
+
+    @staticmethod
+    def put(protocol: Any, record: HandshakeRecord) -> None:
+        setattr(protocol, _RECORD, record)
 
 
 VERDICT_CACHE_BYTES = 8 * 1024 * 1024
@@ -169,11 +184,19 @@ class _VerdictCache:
     def _cost(chain_der: tuple[bytes, ...]) -> int:
         return sum(len(der) + _CERT_OVERHEAD for der in chain_der)
 
-    def put(self, identity: ClientIdentity) -> None:
+    def put(
+        self,
+        identity: ClientIdentity,
+        key: bytes | None = None,
+        chain_der: tuple[bytes, ...] | None = None,
+    ) -> None:
+        """Keep ``identity``; ``key`` (the leaf's fingerprint) and ``chain_der`` (its
+        chain's DER, leaf first) when the caller has them already."""
         leaf = identity.leaf
         if leaf is None:
             return
-        key = fingerprint(leaf)
+        if key is None:
+            key = fingerprint(leaf)
         if not identity.verified:
             self._failed.pop(key, None)
             self._failed[key] = (self._clock() + self._failed_ttl, identity.reason or "")
@@ -184,7 +207,8 @@ class _VerdictCache:
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old[0]
-        chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
+        if chain_der is None:
+            chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in identity.chain)
         cost = self._cost(chain_der)
         if cost > self.max_bytes:
             return
@@ -412,7 +436,7 @@ class ServerTLS:
         connection.set_app_data(tlsProtocol)
         if self.truststore is not None:
             # The verify mode and callback come from the Context (see __init__).
-            self._records[tlsProtocol] = HandshakeRecord(self, asked=self._default.ask)
+            self._records.put(tlsProtocol, HandshakeRecord(self, asked=self._default.ask))
         return connection
 
     def _verify(
@@ -425,6 +449,8 @@ class ServerTLS:
             # Record now: once we return True OpenSSL clears the error.
             record.callback_ran = True
             if not ok:
+                if record.errors is None:
+                    record.errors = []
                 record.errors.append((errno, depth))
         return True
 
@@ -496,28 +522,33 @@ class ServerTLS:
             shared = self._verdicts.same_chain(key, verified_der)
             if shared is not None:
                 return shared
-        peer = parse_peer()
-        sent = conn.get_peer_cert_chain(as_cryptography=True) or []
-        presented = (peer, *(c for c in sent if c != peer))
-        if record.errors:
-            errno, _depth = record.errors[0]
-            identity = failed(Source.HANDSHAKE, _openssl_reason(errno), presented)
-        else:
-            chain = tuple(conn.get_verified_chain(as_cryptography=True) or ())
+            # A chain this cache has not seen (a new client, or one evicted): each
+            # certificate parsed once from the DER just dumped, which is also the key and
+            # the cache's copy; what the client sent is parsed only for a refusal.
+            chain = tuple(x509.load_der_x509_certificate(der) for der in verified_der)
             problem = leaf_problem(chain[0]) if chain else reasons.UNTRUSTED
             if problem is None and through_pinned(self.truststore, chain):
                 problem = reasons.UNTRUSTED
-            if problem is not None:
-                identity = failed(Source.HANDSHAKE, problem, presented)
-            else:
+            if problem is None:
                 identity = ClientIdentity(
                     Source.HANDSHAKE,
                     Outcome.VERIFIED,
                     chain,
                     self.truststore.aliases_in_chain(chain),
                 )
-        identity = _readable(identity)
-        self._verdicts.put(identity)
+                identity = _readable(identity)
+                self._verdicts.put(identity, key, verified_der)
+                return identity
+        else:
+            errno, _depth = record.errors[0]
+            problem = _openssl_reason(errno)
+        # Refused: the verdict names what the client presented (its chain as sent).
+        peer = parse_peer()
+        sent = conn.get_peer_cert_chain(as_cryptography=True) or []
+        identity = _readable(
+            failed(Source.HANDSHAKE, problem, (peer, *(c for c in sent if c != peer)))
+        )
+        self._verdicts.put(identity, key)
         return identity
 
 
@@ -561,6 +592,9 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
     them all at once: the first pass was ~5% of a resumed connection's CPU (py-spy,
     CHANGELOG.md 0.4.0). This does what Twisted's does with one declaration.
 
+    Once the handshake is done it drops pyOpenSSL's copy of the ALPN answer (memory per
+    open connection).
+
     It is a ``TLSMemoryBIOProtocol``, not Twisted's default ``BufferingTLSTransport``:
     every write is encrypted at once, without the zero-delay timer that aggregates
     small writes (5.4% of keep-alive CPU), since the HTTP front's writes are already
@@ -577,6 +611,17 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
         else:
             directlyProvides(self, providedBy(transport))
         self._checkHandshakeStatus()
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        if self._handshakeDone:
+            # pyOpenSSL keeps the ALPN callback's answer (a list and two C buffers) on
+            # the connection for its whole life; OpenSSL copied the chosen protocol
+            # when the callback returned, so once the handshake is done it is dead
+            # weight on every open connection.
+            connection = self._tlsConnection
+            if getattr(connection, "_alpn_select_callback_args", None) is not None:
+                connection._alpn_select_callback_args = None
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):

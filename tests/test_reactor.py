@@ -1,0 +1,314 @@
+"""twistedgw/_reactor.py: the gateway's TCP sockets' events run without Twisted's legacy
+log context, every other selectable's as Twisted runs them; its TCP connections send at
+once when nothing is queued, keeping Twisted's order and back-pressure; ``twistedgw
+run`` uses it. (The soak, tests/test_soak.py, is what caught the missing back-pressure
+of an earlier attempt; these pin each rule on a real socket.)"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import context, log
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tests.harness import env, gateway_config
+from twistedgw import _reactor
+from twistedgw.testing import devpki
+
+pytestmark = pytest.mark.skipif(_reactor.EPollReactor is None, reason="epoll is Linux's")
+
+IN = 1  # EPOLLIN
+
+
+class _Poller:
+    def __init__(self, events: list[tuple[int, int]]) -> None:
+        self.events = events
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        return self.events
+
+
+class _Other:
+    """A selectable that is not a TCP socket (a waker, a pipe)."""
+
+    def logPrefix(self) -> str:
+        return "other-prefix"
+
+
+def _tcp_server() -> Any:
+    server = tcp.Server.__new__(tcp.Server)
+    server.logstr = "FrontChannel,7,127.0.0.1"
+    return server
+
+
+def _reactor_with(selectables: dict[int, Any]) -> tuple[Any, list[tuple[Any, str]]]:
+    reactor = _reactor.GatewayReactor()
+    seen: list[tuple[Any, str]] = []
+
+    def dispatch(selectable: Any, fd: int, event: int) -> None:
+        system = (context.get(log.ILogContext) or {}).get("system", "-")
+        seen.append((selectable, system))
+        if getattr(selectable, "explode", False):
+            raise RuntimeError("boom")
+
+    reactor._poller = _Poller([(fd, IN) for fd in selectables] + [(999, IN)])  # 999: gone
+    reactor._selectables = selectables
+    reactor._doReadOrWrite = dispatch
+    return reactor, seen
+
+
+def test_tcp_sockets_run_without_the_legacy_context_others_with_it() -> None:
+    server, other = _tcp_server(), _Other()
+    reactor, seen = _reactor_with({3: server, 4: other})
+    reactor.doIteration(0)
+    assert seen == [(server, "-"), (other, "other-prefix")]
+    # Twisted's own reactor pushes the context for both: what the override removes.
+    from twisted.internet.epollreactor import EPollReactor
+
+    plain, seen_plain = _reactor_with({3: server, 4: other})
+    EPollReactor.doPoll(plain, 0)
+    assert seen_plain == [(server, "FrontChannel,7,127.0.0.1"), (other, "other-prefix")]
+
+
+def test_an_exception_escaping_dispatch_is_logged_with_the_prefix_and_the_poll_goes_on() -> None:
+    server, after = _tcp_server(), _tcp_server()
+    server.explode = True
+    reactor, seen = _reactor_with({3: server, 5: after})
+    logged: list[dict[str, Any]] = []
+    log.addObserver(logged.append)
+    try:
+        reactor.doIteration(0)
+    finally:
+        log.removeObserver(logged.append)
+    assert seen == [(server, "-"), (after, "-")]
+    errors = [e for e in logged if e.get("isError")]
+    assert len(errors) == 1 and errors[0]["system"] == "FrontChannel,7,127.0.0.1"
+    assert errors[0]["failure"].check(RuntimeError)
+    # (flushLoggedErrors equivalent: the failure was handled by the observer above)
+
+
+def test_adopt_switches_epoll_only() -> None:
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.pollreactor import PollReactor
+
+    epoll = EPollReactor()
+    assert _reactor.adopt(epoll) and type(epoll) is _reactor.GatewayReactor
+    assert not _reactor.adopt(epoll)  # already one
+    poll = PollReactor()
+    assert not _reactor.adopt(poll) and type(poll) is PollReactor
+
+
+def test_twistedgw_run_uses_the_gateway_reactor(tmp_path: Path) -> None:
+    """``twistedgw run`` (app/_cli.serve) adopts the reactor before it runs and freezes
+    the heap once running: a gateway whose port is taken stops at once, and says which
+    reactor it ran and whether its heap was frozen."""
+    pki = devpki.generate(tmp_path / "pki")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gw.toml"
+        config.write_text(gateway_config(pki, [{"name": "a", "context": "/a",
+                                                 "backend": "http://127.0.0.1:1"}], port=port))
+        code = (
+            "import sys\n"
+            "from twistedgw.app import main\n"
+            f"rc = main(['run', '--config', {str(config)!r}])\n"
+            "import gc\n"
+            "from twisted.internet import reactor\n"
+            "print('REACTOR', type(reactor).__name__, rc, 'FROZEN', gc.get_freeze_count() > 0)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env(), timeout=60)
+    # and froze its long-lived heap once running (app/_heap.py)
+    assert "REACTOR GatewayReactor 1 FROZEN True" in out.stdout, out.stdout + out.stderr
+
+
+# -- send-first writes (GatewayServer, GatewayClient) ----------------------------
+
+
+@implementer(IPushProducer)
+class _Push:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@implementer(IPullProducer)
+class _Pull:
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
+    """A ``GatewayServer`` over a real loopback TCP connection (under a memory reactor,
+    so nothing is sent unless the code under test sends it) and its peer's socket."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        peer = socket.create_connection(listening.getsockname())
+        accepted, addr = listening.accept()
+    accepted.setblocking(False)
+    peer.settimeout(5)
+    reactor = MemoryReactorClock()
+    server = _reactor.GatewayServer(accepted, Protocol(), addr, None, 1, reactor)
+    server.protocol.makeConnection(server)
+    try:
+        yield server, peer, reactor
+    finally:
+        peer.close()
+        accepted.close()
+
+
+def _received(peer: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = peer.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _nothing_waiting(peer: socket.socket) -> bool:
+    peer.setblocking(False)
+    try:
+        peer.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        peer.settimeout(5)
+    return False
+
+
+def test_a_write_with_nothing_queued_leaves_at_once(pair: Any) -> None:
+    server, peer, reactor = pair
+    server.write(b"hello")
+    assert _received(peer, 5) == b"hello"
+    assert server not in reactor.writers  # no registration, no doWrite to come
+
+
+def test_a_write_behind_queued_bytes_waits_its_turn(pair: Any) -> None:
+    server, peer, reactor = pair
+    tcp.Server.write(server, b"first ")  # Twisted's own: queued
+    server.write(b"second")
+    assert _nothing_waiting(peer) and server in reactor.writers
+    server.doWrite()
+    assert _received(peer, 12) == b"first second"
+
+
+def test_past_buffer_size_in_one_event_the_producer_is_paused_until_the_next_write_event(
+    pair: Any,
+) -> None:
+    server, peer, reactor = pair
+    producer = _Push()
+    server.registerProducer(producer, True)
+    block = b"x" * 16384
+    for _ in range(server.bufferSize // len(block)):
+        server.write(block)  # each goes out at once
+    assert producer.events == ["pause"]
+    assert server in reactor.writers  # the next doWrite resumes it
+    assert not server.dataBuffer and not server._tempDataLen
+    server.write(b"queued")  # over the bound in this event: Twisted's queue
+    assert server._tempDataLen == 6
+    assert _received(peer, server.bufferSize) == block * 4
+    server.doWrite()
+    assert producer.events == ["pause", "resume"]
+    assert _received(peer, 6) == b"queued"
+    server.write(b"again")  # a new event: sent at once
+    assert _received(peer, 5) == b"again"
+
+
+def test_a_read_event_gives_a_fresh_budget(pair: Any) -> None:
+    server, peer, reactor = pair
+    server.write(b"y" * (server.bufferSize - 1))
+    _received(peer, server.bufferSize - 1)
+    peer.sendall(b"ping")
+    server.doRead()
+    server.write(b"z" * 100)
+    assert _received(peer, 100) == b"z" * 100
+    assert server not in reactor.writers
+
+
+def test_a_pull_producer_s_writes_are_queued(pair: Any) -> None:
+    server, peer, _ = pair
+    server.registerProducer(_Pull(), False)
+    server.write(b"pulled")
+    assert _nothing_waiting(peer) and server._tempDataLen == 6
+
+
+def test_writes_after_lose_connection_are_queued(pair: Any) -> None:
+    server, peer, _ = pair
+    server.loseConnection()
+    server.write(b"late")
+    assert _nothing_waiting(peer) and server._tempDataLen == 4
+
+
+def test_a_send_error_leaves_the_bytes_to_twisted(pair: Any) -> None:
+    server, peer, reactor = pair
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset: the server's next send fails
+    time.sleep(0.2)
+    server.write(b"a" * 100)
+    assert server._tempDataLen == 100 and server in reactor.writers  # queued, not lost
+    assert isinstance(server.doWrite(), ConnectionLost)  # Twisted meets the error
+
+
+def test_the_reactor_makes_gateway_transports() -> None:
+    reactor = _reactor.GatewayReactor()
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        assert isinstance(port, _reactor.GatewayPort)
+        assert port.transport is _reactor.GatewayServer
+        connector = reactor.connectTCP("127.0.0.1", port.getHost().port,
+                                       ClientFactory.forProtocol(Protocol))
+        assert isinstance(connector, _reactor.GatewayConnector)
+        assert isinstance(connector.transport, _reactor.GatewayClient)
+        connector.disconnect()
+    finally:
+        port.stopListening()
+
+
+def test_the_log_prefix_and_repr_are_made_when_asked_for(pair: Any) -> None:
+    """Twisted's ``tcp.Server`` builds both strings per connection; ``GatewayServer``
+    builds them when read (an idle connection holds neither), with Twisted's format."""
+    server, _peer, _ = pair
+    assert "logstr" not in vars(server) and "repstr" not in vars(server)
+    assert server.logPrefix() == f"Protocol,1,{server.hostname}"
+    assert repr(server) == "<Protocol #1 on ?>"  # no listening port in this test
+    server.connectionLost(Failure(ConnectionLost()))
+    assert server.logPrefix() == f"closed,1,{server.hostname}"
+    assert repr(server) == "<closed #1 on ?>"
+
+
+def test_an_idle_connection_s_direct_count_is_a_shared_small_int(pair: Any) -> None:
+    server, peer, _ = pair
+    server.write(b"x" * 3000)
+    assert _received(peer, 3000)
+    assert server._sent_now == 12  # 256-byte units: one of CPython's shared small ints
