@@ -695,7 +695,7 @@ class Profile:
 
 
 ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
-       "nginx-fronted", "h2", "tracing", "inprocess")
+       "nginx-fronted", "h2", "tracing", "inprocess", "minimal")
 
 PROFILES = {
     "full": Profile(5, 10, 2, (1, 8, 32, 128), 5, 15, 5000, 1 << 30, ALL),
@@ -794,6 +794,19 @@ class Bench:
                              fleet=self.fleet if mode.startswith("fleet") else ())
                 fronts.append(f)
                 self.fronts[f.name] = f
+        if "minimal" in self.profile.scenarios:
+            # Scenario 1m/1n: the stack's floor (bench/minimal_proxy.py), the same server
+            # certificate and truststore as gw-ec, with twistedgw run's reactor changes.
+            pki = self.pkis["ec"]
+            port = self.ports["min"] = free_port()
+            argv = [sys.executable, str(HERE / "minimal_proxy.py"), "--port", str(port),
+                    "--backend", f"127.0.0.1:{backend}", "--cert", str(pki.server_cert),
+                    "--key", str(pki.server_key), "--truststore", str(pki.truststore_dir),
+                    "--reactor-changes"]
+            self.procs["min"] = start("min", argv, CORE_PROXY, self.work, port, gateway_env)
+            f = Frontend("min-keepalive", free_port(), port, "keepalive", pki)
+            fronts.append(f)
+            self.fronts[f.name] = f
         if "nginx-fronted" in self.profile.scenarios:
             if not self.tokens:
                 self.jwks, self.tokens = jwt_setup(self.work, self.pkis["ec"])
@@ -1044,6 +1057,24 @@ def scenario_keepalive(b: Bench) -> list[dict[str, Any]]:
                            lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
         rows.append(row("1c keep-alive, --baseline vs NGINX (the figure before)", "baseline",
                         "NGINX", before, "req/s", None, None))
+    return rows
+
+
+def scenario_minimal(b: Bench) -> list[dict[str, Any]]:
+    """The stack's floor in the same run: bench/minimal_proxy.py (TLS with a required client
+    certificate, a head read, one persistent backend connection per client, a relay; no
+    routing, policy, metrics, timers or limits) against NGINX and against twistedgw, keep-alive
+    as scenario 1. It asks for /small: with no routing, the target goes to the backend as
+    it came (NGINX and twistedgw strip /bench)."""
+    d = b.profile.duration
+    s = b.compare(lambda: b.wrk("min-keepalive", "/small", 32, d),
+                  lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+    rows = [row("1m minimal Twisted proxy vs NGINX, keep-alive, small, 32 conns", "minimal",
+                "NGINX", s, "req/s", None, None)]
+    s = b.compare(lambda: b.wrk("gw-ec-keepalive", "/bench/small", 32, d),
+                  lambda: b.wrk("min-keepalive", "/small", 32, d))
+    rows.append(row("1n twistedgw vs the minimal Twisted proxy, keep-alive, small, 32 conns",
+                    "twistedgw", "minimal", s, "req/s", None, None))
     return rows
 
 
@@ -1463,7 +1494,8 @@ def main(argv: list[str] | None = None) -> int:
                          ("sweep", None), ("latency", scenario_latency),
                          ("memory", scenario_memory), ("jwt", scenario_jwt),
                          ("nginx-fronted", scenario_fronted), ("h2", scenario_h2),
-                         ("tracing", scenario_tracing), ("inprocess", scenario_inprocess)):
+                         ("tracing", scenario_tracing), ("inprocess", scenario_inprocess),
+                         ("minimal", scenario_minimal)):
             if name == "sweep" and name in profile.scenarios and profile.sweep:
                 print("-- sweep", file=sys.stderr, flush=True)
                 sweep = scenario_sweep(bench)

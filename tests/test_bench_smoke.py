@@ -7,13 +7,20 @@ gateway, measure, and write its report.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.backend_fixture import BackendProcess
+from tests.harness import env, free_port, wait_port
+from twistedgw.testing import devpki
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,3 +46,51 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert summary["errors"] == 0
     assert summary["a"]["median"] > 0 and summary["b"]["median"] > 0
     assert list(tmp_path.glob("*-smoke.md"))
+
+
+def test_minimal_proxy(tmp_path: Path, pki: devpki.DevPki, backend: BackendProcess) -> None:
+    """bench/minimal_proxy.py (scenario 1m/1n's floor) keeps what its docstring says: a
+    client certificate required, GET heads forwarded with X-Forwarded-For over one backend
+    connection per client connection, anything else answered 400 and closed."""
+    port = free_port()
+    log = tmp_path / "minimal.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "minimal_proxy.py"), "--port", str(port),
+             "--backend", f"127.0.0.1:{backend.port}", "--cert", str(pki.server_cert),
+             "--key", str(pki.server_key), "--truststore", str(pki.truststore_dir),
+             "--reactor-changes"],
+            stdout=out, stderr=subprocess.STDOUT, env=env(),
+        )
+    try:
+        wait_port(port, proc, log=log)
+        ctx = ssl.create_default_context(cafile=str(pki.server_ca))
+        ctx.load_cert_chain(*(str(p) for p in pki.clients["partner-app"]))
+        conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+        conn.request("GET", "/echo?x=1")
+        answer = conn.getresponse()
+        assert answer.status == 200
+        echo = json.loads(answer.read())
+        assert echo["path"] == "/echo?x=1"
+        assert ["X-Forwarded-For", "127.0.0.1"] in echo["headers"]
+        seen = []
+        for _ in range(2):
+            conn.request("GET", "/connections")
+            seen.append(json.loads(conn.getresponse().read())["accepted"])
+        assert seen[0] == seen[1]  # the same backend connection, kept
+        conn.request("POST", "/echo", body=b"x")
+        refused = conn.getresponse()
+        assert refused.status == 400
+        assert refused.read() == b""
+        assert refused.will_close
+        conn.close()
+        bare = ssl.create_default_context(cafile=str(pki.server_ca))  # no client certificate
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    bare.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert s.recv(100) == b"", "answered without a client certificate"
+                raise ConnectionError("closed without an alert")
+    finally:
+        proc.terminate()
+        proc.wait(10)
