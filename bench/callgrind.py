@@ -6,7 +6,8 @@
 Wall-clock figures on a shared machine move by tens of percent between runs; the
 instructions a process executes for a fixed amount of work move by well under one.
 Each system under test (the gateway of this tree, of every ``--tree`` given, and with
-``--nginx`` an NGINX mTLS proxy doing the same work) runs under ``valgrind
+``--nginx`` an NGINX mTLS proxy doing the same work, with ``--minimal``
+bench/minimal_proxy.py, the stack's floor) runs under ``valgrind
 --tool=callgrind`` with instrumentation off while it starts; then, per round and per
 system in turn (A B, B A, ...), instrumentation is switched on, ``--warmup`` requests
 are made, the counters are zeroed, ``--requests`` requests are made, and the counters
@@ -65,6 +66,7 @@ class System:
     port: int
     out: Path  # callgrind's output file prefix
     dumps: int = 0
+    target: bytes = b"/bench/small"  # the minimal proxy routes nothing: /small
     figures: list[float] = field(default_factory=list)
     objects: dict[str, int] = field(default_factory=dict)  # the last dump's, by object
 
@@ -72,8 +74,9 @@ class System:
         subprocess.run(["callgrind_control", *args, str(self.proc.popen.pid)], check=True,
                        capture_output=True, timeout=120)
 
-    def dump_total(self) -> int:
-        """Dump the counters; the total instructions since they were last zeroed."""
+    def dump_total(self, keep: Path | None = None) -> int:
+        """Dump the counters; the total instructions since they were last zeroed
+        (``keep``: a copy of the dump goes there, as ``callgrind.<name>.out``)."""
         self.control("-d")
         self.dumps += 1
         path = Path(f"{self.out}.{self.dumps}")
@@ -85,6 +88,9 @@ class System:
                 if m:
                     total = int(m.group(1))
                     self.objects = by_object(text)
+                    if keep is not None:
+                        keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, keep / f"callgrind.{self.name}.out")
                     path.unlink()
                     return total
             time.sleep(0.2)
@@ -192,22 +198,24 @@ REQUEST = b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\n\r\n"
 REQUEST_CLOSE = b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
-def keepalive(port: int, clients: Clients, count: int) -> None:
+def keepalive(port: int, clients: Clients, count: int, target: bytes) -> None:
     ctx = clients.contexts[0]
+    request = REQUEST.replace(b"/bench/small", target)
     with socket.create_connection(("127.0.0.1", port), timeout=120) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as sock:
         for _ in range(count):
-            sock.sendall(REQUEST)
+            sock.sendall(request)
             _read_response(sock)
 
 
-def handshakes(port: int, clients: Clients, count: int, resume: bool) -> None:
+def handshakes(port: int, clients: Clients, count: int, resume: bool, target: bytes) -> None:
+    request = REQUEST_CLOSE.replace(b"/bench/small", target)
     for _ in range(count):
         ctx = clients.contexts[0] if resume else clients.next_context()
         with socket.create_connection(("127.0.0.1", port), timeout=120) as raw, \
                 ctx.wrap_socket(raw, server_hostname="localhost",
                                 session=clients.session if resume else None) as sock:
-            sock.sendall(REQUEST_CLOSE)
+            sock.sendall(request)
             _read_response(sock)
             if resume:
                 if clients.session is not None and not sock.session_reused:
@@ -220,11 +228,11 @@ def handshakes(port: int, clients: Clients, count: int, resume: bool) -> None:
                 pass
 
 
-def work_once(scenario: str, port: int, clients: Clients, count: int) -> None:
+def work_once(scenario: str, s: System, clients: Clients, count: int) -> None:
     if scenario == "keepalive":
-        keepalive(port, clients, count)
+        keepalive(s.port, clients, count, s.target)
     else:
-        handshakes(port, clients, count, scenario == "resume")
+        handshakes(s.port, clients, count, scenario == "resume", s.target)
 
 
 def start_system(name: str, work: Path, argv: list[str], port: int,
@@ -256,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name per --tree, in order (default: the directory's name)")
     p.add_argument("--no-self", action="store_true", help="measure the --tree(s) only")
     p.add_argument("--nginx", action="store_true", help="also an NGINX mTLS proxy")
+    p.add_argument("--minimal", action="store_true",
+                   help="also bench/minimal_proxy.py (the stack's floor, with --reactor-changes)")
+    p.add_argument("--keep", type=Path,
+                   help="copy each system's last dump here (for callgrind_annotate)")
     p.add_argument("--client", choices=("ec", "rsa"), default="ec")
     p.add_argument("--fresh", action="store_true",
                    help="a certificate of its own (new key, new leaf) for every handshake")
@@ -276,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         pki, issuing = make_pki(work, args.client, args.server_key)
         if args.scenario == "full" and args.fresh:
             per_system = args.warmup + (args.requests + 5) * args.rounds
-            count = per_system * ((0 if args.no_self else 1) + len(args.tree) + args.nginx)
+            count = per_system * ((0 if args.no_self else 1) + len(args.tree) + args.nginx
+                                  + args.minimal)
         else:
             count = 1
         if args.client == "ec" and not args.fresh:
@@ -304,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "PYTHONPATH": str(tree)}
             systems.append(start_system(name, work, [sys.executable, "-m", "twistedgw", "run",
                                                      "--config", str(conf)], port, env))
+        if args.minimal:
+            port = run.free_port()
+            systems.append(start_system("minimal", work, [
+                sys.executable, str(HERE / "minimal_proxy.py"), "--port", str(port),
+                "--backend", f"127.0.0.1:{backend_port}", "--cert", str(pki.server_cert),
+                "--key", str(pki.server_key), "--truststore", str(pki.truststore_dir),
+                "--reactor-changes"], port, {**os.environ, "PYTHONPATH": str(REPO)}))
+            systems[-1].target = b"/small"
         if args.nginx:
             port = run.free_port()
             conf = work / "nginx.conf"
@@ -319,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             order = systems if r % 2 == 0 else list(reversed(systems))
             for s in order:
                 clients.session = None
-                work_once(args.scenario, s.port, clients, args.warmup if r == 0 else 5)
+                work_once(args.scenario, s, clients, args.warmup if r == 0 else 5)
                 s.control("-z")
-                work_once(args.scenario, s.port, clients, args.requests)
-                per = s.dump_total() / args.requests
+                work_once(args.scenario, s, clients, args.requests)
+                per = s.dump_total(args.keep) / args.requests
                 s.figures.append(per)
                 print(f"round {r + 1} {s.name}: {per:,.0f} instructions per request",
                       file=sys.stderr, flush=True)
