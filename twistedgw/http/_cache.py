@@ -28,12 +28,10 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from twisted.internet.interfaces import IPushProducer
-
 from twistedgw import errors
 from twistedgw.config import ApiCache, ResponseCacheConfig
 from twistedgw.upstream import ForwardResult
-from twistedgw.wire import Fields, Responder, answer_headers
+from twistedgw.wire import Fields, Responder, ResponderWrapper, answer_headers
 
 if TYPE_CHECKING:
     from twistedgw.http._resource import GatewayExchange
@@ -241,31 +239,19 @@ class ResponseStore:
 # -------------------------------------------------------------------------- the hook
 
 
-class _Capture:
+class _Capture(ResponderWrapper):
     """The responder while a cacheable answer streams to the client: it keeps a copy of
     the body (up to the per-answer bound) and stores the answer once it is complete."""
 
-    __slots__ = ("_backend", "_body", "_inner", "_size", "head", "status")
+    __slots__ = ("_backend", "_body", "_size", "head", "status")
 
     def __init__(self, backend: CachingBackend, inner: Responder) -> None:
+        super().__init__(inner)
         self._backend = backend
-        self._inner = inner
         self._body: list[bytes] | None = []
         self._size = 0
         self.head: Headers | None = None  # the backend's headers, before the transforms
         self.status = 0
-
-    @property
-    def started(self) -> bool:
-        return self._inner.started
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def gone(self) -> bool:
-        return self._inner.gone
 
     def start_response(
         self, status: int, headers: Headers, length: int | None, reason: bytes | None = None
@@ -311,15 +297,6 @@ class _Capture:
     def abort(self) -> None:
         self._drop()
         self._inner.abort()
-
-    def register_producer(self, producer: IPushProducer) -> None:
-        self._inner.register_producer(producer)
-
-    def unregister_producer(self) -> None:
-        self._inner.unregister_producer()
-
-    def when_gone(self, callback: Callable[[], None] | None) -> None:
-        self._inner.when_gone(callback)
 
 
 OnAnswer = Callable[[int, Headers], "errors.GatewayError | None"]

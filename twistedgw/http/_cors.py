@@ -21,15 +21,12 @@ The decisions are pure functions of the settings and the request's headers
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from twisted.internet.interfaces import IPushProducer
 
 from twistedgw import errors
 from twistedgw.config import ApiConfig, CorsConfig
 from twistedgw.errors import GatewayError
-from twistedgw.wire import TOKEN, Fields, Responder, answer_headers
+from twistedgw.wire import TOKEN, Fields, Responder, ResponderWrapper, answer_headers
 
 if TYPE_CHECKING:
     from twistedgw.http._resource import Gateway, GatewayExchange
@@ -149,27 +146,15 @@ def preflight(cors: CorsConfig, fields: Fields) -> Headers | str:
     return out
 
 
-class CorsResponder:
+class CorsResponder(ResponderWrapper):
     """A ``wire.Responder`` that gives every answer the API's CORS headers (and drops the
     backend's own), delegating the rest to the front's responder."""
 
-    __slots__ = ("_extra", "_inner")
+    __slots__ = ("_extra",)
 
     def __init__(self, inner: Responder, extra: Headers) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._extra = extra
-
-    @property
-    def started(self) -> bool:
-        return self._inner.started
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def gone(self) -> bool:
-        return self._inner.gone
 
     def start_response(
         self, status: int, headers: Headers, length: int | None, reason: bytes | None = None
@@ -177,24 +162,6 @@ class CorsResponder:
         kept = [(n, v) for n, v in headers if n.lower() not in _OWNED]
         kept.extend(self._extra)
         self._inner.start_response(status, kept, length, reason)
-
-    def write(self, data: bytes) -> None:
-        self._inner.write(data)
-
-    def finish(self) -> None:
-        self._inner.finish()
-
-    def abort(self) -> None:
-        self._inner.abort()
-
-    def register_producer(self, producer: IPushProducer) -> None:
-        self._inner.register_producer(producer)
-
-    def unregister_producer(self) -> None:
-        self._inner.unregister_producer()
-
-    def when_gone(self, callback: Callable[[], None] | None) -> None:
-        self._inner.when_gone(callback)
 
 
 def intercept(gateway: Gateway, exchange: GatewayExchange, api: ApiConfig) -> bool:

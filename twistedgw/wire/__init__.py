@@ -30,6 +30,7 @@ from twistedgw.wire._exchange import (
     Connection,
     Exchange,
     Responder,
+    ResponderWrapper,
 )
 from twistedgw.wire._fields import Fields
 from twistedgw.wire._request import (
@@ -68,6 +69,7 @@ __all__ = [
     "MalformedChunks",
     "RequestHead",
     "Responder",
+    "ResponderWrapper",
     "ResponseHead",
     "TinyChunks",
     "WireError",

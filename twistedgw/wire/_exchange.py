@@ -116,6 +116,55 @@ class Responder(Protocol):
     def when_gone(self, callback: Callable[[], None] | None) -> None: ...
 
 
+class ResponderWrapper:
+    """A ``Responder`` that hands everything to the responder it wraps: a subclass
+    overrides only what it changes (the CORS headers, the response cache's copy)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Responder) -> None:
+        self._inner = inner
+
+    @property
+    def started(self) -> bool:
+        return self._inner.started
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    @property
+    def gone(self) -> bool:
+        return self._inner.gone
+
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None = None,
+    ) -> None:
+        self._inner.start_response(status, headers, length, reason)
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+
+    def finish(self) -> None:
+        self._inner.finish()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        self._inner.register_producer(producer)
+
+    def unregister_producer(self) -> None:
+        self._inner.unregister_producer()
+
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        self._inner.when_gone(callback)
+
+
 #: What ``BodySource.read`` calls with the whole body: the spool (at its start) and size.
 BodyReady = Callable[["IO[bytes] | None", int], None]
 
