@@ -30,6 +30,7 @@ from tests.backend_fixture import BackendProcess, start_backend
 from tests.harness import GatewayProcess, Response, free_port, start_gateway, table
 from tests.lbsupport import connect, send
 from tests.test_nginx_fronted import Fronted, fronted_toml, start_fronted
+from tests.test_wso2_transport import KEYS, SERVED  # the same definitions, through NGINX
 from twistedgw.testing.devpki import DevPki
 
 APP = "https://app.example.com"
@@ -88,38 +89,6 @@ paths:
   /{{id}}:
     parameters: [{{name: id, in: path, required: true, schema: {{type: string}}}}]
     get: {{responses: {{'200': {{description: ok}}}}}}
-"""
-
-KEYS = """\
-openapi: 3.0.1
-info: {{title: Keys, version: "1"}}
-x-wso2-basePath: /keys
-x-wso2-production-endpoints: {{urls: ["{backend}/v1"]}}
-x-wso2-auth-header: X-Token
-components:
-  securitySchemes:
-    key: {{type: apiKey, in: query, name: api_key}}
-    bearer: {{type: http, scheme: bearer}}
-paths:
-  /pets:
-    get:
-      security: [{{key: []}}]
-      responses: {{'200': {{description: ok}}}}
-  /orders:
-    get:
-      security: [{{bearer: []}}]
-      responses: {{'200': {{description: ok}}}}
-"""
-
-SERVED = """\
-openapi: 3.0.1
-info: {{title: {title}, version: "1"}}
-x-wso2-basePath: /{title}
-x-wso2-production-endpoints: {{urls: ["{backend}/{title}"]}}
-x-wso2-transports: [{transports}]
-security: []
-paths:
-  /a: {{get: {{responses: {{'200': {{description: ok}}}}}}}}
 """
 
 # The Microgateway 3.x sample's shape (cors_sample.yaml), mutual TLS mandatory.
