@@ -8,9 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
-from twistedgw import config as configmod
+from tests.configtext import SHOP, load, problems
 from twistedgw.config import ApiCache, ConfigError, ResponseCacheConfig
 from twistedgw.http import _cache as cache
 from twistedgw.upstream import ForwardResult
@@ -259,21 +257,7 @@ def test_what_is_never_kept() -> None:
     assert serve(store, backend, method=b"HEAD")[0].cache == "miss" and len(store) == 0
 
 
-BASE = """
-[[listeners]]
-port = 1
-tls = false
-[[apis]]
-name = "shop"
-context = "/shop"
-backend = "http://127.0.0.1:9/"
-"""
-
-
-def load(tmp_path: Path, text: str) -> configmod.GatewayConfig:
-    path = tmp_path / "gateway.toml"
-    path.write_text(text)
-    return configmod.load(path)
+BASE = SHOP
 
 
 def test_toml_settings(tmp_path: Path) -> None:
@@ -285,10 +269,9 @@ def test_toml_settings(tmp_path: Path) -> None:
     assert load(tmp_path, BASE + "[apis.response_cache]\n").apis[0].response_cache == ApiCache(300)
     assert load(tmp_path, BASE + "[apis.response_cache]\nenabled = false\n").apis[
         0].response_cache is None
-    with pytest.raises(ConfigError) as e:
-        load(tmp_path, BASE + "[apis.response_cache]\ntimeout_seconds = 0\n[response_cache]\n"
-                              "max_bytes = 10\n")
-    assert [p.split(": ", 1)[1] for p in e.value.problems] == [
+    assert problems(tmp_path, BASE + "[apis.response_cache]\ntimeout_seconds = 0\n"
+                    "[response_cache]\n"
+                    "max_bytes = 10\n") == [
         "apis[0].response_cache.timeout_seconds: must be positive, got 0",
         "response_cache.max_entry_bytes: is larger than max_bytes (10): no answer that large "
         "could be kept"]

@@ -8,32 +8,14 @@ from typing import Any
 
 import pytest
 
+from tests.configtext import SHOP, problems
+from tests.configtext import load as parse
 from twistedgw import config as configmod
 from twistedgw.config import ConfigError, CorsConfig, normal_origin
 from twistedgw.http import _cors as cors
 from twistedgw.wire import Fields
 
-BASE = """
-[[listeners]]
-port = 1
-tls = false
-[[apis]]
-name = "shop"
-context = "/shop"
-backend = "http://127.0.0.1:9/"
-"""
-
-
-def parse(tmp_path: Path, text: str) -> configmod.GatewayConfig:
-    path = tmp_path / "gateway.toml"
-    path.write_text(text)
-    return configmod.load(path)
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        parse(tmp_path, text)
-    return [line.split(": ", 1)[1] for line in e.value.problems]
+BASE = SHOP
 
 
 def settings(**kw: Any) -> CorsConfig:
