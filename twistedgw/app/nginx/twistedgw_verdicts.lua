@@ -158,19 +158,36 @@ local function remember(m, k, v)
     return v
 end
 
--- The client certificate's fingerprint by connection: $ssl_client_fingerprint hashes the
--- certificate on every read (~2,700 instructions); a connection's certificate never
--- changes (NGINX refuses renegotiation), and $connection is a serial number never
--- reused while the worker lives.
-local fingerprints = memo()
+-- What a connection keeps (worker-local, by $connection: a serial number never reused
+-- while the worker lives): the client certificate's fingerprint ($ssl_client_fingerprint
+-- hashes the certificate on every read, ~2,700 instructions; a connection's certificate
+-- never changes: NGINX refuses renegotiation), the last value of each credential header
+-- with its SHA-256 (a client sends the same token on every request of a connection: a
+-- 700-byte bearer token's digest is ~15,000 instructions), and per location the last
+-- verdict's cache key, parsed answer and expiry, so a warm request reads neither the
+-- shared dict nor builds its key. Nothing of it is shared or written anywhere, and a
+-- verdict kept here never outlives the shared dict's copy (the same expiry).
+local conns = memo()
 
-local function fingerprint(var)
-    local conn = var.connection
-    local fp = fingerprints.t[conn]
-    if fp == nil then
-        fp = remember(fingerprints, conn, var.ssl_client_fingerprint or "")
+local function connection(var)
+    local id = var.connection
+    local c = conns.t[id]
+    if c == nil then
+        c = remember(conns, id, {fp = var.ssl_client_fingerprint or "", cred = {},
+                                 base = {}, seen = {}})
     end
-    return fp
+    return c
+end
+
+-- A credential's digest, from the connection's memo when it is the value sent last.
+local function digest(c, name, value)
+    local last = c.cred[name]
+    if last ~= nil and last[1] == value then
+        return last[2]
+    end
+    local d = sha256(value)
+    c.cred[name] = {value, d}
+    return d
 end
 
 -- The verdict cache key: the API, the client certificate's fingerprint, the digest of
@@ -178,11 +195,14 @@ end
 -- bearer tokens), and for an API from an OpenAPI definition the method and target.
 -- Returns nil when the request must go to twistedgw whole (a repeated credential header,
 -- or more headers than get_headers reads), and false when it may not be cached.
-local function cache_key(spec)
-    local var = ngx.var
-    local key = spec.api .. "|" .. fingerprint(var)
+local function cache_key(spec, var, c)
+    local key = c.base[spec]
+    if key == nil then
+        key = spec.api .. "|" .. c.fp
+        c.base[spec] = key
+    end
     local names = spec.keys
-    if #names > 0 then
+    if names[1] ~= nil then
         -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
         -- of the headers could name another caller's verdict, so such a request is
         -- never cached nor judged here: twistedgw answers it whole.
@@ -199,7 +219,7 @@ local function cache_key(spec)
             if value == nil then
                 key = key .. "|-"
             elseif has_sha256 then
-                key = key .. "|" .. sha256(value)
+                key = key .. "|" .. digest(c, name, value)
             else
                 return false  -- no digest: ask twistedgw, keep nothing
             end
@@ -210,7 +230,7 @@ local function cache_key(spec)
         if value == nil then
             key = key .. "|-"
         elseif has_sha256 then
-            key = key .. "|" .. sha256(value)
+            key = key .. "|" .. digest(c, "\0authorization", value)
         else
             return false
         end
@@ -685,6 +705,26 @@ local function parsed_verdict(spec, verdict)
     return remember(by_spec, verdict, sets)
 end
 
+local now = ngx.now
+
+-- The verdict for key: the connection's last one for this location while it lasts,
+-- else the shared dict's (its flags: the expiry, whole seconds, rounded down), else nil.
+local function cached(spec, key, c)
+    local seen = c.seen[spec]
+    if seen ~= nil and seen[1] == key and now() < seen[3] then
+        return seen[2]
+    end
+    local verdict, expires = ngx.shared.twistedgw_verdicts:get(key)
+    if not verdict then
+        return nil
+    end
+    local sets = parsed_verdict(spec, verdict)
+    if expires and expires > 0 then  -- 0: kept by an older module, its expiry unknown
+        c.seen[spec] = {key, sets, expires}
+    end
+    return sets
+end
+
 function _M.access(spec)
     local drop = nil
     if spec.drop_underscored then
@@ -693,14 +733,14 @@ function _M.access(spec)
             return gateway()
         end
     end
-    local key = cache_key(spec)
+    local var = ngx.var
+    local c = connection(var)
+    local key = cache_key(spec, var, c)
     if key == nil then
         return gateway()
     end
-    local answers = spec.answers
-    local dict = ngx.shared.twistedgw_verdicts
-    local verdict = key and dict:get(key)
-    if not verdict then
+    local sets = key and cached(spec, key, c)
+    if not sets then
         local res = ask(spec)
         if res == nil then
             return gateway()
@@ -713,10 +753,11 @@ function _M.access(spec)
             header[string.lower(name)] = one(value)
         end
         local parts = {}
-        for i, pair in ipairs(answers) do
+        for i, pair in ipairs(spec.answers) do
             parts[i] = header[pair[1]] or ""
         end
-        verdict = table.concat(parts, SEP)
+        local verdict = table.concat(parts, SEP)
+        sets = parsed_verdict(spec, verdict)
         -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same: at most
         -- cache_seconds, never past a certificate's expiry nor a token's exp.
         local control = header["cache-control"]
@@ -725,14 +766,14 @@ function _M.access(spec)
             ttl = tonumber(control:match("max%-age=(%d+)")) or 0
         end
         if ttl > 0 and key then
-            dict:set(key, verdict, ttl)
+            local expires = math.floor(now() + ttl)
+            ngx.shared.twistedgw_verdicts:set(key, verdict, ttl, expires)
+            c.seen[spec] = {key, sets, expires}
         end
     end
-    local sets = parsed_verdict(spec, verdict)
     if sets == EMPTY then
         return forward(spec, drop)  -- nothing to set: the variables start empty
     end
-    local var = ngx.var
     for i = 1, #sets, 2 do
         var[sets[i]] = sets[i + 1]
     end
