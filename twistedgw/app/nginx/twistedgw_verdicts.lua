@@ -16,6 +16,8 @@ local _M = {}
 local SEP = "\n"  -- identity header values never hold a line break (twistedgw strips them)
 local MAX_HEADERS = 100  -- ngx.req.get_headers' default; more: the request goes whole
 
+local now = ngx.now
+
 local function gateway()
     return ngx.exec("@twistedgw_gateway")
 end
@@ -336,12 +338,16 @@ end
 
 -- Several backends: the direct mode's order (load_balance: round-robin, a turn per
 -- request; failover: as written), a backend that failed in the last SUSPEND seconds
--- tried last, not never. The state is in the shared dict, so every worker shares it.
+-- tried last, not never. Each worker keeps its own turn (as direct mode's workers do);
+-- the down-marks are in the shared dict, so every worker shares them: a worker reads
+-- them at most once per DOWN_READ seconds (its own marks at once), not per request.
 local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
+local DOWN_READ = 1
 local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
                     TRACE = true}
 
--- $tgw_peers is "k|rest": the backend tried now and the ones left, in order.
+-- $tgw_peers is "k|rest": the backend tried now and the ones left, in order. Left empty
+-- by the usual pick (no backend down: the ones left follow from $tgw_peer).
 local function use_peer(spec, k, rest)
     local var = ngx.var
     local peer = spec.backends[k]
@@ -350,18 +356,25 @@ local function use_peer(spec, k, rest)
     if spec.peer_name then
         var.tgw_peer_name = peer[3]
     end
-    var.tgw_peers = k .. "|" .. rest
+    if rest then
+        var.tgw_peers = k .. "|" .. rest
+    end
 end
 
--- What pick_backend needs of a spec, built once per worker: the shared dict's keys, and
--- for each first backend the order of the others when none is down.
+-- What pick_backend needs of a spec, built once per worker: the shared dict's keys, for
+-- each first backend the order of the others when none is down, the backends by
+-- upstream name, the turn and the worker's view of the down-marks. By API: the retry
+-- location's spec is another table for the same backends.
+local peer_states = {}
+
 local function peer_state(spec)
-    local state = spec.peer_state
+    local state = peer_states[spec.api]
     if state == nil then
         local n = #spec.backends
-        local down, rests = {}, {}
+        local down, rests, index = {}, {}, {}
         for k = 1, n do
             down[k] = "down|" .. spec.backends[k][4]
+            index[spec.backends[k][1]] = k
         end
         for first = 0, n - 1 do
             local rest = {}
@@ -370,10 +383,29 @@ local function peer_state(spec)
             end
             rests[first] = table.concat(rest, ",")
         end
-        state = {down = down, rests = rests, rr = "rr|" .. spec.api, n = n}
-        spec.peer_state = state
+        state = {down = down, rests = rests, index = index, n = n, turn = 0,
+                 read_at = 0, any_down = false}
+        peer_states[spec.api] = state
     end
     return state
+end
+
+-- Whether any of the spec's backends is marked down (the worker's view, read again from
+-- the shared dict once it is DOWN_READ seconds old).
+local function any_down(state, dict)
+    local t = now()
+    if t >= state.read_at then
+        local found = false
+        for k = 1, state.n do
+            if dict:get(state.down[k]) then
+                found = true
+                break
+            end
+        end
+        state.any_down = found
+        state.read_at = t + DOWN_READ
+    end
+    return state.any_down
 end
 
 local function pick_backend(spec)
@@ -382,19 +414,13 @@ local function pick_backend(spec)
     local n = state.n
     local first = 0
     if spec.backend_mode == "load_balance" then
-        first = (dict:incr(state.rr, 1, -1) or 0) % n
+        first = state.turn % n
+        state.turn = first + 1
+    end
+    if not any_down(state, dict) then  -- the usual case: the turn's order, no table built
+        return use_peer(spec, first + 1, nil)
     end
     local down_keys = state.down
-    local any_down = false
-    for k = 1, n do
-        if dict:get(down_keys[k]) then
-            any_down = true
-            break
-        end
-    end
-    if not any_down then  -- the usual case: the turn's order, no table built
-        return use_peer(spec, first + 1, state.rests[first])
-    end
     local up, down = {}, {}
     for j = 0, n - 1 do
         local k = (first + j) % n + 1
@@ -417,9 +443,18 @@ end
 function _M.retry(spec)
     local var = ngx.var
     local dict = ngx.shared.twistedgw_verdicts
+    local state = peer_state(spec)
     local index, rest = (var.tgw_peers or ""):match("^(%d+)|(.*)$")
+    if index == nil then  -- the usual pick's try: the others follow in turn
+        local k = state.index[var.tgw_peer or ""]
+        if k == nil then
+            return ngx.exec("@twistedgw_503")
+        end
+        index, rest = k, state.rests[k - 1]
+    end
     local failed = spec.backends[tonumber(index)]
     dict:set("down|" .. failed[4], true, SUSPEND)
+    state.read_at = 0  -- this worker's own mark counts at once
     local connect = var.upstream_connect_time or "-"
     local nothing_sent = connect:match("%-%s*$") ~= nil
     local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
@@ -704,8 +739,6 @@ local function parsed_verdict(spec, verdict)
     end
     return remember(by_spec, verdict, sets)
 end
-
-local now = ngx.now
 
 -- The verdict for key: the connection's last one for this location while it lasts,
 -- else the shared dict's (its flags: the expiry, whole seconds, rounded down), else nil.
