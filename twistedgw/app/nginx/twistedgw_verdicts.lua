@@ -16,6 +16,8 @@ local _M = {}
 local SEP = "\n"  -- identity header values never hold a line break (twistedgw strips them)
 local MAX_HEADERS = 100  -- ngx.req.get_headers' default; more: the request goes whole
 
+local now = ngx.now
+
 local function gateway()
     return ngx.exec("@twistedgw_gateway")
 end
@@ -158,19 +160,36 @@ local function remember(m, k, v)
     return v
 end
 
--- The client certificate's fingerprint by connection: $ssl_client_fingerprint hashes the
--- certificate on every read (~2,700 instructions); a connection's certificate never
--- changes (NGINX refuses renegotiation), and $connection is a serial number never
--- reused while the worker lives.
-local fingerprints = memo()
+-- What a connection keeps (worker-local, by $connection: a serial number never reused
+-- while the worker lives): the client certificate's fingerprint ($ssl_client_fingerprint
+-- hashes the certificate on every read, ~2,700 instructions; a connection's certificate
+-- never changes: NGINX refuses renegotiation), the last value of each credential header
+-- with its SHA-256 (a client sends the same token on every request of a connection: a
+-- 700-byte bearer token's digest is ~15,000 instructions), and per location the last
+-- verdict's cache key, parsed answer and expiry, so a warm request reads neither the
+-- shared dict nor builds its key. Nothing of it is shared or written anywhere, and a
+-- verdict kept here never outlives the shared dict's copy (the same expiry).
+local conns = memo()
 
-local function fingerprint(var)
-    local conn = var.connection
-    local fp = fingerprints.t[conn]
-    if fp == nil then
-        fp = remember(fingerprints, conn, var.ssl_client_fingerprint or "")
+local function connection(var)
+    local id = var.connection
+    local c = conns.t[id]
+    if c == nil then
+        c = remember(conns, id, {fp = var.ssl_client_fingerprint or "", cred = {},
+                                 base = {}, seen = {}})
     end
-    return fp
+    return c
+end
+
+-- A credential's digest, from the connection's memo when it is the value sent last.
+local function digest(c, name, value)
+    local last = c.cred[name]
+    if last ~= nil and last[1] == value then
+        return last[2]
+    end
+    local d = sha256(value)
+    c.cred[name] = {value, d}
+    return d
 end
 
 -- The verdict cache key: the API, the client certificate's fingerprint, the digest of
@@ -178,11 +197,14 @@ end
 -- bearer tokens), and for an API from an OpenAPI definition the method and target.
 -- Returns nil when the request must go to twistedgw whole (a repeated credential header,
 -- or more headers than get_headers reads), and false when it may not be cached.
-local function cache_key(spec)
-    local var = ngx.var
-    local key = spec.api .. "|" .. fingerprint(var)
+local function cache_key(spec, var, c)
+    local key = c.base[spec]
+    if key == nil then
+        key = spec.api .. "|" .. c.fp
+        c.base[spec] = key
+    end
     local names = spec.keys
-    if #names > 0 then
+    if names[1] ~= nil then
         -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
         -- of the headers could name another caller's verdict, so such a request is
         -- never cached nor judged here: twistedgw answers it whole.
@@ -199,7 +221,7 @@ local function cache_key(spec)
             if value == nil then
                 key = key .. "|-"
             elseif has_sha256 then
-                key = key .. "|" .. sha256(value)
+                key = key .. "|" .. digest(c, name, value)
             else
                 return false  -- no digest: ask twistedgw, keep nothing
             end
@@ -210,7 +232,7 @@ local function cache_key(spec)
         if value == nil then
             key = key .. "|-"
         elseif has_sha256 then
-            key = key .. "|" .. sha256(value)
+            key = key .. "|" .. digest(c, "\0authorization", value)
         else
             return false
         end
@@ -316,12 +338,16 @@ end
 
 -- Several backends: the direct mode's order (load_balance: round-robin, a turn per
 -- request; failover: as written), a backend that failed in the last SUSPEND seconds
--- tried last, not never. The state is in the shared dict, so every worker shares it.
+-- tried last, not never. Each worker keeps its own turn (as direct mode's workers do);
+-- the down-marks are in the shared dict, so every worker shares them: a worker reads
+-- them at most once per DOWN_READ seconds (its own marks at once), not per request.
 local SUSPEND = 30  -- upstream/_forward.py endpoint_suspend_seconds
+local DOWN_READ = 1
 local IDEMPOTENT = {GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true,
                     TRACE = true}
 
--- $tgw_peers is "k|rest": the backend tried now and the ones left, in order.
+-- $tgw_peers is "k|rest": the backend tried now and the ones left, in order. Left empty
+-- by the usual pick (no backend down: the ones left follow from $tgw_peer).
 local function use_peer(spec, k, rest)
     local var = ngx.var
     local peer = spec.backends[k]
@@ -330,18 +356,25 @@ local function use_peer(spec, k, rest)
     if spec.peer_name then
         var.tgw_peer_name = peer[3]
     end
-    var.tgw_peers = k .. "|" .. rest
+    if rest then
+        var.tgw_peers = k .. "|" .. rest
+    end
 end
 
--- What pick_backend needs of a spec, built once per worker: the shared dict's keys, and
--- for each first backend the order of the others when none is down.
+-- What pick_backend needs of a spec, built once per worker: the shared dict's keys, for
+-- each first backend the order of the others when none is down, the backends by
+-- upstream name, the turn and the worker's view of the down-marks. By API: the retry
+-- location's spec is another table for the same backends.
+local peer_states = {}
+
 local function peer_state(spec)
-    local state = spec.peer_state
+    local state = peer_states[spec.api]
     if state == nil then
         local n = #spec.backends
-        local down, rests = {}, {}
+        local down, rests, index = {}, {}, {}
         for k = 1, n do
             down[k] = "down|" .. spec.backends[k][4]
+            index[spec.backends[k][1]] = k
         end
         for first = 0, n - 1 do
             local rest = {}
@@ -350,10 +383,29 @@ local function peer_state(spec)
             end
             rests[first] = table.concat(rest, ",")
         end
-        state = {down = down, rests = rests, rr = "rr|" .. spec.api, n = n}
-        spec.peer_state = state
+        state = {down = down, rests = rests, index = index, n = n, turn = 0,
+                 read_at = 0, any_down = false}
+        peer_states[spec.api] = state
     end
     return state
+end
+
+-- Whether any of the spec's backends is marked down (the worker's view, read again from
+-- the shared dict once it is DOWN_READ seconds old).
+local function any_down(state, dict)
+    local t = now()
+    if t >= state.read_at then
+        local found = false
+        for k = 1, state.n do
+            if dict:get(state.down[k]) then
+                found = true
+                break
+            end
+        end
+        state.any_down = found
+        state.read_at = t + DOWN_READ
+    end
+    return state.any_down
 end
 
 local function pick_backend(spec)
@@ -362,19 +414,13 @@ local function pick_backend(spec)
     local n = state.n
     local first = 0
     if spec.backend_mode == "load_balance" then
-        first = (dict:incr(state.rr, 1, -1) or 0) % n
+        first = state.turn % n
+        state.turn = first + 1
+    end
+    if not any_down(state, dict) then  -- the usual case: the turn's order, no table built
+        return use_peer(spec, first + 1, nil)
     end
     local down_keys = state.down
-    local any_down = false
-    for k = 1, n do
-        if dict:get(down_keys[k]) then
-            any_down = true
-            break
-        end
-    end
-    if not any_down then  -- the usual case: the turn's order, no table built
-        return use_peer(spec, first + 1, state.rests[first])
-    end
     local up, down = {}, {}
     for j = 0, n - 1 do
         local k = (first + j) % n + 1
@@ -397,9 +443,18 @@ end
 function _M.retry(spec)
     local var = ngx.var
     local dict = ngx.shared.twistedgw_verdicts
+    local state = peer_state(spec)
     local index, rest = (var.tgw_peers or ""):match("^(%d+)|(.*)$")
+    if index == nil then  -- the usual pick's try: the others follow in turn
+        local k = state.index[var.tgw_peer or ""]
+        if k == nil then
+            return ngx.exec("@twistedgw_503")
+        end
+        index, rest = k, state.rests[k - 1]
+    end
     local failed = spec.backends[tonumber(index)]
     dict:set("down|" .. failed[4], true, SUSPEND)
+    state.read_at = 0  -- this worker's own mark counts at once
     local connect = var.upstream_connect_time or "-"
     local nothing_sent = connect:match("%-%s*$") ~= nil
     local body = (tonumber(var.http_content_length) or 0) > 0 or var.http_transfer_encoding
@@ -685,6 +740,24 @@ local function parsed_verdict(spec, verdict)
     return remember(by_spec, verdict, sets)
 end
 
+-- The verdict for key: the connection's last one for this location while it lasts,
+-- else the shared dict's (its flags: the expiry, whole seconds, rounded down), else nil.
+local function cached(spec, key, c)
+    local seen = c.seen[spec]
+    if seen ~= nil and seen[1] == key and now() < seen[3] then
+        return seen[2]
+    end
+    local verdict, expires = ngx.shared.twistedgw_verdicts:get(key)
+    if not verdict then
+        return nil
+    end
+    local sets = parsed_verdict(spec, verdict)
+    if expires and expires > 0 then  -- 0: kept by an older module, its expiry unknown
+        c.seen[spec] = {key, sets, expires}
+    end
+    return sets
+end
+
 function _M.access(spec)
     local drop = nil
     if spec.drop_underscored then
@@ -693,14 +766,14 @@ function _M.access(spec)
             return gateway()
         end
     end
-    local key = cache_key(spec)
+    local var = ngx.var
+    local c = connection(var)
+    local key = cache_key(spec, var, c)
     if key == nil then
         return gateway()
     end
-    local answers = spec.answers
-    local dict = ngx.shared.twistedgw_verdicts
-    local verdict = key and dict:get(key)
-    if not verdict then
+    local sets = key and cached(spec, key, c)
+    if not sets then
         local res = ask(spec)
         if res == nil then
             return gateway()
@@ -713,10 +786,11 @@ function _M.access(spec)
             header[string.lower(name)] = one(value)
         end
         local parts = {}
-        for i, pair in ipairs(answers) do
+        for i, pair in ipairs(spec.answers) do
             parts[i] = header[pair[1]] or ""
         end
-        verdict = table.concat(parts, SEP)
+        local verdict = table.concat(parts, SEP)
+        sets = parsed_verdict(spec, verdict)
         -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same: at most
         -- cache_seconds, never past a certificate's expiry nor a token's exp.
         local control = header["cache-control"]
@@ -725,14 +799,14 @@ function _M.access(spec)
             ttl = tonumber(control:match("max%-age=(%d+)")) or 0
         end
         if ttl > 0 and key then
-            dict:set(key, verdict, ttl)
+            local expires = math.floor(now() + ttl)
+            ngx.shared.twistedgw_verdicts:set(key, verdict, ttl, expires)
+            c.seen[spec] = {key, sets, expires}
         end
     end
-    local sets = parsed_verdict(spec, verdict)
     if sets == EMPTY then
         return forward(spec, drop)  -- nothing to set: the variables start empty
     end
-    local var = ngx.var
     for i = 1, #sets, 2 do
         var[sets[i]] = sets[i + 1]
     end
