@@ -7,7 +7,9 @@ certificate in ``X-SSL-Client-Cert``, ``X-Twistedgw-Nginx``, the expected API), 
 question at a time on a kept-alive connection, as NGINX asks (``--pipeline N`` sends N
 at once, which costs the client less but the gateway's buffer handling more). It reports the
 gateway's CPU time per decision (user + system, from /proc), median and range over the
-rounds. ``--profile`` also samples the gateway with py-spy during one more round and
+rounds, and the median's split into user and system time. ``--syscalls`` also counts
+the gateway's system calls per decision (``strace -f -c``, bench/syscalls.py's way)
+during one more round. ``--profile`` also samples the gateway with py-spy during one more round and
 prints the hottest functions (bench/profile.py's summary).
 """
 
@@ -27,6 +29,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
+import syscalls
 
 
 def questions(pki: run.devpki.DevPki, n: int) -> bytes:
@@ -59,11 +62,19 @@ def ask(s: socket.socket, batch: bytes, n: int) -> None:
         tail = data[-16:]
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / run.CLK_TCK, int(fields[12]) / run.CLK_TCK
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--syscalls", action="store_true",
+                   help="count the gateway's system calls per decision (strace -f -c)")
     p.add_argument("--label", default="")
     p.add_argument("--pipeline", type=int, default=1)
     p.add_argument("--xfcc", action="store_true",
@@ -92,15 +103,33 @@ def main() -> int:
         conn.settimeout(30)
         conn.connect(str(sock))
         ask(conn, batch, depth)  # warm
-        per: list[float] = []
+        per: list[tuple[float, float, float]] = []  # (total, user, system) us per decision
         for _ in range(args.rounds):
-            before = gw.cpu_seconds()
+            user0, sys0 = user_system(gw.popen.pid)
             for _ in range(args.decisions // depth):
                 ask(conn, batch, depth)
-            per.append((gw.cpu_seconds() - before) / args.decisions * 1e6)
+            user1, sys1 = user_system(gw.popen.pid)
+            user, system = ((b - a) / args.decisions * 1e6 for a, b in
+                            ((user0, user1), (sys0, sys1)))
+            per.append((user + system, user, system))
+        totals = [t for t, _u, _s in per]
+        mid = sorted(per)[len(per) // 2]
         print(f"authz endpoint CPU per decision{(' ' + args.label) if args.label else ''}: "
-              f"median {statistics.median(per):.1f} us (range {min(per):.1f}..{max(per):.1f}) "
-              f"over {args.rounds} rounds of {args.decisions}")
+              f"median {statistics.median(totals):.1f} us "
+              f"(range {min(totals):.1f}..{max(totals):.1f}) over {args.rounds} rounds of "
+              f"{args.decisions}; the median round {mid[1]:.1f} us user + {mid[2]:.1f} us "
+              "system")
+        if args.syscalls:
+            out = work / "strace.txt"
+            tracer = syscalls._strace(gw.popen.pid, out, count=True)
+            for _ in range(args.decisions // depth):
+                ask(conn, batch, depth)
+            syscalls._detach(tracer)
+            counts = syscalls.parse_counts(out.read_text())
+            shown = ", ".join(f"{name} {n / args.decisions:.2f}" for name, n in
+                              sorted(counts.items(), key=lambda kv: -kv[1]))
+            print(f"system calls per decision (strace -f -c): "
+                  f"{sum(counts.values()) / args.decisions:.2f}: {shown}")
         if args.profile:
             import profile as prof  # bench/profile.py
 
