@@ -18,20 +18,19 @@ exception that escapes the dispatch itself is still logged with the prefix, as
 ``callWithLogger`` would, and the other events of the same poll are still handled.
 
 **A write goes out at once when nothing is queued.** Twisted's ``FileDescriptor.write``
-queues every write and registers the socket for writability; the next reactor turn
-sends it and unregisters the socket: two ``epoll_ctl`` calls, an event and a turn of
-latency per write, two writes per proxied request (the backend request, the response).
-The gateway's TCP connections (``GatewayServer`` from its listeners, ``GatewayClient``
-to its backends) and its Unix-socket ones (``GatewayUnixServer``: NGINX asking the authz
+queues every write and registers the socket for writability; the next reactor turn sends
+it and unregisters the socket: two ``epoll_ctl`` calls, an event and a turn of latency
+per write, two writes per proxied request (the backend request, the response). The
+gateway's TCP connections (``GatewayServer`` from its listeners, ``GatewayClient`` to
+its backends) and its Unix-socket ones (``GatewayUnixServer``: NGINX asking the authz
 endpoint, plain HTTP/1.1 kept alive) try ``send()`` first when nothing is queued and
-queue only what the kernel did not take. Everything else stays Twisted's: order (a
-write behind queued bytes is queued), pull producers (their writes are queued: Twisted asks for more once
-the queue drains), ``loseConnection`` and half-close, errors (the bytes are queued, so
-Twisted's ``doWrite`` meets the error and closes as usual), and **back-pressure**: at
-most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent directly per reactor
-event of the socket; past
-that, its streaming producer is paused, as Twisted pauses it once 64 KiB are queued,
-and resumed by the next ``doWrite``.
+queue only what the kernel did not take. Everything else stays Twisted's: order (a write
+behind queued bytes is queued), pull producers (their writes are queued: Twisted asks
+for more once the queue drains), ``loseConnection`` and half-close, errors (the bytes
+are queued, so Twisted's ``doWrite`` meets the error and closes as usual), and **back-
+pressure**: at most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent directly
+per reactor event of the socket; past that, its streaming producer is paused, as Twisted
+pauses it once 64 KiB are queued, and resumed by the next ``doWrite``.
 
 That bound is what an earlier attempt (``send_now``, CHANGELOG 0.4.0) lacked and why it
 stalled TLS handshakes in a soak: with every answer leaving at once, the HTTP front
