@@ -27,10 +27,10 @@ endpoint, plain HTTP/1.1 kept alive) try ``send()`` first when nothing is queued
 queue only what the kernel did not take. Everything else stays Twisted's: order (a write
 behind queued bytes is queued), pull producers (their writes are queued: Twisted asks
 for more once the queue drains), ``loseConnection`` and half-close, errors (the bytes
-are queued, so Twisted's ``doWrite`` meets the error and closes as usual), and **back-
-pressure**: at most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent directly
-per reactor event of the socket; past that, its streaming producer is paused, as Twisted
-pauses it once 64 KiB are queued, and resumed by the next ``doWrite``.
+are queued, so Twisted's ``doWrite`` meets the error and closes as usual), and
+**back-pressure**: at most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent
+directly per reactor event of the socket; past that, its streaming producer is paused,
+as Twisted pauses it once 64 KiB are queued, and resumed by the next ``doWrite``.
 
 That bound is what an earlier attempt (``send_now``, CHANGELOG 0.4.0) lacked and why it
 stalled TLS handshakes in a soak: with every answer leaving at once, the HTTP front
