@@ -7,8 +7,13 @@ certificate in ``X-SSL-Client-Cert``, ``X-Twistedgw-Nginx``, the expected API), 
 question at a time on a kept-alive connection, as NGINX asks (``--pipeline N`` sends N
 at once, which costs the client less but the gateway's buffer handling more). It reports the
 gateway's CPU time per decision (user + system, from /proc), median and range over the
-rounds. ``--profile`` also samples the gateway with py-spy during one more round and
-prints the hottest functions (bench/profile.py's summary).
+rounds, and the median's split into user and system time. ``--syscalls`` also counts
+the gateway's system calls per decision (``strace -f -c``, bench/syscalls.py's way)
+during one more round. ``--callgrind N`` instead runs the gateway under callgrind and
+reports its instructions per decision over N decisions (deterministic, for an A/B; the
+dump is kept in ``--keep DIR`` for ``callgrind_annotate``). ``--profile`` also samples
+the gateway with py-spy (``--rate`` per second) during one more round and prints the
+hottest functions (bench/profile.py's summary).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import callgrind
 import run
+import syscalls
 
 
 def questions(pki: run.devpki.DevPki, n: int) -> bytes:
@@ -59,11 +66,23 @@ def ask(s: socket.socket, batch: bytes, n: int) -> None:
         tail = data[-16:]
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / run.CLK_TCK, int(fields[12]) / run.CLK_TCK
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument("--callgrind", type=int, default=0, metavar="N",
+                   help="instructions per decision over N decisions, under callgrind")
+    p.add_argument("--keep", type=Path, default=None, help="where the callgrind dump goes")
+    p.add_argument("--syscalls", action="store_true",
+                   help="count the gateway's system calls per decision (strace -f -c)")
     p.add_argument("--label", default="")
     p.add_argument("--pipeline", type=int, default=1)
     p.add_argument("--xfcc", action="store_true",
@@ -77,11 +96,14 @@ def main() -> int:
         text = text.replace("[[apis]]", '[identity]\nforward = "xfcc"\n\n[[apis]]', 1)
     toml.write_text(text)
     env = {"PYTHONPATH": str(run.REPO), "PATH": "/usr/bin:/bin"}
-    gw = run.start("authz-gw", [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)],
-                   run.CORE_PROXY, work, None, env)
+    argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)]
+    out = work / "callgrind-authz.out"
+    if args.callgrind:
+        argv = [*callgrind.CALLGRIND, f"--callgrind-out-file={out}.%p", *argv]
+    gw = run.start("authz-gw", argv, run.CORE_PROXY, work, None, env)
     sock = work / "authz.sock"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (300 if args.callgrind else 30)
         while not sock.exists():
             if time.monotonic() > deadline or gw.popen.poll() is not None:
                 raise RuntimeError(gw.log.read_text())
@@ -92,22 +114,54 @@ def main() -> int:
         conn.settimeout(30)
         conn.connect(str(sock))
         ask(conn, batch, depth)  # warm
-        per: list[float] = []
+        if args.callgrind:
+            counted = callgrind.System("authz", gw, 0, Path(f"{out}.{gw.popen.pid}"))
+            counted.control("-i", "on")
+            for _ in range(max(1, args.callgrind // 10) // depth):
+                ask(conn, batch, depth)
+            counted.control("-z")
+            for _ in range(args.callgrind // depth):
+                ask(conn, batch, depth)
+            total = counted.dump_total(args.keep)
+            print(f"authz endpoint instructions per decision"
+                  f"{(' ' + args.label) if args.label else ''} (callgrind): "
+                  f"{total / args.callgrind:,.0f} over {args.callgrind}")
+            return 0
+        per: list[tuple[float, float, float]] = []  # (total, user, system) us per decision
         for _ in range(args.rounds):
-            before = gw.cpu_seconds()
+            user0, sys0 = user_system(gw.popen.pid)
             for _ in range(args.decisions // depth):
                 ask(conn, batch, depth)
-            per.append((gw.cpu_seconds() - before) / args.decisions * 1e6)
+            user1, sys1 = user_system(gw.popen.pid)
+            user, system = ((b - a) / args.decisions * 1e6 for a, b in
+                            ((user0, user1), (sys0, sys1)))
+            per.append((user + system, user, system))
+        totals = [t for t, _u, _s in per]
+        mid = sorted(per)[len(per) // 2]
         print(f"authz endpoint CPU per decision{(' ' + args.label) if args.label else ''}: "
-              f"median {statistics.median(per):.1f} us (range {min(per):.1f}..{max(per):.1f}) "
-              f"over {args.rounds} rounds of {args.decisions}")
+              f"median {statistics.median(totals):.1f} us "
+              f"(range {min(totals):.1f}..{max(totals):.1f}) over {args.rounds} rounds of "
+              f"{args.decisions}; the median round {mid[1]:.1f} us user + {mid[2]:.1f} us "
+              "system")
+        if args.syscalls:
+            out = work / "strace.txt"
+            tracer = syscalls._strace(gw.popen.pid, out, count=True)
+            for _ in range(args.decisions // depth):
+                ask(conn, batch, depth)
+            syscalls._detach(tracer)
+            counts = syscalls.parse_counts(out.read_text())
+            shown = ", ".join(f"{name} {n / args.decisions:.2f}" for name, n in
+                              sorted(counts.items(), key=lambda kv: -kv[1]))
+            print(f"system calls per decision (strace -f -c): "
+                  f"{sum(counts.values()) / args.decisions:.2f}: {shown}")
         if args.profile:
             import profile as prof  # bench/profile.py
 
             folded = work / "authz.folded"
             spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "--rate", "250",
-                                    "-o", str(folded), "--pid", str(gw.popen.pid)],
+            spy = subprocess.Popen([spy_bin, "record", "--format", "raw",
+                                    "--rate", str(args.rate), "-o", str(folded),
+                                    "--pid", str(gw.popen.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
             for _ in range(args.decisions // depth):

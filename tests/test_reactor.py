@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from tests.harness import env, gateway_config
 from twistedgw import _reactor
+from twistedgw import _unixsockets as unixsockets
 from twistedgw.testing import devpki
 
 pytestmark = pytest.mark.skipif(_reactor.EPollReactor is None, reason="epoll is Linux's")
@@ -165,25 +166,40 @@ class _Pull:
         pass
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
-    """A ``GatewayServer`` over a real loopback TCP connection (under a memory reactor,
-    so nothing is sent unless the code under test sends it) and its peer's socket."""
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        peer = socket.create_connection(listening.getsockname())
-        accepted, addr = listening.accept()
+def _pair(kind: str) -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
+    if kind == "tcp":
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            peer = socket.create_connection(listening.getsockname())
+            accepted, addr = listening.accept()
+        transport: Any = _reactor.GatewayServer
+    else:  # a Unix-socket listener's connection (NGINX asking the authz endpoint)
+        accepted, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr, transport = "", _reactor.GatewayUnixServer
     accepted.setblocking(False)
     peer.settimeout(5)
     reactor = MemoryReactorClock()
-    server = _reactor.GatewayServer(accepted, Protocol(), addr, None, 1, reactor)
+    server = transport(accepted, Protocol(), addr, None, 1, reactor)
     server.protocol.makeConnection(server)
     try:
         yield server, peer, reactor
     finally:
         peer.close()
         accepted.close()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def pair(request: Any) -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
+    """A ``GatewayServer`` over a real loopback TCP connection, or a
+    ``GatewayUnixServer`` over a Unix one (under a memory reactor, so nothing is sent
+    unless the code under test sends it), and its peer's socket."""
+    yield from _pair(request.param)
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[Any, socket.socket, MemoryReactorClock]]:
+    yield from _pair("tcp")
 
 
 def _received(peer: socket.socket, count: int) -> bytes:
@@ -272,7 +288,8 @@ def test_writes_after_lose_connection_are_queued(pair: Any) -> None:
 
 def test_a_send_error_leaves_the_bytes_to_twisted(pair: Any) -> None:
     server, peer, reactor = pair
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if peer.family != socket.AF_UNIX:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.close()  # a reset: the server's next send fails
     time.sleep(0.2)
     server.write(b"a" * 100)
@@ -295,10 +312,10 @@ def test_the_reactor_makes_gateway_transports() -> None:
         port.stopListening()
 
 
-def test_the_log_prefix_and_repr_are_made_when_asked_for(pair: Any) -> None:
+def test_the_log_prefix_and_repr_are_made_when_asked_for(tcp_pair: Any) -> None:
     """Twisted's ``tcp.Server`` builds both strings per connection; ``GatewayServer``
     builds them when read (an idle connection holds neither), with Twisted's format."""
-    server, _peer, _ = pair
+    server, _peer, _ = tcp_pair
     assert "logstr" not in vars(server) and "repstr" not in vars(server)
     assert server.logPrefix() == f"Protocol,1,{server.hostname}"
     assert repr(server) == "<Protocol #1 on ?>"  # no listening port in this test
@@ -312,3 +329,68 @@ def test_an_idle_connection_s_direct_count_is_a_shared_small_int(pair: Any) -> N
     server.write(b"x" * 3000)
     assert _received(peer, 3000)
     assert server._sent_now == 12  # 256-byte units: one of CPython's shared small ints
+
+
+# -- Unix-socket connections (GatewayUnixServer) -----------------------------------
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_a_unix_listener_makes_gateway_unix_servers(tmp_path: Path) -> None:
+    """The Unix-socket listeners twistedgw makes (``_unixsockets.adopt``) accept
+    ``GatewayUnixServer``s: send-first writes and plain reads for NGINX's questions."""
+    made: list[_Recorder] = []
+
+    def build(_addr: Any) -> _Recorder:
+        made.append(_Recorder())
+        return made[-1]
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    reactor = _reactor.GatewayReactor()
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "gw.sock"))
+    listening.listen()
+    listening.setblocking(False)
+    port = unixsockets.adopt(reactor, listening.fileno(), factory, owns_file=False)
+    listening.close()
+    try:
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.connect(str(tmp_path / "gw.sock"))
+            port.doRead()  # accept
+            server = made[0].transport
+            assert type(server) is _reactor.GatewayUnixServer
+            assert type(server) in _reactor.QUIET_TYPES
+            server.write(b"answer")
+            assert _received(peer, 6) == b"answer"
+            assert server not in reactor.getWriters()  # sent at once, no registration
+            server.loseConnection()
+    finally:
+        port.stopListening()
+
+
+def test_a_unix_read_is_a_plain_recv_and_a_descriptor_a_peer_sends_is_dropped() -> None:
+    """The gateway never takes file descriptors: the bytes that carry one are read,
+    the descriptor never lands in this process; end of stream is Twisted's."""
+    from twisted.internet import main
+
+    accepted, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    accepted.setblocking(False)
+    protocol = _Recorder()
+    server = _reactor.GatewayUnixServer(accepted, protocol, "", None, 1, MemoryReactorClock())
+    protocol.makeConnection(server)
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    with open("/dev/null", "rb") as passed:
+        socket.send_fds(peer, [b"GET /"], [passed.fileno()])
+    assert server.doRead() is None and protocol.data == b"GET /"
+    assert len(list(Path("/proc/self/fd").iterdir())) == before
+    assert server.doRead() is None  # nothing waiting: would block
+    peer.close()
+    assert server.doRead() is main.CONNECTION_DONE
+    accepted.close()

@@ -18,19 +18,19 @@ exception that escapes the dispatch itself is still logged with the prefix, as
 ``callWithLogger`` would, and the other events of the same poll are still handled.
 
 **A write goes out at once when nothing is queued.** Twisted's ``FileDescriptor.write``
-queues every write and registers the socket for writability; the next reactor turn
-sends it and unregisters the socket: two ``epoll_ctl`` calls, an event and a turn of
-latency per write, two writes per proxied request (the backend request, the response).
-The gateway's TCP connections (``GatewayServer`` from its listeners, ``GatewayClient``
-to its backends) try ``send()`` first when nothing is queued and queue only what the
-kernel did not take. Everything else stays Twisted's: order (a write behind queued
-bytes is queued), pull producers (their writes are queued: Twisted asks for more once
-the queue drains), ``loseConnection`` and half-close, errors (the bytes are queued, so
-Twisted's ``doWrite`` meets the error and closes as usual), and **back-pressure**: at
-most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent directly per reactor
-event of the socket; past
-that, its streaming producer is paused, as Twisted pauses it once 64 KiB are queued,
-and resumed by the next ``doWrite``.
+queues every write and registers the socket for writability; the next reactor turn sends
+it and unregisters the socket: two ``epoll_ctl`` calls, an event and a turn of latency
+per write, two writes per proxied request (the backend request, the response). The
+gateway's TCP connections (``GatewayServer`` from its listeners, ``GatewayClient`` to
+its backends) and its Unix-socket ones (``GatewayUnixServer``: NGINX asking the authz
+endpoint, plain HTTP/1.1 kept alive) try ``send()`` first when nothing is queued and
+queue only what the kernel did not take. Everything else stays Twisted's: order (a write
+behind queued bytes is queued), pull producers (their writes are queued: Twisted asks
+for more once the queue drains), ``loseConnection`` and half-close, errors (the bytes
+are queued, so Twisted's ``doWrite`` meets the error and closes as usual), and
+**back-pressure**: at most ``bufferSize`` (64 KiB, counted in 256-byte units) is sent
+directly per reactor event of the socket; past that, its streaming producer is paused,
+as Twisted pauses it once 64 KiB are queued, and resumed by the next ``doWrite``.
 
 That bound is what an earlier attempt (``send_now``, CHANGELOG 0.4.0) lacked and why it
 stalled TLS handshakes in a soak: with every answer leaving at once, the HTTP front
@@ -42,7 +42,9 @@ answers. ``tests/test_soak.py`` keeps that load (pipelined clients that never re
 handshakes beside them).
 
 Only ``twistedgw run`` (and its worker processes) use it (``adopt``); an application
-that embeds the gateway keeps its own reactor. The private names it relies on are in
+that embeds the gateway keeps its own reactor. (The Unix-socket listeners, which
+twistedgw makes itself, ``_unixsockets.UnixPort``, make ``GatewayUnixServer``s under
+any reactor: they need nothing of the reactor's.) The private names it relies on are in
 ``twistedgw/_twisted.py``.
 """
 
@@ -52,7 +54,7 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import tcp, unix
+from twisted.internet import main, tcp, unix
 from twisted.python import log
 
 try:
@@ -181,6 +183,37 @@ class GatewayClient(_SendFirst, tcp.Client):
         self._sent_now = 0
 
 
+class GatewayUnixServer(_SendFirst, unix.Server):
+    """A connection accepted by a Unix-socket listener (NGINX asking the authz endpoint):
+    send-first writes, and reads with a plain ``recv``.
+
+    Twisted's Unix connections read with ``recvmsg`` and a buffer for ancillary data,
+    to receive file descriptors (``IUNIXTransport``), and parse that ancillary data on
+    every read; the gateway never takes file descriptors from a peer, so a plain
+    ``recv`` does. Descriptors a peer sends anyway are dropped by the kernel (closed,
+    never installed in this process), as Twisted closes them for a protocol that does
+    not take them. Writes are Twisted's sendmsg-aware ones when queued (nothing is ever
+    queued with a descriptor)."""
+
+    def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: Any,
+                 sessionno: int, reactor: Any) -> None:
+        super().__init__(sock, protocol, client, server, sessionno, reactor)
+        self._sent_now = 0
+
+    def doRead(self) -> Any:
+        self._sent_now = 0
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+
 class GatewayPort(tcp.Port):
     """A TCP listener whose connections are ``GatewayServer``s (Twisted's documented
     way to choose the transport: the ``transport`` attribute)."""
@@ -196,8 +229,8 @@ class GatewayConnector(tcp.Connector):
 
 
 QUIET_TYPES: frozenset[type] = frozenset(
-    {GatewayServer, GatewayClient, GatewayPort, tcp.Server, tcp.Client, tcp.Port,
-     unix.Server, unix.Port}
+    {GatewayServer, GatewayClient, GatewayPort, GatewayUnixServer, tcp.Server, tcp.Client,
+     tcp.Port, unix.Server, unix.Port}
 )
 """The selectables whose events run without the legacy log context: the TCP and Unix
 stream sockets (listeners, client and backend connections; Unix for a gateway behind

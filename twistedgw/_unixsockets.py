@@ -38,6 +38,8 @@ from typing import Any
 from twisted.internet import tcp, unix
 from twisted.python.lockfile import FilesystemLock
 
+from twistedgw._reactor import GatewayUnixServer
+
 #: The mode of a socket twistedgw creates: its owner and its group may connect.
 DEFAULT_MODE = 0o660
 _OPTIONS = ("address", "mode", "backlog", "lockfile")
@@ -260,9 +262,11 @@ class UnixPort(unix.Port):  # type: ignore[misc]
     """Twisted's Unix port, but leaving the socket file's mode as it is, and leaving
     the file itself behind unless ``owns_file`` (the one who made it removes it: this
     process for ``create``, systemd or the parent otherwise). The private Twisted
-    names it relies on are listed in ``_twisted.USED``."""
+    names it relies on are listed in ``_twisted.USED``. Its connections are
+    ``GatewayUnixServer``s (``_reactor``: send-first writes, plain reads)."""
 
     owns_file = False
+    transport = GatewayUnixServer
 
     def startListening(self) -> None:
         # unix.Port chmods the file to self.mode (0666 unless told otherwise), adopted
