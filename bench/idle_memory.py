@@ -4,6 +4,7 @@
 (tests/backend.py) and the gateway (a real process, ``twistedgw run``), opens
 ``--count`` mTLS connections that each make one request and then stay idle
 (bench/clients.py idle), and prints the gateway's RSS growth per connection.
+``--frames N`` keeps N frames per allocation and lists whole tracebacks (who made it).
 With ``--tracemalloc`` the gateway runs under ``-X tracemalloc`` (which itself
 costs RSS, so the RSS figure of that run is not the one to quote) and the
 Python allocations that stayed per connection are listed by source line; what
@@ -104,6 +105,9 @@ def main() -> int:
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--tracemalloc", action="store_true")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--frames", type=int, default=1,
+                   help="with --tracemalloc: frames kept per allocation; above 1 the list is "
+                   "grouped by whole traceback (where each allocation was made from)")
     p.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -130,7 +134,7 @@ def main() -> int:
         snaps = str(work / "snap")
         argv = [sys.executable]
         if args.tracemalloc:
-            argv += ["-X", "tracemalloc=1"]
+            argv += ["-X", f"tracemalloc={max(1, args.frames)}"]
         argv += [str(Path(__file__).resolve()), "--serve", str(config), snaps]
         with (work / "gateway.log").open("wb") as out:
             gateway = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -166,14 +170,17 @@ def main() -> int:
                   "kib_per_conn": round((after - before) / opened, 2)}
         if before_snap is not None:
             after_snap = _snapshot(gateway, snaps + ".1")
-            stats = after_snap.compare_to(before_snap, "lineno")
+            group = "traceback" if args.frames > 1 else "lineno"
+            stats = after_snap.compare_to(before_snap, group)
             python = sum(s.size_diff for s in stats)
             result["python_kib_per_conn"] = round(python / opened / 1024, 2)
             print(json.dumps(result))
             for s in stats[: args.top]:
-                frame = s.traceback[0]
+                frame, *callers = reversed(s.traceback)  # the allocating frame first
                 print(f"{s.size_diff / opened:8.0f} B/conn {s.count_diff / opened:6.2f} "
                       f"blocks/conn  {frame.filename}:{frame.lineno}")
+                for caller in callers:
+                    print(f"{'':40}<- {caller.filename}:{caller.lineno}")
         else:
             print(json.dumps(result))
         client.stdin.close()

@@ -8,7 +8,10 @@ front, request path and forwarder over in-memory transports), over APIs of each 
 a pipeline has (mTLS mandatory or optional, aliases, identity rules, consumers) and every
 ``[identity] forward``, for callers that verify, fail and present nothing: the second
 request of a connection gets the very backend head and answer a fresh connection's first
-gets, without running the pipeline again. Real-process tests of the same:
+gets, without running the pipeline again; another connection of the same caller (one
+that verified the same chain, or presented nothing) shares it (``callers.Shared``: one
+verdict per caller and config, not a copy per idle connection, issue 27). Real-process
+tests of the same:
 ``test_reload.py`` (a reload re-judges an open connection).
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from twistedgw.http import _callers
 from twistedgw.identity import Source, failed, no_certificate
 from twistedgw.pipeline import _run
 from twistedgw.testing.devpki import DevPki
@@ -108,9 +112,15 @@ def test_a_connections_next_requests_are_judged_as_its_first(
             runs.clear()
             second = h.exchange(kept, request)
             assert runs == [], f"{name}: the pipeline ran again on the same connection"
+            # Another connection of the same caller shares the verdict (callers.Shared),
+            # except a failed handshake's: each such connection is judged on its own.
+            other = h.exchange(h.connect(identity), request)
+            assert runs == ([1] if name == "failed" else []), name
+            runs.clear()
+            _callers._shared = None  # nothing shared: a fresh connection judged afresh
             fresh = h.exchange(h.connect(identity), request)
             assert runs == [1]
-            for got in (first, second):
+            for got in (first, second, other):
                 assert got[0] == fresh[0], name
                 assert _same(got[1]) == _same(fresh[1]), name
             sent = first[0]

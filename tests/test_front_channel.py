@@ -289,3 +289,20 @@ def test_a_pending_verdict_whose_client_left_answers_nothing() -> None:
     assert exchange.responder.gone
     judge.allow()  # the verdict arrives late: nothing is read or written
     assert judge.seen == [] and f.output() == b""
+
+
+def test_an_idle_connection_keeps_no_address_objects_or_request_line() -> None:
+    """What an idle keep-alive connection holds (bench/idle_memory.py, issue 27): the
+    client's address as a string only (the address objects are asked of the transport
+    when read) and nothing of the request it answered."""
+    f = front(resource=Recorder(hold=True))
+    conn = f.channel._conn
+    assert conn is not None and conn.client_ip == "127.0.0.1"
+    assert conn._peer is None and conn._local is None
+    f.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert f.channel._line == (b"GET", b"/a")  # the request's, while it is in flight
+    answer(f.resource.held.pop())
+    assert f.channel._line is None
+    assert conn._peer is None and conn._local is None
+    assert (conn.peer.host, conn.peer.port) == ("127.0.0.1", 50000)  # type: ignore[union-attr]
+    assert (conn.local.host, conn.local.port) == ("127.0.0.1", 443)  # type: ignore[union-attr]

@@ -364,7 +364,7 @@ def test_a_verified_certificate_whose_subject_cannot_be_read_is_invalid(
     assert identity.chain == () and identity.subject is None
 
 
-def test_an_open_connection_keeps_no_alpn_answer_weak_entry_or_error_list(
+def test_an_open_connection_keeps_no_handshake_only_state(
     pki: DevPki,
 ) -> None:
     """What each open connection holds, trimmed (bench/idle_memory.py): pyOpenSSL's copy
@@ -395,7 +395,20 @@ def test_an_open_connection_keeps_no_alpn_answer_weak_entry_or_error_list(
     record = HandshakeRecords.get(server_proto)
     assert record is not None and record.callback_ran and record.errors is None
     assert not hasattr(HandshakeRecords(), "data")  # not a weak dictionary
-    assert tls.identity_for(server_proto).verified
+    identity = tls.identity_for(server_proto)
+    assert identity.verified
+    # Once judged, the connection keeps the (shared) verdict, not the handshake's record;
+    # pyOpenSSL's map entry for callbacks and Twisted's pre-handshake write buffer are gone.
+    assert HandshakeRecords.get(server_proto) is None
+    assert tls.identity_for(server_proto) is identity
+    assert connection._ssl not in SSL.Connection._reverse_mapping
+    assert server_proto._appSendBuffer == ()
+    ssl_ctx = tls._context._context  # no callback after the handshake: no renegotiation
+    assert SSL._lib.SSL_CTX_get_options(ssl_ctx) & SSL.OP_NO_RENEGOTIATION
+    client_proto.write(b" again")  # and the connection still carries data both ways
+    server_proto.write(b"back")
+    pump.flush()
+    assert server_app.data == b"hello again" and client_app.data == b"back"
 
 
 def test_verification_errors_are_still_recorded_in_order(pki: DevPki) -> None:

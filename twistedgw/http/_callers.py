@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import (
     ClientIdentity,
     HeaderDecodeError,
+    Outcome,
     Source,
     decode,
     failed,
@@ -142,11 +143,77 @@ class ConnectionCaller(NamedTuple):
     unix_peer: bool  # a trusted Unix-socket peer (NGINX in front): adopt its X-Forwarded-*
 
 
+SHARED_MAX = 1024
+"""How many callers (and verdicts on them) one config keeps for its connections to share."""
+
+
+class Shared:
+    """What connections under one config (runtime) share instead of a copy each: the
+    ``ConnectionCaller`` of a handshake verdict (``ServerTLS`` gives every connection of a
+    verified chain the same ``ClientIdentity``; every one without a certificate shares
+    one too) and the pipelines' verdicts on it (``http/_resource.CallerVerdict``), keyed
+    by the objects' ids (each entry holds its key objects, so no id is reused while it
+    lives). Bounded: the oldest entry goes first. A failed handshake's verdict is its
+    connection's own (nothing a client that fails presents is kept here)."""
+
+    __slots__ = ("callers", "runtime", "verdicts")
+
+    def __init__(self, runtime: Snapshot) -> None:
+        self.runtime = runtime
+        self.callers: dict[tuple[int, bool, bool], tuple[ClientIdentity, ConnectionCaller]] = {}
+        self.verdicts: dict[tuple[int, int], Any] = {}
+
+    def caller(
+        self, handshake: ClientIdentity, trusted: bool, unix_peer: bool, direct: ClientIdentity
+    ) -> ConnectionCaller:
+        """The one ``ConnectionCaller`` of ``handshake`` on such a connection."""
+        if handshake.outcome is Outcome.FAILED:
+            return ConnectionCaller(Caller(direct, False), trusted, unix_peer)
+        key = (id(handshake), trusted, unix_peer)
+        known = self.callers.get(key)
+        if known is not None:
+            return known[1]
+        made = ConnectionCaller(Caller(direct, False), trusted, unix_peer)
+        _bounded_put(self.callers, key, (handshake, made))
+        return made
+
+
+    def verdict(self, pipeline: object, caller: Caller) -> Any:
+        """A pipeline's verdict on ``caller`` that a connection kept here, or None."""
+        return self.verdicts.get((id(pipeline), id(caller)))
+
+    def keep_verdict(self, pipeline: object, caller: Caller, verdict: Any) -> None:
+        """Keep ``verdict`` (which holds ``pipeline`` and ``caller``) for the next
+        connections of ``caller``: a shared caller's only (a load balancer's header makes
+        a caller per request, a failed handshake one per connection)."""
+        if not caller.via_load_balancer and caller.identity.outcome is not Outcome.FAILED:
+            _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= SHARED_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+_shared: Shared | None = None
+
+
+def shared(runtime: Snapshot) -> Shared:
+    """The ``Shared`` of ``runtime`` (the config in force): one at a time, made anew when
+    another runtime asks (a reload; the old one's entries go with it)."""
+    global _shared
+    current = _shared
+    if current is None or current.runtime is not runtime:
+        current = _shared = Shared(runtime)
+    return current
+
+
 def _connection_caller(exchange: Exchange, runtime: Snapshot) -> ConnectionCaller:
     handshake = handshake_identity(exchange, runtime)
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
-        return ConnectionCaller(Caller(handshake, False), False, False)
+        return shared(runtime).caller(handshake, False, False, handshake)
     unix_peer = _trusted_unix_peer(exchange, settings)
     trusted = (
         (not settings.trusted_proxies and not settings.trust_unix_socket)
@@ -157,8 +224,8 @@ def _connection_caller(exchange: Exchange, runtime: Snapshot) -> ConnectionCalle
     )
     # A direct client: its own handshake certificate speaks for it, unless that is a
     # load balancer's certificate arriving from outside trusted_proxies.
-    direct = Caller(_never_a_load_balancer(handshake, settings), False)
-    return ConnectionCaller(direct, trusted, unix_peer)
+    direct = _never_a_load_balancer(handshake, settings)
+    return shared(runtime).caller(handshake, trusted, unix_peer, direct)
 
 
 def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:

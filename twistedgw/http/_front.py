@@ -380,7 +380,7 @@ class FrontChannel(BoundedClose, Protocol):
         tcp = transport.transport if secure else transport
         if ITCPTransport.providedBy(tcp):
             tcp.setTcpNoDelay(True)
-        self._conn = Connection(tcp.getPeer(), tcp.getHost(), secure, transport)
+        self._conn = Connection.of_transport(transport, secure, tcp.getPeer())
         self._network = IPushProducer(transport, None)
         transport.registerProducer(self, True)
         if self.guard.open > limits.max_connections:
@@ -833,6 +833,7 @@ class FrontChannel(BoundedClose, Protocol):
             self.loseConnection()
             return
         self._phase = Phase.HEAD
+        self._line = None  # that request's; an idle connection keeps no bytes of it
         if self._idle_at is not None:
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:

@@ -572,7 +572,12 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     per_caller = pipeline.per_caller and exchange.trace is None
     if per_caller:
         verdict: CallerVerdict | None = exchange.conn.verdict
-        if verdict is not None and verdict.pipeline is pipeline and verdict.caller is caller:
+        if verdict is None or verdict.pipeline is not pipeline or verdict.caller is not caller:
+            # Another connection of this caller's may have judged it (callers.Shared).
+            verdict = callers.shared(runtime).verdict(pipeline, caller)
+            if verdict is not None:
+                exchange.conn.verdict = verdict
+        if verdict is not None:
             exchange.verdict = verdict
             _conclude(gateway, exchange, verdict)
             return
@@ -592,6 +597,7 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
             verdict = None
         if verdict is not None:
             exchange.conn.verdict = verdict
+            callers.shared(runtime).keep_verdict(pipeline, caller, verdict)
             _conclude(gateway, exchange, verdict)
             return
     exchange.gateway = gateway

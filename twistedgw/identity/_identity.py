@@ -84,8 +84,15 @@ class ClientIdentity:
 
 
 def no_certificate(source: Source = Source.HANDSHAKE) -> ClientIdentity:
-    return ClientIdentity(source, Outcome.NONE, reason=reasons.NONE)
+    """The verdict on a caller that presented nothing: one immutable object per source,
+    shared by every such connection (what is derived from it is shared too)."""
+    return _NO_CERTIFICATE[source]
 
 
 def failed(source: Source, reason: str, chain: tuple[x509.Certificate, ...] = ()) -> ClientIdentity:
     return ClientIdentity(source, Outcome.FAILED, chain, reason=reason)
+
+
+_NO_CERTIFICATE = {
+    source: ClientIdentity(source, Outcome.NONE, reason=reasons.NONE) for source in Source
+}

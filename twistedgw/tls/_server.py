@@ -118,15 +118,19 @@ class HandshakeRecords:
     """TLS protocol -> its record, kept on the protocol itself (an attribute), so that it
     lives and goes with its connection: no weak-dictionary entry (a weak reference and a
     slot, ~0.1 KiB) per open connection. Shared across reloads: a connection made before a
-    reload is judged by the ``ServerTLS`` that handshook it (the record's ``owner``)."""
+    reload is judged by the ``ServerTLS`` that handshook it (the record's ``owner``).
+
+    Once the verdict is computed (``ServerTLS.identity_for``) the attribute holds the
+    verdict itself (shared by the connections of one verified chain) and the record, the
+    handshake's alone, is gone: ``get`` then answers None."""
 
     @staticmethod
     def get(protocol: Any) -> HandshakeRecord | None:
-        record: HandshakeRecord | None = getattr(protocol, _RECORD, None)
-        return record
+        record = getattr(protocol, _RECORD, None)
+        return record if type(record) is HandshakeRecord else None
 
     @staticmethod
-    def put(protocol: Any, record: HandshakeRecord) -> None:
+    def put(protocol: Any, record: HandshakeRecord | ClientIdentity) -> None:
         setattr(protocol, _RECORD, record)
 
 
@@ -408,6 +412,10 @@ class ServerTLS:
         # to read or write: an idle connection holds none. Twisted's options set it
         # today; said here so the gateway does not depend on that default.
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        # No renegotiation, client-initiated or other (OpenSSL 3 refuses a client's by
+        # default; said here): a connection's callbacks all run in its one handshake,
+        # which lets each drop what only they use (ServerTLSProtocol).
+        context.set_options(SSL.OP_NO_RENEGOTIATION)
         context.set_alpn_select_callback(choose_alpn)
         _set_groups(context, TLS_GROUPS)
         if settings.session_tickets:
@@ -460,6 +468,9 @@ class ServerTLS:
         ``tls_transport`` is the ``TLSMemoryBIOProtocol`` (``request.channel.transport``).
         Computed once per connection, after the handshake.
         """
+        kept = getattr(tls_transport, _RECORD, None)
+        if type(kept) is ClientIdentity:
+            return kept
         record = self._records.get(tls_transport)
         if record is None:
             return no_certificate()
@@ -471,7 +482,11 @@ class ServerTLS:
                 # explicitly encoded critical FALSE, a BOOLEAN TRUE of 0x01, a '@' in a
                 # PrintableString): anyone can present one, so it is a verdict, not a 500.
                 record.identity = failed(Source.HANDSHAKE, invalid(str(e)))
-        return record.identity
+        identity = record.identity
+        if getattr(tls_transport, "_handshakeDone", False):
+            # The record was the handshake's: the connection keeps the verdict only.
+            HandshakeRecords.put(tls_transport, identity)
+        return identity
 
     def _evaluate(self, conn: SSL.Connection, record: HandshakeRecord) -> ClientIdentity:
         if not record.asked:
@@ -622,6 +637,22 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
             connection = self._tlsConnection
             if getattr(connection, "_alpn_select_callback_args", None) is not None:
                 connection._alpn_select_callback_args = None
+            # pyOpenSSL's SSL* -> Connection map (a weak dictionary: a weak reference
+            # and a slot per connection) serves its callbacks only; every one of ours
+            # (verify, server name, ALPN) runs during the handshake, and there is no
+            # other: the contexts refuse renegotiation (SSL.OP_NO_RENEGOTIATION).
+            ssl_object = getattr(connection, "_ssl", None)
+            if ssl_object is not None:
+                SSL.Connection._reverse_mapping.pop(ssl_object, None)
+            # Twisted's buffer of writes made before the handshake finished, emptied
+            # now: an empty list per open connection; one is made again if needed.
+            if not self._appSendBuffer:
+                self._appSendBuffer = ()  # type: ignore[assignment]
+
+    def _bufferedWrite(self, octets: bytes) -> None:
+        if not isinstance(self._appSendBuffer, list):  # () once the handshake is done
+            self._appSendBuffer = []
+        super()._bufferedWrite(octets)
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):

@@ -198,17 +198,21 @@ class Connection:
     may say otherwise: ``http/_callers.py``), ``sni`` (the ``[[tls.sni]]`` entry the
     handshake chose, for the 421 check) and ``verdict`` (an API's pipeline's verdict on
     that caller with the header lines it forwards, for pipelines whose verdict depends
-    on nothing else: ``http/_resource.py``). Their types are the request path's."""
+    on nothing else: ``http/_resource.py``). Their types are the request path's.
+
+    ``peer`` and ``local`` (address objects) are asked of ``transport`` the first time
+    something reads them when the connection was made without them (``of_transport``):
+    an idle connection keeps the client's address as the ``client_ip`` string only."""
 
     __slots__ = (
-        "caller", "client_ip", "forwarded", "generation", "local", "peer", "secure", "sni",
+        "_local", "_peer", "caller", "client_ip", "forwarded", "generation", "secure", "sni",
         "transport", "verdict",
     )
 
     def __init__(self, peer: IAddress | None, local: IAddress | None, secure: bool,
                  transport: Any) -> None:
-        self.peer = peer
-        self.local = local
+        self._peer = peer
+        self._local = local
         self.secure = secure
         self.transport = transport
         self.client_ip = _host_of(peer)
@@ -217,6 +221,31 @@ class Connection:
         self.caller: Any = None
         self.sni: Any = None
         self.verdict: Any = None
+
+    @classmethod
+    def of_transport(cls, transport: Any, secure: bool, peer: IAddress | None) -> Connection:
+        """A connection that keeps of ``peer`` (its address now) its host only, and asks
+        ``transport`` for its addresses when they are read."""
+        conn = cls(None, None, secure, transport)
+        conn.client_ip = _host_of(peer)
+        return conn
+
+    @property
+    def peer(self) -> IAddress | None:
+        peer = self._peer
+        if peer is None and self.transport is not None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
+
+    @property
+    def local(self) -> IAddress | None:
+        local = self._local
+        if local is None and self.transport is not None:
+            try:
+                local = self._local = self.transport.getHost()
+            except OSError:  # the socket is closed already
+                return None
+        return local
 
     def derived_under(self, generation: object) -> None:
         """Forget the derived values unless they were derived under ``generation`` (the
