@@ -77,7 +77,7 @@ from twistedgw.http._resource import (
     GatewayExchange,
     RequestRecord,
     Routed,
-    route_request,
+    route_parsed,
 )
 from twistedgw.wire import (
     BodyReady,
@@ -85,7 +85,6 @@ from twistedgw.wire import (
     Connection,
     Framing,
     MalformedChunks,
-    RequestHead,
     TinyChunks,
     WireError,
     answer_headers,
@@ -245,6 +244,35 @@ class _H1Stream:
         elif tail:
             self.channel.write(tail)
         self.channel.request_done(self)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None,
+        body: bytes,
+    ) -> None:
+        """``start_response``, ``write(body)`` and ``finish`` in one call, for an answer
+        whole in hand (a backend's small response): the head and body leave in one write."""
+        if self.started or self.finished or self.gone:
+            self.write(body)
+            self.finish()
+            return
+        self.start_response(status, headers, length, reason)
+        head = self._head
+        self._head = None
+        self.finished = True
+        self._on_gone = None
+        if self._chunked:
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        else:
+            data = body if not self._silent else b""
+        channel = self.channel
+        transport = channel.transport
+        if transport is not None and head is not None:
+            transport.write(head + data)
+        channel.request_done(self)
 
     def abort(self) -> None:
         if self.finished or self.gone:
@@ -616,7 +644,9 @@ class FrontChannel(BoundedClose, Protocol):
             self._parsing = False
 
     def _head(self) -> bool:
-        """Parse a complete request head, or check the partial one; True if one was taken."""
+        """Parse a complete request head, or check the partial one; True if one was taken.
+        A head taken is routed, its body framed, its exchange made and dispatched here, in
+        one frame: the steps every request takes."""
         buf = self._buf
         if not self._partial:
             self._partial = True
@@ -637,23 +667,27 @@ class FrontChannel(BoundedClose, Protocol):
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
-        self._take(head)
-        return True
-
-    def _take(self, head: RequestHead) -> None:
-        """A parsed request head: route it, frame its body, make its exchange."""
+        # Route it (once: the resource reuses it).
         method, target = head.method, head.target
         self._line = (method, target)
         if not head.persistent:
             self.persistent = False
         guard = self.guard
         if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
-            routed: Routed | None = route_request(
-                guard.gateway.runtime, target, method, host=head.host
+            routed: Routed | None = route_parsed(
+                guard.gateway.runtime, target, method, head.host_name
             )
         else:
             routed = guard.route(target, method, head.host)
-        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
+        # Frame its body against the route's limit (``Routed.body_limit``).
+        if routed is None:
+            limit = self._limits.max_body_bytes
+        else:
+            route = routed.route
+            if route is not None and route.api.max_body_bytes is not None:
+                limit = route.api.max_body_bytes
+            else:
+                limit = routed.runtime.config.limits.max_body_bytes
         framing = head.framing
         if framing is Framing.LENGTH and head.length > limit:
             raise WireError(errors.payload_too_large(limit), "body_too_large")
@@ -673,8 +707,19 @@ class FrontChannel(BoundedClose, Protocol):
         self._body_limit = limit
         self._body_size = 0
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
-        # allowed (``read_body``).
-        self._dispatch(Phase.ANSWERING if framing is Framing.NONE else Phase.JUDGING)
+        # allowed (``read_body``). The idle timer ignores both phases (no re-arm per
+        # request).
+        self._partial = False
+        if framing is Framing.NONE:
+            self._phase = Phase.ANSWERING
+        else:
+            self._phase = Phase.JUDGING
+            self._set_reading()  # the body stays in the client's socket
+        try:
+            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
+        except Exception:
+            self._handler_failed(stream, Failure())
+        return True
 
     # -- the body ----------------------------------------------------------
 
@@ -759,18 +804,6 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- dispatch ----------------------------------------------------------
 
-    def _dispatch(self, phase: Phase) -> None:
-        stream, exchange = self._stream, self._exchange
-        assert stream is not None
-        self._partial = False
-        self._phase = phase  # the idle timer ignores both (no re-arm per request)
-        if phase is Phase.JUDGING:
-            self._set_reading()  # the body stays in the client's socket
-        try:
-            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
-        except Exception:
-            self._handler_failed(stream, Failure())
-
     def _handler_failed(self, stream: _H1Stream, failure: Failure) -> None:
         log.failure("handling a request failed", failure)
         if stream.finished or stream.gone:
@@ -821,7 +854,8 @@ class FrontChannel(BoundedClose, Protocol):
             return
         self._stream = None
         self._exchange = self._ready = None
-        self._discard_body()
+        if self._body is not None or self._decoder is not None:
+            self._discard_body()
         if self.transport is None:
             return
         if self._phase in (Phase.JUDGING, Phase.BODY):  # answered, its body not (all) read
@@ -838,7 +872,8 @@ class FrontChannel(BoundedClose, Protocol):
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:
             self._arm_idle()
-        self._set_reading()
+        if self._reading == self._output_full:  # (reading must change: ``_set_reading``)
+            self._set_reading()
         if self._buf:
             self._parse()
         elif self._served == 1:  # the first answer: the handshake's flights went through

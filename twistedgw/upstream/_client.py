@@ -103,6 +103,10 @@ class Truncated(UpstreamError):
 
 
 class ResponseHandler(TypingProtocol):
+    """What hears of a ``BackendCall``'s response. A handler may also have
+    ``response_whole(head, body)``: then a response whose body arrived with its head
+    (the common case) is reported in that one call instead of head, data and end."""
+
     def response_head(self, head: ResponseHead) -> None: ...
     def response_data(self, data: bytes) -> None: ...
     def response_end(self) -> None: ...
@@ -232,7 +236,13 @@ class Upstream:
     ) -> BackendCall:
         """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
         call = BackendCall(self, origin, method, head, body, handler)
-        self._dispatch(call, fresh=False)
+        idle = self._idle.get(origin.key)
+        while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
+            conn = idle.pop()
+            if conn.connected:
+                conn.start(call, reused=True)
+                return call
+        self._connect(call)
         return call
 
     def _dispatch(self, call: BackendCall, *, fresh: bool) -> None:
@@ -484,6 +494,17 @@ class _Connection(Protocol):
         self._chunks = (
             ChunkedDecoder(refuse_tiny_chunks=False) if framing is Framing.CHUNKED else None
         )
+        if (len(buf) == head.body_length if framing is Framing.LENGTH
+                else framing is Framing.NONE and not buf):
+            # The whole response is in (the common case: a small body read with its head).
+            # The exchange on this connection is over before the handler hears of it, so
+            # the handler gets it in one call when it can take it so (no pacing, no body
+            # timer): the forwarder's ``response_whole``.
+            whole = getattr(call.handler, "response_whole", None)
+            if whole is not None:
+                self._complete_quietly(call)
+                whole(head, buf)
+                return
         call.handler.response_head(head)
         if self.call is not call:  # the handler cancelled
             return
@@ -544,11 +565,20 @@ class _Connection(Protocol):
             call.handler.response_data(data)
 
     def _complete(self) -> None:
-        call, self.call = self.call, None
+        call = self.call
+        if call is None:
+            self.state = State.IDLE
+            self._chunks = None
+            return
+        self._complete_quietly(call)
+        call.handler.response_end()
+
+    def _complete_quietly(self, call: BackendCall) -> None:
+        """``call``'s response is all in: the connection goes back to the pool (or is
+        closed); its handler is told by the caller."""
+        self.call = None
         self.state = State.IDLE
         self._chunks = None
-        if call is None:
-            return
         call.conn = None
         call.cancelled = True  # finished: later cancel() calls are no-ops
         if self.reusable and self._pump is None and self.connected:
@@ -557,7 +587,6 @@ class _Connection(Protocol):
             self.upstream.park(self)
         else:
             self.abort()
-        call.handler.response_end()
 
     def _fail(self, error: UpstreamError, *, abort: bool = True) -> None:
         call, self.call = self.call, None

@@ -213,10 +213,34 @@ def build_request_head(
         edits = HeadEdits.of(add_headers, remove_headers) if (
             add_headers or remove_headers
         ) else NO_EDITS
-    forwarded = _forwarded(exchange)
-    out, connection = _head_lines(
-        exchange, origin, target, edits, _NO_NAMES, body_length, forwarded, _same
-    )
+    conn = exchange.conn
+    if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
+        forwarded = conn.forwarded  # the connection's (``_forwarded``), once built
+        if forwarded is None:
+            forwarded = _forwarded(exchange)
+    else:
+        forwarded = _forwarded(exchange)
+    # ``_head_lines`` with ``_same``, written out: the one pass most requests need.
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
+    append = out.append
+    drop = edits.drop
+    connection = False
+    for name, value in exchange.fields.pairs:
+        lower = name.lower()
+        if lower in drop or lower in _REQUEST_DROP or b"_" in name:
+            if lower == b"connection":
+                connection = True
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    append(forwarded)
+    host = exchange.host  # validated by the front (_hosts.from_header), or None
+    if host is not None:
+        append(b"X-Forwarded-Host: %s\r\n" % (host,))
+    if edits.lines:
+        append(edits.block)
+    if body_length is not None:
+        append(b"Content-Length: %d\r\n" % (body_length,))
+    append(b"\r\n")
     if connection:
         # The client's Connection header names more fields to drop (hop-by-hop for it):
         # again, leaving those out too. Rare: clients seldom list any.
@@ -679,7 +703,12 @@ class _Forwarding:
         body = self._body
         if body is not None:
             body.seek(0)  # a retry on another backend sends it from its start
-        self._fw._deadlines.arm(self, self._settings.backend_timeout)
+        # ``_Deadlines.arm``, written out (once per request).
+        deadlines = fw._deadlines
+        due = self._reactor.seconds() + self._settings.backend_timeout
+        deadlines._due[self] = due
+        if deadlines._call is None or due < deadlines._at:
+            deadlines._schedule(due)
         self._call = fw._upstream.request(origin, exchange.method, head, body, self)
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
@@ -777,6 +806,42 @@ class _Forwarding:
         # This forwarding is the responder's producer while the body streams: the
         # responder pauses it at once if the client's output is already full.
         self._responder.register_producer(self)
+
+    def response_whole(self, head: ResponseHead, body: bytes) -> None:
+        """The backend's whole response came in one read, its connection already back in
+        the pool: answered in one go (``response_head``, ``response_data`` and
+        ``response_end`` folded), with no producer to register and no body timer."""
+        self._call = None
+        if self._phase is not _Phase.WAITING:
+            return
+        fw = self._fw
+        fw._deadlines._due.pop(self, None)  # the head's deadline is met
+        try:
+            headers, length = response_headers(head, self._exchange.method == b"HEAD")
+        except Exception:
+            _log.failure("cannot relay the response of {backend}", backend=self._backend)
+            self._send_error(errors.internal_error(), "other")
+            return
+        code = head.code
+        if self._on_answer is not None:
+            refused = self._on_answer(code, headers)
+            if refused is not None:  # a response transform failed: its error, not the body
+                self._send_error(refused, "other", transform=False)
+                return
+        if fw._down:
+            fw._answered(self._target)
+        self._status = code
+        responder = self._responder
+        respond = getattr(responder, "respond", None)
+        if respond is not None:
+            respond(code, headers, length, head.phrase, body)
+        else:
+            responder.start_response(code, headers, length, head.phrase)
+            if body:
+                responder.write(body)
+            responder.finish()
+        self._sent = sent = len(body)
+        self._finish_result(code, None, sent)
 
     @property
     def switching(self) -> bool:
@@ -935,7 +1000,8 @@ class _Forwarding:
             self._finish_result(self._status, "client_gone", self._sent)
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
-        self._cancel_send_timer()
+        if self._send_timer is not None:
+            self._cancel_send_timer()
         if self._phase is _Phase.DONE and self._on_done is None:
             return
         self._phase = _Phase.DONE
