@@ -106,6 +106,11 @@ LINGER_BYTES = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+_F_NONE, _F_LENGTH, _F_CHUNKED = Framing.NONE, Framing.LENGTH, Framing.CHUNKED
+
+
 class Phase(enum.Enum):
     """Where a connection is between two requests' bytes."""
 
@@ -115,6 +120,13 @@ class Phase(enum.Enum):
     ANSWERING = "the request is in: its answer is awaited or being sent"
     LINGERING = "refused, or answered unread: discarding what the client sends, then closing"
     UPGRADED = "switched protocols (101): its bytes are a tunnel's (http/_upgrade.py)"
+
+
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+(_HEAD, _JUDGING, _BODY, _ANSWERING, _LINGERING, _UPGRADED) = (
+    Phase.HEAD, Phase.JUDGING, Phase.BODY, Phase.ANSWERING, Phase.LINGERING, Phase.UPGRADED,
+)
 
 
 def _bad(description: str) -> WireError:
@@ -178,7 +190,8 @@ class _H1Stream:
             return
         self.started = True
         channel = self.channel
-        channel.answering(self)  # the body unread: skipped if all in, else Connection: close
+        if channel._phase is not _ANSWERING:  # the usual phase: nothing to do there
+            channel.answering(self)  # the body unread: skipped if all in, else Connection: close
         version = self.version
         silent = self._silent = (
             self.head_request or status in _NO_BODY_STATUSES or status < 200
@@ -341,7 +354,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._conn: Connection | None = None
         self._limits = Limits()
         self._buf = b""
-        self._phase = Phase.HEAD
+        self._phase = _HEAD
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
         self._stream: _H1Stream | None = None  # the exchange being read or answered
@@ -535,7 +548,7 @@ class FrontChannel(BoundedClose, Protocol):
         needed (the handshake's flights, a large body): give it empty ones."""
         if (
             self.secure and self._served  # a request was served: the handshake is done
-            and self._phase is Phase.HEAD and not self._partial and not self._buf
+            and self._phase is _HEAD and not self._partial and not self._buf
             and not self.refused and not self._closing and self.transport is not None
         ):
             handle = self.transport.getHandle()  # type: ignore[attr-defined]
@@ -553,9 +566,9 @@ class FrontChannel(BoundedClose, Protocol):
         mid-request, else close."""
         self._idle_at = None
         phase = self._phase
-        if phase is Phase.LINGERING:
+        if phase is _LINGERING:
             return
-        if phase is Phase.ANSWERING or phase is Phase.JUDGING:  # not idle: timed again later
+        if phase is _ANSWERING or phase is _JUDGING:  # not idle: timed again later
             self._arm_idle()
             return
         if self._partial:
@@ -577,7 +590,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _header_timed_out(self) -> None:
         self._header_at = None
-        if self._phase is not Phase.HEAD:
+        if self._phase is not _HEAD:
             return  # the head it timed is in (or the connection was refused)
         if not self._partial:
             if self._served:
@@ -599,12 +612,12 @@ class FrontChannel(BoundedClose, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         phase = self._phase
-        if phase is Phase.LINGERING or self._closing:
+        if phase is _LINGERING or self._closing:
             self._discard(len(data))
             return
         if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
             self._idle_at = self._now() + self._limits.idle_timeout
-        if phase is Phase.ANSWERING or phase is Phase.JUDGING:
+        if phase is _ANSWERING or phase is _JUDGING:
             self._buf += data  # pipelined requests, or an unread body's first bytes
             if len(self._buf) > EAGER_READ:
                 self._set_reading()
@@ -627,12 +640,12 @@ class FrontChannel(BoundedClose, Protocol):
         try:
             while self._buf and not self._output_full:
                 phase = self._phase
-                if phase is Phase.HEAD:
+                if phase is _HEAD:
                     if not self._head():
                         return
-                elif phase is Phase.BODY:
+                elif phase is _BODY:
                     self._body_bytes()
-                    if self._phase is Phase.BODY:
+                    if self._phase is _BODY:
                         return
                 else:
                     return
@@ -689,9 +702,9 @@ class FrontChannel(BoundedClose, Protocol):
             else:
                 limit = routed.runtime.config.limits.max_body_bytes
         framing = head.framing
-        if framing is Framing.LENGTH and head.length > limit:
+        if framing is _F_LENGTH and head.length > limit:
             raise WireError(errors.payload_too_large(limit), "body_too_large")
-        chunked = framing is Framing.CHUNKED
+        chunked = framing is _F_CHUNKED
         stream = _H1Stream(
             self, head.version, method == b"HEAD", None if chunked else head.length,
             head.expect_continue,
@@ -700,7 +713,7 @@ class FrontChannel(BoundedClose, Protocol):
         assert conn is not None
         exchange = GatewayExchange(
             method, target, head.version, head.fields, head.host, conn, stream,
-            stream if framing is not Framing.NONE else None, routed,
+            stream if framing is not _F_NONE else None, routed,
         )
         self._stream = stream
         self._exchange = exchange
@@ -710,10 +723,10 @@ class FrontChannel(BoundedClose, Protocol):
         # allowed (``read_body``). The idle timer ignores both phases (no re-arm per
         # request).
         self._partial = False
-        if framing is Framing.NONE:
-            self._phase = Phase.ANSWERING
+        if framing is _F_NONE:
+            self._phase = _ANSWERING
         else:
-            self._phase = Phase.JUDGING
+            self._phase = _JUDGING
             self._set_reading()  # the body stays in the client's socket
         try:
             self.site.resource.handle(exchange)  # type: ignore[attr-defined]
@@ -725,10 +738,10 @@ class FrontChannel(BoundedClose, Protocol):
 
     def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
         """``BodySource.read``: the exchange was allowed; read its body, then ``ready``."""
-        if stream is not self._stream or stream.gone or self._phase is not Phase.JUDGING:
+        if stream is not self._stream or stream.gone or self._phase is not _JUDGING:
             return
         self._ready = ready
-        self._phase = Phase.BODY
+        self._phase = _BODY
         self._partial = True  # the idle timer answers 408 if the body stops arriving
         length = stream.body_length
         if length is None:
@@ -785,7 +798,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _body_done(self) -> None:
         """The whole body is in: hand it to whoever asked for it."""
-        self._phase = Phase.ANSWERING
+        self._phase = _ANSWERING
         self._partial = False
         self._set_reading()  # now reading only pipelined bytes, up to EAGER_READ
         ready, self._ready = self._ready, None
@@ -823,10 +836,10 @@ class FrontChannel(BoundedClose, Protocol):
         """``stream``'s answer starts. If its body was not read (a refusal), it is
         skipped when it is all in the buffer already, else the connection closes after
         the answer (``request_done`` lingers first)."""
-        if stream is not self._stream or self._phase not in (Phase.JUDGING, Phase.BODY):
+        if stream is not self._stream or self._phase not in (_JUDGING, _BODY):
             return
-        if self._phase is Phase.JUDGING and self._skip_buffered_body(stream):
-            self._phase = Phase.ANSWERING
+        if self._phase is _JUDGING and self._skip_buffered_body(stream):
+            self._phase = _ANSWERING
             return
         self.persistent = False
 
@@ -858,7 +871,7 @@ class FrontChannel(BoundedClose, Protocol):
             self._discard_body()
         if self.transport is None:
             return
-        if self._phase in (Phase.JUDGING, Phase.BODY):  # answered, its body not (all) read
+        if self._phase in (_JUDGING, _BODY):  # answered, its body not (all) read
             self._linger_start()
             self._stop_timing("_header_at", "_idle_at")
             self._close_timer = self.callLater(LINGER_SECONDS, self._close)
@@ -866,7 +879,7 @@ class FrontChannel(BoundedClose, Protocol):
         if not self.persistent:
             self.loseConnection()
             return
-        self._phase = Phase.HEAD
+        self._phase = _HEAD
         self._line = None  # that request's; an idle connection keeps no bytes of it
         if self._idle_at is not None:
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
@@ -892,7 +905,7 @@ class FrontChannel(BoundedClose, Protocol):
         transport: Any = self.transport
         if stream is not self._stream or transport is None or self._closing or self.refused:
             return None
-        self._phase = Phase.UPGRADED
+        self._phase = _UPGRADED
         self.persistent = False
         self.upgraded = tunnel
         self._stop_timing("_header_at", "_handshake_at", "_idle_at")
@@ -930,8 +943,8 @@ class FrontChannel(BoundedClose, Protocol):
     def _set_reading(self) -> None:
         """Read from the transport unless the output is full or too much is buffered."""
         phase = self._phase
-        want = not self._output_full and phase is not Phase.JUDGING and not (
-            phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
+        want = not self._output_full and phase is not _JUDGING and not (
+            phase is _ANSWERING and len(self._buf) > EAGER_READ
         )
         network = self._network
         if want == self._reading or network is None:
@@ -950,7 +963,7 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.pauseProducing()
-        if self._phase is not Phase.LINGERING:
+        if self._phase is not _LINGERING:
             self._set_reading()
 
     def resumeProducing(self) -> None:
@@ -960,10 +973,10 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.resumeProducing()
-        if self._phase is Phase.LINGERING:
+        if self._phase is _LINGERING:
             return
         self._set_reading()
-        if self._buf and self._phase in (Phase.HEAD, Phase.BODY) and self.transport:
+        if self._buf and self._phase in (_HEAD, _BODY) and self.transport:
             self._parse()
 
     def stopProducing(self) -> None:
@@ -996,7 +1009,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _linger_start(self) -> None:
         """From now on the connection reads only to discard (bounded), then closes."""
-        self._phase = Phase.LINGERING
+        self._phase = _LINGERING
         self._partial = False
         self._lingered = len(self._buf)
         self._buf = b""

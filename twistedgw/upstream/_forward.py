@@ -136,6 +136,9 @@ class ForwardResult(NamedTuple):
     error_kind: str | None
 
 
+_new_result = tuple.__new__  # a ForwardResult without its NamedTuple __new__ (a Python call)
+
+
 # -- header hygiene ----------------------------------------------------------
 
 
@@ -607,6 +610,11 @@ class _Phase(enum.Enum):
     DONE = "done: reported through on_done"
 
 
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+_WAITING, _STREAMING, _DONE = _Phase.WAITING, _Phase.STREAMING, _Phase.DONE
+
+
 @implementer(IPushProducer)
 class _Forwarding:
     """The state of one request/response relay: waiting -> streaming -> done.
@@ -662,7 +670,7 @@ class _Forwarding:
         )
         self._target = target
         self._on_done = on_done
-        self._phase = _Phase.WAITING
+        self._phase = _WAITING
         self._client_gone = False
         self._call: BackendCall | None = None
         self._send_timer: IDelayedCall | None = None
@@ -746,7 +754,7 @@ class _Forwarding:
     # -- the timer -------------------------------------------------------
 
     def _timed_out(self) -> None:
-        if self._phase is _Phase.WAITING:
+        if self._phase is _WAITING:
             self._cancel_call()
             _log.warn(
                 "backend {backend} for {method} failed before responding (timeout):"
@@ -763,7 +771,7 @@ class _Forwarding:
                 ),
                 "timeout",
             )
-        elif self._phase is _Phase.STREAMING:
+        elif self._phase is _STREAMING:
             self._cancel_call()
             self._body_done("timeout", "no body bytes within the backend timeout")
 
@@ -781,7 +789,7 @@ class _Forwarding:
     # -- ResponseHandler -------------------------------------------------
 
     def response_head(self, head: ResponseHead) -> None:
-        if self._phase is not _Phase.WAITING:
+        if self._phase is not _WAITING:
             return
         try:
             headers, length = response_headers(head, self._exchange.method == b"HEAD")
@@ -798,7 +806,7 @@ class _Forwarding:
                 self._cancel_timer()
                 self._send_error(refused, "other", transform=False)
                 return
-        self._phase = _Phase.STREAMING
+        self._phase = _STREAMING
         self._fw._answered(self._target)
         self._status = head.code
         self._responder.start_response(head.code, headers, length, head.phrase)
@@ -812,7 +820,7 @@ class _Forwarding:
         the pool: answered in one go (``response_head``, ``response_data`` and
         ``response_end`` folded), with no producer to register and no body timer."""
         self._call = None
-        if self._phase is not _Phase.WAITING:
+        if self._phase is not _WAITING:
             return
         fw = self._fw
         fw._deadlines._due.pop(self, None)  # the head's deadline is met
@@ -853,7 +861,7 @@ class _Forwarding:
         connection from now on; a 101 that is not the upgrade asked for is a 503."""
         self._call = None
         on_switch = self._on_switch
-        if self._phase is not _Phase.WAITING or on_switch is None:
+        if self._phase is not _WAITING or on_switch is None:
             conn.abort()
             return
         fields = check_switch(head, self._exchange.fields.last(b"sec-websocket-key"))
@@ -869,7 +877,7 @@ class _Forwarding:
         on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             if not self._paused:
                 self._rearm()
             self._sent += len(data)
@@ -877,15 +885,15 @@ class _Forwarding:
 
     def response_end(self) -> None:
         self._call = None
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             self._body_done(None, "")
 
     def response_failed(self, error: UpstreamError) -> None:
         self._call = None
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             self._body_done("reset", _reason(error))
             return
-        if self._phase is not _Phase.WAITING:
+        if self._phase is not _WAITING:
             return
         self._cancel_timer()
         kind, err = self._classify(error)
@@ -947,7 +955,7 @@ class _Forwarding:
         """Answer 500 after a bug in forward() itself, if nothing was sent yet."""
         self._cancel_timer()
         self._cancel_call()
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         try:
             responder = self._responder
@@ -965,7 +973,7 @@ class _Forwarding:
     def _body_done(self, kind: str | None, reason: str) -> None:
         """The backend body ended: finish the client response, or abort it if cut short."""
         self._cancel_timer()
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         sent = self._sent
         responder = self._responder
@@ -989,12 +997,12 @@ class _Forwarding:
         self._finish_result(self._status, kind, sent)
 
     def _client_left(self) -> None:
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         self._client_gone = True
         self._cancel_timer()
         self._cancel_call()
-        if self._phase is _Phase.WAITING:
+        if self._phase is _WAITING:
             self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
         else:
             self._finish_result(self._status, "client_gone", self._sent)
@@ -1002,16 +1010,16 @@ class _Forwarding:
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
         if self._send_timer is not None:
             self._cancel_send_timer()
-        if self._phase is _Phase.DONE and self._on_done is None:
+        if self._phase is _DONE and self._on_done is None:
             return
-        self._phase = _Phase.DONE
+        self._phase = _DONE
         if self._span is not None:
             self._span.end(self._status, kind)
         self._responder.when_gone(None)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             try:
-                on_done(ForwardResult(status, bytes_sent, kind))
+                on_done(_new_result(ForwardResult, (status, bytes_sent, kind)))
             except Exception:
                 _log.failure("on_done callback failed")
 
@@ -1026,7 +1034,7 @@ class _Forwarding:
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
-        if self._send_timer is None and self._phase is _Phase.STREAMING:
+        if self._send_timer is None and self._phase is _STREAMING:
             self._send_mark = _client_progress(self._exchange)
             self._send_timer = self._reactor.callLater(
                 self._settings.send_timeout, self._send_timed_out
@@ -1037,7 +1045,7 @@ class _Forwarding:
             return
         self._paused = False
         self._cancel_send_timer()
-        if self._call is not None and self._phase is _Phase.STREAMING:
+        if self._call is not None and self._phase is _STREAMING:
             self._rearm()
             self._call.resume()
 
@@ -1062,7 +1070,7 @@ class _Forwarding:
         ``send_timeout`` counts from the last successful write.
         """
         self._send_timer = None
-        if self._phase is not _Phase.STREAMING:
+        if self._phase is not _STREAMING:
             return
         mark = _client_progress(self._exchange)
         if mark is not None and self._send_mark is not None and mark > self._send_mark:
