@@ -350,7 +350,7 @@ class Metrics:
             code,
             refused,
             cache,
-            _websocket_event(websocket),
+            None if websocket is None else _websocket_event(websocket),
         )
 
     def websocket_closed(self, api: str, reason: str) -> None:
@@ -392,7 +392,7 @@ class Metrics:
                 self.websocket_closed(api, websocket)
                 return
             self.websockets_open.inc()  # its handshake is counted as a request below
-        consumer = self._consumer_label(consumer_name)
+        consumer = NO_CONSUMER if consumer_name is None else self._consumer_label(consumer_name)
         # The request's cells, looked up once per label set.
         cells = self._cells
         key = (api, status, source, result, reason, consumer)

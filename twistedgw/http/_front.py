@@ -77,7 +77,7 @@ from twistedgw.http._resource import (
     GatewayExchange,
     RequestRecord,
     Routed,
-    route_request,
+    route_parsed,
 )
 from twistedgw.wire import (
     BodyReady,
@@ -85,7 +85,6 @@ from twistedgw.wire import (
     Connection,
     Framing,
     MalformedChunks,
-    RequestHead,
     TinyChunks,
     WireError,
     answer_headers,
@@ -107,6 +106,11 @@ LINGER_BYTES = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+_F_NONE, _F_LENGTH, _F_CHUNKED = Framing.NONE, Framing.LENGTH, Framing.CHUNKED
+
+
 class Phase(enum.Enum):
     """Where a connection is between two requests' bytes."""
 
@@ -116,6 +120,13 @@ class Phase(enum.Enum):
     ANSWERING = "the request is in: its answer is awaited or being sent"
     LINGERING = "refused, or answered unread: discarding what the client sends, then closing"
     UPGRADED = "switched protocols (101): its bytes are a tunnel's (http/_upgrade.py)"
+
+
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+(_HEAD, _JUDGING, _BODY, _ANSWERING, _LINGERING, _UPGRADED) = (
+    Phase.HEAD, Phase.JUDGING, Phase.BODY, Phase.ANSWERING, Phase.LINGERING, Phase.UPGRADED,
+)
 
 
 def _bad(description: str) -> WireError:
@@ -179,7 +190,8 @@ class _H1Stream:
             return
         self.started = True
         channel = self.channel
-        channel.answering(self)  # the body unread: skipped if all in, else Connection: close
+        if channel._phase is not _ANSWERING:  # the usual phase: nothing to do there
+            channel.answering(self)  # the body unread: skipped if all in, else Connection: close
         version = self.version
         silent = self._silent = (
             self.head_request or status in _NO_BODY_STATUSES or status < 200
@@ -245,6 +257,35 @@ class _H1Stream:
         elif tail:
             self.channel.write(tail)
         self.channel.request_done(self)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None,
+        body: bytes,
+    ) -> None:
+        """``start_response``, ``write(body)`` and ``finish`` in one call, for an answer
+        whole in hand (a backend's small response): the head and body leave in one write."""
+        if self.started or self.finished or self.gone:
+            self.write(body)
+            self.finish()
+            return
+        self.start_response(status, headers, length, reason)
+        head = self._head
+        self._head = None
+        self.finished = True
+        self._on_gone = None
+        if self._chunked:
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        else:
+            data = body if not self._silent else b""
+        channel = self.channel
+        transport = channel.transport
+        if transport is not None and head is not None:
+            transport.write(head + data)
+        channel.request_done(self)
 
     def abort(self) -> None:
         if self.finished or self.gone:
@@ -313,7 +354,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._conn: Connection | None = None
         self._limits = Limits()
         self._buf = b""
-        self._phase = Phase.HEAD
+        self._phase = _HEAD
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
         self._stream: _H1Stream | None = None  # the exchange being read or answered
@@ -507,7 +548,7 @@ class FrontChannel(BoundedClose, Protocol):
         needed (the handshake's flights, a large body): give it empty ones."""
         if (
             self.secure and self._served  # a request was served: the handshake is done
-            and self._phase is Phase.HEAD and not self._partial and not self._buf
+            and self._phase is _HEAD and not self._partial and not self._buf
             and not self.refused and not self._closing and self.transport is not None
         ):
             handle = self.transport.getHandle()  # type: ignore[attr-defined]
@@ -525,9 +566,9 @@ class FrontChannel(BoundedClose, Protocol):
         mid-request, else close."""
         self._idle_at = None
         phase = self._phase
-        if phase is Phase.LINGERING:
+        if phase is _LINGERING:
             return
-        if phase is Phase.ANSWERING or phase is Phase.JUDGING:  # not idle: timed again later
+        if phase is _ANSWERING or phase is _JUDGING:  # not idle: timed again later
             self._arm_idle()
             return
         if self._partial:
@@ -549,7 +590,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _header_timed_out(self) -> None:
         self._header_at = None
-        if self._phase is not Phase.HEAD:
+        if self._phase is not _HEAD:
             return  # the head it timed is in (or the connection was refused)
         if not self._partial:
             if self._served:
@@ -571,12 +612,12 @@ class FrontChannel(BoundedClose, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         phase = self._phase
-        if phase is Phase.LINGERING or self._closing:
+        if phase is _LINGERING or self._closing:
             self._discard(len(data))
             return
         if self._idle_at is not None:  # pushed back; the timer, found early, re-arms
             self._idle_at = self._now() + self._limits.idle_timeout
-        if phase is Phase.ANSWERING or phase is Phase.JUDGING:
+        if phase is _ANSWERING or phase is _JUDGING:
             self._buf += data  # pipelined requests, or an unread body's first bytes
             if len(self._buf) > EAGER_READ:
                 self._set_reading()
@@ -599,12 +640,12 @@ class FrontChannel(BoundedClose, Protocol):
         try:
             while self._buf and not self._output_full:
                 phase = self._phase
-                if phase is Phase.HEAD:
+                if phase is _HEAD:
                     if not self._head():
                         return
-                elif phase is Phase.BODY:
+                elif phase is _BODY:
                     self._body_bytes()
-                    if self._phase is Phase.BODY:
+                    if self._phase is _BODY:
                         return
                 else:
                     return
@@ -616,7 +657,9 @@ class FrontChannel(BoundedClose, Protocol):
             self._parsing = False
 
     def _head(self) -> bool:
-        """Parse a complete request head, or check the partial one; True if one was taken."""
+        """Parse a complete request head, or check the partial one; True if one was taken.
+        A head taken is routed, its body framed, its exchange made and dispatched here, in
+        one frame: the steps every request takes."""
         buf = self._buf
         if not self._partial:
             self._partial = True
@@ -637,27 +680,31 @@ class FrontChannel(BoundedClose, Protocol):
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
-        self._take(head)
-        return True
-
-    def _take(self, head: RequestHead) -> None:
-        """A parsed request head: route it, frame its body, make its exchange."""
+        # Route it (once: the resource reuses it).
         method, target = head.method, head.target
         self._line = (method, target)
         if not head.persistent:
             self.persistent = False
         guard = self.guard
         if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
-            routed: Routed | None = route_request(
-                guard.gateway.runtime, target, method, host=head.host
+            routed: Routed | None = route_parsed(
+                guard.gateway.runtime, target, method, head.host_name
             )
         else:
             routed = guard.route(target, method, head.host)
-        limit = routed.body_limit if routed is not None else self._limits.max_body_bytes
+        # Frame its body against the route's limit (``Routed.body_limit``).
+        if routed is None:
+            limit = self._limits.max_body_bytes
+        else:
+            route = routed.route
+            if route is not None and route.api.max_body_bytes is not None:
+                limit = route.api.max_body_bytes
+            else:
+                limit = routed.runtime.config.limits.max_body_bytes
         framing = head.framing
-        if framing is Framing.LENGTH and head.length > limit:
+        if framing is _F_LENGTH and head.length > limit:
             raise WireError(errors.payload_too_large(limit), "body_too_large")
-        chunked = framing is Framing.CHUNKED
+        chunked = framing is _F_CHUNKED
         stream = _H1Stream(
             self, head.version, method == b"HEAD", None if chunked else head.length,
             head.expect_continue,
@@ -666,24 +713,35 @@ class FrontChannel(BoundedClose, Protocol):
         assert conn is not None
         exchange = GatewayExchange(
             method, target, head.version, head.fields, head.host, conn, stream,
-            stream if framing is not Framing.NONE else None, routed,
+            stream if framing is not _F_NONE else None, routed,
         )
         self._stream = stream
         self._exchange = exchange
         self._body_limit = limit
         self._body_size = 0
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
-        # allowed (``read_body``).
-        self._dispatch(Phase.ANSWERING if framing is Framing.NONE else Phase.JUDGING)
+        # allowed (``read_body``). The idle timer ignores both phases (no re-arm per
+        # request).
+        self._partial = False
+        if framing is _F_NONE:
+            self._phase = _ANSWERING
+        else:
+            self._phase = _JUDGING
+            self._set_reading()  # the body stays in the client's socket
+        try:
+            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
+        except Exception:
+            self._handler_failed(stream, Failure())
+        return True
 
     # -- the body ----------------------------------------------------------
 
     def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
         """``BodySource.read``: the exchange was allowed; read its body, then ``ready``."""
-        if stream is not self._stream or stream.gone or self._phase is not Phase.JUDGING:
+        if stream is not self._stream or stream.gone or self._phase is not _JUDGING:
             return
         self._ready = ready
-        self._phase = Phase.BODY
+        self._phase = _BODY
         self._partial = True  # the idle timer answers 408 if the body stops arriving
         length = stream.body_length
         if length is None:
@@ -740,7 +798,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _body_done(self) -> None:
         """The whole body is in: hand it to whoever asked for it."""
-        self._phase = Phase.ANSWERING
+        self._phase = _ANSWERING
         self._partial = False
         self._set_reading()  # now reading only pipelined bytes, up to EAGER_READ
         ready, self._ready = self._ready, None
@@ -758,18 +816,6 @@ class FrontChannel(BoundedClose, Protocol):
             body.close()
 
     # -- dispatch ----------------------------------------------------------
-
-    def _dispatch(self, phase: Phase) -> None:
-        stream, exchange = self._stream, self._exchange
-        assert stream is not None
-        self._partial = False
-        self._phase = phase  # the idle timer ignores both (no re-arm per request)
-        if phase is Phase.JUDGING:
-            self._set_reading()  # the body stays in the client's socket
-        try:
-            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
-        except Exception:
-            self._handler_failed(stream, Failure())
 
     def _handler_failed(self, stream: _H1Stream, failure: Failure) -> None:
         log.failure("handling a request failed", failure)
@@ -790,10 +836,10 @@ class FrontChannel(BoundedClose, Protocol):
         """``stream``'s answer starts. If its body was not read (a refusal), it is
         skipped when it is all in the buffer already, else the connection closes after
         the answer (``request_done`` lingers first)."""
-        if stream is not self._stream or self._phase not in (Phase.JUDGING, Phase.BODY):
+        if stream is not self._stream or self._phase not in (_JUDGING, _BODY):
             return
-        if self._phase is Phase.JUDGING and self._skip_buffered_body(stream):
-            self._phase = Phase.ANSWERING
+        if self._phase is _JUDGING and self._skip_buffered_body(stream):
+            self._phase = _ANSWERING
             return
         self.persistent = False
 
@@ -821,10 +867,11 @@ class FrontChannel(BoundedClose, Protocol):
             return
         self._stream = None
         self._exchange = self._ready = None
-        self._discard_body()
+        if self._body is not None or self._decoder is not None:
+            self._discard_body()
         if self.transport is None:
             return
-        if self._phase in (Phase.JUDGING, Phase.BODY):  # answered, its body not (all) read
+        if self._phase in (_JUDGING, _BODY):  # answered, its body not (all) read
             self._linger_start()
             self._stop_timing("_header_at", "_idle_at")
             self._close_timer = self.callLater(LINGER_SECONDS, self._close)
@@ -832,13 +879,14 @@ class FrontChannel(BoundedClose, Protocol):
         if not self.persistent:
             self.loseConnection()
             return
-        self._phase = Phase.HEAD
+        self._phase = _HEAD
         self._line = None  # that request's; an idle connection keeps no bytes of it
         if self._idle_at is not None:
             self._idle_at = self._now() + self._limits.idle_timeout  # timer stays earlier
         else:
             self._arm_idle()
-        self._set_reading()
+        if self._reading == self._output_full:  # (reading must change: ``_set_reading``)
+            self._set_reading()
         if self._buf:
             self._parse()
         elif self._served == 1:  # the first answer: the handshake's flights went through
@@ -857,7 +905,7 @@ class FrontChannel(BoundedClose, Protocol):
         transport: Any = self.transport
         if stream is not self._stream or transport is None or self._closing or self.refused:
             return None
-        self._phase = Phase.UPGRADED
+        self._phase = _UPGRADED
         self.persistent = False
         self.upgraded = tunnel
         self._stop_timing("_header_at", "_handshake_at", "_idle_at")
@@ -895,8 +943,8 @@ class FrontChannel(BoundedClose, Protocol):
     def _set_reading(self) -> None:
         """Read from the transport unless the output is full or too much is buffered."""
         phase = self._phase
-        want = not self._output_full and phase is not Phase.JUDGING and not (
-            phase is Phase.ANSWERING and len(self._buf) > EAGER_READ
+        want = not self._output_full and phase is not _JUDGING and not (
+            phase is _ANSWERING and len(self._buf) > EAGER_READ
         )
         network = self._network
         if want == self._reading or network is None:
@@ -915,7 +963,7 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.pauseProducing()
-        if self._phase is not Phase.LINGERING:
+        if self._phase is not _LINGERING:
             self._set_reading()
 
     def resumeProducing(self) -> None:
@@ -925,10 +973,10 @@ class FrontChannel(BoundedClose, Protocol):
         producer = self._producer
         if producer is not None:
             producer.resumeProducing()
-        if self._phase is Phase.LINGERING:
+        if self._phase is _LINGERING:
             return
         self._set_reading()
-        if self._buf and self._phase in (Phase.HEAD, Phase.BODY) and self.transport:
+        if self._buf and self._phase in (_HEAD, _BODY) and self.transport:
             self._parse()
 
     def stopProducing(self) -> None:
@@ -961,7 +1009,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     def _linger_start(self) -> None:
         """From now on the connection reads only to discard (bounded), then closes."""
-        self._phase = Phase.LINGERING
+        self._phase = _LINGERING
         self._partial = False
         self._lingered = len(self._buf)
         self._buf = b""

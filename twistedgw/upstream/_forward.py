@@ -136,6 +136,9 @@ class ForwardResult(NamedTuple):
     error_kind: str | None
 
 
+_new_result = tuple.__new__  # a ForwardResult without its NamedTuple __new__ (a Python call)
+
+
 # -- header hygiene ----------------------------------------------------------
 
 
@@ -213,10 +216,34 @@ def build_request_head(
         edits = HeadEdits.of(add_headers, remove_headers) if (
             add_headers or remove_headers
         ) else NO_EDITS
-    forwarded = _forwarded(exchange)
-    out, connection = _head_lines(
-        exchange, origin, target, edits, _NO_NAMES, body_length, forwarded, _same
-    )
+    conn = exchange.conn
+    if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
+        forwarded = conn.forwarded  # the connection's (``_forwarded``), once built
+        if forwarded is None:
+            forwarded = _forwarded(exchange)
+    else:
+        forwarded = _forwarded(exchange)
+    # ``_head_lines`` with ``_same``, written out: the one pass most requests need.
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
+    append = out.append
+    drop = edits.drop
+    connection = False
+    for name, value in exchange.fields.pairs:
+        lower = name.lower()
+        if lower in drop or lower in _REQUEST_DROP or b"_" in name:
+            if lower == b"connection":
+                connection = True
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    append(forwarded)
+    host = exchange.host  # validated by the front (_hosts.from_header), or None
+    if host is not None:
+        append(b"X-Forwarded-Host: %s\r\n" % (host,))
+    if edits.lines:
+        append(edits.block)
+    if body_length is not None:
+        append(b"Content-Length: %d\r\n" % (body_length,))
+    append(b"\r\n")
     if connection:
         # The client's Connection header names more fields to drop (hop-by-hop for it):
         # again, leaving those out too. Rare: clients seldom list any.
@@ -583,6 +610,11 @@ class _Phase(enum.Enum):
     DONE = "done: reported through on_done"
 
 
+# The members as module names: Python 3.11 reads an Enum member through a descriptor
+# (~3x a global's cost), and every request reads a few dozen.
+_WAITING, _STREAMING, _DONE = _Phase.WAITING, _Phase.STREAMING, _Phase.DONE
+
+
 @implementer(IPushProducer)
 class _Forwarding:
     """The state of one request/response relay: waiting -> streaming -> done.
@@ -638,7 +670,7 @@ class _Forwarding:
         )
         self._target = target
         self._on_done = on_done
-        self._phase = _Phase.WAITING
+        self._phase = _WAITING
         self._client_gone = False
         self._call: BackendCall | None = None
         self._send_timer: IDelayedCall | None = None
@@ -679,7 +711,12 @@ class _Forwarding:
         body = self._body
         if body is not None:
             body.seek(0)  # a retry on another backend sends it from its start
-        self._fw._deadlines.arm(self, self._settings.backend_timeout)
+        # ``_Deadlines.arm``, written out (once per request).
+        deadlines = fw._deadlines
+        due = self._reactor.seconds() + self._settings.backend_timeout
+        deadlines._due[self] = due
+        if deadlines._call is None or due < deadlines._at:
+            deadlines._schedule(due)
         self._call = fw._upstream.request(origin, exchange.method, head, body, self)
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
@@ -717,7 +754,7 @@ class _Forwarding:
     # -- the timer -------------------------------------------------------
 
     def _timed_out(self) -> None:
-        if self._phase is _Phase.WAITING:
+        if self._phase is _WAITING:
             self._cancel_call()
             _log.warn(
                 "backend {backend} for {method} failed before responding (timeout):"
@@ -734,7 +771,7 @@ class _Forwarding:
                 ),
                 "timeout",
             )
-        elif self._phase is _Phase.STREAMING:
+        elif self._phase is _STREAMING:
             self._cancel_call()
             self._body_done("timeout", "no body bytes within the backend timeout")
 
@@ -752,7 +789,7 @@ class _Forwarding:
     # -- ResponseHandler -------------------------------------------------
 
     def response_head(self, head: ResponseHead) -> None:
-        if self._phase is not _Phase.WAITING:
+        if self._phase is not _WAITING:
             return
         try:
             headers, length = response_headers(head, self._exchange.method == b"HEAD")
@@ -769,7 +806,7 @@ class _Forwarding:
                 self._cancel_timer()
                 self._send_error(refused, "other", transform=False)
                 return
-        self._phase = _Phase.STREAMING
+        self._phase = _STREAMING
         self._fw._answered(self._target)
         self._status = head.code
         self._responder.start_response(head.code, headers, length, head.phrase)
@@ -777,6 +814,42 @@ class _Forwarding:
         # This forwarding is the responder's producer while the body streams: the
         # responder pauses it at once if the client's output is already full.
         self._responder.register_producer(self)
+
+    def response_whole(self, head: ResponseHead, body: bytes) -> None:
+        """The backend's whole response came in one read, its connection already back in
+        the pool: answered in one go (``response_head``, ``response_data`` and
+        ``response_end`` folded), with no producer to register and no body timer."""
+        self._call = None
+        if self._phase is not _WAITING:
+            return
+        fw = self._fw
+        fw._deadlines._due.pop(self, None)  # the head's deadline is met
+        try:
+            headers, length = response_headers(head, self._exchange.method == b"HEAD")
+        except Exception:
+            _log.failure("cannot relay the response of {backend}", backend=self._backend)
+            self._send_error(errors.internal_error(), "other")
+            return
+        code = head.code
+        if self._on_answer is not None:
+            refused = self._on_answer(code, headers)
+            if refused is not None:  # a response transform failed: its error, not the body
+                self._send_error(refused, "other", transform=False)
+                return
+        if fw._down:
+            fw._answered(self._target)
+        self._status = code
+        responder = self._responder
+        respond = getattr(responder, "respond", None)
+        if respond is not None:
+            respond(code, headers, length, head.phrase, body)
+        else:
+            responder.start_response(code, headers, length, head.phrase)
+            if body:
+                responder.write(body)
+            responder.finish()
+        self._sent = sent = len(body)
+        self._finish_result(code, None, sent)
 
     @property
     def switching(self) -> bool:
@@ -788,7 +861,7 @@ class _Forwarding:
         connection from now on; a 101 that is not the upgrade asked for is a 503."""
         self._call = None
         on_switch = self._on_switch
-        if self._phase is not _Phase.WAITING or on_switch is None:
+        if self._phase is not _WAITING or on_switch is None:
             conn.abort()
             return
         fields = check_switch(head, self._exchange.fields.last(b"sec-websocket-key"))
@@ -804,7 +877,7 @@ class _Forwarding:
         on_switch(fields, rest, conn)
 
     def response_data(self, data: bytes) -> None:
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             if not self._paused:
                 self._rearm()
             self._sent += len(data)
@@ -812,15 +885,15 @@ class _Forwarding:
 
     def response_end(self) -> None:
         self._call = None
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             self._body_done(None, "")
 
     def response_failed(self, error: UpstreamError) -> None:
         self._call = None
-        if self._phase is _Phase.STREAMING:
+        if self._phase is _STREAMING:
             self._body_done("reset", _reason(error))
             return
-        if self._phase is not _Phase.WAITING:
+        if self._phase is not _WAITING:
             return
         self._cancel_timer()
         kind, err = self._classify(error)
@@ -882,7 +955,7 @@ class _Forwarding:
         """Answer 500 after a bug in forward() itself, if nothing was sent yet."""
         self._cancel_timer()
         self._cancel_call()
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         try:
             responder = self._responder
@@ -900,7 +973,7 @@ class _Forwarding:
     def _body_done(self, kind: str | None, reason: str) -> None:
         """The backend body ended: finish the client response, or abort it if cut short."""
         self._cancel_timer()
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         sent = self._sent
         responder = self._responder
@@ -924,28 +997,29 @@ class _Forwarding:
         self._finish_result(self._status, kind, sent)
 
     def _client_left(self) -> None:
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             return
         self._client_gone = True
         self._cancel_timer()
         self._cancel_call()
-        if self._phase is _Phase.WAITING:
+        if self._phase is _WAITING:
             self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
         else:
             self._finish_result(self._status, "client_gone", self._sent)
 
     def _finish_result(self, status: int, kind: str | None, bytes_sent: int = 0) -> None:
-        self._cancel_send_timer()
-        if self._phase is _Phase.DONE and self._on_done is None:
+        if self._send_timer is not None:
+            self._cancel_send_timer()
+        if self._phase is _DONE and self._on_done is None:
             return
-        self._phase = _Phase.DONE
+        self._phase = _DONE
         if self._span is not None:
             self._span.end(self._status, kind)
         self._responder.when_gone(None)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             try:
-                on_done(ForwardResult(status, bytes_sent, kind))
+                on_done(_new_result(ForwardResult, (status, bytes_sent, kind)))
             except Exception:
                 _log.failure("on_done callback failed")
 
@@ -960,7 +1034,7 @@ class _Forwarding:
         self._cancel_timer()  # a slow client is never blamed on the backend
         if self._call is not None:
             self._call.pause()
-        if self._send_timer is None and self._phase is _Phase.STREAMING:
+        if self._send_timer is None and self._phase is _STREAMING:
             self._send_mark = _client_progress(self._exchange)
             self._send_timer = self._reactor.callLater(
                 self._settings.send_timeout, self._send_timed_out
@@ -971,7 +1045,7 @@ class _Forwarding:
             return
         self._paused = False
         self._cancel_send_timer()
-        if self._call is not None and self._phase is _Phase.STREAMING:
+        if self._call is not None and self._phase is _STREAMING:
             self._rearm()
             self._call.resume()
 
@@ -996,7 +1070,7 @@ class _Forwarding:
         ``send_timeout`` counts from the last successful write.
         """
         self._send_timer = None
-        if self._phase is not _Phase.STREAMING:
+        if self._phase is not _STREAMING:
             return
         mark = _client_progress(self._exchange)
         if mark is not None and self._send_mark is not None and mark > self._send_mark:
