@@ -84,7 +84,6 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
-import hpack
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -111,6 +110,7 @@ from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
 from twistedgw.http._front import MEMORY_BODY, FrontChannel
 from twistedgw.http._guard import BoundedClose, Guard, _tcp, _unsent, request_timeout
+from twistedgw.http._h2hpack import MemoDecoder, MemoEncoder
 from twistedgw.http._resource import GatewayExchange, RequestRecord
 from twistedgw.http._routing import split_target
 from twistedgw.wire import BodyReady, answer_headers
@@ -308,19 +308,6 @@ class _BoundedFrames(h2.frame_buffer.FrameBuffer):
         return result
 
 
-class _Decoder(hpack.Decoder):
-    """hpack's decoder, counting the blocks it decoded: an error raised after a block
-    was decoded concerns the request (a stream error), one raised while decoding
-    leaves the connection's HPACK context unknown (a connection error)."""
-
-    decoded = 0
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        headers = super().decode(data, raw)
-        self.decoded += 1
-        return headers
-
-
 class _GuardedH2(h2.connection.H2Connection):
     """h2's connection state machine, counting resets and control frames as they arrive
     and turning a malformed request into a stream error (module docstring)."""
@@ -348,9 +335,10 @@ class _GuardedH2(h2.connection.H2Connection):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
             },
         )
-        self.decoder = self._counting = _Decoder()
-        # Enforced from the first frame, not only once the client acknowledged SETTINGS.
-        self.decoder.max_header_list_size = limits.max_header_bytes
+        # The header list size enforced from the first frame, not only once the client
+        # acknowledged SETTINGS; both coders remember the blocks that repeat (_h2hpack.py).
+        self.decoder = self._counting = MemoDecoder(limits.max_header_bytes)
+        self.encoder = MemoEncoder()
         self.incoming_buffer = _BoundedFrames(limits)
         self._resets = _Rate(limits.h2_max_resets_per_second)
         self._control = _Rate(limits.h2_max_control_frames_per_second)
