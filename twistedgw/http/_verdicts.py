@@ -84,6 +84,16 @@ def api_reference(api: ApiConfig) -> str:
     return _reference(api.label)
 
 
+@functools.lru_cache(maxsize=1024)
+def _reference_bytes(label: str) -> bytes:
+    return _reference(label).encode()
+
+
+def expected_value(api: ApiConfig) -> bytes:
+    """``api_reference`` as the ``EXPECTED_API`` header's bytes (made once per label)."""
+    return _reference_bytes(api.label)
+
+
 def refusal_for_nginx(
     error: errors.GatewayError, headers: Sequence[tuple[bytes, bytes]]
 ) -> tuple[errors.GatewayError, tuple[tuple[bytes, bytes], ...]]:
@@ -273,10 +283,13 @@ def declared_headers(
     the authz answer: NGINX sets what they set (``X-Twistedgw-Set-<name>``). Only asked by
     the config nginx-config renders, which applies them; an exception is the direct mode's
     500 for that plugin."""
+    transforms = pipeline.request_transforms
+    if not transforms:  # the usual pipeline: nothing to run, nothing to import
+        return []
     from twistedgw.pipeline import HeaderEdit
 
     out: list[tuple[bytes, bytes]] = []
-    for named in pipeline.request_transforms:
+    for named in transforms:
         names = getattr(named.stage, "sets_headers", None)
         if not names:
             continue
