@@ -99,3 +99,17 @@ def test_a_refused_header_is_not_kept(pki: devpki.DevPki, truststore: TrustStore
     assert ask(rt, value).identity.outcome is Outcome.FAILED
     assert rt.header_verifier.asked == 2
     assert not callers._header_callers
+
+
+def test_values_alike_in_their_first_bytes_keep_their_own_verdicts(
+    pki: devpki.DevPki, truststore: TrustStore
+) -> None:
+    """The memo's key is a value's first bytes; a hit needs the whole value: the leaf
+    alone (no intermediate to reach the root) never gets its full chain's verdict."""
+    rt = runtime(truststore)
+    leaf, issuing = pki.issued["partner-app"].cert, pki.authorities["partner-issuing"].cert
+    chained, alone = header(leaf, issuing), header(leaf)
+    assert alone[: callers._KEY_HEAD] == chained[: callers._KEY_HEAD]
+    for _ in range(2):
+        assert ask(rt, chained).identity.outcome is Outcome.VERIFIED
+        assert ask(rt, alone).identity.outcome is Outcome.FAILED

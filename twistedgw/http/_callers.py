@@ -267,15 +267,19 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
         raw_chain = b",".join(chain_values) if chain_values else None
     verifier = runtime.header_verifier
     assert verifier is not None
-    key = (values[0], raw_chain)
+    value = values[0]
+    key = (value[:_KEY_HEAD], raw_chain)  # hashing a ~1.5 KB value costs ~5k instructions
     known = _header_callers.get(key)
-    if known is not None and known[0] is verifier and known[1] is settings:
-        if time.time() < known[2]:
-            return Caller(known[3], True)  # a new one, as before: not the connection's
+    if known is not None:
+        if (
+            known[0] is verifier and known[1] is settings and known[2] == value
+            and time.time() < known[3]
+        ):
+            return Caller(known[4], True)  # a new one, as before: not the connection's
         del _header_callers[key]
     try:
         decoded = _decode(
-            values[0].decode("latin-1"), settings.header_encoding,
+            value.decode("latin-1"), settings.header_encoding,
             raw_chain.decode("latin-1") if raw_chain is not None else None,
         )
     except HeaderDecodeError as e:
@@ -288,7 +292,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
         if len(_header_callers) >= _HEADER_CALLERS_MAX:
             _header_callers.clear()
         expires = min(c.not_valid_after_utc.timestamp() for c in verdict.chain)
-        _header_callers[key] = (verifier, settings, expires, identity)
+        _header_callers[key] = (verifier, settings, value, expires, identity)
     return Caller(identity, True)
 
 
@@ -297,8 +301,11 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
 # verifier, which a reload replaces, and its [mutual_ssl] settings), until the first
 # expiry in the chain, as the verifier's own cache keeps it; what the pipeline decides
 # (revocation, identity rules, tiers) is still decided per request. Bounded; failures
-# are not kept (the verifier keeps them, for less).
+# are not kept (the verifier keeps them, for less). Keyed by the value's first bytes
+# (the leaf's serial number is in them, or XFCC's hash), the whole value compared on a hit.
 _header_callers: dict[
-    tuple[bytes, bytes | None], tuple[object, MutualSslConfig, float, ClientIdentity]
+    tuple[bytes, bytes | None],
+    tuple[object, MutualSslConfig, bytes, float, ClientIdentity],
 ] = {}
+_KEY_HEAD = 160
 _HEADER_CALLERS_MAX = 512  # as _decode: the headers are up to [limits] header size each
