@@ -13,13 +13,17 @@ during one more round. ``--callgrind N`` instead runs the gateway under callgrin
 reports its instructions per decision over N decisions (deterministic, for an A/B; the
 dump is kept in ``--keep DIR`` for ``callgrind_annotate``). ``--profile`` also samples
 the gateway with py-spy (``--rate`` per second) during one more round and prints the
-hottest functions (bench/profile.py's summary).
+hottest functions (bench/profile.py's summary). ``--cprofile N`` instead runs the
+gateway under cProfile (bench/gap.py's wrapper) for N decisions and prints the functions'
+own time and calls per decision, by component and costliest first (cProfile slows Python
+more than C: for comparing, not absolute).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -80,6 +84,9 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--callgrind", type=int, default=0, metavar="N",
                    help="instructions per decision over N decisions, under callgrind")
+    p.add_argument("--cprofile", type=int, default=0, metavar="N",
+                   help="own time per decision by function over N decisions, under cProfile")
+    p.add_argument("--top", type=int, default=40, help="functions --cprofile shows")
     p.add_argument("--keep", type=Path, default=None, help="where the callgrind dump goes")
     p.add_argument("--syscalls", action="store_true",
                    help="count the gateway's system calls per decision (strace -f -c)")
@@ -100,6 +107,10 @@ def main() -> int:
     out = work / "callgrind-authz.out"
     if args.callgrind:
         argv = [*callgrind.CALLGRIND, f"--callgrind-out-file={out}.%p", *argv]
+    stats = work / "authz.pstats"
+    if args.cprofile:
+        gap_py = str(Path(__file__).with_name("gap.py"))
+        argv = [sys.executable, gap_py, "--wrap", str(stats), *argv[1:]]
     gw = run.start("authz-gw", argv, run.CORE_PROXY, work, None, env)
     sock = work / "authz.sock"
     try:
@@ -126,6 +137,28 @@ def main() -> int:
             print(f"authz endpoint instructions per decision"
                   f"{(' ' + args.label) if args.label else ''} (callgrind): "
                   f"{total / args.callgrind:,.0f} over {args.callgrind}")
+            return 0
+        if args.cprofile:
+            gw.popen.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            for _ in range(args.cprofile // depth):
+                ask(conn, batch, depth)
+            gw.popen.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 30
+            while not stats.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            import gap  # (it takes this directory off sys.path: imported last)
+
+            totals, functions = gap.by_component(stats, args.cprofile)
+            calls = totals.pop("calls")
+            print(f"cProfile own time per decision (µs, profiled), {args.cprofile} decisions, "
+                  f"{calls:.0f} function calls per decision")
+            for label, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+                print(f"  {label:<46} {us:8.1f}")
+            print(f"  {'total':<46} {sum(totals.values()):8.1f}")
+            for us, name in functions[:args.top]:
+                print(f"  {us:7.2f} {name}")
             return 0
         per: list[tuple[float, float, float]] = []  # (total, user, system) us per decision
         for _ in range(args.rounds):

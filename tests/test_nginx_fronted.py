@@ -1034,7 +1034,16 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
         for i in public:
             assert f"location = {nginxconf.INTERNAL}/api/{i} {{" in server
             assert f"location = {nginxconf.INTERNAL}/authz/{i} {{" in server
-    assert r'"~(?:^partners\\.example\\.com$)" 3;' in text
+    # An exact host is hashed (no regex per request), and the context's location serves
+    # the first API with hosts itself: only another host's request goes on.
+    assert '    "partners.example.com" 3;' in text and "~(?:^partners" not in text
+    assert 'if ($tgw_ctx_0 != "3") {' in text
+    # The Host check hashes the names the config and its certificates give (with the
+    # listen port) before its regex.
+    bad_host = text[text.index("map $http_host $tgw_bad_host {"):]
+    bad_host = bad_host[:bad_host.index("}")]
+    assert '    "partners.example.com:' in bad_host and bad_host.index(
+        '    "partners.example.com" 0;') < bad_host.index('"~*^')
     default, partners, internal = servers
     assert "default_server" in default and "ssl_verify_client optional_no_ca;" in default
     assert "ssl_client_certificate" in default

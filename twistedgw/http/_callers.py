@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from typing import Any, NamedTuple
 
 from twisted.internet.address import UNIXAddress
@@ -260,16 +261,51 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
         return Caller(
             failed(Source.HEADER, "more than one certificate header was sent"), True
         )
-    chain_value = None
+    raw_chain = None
     if settings.chain_header is not None:
         chain_values = fields.getRawHeaders(settings.chain_header.encode())
-        chain_value = b",".join(chain_values).decode("latin-1") if chain_values else None
+        raw_chain = b",".join(chain_values) if chain_values else None
+    verifier = runtime.header_verifier
+    assert verifier is not None
+    value = values[0]
+    key = (value[:_KEY_HEAD], raw_chain)  # hashing a ~1.5 KB value costs ~5k instructions
+    known = _header_callers.get(key)
+    if known is not None:
+        if (
+            known[0] is verifier and known[1] is settings and known[2] == value
+            and time.time() < known[3]
+        ):
+            return Caller(known[4], True)  # a new one, as before: not the connection's
+        del _header_callers[key]
     try:
-        decoded = _decode(values[0].decode("latin-1"), settings.header_encoding, chain_value)
+        decoded = _decode(
+            value.decode("latin-1"), settings.header_encoding,
+            raw_chain.decode("latin-1") if raw_chain is not None else None,
+        )
     except HeaderDecodeError as e:
         return Caller(
             failed(Source.HEADER, f"certificate header could not be decoded: {e}"), True
         )
-    assert runtime.header_verifier is not None
-    identity = runtime.header_verifier.verify(decoded.certs)
-    return Caller(_never_a_load_balancer(identity, settings), True)
+    verdict = verifier.verify(decoded.certs)
+    identity = _never_a_load_balancer(verdict, settings)
+    if verdict.outcome is Outcome.VERIFIED and verdict.chain:
+        if len(_header_callers) >= _HEADER_CALLERS_MAX:
+            _header_callers.clear()
+        expires = min(c.not_valid_after_utc.timestamp() for c in verdict.chain)
+        _header_callers[key] = (verifier, settings, value, expires, identity)
+    return Caller(identity, True)
+
+
+# A load balancer repeats a few certificate headers: the identity a verified one gives,
+# by the header's bytes (and the chain header's), under the config that judged it (its
+# verifier, which a reload replaces, and its [mutual_ssl] settings), until the first
+# expiry in the chain, as the verifier's own cache keeps it; what the pipeline decides
+# (revocation, identity rules, tiers) is still decided per request. Bounded; failures
+# are not kept (the verifier keeps them, for less). Keyed by the value's first bytes
+# (the leaf's serial number is in them, or XFCC's hash), the whole value compared on a hit.
+_header_callers: dict[
+    tuple[bytes, bytes | None],
+    tuple[object, MutualSslConfig, bytes, float, ClientIdentity],
+] = {}
+_KEY_HEAD = 160
+_HEADER_CALLERS_MAX = 512  # as _decode: the headers are up to [limits] header size each

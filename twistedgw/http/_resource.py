@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from twistedgw import _hosts, errors
-from twistedgw.config import ApiConfig, GatewayConfig
+from twistedgw.config import ApiConfig, AuthzConfig, GatewayConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
 from twistedgw.http import _cors as cors
@@ -679,88 +679,127 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     path not in normal form, another API than NGINX routed to) are left for NGINX's
     gateway path.
     """
-    assert runtime.config.authz is not None
-    settings = runtime.config.authz
-    fields = exchange.fields
-    asked = fields.last(verdicts.ASKER)
+    config = runtime.config
+    settings = config.authz
+    assert settings is not None
+    uri_name, method_name, host_name = _authz_names(settings)
+    get = exchange.fields.getRawHeaders
+    values = get(verdicts.ASKER)
+    asked = values[-1] if values else None
     answer = asked is not None and verdicts.asker(asked, False).answer
-
-    def refuse(
-        error: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = (), direct: bool = False
-    ) -> None:
-        """``direct``: the direct mode's own refusal of this request (the answer asker
-        gets it whole); else one about the subrequest (NGINX's gateway path answers)."""
-        _refuse(gateway, exchange, error, (*verdicts.NO_STORE, *headers), answer and direct)
-
-    original = fields.last(settings.original_uri_header.encode())
-    if original is None:
-        refuse(errors.bad_request(f"the {settings.original_uri_header} header is missing"))
+    values = get(uri_name)
+    if not values:
+        _refuse_question(gateway, exchange, errors.bad_request(
+            f"the {settings.original_uri_header} header is missing"))
         return
-    named_method = fields.last(settings.original_method_header.encode())
-    if named_method is not None and not TOKEN.match(named_method):
-        refuse(errors.forbidden(f"the {settings.original_method_header} header is not a method"))
-        return
+    original = values[-1]
+    values = get(method_name)
+    named_method = values[-1] if values else None
     if named_method is not None:
+        if not TOKEN.match(named_method):
+            _refuse_question(gateway, exchange, errors.forbidden(
+                f"the {settings.original_method_header} header is not a method"))
+            return
         exchange.judged_method = named_method
     # The judged request's host: the one original_host_header names, else this
     # request's own Host (a proxy that passes Host through needs no header).
-    judged_host = fields.last(settings.original_host_header.encode())
-    if judged_host is None:
-        judged_host = fields.last(b"host")
+    values = get(host_name) or get(b"host")
     judged = route_request(
-        runtime, original, exchange.judged_method, as_forwarded=True, host=judged_host
+        runtime, original, exchange.judged_method, as_forwarded=True,
+        host=values[-1] if values else None,
     )
-    if judged.path is None:
-        refuse(errors.forbidden(judged.problem or "bad request path"))
+    path = judged.path
+    if path is None:
+        _refuse_question(gateway, exchange, errors.forbidden(judged.problem or "bad request path"))
         return
     route = judged.route
     if route is None or route.pipeline is None:
-        missing = errors.not_found(judged.path.decode("latin-1"))
-        refuse(missing if answer else errors.forbidden(missing.description), direct=True)
+        missing = errors.not_found(path.decode("latin-1"))
+        _refuse(gateway, exchange, missing if answer else errors.forbidden(missing.description),
+                verdicts.NO_STORE, answer)
         return
-    expected = fields.last(verdicts.EXPECTED_API)
-    if expected is not None and expected != verdicts.api_reference(route.api).encode():
-        refuse(errors.forbidden(
-            f"twistedgw routes this request to {route.api.label}, not to the API the "
+    api = route.api
+    values = get(verdicts.EXPECTED_API)
+    if values and values[-1] != verdicts.expected_value(api):
+        _refuse_question(gateway, exchange, errors.forbidden(
+            f"twistedgw routes this request to {api.label}, not to the API the "
             "proxy chose"))
         return
-    if route.api.operations is not None and named_method is None:
+    if api.operations is not None and named_method is None:
         # An OpenAPI API's security depends on the operation, so on the real method,
         # not the subrequest's own.
-        refuse(errors.forbidden(f"the {settings.original_method_header} header is missing"))
+        _refuse_question(gateway, exchange, errors.forbidden(
+            f"the {settings.original_method_header} header is missing"))
         return
     if route.unmatched is not None:
         if answer:  # the direct mode's 404 or 405 (with Allow)
-            exchange.api = route.api
+            exchange.api = api
             allow = ((b"Allow", route.allow),) if route.allow else ()
-            refuse(route.unmatched, allow, direct=True)
+            _refuse(gateway, exchange, route.unmatched, (*verdicts.NO_STORE, *allow), True)
         else:
-            refuse(errors.forbidden(route.unmatched.description))
+            _refuse_question(gateway, exchange, errors.forbidden(route.unmatched.description))
         return
     caller = callers.resolve(exchange, runtime)
-    view = request_view(exchange, judged.path, judged.query)
+    via_load_balancer = caller.via_load_balancer
     call = Call(
-        view._replace(method=exchange.judged_method),
+        RequestView(  # the judged request: its method, its path
+            exchange.judged_method, path, judged.query, HeaderView(exchange.fields),
+            exchange.client_ip, exchange.secure,
+        ),
         route.security_api,
         caller.identity,
-        via_load_balancer=caller.via_load_balancer,
+        via_load_balancer=via_load_balancer,
         trace=exchange.trace,
     )
-    asker = verdicts.asker(asked, caller.via_load_balancer) if asked else verdicts.PLAIN
+    asker = verdicts.asker(asked, via_load_balancer) if asked else verdicts.PLAIN
     if asker.tiers:  # NGINX spends the bucket: the Tiers stage names it instead
         call.notes[TIERS] = "report"
     elif not asker.answer:  # auth_request would turn a 429 into a 500 of its own
         call.notes[TIERS] = "skip"
     # The access log and metrics name the API and caller judged.
-    exchange.api, exchange.call = route.api, call
-    config = runtime.config
+    exchange.api, exchange.call = api, call
     pipeline = route.pipeline
+    outcome = pipeline.judge(call)
+    if not isinstance(outcome, Deferred):  # the usual case: answered now, no closure
+        if isinstance(outcome, Refusal):
+            _refuse(gateway, exchange, outcome.error, (*verdicts.NO_STORE, *outcome.headers),
+                    answer)
+        else:
+            _allow(gateway, exchange, config, asker, pipeline)
+        return
     _settle(
-        gateway, exchange, pipeline.judge(call),
+        gateway, exchange, outcome,
         lambda _o: _allow(gateway, exchange, config, asker, pipeline),
         verdicts.NO_STORE,
         answer,
     )
+
+
+#: The authz settings' header names as bytes, by settings object (one config's).
+_AUTHZ_NAMES: dict[int, tuple[AuthzConfig, tuple[bytes, bytes, bytes]]] = {}
+
+
+def _authz_names(settings: AuthzConfig) -> tuple[bytes, bytes, bytes]:
+    """``original_uri_header``, ``original_method_header``, ``original_host_header``,
+    lower-case bytes, made once per config rather than encoded per decision."""
+    known = _AUTHZ_NAMES.get(id(settings))
+    if known is not None and known[0] is settings:
+        return known[1]
+    names = (
+        settings.original_uri_header.lower().encode(),
+        settings.original_method_header.lower().encode(),
+        settings.original_host_header.lower().encode(),
+    )
+    if len(_AUTHZ_NAMES) >= 64:
+        _AUTHZ_NAMES.clear()
+    _AUTHZ_NAMES[id(settings)] = (settings, names)  # holds settings: its id stays its own
+    return names
+
+
+def _refuse_question(gateway: Gateway, exchange: GatewayExchange, error: GatewayError) -> None:
+    """A refusal about the authz subrequest itself (not the direct mode's refusal of the
+    judged request): plain, never cached; NGINX's gateway path answers the request."""
+    answer_error(gateway, exchange, error, verdicts.NO_STORE)
 
 
 def _refuse(

@@ -49,6 +49,11 @@ STATUS = b"x-twistedgw-status"
 ERROR = b"x-twistedgw-error"
 TIER = b"x-twistedgw-tier"
 
+# Module constants for what runs per decision: on Python 3.11 an Enum class attribute
+# (``Mode.DISABLED``) goes through ``EnumType.__getattr__``'s slot, ~800 instructions.
+_DISABLED = Mode.DISABLED
+_FAILED = Outcome.FAILED
+
 
 @dataclass(frozen=True, slots=True)
 class Asker:
@@ -82,6 +87,16 @@ def _reference(label: str) -> str:
 def api_reference(api: ApiConfig) -> str:
     """How the rendered config names an API to the authz endpoint (``EXPECTED_API``)."""
     return _reference(api.label)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference_bytes(label: str) -> bytes:
+    return _reference(label).encode()
+
+
+def expected_value(api: ApiConfig) -> bytes:
+    """``api_reference`` as the ``EXPECTED_API`` header's bytes (made once per label)."""
+    return _reference_bytes(api.label)
 
 
 def refusal_for_nginx(
@@ -135,7 +150,7 @@ AUTHORIZATION = b"x-twistedgw-authorization"
 def strips_authorization(api: ApiConfig) -> bool:
     """Whether requests under ``api``'s security (an API or one operation's) reach the
     backend without ``Authorization`` (the direct mode's ``StripAuthorization``)."""
-    return api.jwt is not Mode.DISABLED and not api.forward_authorization
+    return api.jwt is not _DISABLED and not api.forward_authorization
 
 
 def authorization_rule(api: ApiConfig) -> str:
@@ -177,7 +192,7 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -
         return False
     tls = config.tls
     return not (
-        api.mutual_ssl is not Mode.DISABLED
+        api.mutual_ssl is not _DISABLED
         and "ocsp" in tls.revocation
         and tls.ocsp_cache_seconds < authz.cache_seconds
     )
@@ -204,7 +219,7 @@ def allow_lifetime(
         # The verdict changes when any certificate in the chain expires, or when a
         # certificate that is not yet valid becomes valid.
         limit = min(limit, min(c.not_valid_after_utc.timestamp() for c in chain) - now)
-        if identity.outcome is Outcome.FAILED:
+        if identity.outcome is _FAILED:
             starts = [c.not_valid_before_utc.timestamp() - now for c in chain]
             future = [s for s in starts if s > 0]
             if future:
@@ -273,10 +288,13 @@ def declared_headers(
     the authz answer: NGINX sets what they set (``X-Twistedgw-Set-<name>``). Only asked by
     the config nginx-config renders, which applies them; an exception is the direct mode's
     500 for that plugin."""
+    transforms = pipeline.request_transforms
+    if not transforms:  # the usual pipeline: nothing to run, nothing to import
+        return []
     from twistedgw.pipeline import HeaderEdit
 
     out: list[tuple[bytes, bytes]] = []
-    for named in pipeline.request_transforms:
+    for named in transforms:
         names = getattr(named.stage, "sets_headers", None)
         if not names:
             continue

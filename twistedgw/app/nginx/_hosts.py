@@ -6,6 +6,7 @@ that run before any location, as in direct mode."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from twistedgw import _hosts, errors
 from twistedgw.app.nginx._site import Site
@@ -33,6 +34,67 @@ def patterns_regex(patterns: tuple[str, ...]) -> str:
     return "~" + "|".join(f"(?:{pattern_regex(p)})" for p in patterns)
 
 
+def exact(pattern: str) -> bool:
+    """Whether a host pattern names one host that a map can hash (``$host`` is already in
+    lower case without port nor trailing dot): no wildcard, no IPv6 literal, not a word
+    a map reads as its own parameter."""
+    return not pattern.startswith("*.") and ":" not in pattern and pattern not in _MAP_WORDS
+
+
+#: Source values a ``map`` block reads as its own parameters.
+_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})
+
+
+def map_keys(patterns: tuple[str, ...]) -> list[str]:
+    """A map's keys for host patterns: each exact name hashed (no regex per request: a
+    map looks its hash up first), the wildcards and IPv6 literals as one regex."""
+    keys = [quote(p) for p in patterns if exact(p)]
+    rest = tuple(p for p in patterns if not exact(p))
+    if rest:
+        keys.append(quote(patterns_regex(rest)))
+    return keys
+
+
+def known_hosts(site: Site) -> list[str]:
+    """Host header values the config names (server names, SNI entries' and APIs' exact
+    hosts; bare and with the listen port), all good hosts: ``$tgw_bad_host``'s map finds
+    them in its hash, so the usual request runs no regex for the Host check."""
+    config = site.config
+    assert config.nginx is not None
+    names = {n.lower() for n in config.nginx.server_name.split() if exact(n.lower())}
+    names |= _certificate_names(config.tls.certificate)
+    for entry in config.tls.sni:
+        names |= {p for p in entry.hosts if exact(p)}
+        names |= _certificate_names(entry.certificate)
+    for p in site.plans:
+        names |= {h for h in p.api.hosts or () if exact(h)}
+    names.discard("_")
+    port = config.nginx.listen.rsplit(":", 1)[-1]
+    good = re.compile(_GOOD_HOST[2:], re.IGNORECASE)
+    out = []
+    for name in sorted(names):
+        for value in (name, f"{name}:{port}"):
+            if good.match(value) and value.strip():
+                out.append(value)
+    return out
+
+
+def _certificate_names(path: Path | None) -> set[str]:
+    """The DNS names (no wildcards) of a server certificate: the names clients connect by,
+    so the Host headers they send. Nothing when the file cannot be read (nginx -t and
+    direct mode say why)."""
+    if path is None:
+        return set()
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, IndexError, x509.ExtensionNotFound):
+        return set()
+    return {n.lower() for n in san.get_values_for_type(x509.DNSName) if exact(n.lower())}
+
+
 def hosted_contexts(site: Site) -> dict[str, int]:
     """Contexts some API serves only for some hosts, numbered for their maps."""
     out: dict[str, int] = {}
@@ -56,7 +118,8 @@ def host_maps(site: Site) -> None:
             if p.api.hosts is None:
                 fallback = str(p.index)
             else:
-                w(f"    {quote(patterns_regex(p.api.hosts))} {p.index};  # {p.api.label}")
+                for key in map_keys(p.api.hosts):
+                    w(f"    {key} {p.index};  # {p.api.label}")
         w(f"    default {fallback};")
         w("}")
     if site.config.tls.sni or any(p.api.hosts is not None for p in site.plans):
@@ -64,6 +127,8 @@ def host_maps(site: Site) -> None:
         w("# A Host that names no host is refused (400) before anything else, as in direct mode.")
         w("map $http_host $tgw_bad_host {")
         w('    "" 0;')
+        for value in known_hosts(site):
+            w(f"    {quote(value)} 0;")
         w(f"    {quote(_GOOD_HOST)} 0;")
         w("    default 1;")
         w("}")

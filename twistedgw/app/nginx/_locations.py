@@ -202,14 +202,21 @@ def context_locations(site: Site) -> None:
             w()
             where = f"= {quote(context)}" if exact else f"^~ {quote(context + '/')}"
             if context in hosted:
+                # The context's first API with hosts is served here (no second location
+                # search, no capture); a host of another goes on in its own location.
+                first = _first_hosted(site, context)
+                n = hosted[context]
                 if not exact:
-                    w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_"
-                      f"{hosted[context]})")
+                    w(f"{I1}# {api.context}: the API is chosen by host ($tgw_ctx_{n}); "
+                      f"here {first.api.label}")
                 w(f"{I1}location {where} {{")
                 if not exact:
                     _guard(site, context, contexts)
                 capture = "^" if exact else quote(context_regex(context))
-                w(f"{I2}rewrite {capture} {INTERNAL}/api/$tgw_ctx_{hosted[context]} last;")
+                w(f'{I2}if ($tgw_ctx_{n} != "{first.index}") {{')
+                w(f"{I3}rewrite {capture} {INTERNAL}/api/$tgw_ctx_{n} last;")
+                w(f"{I2}}}")
+                api_body(site, first, "exact" if exact else "prefix")
                 w(f"{I1}}}")
                 continue
             if not exact:
@@ -253,6 +260,12 @@ def context_locations(site: Site) -> None:
     w(f"{I2}internal;")
     gateway_proxy(site, I2)
     w(f"{I1}}}")
+
+
+def _first_hosted(site: Site, context: str) -> ApiPlan:
+    """The first API with ``hosts`` in a hosted context (the first its map names)."""
+    return next(p for p in site.plans if p.api.context.lower() == context
+                and p.api.hosts is not None)
 
 
 def _backend_uri(site: Site, plan: ApiPlan, where: str) -> tuple[str | None, str]:

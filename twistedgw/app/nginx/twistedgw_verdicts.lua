@@ -267,73 +267,158 @@ local function connect(address)
     return sock
 end
 
-local function ask(spec)
+-- The client certificate as the ask sends it: $ssl_client_escaped_cert writes the
+-- certificate as PEM and URL-escapes it on every read (~45,000 instructions), and a
+-- connection's certificate never changes, so the connection keeps it. A server-level
+-- variable ($tgw_client_cert: servers that ask and servers that do not) is read each time:
+-- a connection's requests may name other servers.
+local function client_cert(var, cert_var, c)
+    if cert_var ~= "ssl_client_escaped_cert" then
+        return var[cert_var] or ""
+    end
+    local cert = c.cert
+    if cert == nil then
+        cert = var.ssl_client_escaped_cert or ""
+        c.cert = cert
+    end
+    return cert
+end
+
+local find, sub, lower, byte = string.find, string.sub, string.lower, string.byte
+local MAX_HEAD = 65536  -- an answer's head longer than this: a failed ask
+
+-- What an ask sends whatever the request, built once per spec: the request line's
+-- start, and the lower-case names the ask sets itself (the client's are not passed on).
+local function ask_parts(a)
+    local skip = a.skip
+    if skip == nil then
+        skip = {}
+        for _, name in ipairs({a.uri_header, a.method_header, a.cert_header,
+                               "X-SSL-Client-Verify", "X-Forwarded-For", "X-Forwarded-Proto",
+                               "X-Twistedgw-Nginx", "X-Twistedgw-Api-Expected"}) do
+            skip[lower(name)] = true
+        end
+        a.skip = skip
+        a.head = "GET " .. a.path .. " HTTP/1.1\r\nHost: "
+        a.fixed = "X-Forwarded-Proto: https\r\nX-Twistedgw-Nginx: " .. a.asker
+                  .. "\r\nX-Twistedgw-Api-Expected: " .. a.expected
+                  .. "\r\nContent-Length: 0\r\n\r\n"
+    end
+    return skip
+end
+
+-- One header line of the answer (without its line end) into header (lower-case names,
+-- the first of a repeated name), without patterns: no backtracking per character.
+local function header_line(header, line)
+    local i = find(line, ":", 1, true)
+    if i == nil or i == 1 then
+        return
+    end
+    local name = lower(sub(line, 1, i - 1))
+    local j, k = i + 1, #line
+    local b = byte(line, j)
+    while b == 32 or b == 9 do
+        j = j + 1
+        b = byte(line, j)
+    end
+    b = byte(line, k)
+    while k >= j and (b == 32 or b == 9) do
+        k = k - 1
+        b = byte(line, k)
+    end
+    if header[name] == nil then
+        header[name] = sub(line, j, k)
+    end
+end
+
+-- The answer, read in as few receives as it arrives in (usually one): {status, header,
+-- body}, or nil when it is not one well-formed HTTP/1.1 answer with a Content-Length.
+-- keep: whether the connection may be kept alive (nothing after the body, no close).
+local function read_answer(sock)
+    local data = sock:receiveany(MAX_HEAD)
+    if not data then return nil end
+    local stop = find(data, "\r\n\r\n", 1, true)
+    while stop == nil do
+        if #data > MAX_HEAD then return nil end
+        local more = sock:receiveany(MAX_HEAD)
+        if not more then return nil end
+        data = data .. more
+        stop = find(data, "\r\n\r\n", 1, true)
+    end
+    local eol = find(data, "\n", 1, true)
+    local first = sub(data, 1, eol - 1)
+    if byte(first, #first) == 13 then first = sub(first, 1, #first - 1) end
+    local status = tonumber(first:match("^HTTP/1%.%d (%d%d%d)"))
+    if not status then return nil end
+    local header = {}
+    local pos = eol + 1
+    while pos <= stop do  -- the lines up to the blank one
+        eol = find(data, "\n", pos, true)
+        local line = sub(data, pos, eol - 1)
+        if byte(line, #line) == 13 then line = sub(line, 1, #line - 1) end
+        if line ~= "" then header_line(header, line) end
+        pos = eol + 1
+    end
+    local length = tonumber(header["content-length"])
+    if not length or header["transfer-encoding"] then return nil end
+    local rest = sub(data, stop + 4)
+    while #rest < length do
+        local more = sock:receiveany(length - #rest)
+        if not more then return nil end
+        rest = rest .. more
+    end
+    local keep = #rest == length and lower(header["connection"] or "") ~= "close"
+    return {status = status, header = header, body = sub(rest, 1, length)}, keep
+end
+
+local function ask(spec, c)
     local a = spec.ask
     local headers, err = ngx.req.get_headers(MAX_HEADERS, true)
     if err == "truncated" then
         return nil
     end
+    local skip = ask_parts(a)
     local var = ngx.var
-    local own = {
-        {a.uri_header, var.request_uri}, {a.method_header, var.request_method},
-        {a.cert_header, var[a.cert_var] or ""}, {"X-SSL-Client-Verify", var.ssl_client_verify},
-        {"X-Forwarded-For", var.remote_addr}, {"X-Forwarded-Proto", "https"},
-        {"X-Twistedgw-Nginx", a.asker}, {"X-Twistedgw-Api-Expected", a.expected},
-    }
-    local skip = {}
-    for _, pair in ipairs(own) do
-        skip[pair[1]:lower()] = true
-    end
-    local out = {"GET ", a.path, " HTTP/1.1\r\nHost: ", var.http_host or "", "\r\n"}
+    local out = {a.head, var.http_host or "", "\r\n"}
+    local n = 3
     for name, value in pairs(headers) do
-        local lower = name:lower()
-        if not HOP[lower] and not skip[lower] then
+        local low = lower(name)
+        if not HOP[low] and not skip[low] then
             if type(value) == "table" then
                 for _, v in ipairs(value) do
-                    out[#out + 1] = name .. ": " .. v .. "\r\n"
+                    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = name, ": ", v, "\r\n"
+                    n = n + 4
                 end
             else
-                out[#out + 1] = name .. ": " .. value .. "\r\n"
+                out[n + 1], out[n + 2], out[n + 3], out[n + 4] = name, ": ", value, "\r\n"
+                n = n + 4
             end
         end
     end
-    for _, pair in ipairs(own) do  -- an empty value is no header (as proxy_set_header)
-        if pair[2] and pair[2] ~= "" then
-            out[#out + 1] = pair[1] .. ": " .. pair[2] .. "\r\n"
+    local own = {a.uri_header, var.request_uri, a.method_header, var.request_method,
+                 a.cert_header, client_cert(var, a.cert_var, c),
+                 "X-SSL-Client-Verify", var.ssl_client_verify,
+                 "X-Forwarded-For", var.remote_addr}
+    for i = 1, #own, 2 do  -- an empty value is no header (as proxy_set_header)
+        local value = own[i + 1]
+        if value and value ~= "" then
+            out[n + 1], out[n + 2], out[n + 3], out[n + 4] = own[i], ": ", value, "\r\n"
+            n = n + 4
         end
     end
-    out[#out + 1] = "Content-Length: 0\r\n\r\n"
+    out[n + 1] = a.fixed
     local failed = {status = 502, header = {}, body = ""}
     local sock = connect(a.address)
     if not sock then return failed end
-    if not sock:send(table.concat(out)) then sock:close() return failed end
-    local line = sock:receive("*l")
-    local status = line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
-    if not status then sock:close() return failed end
-    local header = {}
-    while true do
-        line = sock:receive("*l")
-        if not line then sock:close() return failed end
-        if line == "" then break end
-        local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-        if name then
-            name = name:lower()
-            if header[name] == nil then header[name] = value end
-        end
-    end
-    local length = tonumber(header["content-length"])
-    if not length or header["transfer-encoding"] then sock:close() return failed end
-    local body = ""
-    if length > 0 then
-        body = sock:receive(length)
-        if not body then sock:close() return failed end
-    end
-    if (header["connection"] or ""):lower() == "close" then
-        sock:close()
-    else
+    if not sock:send(table.concat(out, "", 1, n + 1)) then sock:close() return failed end
+    local res, keep = read_answer(sock)
+    if not res then sock:close() return failed end
+    if keep then
         sock:setkeepalive(60000, 64)
+    else
+        sock:close()
     end
-    return {status = status, header = header, body = body}
+    return res
 end
 
 -- Several backends: the direct mode's order (load_balance: round-robin, a turn per
@@ -774,17 +859,14 @@ function _M.access(spec)
     end
     local sets = key and cached(spec, key, c)
     if not sets then
-        local res = ask(spec)
+        local res = ask(spec, c)
         if res == nil then
             return gateway()
         end
         if res.status ~= 200 then
             return refused(res, spec)
         end
-        local header = {}  -- by lower-case name (res.header keeps the sender's case)
-        for name, value in pairs(res.header) do
-            header[string.lower(name)] = one(value)
-        end
+        local header = res.header  -- by lower-case name, the first of a repeated one
         local parts = {}
         for i, pair in ipairs(spec.answers) do
             parts[i] = header[pair[1]] or ""
