@@ -161,12 +161,36 @@ def _repstr(server: Any) -> str:
     return f"<{name} #{server.sessionno} on {port}>"
 
 
+class _QueueWhenNeeded:
+    """``FileDescriptor._tempDataBuffer``, the list of writes queued for the socket:
+    Twisted gives every connection an empty one (~56 bytes per open connection) that a
+    send-first connection rarely uses. Made when something reads it (a write queued,
+    ``doWrite``), kept while it holds anything; an empty one assigned is dropped."""
+
+    _KEY = "_queued_writes"
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        queued: list[bytes] | None = obj.__dict__.get(self._KEY)
+        if queued is None:
+            queued = obj.__dict__[self._KEY] = []
+        return queued
+
+    def __set__(self, obj: Any, value: list[bytes]) -> None:
+        if value:
+            obj.__dict__[self._KEY] = value
+        else:
+            obj.__dict__.pop(self._KEY, None)
+
+
 class GatewayServer(_SendFirst, tcp.Server):
-    """A connection accepted by the gateway's TCP listeners: send-first writes, and the
-    log prefix and repr made when asked for."""
+    """A connection accepted by the gateway's TCP listeners: send-first writes, the log
+    prefix and repr made when asked for, and the write queue made when needed."""
 
     logstr = _Lazy(_logstr)
     repstr = _Lazy(_repstr)
+    _tempDataBuffer = _QueueWhenNeeded()
 
     def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: Any,
                  sessionno: int, reactor: Any) -> None:
