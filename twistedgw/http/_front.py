@@ -334,29 +334,21 @@ class FrontChannel(BoundedClose, Protocol):
     # Set by ``Site.buildProtocol``.
     site: Site
     callLater: Callable[..., IDelayedCall]
-    timeOut: Any
+    timeOut: Any = None
 
     # One channel per open connection: slots keep its ~30 fields out of an instance
     # dict, which past 30 keys stops sharing its keys and costs ~1.5 KiB a connection.
-    # Twisted's Protocol has a dict; what Twisted and ``Site.buildProtocol`` set on every
-    # channel (``transport``, ``site`` and the like) are slots too, so that dict holds
-    # nothing (~55 bytes less per connection).
+    # (Twisted's Protocol has a dict: ``transport``, ``site`` and the like stay there.)
     __slots__ = (
         "_body", "_body_limit", "_body_size", "_buf", "_close_timer", "_closing",
         "_closing_timer", "_closing_unsent", "_conn", "_counted", "_decoder", "_exchange",
         "_handshake_at", "_header_at", "_idle_at", "_left", "_limits", "_line", "_lingered",
         "_network", "_now", "_output_full", "_parsing", "_partial", "_phase", "_producer",
         "_reading", "_ready", "_served", "_stream", "_timer", "_timer_at",
-        "callLater", "connected", "factory", "guard", "persistent", "refused", "site",
-        "timeOut", "transport", "upgraded",
+        "guard", "persistent", "refused", "upgraded",
     )
 
     def __init__(self, guard: Guard) -> None:
-        # Twisted's class-level defaults, which the slots hide.
-        self.transport = None
-        self.connected = 0
-        self.factory = None
-        self.timeOut = None
         self.guard = guard
         self.refused = False
         self.persistent = True
