@@ -1,5 +1,6 @@
 """FrontChannel's one timer per connection (http/_front.py), in memory: the handshake,
-header and idle deadlines it stands for, phase by phase, on a ``Clock``."""
+header and idle deadlines it stands for, phase by phase, on a ``Clock``; and the one
+heap of deadlines every channel of a clock shares (``_deadlines``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.frontkit import Front, Recorder, front
+from twistedgw import _deadlines
 from twistedgw.config import Limits, TlsConfig
 from twistedgw.http._front import FrontChannel
 from twistedgw.testing.devpki import DevPki
@@ -21,11 +23,14 @@ GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def timers(clock: Clock, channel: FrontChannel) -> list[Any]:
-    """The channel's armed DelayedCalls (its close timers excepted: none here)."""
-    return [
+    """The channel's armed deadlines (in the clock's one heap, ``_deadlines``) and
+    DelayedCalls of its own (its close timers: none here)."""
+    armed = [e for e in _deadlines.of(clock.callLater).entries() if e.owner is channel]
+    own = [
         c for c in clock.getDelayedCalls()
         if c.active() and getattr(c.func, "__self__", None) is channel
     ]
+    return armed + own
 
 
 def one_timer(f: Front) -> None:
@@ -157,3 +162,56 @@ def test_hand_over_leaves_no_timer(pki: DevPki) -> None:
     assert timers(clock, channel) == []
     clock.advance(100.0)
     assert not transport.disconnecting
+
+
+def test_the_channels_of_one_clock_share_one_reactor_call() -> None:
+    """Idle memory (issue 27): no DelayedCall per connection, one per clock."""
+    f = front(Limits(idle_timeout=30.0, client_header_timeout=5.0))
+    other = FrontChannel(f.channel.guard)
+    other.site = f.channel.site
+    other.callLater = f.clock.callLater  # type: ignore[method-assign]
+    other.makeConnection(StringTransport())
+    assert len(f.clock.getDelayedCalls()) == 1
+    assert len(timers(f.clock, f.channel)) == len(timers(f.clock, other)) == 1
+    other.dataReceived(b"GET /a HTTP/1.1\r\n")  # in pieces: 408 at its header deadline
+    f.clock.advance(5.1)
+    assert f.transport.disconnecting and f.output() == b""  # nothing sent: closed
+    assert f.records[-1].error_kind == "header_timeout"  # the other one's 408
+    f.channel.connectionLost()
+    other.connectionLost()
+    assert f.clock.getDelayedCalls() == []  # nothing armed: no call left behind
+
+
+class _Owner:
+    def __init__(self, clock: Clock, name: str, ran: list[tuple[str, float]]) -> None:
+        self.clock, self.name, self.ran = clock, name, ran
+
+    def _timed_out(self) -> None:
+        self.ran.append((self.name, self.clock.seconds()))
+
+
+def test_deadlines_run_when_due_and_a_cancelled_one_holds_nothing() -> None:
+    import gc
+    import weakref
+
+    clock = Clock()
+    heap = _deadlines.of(clock.callLater)
+    assert _deadlines.of(clock.callLater) is heap
+    ran: list[tuple[str, float]] = []
+    a, b, c, d = (_Owner(clock, n, ran) for n in "abcd")
+    armed = {o.name: heap.arm(at, o) for o, at in ((a, 5.0), (b, 3.0), (c, 3.5), (d, 10.0))}
+    assert len(clock.getDelayedCalls()) == 1 and len(heap) == 4
+    armed["c"].cancel()
+    gone = weakref.ref(c)
+    del c
+    gc.collect()
+    assert gone() is None  # its entry waits in the heap without it
+    clock.advance(3.0)
+    assert ran == [("b", 3.0)]
+    clock.advance(7.0)  # one step past two: each at least at its own time, in order
+    assert ran == [("b", 3.0), ("a", 10.0), ("d", 10.0)]
+    assert not armed["a"].active() and clock.getDelayedCalls() == [] and len(heap) == 0
+    many = [heap.arm(1.0 + i, _Owner(clock, str(i), ran)) for i in range(200)]
+    for entry in many[:150]:
+        entry.cancel()
+    assert len(heap._heap) < 200 and len(heap) == 50  # rebuilt once mostly cancelled

@@ -36,6 +36,7 @@ from tests.frontkit import Recorder
 from tests.h2client import H2Client, tls_socket
 from tests.harness import GatewayProcess, free_port, gateway_config, start_gateway
 from tests.rawhttp import read_response, wait_closed
+from twistedgw import _deadlines
 from twistedgw.config import Limits
 from twistedgw.http._guard import Guard
 from twistedgw.http._h2 import H2Channel, H2Factory, NegotiatingChannel
@@ -69,7 +70,8 @@ class Memory:
         self.protocol.makeConnection(self.transport)
 
     def front_timers(self) -> list[Any]:
-        return [
+        armed = _deadlines.of(self.clock.callLater).entries()
+        return [e for e in armed if e.owner is self.front] + [
             call for call in self.clock.getDelayedCalls()
             if getattr(call.func, "__self__", None) is self.front
         ]

@@ -324,6 +324,27 @@ def test_the_log_prefix_and_repr_are_made_when_asked_for(tcp_pair: Any) -> None:
     assert repr(server) == "<closed #1 on ?>"
 
 
+def test_an_idle_connection_keeps_no_write_queue_or_bound_fileno(tcp_pair: Any) -> None:
+    """Twisted gives every connection an empty write queue and the socket's bound
+    ``fileno`` (~130 bytes per idle connection, issue 27); ``GatewayServer`` makes the
+    queue when a write waits and asks the socket for its number when called."""
+    server, peer, reactor = tcp_pair
+    kept = vars(server)
+    assert "fileno" not in kept and "_tempDataBuffer" not in kept
+    assert kept.get("_queued_writes") is None
+    assert server.fileno() == server.socket.fileno() > 0
+    server.write(b"hello")  # sent at once: nothing queued, no queue made
+    assert kept.get("_queued_writes") is None
+    tcp.Server.write(server, b"queued ")  # Twisted's own write: queued
+    server.write(b"behind")
+    assert server._tempDataBuffer == [b"queued ", b"behind"] and server in reactor.writers
+    server.doWrite()
+    assert _received(peer, 18) == b"helloqueued behind"
+    assert kept.get("_queued_writes") is None  # the emptied queue is dropped
+    server.connectionLost(Failure(ConnectionLost()))
+    assert server.fileno() == -1  # as Twisted's once the socket is gone
+
+
 def test_an_idle_connection_s_direct_count_is_a_shared_small_int(pair: Any) -> None:
     server, peer, _ = pair
     server.write(b"x" * 3000)

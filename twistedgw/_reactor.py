@@ -161,12 +161,60 @@ def _repstr(server: Any) -> str:
     return f"<{name} #{server.sessionno} on {port}>"
 
 
+class _QueueWhenNeeded:
+    """``FileDescriptor._tempDataBuffer``, the list of writes queued for the socket:
+    Twisted gives every connection an empty one (~56 bytes per open connection) that a
+    send-first connection rarely uses. Made when something reads it (a write queued,
+    ``doWrite``) and kept (in ``_queued_writes``) while it holds anything; an empty one
+    assigned is dropped. (Attributes, not ``__dict__``: reading an instance's
+    ``__dict__`` would make it a dict object of its own, ~64 bytes.)"""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        queued: list[bytes] | None = getattr(obj, "_queued_writes", None)
+        if queued is None:
+            queued = obj._queued_writes = []
+        return queued
+
+    def __set__(self, obj: Any, value: list[bytes]) -> None:
+        if value:
+            obj._queued_writes = value
+        elif getattr(obj, "_queued_writes", None) is not None:
+            obj._queued_writes = None
+
+
+def _gone() -> int:
+    return -1
+
+
+class _SocketFileno:
+    """``fileno``: Twisted keeps the socket's bound ``fileno`` on each connection (~72
+    bytes per open connection); this asks the socket when called, and answers -1 once
+    the socket is gone (Twisted deletes it on close), as ``FileDescriptor.fileno`` does."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        sock = getattr(obj, "socket", None)
+        return sock.fileno if sock is not None else _gone
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        pass  # Twisted's ``self.fileno = skt.fileno``: the same, asked when called
+
+    def __delete__(self, obj: Any) -> None:
+        pass  # Twisted's ``del self.fileno`` on close: ``socket`` is deleted with it
+
+
 class GatewayServer(_SendFirst, tcp.Server):
-    """A connection accepted by the gateway's TCP listeners: send-first writes, and the
-    log prefix and repr made when asked for."""
+    """A connection accepted by the gateway's TCP listeners: send-first writes, the log
+    prefix and repr made when asked for, the write queue made when needed and the
+    socket's ``fileno`` asked when called."""
 
     logstr = _Lazy(_logstr)
     repstr = _Lazy(_repstr)
+    _tempDataBuffer = _QueueWhenNeeded()
+    fileno = _SocketFileno()
 
     def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: Any,
                  sessionno: int, reactor: Any) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,8 +36,7 @@ def _channel(protocol: Any) -> Any:
 
 
 def _closed(protocol: Any) -> bool:
-    """Whether a tracked connection is gone: its socket's transport was disconnected
-    (a closed connection stays in the tracker's weak set until it is collected)."""
+    """Whether a tracked connection is gone: its socket's transport was disconnected."""
     transport = getattr(_channel(protocol), "transport", None)
     if transport is None:
         return True
@@ -76,18 +74,24 @@ class ConnectionTracker:
     """The open connections of one ``Site``, so a stop can drain them."""
 
     def __init__(self) -> None:
-        # Weak: a connection leaves the set when it is gone, without a wrapper around
-        # each one's connectionLost (a closure and a bound method, ~0.4 KiB per open
-        # connection). One that closed but is not collected yet has no transport, and
-        # the sweep and the drain pass over it as closed.
-        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        # A plain set: a connection leaves it from its own connectionLost (``forget``),
+        # without a wrapper around it (a closure and a bound method, ~0.4 KiB per open
+        # connection) or a weak reference with a callback (~0.1 KiB). One whose loss was
+        # not reported leaves at the next look (``open``): it is closed.
+        self.connections: set[Any] = set()
         self.draining = False
 
     def track(self, protocol: Any) -> None:
         self.connections.add(protocol)
 
+    def forget(self, protocol: Any) -> None:
+        """``protocol``'s connection is gone (its ``connectionLost``)."""
+        self.connections.discard(protocol)
+
     def open(self) -> list[Any]:
-        """The tracked connections still open."""
+        """The tracked connections still open (the closed ones are forgotten)."""
+        closed = [p for p in self.connections if _closed(p)]
+        self.connections.difference_update(closed)
         return [p for p in self.connections if not _closed(p)]
 
     def busy(self) -> int:

@@ -198,10 +198,17 @@ class GatewaySite(Site):
         # memory to fill ``args``; the gateway never uses them.
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.tracker = ConnectionTracker()
+        self._call_later: Any = None  # the reactor's, bound once (buildProtocol)
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
         if protocol is not None:
+            # twisted.web gives each channel its own bound ``reactor.callLater`` (~64
+            # bytes per open connection): every channel of this site shares one.
+            call_later = self._call_later
+            if call_later is None or call_later.__self__ is not self.reactor:
+                call_later = self._call_later = self.reactor.callLater
+            protocol.callLater = call_later
             self.tracker.track(protocol)
         return protocol
 

@@ -61,7 +61,8 @@ from twisted.web.http import RESPONSES
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import errors
+from twistedgw import _deadlines, errors
+from twistedgw._deadlines import Deadline
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
@@ -371,14 +372,15 @@ class FrontChannel(BoundedClose, Protocol):
         self._output_full = False
         self._reading = True
         self._lingered = 0  # bytes discarded while lingering
-        # One timer per connection (a DelayedCall is ~0.4 KiB, and each one armed and
-        # cancelled is reactor work): it is armed at the earliest of these deadlines
-        # (reactor seconds; None = not timed) and finds what is due when it fires.
-        # Reads and answers only move ``_idle_at``; the timer, found early, re-arms.
+        # One timer per connection, a ``_deadlines.Deadline`` in one heap for every
+        # channel (a DelayedCall each was ~0.4 KiB per connection, and reactor work):
+        # it is armed at the earliest of these deadlines (reactor seconds; None = not
+        # timed) and finds what is due when it fires. Reads and answers only move
+        # ``_idle_at``; the timer, found early, re-arms.
         self._handshake_at: float | None = None
         self._header_at: float | None = None
         self._idle_at: float | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self._timer_at = 0.0  # the deadline the timer was armed for
         self._now: Callable[[], float] = _no_clock  # the reactor's clock: connectionMade
         self._close_timer: IDelayedCall | None = None
@@ -439,10 +441,11 @@ class FrontChannel(BoundedClose, Protocol):
             first = min(first, limits.handshake_timeout)
         if limits.idle_timeout:
             first = min(first, limits.idle_timeout)
-        timer = self._timer = self.callLater(first, self._timed_out)
-        self._now = timer.seconds  # type: ignore[attr-defined]  # DelayedCall's clock
+        clock = _deadlines.of(self.callLater)  # one heap and reactor call for all channels
+        self._now = clock.seconds
         now = self._now()
-        self._timer_at = now + first  # the earliest deadline below, to the bit
+        at = self._timer_at = now + first  # the earliest deadline below, to the bit
+        self._timer = clock.arm(at, self)
         if secure:
             self._handshake_at = now + limits.handshake_timeout
         self._header_at = now + limits.client_header_timeout
@@ -466,6 +469,9 @@ class FrontChannel(BoundedClose, Protocol):
         return counted
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        tracker = getattr(getattr(self, "site", None), "tracker", None)  # app/_drain.py
+        if tracker is not None:
+            tracker.forget(self)
         self._stop_timing("_header_at", "_handshake_at", "_idle_at")
         for name in ("_close_timer", "_closing_timer"):
             self._cancel(name)
@@ -507,7 +513,7 @@ class FrontChannel(BoundedClose, Protocol):
                 return
             timer.cancel()
         self._timer_at = at
-        self._timer = self.callLater(max(at - self._now(), 0.0), self._timed_out)
+        self._timer = _deadlines.of(self.callLater).arm(at, self)
 
     def _stop_timing(self, *deadlines: str) -> None:
         """Drop ``deadlines``; the timer goes with the last one."""

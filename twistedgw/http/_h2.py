@@ -1405,8 +1405,11 @@ class NegotiatingChannel(Protocol):
         self._channel.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """To whichever channel serves now (the drain's tracker wraps this method)."""
+        """To whichever channel serves now; the drain's tracker forgets this connection."""
         self.connected = 0
+        tracker = getattr(self._site, "tracker", None)  # app/_drain.py
+        if tracker is not None:
+            tracker.forget(self)
         self._channel.connectionLost(reason)
 
     def _decide(self) -> None:
