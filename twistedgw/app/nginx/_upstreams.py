@@ -16,7 +16,12 @@ SUSPEND_SECONDS = 30  # upstream/_forward.py ForwardSettings.endpoint_suspend_se
 
 
 def upstream_name(plan: ApiPlan, k: int | None = None) -> str:
-    return f"twistedgw_backend_{plan.index}" + (f"_{k}" if k is not None else "")
+    """The API's upstream, or its k-th backend's (Lua's pick): a short name, since a
+    variable ``proxy_pass`` parses it and compares it with every upstream's name of the
+    same length on each request."""
+    if k is not None:
+        return f"tgw_{plan.index}_{k}"
+    return f"twistedgw_backend_{plan.index}"
 
 
 def upstreams(site: Site) -> None:
