@@ -692,6 +692,7 @@ class Profile:
     idle_count: int
     stream_bytes: int
     scenarios: tuple[str, ...]
+    fronted_rows: str = "abcdefg"  # scenario 8's rows to run (--fronted-rows)
 
 
 ALL = ("keepalive", "handshake", "header", "large", "sweep", "latency", "memory", "jwt",
@@ -1186,6 +1187,8 @@ def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
     for letter, (label, front, path, headers, lua_target, ar_target) in zip(
         "abcdefg", FRONTED_ROWS, strict=True
     ):
+        if letter not in b.profile.fronted_rows:
+            continue
         hdrs = tuple(f"Authorization: Bearer {b.tokens['es256']}" if h == "jwt" else h
                      for h in headers)
         for variant, group, target in (("lua", "fr-lua", lua_target),
@@ -1442,6 +1445,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="3 rounds of 5 s (about 6 minutes)")
     g.add_argument("--smoke", action="store_true", help="1 round, 1 s, keep-alive only")
     p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument("--fronted-rows", default="abcdefg",
+                   help="scenario 8's rows to run, e.g. cfg (the rows deciding per request)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--duration", type=float)
     p.add_argument("--rate", type=float, default=400.0, help="open-loop rate for scenario 5")
@@ -1467,6 +1472,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
         profile.scenarios = wanted
     profile.rounds = args.rounds or profile.rounds
+    profile.fronted_rows = args.fronted_rows
     profile.duration = args.duration or profile.duration
     profile.idle_count = args.idle_count or profile.idle_count
     work = Path(tempfile.mkdtemp(prefix="twistedgw-bench-"))
