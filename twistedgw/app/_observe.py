@@ -334,6 +334,25 @@ class Metrics:
                     self._labels.clear()
                 known = self._labels[id(identity)] = (identity, _verdict_labels(identity, None))
             source, result, reason = known[1]
+            if websocket is None and cache is None and error_kind is None:
+                # The usual request (answered, by a known caller): its cells counted here,
+                # ``_count``'s common part written out.
+                label = api.label if api is not None else NO_API
+                key = (label, status, source, result, reason,
+                       NO_CONSUMER if consumer is None else self._consumer_label(consumer))
+                found = self._cells.get(key)
+                if found is None:
+                    found = self._cells_for(key)
+                found[0][0] += 1
+                duration_cell = found[1]
+                if duration < 0.0:
+                    duration = 0.0
+                duration_cell[0] += duration
+                duration_cell[2 + bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+                verdict = found[2]
+                if verdict is not None:
+                    verdict[0] += 1
+                return
             code = refused = None
         else:
             source, result, reason = _verdict_labels(identity, refusal)
@@ -352,6 +371,16 @@ class Metrics:
             cache,
             None if websocket is None else _websocket_event(websocket),
         )
+
+    def _cells_for(self, key: tuple[Any, ...]) -> Cells:
+        """The cells of a label set (api, status, source, result, reason, consumer), made
+        the first time it is counted and then looked up in ``_cells``."""
+        cells = self._cells
+        if len(cells) > 10000:
+            cells.clear()  # only this lookup cache: the counts stay in self.counts
+        api, status, source, result, reason, consumer = key
+        found = cells[key] = self.counts.cells(api, status, consumer, source, result, reason)
+        return found
 
     def websocket_closed(self, api: str, reason: str) -> None:
         self.websockets_open.dec()
@@ -394,13 +423,10 @@ class Metrics:
             self.websockets_open.inc()  # its handshake is counted as a request below
         consumer = NO_CONSUMER if consumer_name is None else self._consumer_label(consumer_name)
         # The request's cells, looked up once per label set.
-        cells = self._cells
         key = (api, status, source, result, reason, consumer)
-        found = cells.get(key)
+        found = self._cells.get(key)
         if found is None:
-            if len(cells) > 10000:
-                cells.clear()  # only this lookup cache: the counts stay in self.counts
-            found = cells[key] = self.counts.cells(api, status, consumer, source, result, reason)
+            found = self._cells_for(key)
         found[0][0] += 1
         duration_cell = found[1]
         duration = max(duration, 0.0)

@@ -186,7 +186,10 @@ class _H1Stream:
         headers: list[tuple[bytes, bytes]],
         length: int | None,
         reason: bytes | None = None,
+        clean: bool = False,
     ) -> None:
+        """``wire.Responder.start_response``; ``clean``: the caller knows no value (nor
+        ``reason``) holds a CR, LF or NUL, and the head is not scanned for one."""
         if self.started or self.gone or self.finished:
             return
         self.started = True
@@ -220,7 +223,9 @@ class _H1Stream:
         # Every line ends in the one CRLF joined after it: then no value holds a CR, LF
         # or NUL. Otherwise (a transform's value, say) each is made a space.
         crlfs = len(lines)
-        if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head:
+        if not clean and (
+            head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head
+        ):
             lines[1 : len(headers) + 1] = [
                 b"%s: %s" % (_one_line(n), _one_line(v)) for n, v in headers
             ]
@@ -266,14 +271,18 @@ class _H1Stream:
         length: int | None,
         reason: bytes | None,
         body: bytes,
+        clean: bool = False,
     ) -> None:
         """``start_response``, ``write(body)`` and ``finish`` in one call, for an answer
-        whole in hand (a backend's small response): the head and body leave in one write."""
+        whole in hand (a backend's small response): the head and body leave in one write.
+        ``clean``: as ``start_response``'s."""
         if self.started or self.finished or self.gone:
             self.write(body)
             self.finish()
             return
-        self.start_response(status, headers, length, reason)
+        # (Arguments by position on the hot path: a call with keywords is not specialised
+        # by 3.11's interpreter and runs the callee in a nested one.)
+        self.start_response(status, headers, length, reason, clean)
         head = self._head
         self._head = None
         self.finished = True

@@ -439,12 +439,24 @@ class GatewayExchange(Exchange):
                 prepared, add, remove = None, list(edits.add_headers), edits.removed
         else:  # the set headers' names need not be removed too: the forwarder drops them
             prepared, add, remove = None, list(edits.set_values.values()), edits.removed
+        on_switch = None
+        if switch is not None:
+            on_switch = switch[0]
+            add.extend(switch[1])
+        on_answer = self.transform_answer if pipeline and pipeline.response_transforms else None
+        send_timeout = gateway.runtime.config.limits.send_timeout  # after a reload too
+        if backend is gateway.forwarder:  # ``forward``, its arguments by position
+            backend.relay(
+                self, target, body, size, add, remove, self.forwarded,
+                route.api.backend_timeout, None, alternatives, on_answer, send_timeout,
+                self.trace, on_switch, prepared,
+            )
+            return
         extra: dict[str, Any] = {}
         if prepared is not None:
             extra["edits"] = prepared
-        if switch is not None:
-            extra["on_switch"] = switch[0]
-            add.extend(switch[1])
+        if on_switch is not None:
+            extra["on_switch"] = on_switch
         backend.forward(
             self,
             target,
@@ -454,9 +466,9 @@ class GatewayExchange(Exchange):
             remove_headers=remove,
             on_done=self.forwarded,
             backend_timeout=route.api.backend_timeout,
-            on_answer=self.transform_answer if pipeline and pipeline.response_transforms else None,
+            on_answer=on_answer,
             alternatives=alternatives,
-            send_timeout=gateway.runtime.config.limits.send_timeout,  # after a reload too
+            send_timeout=send_timeout,
             trace=self.trace,
             **extra,
         )
@@ -562,10 +574,12 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     tracer = gateway.tracer
     if tracer is not None:
         exchange.trace = tracing.begin(tracer, exchange, routed.raw_path, routed.runtime)
-    wrong_host = misdirection(exchange, routed)  # before any policy, the authz endpoint too
-    if wrong_host is not None:
-        answer_error(gateway, exchange, wrong_host)
-        return
+    server_tls = routed.runtime.server_tls
+    if server_tls is not None and server_tls.sni_hosts:  # (else no host is misdirected)
+        wrong_host = misdirection(exchange, routed)  # before any policy, the authz endpoint too
+        if wrong_host is not None:
+            answer_error(gateway, exchange, wrong_host)
+            return
     if routed.path is None:
         answer_error(gateway, exchange, errors.bad_request(routed.problem or "bad request path"))
         return

@@ -247,7 +247,7 @@ class Upstream:
         while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
             conn = idle.pop()
             if conn.connected:
-                conn.start(call, reused=True)
+                conn.start(call, True)
                 return call
         self._connect(call)
         return call
@@ -414,7 +414,7 @@ class _Connection(Protocol):
 
     # -- driving ---------------------------------------------------------
 
-    def start(self, call: BackendCall, *, reused: bool) -> None:
+    def start(self, call: BackendCall, reused: bool) -> None:
         assert self.transport is not None
         self.call = call
         call.conn = self

@@ -207,15 +207,28 @@ def build_request_head(
     must not be able to pre-seed a header the gateway vouches for. `edits`, when given,
     are both prepared (``HeadEdits``) and stand for them.
     """
+    if edits is None:
+        edits = HeadEdits.of(add_headers, remove_headers) if (
+            add_headers or remove_headers
+        ) else NO_EDITS
+    return _request_head(exchange, origin, target, body_length, edits)
+
+
+def _request_head(
+    exchange: Exchange,
+    origin: Origin,
+    target: bytes,
+    body_length: int | None,
+    edits: HeadEdits,
+) -> bytes:
+    """``build_request_head`` with its edits prepared, every argument by position (the
+    forwarder's call, once per request: 3.11 runs a call with keywords in a nested
+    interpreter)."""
     method = exchange.method
     if method not in _SAFE_METHODS and not TOKEN.match(method):
         raise ValueError("invalid request method")
     if target.translate(None, _SAFE_TARGET_BYTES):  # _UNSAFE_TARGET, in one C pass
         raise ValueError("invalid request target")
-    if edits is None:
-        edits = HeadEdits.of(add_headers, remove_headers) if (
-            add_headers or remove_headers
-        ) else NO_EDITS
     conn = exchange.conn
     if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
         forwarded = conn.forwarded  # the connection's (``_forwarded``), once built
@@ -252,6 +265,11 @@ def build_request_head(
     else:
         extra = _NO_NAMES
     head = b"".join(out)
+    if exchange.fields.clean and _one_line(origin.host_header) is origin.host_header:
+        # Every piece is known to hold no CR, LF or NUL: the parsed fields (``Fields.clean``),
+        # the checked method and target, the validated Host, the forwarded block and the
+        # edits (both built through ``_one_line``), the origin's Host just checked.
+        return head
     # Every line ends in the one CRLF written for it: then no value holds a CR, LF or
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
     # The first entry holds two lines (request line, Host), the forwarded block one or
@@ -523,6 +541,32 @@ class Forwarder:
         bytes after it and the backend connection, which never returns to the pool; no
         `on_done` follows. Any other answer is relayed as usual.
         """
+        self.relay(
+            exchange, target, body, body_size, add_headers, remove_headers, on_done,
+            backend_timeout, tls_policy, alternatives, on_answer, send_timeout, trace,
+            on_switch, edits,
+        )
+
+    def relay(
+        self,
+        exchange: Exchange,
+        target: bytes,
+        body: IO[bytes] | None,
+        body_size: int,
+        add_headers: Sequence[tuple[bytes, bytes]],
+        remove_headers: Collection[bytes],
+        on_done: Callable[[ForwardResult], None] | None,
+        backend_timeout: float | None,
+        tls_policy: IPolicyForHTTPS | None,
+        alternatives: Sequence[bytes],
+        on_answer: OnAnswer | None,
+        send_timeout: float | None,
+        trace: RequestTrace | None,
+        on_switch: OnSwitch | None,
+        edits: HeadEdits | None,
+    ) -> None:
+        """``forward``, every argument by position, in its order: the request path's call,
+        once per request (3.11 runs a call with keywords in a nested interpreter)."""
         settings = self._settings
         if (backend_timeout is not None and backend_timeout != settings.backend_timeout) or (
             send_timeout is not None and send_timeout != settings.send_timeout
@@ -705,9 +749,7 @@ class _Forwarding:
         if self._trace is not None:  # this attempt's span: its context replaces the client's
             self._span = self._trace.backend(exchange.method, self._target)
             edits = edits.adding(self._span.headers, TRACE_HEADERS)
-        head = build_request_head(
-            exchange, origin, path, body_length=self._body_length, edits=edits
-        )
+        head = _request_head(exchange, origin, path, self._body_length, edits)
         body = self._body
         if body is not None:
             body.seek(0)  # a retry on another backend sends it from its start
@@ -842,7 +884,9 @@ class _Forwarding:
         responder = self._responder
         respond = getattr(responder, "respond", None)
         if respond is not None:
-            respond(code, headers, length, head.phrase, body)
+            # Without a transform every value is the parsed head's (no CR, LF or NUL
+            # passes ``parse_response_head``) or the gateway's own: nothing to scan for.
+            respond(code, headers, length, head.phrase, body, self._on_answer is None)
         else:
             responder.start_response(code, headers, length, head.phrase)
             if body:

@@ -18,11 +18,15 @@ class Fields:
     It has the two reading methods of twisted.web's ``Headers`` (``getRawHeaders``,
     ``getAllRawHeaders``), so ``pipeline.HeaderView`` reads it as it read those."""
 
-    __slots__ = ("_index", "pairs")
+    __slots__ = ("_index", "clean", "pairs")
 
-    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, pairs: list[tuple[bytes, bytes]], clean: bool = False) -> None:
         self.pairs = pairs
         self._index: dict[bytes, list[bytes]] | None = None
+        # Whether every name is a token and no value holds a CR, LF or NUL: true of what
+        # the HTTP/1.1 head parser (``wire.parse_request_head``) accepted, and it spares
+        # the forwarder a scan of the backend head it copies them into.
+        self.clean = clean
 
     def _build(self) -> dict[bytes, list[bytes]]:
         index: dict[bytes, list[bytes]] = {}

@@ -141,14 +141,14 @@ def check_partial_head(buf: bytes, limit: int) -> None:
 
 def parse_request_head(head: bytes, limit: int) -> RequestHead:
     """Parse ``head`` (a request head without its final CRLFCRLF) or raise ``WireError``."""
-    # ``head_controls``, written out (once per request).
-    crlf = head.count(b"\r\n")
+    # ``head_controls``, written out (once per request; the split counts the CRLFs).
+    lines = head.split(b"\r\n")
+    crlf = len(lines) - 1
     if head.count(b"\n") != crlf:
         raise _bad("a bare LF is not a valid line ending or header byte")
     controls = (
         CTL_FOUND if head.count(b"\r") != crlf or head.translate(None, _NOT_CTL) else CLEAN
     )
-    lines = head.split(b"\r\n")
     request_line = lines[0]
     if len(request_line) > limit:
         raise WireError(uri_too_long(limit), "header_too_large")
@@ -244,6 +244,6 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
         raise _bad("an HTTP/1.1 request must have a Host header", line)
     persistent = not close if http11 else (keep_alive and not close)
     return RequestHead(
-        method, target, version, Fields(pairs), framing, size, host, host_name,
+        method, target, version, Fields(pairs, clean=True), framing, size, host, host_name,
         expect and http11, persistent,
     )

@@ -75,13 +75,13 @@ def _kind_of(name: bytes) -> str:
 def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     """Parse ``raw`` (a response head without its final CRLFCRLF); None for an interim
     1xx response; ``BadResponseHead`` when invalid. ``head_only``: the answer to HEAD."""
-    # ``head_controls``, written out (once per response).
-    crlf = raw.count(b"\r\n")
+    # ``head_controls``, written out (once per response; the split counts the CRLFs).
+    lines = raw.split(b"\r\n")
+    crlf = len(lines) - 1
     if raw.count(b"\n") != crlf:
         raise BadResponseHead("a bare LF in the response head")
     if raw.count(b"\r") != crlf or raw.translate(None, _NOT_CTL):
         raise BadResponseHead("a bare CR, a NUL or another control byte in the response head")
-    lines = raw.split(b"\r\n")
     status = lines[0].split(b" ", 2)
     if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise BadResponseHead("invalid status line")
