@@ -46,7 +46,8 @@ def _serve(config: str, snapshots: str) -> int:
             # free lists (a freed tuple or float kept for reuse is still a block at its
             # first allocation site to tracemalloc: up to 2,000 3-tuples looked like
             # ~54 B per connection at a routing line). Neither is what a connection holds.
-            gc.collect()
+            if not os.environ.get("IDLE_MEMORY_NO_COLLECT"):
+                gc.collect()
             tracemalloc.take_snapshot().dump(f"{snapshots}.{count[0]}")
         count[0] += 1
 
@@ -111,6 +112,9 @@ def main() -> int:
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--tracemalloc", action="store_true")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--no-collect", action="store_true",
+                   help="with --tracemalloc: no gc.collect() before each snapshot (as before "
+                   "2026-12-06 evening: free lists and uncollected cycles count too)")
     p.add_argument("--frames", type=int, default=1,
                    help="with --tracemalloc: frames kept per allocation; above 1 the list is "
                    "grouped by whole traceback (where each allocation was made from)")
@@ -124,6 +128,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="twistedgw-idle-"))
     pki = devpki.generate(work / "pki")
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    if args.no_collect:
+        env["IDLE_MEMORY_NO_COLLECT"] = "1"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         port_file = work / "backend.port"

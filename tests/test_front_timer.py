@@ -215,3 +215,20 @@ def test_deadlines_run_when_due_and_a_cancelled_one_holds_nothing() -> None:
     for entry in many[:150]:
         entry.cancel()
     assert len(heap._heap) < 200 and len(heap) == 50  # rebuilt once mostly cancelled
+
+
+def test_a_deadline_that_fails_leaves_the_others_to_run() -> None:
+    clock = Clock()
+    heap = _deadlines.of(clock.callLater)
+    ran: list[tuple[str, float]] = []
+
+    class Failing(_Owner):
+        def _timed_out(self) -> None:
+            raise RuntimeError("boom")
+
+    heap.arm(1.0, Failing(clock, "x", ran))
+    heap.arm(1.0, _Owner(clock, "y", ran))
+    heap.arm(2.0, _Owner(clock, "z", ran))
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert ran == [("y", 1.0), ("z", 2.0)]

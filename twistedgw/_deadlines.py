@@ -20,6 +20,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class Timed(Protocol):
@@ -122,7 +125,10 @@ class Deadlines:
             owner = entry.owner
             if owner is not None:
                 entry.owner = None
-                owner._timed_out()
+                try:
+                    owner._timed_out()
+                except Exception:  # as one DelayedCall's failure: the others still run
+                    log.failure("a connection's deadline failed")
         while heap and heap[0].owner is None:
             heapq.heappop(heap).home = None
             self._cancelled -= 1
