@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.backend_fixture import BackendProcess
-from tests.e2e import get
-from tests.harness import GatewayProcess, Response, free_port, table
+from tests.e2e import context, get, tls_connect
+from tests.harness import GatewayProcess, Response, free_port, send, table
 from tests.opskit import scrape, value
 from tests.test_openapi_gateway import Project
 from twistedgw.testing.devpki import DevPki
@@ -97,6 +97,27 @@ def test_cached_per_caller_after_authentication(gw: GatewayProcess, pki: DevPki)
     misses = value(metrics, "twistedgw_response_cache_lookups_total", api="Catalog:v1",
                    result="miss")
     assert (hits, misses) == (2, 3)
+
+
+def test_kept_alive_callers_keep_their_own_entries(gw: GatewayProcess, pki: DevPki) -> None:
+    """A connection's second request is judged by the verdict its first one left (no
+    Call): it still finds its caller's entry, and never another caller's."""
+    answers: dict[str, list[bytes]] = {}
+    for client in ("partner-app", "other-app"):
+        conn = tls_connect(gw.port, context(pki, client))
+        try:
+            got = [send(conn, "/catalog/requests") for _ in range(3)]
+        finally:
+            conn.close()
+        assert [r.status for r in got] == [200, 200, 200]
+        assert got[0].header("Age") is None
+        assert all(r.header("Age") is not None for r in got[1:])
+        answers[client] = [r.body for r in got]
+    for client, bodies in answers.items():
+        assert len(set(bodies)) == 1, client  # the first answer, served again
+    assert answers["partner-app"][0] != answers["other-app"][0]  # each caller its own
+    # A new connection of the first caller's (its verdict shared with the old one's).
+    assert call(gw, pki, "/catalog/requests").body == answers["partner-app"][0]
 
 
 def test_cache_control_vary_and_size(gw: GatewayProcess, pki: DevPki) -> None:

@@ -129,6 +129,19 @@ def test_caller_key_tells_callers_apart() -> None:
     assert cache.caller_key(ex, [(b"Authorization", b"Basic b")], ()) != key()
 
 
+def test_caller_key_of_a_connection_verdict() -> None:
+    """A request judged by its connection's verdict (no Call) keys its caller as the
+    Call did; two callers' verdicts never share a key."""
+    def by_verdict(**kw: Any) -> tuple[Any, ...]:
+        ex = exchange(**kw)
+        ex.verdict, ex.call = ex.call, None
+        return cache.caller_key(ex, (), ())
+
+    assert by_verdict(consumer="acme") == cache.caller_key(exchange(consumer="acme"), (), ())
+    assert by_verdict(consumer="acme") != by_verdict(consumer="globex")
+    assert by_verdict(cert="aa") != by_verdict(cert="bb")
+
+
 class Responder:
     def __init__(self) -> None:
         self.started = self.finished = self.gone = False

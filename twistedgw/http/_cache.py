@@ -128,12 +128,15 @@ def caller_key(
     one (another backend), and a digest of the credential headers the backend receives
     (so a backend that reads its own cookies or tokens never has one caller's answer
     served to another)."""
-    call = exchange.call
+    # The request's Call, or the connection's verdict when the pipeline ran once for
+    # the caller (a kept-alive connection's next requests, or another connection of the
+    # same caller's): both name the caller the same way, so both find one entry.
+    judged = exchange.call if exchange.call is not None else exchange.verdict
     consumer = principals = cert = None
     sandbox = False
-    if call is not None:
-        consumer, principals, sandbox = call.consumer, call.principals, call.sandbox
-        identity = call.identity
+    if judged is not None:
+        consumer, principals, sandbox = judged.consumer, judged.principals, judged.sandbox
+        identity = judged.identity
         if identity is not None and identity.verified and identity.leaf is not None:
             cert = identity.leaf_sha256()
     digest = b""

@@ -285,21 +285,23 @@ class CallerVerdict(NamedTuple):
     edits: HeadEdits  # allowed: what the backend's request head gets and loses, prepared
     add_headers: tuple[tuple[bytes, bytes], ...]  # the same as the pipeline gave them, for
     removed: frozenset[bytes]  # a backend other than the forwarder (a cache, in-process)
-    # For the record and metrics: the caller's identity after the certificate checks, and
-    # the consumer it maps to; and whether a sandbox credential passed.
+    # For the record, metrics and the response cache's key: the caller's identity after
+    # the certificate checks, the consumer it maps to, the principals the schemes passed,
+    # and whether a sandbox credential passed.
     identity: ClientIdentity
     consumer: str | None
+    principals: tuple[str, ...]
     sandbox: bool
 
     @classmethod
     def of(cls, pipeline: Pipeline, caller: Caller, call: Call, outcome: Outcome) -> CallerVerdict:
         if isinstance(outcome, Refusal):
             return cls(pipeline, caller, outcome, NO_EDITS, (), frozenset(), call.identity,
-                       call.consumer, call.sandbox)
+                       call.consumer, call.principals, call.sandbox)
         add = tuple(outcome.set_values.values())
         removed = frozenset(outcome.removed)
         return cls(pipeline, caller, None, HeadEdits.of(add, removed), add, removed,
-                   call.identity, call.consumer, call.sandbox)
+                   call.identity, call.consumer, call.principals, call.sandbox)
 
 
 class GatewayExchange(Exchange):
