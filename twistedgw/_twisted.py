@@ -80,6 +80,19 @@ USED: tuple[PrivateName, ...] = (
                 "the memory BIO bio_write feeds: fresh_bios replaces it"),
     PrivateName("OpenSSL.SSL.Connection", "_from_ssl", "attribute",
                 "the memory BIO bio_read drains: fresh_bios replaces it"),
+    # What an idle connection no longer holds (issue 27): tls/_server.ServerTLSProtocol
+    # drops handshake-only state, _reactor.GatewayServer makes its write queue when needed.
+    PrivateName("OpenSSL.SSL.Connection", "_reverse_mapping", "attribute",
+                "SSL* -> Connection for pyOpenSSL's callbacks: an entry dropped after the "
+                "handshake (no callback runs later: no renegotiation)"),
+    PrivateName("OpenSSL.SSL.Connection", "_alpn_select_callback_args", "attribute",
+                "pyOpenSSL's copy of the ALPN answer, dropped after the handshake"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_handshakeDone", "attribute",
+                "whether the handshake is done: then handshake-only state goes"),
+    PrivateName("twisted.protocols.tls.TLSMemoryBIOProtocol", "_bufferedWrite", "method",
+                "overridden: the pre-handshake write buffer made again if a write waits"),
+    PrivateName("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer", "attribute",
+                "the socket's write queue: GatewayServer makes it when a write waits"),
     # _unixsockets.UnixPort: Twisted's Unix port without its chmod 0666 and its unlink.
     PrivateName("twisted.internet.unix.Port", "_fromListeningDescriptor", "method",
                 "how reactor.adoptStreamPort builds a Unix port; UnixPort is built the same way"),
