@@ -17,6 +17,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.server import Site
@@ -25,7 +26,7 @@ from tests.frontkit import Recorder, answer
 from twistedgw.config import Limits
 from twistedgw.http._guard import Guard
 from twistedgw.http._h2 import H2Channel, H2Factory
-from twistedgw.wire import Exchange
+from twistedgw.wire import Exchange, answer_headers
 
 
 class CountingTransport(StringTransport):
@@ -224,3 +225,49 @@ def test_a_client_that_reads_nothing_is_aborted_after_idle_timeout() -> None:
     for _ in range(4):
         conn.clock.advance(1)
     assert conn.transport.disconnecting
+
+
+def bodies(events: list[h2.events.Event]) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for e in events:
+        if isinstance(e, h2.events.DataReceived):
+            out[e.stream_id] = out.get(e.stream_id, b"") + e.data
+    return out
+
+
+def test_a_whole_response_is_sent_at_once_or_waits_for_the_window() -> None:
+    """``H2Stream.respond`` (a backend's whole answer in hand): HEADERS and DATA with
+    END_STREAM at once, all streams' in one write; a body the stream's window cannot
+    take waits for WINDOW_UPDATE like a written one, and ends the stream then."""
+    conn = connect(Recorder(hold=True))
+    ids = [get(conn, b"/w%d" % i) for i in range(5)]
+    conn.send()
+    conn.events()
+    for exchange in conn.resource.held:
+        exchange.responder.respond(200, answer_headers(), 5, b"OK", b"hello", True)
+    conn.clock.advance(0)
+    assert conn.transport.writes == 1
+    events = conn.events()
+    assert statuses(events) == {i: b"200" for i in ids}
+    assert bodies(events) == {i: b"hello" for i in ids}
+    assert {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)} == set(ids)
+    assert not conn.channel.streams
+
+    conn.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2})
+    conn.send()
+    conn.events()
+    conn.resource.held.clear()
+    small = get(conn, b"/small-window")
+    conn.send()
+    conn.events()
+    conn.resource.held[0].responder.respond(200, answer_headers(), 5, b"OK", b"hello", True)
+    conn.clock.advance(0)
+    events = conn.events()
+    assert statuses(events) == {small: b"200"}
+    assert bodies(events) == {small: b"he"}
+    assert not [e for e in events if isinstance(e, h2.events.StreamEnded)]
+    conn.client.increment_flow_control_window(10, small)
+    conn.send()
+    events = conn.events()
+    assert bodies(events) == {small: b"llo"}
+    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)] == [small]

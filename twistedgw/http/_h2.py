@@ -506,7 +506,11 @@ class H2Stream:
         headers: list[tuple[bytes, bytes]],
         length: int | None,
         reason: bytes | None = None,
+        clean: bool = False,
     ) -> None:
+        """``wire.Responder.start_response``; ``clean``: the caller knows no value holds
+        CR, LF or NUL (a parsed backend head, the gateway's own fields), so none is
+        scanned for."""
         if self.started or self.gone or self.finished:
             return
         self.started = True
@@ -524,7 +528,7 @@ class H2Stream:
             self._head_request and status not in NO_BODY_CODES
         )):
             append((b"content-length", b"%d" % length))
-        if _BAD_OUT.search(b"\x01".join([value for _, value in fields])) is not None:
+        if not clean and _BAD_OUT.search(b"\x01".join([value for _, value in fields])):
             # A transform's value, say: RFC 9113 §8.2.1 forbids these bytes in a field.
             fields = [(name, _BAD_OUT.sub(b" ", value)) for name, value in fields]
         self._head = fields
@@ -541,6 +545,30 @@ class H2Stream:
         self._out.append(data)
         self._out_size += len(data)
         self._conn.ready(self)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None,
+        body: bytes,
+        clean: bool = False,
+    ) -> None:
+        """The whole response at once (``start_response``, ``write`` and ``finish``
+        folded; the forwarder calls it when the backend's whole answer came in one
+        read): HEADERS, and DATA with END_STREAM at once if the windows let it out in one
+        frame, instead of a pass of the flush per stream. ``clean``: as
+        ``start_response``'s."""
+        if self.started or self.gone or self.finished:
+            return
+        self.start_response(status, headers, length, reason, clean)
+        self.finished = True
+        self._on_gone = None
+        self._close_body()
+        head, self._head = self._head, None
+        if head is not None:
+            self._conn.send_whole(self, head, b"" if self._silent else body)
 
     def finish(self) -> None:
         if self.finished or self.gone:
@@ -1042,6 +1070,37 @@ class H2Channel(BoundedClose, Protocol):
         except h2.exceptions.H2Error:
             self.stream_gone(request)
             return
+        self._wants_flush()
+
+    def send_whole(self, request: H2Stream, fields: list[tuple[bytes, bytes]],
+                   body: bytes) -> None:
+        """A whole response (``H2Stream.respond``): with no body, a HEADERS frame that
+        ends the stream; with a body that the stream's and the connection's windows
+        take in one frame (and the transport not over its bound), HEADERS and DATA with
+        END_STREAM now; otherwise the body waits for the flush, as written ones do."""
+        conn = self.conn
+        stream_id = request.stream_id
+        try:
+            if not body:
+                conn.send_headers(stream_id, fields, end_stream=True)
+            else:
+                conn.send_headers(stream_id, fields, end_stream=False)
+                size = len(body)
+                if (
+                    self.output_full
+                    or size > conn.max_outbound_frame_size
+                    or conn.local_flow_control_window(stream_id) < size
+                ):
+                    request._out.append(body)
+                    request._out_size = size
+                    request._ending = True
+                    self.ready(request)
+                    return
+                conn.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.H2Error:
+            self.stream_gone(request)
+            return
+        self.stream_sent(request)
         self._wants_flush()
 
     def send_informational(self, request: H2Stream, status: bytes) -> None:
