@@ -306,7 +306,10 @@ class Upstream:
 
     def park(self, conn: _Connection) -> None:
         """Keep a connection whose exchange ended cleanly, for the next request."""
-        idle = self._idle.setdefault(conn.origin.key, [])
+        key = conn.origin.key
+        idle = self._idle.get(key)
+        if idle is None:  # (not ``setdefault``: it would make a list per request)
+            idle = self._idle[key] = []
         if len(idle) >= self._max_idle:
             conn.abort()
             return

@@ -244,6 +244,6 @@ def parse_request_head(head: bytes, limit: int) -> RequestHead:
         raise _bad("an HTTP/1.1 request must have a Host header", line)
     persistent = not close if http11 else (keep_alive and not close)
     return RequestHead(
-        method, target, version, Fields(pairs, clean=True), framing, size, host, host_name,
+        method, target, version, Fields(pairs, True), framing, size, host, host_name,
         expect and http11, persistent,
     )
