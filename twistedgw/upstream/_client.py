@@ -506,9 +506,8 @@ class _Connection(Protocol):
         self.state = _S_BODY
         self._framing = framing
         self._remaining = head.body_length
-        self._chunks = (
-            ChunkedDecoder(refuse_tiny_chunks=False) if framing is _F_CHUNKED else None
-        )
+        # (``refuse_tiny_chunks=False`` by position: a keyword call costs a nested interpreter)
+        self._chunks = ChunkedDecoder(False) if framing is _F_CHUNKED else None
         if (len(buf) == head.body_length if framing is _F_LENGTH
                 else framing is _F_NONE and not buf):
             # The whole response is in (the common case: a small body read with its head).

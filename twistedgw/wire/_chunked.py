@@ -54,7 +54,7 @@ class ChunkedDecoder:
 
     __slots__ = ("_at", "_buffer", "_left", "_tiny", "_trailers", "chunks", "size")
 
-    def __init__(self, *, refuse_tiny_chunks: bool = True) -> None:
+    def __init__(self, refuse_tiny_chunks: bool = True) -> None:
         self._tiny = refuse_tiny_chunks
         self._buffer = b""
         self._left = 0  # bytes still due in the current chunk
