@@ -271,3 +271,32 @@ def test_a_whole_response_is_sent_at_once_or_waits_for_the_window() -> None:
     events = conn.events()
     assert bodies(events) == {small: b"llo"}
     assert [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)] == [small]
+
+
+def test_a_repeated_request_block_is_parsed_once_and_a_refused_one_every_time(
+    monkeypatch: Any,
+) -> None:
+    """A client repeating its request (the same header block) is judged once per
+    connection by ``_parse_request`` and the head's checks; a block those refused is
+    not remembered, so each repeat is refused again."""
+    from twistedgw.http import _h2
+
+    parsed: list[bytes] = []
+    real = _h2._parse_request
+
+    def counting(fields: Any) -> Any:
+        parsed.append(dict(fields)[b":path"])
+        return real(fields)
+
+    monkeypatch.setattr(_h2, "_parse_request", counting)
+    conn = connect()
+    ids = [get(conn, b"/same") for _ in range(3)]
+    bad = [get(conn, b"/bad path") for _ in range(2)]  # a SP in the target: 400
+    conn.send()
+    events = conn.events()
+    assert statuses(events) == {**{i: b"200" for i in ids}, **{i: b"400" for i in bad}}
+    assert parsed == [b"/same", b"/bad path", b"/bad path"]
+    assert [s.target for s in conn.resource.seen] == [b"/same"] * 3
+    assert all(
+        dict(s.headers)[b"host"] == b"localhost" for s in conn.resource.seen
+    )  # every request its own fields, the :authority added as Host each time

@@ -160,6 +160,11 @@ _CONNECTION_SPECIFIC = frozenset(
 #: waits for ``100 Continue``. (An extended CONNECT's ``:protocol`` is checked, then
 #: answered 405 with any CONNECT.)
 _Parsed = tuple[bytes, bytes, bytes, int | None, list[tuple[bytes, bytes]], bool]
+#: The same, remembered per connection (the fields as a tuple, copied for each request).
+_Known = tuple[bytes, bytes, bytes, int | None, tuple[tuple[bytes, bytes], ...], bool]
+#: Request header blocks remembered per connection, with what ``_parse_request`` and the
+#: head's checks made of them (the last few: a client repeats its requests).
+KNOWN_REQUESTS = 8
 
 
 def _parse_request(fields: Any) -> _Parsed | str:
@@ -732,6 +737,8 @@ class H2Channel(BoundedClose, Protocol):
         self._closing = False
         self._lost = False
         self._connection: wire.Connection | None = None  # what every exchange shares
+        # Request header blocks that passed the head's checks: fields -> what they said.
+        self._known: dict[tuple[Any, ...], _Known] = {}
         self._full_since: float | None = None  # the output over its bound since then
         self._full_unsent = 0  # and the unsent bytes the socket held then
 
@@ -849,11 +856,18 @@ class H2Channel(BoundedClose, Protocol):
             self._reset(stream_id, _ErrorCodes.REFUSED_STREAM)
             self._caused_reset()
             return
-        parsed = _parse_request(event.headers or ())
-        if isinstance(parsed, str):
-            self._malformed({stream_id: parsed})
-            return
-        method, target, host, length, pairs, expect = parsed
+        fields = event.headers or ()
+        key = tuple(fields)
+        known = self._known.get(key)
+        if known is None:
+            parsed = _parse_request(fields)
+            if isinstance(parsed, str):
+                self._malformed({stream_id: parsed})
+                return
+            method, target, host, length, pairs, expect = parsed
+        else:
+            method, target, host, length, kept, expect = known
+            pairs = list(kept)
         complete = event.stream_ended is not None
         stream = H2Stream(self, stream_id, method, target, length, complete)
         stream._window = self._stream_window
@@ -861,19 +875,25 @@ class H2Channel(BoundedClose, Protocol):
         stream._expect = expect
         self.streams[stream_id] = stream
         self._arm(self._now + self._period)  # per-stream timing: the tick runs often now
-        refusal = wire.method_refusal(method)
-        if refusal is not None:  # CONNECT 405, extended CONNECT (RFC 8441) too; `get` 400
-            self.refuse(stream, refusal, "bad_request")
-            return
-        problem = wire.target_problem(target)
-        if problem is not None:
-            self.refuse(stream, errors.bad_request(problem), "bad_request")
-            return
-        try:
-            _hosts.from_header(host)
-        except _hosts.BadHost as e:
-            self.refuse(stream, errors.bad_request(f"bad :authority: {e}"), "bad_request")
-            return
+        if known is None:
+            refusal = wire.method_refusal(method)
+            if refusal is not None:  # CONNECT 405, extended CONNECT (RFC 8441); `get` 400
+                self.refuse(stream, refusal, "bad_request")
+                return
+            problem = wire.target_problem(target)
+            if problem is not None:
+                self.refuse(stream, errors.bad_request(problem), "bad_request")
+                return
+            try:
+                _hosts.from_header(host)
+            except _hosts.BadHost as e:
+                self.refuse(stream, errors.bad_request(f"bad :authority: {e}"), "bad_request")
+                return
+            # A header block that passed every check of the head: the next identical one
+            # (a client repeating its request) is taken from here, not parsed again.
+            if len(self._known) >= KNOWN_REQUESTS:
+                self._known.clear()
+            self._known[key] = (method, target, host, length, tuple(pairs), expect)
         routed = self.guard.route(target, method, host)
         limit = stream._body_limit = (
             routed.body_limit if routed is not None else self.limits.max_body_bytes
