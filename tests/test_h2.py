@@ -95,6 +95,16 @@ def access_entries(gw: GatewayProcess) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def logged(gw: GatewayProcess, *paths: str, count: int) -> list[dict[str, object]]:
+    """The access-log entries of ``paths`` once ``count`` of them are written: a record
+    is logged when its request ends, which may be just after the client read the answer."""
+    def entries() -> list[dict[str, object]]:
+        found = [e for e in access_entries(gw) if e["path"] in paths]
+        return found if len(found) >= count else []
+
+    return wait_until(entries, what=f"{count} access-log entries of {paths}")
+
+
 def still_serves(gw: GatewayProcess, pki: DevPki) -> None:
     """Another client is served after an attack."""
     client = H2Client(gw.port, pki)
@@ -134,8 +144,8 @@ def test_curl_http2_verdicts_and_identity(gw: GatewayProcess, pki: DevPki) -> No
     version, status, body = curl(pki, f"{base}/m/y", "--cert", str(crt), "--key", str(key))
     assert (version, status) == ("2", "401")
     assert json.loads(body)["code"] == "900901"
-    entries = [e for e in access_entries(gw) if e["path"] in ("/o/x", "/m/y")]
-    assert entries and all(e["protocol"] == "HTTP/2" for e in entries)
+    entries = logged(gw, "/o/x", "/m/y", count=4)
+    assert len(entries) == 4 and all(e["protocol"] == "HTTP/2" for e in entries)
 
 
 def test_http1_clients_still_served_on_an_h2_listener(gw: GatewayProcess, pki: DevPki) -> None:
@@ -150,7 +160,7 @@ def test_http1_clients_still_served_on_an_h2_listener(gw: GatewayProcess, pki: D
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.split()
     assert (version, status) == ("1.1", "200")
-    assert [e["protocol"] for e in access_entries(gw) if e["path"] == "/o/h1"] == ["HTTP/1.1"]
+    assert [e["protocol"] for e in logged(gw, "/o/h1", count=1)] == ["HTTP/1.1"]
 
 
 def test_nghttp_many_streams_share_the_connection_verdict(
@@ -282,7 +292,7 @@ def test_body_limit_per_stream(gw: GatewayProcess, pki: DevPki) -> None:
         assert client.get("/o/next").status == 200
     finally:
         client.close()
-    kinds = [e["error"] for e in access_entries(gw) if e["path"] in ("/small/b", "/small/c")]
+    kinds = [e["error"] for e in logged(gw, "/small/b", "/small/c", count=2)]
     assert kinds == ["body_too_large", "body_too_large"]
 
 
@@ -676,7 +686,7 @@ def test_request_body_that_stops_arriving_gets_408(gw: GatewayProcess, pki: DevP
         assert not raw.closed
     finally:
         raw.close()
-    kinds = [e["error"] for e in access_entries(gw) if e["path"] == "/o/upload"]
+    kinds = [e["error"] for e in logged(gw, "/o/upload", count=1)]
     assert kinds == ["body_timeout"]
 
 
@@ -991,5 +1001,5 @@ def test_a_refused_request_body_is_never_read(gw: GatewayProcess, pki: DevPki) -
         assert json.loads(raw.body(3))["body_len"] == 120000
     finally:
         raw.close()
-    kinds = [e["status"] for e in access_entries(gw) if e["path"] == "/m/upload"]
+    kinds = [e["status"] for e in logged(gw, "/m/upload", count=1)]
     assert kinds == [401]
