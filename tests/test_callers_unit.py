@@ -59,11 +59,6 @@ def ask(rt: Any, value: bytes) -> Any:
     return callers.resolve(exchange, rt)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True)
-def _fresh() -> None:
-    callers._header_callers.clear()
-
-
 def test_a_verified_header_is_decoded_and_verified_once_per_config(
     pki: devpki.DevPki, truststore: TrustStore
 ) -> None:
@@ -98,7 +93,7 @@ def test_a_refused_header_is_not_kept(pki: devpki.DevPki, truststore: TrustStore
     assert ask(rt, value).identity.outcome is Outcome.FAILED
     assert ask(rt, value).identity.outcome is Outcome.FAILED
     assert rt.header_verifier.asked == 2
-    assert not callers._header_callers
+    assert not callers.shared(rt).headers
 
 
 def test_values_alike_in_their_first_bytes_keep_their_own_verdicts(

@@ -154,15 +154,25 @@ class Shared:
     verified chain the same ``ClientIdentity``; every one without a certificate shares
     one too) and the pipelines' verdicts on it (``http/_resource.CallerVerdict``), keyed
     by the objects' ids (each entry holds its key objects, so no id is reused while it
-    lives). Bounded: the oldest entry goes first. A failed handshake's verdict is its
-    connection's own (nothing a client that fails presents is kept here)."""
+    lives); and the identities of verified load-balancer certificate headers
+    (``headers``, see ``resolve``). Bounded: the oldest entry goes first. A failed
+    handshake's verdict is its connection's own (nothing a client that fails presents
+    is kept here)."""
 
-    __slots__ = ("callers", "runtime", "verdicts")
+    __slots__ = ("callers", "headers", "runtime", "verdicts")
 
     def __init__(self, runtime: Snapshot) -> None:
         self.runtime = runtime
         self.callers: dict[tuple[int, bool, bool], tuple[ClientIdentity, ConnectionCaller]] = {}
         self.verdicts: dict[tuple[int, int], Any] = {}
+        # A load balancer repeats a few certificate headers: the identity a verified one
+        # gives, by the header's bytes (and the chain header's), until the first expiry in
+        # the chain, as the verifier's own cache keeps it; what the pipeline decides
+        # (revocation, identity rules, tiers) is still decided per request. Failures are
+        # not kept (the verifier keeps them, for less). Keyed by the value's first bytes
+        # (the leaf's serial number is in them, or XFCC's hash), the whole value compared
+        # on a hit: (first bytes, chain header) -> (value, expiry, identity).
+        self.headers: dict[tuple[bytes, bytes | None], tuple[bytes, float, ClientIdentity]] = {}
 
     def caller(
         self, handshake: ClientIdentity, trusted: bool, unix_peer: bool, direct: ClientIdentity
@@ -178,7 +188,6 @@ class Shared:
         _bounded_put(self.callers, key, (handshake, made))
         return made
 
-
     def verdict(self, pipeline: object, caller: Caller) -> Any:
         """A pipeline's verdict on ``caller`` that a connection kept here, or None."""
         return self.verdicts.get((id(pipeline), id(caller)))
@@ -191,8 +200,8 @@ class Shared:
             _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
 
 
-def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= SHARED_MAX:
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, limit: int = SHARED_MAX) -> None:
+    if len(cache) >= limit:
         del cache[next(iter(cache))]
     cache[key] = value
 
@@ -268,15 +277,13 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     verifier = runtime.header_verifier
     assert verifier is not None
     value = values[0]
+    kept = shared(runtime).headers  # the config's (its verifier, its [mutual_ssl])
     key = (value[:_KEY_HEAD], raw_chain)  # hashing a ~1.5 KB value costs ~5k instructions
-    known = _header_callers.get(key)
+    known = kept.get(key)
     if known is not None:
-        if (
-            known[0] is verifier and known[1] is settings and known[2] == value
-            and time.time() < known[3]
-        ):
-            return Caller(known[4], True)  # a new one, as before: not the connection's
-        del _header_callers[key]
+        if known[0] == value and time.time() < known[1]:
+            return Caller(known[2], True)  # a new one, as before: not the connection's
+        del kept[key]
     try:
         decoded = _decode(
             value.decode("latin-1"), settings.header_encoding,
@@ -289,23 +296,10 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     verdict = verifier.verify(decoded.certs)
     identity = _never_a_load_balancer(verdict, settings)
     if verdict.outcome is Outcome.VERIFIED and verdict.chain:
-        if len(_header_callers) >= _HEADER_CALLERS_MAX:
-            _header_callers.clear()
         expires = min(c.not_valid_after_utc.timestamp() for c in verdict.chain)
-        _header_callers[key] = (verifier, settings, value, expires, identity)
+        _bounded_put(kept, key, (value, expires, identity), _HEADERS_MAX)
     return Caller(identity, True)
 
 
-# A load balancer repeats a few certificate headers: the identity a verified one gives,
-# by the header's bytes (and the chain header's), under the config that judged it (its
-# verifier, which a reload replaces, and its [mutual_ssl] settings), until the first
-# expiry in the chain, as the verifier's own cache keeps it; what the pipeline decides
-# (revocation, identity rules, tiers) is still decided per request. Bounded; failures
-# are not kept (the verifier keeps them, for less). Keyed by the value's first bytes
-# (the leaf's serial number is in them, or XFCC's hash), the whole value compared on a hit.
-_header_callers: dict[
-    tuple[bytes, bytes | None],
-    tuple[object, MutualSslConfig, bytes, float, ClientIdentity],
-] = {}
 _KEY_HEAD = 160
-_HEADER_CALLERS_MAX = 512  # as _decode: the headers are up to [limits] header size each
+_HEADERS_MAX = 512  # Shared.headers (each up to [limits] header size, as _decode)
