@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.server import Site
@@ -300,3 +301,45 @@ def test_a_repeated_request_block_is_parsed_once_and_a_refused_one_every_time(
     assert all(
         dict(s.headers)[b"host"] == b"localhost" for s in conn.resource.seen
     )  # every request its own fields, the :authority added as Host each time
+
+
+def frames(conn: Conn) -> list[Frame]:
+    """What the gateway wrote since the last read, as frames (after a GOAWAY, which
+    the ``h2`` client would take as the end of everything)."""
+    data = conn.transport.value()
+    conn.transport.clear()
+    conn.transport.writes = 0
+    out: list[Frame] = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out
+
+
+def test_a_graceful_stop_between_an_answer_and_its_flush_still_sends_the_answer() -> None:
+    """A stop's drain ticks on its own timer: when it finds the last stream answered
+    but its frames still in h2's buffer (the flush is the next reactor turn), the
+    connection closes after writing them, not instead (CI once saw the in-flight
+    stream's HEADERS lost after a GOAWAY)."""
+    for finish in ("respond", "finish"):
+        conn = connect(Recorder(hold=True))
+        stream = get(conn, b"/in-flight")
+        conn.send()
+        conn.events()
+        conn.channel.graceful_close()  # GOAWAY: stream 1 is in flight
+        goaways = [f for f in frames(conn) if isinstance(f, GoAwayFrame)]
+        assert [f.last_stream_id for f in goaways] == [stream]
+        assert not conn.transport.disconnecting
+        exchange = conn.resource.held[0]
+        if finish == "respond":
+            exchange.responder.respond(200, answer_headers(), 5, b"OK", b"hello", True)
+        else:
+            exchange.responder.finish()
+        assert conn.transport.writes == 0  # the flush waits for the next turn
+        conn.channel.graceful_close()  # the drain's next tick comes first
+        assert conn.transport.disconnecting, finish
+        sent = [f for f in frames(conn) if f.stream_id == stream]
+        assert any(isinstance(f, HeadersFrame) for f in sent), (finish, sent)
+        assert "END_STREAM" in sent[-1].flags, (finish, sent)

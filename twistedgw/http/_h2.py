@@ -1403,6 +1403,10 @@ class H2Channel(BoundedClose, Protocol):
         transport: Any = self.transport
         if transport is None or self._lost or self._closing:
             return
+        # Frames h2 holds go first: a stream answered whole leaves ``streams`` at once,
+        # its frames written by the next turn's flush, which a close in between (a
+        # graceful stop's drain tick) would otherwise drop.
+        self._write(self.conn.data_to_send())
         self._closing = True
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
