@@ -562,3 +562,92 @@ def test_an_ip_literal_backend_is_connected_to_without_name_resolution(
     if kind is not HostnameEndpoint:
         pool.request(origin, b"GET", GET, None, Recorder())
         assert [(h, p) for h, p, *_ in reactor.tcpClients] == [(host.strip("[]"), 9)]
+
+
+# -- the pool's bound: a request waits for a kept connection --------------------
+
+
+def _made(reactor: MemoryReactorClock, index: int) -> tuple[_Connection, StringTransport]:
+    """Complete the ``index``-th connect the pool asked ``reactor`` for (in memory)."""
+    factory = reactor.tcpClients[index][2]
+    wrapper = factory.buildProtocol(None)
+    transport = StringTransport()
+    wrapper.makeConnection(transport)
+    conn = wrapper._wrappedProtocol
+    assert isinstance(conn, _Connection)
+    return conn, transport
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_a_request_beyond_the_kept_connections_waits_for_one_instead_of_opening_one() -> None:
+    """HTTP/2 puts hundreds of requests in flight on a few client connections: those
+    beyond the connections the pool keeps (all busy) wait for the first to finish, in
+    order, instead of each opening a connection closed again after its response."""
+    reactor = MemoryReactorClock()
+    pool = Upstream(reactor, max_idle_per_origin=2)
+    recs = [Recorder() for _ in range(4)]
+    for rec in recs:
+        pool.request(ORIGIN, b"GET", GET, None, rec)
+    assert len(reactor.tcpClients) == 2  # two connections, two requests waiting
+    (a, ta), (b, tb) = _made(reactor, 0), _made(reactor, 1)
+    ta.clear()
+    a.dataReceived(OK)  # the first answer: its connection takes the oldest waiting one
+    assert recs[0].data == [b"ok"] and ta.value() == GET and not ta.disconnecting
+    tb.clear()
+    b.dataReceived(OK)
+    assert recs[1].data == [b"ok"] and tb.value() == GET
+    a.dataReceived(OK)
+    b.dataReceived(OK)
+    assert [r.data for r in recs] == [[b"ok"]] * 4 and not any(r.failures for r in recs)
+    assert len(reactor.tcpClients) == 2 and len(pool._idle[ORIGIN.key]) == 2
+    assert not pool._waiting
+
+
+def test_a_waiting_request_gets_its_own_connection_after_queue_wait() -> None:
+    """A slow backend's busy connections delay the others by at most ``QUEUE_WAIT``."""
+    from twistedgw.upstream._client import QUEUE_WAIT
+
+    reactor = MemoryReactorClock()
+    pool = Upstream(reactor, max_idle_per_origin=1)
+    slow, waiting, cancelled = Recorder(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, slow)
+    gone = pool.request(ORIGIN, b"GET", GET, None, cancelled)
+    reactor.advance(QUEUE_WAIT / 2)
+    pool.request(ORIGIN, b"GET", GET, None, waiting)
+    gone.cancel()  # a waiting request cancelled (its client left): never sent
+    assert len(reactor.tcpClients) == 1
+    reactor.advance(QUEUE_WAIT / 2)
+    assert len(reactor.tcpClients) == 1  # the cancelled one: no connection
+    reactor.advance(QUEUE_WAIT / 2)
+    assert len(reactor.tcpClients) == 2  # the other waited QUEUE_WAIT: one of its own
+    conn, transport = _made(reactor, 1)
+    assert transport.value() == GET
+    conn.dataReceived(OK)
+    assert waiting.data == [b"ok"] and cancelled.data == [] and not cancelled.failures
+    assert not pool._waiting and pool._spiller is None  # nothing left to wait for
+
+
+def test_a_closed_or_failed_connection_lets_a_waiting_request_connect() -> None:
+    """The bound counts open connections: one that closes (a response with
+    ``Connection: close``) or a connect that fails makes room at once."""
+    reactor = MemoryReactorClock()
+    pool = Upstream(reactor, max_idle_per_origin=1)
+    first, second, third = Recorder(), Recorder(), Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, first)
+    pool.request(ORIGIN, b"GET", GET, None, second)
+    pool.request(ORIGIN, b"GET", GET, None, third)
+    conn, transport = _made(reactor, 0)
+    transport.clear()
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    assert first.data == [b"ok"] and transport.disconnecting and transport.value() == b""
+    conn.connectionLost(Failure(ierror.ConnectionDone()))
+    assert len(reactor.tcpClients) == 2  # the second connects now
+    connector = reactor.connectors[1] if reactor.connectors else None
+    factory = reactor.tcpClients[1][2]
+    factory.clientConnectionFailed(connector, Failure(ierror.ConnectionRefusedError()))
+    assert second.failures and len(reactor.tcpClients) == 3  # and the third after it
+    conn, transport = _made(reactor, 2)
+    conn.dataReceived(OK)
+    assert third.data == [b"ok"] and pool._open == {ORIGIN.key: 1}

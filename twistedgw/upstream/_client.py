@@ -9,7 +9,13 @@ with back-pressure, and keep the connection for the next request.
 
 ``Upstream`` is the pool: idle connections per backend origin (scheme, host,
 port and TLS policy), new ones through Twisted endpoints (``wrapClientTLS``
-for ``https``). A request is a ``BackendCall``; what happens to it is reported to a
+for ``https``). It keeps up to ``max_idle_per_origin`` connections per origin; a
+request that finds none idle while that many are open (busy or connecting) waits for
+the first to finish, in arrival order, for at most ``QUEUE_WAIT`` seconds, then gets
+a connection of its own (closed after its response if the pool is full). A burst of
+concurrent requests (HTTP/2 multiplexes hundreds on a few client connections) thus
+reuses the kept connections instead of opening and closing one per request beyond
+them. A request is a ``BackendCall``; what happens to it is reported to a
 ``ResponseHandler`` exactly once as a head followed by data and an end, or as a
 failure. ``BackendCall.cancel`` is silent: whoever cancels decides what to answer.
 Response heads and chunked bodies are read by ``twistedgw.wire``, the parser the
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
@@ -73,6 +80,10 @@ _READ_SIZE = 64 * 1024
 #: Methods retried once on a fresh connection when a pooled one turns out dead
 #: before any response byte arrived (the backend closed it while it was idle).
 _RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+#: Longest a request waits for one of an origin's kept connections to finish (all of
+#: them busy) before it gets a connection of its own: a slow backend's busy connections
+#: delay other requests by at most this.
+QUEUE_WAIT = 0.25
 
 
 # The members as module names: Python 3.11 reads an Enum member through a descriptor
@@ -145,7 +156,7 @@ class BackendCall:
     """One request on its way to a backend; the handle to cancel or pace it."""
 
     __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
-                 "method", "origin")
+                 "method", "origin", "queued_at")
 
     def __init__(
         self,
@@ -165,6 +176,7 @@ class BackendCall:
         self.cancelled = False
         self.conn: _Connection | None = None
         self._connecting: Deferred[Any] | None = None
+        self.queued_at = 0.0  # when it started waiting for a kept connection (``Upstream``)
 
     @property
     def retryable(self) -> bool:
@@ -232,6 +244,12 @@ class Upstream:
         self._idle: dict[PoolKey, list[_Connection]] = {}
         self._endpoints: dict[PoolKey, IStreamClientEndpoint] = {}
         self._sweeper: IDelayedCall | None = None
+        #: Connections open or connecting per origin (a tunnel's are not counted).
+        self._open: dict[PoolKey, int] = {}
+        #: Requests waiting for a kept connection per origin, oldest first (a cancelled
+        #: one is skipped when its turn comes).
+        self._waiting: dict[PoolKey, deque[BackendCall]] = {}
+        self._spiller: IDelayedCall | None = None
 
     def request(
         self,
@@ -243,14 +261,69 @@ class Upstream:
     ) -> BackendCall:
         """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
         call = BackendCall(self, origin, method, head, body, handler)
-        idle = self._idle.get(origin.key)
+        key = origin.key
+        idle = self._idle.get(key)
         while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
             conn = idle.pop()
             if conn.connected:
                 conn.start(call, True)
                 return call
-        self._connect(call)
+        if self._max_idle and self._open.get(key, 0) >= self._max_idle:
+            self._wait(key, call)
+        else:
+            self._connect(call)
         return call
+
+    # -- requests waiting for a kept connection ----------------------------
+
+    def _wait(self, key: PoolKey, call: BackendCall) -> None:
+        """Every kept connection is busy: ``call`` waits for the first that finishes."""
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = deque()
+        call.queued_at = self._reactor.seconds()
+        waiting.append(call)
+        if self._spiller is None:
+            self._spiller = self._reactor.callLater(QUEUE_WAIT, self._spill)
+
+    def _next_waiting(self, key: PoolKey) -> BackendCall | None:
+        waiting = self._waiting.get(key)
+        while waiting:
+            call = waiting.popleft()
+            if not call.cancelled:
+                return call
+        if waiting is not None:
+            del self._waiting[key]
+        return None
+
+    def _wake(self, key: PoolKey) -> None:
+        """A connection of ``key`` closed: waiting requests get new ones, up to the bound."""
+        while self._open.get(key, 0) < self._max_idle:
+            call = self._next_waiting(key)
+            if call is None:
+                return
+            self._connect(call)
+
+    def _spill(self) -> None:
+        """Requests that waited ``QUEUE_WAIT`` get connections of their own (one timer for
+        all, re-armed for the oldest left)."""
+        self._spiller = None
+        deadline = self._reactor.seconds() - QUEUE_WAIT
+        oldest: float | None = None
+        for key in list(self._waiting):
+            waiting = self._waiting[key]
+            while waiting and (waiting[0].cancelled or waiting[0].queued_at <= deadline):
+                call = waiting.popleft()
+                if not call.cancelled:
+                    self._connect(call)
+            if not waiting:
+                self._waiting.pop(key, None)
+            elif oldest is None or waiting[0].queued_at < oldest:
+                oldest = waiting[0].queued_at
+        if oldest is not None:
+            self._spiller = self._reactor.callLater(
+                max(oldest + QUEUE_WAIT - self._reactor.seconds(), 0.0), self._spill
+            )
 
     def _dispatch(self, call: BackendCall, *, fresh: bool) -> None:
         if not fresh:
@@ -264,11 +337,18 @@ class Upstream:
 
     def _connect(self, call: BackendCall) -> None:
         origin = call.origin
-        d = self._endpoint(origin).connect(_ConnectionFactory(self, origin))
+        key = origin.key
+        self._open[key] = self._open.get(key, 0) + 1  # the connection holds it once made
+        try:
+            d = self._endpoint(origin).connect(_ConnectionFactory(self, origin))
+        except BaseException:
+            self._uncount(key)
+            raise
         call._connecting = d
 
         def connected(conn: _Connection) -> None:
             call._connecting = None
+            conn.counted = True
             if call.cancelled:
                 conn.abort()
             else:
@@ -276,8 +356,10 @@ class Upstream:
 
         def failed(reason: Failure) -> None:
             call._connecting = None
+            self._uncount(key)
             if not call.cancelled:
                 call.failed(ConnectFailed("could not connect to the backend", reason))
+            self._wake(key)
 
         d.addCallbacks(connected, failed)
 
@@ -305,8 +387,14 @@ class Upstream:
     # -- idle connections ------------------------------------------------
 
     def park(self, conn: _Connection) -> None:
-        """Keep a connection whose exchange ended cleanly, for the next request."""
+        """Keep a connection whose exchange ended cleanly, for the next request (the
+        oldest waiting one, if any, at once)."""
         key = conn.origin.key
+        if key in self._waiting:
+            call = self._next_waiting(key)
+            if call is not None:
+                conn.start(call, True)
+                return
         idle = self._idle.get(key)
         if idle is None:  # (not ``setdefault``: it would make a list per request)
             idle = self._idle[key] = []
@@ -340,18 +428,41 @@ class Upstream:
             self._sweeper = self._reactor.callLater(self._sweep_interval, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
-        idle = self._idle.get(conn.origin.key)
+        """``conn`` is closed (or a tunnel's now): out of the pool and of the count."""
+        key = conn.origin.key
+        idle = self._idle.get(key)
         if idle and conn in idle:
             idle.remove(conn)
+        if conn.counted:
+            conn.counted = False
+            self._uncount(key)
+            if key in self._waiting:
+                self._wake(key)
+
+    def _uncount(self, key: PoolKey) -> None:
+        left = self._open.get(key, 0) - 1
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)
 
     def retry(self, call: BackendCall) -> None:
         self._dispatch(call, fresh=True)
 
     def close(self) -> Deferred[None]:
-        """Close the idle connections; in-flight requests are left alone."""
+        """Close the idle connections; in-flight requests are left alone (waiting ones
+        get connections of their own now)."""
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
+        if self._spiller is not None and self._spiller.active():
+            self._spiller.cancel()
+        self._spiller = None
+        for key in list(self._waiting):
+            call = self._next_waiting(key)
+            while call is not None:
+                self._connect(call)
+                call = self._next_waiting(key)
         waits: list[Deferred[None]] = []
         for idle in self._idle.values():
             for conn in idle:
@@ -393,8 +504,8 @@ class _Connection(Protocol):
 
     __slots__ = (
         "_buf", "_chunks", "_framing", "_head_only", "_pump", "_remaining", "_seen_bytes",
-        "call", "closed", "origin", "parked_at", "paused", "reusable", "reused", "state",
-        "upstream",
+        "call", "closed", "counted", "origin", "parked_at", "paused", "reusable", "reused",
+        "state", "upstream",
     )
 
     def __init__(self, upstream: Upstream, origin: Origin) -> None:
@@ -406,6 +517,7 @@ class _Connection(Protocol):
         self.reusable = True
         self.paused = False
         self.parked_at = 0.0
+        self.counted = False  # in the pool's count of open connections (``Upstream._open``)
         self.closed: Deferred[None] = Deferred()
         self._buf = b""
         self._seen_bytes = False
@@ -539,6 +651,7 @@ class _Connection(Protocol):
         self.call, call.conn, call.cancelled = None, None, True
         self.state, self.reusable = _S_IDLE, False
         self._stop_upload()
+        self.upstream.forget(self)  # the tunnel's now: no longer the pool's
         call.handler.response_switched(head, rest, self)  # type: ignore[attr-defined]
         return True
 
