@@ -343,3 +343,96 @@ def test_a_graceful_stop_between_an_answer_and_its_flush_still_sends_the_answer(
         sent = [f for f in frames(conn) if f.stream_id == stream]
         assert any(isinstance(f, HeadersFrame) for f in sent), (finish, sent)
         assert "END_STREAM" in sent[-1].flags, (finish, sent)
+
+
+def test_frames_written_directly_are_h2s_own_bytes_and_state(monkeypatch: Any) -> None:
+    """``_GuardedH2.send_headers``/``send_data`` write HEADERS (CONTINUATIONs for a large
+    block) and DATA frames themselves: the bytes, the streams' states, the windows and
+    the HPACK context must be exactly what h2's own methods make, errors included (a
+    window too small, a frame too large, a stream already ended, an informational
+    head, which goes through h2)."""
+    import h2.exceptions
+
+    from twistedgw.http._h2 import _GuardedH2
+
+    def pair() -> tuple[_GuardedH2, _GuardedH2, h2.connection.H2Connection]:
+        client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        client.initiate_connection()
+        client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        for stream_id in (1, 3, 5, 7):
+            client.send_headers(
+                stream_id,
+                [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"https"),
+                 (b":authority", b"x")],
+                end_stream=stream_id != 7,
+            )
+        wire = client.data_to_send()
+        servers = _GuardedH2(Limits()), _GuardedH2(Limits())
+        for server in servers:
+            server.initiate_connection()
+            server.receive_data(wire)
+            server.data_to_send()
+        return servers[0], servers[1], client
+
+    big = b"v" * 40_000  # a block of three frames at the default 16 KiB
+    steps: list[tuple[str, int, Any, bool]] = [
+        ("headers", 1, [(b":status", b"200"), (b"content-length", b"5")], False),
+        ("data", 1, b"hel", False),
+        ("data", 1, b"lo", True),
+        ("data", 1, b"late", False),  # the stream ended: refused
+        ("headers", 3, [(b":status", b"100")], False),  # informational: h2's path
+        ("headers", 3, [(b":status", b"200"), (b"x-big", big)], False),
+        ("data", 3, b"x" * 101, False),  # over the stream's window of 100: refused
+        ("data", 3, b"x" * 100, False),
+        ("data", 3, b"", True),
+        ("headers", 5, [(b":status", b"204"), (b"x-a", b"1")], True),
+        ("headers", 5, [(b":status", b"200")], False),  # ended: refused
+        ("headers", 7, [(b":status", b"413"), (b"x-a", b"1")], False),
+        ("data", 7, b"y" * 20_000, False),  # larger than a frame (and the window)
+        ("data", 7, b"{}", True),
+        ("data", 9, b"z", False),  # never opened
+    ]
+    fast, slow, client = pair()
+    through_h2: list[int] = []  # the steps the direct writer left to h2
+    for name in ("send_headers", "send_data"):
+        method = getattr(h2.connection.H2Connection, name)
+
+        def spy(server: Any, stream_id: int, *args: Any, _m: Any = method, **kw: Any) -> Any:
+            if server is fast:
+                through_h2.append(stream_id)
+            return _m(server, stream_id, *args, **kw)
+
+        monkeypatch.setattr(h2.connection.H2Connection, name, spy)
+    for kind, stream_id, value, end in steps:
+        results = []
+        for server, direct in ((fast, True), (slow, False)):
+            try:
+                if kind == "headers":
+                    if direct:
+                        server.send_headers(stream_id, value, end_stream=end)
+                    else:
+                        h2.connection.H2Connection.send_headers(
+                            server, stream_id, value, end_stream=end)
+                elif direct:
+                    server.send_data(stream_id, value, end_stream=end)
+                else:
+                    h2.connection.H2Connection.send_data(server, stream_id, value, end_stream=end)
+                error = None
+            except h2.exceptions.H2Error as e:
+                error = (type(e), str(e))
+            stream = server.streams.get(stream_id)
+            results.append((
+                error,
+                server.data_to_send(),
+                server.outbound_flow_control_window,
+                None if stream is None else (
+                    stream.state_machine.state, stream.outbound_flow_control_window,
+                    stream.closed),
+                list(server.encoder.header_table.dynamic_entries),
+            ))
+        assert results[0] == results[1], (kind, stream_id, results)
+        client.receive_data(results[0][1])  # and the client takes them as valid frames
+    assert fast.streams[5].closed and fast.streams[3].closed
+    assert through_h2 == [3, 9]  # the informational head, the stream never opened

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import h2.stream
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -133,6 +135,15 @@ CONNECTION_WINDOW = 1 << 24
 
 _ErrorCodes = h2.errors.ErrorCodes
 _CLOSED = h2.connection.ConnectionState.CLOSED
+_SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
+_SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
+_STREAM_SEND_HEADERS = h2.stream.StreamInputs.SEND_HEADERS
+_STREAM_SEND_DATA = h2.stream.StreamInputs.SEND_DATA
+_STREAM_SEND_END = h2.stream.StreamInputs.SEND_END_STREAM
+# A frame's 9-byte head (RFC 9113 §4.1): length (24 bits, as 16 + 8), type, flags, stream.
+_FRAME_HEAD = struct.Struct(">HBBBL")
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
 
 # RFC 9110 token, lower case (h2 has refused upper case and controls already).
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
@@ -394,6 +405,89 @@ class _GuardedH2(h2.connection.H2Connection):
             return events
         events = super()._receive_frame(frame)
         return events
+
+    # -- sending: the frames written directly ----------------------------------
+    #
+    # h2 builds a hyperframe object per frame sent (with its flag set, padding and
+    # priority parts), then serialises it: a third of the sending cost. The two frames
+    # of every answer are written here instead, with h2's own checks and state machine
+    # inputs in h2's order, so its view of the streams, the windows and the HPACK
+    # context stays what its own methods would leave (``tests/test_h2_unit.py`` holds the
+    # bytes and the state to h2's). Anything else (an informational head, padding, a
+    # stream h2 no longer holds) goes through h2's methods.
+
+    def send_headers(  # type: ignore[override]
+        self, stream_id: int, headers: Any, end_stream: bool = False, **priority: Any
+    ) -> None:
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or priority
+            or type(headers) is not list
+            or not headers
+            or headers[0][0] != b":status"
+            or headers[0][1][:1] == b"1"  # informational: h2's other state input
+        ):
+            super().send_headers(stream_id, headers, end_stream, **priority)
+            return
+        self.state_machine.process_input(_SEND_HEADERS)
+        machine = stream.state_machine
+        machine.process_input(_STREAM_SEND_HEADERS)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        limit: int = stream.max_outbound_frame_size or self.max_outbound_frame_size
+        head = _FRAME_HEAD.pack
+        if size <= limit:
+            flags = _END_HEADERS | _END_STREAM if end_stream else _END_HEADERS
+            out = head(size >> 8, size & 0xFF, _HEADERS, flags, stream_id) + block
+        else:  # HEADERS, then CONTINUATIONs, the last with END_HEADERS
+            parts = [block[i:i + limit] for i in range(0, size, limit)]
+            last = len(parts) - 1
+            pieces = []
+            for i, part in enumerate(parts):
+                kind = _CONTINUATION if i else _HEADERS
+                flags = (_END_STREAM if end_stream and not i else 0) | (
+                    _END_HEADERS if i == last else 0
+                )
+                pieces.append(head(len(part) >> 8, len(part) & 0xFF, kind, flags, stream_id))
+                pieces.append(part)
+            out = b"".join(pieces)
+        if end_stream:
+            machine.process_input(_STREAM_SEND_END)
+        if machine.trailers_sent and not end_stream:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        self._data_to_send += out
+
+    def send_data(  # type: ignore[override]
+        self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None
+    ) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or pad_length is not None or type(data) is not bytes:
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        if size > 0 and size > min(
+            self.outbound_flow_control_window, stream.outbound_flow_control_window
+        ):
+            raise h2.exceptions.FlowControlError(
+                f"Cannot send {size} bytes, flow control window is "
+                f"{self.local_flow_control_window(stream_id)}"
+            )
+        if size > self.max_outbound_frame_size:
+            raise h2.exceptions.FrameTooLargeError(
+                f"Cannot send frame size {size}, max frame size is "
+                f"{self.max_outbound_frame_size}"
+            )
+        self.state_machine.process_input(_SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(_STREAM_SEND_DATA)
+        if end_stream:
+            machine.process_input(_STREAM_SEND_END)
+        stream.outbound_flow_control_window -= size
+        self._data_to_send += _FRAME_HEAD.pack(
+            size >> 8, size & 0xFF, _DATA, _END_STREAM if end_stream else 0, stream_id
+        ) + data
+        self.outbound_flow_control_window -= size
 
     def reset_caused(self) -> str | None:
         """Count a stream reset the client caused (a malformed request, a stream window
