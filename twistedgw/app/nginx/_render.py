@@ -19,7 +19,7 @@ from twistedgw.app.nginx._lua import lua_source
 from twistedgw.app.nginx._plan import plan
 from twistedgw.app.nginx._servers import server_head
 from twistedgw.app.nginx._site import Site
-from twistedgw.app.nginx._text import CACHE_ZONE, CLEAN_TARGET, TIERS_ZONE, quote
+from twistedgw.app.nginx._text import CACHE_ZONE, TIERS_ZONE, quote
 from twistedgw.app.nginx._upstreams import upstreams
 from twistedgw.config import ApiConfig, GatewayConfig
 from twistedgw.http import verdicts
@@ -96,12 +96,6 @@ def _render(
         w(r'    "~^(?:GET|HEAD|OPTIONS|PUT|DELETE|TRACE):(?:0*[1-9][0-9]*:|[^:]*:.)" 1;')
         w("    default 0;")
         w("}")
-    w()
-    w("# Raw request targets that twistedgw's path normalisation leaves unchanged.")
-    w("map $request_uri $twistedgw_gateway_path {")
-    w(f"    {quote('~' + CLEAN_TARGET)} 0;")
-    w("    default 1;")
-    w("}")
     if hosted_contexts(site):  # their internal locations get the rest captured before
         w()
         w("# An API whose backend URL has no path gets '/' for an empty rest, as in direct mode.")

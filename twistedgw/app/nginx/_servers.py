@@ -8,7 +8,7 @@ from twistedgw.app import _runtime as runtime
 from twistedgw.app.nginx._hosts import host_checks, pattern_regex
 from twistedgw.app.nginx._plan import underscored_headers
 from twistedgw.app.nginx._site import Site
-from twistedgw.app.nginx._text import INTERNAL, json_body, quote
+from twistedgw.app.nginx._text import CLEAN_TARGET, INTERNAL, json_body, quote
 from twistedgw.config import SniEntry
 
 
@@ -49,6 +49,10 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
         certificate, key = entry.certificate, entry.private_key
         advertise = entry.advertise_ca_names
     w("    server_tokens off;  # Server: nginx, without its version")
+    # A request's pool holds the request, its header lists, one slot per variable the
+    # config names and the Lua context: past NGINX's 4k default every request mallocs
+    # (and frees) one or two more blocks (~1,800 instructions per request, callgrind).
+    w("    request_pool_size 16k;")
     underscored = underscored_headers(config)
     if underscored:  # else NGINX drops them before twistedgw could read the credential
         w(f"    underscores_in_headers on;  # {', '.join(underscored)}")
@@ -87,6 +91,10 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
     w("    }")
     host_checks(site, -1 if entry is None else site.config.tls.sni.index(entry))
-    w("    if ($twistedgw_gateway_path) {")
+    # A raw target twistedgw's path normalisation would change takes the gateway path: a
+    # regex on $request_uri here, not a map (a map copies its source and hashes it in lower
+    # case before its regex: ~500 instructions more per request).
+    w("    # Raw request targets that twistedgw's path normalisation would change.")
+    w(f"    if ($request_uri !~ {quote(CLEAN_TARGET)}) {{")
     w(f"        rewrite ^ {INTERNAL}/gateway last;")
     w("    }")
