@@ -436,3 +436,23 @@ def test_frames_written_directly_are_h2s_own_bytes_and_state(monkeypatch: Any) -
         client.receive_data(results[0][1])  # and the client takes them as valid frames
     assert fast.streams[5].closed and fast.streams[3].closed
     assert through_h2 == [3, 9]  # the informational head, the stream never opened
+
+
+def test_a_new_streams_headers_are_read_without_h2s_trace_repr(monkeypatch: Any) -> None:
+    """h2 formats every frame it receives for a trace log nobody reads (a tenth of the
+    receiving cost): a new stream's HEADERS frame (every request) skips that step. A
+    HEADERS frame on a known stream (trailers, say) still goes through h2's own path."""
+    shown: list[int] = []
+
+    def counting_repr(frame: Any) -> str:
+        shown.append(frame.stream_id)
+        return "frame"
+
+    monkeypatch.setattr(HeadersFrame, "__repr__", counting_repr)
+    conn = connect(Recorder(hold=True))
+    ids = [get(conn, b"/a"), get(conn, b"/b"), get(conn, b"/c", end_stream=False)]
+    conn.send()
+    assert len(conn.resource.held) == 2 and not shown
+    conn.client.send_headers(ids[2], [(b"x-trailer", b"1")], end_stream=True)
+    conn.send()
+    assert shown == [ids[2]]  # the trailers: h2's path

@@ -76,7 +76,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import h2.config
 import h2.connection
@@ -363,6 +363,7 @@ class _GuardedH2(h2.connection.H2Connection):
         self.malformed: dict[int, str] = {}
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        events: list[h2.events.Event]
         kind = type(frame)
         if kind is RstStreamFrame:
             if self._resets.hit():
@@ -377,7 +378,15 @@ class _GuardedH2(h2.connection.H2Connection):
         elif kind is HeadersFrame:
             decoded = self._counting.decoded
             try:
-                events: list[h2.events.Event] = super()._receive_frame(frame)
+                if frame.stream_id > self.highest_inbound_stream_id:
+                    # A new stream (every request): h2's ``_receive_frame`` adds only a
+                    # ``repr`` of the frame for its trace log (a tenth of receiving) and
+                    # the RST_STREAM for a stream closed or an id too low, neither of
+                    # which a new stream can be; the errors are the same either way.
+                    sent, events = self._receive_headers_frame(cast(HeadersFrame, frame))
+                    self._prepare_for_sending(sent)
+                else:
+                    events = super()._receive_frame(frame)
             except h2.exceptions.ProtocolError as e:
                 if type(e) is not h2.exceptions.ProtocolError:
                     raise  # too many streams, the header list size, a closed stream
