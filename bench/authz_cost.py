@@ -1,10 +1,13 @@
 """The CPU of one cold decision: twistedgw's authz endpoint asked as NGINX asks it.
 
-``python3 bench/authz_cost.py [--rounds 5] [--decisions 20000] [--profile]`` starts one
-gateway on a Unix socket with bench/run.py's NGINX-fronted config (one mTLS API,
-``cache_seconds = 0``), then asks it as the rendered config does (the client
-certificate in ``X-SSL-Client-Cert``, ``X-Twistedgw-Nginx``, the expected API), one
-question at a time on a kept-alive connection, as NGINX asks (``--pipeline N`` sends N
+``python3 bench/authz_cost.py [--kind mtls|jwt|tiers] [--rounds 5] [--decisions 20000]
+[--profile]`` starts one gateway on a Unix socket with bench/run.py's NGINX-fronted config
+(``cache_seconds = 0``), then asks it as the rendered config does (the client certificate
+in ``X-SSL-Client-Cert``, ``X-Twistedgw-Nginx``, the expected API), one question at a time
+on a kept-alive connection, as NGINX asks, about an mTLS API (``--kind mtls``: the Lua
+variant's question, row 8g), a JWT API with the token reused (``--kind jwt``:
+``auth_request``'s, row 8c) or an API with tiers (``--kind tiers``: ``auth_request``'s,
+row 8f, every decision counted here) (``--pipeline N`` sends N
 at once, which costs the client less but the gateway's buffer handling more). It reports the
 gateway's CPU time per decision (user + system, from /proc), median and range over the
 rounds, and the median's split into user and system time. ``--syscalls`` also counts
@@ -39,17 +42,32 @@ import callgrind
 import run
 import syscalls
 
+#: What each ``--kind`` asks about: the judged path, the API NGINX names, what the
+#: rendered config says it does with the answer (``X-Twistedgw-Nginx``), and whether the
+#: client's request carries the bench token (NGINX's ``auth_request`` passes the
+#: request's own headers on, ``Authorization`` with them).
+KINDS = {
+    # an mTLS API, as the Lua variant asks it with cache_seconds = 0 (row 8g)
+    "mtls": ("/bench/small", "bench%3A1", "answer,token-key,tiers", False),
+    # a JWT API in the auth_request variant: asked every request, the token reused (8c)
+    "jwt": ("/jwt/small", "jwt%3A1", "answer", True),
+    # an API with tiers in the auth_request variant: every request counted here (8f)
+    "tiers": ("/metered/small", "metered%3A1", "answer", False),
+}
 
-def questions(pki: run.devpki.DevPki, n: int) -> bytes:
+
+def questions(pki: run.devpki.DevPki, n: int, kind: str = "mtls", token: str = "") -> bytes:
     crt, _key = pki.clients[run.CLIENT]
     leaf = crt.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    uri, expected, asker, bearer = KINDS[kind]
+    auth = f"Authorization: Bearer {token}\r\n" if bearer else ""
     head = (
         "GET /_twistedgw/authz HTTP/1.1\r\nHost: localhost\r\n"
-        "X-Original-URI: /bench/small\r\nX-Original-Method: GET\r\n"
+        f"X-Original-URI: {uri}\r\nX-Original-Method: GET\r\n"
         f"X-SSL-Client-Cert: {quote(leaf, safe='')}\r\nX-SSL-Client-Verify: SUCCESS\r\n"
         "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
-        "X-Twistedgw-Nginx: answer,token-key,tiers\r\nX-Twistedgw-Api-Expected: bench%3A1\r\n"
-        "Content-Length: 0\r\n\r\n"
+        f"X-Twistedgw-Nginx: {asker}\r\nX-Twistedgw-Api-Expected: {expected}\r\n"
+        f"{auth}Content-Length: 0\r\n\r\n"
     ).encode()
     return head * n
 
@@ -92,13 +110,17 @@ def main() -> int:
                    help="count the gateway's system calls per decision (strace -f -c)")
     p.add_argument("--label", default="")
     p.add_argument("--pipeline", type=int, default=1)
+    p.add_argument("--kind", choices=sorted(KINDS), default="mtls",
+                   help="mtls: an mTLS API (row 8g); jwt: a JWT API, the token reused, "
+                        "auth_request (8c); tiers: an API with tiers, auth_request (8f)")
     p.add_argument("--xfcc", action="store_true",
                    help="[identity] forward = xfcc (the answer carries the XFCC header)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="twistedgw-authz-"))
     pki = run.devpki.generate(work / "pki", "ec")
     toml = work / "gw.toml"
-    text = run.fronted_gateway_conf(work, "authz", pki, 1, 1, 0)
+    jwks, tokens = run.jwt_setup(work, pki) if args.kind == "jwt" else (None, {})
+    text = run.fronted_gateway_conf(work, "authz", pki, 1, 1, 0, jwks=jwks)
     if args.xfcc:
         text = text.replace("[[apis]]", '[identity]\nforward = "xfcc"\n\n[[apis]]', 1)
     toml.write_text(text)
@@ -120,10 +142,18 @@ def main() -> int:
                 raise RuntimeError(gw.log.read_text())
             time.sleep(0.05)
         depth = args.pipeline
-        batch = questions(pki, depth)
-        conn = socket.socket(socket.AF_UNIX)
-        conn.settimeout(30)
-        conn.connect(str(sock))
+        batch = questions(pki, depth, args.kind, tokens.get("es256", ""))
+        while True:  # the socket's file exists from bind, before listen (slow under valgrind)
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(30)
+            try:
+                conn.connect(str(sock))
+                break
+            except ConnectionRefusedError:
+                conn.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         ask(conn, batch, depth)  # warm
         if args.callgrind:
             counted = callgrind.System("authz", gw, 0, Path(f"{out}.{gw.popen.pid}"))

@@ -757,21 +757,23 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         return
     caller = callers.resolve(exchange, runtime)
     via_load_balancer = caller.via_load_balancer
+    asker = verdicts.asker(asked, via_load_balancer) if asked else verdicts.PLAIN
+    notes = (
+        {TIERS: "report"} if asker.tiers  # NGINX spends the bucket: the Tiers stage names it
+        else {} if asker.answer
+        else {TIERS: "skip"}  # auth_request would turn a 429 into a 500 of its own
+    )
+    # By position (a dataclass called with keywords runs its __init__ in a nested
+    # interpreter): request, api, identity, via_load_balancer, principals, mtls_passed,
+    # consumer, claims, presented_consumers, notes, passed_schemes, trace.
     call = Call(
         RequestView(  # the judged request: its method, its path
             exchange.judged_method, path, judged.query, HeaderView(exchange.fields),
             exchange.client_ip, exchange.secure,
         ),
-        route.security_api,
-        caller.identity,
-        via_load_balancer=via_load_balancer,
-        trace=exchange.trace,
+        route.security_api, caller.identity, via_load_balancer, (), False, None, None, (),
+        notes, (), exchange.trace,
     )
-    asker = verdicts.asker(asked, via_load_balancer) if asked else verdicts.PLAIN
-    if asker.tiers:  # NGINX spends the bucket: the Tiers stage names it instead
-        call.notes[TIERS] = "report"
-    elif not asker.answer:  # auth_request would turn a 429 into a 500 of its own
-        call.notes[TIERS] = "skip"
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = api, call
     pipeline = route.pipeline
@@ -837,41 +839,48 @@ def _allow(
 ) -> None:
     call = exchange.call
     assert call is not None and call.api is not None
-    declared = verdicts.declared_headers(pipeline, call) if asker.answer and pipeline else None
-    if isinstance(declared, GatewayError):  # a plugin's transform failed
-        _refuse(gateway, exchange, declared, verdicts.NO_STORE, asker.answer)
-        return
+    api = call.api
+    declared: list[tuple[bytes, bytes]] = []
+    if asker.answer and pipeline is not None and pipeline.request_transforms:
+        made = verdicts.declared_headers(pipeline, call)
+        if isinstance(made, GatewayError):  # a plugin's transform failed
+            _refuse(gateway, exchange, made, verdicts.NO_STORE, asker.answer)
+            return
+        declared = made
     if call.sandbox:  # the proxy that asked forwards to its own backend, never a sandbox one
         answer_error(gateway, exchange, errors.forbidden(
             "a sandbox credential goes to the API's sandbox endpoint, which only the gateway "
             "itself can choose: serve this API through the gateway, not the authz endpoint"),
             verdicts.NO_STORE)
         return
+    identity = call.identity
     headers = answer_headers()
-    lifetime = verdicts.allow_lifetime(
-        config, call.api, call.identity, asker=asker, claims=call.claims
-    )
-    headers.extend(verdicts.cache_headers(lifetime))
-    headers.extend(verdicts.identity_answer_headers(config, call.api, call.identity))
-    if verdicts.strips_authorization(call.api):
-        headers.append((verdicts.AUTHORIZATION, b"remove"))
-    headers.extend(declared or ())
+    if verdicts.api_cacheable(config, api, asker):
+        lifetime = verdicts.allow_lifetime(config, api, identity, asker=asker,
+                                           claims=call.claims)
+        headers.extend(verdicts.cache_headers(lifetime))
+    else:  # 0 whatever the caller: ask every time
+        headers.extend(verdicts.NO_STORE)
+    # The identity headers and Authorization's removal, made once per API and identity.
+    headers.extend(verdicts.allow_headers(config, api, identity))
+    if declared:
+        headers.extend(declared)
     limit = call.notes.get(TIER_LIMIT)
     if limit is not None:  # the bucket NGINX spends for this caller
         headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))
     if not asker.answer:  # for hand-written auth_request_set / forwardAuth configs; the
         # rendered config reads none of these, and NGINX parses every header of a cached
         # answer again on each hit
-        headers.append((b"x-twistedgw-api", call.api.label.encode()))
-        identity = call.identity
+        headers.append((b"x-twistedgw-api", api.label.encode()))
         if identity.leaf is not None and identity.verified:
             headers.append((b"x-client-cert-subject", (identity.subject or "").encode()))
             headers.append((b"x-client-cert-sha256", (identity.leaf_sha256() or "").encode()))
         principals = ",".join(call.principals)
         if principals:
             headers.append((b"x-twistedgw-principal", principals.encode()))
-    if call.consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
-        headers.append((b"x-consumer-name", call.consumer.encode()))
+    consumer = call.consumer
+    if consumer is not None:  # for auth_request_set / forwardAuth's authResponseHeaders
+        headers.append((b"x-consumer-name", consumer.encode()))
     responder = exchange.responder
     responder.start_response(200, headers, 0)
     responder.finish()

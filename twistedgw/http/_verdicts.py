@@ -176,11 +176,30 @@ def per_operation(api: ApiConfig) -> bool:
     return api.operations is not None
 
 
+#: ``api_cacheable``'s answers by (config, API, asker) ids: the same for every decision
+#: under one config (the entry holds the three objects, so no id is reused while it lives).
+_CACHEABLE: dict[tuple[int, int, int], tuple[GatewayConfig, ApiConfig, Asker, bool]] = {}
+_CACHEABLE_MAX = 1024
+
+
 def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -> bool:
     """Whether an allow for ``api`` may be cached at all by ``asker`` (the same for every
     caller). Tiers count every request, so only an asker that spends the buckets itself
     may cache them; a bearer token's verdict ends with the token, so only an asker whose
-    cache key holds the token's hash may cache it."""
+    cache key holds the token's hash may cache it. Worked out once per config, API and
+    asker (it walks the API's operations and plugins: ~5% of a decision per request)."""
+    key = (id(config), id(api), id(asker))
+    known = _CACHEABLE.get(key)
+    if known is not None:
+        return known[3]
+    answer = _api_cacheable(config, api, asker)
+    if len(_CACHEABLE) >= _CACHEABLE_MAX:
+        _CACHEABLE.clear()
+    _CACHEABLE[key] = (config, api, asker, answer)
+    return answer
+
+
+def _api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker) -> bool:
     authz = config.authz
     if authz is None or authz.cache_seconds < 1 or deciding_plugins(api):
         return False
@@ -279,6 +298,40 @@ def identity_answer_headers(
         _ANSWERS.clear()
     _ANSWERS[id(identity)] = (identity, settings, out)  # holds identity: its id stays its own
     return out
+
+
+#: ``allow_headers``' answers by (config, API, identity) ids (each entry holds the three).
+_ALLOWS: dict[
+    tuple[int, int, int],
+    tuple[GatewayConfig, ApiConfig, ClientIdentity, tuple[tuple[bytes, bytes], ...]],
+] = {}
+
+
+_REMOVE = ((AUTHORIZATION, b"remove"),)
+
+
+def allow_headers(
+    config: GatewayConfig, api: ApiConfig, identity: ClientIdentity
+) -> tuple[tuple[bytes, bytes], ...]:
+    """An allow's answer headers that depend on the config, the judged API (or operation)
+    and the caller's identity alone: the identity headers to forward
+    (``identity_answer_headers``) and ``AUTHORIZATION: remove`` when the API strips the
+    bearer token. Made once per config, API and identity (the header verifier and the
+    handshake keep one identity object per chain)."""
+    if not identity.verified:  # no identity header to forward: nothing to keep
+        return _REMOVE if strips_authorization(api) else ()
+    key = (id(config), id(api), id(identity))
+    known = _ALLOWS.get(key)
+    if known is not None:
+        return known[3]
+    headers = list(identity_answer_headers(config, api, identity))
+    if strips_authorization(api):
+        headers.append((AUTHORIZATION, b"remove"))
+    made = tuple(headers)
+    if len(_ALLOWS) >= _ANSWERS_MAX:
+        _ALLOWS.clear()
+    _ALLOWS[key] = (config, api, identity, made)  # holds all three: their ids stay theirs
+    return made
 
 
 def declared_headers(

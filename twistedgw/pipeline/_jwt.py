@@ -97,9 +97,55 @@ class Issuer:
 
 @dataclass(frozen=True, slots=True)
 class _Verified:
+    """A token whose signature verified (kept by its SHA-256, never the token itself) and
+    what its claims say that does not change with the time or the caller, worked out
+    once: a reused token costs its hash, the time checks and the binding check."""
+
     issuer: Issuer
     keys: jwks.KeySet  # the key set in use when the signature verified
     claims: Mapping[str, Any]
+    # ``_check_claims``'s checks in its order: a malformed claim (NOT_A_JWT), then the
+    # times (exp, nbf, iat as numbers), then the audience (``aud_ok``)
+    malformed: bool
+    exp: float
+    nbf: float | None
+    iat: float | None
+    aud_ok: bool
+    principal: str
+    consumer: str | None
+    keytype: bool | str  # ``_sandbox``'s answer, or the reason it refuses the token
+
+
+def _verified(issuer: Issuer, keys: jwks.KeySet, claims: Mapping[str, Any]) -> _Verified:
+    """``_Verified`` of a token whose signature ``keys`` verified."""
+    cfg = issuer.config
+    malformed = False
+    exp, nbf, iat = 0.0, None, None
+    try:
+        found = _number(claims, "exp")
+        nbf = _number(claims, "nbf")
+        iat = _number(claims, "iat")
+        if found is None:
+            raise _Fail(NOT_A_JWT)  # an access token must expire (RFC 9068 2.2)
+        exp = found
+    except _Fail:
+        malformed = True
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    aud_ok = any(isinstance(a, str) and a in cfg.audiences for a in audiences)
+    sub = claims.get("sub")
+    principal = f"jwt:{cfg.name}:{sub}" if isinstance(sub, str) else f"jwt:{cfg.name}"
+    consumer = None
+    if cfg.consumer_claim is not None:
+        named = claims.get(cfg.consumer_claim)
+        consumer = named if isinstance(named, str) and named else None
+    keytype: bool | str
+    try:
+        keytype = _sandbox(claims)
+    except _Fail as e:
+        keytype = e.reason
+    return _Verified(issuer, keys, claims, malformed, exp, nbf, iat, aud_ok, principal,
+                     consumer, keytype)
 
 
 class _Fail(Exception):
@@ -214,11 +260,15 @@ class JwtScheme:
         try:
             if len(values) > 1:
                 raise _Fail(NOT_A_JWT)
-            token = _bearer_token(values[0])
-            hit = self._verified.get(_digest(token))
-            # Only while the key set it verified against is still the one in use.
-            if hit is not None and hit.issuer.source.keys is hit.keys:
-                return self._accept(call, hit.claims, hit.issuer)
+            value = values[0]
+            if len(value) <= MAX_AUTHORIZATION_BYTES and value[6:7] == b" ":
+                # A token seen before: ``_bearer_token``'s checks passed on the same bytes
+                # (the same SHA-256), so they are not run again.
+                hit = self._verified.get(_digest(value[6:].strip(b" ")))
+                # Only while the key set it verified against is still the one in use.
+                if hit is not None and hit.issuer.source.keys is hit.keys:
+                    return self._accept_verified(call, hit)
+            token = _bearer_token(value)
             header, claims, issuer = self._parse(token)
             found = self._candidates(token, header, issuer, refetch=True)
             if isinstance(found, Deferred):
@@ -311,8 +361,31 @@ class JwtScheme:
         if key_set is not None:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 del self._verified[next(iter(self._verified))]  # the oldest
-            self._verified[_digest(token)] = _Verified(issuer, key_set, frozen)
+            self._verified[_digest(token)] = _verified(issuer, key_set, frozen)
         return self._accept(call, frozen, issuer)
+
+    def _accept_verified(self, call: Call, hit: _Verified) -> SchemeResult:
+        """``_accept`` for a token verified before: the same checks in the same order,
+        on what ``_verified`` worked out of its claims."""
+        if hit.malformed:
+            raise _Fail(NOT_A_JWT)
+        now = self._now()
+        leeway = hit.issuer.config.leeway_seconds
+        if now > hit.exp + leeway:
+            raise _Fail(EXPIRED)
+        nbf, iat = hit.nbf, hit.iat
+        if (nbf is not None and now + leeway < nbf) or (iat is not None and now + leeway < iat):
+            raise _Fail(NOT_YET_VALID)
+        if not hit.aud_ok:
+            raise _Fail(BAD_AUDIENCE)
+        claims = hit.claims
+        if self._bound != "off" and (self._bound == "required" or "cnf" in claims):
+            self._check_binding(claims, call.identity)
+        keytype = hit.keytype
+        if type(keytype) is str:
+            raise _Fail(keytype)
+        return SchemeResult(True, True, hit.principal, None, None, hit.consumer, claims, None,
+                            keytype is True)
 
     def _accept(
         self, call: Call, claims: Mapping[str, Any], issuer: Issuer

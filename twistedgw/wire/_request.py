@@ -141,14 +141,14 @@ def check_partial_head(buf: bytes, limit: int) -> None:
 
 def parse_request_head(head: bytes, limit: int) -> RequestHead:
     """Parse ``head`` (a request head without its final CRLFCRLF) or raise ``WireError``."""
-    # ``head_controls``, written out (once per request; the split counts the CRLFs).
+    # ``head_controls``, written out (once per request). What the CRLFs leave, joined, holds
+    # a CR or LF only where the head has a bare one: two ``memchr`` scans instead of two
+    # counts byte by byte (~8k instructions for an authz question's ~2 KB head).
     lines = head.split(b"\r\n")
-    crlf = len(lines) - 1
-    if head.count(b"\n") != crlf:
+    rest = b"".join(lines)
+    if b"\n" in rest:
         raise _bad("a bare LF is not a valid line ending or header byte")
-    controls = (
-        CTL_FOUND if head.count(b"\r") != crlf or head.translate(None, _NOT_CTL) else CLEAN
-    )
+    controls = CTL_FOUND if b"\r" in rest or rest.translate(None, _NOT_CTL) else CLEAN
     request_line = lines[0]
     if len(request_line) > limit:
         raise WireError(uri_too_long(limit), "header_too_large")
