@@ -1056,6 +1056,14 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
     # Each server is its Host's entry: the 421 compares the SNI's entry with its own.
     for k, server in enumerate(servers):
         assert f'if ($tgw_sni_entry != "{k - 1}")' in server
+    # The Lua variant checks it in each location instead: an API's Lua once per
+    # connection (v.access gets the server's entry), the other locations per request.
+    lua = nginxconf.render(cfg, "/x/truststore.pem", variant="lua").text
+    for k, server in enumerate(lua.split("\nserver {\n")[1:]):
+        assert "$tgw_sni_entry" not in server[:server.index("    location ")]
+        assert f'}}), "{k - 1}")' in server
+        gateway = server[server.index(f"location = {nginxconf.INTERNAL}/gateway {{"):]
+        assert f'if ($tgw_sni_entry != "{k - 1}")' in gateway[:200]
     assert '    "partners.example.com" 0;' in text  # an exact name: hashed, no regex
     assert r'"~^[^.]+\\.internal\\.example$" 1;' in text
     # A default server name that is an entry's host: the maps check both names.

@@ -194,10 +194,10 @@ def per_server(site: Site) -> bool:
     return True
 
 
-def host_checks(site: Site, index: int = -1) -> None:
-    """Server-level checks before any location: a Host that is not a host (400), and a
-    host served under another SNI entry than the connection's (421); ``index``: the
-    server's ``[[tls.sni]]`` entry (-1: the default server)."""
+def host_checks(site: Site) -> None:
+    """Server-level checks before any location: a Host that is not a host (400), and,
+    unless each location checks it (``sni_in_locations``), a host served under another
+    SNI entry than the connection's (421)."""
     w = site.w
     config = site.config
     if not config.tls.sni and not any(p.api.hosts is not None for p in site.plans):
@@ -208,12 +208,32 @@ def host_checks(site: Site, index: int = -1) -> None:
     w("    }")
     if not config.tls.sni:
         return
-    w(f'    if ($tgw_sni_entry != "{index}") {{' if per_server(site) else
-      "    if ($tgw_misdirected) {")
-    w(f"        return 421 {quote(_misdirected())};")
-    w("    }")
+    if not sni_in_locations(site):
+        w(f'    if ($tgw_sni_entry != "{site.server}") {{' if per_server(site) else
+          "    if ($tgw_misdirected) {")
+        w(f"        return 421 {quote(_misdirected())};")
+        w("    }")
     # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).
     w("    error_page 421 = @twistedgw_421;")
+
+
+def sni_in_locations(site: Site) -> bool:
+    """Whether the 421 for a connection whose SNI names another entry than the server's
+    is checked in each location (``sni_check``) instead of the server block: in the Lua
+    variant, with one server per entry. The SNI is the connection's, so an API's Lua
+    checks it once per connection (the map on every request cost ~700 instructions), the
+    other locations on every request as before; each checks before it answers anything.
+    (In an ``auth_request`` location the check would cost more than in the server.)"""
+    return site.lua and bool(site.config.tls.sni) and per_server(site)
+
+
+def sni_check(site: Site, indent: str) -> None:
+    """The 421 check of a location that answers without Lua (``sni_in_locations``)."""
+    if not sni_in_locations(site):
+        return
+    site.w(f'{indent}if ($tgw_sni_entry != "{site.server}") {{')
+    site.w(f"{indent}    return 421 {quote(_misdirected())};")
+    site.w(f"{indent}}}")
 
 
 def _misdirected() -> str:

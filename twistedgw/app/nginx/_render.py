@@ -127,6 +127,7 @@ def _render(
     host_maps(site)
     for entry in (None, *config.tls.sni):  # the same locations under each certificate
         w()
+        site.server = -1 if entry is None else config.tls.sni.index(entry)
         w("server {")
         server_head(site, entry)
         w()

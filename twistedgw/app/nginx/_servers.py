@@ -90,7 +90,7 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     w(f"    if ($uri = {INTERNAL}/400) {{")
     w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
     w("    }")
-    host_checks(site, -1 if entry is None else site.config.tls.sni.index(entry))
+    host_checks(site)
     # A raw target twistedgw's path normalisation would change takes the gateway path: a
     # regex on $request_uri here, not a map (a map copies its source and hashes it in lower
     # case before its regex: ~500 instructions more per request).

@@ -21,6 +21,7 @@ class Site:
     lua_dir: str
     nginx_version: tuple[int, int, int] | None = None  # of [nginx] binary; None: not known
     lines: list[str] = field(default_factory=list)
+    server: int = -1  # the [[tls.sni]] entry of the server block being written (-1: default)
 
     def __post_init__(self) -> None:
         from twistedgw.app import _runtime as runtime

@@ -167,8 +167,9 @@ end
 -- with its SHA-256 (a client sends the same token on every request of a connection: a
 -- 700-byte bearer token's digest is ~15,000 instructions), and per location the last
 -- verdict's cache key, parsed answer and expiry, so a warm request reads neither the
--- shared dict nor builds its key. Nothing of it is shared or written anywhere, and a
--- verdict kept here never outlives the shared dict's copy (the same expiry).
+-- shared dict nor builds its key; and the [[tls.sni]] entry its SNI names (sni). Nothing
+-- of it is shared or written anywhere, and a verdict kept here never outlives the shared
+-- dict's copy (the same expiry).
 local conns = memo()
 
 local function connection(var)
@@ -192,6 +193,100 @@ local function digest(c, name, value)
     return d
 end
 
+-- The values of the API key headers (lower-case names), in names' order: a value, nil
+-- when absent, false when repeated; nil for them all when the request has more than
+-- MAX_HEADERS headers. With the request-header functions resty.core declares (the FFI of
+-- ngx_http_lua_module), read in place: a Lua string only for a header whose name has
+-- the length of one wanted, no table of every header (ngx.req.get_headers: ~1,000
+-- instructions for two headers). ngx.req.get_headers where they are missing.
+local key_found = {}
+local key_values
+
+-- ngx.req.get_headers' way: a table of every header.
+local function key_values_table(names)
+    local headers, err = ngx.req.get_headers(MAX_HEADERS)
+    if err == "truncated" then
+        return nil
+    end
+    local found = key_found
+    for i, name in ipairs(names) do
+        -- rawget: the table's own lookup would take Api-Key for api_key
+        local value = rawget(headers, name)
+        if type(value) == "table" then
+            value = false
+        end
+        found[i] = value
+    end
+    return found
+end
+
+do
+    local C = ffi.C
+    local ok, base = pcall(require, "resty.core.base")
+    local usable = ok and pcall(function()
+        return C.ngx_http_lua_ffi_req_get_headers_count and C.ngx_http_lua_ffi_req_get_headers
+            and ffi.typeof("ngx_http_lua_ffi_table_elt_t*") and base.get_request
+            and base.get_string_buf
+    end)
+    key_values = key_values_table
+    if usable then
+        local get_request, get_string_buf = base.get_request, base.get_string_buf
+        local elt_ptr = ffi.typeof("ngx_http_lua_ffi_table_elt_t*")
+        local elt_size = ffi.sizeof("ngx_http_lua_ffi_table_elt_t")
+        local truncated = ffi.new("int[1]")
+        local ffi_string, cast = ffi.string, ffi.cast
+        local count = C.ngx_http_lua_ffi_req_get_headers_count
+        local probed = false
+
+        key_values = function(names)
+            local r = get_request()
+            local n
+            if probed then
+                n = count(r, MAX_HEADERS, truncated)
+            else
+                -- resty.core before 0.1.23 declares it without `truncated`: the call
+                -- then fails before reaching C, and get_headers takes over for good.
+                local called, got = pcall(count, r, MAX_HEADERS, truncated)
+                if not called then
+                    key_values = key_values_table
+                    return key_values_table(names)
+                end
+                probed, n = true, got
+            end
+            if n < 0 or truncated[0] ~= 0 then
+                return nil
+            end
+            local found = key_found
+            local k = #names
+            for i = 1, k do
+                found[i] = nil
+            end
+            if n == 0 then
+                return found
+            end
+            local buf = cast(elt_ptr, get_string_buf(n * elt_size))
+            if C.ngx_http_lua_ffi_req_get_headers(r, buf, n, 0) ~= 0 then
+                return nil
+            end
+            for j = 0, n - 1 do
+                local h = buf[j]
+                local len = tonumber(h.key.len)
+                for i = 1, k do
+                    local name = names[i]
+                    if #name == len and ffi_string(h.key.data, len) == name then
+                        if found[i] == nil then
+                            found[i] = ffi_string(h.value.data, h.value.len)
+                        else
+                            found[i] = false
+                        end
+                    end
+                end
+            end
+            return found
+        end
+    end
+end
+
 -- The verdict cache key: the API, the client certificate's fingerprint, the digest of
 -- each credential header the API's schemes read (its API key headers, Authorization for
 -- bearer tokens), and for an API from an OpenAPI definition the method and target.
@@ -205,17 +300,16 @@ local function cache_key(spec, var, c)
     end
     local names = spec.keys
     if names[1] ~= nil then
-        -- get_headers stops at MAX_HEADERS and says "truncated": a key built from part
-        -- of the headers could name another caller's verdict, so such a request is
-        -- never cached nor judged here: twistedgw answers it whole.
-        local headers, err = ngx.req.get_headers(MAX_HEADERS)
-        if err == "truncated" then
+        -- Past MAX_HEADERS headers a key built from part of them could name another
+        -- caller's verdict, so such a request is never cached nor judged here:
+        -- twistedgw answers it whole.
+        local values = key_values(names)
+        if values == nil then
             return nil
         end
-        for _, name in ipairs(names) do
-            -- rawget: the table's own lookup would take Api-Key for api_key
-            local value = rawget(headers, name)
-            if type(value) == "table" then
+        for i, name in ipairs(names) do
+            local value = values[i]
+            if value == false then
                 return nil  -- repeated: twistedgw refuses it as in direct mode
             end
             if value == nil then
@@ -843,7 +937,23 @@ local function cached(spec, key, c)
     return sets
 end
 
-function _M.access(spec)
+-- server: the [[tls.sni]] entry of the location's server ("-1": the default one) when
+-- the config has entries; the connection's SNI names its entry ($tgw_sni_entry, read
+-- once per connection: a connection's SNI never changes), and a request on a server of
+-- another entry is answered 421 before anything else, as direct mode answers it.
+function _M.access(spec, server)
+    local var = ngx.var
+    local c = connection(var)
+    if server ~= nil then
+        local sni = c.sni
+        if sni == nil then
+            sni = var.tgw_sni_entry or ""
+            c.sni = sni
+        end
+        if sni ~= server then
+            return ngx.exec("@twistedgw_421")
+        end
+    end
     local drop = nil
     if spec.drop_underscored then
         drop = underscored()
@@ -851,8 +961,6 @@ function _M.access(spec)
             return gateway()
         end
     end
-    local var = ngx.var
-    local c = connection(var)
     local key = cache_key(spec, var, c)
     if key == nil then
         return gateway()
