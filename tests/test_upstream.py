@@ -467,9 +467,11 @@ def test_each_strip_list_drops_its_own_names_whatever_was_cached_before() -> Non
 
 
 def test_a_remembered_valid_header_name_never_admits_an_invalid_one() -> None:
-    """Requests and responses share the remembered names (one grammar, one set)."""
+    """A name remembered as valid (the request parser's set) never makes a response's
+    bad field line pass: responses match their lines whole (``FIELD_LINES``)."""
     ok = _parse_head(b"HTTP/1.1 200 OK\r\nX-Name: 1\r\nContent-Length: 0", False)
-    assert ok is not None and b"X-Name" in wire_names._seen_names
+    assert ok is not None and ok.headers == [(b"X-Name", b"1"), (b"Content-Length", b"0")]
+    assert wire_names.valid_name(b"X-Name") and b"X-Name" in wire_names._seen_names
     for bad in (b"X-Name : 1", b"X Name: 1", b"X-Name\x00: 1", b": 1"):
         with pytest.raises(BadResponseHead):
             _parse_head(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 0", False)
@@ -651,3 +653,45 @@ def test_a_closed_or_failed_connection_lets_a_waiting_request_connect() -> None:
     conn, transport = _made(reactor, 2)
     conn.dataReceived(OK)
     assert third.data == [b"ok"] and pool._open == {ORIGIN.key: 1}
+
+
+def test_the_one_match_parse_reads_every_head_as_the_line_by_line_one() -> None:
+    """``parse_response_head`` checks a usual head with one match (``RESPONSE_HEAD``) and
+    reads any other line by line (``_parse_lines``): both read every head alike, refuse
+    the same ones for the same reason, and the relayed block drops what the list does."""
+    from twistedgw.upstream._forward import relay_block, response_headers
+    from twistedgw.wire import _response
+
+    statuses = [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content",
+                b"HTTP/1.1 304", b"HTTP/1.1 200 ", b"HTTP/1.1 100 Continue", b"HTTP/1.1 101 S",
+                b"HTTP/1.1 099 x", b"HTTP/1.2 200 OK", b"HTTP/1.1  200 OK", b"HTTP/1.1 200\tOK",
+                b"HTTP/1.1 200 O\x01K", b"http/1.1 200 OK", b"HTTP/1.1 200 \x80\xff"]
+    lines = [b"Content-Length: 3", b"content-length:3 ", b"CONTENT-LENGTH: 3, 3",
+             b"Content-Length: 3,4", b"Transfer-Encoding: chunked", b"transfer-encoding: gzip",
+             b"Connection: close, X-A", b"connection: Keep-Alive", b"Server: nginx",
+             b"Date: today", b"X-A:  v \t", b"Te: x", b" Folded: x", b"X Bad: 1", b": v",
+             b"X-Ctl: a\x01", b"X-Del: \x7f", b"NoColon", b"", b"Keep-Alive: timeout=5"]
+    seen_fast = 0
+    for n, status in enumerate(statuses):
+        for i in range(len(lines)):
+            for j in range(i, len(lines), 3):
+                for sep in (b"\r\n", b"\n"):
+                    raw = status + b"\r\n" + lines[i] + sep + lines[j] + b"\r\n" + lines[n]
+                    outcomes = []
+                    for parse in (_response.parse_response_head, _response._parse_lines):
+                        try:
+                            outcomes.append(parse(raw, n == 3))
+                        except BadResponseHead as e:
+                            outcomes.append(str(e))
+                    assert outcomes[0] == outcomes[1], raw
+                    head = outcomes[0]
+                    if isinstance(head, tuple):
+                        seen_fast += _response.RESPONSE_HEAD.fullmatch(raw) is not None
+                        block = relay_block(head)
+                        if block is not None:
+                            listed, _ = response_headers(head, False)
+                            relayed = [(name, value.strip(b" \t")) for name, _, value in (
+                                line.partition(b":") for line in block.split(b"\r\n")[1:])]
+                            assert [name for name, _ in relayed] == [
+                                name for name, _ in listed], raw
+    assert seen_fast >= 50

@@ -197,41 +197,50 @@ class _H1Stream:
         if channel._phase is not _ANSWERING:  # the usual phase: nothing to do there
             channel.answering(self)  # the body unread: skipped if all in, else Connection: close
         version = self.version
-        silent = self._silent = (
-            self.head_request or status in _NO_BODY_STATUSES or status < 200
-        )
         phrase = reason if reason is not None else RESPONSES.get(status, b"Unknown")
         lines = [b"%s %d %s" % (version, status, phrase)]
         lines.extend([b"%s: %s" % pair for pair in headers])
-        if silent:
-            if self.head_request and length is not None and status not in _NO_BODY_STATUSES:
-                lines.append(b"Content-Length: %d" % (length,))
-        elif length is not None:
-            lines.append(b"Content-Length: %d" % (length,))
-        elif version == b"HTTP/1.1":
-            lines.append(b"Transfer-Encoding: chunked")
-            self._chunked = True
-        else:  # HTTP/1.0 and no length: the body ends where the connection does
-            channel.persistent = False
-        if not channel.persistent:
-            if version == b"HTTP/1.1":
-                lines.append(b"Connection: close")
-        elif version == b"HTTP/1.0":
-            lines.append(b"Connection: keep-alive")
-        lines.append(b"\r\n")
         head = b"\r\n".join(lines)
-        # Every line ends in the one CRLF joined after it: then no value holds a CR, LF
-        # or NUL. Otherwise (a transform's value, say) each is made a space.
-        crlfs = len(lines)
+        # Every line but the last ends in the one CRLF joined after it: then no value
+        # holds a CR, LF or NUL. Otherwise (a transform's value, say) each is made a space.
+        crlfs = len(lines) - 1
         if not clean and (
             head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head
         ):
-            lines[1 : len(headers) + 1] = [
-                b"%s: %s" % (_one_line(n), _one_line(v)) for n, v in headers
-            ]
+            lines[1:] = [b"%s: %s" % (_one_line(n), _one_line(v)) for n, v in headers]
             lines[0] = b"%s %d %s" % (version, status, _one_line(phrase))
             head = b"\r\n".join(lines)
-        self._head = head
+        self._head = head + self._framing(status, length)
+
+    def _framing(self, status: int, length: int | None) -> bytes:
+        """The head's end: its framing lines (each with the CRLF before it), from
+        ``length`` and the connection's state, and the empty line. Decides whether the
+        writes carry a body (``_silent``) and whether it is chunked."""
+        version = self.version
+        channel = self.channel
+        silent = self._silent = (
+            self.head_request or status in _NO_BODY_STATUSES or status < 200
+        )
+        if silent:
+            frame = b"\r\nContent-Length: %d" % (length,) if (
+                self.head_request and length is not None and status not in _NO_BODY_STATUSES
+            ) else b""
+        elif length is not None:
+            if channel.persistent and version == b"HTTP/1.1":  # the usual answer
+                return b"\r\nContent-Length: %d\r\n\r\n" % (length,)
+            frame = b"\r\nContent-Length: %d" % (length,)
+        elif version == b"HTTP/1.1":
+            frame = b"\r\nTransfer-Encoding: chunked"
+            self._chunked = True
+        else:  # HTTP/1.0 and no length: the body ends where the connection does
+            frame = b""
+            channel.persistent = False
+        if not channel.persistent:
+            if version == b"HTTP/1.1":
+                return frame + b"\r\nConnection: close\r\n\r\n"
+        elif version == b"HTTP/1.0":
+            return frame + b"\r\nConnection: keep-alive\r\n\r\n"
+        return frame + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
         if self.finished or self.gone:
@@ -294,6 +303,34 @@ class _H1Stream:
         channel = self.channel
         transport = channel.transport
         if transport is not None and head is not None:
+            transport.write(head + data)
+        channel.request_done(self)
+
+    def respond_block(
+        self, status: int, block: bytes, length: int | None, reason: bytes, body: bytes
+    ) -> None:
+        """``respond`` with the header fields as one block of lines, each with the CRLF
+        before it (``Server`` and ``Date`` included, no framing field), known to hold no
+        CR, LF or NUL but those CRLFs: the forwarder's copy of a backend's own lines
+        (``upstream.relay_block``), where ``respond`` would take a list to format."""
+        if self.started or self.finished or self.gone:
+            self.write(body)
+            self.finish()
+            return
+        self.started = True
+        channel = self.channel
+        if channel._phase is not _ANSWERING:
+            channel.answering(self)
+        head = b"%s %d %s%s%s" % (self.version, status, reason, block,
+                                  self._framing(status, length))
+        self.finished = True
+        self._on_gone = None
+        if self._chunked:
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        else:
+            data = body if not self._silent else b""
+        transport = channel.transport
+        if transport is not None:
             transport.write(head + data)
         channel.request_done(self)
 

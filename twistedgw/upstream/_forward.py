@@ -388,6 +388,31 @@ def _relayed_name(name: bytes) -> bytes:
     return lower
 
 
+# ``_RESPONSE_SKIP``'s field lines in a head's block (``ResponseHead.block``: each line
+# with the CRLF before it), cut out in one pass.
+_NOT_RELAYED = re.compile(
+    rb"\r\n(?:%s):[^\r\n]*" % b"|".join(re.escape(name) for name in sorted(_RESPONSE_SKIP)),
+    re.IGNORECASE,
+)
+_SERVER_LINE = b"\r\nServer: " + SERVER
+
+
+def relay_block(head: ResponseHead) -> bytes | None:
+    """``response_headers``'s fields as one block of lines, each with the CRLF before it,
+    cut from the backend's block with no list: the gateway's Server, the backend's Date
+    or the gateway's, the backend's end-to-end lines as sent. None when its Connection
+    header names fields beyond the hop-by-hop ones (then the list does it)."""
+    tokens = head.connection_tokens
+    if tokens and not tokens <= _RESPONSE_SKIP:
+        return None
+    block = head.block
+    if block:
+        block = _NOT_RELAYED.sub(b"", block)
+        if b"\r\ndate:" in block.lower():
+            return _SERVER_LINE + block
+    return b"%s\r\nDate: %s%s" % (_SERVER_LINE, http_date(), block)
+
+
 def response_headers(
     head: ResponseHead, is_head: bool
 ) -> tuple[list[tuple[bytes, bytes]], int | None]:
@@ -866,13 +891,30 @@ class _Forwarding:
             return
         fw = self._fw
         fw._deadlines._due.pop(self, None)  # the head's deadline is met
+        code = head.code
+        if self._on_answer is None:
+            # The front's one-call answer from the backend's own field lines (no list to
+            # build, no line to format), when it has one (HTTP/1.1) and no transform edits
+            # a list: ``response_headers``'s fields, as ``relay_block`` cuts them.
+            respond_block = getattr(self._responder, "respond_block", None)
+            block = relay_block(head) if respond_block is not None else None
+            if respond_block is not None and block is not None:
+                if fw._down:
+                    fw._answered(self._target)
+                self._status = code
+                length = head.length if (
+                    code not in NO_BODY_CODES or self._exchange.method == b"HEAD"
+                ) else None
+                respond_block(code, block, length, head.phrase, body)
+                self._sent = sent = len(body)
+                self._finish_result(code, None, sent)
+                return
         try:
             headers, length = response_headers(head, self._exchange.method == b"HEAD")
         except Exception:
             _log.failure("cannot relay the response of {backend}", backend=self._backend)
             self._send_error(errors.internal_error(), "other")
             return
-        code = head.code
         if self._on_answer is not None:
             refused = self._on_answer(code, headers)
             if refused is not None:  # a response transform failed: its error, not the body

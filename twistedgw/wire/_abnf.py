@@ -64,6 +64,23 @@ def ctl_in_head(data: bytes) -> bool:
 #: A Content-Length value: 1 to 18 digits (no sign, no list, no spaces).
 DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
+#: A response head (without its final CRLFCRLF) in the one spelling nearly every backend
+#: sends: an HTTP/1.x status line of a 3-digit code and a phrase, field lines of a token,
+#: a colon and a value, joined by CRLFs; no CTL but HTAB anywhere (so no bare CR or LF)
+#: and no obsolete folding (a line starting with whitespace names no token). Its groups:
+#: the version's minor digit, the code, the phrase (None: none), the field lines (each
+#: with the CRLF before it). What it does not match, the parser reads line by line (and
+#: refuses what is invalid): it only spares a valid head that loop. Linear: each
+#: repetition stops at the bytes the next part starts with.
+RESPONSE_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?"
+    rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
+)
+
+#: The framing fields' lines in a lower-cased block of field lines (``RESPONSE_HEAD``'s
+#: last group): name and value (untrimmed), in order.
+FRAMING_LINE = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r\n]*)")
+
 #: What separates the tokens of a list-valued field (Connection).
 LIST = re.compile(rb"[ \t,]+")
 

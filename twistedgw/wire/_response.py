@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 from twistedgw.wire._abnf import (
     _NOT_CTL,
-    _seen_names,
+    FRAMING_LINE,
+    RESPONSE_HEAD,
     connection_tokens,
     one_connection_value,
     valid_name,
@@ -46,36 +47,73 @@ class ResponseHead(NamedTuple):
 
     code: int
     phrase: bytes
-    headers: list[tuple[bytes, bytes]]  # as received, repeats and order kept
+    # The field lines as received, each with the CRLF before it (b"" when none): a
+    # relay copies them on without a list (``upstream/_forward.py``); ``headers`` lists
+    # them.
+    block: bytes
     connection_tokens: frozenset[bytes]  # lower-case names the Connection header lists
     length: int | None  # body length when announced by Content-Length, else None
     framing: Framing  # how its body ends (NONE: no body, whatever the headers say)
     body_length: int  # bytes of body to read with LENGTH framing
     keep_alive: bool  # whether the connection may carry another request after it
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The fields as ``(name, value)`` pairs, in order, repeats kept, values without
+        their surrounding whitespace."""
+        pairs = []
+        for line in self.block.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+        return pairs
+
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
-# What a (valid) header name is to the framing: remembered per name as sent, bounded.
-_OTHER, _LENGTH, _CODING, _CONNECTION = "other", "content-length", "transfer-encoding", "connection"
-_FRAMING_NAMES = {_LENGTH.encode(): _LENGTH, _CODING.encode(): _CODING,
-                  _CONNECTION.encode(): _CONNECTION}
-_kinds: dict[bytes, str] = {}
-_KINDS_MAX = 4096
-
-
-def _kind_of(name: bytes) -> str:
-    kind = _FRAMING_NAMES.get(name.lower(), _OTHER)
-    if len(_kinds) >= _KINDS_MAX:
-        _kinds.clear()
-    _kinds[name] = kind
-    return kind
+_CONTENT_LENGTH = b"content-length"
+_CONNECTION = b"connection"
 
 
 def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     """Parse ``raw`` (a response head without its final CRLFCRLF); None for an interim
-    1xx response; ``BadResponseHead`` when invalid. ``head_only``: the answer to HEAD."""
-    # ``head_controls``, written out (once per response; the split counts the CRLFs).
+    1xx response; ``BadResponseHead`` when invalid. ``head_only``: the answer to HEAD.
+
+    A head in the usual spelling is checked whole by one match (``RESPONSE_HEAD``: no
+    CTL, no bare CR or LF, no folding, every name a token) and its framing fields found
+    by one search of its lower-cased lines; any other is read line by line
+    (``_parse_lines``), which refuses what is invalid and says why."""
+    match = RESPONSE_HEAD.fullmatch(raw)
+    if match is None:
+        return _parse_lines(raw, head_only)
+    minor, code_text, phrase, block = match.groups()
+    code = int(code_text)
+    if code < 200:
+        if code < 100 or code == 101:
+            return _parse_lines(raw, head_only)  # refused there, with the reason
+        return None
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    if block:
+        for name, value in FRAMING_LINE.findall(block.lower()):
+            if name == _CONTENT_LENGTH:
+                if b"," in value:
+                    lengths.extend([v.strip(b" \t") for v in value.split(b",")])
+                else:  # the usual single value
+                    lengths.append(value.strip(b" \t"))
+            elif name == _CONNECTION:
+                connection.append(value.strip(b" \t"))
+            else:  # transfer-encoding (lower-cased with the rest)
+                codings.extend([v.strip(b" \t") for v in value.split(b",")])
+    return _framed(
+        code, phrase or b"", block, minor == b"1", lengths, codings, connection, head_only
+    )
+
+
+def _parse_lines(raw: bytes, head_only: bool) -> ResponseHead | None:
+    """``parse_response_head`` line by line: for the heads ``RESPONSE_HEAD`` does not
+    match (most of them invalid, refused here with the reason)."""
+    # ``head_controls``, written out (the split counts the CRLFs).
     lines = raw.split(b"\r\n")
     crlf = len(lines) - 1
     if raw.count(b"\n") != crlf:
@@ -96,8 +134,6 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     if code < 200:
         return None
     phrase = status[2] if len(status) == 3 else b""
-    headers: list[tuple[bytes, bytes]] = []
-    append = headers.append
     lengths: list[bytes] = []
     codings: list[bytes] = []
     connection: list[bytes] = []
@@ -105,33 +141,42 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
         if not line or line[0] in b" \t":
             raise BadResponseHead("obsolete line folding in the response head")
         name, sep, value = line.partition(b":")
-        if not sep or (name not in _seen_names and not valid_name(name)):
+        if not sep or not valid_name(name):
             raise BadResponseHead("invalid response header")
         value = value.strip(b" \t")
-        append((name, value))
-        # Only the three framing fields are looked at: the names a backend sends are
-        # remembered with what they are (one lookup, no lower-casing per header).
-        kind = _kinds.get(name)
-        if kind is None:
-            kind = _kind_of(name)
-        if kind is _OTHER:
-            continue
-        if kind is _LENGTH:
-            if b"," in value:
-                lengths.extend(v.strip(b" \t") for v in value.split(b","))
-            else:  # the usual single value, already stripped
-                lengths.append(value)
-        elif kind is _CODING:
+        lower = name.lower()
+        if lower == _CONTENT_LENGTH:
+            lengths.extend(v.strip(b" \t") for v in value.split(b","))
+        elif lower == b"transfer-encoding":
             codings.extend(v.strip(b" \t").lower() for v in value.split(b","))
-        else:
+        elif lower == _CONNECTION:
             connection.append(value)
+    return _framed(
+        code, phrase, raw[len(lines[0]):], status[0] == b"HTTP/1.1", lengths, codings,
+        connection, head_only,
+    )
+
+
+def _framed(
+    code: int,
+    phrase: bytes,
+    block: bytes,
+    http11: bool,
+    lengths: list[bytes],
+    codings: list[bytes],
+    connection: list[bytes],
+    head_only: bool,
+) -> ResponseHead:
+    """The head, its framing decided from its framing fields' values (RFC 9112 6.3):
+    ``lengths`` (Content-Length values, list elements apart), ``codings``
+    (Transfer-Encoding's, lower case), ``connection`` (Connection's)."""
     if not connection:
         tokens = _NO_TOKENS
     elif len(connection) == 1 and len(connection[0]) <= 64:  # the cache holds short values
         tokens = one_connection_value(connection[0])
     else:
         tokens = connection_tokens(connection)
-    keep = status[0] == b"HTTP/1.1" and b"close" not in tokens
+    keep = http11 and b"close" not in tokens
     length: int | None = None
     if lengths:
         first = lengths[0]
@@ -157,7 +202,7 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
         framing, body_length, keep = _F_UNTIL_CLOSE, 0, False
     # tuple.__new__ directly: the NamedTuple's own __new__ is a Python call per response.
     return _new_head(  # type: ignore[no-any-return]
-        ResponseHead, (code, phrase, headers, tokens, length, framing, body_length, keep)
+        ResponseHead, (code, phrase, block, tokens, length, framing, body_length, keep)
     )
 
 
