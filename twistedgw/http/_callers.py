@@ -159,10 +159,16 @@ class Shared:
     handshake's verdict is its connection's own (nothing a client that fails presents
     is kept here)."""
 
-    __slots__ = ("callers", "headers", "runtime", "verdicts")
+    __slots__ = ("callers", "chain_name", "header_name", "headers", "runtime", "verdicts")
 
     def __init__(self, runtime: Snapshot) -> None:
         self.runtime = runtime
+        # [mutual_ssl]'s header names as the fields are looked up by (once per config).
+        settings = runtime.config.mutual_ssl
+        named = settings.certificate_header
+        self.header_name = named.encode() if named is not None else b""
+        chain = settings.chain_header
+        self.chain_name = chain.encode() if chain is not None else None
         self.callers: dict[tuple[int, bool, bool], tuple[ClientIdentity, ConnectionCaller]] = {}
         self.verdicts: dict[tuple[int, int], Any] = {}
         # A load balancer repeats a few certificate headers: the identity a verified one
@@ -250,7 +256,8 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     if settings.certificate_header is None:
         return seen.direct
     fields = exchange.fields
-    values = fields.getRawHeaders(settings.certificate_header.encode())
+    config_shared = shared(runtime)  # the config's (its verifier, its [mutual_ssl])
+    values = fields.getRawHeaders(config_shared.header_name)
     if not seen.trusted:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
@@ -271,13 +278,14 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
             failed(Source.HEADER, "more than one certificate header was sent"), True
         )
     raw_chain = None
-    if settings.chain_header is not None:
-        chain_values = fields.getRawHeaders(settings.chain_header.encode())
+    chain_name = config_shared.chain_name
+    if chain_name is not None:
+        chain_values = fields.getRawHeaders(chain_name)
         raw_chain = b",".join(chain_values) if chain_values else None
     verifier = runtime.header_verifier
     assert verifier is not None
     value = values[0]
-    kept = shared(runtime).headers  # the config's (its verifier, its [mutual_ssl])
+    kept = config_shared.headers
     key = (value[:_KEY_HEAD], raw_chain)  # hashing a ~1.5 KB value costs ~5k instructions
     known = kept.get(key)
     if known is not None:

@@ -334,6 +334,26 @@ def allow_headers(
     return made
 
 
+#: ``_declaring``'s answers by pipeline id (each entry holds its pipeline).
+_DECLARING: dict[int, tuple[Any, tuple[tuple[Any, Any], ...]]] = {}
+
+
+def _declaring(pipeline: Any) -> tuple[tuple[Any, Any], ...]:
+    """A pipeline's request transforms that declare the headers they set, with the names
+    (a plugin declares them once, with its class): looked for once per pipeline."""
+    known = _DECLARING.get(id(pipeline))
+    if known is not None and known[0] is pipeline:
+        return known[1]
+    found = tuple(
+        (named, names) for named in pipeline.request_transforms
+        if (names := getattr(named.stage, "sets_headers", None))
+    )
+    if len(_DECLARING) >= _ANSWERS_MAX:
+        _DECLARING.clear()
+    _DECLARING[id(pipeline)] = (pipeline, found)
+    return found
+
+
 def declared_headers(
     pipeline: Any, call: Any
 ) -> list[tuple[bytes, bytes]] | errors.GatewayError:
@@ -344,13 +364,13 @@ def declared_headers(
     transforms = pipeline.request_transforms
     if not transforms:  # the usual pipeline: nothing to run, nothing to import
         return []
+    declaring = _declaring(pipeline)
+    if not declaring:  # transforms, but none that declares a header (the built-ins')
+        return []
     from twistedgw.pipeline import HeaderEdit
 
     out: list[tuple[bytes, bytes]] = []
-    for named in transforms:
-        names = getattr(named.stage, "sets_headers", None)
-        if not names:
-            continue
+    for named, names in declaring:
         edit = HeaderEdit()
         try:
             named.stage.transform_request(call, edit)
