@@ -159,7 +159,9 @@ class Shared:
     handshake's verdict is its connection's own (nothing a client that fails presents
     is kept here)."""
 
-    __slots__ = ("callers", "chain_name", "header_name", "headers", "runtime", "verdicts")
+    __slots__ = (
+        "callers", "chain_name", "header_name", "headers", "judged", "runtime", "verdicts",
+    )
 
     def __init__(self, runtime: Snapshot) -> None:
         self.runtime = runtime
@@ -179,6 +181,10 @@ class Shared:
         # (the leaf's serial number is in them, or XFCC's hash), the whole value compared
         # on a hit: (first bytes, chain header) -> (value, expiry, identity).
         self.headers: dict[tuple[bytes, bytes | None], tuple[bytes, float, ClientIdentity]] = {}
+        # The authz endpoint's judged Calls of per-caller pipelines (``_resource._authz``):
+        # (pipeline, operation's API, identity, via a load balancer) ids -> (those
+        # objects, the outcome, the Call without its request).
+        self.judged: dict[tuple[int, int, int, bool], tuple[Any, ...]] = {}
 
     def caller(
         self, handshake: ClientIdentity, trusted: bool, unix_peer: bool, direct: ClientIdentity
@@ -204,6 +210,11 @@ class Shared:
         a caller per request, a failed handshake one per connection)."""
         if not caller.via_load_balancer and caller.identity.outcome is not Outcome.FAILED:
             _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
+
+
+    def keep_judged(self, key: tuple[int, int, int, bool], entry: tuple[Any, ...]) -> None:
+        """Keep an authz judgement (see ``judged``); the entry holds the key's objects."""
+        _bounded_put(self.judged, key, entry)
 
 
 def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, limit: int = SHARED_MAX) -> None:
