@@ -139,3 +139,65 @@ def test_a_connections_next_requests_are_judged_as_its_first(
     }
     assert statuses["partner"] == b"200"
     assert statuses["none"] != b"200" or api == "optional-any"
+
+
+ASK = (
+    b"GET /_twistedgw/authz HTTP/1.1\r\nhost: localhost:8443\r\n"
+    b"X-Original-URI: /bench/small\r\nX-Original-Method: GET\r\n"
+    b"X-Twistedgw-Nginx: answer\r\nX-Twistedgw-Api-Expected: bench%3A1\r\n"
+    b"Authorization: Basic Zm9yZ2Vk\r\nCookie: session=c2VjcmV0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("forward", ["none", "xfcc"])
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_the_authz_endpoint_judges_a_verified_caller_again_as_at_first(
+    api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#26 per-decision: a pipeline whose verdict depends on the caller alone judges a
+    verified caller once per config at the authz endpoint too; the next questions get the
+    very answer a fresh judgement gives (identity headers, refusals, the record's caller),
+    and what is kept holds nothing of the request that was asked about (its headers may
+    carry anyone's credentials). A caller that failed or presented nothing is judged each
+    time."""
+    own_cost = _own_cost()
+    password = tmp_path / "backend-password"
+    password.write_text("s3cret\n")
+    apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
+    extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "") + "[authz]\n"
+    h = own_cost.Harness(tmp_path, apis=apis, extra=extra, pki=pki)
+    judged: list[Any] = []
+    judge = _run.Pipeline.judge
+    monkeypatch.setattr(_run.Pipeline, "judge",
+                        lambda self, call: judged.append(call) or judge(self, call))
+    expired = pki.issued["expired"].cert
+    callers = {
+        "partner": h.partner,
+        "other": h.verified("other-app", "other-root"),
+        "failed": failed(Source.HANDSHAKE, "certificate has expired", (expired,)),
+        "none": no_certificate(),
+    }
+    answers = {}
+    for name, identity in callers.items():
+        _callers._shared = None
+        first = h.exchange(h.connect(identity), ASK)[1]
+        again = h.exchange(h.connect(identity), ASK)[1]
+        assert len(judged) == (2 if name in ("failed", "none") else 1), name
+        judged.clear()
+        _callers._shared = None  # nothing kept: judged afresh
+        fresh = h.exchange(h.connect(identity), ASK)[1]
+        assert len(judged) == 1, name
+        judged.clear()
+        assert _same(first) == _same(again) == _same(fresh), name
+        answers[name] = fresh.split(b" ", 2)[1]
+        shared = _callers._shared
+        assert shared is not None
+        for entry in shared.judged.values():
+            kept = entry[4]
+            assert kept.request.headers.get(b"authorization") == (), name
+            shown = repr(entry).encode()
+            assert b"Zm9yZ2Vk" not in shown and b"c2VjcmV0" not in shown, name
+    assert answers["partner"] == b"200"
+    if api == "mandatory-aliases":  # a refusal kept is the refusal a fresh judgement gives
+        assert answers["other"] == b"401", answers
+    assert answers["none"] != b"200" or api == "optional-any"

@@ -107,15 +107,28 @@ def _never_a_load_balancer(identity: ClientIdentity, config: MutualSslConfig) ->
     return identity
 
 
-@functools.lru_cache(maxsize=1024)
+#: ``_edge_ip``'s answers by value: a plain dict (an ``lru_cache`` call costs ~600
+#: instructions, a dict look-up ~100), emptied when full.
+_EDGE_IPS: dict[bytes, str | None] = {}
+_EDGE_IPS_MAX = 1024
+
+
 def _edge_ip(value: bytes) -> str | None:
-    """NGINX's ``X-Forwarded-For`` (its ``$remote_addr``) as the caller's address; cached:
+    """NGINX's ``X-Forwarded-For`` (its ``$remote_addr``) as the caller's address; kept:
     NGINX repeats a few addresses, and parsing one per request cost ~4% of an authz
     decision (bench/authz_cost.py)."""
     try:
-        return str(ipaddress.ip_address(value.decode("ascii").strip()))
+        return _EDGE_IPS[value]
+    except KeyError:
+        pass
+    try:
+        ip: str | None = str(ipaddress.ip_address(value.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
-        return None
+        ip = None
+    if len(_EDGE_IPS) >= _EDGE_IPS_MAX:
+        _EDGE_IPS.clear()
+    _EDGE_IPS[value] = ip
+    return ip
 
 
 def _adopt_edge(exchange: Exchange) -> None:
@@ -159,10 +172,18 @@ class Shared:
     handshake's verdict is its connection's own (nothing a client that fails presents
     is kept here)."""
 
-    __slots__ = ("callers", "headers", "runtime", "verdicts")
+    __slots__ = (
+        "callers", "chain_name", "header_name", "headers", "judged", "runtime", "verdicts",
+    )
 
     def __init__(self, runtime: Snapshot) -> None:
         self.runtime = runtime
+        # [mutual_ssl]'s header names as the fields are looked up by (once per config).
+        settings = runtime.config.mutual_ssl
+        named = settings.certificate_header
+        self.header_name = named.encode() if named is not None else b""
+        chain = settings.chain_header
+        self.chain_name = chain.encode() if chain is not None else None
         self.callers: dict[tuple[int, bool, bool], tuple[ClientIdentity, ConnectionCaller]] = {}
         self.verdicts: dict[tuple[int, int], Any] = {}
         # A load balancer repeats a few certificate headers: the identity a verified one
@@ -173,6 +194,10 @@ class Shared:
         # (the leaf's serial number is in them, or XFCC's hash), the whole value compared
         # on a hit: (first bytes, chain header) -> (value, expiry, identity).
         self.headers: dict[tuple[bytes, bytes | None], tuple[bytes, float, ClientIdentity]] = {}
+        # The authz endpoint's judged Calls of per-caller pipelines (``_resource._authz``):
+        # (pipeline, operation's API, identity, via a load balancer) ids -> (those
+        # objects, the outcome, the Call without its request).
+        self.judged: dict[tuple[int, int, int, bool], tuple[Any, ...]] = {}
 
     def caller(
         self, handshake: ClientIdentity, trusted: bool, unix_peer: bool, direct: ClientIdentity
@@ -198,6 +223,11 @@ class Shared:
         a caller per request, a failed handshake one per connection)."""
         if not caller.via_load_balancer and caller.identity.outcome is not Outcome.FAILED:
             _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
+
+
+    def keep_judged(self, key: tuple[int, int, int, bool], entry: tuple[Any, ...]) -> None:
+        """Keep an authz judgement (see ``judged``); the entry holds the key's objects."""
+        _bounded_put(self.judged, key, entry)
 
 
 def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, limit: int = SHARED_MAX) -> None:
@@ -250,7 +280,8 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     if settings.certificate_header is None:
         return seen.direct
     fields = exchange.fields
-    values = fields.getRawHeaders(settings.certificate_header.encode())
+    config_shared = shared(runtime)  # the config's (its verifier, its [mutual_ssl])
+    values = fields.getRawHeaders(config_shared.header_name)
     if not seen.trusted:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
@@ -271,13 +302,14 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
             failed(Source.HEADER, "more than one certificate header was sent"), True
         )
     raw_chain = None
-    if settings.chain_header is not None:
-        chain_values = fields.getRawHeaders(settings.chain_header.encode())
+    chain_name = config_shared.chain_name
+    if chain_name is not None:
+        chain_values = fields.getRawHeaders(chain_name)
         raw_chain = b",".join(chain_values) if chain_values else None
     verifier = runtime.header_verifier
     assert verifier is not None
     value = values[0]
-    kept = shared(runtime).headers  # the config's (its verifier, its [mutual_ssl])
+    kept = config_shared.headers
     key = (value[:_KEY_HEAD], raw_chain)  # hashing a ~1.5 KB value costs ~5k instructions
     known = kept.get(key)
     if known is not None:

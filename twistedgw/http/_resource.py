@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
@@ -41,6 +41,7 @@ from twistedgw.http._callers import Caller
 from twistedgw.http._routing import BadPath, Route, authz_path, normalise, split_target
 from twistedgw.http._snapshot import Snapshot
 from twistedgw.identity import ClientIdentity
+from twistedgw.identity import Outcome as IdentityOutcome
 from twistedgw.pipeline import (
     TIER_LIMIT,
     TIERS,
@@ -758,6 +759,27 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     caller = callers.resolve(exchange, runtime)
     via_load_balancer = caller.via_load_balancer
     asker = verdicts.asker(asked, via_load_balancer) if asked else verdicts.PLAIN
+    pipeline = route.pipeline
+    identity = caller.identity
+    # A pipeline whose verdict depends on the caller alone (``Pipeline.per_caller``: no
+    # request header, time, count or plugin) judged this verified caller before under
+    # this config: its judged Call (without the request) and outcome are reused, as the
+    # direct mode reuses a connection's ``CallerVerdict``; no Call, no stage runs.
+    memo = (
+        pipeline.per_caller and exchange.trace is None and identity.outcome is _VERIFIED
+    )
+    if memo:
+        key = (id(pipeline), id(route.security_api), id(identity), via_load_balancer)
+        judged_before = callers.shared(runtime).judged.get(key)
+        if judged_before is not None:
+            exchange.api, exchange.call = api, judged_before[4]
+            outcome = judged_before[3]
+            if isinstance(outcome, Refusal):
+                _refuse(gateway, exchange, outcome.error,
+                        (*verdicts.NO_STORE, *outcome.headers), answer)
+            else:
+                _allow(gateway, exchange, config, asker, pipeline)
+            return
     notes = (
         {TIERS: "report"} if asker.tiers  # NGINX spends the bucket: the Tiers stage names it
         else {} if asker.answer
@@ -776,9 +798,13 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     )
     # The access log and metrics name the API and caller judged.
     exchange.api, exchange.call = api, call
-    pipeline = route.pipeline
     outcome = pipeline.judge(call)
     if not isinstance(outcome, Deferred):  # the usual case: answered now, no closure
+        if memo:  # kept without the request (its headers may carry anyone's credentials)
+            callers.shared(runtime).keep_judged(
+                key, (pipeline, route.security_api, identity, outcome,
+                      replace(call, request=_NO_REQUEST, notes={})),
+            )
         if isinstance(outcome, Refusal):
             _refuse(gateway, exchange, outcome.error, (*verdicts.NO_STORE, *outcome.headers),
                     answer)
@@ -791,6 +817,12 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         verdicts.NO_STORE,
         answer,
     )
+
+
+_VERIFIED = IdentityOutcome.VERIFIED  # a module constant: an Enum read costs ~800 instructions
+#: The request a kept judged Call carries instead of the one it judged (http/_callers.py,
+#: ``Shared.judged``): nothing after the pipeline reads it.
+_NO_REQUEST = RequestView(b"", b"", None, HeaderView(Fields([])), "", False)
 
 
 #: The authz settings' header names as bytes, by settings object (one config's).

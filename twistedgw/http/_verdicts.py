@@ -67,16 +67,36 @@ class Asker:
 PLAIN = Asker()
 
 
-@functools.lru_cache(maxsize=64)  # a rendered config sends a few values, per API
+#: ``asker``'s answers by value: (from anyone, from a trusted proxy). A rendered config
+#: sends a few values (per API); a plain dict, emptied when full (an ``lru_cache`` call
+#: costs ~600 instructions per decision, a dict look-up ~100).
+_ASKERS: dict[bytes, tuple[Asker, Asker]] = {}
+_ASKERS_MAX = 64
+
+
 def asker(value: bytes | None, trusted: bool) -> Asker:
     """``ASKER``'s value; ``token_key`` and ``tiers`` count only from a trusted proxy
     (they change what may be cached and who counts), ``answer`` only changes the form."""
     if not value:
         return PLAIN
-    words = {w.strip() for w in value.lower().split(b",")}
-    return Asker(
-        b"answer" in words, trusted and b"token-key" in words, trusted and b"tiers" in words
-    )
+    known = _ASKERS.get(value)
+    if known is None:
+        words = {w.strip() for w in value.lower().split(b",")}
+        answer = b"answer" in words
+        known = (
+            _asker(answer, False, False),
+            _asker(answer, b"token-key" in words, b"tiers" in words),
+        )
+        if len(_ASKERS) >= _ASKERS_MAX:
+            _ASKERS.clear()
+        _ASKERS[value] = known
+    return known[1] if trusted else known[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _asker(answer: bool, token_key: bool, tiers: bool) -> Asker:
+    """The one ``Asker`` of each combination (``api_cacheable`` keeps answers by its id)."""
+    return Asker(answer, token_key, tiers)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -89,14 +109,19 @@ def api_reference(api: ApiConfig) -> str:
     return _reference(api.label)
 
 
-@functools.lru_cache(maxsize=1024)
-def _reference_bytes(label: str) -> bytes:
-    return _reference(label).encode()
+#: ``expected_value``'s answers by label (a plain dict: see ``_ASKERS``), emptied when full.
+_EXPECTED: dict[str, bytes] = {}
 
 
 def expected_value(api: ApiConfig) -> bytes:
     """``api_reference`` as the ``EXPECTED_API`` header's bytes (made once per label)."""
-    return _reference_bytes(api.label)
+    label = api.label
+    known = _EXPECTED.get(label)
+    if known is None:
+        if len(_EXPECTED) >= 1024:
+            _EXPECTED.clear()
+        known = _EXPECTED[label] = _reference(label).encode()
+    return known
 
 
 def refusal_for_nginx(
@@ -334,6 +359,26 @@ def allow_headers(
     return made
 
 
+#: ``_declaring``'s answers by pipeline id (each entry holds its pipeline).
+_DECLARING: dict[int, tuple[Any, tuple[tuple[Any, Any], ...]]] = {}
+
+
+def _declaring(pipeline: Any) -> tuple[tuple[Any, Any], ...]:
+    """A pipeline's request transforms that declare the headers they set, with the names
+    (a plugin declares them once, with its class): looked for once per pipeline."""
+    known = _DECLARING.get(id(pipeline))
+    if known is not None and known[0] is pipeline:
+        return known[1]
+    found = tuple(
+        (named, names) for named in pipeline.request_transforms
+        if (names := getattr(named.stage, "sets_headers", None))
+    )
+    if len(_DECLARING) >= _ANSWERS_MAX:
+        _DECLARING.clear()
+    _DECLARING[id(pipeline)] = (pipeline, found)
+    return found
+
+
 def declared_headers(
     pipeline: Any, call: Any
 ) -> list[tuple[bytes, bytes]] | errors.GatewayError:
@@ -344,13 +389,13 @@ def declared_headers(
     transforms = pipeline.request_transforms
     if not transforms:  # the usual pipeline: nothing to run, nothing to import
         return []
+    declaring = _declaring(pipeline)
+    if not declaring:  # transforms, but none that declares a header (the built-ins')
+        return []
     from twistedgw.pipeline import HeaderEdit
 
     out: list[tuple[bytes, bytes]] = []
-    for named in transforms:
-        names = getattr(named.stage, "sets_headers", None)
-        if not names:
-            continue
+    for named, names in declaring:
         edit = HeaderEdit()
         try:
             named.stage.transform_request(call, edit)

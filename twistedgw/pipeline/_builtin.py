@@ -19,7 +19,7 @@ from zope.interface import implementer
 from twistedgw import _query, errors
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
-from twistedgw.identity import Outcome, reasons
+from twistedgw.identity import ClientIdentity, Outcome, reasons
 from twistedgw.identity import forwarding as idforward
 from twistedgw.pipeline import _tiers as tiers
 from twistedgw.pipeline._call import Call, HeaderEdit, Refusal, SchemeResult
@@ -126,6 +126,9 @@ class Revocation:
         return result
 
 
+_LIMITS_KEPT = 4096  # ``Tiers._limits``: callers (API, identity, consumer) per config
+
+
 @implementer(IAuthoriser)
 class Tiers:
     """Request rates (``[[apis.tiers]]``) per certificate that passed mTLS, or per consumer.
@@ -136,12 +139,30 @@ class Tiers:
 
     def __init__(self, store: tiers.TierStore) -> None:
         self._store = store
+        # ``tiers.limit_for``'s answers by (API, identity, consumer): the same caller gets
+        # the same tier and bucket key (the leaf's fingerprint, the API's label) under one
+        # config, and a stage lives as long as its config. Each entry holds its API and
+        # identity (their ids stay theirs); bounded. The bucket is still spent per request.
+        self._limits: dict[
+            tuple[int, int, str | None],
+            tuple[ApiConfig, ClientIdentity | None, tiers.Limit | None],
+        ] = {}
 
     def authorise(self, call: Call) -> Refusal | Deferred[Refusal | None] | None:
         identity = call.identity if call.mtls_passed else None
-        if identity is None and call.consumer is None:
+        consumer = call.consumer
+        if identity is None and consumer is None:
             return None
-        limit = tiers.limit_for(call.api, identity, call.consumer)
+        api = call.api
+        key = (id(api), id(identity), consumer)
+        known = self._limits.get(key)
+        if known is not None:
+            limit = known[2]
+        else:
+            limit = tiers.limit_for(api, identity, consumer)
+            if len(self._limits) >= _LIMITS_KEPT:
+                self._limits.clear()
+            self._limits[key] = (api, identity, limit)
         if limit is None:
             return None
         notes: dict[str, Any] = getattr(call, "notes", None) or {}  # a bare call: none
