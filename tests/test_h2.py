@@ -252,6 +252,30 @@ def test_h2load_many_streams(gw: GatewayProcess) -> None:
     assert "status codes: 300 2xx" in out.stdout
 
 
+def test_many_streams_reuse_the_kept_backend_connections(
+    gw: GatewayProcess, backend: BackendProcess
+) -> None:
+    """80 streams in flight (10 connections x 8) against a backend answering in 50 ms: the
+    pool's 64 kept connections carry them all, the requests beyond them waiting for one
+    to finish (well within ``QUEUE_WAIT``), instead of a connection opened and closed per
+    request beyond 64 (80 connections for these 400 requests before)."""
+    def accepted() -> int:
+        answer = request(backend.port, "/connections")
+        assert answer.status == 200
+        count: int = json.loads(answer.body)["accepted"]
+        return count
+
+    before = accepted()
+    out = subprocess.run(
+        ["h2load", "-n", "400", "-c", "10", "-m", "8",
+         f"https://localhost:{gw.port}/o/slow/0.05"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "status codes: 400 2xx" in out.stdout, out.stdout + out.stderr
+    opened = accepted() - before - 1  # (the count's own connection)
+    assert opened <= 72, opened  # 64, and a little room for a loaded machine's spill
+
+
 def test_http1_listener_does_not_offer_h2(
     tmp_path: Path, pki: DevPki, backend: BackendProcess
 ) -> None:
