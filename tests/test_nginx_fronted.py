@@ -1056,14 +1056,17 @@ def test_hosts_and_sni_entries_render_as_servers(tmp_path: Path, pki: DevPki) ->
     # Each server is its Host's entry: the 421 compares the SNI's entry with its own.
     for k, server in enumerate(servers):
         assert f'if ($tgw_sni_entry != "{k - 1}")' in server
-    # The Lua variant checks it in each location instead: an API's Lua once per
+    # The Lua variant checks the Host and SNI in each location instead: an API's Lua per
     # connection (v.access gets the server's entry), the other locations per request.
     lua = nginxconf.render(cfg, "/x/truststore.pem", variant="lua").text
     for k, server in enumerate(lua.split("\nserver {\n")[1:]):
-        assert "$tgw_sni_entry" not in server[:server.index("    location ")]
-        assert f'}}), "{k - 1}")' in server
+        head = server[:server.index("    location ")]
+        assert "$tgw_sni_entry" not in head and "$tgw_bad_host" not in head
+        assert f'}}), "{k - 1}")' in server and "location @twistedgw_bad_host {" in server
         gateway = server[server.index(f"location = {nginxconf.INTERNAL}/gateway {{"):]
-        assert f'if ($tgw_sni_entry != "{k - 1}")' in gateway[:200]
+        gateway = gateway[:gateway.index("proxy_pass")]
+        assert "if ($tgw_bad_host)" in gateway
+        assert gateway.index("$tgw_bad_host") < gateway.index(f'$tgw_sni_entry != "{k - 1}"')
     assert '    "partners.example.com" 0;' in text  # an exact name: hashed, no regex
     assert r'"~^[^.]+\\.internal\\.example$" 1;' in text
     # A default server name that is an entry's host: the maps check both names.

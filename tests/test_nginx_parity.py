@@ -381,6 +381,34 @@ def test_hosts_and_sni_ride_nginxs_path(full: Fronted) -> None:
     assert json.loads(r.body)["path"] == "/shop-public/items"
 
 
+def test_host_is_checked_on_every_request_of_a_connection(full: Fronted) -> None:
+    """The Lua variant checks a Host only when it is not its connection's last good one:
+    a Host NGINX accepts but direct mode refuses (a label ending in '-'), sent after a
+    good one on the same connection, still gets direct mode's 400."""
+    import http.client
+
+    from tests.harness import client_context
+
+    bad = "bad-.example.com"
+    direct, _ = sni_request(full.direct_port, full.pki, "localhost", bad, PET_PATH,
+                            "partner-direct")
+    assert outcome(direct) == (400, "400")
+    ctx = client_context(full.pki, "partner-direct")
+    ctx.check_hostname = False
+    conn = http.client.HTTPSConnection("127.0.0.1", full.nginx.port, context=ctx, timeout=10)
+    try:
+        seen = []
+        for host in ("localhost", bad):
+            conn.putrequest("GET", PET_PATH, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            r = conn.getresponse()
+            seen.append(outcome(Response(r.status, r.getheaders(), r.read())))
+    finally:
+        conn.close()
+    assert seen[0][0] == 200 and seen[1] == outcome(direct)
+
+
 def test_nginx_answers_421_for_another_name_of_the_same_entry(full: Fronted) -> None:
     """An accepted difference (README): NGINX itself answers 421 when the Host differs
     from the SNI on a server that asks for certificates, even within one [[tls.sni]]

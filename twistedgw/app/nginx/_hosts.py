@@ -194,46 +194,70 @@ def per_server(site: Site) -> bool:
     return True
 
 
+def _checks_host(site: Site) -> bool:
+    """Whether requests are checked for a Host that is not a host (and, with ``[[tls.sni]]``
+    entries, for a host of another entry than the SNI's), as direct mode checks them."""
+    config = site.config
+    return bool(config.tls.sni) or any(p.api.hosts is not None for p in site.plans)
+
+
+def checks_in_locations(site: Site) -> bool:
+    """Whether the Host (400) and SNI (421) checks run in each location (``location_checks``)
+    instead of the server block: in the Lua variant, where the 421 is one server's per
+    entry. An API's Lua checks them per connection: the SNI's entry once (the map on
+    every request cost ~700 instructions), a Host only when it is not the connection's
+    last good one (the map ~650); the other locations check per request as before, each
+    before it answers anything. (In an ``auth_request`` location they would cost more.)"""
+    return site.lua and _checks_host(site) and (not site.config.tls.sni or per_server(site))
+
+
 def host_checks(site: Site) -> None:
-    """Server-level checks before any location: a Host that is not a host (400), and,
-    unless each location checks it (``sni_in_locations``), a host served under another
-    SNI entry than the connection's (421)."""
+    """Server-level checks before any location, unless each location makes them
+    (``checks_in_locations``): a Host that is not a host (400), and a host served under
+    another SNI entry than the connection's (421)."""
     w = site.w
     config = site.config
-    if not config.tls.sni and not any(p.api.hosts is not None for p in site.plans):
+    if not _checks_host(site):
         return
-    bad = errors.bad_request("bad Host header: not a host name")
-    w("    if ($tgw_bad_host) {")
-    w(f"        return 400 {json_body(bad)};")
-    w("    }")
-    if not config.tls.sni:
-        return
-    if not sni_in_locations(site):
-        w(f'    if ($tgw_sni_entry != "{site.server}") {{' if per_server(site) else
-          "    if ($tgw_misdirected) {")
-        w(f"        return 421 {quote(_misdirected())};")
+    if not checks_in_locations(site):
+        w("    if ($tgw_bad_host) {")
+        w(f"        return 400 {json_body(_bad_host())};")
         w("    }")
-    # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).
-    w("    error_page 421 = @twistedgw_421;")
+        if config.tls.sni:
+            w(f'    if ($tgw_sni_entry != "{site.server}") {{' if per_server(site) else
+              "    if ($tgw_misdirected) {")
+            w(f"        return 421 {quote(_misdirected())};")
+            w("    }")
+    if config.tls.sni:
+        # NGINX's own 421 (a Host other than the SNI on a server that asks for certificates).
+        w("    error_page 421 = @twistedgw_421;")
 
 
-def sni_in_locations(site: Site) -> bool:
-    """Whether the 421 for a connection whose SNI names another entry than the server's
-    is checked in each location (``sni_check``) instead of the server block: in the Lua
-    variant, with one server per entry. The SNI is the connection's, so an API's Lua
-    checks it once per connection (the map on every request cost ~700 instructions), the
-    other locations on every request as before; each checks before it answers anything.
-    (In an ``auth_request`` location the check would cost more than in the server.)"""
-    return site.lua and bool(site.config.tls.sni) and per_server(site)
+def _bad_host() -> errors.GatewayError:
+    """Direct mode's 400 for a Host that is not a host (in the config's error style)."""
+    return errors.bad_request("bad Host header: not a host name")
 
 
-def sni_check(site: Site, indent: str) -> None:
-    """The 421 check of a location that answers without Lua (``sni_in_locations``)."""
-    if not sni_in_locations(site):
+def location_checks(site: Site, indent: str) -> None:
+    """The Host and SNI checks of a location that answers without Lua, where they are made
+    in locations (``checks_in_locations``)."""
+    if not checks_in_locations(site):
         return
-    site.w(f'{indent}if ($tgw_sni_entry != "{site.server}") {{')
-    site.w(f"{indent}    return 421 {quote(_misdirected())};")
+    site.w(f"{indent}if ($tgw_bad_host) {{")
+    site.w(f"{indent}    return 400 {json_body(_bad_host())};")
     site.w(f"{indent}}}")
+    if site.config.tls.sni:
+        site.w(f'{indent}if ($tgw_sni_entry != "{site.server}") {{')
+        site.w(f"{indent}    return 421 {quote(_misdirected())};")
+        site.w(f"{indent}}}")
+
+
+def lua_checks(site: Site) -> str | None:
+    """What an API's Lua is told to check (``checks_in_locations``): the server's
+    ``[[tls.sni]]`` entry ("" without entries: the Host only); None: nothing."""
+    if not checks_in_locations(site):
+        return None
+    return str(site.server) if site.config.tls.sni else ""
 
 
 def _misdirected() -> str:
@@ -247,6 +271,13 @@ def _misdirected() -> str:
 
 
 def misdirected_location(site: Site) -> None:
+    """The named locations an API's Lua hands a bad Host (400) and a misdirected request
+    (421) to; the 421's also takes NGINX's own."""
+    if checks_in_locations(site):
+        site.w("    location @twistedgw_bad_host {")
+        site.w("        default_type application/json;")
+        site.w(f"        return 400 {json_body(_bad_host())};")
+        site.w("    }")
     if not site.config.tls.sni:
         return
     site.w("    location @twistedgw_421 {")

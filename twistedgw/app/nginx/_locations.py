@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from twistedgw import errors
-from twistedgw.app.nginx._hosts import hosted_contexts, misdirected_location, sni_check
+from twistedgw.app.nginx._hosts import hosted_contexts, location_checks, misdirected_location
 from twistedgw.app.nginx._lua import lua_access, lua_retry
 from twistedgw.app.nginx._plan import ApiPlan
 from twistedgw.app.nginx._site import Site
@@ -82,14 +82,14 @@ def shared_locations(site: Site) -> None:
     w(f"{I1}}}")
     w(f"{I1}location = {INTERNAL}/gateway {{")
     w(f"{I2}internal;")
-    sni_check(site, I2)
+    location_checks(site, I2)
     gateway_proxy(site, I2)
     w(f"{I1}}}")
     for plan in site.plans:
         api = plan.api
         w(f"{I1}location @twistedgw_413_{plan.index} {{")  # before any access phase
         w(f"{I2}default_type application/json;")
-        sni_check(site, I2)
+        location_checks(site, I2)
         response_headers(site, plan, I2)
         too_large = errors.payload_too_large(api.max_body_bytes or limits.max_body_bytes)
         w(f"{I2}return 413 {json_body(too_large)};")
@@ -244,7 +244,7 @@ def context_locations(site: Site) -> None:
     else:
         w(f"{I1}# No API at this path: twistedgw answers 404 as in direct mode.")
         w(f"{I1}location / {{")
-        sni_check(site, I2)
+        location_checks(site, I2)
         gateway_proxy(site, I2)
         w(f"{I1}}}")
     if not hosted:
@@ -261,7 +261,7 @@ def context_locations(site: Site) -> None:
         w(f"{I1}}}")
     w(f"{I1}location = {INTERNAL}/api/none {{  # no API serves this host: twistedgw's 404")
     w(f"{I2}internal;")
-    sni_check(site, I2)
+    location_checks(site, I2)
     gateway_proxy(site, I2)
     w(f"{I1}}}")
 
@@ -312,11 +312,11 @@ def api_body(site: Site, plan: ApiPlan, where: str = "prefix") -> None:
     limits = config.limits
     if plan.gateway is not None:
         w(f"{I2}# {plan.gateway}: twistedgw forwards every request.")
-        sni_check(site, I2)
+        location_checks(site, I2)
         gateway_proxy(site, I2)
         return
-    if not plan.lua:  # Lua checks the connection's SNI once per connection
-        sni_check(site, I2)
+    if not plan.lua:  # Lua checks the Host and SNI per connection
+        location_checks(site, I2)
     body = api.max_body_bytes or limits.max_body_bytes
     if len(api.endpoints) > 1 and not plan.peers:
         # Stock NGINX would retry an idempotent request that has a body on the next

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from twistedgw.app.nginx._hosts import sni_in_locations
+from twistedgw.app.nginx._hosts import lua_checks
 from twistedgw.app.nginx._text import lua_string
 from twistedgw.http import verdicts
 
@@ -161,11 +161,12 @@ def lua_access(site: Site, plan: ApiPlan, indent: str) -> None:
         pairs_set = ", ".join(f"{{{lua_string(n)}, {lua_string(v)}}}"
                               for n, v in plan.headers.response_set)
         spec.append(f"response_headers = {{{pairs_set}}}")
-    # The server's [[tls.sni]] entry, when the 421 is checked in locations: Lua compares
-    # it with the connection's $tgw_sni_entry, read once per connection.
-    server = f', "{site.server}"' if sni_in_locations(site) else ""
+    # What Lua checks (the Host; the server's [[tls.sni]] entry, compared with the
+    # connection's $tgw_sni_entry, read once per connection), when locations check them.
+    checks = lua_checks(site)
+    server = "" if checks is None else f", {lua_string(checks)}"
     w(f"{indent}access_by_lua_block {{")
-    w(f'{indent}    local v = require("twistedgw_verdicts")')
+    w(f'{indent}    local v = package.loaded.twistedgw_verdicts or require("twistedgw_verdicts")')
     w(f'{indent}    return v.access(v.specs["{plan.index}"] or v.define("{plan.index}", {{')
     for part in spec:
         w(f"{indent}        {part},")

@@ -167,7 +167,8 @@ end
 -- with its SHA-256 (a client sends the same token on every request of a connection: a
 -- 700-byte bearer token's digest is ~15,000 instructions), and per location the last
 -- verdict's cache key, parsed answer and expiry, so a warm request reads neither the
--- shared dict nor builds its key; and the [[tls.sni]] entry its SNI names (sni). Nothing
+-- shared dict nor builds its key; its last good Host and the [[tls.sni]] entry its SNI
+-- names (host, sni). Nothing
 -- of it is shared or written anywhere, and a verdict kept here never outlives the shared
 -- dict's copy (the same expiry).
 local conns = memo()
@@ -176,7 +177,7 @@ local function connection(var)
     local id = var.connection
     local c = conns.t[id]
     if c == nil then
-        c = remember(conns, id, {fp = var.ssl_client_fingerprint or "", cred = {},
+        c = remember(conns, id, {fp = var.ssl_client_fingerprint or "", cred = {}, keyed = {},
                                  base = {}, seen = {}})
     end
     return c
@@ -292,7 +293,7 @@ end
 -- bearer tokens), and for an API from an OpenAPI definition the method and target.
 -- Returns nil when the request must go to twistedgw whole (a repeated credential header,
 -- or more headers than get_headers reads), and false when it may not be cached.
-local function cache_key(spec, var, c)
+local function cache_key(spec, var, c, scanned)
     local key = c.base[spec]
     if key == nil then
         key = spec.api .. "|" .. c.fp
@@ -303,22 +304,44 @@ local function cache_key(spec, var, c)
         -- Past MAX_HEADERS headers a key built from part of them could name another
         -- caller's verdict, so such a request is never cached nor judged here:
         -- twistedgw answers it whole.
-        local values = key_values(names)
+        local values, first = scanned, 1  -- the checks' read: Host first
         if values == nil then
-            return nil
+            values, first = key_values(names), 0
+            if values == nil then
+                return nil
+            end
         end
-        for i, name in ipairs(names) do
-            local value = values[i]
-            if value == false then
-                return nil  -- repeated: twistedgw refuses it as in direct mode
+        -- The key as far as here, kept per location with the values it was built from:
+        -- a client sends the same key on every request of a connection.
+        local last = c.keyed[spec]
+        if last ~= nil then
+            for i = 1, #names do
+                if last[i] ~= values[i + first] then
+                    last = nil
+                    break
+                end
             end
-            if value == nil then
-                key = key .. "|-"
-            elseif has_sha256 then
-                key = key .. "|" .. digest(c, name, value)
-            else
-                return false  -- no digest: ask twistedgw, keep nothing
+        end
+        if last ~= nil then
+            key = last.key
+        else
+            last = {}
+            for i, name in ipairs(names) do
+                local value = values[i + first]
+                if value == false then
+                    return nil  -- repeated: twistedgw refuses it as in direct mode
+                end
+                last[i] = value
+                if value == nil then
+                    key = key .. "|-"
+                elseif has_sha256 then
+                    key = key .. "|" .. digest(c, name, value)
+                else
+                    return false  -- no digest: ask twistedgw, keep nothing
+                end
             end
+            last.key = key
+            c.keyed[spec] = last
         end
     end
     if spec.bearer then  -- NGINX itself refuses a repeated Authorization header (400)
@@ -937,21 +960,57 @@ local function cached(spec, key, c)
     return sets
 end
 
--- server: the [[tls.sni]] entry of the location's server ("-1": the default one) when
--- the config has entries; the connection's SNI names its entry ($tgw_sni_entry, read
--- once per connection: a connection's SNI never changes), and a request on a server of
--- another entry is answered 421 before anything else, as direct mode answers it.
-function _M.access(spec, server)
-    local var = ngx.var
-    local c = connection(var)
-    if server ~= nil then
+-- server: given when the location makes the Host and SNI checks (the rendered config
+-- has hosts or [[tls.sni]] entries): the [[tls.sni]] entry of the location's server
+-- ("-1": the default one; "": no entries). Before anything else, as direct mode: a Host
+-- that is not a host is answered 400 ($tgw_bad_host, read only when the Host is not the
+-- connection's last good one), a request on a server of another entry than the one its
+-- connection's SNI names 421 ($tgw_sni_entry, read once per connection: a connection's
+-- SNI never changes). Returns the values of the headers it read (Host first, then the
+-- API's key headers: cache_key takes them from there), or nil.
+local function checks(spec, server, var, c)
+    local scan = spec.scan
+    if scan == nil then
+        scan = {"host"}
+        for i, name in ipairs(spec.keys) do
+            scan[i + 1] = name
+        end
+        spec.scan = scan
+    end
+    local values = key_values(scan)
+    local host = values and values[1]
+    if values == nil or host ~= c.host then
+        if var.tgw_bad_host ~= "0" then
+            ngx.exec("@twistedgw_bad_host")
+            return nil, true
+        end
+        if values ~= nil then
+            c.host = host
+        end
+    end
+    if server ~= "" then
         local sni = c.sni
         if sni == nil then
             sni = var.tgw_sni_entry or ""
             c.sni = sni
         end
         if sni ~= server then
-            return ngx.exec("@twistedgw_421")
+            ngx.exec("@twistedgw_421")
+            return nil, true
+        end
+    end
+    return values, false
+end
+
+function _M.access(spec, server)
+    local var = ngx.var
+    local c = connection(var)
+    local scanned = nil
+    if server ~= nil then
+        local answered
+        scanned, answered = checks(spec, server, var, c)
+        if answered then
+            return
         end
     end
     local drop = nil
@@ -961,7 +1020,7 @@ function _M.access(spec, server)
             return gateway()
         end
     end
-    local key = cache_key(spec, var, c)
+    local key = cache_key(spec, var, c, scanned)
     if key == nil then
         return gateway()
     end
