@@ -254,7 +254,11 @@ class JwtScheme:
         self._verified: dict[bytes, _Verified] = {}
 
     def authenticate(self, call: Call) -> SchemeResult | Deferred[SchemeResult]:
-        values = [v for v in call.request.headers.get(self._header) if _is_bearer(v)]
+        sent = call.request.headers.get(self._header)
+        if len(sent) == 1 and sent[0][:7].lower() == b"bearer ":  # the usual: one token
+            values: Sequence[bytes] = sent
+        else:
+            values = [v for v in sent if _is_bearer(v)]
         if not values:
             return SchemeResult(False, False, reason=NO_TOKEN, challenge=CHALLENGE_NONE)
         try:
