@@ -306,3 +306,28 @@ def test_an_idle_connection_keeps_no_address_objects_or_request_line() -> None:
     assert conn._peer is None and conn._local is None
     assert (conn.peer.host, conn.peer.port) == ("127.0.0.1", 50000)  # type: ignore[union-attr]
     assert (conn.local.host, conn.local.port) == ("127.0.0.1", 443)  # type: ignore[union-attr]
+
+
+def test_one_object_per_request_sets_every_field_and_drops_its_self_reference() -> None:
+    """The front's exchange is its own responder and body source (issue 27 item 1): every
+    field of ``GatewayExchange`` is set by its one ``__init__``, and once its answer ends
+    it refers to itself no more (no reference cycle per request for the collector)."""
+    from twistedgw.http._front import _H1Exchange
+
+    recorder = Recorder(hold=True)
+    f = front(resource=recorder)
+    f.send(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    exchange = recorder.held[0]
+    assert type(exchange) is _H1Exchange
+    assert exchange.responder is exchange and exchange.body is exchange
+    for cls in type(exchange).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            getattr(exchange, name)  # AttributeError: a field the __init__ left unset
+    answer(exchange, b"ok")
+    out = f.output()
+    assert out.endswith(b"\r\n\r\nok")
+    assert exchange.responder is not exchange and exchange.body is not exchange
+    assert exchange.responder.finished and exchange.responder.gone
+    exchange.responder.write(b"late")  # what answers after the end changes nothing
+    exchange.body.read(lambda body, size: None)
+    assert f.output() == out

@@ -12,9 +12,10 @@ added on top. This channel works directly on the (TLS) transport:
   in, by ``twistedgw.wire`` (the grammar and framing rules the upstream client
   shares), counted against ``max_header_bytes`` as it arrives (414 for the
   request line, 431 for the rest);
-* the request is routed once and becomes a ``wire.Exchange``, handed to the site's
-  resource (``GatewayResource.handle``) *as soon as its head is in*, with an
-  ``_H1Stream``, its ``wire.Responder`` and ``wire.BodySource``. Every verdict is
+* the request is routed once and becomes one object, an ``_H1Exchange`` (the request
+  path's ``GatewayExchange`` that is its own ``wire.Responder`` and
+  ``wire.BodySource``), handed to the site's resource (``GatewayResource.handle``) *as
+  soon as its head is in*. Every verdict is
   known from the head and the connection (plugins never read a body), so the body
   waits unread while the request is judged (``Phase.JUDGING``: the transport is
   paused, no ``100 Continue`` is sent); only an allow reads it
@@ -84,13 +85,14 @@ from twistedgw.wire import (
     BodyReady,
     ChunkedDecoder,
     Connection,
+    Fields,
     Framing,
     MalformedChunks,
     TinyChunks,
     WireError,
     answer_headers,
     check_partial_head,
-    parse_request_head,
+    parse_request_fields,
 )
 
 log = Logger()
@@ -139,26 +141,61 @@ def _one_line(value: bytes) -> bytes:
     return value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
 
 
-class _H1Stream:
-    """One exchange's I/O on an HTTP/1.1 connection: its ``wire.Responder`` (the answer)
-    and ``wire.BodySource`` (the request body). See ``twistedgw/wire/_exchange.py``."""
+class _H1Exchange(GatewayExchange):
+    """One request on an HTTP/1.1 connection: the request path's exchange
+    (``GatewayExchange``) that is its own ``wire.Responder`` (the answer) and
+    ``wire.BodySource`` (the request body), one object per request (issue 27 item 1).
+    See ``twistedgw/wire/_exchange.py``.
+
+    It refers to itself as ``responder`` (and ``body``) until its answer ends: then
+    ``_end`` points them elsewhere, so no reference cycle outlives the request."""
 
     __slots__ = (
         "_chunked", "_head", "_on_gone", "_silent", "body_length", "channel",
-        "expect_continue", "finished", "gone", "head_request", "started", "version",
+        "expect_continue", "finished", "gone", "head_request", "started",
     )
 
     def __init__(
         self,
         channel: FrontChannel,
+        method: bytes,
+        target: bytes,
         version: bytes,
-        head_request: bool,
+        fields: Fields,
+        host: bytes | None,
+        conn: Connection,
+        routed: Routed | None,
         body_length: int | None,
-        expect_continue: bool = False,
+        has_body: bool,
+        expect_continue: bool,
     ) -> None:
-        self.channel = channel
+        # ``GatewayExchange.__init__``'s fields, set here (one call per request, not two;
+        # tests/test_front_unit.py checks that every slot is set).
+        self.method = method
+        self.target = target
         self.version = version
-        self.head_request = head_request
+        self.fields = fields
+        self.host = host
+        self.conn = conn
+        self.responder = self
+        self.body = self if has_body else None
+        self.client_ip = conn.client_ip
+        self.secure = conn.secure
+        self.routed = routed
+        self.began = time.time()
+        self.judged_method = method
+        self.api = None
+        self.call = None
+        self.pipeline = None
+        self.trace = None
+        self.cache = None
+        self.verdict = None
+        self.gateway = None
+        self.edits = None
+        self.switch = None
+        # The I/O side.
+        self.channel = channel
+        self.head_request = method == b"HEAD"
         self.body_length = body_length  # Content-Length; None when chunked
         self.expect_continue = expect_continue  # the client waits for 100 Continue
         self.started = False
@@ -168,6 +205,13 @@ class _H1Stream:
         self._chunked = False
         self._silent = False  # HEAD, or a status without a body: writes carry nothing
         self._on_gone: Callable[[], None] | None = None
+
+    def _end(self) -> None:
+        """The answer ended (finished, aborted, or the client left): the exchange stops
+        referring to itself (what still answers through ``responder`` finds it ended)."""
+        self.responder = _ENDED
+        if self.body is not None:
+            self.body = _ENDED
 
     # -- wire.BodySource -----------------------------------------------------
 
@@ -271,6 +315,7 @@ class _H1Stream:
             self.channel.write(head + tail)
         elif tail:
             self.channel.write(tail)
+        self._end()
         self.channel.request_done(self)
 
     def respond(
@@ -304,6 +349,7 @@ class _H1Stream:
         transport = channel.transport
         if transport is not None and head is not None:
             transport.write(head + data)
+        self._end()
         channel.request_done(self)
 
     def respond_block(
@@ -332,6 +378,7 @@ class _H1Stream:
         transport = channel.transport
         if transport is not None:
             transport.write(head + data)
+        self._end()
         channel.request_done(self)
 
     def abort(self) -> None:
@@ -339,6 +386,7 @@ class _H1Stream:
             return
         self.gone = True
         self._on_gone = None
+        self._end()
         self.channel.abort_stream(self)
 
     def register_producer(self, producer: IPushProducer) -> None:
@@ -371,6 +419,51 @@ class _H1Stream:
         callback, self._on_gone = self._on_gone, None
         if callback is not None and not self.finished:
             callback()
+        self._end()
+
+
+class _Ended:
+    """The ``responder`` (and ``body``) of an exchange whose answer ended
+    (``_H1Exchange._end``): it was finished, aborted or its client left, and everything
+    asked of it now is ignored (its body is never read)."""
+
+    __slots__ = ()
+
+    started = finished = gone = True
+    length = None
+
+    def read(self, ready: BodyReady) -> None:
+        pass
+
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        reason: bytes | None = None,
+    ) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        pass
+
+    def unregister_producer(self) -> None:
+        pass
+
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        pass
+
+
+_ENDED = _Ended()
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -387,7 +480,7 @@ class FrontChannel(BoundedClose, Protocol):
     # (Twisted's Protocol has a dict: ``transport``, ``site`` and the like stay there.)
     __slots__ = (
         "_body", "_body_limit", "_body_size", "_buf", "_close_timer", "_closing",
-        "_closing_timer", "_closing_unsent", "_conn", "_counted", "_decoder", "_exchange",
+        "_closing_timer", "_closing_unsent", "_conn", "_counted", "_decoder",
         "_handshake_at", "_header_at", "_idle_at", "_left", "_limits", "_line", "_lingered",
         "_network", "_now", "_output_full", "_parsing", "_partial", "_phase", "_producer",
         "_reading", "_ready", "_served", "_stream", "_timer", "_timer_at",
@@ -404,8 +497,7 @@ class FrontChannel(BoundedClose, Protocol):
         self._phase = _HEAD
         self._counted = False
         self._partial = False  # some bytes of a request are in, not all
-        self._stream: _H1Stream | None = None  # the exchange being read or answered
-        self._exchange: GatewayExchange | None = None  # its exchange
+        self._stream: _H1Exchange | None = None  # the exchange being read or answered
         self._ready: BodyReady | None = None  # who waits for its body
         self._line: tuple[bytes, bytes] | None = None  # the last request line, for records
         self._left = 0  # Content-Length bytes still due
@@ -445,8 +537,8 @@ class FrontChannel(BoundedClose, Protocol):
     def requests(self) -> list[GatewayExchange]:
         """The exchange in flight (a list of at most one): what a graceful stop waits for
         (app/_drain.py)."""
-        exchange = self._exchange
-        return [exchange] if exchange is not None and self._stream is not None else []
+        stream = self._stream
+        return [stream] if stream is not None else []
 
     @property
     def secure(self) -> bool:
@@ -531,7 +623,7 @@ class FrontChannel(BoundedClose, Protocol):
             except Exception:
                 log.failure("stopping a response producer failed")
         stream, self._stream = self._stream, None
-        self._exchange = self._ready = None
+        self._ready = None
         self._discard_body()
         self._buf = b""
         if stream is not None:
@@ -728,22 +820,22 @@ class FrontChannel(BoundedClose, Protocol):
             return False
         self._buf = buf[end + 4 :]
         self._served += 1
-        head = parse_request_head(buf[:end], limit)
+        (method, target, version, fields, framing, length, host, host_name, expect_continue,
+         persistent) = parse_request_fields(buf[:end], limit)
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
         # Route it (once: the resource reuses it).
-        method, target = head.method, head.target
         self._line = (method, target)
-        if not head.persistent:
+        if not persistent:
             self.persistent = False
         guard = self.guard
         if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
             routed: Routed | None = route_parsed(
-                guard.gateway.runtime, target, method, head.host_name
+                guard.gateway.runtime, target, method, host_name
             )
         else:
-            routed = guard.route(target, method, head.host)
+            routed = guard.route(target, method, host)
         # Frame its body against the route's limit (``Routed.body_limit``).
         if routed is None:
             limit = self._limits.max_body_bytes
@@ -753,22 +845,15 @@ class FrontChannel(BoundedClose, Protocol):
                 limit = route.api.max_body_bytes
             else:
                 limit = routed.runtime.config.limits.max_body_bytes
-        framing = head.framing
-        if framing is _F_LENGTH and head.length > limit:
+        if framing is _F_LENGTH and length > limit:
             raise WireError(errors.payload_too_large(limit), "body_too_large")
-        chunked = framing is _F_CHUNKED
-        stream = _H1Stream(
-            self, head.version, method == b"HEAD", None if chunked else head.length,
-            head.expect_continue,
-        )
         conn = self._conn
         assert conn is not None
-        exchange = GatewayExchange(
-            method, target, head.version, head.fields, head.host, conn, stream,
-            stream if framing is not _F_NONE else None, routed,
+        stream = self._stream = _H1Exchange(
+            self, method, target, version, fields, host, conn, routed,
+            None if framing is _F_CHUNKED else length, framing is not _F_NONE,
+            expect_continue,
         )
-        self._stream = stream
-        self._exchange = exchange
         self._body_limit = limit
         self._body_size = 0
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
@@ -781,14 +866,14 @@ class FrontChannel(BoundedClose, Protocol):
             self._phase = _JUDGING
             self._set_reading()  # the body stays in the client's socket
         try:
-            self.site.resource.handle(exchange)  # type: ignore[attr-defined]
+            self.site.resource.handle(stream)  # type: ignore[attr-defined]
         except Exception:
             self._handler_failed(stream, Failure())
         return True
 
     # -- the body ----------------------------------------------------------
 
-    def read_body(self, stream: _H1Stream, ready: BodyReady) -> None:
+    def read_body(self, stream: _H1Exchange, ready: BodyReady) -> None:
         """``BodySource.read``: the exchange was allowed; read its body, then ``ready``."""
         if stream is not self._stream or stream.gone or self._phase is not _JUDGING:
             return
@@ -869,7 +954,7 @@ class FrontChannel(BoundedClose, Protocol):
 
     # -- dispatch ----------------------------------------------------------
 
-    def _handler_failed(self, stream: _H1Stream, failure: Failure) -> None:
+    def _handler_failed(self, stream: _H1Exchange, failure: Failure) -> None:
         log.failure("handling a request failed", failure)
         if stream.finished or stream.gone:
             return
@@ -884,7 +969,7 @@ class FrontChannel(BoundedClose, Protocol):
         stream.write(body)
         stream.finish()
 
-    def answering(self, stream: _H1Stream) -> None:
+    def answering(self, stream: _H1Exchange) -> None:
         """``stream``'s answer starts. If its body was not read (a refusal), it is
         skipped when it is all in the buffer already, else the connection closes after
         the answer (``request_done`` lingers first)."""
@@ -895,7 +980,7 @@ class FrontChannel(BoundedClose, Protocol):
             return
         self.persistent = False
 
-    def _skip_buffered_body(self, stream: _H1Stream) -> bool:
+    def _skip_buffered_body(self, stream: _H1Exchange) -> bool:
         """Drop an unread body from the buffer if all of it is there; True if it was."""
         buf = self._buf
         length = stream.body_length
@@ -913,12 +998,12 @@ class FrontChannel(BoundedClose, Protocol):
         self._buf = rest
         return True
 
-    def request_done(self, stream: _H1Stream) -> None:
+    def request_done(self, stream: _H1Exchange) -> None:
         """The answer to ``stream`` is complete: the next request, or close."""
         if stream is not self._stream:
             return
         self._stream = None
-        self._exchange = self._ready = None
+        self._ready = None
         if self._body is not None or self._decoder is not None:
             self._discard_body()
         if self.transport is None:
@@ -945,7 +1030,7 @@ class FrontChannel(BoundedClose, Protocol):
             self._release_buffers()
 
     def switch(
-        self, stream: _H1Stream, head: bytes, tunnel: Any
+        self, stream: _H1Exchange, head: bytes, tunnel: Any
     ) -> tuple[FrontChannel, bytes] | None:
         """``101 Switching Protocols`` (http/_upgrade.py): write ``head``; from then on the
         connection's bytes go to ``tunnel.from_client`` and the tunnel paces and closes it.
@@ -973,7 +1058,7 @@ class FrontChannel(BoundedClose, Protocol):
         transport.write(head)
         return self, rest
 
-    def abort_stream(self, stream: _H1Stream) -> None:
+    def abort_stream(self, stream: _H1Exchange) -> None:
         """Drop the connection so a partial response cannot pass as complete."""
         if stream is self._stream:
             self.register_producer(None)
@@ -1045,9 +1130,10 @@ class FrontChannel(BoundedClose, Protocol):
         self.refused = True
         self._linger_start()
         stream, self._stream = self._stream, None
-        self._exchange = self._ready = None
+        self._ready = None
         if stream is not None:
             stream.gone = True  # its handler (if any) writes nothing more
+            stream._end()
         self._stop_timing("_header_at", "_idle_at")
         transport: Any = self.transport
         if transport is None or not getattr(transport, "connected", True):

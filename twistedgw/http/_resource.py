@@ -311,8 +311,8 @@ class GatewayExchange(Exchange):
     ends with. One per request."""
 
     __slots__ = (
-        "api", "cache", "call", "edits", "gateway", "judged_method", "pipeline", "routed",
-        "started", "switch", "trace", "verdict",
+        "api", "began", "cache", "call", "edits", "gateway", "judged_method", "pipeline",
+        "routed", "switch", "trace", "verdict",
     )
 
     def __init__(
@@ -340,7 +340,7 @@ class GatewayExchange(Exchange):
         self.client_ip = conn.client_ip
         self.secure = conn.secure
         self.routed = routed  # routed once, by the front; None: not yet
-        self.started = time.time()
+        self.began = time.time()  # when its head was taken
         self.judged_method = method  # the authz endpoint records the method it judged
         self.api: ApiConfig | None = None
         self.call: Call | None = None
@@ -370,7 +370,7 @@ class GatewayExchange(Exchange):
         ``websocket``: an upgraded connection's, see ``RequestRecord``)."""
         call = self.call
         routed = self.routed
-        started = self.started
+        started = self.began
         trace = self.trace
         if trace is not None and (websocket is None or websocket.closed_by is None):
             # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)

@@ -148,8 +148,15 @@ class Origin:
     # connection up by it twice per request.
     key: PoolKey = field(init=False, repr=False, compare=False)
 
+    # Whether ``host_header`` holds no CR, LF or NUL (then a backend head built with it
+    # needs no scan for one on its account): checked once, not per request.
+    plain_host: bool = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.scheme, self.host, self.port, self.tls))
+        host = self.host_header
+        object.__setattr__(self, "plain_host", not (b"\r" in host or b"\n" in host
+                                                    or b"\x00" in host))
 
 
 class BackendCall:

@@ -40,6 +40,7 @@ from twistedgw.wire._request import (
     WireError,
     check_partial_head,
     header_too_large,
+    parse_request_fields,
     parse_request_head,
     uri_too_long,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "header_too_large",
     "http_date",
     "method_refusal",
+    "parse_request_fields",
     "parse_request_head",
     "parse_response_head",
     "target_problem",

@@ -71,6 +71,7 @@ class ResponseHead(NamedTuple):
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 _CONTENT_LENGTH = b"content-length"
+_COMMA = ord(",")
 _CONNECTION = b"connection"
 
 
@@ -97,7 +98,7 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     if block:
         for name, value in FRAMING_LINE.findall(block.lower()):
             if name == _CONTENT_LENGTH:
-                if b"," in value:
+                if _COMMA in value:  # (an int: see _request.py's _CR)
                     lengths.extend([v.strip(b" \t") for v in value.split(b",")])
                 else:  # the usual single value
                     lengths.append(value.strip(b" \t"))
