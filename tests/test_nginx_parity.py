@@ -603,7 +603,8 @@ def test_parity_over_http2(full: Fronted, signing: jwtkit.SigningKey) -> None:
     hosts = [("localhost", "localhost"), ("partners.example.com", "partners.example.com"),
              ("a.partners.example.com", "a.partners.example.com"),
              ("partners.example.com", "other.example.com"),
-             ("localhost", "partners.example.com"), ("localhost", "other.example.com")]
+             ("localhost", "partners.example.com"), ("localhost", "other.example.com"),
+             ("localhost", "bad-.example.com")]  # no host name for direct mode, for NGINX one
     shop = [("GET", SHOP, [], None), ("GET", SHOP, [("apikey", "demo-key")], None)]
     for sni, authority in hosts:
         direct = _h2(full.direct_port, full.pki, "partner-direct", shop, authority, sni)
