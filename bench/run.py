@@ -213,6 +213,9 @@ http {{
     ssl_verify_client on;
     ssl_verify_depth 3;
     ssl_protocols TLSv1.2 TLSv1.3;
+    # The same pool tuning as `twistedgw nginx-config` renders (session 8): it saves the
+    # bare NGINX ~800 instructions per request too, so the fronted rows are not flattered.
+    request_pool_size 16k;
     location /bench/ {{
       proxy_pass http://backend/;
       proxy_http_version 1.1;
