@@ -314,7 +314,9 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     known = kept.get(key)
     if known is not None:
         if known[0] == value and time.time() < known[1]:
-            return Caller(known[2], True)  # a new one, as before: not the connection's
+            # A new one, as before (not the connection's), made without NamedTuple's
+            # Python ``__new__`` (a call per decision behind NGINX).
+            return _new_caller(Caller, (known[2], True))  # type: ignore[no-any-return]
         del kept[key]
     try:
         decoded = _decode(
@@ -333,5 +335,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     return Caller(identity, True)
 
 
+_new_caller = tuple.__new__
+assert len(Caller._fields) == 2, "resolve's Caller lists every field"
 _KEY_HEAD = 160
 _HEADERS_MAX = 512  # Shared.headers (each up to [limits] header size, as _decode)

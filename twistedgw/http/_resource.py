@@ -713,7 +713,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     values = get(method_name)
     named_method = values[-1] if values else None
     if named_method is not None:
-        if not TOKEN.match(named_method):
+        if named_method not in _METHODS and not TOKEN.match(named_method):
             _refuse_question(gateway, exchange, errors.forbidden(
                 f"the {settings.original_method_header} header is not a method"))
             return
@@ -721,9 +721,8 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     # The judged request's host: the one original_host_header names, else this
     # request's own Host (a proxy that passes Host through needs no header).
     values = get(host_name) or get(b"host")
-    judged = route_request(
-        runtime, original, exchange.judged_method, as_forwarded=True,
-        host=values[-1] if values else None,
+    judged = _route_judged(
+        runtime, original, exchange.judged_method, values[-1] if values else None
     )
     path = judged.path
     if path is None:
@@ -819,6 +818,36 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     )
 
 
+def _route_judged(
+    runtime: Snapshot, target: bytes, method: bytes, host: bytes | None
+) -> Routed:
+    """``route_request(runtime, target, method, as_forwarded=True, host=host)``, written
+    out for the authz endpoint's every decision (no keyword call, no Routed ``__new__``)."""
+    raw_path, sep, rest = target.partition(b"?")
+    query = rest if sep else None
+    try:
+        path = authz_path(raw_path)
+    except BadPath as e:
+        return _new_routed(  # type: ignore[no-any-return]
+            Routed, (runtime, raw_path, None, query, None, str(e), None)
+        )
+    try:
+        name = _hosts.from_header(host) if host is not None else None
+    except _hosts.BadHost as e:
+        return _new_routed(  # type: ignore[no-any-return]
+            Routed, (runtime, raw_path, None, query, None, f"bad Host header: {e}", None)
+        )
+    route = runtime.router.route(path, query, method, name)
+    return _new_routed(  # type: ignore[no-any-return]
+        Routed, (runtime, raw_path, path, query, route, None, name)
+    )
+
+
+#: The methods every judged request names: ``TOKEN``'s regular expression is asked
+#: only for others.
+_METHODS = frozenset(
+    (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
+)
 _VERIFIED = IdentityOutcome.VERIFIED  # a module constant: an Enum read costs ~800 instructions
 #: The request a kept judged Call carries instead of the one it judged (http/_callers.py,
 #: ``Shared.judged``): nothing after the pipeline reads it.
