@@ -367,17 +367,25 @@ class _H1Exchange(GatewayExchange):
         channel = self.channel
         if channel._phase is not _ANSWERING:
             channel.answering(self)
-        head = b"%s %d %s%s%s" % (self.version, status, reason, block,
-                                  self._framing(status, length))
         self.finished = True
         self._on_gone = None
-        if self._chunked:
-            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        version = self.version
+        if (
+            length is not None and channel.persistent and version == b"HTTP/1.1"
+            and not self.head_request and 200 <= status and status not in _NO_BODY_STATUSES
+        ):  # ``_framing``'s usual answer, head and body in one format
+            data = b"%s %d %s%s\r\nContent-Length: %d\r\n\r\n%s" % (
+                version, status, reason, block, length, body)
         else:
-            data = body if not self._silent else b""
+            data = b"%s %d %s%s%s" % (version, status, reason, block,
+                                      self._framing(status, length))
+            if self._chunked:
+                data += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+            elif not self._silent:
+                data += body
         transport = channel.transport
         if transport is not None:
-            transport.write(head + data)
+            transport.write(data)
         self._end()
         channel.request_done(self)
 

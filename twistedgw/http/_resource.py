@@ -619,7 +619,13 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
         if verdict is not None:
             exchange.verdict = verdict
             if verdict.refusal is None:  # ``_conclude``'s allow, the connection's usual
-                _forward(gateway, exchange, verdict)
+                if exchange.body is None and route.operation is None and not route.api.websocket:
+                    # ``_forward``'s usual case written out: no body to read, no upgrade.
+                    exchange.gateway = gateway
+                    exchange.edits = verdict
+                    exchange.send(None, 0)
+                else:
+                    _forward(gateway, exchange, verdict)
             else:
                 _conclude(gateway, exchange, verdict)
             return

@@ -618,7 +618,7 @@ class Router:
         serve it)."""
         lowered = path.lower()
         for context, prefix, candidates in self._by_segment.get(
-            _first_segment(lowered), self._root
+            lowered[1:].partition(b"/")[0], self._root  # ``_first_segment``, written out
         ):
             if context == b"/" or lowered == context or lowered.startswith(prefix):
                 sole = self._sole.get(context)

@@ -628,7 +628,11 @@ class Forwarder:
                 edits = HeadEdits.of(add_headers, remove_headers) if (
                     add_headers or remove_headers
                 ) else NO_EDITS
-            forwarding.start(tls_policy, edits)
+            # ``forwarding.start(tls_policy, edits)``, written out (once per request).
+            forwarding._tls = tls_policy  # None: the forwarder's, per target
+            forwarding._edits = edits
+            forwarding._responder.when_gone(forwarding._client_left)
+            forwarding._send()
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_origin_for_logs(target))
             forwarding.fail_internal()

@@ -70,6 +70,8 @@ class ResponseHead(NamedTuple):
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
+#: Each status code's three digits -> the code.
+_CODES = {b"%03d" % code: code for code in range(1000)}
 _CONTENT_LENGTH = b"content-length"
 _COMMA = ord(",")
 _CONNECTION = b"connection"
@@ -87,7 +89,7 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
     if match is None:
         return _parse_lines(raw, head_only)
     minor, code_text, phrase, block = match.groups()
-    code = int(code_text)
+    code = _CODES[code_text]  # three digits (the match): looked up, not parsed
     if code < 200:
         if code < 100 or code == 101:
             return _parse_lines(raw, head_only)  # refused there, with the reason
@@ -106,6 +108,22 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
                 connection.append(value.strip(b" \t"))
             else:  # transfer-encoding (lower-cased with the rest)
                 codings.extend([v.strip(b" \t") for v in value.split(b",")])
+    if len(lengths) == 1 and not codings and not head_only and code not in _NO_BODY_STATUSES:
+        # ``_framed``'s usual case written out: one Content-Length, no coding.
+        first = lengths[0]
+        if first.isdigit() and len(first) <= 18:
+            if not connection:
+                tokens = _NO_TOKENS
+            elif len(connection) == 1 and len(connection[0]) <= 64:
+                tokens = one_connection_value(connection[0])
+            else:
+                tokens = connection_tokens(connection)
+            length = int(first)
+            return _new_head(  # type: ignore[no-any-return]
+                ResponseHead,
+                (code, phrase or b"", block, tokens, length, _F_LENGTH if length else _F_NONE,
+                 length, minor == b"1" and b"close" not in tokens),
+            )
     return _framed(
         code, phrase or b"", block, minor == b"1", lengths, codings, connection, head_only
     )
