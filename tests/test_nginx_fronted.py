@@ -859,6 +859,17 @@ def _unix_get(sock: Path, target: str, headers: dict[str, str]) -> bytes:
     return data
 
 
+def _accepts(sock: Path) -> bool:
+    import socket as socketmod
+
+    with socketmod.socket(socketmod.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.mark.parametrize("trusted", [True, False])
 def test_unix_socket_is_trusted_only_when_listed(
     tmp_path: Path, pki: DevPki, echo: BackendProcess, trusted: bool
@@ -873,8 +884,10 @@ def test_unix_socket_is_trusted_only_when_listed(
         text = text.replace('trusted_proxies = ["unix"]', 'trusted_proxies = ["127.0.0.1/32"]')
     gw = start_gateway(tmp_path / "gw", text, direct_port)
     try:
-        deadline = time.monotonic() + 10  # the TCP listener may be up before the socket
-        while not (tmp_path / "authz.sock").exists() and time.monotonic() < deadline:
+        # The TCP listener may be up before the socket, and the socket's file exists
+        # before it listens: wait until a connection is taken.
+        deadline = time.monotonic() + 10
+        while not _accepts(tmp_path / "authz.sock") and time.monotonic() < deadline:
             time.sleep(0.05)
         cert = quote(pki.clients["partner-direct"][0].read_text(), safe="")
         data = _unix_get(tmp_path / "authz.sock", "/_twistedgw/authz",
