@@ -282,3 +282,42 @@ def test_the_host_validator(value: bytes, name: str | None) -> None:
             _hosts.from_header(value)
     else:
         assert _hosts.from_header(value) == name
+
+
+def test_the_one_match_request_parse_reads_every_head_as_the_piece_by_piece_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``parse_request_fields`` checks a usual head with one match (``REQUEST_HEAD``) and
+    any other piece by piece: both read every head alike and refuse the same ones, with
+    the same status, reason and request line."""
+    import itertools
+
+    from twistedgw.wire import WireError, _request
+
+    firsts = [b"GET / HTTP/1.1", b"POST /a?x=1&y=2 HTTP/1.0", b"get /a HTTP/1.1",
+              b"CONNECT /a HTTP/1.1", b"GET a HTTP/1.1", b"GET /a HTTP/1.2", b"GET  /a HTTP/1.1",
+              b"GET /a\x01 HTTP/1.1", b"PATCH /%zz HTTP/1.1", b"TRACE /%41 HTTP/1.1",
+              b"GET /" + b"a" * 90 + b" HTTP/1.1"]
+    fields = [b"Host: x", b"host:localhost:8443 ", b"Host: bad host", b"Content-Length: 3",
+              b"Content-Length: 3,3", b"Transfer-Encoding: chunked", b"Connection: close",
+              b"Connection: Keep-Alive", b"Expect: 100-continue", b"X Bad: 1", b" Fold: x",
+              b"X-A: a\x01", b"X-B: \tv\t", b"NoColon", b""]
+
+    def parse(raw: bytes, limit: int) -> object:
+        try:
+            head = _request.parse_request_head(raw, limit)
+        except WireError as e:
+            return (e.error.status, e.error.description, e.kind, e.line)
+        return [getattr(head, name) for name in head.__slots__ if name != "fields"] + [
+            head.fields.pairs, head.fields.clean]
+
+    heads = [first + b"".join(b"\r\n" + f for f in chosen) + tail
+             for first in firsts
+             for chosen in itertools.combinations(fields, 2)
+             for tail in (b"", b"\r\nHost: y", b"\nX: y")]
+    limits = (8192, 100)
+    matched = sum(_request.REQUEST_HEAD.fullmatch(raw) is not None for raw in heads)
+    fast = [parse(raw, limit) for raw in heads for limit in limits]
+    monkeypatch.setattr(_request, "REQUEST_HEAD", re.compile(rb"(?!)(x)(x)(x)(x)"))
+    assert fast == [parse(raw, limit) for raw in heads for limit in limits]
+    assert matched > 100

@@ -77,6 +77,18 @@ RESPONSE_HEAD = re.compile(
     rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
 )
 
+#: A request head (without its final CRLFCRLF) in the spelling nearly every client sends:
+#: a method the gateway serves, an origin-form target of the bytes ``target_problem``
+#: allows (no percent-escape: those are checked apart), HTTP/1.0 or 1.1, and field lines
+#: of a token, a colon and a value of no CTL but HTAB, joined by CRLFs (no bare CR or LF,
+#: no folding). Its groups: method, target, the version's minor digit, the field lines
+#: (each with the CRLF before it). What it does not match, the parser checks piece by
+#: piece (and refuses what is invalid, with the reason). Linear, as ``RESPONSE_HEAD``.
+REQUEST_HEAD = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS|TRACE) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)"
+    rb" HTTP/1\.([01])((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
+)
+
 #: The framing fields' lines in a lower-cased block of field lines (``RESPONSE_HEAD``'s
 #: last group): name and value (untrimmed), in order.
 FRAMING_LINE = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r\n]*)")

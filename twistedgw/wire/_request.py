@@ -30,6 +30,7 @@ from twistedgw.wire._abnf import (
     DIGITS,
     LIST,
     MALFORMED,
+    REQUEST_HEAD,
     _seen_names,
     bare_lf,
     method_refusal,
@@ -90,6 +91,54 @@ def uri_too_long(limit: int) -> GatewayError:
 
 # Bytes as the ints ``in`` tests a bytes object for without an exception (see above).
 _CR, _LF, _PERCENT = ord("\r"), ord("\n"), ord("%")
+
+
+_HTTP11, _HTTP10 = VERSIONS
+
+
+def _request_line(
+    head: bytes, limit: int
+) -> tuple[list[bytes], bytes, bytes, bytes, tuple[bytes, bytes], bool]:
+    """A head ``REQUEST_HEAD`` does not match, checked piece by piece up to its field lines
+    (refused here when its controls, limits or request line are bad): its lines (the
+    request line first), method, target, version, the (method, target) pair, and whether
+    it holds no CTL at all (then no value needs a check of its own)."""
+    # ``head_controls``, written out. What the CRLFs leave, joined, holds a CR or LF only
+    # where the head has a bare one: two ``memchr`` scans instead of two counts byte by
+    # byte (~8k instructions for an authz question's ~2 KB head). The bytes looked for are
+    # ints: on Python 3.11 ``b"x" in data`` first tries its argument as an integer and
+    # formats the TypeError it raises (~1.8k instructions per test).
+    lines = head.split(b"\r\n")
+    rest = b"".join(lines)
+    if _LF in rest:
+        raise _bad("a bare LF is not a valid line ending or header byte")
+    controls = CTL_FOUND if _CR in rest or rest.translate(None, _NOT_CTL) else CLEAN
+    request_line = lines[0]
+    if len(request_line) > limit:
+        raise WireError(uri_too_long(limit), "header_too_large")
+    if len(head) + 4 > limit:  # the lines and their CRLFs, the empty line too
+        raise WireError(header_too_large(limit), "header_too_large")
+    # No CTL (nor bare CR) anywhere: then no value holds one and the per-value check is
+    # skipped. One in the request line makes the values checked too, and the request
+    # line's own checks refuse it.
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        raise _bad(MALFORMED)
+    method, target, version = parts
+    line = (method, target)
+    if version not in VERSIONS:
+        raise _bad(MALFORMED, line)
+    if method not in _SERVED_METHODS:
+        refusal = method_refusal(method)
+        if refusal is not None:
+            raise WireError(refusal, "bad_request", line)
+    # ``target_problem``'s answer is None for a path of allowed bytes and no escape:
+    # asked only otherwise.
+    if target[:1] != b"/" or _PERCENT in target or target.translate(None, _TARGET_OK):
+        problem = target_problem(target)
+        if problem is not None:
+            raise _bad(problem, line)
+    return lines, method, target, version, line, controls == CLEAN
 
 
 def _bad(description: str, line: tuple[bytes, bytes] | None = None) -> WireError:
@@ -157,42 +206,24 @@ HeadFields = tuple[
 def parse_request_fields(head: bytes, limit: int) -> HeadFields:
     """``parse_request_head``'s fields as a tuple (the front's call, once per request: it
     unpacks them where a ``RequestHead`` would cost a class call)."""
-    # ``head_controls``, written out (once per request). What the CRLFs leave, joined, holds
-    # a CR or LF only where the head has a bare one: two ``memchr`` scans instead of two
-    # counts byte by byte (~8k instructions for an authz question's ~2 KB head). The bytes
-    # looked for are ints: on Python 3.11 ``b"x" in data`` first tries its argument as an
-    # integer and formats the TypeError it raises (~1.8k instructions per test).
-    lines = head.split(b"\r\n")
-    rest = b"".join(lines)
-    if _LF in rest:
-        raise _bad("a bare LF is not a valid line ending or header byte")
-    controls = CTL_FOUND if _CR in rest or rest.translate(None, _NOT_CTL) else CLEAN
-    request_line = lines[0]
-    if len(request_line) > limit:
-        raise WireError(uri_too_long(limit), "header_too_large")
-    if len(head) + 4 > limit:  # the lines and their CRLFs, the empty line too
-        raise WireError(header_too_large(limit), "header_too_large")
-    # No CTL (nor bare CR) anywhere: then no value holds one and the per-value check is
-    # skipped. One in the request line makes the values checked too, and the request
-    # line's own checks refuse it.
-    clean = controls == CLEAN
-    parts = request_line.split(b" ")
-    if len(parts) != 3:
-        raise _bad(MALFORMED)
-    method, target, version = parts
-    line = (method, target)
-    if version not in VERSIONS:
-        raise _bad(MALFORMED, line)
-    if method not in _SERVED_METHODS:
-        refusal = method_refusal(method)
-        if refusal is not None:
-            raise WireError(refusal, "bad_request", line)
-    # ``target_problem``'s answer is None for a path of allowed bytes and no escape:
-    # asked only otherwise.
-    if target[:1] != b"/" or _PERCENT in target or target.translate(None, _TARGET_OK):
-        problem = target_problem(target)
-        if problem is not None:
-            raise _bad(problem, line)
+    match = REQUEST_HEAD.fullmatch(head)
+    if match is not None:
+        # The usual head, checked whole by one match: a served method, a target of allowed
+        # bytes, HTTP/1.x, field lines of a token and a value of no CTL. The limits
+        # apply as below; no line is checked again.
+        method, target, minor, block = match.groups()
+        version = _HTTP11 if minor == b"1" else _HTTP10
+        line = (method, target)
+        if len(method) + len(target) + 10 > limit:  # the request line: "M T HTTP/1.x"
+            raise WireError(uri_too_long(limit), "header_too_large")
+        if len(head) + 4 > limit:
+            raise WireError(header_too_large(limit), "header_too_large")
+        lines = block.split(b"\r\n")  # lines[0]: b"", where the request line was
+        checked = True
+        clean = True
+    else:
+        lines, method, target, version, line, clean = _request_line(head, limit)
+        checked = False
     if len(lines) > MAX_FIELDS + 1:
         raise _bad(MALFORMED, line)
     pairs: list[tuple[bytes, bytes]] = []
@@ -206,17 +237,21 @@ def parse_request_fields(head: bytes, limit: int) -> HeadFields:
     close = False
     keep_alive = False
     for field_line in lines[1:]:
-        if field_line[:1] in (b" ", b"\t"):
-            raise _bad("obsolete line folding in request headers is not accepted", line)
-        colon = field_line.find(b":")
-        if colon <= 0:
-            raise _bad(MALFORMED, line)
-        name = field_line[:colon]
-        if name not in _seen_names and not valid_name(name):
-            raise _bad(MALFORMED, line)
-        value = field_line[colon + 1 :].strip(b" \t")
-        if not clean and BAD_VALUE.search(value) is not None:
-            raise _bad(MALFORMED, line)
+        if checked:  # (``REQUEST_HEAD``: a token, a colon, a value of no CTL)
+            name, _, value = field_line.partition(b":")
+            value = value.strip(b" \t")
+        else:
+            if field_line[:1] in (b" ", b"\t"):
+                raise _bad("obsolete line folding in request headers is not accepted", line)
+            colon = field_line.find(b":")
+            if colon <= 0:
+                raise _bad(MALFORMED, line)
+            name = field_line[:colon]
+            if name not in _seen_names and not valid_name(name):
+                raise _bad(MALFORMED, line)
+            value = field_line[colon + 1 :].strip(b" \t")
+            if not clean and BAD_VALUE.search(value) is not None:
+                raise _bad(MALFORMED, line)
         append((name, value))
         lower = name.lower()
         if lower == b"content-length":
