@@ -268,18 +268,23 @@ class Upstream:
     ) -> BackendCall:
         """Send ``head`` (and ``body``, read to its end) on a pooled or new connection."""
         call = BackendCall(self, origin, method, head, body, handler)
-        key = origin.key
+        self.send(call)
+        return call
+
+    def send(self, call: BackendCall) -> None:
+        """``request`` for a call its caller made: a subclass of ``BackendCall`` that is
+        its own handler (the forwarder's ``_Forwarding``, one object per request)."""
+        key = call.origin.key
         idle = self._idle.get(key)
         while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
             conn = idle.pop()
             if conn.connected:
                 conn.start(call, True)
-                return call
+                return
         if self._max_idle and self._open.get(key, 0) >= self._max_idle:
             self._wait(key, call)
         else:
             self._connect(call)
-        return call
 
     # -- requests waiting for a kept connection ----------------------------
 

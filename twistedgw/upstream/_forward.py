@@ -706,12 +706,15 @@ _WAITING, _STREAMING, _DONE = _Phase.WAITING, _Phase.STREAMING, _Phase.DONE
 
 
 @implementer(IPushProducer)
-class _Forwarding:
+class _Forwarding(BackendCall):
     """The state of one request/response relay: waiting -> streaming -> done.
 
-    It is the `ResponseHandler` of its upstream `BackendCall`, and the responder's
-    push producer while the body streams (no object of its own: a relay that pointed
-    back at it made a reference cycle per request, left to the cyclic GC). One timer
+    It is its own first `BackendCall` and that call's `ResponseHandler` (one object per
+    request, issue 27 item 1; an attempt on another backend gets a `BackendCall` of its
+    own, with this as its handler), and the responder's push producer while the body
+    streams (no object of its own: a relay that pointed back at it made a reference
+    cycle per request, left to the cyclic GC). It stops being its own handler when it is
+    done (``_finish_result``), so no cycle outlives the request. One timer
     serves both phases: time to the response head (-> 504), then the longest silence
     between body bytes while the client is keeping up (-> abort). While the
     client is not keeping up (paused) a second one, the send timer, takes over.
@@ -768,6 +771,17 @@ class _Forwarding:
         self._paused = False  # the client's output is full (we paused the backend)
         self._sent = 0  # body bytes relayed to the client
         self._status = 0
+        # ``BackendCall``'s fields, for the first attempt (``_send`` sets what it sends).
+        self._upstream = forwarder._upstream
+        self.origin: Origin | None = None  # type: ignore[assignment]
+        self.method = exchange.method
+        self.head = b""
+        self.body = None
+        self.handler = self
+        self.cancelled = False
+        self.conn = None
+        self._connecting = None
+        self.queued_at = 0.0
 
     @property
     def _backend(self) -> str:
@@ -805,7 +819,13 @@ class _Forwarding:
         deadlines._due[self] = due
         if deadlines._call is None or due < deadlines._at:
             deadlines._schedule(due)
-        self._call = fw._upstream.request(origin, exchange.method, head, body, self)
+        upstream = fw._upstream
+        if self.head:  # an attempt on another backend: a call of its own
+            self._call = upstream.request(origin, exchange.method, head, body, self)
+        else:  # the first: this object is the call
+            self.origin, self.head, self.body = origin, head, body
+            upstream.send(self)
+            self._call = self
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
         """After a failure before the response: skip this backend for a while and, if
@@ -1120,6 +1140,7 @@ class _Forwarding:
         if self._phase is _DONE and self._on_done is None:
             return
         self._phase = _DONE
+        self.handler = _DONE_HANDLER  # no longer its own: no cycle outlives the request
         if self._span is not None:
             self._span.end(self._status, kind)
         self._responder.when_gone(None)
@@ -1200,6 +1221,28 @@ class _Forwarding:
         responder = self._responder
         self._finish_result(self._status, "client_timeout", sent)  # before the abort's echo
         _abort_client(responder)
+
+
+class _DoneHandler:
+    """The handler of a forwarding's own call once the forwarding is done (its call was
+    completed or cancelled before: nothing reaches it)."""
+
+    __slots__ = ()
+
+    def response_head(self, head: ResponseHead) -> None:
+        pass
+
+    def response_data(self, data: bytes) -> None:
+        pass
+
+    def response_end(self) -> None:
+        pass
+
+    def response_failed(self, error: UpstreamError) -> None:
+        pass
+
+
+_DONE_HANDLER = _DoneHandler()
 
 
 class _Deadlines:
