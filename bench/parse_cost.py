@@ -98,7 +98,7 @@ def front_cost(head: bytes, number: int) -> float:
         channel._head()
 
     one()
-    assert channel._exchange is not None and channel._exchange.target.startswith(b"/")
+    assert channel._stream is not None and channel._stream.target.startswith(b"/")
     return timeit.timeit(one, number=number) / number
 
 
