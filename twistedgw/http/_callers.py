@@ -224,7 +224,6 @@ class Shared:
         if not caller.via_load_balancer and caller.identity.outcome is not Outcome.FAILED:
             _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
 
-
     def keep_judged(self, key: tuple[int, int, int, bool], entry: tuple[Any, ...]) -> None:
         """Keep an authz judgement (see ``judged``); the entry holds the key's objects."""
         _bounded_put(self.judged, key, entry)
