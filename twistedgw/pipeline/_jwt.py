@@ -116,6 +116,18 @@ class _Verified:
     keytype: bool | str  # ``_sandbox``'s answer, or the reason it refuses the token
 
 
+def _who(claims: Mapping[str, Any], cfg: JwtIssuer) -> tuple[str, str | None]:
+    """The principal (``jwt:<issuer>:<sub>``) and the consumer (the configured claim, when
+    a non-empty string) a token's claims name."""
+    sub = claims.get("sub")
+    principal = f"jwt:{cfg.name}:{sub}" if isinstance(sub, str) else f"jwt:{cfg.name}"
+    consumer = None
+    if cfg.consumer_claim is not None:
+        named = claims.get(cfg.consumer_claim)
+        consumer = named if isinstance(named, str) and named else None
+    return principal, consumer
+
+
 def _verified(issuer: Issuer, keys: jwks.KeySet, claims: Mapping[str, Any]) -> _Verified:
     """``_Verified`` of a token whose signature ``keys`` verified."""
     cfg = issuer.config
@@ -133,12 +145,7 @@ def _verified(issuer: Issuer, keys: jwks.KeySet, claims: Mapping[str, Any]) -> _
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     aud_ok = any(isinstance(a, str) and a in cfg.audiences for a in audiences)
-    sub = claims.get("sub")
-    principal = f"jwt:{cfg.name}:{sub}" if isinstance(sub, str) else f"jwt:{cfg.name}"
-    consumer = None
-    if cfg.consumer_claim is not None:
-        named = claims.get(cfg.consumer_claim)
-        consumer = named if isinstance(named, str) and named else None
+    principal, consumer = _who(claims, cfg)
     keytype: bool | str
     try:
         keytype = _sandbox(claims)
@@ -397,13 +404,7 @@ class JwtScheme:
         """The checks that depend on the time and on the caller, not on the signature."""
         self._check_claims(claims, issuer.config)
         self._check_binding(claims, call.identity)
-        cfg = issuer.config
-        sub = claims.get("sub")
-        principal = f"jwt:{cfg.name}:{sub}" if isinstance(sub, str) else f"jwt:{cfg.name}"
-        consumer = None
-        if cfg.consumer_claim is not None:
-            named = claims.get(cfg.consumer_claim)
-            consumer = named if isinstance(named, str) and named else None
+        principal, consumer = _who(claims, issuer.config)
         return SchemeResult(True, True, principal=principal, consumer=consumer, claims=claims,
                             sandbox=_sandbox(claims))
 
