@@ -84,20 +84,17 @@ def _same(answer: bytes) -> bytes:
     return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
 
 
-@pytest.mark.parametrize("forward", sorted(FORWARD))
-@pytest.mark.parametrize("api", sorted(APIS))
-def test_a_connections_next_requests_are_judged_as_its_first(
-    api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _gateway(
+    api: str, forward: str, pki: DevPki, tmp_path: Path, extra: str = ""
+) -> tuple[Any, dict[str, Any]]:
+    """The in-process gateway with ``api`` and ``forward``'s settings (and ``extra``
+    config text), and the callers each test asks as: verified twice, failed, none."""
     own_cost = _own_cost()
     password = tmp_path / "backend-password"
     password.write_text("s3cret\n")
     apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
-    extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "")
+    extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "") + extra
     h = own_cost.Harness(tmp_path, apis=apis, extra=extra, pki=pki)
-    runs: list[Any] = []
-    run = _run.Pipeline.run
-    monkeypatch.setattr(_run.Pipeline, "run", lambda self, call: runs.append(1) or run(self, call))
     expired = pki.issued["expired"].cert
     callers = {
         "partner": h.partner,
@@ -105,6 +102,19 @@ def test_a_connections_next_requests_are_judged_as_its_first(
         "failed": failed(Source.HANDSHAKE, "certificate has expired", (expired,)),
         "none": no_certificate(),
     }
+    return h, callers
+
+
+@pytest.mark.parametrize("forward", sorted(FORWARD))
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_a_connections_next_requests_are_judged_as_its_first(
+    api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own_cost = _own_cost()
+    h, callers = _gateway(api, forward, pki, tmp_path)
+    runs: list[Any] = []
+    run = _run.Pipeline.run
+    monkeypatch.setattr(_run.Pipeline, "run", lambda self, call: runs.append(1) or run(self, call))
     for name, identity in callers.items():
         for request in (own_cost.REQUEST, FORGED):
             kept = h.connect(identity)
@@ -160,23 +170,11 @@ def test_the_authz_endpoint_judges_a_verified_caller_again_as_at_first(
     and what is kept holds nothing of the request that was asked about (its headers may
     carry anyone's credentials). A caller that failed or presented nothing is judged each
     time."""
-    own_cost = _own_cost()
-    password = tmp_path / "backend-password"
-    password.write_text("s3cret\n")
-    apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
-    extra = FORWARD[forward] + (CONSUMERS if api == "consumers" else "") + "[authz]\n"
-    h = own_cost.Harness(tmp_path, apis=apis, extra=extra, pki=pki)
+    h, callers = _gateway(api, forward, pki, tmp_path, "[authz]\n")
     judged: list[Any] = []
     judge = _run.Pipeline.judge
     monkeypatch.setattr(_run.Pipeline, "judge",
                         lambda self, call: judged.append(call) or judge(self, call))
-    expired = pki.issued["expired"].cert
-    callers = {
-        "partner": h.partner,
-        "other": h.verified("other-app", "other-root"),
-        "failed": failed(Source.HANDSHAKE, "certificate has expired", (expired,)),
-        "none": no_certificate(),
-    }
     answers = {}
     for name, identity in callers.items():
         _callers._shared = None
