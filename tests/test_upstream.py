@@ -695,3 +695,23 @@ def test_the_one_match_parse_reads_every_head_as_the_line_by_line_one() -> None:
                             assert [name for name, _ in relayed] == [
                                 name for name, _ in listed], raw
     assert seen_fast >= 50
+
+
+def test_a_forwarding_sets_every_field_of_the_backend_call_it_is() -> None:
+    """The forwarding is its own first ``BackendCall`` (issue 27 item 1) but sets that
+    call's fields itself, without ``BackendCall.__init__`` (a call per request): a field
+    added to ``BackendCall`` must be set there too, or the first attempt fails on it."""
+    from types import SimpleNamespace
+
+    from twistedgw.upstream import ForwardSettings
+    from twistedgw.upstream._client import BackendCall
+    from twistedgw.upstream._forward import Forwarder, _Forwarding
+
+    forwarder = Forwarder(MemoryReactorClock())
+    exchange: Any = SimpleNamespace(method=b"GET", responder=SimpleNamespace())
+    forwarding = _Forwarding(
+        forwarder, exchange, b"http://127.0.0.1:1/", None, 0, None, ForwardSettings()
+    )
+    assert isinstance(forwarding, BackendCall) and forwarding.handler is forwarding
+    for name in BackendCall.__slots__:
+        getattr(forwarding, name)  # AttributeError: a field the forwarding left unset
