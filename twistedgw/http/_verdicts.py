@@ -67,6 +67,14 @@ class Asker:
 PLAIN = Asker()
 
 
+def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Store an answer in one of this module's memos, emptied when full: each stays
+    bounded whatever the askers send and however often the config is reloaded."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 #: ``asker``'s answers by value: (from anyone, from a trusted proxy). A rendered config
 #: sends a few values (per API); a plain dict, emptied when full (an ``lru_cache`` call
 #: costs ~600 instructions per decision, a dict look-up ~100).
@@ -87,9 +95,7 @@ def asker(value: bytes | None, trusted: bool) -> Asker:
             _asker(answer, False, False),
             _asker(answer, b"token-key" in words, b"tiers" in words),
         )
-        if len(_ASKERS) >= _ASKERS_MAX:
-            _ASKERS.clear()
-        _ASKERS[value] = known
+        _keep(_ASKERS, value, known, _ASKERS_MAX)
     return known[1] if trusted else known[0]
 
 
@@ -118,9 +124,8 @@ def expected_value(api: ApiConfig) -> bytes:
     label = api.label
     known = _EXPECTED.get(label)
     if known is None:
-        if len(_EXPECTED) >= 1024:
-            _EXPECTED.clear()
-        known = _EXPECTED[label] = _reference(label).encode()
+        known = _reference(label).encode()
+        _keep(_EXPECTED, label, known, 1024)
     return known
 
 
@@ -218,9 +223,7 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -
     if known is not None:
         return known[3]
     answer = _api_cacheable(config, api, asker)
-    if len(_CACHEABLE) >= _CACHEABLE_MAX:
-        _CACHEABLE.clear()
-    _CACHEABLE[key] = (config, api, asker, answer)
+    _keep(_CACHEABLE, key, (config, api, asker, answer), _CACHEABLE_MAX)
     return answer
 
 
@@ -319,9 +322,8 @@ def identity_answer_headers(
         (SET_PREFIX + name.lower(), value)
         for name, value in idforward.headers_for(settings, identity)
     ]
-    if len(_ANSWERS) >= _ANSWERS_MAX:
-        _ANSWERS.clear()
-    _ANSWERS[id(identity)] = (identity, settings, out)  # holds identity: its id stays its own
+    # (holds identity: its id stays its own)
+    _keep(_ANSWERS, id(identity), (identity, settings, out), _ANSWERS_MAX)
     return out
 
 
@@ -353,9 +355,7 @@ def allow_headers(
     if strips_authorization(api):
         headers.append((AUTHORIZATION, b"remove"))
     made = tuple(headers)
-    if len(_ALLOWS) >= _ANSWERS_MAX:
-        _ALLOWS.clear()
-    _ALLOWS[key] = (config, api, identity, made)  # holds all three: their ids stay theirs
+    _keep(_ALLOWS, key, (config, api, identity, made), _ANSWERS_MAX)  # holds all three
     return made
 
 
@@ -373,9 +373,7 @@ def _declaring(pipeline: Any) -> tuple[tuple[Any, Any], ...]:
         (named, names) for named in pipeline.request_transforms
         if (names := getattr(named.stage, "sets_headers", None))
     )
-    if len(_DECLARING) >= _ANSWERS_MAX:
-        _DECLARING.clear()
-    _DECLARING[id(pipeline)] = (pipeline, found)
+    _keep(_DECLARING, id(pipeline), (pipeline, found), _ANSWERS_MAX)
     return found
 
 
