@@ -108,7 +108,7 @@ def _never_a_load_balancer(identity: ClientIdentity, config: MutualSslConfig) ->
 
 
 #: ``_edge_ip``'s answers by value: a plain dict (an ``lru_cache`` call costs ~600
-#: instructions, a dict look-up ~100), emptied when full.
+#: instructions, a dict look-up ~100), bounded as ``Shared``'s (the oldest goes first).
 _EDGE_IPS: dict[bytes, str | None] = {}
 _EDGE_IPS_MAX = 1024
 
@@ -125,9 +125,7 @@ def _edge_ip(value: bytes) -> str | None:
         ip: str | None = str(ipaddress.ip_address(value.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
         ip = None
-    if len(_EDGE_IPS) >= _EDGE_IPS_MAX:
-        _EDGE_IPS.clear()
-    _EDGE_IPS[value] = ip
+    _bounded_put(_EDGE_IPS, value, ip, _EDGE_IPS_MAX)
     return ip
 
 
