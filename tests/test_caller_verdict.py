@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from twistedgw.http import _callers
+from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import Source, failed, no_certificate
 from twistedgw.pipeline import _run
 from twistedgw.testing.devpki import DevPki
@@ -199,3 +201,53 @@ def test_the_authz_endpoint_judges_a_verified_caller_again_as_at_first(
     if api == "mandatory-aliases":  # a refusal kept is the refusal a fresh judgement gives
         assert answers["other"] == b"401", answers
     assert answers["none"] != b"200" or api == "optional-any"
+
+
+@pytest.mark.parametrize("forward", sorted(FORWARD))
+@pytest.mark.parametrize("api", ["consumers", "mandatory-aliases"])
+def test_an_uncached_allows_answer_block_is_the_answer_its_fields_make(
+    api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#26 per-decision: with ``cache_seconds = 0`` an allow's answer fields (identity
+    headers, the consumer, ``no-store``) go out as one block made once per config, API,
+    caller and asker (``verdicts.allow_block``); the answer is the very one the header
+    list gives (the path a front without ``respond_block`` takes), and the pipeline still
+    judges every question its pipeline is not per-caller for."""
+    h, callers = _gateway(api, forward, pki, tmp_path, "[authz]\ncache_seconds = 0\n")
+    made: list[bytes | None] = []
+    block = verdicts.allow_block
+    monkeypatch.setattr(verdicts, "allow_block", lambda *a: made.append(block(*a)) or made[-1])
+    partner = callers["partner"]
+    first = h.exchange(h.connect(partner), ASK)[1]
+    again = h.exchange(h.connect(partner), ASK)[1]
+    assert len(made) == 2 and made[0] is not None and made[0] is made[1]  # made once
+    monkeypatch.setattr(verdicts, "allow_block", lambda *a: None)
+    listed = h.exchange(h.connect(partner), ASK)[1]
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
+    assert _same(first) == _same(again) == _same(listed)
+    assert b"\r\nX-Accel-Expires: 0\r\nCache-Control: no-store\r\n" in first
+    if api == "consumers":
+        assert b"\r\nx-consumer-name: acme\r\n" in first
+    if forward != "none":
+        assert b"\r\nx-twistedgw-set-" in first
+
+
+def test_an_answer_block_refuses_a_value_that_would_split_the_head(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    """A consumer's name comes from a token's claim: one with a CR or LF gets no block
+    (the header list's path makes them spaces), and a config reload's new config gets
+    its own block, never the old config's."""
+    h, callers = _gateway("mandatory-aliases", "xfcc", pki, tmp_path, "[authz]\n")
+    config = h.gateway.runtime.config
+    api = config.apis[0]
+    partner = callers["partner"]
+    asker = verdicts.asker(b"answer", False)
+    assert verdicts.allow_block(config, api, partner, asker, None, "a\r\nX-Evil: 1") is None
+    assert verdicts.allow_block(config, api, partner, asker, None, "a\x00") is None
+    kept = verdicts.allow_block(config, api, partner, asker, None, "acme")
+    assert kept is not None and b"\r\nx-consumer-name: acme" in kept
+    assert b"x-twistedgw-set-x-forwarded-client-cert: " in kept
+    reloaded = replace(config, identity=replace(config.identity, forward="none"))
+    fresh = verdicts.allow_block(reloaded, api, partner, asker, None, "acme")
+    assert fresh is not None and b"x-twistedgw-set-" not in fresh

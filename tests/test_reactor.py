@@ -415,3 +415,48 @@ def test_a_unix_read_is_a_plain_recv_and_a_descriptor_a_peer_sends_is_dropped() 
     peer.close()
     assert server.doRead() is main.CONNECTION_DONE
     accepted.close()
+
+
+def test_the_loop_skips_the_timed_calls_pass_only_when_none_is_due() -> None:
+    """``GatewayReactor.mainLoop``: a turn with nothing due polls without
+    ``runUntilCurrent``/``timeout`` (one decision behind NGINX is one turn), with the
+    timeout ``timeout`` gives; timed calls, a thread's calls and a stop still run, and an
+    exception a turn raises is logged as Twisted logs it and the loop goes on."""
+    from twisted.logger import globalLogPublisher
+
+    reactor = _reactor.GatewayReactor()
+    seen: list[str] = []
+    delays: list[float | None] = []
+    passes = [0]
+    turns = [0]
+    run_until_current = reactor.runUntilCurrent
+    poll = reactor.doIteration
+
+    def counted() -> None:
+        passes[0] += 1
+        run_until_current()
+
+    def turn(delay: float | None) -> None:
+        turns[0] += 1
+        delays.append(delay)
+        if turns[0] == 3:
+            raise RuntimeError("a turn's error")
+        poll(0 if turns[0] < 40 else delay)  # (busy turns: nothing due in most of them)
+
+    reactor.runUntilCurrent = counted  # type: ignore[method-assign]
+    reactor.doIteration = turn  # type: ignore[method-assign]
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        reactor.callLater(0.05, seen.append, "timed")
+        reactor.callLater(0.06, lambda: reactor.callFromThread(seen.append, "thread"))
+        reactor.callLater(0.1, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert seen == ["timed", "thread"]
+    assert any(e.get("log_failure") is not None and "main loop" in e.get("log_format", "")
+               for e in logged), "the turn's exception was not logged"
+    assert turns[0] > 40 and passes[0] < turns[0] / 2, (passes, turns)
+    waits = [d for d in delays[1:40] if d is not None]
+    assert waits and all(0 <= d <= 0.1 for d in waits)  # the next timed call's, not None

@@ -62,6 +62,22 @@ USED: tuple[PrivateName, ...] = (
                 "fd -> selectable: what an event is for"),
     PrivateName("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", "method",
                 "dispatches one event (doRead/doWrite and the disconnect that follows)"),
+    # _reactor.GatewayReactor.mainLoop: a turn with nothing timed due skips
+    # runUntilCurrent and timeout (what they would find is read here).
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_pendingTimedCalls",
+                "attribute", "the timed calls' heap: is one due, when is the next"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_newTimedCalls", "attribute",
+                "timed calls not yet in the heap: runUntilCurrent inserts them"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_cancellations", "attribute",
+                "cancelled calls in the heap: runUntilCurrent compacts it past 50"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_justStopped", "attribute",
+                "a stop to finish: runUntilCurrent fires the shutdown event"),
+    PrivateName("twisted.internet.epollreactor.EPollReactor", "_started", "attribute",
+                "whether the loop goes on (ReactorBase.mainLoop's own test)"),
+    PrivateName("twisted.internet.base", "_topHandler", "attribute",
+                "the loop's failure handler: a turn's exception is logged as Twisted's is"),
+    PrivateName("twisted.internet.base", "_log", "attribute",
+                "the loop's logger (its 'Main loop terminated.')"),
     # _reactor.GatewayServer/GatewayClient: a write sent at once when nothing is queued.
     PrivateName("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "attribute",
                 "bytes queued since the last send: a write goes out at once only if none are"),

@@ -133,14 +133,14 @@ def _adopt_edge(exchange: Exchange) -> None:
     """Behind NGINX on a trusted Unix socket, the caller's address and scheme are the ones
     NGINX saw (its ``X-Forwarded-For``/``X-Forwarded-Proto``, which it always replaces), so
     forwarding, the access log and metrics see the caller as in direct mode."""
-    fields = exchange.fields
-    forwarded_for = fields.getRawHeaders(b"x-forwarded-for")
+    get = exchange.fields.index().get  # (lower-case names)
+    forwarded_for = get(b"x-forwarded-for")
     if forwarded_for is not None and len(forwarded_for) == 1:
         ip = _edge_ip(forwarded_for[0]) if len(forwarded_for[0]) <= 64 else None
         if ip is not None:
             exchange.client_ip = ip
-    hosts = fields.getRawHeaders(b"host")
-    if fields.getRawHeaders(b"x-forwarded-proto") == [b"https"] and hosts and len(hosts) == 1:
+    hosts = get(b"host")
+    if get(b"x-forwarded-proto") == [b"https"] and hosts and len(hosts) == 1:
         exchange.secure = True  # the client spoke TLS to NGINX
 
 
@@ -176,12 +176,13 @@ class Shared:
 
     def __init__(self, runtime: Snapshot) -> None:
         self.runtime = runtime
-        # [mutual_ssl]'s header names as the fields are looked up by (once per config).
+        # [mutual_ssl]'s header names as the fields' index keys them (lower-case bytes,
+        # once per config).
         settings = runtime.config.mutual_ssl
         named = settings.certificate_header
-        self.header_name = named.encode() if named is not None else b""
+        self.header_name = named.lower().encode() if named is not None else b""
         chain = settings.chain_header
-        self.chain_name = chain.encode() if chain is not None else None
+        self.chain_name = chain.lower().encode() if chain is not None else None
         self.callers: dict[tuple[int, bool, bool], tuple[ClientIdentity, ConnectionCaller]] = {}
         self.verdicts: dict[tuple[int, int], Any] = {}
         # A load balancer repeats a few certificate headers: the identity a verified one
@@ -276,9 +277,9 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
         return seen.direct
-    fields = exchange.fields
+    get = exchange.fields.index().get  # (the names are lower-case: ``Shared``)
     config_shared = shared(runtime)  # the config's (its verifier, its [mutual_ssl])
-    values = fields.getRawHeaders(config_shared.header_name)
+    values = get(config_shared.header_name)
     if not seen.trusted:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
@@ -301,7 +302,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     raw_chain = None
     chain_name = config_shared.chain_name
     if chain_name is not None:
-        chain_values = fields.getRawHeaders(chain_name)
+        chain_values = get(chain_name)
         raw_chain = b",".join(chain_values) if chain_values else None
     verifier = runtime.header_verifier
     assert verifier is not None

@@ -58,6 +58,7 @@ from twistedgw.tls import server_name, sni_entry
 from twistedgw.tracing import RequestTrace, Tracer
 from twistedgw.upstream import NO_EDITS, Forwarder, ForwardResult, HeadEdits, TunnelStats
 from twistedgw.wire import (
+    SERVER,
     TOKEN,
     BodySource,
     Connection,
@@ -65,6 +66,7 @@ from twistedgw.wire import (
     Fields,
     Responder,
     answer_headers,
+    http_date,
     method_refusal,
 )
 
@@ -706,7 +708,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     settings = config.authz
     assert settings is not None
     uri_name, method_name, host_name = _authz_names(settings)
-    get = exchange.fields.getRawHeaders
+    get = exchange.fields.index().get  # (every name asked below is lower-case)
     values = get(verdicts.ASKER)
     asked = values[-1] if values else None
     answer = asked is not None and verdicts.asker(asked, False).answer
@@ -854,6 +856,8 @@ def _route_judged(
 _METHODS = frozenset(
     (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
 )
+#: An allow's answer block starts with ``answer_headers``' two fields (``_allow``).
+_ANSWER_START = b"\r\nServer: %s\r\nDate: " % SERVER
 _VERIFIED = IdentityOutcome.VERIFIED  # a module constant: an Enum read costs ~800 instructions
 #: The request a kept judged Call carries instead of the one it judged (http/_callers.py,
 #: ``Shared.judged``): nothing after the pipeline reads it.
@@ -921,6 +925,18 @@ def _allow(
             verdicts.NO_STORE)
         return
     identity = call.identity
+    limit = call.notes.get(TIER_LIMIT)
+    if asker.answer and not declared and not verdicts.api_cacheable(config, api, asker):
+        # The rendered config's question of a decision per request: the answer's fields
+        # are the same for every decision by this caller (``verdicts.allow_block``), sent
+        # as one block where the front takes one (HTTP/1.1; the Unix socket NGINX asks on).
+        respond_block = getattr(exchange.responder, "respond_block", None)
+        if respond_block is not None:
+            block = verdicts.allow_block(config, api, identity, asker, limit, call.consumer)
+            if block is not None:
+                respond_block(200, _ANSWER_START + http_date() + block, 0, b"OK", b"")
+                exchange.record(gateway, 200, 0)
+                return
     headers = answer_headers()
     if verdicts.api_cacheable(config, api, asker):
         lifetime = verdicts.allow_lifetime(config, api, identity, asker=asker,
@@ -932,7 +948,6 @@ def _allow(
     headers.extend(verdicts.allow_headers(config, api, identity))
     if declared:
         headers.extend(declared)
-    limit = call.notes.get(TIER_LIMIT)
     if limit is not None:  # the bucket NGINX spends for this caller
         headers.append((verdicts.TIER, verdicts.tier_value(config, limit)))
     if not asker.answer:  # for hand-written auth_request_set / forwardAuth configs; the

@@ -359,6 +359,47 @@ def allow_headers(
     return made
 
 
+#: ``allow_block``'s answers by (config, API, identity, asker, tier limit) ids and the
+#: consumer; each entry holds the objects (so no id is reused while it lives).
+_BLOCKS: dict[tuple[int, int, int, int, int, str | None], tuple[Any, ...]] = {}
+_BLOCKS_MAX = 4096
+
+
+def allow_block(
+    config: GatewayConfig,
+    api: ApiConfig,
+    identity: ClientIdentity,
+    asker: Asker,
+    limit: Limit | None,
+    consumer: str | None,
+) -> bytes | None:
+    """An allow's answer fields after ``Server`` and ``Date``, as one block of lines (each
+    with the CRLF before it), for an ``answer`` asker when the allow may not be cached
+    (``api_cacheable`` false: ``NO_STORE``) and no transform declares a header: the
+    identity headers and ``Authorization``'s removal (``allow_headers``), the bucket NGINX
+    spends (``X-Twistedgw-Tier``) and the consumer. They depend on these objects alone, so
+    the block is made once for them, not formatted per decision (the decision itself is
+    still made per request; this is only its answer's spelling). None when a value holds
+    a CR, LF or NUL (a consumer's name from a token, say): the caller's header list makes
+    those spaces."""
+    key = (id(config), id(api), id(identity), id(asker), id(limit), consumer)
+    known = _BLOCKS.get(key)
+    if known is not None:
+        return known[5]  # type: ignore[no-any-return]
+    fields = [*NO_STORE, *allow_headers(config, api, identity)]
+    if limit is not None:
+        fields.append((TIER, tier_value(config, limit)))
+    if consumer is not None:
+        fields.append((b"x-consumer-name", consumer.encode()))
+    block = b"".join([b"\r\n%s: %s" % pair for pair in fields])
+    n = len(fields)
+    made = None if (
+        block.count(b"\r") != n or block.count(b"\n") != n or block.find(b"\x00") >= 0
+    ) else block
+    _keep(_BLOCKS, key, (config, api, identity, asker, limit, made), _BLOCKS_MAX)
+    return made
+
+
 #: ``_declaring``'s answers by pipeline id (each entry holds its pipeline).
 _DECLARING: dict[int, tuple[Any, tuple[tuple[Any, Any], ...]]] = {}
 
