@@ -321,3 +321,63 @@ def test_the_one_match_request_parse_reads_every_head_as_the_piece_by_piece_one(
     monkeypatch.setattr(_request, "REQUEST_HEAD", re.compile(rb"(?!)(x)(x)(x)(x)"))
     assert fast == [parse(raw, limit) for raw in heads for limit in limits]
     assert matched > 100
+
+
+def test_the_usual_head_is_read_and_forwarded_as_the_line_by_line_parse_does(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front takes a usual head (``wire.USUAL_REQUEST_HEAD``: Host first, no field
+    that frames a body or that the forwarder drops) from one match, its fields made only
+    when read, and the forwarder copies its other lines as they came: for every head,
+    the exchange the request path sees, what the backend is sent and what the client
+    gets are what ``parse_request_fields`` and the line-by-line copy make of it."""
+    import importlib.util
+    import itertools
+    from pathlib import Path
+
+    from twistedgw.http import _front
+    from twistedgw.wire import USUAL_REQUEST_HEAD
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "own_cost.py"
+    spec = importlib.util.spec_from_file_location("own_cost", path)
+    assert spec is not None and spec.loader is not None
+    own_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_cost)
+    harness = own_cost.Harness(Path(tmp_path))
+    seen: list[object] = []
+    handle = harness.site.resource.handle
+
+    def handle_and_look(exchange: Any) -> None:
+        seen.append((exchange.method, exchange.target, exchange.version, exchange.host,
+                     exchange.fields.pairs, exchange.fields.clean, exchange.body is None,
+                     exchange.channel.persistent))
+        handle(exchange)
+
+    harness.site.resource.handle = handle_and_look
+    firsts = [b"GET /bench/a HTTP/1.1", b"POST /bench/a?x=1 HTTP/1.0", b"get /bench HTTP/1.1",
+              b"DELETE /bench/%41 HTTP/1.1"]
+    fields = [b"Host: localhost", b"host:  localhost:8443 ", b"HOST: bad host", b"Host: a_b",
+              b"User-Agent: curl/8.5.0", b"Accept: */*", b"X-Client-Cert: forged", b"x_y: 1",
+              b"X-A:  spaced ", b"X-B:tight", b"X-E: ", b"X-T: a \t b", b"Content-Length: 0",
+              b"Connection: close", b"te: trailers", b"X-Forwarded-For: 192.0.2.1",
+              b"Cookie: " + b"c" * 9000, b"Host: again", b"X-Ctl: a\x01"]
+    heads = [first + b"".join(b"\r\n" + f for f in chosen) + b"\r\n\r\n"
+             for first in firsts
+             for n in (1, 2, 3)
+             for chosen in itertools.combinations(fields, n)
+             if n < 3 or chosen[0] == fields[0]]
+    date = re.compile(rb"\r\nDate: [^\r]*")
+
+    def run() -> list[object]:
+        seen.clear()
+        out: list[object] = []
+        for head in heads:
+            sent, answer = harness.exchange(harness.connect(), head)
+            out.append((sent, date.sub(b"", answer)))
+        return [*out, *seen]
+
+    usual = sum(USUAL_REQUEST_HEAD.fullmatch(head[:-4]) is not None for head in heads)
+    fast = run()
+    monkeypatch.setattr(_front, "USUAL_REQUEST_HEAD", re.compile(rb"(?!)()()()()()()"))
+    assert fast == run()
+    assert usual > 60

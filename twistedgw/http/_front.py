@@ -62,7 +62,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twistedgw import _deadlines, errors
+from twistedgw import _deadlines, _hosts, errors
 from twistedgw._deadlines import Deadline
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
@@ -82,6 +82,9 @@ from twistedgw.http._resource import (
     route_parsed,
 )
 from twistedgw.wire import (
+    USUAL_HEAD_MAX,
+    USUAL_LINES_MAX,
+    USUAL_REQUEST_HEAD,
     BodyReady,
     ChunkedDecoder,
     Connection,
@@ -93,6 +96,7 @@ from twistedgw.wire import (
     answer_headers,
     check_partial_head,
     parse_request_fields,
+    usual_fields,
 )
 
 log = Logger()
@@ -107,6 +111,7 @@ MEMORY_BODY = 100_000
 LINGER_BYTES = 256 * 1024
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_HTTP11, _HTTP10 = b"HTTP/1.1", b"HTTP/1.0"
 
 
 # The members as module names: Python 3.11 reads an Enum member through a descriptor
@@ -151,8 +156,8 @@ class _H1Exchange(GatewayExchange):
     ``_end`` points them elsewhere, so no reference cycle outlives the request."""
 
     __slots__ = (
-        "_chunked", "_head", "_on_gone", "_silent", "body_length", "channel",
-        "expect_continue", "finished", "gone", "head_request", "started",
+        "_chunked", "_fields", "_head", "_host_field", "_on_gone", "_silent", "body_length",
+        "channel", "expect_continue", "finished", "gone", "head_request", "started",
     )
 
     def __init__(
@@ -161,20 +166,26 @@ class _H1Exchange(GatewayExchange):
         method: bytes,
         target: bytes,
         version: bytes,
-        fields: Fields,
+        fields: Fields | None,
         host: bytes | None,
         conn: Connection,
         routed: Routed | None,
         body_length: int | None,
         has_body: bool,
         expect_continue: bool,
+        host_field: bytes,
+        lines: bytes | None,
     ) -> None:
         # ``GatewayExchange.__init__``'s fields, set here (one call per request, not two;
         # tests/test_front_unit.py checks that every slot is set).
         self.method = method
         self.target = target
         self.version = version
-        self.fields = fields
+        # None: a head ``wire.USUAL_REQUEST_HEAD`` matched, whose ``Fields`` are made
+        # from ``host_field``, ``host`` and ``lines`` when something reads them.
+        self._fields = fields
+        self._host_field = host_field
+        self.lines = lines
         self.host = host
         self.conn = conn
         self.responder = self
@@ -205,6 +216,20 @@ class _H1Exchange(GatewayExchange):
         self._chunked = False
         self._silent = False  # HEAD, or a status without a body: writes carry nothing
         self._on_gone: Callable[[], None] | None = None
+
+    @property  # type: ignore[override]
+    def fields(self) -> Fields:
+        """The request's header fields (``wire.Exchange.fields``), made on the first read
+        for a usual head: the usual forwarded request reads none."""
+        fields = self._fields
+        if fields is None:
+            assert self.host is not None and self.lines is not None
+            fields = self._fields = usual_fields(self._host_field, self.host, self.lines)
+        return fields
+
+    @fields.setter
+    def fields(self, fields: Fields) -> None:
+        self._fields = fields
 
     def _end(self) -> None:
         """The answer ended (finished, aborted, or the client left): the exchange stops
@@ -828,8 +853,33 @@ class FrontChannel(BoundedClose, Protocol):
             return False
         self._buf = buf[end + 4 :]
         self._served += 1
-        (method, target, version, fields, framing, length, host, host_name, expect_continue,
-         persistent) = parse_request_fields(buf[:end], limit)
+        # The usual head in one match (``wire.USUAL_REQUEST_HEAD``: Host first, no field
+        # that frames a body or that the forwarder drops): no body, persistent in HTTP/1.1
+        # only, its fields made only if read. Any other head (or a Host that names no
+        # host) is read line by line, which refuses what is invalid.
+        match = USUAL_REQUEST_HEAD.fullmatch(buf, 0, end) if (
+            end < USUAL_HEAD_MAX and end + 4 <= limit
+        ) else None
+        if match is not None:
+            method, target, minor, host_field, host, lines = match.groups()
+            try:
+                host_name: str | None = _hosts.from_header(host)
+            except _hosts.BadHost:
+                match = None
+            if len(lines) > USUAL_LINES_MAX:
+                match = None
+        if match is not None:
+            persistent = minor == b"1"
+            version = _HTTP11 if persistent else _HTTP10
+            fields: Fields | None = None
+            framing = _F_NONE
+            length = 0
+            expect_continue = False
+        else:
+            (method, target, version, fields, framing, length, host, host_name,
+             expect_continue, persistent) = parse_request_fields(buf[:end], limit)
+            host_field = b""
+            lines = None
         # The head is in: its deadline is done with (the timer, if armed for it, finds
         # nothing due). The timer is touched only by a head that arrives in pieces.
         self._header_at = None
@@ -844,26 +894,27 @@ class FrontChannel(BoundedClose, Protocol):
             )
         else:
             routed = guard.route(target, method, host)
-        # Frame its body against the route's limit (``Routed.body_limit``).
-        if routed is None:
-            limit = self._limits.max_body_bytes
-        else:
-            route = routed.route
-            if route is not None and route.api.max_body_bytes is not None:
-                limit = route.api.max_body_bytes
+        if framing is not _F_NONE:
+            # Frame its body against the route's limit (``Routed.body_limit``).
+            if routed is None:
+                limit = self._limits.max_body_bytes
             else:
-                limit = routed.runtime.config.limits.max_body_bytes
-        if framing is _F_LENGTH and length > limit:
-            raise WireError(errors.payload_too_large(limit), "body_too_large")
+                route = routed.route
+                if route is not None and route.api.max_body_bytes is not None:
+                    limit = route.api.max_body_bytes
+                else:
+                    limit = routed.runtime.config.limits.max_body_bytes
+            if framing is _F_LENGTH and length > limit:
+                raise WireError(errors.payload_too_large(limit), "body_too_large")
+            self._body_limit = limit
+            self._body_size = 0
         conn = self._conn
         assert conn is not None
         stream = self._stream = _H1Exchange(
             self, method, target, version, fields, host, conn, routed,
             None if framing is _F_CHUNKED else length, framing is not _F_NONE,
-            expect_continue,
+            expect_continue, host_field, lines,
         )
-        self._body_limit = limit
-        self._body_size = 0
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
         # allowed (``read_body``). The idle timer ignores both phases (no re-arm per
         # request).

@@ -336,6 +336,7 @@ class GatewayExchange(Exchange):
         self.version = version
         self.fields = fields
         self.host = host
+        self.lines = None  # (the fronts that check a head whole set it)
         self.conn = conn
         self.responder = responder
         self.body = body

@@ -68,6 +68,7 @@ from twistedgw.upstream._tunnel import check_switch
 from twistedgw.wire import (
     SERVER,
     TOKEN,
+    UNUSUAL_NAMES,
     Exchange,
     Responder,
     ResponseHead,
@@ -241,6 +242,19 @@ def _request_head(
             forwarded = _forwarded(exchange)
     else:
         forwarded = _forwarded(exchange)
+    lines = exchange.lines
+    host = exchange.host  # validated by the front (_hosts.from_header), or None
+    if lines is not None and host is not None and origin.plain_host:
+        # The front checked the head whole (``wire.USUAL_REQUEST_HEAD``): its lines after
+        # Host hold no name ``_REQUEST_DROP`` holds, none with a ``_`` and no CTL, and
+        # are copied as they came, but those the pipeline drops. No piece holds a CR, LF
+        # or NUL but the CRLFs written here (as below).
+        if lines and edits.drop is not _REQUEST_DROP:
+            lines = _kept_lines(lines, edits.drop)
+        return b"%s %s HTTP/1.1\r\nHost: %s%s\r\n%sX-Forwarded-Host: %s\r\n%s%s\r\n" % (
+            method, target, origin.host_header, lines, forwarded, host, edits.block,
+            b"" if body_length is None else b"Content-Length: %d\r\n" % (body_length,),
+        )
     # ``_head_lines`` with ``_same``, written out: the one pass most requests need.
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (exchange.method, target, origin.host_header)]
     append = out.append
@@ -254,7 +268,6 @@ def _request_head(
             continue
         append(b"%s: %s\r\n" % (name, value))
     append(forwarded)
-    host = exchange.host  # validated by the front (_hosts.from_header), or None
     if host is not None:
         append(b"X-Forwarded-Host: %s\r\n" % (host,))
     if edits.lines:
@@ -279,8 +292,8 @@ def _request_head(
     # NUL, and ``_one_line`` (a call and three scans per value) would change nothing.
     # The first entry holds two lines (request line, Host), the forwarded block one or
     # two, the gateway's own block ``edits.lines`` (and is left out when empty).
-    lines = len(out) + forwarded.count(b"\n") + (edits.lines - 1 if edits.lines else 0)
-    if head.count(b"\n") == lines and head.count(b"\r") == lines and _NUL not in head:
+    crlfs = len(out) + forwarded.count(b"\n") + (edits.lines - 1 if edits.lines else 0)
+    if head.count(b"\n") == crlfs and head.count(b"\r") == crlfs and _NUL not in head:
         return head
     out, _ = _head_lines(
         exchange, origin, target, edits, extra, body_length, forwarded, _one_line
@@ -289,6 +302,17 @@ def _request_head(
 
 
 _NO_NAMES: frozenset[bytes] = frozenset()
+assert _REQUEST_DROP <= UNUSUAL_NAMES, "a usual head's lines never hold a dropped name"
+
+
+def _kept_lines(lines: bytes, drop: frozenset[bytes]) -> bytes:
+    """``lines`` (field lines, each with the CRLF before it) but those whose lower-case
+    name is in ``drop``."""
+    kept = [b""]
+    for line in lines.split(b"\r\n")[1:]:
+        if line[: line.find(b":")].lower() not in drop:
+            kept.append(line)
+    return b"\r\n".join(kept)
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 _SAFE_TARGET_BYTES = bytes(b for b in range(256) if _UNSAFE_TARGET.match(bytes([b])) is None)
 

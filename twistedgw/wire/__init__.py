@@ -12,6 +12,8 @@ imports neither, so a smuggling rule changes in one place for both directions
 from twistedgw.wire._abnf import (
     MALFORMED,
     TOKEN,
+    UNUSUAL_NAMES,
+    USUAL_REQUEST_HEAD,
     connection_tokens,
     method_refusal,
     target_problem,
@@ -35,6 +37,8 @@ from twistedgw.wire._exchange import (
 from twistedgw.wire._fields import Fields
 from twistedgw.wire._request import (
     MAX_FIELDS,
+    USUAL_HEAD_MAX,
+    USUAL_LINES_MAX,
     Framing,
     RequestHead,
     WireError,
@@ -43,6 +47,7 @@ from twistedgw.wire._request import (
     parse_request_fields,
     parse_request_head,
     uri_too_long,
+    usual_fields,
 )
 from twistedgw.wire._response import (
     RESPONSE_HEAD_LIMIT,
@@ -59,6 +64,10 @@ __all__ = [
     "SERVER",
     "SMALL_CHUNKS_AFTER",
     "TOKEN",
+    "UNUSUAL_NAMES",
+    "USUAL_HEAD_MAX",
+    "USUAL_LINES_MAX",
+    "USUAL_REQUEST_HEAD",
     "BadResponseHead",
     "BodyReady",
     "BodySource",
@@ -85,4 +94,5 @@ __all__ = [
     "parse_response_head",
     "target_problem",
     "uri_too_long",
+    "usual_fields",
 ]

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 from twistedgw import errors
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.errors import GatewayError
 
 #: An HTTP token (RFC 9110 5.6.2): methods and field names.
@@ -87,6 +88,38 @@ RESPONSE_HEAD = re.compile(
 REQUEST_HEAD = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS|TRACE) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)"
     rb" HTTP/1\.([01])((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
+)
+
+#: Field names a request head's fast path leaves to the line-by-line parse: those that
+#: frame the body or name the host (``parse_request_fields`` reads them), the hop-by-hop
+#: ones and those the forwarder writes itself (``upstream``'s ``_REQUEST_DROP``: it never
+#: copies them), so the lines ``USUAL_REQUEST_HEAD`` leaves after Host can be copied to
+#: a backend as they came.
+UNUSUAL_NAMES: frozenset[bytes] = HOP_BY_HOP | {
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"forwarded",
+}
+
+_UNUSUAL_LONGEST_FIRST: list[bytes] = sorted(UNUSUAL_NAMES, key=len, reverse=True)
+
+#: ``REQUEST_HEAD`` for the head nearly every client sends on a keep-alive connection
+#: (curl, browsers, wrk, Python's http.client): ``Host`` is its first field line, and no
+#: other line names a field in ``UNUSUAL_NAMES`` or holds a ``_`` in its name (the
+#: forwarder drops those). Such a head has no body, one Host and no Connection field: the
+#: front takes it from this one match (``http/_front.FrontChannel._head``), with no loop
+#: over its lines; any other head goes through ``parse_request_fields``. Groups: method,
+#: target, the version's minor digit, the Host field's name as sent, its value (without
+#: OWS; at most 255 bytes, no space or CTL: else the parse below judges it), and the
+#: other field lines as sent (each with the CRLF before it), each in the form the
+#: forwarder writes (``name: value``: one space after the colon, no OWS after the value)
+#: so that they are copied as they came. Linear: the Host value's bytes and the OWS
+#: around it are disjoint, a value's last byte is found within its line, and each line's
+#: look-ahead is bounded.
+USUAL_REQUEST_HEAD = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS|TRACE) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)"
+    rb" HTTP/1\.([01])\r\n([Hh][Oo][Ss][Tt]):[ \t]*([!-~]{0,255})[ \t]*"
+    rb"((?:\r\n(?!(?i:" + b"|".join(_UNUSUAL_LONGEST_FIRST) + rb"):)"
+    rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+: (?:[!-~\x80-\xff](?:[\t -~\x80-\xff]*[!-~\x80-\xff])?)?)*)"
 )
 
 #: The framing fields' lines in a lower-cased block of field lines (``RESPONSE_HEAD``'s

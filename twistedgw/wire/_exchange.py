@@ -262,8 +262,8 @@ class Exchange:
     with what the request path learns (route, caller, record)."""
 
     __slots__ = (
-        "body", "client_ip", "conn", "fields", "host", "method", "responder", "secure",
-        "target", "version",
+        "body", "client_ip", "conn", "fields", "host", "lines", "method", "responder",
+        "secure", "target", "version",
     )
 
     def __init__(
@@ -289,6 +289,11 @@ class Exchange:
         self.body = body  # None: no body follows the head
         self.client_ip = conn.client_ip
         self.secure = conn.secure
+        # The field lines after Host as the client sent them, each with the CRLF before
+        # it, when the front checked the head with ``wire.USUAL_REQUEST_HEAD``: none
+        # names a field in ``wire.UNUSUAL_NAMES`` or holds a ``_`` in its name, none
+        # holds a CTL, and the forwarder copies them as they came. None: read ``fields``.
+        self.lines: bytes | None = None
 
     @property
     def path(self) -> bytes:
