@@ -638,11 +638,6 @@ class _Connection(Protocol):
             self._stop_upload()  # answered before the whole body was sent
         call = self.call
         assert call is not None
-        self.state = _S_BODY
-        self._framing = framing
-        self._remaining = head.body_length
-        # (``refuse_tiny_chunks=False`` by position: a keyword call costs a nested interpreter)
-        self._chunks = ChunkedDecoder(False) if framing is _F_CHUNKED else None
         if (len(buf) == head.body_length if framing is _F_LENGTH
                 else framing is _F_NONE and not buf):
             # The whole response is in (the common case: a small body read with its head).
@@ -651,9 +646,24 @@ class _Connection(Protocol):
             # timer): the forwarder's ``response_whole``.
             whole = getattr(call.handler, "response_whole", None)
             if whole is not None:
-                self._complete_quietly(call)
+                # ``_complete_quietly``, written out (once per request; no upload left).
+                self.call = None
+                self.state = _S_IDLE
+                call.conn = None
+                call.cancelled = True  # finished: later cancel() calls are no-ops
+                if self.reusable and self.connected:
+                    if self.paused:
+                        self.resume()
+                    self.upstream.park(self)
+                else:
+                    self.abort()
                 whole(head, buf)
                 return
+        self.state = _S_BODY
+        self._framing = framing
+        self._remaining = head.body_length
+        # (``refuse_tiny_chunks=False`` by position: a keyword call costs a nested interpreter)
+        self._chunks = ChunkedDecoder(False) if framing is _F_CHUNKED else None
         call.handler.response_head(head)
         if self.call is not call:  # the handler cancelled
             return

@@ -978,7 +978,21 @@ class _Forwarding(BackendCall):
                 ) else None
                 respond_block(code, block, length, head.phrase, body)
                 self._sent = sent = len(body)
-                self._finish_result(code, None, sent)
+                # ``_finish_result(code, None, sent)``, written out (once per request): no
+                # send timer was armed (nothing streamed).
+                if self._phase is _DONE and self._on_done is None:
+                    return
+                self._phase = _DONE
+                self.handler = _DONE_HANDLER  # no cycle outlives the request
+                if self._span is not None:
+                    self._span.end(code, None)
+                self._responder.when_gone(None)
+                on_done, self._on_done = self._on_done, None
+                if on_done is not None:
+                    try:
+                        on_done(_new_result(ForwardResult, (code, sent, None)))
+                    except Exception:
+                        _log.failure("on_done callback failed")
                 return
         try:
             headers, length = response_headers(head, self._exchange.method == b"HEAD")
