@@ -697,6 +697,143 @@ def test_the_one_match_parse_reads_every_head_as_the_line_by_line_one() -> None:
     assert seen_fast >= 50
 
 
+def _grid_heads() -> list[bytes]:
+    """Heads of every status and field line of the one-match test, two lines at a time,
+    and usual backend heads with their near misses (a name's case, its colon, a value)."""
+    statuses = [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content",
+                b"HTTP/1.1 304", b"HTTP/1.1 200 ", b"HTTP/1.1 100 Continue", b"HTTP/1.1 101 S",
+                b"HTTP/1.1 099 x", b"HTTP/1.2 200 OK", b"HTTP/1.1 200\tOK", b"HTTP/1.1 404 Nope"]
+    lines = [b"Content-Length: 3", b"content-length:3 ", b"CONTENT-LENGTH: 3, 3",
+             b"Content-Length: 3,4", b"Content-Length: +3", b"Content-Length: 0",
+             b"Content-Length: 1234567890123456789", b"Transfer-Encoding: chunked",
+             b"Connection: close, X-A", b"Connection: keep-alive", b"connection:  Upgrade ",
+             b"Server: nginx", b"Date: today", b"Date:", b"X-A:  v \t", b"Te: x",
+             b" Folded: x", b"X Bad: 1", b"X-Ctl: a\x01", b"NoColon", b"Keep-Alive: t=5"]
+    heads = []
+    for status in statuses:
+        for i in range(len(lines)):
+            for j in range(len(lines)):
+                heads.append(status + b"\r\n" + lines[i] + b"\r\n" + lines[j])
+    usual = [
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 14:00:00 GMT\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive",
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
+        b"ETag: \"x\"\r\nDate: Sun, 06 Dec 2026 14:00:00 GMT\r\nConnection: keep-alive\r\n"
+        b"Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2",
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nServer: s\r\nB: 2\r\nKeep-Alive: t\r\nC: 3\r\n"
+        b"Upgrade: h2c\r\nD: 4\r\nContent-Length: 5\r\nE: 5",
+    ]
+    heads += usual
+    for head in usual:
+        for old, new in [(b"Content-Length: ", b"content-length: "),
+                         (b"Content-Length: ", b"Content-Length : "),
+                         (b"Content-Length: ", b"Content-Length: 3, "),
+                         (b"Content-Length: ", b"Content-Length: -"),
+                         (b"Connection: keep-alive", b"Connection: close"),
+                         (b"Connection: keep-alive", b"Connection: X-Secret"),
+                         (b"Connection: keep-alive", b"Connection: keep-alive\r\n Folded"),
+                         (b"Connection: keep-alive", b"Connection: a\x7fb"),
+                         (b"Connection: keep-alive", b"Connection: keep-alive\r\nConnection: x"),
+                         (b"Date: ", b"Date:\x00"), (b"Date: ", b"Date: \r"),
+                         (b"\r\nContent-Type", b"\nContent-Type"),
+                         (b"HTTP/1.1 200 OK", b"HTTP/1.1 204 OK"),
+                         (b"HTTP/1.1 200 OK", b"HTTP/1.1 103 Early"),
+                         (b"HTTP/1.1 200 OK", b"HTTP/1.1 101 Up"),
+                         (b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK"),
+                         (b"HTTP/1.1 200 OK", b"HTTP/1.1 200"),
+                         (b"HTTP/1.1 ", b"HTTP/1.1  "),
+                         (b"\r\nContent-Length: 12", b"\r\nContent-Length: 12\r\n"
+                          b"Content-Length: 13"),
+                         (b"\r\nContent-Length: 12", b"\r\nContent-Length: 12\r\n"
+                          b"Transfer-Encoding: chunked")]:
+            heads.append(head.replace(old, new, 1))
+    return heads
+
+
+def _outcome(raw: bytes, head_only: bool) -> ResponseHead | str | None:
+    try:
+        return _parse_head(raw, head_only)
+    except BadResponseHead as e:
+        return str(e)
+
+
+def test_a_response_shape_reads_every_head_as_the_general_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``ResponseShape`` (a parser made for one layout of field names, learnt from a
+    head the general parser read) reads a head of its layout exactly as
+    ``parse_response_head`` does, with the relayed lines ``relay_block`` cuts from it,
+    and no other head (None: the general parser reads it). Every shape the heads teach is
+    tried on every head, valid or not, as a HEAD answer and not."""
+    import time
+
+    from twistedgw.upstream._forward import relay_block
+    from twistedgw.wire import learn_shape
+
+    monkeypatch.setattr(time, "time", lambda: 1_765_000_000.0)  # one Date for both ways
+    heads = _grid_heads()
+    outcomes = {(raw, head_only): _outcome(raw, head_only)
+                for raw in heads for head_only in (False, True)}
+    shapes = {}
+    for (_, head_only), head in outcomes.items():
+        if isinstance(head, tuple) and not head_only:
+            learn_shape(head)  # the first sighting makes none
+            shape = learn_shape(head)
+            if shape is not None:
+                shapes[shape.names] = shape
+    assert len(shapes) >= 40
+    read = 0
+    for shape in shapes.values():
+        for (raw, head_only), expected in outcomes.items():
+            got = shape.parse(raw, head_only)
+            if got is None:
+                continue
+            read += 1
+            assert isinstance(expected, tuple), raw
+            assert got[:8] == expected[:8] and expected.relayed is None, raw
+            assert got.relayed == relay_block(expected), raw
+    assert read >= len(shapes) * 2  # each shape reads at least its head, HEAD or not
+    # A layout with more runs of relayed lines than a shape keeps, or without one
+    # Content-Length, makes none (the general parser reads it every time).
+    many = b"HTTP/1.1 200 OK" + b"".join(
+        b"\r\nX-%d: 1\r\nServer: s" % n for n in range(5)) + b"\r\nContent-Length: 0"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+    for raw in (many, chunked):
+        head = _parse_head(raw, False)
+        assert head is not None and learn_shape(head) is None and learn_shape(head) is None
+
+
+def test_a_backend_connection_reads_its_usual_layout_with_its_shape() -> None:
+    """The third response of one layout on a connection is read by the layout's shape
+    (learnt on the second sighting); one of another layout, or an invalid one, still by
+    the general parser, which refuses what it always refused."""
+    layout = (b"HTTP/1.1 200 OK\r\nServer: s\r\nX-Shape-Test: %d\r\nContent-Length: 2\r\n"
+              b"Connection: keep-alive\r\n\r\nok")
+    pool = _Pool()
+    recorders = []
+    for n in range(3):
+        recorder = Recorder()
+        recorders.append(recorder)
+        pool.request(ORIGIN, b"GET", GET, None, recorder)
+        conn, _ = pool.made[0]
+        conn.dataReceived(layout % n)
+    assert [r.data for r in recorders] == [[b"ok"]] * 3 and len(pool.made) == 1
+    assert conn._shape is not None and recorders[1].heads[0].relayed is None
+    relayed = recorders[2].heads[0].relayed  # read by the shape: its relayed lines
+    assert relayed is not None and relayed.startswith(b"\r\nServer: twistedgw\r\nDate: ")
+    assert relayed.endswith(b"\r\nX-Shape-Test: 2") and b"Connection" not in relayed
+    chunked = Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, chunked)
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"2\r\nok\r\n0\r\n\r\n")
+    assert chunked.data == [b"ok"] and chunked.ended == 1 and len(pool.made) == 1
+    conflicting = Recorder()
+    pool.request(ORIGIN, b"GET", GET, None, conflicting)
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nServer: s\r\nX-Shape-Test: 3\r\nContent-Length: 2"
+                      b"\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok")
+    assert conflicting.failures and "invalid" in str(conflicting.failures[0])
+
+
 def test_a_forwarding_sets_every_field_of_the_backend_call_it_is() -> None:
     """The forwarding is its own first ``BackendCall`` (issue 27 item 1) but sets that
     call's fields itself, without ``BackendCall.__init__`` (a call per request): a field

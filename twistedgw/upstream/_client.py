@@ -54,7 +54,9 @@ from twistedgw.wire import (
     Framing,
     MalformedChunks,
     ResponseHead,
+    ResponseShape,
     connection_tokens,
+    learn_shape,
     parse_response_head,
 )
 
@@ -515,7 +517,7 @@ class _Connection(Protocol):
     """One backend connection, carrying one request at a time."""
 
     __slots__ = (
-        "_buf", "_chunks", "_framing", "_head_only", "_pump", "_remaining", "_seen_bytes",
+        "_buf", "_chunks", "_framing", "_head_only", "_pump", "_remaining", "_seen_bytes", "_shape",
         "call", "closed", "counted", "origin", "parked_at", "paused", "reusable", "reused",
         "state", "upstream",
     )
@@ -538,6 +540,8 @@ class _Connection(Protocol):
         self._chunks: ChunkedDecoder | None = None
         self._pump: _BodyPump | None = None
         self._head_only = False
+        # The layout of this backend's responses, once seen twice (``wire.ResponseShape``).
+        self._shape: ResponseShape | None = None
 
     # -- driving ---------------------------------------------------------
 
@@ -610,16 +614,23 @@ class _Connection(Protocol):
             if end > HEAD_LIMIT:
                 self._fail(BadResponse("the response head is too large"))
                 return
-            try:
-                head = parse_response_head(buf[:end], self._head_only)
-            except BadResponseHead as e:
-                if self._switched(buf[:end], buf[end + 4 :]):  # a 101 (upstream/_tunnel.py)
+            shape = self._shape
+            head = shape.parse(buf[:end], self._head_only) if shape is not None else None
+            if head is None:  # another layout (or none learnt yet): the general parser
+                try:
+                    head = parse_response_head(buf[:end], self._head_only)
+                except BadResponseHead as e:
+                    if self._switched(buf[:end], buf[end + 4 :]):  # a 101 (_tunnel.py)
+                        return
+                    self._fail(BadResponse(str(e)))
                     return
-                self._fail(BadResponse(str(e)))
-                return
+                if head is None:  # an interim 1xx response: skip it, read the real one
+                    buf = buf[end + 4 :]
+                    continue
+                shape = learn_shape(head)
+                if shape is not None:
+                    self._shape = shape
             buf = buf[end + 4 :]
-            if head is None:  # an interim 1xx response: skip it, read the real one
-                continue
             break
         framing = head.framing
         self.reusable = self.reusable and head.keep_alive
@@ -627,11 +638,6 @@ class _Connection(Protocol):
             self._stop_upload()  # answered before the whole body was sent
         call = self.call
         assert call is not None
-        self.state = _S_BODY
-        self._framing = framing
-        self._remaining = head.body_length
-        # (``refuse_tiny_chunks=False`` by position: a keyword call costs a nested interpreter)
-        self._chunks = ChunkedDecoder(False) if framing is _F_CHUNKED else None
         if (len(buf) == head.body_length if framing is _F_LENGTH
                 else framing is _F_NONE and not buf):
             # The whole response is in (the common case: a small body read with its head).
@@ -640,9 +646,24 @@ class _Connection(Protocol):
             # timer): the forwarder's ``response_whole``.
             whole = getattr(call.handler, "response_whole", None)
             if whole is not None:
-                self._complete_quietly(call)
+                # ``_complete_quietly``, written out (once per request; no upload left).
+                self.call = None
+                self.state = _S_IDLE
+                call.conn = None
+                call.cancelled = True  # finished: later cancel() calls are no-ops
+                if self.reusable and self.connected:
+                    if self.paused:
+                        self.resume()
+                    self.upstream.park(self)
+                else:
+                    self.abort()
                 whole(head, buf)
                 return
+        self.state = _S_BODY
+        self._framing = framing
+        self._remaining = head.body_length
+        # (``refuse_tiny_chunks=False`` by position: a keyword call costs a nested interpreter)
+        self._chunks = ChunkedDecoder(False) if framing is _F_CHUNKED else None
         call.handler.response_head(head)
         if self.call is not call:  # the handler cancelled
             return

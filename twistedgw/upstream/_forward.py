@@ -66,6 +66,7 @@ from twistedgw.upstream._client import (
 )
 from twistedgw.upstream._tunnel import check_switch
 from twistedgw.wire import (
+    NOT_RELAYED,
     SERVER,
     TOKEN,
     UNUSUAL_NAMES,
@@ -398,7 +399,7 @@ def _forwarded_lines(client_ip: str, secure: bool) -> bytes:
 
 # The backend's response headers never copied: hop-by-hop, Server (the gateway's own is
 # sent) and Content-Length (the responder frames the body from the parsed length).
-_RESPONSE_SKIP: frozenset[bytes] = HOP_BY_HOP | {b"server", b"content-length"}
+_RESPONSE_SKIP: frozenset[bytes] = NOT_RELAYED
 
 
 # A backend's header names as sent -> lower case, or b"" when never relayed
@@ -430,7 +431,10 @@ def relay_block(head: ResponseHead) -> bytes | None:
     """``response_headers``'s fields as one block of lines, each with the CRLF before it,
     cut from the backend's block with no list: the gateway's Server, the backend's Date
     or the gateway's, the backend's end-to-end lines as sent. None when its Connection
-    header names fields beyond the hop-by-hop ones (then the list does it)."""
+    header names fields beyond the hop-by-hop ones (then the list does it). A head a
+    ``wire.ResponseShape`` read has them already (``ResponseHead.relayed``)."""
+    if head.relayed is not None:
+        return head.relayed
     tokens = head.connection_tokens
     if tokens and not tokens <= _RESPONSE_SKIP:
         return None
@@ -962,7 +966,9 @@ class _Forwarding(BackendCall):
             # build, no line to format), when it has one (HTTP/1.1) and no transform edits
             # a list: ``response_headers``'s fields, as ``relay_block`` cuts them.
             respond_block = getattr(self._responder, "respond_block", None)
-            block = relay_block(head) if respond_block is not None else None
+            block = head.relayed
+            if block is None and respond_block is not None:
+                block = relay_block(head)
             if respond_block is not None and block is not None:
                 if fw._down:
                     fw._answered(self._target)
@@ -972,7 +978,21 @@ class _Forwarding(BackendCall):
                 ) else None
                 respond_block(code, block, length, head.phrase, body)
                 self._sent = sent = len(body)
-                self._finish_result(code, None, sent)
+                # ``_finish_result(code, None, sent)``, written out (once per request): no
+                # send timer was armed (nothing streamed).
+                if self._phase is _DONE and self._on_done is None:
+                    return
+                self._phase = _DONE
+                self.handler = _DONE_HANDLER  # no cycle outlives the request
+                if self._span is not None:
+                    self._span.end(code, None)
+                self._responder.when_gone(None)
+                on_done, self._on_done = self._on_done, None
+                if on_done is not None:
+                    try:
+                        on_done(_new_result(ForwardResult, (code, sent, None)))
+                    except Exception:
+                        _log.failure("on_done callback failed")
                 return
         try:
             headers, length = response_headers(head, self._exchange.method == b"HEAD")

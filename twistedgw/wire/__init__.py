@@ -50,9 +50,12 @@ from twistedgw.wire._request import (
     usual_fields,
 )
 from twistedgw.wire._response import (
+    NOT_RELAYED,
     RESPONSE_HEAD_LIMIT,
     BadResponseHead,
     ResponseHead,
+    ResponseShape,
+    learn_shape,
     parse_response_head,
 )
 
@@ -60,6 +63,7 @@ __all__ = [
     "MALFORMED",
     "MAX_FIELDS",
     "MIN_AVERAGE_CHUNK",
+    "NOT_RELAYED",
     "RESPONSE_HEAD_LIMIT",
     "SERVER",
     "SMALL_CHUNKS_AFTER",
@@ -81,6 +85,7 @@ __all__ = [
     "Responder",
     "ResponderWrapper",
     "ResponseHead",
+    "ResponseShape",
     "TinyChunks",
     "WireError",
     "answer_headers",
@@ -88,6 +93,7 @@ __all__ = [
     "connection_tokens",
     "header_too_large",
     "http_date",
+    "learn_shape",
     "method_refusal",
     "parse_request_fields",
     "parse_request_head",

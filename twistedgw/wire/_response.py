@@ -13,8 +13,11 @@ framing means "until close", never reused.
 
 from __future__ import annotations
 
+import operator
+import re
 from typing import NamedTuple
 
+from twistedgw._headers import HOP_BY_HOP
 from twistedgw.wire._abnf import (
     _NOT_CTL,
     FRAMING_LINE,
@@ -23,12 +26,18 @@ from twistedgw.wire._abnf import (
     one_connection_value,
     valid_name,
 )
+from twistedgw.wire._answer import SERVER, http_date
 from twistedgw.wire._request import Framing
 
 #: Largest response head accepted (status line and headers together).
 RESPONSE_HEAD_LIMIT = 64 * 1024
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+#: The response fields a relay never copies: hop-by-hop ones, Server (the gateway sends
+#: its own, as NGINX's ``proxy_hide_header``) and Content-Length (the responder frames
+#: the body from the parsed length).
+NOT_RELAYED: frozenset[bytes] = HOP_BY_HOP | {b"server", b"content-length"}
 
 
 # The members as module names: Python 3.11 reads an Enum member through a descriptor
@@ -56,6 +65,11 @@ class ResponseHead(NamedTuple):
     framing: Framing  # how its body ends (NONE: no body, whatever the headers say)
     body_length: int  # bytes of body to read with LENGTH framing
     keep_alive: bool  # whether the connection may carry another request after it
+    # The field lines a relay sends (each with the CRLF before it): the gateway's Server,
+    # the backend's Date or the gateway's, the backend's end-to-end lines as sent. Made by
+    # a ``ResponseShape`` only, when the Connection header names no field beyond the
+    # never-relayed ones; None: the relay works them out from ``block``.
+    relayed: bytes | None = None
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -122,7 +136,7 @@ def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
             return _new_head(  # type: ignore[no-any-return]
                 ResponseHead,
                 (code, phrase or b"", block, tokens, length, _F_LENGTH if length else _F_NONE,
-                 length, minor == b"1" and b"close" not in tokens),
+                 length, minor == b"1" and b"close" not in tokens, None),
             )
     return _framed(
         code, phrase or b"", block, minor == b"1", lengths, codings, connection, head_only
@@ -221,8 +235,156 @@ def _framed(
         framing, body_length, keep = _F_UNTIL_CLOSE, 0, False
     # tuple.__new__ directly: the NamedTuple's own __new__ is a Python call per response.
     return _new_head(  # type: ignore[no-any-return]
-        ResponseHead, (code, phrase, block, tokens, length, framing, body_length, keep)
+        ResponseHead, (code, phrase, block, tokens, length, framing, body_length, keep, None)
     )
 
 
 _new_head = tuple.__new__
+
+
+# -- response shapes ------------------------------------------------------------
+
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*+"  # RESPONSE_HEAD's field value, possessive
+_SERVER_LINE = b"\r\nServer: " + SERVER
+_SERVER_DATE = _SERVER_LINE + b"\r\nDate: "
+#: Most runs of relayed lines a shape has between never-relayed ones, and most lines.
+_MAX_RUNS = 4
+_MAX_LINES = 32
+_CONTENT_LENGTH_LINE = rb"[ \t]*+(?P<cl>[0-9]{1,18})[ \t]*+"
+
+
+class ResponseShape:
+    """A parser for the heads of one layout: the status line, then exactly these field
+    names (as spelt) in this order, one Content-Length of digits, at most one
+    Connection, no Transfer-Encoding. ``parse`` answers what ``parse_response_head``
+    would, with ``relayed`` set, or None when the head is not of this layout (or an
+    interim 1xx): the general parser reads it then."""
+
+    __slots__ = ("_connection", "_lead", "_match", "_pick", "_tokens", "names")
+
+    def __init__(self, names: tuple[bytes, ...]) -> None:
+        self.names = names
+        parts = [rb"HTTP/1\.([01]) ([0-9]{3})(?: (" + _VALUE + rb"))?("]
+        groups = 4  # the groups so far: minor, code, phrase, block
+        length = connection = 0  # the groups of the framing fields' values
+        runs: list[int] = []  # the groups of the runs of relayed lines
+        in_run = dated = False
+        for name in names:
+            lower = name.lower()
+            line = rb"\r\n" + re.escape(name) + b":"
+            if lower in NOT_RELAYED:
+                if in_run:
+                    parts.append(b")")
+                    in_run = False
+                if lower == _CONTENT_LENGTH:
+                    parts.append(line + rb"[ \t]*+([0-9]{1,18})[ \t]*+")
+                    groups += 1
+                    length = groups
+                elif lower == _CONNECTION:
+                    parts.append(line + b"(" + _VALUE + b")")
+                    groups += 1
+                    connection = groups
+                else:
+                    parts.append(line + _VALUE)
+                continue
+            dated = dated or lower == b"date"
+            if not in_run:
+                parts.append(b"(")
+                groups += 1
+                runs.append(groups)
+                in_run = True
+            parts.append(line + _VALUE)
+        if in_run:
+            parts.append(b")")
+        parts.append(b")()")  # the block; an empty group stands for a field not there
+        empty = groups + 1
+        self._match = re.compile(b"".join(parts)).fullmatch
+        # ``match.groups()`` -> (minor, code, phrase, block, Content-Length, Connection,
+        # and _MAX_RUNS runs of relayed lines, empty ones last): one call in C.
+        runs += [empty] * (_MAX_RUNS - len(runs))
+        self._pick = operator.itemgetter(
+            *[n - 1 for n in (1, 2, 3, 4, length, connection or empty, *runs)]
+        )
+        # What comes before the relayed lines: the gateway's Server, and its Date when
+        # the layout has none (b"": the Date is the clock's, per response).
+        self._lead = _SERVER_LINE if dated else b""
+        # The last Connection value seen and its tokens (a backend sends the same one).
+        self._connection = b""
+        self._tokens = _NO_TOKENS
+
+    def parse(self, raw: bytes, head_only: bool) -> ResponseHead | None:
+        """``parse_response_head(raw, head_only)`` with ``relayed``, for a head of this
+        layout; None for any other head (and an interim response)."""
+        match = self._match(raw)
+        if match is None:
+            return None
+        minor, code_text, phrase, block, length_text, connection, k0, k1, k2, k3 = (
+            self._pick(match.groups())
+        )
+        code = _CODES[code_text]
+        if code < 200:
+            return None
+        if connection == self._connection:
+            tokens = self._tokens
+        else:
+            value = connection.strip(b" \t")
+            tokens = (one_connection_value(value) if len(value) <= 64
+                      else connection_tokens((value,)))
+            self._connection, self._tokens = connection, tokens
+        length = int(length_text)
+        if head_only or code in _NO_BODY_STATUSES:
+            framing, body_length = _F_NONE, 0
+        else:
+            framing, body_length = (_F_LENGTH if length else _F_NONE), length
+        return _new_head(  # type: ignore[no-any-return]
+            ResponseHead,
+            (code, phrase or b"", block, tokens, length, framing, body_length,
+             minor == b"1" and b"close" not in tokens,
+             # (else the relay cuts the fields Connection names too)
+             b"%s%s%s%s%s" % (self._lead or _SERVER_DATE + http_date(), k0, k1, k2, k3)
+             if tokens <= NOT_RELAYED else None),
+        )
+
+
+#: Layouts by their names, made on a layout's second sighting (a backend that sends
+#: new names every time makes none): bounded, emptied when full.
+_shapes: dict[tuple[bytes, ...], ResponseShape] = {}
+_sighted: set[tuple[bytes, ...]] = set()
+_SHAPES_MAX = 256
+
+
+def learn_shape(head: ResponseHead) -> ResponseShape | None:
+    """The ``ResponseShape`` of ``head``'s layout (a head the general parser read), or
+    None when its layout is not one a shape reads (no single Content-Length, a
+    Transfer-Encoding or a second Connection, too many lines) or is seen the first
+    time."""
+    if head.length is None or head.framing is _F_CHUNKED:
+        return None
+    block = head.block
+    names = tuple([line[: line.find(b":")] for line in block.split(b"\r\n")[1:]])
+    shape = _shapes.get(names)
+    if shape is not None:
+        return shape
+    if names not in _sighted:
+        if len(_sighted) >= 4 * _SHAPES_MAX:
+            _sighted.clear()
+        _sighted.add(names)
+        return None
+    if len(names) > _MAX_LINES:
+        return None
+    lowers = [name.lower() for name in names]
+    if (lowers.count(_CONTENT_LENGTH) != 1 or lowers.count(_CONNECTION) > 1
+            or b"transfer-encoding" in lowers):
+        return None
+    runs = 0
+    relayed_before = False
+    for lower in lowers:
+        relayed = lower not in NOT_RELAYED
+        runs += relayed and not relayed_before
+        relayed_before = relayed
+    if runs > _MAX_RUNS:
+        return None
+    if len(_shapes) >= _SHAPES_MAX:
+        _shapes.clear()
+    shape = _shapes[names] = ResponseShape(names)
+    return shape
