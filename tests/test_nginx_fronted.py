@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -464,6 +465,62 @@ def test_cached_allow_never_outlives_the_certificate(
             r = f.via_nginx(PET, "short")
         assert datetime.datetime.now(datetime.UTC) < expires + datetime.timedelta(seconds=2)
         assert (r.status, r.json()["description"]) == (401, reasons.EXPIRED)
+    finally:
+        f.nginx.stop()
+        f.gateway.stop()
+
+
+def _open_verdict_files(f: Fronted) -> dict[str, int]:
+    """The cache files NGINX's worker (``master_process off``: the process itself) holds
+    open, by path, with the inode each descriptor reads."""
+    held: dict[str, int] = {}
+    cache = str(f.directory / "cache")
+    for fd in Path(f"/proc/{f.nginx.proc.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+            inode = os.stat(fd).st_ino  # the open file's, even when it was replaced
+        except OSError:
+            continue
+        if target.startswith(cache):
+            held[target] = inode
+    return held
+
+
+def test_a_verdict_file_stays_open_between_hits_and_a_new_answer_is_read(
+    tmp_path: Path, pki: DevPki, echo: BackendProcess
+) -> None:
+    """``auth_request``: ``open_file_cache`` in the authz location keeps a cached
+    verdict's file open between hits (no open, stat and close per hit); an expired
+    verdict is still asked again, never served from the kept descriptor, and the answer
+    stored anew (a new file) is the one read after it."""
+    f = start_fronted(tmp_path, pki, echo, cache_seconds=2)
+    try:
+        site = (tmp_path / "nginx" / "twistedgw.conf").read_text()
+        authz = site[site.index("location = /_twistedgw_nginx/authz/0 {"):]
+        authz = authz[:authz.index("\n    }\n")]
+        assert "proxy_cache twistedgw_verdicts;" in authz
+        assert "open_file_cache max=1000 inactive=30s;" in authz
+        assert f.via_nginx(PET, "pinned").status == 200  # asked, stored
+        f.wait_logged()
+        asked = f.authz_asked()
+        assert f.via_nginx(PET, "pinned").status == 200  # a hit: the file opened, kept
+        first = _open_verdict_files(f)
+        assert len(first) == 1, first
+        for _ in range(3):
+            assert f.via_nginx(PET, "pinned").status == 200
+        f.wait_logged()
+        assert f.authz_asked() == asked and _open_verdict_files(f) == first
+        (path, inode), = first.items()
+        assert os.stat(path).st_ino == inode
+        time.sleep(2.5)  # past X-Accel-Expires (cache_seconds)
+        assert f.via_nginx(PET, "pinned").status == 200
+        f.wait_logged()
+        assert f.authz_asked() == asked + 1  # expired: asked again, not read from the fd
+        assert os.stat(path).st_ino != inode  # the answer stored again: a new file
+        assert f.via_nginx(PET, "pinned").status == 200
+        f.wait_logged()
+        assert f.authz_asked() == asked + 1  # a hit on the new file
+        assert _open_verdict_files(f) == {path: os.stat(path).st_ino}
     finally:
         f.nginx.stop()
         f.gateway.stop()

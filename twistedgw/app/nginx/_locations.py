@@ -503,6 +503,27 @@ def authz_locations(site: Site) -> None:
             w(f"{I2}proxy_ignore_headers Set-Cookie Vary Expires;")
             w(f"{I2}# The answer's X-Accel-Expires says how long (never past cache_seconds")
             w(f"{I2}# nor the certificate's expiry); refusals are never cached.")
+            open_verdict_files(site, I2)
         else:
             w(f"{I2}# Not cached: {plan.uncached_why}.")
         w(f"{I1}}}")
+
+
+#: Verdict files an NGINX worker keeps open (``open_file_cache``'s ``max``) and how long
+#: one unused stays open (``inactive``): the descriptors count against the worker's
+#: ``worker_rlimit_nofile`` beside its connections.
+OPEN_VERDICT_FILES = 1000
+OPEN_VERDICT_INACTIVE = "30s"
+
+
+def open_verdict_files(site: Site, indent: str) -> None:
+    """Keep a cached verdict's file open between hits (``open_file_cache``): without it
+    NGINX opens, stats and closes the file on every hit (4 of a warm request's 13 system
+    calls, kernel time the bare proxy does not spend). Safe for verdicts: NGINX's file
+    cache hands the descriptor on only while its entry names the same file (its inode:
+    an answer stored again is a new file, opened anew), and reads and checks the
+    answer's own validity from the file on every hit, so a kept descriptor never
+    serves a verdict past its ``X-Accel-Expires``; a reload of NGINX starts workers
+    with no descriptor kept."""
+    site.w(f"{indent}open_file_cache max={OPEN_VERDICT_FILES} "
+           f"inactive={OPEN_VERDICT_INACTIVE};  # the verdict file stays open between hits")

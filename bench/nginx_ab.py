@@ -1,0 +1,93 @@
+"""Wall A/B of two renderings of scenario 8's fronted include, per proxy CPU.
+
+``python3 bench/nginx_ab.py --edit EDIT.py [--rows a,b] [--rounds 6] [--duration 5]
+[--variant auth_request]`` starts two fronted pairs as bench/run.py's scenario 8 does
+(NGINX on the include ``twistedgw nginx-config`` renders, twistedgw on its Unix socket),
+A on this tree's rendering and B on ``edit(text, variant)`` of it (EDIT.py defines it, as
+bench/nginx_cost.py's ``--edit``), and drives each through the same HAProxy front with
+wrk, interleaved (A B, B A, ...). It prints each pair's CPU per request (NGINX's worker
+and twistedgw, from /proc) and A/B per proxy CPU with the per-round spread.
+
+Why: bench/nginx_cost.py counts user-space instructions, which is deterministic but
+blind to the kernel (half of an NGINX worker's CPU); bench/run.py compares each pair
+with a bare NGINX, whose own spread between rounds hides a few percent. Comparing the
+two renderings with each other in the same minutes resolves a change of ~5% in three
+minutes. Run it under ``flock /work/team/bench.lock`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--edit", required=True, help="a Python file whose edit(text, variant) "
+                   "rewrites the rendered include for B")
+    p.add_argument("--rows", default="a", help="scenario 8's rows (letters), e.g. a,b")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--variant", default="auth_request", choices=("auth_request", "lua"))
+    args = p.parse_args()
+    scope: dict[str, Any] = {}
+    exec(Path(args.edit).read_text(), scope)
+    edit = scope["edit"]
+
+    from twistedgw.app import nginx as nginxconf
+
+    real_render = nginxconf.render
+
+    def render(config: Any, bundle: str | None = None, **kw: Any) -> nginxconf.Rendered:
+        rendered = real_render(config, bundle, **kw)
+        if bundle is not None and Path(bundle).name.startswith("fr-b-"):
+            text = edit(rendered.text, kw.get("variant"))
+            if text == rendered.text:
+                raise SystemExit("the edit changed nothing")
+            return nginxconf.Rendered(text, rendered.truststore_pem)
+        return rendered
+
+    nginxconf.render = render  # type: ignore[assignment]
+    run.FRONTED = (("fr-a", 10, args.variant), ("fr-b", 10, args.variant))
+    work = Path(tempfile.mkdtemp(prefix="twistedgw-ngxab-"))
+    profile = run.Profile(args.rounds, args.duration, 1, (), 0, 0, 0, 0, ("nginx-fronted",))
+    bench = run.Bench(work, profile, 0)
+    try:
+        bench.setup()
+        for letter, (label, front, path, headers, *_) in zip(
+            "abcdefg", run.FRONTED_ROWS, strict=True
+        ):
+            if letter not in args.rows or front == "cold":
+                continue
+            hdrs = tuple(f"Authorization: Bearer {bench.tokens['es256']}" if h == "jwt"
+                         else h for h in headers)
+            s = bench.compare(
+                lambda f=front, p=path, h=hdrs: bench.wrk(f"fr-a-{f}", p, 32, args.duration, h),
+                lambda f=front, p=path, h=hdrs: bench.wrk(f"fr-b-{f}", p, 32, args.duration, h))
+            a = [r["rps_per_cpu"] for r in s["a"]["runs"]]
+            b = [r["rps_per_cpu"] for r in s["b"]["runs"]]
+            ratios = [x / y for x, y in zip(a, b, strict=True)]
+            print(f"8{letter} {label}: A {1e6 / statistics.median(a):.1f} µs/request, "
+                  f"B {1e6 / statistics.median(b):.1f}; A/B per proxy CPU "
+                  f"{statistics.median(a) / statistics.median(b):.3f} "
+                  f"({min(ratios):.3f}..{max(ratios):.3f}); proxy CPU A "
+                  f"{[r['proxy_cpu'] for r in s['a']['runs']]} B "
+                  f"{[r['proxy_cpu'] for r in s['b']['runs']]}; errors {s['errors']}",
+                  flush=True)
+    finally:
+        bench.stop()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
