@@ -311,16 +311,24 @@ def test_the_one_match_request_parse_reads_every_head_as_the_piece_by_piece_one(
         return [getattr(head, name) for name in head.__slots__ if name != "fields"] + [
             head.fields.pairs, head.fields.clean]
 
+    # Long heads (an authz question's certificate header): checked by ``_long_head``'s
+    # passes, not the one match; the long value first, last, or the only field.
+    pad = b"X-SSL-Client-Cert: " + b"-----BEGIN%20CERTIFICATE-----%0AMIIC" * 20
     heads = [first + b"".join(b"\r\n" + f for f in chosen) + tail
              for first in firsts
-             for chosen in itertools.combinations(fields, 2)
-             for tail in (b"", b"\r\nHost: y", b"\nX: y")]
-    limits = (8192, 100)
+             for chosen in [*itertools.combinations(fields, 2),
+                            *((pad, f) for f in fields), *((f, pad) for f in fields)]
+             for tail in (b"", b"\r\nHost: y", b"\nX: y", b"\r\nX-Pad: \x7f")]
+    assert sum(len(raw) > _request.LONG_HEAD for raw in heads) > 1000
+    limits = (8192, 1000, 100)
     matched = sum(_request.REQUEST_HEAD.fullmatch(raw) is not None for raw in heads)
+    long = sum(len(raw) > _request.LONG_HEAD and _request._long_head(raw) is not None
+               for raw in heads)
     fast = [parse(raw, limit) for raw in heads for limit in limits]
     monkeypatch.setattr(_request, "REQUEST_HEAD", re.compile(rb"(?!)(x)(x)(x)(x)"))
+    monkeypatch.setattr(_request, "_long_head", lambda head: None)
     assert fast == [parse(raw, limit) for raw in heads for limit in limits]
-    assert matched > 100
+    assert matched > 100 and long > 100
 
 
 def test_the_usual_head_is_read_and_forwarded_as_the_line_by_line_parse_does(
