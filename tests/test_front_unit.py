@@ -311,16 +311,24 @@ def test_the_one_match_request_parse_reads_every_head_as_the_piece_by_piece_one(
         return [getattr(head, name) for name in head.__slots__ if name != "fields"] + [
             head.fields.pairs, head.fields.clean]
 
+    # Long heads (an authz question's certificate header): checked by ``_long_head``'s
+    # passes, not the one match; the long value first, last, or the only field.
+    pad = b"X-SSL-Client-Cert: " + b"-----BEGIN%20CERTIFICATE-----%0AMIIC" * 20
     heads = [first + b"".join(b"\r\n" + f for f in chosen) + tail
              for first in firsts
-             for chosen in itertools.combinations(fields, 2)
-             for tail in (b"", b"\r\nHost: y", b"\nX: y")]
-    limits = (8192, 100)
+             for chosen in [*itertools.combinations(fields, 2),
+                            *((pad, f) for f in fields), *((f, pad) for f in fields)]
+             for tail in (b"", b"\r\nHost: y", b"\nX: y", b"\r\nX-Pad: \x7f")]
+    assert sum(len(raw) > _request.LONG_HEAD for raw in heads) > 1000
+    limits = (8192, 1000, 100)
     matched = sum(_request.REQUEST_HEAD.fullmatch(raw) is not None for raw in heads)
+    long = sum(len(raw) > _request.LONG_HEAD and _request._long_head(raw) is not None
+               for raw in heads)
     fast = [parse(raw, limit) for raw in heads for limit in limits]
     monkeypatch.setattr(_request, "REQUEST_HEAD", re.compile(rb"(?!)(x)(x)(x)(x)"))
+    monkeypatch.setattr(_request, "_long_head", lambda head: None)
     assert fast == [parse(raw, limit) for raw in heads for limit in limits]
-    assert matched > 100
+    assert matched > 100 and long > 100
 
 
 def test_the_usual_head_is_read_and_forwarded_as_the_line_by_line_parse_does(
@@ -381,3 +389,57 @@ def test_the_usual_head_is_read_and_forwarded_as_the_line_by_line_parse_does(
     monkeypatch.setattr(_front, "USUAL_REQUEST_HEAD", re.compile(rb"(?!)()()()()()()"))
     assert fast == run()
     assert usual > 60
+
+
+def test_a_unix_socket_connections_heads_are_not_tried_as_the_usual_head(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NGINX in front (a Unix-socket connection) sends X-Forwarded-For with every request,
+    which no usual head has, after its certificate header: the front does not try the
+    usual head's match there (failing past ~1-2 KB of certificate, it cost more than the
+    decision); the head is parsed line by line and answered alike. A TCP connection's
+    usual head is still taken from the match."""
+    import importlib.util
+    from pathlib import Path
+
+    from twisted.internet.address import UNIXAddress
+    from twisted.internet.testing import StringTransport
+
+    from twistedgw.http import _front
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "own_cost.py"
+    spec = importlib.util.spec_from_file_location("own_cost", path)
+    assert spec is not None and spec.loader is not None
+    own_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_cost)
+    harness = own_cost.Harness(Path(tmp_path))
+    tried: list[bytes] = []
+    usual = _front.USUAL_REQUEST_HEAD
+
+    class Spy:
+        def fullmatch(self, buf: bytes, *span: int) -> Any:
+            tried.append(buf)
+            return usual.fullmatch(buf, *span)
+
+    monkeypatch.setattr(_front, "USUAL_REQUEST_HEAD", Spy())
+    over_tcp = harness.exchange(harness.connect())
+    assert len(tried) == 1 and over_tcp[1].startswith(b"HTTP/1.1 200 "), over_tcp
+    tried.clear()
+
+    def over_unix(tried_too: bool = False) -> bytes:
+        channel = _front.FrontChannel(harness.guard)
+        channel.site = harness.site
+        channel.callLater = harness.clock.callLater
+        transport = StringTransport(peerAddress=UNIXAddress(None),
+                                    hostAddress=UNIXAddress(b"/run/twistedgw.sock"))
+        harness.identities[transport] = harness.partner
+        channel.makeConnection(transport)
+        if tried_too:  # as if it had an address: the match is tried
+            assert channel._conn is not None
+            channel._conn.client_ip = "unix"
+        channel.dataReceived(own_cost.REQUEST)
+        return re.sub(rb"\r\nDate: [^\r]*", b"", transport.value())
+
+    skipped = over_unix()
+    assert tried == [] and skipped.startswith(b"HTTP/1.1 "), skipped
+    assert over_unix(tried_too=True) == skipped and len(tried) == 1

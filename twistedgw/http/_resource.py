@@ -712,7 +712,9 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     get = exchange.fields.index().get  # (every name asked below is lower-case)
     values = get(verdicts.ASKER)
     asked = values[-1] if values else None
-    answer = asked is not None and verdicts.asker(asked, False).answer
+    # (from anyone, from a trusted proxy): which one counts is known once the caller is
+    askers = verdicts.askers(asked)
+    answer = askers[0].answer
     values = get(uri_name)
     if not values:
         _refuse_question(gateway, exchange, errors.bad_request(
@@ -728,10 +730,16 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
             return
         exchange.judged_method = named_method
     # The judged request's host: the one original_host_header names, else this
-    # request's own Host (a proxy that passes Host through needs no header).
+    # request's own Host (a proxy that passes Host through needs no header). When it is
+    # the very value the front validated and named (the HTTP/1.1 front's Host), its
+    # name is the front's (``Routed.host``), not worked out again.
     values = get(host_name) or get(b"host")
+    host = values[-1] if values else None
+    asked_as = exchange.routed
     judged = _route_judged(
-        runtime, original, exchange.judged_method, values[-1] if values else None
+        runtime, original, exchange.judged_method, host,
+        asked_as.host if host is not None and host is exchange.host
+        and asked_as is not None else None,
     )
     path = judged.path
     if path is None:
@@ -766,7 +774,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         return
     caller = callers.resolve(exchange, runtime)
     via_load_balancer = caller.via_load_balancer
-    asker = verdicts.asker(asked, via_load_balancer) if asked else verdicts.PLAIN
+    asker = askers[1] if via_load_balancer else askers[0]
     pipeline = route.pipeline
     identity = caller.identity
     # A pipeline whose verdict depends on the caller alone (``Pipeline.per_caller``: no
@@ -828,10 +836,12 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
 
 
 def _route_judged(
-    runtime: Snapshot, target: bytes, method: bytes, host: bytes | None
+    runtime: Snapshot, target: bytes, method: bytes, host: bytes | None,
+    name: str | None = None,
 ) -> Routed:
     """``route_request(runtime, target, method, as_forwarded=True, host=host)``, written
-    out for the authz endpoint's every decision (no keyword call, no Routed ``__new__``)."""
+    out for the authz endpoint's every decision (no keyword call, no Routed ``__new__``);
+    ``name``: ``host`` as ``_hosts.from_header`` names it, when the front did already."""
     raw_path, sep, rest = target.partition(b"?")
     query = rest if sep else None
     try:
@@ -840,12 +850,13 @@ def _route_judged(
         return _new_routed(  # type: ignore[no-any-return]
             Routed, (runtime, raw_path, None, query, None, str(e), None)
         )
-    try:
-        name = _hosts.from_header(host) if host is not None else None
-    except _hosts.BadHost as e:
-        return _new_routed(  # type: ignore[no-any-return]
-            Routed, (runtime, raw_path, None, query, None, f"bad Host header: {e}", None)
-        )
+    if name is None and host is not None:
+        try:
+            name = _hosts.from_header(host)
+        except _hosts.BadHost as e:
+            return _new_routed(  # type: ignore[no-any-return]
+                Routed, (runtime, raw_path, None, query, None, f"bad Host header: {e}", None)
+            )
     route = runtime.router.route(path, query, method, name)
     return _new_routed(  # type: ignore[no-any-return]
         Routed, (runtime, raw_path, path, query, route, None, name)

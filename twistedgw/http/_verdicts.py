@@ -82,11 +82,20 @@ _ASKERS: dict[bytes, tuple[Asker, Asker]] = {}
 _ASKERS_MAX = 64
 
 
+_PLAINS = (PLAIN, PLAIN)
+
+
 def asker(value: bytes | None, trusted: bool) -> Asker:
     """``ASKER``'s value; ``token_key`` and ``tiers`` count only from a trusted proxy
     (they change what may be cached and who counts), ``answer`` only changes the form."""
+    return askers(value)[1 if trusted else 0]
+
+
+def askers(value: bytes | None) -> tuple[Asker, Asker]:
+    """``asker(value, False)`` and ``asker(value, True)``, in one look-up (the authz
+    endpoint reads the header before it knows whether a trusted proxy asked)."""
     if not value:
-        return PLAIN
+        return _PLAINS
     known = _ASKERS.get(value)
     if known is None:
         words = {w.strip() for w in value.lower().split(b",")}
@@ -96,7 +105,7 @@ def asker(value: bytes | None, trusted: bool) -> Asker:
             _asker(answer, b"token-key" in words, b"tiers" in words),
         )
         _keep(_ASKERS, value, known, _ASKERS_MAX)
-    return known[1] if trusted else known[0]
+    return known
 
 
 @functools.lru_cache(maxsize=8)

@@ -114,12 +114,16 @@ _UNUSUAL_LONGEST_FIRST: list[bytes] = sorted(UNUSUAL_NAMES, key=len, reverse=Tru
 #: forwarder writes (``name: value``: one space after the colon, no OWS after the value)
 #: so that they are copied as they came. Linear: the Host value's bytes and the OWS
 #: around it are disjoint, a value's last byte is found within its line, and each line's
-#: look-ahead is bounded.
+#: look-ahead is bounded. Each line is an atomic group, their repetition possessive: a
+#: line matched is never tried shorter when a later one fails (no shorter match of a line
+#: could be followed by a CRLF), so a head that fails late is not walked back value by
+#: value (an authz question failing at its X-Forwarded-For cost ~585k instructions in
+#: backtracking through its certificate header's ~0.9 KB; now ~48k).
 USUAL_REQUEST_HEAD = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS|TRACE) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)"
     rb" HTTP/1\.([01])\r\n([Hh][Oo][Ss][Tt]):[ \t]*([!-~]{0,255})[ \t]*"
-    rb"((?:\r\n(?!(?i:" + b"|".join(_UNUSUAL_LONGEST_FIRST) + rb"):)"
-    rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+: (?:[!-~\x80-\xff](?:[\t -~\x80-\xff]*[!-~\x80-\xff])?)?)*)"
+    rb"((?>\r\n(?!(?i:" + b"|".join(_UNUSUAL_LONGEST_FIRST) + rb"):)"
+    rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+: (?:[!-~\x80-\xff](?:[\t -~\x80-\xff]*[!-~\x80-\xff])?)?)*+)"
 )
 
 #: The framing fields' lines in a lower-cased block of field lines (``RESPONSE_HEAD``'s
