@@ -469,6 +469,43 @@ def test_several_backends_ride_nginxs_path(full: Fronted, echo: BackendProcess,
         assert len(hosts) == 1  # stock NGINX: the first backend's Host (README)
 
 
+def test_idempotent_requests_with_a_body_take_the_gateway_path(full: Fronted) -> None:
+    """``auth_request`` with several backends: stock NGINX would retry an idempotent
+    request that has a body on the next backend (direct mode does not), so such a request
+    goes to twistedgw whole; one without a body (no Content-Length and no
+    Transfer-Encoding: one hash lookup, ``$tgw_body_retry``; or Content-Length 0) stays on
+    NGINX's path. The Lua variant applies direct mode's retry rule itself: all stay."""
+    from tests.lbsupport import connect
+
+    def gateway_paths() -> list[str]:
+        log = full.directory / "access.jsonl"
+        return [json.loads(line)["path"] for line in log.read_text().splitlines()]
+
+    if full.variant == "auth_request":
+        text = (full.nginx.directory / "site.conf").read_text()
+        assert 'map "$http_content_length$http_transfer_encoding" $tgw_body_retry {\n' \
+               '    "" 0;\n    default $tgw_body_retry_method;\n}' in text
+    tag = str(time.monotonic_ns())
+    cases = [("GET", f"/pool/get-{tag}", None, {}), ("PUT", f"/pool/put-{tag}", b"data", {}),
+             ("PUT", f"/pool/empty-{tag}", b"", {}),
+             ("DELETE", f"/pool/chunked-{tag}", iter([b"da", b"ta"]),
+              {"Transfer-Encoding": "chunked"})]
+    for method, path, body, headers in cases:
+        conn = connect(full.nginx.port, pki=full.pki, client=None, tls=True)
+        try:
+            conn.request(method, path, body=body, headers=headers,
+                         encode_chunked=bool(headers))
+            r = conn.getresponse()
+            assert r.status == 200, (method, path, r.status, r.read())
+            r.read()
+        finally:
+            conn.close()
+    full.wait_logged()
+    seen = {p.rsplit("-", 1)[0] for p in gateway_paths() if p.endswith(tag)}
+    expected = {"/pool/put", "/pool/chunked"} if full.variant == "auth_request" else set()
+    assert seen == expected
+
+
 def _tier_run(send: Any, n: int = 6) -> list[tuple[int, str | None, str | None]]:
     out = []
     for _ in range(n):
