@@ -601,7 +601,15 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
         allow = ((b"Allow", route.allow),) if route.allow else ()
         answer_error(gateway, exchange, route.unmatched, allow)
         return
-    caller = callers.resolve(exchange, runtime)
+    conn = exchange.conn
+    seen = conn.caller
+    if (
+        seen is not None and conn.generation is runtime
+        and runtime.config.mutual_ssl.certificate_header is None
+    ):  # ``callers.resolve``'s usual answer: the connection's own, worked out before
+        caller = seen.direct
+    else:
+        caller = callers.resolve(exchange, runtime)
     pipeline = route.pipeline
     exchange.api, exchange.pipeline = route.api, pipeline
     # A pipeline whose verdict depends on the caller alone is run once per connection
@@ -609,12 +617,12 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     # With [tracing] on, every request runs it (its span describes the Call).
     per_caller = pipeline.per_caller and exchange.trace is None
     if per_caller:
-        verdict: CallerVerdict | None = exchange.conn.verdict
+        verdict: CallerVerdict | None = conn.verdict
         if verdict is None or verdict.pipeline is not pipeline or verdict.caller is not caller:
             # Another connection of this caller's may have judged it (callers.Shared).
             verdict = callers.shared(runtime).verdict(pipeline, caller)
             if verdict is not None:
-                exchange.conn.verdict = verdict
+                conn.verdict = verdict
         if verdict is not None:
             exchange.verdict = verdict
             if verdict.refusal is None:  # ``_conclude``'s allow, the connection's usual
