@@ -476,3 +476,38 @@ def test_trims_within_budget() -> None:
         started = time.thread_time()
         router.route(b"/t" + normalise(path), None, b"GET")
         assert time.thread_time() - started < 0.005
+
+
+def test_the_front_s_one_call_routes_every_target_as_normalise_and_route_do() -> None:
+    """``Router.parts`` (the HTTP/1.1 front's call: split, normalise, route) takes a path
+    whose first segment only a one-segment context with a plain API starts with straight
+    to it; every target gets what ``split_target``, ``normalise`` and ``route`` give."""
+    import itertools
+
+    router = Router([
+        make_api("/petstore", "http://127.0.0.1:8080/v1"),
+        make_api("/petstore/1.0.5", "http://127.0.0.1:8080/v2"),
+        make_api("/bare", "http://127.0.0.1:9000"),
+        make_api("/Mixed/Case", "https://backend.example:8443/base"),
+        make_api("/solo", "http://127.0.0.1:9001/s"),
+        make_api("/", "http://127.0.0.1:1/root"),
+        ApiConfig("h", "1", "/hosted", "http://127.0.0.1:2", hosts=("a.example",)),
+    ])
+    assert set(router._sole_segments) == {b"bare", b"solo"}
+    paths = [b"/", b"/solo", b"/SOLO/", b"/solo/x/Y", b"/solox", b"/bare", b"/bare/%41%2f",
+             b"/bare//a/./b/../c", b"/petstore/1.0.5/p", b"/petstore/1.0.6", b"/mixed/case/x",
+             b"/hosted/x", b"/other", b"/solo/..", b"/solo/../bare/x", b"/a\\b", b"/solo;p=1/x"]
+    for path, query, host in itertools.product(
+        paths, (b"", b"?", b"?a=1&b=/../"), (None, "a.example")
+    ):
+        target = path + query
+        raw_path, query_or_none = split_target(target)
+        try:
+            normal: bytes | None = normalise(raw_path)
+        except BadPath as e:
+            expected: tuple[object, ...] = (raw_path, None, query_or_none, None, str(e))
+        else:
+            assert normal is not None
+            expected = (raw_path, normal, query_or_none,
+                        router.route(normal, query_or_none, b"GET", host), None)
+        assert router.parts(target, b"GET", host) == expected, target

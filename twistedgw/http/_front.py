@@ -77,9 +77,10 @@ from twistedgw.http._guard import (
 from twistedgw.http._resource import (
     Gateway,
     GatewayExchange,
+    GatewayResource,
     RequestRecord,
     Routed,
-    route_parsed,
+    serve_exchange,
 )
 from twistedgw.wire import (
     USUAL_HEAD_MAX,
@@ -112,6 +113,7 @@ LINGER_BYTES = 256 * 1024
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HTTP11, _HTTP10 = b"HTTP/1.1", b"HTTP/1.0"
+_new_routed = tuple.__new__  # a Routed without its NamedTuple __new__ (a Python call)
 
 
 # The members as module names: Python 3.11 reads an Enum member through a descriptor
@@ -867,7 +869,7 @@ class FrontChannel(BoundedClose, Protocol):
         if match is not None:
             method, target, minor, host_field, host, lines = match.groups()
             try:
-                host_name: str | None = _hosts.from_header(host)
+                host_name: str | None = _hosts.from_short_header(host)  # (<= 255 bytes)
             except _hosts.BadHost:
                 match = None
             if len(lines) > USUAL_LINES_MAX:
@@ -892,10 +894,16 @@ class FrontChannel(BoundedClose, Protocol):
         if not persistent:
             self.persistent = False
         guard = self.guard
-        if type(guard) is Guard and "route" not in guard.__dict__:  # its route, minus a call
-            routed: Routed | None = route_parsed(
-                guard.gateway.runtime, target, method, host_name
+        if type(guard) is Guard and "route" not in guard.__dict__:
+            # Its route (``route_parsed``, written out: the router's one call).
+            runtime = guard.gateway.runtime
+            raw_path, path, query, route, problem = runtime.router.parts(
+                target, method, host_name
             )
+            routed: Routed | None = _new_routed(Routed, (
+                runtime, raw_path, path, query, route, problem,
+                host_name if problem is None else None,  # (a refused path: no host)
+            ))
         else:
             routed = guard.route(target, method, host)
         if framing is not _F_NONE:
@@ -928,8 +936,12 @@ class FrontChannel(BoundedClose, Protocol):
         else:
             self._phase = _JUDGING
             self._set_reading()  # the body stays in the client's socket
+        resource = self.site.resource
         try:
-            self.site.resource.handle(stream)  # type: ignore[attr-defined]
+            if type(resource) is GatewayResource and "handle" not in resource.__dict__:
+                serve_exchange(resource.gateway, stream)  # its ``handle``, minus a call
+            else:
+                resource.handle(stream)  # type: ignore[attr-defined]
         except Exception:
             self._handler_failed(stream, Failure())
         return True

@@ -211,16 +211,12 @@ def route_parsed(
     runtime: Snapshot, target: bytes, method: bytes, host_name: str | None
 ) -> Routed:
     """``route_request`` for a front whose head parser validated the Host already
-    (``host_name``: ``_hosts.from_header``'s spelling): one call fewer per request."""
-    raw_path, sep, query = target.partition(b"?")
-    try:
-        path = normalise(raw_path)
-    except BadPath as e:
-        return Routed(runtime, raw_path, None, query if sep else None, None, str(e))
-    query_or_none = query if sep else None
-    route = runtime.router.route(path, query_or_none, method, host_name)
+    (``host_name``: ``_hosts.from_header``'s spelling): the router's one call
+    (``Router.parts``; the HTTP/1.1 front writes this out)."""
+    raw_path, path, query, route, problem = runtime.router.parts(target, method, host_name)
     return _new_routed(  # type: ignore[no-any-return]
-        Routed, (runtime, raw_path, path, query_or_none, route, None, host_name)
+        Routed,
+        (runtime, raw_path, path, query, route, problem, host_name if problem is None else None),
     )
 
 
@@ -605,7 +601,15 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
         allow = ((b"Allow", route.allow),) if route.allow else ()
         answer_error(gateway, exchange, route.unmatched, allow)
         return
-    caller = callers.resolve(exchange, runtime)
+    conn = exchange.conn
+    seen = conn.caller
+    if (
+        seen is not None and conn.generation is runtime
+        and runtime.config.mutual_ssl.certificate_header is None
+    ):  # ``callers.resolve``'s usual answer: the connection's own, worked out before
+        caller = seen.direct
+    else:
+        caller = callers.resolve(exchange, runtime)
     pipeline = route.pipeline
     exchange.api, exchange.pipeline = route.api, pipeline
     # A pipeline whose verdict depends on the caller alone is run once per connection
@@ -613,12 +617,12 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
     # With [tracing] on, every request runs it (its span describes the Call).
     per_caller = pipeline.per_caller and exchange.trace is None
     if per_caller:
-        verdict: CallerVerdict | None = exchange.conn.verdict
+        verdict: CallerVerdict | None = conn.verdict
         if verdict is None or verdict.pipeline is not pipeline or verdict.caller is not caller:
             # Another connection of this caller's may have judged it (callers.Shared).
             verdict = callers.shared(runtime).verdict(pipeline, caller)
             if verdict is not None:
-                exchange.conn.verdict = verdict
+                conn.verdict = verdict
         if verdict is not None:
             exchange.verdict = verdict
             if verdict.refusal is None:  # ``_conclude``'s allow, the connection's usual
@@ -626,7 +630,19 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
                     # ``_forward``'s usual case written out: no body to read, no upgrade.
                     exchange.gateway = gateway
                     exchange.edits = verdict
-                    exchange.send(None, 0)
+                    if routed.runtime.served is None and not verdict.sandbox:
+                        # ``send``'s usual case written out: the forwarder, the API's own
+                        # backends, the verdict's edits prepared once per connection.
+                        gateway.forwarder.relay(
+                            exchange, route.backend_target, None, 0, (), (),
+                            exchange.forwarded, route.api.backend_timeout, None,
+                            route.alternatives,
+                            exchange.transform_answer if pipeline.response_transforms else None,
+                            gateway.runtime.config.limits.send_timeout, None, None,
+                            verdict.edits,
+                        )
+                    else:
+                        exchange.send(None, 0)
                 else:
                     _forward(gateway, exchange, verdict)
             else:

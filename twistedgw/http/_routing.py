@@ -592,6 +592,16 @@ class Router:
             else:
                 by_segment.setdefault(_first_segment(entry[0]), []).append(entry)
         self._by_segment = {segment: [*entries, *root] for segment, entries in by_segment.items()}
+        # A first segment that only one context starts with, that context being that one
+        # segment (``/bench``) with a ``_sole`` API: every normalised path under it routes
+        # there, with no other context to try and no prefix to compare (``parts``): the
+        # context's length, and its ``_sole`` entry.
+        self._sole_segments: dict[bytes, tuple[int, ApiConfig, Pipeline | None, bytes, bool]] = {
+            segment: (len(entries[0][0]), *self._sole[entries[0][0]])
+            for segment, entries in by_segment.items()
+            if len(entries) == 1 and entries[0][0] == b"/" + segment
+            and entries[0][0] in self._sole
+        }
         self._root = root
         self.uses_hosts = any(a.hosts is not None for a in ordered)
         # By the API's identity: APIs with distinct hosts share a context.
@@ -604,6 +614,39 @@ class Router:
         # sandbox endpoints; one round-robin turn per distinct endpoint.
         self._plans: dict[int, _Plan] = {}
         self._backends: dict[tuple[tuple[str, ...], str], _Backends] = {}
+
+    def parts(
+        self, target: bytes, method: bytes, host: str | None
+    ) -> tuple[bytes, bytes | None, bytes | None, Route | None, str | None]:
+        """An origin-form ``target`` split, its path normalised and routed, in one call (the
+        HTTP/1.1 front's, once per request): its raw path, normalised path (None: refused),
+        query (None: none), route and why the path was refused."""
+        raw_path, sep, query = target.partition(b"?")
+        query_or_none = query if sep else None
+        try:
+            path = (
+                _normalise_cached(raw_path) if len(raw_path) <= _CACHED_PATH_BYTES
+                else _normalise(raw_path)
+            )
+        except BadPath as e:
+            return raw_path, None, query_or_none, None, str(e)
+        lowered = path.lower()
+        sole = self._sole_segments.get(lowered.split(b"/", 2)[1])
+        if sole is None:
+            return raw_path, path, query_or_none, self.route(
+                path, query_or_none, method, host
+            ), None
+        # ``route``'s ``_sole`` case, its context known from the first segment.
+        cut, api, pipeline, backend, bare = sole
+        rest = path[cut:]
+        target = backend + rest
+        if bare and not rest:
+            target += b"/"
+        if sep:
+            target += b"?" + query
+        return raw_path, path, query_or_none, _new_route(
+            Route, (api, target, pipeline, (), None, None, None, b"", ())
+        ), None
 
     def route(
         self,

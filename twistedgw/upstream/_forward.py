@@ -642,23 +642,21 @@ class Forwarder:
             send_timeout is not None and send_timeout != settings.send_timeout
         ):
             settings = self._settings_with(backend_timeout, send_timeout)
-        rest: list[bytes] = []
+        rest: list[bytes] | None = None
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
         if not body_size:
             body = None
         forwarding = _Forwarding(
             self, exchange, target, body, body_size, on_done, settings, on_answer, rest,
-            trace, on_switch,
+            trace, on_switch, tls_policy, NO_EDITS if edits is None else edits,
         )
         try:
-            if edits is None:
-                edits = HeadEdits.of(add_headers, remove_headers) if (
+            if edits is None:  # (not prepared: a bad name among them is answered 500)
+                forwarding._edits = HeadEdits.of(add_headers, remove_headers) if (
                     add_headers or remove_headers
                 ) else NO_EDITS
             # ``forwarding.start(tls_policy, edits)``, written out (once per request).
-            forwarding._tls = tls_policy  # None: the forwarder's, per target
-            forwarding._edits = edits
             forwarding._responder.when_gone(forwarding._client_left)
             forwarding._send()
         except Exception:
@@ -769,16 +767,22 @@ class _Forwarding(BackendCall):
         alternatives: list[bytes] | None = None,
         trace: RequestTrace | None = None,
         on_switch: OnSwitch | None = None,
+        tls: IPolicyForHTTPS | None = None,
+        edits: HeadEdits = NO_EDITS,
     ) -> None:
         self._fw = forwarder
         self._trace = trace
         self._span: BackendSpan | None = None
         self._on_answer = on_answer
         self._on_switch = on_switch
-        self._alternatives = alternatives or []
-        self._several = bool(alternatives)  # the API has other backends
-        self._tls: IPolicyForHTTPS | None = None
-        self._edits = NO_EDITS
+        if alternatives:
+            self._alternatives = alternatives
+            self._several = True  # the API has other backends
+        else:
+            self._alternatives = []
+            self._several = False
+        self._tls = tls  # None: the forwarder's, per target
+        self._edits = edits
         self._reactor = forwarder._reactor
         self._settings = settings
         self._exchange = exchange
@@ -832,7 +836,11 @@ class _Forwarding(BackendCall):
             tls = fw._tls
             if fw._tls_for is not None and self._target[:8].lower() == b"https://":
                 tls = fw._tls_for(self._target)
-        origin, path = fw._split(self._target, tls)
+        target = self._target
+        known = fw._splits.get(target)  # ``fw._split``, its usual case written out
+        origin, path = known[1] if known is not None and known[0] is tls else fw._split(
+            target, tls
+        )
         edits = self._edits
         if self._trace is not None:  # this attempt's span: its context replaces the client's
             self._span = self._trace.backend(exchange.method, self._target)
