@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet.address import UNIXAddress
@@ -129,11 +130,13 @@ def _edge_ip(value: bytes) -> str | None:
     return ip
 
 
-def _adopt_edge(exchange: Exchange) -> None:
+def _adopt_edge(
+    exchange: Exchange, get: Callable[[bytes], list[bytes] | None]
+) -> None:
     """Behind NGINX on a trusted Unix socket, the caller's address and scheme are the ones
     NGINX saw (its ``X-Forwarded-For``/``X-Forwarded-Proto``, which it always replaces), so
-    forwarding, the access log and metrics see the caller as in direct mode."""
-    get = exchange.fields.index().get  # (lower-case names)
+    forwarding, the access log and metrics see the caller as in direct mode. ``get``: the
+    request's fields by lower-case name (``Fields.index().get``)."""
     forwarded_for = get(b"x-forwarded-for")
     if forwarded_for is not None and len(forwarded_for) == 1:
         ip = _edge_ip(forwarded_for[0]) if len(forwarded_for[0]) <= 64 else None
@@ -270,7 +273,8 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     """Who speaks for ``exchange``: what the connection says (computed once per connection
     and config, ``wire.Connection.caller``), or a trusted load balancer's header."""
     conn = exchange.conn
-    conn.derived_under(runtime)
+    if conn.generation is not runtime:  # (``derived_under``, its usual answer inline)
+        conn.derived_under(runtime)
     seen: ConnectionCaller | None = conn.caller
     if seen is None:
         seen = conn.caller = _connection_caller(exchange, runtime)
@@ -292,7 +296,7 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
             )
         return seen.direct
     if seen.unix_peer:
-        _adopt_edge(exchange)
+        _adopt_edge(exchange, get)
     if not values:
         return Caller(no_certificate(Source.HEADER), True)
     if len(values) > 1:

@@ -20,9 +20,16 @@ class Fields:
 
     __slots__ = ("_index", "clean", "pairs")
 
-    def __init__(self, pairs: list[tuple[bytes, bytes]], clean: bool = False) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[bytes, bytes]],
+        clean: bool = False,
+        index: dict[bytes, list[bytes]] | None = None,
+    ) -> None:
         self.pairs = pairs
-        self._index: dict[bytes, list[bytes]] | None = None
+        # By lower-case name; None: built when first read (``index``: a parser that
+        # lower-cased every name already passes what ``_build`` would make).
+        self._index: dict[bytes, list[bytes]] | None = index
         # Whether every name is a token and no value holds a CR, LF or NUL: true of what
         # the HTTP/1.1 head parser (``wire.parse_request_head``) accepted, and it spares
         # the forwarder a scan of the backend head it copies them into.

@@ -278,6 +278,9 @@ def parse_request_fields(head: bytes, limit: int) -> HeadFields:
     if len(lines) > MAX_FIELDS + 1:
         raise _bad(MALFORMED, line)
     pairs: list[tuple[bytes, bytes]] = []
+    # A long head's index by name is made here, from the names lower-cased below: its
+    # reader (the authz endpoint, reading ~10 of its fields) would build it anyway.
+    index: dict[bytes, list[bytes]] | None = None if names_checked else {}
     append = pairs.append
     length: bytes | None = None
     lengths = 0
@@ -312,6 +315,12 @@ def parse_request_fields(head: bytes, limit: int) -> HeadFields:
                 raise _bad(MALFORMED, line)
         append((name, value))
         lower = name.lower()
+        if index is not None:
+            known = index.get(lower)
+            if known is None:
+                index[lower] = [value]
+            else:
+                known.append(value)
         if lower not in _READ_HERE:  # (most lines: one look-up, not five comparisons)
             continue
         if lower == b"content-length":
@@ -357,7 +366,7 @@ def parse_request_fields(head: bytes, limit: int) -> HeadFields:
         raise _bad("an HTTP/1.1 request must have a Host header", line)
     persistent = not close if http11 else (keep_alive and not close)
     return (
-        method, target, version, Fields(pairs, True), framing, size, host, host_name,
+        method, target, version, Fields(pairs, True, index), framing, size, host, host_name,
         expect and http11, persistent,
     )
 
