@@ -595,28 +595,33 @@ class _Connection(Protocol):
             self.abort()
             return
         self._seen_bytes = True
-        if self.state is _S_HEAD:
-            buf = self._buf + data if self._buf else data
-            self._buf = b""
-            self._read_head(buf)
-        elif self.state is _S_BODY:
+        if self.state is _S_BODY:
             self._read_body(data)
-
-    def _read_head(self, buf: bytes) -> None:
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > HEAD_LIMIT:
+            return
+        if self.state is not _S_HEAD:
+            return
+        # The response head (``_read_head``, written out: once per response).
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        shape = self._shape
+        head = shape.read(data, self._head_only) if shape is not None else None
+        if head is not None:  # the layout this backend sends: read with its head's end
+            assert shape is not None
+            buf = data[shape.end:]
+        else:
+            buf = data
+            while True:  # the general parser, interim 1xx responses skipped
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > HEAD_LIMIT:
+                        self._fail(BadResponse("the response head is too large"))
+                    else:
+                        self._buf = buf
+                    return
+                if end > HEAD_LIMIT:
                     self._fail(BadResponse("the response head is too large"))
-                else:
-                    self._buf = buf
-                return
-            if end > HEAD_LIMIT:
-                self._fail(BadResponse("the response head is too large"))
-                return
-            shape = self._shape
-            head = shape.parse(buf[:end], self._head_only) if shape is not None else None
-            if head is None:  # another layout (or none learnt yet): the general parser
+                    return
                 try:
                     head = parse_response_head(buf[:end], self._head_only)
                 except BadResponseHead as e:
@@ -624,14 +629,12 @@ class _Connection(Protocol):
                         return
                     self._fail(BadResponse(str(e)))
                     return
-                if head is None:  # an interim 1xx response: skip it, read the real one
-                    buf = buf[end + 4 :]
-                    continue
-                shape = learn_shape(head)
-                if shape is not None:
-                    self._shape = shape
-            buf = buf[end + 4 :]
-            break
+                buf = buf[end + 4 :]
+                if head is not None:
+                    break
+            shape = learn_shape(head)
+            if shape is not None:
+                self._shape = shape
         framing = head.framing
         self.reusable = self.reusable and head.keep_alive
         if self._pump is not None:

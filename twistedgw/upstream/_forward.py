@@ -830,7 +830,11 @@ class _Forwarding(BackendCall):
         tls = self._tls
         if tls is None:
             tls = fw._tls
-            if fw._tls_for is not None and self._target[:8].lower() == b"https://":
+            # (An ``http://`` target's fifth byte is the colon: most requests skip the
+            # slice and lower-casing.)
+            if fw._tls_for is not None and self._target[4] | 0x20 == 0x73 and (
+                self._target[:8].lower() == b"https://"
+            ):
                 tls = fw._tls_for(self._target)
         origin, path = fw._split(self._target, tls)
         edits = self._edits
