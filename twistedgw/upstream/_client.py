@@ -281,7 +281,19 @@ class Upstream:
         while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
             conn = idle.pop()
             if conn.connected:
-                conn.start(call, True)
+                transport = conn.transport
+                assert transport is not None
+                # ``conn.start(call, True)``, written out (once per request).
+                conn.call = call
+                call.conn = conn
+                conn.reused = True
+                conn.state = _S_HEAD
+                conn._seen_bytes = False
+                conn._head_only = call.method == b"HEAD"
+                transport.write(call.head)
+                if call.body is not None:
+                    conn._pump = _BodyPump(conn, call.body)
+                    transport.registerProducer(conn._pump, False)  # type: ignore[attr-defined]
                 return
         if self._max_idle and self._open.get(key, 0) >= self._max_idle:
             self._wait(key, call)
@@ -657,7 +669,22 @@ class _Connection(Protocol):
                 if self.reusable and self.connected:
                     if self.paused:
                         self.resume()
-                    self.upstream.park(self)
+                    # ``upstream.park(self)``, written out for the usual case: no request
+                    # waits for one of this origin's connections, and the pool has room.
+                    upstream = self.upstream
+                    key = self.origin.key
+                    idle = upstream._idle.get(key)
+                    if idle is not None and key not in upstream._waiting and (
+                        len(idle) < upstream._max_idle
+                    ):
+                        self.parked_at = upstream._reactor.seconds()
+                        idle.append(self)
+                        if upstream._sweeper is None:
+                            upstream._sweeper = upstream._reactor.callLater(
+                                upstream._sweep_interval, upstream._sweep
+                            )
+                    else:
+                        upstream.park(self)
                 else:
                     self.abort()
                 whole(head, buf)

@@ -990,7 +990,9 @@ class _Forwarding(BackendCall):
                 self.handler = _DONE_HANDLER  # no cycle outlives the request
                 if self._span is not None:
                     self._span.end(code, None)
-                self._responder.when_gone(None)
+                # (No ``when_gone(None)``: ``respond_block`` let go of ``_client_left``
+                # itself when it answered, and a client gone before then finished this
+                # forwarding already.)
                 on_done, self._on_done = self._on_done, None
                 if on_done is not None:
                     try:
