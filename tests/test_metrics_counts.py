@@ -65,3 +65,30 @@ def test_the_plain_counters_expose_what_prometheus_client_did() -> None:
     assert metrics.registry.get_sample_value(
         "twistedgw_requests_total", {"api": "a:1", "status": "200", "consumer": "none"}
     ) == 3
+
+
+def test_a_usual_request_is_counted_as_the_general_count_counts_it() -> None:
+    """``count_request`` counts an answered request of a known caller without a consumer
+    from cells it looks up by the caller, API and status: the same series as ``_count``
+    with the verdict's labels worked out each time."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from twistedgw.app._observe import _verdict_labels
+    from twistedgw.identity import ClientIdentity, Outcome, Source
+
+    verified = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED)
+    failed = ClientIdentity(Source.HEADER, Outcome.FAILED, reason="the certificate has expired")
+    a: Any = SimpleNamespace(label="a:1")
+    b: Any = SimpleNamespace(label="b:2")
+    requests = [(a, 200, 0.003, verified), (a, 200, 0.3, verified), (a, 404, 0.005, verified),
+                (b, 200, -1.0, verified), (a, 200, 0.01, failed), (a, 200, 0.02, failed),
+                (None, 200, 7.0, verified), (a, 200, 0.2, verified)]
+    fast, general = Metrics(lambda: None), Metrics(lambda: None)
+    for api, status, seconds, identity in requests:
+        fast.count_request(api, status, seconds, identity, None, None, None)
+        general._count(api.label if api is not None else "-", status, seconds,
+                       *_verdict_labels(identity, None), None, None)
+    counted = _per_request_series(generate_latest(fast.registry).decode())
+    assert counted == _per_request_series(generate_latest(general.registry).decode())
+    assert 'twistedgw_requests_total{api="a:1",consumer="none",status="200"} 5.0' in counted

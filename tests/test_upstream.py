@@ -792,6 +792,9 @@ def test_a_response_shape_reads_every_head_as_the_general_parser(
             assert isinstance(expected, tuple), raw
             assert got[:8] == expected[:8] and expected.relayed is None, raw
             assert got.relayed == relay_block(expected), raw
+            # As a connection reads it: the head, its CRLFCRLF and a body, in one read.
+            assert shape.read(raw + b"\r\n\r\nok\r\n\r\n", head_only) == got, raw
+            assert shape.end == len(raw) + 4
     assert read >= len(shapes) * 2  # each shape reads at least its head, HEAD or not
     # A layout with more runs of relayed lines than a shape keeps, or without one
     # Content-Length, makes none (the general parser reads it every time).
@@ -832,6 +835,12 @@ def test_a_backend_connection_reads_its_usual_layout_with_its_shape() -> None:
     conn.dataReceived(b"HTTP/1.1 200 OK\r\nServer: s\r\nX-Shape-Test: 3\r\nContent-Length: 2"
                       b"\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok")
     assert conflicting.failures and "invalid" in str(conflicting.failures[0])
+    large = Recorder()  # on a new connection (the conflict closed that one)
+    pool.request(ORIGIN, b"GET", GET, None, large)
+    conn, _ = pool.made[1]
+    conn._shape = pool.made[0][0]._shape  # the layout, known here too
+    conn.dataReceived((layout % 4).replace(b": 4", b": " + b"4" * 70_000))
+    assert large.failures and "too large" in str(large.failures[0])
 
 
 def test_a_forwarding_sets_every_field_of_the_backend_call_it_is() -> None:

@@ -281,7 +281,19 @@ class Upstream:
         while idle:  # the newest idle connection (``_dispatch``'s pick, written out)
             conn = idle.pop()
             if conn.connected:
-                conn.start(call, True)
+                transport = conn.transport
+                assert transport is not None
+                # ``conn.start(call, True)``, written out (once per request).
+                conn.call = call
+                call.conn = conn
+                conn.reused = True
+                conn.state = _S_HEAD
+                conn._seen_bytes = False
+                conn._head_only = call.method == b"HEAD"
+                transport.write(call.head)
+                if call.body is not None:
+                    conn._pump = _BodyPump(conn, call.body)
+                    transport.registerProducer(conn._pump, False)  # type: ignore[attr-defined]
                 return
         if self._max_idle and self._open.get(key, 0) >= self._max_idle:
             self._wait(key, call)
@@ -595,28 +607,33 @@ class _Connection(Protocol):
             self.abort()
             return
         self._seen_bytes = True
-        if self.state is _S_HEAD:
-            buf = self._buf + data if self._buf else data
-            self._buf = b""
-            self._read_head(buf)
-        elif self.state is _S_BODY:
+        if self.state is _S_BODY:
             self._read_body(data)
-
-    def _read_head(self, buf: bytes) -> None:
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > HEAD_LIMIT:
+            return
+        if self.state is not _S_HEAD:
+            return
+        # The response head (``_read_head``, written out: once per response).
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        shape = self._shape
+        head = shape.read(data, self._head_only) if shape is not None else None
+        if head is not None:  # the layout this backend sends: read with its head's end
+            assert shape is not None
+            buf = data[shape.end:]
+        else:
+            buf = data
+            while True:  # the general parser, interim 1xx responses skipped
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > HEAD_LIMIT:
+                        self._fail(BadResponse("the response head is too large"))
+                    else:
+                        self._buf = buf
+                    return
+                if end > HEAD_LIMIT:
                     self._fail(BadResponse("the response head is too large"))
-                else:
-                    self._buf = buf
-                return
-            if end > HEAD_LIMIT:
-                self._fail(BadResponse("the response head is too large"))
-                return
-            shape = self._shape
-            head = shape.parse(buf[:end], self._head_only) if shape is not None else None
-            if head is None:  # another layout (or none learnt yet): the general parser
+                    return
                 try:
                     head = parse_response_head(buf[:end], self._head_only)
                 except BadResponseHead as e:
@@ -624,14 +641,12 @@ class _Connection(Protocol):
                         return
                     self._fail(BadResponse(str(e)))
                     return
-                if head is None:  # an interim 1xx response: skip it, read the real one
-                    buf = buf[end + 4 :]
-                    continue
-                shape = learn_shape(head)
-                if shape is not None:
-                    self._shape = shape
-            buf = buf[end + 4 :]
-            break
+                buf = buf[end + 4 :]
+                if head is not None:
+                    break
+            shape = learn_shape(head)
+            if shape is not None:
+                self._shape = shape
         framing = head.framing
         self.reusable = self.reusable and head.keep_alive
         if self._pump is not None:
@@ -654,7 +669,22 @@ class _Connection(Protocol):
                 if self.reusable and self.connected:
                     if self.paused:
                         self.resume()
-                    self.upstream.park(self)
+                    # ``upstream.park(self)``, written out for the usual case: no request
+                    # waits for one of this origin's connections, and the pool has room.
+                    upstream = self.upstream
+                    key = self.origin.key
+                    idle = upstream._idle.get(key)
+                    if idle is not None and key not in upstream._waiting and (
+                        len(idle) < upstream._max_idle
+                    ):
+                        self.parked_at = upstream._reactor.seconds()
+                        idle.append(self)
+                        if upstream._sweeper is None:
+                            upstream._sweeper = upstream._reactor.callLater(
+                                upstream._sweep_interval, upstream._sweep
+                            )
+                    else:
+                        upstream.park(self)
                 else:
                     self.abort()
                 whole(head, buf)

@@ -834,7 +834,11 @@ class _Forwarding(BackendCall):
         tls = self._tls
         if tls is None:
             tls = fw._tls
-            if fw._tls_for is not None and self._target[:8].lower() == b"https://":
+            # (An ``http://`` target's fifth byte is the colon: most requests skip the
+            # slice and lower-casing.)
+            if fw._tls_for is not None and self._target[4] | 0x20 == 0x73 and (
+                self._target[:8].lower() == b"https://"
+            ):
                 tls = fw._tls_for(self._target)
         target = self._target
         known = fw._splits.get(target)  # ``fw._split``, its usual case written out
@@ -994,7 +998,9 @@ class _Forwarding(BackendCall):
                 self.handler = _DONE_HANDLER  # no cycle outlives the request
                 if self._span is not None:
                     self._span.end(code, None)
-                self._responder.when_gone(None)
+                # (No ``when_gone(None)``: ``respond_block`` let go of ``_client_left``
+                # itself when it answered, and a client gone before then finished this
+                # forwarding already.)
                 on_done, self._on_done = self._on_done, None
                 if on_done is not None:
                     try:

@@ -250,6 +250,7 @@ _SERVER_DATE = _SERVER_LINE + b"\r\nDate: "
 #: Most runs of relayed lines a shape has between never-relayed ones, and most lines.
 _MAX_RUNS = 4
 _MAX_LINES = 32
+_HEAD_END_LIMIT = RESPONSE_HEAD_LIMIT + 4  # the largest head with its CRLFCRLF
 _CONTENT_LENGTH_LINE = rb"[ \t]*+(?P<cl>[0-9]{1,18})[ \t]*+"
 
 
@@ -260,7 +261,8 @@ class ResponseShape:
     would, with ``relayed`` set, or None when the head is not of this layout (or an
     interim 1xx): the general parser reads it then."""
 
-    __slots__ = ("_connection", "_lead", "_match", "_pick", "_tokens", "names")
+    __slots__ = ("_connection", "_lead", "_match", "_one_run", "_pick", "_tokens", "end",
+                 "names")
 
     def __init__(self, names: tuple[bytes, ...]) -> None:
         self.names = names
@@ -298,25 +300,40 @@ class ResponseShape:
             parts.append(b")")
         parts.append(b")()")  # the block; an empty group stands for a field not there
         empty = groups + 1
-        self._match = re.compile(b"".join(parts)).fullmatch
+        pattern = re.compile(b"".join(parts) + b"\r\n\r\n")
+        # A head and its final CRLFCRLF at the start of the bytes read (``read``).
+        self._match = pattern.match
         # ``match.groups()`` -> (minor, code, phrase, block, Content-Length, Connection,
         # and _MAX_RUNS runs of relayed lines, empty ones last): one call in C.
-        runs += [empty] * (_MAX_RUNS - len(runs))
-        self._pick = operator.itemgetter(
-            *[n - 1 for n in (1, 2, 3, 4, length, connection or empty, *runs)]
-        )
+        self._pick = operator.itemgetter(*[
+            n - 1 for n in (1, 2, 3, 4, length, connection or empty,
+                            *runs, *[empty] * (_MAX_RUNS - len(runs)))
+        ])
         # What comes before the relayed lines: the gateway's Server, and its Date when
         # the layout has none (b"": the Date is the clock's, per response).
         self._lead = _SERVER_LINE if dated else b""
+        self._one_run = len(runs) <= 1
         # The last Connection value seen and its tokens (a backend sends the same one).
         self._connection = b""
         self._tokens = _NO_TOKENS
 
+        # Where the last head ``read`` took ended (its body's first byte in the bytes read).
+        self.end = 0
+
     def parse(self, raw: bytes, head_only: bool) -> ResponseHead | None:
         """``parse_response_head(raw, head_only)`` with ``relayed``, for a head of this
         layout; None for any other head (and an interim response)."""
-        match = self._match(raw)
+        head = self.read(raw + b"\r\n\r\n", head_only)
+        return head if self.end == len(raw) + 4 else None  # (not a head cut short)
+
+    def read(self, data: bytes, head_only: bool) -> ResponseHead | None:
+        """``parse``, for bytes read that start with a head and its final CRLFCRLF
+        (perhaps a body after it, from ``end`` on): no search for the CRLFCRLF first."""
+        match = self._match(data)
         if match is None:
+            return None
+        end = self.end = match.end()
+        if end > _HEAD_END_LIMIT:  # refused by the general parser, with the reason
             return None
         minor, code_text, phrase, block, length_text, connection, k0, k1, k2, k3 = (
             self._pick(match.groups())
@@ -336,13 +353,16 @@ class ResponseShape:
             framing, body_length = _F_NONE, 0
         else:
             framing, body_length = (_F_LENGTH if length else _F_NONE), length
+        if not tokens <= NOT_RELAYED:  # the relay cuts the fields Connection names too
+            relayed = None
+        elif self._one_run:
+            relayed = (self._lead or _SERVER_DATE + http_date()) + k0
+        else:
+            relayed = b"%s%s%s%s%s" % (self._lead or _SERVER_DATE + http_date(), k0, k1, k2, k3)
         return _new_head(  # type: ignore[no-any-return]
             ResponseHead,
             (code, phrase or b"", block, tokens, length, framing, body_length,
-             minor == b"1" and b"close" not in tokens,
-             # (else the relay cuts the fields Connection names too)
-             b"%s%s%s%s%s" % (self._lead or _SERVER_DATE + http_date(), k0, k1, k2, k3)
-             if tokens <= NOT_RELAYED else None),
+             minor == b"1" and b"close" not in tokens, relayed),
         )
 
 
