@@ -804,6 +804,16 @@ def test_a_response_shape_reads_every_head_as_the_general_parser(
     for raw in (many, chunked):
         head = _parse_head(raw, False)
         assert head is not None and learn_shape(head) is None and learn_shape(head) is None
+    # A head of many lines or bytes is not even remembered (its names would be kept).
+    from twistedgw.wire import _response
+
+    sighted = set(_response._sighted)
+    for raw in (b"HTTP/1.1 200 OK" + b"".join(b"\r\nX-%d: 1" % n for n in range(40))
+                + b"\r\nContent-Length: 0",
+                b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 5000 + b"\r\nContent-Length: 0"):
+        head = _parse_head(raw, False)
+        assert head is not None and learn_shape(head) is None and learn_shape(head) is None
+    assert _response._sighted == sighted
 
 
 def test_a_backend_connection_reads_its_usual_layout_with_its_shape() -> None:

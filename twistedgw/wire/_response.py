@@ -251,6 +251,7 @@ _SERVER_DATE = _SERVER_LINE + b"\r\nDate: "
 _MAX_RUNS = 4
 _MAX_LINES = 32
 _HEAD_END_LIMIT = RESPONSE_HEAD_LIMIT + 4  # the largest head with its CRLFCRLF
+_MAX_BLOCK = 4096  # the longest field lines a layout is learnt from
 _CONTENT_LENGTH_LINE = rb"[ \t]*+(?P<cl>[0-9]{1,18})[ \t]*+"
 
 
@@ -366,9 +367,9 @@ class ResponseShape:
         )
 
 
-#: Layouts by their names, made on a layout's second sighting (a backend that sends
-#: new names every time makes none): bounded, emptied when full.
-_shapes: dict[tuple[bytes, ...], ResponseShape] = {}
+#: Layouts by their names (None: one no shape reads), made on a layout's second sighting
+#: (a backend that sends new names every time makes none): bounded, emptied when full.
+_shapes: dict[tuple[bytes, ...], ResponseShape | None] = {}
 _sighted: set[tuple[bytes, ...]] = set()
 _SHAPES_MAX = 256
 
@@ -376,22 +377,30 @@ _SHAPES_MAX = 256
 def learn_shape(head: ResponseHead) -> ResponseShape | None:
     """The ``ResponseShape`` of ``head``'s layout (a head the general parser read), or
     None when its layout is not one a shape reads (no single Content-Length, a
-    Transfer-Encoding or a second Connection, too many lines) or is seen the first
-    time."""
+    Transfer-Encoding or a second Connection, too many lines or bytes) or is seen the
+    first time."""
     if head.length is None or head.framing is _F_CHUNKED:
         return None
     block = head.block
+    if len(block) > _MAX_BLOCK or block.count(b"\r\n") > _MAX_LINES:
+        return None  # (nor remembered: a large head's names are not kept)
     names = tuple([line[: line.find(b":")] for line in block.split(b"\r\n")[1:]])
-    shape = _shapes.get(names)
-    if shape is not None:
-        return shape
+    if names in _shapes:
+        return _shapes[names]  # None: a layout no shape reads, known as such
     if names not in _sighted:
-        if len(_sighted) >= 4 * _SHAPES_MAX:
+        if len(_sighted) >= _SHAPES_MAX:
             _sighted.clear()
         _sighted.add(names)
         return None
-    if len(names) > _MAX_LINES:
-        return None
+    shape = _shape_for(names)
+    if len(_shapes) >= _SHAPES_MAX:
+        _shapes.clear()
+    _shapes[names] = shape
+    return shape
+
+
+def _shape_for(names: tuple[bytes, ...]) -> ResponseShape | None:
+    """The shape of a layout of these names, or None when a shape does not read it."""
     lowers = [name.lower() for name in names]
     if (lowers.count(_CONTENT_LENGTH) != 1 or lowers.count(_CONNECTION) > 1
             or b"transfer-encoding" in lowers):
@@ -404,7 +413,4 @@ def learn_shape(head: ResponseHead) -> ResponseShape | None:
         relayed_before = relayed
     if runs > _MAX_RUNS:
         return None
-    if len(_shapes) >= _SHAPES_MAX:
-        _shapes.clear()
-    shape = _shapes[names] = ResponseShape(names)
-    return shape
+    return ResponseShape(names)
