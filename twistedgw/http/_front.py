@@ -840,14 +840,14 @@ class FrontChannel(BoundedClose, Protocol):
         A head taken is routed, its body framed, its exchange made and dispatched here, in
         one frame: the steps every request takes."""
         buf = self._buf
-        if not self._partial:
-            self._partial = True
-            if self._served:  # a keep-alive connection's next request: timed from now
-                self._header_at = self._now() + self._limits.client_header_timeout
-            # (The first request's deadline runs from the connection's start.)
         limit = self._limits.max_header_bytes
         end = buf.find(b"\r\n\r\n")
         if end < 0:
+            if not self._partial:  # its first bytes: timed from now (a head that came
+                self._partial = True  # whole in one read needs no deadline)
+                if self._served:  # a keep-alive connection's next request
+                    self._header_at = self._now() + self._limits.client_header_timeout
+                # (The first request's deadline runs from the connection's start.)
             header_at = self._header_at
             if header_at is not None:  # the head stays incomplete: the timer must see it
                 self._arm(header_at)

@@ -573,45 +573,50 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
         routed = exchange.routed = route_request(
             gateway.runtime, exchange.target, exchange.method, host=exchange.host
         )
+    # Its fields at once (a NamedTuple's field read is a descriptor call on 3.11).
+    runtime, raw_path, path, _query, route, problem, _host = routed
     tracer = gateway.tracer
     if tracer is not None:
-        exchange.trace = tracing.begin(tracer, exchange, routed.raw_path, routed.runtime)
-    server_tls = routed.runtime.server_tls
+        exchange.trace = tracing.begin(tracer, exchange, raw_path, runtime)
+    server_tls = runtime.server_tls
     if server_tls is not None and server_tls.sni_hosts:  # (else no host is misdirected)
         wrong_host = misdirection(exchange, routed)  # before any policy, the authz endpoint too
         if wrong_host is not None:
             answer_error(gateway, exchange, wrong_host)
             return
-    if routed.path is None:
-        answer_error(gateway, exchange, errors.bad_request(routed.problem or "bad request path"))
+    if path is None:
+        answer_error(gateway, exchange, errors.bad_request(problem or "bad request path"))
         return
-    runtime = routed.runtime  # one consistent snapshot for this request
-    authz = runtime.config.authz
-    if authz is not None and routed.path == authz.path.encode():
+    # (``runtime``: one consistent snapshot for this request.)
+    config = runtime.config
+    authz = config.authz
+    if authz is not None and path == authz.path.encode():
         _authz(gateway, exchange, runtime)
         return
-    route = routed.route
-    if route is None or route.pipeline is None:
-        answer_error(gateway, exchange, errors.not_found(routed.path.decode("latin-1")))
+    if route is None:
+        answer_error(gateway, exchange, errors.not_found(path.decode("latin-1")))
         return
-    if route.api.cors is not None and cors.intercept(gateway, exchange, route.api):
+    (api, backend_target, pipeline, alternatives, operation, _effective, unmatched, allow,
+     _sandbox) = route
+    if pipeline is None:
+        answer_error(gateway, exchange, errors.not_found(path.decode("latin-1")))
+        return
+    if api.cors is not None and cors.intercept(gateway, exchange, api):
         return  # a preflight, answered before operation matching and authentication
-    if route.unmatched is not None:  # an OpenAPI API without this operation
-        exchange.api = route.api
-        allow = ((b"Allow", route.allow),) if route.allow else ()
-        answer_error(gateway, exchange, route.unmatched, allow)
+    if unmatched is not None:  # an OpenAPI API without this operation
+        exchange.api = api
+        answer_error(gateway, exchange, unmatched, ((b"Allow", allow),) if allow else ())
         return
     conn = exchange.conn
     seen = conn.caller
     if (
         seen is not None and conn.generation is runtime
-        and runtime.config.mutual_ssl.certificate_header is None
+        and config.mutual_ssl.certificate_header is None
     ):  # ``callers.resolve``'s usual answer: the connection's own, worked out before
         caller = seen.direct
     else:
         caller = callers.resolve(exchange, runtime)
-    pipeline = route.pipeline
-    exchange.api, exchange.pipeline = route.api, pipeline
+    exchange.api, exchange.pipeline = api, pipeline
     # A pipeline whose verdict depends on the caller alone is run once per connection
     # (and config): its verdict and header edits are the connection's (CallerVerdict).
     # With [tracing] on, every request runs it (its span describes the Call).
@@ -626,17 +631,16 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
         if verdict is not None:
             exchange.verdict = verdict
             if verdict.refusal is None:  # ``_conclude``'s allow, the connection's usual
-                if exchange.body is None and route.operation is None and not route.api.websocket:
+                if exchange.body is None and operation is None and not api.websocket:
                     # ``_forward``'s usual case written out: no body to read, no upgrade.
                     exchange.gateway = gateway
                     exchange.edits = verdict
-                    if routed.runtime.served is None and not verdict.sandbox:
+                    if runtime.served is None and not verdict.sandbox:
                         # ``send``'s usual case written out: the forwarder, the API's own
                         # backends, the verdict's edits prepared once per connection.
                         gateway.forwarder.relay(
-                            exchange, route.backend_target, None, 0, (), (),
-                            exchange.forwarded, route.api.backend_timeout, None,
-                            route.alternatives,
+                            exchange, backend_target, None, 0, (), (),
+                            exchange.forwarded, api.backend_timeout, None, alternatives,
                             exchange.transform_answer if pipeline.response_transforms else None,
                             gateway.runtime.config.limits.send_timeout, None, None,
                             verdict.edits,
@@ -649,7 +653,7 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
                 _conclude(gateway, exchange, verdict)
             return
     call = Call(
-        request_view(exchange, routed.path, routed.query),
+        request_view(exchange, path, routed.query),
         route.security_api,  # an operation's own security, if it has one
         caller.identity,
         via_load_balancer=caller.via_load_balancer,
