@@ -225,7 +225,11 @@ def test_an_uncached_allows_answer_block_is_the_answer_its_fields_make(
     listed = h.exchange(h.connect(partner), ASK)[1]
     assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
     assert _same(first) == _same(again) == _same(listed)
-    assert b"\r\nX-Accel-Expires: 0\r\nCache-Control: no-store\r\n" in first
+    # The rendered config's question: X-Accel-Expires: 0 keeps it out of NGINX's cache;
+    # no Server, Date nor Cache-Control (NGINX reads none of them).
+    assert b"\r\nX-Accel-Expires: 0\r\n" in first
+    for name in (b"server:", b"date:", b"cache-control:"):
+        assert name not in first.lower(), (name, first)
     if api == "consumers":
         assert b"\r\nx-consumer-name: acme\r\n" in first
     if forward != "none":
@@ -251,3 +255,40 @@ def test_an_answer_block_refuses_a_value_that_would_split_the_head(
     reloaded = replace(config, identity=replace(config.identity, forward="none"))
     fresh = verdicts.allow_block(reloaded, api, partner, asker, None, "acme")
     assert fresh is not None and b"x-twistedgw-set-" not in fresh
+
+
+def test_the_authz_question_is_not_routed_as_an_apis_request(
+    pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#26 per-decision: a question whose target is ``[authz] path`` itself (what NGINX
+    asks) skips the router (no API's context holds that path: routing would find none);
+    any other spelling of it is routed as before, and the answers are the same."""
+    from twistedgw.app._runtime import authz_target
+    from twistedgw.config import AuthzConfig
+    from twistedgw.http import Router
+    from twistedgw.http._resource import route_request
+
+    h, callers = _gateway("consumers", "none", pki, tmp_path, "[authz]\ncache_seconds = 0\n")
+    runtime = h.gateway.runtime
+    assert runtime.authz_target == b"/_twistedgw/authz"
+    routed: list[bytes] = []
+    parts = Router.parts
+    monkeypatch.setattr(
+        Router, "parts", lambda self, *a: routed.append(a[0]) or parts(self, *a))
+    skipped = h.exchange(h.connect(callers["partner"]), ASK)[1]
+    assert skipped.startswith(b"HTTP/1.1 200 OK\r\n") and routed == []
+    other = ASK.replace(b"GET /_twistedgw/authz ", b"GET /_twistedgw/./authz ", 1)
+    asked = h.exchange(h.connect(callers["partner"]), other)[1]
+    assert routed == [b"/_twistedgw/./authz"] and _same(asked) == _same(skipped)
+    # What routing gives that target: no route, the path itself, no query.
+    full = route_request(runtime, b"/_twistedgw/authz", b"GET", host=b"localhost:8443")
+    assert (full.route, full.path, full.raw_path, full.query, full.problem) == (
+        None, b"/_twistedgw/authz", b"/_twistedgw/authz", None, None)
+    config = runtime.config
+    context = config.apis[0].context  # the router matches contexts whatever their case
+    for path, target in [
+        (context.upper() + "/authz", None), ("/a/../authz", None), ("/a//authz", None),
+        ("/x?y", None), ("/_tgw/authz", b"/_tgw/authz"),
+    ]:
+        assert authz_target(replace(config, authz=AuthzConfig(path=path))) == target, path
+    assert authz_target(replace(config, authz=None)) is None

@@ -381,6 +381,18 @@ def test_authz_answer_says_how_long(fronted: Fronted) -> None:
     assert plain.status == rendered.status == 200
     for name in ("x-twistedgw-api", "x-client-cert-subject", "x-client-cert-sha256"):
         assert plain.header(name) and rendered.header(name) is None, name
+    # Nor Server, Date, Cache-Control: X-Accel-Expires alone says how long (0: never kept).
+    assert rendered.header("x-accel-expires") == "10"
+    for name in ("server", "date", "cache-control"):
+        assert plain.header(name) and rendered.header(name) is None, name
+    refused = get(fronted.direct_port, "/_twistedgw/authz",
+                  {"X-Original-URI": PET, "X-Twistedgw-Nginx": "answer"},
+                  pki=fronted.pki, client="other-app", tls=True)
+    assert (refused.status, refused.header("x-twistedgw-status")) == (401, "401")
+    assert refused.header("x-accel-expires") == "0"
+    assert refused.header("x-twistedgw-error") == refused.body.decode()
+    for name in ("server", "date", "cache-control"):
+        assert refused.header(name) is None, name
 
 
 def nginxconf_header_value(fronted: Fronted, client: str) -> str:
@@ -641,6 +653,16 @@ def test_lifetime_is_capped_by_cache_seconds_and_certificate_expiry(
                                          (b"Cache-Control", b"no-store"))
     assert verdicts.cache_headers(7) == ((b"X-Accel-Expires", b"7"),
                                          (b"Cache-Control", b"max-age=7"))
+    assert verdicts.nginx_cache_headers(0) == ((b"X-Accel-Expires", b"0"),)
+    assert verdicts.nginx_cache_headers(7) == ((b"X-Accel-Expires", b"7"),)
+    # What keeps X-Accel-Expires: 0 out of the rendered cache: NGINX honours it (not in
+    # proxy_ignore_headers) and no proxy_cache_valid caches an answer regardless.
+    text = nginxconf.render(cfg).text
+    cached = text[text.index(f"location = {nginxconf.INTERNAL}/authz/0 "):]
+    cached = cached[:cached.index("\n    }\n")]
+    assert "proxy_cache twistedgw_verdicts;" in cached
+    ignored = next(line for line in cached.splitlines() if "proxy_ignore_headers" in line)
+    assert "X-Accel-Expires" not in ignored and "proxy_cache_valid" not in text
 
 
 def test_uncacheable_apis(tmp_path: Path, pki: DevPki) -> None:

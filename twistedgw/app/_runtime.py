@@ -36,7 +36,7 @@ from twistedgw.config import (
     SniEntry,
     TlsConfig,
 )
-from twistedgw.http import ResponseStore, Router, Served
+from twistedgw.http import BadPath, ResponseStore, Router, Served, normalise
 from twistedgw.pipeline import Pipeline, Shared, compile_pipelines
 from twistedgw.tls import ChainVerifier, HandshakeRecords, ServerTLS, SniServer
 from twistedgw.upstream import ResourceBackend, ResourceError, as_resource, load_resource
@@ -64,6 +64,10 @@ class Runtime:
     warnings: tuple[str, ...] = ()
     # What the gateway serves itself (the response cache): None when no API needs it.
     served: Served | None = None
+    # The authz endpoint's path as a request target names it, when no API's context
+    # holds it (whatever the case) and it is in normal form: the HTTP/1.1 front knows
+    # such a question without routing it (``authz_target``).
+    authz_target: bytes | None = None
 
 
 @dataclass
@@ -453,7 +457,30 @@ def _runtime(config: GatewayConfig, material: _Material, shared: Shared) -> Runt
         pipelines=material.pipelines,
         warnings=(*config.warnings, *material.warnings),  # config: OpenAPI definitions, ...
         served=_served(config, material.resources),
+        authz_target=authz_target(config),
     )
+
+
+def authz_target(config: GatewayConfig) -> bytes | None:
+    """``[authz] path`` when a request target equal to it routes to no API and is its own
+    normal form: then the front may skip routing it (``Routed.route`` None, the path
+    itself), as routing would give (the config refuses a path inside a context, but
+    compares case-sensitively; the router does not)."""
+    authz = config.authz
+    if authz is None:
+        return None
+    try:
+        path = authz.path.encode("ascii")
+        if b"?" in path or normalise(path) != path:
+            return None
+    except (UnicodeEncodeError, BadPath):
+        return None
+    lowered = path.lower()
+    for api in config.apis:
+        context = api.context.lower().rstrip("/").encode()
+        if not context or lowered == context or lowered.startswith(context + b"/"):
+            return None
+    return path
 
 
 def _served(config: GatewayConfig, resources: dict[int, ResourceBackend]) -> Served | None:

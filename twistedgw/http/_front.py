@@ -897,13 +897,17 @@ class FrontChannel(BoundedClose, Protocol):
         if type(guard) is Guard and "route" not in guard.__dict__:
             # Its route (``route_parsed``, written out: the router's one call).
             runtime = guard.gateway.runtime
-            raw_path, path, query, route, problem = runtime.router.parts(
-                target, method, host_name
-            )
-            routed: Routed | None = _new_routed(Routed, (
-                runtime, raw_path, path, query, route, problem,
-                host_name if problem is None else None,  # (a refused path: no host)
-            ))
+            if target == runtime.authz_target:  # the authz endpoint's question: no API's
+                routed: Routed | None = _new_routed(  # path, its own normal form
+                    Routed, (runtime, target, target, None, None, None, host_name))
+            else:
+                raw_path, path, query, route, problem = runtime.router.parts(
+                    target, method, host_name
+                )
+                routed = _new_routed(Routed, (
+                    runtime, raw_path, path, query, route, problem,
+                    host_name if problem is None else None,  # (a refused path: no host)
+                ))
         else:
             routed = guard.route(target, method, host)
         if framing is not _F_NONE:

@@ -58,7 +58,6 @@ from twistedgw.tls import server_name, sni_entry
 from twistedgw.tracing import RequestTrace, Tracer
 from twistedgw.upstream import NO_EDITS, Forwarder, ForwardResult, HeadEdits, TunnelStats
 from twistedgw.wire import (
-    SERVER,
     TOKEN,
     BodySource,
     Connection,
@@ -66,7 +65,6 @@ from twistedgw.wire import (
     Fields,
     Responder,
     answer_headers,
-    http_date,
     method_refusal,
 )
 
@@ -888,8 +886,6 @@ def _route_judged(
 _METHODS = frozenset(
     (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
 )
-#: An allow's answer block starts with ``answer_headers``' two fields (``_allow``).
-_ANSWER_START = b"\r\nServer: %s\r\nDate: " % SERVER
 _VERIFIED = IdentityOutcome.VERIFIED  # a module constant: an Enum read costs ~800 instructions
 #: The request a kept judged Call carries instead of the one it judged (http/_callers.py,
 #: ``Shared.judged``): nothing after the pipeline reads it.
@@ -930,10 +926,23 @@ def _refuse(
     headers: tuple[tuple[bytes, bytes], ...],
     answer: bool,
 ) -> None:
-    """A refusal; for an authz asker that answers refusals itself, in its form."""
-    if answer:
-        error, headers = verdicts.refusal_for_nginx(error, headers)
-    answer_error(gateway, exchange, error, headers)
+    """A refusal; for an authz asker that answers refusals itself, in its form, without
+    ``Server``, ``Date`` nor ``Cache-Control`` (``verdicts.NGINX_NO_STORE``): NGINX reads
+    only the fields its config names (and the framing) of an answer to its question."""
+    if not answer:
+        answer_error(gateway, exchange, error, headers)
+        return
+    error, headers = verdicts.refusal_for_nginx(error, verdicts.for_nginx(headers))
+    body = error.body()
+    out = [(b"Content-Type", errors.JSON_TYPE), *headers]
+    exchange.transform_answer(error.status, out)  # as answer_error's (a failure was logged)
+    responder = exchange.responder
+    responder.start_response(error.status, out, len(body), _reason(error))
+    head = exchange.method == b"HEAD"
+    if not head:
+        responder.write(body)
+    responder.finish()
+    exchange.record(gateway, error.status, 0 if head else len(body), refusal=error)
 
 
 def _allow(
@@ -966,16 +975,19 @@ def _allow(
         if respond_block is not None:
             block = verdicts.allow_block(config, api, identity, asker, limit, call.consumer)
             if block is not None:
-                respond_block(200, _ANSWER_START + http_date() + block, 0, b"OK", b"")
+                respond_block(200, block, 0, b"OK", b"")
                 exchange.record(gateway, 200, 0)
                 return
-    headers = answer_headers()
+    # The rendered config's answer: no Server, Date nor Cache-Control (NGINX reads none
+    # of them; ``verdicts.NGINX_NO_STORE``); anyone else's: the direct mode's fields.
+    headers: list[tuple[bytes, bytes]] = [] if asker.answer else answer_headers()
     if verdicts.api_cacheable(config, api, asker):
         lifetime = verdicts.allow_lifetime(config, api, identity, asker=asker,
                                            claims=call.claims)
-        headers.extend(verdicts.cache_headers(lifetime))
+        headers.extend(verdicts.nginx_cache_headers(lifetime) if asker.answer
+                       else verdicts.cache_headers(lifetime))
     else:  # 0 whatever the caller: ask every time
-        headers.extend(verdicts.NO_STORE)
+        headers.extend(verdicts.NGINX_NO_STORE if asker.answer else verdicts.NO_STORE)
     # The identity headers and Authorization's removal, made once per API and identity.
     headers.extend(verdicts.allow_headers(config, api, identity))
     if declared:

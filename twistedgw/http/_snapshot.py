@@ -34,3 +34,8 @@ class Snapshot(Protocol):
 
     @property
     def served(self) -> Served | None: ...
+
+    @property
+    def authz_target(self) -> bytes | None:
+        """The authz endpoint's path when the front may skip routing a request target
+        equal to it (no API's context holds it; app/_runtime.py ``authz_target``)."""

@@ -32,6 +32,13 @@ from twistedgw.pipeline import Limit
 SET_PREFIX = b"x-twistedgw-set-"
 
 NO_STORE = ((b"X-Accel-Expires", b"0"), (b"Cache-Control", b"no-store"))
+#: ``NO_STORE`` for the rendered config (an ``answer`` asker, ``ASKER``): NGINX reads only
+#: ``X-Accel-Expires``, and ``0`` is what keeps the answer out of its ``proxy_cache``
+#: (``u->cacheable = 0``; the rendered location has no ``proxy_cache_valid`` either, so an
+#: answer without it is not kept); the Lua file keeps only an answer whose
+#: ``X-Accel-Expires`` is above 0. ``Cache-Control`` would be one more line NGINX parses.
+NGINX_NO_STORE = ((b"X-Accel-Expires", b"0"),)
+_CACHE_CONTROL_NO_STORE = NO_STORE[1]
 
 #: Sent by the config ``twistedgw nginx-config`` renders: what the asker does with the
 #: answer, comma-separated. ``answer``: refusals come as 401 (or 403, the only other
@@ -310,6 +317,20 @@ def cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:
     return ((b"X-Accel-Expires", value), (b"Cache-Control", b"max-age=" + value))
 
 
+def nginx_cache_headers(lifetime: int) -> tuple[tuple[bytes, bytes], ...]:
+    """``cache_headers`` for the rendered config (``NGINX_NO_STORE``): ``X-Accel-Expires``
+    alone, which both NGINX's ``proxy_cache`` and the Lua file read."""
+    if lifetime <= 0:
+        return NGINX_NO_STORE
+    return ((b"X-Accel-Expires", str(lifetime).encode()),)
+
+
+def for_nginx(headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """A refusal's headers for the rendered config: without ``NO_STORE``'s
+    ``Cache-Control`` (``X-Accel-Expires: 0`` stays, see ``NGINX_NO_STORE``)."""
+    return tuple(pair for pair in headers if pair != _CACHE_CONTROL_NO_STORE)
+
+
 #: Answer headers by identity object: the header verifier keeps one ClientIdentity per
 #: certificate chain, so a chain asked about again gets the same object, and its XFCC
 #: (a URL-encoded PEM: ~80 us, a third of a cold decision) is built once.
@@ -382,9 +403,9 @@ def allow_block(
     limit: Limit | None,
     consumer: str | None,
 ) -> bytes | None:
-    """An allow's answer fields after ``Server`` and ``Date``, as one block of lines (each
-    with the CRLF before it), for an ``answer`` asker when the allow may not be cached
-    (``api_cacheable`` false: ``NO_STORE``) and no transform declares a header: the
+    """An allow's answer fields, as one block of lines (each with the CRLF before it), for
+    an ``answer`` asker when the allow may not be cached (``api_cacheable`` false:
+    ``NGINX_NO_STORE``; no ``Server`` nor ``Date``) and no transform declares a header: the
     identity headers and ``Authorization``'s removal (``allow_headers``), the bucket NGINX
     spends (``X-Twistedgw-Tier``) and the consumer. They depend on these objects alone, so
     the block is made once for them, not formatted per decision (the decision itself is
@@ -395,7 +416,7 @@ def allow_block(
     known = _BLOCKS.get(key)
     if known is not None:
         return known[5]  # type: ignore[no-any-return]
-    fields = [*NO_STORE, *allow_headers(config, api, identity)]
+    fields = [*NGINX_NO_STORE, *allow_headers(config, api, identity)]
     if limit is not None:
         fields.append((TIER, tier_value(config, limit)))
     if consumer is not None:

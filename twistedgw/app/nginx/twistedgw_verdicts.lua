@@ -4,7 +4,7 @@
 -- auth_request + proxy_cache (a subrequest and a cache file read on every request),
 -- a cached verdict is one shared-memory lookup in access_by_lua. On a miss it asks
 -- twistedgw's authz endpoint over the same internal location (Unix socket), keeps an
--- allow for as long as the answer's Cache-Control max-age says (never past cache_seconds
+-- allow for as long as the answer's X-Accel-Expires says (never past cache_seconds
 -- nor the certificate's expiry: twistedgw computes it), and hands any refusal to
 -- twistedgw whole (@twistedgw_gateway), so the client gets twistedgw's JSON.
 --
@@ -1040,12 +1040,12 @@ function _M.access(spec, server)
         end
         local verdict = table.concat(parts, SEP)
         sets = parsed_verdict(spec, verdict)
-        -- NGINX keeps X-Accel-Expires to itself; Cache-Control says the same: at most
-        -- cache_seconds, never past a certificate's expiry nor a token's exp.
-        local control = header["cache-control"]
-        local ttl = 0
-        if type(control) == "string" and not control:find("no-store", 1, true) then
-            ttl = tonumber(control:match("max%-age=(%d+)")) or 0
+        -- X-Accel-Expires: at most cache_seconds, never past a certificate's expiry nor a
+        -- token's exp; 0 (or anything but whole seconds) keeps nothing. twistedgw sends
+        -- the rendered config's questions no Cache-Control (one line less to parse).
+        local ttl = tonumber(header["x-accel-expires"]) or 0
+        if ttl ~= ttl or ttl < 1 or ttl ~= math.floor(ttl) then
+            ttl = 0
         end
         if ttl > 0 and key then
             local expires = math.floor(now() + ttl)
