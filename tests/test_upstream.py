@@ -871,3 +871,25 @@ def test_a_forwarding_sets_every_field_of_the_backend_call_it_is() -> None:
     assert isinstance(forwarding, BackendCall) and forwarding.handler is forwarding
     for name in BackendCall.__slots__:
         getattr(forwarding, name)  # AttributeError: a field the forwarding left unset
+
+
+def test_the_named_tuple_fields_the_request_path_reads_by_index_are_where_it_reads_them() -> None:
+    """3.11 reads a NamedTuple field by name through the generic attribute path, so the
+    once-per-request reads index them (issue 27): a field moved must move those reads."""
+    from twistedgw.http._callers import ConnectionCaller
+    from twistedgw.http._resource import CallerVerdict
+    from twistedgw.upstream._forward import ForwardResult, HeadEdits
+    from twistedgw.wire import ResponseHead
+
+    # upstream/_client.py ``dataReceived``, upstream/_forward.py ``response_whole``
+    assert ResponseHead._fields[:2] == ("code", "phrase")
+    assert ResponseHead._fields[4:] == (
+        "length", "framing", "body_length", "keep_alive", "relayed"
+    )
+    # upstream/_forward.py ``_request_head``
+    assert HeadEdits._fields[:2] == ("drop", "block")
+    # http/_resource.py ``serve_exchange`` and ``forwarded``
+    assert CallerVerdict._fields[:4] == ("pipeline", "caller", "refusal", "edits")
+    assert CallerVerdict._fields[9] == "sandbox"
+    assert ConnectionCaller._fields[0] == "direct"
+    assert ForwardResult._fields == ("status", "bytes_sent", "error_kind")

@@ -457,6 +457,12 @@ class _H1Exchange(GatewayExchange):
         self._end()
 
 
+#: ``FrontChannel``'s way to make an exchange: ``object.__new__`` and ``__init__`` as a
+#: plain function (a call inside the interpreter), not ``_H1Exchange(...)``.
+_new_object = object.__new__
+_init_exchange = _H1Exchange.__init__
+
+
 class _Ended:
     """The ``responder`` (and ``body``) of an exchange whose answer ended
     (``_H1Exchange._end``): it was finished, aborted or its client left, and everything
@@ -926,11 +932,16 @@ class FrontChannel(BoundedClose, Protocol):
             self._body_size = 0
         conn = self._conn
         assert conn is not None
-        stream = self._stream = _H1Exchange(
-            self, method, target, version, fields, host, conn, routed,
+        # ``_H1Exchange(...)``, without the class call: 3.11 runs an ``__init__`` reached
+        # through ``type.__call__`` in an interpreter of its own; called as a function
+        # it runs in this one (issue 27, once per request).
+        stream: _H1Exchange = _new_object(_H1Exchange)
+        _init_exchange(
+            stream, self, method, target, version, fields, host, conn, routed,
             None if framing is _F_CHUNKED else length, framing is not _F_NONE,
             expect_continue, host_field, lines,
         )
+        self._stream = stream
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
         # allowed (``read_body``). The idle timer ignores both phases (no re-arm per
         # request).
