@@ -302,7 +302,9 @@ class Metrics:
         r.register(JwksCollector())  # JWKS URLs fetched in this process
         self._cells: dict[tuple[object, ...], Cells] = {}
         # id(identity) -> (identity, its verdict labels when nothing refused the request)
-        self._labels: dict[int, tuple[ClientIdentity, tuple[str | None, ...]]] = {}
+        self._labels: dict[
+            int, tuple[ClientIdentity, tuple[str | None, str | None, str | None]]
+        ] = {}
         # (id(identity), API label, status) -> (identity, the cells of its usual request)
         self._usual: dict[tuple[int, str, int], tuple[ClientIdentity, Cells]] = {}
         self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
@@ -349,12 +351,7 @@ class Metrics:
             # A keep-alive connection's caller is the same identity request after request:
             # its labels are looked up, not worked out again (kept with the identity, so
             # its id cannot be reused while it is here).
-            known = self._labels.get(id(identity))
-            if known is None or known[0] is not identity:
-                if len(self._labels) >= 4096:
-                    self._labels.clear()
-                known = self._labels[id(identity)] = (identity, _verdict_labels(identity, None))
-            source, result, reason = known[1]
+            source, result, reason = self._labels_of(identity)
             if websocket is None and cache is None and error_kind is None:
                 # The usual request (answered, by a known caller): its cells counted here,
                 # ``_count``'s common part written out.
@@ -393,17 +390,25 @@ class Metrics:
             None if websocket is None else _websocket_event(websocket),
         )
 
-    def _usual_cells(
-        self, identity: ClientIdentity, label: str, status: int
-    ) -> tuple[ClientIdentity, Cells]:
-        """``count_request``'s usual request's cells, found the first time a caller gets
-        a status of an API and then looked up in ``_usual`` (bounded: emptied when full)."""
+    def _labels_of(
+        self, identity: ClientIdentity
+    ) -> tuple[str | None, str | None, str | None]:
+        """A caller's verdict labels (source, result, reason), worked out the first time
+        and then looked up (kept with the identity, so its id cannot be reused while it is
+        here; bounded: emptied when full)."""
         known = self._labels.get(id(identity))
         if known is None or known[0] is not identity:
             if len(self._labels) >= 4096:
                 self._labels.clear()
             known = self._labels[id(identity)] = (identity, _verdict_labels(identity, None))
-        source, result, reason = known[1]
+        return known[1]
+
+    def _usual_cells(
+        self, identity: ClientIdentity, label: str, status: int
+    ) -> tuple[ClientIdentity, Cells]:
+        """``count_request``'s usual request's cells, found the first time a caller gets
+        a status of an API and then looked up in ``_usual`` (bounded: emptied when full)."""
+        source, result, reason = self._labels_of(identity)
         key = (label, status, source, result, reason, NO_CONSUMER)
         found = self._cells.get(key)
         if found is None:

@@ -524,11 +524,20 @@ def answer_error(
 ) -> None:
     """Answer ``error`` as WSO2-style JSON (with ``headers``), after the response
     transforms, and record it."""
-    body = error.body()
     out = answer_headers()
     out.append((b"Content-Type", errors.JSON_TYPE))
     out.extend(headers)
-    exchange.transform_answer(error.status, out)  # a failing transform was logged
+    _send_error(gateway, exchange, error, out)
+
+
+def _send_error(
+    gateway: Gateway, exchange: GatewayExchange, error: GatewayError,
+    out: list[tuple[bytes, bytes]],
+) -> None:
+    """Send ``error``'s JSON with the fields ``out`` (after the response transforms: a
+    failing transform was logged) and record it: both refusal forms end here."""
+    body = error.body()
+    exchange.transform_answer(error.status, out)
     responder = exchange.responder
     responder.start_response(error.status, out, len(body), _reason(error))
     head = exchange.method == b"HEAD"
@@ -938,16 +947,7 @@ def _refuse(
         answer_error(gateway, exchange, error, headers)
         return
     error, headers = verdicts.refusal_for_nginx(error, verdicts.for_nginx(headers))
-    body = error.body()
-    out = [(b"Content-Type", errors.JSON_TYPE), *headers]
-    exchange.transform_answer(error.status, out)  # as answer_error's (a failure was logged)
-    responder = exchange.responder
-    responder.start_response(error.status, out, len(body), _reason(error))
-    head = exchange.method == b"HEAD"
-    if not head:
-        responder.write(body)
-    responder.finish()
-    exchange.record(gateway, error.status, 0 if head else len(body), refusal=error)
+    _send_error(gateway, exchange, error, [(b"Content-Type", errors.JSON_TYPE), *headers])
 
 
 def _allow(
