@@ -3,8 +3,10 @@ handler that records what was dispatched: for the front's unit and property test
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import IO, Any
 
 from twisted.internet.address import IPv4Address
@@ -15,6 +17,17 @@ from twistedgw.config import Limits
 from twistedgw.http._front import FrontChannel
 from twistedgw.http._guard import Guard
 from twistedgw.wire import Exchange, answer_headers
+
+
+def own_cost() -> ModuleType:
+    """``bench/own_cost.py`` loaded as a module: its ``Harness`` drives the whole request
+    path (front, routing, caller, pipeline, forwarder, metrics) over in-memory transports."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "own_cost.py"
+    spec = importlib.util.spec_from_file_location("own_cost", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass

@@ -17,15 +17,14 @@ tests of the same:
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests import frontkit
 from twistedgw.http import _callers
 from twistedgw.http import _verdicts as verdicts
 from twistedgw.identity import Source, failed, no_certificate
@@ -73,14 +72,6 @@ FORGED = (
 )
 
 
-def _own_cost() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("own_cost", REPO / "bench" / "own_cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _same(answer: bytes) -> bytes:
     """An answer without its Date (the gateway's own errors carry the second's)."""
     return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
@@ -91,7 +82,7 @@ def _gateway(
 ) -> tuple[Any, dict[str, Any]]:
     """The in-process gateway with ``api`` and ``forward``'s settings (and ``extra``
     config text), and the callers each test asks as: verified twice, failed, none."""
-    own_cost = _own_cost()
+    own_cost = frontkit.own_cost()
     password = tmp_path / "backend-password"
     password.write_text("s3cret\n")
     apis = own_cost.API.split("mutual_ssl")[0] + APIS[api].format(password_file=password)
@@ -112,7 +103,7 @@ def _gateway(
 def test_a_connections_next_requests_are_judged_as_its_first(
     api: str, forward: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    own_cost = _own_cost()
+    own_cost = frontkit.own_cost()
     h, callers = _gateway(api, forward, pki, tmp_path)
     runs: list[Any] = []
     run = _run.Pipeline.run

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
+from tests import frontkit
 from twistedgw.config import Limits
 from twistedgw.http import Guard, target_problem
 from twistedgw.http import _guard as guard
@@ -340,18 +341,13 @@ def test_the_usual_head_is_read_and_forwarded_as_the_line_by_line_parse_does(
     when read, and the forwarder copies its other lines as they came: for every head,
     the exchange the request path sees, what the backend is sent and what the client
     gets are what ``parse_request_fields`` and the line-by-line copy make of it."""
-    import importlib.util
     import itertools
     from pathlib import Path
 
     from twistedgw.http import _front
     from twistedgw.wire import USUAL_REQUEST_HEAD
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "own_cost.py"
-    spec = importlib.util.spec_from_file_location("own_cost", path)
-    assert spec is not None and spec.loader is not None
-    own_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(own_cost)
+    own_cost = frontkit.own_cost()
     harness = own_cost.Harness(Path(tmp_path))
     seen: list[object] = []
     handle = harness.site.resource.handle
@@ -400,7 +396,6 @@ def test_a_unix_socket_connections_heads_are_not_tried_as_the_usual_head(
     usual head's match there (failing past ~1-2 KB of certificate, it cost more than the
     decision); the head is parsed line by line and answered alike. A TCP connection's
     usual head is still taken from the match."""
-    import importlib.util
     from pathlib import Path
 
     from twisted.internet.address import UNIXAddress
@@ -408,11 +403,7 @@ def test_a_unix_socket_connections_heads_are_not_tried_as_the_usual_head(
 
     from twistedgw.http import _front
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "own_cost.py"
-    spec = importlib.util.spec_from_file_location("own_cost", path)
-    assert spec is not None and spec.loader is not None
-    own_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(own_cost)
+    own_cost = frontkit.own_cost()
     harness = own_cost.Harness(Path(tmp_path))
     tried: list[bytes] = []
     usual = _front.USUAL_REQUEST_HEAD

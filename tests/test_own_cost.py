@@ -11,27 +11,19 @@ nothing here is timed.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.frontkit import own_cost
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _own_cost() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("own_cost", REPO / "bench" / "own_cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_forwarded_request_leaves_no_reference_cycle(tmp_path: Path) -> None:
-    harness = _own_cost().Harness(tmp_path)
+    harness = own_cost().Harness(tmp_path)
     harness.check()
     for _ in range(50):
         harness.one()
@@ -72,7 +64,7 @@ def test_requests_are_counted_without_records_unless_an_observer_reads_them(
             return super().__new__(cls, *args, **kwargs)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(_resource, "RequestRecord", Counted)
-    harness = _own_cost().Harness(tmp_path)
+    harness = own_cost().Harness(tmp_path)
     for _ in range(5):
         harness.check()
     assert built == []
