@@ -488,6 +488,9 @@ local function read_answer(sock)
     return {status = status, header = header, body = sub(rest, 1, length)}, keep
 end
 
+-- An ask that failed: the gateway path answers (refused() reads only its status).
+local FAILED = {status = 502, header = {}, body = ""}
+
 local function ask(spec, c)
     local a = spec.ask
     local headers, err = ngx.req.get_headers(MAX_HEADERS, true)
@@ -498,7 +501,8 @@ local function ask(spec, c)
     local var = ngx.var
     local out = {a.head, var.http_host or "", "\r\n"}
     local n = 3
-    for name, value in pairs(headers) do
+    local name, value = next(headers)
+    while name ~= nil do
         local low = lower(name)
         if not HOP[low] and not skip[low] then
             if type(value) == "table" then
@@ -511,12 +515,20 @@ local function ask(spec, c)
                 n = n + 4
             end
         end
+        name, value = next(headers, name)
     end
-    local own = {a.uri_header, var.request_uri, a.method_header, var.request_method,
+    -- The connection's verification result never changes (NGINX refuses renegotiation):
+    -- read once per connection, as its certificate (client_cert).
+    local verify = c.verify
+    if verify == nil then
+        verify = var.ssl_client_verify or ""
+        c.verify = verify
+    end
+    local own = {a.uri_header, var.request_uri, a.method_header, ngx.req.get_method(),
                  a.cert_header, client_cert(var, a.cert_var, c),
-                 "X-SSL-Client-Verify", var.ssl_client_verify,
+                 "X-SSL-Client-Verify", verify,
                  "X-Forwarded-For", var.remote_addr}
-    for i = 1, #own, 2 do  -- an empty value is no header (as proxy_set_header)
+    for i = 1, 10, 2 do  -- an empty value is no header (as proxy_set_header)
         local value = own[i + 1]
         if value and value ~= "" then
             out[n + 1], out[n + 2], out[n + 3], out[n + 4] = own[i], ": ", value, "\r\n"
@@ -524,12 +536,11 @@ local function ask(spec, c)
         end
     end
     out[n + 1] = a.fixed
-    local failed = {status = 502, header = {}, body = ""}
     local sock = connect(a.address)
-    if not sock then return failed end
-    if not sock:send(table.concat(out, "", 1, n + 1)) then sock:close() return failed end
+    if not sock then return FAILED end
+    if not sock:send(table.concat(out, "", 1, n + 1)) then sock:close() return FAILED end
     local res, keep = read_answer(sock)
-    if not res then sock:close() return failed end
+    if not res then sock:close() return FAILED end
     if keep then
         sock:setkeepalive(60000, 64)
     else
