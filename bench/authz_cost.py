@@ -56,18 +56,25 @@ KINDS = {
 }
 
 
-def questions(pki: run.devpki.DevPki, n: int, kind: str = "mtls", token: str = "") -> bytes:
+def questions(
+    pki: run.devpki.DevPki, n: int, kind: str = "mtls", token: str = "",
+    content_length: bool = False,
+) -> bytes:
     crt, _key = pki.clients[run.CLIENT]
     leaf = crt.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
     uri, expected, asker, bearer = KINDS[kind]
     auth = f"Authorization: Bearer {token}\r\n" if bearer else ""
+    # No Content-Length, as NGINX asks: the rendered auth_request location clears it
+    # (``proxy_set_header Content-Length ""``) and the Lua ask sends none (since session
+    # 10; before, ``Content-Length: 0``, which ``--content-length`` still asks with).
+    length = "Content-Length: 0\r\n" if content_length else ""
     head = (
         "GET /_twistedgw/authz HTTP/1.1\r\nHost: localhost\r\n"
         f"X-Original-URI: {uri}\r\nX-Original-Method: GET\r\n"
         f"X-SSL-Client-Cert: {quote(leaf, safe='')}\r\nX-SSL-Client-Verify: SUCCESS\r\n"
         "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
         f"X-Twistedgw-Nginx: {asker}\r\nX-Twistedgw-Api-Expected: {expected}\r\n"
-        f"{auth}Content-Length: 0\r\n\r\n"
+        f"{auth}{length}\r\n"
     ).encode()
     return head * n
 
@@ -102,6 +109,8 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--callgrind", type=int, default=0, metavar="N",
                    help="instructions per decision over N decisions, under callgrind")
+    p.add_argument("--content-length", action="store_true",
+                   help="ask with Content-Length: 0 (the Lua ask's question before session 10)")
     p.add_argument("--cprofile", type=int, default=0, metavar="N",
                    help="own time per decision by function over N decisions, under cProfile")
     p.add_argument("--top", type=int, default=40, help="functions --cprofile shows")
@@ -142,7 +151,7 @@ def main() -> int:
                 raise RuntimeError(gw.log.read_text())
             time.sleep(0.05)
         depth = args.pipeline
-        batch = questions(pki, depth, args.kind, tokens.get("es256", ""))
+        batch = questions(pki, depth, args.kind, tokens.get("es256", ""), args.content_length)
         while True:  # the socket's file exists from bind, before listen (slow under valgrind)
             conn = socket.socket(socket.AF_UNIX)
             conn.settimeout(30)

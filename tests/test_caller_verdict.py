@@ -213,6 +213,7 @@ def test_an_uncached_allows_answer_block_is_the_answer_its_fields_make(
     again = h.exchange(h.connect(partner), ASK)[1]
     assert len(made) == 2 and made[0] is not None and made[0] is made[1]  # made once
     monkeypatch.setattr(verdicts, "allow_block", lambda *a: None)
+    _callers._shared = None  # (else the judgement kept would answer with its block)
     listed = h.exchange(h.connect(partner), ASK)[1]
     assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
     assert _same(first) == _same(again) == _same(listed)
@@ -283,3 +284,40 @@ def test_the_authz_question_is_not_routed_as_an_apis_request(
     ]:
         assert authz_target(replace(config, authz=AuthzConfig(path=path))) == target, path
     assert authz_target(replace(config, authz=None)) is None
+
+
+@pytest.mark.parametrize("cache", ["0", "60"])
+def test_a_repeated_judgement_answers_with_the_block_kept_with_it(
+    cache: str, pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#26 per-decision (session 10): a per-caller judgement kept at the authz endpoint
+    carries the answer block of its allow to an ``answer`` asker when that allow may not
+    be cached (``cache_seconds = 0``): a repeated question is answered from it without
+    ``_allow``, byte for byte as the first; a cacheable allow (its lifetime depends on
+    the time) and a question of another asker still go through ``_allow``."""
+    from twistedgw.http import _resource
+
+    h, callers = _gateway("consumers", "xfcc", pki, tmp_path,
+                          f"[authz]\ncache_seconds = {cache}\n")
+    allowed: list[object] = []
+    allow = _resource._allow
+    monkeypatch.setattr(_resource, "_allow",
+                        lambda *a, **k: allowed.append(a) or allow(*a, **k))
+    _callers._shared = None
+    partner = callers["partner"]
+    first = h.exchange(h.connect(partner), ASK)[1]
+    again = h.exchange(h.connect(partner), ASK)[1]
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
+    assert _same(first) == _same(again)
+    assert len(allowed) == (1 if cache == "0" else 2)
+    shared = _callers._shared
+    assert shared is not None
+    (entry,) = shared.judged.values()
+    assert (entry[6] is not None) == (cache == "0")
+    if cache == "0":
+        assert entry[6] is not None and entry[6] in first
+    plain = ASK.replace(b"X-Twistedgw-Nginx: answer\r\n", b"")  # another asker
+    allowed.clear()
+    h.exchange(h.connect(partner), plain)
+    h.exchange(h.connect(partner), plain)
+    assert len(allowed) == 2

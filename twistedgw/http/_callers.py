@@ -197,9 +197,10 @@ class Shared:
         # on a hit: (first bytes, chain header) -> (value, expiry, identity).
         self.headers: dict[tuple[bytes, bytes | None], tuple[bytes, float, ClientIdentity]] = {}
         # The authz endpoint's judged Calls of per-caller pipelines (``_resource._authz``):
-        # (pipeline, operation's API, identity, via a load balancer) ids -> (those
-        # objects, the outcome, the Call without its request).
-        self.judged: dict[tuple[int, int, int, bool], tuple[Any, ...]] = {}
+        # (pipeline, operation's API, identity, via a load balancer, asker) ids -> (those
+        # objects, the outcome, the Call without its request, the asker, the allow's
+        # answer block for it or None).
+        self.judged: dict[tuple[int, int, int, bool, int], tuple[Any, ...]] = {}
 
     def caller(
         self, handshake: ClientIdentity, trusted: bool, unix_peer: bool, direct: ClientIdentity
@@ -226,7 +227,9 @@ class Shared:
         if not caller.via_load_balancer and caller.identity.outcome is not Outcome.FAILED:
             _bounded_put(self.verdicts, (id(pipeline), id(caller)), verdict)
 
-    def keep_judged(self, key: tuple[int, int, int, bool], entry: tuple[Any, ...]) -> None:
+    def keep_judged(
+        self, key: tuple[int, int, int, bool, int], entry: tuple[Any, ...]
+    ) -> None:
         """Keep an authz judgement (see ``judged``); the entry holds the key's objects."""
         _bounded_put(self.judged, key, entry)
 

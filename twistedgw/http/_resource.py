@@ -817,7 +817,8 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         pipeline.per_caller and exchange.trace is None and identity.outcome is _VERIFIED
     )
     if memo:
-        key = (id(pipeline), id(route.security_api), id(identity), via_load_balancer)
+        key = (id(pipeline), id(route.security_api), id(identity), via_load_balancer,
+               id(asker))
         judged_before = callers.shared(runtime).judged.get(key)
         if judged_before is not None:
             exchange.api, exchange.call = api, judged_before[4]
@@ -825,8 +826,15 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
             if isinstance(outcome, Refusal):
                 _refuse(gateway, exchange, outcome.error,
                         (*verdicts.NO_STORE, *outcome.headers), answer)
-            else:
-                _allow(gateway, exchange, config, asker, pipeline)
+                return
+            block = judged_before[6]
+            if block is not None:  # ``_allow``'s answer to this asker, made when judged
+                respond_block = getattr(exchange.responder, "respond_block", None)
+                if respond_block is not None:
+                    respond_block(200, block, 0, b"OK", b"")
+                    exchange.record(gateway, 200, 0)
+                    return
+            _allow(gateway, exchange, config, asker, pipeline)
             return
     notes = (
         {TIERS: "report"} if asker.tiers  # NGINX spends the bucket: the Tiers stage names it
@@ -851,7 +859,9 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         if memo:  # kept without the request (its headers may carry anyone's credentials)
             callers.shared(runtime).keep_judged(
                 key, (pipeline, route.security_api, identity, outcome,
-                      replace(call, request=_NO_REQUEST, notes={})),
+                      replace(call, request=_NO_REQUEST, notes={}), asker,
+                      None if isinstance(outcome, Refusal)
+                      else _memo_block(config, asker, pipeline, call)),
             )
         if isinstance(outcome, Refusal):
             _refuse(gateway, exchange, outcome.error, (*verdicts.NO_STORE, *outcome.headers),
@@ -865,6 +875,22 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         verdicts.NO_STORE,
         answer,
     )
+
+
+def _memo_block(
+    config: GatewayConfig, asker: verdicts.Asker, pipeline: Pipeline, call: Call
+) -> bytes | None:
+    """The answer block ``_allow`` sends an ``answer`` asker for this allow of a per-caller
+    pipeline (``verdicts.allow_block``), or None when ``_allow`` must run each time (a
+    transform that declares headers, a sandbox credential, a cacheable allow, a tier's
+    bucket): kept with the judgement so that a decision it repeats goes straight to it."""
+    api = call.api
+    if (
+        not asker.answer or verdicts.declares_headers(pipeline) or call.sandbox or api is None
+        or TIER_LIMIT in call.notes or verdicts.api_cacheable(config, api, asker)
+    ):
+        return None
+    return verdicts.allow_block(config, api, call.identity, asker, None, call.consumer)
 
 
 def _route_judged(
@@ -957,6 +983,29 @@ def _allow(
     call = exchange.call
     assert call is not None and call.api is not None
     api = call.api
+    if asker.answer and pipeline is not None and not call.sandbox:
+        # The rendered config's question of a decision per request, its usual allow: no
+        # transform declares a header and the allow may not be cached, for every caller
+        # of this API (worked out once per config, pipeline, API and asker), so the answer is
+        # ``verdicts.allow_block``'s, sent as one block where the front takes one
+        # (HTTP/1.1; the Unix socket NGINX asks on).
+        key = (id(config), id(pipeline), id(api), id(asker))
+        known = _BLOCKABLE.get(key)
+        if known is None:
+            known = (config, pipeline, api, asker, not verdicts.declares_headers(pipeline)
+                     and not verdicts.api_cacheable(config, api, asker))
+            if len(_BLOCKABLE) >= 256:
+                _BLOCKABLE.clear()
+            _BLOCKABLE[key] = known
+        if known[4]:
+            respond_block = getattr(exchange.responder, "respond_block", None)
+            if respond_block is not None:
+                block = verdicts.allow_block(config, api, call.identity, asker,
+                                             call.notes.get(TIER_LIMIT), call.consumer)
+                if block is not None:
+                    respond_block(200, block, 0, b"OK", b"")
+                    exchange.record(gateway, 200, 0)
+                    return
     declared: list[tuple[bytes, bytes]] = []
     if asker.answer and pipeline is not None and pipeline.request_transforms:
         made = verdicts.declared_headers(pipeline, call)
@@ -1016,6 +1065,12 @@ def _allow(
     responder.start_response(200, headers, 0)
     responder.finish()
     exchange.record(gateway, 200, 0)
+
+
+#: ``_allow``'s usual answer to an ``answer`` asker, by (config, pipeline, API, asker)
+#: ids: whether its allows go as ``verdicts.allow_block``'s block (each entry holds the
+#: objects, so no id is reused while it lives); emptied when full.
+_BLOCKABLE: dict[tuple[int, int, int, int], tuple[Any, Any, Any, Any, bool]] = {}
 
 
 def _settle(

@@ -448,6 +448,11 @@ def _declaring(pipeline: Any) -> tuple[tuple[Any, Any], ...]:
     return found
 
 
+def declares_headers(pipeline: Any) -> bool:
+    """Whether ``declared_headers`` may find anything for ``pipeline``'s allows."""
+    return bool(pipeline.request_transforms) and bool(_declaring(pipeline))
+
+
 def declared_headers(
     pipeline: Any, call: Any
 ) -> list[tuple[bytes, bytes]] | errors.GatewayError:

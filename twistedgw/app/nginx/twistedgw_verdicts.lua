@@ -419,7 +419,7 @@ local function ask_parts(a)
         a.head = "GET " .. a.path .. " HTTP/1.1\r\nHost: "
         a.fixed = "X-Forwarded-Proto: https\r\nX-Twistedgw-Nginx: " .. a.asker
                   .. "\r\nX-Twistedgw-Api-Expected: " .. a.expected
-                  .. "\r\nContent-Length: 0\r\n\r\n"
+                  .. "\r\n\r\n"  -- (a GET without Content-Length has no body: one line less)
     end
     return skip
 end
@@ -465,8 +465,19 @@ local function read_answer(sock)
     local eol = find(data, "\n", 1, true)
     local first = sub(data, 1, eol - 1)
     if byte(first, #first) == 13 then first = sub(first, 1, #first - 1) end
-    local status = tonumber(first:match("^HTTP/1%.%d (%d%d%d)"))
-    if not status then return nil end
+    -- "HTTP/1.x NNN": by bytes (string.match is not compiled: the trace would stop here)
+    if sub(first, 1, 7) ~= "HTTP/1." or byte(first, 9) ~= 32 then return nil end
+    local status = 0
+    for i = 10, 12 do  -- three digits
+        local d = byte(first, i)
+        if d == nil or d < 48 or d > 57 then return nil end
+        status = status * 10 + d - 48
+    end
+    local d = byte(first, 8)
+    if d == nil or d < 48 or d > 57 or status < 100
+       or (#first > 12 and byte(first, 13) ~= 32) then
+        return nil
+    end
     local header = {}
     local pos = eol + 1
     while pos <= stop do  -- the lines up to the blank one
@@ -488,6 +499,14 @@ local function read_answer(sock)
     return {status = status, header = header, body = sub(rest, 1, length)}, keep
 end
 
+-- An ask that failed: the gateway path answers (refused() reads only its status).
+local FAILED = {status = 502, header = {}, body = ""}
+
+local has_new_tab, new_tab = pcall(require, "table.new")  -- LuaJIT's (OpenResty's too)
+if not has_new_tab then
+    new_tab = function() return {} end
+end
+
 local function ask(spec, c)
     local a = spec.ask
     local headers, err = ngx.req.get_headers(MAX_HEADERS, true)
@@ -496,9 +515,11 @@ local function ask(spec, c)
     end
     local skip = ask_parts(a)
     local var = ngx.var
-    local out = {a.head, var.http_host or "", "\r\n"}
+    local out = new_tab(48, 0)  -- (grown one line at a time, it would be resized ~4 times)
+    out[1], out[2], out[3] = a.head, var.http_host or "", "\r\n"
     local n = 3
-    for name, value in pairs(headers) do
+    local name, value = next(headers)
+    while name ~= nil do
         local low = lower(name)
         if not HOP[low] and not skip[low] then
             if type(value) == "table" then
@@ -511,12 +532,20 @@ local function ask(spec, c)
                 n = n + 4
             end
         end
+        name, value = next(headers, name)
     end
-    local own = {a.uri_header, var.request_uri, a.method_header, var.request_method,
+    -- The connection's verification result never changes (NGINX refuses renegotiation):
+    -- read once per connection, as its certificate (client_cert).
+    local verify = c.verify
+    if verify == nil then
+        verify = var.ssl_client_verify or ""
+        c.verify = verify
+    end
+    local own = {a.uri_header, var.request_uri, a.method_header, ngx.req.get_method(),
                  a.cert_header, client_cert(var, a.cert_var, c),
-                 "X-SSL-Client-Verify", var.ssl_client_verify,
+                 "X-SSL-Client-Verify", verify,
                  "X-Forwarded-For", var.remote_addr}
-    for i = 1, #own, 2 do  -- an empty value is no header (as proxy_set_header)
+    for i = 1, 10, 2 do  -- an empty value is no header (as proxy_set_header)
         local value = own[i + 1]
         if value and value ~= "" then
             out[n + 1], out[n + 2], out[n + 3], out[n + 4] = own[i], ": ", value, "\r\n"
@@ -524,12 +553,11 @@ local function ask(spec, c)
         end
     end
     out[n + 1] = a.fixed
-    local failed = {status = 502, header = {}, body = ""}
     local sock = connect(a.address)
-    if not sock then return failed end
-    if not sock:send(table.concat(out, "", 1, n + 1)) then sock:close() return failed end
+    if not sock then return FAILED end
+    if not sock:send(table.concat(out, "", 1, n + 1)) then sock:close() return FAILED end
     local res, keep = read_answer(sock)
-    if not res then sock:close() return failed end
+    if not res then sock:close() return FAILED end
     if keep then
         sock:setkeepalive(60000, 64)
     else
