@@ -8,6 +8,11 @@ bench/nginx_cost.py's ``--edit``), and drives each through the same HAProxy fron
 wrk, interleaved (A B, B A, ...). It prints each pair's CPU per request (NGINX's worker
 and twistedgw, from /proc) and A/B per proxy CPU with the per-round spread.
 
+``--against X`` (a row's letter) compares rows instead of renderings: each row of
+``--rows`` (A) against row X (B) on the same pair, interleaved, so whether one row costs
+more than another is read without the bare NGINX's spread between rows (bench/run.py
+compares each row with its own rounds of the bare NGINX).
+
 Why: bench/nginx_cost.py counts user-space instructions, which is deterministic but
 blind to the kernel (half of an NGINX worker's CPU); bench/run.py compares each pair
 with a bare NGINX, whose own spread between rounds hides a few percent. Comparing the
@@ -32,15 +37,19 @@ import run
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--edit", required=True, help="a Python file whose edit(text, variant) "
+    p.add_argument("--edit", help="a Python file whose edit(text, variant) "
                    "rewrites the rendered include for B")
+    p.add_argument("--against", help="a row's letter: compare each row with it on one pair")
     p.add_argument("--rows", default="a", help="scenario 8's rows (letters), e.g. a,b")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--variant", default="auth_request", choices=("auth_request", "lua"))
     args = p.parse_args()
-    scope: dict[str, Any] = {}
-    exec(Path(args.edit).read_text(), scope)
+    if (args.edit is None) == (args.against is None):
+        p.error("give --edit or --against")
+    scope: dict[str, Any] = {"edit": lambda text, variant: text}
+    if args.edit is not None:
+        exec(Path(args.edit).read_text(), scope)
     edit = scope["edit"]
 
     from twistedgw.app import nginx as nginxconf
@@ -57,22 +66,29 @@ def main() -> int:
         return rendered
 
     nginxconf.render = render  # type: ignore[assignment]
-    run.FRONTED = (("fr-a", 10, args.variant), ("fr-b", 10, args.variant))
+    run.FRONTED = ((("fr-a", 10, args.variant),) if args.against else
+                   (("fr-a", 10, args.variant), ("fr-b", 10, args.variant)))
     work = Path(tempfile.mkdtemp(prefix="twistedgw-ngxab-"))
     profile = run.Profile(args.rounds, args.duration, 1, (), 0, 0, 0, 0, ("nginx-fronted",))
     bench = run.Bench(work, profile, 0)
     try:
         bench.setup()
-        for letter, (label, front, path, headers, *_) in zip(
-            "abcdefg", run.FRONTED_ROWS, strict=True
-        ):
-            if letter not in args.rows or front == "cold":
-                continue
+        rows = {letter: row for letter, row in zip("abcdefg", run.FRONTED_ROWS, strict=True)}
+
+        def load(letter: str, pair: str) -> Any:
+            _, front, path, headers, *_ = rows[letter]
             hdrs = tuple(f"Authorization: Bearer {bench.tokens['es256']}" if h == "jwt"
                          else h for h in headers)
-            s = bench.compare(
-                lambda f=front, p=path, h=hdrs: bench.wrk(f"fr-a-{f}", p, 32, args.duration, h),
-                lambda f=front, p=path, h=hdrs: bench.wrk(f"fr-b-{f}", p, 32, args.duration, h))
+            return lambda: bench.wrk(f"{pair}-{front}", path, 32, args.duration, hdrs)
+
+        for letter, (label, front, *_) in rows.items():
+            if letter not in args.rows or front == "cold":
+                continue
+            if args.against:
+                label = f"against 8{args.against}"
+                s = bench.compare(load(letter, "fr-a"), load(args.against, "fr-a"))
+            else:
+                s = bench.compare(load(letter, "fr-a"), load(letter, "fr-b"))
             a = [r["rps_per_cpu"] for r in s["a"]["runs"]]
             b = [r["rps_per_cpu"] for r in s["b"]["runs"]]
             ratios = [x / y for x, y in zip(a, b, strict=True)]

@@ -344,6 +344,36 @@ def sni_request(port: int, pki: DevPki, sni: str | None, host: str, path: str,
         conn.close()
 
 
+def test_a_new_token_on_a_kept_connection_gets_its_own_verdict(
+        full: Fronted, signing: jwtkit.SigningKey) -> None:
+    """The Lua variant keeps a bearer API's cache key per connection with the token it
+    was built from: on one kept-alive connection a valid token (twice: the second from
+    the kept key), then an expired one, then none, then the valid one again each get
+    direct mode's answer, never the previous token's verdict."""
+    import http.client
+
+    from tests.harness import client_context
+
+    now = int(time.time())
+    valid = jwtkit.token(signing, jwtkit.claims(client_id="app-one"))
+    expired = jwtkit.token(signing, jwtkit.claims(exp=now - 3600, iat=now - 7200))
+    sequence = [bearer(valid), bearer(valid), bearer(expired), (), bearer(valid)]
+    want = [outcome(full.direct(TOKENS, "partner-app", h)) for h in sequence]
+    assert want[0][0] == 200 and want[2][0] == 401 and want[3][0] == 401, want
+    ctx = client_context(full.pki, "partner-app")
+    ctx.check_hostname = False
+    conn = http.client.HTTPSConnection("127.0.0.1", full.nginx.port, context=ctx, timeout=10)
+    try:
+        got = []
+        for headers in sequence:
+            conn.request("GET", TOKENS, headers=dict(headers))
+            r = conn.getresponse()
+            got.append(outcome(Response(r.status, r.getheaders(), r.read())))
+    finally:
+        conn.close()
+    assert got == want
+
+
 def test_hosts_and_sni_ride_nginxs_path(full: Fronted) -> None:
     """Three APIs share /shop by hosts, one [[tls.sni]] entry has its own certificate:
     the same API (status, code, backend path), the same certificate, and the same 421

@@ -90,6 +90,8 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     w(f"    if ($uri = {INTERNAL}/400) {{")
     w("        return 400 " + json_body(errors.bad_request("malformed request")) + ";")
     w("    }")
+    if not site.lua:
+        skip_checks_in_subrequests(site)
     host_checks(site)
     # A raw target twistedgw's path normalisation would change takes the gateway path: a
     # regex on $request_uri here, not a map (a map copies its source and hashes it in lower
@@ -97,4 +99,26 @@ def server_head(site: Site, entry: SniEntry | None = None) -> None:
     w("    # Raw request targets that twistedgw's path normalisation would change.")
     w(f"    if ($request_uri !~ {quote(CLEAN_TARGET)}) {{")
     w(f"        rewrite ^ {INTERNAL}/gateway last;")
+    w("    }")
+    if not site.lua:
+        w(f"    set ${CHECKED} 1;  # passed: its auth_request subrequest skips them")
+
+
+#: Set once a request has passed the server-level checks (auth_request variant).
+CHECKED = "tgw_checked"
+
+
+def skip_checks_in_subrequests(site: Site) -> None:
+    """The auth_request subrequest runs the server block's rules again (NGINX starts every
+    internal request at the server rewrite phase), but it shares its main request's
+    variables, so the Host, SNI and clean-target checks the main request passed are
+    skipped (``break``) where the main request set ``$tgw_checked``: their inputs
+    ($http_host, $ssl_server_name, $request_uri) are the main request's. ~900 of a warm
+    request's instructions (the target's regex run again). It comes after the ``$uri``
+    check: an error page NGINX sends through ``error_page 400`` after the checks (an
+    internal redirect, which keeps the variables too) is still answered there."""
+    w = site.w
+    w("    uninitialized_variable_warn off;  # $tgw_checked is unset until the checks pass")
+    w(f"    if (${CHECKED}) {{  # a subrequest of a request that passed the checks below")
+    w("        break;")
     w("    }")
