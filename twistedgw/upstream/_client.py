@@ -164,8 +164,8 @@ class Origin:
 class BackendCall:
     """One request on its way to a backend; the handle to cancel or pace it."""
 
-    __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
-                 "method", "origin", "queued_at")
+    __slots__ = ("_connecting", "body", "cancelled", "conn", "handler", "head", "method",
+                 "origin", "queued_at")
 
     def __init__(
         self,
@@ -176,7 +176,6 @@ class BackendCall:
         body: IO[bytes] | None,
         handler: ResponseHandler,
     ) -> None:
-        self._upstream = upstream
         self.origin = origin
         self.method = method
         self.head = head
