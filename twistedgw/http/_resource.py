@@ -647,17 +647,18 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
                 if exchange.body is None and operation is None and not api.websocket:
                     # ``_forward``'s usual case written out: no body to read, no upgrade.
                     exchange.gateway = gateway
-                    exchange.edits = verdict
                     if runtime.served is None and not sandbox:
                         # ``send``'s usual case written out: the forwarder, the API's own
-                        # backends, the verdict's edits prepared once per connection.
+                        # backends, the verdict's edits prepared once per connection (the
+                        # config in force: ``runtime`` is this turn's ``gateway.runtime``).
                         gateway.forwarder.relay(
                             exchange, backend_target, None, 0, (), (),
                             exchange.forwarded, api.backend_timeout, None, alternatives,
                             exchange.transform_answer if pipeline.response_transforms else None,
-                            gateway.runtime.config.limits.send_timeout, None, None, edits,
+                            config.limits.send_timeout, None, None, edits,
                         )
                     else:
+                        exchange.edits = verdict  # (what ``send`` forwards with)
                         exchange.send(None, 0)
                 else:
                     _forward(gateway, exchange, verdict)

@@ -650,7 +650,8 @@ class _Connection(Protocol):
         # attribute path (~2x an index's cost; unpacking all nine iterates; issue 27, once
         # per response). tests/test_upstream.py checks the positions.
         framing, body_length, keep_alive = head[5], head[6], head[7]
-        self.reusable = self.reusable and keep_alive
+        if not keep_alive:
+            self.reusable = False
         if self._pump is not None:
             self._stop_upload()  # answered before the whole body was sent
         call = self.call

@@ -643,20 +643,45 @@ class Forwarder:
             send_timeout is not None and send_timeout != settings.send_timeout
         ):
             settings = self._settings_with(backend_timeout, send_timeout)
-        rest: list[bytes] | None = None
+        rest = _NO_ALTERNATIVES
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
         if not body_size:
             body = None
-        # ``_Forwarding(...)``, without the class call: 3.11 runs an ``__init__`` reached
-        # through ``type.__call__`` in an interpreter of its own; called as a function
-        # it runs in this one (issue 27, once per request).
+        # The forwarding, made here: ``object.__new__`` and its fields set in this frame (a
+        # class call runs ``__init__`` in a nested interpreter on 3.11, and a call with its
+        # arguments costs ~750 instructions; once per request). Each store costs ~80, so
+        # only what every request reads is set: the body's streaming state when it streams
+        # (``response_head``), the call's ``origin``, ``head`` and ``body`` when it is sent
+        # (``_send``), its ``queued_at`` if it waits (``Upstream._wait``).
         forwarding: _Forwarding = _new_object(_Forwarding)
-        _init_forwarding(
-            forwarding, self, exchange, target, body, body_size, on_done, settings,
-            on_answer, rest, trace, on_switch, tls_policy,
-            NO_EDITS if edits is None else edits,
+        forwarding._fw = self
+        forwarding._trace = trace
+        forwarding._span = None
+        forwarding._on_answer = on_answer
+        forwarding._on_switch = on_switch
+        forwarding._alternatives = rest
+        forwarding._tls = tls_policy
+        forwarding._edits = NO_EDITS if edits is None else edits
+        forwarding._settings = settings
+        forwarding._exchange = exchange
+        forwarding._responder = exchange.responder
+        forwarding._body = body
+        method = forwarding.method = exchange.method
+        forwarding._body_length = body_size if body is not None else (
+            None if method in _NO_LENGTH_WHEN_EMPTY else 0
         )
+        forwarding._target = target
+        forwarding._on_done = on_done
+        forwarding._phase = _WAITING
+        forwarding._call = forwarding  # its own first call (``_send`` sends it)
+        forwarding._send_timer = None
+        forwarding._status = 0
+        # ``BackendCall``'s fields that a cancel reads before the first attempt is sent.
+        forwarding.handler = forwarding
+        forwarding.cancelled = False
+        forwarding.conn = None
+        forwarding._connecting = None
         try:
             if edits is None:  # (not prepared: a bad name among them is answered 500)
                 forwarding._edits = HeadEdits.of(add_headers, remove_headers) if (
@@ -764,55 +789,38 @@ class _Forwarding(BackendCall):
         "_span", "_status", "_target", "_tls", "_trace",
     )
 
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        exchange: Exchange,
-        target: bytes,
-        body: IO[bytes] | None,
-        body_size: int,
-        on_done: Callable[[ForwardResult], None] | None,
-        settings: ForwardSettings,
-        on_answer: OnAnswer | None = None,
-        alternatives: list[bytes] | None = None,
-        trace: RequestTrace | None = None,
-        on_switch: OnSwitch | None = None,
-        tls: IPolicyForHTTPS | None = None,
-        edits: HeadEdits = NO_EDITS,
-    ) -> None:
-        self._fw = forwarder
-        self._trace = trace
-        self._span: BackendSpan | None = None
-        self._on_answer = on_answer
-        self._on_switch = on_switch
-        # The API's other backends, in the order to try them; ``_NO_ALTERNATIVES``: it
-        # has none (the list itself, never popped, says so once the others are tried).
-        self._alternatives = alternatives if alternatives else _NO_ALTERNATIVES
-        self._tls = tls  # None: the forwarder's, per target
-        self._edits = edits
-        self._settings = settings
-        self._exchange = exchange
-        self._responder: Responder = exchange.responder
-        self._body = body
-        # The Content-Length to announce: the body's, or none/0 for an empty one.
-        self._body_length: int | None = (
-            body_size if body is not None
-            else (None if exchange.method in _NO_LENGTH_WHEN_EMPTY else 0)
-        )
-        self._target = target
-        self._on_done = on_done
-        self._phase = _WAITING
-        # The attempt in flight: this object, its own first call (``_send`` sends it).
-        self._call: BackendCall | None = self
-        self._send_timer: IDelayedCall | None = None
-        self._status = 0
-        # ``BackendCall``'s fields that are read before the first attempt is sent (a
-        # cancel); ``_send`` sets the others.
-        self.method = exchange.method
-        self.handler = self
-        self.cancelled = False
-        self.conn = None
-        self._connecting = None
+    # Its fields, set by ``Forwarder.relay``, the one place that makes a forwarding.
+    _fw: Forwarder
+    _trace: RequestTrace | None
+    _span: BackendSpan | None
+    _on_answer: OnAnswer | None
+    _on_switch: OnSwitch | None
+    # The API's other backends, in the order to try them; ``_NO_ALTERNATIVES``: it has
+    # none (the list itself, never popped, says so once the others are tried).
+    _alternatives: list[bytes]
+    _tls: IPolicyForHTTPS | None  # None: the forwarder's, per target
+    _edits: HeadEdits
+    _settings: ForwardSettings
+    _exchange: Exchange
+    _responder: Responder
+    _body: IO[bytes] | None
+    _body_length: int | None  # the Content-Length to announce: the body's, or none/0
+    _target: bytes
+    _on_done: Callable[[ForwardResult], None] | None
+    _phase: _Phase
+    _call: BackendCall | None  # the attempt in flight (this object: the first)
+    _send_timer: IDelayedCall | None
+    _status: int
+    # Set when the body starts to stream (``response_head``).
+    _paused: bool  # the client's output is full (we paused the backend)
+    _sent: int  # body bytes relayed to the client
+    _send_mark: int | None  # the client's progress when last looked at
+
+    def __init__(self) -> None:
+        """Not called: ``Forwarder.relay`` makes a forwarding and sets its fields there,
+        without a call (a call with its ~14 arguments is ~750 instructions on 3.11, once
+        per request)."""
+        raise TypeError("a forwarding is made by Forwarder.relay")
 
     @property
     def _backend(self) -> str:
@@ -984,16 +992,14 @@ class _Forwarding(BackendCall):
             if respond_block is not None and block is not None:
                 if fw._down:
                     fw._answered(self._target)
-                self._status = code
                 length = announced if (
                     code not in NO_BODY_CODES or self._exchange.method == b"HEAD"
                 ) else None
                 respond_block(code, block, length, phrase, body)
                 sent = len(body)
                 # ``_finish_result(code, None, sent)``, written out (once per request): no
-                # send timer was armed (nothing streamed).
-                if self._phase is _DONE and self._on_done is None:
-                    return
+                # send timer was armed (nothing streamed), and the phase is still
+                # ``_WAITING`` (``respond_block`` let go of ``_client_left`` first).
                 self._phase = _DONE
                 self.handler = _DONE_HANDLER  # no cycle outlives the request
                 if self._span is not None:
@@ -1277,10 +1283,9 @@ class _Forwarding(BackendCall):
         _abort_client(responder)
 
 
-#: ``Forwarder.relay``'s way to make a forwarding: ``object.__new__`` and ``__init__`` as
-#: a plain function (a call inside the interpreter), not ``_Forwarding(...)``.
+#: ``Forwarder.relay``'s way to make a forwarding: ``object.__new__``, its fields set in
+#: ``relay`` (no ``__init__`` call).
 _new_object = object.__new__
-_init_forwarding = _Forwarding.__init__
 #: The alternatives of a forwarding without any (shared: an empty list is never popped).
 _NO_ALTERNATIVES: list[bytes] = []
 
