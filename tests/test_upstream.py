@@ -914,6 +914,7 @@ def test_the_named_tuple_fields_the_request_path_reads_by_index_are_where_it_rea
     assert HeadEdits._fields[:2] == ("drop", "block")
     # http/_resource.py ``serve_exchange`` and ``forwarded``
     assert CallerVerdict._fields[:4] == ("pipeline", "caller", "refusal", "edits")
+    assert CallerVerdict._fields[6:8] == ("identity", "consumer")  # ``record``
     assert CallerVerdict._fields[9] == "sandbox"
     assert ConnectionCaller._fields[0] == "direct"
     assert ForwardResult._fields == ("status", "bytes_sent", "error_kind")

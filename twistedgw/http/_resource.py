@@ -372,9 +372,16 @@ class GatewayExchange(Exchange):
         if trace is not None and (websocket is None or websocket.closed_by is None):
             # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
-        judged: Call | CallerVerdict | None = call if call is not None else self.verdict
-        identity = judged.identity if judged is not None else None
-        consumer = judged.consumer if judged is not None else None
+        identity: ClientIdentity | None
+        consumer: str | None
+        if call is not None:
+            identity, consumer = call.identity, call.consumer
+        else:
+            verdict = self.verdict
+            if verdict is not None:  # (by index: a NamedTuple field by name costs on 3.11)
+                identity, consumer = verdict[6], verdict[7]  # .identity, .consumer
+            else:
+                identity = consumer = None
         if not gateway.observers:  # nothing reads a record: count the request, build none
             counter = gateway.counter
             if counter is not None:

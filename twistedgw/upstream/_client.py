@@ -677,9 +677,9 @@ class _Connection(Protocol):
                     upstream = self.upstream
                     key = self.origin.key
                     idle = upstream._idle.get(key)
-                    if idle is not None and key not in upstream._waiting and (
-                        len(idle) < upstream._max_idle
-                    ):
+                    if idle is not None and (
+                        not upstream._waiting or key not in upstream._waiting
+                    ) and len(idle) < upstream._max_idle:
                         self.parked_at = upstream._reactor.seconds()
                         idle.append(self)
                         if upstream._sweeper is None:

@@ -103,6 +103,9 @@ _NO_LENGTH_WHEN_EMPTY: frozenset[bytes] = frozenset(
 
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
+# twisted.web's statuses without a body, as a set (its tuple is searched by comparisons).
+_NO_BODY_CODES: frozenset[int] = frozenset(NO_BODY_CODES)
+
 # Status recorded when the client left before anything was sent (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -993,7 +996,7 @@ class _Forwarding(BackendCall):
                 if fw._down:
                     fw._answered(self._target)
                 length = announced if (
-                    code not in NO_BODY_CODES or self._exchange.method == b"HEAD"
+                    code not in _NO_BODY_CODES or self._exchange.method == b"HEAD"
                 ) else None
                 respond_block(code, block, length, phrase, body)
                 sent = len(body)
