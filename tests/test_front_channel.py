@@ -310,8 +310,9 @@ def test_an_idle_connection_keeps_no_address_objects_or_request_line() -> None:
 
 def test_one_object_per_request_sets_every_field_and_drops_its_self_reference() -> None:
     """The front's exchange is its own responder and body source (issue 27 item 1): every
-    field of ``GatewayExchange`` is set by its one ``__init__``, and once its answer ends
-    it refers to itself no more (no reference cycle per request for the collector)."""
+    field of ``GatewayExchange`` is set by its one ``__init__`` (a request with a body;
+    the answer's framing fields when it starts), and once its answer ends it refers to
+    itself no more (no reference cycle per request for the collector)."""
     from twistedgw.http._front import _H1Exchange
 
     recorder = Recorder(hold=True)
@@ -320,10 +321,17 @@ def test_one_object_per_request_sets_every_field_and_drops_its_self_reference() 
     exchange = recorder.held[0]
     assert type(exchange) is _H1Exchange
     assert exchange.responder is exchange and exchange.body is exchange
-    for cls in type(exchange).__mro__:
-        for name in getattr(cls, "__slots__", ()):
+    answer_fields = {"_head", "_chunked", "_silent"}
+    slots = [name for cls in type(exchange).__mro__ for name in getattr(cls, "__slots__", ())]
+    for name in slots:
+        if name not in answer_fields:
             getattr(exchange, name)  # AttributeError: a field the __init__ left unset
-    answer(exchange, b"ok")
+    exchange.write(b"early")  # before the answer starts: nothing, and no error
+    exchange.start_response(200, [], 2)
+    for name in slots:
+        getattr(exchange, name)  # AttributeError: a field the answer's start left unset
+    exchange.write(b"ok")
+    exchange.finish()
     out = f.output()
     assert out.endswith(b"\r\n\r\nok")
     assert exchange.responder is not exchange and exchange.body is not exchange

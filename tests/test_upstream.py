@@ -853,24 +853,48 @@ def test_a_backend_connection_reads_its_usual_layout_with_its_shape() -> None:
     assert large.failures and "too large" in str(large.failures[0])
 
 
-def test_a_forwarding_sets_every_field_of_the_backend_call_it_is() -> None:
+def test_a_forwarding_sets_every_field_of_the_backend_call_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The forwarding is its own first ``BackendCall`` (issue 27 item 1) but sets that
-    call's fields itself, without ``BackendCall.__init__`` (a call per request): a field
-    added to ``BackendCall`` must be set there too, or the first attempt fails on it."""
+    call's fields itself, without ``BackendCall.__init__`` (a call per request): what a
+    cancel reads when it is made, what the pool reads when it is sent, ``queued_at``
+    when it waits for a kept connection. A field added to ``BackendCall`` must be set
+    there too, or the first attempt fails on it."""
     from types import SimpleNamespace
 
     from twistedgw.upstream import ForwardSettings
     from twistedgw.upstream._client import BackendCall
     from twistedgw.upstream._forward import Forwarder, _Forwarding
 
-    forwarder = Forwarder(MemoryReactorClock())
-    exchange: Any = SimpleNamespace(method=b"GET", responder=SimpleNamespace())
-    forwarding = _Forwarding(
-        forwarder, exchange, b"http://127.0.0.1:1/", None, 0, None, ForwardSettings()
-    )
-    assert isinstance(forwarding, BackendCall) and forwarding.handler is forwarding
+    forwarder = Forwarder(MemoryReactorClock(), ForwardSettings(max_persistent_per_host=1))
+    pool = forwarder._upstream
+    pool._open[ORIGIN.key] = 1  # the one kept connection is busy: the request waits
+    exchange = _exchange([(b"Host", b"gw")], b"gw")
+    gone: list[Any] = []
+    exchange.responder = SimpleNamespace(when_gone=gone.append)
+    with pytest.raises(TypeError):  # made by ``Forwarder.relay`` only
+        _Forwarding()
+    sent: list[str] = []
+    real_send = _Forwarding._send
+
+    def send(forwarding: _Forwarding, first: bool) -> None:
+        for name in ("method", "handler", "cancelled", "conn", "_connecting"):
+            getattr(forwarding, name)  # AttributeError: a field a cancel reads, left unset
+        sent.append("first" if first else "again")
+        real_send(forwarding, first)
+
+    monkeypatch.setattr(_Forwarding, "_send", send)
+    forwarder.relay(exchange, b"http://127.0.0.1:9/", None, 0, (), (), None, None, None, (),
+                    None, None, None, None, None)
+    assert sent == ["first"]
+    forwarding = pool._waiting[ORIGIN.key][0]
+    assert isinstance(forwarding, _Forwarding) and forwarding.handler is forwarding
+    assert gone == [forwarding._client_left]
     for name in BackendCall.__slots__:
         getattr(forwarding, name)  # AttributeError: a field the forwarding left unset
+    forwarding.cancel()
+    assert forwarding.cancelled and pool._next_waiting(ORIGIN.key) is None
 
 
 def test_the_named_tuple_fields_the_request_path_reads_by_index_are_where_it_reads_them() -> None:
@@ -890,6 +914,7 @@ def test_the_named_tuple_fields_the_request_path_reads_by_index_are_where_it_rea
     assert HeadEdits._fields[:2] == ("drop", "block")
     # http/_resource.py ``serve_exchange`` and ``forwarded``
     assert CallerVerdict._fields[:4] == ("pipeline", "caller", "refusal", "edits")
+    assert CallerVerdict._fields[6:8] == ("identity", "consumer")  # ``record``
     assert CallerVerdict._fields[9] == "sandbox"
     assert ConnectionCaller._fields[0] == "direct"
     assert ForwardResult._fields == ("status", "bytes_sent", "error_kind")

@@ -161,63 +161,32 @@ class _H1Exchange(GatewayExchange):
         "_chunked", "_fields", "_head", "_host_field", "_on_gone", "_silent", "body_length",
         "channel", "expect_continue", "finished", "gone", "head_request", "started",
     )
+    # Its own fields (``GatewayExchange``'s are declared there), set by
+    # ``FrontChannel._head``, the one place that makes an exchange.
+    channel: FrontChannel
+    # None: a head ``wire.USUAL_REQUEST_HEAD`` matched, whose ``Fields`` are made from
+    # ``_host_field``, ``host`` and ``lines`` when something reads them.
+    _fields: Fields | None
+    _host_field: bytes
+    head_request: bool
+    started: bool
+    finished: bool
+    gone: bool
+    _on_gone: Callable[[], None] | None
+    # Set only for a request with a body.
+    body_length: int | None  # Content-Length; None when chunked
+    expect_continue: bool  # the client waits for 100 Continue
+    # Set when the answer starts (``start_response``, ``switch_protocols``): the usual
+    # answer (``respond_block``) reads none of them.
+    _head: bytes | None  # the head, sent with the first bytes
+    _chunked: bool
+    _silent: bool  # HEAD, or a status without a body: writes carry nothing
 
-    def __init__(
-        self,
-        channel: FrontChannel,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        fields: Fields | None,
-        host: bytes | None,
-        conn: Connection,
-        routed: Routed | None,
-        body_length: int | None,
-        has_body: bool,
-        expect_continue: bool,
-        host_field: bytes,
-        lines: bytes | None,
-    ) -> None:
-        # ``GatewayExchange.__init__``'s fields, set here (one call per request, not two;
-        # tests/test_front_unit.py checks that every slot is set).
-        self.method = method
-        self.target = target
-        self.version = version
-        # None: a head ``wire.USUAL_REQUEST_HEAD`` matched, whose ``Fields`` are made
-        # from ``host_field``, ``host`` and ``lines`` when something reads them.
-        self._fields = fields
-        self._host_field = host_field
-        self.lines = lines
-        self.host = host
-        self.conn = conn
-        self.responder = self
-        self.body = self if has_body else None
-        self.client_ip = conn.client_ip
-        self.secure = conn.secure
-        self.routed = routed
-        self.began = time.time()
-        self.judged_method = method
-        self.api = None
-        self.call = None
-        self.pipeline = None
-        self.trace = None
-        self.cache = None
-        self.verdict = None
-        self.gateway = None
-        self.edits = None
-        self.switch = None
-        # The I/O side.
-        self.channel = channel
-        self.head_request = method == b"HEAD"
-        self.body_length = body_length  # Content-Length; None when chunked
-        self.expect_continue = expect_continue  # the client waits for 100 Continue
-        self.started = False
-        self.finished = False
-        self.gone = False
-        self._head: bytes | None = None  # built by start_response, sent with the first bytes
-        self._chunked = False
-        self._silent = False  # HEAD, or a status without a body: writes carry nothing
-        self._on_gone: Callable[[], None] | None = None
+    def __init__(self) -> None:
+        """Not called: ``FrontChannel._head`` makes an exchange and sets its fields there,
+        without a call (a call with its ~14 arguments is ~750 instructions on 3.11, once
+        per request)."""
+        raise TypeError("an HTTP/1.1 exchange is made by FrontChannel._head")
 
     @property  # type: ignore[override]
     def fields(self) -> Fields:
@@ -289,6 +258,7 @@ class _H1Exchange(GatewayExchange):
         writes carry a body (``_silent``) and whether it is chunked."""
         version = self.version
         channel = self.channel
+        self._chunked = False
         silent = self._silent = (
             self.head_request or status in _NO_BODY_STATUSES or status < 200
         )
@@ -314,7 +284,7 @@ class _H1Exchange(GatewayExchange):
         return frame + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
-        if self.finished or self.gone:
+        if self.finished or self.gone or not self.started:
             return
         head = self._head
         if head is not None:
@@ -325,7 +295,7 @@ class _H1Exchange(GatewayExchange):
             else:
                 self.channel.write(head)
             return
-        if self._silent or not data or not self.started:
+        if self._silent or not data:
             return
         self.channel.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
@@ -413,7 +383,10 @@ class _H1Exchange(GatewayExchange):
         transport = channel.transport
         if transport is not None:
             transport.write(data)
-        self._end()
+        # ``_end``, written out (the usual answer's path: a frame fewer per request).
+        self.responder = _ENDED
+        if self.body is not None:
+            self.body = _ENDED
         channel.request_done(self)
 
     def abort(self) -> None:
@@ -442,6 +415,7 @@ class _H1Exchange(GatewayExchange):
         if self.started or self.finished or self.gone:
             return None
         self.started = True
+        self._head, self._chunked, self._silent = None, False, False
         return self.channel.switch(self, head, tunnel)
 
     # -- the channel's ---------------------------------------------------------
@@ -457,10 +431,9 @@ class _H1Exchange(GatewayExchange):
         self._end()
 
 
-#: ``FrontChannel``'s way to make an exchange: ``object.__new__`` and ``__init__`` as a
-#: plain function (a call inside the interpreter), not ``_H1Exchange(...)``.
+#: ``FrontChannel``'s way to make an exchange: ``object.__new__``, its fields set in
+#: ``_head`` (no ``__init__`` call).
 _new_object = object.__new__
-_init_exchange = _H1Exchange.__init__
 
 
 class _Ended:
@@ -932,15 +905,48 @@ class FrontChannel(BoundedClose, Protocol):
             self._body_size = 0
         conn = self._conn
         assert conn is not None
-        # ``_H1Exchange(...)``, without the class call: 3.11 runs an ``__init__`` reached
-        # through ``type.__call__`` in an interpreter of its own; called as a function
-        # it runs in this one (issue 27, once per request).
+        # The exchange, made here: ``object.__new__`` and its fields set in this frame (a
+        # class call runs ``__init__`` in a nested interpreter on 3.11, and a call with its
+        # arguments costs ~750 instructions; once per request). Each store costs ~80, so
+        # what only a body or an answer's start reads is set then (``_H1Exchange``).
+        # tests/test_front_channel.py checks that every slot is set.
         stream: _H1Exchange = _new_object(_H1Exchange)
-        _init_exchange(
-            stream, self, method, target, version, fields, host, conn, routed,
-            None if framing is _F_CHUNKED else length, framing is not _F_NONE,
-            expect_continue, host_field, lines,
-        )
+        stream.method = method
+        stream.target = target
+        stream.version = version
+        stream._fields = fields
+        stream._host_field = host_field
+        stream.lines = lines
+        stream.host = host
+        stream.conn = conn
+        stream.responder = stream
+        if framing is _F_NONE:
+            stream.body = None
+        else:
+            stream.body = stream
+            stream.body_length = None if framing is _F_CHUNKED else length
+            stream.expect_continue = expect_continue
+        stream.client_ip = conn.client_ip
+        stream.secure = conn.secure
+        stream.routed = routed
+        stream.began = time.time()
+        stream.judged_method = method
+        stream.api = None
+        stream.call = None
+        stream.pipeline = None
+        stream.trace = None
+        stream.cache = None
+        stream.verdict = None
+        stream.gateway = None
+        stream.edits = None
+        stream.switch = None
+        # The I/O side.
+        stream.channel = self
+        stream.head_request = method == b"HEAD"
+        stream.started = False
+        stream.finished = False
+        stream.gone = False
+        stream._on_gone = None
         self._stream = stream
         # Dispatched now, the body (if any) unread: it is read only if the exchange is
         # allowed (``read_body``). The idle timer ignores both phases (no re-arm per

@@ -372,9 +372,16 @@ class GatewayExchange(Exchange):
         if trace is not None and (websocket is None or websocket.closed_by is None):
             # (A WebSocket's span is its handshake's, ended at the 101: not at its close.)
             tracing.end(trace, status, kind, self.api, call, routed, refusal)
-        judged: Call | CallerVerdict | None = call if call is not None else self.verdict
-        identity = judged.identity if judged is not None else None
-        consumer = judged.consumer if judged is not None else None
+        identity: ClientIdentity | None
+        consumer: str | None
+        if call is not None:
+            identity, consumer = call.identity, call.consumer
+        else:
+            verdict = self.verdict
+            if verdict is not None:  # (by index: a NamedTuple field by name costs on 3.11)
+                identity, consumer = verdict[6], verdict[7]  # .identity, .consumer
+            else:
+                identity = consumer = None
         if not gateway.observers:  # nothing reads a record: count the request, build none
             counter = gateway.counter
             if counter is not None:
@@ -647,17 +654,18 @@ def serve_exchange(gateway: Gateway, exchange: GatewayExchange) -> None:
                 if exchange.body is None and operation is None and not api.websocket:
                     # ``_forward``'s usual case written out: no body to read, no upgrade.
                     exchange.gateway = gateway
-                    exchange.edits = verdict
                     if runtime.served is None and not sandbox:
                         # ``send``'s usual case written out: the forwarder, the API's own
-                        # backends, the verdict's edits prepared once per connection.
+                        # backends, the verdict's edits prepared once per connection (the
+                        # config in force: ``runtime`` is this turn's ``gateway.runtime``).
                         gateway.forwarder.relay(
                             exchange, backend_target, None, 0, (), (),
                             exchange.forwarded, api.backend_timeout, None, alternatives,
                             exchange.transform_answer if pipeline.response_transforms else None,
-                            gateway.runtime.config.limits.send_timeout, None, None, edits,
+                            config.limits.send_timeout, None, None, edits,
                         )
                     else:
+                        exchange.edits = verdict  # (what ``send`` forwards with)
                         exchange.send(None, 0)
                 else:
                     _forward(gateway, exchange, verdict)

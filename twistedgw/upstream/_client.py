@@ -164,8 +164,8 @@ class Origin:
 class BackendCall:
     """One request on its way to a backend; the handle to cancel or pace it."""
 
-    __slots__ = ("_connecting", "_upstream", "body", "cancelled", "conn", "handler", "head",
-                 "method", "origin", "queued_at")
+    __slots__ = ("_connecting", "body", "cancelled", "conn", "handler", "head", "method",
+                 "origin", "queued_at")
 
     def __init__(
         self,
@@ -176,7 +176,6 @@ class BackendCall:
         body: IO[bytes] | None,
         handler: ResponseHandler,
     ) -> None:
-        self._upstream = upstream
         self.origin = origin
         self.method = method
         self.head = head
@@ -651,7 +650,8 @@ class _Connection(Protocol):
         # attribute path (~2x an index's cost; unpacking all nine iterates; issue 27, once
         # per response). tests/test_upstream.py checks the positions.
         framing, body_length, keep_alive = head[5], head[6], head[7]
-        self.reusable = self.reusable and keep_alive
+        if not keep_alive:
+            self.reusable = False
         if self._pump is not None:
             self._stop_upload()  # answered before the whole body was sent
         call = self.call
@@ -677,9 +677,9 @@ class _Connection(Protocol):
                     upstream = self.upstream
                     key = self.origin.key
                     idle = upstream._idle.get(key)
-                    if idle is not None and key not in upstream._waiting and (
-                        len(idle) < upstream._max_idle
-                    ):
+                    if idle is not None and (
+                        not upstream._waiting or key not in upstream._waiting
+                    ) and len(idle) < upstream._max_idle:
                         self.parked_at = upstream._reactor.seconds()
                         idle.append(self)
                         if upstream._sweeper is None:

@@ -103,6 +103,9 @@ _NO_LENGTH_WHEN_EMPTY: frozenset[bytes] = frozenset(
 
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
+# twisted.web's statuses without a body, as a set (its tuple is searched by comparisons).
+_NO_BODY_CODES: frozenset[int] = frozenset(NO_BODY_CODES)
+
 # Status recorded when the client left before anything was sent (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -643,28 +646,53 @@ class Forwarder:
             send_timeout is not None and send_timeout != settings.send_timeout
         ):
             settings = self._settings_with(backend_timeout, send_timeout)
-        rest: list[bytes] | None = None
+        rest = _NO_ALTERNATIVES
         if alternatives:
             target, *rest = self._ordered([target, *alternatives])
         if not body_size:
             body = None
-        # ``_Forwarding(...)``, without the class call: 3.11 runs an ``__init__`` reached
-        # through ``type.__call__`` in an interpreter of its own; called as a function
-        # it runs in this one (issue 27, once per request).
+        # The forwarding, made here: ``object.__new__`` and its fields set in this frame (a
+        # class call runs ``__init__`` in a nested interpreter on 3.11, and a call with its
+        # arguments costs ~750 instructions; once per request). Each store costs ~80, so
+        # only what every request reads is set: the body's streaming state when it streams
+        # (``response_head``), the call's ``origin``, ``head`` and ``body`` when it is sent
+        # (``_send``), its ``queued_at`` if it waits (``Upstream._wait``).
         forwarding: _Forwarding = _new_object(_Forwarding)
-        _init_forwarding(
-            forwarding, self, exchange, target, body, body_size, on_done, settings,
-            on_answer, rest, trace, on_switch, tls_policy,
-            NO_EDITS if edits is None else edits,
+        forwarding._fw = self
+        forwarding._trace = trace
+        forwarding._span = None
+        forwarding._on_answer = on_answer
+        forwarding._on_switch = on_switch
+        forwarding._alternatives = rest
+        forwarding._tls = tls_policy
+        forwarding._edits = NO_EDITS if edits is None else edits
+        forwarding._settings = settings
+        forwarding._exchange = exchange
+        forwarding._responder = exchange.responder
+        forwarding._body = body
+        method = forwarding.method = exchange.method
+        forwarding._body_length = body_size if body is not None else (
+            None if method in _NO_LENGTH_WHEN_EMPTY else 0
         )
+        forwarding._target = target
+        forwarding._on_done = on_done
+        forwarding._phase = _WAITING
+        forwarding._call = forwarding  # its own first call (``_send`` sends it)
+        forwarding._send_timer = None
+        forwarding._status = 0
+        # ``BackendCall``'s fields that a cancel reads before the first attempt is sent.
+        forwarding.handler = forwarding
+        forwarding.cancelled = False
+        forwarding.conn = None
+        forwarding._connecting = None
         try:
             if edits is None:  # (not prepared: a bad name among them is answered 500)
                 forwarding._edits = HeadEdits.of(add_headers, remove_headers) if (
                     add_headers or remove_headers
                 ) else NO_EDITS
-            # ``forwarding.start(tls_policy, edits)``, written out (once per request).
+            # The client leaving cancels the backend request; then the first attempt.
             forwarding._responder.when_gone(forwarding._client_left)
-            forwarding._send()
+            forwarding._send(True)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=_origin_for_logs(target))
             forwarding.fail_internal()
@@ -752,74 +780,50 @@ class _Forwarding(BackendCall):
     client is not keeping up (paused) a second one, the send timer, takes over.
     """
 
-    # One per forwarded request: slots make its ~25 fields cheaper to set and read.
+    # One per forwarded request: slots make its ~25 fields cheaper to set and read. Each
+    # store costs ~90 instructions on 3.11, so ``__init__`` sets only what every request
+    # reads: ``_paused``, ``_sent`` and ``_send_mark`` are set when the body starts to
+    # stream (``response_head``), the call's ``origin``, ``head`` and ``body`` when it is
+    # sent (``_send``), its ``queued_at`` when it waits (``Upstream._wait``).
     __slots__ = (
-        "_alternatives", "_body", "_body_length", "_call", "_client_gone", "_edits",
+        "_alternatives", "_body", "_body_length", "_call", "_edits",
         "_exchange", "_fw", "_on_answer", "_on_done", "_on_switch", "_paused", "_phase",
-        "_reactor", "_responder", "_send_mark", "_send_timer", "_sent", "_settings",
-        "_several", "_span", "_status", "_target", "_tls", "_trace",
+        "_responder", "_send_mark", "_send_timer", "_sent", "_settings",
+        "_span", "_status", "_target", "_tls", "_trace",
     )
 
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        exchange: Exchange,
-        target: bytes,
-        body: IO[bytes] | None,
-        body_size: int,
-        on_done: Callable[[ForwardResult], None] | None,
-        settings: ForwardSettings,
-        on_answer: OnAnswer | None = None,
-        alternatives: list[bytes] | None = None,
-        trace: RequestTrace | None = None,
-        on_switch: OnSwitch | None = None,
-        tls: IPolicyForHTTPS | None = None,
-        edits: HeadEdits = NO_EDITS,
-    ) -> None:
-        self._fw = forwarder
-        self._trace = trace
-        self._span: BackendSpan | None = None
-        self._on_answer = on_answer
-        self._on_switch = on_switch
-        if alternatives:
-            self._alternatives = alternatives
-            self._several = True  # the API has other backends
-        else:
-            self._alternatives = _NO_ALTERNATIVES  # (never popped: it is empty)
-            self._several = False
-        self._tls = tls  # None: the forwarder's, per target
-        self._edits = edits
-        self._reactor = forwarder._reactor
-        self._settings = settings
-        self._exchange = exchange
-        self._responder: Responder = exchange.responder
-        self._body = body
-        # The Content-Length to announce: the body's, or none/0 for an empty one.
-        self._body_length: int | None = (
-            body_size if body is not None
-            else (None if exchange.method in _NO_LENGTH_WHEN_EMPTY else 0)
-        )
-        self._target = target
-        self._on_done = on_done
-        self._phase = _WAITING
-        self._client_gone = False
-        self._call: BackendCall | None = None
-        self._send_timer: IDelayedCall | None = None
-        self._send_mark: int | None = None  # the client's progress when last looked at
-        self._paused = False  # the client's output is full (we paused the backend)
-        self._sent = 0  # body bytes relayed to the client
-        self._status = 0
-        # ``BackendCall``'s fields, for the first attempt (``_send`` sets what it sends).
-        self._upstream = forwarder._upstream
-        self.origin: Origin | None = None  # type: ignore[assignment]
-        self.method = exchange.method
-        self.head = b""
-        self.body = None
-        self.handler = self
-        self.cancelled = False
-        self.conn = None
-        self._connecting = None
-        self.queued_at = 0.0
+    # Its fields, set by ``Forwarder.relay``, the one place that makes a forwarding.
+    _fw: Forwarder
+    _trace: RequestTrace | None
+    _span: BackendSpan | None
+    _on_answer: OnAnswer | None
+    _on_switch: OnSwitch | None
+    # The API's other backends, in the order to try them; ``_NO_ALTERNATIVES``: it has
+    # none (the list itself, never popped, says so once the others are tried).
+    _alternatives: list[bytes]
+    _tls: IPolicyForHTTPS | None  # None: the forwarder's, per target
+    _edits: HeadEdits
+    _settings: ForwardSettings
+    _exchange: Exchange
+    _responder: Responder
+    _body: IO[bytes] | None
+    _body_length: int | None  # the Content-Length to announce: the body's, or none/0
+    _target: bytes
+    _on_done: Callable[[ForwardResult], None] | None
+    _phase: _Phase
+    _call: BackendCall | None  # the attempt in flight (this object: the first)
+    _send_timer: IDelayedCall | None
+    _status: int
+    # Set when the body starts to stream (``response_head``).
+    _paused: bool  # the client's output is full (we paused the backend)
+    _sent: int  # body bytes relayed to the client
+    _send_mark: int | None  # the client's progress when last looked at
+
+    def __init__(self) -> None:
+        """Not called: ``Forwarder.relay`` makes a forwarding and sets its fields there,
+        without a call (a call with its ~14 arguments is ~750 instructions on 3.11, once
+        per request)."""
+        raise TypeError("a forwarding is made by Forwarder.relay")
 
     @property
     def _backend(self) -> str:
@@ -828,13 +832,9 @@ class _Forwarding(BackendCall):
 
     # -- start -----------------------------------------------------------
 
-    def start(self, tls: IPolicyForHTTPS | None, edits: HeadEdits) -> None:
-        self._tls = tls  # None: the forwarder's, per target
-        self._edits = edits
-        self._responder.when_gone(self._client_left)
-        self._send()
-
-    def _send(self) -> None:
+    def _send(self, first: bool) -> None:
+        """Send the request to ``_target``: ``first``, as this object (its own call), else
+        as a call of its own (an attempt on another backend)."""
         exchange = self._exchange
         fw = self._fw
         tls = self._tls
@@ -861,24 +861,23 @@ class _Forwarding(BackendCall):
             body.seek(0)  # a retry on another backend sends it from its start
         # ``_Deadlines.arm``, written out (once per request).
         deadlines = fw._deadlines
-        due = self._reactor.seconds() + self._settings.backend_timeout
+        due = fw._reactor.seconds() + self._settings.backend_timeout
         deadlines._due[self] = due
         if deadlines._call is None or due < deadlines._at:
             deadlines._schedule(due)
         upstream = fw._upstream
-        if self.head:  # an attempt on another backend: a call of its own
-            self._call = upstream.request(origin, exchange.method, head, body, self)
-        else:  # the first: this object is the call
+        if first:  # this object is the call (``_call`` already)
             self.origin, self.head, self.body = origin, head, body
             upstream.send(self)
-            self._call = self
+        else:  # an attempt on another backend: a call of its own
+            self._call = upstream.request(origin, exchange.method, head, body, self)
 
     def _next_endpoint(self, kind: str, nothing_sent: bool) -> bool:
         """After a failure before the response: skip this backend for a while and, if
         another is left and a retry is safe, send the request there. True if sent."""
         if self._span is not None:
             self._span.end(None, kind)
-        if not self._several:
+        if self._alternatives is _NO_ALTERNATIVES:  # the API has no other backend
             return False
         self._fw._suspend(self._target)
         _log.warn(
@@ -887,7 +886,7 @@ class _Forwarding(BackendCall):
             kind=kind,
             secs=self._settings.endpoint_suspend_seconds,
         )
-        if not self._alternatives or self._client_gone:
+        if not self._alternatives or self._phase is _DONE:
             return False
         method = self._exchange.method
         if not nothing_sent and (method not in _IDEMPOTENT or self._body is not None):
@@ -899,7 +898,7 @@ class _Forwarding(BackendCall):
             backend=self._backend,
         )
         try:
-            self._send()
+            self._send(False)
         except Exception:
             _log.failure("forwarding to {backend} failed", backend=self._backend)
             self.fail_internal()
@@ -961,6 +960,9 @@ class _Forwarding(BackendCall):
                 self._send_error(refused, "other", transform=False)
                 return
         self._phase = _STREAMING
+        self._paused = False  # the client's output is full (we paused the backend)
+        self._sent = 0  # body bytes relayed to the client
+        self._send_mark: int | None = None  # the client's progress when last looked at
         self._fw._answered(self._target)
         self._status = head.code
         self._responder.start_response(head.code, headers, length, head.phrase)
@@ -993,16 +995,14 @@ class _Forwarding(BackendCall):
             if respond_block is not None and block is not None:
                 if fw._down:
                     fw._answered(self._target)
-                self._status = code
                 length = announced if (
-                    code not in NO_BODY_CODES or self._exchange.method == b"HEAD"
+                    code not in _NO_BODY_CODES or self._exchange.method == b"HEAD"
                 ) else None
                 respond_block(code, block, length, phrase, body)
-                self._sent = sent = len(body)
+                sent = len(body)
                 # ``_finish_result(code, None, sent)``, written out (once per request): no
-                # send timer was armed (nothing streamed).
-                if self._phase is _DONE and self._on_done is None:
-                    return
+                # send timer was armed (nothing streamed), and the phase is still
+                # ``_WAITING`` (``respond_block`` let go of ``_client_left`` first).
                 self._phase = _DONE
                 self.handler = _DONE_HANDLER  # no cycle outlives the request
                 if self._span is not None:
@@ -1042,7 +1042,7 @@ class _Forwarding(BackendCall):
             if body:
                 responder.write(body)
             responder.finish()
-        self._sent = sent = len(body)
+        sent = len(body)
         self._finish_result(code, None, sent)
 
     @property
@@ -1153,7 +1153,7 @@ class _Forwarding(BackendCall):
             return
         try:
             responder = self._responder
-            if self._client_gone or responder.gone:
+            if responder.gone:
                 self._finish_result(CLIENT_CLOSED_REQUEST, "client_gone")
             elif responder.started:
                 _abort_client(responder)
@@ -1171,9 +1171,6 @@ class _Forwarding(BackendCall):
             return
         sent = self._sent
         responder = self._responder
-        if self._client_gone:
-            self._finish_result(self._status, "client_gone", sent)
-            return
         responder.unregister_producer()
         if kind is None:
             responder.finish()
@@ -1193,7 +1190,6 @@ class _Forwarding(BackendCall):
     def _client_left(self) -> None:
         if self._phase is _DONE:
             return
-        self._client_gone = True
         self._cancel_timer()
         self._cancel_call()
         if self._phase is _WAITING:
@@ -1231,7 +1227,7 @@ class _Forwarding(BackendCall):
             self._call.pause()
         if self._send_timer is None and self._phase is _STREAMING:
             self._send_mark = _client_progress(self._exchange)
-            self._send_timer = self._reactor.callLater(
+            self._send_timer = self._fw._reactor.callLater(
                 self._settings.send_timeout, self._send_timed_out
             )
 
@@ -1270,7 +1266,7 @@ class _Forwarding(BackendCall):
         mark = _client_progress(self._exchange)
         if mark is not None and self._send_mark is not None and mark > self._send_mark:
             self._send_mark = mark
-            self._send_timer = self._reactor.callLater(
+            self._send_timer = self._fw._reactor.callLater(
                 self._settings.send_timeout, self._send_timed_out
             )
             return
@@ -1290,10 +1286,9 @@ class _Forwarding(BackendCall):
         _abort_client(responder)
 
 
-#: ``Forwarder.relay``'s way to make a forwarding: ``object.__new__`` and ``__init__`` as
-#: a plain function (a call inside the interpreter), not ``_Forwarding(...)``.
+#: ``Forwarder.relay``'s way to make a forwarding: ``object.__new__``, its fields set in
+#: ``relay`` (no ``__init__`` call).
 _new_object = object.__new__
-_init_forwarding = _Forwarding.__init__
 #: The alternatives of a forwarding without any (shared: an empty list is never popped).
 _NO_ALTERNATIVES: list[bytes] = []
 
