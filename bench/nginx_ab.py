@@ -13,6 +13,12 @@ and twistedgw, from /proc) and A/B per proxy CPU with the per-round spread.
 more than another is read without the bare NGINX's spread between rows (bench/run.py
 compares each row with its own rounds of the bare NGINX).
 
+``--strace`` then runs each row once more on pair A (and, with ``--against``, row X)
+with ``strace -c -f`` attached to the pair's processes (NGINX's and twistedgw's) and
+prints their system calls per request under wrk's load: a backend or authz connection
+made and closed per request (``connect``, ``close``, ``socket``) shows there, where
+bench/nginx_cost.py's one sequential connection cannot make it happen.
+
 Why: bench/nginx_cost.py counts user-space instructions, which is deterministic but
 blind to the kernel (half of an NGINX worker's CPU); bench/run.py compares each pair
 with a bare NGINX, whose own spread between rounds hides a few percent. Comparing the
@@ -23,10 +29,12 @@ minutes. Run it under ``flock /work/team/bench.lock`` on a shared machine.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,8 @@ def main() -> int:
     p.add_argument("--edit", help="a Python file whose edit(text, variant) "
                    "rewrites the rendered include for B")
     p.add_argument("--against", help="a row's letter: compare each row with it on one pair")
+    p.add_argument("--strace", action="store_true",
+                   help="system calls per request under load (strace -c -f), pair A")
     p.add_argument("--rows", default="a", help="scenario 8's rows (letters), e.g. a,b")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=5.0)
@@ -99,10 +109,44 @@ def main() -> int:
                   f"{[r['proxy_cpu'] for r in s['a']['runs']]} B "
                   f"{[r['proxy_cpu'] for r in s['b']['runs']]}; errors {s['errors']}",
                   flush=True)
+            if args.strace:
+                for row in (letter, args.against) if args.against else (letter,):
+                    if row:
+                        print(f"  8{row} system calls per request under load: "
+                              f"{strace_row(bench, load(row, 'fr-a'), args.duration)}",
+                              flush=True)
     finally:
         bench.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
+
+
+def strace_row(bench: Any, load: Any, duration: float) -> str:
+    """One wrk run of ``load`` with ``strace -c -f`` on pair A's processes: the calls
+    per request by name (those at 0.01 or more), strace's own slowdown aside."""
+    pids = [pid for member in bench.procs["fr-a"].members for pid in member.pids()]
+    out = Path(tempfile.mkstemp(prefix="ngxab-strace-")[1])
+    argv = ["strace", "-c", "-f", "-o", str(out)]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached
+        requests = load()["requests"]
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    calls: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            count = int(fields[3])
+            calls[fields[-1]] = calls.get(fields[-1], 0) + count
+    out.unlink()
+    per = {k: v / max(requests, 1) for k, v in calls.items()}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1])
+                      if v >= 0.01)
+    return f"{sum(per.values()):.2f} ({shown}; {requests} requests)"
 
 
 if __name__ == "__main__":
