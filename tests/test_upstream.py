@@ -411,6 +411,29 @@ def _head_for(values: list[bytes], add: list[tuple[bytes, bytes]]) -> bytes:
     return build_request_head(exchange, origin, b"/a", add_headers=add)
 
 
+def test_a_backend_target_with_a_control_byte_or_space_is_refused_each_byte() -> None:
+    """``_request_head`` refuses a target holding any byte ``_UNSAFE_TARGET`` matches (a
+    control, space or DEL: a backend would read it as the request line's end), checked
+    by one table translation: every byte value, alone and inside a path."""
+    import re
+
+    from twistedgw.upstream._client import Origin
+    from twistedgw.upstream._forward import NO_EDITS, _request_head
+
+    unsafe = re.compile(rb"[\x00-\x20\x7f]")
+    exchange = _exchange([(b"Host", b"gw.example")], b"gw.example")
+    origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
+    for value in range(256):
+        for target in (b"/a" + bytes([value]) + b"b", bytes([value])):
+            if unsafe.search(target):
+                with pytest.raises(ValueError, match="target"):
+                    _request_head(exchange, origin, target, None, NO_EDITS)
+            else:
+                assert _request_head(exchange, origin, target, None, NO_EDITS).startswith(
+                    b"GET " + target + b" HTTP/1.1\r\n"
+                )
+
+
 def test_a_clean_request_head_is_built_exactly() -> None:
     assert _head_for([b"one", b"two"], [(b"X-Id", b"7")]) == (
         b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-V: one\r\nX-V: two\r\n"

@@ -237,7 +237,7 @@ def _request_head(
     method = exchange.method
     if method not in _SAFE_METHODS and not TOKEN.match(method):
         raise ValueError("invalid request method")
-    if target.translate(None, _SAFE_TARGET_BYTES):  # _UNSAFE_TARGET, in one C pass
+    if _NUL in target.translate(_UNSAFE_TO_NUL):  # _UNSAFE_TARGET, in one C pass
         raise ValueError("invalid request target")
     conn = exchange.conn
     if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
@@ -319,7 +319,11 @@ def _kept_lines(lines: bytes, drop: frozenset[bytes]) -> bytes:
             kept.append(line)
     return b"\r\n".join(kept)
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
-_SAFE_TARGET_BYTES = bytes(b for b in range(256) if _UNSAFE_TARGET.match(bytes([b])) is None)
+# Each byte ``_UNSAFE_TARGET`` matches mapped to NUL, every other to itself: a target holds
+# one iff its translation holds a NUL. A table without deletions is one pass over the
+# target; ``translate(None, allowed)`` built a table from the ~220 allowed bytes per call
+# (~1.6k instructions more per request).
+_UNSAFE_TO_NUL = bytes(0 if _UNSAFE_TARGET.match(bytes([b])) else b for b in range(256))
 
 
 # ``_REQUEST_DROP`` with a caller's ``remove_headers``, lower-cased, by the set of names
