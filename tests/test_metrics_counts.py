@@ -92,3 +92,49 @@ def test_a_usual_request_is_counted_as_the_general_count_counts_it() -> None:
     counted = _per_request_series(generate_latest(fast.registry).decode())
     assert counted == _per_request_series(generate_latest(general.registry).decode())
     assert 'twistedgw_requests_total{api="a:1",consumer="none",status="200"} 5.0' in counted
+
+
+def test_usual_requests_counted_between_reads_are_neither_lost_nor_counted_twice() -> None:
+    """The usual request bumps one cell, added to the three series when they are read: a
+    read, more requests (some counted the general way into the same series), a second
+    read, the caller-to-cell lookup emptied, a third: each read shows what ``_count``
+    counting every request the general way shows."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from twistedgw.app._observe import _verdict_labels
+    from twistedgw.identity import ClientIdentity, Outcome, Source
+
+    verified = ClientIdentity(Source.HANDSHAKE, Outcome.VERIFIED)
+    none = ClientIdentity(Source.HANDSHAKE, Outcome.NONE)
+    a: Any = SimpleNamespace(label="a:1")
+    fast, general = Metrics(lambda: None), Metrics(lambda: None)
+
+    def both(status: int, seconds: float, identity: ClientIdentity, usual: bool = True) -> None:
+        labels = _verdict_labels(identity, None)
+        if usual:
+            fast.count_request(a, status, seconds, identity, None, None, None)
+        else:
+            fast._count("a:1", status, seconds, *labels, None, None)
+        general._count("a:1", status, seconds, *labels, None, None)
+
+    def same() -> str:
+        counted = _per_request_series(generate_latest(fast.registry).decode())
+        assert counted == _per_request_series(generate_latest(general.registry).decode())
+        return counted
+
+    both(200, 0.003, verified)
+    both(200, 0.3, none)
+    assert 'twistedgw_requests_total{api="a:1",consumer="none",status="200"} 2.0' in same()
+    both(200, 0.02, verified)
+    both(200, 0.04, verified, usual=False)
+    both(500, 2.0, verified)
+    counted = same()
+    assert 'twistedgw_requests_total{api="a:1",consumer="none",status="200"} 4.0' in counted
+    assert ('twistedgw_client_cert_verifications_total{reason="",result="verified",'
+            'source="handshake"} 4.0') in counted
+    assert 'twistedgw_request_duration_seconds_count{api="a:1"} 5.0' in counted
+    fast._usual.clear()
+    both(200, 0.001, verified)
+    assert 'twistedgw_requests_total{api="a:1",consumer="none",status="200"} 5.0' in same()
+    same()  # a read with nothing new changes nothing

@@ -496,7 +496,8 @@ def test_the_front_s_one_call_routes_every_target_as_normalise_and_route_do() ->
     assert set(router._sole_segments) == {b"bare", b"solo"}
     paths = [b"/", b"/solo", b"/SOLO/", b"/solo/x/Y", b"/solox", b"/bare", b"/bare/%41%2f",
              b"/bare//a/./b/../c", b"/petstore/1.0.5/p", b"/petstore/1.0.6", b"/mixed/case/x",
-             b"/hosted/x", b"/other", b"/solo/..", b"/solo/../bare/x", b"/a\\b", b"/solo;p=1/x"]
+             b"/hosted/x", b"/other", b"/solo/..", b"/solo/../bare/x", b"/a\\b", b"/solo;p=1/x",
+             b"/bare/", b"/Bare/x", b"/BARE", b"/solo/", b"/solo//"]
     for path, query, host in itertools.product(
         paths, (b"", b"?", b"?a=1&b=/../"), (None, "a.example")
     ):

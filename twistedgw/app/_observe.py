@@ -305,8 +305,8 @@ class Metrics:
         self._labels: dict[
             int, tuple[ClientIdentity, tuple[str | None, str | None, str | None]]
         ] = {}
-        # (id(identity), API label, status) -> (identity, the cells of its usual request)
-        self._usual: dict[tuple[int, str, int], tuple[ClientIdentity, Cells]] = {}
+        # (id(identity), API label, status) -> (identity, the cell of its usual request)
+        self._usual: dict[tuple[int, str, int], tuple[ClientIdentity, list[float]]] = {}
         self._consumers: tuple[object, frozenset[str]] = (None, frozenset())
 
     def observe(self, record: RequestRecord) -> None:
@@ -334,18 +334,18 @@ class Metrics:
             # The usual request (answered, by a known caller, no consumer): its cells, by
             # the caller, API and status, in one lookup (kept with the identity, so its id
             # cannot be reused while it is here); ``_count``'s common part written out.
+            # One cell takes it (``RequestCounters.usual``: its duration's sum and
+            # bucket; the request and verification counts are its buckets' total, added
+            # to the three series when they are read).
             label = api.label if api is not None else NO_API
             usual = self._usual.get((id(identity), label, status))
             if usual is None or usual[0] is not identity:
                 usual = self._usual_cells(identity, label, status)
-            requests, durations, verdict = usual[1]
-            requests[0] += 1
+            cell = usual[1]
             if duration < 0.0:
                 duration = 0.0
-            durations[0] += duration
-            durations[2 + bisect_left(DURATION_BUCKETS, duration)] += 1
-            if verdict is not None:
-                verdict[0] += 1
+            cell[0] += duration
+            cell[1 + bisect_left(DURATION_BUCKETS, duration)] += 1
             return
         if refusal is None and identity is not None:
             # A keep-alive connection's caller is the same identity request after request:
@@ -405,17 +405,15 @@ class Metrics:
 
     def _usual_cells(
         self, identity: ClientIdentity, label: str, status: int
-    ) -> tuple[ClientIdentity, Cells]:
-        """``count_request``'s usual request's cells, found the first time a caller gets
-        a status of an API and then looked up in ``_usual`` (bounded: emptied when full)."""
+    ) -> tuple[ClientIdentity, list[float]]:
+        """``count_request``'s usual request's cell (``RequestCounters.usual``), found the
+        first time a caller gets a status of an API and then looked up in ``_usual``
+        (bounded: emptied when full; the counts stay in the cell)."""
         source, result, reason = self._labels_of(identity)
-        key = (label, status, source, result, reason, NO_CONSUMER)
-        found = self._cells.get(key)
-        if found is None:
-            found = self._cells_for(key)
+        cell = self.counts.usual(label, status, source, result, reason)
         if len(self._usual) >= 4096:
             self._usual.clear()
-        usual = self._usual[(id(identity), label, status)] = (identity, found)
+        usual = self._usual[(id(identity), label, status)] = (identity, cell)
         return usual
 
     def _cells_for(self, key: tuple[Any, ...]) -> Cells:
@@ -532,6 +530,10 @@ class RequestCounters:
         self._requests: dict[tuple[str, str, str], list[float]] = {}
         self._durations: dict[str, list[float]] = {}
         self._verifications: dict[tuple[str, str, str], list[float]] = {}
+        # The usual request's cells (``usual``) by label set, and each with the three
+        # cells it is added to when read (``_fold``).
+        self._usual: dict[tuple[str, int, str | None, str | None, str | None], list[float]] = {}
+        self._folds: list[tuple[list[float], Cells]] = []
 
     def cells(
         self, api: str, status: int, consumer: str, source: str | None, result: str | None,
@@ -553,6 +555,37 @@ class RequestCounters:
             if verifications is None:
                 verifications = self._verifications[vkey] = [0, now]
         return requests, durations, verifications
+
+    def usual(
+        self, api: str, status: int, source: str | None, result: str | None, reason: str | None
+    ) -> list[float]:
+        """The one cell a request of these labels (no consumer) adds to: ``[sum of
+        durations, count in bucket 0, ..., count in +Inf]``. Its count (the buckets'
+        total) is the requests' and the verifications' too, so a request bumps one list
+        by index, not three, and the three series get it when read (``_fold``)."""
+        key = (api, status, source, result, reason)
+        cell = self._usual.get(key)
+        if cell is None:
+            cells = self.cells(api, status, NO_CONSUMER, source, result, reason)
+            cell = self._usual[key] = [0.0, *([0] * (len(DURATION_BUCKETS) + 1))]
+            self._folds.append((cell, cells))
+        return cell
+
+    def _fold(self) -> None:
+        """Add what the usual cells counted since the last read to the three series'
+        cells, and zero them (in place: ``Metrics`` holds them)."""
+        width = len(DURATION_BUCKETS) + 1
+        for cell, (requests, durations, verifications) in self._folds:
+            count = sum(cell[1:])
+            if not count:
+                continue
+            requests[0] += count
+            if verifications is not None:
+                verifications[0] += count
+            durations[0] += cell[0]
+            for i in range(width):
+                durations[2 + i] += cell[1 + i]
+            cell[:] = [0.0, *([0] * width)]
 
     def describe(self) -> list[Any]:
         return list(self._families())
@@ -578,6 +611,7 @@ class RequestCounters:
             labels=["source", "result", "reason"],
         )
         if samples:
+            self._fold()
             for labels, (count, created) in self._requests.items():
                 requests.add_metric(list(labels), count, created=created)
             bounds = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]

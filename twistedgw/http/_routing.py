@@ -595,13 +595,17 @@ class Router:
         # A first segment that only one context starts with, that context being that one
         # segment (``/bench``) with a ``_sole`` API: every normalised path under it routes
         # there, with no other context to try and no prefix to compare (``parts``): the
-        # context's length, and its ``_sole`` entry.
-        self._sole_segments: dict[bytes, tuple[int, ApiConfig, Pipeline | None, bytes, bool]] = {
-            segment: (len(entries[0][0]), *self._sole[entries[0][0]])
-            for segment, entries in by_segment.items()
-            if len(entries) == 1 and entries[0][0] == b"/" + segment
-            and entries[0][0] in self._sole
-        }
+        # API, its pipeline, the backend URL with a "/" (what a path's segments after the
+        # first follow) and the backend target of the context itself (``/bench``).
+        self._sole_segments: dict[bytes, tuple[ApiConfig, Pipeline | None, bytes, bytes]] = {}
+        for segment, entries in by_segment.items():
+            if len(entries) == 1 and entries[0][0] == b"/" + segment and (
+                entries[0][0] in self._sole
+            ):
+                api, pipeline, backend, bare = self._sole[entries[0][0]]
+                self._sole_segments[segment] = (
+                    api, pipeline, backend + b"/", backend + b"/" if bare else backend
+                )
         self._root = root
         self.uses_hosts = any(a.hosts is not None for a in ordered)
         # By the API's identity: APIs with distinct hosts share a context.
@@ -630,18 +634,20 @@ class Router:
             )
         except BadPath as e:
             return raw_path, None, query_or_none, None, str(e)
-        lowered = path.lower()
-        sole = self._sole_segments.get(lowered.split(b"/", 2)[1])
+        # The first segment as sent is looked up first: the table's keys are lower-case,
+        # so a hit is one, and most paths are written as the context is (no ``lower``).
+        pieces = path.split(b"/", 2)  # b"", the first segment, the rest (if any)
+        sole = self._sole_segments.get(pieces[1])
         if sole is None:
-            return raw_path, path, query_or_none, self.route(
-                path, query_or_none, method, host
-            ), None
-        # ``route``'s ``_sole`` case, its context known from the first segment.
-        cut, api, pipeline, backend, bare = sole
-        rest = path[cut:]
-        target = backend + rest
-        if bare and not rest:
-            target += b"/"
+            sole = self._sole_segments.get(pieces[1].lower())
+            if sole is None:
+                return raw_path, path, query_or_none, self.route(
+                    path, query_or_none, method, host
+                ), None
+        # ``route``'s ``_sole`` case, its context known from the first segment: the
+        # backend URL and what follows the context (``route``'s ``rest``, a "/" first).
+        api, pipeline, slashed, whole = sole
+        target = slashed + pieces[2] if len(pieces) == 3 else whole
         if sep:
             target += b"?" + query
         return raw_path, path, query_or_none, _new_route(

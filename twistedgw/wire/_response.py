@@ -13,7 +13,6 @@ framing means "until close", never reused.
 
 from __future__ import annotations
 
-import operator
 import re
 from typing import NamedTuple
 
@@ -89,6 +88,10 @@ _CODES = {b"%03d" % code: code for code in range(1000)}
 _CONTENT_LENGTH = b"content-length"
 _COMMA = ord(",")
 _CONNECTION = b"connection"
+#: A shape's status line's version and code (``1.1 200``) -> (the code, whether HTTP/1.1).
+_STATUSES = {
+    b"1.%d %03d" % (minor, code): (code, minor == 1) for minor in (0, 1) for code in range(1000)
+}
 
 
 def parse_response_head(raw: bytes, head_only: bool) -> ResponseHead | None:
@@ -262,13 +265,14 @@ class ResponseShape:
     would, with ``relayed`` set, or None when the head is not of this layout (or an
     interim 1xx): the general parser reads it then."""
 
-    __slots__ = ("_connection", "_lead", "_match", "_one_run", "_pick", "_tokens", "end",
-                 "names")
+    __slots__ = ("_conn", "_connection", "_lead", "_length", "_match", "_one_run", "_open",
+                 "_relayable", "_run", "_runs", "_tokens", "end", "names")
 
     def __init__(self, names: tuple[bytes, ...]) -> None:
         self.names = names
-        parts = [rb"HTTP/1\.([01]) ([0-9]{3})(?: (" + _VALUE + rb"))?("]
-        groups = 4  # the groups so far: minor, code, phrase, block
+        # (A 1xx is not read here: the general parser answers None for it, or refuses it.)
+        parts = [rb"HTTP/(1\.[01] [2-9][0-9]{2})(?: (" + _VALUE + rb"))?("]
+        groups = 3  # the groups so far: version and code, phrase, block
         length = connection = 0  # the groups of the framing fields' values
         runs: list[int] = []  # the groups of the runs of relayed lines
         in_run = dated = False
@@ -304,19 +308,25 @@ class ResponseShape:
         pattern = re.compile(b"".join(parts) + b"\r\n\r\n")
         # A head and its final CRLFCRLF at the start of the bytes read (``read``).
         self._match = pattern.match
-        # ``match.groups()`` -> (minor, code, phrase, block, Content-Length, Connection,
-        # and _MAX_RUNS runs of relayed lines, empty ones last): one call in C.
-        self._pick = operator.itemgetter(*[
-            n - 1 for n in (1, 2, 3, 4, length, connection or empty,
-                            *runs, *[empty] * (_MAX_RUNS - len(runs)))
-        ])
+        # Where ``match.groups()`` holds what ``read`` takes after the version and code,
+        # the phrase and the block (its first three): the Content-Length value, the
+        # Connection value (b"" when there is none) and the _MAX_RUNS runs of relayed
+        # lines, empty ones last (read by index: a tuple's is the cheapest read).
+        self._length = length - 1
+        self._conn = (connection or empty) - 1
+        self._runs = tuple(n - 1 for n in (*runs, *[empty] * (_MAX_RUNS - len(runs))))
+        self._run = self._runs[0]
         # What comes before the relayed lines: the gateway's Server, and its Date when
         # the layout has none (b"": the Date is the clock's, per response).
         self._lead = _SERVER_LINE if dated else b""
         self._one_run = len(runs) <= 1
-        # The last Connection value seen and its tokens (a backend sends the same one).
+        # The last Connection value seen (a backend sends the same one), its tokens,
+        # whether they leave the connection open, whether they name only never-relayed
+        # fields (``_connection_value``; b"": no Connection field).
         self._connection = b""
         self._tokens = _NO_TOKENS
+        self._open = True
+        self._relayable = True
 
         # Where the last head ``read`` took ended (its body's first byte in the bytes read).
         self.end = 0
@@ -336,35 +346,39 @@ class ResponseShape:
         end = self.end = match.end()
         if end > _HEAD_END_LIMIT:  # refused by the general parser, with the reason
             return None
-        minor, code_text, phrase, block, length_text, connection, k0, k1, k2, k3 = (
-            self._pick(match.groups())
-        )
-        code = _CODES[code_text]
-        if code < 200:
-            return None
-        if connection == self._connection:
-            tokens = self._tokens
-        else:
-            value = connection.strip(b" \t")
-            tokens = (one_connection_value(value) if len(value) <= 64
-                      else connection_tokens((value,)))
-            self._connection, self._tokens = connection, tokens
-        length = int(length_text)
+        groups = match.groups()
+        code, http11 = _STATUSES[groups[0]]
+        connection = groups[self._conn]
+        if connection != self._connection:
+            self._connection_value(connection)
+        length = int(groups[self._length])
         if head_only or code in _NO_BODY_STATUSES:
             framing, body_length = _F_NONE, 0
         else:
             framing, body_length = (_F_LENGTH if length else _F_NONE), length
-        if not tokens <= NOT_RELAYED:  # the relay cuts the fields Connection names too
+        if not self._relayable:  # the relay cuts the fields Connection names too
             relayed = None
         elif self._one_run:
-            relayed = (self._lead or _SERVER_DATE + http_date()) + k0
+            relayed = (self._lead or _SERVER_DATE + http_date()) + groups[self._run]
         else:
-            relayed = b"%s%s%s%s%s" % (self._lead or _SERVER_DATE + http_date(), k0, k1, k2, k3)
+            k0, k1, k2, k3 = self._runs
+            relayed = b"%s%s%s%s%s" % (self._lead or _SERVER_DATE + http_date(), groups[k0],
+                                       groups[k1], groups[k2], groups[k3])
         return _new_head(  # type: ignore[no-any-return]
             ResponseHead,
-            (code, phrase or b"", block, tokens, length, framing, body_length,
-             minor == b"1" and b"close" not in tokens, relayed),
+            (code, groups[1] or b"", groups[2], self._tokens, length, framing, body_length,
+             http11 and self._open, relayed),
         )
+
+    def _connection_value(self, connection: bytes) -> None:
+        """A Connection value other than the last one seen (b"": none): its tokens, whether
+        it lets the connection stay open, whether it names only never-relayed fields (then
+        the relayed lines are the runs captured), kept until another comes."""
+        value = connection.strip(b" \t")
+        tokens = one_connection_value(value) if len(value) <= 64 else connection_tokens((value,))
+        self._connection, self._tokens = connection, tokens
+        self._open = b"close" not in tokens
+        self._relayable = tokens <= NOT_RELAYED
 
 
 #: Layouts by their names (None: one no shape reads), made on a layout's second sighting
