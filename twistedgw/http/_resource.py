@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import IO, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
@@ -863,14 +864,20 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         else {} if asker.answer
         else {TIERS: "skip"}  # auth_request would turn a 429 into a 500 of its own
     )
-    # By position (a dataclass called with keywords runs its __init__ in a nested
-    # interpreter): request, api, identity, via_load_balancer, principals, mtls_passed,
-    # consumer, claims, presented_consumers, notes, passed_schemes, trace.
-    call = Call(
-        RequestView(  # the judged request: its method, its path
-            exchange.judged_method, path, query, HeaderView(exchange.fields),
-            exchange.client_ip, exchange.secure,
-        ),
+    # Made without class calls (3.11 runs an ``__init__`` reached through
+    # ``type.__call__`` in a nested interpreter; a NamedTuple's ``__new__`` is a Python
+    # call): ``object.__new__`` and ``__init__`` called as a function, by position:
+    # request, api, identity, via_load_balancer, principals, mtls_passed, consumer,
+    # claims, presented_consumers, notes, passed_schemes, trace.
+    headers = _new_object(HeaderView)
+    _init_headers(headers, exchange.fields)
+    call = _new_object(Call)
+    _init_call(
+        call,
+        _new_tuple(RequestView, (  # the judged request: its method, its path
+            exchange.judged_method, path, query, headers, exchange.client_ip,
+            exchange.secure,
+        )),
         route.security_api, caller.identity, via_load_balancer, (), False, None, None, (),
         notes, (), exchange.trace,
     )
@@ -914,6 +921,13 @@ def _memo_block(
         return None
     return verdicts.allow_block(config, api, call.identity, asker, None, call.consumer)
 
+
+_new_object = object.__new__
+_new_tuple = tuple.__new__
+_init_call = Call.__init__
+_init_headers = HeaderView.__init__
+assert len(RequestView._fields) == 6, "_authz's RequestView lists every field"
+assert len(dataclass_fields(Call)) == 13, "_authz's Call lists the fields before sandbox"
 
 #: The methods every judged request names: ``TOKEN``'s regular expression is asked
 #: only for others.
