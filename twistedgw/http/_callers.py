@@ -130,23 +130,6 @@ def _edge_ip(value: bytes) -> str | None:
     return ip
 
 
-def _adopt_edge(
-    exchange: Exchange, get: Callable[[bytes], list[bytes] | None]
-) -> None:
-    """Behind NGINX on a trusted Unix socket, the caller's address and scheme are the ones
-    NGINX saw (its ``X-Forwarded-For``/``X-Forwarded-Proto``, which it always replaces), so
-    forwarding, the access log and metrics see the caller as in direct mode. ``get``: the
-    request's fields by lower-case name (``Fields.index().get``)."""
-    forwarded_for = get(b"x-forwarded-for")
-    if forwarded_for is not None and len(forwarded_for) == 1:
-        ip = _edge_ip(forwarded_for[0]) if len(forwarded_for[0]) <= 64 else None
-        if ip is not None:
-            exchange.client_ip = ip
-    hosts = get(b"host")
-    if get(b"x-forwarded-proto") == [b"https"] and hosts and len(hosts) == 1:
-        exchange.secure = True  # the client spoke TLS to NGINX
-
-
 class ConnectionCaller(NamedTuple):
     """What ``resolve`` learns of a connection once, kept on it (``wire.Connection.caller``)
     under the config in force (issue 27 item 3): the handshake's verdict, the address,
@@ -272,9 +255,14 @@ def _connection_caller(exchange: Exchange, runtime: Snapshot) -> ConnectionCalle
     return shared(runtime).caller(handshake, trusted, unix_peer, direct)
 
 
-def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
+def resolve(
+    exchange: Exchange, runtime: Snapshot,
+    get: Callable[[bytes], list[bytes] | None] | None = None,
+) -> Caller:
     """Who speaks for ``exchange``: what the connection says (computed once per connection
-    and config, ``wire.Connection.caller``), or a trusted load balancer's header."""
+    and config, ``wire.Connection.caller``), or a trusted load balancer's header. ``get``:
+    the request's fields by lower-case name (``Fields.index().get``), when the caller has
+    it already (the authz endpoint)."""
     conn = exchange.conn
     if conn.generation is not runtime:  # (``derived_under``, its usual answer inline)
         conn.derived_under(runtime)
@@ -284,7 +272,8 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
     settings = runtime.config.mutual_ssl
     if settings.certificate_header is None:
         return seen.direct
-    get = exchange.fields.index().get  # (the names are lower-case: ``Shared``)
+    if get is None:
+        get = exchange.fields.index().get  # (the names are lower-case: ``Shared``)
     config_shared = shared(runtime)  # the config's (its verifier, its [mutual_ssl])
     values = get(config_shared.header_name)
     if not seen.trusted:
@@ -299,7 +288,22 @@ def resolve(exchange: Exchange, runtime: Snapshot) -> Caller:
             )
         return seen.direct
     if seen.unix_peer:
-        _adopt_edge(exchange, get)
+        # Behind NGINX on a trusted Unix socket, the caller's address and scheme are the
+        # ones NGINX saw (its X-Forwarded-For/X-Forwarded-Proto, which it always
+        # replaces), so forwarding, the access log and metrics see the caller as in
+        # direct mode (inline: once per decision).
+        forwarded_for = get(b"x-forwarded-for")
+        if forwarded_for is not None and len(forwarded_for) == 1:
+            edge = forwarded_for[0]
+            adopted = _EDGE_IPS.get(edge)
+            if adopted is None and len(edge) <= 64:
+                adopted = _edge_ip(edge)
+            if adopted is not None:
+                exchange.client_ip = adopted
+        if get(b"x-forwarded-proto") == [b"https"]:
+            hosts = get(b"host")
+            if hosts and len(hosts) == 1:
+                exchange.secure = True  # the client spoke TLS to NGINX
     if not values:
         return Caller(no_certificate(Source.HEADER), True)
     if len(values) > 1:

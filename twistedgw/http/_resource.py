@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import IO, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
@@ -748,7 +749,10 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     config = runtime.config
     settings = config.authz
     assert settings is not None
-    uri_name, method_name, host_name = _authz_names(settings)
+    names = _AUTHZ_NAMES.get(id(settings))  # (``_authz_names``'s usual answer inline)
+    uri_name, method_name, host_name = (
+        names[1] if names is not None and names[0] is settings else _authz_names(settings)
+    )
     get = exchange.fields.index().get  # (every name asked below is lower-case)
     values = get(verdicts.ASKER)
     asked = values[-1] if values else None
@@ -775,17 +779,28 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     # name is the front's (``Routed.host``), not worked out again.
     values = get(host_name) or get(b"host")
     host = values[-1] if values else None
-    asked_as = exchange.routed
-    judged = _route_judged(
-        runtime, original, exchange.judged_method, host,
-        asked_as.host if host is not None and host is exchange.host
-        and asked_as is not None else None,
-    )
-    path = judged.path
-    if path is None:
-        _refuse_question(gateway, exchange, errors.forbidden(judged.problem or "bad request path"))
+    # The judged target routed as ``route_request(..., as_forwarded=True)`` would, written
+    # out here (no ``Routed`` made: nothing after reads it).
+    raw_path, sep, query_part = original.partition(b"?")
+    query = query_part if sep else None
+    try:
+        path = authz_path(raw_path)
+    except BadPath as e:
+        _refuse_question(gateway, exchange, errors.forbidden(str(e) or "bad request path"))
         return
-    route = judged.route
+    name: str | None = None
+    if host is not None:
+        asked_as = exchange.routed
+        if host is exchange.host and asked_as is not None:
+            name = asked_as[6]  # ``Routed.host``: the front's name of this very value
+        if name is None:
+            try:
+                name = _hosts.from_header(host)
+            except _hosts.BadHost as e:
+                _refuse_question(gateway, exchange,
+                                 errors.forbidden(f"bad Host header: {e}"))
+                return
+    route = runtime.router.route(path, query, exchange.judged_method, name)
     if route is None or route.pipeline is None:
         missing = errors.not_found(path.decode("latin-1"))
         _refuse(gateway, exchange, missing if answer else errors.forbidden(missing.description),
@@ -812,7 +827,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         else:
             _refuse_question(gateway, exchange, errors.forbidden(route.unmatched.description))
         return
-    caller = callers.resolve(exchange, runtime)
+    caller = callers.resolve(exchange, runtime, get)
     via_load_balancer = caller.via_load_balancer
     asker = askers[1] if via_load_balancer else askers[0]
     pipeline = route.pipeline
@@ -849,14 +864,20 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         else {} if asker.answer
         else {TIERS: "skip"}  # auth_request would turn a 429 into a 500 of its own
     )
-    # By position (a dataclass called with keywords runs its __init__ in a nested
-    # interpreter): request, api, identity, via_load_balancer, principals, mtls_passed,
-    # consumer, claims, presented_consumers, notes, passed_schemes, trace.
-    call = Call(
-        RequestView(  # the judged request: its method, its path
-            exchange.judged_method, path, judged.query, HeaderView(exchange.fields),
-            exchange.client_ip, exchange.secure,
-        ),
+    # Made without class calls (3.11 runs an ``__init__`` reached through
+    # ``type.__call__`` in a nested interpreter; a NamedTuple's ``__new__`` is a Python
+    # call): ``object.__new__`` and ``__init__`` called as a function, by position:
+    # request, api, identity, via_load_balancer, principals, mtls_passed, consumer,
+    # claims, presented_consumers, notes, passed_schemes, trace.
+    headers = _new_object(HeaderView)
+    _init_headers(headers, exchange.fields)
+    call = _new_object(Call)
+    _init_call(
+        call,
+        _new_tuple(RequestView, (  # the judged request: its method, its path
+            exchange.judged_method, path, query, headers, exchange.client_ip,
+            exchange.secure,
+        )),
         route.security_api, caller.identity, via_load_balancer, (), False, None, None, (),
         notes, (), exchange.trace,
     )
@@ -901,33 +922,12 @@ def _memo_block(
     return verdicts.allow_block(config, api, call.identity, asker, None, call.consumer)
 
 
-def _route_judged(
-    runtime: Snapshot, target: bytes, method: bytes, host: bytes | None,
-    name: str | None = None,
-) -> Routed:
-    """``route_request(runtime, target, method, as_forwarded=True, host=host)``, written
-    out for the authz endpoint's every decision (no keyword call, no Routed ``__new__``);
-    ``name``: ``host`` as ``_hosts.from_header`` names it, when the front did already."""
-    raw_path, sep, rest = target.partition(b"?")
-    query = rest if sep else None
-    try:
-        path = authz_path(raw_path)
-    except BadPath as e:
-        return _new_routed(  # type: ignore[no-any-return]
-            Routed, (runtime, raw_path, None, query, None, str(e), None)
-        )
-    if name is None and host is not None:
-        try:
-            name = _hosts.from_header(host)
-        except _hosts.BadHost as e:
-            return _new_routed(  # type: ignore[no-any-return]
-                Routed, (runtime, raw_path, None, query, None, f"bad Host header: {e}", None)
-            )
-    route = runtime.router.route(path, query, method, name)
-    return _new_routed(  # type: ignore[no-any-return]
-        Routed, (runtime, raw_path, path, query, route, None, name)
-    )
-
+_new_object = object.__new__
+_new_tuple = tuple.__new__
+_init_call = Call.__init__
+_init_headers = HeaderView.__init__
+assert len(RequestView._fields) == 6, "_authz's RequestView lists every field"
+assert len(dataclass_fields(Call)) == 13, "_authz's Call lists the fields before sandbox"
 
 #: The methods every judged request names: ``TOKEN``'s regular expression is asked
 #: only for others.
