@@ -380,6 +380,16 @@ def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:
     assert r.status == 401
 
 
+def test_a_closed_connections_memo_never_reaches_the_next(fronted: Fronted) -> None:
+    """The Lua variant keeps a connection's certificate and last verdicts by a number it
+    writes into the connection's TLS object; a new connection's TLS object often takes a
+    closed one's memory, and must still start with nothing kept: an allowed client and a
+    refused one, each on a connection of its own, in turn, each get their own answer."""
+    for _ in range(8):
+        assert fronted.via_nginx(PET, "pinned").status == 200
+        assert fronted.via_nginx(PET, "other-app").status == 401
+
+
 def test_cached_allow_is_per_key(fronted: Fronted) -> None:
     assert fronted.via_nginx(ORDERS, None, {"apikey": KEY}).status == 200
     r = fronted.via_nginx(ORDERS, None, {"apikey": "wrong-key"})

@@ -160,8 +160,8 @@ local function remember(m, k, v)
     return v
 end
 
--- What a connection keeps (worker-local, by $connection: a serial number never reused
--- while the worker lives): the client certificate's fingerprint ($ssl_client_fingerprint
+-- What a connection keeps (worker-local, by a serial number never reused while the worker
+-- lives): the client certificate's fingerprint ($ssl_client_fingerprint
 -- hashes the certificate on every read, ~2,700 instructions; a connection's certificate
 -- never changes: NGINX refuses renegotiation), the last value of each credential header
 -- with its SHA-256 (a client sends the same token on every request of a connection: a
@@ -173,8 +173,60 @@ end
 -- dict's copy (the same expiry).
 local conns = memo()
 
+-- The connection's serial: the worker's own number, written in its TLS object's ex_data
+-- slot (OpenSSL's per-object storage, empty in every new SSL object, so a connection
+-- whose SSL object reuses a closed one's memory gets a new number) the first time a
+-- request of it is seen, and read back by two C calls on every later request; $connection
+-- (NGINX's number, formatted as text and looked up by name per read: ~600 instructions)
+-- where the request has no TLS object or OpenSSL's functions cannot be reached. HTTP/2
+-- streams share their connection's SSL object, as they share $connection.
+local connection_id = function(var)
+    return var.connection
+end
+
+do
+    local C = ffi.C
+    for _, decl in ipairs({
+        "void *ngx_http_lua_ffi_get_req_ssl_pointer(void *r);",
+        "int CRYPTO_get_ex_new_index(int class_index, long argl, void *argp, void *new_func,"
+            .. " void *dup_func, void *free_func);",
+        "int SSL_set_ex_data(void *ssl, int idx, void *data);",
+        "void *SSL_get_ex_data(const void *ssl, int idx);",
+    }) do
+        pcall(ffi.cdef, decl)
+    end
+    local ok, base = pcall(require, "resty.core.base")
+    local usable = ok and base.get_request and pcall(function()
+        return C.ngx_http_lua_ffi_get_req_ssl_pointer and C.CRYPTO_get_ex_new_index
+            and C.SSL_set_ex_data and C.SSL_get_ex_data
+    end)
+    -- CRYPTO_EX_INDEX_SSL is 0 (OpenSSL 1.1 and 3); SSL_get_ex_new_index is its macro.
+    local index = usable and C.CRYPTO_get_ex_new_index(0, 0, nil, nil, nil, nil) or -1
+    if index >= 0 then
+        local get_request, ssl_of = base.get_request, C.ngx_http_lua_ffi_get_req_ssl_pointer
+        local get_ex, set_ex, cast = C.SSL_get_ex_data, C.SSL_set_ex_data, ffi.cast
+        local serial = 0
+        connection_id = function(var)
+            local r = get_request()
+            local ssl = r ~= nil and ssl_of(r) or nil
+            if ssl == nil then
+                return var.connection
+            end
+            local mark = get_ex(ssl, index)
+            if mark ~= nil then
+                return tonumber(cast("uintptr_t", mark))
+            end
+            serial = serial + 1
+            if set_ex(ssl, index, cast("void *", serial)) ~= 1 then
+                return var.connection
+            end
+            return serial
+        end
+    end
+end
+
 local function connection(var)
-    local id = var.connection
+    local id = connection_id(var)
     local c = conns.t[id]
     if c == nil then
         c = remember(conns, id, {fp = var.ssl_client_fingerprint or "", cred = {}, keyed = {},
