@@ -130,7 +130,7 @@ def _edge_ip(value: bytes) -> str | None:
     return ip
 
 
-class ConnectionCaller(NamedTuple):
+class ConnectionCaller(NamedTuple):  # (``resolve`` reads its fields by index)
     """What ``resolve`` learns of a connection once, kept on it (``wire.Connection.caller``)
     under the config in force (issue 27 item 3): the handshake's verdict, the address,
     the Unix peer and the load-balancer trust do not change within a connection; only a
@@ -276,7 +276,9 @@ def resolve(
         get = exchange.fields.index().get  # (the names are lower-case: ``Shared``)
     config_shared = shared(runtime)  # the config's (its verifier, its [mutual_ssl])
     values = get(config_shared.header_name)
-    if not seen.trusted:
+    # (``seen``'s fields by index: a NamedTuple's field by name is a descriptor call on
+    # 3.11; ``ConnectionCaller``'s order: direct, trusted, unix_peer.)
+    if not seen[1]:
         if values:
             # The address only: the value is the caller's and may be forged or huge.
             ip = exchange.client_ip
@@ -286,8 +288,8 @@ def resolve(
                 header=settings.certificate_header,
                 address=ip,
             )
-        return seen.direct
-    if seen.unix_peer:
+        return seen[0]
+    if seen[2]:  # a trusted Unix-socket peer
         # Behind NGINX on a trusted Unix socket, the caller's address and scheme are the
         # ones NGINX saw (its X-Forwarded-For/X-Forwarded-Proto, which it always
         # replaces), so forwarding, the access log and metrics see the caller as in
@@ -346,5 +348,6 @@ def resolve(
 
 _new_caller = tuple.__new__
 assert len(Caller._fields) == 2, "resolve's Caller lists every field"
+assert ConnectionCaller._fields == ("direct", "trusted", "unix_peer"), "resolve reads by index"
 _KEY_HEAD = 160
 _HEADERS_MAX = 512  # Shared.headers (each up to [limits] header size, as _decode)

@@ -801,12 +801,16 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
                                  errors.forbidden(f"bad Host header: {e}"))
                 return
     route = runtime.router.route(path, query, exchange.judged_method, name)
-    if route is None or route.pipeline is None:
+    # Its fields at once (a NamedTuple's field read by name is a descriptor call on 3.11,
+    # ``security_api`` a property).
+    (api, _backend, pipeline, _alternatives, _operation, effective, unmatched, allow,
+     _sandbox) = route if route is not None else _NO_ROUTE
+    if pipeline is None:  # (no route, or one without a pipeline)
         missing = errors.not_found(path.decode("latin-1"))
         _refuse(gateway, exchange, missing if answer else errors.forbidden(missing.description),
                 verdicts.NO_STORE, answer)
         return
-    api = route.api
+    security_api = effective if effective is not None else api
     values = get(verdicts.EXPECTED_API)
     if values and values[-1] != verdicts.expected_value(api):
         _refuse_question(gateway, exchange, errors.forbidden(
@@ -819,19 +823,17 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         _refuse_question(gateway, exchange, errors.forbidden(
             f"the {settings.original_method_header} header is missing"))
         return
-    if route.unmatched is not None:
+    if unmatched is not None:
         if answer:  # the direct mode's 404 or 405 (with Allow)
             exchange.api = api
-            allow = ((b"Allow", route.allow),) if route.allow else ()
-            _refuse(gateway, exchange, route.unmatched, (*verdicts.NO_STORE, *allow), True)
+            allowed = ((b"Allow", allow),) if allow else ()
+            _refuse(gateway, exchange, unmatched, (*verdicts.NO_STORE, *allowed), True)
         else:
-            _refuse_question(gateway, exchange, errors.forbidden(route.unmatched.description))
+            _refuse_question(gateway, exchange, errors.forbidden(unmatched.description))
         return
     caller = callers.resolve(exchange, runtime, get)
-    via_load_balancer = caller.via_load_balancer
+    identity, via_load_balancer = caller
     asker = askers[1] if via_load_balancer else askers[0]
-    pipeline = route.pipeline
-    identity = caller.identity
     # A pipeline whose verdict depends on the caller alone (``Pipeline.per_caller``: no
     # request header, time, count or plugin) judged this verified caller before under
     # this config: its judged Call (without the request) and outcome are reused, as the
@@ -840,7 +842,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
         pipeline.per_caller and exchange.trace is None and identity.outcome is _VERIFIED
     )
     if memo:
-        key = (id(pipeline), id(route.security_api), id(identity), via_load_balancer,
+        key = (id(pipeline), id(security_api), id(identity), via_load_balancer,
                id(asker))
         judged_before = callers.shared(runtime).judged.get(key)
         if judged_before is not None:
@@ -878,7 +880,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
             exchange.judged_method, path, query, headers, exchange.client_ip,
             exchange.secure,
         )),
-        route.security_api, caller.identity, via_load_balancer, (), False, None, None, (),
+        security_api, identity, via_load_balancer, (), False, None, None, (),
         notes, (), exchange.trace,
     )
     # The access log and metrics name the API and caller judged.
@@ -887,7 +889,7 @@ def _authz(gateway: Gateway, exchange: GatewayExchange, runtime: Snapshot) -> No
     if not isinstance(outcome, Deferred):  # the usual case: answered now, no closure
         if memo:  # kept without the request (its headers may carry anyone's credentials)
             callers.shared(runtime).keep_judged(
-                key, (pipeline, route.security_api, identity, outcome,
+                key, (pipeline, security_api, identity, outcome,
                       replace(call, request=_NO_REQUEST, notes={}), asker,
                       None if isinstance(outcome, Refusal)
                       else _memo_block(config, asker, pipeline, call)),
@@ -928,6 +930,10 @@ _init_call = Call.__init__
 _init_headers = HeaderView.__init__
 assert len(RequestView._fields) == 6, "_authz's RequestView lists every field"
 assert len(dataclass_fields(Call)) == 13, "_authz's Call lists the fields before sandbox"
+
+#: ``_authz``'s fields of no route (its pipeline None: refused as not found).
+_NO_ROUTE: tuple[Any, ...] = (None,) * 9
+assert len(Route._fields) == 9, "_authz unpacks every Route field"
 
 #: The methods every judged request names: ``TOKEN``'s regular expression is asked
 #: only for others.
