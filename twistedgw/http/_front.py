@@ -368,9 +368,11 @@ class _H1Exchange(GatewayExchange):
         self._on_gone = None
         version = self.version
         if (
-            length is not None and channel.persistent and version == b"HTTP/1.1"
+            length is not None and channel.persistent and version is _HTTP11  # (see below)
             and not self.head_request and 200 <= status and status not in _NO_BODY_STATUSES
-        ):  # ``_framing``'s usual answer, head and body in one format
+        ):  # ``_framing``'s usual answer, head and body in one format (a usual head's
+            # version is ``_HTTP11`` itself: tested by identity, not a bytes comparison;
+            # another HTTP/1.1 takes ``_framing``, which frames it the same)
             data = b"%s %d %s%s\r\nContent-Length: %d\r\n\r\n%s" % (
                 version, status, reason, block, length, body)
         else:
@@ -1104,7 +1106,8 @@ class FrontChannel(BoundedClose, Protocol):
             self._discard_body()
         if self.transport is None:
             return
-        if self._phase in (_JUDGING, _BODY):  # answered, its body not (all) read
+        phase = self._phase
+        if phase is _JUDGING or phase is _BODY:  # answered, its body not (all) read
             self._linger_start()
             self._stop_timing("_header_at", "_idle_at")
             self._close_timer = self.callLater(LINGER_SECONDS, self._close)

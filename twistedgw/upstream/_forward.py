@@ -240,7 +240,7 @@ def _request_head(
     if _NUL in target.translate(_UNSAFE_TO_NUL):  # _UNSAFE_TARGET, in one C pass
         raise ValueError("invalid request target")
     conn = exchange.conn
-    if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
+    if exchange.client_ip == conn.client_ip and exchange.secure is conn.secure:
         forwarded = conn.forwarded  # the connection's (``_forwarded``), once built
         if forwarded is None:
             forwarded = _forwarded(exchange)
@@ -387,7 +387,7 @@ def _forwarded(exchange: Exchange) -> bytes:
     """The ``X-Forwarded-For``/``-Proto`` lines: once per connection, unless a trusted
     proxy named another client or scheme for this request (``http/_callers.py``)."""
     conn = exchange.conn
-    if exchange.client_ip == conn.client_ip and exchange.secure == conn.secure:
+    if exchange.client_ip == conn.client_ip and exchange.secure is conn.secure:
         block = conn.forwarded
         if block is None:
             block = conn.forwarded = _forwarded_lines(conn.client_ip, conn.secure)
