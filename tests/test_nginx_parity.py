@@ -344,6 +344,16 @@ def sni_request(port: int, pki: DevPki, sni: str | None, host: str, path: str,
         conn.close()
 
 
+def test_a_refusals_challenge_is_sent_as_often_as_direct_mode_sends_it(full: Fronted) -> None:
+    """A 401 with a challenge (a bearer token that is no token) carries the direct mode's
+    WWW-Authenticate lines, once each: auth_request passes a 401's challenge on by itself,
+    so the refusal's location adds it only for the other statuses."""
+    direct, through = both(full, TOKENS, None, bearer("not.a.token"))
+    assert direct.status == 401 and direct.header_all("www-authenticate"), direct
+    assert (through.status, through.header_all("www-authenticate")) == (
+        direct.status, direct.header_all("www-authenticate"))
+
+
 def test_a_new_token_on_a_kept_connection_gets_its_own_verdict(
         full: Fronted, signing: jwtkit.SigningKey) -> None:
     """The Lua variant keeps a bearer API's cache key per connection with the token it

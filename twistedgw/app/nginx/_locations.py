@@ -146,7 +146,7 @@ def _refused_location(site: Site, plan: ApiPlan | None = None) -> None:
     w(f"{I1}location @twistedgw_refused{error_suffix(plan) if plan else ''} {{")
     w(f"{I2}default_type application/json;")
     response_headers(site, plan, I2)
-    w(f"{I2}add_header WWW-Authenticate $tgw_challenge always;  # empty: not sent")
+    w(f"{I2}add_header WWW-Authenticate $tgw_challenge_added always;  # empty: not sent")
     w(f"{I2}add_header Retry-After $tgw_retry_after always;")
     w(f"{I2}add_header Allow $tgw_allow always;")
     for status in REFUSAL_STATUSES:

@@ -110,6 +110,14 @@ def _render(
         w('    "" "/";')
         w("    default $tgw_rest;")
         w("}")
+    if any(p.nginx_path and not p.lua for p in site.plans):
+        w()
+        w("# A refusal's WWW-Authenticate: auth_request itself passes a 401's on; add_header")
+        w("# adds it for the other statuses only (else a 401 would carry it twice).")
+        w("map $tgw_status $tgw_challenge_added {")
+        w('    "401" "";')
+        w("    default $tgw_challenge;")
+        w("}")
     if any(verdicts.authorization_rule(p.api) == "answer" for p in site.plans if p.nginx_path):
         w()
         w("# Authorization as the judged operation forwards it (the authz answer says remove).")
