@@ -332,35 +332,45 @@ def test_refusal_at_head_time_reads_no_body(fronted: Fronted) -> None:
 
 
 def test_nginxs_own_400_after_the_checks_is_twistedgws_json(fronted: Fronted) -> None:
-    """A request that passed the server block's checks, on the gateway path (no API
-    there), whose chunked body NGINX then finds malformed: NGINX's 400 goes through the
-    server's ``error_page 400`` (an internal redirect that keeps the request's variables,
-    as an auth_request subrequest shares them) and is still answered with twistedgw's
-    JSON: the checks a subrequest skips once its main request passed them
-    (``$tgw_checked``) never include that one."""
+    """A request that passed the server block's checks (and, on an API's path, its
+    verdict), whose chunked body NGINX then finds malformed: NGINX's 400 goes through
+    ``error_page 400`` (an internal redirect that keeps the request's variables, as an
+    auth_request subrequest shares them) and is answered with twistedgw's JSON 400: on
+    the gateway path (no API there: the server's error_page) and on an API's path (the
+    API location's own), as direct mode answers there. The checks a subrequest skips once its
+    main request passed them (``$tgw_checked``) never include that one."""
     import socket
 
     from tests.harness import client_context
 
-    for _ in range(2):  # the second after the first's verdict
-        raw = socket.create_connection(("127.0.0.1", fronted.nginx.port), timeout=5)
+    def send(port: int, target: str) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
         with client_context(fronted.pki, "pinned").wrap_socket(
                 raw, server_hostname="localhost") as s:
-            s.sendall(b"POST /nothing/here HTTP/1.1\r\nHost: localhost\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n")
+            s.sendall(f"POST {target} HTTP/1.1\r\nHost: localhost\r\n".encode()
+                      + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n")
             data = b""
             try:
-                while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                while True:
                     chunk = s.recv(65536)
                     if not chunk:
                         break
                     data += chunk
             except (TimeoutError, OSError):
                 pass
+        return data
+
+    # The gateway path: twistedgw's 404 would come at head time, but NGINX streams the
+    # body on and meets the bad chunk first; an API's path twice (after its verdict).
+    for target in ("/nothing/here", STATUS, STATUS):
+        data = send(fronted.nginx.port, target)
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 "), data[:300]
         assert b"application/json" in head.lower(), data[:300]
         assert json.loads(body)["code"] == "400", data[:300]
+    direct = send(fronted.direct_port, STATUS)
+    assert direct.startswith(b"HTTP/1.1 400 "), direct[:300]
+    assert json.loads(direct.partition(b"\r\n\r\n")[2])["code"] == "400"
 
 
 def test_warm_cache_does_not_ask_twistedgw(fronted: Fronted) -> None:

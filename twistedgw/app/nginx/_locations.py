@@ -344,6 +344,9 @@ def api_body(site: Site, plan: ApiPlan, where: str = "prefix") -> None:
             w(f"{I2}auth_request_set $tgw_{variable} $upstream_http_{upstream};")
         w(f"{I2}error_page 401 403 = @twistedgw_refused{error_suffix(plan)};")
     w(f"{I2}error_page 413 = @twistedgw_413_{i};")
+    # NGINX's own 400 here (a malformed chunked body, read after the verdict) as the
+    # server's: this location's error_page lines replace the server block's.
+    w(f"{I2}error_page 400 = {INTERNAL}/400;")
     e = error_suffix(plan)
     if plan.peers:  # Lua tries the next backend where direct mode would
         w(f"{I2}recursive_error_pages on;  # each next try may fail too")
