@@ -73,7 +73,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
     return path, (query if sep else None)
 
 
-_PERCENT, _SEMICOLON = ord("%"), ord(";")
+_PERCENT, _SEMICOLON, _QUESTION = ord("%"), ord(";"), ord("?")
 
 
 def normalise(path: bytes) -> bytes:
@@ -625,8 +625,12 @@ class Router:
         """An origin-form ``target`` split, its path normalised and routed, in one call (the
         HTTP/1.1 front's, once per request): its raw path, normalised path (None: refused),
         query (None: none), route and why the path was refused."""
-        raw_path, sep, query = target.partition(b"?")
-        query_or_none = query if sep else None
+        if _QUESTION in target:  # (an int: see ``_normalise``)
+            raw_path, _sep, query = target.partition(b"?")
+            query_or_none: bytes | None = query
+        else:  # most targets: no query, nothing to split
+            raw_path = target
+            query_or_none = None
         try:
             path = (
                 _normalise_cached(raw_path) if len(raw_path) <= _CACHED_PATH_BYTES
@@ -648,8 +652,8 @@ class Router:
         # backend URL and what follows the context (``route``'s ``rest``, a "/" first).
         api, pipeline, slashed, whole = sole
         target = slashed + pieces[2] if len(pieces) == 3 else whole
-        if sep:
-            target += b"?" + query
+        if query_or_none is not None:
+            target += b"?" + query_or_none
         return raw_path, path, query_or_none, _new_route(
             Route, (api, target, pipeline, (), None, None, None, b"", ())
         ), None
