@@ -87,9 +87,8 @@ def normalise(path: bytes) -> bytes:
     callers repeat paths); at most 4096 entries of at most 512 bytes, so unique
     long paths cannot grow memory. Refusals are never cached.
     """
-    if len(path) <= _CACHED_PATH_BYTES:
-        return _normalise_cached(path)
-    return _normalise(path)
+    normal = _normal_paths.get(path)
+    return normal if normal is not None else _normalise_remembered(path)
 
 
 _CACHED_PATH_BYTES = 512
@@ -144,7 +143,22 @@ def _normalise(path: bytes) -> bytes:
     return b"/" + b"/".join(out)
 
 
-_normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
+#: Short paths' normal forms by the path (``normalise``): a plain dict, read by the
+#: router's own ``get`` (a function cache's call costs twice the look-up), bounded:
+#: emptied when full.
+_normal_paths: dict[bytes, bytes] = {}
+_NORMAL_PATHS_MAX = 4096
+
+
+def _normalise_remembered(path: bytes) -> bytes:
+    """``_normalise(path)``, remembered in ``_normal_paths`` when the path is short (a
+    refusal raises and is not remembered)."""
+    normal = _normalise(path)
+    if len(path) <= _CACHED_PATH_BYTES:
+        if len(_normal_paths) >= _NORMAL_PATHS_MAX:
+            _normal_paths.clear()
+        _normal_paths[path] = normal
+    return normal
 
 
 def authz_path(path: bytes) -> bytes:
@@ -631,13 +645,12 @@ class Router:
         else:  # most targets: no query, nothing to split
             raw_path = target
             query_or_none = None
-        try:
-            path = (
-                _normalise_cached(raw_path) if len(raw_path) <= _CACHED_PATH_BYTES
-                else _normalise(raw_path)
-            )
-        except BadPath as e:
-            return raw_path, None, query_or_none, None, str(e)
+        path = _normal_paths.get(raw_path)  # ``normalise``, written out
+        if path is None:
+            try:
+                path = _normalise_remembered(raw_path)
+            except BadPath as e:
+                return raw_path, None, query_or_none, None, str(e)
         # The first segment as sent is looked up first: the table's keys are lower-case,
         # so a hit is one, and most paths are written as the context is (no ``lower``).
         pieces = path.split(b"/", 2)  # b"", the first segment, the rest (if any)
