@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.wire._abnf import (
-    _NOT_CTL,
+    _CTL_TO_SPACE,
     FRAMING_LINE,
     RESPONSE_HEAD,
     connection_tokens,
@@ -154,7 +154,7 @@ def _parse_lines(raw: bytes, head_only: bool) -> ResponseHead | None:
     crlf = len(lines) - 1
     if raw.count(b"\n") != crlf:
         raise BadResponseHead("a bare LF in the response head")
-    if raw.count(b"\r") != crlf or raw.translate(None, _NOT_CTL):
+    if raw.count(b"\r") != crlf or raw.translate(_CTL_TO_SPACE) != raw:
         raise BadResponseHead("a bare CR, a NUL or another control byte in the response head")
     status = lines[0].split(b" ", 2)
     if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
