@@ -512,3 +512,25 @@ def test_the_front_s_one_call_routes_every_target_as_normalise_and_route_do() ->
             expected = (raw_path, normal, query_or_none,
                         router.route(normal, query_or_none, b"GET", host), None)
         assert router.parts(target, b"GET", host) == expected, target
+
+
+def test_normal_forms_are_remembered_for_short_paths_only_and_bounded() -> None:
+    """``normalise`` (and ``Router.parts``, which reads the same table) remembers the normal
+    form of a path of at most 512 bytes, never a refusal nor a longer path, and empties
+    the table when it holds 4096: unique paths cannot grow memory."""
+    from twistedgw.http import _routing
+
+    _routing._normal_paths.clear()
+    assert normalise(b"/a/./b//c") == b"/a/b/c"
+    assert _routing._normal_paths == {b"/a/./b//c": b"/a/b/c"}
+    long = b"/x" * 300
+    assert normalise(long) == long and long not in _routing._normal_paths
+    with pytest.raises(BadPath):
+        normalise(b"/a/%2f")
+    assert b"/a/%2f" not in _routing._normal_paths
+    router = Router([make_api("/bench", "http://127.0.0.1:9")])
+    assert router.parts(b"/bench/../bench/y?q", b"GET", None)[1] == b"/bench/y"
+    assert _routing._normal_paths[b"/bench/../bench/y"] == b"/bench/y"
+    for n in range(_routing._NORMAL_PATHS_MAX + 10):
+        normalise(b"/p/%d" % n)
+    assert 0 < len(_routing._normal_paths) <= _routing._NORMAL_PATHS_MAX

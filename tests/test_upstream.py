@@ -462,6 +462,23 @@ def test_no_value_carries_a_line_break_or_nul_to_the_backend(value: bytes, added
         assert b"X-Id: " + safe in lines
 
 
+def test_a_backend_target_with_a_control_byte_or_space_is_refused_whatever_else_it_holds(
+) -> None:
+    """The backend head is never written with a target holding a CTL, a space or DEL (each
+    byte of ``_UNSAFE_TARGET``, anywhere in it); every other byte passes."""
+    from twistedgw.upstream._client import Origin
+    from twistedgw.upstream._forward import build_request_head
+
+    exchange = _exchange([(b"Host", b"gw.example")], b"gw.example")
+    origin = Origin(b"http", b"127.0.0.1", 8080, b"127.0.0.1:8080", None)
+    for byte in [*range(0x21), 0x7F]:
+        for target in (b"/a%cb" % byte, b"%c/a" % byte, b"/a?q=%c" % byte):
+            with pytest.raises(ValueError, match="invalid request target"):
+                build_request_head(exchange, origin, target)
+    fine = b"/" + bytes(b for b in range(0x21, 0x100) if b != 0x7F)
+    assert build_request_head(exchange, origin, fine).startswith(b"GET " + fine + b" HTTP/1.1")
+
+
 # -- per-request caches (CHANGELOG.md 0.4.0, fifth round) --------------------------
 
 

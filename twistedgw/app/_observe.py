@@ -60,6 +60,7 @@ NO_API = "-"
 _NOT_BACKEND_ERRORS = frozenset({"client_gone"}) | CLIENT_ERROR_KINDS
 CLUSTER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_FIRST_BOUND = DURATION_BUCKETS[0]
 
 # The consumer label of requests whose caller mapped to no configured consumer.
 NO_CONSUMER = "none"
@@ -342,10 +343,13 @@ class Metrics:
             if usual is None or usual[0] is not identity:
                 usual = self._usual_cells(identity, label, status)
             cell = usual[1]
-            if duration < 0.0:
-                duration = 0.0
+            if duration <= _FIRST_BOUND:  # the first bucket's (most keep-alive requests'):
+                if duration < 0.0:  # no search (a clock step back counts as 0)
+                    duration = 0.0
+                cell[1] += 1
+            else:
+                cell[1 + bisect_left(DURATION_BUCKETS, duration)] += 1
             cell[0] += duration
-            cell[1 + bisect_left(DURATION_BUCKETS, duration)] += 1
             return
         if refusal is None and identity is not None:
             # A keep-alive connection's caller is the same identity request after request:

@@ -73,7 +73,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
     return path, (query if sep else None)
 
 
-_PERCENT, _SEMICOLON = ord("%"), ord(";")
+_PERCENT, _SEMICOLON, _QUESTION = ord("%"), ord(";"), ord("?")
 
 
 def normalise(path: bytes) -> bytes:
@@ -87,9 +87,8 @@ def normalise(path: bytes) -> bytes:
     callers repeat paths); at most 4096 entries of at most 512 bytes, so unique
     long paths cannot grow memory. Refusals are never cached.
     """
-    if len(path) <= _CACHED_PATH_BYTES:
-        return _normalise_cached(path)
-    return _normalise(path)
+    normal = _normal_paths.get(path)
+    return normal if normal is not None else _normalise_remembered(path)
 
 
 _CACHED_PATH_BYTES = 512
@@ -144,7 +143,22 @@ def _normalise(path: bytes) -> bytes:
     return b"/" + b"/".join(out)
 
 
-_normalise_cached = functools.lru_cache(maxsize=4096)(_normalise)
+#: Short paths' normal forms by the path (``normalise``): a plain dict, read by the
+#: router's own ``get`` (a function cache's call costs twice the look-up), bounded:
+#: emptied when full.
+_normal_paths: dict[bytes, bytes] = {}
+_NORMAL_PATHS_MAX = 4096
+
+
+def _normalise_remembered(path: bytes) -> bytes:
+    """``_normalise(path)``, remembered in ``_normal_paths`` when the path is short (a
+    refusal raises and is not remembered)."""
+    normal = _normalise(path)
+    if len(path) <= _CACHED_PATH_BYTES:
+        if len(_normal_paths) >= _NORMAL_PATHS_MAX:
+            _normal_paths.clear()
+        _normal_paths[path] = normal
+    return normal
 
 
 def authz_path(path: bytes) -> bytes:
@@ -625,15 +639,18 @@ class Router:
         """An origin-form ``target`` split, its path normalised and routed, in one call (the
         HTTP/1.1 front's, once per request): its raw path, normalised path (None: refused),
         query (None: none), route and why the path was refused."""
-        raw_path, sep, query = target.partition(b"?")
-        query_or_none = query if sep else None
-        try:
-            path = (
-                _normalise_cached(raw_path) if len(raw_path) <= _CACHED_PATH_BYTES
-                else _normalise(raw_path)
-            )
-        except BadPath as e:
-            return raw_path, None, query_or_none, None, str(e)
+        if _QUESTION in target:  # (an int: see ``_normalise``)
+            raw_path, _sep, query = target.partition(b"?")
+            query_or_none: bytes | None = query
+        else:  # most targets: no query, nothing to split
+            raw_path = target
+            query_or_none = None
+        path = _normal_paths.get(raw_path)  # ``normalise``, written out
+        if path is None:
+            try:
+                path = _normalise_remembered(raw_path)
+            except BadPath as e:
+                return raw_path, None, query_or_none, None, str(e)
         # The first segment as sent is looked up first: the table's keys are lower-case,
         # so a hit is one, and most paths are written as the context is (no ``lower``).
         pieces = path.split(b"/", 2)  # b"", the first segment, the rest (if any)
@@ -648,8 +665,8 @@ class Router:
         # backend URL and what follows the context (``route``'s ``rest``, a "/" first).
         api, pipeline, slashed, whole = sole
         target = slashed + pieces[2] if len(pieces) == 3 else whole
-        if sep:
-            target += b"?" + query
+        if query_or_none is not None:
+            target += b"?" + query_or_none
         return raw_path, path, query_or_none, _new_route(
             Route, (api, target, pipeline, (), None, None, None, b"", ())
         ), None

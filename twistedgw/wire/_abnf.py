@@ -32,6 +32,10 @@ BARE_LF = re.compile(rb"(?<!\r)\n")
 
 # Every byte but the CTLs ``CTL_IN_HEAD`` refuses outright (HTAB, CR and LF are kept).
 _NOT_CTL = bytes(b for b in range(256) if (b >= 0x20 and b != 0x7F) or b in (0x09, 0x0A, 0x0D))
+# The same as a table: each of those CTLs becomes a space, every other byte stays itself, so
+# ``data.translate(_CTL_TO_SPACE) != data`` finds one in one pass (``translate(None,
+# _NOT_CTL)`` builds a table of its 256 bytes per call, ~1.6k instructions more).
+_CTL_TO_SPACE = bytes(b if b in _NOT_CTL else 0x20 for b in range(256))
 
 
 #: ``head_controls``'s answers.
@@ -45,7 +49,7 @@ def head_controls(data: bytes) -> int:
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf:
         return BARE_LF_FOUND
-    if data.count(b"\r") != crlf or data.translate(None, _NOT_CTL):
+    if data.count(b"\r") != crlf or data.translate(_CTL_TO_SPACE) != data:
         return CTL_FOUND
     return CLEAN
 
@@ -60,7 +64,7 @@ def ctl_in_head(data: bytes) -> bool:
     """Whether ``data`` holds what ``CTL_IN_HEAD`` finds (a CTL but HTAB, or a CR that
     does not start a CRLF), without a regular expression: what deleting every other
     byte leaves, and a count (``CTL_IN_HEAD.search`` cost ~1.6 µs a head)."""
-    return bool(data.translate(None, _NOT_CTL)) or data.count(b"\r") != data.count(b"\r\n")
+    return data.translate(_CTL_TO_SPACE) != data or data.count(b"\r") != data.count(b"\r\n")
 
 #: A Content-Length value: 1 to 18 digits (no sign, no list, no spaces).
 DIGITS = re.compile(rb"[0-9]{1,18}\Z")

@@ -22,7 +22,7 @@ import re
 from twistedgw import _hosts
 from twistedgw.errors import GatewayError, bad_request
 from twistedgw.wire._abnf import (
-    _NOT_CTL,
+    _CTL_TO_SPACE,
     _SERVED_METHODS,
     _TARGET_OK,
     BAD_VALUE,
@@ -118,7 +118,7 @@ def _request_line(
     rest = b"".join(lines)
     if _LF in rest:
         raise _bad("a bare LF is not a valid line ending or header byte")
-    controls = CTL_FOUND if _CR in rest or rest.translate(None, _NOT_CTL) else CLEAN
+    controls = CTL_FOUND if _CR in rest or rest.translate(_CTL_TO_SPACE) != rest else CLEAN
     request_line = lines[0]
     if len(request_line) > limit:
         raise WireError(uri_too_long(limit), "header_too_large")
@@ -228,7 +228,7 @@ def _long_head(head: bytes) -> tuple[list[bytes], tuple[bytes, ...]] | None:
     each line has a colon after a token), else None (the piece-by-piece parse judges
     it): no CTL but HTAB anywhere, no CR or LF but the CRLFs between its lines, a
     served method, a target of allowed bytes without a percent-escape, HTTP/1.x."""
-    if head.translate(None, _NOT_CTL):  # a CTL other than HTAB, CR and LF
+    if head.translate(_CTL_TO_SPACE) != head:  # a CTL other than HTAB, CR and LF
         return None
     lines = head.split(b"\r\n")
     rest = b"".join(lines)

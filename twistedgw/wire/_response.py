@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from twistedgw._headers import HOP_BY_HOP
 from twistedgw.wire._abnf import (
-    _NOT_CTL,
+    _CTL_TO_SPACE,
     FRAMING_LINE,
     RESPONSE_HEAD,
     connection_tokens,
@@ -88,9 +88,11 @@ _CODES = {b"%03d" % code: code for code in range(1000)}
 _CONTENT_LENGTH = b"content-length"
 _COMMA = ord(",")
 _CONNECTION = b"connection"
-#: A shape's status line's version and code (``1.1 200``) -> (the code, whether HTTP/1.1).
+#: A shape's status line's version and code (``1.1 200``) -> (the code, whether HTTP/1.1,
+#: whether the code has no body).
 _STATUSES = {
-    b"1.%d %03d" % (minor, code): (code, minor == 1) for minor in (0, 1) for code in range(1000)
+    b"1.%d %03d" % (minor, code): (code, minor == 1, code in _NO_BODY_STATUSES)
+    for minor in (0, 1) for code in range(1000)
 }
 
 
@@ -154,7 +156,7 @@ def _parse_lines(raw: bytes, head_only: bool) -> ResponseHead | None:
     crlf = len(lines) - 1
     if raw.count(b"\n") != crlf:
         raise BadResponseHead("a bare LF in the response head")
-    if raw.count(b"\r") != crlf or raw.translate(None, _NOT_CTL):
+    if raw.count(b"\r") != crlf or raw.translate(_CTL_TO_SPACE) != raw:
         raise BadResponseHead("a bare CR, a NUL or another control byte in the response head")
     status = lines[0].split(b" ", 2)
     if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
@@ -347,12 +349,12 @@ class ResponseShape:
         if end > _HEAD_END_LIMIT:  # refused by the general parser, with the reason
             return None
         groups = match.groups()
-        code, http11 = _STATUSES[groups[0]]
+        code, http11, no_body = _STATUSES[groups[0]]
         connection = groups[self._conn]
         if connection != self._connection:
             self._connection_value(connection)
         length = int(groups[self._length])
-        if head_only or code in _NO_BODY_STATUSES:
+        if head_only or no_body:
             framing, body_length = _F_NONE, 0
         else:
             framing, body_length = (_F_LENGTH if length else _F_NONE), length
