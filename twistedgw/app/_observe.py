@@ -42,6 +42,7 @@ from prometheus_client.samples import Sample as PromSample
 from prometheus_client.utils import floatToGoString
 from twisted.logger import Logger
 
+from twistedgw._memo import remember
 from twistedgw.app._runtime import Runtime
 from twistedgw.config import ApiConfig
 from twistedgw.errors import GatewayError
@@ -402,9 +403,9 @@ class Metrics:
         here; bounded: emptied when full)."""
         known = self._labels.get(id(identity))
         if known is None or known[0] is not identity:
-            if len(self._labels) >= 4096:
-                self._labels.clear()
-            known = self._labels[id(identity)] = (identity, _verdict_labels(identity, None))
+            known = remember(
+                self._labels, id(identity), (identity, _verdict_labels(identity, None)), 4096
+            )
         return known[1]
 
     def _usual_cells(
@@ -415,10 +416,7 @@ class Metrics:
         (bounded: emptied when full; the counts stay in the cell)."""
         source, result, reason = self._labels_of(identity)
         cell = self.counts.usual(label, status, source, result, reason)
-        if len(self._usual) >= 4096:
-            self._usual.clear()
-        usual = self._usual[(id(identity), label, status)] = (identity, cell)
-        return usual
+        return remember(self._usual, (id(identity), label, status), (identity, cell), 4096)
 
     def _cells_for(self, key: tuple[Any, ...]) -> Cells:
         """The cells of a label set (api, status, source, result, reason, consumer), made

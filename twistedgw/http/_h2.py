@@ -107,6 +107,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twistedgw import _hosts, errors, wire
+from twistedgw._memo import remember
 from twistedgw._ratelimitlog import RateLimitedLog
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
@@ -994,9 +995,10 @@ class H2Channel(BoundedClose, Protocol):
                 return
             # A header block that passed every check of the head: the next identical one
             # (a client repeating its request) is taken from here, not parsed again.
-            if len(self._known) >= KNOWN_REQUESTS:
-                self._known.clear()
-            self._known[key] = (method, target, host, length, tuple(pairs), expect)
+            remember(
+                self._known, key, (method, target, host, length, tuple(pairs), expect),
+                KNOWN_REQUESTS,
+            )
         routed = self.guard.route(target, method, host)
         limit = stream._body_limit = (
             routed.body_limit if routed is not None else self.limits.max_body_bytes

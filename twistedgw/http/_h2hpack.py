@@ -28,6 +28,8 @@ from typing import Any
 import hpack
 from hpack.table import HeaderTable
 
+from twistedgw._memo import remember
+
 #: Blocks remembered per coder (per connection and direction).
 MEMO_ENTRIES = 8
 #: Larger blocks (raw on the way in, as a field list's encoding on the way out) are
@@ -89,9 +91,7 @@ class MemoDecoder(hpack.Decoder):
             raw and type(data) is bytes and table.version == stamp[0]
             and len(data) <= MEMO_BLOCK_BYTES
         ):
-            if len(memo) >= MEMO_ENTRIES:
-                memo.clear()
-            memo[data] = headers
+            remember(memo, data, headers, MEMO_ENTRIES)
             return list(headers)
         return headers
 
@@ -130,9 +130,7 @@ class MemoEncoder(hpack.Encoder):
             and len(block) <= MEMO_BLOCK_BYTES
             and set(map(type, key)) <= _PLAIN
         ):
-            if len(memo) >= MEMO_ENTRIES:
-                memo.clear()
-            memo[key] = block
+            remember(memo, key, block, MEMO_ENTRIES)
         return block
 
 

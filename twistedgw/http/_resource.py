@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from twistedgw import _hosts, errors
+from twistedgw._memo import remember
 from twistedgw.config import ApiConfig, AuthzConfig, GatewayConfig
 from twistedgw.errors import GatewayError
 from twistedgw.http import _callers as callers
@@ -961,9 +962,8 @@ def _authz_names(settings: AuthzConfig) -> tuple[bytes, bytes, bytes]:
         settings.original_method_header.lower().encode(),
         settings.original_host_header.lower().encode(),
     )
-    if len(_AUTHZ_NAMES) >= 64:
-        _AUTHZ_NAMES.clear()
-    _AUTHZ_NAMES[id(settings)] = (settings, names)  # holds settings: its id stays its own
+    # holds settings: its id stays its own
+    remember(_AUTHZ_NAMES, id(settings), (settings, names), 64)
     return names
 
 
@@ -1006,11 +1006,9 @@ def _allow(
         key = (id(config), id(pipeline), id(api), id(asker))
         known = _BLOCKABLE.get(key)
         if known is None:
-            known = (config, pipeline, api, asker, not verdicts.declares_headers(pipeline)
-                     and not verdicts.api_cacheable(config, api, asker))
-            if len(_BLOCKABLE) >= 256:
-                _BLOCKABLE.clear()
-            _BLOCKABLE[key] = known
+            known = remember(_BLOCKABLE, key, (
+                config, pipeline, api, asker, not verdicts.declares_headers(pipeline)
+                and not verdicts.api_cacheable(config, api, asker)), 256)
         if known[4]:
             respond_block = getattr(exchange.responder, "respond_block", None)
             if respond_block is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from twistedgw import _hosts, _query, errors
+from twistedgw._memo import remember
 from twistedgw.config import ApiConfig, Operation
 from twistedgw.errors import GatewayError
 
@@ -155,9 +156,7 @@ def _normalise_remembered(path: bytes) -> bytes:
     refusal raises and is not remembered)."""
     normal = _normalise(path)
     if len(path) <= _CACHED_PATH_BYTES:
-        if len(_normal_paths) >= _NORMAL_PATHS_MAX:
-            _normal_paths.clear()
-        _normal_paths[path] = normal
+        remember(_normal_paths, path, normal, _NORMAL_PATHS_MAX)
     return normal
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from twistedgw import errors
+from twistedgw._memo import remember
 from twistedgw.config import UNLIMITED, ApiConfig, GatewayConfig, IdentityConfig, Mode, variants
 from twistedgw.identity import ClientIdentity, Outcome
 from twistedgw.identity import forwarding as idforward
@@ -74,14 +75,6 @@ class Asker:
 PLAIN = Asker()
 
 
-def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
-    """Store an answer in one of this module's memos, emptied when full: each stays
-    bounded whatever the askers send and however often the config is reloaded."""
-    if len(cache) >= limit:
-        cache.clear()
-    cache[key] = value
-
-
 #: ``asker``'s answers by value: (from anyone, from a trusted proxy). A rendered config
 #: sends a few values (per API); a plain dict, emptied when full (an ``lru_cache`` call
 #: costs ~600 instructions per decision, a dict look-up ~100).
@@ -111,7 +104,7 @@ def askers(value: bytes | None) -> tuple[Asker, Asker]:
             _asker(answer, False, False),
             _asker(answer, b"token-key" in words, b"tiers" in words),
         )
-        _keep(_ASKERS, value, known, _ASKERS_MAX)
+        remember(_ASKERS, value, known, _ASKERS_MAX)
     return known
 
 
@@ -141,7 +134,7 @@ def expected_value(api: ApiConfig) -> bytes:
     known = _EXPECTED.get(label)
     if known is None:
         known = _reference(label).encode()
-        _keep(_EXPECTED, label, known, 1024)
+        remember(_EXPECTED, label, known, 1024)
     return known
 
 
@@ -239,7 +232,7 @@ def api_cacheable(config: GatewayConfig, api: ApiConfig, asker: Asker = PLAIN) -
     if known is not None:
         return known[3]
     answer = _api_cacheable(config, api, asker)
-    _keep(_CACHEABLE, key, (config, api, asker, answer), _CACHEABLE_MAX)
+    remember(_CACHEABLE, key, (config, api, asker, answer), _CACHEABLE_MAX)
     return answer
 
 
@@ -353,7 +346,7 @@ def identity_answer_headers(
         for name, value in idforward.headers_for(settings, identity)
     ]
     # (holds identity: its id stays its own)
-    _keep(_ANSWERS, id(identity), (identity, settings, out), _ANSWERS_MAX)
+    remember(_ANSWERS, id(identity), (identity, settings, out), _ANSWERS_MAX)
     return out
 
 
@@ -385,7 +378,7 @@ def allow_headers(
     if strips_authorization(api):
         headers.append((AUTHORIZATION, b"remove"))
     made = tuple(headers)
-    _keep(_ALLOWS, key, (config, api, identity, made), _ANSWERS_MAX)  # holds all three
+    remember(_ALLOWS, key, (config, api, identity, made), _ANSWERS_MAX)  # holds all three
     return made
 
 
@@ -426,7 +419,7 @@ def allow_block(
     made = None if (
         block.count(b"\r") != n or block.count(b"\n") != n or block.find(b"\x00") >= 0
     ) else block
-    _keep(_BLOCKS, key, (config, api, identity, asker, limit, made), _BLOCKS_MAX)
+    remember(_BLOCKS, key, (config, api, identity, asker, limit, made), _BLOCKS_MAX)
     return made
 
 
@@ -444,7 +437,7 @@ def _declaring(pipeline: Any) -> tuple[tuple[Any, Any], ...]:
         (named, names) for named in pipeline.request_transforms
         if (names := getattr(named.stage, "sets_headers", None))
     )
-    _keep(_DECLARING, id(pipeline), (pipeline, found), _ANSWERS_MAX)
+    remember(_DECLARING, id(pipeline), (pipeline, found), _ANSWERS_MAX)
     return found
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from twistedgw._memo import remember
 from twistedgw.identity import _reasons as reasons
 
 #: Fingerprints by certificate object: a header's certificates are decoded once and the
@@ -30,9 +31,8 @@ def fingerprint(cert: x509.Certificate) -> bytes:
     if known is not None and known[0] is cert:
         return known[1]
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
-        _FINGERPRINTS.clear()
-    _FINGERPRINTS[id(cert)] = (cert, digest)  # holds cert: its id is not reused meanwhile
+    # holds cert: its id is not reused meanwhile
+    remember(_FINGERPRINTS, id(cert), (cert, digest), _FINGERPRINTS_MAX)
     return digest
 
 

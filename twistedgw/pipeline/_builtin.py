@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from twistedgw import _query, errors
 from twistedgw._headers import HOP_BY_HOP
+from twistedgw._memo import remember
 from twistedgw.config import ApiConfig, ApiKey, GatewayConfig, operation_config
 from twistedgw.identity import ClientIdentity, Outcome, reasons
 from twistedgw.identity import forwarding as idforward
@@ -72,9 +73,10 @@ class MutualSsl:
         subject = identity.subject
         passed = self._passed.get(subject)
         if passed is None:
-            if len(self._passed) >= self._PASSED_MAX:
-                self._passed.clear()
-            passed = self._passed[subject] = SchemeResult(True, True, principal=subject)
+            passed = remember(
+                self._passed, subject, SchemeResult(True, True, principal=subject),
+                self._PASSED_MAX,
+            )
         return passed
 
 
@@ -160,9 +162,7 @@ class Tiers:
             limit = known[2]
         else:
             limit = tiers.limit_for(api, identity, consumer)
-            if len(self._limits) >= _LIMITS_KEPT:
-                self._limits.clear()
-            self._limits[key] = (api, identity, limit)
+            remember(self._limits, key, (api, identity, limit), _LIMITS_KEPT)
         if limit is None:
             return None
         notes: dict[str, Any] = getattr(call, "notes", None) or {}  # a bare call: none

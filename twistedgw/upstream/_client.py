@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from twistedgw._memo import remember
 from twistedgw.wire import (
     RESPONSE_HEAD_LIMIT,
     TOKEN,
@@ -405,9 +406,7 @@ class Upstream:
                     raise ValueError("an https origin needs a TLS policy")
                 creator = policy.creatorForNetloc(origin.host, origin.port)
                 endpoint = wrapClientTLS(creator, endpoint)
-            if len(self._endpoints) >= 1024:
-                self._endpoints.clear()
-            self._endpoints[key] = endpoint
+            remember(self._endpoints, key, endpoint, 1024)
         return endpoint
 
     # -- idle connections ------------------------------------------------

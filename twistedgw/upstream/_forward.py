@@ -53,6 +53,7 @@ from zope.interface import implementer
 
 from twistedgw import errors
 from twistedgw._headers import HOP_BY_HOP
+from twistedgw._memo import remember
 from twistedgw.tracing import TRACE_HEADERS, BackendSpan, RequestTrace
 from twistedgw.upstream._client import (
     BackendCall,
@@ -337,9 +338,9 @@ def _drop_set(remove_headers: Collection[bytes]) -> frozenset[bytes]:
     key = remove_headers if isinstance(remove_headers, frozenset) else frozenset(remove_headers)
     drop = _drop_sets.get(key)
     if drop is None:
-        if len(_drop_sets) >= _DROP_SETS_MAX:
-            _drop_sets.clear()
-        drop = _drop_sets[key] = _REQUEST_DROP.union(map(bytes.lower, key))
+        drop = remember(
+            _drop_sets, key, _REQUEST_DROP.union(map(bytes.lower, key)), _DROP_SETS_MAX
+        )
     return drop
 
 
@@ -420,10 +421,7 @@ def _relayed_name(name: bytes) -> bytes:
     lower = name.lower()
     if lower in _RESPONSE_SKIP:
         lower = b""
-    if len(_relayed) >= _RELAYED_MAX:
-        _relayed.clear()
-    _relayed[name] = lower
-    return lower
+    return remember(_relayed, name, lower, _RELAYED_MAX)
 
 
 # ``_RESPONSE_SKIP``'s field lines in a head's block (``ResponseHead.block``: each line
@@ -532,10 +530,10 @@ class Forwarder:
         return up + [t for t in targets if down.get(_endpoint(t), 0.0) > now]
 
     def _suspend(self, target: bytes) -> None:
-        if len(self._down) >= self._MAX_ORIGINS:
-            self._down.clear()
-        self._down[_endpoint(target)] = (
-            self._reactor.seconds() + self._settings.endpoint_suspend_seconds
+        remember(
+            self._down, _endpoint(target),
+            self._reactor.seconds() + self._settings.endpoint_suspend_seconds,
+            self._MAX_ORIGINS,
         )
 
     def _answered(self, target: bytes) -> None:
@@ -549,9 +547,7 @@ class Forwarder:
         if known is not None and known[0] is tls:
             return known[1]
         split = self._split_new(target, tls)
-        if len(self._splits) >= self._MAX_ORIGINS:
-            self._splits.clear()
-        self._splits[target] = (tls, split)
+        remember(self._splits, target, (tls, split), self._MAX_ORIGINS)
         return split
 
     def _split_new(self, target: bytes, tls: IPolicyForHTTPS) -> tuple[Origin, bytes]:
@@ -568,10 +564,7 @@ class Forwarder:
         key = (base, tls)
         origin = self._origins.get(key)
         if origin is None:
-            origin = parse_origin(base, tls)
-            if len(self._origins) >= self._MAX_ORIGINS:
-                self._origins.clear()
-            self._origins[key] = origin
+            origin = remember(self._origins, key, parse_origin(base, tls), self._MAX_ORIGINS)
         return origin, rest
 
     def forward(
@@ -714,9 +707,7 @@ class Forwarder:
                 settings = replace(settings, backend_timeout=backend_timeout)
             if send_timeout is not None:
                 settings = replace(settings, send_timeout=send_timeout)
-            if len(self._with) >= self._MAX_ORIGINS:
-                self._with.clear()
-            self._with[key] = settings
+            remember(self._with, key, settings, self._MAX_ORIGINS)
         return settings
 
     def close(self) -> Deferred[None]:

@@ -17,6 +17,7 @@ import re
 from typing import NamedTuple
 
 from twistedgw._headers import HOP_BY_HOP
+from twistedgw._memo import remember
 from twistedgw.wire._abnf import (
     _CTL_TO_SPACE,
     FRAMING_LINE,
@@ -409,10 +410,7 @@ def learn_shape(head: ResponseHead) -> ResponseShape | None:
         _sighted.add(names)
         return None
     shape = _shape_for(names)
-    if len(_shapes) >= _SHAPES_MAX:
-        _shapes.clear()
-    _shapes[names] = shape
-    return shape
+    return remember(_shapes, names, shape, _SHAPES_MAX)
 
 
 def _shape_for(names: tuple[bytes, ...]) -> ResponseShape | None:
