@@ -64,6 +64,7 @@ from zope.interface import implementer
 
 from twistedgw import _deadlines, _hosts, errors
 from twistedgw._deadlines import Deadline
+from twistedgw._memo import remember
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
@@ -863,9 +864,7 @@ class FrontChannel(BoundedClose, Protocol):
                 except _hosts.BadHost:  # refusals are not kept
                     match = None
                 else:
-                    if len(_host_names) >= _HOST_NAMES_MAX:
-                        _host_names.clear()
-                    _host_names[host] = host_name
+                    remember(_host_names, host, host_name, _HOST_NAMES_MAX)
             if len(lines) > USUAL_LINES_MAX:
                 match = None
         if match is not None:
