@@ -435,3 +435,38 @@ def test_a_unix_socket_connections_heads_are_not_tried_as_the_usual_head(
     skipped = over_unix()
     assert tried == [] and skipped.startswith(b"HTTP/1.1 "), skipped
     assert over_unix(tried_too=True) == skipped and len(tried) == 1
+
+
+def test_the_usual_heads_hosts_are_kept_by_their_bytes_bounded_and_never_refusals(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front judges a usual head's Host once per value (issue 27): a plain dict from
+    the bytes as sent to ``_hosts.from_header``'s answer, so each value gets its own
+    answer (a Host that differs by a byte is judged again); a refused value is never
+    kept (it is read line by line, which refuses it, every time); the dict is emptied
+    when full, so unique values cannot grow memory."""
+    from pathlib import Path
+
+    from twistedgw.http import _front
+
+    own_cost = frontkit.own_cost()
+    harness = own_cost.Harness(Path(tmp_path))
+    monkeypatch.setattr(_front, "_HOST_NAMES_MAX", 3)
+    _front._host_names.clear()
+
+    def status(host: bytes) -> bytes:
+        request = b"GET /bench/small HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        return harness.exchange(harness.connect(), request)[1].split(b"\r\n", 1)[0]
+
+    assert status(b"localhost:8443").startswith(b"HTTP/1.1 200 ")
+    assert status(b"LocalHost.").startswith(b"HTTP/1.1 200 ")
+    assert _front._host_names == {b"localhost:8443": "localhost", b"LocalHost.": "localhost"}
+    for refused in (b"localhost:99999999", b"1:2:3", b"", b"a..b"):
+        assert status(refused).startswith(b"HTTP/1.1 400 "), refused
+        assert status(refused).startswith(b"HTTP/1.1 400 "), refused  # again: judged again
+        assert refused not in _front._host_names
+    assert len(_front._host_names) == 2
+    assert status(b"[::1]").startswith(b"HTTP/1.1 200 ")
+    assert _front._host_names[b"[::1]"] == "::1" and len(_front._host_names) == 3
+    assert status(b"127.0.0.1:1").startswith(b"HTTP/1.1 200 ")  # full: emptied first
+    assert _front._host_names == {b"127.0.0.1:1": "127.0.0.1"}

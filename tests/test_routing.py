@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from twistedgw.config import ApiConfig
 from twistedgw.http import BadPath, Router, normalise, split_target
+from twistedgw.http._resource import Routed
 
 
 @pytest.mark.parametrize(
@@ -511,7 +512,12 @@ def test_the_front_s_one_call_routes_every_target_as_normalise_and_route_do() ->
             assert normal is not None
             expected = (raw_path, normal, query_or_none,
                         router.route(normal, query_or_none, b"GET", host), None)
-        assert router.parts(target, b"GET", host) == expected, target
+        runtime = object()
+        got = router.parts(Routed, runtime, target, b"GET", host)
+        assert type(got) is Routed and got.runtime is runtime, target
+        assert got[1:6] == expected, target
+        # The host is kept only for a path that was not refused.
+        assert got.host == (host if expected[1] is not None else None), target
 
 
 def test_normal_forms_are_remembered_for_short_paths_only_and_bounded() -> None:
@@ -529,7 +535,7 @@ def test_normal_forms_are_remembered_for_short_paths_only_and_bounded() -> None:
         normalise(b"/a/%2f")
     assert b"/a/%2f" not in _routing._normal_paths
     router = Router([make_api("/bench", "http://127.0.0.1:9")])
-    assert router.parts(b"/bench/../bench/y?q", b"GET", None)[1] == b"/bench/y"
+    assert router.parts(tuple, None, b"/bench/../bench/y?q", b"GET", None)[2] == b"/bench/y"
     assert _routing._normal_paths[b"/bench/../bench/y"] == b"/bench/y"
     for n in range(_routing._NORMAL_PATHS_MAX + 10):
         normalise(b"/p/%d" % n)

@@ -958,3 +958,55 @@ def test_the_named_tuple_fields_the_request_path_reads_by_index_are_where_it_rea
     assert CallerVerdict._fields[9] == "sandbox"
     assert ConnectionCaller._fields[0] == "direct"
     assert ForwardResult._fields == ("status", "bytes_sent", "error_kind")
+
+
+def test_relay_reports_three_values_and_forward_a_forward_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Forwarder.relay`` (the request path's call) reports the end through ``on_done``
+    with a ``ForwardResult``'s three values, no tuple (issue 27: a tuple and a frame to
+    unpack it per request); ``forward`` keeps its contract (in-process backends, the
+    cache, embedders): its ``on_done`` gets one ``ForwardResult``. Both ends are seen:
+    a client gone while waiting, and the usual whole answer through the HTTP/1.1 front
+    (``GatewayExchange.forwarded`` records what the relay reported)."""
+    from types import SimpleNamespace
+
+    from tests import frontkit
+    from twistedgw.http._resource import GatewayExchange
+    from twistedgw.upstream import ForwardResult, ForwardSettings
+    from twistedgw.upstream._forward import Forwarder
+
+    forwarder = Forwarder(MemoryReactorClock(), ForwardSettings(max_persistent_per_host=1))
+    pool = forwarder._upstream
+    pool._open[ORIGIN.key] = 1  # the one kept connection is busy: the requests wait
+    done: list[object] = []
+    for how in ("relay", "forward"):
+        exchange = _exchange([(b"Host", b"gw")], b"gw")
+        left: list[Any] = []
+        exchange.responder = SimpleNamespace(when_gone=left.append)
+        if how == "relay":
+            forwarder.relay(exchange, b"http://127.0.0.1:9/", None, 0, (), (),
+                            lambda *values: done.append(values), None, None, (), None,
+                            None, None, None, None)
+        else:
+            forwarder.forward(exchange, b"http://127.0.0.1:9/", on_done=done.append)
+        left[0]()  # the client leaves while the request waits for the connection
+    assert done[0] == (499, 0, "client_gone") and type(done[0]) is tuple
+    assert done[1] == ForwardResult(499, 0, "client_gone")
+    assert type(done[1]) is ForwardResult
+
+    own_cost = frontkit.own_cost()
+    harness = own_cost.Harness(tmp_path)
+    recorded: list[tuple[int, int, str | None]] = []
+    record = GatewayExchange.record
+
+    def spy(self: GatewayExchange, gateway: Any, status: int, sent: int,
+            kind: str | None = None, *rest: Any, **named: Any) -> None:
+        recorded.append((status, sent, kind))
+        record(self, gateway, status, sent, kind, *rest, **named)
+
+    monkeypatch.setattr(GatewayExchange, "record", spy)
+    answer = harness.exchange(harness.connect())[1]
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert recorded == [(200, len(body), None)] and body

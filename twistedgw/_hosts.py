@@ -131,9 +131,6 @@ def _from_header(value: bytes) -> str:
 
 
 _from_header_cached = functools.lru_cache(maxsize=1024)(_from_header)
-#: ``from_header`` for a value known to be at most 255 bytes (the HTTP/1.1 front's usual
-#: head): its cache, without ``from_header``'s call in front of it.
-from_short_header = _from_header_cached
 
 
 def _port(text: str) -> bool:

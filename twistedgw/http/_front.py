@@ -64,6 +64,7 @@ from zope.interface import implementer
 
 from twistedgw import _deadlines, _hosts, errors
 from twistedgw._deadlines import Deadline
+from twistedgw._memo import remember
 from twistedgw._twisted import fresh_bios
 from twistedgw.config import Limits
 from twistedgw.errors import GatewayError
@@ -114,6 +115,11 @@ LINGER_BYTES = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HTTP11, _HTTP10 = b"HTTP/1.1", b"HTTP/1.0"
 _new_routed = tuple.__new__  # a Routed without its NamedTuple __new__ (a Python call)
+#: The usual head's Host values (bytes as sent) and the host each names (``_hosts``'
+#: spelling, a value of these bytes only): callers repeat a few hosts. Emptied when
+#: full, so unique values cannot grow memory; a refused value is never stored.
+_host_names: dict[bytes, str] = {}
+_HOST_NAMES_MAX = 1024
 
 
 # The members as module names: Python 3.11 reads an Enum member through a descriptor
@@ -849,10 +855,16 @@ class FrontChannel(BoundedClose, Protocol):
         ) else None
         if match is not None:
             method, target, minor, host_field, host, lines = match.groups()
-            try:
-                host_name: str | None = _hosts.from_short_header(host)  # (<= 255 bytes)
-            except _hosts.BadHost:
-                match = None
+            # Its host: ``_hosts.from_header``'s answer for these bytes, kept by value in
+            # a plain bounded dict (one ``get``; an ``lru_cache`` call costs ~2x).
+            host_name: str | None = _host_names.get(host)
+            if host_name is None:
+                try:
+                    host_name = _hosts.from_header(host)  # (<= 255 bytes: the match's)
+                except _hosts.BadHost:  # refusals are not kept
+                    match = None
+                else:
+                    remember(_host_names, host, host_name, _HOST_NAMES_MAX)
             if len(lines) > USUAL_LINES_MAX:
                 match = None
         if match is not None:
@@ -882,13 +894,8 @@ class FrontChannel(BoundedClose, Protocol):
                 routed: Routed | None = _new_routed(  # path, its own normal form
                     Routed, (runtime, target, target, None, None, None, host_name))
             else:
-                raw_path, path, query, route, problem = runtime.router.parts(
-                    target, method, host_name
-                )
-                routed = _new_routed(Routed, (
-                    runtime, raw_path, path, query, route, problem,
-                    host_name if problem is None else None,  # (a refused path: no host)
-                ))
+                # (Built by the router in ``Routed``'s order: a refused path has no host.)
+                routed = runtime.router.parts(Routed, runtime, target, method, host_name)
         else:
             routed = guard.route(target, method, host)
         if framing is not _F_NONE:

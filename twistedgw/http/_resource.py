@@ -213,15 +213,13 @@ def route_parsed(
     """``route_request`` for a front whose head parser validated the Host already
     (``host_name``: ``_hosts.from_header``'s spelling): the router's one call
     (``Router.parts``; the HTTP/1.1 front writes this out)."""
-    raw_path, path, query, route, problem = runtime.router.parts(target, method, host_name)
-    return _new_routed(  # type: ignore[no-any-return]
-        Routed,
-        (runtime, raw_path, path, query, route, problem, host_name if problem is None else None),
-    )
+    return runtime.router.parts(Routed, runtime, target, method, host_name)
 
 
 _new_routed = tuple.__new__  # a Routed without its NamedTuple __new__ (a Python call)
-assert len(Routed._fields) == 7, "route_parsed's Routed lists every field"
+assert Routed._fields == (  # ``Router.parts`` builds a Routed in this order
+    "runtime", "raw_path", "path", "query", "route", "problem", "host"
+), "Router.parts and the front's authz Routed list every field in order"
 
 
 def misdirection(exchange: Exchange, routed: Routed) -> GatewayError | None:
@@ -473,7 +471,7 @@ class GatewayExchange(Exchange):
             body_size=size,
             add_headers=add,
             remove_headers=remove,
-            on_done=self.forwarded,
+            on_done=self.forwarded_result,
             backend_timeout=route.api.backend_timeout,
             on_answer=on_answer,
             alternatives=alternatives,
@@ -493,13 +491,20 @@ class GatewayExchange(Exchange):
         assert self.gateway is not None
         _forward(self.gateway, self, edit)
 
-    def forwarded(self, result: ForwardResult) -> None:
-        """The forwarder's ``on_done``: the exchange's record."""
-        assert self.gateway is not None
+    def forwarded(self, status: int, sent: int, kind: str | None) -> None:
+        """``Forwarder.relay``'s ``on_done`` (a ``ForwardResult``'s values, no tuple to
+        build and unpack: issue 27, once per request): the exchange's record."""
+        gateway = self.gateway
+        assert gateway is not None
+        self.record(gateway, status, sent, kind)
+
+    def forwarded_result(self, result: ForwardResult) -> None:
+        """Another backend's ``forward`` ``on_done`` (an in-process backend, a cache):
+        the exchange's record."""
         # Unpacked: 3.11 reads a NamedTuple's field by name through the generic attribute
-        # path (issue 27, once per request).
+        # path.
         status, sent, kind = result
-        self.record(self.gateway, status, sent, kind)
+        self.forwarded(status, sent, kind)
 
     def transform_answer(
         self, status: int, headers: list[tuple[bytes, bytes]]

@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from twistedgw import _hosts, _query, errors
 from twistedgw._memo import remember
@@ -23,6 +23,7 @@ from twistedgw.errors import GatewayError
 if TYPE_CHECKING:
     from twistedgw.pipeline import Pipeline
 
+_T = TypeVar("_T", bound=tuple)  # type: ignore[type-arg]  # ``Router.parts``' class
 
 class BadPath(ValueError):
     """The request target cannot be normalised safely; answered with 400."""
@@ -633,11 +634,13 @@ class Router:
         self._backends: dict[tuple[tuple[str, ...], str], _Backends] = {}
 
     def parts(
-        self, target: bytes, method: bytes, host: str | None
-    ) -> tuple[bytes, bytes | None, bytes | None, Route | None, str | None]:
+        self, cls: type[_T], runtime: object, target: bytes, method: bytes, host: str | None
+    ) -> _T:
         """An origin-form ``target`` split, its path normalised and routed, in one call (the
-        HTTP/1.1 front's, once per request): its raw path, normalised path (None: refused),
-        query (None: none), route and why the path was refused."""
+        HTTP/1.1 front's, once per request), as the front keeps it: a ``cls`` tuple (the
+        resource's ``Routed``) of ``runtime``, its raw path, normalised path (None:
+        refused), query (None: none), route, why the path was refused and ``host`` (None
+        when the path was refused). Built here once, not returned and repacked."""
         if _QUESTION in target:  # (an int: see ``_normalise``)
             raw_path, _sep, query = target.partition(b"?")
             query_or_none: bytes | None = query
@@ -649,7 +652,9 @@ class Router:
             try:
                 path = _normalise_remembered(raw_path)
             except BadPath as e:
-                return raw_path, None, query_or_none, None, str(e)
+                return _new_route(  # type: ignore[no-any-return]
+                    cls, (runtime, raw_path, None, query_or_none, None, str(e), None)
+                )
         # The first segment as sent is looked up first: the table's keys are lower-case,
         # so a hit is one, and most paths are written as the context is (no ``lower``).
         pieces = path.split(b"/", 2)  # b"", the first segment, the rest (if any)
@@ -657,18 +662,21 @@ class Router:
         if sole is None:
             sole = self._sole_segments.get(pieces[1].lower())
             if sole is None:
-                return raw_path, path, query_or_none, self.route(
-                    path, query_or_none, method, host
-                ), None
+                return _new_route(cls, (  # type: ignore[no-any-return]
+                    runtime, raw_path, path, query_or_none,
+                    self.route(path, query_or_none, method, host), None, host,
+                ))
         # ``route``'s ``_sole`` case, its context known from the first segment: the
         # backend URL and what follows the context (``route``'s ``rest``, a "/" first).
         api, pipeline, slashed, whole = sole
         target = slashed + pieces[2] if len(pieces) == 3 else whole
         if query_or_none is not None:
             target += b"?" + query_or_none
-        return raw_path, path, query_or_none, _new_route(
-            Route, (api, target, pipeline, (), None, None, None, b"", ())
-        ), None
+        return _new_route(cls, (  # type: ignore[no-any-return]
+            runtime, raw_path, path, query_or_none,
+            _new_route(Route, (api, target, pipeline, (), None, None, None, b"", ())),
+            None, host,
+        ))
 
     def route(
         self,

@@ -144,6 +144,10 @@ class ForwardResult(NamedTuple):
 
 _new_result = tuple.__new__  # a ForwardResult without its NamedTuple __new__ (a Python call)
 
+#: ``Forwarder.relay``'s ``on_done``: a ``ForwardResult``'s status, bytes sent and error
+#: kind, as three arguments.
+OnDone = Callable[[int, int, "str | None"], None]
+
 
 # -- header hygiene ----------------------------------------------------------
 
@@ -612,8 +616,15 @@ class Forwarder:
         bytes after it and the backend connection, which never returns to the pool; no
         `on_done` follows. Any other answer is relayed as usual.
         """
+        done: OnDone | None = None
+        if on_done is not None:
+            reported = on_done
+
+            def done(status: int, sent: int, kind: str | None) -> None:
+                reported(_new_result(ForwardResult, (status, sent, kind)))
+
         self.relay(
-            exchange, target, body, body_size, add_headers, remove_headers, on_done,
+            exchange, target, body, body_size, add_headers, remove_headers, done,
             backend_timeout, tls_policy, alternatives, on_answer, send_timeout, trace,
             on_switch, edits,
         )
@@ -626,7 +637,7 @@ class Forwarder:
         body_size: int,
         add_headers: Sequence[tuple[bytes, bytes]],
         remove_headers: Collection[bytes],
-        on_done: Callable[[ForwardResult], None] | None,
+        on_done: OnDone | None,
         backend_timeout: float | None,
         tls_policy: IPolicyForHTTPS | None,
         alternatives: Sequence[bytes],
@@ -637,7 +648,10 @@ class Forwarder:
         edits: HeadEdits | None,
     ) -> None:
         """``forward``, every argument by position, in its order: the request path's call,
-        once per request (3.11 runs a call with keywords in a nested interpreter)."""
+        once per request (3.11 runs a call with keywords in a nested interpreter). Its
+        ``on_done`` is given a ``ForwardResult``'s three values (``OnDone``), not the
+        tuple: the request path's record reads them, and the tuple and a frame to unpack
+        it cost ~1k a request (``forward`` wraps its caller's ``on_done``)."""
         settings = self._settings
         if (backend_timeout is not None and backend_timeout != settings.backend_timeout) or (
             send_timeout is not None and send_timeout != settings.send_timeout
@@ -804,7 +818,7 @@ class _Forwarding(BackendCall):
     _body: IO[bytes] | None
     _body_length: int | None  # the Content-Length to announce: the body's, or none/0
     _target: bytes
-    _on_done: Callable[[ForwardResult], None] | None
+    _on_done: OnDone | None
     _phase: _Phase
     _call: BackendCall | None  # the attempt in flight (this object: the first)
     _send_timer: IDelayedCall | None
@@ -1008,7 +1022,7 @@ class _Forwarding(BackendCall):
                 on_done, self._on_done = self._on_done, None
                 if on_done is not None:
                     try:
-                        on_done(_new_result(ForwardResult, (code, sent, None)))
+                        on_done(code, sent, None)
                     except Exception:
                         _log.failure("on_done callback failed")
                 return
@@ -1205,7 +1219,7 @@ class _Forwarding(BackendCall):
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             try:
-                on_done(_new_result(ForwardResult, (status, bytes_sent, kind)))
+                on_done(status, bytes_sent, kind)
             except Exception:
                 _log.failure("on_done callback failed")
 
