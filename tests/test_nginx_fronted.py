@@ -288,28 +288,37 @@ def test_more_headers_than_lua_reads_are_never_cached(fronted: Fronted) -> None:
     assert (r.status, r.json()["code"]) == (401, "900901")
 
 
-def _head_only(port: int, pki: DevPki, target: str, extra: str = "") -> bytes:
-    """Send a POST head announcing 9 MiB with Expect: 100-continue and no body byte;
-    everything the server sends back within 5 s (the refusal needs no body)."""
+def _raw_tls(port: int, pki: DevPki, cert: str | None, data: bytes,
+             until: bytes | None = None) -> bytes:
+    """Send data on one TLS connection (client certificate `cert`) and return what the
+    server sends back within 5 s: until it closes, or until `until` arrives."""
     import socket
 
     from tests.harness import client_context
 
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    with client_context(pki, None).wrap_socket(raw, server_hostname="localhost") as s:
-        s.sendall((f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
-                   f"{9 << 20}\r\nExpect: 100-continue\r\n{extra}\r\n").encode())
-        data = b""
+    with client_context(pki, cert).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(data)
+        got = b""
         deadline = time.monotonic() + 5
         try:
-            while time.monotonic() < deadline and b"900902" not in data:
+            while time.monotonic() < deadline and (until is None or until not in got):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
-                data += chunk
+                got += chunk
         except (TimeoutError, OSError):
             pass
-    return data
+    return got
+
+
+def _head_only(port: int, pki: DevPki, target: str, extra: str = "") -> bytes:
+    """Send a POST head announcing 9 MiB with Expect: 100-continue and no body byte;
+    everything the server sends back within 5 s (the refusal needs no body)."""
+    return _raw_tls(port, pki, None,
+                    (f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
+                     f"{9 << 20}\r\nExpect: 100-continue\r\n{extra}\r\n").encode(),
+                    until=b"900902")
 
 
 def test_refusal_at_head_time_reads_no_body(fronted: Fronted) -> None:
@@ -339,26 +348,10 @@ def test_nginxs_own_400_after_the_checks_is_twistedgws_json(fronted: Fronted) ->
     the gateway path (no API there: the server's error_page) and on an API's path (the
     API location's own), as direct mode answers there. The checks a subrequest skips once its
     main request passed them (``$tgw_checked``) never include that one."""
-    import socket
-
-    from tests.harness import client_context
-
     def send(port: int, target: str) -> bytes:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-        with client_context(fronted.pki, "pinned").wrap_socket(
-                raw, server_hostname="localhost") as s:
-            s.sendall(f"POST {target} HTTP/1.1\r\nHost: localhost\r\n".encode()
-                      + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n")
-            data = b""
-            try:
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            except (TimeoutError, OSError):
-                pass
-        return data
+        return _raw_tls(port, fronted.pki, "pinned",
+                        f"POST {target} HTTP/1.1\r\nHost: localhost\r\n".encode()
+                        + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n")
 
     # The gateway path: twistedgw's 404 would come at head time, but NGINX streams the
     # body on and meets the bad chunk first; an API's path twice (after its verdict).
