@@ -917,6 +917,8 @@ class Bench:
         span = load_after[1] - load_before[1]
         result["load_core_busy"] = round((load_after[0] - load_before[0]) / span, 3) if span else 0
         result["rps_per_cpu"] = round(result["rps"] / max(cpu / wall, 1e-6), 1)
+        if result.get("non_2xx"):
+            result["non_2xx_sample"] = sample_answer(f.port, path, headers)
         return result
 
     def h2load(self, name: str, path: str, conns: int, streams: int,
@@ -951,6 +953,26 @@ class Bench:
                 runs_b.append(b())
                 runs_a.append(a())
         return summarise(runs_a, runs_b, key)
+
+
+def sample_answer(port: int, path: str, headers: tuple[str, ...]) -> str:
+    """One answer from the front wrk just loaded, kept in the report as evidence when wrk
+    counted answers that were not 2xx (wrk counts them; it does not say which)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for h in headers:
+            name, _, value = h.partition(":")
+            conn.putheader(name.strip(), value.strip())
+        conn.endheaders()
+        r = conn.getresponse()
+        return f"{r.status} {r.reason}: {r.read()[:300]!r}"
+    except (OSError, http.client.HTTPException) as e:
+        return f"no answer: {e!r}"
+    finally:
+        conn.close()
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -1380,6 +1402,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         )
         if s.get("errors"):
             lines[-1] += f" ⚠ {s['errors']} errors"
+            samples = {x["non_2xx_sample"] for x in a.get("runs", []) + b.get("runs", [])
+                       if x.get("non_2xx_sample")}
+            if samples:
+                lines[-1] += " (one answer: " + "; ".join(sorted(samples)) + ")"
     if meta.get("resumption"):
         lines += ["", f"Resumption probe (a second connection offering the first's ticket): "
                   f"{meta['resumption']}"]
