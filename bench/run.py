@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import platform
@@ -958,8 +959,6 @@ class Bench:
 def sample_answer(port: int, path: str, headers: tuple[str, ...]) -> str:
     """One answer from the front wrk just loaded, kept in the report as evidence when wrk
     counted answers that were not 2xx (wrk counts them; it does not say which)."""
-    import http.client
-
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.putrequest("GET", path, skip_accept_encoding=True)
