@@ -756,8 +756,10 @@ class Bench:
             systems += [("gw-rsa", "rsa", False), ("ngx-rsa", "rsa", False)]
         if "header" in self.profile.scenarios:
             systems += [("gw-hdr", "ec", True)]
-        if self.baseline is not None:
+        if self.baseline is not None:  # rows 1b/1c, and 2a-2e against it with handshakes
             systems += [("gw-base", "ec", False)]
+            if "handshake" in self.profile.scenarios:
+                systems += [("gw-rsa-base", "rsa", False)]
         tracing: dict[str, str] = {}
         if "tracing" in self.profile.scenarios:  # scenario 10: [tracing] at ratio 0 and 1
             url, self.stop_sink = otlp_sink()
@@ -780,7 +782,7 @@ class Bench:
                     aliases=aliases if kind == "ec" else aliases[:1]))
                 argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(conf)]
                 env = gateway_env
-                if name == "gw-base":
+                if name in ("gw-base", "gw-rsa-base"):
                     env = {**gateway_env, "PYTHONPATH": str(self.baseline)}
                 self.procs[name] = start(name, argv, CORE_PROXY, self.work, port, env)
             else:
@@ -791,7 +793,7 @@ class Bench:
                 self.procs[name] = start(name, argv, CORE_PROXY, self.work, port)
             handshakes = ["full", "resume", "fleet", "fleet12"] if self.fleet else []
             modes = ["plain"] if header else ["keepalive"] if name in (
-                "gw-base", "gw-tr0", "gw-tr1") else (
+                "gw-tr0", "gw-tr1") else (
                 ["keepalive", *handshakes] if kind == "ec" else ["full"])
             for mode in modes:
                 f = Frontend(f"{name}-{mode}", free_port(), port, mode,
@@ -1144,6 +1146,16 @@ def scenario_handshake(b: Bench) -> list[dict[str, Any]]:
                       lambda m=mode, k=kind: b.wrk(f"ngx-{k}-{m}", "/bench/small", 32, d))
         rows.append(row(label, "twistedgw", "NGINX", s, "req/s",
                         ">=" if target else None, target))
+    if b.baseline is None:
+        return rows
+    # Issue 27's handshake target: no worse than the same-run baseline minus 10%.
+    for label, mode, kind, _target in HANDSHAKES:
+        base = "gw-base" if kind == "ec" else f"gw-{kind}-base"
+        s = b.compare(lambda m=mode, k=kind: b.wrk(f"gw-{k}-{m}", "/bench/small", 32, d),
+                      lambda m=mode, n=base: b.wrk(f"{n}-{m}", "/bench/small", 32, d))
+        code, _, what = label.partition(" ")
+        rows.append(row(f"{code}/base this tree vs --baseline: {what}", "twistedgw",
+                        "baseline", s, "req/s", ">=", 0.9))
     return rows
 
 
