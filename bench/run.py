@@ -861,18 +861,33 @@ class Bench:
 
         pki = self.pkis["ec"]
         toml = self.work / f"{name}.toml"
-        toml.write_text(fronted_gateway_conf(
+        text = fronted_gateway_conf(
             self.work, name, pki, port, backend, cache_seconds,
-            backend2=self.ports["backend2"], jwks=self.jwks, sni=self.partners))
-        argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(toml)]
-        gw = start(f"{name}-gw", argv, CORE_PROXY, self.work, None, env)
+            backend2=self.ports["backend2"], jwks=self.jwks, sni=self.partners)
+        toml.write_text(text)
         sock = self.work / f"{name}.sock"
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            if time.monotonic() > deadline or gw.popen.poll() is not None:
-                gw.stop()
-                raise RuntimeError(f"{name}: twistedgw did not listen:\n{gw.log.read_text()}")
-            time.sleep(0.05)
+        replay = name.endswith("-floor")  # twistedgw behind bench/replay_authz.py
+        gw_toml, gw_sock = toml, sock
+        if replay:
+            gw_sock = self.work / f"{name}-gw.sock"
+            gw_toml = self.work / f"{name}-gw.toml"
+            gw_toml.write_text(text.replace(f'endpoint = "unix:{sock}"',
+                                            f'endpoint = "unix:{gw_sock}"', 1))
+        argv = [sys.executable, "-m", "twistedgw", "run", "--config", str(gw_toml)]
+        members = [start(f"{name}-gw", argv, CORE_PROXY, self.work, None, env)]
+        if replay:
+            argv = [sys.executable, str(HERE / "replay_authz.py"), "--listen", str(sock),
+                    "--gateway", str(gw_sock), "--reactor-changes"]
+            members.append(start(f"{name}-replay", argv, CORE_PROXY, self.work, None, env))
+        for proc, path in zip(members, (gw_sock, sock), strict=False):
+            deadline = time.monotonic() + 30
+            while not path.exists():
+                if time.monotonic() > deadline or proc.popen.poll() is not None:
+                    for m in members:
+                        m.stop()
+                    raise RuntimeError(f"{name}: {proc.name} did not listen:\n"
+                                       f"{proc.log.read_text()}")
+                time.sleep(0.05)
         include = self.work / f"{name}-site.conf"
         bundle = self.work / f"{name}-truststore.pem"
         rendered = nginxconf.render(configmod.load(toml), str(bundle), variant=variant,
@@ -887,9 +902,10 @@ class Bench:
                                           str(self.work / f"{name}-error.log"),
                                           "-g", "daemon off;"], CORE_PROXY, self.work, port)
         except Exception:
-            gw.stop()
+            for m in members:
+                m.stop()
             raise
-        return Group(name, [gw, ngx])
+        return Group(name, [*members, ngx])
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -1200,7 +1216,14 @@ def scenario_large(b: Bench) -> list[dict[str, Any]]:
 #: Scenario 8's fronted pairs (NGINX + twistedgw): each variant warm (cache_seconds 10)
 #: and cold (0: a decision per request).
 FRONTED = (("fr-lua", 10, "lua"), ("fr-auth", 10, "auth_request"),
-           ("fr-lua-cold", 0, "lua"), ("fr-auth-cold", 0, "auth_request"))
+           ("fr-lua-cold", 0, "lua"), ("fr-auth-cold", 0, "auth_request"),
+           ("fr-lua-floor", 0, "lua"), ("fr-auth-floor", 0, "auth_request"))
+
+#: The rows that ask on every request, each also run against its floor: the same NGINX
+#: and the same questions, answered by bench/replay_authz.py (twistedgw's answer, kept
+#: the first time and replayed) instead of a decision: what any Python answerer costs.
+FLOOR_ROWS = {("c", "auth_request"), ("f", "auth_request"), ("g", "lua"),
+              ("g", "auth_request")}
 
 #: Issue 26's table: (row, front, path, headers, target lua, target auth_request).
 FRONTED_ROWS = (
@@ -1234,6 +1257,14 @@ def scenario_fronted(b: Bench) -> list[dict[str, Any]]:
                           lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
             rows.append(row(f"8{letter} {label}, {variant}", f"NGINX+{variant} + twistedgw",
                             "bare NGINX mTLS", s, "req/s", ">=", target, per_cpu=True))
+            if (letter, variant) not in FLOOR_ROWS:
+                continue
+            floor = f"{group}-floor-{'sni' if front == 'sni' else 'keepalive'}"
+            s = b.compare(lambda n=floor, p=path, h=hdrs: b.wrk(n, p, 32, d, h),
+                          lambda: b.wrk("ngx-ec-keepalive", "/bench/small", 32, d))
+            rows.append(row(f"8{letter}/floor the same questions answered by a replay, "
+                            f"{variant}", f"NGINX+{variant} + replay", "bare NGINX mTLS", s,
+                            "req/s", None, None, per_cpu=True))
     return rows
 
 
@@ -1496,7 +1527,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-work", action="store_true", help="keep configs and logs")
     p.add_argument("--baseline", type=Path,
                    help="another twistedgw source tree (e.g. a git worktree of an older commit): "
-                        "scenarios 1 and 9 also compare this tree against it, interleaved, "
+                        "scenarios 1, 2 and 9 also compare this tree against it, interleaved, "
                         "same run")
     args = p.parse_args(argv)
     for tool in ("nginx", "haproxy", "wrk"):

@@ -14,6 +14,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,74 @@ def test_minimal_proxy(tmp_path: Path, pki: devpki.DevPki, backend: BackendProce
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_replay_authz(tmp_path: Path) -> None:
+    """bench/replay_authz.py (scenario 8's floor rows) keeps what its docstring says: a
+    question's first answer fetched from twistedgw's socket, the same question answered
+    from then on with those bytes and without asking again, pipelined questions answered
+    in order, a question with a body refused with 400 and a close."""
+    gw_path, listen = tmp_path / "gw.sock", tmp_path / "ask.sock"
+    asked: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(gw_path))
+    server.listen(8)
+
+    def gateway() -> None:  # a stand-in for twistedgw: one answer per connection
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                asked.append(data)
+                body = b"n=%d" % len(asked)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Verdict: yes\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+
+    threading.Thread(target=gateway, daemon=True).start()
+    log = tmp_path / "replay.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "replay_authz.py"), "--listen", str(listen),
+             "--gateway", str(gw_path), "--reactor-changes"],
+            stdout=out, stderr=subprocess.STDOUT, env=env(),
+        )
+    try:
+        for _ in range(200):
+            if listen.exists():
+                break
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        one = b"GET /authz HTTP/1.1\r\nHost: a\r\nX-Uri: /bench/small\r\n\r\n"
+        two = b"GET /authz HTTP/1.1\r\nHost: a\r\nX-Uri: /key/small\r\n\r\n"
+        first = b"HTTP/1.1 200 OK\r\nX-Verdict: yes\r\nContent-Length: 3\r\n\r\nn=1"
+        second = b"HTTP/1.1 200 OK\r\nX-Verdict: yes\r\nContent-Length: 3\r\n\r\nn=2"
+
+        def read(s: socket.socket, n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                more = s.recv(65536)
+                if not more:
+                    break
+                data += more
+            return data
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(listen))
+            s.sendall(one)
+            assert read(s, len(first)) == first
+            s.sendall(one + two + one)  # pipelined: answered in order, two asked once
+            assert read(s, 3 * len(first)) == first + second + first
+            s.sendall(b"POST /authz HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            refused = read(s, 1 << 16)
+            assert refused.startswith(b"HTTP/1.1 400 ")
+        assert asked == [one, two]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.close()
