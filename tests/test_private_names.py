@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 import pytest
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel, Request
 
@@ -37,6 +37,7 @@ _INSTANCES = {
     "h2.frame_buffer.FrameBuffer": _frame_buffer,
     "OpenSSL.SSL.Context": lambda: SSL.Context(SSL.TLS_METHOD),
     "OpenSSL.SSL.Connection": lambda: SSL.Connection(SSL.Context(SSL.TLS_METHOD), None),
+    "OpenSSL.crypto.X509Store": lambda: crypto.X509Store(),
     "twisted.protocols.tls.TLSMemoryBIOFactory": lambda: _tls_protocol().factory,
     "twisted.protocols.tls.TLSMemoryBIOProtocol": lambda: _tls_protocol(),
     "twisted.internet.unix.Port": lambda: _unix_port(),
@@ -106,3 +107,4 @@ def test_accessors_read_what_they_say() -> None:
     ffi, lib = _twisted.openssl()
     assert ffi.string(lib.X509_verify_cert_error_string(10)) == b"certificate has expired"
     assert _twisted.ssl_ctx(SSL.Context(SSL.TLS_METHOD)) is not None
+    assert _twisted.x509_store(crypto.X509Store()) is not None

@@ -13,11 +13,14 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
+from zope.interface import implementer
 
+from twistedgw import _twisted
 from twistedgw.config import TlsConfig
 from twistedgw.identity import Outcome
 from twistedgw.identity import _reasons as reasons
@@ -419,3 +422,115 @@ def test_verification_errors_are_still_recorded_in_order(pki: DevPki) -> None:
     record = HandshakeRecords.get(proto)
     assert record is not None and record.errors and record.errors[0][0] == 10
     assert tls.identity_for(proto).reason == reasons.EXPIRED
+
+
+# -- a resumed session whose verdict the cache no longer holds ------------------------
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ResumingClient:
+    """A client that offers the session of its previous connection (one Context, as a
+    client that resumes keeps)."""
+
+    def __init__(self, options: Any) -> None:
+        self.context = options.getContext()
+        self.session: SSL.Session | None = None
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tls_protocol)
+        if self.session is not None:
+            connection.set_session(self.session)
+        return connection
+
+
+def _resumed_verdict(tls: ServerTLS, client: _ResumingClient) -> tuple[bool, Any]:
+    """One in-memory connection of ``client``: (whether it resumed, the server's verdict)."""
+    server_app, client_app = Collect(), Collect()
+    clock = Clock()
+    client_proto, server_proto, pump = iosim.connectedServerAndClient(
+        lambda: TLSMemoryBIOFactory(
+            tls, False, Factory.forProtocol(lambda: server_app), clock=clock
+        ).buildProtocol(None),
+        lambda: TLSMemoryBIOFactory(
+            client, True, Factory.forProtocol(lambda: client_app), clock=clock
+        ).buildProtocol(None),
+        clock=clock,
+    )
+    client_proto.write(b"hello")
+    pump.flush()
+    server_proto.write(b"hi")  # the client reads TLS 1.3's ticket with this
+    pump.flush()
+    assert server_app.data == b"hello" and client_app.data == b"hi"
+    client.session = client_proto.getHandle().get_session()
+    _ffi, lib = _twisted.openssl()  # pyOpenSSL has no call for SSL_session_reused
+    reused = bool(lib.SSL_session_reused(server_proto.getHandle()._ssl))
+    return reused, tls.identity_for(server_proto)
+
+
+def _resumed(tls: ServerTLS, client: _ResumingClient) -> Any:
+    """The server's verdict on a connection of ``client`` that resumed its session.
+
+    OpenSSL declines an offered session now and then over this in-memory pair (seen
+    with TLS 1.2, about one offer in ten), so up to five offers, each of the latest
+    session; what is tested is the verdict of a resumed connection."""
+    for _ in range(5):
+        reused, identity = _resumed_verdict(tls, client)
+        if reused:
+            return identity
+    raise AssertionError("the session was never resumed: nothing here is tested")
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+@pytest.mark.parametrize(
+    ("cert", "reason", "aliases"),
+    [
+        ("partner-app", None, {"partner-root"}),  # its intermediate is not in the ticket
+        ("partner-rsa", None, {"partner-root"}),
+        ("pinned", None, {"pinned-client"}),
+        ("expired", reasons.EXPIRED, set()),
+        ("intruder", reasons.UNTRUSTED, set()),
+        ("server-only", reasons.WRONG_PURPOSE, set()),
+        ("ca-as-client", CA_AS_CLIENT, set()),
+    ],
+)
+def test_a_resumed_session_whose_verdict_was_evicted_is_judged_again(
+    pki: DevPki,
+    cert: str,
+    reason: str | None,
+    aliases: set[str],
+    version: ssl.TLSVersion,
+) -> None:
+    """The verdict cache is bounded and a session ticket outlives any bound: a valid
+    client resuming after its verdict was evicted (a fleet of other clients filled the
+    cache) keeps its verdict, and an invalid one keeps its refusal, for the same reason.
+    Before, every request of such a connection got 401 'resumed TLS session has no
+    verification record' (bench row 1n, session 10)."""
+    tls = fresh_server_tls(pki)
+    issued = pki.issued[cert]
+    trust = [crypto.X509.from_cryptography(pki.authorities["server-root"].cert)]
+    client = _ResumingClient(ssl.CertificateOptions(
+        privateKey=issued.key, certificate=issued.cert, extraCertChain=list(issued.chain),
+        verify=True, caCerts=trust, raiseMinimumTo=version, lowerMaximumSecurityTo=version,
+        enableSessionTickets=True,
+    ))
+    # A client verified through the partner intermediate before: what a gateway that
+    # has served for a while knows. A failed chain teaches it nothing (anyone can send
+    # one), so a refused leaf is judged with the CAs of verified chains only.
+    assert tls.identity_for(handshake(tls, pki, "partner-app")[0]).verified
+    reused, first = _resumed_verdict(tls, client)
+    assert not reused
+    assert first.reason == reason and set(first.trust_aliases) == aliases
+    kept = _resumed(tls, client)
+    assert kept.reason == reason
+    # Every verdict evicted (a fleet of other clients filled the cache, and a failed
+    # reason's minute passed); the CA certificates of verified chains stay known.
+    tls._verdicts._items.clear()
+    tls._verdicts._failed.clear()
+    tls._verdicts.bytes = 0
+    again = _resumed(tls, client)
+    assert again.outcome == first.outcome
+    assert again.reason == reason
+    assert set(again.trust_aliases) == aliases
+    assert again.leaf == issued.cert
+

@@ -42,6 +42,9 @@ USED: tuple[PrivateName, ...] = (
     PrivateName("OpenSSL._util", "ffi", "module", "C strings from OpenSSL"),
     PrivateName("OpenSSL.SSL.Context", "_context", "attribute",
                 "the SSL_CTX pointer, for SSL_CTX_set1_curves_list"),
+    PrivateName("OpenSSL.crypto.X509Store", "_store", "attribute",
+                "the X509_STORE pointer, for X509_STORE_set_purpose: a resumed session "
+                "whose verdict was evicted is verified again as a TLS client's chain"),
     # tls/_server.ServerTLSProtocol.makeConnection: Twisted's, without its redundant
     # per-interface declarations (a per-connection cost).
     PrivateName("twisted.protocols.tls.TLSMemoryBIOFactory", "_creatorCallable", "attribute",
@@ -138,6 +141,11 @@ def openssl() -> tuple[Any, Any]:
 def ssl_ctx(context: Any) -> Any:
     """The ``SSL_CTX *`` behind a pyOpenSSL ``Context``."""
     return context._context
+
+
+def x509_store(store: Any) -> Any:
+    """The ``X509_STORE *`` behind a pyOpenSSL ``X509Store``."""
+    return store._store
 
 
 def fresh_bios(connection: Any) -> bool:

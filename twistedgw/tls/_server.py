@@ -143,6 +143,9 @@ FAILED_REASONS = 4096
 FAILED_TTL = 60.0
 """Seconds a failed handshake's reason is kept for a session resumed from it."""
 
+ISSUERS_KEPT = 256
+"""How many CA certificates of verified chains are kept for judging resumed sessions."""
+
 _CERT_OVERHEAD = 1024  # bytes a parsed certificate costs beyond its DER, estimated
 
 
@@ -160,6 +163,11 @@ class _VerdictCache:
     recently used first out; a failed one leaves only its reason, keyed by the
     leaf's fingerprint, in a separate map bounded by count and time, so failed
     handshakes can neither grow memory nor evict a verified verdict.
+
+    An evicted (or expired-from-the-failed-map) verdict is not a refusal: the
+    session is judged again from its leaf (``ServerTLS._reverify``), with the CA
+    certificates of chains verified earlier, kept here apart (``issuers``): a
+    ticket lives longer than any bound this cache can keep.
     """
 
     def __init__(
@@ -180,6 +188,10 @@ class _VerdictCache:
         self._failed_ttl = failed_ttl
         self._clock = clock
         self._failed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+        # DER -> the certificate: every CA certificate of a verified chain (the leaf's
+        # intermediates and its anchor), for judging a resumed session's leaf again.
+        # Only verified chains add to it, so a client cannot fill it; CAs are few.
+        self._issuers: OrderedDict[bytes, crypto.X509] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items) + len(self._failed)
@@ -218,6 +230,13 @@ class _VerdictCache:
             return
         expires = min(c.not_valid_after_utc for c in identity.chain)
         self._items[key] = (cost, identity, chain_der, expires)
+        for der in chain_der[1:]:
+            if der in self._issuers:
+                self._issuers.move_to_end(der)
+            else:
+                self._issuers[der] = crypto.load_certificate(crypto.FILETYPE_ASN1, der)
+                while len(self._issuers) > ISSUERS_KEPT:
+                    self._issuers.popitem(last=False)
         self.bytes += cost
         while self.bytes > self.max_bytes:
             _key, (evicted, _identity, _der, _expires) = self._items.popitem(last=False)
@@ -225,6 +244,10 @@ class _VerdictCache:
 
     def get(self, leaf: x509.Certificate) -> ClientIdentity | None:
         return self.get_by_key(fingerprint(leaf), leaf)
+
+    def issuers(self) -> list[crypto.X509]:
+        """The CA certificates of the chains verified so far, most recent last."""
+        return list(self._issuers.values())
 
     def get_by_key(
         self, key: bytes, leaf: x509.Certificate | Callable[[], x509.Certificate]
@@ -340,6 +363,7 @@ class ServerTLS:
         # the ServerTLS that handshook it.
         self._records = records if records is not None else HandshakeRecords()
         self._verdicts = _VerdictCache()
+        self._resume_store: crypto.X509Store | None = None  # made by _reverify, once
         self._context = self._make_context(
             settings, keystore, truststore, settings.advertise_ca_names
         )
@@ -505,9 +529,15 @@ class ServerTLS:
         def parse_peer() -> x509.Certificate:
             return x509.load_der_x509_certificate(peer_der)
 
+        if not record.callback_ran:
+            # Resumed: OpenSSL ran no verification. The verdict of the handshake that
+            # issued the ticket, while this cache has it; else judged again below.
+            cached = self._verdicts.get_by_key(key, parse_peer)
+            if cached is not None:
+                return cached
         assert self.truststore is not None
         pinned = self.truststore.pinned_entry(key)
-        if pinned is not None and record.callback_ran:
+        if pinned is not None:
             # Byte-identical to a pinned entry: trusted as itself, whatever OpenSSL made
             # of it (no anchor signed it) and whatever chain came with it.
             peer = parse_peer()
@@ -521,22 +551,22 @@ class ServerTLS:
             identity = _readable(identity)
             self._verdicts.put(identity)
             return identity
+        errno: int | None
         if not record.callback_ran:
-            cached = self._verdicts.get_by_key(key, parse_peer)
-            if cached is not None:
-                return cached
-            return _readable(failed(
-                Source.HANDSHAKE, "resumed TLS session has no verification record",
-                (parse_peer(),),
-            ))
-        if not record.errors:
+            verified_der, errno = self._reverify(conn, peer_x509)
+        elif not record.errors:
             verified_der = tuple(
                 crypto.dump_certificate(crypto.FILETYPE_ASN1, c)
                 for c in conn.get_verified_chain() or ()
             )
+            errno = None
             shared = self._verdicts.same_chain(key, verified_der)
             if shared is not None:
                 return shared
+        else:
+            verified_der = ()
+            errno, _depth = record.errors[0]
+        if errno is None:
             # A chain this cache has not seen (a new client, or one evicted): each
             # certificate parsed once from the DER just dumped, which is also the key and
             # the cache's copy; what the client sent is parsed only for a refusal.
@@ -555,7 +585,6 @@ class ServerTLS:
                 self._verdicts.put(identity, key, verified_der)
                 return identity
         else:
-            errno, _depth = record.errors[0]
             problem = _openssl_reason(errno)
         # Refused: the verdict names what the client presented (its chain as sent).
         peer = parse_peer()
@@ -565,6 +594,33 @@ class ServerTLS:
         )
         self._verdicts.put(identity, key)
         return identity
+
+    def _reverify(
+        self, conn: SSL.Connection, peer: crypto.X509
+    ) -> tuple[tuple[bytes, ...], int | None]:
+        """Verify a resumed session's leaf again, as its full handshake did: (the verified
+        chain's DER, leaf first; None) or ((), the first OpenSSL error).
+
+        A ticket carries the leaf, not the chain the client sent: the intermediates
+        come from the chains verified before (a ticket is only issued after one).
+        The store is the truststore's issuers with the handshake's flags and the TLS
+        client purpose, so the same chains pass and fail for the same reasons."""
+        store = self._resume_store
+        if store is None:
+            assert self.truststore is not None
+            store = crypto.X509Store()
+            for issuer in self.truststore.issuers:
+                store.add_cert(crypto.X509.from_cryptography(issuer))
+            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            _ffi, lib = _twisted.openssl()
+            lib.X509_STORE_set_purpose(_twisted.x509_store(store), lib.X509_PURPOSE_SSL_CLIENT)
+            self._resume_store = store
+        untrusted = [*(conn.get_peer_cert_chain() or ()), *self._verdicts.issuers()]
+        try:
+            verified = crypto.X509StoreContext(store, peer, untrusted).get_verified_chain()
+        except crypto.X509StoreContextError as e:
+            return (), int(e.errors[0])
+        return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in verified), None
 
 
 def _readable(identity: ClientIdentity) -> ClientIdentity:
