@@ -299,3 +299,45 @@ def test_the_dict_router_routes_as_the_linear_scan_did(
                 expected = b"http://b" + (rest or b"/") + (b"?" + query if query else b"")
                 assert route.backend_target == expected
                 assert route == Route(route.api, expected)  # every other field its default
+
+
+# Escapes: the whole-path passes (``_unescape_bulk``) against escape by escape.
+_ESCAPE_PIECES = [b"%41", b"%7e", b"%7E", b"%2d", b"%20", b"%3a", b"%3A", b"%21", b"%2F",
+                  b"%2f", b"%3B", b"%00", b"%5C", b"%80", b"%ff", b"%FF", b"%4", b"%zz", b"%",
+                  b"a", b"A", b"!", b"/", b":", b"-", b"~", b"%25", b"%%41"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(st.sampled_from(_ESCAPE_PIECES), min_size=1, max_size=12),
+    st.integers(min_value=64, max_value=300),
+)
+def test_escapes_in_bulk_read_as_escape_by_escape(pieces: list[bytes], repeat: int) -> None:
+    """A path of many escapes (from ``_BULK_ESCAPES`` on) gets the same normal form, or
+    the same refusal, from the whole-path passes as from reading each escape."""
+    from twistedgw.http import _routing
+
+    path = b"/" + b"".join(pieces) * repeat
+    try:
+        expected: bytes | str = _routing._unescape_each(path)
+    except BadPath as e:
+        expected = str(e)
+    try:
+        got: bytes | str = _routing._unescape(path)
+    except BadPath as e:
+        got = str(e)
+    assert got == expected
+    bulk = _routing._unescape_bulk(path, path.count(b"%"))
+    assert bulk is None or bulk == expected
+
+
+def test_uniform_escapes_take_the_whole_path_passes() -> None:
+    """The paths that make the most escapes a request line allows are read in bulk."""
+    from twistedgw.http import _routing
+
+    for piece, normal in ((b"%41", b"A"), (b"%7e", b"~"), (b"%20", b"%20"), (b"%3A", b"%3A")):
+        path = b"/open/" + piece * 21_700
+        assert _routing._unescape_bulk(path, path.count(b"%")) == b"/open/" + normal * 21_700
+    mixed = b"/" + b"%41%20" * 100  # escapes of both kinds: escape by escape
+    assert _routing._unescape_bulk(mixed, 200) is None
+    assert _routing._unescape(mixed) == b"/" + b"A%20" * 100

@@ -53,9 +53,58 @@ _ESCAPES = {
 }
 
 
+_UNRESERVED_BYTES = bytes(sorted(_UNRESERVED))
+_LOWER_HEX_ESCAPE = re.compile(rb"%(?:[a-f]|[0-9A-F][a-f])")
+_BULK_ESCAPES = 64  # from this many escapes on, ``_unescape_bulk`` is tried first
+
+
 def _unescape(path: bytes) -> bytes:
-    """``path`` with each escape in its normal form; BadPath for a malformed or
-    forbidden one (the first in the path, as a reader of it would meet them)."""
+    """``path`` (printable ASCII, no backslash) with each escape in its normal form;
+    BadPath for a malformed or forbidden one (the first in the path, as a reader of it
+    would meet them)."""
+    escapes = path.count(b"%")
+    if escapes >= _BULK_ESCAPES:
+        bulk = _unescape_bulk(path, escapes)
+        if bulk is not None:
+            return bulk
+    return _unescape_each(path)
+
+
+def _unescape_bulk(path: bytes, escapes: int) -> bytes | None:
+    """``_unescape(path)`` in a few whole-path C passes when every escape is of an
+    unreserved character (the normal form is the decoded path) or none is and their hex
+    is upper-case (the path itself); None otherwise, and for anything to refuse, which
+    ``_unescape_each`` names.
+
+    Why: one escape costs ``_unescape_each`` ~0.1-0.2 µs of Python, and a 64 KiB
+    request line holds ~21,800 of them (the 10 ms rule, tests/test_reactor_budget.py);
+    the uniform paths that make that many are served here in well under a millisecond.
+    """
+    try:
+        # The path has no backslash (``_normalise`` refused it), so the only escapes
+        # this codec sees are the '\x' made of the '%'s: a malformed one raises.
+        decoded = path.replace(b"%", b"\\x").decode("unicode_escape").encode("latin-1")
+    except UnicodeDecodeError:
+        return None
+    # Each escape's two hex digits are unreserved and gone once decoded; an escape of
+    # an unreserved character leaves one: so how many escapes decoded to one.
+    unreserved = (
+        len(decoded) - len(decoded.translate(None, _UNRESERVED_BYTES))
+        - (len(path) - len(path.translate(None, _UNRESERVED_BYTES)))
+        + 2 * escapes
+    )
+    if unreserved == escapes:
+        return decoded
+    if unreserved or _LOWER_HEX_ESCAPE.search(path) is not None:
+        return None
+    for value in _FORBIDDEN_ESCAPES:
+        if decoded.count(value) != path.count(value):  # decoded from an escape
+            return None
+    return path
+
+
+def _unescape_each(path: bytes) -> bytes:
+    """``_unescape``, escape by escape."""
     head, *rest = path.split(b"%")
     try:
         return b"".join([head, *[_ESCAPES[c[:2]] + c[2:] for c in rest]])
