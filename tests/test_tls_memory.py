@@ -68,6 +68,14 @@ def handshake(
 
 
 def connect(server_tls: ServerTLS, options: Any) -> tuple[TLSMemoryBIOProtocol, Collect]:
+    _client, server_proto, server_app = connect_pair(server_tls, options)
+    return server_proto, server_app
+
+
+def connect_pair(
+    server_tls: ServerTLS, options: Any
+) -> tuple[TLSMemoryBIOProtocol, TLSMemoryBIOProtocol, Collect]:
+    """``connect``, with the client's TLS protocol too (first)."""
     server_app = Collect()
     client_app = Collect()
     # The clock drives TLSMemoryBIOFactory's write aggregation; the pump advances it.
@@ -89,7 +97,7 @@ def connect(server_tls: ServerTLS, options: Any) -> tuple[TLSMemoryBIOProtocol, 
     pump.flush()
     assert server_app.data == b"hello", "the handshake did not complete"
     assert client_app.data == b"hi"
-    return server_proto, server_app
+    return client_proto, server_proto, server_app
 
 
 @pytest.mark.parametrize(
@@ -445,23 +453,9 @@ class _ResumingClient:
 
 
 def _resumed_verdict(tls: ServerTLS, client: _ResumingClient) -> tuple[bool, Any]:
-    """One in-memory connection of ``client``: (whether it resumed, the server's verdict)."""
-    server_app, client_app = Collect(), Collect()
-    clock = Clock()
-    client_proto, server_proto, pump = iosim.connectedServerAndClient(
-        lambda: TLSMemoryBIOFactory(
-            tls, False, Factory.forProtocol(lambda: server_app), clock=clock
-        ).buildProtocol(None),
-        lambda: TLSMemoryBIOFactory(
-            client, True, Factory.forProtocol(lambda: client_app), clock=clock
-        ).buildProtocol(None),
-        clock=clock,
-    )
-    client_proto.write(b"hello")
-    pump.flush()
-    server_proto.write(b"hi")  # the client reads TLS 1.3's ticket with this
-    pump.flush()
-    assert server_app.data == b"hello" and client_app.data == b"hi"
+    """One in-memory connection of ``client``: (whether it resumed, the server's verdict).
+    ``connect_pair``'s answer from the server reads TLS 1.3's ticket on the client."""
+    client_proto, server_proto, _app = connect_pair(tls, client)
     client.session = client_proto.getHandle().get_session()
     _ffi, lib = _twisted.openssl()  # pyOpenSSL has no call for SSL_session_reused
     reused = bool(lib.SSL_session_reused(server_proto.getHandle()._ssl))

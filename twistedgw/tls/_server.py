@@ -450,10 +450,7 @@ class ServerTLS:
         if truststore is not None:
             store = context.get_cert_store()
             assert store is not None
-            for issuer in truststore.issuers:
-                store.add_cert(crypto.X509.from_cryptography(issuer))
-            # An issuer may be an intermediate CA, trusted without its root.
-            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            _trust_issuers(store, truststore)
             context.set_verify_depth(9)  # what CertificateOptions(verify=True) sets
             # Name acceptable CAs in the CertificateRequest so clients pick the right
             # cert (advertise_ca_names = false sends an empty list).
@@ -609,9 +606,7 @@ class ServerTLS:
         if store is None:
             assert self.truststore is not None
             store = crypto.X509Store()
-            for issuer in self.truststore.issuers:
-                store.add_cert(crypto.X509.from_cryptography(issuer))
-            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            _trust_issuers(store, self.truststore)
             _ffi, lib = _twisted.openssl()
             lib.X509_STORE_set_purpose(_twisted.x509_store(store), lib.X509_PURPOSE_SSL_CLIENT)
             self._resume_store = store
@@ -621,6 +616,15 @@ class ServerTLS:
         except crypto.X509StoreContextError as e:
             return (), int(e.errors[0])
         return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in verified), None
+
+
+def _trust_issuers(store: crypto.X509Store, truststore: TrustStore) -> None:
+    """Make ``store`` trust the truststore's issuers, as every handshake and every
+    resumed session's second judgement (``ServerTLS._reverify``) verify against them."""
+    for issuer in truststore.issuers:
+        store.add_cert(crypto.X509.from_cryptography(issuer))
+    # An issuer may be an intermediate CA, trusted without its root.
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
 
 
 def _readable(identity: ClientIdentity) -> ClientIdentity:
