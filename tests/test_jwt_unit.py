@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from tests import jwtkit
+from tests.cputime import least_cpu
 from tests.harness import gateway_config
 from twistedgw import config as configmod
 from twistedgw.identity import ClientIdentity, Outcome, Source, failed, no_certificate
@@ -666,14 +667,15 @@ def test_hostile_bearer_values_are_refused_in_linear_time(cfg: configmod.Gateway
     """The scheme and token are found without backtracking, and the value's length is
     bounded before anything else (the 10 ms rule; test_reactor_budget.py times it through a
     real gateway)."""
-    import time
-
     p = pipeline_of(cfg)
-    call = call_for(cfg, {b"authorization": [value]})
-    started = time.thread_time()
-    out = run(p, call)
-    spent = time.thread_time() - started
-    refused(out, "900901", "token is not a valid JWT", INVALID)
+    outs: list[Any] = []
+
+    def refuse() -> None:
+        outs.append(run(p, call_for(cfg, {b"authorization": [value]})))
+
+    spent = least_cpu(refuse, 0.01)
+    for out in outs:
+        refused(out, "900901", "token is not a valid JWT", INVALID)
     assert spent < 0.01, f"{spent * 1000:.1f} ms for a {len(value)}-byte Authorization"
 
 
