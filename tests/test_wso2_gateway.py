@@ -353,7 +353,7 @@ def test_same_name_and_version_and_the_startup_log(
         "version as apis[0] ('orders:v1'): logs and metrics cannot tell them apart"]
     gw = start_gateway(project.root, project.config(apis), project.port)
     project.started.append(gw)
-    log = gw.output()
+    log = gw.logged("the same name and version as apis[0]")  # the summary's last line
     assert f"API orders:v1 at /a -> {backend.url}: open" in log
     assert (f"API orders:v1 at /b -> {backend.url}, http://127.0.0.1:{second} (failover): "
             "open") in log
