@@ -23,7 +23,7 @@ from twistedgw import config as configmod
 from twistedgw import errors
 from twistedgw.config import Mode, Security, route_rows, security_changes
 from twistedgw.config import _wso2ext as ext
-from twistedgw.config._yamlload import safe_load
+from twistedgw.config._yamlload import plain_load, safe_load
 from twistedgw.pipeline import SchemeResult
 from twistedgw.pipeline._run import Named, combine
 
@@ -48,6 +48,11 @@ _TRICKY = [
     "a: !!binary aGVsbG8=\n", "{a: 1, a: 2}\n", "x: [\n", "a: 'it''s'\nb: \"\\t\"\n",
     "- |\n  block\n  text\n- >\n  folded\n", "", "# only a comment\n", "[" * 80 + "]" * 80,
     "a: 2001-12-14\n2001-12-15: b\n", "a: ! 12\n", "? a\n? b\n", "a: =\n",
+    # Repeated plain scalars (each text is resolved once), beside quoted and tagged ones.
+    "a: [true, true, 'true', !!str true, 1, 1, '1', 2001-12-14, 2001-12-14, ~, ~]\n"
+    "true: 1\n1: true\nb: {c: [1, [1, [1]]], d: 1}\n",
+    "a: [true, true, 'true', 1, 1, '1', 2001-12-14, 2001-12-14, ~, ~, 0o17, 0o17]\n"
+    "true: 1\n1: true\nb: {c: [1, [1, [1]]], d: 1}\n",
 ]
 
 
@@ -72,6 +77,66 @@ def test_fast_yaml_matches_safe_load_on_tricky_documents(text: str) -> None:
 @given(_DOCS, st.sampled_from([None, True, False]))
 def test_fast_yaml_matches_safe_load(doc: Any, flow: bool | None) -> None:
     _same(yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True))
+
+
+def _same_shaped(text: str, max_nodes: int = 2_000_000, max_depth: int = 64) -> bool:
+    """``plain_load`` gives what ``safe_load`` then ``_plain`` give, or leaves the document
+    to them (ValueError); whether it read it."""
+    from twistedgw.config._openapi import _plain
+
+    try:
+        expected: Any = _plain(yaml.safe_load(text))
+    except Exception as e:
+        expected = ("error", type(e))
+    try:
+        found = plain_load(text, max_nodes, max_depth)
+    except ValueError:
+        return False
+    assert found == expected, text
+    return True
+
+
+_SHAPED = [
+    "a: 2001-12-14\n2001-12-15: b\nc: [2001-12-14t21:59:43.10-05:00, 2001-12-14 21:59:43]\n",
+    "200: {description: ok}\n'200': {description: quoted}\n",  # the quoted one wins
+    "true: a\n1: b\n",  # one key in YAML (True == 1): "True"
+    "1: a\ntrue: b\nnull: c\n1.5: d\n",
+    "2001-12-14\n",
+    "[1, [2, [3, {a: [4, {5: 6}]}]]]\n",
+]
+
+
+@pytest.mark.parametrize("text", _SHAPED)
+def test_one_pass_reads_documents_in_json_shape(text: str) -> None:
+    assert _same_shaped(text)
+
+
+@pytest.mark.parametrize("text", _TRICKY)
+def test_one_pass_reads_tricky_documents_as_two_passes_do(text: str) -> None:
+    _same_shaped(text)
+
+
+def test_one_pass_leaves_aliases_and_limits_to_the_long_way() -> None:
+    """Aliases (shared in YAML, copies in JSON) and the node and depth bounds are left to
+    ``_plain``, which words the refusal."""
+    assert not _same_shaped("a: &x [1, 2]\nb: *x\n")
+    assert not _same_shaped("a: &x 1\n")
+    from twistedgw.config._openapi import _plain
+
+    # _plain's count: each container and each value in one, 3 + 3 + 2 here.
+    assert _same_shaped("[[1, 2], [3]]\n", max_nodes=8, max_depth=1)
+    _plain([[1, 2], [3]], budget=[8])
+    assert not _same_shaped("[[1, 2], [3, 4]]\n", max_nodes=8, max_depth=1)
+    with pytest.raises(ValueError, match="more than"):
+        _plain([[1, 2], [3, 4]], budget=[8])
+    assert not _same_shaped("[[[1]]]\n", max_depth=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_DOCS, st.sampled_from([None, True, False]))
+def test_one_pass_reads_any_document_as_two_passes_do(doc: Any, flow: bool | None) -> None:
+    text = yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True)
+    assert _same_shaped(text) or "&" in text
 
 
 # -- item 1: strict where routing and security read, lenient elsewhere --------------------

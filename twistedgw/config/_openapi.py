@@ -168,12 +168,16 @@ def _plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     return value
 
 
-def _parse(file: Path, text: str) -> Any:
+def _parse(file: Path, text: str) -> tuple[Any, bool]:
+    """The document, and whether it is JSON-shaped (as ``_plain`` makes it) already."""
     if file.suffix.lower() == ".json":
-        return json.loads(text)
-    from twistedgw.config._yamlload import safe_load
+        return json.loads(text), False
+    from twistedgw.config._yamlload import plain_load, safe_load
 
-    return safe_load(text)
+    try:
+        return plain_load(text, _MAX_NODES, _MAX_DEPTH), True  # the usual definition
+    except ValueError:
+        return safe_load(text), False
 
 
 def _load_document(file: Path) -> Any:
@@ -192,14 +196,14 @@ def _load_document(file: Path) -> Any:
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
     try:
-        doc = _parse(file, text)
+        doc, plain = _parse(file, text)
     except Exception as e:  # JSONDecodeError, yaml.YAMLError, RecursionError (deep nesting)
         kind = "JSON" if file.suffix.lower() == ".json" else "YAML"
         detail = " ".join(str(e).split())
         if len(detail) > 200:
             detail = detail[:200] + "..."
         raise ValueError(f"invalid {kind}: {detail}") from None
-    return _plain(doc)  # ValueError (too big, too deep) says why
+    return doc if plain else _plain(doc)  # ValueError (too big, too deep) says why
 
 
 class _RefError(ValueError):
