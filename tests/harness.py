@@ -114,17 +114,6 @@ class GatewayProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def logged(self, text: str, timeout: float = 10.0) -> str:
-        """The log once it holds ``text``: the startup summary is written after the port
-        opens (it names the bound ports), so a read just after ``start_gateway`` may
-        catch it half written."""
-        deadline = time.monotonic() + timeout
-        while True:
-            out = self.output()
-            if text in out or time.monotonic() > deadline:
-                return out
-            time.sleep(0.05)
-
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 

@@ -21,6 +21,7 @@ from tests.backend_fixture import BackendProcess
 from tests.bigdefinition import definition as big_definition
 from tests.h2client import H2Client
 from tests.harness import free_port, request, start_gateway, table
+from tests.opskit import wait_until
 from tests.rawhttp import exchange
 from tests.test_openapi_gateway import KEY, Project
 from twistedgw.testing.devpki import DevPki
@@ -353,7 +354,11 @@ def test_same_name_and_version_and_the_startup_log(
         "version as apis[0] ('orders:v1'): logs and metrics cannot tell them apart"]
     gw = start_gateway(project.root, project.config(apis), project.port)
     project.started.append(gw)
-    log = gw.logged("the same name and version as apis[0]")  # the summary's last line
+    # The startup summary is written after the port opens (it names the bound ports):
+    # wait for its last line.
+    wait_until(lambda: "the same name and version as apis[0]" in gw.output(),
+               what="the startup summary's warning")
+    log = gw.output()
     assert f"API orders:v1 at /a -> {backend.url}: open" in log
     assert (f"API orders:v1 at /b -> {backend.url}, http://127.0.0.1:{second} (failover): "
             "open") in log
