@@ -44,16 +44,17 @@ class _Unusual(Exception):
     """Something the fast path leaves to PyYAML."""
 
 
+#: What ``_build`` leaves to PyYAML's own loader: the unusual, and errors, which PyYAML
+#: words with its marks (an undefined alias is a KeyError, an unhashable key a TypeError).
+_LONG_WAY = (_Unusual, yaml.YAMLError, KeyError, TypeError)
+
+
 def safe_load(text: str) -> Any:
     """``yaml.safe_load(text)``: the same value, or the same exception."""
     try:
         return _build(text)
-    except _Unusual:
-        pass
-    except yaml.YAMLError:
-        pass  # let PyYAML's own loader say it, with its marks
-    except (KeyError, TypeError):
-        pass  # an undefined alias, an unhashable key: PyYAML's loader says which
+    except _LONG_WAY:
+        pass  # outside the handler: PyYAML's error is raised as its own, not chained
     return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
 
 
@@ -69,7 +70,7 @@ def plain_load(text: str, max_nodes: int, max_depth: int) -> Any:
     (~0.5 s of the ~4 s ``check`` took; issue 24 holds ``check`` to 5 s)."""
     try:
         return _build(text, (max_nodes, max_depth))
-    except (_Unusual, yaml.YAMLError, KeyError, TypeError) as e:
+    except _LONG_WAY as e:
         raise ValueError("not read in one pass") from e
 
 
